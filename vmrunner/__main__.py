@@ -1,0 +1,5 @@
+"""``python -m vmrunner``."""
+
+from vmrunner.cli import main
+
+main()

@@ -1,0 +1,70 @@
+"""The ``vmrunner`` command line.
+
+Each subcommand lives in its own module and is imported only when it is invoked, so that
+``vmrunner --help`` stays instant. Every module exposes a ``command`` (a click command).
+Errors vmrunner raises on purpose are printed as messages, never as tracebacks.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+from vmrunner.errors import VmrunnerError
+
+#: name -> (module, one-line help). Modules are imported lazily.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "list": ("vmrunner.cli.list", "List the jobs of the workflows, like `act -l`."),
+    "graph": ("vmrunner.cli.graph", "Show the job graph (needs) of the workflows."),
+    "validate": ("vmrunner.cli.validate", "Check workflows and report every error."),
+    "expr": ("vmrunner.cli.expr", "Evaluate a ${{ }} expression, for debugging."),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        entry = COMMANDS.get(cmd_name)
+        if entry is None:
+            return None
+        module = importlib.import_module(entry[0])
+        command: click.Command = module.command
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="vmrunner")
+def cli() -> None:
+    """Run GitHub Actions workflows with one isolated machine per job."""
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Entry point: run the CLI, turning vmrunner's own errors into messages and exit code 1."""
+    try:
+        return cli.main(args=argv, prog_name="vmrunner", standalone_mode=False)
+    except click.exceptions.Exit as exit_:
+        sys.exit(exit_.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except VmrunnerError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)

@@ -1,0 +1,170 @@
+"""Every exception vmrunner raises, in one place.
+
+Callers never see ``OSError``, ``subprocess`` or YAML library errors from vmrunner: foreign
+errors are translated once, at the boundary where they happen, into the most specific class
+below and raised ``from`` the original.
+
+    VmrunnerError
+    ├── WorkflowError              a workflow file is invalid (carries every Diagnostic found)
+    │   ├── MatrixError            a strategy.matrix is empty or malformed
+    │   ├── PlanError              `needs` names an unknown job or forms a cycle
+    │   └── FilterError            a trigger filter pattern or cron expression is invalid
+    ├── ExpressionError            a ${{ }} expression failed (kind: lexing/parsing/evaluation)
+    │   ├── ExpressionLexingError
+    │   ├── ExpressionParsingError
+    │   └── ExpressionEvaluationError
+    ├── MachineError               a machine or its provider failed
+    │   ├── AllocationError        a machine could not be started or taken from the pool
+    │   ├── AgentError             the guest agent broke the protocol or went away
+    │   ├── ExecError              a command could not be started in the machine
+    │   ├── TransferError          put/get of files failed
+    │   ├── SnapshotError          a snapshot or restore failed
+    │   │   └── SnapshotUnsupported   the provider has no snapshot capability
+    │   └── ReleaseError           a machine could not be fully released
+    ├── SessionError               the session manager refused an operation
+    │   ├── CapacityError          the concurrency limit is reached (fail-fast) or the wait timed out
+    │   ├── SessionNotFound        no such session (also: released already)
+    │   └── InvalidTransition      a session state change that the lifecycle does not allow
+    ├── StoreError                 the state database could not be read or written
+    └── ConfigError                runner configuration or command-line input is invalid
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnostic:
+    """One problem found in one file, at a 1-based line and column (0 when unknown)."""
+
+    file: str
+    line: int
+    column: int
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line:
+            where += f":{self.line}"
+            if self.column:
+                where += f":{self.column}"
+        return f"{where}: {self.message}"
+
+
+class VmrunnerError(Exception):
+    """Base class of every error vmrunner raises on purpose."""
+
+
+class WorkflowError(VmrunnerError):
+    """A workflow is invalid; ``diagnostics`` lists every problem found, in file order."""
+
+    def __init__(self, diagnostics: list[Diagnostic] | tuple[Diagnostic, ...] | Diagnostic) -> None:
+        if isinstance(diagnostics, Diagnostic):
+            diagnostics = (diagnostics,)
+        self.diagnostics: tuple[Diagnostic, ...] = tuple(diagnostics)
+        super().__init__("\n".join(str(d) for d in self.diagnostics))
+
+
+class MatrixError(WorkflowError):
+    """A strategy.matrix is empty, malformed, or expands to nothing."""
+
+
+class PlanError(WorkflowError):
+    """`needs` names an unknown job or forms a cycle."""
+
+
+class FilterError(WorkflowError):
+    """A branch/tag/path filter pattern or a cron schedule is invalid."""
+
+
+ExpressionErrorKind = Literal["lexing", "parsing", "evaluation"]
+
+
+class ExpressionError(VmrunnerError):
+    """A ${{ }} expression failed; ``position`` is the 0-based offset within ``expression``."""
+
+    kind: ExpressionErrorKind = "evaluation"
+
+    def __init__(self, message: str, expression: str = "", position: int = 0) -> None:
+        self.message = message
+        self.expression = expression
+        self.position = position
+        super().__init__(
+            f"{message}. Located at position {position + 1} within expression: {expression}"
+        )
+
+
+class ExpressionLexingError(ExpressionError):
+    """The expression text contains a token the language does not have."""
+
+    kind: ExpressionErrorKind = "lexing"
+
+
+class ExpressionParsingError(ExpressionError):
+    """The tokens do not form a valid expression."""
+
+    kind: ExpressionErrorKind = "parsing"
+
+
+class ExpressionEvaluationError(ExpressionError):
+    """The expression is well formed but could not be evaluated."""
+
+    kind: ExpressionErrorKind = "evaluation"
+
+
+class MachineError(VmrunnerError):
+    """A machine or its provider failed."""
+
+
+class AllocationError(MachineError):
+    """A machine could not be started or taken from the warm pool."""
+
+
+class AgentError(MachineError):
+    """The guest agent broke the protocol, replied with an error, or went away."""
+
+
+class ExecError(MachineError):
+    """A command could not be started in the machine."""
+
+
+class TransferError(MachineError):
+    """Copying files into or out of a machine failed."""
+
+
+class SnapshotError(MachineError):
+    """Taking or restoring a snapshot failed."""
+
+
+class SnapshotUnsupported(SnapshotError):
+    """The machine's provider does not declare the snapshot capability."""
+
+
+class ReleaseError(MachineError):
+    """A machine could not be fully released; what is left is named in the message."""
+
+
+class SessionError(VmrunnerError):
+    """The session manager refused an operation."""
+
+
+class CapacityError(SessionError):
+    """The concurrency limit is reached (fail-fast), or waiting for a slot timed out."""
+
+
+class SessionNotFound(SessionError):
+    """No session with this id exists (it may have been released already)."""
+
+
+class InvalidTransition(SessionError):
+    """A session state change that the documented lifecycle does not allow."""
+
+
+class StoreError(VmrunnerError):
+    """The state database could not be read or written."""
+
+
+class ConfigError(VmrunnerError):
+    """Runner configuration or command-line input is invalid."""

@@ -1,0 +1,237 @@
+"""The two contracts every backend implements: ``Provider`` and ``Machine``.
+
+A provider starts machines of a ``vm_type`` and stops them; a machine runs commands through the
+guest agent, moves files in and out as tar streams, and (where the provider declares it) takes
+and restores snapshots. Nothing above this layer knows how a machine is made.
+
+Resource contract (the rule the session manager builds on):
+- ``Provider.allocate`` either returns a machine whose agent answered, or raises
+  ``AllocationError`` having freed everything it started.
+- ``Provider.release`` frees everything the machine held (processes, mounts, files, sockets)
+  and is idempotent: releasing a machine that is already gone is not an error. It must complete
+  even when the calling task is being cancelled (implementations shield their teardown).
+- ``Provider.reclaim`` does the same for a machine left behind by a runner process that died,
+  knowing only its ``MachineRecord``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import PurePosixPath
+from typing import Any, ClassVar, Literal
+
+from vmrunner.errors import SnapshotUnsupported, TransferError
+
+Stream = Literal["stdout", "stderr"]
+#: Called with each chunk of output as the command produces it.
+OutputCallback = Callable[[Stream, bytes], None]
+SnapshotId = str
+NetworkMode = Literal["host", "none"]
+
+DEFAULT_VM_TYPE = "default"
+
+
+class Isolation(str, Enum):
+    """How strongly a provider separates a machine from the host."""
+
+    NONE = "none"
+    NAMESPACES = "namespaces"
+    VM = "vm"
+
+
+@dataclass(frozen=True, slots=True)
+class MachineSpec:
+    """What to allocate: a machine type (image plus size) and its network mode."""
+
+    vm_type: str = DEFAULT_VM_TYPE
+    network: NetworkMode = "host"
+    cpus: int = 1
+    memory_mib: int = 512
+    #: Free-form labels for bookkeeping (job, run); never interpreted by providers.
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a provider can do; callers check these instead of catching errors."""
+
+    isolation: Isolation
+    snapshots: bool
+    network_modes: frozenset[str] = frozenset({"host", "none"})
+
+
+@dataclass(frozen=True, slots=True)
+class MachinePaths:
+    """GitHub-like locations inside the machine."""
+
+    workspace: str
+    temp: str
+    home: str
+    tool_cache: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ExecResult:
+    """How one command ended. ``exit_code`` is None when a signal ended it."""
+
+    exit_code: int | None
+    duration: float
+    signal: int | None = None
+    timed_out: bool = False
+    #: Output kept when no ``on_output`` callback was given.
+    stdout: bytes = b""
+    stderr: bytes = b""
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+@dataclass(frozen=True, slots=True)
+class MachineRecord:
+    """What must be persisted to find and release a machine after the runner died."""
+
+    machine_id: str
+    provider: str
+    vm_type: str
+    #: Host pid of the machine's root process and its start time (guards against pid reuse).
+    pid: int | None
+    pid_start: int | None
+    #: Host directory holding the machine's state, removed on release.
+    state_dir: str
+    #: The runner process that owns the machine (pid and start time).
+    owner_pid: int
+    owner_start: int | None
+    created_at: float = field(default_factory=time.time)
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Machine(ABC):
+    """One isolated machine, reached through its guest agent."""
+
+    id: str
+    spec: MachineSpec
+    paths: MachinePaths
+    #: Whether the machine came from the warm pool (set by the pool).
+    from_pool: bool = False
+
+    @property
+    @abstractmethod
+    def provider_name(self) -> str: ...
+
+    @property
+    @abstractmethod
+    def record(self) -> MachineRecord:
+        """The persistable description of this machine."""
+
+    @abstractmethod
+    async def exec(
+        self,
+        command: Sequence[str] | str,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+        on_output: OutputCallback | None = None,
+        stdin: bytes | None = None,
+    ) -> ExecResult:
+        """Run one command (argv, or a string for ``sh -c``) and wait for it.
+
+        Output is streamed to ``on_output`` while the command runs; without a callback it is
+        collected into the result. On timeout or task cancellation the command's whole process
+        group is killed before this returns (or re-raises ``CancelledError``).
+        """
+
+    @abstractmethod
+    async def put(self, dest_dir: str, tar_data: bytes) -> None:
+        """Unpack a tar stream into ``dest_dir`` inside the machine (created if missing)."""
+
+    @abstractmethod
+    async def get(self, path: str) -> bytes:
+        """A tar stream of ``path`` (a file or a directory) inside the machine."""
+
+    async def ping(self) -> float:
+        """Round-trip time to the agent, in seconds."""
+        started = time.perf_counter()
+        await self.exec(["true"])
+        return time.perf_counter() - started
+
+    async def snapshot(self, name: str = "") -> SnapshotId:
+        """Capture the machine's state; cost grows with what changed since the last one."""
+        raise SnapshotUnsupported(f"the {self.provider_name} provider cannot take snapshots")
+
+    async def restore(self, snapshot_id: SnapshotId) -> None:
+        """Bring the machine back exactly to a snapshot taken earlier."""
+        raise SnapshotUnsupported(f"the {self.provider_name} provider cannot restore snapshots")
+
+    # Conveniences built on put/get, shared by every provider.
+
+    async def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        """Create or replace one file inside the machine."""
+        target = PurePosixPath(path)
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            info = tarfile.TarInfo(target.name)
+            info.size = len(data)
+            info.mode = mode
+            info.mtime = int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+        await self.put(str(target.parent), buffer.getvalue())
+
+    async def read_file(self, path: str) -> bytes:
+        """The contents of one regular file inside the machine."""
+        data = await self.get(path)
+        try:
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
+                for member in tar:
+                    if member.isfile():
+                        extracted = tar.extractfile(member)
+                        if extracted is not None:
+                            return extracted.read()
+        except tarfile.TarError as exc:
+            raise TransferError(f"cannot read {path}: {exc}") from exc
+        raise TransferError(f"{path} is not a regular file")
+
+    async def upload(self, host_path: str | os.PathLike[str], dest_dir: str) -> None:
+        """Copy a host file or directory (recursively) into ``dest_dir`` inside the machine."""
+        source = os.fspath(host_path)
+        buffer = io.BytesIO()
+        try:
+            with tarfile.open(fileobj=buffer, mode="w") as tar:
+                tar.add(source, arcname=os.path.basename(source.rstrip("/")) or ".")
+        except OSError as exc:
+            raise TransferError(f"cannot read {source}: {exc}") from exc
+        await self.put(dest_dir, buffer.getvalue())
+
+
+class Provider(ABC):
+    """Starts and stops machines of one backend."""
+
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+
+    @abstractmethod
+    async def allocate(self, spec: MachineSpec) -> Machine:
+        """Start one machine whose agent answers, or raise ``AllocationError``."""
+
+    @abstractmethod
+    async def release(self, machine: Machine) -> None:
+        """Stop the machine and free all it held; idempotent and cancellation-safe."""
+
+    async def reclaim(self, record: MachineRecord) -> None:
+        """Release a machine known only by its record (its runner died); idempotent."""
+        raise NotImplementedError(f"the {self.name} provider cannot reclaim machines")
+
+    def leftovers(self) -> list[MachineRecord]:
+        """Records of every machine this provider has on disk, alive or left behind."""
+        return []
+
+    async def aclose(self) -> None:
+        """Free provider-wide resources (pools, caches); machines are released separately."""
