@@ -1,0 +1,1 @@
+"""Benchmarks a user can run: ``python -m bench NAME [options]``."""

@@ -1,0 +1,1 @@
+"""The webhook server, REST API and dashboard."""
