@@ -1,0 +1,202 @@
+"""Typed, immutable models of a workflow file, as the loader builds them after validation.
+
+Values GitHub lets you write as an expression are kept as written: a field typed ``bool | str``
+holds either the literal or the ``${{ }}`` text the runner evaluates later. Mappings are
+read-only views that keep the file's order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal
+
+from vmrunner.workflow.matrix import Strategy
+from vmrunner.workflow.triggers import Triggers
+
+if TYPE_CHECKING:
+    from vmrunner.workflow.yaml import Document
+
+#: A literal number of minutes, or the expression that computes it.
+Minutes = int | float | str
+#: ``env:`` as written: names to scalars, or one expression producing the mapping.
+Env = Mapping[str, Any] | str
+#: ``permissions:`` as written: ``read-all``/``write-all``, or scope -> level.
+Permissions = Mapping[str, str] | str | None
+
+EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def frozen_map(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """A read-only copy of ``value`` in its original order."""
+    return MappingProxyType(dict(value)) if value else EMPTY
+
+
+def is_expression(value: object) -> bool:
+    """True when ``value`` is a string that is exactly one ``${{ }}`` expression."""
+    if not isinstance(value, str):
+        return False
+    text = value.strip()
+    return text.startswith("${{") and text.endswith("}}") and text.count("${{") == 1
+
+
+@dataclass(frozen=True, slots=True)
+class RunsOn:
+    """Where a job runs: runner ``labels`` (all must match), optionally within a runner ``group``.
+
+    ``expression`` is set when ``runs-on`` is one whole expression (e.g. ``${{ matrix.os }}``):
+    the runner evaluates it and normalises the result with ``RunsOn.from_value``. Labels may
+    still contain expressions (``[self-hosted, "${{ matrix.arch }}"]``).
+    """
+
+    labels: tuple[str, ...] = ()
+    group: str | None = None
+    expression: str | None = None
+
+    @classmethod
+    def from_value(cls, value: Any) -> RunsOn:
+        """Normalise ``runs-on`` as written (string, list of strings, or group/labels mapping)."""
+        if is_expression(value):
+            return cls(expression=value.strip())
+        if isinstance(value, str):
+            return cls(labels=(value,))
+        if isinstance(value, list):
+            return cls(labels=tuple(str(label) for label in value))
+        if isinstance(value, Mapping):
+            labels = value.get("labels")
+            group = value.get("group")
+            found = (labels,) if isinstance(labels, str) else tuple(labels or ())
+            return cls(labels=tuple(str(label) for label in found), group=None if group is None else str(group))
+        return cls()
+
+    def __str__(self) -> str:
+        if self.expression:
+            return self.expression
+        text = ", ".join(self.labels)
+        return f"group {self.group}: {text}" if self.group else text
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    """``defaults.run``: the shell and working directory for ``run`` steps."""
+
+    shell: str | None = None
+    working_directory: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Concurrency:
+    """A concurrency group; ``cancel_in_progress`` may be an expression."""
+
+    group: str
+    cancel_in_progress: bool | str = False
+
+
+@dataclass(frozen=True, slots=True)
+class Environment:
+    """The deployment environment a job targets; ``url`` is evaluated after the job."""
+
+    name: str
+    url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Container:
+    """``container:`` of a job or one of its ``services:``."""
+
+    image: str
+    env: Env = EMPTY
+    ports: tuple[str, ...] = ()
+    volumes: tuple[str, ...] = ()
+    options: str | None = None
+    credentials: Mapping[str, str] | None = None
+    entrypoint: str | None = None
+    command: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step: exactly one of ``run`` and ``uses`` is set. ``index`` counts from 0."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    if_: str | None = None
+    run: str | None = None
+    shell: str | None = None
+    working_directory: str | None = None
+    uses: str | None = None
+    with_: Env = EMPTY
+    env: Env = EMPTY
+    continue_on_error: bool | str = False
+    timeout_minutes: Minutes | None = None
+
+    @property
+    def display_name(self) -> str:
+        """The name GitHub shows: ``name``, else ``Run <first line>``, else ``Run <action>``."""
+        if self.name:
+            return self.name
+        if self.run is not None:
+            first = self.run.strip().splitlines()
+            return f"Run {first[0] if first else ''}".rstrip()
+        return f"Run {self.uses}"
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One job: either runs ``steps`` on ``runs_on``, or calls a reusable workflow (``uses``)."""
+
+    id: str
+    name: str | None = None
+    runs_on: RunsOn | None = None
+    needs: tuple[str, ...] = ()
+    if_: str | None = None
+    strategy: Strategy | None = None
+    env: Env = EMPTY
+    defaults: Defaults = Defaults()
+    timeout_minutes: Minutes | None = None
+    continue_on_error: bool | str = False
+    outputs: Mapping[str, str] = EMPTY
+    steps: tuple[Step, ...] = ()
+    services: Mapping[str, Container] = EMPTY
+    container: Container | None = None
+    concurrency: Concurrency | None = None
+    environment: Environment | None = None
+    permissions: Permissions = None
+    uses: str | None = None
+    with_: Env = EMPTY
+    secrets: Mapping[str, Any] | Literal["inherit"] | None = None
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.id
+
+    @property
+    def calls_workflow(self) -> bool:
+        return self.uses is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Workflow:
+    """A whole workflow file. ``jobs`` keeps the file's order; ``source`` locates any value."""
+
+    path: str
+    name: str | None = None
+    run_name: str | None = None
+    triggers: Triggers = field(default_factory=Triggers)
+    env: Env = EMPTY
+    defaults: Defaults = Defaults()
+    permissions: Permissions = None
+    concurrency: Concurrency | None = None
+    jobs: Mapping[str, Job] = EMPTY
+    source: Document | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def display_name(self) -> str:
+        """``name:``, else the file path, as GitHub shows it."""
+        return self.name or self.path
+
+    def locate(self, path: tuple[str | int, ...]) -> tuple[int, int]:
+        """Line and column of the value at ``path`` (0, 0 when the source is not known)."""
+        return self.source.locate(path) if self.source else (0, 0)
