@@ -28,6 +28,10 @@ Permissions = Mapping[str, str] | str | None
 EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
+def _empty() -> Mapping[str, Any]:
+    return EMPTY
+
+
 def frozen_map(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
     """A read-only copy of ``value`` in its original order."""
     return MappingProxyType(dict(value)) if value else EMPTY
@@ -106,7 +110,7 @@ class Container:
     """``container:`` of a job or one of its ``services:``."""
 
     image: str
-    env: Env = EMPTY
+    env: Env = field(default_factory=_empty)
     ports: tuple[str, ...] = ()
     volumes: tuple[str, ...] = ()
     options: str | None = None
@@ -127,8 +131,8 @@ class Step:
     shell: str | None = None
     working_directory: str | None = None
     uses: str | None = None
-    with_: Env = EMPTY
-    env: Env = EMPTY
+    with_: Env = field(default_factory=_empty)
+    env: Env = field(default_factory=_empty)
     continue_on_error: bool | str = False
     timeout_minutes: Minutes | None = None
 
@@ -153,19 +157,19 @@ class Job:
     needs: tuple[str, ...] = ()
     if_: str | None = None
     strategy: Strategy | None = None
-    env: Env = EMPTY
+    env: Env = field(default_factory=_empty)
     defaults: Defaults = Defaults()
     timeout_minutes: Minutes | None = None
     continue_on_error: bool | str = False
-    outputs: Mapping[str, str] = EMPTY
+    outputs: Mapping[str, str] = field(default_factory=_empty)
     steps: tuple[Step, ...] = ()
-    services: Mapping[str, Container] = EMPTY
+    services: Mapping[str, Container] = field(default_factory=_empty)
     container: Container | None = None
     concurrency: Concurrency | None = None
     environment: Environment | None = None
     permissions: Permissions = None
     uses: str | None = None
-    with_: Env = EMPTY
+    with_: Env = field(default_factory=_empty)
     secrets: Mapping[str, Any] | Literal["inherit"] | None = None
 
     @property
@@ -185,11 +189,11 @@ class Workflow:
     name: str | None = None
     run_name: str | None = None
     triggers: Triggers = field(default_factory=Triggers)
-    env: Env = EMPTY
+    env: Env = field(default_factory=_empty)
     defaults: Defaults = Defaults()
     permissions: Permissions = None
     concurrency: Concurrency | None = None
-    jobs: Mapping[str, Job] = EMPTY
+    jobs: Mapping[str, Job] = field(default_factory=_empty)
     source: Document | None = field(default=None, compare=False, repr=False)
 
     @property

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -90,6 +90,8 @@ class Document:
     values: Mapping[Path, Position]
     keys: Mapping[Path, Position]
     blocks: frozenset[Path]
+    styles: Mapping[Path, str] = field(default_factory=dict)
+    text: str = field(default="", repr=False)
 
     def locate(self, path: Path) -> Position:
         """Where the value at ``path`` is written (at its key when it is a block collection).
@@ -114,6 +116,31 @@ class Document:
                 return (1, 1)
             path = path[:-1]
 
+    def locate_in_string(self, path: Path, offset: int) -> Position:
+        """Where character ``offset`` of the string at ``path`` is written, as near as we can tell.
+
+        Exact for single-line scalars and literal (``|``) block scalars; other multi-line
+        scalars give the position of the value itself.
+        """
+        line, column = self.locate(path)
+        value = _get(self.value, path)
+        style = self.styles.get(path)
+        if style is None or not isinstance(value, str) or path not in self.values:
+            return line, column
+        before = value[:offset]
+        if style in {"", "'", '"'} and "\n" not in before:
+            return line, column + offset + (1 if style else 0)
+        if style == "|":
+            lines = self.text.splitlines()
+            indent = 0
+            for candidate in lines[line:]:
+                if candidate.strip():
+                    indent = len(candidate) - len(candidate.lstrip(" "))
+                    break
+            newlines = before.count("\n")
+            return line + 1 + newlines, indent + offset - (before.rfind("\n") + 1) + 1
+        return line, column
+
     def diagnostic(self, path: Path, message: str, *, at_key: bool = False) -> Diagnostic:
         line, column = self.locate_key(path) if at_key else self.locate(path)
         return Diagnostic(self.filename, line, column, message)
@@ -127,6 +154,7 @@ class _Builder:
         self.values: dict[Path, Position] = {}
         self.keys: dict[Path, Position] = {}
         self.blocks: set[Path] = set()
+        self.styles: dict[Path, str] = {}
         self.errors: list[Diagnostic] = []
         self.seen: set[int] = set()
         self.active: set[int] = set()
@@ -154,6 +182,8 @@ class _Builder:
             if isinstance(node, MappingNode | SequenceNode) and not node.flow_style:
                 self.blocks.add(path)
         if isinstance(node, ScalarNode):
+            if "${{" in node.value or path[-1:] == ("if",):
+                self.styles.setdefault(path, node.style or "")
             return self.scalar(node)
         self.active.add(key)
         try:
@@ -208,6 +238,15 @@ class _Builder:
             return text
         self.error(node, f"unsupported YAML tag {tag!r}")
         return text
+
+
+def _get(value: Any, path: Path) -> Any:
+    for part in path:
+        try:
+            value = value[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return value
 
 
 def _yaml_error(filename: str, exc: Exception) -> Diagnostic:
@@ -265,4 +304,6 @@ def load_document(text: str, filename: str) -> Document:
         raise WorkflowError(
             Diagnostic(filename, line, column, f"the top level of a workflow must be a mapping (keys such as 'on' and 'jobs'), not {kind}")
         )
-    return Document(filename, value, builder.values, builder.keys, frozenset(builder.blocks))
+    return Document(
+        filename, value, builder.values, builder.keys, frozenset(builder.blocks), builder.styles, text
+    )
