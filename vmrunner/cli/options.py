@@ -1,0 +1,114 @@
+"""Options shared by the commands that read workflows (``list``, ``graph``, ``validate``).
+
+``-W`` names a workflow file or folder, the optional EVENT argument keeps only the workflows
+that event triggers (with ``-e`` giving the event payload, filters are applied too), and ``-j``
+selects jobs (with what they need).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from vmrunner.errors import ConfigError
+
+if TYPE_CHECKING:
+    from vmrunner.errors import WorkflowError
+    from vmrunner.workflow.models import Workflow
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Environment variable for ``-W``.
+WORKFLOWS_ENV = "VMRUNNER_WORKFLOWS"
+DEFAULT_WORKFLOWS = os.path.join(".github", "workflows")
+
+
+def workflow_options(function: F) -> F:
+    """Add ``-W``, ``-e``, ``-j``, ``--json`` and the optional EVENT argument to a command."""
+    decorators = [
+        click.argument("event", required=False),
+        click.option(
+            "-W",
+            "--workflows",
+            "workflows",
+            default=DEFAULT_WORKFLOWS,
+            show_default=True,
+            envvar=WORKFLOWS_ENV,
+            help=f"A workflow file, or a folder of them [env: {WORKFLOWS_ENV}].",
+        ),
+        click.option("-e", "--event-path", "event_path", default=None, help="The event payload (JSON file), to apply the event's filters."),
+        click.option("-j", "--job", "jobs", multiple=True, help="Only this job and the jobs it needs (repeatable)."),
+        click.option("--json", "as_json", is_flag=True, help="Print JSON for machines."),
+    ]
+    for decorator in reversed(decorators):
+        function = decorator(function)
+    return function
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """The workflows a command works on, and the files that failed to load."""
+
+    workflows: tuple[Workflow, ...]
+    errors: tuple[WorkflowError, ...]
+    files: tuple[str, ...]
+    jobs: tuple[str, ...]
+
+
+def read_payload(event_path: str | None) -> dict[str, Any] | None:
+    """The JSON event payload at ``event_path``; ``ConfigError`` when unreadable or not an object."""
+    if event_path is None:
+        return None
+    try:
+        with open(event_path, encoding="utf-8") as handle:
+            payload = json.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the event payload {event_path}: {exc.strerror or exc}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"the event payload {event_path} is not valid JSON: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise ConfigError(f"the event payload {event_path} must be a JSON object")
+    return payload
+
+
+def select(workflows: str, event: str | None, event_path: str | None, jobs: Sequence[str]) -> Selection:
+    """Load the workflows at ``workflows``; keep those ``event`` triggers and that have ``jobs``.
+
+    Without a payload an event matches every workflow listening to it (like ``act -l EVENT``);
+    with one, branch, tag, path and type filters apply as on GitHub.
+    """
+    from vmrunner.errors import WorkflowError
+    from vmrunner.workflow.loader import load_workflows
+    from vmrunner.workflow.triggers import match_event, payload_changed_files
+
+    payload = read_payload(event_path)
+    if payload is not None and event is None:
+        raise ConfigError("-e/--event-path needs the EVENT argument (e.g. push)")
+    try:
+        result = load_workflows(workflows)
+    except WorkflowError as exc:
+        raise ConfigError(f"no workflows at {workflows}: {exc.diagnostics[0].message}") from exc
+    chosen = []
+    for workflow in result.workflows:
+        if event is not None:
+            if payload is None:
+                if event not in workflow.triggers.events:
+                    continue
+            elif not match_event(workflow.triggers, event, payload, changed_files=payload_changed_files(payload)):
+                continue
+        if jobs and not any(job in workflow.jobs for job in jobs):
+            continue
+        chosen.append(workflow)
+    if jobs and not chosen and not result.errors:
+        raise ConfigError(f"no workflow has a job named {', '.join(repr(j) for j in jobs)}")
+    return Selection(tuple(chosen), result.errors, result.files, tuple(jobs))
+
+
+def selected_jobs(workflow: Workflow, jobs: Sequence[str]) -> list[str] | None:
+    """The requested jobs that exist in ``workflow`` (``None``: no selection, all jobs)."""
+    return [job for job in jobs if job in workflow.jobs] if jobs else None
