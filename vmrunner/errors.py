@@ -83,9 +83,14 @@ ExpressionErrorKind = Literal["lexing", "parsing", "evaluation"]
 
 
 class ExpressionError(VmrunnerError):
-    """A ${{ }} expression failed; ``position`` is the 0-based offset within ``expression``."""
+    """A ${{ }} expression failed; ``position`` is the 0-based offset within ``expression``.
+
+    ``offset`` is where ``expression`` starts in the string it was embedded in (the text of a
+    ``${{ }}`` template), 0 when it stood alone; the parser of templates sets it.
+    """
 
     kind: ExpressionErrorKind = "evaluation"
+    offset: int = 0
 
     def __init__(self, message: str, expression: str = "", position: int = 0) -> None:
         self.message = message
