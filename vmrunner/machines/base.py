@@ -23,7 +23,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import Any, ClassVar, Literal
 
@@ -38,7 +38,7 @@ NetworkMode = Literal["host", "none"]
 DEFAULT_VM_TYPE = "default"
 
 
-class Isolation(str, Enum):
+class Isolation(StrEnum):
     """How strongly a provider separates a machine from the host."""
 
     NONE = "none"
@@ -138,7 +138,7 @@ class Machine(ABC):
         *,
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - enforced inside the machine
         on_output: OutputCallback | None = None,
         stdin: bytes | None = None,
     ) -> ExecResult:
@@ -235,3 +235,4 @@ class Provider(ABC):
 
     async def aclose(self) -> None:
         """Free provider-wide resources (pools, caches); machines are released separately."""
+        return None

@@ -1,0 +1,477 @@
+"""What the providers that run the agent as a local process share (``sandbox`` and ``host``).
+
+- ``AgentMachine``: a ``Machine`` whose commands and files go through an ``AgentClient``.
+- Machine directories under ``VMRUNNER_HOME/machines/<id>/`` with their ``machine.json``
+  record, written before any process starts, so that a runner that dies leaves nothing unknown.
+- Process identity (pid plus start time from ``/proc``) and the kill policy: SIGTERM, a grace
+  period, SIGKILL, then wait; used both for our own children and for reclaimed strangers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from vmrunner.config import vmrunner_home
+from vmrunner.errors import AgentError, AllocationError, ReleaseError
+from vmrunner.machines.agent import DEFAULT_GRACE
+from vmrunner.machines.base import (
+    ExecResult,
+    Machine,
+    MachinePaths,
+    MachineRecord,
+    MachineSpec,
+    OutputCallback,
+    Provider,
+)
+from vmrunner.machines.client import AgentClient
+
+#: The agent program: one stdlib-only file, run by whatever python3 the machine has.
+AGENT_PATH = Path(__file__).with_name("agent.py")
+RECORD_NAME = "machine.json"
+#: How long a new agent may take to answer its first ping.
+START_TIMEOUT = 10.0
+#: How long release may take before it gives up and says what is left.
+RELEASE_TIMEOUT = 15.0
+
+T = TypeVar("T")
+
+
+# Processes.
+
+
+def process_start(pid: int) -> int | None:
+    """The start time (clock ticks since boot) of a live process, None if there is none."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    # Field 22 of stat; fields[0] here is field 3 (the state), as the name may hold spaces.
+    if fields[0] in (b"Z", b"X"):
+        return None  # a zombie holds no resources but its pid: gone for our purposes
+    return int(fields[19])
+
+
+def is_same_process(pid: int | None, start: int | None) -> bool:
+    """Whether ``pid`` still names the process that started at ``start`` (guards pid reuse)."""
+    return pid is not None and start is not None and process_start(pid) == start
+
+
+async def wait_gone(pid: int, start: int | None, within: float) -> bool:
+    """Poll until the process is gone (or is another process); True when it is."""
+    deadline = time.monotonic() + within
+    delay = 0.001
+    while process_start(pid) is not None and process_start(pid) == start:
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
+    return True
+
+
+async def kill_process(pid: int, start: int | None, grace: float, *, group: bool = False) -> bool:
+    """SIGTERM, up to ``grace`` seconds, SIGKILL, then wait; True once the process is gone.
+
+    Only signals ``pid`` while it still is the process that started at ``start``.
+    """
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, RELEASE_TIMEOUT)):
+        if not is_same_process(pid, start):
+            return True
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            (os.killpg if group else os.kill)(pid, sig)
+        if await wait_gone(pid, start, wait):
+            return True
+    return False
+
+
+async def shielded(awaitable: Awaitable[T]) -> T:
+    """Run to completion even if the caller is cancelled meanwhile; then re-raise that."""
+    task = asyncio.ensure_future(awaitable)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
+
+
+# Machine directories and records.
+
+
+def new_machine_id(provider: str) -> str:
+    return f"{provider}-{uuid.uuid4().hex[:12]}"
+
+
+def create_machine_dir(machines_dir: Path, record: MachineRecord) -> Path:
+    """Create the machine's directory with its record inside, atomically.
+
+    The directory is prepared under a hidden name and renamed into place, so every visible
+    machine directory carries its ``machine.json``.
+    """
+    final = machines_dir / record.machine_id
+    staging = machines_dir / f".{record.machine_id}.new"
+    try:
+        machines_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        staging.mkdir(mode=0o700)
+        _write_json(staging / RECORD_NAME, asdict(record))
+        staging.rename(final)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise AllocationError(f"cannot create the machine directory {final}: {exc}") from exc
+    return final
+
+
+def write_record(record: MachineRecord) -> None:
+    try:
+        _write_json(Path(record.state_dir) / RECORD_NAME, asdict(record))
+    except OSError as exc:
+        raise AllocationError(f"cannot record machine {record.machine_id}: {exc}") from exc
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    staging = path.with_name(path.name + ".tmp")
+    with open(staging, "w", encoding="utf-8") as file:
+        json.dump(data, file, indent=2, sort_keys=True)
+        file.write("\n")
+    os.replace(staging, path)
+
+
+def read_records(machines_dir: Path, provider: str) -> list[MachineRecord]:
+    """Every record of ``provider`` in ``machines_dir`` (unreadable ones are skipped)."""
+    records = []
+    try:
+        entries = sorted(machines_dir.iterdir())
+    except OSError:
+        return []
+    for entry in entries:
+        try:
+            data = json.loads((entry / RECORD_NAME).read_text(encoding="utf-8"))
+            record = MachineRecord(**data)
+        except (OSError, ValueError, TypeError):
+            continue
+        if record.provider == provider:
+            records.append(record)
+    return records
+
+
+def remove_machine_dir(machines_dir: Path, state_dir: str) -> None:
+    """Remove a machine directory; refuses anything that is not directly in ``machines_dir``."""
+    path = Path(state_dir)
+    if path.parent.resolve() != machines_dir.resolve() or path.name.startswith("."):
+        raise ReleaseError(f"refusing to remove {state_dir}: not a machine directory")
+    errors: list[str] = []
+
+    def failed(function: Callable[..., Any], name: str, exc: BaseException) -> None:
+        # A read-only directory (chmod inside the machine) only needs its mode back.
+        try:
+            os.chmod(os.path.dirname(name), 0o700)
+            os.chmod(name, 0o700)
+            function(name)
+        except OSError as again:
+            errors.append(f"{name}: {again.strerror}")
+
+    if path.exists():
+        shutil.rmtree(path, onerror=lambda function, name, info: failed(function, name, info[1]))
+    if errors or path.exists():
+        raise ReleaseError(f"cannot remove {state_dir}: {'; '.join(errors[:3]) or 'still there'}")
+
+
+def owner_identity() -> tuple[int, int | None]:
+    pid = os.getpid()
+    return pid, process_start(pid)
+
+
+def base_record(provider: str, spec: MachineSpec, machines_dir: Path) -> MachineRecord:
+    machine_id = new_machine_id(provider)
+    owner_pid, owner_start = owner_identity()
+    return MachineRecord(
+        machine_id=machine_id,
+        provider=provider,
+        vm_type=spec.vm_type,
+        pid=None,
+        pid_start=None,
+        state_dir=str(machines_dir / machine_id),
+        owner_pid=owner_pid,
+        owner_start=owner_start,
+        data={"network": spec.network, "labels": dict(spec.labels)},
+    )
+
+
+# The machine.
+
+
+async def start_agent(
+    argv: Sequence[str],
+    *,
+    name: str,
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    pass_fds: Sequence[int] = (),
+    new_session: bool = False,
+) -> tuple[asyncio.subprocess.Process, AgentClient]:
+    """Start the agent's process, connect a client, and wait for its first pong.
+
+    On any failure the process is killed and ``AllocationError`` says why (with the tail of
+    the process's stderr, where bwrap and python explain themselves).
+    """
+    try:
+        with open(log_path, "wb") as log:  # noqa: ASYNC230 - a local file, created empty
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log,
+                env=dict(env) if env is not None else None,
+                cwd=cwd,
+                pass_fds=pass_fds,
+                start_new_session=new_session,
+                limit=1 << 20,
+            )
+    except OSError as exc:
+        raise AllocationError(f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
+    assert process.stdout is not None
+    assert process.stdin is not None
+    client = AgentClient(process.stdout, process.stdin, name=name)
+    client.start()
+    try:
+        async with asyncio.timeout(START_TIMEOUT):
+            await client.ping()
+    except BaseException as exc:
+        await shielded(_abandon(process, client, new_session))
+        if not isinstance(exc, AgentError | TimeoutError):
+            raise
+        why = _tail(log_path) or ("no answer" if isinstance(exc, TimeoutError) else str(exc))
+        raise AllocationError(f"the agent of {name} did not answer: {why}") from exc
+    return process, client
+
+
+async def _abandon(process: asyncio.subprocess.Process, client: AgentClient, group: bool) -> None:
+    await client.close()
+    await stop_process(process, DEFAULT_GRACE, group=group)
+
+
+async def stop_process(process: asyncio.subprocess.Process, grace: float, *, group: bool) -> None:
+    """Wait ``grace`` for our child to exit, then SIGKILL it (its group with ``group``)."""
+    try:
+        async with asyncio.timeout(grace):
+            await process.wait()
+            return
+    except TimeoutError:
+        pass
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if group:
+            os.killpg(process.pid, signal.SIGKILL)
+        else:
+            process.kill()
+    async with asyncio.timeout(RELEASE_TIMEOUT):
+        await process.wait()
+
+
+def _tail(path: Path, size: int = 2000) -> str:
+    try:
+        data = path.read_bytes()[-size:]
+    except OSError:
+        return ""
+    return data.decode("utf-8", "replace").strip()
+
+
+class AgentMachine(Machine):
+    """A machine whose agent is a local process reached through pipes."""
+
+    def __init__(
+        self,
+        *,
+        provider_name: str,
+        spec: MachineSpec,
+        paths: MachinePaths,
+        record: MachineRecord,
+        process: asyncio.subprocess.Process,
+        client: AgentClient,
+        group: bool = False,
+    ) -> None:
+        self.id = record.machine_id
+        self.spec = spec
+        self.paths = paths
+        self._provider_name = provider_name
+        self._record = record
+        self.process = process
+        self.client = client
+        #: Whether the agent's pid is also a process group to kill.
+        self.group = group
+        self.released = False
+        #: Set once release started, so concurrent releases wait for the same teardown.
+        self.teardown: asyncio.Task[None] | None = None
+
+    @property
+    def provider_name(self) -> str:
+        return self._provider_name
+
+    @property
+    def record(self) -> MachineRecord:
+        return self._record
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self._record.state_dir)
+
+    def _usable(self) -> AgentClient:
+        if self.released:
+            raise AgentError(f"machine {self.id} was released")
+        return self.client
+
+    async def exec(
+        self,
+        command: Sequence[str] | str,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - enforced inside the machine
+        on_output: OutputCallback | None = None,
+        stdin: bytes | None = None,
+    ) -> ExecResult:
+        return await self._usable().exec(
+            command, env=env, cwd=cwd, timeout=timeout, on_output=on_output, stdin=stdin
+        )
+
+    async def put(self, dest_dir: str, tar_data: bytes) -> None:
+        await self._usable().put(dest_dir, tar_data)
+
+    async def get(self, path: str) -> bytes:
+        return await self._usable().get(path)
+
+    async def ping(self) -> float:
+        return await self._usable().ping()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.id} pid={self._record.pid}>"
+
+
+# The provider.
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """How to start one machine's agent, and where the machine's paths are."""
+
+    argv: Sequence[str]
+    paths: MachinePaths
+    env: Mapping[str, str] | None = None
+    cwd: str | None = None
+    #: Start the agent in a new session (its pid is then the group to kill).
+    new_session: bool = False
+
+
+class LocalProvider(Provider):
+    """Allocation, release, leftovers and reclaim for agents that run as local processes.
+
+    Subclasses only say how to launch the agent (``_launch``).
+    """
+
+    def __init__(self, home: Path | None = None, *, grace: float = DEFAULT_GRACE) -> None:
+        self.home = Path(home) if home is not None else vmrunner_home()
+        self.machines_dir = self.home / "machines"
+        self.grace = grace
+
+    def _launch(self, state_dir: Path, record: MachineRecord, spec: MachineSpec) -> Launch:
+        raise NotImplementedError
+
+    def _check(self, spec: MachineSpec) -> None:
+        if spec.network not in self.capabilities.network_modes:
+            modes = ", ".join(sorted(self.capabilities.network_modes))
+            raise AllocationError(
+                f"the {self.name} provider cannot give a machine network {spec.network!r}"
+                f" (it supports: {modes})"
+            )
+
+    async def allocate(self, spec: MachineSpec) -> Machine:
+        self._check(spec)
+        record = base_record(self.name, spec, self.machines_dir)
+        state_dir = create_machine_dir(self.machines_dir, record)
+        try:
+            launch = self._launch(state_dir, record, spec)
+            process, client = await start_agent(
+                launch.argv,
+                name=f"the agent of machine {record.machine_id}",
+                log_path=state_dir / "agent.log",
+                env=launch.env,
+                cwd=launch.cwd,
+                new_session=launch.new_session,
+            )
+        except BaseException:
+            await shielded(asyncio.to_thread(self._forget, state_dir))
+            raise
+        record = replace(
+            record,
+            pid=process.pid,
+            pid_start=process_start(process.pid),
+            data={**record.data, "group": launch.new_session},
+        )
+        machine = AgentMachine(
+            provider_name=self.name,
+            spec=spec,
+            paths=launch.paths,
+            record=record,
+            process=process,
+            client=client,
+            group=launch.new_session,
+        )
+        try:
+            write_record(record)
+        except BaseException:
+            await self.release(machine)
+            raise
+        return machine
+
+    def _forget(self, state_dir: Path) -> None:
+        with contextlib.suppress(ReleaseError):
+            remove_machine_dir(self.machines_dir, str(state_dir))
+
+    async def release(self, machine: Machine) -> None:
+        if not isinstance(machine, AgentMachine) or machine.provider_name != self.name:
+            raise ReleaseError(f"machine {machine.id} does not belong to the {self.name} provider")
+        if machine.teardown is None:
+            machine.released = True
+            machine.teardown = asyncio.ensure_future(self._teardown(machine))
+        await shielded(machine.teardown)
+
+    async def _teardown(self, machine: AgentMachine) -> None:
+        # Closing the stream tells the agent to kill every command it started and exit; the
+        # process then ends (taking a sandbox's whole pid namespace with it).
+        await machine.client.close()
+        try:
+            await stop_process(machine.process, self.grace + 1, group=machine.group)
+        except TimeoutError as exc:
+            raise ReleaseError(
+                f"machine {machine.id}: process {machine.process.pid} survived SIGKILL"
+            ) from exc
+        await asyncio.to_thread(remove_machine_dir, self.machines_dir, machine.record.state_dir)
+
+    def leftovers(self) -> list[MachineRecord]:
+        return read_records(self.machines_dir, self.name)
+
+    async def reclaim(self, record: MachineRecord) -> None:
+        if record.provider != self.name:
+            raise ReleaseError(f"machine {record.machine_id} belongs to the {record.provider} provider")
+        if record.pid is not None and not await kill_process(
+            record.pid, record.pid_start, self.grace, group=bool(record.data.get("group"))
+        ):
+            raise ReleaseError(f"machine {record.machine_id}: process {record.pid} survived SIGKILL")
+        await asyncio.to_thread(remove_machine_dir, self.machines_dir, record.state_dir)

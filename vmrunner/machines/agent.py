@@ -1,0 +1,868 @@
+#!/usr/bin/env python3
+"""The guest agent: one small stdlib-only program that runs commands inside a machine.
+
+It runs inside every machine (sandbox, host, later QEMU and Firecracker guests, as PID 1 or as a
+service) and serves one host client over one byte stream: stdin/stdout pipes (default),
+``--fd N`` (one bidirectional descriptor), ``--device PATH`` (a virtio-serial port),
+``--unix PATH`` or ``--vsock PORT`` (listen, serve one connection at a time). It imports only
+C-level stdlib modules at start so that a cold start costs little more than the interpreter.
+
+Wire format (version 1). Every message is one frame::
+
+    prefix  20 bytes, big endian:
+            magic   4s  b"VMRA"
+            version B   1
+            flags   B   0 (reserved)
+            _       H   0 (reserved)
+            hlen    I   length of the JSON header (at most MAX_HEADER)
+            plen    I   length of the raw payload (at most MAX_PAYLOAD)
+            crc     I   CRC-32 of the 16 bytes above
+    header  hlen bytes: a UTF-8 JSON object with at least "op" (str) and "id" (int, or null
+            for messages about the stream itself)
+    payload plen bytes of raw data (output chunks, stdin, tar data), never base64
+
+The CRC lets a reader that lost its place (garbage on the stream) find the next real frame:
+it skips ahead to the next magic whose prefix checks out, and reports the skipped region once.
+
+Requests (client -> agent); each gets exactly one terminal reply with the same id:
+
+    ping      {}                                   -> pong {version, pid}
+    exec      {argv: [..]} or {shell: "..."},      -> stdout/stderr chunks (payload), then
+              env {..} (merged over the agent's       exit {code, signal, duration, timed_out}
+              environment), cwd, timeout (s),         or error {kind: "exec"} if it could not
+              stdin: bool, more: bool                 start; payload = first stdin bytes
+    stdin     {more: bool}, payload = stdin bytes  -> (no reply; feeds a running exec)
+    kill      {target: exec id, grace (s)}         -> ok {found}; the target's exit follows
+    put       {dest, more: bool}, payload = tar    -> ok once the last chunk is unpacked
+    get       {path}                               -> data chunks (payload), then done
+    shutdown  {}                                   -> ok, after every command was killed
+
+Errors are replies ``error {kind, message}``; kind is one of protocol, exec, transfer,
+internal. A frame that cannot be decoded gets an error with ``id: null`` (or the id when it
+could be read) and the agent carries on with the next frame.
+
+Every command runs in its own session and process group (``setsid``), so a timeout or a kill
+reaches its children: SIGTERM to the group, a short grace period, then SIGKILL. When the main
+process exits, its remaining output is drained and ``exit`` is sent; background processes it
+left keep running (as on GitHub's runners) until the machine is shut down, and their later
+output is discarded. When the stream closes, or on ``shutdown``, every process group the agent
+ever started is killed.
+"""
+
+from __future__ import annotations
+
+import _thread
+import binascii
+import errno
+import os
+import select
+import struct
+import sys
+import time
+
+# typing, contextlib and the signal wrapper (which builds enums) would cost more to import than
+# the rest of the agent: the C modules serve at run time, the full ones the type checker.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal
+    from collections.abc import Callable, Mapping
+    from typing import Any, ClassVar
+else:
+    import _signal as signal
+
+MAGIC = b"VMRA"
+VERSION = 1
+PREFIX_SIZE = 20
+MAX_HEADER = 1 << 20
+MAX_PAYLOAD = 16 << 20
+#: Payload size the agent and client cut large data into.
+CHUNK = 1 << 20
+#: Default time between SIGTERM and SIGKILL when killing a process group.
+DEFAULT_GRACE = 1.0
+
+_FIRST = struct.Struct(">4sBBHII")
+_CRC = struct.Struct(">I")
+_READ_SIZE = 1 << 16
+
+
+class ProtocolError(Exception):
+    """A frame could not be encoded or decoded."""
+
+
+# JSON through the C accelerator alone: importing the json package pulls in re and enum,
+# which would double the agent's start time.
+try:
+    import _json
+
+    class _ScanContext:
+        strict = True
+        object_hook = None
+        object_pairs_hook = None
+        parse_float = float
+        parse_int = int
+
+        @staticmethod
+        def parse_constant(name: str) -> float:
+            return float(name.replace("Infinity", "inf"))
+
+    def _unencodable(value: object) -> object:
+        raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+    _scan = _json.make_scanner(_ScanContext())  # type: ignore[arg-type]
+    _encode = _json.make_encoder(
+        None, _unencodable, _json.encode_basestring_ascii, None, ":", ",", False, False, False
+    )
+
+    def _dumps(value: Mapping[str, Any]) -> bytes:
+        return "".join(_encode(value, 0)).encode("ascii")
+
+    def _loads(data: bytes) -> Any:
+        text = data.decode("utf-8")
+        start = len(text) - len(text.lstrip(" \t\n\r"))
+        value, end = _scan(text, start)
+        if text[end:].strip(" \t\n\r"):
+            raise ValueError("extra data after the JSON value")
+        return value
+
+except (ImportError, AttributeError):  # pragma: no cover - other interpreters
+    import json
+
+    def _dumps(value: Mapping[str, Any]) -> bytes:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False).encode("ascii")
+
+    def _loads(data: bytes) -> Any:
+        return json.loads(data)
+
+
+def encode_raw(head: bytes, payload: bytes = b"", *, version: int = VERSION) -> bytes:
+    """One frame around an already encoded header (tests use it to send bad JSON)."""
+    first = _FIRST.pack(MAGIC, version, 0, 0, len(head), len(payload))
+    return first + _CRC.pack(binascii.crc32(first)) + head + payload
+
+
+def encode_frame(header: Mapping[str, Any], payload: bytes = b"") -> bytes:
+    """One frame; raises ProtocolError when the header or payload is too large."""
+    try:
+        head = _dumps(header)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"header is not JSON: {exc}") from exc
+    if len(head) > MAX_HEADER:
+        raise ProtocolError(f"header of {len(head)} bytes exceeds {MAX_HEADER}")
+    if len(payload) > MAX_PAYLOAD:
+        raise ProtocolError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    return encode_raw(head, payload)
+
+
+class Frame:
+    """A decoded frame: its JSON header and raw payload."""
+
+    __slots__ = ("header", "payload")
+
+    def __init__(self, header: dict[str, Any], payload: bytes = b"") -> None:
+        self.header = header
+        self.payload = payload
+
+    @property
+    def op(self) -> str:
+        op: str = self.header["op"]
+        return op
+
+    @property
+    def id(self) -> int | None:
+        value: int | None = self.header.get("id")
+        return value
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Frame)
+            and self.header == other.header
+            and self.payload == other.payload
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Frame({self.header!r}, <{len(self.payload)} bytes>)"
+
+
+class FrameError:
+    """A stretch of the stream that was not a valid frame; ``id`` when it could be read."""
+
+    __slots__ = ("id", "message")
+
+    def __init__(self, message: str, id: int | None = None) -> None:
+        self.message = message
+        self.id = id
+
+    def __repr__(self) -> str:
+        return f"FrameError({self.message!r}, id={self.id!r})"
+
+
+class FrameDecoder:
+    """Incremental decoder: feed bytes, get frames and errors; never raises on bad input."""
+
+    def __init__(self, max_header: int = MAX_HEADER, max_payload: int = MAX_PAYLOAD) -> None:
+        self._buffer = bytearray()
+        self._max_header = max_header
+        self._max_payload = max_payload
+        #: True while skipping a corrupt region (reported once, when it starts).
+        self._lost = False
+
+    def feed(self, data: bytes) -> list[Frame | FrameError]:
+        self._buffer += data
+        events: list[Frame | FrameError] = []
+        buffer = self._buffer
+        while True:
+            start = buffer.find(MAGIC)
+            if start < 0:
+                keep = _partial_magic(buffer)
+                if len(buffer) > keep:
+                    self._lose(events, "bytes outside any frame")
+                    del buffer[: len(buffer) - keep]
+                return events
+            if start > 0:
+                self._lose(events, "bytes outside any frame")
+                del buffer[:start]
+            if len(buffer) < PREFIX_SIZE:
+                return events
+            _, version, _, _, hlen, plen = _FIRST.unpack_from(buffer)
+            (crc,) = _CRC.unpack_from(buffer, 16)
+            problem = ""
+            if binascii.crc32(buffer[:16]) != crc:
+                problem = "frame prefix checksum mismatch"
+            elif version != VERSION:
+                problem = f"unsupported protocol version {version}"
+            elif hlen > self._max_header or plen > self._max_payload:
+                problem = f"frame too large (header {hlen}, payload {plen} bytes)"
+            if problem:
+                self._lose(events, problem)
+                del buffer[:1]
+                continue
+            end = PREFIX_SIZE + hlen + plen
+            if len(buffer) < end:
+                return events
+            head = bytes(buffer[PREFIX_SIZE : PREFIX_SIZE + hlen])
+            payload = bytes(buffer[PREFIX_SIZE + hlen : end])
+            del buffer[:end]
+            self._lost = False
+            events.append(_parse(head, payload))
+
+    def _lose(self, events: list[Frame | FrameError], why: str) -> None:
+        if not self._lost:
+            self._lost = True
+            events.append(FrameError(why))
+
+
+def _partial_magic(buffer: bytearray) -> int:
+    """How many trailing bytes could be the start of a magic still to come."""
+    for size in range(min(len(MAGIC) - 1, len(buffer)), 0, -1):
+        if buffer.endswith(MAGIC[:size]):
+            return size
+    return 0
+
+
+def _parse(head: bytes, payload: bytes) -> Frame | FrameError:
+    try:
+        header = _loads(head)
+    except (ValueError, StopIteration, RecursionError) as exc:
+        return FrameError(f"header is not valid JSON: {exc or 'no value'}")
+    if not isinstance(header, dict):
+        return FrameError("header is not a JSON object")
+    ident = header.get("id")
+    if ident is not None and (not isinstance(ident, int) or isinstance(ident, bool)):
+        return FrameError("id must be an integer")
+    if not isinstance(header.get("op"), str):
+        return FrameError("op must be a string", ident)
+    return Frame(header, payload)
+
+
+# The agent proper.
+
+
+def _status_of(status: int) -> tuple[int | None, int | None]:
+    if os.WIFSIGNALED(status):
+        return None, os.WTERMSIG(status)
+    return os.WEXITSTATUS(status), None
+
+
+def _which(name: str, path: str) -> str | None:
+    if "/" in name:
+        return name
+    for folder in path.split(":"):
+        candidate = os.path.join(folder or ".", name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+class _Exec:
+    __slots__ = (
+        "deadline",
+        "id",
+        "kill_at",
+        "open_fds",
+        "pid",
+        "started",
+        "status",
+        "stdin_buf",
+        "stdin_fd",
+        "stdin_more",
+        "timed_out",
+    )
+
+    def __init__(self, ident: int, pid: int) -> None:
+        self.id = ident
+        self.pid = pid
+        self.started = time.monotonic()
+        self.deadline: float | None = None
+        self.kill_at: float | None = None
+        self.status: int | None = None
+        self.timed_out = False
+        self.open_fds: set[int] = set()
+        self.stdin_fd: int | None = None
+        self.stdin_buf = bytearray()
+        self.stdin_more = False
+
+
+class AgentError(Exception):
+    """A request the agent refuses; becomes an error reply."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class Agent:
+    """Serves one connection at a time over a pair of descriptors."""
+
+    def __init__(self, grace: float = DEFAULT_GRACE) -> None:
+        self.grace = grace
+        #: Set by ``shutdown`` or SIGTERM: a listening agent then stops accepting clients.
+        self.stopped = False
+        self._cwd = os.getcwd()
+        self._poll = select.poll()
+        self._handlers: dict[int, Callable[[int], None]] = {}
+        self._execs: dict[int, _Exec] = {}
+        self._by_pid: dict[int, _Exec] = {}
+        #: fd -> exec for pipes still open; detached ones (exec ended) are read and dropped.
+        self._pipes: dict[int, tuple[_Exec, str]] = {}
+        self._groups: set[int] = set()
+        self._puts: dict[int, list[bytes]] = {}
+        self._write_lock = _thread.allocate_lock()
+        self._out = -1
+        self._in = -1
+        self._decoder = FrameDecoder()
+        self._closing = False
+        self._devnull = os.open(os.devnull, os.O_RDWR)
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        self._register(self._wake_r, self._on_wake)
+
+    # Event loop.
+
+    def serve(self, in_fd: int, out_fd: int) -> None:
+        """Serve one connection until it closes or asks to shut down."""
+        self._in, self._out = in_fd, out_fd
+        self._decoder = FrameDecoder()
+        self._closing = False
+        os.set_blocking(in_fd, False)
+        self._register(in_fd, self._on_input)
+        while not self._closing:
+            self._step()
+        self._unregister(in_fd)
+        self._terminate_all()
+
+    def _step(self) -> None:
+        timeout = self._next_timer()
+        try:
+            ready = self._poll.poll(None if timeout is None else max(0, int(timeout * 1000) + 1))
+        except InterruptedError:  # pragma: no cover - PEP 475 retries for us
+            ready = []
+        for fd, _ in ready:
+            handler = self._handlers.get(fd)
+            if handler is not None:
+                handler(fd)
+        self._run_timers()
+
+    def _register(self, fd: int, handler: Callable[[int], None], write: bool = False) -> None:
+        self._handlers[fd] = handler
+        self._poll.register(fd, select.POLLOUT if write else select.POLLIN)
+
+    def _unregister(self, fd: int) -> None:
+        if self._handlers.pop(fd, None) is not None:
+            self._poll.unregister(fd)
+
+    def _next_timer(self) -> float | None:
+        moments = [
+            moment
+            for ex in self._execs.values()
+            for moment in (ex.deadline, ex.kill_at)
+            if moment is not None
+        ]
+        return min(moments) - time.monotonic() if moments else None
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        for ex in list(self._execs.values()):
+            if ex.deadline is not None and now >= ex.deadline:
+                ex.deadline = None
+                ex.timed_out = True
+                self._terminate(ex, self.grace)
+            if ex.kill_at is not None and now >= ex.kill_at:
+                ex.kill_at = None
+                _killpg(ex.pid, signal.SIGKILL)
+
+    # Output to the client.
+
+    def send(self, header: Mapping[str, Any], payload: bytes = b"") -> None:
+        data = memoryview(encode_frame(header, payload))
+        with self._write_lock:
+            while data and self._out >= 0:
+                try:
+                    written = os.write(self._out, data)
+                except BlockingIOError:
+                    select.select([], [self._out], [])
+                    continue
+                except OSError:  # the client went away
+                    self._closing = True
+                    return
+                data = data[written:]
+
+    def _error(self, ident: int | None, kind: str, message: str) -> None:
+        self.send({"op": "error", "id": ident, "kind": kind, "message": message})
+
+    # Input from the client.
+
+    def _on_input(self, fd: int) -> None:
+        try:
+            data = os.read(fd, CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._closing = True
+            return
+        for event in self._decoder.feed(data):
+            if isinstance(event, FrameError):
+                self._error(event.id, "protocol", event.message)
+                continue
+            try:
+                self._dispatch(event)
+            except AgentError as exc:
+                self._error(event.id, exc.kind, str(exc))
+            except Exception as exc:  # never let one request take the agent down
+                self._error(event.id, "internal", f"{type(exc).__name__}: {exc}")
+
+    def _dispatch(self, frame: Frame) -> None:
+        handler = self._ops.get(frame.op)
+        if handler is None:
+            raise AgentError("protocol", f"unknown op {frame.op!r}")
+        handler(self, frame)
+
+    def _op_ping(self, frame: Frame) -> None:
+        self.send({"op": "pong", "id": frame.id, "version": VERSION, "pid": os.getpid()})
+
+    def _op_shutdown(self, frame: Frame) -> None:
+        self.stopped = self._closing = True
+        self._unregister(self._in)
+        self._terminate_all()
+        self.send({"op": "ok", "id": frame.id})
+
+    def _op_kill(self, frame: Frame) -> None:
+        ident = frame.header.get("target")
+        target = self._execs.get(ident) if isinstance(ident, int) else None
+        if target is not None:
+            grace = frame.header.get("grace")
+            self._terminate(target, self.grace if not isinstance(grace, int | float) else grace)
+        self.send({"op": "ok", "id": frame.id, "found": target is not None})
+
+    # Commands.
+
+    def _op_exec(self, frame: Frame) -> None:
+        header = frame.header
+        ident = frame.id
+        if ident is None or ident in self._execs:
+            raise AgentError("protocol", "exec needs an id that is not in use")
+        argv = _argv_of(header)
+        env = dict(os.environ)
+        extra = header.get("env") or {}
+        if not isinstance(extra, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in extra.items()
+        ):
+            raise AgentError("protocol", "env must map strings to strings")
+        env.update(extra)
+        program = _which(argv[0], env.get("PATH", os.defpath))
+        if program is None:
+            raise AgentError("exec", f"{argv[0]}: command not found")
+        cwd = header.get("cwd")
+        timeout = header.get("timeout")
+        wants_stdin = bool(header.get("stdin"))
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        in_r, in_w = os.pipe() if wants_stdin else (self._devnull, -1)
+        try:
+            pid = self._spawn(program, argv, env, cwd, in_r, out_w, err_w)
+        except BaseException:
+            for fd in (out_r, err_r, in_w):
+                if fd >= 0:
+                    os.close(fd)
+            raise
+        finally:
+            for fd in (out_w, err_w, in_r if wants_stdin else -1):
+                if fd >= 0:
+                    os.close(fd)
+        ex = _Exec(ident, pid)
+        if isinstance(timeout, int | float) and not isinstance(timeout, bool):
+            ex.deadline = ex.started + max(0.0, float(timeout))
+        self._execs[ident] = ex
+        self._by_pid[pid] = ex
+        self._groups.add(pid)
+        for fd, stream in ((out_r, "stdout"), (err_r, "stderr")):
+            os.set_blocking(fd, False)
+            ex.open_fds.add(fd)
+            self._pipes[fd] = (ex, stream)
+            self._register(fd, self._on_output)
+        if wants_stdin:
+            os.set_blocking(in_w, False)
+            ex.stdin_fd = in_w
+            ex.stdin_more = bool(header.get("more"))
+            self._feed_stdin(ex, frame.payload)
+        self._reap()
+
+    def _spawn(
+        self,
+        program: str,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: object,
+        stdin: int,
+        stdout: int,
+        stderr: int,
+    ) -> int:
+        actions = [
+            (os.POSIX_SPAWN_DUP2, stdin, 0),
+            (os.POSIX_SPAWN_DUP2, stdout, 1),
+            (os.POSIX_SPAWN_DUP2, stderr, 2),
+        ]
+        # posix_spawn has no chdir action before Python 3.13: the child inherits our cwd, and
+        # only this thread spawns, so switching around the call is safe.
+        try:
+            if cwd is not None:
+                if not isinstance(cwd, str):
+                    raise AgentError("protocol", "cwd must be a string")
+                os.chdir(os.path.join(self._cwd, cwd))
+            return os.posix_spawn(
+                program,
+                argv,
+                env,
+                file_actions=actions,
+                setsid=True,
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD, signal.SIGTERM),
+                setsigmask=(),
+            )
+        except OSError as exc:
+            where = f" in {cwd}" if cwd is not None else ""
+            raise AgentError("exec", f"cannot run {argv[0]}{where}: {exc.strerror}") from exc
+        finally:
+            if cwd is not None:
+                os.chdir(self._cwd)
+
+    def _op_stdin(self, frame: Frame) -> None:
+        ex = self._execs.get(frame.id)  # type: ignore[arg-type]
+        if ex is None or ex.stdin_fd is None:
+            return  # the command ended or closed its input: drop the data, as a pipe would
+        ex.stdin_more = bool(frame.header.get("more"))
+        self._feed_stdin(ex, frame.payload)
+
+    def _feed_stdin(self, ex: _Exec, data: bytes) -> None:
+        ex.stdin_buf += data
+        self._write_stdin(ex)
+
+    def _write_stdin(self, ex: _Exec) -> None:
+        fd = ex.stdin_fd
+        if fd is None:
+            return
+        try:
+            while ex.stdin_buf:
+                written = os.write(fd, ex.stdin_buf[:_READ_SIZE])
+                del ex.stdin_buf[:written]
+        except BlockingIOError:
+            if fd not in self._handlers:
+                self._register(fd, lambda _fd: self._write_stdin(ex), write=True)
+            return
+        except OSError:  # the command closed its input
+            ex.stdin_buf.clear()
+            ex.stdin_more = False
+        if not ex.stdin_more:
+            self._unregister(fd)
+            os.close(fd)
+            ex.stdin_fd = None
+        elif fd in self._handlers:
+            self._unregister(fd)
+
+    def _on_output(self, fd: int) -> None:
+        ex, stream = self._pipes[fd]
+        try:
+            data = os.read(fd, _READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close_pipe(fd)
+        elif ex.status is None:
+            self.send({"op": stream, "id": ex.id}, data)
+
+    def _close_pipe(self, fd: int) -> None:
+        ex, _ = self._pipes.pop(fd)
+        ex.open_fds.discard(fd)
+        self._unregister(fd)
+        os.close(fd)
+
+    def _on_wake(self, fd: int) -> None:
+        try:
+            while os.read(fd, 512):
+                pass
+        except BlockingIOError:
+            pass
+        self._reap()
+
+    def _reap(self) -> None:
+        # Our only children are the commands (and, as PID 1, orphans we adopted): reaping any
+        # child is safe, and unknown ones are simply forgotten.
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self._exited(pid, status)
+
+    def _exited(self, pid: int, status: int) -> None:
+        ex = self._by_pid.pop(pid, None)
+        if ex is None:
+            return
+        ex.status = status
+        if ex.timed_out or ex.kill_at is not None:
+            _killpg(pid, signal.SIGKILL)  # finish off whatever of the group survived SIGTERM
+        # Everything the main process wrote is in the pipes now: forward it, then report.
+        for fd in sorted(ex.open_fds):
+            self._drain(fd)
+        if ex.stdin_fd is not None:
+            self._unregister(ex.stdin_fd)
+            os.close(ex.stdin_fd)
+            ex.stdin_fd = None
+        code, sig = _status_of(status)
+        del self._execs[ex.id]
+        self.send(
+            {
+                "op": "exit",
+                "id": ex.id,
+                "code": code,
+                "signal": sig,
+                "duration": time.monotonic() - ex.started,
+                "timed_out": ex.timed_out,
+            }
+        )
+
+    def _drain(self, fd: int) -> None:
+        while fd in self._pipes:
+            ex, stream = self._pipes[fd]
+            try:
+                data = os.read(fd, _READ_SIZE)
+            except BlockingIOError:
+                return  # a background process holds the pipe: keep reading, but drop it
+            except OSError:
+                data = b""
+            if not data:
+                self._close_pipe(fd)
+                return
+            self.send({"op": stream, "id": ex.id}, data)
+
+    # Killing.
+
+    def _terminate(self, ex: _Exec, grace: float) -> None:
+        if ex.status is not None:
+            return
+        _killpg(ex.pid, signal.SIGTERM)
+        _killpg(ex.pid, signal.SIGCONT)
+        deadline = time.monotonic() + max(0.0, grace)
+        ex.kill_at = deadline if ex.kill_at is None else min(ex.kill_at, deadline)
+
+    def _terminate_all(self) -> None:
+        """Kill every command and every group ever started, waiting at most the grace period."""
+        for ex in list(self._execs.values()):
+            self._terminate(ex, self.grace)
+        deadline = time.monotonic() + self.grace
+        while self._execs and time.monotonic() < deadline:
+            self._step()
+        for pgid in self._groups:
+            _killpg(pgid, signal.SIGKILL)
+        self._groups.clear()
+        while self._execs and time.monotonic() < deadline + 1:
+            self._step()
+
+    def _on_sigterm(self, signum: int, frame: object) -> None:
+        self.stopped = self._closing = True
+
+    # Files.
+
+    def _op_put(self, frame: Frame) -> None:
+        dest = frame.header.get("dest")
+        if not isinstance(dest, str) or not dest.startswith("/"):
+            raise AgentError("protocol", "put needs an absolute dest directory")
+        ident = frame.id
+        if ident is None:
+            raise AgentError("protocol", "put needs an id")
+        chunks = self._puts.setdefault(ident, [])
+        chunks.append(frame.payload)
+        if not frame.header.get("more"):
+            del self._puts[ident]
+            _thread.start_new_thread(self._put, (ident, dest, b"".join(chunks)))
+
+    def _put(self, ident: int, dest: str, data: bytes) -> None:
+        try:
+            _unpack(dest, data)
+        except Exception as exc:
+            self._error(ident, "transfer", f"cannot unpack into {dest}: {exc}")
+        else:
+            self.send({"op": "ok", "id": ident})
+
+    def _op_get(self, frame: Frame) -> None:
+        path = frame.header.get("path")
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise AgentError("protocol", "get needs an absolute path")
+        _thread.start_new_thread(self._get, (frame.id, path))
+
+    def _get(self, ident: int | None, path: str) -> None:
+        try:
+            data = _pack(path)
+        except Exception as exc:
+            self._error(ident, "transfer", f"cannot read {path}: {exc}")
+            return
+        for offset in range(0, len(data), CHUNK):
+            self.send({"op": "data", "id": ident}, data[offset : offset + CHUNK])
+        self.send({"op": "done", "id": ident, "size": len(data)})
+
+    _ops: ClassVar[dict[str, Callable[[Agent, Frame], None]]] = {
+        "ping": _op_ping,
+        "exec": _op_exec,
+        "stdin": _op_stdin,
+        "kill": _op_kill,
+        "put": _op_put,
+        "get": _op_get,
+        "shutdown": _op_shutdown,
+    }
+
+
+def _argv_of(header: Mapping[str, Any]) -> list[str]:
+    shell = header.get("shell")
+    if isinstance(shell, str):
+        return ["/bin/sh", "-c", shell]
+    argv = header.get("argv")
+    if isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv):
+        return argv
+    raise AgentError("protocol", "exec needs argv (a non-empty list of strings) or shell")
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:  # noqa: SIM105 - contextlib is not worth its import time here
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _unpack(dest: str, data: bytes) -> None:
+    import io
+    import tarfile
+
+    os.makedirs(dest, exist_ok=True)
+    root = os.path.realpath(dest)
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+        members = tar.getmembers()
+        for member in members:
+            target = os.path.realpath(os.path.join(root, member.name))
+            if member.name.startswith("/") or os.path.commonpath([root, target]) != root:
+                raise ValueError(f"{member.name!r} would land outside {dest}")
+        tar.extractall(root, members)  # every member was checked above
+
+
+def _pack(path: str) -> bytes:
+    import io
+    import tarfile
+
+    if not os.path.lexists(path):
+        raise FileNotFoundError(errno.ENOENT, "no such file or directory")
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add(path, arcname=os.path.basename(path.rstrip("/")) or ".")
+    return buffer.getvalue()
+
+
+# Transports.
+
+
+def _listen(family: int, address: str | tuple[int, int]) -> int:
+    import socket
+
+    server = socket.socket(family, socket.SOCK_STREAM)
+    server.bind(address)
+    server.listen(1)
+    return server.detach()
+
+
+def _accept(server: int) -> int:
+    import socket
+
+    with socket.socket(fileno=server) as listener:
+        conn, _ = listener.accept()
+        listener.detach()
+    return conn.detach()
+
+
+def main(argv: list[str]) -> int:
+    """Parse the transport options and serve until the stream says goodbye."""
+    options = dict(zip(argv[::2], argv[1::2], strict=False))
+    unknown = set(options) - {"--fd", "--device", "--unix", "--vsock", "--grace"}
+    if unknown or len(argv) % 2:
+        sys.stderr.write(
+            "usage: agent.py [--fd N | --device PATH | --unix PATH | --vsock PORT]"
+            " [--grace SECONDS]\n"
+        )
+        return 2
+    agent = Agent(grace=float(options.get("--grace", DEFAULT_GRACE)))
+    # Commands get /dev/null, never our stream, as inherited stdin/stdout.
+    if "--fd" in options:
+        fd = int(options["--fd"])
+        os.set_inheritable(fd, False)
+        agent.serve(fd, fd)
+    elif "--device" in options:
+        fd = os.open(options["--device"], os.O_RDWR | os.O_CLOEXEC | os.O_NOCTTY)
+        agent.serve(fd, fd)
+    elif "--unix" in options or "--vsock" in options:
+        import socket
+
+        if "--unix" in options:
+            server = _listen(socket.AF_UNIX, options["--unix"])
+        else:
+            server = _listen(socket.AF_VSOCK, (socket.VMADDR_CID_ANY, int(options["--vsock"])))
+        while not agent.stopped:  # a listening agent outlives its clients: serve the next
+            conn = _accept(server)
+            agent.serve(conn, conn)
+            os.close(conn)
+    else:
+        in_fd, out_fd = os.dup(0), os.dup(1)
+        os.dup2(agent._devnull, 0)
+        os.dup2(agent._devnull, 1)
+        agent.serve(in_fd, out_fd)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,339 @@
+"""The host side of the guest agent protocol (described in ``vmrunner.machines.agent``).
+
+One ``AgentClient`` owns one byte stream to one agent. A reader task routes every incoming
+frame to the request with its id, so any number of commands and transfers run at once. When the
+stream breaks or the agent says something that is not the protocol, every pending request fails
+with ``AgentError`` and the client is dead: the machine is to be released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+from vmrunner.errors import AgentError, ExecError, TransferError
+from vmrunner.machines.agent import (
+    CHUNK,
+    DEFAULT_GRACE,
+    Frame,
+    FrameDecoder,
+    FrameError,
+    ProtocolError,
+    encode_frame,
+)
+from vmrunner.machines.base import ExecResult, OutputCallback
+
+#: How long a cancelled command may take to report its exit after the kill's grace period.
+KILL_SLACK = 5.0
+#: How long past its own timeout the agent may take to report a command's end.
+TIMEOUT_SLACK = 10.0
+
+_ERRORS: dict[str, type[AgentError] | type[ExecError] | type[TransferError]] = {
+    "exec": ExecError,
+    "transfer": TransferError,
+}
+
+
+class _Request:
+    """One request waiting for its terminal reply."""
+
+    def __init__(self) -> None:
+        self.done: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
+
+    def handle(self, frame: Frame) -> None:
+        if frame.op == "error":
+            kind = str(frame.header.get("kind", ""))
+            error = _ERRORS.get(kind, AgentError)
+            self.fail(error(str(frame.header.get("message", "the agent reported an error"))))
+        elif not self.done.done():
+            self.done.set_result(frame)
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.done.done():
+            self.done.set_exception(exc)
+            self.done.exception()  # retrieved here: nobody may be waiting any more
+
+
+class _ExecRequest(_Request):
+    def __init__(self, on_output: OutputCallback | None, client: AgentClient, ident: int) -> None:
+        super().__init__()
+        self.on_output = on_output
+        self.stdout = bytearray()
+        self.stderr = bytearray()
+        self.callback_error: BaseException | None = None
+        self._client = client
+        self._ident = ident
+
+    def handle(self, frame: Frame) -> None:
+        if frame.op not in ("stdout", "stderr"):
+            super().handle(frame)
+        elif self.on_output is None:
+            (self.stdout if frame.op == "stdout" else self.stderr).extend(frame.payload)
+        elif self.callback_error is None:
+            try:
+                self.on_output(frame.op, frame.payload)  # type: ignore[arg-type]
+            except Exception as exc:  # the caller's callback failed: stop the command
+                self.callback_error = exc
+                self._client._kill_nowait(self._ident)
+
+
+class _GetRequest(_Request):
+    def __init__(self) -> None:
+        super().__init__()
+        self.data = bytearray()
+
+    def handle(self, frame: Frame) -> None:
+        if frame.op == "data":
+            self.data.extend(frame.payload)
+        else:
+            super().handle(frame)
+
+
+class AgentClient:
+    """Talks to one agent over a reader/writer pair; an ``async with`` resource."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        name: str = "agent",
+        grace: float = DEFAULT_GRACE,
+    ) -> None:
+        self.name = name
+        self.grace = grace
+        self._reader = reader
+        self._writer = writer
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Request] = {}
+        self._failure: AgentError | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def start(self) -> None:
+        """Start routing replies; ``async with`` does this for you."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._read_loop(), name=f"{self.name} reader"
+            )
+
+    @property
+    def alive(self) -> bool:
+        return self._failure is None
+
+    # Requests.
+
+    async def ping(self) -> float:
+        """Round-trip time to the agent, in seconds."""
+        started = time.perf_counter()
+        await self._call({"op": "ping"})
+        return time.perf_counter() - started
+
+    async def exec(
+        self,
+        command: Sequence[str] | str,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - enforced by the agent
+        on_output: OutputCallback | None = None,
+        stdin: bytes | None = None,
+    ) -> ExecResult:
+        """Run a command (argv, or a string for ``sh -c``) and wait for its exit.
+
+        If the calling task is cancelled, or ``on_output`` raises, the command's process group
+        is killed and its exit awaited (shielded, bounded) before the exception propagates.
+        """
+        header: dict[str, Any] = {"op": "exec"}
+        if isinstance(command, str):
+            header["shell"] = command
+        else:
+            header["argv"] = list(command)
+        if env:
+            header["env"] = dict(env)
+        if cwd is not None:
+            header["cwd"] = cwd
+        if timeout is not None:
+            header["timeout"] = timeout
+        data = b""
+        if stdin is not None:
+            header["stdin"] = True
+            data = stdin
+        ident = next(self._ids)
+        request = _ExecRequest(on_output, self, ident)
+        self._start(ident, request, header, data[:CHUNK], more=len(data) > CHUNK)
+        for offset in range(CHUNK, len(data), CHUNK):
+            more = offset + CHUNK < len(data)
+            self._send({"op": "stdin", "id": ident, "more": more}, data[offset : offset + CHUNK])
+        try:
+            if timeout is None:
+                frame = await request.done
+            else:
+                async with asyncio.timeout(timeout + self.grace + TIMEOUT_SLACK):
+                    frame = await request.done
+        except TimeoutError:
+            await self._stop(ident, request)
+            raise AgentError(f"{self.name} did not end a command after its timeout") from None
+        except asyncio.CancelledError:
+            await self._stop(ident, request)
+            raise
+        if request.callback_error is not None:
+            raise request.callback_error
+        header = frame.header
+        return ExecResult(
+            exit_code=header.get("code"),
+            duration=float(header.get("duration") or 0.0),
+            signal=header.get("signal"),
+            timed_out=bool(header.get("timed_out")),
+            stdout=bytes(request.stdout),
+            stderr=bytes(request.stderr),
+        )
+
+    async def put(self, dest_dir: str, tar_data: bytes) -> None:
+        """Unpack a tar stream into ``dest_dir`` (absolute) inside the machine."""
+        ident = next(self._ids)
+        request = _Request()
+        chunks = [tar_data[i : i + CHUNK] for i in range(0, len(tar_data), CHUNK)] or [b""]
+        header = {"op": "put", "dest": dest_dir}
+        self._start(ident, request, header, chunks[0], more=len(chunks) > 1)
+        for index, chunk in enumerate(chunks[1:], start=2):
+            self._send({**header, "id": ident, "more": index < len(chunks)}, chunk)
+        await self._wait(ident, request)
+
+    async def get(self, path: str) -> bytes:
+        """A tar stream of ``path`` (absolute) inside the machine."""
+        ident = next(self._ids)
+        request = _GetRequest()
+        self._start(ident, request, {"op": "get", "path": path})
+        await self._wait(ident, request)
+        return bytes(request.data)
+
+    async def shutdown(self) -> None:
+        """Ask the agent to kill every command and exit; returns once it confirmed."""
+        await self._call({"op": "shutdown"})
+
+    async def close(self) -> None:
+        """Close the stream and fail whatever is pending; idempotent."""
+        self._fail(AgentError(f"{self.name}: connection closed"))
+        if not self._writer.is_closing():
+            self._writer.close()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    # Plumbing.
+
+    async def _call(self, header: dict[str, Any]) -> Frame:
+        ident = next(self._ids)
+        request = _Request()
+        self._start(ident, request, header)
+        return await self._wait(ident, request)
+
+    def _start(
+        self,
+        ident: int,
+        request: _Request,
+        header: dict[str, Any],
+        payload: bytes = b"",
+        *,
+        more: bool = False,
+    ) -> None:
+        if self._failure is not None:
+            raise self._failure
+        self._pending[ident] = request
+        message = {**header, "id": ident}
+        if more:
+            message["more"] = True
+        self._send(message, payload)
+
+    async def _wait(self, ident: int, request: _Request) -> Frame:
+        try:
+            return await request.done
+        finally:
+            self._pending.pop(ident, None)
+
+    def _send(self, header: Mapping[str, Any], payload: bytes = b"") -> None:
+        if self._failure is not None:
+            raise self._failure
+        try:
+            data = encode_frame(header, payload)
+        except ProtocolError as exc:
+            raise AgentError(f"{self.name}: {exc}") from exc
+        try:
+            self._writer.write(data)
+        except (OSError, RuntimeError) as exc:
+            self._fail(AgentError(f"{self.name}: cannot write to the agent: {exc}"))
+            raise self._failure from exc  # type: ignore[misc]
+
+    def _kill_nowait(self, target: int) -> None:
+        if self._failure is None:
+            self._send({"op": "kill", "id": next(self._ids), "target": target, "grace": self.grace})
+
+    async def _stop(self, ident: int, request: _Request) -> None:
+        """Kill a command and wait for its exit, whatever cancellations come meanwhile."""
+        with contextlib.suppress(AgentError):
+            self._kill_nowait(ident)
+        waiter = asyncio.ensure_future(self._await_exit(request))
+        while not waiter.done():
+            try:
+                await asyncio.shield(waiter)
+            except asyncio.CancelledError:
+                continue  # the caller re-raises its own cancellation once the command is gone
+        self._pending.pop(ident, None)
+
+    async def _await_exit(self, request: _Request) -> None:
+        try:
+            async with asyncio.timeout(self.grace + KILL_SLACK):
+                await asyncio.shield(request.done)
+        except (TimeoutError, AgentError, ExecError):
+            pass
+
+    async def _read_loop(self) -> None:
+        decoder = FrameDecoder()
+        try:
+            while True:
+                data = await self._reader.read(CHUNK)
+                if not data:
+                    raise AgentError(f"{self.name} closed the connection")
+                for event in decoder.feed(data):
+                    self._route(event)
+        except AgentError as exc:
+            self._fail(exc)
+        except (OSError, ValueError) as exc:
+            self._fail(AgentError(f"{self.name}: connection failed: {exc}"))
+
+    def _route(self, event: Frame | FrameError) -> None:
+        if isinstance(event, FrameError):
+            raise AgentError(f"{self.name} sent a malformed frame: {event.message}")
+        ident = event.id
+        if ident is None:
+            message = event.header.get("message", event.op)
+            raise AgentError(f"{self.name} reported a broken stream: {message}")
+        request = self._pending.get(ident)
+        if request is not None:
+            request.handle(event)
+            if request.done.done():
+                del self._pending[ident]
+
+    def _fail(self, exc: AgentError) -> None:
+        if self._failure is None:
+            self._failure = exc
+        pending, self._pending = self._pending, {}
+        for request in pending.values():
+            request.fail(exc)

@@ -1,0 +1,35 @@
+"""Providers by name: ``get_provider("sandbox")``. The one place that maps names to classes."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from vmrunner.errors import ConfigError
+from vmrunner.machines.base import Provider
+
+#: Provider name -> "module:class"; imported only when asked for.
+PROVIDERS: dict[str, str] = {
+    "sandbox": "vmrunner.machines.sandbox:SandboxProvider",
+    "host": "vmrunner.machines.host:HostProvider",
+}
+
+
+def provider_names() -> list[str]:
+    return sorted(PROVIDERS)
+
+
+def get_provider(name: str, **options: Any) -> Provider:
+    """A new provider of the named kind; ``options`` go to its constructor."""
+    target = PROVIDERS.get(name)
+    if target is None:
+        raise ConfigError(
+            f"unknown provider {name!r}: expected one of {', '.join(provider_names())}"
+        )
+    module_name, _, class_name = target.partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    try:
+        provider: Provider = cls(**options)
+    except TypeError as exc:
+        raise ConfigError(f"invalid options for the {name} provider: {exc}") from exc
+    return provider
