@@ -14,7 +14,6 @@ from typing import Any
 
 from rich.console import Console
 
-
 #: Width used when output goes to a file or pipe, so that lines are never wrapped there.
 PIPE_WIDTH = 1000
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -238,42 +238,24 @@ def check_expression_text(text: str, context: Context, *, condition: bool) -> li
 
     A condition (``if:``) is an expression even without ``${{ }}``.
     """
-    from vmrunner.workflow import expressions
-
-    if not hasattr(expressions, "parse_template"):  # TEMPORARY until the expressions package lands
-        return []
+    from vmrunner.workflow.expressions import parse, parse_template
 
     names = sorted(context.names)
     functions = sorted(context.functions)
-    found: list[ExpressionProblem] = []
-    spans: list[tuple[int, str]]
-    if condition and not has_expression(text):
-        spans = [(0, text)]
-    else:
-        try:
-            template = expressions.parse_template(text)
-        except (ExpressionLexingError, ExpressionParsingError) as exc:
-            return [ExpressionProblem(exc.position, exc.message)]
-        spans = list(_template_spans(template, text))
-    for offset, source in spans:
-        try:
-            expressions.parse(source, contexts=names, functions=functions)
-        except (ExpressionLexingError, ExpressionParsingError) as exc:
-            message = exc.message
-            if "named-value" in message.lower() or "function" in message.lower():
-                message += f" (available here: {', '.join(names)}"
-                message += f"; special functions: {', '.join(functions)})" if functions else ")"
-            found.append(ExpressionProblem(offset + exc.position, message))
-    return found
-
-
-def _template_spans(template: Any, text: str) -> Iterator[tuple[int, str]]:
-    """(offset in ``text``, expression source) for each ``${{ }}`` part of a parsed template."""
-    for part in template.parts:
-        source = getattr(part, "source", None)
-        if source is None or not isinstance(source, str) or not hasattr(part, "start"):
-            continue
-        yield part.start, source
+    try:
+        if condition and not has_expression(text):
+            if text.strip():
+                parse(text, contexts=names, functions=functions)
+        else:
+            parse_template(text, contexts=names, functions=functions)
+    except (ExpressionLexingError, ExpressionParsingError) as exc:
+        message = exc.message
+        lowered = message.lower()
+        if "named-value" in lowered or "function" in lowered:
+            message += f" (available here: {', '.join(names)}"
+            message += f"; special functions: {', '.join(functions)})" if functions else ")"
+        return [ExpressionProblem(getattr(exc, "offset", 0) + exc.position, message)]
+    return []
 
 
 # --- the checker ------------------------------------------------------------------------
@@ -326,8 +308,6 @@ class Checker:
             ids: dict[str, int] = {}
             for index, step in enumerate(steps):
                 self.step(job_id, index, step, ids)
-        elif steps is not None:
-            self.report((*path, "steps"), f"jobs.{job_id}.steps must be a list of steps")
 
     def step(self, job_id: str, index: int, step: Any, ids: dict[str, int]) -> None:
         path: Path = ("jobs", job_id, "steps", index)

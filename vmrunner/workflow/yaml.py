@@ -255,7 +255,9 @@ def _yaml_error(filename: str, exc: Exception) -> Diagnostic:
         mark = exc.problem_mark or exc.context_mark
         words = exc.problem or exc.context or "malformed YAML"
         if exc.context and exc.problem:
-            words = f"{exc.problem} ({exc.context})"
+            # PyYAML splits one sentence in two: "expected X" + "but found Y".
+            joined = exc.problem.startswith("but ")
+            words = f"{exc.context}, {exc.problem}" if joined else f"{exc.problem} ({exc.context})"
         line, column = (mark.line + 1, mark.column + 1) if mark else (0, 0)
         return Diagnostic(filename, line, column, f"invalid YAML: {words}")
     return Diagnostic(filename, 0, 0, f"invalid YAML: {exc}")
