@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "graph": ("vmrunner.cli.graph", "Show the job graph (needs) of the workflows."),
     "validate": ("vmrunner.cli.validate", "Check workflows and report every error."),
     "expr": ("vmrunner.cli.expr", "Evaluate a ${{ }} expression, for debugging."),
+    "sessions": ("vmrunner.cli.sessions", "List sessions; reclaim machines of dead runners."),
 }
 
 
