@@ -340,3 +340,32 @@ def test_strategy_problems(raw: Any, path: tuple[Any, ...], fragment: str) -> No
 
 def test_whole_number_floats_are_accepted_for_max_parallel() -> None:
     assert parse_strategy({"max-parallel": 3.0}, PATH) == (Strategy(max_parallel=3), [])
+
+
+_PLAIN = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8) | st.sampled_from(["${{ x }}"]),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.sampled_from(["os", "OS", "include", "exclude", "matrix", "fail-fast", "max-parallel", ""]) | st.integers(), inner, max_size=4),
+    max_leaves=16,
+)
+
+
+@settings(max_examples=300)
+@given(_PLAIN)
+def test_any_plain_value_gives_a_strategy_and_problems(raw: Any) -> None:
+    strategy, problems = parse_strategy(raw, PATH)
+    assert isinstance(strategy, Strategy)
+    assert all(problem.path[: len(PATH)] == PATH and problem.message for problem in problems)
+
+
+@settings(max_examples=300)
+@given(_PLAIN)
+def test_any_plain_matrix_expands_or_raises_matrix_error(raw: Any) -> None:
+    errors: list[MatrixError] = []
+    try:
+        combinations = expand_matrix(raw)
+    except MatrixError as error:
+        errors.append(error)
+        combinations = []
+    assert bool(errors) != (1 <= len(combinations) <= MAX_COMBINATIONS)
+    assert all(error.diagnostics for error in errors)
