@@ -436,6 +436,23 @@ def test_bad_dispatch_inputs_are_config_errors(provided: dict[str, str], fragmen
         resolve_dispatch_inputs(DISPATCH, provided)
 
 
+def test_call_inputs_keep_expression_defaults_and_type_values() -> None:
+    call = on(
+        """
+        workflow_call:
+          inputs:
+            debug: {type: boolean, default: '${{ github.event_name == ''push'' }}'}
+            retries: {type: number}
+            name: {type: string, required: true}
+        """
+    ).events["workflow_call"]
+    resolved = resolve_dispatch_inputs(call, {"name": "x"})
+    assert resolved == {"debug": "${{ github.event_name == 'push' }}", "retries": 0.0, "name": "x"}
+    assert resolve_dispatch_inputs(call, {"name": 7, "debug": False, "retries": 2})["retries"] == 2.0
+    with pytest.raises(ConfigError, match="is a number"):
+        resolve_dispatch_inputs(call, {"name": "x", "retries": True})
+
+
 def test_dispatch_without_inputs_rejects_any() -> None:
     bare = on("workflow_dispatch").events["workflow_dispatch"]
     assert resolve_dispatch_inputs(bare, {}) == {}

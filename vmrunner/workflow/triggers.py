@@ -713,7 +713,9 @@ def resolve_dispatch_inputs(trigger: EventTrigger, provided: Mapping[str, Any]) 
     """The ``inputs`` context for a dispatch or call: provided values typed, defaults applied.
 
     Raises ``ConfigError`` for an unknown input, a missing required one, or a value that does
-    not fit the input's type (GitHub rejects all three).
+    not fit the input's type (GitHub rejects all three). Numbers come back as ``float`` (the
+    expression language has one number type); a ``workflow_call`` default written as an
+    expression comes back as written, for the caller to evaluate.
     """
     unknown = [name for name in provided if name not in trigger.inputs]
     if unknown:
