@@ -219,6 +219,8 @@ def _product_without_excludes(vectors: Mapping[str, list[Any]], exclude: list[Ma
 
 def _lookup(combination: Mapping[str, Any], key: str) -> tuple[str, Any] | None:
     """The (spelling, value) of ``key`` in ``combination``, ignoring case."""
+    if key in combination:
+        return key, combination[key]
     folded = key.lower()
     for name, value in combination.items():
         if name.lower() == folded:
@@ -253,6 +255,8 @@ def _merge(combination: dict[str, Any], entry: Mapping[str, Any]) -> None:
 
 def json_equal(left: Any, right: Any) -> bool:
     """Deep equality of JSON values, where booleans are not numbers (``true`` is not ``1``)."""
+    if type(left) is type(right) and isinstance(left, str | int | float | bool | None):
+        return bool(left == right)
     if isinstance(left, bool) or isinstance(right, bool):
         return isinstance(left, bool) and isinstance(right, bool) and left == right
     if isinstance(left, int | float) and isinstance(right, int | float):
