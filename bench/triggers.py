@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -43,7 +44,8 @@ _MATRIX: dict[str, Any] = {
 
 
 def _fixtures() -> list[tuple[str, dict[str, Any]]]:
-    root = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "github-webhooks"
+    shared = os.environ.get("VMRUNNER_SHARED") or Path(__file__).resolve().parents[2] / "shared"
+    root = Path(shared) / "fixtures" / "github-webhooks"
     return [(path.parent.name, json.loads(path.read_text())) for path in sorted(root.glob("*/*.json"))]
 
 
