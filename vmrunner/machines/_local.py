@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 import signal
+import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from vmrunner.config import vmrunner_home
 from vmrunner.errors import AgentError, AllocationError, ReleaseError
@@ -38,6 +41,9 @@ from vmrunner.machines.client import AgentClient
 
 #: The agent program: one stdlib-only file, run by whatever python3 the machine has.
 AGENT_PATH = Path(__file__).with_name("agent.py")
+#: Runs the agent from a bundle directory (argv[1]) so its bytecode comes precompiled: a
+#: script given by path is compiled at every start, which would cost more than the rest.
+AGENT_BOOT = "import sys;sys.path.insert(0,sys.argv[1]);import agent;sys.exit(agent.main(sys.argv[2:]))"
 RECORD_NAME = "machine.json"
 #: How long a new agent may take to answer its first ping.
 START_TIMEOUT = 10.0
@@ -110,6 +116,60 @@ async def shielded(awaitable: Awaitable[T]) -> T:
     if cancelled:
         raise asyncio.CancelledError
     return result
+
+
+# The agent bundle.
+
+
+def agent_bundle(python: str, cache_dir: Path) -> Path:
+    """A directory with ``agent.py`` and its bytecode for ``python``, made once and reused.
+
+    The name holds a digest of the source and of the interpreter, and the bytecode is not
+    checked against the source at run time (it cannot go stale under that name).
+    """
+    source = AGENT_PATH.read_bytes()
+    try:
+        stat = os.stat(python)
+    except OSError as exc:
+        raise AllocationError(f"cannot run the agent with {python}: {exc.strerror}") from exc
+    key = source + f"{os.path.realpath(python)}:{stat.st_mtime_ns}".encode()
+    bundle = cache_dir / f"agent-{hashlib.sha256(key).hexdigest()[:16]}"
+    if bundle.is_dir():
+        return bundle
+    staging = Path(tempfile.mkdtemp(prefix=".agent-", dir=_mkdir(cache_dir)))
+    try:
+        (staging / "agent.py").write_bytes(source)
+        compiled = subprocess.run(
+            [python, "-I", "-S", "-c", _COMPILE, str(staging / "agent.py")],
+            capture_output=True,
+            timeout=START_TIMEOUT,
+            check=False,
+        )
+        if compiled.returncode != 0:
+            why = compiled.stderr.decode("utf-8", "replace").strip()[-500:]
+            raise AllocationError(f"{python} cannot compile the agent: {why}")
+        staging.chmod(0o755)
+        try:
+            staging.rename(bundle)
+        except OSError:
+            if not bundle.is_dir():  # not just another process that was faster
+                raise
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise AllocationError(f"cannot prepare the agent for {python}: {exc}") from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return bundle
+
+
+_COMPILE = (
+    "import py_compile,sys;py_compile.compile(sys.argv[1],doraise=True,"
+    "invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)"
+)
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
 
 
 # Machine directories and records.
@@ -306,6 +366,7 @@ class AgentMachine(Machine):
         process: asyncio.subprocess.Process,
         client: AgentClient,
         group: bool = False,
+        writable: Mapping[str, Path] | None = None,
     ) -> None:
         self.id = record.machine_id
         self.spec = spec
@@ -316,6 +377,7 @@ class AgentMachine(Machine):
         self.client = client
         #: Whether the agent's pid is also a process group to kill.
         self.group = group
+        self.writable: Mapping[str, Path] = dict(writable or {})
         self.released = False
         #: Set once release started, so concurrent releases wait for the same teardown.
         self.teardown: asyncio.Task[None] | None = None
@@ -360,6 +422,9 @@ class AgentMachine(Machine):
     async def ping(self) -> float:
         return await self._usable().ping()
 
+    async def _closed(self) -> None:
+        """Free what the machine holds besides its process, before its directory goes."""
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.id} pid={self._record.pid}>"
 
@@ -377,18 +442,40 @@ class Launch:
     cwd: str | None = None
     #: Start the agent in a new session (its pid is then the group to kill).
     new_session: bool = False
+    #: The machine's writable state: a name -> host directory (what snapshots capture).
+    writable: Mapping[str, Path] = field(default_factory=dict)
 
 
 class LocalProvider(Provider):
     """Allocation, release, leftovers and reclaim for agents that run as local processes.
 
-    Subclasses only say how to launch the agent (``_launch``).
+    Subclasses only say how to launch the agent (``_launch``), and may bring their own
+    ``machine_class``.
     """
+
+    machine_class: ClassVar[type[AgentMachine]]
 
     def __init__(self, home: Path | None = None, *, grace: float = DEFAULT_GRACE) -> None:
         self.home = Path(home) if home is not None else vmrunner_home()
         self.machines_dir = self.home / "machines"
+        self.cache_dir = self.home / "cache"
         self.grace = grace
+        self._bundles: dict[str, Path] = {}
+
+    def agent_argv(self, python: str, bundle_in_machine: str | None = None) -> list[str]:
+        """The command that starts the agent with ``python`` (the bundle is made if needed).
+
+        ``bundle_in_machine`` is where the machine sees the bundle directory, if elsewhere.
+        """
+        bundle = self._bundles.get(python)
+        if bundle is None:
+            bundle = self._bundles[python] = agent_bundle(python, self.cache_dir)
+        where = bundle_in_machine or str(bundle)
+        return [python, "-I", "-S", "-c", AGENT_BOOT, where, "--grace", str(self.grace)]
+
+    def bundle_dir(self, python: str) -> Path:
+        """The host directory of the agent bundle for ``python`` (after ``agent_argv``)."""
+        return self._bundles[python]
 
     def _launch(self, state_dir: Path, record: MachineRecord, spec: MachineSpec) -> Launch:
         raise NotImplementedError
@@ -406,7 +493,7 @@ class LocalProvider(Provider):
         record = base_record(self.name, spec, self.machines_dir)
         state_dir = create_machine_dir(self.machines_dir, record)
         try:
-            launch = self._launch(state_dir, record, spec)
+            launch = await asyncio.to_thread(self._launch, state_dir, record, spec)
             process, client = await start_agent(
                 launch.argv,
                 name=f"the agent of machine {record.machine_id}",
@@ -424,7 +511,7 @@ class LocalProvider(Provider):
             pid_start=process_start(process.pid),
             data={**record.data, "group": launch.new_session},
         )
-        machine = AgentMachine(
+        machine = self.machine_class(
             provider_name=self.name,
             spec=spec,
             paths=launch.paths,
@@ -432,6 +519,7 @@ class LocalProvider(Provider):
             process=process,
             client=client,
             group=launch.new_session,
+            writable=launch.writable,
         )
         try:
             write_record(record)
@@ -456,6 +544,7 @@ class LocalProvider(Provider):
         # Closing the stream tells the agent to kill every command it started and exit; the
         # process then ends (taking a sandbox's whole pid namespace with it).
         await machine.client.close()
+        await machine._closed()
         try:
             await stop_process(machine.process, self.grace + 1, group=machine.group)
         except TimeoutError as exc:

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import ClassVar
 
-from vmrunner.machines._local import AGENT_PATH, Launch, LocalProvider
+from vmrunner.machines._local import AgentMachine, Launch, LocalProvider
 from vmrunner.machines.base import Capabilities, Isolation, MachinePaths, MachineRecord, MachineSpec
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ class HostProvider(LocalProvider):
     capabilities: ClassVar[Capabilities] = Capabilities(
         isolation=Isolation.NONE, snapshots=False, network_modes=frozenset({"host"})
     )
+    machine_class: ClassVar[type[AgentMachine]] = AgentMachine
 
     def __init__(self, home: Path | None = None, *, python: str | None = None, grace: float = 1.0):
         super().__init__(home, grace=grace)
@@ -63,7 +64,7 @@ class HostProvider(LocalProvider):
             VMRUNNER_MACHINE_ID=record.machine_id,
         )
         return Launch(
-            argv=[self.python, "-I", "-S", str(AGENT_PATH), "--grace", str(self.grace)],
+            argv=self.agent_argv(self.python),
             paths=paths,
             env=env,
             cwd=paths.workspace,
