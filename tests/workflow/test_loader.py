@@ -11,8 +11,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vmrunner.errors import WorkflowError
-from vmrunner.workflow.loader import load_workflow, load_workflow_text, load_workflows, workflow_files
-from vmrunner.workflow.models import Container, RunsOn
+from vmrunner.workflow.loader import (
+    load_workflow,
+    load_workflow_text,
+    load_workflows,
+    workflow_files,
+)
+from vmrunner.workflow.models import Container, RunsOn, Workflow
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / ".github" / "workflows"
 
@@ -119,14 +124,16 @@ def test_full_workflow_models() -> None:
     assert workflow.defaults.shell == "bash"
     assert workflow.defaults.working_directory == "src"
     assert workflow.permissions == "read-all"
-    assert workflow.concurrency is not None and workflow.concurrency.cancel_in_progress is True
+    assert workflow.concurrency is not None
+    assert workflow.concurrency.cancel_in_progress is True
     assert list(workflow.jobs) == ["build", "deploy", "notify", "grouped"]
 
     build = workflow.jobs["build"]
     assert build.runs_on == RunsOn(expression="${{ matrix.os }}")
     assert build.timeout_minutes == 30
     assert build.continue_on_error == "${{ matrix.experimental }}"
-    assert build.strategy is not None and build.strategy.fail_fast is False
+    assert build.strategy is not None
+    assert build.strategy.fail_fast is False
     assert dict(build.outputs) == {"digest": "${{ steps.hash.outputs.digest }}"}
     assert build.container == Container(
         image="node:20", env={"NODE_ENV": "test"}, ports=("80", "443:443"),
@@ -134,11 +141,13 @@ def test_full_workflow_models() -> None:
     )
     assert build.services["redis"].image == "redis:7"
     assert build.services["db"].options == "--health-cmd pg_isready"
-    assert build.environment is not None and build.environment.name == "production"
+    assert build.environment is not None
+    assert build.environment.name == "production"
     assert dict(build.permissions or {}) == {"contents": "read", "id-token": "write"}
     assert build.defaults.shell == "sh"
     checkout, hashing, numbered = build.steps
-    assert checkout.uses == "actions/checkout@v4" and dict(checkout.with_) == {"fetch-depth": 0}
+    assert checkout.uses == "actions/checkout@v4"
+    assert dict(checkout.with_) == {"fetch-depth": 0}
     assert checkout.display_name == "Run actions/checkout@v4"
     assert (hashing.index, hashing.id, hashing.shell, hashing.timeout_minutes) == (1, "hash", "python", 5)
     assert hashing.continue_on_error is True
@@ -147,7 +156,8 @@ def test_full_workflow_models() -> None:
     assert numbered.if_ == "failure() && steps.hash.outcome == 'failure'"
 
     deploy = workflow.jobs["deploy"]
-    assert deploy.calls_workflow and deploy.runs_on is None
+    assert deploy.calls_workflow
+    assert deploy.runs_on is None
     assert deploy.needs == ("build",)
     assert deploy.secrets == "inherit"
     assert dict(deploy.with_) == {"digest": "${{ needs.build.outputs.digest }}", "dry": True}
@@ -239,17 +249,24 @@ def test_matrix_insert_directive_is_accepted() -> None:
 
 # --- never anything but WorkflowError -------------------------------------------------------
 
+def outcome(text: str) -> Workflow | WorkflowError:
+    """The loaded workflow, or the WorkflowError (any other exception propagates and fails)."""
+    try:
+        return load_workflow_text(text, "fuzz.yml")
+    except WorkflowError as exc:
+        return exc
+
+
 _ANY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @_ANY
 @given(st.text())
 def test_arbitrary_text_raises_only_workflow_error(text: str) -> None:
-    try:
-        load_workflow_text(text, "fuzz.yml")
-    except WorkflowError as exc:
-        assert exc.diagnostics
-        assert all(d.file == "fuzz.yml" for d in exc.diagnostics)
+    result = outcome(text)
+    if isinstance(result, WorkflowError):
+        assert result.diagnostics
+        assert all(d.file == "fuzz.yml" for d in result.diagnostics)
 
 
 _KEYS = st.sampled_from(
@@ -276,12 +293,11 @@ _DOCUMENTS = st.one_of(_VALUES, st.dictionaries(_KEYS, _VALUES, max_size=6))
 @given(_DOCUMENTS, st.sampled_from(["yaml", "json"]))
 def test_arbitrary_structures_raise_only_workflow_error(document: object, form: str) -> None:
     text = yaml.safe_dump(document) if form == "yaml" else json.dumps(document)
-    try:
-        workflow = load_workflow_text(text, "fuzz.yml")
-    except WorkflowError as exc:
-        assert exc.diagnostics
-        return
-    assert workflow.jobs
+    result = outcome(text)
+    if isinstance(result, WorkflowError):
+        assert result.diagnostics
+    else:
+        assert result.jobs
 
 
 _STEP = st.fixed_dictionaries(
@@ -300,9 +316,8 @@ _JOB = st.fixed_dictionaries(
 @given(st.dictionaries(st.sampled_from(["a", "b", "c"]), _JOB, min_size=1, max_size=3))
 def test_nearly_valid_workflows_load_or_explain(jobs: dict[str, object]) -> None:
     text = yaml.safe_dump({"on": "push", "jobs": jobs}, sort_keys=False)
-    try:
-        workflow = load_workflow_text(text, "fuzz.yml")
-    except WorkflowError as exc:
-        assert all(d.line >= 1 for d in exc.diagnostics), exc.diagnostics
-        return
-    assert list(workflow.jobs) == list(jobs)
+    result = outcome(text)
+    if isinstance(result, WorkflowError):
+        assert all(d.line >= 1 for d in result.diagnostics), result.diagnostics
+    else:
+        assert list(result.jobs) == list(jobs)

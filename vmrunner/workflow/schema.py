@@ -158,7 +158,7 @@ WORKFLOW_RULE = mapping(
 
 _JOB_COMMON = {
     "name": rule("string", context=STRATEGY),
-    "needs": ONE_OR_MORE,
+    "needs": rule("string", "sequence", items=TEXT),
     "if": rule("string", "boolean", "number", "null", context=JOB_IF, condition=True),
     "strategy": rule("any", context=NEEDS),
     "permissions": PERMISSIONS,

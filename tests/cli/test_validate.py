@@ -1,0 +1,48 @@
+"""``vmrunner validate`` through the real command line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from tests.cli.helpers import ROOT, vmrunner
+
+INVALID = ROOT / "tests" / "workflow" / "invalid"
+
+
+def test_examples_are_valid() -> None:
+    done = vmrunner("validate")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip() == "3 workflows OK"
+
+
+def test_every_error_of_every_file(tmp_path: Path) -> None:
+    for name in ("several-errors.yml", "needs-cycle.yml", "malformed-yaml.yml"):
+        shutil.copy(INVALID / name, tmp_path / name)
+    shutil.copy(ROOT / "examples" / ".github" / "workflows" / "ci.yml", tmp_path / "ci.yml")
+    done = vmrunner("validate", "-W", str(tmp_path))
+    assert done.returncode == 1
+    lines = done.stdout.splitlines()
+    assert len(lines) == 6 + 1 + 1
+    assert f"{tmp_path / 'several-errors.yml'}:10:5: unknown key 'runs_on' in job 'build'" in done.stdout
+    assert f"{tmp_path / 'needs-cycle.yml'}:6:13: jobs depend on each other in a cycle: a -> c -> b -> a" in lines
+    assert any(line.startswith(f"{tmp_path / 'malformed-yaml.yml'}:7:7: invalid YAML") for line in lines)
+    assert "8 errors in 3 of 4 workflow files" in done.stderr
+
+
+def test_json_output(tmp_path: Path) -> None:
+    shutil.copy(INVALID / "bad-job-id.yml", tmp_path / "bad-job-id.yml")
+    done = vmrunner("validate", "-W", str(tmp_path), "--json")
+    assert done.returncode == 1
+    report = json.loads(done.stdout)
+    assert report["ok"] is False
+    assert report["checked"] == 1
+    (diagnostic,) = report["diagnostics"]
+    assert (diagnostic["line"], diagnostic["column"]) == (4, 3)
+    assert diagnostic["message"].startswith("invalid job id '1build'")
+    done = vmrunner("validate", "--json")
+    assert json.loads(done.stdout) == {
+        "ok": True, "files": [".github/workflows/ci.yml", ".github/workflows/nightly.yml", ".github/workflows/release.yml"],
+        "checked": 3, "diagnostics": [],
+    }
