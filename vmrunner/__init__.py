@@ -5,6 +5,8 @@ The public API is re-exported here; everything else is internal.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from vmrunner.config import vmrunner_home
 from vmrunner.errors import (
     AgentError,
@@ -33,7 +35,35 @@ from vmrunner.errors import (
     WorkflowError,
 )
 
+if TYPE_CHECKING:
+    from vmrunner.workflow.loader import load_workflow, load_workflow_text, load_workflows
+    from vmrunner.workflow.models import Job, Step, Workflow
+    from vmrunner.workflow.planner import Plan, plan
+
 __version__ = "0.1.0"
+
+#: Public names imported on first use, so that ``import vmrunner`` (and ``vmrunner --help``) stays fast.
+_LAZY: dict[str, str] = {
+    "Job": "vmrunner.workflow.models",
+    "Plan": "vmrunner.workflow.planner",
+    "Step": "vmrunner.workflow.models",
+    "Workflow": "vmrunner.workflow.models",
+    "load_workflow": "vmrunner.workflow.loader",
+    "load_workflow_text": "vmrunner.workflow.loader",
+    "load_workflows": "vmrunner.workflow.loader",
+    "plan": "vmrunner.workflow.planner",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vmrunner' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "AgentError",
@@ -48,18 +78,26 @@ __all__ = [
     "ExpressionParsingError",
     "FilterError",
     "InvalidTransition",
+    "Job",
     "MachineError",
     "MatrixError",
+    "Plan",
     "PlanError",
     "ReleaseError",
     "SessionError",
     "SessionNotFound",
     "SnapshotError",
     "SnapshotUnsupported",
+    "Step",
     "StoreError",
     "TransferError",
     "VmrunnerError",
+    "Workflow",
     "WorkflowError",
     "__version__",
+    "load_workflow",
+    "load_workflow_text",
+    "load_workflows",
+    "plan",
     "vmrunner_home",
 ]
