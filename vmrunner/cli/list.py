@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -20,7 +21,7 @@ def command(event: str | None, workflows: str, event_path: str | None, jobs: tup
     from vmrunner.workflow.planner import plan
 
     selection = select(workflows, event, event_path, jobs)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for workflow in selection.workflows:
         graph = plan(workflow, jobs=selected_jobs(workflow, jobs))
         for stage, job_ids in enumerate(graph.stages()):

@@ -117,16 +117,25 @@ class Plan:
     def static_matrix(self, job_id: str) -> list[dict[str, Any]] | None:
         """The matrix combinations of a job when they are known before running, else ``None``."""
         from vmrunner.workflow.matrix import expand_matrix
-        from vmrunner.workflow.schema import has_expression
 
         strategy = self.workflow.jobs[job_id].strategy
         matrix = strategy.matrix if strategy else None
-        if not isinstance(matrix, Mapping) or has_expression(repr(matrix)):
+        if not isinstance(matrix, Mapping) or _has_expression(matrix):
             return None
         try:
             return expand_matrix(matrix)
         except (MatrixError, WorkflowError):
             return None
+
+
+def _has_expression(value: Any) -> bool:
+    if isinstance(value, str):
+        return "${{" in value
+    if isinstance(value, Mapping):
+        return any(_has_expression(k) or _has_expression(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_expression(item) for item in value)
+    return False
 
 
 def plan(workflow: Workflow, *, jobs: Collection[str] | None = None) -> Plan:

@@ -81,7 +81,8 @@ class Rule:
         if self.allowed:
             words = ["one of: " + ", ".join(self.allowed)]
         else:
-            words = [_KIND_WORDS[k] for k in ("string", "number", "boolean", "mapping", "sequence", "null") if k in self.kinds]
+            words = [_KIND_WORDS[k] for k in ("string", "number", "boolean", "mapping", "sequence") if k in self.kinds]
+            words = words or [_KIND_WORDS["null"]]
         if expression:
             words.append("an expression")
         return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
