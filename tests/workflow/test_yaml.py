@@ -141,3 +141,11 @@ def test_alias_bomb_is_refused() -> None:
 def test_deep_nesting_is_an_error_not_a_crash() -> None:
     with pytest.raises(WorkflowError):
         load_document("a: " + "[" * 5000 + "]" * 5000 + "\n", "w.yml")
+
+
+def test_nesting_is_bounded_with_a_position() -> None:
+    with pytest.raises(WorkflowError) as info:
+        load_document("a: " + "[" * 250 + "]" * 250 + "\n", "w.yml")
+    (diagnostic,) = info.value.diagnostics
+    assert diagnostic.line == 1
+    assert "nested more than 200 levels" in diagnostic.message

@@ -34,6 +34,8 @@ _TAG = "tag:yaml.org,2002:"
 
 #: Alias expansion beyond this many nodes is refused ("billion laughs").
 MAX_NODES = 1_000_000
+#: Collections nested deeper than this are refused, so that every later walk is bounded.
+MAX_DEPTH = 200
 
 _INT = re.compile(r"[-+]?[0-9]+")
 _OCT = re.compile(r"0o[0-7]+")
@@ -181,6 +183,9 @@ class _Builder:
             self.values[path] = (mark.line + 1, mark.column + 1)
             if isinstance(node, MappingNode | SequenceNode) and not node.flow_style:
                 self.blocks.add(path)
+        if len(path) > MAX_DEPTH:
+            self.error(node, f"values are nested more than {MAX_DEPTH} levels deep")
+            return None
         if isinstance(node, ScalarNode):
             if "${{" in node.value or path[-1:] == ("if",):
                 self.styles.setdefault(path, node.style or "")
