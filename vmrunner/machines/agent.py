@@ -118,11 +118,16 @@ try:
 
     def _loads(data: bytes) -> Any:
         text = data.decode("utf-8")
-        start = len(text) - len(text.lstrip(" \t\n\r"))
-        value, end = _scan(text, start)
-        if text[end:].strip(" \t\n\r"):
-            raise ValueError("extra data after the JSON value")
-        return value
+        try:
+            value, end = _scan(text, len(text) - len(text.lstrip(" \t\n\r")))
+            if not text[end:].strip(" \t\n\r"):
+                return value
+        except Exception:  # the json package explains the error below
+            pass
+        # Invalid JSON (rare): let the json package say what is wrong, at its import cost.
+        import json
+
+        return json.loads(text)
 
 except (ImportError, AttributeError):  # pragma: no cover - other interpreters
     import json
