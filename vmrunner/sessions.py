@@ -371,6 +371,7 @@ class SessionManager:
             0,
         )
         self.reclaimed: list[ReclaimAction] = []
+        self._attached: list[WarmPool] = []
 
     # Lifecycle
 
@@ -386,7 +387,8 @@ class SessionManager:
         try:
             for wrapper in _provider_chain(self.provider):
                 if isinstance(wrapper, WarmPool) and wrapper.journal is None:
-                    wrapper.journal = StoreJournal(self._store)
+                    wrapper.attach(StoreJournal(self._store))
+                    self._attached.append(wrapper)
             if self.reclaim_on_start:
                 self.reclaimed = await reclaim_orphans(self._store, self._resolve, [self.provider])
                 self._counts["reclaimed"] += sum(1 for a in self.reclaimed if a.kind == "machine" and a.ok)
@@ -428,6 +430,9 @@ class SessionManager:
 
     def _close_store(self) -> None:
         if self._owns_store and self._store is not None:
+            for pool in self._attached:  # the store is about to close: stop journaling into it
+                pool.journal = None
+            self._attached.clear()
             self._store.close()
             self._store = None
 
@@ -700,6 +705,7 @@ class SessionManager:
             if s.idle_timeout is not None and s._release is None
             and s.state not in _BUSY_STATES and now - s.last_activity > s.idle_timeout
         ]
+        self._counts["reaped"] += len(stale)
         results = await asyncio.gather(
             *(self._release(s, f"idle for {now - s.last_activity:.1f}s (timeout {s.idle_timeout}s)") for s in stale),
             return_exceptions=True,
@@ -707,7 +713,6 @@ class SessionManager:
         for session, result in zip(stale, results, strict=True):
             if isinstance(result, BaseException):
                 log.warning("reaping session %s: %s", session.id, result)
-        self._counts["reaped"] += len(stale)
         wall = time.time()
         for session in self._sessions.values():
             if session.last_activity != session._persisted_activity and session._release is None:

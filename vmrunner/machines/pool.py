@@ -163,6 +163,13 @@ class WarmPool(Provider):
                 log.warning("pool: releasing idle machine %s failed: %s", machine.id, result)
         await self.inner.aclose()
 
+    def attach(self, journal: MachineJournal) -> None:
+        """Record idle machines in ``journal`` from now on, starting with those idle already."""
+        self.journal = journal
+        for queue in self._idle.values():
+            for machine in queue:
+                journal.machine_pooled(machine.record)
+
     def statistics(self) -> PoolStatistics:
         return PoolStatistics(
             idle={t: len(q) for t, q in self._idle.items()},
