@@ -1,0 +1,37 @@
+"""Every provider on this host passes the shared provider suite."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.machines.provider_suite import ProviderSuite
+from vmrunner.errors import ConfigError
+from vmrunner.machines.base import Provider
+from vmrunner.machines.providers import get_provider, provider_names
+
+PROVIDERS = ["sandbox", "host"]
+
+
+class TestProviders(ProviderSuite):
+    @pytest.fixture(params=PROVIDERS)
+    async def provider(self, request: pytest.FixtureRequest) -> AsyncIterator[Provider]:
+        provider = get_provider(request.param, grace=0.5)
+        yield provider
+        await provider.aclose()
+        assert provider.leftovers() == [], "a test left a machine behind"
+
+
+def test_unknown_provider_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"unknown provider 'vmware'.*host, sandbox"):
+        get_provider("vmware")
+
+
+def test_bad_provider_options_are_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="invalid options for the host provider"):
+        get_provider("host", colour="blue")
+
+
+def test_every_registered_provider_is_tested() -> None:
+    assert sorted(PROVIDERS) == provider_names()
