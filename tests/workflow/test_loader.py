@@ -321,3 +321,22 @@ def test_nearly_valid_workflows_load_or_explain(jobs: dict[str, object]) -> None
         assert all(d.line >= 1 for d in result.diagnostics), result.diagnostics
     else:
         assert list(result.jobs) == list(jobs)
+
+
+@pytest.mark.parametrize(
+    ("value", "line", "column"),
+    [
+        ("echo ${{ secret.A }}", 6, 23),
+        ("'echo ${{ secret.A }}'", 6, 24),
+        ('"echo ${{ secret.A }}"', 6, 24),
+        ("|\n          first\n          echo ${{ secret.A }}", 8, 20),
+    ],
+)
+def test_expression_errors_point_at_the_expression(value: str, line: int, column: int) -> None:
+    text = f"on: push\njobs:\n  a:\n    runs-on: x\n    steps:\n      - run: {value}\n"
+    with pytest.raises(WorkflowError) as info:
+        load_workflow_text(text, "w.yml")
+    (diagnostic,) = info.value.diagnostics
+    assert (diagnostic.line, diagnostic.column) == (line, column)
+    assert text.splitlines()[line - 1][column - 1:].startswith("secret.A")
+    assert "Unrecognized named-value: 'secret'" in diagnostic.message

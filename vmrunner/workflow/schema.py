@@ -216,6 +216,10 @@ USES_STEP = mapping({**_STEP_COMMON, "uses": TEXT, "with": strings(context=STEP)
 
 #: GitHub's rule for job and step ids.
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+#: ``uses:`` of a step: a local action, a Docker image, or OWNER/REPO[/PATH]@REF.
+_ACTION = re.compile(r"\./\S*|docker://\S+|[^/@\s]+/[^@\s]+@[^@\s]+")
+#: ``uses:`` of a job: a reusable workflow in this repository or in another one at a ref.
+_REUSABLE = re.compile(r"\./\.github/workflows/[^@\s]+\.ya?ml|[^/@\s]+/[^/@\s]+/\.github/workflows/[^@\s]+\.ya?ml@[^@\s]+")
 _INSERT = re.compile(r"\$\{\{\s*insert\s*\}\}")
 
 
@@ -304,6 +308,12 @@ class Checker:
         elif not calls and "steps" not in job:
             self.report(path, f"job '{job_id}' has neither 'steps' nor 'uses'; a job either runs steps or calls a reusable workflow")
         self.check(job, CALL_JOB if calls else STEPS_JOB, path, None, other=STEPS_JOB if calls else CALL_JOB)
+        if calls and isinstance(job["uses"], str) and job["uses"] and not _REUSABLE.fullmatch(job["uses"].strip()):
+            self.report(
+                (*path, "uses"),
+                f"jobs.{job_id}.uses must name a reusable workflow as './.github/workflows/FILE.yml' or "
+                f"'OWNER/REPO/.github/workflows/FILE.yml@REF', not '{job['uses']}'",
+            )
         steps = job.get("steps")
         if isinstance(steps, list):
             ids: dict[str, int] = {}
@@ -325,6 +335,12 @@ class Checker:
         if runs and uses:
             chosen = mapping({**(RUN_STEP.properties or {}), **(USES_STEP.properties or {})})
         self.check(step, chosen, path, None, other=RUN_STEP if chosen is USES_STEP else USES_STEP)
+        action = step.get("uses")
+        if isinstance(action, str) and action and not _ACTION.fullmatch(action.strip()):
+            self.report(
+                (*path, "uses"),
+                f"{dotted((*path, 'uses'))} must be './PATH', 'docker://IMAGE' or 'OWNER/REPO[/PATH]@REF', not '{action}'",
+            )
         step_id = step.get("id")
         if isinstance(step_id, str) and step_id:
             if not IDENTIFIER.fullmatch(step_id):
