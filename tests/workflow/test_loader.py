@@ -340,3 +340,14 @@ def test_expression_errors_point_at_the_expression(value: str, line: int, column
     assert (diagnostic.line, diagnostic.column) == (line, column)
     assert text.splitlines()[line - 1][column - 1:].startswith("secret.A")
     assert "Unrecognized named-value: 'secret'" in diagnostic.message
+
+
+def test_nested_keys_add_contexts_to_their_parents() -> None:
+    # container.credentials may use secrets (its own) and matrix (from container); image may not use secrets.
+    ok = (
+        "on: push\njobs:\n  a:\n    runs-on: x\n    strategy: {matrix: {u: [me]}}\n    container:\n      image: x\n"
+        "      credentials: {username: '${{ matrix.u }}', password: '${{ secrets.P }}'}\n    steps: [{run: x}]\n"
+    )
+    assert load_workflow_text(ok, "w.yml").jobs["a"].container is not None
+    with pytest.raises(WorkflowError, match=r"container\.image: Unrecognized named-value: 'secrets'"):
+        load_workflow_text(ok.replace("image: x", "image: '${{ secrets.P }}'"), "w.yml")

@@ -3,7 +3,8 @@
 Facts (allowed keys, types, where expressions may appear and which contexts they may use) come
 from GitHub's "Workflow syntax" and "Contexts → Context availability" documentation. A rule may
 accept several kinds at once (``runs-on`` is a string, a list or a mapping); ``context`` says
-that expressions are allowed there and what they may name, and it holds for everything below.
+that expressions are allowed there and what they may name; it holds for everything below, and
+a nested rule's own ``context`` adds to it (so ``container.credentials`` may also use secrets).
 
 The checker reports ``Finding``s: a ``Problem`` plus whether it points at a key (unknown keys)
 and, for a bad expression, the offset inside the string, so the loader can show the exact column.
@@ -12,6 +13,7 @@ and, for a bad expression, the offset inside the string, so the loader can show 
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -370,7 +372,8 @@ class Checker:
             self.report(path, f"invalid expression in {dotted(path)}: {problem.message}", offset=problem.offset)
 
     def check(self, value: Any, rule: Rule, path: Path, context: Context | None, *, other: Rule | None = None) -> None:
-        context = rule.context or context
+        if rule.context is not None:
+            context = rule.context if context is None else _union(context, rule.context)
         if isinstance(value, str) and (has_expression(value) or rule.condition) and context is not None:
             self.expressions(value, context, path, condition=rule.condition)
             whole = value.strip().startswith("${{") and value.strip().endswith("}}")
@@ -430,6 +433,12 @@ class Checker:
         elif isinstance(value, list):
             for index, item in enumerate(value):
                 self.scan(item, (*path, index), context)
+
+
+@functools.cache
+def _union(inherited: Context, own: Context) -> Context:
+    """What a key allows: what its parents allow plus its own (GitHub's template reader rule)."""
+    return Context(inherited.names | own.names, inherited.functions | own.functions)
 
 
 def _kind(value: Any) -> str:
