@@ -55,6 +55,10 @@ def sleepers(machine: Machine) -> list[int]:
     return found
 
 
+def is_dir(path: str | Path) -> bool:
+    return os.path.isdir(path)
+
+
 def process_alive(pid: int | None) -> bool:
     if pid is None:
         return False

@@ -284,7 +284,7 @@ async def start_agent(
     log_path: Path,
     env: Mapping[str, str] | None = None,
     cwd: str | None = None,
-    pass_fds: Sequence[int] = (),
+    piped_args: Sequence[str] = (),
     new_session: bool = False,
 ) -> tuple[asyncio.subprocess.Process, AgentClient]:
     """Start the agent's process, connect a client, and wait for its first pong.
@@ -292,6 +292,13 @@ async def start_agent(
     On any failure the process is killed and ``AllocationError`` says why (with the tail of
     the process's stderr, where bwrap and python explain themselves).
     """
+    pass_fds: tuple[int, ...] = ()
+    if piped_args:
+        reader, writer = os.pipe()
+        with os.fdopen(writer, "wb") as pipe:  # a few KiB: fits the pipe's buffer
+            pipe.write(b"".join(os.fsencode(arg) + b"\0" for arg in piped_args))
+        pass_fds = (reader,)
+        argv = [argv[0], "--args", str(reader), *argv[1:]]
     try:
         with open(log_path, "wb") as log:  # noqa: ASYNC230 - a local file, created empty
             process = await asyncio.create_subprocess_exec(
@@ -307,6 +314,9 @@ async def start_agent(
             )
     except OSError as exc:
         raise AllocationError(f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
+    finally:
+        for fd in pass_fds:
+            os.close(fd)
     assert process.stdout is not None
     assert process.stdin is not None
     client = AgentClient(process.stdout, process.stdin, name=name)
@@ -442,6 +452,9 @@ class Launch:
     cwd: str | None = None
     #: Start the agent in a new session (its pid is then the group to kill).
     new_session: bool = False
+    #: Options given to ``argv[0]`` through a pipe as ``--args FD`` (bwrap's way), so that they
+    #: (host paths) do not show in the process's command line, visible inside the machine.
+    piped_args: Sequence[str] = ()
     #: The machine's writable state: a name -> host directory (what snapshots capture).
     writable: Mapping[str, Path] = field(default_factory=dict)
 
@@ -500,6 +513,7 @@ class LocalProvider(Provider):
                 log_path=state_dir / "agent.log",
                 env=launch.env,
                 cwd=launch.cwd,
+                piped_args=launch.piped_args,
                 new_session=launch.new_session,
             )
         except BaseException:

@@ -147,8 +147,7 @@ class SandboxProvider(LocalProvider):
             path.mkdir(mode=0o755)
         for inner in ("work/workspace", "work/_temp"):
             (writable["home"] / inner).mkdir(mode=0o755, parents=True)
-        argv = [
-            bwrap,
+        options = [
             *namespace_args(spec, hostname=record.machine_id),
             *system_args(),
             "--bind", str(writable["home"]), HOME,
@@ -168,11 +167,10 @@ class SandboxProvider(LocalProvider):
                 RUNNER_TOOL_CACHE=TOOL_CACHE,
                 VMRUNNER_MACHINE_ID=record.machine_id,
             ),
-            "--",
-            *agent,
         ]  # fmt: skip
         return Launch(
-            argv=argv,
+            argv=[bwrap, "--", *agent],
+            piped_args=options,
             paths=MachinePaths(workspace=WORKSPACE, temp=TEMP, home=HOME, tool_cache=TOOL_CACHE),
             env={"PATH": os.environ.get("PATH", os.defpath)},
             writable=writable,
