@@ -36,6 +36,10 @@ from vmrunner.errors import (
 )
 
 if TYPE_CHECKING:
+    from vmrunner.machines.base import ExecResult, Machine, MachineSpec, Provider
+    from vmrunner.machines.host import HostProvider
+    from vmrunner.machines.providers import get_provider
+    from vmrunner.machines.sandbox import SandboxProvider
     from vmrunner.workflow.loader import load_workflow, load_workflow_text, load_workflows
     from vmrunner.workflow.models import Job, Step, Workflow
     from vmrunner.workflow.planner import Plan, plan
@@ -44,6 +48,13 @@ __version__ = "0.1.0"
 
 #: Public names imported on first use, so that ``import vmrunner`` (and ``vmrunner --help``) stays fast.
 _LAZY: dict[str, str] = {
+    "ExecResult": "vmrunner.machines.base",
+    "HostProvider": "vmrunner.machines.host",
+    "Machine": "vmrunner.machines.base",
+    "MachineSpec": "vmrunner.machines.base",
+    "Provider": "vmrunner.machines.base",
+    "SandboxProvider": "vmrunner.machines.sandbox",
+    "get_provider": "vmrunner.machines.providers",
     "Job": "vmrunner.workflow.models",
     "Plan": "vmrunner.workflow.planner",
     "Step": "vmrunner.workflow.models",
@@ -72,18 +83,24 @@ __all__ = [
     "ConfigError",
     "Diagnostic",
     "ExecError",
+    "ExecResult",
     "ExpressionError",
     "ExpressionEvaluationError",
     "ExpressionLexingError",
     "ExpressionParsingError",
     "FilterError",
+    "HostProvider",
     "InvalidTransition",
     "Job",
+    "Machine",
     "MachineError",
+    "MachineSpec",
     "MatrixError",
     "Plan",
     "PlanError",
+    "Provider",
     "ReleaseError",
+    "SandboxProvider",
     "SessionError",
     "SessionNotFound",
     "SnapshotError",
@@ -95,6 +112,7 @@ __all__ = [
     "Workflow",
     "WorkflowError",
     "__version__",
+    "get_provider",
     "load_workflow",
     "load_workflow_text",
     "load_workflows",
