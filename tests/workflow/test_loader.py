@@ -351,3 +351,25 @@ def test_nested_keys_add_contexts_to_their_parents() -> None:
     assert load_workflow_text(ok, "w.yml").jobs["a"].container is not None
     with pytest.raises(WorkflowError, match=r"container\.image: Unrecognized named-value: 'secrets'"):
         load_workflow_text(ok.replace("image: x", "image: '${{ secrets.P }}'"), "w.yml")
+
+
+_BASES = [path.read_text() for path in sorted(EXAMPLES.glob("*.yml"))] + [FULL]
+_EDITS = st.lists(
+    st.tuples(
+        st.integers(0, 5000),
+        st.integers(0, 5),
+        st.sampled_from(["", " ", "\n", ":", "-", "${{", "}}", "'", '"', "[", "{", "&a", "*a", "<<", "#", "\t", "!", "|", "?"]),
+    ),
+    max_size=6,
+)
+
+
+@_ANY
+@given(st.sampled_from(_BASES), _EDITS)
+def test_damaged_workflows_raise_only_workflow_error(text: str, edits: list[tuple[int, int, str]]) -> None:
+    for position, cut, insert in edits:
+        position %= len(text) + 1
+        text = text[:position] + insert + text[position + cut:]
+    result = outcome(text)
+    if isinstance(result, WorkflowError):
+        assert result.diagnostics
