@@ -105,7 +105,6 @@ def strings(**options: Any) -> Rule:
 
 STRING = rule("string")
 TEXT = rule("string", non_empty=True)
-NUMBER = rule("number")
 BOOLEAN = rule("boolean")
 ANY = rule("any")
 STRING_LIST = rule("sequence", items=TEXT)
@@ -141,7 +140,6 @@ _CONTAINER = {
     "volumes": STRING_LIST,
     "credentials": CREDENTIALS_RULE,
 }
-CONTAINER = rule("string", "mapping", properties=_CONTAINER)
 SERVICE = rule("string", "mapping", non_empty=True, properties={**_CONTAINER, "entrypoint": STRING, "command": STRING})
 
 WORKFLOW_RULE = mapping(
