@@ -150,8 +150,8 @@ def number_to_string(number: float) -> str:
         return "0"
     if math.isinf(number) or number != number or abs(number) >= 1e21:
         return js_number_to_string(number)
-    if number.is_integer():
-        return str(int(number))
+    if number.is_integer() and abs(number) < 2**53:
+        return str(int(number))  # exact, and as short as any round-trip form
     shortest = repr(number)
     if "e" not in shortest and len(shortest) - shortest.index(".") - 1 <= 15:
         return js_number_to_string(number)
