@@ -97,7 +97,8 @@ def test_stdin_mode_flushes_each_answer() -> None:
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert process.stdin is not None and process.stdout is not None
+    assert process.stdin is not None
+    assert process.stdout is not None
     try:
         for expr, expected in [("1 + 1", "lexing"), ("'a' == 'A'", True)]:
             process.stdin.write(json.dumps({"expr": expr}) + "\n")

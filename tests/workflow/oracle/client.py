@@ -37,7 +37,8 @@ class Oracle:
 
     def ask(self, expr: str, contexts: dict[str, Any]) -> dict[str, Any]:
         """GitHub's answer, in the conformance format (see oracle.mjs)."""
-        assert self.process.stdin is not None and self.process.stdout is not None
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
         self.process.stdin.write(json.dumps({"expr": expr, "contexts": contexts}) + "\n")
         self.process.stdin.flush()
         line = self.process.stdout.readline()

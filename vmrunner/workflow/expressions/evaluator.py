@@ -271,6 +271,7 @@ def evaluate_tree(
     evaluation = _Evaluation(expression.text, contexts, hooks or DEFAULT_HOOKS)
     try:
         value = evaluation.eval(expression.root, 0)
+        kind_code(value)  # a context may hand back something that is not a value
     except RecursionError:
         raise ExpressionEvaluationError(
             "A value is nested too deeply to evaluate", expression.text, 0
