@@ -1,0 +1,533 @@
+"""The result of a workflow run, built from its events: ``RunResult`` → ``JobResult`` → ``StepResult``.
+
+``ResultCollector`` is an ``EventSink``; the engine (or ``vmrunner run``) adds it beside the
+other sinks and asks it for the result at the end (or at any moment, for a live view)::
+
+    collector = ResultCollector()
+    await engine.run(..., sink=FanOut(collector, view, StoreSink(store)))
+    result = collector.result()      # a frozen RunResult
+    print(result.conclusion)         # "success", "failure", "cancelled" ...
+    json.dumps(result.to_json())     # the shape of RUN_RESULT_SCHEMA
+
+Results follow GitHub: a job that had a step concluding ``failure`` is never a success, even if
+the engine said so, and a run with a failed job concludes ``failure``. A run that never got its
+``RunFinished`` (the runner was killed) is ``in_progress`` here; the store reports it as
+``interrupted`` once its runner is gone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from vmrunner.runner.events import (
+    Annotation,
+    AnnotationLevel,
+    Event,
+    GroupEnded,
+    GroupStarted,
+    JobFinished,
+    JobQueued,
+    JobStarted,
+    LogLine,
+    Result,
+    RunFinished,
+    RunStarted,
+    SnapshotRestored,
+    SnapshotTaken,
+    StepFinished,
+    StepKind,
+    StepStarted,
+)
+
+#: Where a run, job or step is in its life.
+Status = Literal["queued", "in_progress", "completed"]
+#: A run's conclusion: GitHub's results, plus ``interrupted`` for a run whose runner died.
+Conclusion = Literal["success", "failure", "cancelled", "skipped", "interrupted"]
+
+#: Version of the JSON shape (``RunResult.to_json``); bumped on any incompatible change.
+JSON_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class AnnotationResult:
+    """An error/warning/notice/debug message attached to a job (and step; -1: the job)."""
+
+    job_key: str
+    step_index: int
+    level: AnnotationLevel
+    message: str
+    time: float
+    file: str = ""
+    line: int = 0
+    column: int = 0
+    title: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotResult:
+    """A snapshot taken after a step (``restored``: the job was rolled back to it)."""
+
+    step_index: int
+    snapshot_id: str
+    time: float
+    duration: float
+    restored: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """One command of a job: a setup command, a step, a post step or a cleanup command."""
+
+    index: int
+    kind: StepKind
+    name: str
+    status: Status
+    started_at: float
+    step_id: str = ""
+    #: Before and after ``continue-on-error`` (None until the step finished).
+    outcome: Result | None = None
+    conclusion: Result | None = None
+    finished_at: float | None = None
+    duration: float | None = None
+    exit_code: int | None = None
+    timed_out: bool = False
+    snapshot_id: str = ""
+    outputs: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    """One job (one matrix combination), identified in its run by ``job_key``."""
+
+    job_key: str
+    job_id: str
+    name: str
+    status: Status
+    queued_at: float | None = None
+    matrix: Mapping[str, Any] = field(default_factory=dict)
+    needs: tuple[str, ...] = ()
+    #: GitHub's job result (``needs.<job>.result``); None until the job finished.
+    conclusion: Result | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    duration: float | None = None
+    allocation_seconds: float = 0.0
+    session_id: str = ""
+    machine_id: str = ""
+    provider: str = ""
+    vm_type: str = ""
+    from_pool: bool = False
+    steps: tuple[StepResult, ...] = ()
+    outputs: Mapping[str, str] = field(default_factory=dict)
+    annotations: tuple[AnnotationResult, ...] = ()
+    snapshots: tuple[SnapshotResult, ...] = ()
+    rolled_back: bool = False
+    #: Why the job failed or was skipped without running its steps.
+    reason: str = ""
+    #: The job's Markdown summary (``GITHUB_STEP_SUMMARY``), masked.
+    summary: str = ""
+
+    def step(self, index: int) -> StepResult | None:
+        return next((s for s in self.steps if s.index == index), None)
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """A workflow run and its jobs, in the order the jobs were first seen."""
+
+    run_id: str
+    workflow_name: str
+    workflow_file: str
+    event_name: str
+    status: Status
+    started_at: float
+    sha: str = ""
+    ref: str = ""
+    conclusion: Conclusion | None = None
+    finished_at: float | None = None
+    duration: float | None = None
+    jobs: tuple[JobResult, ...] = ()
+
+    def job(self, job_key: str) -> JobResult | None:
+        return next((j for j in self.jobs if j.job_key == job_key), None)
+
+    @property
+    def annotations(self) -> tuple[AnnotationResult, ...]:
+        """Every job's annotations, job by job."""
+        return tuple(a for job in self.jobs for a in job.annotations)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON data in the shape of ``RUN_RESULT_SCHEMA`` (stable for ``--json`` and the API).
+
+        Times are Unix seconds (floats), durations seconds; absent values are ``null``.
+        """
+        return {
+            "version": JSON_VERSION,
+            "run_id": self.run_id,
+            "workflow_name": self.workflow_name,
+            "workflow_file": self.workflow_file,
+            "event_name": self.event_name,
+            "sha": self.sha,
+            "ref": self.ref,
+            "status": self.status,
+            "conclusion": self.conclusion,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "duration": self.duration,
+            "jobs": [_job_json(job) for job in self.jobs],
+        }
+
+
+def _job_json(job: JobResult) -> dict[str, Any]:
+    return {
+        "job_key": job.job_key,
+        "job_id": job.job_id,
+        "name": job.name,
+        "matrix": dict(job.matrix),
+        "needs": list(job.needs),
+        "status": job.status,
+        "conclusion": job.conclusion,
+        "queued_at": job.queued_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "duration": job.duration,
+        "allocation_seconds": job.allocation_seconds,
+        "session_id": job.session_id,
+        "machine_id": job.machine_id,
+        "provider": job.provider,
+        "vm_type": job.vm_type,
+        "from_pool": job.from_pool,
+        "rolled_back": job.rolled_back,
+        "reason": job.reason,
+        "outputs": dict(job.outputs),
+        "summary": job.summary,
+        "steps": [_step_json(step) for step in job.steps],
+        "annotations": [_annotation_json(a) for a in job.annotations],
+        "snapshots": [
+            {
+                "step_index": s.step_index,
+                "snapshot_id": s.snapshot_id,
+                "time": s.time,
+                "duration": s.duration,
+                "restored": s.restored,
+            }
+            for s in job.snapshots
+        ],
+    }
+
+
+def _step_json(step: StepResult) -> dict[str, Any]:
+    return {
+        "index": step.index,
+        "kind": step.kind,
+        "name": step.name,
+        "step_id": step.step_id,
+        "status": step.status,
+        "outcome": step.outcome,
+        "conclusion": step.conclusion,
+        "started_at": step.started_at,
+        "finished_at": step.finished_at,
+        "duration": step.duration,
+        "exit_code": step.exit_code,
+        "timed_out": step.timed_out,
+        "snapshot_id": step.snapshot_id,
+        "outputs": dict(step.outputs),
+    }
+
+
+def _annotation_json(annotation: AnnotationResult) -> dict[str, Any]:
+    return {
+        "step_index": annotation.step_index,
+        "level": annotation.level,
+        "message": annotation.message,
+        "time": annotation.time,
+        "file": annotation.file,
+        "line": annotation.line,
+        "column": annotation.column,
+        "title": annotation.title,
+    }
+
+
+def _nullable(kind: str) -> dict[str, Any]:
+    return {"type": [kind, "null"]}
+
+
+_RESULTS = ["success", "failure", "cancelled", "skipped"]
+_STATUS = {"enum": ["queued", "in_progress", "completed"]}
+_STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+
+
+def _object(properties: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": sorted(properties),
+        "additionalProperties": False,
+    }
+
+
+#: JSON Schema (draft 2020-12) of ``RunResult.to_json()``: every key is always present.
+RUN_RESULT_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "vmrunner run result",
+    **_object(
+        {
+            "version": {"const": JSON_VERSION},
+            "run_id": {"type": "string"},
+            "workflow_name": {"type": "string"},
+            "workflow_file": {"type": "string"},
+            "event_name": {"type": "string"},
+            "sha": {"type": "string"},
+            "ref": {"type": "string"},
+            "status": _STATUS,
+            "conclusion": {"enum": [*_RESULTS, "interrupted", None]},
+            "started_at": {"type": "number"},
+            "finished_at": _nullable("number"),
+            "duration": _nullable("number"),
+            "jobs": {
+                "type": "array",
+                "items": _object(
+                    {
+                        "job_key": {"type": "string"},
+                        "job_id": {"type": "string"},
+                        "name": {"type": "string"},
+                        "matrix": {"type": "object"},
+                        "needs": {"type": "array", "items": {"type": "string"}},
+                        "status": _STATUS,
+                        "conclusion": {"enum": [*_RESULTS, None]},
+                        "queued_at": _nullable("number"),
+                        "started_at": _nullable("number"),
+                        "finished_at": _nullable("number"),
+                        "duration": _nullable("number"),
+                        "allocation_seconds": {"type": "number"},
+                        "session_id": {"type": "string"},
+                        "machine_id": {"type": "string"},
+                        "provider": {"type": "string"},
+                        "vm_type": {"type": "string"},
+                        "from_pool": {"type": "boolean"},
+                        "rolled_back": {"type": "boolean"},
+                        "reason": {"type": "string"},
+                        "outputs": _STRING_MAP,
+                        "summary": {"type": "string"},
+                        "steps": {
+                            "type": "array",
+                            "items": _object(
+                                {
+                                    "index": {"type": "integer"},
+                                    "kind": {"enum": ["setup", "step", "post", "cleanup"]},
+                                    "name": {"type": "string"},
+                                    "step_id": {"type": "string"},
+                                    "status": _STATUS,
+                                    "outcome": {"enum": [*_RESULTS, None]},
+                                    "conclusion": {"enum": [*_RESULTS, None]},
+                                    "started_at": {"type": "number"},
+                                    "finished_at": _nullable("number"),
+                                    "duration": _nullable("number"),
+                                    "exit_code": _nullable("integer"),
+                                    "timed_out": {"type": "boolean"},
+                                    "snapshot_id": {"type": "string"},
+                                    "outputs": _STRING_MAP,
+                                }
+                            ),
+                        },
+                        "annotations": {
+                            "type": "array",
+                            "items": _object(
+                                {
+                                    "step_index": {"type": "integer"},
+                                    "level": {"enum": ["debug", "notice", "warning", "error"]},
+                                    "message": {"type": "string"},
+                                    "time": {"type": "number"},
+                                    "file": {"type": "string"},
+                                    "line": {"type": "integer"},
+                                    "column": {"type": "integer"},
+                                    "title": {"type": "string"},
+                                }
+                            ),
+                        },
+                        "snapshots": {
+                            "type": "array",
+                            "items": _object(
+                                {
+                                    "step_index": {"type": "integer"},
+                                    "snapshot_id": {"type": "string"},
+                                    "time": {"type": "number"},
+                                    "duration": {"type": "number"},
+                                    "restored": {"type": "boolean"},
+                                }
+                            ),
+                        },
+                    }
+                ),
+            },
+        }
+    ),
+}
+
+
+def job_conclusion(result: Result, steps: tuple[StepResult, ...]) -> Result:
+    """The job's result as GitHub reports it: never ``success`` after a step concluded ``failure``."""
+    if result == "success" and any(s.conclusion == "failure" for s in steps):
+        return "failure"
+    return result
+
+
+def run_conclusion(reported: Result, jobs: tuple[JobResult, ...]) -> Result:
+    """The run's conclusion: ``failure`` if any job failed, ``cancelled`` if any was cancelled."""
+    conclusions = {job.conclusion for job in jobs}
+    if reported == "failure" or "failure" in conclusions:
+        return "failure"
+    if reported == "cancelled" or "cancelled" in conclusions:
+        return "cancelled"
+    return reported
+
+
+class ResultCollector:
+    """An ``EventSink`` that builds the ``RunResult`` of the run whose events it receives.
+
+    ``ResultCollector()`` takes no arguments; ``result()`` may be called at any time (a partial
+    run is ``in_progress``). Events for a job or step never announced are tolerated (the job
+    or step is created on the spot), because ``emit`` must not raise.
+    """
+
+    def __init__(self) -> None:
+        self._run: RunResult | None = None
+        self._jobs: dict[str, JobResult] = {}
+        self._steps: dict[str, dict[int, StepResult]] = {}
+        self._annotations: dict[str, list[AnnotationResult]] = {}
+        self._snapshots: dict[str, list[SnapshotResult]] = {}
+
+    def emit(self, event: Event) -> None:
+        match event:
+            case RunStarted():
+                self._run = RunResult(
+                    run_id=event.run_id, workflow_name=event.workflow_name,
+                    workflow_file=event.workflow_file, event_name=event.event_name,
+                    status="in_progress", started_at=event.time, sha=event.sha, ref=event.ref,
+                )
+            case JobQueued():
+                self._jobs[event.job_key] = replace(
+                    self._job(event.job_key, event.time), job_id=event.job_id, name=event.name,
+                    queued_at=event.time, matrix=dict(event.matrix), needs=tuple(event.needs),
+                )
+            case JobStarted():
+                self._jobs[event.job_key] = replace(
+                    self._job(event.job_key, event.time), status="in_progress",
+                    started_at=event.time, session_id=event.session_id,
+                    machine_id=event.machine_id, provider=event.provider, vm_type=event.vm_type,
+                    from_pool=event.from_pool, allocation_seconds=event.allocation_seconds,
+                )
+            case StepStarted():
+                self._job(event.job_key, event.time)
+                self._steps[event.job_key][event.index] = StepResult(
+                    index=event.index, kind=event.kind, name=event.name, step_id=event.step_id,
+                    status="in_progress", started_at=event.time,
+                )
+            case StepFinished():
+                self._job(event.job_key, event.time)
+                steps = self._steps[event.job_key]
+                started = steps.get(event.index) or StepResult(
+                    index=event.index, kind="step", name=f"step {event.index}",
+                    status="in_progress", started_at=event.time - event.duration,
+                )
+                steps[event.index] = replace(
+                    started, status="completed", outcome=event.outcome,
+                    conclusion=event.conclusion, finished_at=event.time, duration=event.duration,
+                    exit_code=event.exit_code, timed_out=event.timed_out,
+                    snapshot_id=event.snapshot_id or started.snapshot_id,
+                    outputs=dict(event.outputs),
+                )
+            case Annotation():
+                self._job(event.job_key, event.time)
+                self._annotations[event.job_key].append(
+                    AnnotationResult(
+                        job_key=event.job_key, step_index=event.step_index, level=event.level,
+                        message=event.message, time=event.time, file=event.file,
+                        line=event.line, column=event.column, title=event.title,
+                    )
+                )
+            case SnapshotTaken():
+                self._job(event.job_key, event.time)
+                self._snapshots[event.job_key].append(
+                    SnapshotResult(event.step_index, event.snapshot_id, event.time, event.duration)
+                )
+                step = self._steps[event.job_key].get(event.step_index)
+                if step is not None:
+                    self._steps[event.job_key][event.step_index] = replace(
+                        step, snapshot_id=event.snapshot_id
+                    )
+            case SnapshotRestored():
+                self._job(event.job_key, event.time)
+                taken = self._snapshots[event.job_key]
+                index = next(
+                    (s.step_index for s in taken if s.snapshot_id == event.snapshot_id), -1
+                )
+                taken.append(
+                    SnapshotResult(index, event.snapshot_id, event.time, event.duration, restored=True)
+                )
+            case JobFinished():
+                job = self._job(event.job_key, event.time)
+                self._jobs[event.job_key] = replace(
+                    job, status="completed", conclusion=event.result, finished_at=event.time,
+                    duration=event.duration, outputs=dict(event.outputs),
+                    rolled_back=event.rolled_back, reason=event.reason, summary=event.summary,
+                )
+            case RunFinished():
+                run = self._run or _unknown_run(event.run_id, event.time - event.duration)
+                self._run = replace(
+                    run, status="completed", conclusion=event.conclusion,
+                    finished_at=event.time, duration=event.duration,
+                )
+            case LogLine() | GroupStarted() | GroupEnded():
+                pass
+
+    def _job(self, job_key: str, time: float) -> JobResult:
+        job = self._jobs.get(job_key)
+        if job is None:
+            job = JobResult(job_key=job_key, job_id=job_key, name=job_key, status="queued", queued_at=time)
+            self._jobs[job_key] = job
+            self._steps[job_key] = {}
+            self._annotations[job_key] = []
+            self._snapshots[job_key] = []
+        return job
+
+    def result(self) -> RunResult:
+        """The run as known so far, with GitHub's conclusion rules applied."""
+        run = self._run or _unknown_run("", 0.0)
+        jobs = tuple(self._built(key) for key in self._jobs)
+        conclusion = run.conclusion
+        if conclusion is not None and conclusion != "interrupted":
+            conclusion = run_conclusion(conclusion, jobs)
+        return replace(run, jobs=jobs, conclusion=conclusion)
+
+    def _built(self, job_key: str) -> JobResult:
+        job = self._jobs[job_key]
+        steps = tuple(sorted(self._steps[job_key].values(), key=lambda s: s.index))
+        conclusion = job.conclusion and job_conclusion(job.conclusion, steps)
+        return replace(
+            job, steps=steps, conclusion=conclusion,
+            annotations=tuple(self._annotations[job_key]),
+            snapshots=tuple(self._snapshots[job_key]),
+        )
+
+
+def _unknown_run(run_id: str, started_at: float) -> RunResult:
+    return RunResult(
+        run_id=run_id, workflow_name="", workflow_file="", event_name="",
+        status="in_progress", started_at=started_at,
+    )
+
+
+def human_duration(seconds: float | None) -> str:
+    """``0.4s``, ``12.3s``, ``2m 03s``, ``1h 02m``; ``-`` when unknown."""
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, seconds)
+    if round(seconds, 1) < 60:
+        return f"{seconds:.1f}s"
+    whole = round(seconds)
+    if whole < 3600:
+        return f"{whole // 60}m {whole % 60:02d}s"
+    return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
