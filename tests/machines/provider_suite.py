@@ -141,11 +141,17 @@ class ProviderSuite:
         finally:
             await asyncio.gather(provider.release(first), provider.release(second))
 
-    async def test_unsupported_network_mode_is_an_allocation_error(self, provider: Provider) -> None:
-        if "none" in provider.capabilities.network_modes:
-            pytest.skip("the provider supports network none")
-        with pytest.raises(AllocationError, match="network"):
-            await provider.allocate(MachineSpec(network="none"))
+    async def test_network_modes_are_given_or_refused(self, provider: Provider) -> None:
+        for mode in ("host", "none"):
+            if mode in provider.capabilities.network_modes:
+                machine = await provider.allocate(MachineSpec(network=mode))
+                try:
+                    assert (await machine.exec(["true"])).ok
+                finally:
+                    await provider.release(machine)
+            else:
+                with pytest.raises(AllocationError, match="network"):
+                    await provider.allocate(MachineSpec(network=mode))
         assert provider.leftovers() == []
 
     # Commands.

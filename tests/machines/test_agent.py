@@ -6,7 +6,9 @@ import asyncio
 import io
 import json
 import os
+import shutil
 import signal
+import socket
 import sys
 import tarfile
 import time
@@ -554,3 +556,68 @@ def test_the_agents_json_codec_agrees_with_json(value) -> None:
     assert frame == [Frame(json.loads(json.dumps(header)), b"")]
     assert frame[0].header == json.loads(json.dumps(header))
     assert len(encode_frame(header)) >= PREFIX_SIZE
+
+
+# The other transports, and the agent as PID 1 (as in a VM).
+
+
+async def test_fd_transport_over_a_socketpair() -> None:
+    ours, theirs = socket.socketpair()
+    process = await asyncio.create_subprocess_exec(
+        *AGENT, "--fd", str(theirs.fileno()), pass_fds=[theirs.fileno()]
+    )
+    theirs.close()
+    reader, writer = await asyncio.open_connection(sock=ours)
+    async with AgentClient(reader, writer) as client:
+        result = await client.exec("echo $$; sleep 100 >/dev/null 2>&1 &")
+        assert result.ok
+        # The descriptor is the agent's alone: commands must not inherit it.
+        fds = await client.exec(["ls", "/proc/self/fd"])
+        assert sorted(fds.stdout.split()) == [b"0", b"1", b"2", b"3"]  # 3: ls's own listing
+    assert await asyncio.wait_for(process.wait(), 10) == 0
+
+
+def test_device_transport_over_a_terminal(tmp_path: Path) -> None:
+    import pty
+    import subprocess
+    import tty
+
+    master, slave = pty.openpty()
+    tty.setraw(slave)  # the agent does so too, but only once it runs: bytes sent before count
+    device = os.ttyname(slave)
+    agent = subprocess.Popen([*AGENT, "--device", device], cwd=tmp_path)
+    try:
+        decoder = FrameDecoder()
+        payload = bytes(range(256))  # every byte value, through a terminal in raw mode
+        os.write(master, encode_frame({"op": "exec", "id": 1, "argv": ["cat"], "stdin": True}, payload))
+        output, events = b"", []
+        while not any(isinstance(e, Frame) and e.op == "exit" for e in events):
+            events += decoder.feed(os.read(master, 65536))
+        output = b"".join(e.payload for e in events if isinstance(e, Frame) and e.op == "stdout")
+        assert output == payload
+        os.write(master, encode_frame({"op": "shutdown", "id": 2}))
+        assert agent.wait(timeout=10) == 0
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+        os.close(master)
+        os.close(slave)
+
+
+@pytest.mark.skipif(not shutil.which("bwrap"), reason="needs bubblewrap for a pid namespace")
+async def test_as_pid_1_the_agent_reaps_orphans(tmp_path: Path) -> None:
+    process = await asyncio.create_subprocess_exec(
+        "bwrap", "--unshare-pid", "--as-pid-1", "--die-with-parent", "--dev-bind", "/", "/",
+        "--proc", "/proc", *AGENT,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None
+    assert process.stdin is not None
+    async with AgentClient(process.stdout, process.stdin) as client:
+        assert (await client.exec(["sh", "-c", "echo $PPID"])).stdout == b"1\n"
+        # The orphan's parent dies at once; it is re-parented to us (PID 1), and must be reaped.
+        await client.exec(["sh", "-c", "sleep 0.1 &"])
+        count_zombies = "sleep 0.5; grep -l '^[0-9]* ([^)]*) Z' /proc/[0-9]*/stat | wc -l"
+        assert (await client.exec(["sh", "-c", count_zombies])).stdout == b"0\n"
+    await asyncio.wait_for(process.wait(), 10)

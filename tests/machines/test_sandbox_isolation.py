@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -161,3 +163,21 @@ async def test_missing_bwrap_is_a_clear_allocation_error(tmp_path: Path) -> None
         await provider.allocate(MachineSpec())
     assert provider.leftovers() == []
     assert list((provider.home / "machines").iterdir()) == []
+
+
+@pytest.fixture
+def hidden_python(tmp_path: Path) -> Path:
+    hidden = tmp_path / "python3"  # under the host's /tmp: the sandbox has its own
+    hidden.symlink_to(os.path.realpath(sys.executable))
+    return hidden
+
+
+async def test_an_interpreter_the_sandbox_cannot_see_is_an_allocation_error(
+    hidden_python: Path,
+) -> None:
+    from vmrunner.errors import AllocationError
+
+    provider = SandboxProvider(python=str(hidden_python))
+    with pytest.raises(AllocationError, match=r"did not answer.*python3"):
+        await provider.allocate(MachineSpec())
+    assert provider.leftovers() == []

@@ -665,6 +665,8 @@ class Agent:
             ex.stdin_fd = None
         code, sig = _status_of(status)
         del self._execs[ex.id]
+        if not _group_alive(pid):
+            self._groups.discard(pid)  # nothing of it left to kill at shutdown
         self.send(
             {
                 "op": "exit",
@@ -783,6 +785,16 @@ def _killpg(pgid: int, sig: int) -> None:
         pass
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 def _unpack(dest: str, data: bytes) -> None:
     import io
     import tarfile
@@ -848,8 +860,21 @@ def main(argv: list[str]) -> int:
         os.set_inheritable(fd, False)
         agent.serve(fd, fd)
     elif "--device" in options:
-        fd = os.open(options["--device"], os.O_RDWR | os.O_CLOEXEC | os.O_NOCTTY)
-        agent.serve(fd, fd)
+        while not agent.stopped:  # a port outlives its host side: serve it again on return
+            try:
+                fd = os.open(options["--device"], os.O_RDWR | os.O_CLOEXEC | os.O_NOCTTY)
+            except OSError as exc:
+                sys.stderr.write(f"agent: cannot open {options['--device']}: {exc.strerror}\n")
+                return 1
+            if os.isatty(fd):  # a console port: no echo, no line editing, bytes as they are
+                import termios
+                import tty
+
+                tty.setraw(fd, termios.TCSANOW)  # keeping what the host sent already
+            agent.serve(fd, fd)
+            os.close(fd)
+            if not agent.stopped:
+                time.sleep(0.1)  # the host side is away: do not spin on its absence
     elif "--unix" in options or "--vsock" in options:
         import socket
 
