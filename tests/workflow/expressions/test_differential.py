@@ -48,10 +48,20 @@ def test_matches_github_on_context_access(oracle: Oracle, contexts: dict[str, An
     check(oracle, data.draw(s.named_values), contexts)
 
 
+_VOCABULARY = [
+    "ab", "a", "b", "true", "false", "null", "NaN", "Infinity", "1", "0x1", ".5", "1.5", "-", "+",
+    "e5", "'x'", "''", "'", "(", ")", "[", "]", ".", "*", ",", "!", "==", "!=", "<", "<=", ">",
+    "&&", "||", "=", "&", "|", " ", "\n", "\t", "contains", "format", "case", "join", "@", "_",
+]
+
+
 @settings(max_examples=EXAMPLES // 2, deadline=None)
-@given(text=s.st.text(s.st.sampled_from(list("ab1.0x-+e*!=<>&|()[],' \n\t_")), max_size=16))
+@given(
+    text=s.st.text(s.st.sampled_from(list("ab1.0x-+e*!=<>&|()[],' \n\t_")), max_size=16)
+    | s.st.lists(s.st.sampled_from(_VOCABULARY), max_size=12).map("".join)
+)
 def test_matches_github_on_token_soup(oracle: Oracle, text: str) -> None:
-    check(oracle, text, {"ab": {"a": [1, "b"]}})
+    check(oracle, text, {"ab": {"a": [1, "b"]}, "B": [{"a": 2}]})
 
 
 #: Discrepancies the differential tests found, each fixed in vmrunner; kept as regressions.

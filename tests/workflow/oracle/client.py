@@ -34,18 +34,27 @@ class Oracle:
             text=True,
             encoding="utf-8",
         )
+        self.serial = 0
 
     def ask(self, expr: str, contexts: dict[str, Any]) -> dict[str, Any]:
-        """GitHub's answer, in the conformance format (see oracle.mjs)."""
-        assert self.process.stdin is not None
-        assert self.process.stdout is not None
-        self.process.stdin.write(json.dumps({"expr": expr, "contexts": contexts}) + "\n")
-        self.process.stdin.flush()
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the oracle exited with {self.process.wait()}")
-        answer: dict[str, Any] = json.loads(line, parse_int=float)
-        return answer
+        """GitHub's answer, in the conformance format (see oracle.mjs).
+
+        Requests carry a serial number, so an answer left unread by an interrupted test
+        is skipped instead of being taken for the next one.
+        """
+        stdin, stdout = self.process.stdin, self.process.stdout
+        assert stdin is not None
+        assert stdout is not None
+        self.serial += 1
+        stdin.write(json.dumps({"expr": expr, "contexts": contexts, "id": self.serial}) + "\n")
+        stdin.flush()
+        while True:
+            line = stdout.readline()
+            if not line:
+                raise RuntimeError(f"the oracle exited with {self.process.wait()}")
+            answer: dict[str, Any] = json.loads(line, parse_int=float)
+            if answer.pop("id", None) == self.serial:
+                return answer
 
     def close(self) -> None:
         if self.process.stdin is not None:

@@ -1,7 +1,8 @@
 // GitHub's own expression implementation (@actions/expressions) as a line-oriented oracle.
 //
-// Reads one JSON request per line on stdin, {"expr": "...", "contexts": {...}}, and writes one
-// JSON line per request in the conformance format: {"result": {"kind", "value"}} or
+// Reads one JSON request per line on stdin, {"expr": "...", "contexts": {...}, "id": any}, and
+// writes one
+// JSON line per request, echoing its id, in the conformance format: {"result": {"kind", "value"}} or
 // {"err": {"kind": "lexing"|"parsing"|"evaluation", "value": message}}. Non-finite numbers are
 // written as the strings "NaN", "Infinity" and "-Infinity" so they survive JSON, and objects
 // as lists of [key, value] pairs so that their order and de-duplication can be compared.
@@ -92,11 +93,12 @@ function run(expr, contexts) {
 const lines = readline.createInterface({input: process.stdin, crlfDelay: Infinity});
 for await (const line of lines) {
   let reply;
+  let request;
   try {
-    const request = JSON.parse(line);
-    reply = run(request.expr, request.contexts);
+    request = JSON.parse(line);
+    reply = {id: request.id, ...run(request.expr, request.contexts)};
   } catch (e) {
-    reply = {err: {kind: "oracle", value: String(e && e.stack ? e.stack : e)}};
+    reply = {id: request?.id, err: {kind: "oracle", value: String(e && e.stack ? e.stack : e)}};
   }
   process.stdout.write(JSON.stringify(reply) + "\n");
 }

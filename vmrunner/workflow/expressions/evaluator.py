@@ -198,6 +198,10 @@ class _Evaluation:
             raise self.memory_error(node) from None
         except FunctionError as exc:
             raise self.fail(str(exc), node) from exc
+        except ExpressionEvaluationError as exc:
+            if exc.expression:
+                raise
+            raise self.fail(exc.message, node) from exc  # from a hook: add where it happened
 
     def case(self, node: Call, level: int) -> Any:
         # Lazy like GitHub's runner: only the chosen value is evaluated.
