@@ -57,7 +57,7 @@ def test_a_new_migration_applies_once_on_reopen(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     with Store.open(path) as store:
         store.add_session(session_row())
-    extended = (*MIGRATIONS, ("CREATE TABLE runs (id TEXT PRIMARY KEY)",))
+    extended = (*MIGRATIONS, ("CREATE TABLE later (id TEXT PRIMARY KEY)",))
     with Store.open(path) as store:
         assert store.migrate(extended) == len(extended)
         assert store.schema_version == len(extended)
@@ -67,12 +67,12 @@ def test_a_new_migration_applies_once_on_reopen(tmp_path: Path) -> None:
 
 def test_a_failed_migration_leaves_the_previous_version(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
-    broken = (*MIGRATIONS, ("CREATE TABLE runs (id TEXT)", "THIS IS NOT SQL"))
+    broken = (*MIGRATIONS, ("CREATE TABLE later (id TEXT)", "THIS IS NOT SQL"))
     with Store.open(path) as store:
         with pytest.raises(StoreError, match="syntax error"):
             store.migrate(broken)
         assert store.schema_version == len(MIGRATIONS)
-        tables = store._db.execute("SELECT name FROM sqlite_master WHERE name = 'runs'").fetchall()
+        tables = store._db.execute("SELECT name FROM sqlite_master WHERE name = 'later'").fetchall()
         assert tables == []
 
 

@@ -26,6 +26,7 @@ below and raised ``from`` the original.
     │   ├── SessionNotFound        no such session (also: released already)
     │   └── InvalidTransition      a session state change that the lifecycle does not allow
     ├── StoreError                 the state database could not be read or written
+    │   └── RunNotFound            no kept run has this id (or the id prefix is ambiguous)
     └── ConfigError                runner configuration or command-line input is invalid
 """
 
@@ -169,6 +170,10 @@ class InvalidTransition(SessionError):
 
 class StoreError(VmrunnerError):
     """The state database could not be read or written."""
+
+
+class RunNotFound(StoreError):
+    """No kept run has this id, or more than one starts with this id prefix."""
 
 
 class ConfigError(VmrunnerError):

@@ -23,10 +23,10 @@ import json
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from vmrunner.config import ensure_home
 from vmrunner.errors import StoreError
@@ -34,6 +34,7 @@ from vmrunner.errors import StoreError
 DATABASE_NAME = "state.db"
 #: How long a writer waits for another process's write lock before giving up (ms).
 BUSY_TIMEOUT_MS = 5000
+_Row = TypeVar("_Row")
 
 #: Schema migrations: version N is ``MIGRATIONS[N - 1]``, a sequence of SQL statements run in
 #: one transaction. Append new versions; never edit a released one.
@@ -86,6 +87,100 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             created_at  REAL NOT NULL,
             PRIMARY KEY (session_id, snapshot_id)
         )""",
+    ),
+    # 2: workflow runs, their jobs, steps, logs and annotations (written as events arrive).
+    (
+        """CREATE TABLE runs (
+            id            TEXT PRIMARY KEY,
+            workflow_name TEXT NOT NULL,
+            workflow_file TEXT NOT NULL,
+            event_name    TEXT NOT NULL,
+            sha           TEXT NOT NULL DEFAULT '',
+            ref           TEXT NOT NULL DEFAULT '',
+            status        TEXT NOT NULL,
+            conclusion    TEXT,
+            started_at    REAL NOT NULL,
+            finished_at   REAL,
+            duration      REAL,
+            owner_pid     INTEGER NOT NULL,
+            owner_start   INTEGER,
+            note          TEXT NOT NULL DEFAULT ''
+        )""",
+        "CREATE INDEX runs_started ON runs (started_at)",
+        "CREATE INDEX runs_workflow ON runs (workflow_name, started_at)",
+        """CREATE TABLE run_jobs (
+            run_id             TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+            job_key            TEXT NOT NULL,
+            seq                INTEGER NOT NULL,
+            job_id             TEXT NOT NULL,
+            name               TEXT NOT NULL,
+            status             TEXT NOT NULL,
+            conclusion         TEXT,
+            matrix             TEXT NOT NULL DEFAULT '{}',
+            needs              TEXT NOT NULL DEFAULT '[]',
+            queued_at          REAL,
+            started_at         REAL,
+            finished_at        REAL,
+            duration           REAL,
+            allocation_seconds REAL NOT NULL DEFAULT 0,
+            session_id         TEXT NOT NULL DEFAULT '',
+            machine_id         TEXT NOT NULL DEFAULT '',
+            provider           TEXT NOT NULL DEFAULT '',
+            vm_type            TEXT NOT NULL DEFAULT '',
+            from_pool          INTEGER NOT NULL DEFAULT 0,
+            outputs            TEXT NOT NULL DEFAULT '{}',
+            snapshots          TEXT NOT NULL DEFAULT '[]',
+            rolled_back        INTEGER NOT NULL DEFAULT 0,
+            reason             TEXT NOT NULL DEFAULT '',
+            summary            TEXT NOT NULL DEFAULT '',
+            PRIMARY KEY (run_id, job_key)
+        )""",
+        """CREATE TABLE run_steps (
+            run_id      TEXT NOT NULL,
+            job_key     TEXT NOT NULL,
+            step_index  INTEGER NOT NULL,
+            kind        TEXT NOT NULL,
+            name        TEXT NOT NULL,
+            step_id     TEXT NOT NULL DEFAULT '',
+            status      TEXT NOT NULL,
+            outcome     TEXT,
+            conclusion  TEXT,
+            started_at  REAL NOT NULL,
+            finished_at REAL,
+            duration    REAL,
+            exit_code   INTEGER,
+            timed_out   INTEGER NOT NULL DEFAULT 0,
+            snapshot_id TEXT NOT NULL DEFAULT '',
+            outputs     TEXT NOT NULL DEFAULT '{}',
+            PRIMARY KEY (run_id, job_key, step_index),
+            FOREIGN KEY (run_id, job_key) REFERENCES run_jobs (run_id, job_key) ON DELETE CASCADE
+        )""",
+        """CREATE TABLE run_logs (
+            seq         INTEGER PRIMARY KEY,
+            run_id      TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+            job_key     TEXT NOT NULL,
+            step_index  INTEGER NOT NULL,
+            kind        TEXT NOT NULL,
+            stream      TEXT NOT NULL,
+            text        TEXT NOT NULL,
+            time        REAL NOT NULL,
+            group_depth INTEGER NOT NULL DEFAULT 0
+        )""",
+        "CREATE INDEX run_logs_step ON run_logs (run_id, job_key, step_index, seq)",
+        """CREATE TABLE run_annotations (
+            seq        INTEGER PRIMARY KEY,
+            run_id     TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+            job_key    TEXT NOT NULL,
+            step_index INTEGER NOT NULL,
+            level      TEXT NOT NULL,
+            message    TEXT NOT NULL,
+            time       REAL NOT NULL,
+            file       TEXT NOT NULL DEFAULT '',
+            line       INTEGER NOT NULL DEFAULT 0,
+            "column"   INTEGER NOT NULL DEFAULT 0,
+            title      TEXT NOT NULL DEFAULT ''
+        )""",
+        "CREATE INDEX run_annotations_run ON run_annotations (run_id, seq)",
     ),
 )
 
@@ -149,6 +244,116 @@ class SnapshotRow:
     snapshot_id: str
     name: str
     created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    """A workflow run; ``status`` and ``conclusion`` use GitHub's words (see ``runner.results``).
+
+    ``owner_pid``/``owner_start`` name the runner process writing it, so that a run whose runner
+    died can be told from one still going.
+    """
+
+    id: str
+    workflow_name: str
+    workflow_file: str
+    event_name: str
+    status: str
+    started_at: float
+    owner_pid: int
+    owner_start: int | None
+    sha: str = ""
+    ref: str = ""
+    conclusion: str | None = None
+    finished_at: float | None = None
+    duration: float | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RunJobRow:
+    """One job of a run; ``seq`` keeps the order in which the run first saw its jobs.
+
+    ``snapshots`` holds plain records (step_index, snapshot_id, time, duration, restored).
+    """
+
+    run_id: str
+    job_key: str
+    seq: int
+    job_id: str
+    name: str
+    status: str
+    conclusion: str | None = None
+    matrix: Mapping[str, Any] = field(default_factory=dict)
+    needs: tuple[str, ...] = ()
+    queued_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    duration: float | None = None
+    allocation_seconds: float = 0.0
+    session_id: str = ""
+    machine_id: str = ""
+    provider: str = ""
+    vm_type: str = ""
+    from_pool: bool = False
+    outputs: Mapping[str, str] = field(default_factory=dict)
+    snapshots: tuple[Mapping[str, Any], ...] = ()
+    rolled_back: bool = False
+    reason: str = ""
+    summary: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RunStepRow:
+    """One command of a job (setup, step, post or cleanup), by its position in the job."""
+
+    run_id: str
+    job_key: str
+    step_index: int
+    kind: str
+    name: str
+    status: str
+    started_at: float
+    step_id: str = ""
+    outcome: str | None = None
+    conclusion: str | None = None
+    finished_at: float | None = None
+    duration: float | None = None
+    exit_code: int | None = None
+    timed_out: bool = False
+    snapshot_id: str = ""
+    outputs: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class LogRow:
+    """One line of a run's output (``kind`` "line"), or a group opening ("group", ``text`` is
+    its title) or closing ("endgroup"). ``step_index`` -1 is the job itself."""
+
+    run_id: str
+    job_key: str
+    step_index: int
+    kind: str
+    stream: str
+    text: str
+    time: float
+    group_depth: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AnnotationRow:
+    """An error, warning, notice or debug message of a run's job."""
+
+    run_id: str
+    job_key: str
+    step_index: int
+    level: str
+    message: str
+    time: float
+    file: str = ""
+    line: int = 0
+    column: int = 0
+    title: str = ""
 
 
 _MACHINE_COLUMNS = (
@@ -421,6 +626,113 @@ class Store:
         )
         return [SnapshotRow(*row) for row in rows.fetchall()]
 
+    # Runs (written by ``runner.storage.StoreSink`` as a run's events arrive)
+
+    def put_run(self, row: RunRow) -> None:
+        """Insert or update a run (its jobs, steps and logs stay)."""
+        with self.transaction():
+            self._upsert("runs", row, ("id",))
+
+    def put_run_job(self, row: RunJobRow) -> None:
+        with self.transaction():
+            self._upsert("run_jobs", row, ("run_id", "job_key"))
+
+    def put_run_step(self, row: RunStepRow) -> None:
+        with self.transaction():
+            self._upsert("run_steps", row, ("run_id", "job_key", "step_index"))
+
+    def add_run_logs(self, rows: Sequence[LogRow]) -> None:
+        """Append log lines, in order, with one statement."""
+        self._insert_many("run_logs", LogRow, rows)
+
+    def add_run_annotations(self, rows: Sequence[AnnotationRow]) -> None:
+        self._insert_many("run_annotations", AnnotationRow, rows)
+
+    def finish_unfinished_run(self, run_id: str, conclusion: str, at: float, note: str) -> bool:
+        """Close a run that never finished (its runner died); False if it had finished."""
+        with self.transaction():
+            cursor = self._execute(
+                "UPDATE runs SET status = 'completed', conclusion = ?, finished_at = ?,"
+                " duration = MAX(0, ? - started_at), note = ? WHERE id = ? AND status != 'completed'",
+                (conclusion, at, at, note, run_id),
+            )
+            return cursor.rowcount == 1
+
+    def delete_run(self, run_id: str) -> bool:
+        """Forget a run with its jobs, steps, logs and annotations."""
+        with self.transaction():
+            return self._execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount == 1
+
+    def runs(self, *, limit: int | None = 20, workflow: str | None = None, unfinished: bool = False) -> list[RunRow]:
+        """Runs, newest first; only those of ``workflow`` (name or file) or not completed if asked."""
+        where: list[str] = ["1 = 1"]
+        params: list[Any] = []
+        if workflow is not None:
+            where.append("(workflow_name = ? OR workflow_file = ?)")
+            params += [workflow, workflow]
+        if unfinished:
+            where.append("status != 'completed'")
+        sql = f"SELECT {_columns(RunRow)} FROM runs WHERE {' AND '.join(where)} ORDER BY started_at DESC, id DESC"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [_from_row(RunRow, row) for row in self._execute(sql, params).fetchall()]
+
+    def run(self, run_id: str) -> RunRow | None:
+        row = self._execute(f"SELECT {_columns(RunRow)} FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return _from_row(RunRow, row) if row else None
+
+    def run_ids(self, prefix: str, *, limit: int = 10) -> list[str]:
+        """Ids of runs starting with ``prefix`` (like git's abbreviated commit ids)."""
+        rows = self._execute(
+            "SELECT id FROM runs WHERE substr(id, 1, ?) = ? ORDER BY id LIMIT ?", (len(prefix), prefix, limit)
+        )
+        return [row[0] for row in rows.fetchall()]
+
+    def run_jobs(self, run_id: str) -> list[RunJobRow]:
+        rows = self._execute(f"SELECT {_columns(RunJobRow)} FROM run_jobs WHERE run_id = ? ORDER BY seq", (run_id,))
+        return [_from_row(RunJobRow, row) for row in rows.fetchall()]
+
+    def run_steps(self, run_id: str) -> list[RunStepRow]:
+        rows = self._execute(
+            f"SELECT {_columns(RunStepRow)} FROM run_steps WHERE run_id = ? ORDER BY job_key, step_index", (run_id,)
+        )
+        return [_from_row(RunStepRow, row) for row in rows.fetchall()]
+
+    def run_logs(self, run_id: str, job_key: str | None = None, step_index: int | None = None) -> list[LogRow]:
+        """A run's output in the order it was written; only one job's, or one step's, if asked."""
+        sql = f"SELECT {_columns(LogRow)} FROM run_logs WHERE run_id = ?"
+        params: list[Any] = [run_id]
+        if job_key is not None:
+            sql += " AND job_key = ?"
+            params.append(job_key)
+        if step_index is not None:
+            sql += " AND step_index = ?"
+            params.append(step_index)
+        rows = self._execute(sql + " ORDER BY seq", params)
+        return [_from_row(LogRow, row) for row in rows.fetchall()]
+
+    def run_annotations(self, run_id: str) -> list[AnnotationRow]:
+        rows = self._execute(
+            f"SELECT {_columns(AnnotationRow)} FROM run_annotations WHERE run_id = ? ORDER BY seq", (run_id,)
+        )
+        return [_from_row(AnnotationRow, row) for row in rows.fetchall()]
+
+    def _upsert(self, table: str, row: Any, keys: tuple[str, ...]) -> None:
+        names = [f.name for f in fields(row)]
+        updates = ", ".join(f'"{name}" = excluded."{name}"' for name in names if name not in keys)
+        self._execute(
+            f"INSERT INTO {table} ({_columns(type(row))}) VALUES ({', '.join('?' * len(names))})"
+            f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}",
+            _to_values(row),
+        )
+
+    def _insert_many(self, table: str, kind: type[Any], rows: Sequence[Any]) -> None:
+        if not rows:
+            return
+        sql = f"INSERT INTO {table} ({_columns(kind)}) VALUES ({', '.join('?' * len(fields(kind)))})"
+        with self.transaction(), self._errors(f"write {table}"):
+            self._db.executemany(sql, [_to_values(row) for row in rows])
+
 
 def _session_row(row: Sequence[Any]) -> SessionRow:
     (id_, state, vm_type, provider, machine_id, owner_pid, owner_start, labels, created_at,
@@ -441,3 +753,36 @@ def _machine_row(row: Sequence[Any]) -> MachineRow:
         data=json.loads(data), session_id=session_id, allocated_at=allocated_at,
         released_at=released_at, note=note,
     )
+
+
+def _columns(kind: type[Any]) -> str:
+    """The quoted column list of a row dataclass (its field names are the column names)."""
+    return ", ".join(f'"{f.name}"' for f in fields(kind))
+
+
+def _to_values(row: Any) -> tuple[Any, ...]:
+    """A row's values for SQLite: mappings and sequences as JSON, everything else as is."""
+    return tuple(
+        json.dumps(value if isinstance(value, Mapping) else list(value), default=str)
+        if isinstance(value, Mapping | tuple | list)
+        else value
+        for value in (getattr(row, f.name) for f in fields(row))
+    )
+
+
+def _from_row(kind: type[_Row], row: Sequence[Any]) -> _Row:
+    """The dataclass ``kind`` from a row read with ``_columns(kind)``; JSON columns decoded."""
+    values: dict[str, Any] = {}
+    for f, value in zip(fields(kind), row, strict=True):  # type: ignore[arg-type]
+        if f.name in _JSON_COLUMNS:
+            value = json.loads(value)
+            if isinstance(value, list):
+                value = tuple(value)
+        elif f.name in _BOOL_COLUMNS:
+            value = bool(value)
+        values[f.name] = value
+    return kind(**values)
+
+
+_JSON_COLUMNS = frozenset({"matrix", "needs", "outputs", "snapshots"})
+_BOOL_COLUMNS = frozenset({"from_pool", "rolled_back", "timed_out"})

@@ -502,6 +502,14 @@ class ResultCollector:
             conclusion = run_conclusion(conclusion, jobs)
         return replace(run, jobs=jobs, conclusion=conclusion)
 
+    def job_result(self, job_key: str) -> JobResult | None:
+        """One job as known so far (cheaper than ``result()`` while a run is going)."""
+        return self._built(job_key) if job_key in self._jobs else None
+
+    @property
+    def run_id(self) -> str:
+        return self._run.run_id if self._run else ""
+
     def _built(self, job_key: str) -> JobResult:
         job = self._jobs[job_key]
         steps = tuple(sorted(self._steps[job_key].values(), key=lambda s: s.index))

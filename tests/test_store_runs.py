@@ -1,0 +1,231 @@
+"""Runs kept in the real SQLite store through StoreSink, and read back with RunHistory."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.runner.events_builder import RunBuilder, failing_matrix_run, simple_run
+from vmrunner.errors import RunNotFound
+from vmrunner.runner.events import LogLine, StepFinished, StepStarted
+from vmrunner.runner.results import ResultCollector, RunResult
+from vmrunner.runner.storage import INTERRUPTED_NOTE, RunHistory, StoreSink
+from vmrunner.sessions import Owner
+from vmrunner.store import MIGRATIONS, Store
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    with Store.open(tmp_path / "state.db") as opened:
+        yield opened
+
+
+def collected(builder: RunBuilder) -> RunResult:
+    collector = ResultCollector()
+    for event in builder.events:
+        collector.emit(event)
+    return collector.result()
+
+
+def dead_owner() -> Owner:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return Owner(process.pid, 1)
+
+
+def test_a_kept_run_reads_back_exactly_as_collected(store: Store) -> None:
+    for build in (simple_run, failing_matrix_run):
+        sink = StoreSink(store)
+        run = build(sink)
+        sink.close()
+        assert sink.errors == []
+        assert RunHistory(store).get_run(run.run_id) == collected(run)
+
+
+def test_logs_keep_their_order_groups_and_filters(store: Store) -> None:
+    sink = StoreSink(store)
+    run = RunBuilder(sink=sink).start()
+    job = run.job("build").begin()
+    job.step("Test", lines=["one", "two"], group=("details", ["inside"]), stderr=["oops"])
+    job.log("job-level line after the steps")
+    job.finish()
+    run.finish()
+    history = RunHistory(store)
+    logs = history.logs(run.run_id)
+    assert [(r.kind, r.stream, r.text, r.group_depth) for r in logs] == [
+        ("line", "stdout", "one", 0),
+        ("line", "stdout", "two", 0),
+        ("group", "stdout", "details", 0),
+        ("line", "stdout", "inside", 1),
+        ("endgroup", "stdout", "", 0),
+        ("line", "stderr", "oops", 0),
+        ("line", "stdout", "job-level line after the steps", 0),
+    ]
+    assert [r.text for r in history.logs(run.run_id, "build", 0) if r.kind == "line"] == ["one", "two", "inside", "oops"]
+    assert [r.text for r in history.logs(run.run_id, "build", -1)] == ["job-level line after the steps"]
+    assert history.logs(run.run_id, "nope") == []
+
+
+def written_lines(path: Path) -> int:
+    """Log rows visible to another connection (what a reader sees while the run goes on)."""
+    connection = sqlite3.connect(path)
+    try:
+        return int(connection.execute("SELECT count(*) FROM run_logs").fetchone()[0])
+    finally:
+        connection.close()
+
+
+def test_log_lines_are_batched_until_the_step_finishes(store: Store) -> None:
+    clock = [0.0]
+    sink = StoreSink(store, batch_size=1000, flush_interval=10.0, clock=lambda: clock[0])
+    run = RunBuilder(sink=sink).start()
+    job = run.job("build").begin()
+    run.add(StepStarted(run.run_id, "build", 0, "step", "Test", run.tick()))
+    for n in range(5):
+        run.add(LogLine(run.run_id, "build", 0, "stdout", f"line {n}", run.tick()))
+    assert written_lines(store.path) == 0
+    clock[0] = 11.0
+    run.add(LogLine(run.run_id, "build", 0, "stdout", "line 5", run.tick()))
+    assert written_lines(store.path) == 6
+    run.add(LogLine(run.run_id, "build", 0, "stdout", "line 6", run.tick()))
+    assert written_lines(store.path) == 6
+    run.add(StepFinished(run.run_id, "build", 0, "success", "success", run.tick(), 1.0, 0))
+    assert written_lines(store.path) == 7
+    assert job.key == "build"
+
+
+def test_a_full_batch_is_written_at_once(store: Store) -> None:
+    sink = StoreSink(store, batch_size=3, flush_interval=1e9)
+    run = RunBuilder(sink=sink).start()
+    run.job("build").begin()
+    run.add(StepStarted(run.run_id, "build", 0, "step", "Test", run.tick()))
+    counts = []
+    for n in range(4):
+        run.add(LogLine(run.run_id, "build", 0, "stdout", f"line {n}", run.tick()))
+        counts.append(written_lines(store.path))
+    assert counts == [0, 0, 3, 3]
+    run.add(StepFinished(run.run_id, "build", 0, "success", "success", run.tick(), 1.0, 0))
+    assert written_lines(store.path) == 4
+
+
+def test_nothing_is_lost_at_the_end_of_a_run(store: Store) -> None:
+    sink = StoreSink(store, batch_size=10_000, flush_interval=1e9)
+    run = RunBuilder(sink=sink).start()
+    job = run.job("build").begin().step("One", lines=["x"] * 3)
+    job.log("after").finish()
+    run.finish()
+    assert written_lines(store.path) == 4
+    run2 = RunBuilder("run-0002", sink=sink).start()
+    run2.job("late").log("only a job line")  # no step, job or run end: close() writes it
+    sink.close()
+    assert written_lines(store.path) == 5
+
+
+def test_a_run_without_run_finished_whose_runner_died_is_interrupted(store: Store) -> None:
+    sink = StoreSink(store, owner=dead_owner())
+    run = RunBuilder(sink=sink).start()
+    run.job("build").begin().step("One", lines=["x"])
+    sink.flush()
+    history = RunHistory(store)
+    [listed] = history.list_runs()
+    assert (listed.status, listed.conclusion) == ("completed", "interrupted")
+    assert listed.jobs[0].status == "in_progress"
+    assert store.run(run.run_id).status == "in_progress"  # type: ignore[union-attr]
+    assert history.mark_interrupted(now=run.tick()) == [run.run_id]
+    row = store.run(run.run_id)
+    assert row is not None
+    assert (row.status, row.conclusion, row.finished_at) == ("completed", "interrupted", run.now)
+    assert "is gone" in row.note
+    assert history.mark_interrupted() == []
+
+
+def test_a_run_whose_runner_lives_is_in_progress_until_closed(store: Store) -> None:
+    sink = StoreSink(store)
+    run = RunBuilder(sink=sink).start()
+    run.job("build").begin()
+    history = RunHistory(store)
+    assert history.get_run(run.run_id).status == "in_progress"
+    assert history.mark_interrupted() == []
+    sink.close()
+    result = history.get_run(run.run_id)
+    assert (result.status, result.conclusion) == ("completed", "interrupted")
+    assert store.run(run.run_id).note == INTERRUPTED_NOTE  # type: ignore[union-attr]
+    sink.close()  # a second close changes nothing
+    assert sink.errors == []
+
+
+def test_a_failed_write_is_rolled_back_whole_and_emit_does_not_raise(store: Store) -> None:
+    store._db.execute(
+        "CREATE TRIGGER refuse AFTER INSERT ON run_steps WHEN NEW.name = 'Bad'"
+        " BEGIN SELECT RAISE(ABORT, 'refused by test'); END"
+    )
+    sink = StoreSink(store, batch_size=1000, flush_interval=1e9)
+    run = RunBuilder(sink=sink).start()
+    job = run.job("build").begin()
+    job.step("Good", lines=["kept"])
+    job.step("Bad", lines=["never half-written"])
+    assert len(sink.errors) >= 1
+    assert "refused by test" in str(sink.errors[0])
+    job.finish()
+    run.finish()
+    texts = [row.text for row in RunHistory(store).logs(run.run_id)]
+    assert "kept" in texts
+    assert "never half-written" not in texts  # rolled back with the step it belonged to
+    steps = RunHistory(store).get_run(run.run_id).jobs[0].steps
+    assert [s.name for s in steps] == ["Good"]
+
+
+def test_prefixes_resolve_like_git_and_unknown_ids_fail_clearly(store: Store) -> None:
+    for run_id in ("a1b2c3", "a1b2ff", "c0ffee"):
+        sink = StoreSink(store)
+        simple_run(sink, run_id=run_id)
+        sink.close()
+    history = RunHistory(store)
+    assert history.get_run("c0").run_id == "c0ffee"
+    assert history.get_run("a1b2c").run_id == "a1b2c3"
+    with pytest.raises(RunNotFound, match="ambiguous: a1b2c3, a1b2ff"):
+        history.get_run("a1b2")
+    with pytest.raises(RunNotFound, match="no run 'zz'"):
+        history.get_run("zz")
+    with pytest.raises(RunNotFound):
+        history.logs("")
+
+
+def test_runs_are_listed_newest_first_with_limit_and_workflow_filter(store: Store) -> None:
+    for n, workflow in enumerate(("CI", "Release", "CI")):
+        sink = StoreSink(store)
+        run = RunBuilder(f"run-{n}", workflow=workflow, start=1_700_000_000.0 + n * 100, sink=sink).start()
+        run.job("build").begin().step("One").finish()
+        run.finish()
+    history = RunHistory(store)
+    assert [r.run_id for r in history.list_runs()] == ["run-2", "run-1", "run-0"]
+    assert [r.run_id for r in history.list_runs(limit=1)] == ["run-2"]
+    assert [r.run_id for r in history.list_runs(workflow="CI")] == ["run-2", "run-0"]
+    assert [r.run_id for r in history.list_runs(workflow=".github/workflows/ci.yml")] == ["run-2", "run-1", "run-0"]
+
+
+def test_runs_survive_reopening_and_deleting_a_run_removes_everything(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with Store.open(path) as store:
+        sink = StoreSink(store)
+        run = failing_matrix_run(sink)
+        sink.close()
+    with Store.open(path) as store:
+        assert store.schema_version == len(MIGRATIONS)
+        assert RunHistory(store).get_run(run.run_id) == collected(run)
+        assert store.delete_run(run.run_id)
+        for table in ("runs", "run_jobs", "run_steps", "run_logs", "run_annotations"):
+            assert store._db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0
+
+
+def test_masked_text_stays_masked_in_the_store(store: Store) -> None:
+    sink = StoreSink(store)
+    run = RunBuilder(sink=sink).start()
+    run.job("deploy").begin().step("Deploy", lines=["token=***"], annotations=[("warning", "used ***")]).finish()
+    run.finish()
+    result = RunHistory(store).get_run(run.run_id)
+    assert [r.text for r in RunHistory(store).logs(run.run_id)] == ["token=***"]
+    assert result.annotations[0].message == "used ***"
