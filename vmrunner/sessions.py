@@ -53,7 +53,7 @@ from vmrunner.machines.base import (
     Provider,
     SnapshotId,
 )
-from vmrunner.machines.pool import WarmPool
+from vmrunner.machines.pool import WarmPool, allocate_whole
 from vmrunner.store import MachineRow, SessionRow, SnapshotRow, Store
 
 log = logging.getLogger(__name__)
@@ -502,7 +502,7 @@ class SessionManager:
             self._free_slot()
             raise
         try:
-            machine = await self.provider.allocate(spec)
+            machine = await allocate_whole(self.provider, spec)
         except BaseException as exc:
             self._counts["failed_allocations"] += 1
             with suppress(Exception):

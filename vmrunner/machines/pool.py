@@ -52,6 +52,23 @@ RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 30.0
 
 
+async def allocate_whole(provider: Provider, spec: MachineSpec) -> Machine:
+    """``provider.allocate(spec)``, never interrupted half-way by a cancellation.
+
+    A cancellation waits for the allocation to finish, releases the machine, then propagates.
+    Interrupting the start of a process can hang asyncio for good (CPython gh-103847: a
+    ``create_subprocess_exec`` cancelled while connecting its pipes never finishes), and an
+    allocation is short and bounded by the provider anyway.
+    """
+    task = asyncio.ensure_future(provider.allocate(spec))
+    try:
+        return await shielded(task)
+    except asyncio.CancelledError:
+        if task.done() and not task.cancelled() and task.exception() is None:
+            await shielded(provider.release(task.result()))
+        raise
+
+
 class MachineJournal(Protocol):
     """Where the pool records its idle machines, so they can be reclaimed after a crash."""
 
@@ -120,6 +137,7 @@ class WarmPool(Provider):
         self._need = {t: asyncio.Event() for t in self.sizes}
         self._changed = asyncio.Condition()
         self._busy: dict[str, Machine] = {}
+        self._loaned: dict[str, set[str]] = {t: set() for t in self.sizes}
         self._pristine: dict[str, _Pristine] = {}
         self._starting = 0
         self._counts = dict.fromkeys(("hits", "misses", "refills", "recycled", "discarded", "failures"), 0)
@@ -198,13 +216,14 @@ class WarmPool(Provider):
             machine = queue.popleft()
             machine.from_pool = True
             self._busy[machine.id] = machine
+            self._loaned[spec.vm_type].add(machine.id)
             self._counts["hits"] += 1
             self._need[spec.vm_type].set()
             return machine
         self._counts["misses"] += 1
         if spec.vm_type in self._need:
             self._need[spec.vm_type].set()
-        machine = await self.inner.allocate(spec)
+        machine = await allocate_whole(self.inner, spec)
         self._busy[machine.id] = machine
         return machine
 
@@ -215,28 +234,43 @@ class WarmPool(Provider):
 
     async def release(self, machine: Machine) -> None:
         self._busy.pop(machine.id, None)
+        vm_type = machine.spec.vm_type
+        try:
+            if not await self._try_recycle(machine):
+                await shielded(self._destroy(machine, "released after a job"))
+        finally:
+            loaned = self._loaned.get(vm_type)
+            if loaned is not None and machine.id in loaned:
+                loaned.discard(machine.id)  # only now: a recycled machine is idle already
+                self._need[vm_type].set()
+
+    async def _try_recycle(self, machine: Machine) -> bool:
+        """Restore, verify and re-queue a pool machine; False when it must be destroyed."""
         pristine = self._pristine.get(machine.id)
         queue = self._idle.get(machine.spec.vm_type)
-        if pristine is not None and queue is not None and not self._closed and len(queue) < self.sizes[machine.spec.vm_type]:
-            try:
-                clean = await self._recycle(machine, pristine)
-            except Exception as exc:
-                log.warning("pool: recycling %s failed, destroying it: %s", machine.id, exc)
-                clean = False
-            except BaseException:
-                await shielded(self._destroy(machine, "cancelled while recycling"))
-                raise
-            if clean and not self._closed:
-                queue.append(machine)
-                self._counts["recycled"] += 1
-                if self.journal is not None:
-                    self.journal.machine_pooled(machine.record)
-                await self._notify()
-                return
-            if not clean:
-                self._counts["failures"] += 1
-                log.warning("pool: %s differs from its pristine state after restore, destroying it", machine.id)
-        await shielded(self._destroy(machine, "released after a job"))
+        if pristine is None or queue is None or self._closed or len(queue) >= self.sizes[machine.spec.vm_type]:
+            return False
+        try:
+            clean = await self._recycle(machine, pristine)
+        except Exception as exc:
+            self._counts["failures"] += 1
+            log.warning("pool: recycling %s failed, destroying it: %s", machine.id, exc)
+            return False
+        except BaseException:
+            await shielded(self._destroy(machine, "cancelled while recycling"))
+            raise
+        if not clean:
+            self._counts["failures"] += 1
+            log.warning("pool: %s does not match its pristine state after restore, destroying it", machine.id)
+            return False
+        if self._closed or len(queue) >= self.sizes[machine.spec.vm_type]:
+            return False  # closed or refilled meanwhile
+        queue.append(machine)
+        self._counts["recycled"] += 1
+        if self.journal is not None:
+            self.journal.machine_pooled(machine.record)
+        await self._notify()
+        return True
 
     async def reclaim(self, record: MachineRecord) -> None:
         await self.inner.reclaim(record)
@@ -250,7 +284,7 @@ class WarmPool(Provider):
         """Keep ``sizes[vm_type]`` machines idle; back off exponentially while starts fail."""
         delay = self._retry_delay
         while True:
-            while len(self._idle[vm_type]) < self.sizes[vm_type]:
+            while self._deficit(vm_type) > 0:
                 try:
                     machine = await self._start(vm_type)
                 except Exception as exc:
@@ -266,11 +300,16 @@ class WarmPool(Provider):
             self._need[vm_type].clear()
             await self._need[vm_type].wait()
 
+    def _deficit(self, vm_type: str) -> int:
+        """Machines to start: in restore mode, machines on loan count (they come back)."""
+        loaned = len(self._loaned[vm_type]) if self.reuse == "restore" else 0
+        return self.sizes[vm_type] - len(self._idle[vm_type]) - loaned
+
     async def _start(self, vm_type: str) -> Machine:
         """A started, answering machine (with its pristine snapshot when reusing), journaled."""
         self._starting += 1
         try:
-            machine = await self.inner.allocate(self._specs[vm_type])
+            machine = await allocate_whole(self.inner, self._specs[vm_type])
         finally:
             self._starting -= 1
         try:

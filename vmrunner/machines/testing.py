@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from vmrunner.errors import (
+    AgentError,
     AllocationError,
     ExecError,
     ReleaseError,
@@ -34,7 +35,9 @@ from vmrunner.machines.base import (
     SnapshotId,
 )
 
-Operation = Literal["allocate", "exec", "put", "get", "snapshot", "restore", "release", "reclaim"]
+Operation = Literal[
+    "allocate", "ping", "exec", "put", "get", "snapshot", "restore", "release", "reclaim"
+]
 EventKind = Literal[
     "allocating", "allocated", "allocation-failed", "releasing", "released", "release-failed",
     "reclaimed",
@@ -42,6 +45,7 @@ EventKind = Literal[
 
 _DEFAULT_ERRORS: Mapping[Operation, type[Exception]] = {
     "allocate": AllocationError,
+    "ping": AgentError,
     "exec": ExecError,
     "put": TransferError,
     "get": TransferError,
@@ -245,6 +249,8 @@ class CountingMachine(Machine):
 
     async def ping(self) -> float:
         # Not recorded: a readiness check is not a command of the job.
+        if self._provider._fault("ping", self.id):
+            return 0.0
         return await self.inner.ping()
 
     async def put(self, dest_dir: str, tar_data: bytes) -> None:
