@@ -39,8 +39,12 @@ from vmrunner.errors import (
 if TYPE_CHECKING:
     from vmrunner.machines.base import ExecResult, Machine, MachineSpec, Provider
     from vmrunner.machines.host import HostProvider
+    from vmrunner.machines.pool import PoolStatistics, WarmPool
     from vmrunner.machines.providers import get_provider
     from vmrunner.machines.sandbox import SandboxProvider
+    from vmrunner.machines.testing import CountingProvider
+    from vmrunner.sessions import Session, SessionManager, SessionState, SessionStats
+    from vmrunner.store import Store
     from vmrunner.workflow.loader import load_workflow, load_workflow_text, load_workflows
     from vmrunner.workflow.models import Job, Step, Workflow
     from vmrunner.workflow.planner import Plan, plan
@@ -55,6 +59,14 @@ _LAZY: dict[str, str] = {
     "MachineSpec": "vmrunner.machines.base",
     "Provider": "vmrunner.machines.base",
     "SandboxProvider": "vmrunner.machines.sandbox",
+    "CountingProvider": "vmrunner.machines.testing",
+    "PoolStatistics": "vmrunner.machines.pool",
+    "WarmPool": "vmrunner.machines.pool",
+    "Session": "vmrunner.sessions",
+    "SessionManager": "vmrunner.sessions",
+    "SessionState": "vmrunner.sessions",
+    "SessionStats": "vmrunner.sessions",
+    "Store": "vmrunner.store",
     "get_provider": "vmrunner.machines.providers",
     "Job": "vmrunner.workflow.models",
     "Plan": "vmrunner.workflow.planner",
@@ -82,6 +94,7 @@ __all__ = [
     "AllocationError",
     "CapacityError",
     "ConfigError",
+    "CountingProvider",
     "Diagnostic",
     "ExecError",
     "ExecResult",
@@ -99,18 +112,25 @@ __all__ = [
     "MatrixError",
     "Plan",
     "PlanError",
+    "PoolStatistics",
     "Provider",
     "ReleaseError",
     "RunNotFound",
     "SandboxProvider",
+    "Session",
     "SessionError",
+    "SessionManager",
     "SessionNotFound",
+    "SessionState",
+    "SessionStats",
     "SnapshotError",
     "SnapshotUnsupported",
     "Step",
+    "Store",
     "StoreError",
     "TransferError",
     "VmrunnerError",
+    "WarmPool",
     "Workflow",
     "WorkflowError",
     "__version__",
