@@ -81,11 +81,13 @@ def reclaim(providers: tuple[str, ...], as_json: bool) -> None:
 
     from vmrunner.cli import terminal
     from vmrunner.machines.base import Provider
+    from vmrunner.machines.providers import get_provider
     from vmrunner.sessions import named_provider, reclaim_orphans
     from vmrunner.store import Store
 
     names = set(providers or (DEFAULT_PROVIDER,))
-    cache: dict[str, Provider | None] = {}
+    # Providers asked for by name must exist; those named by records are best effort.
+    cache: dict[str, Provider | None] = {name: get_provider(name) for name in sorted(names)}
 
     def resolve(name: str) -> Provider | None:
         if name not in cache:
