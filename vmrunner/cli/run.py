@@ -1,0 +1,215 @@
+"""``vmrunner run [EVENT]``: run the workflows an event triggers, one isolated machine per job.
+
+Like ``act``: ``-W`` picks the workflows, ``-j`` the jobs, ``-e`` the event payload, ``-s``/
+``--secret-file`` the secrets, ``--var``/``--var-file`` the variables, ``--input`` the
+``workflow_dispatch`` inputs. Every run is kept in the store (``vmrunner runs``); ``--json``
+prints the results for machines. The exit code is 1 when any job failed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from vmrunner.cli.options import DEFAULT_WORKFLOWS, WORKFLOWS_ENV
+from vmrunner.config import DEFAULT_PROVIDER, ENV_PROVIDER
+from vmrunner.errors import ConfigError
+
+if TYPE_CHECKING:
+    from vmrunner.runner.events import Event
+    from vmrunner.runner.options import RunOptions
+    from vmrunner.workflow.models import Workflow
+
+
+def _pairs(values: Sequence[str], what: str, *, from_environment: bool = False, separator: str = "=") -> dict[str, str]:
+    """``K=V`` options as a mapping; ``K`` alone takes the value from the environment."""
+    result: dict[str, str] = {}
+    for value in values:
+        key, sep, rest = value.partition(separator)
+        if not key:
+            raise ConfigError(f"{what}: expected KEY{separator}VALUE, got {value!r}")
+        if not sep:
+            if not from_environment:
+                raise ConfigError(f"{what}: expected KEY{separator}VALUE, got {value!r}")
+            if key not in os.environ:
+                raise ConfigError(f"{what}: {key} is not set in the environment")
+            rest = os.environ[key]
+        result[key] = rest
+    return result
+
+
+class PlainPrinter:
+    """A minimal text view of a run: steps, their output and annotations, one line each."""
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+
+    def emit(self, event: Event) -> None:
+        from vmrunner.runner import events as ev
+
+        line = ""
+        if isinstance(event, ev.JobStarted):
+            line = f"[{event.job_key}] ⭐ job started on {event.provider} machine {event.machine_id}"
+        elif isinstance(event, ev.StepStarted):
+            line = f"[{event.job_key}] ⭐ {event.name}"
+        elif isinstance(event, ev.LogLine):
+            line = f"[{event.job_key}]   | {'  ' * event.group_depth}{event.text}"
+        elif isinstance(event, ev.Annotation):
+            where = f" ({event.file}:{event.line})" if event.file else ""
+            line = f"[{event.job_key}]   {event.level}: {event.message}{where}"
+        elif isinstance(event, ev.StepFinished):
+            line = f"[{event.job_key}]   {'✅' if event.conclusion == 'success' else '❌' if event.conclusion == 'failure' else '⏭'} {event.outcome} ({event.duration:.2f}s)"
+        elif isinstance(event, ev.SnapshotRestored):
+            line = f"[{event.job_key}] ↩ rolled back to snapshot {event.snapshot_id}"
+        elif isinstance(event, ev.JobFinished):
+            reason = f": {event.reason}" if event.reason else ""
+            line = f"[{event.job_key}] 🏁 job {event.result}{reason}"
+        elif isinstance(event, ev.RunFinished):
+            line = f"run {event.run_id} {event.conclusion} ({event.duration:.2f}s)"
+        if line:
+            try:
+                sys.stdout.write(f"{self.prefix}{line}\n")
+                sys.stdout.flush()
+            except (OSError, ValueError):
+                pass
+
+
+@click.command("run")
+@click.argument("event", required=False, default="push")
+@click.option("-W", "--workflows", default=DEFAULT_WORKFLOWS, show_default=True, envvar=WORKFLOWS_ENV, help=f"A workflow file, or a folder of them [env: {WORKFLOWS_ENV}].")
+@click.option("-j", "--job", "jobs", multiple=True, help="Only this job and the jobs it needs (repeatable).")
+@click.option("-e", "--event-path", default=None, help="The event payload (JSON file).")
+@click.option("-s", "--secret", "secrets", multiple=True, help="A secret K=V, or K to take it from the environment (repeatable).")
+@click.option("--secret-file", default=None, help="Secrets from a dotenv file.")
+@click.option("--var", "variables", multiple=True, help="A configuration variable K=V (repeatable).")
+@click.option("--var-file", default=None, help="Variables from a dotenv file.")
+@click.option("--env-file", default=None, help="Environment for every job, from a dotenv file.")
+@click.option("--input", "inputs", multiple=True, help="A workflow_dispatch input K=V (repeatable).")
+@click.option("--matrix", "matrix", multiple=True, help="Only matrix combinations with key:value (repeatable).")
+@click.option("-n", "--dry-run", is_flag=True, help="Show what would run; start nothing.")
+@click.option("--provider", default=None, envvar=ENV_PROVIDER, help=f"The machine provider (default: {DEFAULT_PROVIDER}) [env: {ENV_PROVIDER}].")
+@click.option("--pool", type=click.IntRange(min=0), default=0, show_default=True, help="Machines kept started ahead (warm pool).")
+@click.option("--concurrent-jobs", type=click.IntRange(min=1), default=4, show_default=True, help="Jobs running at once, at most.")
+@click.option("--setup-command", "setup_commands", multiple=True, help="A command run in each job's machine before its steps (repeatable).")
+@click.option("--cleanup-command", "cleanup_commands", multiple=True, help="A command run in each job's machine after its steps, also on failure (repeatable).")
+@click.option("--snapshot", is_flag=True, help="Snapshot each job's machine after every successful step.")
+@click.option("--rollback-on-failure", is_flag=True, help="Restore a failed job's machine to its last good snapshot.")
+@click.option("--repo-root", default=None, help="The repository (default: git top-level of the workflows, else the current folder).")
+@click.option("--actor", default=None, help="github.actor (default: $USER).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def command(
+    event: str, workflows: str, jobs: tuple[str, ...], event_path: str | None, secrets: tuple[str, ...],
+    secret_file: str | None, variables: tuple[str, ...], var_file: str | None, env_file: str | None,
+    inputs: tuple[str, ...], matrix: tuple[str, ...], dry_run: bool, provider: str | None, pool: int,
+    concurrent_jobs: int, setup_commands: tuple[str, ...], cleanup_commands: tuple[str, ...],
+    snapshot: bool, rollback_on_failure: bool, repo_root: str | None, actor: str | None, as_json: bool,
+) -> None:
+    """Run the workflows EVENT (default: push) triggers, each job in its own machine."""
+    import asyncio
+
+    from vmrunner.cli import terminal
+    from vmrunner.cli.options import read_payload, select, selected_jobs
+    from vmrunner.runner.dotenv import read_dotenv
+    from vmrunner.runner.options import RunOptions
+    from vmrunner.runner.repository import git_toplevel
+
+    payload = read_payload(event_path) or {}
+    selection = select(workflows, event, event_path, jobs)
+    for error in selection.errors:
+        for diagnostic in error.diagnostics:
+            terminal.error(str(diagnostic))
+    secret_values = {**(read_dotenv(secret_file) if secret_file else {}), **_pairs(secrets, "-s/--secret", from_environment=True)}
+    matrix_filter: dict[str, tuple[str, ...]] = {}
+    for entry in matrix:
+        key, value = next(iter(_pairs([entry], "--matrix", separator=":").items()))
+        matrix_filter[key] = (*matrix_filter.get(key, ()), value)
+    root = repo_root or asyncio.run(git_toplevel(workflows)) or os.getcwd()
+    options = RunOptions(
+        event_name=event, payload=payload, secrets=secret_values,
+        vars={**(read_dotenv(var_file) if var_file else {}), **_pairs(variables, "--var")},
+        env=read_dotenv(env_file) if env_file else {}, inputs=_pairs(inputs, "--input"),
+        matrix_filter=matrix_filter, concurrent_jobs=concurrent_jobs,
+        setup_commands=setup_commands, cleanup_commands=cleanup_commands, snapshot=snapshot,
+        rollback_on_failure=rollback_on_failure, repo_root=os.path.abspath(root),
+        actor=actor or os.environ.get("USER") or "vmrunner",
+    )
+    chosen = [(w, selected_jobs(w, jobs)) for w in selection.workflows]
+    if dry_run:
+        _dry_run(chosen, as_json)
+        return
+    if not chosen:
+        terminal.info(f"no workflow runs for event {event}")
+        sys.exit(1 if selection.errors else 0)
+    failed = asyncio.run(_run_all(chosen, options, provider or DEFAULT_PROVIDER, pool, as_json))
+    if failed or selection.errors:
+        sys.exit(1)
+
+
+def _dry_run(chosen: list[tuple[Workflow, list[str] | None]], as_json: bool) -> None:
+    from vmrunner.cli import terminal
+    from vmrunner.workflow.planner import plan
+
+    rows: list[dict[str, Any]] = []
+    for workflow, jobs in chosen:
+        graph = plan(workflow, jobs=jobs)
+        for job_id in graph.order:
+            rows.append({"workflow": workflow.path, "job": job_id, "needs": list(graph.dependencies(job_id)), "matrix": graph.static_matrix(job_id)})
+    if as_json:
+        terminal.print_json({"dry_run": True, "jobs": rows})
+        return
+    for row in rows:
+        needs = f" (needs {', '.join(row['needs'])})" if row["needs"] else ""
+        combos = f" × {len(row['matrix'])} combinations" if row["matrix"] else ""
+        terminal.info(f"{row['workflow']}: {row['job']}{needs}{combos}")
+
+
+async def _run_all(chosen: list[tuple[Workflow, list[str] | None]], options: RunOptions, provider_name: str, pool_size: int, as_json: bool) -> bool:
+    """Run every chosen workflow at once on one session manager; True when any failed."""
+    import asyncio
+    import dataclasses
+    from contextlib import AsyncExitStack
+
+    from vmrunner.cli import terminal
+    from vmrunner.machines.pool import WarmPool
+    from vmrunner.machines.providers import get_provider
+    from vmrunner.runner.events import FanOut
+    from vmrunner.runner.results import ResultCollector
+    from vmrunner.runner.run import run_workflow
+    from vmrunner.runner.storage import StoreSink
+    from vmrunner.sessions import SessionManager
+    from vmrunner.store import Store
+
+    provider = get_provider(provider_name)
+    async with AsyncExitStack() as stack:
+        if pool_size:
+            provider = await stack.enter_async_context(WarmPool(provider, {options.default_vm_type: pool_size}))
+        else:
+            stack.push_async_callback(provider.aclose)
+        sessions = await stack.enter_async_context(SessionManager(provider, limit=options.concurrent_jobs))
+        store = stack.enter_context(Store.open())
+        collectors: list[ResultCollector] = []
+
+        async def one(workflow: Workflow, jobs: list[str] | None) -> bool:
+            collector = ResultCollector()
+            collectors.append(collector)
+            prefix = f"{workflow.display_name} " if len(chosen) > 1 else ""
+            with StoreSink(store) as keep:
+                sinks: list[Any] = [collector, keep]
+                if not as_json:
+                    sinks.append(PlainPrinter(prefix))
+                result = await run_workflow(
+                    workflow, dataclasses.replace(options, jobs=tuple(jobs) if jobs is not None else None),
+                    sessions, FanOut(*sinks),
+                )
+            return result.failed
+
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one(workflow, jobs)) for workflow, jobs in chosen]
+        failed = any(task.result() for task in tasks)
+        if as_json:
+            terminal.print_json({"runs": [c.result().to_json() for c in collectors]})
+    return failed

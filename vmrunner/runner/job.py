@@ -1,0 +1,697 @@
+"""One job, in one session: set up, steps in order, then always post steps and cleanup.
+
+Order (DESIGN.md): allocate → set up job (workspace, ``RUNNER_TEMP``, event file, setup
+commands) → steps → post steps (reverse order) → rollback when asked → cleanup commands →
+final state → release (the session manager releases exactly once, whatever happens). The job's
+``timeout-minutes`` bounds set-up and steps; post steps and cleanup still run after it expired.
+
+A job whose steps cannot run in a sandbox (``container:``, ``services:``, ``docker://`` steps,
+Docker actions) fails at once with the reason, without allocating a machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from vmrunner.errors import ConfigError, ExpressionError, MachineError, SessionError, VmrunnerError
+from vmrunner.machines._local import shielded
+from vmrunner.machines.base import MachineSpec
+from vmrunner.runner.actions import (
+    Action,
+    ActionError,
+    host_local_action_using,
+    is_checkout,
+    is_docker_reference,
+    load_local_action,
+    load_remote_action,
+)
+from vmrunner.runner.contexts import default_env, runner_context
+from vmrunner.runner.evaluation import (
+    as_text,
+    render,
+    render_env,
+    render_flag,
+    render_minutes,
+    render_text,
+)
+from vmrunner.runner.events import (
+    JobFinished,
+    JobStarted,
+    Result,
+    SnapshotRestored,
+    SnapshotTaken,
+    StepFinished,
+    StepKind,
+    StepStarted,
+)
+from vmrunner.runner.repository import commit_tar, working_tree_tar
+from vmrunner.runner.shells import resolve_shell
+from vmrunner.runner.steps import JobRuntime, ScriptResult
+from vmrunner.workflow.expressions import EvaluationHooks, evaluate_if
+from vmrunner.workflow.models import Job, Step
+
+if TYPE_CHECKING:  # run.py imports this module
+    from vmrunner.runner.run import RunContext
+
+#: Bound on post steps and cleanup after a job was cancelled or timed out (seconds).
+CLEANUP_GRACE = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class JobInstance:
+    """One concrete job: a job, or one combination of its matrix."""
+
+    job: Job
+    job_key: str
+    name: str
+    matrix: Mapping[str, Any]
+    strategy: Mapping[str, Any]
+    needs: Mapping[str, Any]
+
+
+@dataclass(slots=True)
+class JobOutcome:
+    result: Result
+    outputs: dict[str, str] = field(default_factory=dict)
+    reason: str = ""
+    continue_on_error: bool = False
+
+
+@dataclass(slots=True)
+class Scope:
+    """The steps of a job, or of one composite action: their ``steps`` context and status."""
+
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    inputs: Mapping[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    failed: bool = False
+    action: Action | None = None
+    parent: Scope | None = None
+
+    def any_failed(self) -> bool:
+        return self.failed or (self.parent is not None and self.parent.any_failed())
+
+
+@dataclass(slots=True)
+class StepResult:
+    outcome: Result
+    conclusion: Result
+    exit_code: int | None = None
+    timed_out: bool = False
+    outputs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Post:
+    action: Action
+    scope: Scope
+    step: Step
+    step_env: dict[str, str]
+    inputs: dict[str, str]
+    state: dict[str, str]
+
+
+def unsupported_reason(job: Job, repo_root: str, provider: str) -> str:
+    """Why the job cannot run on this provider ('' when it can)."""
+    what = ""
+    if job.container is not None:
+        what = f"a container ({job.container.image})"
+    elif job.services:
+        what = f"service containers ({', '.join(job.services)})"
+    else:
+        for step in job.steps:
+            uses = step.uses or ""
+            if is_docker_reference(uses):
+                what = f"a Docker image step ({uses})"
+            elif uses.startswith("./") and host_local_action_using(repo_root, uses) == "docker":
+                what = f"a Docker action ({uses})"
+            if what:
+                break
+    if not what:
+        return ""
+    return f"job '{job.id}' uses {what}: not supported by the {provider} provider"
+
+
+class JobExecution:
+    """Runs one ``JobInstance`` from allocation to release and reports it."""
+
+    def __init__(self, run: RunContext, instance: JobInstance, contexts: Mapping[str, Any], env: Mapping[str, str]) -> None:
+        self.run = run
+        self.instance = instance
+        self.job = instance.job
+        self.job_key = instance.job_key
+        #: Contexts known before the machine (github without workspace, needs, matrix, ...).
+        self.base_contexts = dict(contexts)
+        #: The workflow-level env (options.env + workflow env), evaluated.
+        self.workflow_env = dict(env)
+        self.job_env: dict[str, str] = {}
+        self.cancelled = False
+        self.runtime: JobRuntime | None = None
+        self.posts: list[_Post] = []
+        self.index = -1
+        self.github: dict[str, Any] = {}
+        self.runner: dict[str, Any] = {}
+        self.event_path = ""
+        self.started = False
+
+    # Contexts
+
+    def next_index(self) -> int:
+        self.index += 1
+        return self.index
+
+    def hooks(self, scope: Scope | None) -> EvaluationHooks:
+        failed: Callable[[], bool] = (lambda: scope.any_failed()) if scope is not None else (lambda: False)
+        return EvaluationHooks(
+            success=lambda: not failed() and not self.cancelled,
+            failure=failed,
+            cancelled=lambda: self.cancelled,
+        )
+
+    def contexts(self, scope: Scope, env: Mapping[str, str], *, github: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        contexts = dict(self.base_contexts)
+        contexts["github"] = dict(github or self.github or contexts["github"])
+        contexts["env"] = dict(env)
+        contexts["steps"] = scope.steps
+        contexts["runner"] = self.runner
+        contexts["job"] = {"status": "failure" if scope.any_failed() else "success", "container": {}, "services": {}}
+        contexts["inputs"] = scope.inputs if scope.action is not None else self.base_contexts.get("inputs", {})
+        return contexts
+
+    def env_context(self, scope: Scope) -> dict[str, str]:
+        """workflow env < job env < GITHUB_ENV < enclosing composite steps' env."""
+        runtime_env = self.runtime.env if self.runtime else {}
+        chain: list[Scope] = []
+        current: Scope | None = scope
+        while current is not None:
+            chain.append(current)
+            current = current.parent
+        merged = {**self.workflow_env, **self.job_env, **runtime_env}
+        for item in reversed(chain):
+            merged.update(item.env)
+        return merged
+
+    # The whole job
+
+    async def execute(self) -> JobOutcome:
+        """Run the job; emits JobStarted (once it has a machine) and always one JobFinished."""
+        run = self.run
+        started = time.time()
+        outcome = JobOutcome("failure")
+        rolled_back = False
+        summary = ""
+        try:
+            contexts = self.contexts(Scope(), self.workflow_env)
+            hooks = self.hooks(None)
+            try:
+                outcome.continue_on_error = render_flag(self.job.continue_on_error, contexts, hooks)
+                minutes = render_minutes(self.job.timeout_minutes, contexts, f"jobs.{self.job.id}.timeout-minutes")
+            except VmrunnerError as exc:
+                outcome.reason = f"job '{self.job.id}': {exc}"
+                return outcome
+            reason = unsupported_reason(self.job, run.options.repo_root, run.provider_name)
+            if reason:
+                outcome.reason = reason
+                run.annotate(self.job_key, "error", reason)
+                return outcome
+            try:
+                vm_type, notice = self.machine_type(contexts)
+            except VmrunnerError as exc:
+                outcome.reason = f"job '{self.job.id}': runs-on: {exc}"
+                return outcome
+            if notice:
+                run.annotate(self.job_key, "notice", notice)
+            spec = MachineSpec(
+                vm_type=vm_type, network=run.options.network,
+                labels={"run": run.run_id, "job": self.job_key},
+            )
+            timeout = (minutes if minutes is not None else run.options.job_timeout_minutes) * 60
+            outcome, rolled_back, summary = await self.in_session(spec, timeout, outcome)
+        except asyncio.CancelledError:
+            outcome = JobOutcome("cancelled", reason=outcome.reason or "cancelled", continue_on_error=outcome.continue_on_error)
+            raise
+        finally:
+            if self.cancelled and outcome.result != "success":
+                outcome.result = "cancelled"
+            run.emit(
+                JobFinished(
+                    run.run_id, self.job_key, outcome.result, time.time(), time.time() - started,
+                    outputs={k: run.masker.mask(v) for k, v in outcome.outputs.items()},
+                    rolled_back=rolled_back, reason=run.masker.mask(outcome.reason), summary=summary,
+                )
+            )
+        return outcome
+
+    def machine_type(self, contexts: Mapping[str, Any]) -> tuple[str, str]:
+        options = self.run.options
+        runs_on = self.job.runs_on
+        labels: list[str] = []
+        if runs_on is not None:
+            if runs_on.expression:
+                value = render(runs_on.expression, contexts)
+                labels = [as_text(v) for v in value] if isinstance(value, list) else [as_text(value)]
+            else:
+                labels = [render_text(label, contexts) for label in runs_on.labels]
+        for label in labels:
+            if label in options.machine_types:
+                return options.machine_types[label], ""
+        shown = ", ".join(labels) or "(none)"
+        return options.default_vm_type, (
+            f"runs-on labels {shown} are not mapped to a machine type: running on '{options.default_vm_type}'"
+        )
+
+    async def in_session(self, spec: MachineSpec, limit: float, outcome: JobOutcome) -> tuple[JobOutcome, bool, str]:
+        run = self.run
+        asked = time.monotonic()
+        rolled_back = False
+        try:
+            async with run.sessions.open(spec) as session:
+                machine = session.machine
+                run.emit(
+                    JobStarted(
+                        run.run_id, self.job_key, time.time(), session.id, machine.id, machine.provider_name,
+                        spec.vm_type, machine.from_pool, time.monotonic() - asked,
+                    )
+                )
+                self.started = True
+                runtime = self.runtime = JobRuntime(
+                    run_id=run.run_id, job_key=self.job_key, session=session, sink=run.sink, masker=run.masker
+                )
+                scope = Scope()
+                timed_out = False
+                try:
+                    async with asyncio.timeout(limit):
+                        await self.set_up(scope)
+                        if not scope.failed:
+                            await self.run_steps(self.job.steps, scope, None)
+                except TimeoutError:
+                    timed_out = True
+                    scope.failed = True
+                    outcome.reason = f"the job exceeded its timeout of {limit / 60:g} minutes"
+                    run.annotate(self.job_key, "error", outcome.reason)
+                except VmrunnerError as exc:
+                    scope.failed = True
+                    outcome.reason = str(exc)
+                    run.annotate(self.job_key, "error", outcome.reason)
+                except asyncio.CancelledError:
+                    self.cancelled = True
+                    raise
+                finally:
+                    runtime.end_groups(-1)
+                    await shielded(self.finish(session, scope, outcome, timed_out))
+                rolled_back = outcome.reason.endswith("(rolled back)")
+                if rolled_back:
+                    outcome.reason = outcome.reason.removesuffix(" (rolled back)")
+                return outcome, rolled_back, "\n".join(runtime.summary)
+        except (SessionError, MachineError) as exc:
+            outcome.result = "failure"
+            outcome.reason = outcome.reason or f"cannot get a machine for job '{self.job.id}': {exc}"
+            return outcome, rolled_back, ""
+
+    async def finish(self, session: Any, scope: Scope, outcome: JobOutcome, timed_out: bool) -> None:
+        """Outputs, post steps, rollback, cleanup: bounded, and run even after a timeout."""
+        run = self.run
+        try:
+            async with asyncio.timeout(CLEANUP_GRACE if timed_out or self.cancelled else None):
+                for post in reversed(self.posts):
+                    await self.run_post(post, scope)
+                outcome.result = "failure" if scope.failed else "success"
+                if not scope.failed:
+                    outcome.outputs = self.job_outputs(scope)
+                else:
+                    outcome.outputs = self.job_outputs(scope, quiet=True)
+                if scope.failed and run.options.rollback_on_failure and session.snapshots:
+                    last = session.snapshots[-1]
+                    began = time.monotonic()
+                    await session.restore(last.id)
+                    run.emit(SnapshotRestored(run.run_id, self.job_key, last.id, time.time(), time.monotonic() - began))
+                    outcome.reason = (outcome.reason or "a step failed") + " (rolled back)"
+                for command in run.options.cleanup_commands:
+                    await self.run_hook("cleanup", command, scope)
+        except TimeoutError:
+            outcome.result = "failure"
+            outcome.reason = outcome.reason or "post steps and cleanup exceeded their time"
+        except VmrunnerError as exc:
+            outcome.result = "failure"
+            outcome.reason = outcome.reason or str(exc)
+        if scope.failed:
+            outcome.result = "failure"
+
+    def job_outputs(self, scope: Scope, *, quiet: bool = False) -> dict[str, str]:
+        contexts = self.contexts(scope, self.env_context(scope))
+        outputs: dict[str, str] = {}
+        for name, value in self.job.outputs.items():
+            try:
+                outputs[name] = render_text(value, contexts, self.hooks(scope))
+            except VmrunnerError as exc:
+                if not quiet:
+                    self.run.annotate(self.job_key, "warning", f"output '{name}': {exc}")
+        return outputs
+
+    # Set up and hooks
+
+    async def set_up(self, scope: Scope) -> None:
+        run = self.run
+        runtime = self.runtime
+        assert runtime is not None
+        paths = runtime.paths
+        await runtime.probe()
+        self.event_path = f"{paths.temp}/_github_workflow/event.json"
+        await runtime.machine.write_file(self.event_path, json.dumps(run.options.payload, indent=2).encode())
+        self.github = {**self.base_contexts["github"], "workspace": paths.workspace, "event_path": self.event_path}
+        self.runner = runner_context(name=runtime.machine.id, temp=paths.temp, tool_cache=paths.tool_cache)
+        contexts = self.contexts(scope, self.workflow_env)
+        try:
+            self.job_env = render_env(self.job.env, contexts, self.hooks(scope))
+        except VmrunnerError as exc:
+            scope.failed = True
+            run.annotate(self.job_key, "error", f"jobs.{self.job.id}.env: {exc}")
+            return
+        for command in run.options.setup_commands:
+            if not await self.run_hook("setup", command, scope):
+                scope.failed = True
+                return
+        if run.options.snapshot:
+            await self.take_snapshot(-1)
+
+    async def run_hook(self, kind: StepKind, command: str, scope: Scope) -> bool:
+        runtime = self.runtime
+        assert runtime is not None
+        index = self.next_index()
+        name = f"{kind} command: {command.splitlines()[0] if command.strip() else ''}"
+        self.run.emit(StepStarted(self.run.run_id, self.job_key, index, kind, self.run.masker.mask(name), time.time()))
+        began = time.monotonic()
+        env = runtime.process_env(self.default_env(), self.env_context(scope))
+        result = await runtime.run_command(index, command, env=env, cwd=runtime.paths.workspace)
+        if result.error:
+            runtime.annotate(index, "error", result.error)
+        outcome: Result = "success" if result.ok else "failure"
+        runtime.end_groups(index)
+        self.run.emit(
+            StepFinished(self.run.run_id, self.job_key, index, outcome, outcome, time.time(), time.monotonic() - began, exit_code=result.exit_code)
+        )
+        return result.ok
+
+    def default_env(self, github: Mapping[str, Any] | None = None) -> dict[str, str]:
+        env = default_env(github or self.github, self.runner)
+        env["GITHUB_EVENT_PATH"] = self.event_path
+        return env
+
+    async def take_snapshot(self, step_index: int) -> str:
+        runtime = self.runtime
+        assert runtime is not None
+        began = time.monotonic()
+        info = await runtime.session.snapshot(f"{self.job_key} step {step_index}")
+        self.run.emit(SnapshotTaken(self.run.run_id, self.job_key, step_index, info.id, time.time(), time.monotonic() - began))
+        return info.id
+
+    # Steps
+
+    async def run_steps(self, steps: tuple[Step, ...], scope: Scope, parent_index: int | None) -> None:
+        """Job steps (each reported as a step) or a composite's steps (logged under its step)."""
+        for step in steps:
+            if parent_index is None:
+                await self.run_job_step(step, scope)
+            else:
+                result = await self.run_step(step, scope, parent_index)
+                self.record(step, scope, result)
+
+    def record(self, step: Step, scope: Scope, result: StepResult) -> None:
+        key = step.id or f"__{step.index}"
+        scope.steps[key] = {"outputs": dict(result.outputs), "outcome": result.outcome, "conclusion": result.conclusion}
+        if result.conclusion == "failure":
+            scope.failed = True
+
+    async def run_job_step(self, step: Step, scope: Scope) -> None:
+        run = self.run
+        index = self.next_index()
+        contexts = self.contexts(scope, self.env_context(scope))
+        try:
+            name = render_text(step.display_name, contexts)
+        except VmrunnerError:
+            name = step.display_name
+        run.emit(StepStarted(run.run_id, self.job_key, index, "step", run.masker.mask(name), time.time(), step_id=step.id or ""))
+        began = time.monotonic()
+        result = StepResult("failure", "failure")
+        snapshot_id = ""
+        try:
+            result = await self.run_step(step, scope, index)
+            if result.outcome == "success" and run.options.snapshot:
+                snapshot_id = await self.take_snapshot(index)
+        finally:
+            assert self.runtime is not None
+            self.runtime.end_groups(index)
+            self.record(step, scope, result)
+            run.emit(
+                StepFinished(
+                    run.run_id, self.job_key, index, result.outcome, result.conclusion, time.time(),
+                    time.monotonic() - began, exit_code=result.exit_code, timed_out=result.timed_out,
+                    snapshot_id=snapshot_id, outputs={k: run.masker.mask(v) for k, v in result.outputs.items()},
+                )
+            )
+
+    async def run_step(self, step: Step, scope: Scope, index: int) -> StepResult:
+        """Evaluate ``if``, env and options, run the step; outcome and conclusion as GitHub's."""
+        runtime = self.runtime
+        assert runtime is not None
+        hooks = self.hooks(scope)
+        env = self.env_context(scope)
+        contexts = self.contexts(scope, env, github=self.step_github(step, scope))
+        try:
+            if not evaluate_if(step.if_ or "", contexts, hooks):
+                return StepResult("skipped", "skipped")
+        except ExpressionError as exc:
+            runtime.annotate(index, "error", f"step if: {exc}")
+            return StepResult("failure", "failure")
+        continue_on_error = False
+        try:
+            continue_on_error = render_flag(step.continue_on_error, contexts, hooks)
+            step_env = render_env(step.env, contexts, hooks)
+            minutes = render_minutes(step.timeout_minutes, contexts, "timeout-minutes")
+            env = {**env, **step_env}
+            contexts["env"] = env
+            if step.run is not None:
+                result = await self.run_run(step, scope, index, contexts, hooks, env, minutes)
+            else:
+                result = await self.run_uses(step, scope, index, contexts, hooks, step_env, minutes)
+        except (ConfigError, ExpressionError) as exc:
+            runtime.annotate(index, "error", str(exc))
+            result = StepResult("failure", "failure")
+        if result.outcome == "failure" and continue_on_error:
+            result.conclusion = "success"
+        return result
+
+    def step_github(self, step: Step, scope: Scope) -> dict[str, Any]:
+        github = dict(self.github)
+        github["action"] = step.id or f"__run_{step.index}"
+        if scope.action is not None:
+            github["action_path"] = scope.action.path
+            github["action_repository"] = scope.action.repository
+            github["action_ref"] = scope.action.ref
+        return github
+
+    def working_directory(self, step: Step, scope: Scope, contexts: Mapping[str, Any]) -> str:
+        workspace = self.github.get("workspace") or "/"
+        chosen = step.working_directory
+        if chosen is None and scope.action is None:
+            chosen = self.job.defaults.working_directory or self.run.workflow.defaults.working_directory
+        if not chosen:
+            return str(workspace)
+        directory = render_text(chosen, contexts)
+        return directory if directory.startswith("/") else f"{workspace}/{directory}"
+
+    async def run_run(
+        self, step: Step, scope: Scope, index: int, contexts: dict[str, Any], hooks: EvaluationHooks,
+        env: dict[str, str], minutes: float | None,
+    ) -> StepResult:
+        runtime = self.runtime
+        assert runtime is not None
+        assert step.run is not None
+        script = render_text(step.run, contexts, hooks)
+        shell_text = step.shell
+        if shell_text is None and scope.action is None:
+            shell_text = self.job.defaults.shell or self.run.workflow.defaults.shell
+        shell = resolve_shell(
+            render_text(shell_text, contexts) if shell_text else None,
+            has_bash=runtime.has_bash, has_python=runtime.has_python,
+        )
+        github = self.step_github(step, scope)
+        process_env = runtime.process_env(self.default_env(github), env)
+        if scope.action is not None:
+            process_env["GITHUB_ACTION_PATH"] = scope.action.path
+        cwd = self.working_directory(step, scope, contexts)
+        result = await runtime.run_script(
+            index, shell.argv, script, shell.extension, env=process_env, cwd=cwd,
+            timeout=minutes * 60 if minutes else None,
+        )
+        return self.script_outcome(index, result)
+
+    def script_outcome(self, index: int, result: ScriptResult) -> StepResult:
+        runtime = self.runtime
+        assert runtime is not None
+        if result.error:
+            runtime.annotate(index, "error", result.error)
+        elif result.timed_out:
+            runtime.annotate(index, "error", "the step exceeded its timeout-minutes and was stopped")
+        elif result.exit_code != 0:
+            code = "a signal" if result.exit_code is None else f"exit code {result.exit_code}"
+            runtime.annotate(index, "error", f"process completed with {code}")
+        outcome: Result = "success" if result.ok else "failure"
+        return StepResult(outcome, outcome, result.exit_code, result.timed_out, dict(result.outputs))
+
+    # Actions
+
+    async def run_uses(
+        self, step: Step, scope: Scope, index: int, contexts: dict[str, Any], hooks: EvaluationHooks,
+        step_env: dict[str, str], minutes: float | None,
+    ) -> StepResult:
+        runtime = self.runtime
+        assert runtime is not None
+        assert step.uses is not None
+        uses = step.uses.strip()
+        with_ = render(step.with_, contexts, hooks)
+        inputs = {str(k): as_text(v) for k, v in (with_ or {}).items()} if isinstance(with_, Mapping) else {}
+        if is_docker_reference(uses):
+            raise ActionError(f"step uses {uses}: Docker images are not supported by the {self.run.provider_name} provider")
+        if is_checkout(uses):
+            await self.checkout(inputs, index)
+            return StepResult("success", "success")
+        if uses.startswith("./") or uses == ".":
+            action = await load_local_action(runtime.machine, self.run.options.repo_root, uses)
+        else:
+            action = await load_remote_action(runtime.machine, uses, self.run.options.actions_url)
+        if action.is_docker:
+            raise ActionError(f"action {uses} is a Docker action: not supported by the {self.run.provider_name} provider")
+        resolved = self.action_inputs(action, inputs, contexts, hooks)
+        if action.is_composite:
+            return await self.run_composite(action, step, scope, index, resolved, step_env)
+        return await self.run_node(action, step, scope, index, resolved, step_env, minutes)
+
+    def action_inputs(self, action: Action, given: Mapping[str, str], contexts: Mapping[str, Any], hooks: EvaluationHooks) -> dict[str, str]:
+        resolved: dict[str, str] = {}
+        known = {spec.name.lower() for spec in action.inputs}
+        for spec in action.inputs:
+            match = next((v for k, v in given.items() if k.lower() == spec.name.lower()), None)
+            if match is not None:
+                resolved[spec.name] = match
+            elif spec.default is not None:
+                resolved[spec.name] = render_text(spec.default, contexts, hooks)
+            else:
+                resolved[spec.name] = ""
+        for name, value in given.items():
+            if name.lower() not in known:
+                resolved[name] = value
+        return resolved
+
+    async def run_composite(
+        self, action: Action, step: Step, scope: Scope, index: int, inputs: dict[str, str], step_env: dict[str, str]
+    ) -> StepResult:
+        inner = Scope(inputs=inputs, env=step_env, action=action, parent=scope)
+        await self.run_steps(action.steps, inner, index)
+        inner_contexts = self.contexts(inner, self.env_context(inner))
+        outputs: dict[str, str] = {}
+        for name, spec in action.outputs.items():
+            value = spec.get("value") if isinstance(spec, Mapping) else None
+            if value is None:
+                continue
+            try:
+                outputs[str(name)] = render_text(value, inner_contexts, self.hooks(inner))
+            except VmrunnerError as exc:
+                assert self.runtime is not None
+                self.runtime.annotate(index, "warning", f"output '{name}' of {action.reference}: {exc}")
+        outcome: Result = "failure" if inner.failed else "success"
+        return StepResult(outcome, outcome, None, False, outputs)
+
+    def node_env(self, action: Action, step: Step, scope: Scope, inputs: Mapping[str, str], step_env: Mapping[str, str], state: Mapping[str, str]) -> dict[str, str]:
+        runtime = self.runtime
+        assert runtime is not None
+        env = {**self.env_context(scope), **step_env}
+        for name, value in inputs.items():
+            env[f"INPUT_{name.replace(' ', '_').upper()}"] = value
+        for name, value in state.items():
+            env[f"STATE_{name}"] = value
+        github = self.step_github(step, Scope(action=action))
+        process_env = runtime.process_env(self.default_env(github), env)
+        process_env["GITHUB_ACTION_PATH"] = action.path
+        return process_env
+
+    async def run_node(
+        self, action: Action, step: Step, scope: Scope, index: int, inputs: dict[str, str],
+        step_env: dict[str, str], minutes: float | None,
+    ) -> StepResult:
+        runtime = self.runtime
+        assert runtime is not None
+        if not runtime.has_node:
+            raise ActionError(f"action {action.reference} needs node ({action.using}), which the machine does not have")
+        timeout = minutes * 60 if minutes else None
+        state: dict[str, str] = {}
+        cwd = str(self.github.get("workspace") or "/")
+        if action.pre:
+            contexts = self.contexts(scope, self.env_context(scope))
+            if evaluate_if(action.pre_if or "always()", contexts, self.hooks(scope)):
+                env = self.node_env(action, step, scope, inputs, step_env, state)
+                pre = await runtime.run_script(index, self.node_argv(action, action.pre), "", "", env=env, cwd=cwd, timeout=timeout)
+                state.update(pre.state)
+                if not pre.ok:
+                    return self.script_outcome(index, pre)
+        env = self.node_env(action, step, scope, inputs, step_env, state)
+        result = await runtime.run_script(index, self.node_argv(action, action.main), "", "", env=env, cwd=cwd, timeout=timeout)
+        state.update(result.state)
+        if action.post:
+            self.posts.append(_Post(action, scope, step, dict(step_env), dict(inputs), state))
+        return self.script_outcome(index, result)
+
+    @staticmethod
+    def node_argv(action: Action, entry: str) -> Callable[[str], list[str]]:
+        target = entry if entry.startswith("/") else f"{action.path}/{entry}"
+        return lambda _script: ["node", target]
+
+    async def run_post(self, post: _Post, scope: Scope) -> None:
+        runtime = self.runtime
+        assert runtime is not None
+        run = self.run
+        contexts = self.contexts(scope, self.env_context(scope))
+        try:
+            wanted = evaluate_if(post.action.post_if or "always()", contexts, self.hooks(scope))
+        except ExpressionError as exc:
+            runtime.annotate(-1, "error", f"post-if of {post.action.reference}: {exc}")
+            wanted = False
+        if not wanted:
+            return
+        index = self.next_index()
+        run.emit(StepStarted(run.run_id, self.job_key, index, "post", run.masker.mask(f"Post {post.step.display_name}"), time.time(), step_id=post.step.id or ""))
+        began = time.monotonic()
+        env = self.node_env(post.action, post.step, scope, post.inputs, post.step_env, post.state)
+        result = await runtime.run_script(index, self.node_argv(post.action, post.action.post), "", "", env=env, cwd=str(self.github.get("workspace") or "/"), timeout=None)
+        step = self.script_outcome(index, result)
+        if step.outcome == "failure":
+            scope.failed = True
+        runtime.end_groups(index)
+        run.emit(StepFinished(run.run_id, self.job_key, index, step.outcome, step.conclusion, time.time(), time.monotonic() - began, exit_code=result.exit_code))
+
+    async def checkout(self, inputs: Mapping[str, str], index: int) -> None:
+        """``actions/checkout``: the repository's files (working tree, or a commit) into the workspace."""
+        runtime = self.runtime
+        assert runtime is not None
+        options = self.run.options
+        workspace = runtime.paths.workspace
+        path = inputs.get("path", "").strip().strip("/")
+        if ".." in path.split("/"):
+            raise ActionError(f"actions/checkout: path '{path}' leaves the workspace")
+        target = f"{workspace}/{path}" if path else workspace
+        if options.commit:
+            data = await commit_tar(options.repo_root, options.commit)
+            what = f"commit {options.commit}"
+        else:
+            data = await asyncio.to_thread(working_tree_tar, options.repo_root)
+            what = "the working tree"
+        try:
+            await runtime.machine.put(target, data)
+        except MachineError as exc:
+            raise ActionError(f"actions/checkout: cannot copy the repository into the machine: {exc}") from exc
+        runtime.log(index, f"Checked out {what} of {options.repo_root} into {target}")

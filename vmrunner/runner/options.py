@@ -1,0 +1,71 @@
+"""What a caller decides about a run: the event, secrets and variables, limits, hooks, snapshots.
+
+Defaults are module constants; ``RunOptions`` is immutable, so one value can be shared by many
+runs (the CLI builds one per invocation, the server one per event).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from vmrunner.machines.base import DEFAULT_VM_TYPE
+
+DEFAULT_EVENT = "push"
+DEFAULT_CONCURRENT_JOBS = 4
+#: GitHub's default job timeout (minutes).
+DEFAULT_JOB_TIMEOUT_MINUTES = 360.0
+DEFAULT_SERVER_URL = "https://github.com"
+#: Where ``owner/repo@ref`` actions are cloned from (``{base}/{owner}/{repo}``).
+DEFAULT_ACTIONS_URL = "https://github.com"
+DEFAULT_ACTOR = "vmrunner"
+
+
+def _empty() -> Mapping[str, Any]:
+    return {}
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """Everything about a run that does not come from the workflow file."""
+
+    event_name: str = DEFAULT_EVENT
+    #: The event payload (``github.event``).
+    payload: Mapping[str, Any] = field(default_factory=_empty)
+    secrets: Mapping[str, str] = field(default_factory=_empty)
+    vars: Mapping[str, str] = field(default_factory=_empty)
+    #: Extra environment for every job, below the workflow's ``env`` (``--env-file``).
+    env: Mapping[str, str] = field(default_factory=_empty)
+    #: ``workflow_dispatch`` inputs as given (strings); typed with the workflow's definitions.
+    inputs: Mapping[str, Any] = field(default_factory=_empty)
+    #: Only these jobs and what they need; None: every job.
+    jobs: tuple[str, ...] | None = None
+    #: Keep only matrix combinations whose values match (``--matrix key:value``).
+    matrix_filter: Mapping[str, tuple[str, ...]] = field(default_factory=_empty)
+    concurrent_jobs: int = DEFAULT_CONCURRENT_JOBS
+    #: For jobs without ``timeout-minutes``.
+    job_timeout_minutes: float = DEFAULT_JOB_TIMEOUT_MINUTES
+    #: Commands run in each job's machine before its steps, and after them (also on failure).
+    setup_commands: tuple[str, ...] = ()
+    cleanup_commands: tuple[str, ...] = ()
+    #: Take a snapshot after each successful step; restore the last one when the job fails.
+    snapshot: bool = False
+    rollback_on_failure: bool = False
+    #: The repository on the host: what ``actions/checkout`` copies and ``./`` actions come from.
+    repo_root: str = "."
+    #: Check out this commit (``git archive``) instead of the working tree.
+    commit: str | None = None
+    actor: str = DEFAULT_ACTOR
+    #: ``owner/name``; empty: taken from the repository's ``origin`` remote, else its folder.
+    repository: str = ""
+    sha: str = ""
+    ref: str = ""
+    run_id: str = ""
+    run_number: int = 1
+    #: ``runs-on`` label -> machine type; unmapped labels run on ``default_vm_type``.
+    machine_types: Mapping[str, str] = field(default_factory=_empty)
+    default_vm_type: str = DEFAULT_VM_TYPE
+    network: Literal["host", "none"] = "host"
+    server_url: str = DEFAULT_SERVER_URL
+    actions_url: str = DEFAULT_ACTIONS_URL

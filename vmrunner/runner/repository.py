@@ -1,0 +1,125 @@
+"""The repository on the host: its commit and ref, its files as a tar stream, remote actions.
+
+These are the few host-side processes the runner starts (``git``); every failure is mapped to
+``ConfigError`` with what was attempted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import re
+import shutil
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmrunner.config import vmrunner_home
+from vmrunner.errors import ConfigError
+
+GIT_TIMEOUT = 300.0
+_REMOTE = re.compile(r"(?:[:/])([^/:]+)/([^/]+?)(?:\.git)?/?$")
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryInfo:
+    sha: str
+    ref: str
+    repository: str
+
+
+async def git(*args: str, cwd: str | os.PathLike[str], check: bool = True) -> tuple[int, bytes, str]:
+    """Run git on the host; returns (exit code, stdout, stderr)."""
+    try:
+        process = await asyncio.create_subprocess_exec(
+            "git", *args, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.DEVNULL,
+        )
+    except OSError as exc:
+        raise ConfigError(f"cannot run git {' '.join(args)}: {exc}") from exc
+    try:
+        async with asyncio.timeout(GIT_TIMEOUT):
+            out, err = await process.communicate()
+    except BaseException:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        raise
+    code = process.returncode or 0
+    error = err.decode(errors="replace").strip()
+    if check and code != 0:
+        raise ConfigError(f"git {' '.join(args)} failed in {cwd}: {error or f'exit code {code}'}")
+    return code, out, error
+
+
+async def repository_info(root: str) -> RepositoryInfo:
+    """HEAD's sha and ref and ``owner/name`` from ``origin``; blanks where git knows nothing."""
+    if not await asyncio.to_thread(os.path.isdir, root):
+        return RepositoryInfo("", "", "")
+    code, out, _ = await git("rev-parse", "HEAD", cwd=root, check=False)
+    sha = out.decode().strip() if code == 0 else ""
+    code, out, _ = await git("symbolic-ref", "-q", "HEAD", cwd=root, check=False)
+    ref = out.decode().strip() if code == 0 else ""
+    code, out, _ = await git("remote", "get-url", "origin", cwd=root, check=False)
+    match = _REMOTE.search(out.decode().strip()) if code == 0 else None
+    repository = f"{match.group(1)}/{match.group(2)}" if match else ""
+    return RepositoryInfo(sha, ref, repository)
+
+
+async def git_toplevel(path: str) -> str | None:
+    """The top-level folder of the git repository holding ``path``, if any."""
+    folder = path if await asyncio.to_thread(os.path.isdir, path) else os.path.dirname(os.path.abspath(path))  # noqa: ASYNC240
+    code, out, _ = await git("rev-parse", "--show-toplevel", cwd=folder or ".", check=False)
+    return out.decode().strip() or None if code == 0 else None
+
+
+def working_tree_tar(root: str) -> bytes:
+    """The files under ``root`` (the working tree, ``.git`` included) as a tar stream."""
+    buffer = io.BytesIO()
+    try:
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for entry in sorted(os.listdir(root)):
+                tar.add(os.path.join(root, entry), arcname=entry)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the repository at {root}: {exc}") from exc
+    return buffer.getvalue()
+
+
+async def commit_tar(root: str, commit: str) -> bytes:
+    """The files of ``commit`` as a tar stream (``git archive``)."""
+    _, out, _ = await git("archive", "--format=tar", commit, cwd=root)
+    return out
+
+
+def actions_cache() -> Path:
+    return vmrunner_home() / "actions"
+
+
+async def fetch_action(base_url: str, owner: str, repo: str, ref: str) -> Path:
+    """A clone of ``owner/repo`` at ``ref`` in the actions cache (cloned once per ref)."""
+    safe = re.compile(r"^[\w.-]+$")
+    if not all(safe.match(part) for part in (owner, repo)) or not ref or ref.startswith("-") or ".." in ref:
+        raise ConfigError(f"invalid action reference {owner}/{repo}@{ref}")
+    target = actions_cache() / owner / repo / ref.replace("/", "%2F")
+    if (target / ".vmrunner-complete").exists():
+        return target
+    url = f"{base_url.rstrip('/')}/{owner}/{repo}"
+    partial = target.with_name(target.name + f".partial-{os.getpid()}")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    if partial.exists():
+        shutil.rmtree(partial, ignore_errors=True)
+    code, _, error = await git("clone", "--quiet", "--depth", "1", "--branch", ref, url, str(partial), cwd=partial.parent, check=False)
+    if code != 0:  # maybe a commit sha: full clone, then check it out
+        code, _, error = await git("clone", "--quiet", url, str(partial), cwd=partial.parent, check=False)
+        if code == 0:
+            code, _, error = await git("checkout", "--quiet", "--detach", ref, cwd=partial, check=False)
+    if code != 0:
+        raise ConfigError(f"cannot fetch action {owner}/{repo}@{ref} from {url}: {error or 'git failed'}")
+    (partial / ".vmrunner-complete").write_text(ref)
+    try:
+        partial.rename(target)
+    except OSError:
+        if not (target / ".vmrunner-complete").exists():
+            raise
+    return target

@@ -1,0 +1,378 @@
+"""A workflow run: jobs as a true DAG, matrix fan-out, fail-fast, max-parallel, results.
+
+Every job of the plan gets a task at once (in one ``TaskGroup``); each waits only for the jobs
+it ``needs``, so a job starts as soon as its own needs are done. Then its ``if`` is evaluated
+(default ``success()``: every need succeeded), its matrix expanded (expressions may use the
+``needs`` context), and each combination runs as one ``JobExecution`` under the matrix's
+``max-parallel`` and the run's ``concurrent_jobs`` limit. With ``fail-fast`` (the default), a
+failing combination cancels its running and pending siblings.
+
+A matrix job's result, as its dependents see it in ``needs``, is aggregated as GitHub does:
+failure if any combination failed, else cancelled if any was cancelled, else success if any
+succeeded, else skipped. Its outputs come from the combinations in completion order.
+
+Cancellation (Ctrl-C) is safe: every job's session is released by the session manager, each
+started job still reports one ``JobFinished``, and ``RunFinished`` always comes last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from vmrunner.errors import ConfigError, VmrunnerError
+from vmrunner.runner.contexts import github_context, new_run_id
+from vmrunner.runner.evaluation import as_text, render, render_env, render_flag
+from vmrunner.runner.events import (
+    Annotation,
+    AnnotationLevel,
+    Event,
+    EventSink,
+    JobFinished,
+    JobQueued,
+    Recorder,
+    Result,
+    RunFinished,
+    RunStarted,
+)
+from vmrunner.runner.job import JobExecution, JobInstance, JobOutcome
+from vmrunner.runner.masking import Masker
+from vmrunner.runner.options import RunOptions
+from vmrunner.runner.repository import RepositoryInfo, repository_info
+from vmrunner.sessions import SessionManager
+from vmrunner.workflow.expressions import EvaluationHooks, evaluate_if
+from vmrunner.workflow.matrix import expand_matrix
+from vmrunner.workflow.models import Job, Workflow
+from vmrunner.workflow.planner import Plan, plan
+from vmrunner.workflow.triggers import resolve_dispatch_inputs
+
+#: Set in every job's ``env`` context so tools can tell a local run (act and Gitea do the same).
+LOCAL_RUN_ENV = {"ACT": "true"}
+
+
+@dataclass(frozen=True, slots=True)
+class JobReport:
+    """How one job (or matrix combination) ended."""
+
+    job_id: str
+    job_key: str
+    result: Result
+    outputs: Mapping[str, str] = field(default_factory=dict)
+    reason: str = ""
+    matrix: Mapping[str, Any] = field(default_factory=dict)
+    continue_on_error: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    run_id: str
+    conclusion: Result
+    jobs: tuple[JobReport, ...]
+
+    @property
+    def failed(self) -> bool:
+        return self.conclusion != "success"
+
+    def job(self, job_key: str) -> JobReport:
+        return next(report for report in self.jobs if report.job_key == job_key)
+
+    def results(self, job_id: str) -> list[Result]:
+        """The results of a job's combinations (one entry for a job without a matrix)."""
+        return [report.result for report in self.jobs if report.job_id == job_id]
+
+
+def aggregate(results: list[Result]) -> Result:
+    """A matrix job's result as ``needs`` shows it (GitHub's rule)."""
+    if "failure" in results:
+        return "failure"
+    if "cancelled" in results:
+        return "cancelled"
+    if "success" in results:
+        return "success"
+    return "skipped"
+
+
+@dataclass(slots=True)
+class _MatrixGroup:
+    fail_fast: bool
+    limit: asyncio.Semaphore | None
+    cancelled: bool = False
+    running: dict[str, tuple[asyncio.Task[Any], JobExecution]] = field(default_factory=dict)
+
+
+class RunContext:
+    """What every job of one run shares: options, sessions, sink, masker, identity."""
+
+    def __init__(
+        self, workflow: Workflow, options: RunOptions, sessions: SessionManager, sink: EventSink, info: RepositoryInfo
+    ) -> None:
+        self.workflow = workflow
+        self.options = options
+        self.sessions = sessions
+        self.sink = sink
+        self.info = info
+        self.run_id = options.run_id or new_run_id()
+        self.provider_name = sessions.provider.name
+        self.masker = Masker(options.secrets.values())
+        self.limit = asyncio.Semaphore(max(1, options.concurrent_jobs))
+        self.cancelled = False
+        self.warnings: list[str] = []
+        self.inputs = self._inputs()
+
+    def emit(self, event: Event) -> None:
+        with contextlib.suppress(Exception):
+            self.sink.emit(event)
+
+    def annotate(self, job_key: str, level: AnnotationLevel, message: str) -> None:
+        self.emit(Annotation(self.run_id, job_key, -1, level, self.masker.mask(message), time.time()))
+
+    def _inputs(self) -> dict[str, Any]:
+        """The ``inputs`` context: typed by the workflow's definitions when they fit, else as given."""
+        trigger = self.workflow.triggers.get(self.options.event_name)
+        given = dict(self.options.inputs)
+        payload_inputs = self.options.payload.get("inputs")
+        if isinstance(payload_inputs, Mapping):
+            given = {**payload_inputs, **given}
+        if trigger is None or not trigger.inputs:
+            return given
+        try:
+            return resolve_dispatch_inputs(trigger, given)
+        except ConfigError as exc:
+            self.warnings.append(f"inputs: {exc}; using the inputs as given")
+            defaults = {spec.name: spec.default for spec in trigger.inputs.values() if spec.default is not None}
+            return {**defaults, **given}
+
+    def base_contexts(self, job_id: str) -> dict[str, Any]:
+        github = github_context(
+            self.options, self.info, workflow_name=self.workflow.display_name,
+            workflow_file=self.workflow.path, run_id=self.run_id, job_id=job_id,
+        )
+        return {
+            "github": github,
+            "vars": dict(self.options.vars),
+            "secrets": {"GITHUB_TOKEN": "", **self.options.secrets},
+            "inputs": self.inputs,
+            "matrix": {},
+            "strategy": {},
+            "needs": {},
+            "steps": {},
+            "job": {},
+            "runner": {},
+            "env": {},
+        }
+
+
+class Run:
+    """One run of one workflow; ``await Run(...).execute()`` returns its ``RunOutcome``."""
+
+    def __init__(self, context: RunContext, job_plan: Plan) -> None:
+        self.context = context
+        self.plan = job_plan
+        self.done = {job_id: asyncio.Event() for job_id in job_plan.order}
+        self.needs_results: dict[str, dict[str, Any]] = {}
+        self.reports: list[JobReport] = []
+
+    async def execute(self) -> RunOutcome:
+        context = self.context
+        started = time.time()
+        info = context.info
+        context.emit(
+            RunStarted(
+                context.run_id, context.workflow.display_name, context.workflow.path, context.options.event_name,
+                started, sha=context.options.sha or info.sha, ref=context.options.ref or info.ref,
+            )
+        )
+        for warning in context.warnings:
+            context.annotate("", "warning", warning)
+        conclusion: Result = "cancelled"
+        try:
+            async with asyncio.TaskGroup() as group:
+                for job_id in self.plan.order:
+                    group.create_task(self.job_group(job_id), name=f"job {job_id}")
+            conclusion = self.conclusion()
+        finally:
+            context.emit(RunFinished(context.run_id, conclusion, time.time(), time.time() - started))
+        return RunOutcome(context.run_id, conclusion, tuple(self.reports))
+
+    def conclusion(self) -> Result:
+        for report in self.reports:
+            if report.result == "cancelled":
+                return "cancelled"
+            if report.result == "failure" and not report.continue_on_error:
+                return "failure"
+        return "success"
+
+    async def job_group(self, job_id: str) -> None:
+        try:
+            for need in self.plan.dependencies(job_id):
+                await self.done[need].wait()
+            await self.run_job(job_id)
+        finally:
+            self.done[job_id].set()
+
+    def finish_without_running(self, job: Job, job_key: str, result: Result, reason: str = "", matrix: Mapping[str, Any] | None = None) -> None:
+        context = self.context
+        now = time.time()
+        context.emit(JobFinished(context.run_id, job_key, result, now, 0.0, reason=context.masker.mask(reason)))
+        self.reports.append(JobReport(job.id, job_key, result, reason=reason, matrix=dict(matrix or {})))
+
+    async def run_job(self, job_id: str) -> None:
+        context = self.context
+        job = context.workflow.jobs[job_id]
+        needs = {need: self.needs_results[need] for need in self.plan.dependencies(job_id)}
+        contexts = context.base_contexts(job_id)
+        contexts["needs"] = needs
+        need_results = [n["result"] for n in needs.values()]
+        hooks = EvaluationHooks(
+            success=lambda: all(r == "success" for r in need_results) and not context.cancelled,
+            failure=lambda: any(r == "failure" for r in need_results),
+            cancelled=lambda: context.cancelled,
+        )
+        outcomes: list[JobOutcome] = []
+        try:
+            workflow_env = {**LOCAL_RUN_ENV, **context.options.env}
+            workflow_env.update(render_env(context.workflow.env, {**contexts, "env": workflow_env}))
+            contexts["env"] = workflow_env
+            if not evaluate_if(job.if_ or "", contexts, hooks):
+                context.emit(JobQueued(context.run_id, job_id, job_id, job.display_name, time.time(), needs=tuple(needs)))
+                self.finish_without_running(job, job_id, "skipped")
+                self.needs_results[job_id] = {"result": "skipped", "outputs": {}}
+                return
+            instances, group = self.instances(job, contexts)
+        except VmrunnerError as exc:
+            reason = f"job '{job_id}': {exc}"
+            context.emit(JobQueued(context.run_id, job_id, job_id, job.display_name, time.time(), needs=tuple(needs)))
+            context.annotate(job_id, "error", reason)
+            self.finish_without_running(job, job_id, "failure", reason)
+            self.needs_results[job_id] = {"result": "failure", "outputs": {}}
+            return
+        for instance in instances:
+            context.emit(
+                JobQueued(context.run_id, instance.job_key, job_id, context.masker.mask(instance.name), time.time(), matrix=dict(instance.matrix), needs=tuple(needs))
+            )
+        async with asyncio.TaskGroup() as tasks:
+            running = [tasks.create_task(self.run_instance(instance, group, contexts, workflow_env)) for instance in instances]
+        outcomes = [task.result() for task in running]
+        outputs: dict[str, str] = {}
+        for outcome in outcomes:
+            outputs.update({k: v for k, v in outcome.outputs.items() if v or k not in outputs})
+        results: list[Result] = [("success" if o.continue_on_error and o.result == "failure" else o.result) for o in outcomes]
+        self.needs_results[job_id] = {"result": aggregate(results), "outputs": outputs}
+
+    def instances(self, job: Job, contexts: dict[str, Any]) -> tuple[list[JobInstance], _MatrixGroup]:
+        strategy = job.strategy
+        combinations: list[dict[str, Any]] = [{}]
+        fail_fast = True
+        max_parallel: int | None = None
+        if strategy is not None and strategy.matrix is not None:
+            matrix = render(strategy.matrix, contexts)
+            if not isinstance(matrix, Mapping):
+                raise ConfigError(f"strategy.matrix must be a mapping, the expression gave {as_text(matrix)!r}")
+            combinations = self.filter(expand_matrix(matrix))
+        if strategy is not None:
+            fail_fast = render_flag(strategy.fail_fast, contexts)
+            if strategy.max_parallel is not None:
+                value = render(strategy.max_parallel, contexts)
+                try:
+                    max_parallel = max(1, int(float(value)))
+                except (TypeError, ValueError) as exc:
+                    raise ConfigError(f"strategy.max-parallel must be a number, got {as_text(value)!r}") from exc
+        total = len(combinations)
+        group = _MatrixGroup(fail_fast, asyncio.Semaphore(max_parallel) if max_parallel else None)
+        instances: list[JobInstance] = []
+        seen: set[str] = set()
+        has_matrix = strategy is not None and strategy.matrix is not None
+        for index, combination in enumerate(combinations):
+            key = job.id
+            if has_matrix and combination:
+                key = f"{job.id} ({', '.join(as_text(v) for v in combination.values())})"
+            while key in seen:
+                key = f"{key}#{index}"
+            seen.add(key)
+            strategy_context = {
+                "fail-fast": fail_fast, "job-index": index, "job-total": total,
+                "max-parallel": max_parallel or total,
+            }
+            scoped = {**contexts, "matrix": combination, "strategy": strategy_context}
+            name = as_text(render(job.name, scoped)) if job.name else key
+            instances.append(JobInstance(job, key, name, combination, strategy_context, contexts["needs"]))
+        return instances, group
+
+    def filter(self, combinations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        wanted = self.context.options.matrix_filter
+        if not wanted:
+            return combinations
+        return [
+            c for c in combinations
+            if all(key in c and as_text(c[key]) in values for key, values in wanted.items())
+        ]
+
+    async def run_instance(self, instance: JobInstance, group: _MatrixGroup, contexts: dict[str, Any], workflow_env: dict[str, str]) -> JobOutcome:
+        context = self.context
+        scoped = {**contexts, "matrix": dict(instance.matrix), "strategy": dict(instance.strategy)}
+        outcome: JobOutcome | None = None
+        async with _maybe(group.limit), context.limit:
+            if group.cancelled:
+                outcome = JobOutcome("cancelled", reason="cancelled by fail-fast: a matrix sibling failed")
+                self.finish_without_running(instance.job, instance.job_key, "cancelled", outcome.reason, instance.matrix)
+                return outcome
+            execution = JobExecution(context, instance, scoped, workflow_env)
+            task = asyncio.current_task()
+            assert task is not None
+            group.running[instance.job_key] = (task, execution)
+            try:
+                outcome = await execution.execute()
+            except asyncio.CancelledError:
+                if not (execution.cancelled and task.uncancel() == 0):
+                    raise
+                outcome = JobOutcome("cancelled", reason="cancelled by fail-fast: a matrix sibling failed")
+            finally:
+                group.running.pop(instance.job_key, None)
+        self.reports.append(
+            JobReport(instance.job.id, instance.job_key, outcome.result, dict(outcome.outputs), outcome.reason, dict(instance.matrix), outcome.continue_on_error)
+        )
+        if outcome.result == "failure" and not outcome.continue_on_error and group.fail_fast and not group.cancelled:
+            group.cancelled = True
+            for sibling_task, sibling in list(group.running.values()):
+                sibling.cancelled = True
+                sibling_task.cancel()
+        return outcome
+
+
+@contextlib.asynccontextmanager
+async def _maybe(semaphore: asyncio.Semaphore | None) -> AsyncIterator[None]:
+    if semaphore is None:
+        yield
+    else:
+        async with semaphore:
+            yield
+
+
+async def run_workflow(
+    workflow: Workflow,
+    options: RunOptions,
+    sessions: SessionManager,
+    sink: EventSink | None = None,
+) -> RunOutcome:
+    """Run ``workflow`` for ``options.event_name`` with machines from ``sessions``.
+
+    Raises ``PlanError`` for a broken job graph and ``ConfigError`` when the options ask for
+    what the provider cannot do (snapshots); job failures are results, not exceptions.
+    """
+    if (options.snapshot or options.rollback_on_failure) and not sessions.provider.capabilities.snapshots:
+        raise ConfigError(f"snapshots (--snapshot, --rollback-on-failure) need a provider that can take them; {sessions.provider.name} cannot")
+    if options.rollback_on_failure and not options.snapshot:
+        options = dataclasses.replace(options, snapshot=True)
+    job_plan = plan(workflow, jobs=options.jobs)
+    info = await repository_info(options.repo_root)
+    if options.event_name == "workflow_dispatch" and options.inputs:
+        payload = dict(options.payload)
+        payload["inputs"] = {**dict(payload.get("inputs") or {}), **{k: as_text(v) for k, v in options.inputs.items()}}
+        options = dataclasses.replace(options, payload=payload)
+    context = RunContext(workflow, options, sessions, sink or Recorder(), info)
+    return await Run(context, job_plan).execute()

@@ -1,0 +1,305 @@
+"""Running commands of one job in its machine: scripts, their output, and what they leave behind.
+
+``JobRuntime`` is the state of one job while it runs: the session, the job's environment (as
+``GITHUB_ENV`` and ``GITHUB_PATH`` changed it), the masker, the event sink. ``run_script``
+runs one script the GitHub way: the script and a fresh set of file-command files
+(``GITHUB_ENV``, ``GITHUB_OUTPUT``, ``GITHUB_PATH``, ``GITHUB_STATE``,
+``GITHUB_STEP_SUMMARY``) go into ``RUNNER_TEMP`` in one transfer, the script runs with output
+streamed line by line through the workflow-command reader and the masker, and the files come
+back in one transfer.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from vmrunner.errors import MachineError
+from vmrunner.runner.commands import (
+    CommandReader,
+    FileCommandError,
+    WorkflowCommand,
+    parse_file_commands,
+)
+from vmrunner.runner.events import (
+    Annotation,
+    AnnotationLevel,
+    EventSink,
+    GroupEnded,
+    GroupStarted,
+    LogLine,
+    Stream,
+)
+from vmrunner.runner.masking import Masker
+from vmrunner.sessions import Session
+
+FILE_COMMANDS_DIR = "_runner_file_commands"
+#: The file-command files of a step: env var name -> file name in the step's folder.
+FILE_COMMANDS = {
+    "GITHUB_ENV": "env",
+    "GITHUB_OUTPUT": "output",
+    "GITHUB_PATH": "path",
+    "GITHUB_STATE": "state",
+    "GITHUB_STEP_SUMMARY": "summary",
+}
+_LEVELS: dict[str, AnnotationLevel] = {"error": "error", "warning": "warning", "notice": "notice", "debug": "debug"}
+
+
+@dataclass(slots=True)
+class ScriptResult:
+    """How a script ended and what it asked for through workflow and file commands."""
+
+    exit_code: int | None
+    timed_out: bool = False
+    duration: float = 0.0
+    outputs: dict[str, str] = field(default_factory=dict)
+    state: dict[str, str] = field(default_factory=dict)
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out and not self.error
+
+
+class _LineSplitter:
+    """Turns output chunks into lines per stream (decoded as UTF-8, invalid bytes replaced)."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, bytes] = {"stdout": b"", "stderr": b""}
+
+    def feed(self, stream: str, chunk: bytes) -> list[str]:
+        data = self._pending[stream] + chunk
+        *lines, rest = data.split(b"\n")
+        self._pending[stream] = rest
+        return [line.rstrip(b"\r").decode(errors="replace") for line in lines]
+
+    def flush(self, stream: str) -> list[str]:
+        rest, self._pending[stream] = self._pending[stream], b""
+        return [rest.rstrip(b"\r").decode(errors="replace")] if rest else []
+
+
+class JobRuntime:
+    """One job's state in its machine; every event of the job goes out through ``emit_*``."""
+
+    def __init__(self, *, run_id: str, job_key: str, session: Session, sink: EventSink, masker: Masker) -> None:
+        self.run_id = run_id
+        self.job_key = job_key
+        self.session = session
+        self.machine = session.machine
+        self.sink = sink
+        self.masker = masker
+        self.paths = self.machine.paths
+        #: The job's environment as ``GITHUB_ENV`` changed it (above job env, below step env).
+        self.env: dict[str, str] = {}
+        #: ``GITHUB_PATH`` entries, newest first.
+        self.path_entries: list[str] = []
+        #: The machine's own PATH, and which interpreters it has (probed at setup).
+        self.base_path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        self.has_bash = True
+        self.has_python = True
+        self.has_node = True
+        self.summary: list[str] = []
+        self.group_depth = 0
+        self._counter = 0
+
+    # Events
+
+    def log(self, step_index: int, text: str, stream: Stream = "stdout") -> None:
+        self.sink.emit(
+            LogLine(self.run_id, self.job_key, step_index, stream, self.masker.mask(text), time.time(), self.group_depth)
+        )
+
+    def annotate(self, step_index: int, level: AnnotationLevel, message: str, properties: Mapping[str, str] | None = None) -> None:
+        props = properties or {}
+        self.sink.emit(
+            Annotation(
+                self.run_id, self.job_key, step_index, level, self.masker.mask(message), time.time(),
+                file=self.masker.mask(props.get("file", "")), line=_int(props.get("line")),
+                column=_int(props.get("col") or props.get("column")), title=self.masker.mask(props.get("title", "")),
+            )
+        )
+
+    def end_groups(self, step_index: int) -> None:
+        while self.group_depth:
+            self.group_depth -= 1
+            self.sink.emit(GroupEnded(self.run_id, self.job_key, step_index, time.time()))
+
+    # Probing the machine
+
+    async def probe(self) -> None:
+        """Learn the machine's PATH and interpreters in one command."""
+        script = 'printf "%s\\n" "$PATH"; for t in bash python node; do command -v $t >/dev/null && echo $t; done; true'
+        result = await self.session.exec(["sh", "-c", script])
+        lines = result.stdout.decode(errors="replace").splitlines()
+        if result.ok and lines:
+            self.base_path = lines[0] or self.base_path
+            found = set(lines[1:])
+            self.has_bash, self.has_python, self.has_node = "bash" in found, "python" in found, "node" in found
+
+    def process_env(self, base: Mapping[str, str], env: Mapping[str, str]) -> dict[str, str]:
+        """The environment of a process: defaults, then ``env``, with ``GITHUB_PATH`` prepended."""
+        merged = {**base, **env}
+        path = merged.get("PATH") or self.base_path
+        if self.path_entries:
+            path = ":".join([*self.path_entries, path])
+        merged["PATH"] = path
+        return merged
+
+    # Running a script
+
+    async def run_script(
+        self,
+        step_index: int,
+        argv_for: Any,
+        script: str,
+        extension: str,
+        *,
+        env: Mapping[str, str],
+        cwd: str,
+        timeout: float | None,  # noqa: ASYNC109 - enforced inside the machine
+    ) -> ScriptResult:
+        """Write ``script``, run ``argv_for(path)`` in the machine, apply the file commands.
+
+        ``env`` gets the ``GITHUB_ENV``-style variables of a fresh set of files.
+        """
+        self._counter += 1
+        temp = self.paths.temp
+        name = f"step_{self._counter}"
+        folder = f"{temp}/{FILE_COMMANDS_DIR}/{name}"
+        script_path = f"{temp}/{uuid.uuid4()}{extension}"
+        files = {variable: f"{folder}/{file}" for variable, file in FILE_COMMANDS.items()}
+        entries = {f"{FILE_COMMANDS_DIR}/{name}/{file}": b"" for file in FILE_COMMANDS.values()}
+        entries[script_path[len(temp) + 1 :]] = script.encode()
+        await self.machine.put(temp, _tar(entries))
+        full_env = {**env, **files}
+        result = ScriptResult(exit_code=None)
+        reader = CommandReader()
+        splitter = _LineSplitter()
+        allow_unsecure = full_env.get("ACTIONS_ALLOW_UNSECURE_COMMANDS", "").lower() == "true"
+
+        def line(stream: Stream, text: str) -> None:
+            command = reader.feed(text)
+            if command is None or not self._command(step_index, command, result, allow_unsecure):
+                self.log(step_index, text, stream)
+
+        def on_output(stream: Stream, chunk: bytes) -> None:
+            for text in splitter.feed(stream, chunk):
+                line(stream, text)
+
+        started = time.monotonic()
+        try:
+            outcome = await self.session.exec(argv_for(script_path), env=full_env, cwd=cwd, timeout=timeout, on_output=on_output)
+        except MachineError as exc:
+            result.error = f"cannot run the step: {exc}"
+            return result
+        finally:
+            streams: tuple[Stream, ...] = ("stdout", "stderr")
+            for stream in streams:
+                for text in splitter.flush(stream):
+                    line(stream, text)
+            result.duration = time.monotonic() - started
+        result.exit_code, result.timed_out = outcome.exit_code, outcome.timed_out
+        try:
+            contents = _untar(await self.machine.get(folder))
+            self._file_commands(step_index, contents, result)
+        except (MachineError, FileCommandError) as exc:
+            result.error = str(exc)
+        return result
+
+    def _file_commands(self, step_index: int, contents: Mapping[str, bytes], result: ScriptResult) -> None:
+        text = {file: contents.get(file, b"").decode(errors="replace") for file in FILE_COMMANDS.values()}
+        for key, value in parse_file_commands(text["env"], "GITHUB_ENV").items():
+            self.env[key] = value
+        result.outputs.update(parse_file_commands(text["output"], "GITHUB_OUTPUT"))
+        result.state.update(parse_file_commands(text["state"], "GITHUB_STATE"))
+        for entry in text["path"].splitlines():
+            if entry.strip():
+                self.path_entries.insert(0, entry.strip())
+        if text["summary"].strip():
+            self.summary.append(self.masker.mask(text["summary"]))
+
+    def _command(self, step_index: int, command: WorkflowCommand, result: ScriptResult, allow_unsecure: bool) -> bool:
+        """Apply one workflow command; False when the line is not a command we know (it is shown)."""
+        name, props, message = command.name, command.properties, command.message
+        if name == "add-mask":
+            self.masker.add(message)
+        elif name in _LEVELS:
+            self.annotate(step_index, _LEVELS[name], message, props)
+        elif name == "group":
+            self.sink.emit(GroupStarted(self.run_id, self.job_key, step_index, self.masker.mask(message), time.time()))
+            self.group_depth += 1
+        elif name == "endgroup":
+            if self.group_depth:
+                self.group_depth -= 1
+                self.sink.emit(GroupEnded(self.run_id, self.job_key, step_index, time.time()))
+        elif name == "set-output" and props.get("name"):
+            result.outputs[props["name"]] = message
+            self.annotate(step_index, "debug", "the set-output command is deprecated: write to GITHUB_OUTPUT")
+        elif name == "save-state" and props.get("name"):
+            result.state[props["name"]] = message
+        elif name in ("set-env", "add-path"):
+            if not allow_unsecure:
+                self.annotate(step_index, "error", f"the '{name}' command is disabled: use GITHUB_ENV/GITHUB_PATH, or set ACTIONS_ALLOW_UNSECURE_COMMANDS=true")
+            elif name == "set-env" and props.get("name"):
+                self.env[props["name"]] = message
+            elif name == "add-path" and message:
+                self.path_entries.insert(0, message)
+        elif name in ("echo", "debug", "add-matcher", "remove-matcher", "save-state", "set-output"):
+            pass
+        else:
+            return False
+        return True
+
+    async def run_command(self, step_index: int, command: str, *, env: Mapping[str, str], cwd: str) -> ScriptResult:
+        """A setup or cleanup command: ``bash -e`` (or ``sh -e``) on a script holding it."""
+        shell = "bash" if self.has_bash else "sh"
+        return await self.run_script(
+            step_index, lambda path: [shell, "-e", path], command, ".sh", env=env, cwd=cwd, timeout=None
+        )
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
+
+
+def _tar(entries: Mapping[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    now = int(time.time())
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        folders: set[str] = set()
+        for name, data in entries.items():
+            parts = name.split("/")[:-1]
+            for depth in range(1, len(parts) + 1):
+                folder = "/".join(parts[:depth])
+                if folder not in folders:
+                    folders.add(folder)
+                    info = tarfile.TarInfo(folder)
+                    info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, now
+                    tar.addfile(info)
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, now
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _untar(data: bytes) -> dict[str, bytes]:
+    """Regular files of a tar stream by base name."""
+    found: dict[str, bytes] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
+            for member in tar:
+                if member.isfile():
+                    extracted = tar.extractfile(member)
+                    if extracted is not None:
+                        found[member.name.rsplit("/", 1)[-1]] = extracted.read()
+    except tarfile.TarError as exc:
+        raise FileCommandError(f"cannot read the step's file commands: {exc}") from exc
+    return found
