@@ -145,8 +145,8 @@ class SandboxProvider(LocalProvider):
         }
         for path in writable.values():
             path.mkdir(mode=0o755)
-        for inner in ("work/workspace", "work/_temp"):
-            (writable["home"] / inner).mkdir(mode=0o755, parents=True)
+        for inner in ("work", "work/workspace", "work/_temp"):
+            (writable["home"] / inner).mkdir(mode=0o755)
         options = [
             *namespace_args(spec, hostname=record.machine_id),
             *system_args(),
@@ -154,6 +154,7 @@ class SandboxProvider(LocalProvider):
             "--bind", str(writable["tmp"]), "/tmp",
             "--bind", str(writable["toolcache"]), TOOL_CACHE,
             "--dir", "/var",
+            "--dir", "/root",  # empty and read-only, as a path jobs may name (GitHub's runners have it)
             "--symlink", "../tmp", "/var/tmp",
             "--ro-bind", str(self.bundle_dir(python)), AGENT_IN_MACHINE,
             "--remount-ro", "/",
