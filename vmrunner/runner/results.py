@@ -393,6 +393,9 @@ class ResultCollector:
     """
 
     def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
         self._run: RunResult | None = None
         self._jobs: dict[str, JobResult] = {}
         self._steps: dict[str, dict[int, StepResult]] = {}
@@ -402,6 +405,7 @@ class ResultCollector:
     def emit(self, event: Event) -> None:
         match event:
             case RunStarted():
+                self._reset()  # one collector, one run: a new run starts afresh
                 self._run = RunResult(
                     run_id=event.run_id, workflow_name=event.workflow_name,
                     workflow_file=event.workflow_file, event_name=event.event_name,

@@ -1,0 +1,202 @@
+"""The live view of `vmrunner run`, rendered to real Rich consoles writing to strings."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import jsonschema  # type: ignore[import-untyped]
+import pytest
+from rich.console import Console
+
+from tests.runner.events_builder import RunBuilder, failing_matrix_run, simple_run
+from vmrunner.cli.progress import QUIET_TAIL, JsonView, ProgressView
+from vmrunner.runner.events import StepStarted
+from vmrunner.runner.results import RUN_RESULT_SCHEMA
+
+
+def plain_console() -> tuple[Console, io.StringIO]:
+    """What a pipe or CI sees: not a terminal."""
+    out = io.StringIO()
+    return Console(file=out, width=160, force_terminal=False), out
+
+
+def test_plain_output_has_a_line_per_job_and_step_with_durations_and_indented_logs() -> None:
+    console, out = plain_console()
+    view = ProgressView(console)
+    simple_run(view)
+    text = out.getvalue()
+    assert "\x1b" not in text
+    lines = text.splitlines()
+    assert lines[0] == "▶ CI on push refs/heads/main  run run-0001"
+    body = lines[1 : lines.index("")]
+    assert all(line.startswith("[CI/build] ") for line in body)
+    assert [line.removeprefix("[CI/build] ") for line in body] == [
+        "● started on sandbox m-build (0.1s to allocate)",
+        "  ▸ Set up job (setup)",
+        "    machine ready",
+        "  ✓ Set up job (setup) 0.2s",
+        "  ▸ Checkout",
+        "    Fetched 12 files",
+        "  ✓ Checkout 0.8s",
+        "    snapshot snap-build-1 (0.1s)",
+        "  ▸ Test",
+        "    collected 3 items",
+        "    3 passed",
+        "    ▾ pytest",
+        "      a ok",
+        "      b ok",
+        "  ✓ Test 1m 15s",
+        "✓ job success 1m 16s",
+    ]
+    table = lines[lines.index("") + 1 :]
+    assert table[0].split() == ["Job", "Result", "Steps", "Duration", "Machine"]
+    assert table[1].split() == ["✓", "build", "success", "2/2", "1m", "16s", "sandbox", "m-build"]
+    assert table[-1] == "✓ CI: success in 1m 17s  (run run-0001)"
+    assert view.result().conclusion == "success"
+
+
+def test_parallel_jobs_are_prefixed_and_failures_rollbacks_and_annotations_show() -> None:
+    console, out = plain_console()
+    failing_matrix_run(ProgressView(console))
+    lines = out.getvalue().splitlines()
+    body = lines[1 : lines.index("")]
+    assert all(line.startswith(("[Matrix/test (small)] ", "[Matrix/test (large)] ", "[Matrix/deploy] ")) for line in body)
+    assert "[Matrix/test (large)]     AssertionError: 1 != 2" in body
+    assert "[Matrix/test (large)]     Error: src/app.py:3: test_size failed" in body
+    assert "[Matrix/test (large)]   ✗ Test 1.5s (failure, exit code 1)" in body
+    assert "[Matrix/test (large)]   ↷ Upload 0.0s (skipped)" in body
+    assert "[Matrix/test (large)]   ↩ rolled back to snapshot snap-test_(large)-0 (0.1s)" in body
+    assert "[Matrix/test (large)] ↩ job failure, rolled back 8.3s" in body
+    assert "[Matrix/deploy] ↷ job skipped 0.0s (a job it needs failed)" in body
+    # Parallel: the two matrix jobs' lines interleave.
+    owners = [line.split("]")[0] for line in body if "▸" in line]
+    assert owners[:3] == ["[Matrix/test (small)", "[Matrix/test (large)", "[Matrix/test (small)"]
+    rows = {line.split()[1]: line for line in lines[lines.index("") + 2 : -1]}
+    assert rows["deploy"].split()[:3] == ["↷", "deploy", "skipped:"]
+    assert lines[-1] == "✗ Matrix: failure in 9.3s  (run run-0002)"
+
+
+def test_quiet_shows_only_what_failed_with_the_failing_steps_output() -> None:
+    console, out = plain_console()
+    failing_matrix_run(ProgressView(console, quiet=True))
+    lines = out.getvalue().splitlines()
+    body = lines[1 : lines.index("")]
+    assert body == [
+        "[Matrix/test (large)]   ✗ Test 1.5s (failure, exit code 1)",
+        "[Matrix/test (large)]     AssertionError: 1 != 2",
+        "[Matrix/test (large)]     Error: src/app.py:3: test_size failed",
+        "[Matrix/test (large)]   ↩ rolled back to snapshot snap-test_(large)-0 (0.1s)",
+        "[Matrix/test (large)] ↩ job failure, rolled back 8.3s",
+    ]
+    table = lines[lines.index("") + 1 :]
+    assert len(table) == 3  # header, the failed job, the total
+    assert "test (large)" in table[1]
+
+
+def test_quiet_keeps_the_tail_of_a_long_failing_step_and_flags_errors_in_green_steps() -> None:
+    console, out = plain_console()
+    run = RunBuilder(sink=ProgressView(console, quiet=True)).start()
+    job = run.job("build").begin()
+    job.step("Green", lines=["hidden"])
+    job.step("Noisy", lines=["fine"], annotations=[("error", "looked bad")])
+    job.step("Long", lines=[f"line {n}" for n in range(QUIET_TAIL + 5)], exit_code=1).finish()
+    run.finish()
+    text = out.getvalue()
+    assert "hidden" not in text
+    assert "Green" not in text
+    assert "  ✓ Noisy 1.5s" in text
+    assert "Error: src/app.py:3: looked bad" in text
+    assert "... 5 earlier lines" in text
+    assert "line 4\n" not in text
+    assert "line 5\n" in text
+    assert f"line {QUIET_TAIL + 4}\n" in text
+
+
+def test_text_is_never_markup_and_ansi_codes_are_dropped_off_a_terminal() -> None:
+    console, out = plain_console()
+    run = RunBuilder(workflow="[bold]W[/bold]", sink=ProgressView(console)).start()
+    job = run.job("build").begin()
+    job.step("[red]step[/red]", lines=["\x1b[31mred text\x1b[0m", "[link=x]not a link[/link]", "token=***"])
+    job.finish()
+    run.finish()
+    text = out.getvalue()
+    assert "\x1b" not in text
+    assert "[[bold]W[/bold]/build]   ▸ [red]step[/red]" in text
+    assert "    red text\n" in text
+    assert "[link=x]not a link[/link]" in text
+    assert "    token=***\n" in text
+
+
+def test_logs_can_be_left_out() -> None:
+    console, out = plain_console()
+    simple_run(ProgressView(console, logs=False))
+    text = out.getvalue()
+    assert "collected 3 items" not in text
+    assert "✓ Test 1m 15s" in text
+
+
+def test_on_a_terminal_there_are_colours_and_a_live_region_with_spinners_and_elapsed_time() -> None:
+    out = io.StringIO()
+    console = Console(file=out, width=120, force_terminal=True, color_system="standard")
+    now = [0.0]
+    view = ProgressView(console, clock=lambda: now[0])
+    run = RunBuilder(sink=view).start()
+    assert view._live is not None
+    job = run.job("build").begin()
+    run.add(StepStarted(run.run_id, "build", 0, "step", "Compile", run.tick()))
+    now[0] = run.now + 2.0
+    recording = Console(width=120, record=True, force_terminal=False)
+    recording.print(view._live_rows())
+    live_text = recording.export_text()
+    assert "[CI/build]" in live_text
+    assert "Compile" in live_text
+    assert "2.0s" in live_text
+    job.next_index = 1
+    job.step("Test", lines=["ok"]).finish()
+    run.finish()
+    assert view._live is None  # stopped at the end of the run
+    text = out.getvalue()
+    assert "\x1b[" in text
+    assert "success" in text
+    assert "CI" in text
+
+
+def test_leaving_the_view_stops_the_live_region_even_on_errors() -> None:
+    console = Console(file=io.StringIO(), width=80, force_terminal=True)
+    view = ProgressView(console)
+
+    def engine() -> None:
+        with view:
+            RunBuilder(sink=view).start().job("build").begin()
+            assert view._live is not None
+            raise RuntimeError("engine failed")
+
+    with pytest.raises(RuntimeError, match="engine failed"):
+        engine()
+    assert view._live is None
+    view.close()  # idempotent
+
+
+class Unwritable(io.StringIO):
+    def write(self, s: str) -> int:
+        raise OSError(5, "Input/output error")
+
+
+def test_a_closed_stdout_does_not_break_the_run() -> None:
+    view = ProgressView(Console(file=Unwritable(), force_terminal=False))
+    simple_run(view)  # no exception
+    assert view.result().conclusion == "success"
+
+
+def test_json_view_prints_only_the_final_result() -> None:
+    out = io.StringIO()
+    view = JsonView(out)
+    run = RunBuilder(sink=view).start()
+    run.job("build").begin().step("One", lines=["hello"]).finish()
+    assert out.getvalue() == ""
+    run.finish()
+    data = json.loads(out.getvalue())
+    jsonschema.validate(data, RUN_RESULT_SCHEMA)
+    assert data["conclusion"] == "success"
+    assert data["jobs"][0]["steps"][0]["name"] == "One"

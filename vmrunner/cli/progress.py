@@ -1,0 +1,385 @@
+"""What ``vmrunner run`` shows while a run goes on: ``ProgressView`` (people) and ``JsonView`` (machines).
+
+Both are ``EventSink``s. Wiring, in ``vmrunner/cli/run.py``::
+
+    from vmrunner.cli import terminal
+    from vmrunner.cli.progress import JsonView, ProgressView
+
+    view = JsonView() if as_json else ProgressView(terminal.console(), quiet=quiet)
+    with view:                                  # stops the live display whatever happens
+        await engine.run(..., sink=FanOut(view, StoreSink(store)))
+    result = view.result()                      # the RunResult, for the exit code
+
+``ProgressView(console, *, quiet=False, logs=True, live=None, clock=time.time)`` prints one
+line per job and per step as they start and finish, with a status symbol and the duration;
+output lines are indented under their step (and ``::group::``), annotations are coloured, and
+every line starts with ``[workflow/job_key]`` so that parallel jobs stay readable (as act
+does). On a terminal a live region below the lines shows a spinner per running job and its
+current step; elsewhere (pipes, CI, tests) the output is plain lines without control codes.
+``quiet`` prints only what failed: the failing steps with their output, errors, and the
+final table. The run ends with a table of the jobs and the total time.
+
+``JsonView(out=None)`` prints nothing while the run goes on and the ``RunResult.to_json()``
+document once it finishes (on stdout by default).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TextIO
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.spinner import Spinner
+from rich.table import Table
+from rich.text import Text
+
+from vmrunner.runner.events import (
+    Annotation,
+    Event,
+    GroupEnded,
+    GroupStarted,
+    JobFinished,
+    JobQueued,
+    JobStarted,
+    LogLine,
+    RunFinished,
+    RunStarted,
+    SnapshotRestored,
+    SnapshotTaken,
+    StepFinished,
+    StepStarted,
+)
+from vmrunner.runner.results import (
+    JobResult,
+    ResultCollector,
+    RunResult,
+    StepResult,
+    human_duration,
+)
+
+#: Symbol and style for each result (``continued``: failed, but ``continue-on-error``).
+SYMBOLS: dict[str, tuple[str, str]] = {
+    "success": ("✓", "green"),
+    "failure": ("✗", "bold red"),
+    "cancelled": ("⊘", "yellow"),
+    "skipped": ("↷", "dim"),
+    "continued": ("!", "yellow"),
+    "interrupted": ("!", "yellow"),
+    "rolled_back": ("↩", "magenta"),
+    "in_progress": ("…", "cyan"),
+    "queued": ("·", "dim"),
+}
+ANNOTATION_STYLES = {"error": "bold red", "warning": "yellow", "notice": "blue", "debug": "dim"}
+#: Output lines kept per step in quiet mode, to show when the step fails (the tail).
+QUIET_TAIL = 200
+
+
+@dataclass
+class _Running:
+    """What a running job is doing, for the live region."""
+
+    started: float
+    step: str = ""
+    step_started: float = 0.0
+
+
+class ProgressView:
+    """An ``EventSink`` showing a run live on a Rich console (see the module docstring)."""
+
+    def __init__(
+        self,
+        console: Console,
+        *,
+        quiet: bool = False,
+        logs: bool = True,
+        live: bool | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.console = console
+        self.quiet = quiet
+        self.logs = logs
+        self._clock = clock
+        self._collector = ResultCollector()
+        self._workflow = ""
+        self._running: dict[str, _Running] = {}
+        self._tails: dict[tuple[str, int], deque[Text]] = {}
+        self._dropped: dict[tuple[str, int], int] = {}
+        self._flagged: set[tuple[str, int]] = set()
+        self._use_live = console.is_terminal if live is None else live
+        self._live: Live | None = None
+        self._broken = False
+
+    def __enter__(self) -> ProgressView:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def result(self) -> RunResult:
+        return self._collector.result()
+
+    def close(self) -> None:
+        """Stop the live region (a second call is a no-op)."""
+        live, self._live = self._live, None
+        if live is not None:
+            live.stop()
+
+    def emit(self, event: Event) -> None:
+        self._collector.emit(event)
+        if self._broken:
+            return
+        try:
+            self._show(event)
+        except (OSError, SystemExit):
+            # stdout is gone (EIO, or a pipe to `head`: Rich turns EPIPE into SystemExit). The run
+            # goes on and is still kept; only its display stops.
+            self._broken = True
+            self.close()
+
+    # What each event prints.
+
+    def _show(self, event: Event) -> None:
+        match event:
+            case RunStarted():
+                self._workflow = event.workflow_name or event.workflow_file
+                line = Text.assemble(("▶ ", "bold"), (self._workflow, "bold"), f" on {event.event_name}")
+                if event.ref:
+                    line.append(f" {event.ref}", "dim")
+                line.append(f"  run {event.run_id}", "dim")
+                self._print(line)
+                if self._use_live:
+                    self._live = Live(
+                        _LiveJobs(self), console=self.console, transient=True, refresh_per_second=8
+                    )
+                    self._live.start()
+            case JobQueued():
+                pass
+            case JobStarted():
+                self._running[event.job_key] = _Running(started=event.time)
+                if not self.quiet:
+                    where = f"{event.provider} {event.machine_id}" + (" from the warm pool" if event.from_pool else "")
+                    self._print(self._prefixed(event.job_key, Text.assemble(
+                        ("● ", "cyan"), "started on ", (where, "cyan"),
+                        (f" ({human_duration(event.allocation_seconds)} to allocate)", "dim"),
+                    )))
+            case StepStarted():
+                running = self._running.setdefault(event.job_key, _Running(started=event.time))
+                running.step, running.step_started = event.name, event.time
+                if not self.quiet:
+                    self._print(self._prefixed(event.job_key, Text.assemble("  ", ("▸ ", "cyan"), event.name, _kind(event.kind))))
+            case LogLine():
+                if self.logs:
+                    line = Text("    " + "  " * event.group_depth, style="dim")
+                    body = Text.from_ansi(event.text, style="red" if event.stream == "stderr" else "")
+                    self._output(event.job_key, event.step_index, self._prefixed(event.job_key, line + body))
+            case GroupStarted():
+                if self.logs:
+                    self._output(event.job_key, event.step_index, self._prefixed(
+                        event.job_key, Text.assemble("    ", ("▾ ", "bold"), (event.title, "bold"))
+                    ))
+            case GroupEnded():
+                pass
+            case Annotation():
+                self._annotation(event)
+            case StepFinished():
+                self._step_finished(event)
+            case SnapshotTaken():
+                if not self.quiet:
+                    self._print(self._prefixed(event.job_key, Text(
+                        f"    snapshot {event.snapshot_id} ({human_duration(event.duration)})", style="dim"
+                    )))
+            case SnapshotRestored():
+                self._print(self._prefixed(event.job_key, Text.assemble(
+                    ("  ↩ ", "magenta"), f"rolled back to snapshot {event.snapshot_id}",
+                    (f" ({human_duration(event.duration)})", "dim"),
+                )))
+            case JobFinished():
+                self._running.pop(event.job_key, None)
+                job = self._collector.job_result(event.job_key)
+                if job is not None and not (self.quiet and job.conclusion in ("success", "skipped")):
+                    self._print(self._prefixed(event.job_key, _job_line(job)))
+            case RunFinished():
+                self.close()
+                self._final(self._collector.result())
+
+    def _step_finished(self, event: StepFinished) -> None:
+        job = self._collector.job_result(event.job_key)
+        step = job.step(event.index) if job else None
+        key = (event.job_key, event.index)
+        tail, dropped = self._tails.pop(key, None), self._dropped.pop(key, 0)
+        if step is None:
+            return
+        failed = step.outcome == "failure" or step.conclusion in ("failure", "cancelled")
+        if key in self._flagged:
+            self._flagged.discard(key)
+            failed = True
+        if self.quiet and not failed:
+            return
+        self._print(self._prefixed(event.job_key, Text("  ") + _step_line(step)))
+        if self.quiet and tail is not None:
+            if dropped:
+                self._print(self._prefixed(event.job_key, Text(f"    ... {dropped} earlier lines", style="dim")))
+            for line in tail:
+                self._print(line)
+
+    def _annotation(self, event: Annotation) -> None:
+        if self.quiet and event.level != "error":
+            return
+        where = event.file + (f":{event.line}" if event.file and event.line else "")
+        where += f":{event.column}" if where and event.line and event.column else ""
+        style = ANNOTATION_STYLES[event.level]
+        text = Text.assemble("    ", (f"{event.level.capitalize()}:", style), " ")
+        if where:
+            text.append(f"{where}: ", "dim")
+        if event.title:
+            text.append(f"{event.title}: ", style)
+        text.append(event.message, style if event.level != "debug" else "dim")
+        key = (event.job_key, event.step_index)
+        if self.quiet and event.step_index >= 0:
+            self._flagged.add(key)  # show this step's output even if it ends well
+        self._output(event.job_key, event.step_index, self._prefixed(event.job_key, text))
+
+    def _output(self, job_key: str, step_index: int, line: Text) -> None:
+        """An output line: printed now, or in quiet mode kept until its step's result is known."""
+        if not self.quiet:
+            self._print(line)
+            return
+        key = (job_key, step_index)
+        tail = self._tails.setdefault(key, deque(maxlen=QUIET_TAIL))
+        if len(tail) == QUIET_TAIL:
+            self._dropped[key] = self._dropped.get(key, 0) + 1
+        tail.append(line)
+
+    def _final(self, result: RunResult) -> None:
+        self.console.print()
+        jobs = [j for j in result.jobs if not self.quiet or j.conclusion not in ("success", "skipped")]
+        if jobs:
+            self.console.print(jobs_table(jobs))
+        conclusion = result.conclusion or result.status
+        symbol, style = SYMBOLS.get(conclusion, ("?", ""))
+        self._print(Text.assemble(
+            (f"{symbol} ", style), (self._workflow or result.run_id, "bold"), ": ", (conclusion, style),
+            f" in {human_duration(result.duration)}", (f"  (run {result.run_id})", "dim"),
+        ))
+
+    def _prefixed(self, job_key: str, text: Text) -> Text:
+        return Text(f"[{self._workflow}/{job_key}] ", style="blue") + text
+
+    def _print(self, text: Text) -> None:
+        self.console.print(text, soft_wrap=True, highlight=False)
+
+    # The live region.
+
+    def _live_rows(self) -> RenderableType:
+        now = self._clock()
+        grid = Table.grid(padding=(0, 1))
+        for job_key, running in list(self._running.items()):
+            doing = Text(running.step or "starting", style="cyan")
+            elapsed = human_duration(now - (running.step_started or running.started))
+            grid.add_row(Spinner("dots", style="cyan"), Text(f"[{self._workflow}/{job_key}]", style="blue"), doing, Text(elapsed, style="dim"))
+        return grid
+
+
+class _LiveJobs:
+    """Renders the running jobs each time the live region refreshes (so durations tick)."""
+
+    def __init__(self, view: ProgressView) -> None:
+        self.view = view
+
+    def __rich__(self) -> RenderableType:
+        return Group(self.view._live_rows())
+
+
+def jobs_table(jobs: list[JobResult]) -> Table:
+    """The final table: one row per job with its result, steps, duration and machine."""
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for title in ("", "Job", "Result", "Steps", "Duration", "Machine"):
+        table.add_column(title, overflow="fold")
+    for job in jobs:
+        symbol, style = _job_symbol(job)
+        counted = [s for s in job.steps if s.kind == "step"]
+        passed = sum(1 for s in counted if s.conclusion == "success")
+        word = (job.conclusion or job.status) + (", rolled back" if job.rolled_back else "")
+        if job.reason:
+            word += f": {job.reason}"
+        machine = f"{job.provider} {job.machine_id}".strip() + (" (pool)" if job.from_pool else "")
+        table.add_row(
+            Text(symbol, style=style), Text(job.job_key), Text(word, style=style),
+            f"{passed}/{len(counted)}", human_duration(job.duration), Text(machine or "-", style="dim"),
+        )
+    return table
+
+
+def _job_symbol(job: JobResult) -> tuple[str, str]:
+    if job.rolled_back:
+        return SYMBOLS["rolled_back"]
+    return SYMBOLS.get(job.conclusion or job.status, ("?", ""))
+
+
+def _job_line(job: JobResult) -> Text:
+    symbol, style = _job_symbol(job)
+    word = (job.conclusion or job.status) + (", rolled back" if job.rolled_back else "")
+    text = Text.assemble((f"{symbol} ", style), ("job ", style), (word, style), (f" {human_duration(job.duration)}", "dim"))
+    if job.reason:
+        text.append(f" ({job.reason})", style)
+    return text
+
+
+def _step_line(step: StepResult) -> Text:
+    continued = step.outcome == "failure" and step.conclusion == "success"
+    symbol, style = SYMBOLS["continued" if continued else step.conclusion or step.status]
+    text = Text.assemble((f"{symbol} ", style), step.name, _kind(step.kind), (f" {human_duration(step.duration)}", "dim"))
+    notes = []
+    if step.exit_code not in (None, 0):
+        notes.append(f"exit code {step.exit_code}")
+    if step.timed_out:
+        notes.append("timed out")
+    if continued:
+        notes.append("continue-on-error")
+    elif step.conclusion not in ("success", None):
+        notes.insert(0, step.conclusion)
+    if notes:
+        text.append(f" ({', '.join(notes)})", style)
+    return text
+
+
+def _kind(kind: str) -> Text:
+    return Text(f" ({kind})", style="dim") if kind != "step" else Text()
+
+
+class JsonView:
+    """An ``EventSink`` that prints nothing live and the run's JSON result once it finishes."""
+
+    def __init__(self, out: TextIO | None = None) -> None:
+        self._out = out
+        self._collector = ResultCollector()
+
+    def __enter__(self) -> JsonView:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        return None
+
+    def result(self) -> RunResult:
+        return self._collector.result()
+
+    def emit(self, event: Event) -> None:
+        self._collector.emit(event)
+        if isinstance(event, RunFinished):
+            out = self._out or sys.stdout
+            try:
+                out.write(json.dumps(self.result().to_json(), indent=2, ensure_ascii=False) + "\n")
+                out.flush()
+            except OSError:
+                pass
