@@ -7,6 +7,7 @@ not only the manager's bookkeeping. The helpers here are shared by the other ses
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib.util
 import itertools
 import os
@@ -21,7 +22,7 @@ from vmrunner.machines.base import MachineSpec, Provider
 from vmrunner.machines.pool import WarmPool
 from vmrunner.machines.providers import get_provider
 from vmrunner.machines.testing import CountingProvider
-from vmrunner.sessions import TRANSITIONS, SessionManager, SessionState
+from vmrunner.sessions import TRANSITIONS, Owner, SessionManager, SessionState, machine_row
 from vmrunner.store import Store
 
 #: The real provider under test: the sandbox (bubblewrap) once it exists in the tree.
@@ -468,3 +469,19 @@ async def test_a_machine_on_disk_unknown_to_the_store_is_reclaimed(tmp_path: Pat
         assert [(a.kind, a.id, a.ok) for a in manager.reclaimed] == [("machine", machine_id, True)]
     assert left_on_system([machine_id]) == []
 
+
+
+async def test_a_reused_pid_does_not_keep_a_dead_runners_machine_alive() -> None:
+    """The owner pid is alive (it is ours) but started at another time: that runner is gone."""
+    provider = real_provider()
+    machine = await provider.allocate(MachineSpec())
+    record = machine.record
+    assert Owner(os.getpid(), record.owner_start).alive()
+    with Store.open() as store:
+        store.put_machine(machine_row(dataclasses.replace(record, owner_start=(record.owner_start or 0) + 1), None))
+    counting = CountingProvider(real_provider())
+    async with SessionManager(counting, limit=1) as manager:
+        assert [(a.id, a.ok) for a in manager.reclaimed] == [(machine.id, True)]
+        assert counting.reclaims == {machine.id: 1}
+    assert left_on_system([machine.id]) == []
+    await provider.release(machine)  # idempotent: already gone

@@ -511,7 +511,7 @@ class SessionManager:
             raise
         session._machine = machine
         try:
-            store.attach_machine(session.id, _machine_row(machine.record, session.id))
+            store.attach_machine(session.id, machine_row(machine.record, session.id))
             self.update_state(session.id, S.ACTIVE)
         except BaseException:
             await self._release(session, "recording the machine failed")
@@ -728,13 +728,13 @@ class StoreJournal:
         self.store = store
 
     def machine_pooled(self, record: MachineRecord) -> None:
-        self.store.put_machine(_machine_row(record, None))
+        self.store.put_machine(machine_row(record, None))
 
     def machine_discarded(self, machine_id: str, note: str) -> None:
         self.store.mark_machine_released(machine_id, time.time(), note=note)
 
 
-def _machine_row(record: MachineRecord, session_id: str | None) -> MachineRow:
+def machine_row(record: MachineRecord, session_id: str | None) -> MachineRow:
     return MachineRow(
         machine_id=record.machine_id, provider=record.provider, vm_type=record.vm_type,
         pid=record.pid, pid_start=record.pid_start, state_dir=record.state_dir,
@@ -743,7 +743,7 @@ def _machine_row(record: MachineRecord, session_id: str | None) -> MachineRow:
     )
 
 
-def _machine_record(row: MachineRow) -> MachineRecord:
+def machine_record(row: MachineRow) -> MachineRecord:
     return MachineRecord(
         machine_id=row.machine_id, provider=row.provider, vm_type=row.vm_type, pid=row.pid,
         pid_start=row.pid_start, state_dir=row.state_dir, owner_pid=row.owner_pid,
@@ -790,7 +790,7 @@ async def reclaim_orphans(
         seen.add(row.machine_id)
         if Owner(row.owner_pid, row.owner_start).alive() and not row.note.startswith(ABANDONED):
             continue
-        actions.append(await _reclaim_one(store, resolve(row.provider), _machine_record(row)))
+        actions.append(await _reclaim_one(store, resolve(row.provider), machine_record(row)))
     for provider in scan:
         try:
             leftovers = provider.leftovers()
