@@ -55,6 +55,26 @@ def sleepers(machine: Machine) -> list[int]:
     return found
 
 
+def child_processes() -> list[int]:
+    """Live children of this (the test) process."""
+    me = os.getpid()
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_bytes().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == me and fields[0] not in (b"Z", b"X"):
+                found.append(int(entry))
+    return found
+
+
+def machine_dirs(provider: Provider) -> list[str]:
+    machines = Path(getattr(provider, "machines_dir", "/nonexistent"))
+    return sorted(p.name for p in machines.iterdir()) if machines.is_dir() else []
+
+
 def is_dir(path: str | Path) -> bool:
     return os.path.isdir(path)
 
@@ -153,6 +173,22 @@ class ProviderSuite:
                 with pytest.raises(AllocationError, match="network"):
                     await provider.allocate(MachineSpec(network=mode))
         assert provider.leftovers() == []
+
+    async def test_cancelled_allocations_leave_nothing(self, provider: Provider) -> None:
+        # Cancelled at every stage of a start: directory, process creation, first answer.
+        for step in range(40):
+            task = asyncio.create_task(provider.allocate(MachineSpec()))
+            await asyncio.sleep((step % 20) * 0.0007)
+            task.cancel()
+            try:
+                async with asyncio.timeout(30):
+                    machine = await asyncio.shield(task)
+            except asyncio.CancelledError:
+                continue
+            await provider.release(machine)  # it was done before the cancellation came
+        assert provider.leftovers() == []
+        assert machine_dirs(provider) == []
+        await eventually(lambda: not child_processes(), "every started process to be gone")
 
     # Commands.
 

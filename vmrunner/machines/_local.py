@@ -301,17 +301,23 @@ async def start_agent(
         argv = [argv[0], "--args", str(reader), *argv[1:]]
     try:
         with open(log_path, "wb") as log:  # noqa: ASYNC230 - a local file, created empty
-            process = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=log,
-                env=dict(env) if env is not None else None,
-                cwd=cwd,
-                pass_fds=pass_fds,
-                start_new_session=new_session,
-                limit=1 << 20,
+            # Python 3.11 hangs forever when the creation of a subprocess is cancelled at the
+            # wrong moment (its cleanup waits for pipes that never connected): let it finish.
+            creation = asyncio.ensure_future(
+                asyncio.create_subprocess_exec(
+                    *argv,
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=log,
+                    env=dict(env) if env is not None else None,
+                    cwd=cwd,
+                    pass_fds=pass_fds,
+                    start_new_session=new_session,
+                    limit=1 << 20,
+                )
             )
+            cancelled = await _complete(creation)
+            process = creation.result()
     except OSError as exc:
         raise AllocationError(f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
     finally:
@@ -322,6 +328,8 @@ async def start_agent(
     client = AgentClient(process.stdout, process.stdin, name=name)
     client.start()
     try:
+        if cancelled:
+            raise asyncio.CancelledError
         async with asyncio.timeout(START_TIMEOUT):
             await client.ping()
     except BaseException as exc:
@@ -331,6 +339,19 @@ async def start_agent(
         why = _tail(log_path) or ("no answer" if isinstance(exc, TimeoutError) else str(exc))
         raise AllocationError(f"the agent of {name} did not answer: {why}") from exc
     return process, client
+
+
+async def _complete(task: asyncio.Future[Any]) -> bool:
+    """Wait for ``task`` whatever happens; whether the caller was cancelled meanwhile."""
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+        except Exception:  # the caller looks at the task's result
+            break
+    return cancelled
 
 
 async def _abandon(process: asyncio.subprocess.Process, client: AgentClient, group: bool) -> None:
@@ -506,7 +527,9 @@ class LocalProvider(Provider):
         record = base_record(self.name, spec, self.machines_dir)
         state_dir = create_machine_dir(self.machines_dir, record)
         try:
-            launch = await asyncio.to_thread(self._launch, state_dir, record, spec)
+            # Shielded: a cancelled wait would leave the thread creating directories in the
+            # machine directory that the cleanup below removes.
+            launch = await shielded(asyncio.to_thread(self._launch, state_dir, record, spec))
             process, client = await start_agent(
                 launch.argv,
                 name=f"the agent of machine {record.machine_id}",
