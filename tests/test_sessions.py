@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import importlib.util
 import itertools
 import os
 import sys
@@ -25,8 +24,8 @@ from vmrunner.machines.testing import CountingProvider
 from vmrunner.sessions import TRANSITIONS, Owner, SessionManager, SessionState, machine_row
 from vmrunner.store import Store
 
-#: The real provider under test: the sandbox (bubblewrap) once it exists in the tree.
-PROVIDER = "sandbox" if importlib.util.find_spec("vmrunner.machines.sandbox") else "host"
+#: The real provider under test: bubblewrap sandboxes, wrapped in ``CountingProvider``.
+PROVIDER = "sandbox"
 
 
 def home() -> Path:
@@ -356,6 +355,30 @@ async def test_the_reaper_releases_idle_sessions_and_keeps_active_ones(counting:
             await manager.release_session(idle.id)
         await manager.release_session(busy.id)
     assert left_on_system() == []
+
+
+async def test_output_is_activity_and_a_running_command_is_never_reaped(counting: CountingProvider) -> None:
+    clock = FakeClock()
+    async with SessionManager(counting, limit=1, idle_timeout=10, reap_interval=3600, clock=clock) as manager:
+        session = await manager.create_session()
+        seen: list[float] = []
+
+        def on_output(stream: str, chunk: bytes) -> None:
+            clock.now += 100  # a long, chatty command
+            seen.append(clock.now)
+
+        command = asyncio.create_task(
+            session.exec(["sh", "-c", "echo one; sleep 0.2; echo two"], on_output=on_output)
+        )
+        await eventually(lambda: len(seen) >= 1)
+        assert session.state is SessionState.EXECUTING
+        assert await manager.reap() == []  # idle for 100s by the clock, but executing
+        assert (await command).ok
+        assert session.last_activity == clock.now  # the last output (and the end) touched it
+        assert await manager.reap() == []
+        clock.now += 11
+        assert await manager.reap() == [session.id]
+    assert counting.releases == {session.machine.id: 1}
 
 
 async def test_the_manager_releases_sessions_left_open_when_it_stops(counting: CountingProvider) -> None:

@@ -624,8 +624,8 @@ class SessionManager:
             with suppress(ReleaseError):  # recorded as abandoned; the job's error matters more
                 await self._release(session, "session ended with an error")
             raise
-        if session.state in (S.ACTIVE, S.ROLLED_BACK) and session._release is None:
-            self.update_state(session.id, S.COMPLETED)
+        if session.state is S.ACTIVE and session._release is None:
+            self.update_state(session.id, S.COMPLETED)  # failed and rolled_back stay as they are
         await self._release(session, "session ended")
 
     # Release
