@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("vmrunner.cli.validate", "Check workflows and report every error."),
     "expr": ("vmrunner.cli.expr", "Evaluate a ${{ }} expression, for debugging."),
     "sessions": ("vmrunner.cli.sessions", "List sessions; reclaim machines of dead runners."),
+    "runs": ("vmrunner.cli.runs", "List kept workflow runs; show one with its jobs, steps and logs."),
     "run": ("vmrunner.cli.run", "Run the workflows an event triggers, one machine per job."),
 }
 

@@ -206,7 +206,7 @@ class ProgressView:
                 self._running.pop(event.job_key, None)
                 job = self._collector.job_result(event.job_key)
                 if job is not None and not (self.quiet and job.conclusion in ("success", "skipped")):
-                    self._print(self._prefixed(event.job_key, _job_line(job)))
+                    self._print(self._prefixed(event.job_key, job_line(job)))
             case RunFinished():
                 self.close()
                 self._final(self._collector.result())
@@ -224,7 +224,7 @@ class ProgressView:
             failed = True
         if self.quiet and not failed:
             return
-        self._print(self._prefixed(event.job_key, Text("  ") + _step_line(step)))
+        self._print(self._prefixed(event.job_key, Text("  ") + step_line(step)))
         if self.quiet and tail is not None:
             if dropped:
                 self._print(self._prefixed(event.job_key, Text(f"    ... {dropped} earlier lines", style="dim")))
@@ -325,7 +325,7 @@ def _job_symbol(job: JobResult) -> tuple[str, str]:
     return SYMBOLS.get(job.conclusion or job.status, ("?", ""))
 
 
-def _job_line(job: JobResult) -> Text:
+def job_line(job: JobResult) -> Text:
     symbol, style = _job_symbol(job)
     word = (job.conclusion or job.status) + (", rolled back" if job.rolled_back else "")
     text = Text.assemble((f"{symbol} ", style), ("job ", style), (word, style), (f" {human_duration(job.duration)}", "dim"))
@@ -334,7 +334,7 @@ def _job_line(job: JobResult) -> Text:
     return text
 
 
-def _step_line(step: StepResult) -> Text:
+def step_line(step: StepResult) -> Text:
     continued = step.outcome == "failure" and step.conclusion == "success"
     symbol, style = SYMBOLS["continued" if continued else step.conclusion or step.status]
     text = Text.assemble((f"{symbol} ", style), step.name, _kind(step.kind), (f" {human_duration(step.duration)}", "dim"))
