@@ -189,14 +189,51 @@ def test_a_closed_stdout_does_not_break_the_run() -> None:
     assert view.result().conclusion == "success"
 
 
-def test_json_view_prints_only_the_final_result() -> None:
+def test_json_view_prints_one_document_at_the_end() -> None:
     out = io.StringIO()
-    view = JsonView(out)
-    run = RunBuilder(sink=view).start()
-    run.job("build").begin().step("One", lines=["hello"]).finish()
-    assert out.getvalue() == ""
-    run.finish()
+    with JsonView(out) as view:
+        simple_run(view)
+        run = RunBuilder("run-0003", sink=view).start()
+        run.job("build").begin().step("One", lines=["hello"]).finish()
+        run.finish()
+        assert out.getvalue() == ""
     data = json.loads(out.getvalue())
-    jsonschema.validate(data, RUN_RESULT_SCHEMA)
-    assert data["conclusion"] == "success"
-    assert data["jobs"][0]["steps"][0]["name"] == "One"
+    assert [r["run_id"] for r in data["runs"]] == ["run-0001", "run-0003"]
+    for document in data["runs"]:
+        jsonschema.validate(document, RUN_RESULT_SCHEMA)
+    assert data["runs"][1]["jobs"][0]["steps"][0]["name"] == "One"
+    assert view.result().run_id == "run-0003"
+    view.close()
+    assert out.getvalue().count('"runs"') == 1  # printed once
+
+
+def test_one_view_follows_several_runs_at_once() -> None:
+    console, out = plain_console()
+    view = ProgressView(console)
+    ci = RunBuilder("run-a", workflow="CI", sink=view).start()
+    lint = RunBuilder("run-b", workflow="Lint", start=ci.now, sink=view).start()
+    build = ci.job("build").begin()
+    check = lint.job("check").begin()
+    build.step("Compile", lines=["cc"])
+    check.step("Ruff", exit_code=1)
+    lint.now = ci.now
+    check.finish()
+    lint.finish()
+    build.finish()
+    ci.finish()
+    text = out.getvalue()
+    assert "[CI/build]   ✓ Compile 1.5s" in text
+    assert "[Lint/check]   ✗ Ruff 1.5s (failure, exit code 1)" in text
+    assert "✗ Lint: failure" in text
+    assert "✓ CI: success" in text
+    assert [r.conclusion for r in view.results()] == ["success", "failure"]
+
+
+def test_the_live_region_lasts_until_every_run_finished() -> None:
+    view = ProgressView(Console(file=io.StringIO(), width=80, force_terminal=True))
+    first = RunBuilder("run-a", sink=view).start()
+    second = RunBuilder("run-b", sink=view).start()
+    first.finish()
+    assert view._live is not None
+    second.finish()
+    assert view._live is None

@@ -6,9 +6,9 @@ Both are ``EventSink``s. Wiring, in ``vmrunner/cli/run.py``::
     from vmrunner.cli.progress import JsonView, ProgressView
 
     view = JsonView() if as_json else ProgressView(terminal.console(), quiet=quiet)
-    with view:                                  # stops the live display whatever happens
-        await engine.run(..., sink=FanOut(view, StoreSink(store)))
-    result = view.result()                      # the RunResult, for the exit code
+    with view:                # stops the live region whatever happens; JsonView prints here
+        await run_workflow(..., FanOut(view, keep))    # one view for every workflow run
+    results = view.results()  # RunResults, e.g. for the exit code
 
 ``ProgressView(console, *, quiet=False, logs=True, live=None, clock=time.time)`` prints one
 line per job and per step as they start and finish, with a status symbol and the duration;
@@ -19,8 +19,12 @@ current step; elsewhere (pipes, CI, tests) the output is plain lines without con
 ``quiet`` prints only what failed: the failing steps with their output, errors, and the
 final table. The run ends with a table of the jobs and the total time.
 
-``JsonView(out=None)`` prints nothing while the run goes on and the ``RunResult.to_json()``
-document once it finishes (on stdout by default).
+``JsonView(out=None)`` prints nothing while the runs go on, and when it is closed one JSON
+document, ``{"runs": [RunResult.to_json(), ...]}`` (on stdout by default).
+
+One view may follow several runs at once (``vmrunner run`` with several workflows): lines
+carry their workflow's name, the live region shows the running jobs of all of them, and each
+run ends with its own table.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TextIO
 
@@ -88,10 +92,28 @@ class _Running:
     started: float
     step: str = ""
     step_started: float = 0.0
+    spinner: Spinner = field(default_factory=lambda: Spinner("dots", style="cyan"))
+
+
+@dataclass
+class _RunState:
+    """One run the view follows (``vmrunner run`` may run several workflows at once)."""
+
+    workflow: str
+    collector: ResultCollector = field(default_factory=ResultCollector)
+    running: dict[str, _Running] = field(default_factory=dict)
+    #: Quiet mode: each open step's output tail, lines dropped off it, steps with an error.
+    tails: dict[tuple[str, int], deque[Text]] = field(default_factory=dict)
+    dropped: dict[tuple[str, int], int] = field(default_factory=dict)
+    flagged: set[tuple[str, int]] = field(default_factory=set)
+    finished: bool = False
+
+    def prefixed(self, job_key: str, text: Text) -> Text:
+        return Text(f"[{self.workflow}/{job_key}] ", style="blue") + text
 
 
 class ProgressView:
-    """An ``EventSink`` showing a run live on a Rich console (see the module docstring)."""
+    """An ``EventSink`` showing runs live on a Rich console (see the module docstring)."""
 
     def __init__(
         self,
@@ -106,12 +128,7 @@ class ProgressView:
         self.quiet = quiet
         self.logs = logs
         self._clock = clock
-        self._collector = ResultCollector()
-        self._workflow = ""
-        self._running: dict[str, _Running] = {}
-        self._tails: dict[tuple[str, int], deque[Text]] = {}
-        self._dropped: dict[tuple[str, int], int] = {}
-        self._flagged: set[tuple[str, int]] = set()
+        self._runs: dict[str, _RunState] = {}
         self._use_live = console.is_terminal if live is None else live
         self._live: Live | None = None
         self._broken = False
@@ -124,8 +141,15 @@ class ProgressView:
     ) -> None:
         self.close()
 
-    def result(self) -> RunResult:
-        return self._collector.result()
+    def result(self, run_id: str | None = None) -> RunResult:
+        """The result of run ``run_id`` (default: the last one started) as known so far."""
+        if run_id is None:
+            run_id = next(reversed(self._runs), "")
+        return self._state(run_id).collector.result()
+
+    def results(self) -> list[RunResult]:
+        """Every run seen, in the order they started."""
+        return [state.collector.result() for state in self._runs.values()]
 
     def close(self) -> None:
         """Stop the live region (a second call is a no-op)."""
@@ -134,29 +158,36 @@ class ProgressView:
             live.stop()
 
     def emit(self, event: Event) -> None:
-        self._collector.emit(event)
+        state = self._state(event.run_id, event)
+        state.collector.emit(event)
         if self._broken:
             return
         try:
-            self._show(event)
+            self._show(state, event)
         except (OSError, SystemExit):
             # stdout is gone (EIO, or a pipe to `head`: Rich turns EPIPE into SystemExit). The run
             # goes on and is still kept; only its display stops.
             self._broken = True
             self.close()
 
+    def _state(self, run_id: str, event: Event | None = None) -> _RunState:
+        state = self._runs.get(run_id)
+        if state is None or isinstance(event, RunStarted):
+            name = event.workflow_name or event.workflow_file if isinstance(event, RunStarted) else ""
+            state = self._runs[run_id] = _RunState(workflow=name or run_id)
+        return state
+
     # What each event prints.
 
-    def _show(self, event: Event) -> None:
+    def _show(self, state: _RunState, event: Event) -> None:
         match event:
             case RunStarted():
-                self._workflow = event.workflow_name or event.workflow_file
-                line = Text.assemble(("▶ ", "bold"), (self._workflow, "bold"), f" on {event.event_name}")
+                line = Text.assemble(("▶ ", "bold"), (state.workflow, "bold"), f" on {event.event_name}")
                 if event.ref:
                     line.append(f" {event.ref}", "dim")
                 line.append(f"  run {event.run_id}", "dim")
                 self._print(line)
-                if self._use_live:
+                if self._use_live and self._live is None:
                     self._live = Live(
                         _LiveJobs(self), console=self.console, transient=True, refresh_per_second=8
                     )
@@ -164,74 +195,76 @@ class ProgressView:
             case JobQueued():
                 pass
             case JobStarted():
-                self._running[event.job_key] = _Running(started=event.time)
+                state.running[event.job_key] = _Running(started=event.time)
                 if not self.quiet:
                     where = f"{event.provider} {event.machine_id}" + (" from the warm pool" if event.from_pool else "")
-                    self._print(self._prefixed(event.job_key, Text.assemble(
+                    self._print(state.prefixed(event.job_key, Text.assemble(
                         ("● ", "cyan"), "started on ", (where, "cyan"),
                         (f" ({human_duration(event.allocation_seconds)} to allocate)", "dim"),
                     )))
             case StepStarted():
-                running = self._running.setdefault(event.job_key, _Running(started=event.time))
+                running = state.running.setdefault(event.job_key, _Running(started=event.time))
                 running.step, running.step_started = event.name, event.time
                 if not self.quiet:
-                    self._print(self._prefixed(event.job_key, Text.assemble("  ", ("▸ ", "cyan"), event.name, _kind(event.kind))))
+                    self._print(state.prefixed(event.job_key, Text.assemble("  ", ("▸ ", "cyan"), event.name, _kind(event.kind))))
             case LogLine():
                 if self.logs:
                     line = Text("    " + "  " * event.group_depth, style="dim")
                     body = Text.from_ansi(event.text, style="red" if event.stream == "stderr" else "")
-                    self._output(event.job_key, event.step_index, self._prefixed(event.job_key, line + body))
+                    self._output(state, event.job_key, event.step_index, line + body)
             case GroupStarted():
                 if self.logs:
-                    self._output(event.job_key, event.step_index, self._prefixed(
-                        event.job_key, Text.assemble("    ", ("▾ ", "bold"), (event.title, "bold"))
-                    ))
+                    title = Text.assemble("    ", ("▾ ", "bold"), (event.title, "bold"))
+                    self._output(state, event.job_key, event.step_index, title)
             case GroupEnded():
                 pass
             case Annotation():
-                self._annotation(event)
+                self._annotation(state, event)
             case StepFinished():
-                self._step_finished(event)
+                self._step_finished(state, event)
             case SnapshotTaken():
                 if not self.quiet:
-                    self._print(self._prefixed(event.job_key, Text(
+                    self._print(state.prefixed(event.job_key, Text(
                         f"    snapshot {event.snapshot_id} ({human_duration(event.duration)})", style="dim"
                     )))
             case SnapshotRestored():
-                self._print(self._prefixed(event.job_key, Text.assemble(
+                self._print(state.prefixed(event.job_key, Text.assemble(
                     ("  ↩ ", "magenta"), f"rolled back to snapshot {event.snapshot_id}",
                     (f" ({human_duration(event.duration)})", "dim"),
                 )))
             case JobFinished():
-                self._running.pop(event.job_key, None)
-                job = self._collector.job_result(event.job_key)
+                state.running.pop(event.job_key, None)
+                job = state.collector.job_result(event.job_key)
                 if job is not None and not (self.quiet and job.conclusion in ("success", "skipped")):
-                    self._print(self._prefixed(event.job_key, job_line(job)))
+                    self._print(state.prefixed(event.job_key, job_line(job)))
             case RunFinished():
-                self.close()
-                self._final(self._collector.result())
+                state.finished = True
+                state.running.clear()
+                if all(s.finished for s in self._runs.values()):
+                    self.close()
+                self._final(state, state.collector.result())
 
-    def _step_finished(self, event: StepFinished) -> None:
-        job = self._collector.job_result(event.job_key)
+    def _step_finished(self, state: _RunState, event: StepFinished) -> None:
+        job = state.collector.job_result(event.job_key)
         step = job.step(event.index) if job else None
         key = (event.job_key, event.index)
-        tail, dropped = self._tails.pop(key, None), self._dropped.pop(key, 0)
+        tail, dropped = state.tails.pop(key, None), state.dropped.pop(key, 0)
         if step is None:
             return
         failed = step.outcome == "failure" or step.conclusion in ("failure", "cancelled")
-        if key in self._flagged:
-            self._flagged.discard(key)
+        if key in state.flagged:
+            state.flagged.discard(key)
             failed = True
         if self.quiet and not failed:
             return
-        self._print(self._prefixed(event.job_key, Text("  ") + step_line(step)))
+        self._print(state.prefixed(event.job_key, Text("  ") + step_line(step)))
         if self.quiet and tail is not None:
             if dropped:
-                self._print(self._prefixed(event.job_key, Text(f"    ... {dropped} earlier lines", style="dim")))
+                self._print(state.prefixed(event.job_key, Text(f"    ... {dropped} earlier lines", style="dim")))
             for line in tail:
                 self._print(line)
 
-    def _annotation(self, event: Annotation) -> None:
+    def _annotation(self, state: _RunState, event: Annotation) -> None:
         if self.quiet and event.level != "error":
             return
         where = event.file + (f":{event.line}" if event.file and event.line else "")
@@ -243,23 +276,23 @@ class ProgressView:
         if event.title:
             text.append(f"{event.title}: ", style)
         text.append(event.message, style if event.level != "debug" else "dim")
-        key = (event.job_key, event.step_index)
         if self.quiet and event.step_index >= 0:
-            self._flagged.add(key)  # show this step's output even if it ends well
-        self._output(event.job_key, event.step_index, self._prefixed(event.job_key, text))
+            state.flagged.add((event.job_key, event.step_index))  # show this step even if it ends well
+        self._output(state, event.job_key, event.step_index, text)
 
-    def _output(self, job_key: str, step_index: int, line: Text) -> None:
+    def _output(self, state: _RunState, job_key: str, step_index: int, text: Text) -> None:
         """An output line: printed now, or in quiet mode kept until its step's result is known."""
+        line = state.prefixed(job_key, text)
         if not self.quiet:
             self._print(line)
             return
         key = (job_key, step_index)
-        tail = self._tails.setdefault(key, deque(maxlen=QUIET_TAIL))
+        tail = state.tails.setdefault(key, deque(maxlen=QUIET_TAIL))
         if len(tail) == QUIET_TAIL:
-            self._dropped[key] = self._dropped.get(key, 0) + 1
+            state.dropped[key] = state.dropped.get(key, 0) + 1
         tail.append(line)
 
-    def _final(self, result: RunResult) -> None:
+    def _final(self, state: _RunState, result: RunResult) -> None:
         self.console.print()
         jobs = [j for j in result.jobs if not self.quiet or j.conclusion not in ("success", "skipped")]
         if jobs:
@@ -267,12 +300,9 @@ class ProgressView:
         conclusion = result.conclusion or result.status
         symbol, style = SYMBOLS.get(conclusion, ("?", ""))
         self._print(Text.assemble(
-            (f"{symbol} ", style), (self._workflow or result.run_id, "bold"), ": ", (conclusion, style),
+            (f"{symbol} ", style), (state.workflow, "bold"), ": ", (conclusion, style),
             f" in {human_duration(result.duration)}", (f"  (run {result.run_id})", "dim"),
         ))
-
-    def _prefixed(self, job_key: str, text: Text) -> Text:
-        return Text(f"[{self._workflow}/{job_key}] ", style="blue") + text
 
     def _print(self, text: Text) -> None:
         self.console.print(text, soft_wrap=True, highlight=False)
@@ -282,10 +312,13 @@ class ProgressView:
     def _live_rows(self) -> RenderableType:
         now = self._clock()
         grid = Table.grid(padding=(0, 1))
-        for job_key, running in list(self._running.items()):
-            doing = Text(running.step or "starting", style="cyan")
-            elapsed = human_duration(now - (running.step_started or running.started))
-            grid.add_row(Spinner("dots", style="cyan"), Text(f"[{self._workflow}/{job_key}]", style="blue"), doing, Text(elapsed, style="dim"))
+        for state in list(self._runs.values()):
+            for job_key, running in list(state.running.items()):
+                elapsed = human_duration(now - (running.step_started or running.started))
+                grid.add_row(
+                    running.spinner, Text(f"[{state.workflow}/{job_key}]", style="blue"),
+                    Text(running.step or "starting", style="cyan"), Text(elapsed, style="dim"),
+                )
         return grid
 
 
@@ -357,11 +390,16 @@ def _kind(kind: str) -> Text:
 
 
 class JsonView:
-    """An ``EventSink`` that prints nothing live and the run's JSON result once it finishes."""
+    """An ``EventSink`` that prints nothing live, then every run's result as one JSON document.
+
+    ``close()`` (or leaving the ``with`` without an exception) prints ``{"runs": [...]}``, each
+    run in the shape of ``RUN_RESULT_SCHEMA``, the same document as ``vmrunner runs list --json``.
+    """
 
     def __init__(self, out: TextIO | None = None) -> None:
         self._out = out
-        self._collector = ResultCollector()
+        self._collectors: dict[str, ResultCollector] = {}
+        self._printed = False
 
     def __enter__(self) -> JsonView:
         return self
@@ -369,17 +407,29 @@ class JsonView:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        return None
+        if exc_type is None:
+            self.close()
 
-    def result(self) -> RunResult:
-        return self._collector.result()
+    def results(self) -> list[RunResult]:
+        return [collector.result() for collector in self._collectors.values()]
+
+    def result(self, run_id: str | None = None) -> RunResult:
+        """The result of run ``run_id`` (default: the last one started)."""
+        key = next(reversed(self._collectors), "") if run_id is None else run_id
+        return self._collectors.setdefault(key, ResultCollector()).result()
 
     def emit(self, event: Event) -> None:
-        self._collector.emit(event)
-        if isinstance(event, RunFinished):
-            out = self._out or sys.stdout
-            try:
-                out.write(json.dumps(self.result().to_json(), indent=2, ensure_ascii=False) + "\n")
-                out.flush()
-            except OSError:
-                pass
+        self._collectors.setdefault(event.run_id, ResultCollector()).emit(event)
+
+    def close(self) -> None:
+        """Print the document (once)."""
+        if self._printed:
+            return
+        self._printed = True
+        out = self._out or sys.stdout
+        document = {"runs": [result.to_json() for result in self.results()]}
+        try:
+            out.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+            out.flush()
+        except OSError:
+            pass
