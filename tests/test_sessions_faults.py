@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from vmrunner.errors import AllocationError, ExecError, ReleaseError, SnapshotError
+from vmrunner.errors import AllocationError, ExecError, ReleaseError, SessionError, SnapshotError
 from vmrunner.machines.testing import CountingProvider
 from vmrunner.sessions import ABANDONED, SessionManager, SessionState
 from vmrunner.store import Store
@@ -203,3 +203,28 @@ async def test_cancellation_during_allocation_frees_the_slot(manager: SessionMan
     # The interrupted allocation finished under a shield and its machine was released at once.
     assert counting.allocation_count == counting.release_count == 2
     assert set(counting.releases.values()) == {1}
+
+
+async def test_stopping_the_manager_turns_waiters_away_and_finishes_allocations(counting: CountingProvider) -> None:
+    async with SessionManager(counting, limit=1) as manager:
+        holder = await manager.create_session()
+        waiter = asyncio.create_task(manager.create_session())
+        await eventually(lambda: manager.stats().waiting == 1)
+    with pytest.raises(SessionError, match="stopping"):
+        await waiter
+    assert counting.releases == {holder.machine.id: 1}
+    assert counting.allocation_count == 1
+    assert left_on_system() == []
+
+
+async def test_a_session_being_allocated_cannot_be_released_yet(manager: SessionManager, counting: CountingProvider) -> None:
+    creating = asyncio.create_task(manager.create_session())
+    await eventually(lambda: counting.allocating == 1)
+    [pending] = manager.sessions()
+    assert pending.state is SessionState.INITIALIZING
+    with pytest.raises(SessionError, match="still being allocated"):
+        await manager.release_session(pending.id)
+    session = await creating
+    assert session is pending
+    await manager.release_session(session.id)
+    assert counting.releases == {session.machine.id: 1}

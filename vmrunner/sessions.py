@@ -372,6 +372,10 @@ class SessionManager:
         )
         self.reclaimed: list[ReclaimAction] = []
         self._attached: list[WarmPool] = []
+        self._closing = False
+        self._allocating = 0
+        self._settled = asyncio.Event()
+        self._settled.set()
 
     # Lifecycle
 
@@ -410,7 +414,13 @@ class SessionManager:
         await shielded(self._shutdown())
 
     async def _shutdown(self) -> None:
-        """Stop the reaper, release every session still open, retry abandoned machines."""
+        """Refuse new sessions, stop the reaper, release every session, retry abandoned machines."""
+        self._closing = True
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(SessionError("the session manager is stopping: no new sessions"))
+        await self._settled.wait()  # allocations in flight end (bounded by the provider) first
         if self._reaper is not None:
             self._reaper.cancel()
         if self._group is not None:
@@ -457,7 +467,7 @@ class SessionManager:
             async with asyncio.timeout(patience):
                 await waiter
         except BaseException as exc:
-            if waiter.done() and not waiter.cancelled():
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self._free_slot()  # the slot was handed over as we gave up: pass it on
             else:
                 waiter.cancel()
@@ -495,12 +505,24 @@ class SessionManager:
         """
         store = self.store
         spec = spec or MachineSpec()
+        self._check_open()
         await self._reserve(wait, self.wait_timeout if timeout is DEFAULT else timeout)
         try:
+            self._check_open()
             session = self._new_session(store, spec, self.idle_timeout if idle_timeout is DEFAULT else idle_timeout)
         except BaseException:
             self._free_slot()
             raise
+        self._allocating += 1
+        self._settled.clear()
+        try:
+            return await self._allocate(store, session, spec)
+        finally:
+            self._allocating -= 1
+            if not self._allocating:
+                self._settled.set()
+
+    async def _allocate(self, store: Store, session: Session, spec: MachineSpec) -> Session:
         try:
             machine = await allocate_whole(self.provider, spec)
         except BaseException as exc:
@@ -517,6 +539,10 @@ class SessionManager:
             await self._release(session, "recording the machine failed")
             raise
         return session
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise SessionError("the session manager is stopping: no new sessions")
 
     def _new_session(self, store: Store, spec: MachineSpec, idle_timeout: float | None) -> Session:
         session = Session(self, f"s-{secrets.token_hex(6)}", spec, idle_timeout)
@@ -579,6 +605,8 @@ class SessionManager:
         session = self._sessions.get(session_id)
         if session is None or session._release is not None:
             raise SessionNotFound(f"no session {session_id} (released already?)")
+        if session.state is S.INITIALIZING:
+            raise SessionError(f"session {session_id} is still being allocated; release it once it is active")
         await self._release(session, note)
 
     @property
