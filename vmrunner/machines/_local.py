@@ -581,13 +581,14 @@ class LocalProvider(Provider):
         # Closing the stream tells the agent to kill every command it started and exit; the
         # process then ends (taking a sandbox's whole pid namespace with it).
         await machine.client.close()
-        await machine._closed()
         try:
             await stop_process(machine.process, self.grace + 1, group=machine.group)
         except TimeoutError as exc:
             raise ReleaseError(
                 f"machine {machine.id}: process {machine.process.pid} survived SIGKILL"
             ) from exc
+        finally:
+            await machine._closed()
         await asyncio.to_thread(remove_machine_dir, self.machines_dir, machine.record.state_dir)
 
     def leftovers(self) -> list[MachineRecord]:
@@ -596,6 +597,9 @@ class LocalProvider(Provider):
     async def reclaim(self, record: MachineRecord) -> None:
         if record.provider != self.name:
             raise ReleaseError(f"machine {record.machine_id} belongs to the {record.provider} provider")
+        await shielded(self._reclaim(record))
+
+    async def _reclaim(self, record: MachineRecord) -> None:
         if record.pid is not None and not await kill_process(
             record.pid, record.pid_start, self.grace, group=bool(record.data.get("group"))
         ):
