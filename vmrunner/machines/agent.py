@@ -329,8 +329,8 @@ class _Exec:
         self.stdin_more = False
 
 
-class AgentError(Exception):
-    """A request the agent refuses; becomes an error reply."""
+class Refusal(Exception):
+    """A request the agent refuses; becomes an error reply of that ``kind``."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
@@ -373,6 +373,7 @@ class Agent:
         """Serve one connection until it closes or asks to shut down."""
         self._in, self._out = in_fd, out_fd
         self._decoder = FrameDecoder()
+        self._puts.clear()
         self._closing = False
         os.set_blocking(in_fd, False)
         self._register(in_fd, self._on_input)
@@ -390,7 +391,10 @@ class Agent:
         for fd, _ in ready:
             handler = self._handlers.get(fd)
             if handler is not None:
-                handler(fd)
+                try:
+                    handler(fd)
+                except Exception as exc:  # a bug must not take every command down with it
+                    sys.stderr.write(f"agent: handling fd {fd} failed: {exc!r}\n")
         self._run_timers()
 
     def _register(self, fd: int, handler: Callable[[int], None], write: bool = False) -> None:
@@ -458,7 +462,7 @@ class Agent:
                 continue
             try:
                 self._dispatch(event)
-            except AgentError as exc:
+            except Refusal as exc:
                 self._error(event.id, exc.kind, str(exc))
             except Exception as exc:  # never let one request take the agent down
                 self._error(event.id, "internal", f"{type(exc).__name__}: {exc}")
@@ -466,7 +470,7 @@ class Agent:
     def _dispatch(self, frame: Frame) -> None:
         handler = self._ops.get(frame.op)
         if handler is None:
-            raise AgentError("protocol", f"unknown op {frame.op!r}")
+            raise Refusal("protocol", f"unknown op {frame.op!r}")
         handler(self, frame)
 
     def _op_ping(self, frame: Frame) -> None:
@@ -492,18 +496,18 @@ class Agent:
         header = frame.header
         ident = frame.id
         if ident is None or ident in self._execs:
-            raise AgentError("protocol", "exec needs an id that is not in use")
+            raise Refusal("protocol", "exec needs an id that is not in use")
         argv = _argv_of(header)
         env = dict(os.environ)
         extra = header.get("env") or {}
         if not isinstance(extra, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in extra.items()
         ):
-            raise AgentError("protocol", "env must map strings to strings")
+            raise Refusal("protocol", "env must map strings to strings")
         env.update(extra)
         program = _which(argv[0], env.get("PATH", os.defpath))
         if program is None:
-            raise AgentError("exec", f"{argv[0]}: command not found")
+            raise Refusal("exec", f"{argv[0]}: command not found")
         cwd = header.get("cwd")
         timeout = header.get("timeout")
         wants_stdin = bool(header.get("stdin"))
@@ -559,7 +563,7 @@ class Agent:
         try:
             if cwd is not None:
                 if not isinstance(cwd, str):
-                    raise AgentError("protocol", "cwd must be a string")
+                    raise Refusal("protocol", "cwd must be a string")
                 os.chdir(os.path.join(self._cwd, cwd))
             return os.posix_spawn(
                 program,
@@ -572,7 +576,7 @@ class Agent:
             )
         except OSError as exc:
             where = f" in {cwd}" if cwd is not None else ""
-            raise AgentError("exec", f"cannot run {argv[0]}{where}: {exc.strerror}") from exc
+            raise Refusal("exec", f"cannot run {argv[0]}{where}: {exc.strerror}") from exc
         finally:
             if cwd is not None:
                 os.chdir(self._cwd)
@@ -723,10 +727,10 @@ class Agent:
     def _op_put(self, frame: Frame) -> None:
         dest = frame.header.get("dest")
         if not isinstance(dest, str) or not dest.startswith("/"):
-            raise AgentError("protocol", "put needs an absolute dest directory")
+            raise Refusal("protocol", "put needs an absolute dest directory")
         ident = frame.id
         if ident is None:
-            raise AgentError("protocol", "put needs an id")
+            raise Refusal("protocol", "put needs an id")
         chunks = self._puts.setdefault(ident, [])
         chunks.append(frame.payload)
         if not frame.header.get("more"):
@@ -744,7 +748,7 @@ class Agent:
     def _op_get(self, frame: Frame) -> None:
         path = frame.header.get("path")
         if not isinstance(path, str) or not path.startswith("/"):
-            raise AgentError("protocol", "get needs an absolute path")
+            raise Refusal("protocol", "get needs an absolute path")
         _thread.start_new_thread(self._get, (frame.id, path))
 
     def _get(self, ident: int | None, path: str) -> None:
@@ -775,7 +779,7 @@ def _argv_of(header: Mapping[str, Any]) -> list[str]:
     argv = header.get("argv")
     if isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv):
         return argv
-    raise AgentError("protocol", "exec needs argv (a non-empty list of strings) or shell")
+    raise Refusal("protocol", "exec needs argv (a non-empty list of strings) or shell")
 
 
 def _killpg(pgid: int, sig: int) -> None:
