@@ -37,9 +37,14 @@ Requests (client -> agent); each gets exactly one terminal reply with the same i
     get       {path}                               -> data chunks (payload), then done
     shutdown  {}                                   -> ok, after every command was killed
 
-Errors are replies ``error {kind, message}``; kind is one of protocol, exec, transfer,
-internal. A frame that cannot be decoded gets an error with ``id: null`` (or the id when it
-could be read) and the agent carries on with the next frame.
+A relative ``cwd`` is taken from the directory the agent started in (the workspace); ``dest``
+and ``path`` must be absolute. Errors are replies ``error {kind, message}``; kind is one of
+protocol, exec, transfer, internal. A frame that cannot be decoded gets an error with
+``id: null`` (or the id when it could be read) and the agent carries on with the next frame.
+
+When the stream ends, the agent kills everything it started; then, on pipes or ``--fd``, it
+exits; on ``--device`` it opens the port again; listening, it accepts the next client.
+``shutdown`` and SIGTERM end it for good.
 
 Every command runs in its own session and process group (``setsid``), so a timeout or a kill
 reaches its children: SIGTERM to the group, a short grace period, then SIGKILL. When the main
