@@ -426,7 +426,7 @@ class SessionManager:
         if self._group is not None:
             group, self._group = self._group, None
             await group.__aexit__(None, None, None)
-        pending = [s for s in list(self._sessions.values())]
+        pending = list(self._sessions.values())
         results = await asyncio.gather(
             *(self._release(s, "session manager stopped") for s in pending), return_exceptions=True
         )

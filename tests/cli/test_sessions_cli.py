@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 from tests.cli.helpers import vmrunner
 from tests.test_sessions import PROVIDER, home, left_on_system, real_provider, start_runner
 from vmrunner.machines.base import MachineSpec
 from vmrunner.sessions import SessionManager
-from vmrunner.store import Store
+from vmrunner.store import MachineRow, Store
 
 
 async def cli(*args: str):
@@ -85,3 +86,21 @@ async def test_reclaim_with_an_unknown_provider_is_an_error() -> None:
     assert done.returncode == 1
     assert "unknown provider 'nope'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+async def test_reclaim_fails_loudly_for_a_machine_no_provider_here_can_reclaim() -> None:
+    gone = await asyncio.create_subprocess_exec("true")
+    await gone.wait()
+    now = time.time()
+    with Store.open() as store:
+        store.put_machine(
+            MachineRow(
+                machine_id="qemu-1234", provider="qemu", vm_type="default", pid=None, pid_start=None,
+                state_dir="/nonexistent", owner_pid=gone.pid, owner_start=1, created_at=now, allocated_at=now,
+            )
+        )
+    done = await cli("reclaim")
+    assert done.returncode == 1
+    assert f"FAILED to reclaim machine qemu-1234 (qemu, runner pid {gone.pid}): no qemu provider available" in done.stdout
+    with Store.open() as store:
+        assert [m.machine_id for m in store.machines()] == ["qemu-1234"]  # still recorded, for a later try
