@@ -63,6 +63,7 @@ async def run(
     try:
         async with SessionManager(provider, limit=sessions_limit or limit) as sessions:
             outcome = await run_workflow(model, run_options, sessions, recorder)
+        check_contract(recorder.events)
     finally:
         await provider.aclose()
     return Ran(outcome, recorder.events, provider)
@@ -70,3 +71,19 @@ async def run(
 
 def job_results(events: Sequence[Event]) -> dict[str, str]:
     return {e.job_key: e.result for e in events if isinstance(e, JobFinished)}
+
+
+def check_contract(events: Sequence[Event]) -> None:
+    """The rules of ``runner/events.py``: one finish per start, RunFinished last."""
+    from vmrunner.runner.events import JobStarted, RunFinished, StepStarted
+
+    assert isinstance(events[-1], RunFinished)
+    assert sum(isinstance(e, RunFinished) for e in events) == 1
+    started = [e.job_key for e in events if isinstance(e, JobStarted)]
+    finished = [e.job_key for e in events if isinstance(e, JobFinished)]
+    assert len(set(finished)) == len(finished)
+    assert set(started) <= set(finished)
+    steps = [(e.job_key, e.index) for e in events if isinstance(e, StepStarted)]
+    ends = [(e.job_key, e.index) for e in events if isinstance(e, StepFinished)]
+    assert sorted(steps) == sorted(ends)
+    assert len(set(steps)) == len(steps)

@@ -10,11 +10,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import os
 import re
+import tarfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from vmrunner.errors import ConfigError, MachineError, WorkflowError
@@ -149,6 +152,19 @@ async def _read_in_machine(machine: Machine, folder: str) -> tuple[str, str] | N
     return None
 
 
+def _tree_tar(folder: Path) -> bytes:
+    """The files under ``folder`` without ``.git``, as a tar stream."""
+    buffer = io.BytesIO()
+    try:
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for entry in sorted(os.listdir(folder)):
+                if entry != ".git":
+                    tar.add(os.path.join(folder, entry), arcname=entry)
+    except OSError as exc:
+        raise ActionError(f"cannot read the action at {folder}: {exc}") from exc
+    return buffer.getvalue()
+
+
 def _read_on_host(folder: str) -> tuple[str, str] | None:
     for name in ACTION_FILES:
         try:
@@ -170,8 +186,11 @@ def host_local_action_using(repo_root: str, uses: str) -> str | None:
         return None
 
 
-async def load_local_action(machine: Machine, repo_root: str, uses: str) -> Action:
-    """A ``./path`` action: from the workspace in the machine, else from the repository on the host."""
+async def load_local_action(machine: Machine, repo_root: str, uses: str, uploaded: set[str]) -> Action:
+    """A ``./path`` action: from the workspace in the machine, else from the repository on the host.
+
+    ``uploaded`` holds the folders already copied into this machine (copied once per job).
+    """
     relative = PurePosixPath(uses).as_posix().removeprefix("./").strip("/")
     if ".." in PurePosixPath(relative).parts:
         raise ActionError(f"local action {uses} points outside the repository")
@@ -184,14 +203,18 @@ async def load_local_action(machine: Machine, repo_root: str, uses: str) -> Acti
             raise ActionError(
                 f"cannot find action {uses}: no action.yml or action.yaml in the workspace or in {host}"
             )
-        parent = f"{machine.paths.temp}/{ACTIONS_DIR}/local/{PurePosixPath(relative).parent}"
-        await machine.upload(host, parent)
-        folder = f"{parent}/{PurePosixPath(host.rstrip('/')).name}"
+        folder = f"{machine.paths.temp}/{ACTIONS_DIR}/local/{relative or '_root'}"
+        if folder not in uploaded:
+            await machine.put(folder, await asyncio.to_thread(_tree_tar, Path(host)))
+            uploaded.add(folder)
     return parse_action(found[0], found[1], uses, folder)
 
 
-async def load_remote_action(machine: Machine, uses: str, base_url: str) -> Action:
-    """An ``owner/repo[/path]@ref`` action, fetched into the cache and copied into the machine."""
+async def load_remote_action(machine: Machine, uses: str, base_url: str, uploaded: set[str]) -> Action:
+    """An ``owner/repo[/path]@ref`` action, fetched into the cache and copied into the machine.
+
+    ``uploaded`` holds the folders already copied into this machine (copied once per job).
+    """
     match = _REMOTE.match(uses)
     if match is None:
         raise ActionError(f"invalid action reference {uses!r}: expected owner/repo[/path]@ref")
@@ -201,8 +224,10 @@ async def load_remote_action(machine: Machine, uses: str, base_url: str) -> Acti
     except ConfigError as exc:
         raise ActionError(f"{exc} (is the network reachable? remote actions need {base_url})") from exc
     parent = f"{machine.paths.temp}/{ACTIONS_DIR}/{owner}/{repo}"
-    await machine.upload(clone, parent)
     root = f"{parent}/{clone.name}"
+    if root not in uploaded:
+        await machine.put(root, await asyncio.to_thread(_tree_tar, clone))
+        uploaded.add(root)
     folder = f"{root}{subpath}" if subpath else root
     host_folder = os.path.join(clone, subpath.strip("/")) if subpath else str(clone)
     found = _read_on_host(host_folder)

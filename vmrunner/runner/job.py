@@ -158,6 +158,8 @@ class JobExecution:
         self.runner: dict[str, Any] = {}
         self.event_path = ""
         self.started = False
+        #: Action folders already copied into this job's machine.
+        self.uploaded: set[str] = set()
 
     # Contexts
 
@@ -443,6 +445,9 @@ class JobExecution:
             result = await self.run_step(step, scope, index)
             if result.outcome == "success" and run.options.snapshot:
                 snapshot_id = await self.take_snapshot(index)
+        except asyncio.CancelledError:
+            result = StepResult("cancelled", "cancelled")
+            raise
         finally:
             assert self.runtime is not None
             self.runtime.end_groups(index)
@@ -562,9 +567,9 @@ class JobExecution:
             await self.checkout(inputs, index)
             return StepResult("success", "success")
         if uses.startswith("./") or uses == ".":
-            action = await load_local_action(runtime.machine, self.run.options.repo_root, uses)
+            action = await load_local_action(runtime.machine, self.run.options.repo_root, uses, self.uploaded)
         else:
-            action = await load_remote_action(runtime.machine, uses, self.run.options.actions_url)
+            action = await load_remote_action(runtime.machine, uses, self.run.options.actions_url, self.uploaded)
         if action.is_docker:
             raise ActionError(f"action {uses} is a Docker action: not supported by the {self.run.provider_name} provider")
         resolved = self.action_inputs(action, inputs, contexts, hooks)

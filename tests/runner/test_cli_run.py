@@ -1,0 +1,74 @@
+"""``vmrunner run`` as a real process: output, --json, exit codes, secrets, dry runs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tests.cli.helpers import vmrunner
+
+WORKFLOW = """
+on: [push, workflow_dispatch]
+jobs:
+  ok:
+    runs-on: ubuntu-latest
+    steps:
+      - run: echo "hello ${{ secrets.TOKEN }} ${{ vars.COLOR }} ${{ inputs.who }} $FROM_ENV_FILE"
+  bad:
+    needs: ok
+    runs-on: ubuntu-latest
+    strategy:
+      matrix:
+        n: [1, 2]
+    steps:
+      - run: test "${{ matrix.n }}" = 1
+"""
+
+
+def project(tmp_path: Path) -> Path:
+    workflows = tmp_path / ".github" / "workflows"
+    workflows.mkdir(parents=True)
+    (workflows / "ci.yml").write_text(WORKFLOW)
+    (tmp_path / "env").write_text("FROM_ENV_FILE=from-file\n")
+    return tmp_path
+
+
+def test_run_prints_masked_output_and_fails_when_a_job_fails(tmp_path: Path) -> None:
+    root = project(tmp_path)
+    result = vmrunner("run", "-s", "TOKEN=abc123", "--var", "COLOR=red", "--env-file", "env", "--matrix", "n:1", cwd=root)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "hello *** red  from-file" in result.stdout
+    assert "abc123" not in result.stdout
+    result = vmrunner("run", "workflow_dispatch", "--input", "who=mona", "-j", "ok", cwd=root)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "hello  mona from-file" not in result.stdout
+    assert "hello   mona" in result.stdout
+
+
+def test_run_json_and_exit_code(tmp_path: Path) -> None:
+    root = project(tmp_path)
+    result = vmrunner("run", "--json", cwd=root)
+    assert result.returncode == 1
+    data = json.loads(result.stdout)
+    run = data["runs"][0]
+    assert run["conclusion"] == "failure"
+    assert "bad (2)" in json.dumps(run)
+
+
+def test_dry_run_starts_nothing(tmp_path: Path) -> None:
+    root = project(tmp_path)
+    result = vmrunner("run", "-n", "--json", cwd=root)
+    assert result.returncode == 0, result.stderr
+    jobs = json.loads(result.stdout)["jobs"]
+    assert [j["job"] for j in jobs] == ["ok", "bad"]
+    machines = Path(os.environ["VMRUNNER_HOME"]) / "machines"
+    assert not machines.exists() or not any(machines.iterdir())
+
+
+def test_bad_options_are_messages(tmp_path: Path) -> None:
+    root = project(tmp_path)
+    result = vmrunner("run", "-s", "NOT_IN_ENV_XYZ", cwd=root)
+    assert result.returncode != 0
+    assert "NOT_IN_ENV_XYZ is not set" in result.stderr
+    assert "Traceback" not in result.stderr
