@@ -20,7 +20,6 @@ from vmrunner.config import DEFAULT_PROVIDER, ENV_PROVIDER
 from vmrunner.errors import ConfigError
 
 if TYPE_CHECKING:
-    from vmrunner.runner.events import Event
     from vmrunner.runner.options import RunOptions
     from vmrunner.workflow.models import Workflow
 
@@ -40,42 +39,6 @@ def _pairs(values: Sequence[str], what: str, *, from_environment: bool = False, 
             rest = os.environ[key]
         result[key] = rest
     return result
-
-
-class PlainPrinter:
-    """A minimal text view of a run: steps, their output and annotations, one line each."""
-
-    def __init__(self, prefix: str = "") -> None:
-        self.prefix = prefix
-
-    def emit(self, event: Event) -> None:
-        from vmrunner.runner import events as ev
-
-        line = ""
-        if isinstance(event, ev.JobStarted):
-            line = f"[{event.job_key}] ⭐ job started on {event.provider} machine {event.machine_id}"
-        elif isinstance(event, ev.StepStarted):
-            line = f"[{event.job_key}] ⭐ {event.name}"
-        elif isinstance(event, ev.LogLine):
-            line = f"[{event.job_key}]   | {'  ' * event.group_depth}{event.text}"
-        elif isinstance(event, ev.Annotation):
-            where = f" ({event.file}:{event.line})" if event.file else ""
-            line = f"[{event.job_key}]   {event.level}: {event.message}{where}"
-        elif isinstance(event, ev.StepFinished):
-            line = f"[{event.job_key}]   {'✅' if event.conclusion == 'success' else '❌' if event.conclusion == 'failure' else '⏭'} {event.outcome} ({event.duration:.2f}s)"
-        elif isinstance(event, ev.SnapshotRestored):
-            line = f"[{event.job_key}] ↩ rolled back to snapshot {event.snapshot_id}"
-        elif isinstance(event, ev.JobFinished):
-            reason = f": {event.reason}" if event.reason else ""
-            line = f"[{event.job_key}] 🏁 job {event.result}{reason}"
-        elif isinstance(event, ev.RunFinished):
-            line = f"run {event.run_id} {event.conclusion} ({event.duration:.2f}s)"
-        if line:
-            try:
-                sys.stdout.write(f"{self.prefix}{line}\n")
-                sys.stdout.flush()
-            except (OSError, ValueError):
-                pass
 
 
 @click.command("run")
@@ -100,13 +63,15 @@ class PlainPrinter:
 @click.option("--rollback-on-failure", is_flag=True, help="Restore a failed job's machine to its last good snapshot.")
 @click.option("--repo-root", default=None, help="The repository (default: git top-level of the workflows, else the current folder).")
 @click.option("--actor", default=None, help="github.actor (default: $USER).")
+@click.option("-q", "--quiet", is_flag=True, help="Show only what failed, and the final table.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def command(
     event: str, workflows: str, jobs: tuple[str, ...], event_path: str | None, secrets: tuple[str, ...],
     secret_file: str | None, variables: tuple[str, ...], var_file: str | None, env_file: str | None,
     inputs: tuple[str, ...], matrix: tuple[str, ...], dry_run: bool, provider: str | None, pool: int,
     concurrent_jobs: int, setup_commands: tuple[str, ...], cleanup_commands: tuple[str, ...],
-    snapshot: bool, rollback_on_failure: bool, repo_root: str | None, actor: str | None, as_json: bool,
+    snapshot: bool, rollback_on_failure: bool, repo_root: str | None, actor: str | None, quiet: bool,
+    as_json: bool,
 ) -> None:
     """Run the workflows EVENT (default: push) triggers, each job in its own machine."""
     import asyncio
@@ -144,7 +109,7 @@ def command(
     if not chosen:
         terminal.info(f"no workflow runs for event {event}")
         sys.exit(1 if selection.errors else 0)
-    failed = asyncio.run(_run_all(chosen, options, provider or DEFAULT_PROVIDER, pool, as_json))
+    failed = asyncio.run(_run_all(chosen, options, provider or DEFAULT_PROVIDER, pool, as_json, quiet))
     if failed or selection.errors:
         sys.exit(1)
 
@@ -167,49 +132,44 @@ def _dry_run(chosen: list[tuple[Workflow, list[str] | None]], as_json: bool) -> 
         terminal.info(f"{row['workflow']}: {row['job']}{needs}{combos}")
 
 
-async def _run_all(chosen: list[tuple[Workflow, list[str] | None]], options: RunOptions, provider_name: str, pool_size: int, as_json: bool) -> bool:
+async def _run_all(
+    chosen: list[tuple[Workflow, list[str] | None]], options: RunOptions, provider_name: str, pool_size: int,
+    as_json: bool, quiet: bool,
+) -> bool:
     """Run every chosen workflow at once on one session manager; True when any failed."""
     import asyncio
     import dataclasses
     from contextlib import AsyncExitStack
 
     from vmrunner.cli import terminal
+    from vmrunner.cli.progress import JsonView, ProgressView
     from vmrunner.machines.pool import WarmPool
     from vmrunner.machines.providers import get_provider
     from vmrunner.runner.events import FanOut
-    from vmrunner.runner.results import ResultCollector
     from vmrunner.runner.run import run_workflow
     from vmrunner.runner.storage import StoreSink
     from vmrunner.sessions import SessionManager
     from vmrunner.store import Store
 
     provider = get_provider(provider_name)
+    view: JsonView | ProgressView = JsonView() if as_json else ProgressView(terminal.console(), quiet=quiet)
     async with AsyncExitStack() as stack:
+        stack.enter_context(view)
         if pool_size:
             provider = await stack.enter_async_context(WarmPool(provider, {options.default_vm_type: pool_size}))
         else:
             stack.push_async_callback(provider.aclose)
         sessions = await stack.enter_async_context(SessionManager(provider, limit=options.concurrent_jobs))
         store = stack.enter_context(Store.open())
-        collectors: list[ResultCollector] = []
 
         async def one(workflow: Workflow, jobs: list[str] | None) -> bool:
-            collector = ResultCollector()
-            collectors.append(collector)
-            prefix = f"{workflow.display_name} " if len(chosen) > 1 else ""
             with StoreSink(store) as keep:
-                sinks: list[Any] = [collector, keep]
-                if not as_json:
-                    sinks.append(PlainPrinter(prefix))
-                result = await run_workflow(
-                    workflow, dataclasses.replace(options, jobs=tuple(jobs) if jobs is not None else None),
-                    sessions, FanOut(*sinks),
-                )
-            return result.failed
+                selected = dataclasses.replace(options, jobs=tuple(jobs) if jobs is not None else None)
+                outcome = await run_workflow(workflow, selected, sessions, FanOut(view, keep))
+            for error in keep.errors[:1]:
+                terminal.warn(f"the run could not be fully recorded: {error}")
+            return outcome.failed
 
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(one(workflow, jobs)) for workflow, jobs in chosen]
-        failed = any(task.result() for task in tasks)
-        if as_json:
-            terminal.print_json({"runs": [c.result().to_json() for c in collectors]})
-    return failed
+    return any(task.result() for task in tasks)
