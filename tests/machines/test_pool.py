@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from tests.test_sessions import home, left_on_system, real_provider, start_runner
+from tests.test_sessions import eventually, home, left_on_system, real_provider, start_runner
 from vmrunner.machines.base import Machine, MachineSpec
 from vmrunner.machines.pool import WarmPool
 from vmrunner.machines.testing import CountingProvider
-from vmrunner.sessions import SessionManager
+from vmrunner.sessions import Owner, SessionManager
 from vmrunner.store import Store
 
 
@@ -222,3 +224,18 @@ async def test_pool_machines_are_reclaimed_after_the_runner_is_sigkilled(tmp_pat
         reclaimed = {a.id for a in manager.reclaimed if a.kind == "machine" and a.ok}
         assert reclaimed == on_disk
     assert left_on_system(list(on_disk)) == []
+
+
+async def test_a_machine_that_died_while_idle_is_never_handed_out(pool: WarmPool, counting: CountingProvider) -> None:
+    idle = list(counting.allocations)
+    victim = idle[0]
+    record = next(m.record for m in pool._idle["default"] if m.id == victim)
+    assert record.pid is not None
+    os.kill(record.pid, signal.SIGKILL)
+    await eventually(lambda: not Owner(record.pid, record.pid_start).alive())
+    machine = await pool.allocate(MachineSpec())
+    assert machine.id == idle[1]
+    assert (await machine.exec(["true"])).ok
+    assert counting.releases[victim] == 1
+    assert pool.statistics().failures == 1
+    await pool.release(machine)

@@ -29,7 +29,7 @@ from types import TracebackType
 from typing import Literal, Protocol
 
 from vmrunner.errors import AllocationError
-from vmrunner.machines._local import shielded
+from vmrunner.machines._local import is_same_process, shielded
 from vmrunner.machines.base import (
     Machine,
     MachineRecord,
@@ -50,6 +50,12 @@ _FINGERPRINT = (
 )
 RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 30.0
+
+
+def _still_running(machine: Machine) -> bool:
+    """Whether the machine's root process is still the one that started it (cheap: /proc)."""
+    record = machine.record
+    return record.pid is None or is_same_process(record.pid, record.pid_start)
 
 
 async def allocate_whole(provider: Provider, spec: MachineSpec) -> Machine:
@@ -212,8 +218,12 @@ class WarmPool(Provider):
 
     async def allocate(self, spec: MachineSpec) -> Machine:
         queue = self._idle.get(spec.vm_type)
-        if queue and self._serves(spec):
+        while queue and self._serves(spec):
             machine = queue.popleft()
+            if not _still_running(machine):  # died while idle: never hand it out
+                self._counts["failures"] += 1
+                await shielded(self._destroy(machine, "died while idle in the pool"))
+                continue
             machine.from_pool = True
             self._busy[machine.id] = machine
             self._loaned[spec.vm_type].add(machine.id)
