@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
+from operator import attrgetter
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -762,26 +763,49 @@ def _columns(kind: type[Any]) -> str:
 
 
 def _to_values(row: Any) -> tuple[Any, ...]:
-    """A row's values for SQLite: mappings and sequences as JSON, everything else as is."""
+    """A row's values for SQLite, in column order: mappings and sequences as JSON."""
+    get, names, json_names, _ = _layout(type(row))
+    values: tuple[Any, ...] = get(row)
+    if not json_names:
+        return values
     return tuple(
-        json.dumps(value if isinstance(value, Mapping) else list(value), default=str)
-        if isinstance(value, Mapping | tuple | list)
-        else value
-        for value in (getattr(row, f.name) for f in fields(row))
+        json.dumps(_plain(value), default=str) if name in json_names else value
+        for name, value in zip(names, values, strict=True)
     )
+
+
+_Layout = tuple[Callable[[Any], Any], tuple[str, ...], frozenset[str], frozenset[str]]
+_LAYOUTS: dict[type[Any], _Layout] = {}
+
+
+def _layout(kind: type[Any]) -> _Layout:
+    """A row dataclass's value getter, column names, JSON and boolean columns (once per class)."""
+    layout = _LAYOUTS.get(kind)
+    if layout is None:
+        names = tuple(f.name for f in fields(kind))
+        layout = attrgetter(*names), names, frozenset(names) & _JSON_COLUMNS, frozenset(names) & _BOOL_COLUMNS
+        _LAYOUTS[kind] = layout
+    return layout
+
+
+def _plain(value: Any) -> Any:
+    return dict(value) if isinstance(value, Mapping) else list(value)
 
 
 def _from_row(kind: type[_Row], row: Sequence[Any]) -> _Row:
     """The dataclass ``kind`` from a row read with ``_columns(kind)``; JSON columns decoded."""
+    _, names, json_names, bool_names = _layout(kind)
+    if not (json_names or bool_names):
+        return kind(*row)
     values: dict[str, Any] = {}
-    for f, value in zip(fields(kind), row, strict=True):  # type: ignore[arg-type]
-        if f.name in _JSON_COLUMNS:
+    for name, value in zip(names, row, strict=True):
+        if name in json_names:
             value = json.loads(value)
             if isinstance(value, list):
                 value = tuple(value)
-        elif f.name in _BOOL_COLUMNS:
+        elif name in bool_names:
             value = bool(value)
-        values[f.name] = value
+        values[name] = value
     return kind(**values)
 
 

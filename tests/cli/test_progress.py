@@ -237,3 +237,27 @@ def test_the_live_region_lasts_until_every_run_finished() -> None:
     assert view._live is not None
     second.finish()
     assert view._live is None
+
+
+def test_plain_output_drops_every_control_sequence_of_program_output() -> None:
+    console, out = plain_console()
+    run = RunBuilder(sink=ProgressView(console)).start()
+    noisy = ["\x1b[1;32mgreen\x1b[0m done", "\x1b]8;;http://x\x07link\x1b]8;;\x07", "50%\r100%\x07", "tab\tkept"]
+    run.job("build").begin().step("Build", lines=noisy).finish()
+    run.finish()
+    text = out.getvalue()
+    assert "    green done\n" in text
+    assert "    link\n" in text
+    assert "    50%100%\n" in text
+    assert "    tab\tkept\n" in text
+    assert not any(c in text for c in "\x1b\x07\r")
+
+
+def test_on_a_terminal_program_colours_are_kept() -> None:
+    out = io.StringIO()
+    console = Console(file=out, width=120, force_terminal=True, color_system="standard")
+    view = ProgressView(console, live=False)
+    run = RunBuilder(sink=view).start()
+    run.job("build").begin().step("Build", lines=["\x1b[32mgreen\x1b[0m"]).finish()
+    run.finish()
+    assert "\x1b[32mgreen" in out.getvalue()

@@ -30,6 +30,7 @@ run ends with its own table.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections import deque
@@ -80,6 +81,9 @@ SYMBOLS: dict[str, tuple[str, str]] = {
     "in_progress": ("…", "cyan"),
     "queued": ("·", "dim"),
 }
+#: ANSI escape sequences (CSI and OSC) and other control characters, dropped from plain output.
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 ANNOTATION_STYLES = {"error": "bold red", "warning": "yellow", "notice": "blue", "debug": "dim"}
 #: Output lines kept per step in quiet mode, to show when the step fails (the tail).
 QUIET_TAIL = 200
@@ -130,6 +134,9 @@ class ProgressView:
         self._clock = clock
         self._runs: dict[str, _RunState] = {}
         self._use_live = console.is_terminal if live is None else live
+        #: No colours, no live region, no recording: lines go straight to the file as text,
+        #: many times faster than Rich's rendering (chatty builds print thousands of lines).
+        self._plain = not self._use_live and console.color_system is None and not console.record
         self._live: Live | None = None
         self._broken = False
 
@@ -209,9 +216,14 @@ class ProgressView:
                     self._print(state.prefixed(event.job_key, Text.assemble("  ", ("▸ ", "cyan"), event.name, _kind(event.kind))))
             case LogLine():
                 if self.logs:
-                    line = Text("    " + "  " * event.group_depth, style="dim")
-                    body = Text.from_ansi(event.text, style="red" if event.stream == "stderr" else "")
-                    self._output(state, event.job_key, event.step_index, line + body)
+                    line = Text("    " + "  " * event.group_depth)
+                    if self._plain:
+                        line.append(_CONTROL.sub("", _ANSI.sub("", event.text)))
+                    elif "\x1b" in event.text:
+                        line.append_text(Text.from_ansi(event.text, style="red" if event.stream == "stderr" else ""))
+                    else:
+                        line.append(event.text, "red" if event.stream == "stderr" else "")
+                    self._output(state, event.job_key, event.step_index, line)
             case GroupStarted():
                 if self.logs:
                     title = Text.assemble("    ", ("▾ ", "bold"), (event.title, "bold"))
@@ -305,7 +317,10 @@ class ProgressView:
         ))
 
     def _print(self, text: Text) -> None:
-        self.console.print(text, soft_wrap=True, highlight=False)
+        if self._plain:
+            self.console.file.write(_CONTROL.sub("", text.plain) + "\n")
+        else:
+            self.console.print(text, soft_wrap=True, highlight=False)
 
     # The live region.
 
