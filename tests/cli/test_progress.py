@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 
-import jsonschema  # type: ignore[import-untyped]
+import jsonschema
 import pytest
 from rich.console import Console
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import textwrap
 
-import jsonschema  # type: ignore[import-untyped]
+import jsonschema
 
 from tests.cli.helpers import ROOT, vmrunner
 from tests.runner.events_builder import RunBuilder, failing_matrix_run, simple_run
