@@ -5,13 +5,16 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import replace
+from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.runner.events_builder import RunBuilder, failing_matrix_run, simple_run
+from vmrunner.errors import ConfigError
 from vmrunner.runner.results import ResultCollector, RunResult
-from vmrunner.runner.summary import inline, render_summary
+from vmrunner.runner.summary import inline, render_summary, write_summary
 
 
 def result_of(builder: RunBuilder) -> RunResult:
@@ -95,6 +98,15 @@ def test_masked_secrets_stay_masked() -> None:
     markdown = render_summary(result_of(run.finish()))
     assert "Use token \\*\\*\\*" in markdown
     assert "deployed with ***" in markdown
+
+
+def test_summaries_of_several_runs_go_to_one_file(tmp_path: Path) -> None:
+    target = tmp_path / "summary.md"
+    first, second = result_of(simple_run()), result_of(failing_matrix_run())
+    write_summary(target, [first, second])
+    assert target.read_text(encoding="utf-8") == render_summary(first) + "\n---\n\n" + render_summary(second)
+    with pytest.raises(ConfigError, match=r"cannot write the summary to .*missing"):
+        write_summary(tmp_path / "missing" / "summary.md", [first])
 
 
 def test_inline_escapes_markup_pipes_html_and_newlines() -> None:

@@ -9,8 +9,11 @@ escaped here so that it can never break the table or inject markup.
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Sequence
 
+from vmrunner.errors import ConfigError
 from vmrunner.runner.results import (
     AnnotationResult,
     JobResult,
@@ -73,6 +76,19 @@ def render_summary(result: RunResult) -> str:
         if job.summary.strip():
             lines += ["", f"## {inline(job.name or job.job_key)}", "", job.summary.rstrip("\n")]
     return "\n".join(lines) + "\n"
+
+
+def write_summary(path: str | os.PathLike[str], results: Sequence[RunResult]) -> None:
+    """Write the summary of each run to ``path`` (``vmrunner run --summary FILE``), runs apart by a rule.
+
+    ``ConfigError`` when the file cannot be written.
+    """
+    text = "\n---\n\n".join(render_summary(result) for result in results)
+    try:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the summary to {os.fspath(path)}: {exc.strerror or exc}") from exc
 
 
 def _run_line(result: RunResult) -> str:
