@@ -261,3 +261,14 @@ def test_on_a_terminal_program_colours_are_kept() -> None:
     run.job("build").begin().step("Build", lines=["\x1b[32mgreen\x1b[0m"]).finish()
     run.finish()
     assert "\x1b[32mgreen" in out.getvalue()
+
+
+def test_quiet_shows_a_failed_jobs_own_output() -> None:
+    console, out = plain_console()
+    run = RunBuilder(sink=ProgressView(console, quiet=True)).start()
+    run.job("ok").begin().log("fine job line").finish()
+    run.job("bad").begin().log("could not allocate: no space").finish("failure", reason="allocation failed")
+    run.finish()
+    text = out.getvalue()
+    assert "fine job line" not in text
+    assert "[CI/bad]     could not allocate: no space\n[CI/bad] ✗ job failure" in text

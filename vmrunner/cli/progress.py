@@ -247,7 +247,11 @@ class ProgressView:
             case JobFinished():
                 state.running.pop(event.job_key, None)
                 job = state.collector.job_result(event.job_key)
+                tail = state.tails.pop((event.job_key, -1), None)  # quiet: the job's own output
+                state.dropped.pop((event.job_key, -1), None)
                 if job is not None and not (self.quiet and job.conclusion in ("success", "skipped")):
+                    for line in tail or ():
+                        self._print(line)
                     self._print(state.prefixed(event.job_key, job_line(job)))
             case RunFinished():
                 state.finished = True
