@@ -43,6 +43,9 @@ if TYPE_CHECKING:
     from vmrunner.machines.providers import get_provider
     from vmrunner.machines.sandbox import SandboxProvider
     from vmrunner.machines.testing import CountingProvider
+    from vmrunner.runner.results import JobResult, ResultCollector, RunResult, StepResult
+    from vmrunner.runner.storage import RunHistory, StoreSink
+    from vmrunner.runner.summary import render_summary
     from vmrunner.sessions import Session, SessionManager, SessionState, SessionStats
     from vmrunner.store import Store
     from vmrunner.workflow.loader import load_workflow, load_workflow_text, load_workflows
@@ -67,6 +70,13 @@ _LAZY: dict[str, str] = {
     "SessionState": "vmrunner.sessions",
     "SessionStats": "vmrunner.sessions",
     "Store": "vmrunner.store",
+    "JobResult": "vmrunner.runner.results",
+    "ResultCollector": "vmrunner.runner.results",
+    "RunResult": "vmrunner.runner.results",
+    "StepResult": "vmrunner.runner.results",
+    "RunHistory": "vmrunner.runner.storage",
+    "StoreSink": "vmrunner.runner.storage",
+    "render_summary": "vmrunner.runner.summary",
     "get_provider": "vmrunner.machines.providers",
     "Job": "vmrunner.workflow.models",
     "Plan": "vmrunner.workflow.planner",
@@ -106,6 +116,7 @@ __all__ = [
     "HostProvider",
     "InvalidTransition",
     "Job",
+    "JobResult",
     "Machine",
     "MachineError",
     "MachineSpec",
@@ -115,7 +126,10 @@ __all__ = [
     "PoolStatistics",
     "Provider",
     "ReleaseError",
+    "ResultCollector",
+    "RunHistory",
     "RunNotFound",
+    "RunResult",
     "SandboxProvider",
     "Session",
     "SessionError",
@@ -126,8 +140,10 @@ __all__ = [
     "SnapshotError",
     "SnapshotUnsupported",
     "Step",
+    "StepResult",
     "Store",
     "StoreError",
+    "StoreSink",
     "TransferError",
     "VmrunnerError",
     "WarmPool",
@@ -139,5 +155,6 @@ __all__ = [
     "load_workflow_text",
     "load_workflows",
     "plan",
+    "render_summary",
     "vmrunner_home",
 ]
