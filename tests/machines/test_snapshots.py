@@ -1,0 +1,268 @@
+"""Snapshots of real directories: exactness against an independent tree listing, and cost."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from vmrunner.config import ensure_home
+from vmrunner.errors import SnapshotError
+from vmrunner.machines.snapshots import DirectorySnapshots
+
+Listing = dict[bytes, tuple]
+
+
+def listing(roots: dict[str, Path]) -> Listing:
+    """Everything under the roots: type, mode, mtime and content hash or link target."""
+    tree: Listing = {}
+    for name, root in roots.items():
+        top = os.fsencode(root)
+        for dirpath, dirnames, filenames in os.walk(top):
+            for entry in [b"", *dirnames, *filenames]:
+                path = os.path.join(dirpath, entry) if entry else dirpath
+                info = os.lstat(path)
+                key = name.encode() + b":" + os.path.relpath(path, top)
+                if stat.S_ISREG(info.st_mode):
+                    with open(path, "rb") as file:
+                        what: object = hashlib.sha256(file.read()).hexdigest()
+                elif stat.S_ISLNK(info.st_mode):
+                    what = os.readlink(path)
+                else:
+                    what = None
+                tree[key] = (stat.S_IFMT(info.st_mode), stat.S_IMODE(info.st_mode), info.st_mtime_ns, what)
+    return tree
+
+
+def make_roots(base: Path) -> dict[str, Path]:
+    roots = {"workspace": base / "workspace", "tmp": base / "tmp"}
+    for path in roots.values():
+        path.mkdir()
+    return roots
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+# The state machine works on a tiny namespace so operations collide: replace, rename over, etc.
+NAMES = [b"a", b"b", b"\xff-not-utf8"]
+ROOTS = ["workspace", "tmp"]
+rel_paths = st.lists(st.sampled_from(NAMES), min_size=1, max_size=3).map(b"/".join)
+contents = st.binary(max_size=64)
+file_modes = st.sampled_from([0o644, 0o600, 0o755, 0o444, 0o4755])
+dir_modes = st.sampled_from([0o755, 0o700, 0o555, 0o1777])
+
+
+class SnapshotMachine(RuleBasedStateMachine):
+    """Random changes, snapshots and restores; a restore must give back the listing taken."""
+
+    tracking = "inotify"
+    follow = True
+
+    snapshots = Bundle("snapshots")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.base = Path(tempfile.mkdtemp(dir=ensure_home()))
+        self.roots = make_roots(self.base)
+        self.engine = DirectorySnapshots(
+            self.roots, self.base / "store", tracking=self.tracking, follow=self.follow
+        )
+        self.expected: dict[str, Listing] = {}
+        self.history: list[str] = []
+
+    def path(self, root: str, rel: bytes) -> bytes:
+        return os.fsencode(self.roots[root]) + b"/" + rel
+
+    @initialize(target=snapshots)
+    def start(self) -> str:
+        os.mkdir(self.path("tmp", b"a"))
+        self.write_file(self.path("tmp", b"a/b"), b"present before tracking", 0o640)
+        base = self.engine.start_sync()
+        self.expected[base] = listing(self.roots)
+        self.history = [base]
+        return base
+
+    def write_file(self, path: bytes, data: bytes, mode: int) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK, mode)
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+
+    def attempt(self, action, *args) -> None:
+        """Operations that the current tree forbids (missing parent...) just do nothing."""
+        with contextlib.suppress(OSError):
+            action(*args)
+
+    @rule(root=st.sampled_from(ROOTS), rel=rel_paths, data=contents, mode=file_modes)
+    def write(self, root: str, rel: bytes, data: bytes, mode: int) -> None:
+        self.attempt(self.write_file, self.path(root, rel), data, mode)
+
+    @rule(root=st.sampled_from(ROOTS), rel=rel_paths, data=contents)
+    def append(self, root: str, rel: bytes, data: bytes) -> None:
+        def append_to(path: bytes) -> None:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK)
+            with os.fdopen(fd, "ab") as file:
+                file.write(data)
+
+        self.attempt(append_to, self.path(root, rel))
+
+    @rule(root=st.sampled_from(ROOTS), rel=rel_paths, fmode=file_modes, dmode=dir_modes)
+    def chmod(self, root: str, rel: bytes, fmode: int, dmode: int) -> None:
+        path = self.path(root, rel)
+        if os.path.isdir(path) and not os.path.islink(path):
+            self.attempt(os.chmod, path, dmode)
+        elif os.path.isfile(path) and not os.path.islink(path):
+            self.attempt(os.chmod, path, fmode)
+
+    @rule(root=st.sampled_from(ROOTS), rel=rel_paths, when=st.integers(0, 2**34))
+    def touch(self, root: str, rel: bytes, when: int) -> None:
+        self.attempt(lambda p: os.utime(p, ns=(when, when), follow_symlinks=False), self.path(root, rel))
+
+    @rule(root=st.sampled_from(ROOTS), rel=rel_paths)
+    def delete(self, root: str, rel: bytes) -> None:
+        path = self.path(root, rel)
+        if os.path.isdir(path) and not os.path.islink(path):
+            self.attempt(shutil.rmtree, path)
+        else:
+            self.attempt(os.unlink, path)
+
+    @rule(root=st.sampled_from(ROOTS), rel=rel_paths, mode=dir_modes)
+    def mkdir(self, root: str, rel: bytes, mode: int) -> None:
+        self.attempt(os.mkdir, self.path(root, rel), mode)
+
+    @rule(root=st.sampled_from(ROOTS), rel=rel_paths)
+    def rmdir(self, root: str, rel: bytes) -> None:
+        self.attempt(os.rmdir, self.path(root, rel))
+
+    @rule(root=st.sampled_from(ROOTS), rel=rel_paths, dest=st.sampled_from([b"a", b"../b", b"/nowhere"]))
+    def symlink(self, root: str, rel: bytes, dest: bytes) -> None:
+        self.attempt(os.symlink, dest, self.path(root, rel))
+
+    @rule(src_root=st.sampled_from(ROOTS), src=rel_paths, dst_root=st.sampled_from(ROOTS), dst=rel_paths)
+    def rename(self, src_root: str, src: bytes, dst_root: str, dst: bytes) -> None:
+        self.attempt(os.rename, self.path(src_root, src), self.path(dst_root, dst))
+
+    @rule(data=st.data(), dst_root=st.sampled_from(ROOTS), dst=rel_paths)
+    def rename_existing(self, data: st.DataObject, dst_root: str, dst: bytes) -> None:
+        """Moves of whole trees, which inotify reports as one event for the top only."""
+        existing = [
+            os.fsencode(os.path.join(dirpath, name))
+            for root in self.roots.values()
+            for dirpath, dirnames, filenames in os.walk(os.fsencode(root))
+            for name in dirnames + filenames
+        ]
+        if existing:
+            src = data.draw(st.sampled_from(sorted(existing)))
+            self.attempt(os.rename, src, self.path(dst_root, dst))
+
+    @rule(root=st.sampled_from(ROOTS), src=rel_paths, dst=rel_paths)
+    def hard_link(self, root: str, src: bytes, dst: bytes) -> None:
+        self.attempt(lambda a, b: os.link(a, b, follow_symlinks=False), self.path(root, src), self.path(root, dst))
+
+    @rule(root=st.sampled_from(ROOTS), rel=rel_paths)
+    def fifo(self, root: str, rel: bytes) -> None:
+        self.attempt(os.mkfifo, self.path(root, rel), 0o640)
+
+    @rule(root=st.sampled_from(ROOTS), rel=rel_paths, data=contents)
+    def replace_dir_with_file(self, root: str, rel: bytes, data: bytes) -> None:
+        path = self.path(root, rel)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+            self.write_file(path, data, 0o644)
+
+    @rule(root=st.sampled_from(ROOTS), rel=rel_paths, data=contents)
+    def replace_file_with_dir(self, root: str, rel: bytes, data: bytes) -> None:
+        path = self.path(root, rel)
+        if os.path.lexists(path) and not os.path.isdir(path):
+            os.unlink(path)
+            os.mkdir(path)
+            self.write_file(path + b"/a", data, 0o644)
+
+    @rule(target=snapshots, name=st.text(max_size=5))
+    def snapshot(self, name: str) -> str:
+        info = self.engine.snapshot_sync(name)
+        self.expected[info.id] = listing(self.roots)
+        self.history.append(info.id)
+        return info.id
+
+    @rule(snapshot_id=snapshots)
+    def restore(self, snapshot_id: str) -> None:
+        if snapshot_id not in self.history:
+            with pytest.raises(SnapshotError, match="unknown snapshot"):
+                self.engine.restore_sync(snapshot_id)
+            return
+        self.engine.restore_sync(snapshot_id)
+        assert listing(self.roots) == self.expected[snapshot_id]
+        del self.history[self.history.index(snapshot_id) + 1 :]
+
+    @precondition(lambda self: len(self.history) > 0)
+    @invariant()
+    def history_is_listed(self) -> None:
+        assert [info.id for info in self.engine.list()] == self.history
+
+    def teardown(self) -> None:
+        self.engine.delete_sync()
+        assert not (self.base / "store").exists()
+        for root in self.roots.values():
+            for dirpath, _, _ in os.walk(root):
+                os.chmod(dirpath, 0o755)
+        shutil.rmtree(self.base)
+
+
+class RescanSnapshotMachine(SnapshotMachine):
+    tracking = "rescan"
+
+
+class LazySnapshotMachine(SnapshotMachine):
+    follow = False
+
+
+_settings = settings(
+    max_examples=60,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+TestInotifySnapshots = SnapshotMachine.TestCase
+TestInotifySnapshots.settings = _settings
+TestRescanSnapshots = RescanSnapshotMachine.TestCase
+TestRescanSnapshots.settings = _settings
+TestLazySnapshots = LazySnapshotMachine.TestCase
+TestLazySnapshots.settings = _settings
+
+
+@pytest.fixture
+def roots(tmp_path: Path) -> dict[str, Path]:
+    return make_roots(tmp_path)
+
+
+@pytest.mark.parametrize("tracking", ["inotify", "rescan"])
+async def test_moving_a_tree_away_and_back(roots: dict[str, Path], tmp_path: Path, tracking) -> None:
+    workspace = roots["workspace"]
+    async with DirectorySnapshots(roots, tmp_path / "store", tracking=tracking) as engine:
+        (workspace / "src" / "deep").mkdir(parents=True)
+        (workspace / "src" / "deep" / "file").write_bytes(b"content")
+        before = await engine.snapshot("before")
+        expected = listing(roots)
+        (workspace / "src").rename(roots["tmp"] / "moved")
+        (workspace / "src").mkdir()
+        await engine.snapshot("after")
+        await engine.restore(before)
+        assert listing(roots) == expected
