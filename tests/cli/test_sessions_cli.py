@@ -95,12 +95,12 @@ async def test_reclaim_fails_loudly_for_a_machine_no_provider_here_can_reclaim()
     with Store.open() as store:
         store.put_machine(
             MachineRow(
-                machine_id="qemu-1234", provider="qemu", vm_type="default", pid=None, pid_start=None,
+                machine_id="imaginary-1234", provider="imaginary", vm_type="default", pid=None, pid_start=None,
                 state_dir="/nonexistent", owner_pid=gone.pid, owner_start=1, created_at=now, allocated_at=now,
             )
         )
     done = await cli("reclaim")
     assert done.returncode == 1
-    assert f"FAILED to reclaim machine qemu-1234 (qemu, runner pid {gone.pid}): no qemu provider available" in done.stdout
+    assert f"FAILED to reclaim machine imaginary-1234 (imaginary, runner pid {gone.pid}): no imaginary provider available" in done.stdout
     with Store.open() as store:
-        assert [m.machine_id for m in store.machines()] == ["qemu-1234"]  # still recorded, for a later try
+        assert [m.machine_id for m in store.machines()] == ["imaginary-1234"]  # still recorded, for a later try
