@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.runner.events_builder import RunBuilder, failing_matrix_run, simple_run
 from vmrunner.errors import RunNotFound
@@ -230,3 +232,21 @@ def test_masked_text_stays_masked_in_the_store(store: Store) -> None:
     result = RunHistory(store).get_run(run.run_id)
     assert [r.text for r in RunHistory(store).logs(run.run_id)] == ["token=***"]
     assert result.annotations[0].message == "used ***"
+
+
+any_text = st.text(st.characters(codec="utf-8"), max_size=30)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=any_text, lines=st.lists(any_text, max_size=4), outputs=st.dictionaries(any_text, any_text, max_size=3))
+def test_any_text_round_trips_through_the_store(store: Store, name: str, lines: list[str], outputs: dict[str, str]) -> None:
+    sink = StoreSink(store)
+    run = RunBuilder(f"run-{len(store.runs(limit=None))}", workflow=name, sink=sink).start()
+    job = run.job(f"{name} (x)", name=name, matrix={name: [1, None]}).begin()
+    job.step(name, lines=lines, annotations=[("notice", line) for line in lines], outputs=outputs)
+    job.finish(summary=name, outputs=outputs)
+    run.finish()
+    sink.close()
+    assert sink.errors == []
+    assert RunHistory(store).get_run(run.run_id) == collected(run)
+    assert [row.text for row in RunHistory(store).logs(run.run_id)] == lines
