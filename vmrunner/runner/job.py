@@ -362,9 +362,8 @@ class JobExecution:
         runtime = self.runtime
         assert runtime is not None
         paths = runtime.paths
-        await runtime.probe()
         self.event_path = f"{paths.temp}/_github_workflow/event.json"
-        await runtime.machine.write_file(self.event_path, json.dumps(run.options.payload, indent=2).encode())
+        await runtime.probe(self.event_path, json.dumps(run.options.payload, indent=2).encode())
         self.github = {**self.base_contexts["github"], "workspace": paths.workspace, "event_path": self.event_path}
         self.runner = runner_context(name=runtime.machine.id, temp=paths.temp, tool_cache=paths.tool_cache)
         contexts = self.contexts(scope, self.workflow_env)

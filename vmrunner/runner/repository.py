@@ -55,14 +55,16 @@ async def git(*args: str, cwd: str | os.PathLike[str], check: bool = True) -> tu
 
 async def repository_info(root: str) -> RepositoryInfo:
     """HEAD's sha and ref and ``owner/name`` from ``origin``; blanks where git knows nothing."""
-    if not await asyncio.to_thread(os.path.isdir, root):
-        return RepositoryInfo("", "", "")
-    code, out, _ = await git("rev-parse", "HEAD", cwd=root, check=False)
-    sha = out.decode().strip() if code == 0 else ""
-    code, out, _ = await git("symbolic-ref", "-q", "HEAD", cwd=root, check=False)
-    ref = out.decode().strip() if code == 0 else ""
-    code, out, _ = await git("remote", "get-url", "origin", cwd=root, check=False)
-    match = _REMOTE.search(out.decode().strip()) if code == 0 else None
+    if not await asyncio.to_thread(os.path.exists, os.path.join(root, ".git")):
+        return RepositoryInfo("", "", "")  # not a repository's top level: nothing to ask git
+    head, symbolic, remote = await asyncio.gather(
+        git("rev-parse", "HEAD", cwd=root, check=False),
+        git("symbolic-ref", "-q", "HEAD", cwd=root, check=False),
+        git("remote", "get-url", "origin", cwd=root, check=False),
+    )
+    sha = head[1].decode().strip() if head[0] == 0 else ""
+    ref = symbolic[1].decode().strip() if symbolic[0] == 0 else ""
+    match = _REMOTE.search(remote[1].decode().strip()) if remote[0] == 0 else None
     repository = f"{match.group(1)}/{match.group(2)}" if match else ""
     return RepositoryInfo(sha, ref, repository)
 

@@ -11,15 +11,16 @@ back in one transfer.
 
 from __future__ import annotations
 
-import io
-import tarfile
+import base64
+import binascii
+import contextlib
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmrunner.errors import MachineError
+from vmrunner.errors import ExecError, MachineError
 from vmrunner.runner.commands import (
     CommandReader,
     FileCommandError,
@@ -47,6 +48,21 @@ FILE_COMMANDS = {
     "GITHUB_STATE": "state",
     "GITHUB_STEP_SUMMARY": "summary",
 }
+#: Runs one step: $1 the prefix of its file-command files, $2 the script path, $3 the marker,
+#: then the step's command. The script comes in ``$VMRUNNER_SCRIPT`` (or on stdin when large).
+#: After the command, the non-empty files follow the marker on stdout, one line each (name,
+#: space, base64), and the command's exit code is kept. Only shell builtins run when the files
+#: stay empty, so a step costs one process more than its own command.
+WRAPPER = (
+    'p=$1 s=$2 m=$3; shift 3; for f in env output path state summary; do : >"$p$f" || exit 197; done; '
+    'if [ "${VMRUNNER_SCRIPT+set}" ]; then printf "%s" "$VMRUNNER_SCRIPT" >"$s" || exit 197; unset VMRUNNER_SCRIPT; '
+    'else cat >"$s" || exit 197; fi; "$@" </dev/null; rc=$?; printf "%s\\n" "$m"; '
+    'for f in env output path state summary; do printf "%s " "$f"; '
+    '[ -s "$p$f" ] && base64 <"$p$f" | tr -d "\\n"; echo; done; exit $rc'
+)
+#: Scripts up to this size travel in the environment (no extra process), larger ones on stdin.
+SCRIPT_IN_ENV_LIMIT = 64 * 1024
+WRAPPER_FAILED = 197
 _LEVELS: dict[str, AnnotationLevel] = {"error": "error", "warning": "warning", "notice": "notice", "debug": "debug"}
 
 
@@ -131,12 +147,20 @@ class JobRuntime:
 
     # Probing the machine
 
-    async def probe(self) -> None:
-        """Learn the machine's PATH and interpreters in one command."""
-        script = 'printf "%s\\n" "$PATH"; for t in bash python node; do command -v $t >/dev/null && echo $t; done; true'
-        result = await self.session.exec(["sh", "-c", script])
+    async def probe(self, event_path: str, event: bytes) -> None:
+        """In one command: write the event file, make the file-command folder, learn the
+        machine's PATH and which interpreters it has."""
+        script = (
+            'mkdir -p "$1" "${2%/*}" && cat >"$2" || exit 1; printf "%s\\n" "$PATH"; '
+            "for t in bash python node; do command -v $t >/dev/null && echo $t; done; true"
+        )
+        folder = f"{self.paths.temp}/{FILE_COMMANDS_DIR}"
+        result = await self.session.exec(["sh", "-c", script, "probe", folder, event_path], stdin=event)
+        if not result.ok:
+            error = result.stderr.decode(errors="replace").strip()
+            raise ExecError(f"cannot set up the job's files in {self.paths.temp}: {error or result.exit_code}")
         lines = result.stdout.decode(errors="replace").splitlines()
-        if result.ok and lines:
+        if lines:
             self.base_path = lines[0] or self.base_path
             found = set(lines[1:])
             self.has_bash, self.has_python, self.has_node = "bash" in found, "python" in found, "node" in found
@@ -165,24 +189,40 @@ class JobRuntime:
     ) -> ScriptResult:
         """Write ``script``, run ``argv_for(path)`` in the machine, apply the file commands.
 
-        ``env`` gets the ``GITHUB_ENV``-style variables of a fresh set of files.
+        One command does it all (see ``WRAPPER``): the script comes in on stdin, the fresh
+        file-command files are created, the step runs, and the files come back after a
+        marker line on stdout. Only when that trailer is missing (the step was killed) are the
+        files fetched separately.
         """
         self._counter += 1
-        temp = self.paths.temp
-        name = f"step_{self._counter}"
-        folder = f"{temp}/{FILE_COMMANDS_DIR}/{name}"
-        script_path = f"{temp}/{uuid.uuid4()}{extension}"
-        files = {variable: f"{folder}/{file}" for variable, file in FILE_COMMANDS.items()}
-        entries = {f"{FILE_COMMANDS_DIR}/{name}/{file}": b"" for file in FILE_COMMANDS.values()}
-        entries[script_path[len(temp) + 1 :]] = script.encode()
-        await self.machine.put(temp, _tar(entries))
-        full_env = {**env, **files}
+        token = uuid.uuid4().hex
+        prefix = f"{self.paths.temp}/{FILE_COMMANDS_DIR}/{self._counter}_{token[:8]}_"
+        script_path = f"{self.paths.temp}/{token}{extension}"
+        marker = f"::vmrunner-file-commands-{token}::"
+        full_env = {**env, **{variable: f"{prefix}{file}" for variable, file in FILE_COMMANDS.items()}}
+        data = script.encode()
+        stdin: bytes | None = data
+        if len(data) <= SCRIPT_IN_ENV_LIMIT and "\0" not in script:
+            full_env["VMRUNNER_SCRIPT"], stdin = script, None
         result = ScriptResult(exit_code=None)
         reader = CommandReader()
         splitter = _LineSplitter()
+        trailer: dict[str, bytes] | None = None
         allow_unsecure = full_env.get("ACTIONS_ALLOW_UNSECURE_COMMANDS", "").lower() == "true"
 
         def line(stream: Stream, text: str) -> None:
+            nonlocal trailer
+            if stream == "stdout":
+                if trailer is not None:
+                    file, _, encoded = text.partition(" ")
+                    with contextlib.suppress(binascii.Error, ValueError):
+                        trailer[file] = base64.b64decode(encoded, validate=True)
+                    return
+                if text.endswith(marker):
+                    trailer = {}
+                    text = text[: -len(marker)]
+                    if not text:
+                        return
             command = reader.feed(text)
             if command is None or not self._command(step_index, command, result, allow_unsecure):
                 self.log(step_index, text, stream)
@@ -192,8 +232,9 @@ class JobRuntime:
                 line(stream, text)
 
         started = time.monotonic()
+        argv = ["sh", "-c", WRAPPER, "vmrunner-step", prefix, script_path, marker, *argv_for(script_path)]
         try:
-            outcome = await self.session.exec(argv_for(script_path), env=full_env, cwd=cwd, timeout=timeout, on_output=on_output)
+            outcome = await self.session.exec(argv, env=full_env, cwd=cwd, timeout=timeout, on_output=on_output, stdin=stdin)
         except MachineError as exc:
             result.error = f"cannot run the step: {exc}"
             return result
@@ -204,12 +245,22 @@ class JobRuntime:
                     line(stream, text)
             result.duration = time.monotonic() - started
         result.exit_code, result.timed_out = outcome.exit_code, outcome.timed_out
+        if result.exit_code == WRAPPER_FAILED and trailer is None:
+            result.error = f"cannot prepare the step's files {prefix}* (see its output)"
+            return result
         try:
-            contents = _untar(await self.machine.get(folder))
-            self._file_commands(step_index, contents, result)
+            if trailer is None or set(trailer) != set(FILE_COMMANDS.values()):
+                trailer = {file: await self._read_or_empty(f"{prefix}{file}") for file in FILE_COMMANDS.values()}
+            self._file_commands(step_index, trailer, result)
         except (MachineError, FileCommandError) as exc:
             result.error = str(exc)
         return result
+
+    async def _read_or_empty(self, path: str) -> bytes:
+        try:
+            return await self.machine.read_file(path)
+        except MachineError:
+            return b""
 
     def _file_commands(self, step_index: int, contents: Mapping[str, bytes], result: ScriptResult) -> None:
         text = {file: contents.get(file, b"").decode(errors="replace") for file in FILE_COMMANDS.values()}
@@ -268,38 +319,3 @@ def _int(value: str | None) -> int:
         return int(value or 0)
     except ValueError:
         return 0
-
-
-def _tar(entries: Mapping[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    now = int(time.time())
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        folders: set[str] = set()
-        for name, data in entries.items():
-            parts = name.split("/")[:-1]
-            for depth in range(1, len(parts) + 1):
-                folder = "/".join(parts[:depth])
-                if folder not in folders:
-                    folders.add(folder)
-                    info = tarfile.TarInfo(folder)
-                    info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, now
-                    tar.addfile(info)
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(data), 0o644, now
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
-def _untar(data: bytes) -> dict[str, bytes]:
-    """Regular files of a tar stream by base name."""
-    found: dict[str, bytes] = {}
-    try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
-            for member in tar:
-                if member.isfile():
-                    extracted = tar.extractfile(member)
-                    if extracted is not None:
-                        found[member.name.rsplit("/", 1)[-1]] = extracted.read()
-    except tarfile.TarError as exc:
-        raise FileCommandError(f"cannot read the step's file commands: {exc}") from exc
-    return found

@@ -1,0 +1,129 @@
+"""``python -m bench runner``: what the run engine adds on top of the commands it runs.
+
+Figures:
+- per-step overhead: one job of 50 ``run: true`` steps; the time from the first step's start to
+  the last step's end, minus the commands' own time (the same 50 ``bash -e`` scripts run back
+  to back by one plain bash script in the same kind of machine: the floor), divided by 50;
+  p50 over a few runs. Goal: <= 5 ms.
+- throughput: single-job workflows of 5 ``run`` steps, many at once on a warm pool
+  (workflows/s). Goal: >= 30/s.
+- the floor itself: the 5-step workflow's commands as one plain bash script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from typing import Any
+
+from vmrunner.machines.base import MachineSpec
+from vmrunner.machines.pool import WarmPool
+from vmrunner.machines.providers import get_provider
+from vmrunner.runner.events import Event, Recorder, StepFinished, StepStarted
+from vmrunner.runner.options import RunOptions
+from vmrunner.runner.run import run_workflow
+from vmrunner.sessions import SessionManager
+from vmrunner.workflow.loader import load_workflow_text
+from vmrunner.workflow.models import Workflow
+
+GOALS = {"step_overhead_p50_ms": 5.0, "workflows_per_s": 30.0}
+FLOOR_SCRIPT = 'for i in $(seq {n}); do printf "true\\n" > "$RUNNER_TEMP/s.sh"; bash -e "$RUNNER_TEMP/s.sh"; done'
+
+
+def steps_workflow(steps: int) -> Workflow:
+    body = "".join("      - run: true\n" for _ in range(steps))
+    text = f"on: push\njobs:\n  bench:\n    runs-on: ubuntu-latest\n    steps:\n{body}"
+    return load_workflow_text(text, "bench.yml")
+
+
+def steps_span(events: list[Event]) -> float:
+    starts = [e.time for e in events if isinstance(e, StepStarted)]
+    ends = [e.time for e in events if isinstance(e, StepFinished)]
+    return max(ends) - min(starts)
+
+
+async def floor_seconds(sessions: SessionManager, steps: int) -> float:
+    """The commands' own time: the same scripts run back to back by one bash in one machine."""
+    async with sessions.open(MachineSpec()) as session:
+        started = time.perf_counter()
+        result = await session.exec(["bash", "-c", FLOOR_SCRIPT.format(n=steps)])
+        elapsed = time.perf_counter() - started
+        if not result.ok:
+            raise RuntimeError(result.stderr.decode())
+        return elapsed
+
+
+async def step_overhead(runs: int, steps: int) -> dict[str, Any]:
+    workflow = steps_workflow(steps)
+    overheads: list[float] = []
+    floors: list[float] = []
+    async with SessionManager(get_provider("sandbox"), limit=2) as sessions:
+        for _ in range(runs):
+            recorder = Recorder()
+            outcome = await run_workflow(workflow, RunOptions(repo_root=tempfile.gettempdir()), sessions, recorder)
+            if outcome.failed:
+                raise RuntimeError("the benchmark workflow failed")
+            floor = await floor_seconds(sessions, steps)
+            floors.append(floor)
+            overheads.append((steps_span(recorder.events) - floor) / steps)
+    return {
+        "step_overhead_p50_ms": statistics.median(overheads) * 1000,
+        "step_overhead_all_ms": [round(o * 1000, 2) for o in overheads],
+        "floor_per_command_ms": statistics.median(floors) / steps * 1000,
+    }
+
+
+async def throughput(count: int, pool_size: int, steps: int) -> dict[str, Any]:
+    workflow = steps_workflow(steps)
+    options = RunOptions(concurrent_jobs=pool_size, repo_root=tempfile.gettempdir())
+    async with (
+        WarmPool(get_provider("sandbox"), {"default": pool_size}) as pool,
+        SessionManager(pool, limit=pool_size) as sessions,
+    ):
+        await pool.wait_filled()
+        started = time.perf_counter()
+        outcomes = await asyncio.gather(*(run_workflow(workflow, options, sessions) for _ in range(count)))
+        elapsed = time.perf_counter() - started
+        floor = await floor_seconds(sessions, steps)
+    failed = sum(1 for o in outcomes if o.failed)
+    if failed:
+        raise RuntimeError(f"{failed} benchmark workflows failed")
+    return {"workflows_per_s": count / elapsed, "workflows": count, "pool": pool_size, "floor_5_steps_ms": floor * 1000}
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    figures.update(await step_overhead(args.runs, args.steps))
+    figures.update(await throughput(args.workflows, args.pool, 5))
+    return figures
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench runner", description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5, help="runs of the 50-step job")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--workflows", type=int, default=60, help="workflows for the throughput figure")
+    parser.add_argument("--pool", type=int, default=4, help="warm pool size (and concurrent jobs)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    import os
+
+    if "VMRUNNER_HOME" not in os.environ:
+        os.environ["VMRUNNER_HOME"] = tempfile.mkdtemp(prefix="vmrunner-bench-")
+    figures = asyncio.run(run(args))
+    if args.json:
+        print(json.dumps(figures, indent=2))
+    else:
+        for name, value in figures.items():
+            goal = GOALS.get(name)
+            shown = f"{value:.2f}" if isinstance(value, float) else str(value)
+            note = ""
+            if goal is not None:
+                ok = value <= goal if name.endswith("_ms") else value >= goal
+                note = f"  (goal {'<=' if name.endswith('_ms') else '>='} {goal:g}: {'met' if ok else 'NOT met'})"
+            print(f"{name:28} {shown}{note}")
+    return 0
