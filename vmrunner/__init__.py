@@ -43,7 +43,9 @@ if TYPE_CHECKING:
     from vmrunner.machines.providers import get_provider
     from vmrunner.machines.sandbox import SandboxProvider
     from vmrunner.machines.testing import CountingProvider
+    from vmrunner.runner.options import RunOptions
     from vmrunner.runner.results import JobResult, ResultCollector, RunResult, StepResult
+    from vmrunner.runner.run import JobReport, RunOutcome, run_workflow
     from vmrunner.runner.storage import RunHistory, StoreSink
     from vmrunner.runner.summary import render_summary
     from vmrunner.sessions import Session, SessionManager, SessionState, SessionStats
@@ -75,6 +77,10 @@ _LAZY: dict[str, str] = {
     "RunResult": "vmrunner.runner.results",
     "StepResult": "vmrunner.runner.results",
     "RunHistory": "vmrunner.runner.storage",
+    "RunOptions": "vmrunner.runner.options",
+    "RunOutcome": "vmrunner.runner.run",
+    "JobReport": "vmrunner.runner.run",
+    "run_workflow": "vmrunner.runner.run",
     "StoreSink": "vmrunner.runner.storage",
     "render_summary": "vmrunner.runner.summary",
     "get_provider": "vmrunner.machines.providers",
@@ -116,6 +122,7 @@ __all__ = [
     "HostProvider",
     "InvalidTransition",
     "Job",
+    "JobReport",
     "JobResult",
     "Machine",
     "MachineError",
@@ -129,6 +136,8 @@ __all__ = [
     "ResultCollector",
     "RunHistory",
     "RunNotFound",
+    "RunOptions",
+    "RunOutcome",
     "RunResult",
     "SandboxProvider",
     "Session",
@@ -156,5 +165,6 @@ __all__ = [
     "load_workflows",
     "plan",
     "render_summary",
+    "run_workflow",
     "vmrunner_home",
 ]
