@@ -4,7 +4,8 @@ The engine calls every sink inline on the event loop, so an ``emit`` must be qui
 for a synthetic run (``--jobs`` × ``--steps`` × ``--lines`` output lines):
 - ``StoreSink`` into a fresh SQLite store: per-event latency (p50/p99, the p99 being a batch
   write) and log lines per second overall;
-- ``ProgressView`` rendering plain lines (as in CI) to memory: lines per second;
+- ``ProgressView`` rendering plain lines (as in CI), and coloured lines (as on a terminal),
+  to memory: lines per second;
 - ``ResultCollector``: events per second;
 - reading the run back (``RunHistory.get_run``) and all its logs.
 """
@@ -85,6 +86,13 @@ def main(argv: list[str]) -> int:
         view.emit(event)
     figures["plain_view_lines_per_s"] = round(log_lines / (time.perf_counter() - started))
 
+    terminal = Console(file=io.StringIO(), width=200, force_terminal=True, color_system="truecolor")
+    view = ProgressView(terminal, live=False)
+    started = time.perf_counter()
+    for event in events:
+        view.emit(event)
+    figures["terminal_view_lines_per_s"] = round(log_lines / (time.perf_counter() - started))
+
     collector = ResultCollector()
     started = time.perf_counter()
     for event in events:
@@ -100,6 +108,7 @@ def main(argv: list[str]) -> int:
     print(f"StoreSink emit      p50 {emit['p50_ms'] * 1000:.1f} us, p99 {emit['p99_ms'] * 1000:.1f} us;"
           f" {figures['store_sink_lines_per_s']:,} log lines/s")
     print(f"read back           run + {log_lines:,} log rows in {figures['read_back_ms']:.1f} ms")
-    print(f"ProgressView plain  {figures['plain_view_lines_per_s']:,} lines/s")
+    print(f"ProgressView plain  {figures['plain_view_lines_per_s']:,} lines/s;"
+          f" on a terminal (colours) {figures['terminal_view_lines_per_s']:,} lines/s")
     print(f"ResultCollector     {figures['collector_events_per_s']:,} events/s")
     return 0

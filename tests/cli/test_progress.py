@@ -272,3 +272,15 @@ def test_quiet_shows_a_failed_jobs_own_output() -> None:
     text = out.getvalue()
     assert "fine job line" not in text
     assert "[CI/bad]     could not allocate: no space\n[CI/bad] ✗ job failure" in text
+
+
+def test_on_a_terminal_output_lines_carry_their_prefix_indent_and_stderr_colour() -> None:
+    out = io.StringIO()
+    console = Console(file=out, width=120, force_terminal=True, color_system="standard")
+    run = RunBuilder(sink=ProgressView(console, live=False)).start()
+    run.job("build").begin().step("Build", lines=["plain line"], stderr=["bad\x07 line"]).finish()
+    run.finish()
+    text = out.getvalue()
+    assert "\x1b[34m[CI/build] \x1b[0m    plain line\n" in text
+    assert "\x1b[34m[CI/build] \x1b[0m    \x1b[31mbad line\x1b[0m\n" in text
+    assert "\x1b[34m[CI/build] \x1b[0m  \x1b[32m✓ \x1b[0mBuild\x1b[2m 1.5s\x1b[0m\n" in text  # only the prefix is blue
