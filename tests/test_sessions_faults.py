@@ -166,9 +166,17 @@ async def test_a_cancelled_task_releases_its_machine_and_kills_its_command(
 
 
 async def test_a_timeout_releases_the_machine(manager: SessionManager, counting: CountingProvider) -> None:
+    opened = []
+
+    async def job() -> None:
+        async with manager.open() as session:
+            opened.append(session)
+            async with asyncio.timeout(0.3):
+                await session.exec(["sh", "-c", "sleep 986.5; true"])
+
     with pytest.raises(TimeoutError):
-        async with asyncio.timeout(0.3), manager.open() as session:
-            await session.exec(["sh", "-c", "sleep 986.5; true"])
+        await job()
+    [session] = opened
     assert counting.releases == {session.machine.id: 1}
     assert states(manager, session.id)[-3:] == ["failed", "terminating", "released"]
     assert left_on_system([session.machine.id], ["986.5"]) == []
