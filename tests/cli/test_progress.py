@@ -284,3 +284,23 @@ def test_on_a_terminal_output_lines_carry_their_prefix_indent_and_stderr_colour(
     assert "\x1b[34m[CI/build] \x1b[0m    plain line\n" in text
     assert "\x1b[34m[CI/build] \x1b[0m    \x1b[31mbad line\x1b[0m\n" in text
     assert "\x1b[34m[CI/build] \x1b[0m  \x1b[32m✓ \x1b[0mBuild\x1b[2m 1.5s\x1b[0m\n" in text  # only the prefix is blue
+
+
+def test_nested_groups_indent_their_titles_and_lines() -> None:
+    from vmrunner.runner.events import GroupEnded, GroupStarted, LogLine, StepFinished
+
+    console, out = plain_console()
+    run = RunBuilder(sink=ProgressView(console)).start()
+    run.job("build").begin()
+    rid = run.run_id
+    run.add(StepStarted(rid, "build", 0, "step", "Build", run.tick()))
+    run.add(GroupStarted(rid, "build", 0, "outer", run.tick()))
+    run.add(LogLine(rid, "build", 0, "stdout", "in outer", run.tick(), group_depth=1))
+    run.add(GroupStarted(rid, "build", 0, "inner", run.tick()))
+    run.add(LogLine(rid, "build", 0, "stdout", "in inner", run.tick(), group_depth=2))
+    run.add(GroupEnded(rid, "build", 0, run.tick()))
+    run.add(GroupEnded(rid, "build", 0, run.tick()))
+    run.add(GroupStarted(rid, "build", 0, "again", run.tick()))
+    run.add(StepFinished(rid, "build", 0, "success", "success", run.tick(), 1.0, 0))
+    body = [line.removeprefix("[CI/build] ") for line in out.getvalue().splitlines()[3:8]]
+    assert body == ["    ▾ outer", "      in outer", "      ▾ inner", "        in inner", "    ▾ again"]

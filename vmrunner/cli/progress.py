@@ -114,6 +114,8 @@ class _RunState:
     tails: dict[tuple[str, int], deque[Text]] = field(default_factory=dict)
     dropped: dict[tuple[str, int], int] = field(default_factory=dict)
     flagged: set[tuple[str, int]] = field(default_factory=set)
+    #: Open ``::group::``s per step, to indent a nested group's title.
+    groups: dict[tuple[str, int], int] = field(default_factory=dict)
     finished: bool = False
 
     def prefixed(self, job_key: str, text: Text) -> Text:
@@ -240,11 +242,15 @@ class ProgressView:
                         line.append(event.text, "red" if event.stream == "stderr" else "")
                     self._output(state, event.job_key, event.step_index, line)
             case GroupStarted():
+                key = (event.job_key, event.step_index)
+                depth = state.groups.get(key, 0)
+                state.groups[key] = depth + 1
                 if self.logs:
-                    title = Text.assemble("    ", ("▾ ", "bold"), (event.title, "bold"))
+                    title = Text.assemble("    " + "  " * depth, ("▾ ", "bold"), (event.title, "bold"))
                     self._output(state, event.job_key, event.step_index, title)
             case GroupEnded():
-                pass
+                key = (event.job_key, event.step_index)
+                state.groups[key] = max(0, state.groups.get(key, 0) - 1)
             case Annotation():
                 self._annotation(state, event)
             case StepFinished():
