@@ -154,8 +154,7 @@ async def test_a_cancelled_task_releases_its_machine_and_kills_its_command(
 
     task = asyncio.create_task(job())
     await started.wait()
-    await eventually(lambda: bool(counting.execs))
-    await asyncio.sleep(0.05)  # let the command start in the machine
+    await eventually(lambda: left_on_system(needles=["987.25"]) != [])  # the command runs
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
