@@ -36,9 +36,9 @@ def real_provider() -> Provider:
     return get_provider(PROVIDER)
 
 
-def left_on_system(machine_ids: Iterable[str] = (), needles: Iterable[str] = ()) -> list[str]:
-    """Processes, machine directories and mounts of this test's VMRUNNER_HOME still present."""
-    words = [str(home()), *machine_ids, *needles]
+def processes_with(words: Iterable[str]) -> list[str]:
+    """Processes (other than this one) whose command line contains one of ``words``."""
+    words = list(words)
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -49,6 +49,12 @@ def left_on_system(machine_ids: Iterable[str] = (), needles: Iterable[str] = ())
             continue
         if any(word in cmdline for word in words):
             found.append(f"process {entry.name}: {cmdline}")
+    return found
+
+
+def left_on_system(machine_ids: Iterable[str] = (), needles: Iterable[str] = ()) -> list[str]:
+    """Processes, machine directories and mounts of this test's VMRUNNER_HOME still present."""
+    found = processes_with([str(home()), *machine_ids, *needles])
     machines = home() / "machines"
     if machines.exists():
         found += [f"directory {path}" for path in machines.iterdir()]

@@ -12,7 +12,7 @@ from vmrunner.machines.testing import CountingProvider
 from vmrunner.sessions import ABANDONED, SessionManager, SessionState
 from vmrunner.store import Store
 
-from .test_sessions import eventually, left_on_system, real_provider
+from .test_sessions import eventually, left_on_system, processes_with, real_provider
 
 
 @pytest.fixture
@@ -154,7 +154,7 @@ async def test_a_cancelled_task_releases_its_machine_and_kills_its_command(
 
     task = asyncio.create_task(job())
     await started.wait()
-    await eventually(lambda: left_on_system(needles=["987.25"]) != [])  # the command runs
+    await eventually(lambda: processes_with(["987.25"]) != [])  # the command runs
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
