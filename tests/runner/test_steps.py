@@ -216,3 +216,29 @@ jobs:
     )
     assert ran.steps("a")[0].outcome == "failure"
     assert ran.result("a") == "failure"
+
+
+async def test_hash_files_hashes_the_workspace() -> None:
+    ran = await run(
+        """
+on: push
+jobs:
+  a:
+    runs-on: ubuntu-latest
+    steps:
+      - run: mkdir -p src && echo one > src/a.txt && echo two > src/b.txt && echo x > other.md
+      - run: |
+          echo "${{ hashFiles('src/**/*.txt') }}"
+          echo "${{ hashFiles('nothing/*') }}."
+          test "${{ hashFiles('src/a.txt', 'src/b.txt') }}" = "${{ hashFiles('src/*.txt') }}"
+      - run: echo changed >> src/a.txt
+      - run: echo "${{ hashFiles('src/**/*.txt') }}"
+"""
+    )
+    logs = ran.logs("a")
+    assert ran.result("a") == "success", logs
+    first, empty, second = logs[0], logs[1], logs[2]
+    assert len(first) == 64
+    assert empty == "."
+    assert second != first
+    assert len(second) == 64

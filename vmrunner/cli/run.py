@@ -55,6 +55,7 @@ def _pairs(values: Sequence[str], what: str, *, from_environment: bool = False, 
 @click.option("--matrix", "matrix", multiple=True, help="Only matrix combinations with key:value (repeatable).")
 @click.option("-n", "--dry-run", is_flag=True, help="Show what would run; start nothing.")
 @click.option("--provider", default=None, envvar=ENV_PROVIDER, help=f"The machine provider (default: {DEFAULT_PROVIDER}) [env: {ENV_PROVIDER}].")
+@click.option("--machine-type", "machine_types", multiple=True, help="Run jobs with this runs-on LABEL on machine TYPE: LABEL=TYPE (repeatable).")
 @click.option("--pool", type=click.IntRange(min=0), default=0, show_default=True, help="Machines kept started ahead (warm pool).")
 @click.option("--concurrent-jobs", type=click.IntRange(min=1), default=4, show_default=True, help="Jobs running at once, at most.")
 @click.option("--setup-command", "setup_commands", multiple=True, help="A command run in each job's machine before its steps (repeatable).")
@@ -68,7 +69,8 @@ def _pairs(values: Sequence[str], what: str, *, from_environment: bool = False, 
 def command(
     event: str, workflows: str, jobs: tuple[str, ...], event_path: str | None, secrets: tuple[str, ...],
     secret_file: str | None, variables: tuple[str, ...], var_file: str | None, env_file: str | None,
-    inputs: tuple[str, ...], matrix: tuple[str, ...], dry_run: bool, provider: str | None, pool: int,
+    inputs: tuple[str, ...], matrix: tuple[str, ...], dry_run: bool, provider: str | None,
+    machine_types: tuple[str, ...], pool: int,
     concurrent_jobs: int, setup_commands: tuple[str, ...], cleanup_commands: tuple[str, ...],
     snapshot: bool, rollback_on_failure: bool, repo_root: str | None, actor: str | None, quiet: bool,
     as_json: bool,
@@ -98,6 +100,7 @@ def command(
         vars={**(read_dotenv(var_file) if var_file else {}), **_pairs(variables, "--var")},
         env=read_dotenv(env_file) if env_file else {}, inputs=_pairs(inputs, "--input"),
         matrix_filter=matrix_filter, concurrent_jobs=concurrent_jobs,
+        machine_types=_pairs(machine_types, "--machine-type"),
         setup_commands=setup_commands, cleanup_commands=cleanup_commands, snapshot=snapshot,
         rollback_on_failure=rollback_on_failure, repo_root=os.path.abspath(root),
         actor=actor or os.environ.get("USER") or "vmrunner",

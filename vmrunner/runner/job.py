@@ -12,10 +12,16 @@ Docker actions) fails at once with the reason, without allocating a machine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import io
 import json
+import tarfile
+import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from vmrunner.errors import ConfigError, ExpressionError, MachineError, SessionError, VmrunnerError
@@ -52,7 +58,7 @@ from vmrunner.runner.events import (
 from vmrunner.runner.repository import commit_tar, working_tree_tar
 from vmrunner.runner.shells import resolve_shell
 from vmrunner.runner.steps import JobRuntime, ScriptResult
-from vmrunner.workflow.expressions import EvaluationHooks, evaluate_if
+from vmrunner.workflow.expressions import EvaluationHooks, evaluate_if, hash_files
 from vmrunner.workflow.models import Job, Step
 
 if TYPE_CHECKING:  # run.py imports this module
@@ -116,8 +122,23 @@ class _Post:
     state: dict[str, str]
 
 
+def _calls_hash_files(step: Step) -> bool:
+    fields = (step.if_, step.run, step.name, step.working_directory, step.env, step.with_)
+    return any("hashfiles(" in str(field).lower() for field in fields if field)
+
+
+def _extract(data: bytes, folder: str) -> None:
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            tar.extractall(folder, filter="data")
+    except (tarfile.TarError, OSError) as exc:
+        raise ConfigError(f"hashFiles: cannot copy the workspace: {exc}") from exc
+
+
 def unsupported_reason(job: Job, repo_root: str, provider: str) -> str:
     """Why the job cannot run on this provider ('' when it can)."""
+    if job.calls_workflow:
+        return f"job '{job.id}' calls a reusable workflow ({job.uses}): not supported by vmrunner run yet"
     what = ""
     if job.container is not None:
         what = f"a container ({job.container.image})"
@@ -158,6 +179,8 @@ class JobExecution:
         self.runner: dict[str, Any] = {}
         self.event_path = ""
         self.started = False
+        #: A host copy of the workspace while a step calling ``hashFiles`` is evaluated.
+        self.hash_root: Path | None = None
         #: Action folders already copied into this job's machine.
         self.uploaded: set[str] = set()
 
@@ -169,11 +192,29 @@ class JobExecution:
 
     def hooks(self, scope: Scope | None) -> EvaluationHooks:
         failed: Callable[[], bool] = (lambda: scope.any_failed()) if scope is not None else (lambda: False)
+        root = self.hash_root
         return EvaluationHooks(
             success=lambda: not failed() and not self.cancelled,
             failure=failed,
             cancelled=lambda: self.cancelled,
+            hash_files=None if root is None else functools.partial(hash_files, root),
         )
+
+    @contextlib.asynccontextmanager
+    async def workspace_for_hash_files(self, step: Step) -> AsyncIterator[None]:
+        """While a step that calls ``hashFiles`` is evaluated, a host copy of the workspace."""
+        if self.hash_root is not None or not _calls_hash_files(step) or self.runtime is None:
+            yield
+            return
+        workspace = self.runtime.paths.workspace
+        with tempfile.TemporaryDirectory(prefix="vmrunner-hashfiles-") as folder:
+            data = await self.runtime.machine.get(workspace)
+            await asyncio.to_thread(_extract, data, folder)
+            self.hash_root = Path(folder) / PurePosixPath(workspace).name
+            try:
+                yield
+            finally:
+                self.hash_root = None
 
     def contexts(self, scope: Scope, env: Mapping[str, str], *, github: Mapping[str, Any] | None = None) -> dict[str, Any]:
         contexts = dict(self.base_contexts)
@@ -282,7 +323,7 @@ class JobExecution:
                 )
                 self.started = True
                 runtime = self.runtime = JobRuntime(
-                    run_id=run.run_id, job_key=self.job_key, session=session, sink=run.sink, masker=run.masker
+                    run_id=run.run_id, job_key=self.job_key, session=session, sink=run, masker=run.masker
                 )
                 scope = Scope()
                 timed_out = False
@@ -312,7 +353,8 @@ class JobExecution:
                 return outcome, rolled_back, "\n".join(runtime.summary)
         except (SessionError, MachineError) as exc:
             outcome.result = "failure"
-            outcome.reason = outcome.reason or f"cannot get a machine for job '{self.job.id}': {exc}"
+            what = "releasing the machine of" if self.started else "cannot get a machine for"
+            outcome.reason = outcome.reason or f"{what} job '{self.job.id}': {exc}"
             return outcome, rolled_back, ""
 
     async def finish(self, session: Any, scope: Scope, outcome: JobOutcome, timed_out: bool) -> None:
@@ -461,6 +503,10 @@ class JobExecution:
 
     async def run_step(self, step: Step, scope: Scope, index: int) -> StepResult:
         """Evaluate ``if``, env and options, run the step; outcome and conclusion as GitHub's."""
+        async with self.workspace_for_hash_files(step):
+            return await self._run_step(step, scope, index)
+
+    async def _run_step(self, step: Step, scope: Scope, index: int) -> StepResult:
         runtime = self.runtime
         assert runtime is not None
         hooks = self.hooks(scope)
