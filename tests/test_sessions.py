@@ -7,16 +7,24 @@ not only the manager's bookkeeping. The helpers here are shared by the other ses
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import os
+import random
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 
 import pytest
 
-from vmrunner.errors import CapacityError, InvalidTransition, SessionNotFound, SnapshotError
+from vmrunner.errors import (
+    AllocationError,
+    CapacityError,
+    InvalidTransition,
+    SessionNotFound,
+    SnapshotError,
+)
 from vmrunner.machines.base import MachineSpec, Provider
 from vmrunner.machines.pool import WarmPool
 from vmrunner.machines.providers import get_provider
@@ -514,3 +522,44 @@ async def test_a_reused_pid_does_not_keep_a_dead_runners_machine_alive() -> None
         assert counting.reclaims == {machine.id: 1}
     assert left_on_system([machine.id]) == []
     await provider.release(machine)  # idempotent: already gone
+
+
+async def test_the_limit_holds_through_timeouts_cancellations_and_failures() -> None:
+    """Callers that time out, are cancelled or fail to allocate never leak or overshoot a slot."""
+    rng = random.Random(7)
+    machines = CountingProvider(real_provider())
+    async with WarmPool(machines, {"default": 3}, reuse="restore") as pool:
+        await pool.wait_filled()
+        handed = CountingProvider(pool)
+        async with SessionManager(handed, limit=3, wait_timeout=None) as manager:
+
+            async def caller(index: int) -> None:
+                with contextlib.suppress(CapacityError, AllocationError):
+                    async with manager.open(timeout=rng.choice([None, 0.0, 0.01, 0.05])) as session:
+                        await session.exec(["true"])
+
+            tasks = []
+            for index in range(150):
+                if index % 10 == 0:
+                    handed.fail_next("allocate")
+                tasks.append(asyncio.create_task(caller(index)))
+                if rng.random() < 0.2:
+                    await asyncio.sleep(0)
+            for task in rng.sample(tasks, 30):
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            handed.clear_faults()
+            stats = manager.stats()
+            assert stats.failed_allocations > 0
+            assert stats.timed_out + stats.rejected > 0
+            assert manager.active_count == 0
+            assert manager.stats().waiting == 0
+            # Every slot is free again: three fail-fast sessions fit, a fourth does not.
+            async with manager.open(wait=False), manager.open(wait=False), manager.open(wait=False):
+                with pytest.raises(CapacityError):
+                    await manager.create_session(wait=False)
+    assert handed.max_alive <= 3
+    assert handed.allocation_count == handed.release_count
+    assert handed.releases == handed.allocations  # every hand-out released exactly once
+    assert machines.max_alive <= 3
+    assert left_on_system() == []

@@ -39,7 +39,12 @@ Operation = Literal[
     "allocate", "ping", "exec", "put", "get", "snapshot", "restore", "release", "reclaim"
 ]
 EventKind = Literal[
-    "allocating", "allocated", "allocation-failed", "releasing", "released", "release-failed",
+    "allocating",
+    "allocated",
+    "allocation-failed",
+    "releasing",
+    "released",
+    "release-failed",
     "reclaimed",
 ]
 
@@ -115,15 +120,30 @@ class CountingProvider(Provider):
         allocate, ``ReleaseError`` for release, ...). With ``machine_id`` only calls on that
         machine count.
         """
-        made = error if error is not None else _DEFAULT_ERRORS[operation](f"injected {operation} fault")
-        self._faults.setdefault(operation, deque()).extend(_Fault(made, machine_id) for _ in range(times))
+        made = (
+            error
+            if error is not None
+            else _DEFAULT_ERRORS[operation](f"injected {operation} fault")
+        )
+        self._faults.setdefault(operation, deque()).extend(
+            _Fault(made, machine_id) for _ in range(times)
+        )
 
-    def skip_next(self, operation: Operation, *, times: int = 1, machine_id: str | None = None) -> None:
+    def skip_next(
+        self, operation: Operation, *, times: int = 1, machine_id: str | None = None
+    ) -> None:
         """Make the next ``times`` calls of ``operation`` return at once without doing anything.
 
-        A sabotage, e.g. a ``restore`` that silently leaves the machine dirty.
+        A sabotage, e.g. a ``restore`` that silently leaves the machine dirty. (A skipped
+        ``release`` or ``reclaim`` really leaves the machine running: the caller must free it.)
         """
-        self._faults.setdefault(operation, deque()).extend(_Fault(None, machine_id) for _ in range(times))
+        self._faults.setdefault(operation, deque()).extend(
+            _Fault(None, machine_id) for _ in range(times)
+        )
+
+    def clear_faults(self) -> None:
+        """Drop every fault not triggered yet."""
+        self._faults.clear()
 
     def _fault(self, operation: Operation, machine_id: str | None) -> bool:
         """Raise or report (True: skip) the pending fault for this call, if any."""
