@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
 import shutil
 import stat
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -266,3 +269,177 @@ async def test_moving_a_tree_away_and_back(roots: dict[str, Path], tmp_path: Pat
         await engine.snapshot("after")
         await engine.restore(before)
         assert listing(roots) == expected
+
+
+def build_workspace(workspace: Path, files: int, size: int) -> None:
+    for index in range(files):
+        directory = workspace / f"dir{index % 10}"
+        directory.mkdir(exist_ok=True)
+        (directory / f"file{index}").write_bytes(os.urandom(size))
+
+
+@pytest.mark.parametrize("tracking", ["inotify", "rescan"])
+async def test_cost_follows_what_changed(roots: dict[str, Path], tmp_path: Path, tracking) -> None:
+    workspace = roots["workspace"]
+    build_workspace(workspace, files=300, size=16 * 1024)
+    # A rescan re-reads files recorded within a timestamp tick of their last change.
+    await asyncio.sleep(0.05)
+    async with DirectorySnapshots(roots, tmp_path / "store", tracking=tracking) as engine:
+        base = engine.list()[0]
+        assert base.files_copied == 300
+        assert base.bytes_stored == 300 * 16 * 1024
+        changed = workspace / "dir3" / "file3"
+        with changed.open("ab") as file:
+            file.write(b"tiny")
+        (workspace / "new").write_bytes(b"x" * 100)
+        expected = listing(roots)
+        snapshot_id = await engine.snapshot("tiny change")
+        info = engine.list()[-1]
+        assert (info.id, info.files_copied) == (snapshot_id, 2)
+        assert info.bytes_stored == 16 * 1024 + len(b"tiny") + 100
+        # The two files, and the one directory that got a new entry.
+        assert info.paths == 3
+        assert info.rescanned == (tracking == "rescan")
+
+        os.chmod(changed, 0o600)  # attributes only: the stored content is reused
+        (workspace / "new").unlink()
+        second = engine.snapshot_sync("chmod")
+        # A rescan cannot tell a chmod from a rewrite of the same size; inotify can.
+        assert second.files_copied == (1 if tracking == "rescan" else 0)
+
+        restored = await engine.restore(base.id)
+        assert restored.files_written == 1
+        assert restored.bytes_written == 16 * 1024
+        await engine.restore(base.id)
+        assert (workspace / "dir3" / "file3").stat().st_size == 16 * 1024
+        assert expected != listing(roots)
+
+
+def queue_limit() -> int:
+    return int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+
+
+async def test_lost_events_fall_back_to_a_rescan(roots: dict[str, Path], tmp_path: Path) -> None:
+    workspace = roots["workspace"]
+    (workspace / "kept").mkdir()
+    (workspace / "kept" / "old").write_bytes(b"old")
+    # Events are read only when a snapshot needs them, so the kernel queue really overflows.
+    async with DirectorySnapshots(roots, tmp_path / "store", follow=False) as engine:
+        first = await engine.snapshot("first")
+        expected = listing(roots)
+        noisy = [os.open(workspace / name, os.O_WRONLY | os.O_CREAT, 0o644) for name in ("x", "y")]
+        try:
+            for _ in range(queue_limit() // 2 + 10):
+                for fd in noisy:  # alternating names: the kernel cannot merge the events
+                    os.write(fd, b".")
+        finally:
+            for fd in noisy:
+                os.close(fd)
+        # Changes after the overflow reach no queue: only the rescan can find them.
+        (workspace / "kept" / "old").unlink()
+        (workspace / "kept" / "fresh").mkdir()
+        (workspace / "kept" / "fresh" / "file").write_bytes(b"new")
+        second = engine.snapshot_sync("after overflow")
+        assert second.rescanned
+        assert engine.statistics().rescans == 1
+        after_overflow = listing(roots)
+
+        await engine.restore(first)
+        assert listing(roots) == expected
+        # Tracking works again after the rescan (watches were re-established).
+        (workspace / "kept" / "again").mkdir()
+        (workspace / "kept" / "again" / "file").write_bytes(b"again")
+        third = engine.snapshot_sync("third")
+        assert not third.rescanned
+        await engine.restore(first)
+        assert listing(roots) == expected
+    assert after_overflow != expected
+
+
+async def test_unknown_and_dropped_snapshots_are_errors(roots: dict[str, Path], tmp_path: Path) -> None:
+    async with DirectorySnapshots(roots, tmp_path / "store") as engine:
+        base = engine.list()[0].id
+        later = await engine.snapshot("later")
+        await engine.restore(base)
+        for snapshot_id in (later, "nope"):
+            with pytest.raises(SnapshotError, match="unknown snapshot"):
+                await engine.restore(snapshot_id)
+        assert [info.name for info in engine.list()] == ["base"]
+
+
+async def test_overlapping_directories_are_refused(roots: dict[str, Path]) -> None:
+    with pytest.raises(SnapshotError, match="must not overlap"):
+        DirectorySnapshots(roots, roots["workspace"] / "store")
+
+
+async def test_delete_leaves_nothing_and_no_descriptor(roots: dict[str, Path], tmp_path: Path) -> None:
+    before = open_fds()
+    engine = DirectorySnapshots(roots, tmp_path / "store")
+    await engine.start()
+    (roots["workspace"] / "file").write_bytes(b"data")
+    await engine.snapshot()
+    assert open_fds() > before  # the inotify instance and the wake-up pipe
+    await engine.delete()
+    await engine.delete()
+    await engine.aclose()
+    assert not (tmp_path / "store").exists()
+    assert open_fds() == before
+    with pytest.raises(SnapshotError, match="closed"):
+        await engine.snapshot()
+
+
+def test_read_only_directories_restore_as_a_user() -> None:
+    """Without root, restoring into and out of read-only directories still works."""
+    # Under the world-traversable temp dir: pytest's own is private to root.
+    scratch = Path(tempfile.mkdtemp())
+    try:
+        run_as_user(scratch)
+    finally:
+        for dirpath, _, _ in os.walk(scratch):
+            os.chmod(dirpath, 0o755)
+        shutil.rmtree(scratch)
+
+
+def run_as_user(tmp_path: Path) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "sys.path[:0] = [sys.argv[2], sys.argv[3]]\n"
+        "from tests.machines.test_snapshots import listing, make_roots\n"
+        "from vmrunner.machines.snapshots import DirectorySnapshots\n"
+        "base = Path(sys.argv[1])\n"
+        "roots = make_roots(base)\n"
+        "ws = roots['workspace']\n"
+        "(ws / 'ro').mkdir(); (ws / 'ro' / 'f').write_bytes(b'1'); (ws / 'ro' / 'f').chmod(0o400)\n"
+        "(ws / 'ro').chmod(0o555)\n"
+        "engine = DirectorySnapshots(roots, base / 'store')\n"
+        "first = engine.start_sync()\n"
+        "expected = listing(roots)\n"
+        "(ws / 'ro').chmod(0o755); (ws / 'ro' / 'f').unlink(); (ws / 'ro' / 'g').write_bytes(b'2')\n"
+        "(ws / 'ro' / 'sub').mkdir(); (ws / 'ro' / 'sub' / 'h').write_bytes(b'3')\n"
+        "(ws / 'ro' / 'sub').chmod(0o500); (ws / 'ro').chmod(0o500)\n"
+        "engine.snapshot_sync('second')\n"
+        "engine.restore_sync(first)\n"
+        "assert listing(roots) == expected, (listing(roots), expected)\n"
+        "engine.delete_sync()\n"
+        "print('ok')\n"
+    )
+    base = tmp_path / "user"
+    base.mkdir()
+    os.chmod(tmp_path, 0o755)
+    os.chmod(script, 0o644)
+    if os.geteuid() == 0:
+        os.chown(base, 65534, 65534)
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    else:
+        command = []
+    repo = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [*command, sys.executable, str(script), str(base), str(repo), str(repo)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

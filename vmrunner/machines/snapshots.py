@@ -45,8 +45,9 @@ BASE_NAME = "base"
 _FICLONE = 0x40049409
 _CHUNK = 1 << 30
 #: A file changed this recently when its stat was recorded might change again within the same
-#: timestamp tick, unseen by a rescan; such records are always re-examined ("racy git").
-_RACY_NS = 100_000_000
+#: (coarse, a few ms) timestamp tick, unseen by a rescan; such records are always re-examined
+#: ("racy git"). Only the rescan path relies on timestamps.
+_RACY_NS = 20_000_000
 _OWNER_RWX = 0o700
 
 
@@ -117,13 +118,7 @@ class _Record:
     racy: bool
 
     def same(self, st: os.stat_result) -> bool:
-        return not self.racy and (
-            st.st_mode,
-            st.st_size,
-            st.st_mtime_ns,
-            st.st_ctime_ns,
-            st.st_ino,
-        ) == (
+        return not self.racy and (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) == (
             self.st_mode,
             self.size,
             self.mtime_ns,
@@ -313,9 +308,12 @@ class DirectorySnapshots:
                 for path in sorted(dirty):
                     st = _lstat(path)
                     entry = self._capture(layer, path, st, content=dirty[path])
-                    if entry is not None:
+                    if entry is None:
+                        continue
+                    previous = self._manifest.get(path)
+                    if previous is None or previous.entry != entry:
                         layer.entries[path] = entry
-                        seen.append((path, entry, st))
+                    seen.append((path, entry, st))
             except OSError as exc:
                 self._remove_tree(layer.directory)
                 raise SnapshotError(f"cannot take snapshot {name!r}: {exc}") from exc
@@ -378,9 +376,7 @@ class DirectorySnapshots:
             try:
                 self._remove_tree(self._storage)
             except OSError as exc:
-                raise SnapshotError(
-                    f"cannot remove snapshots in {os.fsdecode(self._storage)}: {exc}"
-                ) from exc
+                raise SnapshotError(f"cannot remove snapshots in {os.fsdecode(self._storage)}: {exc}") from exc
 
     # Finding what changed.
 
@@ -560,10 +556,9 @@ class DirectorySnapshots:
 
 def _copy_file(source: bytes, dest: bytes) -> int:
     """Copy a regular file's content (reflink when possible); returns the bytes copied."""
-    with (
-        _opened(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK) as src,
-        _opened(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600) as dst,
-    ):
+    with _opened(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK) as src, _opened(
+        dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600
+    ) as dst:
         return _copy_fd(src, dst)
 
 
@@ -648,12 +643,13 @@ class _Applier:
 
     New directories get owner permissions while they are filled and their recorded mode at the
     end; an existing directory without write permission is lent it and given back. Directory
-    mtimes are set last, since filling a directory changes its mtime.
+    mtimes are set last, since filling a directory changes its mtime; so is the mtime of a
+    directory that is not restored itself but whose entries were replaced.
     """
 
     def __init__(self, tracker: Tracker | None) -> None:
         self._tracker = tracker
-        self._lent: dict[bytes, os.stat_result] = {}
+        self._parents: dict[bytes, os.stat_result] = {}
         self._dirs: dict[bytes, _Entry] = {}
         self.files_written = 0
         self.bytes_written = 0
@@ -696,9 +692,7 @@ class _Applier:
 
     def _create_file(self, path: bytes, target: _Entry) -> None:
         with open(target.data, "rb") as blob:
-            fd = os.open(
-                path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-            )
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
                 self.bytes_written += _copy_fd(blob.fileno(), fd)
                 os.fchmod(fd, target.mode)
@@ -708,18 +702,20 @@ class _Applier:
         self.files_written += 1
 
     def _writable(self, directory: bytes, change: Callable[[], None]) -> None:
+        """Change an entry of ``directory``, lending it write permission if it lacks it."""
+        st = self._parents.get(directory)
+        if st is None:
+            st = self._parents[directory] = os.lstat(directory)
         try:
             change()
         except PermissionError:
-            if directory in self._lent:
+            if stat.S_IMODE(os.lstat(directory).st_mode) & _OWNER_RWX == _OWNER_RWX:
                 raise
-            st = os.lstat(directory)
-            self._lent[directory] = st
             os.chmod(directory, stat.S_IMODE(st.st_mode) | _OWNER_RWX)
             change()
 
     def _finish_dirs(self) -> None:
-        for path, st in self._lent.items():
+        for path, st in self._parents.items():
             if path not in self._dirs:
                 self._dirs[path] = _Entry(_DIR, stat.S_IMODE(st.st_mode), st.st_mtime_ns)
         for path in sorted(self._dirs, key=_depth_key, reverse=True):
@@ -727,3 +723,4 @@ class _Applier:
             with contextlib.suppress(FileNotFoundError):
                 os.chmod(path, entry.mode)
                 os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
+
