@@ -17,13 +17,9 @@ from vmrunner.runner.repository import RepositoryInfo
 _ARCH = {"x86_64": "X64", "amd64": "X64", "aarch64": "ARM64", "arm64": "ARM64", "armv7l": "ARM", "i686": "X86"}
 
 
-def _dig(payload: Mapping[str, Any], *keys: str) -> Any:
-    value: Any = payload
-    for key in keys:
-        if not isinstance(value, Mapping):
-            return None
-        value = value.get(key)
-    return value
+def _section(payload: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = payload.get(key)
+    return value if isinstance(value, Mapping) else {}
 
 
 def new_run_id() -> str:
@@ -38,9 +34,10 @@ def event_refs(options: RunOptions, info: RepositoryInfo) -> tuple[str, str, str
     ref = options.ref
     sha = options.sha or options.commit or ""
     if options.event_name.startswith("pull_request"):
-        head_ref = str(_dig(payload, "pull_request", "head", "ref") or "")
-        base_ref = str(_dig(payload, "pull_request", "base", "ref") or "")
-        number = payload.get("number") or _dig(payload, "pull_request", "number")
+        pull_request = _section(payload, "pull_request")
+        head_ref = str(_section(pull_request, "head").get("ref") or "")
+        base_ref = str(_section(pull_request, "base").get("ref") or "")
+        number = payload.get("number") or pull_request.get("number")
         if not ref and number:
             ref = f"refs/pull/{number}/merge"
     if not ref and isinstance(payload.get("ref"), str):

@@ -734,6 +734,9 @@ class JobExecution:
         if ".." in path.split("/"):
             raise ActionError(f"actions/checkout: path '{path}' leaves the workspace")
         target = f"{workspace}/{path}" if path else workspace
+        other = inputs.get("repository", "").strip()
+        if other and other != self.github.get("repository"):
+            runtime.annotate(index, "warning", f"actions/checkout: repository '{other}' is not fetched; the local repository is copied instead")
         if options.commit:
             data = await commit_tar(options.repo_root, options.commit)
             what = f"commit {options.commit}"

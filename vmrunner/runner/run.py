@@ -200,12 +200,11 @@ class Run:
         return RunOutcome(context.run_id, conclusion, tuple(self.reports))
 
     def conclusion(self) -> Result:
-        for report in self.reports:
-            if report.result == "cancelled":
-                return "cancelled"
-            if report.result == "failure" and not report.continue_on_error:
-                return "failure"
-        return "success"
+        """failure if a job failed (not continue-on-error), else cancelled if one was, else success."""
+        results = {r.result for r in self.reports if not (r.result == "failure" and r.continue_on_error)}
+        if "failure" in results:
+            return "failure"
+        return "cancelled" if "cancelled" in results else "success"
 
     async def job_group(self, job_id: str) -> None:
         try:
