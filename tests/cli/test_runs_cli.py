@@ -62,6 +62,7 @@ def test_show_by_prefix_lists_jobs_steps_and_logs() -> None:
     assert "[test (large)] ↩ job failure, rolled back 8.3s  sandbox m-test_(large) (pool)" in out
     assert "  ✗ Test 1.5s (failure, exit code 1)\n    Error: test_size failed\n" in out
     assert "[deploy] ↷ job skipped 0.0s (a job it needs failed)" in out
+    assert "  ✓ Build 1.5s\n    snapshot snap-test_(large)-0\n" in out
     assert "AssertionError" not in out  # logs only with --logs
     with_logs = vmrunner("runs", "show", "c0ffee12", "--logs", "--job", "test (large)").stdout
     assert "  ✗ Test 1.5s (failure, exit code 1)\n    AssertionError: 1 != 2\n" in with_logs

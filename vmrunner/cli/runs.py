@@ -121,6 +121,8 @@ def _print_run(result: RunResult, logs: list[LogRow] | None) -> None:
         say(Text.assemble((f"[{job.job_key}] ", "blue"), job_line(job), (f"  {machine}" if machine else "", "dim")))
         for step in job.steps:
             say(Text("  ") + step_line(step))
+            if step.snapshot_id:
+                say(Text(f"    snapshot {step.snapshot_id}", style="dim"))
             for row in by_step.get((job.job_key, step.index), []):
                 say(_log_text(row))
             for annotation in (a for a in job.annotations if a.step_index == step.index):
