@@ -73,21 +73,32 @@ def run(files: int, file_mib: int, repeat: int, tracking: str, where: str | None
 
 
 def _measure(
-    engine: DirectorySnapshots, workspace: Path, files: int, file_mib: int, repeat: int, tracking: str
+    engine: DirectorySnapshots,
+    workspace: Path,
+    files: int,
+    file_mib: int,
+    repeat: int,
+    tracking: str,
 ) -> bool:
     total_mib = files * file_mib
-    print(f"workspace: {files} files x {file_mib} MiB of os.urandom data = {total_mib} MiB, "
-          f"in {workspace.parent} (tracking: {tracking}, {os.cpu_count()} CPUs)")
+    print(
+        f"workspace: {files} files x {file_mib} MiB of os.urandom data = {total_mib} MiB, "
+        f"in {workspace.parent} (tracking: {tracking}, {os.cpu_count()} CPUs)"
+    )
     started = time.perf_counter()
     paths = _build(workspace, files, file_mib)
     print(f"built in {time.perf_counter() - started:.1f} s")
     started = time.perf_counter()
     baseline = engine.snapshot_sync("baseline")
-    print(f"baseline snapshot (not counted): {time.perf_counter() - started:.2f} s, "
-          f"{baseline.bytes_stored // MIB} MiB copied, {baseline.files_copied} files")
+    print(
+        f"baseline snapshot (not counted): {time.perf_counter() - started:.2f} s, "
+        f"{baseline.bytes_stored // MIB} MiB copied, {baseline.files_copied} files"
+    )
     print()
-    print(f"{'change':>8} {'runs':>5} {'snapshot p50':>13} {'restore p50':>12} "
-          f"{'total p50':>10} {'total p99':>10} {'copied/snap':>12} {'written/restore':>16}")
+    print(
+        f"{'change':>8} {'runs':>5} {'snapshot p50':>13} {'restore p50':>12} "
+        f"{'total p50':>10} {'total p99':>10} {'copied/snap':>12} {'written/restore':>16}"
+    )
     ok = True
     for change_mib in CHANGES_MIB:
         if change_mib > total_mib:
@@ -107,19 +118,25 @@ def _measure(
             totals.append((ended - started) * 1000)
             copied, written = info.bytes_stored, restored.bytes_written
         p99 = _percentile(totals, 0.99)
-        print(f"{change_mib:>5} MiB {runs:>5} {statistics.median(snaps):>10.1f} ms "
-              f"{statistics.median(restores):>9.1f} ms {statistics.median(totals):>7.1f} ms "
-              f"{p99:>7.1f} ms {copied / MIB:>8.1f} MiB {written / MIB:>12.1f} MiB")
+        print(
+            f"{change_mib:>5} MiB {runs:>5} {statistics.median(snaps):>10.1f} ms "
+            f"{statistics.median(restores):>9.1f} ms {statistics.median(totals):>7.1f} ms "
+            f"{p99:>7.1f} ms {copied / MIB:>8.1f} MiB {written / MIB:>12.1f} MiB"
+        )
         if change_mib == 1 and p99 > GOAL_MS:
             ok = False
     print()
-    print(f"goal: snapshot + restore after a 1 MiB change <= {GOAL_MS:.0f} ms: "
-          f"{'met' if ok else 'NOT met'} (p99; page cache warm, no fsync)")
+    print(
+        f"goal: snapshot + restore after a 1 MiB change <= {GOAL_MS:.0f} ms: "
+        f"{'met' if ok else 'NOT met'} (p99; page cache warm, no fsync)"
+    )
     return ok
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench snapshots", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench snapshots", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--files", type=int, default=1024, help="files in the workspace")
     parser.add_argument("--file-mib", type=int, default=1, help="size of each file, MiB")
     parser.add_argument("--repeat", type=int, default=20, help="runs for the 1 MiB change")

@@ -49,7 +49,12 @@ def listing(roots: dict[str, Path]) -> Listing:
                     what = os.readlink(path)
                 else:
                     what = None
-                tree[key] = (stat.S_IFMT(info.st_mode), stat.S_IMODE(info.st_mode), info.st_mtime_ns, what)
+                tree[key] = (
+                    stat.S_IFMT(info.st_mode),
+                    stat.S_IMODE(info.st_mode),
+                    info.st_mtime_ns,
+                    what,
+                )
     return tree
 
 
@@ -104,7 +109,9 @@ class SnapshotMachine(RuleBasedStateMachine):
         return base
 
     def write_file(self, path: bytes, data: bytes, mode: int) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK, mode)
+        fd = os.open(
+            path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK, mode
+        )
         with os.fdopen(fd, "wb") as file:
             file.write(data)
 
@@ -136,7 +143,9 @@ class SnapshotMachine(RuleBasedStateMachine):
 
     @rule(root=st.sampled_from(ROOTS), rel=rel_paths, when=st.integers(0, 2**34))
     def touch(self, root: str, rel: bytes, when: int) -> None:
-        self.attempt(lambda p: os.utime(p, ns=(when, when), follow_symlinks=False), self.path(root, rel))
+        self.attempt(
+            lambda p: os.utime(p, ns=(when, when), follow_symlinks=False), self.path(root, rel)
+        )
 
     @rule(root=st.sampled_from(ROOTS), rel=rel_paths)
     def delete(self, root: str, rel: bytes) -> None:
@@ -154,11 +163,20 @@ class SnapshotMachine(RuleBasedStateMachine):
     def rmdir(self, root: str, rel: bytes) -> None:
         self.attempt(os.rmdir, self.path(root, rel))
 
-    @rule(root=st.sampled_from(ROOTS), rel=rel_paths, dest=st.sampled_from([b"a", b"../b", b"/nowhere"]))
+    @rule(
+        root=st.sampled_from(ROOTS),
+        rel=rel_paths,
+        dest=st.sampled_from([b"a", b"../b", b"/nowhere"]),
+    )
     def symlink(self, root: str, rel: bytes, dest: bytes) -> None:
         self.attempt(os.symlink, dest, self.path(root, rel))
 
-    @rule(src_root=st.sampled_from(ROOTS), src=rel_paths, dst_root=st.sampled_from(ROOTS), dst=rel_paths)
+    @rule(
+        src_root=st.sampled_from(ROOTS),
+        src=rel_paths,
+        dst_root=st.sampled_from(ROOTS),
+        dst=rel_paths,
+    )
     def rename(self, src_root: str, src: bytes, dst_root: str, dst: bytes) -> None:
         self.attempt(os.rename, self.path(src_root, src), self.path(dst_root, dst))
 
@@ -177,7 +195,11 @@ class SnapshotMachine(RuleBasedStateMachine):
 
     @rule(root=st.sampled_from(ROOTS), src=rel_paths, dst=rel_paths)
     def hard_link(self, root: str, src: bytes, dst: bytes) -> None:
-        self.attempt(lambda a, b: os.link(a, b, follow_symlinks=False), self.path(root, src), self.path(root, dst))
+        self.attempt(
+            lambda a, b: os.link(a, b, follow_symlinks=False),
+            self.path(root, src),
+            self.path(root, dst),
+        )
 
     @rule(root=st.sampled_from(ROOTS), rel=rel_paths)
     def fifo(self, root: str, rel: bytes) -> None:
@@ -257,7 +279,9 @@ def roots(tmp_path: Path) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("tracking", ["inotify", "rescan"])
-async def test_moving_a_tree_away_and_back(roots: dict[str, Path], tmp_path: Path, tracking) -> None:
+async def test_moving_a_tree_away_and_back(
+    roots: dict[str, Path], tmp_path: Path, tracking
+) -> None:
     workspace = roots["workspace"]
     async with DirectorySnapshots(roots, tmp_path / "store", tracking=tracking) as engine:
         (workspace / "src" / "deep").mkdir(parents=True)
@@ -356,7 +380,9 @@ async def test_lost_events_fall_back_to_a_rescan(roots: dict[str, Path], tmp_pat
     assert after_overflow != expected
 
 
-async def test_unknown_and_dropped_snapshots_are_errors(roots: dict[str, Path], tmp_path: Path) -> None:
+async def test_unknown_and_dropped_snapshots_are_errors(
+    roots: dict[str, Path], tmp_path: Path
+) -> None:
     async with DirectorySnapshots(roots, tmp_path / "store") as engine:
         base = engine.list()[0].id
         later = await engine.snapshot("later")
@@ -372,7 +398,9 @@ async def test_overlapping_directories_are_refused(roots: dict[str, Path]) -> No
         DirectorySnapshots(roots, roots["workspace"] / "store")
 
 
-async def test_delete_leaves_nothing_and_no_descriptor(roots: dict[str, Path], tmp_path: Path) -> None:
+async def test_delete_leaves_nothing_and_no_descriptor(
+    roots: dict[str, Path], tmp_path: Path
+) -> None:
     before = open_fds()
     engine = DirectorySnapshots(roots, tmp_path / "store")
     await engine.start()

@@ -118,7 +118,13 @@ class _Record:
     racy: bool
 
     def same(self, st: os.stat_result) -> bool:
-        return not self.racy and (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) == (
+        return not self.racy and (
+            st.st_mode,
+            st.st_size,
+            st.st_mtime_ns,
+            st.st_ctime_ns,
+            st.st_ino,
+        ) == (
             self.st_mode,
             self.size,
             self.mtime_ns,
@@ -376,7 +382,9 @@ class DirectorySnapshots:
             try:
                 self._remove_tree(self._storage)
             except OSError as exc:
-                raise SnapshotError(f"cannot remove snapshots in {os.fsdecode(self._storage)}: {exc}") from exc
+                raise SnapshotError(
+                    f"cannot remove snapshots in {os.fsdecode(self._storage)}: {exc}"
+                ) from exc
 
     # Finding what changed.
 
@@ -556,9 +564,10 @@ class DirectorySnapshots:
 
 def _copy_file(source: bytes, dest: bytes) -> int:
     """Copy a regular file's content (reflink when possible); returns the bytes copied."""
-    with _opened(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK) as src, _opened(
-        dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600
-    ) as dst:
+    with (
+        _opened(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK) as src,
+        _opened(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600) as dst,
+    ):
         return _copy_fd(src, dst)
 
 
@@ -692,7 +701,9 @@ class _Applier:
 
     def _create_file(self, path: bytes, target: _Entry) -> None:
         with open(target.data, "rb") as blob:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fd = os.open(
+                path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            )
             try:
                 self.bytes_written += _copy_fd(blob.fileno(), fd)
                 os.fchmod(fd, target.mode)
@@ -723,4 +734,3 @@ class _Applier:
             with contextlib.suppress(FileNotFoundError):
                 os.chmod(path, entry.mode)
                 os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
-
