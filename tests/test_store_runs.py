@@ -127,6 +127,19 @@ def test_nothing_is_lost_at_the_end_of_a_run(store: Store) -> None:
     assert written_lines(store.path) == 5
 
 
+def test_a_sink_kept_for_a_second_run_starts_afresh(store: Store) -> None:
+    with StoreSink(store) as sink:
+        first = RunBuilder("run-a", sink=sink).start()
+        first.job("build").begin().step("One", lines=["unfinished"])
+        second = simple_run(sink, run_id="run-b")
+    assert sink.errors == []
+    history = RunHistory(store)
+    assert history.get_run("run-b") == collected(second)
+    assert history.get_run("run-a").conclusion == "interrupted"
+    assert [r.text for r in history.logs("run-a")] == ["unfinished"]
+    assert first.run_id == "run-a"
+
+
 def test_a_run_without_run_finished_whose_runner_died_is_interrupted(store: Store) -> None:
     sink = StoreSink(store, owner=dead_owner())
     run = RunBuilder(sink=sink).start()

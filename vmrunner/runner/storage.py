@@ -138,6 +138,9 @@ class StoreSink:
     def _write(self, event: Event) -> None:
         match event:
             case RunStarted():
+                if self._run is not None:  # the sink is reused: the previous run is over
+                    self.close()
+                    self._jobs, self._depth, self._finished = {}, {}, False
                 self._run = RunRow(
                     id=event.run_id, workflow_name=event.workflow_name,
                     workflow_file=event.workflow_file, event_name=event.event_name,
