@@ -28,13 +28,8 @@ from vmrunner.errors import ConfigError, ExpressionError, MachineError, SessionE
 from vmrunner.machines._local import shielded
 from vmrunner.machines.base import MachineSpec
 from vmrunner.runner.actions import (
-    Action,
-    ActionError,
     host_local_action_using,
-    is_checkout,
     is_docker_reference,
-    load_local_action,
-    load_remote_action,
 )
 from vmrunner.runner.contexts import default_env, runner_context
 from vmrunner.runner.evaluation import (
@@ -55,9 +50,9 @@ from vmrunner.runner.events import (
     StepKind,
     StepStarted,
 )
-from vmrunner.runner.repository import commit_tar, working_tree_tar
 from vmrunner.runner.shells import resolve_shell
-from vmrunner.runner.steps import JobRuntime, ScriptResult
+from vmrunner.runner.steps import JobRuntime, Scope, ScriptResult, StepResult
+from vmrunner.runner.uses import ActionSteps
 from vmrunner.workflow.expressions import EvaluationHooks, evaluate_if, hash_files
 from vmrunner.workflow.models import Job, Step
 
@@ -86,40 +81,6 @@ class JobOutcome:
     outputs: dict[str, str] = field(default_factory=dict)
     reason: str = ""
     continue_on_error: bool = False
-
-
-@dataclass(slots=True)
-class Scope:
-    """The steps of a job, or of one composite action: their ``steps`` context and status."""
-
-    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
-    inputs: Mapping[str, Any] = field(default_factory=dict)
-    env: dict[str, str] = field(default_factory=dict)
-    failed: bool = False
-    action: Action | None = None
-    parent: Scope | None = None
-
-    def any_failed(self) -> bool:
-        return self.failed or (self.parent is not None and self.parent.any_failed())
-
-
-@dataclass(slots=True)
-class StepResult:
-    outcome: Result
-    conclusion: Result
-    exit_code: int | None = None
-    timed_out: bool = False
-    outputs: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class _Post:
-    action: Action
-    scope: Scope
-    step: Step
-    step_env: dict[str, str]
-    inputs: dict[str, str]
-    state: dict[str, str]
 
 
 def _calls_hash_files(step: Step) -> bool:
@@ -173,7 +134,6 @@ class JobExecution:
         self.job_env: dict[str, str] = {}
         self.cancelled = False
         self.runtime: JobRuntime | None = None
-        self.posts: list[_Post] = []
         self.index = -1
         self.github: dict[str, Any] = {}
         self.runner: dict[str, Any] = {}
@@ -181,8 +141,7 @@ class JobExecution:
         self.started = False
         #: A host copy of the workspace while a step calling ``hashFiles`` is evaluated.
         self.hash_root: Path | None = None
-        #: Action folders already copied into this job's machine.
-        self.uploaded: set[str] = set()
+        self.actions = ActionSteps(self)
 
     # Contexts
 
@@ -362,8 +321,7 @@ class JobExecution:
         run = self.run
         try:
             async with asyncio.timeout(CLEANUP_GRACE if timed_out or self.cancelled else None):
-                for post in reversed(self.posts):
-                    await self.run_post(post, scope)
+                await self.actions.run_posts(scope)
                 outcome.result = "failure" if scope.failed else "success"
                 if not scope.failed:
                     outcome.outputs = self.job_outputs(scope)
@@ -528,7 +486,7 @@ class JobExecution:
             if step.run is not None:
                 result = await self.run_run(step, scope, index, contexts, hooks, env, minutes)
             else:
-                result = await self.run_uses(step, scope, index, contexts, hooks, step_env, minutes)
+                result = await self.actions.run_uses(step, scope, index, contexts, hooks, step_env, minutes)
         except (ConfigError, ExpressionError) as exc:
             runtime.annotate(index, "error", str(exc))
             result = StepResult("failure", "failure")
@@ -593,158 +551,3 @@ class JobExecution:
             runtime.annotate(index, "error", f"process completed with {code}")
         outcome: Result = "success" if result.ok else "failure"
         return StepResult(outcome, outcome, result.exit_code, result.timed_out, dict(result.outputs))
-
-    # Actions
-
-    async def run_uses(
-        self, step: Step, scope: Scope, index: int, contexts: dict[str, Any], hooks: EvaluationHooks,
-        step_env: dict[str, str], minutes: float | None,
-    ) -> StepResult:
-        runtime = self.runtime
-        assert runtime is not None
-        assert step.uses is not None
-        uses = step.uses.strip()
-        with_ = render(step.with_, contexts, hooks)
-        inputs = {str(k): as_text(v) for k, v in (with_ or {}).items()} if isinstance(with_, Mapping) else {}
-        if is_docker_reference(uses):
-            raise ActionError(f"step uses {uses}: Docker images are not supported by the {self.run.provider_name} provider")
-        if is_checkout(uses):
-            await self.checkout(inputs, index)
-            return StepResult("success", "success")
-        if uses.startswith("./") or uses == ".":
-            action = await load_local_action(runtime.machine, self.run.options.repo_root, uses, self.uploaded)
-        else:
-            action = await load_remote_action(runtime.machine, uses, self.run.options.actions_url, self.uploaded)
-        if action.is_docker:
-            raise ActionError(f"action {uses} is a Docker action: not supported by the {self.run.provider_name} provider")
-        resolved = self.action_inputs(action, inputs, contexts, hooks)
-        if action.is_composite:
-            return await self.run_composite(action, step, scope, index, resolved, step_env)
-        return await self.run_node(action, step, scope, index, resolved, step_env, minutes)
-
-    def action_inputs(self, action: Action, given: Mapping[str, str], contexts: Mapping[str, Any], hooks: EvaluationHooks) -> dict[str, str]:
-        resolved: dict[str, str] = {}
-        known = {spec.name.lower() for spec in action.inputs}
-        for spec in action.inputs:
-            match = next((v for k, v in given.items() if k.lower() == spec.name.lower()), None)
-            if match is not None:
-                resolved[spec.name] = match
-            elif spec.default is not None:
-                resolved[spec.name] = render_text(spec.default, contexts, hooks)
-            else:
-                resolved[spec.name] = ""
-        for name, value in given.items():
-            if name.lower() not in known:
-                resolved[name] = value
-        return resolved
-
-    async def run_composite(
-        self, action: Action, step: Step, scope: Scope, index: int, inputs: dict[str, str], step_env: dict[str, str]
-    ) -> StepResult:
-        inner = Scope(inputs=inputs, env=step_env, action=action, parent=scope)
-        await self.run_steps(action.steps, inner, index)
-        inner_contexts = self.contexts(inner, self.env_context(inner))
-        outputs: dict[str, str] = {}
-        for name, spec in action.outputs.items():
-            value = spec.get("value") if isinstance(spec, Mapping) else None
-            if value is None:
-                continue
-            try:
-                outputs[str(name)] = render_text(value, inner_contexts, self.hooks(inner))
-            except VmrunnerError as exc:
-                assert self.runtime is not None
-                self.runtime.annotate(index, "warning", f"output '{name}' of {action.reference}: {exc}")
-        outcome: Result = "failure" if inner.failed else "success"
-        return StepResult(outcome, outcome, None, False, outputs)
-
-    def node_env(self, action: Action, step: Step, scope: Scope, inputs: Mapping[str, str], step_env: Mapping[str, str], state: Mapping[str, str]) -> dict[str, str]:
-        runtime = self.runtime
-        assert runtime is not None
-        env = {**self.env_context(scope), **step_env}
-        for name, value in inputs.items():
-            env[f"INPUT_{name.replace(' ', '_').upper()}"] = value
-        for name, value in state.items():
-            env[f"STATE_{name}"] = value
-        github = self.step_github(step, Scope(action=action))
-        process_env = runtime.process_env(self.default_env(github), env)
-        process_env["GITHUB_ACTION_PATH"] = action.path
-        return process_env
-
-    async def run_node(
-        self, action: Action, step: Step, scope: Scope, index: int, inputs: dict[str, str],
-        step_env: dict[str, str], minutes: float | None,
-    ) -> StepResult:
-        runtime = self.runtime
-        assert runtime is not None
-        if not runtime.has_node:
-            raise ActionError(f"action {action.reference} needs node ({action.using}), which the machine does not have")
-        timeout = minutes * 60 if minutes else None
-        state: dict[str, str] = {}
-        cwd = str(self.github.get("workspace") or "/")
-        if action.pre:
-            contexts = self.contexts(scope, self.env_context(scope))
-            if evaluate_if(action.pre_if or "always()", contexts, self.hooks(scope)):
-                env = self.node_env(action, step, scope, inputs, step_env, state)
-                pre = await runtime.run_script(index, self.node_argv(action, action.pre), "", "", env=env, cwd=cwd, timeout=timeout)
-                state.update(pre.state)
-                if not pre.ok:
-                    return self.script_outcome(index, pre)
-        env = self.node_env(action, step, scope, inputs, step_env, state)
-        result = await runtime.run_script(index, self.node_argv(action, action.main), "", "", env=env, cwd=cwd, timeout=timeout)
-        state.update(result.state)
-        if action.post:
-            self.posts.append(_Post(action, scope, step, dict(step_env), dict(inputs), state))
-        return self.script_outcome(index, result)
-
-    @staticmethod
-    def node_argv(action: Action, entry: str) -> Callable[[str], list[str]]:
-        target = entry if entry.startswith("/") else f"{action.path}/{entry}"
-        return lambda _script: ["node", target]
-
-    async def run_post(self, post: _Post, scope: Scope) -> None:
-        runtime = self.runtime
-        assert runtime is not None
-        run = self.run
-        contexts = self.contexts(scope, self.env_context(scope))
-        try:
-            wanted = evaluate_if(post.action.post_if or "always()", contexts, self.hooks(scope))
-        except ExpressionError as exc:
-            runtime.annotate(-1, "error", f"post-if of {post.action.reference}: {exc}")
-            wanted = False
-        if not wanted:
-            return
-        index = self.next_index()
-        run.emit(StepStarted(run.run_id, self.job_key, index, "post", run.masker.mask(f"Post {post.step.display_name}"), time.time(), step_id=post.step.id or ""))
-        began = time.monotonic()
-        env = self.node_env(post.action, post.step, scope, post.inputs, post.step_env, post.state)
-        result = await runtime.run_script(index, self.node_argv(post.action, post.action.post), "", "", env=env, cwd=str(self.github.get("workspace") or "/"), timeout=None)
-        step = self.script_outcome(index, result)
-        if step.outcome == "failure":
-            scope.failed = True
-        runtime.end_groups(index)
-        run.emit(StepFinished(run.run_id, self.job_key, index, step.outcome, step.conclusion, time.time(), time.monotonic() - began, exit_code=result.exit_code))
-
-    async def checkout(self, inputs: Mapping[str, str], index: int) -> None:
-        """``actions/checkout``: the repository's files (working tree, or a commit) into the workspace."""
-        runtime = self.runtime
-        assert runtime is not None
-        options = self.run.options
-        workspace = runtime.paths.workspace
-        path = inputs.get("path", "").strip().strip("/")
-        if ".." in path.split("/"):
-            raise ActionError(f"actions/checkout: path '{path}' leaves the workspace")
-        target = f"{workspace}/{path}" if path else workspace
-        other = inputs.get("repository", "").strip()
-        if other and other != self.github.get("repository"):
-            runtime.annotate(index, "warning", f"actions/checkout: repository '{other}' is not fetched; the local repository is copied instead")
-        if options.commit:
-            data = await commit_tar(options.repo_root, options.commit)
-            what = f"commit {options.commit}"
-        else:
-            data = await asyncio.to_thread(working_tree_tar, options.repo_root)
-            what = "the working tree"
-        try:
-            await runtime.machine.put(target, data)
-        except MachineError as exc:
-            raise ActionError(f"actions/checkout: cannot copy the repository into the machine: {exc}") from exc
-        runtime.log(index, f"Checked out {what} of {options.repo_root} into {target}")

@@ -2,11 +2,13 @@
 
 ``JobRuntime`` is the state of one job while it runs: the session, the job's environment (as
 ``GITHUB_ENV`` and ``GITHUB_PATH`` changed it), the masker, the event sink. ``run_script``
-runs one script the GitHub way: the script and a fresh set of file-command files
-(``GITHUB_ENV``, ``GITHUB_OUTPUT``, ``GITHUB_PATH``, ``GITHUB_STATE``,
-``GITHUB_STEP_SUMMARY``) go into ``RUNNER_TEMP`` in one transfer, the script runs with output
-streamed line by line through the workflow-command reader and the masker, and the files come
-back in one transfer.
+runs one script the GitHub way, in one command: the script is written to ``RUNNER_TEMP`` with
+a fresh set of file-command files (``GITHUB_ENV``, ``GITHUB_OUTPUT``, ``GITHUB_PATH``,
+``GITHUB_STATE``, ``GITHUB_STEP_SUMMARY``), it runs with its output streamed line by line
+through the workflow-command reader and the masker, and the files come back after it.
+
+``Scope`` is the state of a list of steps (a job's, or a composite action's): their ``steps``
+context and whether one failed; ``StepResult`` is a step's outcome and conclusion.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmrunner.errors import ExecError, MachineError
+from vmrunner.runner.actions import Action
 from vmrunner.runner.commands import (
     CommandReader,
     FileCommandError,
@@ -34,6 +37,7 @@ from vmrunner.runner.events import (
     GroupEnded,
     GroupStarted,
     LogLine,
+    Result,
     Stream,
 )
 from vmrunner.runner.masking import Masker
@@ -80,6 +84,30 @@ class ScriptResult:
     @property
     def ok(self) -> bool:
         return self.exit_code == 0 and not self.timed_out and not self.error
+
+
+@dataclass(slots=True)
+class Scope:
+    """The steps of a job, or of one composite action: their ``steps`` context and status."""
+
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    inputs: Mapping[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    failed: bool = False
+    action: Action | None = None
+    parent: Scope | None = None
+
+    def any_failed(self) -> bool:
+        return self.failed or (self.parent is not None and self.parent.any_failed())
+
+
+@dataclass(slots=True)
+class StepResult:
+    outcome: Result
+    conclusion: Result
+    exit_code: int | None = None
+    timed_out: bool = False
+    outputs: dict[str, str] = field(default_factory=dict)
 
 
 class _LineSplitter:

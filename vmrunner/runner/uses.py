@@ -1,0 +1,213 @@
+"""Steps that ``uses`` an action: native checkout, composite actions, node actions and their
+post steps. Where actions come from and what their metadata says is ``actions.py``.
+
+Composite actions run their steps in a scope of their own (``steps`` and ``inputs`` contexts,
+the ``uses`` step's env, which does not leak back); what they write to ``GITHUB_ENV`` and
+``GITHUB_PATH`` is the job's. Node actions get their inputs as ``INPUT_*`` and their saved
+state as ``STATE_*``; a ``pre`` script runs right before ``main``, a ``post`` script after all
+steps of the job (in reverse order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from vmrunner.errors import ExpressionError, MachineError, VmrunnerError
+from vmrunner.runner.actions import (
+    Action,
+    ActionError,
+    is_checkout,
+    is_docker_reference,
+    load_local_action,
+    load_remote_action,
+)
+from vmrunner.runner.evaluation import as_text, render, render_text
+from vmrunner.runner.events import Result, StepFinished, StepStarted
+from vmrunner.runner.repository import commit_tar, working_tree_tar
+from vmrunner.runner.steps import Scope, StepResult
+from vmrunner.workflow.expressions import EvaluationHooks, evaluate_if
+from vmrunner.workflow.models import Step
+
+if TYPE_CHECKING:  # job.py imports this module
+    from vmrunner.runner.job import JobExecution
+
+
+@dataclass(slots=True)
+class _Post:
+    action: Action
+    scope: Scope
+    step: Step
+    step_env: dict[str, str]
+    inputs: dict[str, str]
+    state: dict[str, str]
+
+
+class ActionSteps:
+    """Runs the ``uses`` steps of one job; keeps its post steps and the actions copied in."""
+
+    def __init__(self, job: JobExecution) -> None:
+        self.job = job
+        self.posts: list[_Post] = []
+        #: Action folders already copied into the job's machine.
+        self.uploaded: set[str] = set()
+
+    async def run_posts(self, scope: Scope) -> None:
+        for post in reversed(self.posts):
+            await self.run_post(post, scope)
+
+    async def run_uses(
+        self, step: Step, scope: Scope, index: int, contexts: dict[str, Any], hooks: EvaluationHooks,
+        step_env: dict[str, str], minutes: float | None,
+    ) -> StepResult:
+        runtime = self.job.runtime
+        assert runtime is not None
+        assert step.uses is not None
+        uses = step.uses.strip()
+        with_ = render(step.with_, contexts, hooks)
+        inputs = {str(k): as_text(v) for k, v in (with_ or {}).items()} if isinstance(with_, Mapping) else {}
+        if is_docker_reference(uses):
+            raise ActionError(f"step uses {uses}: Docker images are not supported by the {self.job.run.provider_name} provider")
+        if is_checkout(uses):
+            await self.checkout(inputs, index)
+            return StepResult("success", "success")
+        if uses.startswith("./") or uses == ".":
+            action = await load_local_action(runtime.machine, self.job.run.options.repo_root, uses, self.uploaded)
+        else:
+            action = await load_remote_action(runtime.machine, uses, self.job.run.options.actions_url, self.uploaded)
+        if action.is_docker:
+            raise ActionError(f"action {uses} is a Docker action: not supported by the {self.job.run.provider_name} provider")
+        resolved = self.action_inputs(action, inputs, contexts, hooks)
+        if action.is_composite:
+            return await self.run_composite(action, step, scope, index, resolved, step_env)
+        return await self.run_node(action, step, scope, index, resolved, step_env, minutes)
+
+    def action_inputs(self, action: Action, given: Mapping[str, str], contexts: Mapping[str, Any], hooks: EvaluationHooks) -> dict[str, str]:
+        resolved: dict[str, str] = {}
+        known = {spec.name.lower() for spec in action.inputs}
+        for spec in action.inputs:
+            match = next((v for k, v in given.items() if k.lower() == spec.name.lower()), None)
+            if match is not None:
+                resolved[spec.name] = match
+            elif spec.default is not None:
+                resolved[spec.name] = render_text(spec.default, contexts, hooks)
+            else:
+                resolved[spec.name] = ""
+        for name, value in given.items():
+            if name.lower() not in known:
+                resolved[name] = value
+        return resolved
+
+    async def run_composite(
+        self, action: Action, step: Step, scope: Scope, index: int, inputs: dict[str, str], step_env: dict[str, str]
+    ) -> StepResult:
+        inner = Scope(inputs=inputs, env=step_env, action=action, parent=scope)
+        await self.job.run_steps(action.steps, inner, index)
+        inner_contexts = self.job.contexts(inner, self.job.env_context(inner))
+        outputs: dict[str, str] = {}
+        for name, spec in action.outputs.items():
+            value = spec.get("value") if isinstance(spec, Mapping) else None
+            if value is None:
+                continue
+            try:
+                outputs[str(name)] = render_text(value, inner_contexts, self.job.hooks(inner))
+            except VmrunnerError as exc:
+                assert self.job.runtime is not None
+                self.job.runtime.annotate(index, "warning", f"output '{name}' of {action.reference}: {exc}")
+        outcome: Result = "failure" if inner.failed else "success"
+        return StepResult(outcome, outcome, None, False, outputs)
+
+    def node_env(self, action: Action, step: Step, scope: Scope, inputs: Mapping[str, str], step_env: Mapping[str, str], state: Mapping[str, str]) -> dict[str, str]:
+        runtime = self.job.runtime
+        assert runtime is not None
+        env = {**self.job.env_context(scope), **step_env}
+        for name, value in inputs.items():
+            env[f"INPUT_{name.replace(' ', '_').upper()}"] = value
+        for name, value in state.items():
+            env[f"STATE_{name}"] = value
+        github = self.job.step_github(step, Scope(action=action))
+        process_env = runtime.process_env(self.job.default_env(github), env)
+        process_env["GITHUB_ACTION_PATH"] = action.path
+        return process_env
+
+    async def run_node(
+        self, action: Action, step: Step, scope: Scope, index: int, inputs: dict[str, str],
+        step_env: dict[str, str], minutes: float | None,
+    ) -> StepResult:
+        runtime = self.job.runtime
+        assert runtime is not None
+        if not runtime.has_node:
+            raise ActionError(f"action {action.reference} needs node ({action.using}), which the machine does not have")
+        timeout = minutes * 60 if minutes else None
+        state: dict[str, str] = {}
+        cwd = str(self.job.github.get("workspace") or "/")
+        if action.pre:
+            contexts = self.job.contexts(scope, self.job.env_context(scope))
+            if evaluate_if(action.pre_if or "always()", contexts, self.job.hooks(scope)):
+                env = self.node_env(action, step, scope, inputs, step_env, state)
+                pre = await runtime.run_script(index, self.node_argv(action, action.pre), "", "", env=env, cwd=cwd, timeout=timeout)
+                state.update(pre.state)
+                if not pre.ok:
+                    return self.job.script_outcome(index, pre)
+        env = self.node_env(action, step, scope, inputs, step_env, state)
+        result = await runtime.run_script(index, self.node_argv(action, action.main), "", "", env=env, cwd=cwd, timeout=timeout)
+        state.update(result.state)
+        if action.post:
+            self.posts.append(_Post(action, scope, step, dict(step_env), dict(inputs), state))
+        return self.job.script_outcome(index, result)
+
+    @staticmethod
+    def node_argv(action: Action, entry: str) -> Callable[[str], list[str]]:
+        target = entry if entry.startswith("/") else f"{action.path}/{entry}"
+        return lambda _script: ["node", target]
+
+    async def run_post(self, post: _Post, scope: Scope) -> None:
+        runtime = self.job.runtime
+        assert runtime is not None
+        run = self.job.run
+        contexts = self.job.contexts(scope, self.job.env_context(scope))
+        try:
+            wanted = evaluate_if(post.action.post_if or "always()", contexts, self.job.hooks(scope))
+        except ExpressionError as exc:
+            runtime.annotate(-1, "error", f"post-if of {post.action.reference}: {exc}")
+            wanted = False
+        if not wanted:
+            return
+        index = self.job.next_index()
+        run.emit(StepStarted(run.run_id, self.job.job_key, index, "post", run.masker.mask(f"Post {post.step.display_name}"), time.time(), step_id=post.step.id or ""))
+        began = time.monotonic()
+        env = self.node_env(post.action, post.step, scope, post.inputs, post.step_env, post.state)
+        result = await runtime.run_script(index, self.node_argv(post.action, post.action.post), "", "", env=env, cwd=str(self.job.github.get("workspace") or "/"), timeout=None)
+        step = self.job.script_outcome(index, result)
+        if step.outcome == "failure":
+            scope.failed = True
+        runtime.end_groups(index)
+        run.emit(StepFinished(run.run_id, self.job.job_key, index, step.outcome, step.conclusion, time.time(), time.monotonic() - began, exit_code=result.exit_code))
+
+    async def checkout(self, inputs: Mapping[str, str], index: int) -> None:
+        """``actions/checkout``: the repository's files (working tree, or a commit) into the workspace."""
+        runtime = self.job.runtime
+        assert runtime is not None
+        options = self.job.run.options
+        workspace = runtime.paths.workspace
+        path = inputs.get("path", "").strip().strip("/")
+        if ".." in path.split("/"):
+            raise ActionError(f"actions/checkout: path '{path}' leaves the workspace")
+        target = f"{workspace}/{path}" if path else workspace
+        other = inputs.get("repository", "").strip()
+        if other and other != self.job.github.get("repository"):
+            runtime.annotate(index, "warning", f"actions/checkout: repository '{other}' is not fetched; the local repository is copied instead")
+        if options.commit:
+            data = await commit_tar(options.repo_root, options.commit)
+            what = f"commit {options.commit}"
+        else:
+            data = await asyncio.to_thread(working_tree_tar, options.repo_root)
+            what = "the working tree"
+        try:
+            await runtime.machine.put(target, data)
+        except MachineError as exc:
+            raise ActionError(f"actions/checkout: cannot copy the repository into the machine: {exc}") from exc
+        runtime.log(index, f"Checked out {what} of {options.repo_root} into {target}")
