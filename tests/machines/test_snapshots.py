@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
@@ -191,7 +191,11 @@ class SnapshotMachine(RuleBasedStateMachine):
         ]
         if existing:
             src = data.draw(st.sampled_from(sorted(existing)))
-            self.attempt(os.rename, src, self.path(dst_root, dst))
+            tree = os.path.isdir(src) and not os.path.islink(src) and bool(os.listdir(src))
+            with contextlib.suppress(OSError):
+                os.rename(src, self.path(dst_root, dst))
+                if tree:
+                    event("moved a tree")
 
     @rule(root=st.sampled_from(ROOTS), src=rel_paths, dst=rel_paths)
     def hard_link(self, root: str, src: bytes, dst: bytes) -> None:
@@ -233,7 +237,11 @@ class SnapshotMachine(RuleBasedStateMachine):
             with pytest.raises(SnapshotError, match="unknown snapshot"):
                 self.engine.restore_sync(snapshot_id)
             return
+        before = listing(self.roots)
         self.engine.restore_sync(snapshot_id)
+        event(
+            "restore changed the tree" if before != self.expected[snapshot_id] else "no-op restore"
+        )
         assert listing(self.roots) == self.expected[snapshot_id]
         del self.history[self.history.index(snapshot_id) + 1 :]
 
