@@ -20,7 +20,8 @@ below and raised ``from`` the original.
     │   ├── TransferError          put/get of files failed
     │   ├── SnapshotError          a snapshot or restore failed
     │   │   └── SnapshotUnsupported   the provider has no snapshot capability
-    │   └── ReleaseError           a machine could not be fully released
+    │   ├── ReleaseError           a machine could not be fully released
+    │   └── ImageError             a guest image could not be built, found or booted
     ├── SessionError               the session manager refused an operation
     │   ├── CapacityError          the concurrency limit is reached (fail-fast) or the wait timed out
     │   ├── SessionNotFound        no such session (also: released already)
@@ -146,6 +147,10 @@ class SnapshotError(MachineError):
 
 class SnapshotUnsupported(SnapshotError):
     """The machine's provider does not declare the snapshot capability."""
+
+
+class ImageError(MachineError):
+    """A guest image could not be built (a tool or the package mirror failed), found or booted."""
 
 
 class ReleaseError(MachineError):

@@ -7,24 +7,29 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.machines.provider_suite import ProviderSuite
+from tests.machines.qemu_fixtures import qemu_image, test_images_dir
 from vmrunner.errors import ConfigError
 from vmrunner.machines.base import Provider
 from vmrunner.machines.providers import get_provider, provider_names
 
-PROVIDERS = ["sandbox", "host"]
+PROVIDERS = ["sandbox", "host", "qemu"]
 
 
 class TestProviders(ProviderSuite):
     @pytest.fixture(params=PROVIDERS)
     async def provider(self, request: pytest.FixtureRequest) -> AsyncIterator[Provider]:
-        provider = get_provider(request.param, grace=0.5)
+        options: dict[str, object] = {}
+        if request.param == "qemu":  # VMs boot from the image the qemu tests share
+            qemu_image()
+            options["images"] = test_images_dir()
+        provider = get_provider(request.param, grace=0.5, **options)
         yield provider
         await provider.aclose()
         assert provider.leftovers() == [], "a test left a machine behind"
 
 
 def test_unknown_provider_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match=r"unknown provider 'vmware'.*host, sandbox"):
+    with pytest.raises(ConfigError, match=r"unknown provider 'vmware'.*host, qemu, sandbox"):
         get_provider("vmware")
 
 

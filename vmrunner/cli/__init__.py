@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "expr": ("vmrunner.cli.expr", "Evaluate a ${{ }} expression, for debugging."),
     "sessions": ("vmrunner.cli.sessions", "List sessions; reclaim machines of dead runners."),
     "runs": ("vmrunner.cli.runs", "List kept workflow runs; show one with its jobs, steps and logs."),
+    "image": ("vmrunner.cli.image", "Build, list and remove guest images for VM providers."),
     "run": ("vmrunner.cli.run", "Run the workflows an event triggers, one machine per job."),
 }
 

@@ -12,6 +12,7 @@ from vmrunner.machines.base import Provider
 PROVIDERS: dict[str, str] = {
     "sandbox": "vmrunner.machines.sandbox:SandboxProvider",
     "host": "vmrunner.machines.host:HostProvider",
+    "qemu": "vmrunner.machines.qemu:QemuProvider",
 }
 
 

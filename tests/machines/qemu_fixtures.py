@@ -1,0 +1,43 @@
+"""The guest image the qemu tests share, built once per host (content-addressed, so reused).
+
+Images live in ``$VMRUNNER_TEST_IMAGES`` (default: a directory in the system's temp dir), not
+in a test's own VMRUNNER_HOME: a first build takes minutes. QEMU missing is a skip (and
+``scripts/bootstrap`` installs it, so CI always runs these tests); an image that cannot be
+built is a failure.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from vmrunner.errors import ImageError
+from vmrunner.machines.images import Image, ImageStore
+
+
+def test_images_dir() -> Path:
+    explicit = os.environ.get("VMRUNNER_TEST_IMAGES")
+    return Path(explicit) if explicit else Path(tempfile.gettempdir()) / "vmrunner-test-images"
+
+
+test_images_dir.__test__ = False  # type: ignore[attr-defined]
+
+
+@functools.cache
+def _build() -> Image:
+    return ImageStore(test_images_dir()).build()
+
+
+def qemu_image() -> Image:
+    """The default image in the shared directory; skips only when QEMU is not installed."""
+    if shutil.which("qemu-system-x86_64") is None or shutil.which("qemu-img") is None:
+        pytest.skip("QEMU is not installed (scripts/bootstrap installs qemu-system-x86)")
+    try:
+        return _build()
+    except ImageError as exc:
+        pytest.fail(f"cannot build the test guest image: {exc}")

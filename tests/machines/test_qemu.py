@@ -1,0 +1,211 @@
+"""The qemu provider beyond the shared suite: VM snapshots, the ready state, the warm pool,
+the accelerator probe, networks, and reclaim after the runner is SIGKILLed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.machines.provider_suite import (
+    assert_nothing_left,
+    eventually,
+    is_dir,
+    machine_processes,
+    process_alive,
+)
+from tests.machines.qemu_fixtures import qemu_image, test_images_dir
+from vmrunner.errors import AllocationError, SnapshotError
+from vmrunner.machines.base import MachineSpec
+from vmrunner.machines.images import Image
+from vmrunner.machines.pool import WarmPool
+from vmrunner.machines.qemu import QemuMachine, QemuProvider, Shape, accelerator, qemu_argv
+
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+def command_line(pid: int | None) -> list[bytes]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+
+
+@pytest.fixture
+def image() -> Image:
+    return qemu_image()
+
+
+@pytest.fixture
+async def provider(image: Image) -> AsyncIterator[QemuProvider]:
+    provider = QemuProvider(images=test_images_dir(), grace=0.5)
+    yield provider
+    await provider.aclose()
+    assert provider.leftovers() == [], "a test left a machine behind"
+
+
+@pytest.fixture
+async def machine(provider: QemuProvider) -> AsyncIterator[QemuMachine]:
+    machine = await provider.allocate(MachineSpec())
+    assert isinstance(machine, QemuMachine)
+    try:
+        yield machine
+    finally:
+        await provider.release(machine)
+    assert_nothing_left(machine)
+
+
+async def test_restore_brings_back_files_and_running_processes(machine: QemuMachine) -> None:
+    notes = f"{machine.paths.workspace}/notes.txt"
+    await machine.write_file(notes, b"original")
+    started = await machine.exec("sleep 1000 </dev/null >/dev/null 2>&1 & echo $!")
+    pid = started.stdout.decode().strip()
+    snapshot = await machine.snapshot("before")
+
+    await machine.write_file(notes, b"changed")
+    await machine.exec(["kill", "-9", pid])
+    await machine.exec(["sh", "-c", f"echo new > {machine.paths.home}/added"])
+    assert (await machine.exec(["kill", "-0", pid])).exit_code != 0
+
+    await machine.restore(snapshot)
+    assert await machine.read_file(notes) == b"original"
+    assert (await machine.exec(["kill", "-0", pid])).ok, "the background process is gone"
+    cmdline = await machine.exec(["cat", f"/proc/{pid}/cmdline"])
+    assert cmdline.stdout.split(b"\0")[:2] == [b"sleep", b"1000"]
+    assert (await machine.exec(["test", "-e", f"{machine.paths.home}/added"])).exit_code == 1
+    # The machine goes on from there: new commands, new snapshots, a second restore.
+    again = await machine.snapshot()
+    assert again != snapshot
+    await machine.restore(snapshot)
+    assert (await machine.exec(["kill", "-0", pid])).ok
+
+
+async def test_restore_of_an_unknown_snapshot_is_an_error(machine: QemuMachine) -> None:
+    with pytest.raises(SnapshotError, match="no snapshot"):
+        await machine.restore("nonexistent")
+
+
+async def test_machines_from_the_ready_state_are_separate_vms(provider: QemuProvider) -> None:
+    first = await provider.allocate(MachineSpec())
+    second = await provider.allocate(MachineSpec())
+    try:
+        assert first.record.pid != second.record.pid
+        assert machine_processes(first.id) == [first.record.pid]
+        # Both resumed the same saved state, yet write to disks of their own.
+        ready = list((test_images_dir() / "ready").glob(f"{qemu_image().digest}-*/state"))
+        assert ready, "no ready state was saved"
+        for machine in (first, second):
+            argv = command_line(machine.record.pid)
+            assert argv[argv.index(b"-incoming") + 1].startswith(b"exec:cat ")
+        await first.write_file("/tmp/owner", b"first")
+        assert (await second.exec(["test", "-e", "/tmp/owner"])).exit_code == 1
+        assert (await first.exec(["test", "-e", "/tmp/owner"])).ok
+    finally:
+        await asyncio.gather(provider.release(first), provider.release(second))
+
+
+async def test_network_none_has_no_interface_and_host_has_user_mode_nat(
+    provider: QemuProvider,
+) -> None:
+    isolated = await provider.allocate(MachineSpec(network="none"))
+    connected = await provider.allocate(MachineSpec(network="host"))
+    try:
+        assert (await isolated.exec(["test", "-e", "/sys/class/net/eth0"])).exit_code == 1
+        route = await connected.exec(["cat", "/proc/net/route"])
+        assert b"eth0" in route.stdout
+        # The user-mode network's gateway answers on its DNS port (no internet needed).
+        probe = await connected.exec(
+            ["python3", "-c", "import socket; socket.create_connection(('10.0.2.2', 1), 2)"],
+        )
+        assert b"Connection refused" in probe.stderr or b"timed out" in probe.stderr
+    finally:
+        await asyncio.gather(provider.release(isolated), provider.release(connected))
+
+
+async def test_warm_pool_hands_out_booted_vms(provider: QemuProvider) -> None:
+    async with WarmPool(provider, sizes={"default": 1}) as pool:
+        await eventually(lambda: pool.statistics().idle.get("default", 0) == 1, "a pooled VM", 120)
+        machine = await pool.allocate(MachineSpec())
+        try:
+            assert machine.from_pool
+            assert (await machine.exec(["true"])).ok
+        finally:
+            await pool.release(machine)
+    assert provider.leftovers() == []
+
+
+async def test_missing_image_is_an_allocation_error(provider: QemuProvider) -> None:
+    with pytest.raises(AllocationError, match=r"no image named 'gpu'.*vmrunner image build"):
+        await provider.allocate(MachineSpec(vm_type="gpu"))
+
+
+async def test_accelerator_is_probed_once_and_cached(image: Image, tmp_path: Path) -> None:
+    cache = tmp_path / "accelerator.json"
+    cache.write_text(json.dumps({"other-host": "kvm"}))
+    provider = QemuProvider(images=test_images_dir())
+    found = accelerator(provider.qemu(), image, test_images_dir() / "accelerator.json")
+    assert found in ("kvm", "tcg")
+    known = json.loads((test_images_dir() / "accelerator.json").read_text())
+    assert found in known.values()
+    # A cached answer is used as it is (the probe is not run again).
+    key = next(k for k, v in known.items() if v == found)
+    forced = "tcg" if found == "kvm" else "kvm"
+    cache.write_text(json.dumps({key: forced}))
+    assert accelerator(provider.qemu(), image, cache) == forced
+
+
+def test_command_line_has_fixed_device_ids_and_the_network_mode(image: Image, tmp_path: Path) -> None:
+    none = qemu_argv("qemu", image, Shape("tcg", 256, 1, "none"), tmp_path)
+    host = qemu_argv("qemu", image, Shape("tcg", 256, 1, "host"), tmp_path, incoming=tmp_path / "s")
+    assert none[none.index("-nic") + 1] == "none"
+    assert "user,id=net0" in host
+    assert host[-2:] == ["-incoming", f"exec:cat {tmp_path / 's'}"]
+    assert "vmrunner.agent=port:vmrunner" in none[none.index("-append") + 1]
+    assert Shape("tcg", 256, 1, "none").key(image) != Shape("tcg", 512, 1, "none").key(image)
+
+
+OWNER = """
+import asyncio, json, sys
+from pathlib import Path
+from vmrunner.machines.base import MachineSpec
+from vmrunner.machines.qemu import QemuProvider
+
+async def main():
+    provider = QemuProvider(images=Path(sys.argv[1]))
+    machine = await provider.allocate(MachineSpec())
+    await machine.exec("sleep 1000 </dev/null >/dev/null 2>&1 &")
+    print(json.dumps({"id": machine.id, "pid": machine.record.pid}), flush=True)
+    await asyncio.sleep(1000)
+
+asyncio.run(main())
+"""
+
+
+async def test_vms_of_a_killed_runner_are_found_and_reclaimed(image: Image) -> None:
+    owner = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", OWNER, str(test_images_dir()),
+        stdout=asyncio.subprocess.PIPE, cwd=CHECKOUT,
+    )  # fmt: skip
+    assert owner.stdout is not None
+    try:
+        line = await asyncio.wait_for(owner.stdout.readline(), 240)
+    finally:
+        owner.send_signal(signal.SIGKILL)
+        await owner.wait()
+    started = json.loads(line)
+    assert process_alive(started["pid"]), "QEMU must outlive its runner (its own session)"
+
+    provider = QemuProvider(images=test_images_dir(), grace=0.5)
+    (record,) = provider.leftovers()
+    assert (record.machine_id, record.pid, record.owner_pid) == (
+        started["id"], started["pid"], owner.pid,
+    )  # fmt: skip
+    assert (Path(record.state_dir) / "disk.qcow2").exists()
+    await provider.reclaim(record)
+    await eventually(lambda: not machine_processes(record.machine_id), "the QEMU process")
+    assert not process_alive(record.pid)
+    assert not is_dir(record.state_dir)
+    assert provider.leftovers() == []
+    await provider.reclaim(record)

@@ -1,0 +1,657 @@
+"""The ``qemu`` provider: each machine is a QEMU virtual machine booted from a guest image.
+
+One machine is one ``qemu-system-x86_64`` process (its own session, so the whole group can be
+killed) with, in ``VMRUNNER_HOME/machines/<id>/``:
+
+- ``disk.qcow2``: a copy-on-write overlay on the image's read-only root file system, so the
+  workspace (``/home/runner/work/workspace``, as on GitHub's runners) lives on the guest's
+  own disk and dies with the overlay;
+- ``agent.sock``: the host end of a virtio-serial port named ``vmrunner``, where the guest
+  agent (PID 1 in the guest, see ``images``) serves one ``AgentClient``;
+- ``qmp.sock``: the QMP monitor, spoken through the ``qemu.qmp`` library (``_qmp``);
+- ``console.log`` (the guest's serial console) and ``qemu.log``.
+
+Choices (measured on Debian 12's QEMU 7.2 with Debian's 6.1 cloud kernel):
+
+- Machine type ``pc``: under TCG ``microvm`` sometimes hangs in the kernel's timer calibration,
+  while ``pc`` boots to a ready agent in about 13 s every time; with KVM both would do.
+- Accelerator: KVM only when a real tiny boot under KVM prints the image's probe line (a
+  ``/dev/kvm`` that exists may still not boot a guest), else TCG. The answer is cached in the
+  images directory per QEMU binary and host kernel (``accelerator()``).
+- Network ``none``: no network device at all. Network ``host``: QEMU's user-mode NAT (the
+  guest reaches what the host reaches, as 10.0.2.15 behind 10.0.2.2; nothing reaches the
+  guest), the closest a VM gets to the sandbox's shared host network.
+- The ready state: the first allocation of an image and shape (memory, cpus, network) boots a
+  machine cold, stops it once its agent answered, and saves its whole state (QMP ``migrate`` to
+  a file) beside its disk, which becomes read-only. Every later machine gets an overlay on that
+  disk and starts with ``-incoming`` from that file: no boot, no kernel, the agent already
+  waiting on its port (the host connects to the new QEMU's socket before the guest resumes).
+- Snapshots: HMP ``savevm``/``loadvm`` (through QMP's ``human-monitor-command``), kept inside
+  the machine's own overlay: memory, devices and disk together, so a restored machine goes on
+  exactly where it was, its processes included. The agent's connection stays open across a
+  restore; requests in flight at that moment are lost with the state they belonged to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import IO, Any, ClassVar, TypeVar
+
+from vmrunner.config import vmrunner_home
+from vmrunner.errors import (
+    AgentError,
+    AllocationError,
+    ImageError,
+    MachineError,
+    ReleaseError,
+    SnapshotError,
+)
+from vmrunner.machines._local import (
+    _complete,
+    base_record,
+    create_machine_dir,
+    kill_process,
+    process_start,
+    read_records,
+    remove_machine_dir,
+    shielded,
+    stop_process,
+    write_record,
+)
+from vmrunner.machines._qmp import Monitor
+from vmrunner.machines.agent import DEFAULT_GRACE
+from vmrunner.machines.base import (
+    DEFAULT_VM_TYPE,
+    Capabilities,
+    ExecResult,
+    Isolation,
+    Machine,
+    MachinePaths,
+    MachineRecord,
+    MachineSpec,
+    OutputCallback,
+    Provider,
+    SnapshotId,
+)
+from vmrunner.machines.client import AgentClient
+from vmrunner.machines.images import (
+    AGENT_PORT,
+    DEFAULT_NAME,
+    HOME,
+    PROBE_OK,
+    TEMP,
+    TOOL_CACHE,
+    WORKSPACE,
+    Image,
+    ImageStore,
+)
+
+QEMU = "qemu-system-x86_64"
+MACHINE_TYPE = "pc"
+#: A working KVM boots the probe in well under a second; a broken one hangs.
+PROBE_TIMEOUT = 10.0
+#: A cold boot under TCG takes ~13 s on an idle host; a busy CI host may take a lot longer.
+BOOT_TIMEOUT = 180.0
+#: Restoring the ready state takes about a second.
+INCOMING_TIMEOUT = 60.0
+#: QMP ``quit`` before signals.
+QUIT_TIMEOUT = 3.0
+#: Unix socket paths longer than this do not fit ``sockaddr_un``.
+MAX_SOCKET_PATH = 107
+QEMU_MISSING = "QEMU is not installed: apt-get install qemu-system-x86 qemu-utils"
+
+T = TypeVar("T")
+
+PATHS = MachinePaths(workspace=WORKSPACE, temp=TEMP, home=HOME, tool_cache=TOOL_CACHE)
+
+
+# The accelerator.
+
+
+def accelerator(qemu: str, image: Image, cache: Path) -> str:
+    """``kvm`` when a real boot under KVM works here, else ``tcg``; probed once and cached."""
+    binary = os.path.realpath(qemu)
+    try:
+        key = f"{binary}:{os.stat(binary).st_mtime_ns}:{platform.release()}"
+    except OSError as exc:
+        raise AllocationError(QEMU_MISSING) from exc
+    try:
+        known = json.loads(cache.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known, dict) and known.get(key) in ("kvm", "tcg"):
+        return str(known[key])
+    found = "kvm" if _kvm_boots(binary, image) else "tcg"
+    known = known if isinstance(known, dict) else {}
+    known[key] = found
+    with contextlib.suppress(OSError):
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        staging = cache.with_name(cache.name + f".{os.getpid()}")
+        staging.write_text(json.dumps(known, indent=2) + "\n", encoding="utf-8")
+        os.replace(staging, cache)
+    return found
+
+
+def _kvm_boots(qemu: str, image: Image) -> bool:
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    argv = [
+        qemu, "-accel", "kvm", "-M", MACHINE_TYPE, "-m", "128", "-nodefaults",
+        "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
+        "-kernel", str(image.kernel), "-initrd", str(image.initrd),
+        "-append", "console=ttyS0 panic=-1 vmrunner.probe=1",
+    ]  # fmt: skip
+    try:
+        done = subprocess.run(argv, capture_output=True, timeout=PROBE_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return PROBE_OK.encode() in done.stdout
+
+
+# Command lines.
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """What a machine's QEMU command line depends on besides its files (and its ready state)."""
+
+    accel: str
+    memory_mib: int
+    cpus: int
+    network: str
+
+    def key(self, image: Image) -> str:
+        text = f"{image.digest}:{MACHINE_TYPE}:{self.accel}:{self.memory_mib}:{self.cpus}:{self.network}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def qemu_argv(
+    qemu: str, image: Image, shape: Shape, state_dir: Path, *, incoming: Path | None = None
+) -> list[str]:
+    """The command line of one machine; device ids are fixed so a saved state fits any copy."""
+    cmdline = [
+        "console=ttyS0", *image.cmdline, f"vmrunner.agent=port:{AGENT_PORT}",
+        # TCG has no trustworthy TSC; skip the checks that sometimes stall the boot on it.
+        *(["tsc=reliable", "no_timer_check"] if shape.accel == "tcg" else []),
+    ]  # fmt: skip
+    argv = [
+        qemu,
+        "-name", state_dir.name,
+        "-M", MACHINE_TYPE,
+        "-accel", shape.accel if shape.accel != "tcg" else "tcg,thread=multi",
+        "-cpu", "host" if shape.accel == "kvm" else "max",
+        "-m", str(shape.memory_mib),
+        "-smp", str(shape.cpus),
+        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-serial", f"file:{state_dir / 'console.log'}",
+        "-kernel", str(image.kernel),
+        "-initrd", str(image.initrd),
+        "-append", " ".join(cmdline),
+        "-drive", f"file={state_dir / 'disk.qcow2'},if=none,id=root,format=qcow2,cache=unsafe,discard=unmap",
+        "-device", "virtio-blk-pci,drive=root,id=rootdisk",
+        "-device", "virtio-serial-pci,id=serial0",
+        "-chardev", f"socket,id=agent,path={state_dir / 'agent.sock'},server=on,wait=off",
+        "-device", f"virtserialport,chardev=agent,name={AGENT_PORT},id=agentport",
+        "-qmp", f"unix:{state_dir / 'qmp.sock'},server=on,wait=off",
+        "-device", "virtio-rng-pci,id=rng0",
+    ]  # fmt: skip
+    if shape.network == "host":
+        argv += ["-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0,id=nic0"]
+    else:
+        argv += ["-nic", "none"]
+    if incoming is not None:
+        argv += ["-incoming", f"exec:cat {_quoted(incoming)}"]
+    return argv
+
+
+def _quoted(path: Path) -> str:
+    text = str(path)
+    if any(c in text for c in " '\"\\$`"):
+        raise AllocationError(f"unsupported characters in the path {text}")
+    return text
+
+
+# The machine.
+
+
+class QemuMachine(Machine):
+    """A QEMU virtual machine; commands go through its agent, snapshots through QMP."""
+
+    def __init__(
+        self,
+        *,
+        spec: MachineSpec,
+        record: MachineRecord,
+        process: asyncio.subprocess.Process,
+        monitor: Monitor,
+        client: AgentClient,
+    ) -> None:
+        self.id = record.machine_id
+        self.spec = spec
+        self.paths = PATHS
+        self._record = record
+        self.process = process
+        self.monitor = monitor
+        self.client = client
+        self.released = False
+        self.teardown: asyncio.Task[None] | None = None
+        self._snapshots: list[str] = []
+        self._lock = asyncio.Lock()
+
+    @property
+    def provider_name(self) -> str:
+        return "qemu"
+
+    @property
+    def record(self) -> MachineRecord:
+        return self._record
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self._record.state_dir)
+
+    def _usable(self) -> AgentClient:
+        if self.released:
+            raise AgentError(f"machine {self.id} was released")
+        return self.client
+
+    async def exec(
+        self,
+        command: Sequence[str] | str,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - enforced inside the machine
+        on_output: OutputCallback | None = None,
+        stdin: bytes | None = None,
+    ) -> ExecResult:
+        return await self._usable().exec(
+            command, env=env, cwd=cwd, timeout=timeout, on_output=on_output, stdin=stdin
+        )
+
+    async def put(self, dest_dir: str, tar_data: bytes) -> None:
+        await self._usable().put(dest_dir, tar_data)
+
+    async def get(self, path: str) -> bytes:
+        return await self._usable().get(path)
+
+    async def ping(self) -> float:
+        return await self._usable().ping()
+
+    async def snapshot(self, name: str = "") -> SnapshotId:
+        """Save memory, devices and disk into the machine's overlay (HMP ``savevm``)."""
+        async with self._lock:
+            self._check()
+            snapshot_id = f"vmr{len(self._snapshots) + 1}"
+            try:
+                await self.monitor.human(f"savevm {snapshot_id}")
+            except MachineError as exc:
+                raise SnapshotError(f"machine {self.id}: cannot snapshot: {exc}") from exc
+            self._snapshots.append(snapshot_id)
+            return snapshot_id
+
+    async def restore(self, snapshot_id: SnapshotId) -> None:
+        """Bring memory, devices and disk back to a snapshot (HMP ``loadvm``); it runs on."""
+        async with self._lock:
+            self._check()
+            if snapshot_id not in self._snapshots:
+                raise SnapshotError(f"machine {self.id} has no snapshot {snapshot_id!r}")
+            try:
+                await self.monitor.human(f"loadvm {snapshot_id}")
+                if await self.monitor.status() != "running":
+                    await self.monitor.execute("cont")
+            except MachineError as exc:
+                raise SnapshotError(f"machine {self.id}: cannot restore: {exc}") from exc
+
+    def _check(self) -> None:
+        if self.released:
+            raise SnapshotError(f"machine {self.id} was released")
+
+    def __repr__(self) -> str:
+        return f"<QemuMachine {self.id} pid={self._record.pid}>"
+
+
+# The provider.
+
+
+class QemuProvider(Provider):
+    """Machines that are QEMU VMs on this host, booted from images of ``ImageStore``."""
+
+    name: ClassVar[str] = "qemu"
+    capabilities: ClassVar[Capabilities] = Capabilities(isolation=Isolation.VM, snapshots=True)
+
+    def __init__(
+        self,
+        home: Path | None = None,
+        *,
+        images: Path | None = None,
+        image: str | None = None,
+        accel: str | None = None,
+        qemu: str | None = None,
+        ready_state: bool = True,
+        grace: float = DEFAULT_GRACE,
+    ) -> None:
+        """``image`` names the image for every vm_type (default: the vm_type's own name, and
+        ``default`` for the default type); ``accel`` skips the probe (``kvm`` or ``tcg``);
+        ``ready_state=False`` boots every machine cold."""
+        self.home = Path(home) if home is not None else vmrunner_home()
+        self.machines_dir = self.home / "machines"
+        self.store = ImageStore(images)
+        self.image_name = image
+        self.grace = grace
+        self.ready_state = ready_state
+        self._accel = accel
+        self._qemu = qemu
+        self._ready_locks: dict[str, asyncio.Lock] = {}
+
+    # Resolution.
+
+    def qemu(self) -> str:
+        qemu = self._qemu or shutil.which(QEMU)
+        if qemu is None or not os.access(qemu, os.X_OK):
+            raise AllocationError(QEMU_MISSING)
+        return qemu
+
+    def image_for(self, vm_type: str) -> Image:
+        name = self.image_name or (DEFAULT_NAME if vm_type == DEFAULT_VM_TYPE else vm_type)
+        try:
+            return self.store.get(name)
+        except ImageError as exc:
+            raise AllocationError(str(exc)) from exc
+
+    async def accelerator(self, image: Image) -> str:
+        """The accelerator machines use (probed once per host, then read from the cache)."""
+        if self._accel is None:
+            cache = self.store.root / "accelerator.json"
+            self._accel = await asyncio.to_thread(accelerator, self.qemu(), image, cache)
+        return self._accel
+
+    # Allocation.
+
+    async def allocate(self, spec: MachineSpec) -> Machine:
+        if spec.network not in self.capabilities.network_modes:
+            raise AllocationError(
+                f"the qemu provider cannot give a machine network {spec.network!r}"
+            )
+        qemu = self.qemu()
+        image = self.image_for(spec.vm_type)
+        shape = Shape(await self.accelerator(image), spec.memory_mib, spec.cpus, spec.network)
+        ready = await self._ready(qemu, image, shape) if self.ready_state else None
+        return await self._start(qemu, image, shape, spec, ready)
+
+    async def _start(
+        self, qemu: str, image: Image, shape: Shape, spec: MachineSpec, ready: Path | None
+    ) -> QemuMachine:
+        record = base_record(self.name, spec, self.machines_dir)
+        record = replace(
+            record,
+            data={**record.data, "group": True, "image": image.digest, "accel": shape.accel},
+        )
+        state_dir = create_machine_dir(self.machines_dir, record)
+        process: asyncio.subprocess.Process | None = None
+        monitor = Monitor(f"qemu {record.machine_id}")
+        client: AgentClient | None = None
+        try:
+            if len(str(state_dir / "agent.sock")) > MAX_SOCKET_PATH:
+                raise AllocationError(f"the machine directory {state_dir} is too long a path")
+            backing = ready / "disk.qcow2" if ready is not None else image.rootfs
+            await _run(
+                "qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
+                "-b", str(backing), str(state_dir / "disk.qcow2"),
+            )  # fmt: skip
+            argv = qemu_argv(
+                qemu, image, shape, state_dir, incoming=ready / "state" if ready else None
+            )
+            process = await _spawn(argv, state_dir, record.machine_id)
+            record = replace(record, pid=process.pid, pid_start=process_start(process.pid))
+            write_record(record)
+            client = await self._connect(state_dir, monitor, process, record, ready is not None)
+        except BaseException as exc:
+            await shielded(self._abandon(state_dir, process, monitor, client))
+            if isinstance(exc, MachineError | TimeoutError | OSError) and not isinstance(
+                exc, AllocationError
+            ):
+                why = _tail(state_dir / "qemu.log") or _tail(state_dir / "console.log") or str(exc)
+                raise AllocationError(
+                    f"machine {record.machine_id} did not start: {exc}; {why}"
+                ) from exc
+            raise
+        return QemuMachine(
+            spec=spec, record=record, process=process, monitor=monitor, client=client
+        )
+
+    async def _connect(
+        self,
+        state_dir: Path,
+        monitor: Monitor,
+        process: asyncio.subprocess.Process,
+        record: MachineRecord,
+        incoming: bool,
+    ) -> AgentClient:
+        exited = asyncio.ensure_future(process.wait())
+        try:
+            async with asyncio.timeout(INCOMING_TIMEOUT if incoming else BOOT_TIMEOUT):
+                await _first(monitor.connect(str(state_dir / "qmp.sock"), INCOMING_TIMEOUT), exited)
+                reader, writer = await _first(_open_unix(state_dir / "agent.sock"), exited)
+                client = AgentClient(
+                    reader, writer, name=f"the agent of machine {record.machine_id}"
+                )
+                client.start()
+                try:
+                    if incoming:
+                        while (status := await monitor.status()) in ("inmigrate", "postmigrate"):
+                            await _first(asyncio.sleep(0.005), exited)
+                        if status != "running":
+                            await monitor.execute("cont")
+                    await _first(client.ping(), exited)
+                except BaseException:
+                    await client.close()
+                    raise
+                return client
+        finally:
+            exited.cancel()
+
+    async def _abandon(
+        self,
+        state_dir: Path,
+        process: asyncio.subprocess.Process | None,
+        monitor: Monitor,
+        client: AgentClient | None,
+    ) -> None:
+        if client is not None:
+            await client.close()
+        await monitor.close()
+        if process is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, 9)
+            with contextlib.suppress(TimeoutError):
+                await stop_process(process, 0, group=True)
+        with contextlib.suppress(ReleaseError):
+            await asyncio.to_thread(remove_machine_dir, self.machines_dir, str(state_dir))
+
+    # The ready state.
+
+    async def _ready(self, qemu: str, image: Image, shape: Shape) -> Path:
+        """The saved state of a machine that just became ready, made once per image and shape."""
+        key = shape.key(image)
+        target = self.store.root / "ready" / f"{image.digest}-{key}"
+        if (target / "state").exists():
+            return target
+        lock = self._ready_locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            lockfile = await asyncio.to_thread(_flock, self.store.root / "ready" / f".{key}.lock")
+            try:
+                if not (target / "state").exists():
+                    await self._save_ready(qemu, image, shape, target)
+            finally:
+                lockfile.close()
+        return target
+
+    async def _save_ready(self, qemu: str, image: Image, shape: Shape, target: Path) -> None:
+        spec = MachineSpec(memory_mib=shape.memory_mib, cpus=shape.cpus, network=shape.network)  # type: ignore[arg-type]
+        machine = await self._start(qemu, image, shape, spec, None)
+        staging = target.with_name(f".{target.name}.{os.getpid()}")
+        try:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+            await machine.monitor.execute("stop")
+            await machine.monitor.execute(
+                "migrate", {"uri": f"exec:cat > {_quoted(staging / 'state')}"}
+            )
+            async with asyncio.timeout(INCOMING_TIMEOUT):
+                while True:
+                    info = await machine.monitor.execute("query-migrate")
+                    if info.get("status") == "completed":
+                        break
+                    if info.get("status") in ("failed", "cancelled"):
+                        raise AllocationError(
+                            f"cannot save the ready state: {info.get('error-desc', info)}"
+                        )
+                    await asyncio.sleep(0.01)
+            await self._quit(machine)
+            os.replace(machine.state_dir / "disk.qcow2", staging / "disk.qcow2")
+            (staging / "disk.qcow2").chmod(0o444)
+            staging.rename(target)
+        except MachineError as exc:
+            raise AllocationError(
+                f"cannot save the ready state of image {image.name}: {exc}"
+            ) from exc
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            await self.release(machine)
+
+    # Release.
+
+    async def release(self, machine: Machine) -> None:
+        if not isinstance(machine, QemuMachine):
+            raise ReleaseError(f"machine {machine.id} does not belong to the qemu provider")
+        if machine.teardown is None:
+            machine.released = True
+            machine.teardown = asyncio.ensure_future(self._teardown(machine))
+        await shielded(machine.teardown)
+
+    async def _quit(self, machine: QemuMachine) -> None:
+        await machine.client.close()
+        if machine.process.returncode is None:
+            with contextlib.suppress(MachineError, TimeoutError):
+                async with asyncio.timeout(QUIT_TIMEOUT):
+                    await machine.monitor.execute("quit")
+        await machine.monitor.close()
+        try:
+            await stop_process(machine.process, self.grace, group=True)
+        except TimeoutError as exc:
+            raise ReleaseError(
+                f"machine {machine.id}: QEMU process {machine.process.pid} survived SIGKILL"
+            ) from exc
+
+    async def _teardown(self, machine: QemuMachine) -> None:
+        await self._quit(machine)
+        await asyncio.to_thread(remove_machine_dir, self.machines_dir, machine.record.state_dir)
+
+    def leftovers(self) -> list[MachineRecord]:
+        return read_records(self.machines_dir, self.name)
+
+    async def reclaim(self, record: MachineRecord) -> None:
+        if record.provider != self.name:
+            raise ReleaseError(
+                f"machine {record.machine_id} belongs to the {record.provider} provider"
+            )
+        if record.pid is not None and not await kill_process(
+            record.pid, record.pid_start, self.grace, group=True
+        ):
+            raise ReleaseError(
+                f"machine {record.machine_id}: QEMU process {record.pid} survived SIGKILL"
+            )
+        await asyncio.to_thread(remove_machine_dir, self.machines_dir, record.state_dir)
+
+
+# Helpers.
+
+
+async def _run(*argv: str) -> None:
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+        )
+        _, stderr = await process.communicate()
+    except OSError as exc:
+        raise AllocationError(f"cannot run {argv[0]}: {exc.strerror}; {QEMU_MISSING}") from exc
+    if process.returncode != 0:
+        raise AllocationError(f"{argv[0]} failed: {stderr.decode(errors='replace').strip()}")
+
+
+async def _spawn(
+    argv: Sequence[str], state_dir: Path, machine_id: str
+) -> asyncio.subprocess.Process:
+    """Start QEMU in its own session; the machine id in its environment marks it as ours."""
+    with open(state_dir / "qemu.log", "wb") as log:  # noqa: ASYNC230 - a local file, created empty
+        creation = asyncio.ensure_future(
+            asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                env={**os.environ, "VMRUNNER_MACHINE_ID": machine_id},
+            )
+        )
+        cancelled = await _complete(creation)
+    try:
+        process = creation.result()
+    except OSError as exc:
+        raise AllocationError(f"cannot start {argv[0]}: {exc.strerror}; {QEMU_MISSING}") from exc
+    if cancelled:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, 9)
+        await process.wait()
+        raise asyncio.CancelledError
+    return process
+
+
+async def _first(work: Coroutine[Any, Any, T], exited: asyncio.Future[int]) -> T:
+    """The result of ``work``, unless QEMU exits first (then ``MachineError``)."""
+    task = asyncio.ensure_future(work)
+    try:
+        pending: set[asyncio.Future[Any]] = {task, exited}
+        await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+    if task.done() and not task.cancelled():
+        return task.result()
+    raise MachineError(f"QEMU exited with status {exited.result()}")
+
+
+async def _open_unix(path: Path) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    while True:
+        try:
+            return await asyncio.open_unix_connection(str(path), limit=1 << 20)
+        except (FileNotFoundError, ConnectionRefusedError):
+            await asyncio.sleep(0.005)
+
+
+def _flock(path: Path) -> IO[str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "w")  # noqa: SIM115 - closed by the caller
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle
+
+
+def _tail(path: Path, size: int = 1500) -> str:
+    try:
+        return path.read_bytes()[-size:].decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
