@@ -11,10 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.runner.events_builder import RunBuilder, failing_matrix_run, simple_run
+from tests.runner.events_builder import RunBuilder, collect, failing_matrix_run, simple_run
 from vmrunner.errors import RunNotFound
 from vmrunner.runner.events import LogLine, StepFinished, StepStarted
-from vmrunner.runner.results import ResultCollector, RunResult
 from vmrunner.runner.storage import INTERRUPTED_NOTE, RunHistory, StoreSink
 from vmrunner.sessions import Owner
 from vmrunner.store import MIGRATIONS, Store
@@ -24,13 +23,6 @@ from vmrunner.store import MIGRATIONS, Store
 def store(tmp_path: Path) -> Iterator[Store]:
     with Store.open(tmp_path / "state.db") as opened:
         yield opened
-
-
-def collected(builder: RunBuilder) -> RunResult:
-    collector = ResultCollector()
-    for event in builder.events:
-        collector.emit(event)
-    return collector.result()
 
 
 def dead_owner() -> Owner:
@@ -45,7 +37,7 @@ def test_a_kept_run_reads_back_exactly_as_collected(store: Store) -> None:
         run = build(sink)
         sink.close()
         assert sink.errors == []
-        assert RunHistory(store).get_run(run.run_id) == collected(run)
+        assert RunHistory(store).get_run(run.run_id) == collect(run)
 
 
 def test_logs_keep_their_order_groups_and_filters(store: Store) -> None:
@@ -134,7 +126,7 @@ def test_a_sink_kept_for_a_second_run_starts_afresh(store: Store) -> None:
         second = simple_run(sink, run_id="run-b")
     assert sink.errors == []
     history = RunHistory(store)
-    assert history.get_run("run-b") == collected(second)
+    assert history.get_run("run-b") == collect(second)
     assert history.get_run("run-a").conclusion == "interrupted"
     assert [r.text for r in history.logs("run-a")] == ["unfinished"]
     assert first.run_id == "run-a"
@@ -231,7 +223,7 @@ def test_runs_survive_reopening_and_deleting_a_run_removes_everything(tmp_path: 
         sink.close()
     with Store.open(path) as store:
         assert store.schema_version == len(MIGRATIONS)
-        assert RunHistory(store).get_run(run.run_id) == collected(run)
+        assert RunHistory(store).get_run(run.run_id) == collect(run)
         assert store.delete_run(run.run_id)
         for table in ("runs", "run_jobs", "run_steps", "run_logs", "run_annotations"):
             assert store._db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0
@@ -261,5 +253,5 @@ def test_any_text_round_trips_through_the_store(store: Store, name: str, lines: 
     run.finish()
     sink.close()
     assert sink.errors == []
-    assert RunHistory(store).get_run(run.run_id) == collected(run)
+    assert RunHistory(store).get_run(run.run_id) == collect(run)
     assert [row.text for row in RunHistory(store).logs(run.run_id)] == lines

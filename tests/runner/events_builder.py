@@ -32,6 +32,7 @@ from vmrunner.runner.events import (
     StepKind,
     StepStarted,
 )
+from vmrunner.runner.results import ResultCollector, RunResult
 
 
 class RunBuilder:
@@ -207,6 +208,14 @@ class JobBuilder:
     def skip(self, reason: str = "") -> JobBuilder:
         """The job never ran (its ``if:`` was false or a job it needs failed)."""
         return self.finish("skipped", reason=reason)
+
+
+def collect(builder: RunBuilder) -> RunResult:
+    """The result a ``ResultCollector`` builds from the builder's events."""
+    collector = ResultCollector()
+    for event in builder.events:
+        collector.emit(event)
+    return collector.result()
 
 
 def simple_run(sink: EventSink | None = None, run_id: str = "run-0001") -> RunBuilder:

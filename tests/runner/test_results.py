@@ -9,21 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.runner.events_builder import RunBuilder, failing_matrix_run, simple_run
+from tests.runner.events_builder import RunBuilder, collect, failing_matrix_run, simple_run
 from vmrunner.runner.events import FanOut, JobFinished, Recorder, StepFinished, StepStarted
 from vmrunner.runner.results import (
     RUN_RESULT_SCHEMA,
     ResultCollector,
-    RunResult,
     human_duration,
 )
-
-
-def collect(builder: RunBuilder) -> RunResult:
-    collector = ResultCollector()
-    for event in builder.events:
-        collector.emit(event)
-    return collector.result()
 
 
 def test_a_green_run_has_every_job_and_step_with_times_and_machine() -> None:

@@ -11,17 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.runner.events_builder import RunBuilder, failing_matrix_run, simple_run
+from tests.runner.events_builder import RunBuilder, collect, failing_matrix_run, simple_run
 from vmrunner.errors import ConfigError
-from vmrunner.runner.results import ResultCollector, RunResult
 from vmrunner.runner.summary import inline, render_summary, write_summary
-
-
-def result_of(builder: RunBuilder) -> RunResult:
-    collector = ResultCollector()
-    for event in builder.events:
-        collector.emit(event)
-    return collector.result()
 
 
 def table_rows(markdown: str) -> list[str]:
@@ -40,7 +32,7 @@ def cells(row: str) -> list[str]:
 
 
 def test_a_green_run_has_a_header_a_table_with_durations_and_the_job_summary() -> None:
-    markdown = render_summary(result_of(simple_run()))
+    markdown = render_summary(collect(simple_run()))
     assert markdown.startswith("# ✅ CI: success\n")
     assert "Run `run-0001` on push `refs/heads/main` at `0123abcd`" in markdown
     rows = [cells(row) for row in table_rows(markdown)]
@@ -55,7 +47,7 @@ def test_a_green_run_has_a_header_a_table_with_durations_and_the_job_summary() -
 
 
 def test_failures_rollbacks_skips_and_annotations() -> None:
-    markdown = render_summary(result_of(failing_matrix_run()))
+    markdown = render_summary(collect(failing_matrix_run()))
     assert markdown.startswith("# ❌ Matrix: failure\n")
     rows = {cells(row)[1]: cells(row) for row in table_rows(markdown)[2:] if cells(row)[1].startswith("**")}
     assert rows["**test (small)**"][0] == "✅"
@@ -74,7 +66,7 @@ def test_continue_on_error_cancelled_and_interrupted_icons() -> None:
     run = RunBuilder().start()
     run.job("lint").begin().step("Lint", exit_code=1, outcome="failure", conclusion="success").finish()
     run.job("slow").begin().step("Sleep", exit_code=None, outcome="cancelled", timed_out=True).finish("cancelled")
-    result = result_of(run.finish())
+    result = collect(run.finish())
     markdown = render_summary(result)
     assert markdown.startswith("# 🚫 CI: cancelled")
     assert "| ⚠️ | ↳ Lint | failure (continue-on-error) (exit 1) |" in markdown
@@ -86,23 +78,23 @@ def test_continue_on_error_cancelled_and_interrupted_icons() -> None:
 def test_a_run_in_progress_and_a_run_without_jobs() -> None:
     run = RunBuilder().start()
     run.job("build").begin().step("One")
-    markdown = render_summary(result_of(run))
+    markdown = render_summary(collect(run))
     assert markdown.startswith("# ⏳ CI: in progress")
     assert "| ⏳ | **build** | in progress | - |" in markdown
-    assert "No jobs ran." in render_summary(result_of(RunBuilder().start().finish()))
+    assert "No jobs ran." in render_summary(collect(RunBuilder().start().finish()))
 
 
 def test_masked_secrets_stay_masked() -> None:
     run = RunBuilder().start()
     run.job("deploy").begin().step("Use token ***", lines=["token=***"]).finish(summary="deployed with ***")
-    markdown = render_summary(result_of(run.finish()))
+    markdown = render_summary(collect(run.finish()))
     assert "Use token \\*\\*\\*" in markdown
     assert "deployed with ***" in markdown
 
 
 def test_summaries_of_several_runs_go_to_one_file(tmp_path: Path) -> None:
     target = tmp_path / "summary.md"
-    first, second = result_of(simple_run()), result_of(failing_matrix_run())
+    first, second = collect(simple_run()), collect(failing_matrix_run())
     write_summary(target, [first, second])
     assert target.read_text(encoding="utf-8") == render_summary(first) + "\n---\n\n" + render_summary(second)
     with pytest.raises(ConfigError, match=r"cannot write the summary to .*missing"):
@@ -131,7 +123,7 @@ def test_any_text_keeps_the_table_whole(workflow: str, jobs: list[tuple[str, str
         job = run.job(f"job{n}", name=name).begin()
         job.step(step, exit_code=n % 2, annotations=[("warning", message)])
         job.finish(reason=reason, summary=summary)
-    markdown = render_summary(result_of(run.finish()))
+    markdown = render_summary(collect(run.finish()))
     rows = table_rows(markdown)
     assert len(rows) == 2 + 2 * len(jobs)
     assert all(len(cells(row)) == 5 for row in rows)
