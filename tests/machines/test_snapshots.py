@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import resource
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -479,3 +481,67 @@ def run_as_user(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+@pytest.fixture
+def file_size_limit():
+    """Writes past ``limit`` bytes fail with EFBIG, as they would on a full disk."""
+    previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    previous = resource.getrlimit(resource.RLIMIT_FSIZE)
+
+    def limit(size: int) -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, previous[1]))
+
+    try:
+        yield limit
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, previous)
+        signal.signal(signal.SIGXFSZ, previous_handler)
+
+
+@pytest.mark.parametrize("tracking", ["inotify", "rescan"])
+async def test_storage_failures_are_snapshot_errors_and_leave_history_usable(
+    roots: dict[str, Path], tmp_path: Path, tracking, file_size_limit
+) -> None:
+    workspace = roots["workspace"]
+    async with DirectorySnapshots(roots, tmp_path / "store", tracking=tracking) as engine:
+        (workspace / "small").write_bytes(b"small")
+        first = await engine.snapshot("first")
+        expected = listing(roots)
+        (workspace / "big").write_bytes(b"b" * 200_000)
+        (workspace / "small").write_bytes(b"changed")
+        file_size_limit(100_000)
+        with pytest.raises(SnapshotError, match="cannot take snapshot") as caught:
+            await engine.snapshot("too big")
+        assert isinstance(caught.value.__cause__, OSError)
+        file_size_limit(resource.RLIM_INFINITY)
+        assert [info.id for info in engine.list()] == [engine.list()[0].id, first]
+        second = engine.snapshot_sync("retried")
+        assert second.files_copied == 2  # the failed attempt's changes were kept
+        await engine.restore(first)
+        assert listing(roots) == expected
+
+
+@pytest.mark.parametrize("tracking", ["inotify", "rescan"])
+async def test_a_failed_restore_can_be_retried(
+    roots: dict[str, Path], tmp_path: Path, tracking, file_size_limit
+) -> None:
+    workspace = roots["workspace"]
+    async with DirectorySnapshots(roots, tmp_path / "store", tracking=tracking) as engine:
+        (workspace / "big").write_bytes(b"b" * 200_000)
+        (workspace / "dir").mkdir()
+        good = await engine.snapshot("good")
+        expected = listing(roots)
+        (workspace / "big").unlink()
+        (workspace / "dir").rename(workspace / "moved")
+        file_size_limit(100_000)
+        with pytest.raises(SnapshotError, match="cannot restore"):
+            await engine.restore(good)
+        file_size_limit(resource.RLIM_INFINITY)
+        await engine.restore(good)
+        assert listing(roots) == expected
+        # The half-done restore left no trace in later snapshots either.
+        (workspace / "late").write_bytes(b"late")
+        await engine.snapshot("late")
+        await engine.restore(good)
+        assert listing(roots) == expected

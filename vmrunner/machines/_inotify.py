@@ -239,7 +239,6 @@ class Tracker:
             if self._inotify is not None:
                 for wd in old - set(self._wd_paths):
                     self._inotify.rm_watch(wd)
-            self.overflowed = False
 
     def watch_tree(self, top: bytes) -> None:
         """Watch a directory tree the caller created itself (its changes are not dirt)."""

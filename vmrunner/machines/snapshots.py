@@ -321,11 +321,14 @@ class DirectorySnapshots:
                         layer.entries[path] = entry
                     seen.append((path, entry, st))
             except OSError as exc:
-                self._remove_tree(layer.directory)
-                raise SnapshotError(f"cannot take snapshot {name!r}: {exc}") from exc
-            finally:
+                # Nothing recorded: what changed stays dirty for the next attempt.
                 if self._tracker is not None:
-                    self._tracker.dirty.clear()
+                    self._tracker.dirty.update(dirty)
+                with contextlib.suppress(OSError):
+                    self._remove_tree(layer.directory)
+                raise SnapshotError(f"cannot take snapshot {name!r}: {exc}") from exc
+            if self._tracker is not None:
+                self._tracker.dirty.clear()
             self._layers.append(layer)
             for path, entry, st in seen:
                 self._set_record(path, entry, st)
@@ -344,23 +347,25 @@ class DirectorySnapshots:
             try:
                 applier.apply(targets)
             except OSError as exc:
-                # The trees are half restored: make every path we may have touched dirty.
+                # Half restored: the head is still the last snapshot, and every path we may
+                # have touched is dirty (a rescan finds them by their new ctime anyway).
                 if self._tracker is not None:
                     self._tracker.dirty.update(dict.fromkeys(changed, True))
-                else:
-                    for path in changed:
-                        self._manifest.pop(path, None)
                 raise SnapshotError(f"cannot restore snapshot {snapshot_id}: {exc}") from exc
             finally:
                 if self._tracker is not None:
                     self._tracker.discard()
             if self._tracker is not None:
                 self._tracker.dirty.clear()
-            for layer in self._layers[index + 1 :]:
-                self._remove_tree(layer.directory)
+            dropped = self._layers[index + 1 :]
             del self._layers[index + 1 :]
-            for path, entry in targets.items():
-                self._set_record(path, entry, _lstat(path))
+            for layer in dropped:
+                # Left-overs would only cost space until delete() removes all storage.
+                with contextlib.suppress(OSError):
+                    self._remove_tree(layer.directory)
+            with _failing_as(f"cannot restore snapshot {snapshot_id}"):
+                for path, entry in targets.items():
+                    self._set_record(path, entry, _lstat(path))
             return RestoreInfo(
                 snapshot_id, len(targets), applier.files_written, applier.bytes_written, rescanned
             )
@@ -390,30 +395,26 @@ class DirectorySnapshots:
 
     def _collect(self) -> tuple[dict[bytes, bool], bool]:
         """Every path that may differ from the head snapshot (value: content may differ)."""
-        tracker = self._tracker
-        rescanned = tracker is None or tracker.overflowed
-        try:
-            if tracker is not None:
-                tracker.drain()
-                rescanned = tracker.overflowed
-                if rescanned:
-                    tracker.rewatch()
-        except WatchLimit:
-            self._degrade()
-            rescanned = True
-        except OSError as exc:
-            raise SnapshotError(f"cannot follow changes: {exc}") from exc
-        tracker = self._tracker
-        dirty = dict(tracker.dirty) if tracker is not None else {}
-        try:
+        with _failing_as("cannot find what changed"):
+            tracker = self._tracker
+            try:
+                if tracker is not None:
+                    tracker.drain()
+                    if tracker.overflowed:
+                        tracker.rewatch()
+            except WatchLimit:
+                self._degrade()
+            tracker = self._tracker
+            dirty = dict(tracker.dirty) if tracker is not None else {}
+            rescanned = tracker is None or tracker.overflowed
             if rescanned:
                 self._rescans += 1
                 self._rescan(dirty)
-        except OSError as exc:
-            raise SnapshotError(f"cannot scan for changes: {exc}") from exc
-        self._expand_vanished(dirty)
-        self._expand_links(dirty)
-        return dirty, rescanned
+            if tracker is not None:
+                tracker.overflowed = False
+            self._expand_vanished(dirty)
+            self._expand_links(dirty)
+            return dirty, rescanned
 
     def _rescan(self, dirty: dict[bytes, bool]) -> None:
         seen: set[bytes] = set()
@@ -560,6 +561,15 @@ class DirectorySnapshots:
     @staticmethod
     def _remove_tree(path: bytes) -> None:
         _remove(path)
+
+
+@contextlib.contextmanager
+def _failing_as(message: str) -> Iterator[None]:
+    """Map an ``OSError`` to ``SnapshotError``, at the boundary."""
+    try:
+        yield
+    except OSError as exc:
+        raise SnapshotError(f"{message}: {exc}") from exc
 
 
 def _copy_file(source: bytes, dest: bytes) -> int:
