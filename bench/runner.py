@@ -8,6 +8,9 @@ Figures:
 - throughput: single-job workflows of 5 ``run`` steps, many at once on a warm pool
   (workflows/s). Goal: >= 30/s.
 - the floor itself: the 5-step workflow's commands as one plain bash script.
+- the runner's own CPU time per step (this process), which a busy host does not inflate.
+
+On a loaded host every figure but the last grows with the load; compare with the floor.
 """
 
 from __future__ import annotations
@@ -61,10 +64,13 @@ async def step_overhead(runs: int, steps: int) -> dict[str, Any]:
     workflow = steps_workflow(steps)
     overheads: list[float] = []
     floors: list[float] = []
+    cpu: list[float] = []
     async with SessionManager(get_provider("sandbox"), limit=2) as sessions:
         for _ in range(runs):
             recorder = Recorder()
+            cpu_before = time.process_time()
             outcome = await run_workflow(workflow, RunOptions(repo_root=tempfile.gettempdir()), sessions, recorder)
+            cpu.append((time.process_time() - cpu_before) / steps)
             if outcome.failed:
                 raise RuntimeError("the benchmark workflow failed")
             floor = await floor_seconds(sessions, steps)
@@ -74,6 +80,9 @@ async def step_overhead(runs: int, steps: int) -> dict[str, Any]:
         "step_overhead_p50_ms": statistics.median(overheads) * 1000,
         "step_overhead_all_ms": [round(o * 1000, 2) for o in overheads],
         "floor_per_command_ms": statistics.median(floors) / steps * 1000,
+        # CPU time of this process (engine, session manager, agent client) per step: the part
+        # of the overhead that does not depend on how busy the host is.
+        "runner_cpu_per_step_ms": statistics.median(cpu) * 1000,
     }
 
 

@@ -59,6 +59,8 @@ from vmrunner.workflow.models import Job, Step
 if TYPE_CHECKING:  # run.py imports this module
     from vmrunner.runner.run import RunContext
 
+#: The fields of the ``github`` context that differ between the steps of a job.
+_ACTION_FIELDS = ("action_path", "action_repository", "action_ref", "workspace", "event_path")
 #: Bound on post steps and cleanup after a job was cancelled or timed out (seconds).
 CLEANUP_GRACE = 60.0
 
@@ -142,6 +144,7 @@ class JobExecution:
         #: A host copy of the workspace while a step calling ``hashFiles`` is evaluated.
         self.hash_root: Path | None = None
         self.actions = ActionSteps(self)
+        self._default_env: dict[tuple[str, ...], dict[str, str]] = {}
 
     # Contexts
 
@@ -399,9 +402,15 @@ class JobExecution:
         return result.ok
 
     def default_env(self, github: Mapping[str, Any] | None = None) -> dict[str, str]:
-        env = default_env(github or self.github, self.runner)
-        env["GITHUB_EVENT_PATH"] = self.event_path
-        return env
+        """GitHub's default variables for a step (cached: only ``GITHUB_ACTION*`` vary)."""
+        github = github or self.github
+        key = tuple(str(github.get(name, "")) for name in _ACTION_FIELDS)
+        env = self._default_env.get(key)
+        if env is None:
+            env = default_env(github, self.runner)
+            env["GITHUB_EVENT_PATH"] = self.event_path
+            self._default_env[key] = env
+        return {**env, "GITHUB_ACTION": str(github.get("action", ""))}
 
     async def take_snapshot(self, step_index: int) -> str:
         runtime = self.runtime

@@ -6,6 +6,7 @@ command template is replaced by that file's path.
 
 from __future__ import annotations
 
+import functools
 import shlex
 from dataclasses import dataclass
 
@@ -32,7 +33,12 @@ class Shell:
     extension: str
 
     def argv(self, script: str) -> list[str]:
-        return [script if word == "{0}" else word.replace("{0}", script) for word in shlex.split(self.template)]
+        return [script if word == "{0}" else word.replace("{0}", script) for word in _words(self.template)]
+
+
+@functools.lru_cache(maxsize=256)
+def _words(template: str) -> tuple[str, ...]:
+    return tuple(shlex.split(template))
 
 
 def resolve_shell(shell: str | None, *, has_bash: bool = True, has_python: bool = True) -> Shell:
