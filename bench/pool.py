@@ -82,7 +82,9 @@ async def sessions(provider: Provider, count: int) -> dict[str, Any]:
                 closes.append(closed - opened)
                 bookkeeping.append(closed - started - _provider_time(counting.events[mark:]))
     return {
-        "reuse": reuse, "open": percentiles(opens), "close": percentiles(closes),
+        "reuse": reuse,
+        "open": percentiles(opens),
+        "close": percentiles(closes),
         "bookkeeping": percentiles(bookkeeping),
     }
 
@@ -104,7 +106,9 @@ def store_writes(count: int) -> dict[str, float]:
     with Store.open() as store:
         now = time.time()
         session_id = f"s-bench-{uuid.uuid4().hex[:8]}"
-        store.add_session(SessionRow(session_id, "active", "default", "bench", os.getpid(), None, now, now, now))
+        store.add_session(
+            SessionRow(session_id, "active", "default", "bench", os.getpid(), None, now, now, now)
+        )
         samples = []
         for index in range(count):
             started = time.perf_counter()
@@ -113,7 +117,9 @@ def store_writes(count: int) -> dict[str, float]:
     return percentiles(samples)
 
 
-async def run(provider: Provider, *, allocations: int, sessions_count: int, writes: int) -> dict[str, Any]:
+async def run(
+    provider: Provider, *, allocations: int, sessions_count: int, writes: int
+) -> dict[str, Any]:
     spec = MachineSpec()
     await provider.release(await provider.allocate(spec))  # warm caches (agent bundle, page cache)
     results: dict[str, Any] = {"provider": provider.name}
@@ -131,10 +137,17 @@ def report(results: dict[str, Any]) -> str:
         return (name, f"p50 {figures['p50_ms']:.2f} ms", f"p99 {figures['p99_ms']:.2f} ms", goal)
 
     warm = results["warm_allocation"]
-    rows = [row("warm allocation", warm,
-                f"goal p50 <= {GOALS['warm_allocation_p50_ms']:.0f} ms ({warm['hits']} hits, {warm['misses']} misses)")]
+    rows = [
+        row(
+            "warm allocation",
+            warm,
+            f"goal p50 <= {GOALS['warm_allocation_p50_ms']:.0f} ms ({warm['hits']} hits, {warm['misses']} misses)",
+        )
+    ]
     if "recycle" in results:
-        rows.append(row("restore-mode recycle", results["recycle"], "restore + verify, back in the pool"))
+        rows.append(
+            row("restore-mode recycle", results["recycle"], "restore + verify, back in the pool")
+        )
     session = results["session"]
     rows += [
         row("session open (warm pool)", session["open"]),
@@ -150,9 +163,15 @@ def report(results: dict[str, Any]) -> str:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench pool", description=__doc__)
-    parser.add_argument("--provider", default="sandbox", help="provider to measure (default: sandbox)")
-    parser.add_argument("--allocations", type=int, default=100, help="warm allocations (and recycles) to time")
-    parser.add_argument("--sessions", type=int, default=100, help="session open/close cycles to time")
+    parser.add_argument(
+        "--provider", default="sandbox", help="provider to measure (default: sandbox)"
+    )
+    parser.add_argument(
+        "--allocations", type=int, default=100, help="warm allocations (and recycles) to time"
+    )
+    parser.add_argument(
+        "--sessions", type=int, default=100, help="session open/close cycles to time"
+    )
     parser.add_argument("--writes", type=int, default=2000, help="store writes to time")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
@@ -163,7 +182,12 @@ def main(argv: list[str]) -> int:
         os.environ["VMRUNNER_HOME"] = home  # the store of the session figures, thrown away after
         provider = get_provider(args.provider, home=Path(home))
         results = asyncio.run(
-            run(provider, allocations=args.allocations, sessions_count=args.sessions, writes=args.writes)
+            run(
+                provider,
+                allocations=args.allocations,
+                sessions_count=args.sessions,
+                writes=args.writes,
+            )
         )
     print(json.dumps(results, indent=2) if args.json else report(results))
     return 0

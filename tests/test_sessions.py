@@ -106,7 +106,9 @@ async def manager(counting: CountingProvider) -> AsyncIterator[SessionManager]:
 
 def job_commands(steps: int) -> list[str]:
     """A setup command, ``steps`` steps and a cleanup command, each logging where it ran."""
-    setup = "cat /proc/sys/kernel/random/uuid > .marker && echo setup $(cat .marker) $(hostname) >> log"
+    setup = (
+        "cat /proc/sys/kernel/random/uuid > .marker && echo setup $(cat .marker) $(hostname) >> log"
+    )
     body = [f"echo step-{i} $(cat .marker) $(hostname) >> log" for i in range(1, steps + 1)]
     cleanup = "echo cleanup $(cat .marker) $(hostname) >> log"
     return [setup, *body, cleanup]
@@ -133,12 +135,18 @@ async def test_a_job_runs_every_command_in_one_machine(
     assert [c[2] for c in counting.commands_in(machine_id)] == script
     # From inside: each command found the marker the setup command left in that machine.
     assert len(log) == commands
-    assert [line.split()[0] for line in log] == ["setup", *[f"step-{i}" for i in range(1, steps + 1)], "cleanup"]
+    assert [line.split()[0] for line in log] == [
+        "setup",
+        *[f"step-{i}" for i in range(1, steps + 1)],
+        "cleanup",
+    ]
     assert {line.split()[1] for line in log} == {marker}
     assert len({line.split()[2] for line in log}) == 1
 
 
-async def test_parallel_jobs_get_distinct_machines(manager: SessionManager, counting: CountingProvider) -> None:
+async def test_parallel_jobs_get_distinct_machines(
+    manager: SessionManager, counting: CountingProvider
+) -> None:
     used: dict[str, str] = {}
 
     async def job(name: str) -> None:
@@ -148,7 +156,9 @@ async def test_parallel_jobs_get_distinct_machines(manager: SessionManager, coun
             await session.exec(["sh", "-c", f"echo {name} > owner"], cwd=workspace)
             for step in range(3):
                 await asyncio.sleep(0)
-                check = await session.exec(["sh", "-c", f'test "$(cat owner)" = {name} # step {step}'], cwd=workspace)
+                check = await session.exec(
+                    ["sh", "-c", f'test "$(cat owner)" = {name} # step {step}'], cwd=workspace
+                )
                 assert check.ok, f"{name} found another job's workspace"
 
     async with asyncio.TaskGroup() as group:
@@ -177,10 +187,15 @@ async def test_a_job_after_another_gets_a_new_machine_after_the_first_is_release
     assert counting.allocation_count == 2
     assert counting.time_of("released", first) < counting.time_of("allocated", second)
     kinds = [(e.kind, e.machine_id) for e in counting.events]
-    assert kinds.index(("released", first)) < [i for i, k in enumerate(kinds) if k[0] == "allocating"][1]
+    assert (
+        kinds.index(("released", first))
+        < [i for i, k in enumerate(kinds) if k[0] == "allocating"][1]
+    )
 
 
-async def test_fail_fast_request_beyond_the_limit_is_refused_without_allocating(counting: CountingProvider) -> None:
+async def test_fail_fast_request_beyond_the_limit_is_refused_without_allocating(
+    counting: CountingProvider,
+) -> None:
     async with SessionManager(counting, limit=2) as manager, manager.open(), manager.open():
         with pytest.raises(CapacityError, match="all 2 session slots are in use"):
             async with manager.open(wait=False):
@@ -190,7 +205,9 @@ async def test_fail_fast_request_beyond_the_limit_is_refused_without_allocating(
     assert left_on_system() == []
 
 
-async def test_a_waiting_request_proceeds_as_soon_as_a_session_is_released(counting: CountingProvider) -> None:
+async def test_a_waiting_request_proceeds_as_soon_as_a_session_is_released(
+    counting: CountingProvider,
+) -> None:
     async with SessionManager(counting, limit=2) as manager:
         first = await manager.create_session()
         second = await manager.create_session()
@@ -229,7 +246,9 @@ async def test_waiters_are_served_in_arrival_order(counting: CountingProvider) -
     assert counting.max_alive == 1
 
 
-async def test_waiting_past_the_timeout_is_a_capacity_error_without_allocating(counting: CountingProvider) -> None:
+async def test_waiting_past_the_timeout_is_a_capacity_error_without_allocating(
+    counting: CountingProvider,
+) -> None:
     async with SessionManager(counting, limit=1) as manager, manager.open():
         with pytest.raises(CapacityError, match=r"within 0\.05s"):
             await manager.create_session(timeout=0.05)
@@ -279,7 +298,13 @@ async def test_states_and_transitions_are_recorded_in_memory_and_in_the_store(
         assert session.state is SessionState.ACTIVE
     memory = [(t.state.value, t.note) for t in session.transitions]
     assert [state for state, _ in memory] == [
-        "initializing", "active", "executing", "active", "completed", "terminating", "released",
+        "initializing",
+        "active",
+        "executing",
+        "active",
+        "completed",
+        "terminating",
+        "released",
     ]
     stored = manager.store.transitions(session.id)
     assert [(t.state, t.note) for t in stored] == memory
@@ -313,7 +338,9 @@ def test_the_lifecycle_table_is_consistent() -> None:
         assert SessionState.TERMINATING in TRANSITIONS[state], state
 
 
-async def test_release_session_twice_raises_session_not_found(manager: SessionManager, counting: CountingProvider) -> None:
+async def test_release_session_twice_raises_session_not_found(
+    manager: SessionManager, counting: CountingProvider
+) -> None:
     session = await manager.create_session()
     assert manager.active_count == 1
     await manager.release_session(session.id)
@@ -325,7 +352,9 @@ async def test_release_session_twice_raises_session_not_found(manager: SessionMa
     assert (stats.created, stats.released) == (1, 1)
 
 
-async def test_snapshots_pause_the_session_and_are_listed(manager: SessionManager, counting: CountingProvider) -> None:
+async def test_snapshots_pause_the_session_and_are_listed(
+    manager: SessionManager, counting: CountingProvider
+) -> None:
     async with manager.open() as session:
         if not counting.capabilities.snapshots:
             with pytest.raises(SnapshotError):
@@ -343,15 +372,27 @@ async def test_snapshots_pause_the_session_and_are_listed(manager: SessionManage
         assert (await session.machine.read_file(f"{workspace}/file")) == b"one\n"
         states = [t.state.value for t in session.transitions]
         assert states == [
-            "initializing", "active", "executing", "active", "paused", "active",
-            "executing", "active", "paused", "rolled_back",
+            "initializing",
+            "active",
+            "executing",
+            "active",
+            "paused",
+            "active",
+            "executing",
+            "active",
+            "paused",
+            "rolled_back",
         ]
         assert [s.snapshot_id for s in manager.store.snapshots(session.id)] == [first.id]
 
 
-async def test_the_reaper_releases_idle_sessions_and_keeps_active_ones(counting: CountingProvider) -> None:
+async def test_the_reaper_releases_idle_sessions_and_keeps_active_ones(
+    counting: CountingProvider,
+) -> None:
     clock = FakeClock()
-    async with SessionManager(counting, limit=4, idle_timeout=10, reap_interval=0.001, clock=clock) as manager:
+    async with SessionManager(
+        counting, limit=4, idle_timeout=10, reap_interval=0.001, clock=clock
+    ) as manager:
         idle = await manager.create_session()
         busy = await manager.create_session()
         clock.now += 6
@@ -371,9 +412,13 @@ async def test_the_reaper_releases_idle_sessions_and_keeps_active_ones(counting:
     assert left_on_system() == []
 
 
-async def test_output_is_activity_and_a_running_command_is_never_reaped(counting: CountingProvider) -> None:
+async def test_output_is_activity_and_a_running_command_is_never_reaped(
+    counting: CountingProvider,
+) -> None:
     clock = FakeClock()
-    async with SessionManager(counting, limit=1, idle_timeout=10, reap_interval=3600, clock=clock) as manager:
+    async with SessionManager(
+        counting, limit=1, idle_timeout=10, reap_interval=3600, clock=clock
+    ) as manager:
         session = await manager.create_session()
         seen: list[float] = []
 
@@ -395,7 +440,9 @@ async def test_output_is_activity_and_a_running_command_is_never_reaped(counting
     assert counting.releases == {session.machine.id: 1}
 
 
-async def test_the_manager_releases_sessions_left_open_when_it_stops(counting: CountingProvider) -> None:
+async def test_the_manager_releases_sessions_left_open_when_it_stops(
+    counting: CountingProvider,
+) -> None:
     async with SessionManager(counting, limit=2) as manager:
         session = await manager.create_session()
     assert counting.releases == {session.machine.id: 1}
@@ -437,10 +484,14 @@ asyncio.run(main())
     return script
 
 
-async def start_runner(tmp_path: Path, pool_size: int = 0) -> tuple[asyncio.subprocess.Process, str]:
+async def start_runner(
+    tmp_path: Path, pool_size: int = 0
+) -> tuple[asyncio.subprocess.Process, str]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, str(runner_script(tmp_path, pool_size)),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        str(runner_script(tmp_path, pool_size)),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     assert process.stdout is not None
     async with asyncio.timeout(60):
@@ -467,7 +518,9 @@ async def test_machines_of_a_sigkilled_runner_are_reclaimed_on_start(tmp_path: P
         assert counting.reclaims == {machine_id: 1}
         assert manager.store.machines() == []
         sessions = manager.store.sessions(include_released=True)
-        assert [(s.state, s.note.startswith("reclaimed: runner pid")) for s in sessions] == [("released", True)]
+        assert [(s.state, s.note.startswith("reclaimed: runner pid")) for s in sessions] == [
+            ("released", True)
+        ]
         assert manager.stats().reclaimed == 1
     assert left_on_system([machine_id]) == []
 
@@ -507,7 +560,6 @@ async def test_a_machine_on_disk_unknown_to_the_store_is_reclaimed(tmp_path: Pat
     assert left_on_system([machine_id]) == []
 
 
-
 async def test_a_reused_pid_does_not_keep_a_dead_runners_machine_alive() -> None:
     """The owner pid is alive (it is ours) but started at another time: that runner is gone."""
     provider = real_provider()
@@ -515,7 +567,11 @@ async def test_a_reused_pid_does_not_keep_a_dead_runners_machine_alive() -> None
     record = machine.record
     assert Owner(os.getpid(), record.owner_start).alive()
     with Store.open() as store:
-        store.put_machine(machine_row(dataclasses.replace(record, owner_start=(record.owner_start or 0) + 1), None))
+        store.put_machine(
+            machine_row(
+                dataclasses.replace(record, owner_start=(record.owner_start or 0) + 1), None
+            )
+        )
     counting = CountingProvider(real_provider())
     async with SessionManager(counting, limit=1) as manager:
         assert [(a.id, a.ok) for a in manager.reclaimed] == [(machine.id, True)]

@@ -33,7 +33,9 @@ def states(manager: SessionManager, session_id: str) -> list[str]:
     return [t.state for t in manager.store.transitions(session_id)]
 
 
-async def test_a_failed_allocation_frees_its_slot(manager: SessionManager, counting: CountingProvider) -> None:
+async def test_a_failed_allocation_frees_its_slot(
+    manager: SessionManager, counting: CountingProvider
+) -> None:
     counting.fail_next("allocate", AllocationError("no room at the inn"))
     with pytest.raises(AllocationError, match="no room"):
         async with manager.open(wait=False):
@@ -48,7 +50,9 @@ async def test_a_failed_allocation_frees_its_slot(manager: SessionManager, count
     assert manager.stats().failed_allocations == 1
 
 
-async def test_an_error_in_a_command_releases_the_machine(manager: SessionManager, counting: CountingProvider) -> None:
+async def test_an_error_in_a_command_releases_the_machine(
+    manager: SessionManager, counting: CountingProvider
+) -> None:
     async def job() -> None:
         async with manager.open() as session:
             await session.exec(["true"])
@@ -57,7 +61,9 @@ async def test_an_error_in_a_command_releases_the_machine(manager: SessionManage
 
     with pytest.raises(ExecError, match="injected exec fault"):
         await job()
-    [session] = [manager.store.session(row.id) for row in manager.store.sessions(include_released=True)]
+    [session] = [
+        manager.store.session(row.id) for row in manager.store.sessions(include_released=True)
+    ]
     assert session is not None
     session_machine = session.machine_id
     assert session_machine is not None
@@ -73,7 +79,9 @@ async def test_a_failing_command_is_a_result_not_an_error(manager: SessionManage
         assert session.state is SessionState.ACTIVE
 
 
-async def test_an_error_in_a_snapshot_keeps_the_session_usable(manager: SessionManager, counting: CountingProvider) -> None:
+async def test_an_error_in_a_snapshot_keeps_the_session_usable(
+    manager: SessionManager, counting: CountingProvider
+) -> None:
     async with manager.open() as session:
         if counting.capabilities.snapshots:
             counting.fail_next("snapshot")
@@ -98,7 +106,9 @@ async def test_an_error_in_a_snapshot_keeps_the_session_usable(manager: SessionM
     assert left_on_system([session.machine.id, *machines]) == []
 
 
-async def test_a_failed_release_is_retried(manager: SessionManager, counting: CountingProvider) -> None:
+async def test_a_failed_release_is_retried(
+    manager: SessionManager, counting: CountingProvider
+) -> None:
     async with manager.open() as session:
         counting.fail_next("release", machine_id=session.machine.id)
     assert counting.releases == {session.machine.id: 1}
@@ -108,7 +118,9 @@ async def test_a_failed_release_is_retried(manager: SessionManager, counting: Co
     assert left_on_system([session.machine.id]) == []
 
 
-async def test_a_release_that_keeps_failing_falls_back_to_reclaim(manager: SessionManager, counting: CountingProvider) -> None:
+async def test_a_release_that_keeps_failing_falls_back_to_reclaim(
+    manager: SessionManager, counting: CountingProvider
+) -> None:
     async with manager.open() as session:
         counting.fail_next("release", times=manager.release_attempts)
     assert counting.releases == {}
@@ -120,7 +132,9 @@ async def test_a_release_that_keeps_failing_falls_back_to_reclaim(manager: Sessi
     assert left_on_system([session.machine.id]) == []
 
 
-async def test_a_release_that_cannot_succeed_is_recorded_and_retried_on_exit(counting: CountingProvider) -> None:
+async def test_a_release_that_cannot_succeed_is_recorded_and_retried_on_exit(
+    counting: CountingProvider,
+) -> None:
     async with SessionManager(counting, limit=1) as manager:
         session = await manager.create_session()
         machine_id = session.machine.id
@@ -164,7 +178,9 @@ async def test_a_cancelled_task_releases_its_machine_and_kills_its_command(
     assert left_on_system([machine_id], ["987.25"]) == []
 
 
-async def test_a_timeout_releases_the_machine(manager: SessionManager, counting: CountingProvider) -> None:
+async def test_a_timeout_releases_the_machine(
+    manager: SessionManager, counting: CountingProvider
+) -> None:
     opened = []
 
     async def job() -> None:
@@ -181,7 +197,9 @@ async def test_a_timeout_releases_the_machine(manager: SessionManager, counting:
     assert left_on_system([session.machine.id], ["986.5"]) == []
 
 
-async def test_cancellation_while_waiting_for_a_slot_takes_no_slot(manager: SessionManager, counting: CountingProvider) -> None:
+async def test_cancellation_while_waiting_for_a_slot_takes_no_slot(
+    manager: SessionManager, counting: CountingProvider
+) -> None:
     async with manager.open(), manager.open():
         waiter = asyncio.create_task(manager.create_session())
         await eventually(lambda: manager.stats().waiting == 1)
@@ -193,7 +211,9 @@ async def test_cancellation_while_waiting_for_a_slot_takes_no_slot(manager: Sess
     assert counting.allocation_count == 2
 
 
-async def test_cancellation_during_allocation_frees_the_slot(manager: SessionManager, counting: CountingProvider) -> None:
+async def test_cancellation_during_allocation_frees_the_slot(
+    manager: SessionManager, counting: CountingProvider
+) -> None:
     # A first allocation prepares the provider's agent bundle cache (a one-time helper process
     # that a cancelled allocation would leave finishing on its own); this test is about ours.
     async with manager.open():
@@ -212,7 +232,9 @@ async def test_cancellation_during_allocation_frees_the_slot(manager: SessionMan
     assert set(counting.releases.values()) == {1}
 
 
-async def test_stopping_the_manager_turns_waiters_away_and_finishes_allocations(counting: CountingProvider) -> None:
+async def test_stopping_the_manager_turns_waiters_away_and_finishes_allocations(
+    counting: CountingProvider,
+) -> None:
     async with SessionManager(counting, limit=1) as manager:
         holder = await manager.create_session()
         waiter = asyncio.create_task(manager.create_session())
@@ -224,7 +246,9 @@ async def test_stopping_the_manager_turns_waiters_away_and_finishes_allocations(
     assert left_on_system() == []
 
 
-async def test_a_session_being_allocated_cannot_be_released_yet(manager: SessionManager, counting: CountingProvider) -> None:
+async def test_a_session_being_allocated_cannot_be_released_yet(
+    manager: SessionManager, counting: CountingProvider
+) -> None:
     creating = asyncio.create_task(manager.create_session())
     await eventually(lambda: counting.allocating == 1)
     [pending] = manager.sessions()

@@ -17,17 +17,34 @@ from vmrunner.store import MIGRATIONS, MachineRow, SessionRow, SnapshotRow, Stor
 def session_row(session_id: str = "s-1", state: str = "initializing") -> SessionRow:
     now = time.time()
     return SessionRow(
-        id=session_id, state=state, vm_type="default", provider="sandbox", owner_pid=123,
-        owner_start=456, created_at=now, updated_at=now, last_activity=now, labels={"job": "build"},
+        id=session_id,
+        state=state,
+        vm_type="default",
+        provider="sandbox",
+        owner_pid=123,
+        owner_start=456,
+        created_at=now,
+        updated_at=now,
+        last_activity=now,
+        labels={"job": "build"},
     )
 
 
 def machine_row(machine_id: str = "m-1", session_id: str | None = "s-1") -> MachineRow:
     now = time.time()
     return MachineRow(
-        machine_id=machine_id, provider="sandbox", vm_type="default", pid=10, pid_start=20,
-        state_dir=f"/tmp/{machine_id}", owner_pid=123, owner_start=456, created_at=now,
-        allocated_at=now, data={"socket": "x"}, session_id=session_id,
+        machine_id=machine_id,
+        provider="sandbox",
+        vm_type="default",
+        pid=10,
+        pid_start=20,
+        state_dir=f"/tmp/{machine_id}",
+        owner_pid=123,
+        owner_start=456,
+        created_at=now,
+        allocated_at=now,
+        data={"socket": "x"},
+        session_id=session_id,
     )
 
 
@@ -48,7 +65,9 @@ def test_open_migrates_to_the_latest_version_and_sets_pragmas(store: Store) -> N
     assert store.schema_version == len(MIGRATIONS)
     connection = sqlite3.connect(store.path)
     assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    tables = {r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    tables = {
+        r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    }
     assert {"schema_version", "sessions", "session_transitions", "machines", "snapshots"} <= tables
     connection.close()
 
@@ -95,17 +114,25 @@ def test_sessions_transitions_and_snapshots_survive_reopening(tmp_path: Path) ->
     with Store.open(path) as store:
         session = store.session("s-1")
         assert session is not None
-        assert (session.state, session.machine_id, session.last_activity) == ("executing", "m-1", 99.0)
+        assert (session.state, session.machine_id, session.last_activity) == (
+            "executing",
+            "m-1",
+            99.0,
+        )
         assert session.labels == {"job": "build"}
         assert session.note == "step 1"
         assert [(t.state, t.note) for t in store.transitions("s-1")] == [
-            ("initializing", ""), ("active", ""), ("executing", "step 1"),
+            ("initializing", ""),
+            ("active", ""),
+            ("executing", "step 1"),
         ]
         assert store.snapshots("s-1") == [SnapshotRow("s-1", "snap-a", "after step 1", 102.0)]
         machine = store.machine("m-1")
         expected = machine_row()
         assert machine is not None
-        assert replace(machine, created_at=0.0, allocated_at=0.0) == replace(expected, created_at=0.0, allocated_at=0.0)
+        assert replace(machine, created_at=0.0, allocated_at=0.0) == replace(
+            expected, created_at=0.0, allocated_at=0.0
+        )
 
 
 def test_attach_machine_is_atomic(store: Store) -> None:

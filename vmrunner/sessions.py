@@ -112,11 +112,15 @@ class SessionState(StrEnum):
 S = SessionState
 TRANSITIONS: Mapping[SessionState, frozenset[SessionState]] = {
     S.INITIALIZING: frozenset({S.ACTIVE, S.FAILED, S.TERMINATING}),
-    S.ACTIVE: frozenset({S.EXECUTING, S.PAUSED, S.COMPLETED, S.FAILED, S.ROLLED_BACK, S.TERMINATING}),
+    S.ACTIVE: frozenset(
+        {S.EXECUTING, S.PAUSED, S.COMPLETED, S.FAILED, S.ROLLED_BACK, S.TERMINATING}
+    ),
     S.EXECUTING: frozenset({S.ACTIVE, S.FAILED, S.ROLLED_BACK, S.TERMINATING}),
     S.PAUSED: frozenset({S.ACTIVE, S.FAILED, S.ROLLED_BACK, S.TERMINATING}),
     S.FAILED: frozenset({S.EXECUTING, S.PAUSED, S.ROLLED_BACK, S.TERMINATING}),
-    S.ROLLED_BACK: frozenset({S.ACTIVE, S.EXECUTING, S.PAUSED, S.COMPLETED, S.FAILED, S.TERMINATING}),
+    S.ROLLED_BACK: frozenset(
+        {S.ACTIVE, S.EXECUTING, S.PAUSED, S.COMPLETED, S.FAILED, S.TERMINATING}
+    ),
     S.COMPLETED: frozenset({S.TERMINATING}),
     S.TERMINATING: frozenset({S.RELEASED}),
     S.RELEASED: frozenset(),
@@ -199,7 +203,11 @@ class Session:
     """One job's hold on one machine. Created by ``SessionManager``, never directly."""
 
     def __init__(
-        self, manager: SessionManager, session_id: str, spec: MachineSpec, idle_timeout: float | None
+        self,
+        manager: SessionManager,
+        session_id: str,
+        spec: MachineSpec,
+        idle_timeout: float | None,
     ) -> None:
         self.id = session_id
         self.spec = spec
@@ -269,7 +277,9 @@ class Session:
 
         self._enter(S.EXECUTING)
         try:
-            return await machine.exec(command, env=env, cwd=cwd, timeout=timeout, on_output=relay, stdin=stdin)
+            return await machine.exec(
+                command, env=env, cwd=cwd, timeout=timeout, on_output=relay, stdin=stdin
+            )
         finally:
             self.touch()
             self._leave(S.EXECUTING)
@@ -366,8 +376,16 @@ class SessionManager:
         self._reaper: asyncio.Task[None] | None = None
         self._abandoned: dict[str, MachineRecord] = {}
         self._counts = dict.fromkeys(
-            ("created", "released", "failed_allocations", "rejected", "timed_out", "reaped",
-             "reclaimed", "release_failures"),
+            (
+                "created",
+                "released",
+                "failed_allocations",
+                "rejected",
+                "timed_out",
+                "reaped",
+                "reclaimed",
+                "release_failures",
+            ),
             0,
         )
         self.reclaimed: list[ReclaimAction] = []
@@ -382,7 +400,9 @@ class SessionManager:
     @property
     def store(self) -> Store:
         if self._store is None:
-            raise SessionError("the session manager is not running: use `async with SessionManager(...)`")
+            raise SessionError(
+                "the session manager is not running: use `async with SessionManager(...)`"
+            )
         return self._store
 
     async def __aenter__(self) -> SessionManager:
@@ -395,7 +415,9 @@ class SessionManager:
                     self._attached.append(wrapper)
             if self.reclaim_on_start:
                 self.reclaimed = await reclaim_orphans(self._store, self._resolve, [self.provider])
-                self._counts["reclaimed"] += sum(1 for a in self.reclaimed if a.kind == "machine" and a.ok)
+                self._counts["reclaimed"] += sum(
+                    1 for a in self.reclaimed if a.kind == "machine" and a.ok
+                )
             group = asyncio.TaskGroup()
             await group.__aenter__()
         except BaseException:
@@ -419,7 +441,9 @@ class SessionManager:
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
-                waiter.set_exception(SessionError("the session manager is stopping: no new sessions"))
+                waiter.set_exception(
+                    SessionError("the session manager is stopping: no new sessions")
+                )
         await self._settled.wait()  # allocations in flight end (bounded by the provider) first
         if self._reaper is not None:
             self._reaper.cancel()
@@ -509,7 +533,9 @@ class SessionManager:
         await self._reserve(wait, self.wait_timeout if timeout is DEFAULT else timeout)
         try:
             self._check_open()
-            session = self._new_session(store, spec, self.idle_timeout if idle_timeout is DEFAULT else idle_timeout)
+            session = self._new_session(
+                store, spec, self.idle_timeout if idle_timeout is DEFAULT else idle_timeout
+            )
         except BaseException:
             self._free_slot()
             raise
@@ -549,10 +575,16 @@ class SessionManager:
         now = time.time()
         store.add_session(
             SessionRow(
-                id=session.id, state=S.INITIALIZING.value, vm_type=spec.vm_type,
-                provider=self.provider.name, owner_pid=self.owner.pid,
-                owner_start=self.owner.start, created_at=now, updated_at=now,
-                last_activity=now, labels=dict(spec.labels),
+                id=session.id,
+                state=S.INITIALIZING.value,
+                vm_type=spec.vm_type,
+                provider=self.provider.name,
+                owner_pid=self.owner.pid,
+                owner_start=self.owner.start,
+                created_at=now,
+                updated_at=now,
+                last_activity=now,
+                labels=dict(spec.labels),
             )
         )
         session._transitions.append(Transition(S.INITIALIZING, now))
@@ -578,12 +610,16 @@ class SessionManager:
     def _record(self, session: Session, state: SessionState, note: str = "") -> None:
         now = time.time()
         wall_activity = now - (self.clock() - session.last_activity)
-        self.store.set_session_state(session.id, state.value, now, note=note, last_activity=wall_activity)
+        self.store.set_session_state(
+            session.id, state.value, now, note=note, last_activity=wall_activity
+        )
         session._persisted_activity = session.last_activity
         session._state = state
         session._transitions.append(Transition(state, now, note))
 
-    def add_snapshot(self, session_id: str, snapshot_id: SnapshotId, name: str = "") -> SnapshotInfo:
+    def add_snapshot(
+        self, session_id: str, snapshot_id: SnapshotId, name: str = ""
+    ) -> SnapshotInfo:
         """Register a snapshot taken in the session's machine."""
         session = self.get_session(session_id)
         info = SnapshotInfo(snapshot_id, name, time.time())
@@ -606,7 +642,9 @@ class SessionManager:
         if session is None or session._release is not None:
             raise SessionNotFound(f"no session {session_id} (released already?)")
         if session.state is S.INITIALIZING:
-            raise SessionError(f"session {session_id} is still being allocated; release it once it is active")
+            raise SessionError(
+                f"session {session_id} is still being allocated; release it once it is active"
+            )
         await self._release(session, note)
 
     @property
@@ -642,7 +680,9 @@ class SessionManager:
         On an exception (including cancellation and timeouts) the session is marked failed,
         the machine released under a shield, and the exception propagates.
         """
-        session = await self.create_session(spec, wait=wait, timeout=timeout, idle_timeout=idle_timeout)
+        session = await self.create_session(
+            spec, wait=wait, timeout=timeout, idle_timeout=idle_timeout
+        )
         try:
             yield session
         except BaseException as exc:
@@ -677,7 +717,9 @@ class SessionManager:
         self._counts["released"] += 1
         self._free_slot()
         if error is not None:
-            raise ReleaseError(f"session {session.id}: cannot release machine {session.machine.id}: {error}") from error
+            raise ReleaseError(
+                f"session {session.id}: cannot release machine {session.machine.id}: {error}"
+            ) from error
 
     async def _release_machine(self, machine: Machine, session_id: str) -> Exception | None:
         """Release (retrying), else reclaim from the record; the last error if all failed."""
@@ -690,9 +732,13 @@ class SessionManager:
                     await self.provider.release(machine)
             except Exception as exc:
                 last = exc
-                log.warning("releasing machine %s (attempt %d) failed: %s", machine.id, attempt + 1, exc)
+                log.warning(
+                    "releasing machine %s (attempt %d) failed: %s", machine.id, attempt + 1, exc
+                )
                 continue
-            self.store.mark_machine_released(machine.id, time.time(), note="released", session_id=session_id)
+            self.store.mark_machine_released(
+                machine.id, time.time(), note="released", session_id=session_id
+            )
             return None
         record = machine.record
         try:
@@ -729,13 +775,21 @@ class SessionManager:
         """
         now = self.clock()
         stale = [
-            s for s in self._sessions.values()
-            if s.idle_timeout is not None and s._release is None
-            and s.state not in _BUSY_STATES and now - s.last_activity > s.idle_timeout
+            s
+            for s in self._sessions.values()
+            if s.idle_timeout is not None
+            and s._release is None
+            and s.state not in _BUSY_STATES
+            and now - s.last_activity > s.idle_timeout
         ]
         self._counts["reaped"] += len(stale)
         results = await asyncio.gather(
-            *(self._release(s, f"idle for {now - s.last_activity:.1f}s (timeout {s.idle_timeout}s)") for s in stale),
+            *(
+                self._release(
+                    s, f"idle for {now - s.last_activity:.1f}s (timeout {s.idle_timeout}s)"
+                )
+                for s in stale
+            ),
             return_exceptions=True,
         )
         for session, result in zip(stale, results, strict=True):
@@ -764,18 +818,33 @@ class StoreJournal:
 
 def machine_row(record: MachineRecord, session_id: str | None) -> MachineRow:
     return MachineRow(
-        machine_id=record.machine_id, provider=record.provider, vm_type=record.vm_type,
-        pid=record.pid, pid_start=record.pid_start, state_dir=record.state_dir,
-        owner_pid=record.owner_pid, owner_start=record.owner_start, created_at=record.created_at,
-        allocated_at=time.time(), data=dict(record.data), session_id=session_id,
+        machine_id=record.machine_id,
+        provider=record.provider,
+        vm_type=record.vm_type,
+        pid=record.pid,
+        pid_start=record.pid_start,
+        state_dir=record.state_dir,
+        owner_pid=record.owner_pid,
+        owner_start=record.owner_start,
+        created_at=record.created_at,
+        allocated_at=time.time(),
+        data=dict(record.data),
+        session_id=session_id,
     )
 
 
 def machine_record(row: MachineRow) -> MachineRecord:
     return MachineRecord(
-        machine_id=row.machine_id, provider=row.provider, vm_type=row.vm_type, pid=row.pid,
-        pid_start=row.pid_start, state_dir=row.state_dir, owner_pid=row.owner_pid,
-        owner_start=row.owner_start, created_at=row.created_at, data=dict(row.data),
+        machine_id=row.machine_id,
+        provider=row.provider,
+        vm_type=row.vm_type,
+        pid=row.pid,
+        pid_start=row.pid_start,
+        state_dir=row.state_dir,
+        owner_pid=row.owner_pid,
+        owner_start=row.owner_start,
+        created_at=row.created_at,
+        data=dict(row.data),
     )
 
 
@@ -839,13 +908,19 @@ async def reclaim_orphans(
             if session.state != S.TERMINATING.value:
                 store.set_session_state(session.id, S.TERMINATING.value, now, note=note)
             store.set_session_state(session.id, S.RELEASED.value, now, note=note)
-        actions.append(ReclaimAction("session", session.id, session.provider, session.owner_pid, True, note))
+        actions.append(
+            ReclaimAction("session", session.id, session.provider, session.owner_pid, True, note)
+        )
     return actions
 
 
-async def _reclaim_one(store: Store, provider: Provider | None, record: MachineRecord) -> ReclaimAction:
+async def _reclaim_one(
+    store: Store, provider: Provider | None, record: MachineRecord
+) -> ReclaimAction:
     def action(ok: bool, note: str) -> ReclaimAction:
-        return ReclaimAction("machine", record.machine_id, record.provider, record.owner_pid, ok, note)
+        return ReclaimAction(
+            "machine", record.machine_id, record.provider, record.owner_pid, ok, note
+        )
 
     if provider is None:
         note = f"no {record.provider} provider available to reclaim it"

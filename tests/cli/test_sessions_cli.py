@@ -33,16 +33,37 @@ async def test_list_shows_live_sessions_and_all_shows_released_ones() -> None:
             done = await cli("list", "--json")
             assert done.returncode == 0, done.stderr
             [listed] = json.loads(done.stdout)["sessions"]
-            assert {k: listed[k] for k in ("id", "state", "machine", "provider", "vm_type", "labels")} == {
-                "id": session.id, "state": "active", "machine": session.machine.id,
-                "provider": PROVIDER, "vm_type": "default", "labels": {"job": "build"},
+            assert {
+                k: listed[k] for k in ("id", "state", "machine", "provider", "vm_type", "labels")
+            } == {
+                "id": session.id,
+                "state": "active",
+                "machine": session.machine.id,
+                "provider": PROVIDER,
+                "vm_type": "default",
+                "labels": {"job": "build"},
             }
             assert listed["age"] >= listed["idle"] >= 0
             table = await cli("list")
             assert table.returncode == 0, table.stderr
             header, row = table.stdout.splitlines()
-            assert header.split() == ["Session", "State", "Machine", "Provider", "VM", "type", "Age", "Idle"]
-            assert row.split()[:5] == [session.id, "active", session.machine.id, PROVIDER, "default"]
+            assert header.split() == [
+                "Session",
+                "State",
+                "Machine",
+                "Provider",
+                "VM",
+                "type",
+                "Age",
+                "Idle",
+            ]
+            assert row.split()[:5] == [
+                session.id,
+                "active",
+                session.machine.id,
+                PROVIDER,
+                "default",
+            ]
         assert json.loads((await cli("list", "--json")).stdout) == {"sessions": []}
         released = json.loads((await cli("list", "--all", "--json")).stdout)["sessions"]
         assert [(s["id"], s["state"]) for s in released] == [(session.id, "released")]
@@ -59,7 +80,9 @@ async def test_reclaim_releases_the_machines_of_a_dead_runner(tmp_path: Path) ->
     done = await cli("reclaim", "--json")
     assert done.returncode == 0, done.stderr
     actions = json.loads(done.stdout)["actions"]
-    assert [(a["kind"], a["id"], a["ok"]) for a in actions if a["kind"] == "machine"] == [("machine", machine_id, True)]
+    assert [(a["kind"], a["id"], a["ok"]) for a in actions if a["kind"] == "machine"] == [
+        ("machine", machine_id, True)
+    ]
     assert [a["kind"] for a in actions].count("session") == 1
     assert all(a["owner_pid"] == runner.pid for a in actions)
     assert left_on_system([machine_id]) == []
@@ -95,12 +118,25 @@ async def test_reclaim_fails_loudly_for_a_machine_no_provider_here_can_reclaim()
     with Store.open() as store:
         store.put_machine(
             MachineRow(
-                machine_id="imaginary-1234", provider="imaginary", vm_type="default", pid=None, pid_start=None,
-                state_dir="/nonexistent", owner_pid=gone.pid, owner_start=1, created_at=now, allocated_at=now,
+                machine_id="imaginary-1234",
+                provider="imaginary",
+                vm_type="default",
+                pid=None,
+                pid_start=None,
+                state_dir="/nonexistent",
+                owner_pid=gone.pid,
+                owner_start=1,
+                created_at=now,
+                allocated_at=now,
             )
         )
     done = await cli("reclaim")
     assert done.returncode == 1
-    assert f"FAILED to reclaim machine imaginary-1234 (imaginary, runner pid {gone.pid}): no imaginary provider available" in done.stdout
+    assert (
+        f"FAILED to reclaim machine imaginary-1234 (imaginary, runner pid {gone.pid}): no imaginary provider available"
+        in done.stdout
+    )
     with Store.open() as store:
-        assert [m.machine_id for m in store.machines()] == ["imaginary-1234"]  # still recorded, for a later try
+        assert [m.machine_id for m in store.machines()] == [
+            "imaginary-1234"
+        ]  # still recorded, for a later try

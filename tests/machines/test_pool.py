@@ -33,7 +33,9 @@ async def pool(counting: CountingProvider) -> AsyncIterator[WarmPool]:
 
 
 async def dirty(machine: Machine, mark: str) -> None:
-    result = await machine.exec(["sh", "-c", f"echo {mark} > job-was-here"], cwd=machine.paths.workspace)
+    result = await machine.exec(
+        ["sh", "-c", f"echo {mark} > job-was-here"], cwd=machine.paths.workspace
+    )
     assert result.ok
 
 
@@ -42,7 +44,9 @@ async def workspace_is_empty(machine: Machine) -> bool:
     return result.ok
 
 
-async def test_a_filled_pool_hands_out_a_ready_machine_and_refills(pool: WarmPool, counting: CountingProvider) -> None:
+async def test_a_filled_pool_hands_out_a_ready_machine_and_refills(
+    pool: WarmPool, counting: CountingProvider
+) -> None:
     assert pool.statistics().idle == {"default": 2}
     assert counting.allocation_count == 2
     machine = await pool.allocate(MachineSpec(labels={"job": "build"}))
@@ -60,7 +64,9 @@ async def test_a_filled_pool_hands_out_a_ready_machine_and_refills(pool: WarmPoo
     assert pool.statistics().discarded == 1
 
 
-async def test_a_released_machine_is_never_handed_out_again(pool: WarmPool, counting: CountingProvider) -> None:
+async def test_a_released_machine_is_never_handed_out_again(
+    pool: WarmPool, counting: CountingProvider
+) -> None:
     handed: list[str] = []
     for job in range(5):
         await pool.wait_filled()
@@ -75,11 +81,15 @@ async def test_a_released_machine_is_never_handed_out_again(pool: WarmPool, coun
     assert pool.statistics().hits == 5
 
 
-async def test_an_empty_or_mismatching_pool_falls_back_to_a_cold_allocation(counting: CountingProvider) -> None:
+async def test_an_empty_or_mismatching_pool_falls_back_to_a_cold_allocation(
+    counting: CountingProvider,
+) -> None:
     async with WarmPool(counting, {"default": 1, "big": 0}) as pool:
         await pool.wait_filled()
         cold = await pool.allocate(MachineSpec(vm_type="big"))
-        other = await pool.allocate(MachineSpec(network="none"))  # the pool's machines have network "host"
+        other = await pool.allocate(
+            MachineSpec(network="none")
+        )  # the pool's machines have network "host"
         assert not cold.from_pool
         assert not other.from_pool
         stats = pool.statistics()
@@ -91,7 +101,9 @@ async def test_an_empty_or_mismatching_pool_falls_back_to_a_cold_allocation(coun
     assert left_on_system() == []
 
 
-async def test_a_machine_whose_agent_does_not_answer_never_enters_the_pool(counting: CountingProvider) -> None:
+async def test_a_machine_whose_agent_does_not_answer_never_enters_the_pool(
+    counting: CountingProvider,
+) -> None:
     counting.fail_next("ping")
     async with WarmPool(counting, {"default": 1}, retry_delay=0.01) as pool:
         await pool.wait_filled()
@@ -149,7 +161,9 @@ async def restoring(counting: CountingProvider) -> AsyncIterator[WarmPool]:
     assert left_on_system() == []
 
 
-async def test_restore_mode_recycles_a_verified_clean_machine(restoring: WarmPool, counting: CountingProvider) -> None:
+async def test_restore_mode_recycles_a_verified_clean_machine(
+    restoring: WarmPool, counting: CountingProvider
+) -> None:
     machine = await restoring.allocate(MachineSpec())
     await dirty(machine, "first-job")
     await restoring.release(machine)
@@ -179,7 +193,9 @@ async def test_restore_mode_discards_a_machine_that_fails_verification(
     await restoring.release(fresh)
 
 
-async def test_restore_mode_discards_a_machine_whose_restore_fails(restoring: WarmPool, counting: CountingProvider) -> None:
+async def test_restore_mode_discards_a_machine_whose_restore_fails(
+    restoring: WarmPool, counting: CountingProvider
+) -> None:
     machine = await restoring.allocate(MachineSpec())
     counting.fail_next("restore")
     await restoring.release(machine)
@@ -189,7 +205,10 @@ async def test_restore_mode_discards_a_machine_whose_restore_fails(restoring: Wa
 
 async def test_pool_machines_are_recorded_in_the_store(counting: CountingProvider) -> None:
     with Store.open() as store:
-        async with WarmPool(counting, {"default": 2}) as pool, SessionManager(pool, store=store) as manager:
+        async with (
+            WarmPool(counting, {"default": 2}) as pool,
+            SessionManager(pool, store=store) as manager,
+        ):
             await pool.wait_filled()
             idle_ids = set(counting.allocations)
             recorded = {m.machine_id: m.session_id for m in store.machines()}
@@ -226,7 +245,9 @@ async def test_pool_machines_are_reclaimed_after_the_runner_is_sigkilled(tmp_pat
     assert left_on_system(list(on_disk)) == []
 
 
-async def test_a_machine_that_died_while_idle_is_never_handed_out(pool: WarmPool, counting: CountingProvider) -> None:
+async def test_a_machine_that_died_while_idle_is_never_handed_out(
+    pool: WarmPool, counting: CountingProvider
+) -> None:
     idle = list(counting.allocations)
     victim = idle[0]
     record = next(m.record for m in pool._idle["default"] if m.id == victim)

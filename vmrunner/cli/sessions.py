@@ -56,8 +56,13 @@ def list_sessions(show_all: bool, as_json: bool) -> None:
         table.add_column(title, overflow="fold")
     for record in records:
         table.add_row(
-            record["id"], record["state"], record["machine"] or "-", record["provider"],
-            record["vm_type"], _duration(record["age"]), _duration(record["idle"]),
+            record["id"],
+            record["state"],
+            record["machine"] or "-",
+            record["provider"],
+            record["vm_type"],
+            _duration(record["age"]),
+            _duration(record["idle"]),
         )
     terminal.console().print(table)
 
@@ -112,7 +117,9 @@ def reclaim(providers: tuple[str, ...], as_json: bool) -> None:
     for action in actions:
         if not as_json:
             verb = "reclaimed" if action.ok else "FAILED to reclaim"
-            terminal.info(f"{verb} {action.kind} {action.id} ({action.provider}, runner pid {action.owner_pid}): {action.note}")
+            terminal.info(
+                f"{verb} {action.kind} {action.id} ({action.provider}, runner pid {action.owner_pid}): {action.note}"
+            )
     if any(not a.ok for a in actions):
         raise SystemExit(1)
 

@@ -130,7 +130,9 @@ class WarmPool(Provider):
         if reuse not in ("destroy", "restore"):
             raise ValueError(f"reuse must be 'destroy' or 'restore', got {reuse!r}")
         if reuse == "restore" and not provider.capabilities.snapshots:
-            raise ValueError(f"reuse='restore' needs snapshots, which the {provider.name} provider lacks")
+            raise ValueError(
+                f"reuse='restore' needs snapshots, which the {provider.name} provider lacks"
+            )
         self.inner = provider
         setattr(self, "name", provider.name)  # noqa: B010  (transparent wrapper)
         setattr(self, "capabilities", provider.capabilities)  # noqa: B010
@@ -146,7 +148,9 @@ class WarmPool(Provider):
         self._loaned: dict[str, set[str]] = {t: set() for t in self.sizes}
         self._pristine: dict[str, _Pristine] = {}
         self._starting = 0
-        self._counts = dict.fromkeys(("hits", "misses", "refills", "recycled", "discarded", "failures"), 0)
+        self._counts = dict.fromkeys(
+            ("hits", "misses", "refills", "recycled", "discarded", "failures"), 0
+        )
         self._group: asyncio.TaskGroup | None = None
         self._refills: list[asyncio.Task[None]] = []
         self._closed = False
@@ -157,7 +161,9 @@ class WarmPool(Provider):
         group = asyncio.TaskGroup()
         await group.__aenter__()
         self._group = group
-        self._refills = [group.create_task(self._refill(t), name=f"pool-refill-{t}") for t in self.sizes]
+        self._refills = [
+            group.create_task(self._refill(t), name=f"pool-refill-{t}") for t in self.sizes
+        ]
         return self
 
     async def __aexit__(
@@ -181,7 +187,9 @@ class WarmPool(Provider):
         idle = [m for queue in self._idle.values() for m in queue]
         for queue in self._idle.values():
             queue.clear()
-        results = await asyncio.gather(*(self._destroy(m, "pool closed") for m in idle), return_exceptions=True)
+        results = await asyncio.gather(
+            *(self._destroy(m, "pool closed") for m in idle), return_exceptions=True
+        )
         for machine, result in zip(idle, results, strict=True):
             if isinstance(result, BaseException):
                 log.warning("pool: releasing idle machine %s failed: %s", machine.id, result)
@@ -258,7 +266,12 @@ class WarmPool(Provider):
         """Restore, verify and re-queue a pool machine; False when it must be destroyed."""
         pristine = self._pristine.get(machine.id)
         queue = self._idle.get(machine.spec.vm_type)
-        if pristine is None or queue is None or self._closed or len(queue) >= self.sizes[machine.spec.vm_type]:
+        if (
+            pristine is None
+            or queue is None
+            or self._closed
+            or len(queue) >= self.sizes[machine.spec.vm_type]
+        ):
             return False
         try:
             clean = await self._recycle(machine, pristine)
@@ -271,7 +284,10 @@ class WarmPool(Provider):
             raise
         if not clean:
             self._counts["failures"] += 1
-            log.warning("pool: %s does not match its pristine state after restore, destroying it", machine.id)
+            log.warning(
+                "pool: %s does not match its pristine state after restore, destroying it",
+                machine.id,
+            )
             return False
         if self._closed or len(queue) >= self.sizes[machine.spec.vm_type]:
             return False  # closed or refilled meanwhile
@@ -299,7 +315,12 @@ class WarmPool(Provider):
                     machine = await self._start(vm_type)
                 except Exception as exc:
                     self._counts["failures"] += 1
-                    log.warning("pool: starting a %s machine failed (retry in %.1fs): %s", vm_type, delay, exc)
+                    log.warning(
+                        "pool: starting a %s machine failed (retry in %.1fs): %s",
+                        vm_type,
+                        delay,
+                        exc,
+                    )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, MAX_RETRY_DELAY)
                     continue
