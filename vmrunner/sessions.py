@@ -23,6 +23,7 @@ The manager is not thread-safe: use it from the event loop that entered it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import secrets
@@ -816,36 +817,18 @@ class StoreJournal:
         self.store.mark_machine_released(machine_id, time.time(), note=note)
 
 
+#: The fields a machine record and a machine row share.
+_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(MachineRecord))
+
+
 def machine_row(record: MachineRecord, session_id: str | None) -> MachineRow:
-    return MachineRow(
-        machine_id=record.machine_id,
-        provider=record.provider,
-        vm_type=record.vm_type,
-        pid=record.pid,
-        pid_start=record.pid_start,
-        state_dir=record.state_dir,
-        owner_pid=record.owner_pid,
-        owner_start=record.owner_start,
-        created_at=record.created_at,
-        allocated_at=time.time(),
-        data=dict(record.data),
-        session_id=session_id,
-    )
+    """The store row of a machine just allocated (or pooled, with no session)."""
+    shared = {name: getattr(record, name) for name in _RECORD_FIELDS}
+    return MachineRow(**shared, allocated_at=time.time(), session_id=session_id)
 
 
 def machine_record(row: MachineRow) -> MachineRecord:
-    return MachineRecord(
-        machine_id=row.machine_id,
-        provider=row.provider,
-        vm_type=row.vm_type,
-        pid=row.pid,
-        pid_start=row.pid_start,
-        state_dir=row.state_dir,
-        owner_pid=row.owner_pid,
-        owner_start=row.owner_start,
-        created_at=row.created_at,
-        data=dict(row.data),
-    )
+    return MachineRecord(**{name: getattr(row, name) for name in _RECORD_FIELDS})
 
 
 def _provider_chain(provider: Provider) -> Iterable[Provider]:
