@@ -60,7 +60,7 @@ def test_show_by_prefix_lists_jobs_steps_and_logs() -> None:
     out = done.stdout
     assert out.startswith("Run c0ffee12  Matrix (.github/workflows/ci.yml)\n✗ failure  push refs/heads/main 0123abcd")
     assert "[test (large)] ↩ job failure, rolled back 8.3s  sandbox m-test_(large) (pool)" in out
-    assert "  ✗ Test 1.5s (failure, exit code 1)\n    Error: test_size failed\n" in out
+    assert "  ✗ Test 1.5s (failure, exit code 1)\n    Error: src/app.py:3: test_size failed\n" in out
     assert "[deploy] ↷ job skipped 0.0s (a job it needs failed)" in out
     assert "  ✓ Build 1.5s\n    snapshot snap-test_(large)-0\n" in out
     assert "AssertionError" not in out  # logs only with --logs
@@ -152,7 +152,7 @@ def test_masked_values_stay_masked_through_store_cli_and_summary() -> None:
     ]
     text, as_json, markdown, listed = outputs
     assert "    token=***\n" in text
-    assert "Warning: rotated ***" in text
+    assert "Warning: src/app.py:3: rotated ***" in text
     assert any(row["text"] == "token=***" for row in json.loads(as_json)["logs"])
     assert "↳ Deploy with \\*\\*\\*" in markdown
     assert "Deployed with `***`" in markdown

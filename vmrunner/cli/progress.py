@@ -64,6 +64,7 @@ from vmrunner.runner.events import (
     StepStarted,
 )
 from vmrunner.runner.results import (
+    AnnotationResult,
     JobResult,
     ResultCollector,
     RunResult,
@@ -304,15 +305,7 @@ class ProgressView:
     def _annotation(self, state: _RunState, event: Annotation) -> None:
         if self.quiet and event.level != "error":
             return
-        where = event.file + (f":{event.line}" if event.file and event.line else "")
-        where += f":{event.column}" if where and event.line and event.column else ""
-        style = ANNOTATION_STYLES[event.level]
-        text = Text.assemble("    ", (f"{event.level.capitalize()}:", style), " ")
-        if where:
-            text.append(f"{where}: ", "dim")
-        if event.title:
-            text.append(f"{event.title}: ", style)
-        text.append(event.message, style if event.level != "debug" else "dim")
+        text = Text("    ").append_text(annotation_line(event))
         if self.quiet and event.step_index >= 0:
             state.flagged.add((event.job_key, event.step_index))  # show this step even if it ends well
         self._output(state, event.job_key, event.step_index, text)
@@ -370,6 +363,19 @@ class _LiveJobs:
 
     def __rich__(self) -> RenderableType:
         return Group(self.view._live_rows())
+
+
+def annotation_line(annotation: Annotation | AnnotationResult) -> Text:
+    """``Warning: src/app.py:3:5: title: message``, coloured by level."""
+    where = annotation.file + (f":{annotation.line}" if annotation.file and annotation.line else "")
+    where += f":{annotation.column}" if where and annotation.line and annotation.column else ""
+    style = ANNOTATION_STYLES[annotation.level]
+    text = Text.assemble((f"{annotation.level.capitalize()}:", style), " ")
+    if where:
+        text.append(f"{where}: ", "dim")
+    if annotation.title:
+        text.append(f"{annotation.title}: ", style)
+    return text.append(annotation.message, style if annotation.level != "debug" else "dim")
 
 
 def jobs_table(jobs: list[JobResult]) -> Table:

@@ -98,7 +98,7 @@ def _print_run(result: RunResult, logs: list[LogRow] | None) -> None:
     from rich.text import Text
 
     from vmrunner.cli import terminal
-    from vmrunner.cli.progress import SYMBOLS, job_line, step_line
+    from vmrunner.cli.progress import SYMBOLS, annotation_line, job_line, step_line
     from vmrunner.runner.results import human_duration
 
     console = terminal.console()
@@ -126,11 +126,11 @@ def _print_run(result: RunResult, logs: list[LogRow] | None) -> None:
             for row in by_step.get((job.job_key, step.index), []):
                 say(_log_text(row))
             for annotation in (a for a in job.annotations if a.step_index == step.index):
-                say(Text(f"    {annotation.level.capitalize()}: {annotation.message}", style=_style(annotation.level)))
+                say(Text("    ").append_text(annotation_line(annotation)))
         for row in by_step.get((job.job_key, -1), []):
             say(_log_text(row, indent="  "))
         for annotation in (a for a in job.annotations if a.step_index < 0):
-            say(Text(f"  {annotation.level.capitalize()}: {annotation.message}", style=_style(annotation.level)))
+            say(Text("  ").append_text(annotation_line(annotation)))
 
 
 def _log_text(row: LogRow, indent: str = "    ") -> Text | None:
