@@ -39,6 +39,7 @@ from vmrunner.errors import (
 
 if TYPE_CHECKING:
     from vmrunner.machines.base import ExecResult, Machine, MachineSpec, Provider
+    from vmrunner.machines.firecracker import FirecrackerProvider
     from vmrunner.machines.host import HostProvider
     from vmrunner.machines.pool import PoolStatistics, WarmPool
     from vmrunner.machines.providers import get_provider
@@ -60,6 +61,7 @@ __version__ = "0.1.0"
 #: Public names imported on first use, so that ``import vmrunner`` (and ``vmrunner --help``) stays fast.
 _LAZY: dict[str, str] = {
     "ExecResult": "vmrunner.machines.base",
+    "FirecrackerProvider": "vmrunner.machines.firecracker",
     "HostProvider": "vmrunner.machines.host",
     "Machine": "vmrunner.machines.base",
     "MachineSpec": "vmrunner.machines.base",
@@ -120,6 +122,7 @@ __all__ = [
     "ExpressionLexingError",
     "ExpressionParsingError",
     "FilterError",
+    "FirecrackerProvider",
     "HostProvider",
     "ImageError",
     "InvalidTransition",

@@ -8,11 +8,12 @@ import pytest
 
 from tests.machines.provider_suite import ProviderSuite
 from tests.machines.qemu_fixtures import qemu_image, test_images_dir
+from tests.machines.test_firecracker import real_firecracker_options
 from vmrunner.errors import ConfigError
 from vmrunner.machines.base import Provider
 from vmrunner.machines.providers import get_provider, provider_names
 
-PROVIDERS = ["sandbox", "host", "qemu"]
+PROVIDERS = ["sandbox", "host", "qemu", "firecracker"]
 
 
 class TestProviders(ProviderSuite):
@@ -22,6 +23,8 @@ class TestProviders(ProviderSuite):
         if request.param == "qemu":  # VMs boot from the image the qemu tests share
             qemu_image()
             options["images"] = test_images_dir()
+        if request.param == "firecracker":  # skipped (saying why) where it cannot boot
+            options.update(await real_firecracker_options())
         provider = get_provider(request.param, grace=0.5, **options)
         yield provider
         await provider.aclose()
@@ -29,7 +32,9 @@ class TestProviders(ProviderSuite):
 
 
 def test_unknown_provider_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match=r"unknown provider 'vmware'.*host, qemu, sandbox"):
+    with pytest.raises(
+        ConfigError, match=r"unknown provider 'vmware'.*firecracker, host, qemu, sandbox"
+    ):
         get_provider("vmware")
 
 

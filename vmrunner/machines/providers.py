@@ -13,6 +13,7 @@ PROVIDERS: dict[str, str] = {
     "sandbox": "vmrunner.machines.sandbox:SandboxProvider",
     "host": "vmrunner.machines.host:HostProvider",
     "qemu": "vmrunner.machines.qemu:QemuProvider",
+    "firecracker": "vmrunner.machines.firecracker:FirecrackerProvider",
 }
 
 
