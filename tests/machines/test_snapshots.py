@@ -545,3 +545,26 @@ async def test_a_failed_restore_can_be_retried(
         await engine.snapshot("late")
         await engine.restore(good)
         assert listing(roots) == expected
+
+
+async def test_paths_beyond_path_max_are_a_clear_error(
+    roots: dict[str, Path], tmp_path: Path
+) -> None:
+    """A known limit: trees deeper than PATH_MAX fail with a SnapshotError, then recover."""
+    workspace = roots["workspace"]
+    async with DirectorySnapshots(roots, tmp_path / "store") as engine:
+        first = await engine.snapshot("first")
+        expected = listing(roots)
+        fd = os.open(workspace, os.O_RDONLY)
+        for _ in range(25):
+            os.mkdir("d" * 200, dir_fd=fd)
+            child = os.open("d" * 200, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        os.close(fd)
+        with pytest.raises(SnapshotError, match="too long"):
+            await engine.snapshot("deep")
+        shutil.rmtree(workspace / ("d" * 200))
+        await engine.snapshot("after")
+        await engine.restore(first)
+        assert listing(roots) == expected

@@ -38,6 +38,7 @@ IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
 
 _HEADER = struct.Struct("iIII")
+PATH_MAX = 4096
 _READ_SIZE = 1 << 16
 
 
@@ -252,7 +253,12 @@ class Tracker:
             if self._inotify is None:
                 return
             for event in self._inotify.read():
-                self._absorb(event)
+                try:
+                    self._absorb(event)
+                except OSError:
+                    # An entry we cannot examine (a path beyond PATH_MAX...): the caller's
+                    # rescan examines everything, and reports what it cannot read.
+                    self.overflowed = True
             self._drop_detached()
 
     def discard(self) -> None:
@@ -309,6 +315,8 @@ class Tracker:
         except OSError as exc:
             if exc.errno in _GONE:
                 return
+            if exc.errno != errno.ENOSPC and exc.errno != errno.ENOMEM:
+                raise
             raise WatchLimit(f"cannot watch {os.fsdecode(directory)}: {exc.strerror}") from exc
         stale = self._path_wds.get(directory)
         if stale is not None and stale != wd:
@@ -325,6 +333,9 @@ class Tracker:
             del self._path_wds[path]
 
     def _mark(self, path: bytes, content: bool) -> None:
+        if len(path) >= PATH_MAX:
+            self.overflowed = True  # not a path we can name: let a rescan deal with it
+            return
         self.dirty[path] = self.dirty.get(path, False) or content
 
     def _absorb(self, event: Event) -> None:
