@@ -27,12 +27,12 @@ json_values: st.SearchStrategy[Any] = st.recursive(
     st.none() | st.booleans() | numbers | short_strings,
     lambda children: st.lists(children, max_size=4)
     | st.dictionaries(st.sampled_from(KEYS), children, max_size=4),
-    max_leaves=12,
+    max_leaves=6,
 )
 
 _containers = st.one_of(
-    st.dictionaries(st.sampled_from(KEYS), json_values, min_size=1, max_size=5),
-    st.lists(json_values, min_size=1, max_size=4),
+    st.dictionaries(st.sampled_from(KEYS), json_values, min_size=1, max_size=3),
+    st.lists(json_values, min_size=1, max_size=3),
     json_values,
 )
 #: Mostly every context present (so names resolve), sometimes one missing.

@@ -117,18 +117,20 @@ def contains(search: Any, item: Any) -> bool:
     return False
 
 
+def _affix(text: Any, affix: Any, test: Callable[[str, str], bool]) -> bool:
+    if kind_code(text) > STRING or kind_code(affix) > STRING:
+        return False
+    return test(upper_special(to_string(text)), upper_special(to_string(affix)))
+
+
 def starts_with(text: Any, prefix: Any) -> bool:
     """Prefix test ignoring case; false when either side is an array or object."""
-    if kind_code(text) > STRING or kind_code(prefix) > STRING:
-        return False
-    return upper_special(to_string(text)).startswith(upper_special(to_string(prefix)))
+    return _affix(text, prefix, str.startswith)
 
 
 def ends_with(text: Any, suffix: Any) -> bool:
     """Suffix test ignoring case; false when either side is an array or object."""
-    if kind_code(text) > STRING or kind_code(suffix) > STRING:
-        return False
-    return upper_special(to_string(text)).endswith(upper_special(to_string(suffix)))
+    return _affix(text, suffix, str.endswith)
 
 
 def join(items: Any, separator: Any = ",") -> str:

@@ -79,6 +79,8 @@ _KEYWORDS: Final[dict[str, tuple[int, Any]]] = {
 }
 _MEMBER_BEFORE_DOT: Final = frozenset({IDENTIFIER, RIGHT_BRACKET, RIGHT_PAREN, STAR})
 _SKIPPED: Final = frozenset(" \r\t\n")
+#: The characters that start something other than a name.
+_SPECIAL: Final = frozenset("()[],*'.!<>=&|-+0123456789 \r\t\n")
 
 
 def utf16_length(text: str) -> int:
@@ -104,6 +106,10 @@ def tokenize(text: str) -> list[Token]:
         start = index
         char = text[index]
         index += 1
+        if char not in _SPECIAL:
+            index = _identifier(text, start, previous, append)
+            previous = tokens[-1].type
+            continue
         single = _SINGLE.get(char)
         if single is not None:
             append(Token(single, char, None, start))
@@ -138,31 +144,34 @@ def tokenize(text: str) -> list[Token]:
                 previous = kind
                 continue
             _illegal(text, start)
-        if char in "-+." or "0" <= char <= "9":
-            match = _NUMBER_RUN.match(text, index)
-            assert match is not None  # the pattern matches the empty string
-            index = match.end()
-            lexeme = text[start:index]
-            value = string_to_number(lexeme)
-            if value != value:
-                raise ExpressionLexingError(f"Unexpected symbol: '{lexeme}'", text, start)
-            append(Token(NUMBER, lexeme, value, start))
-            previous = NUMBER
-            continue
-        match = _IDENTIFIER_RUN.match(text, index)
-        assert match is not None
+        # What is left of the special characters starts a number: a digit, '-', '+' or '.'.
+        match = _NUMBER_RUN.match(text, index)
+        assert match is not None  # the pattern matches the empty string
         index = match.end()
         lexeme = text[start:index]
-        kind = IDENTIFIER
-        literal: Any = None
-        if previous != DOT and lexeme in _KEYWORDS:
-            kind, literal = _KEYWORDS[lexeme]
-        elif not _LEGAL_IDENTIFIER.fullmatch(lexeme):
+        value = float(lexeme) if lexeme.isdigit() and lexeme.isascii() else string_to_number(lexeme)
+        if value != value:
             raise ExpressionLexingError(f"Unexpected symbol: '{lexeme}'", text, start)
-        append(Token(kind, lexeme, literal, start))
-        previous = kind
+        append(Token(NUMBER, lexeme, value, start))
+        previous = NUMBER
     append(Token(EOF, "", None, start))
     return tokens
+
+
+def _identifier(text: str, start: int, previous: int, append: Any) -> int:
+    """Read a name (or keyword) starting at ``start``; return the offset after it."""
+    match = _IDENTIFIER_RUN.match(text, start + 1)
+    assert match is not None  # the pattern matches the empty string
+    end = match.end()
+    lexeme = text[start:end]
+    if previous != DOT and lexeme in _KEYWORDS:
+        kind, literal = _KEYWORDS[lexeme]
+        append(Token(kind, lexeme, literal, start))
+    elif _LEGAL_IDENTIFIER.fullmatch(lexeme):
+        append(Token(IDENTIFIER, lexeme, None, start))
+    else:
+        raise ExpressionLexingError(f"Unexpected symbol: '{lexeme}'", text, start)
+    return end
 
 
 def _string(text: str, start: int, append: Any) -> int:

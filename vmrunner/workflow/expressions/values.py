@@ -238,32 +238,27 @@ def loose_equals(left: Any, right: Any) -> bool:
     return bool(lv == rv)  # null == null, bool == bool
 
 
-def greater_than(left: Any, right: Any) -> bool:
-    """GitHub's ``>`` after coercion; false whenever the kinds still differ."""
+def _order(left: Any, right: Any) -> int:
+    """-1, 0 or 1 when ``left`` is below, level with or above ``right``; 0 when incomparable."""
     lk, lv, rk, rv = _coerce(left, right)
     if lk != rk:
-        return False
-    if lk == NUMBER:
-        return bool(lv > rv)
+        return 0
     if lk == STRING:
-        return _string_less(upper_special(rv), upper_special(lv))
-    if lk == BOOLEAN:
-        return bool(lv and not rv)
-    return False
+        lv, rv = upper_special(lv), upper_special(rv)
+        return -1 if _string_less(lv, rv) else int(_string_less(rv, lv))
+    if lk in (NUMBER, BOOLEAN):
+        return -1 if lv < rv else int(lv > rv)  # NaN is neither: 0
+    return 0
+
+
+def greater_than(left: Any, right: Any) -> bool:
+    """GitHub's ``>`` after coercion; false whenever the kinds still differ."""
+    return _order(left, right) > 0
 
 
 def less_than(left: Any, right: Any) -> bool:
     """GitHub's ``<`` after coercion; false whenever the kinds still differ."""
-    lk, lv, rk, rv = _coerce(left, right)
-    if lk != rk:
-        return False
-    if lk == NUMBER:
-        return bool(lv < rv)
-    if lk == STRING:
-        return _string_less(upper_special(lv), upper_special(rv))
-    if lk == BOOLEAN:
-        return bool(not lv and rv)
-    return False
+    return _order(left, right) < 0
 
 
 def get_property(obj: Mapping[Any, Any], name: str, default: Any = None) -> Any:
