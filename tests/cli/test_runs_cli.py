@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import jsonschema
 
@@ -158,3 +159,62 @@ def test_masked_values_stay_masked_through_store_cli_and_summary() -> None:
     assert "Deployed with `***`" in markdown
     assert markdown.startswith("# ✅ CI: success\n")
     assert json.loads(listed)["runs"][0]["jobs"][0]["summary"] == "Deployed with `***`"
+
+
+WORKFLOW = """\
+name: Demo
+on: push
+jobs:
+  build:
+    runs-on: ubuntu-latest
+    steps:
+      - name: Hello
+        run: |
+          echo "hello"
+          echo "::group::details"
+          echo "inside"
+          echo "::endgroup::"
+          echo "::warning file=a.py,line=2::careful"
+          echo "### Built" >> "$GITHUB_STEP_SUMMARY"
+      - name: Secret
+        run: echo "token=$TOKEN"
+        env:
+          TOKEN: ${{ secrets.TOKEN }}
+  test:
+    needs: build
+    strategy:
+      matrix:
+        n: [1, 2]
+    runs-on: ubuntu-latest
+    steps:
+      - run: exit ${{ matrix.n == 2 && 1 || 0 }}
+"""
+
+
+def test_a_real_run_is_kept_and_shown_with_its_secret_masked(tmp_path: Path) -> None:
+    """`vmrunner run` on the sandbox, then `vmrunner runs`: the engine's real events, kept and read back."""
+    workflows = tmp_path / ".github" / "workflows"
+    workflows.mkdir(parents=True)
+    (workflows / "demo.yml").write_text(WORKFLOW, encoding="utf-8")
+    secret = "hunter2-5ecret"
+    ran = vmrunner("run", "-W", str(workflows / "demo.yml"), "-s", f"TOKEN={secret}", cwd=tmp_path)
+    assert ran.returncode == 1, ran.stderr  # test (2) fails
+    assert "[Demo/build]     token=***" in ran.stdout
+    listed = json.loads(vmrunner("runs", "list", "--json").stdout)["runs"]
+    assert len(listed) == 1
+    run = listed[0]
+    jsonschema.validate(run, RUN_RESULT_SCHEMA)
+    assert (run["workflow_name"], run["status"], run["conclusion"]) == ("Demo", "completed", "failure")
+    assert {job["job_key"]: job["conclusion"] for job in run["jobs"]} == {
+        "build": "success", "test (1)": "success", "test (2)": "failure",
+    }
+    assert all(job["machine_id"] and job["provider"] == "sandbox" for job in run["jobs"])
+    shown = vmrunner("runs", "show", run["run_id"][:6], "--logs").stdout
+    assert "    token=***\n" in shown
+    assert "    ▾ details\n      inside\n" in shown
+    assert "Warning: a.py:2: careful" in shown
+    markdown = vmrunner("runs", "show", run["run_id"], "--markdown").stdout
+    assert markdown.startswith("# ❌ Demo: failure\n")
+    assert "### Built" in markdown
+    for out in (ran.stdout, ran.stderr, shown, markdown, json.dumps(listed)):
+        assert secret not in out
