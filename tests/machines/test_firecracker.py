@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import shared_dir
 from tests.machines.provider_suite import (
@@ -226,6 +228,54 @@ def test_stub_refuses_a_body_that_is_not_json(vm: MicroVm) -> None:
     status, reply = vm.handle("PUT", "/vsock", b"{guest_cid: 3")
     assert status == 400
     assert "deserializing the json body" in reply["fault_message"]
+
+
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=8,
+)
+FIELDS = st.sampled_from(
+    ["vcpu_count", "mem_size_mib", "kernel_image_path", "boot_args", "drive_id", "is_root_device",
+     "path_on_host", "guest_cid", "uds_path", "action_type", "state", "snapshot_path",
+     "mem_file_path", "snapshot_type", "iface_id", "host_dev_name"]
+)  # fmt: skip
+
+
+PATHS = [
+    "/", "/actions", "/boot-source", "/drives/rootfs", "/drives/x", "/machine-config", "/vsock",
+    "/vm", "/snapshot/create", "/snapshot/load", "/network-interfaces/eth0", "/logger",
+    "/version", "/vm/config", "/nope", "/drives/",
+]  # fmt: skip
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    method=st.sampled_from(["GET", "PUT", "PATCH", "POST", "DELETE"]),
+    path=st.sampled_from(PATHS),
+    body=st.one_of(JSON, st.dictionaries(FIELDS, JSON, max_size=5)),
+)
+def test_stub_answers_any_request_as_firecracker_would(
+    document: ApiDocument, tmp_path: Path, method: str, path: str, body: Any
+) -> None:
+    vm = MicroVm(document=document, run_dir=tmp_path)
+    status, reply = vm.handle(method, path, json.dumps(body).encode() if body is not None else b"")
+    assert status in (200, 204, 400)
+    if status == 400:
+        assert isinstance(reply["fault_message"], str)
+        assert reply["fault_message"]
+    elif status == 204:  # accepted: the body matched the document
+        operation, _ = document.match(method, path)
+        document.validate(operation, body)
+    assert vm.guest is None  # no emulation asked for: nothing started
 
 
 def placeholder(schema: dict[str, Any]) -> Any:
