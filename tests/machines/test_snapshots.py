@@ -568,3 +568,23 @@ async def test_paths_beyond_path_max_are_a_clear_error(
         await engine.snapshot("after")
         await engine.restore(first)
         assert listing(roots) == expected
+
+
+async def test_a_cancelled_snapshot_leaves_the_engine_consistent(
+    roots: dict[str, Path], tmp_path: Path
+) -> None:
+    workspace = roots["workspace"]
+    async with DirectorySnapshots(roots, tmp_path / "store") as engine:
+        first = await engine.snapshot("first")
+        expected = listing(roots)
+        for index in range(50):
+            (workspace / f"file{index}").write_bytes(os.urandom(4096))
+        task = asyncio.create_task(engine.snapshot("cancelled"))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # Whether or not the cancelled one got recorded, the history is usable.
+        await engine.restore(first)
+        assert listing(roots) == expected
+        assert [info.id for info in engine.list()][-1] == first

@@ -236,9 +236,9 @@ class DirectorySnapshots:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    async def start(self) -> SnapshotId:
+    async def start(self, name: str = BASE_NAME) -> SnapshotId:
         """Begin tracking; the current state becomes the base snapshot, whose id is returned."""
-        return await asyncio.to_thread(self.start_sync)
+        return await asyncio.to_thread(self.start_sync, name)
 
     async def snapshot(self, name: str = "") -> SnapshotId:
         """Record what changed since the previous snapshot as a new snapshot."""
@@ -257,27 +257,27 @@ class DirectorySnapshots:
         """Stop tracking and remove every stored snapshot."""
         await asyncio.shield(asyncio.to_thread(self.delete_sync))
 
+    # These two never wait for a snapshot or restore in progress (no lock: copies are atomic).
+
     def list(self) -> list[SnapshotInfo]:
         """Every snapshot of the current history, oldest (the base) first."""
-        with self._lock:
-            return [layer.info() for layer in self._layers]
+        return [layer.info() for layer in self._layers.copy()]
 
     def statistics(self) -> SnapshotStatistics:
-        with self._lock:
-            tracker = self._tracker
-            pending = len(tracker.dirty) if tracker is not None else 0
-            return SnapshotStatistics(
-                tracking=self._tracking,
-                watches=tracker.watches if tracker is not None else 0,
-                pending_paths=pending,
-                snapshots=len(self._layers),
-                bytes_stored=sum(layer.bytes_stored for layer in self._layers),
-                rescans=self._rescans,
-            )
+        tracker = self._tracker
+        layers = self._layers.copy()
+        return SnapshotStatistics(
+            tracking=self._tracking,
+            watches=tracker.watches if tracker is not None else 0,
+            pending_paths=len(tracker.dirty) if tracker is not None else 0,
+            snapshots=len(layers),
+            bytes_stored=sum(layer.bytes_stored for layer in layers),
+            rescans=self._rescans,
+        )
 
     # Synchronous core.
 
-    def start_sync(self) -> SnapshotId:
+    def start_sync(self, name: str = BASE_NAME) -> SnapshotId:
         with self._lock:
             if self._started:
                 raise SnapshotError("snapshot tracking is already started")
@@ -290,7 +290,7 @@ class DirectorySnapshots:
                         self._tracker.start(follow=self._follow)
                     except WatchLimit:
                         self._degrade()
-                base = self._new_layer(BASE_NAME)
+                base = self._new_layer(name)
                 for root in self._roots.values():
                     for path, st in walk(root):
                         entry = self._capture(base, path, st, content=True)
@@ -371,11 +371,16 @@ class DirectorySnapshots:
             )
 
     def close(self) -> None:
-        """Stop tracking and free the inotify instance and its thread; idempotent."""
-        tracker, self._tracker = self._tracker, None
+        """Stop tracking and free the inotify instance and its thread; idempotent.
+
+        Waits for a snapshot or restore still running in its thread (a cancelled one).
+        """
+        tracker = self._tracker
         if tracker is not None:
-            tracker.close()
-        self._closed = True
+            tracker.close()  # joins its thread before taking the lock
+        with self._lock:
+            self._tracker = None
+            self._closed = True
 
     def delete_sync(self) -> None:
         self.close()
