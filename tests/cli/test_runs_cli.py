@@ -183,6 +183,7 @@ jobs:
   test:
     needs: build
     strategy:
+      fail-fast: false
       matrix:
         n: [1, 2]
     runs-on: ubuntu-latest
