@@ -403,9 +403,15 @@ async def test_unknown_and_dropped_snapshots_are_errors(
         assert [info.name for info in engine.list()] == ["base"]
 
 
-async def test_overlapping_directories_are_refused(roots: dict[str, Path]) -> None:
+async def test_overlapping_or_missing_directories_are_refused(
+    roots: dict[str, Path], tmp_path: Path
+) -> None:
     with pytest.raises(SnapshotError, match="must not overlap"):
         DirectorySnapshots(roots, roots["workspace"] / "store")
+    with pytest.raises(SnapshotError, match="must not overlap"):
+        DirectorySnapshots({**roots, "inner": roots["tmp"]}, tmp_path / "store")
+    with pytest.raises(SnapshotError, match="not a directory"):
+        DirectorySnapshots({"workspace": tmp_path / "missing"}, tmp_path / "store")
 
 
 async def test_delete_leaves_nothing_and_no_descriptor(

@@ -209,7 +209,7 @@ class DirectorySnapshots:
         if not roots:
             raise SnapshotError("no directories to snapshot")
         self._roots = {name: os.fsencode(os.path.realpath(path)) for name, path in roots.items()}
-        self._storage = os.fsencode(os.path.abspath(storage))
+        self._storage = os.fsencode(os.path.realpath(storage))
         self._check_layout()
         self._tracking: Tracking = tracking
         self._follow = follow
