@@ -4,7 +4,7 @@
 other sinks and asks it for the result at the end (or at any moment, for a live view)::
 
     collector = ResultCollector()
-    await engine.run(..., sink=FanOut(collector, view, StoreSink(store)))
+    await run_workflow(workflow, options, sessions, FanOut(collector, view, StoreSink(store)))
     result = collector.result()      # a frozen RunResult
     print(result.conclusion)         # "success", "failure", "cancelled" ...
     json.dumps(result.to_json())     # the shape of RUN_RESULT_SCHEMA

@@ -3,7 +3,7 @@
 Wiring (``vmrunner run``)::
 
     with Store.open() as store, StoreSink(store) as keep:
-        await engine.run(..., sink=FanOut(collector, view, keep))
+        await run_workflow(workflow, options, sessions, FanOut(view, keep))
     # keep.errors lists StoreErrors met while writing (emit never raises)
 
 Rows are written as their events arrive, each change in its own transaction (never a half
