@@ -32,6 +32,7 @@ from tests.machines.provider_suite import (
     eventually,
     machine_processes,
     process_alive,
+    sleepers,
 )
 from vmrunner.errors import AllocationError, ImageError, SnapshotError
 from vmrunner.machines.base import MachineSpec, Provider
@@ -40,6 +41,7 @@ from vmrunner.machines.firecracker import (
     FirecrackerMachine,
     FirecrackerProvider,
     Jailer,
+    SocketPath,
     _Layout,
     clone_file,
     unsupported_reason,
@@ -509,6 +511,61 @@ async def test_missing_image_or_binary_is_an_allocation_error(
     with pytest.raises(AllocationError, match="TAP device: none configured"):
         await without_taps.allocate(MachineSpec(network="host"))
     assert broken.leftovers() == []
+
+
+async def test_sockets_deeper_than_a_socket_address_holds(
+    tmp_path: Path, image: tuple[Path, Path]
+) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    provider = emulated(tmp_path, image, home=deep)
+    machine = await provider.allocate(MachineSpec(network="none"))
+    assert isinstance(machine, FirecrackerMachine)
+    try:
+        assert len(str(machine.layout.api_socket)) > 108
+        assert (await machine.exec(["echo", "deep"])).stdout == b"deep\n"
+        await machine.restore(await machine.snapshot())
+        assert (await machine.exec(["true"])).ok
+    finally:
+        await provider.release(machine)
+    assert_nothing_left(machine)
+
+
+def test_socket_path_reaches_a_deep_socket(tmp_path: Path) -> None:
+    import socket
+
+    directory = tmp_path / ("x" * 100)
+    directory.mkdir()
+    path = directory / "deep.sock"
+    with pytest.raises(OSError, match="too long"), socket.socket(socket.AF_UNIX) as probe:
+        probe.connect(str(path))
+    server = socket.socket(socket.AF_UNIX)
+    with SocketPath(path) as short:
+        assert len(short) < 100
+        server.bind(short)
+        server.listen(1)
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(short)
+    server.close()
+    assert path.exists()
+
+
+def process_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0].decode()
+
+
+async def test_a_paused_guest_runs_nothing(tmp_path: Path, image: tuple[Path, Path]) -> None:
+    provider = emulated(tmp_path, image)
+    machine = await provider.allocate(MachineSpec(network="none"))
+    assert isinstance(machine, FirecrackerMachine)
+    try:
+        await machine.exec("sleep 100 >/dev/null 2>&1 &")
+        (sleeper,) = sleepers(machine)
+        await machine.api.patch("/vm", {"state": "Paused"})
+        await eventually(lambda: process_state(sleeper) == "T", "the guest to stop")
+        await machine.api.patch("/vm", {"state": "Resumed"})
+        await eventually(lambda: process_state(sleeper) != "T", "the guest to go on")
+    finally:
+        await provider.release(machine)
 
 
 async def test_taps_are_shared_out_and_given_back(tmp_path: Path, image: tuple[Path, Path]) -> None:

@@ -308,6 +308,25 @@ class EmulatedGuest:
             file.truncate(0)
             file.write(buffer.getvalue())
 
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to every process of the guest (the sandbox and its descendants)."""
+        if self.process is None:
+            return
+        children: dict[int, list[int]] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    stat = Path(f"/proc/{entry}/stat").read_bytes().rsplit(b")", 1)[1].split()
+                except OSError:
+                    continue
+                children.setdefault(int(stat[1]), []).append(int(entry))
+        pending = [self.process.pid]
+        while pending:
+            pid = pending.pop()
+            with contextlib.suppress(OSError):
+                os.kill(pid, signum)
+            pending.extend(children.get(pid, ()))
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
@@ -507,6 +526,8 @@ class MicroVm:
 
     def _op_patchVm(self, body: dict[str, Any]) -> None:
         self.state = PAUSED if body["state"] == "Paused" else RUNNING
+        if self.guest is not None:  # a paused guest runs nothing, as its vCPUs would not
+            self.guest.signal(signal.SIGSTOP if self.state == PAUSED else signal.SIGCONT)
 
     def _path(self, path: str) -> Path:
         return self.run_dir / path  # relative paths are the process's (a jail's root: "/")
