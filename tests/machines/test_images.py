@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from vmrunner.machines.images import (
     AGENT_PATH,
     BASE_PACKAGES,
     INIT,
+    UNNAMED_GRACE,
     Image,
     ImageInputs,
     ImageStore,
@@ -108,10 +111,12 @@ def test_bad_package_names_are_config_errors() -> None:
     assert check_packages(["jq", "jq"]) == tuple(sorted({*BASE_PACKAGES, "jq"}))
 
 
-def fake_image(store: ImageStore, digest: str, *names: str) -> Image:
+def fake_image(store: ImageStore, digest: str, *names: str, created_at: float | None = None) -> Image:
     directory = store.root / digest
     directory.mkdir(parents=True)
     image = Image(name=names[0], digest=digest, directory=directory, kernel_version="1", packages=())
+    if created_at is not None:
+        image = dataclasses.replace(image, created_at=created_at)
     (directory / "image.json").write_text(json.dumps(image.to_json()))
     (store.root / "names").mkdir(exist_ok=True)
     for name in names:
@@ -133,6 +138,19 @@ def test_remove_forgets_a_name_and_the_files_once_unnamed(tmp_path: Path) -> Non
     assert not (tmp_path / "ready" / "d1-shape").exists()
     with pytest.raises(ImageError, match="no image named 'alias'"):
         store.get("alias")
+
+
+def test_images_left_unnamed_by_a_rebuild_go_once_old(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path)
+    fake_image(store, "old", "gone", created_at=time.time() - 2 * UNNAMED_GRACE)
+    fake_image(store, "recent", "renamed")
+    fake_image(store, "current", "default")
+    for name in ("gone", "renamed"):  # as if rebuilt: the names now point elsewhere
+        (tmp_path / "names" / name).write_text("current")
+    store._collect_unnamed()
+    assert sorted(i.digest for i in store.list()) == ["current", "recent"]
+    assert not (tmp_path / "ready" / "old-shape").exists()
+    assert (tmp_path / "ready" / "recent-shape").exists()
 
 
 def test_cli_lists_and_removes_images(tmp_path: Path) -> None:

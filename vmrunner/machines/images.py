@@ -73,6 +73,8 @@ SUITE = "bookworm"
 KERNEL_PACKAGE = "linux-image-cloud-amd64"
 BASE_PACKAGES = ("bash", "ca-certificates", "coreutils", "git", "mount", "procps", "python3")
 DISK_GIB = 4
+#: How long an image no name points to is kept (machines may still boot from it).
+UNNAMED_GRACE = 24 * 3600.0
 #: Modules the guest loads at boot (their dependencies come along).
 MODULES = (
     "virtio_pci",
@@ -320,6 +322,17 @@ class ImageStore:
             self._collect_layers()
         return image
 
+    def _collect_unnamed(self) -> None:
+        """Remove images no name points to any more (a name was rebuilt with new inputs),
+        once they are old enough that no machine still boots from them."""
+        named = set(self.names().values())
+        for image in self.list():
+            if image.digest not in named and time.time() - image.created_at > UNNAMED_GRACE:
+                shutil.rmtree(image.directory, ignore_errors=True)
+                for ready in self.root.glob(f"ready/{image.digest}-*"):
+                    shutil.rmtree(ready, ignore_errors=True)
+        self._collect_layers()
+
     def _collect_layers(self) -> None:
         used = {image.rootfs.stat().st_ino for image in self.list() if image.rootfs.exists()}
         for layer in self.root.glob("rootfs/*"):
@@ -355,6 +368,7 @@ class ImageStore:
             names = self.root / "names"
             names.mkdir(exist_ok=True)
             _write_atomic(names / name, digest + "\n")
+            self._collect_unnamed()
             return self._load(directory)
 
     @contextlib.contextmanager

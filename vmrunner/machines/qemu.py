@@ -13,8 +13,12 @@ killed) with, in ``VMRUNNER_HOME/machines/<id>/``:
 
 Choices (measured on Debian 12's QEMU 7.2 with Debian's 6.1 cloud kernel):
 
-- Machine type ``pc``: under TCG ``microvm`` sometimes hangs in the kernel's timer calibration,
-  while ``pc`` boots to a ready agent in about 13 s every time; with KVM both would do.
+- Machine type ``pc``: under TCG ``microvm`` (virtio-mmio devices) hung early in the kernel's
+  boot, before the timers were set up, in every try here, even with ``tsc=reliable
+  no_timer_check lpj=`` and ``pit=on,pic=on,rtc=on``; ``pc`` boots to a ready agent in 13-25 s
+  (idle to busy host) every time, and the ready state makes boots rare anyway.
+- CPU model ``max`` under TCG (``host`` under KVM), ``tsc=reliable no_timer_check`` on the
+  kernel command line under TCG: TCG's TSC is not trustworthy and the checks can stall boots.
 - Accelerator: KVM only when a real tiny boot under KVM prints the image's probe line (a
   ``/dev/kvm`` that exists may still not boot a guest), else TCG. The answer is cached in the
   images directory per QEMU binary and host kernel (``accelerator()``).
