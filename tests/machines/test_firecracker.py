@@ -34,7 +34,7 @@ from tests.machines.provider_suite import (
     process_alive,
     sleepers,
 )
-from vmrunner.errors import AllocationError, ImageError, SnapshotError
+from vmrunner.errors import AllocationError, SnapshotError
 from vmrunner.machines.base import MachineSpec, Provider
 from vmrunner.machines.firecracker import (
     FirecrackerApi,
@@ -45,7 +45,6 @@ from vmrunner.machines.firecracker import (
     _Layout,
     clone_file,
     unsupported_reason,
-    vmlinux,
 )
 from vmrunner.machines.providers import get_provider
 from vmrunner.machines.testing_firecracker import (
@@ -647,26 +646,6 @@ def test_clone_file_keeps_data_and_holes(tmp_path: Path) -> None:
     assert (copied[:4], copied[-4:]) == (b"head", b"tail")
     assert target.stat().st_size == source.stat().st_size
     assert target.stat().st_blocks * 512 < 16 << 20  # the hole was not written out
-
-
-@pytest.mark.parametrize("packer", ["xz", "gzip"])
-def test_vmlinux_is_dug_out_of_a_compressed_kernel(tmp_path: Path, packer: str) -> None:
-    import gzip
-    import lzma
-
-    elf = b"\x7fELF" + os.urandom(4096)
-    packed = lzma.compress(elf, format=lzma.FORMAT_XZ) if packer == "xz" else gzip.compress(elf)
-    # A bzImage: setup code, then the payload, then whatever follows it.
-    bzimage = tmp_path / "vmlinuz"
-    bzimage.write_bytes(b"MZ" + b"\x00" * 1000 + b"\xfd7zXZ\x00garbage" + packed + b"\x00" * 64)
-    cache = tmp_path / "cache"
-    unpacked = vmlinux(bzimage, cache)
-    assert unpacked.read_bytes() == elf
-    assert vmlinux(bzimage, cache) == unpacked  # kept
-    assert vmlinux(unpacked, cache) == unpacked  # an ELF is used as it is
-    (tmp_path / "plain").write_bytes(b"MZ" + b"\x00" * 100)
-    with pytest.raises(ImageError, match="holds no ELF kernel"):
-        vmlinux(tmp_path / "plain", cache)
 
 
 def test_jailer_command_line_and_paths(tmp_path: Path) -> None:

@@ -36,13 +36,10 @@ import asyncio
 import contextlib
 import errno
 import fcntl
-import hashlib
-import lzma
 import os
 import shutil
 import time
-import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -84,6 +81,7 @@ from vmrunner.machines.base import (
 from vmrunner.machines.client import AgentClient
 from vmrunner.machines.images import DEFAULT_NAME, ImageStore
 from vmrunner.machines.sandbox import HOME, TEMP, TOOL_CACHE, WORKSPACE
+from vmrunner.machines.vmlinux import vmlinux
 
 #: The guest's vsock context id (3 is the first one free for guests).
 GUEST_CID = 3
@@ -205,59 +203,6 @@ def unsupported_reason(firecracker: str | None = None) -> str | None:
         os.close(fd)
     if version != KVM_API_VERSION:
         return f"KVM cannot boot a guest: unknown KVM API version {version}"
-    return None
-
-
-# Kernels.
-
-#: Compressed payloads a ``bzImage`` may carry, by magic: Firecracker on x86_64 only boots the
-#: ELF inside (what the kernel's ``scripts/extract-vmlinux`` digs out).
-_PAYLOADS: tuple[tuple[bytes, Callable[[], Any]], ...] = (
-    (b"\xfd7zXZ\x00", lambda: lzma.LZMADecompressor(lzma.FORMAT_XZ)),
-    (b"\x1f\x8b\x08", lambda: zlib.decompressobj(wbits=31)),
-    (b"\x5d\x00\x00", lambda: lzma.LZMADecompressor(lzma.FORMAT_ALONE)),
-)
-
-
-def vmlinux(kernel: Path, cache_dir: Path) -> Path:
-    """An uncompressed ELF kernel for ``kernel`` (itself if it is one), cached in ``cache_dir``."""
-    try:
-        data = kernel.read_bytes()
-    except OSError as exc:
-        raise ImageError(f"cannot read the kernel {kernel}: {exc.strerror}") from exc
-    if data.startswith(b"\x7fELF"):
-        return kernel
-    digest = hashlib.sha256(data).hexdigest()[:24]
-    target = cache_dir / f"vmlinux-{digest}"
-    if target.is_file():
-        return target
-    elf = _extract_elf(data)
-    if elf is None:
-        raise ImageError(
-            f"{kernel} holds no ELF kernel in a payload this host can unpack (xz, gzip, lzma): "
-            "Firecracker on x86_64 boots an uncompressed vmlinux"
-        )
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        staging = cache_dir / f".{target.name}.{os.getpid()}"
-        staging.write_bytes(elf)
-        os.replace(staging, target)
-    except OSError as exc:
-        raise ImageError(f"cannot keep the unpacked kernel in {cache_dir}: {exc}") from exc
-    return target
-
-
-def _extract_elf(data: bytes) -> bytes | None:
-    for magic, decompressor in _PAYLOADS:
-        start = data.find(magic)
-        while start != -1:
-            try:
-                unpacked: bytes = decompressor().decompress(data[start:])
-            except (lzma.LZMAError, zlib.error, EOFError):
-                unpacked = b""
-            if unpacked.startswith(b"\x7fELF"):
-                return unpacked
-            start = data.find(magic, start + 1)
     return None
 
 
