@@ -239,3 +239,27 @@ jobs:
     assert "m (mac, 1)" not in queued
     assert ran.result("never") == "skipped"
     assert ran.outcome.conclusion == "success"
+
+
+async def test_jobs_take_machines_from_a_warm_pool() -> None:
+    from vmrunner.machines.pool import WarmPool
+    from vmrunner.machines.providers import get_provider
+    from vmrunner.runner.events import Recorder, RunStarted
+    from vmrunner.runner.options import RunOptions
+    from vmrunner.runner.run import run_workflow
+    from vmrunner.sessions import SessionManager
+    from vmrunner.workflow.loader import load_workflow_text
+
+    workflow = load_workflow_text(
+        "on: push\njobs:\n  a:\n    runs-on: x\n    steps:\n      - run: echo pooled\n", "pool.yml"
+    )
+    recorder = Recorder()
+    async with WarmPool(get_provider("sandbox"), {"default": 1}) as pool, SessionManager(pool, limit=1) as sessions:
+        await pool.wait_filled()
+        outcome = await run_workflow(workflow, RunOptions(payload={"ref": "refs/tags/v1", "after": "f00"}), sessions, recorder)
+    assert outcome.conclusion == "success"
+    started = [e for e in recorder.events if isinstance(e, JobStarted)]
+    assert [e.from_pool for e in started] == [True]
+    run_started = recorder.events[0]
+    assert isinstance(run_started, RunStarted)
+    assert (run_started.ref, run_started.sha) == ("refs/tags/v1", "f00")

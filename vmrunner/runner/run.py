@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmrunner.errors import ConfigError, VmrunnerError
-from vmrunner.runner.contexts import github_context, new_run_id
+from vmrunner.runner.contexts import event_refs, github_context, new_run_id
 from vmrunner.runner.evaluation import as_text, render, render_env, render_flag
 from vmrunner.runner.events import (
     Annotation,
@@ -180,11 +180,11 @@ class Run:
     async def execute(self) -> RunOutcome:
         context = self.context
         started = time.time()
-        info = context.info
+        ref, sha, _, _ = event_refs(context.options, context.info)
         context.emit(
             RunStarted(
                 context.run_id, context.workflow.display_name, context.workflow.path, context.options.event_name,
-                started, sha=context.options.sha or info.sha, ref=context.options.ref or info.ref,
+                started, sha=sha, ref=ref,
             )
         )
         for warning in context.warnings:
