@@ -463,6 +463,41 @@ async def test_full_request_sequence(tmp_path: Path, image: tuple[Path, Path]) -
     assert provider.leftovers() == []
 
 
+def size(path: str | Path) -> int:
+    return os.stat(path).st_size
+
+
+def first_bytes(path: Path) -> bytes:
+    with open(path, "rb") as file:
+        return file.read(4)
+
+
+async def test_boots_the_images_kernel_initrd_and_rootfs(tmp_path: Path) -> None:
+    """Without explicit files the provider boots an image of ``images`` (unpacking its kernel)."""
+    from tests.machines.qemu_fixtures import qemu_image, test_images_dir
+
+    image = qemu_image()
+    record = tmp_path / "requests.jsonl"
+    provider = FirecrackerProvider(
+        images=test_images_dir(), firecracker=stub_argv(record), grace=0.5, boot_timeout=30
+    )
+    machine = await provider.allocate(MachineSpec(network="none"))
+    try:
+        assert (await machine.exec(["true"])).ok
+        drive = next(r["body"] for r in requests(record) if r["path"] == "/drives/rootfs")
+        assert size(drive["path_on_host"]) == size(image.rootfs_raw)
+    finally:
+        await provider.release(machine)
+    boot = next(r["body"] for r in requests(record) if r["path"] == "/boot-source")
+    kernel = Path(boot["kernel_image_path"])
+    assert kernel.parent == provider.home / "cache" / "firecracker"
+    assert first_bytes(kernel) == b"\x7fELF"
+    assert boot["initrd_path"] == str(image.initrd)
+    assert boot["boot_args"] == " ".join(
+        ["console=ttyS0 reboot=k pci=off", *image.cmdline, "vmrunner.agent=vsock:1024"]
+    )
+
+
 async def test_network_none_has_no_interface_and_no_network(
     tmp_path: Path, image: tuple[Path, Path]
 ) -> None:
