@@ -162,7 +162,7 @@ async def _run_all(
             provider = await stack.enter_async_context(WarmPool(provider, {options.default_vm_type: pool_size}))
         else:
             stack.push_async_callback(provider.aclose)
-        sessions = await stack.enter_async_context(SessionManager(provider, limit=options.concurrent_jobs))
+        sessions = await stack.enter_async_context(SessionManager(provider, limit=options.concurrent_jobs, wait_timeout=None))
         store = stack.enter_context(Store.open())
 
         async def one(workflow: Workflow, jobs: list[str] | None) -> bool:
