@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -104,6 +106,34 @@ async def test_machines_from_the_ready_state_are_separate_vms(provider: QemuProv
         assert (await first.exec(["test", "-e", "/tmp/owner"])).ok
     finally:
         await asyncio.gather(provider.release(first), provider.release(second))
+
+
+def damage(target: Path, image: Image) -> None:
+    """A ready state with a good disk and a state file QEMU cannot load."""
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(image.rootfs),
+         str(target / "disk.qcow2")],
+        check=True,
+    )  # fmt: skip
+    (target / "state").write_bytes(b"not a migration stream")
+
+
+async def test_a_damaged_ready_state_is_made_again(provider: QemuProvider, image: Image) -> None:
+    memory = 320  # a shape of its own: the other tests' ready state stays as it is
+    shape = Shape(await provider.accelerator(image), memory, 1, "host")
+    target = provider.store.root / "ready" / f"{image.digest}-{shape.key(image, provider.qemu())}"
+    damage(target, image)
+    try:
+        machine = await provider.allocate(MachineSpec(memory_mib=memory))
+        try:
+            assert (await machine.exec(["true"])).ok
+            assert (target / "state").stat().st_size > 1 << 20
+        finally:
+            await provider.release(machine)
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
 
 
 async def test_network_none_has_no_interface_and_host_has_user_mode_nat(

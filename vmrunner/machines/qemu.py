@@ -43,6 +43,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -116,6 +117,7 @@ MAX_SOCKET_PATH = 107
 QEMU_MISSING = "QEMU is not installed: apt-get install qemu-system-x86 qemu-utils"
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 PATHS = MachinePaths(workspace=WORKSPACE, temp=TEMP, home=HOME, tool_cache=TOOL_CACHE)
 
@@ -175,8 +177,13 @@ class Shape:
     cpus: int
     network: str
 
-    def key(self, image: Image) -> str:
-        text = f"{image.digest}:{MACHINE_TYPE}:{self.accel}:{self.memory_mib}:{self.cpus}:{self.network}"
+    def key(self, image: Image, qemu: str = "") -> str:
+        """Names the ready state: it only fits the same image, devices and QEMU build."""
+        try:
+            build = f"{os.path.realpath(qemu)}@{os.stat(qemu).st_mtime_ns}" if qemu else ""
+        except OSError:
+            build = qemu
+        text = f"{image.digest}:{MACHINE_TYPE}:{self.accel}:{self.memory_mib}:{self.cpus}:{self.network}:{build}"
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -392,7 +399,16 @@ class QemuProvider(Provider):
         image = self.image_for(spec.vm_type)
         shape = Shape(await self.accelerator(image), spec.memory_mib, spec.cpus, spec.network)
         ready = await self._ready(qemu, image, shape) if self.ready_state else None
-        return await self._start(qemu, image, shape, spec, ready)
+        try:
+            return await self._start(qemu, image, shape, spec, ready)
+        except AllocationError as exc:
+            if ready is None:
+                raise
+            # A ready state QEMU cannot load (damaged, or from another build) is made again.
+            log.warning("the ready state %s failed (%s): booting afresh", ready, exc)
+            await asyncio.to_thread(shutil.rmtree, ready, True)
+            ready = await self._ready(qemu, image, shape)
+            return await self._start(qemu, image, shape, spec, ready)
 
     async def _start(
         self, qemu: str, image: Image, shape: Shape, spec: MachineSpec, ready: Path | None
@@ -488,7 +504,7 @@ class QemuProvider(Provider):
 
     async def _ready(self, qemu: str, image: Image, shape: Shape) -> Path:
         """The saved state of a machine that just became ready, made once per image and shape."""
-        key = shape.key(image)
+        key = shape.key(image, qemu)
         target = self.store.root / "ready" / f"{image.digest}-{key}"
         if (target / "state").exists():
             return target
