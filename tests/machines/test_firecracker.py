@@ -638,6 +638,26 @@ async def test_a_failed_restore_is_a_snapshot_error(
     assert_nothing_left(machine)
 
 
+async def test_a_cancelled_snapshot_leaves_a_running_machine(
+    tmp_path: Path, image: tuple[Path, Path]
+) -> None:
+    provider = emulated(tmp_path, image)
+    machine = await provider.allocate(MachineSpec(network="none"))
+    assert isinstance(machine, FirecrackerMachine)
+    try:
+        for step in range(5):  # cancelled at different stages of the snapshot
+            task = asyncio.create_task(machine.snapshot(f"s{step}"))
+            await asyncio.sleep(step * 0.02)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert (await machine.api.get("/"))["state"] == "Running"
+            assert (await machine.exec(["true"])).ok
+    finally:
+        await provider.release(machine)
+    assert_nothing_left(machine)
+
+
 async def test_snapshot_of_a_released_machine_is_an_error(
     tmp_path: Path, image: tuple[Path, Path]
 ) -> None:

@@ -23,6 +23,8 @@ so the agent is reconnected afterwards. A restore replaces the process: the old 
 the disk copy put back at the drive's path, a fresh process gets ``PUT /snapshot/load`` (with
 ``resume_vm``) before any other configuration, and the agent is reconnected.
 
+Releasing is SIGTERM, the grace period, SIGKILL (the guest's state is thrown away with its
+disk copy, so an orderly guest shutdown through ``SendCtrlAltDel`` would buy nothing).
 Everything a machine holds lives in ``VMRUNNER_HOME/machines/<id>/`` (and, with the jailer,
 in its chroot under ``chroot_base_dir``, by default ``VMRUNNER_HOME/jailer``), recorded in
 ``machine.json`` before the process starts, so a runner that dies leaves nothing unknown.
@@ -352,20 +354,31 @@ class FirecrackerMachine(AgentMachine):
             raise SnapshotError(f"machine {self.id} was released")
         return self.provider
 
+    # Both run to the end once started (a cancelled caller gets its CancelledError after): a
+    # microVM left paused, or without a process, would be of no use to anyone.
+
     async def snapshot(self, name: str = "") -> SnapshotId:
         async with self.lock:
-            return await self._owner()._snapshot(self, name)
+            return await shielded(self._owner()._snapshot(self, name))
 
     async def restore(self, snapshot_id: SnapshotId) -> None:
         async with self.lock:
-            await self._owner()._restore(self, snapshot_id)
+            await shielded(self._owner()._restore(self, snapshot_id))
 
 
 # The provider.
 
 
 class FirecrackerProvider(Provider):
-    """Machines that are Firecracker microVMs on this host (needs KVM and the binary)."""
+    """Machines that are Firecracker microVMs on this host (needs KVM and the binary).
+
+    The guest boots ``kernel``/``rootfs``/``initrd`` when given, otherwise the ``image`` of
+    ``ImageStore(images)`` (its ``vmlinuz`` unpacked to the ELF Firecracker wants).
+    ``firecracker`` is the program to run (default: ``firecracker`` on PATH; any argv that takes
+    Firecracker's ``--api-sock``/``--id``, such as the stand-in). Network "host" attaches one of
+    the pre-made TAP devices in ``taps`` as eth0 (addressing it is the host's and image's
+    business); "none" attaches no network device at all.
+    """
 
     name: ClassVar[str] = "firecracker"
     capabilities: ClassVar[Capabilities] = Capabilities(isolation=Isolation.VM, snapshots=True)
