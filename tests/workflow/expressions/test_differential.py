@@ -17,7 +17,7 @@ from tests.workflow.expressions import strategies as s
 from tests.workflow.oracle.client import Oracle, ours, same_answer
 
 #: Examples per property; raise it (VMRUNNER_ORACLE_EXAMPLES=20000) for a long hunt.
-EXAMPLES = int(os.environ.get("VMRUNNER_ORACLE_EXAMPLES", "500"))
+EXAMPLES = int(os.environ.get("VMRUNNER_ORACLE_EXAMPLES", "400"))
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ def _survives(call: Any) -> Any:
         return None
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(text=_soup | _any_text | s.expressions, contexts=s.contexts)
 def test_parse_and_evaluate_raise_only_expression_errors(text: str, contexts: dict[str, Any]) -> None:
     _survives(lambda: parse(text))
@@ -39,7 +39,7 @@ def test_parse_and_evaluate_raise_only_expression_errors(text: str, contexts: di
     kind_of(value)  # every result is a value of the language
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     text=st.lists(_soup | st.sampled_from(["${{", "}}", "'", " "]), max_size=8).map("".join),
     contexts=s.contexts,
