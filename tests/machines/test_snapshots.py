@@ -92,6 +92,11 @@ class SnapshotMachine(RuleBasedStateMachine):
         super().__init__()
         self.base = Path(tempfile.mkdtemp(dir=ensure_home()))
         self.roots = make_roots(self.base)
+        # A directory beside the roots that symlinks point to: nothing may ever change it.
+        self.outside = self.base / "outside"
+        (self.outside / "a").mkdir(parents=True)
+        (self.outside / "a" / "b").write_bytes(b"not ours")
+        self.outside_listing = listing({"outside": self.outside})
         self.engine = DirectorySnapshots(
             self.roots, self.base / "store", tracking=self.tracking, follow=self.follow
         )
@@ -99,7 +104,13 @@ class SnapshotMachine(RuleBasedStateMachine):
         self.history: list[str] = []
 
     def path(self, root: str, rel: bytes) -> bytes:
-        return os.fsencode(self.roots[root]) + b"/" + rel
+        """``rel`` in ``root``; a path that does not exist when a parent is a symlink."""
+        top = os.fsencode(self.roots[root])
+        path = top + b"/" + rel
+        parent = os.path.realpath(os.path.dirname(path))
+        if parent != top and not parent.startswith(top + b"/"):
+            return os.fsencode(self.base) + b"/no-such-dir/" + rel
+        return path
 
     @initialize(target=snapshots)
     def start(self) -> str:
@@ -168,7 +179,7 @@ class SnapshotMachine(RuleBasedStateMachine):
     @rule(
         root=st.sampled_from(ROOTS),
         rel=rel_paths,
-        dest=st.sampled_from([b"a", b"../b", b"/nowhere"]),
+        dest=st.sampled_from([b"a", b"../b", b"/nowhere", b"../../outside/a", b"../outside"]),
     )
     def symlink(self, root: str, rel: bytes, dest: bytes) -> None:
         self.attempt(os.symlink, dest, self.path(root, rel))
@@ -246,6 +257,10 @@ class SnapshotMachine(RuleBasedStateMachine):
         )
         assert listing(self.roots) == self.expected[snapshot_id]
         del self.history[self.history.index(snapshot_id) + 1 :]
+
+    @invariant()
+    def outside_is_untouched(self) -> None:
+        assert listing({"outside": self.outside}) == self.outside_listing
 
     @precondition(lambda self: len(self.history) > 0)
     @invariant()

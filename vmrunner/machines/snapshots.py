@@ -18,6 +18,8 @@ is fsync'ed, as a machine does not outlive a crash of its runner.
 Precondition: nothing writes to the trees while a snapshot or restore runs (the runner takes
 them between steps). Not captured: owners, xattrs/ACLs, atimes, sockets and device nodes (a
 snapshot treats them as absent), and hard links (each name is restored as its own file).
+inotify does not see writes through a shared ``mmap``, nor paths beyond ``PATH_MAX`` (those
+make snapshots fail with a clear error until they are gone).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -171,11 +173,48 @@ class _Layer:
         )
 
 
+_MISSING = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
+
+
 def _lstat(path: bytes) -> os.stat_result | None:
     try:
         return os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
+    except OSError as exc:
+        if exc.errno in _MISSING:
+            return None
+        raise
+
+
+class _InTree:
+    """``lstat`` of a path *in the trees*: none if one of its parents is not a directory.
+
+    A plain lstat follows symlinks in the parents: ``a/b`` after ``a`` became a link to
+    ``/elsewhere`` is not ours to record, nor to delete. Parents are checked once per instance,
+    so use a fresh one after changing the trees (a restore checks a parent only once it has put
+    it back: parents come first).
+    """
+
+    def __init__(self, roots: Iterable[bytes]) -> None:
+        self._roots = frozenset(roots)
+        self._dirs: dict[bytes, bool] = {b"/": False} | dict.fromkeys(self._roots, True)
+
+    def lstat(self, path: bytes) -> os.stat_result | None:
+        if path in self._roots or self.is_dir(_parent(path)):
+            return _lstat(path)
         return None
+
+    def is_dir(self, path: bytes) -> bool:
+        unknown = []
+        while path not in self._dirs:
+            unknown.append(path)
+            path = _parent(path)
+        known = self._dirs[path]
+        for path in reversed(unknown):
+            if known:
+                st = _lstat(path)
+                known = st is not None and stat.S_ISDIR(st.st_mode)
+            self._dirs[path] = known
+        return known
 
 
 def _parent(path: bytes) -> bytes:
@@ -306,13 +345,14 @@ class DirectorySnapshots:
     def snapshot_sync(self, name: str = "") -> SnapshotInfo:
         with self._lock:
             self._check_open()
-            dirty, rescanned = self._collect()
+            tree = self._tree()
+            dirty, rescanned = self._collect(tree)
             layer = self._new_layer(name)
             layer.rescanned = rescanned
             seen: list[tuple[bytes, _Entry, os.stat_result | None]] = []
             try:
                 for path in sorted(dirty):
-                    st = _lstat(path)
+                    st = tree.lstat(path)
                     entry = self._capture(layer, path, st, content=dirty[path])
                     if entry is None:
                         continue
@@ -338,12 +378,12 @@ class DirectorySnapshots:
         with self._lock:
             self._check_open()
             index = self._index(snapshot_id)
-            dirty, rescanned = self._collect()
+            dirty, rescanned = self._collect(self._tree())
             changed = set(dirty)
             for layer in self._layers[index + 1 :]:
                 changed.update(layer.entries)
             targets = {path: self._lookup(path, index) for path in changed}
-            applier = _Applier(self._tracker)
+            applier = _Applier(self._tracker, self._tree())
             try:
                 applier.apply(targets)
             except OSError as exc:
@@ -364,8 +404,9 @@ class DirectorySnapshots:
                 with contextlib.suppress(OSError):
                     self._remove_tree(layer.directory)
             with _failing_as(f"cannot restore snapshot {snapshot_id}"):
+                tree = self._tree()
                 for path, entry in targets.items():
-                    self._set_record(path, entry, _lstat(path))
+                    self._set_record(path, entry, tree.lstat(path))
             return RestoreInfo(
                 snapshot_id, len(targets), applier.files_written, applier.bytes_written, rescanned
             )
@@ -398,7 +439,10 @@ class DirectorySnapshots:
 
     # Finding what changed.
 
-    def _collect(self) -> tuple[dict[bytes, bool], bool]:
+    def _tree(self) -> _InTree:
+        return _InTree(self._roots.values())
+
+    def _collect(self, tree: _InTree) -> tuple[dict[bytes, bool], bool]:
         """Every path that may differ from the head snapshot (value: content may differ)."""
         with _failing_as("cannot find what changed"):
             tracker = self._tracker
@@ -417,8 +461,8 @@ class DirectorySnapshots:
                 self._rescan(dirty)
             if tracker is not None:
                 tracker.overflowed = False
-            self._expand_vanished(dirty)
-            self._expand_links(dirty)
+            self._expand_vanished(dirty, tree)
+            self._expand_links(dirty, tree)
             return dirty, rescanned
 
     def _rescan(self, dirty: dict[bytes, bool]) -> None:
@@ -432,9 +476,9 @@ class DirectorySnapshots:
         for path in self._manifest.keys() - seen:
             dirty[path] = True
 
-    def _expand_vanished(self, dirty: dict[bytes, bool]) -> None:
+    def _expand_vanished(self, dirty: dict[bytes, bool], tree: _InTree) -> None:
         """A directory moved away or replaced takes its recorded descendants with it."""
-        stack = [path for path in dirty if self._is_replaced_dir(path)]
+        stack = [path for path in dirty if self._is_replaced_dir(path, tree)]
         while stack:
             path = stack.pop()
             for name in self._children.get(path, ()):
@@ -442,25 +486,25 @@ class DirectorySnapshots:
                 dirty[child] = True
                 stack.append(child)
 
-    def _expand_links(self, dirty: dict[bytes, bool]) -> None:
+    def _expand_links(self, dirty: dict[bytes, bool], tree: _InTree) -> None:
         """A file with several names changes under all of them."""
         for path in list(dirty):
             record = self._manifest.get(path)
             keys = []
             if record is not None and record.entry.kind == _FILE and record.nlink > 1:
                 keys.append((record.dev, record.ino))
-            st = _lstat(path)
+            st = tree.lstat(path)
             if st is not None and stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
                 keys.append((st.st_dev, st.st_ino))
             for key in keys:
                 for other in self._inodes.get(key, ()):
                     dirty[other] = True
 
-    def _is_replaced_dir(self, path: bytes) -> bool:
+    def _is_replaced_dir(self, path: bytes, tree: _InTree) -> bool:
         record = self._manifest.get(path)
         if record is None or record.entry.kind != _DIR:
             return False
-        st = _lstat(path)
+        st = tree.lstat(path)
         return st is None or not stat.S_ISDIR(st.st_mode) or st.st_ino != record.ino
 
     def _degrade(self) -> None:
@@ -671,8 +715,9 @@ class _Applier:
     directory that is not restored itself but whose entries were replaced.
     """
 
-    def __init__(self, tracker: Tracker | None) -> None:
+    def __init__(self, tracker: Tracker | None, tree: _InTree) -> None:
         self._tracker = tracker
+        self._tree = tree
         self._parents: dict[bytes, os.stat_result] = {}
         self._dirs: dict[bytes, _Entry] = {}
         self.files_written = 0
@@ -686,7 +731,7 @@ class _Applier:
             self._finish_dirs()
 
     def _put(self, path: bytes, target: _Entry) -> None:
-        st = _lstat(path)
+        st = self._tree.lstat(path)
         if target.kind == _ABSENT:
             if st is not None:
                 self._writable(_parent(path), lambda: _remove(path))
@@ -696,6 +741,9 @@ class _Applier:
             return
         if st is not None:
             self._writable(_parent(path), lambda: _remove(path))
+        elif not self._tree.is_dir(_parent(path)):
+            # Parents come first, so this cannot happen; never create through a symlink.
+            raise NotADirectoryError(errno.ENOTDIR, "parent is not a directory", path)
         self._writable(_parent(path), lambda: self._create(path, target))
 
     def _create(self, path: bytes, target: _Entry) -> None:
