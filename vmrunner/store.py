@@ -184,6 +184,44 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX run_annotations_run ON run_annotations (run_id, seq)",
     ),
+    (  # vmrunner serve: webhook deliveries, its run queue, and the pull request comments it owns
+        """CREATE TABLE server_deliveries (
+            id          TEXT PRIMARY KEY,
+            event       TEXT NOT NULL,
+            repository  TEXT NOT NULL DEFAULT '',
+            received_at REAL NOT NULL,
+            status      TEXT NOT NULL,
+            note        TEXT NOT NULL DEFAULT '',
+            payload     TEXT NOT NULL DEFAULT '{}'
+        )""",
+        "CREATE INDEX server_deliveries_status ON server_deliveries (status, received_at)",
+        """CREATE TABLE server_runs (
+            seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_id        TEXT NOT NULL UNIQUE,
+            delivery_id   TEXT NOT NULL REFERENCES server_deliveries (id),
+            repository    TEXT NOT NULL,
+            workflow_file TEXT NOT NULL,
+            event_name    TEXT NOT NULL,
+            sha           TEXT NOT NULL,
+            ref           TEXT NOT NULL DEFAULT '',
+            pull_request  INTEGER,
+            state         TEXT NOT NULL,
+            conclusion    TEXT,
+            queued_at     REAL NOT NULL,
+            started_at    REAL,
+            finished_at   REAL,
+            owner_pid     INTEGER,
+            owner_start   INTEGER,
+            note          TEXT NOT NULL DEFAULT ''
+        )""",
+        "CREATE INDEX server_runs_state ON server_runs (state, seq)",
+        """CREATE TABLE server_comments (
+            repository   TEXT NOT NULL,
+            pull_request INTEGER NOT NULL,
+            comment_id   INTEGER NOT NULL,
+            PRIMARY KEY (repository, pull_request)
+        )""",
+    ),
 )
 
 

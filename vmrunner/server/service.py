@@ -1,0 +1,411 @@
+"""The server's engine: deliveries become queued runs, runs wait for a slot, results go to GitHub.
+
+``Service`` is an async context manager owning everything that lives as long as the server:
+the state database, the provider (and warm pool), the session manager (whose reaper runs
+meanwhile and which reclaims machines of a dead server on start), the GitHub client, and one
+``TaskGroup`` holding the dispatcher and every run. The web app's ``lifespan`` enters it.
+
+Flow: ``accept`` (called while answering a webhook) only records the delivery in SQLite and
+wakes the dispatcher, so the request returns at once. The dispatcher fetches the event's commit
+into the repository's mirror, reads the workflows of that commit, and queues one run per
+workflow whose triggers and filters match (in the same transaction that marks the delivery
+handled). Each run waits for one of ``concurrent_runs`` slots, and its jobs wait for machines
+in the session manager: capacity makes work wait, never fail.
+
+Restart: runs left ``running`` by a dead server are marked ``interrupted`` (and their jobs'
+statuses set to error); ``queued`` runs and unhandled deliveries are picked up again.
+Shutdown: ``begin_drain`` refuses new webhooks (503); leaving the context waits up to
+``drain_seconds`` for running runs, then cancels them (jobs run their cleanup commands and
+release their machines); queued runs stay queued for the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+from vmrunner.errors import RunNotFound, VmrunnerError
+from vmrunner.machines.base import DEFAULT_VM_TYPE, Provider
+from vmrunner.machines.pool import WarmPool
+from vmrunner.machines.providers import get_provider
+from vmrunner.runner.events import FanOut
+from vmrunner.runner.options import RunOptions
+from vmrunner.runner.results import ResultCollector, RunResult
+from vmrunner.runner.run import run_workflow
+from vmrunner.runner.storage import RunHistory, StoreSink
+from vmrunner.server.config import RepositoryConfig, ServerConfig
+from vmrunner.server.github import GitHubClient, Status
+from vmrunner.server.metrics import Metrics, MetricsSink
+from vmrunner.server.mirrors import ZERO_SHA, Mirrors, workflows_at
+from vmrunner.server.reporting import StatusSink, comment_body, status_context
+from vmrunner.server.state import ServerRun, ServerState
+from vmrunner.sessions import Owner, SessionManager
+from vmrunner.store import Store
+from vmrunner.workflow.loader import load_workflow, load_workflows
+from vmrunner.workflow.models import Workflow
+from vmrunner.workflow.triggers import match_event, payload_changed_files
+
+log = logging.getLogger(__name__)
+
+#: Events that can start runs; every other event is acknowledged and ignored.
+RUN_EVENTS = frozenset({"push", "pull_request", "workflow_dispatch", "repository_dispatch"})
+#: How long statuses and comments may take to be sent when a run is cancelled.
+REPORT_GRACE = 10.0
+
+Verdict = Literal["queued", "duplicate", "ignored", "draining"]
+_ids = itertools.count()
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    verdict: Verdict
+    note: str = ""
+
+
+def new_run_id() -> str:
+    """Numeric like GitHub's, unique even for several runs started in the same millisecond."""
+    return str(int(time.time() * 1000) * 1000 + next(_ids) % 1000)
+
+
+def repository_of(payload: Mapping[str, Any]) -> str:
+    repository = payload.get("repository")
+    name = repository.get("full_name") if isinstance(repository, Mapping) else None
+    return name if isinstance(name, str) else ""
+
+
+def event_target(event: str, payload: Mapping[str, Any]) -> tuple[str, str, int | None] | str:
+    """(commit or ref to fetch, ref, pull request number), or why the event runs nothing."""
+    if event == "push":
+        after = str(payload.get("after") or "")
+        if payload.get("deleted") is True or not after or after == ZERO_SHA:
+            return "the push deleted a branch or tag"
+        return after, str(payload.get("ref") or ""), None
+    if event == "pull_request":
+        pull = payload.get("pull_request")
+        head = pull.get("head") if isinstance(pull, Mapping) else None
+        sha = head.get("sha") if isinstance(head, Mapping) else None
+        number = payload.get("number") or (pull.get("number") if isinstance(pull, Mapping) else None)
+        if not isinstance(sha, str) or not isinstance(number, int):
+            return "the pull request payload has no head sha or number"
+        return sha, f"refs/pull/{number}/head", number
+    ref = payload.get("ref")
+    if event == "repository_dispatch" or not isinstance(ref, str):
+        repository = payload.get("repository")
+        branch = repository.get("default_branch") if isinstance(repository, Mapping) else None
+        ref = f"refs/heads/{branch}" if isinstance(branch, str) else "HEAD"
+    elif not ref.startswith("refs/"):
+        ref = f"refs/heads/{ref}"
+    return ref, ref, None
+
+
+class Service:
+    """See the module docstring. ``Service(config, provider=None)``; ``provider`` overrides ``config.provider``."""
+
+    def __init__(
+        self, config: ServerConfig, *, provider: Provider | None = None, github_transport: Any = None,
+    ) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.mirrors = Mirrors()
+        self.owner = Owner.current()
+        self.draining = False
+        self.pool: WarmPool | None = None
+        self._provider = provider
+        self._github_transport = github_transport
+        self._stack = AsyncExitStack()
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(max(1, config.concurrent_runs))
+        self._runs: dict[str, asyncio.Task[None]] = {}
+        self._running: set[str] = set()
+        self._comment_locks: dict[tuple[str, int], asyncio.Lock] = {}
+        self._group: asyncio.TaskGroup | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
+
+    # Lifecycle
+
+    async def __aenter__(self) -> Service:
+        stack = self._stack
+        try:
+            self.store = stack.enter_context(Store.open())
+            self.state = ServerState.open(self.store.path)
+            stack.callback(self.state.close)
+            provider = self._provider or get_provider(self.config.provider)
+            if self.config.pool_size:
+                self.pool = await stack.enter_async_context(WarmPool(provider, {DEFAULT_VM_TYPE: self.config.pool_size}))
+                provider = self.pool
+            elif self._provider is None:
+                stack.push_async_callback(provider.aclose)
+            self.sessions = await stack.enter_async_context(
+                SessionManager(provider, limit=self.config.concurrent_jobs, store=self.store, wait_timeout=self.config.wait_timeout)
+            )
+            self.github = await stack.enter_async_context(GitHubClient(
+                self.config.github_api_url, token=self.config.github_token, app=self.config.github_app,
+                transport=self._github_transport,
+            ))
+            for value in self.config.secret_values():
+                self.github.masker.add(value)
+            self._group = await stack.enter_async_context(asyncio.TaskGroup())
+            stack.push_async_callback(self._stop)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self.metrics.on_scrape(self._refresh_gauges)
+        interrupted = self.state.interrupt_orphans()
+        RunHistory(self.store).mark_interrupted()
+        for run in interrupted:
+            self._group.create_task(self._report_interrupted(run))
+        for run in self.state.runs(state="queued"):
+            self._launch(run)
+        self._dispatcher = self._group.create_task(self._dispatch_forever(), name="dispatcher")
+        self._wake.set()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._stack.aclose()
+
+    def begin_drain(self) -> None:
+        """Refuse new webhooks from now on; runs already queued or running go on."""
+        self.draining = True
+
+    async def wait_idle(self) -> None:
+        """Return once no run is running (callers bound the wait with ``asyncio.timeout``)."""
+        while running := [task for run_id, task in self._runs.items() if run_id in self._running]:
+            await asyncio.wait(running)
+
+    async def _stop(self) -> None:
+        """Drain: grace for running runs, then cancel every task (queued runs stay queued)."""
+        self.draining = True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.config.drain_seconds):
+                await self.wait_idle()
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+        for task in list(self._runs.values()):
+            task.cancel()
+
+    # Webhooks
+
+    def accept(self, delivery_id: str, event: str, body: bytes, payload: Mapping[str, Any]) -> Accepted:
+        """Record one delivery (quickly: this runs while answering the webhook)."""
+        if self.draining:
+            return Accepted("draining", "the server is shutting down")
+        repository = repository_of(payload)
+        if event not in RUN_EVENTS:
+            note = f"{event} events start no runs"
+        elif self.config.repository(repository) is None:
+            note = f"the repository {repository or '(none)'} is not configured"
+        else:
+            fresh = self.state.add_delivery(delivery_id, event, repository, body, "received")
+            if fresh:
+                self._wake.set()
+            return Accepted("queued" if fresh else "duplicate")
+        fresh = self.state.add_delivery(delivery_id, event, repository, b"{}", "ignored", note)
+        return Accepted("ignored" if fresh else "duplicate", note)
+
+    async def _dispatch_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            for delivery in self.state.pending_deliveries():
+                try:
+                    await self._dispatch(delivery.id, delivery.event, delivery.repository)
+                except VmrunnerError as exc:
+                    log.warning("delivery %s: %s", delivery.id, exc)
+                    self.state.finish_delivery(delivery.id, "failed", str(exc))
+
+    async def _dispatch(self, delivery_id: str, event: str, repository: str) -> None:
+        payload = self.state.payload(delivery_id)
+        repo = self.config.repository(repository)
+        target = event_target(event, payload)
+        if repo is None or isinstance(target, str):
+            self.state.finish_delivery(delivery_id, "ignored", target if isinstance(target, str) else "not configured")
+            return
+        want, ref, number = target
+        mirror, sha = await self.mirrors.commit(repo, want)
+        changed = payload_changed_files(payload) if event == "push" else None
+        with tempfile.TemporaryDirectory(prefix="vmrunner-workflows-") as tmp:
+            folder = await workflows_at(mirror, sha, Path(tmp))
+            loaded = await asyncio.to_thread(load_workflows, folder)
+            chosen = [
+                relative for workflow in loaded.workflows
+                if (relative := _relative(workflow, folder)) and _wanted(event, payload, relative)
+                and match_event(workflow.triggers, event, payload, changed_files=changed)
+            ]
+        now = time.time()
+        runs = [
+            ServerRun(0, new_run_id(), delivery_id, repo.name, relative, event, sha, ref, number, "queued", None, now, None, None, None, None, "")
+            for relative in chosen
+        ]
+        problems = "; ".join(str(d) for d in loaded.diagnostics)[:500]
+        note = f"{len(runs)} run(s) for {sha[:12]}" + (f"; invalid workflows: {problems}" if problems else "")
+        self.state.finish_delivery(delivery_id, "dispatched" if runs else "ignored", note, runs)
+        for run in runs:
+            stored = self.state.run(run.run_id)
+            if stored is not None:
+                self._launch(stored)
+
+    # Runs
+
+    def _launch(self, run: ServerRun) -> None:
+        assert self._group is not None
+        self._runs[run.run_id] = self._group.create_task(self._execute(run), name=f"run-{run.run_id}")
+
+    async def _execute(self, run: ServerRun) -> None:
+        try:
+            async with self._slots:
+                if self.draining:
+                    return
+                self._running.add(run.run_id)
+                self.state.start_run(run.run_id, self.owner)
+                try:
+                    conclusion = await self._run(run)
+                except asyncio.CancelledError:
+                    self.state.finish_run(run.run_id, "interrupted", "cancelled", "the server shut down during the run")
+                    raise
+                except VmrunnerError as exc:
+                    log.warning("run %s: %s", run.run_id, exc)
+                    self.state.finish_run(run.run_id, "completed", "failure", str(exc))
+                    self.metrics.runs.labels("failure").inc()
+                    await self.github.create_status(run.repository, run.sha, Status(
+                        "error", status_context(Path(run.workflow_file).stem, "run"), str(exc), self._target(run.run_id)))
+                else:
+                    self.state.finish_run(run.run_id, "completed", conclusion)
+                finally:
+                    self._running.discard(run.run_id)
+                    if run.pull_request is not None:
+                        with contextlib.suppress(Exception):
+                            await asyncio.wait_for(asyncio.shield(self._update_comment(run.repository, run.pull_request)), REPORT_GRACE)
+        finally:
+            self._runs.pop(run.run_id, None)
+
+    async def _run(self, run: ServerRun) -> str:
+        repo = self.config.repository(run.repository)
+        if repo is None:
+            raise VmrunnerError(f"the repository {run.repository} is no longer configured")
+        mirror, sha = await self.mirrors.commit(repo, run.sha)
+        workflow = await self._workflow(mirror, sha, run.workflow_file)
+        payload = self.state.payload(run.delivery_id)
+        options = self._options(run, repo, mirror, payload)
+        collector = ResultCollector()
+        statuses = StatusSink(
+            self.github, collector, repository=repo.name, sha=sha,
+            workflow=workflow.name or Path(run.workflow_file).stem, target_url=self._target(run.run_id),
+        )
+        with StoreSink(self.store) as keep:
+            statuses.start()
+            try:
+                outcome = await run_workflow(workflow, options, self.sessions, FanOut(keep, collector, MetricsSink(self.metrics), statuses))
+            finally:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(statuses.drain()), REPORT_GRACE)
+        return outcome.conclusion
+
+    async def _workflow(self, mirror: Path, sha: str, relative: str) -> Workflow:
+        with tempfile.TemporaryDirectory(prefix="vmrunner-workflows-") as tmp:
+            await workflows_at(mirror, sha, Path(tmp))
+            return await asyncio.to_thread(load_workflow, Path(tmp) / relative)
+
+    def _options(self, run: ServerRun, repo: RepositoryConfig, mirror: Path, payload: Mapping[str, Any]) -> RunOptions:
+        sender = payload.get("sender")
+        actor = sender.get("login") if isinstance(sender, Mapping) else None
+        return RunOptions(
+            event_name=run.event_name, payload=payload, secrets=dict(repo.secrets), repo_root=str(mirror),
+            commit=run.sha, repository=repo.name, sha=run.sha, ref=run.ref, run_id=run.run_id,
+            concurrent_jobs=self.config.concurrent_jobs, actor=actor if isinstance(actor, str) else "vmrunner",
+        )
+
+    def _target(self, run_id: str) -> str:
+        return f"{self.config.base_url}/api/runs/{run_id}"
+
+    async def _report_interrupted(self, run: ServerRun) -> None:
+        try:
+            result = RunHistory(self.store).get_run(run.run_id)
+        except RunNotFound:
+            return
+        workflow = result.workflow_name or Path(run.workflow_file).stem
+        for job in result.jobs:
+            if job.conclusion is None:
+                await self.github.create_status(run.repository, run.sha, Status(
+                    "error", status_context(workflow, job.job_key), "interrupted: the server stopped", self._target(run.run_id)))
+        if run.pull_request is not None:
+            await self._update_comment(run.repository, run.pull_request)
+
+    async def _update_comment(self, repository: str, number: int) -> None:
+        """Create or update (in place) our one comment on the pull request."""
+        if not self.github.enabled:
+            return
+        async with self._comment_locks.setdefault((repository, number), asyncio.Lock()):
+            body = comment_body(self._latest_results(repository, number))
+            comment_id = self.state.comment_id(repository, number) or await self.github.find_comment(repository, number)
+            if comment_id is not None and await self.github.update_comment(repository, comment_id, body):
+                self.state.set_comment_id(repository, number, comment_id)
+                return
+            created = await self.github.create_comment(repository, number, body)
+            if created is not None:
+                self.state.set_comment_id(repository, number, created)
+
+    def _latest_results(self, repository: str, number: int) -> list[RunResult]:
+        latest: dict[str, ServerRun] = {}
+        for run in self.state.pull_request_runs(repository, number):
+            if run.state != "queued":
+                latest[run.workflow_file] = run
+        history = RunHistory(self.store)
+        results = []
+        for run in latest.values():
+            with contextlib.suppress(RunNotFound):
+                results.append(history.get_run(run.run_id))
+        return results
+
+    def _refresh_gauges(self) -> None:
+        self.metrics.running.set(len(self._running))
+        self.metrics.queued.set(len(self._runs) - len(self._running))
+        stats = self.sessions.stats()
+        self.metrics.machines_busy.set(stats.active)
+        self.metrics.sessions_waiting.set(stats.waiting)
+        self.metrics.machines_idle.set(sum(self.pool.statistics().idle.values()) if self.pool else 0)
+        self.metrics.github_requests.set(self.github.requests)
+        self.metrics.github_failures.set(self.github.failures)
+
+    def delivery_json(self, delivery_id: str) -> dict[str, Any] | None:
+        delivery = self.state.delivery(delivery_id)
+        if delivery is None:
+            return None
+        runs = self.state.runs(delivery_id=delivery_id)
+        return {
+            "id": delivery.id, "event": delivery.event, "repository": delivery.repository,
+            "status": delivery.status, "note": self.github.masker.mask(delivery.note),
+            "received_at": delivery.received_at, "runs": [run.to_json() for run in runs],
+        }
+
+
+def _relative(workflow: Workflow, folder: Path) -> str:
+    return str(Path(".github/workflows") / Path(workflow.path).relative_to(folder))
+
+
+def _wanted(event: str, payload: Mapping[str, Any], relative: str) -> bool:
+    """A workflow_dispatch names its one workflow (by path, or by file name)."""
+    if event != "workflow_dispatch":
+        return True
+    named = str(payload.get("workflow") or "")
+    return not named or named == relative or Path(named).name == Path(relative).name
+
+
+def parse_json(body: bytes) -> Mapping[str, Any] | None:
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, Mapping) else None
