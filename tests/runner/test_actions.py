@@ -276,3 +276,26 @@ jobs:
     )
     assert "committed" in ran.logs("a")
     assert ran.result("a") == "success"
+
+
+async def test_checkout_of_a_git_working_tree_honours_gitignore(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    committed_repo(repo)
+    write(repo, {".gitignore": "ignored.txt\nbuild/\n", "ignored.txt": "no", "build/out.bin": "no", "new.txt": "yes"})
+    (repo / "file.txt").unlink()
+    ran = await run(
+        """
+on: push
+jobs:
+  a:
+    runs-on: ubuntu-latest
+    steps:
+      - uses: actions/checkout@v4
+      - run: |
+          test -f new.txt && test -f .gitignore && test -d .git
+          test ! -e ignored.txt && test ! -e build && test ! -e file.txt
+          git log --oneline | grep -q c
+""",
+        repo_root=repo,
+    )
+    assert ran.result("a") == "success", ran.logs("a")

@@ -76,13 +76,27 @@ async def git_toplevel(path: str) -> str | None:
     return out.decode().strip() or None if code == 0 else None
 
 
-def working_tree_tar(root: str) -> bytes:
-    """The files under ``root`` (the working tree, ``.git`` included) as a tar stream."""
+async def working_tree_tar(root: str) -> bytes:
+    """The working tree of ``root`` as a tar stream.
+
+    In a git repository: the files git knows or would add (``.gitignore`` is honoured, as act
+    does) and ``.git``; elsewhere every file under ``root``.
+    """
+    entries: list[str] | None = None
+    if await asyncio.to_thread(os.path.exists, os.path.join(root, ".git")):
+        _, out, _ = await git("ls-files", "-z", "--cached", "--others", "--exclude-standard", cwd=root)
+        entries = [".git", *sorted({name for name in out.decode(errors="surrogateescape").split("\0") if name})]
+    return await asyncio.to_thread(_tar_entries, root, entries)
+
+
+def _tar_entries(root: str, entries: list[str] | None) -> bytes:
     buffer = io.BytesIO()
     try:
         with tarfile.open(fileobj=buffer, mode="w") as tar:
-            for entry in sorted(os.listdir(root)):
-                tar.add(os.path.join(root, entry), arcname=entry)
+            for entry in entries if entries is not None else sorted(os.listdir(root)):
+                path = os.path.join(root, entry)
+                if os.path.lexists(path):  # a tracked file may be deleted in the working tree
+                    tar.add(path, arcname=entry)
     except OSError as exc:
         raise ConfigError(f"cannot read the repository at {root}: {exc}") from exc
     return buffer.getvalue()

@@ -10,7 +10,6 @@ steps of the job (in reverse order).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -204,7 +203,7 @@ class ActionSteps:
             data = await commit_tar(options.repo_root, options.commit)
             what = f"commit {options.commit}"
         else:
-            data = await asyncio.to_thread(working_tree_tar, options.repo_root)
+            data = await working_tree_tar(options.repo_root)
             what = "the working tree"
         try:
             await runtime.machine.put(target, data)
