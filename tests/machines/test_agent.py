@@ -621,3 +621,19 @@ async def test_as_pid_1_the_agent_reaps_orphans(tmp_path: Path) -> None:
         count_zombies = "sleep 0.5; grep -l '^[0-9]* ([^)]*) Z' /proc/[0-9]*/stat | wc -l"
         assert (await client.exec(["sh", "-c", count_zombies])).stdout == b"0\n"
     await asyncio.wait_for(process.wait(), 10)
+
+
+def test_kill_of_an_unknown_command_says_so(raw: RawAgent) -> None:
+    raw.send(encode_frame({"op": "kill", "id": 1, "target": 999}))
+    reply = raw.receive()
+    assert (reply.op, reply.id, reply.header["found"]) == ("ok", 1, False)
+
+
+def test_an_id_in_use_cannot_start_another_command(raw: RawAgent) -> None:
+    raw.send(encode_frame({"op": "exec", "id": 5, "argv": ["sleep", "100"]}))
+    raw.send(encode_frame({"op": "exec", "id": 5, "argv": ["true"]}))
+    error = raw.receive()
+    assert (error.op, error.id, error.header["kind"]) == ("error", 5, "protocol")
+    raw.send(encode_frame({"op": "kill", "id": 6, "target": 5, "grace": 0}))
+    replies = {raw.receive().op, raw.receive().op}
+    assert replies == {"ok", "exit"}

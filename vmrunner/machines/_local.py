@@ -43,7 +43,9 @@ from vmrunner.machines.client import AgentClient
 AGENT_PATH = Path(__file__).with_name("agent.py")
 #: Runs the agent from a bundle directory (argv[1]) so its bytecode comes precompiled: a
 #: script given by path is compiled at every start, which would cost more than the rest.
-AGENT_BOOT = "import sys;sys.path.insert(0,sys.argv[1]);import agent;sys.exit(agent.main(sys.argv[2:]))"
+AGENT_BOOT = (
+    "import sys;sys.path.insert(0,sys.argv[1]);import agent;sys.exit(agent.main(sys.argv[2:]))"
+)
 RECORD_NAME = "machine.json"
 #: How long a new agent may take to answer its first ping.
 START_TIMEOUT = 10.0
@@ -596,12 +598,16 @@ class LocalProvider(Provider):
 
     async def reclaim(self, record: MachineRecord) -> None:
         if record.provider != self.name:
-            raise ReleaseError(f"machine {record.machine_id} belongs to the {record.provider} provider")
+            raise ReleaseError(
+                f"machine {record.machine_id} belongs to the {record.provider} provider"
+            )
         await shielded(self._reclaim(record))
 
     async def _reclaim(self, record: MachineRecord) -> None:
         if record.pid is not None and not await kill_process(
             record.pid, record.pid_start, self.grace, group=bool(record.data.get("group"))
         ):
-            raise ReleaseError(f"machine {record.machine_id}: process {record.pid} survived SIGKILL")
+            raise ReleaseError(
+                f"machine {record.machine_id}: process {record.pid} survived SIGKILL"
+            )
         await asyncio.to_thread(remove_machine_dir, self.machines_dir, record.state_dir)
