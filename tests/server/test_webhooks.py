@@ -19,7 +19,17 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.server.helpers import FIXTURES, SECRET, config, deliver, git, headers, live_server, make_repo, settled
+from tests.server.helpers import (
+    FIXTURES,
+    SECRET,
+    config,
+    deliver,
+    git,
+    headers,
+    live_server,
+    make_repo,
+    settled,
+)
 from vmrunner.server.signatures import sign, verify
 
 ZERO = "0" * 40
@@ -225,4 +235,5 @@ def test_known_github_signature():
     assert sign(b"It's a Secret to Everybody", b"Hello, World!") == (
         "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
     )
-    assert SECRET and isinstance(httpx.__version__, str)
+    assert SECRET
+    assert isinstance(httpx.__version__, str)
