@@ -236,6 +236,7 @@ jobs:
     assert provider.allocation_count == provider.release_count == 2
     assert not provider.alive
     assert {e.result for e in recorder.events if isinstance(e, JobFinished)} == {"cancelled"}
+    assert {e.reason for e in recorder.events if isinstance(e, JobFinished)} == {"the run was cancelled"}
     final = recorder.events[-1]
     assert isinstance(final, RunFinished)
     assert final.conclusion == "cancelled"

@@ -160,6 +160,8 @@ jobs:
     results = {e.job_key: e.result for e in ran.of(JobFinished)}
     assert results["m (1)"] == "failure"
     assert {results["m (2)"], results["m (3)"], results["m (4)"]} == {"cancelled"}
+    reasons = {e.job_key: e.reason for e in ran.of(JobFinished)}
+    assert {reasons["m (2)"], reasons["m (3)"], reasons["m (4)"]} == {"cancelled by fail-fast: a matrix sibling failed"}
     assert ran.outcome.conclusion == "failure"
     started = {e.job_key for e in ran.of(JobStarted)}
     assert "m (3)" not in started or "m (4)" not in started

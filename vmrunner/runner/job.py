@@ -135,6 +135,8 @@ class JobExecution:
         self.workflow_env = dict(env)
         self.job_env: dict[str, str] = {}
         self.cancelled = False
+        #: Set (with ``cancelled``) when the run cancels this job on purpose, e.g. fail-fast.
+        self.cancel_reason = ""
         self.runtime: JobRuntime | None = None
         self.index = -1
         self.github: dict[str, Any] = {}
@@ -238,7 +240,7 @@ class JobExecution:
             timeout = (minutes if minutes is not None else run.options.job_timeout_minutes) * 60
             outcome, rolled_back, summary = await self.in_session(spec, timeout, outcome)
         except asyncio.CancelledError:
-            outcome = JobOutcome("cancelled", reason=outcome.reason or "cancelled", continue_on_error=outcome.continue_on_error)
+            outcome = JobOutcome("cancelled", reason=outcome.reason or self.cancel_reason or "the run was cancelled", continue_on_error=outcome.continue_on_error)
             raise
         finally:
             if self.cancelled and outcome.result != "success":

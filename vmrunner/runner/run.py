@@ -51,6 +51,7 @@ from vmrunner.workflow.models import Job, Workflow
 from vmrunner.workflow.planner import Plan, plan
 from vmrunner.workflow.triggers import resolve_dispatch_inputs
 
+FAIL_FAST_REASON = "cancelled by fail-fast: a matrix sibling failed"
 #: Set in every job's ``env`` context so tools can tell a local run (act and Gitea do the same).
 LOCAL_RUN_ENV = {"ACT": "true"}
 
@@ -317,7 +318,7 @@ class Run:
         outcome: JobOutcome | None = None
         async with _maybe(group.limit), context.limit:
             if group.cancelled:
-                outcome = JobOutcome("cancelled", reason="cancelled by fail-fast: a matrix sibling failed")
+                outcome = JobOutcome("cancelled", reason=FAIL_FAST_REASON)
                 self.finish_without_running(instance.job, instance.job_key, "cancelled", outcome.reason, instance.matrix)
                 return outcome
             execution = JobExecution(context, instance, scoped, workflow_env)
@@ -327,9 +328,9 @@ class Run:
             try:
                 outcome = await execution.execute()
             except asyncio.CancelledError:
-                if not (execution.cancelled and task.uncancel() == 0):
+                if not (execution.cancel_reason and task.uncancel() == 0):
                     raise
-                outcome = JobOutcome("cancelled", reason="cancelled by fail-fast: a matrix sibling failed")
+                outcome = JobOutcome("cancelled", reason=execution.cancel_reason)
             finally:
                 group.running.pop(instance.job_key, None)
         self.reports.append(
@@ -339,6 +340,7 @@ class Run:
             group.cancelled = True
             for sibling_task, sibling in list(group.running.values()):
                 sibling.cancelled = True
+                sibling.cancel_reason = FAIL_FAST_REASON
                 sibling_task.cancel()
         return outcome
 

@@ -264,7 +264,7 @@ class JobRuntime:
         try:
             outcome = await self.session.exec(argv, env=full_env, cwd=cwd, timeout=timeout, on_output=on_output, stdin=stdin)
         except MachineError as exc:
-            result.error = f"cannot run the step: {exc}"
+            result.error = f"cannot start the step in {cwd}: {exc}"
             return result
         finally:
             streams: tuple[Stream, ...] = ("stdout", "stderr")
