@@ -609,3 +609,32 @@ async def test_a_cancelled_snapshot_leaves_the_engine_consistent(
         await engine.restore(first)
         assert listing(roots) == expected
         assert [info.id for info in engine.list()][-1] == first
+
+
+@pytest.mark.parametrize("tracking", ["inotify", "rescan"])
+async def test_symlinked_parents_are_never_followed(
+    roots: dict[str, Path], tmp_path: Path, tracking
+) -> None:
+    workspace, outside = roots["workspace"], tmp_path / "outside"
+    outside.mkdir()
+    (outside / "f").write_bytes(b"not ours")
+    untouched = (outside / "f").stat()
+    async with DirectorySnapshots(roots, tmp_path / "store", tracking=tracking) as engine:
+        (workspace / "a").mkdir()
+        (workspace / "a" / "f").write_bytes(b"ours")
+        first = await engine.snapshot("dir")
+        (workspace / "a" / "f").unlink()
+        (workspace / "a").rmdir()
+        (workspace / "a").symlink_to(outside)
+        linked = await engine.snapshot("link")
+        expected = listing(roots)
+        (workspace / "a").unlink()
+        (workspace / "a").mkdir()
+        (workspace / "a" / "f").write_bytes(b"ours again")
+        await engine.snapshot("dir again")
+        await engine.restore(linked)
+        assert listing(roots) == expected
+        assert (outside / "f").stat() == untouched
+        await engine.restore(first)
+        assert (workspace / "a" / "f").read_bytes() == b"ours"
+        assert (outside / "f").stat() == untouched
