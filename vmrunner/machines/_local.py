@@ -288,6 +288,7 @@ async def start_agent(
     cwd: str | None = None,
     piped_args: Sequence[str] = (),
     new_session: bool = False,
+    grace: float = DEFAULT_GRACE,
 ) -> tuple[asyncio.subprocess.Process, AgentClient]:
     """Start the agent's process, connect a client, and wait for its first pong.
 
@@ -327,7 +328,7 @@ async def start_agent(
             os.close(fd)
     assert process.stdout is not None
     assert process.stdin is not None
-    client = AgentClient(process.stdout, process.stdin, name=name)
+    client = AgentClient(process.stdout, process.stdin, name=name, grace=grace)
     client.start()
     try:
         if cancelled:
@@ -540,6 +541,7 @@ class LocalProvider(Provider):
                 cwd=launch.cwd,
                 piped_args=launch.piped_args,
                 new_session=launch.new_session,
+                grace=self.grace,
             )
         except BaseException:
             await shielded(asyncio.to_thread(self._forget, state_dir))
