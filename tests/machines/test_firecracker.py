@@ -12,6 +12,7 @@ host has it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -649,7 +650,7 @@ async def test_a_cancelled_snapshot_leaves_a_running_machine(
             task = asyncio.create_task(machine.snapshot(f"s{step}"))
             await asyncio.sleep(step * 0.02)
             task.cancel()
-            with pytest.raises(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError):  # unless it was done already
                 await task
             assert (await machine.api.get("/"))["state"] == "Running"
             assert (await machine.exec(["true"])).ok
