@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
-import os
 import time
 from pathlib import Path
 
@@ -153,23 +152,32 @@ def test_images_left_unnamed_by_a_rebuild_go_once_old(tmp_path: Path) -> None:
     assert (tmp_path / "ready" / "recent-shape").exists()
 
 
-def test_cli_lists_and_removes_images(tmp_path: Path) -> None:
+def test_cli_lists_and_removes_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = ImageStore(tmp_path)
     fake_image(store, "d2", "tiny")
-    os.environ["VMRUNNER_IMAGES"] = str(tmp_path)
-    try:
-        listed = vmrunner("image", "list", "--json")
-        assert listed.returncode == 0, listed.stderr
-        (row,) = json.loads(listed.stdout)["images"]
-        assert (row["names"], row["digest"]) == (["tiny"], "d2")
-        assert "tiny" in vmrunner("image", "list").stdout
-        removed = vmrunner("image", "rm", "tiny")
-        assert removed.returncode == 0, removed.stderr
-        missing = vmrunner("image", "rm", "tiny")
-        assert missing.returncode == 1
-        assert "no image named 'tiny'" in missing.stderr
-        assert "Traceback" not in missing.stderr
-        assert "no images" in vmrunner("image", "list").stdout
-    finally:
-        del os.environ["VMRUNNER_IMAGES"]
+    monkeypatch.setenv("VMRUNNER_IMAGES", str(tmp_path))
+    listed = vmrunner("image", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    (row,) = json.loads(listed.stdout)["images"]
+    assert (row["names"], row["digest"]) == (["tiny"], "d2")
+    assert "tiny" in vmrunner("image", "list").stdout
+    removed = vmrunner("image", "rm", "tiny")
+    assert removed.returncode == 0, removed.stderr
+    missing = vmrunner("image", "rm", "tiny")
+    assert missing.returncode == 1
+    assert "no image named 'tiny'" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    assert "no images" in vmrunner("image", "list").stdout
 
+
+def test_cli_build_reuses_the_image_and_refuses_bad_packages(
+    image: Image, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VMRUNNER_IMAGES", str(test_images_dir()))
+    built = vmrunner("image", "build", "--json")
+    assert built.returncode == 0, built.stderr
+    assert json.loads(built.stdout)["digest"] == image.digest
+    refused = vmrunner("image", "build", "--name", "odd", "--packages", "jq,rm -rf")
+    assert refused.returncode == 1
+    assert "invalid Debian package name 'rm -rf'" in refused.stderr
+    assert "odd" not in ImageStore(test_images_dir()).names()

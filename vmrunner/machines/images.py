@@ -476,7 +476,8 @@ class ImageStore:
 
 
 def _kernel_package() -> tuple[str, str]:
-    """The versioned kernel package the flavour depends on now, and its version."""
+    """The versioned kernel package the flavour depends on now, and its version (one apt
+    query: the flavour's metapackage pins it exactly)."""
     match = _kernel_dependency()
     if match is None and os.geteuid() == 0:  # no package lists yet (a fresh container)
         _run(["apt-get", "update", "-qq"], what="update the package lists")
@@ -485,20 +486,18 @@ def _kernel_package() -> tuple[str, str]:
         raise ImageError(
             f"apt knows no {KERNEL_PACKAGE}: run `apt-get update` (Debian's mirror is needed)"
         )
-    package = match.group(1)
-    shown = _run(["apt-cache", "show", "--no-all-versions", package], what="find its version")
-    version = re.search(r"^Version: (\S+)", shown, re.MULTILINE)
-    if version is None:
-        raise ImageError(f"apt-cache shows no version of {package}")
-    return package, version.group(1)
+    return match.group(1), match.group(2)
 
 
 def _kernel_dependency() -> re.Match[str] | None:
     try:
-        depends = _run(["apt-cache", "depends", KERNEL_PACKAGE], what="resolve the kernel package")
+        shown = _run(
+            ["apt-cache", "show", "--no-all-versions", KERNEL_PACKAGE],
+            what="resolve the kernel package",
+        )
     except ImageError:
         return None
-    return re.search(r"Depends: (linux-image-\S+)", depends)
+    return re.search(r"^Depends: (linux-image-[^\s,]+) \(= ([^)\s]+)\)", shown, re.MULTILINE)
 
 
 def _run(
