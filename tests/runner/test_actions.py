@@ -299,3 +299,30 @@ jobs:
         repo_root=repo,
     )
     assert ran.result("a") == "success", ran.logs("a")
+
+
+async def test_remote_node_action_pre_runs_at_the_start_of_the_job(tmp_path: Path) -> None:
+    bare_repo(
+        tmp_path, "octo", "setup-thing",
+        {"action.yml": NODE, "pre.js": "console.log('pre ran for ' + process.env.INPUT_WHO);\nrequire('fs').appendFileSync(process.env.GITHUB_STATE, 'from_pre=1\\n');\n", "main.js": MAIN_JS, "post.js": "console.log('post sees ' + process.env.STATE_from_pre + ' ' + process.env.STATE_started);\n"},
+        "v2",
+    )
+    ran = await run(
+        """
+on: push
+jobs:
+  a:
+    runs-on: ubuntu-latest
+    steps:
+      - run: echo first step
+      - uses: octo/setup-thing@v2
+        with:
+          who: early
+""",
+        actions_url=f"file://{tmp_path / 'server'}",
+    )
+    logs = ran.logs("a")
+    assert logs.index("pre ran for early") < logs.index("first step") < logs.index("hello early") < logs.index("post sees 1 yes")
+    assert "pre ran" not in " ".join(logs[logs.index("first step"):])
+    assert next(e.name for e in ran.of(StepStarted)) == "Pre Run octo/setup-thing@v2"
+    assert ran.result("a") == "success"

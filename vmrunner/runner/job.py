@@ -293,8 +293,7 @@ class JobExecution:
                 timed_out = False
                 try:
                     async with asyncio.timeout(limit):
-                        await self.set_up(scope)
-                        if not scope.failed:
+                        if await self.set_up(scope):
                             await self.run_steps(self.job.steps, scope, None)
                 except TimeoutError:
                     timed_out = True
@@ -362,7 +361,8 @@ class JobExecution:
 
     # Set up and hooks
 
-    async def set_up(self, scope: Scope) -> None:
+    async def set_up(self, scope: Scope) -> bool:
+        """Prepare the machine; False when the steps cannot run (a setup command failed)."""
         run = self.run
         runtime = self.runtime
         assert runtime is not None
@@ -377,13 +377,15 @@ class JobExecution:
         except VmrunnerError as exc:
             scope.failed = True
             run.annotate(self.job_key, "error", f"jobs.{self.job.id}.env: {exc}")
-            return
+            return False
         for command in run.options.setup_commands:
             if not await self.run_hook("setup", command, scope):
                 scope.failed = True
-                return
-        if run.options.snapshot:
+                return False
+        await self.actions.run_pres(self.job.steps, scope)
+        if run.options.snapshot and not scope.failed:
             await self.take_snapshot(-1)
+        return True
 
     async def run_hook(self, kind: StepKind, command: str, scope: Scope) -> bool:
         runtime = self.runtime

@@ -4,8 +4,10 @@ post steps. Where actions come from and what their metadata says is ``actions.py
 Composite actions run their steps in a scope of their own (``steps`` and ``inputs`` contexts,
 the ``uses`` step's env, which does not leak back); what they write to ``GITHUB_ENV`` and
 ``GITHUB_PATH`` is the job's. Node actions get their inputs as ``INPUT_*`` and their saved
-state as ``STATE_*``; a ``pre`` script runs right before ``main``, a ``post`` script after all
-steps of the job (in reverse order).
+state as ``STATE_*``. ``pre`` scripts of remote actions run at the start of the job (when the
+actions are fetched, as GitHub does); a local action is only there once a step put it in the
+workspace, so its ``pre`` runs right before its ``main``. ``post`` scripts run after all steps
+of the job, in reverse order.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from vmrunner.runner.actions import (
     load_local_action,
     load_remote_action,
 )
-from vmrunner.runner.evaluation import as_text, render, render_text
+from vmrunner.runner.evaluation import as_text, render, render_env, render_text
 from vmrunner.runner.events import Result, StepFinished, StepStarted
 from vmrunner.runner.repository import commit_tar, working_tree_tar
 from vmrunner.runner.steps import Scope, StepResult
@@ -53,6 +55,59 @@ class ActionSteps:
         self.posts: list[_Post] = []
         #: Action folders already copied into the job's machine.
         self.uploaded: set[str] = set()
+        #: Remote actions fetched at set-up, and the state their ``pre`` saved, by step.
+        self.fetched: dict[int, Action] = {}
+        self.pre_state: dict[int, dict[str, str]] = {}
+
+    async def run_pres(self, steps: tuple[Step, ...], scope: Scope) -> None:
+        """At set-up: fetch the job's remote actions and run their ``pre`` scripts, in order.
+
+        An action that cannot be fetched is left for its step to report.
+        """
+        runtime = self.job.runtime
+        assert runtime is not None
+        options = self.job.run.options
+        for step in steps:
+            uses = (step.uses or "").strip()
+            if not uses or uses.startswith(".") or is_checkout(uses) or is_docker_reference(uses):
+                continue
+            try:
+                action = await load_remote_action(runtime.machine, uses, options.actions_url, self.uploaded)
+            except ActionError:
+                continue
+            self.fetched[id(step)] = action
+            if action.is_node and action.pre and runtime.has_node:
+                await self.run_pre(action, step, scope)
+
+    async def run_pre(self, action: Action, step: Step, scope: Scope) -> None:
+        job, run = self.job, self.job.run
+        runtime = job.runtime
+        assert runtime is not None
+        contexts = job.contexts(scope, job.env_context(scope), github=job.step_github(step, scope))
+        hooks = job.hooks(scope)
+        try:
+            if not evaluate_if(action.pre_if or "always()", contexts, hooks):
+                return
+            step_env = render_env(step.env, contexts, hooks)
+            with_ = render(step.with_, {**contexts, "env": {**contexts["env"], **step_env}}, hooks)
+        except VmrunnerError as exc:
+            runtime.annotate(-1, "error", f"pre of {action.reference}: {exc}")
+            scope.failed = True
+            return
+        given = {str(k): as_text(v) for k, v in with_.items()} if isinstance(with_, Mapping) else {}
+        inputs = self.action_inputs(action, given, contexts, hooks)
+        index = job.next_index()
+        run.emit(StepStarted(run.run_id, job.job_key, index, "step", run.masker.mask(f"Pre {step.display_name}"), time.time(), step_id=step.id or ""))
+        began = time.monotonic()
+        env = self.node_env(action, step, scope, inputs, step_env, {})
+        cwd = str(job.github.get("workspace") or "/")
+        result = await runtime.run_script(index, self.node_argv(action, action.pre), "", "", env=env, cwd=cwd, timeout=None)
+        self.pre_state[id(step)] = dict(result.state)
+        outcome = job.script_outcome(index, result)
+        if outcome.outcome == "failure":
+            scope.failed = True
+        runtime.end_groups(index)
+        run.emit(StepFinished(run.run_id, job.job_key, index, outcome.outcome, outcome.conclusion, time.time(), time.monotonic() - began, exit_code=result.exit_code))
 
     async def run_posts(self, scope: Scope) -> None:
         for post in reversed(self.posts):
@@ -76,7 +131,9 @@ class ActionSteps:
         if uses.startswith("./") or uses == ".":
             action = await load_local_action(runtime.machine, self.job.run.options.repo_root, uses, self.uploaded)
         else:
-            action = await load_remote_action(runtime.machine, uses, self.job.run.options.actions_url, self.uploaded)
+            action = self.fetched.get(id(step)) or await load_remote_action(
+                runtime.machine, uses, self.job.run.options.actions_url, self.uploaded
+            )
         if action.is_docker:
             raise ActionError(f"action {uses} is a Docker action: not supported by the {self.job.run.provider_name} provider")
         resolved = self.action_inputs(action, inputs, contexts, hooks)
@@ -141,9 +198,9 @@ class ActionSteps:
         if not runtime.has_node:
             raise ActionError(f"action {action.reference} needs node ({action.using}), which the machine does not have")
         timeout = minutes * 60 if minutes else None
-        state: dict[str, str] = {}
+        state: dict[str, str] = dict(self.pre_state.get(id(step), {}))
         cwd = str(self.job.github.get("workspace") or "/")
-        if action.pre:
+        if action.pre and id(step) not in self.pre_state:  # a local action: its pre runs now
             contexts = self.job.contexts(scope, self.job.env_context(scope))
             if evaluate_if(action.pre_if or "always()", contexts, self.job.hooks(scope)):
                 env = self.node_env(action, step, scope, inputs, step_env, state)
