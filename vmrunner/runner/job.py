@@ -58,6 +58,7 @@ from vmrunner.workflow.models import Job, Step
 
 if TYPE_CHECKING:  # run.py imports this module
     from vmrunner.runner.run import RunContext
+    from vmrunner.sessions import Session
 
 #: The fields of the ``github`` context that differ between the steps of a job.
 _ACTION_FIELDS = ("action_path", "action_repository", "action_ref", "workspace", "event_path")
@@ -83,6 +84,8 @@ class JobOutcome:
     outputs: dict[str, str] = field(default_factory=dict)
     reason: str = ""
     continue_on_error: bool = False
+    #: The machine was restored to its last good snapshot (the result stays failure).
+    rolled_back: bool = False
 
 
 def _calls_hash_files(step: Step) -> bool:
@@ -210,7 +213,6 @@ class JobExecution:
         run = self.run
         started = time.time()
         outcome = JobOutcome("failure")
-        rolled_back = False
         summary = ""
         try:
             contexts = self.contexts(Scope(), self.workflow_env)
@@ -238,7 +240,7 @@ class JobExecution:
                 labels={"run": run.run_id, "job": self.job_key},
             )
             timeout = (minutes if minutes is not None else run.options.job_timeout_minutes) * 60
-            outcome, rolled_back, summary = await self.in_session(spec, timeout, outcome)
+            outcome, summary = await self.in_session(spec, timeout, outcome)
         except asyncio.CancelledError:
             outcome = JobOutcome("cancelled", reason=outcome.reason or self.cancel_reason or "the run was cancelled", continue_on_error=outcome.continue_on_error)
             raise
@@ -249,7 +251,7 @@ class JobExecution:
                 JobFinished(
                     run.run_id, self.job_key, outcome.result, time.time(), time.time() - started,
                     outputs={k: run.masker.mask(v) for k, v in outcome.outputs.items()},
-                    rolled_back=rolled_back, reason=run.masker.mask(outcome.reason), summary=summary,
+                    rolled_back=outcome.rolled_back, reason=run.masker.mask(outcome.reason), summary=summary,
                 )
             )
         return outcome
@@ -272,10 +274,10 @@ class JobExecution:
             f"runs-on labels {shown} are not mapped to a machine type: running on '{options.default_vm_type}'"
         )
 
-    async def in_session(self, spec: MachineSpec, limit: float, outcome: JobOutcome) -> tuple[JobOutcome, bool, str]:
+    async def in_session(self, spec: MachineSpec, limit: float, outcome: JobOutcome) -> tuple[JobOutcome, str]:
+        """The job in its session; the outcome and the job's summary Markdown."""
         run = self.run
         asked = time.monotonic()
-        rolled_back = False
         try:
             async with run.sessions.open(spec) as session:
                 machine = session.machine
@@ -310,33 +312,27 @@ class JobExecution:
                 finally:
                     runtime.end_groups(-1)
                     await shielded(self.finish(session, scope, outcome, timed_out))
-                rolled_back = outcome.reason.endswith("(rolled back)")
-                if rolled_back:
-                    outcome.reason = outcome.reason.removesuffix(" (rolled back)")
-                return outcome, rolled_back, "\n".join(runtime.summary)
+                return outcome, "\n".join(runtime.summary)
         except (SessionError, MachineError) as exc:
             outcome.result = "failure"
             what = "releasing the machine of" if self.started else "cannot get a machine for"
             outcome.reason = outcome.reason or f"{what} job '{self.job.id}': {exc}"
-            return outcome, rolled_back, ""
+            return outcome, ""
 
-    async def finish(self, session: Any, scope: Scope, outcome: JobOutcome, timed_out: bool) -> None:
+    async def finish(self, session: Session, scope: Scope, outcome: JobOutcome, timed_out: bool) -> None:
         """Outputs, post steps, rollback, cleanup: bounded, and run even after a timeout."""
         run = self.run
         try:
             async with asyncio.timeout(CLEANUP_GRACE if timed_out or self.cancelled else None):
                 await self.actions.run_posts(scope)
                 outcome.result = "failure" if scope.failed else "success"
-                if not scope.failed:
-                    outcome.outputs = self.job_outputs(scope)
-                else:
-                    outcome.outputs = self.job_outputs(scope, quiet=True)
+                outcome.outputs = self.job_outputs(scope, quiet=scope.failed)
                 if scope.failed and run.options.rollback_on_failure and session.snapshots:
                     last = session.snapshots[-1]
                     began = time.monotonic()
                     await session.restore(last.id)
                     run.emit(SnapshotRestored(run.run_id, self.job_key, last.id, time.time(), time.monotonic() - began))
-                    outcome.reason = (outcome.reason or "a step failed") + " (rolled back)"
+                    outcome.rolled_back = True
                 for command in run.options.cleanup_commands:
                     await self.run_hook("cleanup", command, scope)
         except TimeoutError:
