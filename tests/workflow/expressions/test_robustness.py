@@ -83,6 +83,9 @@ def test_huge_results_hit_the_memory_limit() -> None:
     text = "format('{0}{0}{0}{0}{0}{0}{0}{0}', format('{0}{0}{0}{0}{0}{0}{0}{0}', format('{0}{0}{0}{0}{0}{0}{0}{0}', format('{0}{0}{0}{0}{0}{0}{0}{0}', join(a, 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxx')))))"
     with pytest.raises(ExpressionError, match="maximum allowed memory size"):
         evaluate(text, {"a": list(range(100))})
+    # Each toJSON doubles the backslashes: stopped long before the string gets huge.
+    with pytest.raises(ExpressionError, match="maximum allowed memory size"):
+        evaluate("tojson(" * 45 + "'\"'" + ")" * 45, {})
 
 
 def test_deep_and_cyclic_contexts_are_clean_errors() -> None:
