@@ -243,6 +243,16 @@ jobs:
     assert ran.outcome.conclusion == "success"
 
 
+async def test_a_matrix_filter_that_keeps_nothing_skips_the_job() -> None:
+    ran = await run(
+        "on: push\njobs:\n  m:\n    runs-on: x\n    strategy:\n      matrix:\n        os: [linux]\n    steps:\n      - run: exit 1\n",
+        matrix_filter={"os": ("plan9",)},
+    )
+    assert ran.result("m") == "skipped"
+    assert "--matrix" in ran.finished("m").reason
+    assert not ran.of(JobStarted)
+
+
 async def test_jobs_take_machines_from_a_warm_pool() -> None:
     from vmrunner.machines.pool import WarmPool
     from vmrunner.machines.providers import get_provider

@@ -233,7 +233,6 @@ class Run:
             failure=lambda: any(r == "failure" for r in need_results),
             cancelled=lambda: context.cancelled,
         )
-        outcomes: list[JobOutcome] = []
         try:
             workflow_env = {**LOCAL_RUN_ENV, **context.options.env}
             workflow_env.update(render_env(context.workflow.env, {**contexts, "env": workflow_env}))
@@ -250,6 +249,11 @@ class Run:
             context.annotate(job_id, "error", reason)
             self.finish_without_running(job, job_id, "failure", reason)
             self.needs_results[job_id] = {"result": "failure", "outputs": {}}
+            return
+        if not instances:  # --matrix kept no combination
+            context.emit(JobQueued(context.run_id, job_id, job_id, job.display_name, time.time(), needs=tuple(needs)))
+            self.finish_without_running(job, job_id, "skipped", "no matrix combination matches the --matrix filter")
+            self.needs_results[job_id] = {"result": "skipped", "outputs": {}}
             return
         for instance in instances:
             context.emit(
