@@ -120,6 +120,7 @@ class Service:
         self.mirrors = Mirrors()
         self.owner = Owner.current()
         self.draining = False
+        self._drain_deadline = 0.0
         self.pool: WarmPool | None = None
         self._provider = provider
         self._github_transport = github_transport
@@ -177,8 +178,10 @@ class Service:
         await self._stack.aclose()
 
     def begin_drain(self) -> None:
-        """Refuse new webhooks from now on; runs already queued or running go on."""
-        self.draining = True
+        """Refuse new webhooks from now on; running runs have ``drain_seconds`` from now to finish."""
+        if not self.draining:
+            self.draining = True
+            self._drain_deadline = asyncio.get_running_loop().time() + self.config.drain_seconds
 
     async def wait_idle(self) -> None:
         """Return once no run is running (callers bound the wait with ``asyncio.timeout``)."""
@@ -187,9 +190,9 @@ class Service:
 
     async def _stop(self) -> None:
         """Drain: grace for running runs, then cancel every task (queued runs stay queued)."""
-        self.draining = True
+        self.begin_drain()
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.config.drain_seconds):
+            async with asyncio.timeout_at(self._drain_deadline):
                 await self.wait_idle()
         if self._dispatcher is not None:
             self._dispatcher.cancel()

@@ -46,11 +46,11 @@ class DrainingServer(uvicorn.Server):
             self.should_exit = True
             return
         self._draining = True
-        service.begin_drain()
         log.warning("draining: new webhooks get 503; running jobs have %ss", self.drain_seconds)
         self._loop.call_soon_threadsafe(self._start_drain, service)
 
     def _start_drain(self, service: Service) -> None:
+        service.begin_drain()
         self._drain_task = asyncio.get_running_loop().create_task(self._drain(service))
 
     async def _drain(self, service: Service) -> None:
