@@ -214,18 +214,24 @@ def from_json(text: Any) -> Any:
         raise FunctionError("Error parsing JSON when evaluating fromJson") from exc
 
 
-_ESCAPES = re.compile(r'[\x00-\x1f"\\\ud800-\udfff]')
-_NAMED_ESCAPES: Final = {"\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r", '"': '\\"', "\\": "\\\\"}
-
-
-def _escape(match: re.Match[str]) -> str:
-    char = match.group()
-    return _NAMED_ESCAPES.get(char) or f"\\u{ord(char):04x}"
+_ESCAPES: Final = {code: f"\\u{code:04x}" for code in range(0x20)} | {
+    ord("\b"): "\\b",
+    ord("\t"): "\\t",
+    ord("\n"): "\\n",
+    ord("\f"): "\\f",
+    ord("\r"): "\\r",
+    ord('"'): '\\"',
+    ord("\\"): "\\\\",
+}
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def json_string(text: str) -> str:
     """A JSON string literal the way ``JSON.stringify`` writes it (non-ASCII kept as is)."""
-    return '"' + _ESCAPES.sub(_escape, text) + '"'
+    escaped = text.translate(_ESCAPES)
+    if _LONE_SURROGATE.search(escaped):
+        escaped = _LONE_SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", escaped)
+    return '"' + escaped + '"'
 
 
 def to_json(value: Any) -> str:
