@@ -234,3 +234,15 @@ def test_evaluate_if_errors_and_implicit_success() -> None:
     assert needs_implicit_success("github.ref == 'x'")
     assert not needs_implicit_success("${{ always() && github.ref == 'x' }}")
     assert not needs_implicit_success("")  # an empty if: is success() itself
+
+
+def test_public_names_are_exactly_the_api() -> None:
+    import vmrunner.workflow.expressions as package
+
+    assert set(package.__all__) == {
+        "CONTEXT_NAMES", "FUNCTION_NAMES", "MAX_DEPTH", "MAX_EXPRESSION_LENGTH", "MAX_MEMORY",
+        "STATUS_FUNCTIONS", "EvaluationHooks", "Expression", "FilteredArray", "Kind", "Template",
+        "TemplateExpression", "contains_expression", "evaluate", "evaluate_if", "hash_files",
+        "kind_of", "needs_implicit_success", "parse", "parse_template", "to_string", "truthy",
+    }
+    assert all(hasattr(package, name) for name in package.__all__)
