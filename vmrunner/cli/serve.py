@@ -55,7 +55,6 @@ def command(
         read_secret_file,
         with_overrides,
     )
-    from vmrunner.server.serving import make_server
 
     settings = read_config_file(config_file) if config_file else {}
     secret = read_secret_file(webhook_secret_file, "webhook secret") if webhook_secret_file else os.environ.get(ENV_WEBHOOK_SECRET, "")
@@ -82,6 +81,8 @@ def command(
         pool_size=pool_size, concurrent_runs=concurrent_runs, concurrent_jobs=concurrent_jobs,
         max_body_bytes=max_body_bytes, drain_seconds=drain_seconds,
     )
+    from vmrunner.server.serving import make_server  # heavy (FastAPI, the runner): after the checks
+
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = make_server(config, log_level=log_level)
     asyncio.run(server.serve())
