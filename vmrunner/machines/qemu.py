@@ -48,14 +48,13 @@ import os
 import platform
 import shutil
 import subprocess
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any, ClassVar, TypeVar
 
 from vmrunner.config import vmrunner_home
 from vmrunner.errors import (
-    AgentError,
     AllocationError,
     ImageError,
     MachineError,
@@ -63,6 +62,7 @@ from vmrunner.errors import (
     SnapshotError,
 )
 from vmrunner.machines._local import (
+    AgentMachine,
     _complete,
     base_record,
     create_machine_dir,
@@ -79,13 +79,11 @@ from vmrunner.machines.agent import DEFAULT_GRACE
 from vmrunner.machines.base import (
     DEFAULT_VM_TYPE,
     Capabilities,
-    ExecResult,
     Isolation,
     Machine,
     MachinePaths,
     MachineRecord,
     MachineSpec,
-    OutputCallback,
     Provider,
     SnapshotId,
 )
@@ -240,7 +238,7 @@ def _quoted(path: Path) -> str:
 # The machine.
 
 
-class QemuMachine(Machine):
+class QemuMachine(AgentMachine):
     """A QEMU virtual machine; commands go through its agent, snapshots through QMP."""
 
     def __init__(
@@ -252,57 +250,18 @@ class QemuMachine(Machine):
         monitor: Monitor,
         client: AgentClient,
     ) -> None:
-        self.id = record.machine_id
-        self.spec = spec
-        self.paths = PATHS
-        self._record = record
-        self.process = process
+        super().__init__(
+            provider_name="qemu",
+            spec=spec,
+            paths=PATHS,
+            record=record,
+            process=process,
+            client=client,
+            group=True,
+        )
         self.monitor = monitor
-        self.client = client
-        self.released = False
-        self.teardown: asyncio.Task[None] | None = None
         self._snapshots: list[str] = []
         self._lock = asyncio.Lock()
-
-    @property
-    def provider_name(self) -> str:
-        return "qemu"
-
-    @property
-    def record(self) -> MachineRecord:
-        return self._record
-
-    @property
-    def state_dir(self) -> Path:
-        return Path(self._record.state_dir)
-
-    def _usable(self) -> AgentClient:
-        if self.released:
-            raise AgentError(f"machine {self.id} was released")
-        return self.client
-
-    async def exec(
-        self,
-        command: Sequence[str] | str,
-        *,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - enforced inside the machine
-        on_output: OutputCallback | None = None,
-        stdin: bytes | None = None,
-    ) -> ExecResult:
-        return await self._usable().exec(
-            command, env=env, cwd=cwd, timeout=timeout, on_output=on_output, stdin=stdin
-        )
-
-    async def put(self, dest_dir: str, tar_data: bytes) -> None:
-        await self._usable().put(dest_dir, tar_data)
-
-    async def get(self, path: str) -> bytes:
-        return await self._usable().get(path)
-
-    async def ping(self) -> float:
-        return await self._usable().ping()
 
     async def snapshot(self, name: str = "") -> SnapshotId:
         """Save memory, devices and disk into the machine's overlay (HMP ``savevm``)."""
@@ -332,9 +291,6 @@ class QemuMachine(Machine):
     def _check(self) -> None:
         if self.released:
             raise SnapshotError(f"machine {self.id} was released")
-
-    def __repr__(self) -> str:
-        return f"<QemuMachine {self.id} pid={self._record.pid}>"
 
 
 # The provider.
