@@ -154,15 +154,22 @@ async def test_network_none_has_no_interface_and_host_has_user_mode_nat(
         await asyncio.gather(provider.release(isolated), provider.release(connected))
 
 
-async def test_warm_pool_hands_out_booted_vms(provider: QemuProvider) -> None:
-    async with WarmPool(provider, sizes={"default": 1}) as pool:
+async def test_warm_pool_hands_out_booted_vms_and_restores_them_for_reuse(
+    provider: QemuProvider,
+) -> None:
+    async with WarmPool(provider, sizes={"default": 1}, reuse="restore") as pool:
         await eventually(lambda: pool.statistics().idle.get("default", 0) == 1, "a pooled VM", 120)
         machine = await pool.allocate(MachineSpec())
+        assert machine.from_pool
+        await machine.write_file(f"{machine.paths.workspace}/job.txt", b"left by a job")
+        await pool.release(machine)
+        await eventually(lambda: pool.statistics().recycled == 1, "the VM to be restored", 120)
+        again = await pool.allocate(MachineSpec())
         try:
-            assert machine.from_pool
-            assert (await machine.exec(["true"])).ok
+            assert again.id == machine.id
+            assert (await again.exec(["test", "-e", f"{again.paths.workspace}/job.txt"])).exit_code == 1
         finally:
-            await pool.release(machine)
+            await pool.release(again)
     assert provider.leftovers() == []
 
 
