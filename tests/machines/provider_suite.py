@@ -94,14 +94,18 @@ def is_dir(path: str | Path) -> bool:
     return os.path.isdir(path)
 
 
-def process_alive(pid: int | None) -> bool:
+def process_alive(pid: int | None, start: int | None = None) -> bool:
+    """Whether ``pid`` runs (and, given ``start``, is still the process that started then)."""
     if pid is None:
         return False
     try:
         with open(f"/proc/{pid}/stat", "rb") as file:
-            return file.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+            fields = file.read().rsplit(b")", 1)[1].split()
     except OSError:
         return False
+    if fields[0] in (b"Z", b"X"):
+        return False
+    return start is None or int(fields[19]) == start  # pids wrap quickly on a busy host
 
 
 async def eventually(predicate, what: str, within: float = 10.0) -> None:
@@ -114,7 +118,7 @@ async def eventually(predicate, what: str, within: float = 10.0) -> None:
 
 def assert_nothing_left(machine: Machine) -> None:
     record = machine.record
-    assert not process_alive(record.pid), f"root process {record.pid} still runs"
+    assert not process_alive(record.pid, record.pid_start), f"root process {record.pid} runs"
     assert machine_processes(machine.id) == []
     assert not os.path.exists(record.state_dir)
     with open("/proc/self/mountinfo", encoding="utf-8") as mounts:
@@ -161,7 +165,7 @@ class ProviderSuite:
     ) -> None:
         record = machine.record
         assert (record.machine_id, record.provider) == (machine.id, provider.name)
-        assert process_alive(record.pid)
+        assert process_alive(record.pid, record.pid_start)
         assert record.owner_pid == os.getpid()
         assert any(r.machine_id == machine.id for r in provider.leftovers())
 
@@ -322,7 +326,8 @@ class ProviderSuite:
         pid = machine.record.pid
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
-        await eventually(lambda: not process_alive(pid), "the machine process to die")
+        start = machine.record.pid_start
+        await eventually(lambda: not process_alive(pid, start), "the machine process to die")
         await provider.release(machine)
         assert_nothing_left(machine)
 

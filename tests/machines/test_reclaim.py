@@ -55,7 +55,7 @@ async def test_machines_of_a_killed_runner_are_found_and_reclaimed(name: str) ->
     assert is_dir(record.state_dir)
     await provider.reclaim(record)
     await eventually(lambda: not machine_processes(record.machine_id), "the machine's processes")
-    assert not process_alive(record.pid)
+    assert not process_alive(record.pid, record.pid_start)
     assert not is_dir(record.state_dir)
     assert provider.leftovers() == []
     await provider.reclaim(record)  # a second reclaim finds nothing to do
@@ -68,7 +68,7 @@ async def test_reclaim_spares_a_process_that_reused_the_pid() -> None:
         (record,) = provider.leftovers()
         stranger = replace(record, pid_start=(record.pid_start or 0) + 1)
         await provider.reclaim(stranger)
-        assert process_alive(record.pid)  # not the same process: left alone
+        assert process_alive(record.pid, record.pid_start)  # not the same process: spared
         assert (await machine.exec(["true"])).ok
     finally:
         await provider.release(machine)

@@ -15,8 +15,8 @@ from tests.machines.provider_suite import (
     assert_nothing_left,
     eventually,
     machine_processes,
-    process_alive,
 )
+from vmrunner.machines._local import process_start
 from vmrunner.machines.base import Machine, MachineSpec
 from vmrunner.machines.sandbox import SandboxProvider
 
@@ -149,10 +149,11 @@ async def test_every_process_dies_on_release_even_daemons(provider: SandboxProvi
     # setsid leaves the command's process group: only the pid namespace catches it.
     await machine.exec("setsid sleep 1000 </dev/null >/dev/null 2>&1 &")
     await eventually(lambda: len(machine_processes(machine.id)) >= 2, "the daemon to start")
-    daemons = machine_processes(machine.id)
+    # Identified by pid and start time: under load, a pid may be reused quickly.
+    daemons = {pid: process_start(pid) for pid in machine_processes(machine.id)}
     await provider.release(machine)
     assert_nothing_left(machine)
-    assert not [pid for pid in daemons if process_alive(pid)]
+    assert not [pid for pid, start in daemons.items() if process_start(pid) == start]
 
 
 async def test_missing_bwrap_is_a_clear_allocation_error(tmp_path: Path) -> None:
