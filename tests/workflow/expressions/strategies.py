@@ -96,6 +96,12 @@ def _compound(children: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
             st.lists(children, min_size=arity, max_size=arity),
         )
 
+    predicates = children | st.builds(
+        lambda left, op, right: f"{left} {op} {right}",
+        children,
+        st.sampled_from(["==", "!=", "<", ">="]),
+        children,
+    )
     format_strings = st.sampled_from(
         ["'{0}'", "'{0}-{1}'", "'{{0}}'", "'}}{0}{{'", "'{1}'", "'{'", "'}'", "'{x}'", "'{0:x}'", "'a{0}b{0}'", "''"]
     )
@@ -126,7 +132,7 @@ def _compound(children: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
             lambda pairs, default: "case("
             + ", ".join(f"{p}, {v}" for p, v in pairs)
             + f", {default})",
-            st.lists(st.tuples(children, children), min_size=1, max_size=2),
+            st.lists(st.tuples(predicates, children), min_size=1, max_size=2),
             children,
         ),
         st.builds(lambda inner, access: f"({inner}){access}", children, accessors()),
