@@ -594,6 +594,7 @@ async def test_a_paused_guest_runs_nothing(tmp_path: Path, image: tuple[Path, Pa
     assert isinstance(machine, FirecrackerMachine)
     try:
         await machine.exec("sleep 100 >/dev/null 2>&1 &")
+        await eventually(lambda: len(sleepers(machine)) == 1, "the sleeper to start")
         (sleeper,) = sleepers(machine)
         await machine.api.patch("/vm", {"state": "Paused"})
         await eventually(lambda: process_state(sleeper) == "T", "the guest to stop")
