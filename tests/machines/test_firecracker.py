@@ -633,8 +633,8 @@ async def test_a_failed_restore_is_a_snapshot_error(
             SnapshotError, match=r"PUT /snapshot/load: Load snapshot error: .* \(HTTP 400\)"
         ):
             await machine.restore(snapshot)
-        stub = machine.record.pid
-        await eventually(lambda: not process_alive(stub), "Firecracker to end after a failed load")
+        stub = (machine.record.pid, machine.record.pid_start)
+        await eventually(lambda: not process_alive(*stub), "Firecracker to end after a failed load")
     finally:
         await provider.release(machine)
     assert_nothing_left(machine)
