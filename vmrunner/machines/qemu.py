@@ -346,6 +346,7 @@ class QemuProvider(Provider):
         if self._accel is None:
             cache = self.store.root / "accelerator.json"
             self._accel = await asyncio.to_thread(accelerator, self.qemu(), image, cache)
+            log.info("qemu machines run with the %s accelerator", self._accel)
         return self._accel
 
     # Allocation.
