@@ -40,7 +40,6 @@ def command(
     log_level: str,
 ) -> None:
     """Serve GitHub webhooks: run matching workflows, report statuses and a PR comment."""
-    import asyncio
     import logging
 
     from vmrunner.errors import ConfigError
@@ -84,5 +83,4 @@ def command(
     from vmrunner.server.serving import make_server  # heavy (FastAPI, the runner): after the checks
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    server = make_server(config, log_level=log_level)
-    asyncio.run(server.serve())
+    make_server(config, log_level=log_level).run()  # uvloop and httptools when installed

@@ -62,6 +62,8 @@ log = logging.getLogger(__name__)
 RUN_EVENTS = frozenset({"push", "pull_request", "workflow_dispatch", "repository_dispatch"})
 #: How long statuses and comments may take to be sent when a run is cancelled.
 REPORT_GRACE = 10.0
+#: Seconds between WAL checkpoints of the server's own connection (done in a thread).
+CHECKPOINT_INTERVAL = 1.0
 
 Verdict = Literal["queued", "duplicate", "ignored", "draining"]
 _ids = itertools.count()
@@ -132,6 +134,7 @@ class Service:
         self._comment_locks: dict[tuple[str, int], asyncio.Lock] = {}
         self._group: asyncio.TaskGroup | None = None
         self._dispatcher: asyncio.Task[None] | None = None
+        self._checkpoints: asyncio.Task[None] | None = None
 
     # Lifecycle
 
@@ -169,6 +172,7 @@ class Service:
         for run in self.state.runs(state="queued"):
             self._launch(run)
         self._dispatcher = self._group.create_task(self._dispatch_forever(), name="dispatcher")
+        self._checkpoints = self._group.create_task(self._checkpoint_forever(), name="checkpoints")
         self._wake.set()
         return self
 
@@ -194,8 +198,9 @@ class Service:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout_at(self._drain_deadline):
                 await self.wait_idle()
-        if self._dispatcher is not None:
-            self._dispatcher.cancel()
+        for background in (self._dispatcher, self._checkpoints):
+            if background is not None:
+                background.cancel()
         for task in list(self._runs.values()):
             task.cancel()
 
@@ -217,6 +222,14 @@ class Service:
             return Accepted("queued" if fresh else "duplicate")
         fresh = self.state.add_delivery(delivery_id, event, repository, b"{}", "ignored", note)
         return Accepted("ignored" if fresh else "duplicate", note)
+
+    async def _checkpoint_forever(self) -> None:
+        while True:
+            await asyncio.sleep(CHECKPOINT_INTERVAL)
+            try:
+                await asyncio.to_thread(self.state.checkpoint)
+            except VmrunnerError as exc:
+                log.warning("%s", exc)
 
     async def _dispatch_forever(self) -> None:
         while True:
