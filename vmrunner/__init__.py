@@ -50,6 +50,11 @@ if TYPE_CHECKING:
     from vmrunner.runner.run import JobReport, RunOutcome, run_workflow
     from vmrunner.runner.storage import RunHistory, StoreSink
     from vmrunner.runner.summary import render_summary
+    from vmrunner.server.app import create_app
+    from vmrunner.server.config import RepositoryConfig, ServerConfig
+    from vmrunner.server.github import GitHubClient
+    from vmrunner.server.service import Service
+    from vmrunner.server.testing import FakeGitHub
     from vmrunner.sessions import Session, SessionManager, SessionState, SessionStats
     from vmrunner.store import Store
     from vmrunner.workflow.loader import load_workflow, load_workflow_text, load_workflows
@@ -95,6 +100,12 @@ _LAZY: dict[str, str] = {
     "load_workflow_text": "vmrunner.workflow.loader",
     "load_workflows": "vmrunner.workflow.loader",
     "plan": "vmrunner.workflow.planner",
+    "create_app": "vmrunner.server.app",
+    "RepositoryConfig": "vmrunner.server.config",
+    "ServerConfig": "vmrunner.server.config",
+    "GitHubClient": "vmrunner.server.github",
+    "Service": "vmrunner.server.service",
+    "FakeGitHub": "vmrunner.server.testing",
 }
 
 
@@ -121,8 +132,10 @@ __all__ = [
     "ExpressionEvaluationError",
     "ExpressionLexingError",
     "ExpressionParsingError",
+    "FakeGitHub",
     "FilterError",
     "FirecrackerProvider",
+    "GitHubClient",
     "HostProvider",
     "ImageError",
     "InvalidTransition",
@@ -138,6 +151,7 @@ __all__ = [
     "PoolStatistics",
     "Provider",
     "ReleaseError",
+    "RepositoryConfig",
     "ResultCollector",
     "RunHistory",
     "RunNotFound",
@@ -145,6 +159,8 @@ __all__ = [
     "RunOutcome",
     "RunResult",
     "SandboxProvider",
+    "ServerConfig",
+    "Service",
     "Session",
     "SessionError",
     "SessionManager",
@@ -164,6 +180,7 @@ __all__ = [
     "Workflow",
     "WorkflowError",
     "__version__",
+    "create_app",
     "get_provider",
     "load_workflow",
     "load_workflow_text",
