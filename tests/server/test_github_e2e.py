@@ -71,6 +71,8 @@ def pull_payload(name: str, sha: str) -> dict:
 
 async def test_push_reports_pending_then_final_statuses_and_never_success_for_a_failed_job(tmp_path):
     root, sha = repo(tmp_path)
+    # a later commit fixes the workflow: the push of the first commit must still run the first one
+    commit(root, {".github/workflows/ci.yml": WORKFLOW.replace("exit 3", "exit 0")})
     async with FakeGitHub().running() as github, live_server(server_config(root, github)) as client:
         delivery = str(uuid.uuid4())
         assert (await deliver(client, "push", push_payload(sha), delivery)).status_code == 202

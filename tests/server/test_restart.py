@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests.server.helpers import SECRET, deliver, finished, fixture, git, make_repo, settled
+from vmrunner.server.testing import FakeGitHub
 
 WORKFLOW = """
 on: push
@@ -35,10 +36,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(repo: Path, port: int, log: Path, drain: float = 1) -> subprocess.Popen[bytes]:
+def start_server(repo: Path, port: int, log: Path, drain: float = 1, *extra: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "VMRUNNER_WEBHOOK_SECRET": SECRET.decode()}
     command = [sys.executable, "-m", "vmrunner", "serve", "--port", str(port), "--repo", f"acme/widgets={repo}",
-               "--concurrent-runs", "1", "--drain-seconds", str(drain), "--log-level", "warning"]
+               "--concurrent-runs", "1", "--drain-seconds", str(drain), "--log-level", "warning", *extra]
     with log.open("ab") as out:
         return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -145,10 +146,18 @@ async def test_sigkill_during_a_run_then_restart_interrupts_it_reclaims_its_mach
 
 @pytest.mark.slow
 async def test_sigterm_refuses_new_webhooks_gives_a_grace_period_then_cancels_and_releases(tmp_path):
+    async with contextlib.AsyncExitStack() as stack:
+        await _sigterm_scenario(tmp_path, stack)
+
+
+async def _sigterm_scenario(tmp_path, stack):
     repo = tmp_path / "widgets"
     slow = make_repo(repo, {".github/workflows/ci.yml": WORKFLOW, "slow": "1\n"})
     port, log = free_port(), tmp_path / "server.log"
-    server = start_server(repo, port, log, drain=3)
+    github = FakeGitHub()
+    await stack.enter_async_context(github.running())
+    (tmp_path / "token").write_text(github.token)
+    server = start_server(repo, port, log, 3, "--github-api-url", github.url, "--github-token-file", str(tmp_path / "token"))
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             await wait_healthy(client, server, log)
@@ -161,11 +170,17 @@ async def test_sigterm_refuses_new_webhooks_gives_a_grace_period_then_cancels_an
             refused = await deliver(client, "push", push(slow))
             assert refused.status_code == 503
             assert (await client.get(f"/api/runs/{run_a}")).json()["server"]["state"] == "running"
-        assert server.wait(timeout=60) == 0, log_text(log)
+        await until(lambda: server.poll() is not None)
+        assert server.returncode == 0, log_text(log)
     finally:
         if server.poll() is None:
             server.kill()
             server.wait()
+    states = [status["state"] for status in github.statuses() if status["context"] == "vmrunner/ci/build"]
+    assert states[0] == "pending"
+    assert states[-1] == "error"
+    assert "success" not in states
+    assert github.rejected == []
     assert not exists(state_dir)
     assert machine_id not in [m[0] for m in live_machines()]
     with contextlib.closing(sqlite3.connect(Path(os.environ["VMRUNNER_HOME"]) / "state.db")) as db:

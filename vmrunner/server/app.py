@@ -79,7 +79,9 @@ def create_app(config: ServerConfig, *, provider: Provider | None = None, github
         if service.draining:
             return _error(503, "the server is shutting down")
         length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > config.max_body_bytes):
+        if length is not None and not length.isdigit():
+            return _error(400, "invalid Content-Length")
+        if length is not None and int(length) > config.max_body_bytes:
             return _error(413, f"the body exceeds {config.max_body_bytes} bytes")
         try:
             body = await _read_limited(request, config.max_body_bytes)

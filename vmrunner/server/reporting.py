@@ -45,6 +45,7 @@ class StatusSink:
         self._queue: asyncio.Queue[Status | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self.sent: list[Status] = []
+        self._last: dict[str, StatusState] = {}
 
     def start(self) -> None:
         if self.github.enabled and self._task is None:
@@ -53,12 +54,8 @@ class StatusSink:
     def emit(self, event: Event) -> None:
         status = self._status(event)
         if status is not None and self._task is not None:
+            self._last[status.context] = status.state
             self._queue.put_nowait(status)
-
-    def pending_everything(self, jobs: Sequence[str], state: StatusState, description: str) -> None:
-        """Post one state for every job named (an interrupted run's jobs)."""
-        for job_key in jobs:
-            self._queue.put_nowait(Status(state, status_context(self.workflow, job_key), description, self.target_url))
 
     def _status(self, event: Event) -> Status | None:
         if isinstance(event, JobQueued):
@@ -87,9 +84,13 @@ class StatusSink:
             self.sent.append(status)
 
     async def drain(self) -> None:
-        """Post what is queued, then stop."""
+        """Post what is queued, then stop; a job still pending (the run was cancelled) becomes an error."""
         if self._task is None:
             return
+        for context, state in self._last.items():
+            if state == "pending":
+                self._queue.put_nowait(Status("error", context, "cancelled before it finished", self.target_url))
+        self._last.clear()
         self._queue.put_nowait(None)
         await self._task
 
