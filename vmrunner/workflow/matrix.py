@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from vmrunner.errors import Diagnostic, MatrixError
-from vmrunner.workflow.problems import Path, Problem, dotted
+from vmrunner.workflow.problems import Path, Problem, dotted, kind_of_value
 
 MAX_COMBINATIONS = 256
 """GitHub's limit of jobs one matrix may produce."""
@@ -55,14 +55,14 @@ def parse_strategy(raw: Any, path: Path) -> tuple[Strategy, list[Problem]]:
     problems: list[Problem] = []
     if not isinstance(raw, dict):
         hint = "; use expressions inside it instead" if _is_expression(raw) else ""
-        problems.append(Problem(path, f"strategy must be a map (matrix, fail-fast, max-parallel), got {_kind(raw)}{hint}"))
+        problems.append(Problem(path, f"strategy must be a map (matrix, fail-fast, max-parallel), got {kind_of_value(raw)}{hint}"))
         return Strategy(), problems
     for key in raw:
         if key not in _STRATEGY_KEYS:
             problems.append(Problem((*path, str(key)), f"unknown key {key!r} in strategy; expected one of: {', '.join(_STRATEGY_KEYS)}"))
     fail_fast = raw.get("fail-fast", True)
     if not isinstance(fail_fast, bool) and not _is_expression(fail_fast):
-        problems.append(Problem((*path, "fail-fast"), f"fail-fast must be true, false or an expression, got {_kind(fail_fast)}"))
+        problems.append(Problem((*path, "fail-fast"), f"fail-fast must be true, false or an expression, got {kind_of_value(fail_fast)}"))
         fail_fast = True
     max_parallel = raw.get("max-parallel")
     if max_parallel is not None and not _is_expression(max_parallel):
@@ -77,7 +77,7 @@ def parse_strategy(raw: Any, path: Path) -> tuple[Strategy, list[Problem]]:
         elif isinstance(matrix, dict):
             problems += [Problem((*path, "matrix", *where), message) for where, message in _matrix_problems(matrix, concrete=False)]
         else:
-            problems.append(Problem((*path, "matrix"), f"matrix must be a map of variables to lists of values, or an expression, got {_kind(matrix)}"))
+            problems.append(Problem((*path, "matrix"), f"matrix must be a map of variables to lists of values, or an expression, got {kind_of_value(matrix)}"))
             matrix = None
     return Strategy(matrix, fail_fast, max_parallel), problems
 
@@ -92,20 +92,6 @@ def _whole_number(value: Any) -> int | None:
     return None
 
 
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a map"
-    return type(value).__name__
 
 
 def _matrix_problems(matrix: Mapping[Any, Any], *, concrete: bool) -> list[tuple[Path, str]]:
@@ -129,13 +115,13 @@ def _matrix_problems(matrix: Mapping[Any, Any], *, concrete: bool) -> list[tuple
             if allowed_expression(value, (key,)):
                 continue
             if not isinstance(value, list):
-                problems.append(((key,), f"{key} must be a list of maps, got {_kind(value)}"))
+                problems.append(((key,), f"{key} must be a list of maps, got {kind_of_value(value)}"))
                 continue
             for index, entry in enumerate(value):
                 if isinstance(entry, dict):
                     problems += [((key, index, str(name)), f"{key} keys must be non-empty strings, got {name!r}") for name in entry if not isinstance(name, str) or not name]
                 elif not allowed_expression(entry, (key, index)):
-                    problems.append(((key, index), f"{key} entries must be maps of variable to value, got {_kind(entry)}"))
+                    problems.append(((key, index), f"{key} entries must be maps of variable to value, got {kind_of_value(entry)}"))
             continue
         folded = key.lower()
         if folded in seen:
@@ -146,7 +132,7 @@ def _matrix_problems(matrix: Mapping[Any, Any], *, concrete: bool) -> list[tuple
         if allowed_expression(value, (key,)):
             continue
         if not isinstance(value, list):
-            problems.append(((key,), f"matrix variable {key!r} must be a list of values, got {_kind(value)}"))
+            problems.append(((key,), f"matrix variable {key!r} must be a list of values, got {kind_of_value(value)}"))
         elif not value:
             problems.append(((key,), f"matrix variable {key!r} has no values"))
     if not vectors and not matrix.get("include"):
@@ -168,7 +154,7 @@ def expand_matrix(matrix: Mapping[str, Any]) -> list[dict[str, Any]]:
     nothing, or to more than ``MAX_COMBINATIONS`` combinations.
     """
     if not isinstance(matrix, Mapping):
-        _fail(f"matrix must be a map, got {_kind(matrix)}")
+        _fail(f"matrix must be a map, got {kind_of_value(matrix)}")
     problems = _matrix_problems(matrix, concrete=True)
     if problems:
         raise MatrixError([Diagnostic("", 0, 0, f"{dotted(('matrix', *where))}: {message}") for where, message in problems])

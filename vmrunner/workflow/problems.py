@@ -8,6 +8,7 @@ paths into file, line and column using the YAML positions, so validators never s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 PathPart = str | int
 Path = tuple[PathPart, ...]
@@ -30,3 +31,20 @@ def dotted(path: Path) -> str:
         else:
             text += f".{part}" if text else part
     return text
+
+
+def kind_of_value(value: Any) -> str:
+    """How error messages name the type of a plain YAML value: "a string", "a map", "null"."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a map"
+    return type(value).__name__

@@ -18,7 +18,7 @@ from typing import Any, Literal, cast, get_args
 from vmrunner.errors import ConfigError
 from vmrunner.workflow.cron import validate_cron
 from vmrunner.workflow.filters import matches_any, validate_pattern
-from vmrunner.workflow.problems import Path, Problem
+from vmrunner.workflow.problems import Path, Problem, kind_of_value
 
 InputType = Literal["string", "boolean", "number", "choice", "environment"]
 INPUT_TYPES: tuple[str, ...] = get_args(InputType)
@@ -183,33 +183,18 @@ class _Checker:
                 return None
             return (value,)
         if not isinstance(value, list):
-            self.report(path, f"{what} must be a string or a list of strings, got {_kind(value)}")
+            self.report(path, f"{what} must be a string or a list of strings, got {kind_of_value(value)}")
             return None
         items = []
         for index, item in enumerate(value):
             if isinstance(item, str) and item:
                 items.append(item)
             else:
-                got = "an empty string" if item == "" else _kind(item)
+                got = "an empty string" if item == "" else kind_of_value(item)
                 self.report((*path, index), f"{what} entries must be non-empty strings, got {got}")
         return tuple(items)
 
 
-def _kind(value: Any) -> str:
-    """How error messages name the type of a plain YAML value."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a map"
-    return type(value).__name__
 
 
 def parse_on(raw: Any) -> tuple[Triggers, list[Problem]]:
@@ -222,7 +207,7 @@ def parse_on(raw: Any) -> tuple[Triggers, list[Problem]]:
     elif isinstance(raw, list):
         for index, name in enumerate(raw):
             if not isinstance(name, str):
-                checker.report((*root, index), f"event names must be strings, got {_kind(name)}")
+                checker.report((*root, index), f"event names must be strings, got {kind_of_value(name)}")
             elif name in configs:
                 checker.report((*root, index), f"event {name!r} is listed twice")
             else:
@@ -230,13 +215,13 @@ def parse_on(raw: Any) -> tuple[Triggers, list[Problem]]:
     elif isinstance(raw, dict):
         for name, config in raw.items():
             if not isinstance(name, str):
-                checker.report(root, f"event names must be strings, got {_kind(name)}")
+                checker.report(root, f"event names must be strings, got {kind_of_value(name)}")
             else:
                 configs[name] = (config, (*root, name))
     else:
         checker.report(
             root,
-            f"on must be an event name, a list of event names or a map of events, got {_kind(raw)}",
+            f"on must be an event name, a list of event names or a map of events, got {kind_of_value(raw)}",
         )
     if not configs and not checker.problems:
         checker.report(root, "on lists no events; the workflow would never run")
@@ -263,7 +248,7 @@ def _parse_event(name: str, config: Any, path: Path, checker: _Checker) -> Event
     if config is None:
         return EventTrigger(name, raw=config)
     if not isinstance(config, dict):
-        checker.report(path, f"{name} must be empty (null) or a map, got {_kind(config)}")
+        checker.report(path, f"{name} must be empty (null) or a map, got {kind_of_value(config)}")
         return EventTrigger(name, raw=config)
     allowed = EVENT_KEYS[name]
     for key in config:
@@ -328,7 +313,7 @@ def _parse_schedule(config: Any, path: Path, checker: _Checker) -> tuple[str, ..
     if config is None:
         return ()
     if not isinstance(config, list):
-        checker.report(path, f"schedule must be a list of {{cron: ...}} entries, got {_kind(config)}")
+        checker.report(path, f"schedule must be a list of {{cron: ...}} entries, got {kind_of_value(config)}")
         return ()
     crons = []
     for index, entry in enumerate(config):
@@ -341,7 +326,7 @@ def _parse_schedule(config: Any, path: Path, checker: _Checker) -> tuple[str, ..
                 checker.report((*where, key), _unknown(f"key {key!r} in a schedule entry", ("cron",)))
         expr = entry["cron"]
         if not isinstance(expr, str):
-            checker.report((*where, "cron"), f"cron must be a string, got {_kind(expr)}")
+            checker.report((*where, "cron"), f"cron must be a string, got {kind_of_value(expr)}")
             continue
         message = validate_cron(expr)
         if message:
@@ -355,7 +340,7 @@ def _parse_inputs(event: str, raw: Any, path: Path, checker: _Checker) -> dict[s
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        checker.report(path, f"inputs must be a map of input names to definitions, got {_kind(raw)}")
+        checker.report(path, f"inputs must be a map of input names to definitions, got {kind_of_value(raw)}")
         return {}
     inputs: dict[str, DispatchInput] = {}
     for name, definition in raw.items():
@@ -379,7 +364,7 @@ def _parse_input(
     if definition is None and event == "workflow_dispatch":
         return DispatchInput(name)
     if not isinstance(definition, dict):
-        checker.report(path, f"input {name!r} must be a map (description, type, ...), got {_kind(definition)}")
+        checker.report(path, f"input {name!r} must be a map (description, type, ...), got {kind_of_value(definition)}")
         return None
     allowed = _DISPATCH_INPUT_KEYS if event == "workflow_dispatch" else _CALL_INPUT_KEYS
     for key in definition:
@@ -387,11 +372,11 @@ def _parse_input(
             checker.report((*path, key), _unknown(f"key {key!r} for input {name!r}", allowed))
     description = definition.get("description", "")
     if not isinstance(description, str):
-        checker.report((*path, "description"), f"description must be a string, got {_kind(description)}")
+        checker.report((*path, "description"), f"description must be a string, got {kind_of_value(description)}")
         description = ""
     required = definition.get("required", False)
     if not isinstance(required, bool):
-        checker.report((*path, "required"), f"required must be true or false, got {_kind(required)}")
+        checker.report((*path, "required"), f"required must be true or false, got {kind_of_value(required)}")
         required = False
     types = INPUT_TYPES if event == "workflow_dispatch" else CALL_INPUT_TYPES
     kind = definition.get("type")
@@ -417,12 +402,12 @@ def _parse_options(definition: Mapping[str, Any], path: Path, checker: _Checker)
     if raw is None:
         return ()
     if not isinstance(raw, list):
-        checker.report((*path, "options"), f"options must be a list of strings, got {_kind(raw)}")
+        checker.report((*path, "options"), f"options must be a list of strings, got {kind_of_value(raw)}")
         return ()
     options = []
     for index, option in enumerate(raw):
         if isinstance(option, dict | list) or option is None:
-            checker.report((*path, "options", index), f"options must be strings, got {_kind(option)}")
+            checker.report((*path, "options", index), f"options must be strings, got {kind_of_value(option)}")
         else:
             options.append(_scalar_text(option))
     return tuple(options)
@@ -452,7 +437,7 @@ def _typed_default(
             return None
         return value
     if isinstance(value, dict | list) or value is None:
-        checker.report(where, f"the default of a {kind} input must be a string, got {_kind(value)}")
+        checker.report(where, f"the default of a {kind} input must be a string, got {kind_of_value(value)}")
         return None
     text = _scalar_text(value)
     if kind == "choice" and options and text not in options:
@@ -468,14 +453,14 @@ def _check_call_definitions(config: Mapping[str, Any], path: Path, checker: _Che
             continue
         where = (*path, section)
         if not isinstance(raw, dict):
-            checker.report(where, f"{section} must be a map, got {_kind(raw)}")
+            checker.report(where, f"{section} must be a map, got {kind_of_value(raw)}")
             continue
         for name, definition in raw.items():
             entry = (*where, str(name))
             if definition is None and section == "secrets":
                 continue
             if not isinstance(definition, dict):
-                checker.report(entry, f"{section} entry {name!r} must be a map, got {_kind(definition)}")
+                checker.report(entry, f"{section} entry {name!r} must be a map, got {kind_of_value(definition)}")
                 continue
             for key in definition:
                 if key not in keys:
