@@ -7,6 +7,8 @@ import json
 import uuid
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests.server.helpers import (
     commit,
     config,
@@ -80,6 +82,11 @@ async def test_push_reports_pending_then_final_statuses_and_never_success_for_a_
         assert [run["workflow_file"] for run in runs] == [".github/workflows/ci.yml"]
         run = await finished(client, runs[0]["run_id"])
         assert run["server"]["conclusion"] == "failure"
+        metrics = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families((await client.get("/metrics")).text) for s in family.samples}
+        assert metrics[("vmrunner_runs_total", (("conclusion", "failure"),))] == 1
+        assert metrics[("vmrunner_job_start_latency_seconds_count", ())] == 2
+        assert metrics[("vmrunner_allocation_seconds_count", ())] == 2
 
     assert github.rejected == []
     by_context: dict[str, list[str]] = {}

@@ -10,8 +10,10 @@ of a deletion; every other byte of the payload is GitHub's.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
+import os
 import uuid
 from pathlib import Path
 
@@ -237,3 +239,32 @@ def test_known_github_signature():
     )
     assert SECRET
     assert isinstance(httpx.__version__, str)
+
+
+async def test_a_failed_delivery_is_taken_again_when_redelivered(tmp_path):
+    missing = tmp_path / "not-yet"
+    async with live_server(config({"Codertocat/Hello-World": missing})) as client:
+        delivery = str(uuid.uuid4())
+        payload = json.loads((FIXTURES / "push" / "04-event.json").read_text())
+        await deliver(client, "push", payload, delivery)
+        failed = await settled(client, delivery)
+        assert failed["status"] == "failed"
+        assert failed["runs"] == []
+        head = make_repo(missing, {".github/workflows/push-master.yml": WORKFLOWS["push-master.yml"]})
+        again = await deliver(client, "push", localized("push", payload, head), delivery)
+        assert again.json()["status"] == "queued"
+        assert [run["sha"] for run in (await settled(client, delivery))["runs"]] == [head]
+        assert (await deliver(client, "push", payload, delivery)).json()["status"] == "duplicate"
+
+
+async def test_a_warm_pool_is_owned_by_the_server_and_shown_in_the_api_and_metrics(repo):
+    async with live_server(server(repo, pool_size=1)) as client:
+        async with asyncio.timeout(60):
+            while True:
+                if sum((await client.get("/api/pool")).json()["statistics"]["idle"].values()):
+                    break
+                await asyncio.sleep(0.05)
+        families = {f.name: f for f in text_string_to_metric_families((await client.get("/metrics")).text)}
+        assert families["vmrunner_machines_idle"].samples[0].value == 1
+    machines = list((Path(os.environ["VMRUNNER_HOME"]) / "machines").glob("*"))
+    assert [m for m in machines if not m.name.startswith(".")] == []  # released with the server

@@ -128,11 +128,18 @@ class ServerState:
     # Deliveries
 
     def add_delivery(self, delivery_id: str, event: str, repository: str, payload: bytes | str, status: DeliveryStatus, note: str = "") -> bool:
-        """Record a delivery; False when this id was seen before (a redelivery)."""
+        """Record a delivery; False when this id was seen before (a redelivery).
+
+        A redelivery of one that ``failed`` (say the clone failed) is taken afresh: redelivering
+        from GitHub is how people retry.
+        """
         text = payload.decode("utf-8", errors="replace") if isinstance(payload, bytes) else payload
         with self._write("record a delivery") as db:
             cursor = db.execute(
-                f"INSERT OR IGNORE INTO server_deliveries ({_DELIVERY_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
+                f"INSERT INTO server_deliveries ({_DELIVERY_COLUMNS}) VALUES (?,?,?,?,?,?,?)"
+                " ON CONFLICT (id) DO UPDATE SET status = excluded.status, note = excluded.note,"
+                " payload = excluded.payload, received_at = excluded.received_at"
+                " WHERE server_deliveries.status = 'failed'",
                 (delivery_id, event, repository, time.time(), status, note, text),
             )
             return cursor.rowcount == 1
