@@ -222,6 +222,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (repository, pull_request)
         )""",
     ),
+    (  # vmrunner rerun: a run that re-ran a job of another from one of its steps
+        "ALTER TABLE runs ADD COLUMN rerun_of TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE runs ADD COLUMN from_step INTEGER",
+    ),
 )
 
 
@@ -308,6 +312,9 @@ class RunRow:
     finished_at: float | None = None
     duration: float | None = None
     note: str = ""
+    #: The run this one re-ran a job of (``vmrunner rerun``), from which step.
+    rerun_of: str = ""
+    from_step: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "runs": ("vmrunner.cli.runs", "List kept workflow runs; show one with its jobs, steps and logs."),
     "image": ("vmrunner.cli.image", "Build, list and remove guest images for VM providers."),
     "run": ("vmrunner.cli.run", "Run the workflows an event triggers, one machine per job."),
+    "rerun": ("vmrunner.cli.rerun", "Re-run a failed job from step N in a new machine, from its snapshot."),
     "serve": ("vmrunner.cli.serve", "Serve GitHub webhooks: run workflows, report results to GitHub."),
 }
 

@@ -12,6 +12,9 @@ Resource contract (the rule the session manager builds on):
   even when the calling task is being cancelled (implementations shield their teardown).
 - ``Provider.reclaim`` does the same for a machine left behind by a runner process that died,
   knowing only its ``MachineRecord``.
+
+Snapshots live as long as their machine; ``export_snapshot`` copies one out to a host folder and
+``import_snapshot`` seeds a fresh machine of the same provider with it (``vmrunner rerun``).
 """
 
 from __future__ import annotations
@@ -170,6 +173,17 @@ class Machine(ABC):
     async def restore(self, snapshot_id: SnapshotId) -> None:
         """Bring the machine back exactly to a snapshot taken earlier."""
         raise SnapshotUnsupported(f"the {self.provider_name} provider cannot restore snapshots")
+
+    async def export_snapshot(self, snapshot_id: SnapshotId, dest_dir: str) -> None:
+        """Copy a snapshot out to the host folder ``dest_dir`` (created), so it outlives the machine.
+
+        Only ``import_snapshot`` of a machine of the same provider reads the folder.
+        """
+        raise SnapshotUnsupported(f"the {self.provider_name} provider cannot export snapshots")
+
+    async def import_snapshot(self, source_dir: str) -> None:
+        """Replace this (fresh, idle) machine's state with a snapshot ``export_snapshot`` wrote."""
+        raise SnapshotUnsupported(f"the {self.provider_name} provider cannot import snapshots")
 
     # Conveniences built on put/get, shared by every provider.
 

@@ -18,7 +18,9 @@ runner (``--die-with-parent``).
 
 Snapshots capture the three writable directories with ``DirectorySnapshots``; tracking starts
 at the first snapshot (which copies the trees in full, normally a checkout), so allocation
-stays cheap and an unused machine never pays for it.
+stays cheap and an unused machine never pays for it. ``export_snapshot`` writes one snapshot's
+trees to a host folder (a copy: reflinks where the filesystem can) and ``import_snapshot``
+copies such a folder into a fresh machine's writable directories.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from vmrunner.machines.base import (
     MachineSpec,
     SnapshotId,
 )
-from vmrunner.machines.snapshots import DirectorySnapshots
+from vmrunner.machines.snapshots import DirectorySnapshots, import_trees
 
 HOME = "/home/runner"
 WORKSPACE = f"{HOME}/work/workspace"
@@ -78,6 +80,17 @@ class SandboxMachine(AgentMachine):
         if engine is None:
             raise SnapshotError(f"machine {self.id} has no snapshot {snapshot_id!r}")
         await engine.restore(snapshot_id)
+
+    async def export_snapshot(self, snapshot_id: SnapshotId, dest_dir: str) -> None:
+        engine = await self._engine()
+        if engine is None:
+            raise SnapshotError(f"machine {self.id} has no snapshot {snapshot_id!r}")
+        await asyncio.to_thread(engine.export_sync, snapshot_id, dest_dir)
+
+    async def import_snapshot(self, source_dir: str) -> None:
+        if await self._engine() is not None:
+            raise SnapshotError(f"machine {self.id} has snapshots: import only into a fresh machine")
+        await asyncio.to_thread(import_trees, source_dir, {name: str(path) for name, path in self.writable.items()})
 
     async def _engine(self) -> DirectorySnapshots | None:
         if self.released:

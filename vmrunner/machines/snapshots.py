@@ -30,6 +30,7 @@ import errno
 import fcntl
 import itertools
 import os
+import shutil
 import stat
 import threading
 import time
@@ -411,6 +412,33 @@ class DirectorySnapshots:
                 snapshot_id, len(targets), applier.files_written, applier.bytes_written, rescanned
             )
 
+    def export_sync(self, snapshot_id: SnapshotId, dest: str | os.PathLike[str]) -> int:
+        """Write the trees as they were at ``snapshot_id`` to ``dest/<root name>/``; files written.
+
+        ``dest`` must not exist (it is created): an export is a plain copy that outlives this
+        engine, e.g. to seed another machine (``import_trees``).
+        """
+        with self._lock:
+            self._check_open()
+            index = self._index(snapshot_id)
+            target = os.fsencode(os.path.abspath(dest))
+            with _failing_as(f"cannot export snapshot {snapshot_id} to {os.fsdecode(target)}"):
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                os.mkdir(target, _OWNER_RWX)
+                moved: dict[bytes, _Entry] = {}
+                known = set(itertools.chain.from_iterable(layer.entries for layer in self._layers[: index + 1]))
+                for name, root in self._roots.items():
+                    into = os.path.join(target, os.fsencode(name))
+                    os.mkdir(into, _OWNER_RWX)
+                    for path in known:
+                        if path == root or path.startswith(root + b"/"):
+                            entry = self._lookup(path, index)
+                            if entry.kind != _ABSENT:
+                                moved[into + path[len(root) :]] = entry
+                applier = _Applier(None, _InTree([target]))
+                applier.apply(moved)
+                return applier.files_written
+
     def close(self) -> None:
         """Stop tracking and free the inotify instance and its thread; idempotent.
 
@@ -619,6 +647,25 @@ def _failing_as(message: str) -> Iterator[None]:
         yield
     except OSError as exc:
         raise SnapshotError(f"{message}: {exc}") from exc
+
+
+def import_trees(source: str | os.PathLike[str], roots: Mapping[str, str | os.PathLike[str]]) -> None:
+    """Replace the content of each root with ``source/<name>/`` (an ``export_sync``), copying."""
+    with _failing_as(f"cannot import the snapshot in {os.fspath(source)}"):
+        for name, root in roots.items():
+            origin = os.path.join(os.fspath(source), name)
+            if not os.path.isdir(origin):
+                raise SnapshotError(f"{origin}: not an exported snapshot (no {name}/)")
+            with os.scandir(root) as entries:
+                for entry in entries:
+                    _remove(os.fsencode(entry.path))
+            shutil.copytree(origin, root, symlinks=True, dirs_exist_ok=True, copy_function=_copy_preserving)
+            shutil.copystat(origin, root)
+
+
+def _copy_preserving(source: str, dest: str) -> None:
+    _copy_file(os.fsencode(source), os.fsencode(dest))
+    shutil.copystat(source, dest, follow_symlinks=False)
 
 
 def _copy_file(source: bytes, dest: bytes) -> int:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from vmrunner.errors import ConfigError, ExpressionError, MachineError, SessionError, VmrunnerError
 from vmrunner.machines._local import shielded
 from vmrunner.machines.base import MachineSpec
+from vmrunner.runner import checkpoints
 from vmrunner.runner.actions import (
     host_local_action_using,
     is_docker_reference,
@@ -76,6 +77,14 @@ class JobInstance:
     matrix: Mapping[str, Any]
     strategy: Mapping[str, Any]
     needs: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """Continue a job from a kept checkpoint: its exported snapshot is in ``folder``."""
+
+    checkpoint: checkpoints.Checkpoint
+    folder: Path
 
 
 @dataclass(slots=True)
@@ -150,6 +159,12 @@ class JobExecution:
         self.hash_root: Path | None = None
         self.actions = ActionSteps(self)
         self._default_env: dict[tuple[str, ...], dict[str, str]] = {}
+        #: Job steps started so far (1-based numbers, as ``vmrunner rerun --from-step`` counts).
+        self.step_number = 0
+        #: The job's state at each snapshot, kept when the job fails (``runner.checkpoints``).
+        self.checkpoints: list[checkpoints.Checkpoint] = []
+        #: Set to continue a failed job from a kept checkpoint (``vmrunner rerun``).
+        self.resume: Resume | None = None
 
     # Contexts
 
@@ -296,7 +311,8 @@ class JobExecution:
                 try:
                     async with asyncio.timeout(limit):
                         if await self.set_up(scope):
-                            await self.run_steps(self.job.steps, scope, None)
+                            skipped = self.resume.checkpoint.step_number if self.resume else 0
+                            await self.run_steps(self.job.steps[skipped:], scope, None)
                 except TimeoutError:
                     timed_out = True
                     scope.failed = True
@@ -327,6 +343,8 @@ class JobExecution:
                 await self.actions.run_posts(scope)
                 outcome.result = "failure" if scope.failed else "success"
                 outcome.outputs = self.job_outputs(scope, quiet=scope.failed)
+                if scope.failed and run.options.snapshot and self.checkpoints:
+                    await self.keep_checkpoints()
                 if scope.failed and run.options.rollback_on_failure and session.snapshots:
                     last = session.snapshots[-1]
                     began = time.monotonic()
@@ -364,6 +382,8 @@ class JobExecution:
         assert runtime is not None
         paths = runtime.paths
         self.event_path = f"{paths.temp}/_github_workflow/event.json"
+        if self.resume is not None:
+            await runtime.machine.import_snapshot(str(self.resume.folder))
         await runtime.probe(self.event_path, json.dumps(run.options.payload, indent=2).encode())
         self.github = {**self.base_contexts["github"], "workspace": paths.workspace, "event_path": self.event_path}
         self.runner = runner_context(name=runtime.machine.id, temp=paths.temp, tool_cache=paths.tool_cache)
@@ -374,14 +394,58 @@ class JobExecution:
             scope.failed = True
             run.annotate(self.job_key, "error", f"jobs.{self.job.id}.env: {exc}")
             return False
+        if self.resume is not None:
+            self.restore_state(self.resume.checkpoint, scope)
+            if run.options.snapshot:
+                self.keep_state(await self.take_snapshot(-1), scope)
+            return True
         for command in run.options.setup_commands:
             if not await self.run_hook("setup", command, scope):
                 scope.failed = True
                 return False
         await self.actions.run_pres(self.job.steps, scope)
         if run.options.snapshot and not scope.failed:
-            await self.take_snapshot(-1)
+            self.keep_state(await self.take_snapshot(-1), scope)
         return True
+
+    # Checkpoints (vmrunner rerun)
+
+    def keep_state(self, snapshot_id: str, scope: Scope) -> None:
+        """Remember what the job knows at a snapshot, to continue from it later."""
+        runtime = self.runtime
+        assert runtime is not None
+        self.checkpoints.append(
+            checkpoints.Checkpoint(
+                snapshot_id, self.step_number, self.index, dict(runtime.env), tuple(runtime.path_entries),
+                json.loads(json.dumps(scope.steps)),
+            )
+        )
+
+    def restore_state(self, checkpoint: checkpoints.Checkpoint, scope: Scope) -> None:
+        runtime = self.runtime
+        assert runtime is not None
+        runtime.env.update(checkpoint.env)
+        runtime.path_entries[:0] = checkpoint.path_entries
+        scope.steps.update(json.loads(json.dumps(checkpoint.steps)))
+        self.index, self.step_number = checkpoint.index, checkpoint.step_number
+
+    async def keep_checkpoints(self) -> None:
+        """Export the job's snapshots so that ``vmrunner rerun`` can continue from one."""
+        run, runtime = self.run, self.runtime
+        assert runtime is not None
+        folder = checkpoints.job_folder(run.run_id, self.job_key)
+        try:
+            await asyncio.to_thread(checkpoints.remove_tree, folder)
+            for checkpoint in self.checkpoints:
+                await runtime.machine.export_snapshot(checkpoint.snapshot_id, str(folder / str(checkpoint.step_number)))
+            kept = {
+                "run_id": run.run_id, "workflow_file": run.workflow.path, "job_id": self.job.id,
+                "job_key": self.job_key, "matrix": dict(self.instance.matrix), "strategy": dict(self.instance.strategy),
+                "needs": dict(self.instance.needs), "options": checkpoints.options_data(run.options),
+            }
+            await asyncio.to_thread(checkpoints.write_state, folder, kept, self.checkpoints)
+        except VmrunnerError as exc:
+            run.annotate(self.job_key, "warning", f"cannot keep the job's snapshots for vmrunner rerun: {exc}")
 
     async def run_hook(self, kind: StepKind, command: str, scope: Scope) -> bool:
         runtime = self.runtime
@@ -447,6 +511,7 @@ class JobExecution:
             name = step.display_name
         run.emit(StepStarted(run.run_id, self.job_key, index, "step", run.masker.mask(name), time.time(), step_id=step.id or ""))
         began = time.monotonic()
+        self.step_number += 1
         result = StepResult("failure", "failure")
         snapshot_id = ""
         try:
@@ -460,6 +525,8 @@ class JobExecution:
             assert self.runtime is not None
             self.runtime.end_groups(index)
             self.record(step, scope, result)
+            if snapshot_id:
+                self.keep_state(snapshot_id, scope)
             run.emit(
                 StepFinished(
                     run.run_id, self.job_key, index, result.outcome, result.conclusion, time.time(),

@@ -149,6 +149,9 @@ class RunResult:
     finished_at: float | None = None
     duration: float | None = None
     jobs: tuple[JobResult, ...] = ()
+    #: Set when this run re-ran a job of run ``rerun_of`` from step ``from_step`` (``vmrunner rerun``).
+    rerun_of: str = ""
+    from_step: int | None = None
 
     def job(self, job_key: str) -> JobResult | None:
         return next((j for j in self.jobs if j.job_key == job_key), None)
@@ -176,6 +179,8 @@ class RunResult:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "duration": self.duration,
+            "rerun_of": self.rerun_of,
+            "from_step": self.from_step,
             "jobs": [_job_json(job) for job in self.jobs],
         }
 
@@ -286,6 +291,8 @@ RUN_RESULT_SCHEMA: dict[str, Any] = {
             "started_at": {"type": "number"},
             "finished_at": _nullable("number"),
             "duration": _nullable("number"),
+            "rerun_of": {"type": "string"},
+            "from_step": _nullable("integer"),
             "jobs": {
                 "type": "array",
                 "items": _object(

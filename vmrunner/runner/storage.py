@@ -73,7 +73,8 @@ class StoreSink:
     """An ``EventSink`` that keeps one run (runs, jobs, steps, logs, annotations) in ``store``.
 
     ``StoreSink(store, *, batch_size=500, flush_interval=0.5, clock=time.monotonic, owner=None)``;
-    ``owner`` is the runner process recorded with the run (default: this process).
+    ``owner`` is the runner process recorded with the run (default: this process);
+    ``rerun_of``/``from_step`` link a run made by ``vmrunner rerun`` to the run it continues.
     """
 
     def __init__(
@@ -84,8 +85,11 @@ class StoreSink:
         flush_interval: float = DEFAULT_FLUSH_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
         owner: Owner | None = None,
+        rerun_of: str = "",
+        from_step: int | None = None,
     ) -> None:
         self.store = store
+        self._rerun_of, self._from_step = rerun_of, from_step
         #: Errors met while writing; ``emit`` must not raise, so they are kept (and logged).
         self.errors: list[StoreError] = []
         self._batch_size = batch_size
@@ -146,6 +150,7 @@ class StoreSink:
                     workflow_file=event.workflow_file, event_name=event.event_name,
                     status="in_progress", started_at=event.time, owner_pid=self._owner.pid,
                     owner_start=self._owner.start, sha=event.sha, ref=event.ref,
+                    rerun_of=self._rerun_of, from_step=self._from_step,
                 )
                 self.store.put_run(self._run)
             case LogLine():
@@ -312,7 +317,7 @@ class RunHistory:
             run_id=row.id, workflow_name=row.workflow_name, workflow_file=row.workflow_file,
             event_name=row.event_name, status=status, started_at=row.started_at, sha=row.sha,
             ref=row.ref, conclusion=conclusion, finished_at=row.finished_at,
-            duration=row.duration, jobs=jobs,
+            duration=row.duration, jobs=jobs, rerun_of=row.rerun_of, from_step=row.from_step,
         )
 
 
