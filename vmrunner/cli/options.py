@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -76,11 +76,20 @@ def read_payload(event_path: str | None) -> dict[str, Any] | None:
     return payload
 
 
-def select(workflows: str, event: str | None, event_path: str | None, jobs: Sequence[str]) -> Selection:
+def select(
+    workflows: str,
+    event: str | None,
+    event_path: str | None,
+    jobs: Sequence[str],
+    *,
+    assumed_payload: Mapping[str, Any] | None = None,
+) -> Selection:
     """Load the workflows at ``workflows``; keep those ``event`` triggers and that have ``jobs``.
 
     Without a payload an event matches every workflow listening to it (like ``act -l EVENT``);
-    with one, branch, tag, path and type filters apply as on GitHub.
+    with one, branch, tag, path and type filters apply as on GitHub. ``assumed_payload`` is the
+    payload to filter with when no file is given (``vmrunner run`` passes the repository's
+    current ref for ``push``, so a tags-only workflow does not run for a branch).
     """
     from vmrunner.errors import WorkflowError
     from vmrunner.workflow.loader import load_workflows
@@ -93,6 +102,8 @@ def select(workflows: str, event: str | None, event_path: str | None, jobs: Sequ
         result = load_workflows(workflows)
     except WorkflowError as exc:
         raise ConfigError(f"no workflows at {workflows}: {exc.diagnostics[0].message}") from exc
+    if payload is None:
+        payload = dict(assumed_payload) if assumed_payload else None
     chosen = []
     for workflow in result.workflows:
         if event is not None:

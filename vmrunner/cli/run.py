@@ -20,6 +20,7 @@ from vmrunner.config import DEFAULT_PROVIDER, ENV_PROVIDER
 from vmrunner.errors import ConfigError
 
 if TYPE_CHECKING:
+    from vmrunner.runner.learning import LearningConfig
     from vmrunner.runner.options import RunOptions
     from vmrunner.workflow.models import Workflow
 
@@ -62,6 +63,7 @@ def _pairs(values: Sequence[str], what: str, *, from_environment: bool = False, 
 @click.option("--cleanup-command", "cleanup_commands", multiple=True, help="A command run in each job's machine after its steps, also on failure (repeatable).")
 @click.option("--snapshot", is_flag=True, help="Snapshot each job's machine after every successful step.")
 @click.option("--rollback-on-failure", is_flag=True, help="Restore a failed job's machine to its last good snapshot.")
+@click.option("--lesson-threshold", type=click.IntRange(min=1), default=None, help="Identical failures that make a lesson (default: 3) [env: VMRUNNER_LESSON_THRESHOLD].")
 @click.option("--repo-root", default=None, help="The repository (default: git top-level of the workflows, else the current folder).")
 @click.option("--actor", default=None, help="github.actor (default: $USER).")
 @click.option("-q", "--quiet", is_flag=True, help="Show only what failed, and the final table.")
@@ -73,7 +75,7 @@ def command(
     machine_types: tuple[str, ...], pool: int,
     concurrent_jobs: int, setup_commands: tuple[str, ...], cleanup_commands: tuple[str, ...],
     snapshot: bool, rollback_on_failure: bool, repo_root: str | None, actor: str | None, quiet: bool,
-    as_json: bool,
+    as_json: bool, lesson_threshold: int | None = None,
 ) -> None:
     """Run the workflows EVENT (default: push) triggers, each job in its own machine."""
     import asyncio
@@ -81,11 +83,18 @@ def command(
     from vmrunner.cli import terminal
     from vmrunner.cli.options import read_payload, select, selected_jobs
     from vmrunner.runner.dotenv import read_dotenv
+    from vmrunner.runner.learning import load_config
     from vmrunner.runner.options import RunOptions
-    from vmrunner.runner.repository import git_toplevel
+    from vmrunner.runner.repository import git_toplevel, repository_info
 
     payload = read_payload(event_path) or {}
-    selection = select(workflows, event, event_path, jobs)
+    root = repo_root or asyncio.run(git_toplevel(workflows)) or os.getcwd()
+    assumed: dict[str, str] | None = None
+    if event == "push" and event_path is None:
+        # Filter as GitHub would for a push of the checked-out ref (a tags-only workflow does not run).
+        ref = asyncio.run(repository_info(os.path.abspath(root))).ref
+        assumed = {"ref": ref} if ref else None
+    selection = select(workflows, event, event_path, jobs, assumed_payload=assumed)
     for error in selection.errors:
         for diagnostic in error.diagnostics:
             terminal.error(str(diagnostic))
@@ -94,7 +103,6 @@ def command(
     for entry in matrix:
         key, value = next(iter(_pairs([entry], "--matrix", separator=":").items()))
         matrix_filter[key] = (*matrix_filter.get(key, ()), value)
-    root = repo_root or asyncio.run(git_toplevel(workflows)) or os.getcwd()
     options = RunOptions(
         event_name=event, payload=payload, secrets=secret_values,
         vars={**(read_dotenv(var_file) if var_file else {}), **_pairs(variables, "--var")},
@@ -112,7 +120,7 @@ def command(
     if not chosen:
         terminal.info(f"no workflow runs for event {event}")
         sys.exit(1 if selection.errors else 0)
-    failed = asyncio.run(_run_all(chosen, options, provider or DEFAULT_PROVIDER, pool, as_json, quiet))
+    failed = asyncio.run(_run_all(chosen, options, provider or DEFAULT_PROVIDER, pool, as_json, quiet, load_config(lesson_threshold)))
     if failed or selection.errors:
         sys.exit(1)
 
@@ -137,7 +145,7 @@ def _dry_run(chosen: list[tuple[Workflow, list[str] | None]], as_json: bool) -> 
 
 async def _run_all(
     chosen: list[tuple[Workflow, list[str] | None]], options: RunOptions, provider_name: str, pool_size: int,
-    as_json: bool, quiet: bool,
+    as_json: bool, quiet: bool, learning_config: LearningConfig | None = None,
 ) -> bool:
     """Run every chosen workflow at once on one session manager; True when any failed."""
     import asyncio
@@ -149,6 +157,8 @@ async def _run_all(
     from vmrunner.machines.pool import WarmPool
     from vmrunner.machines.providers import get_provider
     from vmrunner.runner.events import FanOut
+    from vmrunner.runner.learning import Learning, LearningSink
+    from vmrunner.runner.repository import repository_info
     from vmrunner.runner.run import run_workflow
     from vmrunner.runner.storage import StoreSink
     from vmrunner.sessions import SessionManager
@@ -164,13 +174,18 @@ async def _run_all(
             stack.push_async_callback(provider.aclose)
         sessions = await stack.enter_async_context(SessionManager(provider, limit=options.concurrent_jobs, wait_timeout=None))
         store = stack.enter_context(Store.open())
+        learning = stack.enter_context(Learning.open(config=learning_config))
+        repository = options.repository or (await repository_info(options.repo_root)).repository or os.path.basename(options.repo_root)
 
         async def one(workflow: Workflow, jobs: list[str] | None) -> bool:
+            learn = LearningSink(learning, repository=repository)
             with StoreSink(store) as keep:
                 selected = dataclasses.replace(options, jobs=tuple(jobs) if jobs is not None else None)
-                outcome = await run_workflow(workflow, selected, sessions, FanOut(view, keep))
+                outcome = await run_workflow(workflow, selected, sessions, learn.chain(FanOut(view, keep)))
             for error in keep.errors[:1]:
                 terminal.warn(f"the run could not be fully recorded: {error}")
+            for error in learn.errors[:1]:
+                terminal.warn(f"could not learn from the run: {error}")
             return outcome.failed
 
         async with asyncio.TaskGroup() as group:
