@@ -85,3 +85,14 @@ def test_serve_without_a_secret_or_repositories_explains_and_fails(tmp_path, mon
     done = subprocess.run([sys.executable, "-m", "vmrunner", "serve"], capture_output=True, text=True)
     assert done.returncode == 1
     assert "--repo" in done.stderr
+
+
+def test_the_example_in_serve_help_is_a_valid_config(tmp_path):
+    from vmrunner.cli.serve import _EPILOG
+
+    lines = _EPILOG.split("Config file")[1].split("\n\n")[0].splitlines()[1:]
+    path = tmp_path / "example.toml"
+    path.write_text("\n".join(line.strip() for line in lines))
+    settings = read_config_file(path)
+    assert settings["port"] == 8080
+    assert set(settings["repositories"]) == {"octo/app", "octo/lib"}

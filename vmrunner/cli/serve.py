@@ -13,7 +13,31 @@ import click
 from vmrunner.config import ENV_PROVIDER
 
 
-@click.command("serve")
+_EPILOG = """\b
+Config file (TOML; YAML with the same keys for .yml/.yaml):
+  [server]
+  host = "0.0.0.0"
+  port = 8080
+  public_url = "https://ci.example.com"
+  concurrent_runs = 2
+  concurrent_jobs = 4
+  provider = "sandbox"
+  pool_size = 0
+  max_body_bytes = 26214400
+  drain_seconds = 30
+  github_api_url = "https://api.github.com"
+  [repositories]
+  "octo/app" = "https://github.com/octo/app.git"
+  "octo/lib" = { url = "/srv/git/lib", secrets = { NPM_TOKEN = "..." } }
+
+\b
+Endpoints: POST /webhook (point the repository's webhook here, content type
+application/json, with the secret), GET /api/runs, /api/runs/{id},
+/api/deliveries/{id}, /api/sessions, /api/pool, /healthz, /metrics, /docs.
+"""
+
+
+@click.command("serve", epilog=_EPILOG)
 @click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
 @click.option("--port", default=None, type=click.IntRange(0, 65535), help="Port to listen on (default 8080).")
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="A TOML or YAML config file.")
