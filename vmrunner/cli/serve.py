@@ -12,7 +12,6 @@ import click
 
 from vmrunner.config import ENV_PROVIDER
 
-
 _EPILOG = """\b
 Config file (TOML; YAML with the same keys for .yml/.yaml):
   [server]
