@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from vmrunner.machines.base import Provider
 from vmrunner.machines.providers import get_provider
 from vmrunner.machines.testing import CountingProvider
 from vmrunner.runner.events import Event, JobFinished, LogLine, Recorder, StepFinished
@@ -48,25 +49,28 @@ async def run(
     repo_root: Path | str = ".",
     limit: int = 4,
     sessions_limit: int | None = None,
+    provider: Provider | None = None,
     **options: Any,
 ) -> Ran:
-    """Run a workflow (YAML text, a file, or a model) on fresh sandbox machines."""
+    """Run a workflow (YAML text, a file, or a model) on fresh sandbox machines, or on
+    ``provider``'s (which stays open: its owner closes it)."""
     if isinstance(workflow, Path):
         model = load_workflow(workflow)
     elif isinstance(workflow, str):
         model = load_workflow_text(workflow, "test.yml")
     else:
         model = workflow
-    provider = CountingProvider(get_provider("sandbox"))
+    counting = CountingProvider(provider or get_provider("sandbox"))
     recorder = Recorder()
     run_options = dataclasses.replace(RunOptions(repo_root=str(repo_root), concurrent_jobs=limit), **options)
     try:
-        async with SessionManager(provider, limit=sessions_limit or limit) as sessions:
+        async with SessionManager(counting, limit=sessions_limit or limit) as sessions:
             outcome = await run_workflow(model, run_options, sessions, recorder)
         check_contract(recorder.events)
     finally:
-        await provider.aclose()
-    return Ran(outcome, recorder.events, provider)
+        if provider is None:
+            await counting.aclose()
+    return Ran(outcome, recorder.events, counting)
 
 
 def job_results(events: Sequence[Event]) -> dict[str, str]:
