@@ -68,6 +68,7 @@ def _pairs(values: Sequence[str], what: str, *, from_environment: bool = False, 
 @click.option("--actor", default=None, help="github.actor (default: $USER).")
 @click.option("-q", "--quiet", is_flag=True, help="Show only what failed, and the final table.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option("--summary", "summary_file", default=None, help="Write the runs' Markdown summary (GitHub's job summary page) to this file.")
 def command(
     event: str, workflows: str, jobs: tuple[str, ...], event_path: str | None, secrets: tuple[str, ...],
     secret_file: str | None, variables: tuple[str, ...], var_file: str | None, env_file: str | None,
@@ -75,6 +76,7 @@ def command(
     machine_types: tuple[str, ...], pool: int,
     concurrent_jobs: int, setup_commands: tuple[str, ...], cleanup_commands: tuple[str, ...],
     snapshot: bool, rollback_on_failure: bool, repo_root: str | None, actor: str | None, quiet: bool,
+    summary_file: str | None,
     as_json: bool, lesson_threshold: int | None = None,
 ) -> None:
     """Run the workflows EVENT (default: push) triggers, each job in its own machine."""
@@ -120,7 +122,7 @@ def command(
     if not chosen:
         terminal.info(f"no workflow runs for event {event}")
         sys.exit(1 if selection.errors else 0)
-    failed = asyncio.run(_run_all(chosen, options, provider or DEFAULT_PROVIDER, pool, as_json, quiet, load_config(lesson_threshold)))
+    failed = asyncio.run(_run_all(chosen, options, provider or DEFAULT_PROVIDER, pool, as_json, quiet, summary_file, load_config(lesson_threshold)))
     if failed or selection.errors:
         sys.exit(1)
 
@@ -145,7 +147,7 @@ def _dry_run(chosen: list[tuple[Workflow, list[str] | None]], as_json: bool) -> 
 
 async def _run_all(
     chosen: list[tuple[Workflow, list[str] | None]], options: RunOptions, provider_name: str, pool_size: int,
-    as_json: bool, quiet: bool, learning_config: LearningConfig | None = None,
+    as_json: bool, quiet: bool, summary_file: str | None, learning_config: LearningConfig | None = None,
 ) -> bool:
     """Run every chosen workflow at once on one session manager; True when any failed."""
     import asyncio
@@ -160,7 +162,8 @@ async def _run_all(
     from vmrunner.runner.learning import Learning, LearningSink
     from vmrunner.runner.repository import repository_info
     from vmrunner.runner.run import run_workflow
-    from vmrunner.runner.storage import StoreSink
+    from vmrunner.runner.storage import RunHistory, StoreSink
+    from vmrunner.runner.summary import write_summary
     from vmrunner.sessions import SessionManager
     from vmrunner.store import Store
 
@@ -174,6 +177,7 @@ async def _run_all(
             stack.push_async_callback(provider.aclose)
         sessions = await stack.enter_async_context(SessionManager(provider, limit=options.concurrent_jobs, wait_timeout=None))
         store = stack.enter_context(Store.open())
+        RunHistory(store).mark_interrupted()  # runs whose runner was killed: recorded for good
         learning = stack.enter_context(Learning.open(config=learning_config))
         repository = options.repository or (await repository_info(options.repo_root)).repository or os.path.basename(options.repo_root)
 
@@ -190,4 +194,6 @@ async def _run_all(
 
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(one(workflow, jobs)) for workflow, jobs in chosen]
+    if summary_file:
+        write_summary(summary_file, view.results())
     return any(task.result() for task in tasks)

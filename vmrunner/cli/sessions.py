@@ -80,13 +80,15 @@ def list_sessions(show_all: bool, as_json: bool) -> None:
 def reclaim(providers: tuple[str, ...], as_json: bool) -> None:
     """Release machines and close sessions left by runner processes that are gone.
 
-    Machines of a runner that still runs are left alone.
+    Machines of a runner that still runs are left alone. Runs those runners left unfinished are
+    recorded as interrupted for good.
     """
     import asyncio
 
     from vmrunner.cli import terminal
     from vmrunner.machines.base import Provider
     from vmrunner.machines.providers import get_provider
+    from vmrunner.runner.storage import RunHistory
     from vmrunner.sessions import named_provider, reclaim_orphans
     from vmrunner.store import Store
 
@@ -99,21 +101,24 @@ def reclaim(providers: tuple[str, ...], as_json: bool) -> None:
             cache[name] = named_provider(name)
         return cache[name]
 
-    async def run() -> list[Any]:
+    async def run() -> tuple[list[Any], list[str]]:
         with Store.open() as store:
             names.update(row.provider for row in store.machines())
             scan = [p for p in (resolve(n) for n in sorted(names)) if p is not None]
             try:
-                return await reclaim_orphans(store, resolve, scan)
+                return await reclaim_orphans(store, resolve, scan), RunHistory(store).mark_interrupted()
             finally:
                 for provider in scan:
                     await provider.aclose()
 
-    actions = asyncio.run(run())
+    actions, interrupted = asyncio.run(run())
     if as_json:
-        terminal.print_json({"actions": [_action(a) for a in actions]})
-    elif not actions:
+        terminal.print_json({"actions": [_action(a) for a in actions], "interrupted_runs": interrupted})
+    elif not actions and not interrupted:
         terminal.info("nothing to reclaim: no machine or session of a dead runner")
+    if not as_json:
+        for run_id in interrupted:
+            terminal.info(f"marked run {run_id} interrupted: its runner is gone")
     for action in actions:
         if not as_json:
             verb = "reclaimed" if action.ok else "FAILED to reclaim"

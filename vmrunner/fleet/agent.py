@@ -1,0 +1,217 @@
+"""``vmrunner agent``: one runner host of a fleet.
+
+An agent serves the procrastinate queues of every label set its own labels cover, runs at most
+``capacity`` jobs at once, each in a machine of its own session manager (and warm pool), and
+keeps every attempt it runs alive with a heartbeat in the shared store.
+
+Self-fencing: when the heartbeat of an attempt is refused (the fleet gave up on it and retried
+it elsewhere) or cannot be written for ``fence`` seconds (shorter than the fleet's ``stall``),
+the agent cancels the attempt (its machine is released) and reports nothing more for it. When
+the database goes away the agent tears everything down and starts again once it is back.
+Any agent also sweeps: running jobs whose heartbeat is older than ``stall`` are retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import procrastinate
+import psycopg
+import psycopg_pool
+
+from vmrunner.errors import StoreError, VmrunnerError
+from vmrunner.fleet.labels import agent_queues, canonical
+from vmrunner.fleet.store import Assignment, FleetStore
+from vmrunner.runner.events import Event, LogLine
+from vmrunner.runner.repository import repository_info
+from vmrunner.runner.run import Run, RunContext
+from vmrunner.sessions import SessionManager
+from vmrunner.workflow.loader import load_workflow_text
+from vmrunner.workflow.planner import plan
+
+log = logging.getLogger("vmrunner.agent")
+#: Errors that mean the database (or the connection to it) is gone.
+DATABASE_ERRORS = (psycopg.Error, psycopg_pool.PoolTimeout, procrastinate.exceptions.ConnectorException, StoreError, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    url: str
+    name: str
+    labels: tuple[str, ...]
+    capacity: int = 1
+    provider: str = "sandbox"
+    #: Machines kept warm per machine type (0: cold start every job).
+    pool_size: int = 0
+    #: Seconds between heartbeats of each running attempt (and log flushes).
+    heartbeat: float = 1.0
+    #: A running job whose heartbeat is older than this is retried elsewhere.
+    stall: float = 30.0
+    #: An attempt that could not heartbeat for this long is killed here (must be < stall).
+    fence: float = 20.0
+    #: Seconds between sweeps for stalled jobs.
+    sweep_interval: float = 5.0
+    max_attempts: int = 3
+    #: Seconds to wait before starting again after losing the database.
+    restart_delay: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.fence >= self.stall:
+            raise StoreError(f"the fence interval ({self.fence}s) must be shorter than the stall interval ({self.stall}s)")
+
+
+class _LogBuffer:
+    """An event sink that keeps log lines until the next heartbeat writes them in one batch."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def emit(self, event: Event) -> None:
+        if isinstance(event, LogLine):
+            self.lines.append(event.text)
+
+    def take(self) -> list[str]:
+        lines, self.lines = self.lines, []
+        return lines
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.labels = canonical(config.labels)
+        self.queues = agent_queues(self.labels)
+        self.sessions: SessionManager | None = None
+        self.store: FleetStore | None = None
+
+    async def run_forever(self) -> None:
+        """Serve until cancelled; after a database outage, start again."""
+        while True:
+            try:
+                await self.serve()
+            except* DATABASE_ERRORS as group:
+                log.warning("agent %s lost the database (%s); starting again", self.config.name, group.exceptions[0])
+            await asyncio.sleep(self.config.restart_delay)
+
+    async def serve(self) -> None:
+        config = self.config
+        async with self._sessions() as sessions, FleetStore(config.url, runner=self.run_job) as store:
+            self.sessions, self.store = sessions, store
+            await store.register_agent(config.name, self.labels, config.capacity)
+            log.info("agent %s serving %s", config.name, ", ".join(self.queues))
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._keep_registered(store))
+                group.create_task(store.app.run_worker_async(
+                    queues=self.queues, name=config.name, concurrency=config.capacity,
+                    install_signal_handlers=False, abort_job_polling_interval=0.2, fetch_job_polling_interval=0.5,
+                    shutdown_graceful_timeout=0.1, delete_jobs="always",
+                ))
+
+    @contextlib.asynccontextmanager
+    async def _sessions(self) -> AsyncIterator[SessionManager]:
+        from vmrunner.machines.pool import WarmPool
+        from vmrunner.machines.providers import get_provider
+
+        provider = get_provider(self.config.provider)
+        async with contextlib.AsyncExitStack() as stack:
+            if self.config.pool_size:
+                provider = await stack.enter_async_context(WarmPool(provider, {"default": self.config.pool_size}))
+            else:
+                stack.push_async_callback(provider.aclose)
+            yield await stack.enter_async_context(SessionManager(provider, limit=self.config.capacity, wait_timeout=None))
+
+    async def _keep_registered(self, store: FleetStore) -> None:
+        """The agent's own heartbeat, and the stalled-job sweep; raises when the database is
+        unreachable for the fence interval (which tears the agent down)."""
+        last_ok, last_sweep = time.monotonic(), 0.0
+        while True:
+            try:
+                await store.agent_heartbeat(self.config.name)
+                if time.monotonic() - last_sweep >= self.config.sweep_interval:
+                    last_sweep = time.monotonic()
+                    for run_id, job_id, attempt in await store.sweep(self.config.stall, self.config.max_attempts):
+                        log.warning("job %s of run %s stalled: attempt %d queued", job_id, run_id, attempt)
+                last_ok = time.monotonic()
+            except DATABASE_ERRORS:
+                if time.monotonic() - last_ok > self.config.fence:
+                    raise
+            await asyncio.sleep(self.config.heartbeat)
+
+    # One attempt
+
+    async def run_job(self, context: procrastinate.JobContext, run_id: str, job_id: str, attempt: int) -> None:
+        """The procrastinate task: run one attempt, unless it is no longer the current one."""
+        store = self.store
+        assert store is not None
+        assignment = await store.start(run_id, job_id, attempt, self.config.name)
+        if assignment is None:
+            log.info("job %s of run %s: attempt %d is not current; dropped", job_id, run_id, attempt)
+            return
+        logs = _LogBuffer()
+        execution = asyncio.create_task(self._execute(assignment, logs), name=f"{run_id}/{job_id}#{attempt}")
+        try:
+            fenced = await self._keep_alive(store, assignment, logs, execution)
+        finally:
+            if not execution.done():
+                execution.cancel()
+            # The machine is released by the session manager when the task ends.
+            await asyncio.shield(asyncio.wait([execution]))
+        if fenced:
+            log.warning("job %s of run %s: attempt %d fenced off; not reported", job_id, run_id, attempt)
+            return
+        result, outputs, reason = execution.result()
+        await self._report(store, assignment, logs, result, outputs, reason)
+
+    async def _keep_alive(self, store: FleetStore, assignment: Assignment, logs: _LogBuffer, execution: asyncio.Task[Any]) -> bool:
+        """Heartbeat (with the logs so far) until the attempt ends; True when it must be
+        abandoned: refused (retried elsewhere) or unable to heartbeat for ``fence`` seconds."""
+        last_ok = time.monotonic()
+        a = assignment
+        while True:
+            done, _ = await asyncio.wait([execution], timeout=self.config.heartbeat)
+            if done:
+                return False
+            try:
+                if not await store.heartbeat(a.run_id, a.job_id, a.attempt):
+                    return True
+                await store.append_logs(a.run_id, a.job_id, a.attempt, logs.take())
+                last_ok = time.monotonic()
+            except DATABASE_ERRORS:
+                if time.monotonic() - last_ok > self.config.fence:
+                    return True
+
+    async def _report(self, store: FleetStore, a: Assignment, logs: _LogBuffer, result: str, outputs: dict[str, str], reason: str) -> None:
+        """Write the end of the attempt, retrying through short outages up to the fence."""
+        deadline = time.monotonic() + self.config.fence
+        while True:
+            try:
+                await store.append_logs(a.run_id, a.job_id, a.attempt, logs.take())
+                if not await store.finish(a.run_id, a.job_id, a.attempt, result, outputs, reason):
+                    log.warning("job %s of run %s: attempt %d ended %s but was no longer current; rejected", a.job_id, a.run_id, a.attempt, result)
+                return
+            except DATABASE_ERRORS:
+                if time.monotonic() > deadline:
+                    log.warning("job %s of run %s: could not report attempt %d", a.job_id, a.run_id, a.attempt)
+                    return
+                await asyncio.sleep(self.config.heartbeat)
+
+    async def _execute(self, a: Assignment, logs: _LogBuffer) -> tuple[str, dict[str, str], str]:
+        """The job in this host's session manager, as ``run_workflow`` runs one job of a run."""
+        assert self.sessions is not None
+        try:
+            workflow = load_workflow_text(a.workflow_text, a.workflow_path)
+            info = await repository_info(a.options.repo_root)
+            context = RunContext(workflow, a.options, self.sessions, logs, info)
+            run = Run(context, plan(workflow, jobs=a.options.jobs))
+            run.needs_results.update({job_id: dict(need) for job_id, need in a.needs.items()})
+            await run.run_job(a.job_id)
+        except VmrunnerError as exc:
+            return "failure", {}, str(exc)
+        ended = run.needs_results[a.job_id]
+        reasons = [report.reason for report in run.reports if report.reason]
+        return str(ended["result"]), dict(ended["outputs"]), "; ".join(reasons)

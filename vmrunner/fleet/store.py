@@ -1,0 +1,432 @@
+"""The fleet's shared store and queue: runs and jobs in PostgreSQL, jobs queued with procrastinate.
+
+Every change that moves a run forward is one transaction: a run, its jobs and the deferral of
+its ready jobs; a job's end, its outputs and the deferral of the dependents it made ready. A
+deferral is guarded twice: the job row goes from ``pending`` to ``queued`` only once, and its
+procrastinate job carries a queueing lock named after the job and attempt.
+
+Fencing: a job's ``attempt`` only grows (a retry increments it). Every write an agent makes for
+an attempt (start, heartbeat, logs, end) says which attempt it is and is applied only if that is
+still the current one, so a host that was presumed lost cannot overwrite its successor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import procrastinate
+import psycopg
+import psycopg_pool
+from psycopg.rows import dict_row
+
+from vmrunner.errors import ConfigError, RunNotFound, StoreError
+from vmrunner.fleet.labels import canonical, queue_name
+from vmrunner.fleet.schema import ensure_schema
+from vmrunner.runner.options import RunOptions
+from vmrunner.workflow.loader import load_workflow_text
+from vmrunner.workflow.planner import plan
+
+#: The procrastinate task every fleet job runs as.
+TASK_NAME = "vmrunner.job"
+#: What runs one attempt on an agent: (context, run id, job id, attempt).
+JobRunner = Callable[[procrastinate.JobContext, str, str, int], Awaitable[None]]
+FINAL = ("success", "failure", "cancelled", "skipped")
+#: Options that travel with a run to the agents (secrets never go into the database).
+_SHARED_OPTIONS = (
+    "event_name", "payload", "vars", "env", "inputs", "job_timeout_minutes", "setup_commands",
+    "cleanup_commands", "repo_root", "commit", "actor", "repository", "sha", "ref", "run_number",
+    "machine_types", "default_vm_type", "network", "server_url", "actions_url",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    run_id: str
+    job_id: str
+    status: str
+    attempt: int
+    host: str | None
+    outputs: Mapping[str, str]
+    reason: str
+    labels: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    id: str
+    status: str
+    conclusion: str | None
+    jobs: tuple[JobRow, ...]
+
+    def job(self, job_id: str) -> JobRow:
+        return next(job for job in self.jobs if job.job_id == job_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """What an agent needs to run one attempt of one job."""
+
+    run_id: str
+    job_id: str
+    attempt: int
+    workflow_path: str
+    workflow_text: str
+    options: RunOptions
+    needs: Mapping[str, Mapping[str, Any]]
+
+
+def options_json(options: RunOptions) -> dict[str, Any]:
+    return {name: _plain(getattr(options, name)) for name in _SHARED_OPTIONS}
+
+
+def options_from_json(data: Mapping[str, Any], run_id: str) -> RunOptions:
+    known = {f.name for f in dataclasses.fields(RunOptions)}
+    values: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) and k.endswith("_commands") else v) for k, v in data.items() if k in known}
+    return RunOptions(**values, run_id=run_id)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def job_labels(workflow_text: str, workflow_path: str) -> dict[str, tuple[str, ...]]:
+    """Each job's ``runs-on`` label set; expressions cannot be routed before they run."""
+    workflow = load_workflow_text(workflow_text, workflow_path)
+    labels: dict[str, tuple[str, ...]] = {}
+    for job_id, job in workflow.jobs.items():
+        runs_on = job.runs_on
+        if runs_on is None or runs_on.expression or any("${{" in label for label in runs_on.labels):
+            raise ConfigError(f"{workflow_path}: job '{job_id}': a fleet routes jobs by their runs-on labels, which must be plain labels, not expressions")
+        labels[job_id] = canonical(runs_on.labels)
+    return labels
+
+
+class FleetStore:
+    """Runs, jobs, attempts, logs and agents in PostgreSQL, with procrastinate as the queue.
+
+    Use ``async with FleetStore(url) as store:``; it opens a connection pool and the
+    procrastinate app (to defer and abort jobs), and creates the schema when missing.
+    """
+
+    def __init__(self, url: str, *, runner: JobRunner | None = None, agent_stale: float = 30.0) -> None:
+        self.url = url
+        self.app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=url))
+        self.pool = psycopg_pool.AsyncConnectionPool(url, min_size=1, max_size=8, open=False, kwargs={"autocommit": True})
+        #: An agent whose heartbeat is older than this (seconds) does not count at enqueue.
+        self.agent_stale = agent_stale
+        self._task = self.app.task(name=TASK_NAME, pass_context=True)(runner or _unbound)
+
+    async def __aenter__(self) -> FleetStore:
+        try:
+            await self.pool.open(wait=True, timeout=30)
+            async with self.pool.connection() as connection:
+                await ensure_schema(connection)
+            await self.app.open_async()
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            await self.pool.close()
+            raise StoreError(f"cannot open the fleet store {_safe(self.url)}: {exc}") from exc
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            await self.app.close_async()
+        finally:
+            await self.pool.close()
+
+    # Runs
+
+    async def submit(
+        self, workflow_text: str, workflow_path: str, options: RunOptions, *, delivery_id: str | None = None, priority: int = 0,
+    ) -> str:
+        """Write a run and its jobs and defer the ready ones, in one transaction; the run id.
+
+        A ``delivery_id`` seen before (a redelivered webhook) returns the existing run.
+        Raises ``ConfigError`` when no live agent serves a job's labels.
+        """
+        workflow = load_workflow_text(workflow_text, workflow_path)
+        job_plan = plan(workflow, jobs=options.jobs)
+        labels = job_labels(workflow_text, workflow_path)
+        try:
+            async with self.pool.connection() as connection, connection.transaction():
+                if delivery_id is not None:
+                    found = await (await connection.execute("SELECT id FROM vmrunner_runs WHERE delivery_id = %s", (delivery_id,))).fetchone()
+                    if found:
+                        return str(found[0])
+                await self._check_served(connection, {job_id: labels[job_id] for job_id in job_plan.order})
+                row = await (await connection.execute("SELECT nextval('vmrunner_run_ids')")).fetchone()
+                assert row is not None
+                run_id = options.run_id or str(row[0])
+                inserted = await (await connection.execute(
+                    "INSERT INTO vmrunner_runs (id, delivery_id, workflow_path, workflow_text, options, priority)"
+                    " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (delivery_id) DO NOTHING RETURNING id",
+                    (run_id, delivery_id, workflow_path, workflow_text, json.dumps(options_json(options)), priority),
+                )).fetchone()
+                if inserted is None:  # a concurrent delivery won
+                    raise _Duplicate
+                for job_id in job_plan.order:
+                    await connection.execute(
+                        "INSERT INTO vmrunner_jobs (run_id, job_id, needs, labels, queue, status) VALUES (%s, %s, %s, %s, %s, 'pending')",
+                        (run_id, job_id, list(job_plan.dependencies(job_id)), list(labels[job_id]), queue_name(labels[job_id])),
+                    )
+                for job_id in job_plan.order:
+                    if not job_plan.dependencies(job_id):
+                        await self._defer(connection, run_id, job_id, attempt=1)
+                return run_id
+        except _Duplicate:
+            async with self.pool.connection() as connection:
+                found = await (await connection.execute("SELECT id FROM vmrunner_runs WHERE delivery_id = %s", (delivery_id,))).fetchone()
+                assert found is not None
+                return str(found[0])
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot submit the run: {exc}") from exc
+
+    async def _check_served(self, connection: psycopg.AsyncConnection[Any], labels: Mapping[str, tuple[str, ...]]) -> None:
+        rows = await (await connection.execute(
+            "SELECT name, labels FROM vmrunner_agents WHERE heartbeat_at > now() - make_interval(secs => %s)", (self.agent_stale,)
+        )).fetchall()
+        agents = [(str(name), set(own)) for name, own in rows]
+        for job_id, wanted in labels.items():
+            if not any(set(wanted) <= own for _, own in agents):
+                shown = "; ".join(f"{name} [{','.join(sorted(own))}]" for name, own in agents) or "none"
+                raise ConfigError(f"job '{job_id}' runs-on {','.join(wanted) or '(no labels)'}: no live agent serves these labels (agents: {shown})")
+
+    async def _defer(self, connection: psycopg.AsyncConnection[Any], run_id: str, job_id: str, attempt: int) -> bool:
+        """Move a job to ``queued`` for ``attempt`` and defer it, on ``connection``'s transaction."""
+        row = await (await connection.execute(
+            "UPDATE vmrunner_jobs j SET status = 'queued', attempt = %s, host = NULL, heartbeat_at = NULL"
+            " FROM vmrunner_runs r WHERE r.id = j.run_id AND j.run_id = %s AND j.job_id = %s"
+            " AND j.attempt = %s AND j.status IN ('pending', 'running') AND r.status = 'running'"
+            " RETURNING j.queue, r.priority",
+            (attempt, run_id, job_id, attempt - 1),
+        )).fetchone()
+        if row is None:
+            return False
+        queue, priority = row
+        procrastinate_id = await self._task.configure(
+            queue=str(queue), priority=int(priority), queueing_lock=f"{run_id}/{job_id}/{attempt}", connection=connection,
+        ).defer_async(run_id=run_id, job_id=job_id, attempt=attempt)
+        await connection.execute(
+            "UPDATE vmrunner_jobs SET procrastinate_id = %s WHERE run_id = %s AND job_id = %s", (procrastinate_id, run_id, job_id)
+        )
+        return True
+
+    async def run(self, run_id: str) -> RunRow:
+        async with self.pool.connection() as connection:
+            cursor = connection.cursor(row_factory=dict_row)
+            run = await (await cursor.execute("SELECT id, status, conclusion FROM vmrunner_runs WHERE id = %s", (run_id,))).fetchone()
+            if run is None:
+                raise RunNotFound(f"no run {run_id} in the fleet store")
+            rows = await (await cursor.execute("SELECT * FROM vmrunner_jobs WHERE run_id = %s ORDER BY job_id", (run_id,))).fetchall()
+        jobs = tuple(
+            JobRow(r["run_id"], r["job_id"], r["status"], r["attempt"], r["host"], r["outputs"], r["reason"], tuple(r["labels"]))
+            for r in rows
+        )
+        return RunRow(run["id"], run["status"], run["conclusion"], jobs)
+
+    async def attempts(self, run_id: str) -> list[tuple[str, int, str, str | None]]:
+        """Every attempt of the run's jobs: (job id, attempt, host, result)."""
+        async with self.pool.connection() as connection:
+            rows = await (await connection.execute(
+                "SELECT job_id, attempt, host, result FROM vmrunner_attempts WHERE run_id = %s ORDER BY job_id, attempt", (run_id,)
+            )).fetchall()
+        return [(str(j), int(a), str(h), r) for j, a, h, r in rows]
+
+    # One attempt, as an agent sees it (every write fenced by the attempt number)
+
+    async def start(self, run_id: str, job_id: str, attempt: int, host: str) -> Assignment | None:
+        """Claim ``attempt`` for ``host``; None when it is no longer the current one."""
+        async with self.pool.connection() as connection, connection.transaction():
+            row = await (await connection.execute(
+                "UPDATE vmrunner_jobs SET status = 'running', host = %s, heartbeat_at = now(), started_at = now()"
+                " WHERE run_id = %s AND job_id = %s AND attempt = %s AND status = 'queued' RETURNING needs",
+                (host, run_id, job_id, attempt),
+            )).fetchone()
+            if row is None:
+                return None
+            await connection.execute(
+                "INSERT INTO vmrunner_attempts (run_id, job_id, attempt, host) VALUES (%s, %s, %s, %s)", (run_id, job_id, attempt, host)
+            )
+            run = await (await connection.execute(
+                "SELECT workflow_path, workflow_text, options FROM vmrunner_runs WHERE id = %s", (run_id,)
+            )).fetchone()
+            assert run is not None
+            needs_rows = await (await connection.execute(
+                "SELECT job_id, status, outputs FROM vmrunner_jobs WHERE run_id = %s AND job_id = ANY(%s)", (run_id, list(row[0]))
+            )).fetchall()
+        needs = {str(j): {"result": str(s), "outputs": dict(o)} for j, s, o in needs_rows}
+        return Assignment(run_id, job_id, attempt, str(run[0]), str(run[1]), options_from_json(run[2], run_id), needs)
+
+    async def heartbeat(self, run_id: str, job_id: str, attempt: int) -> bool:
+        """Keep the attempt alive; False when it was given up on (the agent must stop it)."""
+        async with self.pool.connection() as connection:
+            cursor = await connection.execute(
+                "UPDATE vmrunner_jobs SET heartbeat_at = now() WHERE run_id = %s AND job_id = %s AND attempt = %s AND status = 'running'",
+                (run_id, job_id, attempt),
+            )
+            return cursor.rowcount == 1
+
+    async def append_logs(self, run_id: str, job_id: str, attempt: int, lines: Sequence[str]) -> bool:
+        """Append log lines of an attempt and wake live tails; rejected (False) for a stale attempt."""
+        if not lines:
+            return True
+        async with self.pool.connection() as connection, connection.transaction():
+            current = await (await connection.execute(
+                "SELECT 1 FROM vmrunner_jobs WHERE run_id = %s AND job_id = %s AND attempt = %s AND status = 'running' FOR SHARE",
+                (run_id, job_id, attempt),
+            )).fetchone()
+            if current is None:
+                return False
+            async with connection.cursor() as cursor:
+                await cursor.executemany(
+                    "INSERT INTO vmrunner_logs (run_id, job_id, attempt, line) VALUES (%s, %s, %s, %s)",
+                    [(run_id, job_id, attempt, line) for line in lines],
+                )
+            await connection.execute("SELECT pg_notify('vmrunner_logs', %s)", (run_id,))
+        return True
+
+    async def finish(self, run_id: str, job_id: str, attempt: int, result: str, outputs: Mapping[str, str], reason: str = "") -> bool:
+        """Record the attempt's end and defer the dependents it made ready, in one transaction.
+
+        False (nothing written) when ``attempt`` is not the current running attempt: a late
+        write from a host that was given up on.
+        """
+        async with self.pool.connection() as connection, connection.transaction():
+            row = await (await connection.execute(
+                "UPDATE vmrunner_jobs SET status = %s, outputs = %s, reason = %s, finished_at = now()"
+                " WHERE run_id = %s AND job_id = %s AND attempt = %s AND status = 'running' RETURNING job_id",
+                (result, json.dumps(dict(outputs)), reason, run_id, job_id, attempt),
+            )).fetchone()
+            if row is None:
+                return False
+            await connection.execute(
+                "UPDATE vmrunner_attempts SET finished_at = now(), result = %s WHERE run_id = %s AND job_id = %s AND attempt = %s",
+                (result, run_id, job_id, attempt),
+            )
+            await self._advance(connection, run_id)
+        return True
+
+    async def _advance(self, connection: psycopg.AsyncConnection[Any], run_id: str) -> None:
+        """Defer the pending jobs whose needs are all final; conclude a finished run.
+
+        A job whose needs did not all succeed is still deferred: its agent evaluates its
+        ``if:`` (``always()``, ``failure()``) as one host would, and reports it skipped.
+        """
+        await connection.execute("SELECT 1 FROM vmrunner_runs WHERE id = %s FOR UPDATE", (run_id,))
+        rows = await (await connection.execute("SELECT job_id, status, needs FROM vmrunner_jobs WHERE run_id = %s", (run_id,))).fetchall()
+        status = {str(j): str(s) for j, s, _ in rows}
+        for job_id, state, needs in rows:
+            ready = state == "pending" and all(status[n] in FINAL for n in needs)
+            if ready and await self._defer(connection, run_id, str(job_id), attempt=1):
+                status[str(job_id)] = "queued"
+        if all(state in FINAL for state in status.values()):
+            results = set(status.values())
+            conclusion = "failure" if "failure" in results else "cancelled" if "cancelled" in results else "success"
+            await connection.execute(
+                "UPDATE vmrunner_runs SET status = 'completed', conclusion = %s, finished_at = now() WHERE id = %s AND status = 'running'",
+                (conclusion, run_id),
+            )
+
+    # Lost hosts and cancellation
+
+    async def sweep(self, stall: float, max_attempts: int) -> list[tuple[str, str, int]]:
+        """Retry (or fail, past ``max_attempts``) running jobs whose heartbeat is older than
+        ``stall`` seconds; the (run, job, new attempt) retried. Aborted runs are never retried."""
+        retried: list[tuple[str, str, int]] = []
+        async with self.pool.connection() as connection, connection.transaction():
+            rows = await (await connection.execute(
+                "SELECT j.run_id, j.job_id, j.attempt, j.procrastinate_id FROM vmrunner_jobs j JOIN vmrunner_runs r ON r.id = j.run_id"
+                " WHERE j.status = 'running' AND r.status = 'running' AND j.heartbeat_at < now() - make_interval(secs => %s)"
+                " FOR UPDATE OF j SKIP LOCKED",
+                (stall,),
+            )).fetchall()
+            for run_id, job_id, attempt, procrastinate_id in rows:
+                await connection.execute(
+                    "UPDATE vmrunner_attempts SET finished_at = now(), result = 'lost' WHERE run_id = %s AND job_id = %s AND attempt = %s",
+                    (run_id, job_id, attempt),
+                )
+                if procrastinate_id is not None:  # the lost worker's job must not be retried by procrastinate
+                    await self.app.job_manager.cancel_job_by_id_async(int(procrastinate_id), abort=True, connection=connection)
+                if attempt < max_attempts and await self._defer(connection, run_id, job_id, attempt + 1):
+                    retried.append((str(run_id), str(job_id), attempt + 1))
+                else:
+                    await connection.execute(
+                        "UPDATE vmrunner_jobs SET status = 'failure', reason = %s, finished_at = now() WHERE run_id = %s AND job_id = %s AND attempt = %s",
+                        (f"its host stopped answering ({attempt} attempts)", run_id, job_id, attempt),
+                    )
+                    await self._advance(connection, run_id)
+        return retried
+
+    async def cancel(self, run_id: str) -> bool:
+        """Cancel a run: queued and pending jobs end cancelled at once; running ones are aborted
+        on their host (procrastinate delivers ``CancelledError``). False when already finished."""
+        async with self.pool.connection() as connection, connection.transaction():
+            row = await (await connection.execute(
+                "UPDATE vmrunner_runs SET status = 'cancelling' WHERE id = %s AND status = 'running' RETURNING id", (run_id,)
+            )).fetchone()
+            if row is None:
+                exists = await (await connection.execute("SELECT 1 FROM vmrunner_runs WHERE id = %s", (run_id,))).fetchone()
+                if exists is None:
+                    raise RunNotFound(f"no run {run_id} in the fleet store")
+                return False
+            jobs = await (await connection.execute(
+                "SELECT job_id, status, procrastinate_id FROM vmrunner_jobs WHERE run_id = %s AND status IN ('pending', 'queued', 'running')", (run_id,)
+            )).fetchall()
+            for job_id, status, procrastinate_id in jobs:
+                if procrastinate_id is not None and status in ("queued", "running"):
+                    await self.app.job_manager.cancel_job_by_id_async(int(procrastinate_id), abort=(status == "running"), connection=connection)
+                await connection.execute(
+                    "UPDATE vmrunner_jobs SET status = 'cancelled', reason = 'the run was cancelled', finished_at = now(),"
+                    " attempt = attempt + (CASE WHEN status = 'running' THEN 1 ELSE 0 END) WHERE run_id = %s AND job_id = %s",
+                    (run_id, job_id),
+                )
+            await connection.execute(
+                "UPDATE vmrunner_runs SET status = 'completed', conclusion = 'cancelled', finished_at = now() WHERE id = %s", (run_id,)
+            )
+        return True
+
+    async def logs(self, run_id: str, after: int = 0) -> list[tuple[int, str, int, str]]:
+        """Log lines of a run after id ``after``: (id, job id, attempt, line)."""
+        async with self.pool.connection() as connection:
+            rows = await (await connection.execute(
+                "SELECT id, job_id, attempt, line FROM vmrunner_logs WHERE run_id = %s AND id > %s ORDER BY id", (run_id, after)
+            )).fetchall()
+        return [(int(i), str(j), int(a), str(line)) for i, j, a, line in rows]
+
+    # Agents
+
+    async def register_agent(self, name: str, labels: Sequence[str], capacity: int) -> None:
+        async with self.pool.connection() as connection:
+            await connection.execute(
+                "INSERT INTO vmrunner_agents (name, labels, capacity) VALUES (%s, %s, %s) ON CONFLICT (name) DO UPDATE"
+                " SET labels = excluded.labels, capacity = excluded.capacity, started_at = now(), heartbeat_at = now()",
+                (name, list(labels), capacity),
+            )
+
+    async def agent_heartbeat(self, name: str) -> None:
+        async with self.pool.connection() as connection:
+            await connection.execute("UPDATE vmrunner_agents SET heartbeat_at = now() WHERE name = %s", (name,))
+
+
+class _Duplicate(Exception):
+    """A concurrent delivery of the same webhook inserted the run first."""
+
+
+async def _unbound(context: procrastinate.JobContext, run_id: str, job_id: str, attempt: int) -> None:
+    raise StoreError("this process defers fleet jobs but does not run them")
+
+
+def _safe(url: str) -> str:
+    """The URL without a password."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.Error:
+        return "(invalid URL)"
+    return f"{info.get('host', '')}:{info.get('port', '')}/{info.get('dbname', '')}"
