@@ -241,6 +241,9 @@ class Service:
                 except VmrunnerError as exc:
                     log.warning("delivery %s: %s", delivery.id, exc)
                     self.state.finish_delivery(delivery.id, "failed", str(exc))
+                except Exception as exc:  # a bug must cost one delivery, not the server
+                    log.exception("delivery %s", delivery.id)
+                    self.state.finish_delivery(delivery.id, "failed", f"internal error: {exc!r}")
 
     async def _dispatch(self, delivery_id: str, event: str, repository: str) -> None:
         payload = self.state.payload(delivery_id)
@@ -291,8 +294,11 @@ class Service:
                 except asyncio.CancelledError:
                     self.state.finish_run(run.run_id, "interrupted", "cancelled", "the server shut down during the run")
                     raise
-                except VmrunnerError as exc:
-                    log.warning("run %s: %s", run.run_id, exc)
+                except Exception as exc:  # VmrunnerError: a bad workflow, a failed fetch; else a bug: one run lost, not the server
+                    if isinstance(exc, VmrunnerError):
+                        log.warning("run %s: %s", run.run_id, exc)
+                    else:
+                        log.exception("run %s", run.run_id)
                     self.state.finish_run(run.run_id, "completed", "failure", str(exc))
                     self.metrics.runs.labels("failure").inc()
                     await self.github.create_status(run.repository, run.sha, Status(
