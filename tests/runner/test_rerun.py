@@ -86,6 +86,20 @@ def test_rerun_continues_from_the_snapshot_before_the_step(tmp_path: Path) -> No
     assert again.returncode == 0, again.stdout + again.stderr
 
 
+def test_runs_rm_frees_the_snapshots(tmp_path: Path) -> None:
+    root = project(tmp_path)
+    original = failed_run(root, "--snapshot")
+    assert checkpoints.job_folder(original, JOB).is_dir()
+    freed = vmrunner("runs", "rm", "--snapshots-only", original, cwd=root)
+    assert freed.returncode == 0, freed.stderr
+    assert not checkpoints.job_folder(original, JOB).parent.exists()
+    assert vmrunner("runs", "show", original, cwd=root).returncode == 0
+    result = vmrunner("rerun", original, "--from-step", "3", cwd=root)
+    assert "kept no snapshots" in result.stderr
+    assert vmrunner("runs", "rm", original, cwd=root).returncode == 0
+    assert "no run" in vmrunner("runs", "show", original, cwd=root).stderr
+
+
 def test_a_failed_rerun_can_itself_be_rerun(tmp_path: Path) -> None:
     root = project(tmp_path)
     original = failed_run(root, "--snapshot")

@@ -57,6 +57,28 @@ def list_runs(limit: int, workflow: str | None, as_json: bool) -> None:
     terminal.console().print(table)
 
 
+@command.command("rm")
+@click.argument("run_ids", nargs=-1, required=True)
+@click.option("--snapshots-only", is_flag=True, help="Keep the runs; free only the snapshots they kept for `vmrunner rerun`.")
+def remove(run_ids: tuple[str, ...], snapshots_only: bool) -> None:
+    """Forget runs (RUN_ID or a unique prefix): their records, logs and kept snapshots."""
+    from vmrunner.cli import terminal
+    from vmrunner.runner.checkpoints import remove_checkpoints
+    from vmrunner.runner.storage import RunHistory
+    from vmrunner.store import Store
+
+    with Store.open() as store:
+        history = RunHistory(store)
+        for run_id in [history.resolve(run_id) for run_id in run_ids]:
+            freed = remove_checkpoints(run_id)
+            if not snapshots_only:
+                store.delete_run(run_id)
+            if not snapshots_only:
+                terminal.info(f"removed run {run_id}")
+            else:
+                terminal.info(f"removed the snapshots of run {run_id}" if freed else f"run {run_id} kept no snapshots")
+
+
 @command.command("show")
 @click.argument("run_id")
 @click.option("--logs", "with_logs", is_flag=True, help="Include every step's output.")
