@@ -71,6 +71,8 @@ RELEASE_ATTEMPTS = 3
 RELEASE_RETRY_DELAY = 0.05
 #: Prefix of the note on a machine whose release failed definitively: reclaimable by anyone.
 ABANDONED = "abandoned: "
+#: In the note of the ``released`` transition when the machine could not be released.
+RELEASE_FAILED = "machine release failed"
 
 
 class _Default(Enum):
@@ -137,6 +139,10 @@ class Transition:
     state: SessionState
     at: float
     note: str = ""
+
+
+#: Told of each state change: ``SessionManager.observe`` (the runner's lifecycle timeline uses it).
+TransitionObserver = Callable[["Session", Transition], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,6 +401,7 @@ class SessionManager:
         self._allocating = 0
         self._settled = asyncio.Event()
         self._settled.set()
+        self._observers: list[TransitionObserver] = []
 
     # Lifecycle
 
@@ -589,6 +596,7 @@ class SessionManager:
             )
         )
         session._transitions.append(Transition(S.INITIALIZING, now))
+        self._notify(session, session._transitions[-1])
         self._sessions[session.id] = session
         self._counts["created"] += 1
         return session
@@ -617,6 +625,18 @@ class SessionManager:
         session._persisted_activity = session.last_activity
         session._state = state
         session._transitions.append(Transition(state, now, note))
+        self._notify(session, session._transitions[-1])
+
+    def observe(self, observer: TransitionObserver) -> Callable[[], None]:
+        """Call ``observer(session, transition)`` after every state change of every session
+        (it must be quick; its exceptions are ignored). Returns the function that stops it."""
+        self._observers.append(observer)
+        return lambda: self._observers.remove(observer) if observer in self._observers else None
+
+    def _notify(self, session: Session, transition: Transition) -> None:
+        for observer in tuple(self._observers):
+            with suppress(Exception):
+                observer(session, transition)
 
     def add_snapshot(
         self, session_id: str, snapshot_id: SnapshotId, name: str = ""
@@ -711,7 +731,7 @@ class SessionManager:
         error: Exception | None = None
         if session._machine is not None:
             error = await self._release_machine(session._machine, session.id)
-        final = note if error is None else f"{note}; machine release failed: {error}"
+        final = note if error is None else f"{note}; {RELEASE_FAILED}: {error}"
         with suppress(Exception):
             self._record(session, S.RELEASED, final)
         self._sessions.pop(session.id, None)

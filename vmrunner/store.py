@@ -226,6 +226,26 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE runs ADD COLUMN rerun_of TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE runs ADD COLUMN from_step INTEGER",
     ),
+    (  # the machine lifecycle timeline of each job of a run (runner/timeline.py)
+        """CREATE TABLE IF NOT EXISTS run_timeline (
+            seq         INTEGER PRIMARY KEY,
+            run_id      TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+            job_key     TEXT NOT NULL,
+            time        REAL NOT NULL,
+            kind        TEXT NOT NULL,
+            session_id  TEXT NOT NULL DEFAULT '',
+            machine_id  TEXT NOT NULL DEFAULT '',
+            state       TEXT NOT NULL DEFAULT '',
+            step_index  INTEGER,
+            step_kind   TEXT NOT NULL DEFAULT '',
+            name        TEXT NOT NULL DEFAULT '',
+            exit_code   INTEGER,
+            outcome     TEXT NOT NULL DEFAULT '',
+            seconds     REAL,
+            detail      TEXT NOT NULL DEFAULT ''
+        )""",
+        "CREATE INDEX IF NOT EXISTS run_timeline_run ON run_timeline (run_id, seq)",
+    ),
 )
 
 
@@ -401,6 +421,26 @@ class AnnotationRow:
     line: int = 0
     column: int = 0
     title: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineRow:
+    """One moment of a job's machine lifecycle (``runner.timeline.TimelineEntry`` plus its run)."""
+
+    run_id: str
+    job_key: str
+    time: float
+    kind: str
+    session_id: str = ""
+    machine_id: str = ""
+    state: str = ""
+    step_index: int | None = None
+    step_kind: str = ""
+    name: str = ""
+    exit_code: int | None = None
+    outcome: str = ""
+    seconds: float | None = None
+    detail: str = ""
 
 
 _MACHINE_COLUMNS = (
@@ -694,6 +734,17 @@ class Store:
 
     def add_run_annotations(self, rows: Sequence[AnnotationRow]) -> None:
         self._insert_many("run_annotations", AnnotationRow, rows)
+
+    def add_run_timeline(self, rows: Sequence[TimelineRow]) -> None:
+        """Append machine lifecycle entries, in order, with one statement."""
+        self._insert_many("run_timeline", TimelineRow, rows)
+
+    def run_timeline(self, run_id: str) -> list[TimelineRow]:
+        """A run's machine lifecycle entries in the order they were written."""
+        rows = self._execute(
+            f"SELECT {_columns(TimelineRow)} FROM run_timeline WHERE run_id = ? ORDER BY seq", (run_id,)
+        )
+        return [_from_row(TimelineRow, row) for row in rows.fetchall()]
 
     def finish_unfinished_run(self, run_id: str, conclusion: str, at: float, note: str) -> bool:
         """Close a run that never finished (its runner died); False if it had finished."""

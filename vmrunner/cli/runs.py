@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from rich.text import Text
 
     from vmrunner.runner.results import RunResult
+    from vmrunner.runner.timeline import TimelineEntry
     from vmrunner.store import LogRow
 
 
@@ -85,7 +86,9 @@ def remove(run_ids: tuple[str, ...], snapshots_only: bool) -> None:
 @click.option("-j", "--job", "job_key", default=None, help="Only this job (its job key, e.g. 'test (small)').")
 @click.option("--markdown", is_flag=True, help="Print the run's Markdown summary instead (as `vmrunner run --summary` writes it).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines: the run result, plus `logs` with --logs.")
-def show(run_id: str, with_logs: bool, job_key: str | None, markdown: bool, as_json: bool) -> None:
+@click.option("--timeline", is_flag=True, help="Print the machine lifecycle timeline (T+ms from the run's start) and the counts that prove one machine per job.")
+@click.option("--svg", "svg_file", default=None, type=click.Path(dir_okay=False, writable=True), help="With --timeline: also draw it as an SVG picture in this file (one lane per machine).")
+def show(run_id: str, with_logs: bool, job_key: str | None, markdown: bool, as_json: bool, timeline: bool, svg_file: str | None) -> None:
     """Show one run (RUN_ID or a unique prefix of it): its jobs, steps and results."""
     from dataclasses import asdict, replace
 
@@ -103,7 +106,13 @@ def show(run_id: str, with_logs: bool, job_key: str | None, markdown: bool, as_j
         logs = history.logs(result.run_id, job_key) if with_logs else []
     if job_key is not None:
         result = replace(result, jobs=tuple(j for j in result.jobs if j.job_key == job_key))
-    if markdown:
+    if svg_file is not None:
+        if not timeline:
+            raise ConfigError("--svg draws the timeline: use it with --timeline")
+        _write_svg(result, svg_file)
+    if timeline and not (markdown or as_json):
+        _print_timeline(result)
+    elif markdown:
         from vmrunner.runner.summary import render_summary
 
         terminal.console().out(render_summary(result), end="", highlight=False)
@@ -153,6 +162,103 @@ def _print_run(result: RunResult, logs: list[LogRow] | None) -> None:
             say(_log_text(row, indent="  "))
         for annotation in (a for a in job.annotations if a.step_index < 0):
             say(Text("  ").append_text(annotation_line(annotation)))
+
+
+def _print_timeline(result: RunResult) -> None:
+    """The lifecycle table (one row per event, jobs interleaved by time) and its counts."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from vmrunner.cli import terminal
+    from vmrunner.runner.timeline import relative_ms, state_during, visible
+
+    console = terminal.console()
+    entries = result.timeline
+    console.print(Text.assemble(("Machine lifecycle timeline ", "bold"), (f"run {result.run_id}", "bold"), f"  {result.workflow_name}"), highlight=False)
+    if not entries:
+        terminal.info("no lifecycle events recorded for this run (no job got a machine, or it ran before vmrunner kept them)")
+        return
+    shown = {id(entry) for entry in visible(entries)}
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for title in ("Time", "Job", "Event", "Machine", "Session"):
+        table.add_column(title, overflow="fold", no_wrap=title == "Time")
+    for position, entry in enumerate(entries):
+        if id(entry) in shown:
+            event, style = _timeline_event(entry)
+            table.add_row(relative_ms(entry.time, result.started_at), Text(entry.job_key, "blue"), Text(event, style), entry.machine_id or "-", state_during(entries, position) or "-")
+    console.print(table)
+    _print_proof(result)
+
+
+def _timeline_event(entry: TimelineEntry) -> tuple[str, str]:
+    """What an entry says in the table, and its style."""
+    kind = entry.kind
+    if kind == "allocation_requested":
+        return f"allocation requested ({entry.detail})", ""
+    if kind == "machine_allocated":
+        return f"machine allocated in {round((entry.seconds or 0) * 1000)}ms ({entry.detail})", "bold"
+    if kind == "session_state":
+        return f"session {entry.state}" + (f": {entry.detail}" if entry.detail and entry.state not in ("terminating", "released") else ""), "dim"
+    if kind == "command_started":
+        return f"{entry.step_kind} started: {entry.name}", ""
+    if kind == "command_finished":
+        code = "no exit code" if entry.exit_code is None else f"exit {entry.exit_code}"
+        return f"{entry.step_kind} finished: {entry.name} ({code}, {entry.outcome})", "red" if entry.outcome == "failure" else "green"
+    if kind == "snapshot_taken":
+        return f"snapshot taken {entry.detail}", "cyan"
+    if kind == "snapshot_restored":
+        return f"snapshot restored {entry.detail}", "magenta"
+    if kind == "release_requested":
+        return "release requested", ""
+    if entry.outcome == "failure":
+        return f"machine release FAILED: {entry.detail}", "bold red"
+    return "machine released", "bold"
+
+
+def _print_proof(result: RunResult) -> None:
+    from rich.text import Text
+
+    from vmrunner.cli import terminal
+
+    proof = result.lifecycle()
+    console = terminal.console()
+
+    def line(label: str, value: str, ok: bool | None = None) -> None:
+        style = "" if ok is None else ("green" if ok else "bold red")
+        console.print(Text.assemble(f"  {label:<38}", (value, style)), highlight=False)
+
+    console.print()
+    console.print(Text("Counts from the recorded events", style="bold"), highlight=False)
+    line("Jobs given a machine:", str(proof.jobs))
+    line("Machines allocated:", str(proof.machines_allocated), proof.machines_allocated == proof.jobs)
+    line("Machines released:", f"{proof.machines_released} (each exactly once: {_yes(proof.released_once)})", proof.released_once and proof.machines_released == proof.machines_allocated)
+    for use in proof.machines:
+        line(f"Commands in {use.machine_id}:", f"{use.commands} ({use.job_key})")
+    own = proof.commands - proof.stray_commands
+    line("Every command in its job's machine:", f"{_yes(proof.commands_in_own_machine)} ({own} of {proof.commands})", proof.commands_in_own_machine)
+    overlapping = [f"{a.job_key} / {b.job_key}" for i, a in enumerate(proof.machines) for b in proof.machines[i + 1:] if a.overlaps(b)]
+    line("Most machines alive at once:", str(proof.peak_machines))
+    if overlapping:
+        line("Overlapping machines (in parallel):", ", ".join(overlapping))
+    console.print(Text(f"Total machines used: {proof.total_machines}", style="bold"), highlight=False)
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "NO"
+
+
+def _write_svg(result: RunResult, path: str) -> None:
+    from vmrunner.cli import terminal
+    from vmrunner.errors import ConfigError
+    from vmrunner.runner.svg import render_svg
+
+    svg = render_svg(result.timeline, result.started_at, title=f"{result.workflow_name or result.workflow_file} — run {result.run_id}")
+    try:
+        with open(path, "w", encoding="utf-8") as file:
+            file.write(svg)
+    except OSError as exc:
+        raise ConfigError(f"--svg: cannot write {path}: {exc.strerror or exc}") from exc
+    terminal.console(stderr=True).print(f"timeline drawn in {path}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _log_text(row: LogRow, indent: str = "    ") -> Text | None:

@@ -2,7 +2,8 @@
 
 The engine (``runner/engine.py`` and friends) emits events; everything that shows or keeps a run
 consumes them through ``EventSink``: the live terminal view, the JSON result, the Markdown
-summary, the store (runs, jobs, steps, logs) and, later, the server and the lifecycle timeline.
+summary, the store (runs, jobs, steps, logs), the server and the lifecycle timeline (allocation,
+session states, commands with the machine they ran in, snapshots, release: ``runner/timeline.py``).
 The engine knows nothing of its consumers, and the consumers never reach into the engine.
 
 Rules every emitter keeps:
@@ -80,6 +81,8 @@ class StepStarted:
     name: str
     time: float
     step_id: str = ""
+    #: The machine the command runs in (from the job's session); '' when unknown.
+    machine_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +146,8 @@ class StepFinished:
     timed_out: bool = False
     snapshot_id: str = ""
     outputs: Mapping[str, str] = field(default_factory=dict)
+    #: The machine the command ran in (from the job's session); '' when unknown.
+    machine_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +186,56 @@ class JobFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class AllocationRequested:
+    """The job asks the session manager for a machine (it may wait for a slot first)."""
+
+    run_id: str
+    job_key: str
+    time: float
+    provider: str
+    vm_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStateChanged:
+    """The job's session entered ``state`` (a ``SessionState`` value), at the manager's time."""
+
+    run_id: str
+    job_key: str
+    session_id: str
+    #: '' while the machine is being allocated (and when allocation failed).
+    machine_id: str
+    state: str
+    time: float
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseRequested:
+    """The session manager starts releasing the job's machine (the session is terminating)."""
+
+    run_id: str
+    job_key: str
+    session_id: str
+    machine_id: str
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
+class MachineReleased:
+    """The session manager's release of the job's machine returned (``ok``: the machine is gone;
+    otherwise it is recorded as abandoned, to be reclaimed)."""
+
+    run_id: str
+    job_key: str
+    session_id: str
+    machine_id: str
+    time: float
+    ok: bool = True
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class RunFinished:
     run_id: str
     #: success when every job succeeded or was skipped by its condition; failure otherwise.
@@ -203,6 +258,10 @@ Event = (
     | SnapshotRestored
     | JobFinished
     | RunFinished
+    | AllocationRequested
+    | SessionStateChanged
+    | ReleaseRequested
+    | MachineReleased
 )
 
 

@@ -42,6 +42,7 @@ from vmrunner.runner.evaluation import (
     render_text,
 )
 from vmrunner.runner.events import (
+    AllocationRequested,
     JobFinished,
     JobStarted,
     Result,
@@ -293,6 +294,7 @@ class JobExecution:
         """The job in its session; the outcome and the job's summary Markdown."""
         run = self.run
         asked = time.monotonic()
+        run.emit(AllocationRequested(run.run_id, self.job_key, time.time(), run.provider_name, spec.vm_type))
         try:
             async with run.sessions.open(spec) as session:
                 machine = session.machine
@@ -452,7 +454,8 @@ class JobExecution:
         assert runtime is not None
         index = self.next_index()
         name = f"{kind} command: {command.splitlines()[0] if command.strip() else ''}"
-        self.run.emit(StepStarted(self.run.run_id, self.job_key, index, kind, self.run.masker.mask(name), time.time()))
+        machine_id = runtime.machine.id
+        self.run.emit(StepStarted(self.run.run_id, self.job_key, index, kind, self.run.masker.mask(name), time.time(), machine_id=machine_id))
         began = time.monotonic()
         env = runtime.process_env(self.default_env(), self.env_context(scope))
         result = await runtime.run_command(index, command, env=env, cwd=runtime.paths.workspace)
@@ -461,7 +464,7 @@ class JobExecution:
         outcome: Result = "success" if result.ok else "failure"
         runtime.end_groups(index)
         self.run.emit(
-            StepFinished(self.run.run_id, self.job_key, index, outcome, outcome, time.time(), time.monotonic() - began, exit_code=result.exit_code)
+            StepFinished(self.run.run_id, self.job_key, index, outcome, outcome, time.time(), time.monotonic() - began, exit_code=result.exit_code, machine_id=machine_id)
         )
         return result.ok
 
@@ -509,7 +512,8 @@ class JobExecution:
             name = render_text(step.display_name, contexts)
         except VmrunnerError:
             name = step.display_name
-        run.emit(StepStarted(run.run_id, self.job_key, index, "step", run.masker.mask(name), time.time(), step_id=step.id or ""))
+        machine_id = self.runtime.machine.id if self.runtime else ""
+        run.emit(StepStarted(run.run_id, self.job_key, index, "step", run.masker.mask(name), time.time(), step_id=step.id or "", machine_id=machine_id))
         began = time.monotonic()
         self.step_number += 1
         result = StepResult("failure", "failure")
@@ -532,6 +536,7 @@ class JobExecution:
                     run.run_id, self.job_key, index, result.outcome, result.conclusion, time.time(),
                     time.monotonic() - began, exit_code=result.exit_code, timed_out=result.timed_out,
                     snapshot_id=snapshot_id, outputs={k: run.masker.mask(v) for k, v in result.outputs.items()},
+                    machine_id=machine_id,
                 )
             )
 

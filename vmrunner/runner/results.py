@@ -40,6 +40,14 @@ from vmrunner.runner.events import (
     StepKind,
     StepStarted,
 )
+from vmrunner.runner.timeline import (
+    KINDS,
+    TimelineBuilder,
+    TimelineEntry,
+    TimelineProof,
+    merged,
+    prove,
+)
 
 #: Where a run, job or step is in its life.
 Status = Literal["queued", "in_progress", "completed"]
@@ -128,6 +136,8 @@ class JobResult:
     reason: str = ""
     #: The job's Markdown summary (``GITHUB_STEP_SUMMARY``), masked.
     summary: str = ""
+    #: The job's machine lifecycle, in order (``runner/timeline.py``).
+    timeline: tuple[TimelineEntry, ...] = ()
 
     def step(self, index: int) -> StepResult | None:
         return next((s for s in self.steps if s.index == index), None)
@@ -161,6 +171,15 @@ class RunResult:
         """Every job's annotations, job by job."""
         return tuple(a for job in self.jobs for a in job.annotations)
 
+    @property
+    def timeline(self) -> tuple[TimelineEntry, ...]:
+        """Every job's machine lifecycle as one timeline, by time."""
+        return merged(job.timeline for job in self.jobs)
+
+    def lifecycle(self) -> TimelineProof:
+        """The counts that show one machine per job, computed from the recorded timeline."""
+        return prove(self.timeline)
+
     def to_json(self) -> dict[str, Any]:
         """Plain JSON data in the shape of ``RUN_RESULT_SCHEMA`` (stable for ``--json`` and the API).
 
@@ -182,6 +201,7 @@ class RunResult:
             "rerun_of": self.rerun_of,
             "from_step": self.from_step,
             "jobs": [_job_json(job) for job in self.jobs],
+            "lifecycle": self.lifecycle().to_json(),
         }
 
 
@@ -220,6 +240,7 @@ def _job_json(job: JobResult) -> dict[str, Any]:
             }
             for s in job.snapshots
         ],
+        "timeline": [entry.to_json() for entry in job.timeline],
     }
 
 
@@ -262,6 +283,7 @@ def _nullable(kind: str) -> dict[str, Any]:
 _RESULTS = ["success", "failure", "cancelled", "skipped"]
 _STATUS = {"enum": ["queued", "in_progress", "completed"]}
 _STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+_COUNT = {"type": "integer", "minimum": 0}
 
 
 def _object(properties: dict[str, Any]) -> dict[str, Any]:
@@ -366,9 +388,57 @@ RUN_RESULT_SCHEMA: dict[str, Any] = {
                                 }
                             ),
                         },
+                        "timeline": {
+                            "type": "array",
+                            "items": _object(
+                                {
+                                    "time": {"type": "number"},
+                                    "job_key": {"type": "string"},
+                                    "kind": {"enum": list(KINDS)},
+                                    "session_id": {"type": "string"},
+                                    "machine_id": {"type": "string"},
+                                    "state": {"type": "string"},
+                                    "step_index": _nullable("integer"),
+                                    "step_kind": {"type": "string"},
+                                    "name": {"type": "string"},
+                                    "exit_code": _nullable("integer"),
+                                    "outcome": {"type": "string"},
+                                    "seconds": _nullable("number"),
+                                    "detail": {"type": "string"},
+                                }
+                            ),
+                        },
                     }
                 ),
             },
+            "lifecycle": _object(
+                {
+                    "jobs": _COUNT,
+                    "machines_allocated": _COUNT,
+                    "machines_released": _COUNT,
+                    "total_machines": _COUNT,
+                    "peak_machines": _COUNT,
+                    "commands": _COUNT,
+                    "stray_commands": _COUNT,
+                    "commands_in_own_machine": {"type": "boolean"},
+                    "released_once": {"type": "boolean"},
+                    "kept": {"type": "boolean"},
+                    "machines": {
+                        "type": "array",
+                        "items": _object(
+                            {
+                                "machine_id": {"type": "string"},
+                                "job_key": {"type": "string"},
+                                "session_id": {"type": "string"},
+                                "allocated_at": {"type": "number"},
+                                "released_at": _nullable("number"),
+                                "releases": _COUNT,
+                                "commands": _COUNT,
+                            }
+                        ),
+                    },
+                }
+            ),
         }
     ),
 }
@@ -408,8 +478,17 @@ class ResultCollector:
         self._steps: dict[str, dict[int, StepResult]] = {}
         self._annotations: dict[str, list[AnnotationResult]] = {}
         self._snapshots: dict[str, list[SnapshotResult]] = {}
+        self._timeline: dict[str, list[TimelineEntry]] = {}
+        self._timeline_builder = TimelineBuilder()
+        #: Every timeline entry in arrival order (``StoreSink`` writes them from here).
+        self.timeline_entries: list[TimelineEntry] = []
 
     def emit(self, event: Event) -> None:
+        entry = self._timeline_builder.entry(event)
+        if entry is not None:
+            self._job(entry.job_key, entry.time)
+            self._timeline[entry.job_key].append(entry)
+            self.timeline_entries.append(entry)
         match event:
             case RunStarted():
                 self._reset()  # one collector, one run: a new run starts afresh
@@ -502,6 +581,7 @@ class ResultCollector:
             self._steps[job_key] = {}
             self._annotations[job_key] = []
             self._snapshots[job_key] = []
+            self._timeline[job_key] = []
         return job
 
     def result(self) -> RunResult:
@@ -529,6 +609,7 @@ class ResultCollector:
             job, steps=steps, conclusion=conclusion,
             annotations=tuple(self._annotations[job_key]),
             snapshots=tuple(self._snapshots[job_key]),
+            timeline=tuple(self._timeline[job_key]),
         )
 
 

@@ -35,16 +35,19 @@ from vmrunner.runner.events import (
     EventSink,
     JobFinished,
     JobQueued,
+    MachineReleased,
     Recorder,
+    ReleaseRequested,
     Result,
     RunFinished,
     RunStarted,
+    SessionStateChanged,
 )
 from vmrunner.runner.job import JobExecution, JobInstance, JobOutcome
 from vmrunner.runner.masking import Masker
 from vmrunner.runner.options import RunOptions
 from vmrunner.runner.repository import RepositoryInfo, repository_info
-from vmrunner.sessions import SessionManager
+from vmrunner.sessions import RELEASE_FAILED, Session, SessionManager, SessionState, Transition
 from vmrunner.workflow.expressions import EvaluationHooks, evaluate_if
 from vmrunner.workflow.matrix import expand_matrix
 from vmrunner.workflow.models import Job, Workflow
@@ -132,6 +135,26 @@ class RunContext:
     def annotate(self, job_key: str, level: AnnotationLevel, message: str) -> None:
         self.emit(Annotation(self.run_id, job_key, -1, level, self.masker.mask(message), time.time()))
 
+    def session_changed(self, session: Session, transition: Transition) -> None:
+        """The session manager's observer: this run's session transitions become events
+        (the lifecycle timeline); terminating and released also as release events."""
+        labels = session.spec.labels
+        if labels.get("run") != self.run_id or "job" not in labels:
+            return
+        job_key, at, note = labels["job"], transition.at, self.masker.mask(transition.note)
+        try:
+            machine_id = session.machine.id
+        except VmrunnerError:
+            machine_id = ""
+        self.emit(SessionStateChanged(self.run_id, job_key, session.id, machine_id, transition.state.value, at, note))
+        if not machine_id:
+            return
+        if transition.state is SessionState.TERMINATING:
+            self.emit(ReleaseRequested(self.run_id, job_key, session.id, machine_id, at))
+        elif transition.state is SessionState.RELEASED:
+            ok = RELEASE_FAILED not in transition.note
+            self.emit(MachineReleased(self.run_id, job_key, session.id, machine_id, at, ok, note))
+
     def _inputs(self) -> dict[str, Any]:
         """The ``inputs`` context: typed by the workflow's definitions when they fit, else as given."""
         trigger = self.workflow.triggers.get(self.options.event_name)
@@ -191,12 +214,14 @@ class Run:
         for warning in context.warnings:
             context.annotate("", "warning", warning)
         conclusion: Result = "cancelled"
+        stop_observing = context.sessions.observe(context.session_changed)
         try:
             async with asyncio.TaskGroup() as group:
                 for job_id in self.plan.order:
                     group.create_task(self.job_group(job_id), name=f"job {job_id}")
             conclusion = self.conclusion()
         finally:
+            stop_observing()
             context.emit(RunFinished(context.run_id, conclusion, time.time(), time.time() - started))
         return RunOutcome(context.run_id, conclusion, tuple(self.reports))
 

@@ -57,8 +57,9 @@ from vmrunner.runner.results import (
     Status,
     StepResult,
 )
+from vmrunner.runner.timeline import TimelineEntry, TimelineKind
 from vmrunner.sessions import Owner
-from vmrunner.store import AnnotationRow, LogRow, RunJobRow, RunRow, RunStepRow, Store
+from vmrunner.store import AnnotationRow, LogRow, RunJobRow, RunRow, RunStepRow, Store, TimelineRow
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,8 @@ class StoreSink:
         self._jobs: dict[str, int] = {}
         self._logs: list[LogRow] = []
         self._annotations: list[AnnotationRow] = []
+        #: How many of the collector's timeline entries are written (they go with the logs).
+        self._timeline_written = 0
         self._depth: dict[tuple[str, int], int] = {}
         self._last_flush = clock()
 
@@ -145,6 +148,7 @@ class StoreSink:
                 if self._run is not None:  # the sink is reused: the previous run is over
                     self.close()
                     self._jobs, self._depth, self._finished = {}, {}, False
+                    self._timeline_written = 0
                 self._run = RunRow(
                     id=event.run_id, workflow_name=event.workflow_name,
                     workflow_file=event.workflow_file, event_name=event.event_name,
@@ -243,16 +247,22 @@ class StoreSink:
 
     def _flush(self) -> None:
         self._last_flush = self._clock()
-        if not (self._logs or self._annotations):
+        timeline = self._collector.timeline_entries[self._timeline_written:]
+        if not (self._logs or self._annotations or timeline):
             return
         with self.store.transaction():
             if self._logs:
                 self._ensure_run(self._logs[0].run_id, self._logs[0].time)
             elif self._annotations:
                 self._ensure_run(self._annotations[0].run_id, self._annotations[0].time)
+            elif timeline:
+                self._ensure_run(self._collector.run_id, timeline[0].time)
             self.store.add_run_logs(self._logs)
             self.store.add_run_annotations(self._annotations)
+            run_id = self._run.id if self._run else self._collector.run_id
+            self.store.add_run_timeline([timeline_row(run_id, entry) for entry in timeline])
         self._logs, self._annotations = [], []
+        self._timeline_written += len(timeline)
 
 
 class RunHistory:
@@ -305,8 +315,11 @@ class RunHistory:
         annotations: dict[str, list[AnnotationResult]] = {}
         for annotation in self.store.run_annotations(row.id):
             annotations.setdefault(annotation.job_key, []).append(annotation_result(annotation))
+        timelines: dict[str, list[TimelineEntry]] = {}
+        for moment in self.store.run_timeline(row.id):
+            timelines.setdefault(moment.job_key, []).append(timeline_entry(moment))
         jobs = tuple(
-            job_result(job, steps.get(job.job_key, []), annotations.get(job.job_key, []))
+            job_result(job, steps.get(job.job_key, []), annotations.get(job.job_key, []), timelines.get(job.job_key, []))
             for job in self.store.run_jobs(row.id)
         )
         status: Status = _choice(row.status, Status, "in_progress")
@@ -349,7 +362,9 @@ def step_row(run_id: str, job_key: str, step: StepResult) -> RunStepRow:
     )
 
 
-def job_result(row: RunJobRow, steps: list[StepResult], annotations: list[AnnotationResult]) -> JobResult:
+def job_result(
+    row: RunJobRow, steps: list[StepResult], annotations: list[AnnotationResult], timeline: list[TimelineEntry] | None = None
+) -> JobResult:
     return JobResult(
         job_key=row.job_key, job_id=row.job_id, name=row.name,
         status=_choice(row.status, Status, "queued"), queued_at=row.queued_at,
@@ -362,6 +377,26 @@ def job_result(row: RunJobRow, steps: list[StepResult], annotations: list[Annota
         annotations=tuple(annotations),
         snapshots=tuple(SnapshotResult(**dict(s)) for s in row.snapshots),
         rolled_back=row.rolled_back, reason=row.reason, summary=row.summary,
+        timeline=tuple(timeline or ()),
+    )
+
+
+def timeline_row(run_id: str, entry: TimelineEntry) -> TimelineRow:
+    return TimelineRow(
+        run_id=run_id, job_key=entry.job_key, time=entry.time, kind=entry.kind,
+        session_id=entry.session_id, machine_id=entry.machine_id, state=entry.state,
+        step_index=entry.step_index, step_kind=entry.step_kind, name=entry.name,
+        exit_code=entry.exit_code, outcome=entry.outcome, seconds=entry.seconds, detail=entry.detail,
+    )
+
+
+def timeline_entry(row: TimelineRow) -> TimelineEntry:
+    kind: TimelineKind = _choice(row.kind, TimelineKind, "session_state")
+    return TimelineEntry(
+        time=row.time, job_key=row.job_key, kind=kind, session_id=row.session_id,
+        machine_id=row.machine_id, state=row.state, step_index=row.step_index,
+        step_kind=row.step_kind, name=row.name, exit_code=row.exit_code, outcome=row.outcome,
+        seconds=row.seconds, detail=row.detail,
     )
 
 

@@ -97,7 +97,7 @@ class ActionSteps:
         given = {str(k): as_text(v) for k, v in with_.items()} if isinstance(with_, Mapping) else {}
         inputs = self.action_inputs(action, given, contexts, hooks)
         index = job.next_index()
-        run.emit(StepStarted(run.run_id, job.job_key, index, "step", run.masker.mask(f"Pre {step.display_name}"), time.time(), step_id=step.id or ""))
+        run.emit(StepStarted(run.run_id, job.job_key, index, "step", run.masker.mask(f"Pre {step.display_name}"), time.time(), step_id=step.id or "", machine_id=runtime.machine.id))
         began = time.monotonic()
         env = self.node_env(action, step, scope, inputs, step_env, {})
         cwd = str(job.github.get("workspace") or "/")
@@ -107,7 +107,7 @@ class ActionSteps:
         if outcome.outcome == "failure":
             scope.failed = True
         runtime.end_groups(index)
-        run.emit(StepFinished(run.run_id, job.job_key, index, outcome.outcome, outcome.conclusion, time.time(), time.monotonic() - began, exit_code=result.exit_code))
+        run.emit(StepFinished(run.run_id, job.job_key, index, outcome.outcome, outcome.conclusion, time.time(), time.monotonic() - began, exit_code=result.exit_code, machine_id=runtime.machine.id))
 
     async def run_posts(self, scope: Scope) -> None:
         for post in reversed(self.posts):
@@ -233,7 +233,7 @@ class ActionSteps:
         if not wanted:
             return
         index = self.job.next_index()
-        run.emit(StepStarted(run.run_id, self.job.job_key, index, "post", run.masker.mask(f"Post {post.step.display_name}"), time.time(), step_id=post.step.id or ""))
+        run.emit(StepStarted(run.run_id, self.job.job_key, index, "post", run.masker.mask(f"Post {post.step.display_name}"), time.time(), step_id=post.step.id or "", machine_id=runtime.machine.id))
         began = time.monotonic()
         env = self.node_env(post.action, post.step, scope, post.inputs, post.step_env, post.state)
         result = await runtime.run_script(index, self.node_argv(post.action, post.action.post), "", "", env=env, cwd=str(self.job.github.get("workspace") or "/"), timeout=None)
@@ -241,7 +241,7 @@ class ActionSteps:
         if step.outcome == "failure":
             scope.failed = True
         runtime.end_groups(index)
-        run.emit(StepFinished(run.run_id, self.job.job_key, index, step.outcome, step.conclusion, time.time(), time.monotonic() - began, exit_code=result.exit_code))
+        run.emit(StepFinished(run.run_id, self.job.job_key, index, step.outcome, step.conclusion, time.time(), time.monotonic() - began, exit_code=result.exit_code, machine_id=runtime.machine.id))
 
     async def checkout(self, inputs: Mapping[str, str], index: int) -> None:
         """``actions/checkout``: the repository's files (working tree, or a commit) into the workspace."""
