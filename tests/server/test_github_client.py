@@ -71,3 +71,10 @@ async def test_everything_sent_is_masked_and_comments_carry_the_marker():
     (status,) = github.statuses()
     assert len(status["description"]) <= 140
     assert github.comments[comment_id]["body"].startswith(COMMENT_MARKER)
+
+
+async def test_github_enterprise_server_is_reached_under_its_api_prefix():
+    async with FakeGitHub(prefix="/api/v3").running() as github, GitHubClient(github.url, token=github.token) as client:
+        assert github.url.endswith("/api/v3")
+        assert await client.create_status("o/r", SHA, Status("pending", "c", "d", "http://x"))
+    assert [call.path for call in github.calls] == [f"/api/v3/repos/o/r/statuses/{SHA}"]

@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from vmrunner.errors import RunNotFound, SessionError
 from vmrunner.machines.base import Provider
+from vmrunner.runner.masking import Masker
 from vmrunner.runner.storage import RunHistory
 from vmrunner.server.config import ServerConfig
 from vmrunner.server.service import Service, parse_json
@@ -47,6 +48,17 @@ async def _read_limited(request: Request, limit: int) -> bytes:
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
+
+
+def _masked(value: Any, masker: Masker) -> Any:
+    """``value`` with every string masked (the runner masked already; this also hides the server's own secrets)."""
+    if isinstance(value, str):
+        return masker.mask(value)
+    if isinstance(value, dict):
+        return {key: _masked(item, masker) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(item, masker) for item in value]
+    return value
 
 
 def _session_json(session: Session) -> dict[str, Any]:
@@ -130,10 +142,8 @@ def create_app(config: ServerConfig, *, provider: Provider | None = None, github
             if queued is None:
                 return _error(404, f"no run {run_id}")
             result, logs = None, []
-        masker = service.github.masker
-        for row in logs:
-            row["text"] = masker.mask(row["text"])
-        return JSONResponse({"server": queued.to_json() if queued else None, "result": result, "logs": logs})
+        body = {"server": queued.to_json() if queued else None, "result": result, "logs": logs}
+        return JSONResponse(_masked(body, service.github.masker))
 
     @app.get("/api/sessions")
     async def sessions(request: Request) -> Response:

@@ -226,8 +226,12 @@ class Service:
     async def _checkpoint_forever(self) -> None:
         while True:
             await asyncio.sleep(CHECKPOINT_INTERVAL)
+            checkpoint = asyncio.ensure_future(asyncio.to_thread(self.state.checkpoint))
             try:
-                await asyncio.to_thread(self.state.checkpoint)
+                await asyncio.shield(checkpoint)
+            except asyncio.CancelledError:
+                await asyncio.wait([checkpoint])  # the thread must be done before the state closes
+                raise
             except VmrunnerError as exc:
                 log.warning("%s", exc)
 

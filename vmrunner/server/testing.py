@@ -24,7 +24,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 STATUS_STATES = ("error", "failure", "pending", "success")
 _SHA = re.compile(r"^[0-9a-f]{40}$")
@@ -78,21 +78,24 @@ class FakeGitHub:
     calls: list[Call] = field(default_factory=list)
     rejected: list[tuple[int, str]] = field(default_factory=list)
     comments: dict[int, dict[str, Any]] = field(default_factory=dict)
+    #: Where the API lives: "" as on api.github.com, "/api/v3" as on GitHub Enterprise Server.
+    prefix: str = ""
     url: str = ""
 
     def __post_init__(self) -> None:
         self._ids = itertools.count(1001)
-        self.app = Starlette(routes=[
+        routes = [
             Route("/repos/{owner}/{repo}/statuses/{sha}", self._status, methods=["POST"]),
             Route("/repos/{owner}/{repo}/issues/{number:int}/comments", self._comments, methods=["GET", "POST"]),
             Route("/repos/{owner}/{repo}/issues/comments/{comment_id:int}", self._update, methods=["PATCH"]),
             Route("/app/installations/{installation}/access_tokens", self._installation_token, methods=["POST"]),
-        ])
+        ]
+        self.app = Starlette(routes=[Mount(self.prefix, routes=routes)] if self.prefix else routes)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[FakeGitHub]:
         async with serve_app(self.app) as url:
-            self.url = url
+            self.url = url + self.prefix
             yield self
 
     def statuses(self) -> list[dict[str, Any]]:
