@@ -493,6 +493,118 @@ async def test_unix_socket_transport_serves_one_client_after_another(tmp_path: P
             await process.wait()
 
 
+@pytest.fixture
+async def listening(tmp_path: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process, Path]]:
+    """A real agent listening on a unix socket (as on vsock), and the socket's path."""
+    path = tmp_path / "agent.sock"
+    process = await asyncio.create_subprocess_exec(*AGENT, "--unix", str(path))
+    try:
+        await wait_for(path.exists, "the agent's socket")
+        yield process, path
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def connect(path: Path) -> AgentClient:
+    reader, writer = await asyncio.open_unix_connection(str(path))
+    return AgentClient(reader, writer)
+
+
+async def test_listening_agent_keeps_processes_across_reconnects_until_shutdown(
+    listening: tuple[asyncio.subprocess.Process, Path], tmp_path: Path
+) -> None:
+    process, path = listening
+    pids: list[int] = []
+    async with await connect(path) as client:
+        background = await client.exec("sleep 100 >/dev/null 2>&1 & echo $!")
+        service = os.getpgid(int(background.stdout))
+        running = asyncio.create_task(
+            client.exec("echo $$; exec sleep 100", on_output=lambda _, data: pids.append(int(data)))
+        )
+        await wait_for(lambda: pids, "the running command's pid")
+    with pytest.raises(AgentError, match="closed"):
+        await running  # its client is gone: nobody hears of its exit any more
+    # Without a client, the agent still reads its commands' output (no full pipe blocks them).
+    marker = tmp_path / "wrote"
+    async with await connect(path) as client:
+        await client.exec(f"(head -c 1000000 /dev/zero; touch {marker}) &")
+    await wait_for(marker.exists, "a command writing 1 MB while no client is connected")
+
+    async with await connect(path) as client:
+        assert group_members(service), "a background service died with the connection"
+        assert group_members(pids[0]), "a running command died with the connection"
+        # The new client numbers its requests afresh: the old ids are forgotten, not reused.
+        assert (await client.exec(["echo", "again"])).stdout == b"again\n"
+        await client.shutdown()
+    assert await asyncio.wait_for(process.wait(), 10) == 0
+    await group_gone(service)
+    await group_gone(pids[0])
+
+
+async def test_listening_agent_still_enforces_the_timeout_of_a_command_whose_client_left(
+    listening: tuple[asyncio.subprocess.Process, Path],
+) -> None:
+    process, path = listening
+    pids: list[int] = []
+    async with await connect(path) as client:
+        running = asyncio.create_task(
+            client.exec(
+                "echo $$; exec sleep 100", timeout=0.5, on_output=lambda _, data: pids.append(int(data))
+            )
+        )
+        await wait_for(lambda: pids, "the running command's pid")
+    with pytest.raises(AgentError):
+        await running
+    await group_gone(pids[0])
+    assert process.returncode is None
+
+
+def test_listening_agent_forgets_the_ids_of_a_departed_client(tmp_path: Path) -> None:
+    import subprocess
+
+    path = tmp_path / "agent.sock"
+    agent = subprocess.Popen([*AGENT, "--unix", str(path)])
+    try:
+        deadline = time.monotonic() + 10
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with socket.socket(socket.AF_UNIX) as first:
+            first.connect(str(path))
+            first.sendall(encode_frame({"op": "exec", "id": 7, "argv": ["sleep", "100"]}))
+            first.sendall(encode_frame({"op": "ping", "id": 8}))
+            assert frames_from(first, 1)[0].op == "pong"
+        with socket.socket(socket.AF_UNIX) as second:
+            second.connect(str(path))
+            second.sendall(encode_frame({"op": "kill", "id": 1, "target": 7}))
+            reply = frames_from(second, 1)[0]
+            assert (reply.op, reply.id, reply.header["found"]) == ("ok", 1, False)
+            # The id is free again: a new command may take it.
+            second.sendall(encode_frame({"op": "exec", "id": 7, "argv": ["true"]}))
+            done = frames_from(second, 1)[0]
+            assert (done.op, done.id, done.header["code"]) == ("exit", 7, 0)
+            second.sendall(encode_frame({"op": "shutdown", "id": 9}))
+            assert frames_from(second, 1)[0].op == "ok"
+        assert agent.wait(10) == 0
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+
+
+def frames_from(sock: socket.socket, count: int) -> list[Frame]:
+    decoder = FrameDecoder()
+    frames: list[Frame] = []
+    while len(frames) < count:
+        data = sock.recv(65536)
+        assert data, "the agent closed the connection"
+        for event in decoder.feed(data):
+            assert isinstance(event, Frame), event
+            frames.append(event)
+    return frames
+
+
 def test_bad_options_print_usage() -> None:
     import subprocess
 

@@ -42,16 +42,24 @@ and ``path`` must be absolute. Errors are replies ``error {kind, message}``; kin
 protocol, exec, transfer, internal. A frame that cannot be decoded gets an error with
 ``id: null`` (or the id when it could be read) and the agent carries on with the next frame.
 
-When the stream ends, the agent kills everything it started; then, on pipes or ``--fd``, it
-exits; on ``--device`` it opens the port again; listening, it accepts the next client.
-``shutdown`` and SIGTERM end it for good.
+When the stream ends on pipes, ``--fd`` or ``--device``, the agent kills everything it
+started; then, on pipes or ``--fd``, it exits; on ``--device`` it opens the port again.
+Listening (``--unix``, ``--vsock``), a closed connection kills nothing: Firecracker resets every
+vsock connection when it snapshots a guest, and a snapshot between two steps must not take the
+job's background services with it. The agent keeps serving its processes while it waits for the
+next client (reaping them, enforcing their timeouts, reading their pipes); commands that were
+still running lose their client: their ids are forgotten (a new client numbers its requests
+afresh, so an old id could name the wrong command), their output and exit are dropped (nobody is
+left who asked for them; buffering would grow without bound), and they end as they would, or on
+``shutdown``, SIGTERM or the machine's end, which kill every process group the agent started.
+``shutdown`` and SIGTERM end the agent for good.
 
 Every command runs in its own session and process group (``setsid``), so a timeout or a kill
 reaches its children: SIGTERM to the group, a short grace period, then SIGKILL. When the main
 process exits, its remaining output is drained and ``exit`` is sent; background processes it
 left keep running (as on GitHub's runners) until the machine is shut down, and their later
-output is discarded. When the stream closes, or on ``shutdown``, every process group the agent
-ever started is killed.
+output is discarded. On ``shutdown`` (and when a non-listening stream closes), every process
+group the agent ever started is killed.
 """
 
 from __future__ import annotations
@@ -311,6 +319,7 @@ class _Exec:
         "id",
         "kill_at",
         "open_fds",
+        "orphan",
         "pid",
         "started",
         "status",
@@ -332,6 +341,8 @@ class _Exec:
         self.stdin_fd: int | None = None
         self.stdin_buf = bytearray()
         self.stdin_more = False
+        #: Its client went away (listening agent): it runs on, unreported.
+        self.orphan = False
 
 
 class Refusal(Exception):
@@ -353,6 +364,8 @@ class Agent:
         self._poll = select.poll()
         self._handlers: dict[int, Callable[[int], None]] = {}
         self._execs: dict[int, _Exec] = {}
+        #: Commands whose client went away (listening agent), until they end.
+        self._orphans: set[_Exec] = set()
         self._by_pid: dict[int, _Exec] = {}
         #: fd -> exec for pipes still open; detached ones (exec ended) are read and dropped.
         self._pipes: dict[int, tuple[_Exec, str]] = {}
@@ -374,8 +387,9 @@ class Agent:
 
     # Event loop.
 
-    def serve(self, in_fd: int, out_fd: int) -> None:
-        """Serve one connection until it closes or asks to shut down."""
+    def serve(self, in_fd: int, out_fd: int, *, keep: bool = False) -> None:
+        """Serve one connection until it closes or asks to shut down; ``keep``: a closed
+        connection leaves the processes running (for the next client, see ``listen``)."""
         self._in, self._out = in_fd, out_fd
         self._decoder = FrameDecoder()
         self._puts.clear()
@@ -385,7 +399,36 @@ class Agent:
         while not self._closing:
             self._step()
         self._unregister(in_fd)
+        if keep and not self.stopped:
+            self._out = -1
+            self._orphan_all()
+        else:
+            self._terminate_all()
+
+    def listen(self, server: int) -> None:
+        """Serve the clients of a listening socket one after another, until ``shutdown`` or
+        SIGTERM; the commands' processes live on between clients."""
+        accepted: list[int] = []
+        while not self.stopped:
+            self._register(server, lambda fd: accepted.append(_accept(fd)))
+            while not accepted and not self.stopped:
+                self._step()
+            self._unregister(server)
+            if accepted:
+                conn = accepted.pop()
+                self.serve(conn, conn, keep=True)
+                os.close(conn)
         self._terminate_all()
+
+    def _orphan_all(self) -> None:
+        for ex in self._execs.values():
+            ex.orphan = True
+            self._orphans.add(ex)
+            if ex.stdin_fd is not None:  # nobody is left to write it: end of input
+                self._unregister(ex.stdin_fd)
+                os.close(ex.stdin_fd)
+                ex.stdin_fd = None
+        self._execs.clear()
 
     def _step(self) -> None:
         timeout = self._next_timer()
@@ -413,7 +456,7 @@ class Agent:
     def _next_timer(self) -> float | None:
         moments = [
             moment
-            for ex in self._execs.values()
+            for ex in (*self._execs.values(), *self._orphans)
             for moment in (ex.deadline, ex.kill_at)
             if moment is not None
         ]
@@ -421,7 +464,7 @@ class Agent:
 
     def _run_timers(self) -> None:
         now = time.monotonic()
-        for ex in list(self._execs.values()):
+        for ex in (*self._execs.values(), *self._orphans):
             if ex.deadline is not None and now >= ex.deadline:
                 ex.deadline = None
                 ex.timed_out = True
@@ -629,7 +672,7 @@ class Agent:
             data = b""
         if not data:
             self._close_pipe(fd)
-        elif ex.status is None:
+        elif ex.status is None and not ex.orphan:
             self.send({"op": stream, "id": ex.id}, data)
 
     def _close_pipe(self, fd: int) -> None:
@@ -672,10 +715,13 @@ class Agent:
             self._unregister(ex.stdin_fd)
             os.close(ex.stdin_fd)
             ex.stdin_fd = None
-        code, sig = _status_of(status)
-        del self._execs[ex.id]
         if not _group_alive(pid):
             self._groups.discard(pid)  # nothing of it left to kill at shutdown
+        if ex.orphan:
+            self._orphans.discard(ex)
+            return
+        code, sig = _status_of(status)
+        del self._execs[ex.id]
         self.send(
             {
                 "op": "exit",
@@ -699,7 +745,8 @@ class Agent:
             if not data:
                 self._close_pipe(fd)
                 return
-            self.send({"op": stream, "id": ex.id}, data)
+            if not ex.orphan:
+                self.send({"op": stream, "id": ex.id}, data)
 
     # Killing.
 
@@ -713,15 +760,15 @@ class Agent:
 
     def _terminate_all(self) -> None:
         """Kill every command and every group ever started, waiting at most the grace period."""
-        for ex in list(self._execs.values()):
+        for ex in (*self._execs.values(), *self._orphans):
             self._terminate(ex, self.grace)
         deadline = time.monotonic() + self.grace
-        while self._execs and time.monotonic() < deadline:
+        while (self._execs or self._orphans) and time.monotonic() < deadline:
             self._step()
         for pgid in self._groups:
             _killpg(pgid, signal.SIGKILL)
         self._groups.clear()
-        while self._execs and time.monotonic() < deadline + 1:
+        while (self._execs or self._orphans) and time.monotonic() < deadline + 1:
             self._step()
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
@@ -891,10 +938,7 @@ def main(argv: list[str]) -> int:
             server = _listen(socket.AF_UNIX, options["--unix"])
         else:
             server = _listen(socket.AF_VSOCK, (socket.VMADDR_CID_ANY, int(options["--vsock"])))
-        while not agent.stopped:  # a listening agent outlives its clients: serve the next
-            conn = _accept(server)
-            agent.serve(conn, conn)
-            os.close(conn)
+        agent.listen(server)  # a listening agent outlives its clients: serves the next
     else:
         in_fd, out_fd = os.dup(0), os.dup(1)
         os.dup2(agent._devnull, 0)
