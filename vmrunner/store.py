@@ -246,6 +246,56 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX IF NOT EXISTS run_timeline_run ON run_timeline (run_id, seq)",
     ),
+    (  # learning from runs (runner/learning.py): commands, their averages, sequences, lessons
+        """CREATE TABLE learning_commands (
+            seq         INTEGER PRIMARY KEY,
+            repository  TEXT NOT NULL,
+            workflow    TEXT NOT NULL,
+            job_id      TEXT NOT NULL,
+            run_id      TEXT NOT NULL,
+            sha         TEXT NOT NULL DEFAULT '',
+            command_key TEXT NOT NULL,
+            command     TEXT NOT NULL,
+            outcome     TEXT NOT NULL,
+            exit_code   INTEGER,
+            duration    REAL NOT NULL,
+            time        REAL NOT NULL,
+            signature   TEXT NOT NULL DEFAULT ''
+        )""",
+        "CREATE INDEX learning_commands_key ON learning_commands (repository, command_key, sha)",
+        "CREATE INDEX learning_commands_signature ON learning_commands (repository, signature)",
+        """CREATE TABLE learning_patterns (
+            repository  TEXT NOT NULL,
+            command_key TEXT NOT NULL,
+            successes   INTEGER NOT NULL DEFAULT 0,
+            failures    INTEGER NOT NULL DEFAULT 0,
+            mean        REAL NOT NULL DEFAULT 0,
+            m2          REAL NOT NULL DEFAULT 0,
+            last_seen   REAL NOT NULL,
+            PRIMARY KEY (repository, command_key)
+        )""",
+        """CREATE TABLE learning_edges (
+            repository TEXT NOT NULL,
+            before_key TEXT NOT NULL,
+            after_key  TEXT NOT NULL,
+            successes  INTEGER NOT NULL DEFAULT 0,
+            failures   INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (repository, before_key, after_key)
+        )""",
+        """CREATE TABLE learning_lessons (
+            id           INTEGER PRIMARY KEY AUTOINCREMENT,
+            repository   TEXT NOT NULL,
+            signature    TEXT NOT NULL,
+            command      TEXT NOT NULL,
+            command_key  TEXT NOT NULL,
+            excerpt      TEXT NOT NULL DEFAULT '',
+            occurrences  INTEGER NOT NULL,
+            first_seen   REAL NOT NULL,
+            last_seen    REAL NOT NULL,
+            dismissed_at REAL,
+            UNIQUE (repository, signature)
+        )""",
+    ),
 )
 
 

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "image": ("vmrunner.cli.image", "Build, list and remove guest images for VM providers."),
     "run": ("vmrunner.cli.run", "Run the workflows an event triggers, one machine per job."),
     "rerun": ("vmrunner.cli.rerun", "Re-run a failed job from step N in a new machine, from its snapshot."),
+    "insights": ("vmrunner.cli.insights", "Lessons and suggestions learned from earlier runs."),
     "serve": ("vmrunner.cli.serve", "Serve GitHub webhooks: run workflows, report results to GitHub."),
     "agent": ("vmrunner.cli.agent", "Serve a fleet's jobs on this host (PostgreSQL with procrastinate)."),
 }

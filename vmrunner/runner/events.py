@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from vmrunner.runner.insights import Insights
+
 #: GitHub's results: a step's outcome/conclusion and a job's result use these words.
 Result = Literal["success", "failure", "cancelled", "skipped"]
 #: Where a command of a job comes from, in execution order.
@@ -81,6 +83,8 @@ class StepStarted:
     name: str
     time: float
     step_id: str = ""
+    #: What runs (masked): the ``run:`` script, ``uses: <action>``, or the setup/cleanup command.
+    command: str = ""
     #: The machine the command runs in (from the job's session); '' when unknown.
     machine_id: str = ""
 
@@ -244,6 +248,15 @@ class RunFinished:
     duration: float
 
 
+@dataclass(frozen=True, slots=True)
+class RunInsights:
+    """What past runs teach about this run's commands (``runner/learning.py``); before ``RunFinished``."""
+
+    run_id: str
+    time: float
+    insights: Insights
+
+
 Event = (
     RunStarted
     | JobQueued
@@ -257,6 +270,7 @@ Event = (
     | SnapshotTaken
     | SnapshotRestored
     | JobFinished
+    | RunInsights
     | RunFinished
     | AllocationRequested
     | SessionStateChanged

@@ -455,7 +455,7 @@ class JobExecution:
         index = self.next_index()
         name = f"{kind} command: {command.splitlines()[0] if command.strip() else ''}"
         machine_id = runtime.machine.id
-        self.run.emit(StepStarted(self.run.run_id, self.job_key, index, kind, self.run.masker.mask(name), time.time(), machine_id=machine_id))
+        self.run.emit(StepStarted(self.run.run_id, self.job_key, index, kind, self.run.masker.mask(name), time.time(), machine_id=machine_id, command=self.run.masker.mask(command)))
         began = time.monotonic()
         env = runtime.process_env(self.default_env(), self.env_context(scope))
         result = await runtime.run_command(index, command, env=env, cwd=runtime.paths.workspace)
@@ -513,7 +513,8 @@ class JobExecution:
         except VmrunnerError:
             name = step.display_name
         machine_id = self.runtime.machine.id if self.runtime else ""
-        run.emit(StepStarted(run.run_id, self.job_key, index, "step", run.masker.mask(name), time.time(), step_id=step.id or "", machine_id=machine_id))
+        command = step.run if step.run is not None else f"uses: {step.uses}"
+        run.emit(StepStarted(run.run_id, self.job_key, index, "step", run.masker.mask(name), time.time(), step_id=step.id or "", machine_id=machine_id, command=run.masker.mask(command)))
         began = time.monotonic()
         self.step_number += 1
         result = StepResult("failure", "failure")

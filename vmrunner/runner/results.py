@@ -33,6 +33,7 @@ from vmrunner.runner.events import (
     LogLine,
     Result,
     RunFinished,
+    RunInsights,
     RunStarted,
     SnapshotRestored,
     SnapshotTaken,
@@ -40,6 +41,7 @@ from vmrunner.runner.events import (
     StepKind,
     StepStarted,
 )
+from vmrunner.runner.insights import INSIGHTS_SCHEMA, Insights
 from vmrunner.runner.timeline import (
     KINDS,
     TimelineBuilder,
@@ -159,6 +161,8 @@ class RunResult:
     finished_at: float | None = None
     duration: float | None = None
     jobs: tuple[JobResult, ...] = ()
+    #: What past runs teach about this run's commands (``runner/learning.py``); None without learning.
+    insights: Insights | None = None
     #: Set when this run re-ran a job of run ``rerun_of`` from step ``from_step`` (``vmrunner rerun``).
     rerun_of: str = ""
     from_step: int | None = None
@@ -201,6 +205,7 @@ class RunResult:
             "rerun_of": self.rerun_of,
             "from_step": self.from_step,
             "jobs": [_job_json(job) for job in self.jobs],
+            "insights": self.insights.to_json() if self.insights is not None else None,
             "lifecycle": self.lifecycle().to_json(),
         }
 
@@ -411,6 +416,7 @@ RUN_RESULT_SCHEMA: dict[str, Any] = {
                     }
                 ),
             },
+            "insights": {"anyOf": [INSIGHTS_SCHEMA, {"type": "null"}]},
             "lifecycle": _object(
                 {
                     "jobs": _COUNT,
@@ -570,6 +576,9 @@ class ResultCollector:
                     run, status="completed", conclusion=event.conclusion,
                     finished_at=event.time, duration=event.duration,
                 )
+            case RunInsights():
+                run = self._run or _unknown_run(event.run_id, event.time)
+                self._run = replace(run, insights=event.insights)
             case LogLine() | GroupStarted() | GroupEnded():
                 pass
 

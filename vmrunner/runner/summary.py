@@ -14,6 +14,7 @@ import re
 from collections.abc import Sequence
 
 from vmrunner.errors import ConfigError
+from vmrunner.runner.insights import Insights
 from vmrunner.runner.results import (
     AnnotationResult,
     JobResult,
@@ -72,6 +73,9 @@ def render_summary(result: RunResult) -> str:
     if annotations:
         lines += ["", "## Annotations", ""]
         lines += [_annotation(a) for a in annotations]
+    if result.insights:
+        lines += ["", "## Learned from earlier runs", ""]
+        lines += _insights(result.insights)
     for job in result.jobs:
         if job.summary.strip():
             lines += ["", f"## {inline(job.name or job.job_key)}", "", job.summary.rstrip("\n")]
@@ -134,6 +138,22 @@ def _table(result: RunResult) -> list[str]:
                 f" | {human_duration(step.duration)} | |"
             )
     return rows
+
+
+def _insights(insights: Insights) -> list[str]:
+    """Lessons and suggestions, one bullet each, with the confidence and the evidence."""
+    lines = [
+        f"- 📚 lesson {lesson.id}: `{_code(lesson.command.splitlines()[0] if lesson.command.strip() else '')}`"
+        f" failed {lesson.occurrences} times the same way" + (f": {inline(lesson.excerpt)}" if lesson.excerpt else "")
+        for lesson in insights.lessons
+    ]
+    lines += [
+        f"- 💡 {inline(s.kind)} ({s.confidence:.0%}): {inline(s.message)}"
+        + (f" (paths: {', '.join(f'`{_code(path)}`' for path in s.paths)})" if s.paths else "")
+        + f"<br>_{inline(s.evidence)}_"
+        for s in insights.suggestions
+    ]
+    return lines
 
 
 def _annotation(annotation: AnnotationResult) -> str:
