@@ -76,6 +76,8 @@ def postgres_cluster() -> Iterator[Cluster]:
             conf.write(
                 f"listen_addresses = '127.0.0.1'\nport = {cluster.port}\nunix_socket_directories = '{folder}'\n"
                 "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 200\n"
+                # Not /dev/shm: other tests clean it up under our feet.
+                "dynamic_shared_memory_type = mmap\n"
             )
         cluster.start()
         yield cluster

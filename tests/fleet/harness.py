@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -66,18 +67,25 @@ class AgentProcess:
 
 
 @contextlib.asynccontextmanager
-async def agents(url: str, tmp: Path, *specs: tuple[str, str], **intervals: float) -> AsyncIterator[dict[str, AgentProcess]]:
-    """Start one agent per (name, labels) and wait until each is registered."""
-    started = {name: AgentProcess(url, name, labels, tmp / name, **intervals) for name, labels in specs}
-    try:
-        for agent in started.values():
-            agent.start()
-        async with FleetStore(url) as store:
-            await until(lambda: _registered(store, set(started)), within=60, what="agents registered")
-        yield started
-    finally:
-        for agent in started.values():
-            agent.stop()
+async def agents(url: str, *specs: tuple[str, str], **intervals: float) -> AsyncIterator[dict[str, AgentProcess]]:
+    """Start one agent per (name, labels), each with its own home (its own host), and wait
+    until each is registered. Homes live outside pytest's tmp_path, which concurrent pytest
+    sessions may rotate away; a failing test shows the agents' logs."""
+    with tempfile.TemporaryDirectory(prefix="vmrunner-fleet-") as folder:
+        started = {name: AgentProcess(url, name, labels, Path(folder) / name, **intervals) for name, labels in specs}
+        try:
+            for agent in started.values():
+                agent.start()
+            async with FleetStore(url) as store:
+                await until(lambda: _registered(store, set(started)), within=60, what="agents registered")
+            yield started
+        except BaseException:
+            for agent in started.values():
+                sys.stderr.write(f"--- agent {agent.name}\n{agent.output()[-4000:]}\n")
+            raise
+        finally:
+            for agent in started.values():
+                agent.stop()
 
 
 async def _registered(store: FleetStore, names: set[str]) -> bool:
@@ -106,7 +114,8 @@ async def finished(store: FleetStore, run_id: str, within: float = 60) -> RunRow
     return result
 
 
-def options(tmp: Path) -> RunOptions:
-    repo = tmp / "repo"
+def options(agents: dict[str, AgentProcess]) -> RunOptions:
+    """Run options for a run on these agents (an empty repository beside their homes)."""
+    repo = next(iter(agents.values())).home.parent / "repo"
     repo.mkdir(exist_ok=True)
     return RunOptions(repo_root=str(repo), repository="octo/fleet")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -36,6 +37,8 @@ from vmrunner.workflow.loader import load_workflow_text
 from vmrunner.workflow.planner import plan
 
 log = logging.getLogger("vmrunner.agent")
+#: Every job sees which attempt it is (1 first, then 2, ... after its host was lost).
+ATTEMPT_ENV = "VMRUNNER_ATTEMPT"
 #: Errors that mean the database (or the connection to it) is gone.
 DATABASE_ERRORS = (psycopg.Error, psycopg_pool.PoolTimeout, procrastinate.exceptions.ConnectorException, StoreError, OSError)
 
@@ -123,7 +126,10 @@ class Agent:
                 provider = await stack.enter_async_context(WarmPool(provider, {"default": self.config.pool_size}))
             else:
                 stack.push_async_callback(provider.aclose)
-            yield await stack.enter_async_context(SessionManager(provider, limit=self.config.capacity, wait_timeout=None))
+            sessions = await stack.enter_async_context(SessionManager(provider, limit=self.config.capacity, wait_timeout=None))
+            for action in sessions.reclaimed:
+                log.info("reclaimed %s %s left by agent process %d (%s)", action.kind, action.id, action.owner_pid, action.note or "ok")
+            yield sessions
 
     async def _keep_registered(self, store: FleetStore) -> None:
         """The agent's own heartbeat, and the stalled-job sweep; raises when the database is
@@ -156,6 +162,9 @@ class Agent:
         execution = asyncio.create_task(self._execute(assignment, logs), name=f"{run_id}/{job_id}#{attempt}")
         try:
             fenced = await self._keep_alive(store, assignment, logs, execution)
+        except asyncio.CancelledError:  # aborted (cancelled run, or retried elsewhere) or shutting down
+            log.warning("job %s of run %s: attempt %d aborted; its machine is released", job_id, run_id, attempt)
+            raise
         finally:
             if not execution.done():
                 execution.cancel()
@@ -206,7 +215,8 @@ class Agent:
         try:
             workflow = load_workflow_text(a.workflow_text, a.workflow_path)
             info = await repository_info(a.options.repo_root)
-            context = RunContext(workflow, a.options, self.sessions, logs, info)
+            options = dataclasses.replace(a.options, env={**a.options.env, ATTEMPT_ENV: str(a.attempt)})
+            context = RunContext(workflow, options, self.sessions, logs, info)
             run = Run(context, plan(workflow, jobs=a.options.jobs))
             run.needs_results.update({job_id: dict(need) for job_id, need in a.needs.items()})
             await run.run_job(a.job_id)
