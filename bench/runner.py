@@ -8,7 +8,9 @@ Figures:
 - throughput: single-job workflows of 5 ``run`` steps, many at once on a warm pool
   (workflows/s). Goal: >= 30/s.
 - the floor itself: the 5-step workflow's commands as one plain bash script.
-- the runner's own CPU time per step (this process), which a busy host does not inflate.
+- CPU time per step, which a busy host does not inflate: this process (engine, session manager,
+  agent client), and the machine's processes (agent plus commands) minus the floor's, i.e. the
+  agent's own work per step; the load average is printed beside the figures.
 
 On a loaded host every figure but the last grows with the load; compare with the floor.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -26,7 +29,7 @@ from typing import Any
 from vmrunner.machines.base import MachineSpec
 from vmrunner.machines.pool import WarmPool
 from vmrunner.machines.providers import get_provider
-from vmrunner.runner.events import Event, Recorder, StepFinished, StepStarted
+from vmrunner.runner.events import Event, JobStarted, Recorder, StepFinished, StepStarted
 from vmrunner.runner.options import RunOptions
 from vmrunner.runner.run import run_workflow
 from vmrunner.sessions import SessionManager
@@ -49,15 +52,62 @@ def steps_span(events: list[Event]) -> float:
     return max(ends) - min(starts)
 
 
+def tree_cpu(pid: int | None) -> float:
+    """CPU seconds of a process tree (a machine), its waited-for children included."""
+    total, stack = 0, [pid] if pid else []
+    while stack:
+        current = stack.pop()
+        try:
+            with open(f"/proc/{current}/stat") as file:
+                fields = file.read().rsplit(")", 1)[1].split()
+            total += sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as file:
+                    stack.extend(int(child) for child in file.read().split())
+        except OSError:
+            continue
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class MachineCpu(Recorder):
+    """Records events, and the CPU the job's machine used from its first step to its last."""
+
+    def __init__(self, sessions: SessionManager, steps: int) -> None:
+        super().__init__()
+        self.sessions, self.steps = sessions, steps
+        self.pid: int | None = None
+        self.first = self.last = 0.0
+        self.finished = 0
+
+    def emit(self, event: Event) -> None:
+        super().emit(event)
+        if isinstance(event, JobStarted):
+            self.pid = self.sessions.get_session(event.session_id).machine.record.pid
+        elif isinstance(event, StepStarted) and not self.first:
+            self.first = tree_cpu(self.pid)
+        elif isinstance(event, StepFinished):
+            self.finished += 1
+            if self.finished == self.steps:
+                self.last = tree_cpu(self.pid)
+
+
 async def floor_seconds(sessions: SessionManager, steps: int) -> float:
     """The commands' own time: the same scripts run back to back by one bash in one machine."""
+    return (await floor(sessions, steps))[0]
+
+
+async def floor(sessions: SessionManager, steps: int) -> tuple[float, float]:
+    """The floor's wall time and its machine's CPU time."""
     async with sessions.open(MachineSpec()) as session:
+        pid = session.machine.record.pid
+        cpu = tree_cpu(pid)
         started = time.perf_counter()
         result = await session.exec(["bash", "-c", FLOOR_SCRIPT.format(n=steps)])
         elapsed = time.perf_counter() - started
+        cpu = tree_cpu(pid) - cpu
         if not result.ok:
             raise RuntimeError(result.stderr.decode())
-        return elapsed
+        return elapsed, cpu
 
 
 async def step_overhead(runs: int, steps: int) -> dict[str, Any]:
@@ -65,17 +115,19 @@ async def step_overhead(runs: int, steps: int) -> dict[str, Any]:
     overheads: list[float] = []
     floors: list[float] = []
     cpu: list[float] = []
+    agent_cpu: list[float] = []
     async with SessionManager(get_provider("sandbox"), limit=2) as sessions:
         for _ in range(runs):
-            recorder = Recorder()
+            recorder = MachineCpu(sessions, steps)
             cpu_before = time.process_time()
             outcome = await run_workflow(workflow, RunOptions(repo_root=tempfile.gettempdir()), sessions, recorder)
             cpu.append((time.process_time() - cpu_before) / steps)
             if outcome.failed:
                 raise RuntimeError("the benchmark workflow failed")
-            floor = await floor_seconds(sessions, steps)
-            floors.append(floor)
-            overheads.append((steps_span(recorder.events) - floor) / steps)
+            floor_wall, floor_cpu = await floor(sessions, steps)
+            agent_cpu.append((recorder.last - recorder.first - floor_cpu) / steps)
+            floors.append(floor_wall)
+            overheads.append((steps_span(recorder.events) - floor_wall) / steps)
     return {
         "step_overhead_p50_ms": statistics.median(overheads) * 1000,
         "step_overhead_all_ms": [round(o * 1000, 2) for o in overheads],
@@ -83,6 +135,8 @@ async def step_overhead(runs: int, steps: int) -> dict[str, Any]:
         # CPU time of this process (engine, session manager, agent client) per step: the part
         # of the overhead that does not depend on how busy the host is.
         "runner_cpu_per_step_ms": statistics.median(cpu) * 1000,
+        # The machine's CPU per step beyond the floor's (the agent's work for one command).
+        "agent_cpu_per_step_ms": statistics.median(agent_cpu) * 1000,
     }
 
 
@@ -95,19 +149,28 @@ async def throughput(count: int, pool_size: int, steps: int) -> dict[str, Any]:
     ):
         await pool.wait_filled()
         started = time.perf_counter()
+        cpu_before = time.process_time()
         outcomes = await asyncio.gather(*(run_workflow(workflow, options, sessions) for _ in range(count)))
         elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu_before
         floor = await floor_seconds(sessions, steps)
     failed = sum(1 for o in outcomes if o.failed)
     if failed:
         raise RuntimeError(f"{failed} benchmark workflows failed")
-    return {"workflows_per_s": count / elapsed, "workflows": count, "pool": pool_size, "floor_5_steps_ms": floor * 1000}
+    return {
+        "workflows_per_s": count / elapsed, "workflows": count, "pool": pool_size,
+        "floor_5_steps_ms": floor * 1000,
+        # This process's CPU per workflow (engine, pool refills, session manager): 1000 / this is
+        # the rate one free core could sustain for the runner's own part.
+        "runner_cpu_per_workflow_ms": cpu / count * 1000,
+    }
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    figures: dict[str, Any] = {}
+    figures: dict[str, Any] = {"load_average_before": os.getloadavg()[0], "cpus": os.cpu_count()}
     figures.update(await step_overhead(args.runs, args.steps))
     figures.update(await throughput(args.workflows, args.pool, 5))
+    figures["load_average_after"] = os.getloadavg()[0]
     return figures
 
 
@@ -119,8 +182,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--pool", type=int, default=4, help="warm pool size (and concurrent jobs)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    import os
-
     if "VMRUNNER_HOME" not in os.environ:
         os.environ["VMRUNNER_HOME"] = tempfile.mkdtemp(prefix="vmrunner-bench-")
     figures = asyncio.run(run(args))

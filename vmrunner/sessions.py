@@ -113,6 +113,13 @@ class SessionState(StrEnum):
 
 
 S = SessionState
+#: Transitions among these states (every command and snapshot passes through two) are kept in
+#: memory and written with the next other transition, or when this many wait: they cost a
+#: commit each, and reclaiming a dead runner's machines needs only the durable states. Another
+#: process reading the store meanwhile sees the session ``active``.
+_TRANSIENT = frozenset({S.ACTIVE, S.EXECUTING, S.PAUSED})
+MAX_UNSAVED_TRANSITIONS = 64
+
 TRANSITIONS: Mapping[SessionState, frozenset[SessionState]] = {
     S.INITIALIZING: frozenset({S.ACTIVE, S.FAILED, S.TERMINATING}),
     S.ACTIVE: frozenset(
@@ -229,6 +236,8 @@ class Session:
         self._release: asyncio.Task[None] | None = None
         self.last_activity = manager.clock()
         self._persisted_activity = self.last_activity
+        #: Transient transitions not written yet: (state, at, note, wall-clock activity).
+        self._unsaved: list[tuple[SessionState, float, str, float]] = []
 
     def __repr__(self) -> str:
         machine = self._machine.id if self._machine else None
@@ -619,10 +628,16 @@ class SessionManager:
     def _record(self, session: Session, state: SessionState, note: str = "") -> None:
         now = time.time()
         wall_activity = now - (self.clock() - session.last_activity)
-        self.store.set_session_state(
-            session.id, state.value, now, note=note, last_activity=wall_activity
-        )
-        session._persisted_activity = session.last_activity
+        entry = (state, now, note, wall_activity)
+        unsaved = session._unsaved
+        if session._state in _TRANSIENT and state in _TRANSIENT and not note and len(unsaved) < MAX_UNSAVED_TRANSITIONS:
+            unsaved.append(entry)
+        else:
+            with self.store.transaction():  # all or nothing: a failed write leaves them unsaved
+                for state_, at, note_, activity in (*unsaved, entry):
+                    self.store.set_session_state(session.id, state_.value, at, note=note_, last_activity=activity)
+            unsaved.clear()
+            session._persisted_activity = session.last_activity
         session._state = state
         session._transitions.append(Transition(state, now, note))
         self._notify(session, session._transitions[-1])
