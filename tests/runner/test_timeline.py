@@ -164,6 +164,14 @@ async def test_a_rollback_shows_the_restore_between_the_failure_and_the_release(
     assert prove(timeline).kept
 
 
+async def test_a_failed_job_ends_its_session_failed_not_completed() -> None:
+    timeline = collected(await run(ROLLBACK)).timeline
+    states = [e.state for e in timeline if e.kind == "session_state"]
+    assert states[-3:] == ["failed", "terminating", "released"]
+    assert "completed" not in states
+    assert prove(timeline).kept
+
+
 async def test_the_timeline_is_kept_in_the_store_and_read_back_as_recorded() -> None:
     ran = await run(ROLLBACK, rollback_on_failure=True, setup_commands=("true",))
     live = collected(ran)

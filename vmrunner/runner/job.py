@@ -55,6 +55,7 @@ from vmrunner.runner.events import (
 from vmrunner.runner.shells import resolve_shell
 from vmrunner.runner.steps import JobRuntime, Scope, ScriptResult, StepResult
 from vmrunner.runner.uses import ActionSteps
+from vmrunner.sessions import SessionState
 from vmrunner.workflow.expressions import EvaluationHooks, evaluate_if, hash_files
 from vmrunner.workflow.models import Job, Step
 
@@ -363,6 +364,9 @@ class JobExecution:
             outcome.reason = outcome.reason or str(exc)
         if scope.failed:
             outcome.result = "failure"
+        if outcome.result == "failure" and session.state is SessionState.ACTIVE:
+            with contextlib.suppress(VmrunnerError):  # its final state: failed, not completed
+                run.sessions.update_state(session.id, SessionState.FAILED, note="the job failed")
 
     def job_outputs(self, scope: Scope, *, quiet: bool = False) -> dict[str, str]:
         contexts = self.contexts(scope, self.env_context(scope))
