@@ -83,6 +83,7 @@ async def test_push_reports_pending_then_final_statuses_and_never_success_for_a_
         run = await finished(client, runs[0]["run_id"])
         assert run["server"]["conclusion"] == "failure"
         assert any("the key is ***" in row["text"] for row in run["logs"])
+        assert run["result"]["workflow_file"] == ".github/workflows/ci.yml"
         assert SECRET_VALUE not in json.dumps(run)
         metrics = {(s.name, tuple(sorted(s.labels.items()))): s.value
                    for family in text_string_to_metric_families((await client.get("/metrics")).text) for s in family.samples}

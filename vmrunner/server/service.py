@@ -26,7 +26,6 @@ import contextlib
 import itertools
 import json
 import logging
-import tempfile
 import time
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
@@ -35,11 +34,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-from vmrunner.errors import RunNotFound, VmrunnerError
+from vmrunner.errors import ConfigError, RunNotFound, VmrunnerError
 from vmrunner.machines.base import DEFAULT_VM_TYPE, Provider
 from vmrunner.machines.pool import WarmPool
 from vmrunner.machines.providers import get_provider
 from vmrunner.runner.events import FanOut
+from vmrunner.runner.learning import Learning, LearningSink, add_insights
 from vmrunner.runner.options import RunOptions
 from vmrunner.runner.results import ResultCollector, RunResult
 from vmrunner.runner.run import run_workflow
@@ -47,12 +47,11 @@ from vmrunner.runner.storage import RunHistory, StoreSink
 from vmrunner.server.config import RepositoryConfig, ServerConfig
 from vmrunner.server.github import GitHubClient, Status
 from vmrunner.server.metrics import Metrics, MetricsSink
-from vmrunner.server.mirrors import ZERO_SHA, Mirrors, workflows_at
+from vmrunner.server.mirrors import ZERO_SHA, Mirrors
 from vmrunner.server.reporting import StatusSink, comment_body, status_context
 from vmrunner.server.state import ServerRun, ServerState
 from vmrunner.sessions import Owner, SessionManager
 from vmrunner.store import Store
-from vmrunner.workflow.loader import load_workflow, load_workflows
 from vmrunner.workflow.models import Workflow
 from vmrunner.workflow.triggers import match_event, payload_changed_files
 
@@ -259,20 +258,17 @@ class Service:
         want, ref, number = target
         mirror, sha = await self.mirrors.commit(repo, want)
         changed = payload_changed_files(payload) if event == "push" else None
-        with tempfile.TemporaryDirectory(prefix="vmrunner-workflows-") as tmp:
-            folder = await workflows_at(mirror, sha, Path(tmp))
-            loaded = await asyncio.to_thread(load_workflows, folder)
-            chosen = [
-                relative for workflow in loaded.workflows
-                if (relative := _relative(workflow, folder)) and _wanted(event, payload, relative)
-                and match_event(workflow.triggers, event, payload, changed_files=changed)
-            ]
+        loaded = await self.mirrors.workflows(mirror, sha)
+        chosen = [
+            relative for relative, workflow in loaded.workflows.items()
+            if _wanted(event, payload, relative) and match_event(workflow.triggers, event, payload, changed_files=changed)
+        ]
         now = time.time()
         runs = [
             ServerRun(0, new_run_id(), delivery_id, repo.name, relative, event, sha, ref, number, "queued", None, now, None, None, None, None, "")
             for relative in chosen
         ]
-        problems = "; ".join(str(d) for d in loaded.diagnostics)[:500]
+        problems = "; ".join(loaded.problems)[:500]
         note = f"{len(runs)} run(s) for {sha[:12]}" + (f"; invalid workflows: {problems}" if problems else "")
         self.state.finish_delivery(delivery_id, "dispatched" if runs else "ignored", note, runs)
         for run in runs:
@@ -330,19 +326,21 @@ class Service:
             self.github, collector, repository=repo.name, sha=sha,
             workflow=workflow.name or Path(run.workflow_file).stem, target_url=self._target(run.run_id),
         )
-        with StoreSink(self.store) as keep:
+        with StoreSink(self.store) as keep, Learning.open(self.store.path) as learning:
             statuses.start()
             try:
-                outcome = await run_workflow(workflow, options, self.sessions, FanOut(keep, collector, MetricsSink(self.metrics), statuses))
+                outcome = await run_workflow(workflow, options, self.sessions, LearningSink(learning, repository=repo.name, workflow=workflow, then=FanOut(keep, collector, MetricsSink(self.metrics), statuses)))
             finally:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.shield(statuses.drain()), REPORT_GRACE)
         return outcome.conclusion
 
     async def _workflow(self, mirror: Path, sha: str, relative: str) -> Workflow:
-        with tempfile.TemporaryDirectory(prefix="vmrunner-workflows-") as tmp:
-            await workflows_at(mirror, sha, Path(tmp))
-            return await asyncio.to_thread(load_workflow, Path(tmp) / relative)
+        loaded = await self.mirrors.workflows(mirror, sha)
+        workflow = loaded.workflows.get(relative)
+        if workflow is None:
+            raise ConfigError(f"{relative} is not a valid workflow at {sha[:12]}: {'; '.join(loaded.problems) or 'missing'}")
+        return workflow
 
     def _options(self, run: ServerRun, repo: RepositoryConfig, mirror: Path, payload: Mapping[str, Any]) -> RunOptions:
         sender = payload.get("sender")
@@ -393,7 +391,7 @@ class Service:
         for run in latest.values():
             with contextlib.suppress(RunNotFound):
                 results.append(history.get_run(run.run_id))
-        return results
+        return add_insights(results, repository, self.store.path)
 
     def _refresh_gauges(self) -> None:
         self.metrics.running.set(len(self._running))
@@ -415,10 +413,6 @@ class Service:
             "status": delivery.status, "note": self.github.masker.mask(delivery.note),
             "received_at": delivery.received_at, "runs": [run.to_json() for run in runs],
         }
-
-
-def _relative(workflow: Workflow, folder: Path) -> str:
-    return str(Path(".github/workflows") / Path(workflow.path).relative_to(folder))
 
 
 def _wanted(event: str, payload: Mapping[str, Any], relative: str) -> bool:
