@@ -27,7 +27,7 @@ import time
 from typing import Any
 
 from vmrunner.machines.base import MachineSpec
-from vmrunner.machines.pool import WarmPool
+from vmrunner.machines.pool import Reuse, WarmPool
 from vmrunner.machines.providers import get_provider
 from vmrunner.runner.events import Event, JobStarted, Recorder, StepFinished, StepStarted
 from vmrunner.runner.options import RunOptions
@@ -140,11 +140,11 @@ async def step_overhead(runs: int, steps: int) -> dict[str, Any]:
     }
 
 
-async def throughput(count: int, pool_size: int, steps: int) -> dict[str, Any]:
+async def throughput(count: int, pool_size: int, steps: int, reuse: Reuse = "destroy") -> dict[str, Any]:
     workflow = steps_workflow(steps)
     options = RunOptions(concurrent_jobs=pool_size, repo_root=tempfile.gettempdir())
     async with (
-        WarmPool(get_provider("sandbox"), {"default": pool_size}) as pool,
+        WarmPool(get_provider("sandbox"), {"default": pool_size}, reuse=reuse) as pool,
         SessionManager(pool, limit=pool_size) as sessions,
     ):
         await pool.wait_filled()
@@ -163,13 +163,14 @@ async def throughput(count: int, pool_size: int, steps: int) -> dict[str, Any]:
         # This process's CPU per workflow (engine, pool refills, session manager): 1000 / this is
         # the rate one free core could sustain for the runner's own part.
         "runner_cpu_per_workflow_ms": cpu / count * 1000,
+        "pool_reuse": reuse,
     }
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     figures: dict[str, Any] = {"load_average_before": os.getloadavg()[0], "cpus": os.cpu_count()}
     figures.update(await step_overhead(args.runs, args.steps))
-    figures.update(await throughput(args.workflows, args.pool, 5))
+    figures.update(await throughput(args.workflows, args.pool, 5, args.reuse))
     figures["load_average_after"] = os.getloadavg()[0]
     return figures
 
@@ -180,6 +181,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--workflows", type=int, default=60, help="workflows for the throughput figure")
     parser.add_argument("--pool", type=int, default=4, help="warm pool size (and concurrent jobs)")
+    parser.add_argument("--reuse", choices=["destroy", "restore"], default="destroy", help="what the warm pool does with a used machine")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if "VMRUNNER_HOME" not in os.environ:

@@ -102,7 +102,7 @@ def test_runs_rm_frees_the_snapshots(tmp_path: Path) -> None:
 
 def test_a_failed_rerun_can_itself_be_rerun(tmp_path: Path) -> None:
     root = project(tmp_path)
-    original = failed_run(root, "--snapshot")
+    original = failed_run(root, "--snapshot", "--pool", "1")  # a pool machine, restored for reuse
     second = vmrunner("rerun", original, "--from-step", "2", "--json", cwd=root)
     assert second.returncode == 1, second.stdout + second.stderr
     rerun_id = json.loads(second.stdout)["runs"][0]["run_id"]

@@ -156,7 +156,7 @@ async def _run_all(
 
     from vmrunner.cli import terminal
     from vmrunner.cli.progress import JsonView, ProgressView
-    from vmrunner.machines.pool import WarmPool
+    from vmrunner.machines.pool import Reuse, WarmPool
     from vmrunner.machines.providers import get_provider
     from vmrunner.runner.events import FanOut
     from vmrunner.runner.learning import Learning, LearningSink
@@ -172,7 +172,10 @@ async def _run_all(
     async with AsyncExitStack() as stack:
         stack.enter_context(view)
         if pool_size:
-            provider = await stack.enter_async_context(WarmPool(provider, {options.default_vm_type: pool_size}))
+            # A used machine is restored to its verified pristine state and reused: cheaper than a
+            # cold start (bench runner --reuse), where the provider can snapshot.
+            reuse: Reuse = "restore" if provider.capabilities.snapshots else "destroy"
+            provider = await stack.enter_async_context(WarmPool(provider, {options.default_vm_type: pool_size}, reuse=reuse))
         else:
             stack.push_async_callback(provider.aclose)
         sessions = await stack.enter_async_context(SessionManager(provider, limit=options.concurrent_jobs, wait_timeout=None))
