@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "insights": ("vmrunner.cli.insights", "Lessons and suggestions learned from earlier runs."),
     "serve": ("vmrunner.cli.serve", "Serve GitHub webhooks: run workflows, report results to GitHub."),
     "agent": ("vmrunner.cli.agent", "Serve a fleet's jobs on this host (PostgreSQL with procrastinate)."),
+    "fleet": ("vmrunner.cli.fleet", "Submit, follow and cancel runs on a fleet of agent hosts."),
 }
 
 

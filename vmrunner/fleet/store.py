@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -399,6 +399,32 @@ class FleetStore:
                 "SELECT id, job_id, attempt, line FROM vmrunner_logs WHERE run_id = %s AND id > %s ORDER BY id", (run_id, after)
             )).fetchall()
         return [(int(i), str(j), int(a), str(line)) for i, j, a, line in rows]
+
+    async def follow(self, run_id: str, *, poll: float = 1.0) -> AsyncIterator[tuple[str, int, str]]:
+        """The run's log lines (job id, attempt, line) as they arrive, until the run ends.
+
+        Woken by ``NOTIFY vmrunner_logs`` (any host's agent), with a poll as the fallback.
+        """
+        after = 0
+        async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as listener:
+            await listener.execute("LISTEN vmrunner_logs")
+            while True:
+                finished = (await self.run(run_id)).status == "completed"
+                for row_id, job_id, attempt, line in await self.logs(run_id, after):
+                    after = row_id
+                    yield job_id, attempt, line
+                if finished:
+                    return
+                async for _ in listener.notifies(timeout=poll, stop_after=1):
+                    pass
+
+    async def agents(self) -> list[tuple[str, tuple[str, ...], int, float]]:
+        """Registered agents: (name, labels, capacity, seconds since their last heartbeat)."""
+        async with self.pool.connection() as connection:
+            rows = await (await connection.execute(
+                "SELECT name, labels, capacity, extract(epoch FROM now() - heartbeat_at)::float FROM vmrunner_agents ORDER BY name"
+            )).fetchall()
+        return [(str(n), tuple(labels), int(c), float(age)) for n, labels, c, age in rows]
 
     # Agents
 

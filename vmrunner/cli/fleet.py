@@ -1,0 +1,130 @@
+"""``vmrunner fleet``: submit, follow and cancel runs on a fleet of ``vmrunner agent`` hosts.
+
+Every subcommand talks to the fleet's PostgreSQL store (``--store`` or ``$VMRUNNER_STORE``);
+any host that reaches the database can use them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+
+from vmrunner.cli.agent import ENV_STORE
+
+T = TypeVar("T")
+
+store_option = click.option("--store", required=True, envvar=ENV_STORE, help=f"The fleet's PostgreSQL URL [env: {ENV_STORE}].")
+
+
+def _with_store(url: str, body: Callable[[Any], Awaitable[T]]) -> T:
+    import asyncio
+
+    from vmrunner.fleet.store import FleetStore
+
+    async def main() -> T:
+        async with FleetStore(url) as store:
+            return await body(store)
+
+    return asyncio.run(main())
+
+
+@click.group("fleet")
+def command() -> None:
+    """Runs on a fleet of hosts (PostgreSQL with procrastinate)."""
+
+
+@command.command("submit")
+@click.argument("workflow_file", type=click.Path(exists=True, dir_okay=False))
+@store_option
+@click.option("-e", "--event", default="push", show_default=True, help="The event name (github.event_name).")
+@click.option("-C", "--repo-root", default=".", help="The repository, at the same path on every agent host.")
+@click.option("--priority", default=0, show_default=True, type=int, help="Higher runs first.")
+@click.option("--delivery-id", default=None, help="A webhook delivery id: a redelivery makes no second run.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+def submit(workflow_file: str, store: str, event: str, repo_root: str, priority: int, delivery_id: str | None, as_json: bool) -> None:
+    """Queue a run of WORKFLOW_FILE; its jobs go to the agents serving their runs-on labels."""
+    from vmrunner.cli import terminal
+    from vmrunner.errors import ConfigError
+    from vmrunner.runner.options import RunOptions
+
+    try:
+        with open(workflow_file, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {workflow_file}: {exc.strerror}") from exc
+    options = RunOptions(event_name=event, repo_root=os.path.abspath(repo_root), actor=os.environ.get("USER") or "vmrunner")
+    run_id = _with_store(store, lambda fleet: fleet.submit(text, workflow_file, options, delivery_id=delivery_id, priority=priority))
+    if as_json:
+        terminal.print_json({"run_id": run_id})
+    else:
+        terminal.info(f"run {run_id} queued")
+
+
+@command.command("show")
+@click.argument("run_id")
+@store_option
+@click.option("-f", "--follow", is_flag=True, help="Print the run's log lines as they arrive, until it ends.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+def show(run_id: str, store: str, follow: bool, as_json: bool) -> None:
+    """Show a fleet run: its jobs, where they ran, their attempts; --follow tails its logs."""
+    from rich.table import Table
+
+    from vmrunner.cli import terminal
+    from vmrunner.fleet.store import FleetStore, RunRow
+
+    async def body(fleet: FleetStore) -> RunRow:
+        if follow:
+            async for job_id, attempt, line in fleet.follow(run_id):
+                click.echo(f"{job_id}#{attempt} | {line}")
+        return await fleet.run(run_id)
+
+    run = _with_store(store, body)
+    if as_json:
+        terminal.print_json({
+            "run_id": run.id, "status": run.status, "conclusion": run.conclusion,
+            "jobs": [{"job_id": j.job_id, "status": j.status, "attempt": j.attempt, "host": j.host, "labels": list(j.labels), "outputs": dict(j.outputs), "reason": j.reason} for j in run.jobs],
+        })
+        return
+    table = Table(title=f"run {run.id}: {run.conclusion or run.status}")
+    for column in ("job", "status", "attempt", "host", "labels", "reason"):
+        table.add_column(column)
+    for job in run.jobs:
+        table.add_row(job.job_id, job.status, str(job.attempt), job.host or "", ",".join(job.labels), job.reason)
+    terminal.console().print(table)
+
+
+@command.command("cancel")
+@click.argument("run_id")
+@store_option
+def cancel(run_id: str, store: str) -> None:
+    """Cancel a run: its running jobs' machines are torn down on their hosts."""
+    from vmrunner.cli import terminal
+
+    if _with_store(store, lambda fleet: fleet.cancel(run_id)):
+        terminal.info(f"run {run_id} cancelled")
+    else:
+        terminal.info(f"run {run_id} had already finished")
+
+
+@command.command("agents")
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+def agents(store: str, as_json: bool) -> None:
+    """List the agents and how long ago each was heard from."""
+    from rich.table import Table
+
+    from vmrunner.cli import terminal
+
+    rows = _with_store(store, lambda fleet: fleet.agents())
+    if as_json:
+        terminal.print_json([{"name": n, "labels": list(labels), "capacity": c, "heartbeat_age": age} for n, labels, c, age in rows])
+        return
+    table = Table()
+    for column in ("agent", "labels", "capacity", "last heard"):
+        table.add_column(column)
+    for name, labels, capacity, age in rows:
+        table.add_row(name, ",".join(labels), str(capacity), f"{age:.1f}s ago")
+    terminal.console().print(table)
