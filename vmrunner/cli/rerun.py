@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 @click.argument("run_id")
 @click.option("--from-step", "from_step", type=int, required=True, help="Continue from this step (the job's own steps, from 1).")
 @click.option("-j", "--job", "job_key", default=None, help="The failed job (its key, e.g. 'test (small)'); needed when several failed.")
-@click.option("-s", "--secret", "secrets", multiple=True, help="A secret K=V, or K to take it from the environment (repeatable).")
+@click.option("-s", "--secret", "secrets", multiple=True, help="A secret K=V, or K to take it from the environment (repeatable); runs never store secrets: give them again.")
 @click.option("--secret-file", default=None, help="Secrets from a dotenv file.")
 @click.option("--var", "variables", multiple=True, help="Override a configuration variable K=V (repeatable).")
 @click.option("--var-file", default=None, help="Override variables from a dotenv file.")
@@ -44,7 +44,12 @@ def command(
     variables: tuple[str, ...], var_file: str | None, workflow_file: str | None, provider: str | None,
     snapshot: bool, quiet: bool, as_json: bool,
 ) -> None:
-    """Re-run the failed job of run RUN_ID (or a unique prefix) from step N, in a new machine."""
+    """Re-run the failed job of run RUN_ID (or a unique prefix) from step N, in a new machine.
+
+    Steps before N do not run again: the machine starts from the snapshot taken after step N-1
+    of the original run, with the job's steps outputs, GITHUB_ENV and GITHUB_PATH as they were.
+    Needs a run made with --snapshot; the workflow file is read again (fix a step, re-run it).
+    """
     import asyncio
 
     from vmrunner.cli.run import _pairs
