@@ -259,3 +259,24 @@ def test_the_sink_never_raises_and_keeps_store_errors(db: Path) -> None:
         sink.emit(event)  # type: ignore[arg-type]
     assert sink.errors, "a closed database is reported, not raised"
     assert len(recorder.events) == 10
+
+
+def test_a_run_read_back_gets_its_insights_and_the_workflow_adds_parallel_advice(db: Path) -> None:
+    from vmrunner.workflow.loader import load_workflow_text
+
+    workflow = load_workflow_text(
+        "on: push\njobs:\n  a: {runs-on: x, steps: [{run: a}]}\n  b: {runs-on: x, needs: a, steps: [{run: b}]}\n"
+    )
+    with Learning.open(db, LearningConfig(lesson_threshold=1)) as learning:
+        recorder = Recorder()
+        sink = LearningSink(learning, repository=REPO, then=recorder, workflow=workflow)
+        for event in _run_events("failure", "r1"):
+            sink.emit(event)  # type: ignore[arg-type]
+        assert [s.job for s in sink.insights.suggestions if s.kind == "parallel"] == ["b"]
+        collector = ResultCollector()
+        for event in _run_events("failure", "r1"):
+            collector.emit(event)  # type: ignore[arg-type]
+        read_back = learning.with_insights(collector.result(), REPO)
+        assert read_back.insights is not None
+        assert [lesson.command for lesson in read_back.insights.lessons] == ["./check"]
+        assert learning.run_insights(REPO, "no-such-run") == learning.insights(REPO, [])

@@ -185,7 +185,7 @@ async def _run_all(
         repository = options.repository or (await repository_info(options.repo_root)).repository or os.path.basename(options.repo_root)
 
         async def one(workflow: Workflow, jobs: list[str] | None) -> bool:
-            learn = LearningSink(learning, repository=repository)
+            learn = LearningSink(learning, repository=repository, workflow=workflow)
             with StoreSink(store) as keep:
                 selected = dataclasses.replace(options, jobs=tuple(jobs) if jobs is not None else None)
                 outcome = await run_workflow(workflow, selected, sessions, learn.chain(FanOut(view, keep)))

@@ -40,7 +40,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vmrunner.config import vmrunner_home
 from vmrunner.errors import ConfigError, StoreError
@@ -57,7 +57,12 @@ from vmrunner.runner.events import (
 )
 from vmrunner.runner.insights import Insights, Lesson, Suggestion
 from vmrunner.runner.normalise import clean, command_key, noise_free
+from vmrunner.runner.parallelism import parallel_suggestions
 from vmrunner.store import BUSY_TIMEOUT_MS, Store, default_path
+
+if TYPE_CHECKING:
+    from vmrunner.runner.results import RunResult
+    from vmrunner.workflow.models import Workflow
 
 logger = logging.getLogger(__name__)
 
@@ -372,6 +377,15 @@ class Learning:
         suggestions.sort(key=lambda s: -s.confidence)
         return Insights(tuple(lessons), tuple(suggestions))
 
+    def run_insights(self, repository: str, run_id: str) -> Insights:
+        """The insights about the commands run ``run_id`` ran (e.g. for a pull request comment)."""
+        rows = self._read("SELECT DISTINCT command FROM learning_commands WHERE repository = ? AND run_id = ?", (repository, run_id))
+        return self.insights(repository, [row[0] for row in rows])
+
+    def with_insights(self, result: RunResult, repository: str) -> RunResult:
+        """``result`` with the insights about its commands (a run read back from the store has none)."""
+        return replace(result, insights=self.run_insights(repository, result.run_id))
+
     def _flaky(self, repository: str | None, keys: set[str] | None) -> Iterator[Suggestion]:
         where, params = _where(repository, True, column="repository")
         rows = self._read(
@@ -429,6 +443,16 @@ class Learning:
             )
 
 
+def add_insights(results: Sequence[RunResult], repository: str, path: str | Path | None = None) -> list[RunResult]:
+    """``results`` with their insights; unchanged if the learning tables cannot be read (never raises)."""
+    try:
+        with Learning.open(path) as learning:
+            return [learning.with_insights(result, repository) for result in results]
+    except (StoreError, ConfigError) as exc:
+        logger.warning("cannot read what was learned: %s", exc)
+        return list(results)
+
+
 _LESSON_COLUMNS = "id, repository, command, excerpt, occurrences, first_seen, last_seen, signature, dismissed_at"
 
 
@@ -468,14 +492,16 @@ class _Running:
 class LearningSink:
     """An ``EventSink`` that learns from a run's commands and passes every event on to ``then``.
 
-    ``LearningSink(learning, *, repository, then=None)``; ``errors`` keeps the ``StoreError``s met
-    (``emit`` never raises); ``insights`` is the last run's, once it finished.
+    ``LearningSink(learning, *, repository, then=None, workflow=None)``; with ``workflow`` the
+    insights also say which of its jobs could run in parallel. ``errors`` keeps the
+    ``StoreError``s met (``emit`` never raises); ``insights`` is the last run's, once it finished.
     """
 
-    def __init__(self, learning: Learning, *, repository: str, then: EventSink | None = None) -> None:
+    def __init__(self, learning: Learning, *, repository: str, then: EventSink | None = None, workflow: Workflow | None = None) -> None:
         self.learning = learning
         self.repository = repository
         self.then = then
+        self.workflow = workflow
         self.errors: list[StoreError] = []
         self.insights = Insights()
         self.new_lessons: list[Lesson] = []
@@ -534,6 +560,9 @@ class LearningSink:
                 if lesson is not None:
                     self.new_lessons.append(lesson)
             case RunFinished():
-                self.insights = self.learning.insights(self.repository, self._commands)
+                insights = self.learning.insights(self.repository, self._commands)
+                if self.workflow is not None:
+                    insights = replace(insights, suggestions=(*insights.suggestions, *parallel_suggestions(self.workflow)))
+                self.insights = insights
                 if self.insights and self.then is not None:
                     self.then.emit(RunInsights(event.run_id, event.time, self.insights))
