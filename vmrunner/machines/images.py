@@ -522,7 +522,7 @@ def _run(
         )
     except OSError as exc:
         raise ImageError(
-            f"cannot {what}: {argv[0]} is missing ({exc.strerror}); run scripts/bootstrap"
+            f"cannot {what}: {argv[0]} is missing ({exc.strerror}); run scripts/bootstrap --vm"
         ) from exc
     if log is not None:
         log.write(done.stdout + done.stderr)
