@@ -45,6 +45,8 @@ if TYPE_CHECKING:
     from vmrunner.machines.providers import get_provider
     from vmrunner.machines.sandbox import SandboxProvider
     from vmrunner.machines.testing import CountingProvider
+    from vmrunner.runner.insights import Insights, Lesson, Suggestion
+    from vmrunner.runner.learning import Learning, LearningSink
     from vmrunner.runner.options import RunOptions
     from vmrunner.runner.results import JobResult, ResultCollector, RunResult, StepResult
     from vmrunner.runner.run import JobReport, RunOutcome, run_workflow
@@ -91,6 +93,11 @@ _LAZY: dict[str, str] = {
     "run_workflow": "vmrunner.runner.run",
     "StoreSink": "vmrunner.runner.storage",
     "render_summary": "vmrunner.runner.summary",
+    "Insights": "vmrunner.runner.insights",
+    "Lesson": "vmrunner.runner.insights",
+    "Suggestion": "vmrunner.runner.insights",
+    "Learning": "vmrunner.runner.learning",
+    "LearningSink": "vmrunner.runner.learning",
     "get_provider": "vmrunner.machines.providers",
     "Job": "vmrunner.workflow.models",
     "Plan": "vmrunner.workflow.planner",
@@ -138,10 +145,14 @@ __all__ = [
     "GitHubClient",
     "HostProvider",
     "ImageError",
+    "Insights",
     "InvalidTransition",
     "Job",
     "JobReport",
     "JobResult",
+    "Learning",
+    "LearningSink",
+    "Lesson",
     "Machine",
     "MachineError",
     "MachineSpec",
@@ -174,6 +185,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreSink",
+    "Suggestion",
     "TransferError",
     "VmrunnerError",
     "WarmPool",
