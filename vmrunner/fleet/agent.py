@@ -162,6 +162,8 @@ class Agent:
         execution = asyncio.create_task(self._execute(assignment, logs), name=f"{run_id}/{job_id}#{attempt}")
         try:
             fenced = await self._keep_alive(store, assignment, logs, execution)
+            if fenced:
+                log.warning("job %s of run %s: attempt %d fenced off; its machine is released, nothing reported", job_id, run_id, attempt)
         except asyncio.CancelledError:  # aborted (cancelled run, or retried elsewhere) or shutting down
             log.warning("job %s of run %s: attempt %d aborted; its machine is released", job_id, run_id, attempt)
             raise
@@ -171,7 +173,6 @@ class Agent:
             # The machine is released by the session manager when the task ends.
             await asyncio.shield(asyncio.wait([execution]))
         if fenced:
-            log.warning("job %s of run %s: attempt %d fenced off; not reported", job_id, run_id, attempt)
             return
         result, outputs, reason = execution.result()
         await self._report(store, assignment, logs, result, outputs, reason)
