@@ -14,7 +14,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from vmrunner.fleet.store import FleetStore, RunRow
+from vmrunner.fleet.queue import RunRow
+from vmrunner.fleet.store import FleetStore
 from vmrunner.runner.options import RunOptions
 
 #: Short intervals so losing a host takes seconds, not minutes (same logic as the defaults).

@@ -73,7 +73,8 @@ def show(run_id: str, store: str, follow: bool, as_json: bool) -> None:
     from rich.table import Table
 
     from vmrunner.cli import terminal
-    from vmrunner.fleet.store import FleetStore, RunRow
+    from vmrunner.fleet.queue import RunRow
+    from vmrunner.fleet.store import FleetStore
 
     async def body(fleet: FleetStore) -> RunRow:
         if follow:

@@ -25,6 +25,7 @@ from psycopg.rows import dict_row
 
 from vmrunner.errors import ConfigError, RunNotFound, StoreError
 from vmrunner.fleet.labels import canonical, queue_name
+from vmrunner.fleet.queue import JobRow, RunRow
 from vmrunner.fleet.schema import ensure_schema
 from vmrunner.runner.options import RunOptions
 from vmrunner.workflow.loader import load_workflow_text
@@ -41,29 +42,6 @@ _SHARED_OPTIONS = (
     "cleanup_commands", "repo_root", "commit", "actor", "repository", "sha", "ref", "run_number",
     "machine_types", "default_vm_type", "network", "server_url", "actions_url",
 )
-
-
-@dataclass(frozen=True, slots=True)
-class JobRow:
-    run_id: str
-    job_id: str
-    status: str
-    attempt: int
-    host: str | None
-    outputs: Mapping[str, str]
-    reason: str
-    labels: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class RunRow:
-    id: str
-    status: str
-    conclusion: str | None
-    jobs: tuple[JobRow, ...]
-
-    def job(self, job_id: str) -> JobRow:
-        return next(job for job in self.jobs if job.job_id == job_id)
 
 
 @dataclass(frozen=True, slots=True)

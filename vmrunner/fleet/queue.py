@@ -1,0 +1,63 @@
+"""The one queue interface a trigger (the server, the CLI) uses to run workflows, whatever runs them.
+
+Two implementations: ``EmbeddedQueue`` (``vmrunner.fleet.embedded``: one host, in this
+process, runs kept in SQLite) and ``FleetStore`` (``vmrunner.fleet.store``: PostgreSQL with
+procrastinate, jobs run by ``vmrunner agent`` hosts). ``open_queue`` picks one from a
+``--store`` value. This module imports neither PostgreSQL nor procrastinate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from vmrunner.runner.options import RunOptions
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    """One job of a queued run. ``status``: pending, queued, running, then its result
+    (success, failure, cancelled, skipped). ``attempt`` grows when a lost host's job is retried."""
+
+    run_id: str
+    job_id: str
+    status: str
+    attempt: int
+    host: str | None
+    outputs: Mapping[str, str]
+    reason: str
+    labels: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    """A queued run; ``status`` is running, cancelling or completed (then ``conclusion`` is set)."""
+
+    id: str
+    status: str
+    conclusion: str | None
+    jobs: tuple[JobRow, ...]
+
+    def job(self, job_id: str) -> JobRow:
+        return next(job for job in self.jobs if job.job_id == job_id)
+
+
+class JobQueue(Protocol):
+    async def submit(
+        self, workflow_text: str, workflow_path: str, options: RunOptions, *, delivery_id: str | None = None, priority: int = 0,
+    ) -> str:
+        """Queue a run of the workflow; its id. A ``delivery_id`` seen before returns that run."""
+        ...
+
+    async def run(self, run_id: str) -> RunRow:
+        """The run and its jobs now; ``RunNotFound`` for an unknown id."""
+        ...
+
+    async def cancel(self, run_id: str) -> bool:
+        """Cancel the run's jobs (running ones lose their machine); False if it had ended."""
+        ...
+
+    def follow(self, run_id: str) -> AsyncIterator[tuple[str, int, str]]:
+        """The run's log lines (job id, attempt, line) as they come, until it ends."""
+        ...
