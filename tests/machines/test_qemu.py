@@ -203,6 +203,20 @@ def test_command_line_has_fixed_device_ids_and_the_network_mode(image: Image, tm
     assert Shape("tcg", 256, 1, "none").key(image) != Shape("tcg", 512, 1, "none").key(image)
 
 
+async def test_a_tcg_guest_runs_without_aslr_and_kernel_allocation_zeroing(
+    provider: QemuProvider, machine: QemuMachine
+) -> None:
+    if await provider.accelerator(provider.image_for(machine.spec.vm_type)) != "tcg":
+        pytest.skip("only TCG guests trade these for speed")
+    assert (await machine.exec(["cat", "/proc/sys/kernel/randomize_va_space"])).stdout == b"0\n"
+    cmdline = (await machine.exec(["cat", "/proc/cmdline"])).stdout.split()
+    assert b"init_on_alloc=0" in cmdline
+    # For real: two processes map libc at the same address.
+    maps = [await machine.exec(["grep", "-m1", "libc", "/proc/self/maps"]) for _ in range(2)]
+    assert maps[0].stdout
+    assert maps[0].stdout == maps[1].stdout
+
+
 OWNER = """
 import asyncio, json, sys
 from pathlib import Path

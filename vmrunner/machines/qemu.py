@@ -19,6 +19,11 @@ Choices (measured on Debian 12's QEMU 7.2 with Debian's 6.1 cloud kernel):
   (idle to busy host) every time, and the ready state makes boots rare anyway.
 - CPU model ``max`` under TCG (``host`` under KVM), ``tsc=reliable no_timer_check`` on the
   kernel command line under TCG: TCG's TSC is not trustworthy and the checks can stall boots.
+- Under TCG, process creation dominates a command's round trip. The guest runs with
+  ``mitigations=off norandmaps init_on_alloc=0`` (the VM, not the guest kernel, is the
+  boundary): together they more than halve it. Measured and left out (no gain beyond the
+  noise, or a cost): ``thread=single``, ``la57=off``, ``-cpu qemu64`` (a little faster, but
+  programs built for x86-64-v2 would no longer run).
 - Accelerator: KVM only when a real tiny boot under KVM prints the image's probe line (a
   ``/dev/kvm`` that exists may still not boot a guest), else TCG. The answer is cached in the
   images directory per QEMU binary and host kernel (``accelerator()``).
@@ -197,6 +202,12 @@ def qemu_argv(
         # One job owns the whole guest, and the VM is the boundary: the guest kernel's own
         # side-channel mitigations only slow every syscall (under TCG, by half).
         "mitigations=off",
+        # The same reasoning, under TCG only, for two hardening features every new process
+        # paid for there (``true``: ~79 ms of QEMU CPU time, 44 without ASLR, 33 without
+        # zeroed kernel allocations too; see ``bench/qemu.py``): TCG keys translated code by
+        # virtual address, so libraries mapped at new random addresses each exec are translated
+        # again each exec; and zeroing every kernel allocation is emulated code.
+        *(["norandmaps", "init_on_alloc=0"] if shape.accel == "tcg" else []),
     ]  # fmt: skip
     argv = [
         qemu,
