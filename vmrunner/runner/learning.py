@@ -387,7 +387,7 @@ class Learning:
         return replace(result, insights=self.run_insights(repository, result.run_id))
 
     def _flaky(self, repository: str | None, keys: set[str] | None) -> Iterator[Suggestion]:
-        where, params = _where(repository, True, column="repository")
+        where, params = _where(repository, True, column="repository", keys=keys)
         rows = self._read(
             "SELECT command_key, MIN(command), job_id, sha, SUM(outcome = 'success'), SUM(outcome = 'failure')"
             f" FROM learning_commands{where}{' AND' if where else ' WHERE'} sha != ''"
@@ -420,7 +420,7 @@ class Learning:
             )
 
     def _cache(self, repository: str | None, keys: set[str] | None) -> Iterator[Suggestion]:
-        where, params = _where(repository, True, column="p.repository")
+        where, params = _where(repository, True, column="p.repository", keys=keys)
         rows = self._read(
             "SELECT p.command_key, p.successes, p.failures, p.mean, p.m2,"
             " (SELECT command FROM learning_commands c WHERE c.repository = p.repository AND c.command_key = p.command_key ORDER BY seq DESC LIMIT 1)"
@@ -466,11 +466,19 @@ def _pattern(row: Sequence[Any]) -> Pattern:
     return Pattern(key, successes, failures, mean, math.sqrt(m2 / (successes - 1)) if successes > 1 else 0.0)
 
 
-def _where(repository: str | None, include_dismissed: bool, column: str = "repository") -> tuple[str, tuple[Any, ...]]:
-    clauses, params = [], []
+def _where(
+    repository: str | None, include_dismissed: bool, column: str = "repository", keys: set[str] | None = None
+) -> tuple[str, tuple[Any, ...]]:
+    """A WHERE clause for one repository (``column``), active lessons, and only ``keys`` (commands)."""
+    clauses: list[str] = []
+    params: list[Any] = []
     if repository is not None:
         clauses.append(f"{column} = ?")
         params.append(repository)
+    if keys is not None:
+        prefix = column.rpartition(".")[0]
+        clauses.append(f"{prefix + '.' if prefix else ''}command_key IN ({', '.join('?' * len(keys))})")
+        params.extend(sorted(keys))
     if not include_dismissed:
         clauses.append("dismissed_at IS NULL")
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
