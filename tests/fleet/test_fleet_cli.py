@@ -44,7 +44,7 @@ async def test_submit_follow_and_cancel_from_the_command_line(database: str) -> 
             return (await store.run(run_id)).job("wait").status == "running"
 
         await until(waiting, within=60, what="the second job running")
-        cancelled = _vmrunner("fleet", "cancel", run_id, "--store", database)
+        cancelled = _vmrunner("runs", "cancel", run_id, "--store", database)
         assert cancelled.returncode == 0, cancelled.stderr
         run = await finished(store, run_id)
         assert run.conclusion == "cancelled"

@@ -102,6 +102,11 @@ def show(run_id: str, store: str, follow: bool, as_json: bool) -> None:
 @store_option
 def cancel(run_id: str, store: str) -> None:
     """Cancel a run: its running jobs' machines are torn down on their hosts."""
+    cancel_run(run_id, store)
+
+
+def cancel_run(run_id: str, store: str) -> None:
+    """``vmrunner fleet cancel`` and ``vmrunner runs cancel --store``."""
     from vmrunner.cli import terminal
 
     if _with_store(store, lambda fleet: fleet.cancel(run_id)):

@@ -80,6 +80,16 @@ def remove(run_ids: tuple[str, ...], snapshots_only: bool) -> None:
                 terminal.info(f"removed the snapshots of run {run_id}" if freed else f"run {run_id} kept no snapshots")
 
 
+@command.command("cancel")
+@click.argument("run_id")
+@click.option("--store", required=True, envvar="VMRUNNER_STORE", help="The fleet's PostgreSQL URL [env: VMRUNNER_STORE]; see docs/fleet.md.")
+def cancel(run_id: str, store: str) -> None:
+    """Cancel a fleet run: running jobs lose their machines on their hosts, nothing is retried."""
+    from vmrunner.cli.fleet import cancel_run
+
+    cancel_run(run_id, store)
+
+
 @command.command("show")
 @click.argument("run_id")
 @click.option("--logs", "with_logs", is_flag=True, help="Include every step's output.")
