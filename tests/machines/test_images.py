@@ -12,6 +12,7 @@ import pytest
 
 from tests.cli.helpers import vmrunner
 from tests.machines.qemu_fixtures import qemu_image, test_images_dir
+from tests.machines.test_vmlinux import bzimage
 from vmrunner.errors import ConfigError, ImageError
 from vmrunner.machines.images import (
     AGENT_PATH,
@@ -67,6 +68,22 @@ def test_the_image_has_its_files_and_the_initramfs_its_parts(image: Image) -> No
     assert loaded.index("virtio.ko") < loaded.index("virtio_pci.ko")
     assert loaded.index("virtio_ring.ko") < loaded.index("virtio_blk.ko")
     assert set(BASE_PACKAGES) <= set(image.packages)
+
+
+def test_the_kernel_is_kept_unpacked_for_firecracker(image: Image, tmp_path: Path) -> None:
+    store = ImageStore(test_images_dir())
+    unpacked = store.vmlinux(image)
+    assert unpacked.parent == image.directory
+    with open(unpacked, "rb") as elf:
+        assert elf.read(4) == b"\x7fELF"
+    assert store.vmlinux(image) == unpacked  # kept: the same file again
+    # An image built before kernels were kept unpacked gets its kernel unpacked on first use.
+    older = dataclasses.replace(image, directory=tmp_path)
+    (tmp_path / "vmlinuz").write_bytes(bzimage(gzip.compress(b"\x7fELF" + bytes(4096))))
+    kept = store.vmlinux(older)
+    assert kept.parent == tmp_path
+    assert kept.read_bytes() == b"\x7fELF" + bytes(4096)
+    assert store.vmlinux(older) == kept
 
 
 def test_building_the_same_inputs_again_reuses_the_image(image: Image) -> None:

@@ -83,7 +83,6 @@ from vmrunner.machines.base import (
 from vmrunner.machines.client import AgentClient
 from vmrunner.machines.images import DEFAULT_NAME, ImageStore
 from vmrunner.machines.sandbox import HOME, TEMP, TOOL_CACHE, WORKSPACE
-from vmrunner.machines.vmlinux import vmlinux
 
 #: The guest's vsock context id (3 is the first one free for guests).
 GUEST_CID = 3
@@ -470,8 +469,9 @@ class FirecrackerProvider(Provider):
             )
         else:
             try:
-                image = ImageStore(self.images).get(self.image)
-                kernel = vmlinux(image.kernel, self.home / "cache" / "firecracker")
+                store = ImageStore(self.images)
+                image = store.get(self.image)
+                kernel = store.vmlinux(image)
             except ImageError as exc:
                 raise AllocationError(
                     f"no guest image for the firecracker provider: {exc}"
