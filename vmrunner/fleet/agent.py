@@ -26,7 +26,7 @@ import procrastinate
 import psycopg
 import psycopg_pool
 
-from vmrunner.errors import StoreError, VmrunnerError
+from vmrunner.errors import ConfigError, StoreError, VmrunnerError
 from vmrunner.fleet.labels import agent_queues, canonical
 from vmrunner.fleet.store import Assignment, FleetStore
 from vmrunner.runner.events import Event, LogLine
@@ -66,7 +66,7 @@ class AgentConfig:
 
     def __post_init__(self) -> None:
         if self.fence >= self.stall:
-            raise StoreError(f"the fence interval ({self.fence}s) must be shorter than the stall interval ({self.stall}s)")
+            raise ConfigError(f"the fence interval ({self.fence}s) must be shorter than the stall interval ({self.stall}s)")
 
 
 class _LogBuffer:
