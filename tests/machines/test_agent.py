@@ -544,20 +544,16 @@ async def test_listening_agent_keeps_processes_across_reconnects_until_shutdown(
 
 
 async def test_listening_agent_still_enforces_the_timeout_of_a_command_whose_client_left(
-    listening: tuple[asyncio.subprocess.Process, Path],
+    listening: tuple[asyncio.subprocess.Process, Path], tmp_path: Path
 ) -> None:
     process, path = listening
-    pids: list[int] = []
-    async with await connect(path) as client:
-        running = asyncio.create_task(
-            client.exec(
-                "echo $$; exec sleep 100", timeout=0.5, on_output=lambda _, data: pids.append(int(data))
-            )
-        )
-        await wait_for(lambda: pids, "the running command's pid")
-    with pytest.raises(AgentError):
-        await running
-    await group_gone(pids[0])
+    pid_file = tmp_path / "pid"
+    with socket.socket(socket.AF_UNIX) as client:  # asks, and leaves without waiting
+        client.connect(str(path))
+        script = f"echo $$ > {pid_file}.new; mv {pid_file}.new {pid_file}; exec sleep 100"
+        client.sendall(encode_frame({"op": "exec", "id": 1, "shell": script, "timeout": 2}))
+    await wait_for(pid_file.exists, "the command's pid")
+    await group_gone(int(pid_file.read_text()))
     assert process.returncode is None
 
 
