@@ -91,7 +91,12 @@ async def test_a_frozen_agent_is_fenced_off_and_its_late_writes_rejected(databas
         assert run.job("work").outputs == {"attempt": "2"}
         # The thawed agent finds its attempt superseded: it kills the machine, reports nothing.
         await until(lambda: _no_machine(frozen.home, monkeypatch), within=30, what="the fenced machine released")
-        assert re.search(r"attempt 1 (fenced off|aborted)|attempt 1 ended \w+ but was no longer current", frozen.output())
+        fenced = re.compile(r"attempt 1 (fenced off|aborted)|attempt 1 ended \w+ but was no longer current")
+
+        async def said_fenced() -> bool:  # the agent logs it after releasing the machine
+            return fenced.search(frozen.output()) is not None
+
+        await until(said_fenced, within=30, what="the thawed agent to say it was fenced off")
         results = [(attempt, result) for job, attempt, _, result in await store.attempts(run_id) if job == "work"]
         assert results == [(1, "lost"), (2, "success")]
         # Writes of the old attempt are refused by the fencing token.

@@ -88,6 +88,41 @@ async def wait_gone(pid: int, start: int | None, within: float) -> bool:
     return True
 
 
+def descendants(pid: int) -> list[tuple[int, int | None]]:
+    """Every live process below ``pid`` (children, grandchildren...) with its start time.
+
+    Read from each process's parent in ``/proc/*/stat`` (this kernel may lack the ``children``
+    files). Taken before a machine is stopped, it names what must be gone once it is: a daemon
+    that left its process group, or a pid namespace's processes the kernel is still killing.
+    """
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                ppid = int(stat.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry))
+    found: list[tuple[int, int | None]] = []
+    stack = [pid]
+    while stack:
+        for child in parents.get(stack.pop(), ()):
+            found.append((child, process_start(child)))
+            stack.append(child)
+    return found
+
+
+async def kill_all(processes: list[tuple[int, int | None]]) -> list[int]:
+    """SIGKILL each process that is still the one recorded, wait; the pids that survived."""
+    survivors = []
+    for pid, start in processes:
+        if start is not None and not await kill_process(pid, start, 0):
+            survivors.append(pid)
+    return survivors
+
+
 async def kill_process(pid: int, start: int | None, grace: float, *, group: bool = False) -> bool:
     """SIGTERM, up to ``grace`` seconds, SIGKILL, then wait; True once the process is gone.
 
@@ -583,16 +618,21 @@ class LocalProvider(Provider):
 
     async def _teardown(self, machine: AgentMachine) -> None:
         # Closing the stream tells the agent to kill every command it started and exit; the
-        # process then ends (taking a sandbox's whole pid namespace with it).
+        # process then ends (taking a sandbox's whole pid namespace with it). The kernel kills
+        # a namespace's processes after its init is gone: wait for each one we saw.
+        family = await asyncio.to_thread(descendants, machine.process.pid)
         await machine.client.close()
         try:
             await stop_process(machine.process, self.grace + 1, group=machine.group)
+            survivors = await kill_all(family)
         except TimeoutError as exc:
             raise ReleaseError(
                 f"machine {machine.id}: process {machine.process.pid} survived SIGKILL"
             ) from exc
         finally:
             await machine._closed()
+        if survivors:
+            raise ReleaseError(f"machine {machine.id}: processes {survivors} survived SIGKILL")
         await asyncio.to_thread(remove_machine_dir, self.machines_dir, machine.record.state_dir)
 
     def leftovers(self) -> list[MachineRecord]:
@@ -606,10 +646,16 @@ class LocalProvider(Provider):
         await shielded(self._reclaim(record))
 
     async def _reclaim(self, record: MachineRecord) -> None:
+        family: list[tuple[int, int | None]] = []
+        if is_same_process(record.pid, record.pid_start):
+            assert record.pid is not None
+            family = await asyncio.to_thread(descendants, record.pid)
         if record.pid is not None and not await kill_process(
             record.pid, record.pid_start, self.grace, group=bool(record.data.get("group"))
         ):
             raise ReleaseError(
                 f"machine {record.machine_id}: process {record.pid} survived SIGKILL"
             )
+        if survivors := await kill_all(family):
+            raise ReleaseError(f"machine {record.machine_id}: processes {survivors} survived SIGKILL")
         await asyncio.to_thread(remove_machine_dir, self.machines_dir, record.state_dir)

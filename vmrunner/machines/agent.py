@@ -885,8 +885,21 @@ def _listen(family: int, address: str | tuple[int, int]) -> int:
     import socket
 
     server = socket.socket(family, socket.SOCK_STREAM)
-    server.bind(address)
-    server.listen(1)
+    if isinstance(address, str):
+        # Bind under a temporary name and rename once listening, so that a client that sees
+        # the path never connects to a socket that is not accepting yet (ECONNREFUSED).
+        pending = f"{address}.{os.getpid()}"
+        try:
+            server.bind(pending)
+        except OSError:  # the longer name does not fit a socket address: bind in place
+            server.bind(address)
+            server.listen(1)
+            return server.detach()
+        server.listen(1)
+        os.rename(pending, address)
+    else:
+        server.bind(address)
+        server.listen(1)
     return server.detach()
 
 
