@@ -572,6 +572,12 @@ class QemuProvider(Provider):
 
 
 async def _run(*argv: str) -> None:
+    """Run a short helper (qemu-img) to its end even when cancelled, then re-raise: a helper
+    left running would write into a machine directory that is being removed."""
+    await shielded(_run_to_end(*argv))
+
+
+async def _run_to_end(*argv: str) -> None:
     try:
         process = await asyncio.create_subprocess_exec(
             *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
