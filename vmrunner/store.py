@@ -508,6 +508,30 @@ def default_path() -> Path:
     return ensure_home() / DATABASE_NAME
 
 
+@contextmanager
+def immediate_transaction(db: sqlite3.Connection, path: object, doing: str) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` on an autocommit connection, rolled back on any error;
+    sqlite errors become ``StoreError`` naming the database and what was being done."""
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot {doing}: {exc}") from exc
+
+
+def fetch_all(db: sqlite3.Connection, path: object, sql: str, params: Sequence[Any], doing: str) -> list[Any]:
+    """Every row of one query; sqlite errors become ``StoreError``."""
+    try:
+        return db.execute(sql, params).fetchall()
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot {doing}: {exc}") from exc
+
+
 class Store:
     """A connection to the state database; use as a context manager, from one thread."""
 

@@ -36,7 +36,7 @@ import time
 import tomllib
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
@@ -58,7 +58,7 @@ from vmrunner.runner.events import (
 from vmrunner.runner.insights import Insights, Lesson, Suggestion
 from vmrunner.runner.normalise import clean, command_key, noise_free
 from vmrunner.runner.parallelism import parallel_suggestions
-from vmrunner.store import BUSY_TIMEOUT_MS, Store, default_path
+from vmrunner.store import BUSY_TIMEOUT_MS, Store, default_path, fetch_all, immediate_transaction
 
 if TYPE_CHECKING:
     from vmrunner.runner.results import RunResult
@@ -231,24 +231,11 @@ class Learning:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
 
-    @contextmanager
-    def _write(self, doing: str) -> Iterator[sqlite3.Connection]:
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: cannot {doing}: {exc}") from exc
+    def _write(self, doing: str) -> AbstractContextManager[sqlite3.Connection]:
+        return immediate_transaction(self._db, self.path, doing)
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        try:
-            return self._db.execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: cannot read what was learned: {exc}") from exc
+        return fetch_all(self._db, self.path, sql, params, "read what was learned")
 
     # Recording
 

@@ -14,15 +14,15 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
 from vmrunner.errors import StoreError
 from vmrunner.sessions import Owner
-from vmrunner.store import BUSY_TIMEOUT_MS, Store, default_path
+from vmrunner.store import BUSY_TIMEOUT_MS, Store, default_path, fetch_all, immediate_transaction
 
 RunState = Literal["queued", "running", "completed", "interrupted"]
 DeliveryStatus = Literal["received", "dispatched", "ignored", "failed"]
@@ -106,24 +106,11 @@ class ServerState:
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot checkpoint: {exc}") from exc
 
-    @contextmanager
-    def _write(self, doing: str) -> Iterator[sqlite3.Connection]:
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: cannot {doing}: {exc}") from exc
+    def _write(self, doing: str) -> AbstractContextManager[sqlite3.Connection]:
+        return immediate_transaction(self._db, self.path, doing)
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        try:
-            return self._db.execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: cannot read: {exc}") from exc
+        return fetch_all(self._db, self.path, sql, params, "read")
 
     # Deliveries
 
