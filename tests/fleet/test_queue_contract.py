@@ -79,6 +79,8 @@ async def test_needs_outputs_and_logs(queue: tuple[JobQueue, RunOptions]) -> Non
     assert run.conclusion == "success"
     assert run.job("second").outputs == {"heard": "hello"}
     assert ("first", "first says hi") in lines
+    assert ("first", "first says hi") in [(job, line) for _, job, _, line in await jobs.logs(run_id)]
+    assert all(job != "first" for _, job, _, _ in await jobs.logs(run_id, after=(await jobs.logs(run_id))[-1][0]))
 
 
 async def test_cancel_ends_running_and_waiting_jobs(queue: tuple[JobQueue, RunOptions]) -> None:

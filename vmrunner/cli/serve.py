@@ -10,6 +10,7 @@ import os
 
 import click
 
+from vmrunner.cli.agent import ENV_STORE
 from vmrunner.config import ENV_PROVIDER
 
 _EPILOG = """\b
@@ -25,6 +26,7 @@ Config file (TOML; YAML with the same keys for .yml/.yaml):
   max_body_bytes = 26214400
   drain_seconds = 30
   github_api_url = "https://api.github.com"
+  store = "postgresql://vmrunner@db/vmrunner"   # optional: a fleet
   [repositories]
   "octo/app" = "https://github.com/octo/app.git"
   "octo/lib" = { url = "/srv/git/lib", secrets = { NPM_TOKEN = "..." } }
@@ -32,7 +34,8 @@ Config file (TOML; YAML with the same keys for .yml/.yaml):
 \b
 Endpoints: POST /webhook (point the repository's webhook here, content type
 application/json, with the secret), GET /api/runs, /api/runs/{id},
-/api/deliveries/{id}, /api/sessions, /api/pool, /healthz, /metrics, /docs.
+/api/deliveries/{id}, /api/sessions, /api/pool, /healthz, /metrics, /docs;
+POST /api/runs/{id}/cancel.
 """
 
 
@@ -53,14 +56,15 @@ application/json, with the secret), GET /api/runs, /api/runs/{id},
 @click.option("--concurrent-runs", default=None, type=click.IntRange(min=1), help="Workflow runs at once; more wait in the queue.")
 @click.option("--concurrent-jobs", default=None, type=click.IntRange(min=1), help="Machines at once (the session limit).")
 @click.option("--max-body-bytes", default=None, type=click.IntRange(min=1), help="Largest webhook body accepted (default 25 MB).")
+@click.option("--store", default=None, envvar=ENV_STORE, help=f"A fleet's PostgreSQL URL: runs go to its agents instead of running here [env: {ENV_STORE}]; see docs/fleet.md.")
 @click.option("--drain-seconds", default=None, type=click.FloatRange(min=0), help="Grace for running jobs on SIGTERM.")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]))
 def command(
     host: str | None, port: int | None, config_file: str | None, repos: tuple[str, ...], webhook_secret_file: str | None,
     github_api_url: str | None, github_token_file: str | None, github_app_id: str | None, github_app_key_file: str | None,
     github_installation_id: str | None, public_url: str | None, provider: str | None, pool_size: int | None,
-    concurrent_runs: int | None, concurrent_jobs: int | None, max_body_bytes: int | None, drain_seconds: float | None,
-    log_level: str,
+    concurrent_runs: int | None, concurrent_jobs: int | None, max_body_bytes: int | None, store: str | None,
+    drain_seconds: float | None, log_level: str,
 ) -> None:
     """Serve GitHub webhooks: run matching workflows, report statuses and a PR comment."""
     import logging
@@ -101,7 +105,7 @@ def command(
         host=host, port=port, github_api_url=github_api_url, public_url=public_url,
         provider=provider or (None if "provider" in settings else os.environ.get(ENV_PROVIDER)),
         pool_size=pool_size, concurrent_runs=concurrent_runs, concurrent_jobs=concurrent_jobs,
-        max_body_bytes=max_body_bytes, drain_seconds=drain_seconds,
+        max_body_bytes=max_body_bytes, drain_seconds=drain_seconds, store=store or None,
     )
     from vmrunner.server.serving import make_server  # heavy (FastAPI, the runner): after the checks
 

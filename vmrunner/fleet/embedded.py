@@ -125,6 +125,12 @@ class EmbeddedQueue:
         await asyncio.wait([tracked.task])
         return True
 
+    async def logs(self, run_id: str, after: int = 0) -> list[tuple[int, str, int, str]]:
+        tracked = self._runs.get(run_id)
+        if tracked is None:
+            raise RunNotFound(f"no run {run_id} in this process")
+        return [(index, job, attempt, line) for index, (job, attempt, line) in enumerate(tracked.logs[after:], start=after + 1)]
+
     async def follow(self, run_id: str) -> AsyncIterator[tuple[str, int, str]]:
         tracked = self._runs.get(run_id)
         if tracked is None:

@@ -58,6 +58,10 @@ class JobQueue(Protocol):
         """Cancel the run's jobs (running ones lose their machine); False if it had ended."""
         ...
 
+    async def logs(self, run_id: str, after: int = 0) -> list[tuple[int, str, int, str]]:
+        """The run's log lines so far after line id ``after``: (id, job id, attempt, line)."""
+        ...
+
     def follow(self, run_id: str) -> AsyncIterator[tuple[str, int, str]]:
         """The run's log lines (job id, attempt, line) as they come, until it ends."""
         ...

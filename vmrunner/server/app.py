@@ -24,7 +24,6 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from vmrunner.errors import RunNotFound, SessionError
 from vmrunner.machines.base import Provider
 from vmrunner.runner.masking import Masker
-from vmrunner.runner.storage import RunHistory
 from vmrunner.server.config import ServerConfig
 from vmrunner.server.service import Service, parse_json
 from vmrunner.server.signatures import verify
@@ -131,19 +130,24 @@ def create_app(config: ServerConfig, *, provider: Provider | None = None, github
 
     @app.get("/api/runs/{run_id}")
     async def get_run(run_id: str, request: Request) -> Response:
-        """One run: its jobs, steps and logs (as kept; secrets already masked)."""
+        """One run: its jobs, steps and logs (as kept; secrets already masked); on a fleet, its
+        jobs with their hosts and attempts, and its log lines."""
         service = service_of(request)
         queued = service.state.run(run_id)
-        history = RunHistory(service.store)
-        try:
-            result: dict[str, Any] | None = history.get_run(run_id).to_json()
-            logs = [asdict(row) for row in history.logs(run_id)]
-        except RunNotFound:
-            if queued is None:
-                return _error(404, f"no run {run_id}")
-            result, logs = None, []
+        result, logs = await service.executor.describe(run_id)
+        if result is None and queued is None:
+            return _error(404, f"no run {run_id}")
         body = {"server": queued.to_json() if queued else None, "result": result, "logs": logs}
         return JSONResponse(_masked(body, service.github.masker))
+
+    @app.post("/api/runs/{run_id}/cancel")
+    async def cancel_run(run_id: str, request: Request) -> Response:
+        """Cancel a queued or running run: its jobs' machines are released (on a fleet, on their hosts)."""
+        try:
+            cancelled = await service_of(request).cancel(run_id)
+        except RunNotFound:
+            return _error(404, f"no run {run_id}")
+        return JSONResponse({"run_id": run_id, "cancelled": cancelled}, status_code=202 if cancelled else 409)
 
     @app.get("/api/sessions")
     async def sessions(request: Request) -> Response:

@@ -14,6 +14,7 @@ flags win. Example::
     max_body_bytes = 26214400                # GitHub's maximum payload (25 MB)
     drain_seconds = 30                       # grace for running jobs on SIGTERM
     github_api_url = "https://api.github.com"
+    store = "postgresql://vmrunner@db/vmrunner"  # optional: run jobs on a fleet (docs/fleet.md)
 
     [repositories]
     "octo/app" = "https://github.com/octo/app.git"   # or a local path
@@ -90,6 +91,8 @@ class ServerConfig:
     github_app: GitHubApp | None = None
     #: Seconds a job waits for a machine before it fails (None: forever, as a queue should).
     wait_timeout: float | None = None
+    #: A fleet's PostgreSQL URL: runs go to its ``vmrunner agent`` hosts instead of running here.
+    store: str = ""
 
     @property
     def base_url(self) -> str:
@@ -112,7 +115,7 @@ class ServerConfig:
 _SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
     "host": str, "port": int, "public_url": str, "concurrent_runs": int, "concurrent_jobs": int,
     "provider": str, "pool_size": int, "max_body_bytes": int, "drain_seconds": (int, float),
-    "github_api_url": str, "wait_timeout": (int, float),
+    "github_api_url": str, "wait_timeout": (int, float), "store": str,
 }
 
 

@@ -12,10 +12,16 @@ workflow whose triggers and filters match (in the same transaction that marks th
 handled). Each run waits for one of ``concurrent_runs`` slots, and its jobs wait for machines
 in the session manager: capacity makes work wait, never fail.
 
+Where runs execute is the ``Executor``'s business (``vmrunner.server.executors``): in this
+process (the default), or on a fleet of ``vmrunner agent`` hosts with ``store`` set (a
+PostgreSQL URL), where the server only submits each run and watches it. A ``workflow_run``
+event that says GitHub cancelled a run, or ``cancel``, cancels our runs of that workflow.
+
 Restart: runs left ``running`` by a dead server are marked ``interrupted`` (and their jobs'
-statuses set to error); ``queued`` runs and unhandled deliveries are picked up again.
-Shutdown: ``begin_drain`` refuses new webhooks (503); leaving the context waits up to
-``drain_seconds`` for running runs, then cancels them (jobs run their cleanup commands and
+statuses set to error), except on a fleet, where they went on and are watched again; ``queued``
+runs and unhandled deliveries are picked up again. Shutdown: ``begin_drain`` refuses new
+webhooks (503); leaving the context waits up to ``drain_seconds`` for running runs (not for
+fleet runs, which go on without us), then cancels them (jobs run their cleanup commands and
 release their machines); queued runs stay queued for the next start.
 """
 
@@ -38,17 +44,14 @@ from vmrunner.errors import ConfigError, RunNotFound, VmrunnerError
 from vmrunner.machines.base import DEFAULT_VM_TYPE, Provider
 from vmrunner.machines.pool import WarmPool
 from vmrunner.machines.providers import get_provider
-from vmrunner.runner.events import FanOut
-from vmrunner.runner.learning import Learning, LearningSink, add_insights
 from vmrunner.runner.options import RunOptions
-from vmrunner.runner.results import ResultCollector, RunResult
-from vmrunner.runner.run import run_workflow
-from vmrunner.runner.storage import RunHistory, StoreSink
+from vmrunner.runner.storage import RunHistory
 from vmrunner.server.config import RepositoryConfig, ServerConfig
+from vmrunner.server.executors import REPORT_GRACE, Executor, LocalRuns
 from vmrunner.server.github import GitHubClient, Status
-from vmrunner.server.metrics import Metrics, MetricsSink
+from vmrunner.server.metrics import Metrics
 from vmrunner.server.mirrors import ZERO_SHA, Mirrors
-from vmrunner.server.reporting import StatusSink, comment_body, status_context
+from vmrunner.server.reporting import status_context
 from vmrunner.server.state import ServerRun, ServerState
 from vmrunner.sessions import Owner, SessionManager
 from vmrunner.store import Store
@@ -57,10 +60,8 @@ from vmrunner.workflow.triggers import match_event, payload_changed_files
 
 log = logging.getLogger(__name__)
 
-#: Events that can start runs; every other event is acknowledged and ignored.
+#: Events that can start runs; every other event but a cancelled ``workflow_run`` is acknowledged and ignored.
 RUN_EVENTS = frozenset({"push", "pull_request", "workflow_dispatch", "repository_dispatch"})
-#: How long statuses and comments may take to be sent when a run is cancelled.
-REPORT_GRACE = 10.0
 #: Seconds between WAL checkpoints of the server's own connection (done in a thread).
 CHECKPOINT_INTERVAL = 1.0
 
@@ -127,7 +128,8 @@ class Service:
         self._github_transport = github_transport
         self._stack = AsyncExitStack()
         self._wake = asyncio.Event()
-        self._slots = asyncio.Semaphore(max(1, config.concurrent_runs))
+        self._slots: contextlib.AbstractAsyncContextManager[Any] = asyncio.Semaphore(max(1, config.concurrent_runs))
+        self._cancelling: set[str] = set()
         self._runs: dict[str, asyncio.Task[None]] = {}
         self._running: set[str] = set()
         self._comment_locks: dict[tuple[str, int], asyncio.Lock] = {}
@@ -144,7 +146,7 @@ class Service:
             self.state = ServerState.open(self.store.path)
             stack.callback(self.state.close)
             provider = self._provider or get_provider(self.config.provider)
-            if self.config.pool_size:
+            if self.config.pool_size and not self.config.store:
                 self.pool = await stack.enter_async_context(WarmPool(provider, {DEFAULT_VM_TYPE: self.config.pool_size}))
                 provider = self.pool
             elif self._provider is None:
@@ -158,16 +160,21 @@ class Service:
             ))
             for value in self.config.secret_values():
                 self.github.masker.add(value)
+            self.executor = await self._executor(stack)
             self._group = await stack.enter_async_context(asyncio.TaskGroup())
             stack.push_async_callback(self._stop)
         except BaseException:
             await stack.aclose()
             raise
         self.metrics.on_scrape(self._refresh_gauges)
-        interrupted = self.state.interrupt_orphans()
-        RunHistory(self.store).mark_interrupted()
-        for run in interrupted:
-            self._group.create_task(self._report_interrupted(run))
+        if self.executor.detached:
+            for run in self.state.runs(state="running"):  # they went on without us: watch them again
+                self._launch(run)
+        else:
+            interrupted = self.state.interrupt_orphans()
+            RunHistory(self.store).mark_interrupted()
+            for run in interrupted:
+                self._group.create_task(self._report_interrupted(run))
         for run in self.state.runs(state="queued"):
             self._launch(run)
         self._dispatcher = self._group.create_task(self._dispatch_forever(), name="dispatcher")
@@ -180,6 +187,17 @@ class Service:
     ) -> None:
         await self._stack.aclose()
 
+    async def _executor(self, stack: AsyncExitStack) -> Executor:
+        """Runs here, or (with ``store``) on the fleet: the one place the two paths part."""
+        if not self.config.store:
+            return LocalRuns(self.store, self.sessions, self.github, self.metrics)
+        from vmrunner.fleet.store import FleetStore  # the fleet extra
+        from vmrunner.server.queued import QueuedRuns
+
+        self._slots = contextlib.nullcontext()  # the agents' capacity limits the fleet, not us
+        fleet = await stack.enter_async_context(FleetStore(self.config.store))
+        return QueuedRuns(fleet, self.github, self.metrics)
+
     def begin_drain(self) -> None:
         """Refuse new webhooks from now on; running runs have ``drain_seconds`` from now to finish."""
         if not self.draining:
@@ -187,8 +205,9 @@ class Service:
             self._drain_deadline = asyncio.get_running_loop().time() + self.config.drain_seconds
 
     async def wait_idle(self) -> None:
-        """Return once no run is running (callers bound the wait with ``asyncio.timeout``)."""
-        while running := [task for run_id, task in self._runs.items() if run_id in self._running]:
+        """Return once no run is running (callers bound the wait with ``asyncio.timeout``);
+        fleet runs go on without this server: nothing to wait for."""
+        while not self.executor.detached and (running := [task for run_id, task in self._runs.items() if run_id in self._running]):
             await asyncio.wait(running)
 
     async def _stop(self) -> None:
@@ -210,6 +229,11 @@ class Service:
         if self.draining:
             return Accepted("draining", "the server is shutting down")
         repository = repository_of(payload)
+        if event == "workflow_run" and cancelled_workflow(payload) is not None and self.config.repository(repository) is not None:
+            fresh = self.state.add_delivery(delivery_id, event, repository, body, "received")
+            if fresh:
+                self._wake.set()
+            return Accepted("queued" if fresh else "duplicate")
         if event not in RUN_EVENTS:
             note = f"{event} events start no runs"
         elif self.config.repository(repository) is None:
@@ -251,6 +275,9 @@ class Service:
     async def _dispatch(self, delivery_id: str, event: str, repository: str) -> None:
         payload = self.state.payload(delivery_id)
         repo = self.config.repository(repository)
+        if event == "workflow_run":
+            await self._cancel_matching(delivery_id, repository, payload)
+            return
         target = event_target(event, payload)
         if repo is None or isinstance(target, str):
             self.state.finish_delivery(delivery_id, "ignored", target if isinstance(target, str) else "not configured")
@@ -276,6 +303,33 @@ class Service:
             if stored is not None:
                 self._launch(stored)
 
+    async def _cancel_matching(self, delivery_id: str, repository: str, payload: Mapping[str, Any]) -> None:
+        """GitHub cancelled a run of a workflow at a commit: cancel ours of that workflow and commit."""
+        wanted = cancelled_workflow(payload)
+        matching = [
+            run for run in self.state.runs(state="running") + self.state.runs(state="queued")
+            if wanted is not None and run.repository.lower() == repository.lower() and (run.sha, run.workflow_file) == wanted
+        ]
+        cancelled = [run.run_id for run in matching if await self.cancel(run.run_id)]
+        note = f"cancelled run(s) {', '.join(cancelled)}" if cancelled else "no run of this workflow and commit was running"
+        self.state.finish_delivery(delivery_id, "dispatched" if cancelled else "ignored", note)
+
+    async def cancel(self, run_id: str) -> bool:
+        """Cancel a queued or running run (a fleet run loses its machines on its hosts); False
+        when it is not running. ``RunNotFound`` for a run this server never queued."""
+        run = self.state.run(run_id)
+        if run is None:
+            raise RunNotFound(f"no run {run_id}")
+        if run.state not in ("queued", "running"):
+            return False
+        self._cancelling.add(run_id)
+        if run.state == "queued" or (not self.executor.detached and run_id not in self._running):
+            task = self._runs.get(run_id)
+            if task is not None:
+                task.cancel()
+            return task is not None
+        return await self.executor.cancel(run_id)
+
     # Runs
 
     def _launch(self, run: ServerRun) -> None:
@@ -292,7 +346,11 @@ class Service:
                 try:
                     conclusion = await self._run(run)
                 except asyncio.CancelledError:
-                    self.state.finish_run(run.run_id, "interrupted", "cancelled", "the server shut down during the run")
+                    if self._cancel_requested(run.run_id):
+                        self.state.finish_run(run.run_id, "completed", "cancelled", "cancelled")
+                        return
+                    if not self.executor.detached:
+                        self.state.finish_run(run.run_id, "interrupted", "cancelled", "the server shut down during the run")
                     raise
                 except Exception as exc:  # VmrunnerError: a bad workflow, a failed fetch; else a bug: one run lost, not the server
                     if isinstance(exc, VmrunnerError):
@@ -310,8 +368,18 @@ class Service:
                     if run.pull_request is not None:
                         with contextlib.suppress(Exception):
                             await asyncio.wait_for(asyncio.shield(self._update_comment(run.repository, run.pull_request)), REPORT_GRACE)
+        except asyncio.CancelledError:
+            if not self._cancel_requested(run.run_id):
+                raise
+            self.state.finish_run(run.run_id, "completed", "cancelled", "cancelled before it started")
         finally:
             self._runs.pop(run.run_id, None)
+            self._cancelling.discard(run.run_id)
+
+    def _cancel_requested(self, run_id: str) -> bool:
+        """True (and the cancellation absorbed) when ``cancel`` stopped this run's task, not a shutdown."""
+        task = asyncio.current_task()
+        return run_id in self._cancelling and task is not None and task.uncancel() == 0
 
     async def _run(self, run: ServerRun) -> str:
         repo = self.config.repository(run.repository)
@@ -321,19 +389,7 @@ class Service:
         workflow = await self._workflow(mirror, sha, run.workflow_file)
         payload = self.state.payload(run.delivery_id)
         options = self._options(run, repo, mirror, payload)
-        collector = ResultCollector()
-        statuses = StatusSink(
-            self.github, collector, repository=repo.name, sha=sha,
-            workflow=workflow.name or Path(run.workflow_file).stem, target_url=self._target(run.run_id),
-        )
-        with StoreSink(self.store) as keep, Learning.open(self.store.path) as learning:
-            statuses.start()
-            try:
-                outcome = await run_workflow(workflow, options, self.sessions, LearningSink(learning, repository=repo.name, workflow=workflow, then=FanOut(keep, collector, MetricsSink(self.metrics), statuses)))
-            finally:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(asyncio.shield(statuses.drain()), REPORT_GRACE)
-        return outcome.conclusion
+        return await self.executor.execute(run, workflow, options, self._target(run.run_id))
 
     async def _workflow(self, mirror: Path, sha: str, relative: str) -> Workflow:
         loaded = await self.mirrors.workflows(mirror, sha)
@@ -372,7 +428,7 @@ class Service:
         if not self.github.enabled:
             return
         async with self._comment_locks.setdefault((repository, number), asyncio.Lock()):
-            body = comment_body(self._latest_results(repository, number))
+            body = await self.executor.comment(self._latest_runs(repository, number), repository)
             comment_id = self.state.comment_id(repository, number) or await self.github.find_comment(repository, number)
             if comment_id is not None and await self.github.update_comment(repository, comment_id, body):
                 self.state.set_comment_id(repository, number, comment_id)
@@ -381,17 +437,12 @@ class Service:
             if created is not None:
                 self.state.set_comment_id(repository, number, created)
 
-    def _latest_results(self, repository: str, number: int) -> list[RunResult]:
+    def _latest_runs(self, repository: str, number: int) -> list[ServerRun]:
         latest: dict[str, ServerRun] = {}
         for run in self.state.pull_request_runs(repository, number):
             if run.state != "queued":
                 latest[run.workflow_file] = run
-        history = RunHistory(self.store)
-        results = []
-        for run in latest.values():
-            with contextlib.suppress(RunNotFound):
-                results.append(history.get_run(run.run_id))
-        return add_insights(results, repository, self.store.path)
+        return list(latest.values())
 
     def _refresh_gauges(self) -> None:
         self.metrics.running.set(len(self._running))
@@ -413,6 +464,23 @@ class Service:
             "status": delivery.status, "note": self.github.masker.mask(delivery.note),
             "received_at": delivery.received_at, "runs": [run.to_json() for run in runs],
         }
+
+
+def cancelled_workflow(payload: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(commit, workflow file) of a ``workflow_run`` saying GitHub cancelled a run, else None.
+
+    GitHub sends ``completed`` with the conclusion ``cancelled``; ``cancelled`` as the action is
+    taken too."""
+    run = payload.get("workflow_run")
+    if not isinstance(run, Mapping):
+        return None
+    action = payload.get("action")
+    if not (action == "cancelled" or (action == "completed" and run.get("conclusion") == "cancelled")):
+        return None
+    workflow = payload.get("workflow")
+    path = run.get("path") or (workflow.get("path") if isinstance(workflow, Mapping) else None)
+    sha = run.get("head_sha")
+    return (sha, path) if isinstance(sha, str) and isinstance(path, str) and sha and path else None
 
 
 def _wanted(event: str, payload: Mapping[str, Any], relative: str) -> bool:
