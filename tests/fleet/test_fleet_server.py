@@ -22,6 +22,7 @@ import pytest
 from tests.fleet.harness import agents, until
 from tests.server.helpers import config, deliver, fixture, live_server, make_repo, settled
 from tests.server.helpers import finished as server_finished
+from vmrunner.errors import RunNotFound
 from vmrunner.fleet.store import FleetStore
 from vmrunner.server.config import ServerConfig
 from vmrunner.server.testing import FakeGitHub
@@ -110,7 +111,10 @@ async def test_a_redelivered_push_makes_one_fleet_run_across_two_servers(databas
 
 
 async def _running(fleet: FleetStore, run_id: str, job_id: str) -> str | None:
-    job = (await fleet.run(run_id)).job(job_id)
+    try:
+        job = (await fleet.run(run_id)).job(job_id)
+    except RunNotFound:  # the server has not submitted it yet
+        return None
     return job.host if job.status == "running" else None
 
 
