@@ -52,7 +52,12 @@ async def test_submit_follow_and_cancel_from_the_command_line(database: str) -> 
         assert shown.returncode == 0, shown.stderr
         lines = shown.stdout.splitlines()
         assert lines[:2] == ["hello#1 | hello from 1", "hello#1 | second line"]
-        assert json.loads("\n".join(lines[2:]))["jobs"][0] | {"outputs": {}} == {
+        hello = json.loads("\n".join(lines[2:]))["jobs"][0]
+        assert [(step["name"], step["status"]) for step in hello.pop("steps") if step["kind"] == "step"] == [
+            ("Run echo \"hello from $VMRUNNER_ATTEMPT\"", "success"), ("Run echo \"second line\"", "success"),
+        ]
+        assert isinstance(hello.pop("annotations"), list)
+        assert hello | {"outputs": {}} == {
             "job_id": "hello", "status": "success", "attempt": 1, "host": "h1", "labels": ["linux"], "outputs": {}, "reason": "",
         }
         listed = _vmrunner("fleet", "agents", "--store", database, "--json")

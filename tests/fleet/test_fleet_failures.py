@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.fleet.harness import AgentProcess, agents, finished, options, until
-from vmrunner.fleet.store import FleetStore
+from vmrunner.fleet.store import EventRecord, FleetStore
 from vmrunner.store import Store
 
 #: The first attempt hangs; a retry (attempt 2 and later) ends at once with its attempt number.
@@ -102,6 +102,9 @@ async def test_a_frozen_agent_is_fenced_off_and_its_late_writes_rejected(databas
         # Writes of the old attempt are refused by the fencing token.
         assert not await store.finish(run_id, "work", 1, "success", {"attempt": "1"})
         assert not await store.append_logs(run_id, "work", 1, ["late"])
+        assert not await store.append_events(run_id, "work", 1, [EventRecord(1000, "Annotation", 0.0, {"level": "error", "message": "late"})])
+        assert "late" not in [event.data["message"] for event in await store.events(run_id, "work", kinds=("Annotation",))]
+        assert {event.attempt for event in await store.events(run_id, "work", kinds=("StepFinished",))} == {2}
         assert not await store.heartbeat(run_id, "work", 1)
         assert (await store.run(run_id)).job("work").outputs == {"attempt": "2"}
 

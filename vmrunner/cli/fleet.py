@@ -69,24 +69,38 @@ def submit(workflow_file: str, store: str, event: str, repo_root: str, priority:
 @click.option("-f", "--follow", is_flag=True, help="Print the run's log lines as they arrive, until it ends.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 def show(run_id: str, store: str, follow: bool, as_json: bool) -> None:
-    """Show a fleet run: its jobs, where they ran, their attempts; --follow tails its logs."""
+    """Show a fleet run: its jobs, where they ran, their attempts and steps; --follow tails its logs."""
     from rich.table import Table
 
     from vmrunner.cli import terminal
     from vmrunner.fleet.queue import RunRow
-    from vmrunner.fleet.store import FleetStore
+    from vmrunner.fleet.store import FleetStore, StepRow
 
-    async def body(fleet: FleetStore) -> RunRow:
+    Shown = tuple[RunRow, dict[str, list[StepRow]], dict[str, list[dict[str, Any]]], dict[str, tuple[str, Any]]]
+
+    async def body(fleet: FleetStore) -> Shown:
         if follow:
             async for job_id, attempt, line in fleet.follow(run_id):
                 click.echo(f"{job_id}#{attempt} | {line}")
-        return await fleet.run(run_id)
+        return await fleet.run(run_id), await fleet.steps(run_id), await fleet.annotations(run_id), await fleet.combinations(run_id)
 
-    run = _with_store(store, body)
+    run, steps, annotations, combinations = _with_store(store, body)
     if as_json:
         terminal.print_json({
             "run_id": run.id, "status": run.status, "conclusion": run.conclusion,
-            "jobs": [{"job_id": j.job_id, "status": j.status, "attempt": j.attempt, "host": j.host, "labels": list(j.labels), "outputs": dict(j.outputs), "reason": j.reason} for j in run.jobs],
+            "jobs": [
+                {
+                    "job_id": j.job_id, "status": j.status, "attempt": j.attempt, "host": j.host, "labels": list(j.labels),
+                    "outputs": dict(j.outputs), "reason": j.reason,
+                    **({"matrix_job": combinations[j.job_id][0], "matrix": combinations[j.job_id][1]} if j.job_id in combinations else {}),
+                    "steps": [
+                        {"index": s.index, "kind": s.kind, "name": s.name, "status": s.status, "outcome": s.outcome, "conclusion": s.conclusion, "duration": s.duration}
+                        for s in steps.get(j.job_id, [])
+                    ],
+                    "annotations": annotations.get(j.job_id, []),
+                }
+                for j in run.jobs
+            ],
         })
         return
     table = Table(title=f"run {run.id}: {run.conclusion or run.status}")
@@ -95,6 +109,19 @@ def show(run_id: str, store: str, follow: bool, as_json: bool) -> None:
     for job in run.jobs:
         table.add_row(job.job_id, job.status, str(job.attempt), job.host or "", ",".join(job.labels), job.reason)
     terminal.console().print(table)
+    if any(steps.values()):
+        table = Table(title="steps")
+        for column in ("job", "step", "status", "duration"):
+            table.add_column(column)
+        for job in run.jobs:
+            for step in steps.get(job.job_id, []):
+                name = step.name if step.kind == "step" else f"{step.name} ({step.kind})"
+                duration = "" if step.duration is None else f"{step.duration:.1f}s"
+                table.add_row(job.job_id, name, step.status, duration)
+        terminal.console().print(table)
+    for job_id, found in annotations.items():
+        for note in found:
+            terminal.console().print(f"{job_id}: {note['level']}: {note['message']}", markup=False, highlight=False)
 
 
 @command.command("cancel")

@@ -9,6 +9,10 @@ it elsewhere) or cannot be written for ``fence`` seconds (shorter than the fleet
 the agent cancels the attempt (its machine is released) and reports nothing more for it. When
 the database goes away the agent tears everything down and starts again once it is back.
 Any agent also sweeps: running jobs whose heartbeat is older than ``stall`` are retried.
+
+What an attempt reports (log lines, and the runner's other events: steps, annotations, the
+job's lifecycle) is kept in memory and written with each heartbeat, in one fenced batch. A
+combination of a matrix job runs alone, as ``fleet/matrix.OneCombination``.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ import psycopg_pool
 
 from vmrunner.errors import ConfigError, StoreError, VmrunnerError
 from vmrunner.fleet.labels import agent_queues, canonical
-from vmrunner.fleet.store import Assignment, FleetStore
-from vmrunner.runner.events import Event, LogLine
+from vmrunner.fleet.matrix import OneCombination
+from vmrunner.fleet.store import Assignment, EventRecord, FleetStore
+from vmrunner.runner.events import Event, LogLine, RunFinished, RunInsights, RunStarted
 from vmrunner.runner.repository import repository_info
 from vmrunner.runner.run import Run, RunContext
 from vmrunner.sessions import SessionManager
@@ -69,19 +74,31 @@ class AgentConfig:
             raise ConfigError(f"the fence interval ({self.fence}s) must be shorter than the stall interval ({self.stall}s)")
 
 
-class _LogBuffer:
-    """An event sink that keeps log lines until the next heartbeat writes them in one batch."""
+#: Events of the agent's one-job run that say nothing about the job (the fleet run has its own).
+_RUN_EVENTS = (RunStarted, RunFinished, RunInsights)
+
+
+class _Reports:
+    """An event sink that keeps log lines and events until the next heartbeat writes them in
+    one batch. Events are masked by the runner; they are kept as they come, numbered."""
 
     def __init__(self) -> None:
         self.lines: list[str] = []
+        self.events: list[EventRecord] = []
+        self.seq = 0
 
     def emit(self, event: Event) -> None:
         if isinstance(event, LogLine):
             self.lines.append(event.text)
+        elif not isinstance(event, _RUN_EVENTS):
+            self.seq += 1
+            data = {f.name: getattr(event, f.name) for f in dataclasses.fields(event) if f.name != "run_id"}
+            self.events.append(EventRecord(self.seq, type(event).__name__, event.time, data))
 
-    def take(self) -> list[str]:
-        lines, self.lines = self.lines, []
-        return lines
+    def take(self) -> tuple[list[str], list[EventRecord]]:
+        taken = self.lines, self.events
+        self.lines, self.events = [], []
+        return taken
 
 
 class Agent:
@@ -158,7 +175,7 @@ class Agent:
         if assignment is None:
             log.info("job %s of run %s: attempt %d is not current; dropped", job_id, run_id, attempt)
             return
-        logs = _LogBuffer()
+        logs = _Reports()
         execution = asyncio.create_task(self._execute(assignment, logs), name=f"{run_id}/{job_id}#{attempt}")
         try:
             fenced = await self._keep_alive(store, assignment, logs, execution)
@@ -174,10 +191,9 @@ class Agent:
             await asyncio.shield(asyncio.wait([execution]))
         if fenced:
             return
-        result, outputs, reason = execution.result()
-        await self._report(store, assignment, logs, result, outputs, reason)
+        await self._report(store, assignment, logs, *execution.result())
 
-    async def _keep_alive(self, store: FleetStore, assignment: Assignment, logs: _LogBuffer, execution: asyncio.Task[Any]) -> bool:
+    async def _keep_alive(self, store: FleetStore, assignment: Assignment, logs: _Reports, execution: asyncio.Task[Any]) -> bool:
         """Heartbeat (with the logs so far) until the attempt ends; True when it must be
         abandoned: refused (retried elsewhere) or unable to heartbeat for ``fence`` seconds."""
         last_ok = time.monotonic()
@@ -189,19 +205,23 @@ class Agent:
             try:
                 if not await store.heartbeat(a.run_id, a.job_id, a.attempt):
                     return True
-                await store.append_logs(a.run_id, a.job_id, a.attempt, logs.take())
+                await store.append(a.run_id, a.job_id, a.attempt, *logs.take())
                 last_ok = time.monotonic()
             except DATABASE_ERRORS:
                 if time.monotonic() - last_ok > self.config.fence:
                     return True
 
-    async def _report(self, store: FleetStore, a: Assignment, logs: _LogBuffer, result: str, outputs: dict[str, str], reason: str) -> None:
+    async def _report(
+        self, store: FleetStore, a: Assignment, logs: _Reports, result: str, outputs: dict[str, str], reason: str, continue_on_error: bool,
+    ) -> None:
         """Write the end of the attempt, retrying through short outages up to the fence."""
         deadline = time.monotonic() + self.config.fence
+        lines, events = logs.take()
         while True:
             try:
-                await store.append_logs(a.run_id, a.job_id, a.attempt, logs.take())
-                if not await store.finish(a.run_id, a.job_id, a.attempt, result, outputs, reason):
+                await store.append(a.run_id, a.job_id, a.attempt, lines, events)
+                lines, events = [], []
+                if not await store.finish(a.run_id, a.job_id, a.attempt, result, outputs, reason, continue_on_error=continue_on_error):
                     log.warning("job %s of run %s: attempt %d ended %s but was no longer current; rejected", a.job_id, a.run_id, a.attempt, result)
                 return
             except DATABASE_ERRORS:
@@ -210,19 +230,33 @@ class Agent:
                     return
                 await asyncio.sleep(self.config.heartbeat)
 
-    async def _execute(self, a: Assignment, logs: _LogBuffer) -> tuple[str, dict[str, str], str]:
-        """The job in this host's session manager, as ``run_workflow`` runs one job of a run."""
+    async def _execute(self, a: Assignment, logs: _Reports) -> tuple[str, dict[str, str], str, bool]:
+        """The job (or one matrix combination) in this host's session manager, as
+        ``run_workflow`` runs one job of a run: (result, outputs, reason, continue-on-error)."""
         assert self.sessions is not None
+        job_id = a.parent or a.job_id
         try:
             workflow = load_workflow_text(a.workflow_text, a.workflow_path)
             info = await repository_info(a.options.repo_root)
             options = dataclasses.replace(a.options, env={**a.options.env, ATTEMPT_ENV: str(a.attempt)})
             context = RunContext(workflow, options, self.sessions, logs, info)
-            run = Run(context, plan(workflow, jobs=a.options.jobs))
-            run.needs_results.update({job_id: dict(need) for job_id, need in a.needs.items()})
-            await run.run_job(a.job_id)
+            job_plan = plan(workflow, jobs=a.options.jobs)
+            run = Run(context, job_plan) if a.matrix_index is None else OneCombination(context, job_plan, a.matrix_index)
+            run.needs_results.update({need: dict(value) for need, value in a.needs.items()})
+            stop_observing = self.sessions.observe(context.session_changed)  # the lifecycle timeline, as Run.execute does
+            try:
+                await run.run_job(job_id)
+            finally:
+                stop_observing()
         except VmrunnerError as exc:
-            return "failure", {}, str(exc)
-        ended = run.needs_results[a.job_id]
-        reasons = [report.reason for report in run.reports if report.reason]
-        return str(ended["result"]), dict(ended["outputs"]), "; ".join(reasons)
+            return "failure", {}, str(exc), False
+        reasons = "; ".join(report.reason for report in run.reports if report.reason)
+        if a.matrix_index is None:
+            ended = run.needs_results[job_id]
+            return str(ended["result"]), dict(ended["outputs"]), reasons, False
+        report = next((r for r in run.reports if r.job_key == a.job_id), None)
+        if report is None:  # skipped by its if:, or the matrix no longer gives this combination
+            if not run.reports or run.reports[0].job_key == job_id:
+                return str(run.needs_results[job_id]["result"]), {}, reasons, False
+            return "failure", {}, f"combination {a.matrix_index} of job '{job_id}' is now '{run.reports[0].job_key}', not '{a.job_id}'", False
+        return report.result, dict(report.outputs), report.reason, report.continue_on_error

@@ -2,9 +2,13 @@
 
 procrastinate owns the queue (``procrastinate_jobs``: fetching with ``SKIP LOCKED``, priorities,
 queueing locks, aborts, worker heartbeats). These tables own what vmrunner must know: runs, their
-jobs with status, attempt and outputs, every attempt's history, logs, and the agents. A job's
-``attempt`` is the fencing token: each write of an attempt says which attempt it is, and only
-the current one is accepted.
+jobs with status, attempt and outputs, every attempt's history, logs, events, and the agents. A
+job's ``attempt`` is the fencing token: each write of an attempt says which attempt it is, and
+only the current one is accepted.
+
+A matrix job is one row (``status`` ``matrix`` while its combinations run, then their aggregate
+result) plus one row per combination (``parent`` is the matrix job's id, ``job_id`` its key
+``test (linux, 1)``), each queued, fenced and retried like any job.
 """
 
 from __future__ import annotations
@@ -69,6 +73,25 @@ CREATE TABLE IF NOT EXISTS vmrunner_logs (
     line text NOT NULL
 );
 CREATE INDEX IF NOT EXISTS vmrunner_logs_run ON vmrunner_logs (run_id, id);
+-- Columns added after the first release: kept as ALTERs so an existing store is upgraded in place.
+ALTER TABLE vmrunner_jobs ADD COLUMN IF NOT EXISTS parent text;
+ALTER TABLE vmrunner_jobs ADD COLUMN IF NOT EXISTS matrix_index integer;
+ALTER TABLE vmrunner_jobs ADD COLUMN IF NOT EXISTS matrix jsonb NOT NULL DEFAULT '{}';
+ALTER TABLE vmrunner_jobs ADD COLUMN IF NOT EXISTS strategy jsonb NOT NULL DEFAULT '{}';
+ALTER TABLE vmrunner_jobs ADD COLUMN IF NOT EXISTS continue_on_error boolean NOT NULL DEFAULT false;
+-- What the runner reports besides log lines (steps, annotations, the job's lifecycle), as
+-- ``runner/events.py`` defines them: ``kind`` is the event's class, ``data`` its fields (masked).
+CREATE TABLE IF NOT EXISTS vmrunner_events (
+    id bigserial PRIMARY KEY,
+    run_id text NOT NULL,
+    job_id text NOT NULL,
+    attempt integer NOT NULL,
+    seq integer NOT NULL,
+    kind text NOT NULL,
+    data jsonb NOT NULL,
+    at timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS vmrunner_events_run ON vmrunner_events (run_id, job_id, attempt, seq);
 CREATE TABLE IF NOT EXISTS vmrunner_agents (
     name text PRIMARY KEY,
     labels text[] NOT NULL,

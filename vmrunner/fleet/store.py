@@ -8,6 +8,10 @@ procrastinate job carries a queueing lock named after the job and attempt.
 Fencing: a job's ``attempt`` only grows (a retry increments it). Every write an agent makes for
 an attempt (start, heartbeat, logs, end) says which attempt it is and is applied only if that is
 still the current one, so a host that was presumed lost cannot overwrite its successor.
+
+A matrix job becomes one fleet job per combination when it is ready (``fleet/matrix.py``); its
+own row then waits in ``matrix`` status and takes the aggregate result when every combination
+is final. ``fail-fast`` and ``max-parallel`` are applied here, in the same transactions.
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ import psycopg_pool
 from psycopg.rows import dict_row
 
 from vmrunner.errors import ConfigError, RunNotFound, StoreError
-from vmrunner.fleet.labels import canonical, queue_name
+from vmrunner.fleet.labels import queue_name
+from vmrunner.fleet.matrix import expand, has_matrix, static_labels
 from vmrunner.fleet.queue import JobRow, RunRow
 from vmrunner.fleet.schema import ensure_schema
 from vmrunner.runner.options import RunOptions
+from vmrunner.runner.run import FAIL_FAST_REASON, aggregate
 from vmrunner.workflow.loader import load_workflow_text
 from vmrunner.workflow.planner import plan
 
@@ -36,6 +42,10 @@ TASK_NAME = "vmrunner.job"
 #: What runs one attempt on an agent: (context, run id, job id, attempt).
 JobRunner = Callable[[procrastinate.JobContext, str, str, int], Awaitable[None]]
 FINAL = ("success", "failure", "cancelled", "skipped")
+#: Statuses of a job that has not ended (``matrix``: a matrix job whose combinations run).
+ACTIVE = ("pending", "queued", "running", "matrix")
+#: Event kinds that make up a job's steps, as ``steps()`` reads them.
+_STEP_KINDS = ("StepStarted", "StepFinished")
 #: Options that travel with a run to the agents (secrets never go into the database).
 _SHARED_OPTIONS = (
     "event_name", "payload", "vars", "env", "inputs", "job_timeout_minutes", "setup_commands",
@@ -55,6 +65,44 @@ class Assignment:
     workflow_text: str
     options: RunOptions
     needs: Mapping[str, Mapping[str, Any]]
+    #: The workflow's job id: ``job_id`` itself, or the matrix job of a combination.
+    parent: str = ""
+    #: The combination's ``strategy.job-index``; None for a job without a matrix.
+    matrix_index: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One runner event of an attempt, as an agent writes it: ``kind`` is the event's class name,
+    ``data`` its fields (text already masked by the runner)."""
+
+    seq: int
+    kind: str
+    time: float
+    data: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    job_id: str
+    attempt: int
+    seq: int
+    kind: str
+    data: Mapping[str, Any]
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StepRow:
+    """One step of a job's latest attempt; ``status`` is running until it ends, then its conclusion."""
+
+    index: int
+    kind: str
+    name: str
+    status: str
+    outcome: str | None
+    conclusion: str | None
+    duration: float | None
 
 
 def options_json(options: RunOptions) -> dict[str, Any]:
@@ -75,16 +123,11 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def job_labels(workflow_text: str, workflow_path: str) -> dict[str, tuple[str, ...]]:
-    """Each job's ``runs-on`` label set; expressions cannot be routed before they run."""
+def job_labels(workflow_text: str, workflow_path: str) -> dict[str, tuple[str, ...] | None]:
+    """Each job's ``runs-on`` label set; None for a matrix job whose labels use the matrix
+    (known per combination). Other expressions cannot be routed: ``ConfigError``."""
     workflow = load_workflow_text(workflow_text, workflow_path)
-    labels: dict[str, tuple[str, ...]] = {}
-    for job_id, job in workflow.jobs.items():
-        runs_on = job.runs_on
-        if runs_on is None or runs_on.expression or any("${{" in label for label in runs_on.labels):
-            raise ConfigError(f"{workflow_path}: job '{job_id}': a fleet routes jobs by their runs-on labels, which must be plain labels, not expressions")
-        labels[job_id] = canonical(runs_on.labels)
-    return labels
+    return {job_id: static_labels(job_id, job, workflow_path) for job_id, job in workflow.jobs.items()}
 
 
 class FleetStore:
@@ -138,7 +181,7 @@ class FleetStore:
                     found = await (await connection.execute("SELECT id FROM vmrunner_runs WHERE delivery_id = %s", (delivery_id,))).fetchone()
                     if found:
                         return str(found[0])
-                await self._check_served(connection, {job_id: labels[job_id] for job_id in job_plan.order})
+                await self._check_served(connection, {job_id: found for job_id in job_plan.order if (found := labels[job_id]) is not None})
                 row = await (await connection.execute("SELECT nextval('vmrunner_run_ids')")).fetchone()
                 assert row is not None
                 run_id = options.run_id or str(row[0])
@@ -150,13 +193,13 @@ class FleetStore:
                 if inserted is None:  # a concurrent delivery won
                     raise _Duplicate
                 for job_id in job_plan.order:
+                    own = labels[job_id] or ()
+                    strategy = {"matrix": True} if has_matrix(workflow.jobs[job_id]) else {}
                     await connection.execute(
-                        "INSERT INTO vmrunner_jobs (run_id, job_id, needs, labels, queue, status) VALUES (%s, %s, %s, %s, %s, 'pending')",
-                        (run_id, job_id, list(job_plan.dependencies(job_id)), list(labels[job_id]), queue_name(labels[job_id])),
+                        "INSERT INTO vmrunner_jobs (run_id, job_id, needs, labels, queue, status, strategy) VALUES (%s, %s, %s, %s, %s, 'pending', %s)",
+                        (run_id, job_id, list(job_plan.dependencies(job_id)), list(own), queue_name(own) if labels[job_id] is not None else "", json.dumps(strategy)),
                     )
-                for job_id in job_plan.order:
-                    if not job_plan.dependencies(job_id):
-                        await self._defer(connection, run_id, job_id, attempt=1)
+                await self._advance(connection, run_id)
                 return run_id
         except _Duplicate:
             async with self.pool.connection() as connection:
@@ -167,14 +210,16 @@ class FleetStore:
             raise StoreError(f"cannot submit the run: {exc}") from exc
 
     async def _check_served(self, connection: psycopg.AsyncConnection[Any], labels: Mapping[str, tuple[str, ...]]) -> None:
+        agents = await self._live_agents(connection)
+        for job_id, wanted in labels.items():
+            if problem := _unserved(job_id, wanted, agents):
+                raise ConfigError(problem)
+
+    async def _live_agents(self, connection: psycopg.AsyncConnection[Any]) -> list[tuple[str, set[str]]]:
         rows = await (await connection.execute(
             "SELECT name, labels FROM vmrunner_agents WHERE heartbeat_at > now() - make_interval(secs => %s)", (self.agent_stale,)
         )).fetchall()
-        agents = [(str(name), set(own)) for name, own in rows]
-        for job_id, wanted in labels.items():
-            if not any(set(wanted) <= own for _, own in agents):
-                shown = "; ".join(f"{name} [{','.join(sorted(own))}]" for name, own in agents) or "none"
-                raise ConfigError(f"job '{job_id}' runs-on {','.join(wanted) or '(no labels)'}: no live agent serves these labels (agents: {shown})")
+        return [(str(name), set(own)) for name, own in rows]
 
     async def _defer(self, connection: psycopg.AsyncConnection[Any], run_id: str, job_id: str, attempt: int) -> bool:
         """Move a job to ``queued`` for ``attempt`` and defer it, on ``connection``'s transaction."""
@@ -209,6 +254,16 @@ class FleetStore:
         )
         return RunRow(run["id"], run["status"], run["conclusion"], jobs)
 
+    async def combinations(self, run_id: str) -> dict[str, tuple[str, Mapping[str, Any]]]:
+        """The run's matrix combinations: job key -> (the matrix job's id, the combination's values).
+        In ``run()`` a matrix job is one row (``matrix`` status while its combinations run, then
+        their aggregate result) and each combination a row of its own, keyed ``test (linux, 1)``."""
+        async with self.pool.connection() as connection:
+            rows = await (await connection.execute(
+                "SELECT job_id, parent, matrix FROM vmrunner_jobs WHERE run_id = %s AND parent IS NOT NULL ORDER BY parent, matrix_index", (run_id,)
+            )).fetchall()
+        return {str(key): (str(parent), dict(matrix)) for key, parent, matrix in rows}
+
     async def attempts(self, run_id: str) -> list[tuple[str, int, str, str | None]]:
         """Every attempt of the run's jobs: (job id, attempt, host, result)."""
         async with self.pool.connection() as connection:
@@ -224,7 +279,7 @@ class FleetStore:
         async with self.pool.connection() as connection, connection.transaction():
             row = await (await connection.execute(
                 "UPDATE vmrunner_jobs SET status = 'running', host = %s, heartbeat_at = now(), started_at = now()"
-                " WHERE run_id = %s AND job_id = %s AND attempt = %s AND status = 'queued' RETURNING needs",
+                " WHERE run_id = %s AND job_id = %s AND attempt = %s AND status = 'queued' RETURNING needs, parent, matrix_index",
                 (host, run_id, job_id, attempt),
             )).fetchone()
             if row is None:
@@ -240,7 +295,8 @@ class FleetStore:
                 "SELECT job_id, status, outputs FROM vmrunner_jobs WHERE run_id = %s AND job_id = ANY(%s)", (run_id, list(row[0]))
             )).fetchall()
         needs = {str(j): {"result": str(s), "outputs": dict(o)} for j, s, o in needs_rows}
-        return Assignment(run_id, job_id, attempt, str(run[0]), str(run[1]), options_from_json(run[2], run_id), needs)
+        parent, index = row[1] or job_id, row[2]
+        return Assignment(run_id, job_id, attempt, str(run[0]), str(run[1]), options_from_json(run[2], run_id), needs, str(parent), index)
 
     async def heartbeat(self, run_id: str, job_id: str, attempt: int) -> bool:
         """Keep the attempt alive; False when it was given up on (the agent must stop it)."""
@@ -253,7 +309,16 @@ class FleetStore:
 
     async def append_logs(self, run_id: str, job_id: str, attempt: int, lines: Sequence[str]) -> bool:
         """Append log lines of an attempt and wake live tails; rejected (False) for a stale attempt."""
-        if not lines:
+        return await self.append(run_id, job_id, attempt, lines, ())
+
+    async def append_events(self, run_id: str, job_id: str, attempt: int, events: Sequence[EventRecord]) -> bool:
+        """Append runner events of an attempt; rejected (False) for a stale attempt."""
+        return await self.append(run_id, job_id, attempt, (), events)
+
+    async def append(self, run_id: str, job_id: str, attempt: int, lines: Sequence[str], events: Sequence[EventRecord]) -> bool:
+        """Append an attempt's log lines and events in one transaction (an agent's batch per
+        heartbeat) and wake live tails; rejected (False, nothing written) for a stale attempt."""
+        if not lines and not events:
             return True
         async with self.pool.connection() as connection, connection.transaction():
             current = await (await connection.execute(
@@ -263,24 +328,34 @@ class FleetStore:
             if current is None:
                 return False
             async with connection.cursor() as cursor:
-                await cursor.executemany(
-                    "INSERT INTO vmrunner_logs (run_id, job_id, attempt, line) VALUES (%s, %s, %s, %s)",
-                    [(run_id, job_id, attempt, line) for line in lines],
-                )
-            await connection.execute("SELECT pg_notify('vmrunner_logs', %s)", (run_id,))
+                if lines:
+                    await cursor.executemany(
+                        "INSERT INTO vmrunner_logs (run_id, job_id, attempt, line) VALUES (%s, %s, %s, %s)",
+                        [(run_id, job_id, attempt, line) for line in lines],
+                    )
+                if events:
+                    await cursor.executemany(
+                        "INSERT INTO vmrunner_events (run_id, job_id, attempt, seq, kind, data, at) VALUES (%s, %s, %s, %s, %s, %s, to_timestamp(%s))",
+                        [(run_id, job_id, attempt, e.seq, e.kind, json.dumps(_plain(e.data), default=str), e.time) for e in events],
+                    )
+            if lines:
+                await connection.execute("SELECT pg_notify('vmrunner_logs', %s)", (run_id,))
         return True
 
-    async def finish(self, run_id: str, job_id: str, attempt: int, result: str, outputs: Mapping[str, str], reason: str = "") -> bool:
+    async def finish(
+        self, run_id: str, job_id: str, attempt: int, result: str, outputs: Mapping[str, str], reason: str = "", *, continue_on_error: bool = False,
+    ) -> bool:
         """Record the attempt's end and defer the dependents it made ready, in one transaction.
 
         False (nothing written) when ``attempt`` is not the current running attempt: a late
-        write from a host that was given up on.
+        write from a host that was given up on. ``continue_on_error``: a failure that does not
+        fail its matrix job (a combination's ``continue-on-error``).
         """
         async with self.pool.connection() as connection, connection.transaction():
             row = await (await connection.execute(
-                "UPDATE vmrunner_jobs SET status = %s, outputs = %s, reason = %s, finished_at = now()"
+                "UPDATE vmrunner_jobs SET status = %s, outputs = %s, reason = %s, continue_on_error = %s, finished_at = clock_timestamp()"
                 " WHERE run_id = %s AND job_id = %s AND attempt = %s AND status = 'running' RETURNING job_id",
-                (result, json.dumps(dict(outputs)), reason, run_id, job_id, attempt),
+                (result, json.dumps(dict(outputs)), reason, continue_on_error, run_id, job_id, attempt),
             )).fetchone()
             if row is None:
                 return False
@@ -292,25 +367,133 @@ class FleetStore:
         return True
 
     async def _advance(self, connection: psycopg.AsyncConnection[Any], run_id: str) -> None:
-        """Defer the pending jobs whose needs are all final; conclude a finished run.
+        """Move the run forward after a change, until nothing more changes: expand the ready
+        matrix jobs, defer the ready jobs and combinations (within ``max-parallel``), apply
+        fail-fast, conclude finished matrix jobs, and conclude a finished run.
 
         A job whose needs did not all succeed is still deferred: its agent evaluates its
-        ``if:`` (``always()``, ``failure()``) as one host would, and reports it skipped.
+        ``if:`` (``always()``, ``failure()``) as one host would, and reports it skipped. A
+        matrix job's ``if:`` is evaluated here, before it is expanded.
         """
-        await connection.execute("SELECT 1 FROM vmrunner_runs WHERE id = %s FOR UPDATE", (run_id,))
-        rows = await (await connection.execute("SELECT job_id, status, needs FROM vmrunner_jobs WHERE run_id = %s", (run_id,))).fetchall()
-        status = {str(j): str(s) for j, s, _ in rows}
-        for job_id, state, needs in rows:
-            ready = state == "pending" and all(status[n] in FINAL for n in needs)
-            if ready and await self._defer(connection, run_id, str(job_id), attempt=1):
-                status[str(job_id)] = "queued"
-        if all(state in FINAL for state in status.values()):
-            results = set(status.values())
+        run = await (await connection.execute(
+            "SELECT status, workflow_path, workflow_text, options FROM vmrunner_runs WHERE id = %s FOR UPDATE", (run_id,)
+        )).fetchone()
+        assert run is not None
+        while True:
+            cursor = connection.cursor(row_factory=dict_row)
+            rows = await (await cursor.execute(
+                "SELECT job_id, status, needs, parent, matrix_index, strategy, continue_on_error, procrastinate_id, outputs, finished_at"
+                " FROM vmrunner_jobs WHERE run_id = %s ORDER BY finished_at NULLS LAST, job_id", (run_id,)
+            )).fetchall()
+            jobs = {str(r["job_id"]): r for r in rows}
+            changed = False
+            for job in rows:
+                if job["status"] == "matrix":
+                    combinations = sorted((r for r in rows if r["parent"] == job["job_id"]), key=lambda r: int(r["matrix_index"]))
+                    changed |= await self._settle_matrix(connection, run_id, job, combinations)
+            for job in rows:
+                ready = job["parent"] is None and job["status"] == "pending" and all(jobs[n]["status"] in FINAL for n in job["needs"])
+                if not ready or run[0] != "running":
+                    continue
+                if job["strategy"].get("matrix"):
+                    await self._expand(connection, run_id, job, jobs, run)
+                    changed = True
+                else:
+                    await self._defer(connection, run_id, str(job["job_id"]), attempt=1)
+            if not changed:
+                break
+        statuses = [str(r["status"]) for r in rows if r["parent"] is None]
+        if all(state in FINAL for state in statuses):
+            results = set(statuses)
             conclusion = "failure" if "failure" in results else "cancelled" if "cancelled" in results else "success"
             await connection.execute(
                 "UPDATE vmrunner_runs SET status = 'completed', conclusion = %s, finished_at = now() WHERE id = %s AND status = 'running'",
                 (conclusion, run_id),
             )
+
+    async def _expand(
+        self, connection: psycopg.AsyncConnection[Any], run_id: str, job: Mapping[str, Any], jobs: Mapping[str, Mapping[str, Any]], run: Sequence[Any],
+    ) -> None:
+        """A ready matrix job becomes one pending row per combination (or ends without any)."""
+        job_id = str(job["job_id"])
+        workflow = load_workflow_text(str(run[2]), str(run[1]))
+        needs = {n: {"result": str(jobs[n]["status"]), "outputs": dict(jobs[n]["outputs"])} for n in job["needs"]}
+        expansion = await expand(workflow, job_id, options_from_json(run[3], run_id), needs)
+        if expansion.result is not None:
+            await connection.execute(
+                "UPDATE vmrunner_jobs SET status = %s, reason = %s, finished_at = clock_timestamp() WHERE run_id = %s AND job_id = %s",
+                (expansion.result, expansion.reason, run_id, job_id),
+            )
+            return
+        agents = await self._live_agents(connection)
+        for combination in expansion.combinations:
+            problem = _unserved(combination.key, combination.labels, agents)
+            await connection.execute(
+                "INSERT INTO vmrunner_jobs (run_id, job_id, needs, labels, queue, status, reason, parent, matrix_index, matrix, finished_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, CASE WHEN %s THEN clock_timestamp() END)",
+                (
+                    run_id, combination.key, list(job["needs"]), list(combination.labels), queue_name(combination.labels),
+                    "failure" if problem else "pending", problem, job_id, combination.index, json.dumps(_plain(combination.matrix)), bool(problem),
+                ),
+            )
+        strategy = {"matrix": True, "fail_fast": expansion.fail_fast, "max_parallel": expansion.max_parallel}
+        await connection.execute(
+            "UPDATE vmrunner_jobs SET status = 'matrix', strategy = %s, started_at = now() WHERE run_id = %s AND job_id = %s",
+            (json.dumps(strategy), run_id, job_id),
+        )
+
+    async def _settle_matrix(
+        self, connection: psycopg.AsyncConnection[Any], run_id: str, job: Mapping[str, Any], combinations: Sequence[Mapping[str, Any]],
+    ) -> bool:
+        """Apply fail-fast, defer pending combinations within max-parallel, and give the matrix
+        job its aggregate result once every combination is final; True when it concluded."""
+        strategy = job["strategy"]
+        statuses = {str(c["job_id"]): str(c["status"]) for c in combinations}
+        failed = any(c["status"] == "failure" and not c["continue_on_error"] for c in combinations)
+        if failed and strategy.get("fail_fast", True):
+            for c in combinations:
+                if c["status"] in ACTIVE:
+                    await self._end(connection, run_id, c, "cancelled", FAIL_FAST_REASON)
+                    statuses[str(c["job_id"])] = "cancelled"
+        else:
+            active = sum(state in ("queued", "running") for state in statuses.values())
+            limit = int(strategy.get("max_parallel", len(combinations)))
+            for c in combinations:
+                if c["status"] == "pending" and active < limit and await self._defer(connection, run_id, str(c["job_id"]), attempt=1):
+                    active += 1
+        if not all(state in FINAL for state in statuses.values()):
+            return False
+        results = ["success" if c["continue_on_error"] and statuses[str(c["job_id"])] == "failure" else statuses[str(c["job_id"])] for c in combinations]
+        outputs: dict[str, str] = {}
+        for c in sorted(combinations, key=lambda c: (c["finished_at"] is None, c["finished_at"] or 0)):
+            # GitHub: the combination that completes last wins; an empty value never overrides.
+            outputs.update({k: v for k, v in dict(c["outputs"]).items() if v or k not in outputs})
+        result = aggregate(results)  # type: ignore[arg-type]
+        reasons = sorted({f"{c['job_id']}: {statuses[str(c['job_id'])]}" for c in combinations if statuses[str(c["job_id"])] in ("failure", "cancelled")})
+        await connection.execute(
+            "UPDATE vmrunner_jobs SET status = %s, outputs = %s, reason = %s, finished_at = clock_timestamp() WHERE run_id = %s AND job_id = %s",
+            (result, json.dumps(outputs), "; ".join(reasons), run_id, job["job_id"]),
+        )
+        return True
+
+    async def _end(self, connection: psycopg.AsyncConnection[Any], run_id: str, job: Mapping[str, Any], status: str, reason: str) -> None:
+        """End an active job without its host's word: a queued one is withdrawn, a running one
+        aborted on its host (procrastinate delivers ``CancelledError``); its attempt is bumped
+        so the host's late writes are rejected."""
+        state, procrastinate_id = str(job["status"]), job["procrastinate_id"]
+        if procrastinate_id is not None and state in ("queued", "running"):
+            await self.app.job_manager.cancel_job_by_id_async(int(procrastinate_id), abort=(state == "running"), connection=connection)
+        if state == "running":
+            await connection.execute(
+                "UPDATE vmrunner_attempts SET finished_at = now(), result = %s"
+                " WHERE run_id = %s AND job_id = %s AND attempt = (SELECT attempt FROM vmrunner_jobs WHERE run_id = %s AND job_id = %s)",
+                (status, run_id, job["job_id"], run_id, job["job_id"]),
+            )
+        await connection.execute(
+            "UPDATE vmrunner_jobs SET status = %s, reason = %s, finished_at = clock_timestamp(),"
+            " attempt = attempt + (CASE WHEN status = 'running' THEN 1 ELSE 0 END) WHERE run_id = %s AND job_id = %s",
+            (status, reason, run_id, job["job_id"]),
+        )
 
     # Lost hosts and cancellation
 
@@ -354,17 +537,12 @@ class FleetStore:
                 if exists is None:
                     raise RunNotFound(f"no run {run_id} in the fleet store")
                 return False
-            jobs = await (await connection.execute(
-                "SELECT job_id, status, procrastinate_id FROM vmrunner_jobs WHERE run_id = %s AND status IN ('pending', 'queued', 'running')", (run_id,)
+            cursor = connection.cursor(row_factory=dict_row)
+            jobs = await (await cursor.execute(
+                "SELECT job_id, status, procrastinate_id FROM vmrunner_jobs WHERE run_id = %s AND status = ANY(%s)", (run_id, list(ACTIVE))
             )).fetchall()
-            for job_id, status, procrastinate_id in jobs:
-                if procrastinate_id is not None and status in ("queued", "running"):
-                    await self.app.job_manager.cancel_job_by_id_async(int(procrastinate_id), abort=(status == "running"), connection=connection)
-                await connection.execute(
-                    "UPDATE vmrunner_jobs SET status = 'cancelled', reason = 'the run was cancelled', finished_at = now(),"
-                    " attempt = attempt + (CASE WHEN status = 'running' THEN 1 ELSE 0 END) WHERE run_id = %s AND job_id = %s",
-                    (run_id, job_id),
-                )
+            for job in jobs:
+                await self._end(connection, run_id, job, "cancelled", "the run was cancelled")
             await connection.execute(
                 "UPDATE vmrunner_runs SET status = 'completed', conclusion = 'cancelled', finished_at = now() WHERE id = %s", (run_id,)
             )
@@ -396,6 +574,43 @@ class FleetStore:
                 async for _ in listener.notifies(timeout=poll, stop_after=1):
                     pass
 
+    async def events(self, run_id: str, job_id: str | None = None, kinds: Sequence[str] = ()) -> list[EventRow]:
+        """The runner events the run's agents wrote (all attempts, in order), optionally of one
+        job and of some kinds (``StepFinished``, ``Annotation``, ``SessionStateChanged`` ...)."""
+        async with self.pool.connection() as connection:
+            rows = await (await connection.execute(
+                "SELECT job_id, attempt, seq, kind, data, extract(epoch FROM at)::float FROM vmrunner_events"
+                " WHERE run_id = %s AND (%s::text IS NULL OR job_id = %s) AND (cardinality(%s::text[]) = 0 OR kind = ANY(%s))"
+                " ORDER BY job_id, attempt, seq",
+                (run_id, job_id, job_id, list(kinds), list(kinds)),
+            )).fetchall()
+        return [EventRow(str(j), int(a), int(q), str(k), d, float(at)) for j, a, q, k, d, at in rows]
+
+    async def steps(self, run_id: str) -> dict[str, list[StepRow]]:
+        """Each job's steps (setup, steps, post, cleanup) in its latest attempt that reported any."""
+        latest = _latest_attempts(await self.events(run_id, kinds=_STEP_KINDS))
+        steps: dict[str, dict[int, StepRow]] = {}
+        for event in latest:
+            data, own = event.data, steps.setdefault(event.job_id, {})
+            index = int(data["index"])
+            if event.kind == "StepStarted":
+                own[index] = StepRow(index, str(data["kind"]), str(data["name"]), "running", None, None, None)
+            elif index in own:
+                own[index] = dataclasses.replace(
+                    own[index], status=str(data["conclusion"]), outcome=str(data["outcome"]),
+                    conclusion=str(data["conclusion"]), duration=float(data["duration"]),
+                )
+        return {job_id: [own[i] for i in sorted(own)] for job_id, own in steps.items()}
+
+    async def annotations(self, run_id: str) -> dict[str, list[dict[str, Any]]]:
+        """Each job's annotations (``::warning::`` and friends, runner notices) in its latest
+        attempt that reported any: level, message, file, line, column, title, step_index."""
+        found: dict[str, list[dict[str, Any]]] = {}
+        for event in _latest_attempts(await self.events(run_id, kinds=("Annotation",))):
+            data = {k: v for k, v in event.data.items() if k not in ("run_id", "job_key", "time")}
+            found.setdefault(event.job_id, []).append(data)
+        return found
+
     async def agents(self) -> list[tuple[str, tuple[str, ...], int, float]]:
         """Registered agents: (name, labels, capacity, seconds since their last heartbeat)."""
         async with self.pool.connection() as connection:
@@ -417,6 +632,22 @@ class FleetStore:
     async def agent_heartbeat(self, name: str) -> None:
         async with self.pool.connection() as connection:
             await connection.execute("UPDATE vmrunner_agents SET heartbeat_at = now() WHERE name = %s", (name,))
+
+
+def _latest_attempts(events: Sequence[EventRow]) -> list[EventRow]:
+    """The events of each job's highest attempt among ``events``."""
+    latest: dict[str, int] = {}
+    for event in events:
+        latest[event.job_id] = max(latest.get(event.job_id, 0), event.attempt)
+    return [event for event in events if event.attempt == latest[event.job_id]]
+
+
+def _unserved(job_id: str, wanted: Sequence[str], agents: Sequence[tuple[str, set[str]]]) -> str:
+    """Why no live agent can run a job with these labels; '' when one can."""
+    if any(set(wanted) <= own for _, own in agents):
+        return ""
+    shown = "; ".join(f"{name} [{','.join(sorted(own))}]" for name, own in agents) or "none"
+    return f"job '{job_id}' runs-on {','.join(wanted) or '(no labels)'}: no live agent serves these labels (agents: {shown})"
 
 
 class _Duplicate(Exception):
