@@ -100,6 +100,10 @@ class _Reports:
         self.lines, self.events = [], []
         return taken
 
+    def put_back(self, lines: list[str], events: list[EventRecord]) -> None:
+        """A batch that could not be written goes before what came since."""
+        self.lines, self.events = lines + self.lines, events + self.events
+
 
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
@@ -205,7 +209,12 @@ class Agent:
             try:
                 if not await store.heartbeat(a.run_id, a.job_id, a.attempt):
                     return True
-                await store.append(a.run_id, a.job_id, a.attempt, *logs.take())
+                lines, events = logs.take()
+                try:
+                    await store.append(a.run_id, a.job_id, a.attempt, lines, events)
+                except BaseException:
+                    logs.put_back(lines, events)  # written with the next heartbeat
+                    raise
                 last_ok = time.monotonic()
             except DATABASE_ERRORS:
                 if time.monotonic() - last_ok > self.config.fence:
