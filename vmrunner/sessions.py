@@ -277,6 +277,8 @@ class Session:
         timeout: float | None = None,  # noqa: ASYNC109 - Machine.exec's contract
         on_output: OutputCallback | None = None,
         stdin: bytes | None = None,
+        write: Mapping[str, str] | None = None,
+        collect: Sequence[str] = (),
     ) -> ExecResult:
         """Run a command in the session's machine; the session is ``executing`` meanwhile.
 
@@ -294,7 +296,8 @@ class Session:
         self._enter(S.EXECUTING)
         try:
             return await machine.exec(
-                command, env=env, cwd=cwd, timeout=timeout, on_output=relay, stdin=stdin
+                command, env=env, cwd=cwd, timeout=timeout, on_output=relay, stdin=stdin,
+                write=write, collect=collect,
             )
         finally:
             self.touch()

@@ -258,6 +258,69 @@ async def test_commands_run_concurrently(agent: Agent, tmp_path: Path) -> None:
     assert all(r.ok for r in results)
 
 
+async def test_exec_writes_files_before_and_collects_them_after(agent: Agent, tmp_path: Path) -> None:
+    script = tmp_path / "deep" / "er" / "step.sh"
+    out = tmp_path / "out"
+    out.write_text("left by an earlier command\n")
+    result = await agent.client.exec(
+        ["sh", str(script)],
+        write={str(script): f"printf '%s\\n' caf\u00e9 >> {out}\nprintf x > {tmp_path}/new\n", str(out): ""},
+        collect=[str(out), f"{tmp_path}/new", f"{tmp_path}/never-written"],
+    )
+    assert result.ok
+    assert result.files == {str(out): "café\n".encode(), f"{tmp_path}/new": b"x", f"{tmp_path}/never-written": b""}
+    assert result.truncated == frozenset()
+
+
+async def test_collected_files_come_back_when_the_command_is_killed(agent: Agent, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = await agent.client.exec(f"echo before > {out}; sleep 100", timeout=0.2, collect=[str(out)])
+    assert result.timed_out
+    assert result.files == {str(out): b"before\n"}
+
+
+async def test_collected_files_are_cut_at_the_limit(agent: Agent, tmp_path: Path) -> None:
+    big = tmp_path / "big"
+    big.write_bytes(b"a" * (agent_module.MAX_COLLECT + 10))
+    (tmp_path / "small").write_bytes(b"b")
+    result = await agent.client.exec(["true"], collect=[str(big), str(tmp_path / "small")])
+    assert len(result.files[str(big)]) == agent_module.MAX_COLLECT
+    assert result.files[str(tmp_path / "small")] == b"b"
+    assert result.truncated == {str(big)}
+
+
+async def test_an_agent_that_returns_no_files_is_reported_as_too_old(tmp_path: Path) -> None:
+    # An agent of an image built before ``collect`` existed ignores it: its exit lists no files.
+    older = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import agent; "
+        "send = agent.Agent.send; "
+        "agent.Agent.send = lambda self, h, p=b'': send(self, {k: v for k, v in h.items() if k != 'files'}, b'' if 'files' in h else p); "
+        "sys.exit(agent.main([]))"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-I", "-c", older, os.path.dirname(agent_module.__file__),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=tmp_path,
+    )
+    assert process.stdout is not None
+    assert process.stdin is not None
+    try:
+        async with AgentClient(process.stdout, process.stdin, grace=0.5) as client:
+            assert (await client.exec(["true"])).ok
+            with pytest.raises(AgentError, match="predates this vmrunner"):
+                await client.exec(["true"], collect=[str(tmp_path / "x")])
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+
+
+async def test_a_file_that_cannot_be_written_is_an_exec_error_and_nothing_runs(agent: Agent, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ExecError, match=r"cannot write .*file/x"):
+        await agent.client.exec(["touch", str(tmp_path / "ran")], write={str(tmp_path / "file" / "x"): ""})
+    assert not (tmp_path / "ran").exists()
+
+
 async def test_exit_by_signal(agent: Agent) -> None:
     result = await agent.client.exec("kill -9 $$")
     assert (result.exit_code, result.signal) == (None, signal.SIGKILL)
@@ -442,6 +505,10 @@ def test_unknown_op_and_bad_arguments_get_errors_with_their_id(raw: RawAgent) ->
     assert (raw.receive().id, raw.events) == (8, [])
     raw.send(encode_frame({"op": "exec", "id": 9, "argv": ["true"], "env": {"A": 1}}))
     assert raw.receive().header["message"] == "env must map strings to strings"
+    raw.send(encode_frame({"op": "exec", "id": 11, "argv": ["true"], "write": {"/tmp/x": 1}}))
+    assert raw.receive().header["message"] == "write must map paths to strings"
+    raw.send(encode_frame({"op": "exec", "id": 12, "argv": ["true"], "collect": "/etc/passwd"}))
+    assert raw.receive().header["message"] == "collect must be a list of paths"
     raw.ping(10)
 
 

@@ -477,9 +477,12 @@ class AgentMachine(Machine):
         timeout: float | None = None,  # noqa: ASYNC109 - enforced inside the machine
         on_output: OutputCallback | None = None,
         stdin: bytes | None = None,
+        write: Mapping[str, str] | None = None,
+        collect: Sequence[str] = (),
     ) -> ExecResult:
         return await self._usable().exec(
-            command, env=env, cwd=cwd, timeout=timeout, on_output=on_output, stdin=stdin
+            command, env=env, cwd=cwd, timeout=timeout, on_output=on_output, stdin=stdin,
+            write=write, collect=collect,
         )
 
     async def put(self, dest_dir: str, tar_data: bytes) -> None:

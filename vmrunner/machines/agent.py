@@ -28,9 +28,10 @@ Requests (client -> agent); each gets exactly one terminal reply with the same i
 
     ping      {}                                   -> pong {version, pid}
     exec      {argv: [..]} or {shell: "..."},      -> stdout/stderr chunks (payload), then
-              env {..} (merged over the agent's       exit {code, signal, duration, timed_out}
-              environment), cwd, timeout (s),         or error {kind: "exec"} if it could not
-              stdin: bool, more: bool                 start; payload = first stdin bytes
+              env {..} (merged over the agent's       exit {code, signal, duration, timed_out,
+              environment), cwd, timeout (s),         files} or error {kind: "exec"} if it
+              stdin: bool, more: bool,                could not start; payload = first stdin
+              write {path: text}, collect [path]      bytes
     stdin     {more: bool}, payload = stdin bytes  -> (no reply; feeds a running exec)
     kill      {target: exec id, grace (s)}         -> ok {found}; the target's exit follows
     put       {dest, more: bool}, payload = tar    -> ok once the last chunk is unpacked
@@ -38,7 +39,11 @@ Requests (client -> agent); each gets exactly one terminal reply with the same i
     shutdown  {}                                   -> ok, after every command was killed
 
 A relative ``cwd`` is taken from the directory the agent started in (the workspace); ``dest``
-and ``path`` must be absolute. Errors are replies ``error {kind, message}``; kind is one of
+and ``path`` must be absolute. ``write`` files are written (UTF-8, parents created) before the
+command starts; ``collect`` files are read when it has exited, however it ended, and come back
+in the exit's payload, listed in its header as ``files: [[path, size, truncated], ..]`` (a
+missing file is empty; each is cut at MAX_COLLECT bytes, all together below MAX_PAYLOAD). A step of a job needs both (its
+script, and the file commands it wrote), so one request does without a shell wrapper. Errors are replies ``error {kind, message}``; kind is one of
 protocol, exec, transfer, internal. A frame that cannot be decoded gets an error with
 ``id: null`` (or the id when it could be read) and the agent carries on with the next frame.
 
@@ -90,6 +95,8 @@ MAX_HEADER = 1 << 20
 MAX_PAYLOAD = 16 << 20
 #: Payload size the agent and client cut large data into.
 CHUNK = 1 << 20
+#: What ``collect`` returns of one file at most.
+MAX_COLLECT = 4 << 20
 #: Default time between SIGTERM and SIGKILL when killing a process group.
 DEFAULT_GRACE = 1.0
 
@@ -315,6 +322,7 @@ def _which(name: str, path: str) -> str | None:
 
 class _Exec:
     __slots__ = (
+        "collect",
         "deadline",
         "id",
         "kill_at",
@@ -343,6 +351,8 @@ class _Exec:
         self.stdin_more = False
         #: Its client went away (listening agent): it runs on, unreported.
         self.orphan = False
+        #: Files to read and send back with the exit.
+        self.collect: list[str] = []
 
 
 class Refusal(Exception):
@@ -559,6 +569,8 @@ class Agent:
         cwd = header.get("cwd")
         timeout = header.get("timeout")
         wants_stdin = bool(header.get("stdin"))
+        collect = _paths_of(header.get("collect") or [], "collect")
+        self._write_files(header.get("write") or {})
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         in_r, in_w = os.pipe() if wants_stdin else (self._devnull, -1)
@@ -574,6 +586,7 @@ class Agent:
                 if fd >= 0:
                     os.close(fd)
         ex = _Exec(ident, pid)
+        ex.collect = collect
         if isinstance(timeout, int | float) and not isinstance(timeout, bool):
             ex.deadline = ex.started + max(0.0, float(timeout))
         self._execs[ident] = ex
@@ -590,6 +603,52 @@ class Agent:
             ex.stdin_more = bool(header.get("more"))
             self._feed_stdin(ex, frame.payload)
         self._reap()
+
+    def _write_files(self, files: object) -> None:
+        if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+            raise Refusal("protocol", "write must map paths to strings")
+        for name, text in files.items():
+            path = os.path.join(self._cwd, name)
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+                try:
+                    data = memoryview(text.encode("utf-8", "surrogateescape"))
+                    while data:
+                        data = data[os.write(fd, data) :]
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise Refusal("exec", f"cannot write {name}: {exc.strerror}") from None
+
+    def _collected(self, ex: _Exec) -> tuple[list[list[object]], bytes]:
+        listing: list[list[object]] = []
+        chunks: list[bytes] = []
+        budget = MAX_PAYLOAD - CHUNK  # one exit frame carries them all
+        for name in ex.collect:
+            limit = min(MAX_COLLECT, budget)
+            data = b""
+            try:
+                fd = os.open(os.path.join(self._cwd, name), os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                pass
+            else:
+                try:
+                    while len(data) <= limit:
+                        more = os.read(fd, _READ_SIZE)
+                        if not more:
+                            break
+                        data += more
+                except OSError:
+                    pass
+                finally:
+                    os.close(fd)
+            truncated = len(data) > limit
+            data = data[:limit]
+            budget -= len(data)
+            listing.append([name, len(data), truncated])
+            chunks.append(data)
+        return listing, b"".join(chunks)
 
     def _spawn(
         self,
@@ -722,16 +781,18 @@ class Agent:
             return
         code, sig = _status_of(status)
         del self._execs[ex.id]
-        self.send(
-            {
-                "op": "exit",
-                "id": ex.id,
-                "code": code,
-                "signal": sig,
-                "duration": time.monotonic() - ex.started,
-                "timed_out": ex.timed_out,
-            }
-        )
+        reply: dict[str, object] = {
+            "op": "exit",
+            "id": ex.id,
+            "code": code,
+            "signal": sig,
+            "duration": time.monotonic() - ex.started,
+            "timed_out": ex.timed_out,
+        }
+        payload = b""
+        if ex.collect:
+            reply["files"], payload = self._collected(ex)
+        self.send(reply, payload)
 
     def _drain(self, fd: int) -> None:
         while fd in self._pipes:
@@ -832,6 +893,12 @@ def _argv_of(header: Mapping[str, Any]) -> list[str]:
     if isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv):
         return argv
     raise Refusal("protocol", "exec needs argv (a non-empty list of strings) or shell")
+
+
+def _paths_of(value: object, name: str) -> list[str]:
+    if isinstance(value, list) and all(isinstance(p, str) for p in value):
+        return value
+    raise Refusal("protocol", f"{name} must be a list of paths")
 
 
 def _killpg(pgid: int, sig: int) -> None:

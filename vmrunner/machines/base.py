@@ -80,6 +80,14 @@ class MachinePaths:
     tool_cache: str = ""
 
 
+#: Lists every entry of some directories with type and size (directory sizes vary by
+#: filesystem, so only their names count). Equal listings mean nothing was added or resized.
+_FINGERPRINT = (
+    'for d in "$@"; do [ -d "$d" ] && find "$d" -xdev \\( -type d -printf "d %p\\n" \\)'
+    ' -o -printf "%y %p %s\\n"; done | LC_ALL=C sort'
+)
+
+
 @dataclass(frozen=True, slots=True)
 class ExecResult:
     """How one command ended. ``exit_code`` is None when a signal ended it."""
@@ -91,6 +99,10 @@ class ExecResult:
     #: Output kept when no ``on_output`` callback was given.
     stdout: bytes = b""
     stderr: bytes = b""
+    #: The ``collect`` files as they were when the command ended (missing ones empty).
+    files: Mapping[str, bytes] = field(default_factory=dict)
+    #: Those of them cut at the agent's limit (``MAX_COLLECT``).
+    truncated: frozenset[str] = frozenset()
 
     @property
     def ok(self) -> bool:
@@ -144,12 +156,17 @@ class Machine(ABC):
         timeout: float | None = None,  # noqa: ASYNC109 - enforced inside the machine
         on_output: OutputCallback | None = None,
         stdin: bytes | None = None,
+        write: Mapping[str, str] | None = None,
+        collect: Sequence[str] = (),
     ) -> ExecResult:
         """Run one command (argv, or a string for ``sh -c``) and wait for it.
 
         Output is streamed to ``on_output`` while the command runs; without a callback it is
         collected into the result. On timeout or task cancellation the command's whole process
-        group is killed before this returns (or re-raises ``CancelledError``).
+        group is killed before this returns (or re-raises ``CancelledError``). ``write``: text
+        files written just before the command starts; ``collect``: files read when it has
+        ended, however it ended (``ExecResult.files``). A job's step needs both, and they cost
+        no extra process.
         """
 
     @abstractmethod
@@ -165,6 +182,18 @@ class Machine(ABC):
         started = time.perf_counter()
         await self.exec(["true"])
         return time.perf_counter() - started
+
+    async def fingerprint(self) -> bytes:
+        """A listing of the machine's writable directories (each entry's type, path, size):
+        equal before and after a restore means the restore left nothing behind. Listed by
+        ``find`` inside the machine; a provider that sees those directories from the host
+        lists them there instead, without a process."""
+        paths = self.paths
+        dirs = [d for d in (paths.workspace, paths.temp, paths.home) if d]
+        result = await self.exec(["sh", "-c", _FINGERPRINT, "sh", *dirs])
+        if not result.ok:
+            raise TransferError(f"cannot list the writable directories of {self.id}: {result.stderr.decode(errors='replace')}")
+        return result.stdout
 
     async def snapshot(self, name: str = "") -> SnapshotId:
         """Capture the machine's state; cost grows with what changed since the last one."""

@@ -154,6 +154,8 @@ class AgentClient:
         timeout: float | None = None,  # noqa: ASYNC109 - enforced by the agent
         on_output: OutputCallback | None = None,
         stdin: bytes | None = None,
+        write: Mapping[str, str] | None = None,
+        collect: Sequence[str] = (),
     ) -> ExecResult:
         """Run a command (argv, or a string for ``sh -c``) and wait for its exit.
 
@@ -171,6 +173,10 @@ class AgentClient:
             header["cwd"] = cwd
         if timeout is not None:
             header["timeout"] = timeout
+        if write:
+            header["write"] = dict(write)
+        if collect:
+            header["collect"] = list(collect)
         data = b""
         if stdin is not None:
             header["stdin"] = True
@@ -196,6 +202,7 @@ class AgentClient:
         if request.callback_error is not None:
             raise request.callback_error
         header = frame.header
+        files, truncated = _collected(self.name, header, frame.payload) if collect else ({}, frozenset[str]())
         return ExecResult(
             exit_code=header.get("code"),
             duration=float(header.get("duration") or 0.0),
@@ -203,6 +210,8 @@ class AgentClient:
             timed_out=bool(header.get("timed_out")),
             stdout=bytes(request.stdout),
             stderr=bytes(request.stderr),
+            files=files,
+            truncated=truncated,
         )
 
     async def put(self, dest_dir: str, tar_data: bytes) -> None:
@@ -337,3 +346,22 @@ class AgentClient:
         pending, self._pending = self._pending, {}
         for request in pending.values():
             request.fail(exc)
+
+
+def _collected(name: str, header: Mapping[str, Any], payload: bytes) -> tuple[dict[str, bytes], frozenset[str]]:
+    """The ``collect`` files of an exit frame: ``files`` lists path, size, truncated."""
+    listing = header.get("files")
+    if not isinstance(listing, list):
+        raise AgentError(f"{name}: its agent did not return the files asked for; it predates this vmrunner (rebuild the machine's image)")
+    files: dict[str, bytes] = {}
+    truncated: set[str] = set()
+    offset = 0
+    for entry in listing:
+        if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str) and isinstance(entry[1], int)):
+            raise AgentError(f"{name}: malformed file listing in an exit: {entry!r}")
+        path, size, cut = entry
+        files[path] = payload[offset : offset + size]
+        offset += size
+        if cut:
+            truncated.add(path)
+    return files, frozenset(truncated)

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal, Protocol
 
-from vmrunner.errors import AllocationError
 from vmrunner.machines._local import is_same_process, shielded
 from vmrunner.machines.base import (
     Machine,
@@ -42,12 +41,6 @@ log = logging.getLogger(__name__)
 
 Reuse = Literal["destroy", "restore"]
 
-#: Lists every entry of the writable directories with type and size (directory sizes vary by
-#: filesystem, so only their names count). Equal listings mean nothing was added or resized.
-_FINGERPRINT = (
-    'for d in "$@"; do [ -d "$d" ] && find "$d" -xdev \\( -type d -printf "d %p\\n" \\)'
-    ' -o -printf "%y %p %s\\n"; done | LC_ALL=C sort'
-)
 RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 30.0
 
@@ -346,7 +339,7 @@ class WarmPool(Provider):
         try:
             await machine.ping()
             if self.reuse == "restore":
-                fingerprint = await self._fingerprint(machine)
+                fingerprint = await machine.fingerprint()
                 snapshot_id = await machine.snapshot("pristine")
                 self._pristine[machine.id] = _Pristine(snapshot_id, fingerprint)
             if self.journal is not None:
@@ -360,17 +353,7 @@ class WarmPool(Provider):
         """Restore the pristine snapshot; True when the machine answers and matches it."""
         await machine.restore(pristine.snapshot_id)
         await machine.ping()
-        return await self._fingerprint(machine) == pristine.fingerprint
-
-    async def _fingerprint(self, machine: Machine) -> bytes:
-        paths = machine.paths
-        dirs = [d for d in (paths.workspace, paths.temp, paths.home) if d]
-        result = await machine.exec(["sh", "-c", _FINGERPRINT, "sh", *dirs])
-        if not result.ok:
-            raise AllocationError(
-                f"cannot list the writable directories of {machine.id}: {result.stderr.decode(errors='replace')}"
-            )
-        return result.stdout
+        return await machine.fingerprint() == pristine.fingerprint
 
     async def _destroy(self, machine: Machine, note: str) -> None:
         self._pristine.pop(machine.id, None)

@@ -81,6 +81,12 @@ class SandboxMachine(AgentMachine):
             raise SnapshotError(f"machine {self.id} has no snapshot {snapshot_id!r}")
         await engine.restore(snapshot_id)
 
+    async def fingerprint(self) -> bytes:
+        """The writable directories listed from the host: no process in the machine."""
+        if self.released:
+            raise SnapshotError(f"machine {self.id} was released")
+        return await asyncio.to_thread(_listing, [self.writable[name] for name in sorted(self.writable)])
+
     async def export_snapshot(self, snapshot_id: SnapshotId, dest_dir: str) -> None:
         engine = await self._engine()
         if engine is None:
@@ -113,6 +119,41 @@ class SandboxMachine(AgentMachine):
     async def _closed(self) -> None:
         if self._snapshots is not None:
             await self._snapshots.aclose()
+
+
+def _listing(roots: list[Path]) -> bytes:
+    """Every entry under ``roots`` (not crossing into other file systems) as sorted lines of
+    type, path and size (a directory's name only: its size depends on the file system)."""
+    lines: list[str] = []
+    for root in roots:
+        try:
+            device = root.lstat().st_dev
+        except FileNotFoundError:
+            continue
+        lines.append(f"d {root}")
+        stack = [str(root)]
+        while stack:
+            folder = stack.pop()
+            try:
+                entries = list(os.scandir(folder))
+            except OSError as exc:
+                lines.append(f"? {folder} {exc.errno}")
+                continue
+            for entry in entries:
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except OSError:
+                    lines.append(f"? {entry.path}")
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    lines.append(f"d {entry.path}")
+                    if info.st_dev == device:
+                        stack.append(entry.path)
+                else:
+                    kind = "l" if entry.is_symlink() else "f" if entry.is_file(follow_symlinks=False) else "o"
+                    lines.append(f"{kind} {entry.path} {info.st_size}")
+    lines.sort()
+    return "\n".join(lines).encode(errors="surrogateescape")
 
 
 class SandboxProvider(LocalProvider):

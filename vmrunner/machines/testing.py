@@ -258,13 +258,16 @@ class CountingMachine(Machine):
         timeout: float | None = None,  # noqa: ASYNC109 - Machine.exec's contract
         on_output: OutputCallback | None = None,
         stdin: bytes | None = None,
+        write: Mapping[str, str] | None = None,
+        collect: Sequence[str] = (),
     ) -> ExecResult:
         if self._provider._fault("exec", self.id):
             return ExecResult(exit_code=0, duration=0.0)
         recorded = command if isinstance(command, str) else tuple(command)
         self._provider.execs.append(ExecRecord(self.id, recorded, time.monotonic()))
         return await self.inner.exec(
-            command, env=env, cwd=cwd, timeout=timeout, on_output=on_output, stdin=stdin
+            command, env=env, cwd=cwd, timeout=timeout, on_output=on_output, stdin=stdin,
+            write=write, collect=collect,
         )
 
     async def ping(self) -> float:
@@ -281,6 +284,10 @@ class CountingMachine(Machine):
         if self._provider._fault("get", self.id):
             return b""
         return await self.inner.get(path)
+
+    async def fingerprint(self) -> bytes:
+        # Not recorded either: the pool's verification, not a command of the job.
+        return await self.inner.fingerprint()
 
     async def snapshot(self, name: str = "") -> SnapshotId:
         if self._provider._fault("snapshot", self.id):

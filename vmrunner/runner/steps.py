@@ -13,9 +13,6 @@ context and whether one failed; ``StepResult`` is a step's outcome and conclusio
 
 from __future__ import annotations
 
-import base64
-import binascii
-import contextlib
 import time
 import uuid
 from collections.abc import Mapping
@@ -52,21 +49,9 @@ FILE_COMMANDS = {
     "GITHUB_STATE": "state",
     "GITHUB_STEP_SUMMARY": "summary",
 }
-#: Runs one step: $1 the prefix of its file-command files, $2 the script path, $3 the marker,
-#: then the step's command. The script comes in ``$VMRUNNER_SCRIPT`` (or on stdin when large).
-#: After the command, the non-empty files follow the marker on stdout, one line each (name,
-#: space, base64), and the command's exit code is kept. Only shell builtins run when the files
-#: stay empty, so a step costs one process more than its own command.
-WRAPPER = (
-    'p=$1 s=$2 m=$3; shift 3; for f in env output path state summary; do : >"$p$f" || exit 197; done; '
-    'if [ "${VMRUNNER_SCRIPT+set}" ]; then printf "%s" "$VMRUNNER_SCRIPT" >"$s" || exit 197; unset VMRUNNER_SCRIPT; '
-    'else cat >"$s" || exit 197; fi; "$@" </dev/null; rc=$?; printf "%s\\n" "$m"; '
-    'for f in env output path state summary; do printf "%s " "$f"; '
-    '[ -s "$p$f" ] && base64 <"$p$f" | tr -d "\\n"; echo; done; exit $rc'
-)
-#: Scripts up to this size travel in the environment (no extra process), larger ones on stdin.
-SCRIPT_IN_ENV_LIMIT = 64 * 1024
-WRAPPER_FAILED = 197
+#: Scripts up to this size travel in the exec request itself; larger ones are uploaded first
+#: (the request's header is limited to MAX_HEADER).
+SCRIPT_INLINE_LIMIT = 256 * 1024
 _LEVELS: dict[str, AnnotationLevel] = {"error": "error", "warning": "warning", "notice": "notice", "debug": "debug"}
 
 
@@ -217,40 +202,22 @@ class JobRuntime:
     ) -> ScriptResult:
         """Write ``script``, run ``argv_for(path)`` in the machine, apply the file commands.
 
-        One command does it all (see ``WRAPPER``): the script comes in on stdin, the fresh
-        file-command files are created, the step runs, and the files come back after a
-        marker line on stdout. Only when that trailer is missing (the step was killed) are the
-        files fetched separately.
+        One request does it all: the agent writes the script and a fresh, empty set of
+        file-command files, runs the step, and sends the files back with its exit, however
+        the step ended (killed by its timeout too).
         """
         self._counter += 1
         token = uuid.uuid4().hex
         prefix = f"{self.paths.temp}/{FILE_COMMANDS_DIR}/{self._counter}_{token[:8]}_"
         script_path = f"{self.paths.temp}/{token}{extension}"
-        marker = f"::vmrunner-file-commands-{token}::"
-        full_env = {**env, **{variable: f"{prefix}{file}" for variable, file in FILE_COMMANDS.items()}}
-        data = script.encode()
-        stdin: bytes | None = data
-        if len(data) <= SCRIPT_IN_ENV_LIMIT and "\0" not in script:
-            full_env["VMRUNNER_SCRIPT"], stdin = script, None
+        files = {variable: f"{prefix}{file}" for variable, file in FILE_COMMANDS.items()}
+        write = dict.fromkeys(files.values(), "")
         result = ScriptResult(exit_code=None)
         reader = CommandReader()
         splitter = _LineSplitter()
-        trailer: dict[str, bytes] | None = None
-        allow_unsecure = full_env.get("ACTIONS_ALLOW_UNSECURE_COMMANDS", "").lower() == "true"
+        allow_unsecure = env.get("ACTIONS_ALLOW_UNSECURE_COMMANDS", "").lower() == "true"
 
         def line(stream: Stream, text: str) -> None:
-            nonlocal trailer
-            if stream == "stdout":
-                if trailer is not None:
-                    file, _, encoded = text.partition(" ")
-                    with contextlib.suppress(binascii.Error, ValueError):
-                        trailer[file] = base64.b64decode(encoded, validate=True)
-                    return
-                if text.endswith(marker):
-                    trailer = {}
-                    text = text[: -len(marker)]
-                    if not text:
-                        return
             command = reader.feed(text)
             if command is None or not self._command(step_index, command, result, allow_unsecure):
                 self.log(step_index, text, stream)
@@ -260,9 +227,15 @@ class JobRuntime:
                 line(stream, text)
 
         started = time.monotonic()
-        argv = ["sh", "-c", WRAPPER, "vmrunner-step", prefix, script_path, marker, *argv_for(script_path)]
         try:
-            outcome = await self.session.exec(argv, env=full_env, cwd=cwd, timeout=timeout, on_output=on_output, stdin=stdin)
+            if len(script) <= SCRIPT_INLINE_LIMIT:
+                write[script_path] = script
+            else:
+                await self.machine.write_file(script_path, script.encode())
+            outcome = await self.session.exec(
+                argv_for(script_path), env={**env, **files}, cwd=cwd, timeout=timeout, on_output=on_output,
+                write=write, collect=list(files.values()),
+            )
         except MachineError as exc:
             result.error = f"cannot start the step in {cwd}: {exc}"
             return result
@@ -273,22 +246,13 @@ class JobRuntime:
                     line(stream, text)
             result.duration = time.monotonic() - started
         result.exit_code, result.timed_out = outcome.exit_code, outcome.timed_out
-        if result.exit_code == WRAPPER_FAILED and trailer is None:
-            result.error = f"cannot prepare the step's files {prefix}* (see its output)"
-            return result
         try:
-            if trailer is None or set(trailer) != set(FILE_COMMANDS.values()):
-                trailer = {file: await self._read_or_empty(f"{prefix}{file}") for file in FILE_COMMANDS.values()}
-            self._file_commands(step_index, trailer, result)
-        except (MachineError, FileCommandError) as exc:
+            if outcome.truncated:
+                raise FileCommandError(f"{', '.join(sorted(outcome.truncated))}: larger than vmrunner reads of a file command")
+            self._file_commands(step_index, {file: outcome.files.get(f"{prefix}{file}", b"") for file in FILE_COMMANDS.values()}, result)
+        except FileCommandError as exc:
             result.error = str(exc)
         return result
-
-    async def _read_or_empty(self, path: str) -> bytes:
-        try:
-            return await self.machine.read_file(path)
-        except MachineError:
-            return b""
 
     def _file_commands(self, step_index: int, contents: Mapping[str, bytes], result: ScriptResult) -> None:
         text = {file: contents.get(file, b"").decode(errors="replace") for file in FILE_COMMANDS.values()}
