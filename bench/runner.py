@@ -6,7 +6,10 @@ Figures:
   to back by one plain bash script in the same kind of machine: the floor), divided by 50;
   p50 over a few runs. Goal: <= 5 ms.
 - throughput: single-job workflows of 5 ``run`` steps, many at once on a warm pool
-  (workflows/s). Goal: >= 30/s.
+  (workflows/s). Goal: >= 30/s. The pool reuses machines as ``vmrunner run`` does (restored to
+  their pristine snapshot and verified), or destroys them with ``--reuse destroy``.
+- CPU per workflow in restore mode: this process plus the machines' processes; the host's cores
+  divided by it are the workflows per second the host could sustain with nothing else running.
 - the floor itself: the 5-step workflow's commands as one plain bash script.
 - CPU time per step, which a busy host does not inflate: this process (engine, session manager,
   agent client), and the machine's processes (agent plus commands) minus the floor's, i.e. the
@@ -140,7 +143,7 @@ async def step_overhead(runs: int, steps: int) -> dict[str, Any]:
     }
 
 
-async def throughput(count: int, pool_size: int, steps: int, reuse: Reuse = "destroy") -> dict[str, Any]:
+async def throughput(count: int, pool_size: int, steps: int, reuse: Reuse = "restore") -> dict[str, Any]:
     workflow = steps_workflow(steps)
     options = RunOptions(concurrent_jobs=pool_size, repo_root=tempfile.gettempdir())
     async with (
@@ -148,11 +151,16 @@ async def throughput(count: int, pool_size: int, steps: int, reuse: Reuse = "des
         SessionManager(pool, limit=pool_size) as sessions,
     ):
         await pool.wait_filled()
+        machines = pool_machine_pids(pool)
+        machine_cpu = sum(tree_cpu(pid) for pid in machines)
         started = time.perf_counter()
         cpu_before = time.process_time()
         outcomes = await asyncio.gather(*(run_workflow(workflow, options, sessions) for _ in range(count)))
         elapsed = time.perf_counter() - started
+        await pool.wait_filled()  # the last machines are back (their restore counts too)
         cpu = time.process_time() - cpu_before
+        same = reuse == "restore" and pool_machine_pids(pool) == machines
+        machine_cpu = sum(tree_cpu(pid) for pid in machines) - machine_cpu
         floor = await floor_seconds(sessions, steps)
     failed = sum(1 for o in outcomes if o.failed)
     if failed:
@@ -164,7 +172,17 @@ async def throughput(count: int, pool_size: int, steps: int, reuse: Reuse = "des
         # the rate one free core could sustain for the runner's own part.
         "runner_cpu_per_workflow_ms": cpu / count * 1000,
         "pool_reuse": reuse,
+        # Only measurable when the same machines served every workflow (restore mode).
+        **({
+            "machine_cpu_per_workflow_ms": machine_cpu / count * 1000,
+            "cpu_bound_workflows_per_s": (os.cpu_count() or 1) * count / (cpu + machine_cpu),
+        } if same else {}),
     }
+
+
+def pool_machine_pids(pool: WarmPool) -> set[int]:
+    """The root processes of the pool's idle machines."""
+    return {record.pid for record in pool.idle_records() if record.pid}
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -181,7 +199,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--workflows", type=int, default=60, help="workflows for the throughput figure")
     parser.add_argument("--pool", type=int, default=4, help="warm pool size (and concurrent jobs)")
-    parser.add_argument("--reuse", choices=["destroy", "restore"], default="destroy", help="what the warm pool does with a used machine")
+    parser.add_argument("--reuse", choices=["destroy", "restore"], default="restore", help="what the warm pool does with a used machine (vmrunner run restores)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if "VMRUNNER_HOME" not in os.environ:

@@ -195,6 +195,10 @@ class WarmPool(Provider):
             for machine in queue:
                 journal.machine_pooled(machine.record)
 
+    def idle_records(self) -> list[MachineRecord]:
+        """The records of the machines idle now (a benchmark reads their processes' CPU)."""
+        return [m.record for queue in self._idle.values() for m in queue]
+
     def statistics(self) -> PoolStatistics:
         return PoolStatistics(
             idle={t: len(q) for t, q in self._idle.items()},
