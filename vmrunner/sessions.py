@@ -413,7 +413,8 @@ class SessionManager:
         self._allocating = 0
         self._settled = asyncio.Event()
         self._settled.set()
-        self._observers: list[TransitionObserver] = []
+        #: Observers by the label they watch (None: every session).
+        self._observers: dict[tuple[str, str] | None, list[TransitionObserver]] = {}
 
     # Lifecycle
 
@@ -645,16 +646,29 @@ class SessionManager:
         session._transitions.append(Transition(state, now, note))
         self._notify(session, session._transitions[-1])
 
-    def observe(self, observer: TransitionObserver) -> Callable[[], None]:
-        """Call ``observer(session, transition)`` after every state change of every session
-        (it must be quick; its exceptions are ignored). Returns the function that stops it."""
-        self._observers.append(observer)
-        return lambda: self._observers.remove(observer) if observer in self._observers else None
+    def observe(self, observer: TransitionObserver, *, label: tuple[str, str] | None = None) -> Callable[[], None]:
+        """Call ``observer(session, transition)`` after every state change of every session,
+        or only of the sessions carrying ``label`` (key, value), such as one run's: a server
+        with many runs does not call every run's observer for every session. It must be
+        quick; its exceptions are ignored. Returns the function that stops it."""
+        watching = self._observers.setdefault(label, [])
+        watching.append(observer)
+
+        def stop() -> None:
+            if observer in watching:
+                watching.remove(observer)
+            if not watching and self._observers.get(label) is watching:
+                del self._observers[label]
+
+        return stop
 
     def _notify(self, session: Session, transition: Transition) -> None:
-        for observer in tuple(self._observers):
-            with suppress(Exception):
-                observer(session, transition)
+        if not self._observers:
+            return
+        for key in (None, *session.spec.labels.items()):
+            for observer in tuple(self._observers.get(key, ())):
+                with suppress(Exception):
+                    observer(session, transition)
 
     def add_snapshot(
         self, session_id: str, snapshot_id: SnapshotId, name: str = ""

@@ -7,6 +7,7 @@ import itertools
 import jsonschema
 
 from tests.runner.engine import Ran, run
+from vmrunner.machines.base import MachineSpec
 from vmrunner.machines.providers import get_provider
 from vmrunner.machines.testing import CountingProvider
 from vmrunner.runner.events import (
@@ -274,3 +275,19 @@ async def test_the_session_manager_tells_observers_every_transition_until_stoppe
     assert seen == [
         (first, state) for state in ("initializing", "active", "executing", "active", "completed", "terminating", "released")
     ]
+
+
+async def test_an_observer_of_a_label_hears_only_the_sessions_carrying_it() -> None:
+    seen: list[tuple[str, str]] = []
+    provider = get_provider("sandbox")
+    try:
+        async with SessionManager(provider, limit=2) as sessions:
+            stop = sessions.observe(lambda session, t: seen.append((session.spec.labels["run"], t.state.value)), label=("run", "r1"))
+            async with sessions.open(MachineSpec(labels={"run": "r1", "job": "a"})), sessions.open(MachineSpec(labels={"run": "r2"})):
+                pass
+            stop()
+            async with sessions.open(MachineSpec(labels={"run": "r1"})):
+                pass
+    finally:
+        await provider.aclose()
+    assert seen == [("r1", state) for state in ("initializing", "active", "completed", "terminating", "released")]

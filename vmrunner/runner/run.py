@@ -214,7 +214,7 @@ class Run:
         for warning in context.warnings:
             context.annotate("", "warning", warning)
         conclusion: Result = "cancelled"
-        stop_observing = context.sessions.observe(context.session_changed)
+        stop_observing = context.sessions.observe(context.session_changed, label=("run", context.run_id))
         try:
             async with asyncio.TaskGroup() as group:
                 for job_id in self.plan.order:
