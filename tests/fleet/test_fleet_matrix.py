@@ -3,6 +3,8 @@ when ready (from ``needs`` outputs), aggregated as GitHub does, with fail-fast a
 
 from __future__ import annotations
 
+import tempfile
+
 import pytest
 
 from tests.fleet.harness import agents, finished, options
@@ -147,3 +149,42 @@ async def test_runs_on_may_use_only_the_matrix(database: str, runs_on: str, matr
     async with FleetStore(database) as store:
         with pytest.raises(ConfigError, match=r"job 'j': a fleet routes jobs by their runs-on labels, which must be plain labels or expressions of the job's matrix only"):
             await store.submit(workflow, "bad.yml", RunOptions(repository="octo/fleet"))
+
+
+MAX_PARALLEL = """
+on: push
+jobs:
+  test:
+    runs-on: linux
+    strategy:
+      max-parallel: 2
+      fail-fast: false
+      matrix:
+        n: [1, 2, 3]
+    steps:
+      - run: 'true'
+"""
+
+
+async def test_max_parallel_and_combined_outputs_driven_through_the_store(database: str) -> None:
+    """As agents drive the store (no agent processes), to choose the order combinations end in."""
+    async with FleetStore(database) as store:
+        await store.register_agent("h1", ["linux"], 3)
+        run_id = await store.submit(MAX_PARALLEL, "mp.yml", RunOptions(repo_root=tempfile.gettempdir()))
+
+        async def statuses() -> dict[str, str]:
+            return {job.job_id: job.status for job in (await store.run(run_id)).jobs}
+
+        assert await statuses() == {"test": "matrix", "test (1)": "queued", "test (2)": "queued", "test (3)": "pending"}
+        assert await store.start(run_id, "test (2)", 1, "h1") is not None
+        assert await store.finish(run_id, "test (2)", 1, "failure", {"v": "two"})
+        # One ended: the third may start; without fail-fast nothing is cancelled.
+        assert await statuses() == {"test": "matrix", "test (1)": "queued", "test (2)": "failure", "test (3)": "queued"}
+        assert await store.start(run_id, "test (3)", 1, "h1") is not None
+        assert await store.finish(run_id, "test (3)", 1, "success", {"v": "three", "w": ""})
+        assert await store.start(run_id, "test (1)", 1, "h1") is not None
+        assert await store.finish(run_id, "test (1)", 1, "success", {"v": "", "w": "one"})
+        run = await store.run(run_id)
+        assert (run.status, run.conclusion) == ("completed", "failure")
+        # Outputs: the last combination to complete wins, but an empty value replaces nothing.
+        assert (run.job("test").status, run.job("test").outputs) == ("failure", {"v": "three", "w": "one"})
