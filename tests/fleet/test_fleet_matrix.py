@@ -104,6 +104,7 @@ async def test_combinations_run_on_the_hosts_of_their_labels(database: str) -> N
         # The matrix job's own row: the aggregate (a tolerated failure does not fail it) and
         # the outputs of all its combinations combined.
         assert (rows["test"].status, rows["test"].host) == ("success", None)
+        assert rows["test"].reason == "test (flaky, linux, true): failure (continue-on-error)"
         assert rows["test"].outputs == {"plain": "0/3", "virt": "1/3"}
         after = [line for _, job, _, line in await store.logs(run_id) if job == "after"]
         assert after == ["test success plain=0/3 virt=1/3"]

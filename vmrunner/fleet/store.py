@@ -469,7 +469,10 @@ class FleetStore:
             # GitHub: the combination that completes last wins; an empty value never overrides.
             outputs.update({k: v for k, v in dict(c["outputs"]).items() if v or k not in outputs})
         result = aggregate(results)  # type: ignore[arg-type]
-        reasons = sorted({f"{c['job_id']}: {statuses[str(c['job_id'])]}" for c in combinations if statuses[str(c["job_id"])] in ("failure", "cancelled")})
+        reasons = sorted(
+            f"{c['job_id']}: {statuses[str(c['job_id'])]}" + (" (continue-on-error)" if c["continue_on_error"] else "")
+            for c in combinations if statuses[str(c["job_id"])] in ("failure", "cancelled")
+        )
         await connection.execute(
             "UPDATE vmrunner_jobs SET status = %s, outputs = %s, reason = %s, finished_at = clock_timestamp() WHERE run_id = %s AND job_id = %s",
             (result, json.dumps(outputs), "; ".join(reasons), run_id, job["job_id"]),
