@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from vmrunner.cli.agent import ENV_STORE
 from vmrunner.cli.options import DEFAULT_WORKFLOWS, WORKFLOWS_ENV
 from vmrunner.config import DEFAULT_PROVIDER, ENV_PROVIDER
 from vmrunner.errors import ConfigError
@@ -68,6 +69,7 @@ def _pairs(values: Sequence[str], what: str, *, from_environment: bool = False, 
 @click.option("--actor", default=None, help="github.actor (default: $USER).")
 @click.option("-q", "--quiet", is_flag=True, help="Show only what failed, and the final table.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option("--store", default=None, envvar=ENV_STORE, help=f"Run on a fleet: submit to its PostgreSQL store (postgresql://...) and follow the logs [env: {ENV_STORE}]; see docs/fleet.md.")
 @click.option("--summary", "summary_file", default=None, help="Write the runs' Markdown summary (GitHub's job summary page) to this file.")
 def command(
     event: str, workflows: str, jobs: tuple[str, ...], event_path: str | None, secrets: tuple[str, ...],
@@ -77,7 +79,7 @@ def command(
     concurrent_jobs: int, setup_commands: tuple[str, ...], cleanup_commands: tuple[str, ...],
     snapshot: bool, rollback_on_failure: bool, repo_root: str | None, actor: str | None, quiet: bool,
     summary_file: str | None,
-    as_json: bool, lesson_threshold: int | None = None,
+    as_json: bool, store: str | None = None, lesson_threshold: int | None = None,
 ) -> None:
     """Run the workflows EVENT (default: push) triggers, each job in its own machine."""
     import asyncio
@@ -122,6 +124,12 @@ def command(
     if not chosen:
         terminal.info(f"no workflow runs for event {event}")
         sys.exit(1 if selection.errors else 0)
+    if store:
+        from vmrunner.cli.fleet import run_on_fleet
+
+        if run_on_fleet(chosen, options, store, as_json=as_json, quiet=quiet) or selection.errors:
+            sys.exit(1)
+        return
     failed = asyncio.run(_run_all(chosen, options, provider or DEFAULT_PROVIDER, pool, as_json, quiet, summary_file, load_config(lesson_threshold)))
     if failed or selection.errors:
         sys.exit(1)

@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from vmrunner.store import LogRow
 
 
+#: Seconds between two reads of a followed run's output.
+FOLLOW_INTERVAL = 0.5
+
+
 @click.group("runs")
 def command() -> None:
     """Workflow runs kept under VMRUNNER_HOME: list them, show one with its logs."""
@@ -98,7 +102,12 @@ def cancel(run_id: str, store: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines: the run result, plus `logs` with --logs.")
 @click.option("--timeline", is_flag=True, help="Print the machine lifecycle timeline (T+ms from the run's start) and the counts that prove one machine per job.")
 @click.option("--svg", "svg_file", default=None, type=click.Path(dir_okay=False, writable=True), help="With --timeline: also draw it as an SVG picture in this file (one lane per machine).")
-def show(run_id: str, with_logs: bool, job_key: str | None, markdown: bool, as_json: bool, timeline: bool, svg_file: str | None) -> None:
+@click.option("-f", "--follow", is_flag=True, help="Print the run's output as it is written, until the run ends; then show the run.")
+@click.option("--store", default=None, envvar="VMRUNNER_STORE", help="Show a fleet run from its PostgreSQL store (any host) [env: VMRUNNER_STORE]; see docs/fleet.md.")
+def show(
+    run_id: str, with_logs: bool, job_key: str | None, markdown: bool, as_json: bool, timeline: bool, svg_file: str | None,
+    follow: bool, store: str | None,
+) -> None:
     """Show one run (RUN_ID or a unique prefix of it): its jobs, steps and results."""
     from dataclasses import asdict, replace
 
@@ -107,8 +116,19 @@ def show(run_id: str, with_logs: bool, job_key: str | None, markdown: bool, as_j
     from vmrunner.runner.storage import RunHistory
     from vmrunner.store import Store
 
-    with Store.open() as store:
-        history = RunHistory(store)
+    if store:
+        from vmrunner.cli.fleet import show_run
+
+        given = [flag for flag, value in (("-j", job_key), ("--markdown", markdown), ("--timeline", timeline), ("--svg", svg_file)) if value]
+        if given:
+            raise ConfigError(f"{given[0]} is not available for fleet runs (--store)")
+        show_run(run_id, store, follow=follow, as_json=as_json, with_logs=with_logs)
+        return
+    if follow:
+        run_id = _follow(run_id, job_key)
+        with_logs = False  # printed already
+    with Store.open() as kept:
+        history = RunHistory(kept)
         result = history.get_run(run_id)
         if job_key is not None and result.job(job_key) is None:
             known = ", ".join(repr(j.job_key) for j in result.jobs) or "none"
@@ -133,6 +153,35 @@ def show(run_id: str, with_logs: bool, job_key: str | None, markdown: bool, as_j
         terminal.print_json(data)
     else:
         _print_run(result, logs if with_logs else None)
+
+
+def _follow(run_id: str, job_key: str | None) -> str:
+    """Print a kept run's output as its runner writes it (read again twice a second) until the run
+    ends; its full id."""
+    import time
+
+    from rich.text import Text
+
+    from vmrunner.cli import terminal
+    from vmrunner.runner.storage import RunHistory
+    from vmrunner.store import Store
+
+    console = terminal.console()
+    shown = 0
+    with Store.open() as store:
+        history = RunHistory(store)
+        run_id = history.resolve(run_id)
+        while True:
+            ended = history.get_run(run_id).status == "completed"
+            rows = history.logs(run_id, job_key)
+            for row in rows[shown:]:
+                text = _log_text(row, indent="")
+                if text is not None:
+                    console.print(Text(f"[{row.job_key}] ", style="blue") + text, soft_wrap=True, highlight=False)
+            shown = len(rows)
+            if ended:
+                return run_id
+            time.sleep(FOLLOW_INTERVAL)
 
 
 def _print_run(result: RunResult, logs: list[LogRow] | None) -> None:

@@ -107,6 +107,10 @@ def command(
         pool_size=pool_size, concurrent_runs=concurrent_runs, concurrent_jobs=concurrent_jobs,
         max_body_bytes=max_body_bytes, drain_seconds=drain_seconds, store=store or None,
     )
+    if config.store:
+        from vmrunner.cli.fleet import reach_store
+
+        reach_store(config.store)
     from vmrunner.server.serving import make_server  # heavy (FastAPI, the runner): after the checks
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

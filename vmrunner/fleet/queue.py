@@ -8,11 +8,14 @@ procrastinate, jobs run by ``vmrunner agent`` hosts). ``open_queue`` picks one f
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
+from vmrunner.errors import ConfigError
 from vmrunner.runner.options import RunOptions
+from vmrunner.workflow.models import Workflow
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,3 +68,26 @@ class JobQueue(Protocol):
     def follow(self, run_id: str) -> AsyncIterator[tuple[str, int, str]]:
         """The run's log lines (job id, attempt, line) as they come, until it ends."""
         ...
+
+
+def workflow_text(workflow: Workflow) -> str:
+    """The workflow file's text, as it travels to the agents."""
+    if workflow.source is not None and workflow.source.text:
+        return workflow.source.text
+    try:
+        return Path(workflow.path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{workflow.path}: cannot read the workflow: {exc.strerror or exc}") from exc
+
+
+def run_json(run: RunRow, attempts: Sequence[tuple[str, int, str, str | None]] = ()) -> dict[str, Any]:
+    """A queued run for machines (``vmrunner runs show --json``, the API)."""
+    return {
+        "run_id": run.id, "status": run.status, "conclusion": run.conclusion,
+        "jobs": [
+            {"job_id": j.job_id, "status": j.status, "attempt": j.attempt, "host": j.host, "labels": list(j.labels),
+             "outputs": dict(j.outputs), "reason": j.reason}
+            for j in run.jobs
+        ],
+        **({"attempts": [{"job_id": j, "attempt": a, "host": h, "result": r} for j, a, h, r in attempts]} if attempts else {}),
+    }

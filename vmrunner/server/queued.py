@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vmrunner.errors import ConfigError, RunNotFound
-from vmrunner.fleet.queue import JobQueue, JobRow, RunRow
+from vmrunner.errors import RunNotFound
+from vmrunner.fleet.queue import JobQueue, JobRow, RunRow, run_json, workflow_text
 from vmrunner.runner.options import RunOptions
 from vmrunner.runner.summary import inline
 from vmrunner.server.github import GitHubClient, Status, StatusState
@@ -39,16 +39,6 @@ def delivery_key(delivery_id: str, workflow_file: str) -> str:
     return f"{delivery_id}/{workflow_file}"
 
 
-def workflow_text(workflow: Workflow) -> str:
-    """The workflow file's text, as it travels to the agents."""
-    if workflow.source is not None and workflow.source.text:
-        return workflow.source.text
-    try:
-        return Path(workflow.path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{workflow.path}: cannot read the workflow: {exc.strerror or exc}") from exc
-
-
 def job_status(job: JobRow) -> tuple[StatusState, str]:
     """A fleet job as a commit status: its state and description."""
     if job.status == "pending":
@@ -59,19 +49,6 @@ def job_status(job: JobRow) -> tuple[StatusState, str]:
         return "pending", f"running on {job.host}" + (f" (attempt {job.attempt})" if job.attempt > 1 else "")
     words = job.status + (f" on {job.host}" if job.host else "") + (f": {job.reason}" if job.reason else "")
     return final_state(job.status), words[:140]
-
-
-def run_json(run: RunRow, attempts: Sequence[tuple[str, int, str, str | None]] = ()) -> dict[str, Any]:
-    """A queued run for machines (``vmrunner runs show --json``, the API)."""
-    return {
-        "run_id": run.id, "status": run.status, "conclusion": run.conclusion,
-        "jobs": [
-            {"job_id": j.job_id, "status": j.status, "attempt": j.attempt, "host": j.host, "labels": list(j.labels),
-             "outputs": dict(j.outputs), "reason": j.reason}
-            for j in run.jobs
-        ],
-        **({"attempts": [{"job_id": j, "attempt": a, "host": h, "result": r} for j, a, h, r in attempts]} if attempts else {}),
-    }
 
 
 def run_summary(run: RunRow, workflow: str) -> str:
