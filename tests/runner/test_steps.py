@@ -242,3 +242,37 @@ jobs:
     assert empty == "."
     assert second != first
     assert len(second) == 64
+
+
+async def test_large_scripts_and_events_are_uploaded_and_file_commands_survive_a_timeout() -> None:
+    """Scripts and event payloads above the inline limit take the upload path; the file
+    commands a step wrote before its timeout killed it still come back."""
+    from vmrunner.runner.steps import INLINE_LIMIT
+
+    padding = "# " + "x" * 78 + "\n"
+    big_script = padding * (INLINE_LIMIT // len(padding) + 10) + 'echo "big=$(wc -c < "$0")" >> "$GITHUB_OUTPUT"'
+    payload = {"padding": "é" * INLINE_LIMIT, "marker": "event-ok"}
+    ran = await run(
+        f"""
+on: push
+jobs:
+  a:
+    runs-on: ubuntu-latest
+    steps:
+      - id: big
+        run: |
+{"".join("          " + line + chr(10) for line in big_script.splitlines())}
+      - run: test "$(python3 -c 'import json,os; print(json.load(open(os.environ["GITHUB_EVENT_PATH"]))["marker"])')" = event-ok
+      - id: slow
+        timeout-minutes: 0.02
+        run: |
+          echo "before=kept" >> "$GITHUB_OUTPUT"
+          echo "### written before the timeout" >> "$GITHUB_STEP_SUMMARY"
+          sleep 30
+""",
+        payload=payload,
+    )
+    steps = ran.steps("a")
+    assert [s.outcome for s in steps] == ["success", "success", "failure"]
+    assert int(steps[0].outputs["big"]) > INLINE_LIMIT
+    assert "written before the timeout" in ran.finished("a").summary

@@ -49,9 +49,9 @@ FILE_COMMANDS = {
     "GITHUB_STATE": "state",
     "GITHUB_STEP_SUMMARY": "summary",
 }
-#: Scripts up to this size travel in the exec request itself; larger ones are uploaded first
-#: (the request's header is limited to MAX_HEADER).
-SCRIPT_INLINE_LIMIT = 256 * 1024
+#: Files (scripts, the event) up to this size travel in the exec request itself; larger ones
+#: are uploaded first (the request's header is limited to MAX_HEADER).
+INLINE_LIMIT = 128 * 1024  # at most 6 escaped bytes each: well below MAX_HEADER
 _LEVELS: dict[str, AnnotationLevel] = {"error": "error", "warning": "warning", "notice": "notice", "debug": "debug"}
 
 
@@ -161,14 +161,14 @@ class JobRuntime:
     # Probing the machine
 
     async def probe(self, event_path: str, event: bytes) -> None:
-        """In one command: write the event file, make the file-command folder, learn the
-        machine's PATH and which interpreters it has."""
-        script = (
-            'mkdir -p "$1" "${2%/*}" && cat >"$2" || exit 1; printf "%s\\n" "$PATH"; '
-            "for t in bash python node; do command -v $t >/dev/null && echo $t; done; true"
-        )
-        folder = f"{self.paths.temp}/{FILE_COMMANDS_DIR}"
-        result = await self.session.exec(["sh", "-c", script, "probe", folder, event_path], stdin=event)
+        """In one command: write the event file, learn the machine's PATH and which
+        interpreters it has (shell builtins only: one process)."""
+        script = 'printf "%s\\n" "$PATH"; for t in bash python node; do command -v $t >/dev/null && echo $t; done; true'
+        try:
+            write = await self._inline({event_path: event})
+            result = await self.session.exec(["sh", "-c", script], write=write)
+        except MachineError as exc:
+            raise ExecError(f"cannot set up the job's files in {self.paths.temp}: {exc}") from exc
         if not result.ok:
             error = result.stderr.decode(errors="replace").strip()
             raise ExecError(f"cannot set up the job's files in {self.paths.temp}: {error or result.exit_code}")
@@ -228,10 +228,7 @@ class JobRuntime:
 
         started = time.monotonic()
         try:
-            if len(script) <= SCRIPT_INLINE_LIMIT:
-                write[script_path] = script
-            else:
-                await self.machine.write_file(script_path, script.encode())
+            write.update(await self._inline({script_path: script.encode()}))
             outcome = await self.session.exec(
                 argv_for(script_path), env={**env, **files}, cwd=cwd, timeout=timeout, on_output=on_output,
                 write=write, collect=list(files.values()),
@@ -253,6 +250,17 @@ class JobRuntime:
         except FileCommandError as exc:
             result.error = str(exc)
         return result
+
+    async def _inline(self, files: Mapping[str, bytes]) -> dict[str, str]:
+        """The files small enough to travel in an exec request (its ``write``); larger ones
+        are uploaded now."""
+        inline: dict[str, str] = {}
+        for path, data in files.items():
+            if len(data) <= INLINE_LIMIT:
+                inline[path] = data.decode("utf-8", "surrogateescape")
+            else:
+                await self.machine.write_file(path, data)
+        return inline
 
     def _file_commands(self, step_index: int, contents: Mapping[str, bytes], result: ScriptResult) -> None:
         text = {file: contents.get(file, b"").decode(errors="replace") for file in FILE_COMMANDS.values()}
