@@ -25,6 +25,7 @@ from tests.server.helpers import finished as server_finished
 from vmrunner.errors import RunNotFound
 from vmrunner.fleet.store import FleetStore
 from vmrunner.server.config import ServerConfig
+from vmrunner.server.github import COMMENT_MARKER
 from vmrunner.server.testing import FakeGitHub
 from vmrunner.store import DATABASE_NAME, Store
 
@@ -33,6 +34,8 @@ name: CI
 on:
   push:
     branches: [master]
+  pull_request:
+    types: [opened]
 jobs:
   build:
     runs-on: linux
@@ -165,3 +168,33 @@ async def test_cancel_through_the_api_or_a_cancelled_workflow_run_reaches_the_ag
 
     hang = [status for status in github.statuses() if status["context"] == "vmrunner/CI/hang"]
     assert hang[-1]["state"] == "error"
+
+
+async def test_a_restarted_server_watches_its_fleet_runs_again_and_comments_on_pull_requests(
+    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    root, sha = _repo(tmp_path)
+    async with agents(database, ("h1", "linux")) as started, FakeGitHub().running() as github, FleetStore(database) as fleet:
+        homes = {name: agent.home for name, agent in started.items()}
+        settings = _server_config(root, github, database)
+        async with _server_at(tmp_path / "server", settings, monkeypatch) as client:
+            run_id, home = await _started_hang(client, fleet, sha, homes)
+        assert (await fleet.run(run_id)).status == "running"  # the server stopped, the run did not
+        assert _machines(home) == 1
+        async with _server_at(tmp_path / "server", settings, monkeypatch) as client:
+            assert (await client.post(f"/api/runs/{run_id}/cancel")).status_code == 202
+            assert (await server_finished(client, run_id))["server"]["conclusion"] == "cancelled"
+
+            opened = copy.deepcopy(fixture("pull_request", "00-opened.json"))
+            opened["pull_request"]["head"]["sha"] = sha
+            opened["repository"]["full_name"] = "acme/widgets"
+            delivery = str(uuid.uuid4())
+            await deliver(client, "pull_request", opened, delivery)
+            pull = (await settled(client, delivery))["runs"][0]
+            assert (await server_finished(client, pull["run_id"]))["server"]["conclusion"] == "success"
+
+    assert github.rejected == []
+    (comment,) = github.comments.values()
+    assert comment["body"].startswith(COMMENT_MARKER)
+    assert f"Run {pull['run_id']} on the fleet." in comment["body"]
+    assert "| build | success | h1 | 1 |" in comment["body"]
