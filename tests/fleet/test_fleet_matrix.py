@@ -189,3 +189,44 @@ async def test_max_parallel_and_combined_outputs_driven_through_the_store(databa
         assert (run.status, run.conclusion) == ("completed", "failure")
         # Outputs: the last combination to complete wins, but an empty value replaces nothing.
         assert (run.job("test").status, run.job("test").outputs) == ("failure", {"v": "three", "w": "one"})
+
+
+NOT_EXPANDED = """
+on: push
+jobs:
+  first:
+    runs-on: linux
+    steps:
+      - run: 'true'
+  skipped:
+    needs: first
+    runs-on: linux
+    strategy:
+      matrix:
+        n: [1, 2]
+    steps:
+      - run: 'true'
+  broken:
+    needs: first
+    if: always()
+    runs-on: linux
+    strategy:
+      matrix: ${{ fromJSON(needs.first.outputs.missing) }}
+    steps:
+      - run: 'true'
+"""
+
+
+async def test_a_matrix_job_skipped_or_broken_when_ready_makes_no_combination(database: str) -> None:
+    async with FleetStore(database) as store:
+        await store.register_agent("h1", ["linux"], 1)
+        run_id = await store.submit(NOT_EXPANDED, "ne.yml", RunOptions(repo_root=tempfile.gettempdir()))
+        assert await store.start(run_id, "first", 1, "h1") is not None
+        assert await store.finish(run_id, "first", 1, "failure", {})
+        run = await store.run(run_id)
+        assert (run.status, run.conclusion) == ("completed", "failure")
+        assert run.job("skipped").status == "skipped"  # its if: (success()) is false: never expanded
+        assert run.job("broken").status == "failure"
+        assert "job 'broken'" in run.job("broken").reason
+        assert "fromJSON" in run.job("broken").reason
+        assert await store.combinations(run_id) == {}
