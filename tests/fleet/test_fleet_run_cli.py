@@ -47,7 +47,7 @@ UNREACHABLE = "postgresql://vmrunner@127.0.0.1:1/nothing"
 
 
 def _vmrunner(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "NO_COLOR": "1"}
+    env = {**os.environ, "NO_COLOR": "1", "VMRUNNER_WEBHOOK_SECRET": "s3cret"}
     return subprocess.run([sys.executable, "-m", "vmrunner", *args], capture_output=True, text=True, timeout=120, cwd=cwd, env=env)
 
 
@@ -107,7 +107,11 @@ async def test_runs_show_follows_a_fleet_run_from_any_host(database: str) -> Non
 
 def test_an_unreachable_store_is_a_clear_error(tmp_path: Path) -> None:
     make_repo(tmp_path / "repo", {".github/workflows/ok.yml": OK})
-    for args in (("run", "--store", UNREACHABLE), ("runs", "show", "1", "--store", UNREACHABLE), ("fleet", "show", "1", "--store", UNREACHABLE)):
+    commands = (
+        ("run", "--store", UNREACHABLE), ("runs", "show", "1", "--store", UNREACHABLE), ("fleet", "show", "1", "--store", UNREACHABLE),
+        ("serve", "--store", UNREACHABLE, "--repo", f"acme/widgets={tmp_path / 'repo'}", "--port", "0"),
+    )
+    for args in commands:
         result = _vmrunner(*args, cwd=tmp_path / "repo")
         assert result.returncode == 1, (args, result.stderr)
         assert result.stderr.startswith("error: cannot reach the fleet store: "), result.stderr
