@@ -70,11 +70,22 @@ class QueuedRuns:
         self.metrics = metrics
         #: Server run id -> queued run id, where another server instance submitted it first.
         self._ids: dict[str, str] = {}
+        #: Runs being executed, and those asked to cancel (maybe before they were submitted).
+        self._executing: set[str] = set()
+        self._cancel_asked: set[str] = set()
 
     def queued_id(self, run_id: str) -> str:
         return self._ids.get(run_id, run_id)
 
     async def execute(self, run: ServerRun, workflow: Workflow, options: RunOptions, target_url: str) -> str:
+        self._executing.add(run.run_id)
+        try:
+            return await self._execute(run, workflow, options, target_url)
+        finally:
+            self._executing.discard(run.run_id)
+            self._cancel_asked.discard(run.run_id)
+
+    async def _execute(self, run: ServerRun, workflow: Workflow, options: RunOptions, target_url: str) -> str:
         text = workflow_text(workflow)
         if options.secrets:
             log.warning("run %s: the secrets of %s are not sent to the fleet (never written into its database)", run.run_id, run.repository)
@@ -82,6 +93,8 @@ class QueuedRuns:
         if queued != run.run_id:
             self._ids[run.run_id] = queued
             log.info("run %s: delivery %s was queued as run %s already", run.run_id, run.delivery_id, queued)
+        if run.run_id in self._cancel_asked:  # cancelled while it was being submitted
+            await self.queue.cancel(queued)
         name = workflow.name or Path(run.workflow_file).stem
         posted: dict[str, tuple[StatusState, str]] = {}
         while True:
@@ -98,10 +111,12 @@ class QueuedRuns:
             await asyncio.sleep(WATCH_INTERVAL)
 
     async def cancel(self, run_id: str) -> bool:
+        if run_id in self._executing:
+            self._cancel_asked.add(run_id)
         try:
             return await self.queue.cancel(self.queued_id(run_id))
-        except RunNotFound:
-            return False
+        except RunNotFound:  # not submitted yet: it is cancelled as soon as it is
+            return run_id in self._executing
 
     async def describe(self, run_id: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         queued = self.queued_id(run_id)
