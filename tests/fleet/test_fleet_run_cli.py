@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -68,6 +69,33 @@ async def test_run_submits_the_triggered_workflows_and_follows_them(database: st
         (run,) = json.loads(env_run.stdout)["runs"]
         assert (run["conclusion"], run["jobs"][0]["host"], run["jobs"][0]["status"]) == ("success", "h1", "success")
         assert (await store.run(run["run_id"])).conclusion == "success"
+
+
+async def test_interrupting_run_cancels_its_fleet_runs(database: str) -> None:
+    async with agents(database, ("h1", "linux")) as started, FleetStore(database) as store:
+        repo = next(iter(started.values())).home.parent / "repo"
+        never = socket.socket()
+        never.bind(("127.0.0.1", 0))  # never listens: the job waits until it is cancelled
+        make_repo(repo, {"ci/waits.yml": WAITS.replace("{port}", str(never.getsockname()[1]))})
+        runner = subprocess.Popen(  # noqa: ASYNC220 - it runs beside the test, which reads its output
+            [sys.executable, "-m", "vmrunner", "run", "-W", "ci/waits.yml", "--store", database],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=repo,
+        )
+        try:
+            assert runner.stdout is not None
+            queued = runner.stdout.readline()
+            assert queued.startswith("ci/waits.yml: run "), queued
+            assert runner.stdout.readline() == "[ci/waits.yml] slow#1 | before\n"
+            runner.send_signal(signal.SIGINT)
+            _, err = runner.communicate(timeout=60)
+        finally:
+            never.close()
+            if runner.poll() is None:
+                runner.kill()
+                runner.communicate(timeout=30)
+        assert runner.returncode == 130, err
+        run = await store.run(queued.split()[2])
+        assert (run.conclusion, run.job("slow").status) == ("cancelled", "cancelled")
 
 
 async def test_runs_show_follows_a_fleet_run_from_any_host(database: str) -> None:
