@@ -127,6 +127,9 @@ def command(
     if store:
         from vmrunner.cli.fleet import run_on_fleet
 
+        if summary_file:
+            raise ConfigError("--summary is not available with --store (see `vmrunner runs show ID --store`)")
+
         if run_on_fleet(chosen, options, store, as_json=as_json, quiet=quiet) or selection.errors:
             sys.exit(1)
         return

@@ -8,7 +8,7 @@ procrastinate, jobs run by ``vmrunner agent`` hosts). ``open_queue`` picks one f
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -80,8 +80,8 @@ def workflow_text(workflow: Workflow) -> str:
         raise ConfigError(f"{workflow.path}: cannot read the workflow: {exc.strerror or exc}") from exc
 
 
-def run_json(run: RunRow, attempts: Sequence[tuple[str, int, str, str | None]] = ()) -> dict[str, Any]:
-    """A queued run for machines (``vmrunner runs show --json``, the API)."""
+def run_json(run: RunRow) -> dict[str, Any]:
+    """A queued run for machines (``vmrunner run --store --json``, ``GET /api/runs/{id}``)."""
     return {
         "run_id": run.id, "status": run.status, "conclusion": run.conclusion,
         "jobs": [
@@ -89,5 +89,4 @@ def run_json(run: RunRow, attempts: Sequence[tuple[str, int, str, str | None]] =
              "outputs": dict(j.outputs), "reason": j.reason}
             for j in run.jobs
         ],
-        **({"attempts": [{"job_id": j, "attempt": a, "host": h, "result": r} for j, a, h, r in attempts]} if attempts else {}),
     }
