@@ -21,7 +21,9 @@ from vmrunner.workflow.models import Workflow
 @dataclass(frozen=True, slots=True)
 class JobRow:
     """One job of a queued run. ``status``: pending, queued, running, then its result
-    (success, failure, cancelled, skipped). ``attempt`` grows when a lost host's job is retried."""
+    (success, failure, cancelled, skipped); a matrix job is ``matrix`` while its combinations
+    (rows of their own, named like ``test (linux, 3.12)``) run, then takes their aggregate
+    result. ``attempt`` grows when a lost host's job is retried."""
 
     run_id: str
     job_id: str

@@ -43,6 +43,8 @@ def job_status(job: JobRow) -> tuple[StatusState, str]:
     """A fleet job as a commit status: its state and description."""
     if job.status == "pending":
         return "pending", "waiting for the jobs it needs"
+    if job.status == "matrix":
+        return "pending", "matrix combinations running"
     if job.status == "queued":
         return "pending", "queued" + (f" (attempt {job.attempt})" if job.attempt > 1 else "")
     if job.status == "running":
