@@ -14,7 +14,6 @@ context and whether one failed; ``StepResult`` is a step's outcome and conclusio
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +40,8 @@ from vmrunner.runner.masking import Masker
 from vmrunner.sessions import Session
 
 FILE_COMMANDS_DIR = "_runner_file_commands"
+#: The script of the running step, in ``RUNNER_TEMP`` (with the shell's extension).
+STEP_SCRIPT = "_step"
 #: The file-command files of a step: env var name -> file name in the step's folder.
 FILE_COMMANDS = {
     "GITHUB_ENV": "env",
@@ -134,7 +135,6 @@ class JobRuntime:
         self.has_node = True
         self.summary: list[str] = []
         self.group_depth = 0
-        self._counter = 0
 
     # Events
 
@@ -202,14 +202,14 @@ class JobRuntime:
     ) -> ScriptResult:
         """Write ``script``, run ``argv_for(path)`` in the machine, apply the file commands.
 
-        One request does it all: the agent writes the script and a fresh, empty set of
-        file-command files, runs the step, and sends the files back with its exit, however
-        the step ended (killed by its timeout too).
+        One request does it all: the agent writes the script and empties the file-command
+        files, runs the step, and sends the files back with its exit, however the step ended
+        (killed by its timeout too).
         """
-        self._counter += 1
-        token = uuid.uuid4().hex
-        prefix = f"{self.paths.temp}/{FILE_COMMANDS_DIR}/{self._counter}_{token[:8]}_"
-        script_path = f"{self.paths.temp}/{token}{extension}"
+        # The same paths for every step of the job, emptied before each: steps run one at a
+        # time, and a new file costs an inode allocation (and its removal at restore).
+        prefix = f"{self.paths.temp}/{FILE_COMMANDS_DIR}/"
+        script_path = f"{self.paths.temp}/{STEP_SCRIPT}{extension}"
         files = {variable: f"{prefix}{file}" for variable, file in FILE_COMMANDS.items()}
         write = dict.fromkeys(files.values(), "")
         result = ScriptResult(exit_code=None)
