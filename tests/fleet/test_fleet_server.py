@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from tests.fleet.harness import agents, until
+from tests.fleet.test_fleet_runs import CHAIN
 from tests.server.helpers import config, deliver, fixture, live_server, make_repo, settled
 from tests.server.helpers import finished as server_finished
 from vmrunner.errors import RunNotFound
@@ -198,3 +199,28 @@ async def test_a_restarted_server_watches_its_fleet_runs_again_and_comments_on_p
     assert comment["body"].startswith(COMMENT_MARKER)
     assert f"Run {pull['run_id']} on the fleet." in comment["body"]
     assert "| build | success | h1 | 1 |" in comment["body"]
+
+
+async def test_one_server_and_two_agents_run_a_chain_with_outputs_across_hosts(database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 9's first scenario end to end: a push to the server; A on either host, B (kvm,
+    needs A) on h2 with A's outputs, then C; one success each."""
+    root = tmp_path / "widgets"
+    sha = make_repo(root, {".github/workflows/chain.yml": CHAIN})
+    async with (
+        agents(database, ("h1", "linux"), ("h2", "linux,kvm")),
+        FakeGitHub().running() as github,
+        _server_at(tmp_path / "server", _server_config(root, github, database), monkeypatch) as client,
+        FleetStore(database) as fleet,
+    ):
+        delivery = str(uuid.uuid4())
+        assert (await deliver(client, "push", _push(sha), delivery)).status_code == 202
+        run_id = str((await settled(client, delivery))["runs"][0]["run_id"])
+        done = await server_finished(client, run_id)
+        assert done["server"]["conclusion"] == "success", done
+        run = await fleet.run(run_id)
+        assert run.job("b").host == "h2"
+        assert run.job("b").outputs == {"got": "from-a"}
+        assert [line for _, job, _, line in await fleet.logs(run_id) if job == "c"] == ["c saw from-a"]
+        assert sorted((job, result) for job, _, _, result in await fleet.attempts(run_id)) == [("a", "success"), ("b", "success"), ("c", "success")]
+    last = {status["context"].rsplit("/", 1)[-1]: status["state"] for status in github.statuses()}  # the latest per job
+    assert last == {"a": "success", "b": "success", "c": "success"}
