@@ -3,7 +3,9 @@
 Prints the enqueue-to-start latency p50/p99 on an idle fleet (runs submitted one at a time;
 from the run's row being written to its job's attempt starting on an agent, both stamped by the
 database's clock), and the jobs per second the fleet sustains through a backlog of trivial jobs
-(``run: true`` in a sandbox). Without ``--store`` a throwaway cluster is started on 127.0.0.1.
+(``run: true`` in a sandbox), and how long a cancel takes to tear down the machine of a running
+job (from ``cancel`` returning to the machine's process gone from the agent's host). Without
+``--store`` a throwaway cluster is started on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from contextlib import ExitStack
 from typing import Any
 
 TRIVIAL = "on: push\njobs:\n  trivial:\n    runs-on: linux\n    steps:\n      - run: 'true'\n"
+HANGS = "on: push\njobs:\n  hang:\n    runs-on: linux\n    steps:\n      - run: sleep 600\n"
+AGENTS = ("b1", "b2")
 
 
 def _start_agents(url: str, capacity: int, folder: str) -> list[subprocess.Popen[bytes]]:
     agents = []
-    for name in ("b1", "b2"):
+    for name in AGENTS:
         home = os.path.join(folder, name)
         os.makedirs(home)
         argv = [sys.executable, "-m", "vmrunner", "agent", "--name", name, "--labels", "linux", "--capacity", str(capacity),
@@ -48,7 +52,7 @@ async def _wait_all(store: Any, run_ids: list[str]) -> None:
         await asyncio.sleep(0.05)
 
 
-async def _measure(url: str, samples: int, backlog: int, folder: str) -> None:
+async def _measure(url: str, samples: int, backlog: int, cancel_samples: int, folder: str) -> None:
     from vmrunner.fleet.store import FleetStore
     from vmrunner.runner.options import RunOptions
 
@@ -74,11 +78,45 @@ async def _measure(url: str, samples: int, backlog: int, folder: str) -> None:
                 "SELECT extract(epoch FROM a.started_at - r.created_at)::float FROM vmrunner_attempts a"
                 " JOIN vmrunner_runs r ON r.id = a.run_id WHERE a.run_id = ANY(%s)", (idle,))).fetchall()
             failed = await (await connection.execute("SELECT count(*) FROM vmrunner_runs WHERE conclusion <> 'success'")).fetchone()
+        cancels = [await _cancel_latency(store, options, folder) for _ in range(cancel_samples)]
     quantiles = statistics.quantiles(sorted(float(r[0]) * 1000 for r in rows), n=100)
     print(f"2 agents; not successful: {failed[0] if failed else '?'}")
     print(f"enqueue-to-start latency, idle fleet ({samples} runs)   p50 {quantiles[49]:7.1f} ms   p99 {quantiles[98]:7.1f} ms")
     print(f"submit (one transaction per run)                 {backlog / submitted:7.1f} runs/s")
     print(f"throughput, backlog of {backlog} trivial jobs          {backlog / elapsed:7.2f} jobs/s ({elapsed:.1f} s)")
+    if cancels:
+        print(f"cancel to machine gone ({len(cancels)} runs)            p50 {statistics.median(cancels) * 1000:7.1f} ms   max {max(cancels) * 1000:7.1f} ms (goal 2000)")
+
+
+def _live_machine_pids(folder: str) -> set[int]:
+    """The processes of the machines the agents' own stores list as not released."""
+    from vmrunner.store import DATABASE_NAME, Store
+
+    pids: set[int] = set()
+    for name in AGENTS:
+        with Store.open(os.path.join(folder, name, DATABASE_NAME)) as store:
+            pids.update(row.pid for row in store.machines() if row.pid)
+    return {pid for pid in pids if os.path.exists(f"/proc/{pid}")}
+
+
+async def _cancel_latency(store: Any, options: Any, folder: str) -> float:
+    """Seconds from cancelling a run whose job runs in a machine to that machine's process gone."""
+    run_id = await store.submit(HANGS, "hangs.yml", options)
+    while True:
+        pids = _live_machine_pids(folder)
+        if pids and (await store.run(run_id)).jobs[0].status == "running":
+            break
+        await asyncio.sleep(0.02)
+    await store.cancel(run_id)
+    cancelled = time.perf_counter()
+    while True:
+        if not _alive(pids):
+            return time.perf_counter() - cancelled
+        await asyncio.sleep(0.005)
+
+
+def _alive(pids: set[int]) -> bool:
+    return any(os.path.exists(f"/proc/{pid}") for pid in pids)
 
 
 def main(argv: list[str]) -> int:
@@ -87,6 +125,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--samples", type=int, default=30, help="runs submitted one at a time for the latency")
     parser.add_argument("--backlog", type=int, default=60, help="runs submitted at once for the throughput")
     parser.add_argument("--capacity", type=int, default=2, help="jobs at once per agent")
+    parser.add_argument("--cancels", type=int, default=5, help="runs cancelled while their job runs")
     args = parser.parse_args(argv)
     with ExitStack() as stack:
         folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="vmrunner-bench-fleet-"))
@@ -98,7 +137,7 @@ def main(argv: list[str]) -> int:
             url = cluster.create_database(f"bench_{uuid.uuid4().hex[:8]}")
         agents = _start_agents(url, args.capacity, folder)
         try:
-            asyncio.run(_measure(url, args.samples, args.backlog, folder))
+            asyncio.run(_measure(url, args.samples, args.backlog, args.cancels, folder))
         finally:
             for agent in agents:
                 agent.terminate()
