@@ -23,7 +23,7 @@ FAST = {"heartbeat": 0.3, "stall": 6.0, "fence": 4.0, "sweep_interval": 0.5}
 
 
 class AgentProcess:
-    def __init__(self, url: str, name: str, labels: str, home: Path, capacity: int = 1, **intervals: float) -> None:
+    def __init__(self, url: str, name: str, labels: str, home: Path, capacity: int = 1, extra: tuple[str, ...] = (), **intervals: float) -> None:
         self.name = name
         self.home = home
         home.mkdir(parents=True, exist_ok=True)
@@ -31,7 +31,7 @@ class AgentProcess:
         self.argv = [
             sys.executable, "-m", "vmrunner", "agent", "--name", name, "--labels", labels, "--capacity", str(capacity),
             "--store", url, "--provider", "sandbox", "--log-level", "info",
-            *[arg for key, value in settings.items() for arg in (f"--{key.replace('_', '-')}", str(value))],
+            *[arg for key, value in settings.items() for arg in (f"--{key.replace('_', '-')}", str(value))], *extra,
         ]
         self.process: subprocess.Popen[bytes] | None = None
         self.log = home / f"{name}.log"
@@ -68,12 +68,12 @@ class AgentProcess:
 
 
 @contextlib.asynccontextmanager
-async def agents(url: str, *specs: tuple[str, str], **intervals: float) -> AsyncIterator[dict[str, AgentProcess]]:
+async def agents(url: str, *specs: tuple[str, str], extra: tuple[str, ...] = (), **intervals: float) -> AsyncIterator[dict[str, AgentProcess]]:
     """Start one agent per (name, labels), each with its own home (its own host), and wait
     until each is registered. Homes live outside pytest's tmp_path, which concurrent pytest
     sessions may rotate away; a failing test shows the agents' logs."""
     with tempfile.TemporaryDirectory(prefix="vmrunner-fleet-") as folder:
-        started = {name: AgentProcess(url, name, labels, Path(folder) / name, **intervals) for name, labels in specs}
+        started = {name: AgentProcess(url, name, labels, Path(folder) / name, extra=extra, **intervals) for name, labels in specs}
         try:
             for agent in started.values():
                 agent.start()

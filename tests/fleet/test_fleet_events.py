@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.fleet.harness import agents, finished, options
 from vmrunner.fleet.store import EventRecord, FleetStore
@@ -84,6 +85,39 @@ async def test_steps_annotations_and_lifecycle_are_stored_masked(database: str) 
         assert text.returncode == 0, text.stderr
         assert "not reached" in text.stdout
         assert "build: warning: x and ***" in text.stdout
+
+
+SECRETIVE = """
+on: push
+jobs:
+  deploy:
+    runs-on: linux
+    steps:
+      - run: |
+          test "${{ secrets.DEPLOY_TOKEN }}" = "s3cr3t-from-the-host"
+          echo "token is ${{ secrets.DEPLOY_TOKEN }}"
+          echo "::warning::using $TOKEN"
+        env:
+          TOKEN: ${{ secrets.DEPLOY_TOKEN }}
+"""
+
+
+async def test_an_agent_gives_its_own_secrets_to_jobs_and_the_fleet_never_sees_them(database: str, tmp_path: Path) -> None:
+    secrets = tmp_path / "secrets.env"
+    secrets.write_text("DEPLOY_TOKEN=s3cr3t-from-the-host\n")
+    async with agents(database, ("h1", "linux"), extra=("--secret-file", str(secrets))) as started, FleetStore(database) as store:
+        run_id = await store.submit(SECRETIVE, "secretive.yml", options(started))
+        run = await finished(store, run_id)
+        assert run.conclusion == "success", run
+        assert [line for _, _, _, line in await store.logs(run_id) if line.startswith("token")] == ["token is ***"]
+        assert [a["message"] for a in (await store.annotations(run_id))["deploy"] if a["level"] == "warning" and "using" in a["message"]] == ["using ***"]
+        async with store.pool.connection() as connection:
+            leaked = await (await connection.execute(
+                "SELECT (SELECT count(*) FROM vmrunner_events WHERE data::text LIKE '%s3cr3t%')"
+                " + (SELECT count(*) FROM vmrunner_logs WHERE line LIKE '%s3cr3t%')"
+                " + (SELECT count(*) FROM vmrunner_runs WHERE options::text LIKE '%s3cr3t%')"
+            )).fetchone()
+        assert leaked == (0,)
 
 
 def _vmrunner(*args: str) -> subprocess.CompletedProcess[str]:

@@ -27,10 +27,11 @@ ENV_STORE = "VMRUNNER_STORE"
 @click.option("--fence", default=20.0, show_default=True, type=click.FloatRange(min=0.1), help="A job that cannot heartbeat this long is killed here (< --stall).")
 @click.option("--sweep-interval", default=5.0, show_default=True, type=click.FloatRange(min=0.05), help="Seconds between sweeps for stalled jobs.")
 @click.option("--max-attempts", default=3, show_default=True, type=click.IntRange(min=1), help="Attempts of a job whose host was lost.")
+@click.option("--secret-file", default=None, type=click.Path(dir_okay=False), help="Secrets (a dotenv file) for every job this host runs; fleets never store secrets.")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]))
 def command(
     name: str, labels: str, capacity: int, store: str, provider: str | None, pool_size: int, heartbeat: float,
-    stall: float, fence: float, sweep_interval: float, max_attempts: int, log_level: str,
+    stall: float, fence: float, sweep_interval: float, max_attempts: int, secret_file: str | None, log_level: str,
 ) -> None:
     """Serve the fleet's jobs whose runs-on labels this host offers."""
     import asyncio
@@ -40,11 +41,13 @@ def command(
 
     from vmrunner.fleet.agent import Agent, AgentConfig
     from vmrunner.fleet.labels import parse_labels
+    from vmrunner.runner.dotenv import read_dotenv
 
     config = AgentConfig(
         url=store, name=name, labels=parse_labels(labels), capacity=capacity,
         provider=provider or os.environ.get(ENV_PROVIDER) or "sandbox", pool_size=pool_size, heartbeat=heartbeat,
         stall=stall, fence=fence, sweep_interval=sweep_interval, max_attempts=max_attempts,
+        secrets=read_dotenv(secret_file) if secret_file else {},
     )
     logging.basicConfig(level=log_level.upper(), format=f"%(asctime)s %(levelname)s {name}: %(message)s")
     logging.getLogger("procrastinate").setLevel(max(logging.WARNING, logging.getLevelName(log_level.upper())))

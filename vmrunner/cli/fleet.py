@@ -206,7 +206,7 @@ def run_on_fleet(chosen: Sequence[tuple[Workflow, list[str] | None]], options: R
         return [await fleet.run(run_id) for _, run_id in submitted]
 
     if options.secrets:
-        terminal.warn("secrets are not sent to the fleet (they would be written into its database): the jobs see them empty")
+        terminal.warn("secrets are not sent to the fleet (they would be written into its database): jobs see the secrets of their agent's --secret-file")
     runs = _with_store(store, body)
     if as_json:
         terminal.print_json({"runs": [run_json(run) for run in runs]})

@@ -22,8 +22,8 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import procrastinate
@@ -68,6 +68,9 @@ class AgentConfig:
     max_attempts: int = 3
     #: Seconds to wait before starting again after losing the database.
     restart_delay: float = 1.0
+    #: The ``secrets`` context of every job this host runs (never written to the database:
+    #: each host holds its own, like a self-hosted runner's credentials); masked in all it reports.
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.fence >= self.stall:
@@ -247,7 +250,7 @@ class Agent:
         try:
             workflow = load_workflow_text(a.workflow_text, a.workflow_path)
             info = await repository_info(a.options.repo_root)
-            options = dataclasses.replace(a.options, env={**a.options.env, ATTEMPT_ENV: str(a.attempt)})
+            options = dataclasses.replace(a.options, env={**a.options.env, ATTEMPT_ENV: str(a.attempt)}, secrets=dict(self.config.secrets))
             context = RunContext(workflow, options, self.sessions, logs, info)
             job_plan = plan(workflow, jobs=a.options.jobs)
             run = Run(context, job_plan) if a.matrix_index is None else OneCombination(context, job_plan, a.matrix_index)

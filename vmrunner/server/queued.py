@@ -90,7 +90,7 @@ class QueuedRuns:
     async def _execute(self, run: ServerRun, workflow: Workflow, options: RunOptions, target_url: str) -> str:
         text = workflow_text(workflow)
         if options.secrets:
-            log.warning("run %s: the secrets of %s are not sent to the fleet (never written into its database)", run.run_id, run.repository)
+            log.warning("run %s: the secrets of %s are not sent to the fleet (never written into its database); agents use their own --secret-file", run.run_id, run.repository)
         queued = await self.queue.submit(text, run.workflow_file, options, delivery_id=delivery_key(run.delivery_id, run.workflow_file))
         if queued != run.run_id:
             self._ids[run.run_id] = queued
