@@ -28,6 +28,7 @@ below and raised ``from`` the original.
     │   └── InvalidTransition      a session state change that the lifecycle does not allow
     ├── StoreError                 the state database could not be read or written
     │   └── RunNotFound            no kept run has this id (or the id prefix is ambiguous)
+    ├── ConcurrencyCancelled       a pending job or run was pushed out of its concurrency group
     └── ConfigError                runner configuration or command-line input is invalid
 """
 
@@ -179,6 +180,10 @@ class StoreError(VmrunnerError):
 
 class RunNotFound(StoreError):
     """No kept run has this id, or more than one starts with this id prefix."""
+
+
+class ConcurrencyCancelled(VmrunnerError):
+    """A job or run waiting for its concurrency group was replaced by a newer one, or the group's queue is full."""
 
 
 class ConfigError(VmrunnerError):

@@ -259,7 +259,10 @@ class JobExecution:
             timeout = (minutes if minutes is not None else run.options.job_timeout_minutes) * 60
             outcome, summary = await self.in_session(spec, timeout, outcome)
         except asyncio.CancelledError:
-            outcome = JobOutcome("cancelled", reason=outcome.reason or self.cancel_reason or "the run was cancelled", continue_on_error=outcome.continue_on_error)
+            if not (outcome.reason or self.cancel_reason) and run.cancel_reason:  # e.g. the run's concurrency group
+                run.annotate(self.job_key, "error", run.cancel_reason)
+            reason = outcome.reason or self.cancel_reason or run.cancel_reason or "the run was cancelled"
+            outcome = JobOutcome("cancelled", reason=reason, continue_on_error=outcome.continue_on_error)
             raise
         finally:
             if self.cancelled and outcome.result != "success":

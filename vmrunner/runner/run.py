@@ -11,6 +11,11 @@ A matrix job's result, as its dependents see it in ``needs``, is aggregated as G
 failure if any combination failed, else cancelled if any was cancelled, else success if any
 succeeded, else skipped. Its outputs come from the combinations in completion order.
 
+Concurrency groups (``concurrency:``, see ``runner.concurrency``): a workflow-level group is
+held by the whole run, from before its first job to after its last; a job-level group by one
+job (or combination) from before it takes its matrix and run slots to its release. A job or run
+stopped by its group ends cancelled, with an annotation saying why.
+
 Cancellation (Ctrl-C) is safe: every job's session is released by the session manager, each
 started job still reports one ``JobFinished``, and ``RunFinished`` always comes last.
 """
@@ -21,11 +26,18 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmrunner.errors import ConfigError, VmrunnerError
+from vmrunner.errors import ConcurrencyCancelled, ConfigError, VmrunnerError
+from vmrunner.runner.concurrency import (
+    JOB_CONTEXTS,
+    WORKFLOW_CONTEXTS,
+    Claim,
+    ConcurrencyGroups,
+    evaluate_claim,
+)
 from vmrunner.runner.contexts import event_refs, github_context, new_run_id
 from vmrunner.runner.evaluation import as_text, render, render_env, render_flag
 from vmrunner.runner.events import (
@@ -102,18 +114,37 @@ def aggregate(results: list[Result]) -> Result:
 
 
 @dataclass(slots=True)
+class _Stopper:
+    """Cancels one job's task on purpose (fail-fast, its concurrency group), once, with a reason."""
+
+    task: asyncio.Task[Any]
+    execution: JobExecution | None = None
+    reason: str = ""
+
+    def stop(self, reason: str) -> None:
+        if self.reason:
+            return
+        self.reason = reason
+        if self.execution is not None:
+            self.execution.cancelled = True
+            self.execution.cancel_reason = reason
+        self.task.cancel()
+
+
+@dataclass(slots=True)
 class _MatrixGroup:
     fail_fast: bool
     limit: asyncio.Semaphore | None
     cancelled: bool = False
-    running: dict[str, tuple[asyncio.Task[Any], JobExecution]] = field(default_factory=dict)
+    running: dict[str, _Stopper] = field(default_factory=dict)
 
 
 class RunContext:
     """What every job of one run shares: options, sessions, sink, masker, identity."""
 
     def __init__(
-        self, workflow: Workflow, options: RunOptions, sessions: SessionManager, sink: EventSink, info: RepositoryInfo
+        self, workflow: Workflow, options: RunOptions, sessions: SessionManager, sink: EventSink, info: RepositoryInfo,
+        groups: ConcurrencyGroups | None = None,
     ) -> None:
         self.workflow = workflow
         self.options = options
@@ -125,8 +156,12 @@ class RunContext:
         self.masker = Masker(options.secrets.values())
         self.limit = asyncio.Semaphore(max(1, options.concurrent_jobs))
         self.cancelled = False
+        #: Why the whole run was stopped on purpose (its concurrency group), for its jobs' results.
+        self.cancel_reason = ""
         self.warnings: list[str] = []
         self.inputs = self._inputs()
+        #: Concurrency groups, shared with the other runs of the same registry.
+        self.groups = groups if groups is not None else ConcurrencyGroups()
 
     def emit(self, event: Event) -> None:
         with contextlib.suppress(Exception):
@@ -215,15 +250,45 @@ class Run:
             context.annotate("", "warning", warning)
         conclusion: Result = "cancelled"
         stop_observing = context.sessions.observe(context.session_changed, label=("run", context.run_id))
+        task = asyncio.current_task()
+        assert task is not None
+        stopped = ""
+
+        def stop(reason: str) -> None:
+            nonlocal stopped
+            stopped = context.cancel_reason = f"the run was {reason}"
+            context.cancelled = True
+            context.annotate("", "error", stopped)
+            task.cancel()
+
         try:
-            async with asyncio.TaskGroup() as group:
-                for job_id in self.plan.order:
-                    group.create_task(self.job_group(job_id), name=f"job {job_id}")
-            conclusion = self.conclusion()
+            claim = evaluate_claim(context.workflow.concurrency, context.base_contexts(""), WORKFLOW_CONTEXTS)
+            async with self.workflow_group(claim, stop):
+                async with asyncio.TaskGroup() as group:
+                    for job_id in self.plan.order:
+                        group.create_task(self.job_group(job_id), name=f"job {job_id}")
+                conclusion = self.conclusion()
+        except ConfigError as exc:
+            conclusion = "failure"
+            context.annotate("", "error", f"workflow {exc}")
+        except ConcurrencyCancelled as exc:
+            context.annotate("", "error", f"the run was cancelled: {exc}")
+        except asyncio.CancelledError:
+            if not (stopped and task.uncancel() == 0):
+                raise
         finally:
             stop_observing()
             context.emit(RunFinished(context.run_id, conclusion, time.time(), time.time() - started))
         return RunOutcome(context.run_id, conclusion, tuple(self.reports))
+
+    def workflow_group(self, claim: Claim | None, stop: Callable[[str], None]) -> contextlib.AbstractAsyncContextManager[None]:
+        """The run's workflow-level concurrency group, held while its jobs run."""
+        context = self.context
+        if claim is None:
+            return contextlib.nullcontext()
+        return context.groups.hold(
+            claim, f"run {context.run_id}", stop, lambda message: context.annotate("", "notice", message)
+        )
 
     def conclusion(self) -> Result:
         """failure if a job failed (not continue-on-error), else cancelled if one was, else success."""
@@ -343,35 +408,64 @@ class Run:
 
     async def run_instance(self, instance: JobInstance, group: _MatrixGroup, contexts: dict[str, Any], workflow_env: dict[str, str]) -> JobOutcome:
         context = self.context
+        key = instance.job_key
         scoped = {**contexts, "matrix": dict(instance.matrix), "strategy": dict(instance.strategy)}
-        outcome: JobOutcome | None = None
-        async with _maybe(group.limit), context.limit:
-            if group.cancelled:
-                outcome = JobOutcome("cancelled", reason=FAIL_FAST_REASON)
-                self.finish_without_running(instance.job, instance.job_key, "cancelled", outcome.reason, instance.matrix)
-                return outcome
-            execution = JobExecution(context, instance, scoped, workflow_env)
-            task = asyncio.current_task()
-            assert task is not None
-            group.running[instance.job_key] = (task, execution)
-            try:
-                outcome = await execution.execute()
-            except asyncio.CancelledError:
-                if not (execution.cancel_reason and task.uncancel() == 0):
-                    raise
-                outcome = JobOutcome("cancelled", reason=execution.cancel_reason)
-            finally:
-                group.running.pop(instance.job_key, None)
+        task = asyncio.current_task()
+        assert task is not None
+        stopper = group.running[key] = _Stopper(task)
+        try:
+            claim = evaluate_claim(instance.job.concurrency, scoped, JOB_CONTEXTS)
+            outcome = await self.in_job_group(claim, instance, group, scoped, workflow_env, stopper)
+        except ConfigError as exc:
+            outcome = JobOutcome("failure", reason=f"job '{instance.job.id}': {exc}")
+            context.annotate(key, "error", outcome.reason)
+        except ConcurrencyCancelled as exc:
+            outcome = JobOutcome("cancelled", reason=f"cancelled: {exc}")
+            context.annotate(key, "error", outcome.reason)
+        except asyncio.CancelledError:
+            if not (stopper.reason and task.uncancel() == 0):
+                raise
+            outcome = JobOutcome("cancelled", reason=stopper.reason)
+        finally:
+            group.running.pop(key, None)
+        if stopper.execution is None:  # it never started: no JobExecution reported it
+            context.emit(JobFinished(context.run_id, key, outcome.result, time.time(), 0.0, reason=context.masker.mask(outcome.reason)))
         self.reports.append(
-            JobReport(instance.job.id, instance.job_key, outcome.result, dict(outcome.outputs), outcome.reason, dict(instance.matrix), outcome.continue_on_error)
+            JobReport(instance.job.id, key, outcome.result, dict(outcome.outputs), outcome.reason, dict(instance.matrix), outcome.continue_on_error)
         )
         if outcome.result == "failure" and not outcome.continue_on_error and group.fail_fast and not group.cancelled:
             group.cancelled = True
-            for sibling_task, sibling in list(group.running.values()):
-                sibling.cancelled = True
-                sibling.cancel_reason = FAIL_FAST_REASON
-                sibling_task.cancel()
+            for sibling in list(group.running.values()):
+                sibling.stop(FAIL_FAST_REASON)
         return outcome
+
+    async def in_job_group(
+        self, claim: Claim | None, instance: JobInstance, group: _MatrixGroup, scoped: dict[str, Any],
+        workflow_env: dict[str, str], stopper: _Stopper,
+    ) -> JobOutcome:
+        """The job inside its concurrency group (if it has one); it waits there holding no slot."""
+        if claim is None:
+            return await self.execute_instance(instance, group, scoped, workflow_env, stopper)
+        context, key = self.context, instance.job_key
+
+        def stop(reason: str) -> None:
+            context.annotate(key, "error", reason)
+            stopper.stop(reason)
+
+        def waiting(message: str) -> None:
+            context.annotate(key, "notice", message)
+
+        async with context.groups.hold(claim, f"job '{key}' of run {context.run_id}", stop, waiting):
+            return await self.execute_instance(instance, group, scoped, workflow_env, stopper)
+
+    async def execute_instance(
+        self, instance: JobInstance, group: _MatrixGroup, scoped: dict[str, Any], workflow_env: dict[str, str], stopper: _Stopper,
+    ) -> JobOutcome:
+        async with _maybe(group.limit), self.context.limit:
+            if group.cancelled:
+                return JobOutcome("cancelled", reason=FAIL_FAST_REASON)
+            execution = stopper.execution = JobExecution(self.context, instance, scoped, workflow_env)
+            return await execution.execute()
 
 
 @contextlib.asynccontextmanager
@@ -388,11 +482,13 @@ async def run_workflow(
     options: RunOptions,
     sessions: SessionManager,
     sink: EventSink | None = None,
+    groups: ConcurrencyGroups | None = None,
 ) -> RunOutcome:
     """Run ``workflow`` for ``options.event_name`` with machines from ``sessions``.
 
     Raises ``PlanError`` for a broken job graph and ``ConfigError`` when the options ask for
     what the provider cannot do (snapshots); job failures are results, not exceptions.
+    Runs that share ``groups`` share their concurrency groups (default: a registry of their own).
     """
     if (options.snapshot or options.rollback_on_failure) and not sessions.provider.capabilities.snapshots:
         raise ConfigError(f"snapshots (--snapshot, --rollback-on-failure) need a provider that can take them; {sessions.provider.name} cannot")
@@ -404,5 +500,5 @@ async def run_workflow(
         payload = dict(options.payload)
         payload["inputs"] = {**dict(payload.get("inputs") or {}), **{k: as_text(v) for k, v in options.inputs.items()}}
         options = dataclasses.replace(options, payload=payload)
-    context = RunContext(workflow, options, sessions, sink or Recorder(), info)
+    context = RunContext(workflow, options, sessions, sink or Recorder(), info, groups)
     return await Run(context, job_plan).execute()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from vmrunner.errors import RunNotFound
+from vmrunner.runner.concurrency import ConcurrencyGroups
 from vmrunner.runner.events import FanOut
 from vmrunner.runner.learning import Learning, LearningSink, add_insights
 from vmrunner.runner.options import RunOptions
@@ -69,6 +70,8 @@ class LocalRuns:
         self.github = github
         self.metrics = metrics
         self._tasks: dict[str, asyncio.Task[Any]] = {}
+        #: One registry for every run here, so that a push can stop or queue behind an earlier run.
+        self.groups = ConcurrencyGroups()
 
     async def execute(self, run: ServerRun, workflow: Workflow, options: RunOptions, target_url: str) -> str:
         task = asyncio.current_task()
@@ -84,7 +87,7 @@ class LocalRuns:
                 statuses.start()
                 try:
                     sinks = FanOut(keep, collector, MetricsSink(self.metrics), statuses)
-                    outcome = await run_workflow(workflow, options, self.sessions, LearningSink(learning, repository=run.repository, workflow=workflow, then=sinks))
+                    outcome = await run_workflow(workflow, options, self.sessions, LearningSink(learning, repository=run.repository, workflow=workflow, then=sinks), self.groups)
                 finally:
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(asyncio.shield(statuses.drain()), REPORT_GRACE)

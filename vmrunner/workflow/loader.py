@@ -269,7 +269,8 @@ def _concurrency(value: Any) -> Concurrency | None:
         return Concurrency(group=value)
     if isinstance(value, dict) and value.get("group") is not None:
         cancel = value.get("cancel-in-progress", False)
-        return Concurrency(group=str(value["group"]), cancel_in_progress=cancel if isinstance(cancel, bool | str) else False)
+        queue = "max" if value.get("queue") == "max" else "single"
+        return Concurrency(group=str(value["group"]), cancel_in_progress=cancel if isinstance(cancel, bool | str) else False, queue=queue)
     return None
 
 

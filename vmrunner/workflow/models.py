@@ -91,10 +91,12 @@ class Defaults:
 
 @dataclass(frozen=True, slots=True)
 class Concurrency:
-    """A concurrency group; ``cancel_in_progress`` may be an expression."""
+    """A concurrency group; ``cancel_in_progress`` may be an expression; ``queue`` is
+    ``single`` (one pending, replaced by a newer one) or ``max`` (a first-in first-out queue)."""
 
     group: str
     cancel_in_progress: bool | str = False
+    queue: str = "single"
 
 
 @dataclass(frozen=True, slots=True)
