@@ -256,7 +256,7 @@ class Run:
 
         def stop(reason: str) -> None:
             nonlocal stopped
-            stopped = context.cancel_reason = f"the run was {reason}"
+            stopped = context.cancel_reason = context.masker.mask(f"the run was {reason}")
             context.cancelled = True
             context.annotate("", "error", stopped)
             task.cancel()
@@ -424,6 +424,8 @@ class Run:
             context.annotate(key, "error", outcome.reason)
         except asyncio.CancelledError:
             if not (stopper.reason and task.uncancel() == 0):
+                if stopper.execution is None and context.cancel_reason:  # queued when its run was stopped
+                    context.emit(JobFinished(context.run_id, key, "cancelled", time.time(), 0.0, reason=context.cancel_reason))
                 raise
             outcome = JobOutcome("cancelled", reason=stopper.reason)
         finally:
