@@ -72,3 +72,18 @@ def test_bad_options_are_messages(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "NOT_IN_ENV_XYZ is not set" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_workflows_run_together_share_their_concurrency_groups(tmp_path: Path) -> None:
+    workflows = tmp_path / ".github" / "workflows"
+    workflows.mkdir(parents=True)
+    for name in ("one", "two"):
+        (workflows / f"{name}.yml").write_text(
+            f"on: push\nconcurrency: deploy\njobs:\n  {name}:\n    runs-on: ubuntu-latest\n    steps:\n      - run: echo {name}\n"
+        )
+    result = vmrunner("run", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    jobs = sorted((job for run in json.loads(result.stdout)["runs"] for job in run["jobs"] if job["job_key"]), key=lambda job: job["started_at"])
+    assert [job["conclusion"] for job in jobs] == ["success", "success"]
+    assert jobs[0]["finished_at"] <= jobs[1]["started_at"]  # one after the other, never both at once
+    assert "waiting for concurrency group 'deploy'" in result.stdout

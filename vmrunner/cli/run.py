@@ -169,6 +169,7 @@ async def _run_all(
     from vmrunner.cli.progress import JsonView, ProgressView
     from vmrunner.machines.pool import Reuse, WarmPool
     from vmrunner.machines.providers import get_provider
+    from vmrunner.runner.concurrency import ConcurrencyGroups
     from vmrunner.runner.events import FanOut
     from vmrunner.runner.learning import Learning, LearningSink
     from vmrunner.runner.repository import repository_info
@@ -194,12 +195,13 @@ async def _run_all(
         RunHistory(store).mark_interrupted()  # runs whose runner was killed: recorded for good
         learning = stack.enter_context(Learning.open(config=learning_config))
         repository = options.repository or (await repository_info(options.repo_root)).repository or os.path.basename(options.repo_root)
+        groups = ConcurrencyGroups()  # the workflows run here share their concurrency groups, as on GitHub
 
         async def one(workflow: Workflow, jobs: list[str] | None) -> bool:
             learn = LearningSink(learning, repository=repository, workflow=workflow)
             with StoreSink(store) as keep:
                 selected = dataclasses.replace(options, jobs=tuple(jobs) if jobs is not None else None)
-                outcome = await run_workflow(workflow, selected, sessions, learn.chain(FanOut(view, keep)))
+                outcome = await run_workflow(workflow, selected, sessions, learn.chain(FanOut(view, keep)), groups)
             for error in keep.errors[:1]:
                 terminal.warn(f"the run could not be fully recorded: {error}")
             for error in learn.errors[:1]:
