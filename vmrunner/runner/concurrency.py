@@ -138,9 +138,10 @@ class ConcurrencyGroups:
         while len(group.pending) > claim.queue:
             replaced = group.pending.popleft()
             assert replaced.granted is not None
-            replaced.granted.set_exception(
-                ConcurrencyCancelled(f"replaced by {holder.who}, which now waits for concurrency group '{group.name}'")
-            )
+            if not replaced.granted.done():  # done: its task was cancelled and is leaving anyway
+                replaced.granted.set_exception(
+                    ConcurrencyCancelled(f"replaced by {holder.who}, which now waits for concurrency group '{group.name}'")
+                )
         held_by = f"held by {running.who}" if running is not None else "its queue is being handed on"
         waiting(f"waiting for concurrency group '{group.name}' ({held_by})")
         try:
