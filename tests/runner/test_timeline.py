@@ -291,3 +291,23 @@ async def test_an_observer_of_a_label_hears_only_the_sessions_carrying_it() -> N
     finally:
         await provider.aclose()
     assert seen == [("r1", state) for state in ("initializing", "active", "completed", "terminating", "released")]
+
+
+async def test_the_runs_own_annotations_belong_to_no_job_live_and_kept() -> None:
+    """A warning about the run itself (an undeclared dispatch input) makes no pseudo-job."""
+    ran = await run(
+        "on:\n  workflow_dispatch:\n    inputs:\n      known: {type: string}\njobs:\n  a:\n    runs-on: ubuntu-latest\n    steps:\n      - run: 'true'\n",
+        event_name="workflow_dispatch", inputs={"unknown": "1"},
+    )
+    live = collected(ran)
+    with Store.open() as store:
+        with StoreSink(store) as sink:
+            for event in ran.events:
+                sink.emit(event)
+        kept = RunHistory(store).get_run(live.run_id)
+    for result in (live, kept):
+        assert [job.job_key for job in result.jobs] == ["a"]
+        assert [(a.level, "unknown" in a.message) for a in result.run_annotations] == [("warning", True)]
+        data = result.to_json()
+        jsonschema.validate(data, RUN_RESULT_SCHEMA)
+        assert [a["level"] for a in data["annotations"]] == ["warning"]

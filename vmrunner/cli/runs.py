@@ -202,6 +202,8 @@ def _print_run(result: RunResult, logs: list[LogRow] | None) -> None:
     say(Text.assemble(("Run ", "bold"), (result.run_id, "bold"), "  ", (result.workflow_name, "bold"), (f" ({result.workflow_file})", "dim")))
     where = " ".join(part for part in (result.event_name, result.ref, result.sha[:12]) if part)
     say(Text.assemble((f"{symbol} {conclusion}", style), f"  {where}  started {_when(result.started_at)}, took {human_duration(result.duration)}"))
+    for annotation in result.run_annotations:
+        say(annotation_line(annotation))
     by_step: dict[tuple[str, int], list[LogRow]] = {}
     for row in logs or []:
         by_step.setdefault((row.job_key, row.step_index), []).append(row)

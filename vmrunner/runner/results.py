@@ -166,14 +166,16 @@ class RunResult:
     #: Set when this run re-ran a job of run ``rerun_of`` from step ``from_step`` (``vmrunner rerun``).
     rerun_of: str = ""
     from_step: int | None = None
+    #: The run's own annotations, of no job (warnings about inputs, concurrency groups).
+    run_annotations: tuple[AnnotationResult, ...] = ()
 
     def job(self, job_key: str) -> JobResult | None:
         return next((j for j in self.jobs if j.job_key == job_key), None)
 
     @property
     def annotations(self) -> tuple[AnnotationResult, ...]:
-        """Every job's annotations, job by job."""
-        return tuple(a for job in self.jobs for a in job.annotations)
+        """The run's own annotations, then every job's, job by job."""
+        return (*self.run_annotations, *(a for job in self.jobs for a in job.annotations))
 
     @property
     def timeline(self) -> tuple[TimelineEntry, ...]:
@@ -204,6 +206,7 @@ class RunResult:
             "duration": self.duration,
             "rerun_of": self.rerun_of,
             "from_step": self.from_step,
+            "annotations": [_annotation_json(a) for a in self.run_annotations],
             "jobs": [_job_json(job) for job in self.jobs],
             "insights": self.insights.to_json() if self.insights is not None else None,
             "lifecycle": self.lifecycle().to_json(),
@@ -300,6 +303,22 @@ def _object(properties: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+_ANNOTATIONS = {
+    "type": "array",
+    "items": _object(
+        {
+            "step_index": {"type": "integer"},
+            "level": {"enum": ["debug", "notice", "warning", "error"]},
+            "message": {"type": "string"},
+            "time": {"type": "number"},
+            "file": {"type": "string"},
+            "line": {"type": "integer"},
+            "column": {"type": "integer"},
+            "title": {"type": "string"},
+        }
+    ),
+}
+
 #: JSON Schema (draft 2020-12) of ``RunResult.to_json()``: every key is always present.
 RUN_RESULT_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -320,6 +339,7 @@ RUN_RESULT_SCHEMA: dict[str, Any] = {
             "duration": _nullable("number"),
             "rerun_of": {"type": "string"},
             "from_step": _nullable("integer"),
+            "annotations": _ANNOTATIONS,
             "jobs": {
                 "type": "array",
                 "items": _object(
@@ -366,21 +386,7 @@ RUN_RESULT_SCHEMA: dict[str, Any] = {
                                 }
                             ),
                         },
-                        "annotations": {
-                            "type": "array",
-                            "items": _object(
-                                {
-                                    "step_index": {"type": "integer"},
-                                    "level": {"enum": ["debug", "notice", "warning", "error"]},
-                                    "message": {"type": "string"},
-                                    "time": {"type": "number"},
-                                    "file": {"type": "string"},
-                                    "line": {"type": "integer"},
-                                    "column": {"type": "integer"},
-                                    "title": {"type": "string"},
-                                }
-                            ),
-                        },
+                        "annotations": _ANNOTATIONS,
                         "snapshots": {
                             "type": "array",
                             "items": _object(
@@ -536,8 +542,9 @@ class ResultCollector:
                     outputs=dict(event.outputs),
                 )
             case Annotation():
-                self._job(event.job_key, event.time)
-                self._annotations[event.job_key].append(
+                if event.job_key:  # else the run's own: no job to make up for it
+                    self._job(event.job_key, event.time)
+                self._annotations.setdefault(event.job_key, []).append(
                     AnnotationResult(
                         job_key=event.job_key, step_index=event.step_index, level=event.level,
                         message=event.message, time=event.time, file=event.file,
@@ -596,11 +603,11 @@ class ResultCollector:
     def result(self) -> RunResult:
         """The run as known so far, with GitHub's conclusion rules applied."""
         run = self._run or _unknown_run("", 0.0)
-        jobs = tuple(self._built(key) for key in self._jobs)
+        jobs = tuple(self._built(key) for key in self._jobs if key)
         conclusion = run.conclusion
         if conclusion is not None and conclusion != "interrupted":
             conclusion = run_conclusion(conclusion, jobs)
-        return replace(run, jobs=jobs, conclusion=conclusion)
+        return replace(run, jobs=jobs, conclusion=conclusion, run_annotations=tuple(self._annotations.get("", ())))
 
     def job_result(self, job_key: str) -> JobResult | None:
         """One job as known so far (cheaper than ``result()`` while a run is going)."""

@@ -331,6 +331,7 @@ class RunHistory:
             event_name=row.event_name, status=status, started_at=row.started_at, sha=row.sha,
             ref=row.ref, conclusion=conclusion, finished_at=row.finished_at,
             duration=row.duration, jobs=jobs, rerun_of=row.rerun_of, from_step=row.from_step,
+            run_annotations=tuple(annotations.get("", [])),
         )
 
 
