@@ -121,7 +121,7 @@ class _RunState:
 
     def prefixed(self, job_key: str, text: Text) -> Text:
         line = Text()
-        line.append(f"[{self.workflow}/{job_key}] ", "blue")
+        line.append(f"[{self.workflow}/{job_key}] " if job_key else f"[{self.workflow}] ", "blue")  # no job: the run's own
         return line.append_text(text)
 
 
