@@ -154,10 +154,16 @@ class _ModelBuilder:
             env=_env(raw.get("env")),
             defaults=_defaults(raw.get("defaults")),
             permissions=_permissions(raw.get("permissions")),
-            concurrency=_concurrency(raw.get("concurrency")),
+            concurrency=self.concurrency(raw.get("concurrency"), ("concurrency",)),
             jobs=frozen_map(jobs),
             source=self.document,
         )
+
+    def concurrency(self, value: Any, path: tuple[str, ...]) -> Concurrency | None:
+        concurrency = _concurrency(value)
+        if concurrency is not None and concurrency.queue == "max" and concurrency.cancel_in_progress is True:
+            self.problems.append(Finding((*path, "queue"), "queue: max waits its turn, so it cannot go with cancel-in-progress: true"))
+        return concurrency
 
     def job(self, job_id: str, raw: dict[str, Any]) -> Job:
         strategy: Strategy | None = None
@@ -187,7 +193,7 @@ class _ModelBuilder:
             ),
             services=frozen_map({k: _container(v) for k, v in _mapping(services).items()}),
             container=_container(raw["container"]) if raw.get("container") is not None else None,
-            concurrency=_concurrency(raw.get("concurrency")),
+            concurrency=self.concurrency(raw.get("concurrency"), ("jobs", job_id, "concurrency")),
             environment=_environment(raw.get("environment")),
             permissions=_permissions(raw.get("permissions")),
             uses=_text(raw.get("uses")),
