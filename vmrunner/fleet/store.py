@@ -32,7 +32,7 @@ from vmrunner.fleet.labels import queue_name
 from vmrunner.fleet.matrix import expand, has_matrix, static_labels
 from vmrunner.fleet.queue import JobRow, RunRow
 from vmrunner.fleet.schema import ensure_schema
-from vmrunner.runner.options import RunOptions
+from vmrunner.runner.options import RunOptions, options_data, options_from_data, plain
 from vmrunner.runner.run import FAIL_FAST_REASON, aggregate
 from vmrunner.workflow.loader import load_workflow_text
 from vmrunner.workflow.planner import plan
@@ -106,21 +106,11 @@ class StepRow:
 
 
 def options_json(options: RunOptions) -> dict[str, Any]:
-    return {name: _plain(getattr(options, name)) for name in _SHARED_OPTIONS}
+    return options_data(options, _SHARED_OPTIONS)
 
 
 def options_from_json(data: Mapping[str, Any], run_id: str) -> RunOptions:
-    known = {f.name for f in dataclasses.fields(RunOptions)}
-    values: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) and k.endswith("_commands") else v) for k, v in data.items() if k in known}
-    return RunOptions(**values, run_id=run_id)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+    return options_from_data(data, run_id=run_id)
 
 
 def job_labels(workflow_text: str, workflow_path: str) -> dict[str, tuple[str, ...] | None]:
@@ -336,7 +326,7 @@ class FleetStore:
                 if events:
                     await cursor.executemany(
                         "INSERT INTO vmrunner_events (run_id, job_id, attempt, seq, kind, data, at) VALUES (%s, %s, %s, %s, %s, %s, to_timestamp(%s))",
-                        [(run_id, job_id, attempt, e.seq, e.kind, json.dumps(_plain(e.data), default=str), e.time) for e in events],
+                        [(run_id, job_id, attempt, e.seq, e.kind, json.dumps(plain(e.data), default=str), e.time) for e in events],
                     )
             if lines:
                 await connection.execute("SELECT pg_notify('vmrunner_logs', %s)", (run_id,))
@@ -433,7 +423,7 @@ class FleetStore:
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, CASE WHEN %s THEN clock_timestamp() END)",
                 (
                     run_id, combination.key, list(job["needs"]), list(combination.labels), queue_name(combination.labels),
-                    "failure" if problem else "pending", problem, job_id, combination.index, json.dumps(_plain(combination.matrix)), bool(problem),
+                    "failure" if problem else "pending", problem, job_id, combination.index, json.dumps(plain(combination.matrix)), bool(problem),
                 ),
             )
         strategy = {"matrix": True, "fail_fast": expansion.fail_fast, "max_parallel": expansion.max_parallel}

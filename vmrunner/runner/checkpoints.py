@@ -27,15 +27,12 @@ from typing import Any
 
 from vmrunner.config import vmrunner_home
 from vmrunner.errors import ConfigError, StoreError
-from vmrunner.runner.options import RunOptions
+from vmrunner.runner.options import RunOptions, options_from_data, plain
 
 FOLDER = "snapshots"
 STATE_FILE = "state.json"
 FORMAT = 1
 #: Options that name a tuple; JSON gives lists back.
-_TUPLE_OPTIONS = ("jobs", "setup_commands", "cleanup_commands")
-
-
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
     """The job right after one snapshot: ``step_number`` job steps had run (0: after set-up)."""
@@ -73,14 +70,7 @@ class KeptJob:
 
     def run_options(self, **changes: Any) -> RunOptions:
         """The original run's options (no secrets), with ``changes``."""
-        known = {f.name for f in dataclasses.fields(RunOptions)}
-        values = {k: v for k, v in self.options.items() if k in known}
-        for name in _TUPLE_OPTIONS:
-            if values.get(name) is not None:
-                values[name] = tuple(values[name])
-        if "matrix_filter" in values:
-            values["matrix_filter"] = {k: tuple(v) for k, v in values["matrix_filter"].items()}
-        return dataclasses.replace(RunOptions(**values), **changes)
+        return options_from_data(self.options, **changes)
 
 
 def checkpoints_root(home: Path | None = None) -> Path:
@@ -92,24 +82,9 @@ def job_folder(run_id: str, job_key: str, home: Path | None = None) -> Path:
     return checkpoints_root(home) / run_id / urllib.parse.quote(job_key, safe="")
 
 
-def options_data(options: RunOptions) -> dict[str, Any]:
-    """The options as JSON data, without the secrets."""
-    return {
-        f.name: _plain(getattr(options, f.name)) for f in dataclasses.fields(RunOptions) if f.name != "secrets"
-    }
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
 def write_state(folder: Path, kept: Mapping[str, Any], checkpoints: Sequence[Checkpoint]) -> None:
     """Write ``state.json`` last: a folder without it holds no usable checkpoint."""
-    data = {**kept, "format": FORMAT, "checkpoints": [_plain(dataclasses.asdict(c)) for c in checkpoints]}
+    data = {**kept, "format": FORMAT, "checkpoints": [plain(dataclasses.asdict(c)) for c in checkpoints]}
     data["workflow_file"] = os.path.abspath(str(kept["workflow_file"]))
     try:
         temporary = folder / f".{STATE_FILE}.tmp"

@@ -52,6 +52,7 @@ from vmrunner.runner.events import (
     StepKind,
     StepStarted,
 )
+from vmrunner.runner.options import options_data
 from vmrunner.runner.shells import resolve_shell
 from vmrunner.runner.steps import JobRuntime, Scope, ScriptResult, StepResult
 from vmrunner.runner.uses import ActionSteps
@@ -450,7 +451,7 @@ class JobExecution:
             kept = {
                 "run_id": run.run_id, "workflow_file": run.workflow.path, "job_id": self.job.id,
                 "job_key": self.job_key, "matrix": dict(self.instance.matrix), "strategy": dict(self.instance.strategy),
-                "needs": dict(self.instance.needs), "options": checkpoints.options_data(run.options),
+                "needs": dict(self.instance.needs), "options": options_data(run.options),
             }
             await asyncio.to_thread(checkpoints.write_state, folder, kept, self.checkpoints)
         except VmrunnerError as exc:

@@ -6,8 +6,8 @@ runs (the CLI builds one per invocation, the server one per event).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from vmrunner.machines.base import DEFAULT_VM_TYPE
@@ -69,3 +69,30 @@ class RunOptions:
     network: Literal["host", "none"] = "host"
     server_url: str = DEFAULT_SERVER_URL
     actions_url: str = DEFAULT_ACTIONS_URL
+
+
+def plain(value: Any) -> Any:
+    """``value`` with its mappings and sequences made JSON's dicts and lists, all the way down."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def options_data(options: RunOptions, names: Iterable[str] | None = None) -> dict[str, Any]:
+    """The options (or only ``names`` of them) as JSON data, never with the secrets."""
+    chosen = [f.name for f in fields(RunOptions)] if names is None else names
+    return {name: plain(getattr(options, name)) for name in chosen if name != "secrets"}
+
+
+def options_from_data(data: Mapping[str, Any], **changes: Any) -> RunOptions:
+    """The options ``options_data`` wrote (unknown keys ignored), with ``changes``."""
+    known = {f.name for f in fields(RunOptions)}
+    values = {k: v for k, v in data.items() if k in known}
+    for name in ("jobs", "setup_commands", "cleanup_commands"):
+        if values.get(name) is not None:
+            values[name] = tuple(values[name])
+    if "matrix_filter" in values:
+        values["matrix_filter"] = {k: tuple(v) for k, v in values["matrix_filter"].items()}
+    return RunOptions(**{**values, **changes})
