@@ -508,6 +508,20 @@ def default_path() -> Path:
     return ensure_home() / DATABASE_NAME
 
 
+def connect(path: str | Path | None = None, *pragmas: str) -> tuple[sqlite3.Connection, Path]:
+    """A connection of its own to the state database (created and migrated first), for a part
+    that keeps its tables there (learning, the server's state), with ``pragmas`` beside ours."""
+    target = Path(path) if path is not None else default_path()
+    Store.open(target).close()
+    try:
+        connection = sqlite3.connect(target, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+        for pragma in (f"busy_timeout = {BUSY_TIMEOUT_MS}", "synchronous = NORMAL", *pragmas):
+            connection.execute(f"PRAGMA {pragma}")
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open the state database {target}: {exc}") from exc
+    return connection, target
+
+
 @contextmanager
 def immediate_transaction(db: sqlite3.Connection, path: object, doing: str) -> Iterator[sqlite3.Connection]:
     """``BEGIN IMMEDIATE`` ... ``COMMIT`` on an autocommit connection, rolled back on any error;

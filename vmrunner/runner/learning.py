@@ -58,7 +58,7 @@ from vmrunner.runner.events import (
 from vmrunner.runner.insights import Insights, Lesson, Suggestion
 from vmrunner.runner.normalise import clean, command_key, noise_free
 from vmrunner.runner.parallelism import parallel_suggestions
-from vmrunner.store import BUSY_TIMEOUT_MS, Store, default_path, fetch_all, immediate_transaction
+from vmrunner.store import connect, fetch_all, immediate_transaction
 
 if TYPE_CHECKING:
     from vmrunner.runner.results import RunResult
@@ -212,14 +212,7 @@ class Learning:
 
     @classmethod
     def open(cls, path: str | Path | None = None, config: LearningConfig | None = None) -> Learning:
-        target = Path(path) if path is not None else default_path()
-        Store.open(target).close()  # creates and migrates the schema
-        try:
-            connection = sqlite3.connect(target, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
-            connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            connection.execute("PRAGMA synchronous = NORMAL")
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the state database {target}: {exc}") from exc
+        connection, target = connect(path)
         return cls(connection, target, config or load_config())
 
     def close(self) -> None:

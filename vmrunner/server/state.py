@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from vmrunner.errors import StoreError
 from vmrunner.sessions import Owner
-from vmrunner.store import BUSY_TIMEOUT_MS, Store, default_path, fetch_all, immediate_transaction
+from vmrunner.store import BUSY_TIMEOUT_MS, connect, fetch_all, immediate_transaction
 
 RunState = Literal["queued", "running", "completed", "interrupted"]
 DeliveryStatus = Literal["received", "dispatched", "ignored", "failed"]
@@ -77,15 +77,7 @@ class ServerState:
 
     @classmethod
     def open(cls, path: str | Path | None = None) -> ServerState:
-        target = Path(path) if path is not None else default_path()
-        Store.open(target).close()  # creates and migrates the schema
-        try:
-            connection = sqlite3.connect(target, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
-            connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            connection.execute("PRAGMA synchronous = NORMAL")
-            connection.execute("PRAGMA wal_autocheckpoint = 0")  # ``checkpoint()`` does it, off the event loop
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the state database {target}: {exc}") from exc
+        connection, target = connect(path, "wal_autocheckpoint = 0")  # ``checkpoint()`` does it, off the event loop
         return cls(connection, target)
 
     def close(self) -> None:
