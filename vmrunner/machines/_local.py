@@ -138,6 +138,12 @@ async def kill_process(pid: int, start: int | None, grace: float, *, group: bool
     return False
 
 
+def check_owner(record: MachineRecord, provider: str) -> None:
+    """``ReleaseError`` unless ``record`` is a machine of ``provider`` (reclaiming it is ours)."""
+    if record.provider != provider:
+        raise ReleaseError(f"machine {record.machine_id} belongs to the {record.provider} provider")
+
+
 async def shielded(awaitable: Awaitable[T]) -> T:
     """Run to completion even if the caller is cancelled meanwhile; then re-raise that."""
     task = asyncio.ensure_future(awaitable)
@@ -459,6 +465,13 @@ class AgentMachine(Machine):
     def record(self) -> MachineRecord:
         return self._record
 
+    async def release_once(self, teardown: Callable[[], Awaitable[None]]) -> None:
+        """Start ``teardown`` on the first release; every release awaits that same one, shielded."""
+        if self.teardown is None:
+            self.released = True
+            self.teardown = asyncio.ensure_future(teardown())
+        await shielded(self.teardown)
+
     @property
     def state_dir(self) -> Path:
         return Path(self._record.state_dir)
@@ -614,10 +627,7 @@ class LocalProvider(Provider):
     async def release(self, machine: Machine) -> None:
         if not isinstance(machine, AgentMachine) or machine.provider_name != self.name:
             raise ReleaseError(f"machine {machine.id} does not belong to the {self.name} provider")
-        if machine.teardown is None:
-            machine.released = True
-            machine.teardown = asyncio.ensure_future(self._teardown(machine))
-        await shielded(machine.teardown)
+        await machine.release_once(lambda: self._teardown(machine))
 
     async def _teardown(self, machine: AgentMachine) -> None:
         # Closing the stream tells the agent to kill every command it started and exit; the
@@ -642,10 +652,7 @@ class LocalProvider(Provider):
         return read_records(self.machines_dir, self.name)
 
     async def reclaim(self, record: MachineRecord) -> None:
-        if record.provider != self.name:
-            raise ReleaseError(
-                f"machine {record.machine_id} belongs to the {record.provider} provider"
-            )
+        check_owner(record, self.name)
         await shielded(self._reclaim(record))
 
     async def _reclaim(self, record: MachineRecord) -> None:

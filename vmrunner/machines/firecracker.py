@@ -61,6 +61,7 @@ from vmrunner.machines._local import (
     AgentMachine,
     _complete,
     base_record,
+    check_owner,
     create_machine_dir,
     kill_process,
     process_start,
@@ -811,10 +812,7 @@ class FirecrackerProvider(Provider):
     async def release(self, machine: Machine) -> None:
         if not isinstance(machine, FirecrackerMachine) or machine.provider_name != self.name:
             raise ReleaseError(f"machine {machine.id} does not belong to the {self.name} provider")
-        if machine.teardown is None:
-            machine.released = True
-            machine.teardown = asyncio.ensure_future(self._teardown(machine))
-        await shielded(machine.teardown)
+        await machine.release_once(lambda: self._teardown(machine))
 
     async def _teardown(self, machine: FirecrackerMachine) -> None:
         # Wait for a snapshot or restore in flight: it may be starting a new process.
@@ -846,10 +844,7 @@ class FirecrackerProvider(Provider):
         return read_records(self.machines_dir, self.name)
 
     async def reclaim(self, record: MachineRecord) -> None:
-        if record.provider != self.name:
-            raise ReleaseError(
-                f"machine {record.machine_id} belongs to the {record.provider} provider"
-            )
+        check_owner(record, self.name)
         if record.pid is not None and not await kill_process(
             record.pid, record.pid_start, self.grace
         ):

@@ -70,6 +70,7 @@ from vmrunner.machines._local import (
     AgentMachine,
     _complete,
     base_record,
+    check_owner,
     create_machine_dir,
     kill_process,
     process_start,
@@ -528,10 +529,7 @@ class QemuProvider(Provider):
     async def release(self, machine: Machine) -> None:
         if not isinstance(machine, QemuMachine):
             raise ReleaseError(f"machine {machine.id} does not belong to the qemu provider")
-        if machine.teardown is None:
-            machine.released = True
-            machine.teardown = asyncio.ensure_future(self._teardown(machine))
-        await shielded(machine.teardown)
+        await machine.release_once(lambda: self._teardown(machine))
 
     async def _quit(self, machine: QemuMachine) -> None:
         await machine.client.close()
@@ -555,10 +553,7 @@ class QemuProvider(Provider):
         return read_records(self.machines_dir, self.name)
 
     async def reclaim(self, record: MachineRecord) -> None:
-        if record.provider != self.name:
-            raise ReleaseError(
-                f"machine {record.machine_id} belongs to the {record.provider} provider"
-            )
+        check_owner(record, self.name)
         if record.pid is not None and not await kill_process(
             record.pid, record.pid_start, self.grace, group=True
         ):
