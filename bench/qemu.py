@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.sandbox import exec_round_trips, percentiles
+from bench.sandbox import cold_allocations, exec_round_trips, percentiles
 from vmrunner.machines.base import MachineSpec
 from vmrunner.machines.pool import WarmPool
 from vmrunner.machines.qemu import QemuMachine, QemuProvider
@@ -35,16 +35,6 @@ GOALS = {
     "snapshot_restore_ms": 1500.0,
     "exec_true_p50_ms": 25.0,
 }
-
-
-async def timed_allocations(provider: Any, spec: MachineSpec, count: int) -> list[float]:
-    samples = []
-    for _ in range(count):
-        started = time.perf_counter()
-        machine = await provider.allocate(spec)
-        samples.append(time.perf_counter() - started)
-        await provider.release(machine)
-    return samples
 
 
 async def pool_allocations(provider: QemuProvider, spec: MachineSpec, count: int) -> list[float]:
@@ -89,10 +79,10 @@ async def run(provider: QemuProvider, args: argparse.Namespace) -> dict[str, Any
     spec = MachineSpec(memory_mib=args.memory)
     cold = QemuProvider(provider.home, images=provider.store.root, ready_state=False)
     results: dict[str, Any] = {"provider": "qemu"}
-    results["cold_boot"] = percentiles(await timed_allocations(cold, spec, args.boots))
+    results["cold_boot"] = percentiles(await cold_allocations(cold, args.boots, spec))
     results["accelerator"] = await cold.accelerator(cold.image_for(spec.vm_type))
     await provider.release(await provider.allocate(spec))  # makes the ready state once
-    results["ready_state"] = percentiles(await timed_allocations(provider, spec, args.allocations))
+    results["ready_state"] = percentiles(await cold_allocations(provider, args.allocations, spec))
     results["pool"] = percentiles(await pool_allocations(provider, spec, args.allocations))
     machine = await provider.allocate(spec)
     assert isinstance(machine, QemuMachine)

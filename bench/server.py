@@ -33,6 +33,7 @@ from typing import Any
 
 import httpx
 
+from bench.qemu import cpu_seconds
 from vmrunner.server.signatures import sign
 
 SECRET = b"bench-secret"
@@ -58,11 +59,6 @@ def _rss_kib(pid: int, field: str = "VmRSS") -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     return 0
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _free_port() -> int:
@@ -128,7 +124,7 @@ async def _load(port: int, kind: str, rate: float, seconds: float, sha: str, pid
         if status not in (200, 202):
             errors += 1
 
-    cpu = _cpu_seconds(pid)
+    cpu = cpu_seconds(pid)
     start = time.perf_counter()
     try:
         async with asyncio.TaskGroup() as group:
@@ -142,7 +138,7 @@ async def _load(port: int, kind: str, rate: float, seconds: float, sha: str, pid
     finally:
         connections.close()
     elapsed = time.perf_counter() - start
-    cpu = _cpu_seconds(pid) - cpu
+    cpu = cpu_seconds(pid) - cpu
     ordered = sorted(latencies)
     return {
         "scenario": kind, "requests": count, "errors": errors, "achieved_rate": round(count / elapsed, 1),
