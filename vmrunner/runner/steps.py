@@ -228,7 +228,7 @@ class JobRuntime:
 
         started = time.monotonic()
         try:
-            write.update(await self._inline({script_path: script.encode()}))
+            write.update(await self._inline({script_path: script}))
             outcome = await self.session.exec(
                 argv_for(script_path), env={**env, **files}, cwd=cwd, timeout=timeout, on_output=on_output,
                 write=write, collect=list(files.values()),
@@ -251,15 +251,15 @@ class JobRuntime:
             result.error = str(exc)
         return result
 
-    async def _inline(self, files: Mapping[str, bytes]) -> dict[str, str]:
+    async def _inline(self, files: Mapping[str, str | bytes]) -> dict[str, str]:
         """The files small enough to travel in an exec request (its ``write``); larger ones
         are uploaded now."""
         inline: dict[str, str] = {}
         for path, data in files.items():
-            if len(data) <= INLINE_LIMIT:
-                inline[path] = data.decode("utf-8", "surrogateescape")
+            if len(data) > INLINE_LIMIT:
+                await self.machine.write_file(path, data.encode() if isinstance(data, str) else data)
             else:
-                await self.machine.write_file(path, data)
+                inline[path] = data if isinstance(data, str) else data.decode("utf-8", "surrogateescape")
         return inline
 
     def _file_commands(self, step_index: int, contents: Mapping[str, bytes], result: ScriptResult) -> None:
