@@ -83,6 +83,8 @@ from vmrunner.machines._local import (
 from vmrunner.machines._qmp import Monitor
 from vmrunner.machines.agent import DEFAULT_GRACE
 from vmrunner.machines.base import (
+    DEFAULT_VM_CPUS,
+    DEFAULT_VM_MEMORY_MIB,
     DEFAULT_VM_TYPE,
     Capabilities,
     Isolation,
@@ -370,7 +372,12 @@ class QemuProvider(Provider):
             )
         qemu = self.qemu()
         image = self.image_for(spec.vm_type)
-        shape = Shape(await self.accelerator(image), spec.memory_mib, spec.cpus, spec.network)
+        shape = Shape(
+            await self.accelerator(image),
+            spec.memory_mib or DEFAULT_VM_MEMORY_MIB,
+            spec.cpus or DEFAULT_VM_CPUS,
+            spec.network,
+        )
         ready = await self._ready(qemu, image, shape) if self.ready_state else None
         try:
             return await self._start(qemu, image, shape, spec, ready)
