@@ -20,5 +20,10 @@ def shared_dir() -> Path:
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path_factory.mktemp("vmrunner-home")
+    # Sandboxes run as an unprivileged host id that must walk to its machine's directories:
+    # let others pass through the temporary directories above the home (nothing is listed).
+    for folder in (home.parent, home.parent.parent):
+        if folder.stat().st_uid == os.getuid() and not folder.stat().st_mode & 0o001:
+            folder.chmod(0o711)
     monkeypatch.setenv("VMRUNNER_HOME", str(home))
     return home

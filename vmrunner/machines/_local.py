@@ -330,19 +330,29 @@ async def start_agent(
     piped_args: Sequence[str] = (),
     new_session: bool = False,
     grace: float = DEFAULT_GRACE,
+    extra_fds: Sequence[int] = (),
+    run_as: tuple[int, int] | None = None,
 ) -> tuple[asyncio.subprocess.Process, AgentClient]:
     """Start the agent's process, connect a client, and wait for its first pong.
 
-    On any failure the process is killed and ``AllocationError`` says why (with the tail of
-    the process's stderr, where bwrap and python explain themselves).
+    ``extra_fds`` are inherited by the process (the caller closes them); ``run_as`` starts it
+    as that host uid and gid, without supplementary groups. On any failure the process is
+    killed and ``AllocationError`` says why (with the tail of the process's stderr, where bwrap
+    and python explain themselves).
     """
     pass_fds: tuple[int, ...] = ()
     if piped_args:
         reader, writer = os.pipe()
-        with os.fdopen(writer, "wb") as pipe:  # a few KiB: fits the pipe's buffer
-            pipe.write(b"".join(os.fsencode(arg) + b"\0" for arg in piped_args))
+        payload = b"".join(os.fsencode(arg) + b"\0" for arg in piped_args)
+        if len(payload) > 60_000:  # pragma: no cover - a pipe holds 64 KiB unread
+            raise AllocationError("the sandbox's options do not fit a pipe")
+        with os.fdopen(writer, "wb") as pipe:
+            pipe.write(payload)
         pass_fds = (reader,)
         argv = [argv[0], "--args", str(reader), *argv[1:]]
+    identity: dict[str, Any] = {}
+    if run_as is not None:
+        identity = {"user": run_as[0], "group": run_as[1], "extra_groups": []}
     try:
         with open(log_path, "wb") as log:  # noqa: ASYNC230 - a local file, created empty
             # Python 3.11 hangs forever when the creation of a subprocess is cancelled at the
@@ -355,9 +365,10 @@ async def start_agent(
                     stderr=log,
                     env=dict(env) if env is not None else None,
                     cwd=cwd,
-                    pass_fds=pass_fds,
+                    pass_fds=(*pass_fds, *extra_fds),
                     start_new_session=new_session,
                     limit=1 << 20,
+                    **identity,
                 )
             )
             cancelled = await _complete(creation)
@@ -532,6 +543,11 @@ class Launch:
     piped_args: Sequence[str] = ()
     #: The machine's writable state: a name -> host directory (what snapshots capture).
     writable: Mapping[str, Path] = field(default_factory=dict)
+    #: Descriptors ``argv`` inherits (namespaces, filters, directories, data); the provider
+    #: closes them once the agent started or failed to.
+    pass_fds: Sequence[int] = ()
+    #: The host uid and gid to start ``argv`` as (never root for a sandbox).
+    run_as: tuple[int, int] | None = None
 
 
 class LocalProvider(Provider):
@@ -584,16 +600,22 @@ class LocalProvider(Provider):
             # Shielded: a cancelled wait would leave the thread creating directories in the
             # machine directory that the cleanup below removes.
             launch = await shielded(asyncio.to_thread(self._launch, state_dir, record, spec))
-            process, client = await start_agent(
-                launch.argv,
-                name=f"the agent of machine {record.machine_id}",
-                log_path=state_dir / "agent.log",
-                env=launch.env,
-                cwd=launch.cwd,
-                piped_args=launch.piped_args,
-                new_session=launch.new_session,
-                grace=self.grace,
-            )
+            try:
+                process, client = await start_agent(
+                    launch.argv,
+                    name=f"the agent of machine {record.machine_id}",
+                    log_path=state_dir / "agent.log",
+                    env=launch.env,
+                    cwd=launch.cwd,
+                    piped_args=launch.piped_args,
+                    new_session=launch.new_session,
+                    grace=self.grace,
+                    extra_fds=launch.pass_fds,
+                    run_as=launch.run_as,
+                )
+            finally:
+                for fd in launch.pass_fds:
+                    os.close(fd)
         except BaseException:
             await shielded(asyncio.to_thread(self._forget, state_dir))
             raise

@@ -366,8 +366,21 @@ class Refusal(Exception):
 class Agent:
     """Serves one connection at a time over a pair of descriptors."""
 
-    def __init__(self, grace: float = DEFAULT_GRACE) -> None:
+    def __init__(
+        self,
+        grace: float = DEFAULT_GRACE,
+        *,
+        user: tuple[int, int] | None = None,
+        setpriv: str = "",
+    ) -> None:
         self.grace = grace
+        #: The unprivileged user commands run as (a sandbox's ``runner``), through ``setpriv``;
+        #: None: commands run as the agent does.
+        self._user = user
+        self._setpriv = setpriv
+        #: sudo requests: the root command's pid -> the connection that asked for it.
+        self._sudo: dict[int, int] = {}
+        self._sudo_conns: dict[int, int] = {}
         #: Set by ``shutdown`` or SIGTERM: a listening agent then stops accepting clients.
         self.stopped = False
         self._cwd = os.getcwd()
@@ -667,6 +680,25 @@ class Agent:
         ]
         # posix_spawn has no chdir action before Python 3.13: the child inherits our cwd, and
         # only this thread spawns, so switching around the call is safe.
+        if self._user is not None:
+            program, argv = self._setpriv, [*self._as(self._user), program, *argv[1:]]
+        return self._spawn_as(program, argv, env, cwd, actions)
+
+    def _as(self, user: tuple[int, int]) -> list[str]:
+        """``setpriv`` options that run a command as ``user``: root keeps the capabilities
+        that work on files, never those that reach the agent (kill, setuid, ptrace); anyone
+        else keeps none, and can gain none."""
+        uid, gid = user
+        common = [self._setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+                  "--inh-caps=-all", "--ambient-caps=-all"]
+        if uid == 0:
+            return [*common, "--bounding-set=-setuid,-setgid,-setpcap,-kill", "--"]
+        return [*common, "--bounding-set=-all", "--no-new-privs", "--"]
+
+    def _spawn_as(
+        self, program: str, argv: list[str], env: dict[str, str], cwd: object,
+        actions: list[tuple[int, int, int]],
+    ) -> int:
         try:
             if cwd is not None:
                 if not isinstance(cwd, str):
@@ -761,6 +793,9 @@ class Agent:
             self._exited(pid, status)
 
     def _exited(self, pid: int, status: int) -> None:
+        if pid in self._sudo:
+            self._sudo_exited(pid, status)
+            return
         ex = self._by_pid.pop(pid, None)
         if ex is None:
             return
@@ -834,6 +869,100 @@ class Agent:
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
         self.stopped = self._closing = True
+
+    # sudo: root inside the machine, asked for over a socket by the machine's sudo command.
+
+    def listen_sudo(self, path: str) -> None:
+        """Take sudo requests on a unix socket at ``path``: one message (JSON with argv, env,
+        cwd and user, plus the caller's stdin, stdout and stderr), answered with the exit."""
+        import _socket
+
+        server = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+        server.bind(path)
+        os.chmod(path, 0o666)
+        server.listen(16)
+        server.setblocking(False)
+        self._sudo_server = server
+        self._register(server.fileno(), self._on_sudo_connect)
+
+    def _on_sudo_connect(self, fd: int) -> None:
+        try:
+            conn, _ = self._sudo_server._accept()  # type: ignore[attr-defined]
+        except (BlockingIOError, InterruptedError):
+            return
+        os.set_blocking(conn, False)
+        self._sudo_conns[conn] = 0
+        self._register(conn, self._on_sudo_message)
+
+    def _on_sudo_message(self, conn: int) -> None:
+        import _socket
+
+        pid = self._sudo_conns.get(conn, 0)
+        if pid:  # the caller went away (or spoke again) while its command runs: end it
+            _killpg(pid, signal.SIGKILL)
+            self._sudo_close(conn)
+            return
+        sock = _socket.socket(fileno=os.dup(conn))
+        fds: list[int] = []
+        try:
+            data, ancillary, _, _ = sock.recvmsg(1 << 20, _socket.CMSG_SPACE(3 * 4))
+            for level, kind, raw in ancillary:
+                if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+                    fds += [int.from_bytes(raw[i:i + 4], sys.byteorder) for i in range(0, len(raw) - len(raw) % 4, 4)]
+            if not data or len(fds) != 3:
+                raise Refusal("protocol", "sudo: a request is JSON and three descriptors")
+            request = _loads(data)
+            pid = self._sudo_spawn(request, fds)
+        except Exception as exc:
+            message = str(exc) if isinstance(exc, Refusal) else f"sudo: {exc}"
+            try:  # noqa: SIM105
+                os.write(conn, _dumps({"error": message}))
+            except OSError:
+                pass
+            self._sudo_close(conn)
+            return
+        finally:
+            sock.close()
+            for fd in fds:
+                os.close(fd)
+        self._sudo[pid] = conn
+        self._sudo_conns[conn] = pid
+        self._groups.add(pid)
+
+    def _sudo_spawn(self, request: object, fds: list[int]) -> int:
+        if not isinstance(request, dict):
+            raise Refusal("protocol", "sudo: the request must be an object")
+        argv = _argv_of(request)
+        env = request.get("env")
+        if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+            raise Refusal("protocol", "sudo: env must map strings to strings")
+        program = _which(argv[0], env.get("PATH", os.defpath))
+        if program is None:
+            raise Refusal("exec", f"sudo: {argv[0]}: command not found")
+        user = (0, 0) if request.get("user", "root") == "root" else self._user
+        if user is None:
+            raise Refusal("exec", f"sudo: unknown user {request.get('user')!r}")
+        actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(fds)]
+        cwd = request.get("cwd")
+        return self._spawn_as(
+            self._setpriv, [*self._as(user), program, *argv[1:]], env,
+            cwd if isinstance(cwd, str) and os.path.isdir(cwd) else None, actions,
+        )
+
+    def _sudo_exited(self, pid: int, status: int) -> None:
+        conn = self._sudo.pop(pid)
+        code, sig = _status_of(status)
+        try:  # noqa: SIM105
+            os.write(conn, _dumps({"code": code, "signal": sig}))
+        except OSError:
+            pass
+        self._sudo_close(conn)
+
+    def _sudo_close(self, conn: int) -> None:
+        pid = self._sudo_conns.pop(conn, 0)
+        self._sudo.pop(pid, None)
+        self._unregister(conn)
+        os.close(conn)
 
     # Files.
 
@@ -982,14 +1111,31 @@ def _accept(server: int) -> int:
 def main(argv: list[str]) -> int:
     """Parse the transport options and serve until the stream says goodbye."""
     options = dict(zip(argv[::2], argv[1::2], strict=False))
-    unknown = set(options) - {"--fd", "--device", "--unix", "--vsock", "--grace"}
+    unknown = set(options) - {"--fd", "--device", "--unix", "--vsock", "--grace", "--user", "--sudo"}
     if unknown or len(argv) % 2:
         sys.stderr.write(
             "usage: agent.py [--fd N | --device PATH | --unix PATH | --vsock PORT]"
-            " [--grace SECONDS]\n"
+            " [--grace SECONDS] [--user UID:GID [--sudo SOCKET]]\n"
         )
         return 2
-    agent = Agent(grace=float(options.get("--grace", DEFAULT_GRACE)))
+    user = None
+    setpriv = ""
+    if "--user" in options:
+        uid, _, gid = options["--user"].partition(":")
+        user = (int(uid), int(gid or uid))
+        setpriv = _which("setpriv", os.environ.get("PATH", os.defpath)) or ""
+        if not setpriv:
+            sys.stderr.write("agent: --user needs setpriv (util-linux) in the machine\n")
+            return 1
+    agent = Agent(grace=float(options.get("--grace", DEFAULT_GRACE)), user=user, setpriv=setpriv)
+    if "--sudo" in options:
+        agent.listen_sudo(options["--sudo"])
+    if user is not None:
+        # Files the agent writes (checkouts, scripts, uploads) belong to the user; the agent
+        # keeps its own real and saved ids, so the user's processes cannot signal or trace it.
+        os.setgroups([])
+        os.setresgid(os.getgid(), user[1], os.getgid())
+        os.setresuid(os.getuid(), user[0], os.getuid())
     # Commands get /dev/null, never our stream, as inherited stdin/stdout.
     if "--fd" in options:
         fd = int(options["--fd"])

@@ -26,12 +26,16 @@ copies such a folder into a fresh machine's writable directories.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import os
 import shutil
+import threading
+import uuid
 from pathlib import Path
 from typing import ClassVar
 
 from vmrunner.errors import AllocationError, SnapshotError
+from vmrunner.machines import seccomp, sudo
 from vmrunner.machines._local import AgentMachine, Launch, LocalProvider
 from vmrunner.machines.agent import DEFAULT_GRACE
 from vmrunner.machines.base import (
@@ -41,6 +45,19 @@ from vmrunner.machines.base import (
     MachineRecord,
     MachineSpec,
     SnapshotId,
+)
+from vmrunner.machines.identity import (
+    AGENT_GID,
+    AGENT_UID,
+    ROOT_UID,
+    RUNNER_GID,
+    RUNNER_UID,
+    IdMap,
+    chown_tree,
+    group_lines,
+    id_map,
+    passwd_lines,
+    user_namespace,
 )
 from vmrunner.machines.snapshots import DirectorySnapshots, import_trees
 
@@ -58,6 +75,32 @@ SYSTEM_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 SECRET_FILES = ("/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", "/etc/sudoers")
 #: Directories of /etc hidden behind an empty tmpfs.
 SECRET_DIRS = ("/etc/ssh", "/etc/ssl/private", "/etc/sudoers.d", "/etc/vmrunner")
+
+#: The parts of the host's /etc a machine sees (globs of names directly in /etc).
+ETC_KEPT = (
+    "alternatives", "bash.bashrc", "bash_completion*", "bindresvport.blacklist", "ca-certificates*",
+    "debian_version", "dpkg", "emacs", "environment", "ethertypes", "fonts", "gai.conf",
+    "gitconfig", "gnutls", "host.conf", "ImageMagick*", "inputrc", "issue", "issue.net", "java*",
+    "ld.so.*", "locale.*", "localtime", "login.defs", "lsb-release", "magic", "magic.mime",
+    "mailcap", "mime.types", "mke2fs.conf", "networks", "nsswitch.conf", "os-release", "perl",
+    "pki", "profile", "profile.d", "protocols", "python3*", "rpc", "services", "shells", "skel",
+    "ssl", "subversion", "terminfo", "timezone", "vim", "wgetrc", "X11", "xattr.conf", "xdg",
+    "zsh*",
+)  # fmt: skip
+#: Files of the machine's /etc written for it, never the host's.
+ETC_WRITTEN = frozenset(
+    {"passwd", "group", "hostname", "hosts", "machine-id", "resolv.conf", "shadow", "gshadow"}
+)
+#: What /proc must keep read-only (bubblewrap does it only when its probe succeeds).
+PROC_READ_ONLY = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus")
+#: The capabilities the machine's processes may hold inside its user namespace: the agent
+#: needs them to start commands as ``runner`` or ``root``; root keeps those that act on files
+#: and ports (see ``Agent._as``), the runner none.
+CAPABILITIES = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
+    "CAP_SETUID", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW", "CAP_SYS_CHROOT",
+    "CAP_AUDIT_WRITE",
+)  # fmt: skip
 
 BWRAP_MISSING = "bubblewrap (bwrap) is not installed: apt-get install bubblewrap"
 
@@ -176,6 +219,16 @@ class SandboxProvider(LocalProvider):
         super().__init__(home, grace=grace)
         self._bwrap = bwrap
         self._python = python
+        self._id_map: IdMap | None = None
+        self._userns_fd: int | None = None
+        self._userns_lock = threading.Lock()
+
+    async def aclose(self) -> None:
+        with self._userns_lock:
+            if self._userns_fd is not None:
+                os.close(self._userns_fd)
+                self._userns_fd = None
+        await super().aclose()
 
     def _tools(self) -> tuple[str, str]:
         bwrap = self._bwrap or shutil.which("bwrap")
@@ -189,8 +242,43 @@ class SandboxProvider(LocalProvider):
             )
         return bwrap, python
 
+    def _ids(self) -> IdMap:
+        if self._id_map is None:
+            self._id_map = id_map()
+        return self._id_map
+
+    def _userns(self, ids: IdMap) -> int:
+        """The user namespace every machine of this provider runs in (made once, kept open).
+
+        One namespace serves every machine: each still has its own mount, pid, ipc, uts and
+        network namespaces, so nothing of one machine can be named from another.
+        """
+        with self._userns_lock:
+            if self._userns_fd is None:
+                self._userns_fd = user_namespace(ids)
+            return self._userns_fd
+
+    def _reachable(self, ids: IdMap, state_dir: Path) -> None:
+        """bubblewrap runs as the agent's unprivileged host id and finds the machine's
+        directories by path: open the runner's own directories to passers-by (0711: nothing
+        listed, every file inside private), and say plainly when a parent is closed to them."""
+        if not ids.privileged:
+            return
+        for folder in (self.home, self.machines_dir, self.cache_dir, state_dir):
+            folder.mkdir(parents=True, exist_ok=True, mode=0o711)
+            folder.chmod(0o711)
+        for parent in self.home.parents:
+            if not parent.stat().st_mode & 0o001:
+                raise AllocationError(
+                    f"the sandbox cannot reach its machines in {self.machines_dir}: {parent} is"
+                    f" closed to other users (mode {parent.stat().st_mode & 0o777:o}); choose a"
+                    " VMRUNNER_HOME whose parents others may enter, e.g. /var/lib/vmrunner"
+                )
+
     def _launch(self, state_dir: Path, record: MachineRecord, spec: MachineSpec) -> Launch:
         bwrap, python = self._tools()
+        ids = self._ids()
+        self._reachable(ids, state_dir)
         agent = self.agent_argv(python, AGENT_IN_MACHINE)
         writable = {
             "home": state_dir / "home",
@@ -201,38 +289,87 @@ class SandboxProvider(LocalProvider):
             path.mkdir(mode=0o755)
         for inner in ("work", "work/workspace", "work/_temp"):
             (writable["home"] / inner).mkdir(mode=0o755)
-        options = [
-            *namespace_args(spec, hostname=record.machine_id),
-            *system_args(),
-            "--bind", str(writable["home"]), HOME,
-            "--bind", str(writable["tmp"]), "/tmp",
-            "--bind", str(writable["toolcache"]), TOOL_CACHE,
-            "--dir", "/var",
-            "--dir", "/root",  # empty and read-only, as a path jobs may name (GitHub's runners have it)
-            "--symlink", "../tmp", "/var/tmp",
-            "--ro-bind", str(self.bundle_dir(python)), AGENT_IN_MACHINE,
-            "--remount-ro", "/",
-            "--chdir", WORKSPACE,
-            "--clearenv",
-            *env_args(
-                HOME=HOME,
-                PATH=PATH,
-                LANG="C.UTF-8",
-                RUNNER_TEMP=TEMP,
-                RUNNER_TOOL_CACHE=TOOL_CACHE,
-                VMRUNNER_MACHINE_ID=record.machine_id,
-            ),
-        ]  # fmt: skip
+        fds = _Fds()
+        try:
+            if ids.privileged:  # otherwise the agent's user owns them already
+                runner = ids.host_id(RUNNER_UID), ids.host_id(RUNNER_GID)
+                for name in ("home", "toolcache"):
+                    chown_tree(str(writable[name]), *runner)
+                os.chown(writable["tmp"], ids.host_id(ROOT_UID), ids.host_id(ROOT_UID))
+            writable["tmp"].chmod(0o1777)
+            options = [
+                "--userns", fds.keep(os.dup(self._userns(ids))),
+                "--uid", str(AGENT_UID), "--gid", str(AGENT_GID),
+                *namespace_args(spec, hostname=record.machine_id, unshare_user=False),
+                *[arg for cap in CAPABILITIES for arg in ("--cap-add", cap)],
+                "--seccomp", fds.data(seccomp.baseline()),
+                *system_args(etc=False),
+                *etc_args(fds, hostname=record.machine_id),
+                *sudo_args(fds, python),
+                "--perms", "0755", "--dir", "/home",
+                "--perms", "0755", "--dir", "/opt",
+                "--bind", str(writable["home"]), HOME,
+                "--bind", str(writable["tmp"]), "/tmp",
+                "--bind", str(writable["toolcache"]), TOOL_CACHE,
+                "--dir", "/var",
+                "--dir", "/root",  # empty and read-only, as a path jobs may name (GitHub's runners have it)
+                "--symlink", "../tmp", "/var/tmp",
+                "--ro-bind", str(self.bundle_dir(python)), AGENT_IN_MACHINE,
+                "--remount-ro", "/",
+                "--chdir", WORKSPACE,
+                "--clearenv",
+                *env_args(
+                    HOME=HOME,
+                    PATH=PATH,
+                    LANG="C.UTF-8",
+                    USER="runner",
+                    RUNNER_TEMP=TEMP,
+                    RUNNER_TOOL_CACHE=TOOL_CACHE,
+                    VMRUNNER_MACHINE_ID=record.machine_id,
+                ),
+            ]  # fmt: skip
+        except BaseException:
+            fds.close()
+            raise
+        agent += ["--user", f"{RUNNER_UID}:{RUNNER_GID}", "--sudo", sudo.SOCKET]
         return Launch(
             argv=[bwrap, "--", *agent],
             piped_args=options,
             paths=MachinePaths(workspace=WORKSPACE, temp=TEMP, home=HOME, tool_cache=TOOL_CACHE),
             env={"PATH": os.environ.get("PATH", os.defpath)},
             writable=writable,
+            pass_fds=fds.fds,
+            run_as=(ids.agent_host, ids.agent_host),
         )
 
 
-def namespace_args(spec: MachineSpec, *, hostname: str) -> list[str]:
+class _Fds:
+    """Descriptors opened for one launch, passed to bwrap and closed after it started."""
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+
+    def keep(self, fd: int) -> str:
+        self.fds.append(fd)
+        return str(fd)
+
+    def data(self, content: bytes) -> str:
+        """A pipe holding ``content`` (bwrap reads it while setting up)."""
+        if len(content) > 60_000:
+            raise AllocationError("a sandbox file does not fit a pipe")
+        reader, writer = os.pipe()
+        self.fds.append(reader)
+        with os.fdopen(writer, "wb") as pipe:
+            pipe.write(content)
+        return str(reader)
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
+
+
+def namespace_args(spec: MachineSpec, *, hostname: str, unshare_user: bool = True) -> list[str]:
     args = [
         "--die-with-parent",
         "--new-session",
@@ -242,21 +379,28 @@ def namespace_args(spec: MachineSpec, *, hostname: str) -> list[str]:
         "--hostname", hostname,
         "--cap-drop", "ALL",
     ]  # fmt: skip
-    if os.geteuid() != 0:
+    if unshare_user and os.geteuid() != 0:
         args.append("--unshare-user")  # without privileges, namespaces need a user namespace
     if spec.network == "none":
         args.append("--unshare-net")
     return args
 
 
-def system_args() -> list[str]:
-    """Read-only system directories, mirroring the host's layout (links stay links)."""
+def system_args(*, etc: bool = True) -> list[str]:
+    """Read-only system directories, mirroring the host's layout (links stay links); with
+    ``etc``, the host's whole ``/etc`` less its secrets (the sandbox builds its own instead)."""
     args = ["--ro-bind", "/usr", "/usr"]
     for path in SYSTEM_DIRS:
         if os.path.islink(path):
             args += ["--symlink", os.readlink(path), path]
         elif os.path.isdir(path):
             args += ["--ro-bind", path, path]
+    args += ["--proc", "/proc", "--dev", "/dev"]
+    # The kernel's knobs and triggers stay read-only, whatever bubblewrap's own probe found.
+    for path in PROC_READ_ONLY:
+        args += ["--ro-bind-try", path, path]
+    if not etc:
+        return args
     args += ["--ro-bind", "/etc", "/etc"]
     for path in SECRET_FILES:
         if os.path.isfile(path):
@@ -268,8 +412,62 @@ def system_args() -> list[str]:
     resolv = os.path.realpath("/etc/resolv.conf")
     if resolv != "/etc/resolv.conf" and not resolv.startswith(("/etc/", "/usr/")):
         args += ["--ro-bind-try", resolv, resolv]
-    args += ["--proc", "/proc", "--dev", "/dev"]
     return args
+
+
+def etc_args(fds: _Fds, *, hostname: str) -> list[str]:
+    """A machine's own ``/etc``: what programs read (certificates, the loader's cache,
+    alternatives, time zone, shells' profiles...) from the host, read-only; who the users are,
+    the host name and the resolver written for the machine; nothing else of the host's."""
+    args = ["--tmpfs", "/etc"]
+    try:
+        names = sorted(os.listdir("/etc"))
+    except OSError:
+        names = []
+    for name in names:
+        if name in ETC_WRITTEN or not any(fnmatch.fnmatchcase(name, glob) for glob in ETC_KEPT):
+            continue
+        path = f"/etc/{name}"
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.exists(path):
+            args += ["--ro-bind", path, path]
+    for path in SECRET_DIRS:
+        if os.path.isdir(path) and not os.path.islink(path) and path.count("/") > 2:
+            args += ["--tmpfs", path, "--remount-ro", path]
+    files = {
+        "passwd": "\n".join(passwd_lines()) + "\n",
+        "group": "\n".join(group_lines()) + "\n",
+        "hostname": f"{hostname}\n",
+        "hosts": f"127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n127.0.1.1 {hostname}\n",
+        "machine-id": uuid.uuid4().hex + "\n",
+        "resolv.conf": _host_resolver(),
+    }
+    for name, text in files.items():
+        args += ["--perms", "0644", "--ro-bind-data", fds.data(text.encode()), f"/etc/{name}"]
+    return [*args, "--remount-ro", "/etc"]
+
+
+def _host_resolver() -> str:
+    try:
+        with open("/etc/resolv.conf", encoding="utf-8") as file:
+            return file.read()
+    except OSError:
+        return ""
+
+
+def sudo_args(fds: _Fds, python: str) -> list[str]:
+    """``/usr/local/sbin/sudo`` (see ``sudo.py``) and ``/run``, where its socket lives."""
+    folder = os.path.dirname(sudo.PROGRAM)
+    args = ["--tmpfs", "/run"]
+    if not os.path.isdir(folder):
+        return args  # no place for it on this host's /usr: jobs have no sudo
+    args += ["--tmpfs", folder]
+    for name in sorted(os.listdir(folder)):
+        if name != "sudo":
+            args += ["--ro-bind", f"{folder}/{name}", f"{folder}/{name}"]
+    args += ["--perms", "0755", "--ro-bind-data", fds.data(sudo.shim(python)), sudo.PROGRAM]
+    return [*args, "--remount-ro", folder]
 
 
 def env_args(**env: str) -> list[str]:
