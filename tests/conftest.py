@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,6 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 def shared_dir() -> Path:
     """The shared material (conformance data, fixtures, specs) beside the checkout."""
-    import os
 
     explicit = os.environ.get("VMRUNNER_SHARED")
     return Path(explicit) if explicit else SHARED
