@@ -54,16 +54,19 @@ async def sh(machine: Machine, script: str) -> tuple[int | None, str]:
 async def test_host_sysctls_cannot_be_written(machine: Machine, who: str, name: str) -> None:
     path = f"/proc/sys/{name}"
     write_only = name == "vm/drop_caches"
-    before = "" if write_only else Path(path).read_text(encoding="ascii")
-    if write_only:  # write-only: a write would drop the host's caches
-        script = f"{who}sh -c 'echo 1 > {path}'"
-    else:  # the value just read, never a new one
-        script = f"{who}sh -c 'cat {path} > {path}'"
+    before = "" if write_only else _read(path)
+    # A write-only knob gets 1 (a write that went through would only drop the host's caches);
+    # the others get the value just read, never a new one.
+    script = f"{who}sh -c 'echo 1 > {path}'" if write_only else f"{who}sh -c 'cat {path} > {path}'"
     code, output = await sh(machine, script)
     assert code != 0, output
     assert "Read-only file system" in output or "Permission denied" in output, output
     if not write_only:
-        assert Path(path).read_text(encoding="ascii") == before
+        assert _read(path) == before
+
+
+def _read(path: str) -> str:
+    return Path(path).read_text(encoding="utf-8")
 
 
 async def test_jobs_run_as_runner_and_sudo_gives_root_inside_only(machine: Machine) -> None:
@@ -80,13 +83,13 @@ async def test_no_process_of_the_machine_is_host_root(machine: Machine) -> None:
     pids = [pid for pid in _machine_pids(machine)]
     assert len(pids) >= 4  # bwrap, the agent, both sleeps
     for pid in pids:
-        with open(f"/proc/{pid}/status", encoding="ascii") as status:
-            ids = {
-                line.split(":")[0]: [int(n) for n in line.split()[1:]]
-                for line in status
-                if line.startswith(("Uid:", "Gid:"))
-            }
-        assert 0 not in ids["Uid"] and 0 not in ids["Gid"], (pid, ids)
+        ids = {
+            line.split(":")[0]: [int(n) for n in line.split()[1:]]
+            for line in _read(f"/proc/{pid}/status").splitlines()
+            if line.startswith(("Uid:", "Gid:"))
+        }
+        assert 0 not in ids["Uid"], (pid, ids)
+        assert 0 not in ids["Gid"], (pid, ids)
 
 
 def _machine_pids(machine: Machine) -> list[int]:
@@ -111,7 +114,7 @@ def _machine_pids(machine: Machine) -> list[int]:
 
 @pytest.mark.parametrize("who", AS)
 async def test_the_agent_cannot_be_traced_or_signalled(machine: Machine, who: str) -> None:
-    code, output = await sh(machine, "ps -o pid= -o ruid= -C python3 | awk '$2 == %d {print $1}'" % AGENT_UID)
+    code, output = await sh(machine, f"ps -o pid= -o ruid= -C python3 | awk '$2 == {AGENT_UID} {{print $1}}'")
     agent = output.split()[0]
     trace = f"import ctypes; print(ctypes.CDLL(None, use_errno=True).ptrace(16, {agent}, 0, 0), ctypes.get_errno())"
     code, output = await sh(machine, f"{who}python3 -c '{trace}'")
@@ -144,7 +147,7 @@ async def test_kernel_wide_calls_are_refused(machine: Machine, who: str) -> None
     code, output = await sh(machine, f'{who}python3 -c "{program}"')
     assert code == 0, output
     for line in output.strip().splitlines():
-        name, result, error = line.rsplit(" ", 2)
+        _, result, error = line.rsplit(" ", 2)
         assert (result, error) == ("-1", "1"), line  # EPERM
     code, output = await sh(machine, f"{who}unshare --user true || {who}unshare --mount true")
     assert code != 0
@@ -155,7 +158,65 @@ async def test_no_host_secrets_in_etc(machine: Machine) -> None:
     assert code == 0
     for name in ("shadow", "gshadow", "sudoers", "subuid", "ssh", "vmrunner"):
         assert name not in output.split(), name
-    host_users = {line.split(":")[0] for line in open("/etc/passwd", encoding="utf-8")}
+    host_users = {line.split(":")[0] for line in _read("/etc/passwd").splitlines()}
     inside = {line.split(":")[0] for line in output.splitlines() if line.count(":") == 6}
     assert inside == {"root", "runner", "vmrunner-agent", "nobody"}
     assert host_users - inside  # the host's own users stay outside
+
+
+UNPRIVILEGED = "vmrunner-test"
+
+
+def _unprivileged_user() -> tuple[int, int] | None:
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(UNPRIVILEGED)
+    except KeyError:
+        return None
+    return entry.pw_uid, entry.pw_gid
+
+
+@pytest.mark.skipif(
+    _unprivileged_user() is None, reason=f"no user {UNPRIVILEGED} (scripts/bootstrap --dev makes it)"
+)
+def test_the_same_attacks_fail_under_an_unprivileged_runner() -> None:
+    """vmrunner started by a user with subordinate ids (as rootless podman): its machines'
+    processes are that user or its subordinate ids, and the attacks fail the same way."""
+    import json
+    import shutil
+    import subprocess
+    import tempfile
+
+    user = _unprivileged_user()
+    assert user is not None
+    repository = Path(__file__).resolve().parents[2]
+    work = Path(tempfile.mkdtemp(prefix="vmrunner-unprivileged-"))
+    try:
+        work.chmod(0o755)
+        shutil.copytree(repository / "vmrunner", work / "vmrunner")
+        shutil.copy(Path(__file__).with_name("unprivileged_probe.py"), work / "probe.py")
+        (work / "home").mkdir()
+        os.chown(work / "home", *user)
+        done = subprocess.run(
+            ["runuser", "-u", UNPRIVILEGED, "--", "/usr/bin/python3", str(work / "probe.py")],
+            capture_output=True, text=True, timeout=120, check=False, cwd=work,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(work),
+                 "VMRUNNER_HOME": str(work / "home")},
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        results = json.loads(done.stdout)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    assert results["id"].split() == ["1001", "0"]
+    codes = results["sysctl"].split()
+    assert codes[-1] != "0", results["sysctl"]
+    assert codes[-2] != "0" if len(codes) > 1 else True
+    assert results["signal"].count("Operation not permitted") == 2, results["signal"]
+    assert results["ptrace"].split()[-1] == "-1", results["ptrace"]
+    assert results["seccomp"].split()[-1] == "-1", results["seccomp"]
+    subordinate = range(400000, 400000 + 65536)
+    assert results["host_uids"], results
+    for uid in results["host_uids"]:
+        assert uid == user[0] or uid in subordinate, results["host_uids"]
+    assert results["left"] == []

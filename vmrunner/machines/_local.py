@@ -642,9 +642,14 @@ class LocalProvider(Provider):
             raise
         return machine
 
+    def _remove_dir(self, state_dir: str) -> None:
+        """Remove a machine directory (a provider whose machines write files the runner may
+        not remove itself removes them its own way)."""
+        remove_machine_dir(self.machines_dir, state_dir)
+
     def _forget(self, state_dir: Path) -> None:
         with contextlib.suppress(ReleaseError):
-            remove_machine_dir(self.machines_dir, str(state_dir))
+            self._remove_dir(str(state_dir))
 
     async def release(self, machine: Machine) -> None:
         if not isinstance(machine, AgentMachine) or machine.provider_name != self.name:
@@ -668,7 +673,7 @@ class LocalProvider(Provider):
             await machine._closed()
         if survivors:
             raise ReleaseError(f"machine {machine.id}: processes {survivors} survived SIGKILL")
-        await asyncio.to_thread(remove_machine_dir, self.machines_dir, machine.record.state_dir)
+        await asyncio.to_thread(self._remove_dir, machine.record.state_dir)
 
     def leftovers(self) -> list[MachineRecord]:
         return read_records(self.machines_dir, self.name)
@@ -690,4 +695,4 @@ class LocalProvider(Provider):
             )
         if survivors := await kill_all(family):
             raise ReleaseError(f"machine {record.machine_id}: processes {survivors} survived SIGKILL")
-        await asyncio.to_thread(remove_machine_dir, self.machines_dir, record.state_dir)
+        await asyncio.to_thread(self._remove_dir, record.state_dir)

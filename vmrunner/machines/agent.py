@@ -1111,11 +1111,11 @@ def _accept(server: int) -> int:
 def main(argv: list[str]) -> int:
     """Parse the transport options and serve until the stream says goodbye."""
     options = dict(zip(argv[::2], argv[1::2], strict=False))
-    unknown = set(options) - {"--fd", "--device", "--unix", "--vsock", "--grace", "--user", "--sudo"}
+    unknown = set(options) - {"--fd", "--device", "--unix", "--vsock", "--grace", "--user", "--sudo", "--own"}
     if unknown or len(argv) % 2:
         sys.stderr.write(
             "usage: agent.py [--fd N | --device PATH | --unix PATH | --vsock PORT]"
-            " [--grace SECONDS] [--user UID:GID [--sudo SOCKET]]\n"
+            " [--grace SECONDS] [--user UID:GID [--sudo SOCKET] [--own PATH:PATH...]]\n"
         )
         return 2
     user = None
@@ -1130,6 +1130,14 @@ def main(argv: list[str]) -> int:
     agent = Agent(grace=float(options.get("--grace", DEFAULT_GRACE)), user=user, setpriv=setpriv)
     if "--sudo" in options:
         agent.listen_sudo(options["--sudo"])
+    if user is not None and "--own" in options:
+        # Directories the host made for the user but could not give it (an unprivileged host
+        # cannot chown to the machine's ids): the agent can.
+        for root in options["--own"].split(":"):
+            for folder, dirs, files in os.walk(root):
+                os.lchown(folder, *user)
+                for name in files:
+                    os.lchown(os.path.join(folder, name), *user)
     if user is not None:
         # Files the agent writes (checkouts, scripts, uploads) belong to the user; the agent
         # keeps its own real and saved ids, so the user's processes cannot signal or trace it.

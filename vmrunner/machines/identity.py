@@ -4,7 +4,8 @@ A machine's processes must never be host root, whoever started vmrunner. So ever
 in a user namespace that vmrunner makes itself, before bubblewrap starts, with a map of 65,536
 ids onto an unprivileged host range:
 
-- as root: the range ``VMRUNNER_ID_RANGE`` (``START:COUNT``, default ``100000:65536``), and
+- as root: the range ``VMRUNNER_ID_RANGE`` (``START:COUNT``; by default 65,536 ids from
+  1879048192, above the ranges ``useradd`` hands to users and systemd to its containers), and
   bubblewrap itself runs as the host id of the agent, so nothing of the machine is host root
   even for an instant;
 - as another user: that user's subordinate range from ``/etc/subuid`` and ``/etc/subgid``,
@@ -38,7 +39,7 @@ AGENT_UID = 999
 AGENT_GID = 999
 #: How many ids a machine's namespace maps.
 ID_COUNT = 65536
-DEFAULT_RANGE = (100000, ID_COUNT)
+DEFAULT_RANGE = (1_879_048_192, ID_COUNT)
 
 
 
@@ -52,15 +53,16 @@ class IdMap:
     agent_host: int
     #: Whether vmrunner writes the maps itself (root) or through newuidmap/newgidmap.
     privileged: bool
+    #: The agent's host group (the invoking user's when not root).
+    agent_host_gid: int = -1
 
-    def lines(self) -> list[tuple[int, int, int]]:
+    def lines(self, groups: bool = False) -> list[tuple[int, int, int]]:
         """(inside, host, count) runs of the map; the agent's id is mapped on its own."""
-        below = AGENT_UID
-        above = self.count - AGENT_UID - 1
+        agent = self.agent_host_gid if groups and self.agent_host_gid >= 0 else self.agent_host
         return [
-            (0, self.start, below),
-            (AGENT_UID, self.agent_host, 1),
-            (AGENT_UID + 1, self.start + AGENT_UID + 1, above),
+            (0, self.start, AGENT_UID),
+            (AGENT_UID, agent, 1),
+            (AGENT_UID + 1, self.start + AGENT_UID + 1, self.count - AGENT_UID - 1),
         ]
 
     def host_id(self, inside: int) -> int:
@@ -90,7 +92,7 @@ def id_map() -> IdMap:
             f"the subordinate uid and gid ranges of {user} differ ({uids[0]} and {gids[0]}):"
             " give it the same range in /etc/subuid and /etc/subgid"
         )
-    return IdMap(uids[0], ID_COUNT, os.getuid(), privileged=False)
+    return IdMap(uids[0], ID_COUNT, os.getuid(), privileged=False, agent_host_gid=os.getgid())
 
 
 def _configured_range() -> tuple[int, int]:
@@ -152,7 +154,8 @@ def user_namespace(ids: IdMap) -> int:
         )
     except OSError as exc:
         raise AllocationError(f"cannot start {unshare}: {exc.strerror}") from exc
-    assert child.stdin is not None and child.stdout is not None
+    assert child.stdin is not None
+    assert child.stdout is not None
     try:
         child.stdin.write(b"u")
         child.stdin.flush()
@@ -170,18 +173,17 @@ def user_namespace(ids: IdMap) -> int:
 
 
 def _write_maps(pid: int, ids: IdMap) -> None:
-    runs = ids.lines()
     if ids.privileged:
-        text = "".join(f"{inside} {host} {count}\n" for inside, host, count in runs)
         try:
-            for name in ("uid_map", "gid_map"):
+            for name, groups in (("uid_map", False), ("gid_map", True)):
+                text = "".join(f"{a} {b} {c}\n" for a, b, c in ids.lines(groups))
                 with open(f"/proc/{pid}/{name}", "w", encoding="ascii") as file:
                     file.write(text)
         except OSError as exc:
             raise AllocationError(f"cannot map the sandbox's user namespace: {exc.strerror}") from exc
         return
-    args = [str(part) for run in runs for part in run]
-    for tool in ("newuidmap", "newgidmap"):
+    for tool, groups in (("newuidmap", False), ("newgidmap", True)):
+        args = [str(part) for run in ids.lines(groups) for part in run]
         done = subprocess.run(
             [tool, str(pid), *args], capture_output=True, text=True, check=False, timeout=10
         )

@@ -29,14 +29,15 @@ import asyncio
 import fnmatch
 import os
 import shutil
+import subprocess
 import threading
 import uuid
 from pathlib import Path
 from typing import ClassVar
 
-from vmrunner.errors import AllocationError, SnapshotError
+from vmrunner.errors import AllocationError, ReleaseError, SnapshotError
 from vmrunner.machines import seccomp, sudo
-from vmrunner.machines._local import AgentMachine, Launch, LocalProvider
+from vmrunner.machines._local import RELEASE_TIMEOUT, AgentMachine, Launch, LocalProvider
 from vmrunner.machines.agent import DEFAULT_GRACE
 from vmrunner.machines.base import (
     Capabilities,
@@ -258,6 +259,24 @@ class SandboxProvider(LocalProvider):
                 self._userns_fd = user_namespace(ids)
             return self._userns_fd
 
+    def _remove_dir(self, state_dir: str) -> None:
+        try:
+            super()._remove_dir(state_dir)
+        except ReleaseError:
+            ids = self._ids()
+            if ids.privileged or not Path(state_dir).is_dir():
+                raise
+            # Files of the machine's ids: a runner that is not root removes them as the root
+            # of the machines' user namespace, which it owns.
+            if Path(state_dir).resolve().parent != self.machines_dir.resolve():
+                raise
+            userns = self._userns(ids)
+            subprocess.run(
+                ["nsenter", f"--user=/proc/self/fd/{userns}", "--", "rm", "-rf", "--", state_dir],
+                pass_fds=(userns,), capture_output=True, timeout=RELEASE_TIMEOUT, check=False,
+            )
+            super()._remove_dir(state_dir)
+
     def _reachable(self, ids: IdMap, state_dir: Path) -> None:
         """bubblewrap runs as the agent's unprivileged host id and finds the machine's
         directories by path: open the runner's own directories to passers-by (0711: nothing
@@ -332,6 +351,8 @@ class SandboxProvider(LocalProvider):
             fds.close()
             raise
         agent += ["--user", f"{RUNNER_UID}:{RUNNER_GID}", "--sudo", sudo.SOCKET]
+        if not ids.privileged:
+            agent += ["--own", f"{HOME}:{TOOL_CACHE}"]
         return Launch(
             argv=[bwrap, "--", *agent],
             piped_args=options,
@@ -339,7 +360,7 @@ class SandboxProvider(LocalProvider):
             env={"PATH": os.environ.get("PATH", os.defpath)},
             writable=writable,
             pass_fds=fds.fds,
-            run_as=(ids.agent_host, ids.agent_host),
+            run_as=(ids.agent_host, ids.agent_host) if ids.privileged else None,
         )
 
 
