@@ -1134,7 +1134,7 @@ def main(argv: list[str]) -> int:
         # Directories the host made for the user but could not give it (an unprivileged host
         # cannot chown to the machine's ids): the agent can.
         for root in options["--own"].split(":"):
-            for folder, dirs, files in os.walk(root):
+            for folder, _, files in os.walk(root):
                 os.lchown(folder, *user)
                 for name in files:
                     os.lchown(os.path.join(folder, name), *user)
