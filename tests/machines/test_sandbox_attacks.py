@@ -7,6 +7,7 @@ would change nothing on the host.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -45,7 +46,12 @@ async def machine(provider: SandboxProvider) -> AsyncIterator[Machine]:
 
 
 async def sh(machine: Machine, script: str) -> tuple[int | None, str]:
-    result = await machine.exec(["bash", "-c", script])
+    # An attack that stopped the agent would leave the command unanswered: a failure, not a hang.
+    try:
+        async with asyncio.timeout(60):
+            result = await machine.exec(["bash", "-c", script])
+    except TimeoutError:
+        pytest.fail(f"no answer from the machine after: {script}")
     return result.exit_code, (result.stdout + result.stderr).decode()
 
 

@@ -97,6 +97,9 @@ MAX_PAYLOAD = 16 << 20
 CHUNK = 1 << 20
 #: What ``collect`` returns of one file at most.
 MAX_COLLECT = 4 << 20
+#: Capabilities a command run as root inside a machine loses for good (CAP_KILL, CAP_SETGID,
+#: CAP_SETUID, CAP_SETPCAP): with them it could reach the agent, which runs as a user of its own.
+ROOT_DROPS = (5, 6, 7, 8)
 #: Default time between SIGTERM and SIGKILL when killing a process group.
 DEFAULT_GRACE = 1.0
 
@@ -371,16 +374,15 @@ class Agent:
         grace: float = DEFAULT_GRACE,
         *,
         user: tuple[int, int] | None = None,
-        setpriv: str = "",
     ) -> None:
         self.grace = grace
-        #: The unprivileged user commands run as (a sandbox's ``runner``), through ``setpriv``;
-        #: None: commands run as the agent does.
+        #: The unprivileged user commands run as (a sandbox's ``runner``); None: commands run
+        #: as the agent does.
         self._user = user
-        self._setpriv = setpriv
         #: sudo requests: the root command's pid -> the connection that asked for it.
         self._sudo: dict[int, int] = {}
         self._sudo_conns: dict[int, int] = {}
+        self._libc: Any = None
         #: Set by ``shutdown`` or SIGTERM: a listening agent then stops accepting clients.
         self.stopped = False
         self._cwd = os.getcwd()
@@ -680,30 +682,19 @@ class Agent:
         ]
         # posix_spawn has no chdir action before Python 3.13: the child inherits our cwd, and
         # only this thread spawns, so switching around the call is safe.
-        if self._user is not None:
-            program, argv = self._setpriv, [*self._as(self._user), program, *argv[1:]]
-        return self._spawn_as(program, argv, env, cwd, actions)
-
-    def _as(self, user: tuple[int, int]) -> list[str]:
-        """``setpriv`` options that run a command as ``user``: root keeps the capabilities
-        that work on files, never those that reach the agent (kill, setuid, ptrace); anyone
-        else keeps none, and can gain none."""
-        uid, gid = user
-        common = [self._setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
-                  "--inh-caps=-all", "--ambient-caps=-all"]
-        if uid == 0:
-            return [*common, "--bounding-set=-setuid,-setgid,-setpcap,-kill", "--"]
-        return [*common, "--bounding-set=-all", "--no-new-privs", "--"]
+        return self._spawn_as(program, argv, env, cwd, actions, self._user)
 
     def _spawn_as(
         self, program: str, argv: list[str], env: dict[str, str], cwd: object,
-        actions: list[tuple[int, int, int]],
+        actions: list[tuple[int, int, int]], user: tuple[int, int] | None = None,
     ) -> int:
         try:
             if cwd is not None:
                 if not isinstance(cwd, str):
                     raise Refusal("protocol", "cwd must be a string")
                 os.chdir(os.path.join(self._cwd, cwd))
+            if user is not None:
+                return self._fork_exec(program, argv, env, actions, user)
             return os.posix_spawn(
                 program,
                 argv,
@@ -719,6 +710,70 @@ class Agent:
         finally:
             if cwd is not None:
                 os.chdir(self._cwd)
+
+    def _fork_exec(
+        self, program: str, argv: list[str], env: dict[str, str],
+        actions: list[tuple[int, int, int]], user: tuple[int, int],
+    ) -> int:
+        """posix_spawn cannot change users: fork, become ``user`` (all its ids, no groups),
+        exec. Without ambient capabilities (dropped once, below) the program starts with none:
+        the agent's stay with the agent."""
+        if self._libc is None:
+            import ctypes  # only in machines whose agent switches users
+
+            self._libc = ctypes.CDLL(None, use_errno=True)
+            self._libc.prctl(47, 4, 0, 0, 0)  # PR_CAP_AMBIENT_CLEAR_ALL
+        libc = self._libc
+        uid, gid = user
+        report_r, report_w = os.pipe()  # close-on-exec: silent when the exec succeeded
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child, until exec
+            try:
+                os.setsid()
+                for _, fd, target in actions:
+                    os.dup2(fd, target)
+                for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD, signal.SIGTERM):
+                    signal.signal(sig, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, ())
+                # Nothing inheritable (root would inherit it all through exec); root keeps
+                # what acts on files, nothing that reaches the agent.
+                header, sets = self._capability_sets()
+                libc.capget(header, sets)
+                sets[2] = sets[5] = 0
+                if libc.capset(header, sets) != 0:
+                    raise OSError(1, "capset")
+                if uid == 0:
+                    for cap in ROOT_DROPS:
+                        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+                            raise OSError(1, "PR_CAPBSET_DROP")
+                elif libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS: none to gain
+                    raise OSError(1, "PR_SET_NO_NEW_PRIVS")
+                os.setgroups([])
+                os.setresgid(gid, gid, gid)
+                os.setresuid(uid, uid, uid)
+                os.execve(program, argv, env)
+            except OSError as exc:
+                os.write(report_w, str(exc.errno or 0).encode())
+            finally:
+                os._exit(127)
+        os.close(report_w)
+        try:
+            failed = os.read(report_r, 32)
+        finally:
+            os.close(report_r)
+        if failed:
+            os.waitpid(pid, 0)
+            code = int(failed)
+            raise OSError(code, os.strerror(code))
+        return pid
+
+    @staticmethod
+    def _capability_sets() -> tuple[Any, Any]:
+        """capget/capset's header (version 3, this process) and its two 32-bit halves of the
+        effective, permitted and inheritable sets."""
+        import ctypes
+
+        return (ctypes.c_uint32 * 2)(0x20080522, 0), (ctypes.c_uint32 * 6)()
 
     def _op_stdin(self, frame: Frame) -> None:
         ex = self._execs.get(frame.id)  # type: ignore[arg-type]
@@ -944,10 +999,8 @@ class Agent:
             raise Refusal("exec", f"sudo: unknown user {request.get('user')!r}")
         actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(fds)]
         cwd = request.get("cwd")
-        return self._spawn_as(
-            self._setpriv, [*self._as(user), program, *argv[1:]], env,
-            cwd if isinstance(cwd, str) and os.path.isdir(cwd) else None, actions,
-        )
+        cwd = cwd if isinstance(cwd, str) and os.path.isdir(cwd) else None
+        return self._spawn_as(program, argv, env, cwd, actions, user)
 
     def _sudo_exited(self, pid: int, status: int) -> None:
         conn = self._sudo.pop(pid)
@@ -1119,15 +1172,10 @@ def main(argv: list[str]) -> int:
         )
         return 2
     user = None
-    setpriv = ""
     if "--user" in options:
         uid, _, gid = options["--user"].partition(":")
         user = (int(uid), int(gid or uid))
-        setpriv = _which("setpriv", os.environ.get("PATH", os.defpath)) or ""
-        if not setpriv:
-            sys.stderr.write("agent: --user needs setpriv (util-linux) in the machine\n")
-            return 1
-    agent = Agent(grace=float(options.get("--grace", DEFAULT_GRACE)), user=user, setpriv=setpriv)
+    agent = Agent(grace=float(options.get("--grace", DEFAULT_GRACE)), user=user)
     if "--sudo" in options:
         agent.listen_sudo(options["--sudo"])
     if user is not None and "--own" in options:

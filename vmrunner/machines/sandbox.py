@@ -333,7 +333,7 @@ class SandboxProvider(LocalProvider):
                 "--dir", "/var",
                 "--dir", "/root",  # empty and read-only, as a path jobs may name (GitHub's runners have it)
                 "--symlink", "../tmp", "/var/tmp",
-                "--ro-bind", str(self.bundle_dir(python)), AGENT_IN_MACHINE,
+                *bundle_args(fds, self.bundle_dir(python)),
                 "--remount-ro", "/",
                 "--chdir", WORKSPACE,
                 "--clearenv",
@@ -375,14 +375,13 @@ class _Fds:
         return str(fd)
 
     def data(self, content: bytes) -> str:
-        """A pipe holding ``content`` (bwrap reads it while setting up)."""
-        if len(content) > 60_000:
-            raise AllocationError("a sandbox file does not fit a pipe")
-        reader, writer = os.pipe()
-        self.fds.append(reader)
-        with os.fdopen(writer, "wb") as pipe:
-            pipe.write(content)
-        return str(reader)
+        """A memory file holding ``content``, which bwrap copies into the machine: no host
+        path behind it shows in the machine's mount table."""
+        fd = os.memfd_create("vmrunner", os.MFD_CLOEXEC)
+        self.fds.append(fd)
+        os.write(fd, content)  # a memory file takes it whole
+        os.lseek(fd, 0, os.SEEK_SET)
+        return str(fd)
 
     def close(self) -> None:
         for fd in self.fds:
@@ -475,6 +474,18 @@ def _host_resolver() -> str:
             return file.read()
     except OSError:
         return ""
+
+
+def bundle_args(fds: _Fds, bundle: Path) -> list[str]:
+    """The agent's files, copied in (a bind would show the runner's cache path inside)."""
+    args: list[str] = []
+    for folder, _, files in os.walk(bundle):
+        inside = os.path.join(AGENT_IN_MACHINE, os.path.relpath(folder, bundle)).rstrip("/.")
+        args += ["--perms", "0755", "--dir", inside or AGENT_IN_MACHINE]
+        for name in sorted(files):
+            content = Path(folder, name).read_bytes()
+            args += ["--perms", "0644", "--ro-bind-data", fds.data(content), f"{inside}/{name}"]
+    return args
 
 
 def sudo_args(fds: _Fds, python: str) -> list[str]:
