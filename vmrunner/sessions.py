@@ -19,10 +19,12 @@ reclaim``) even though its owner is alive.
 
 Why bookkeeping never stands in the way: once a machine runs, a write to the store that fails
 (a full disk, ``StoreDiskError``) does not stop its job or its release. Unsaved transitions are
-kept and written with the next one that succeeds; the errors are kept in ``store_errors``. A
-machine whose release could not be written down stays live in the store and is reclaimed (a
-no-op, it is gone) by the next manager. Only before a machine starts is a failed write fatal:
-a machine that could not be recorded could not be found after a crash.
+kept and written with the next one that succeeds; the errors are kept in ``store_errors``. The
+release of a machine and the last states of a released session that could not be written are
+tried again by the reaper and on stop; if the disk is still full then, the machine stays live
+in the store and the next manager reclaims it (a no-op: it is gone). Only before a machine
+starts is a failed write fatal: a machine that could not be recorded could not be found after
+a crash.
 
 The manager is not thread-safe: use it from the event loop that entered it.
 """
@@ -428,6 +430,9 @@ class SessionManager:
         #: Writes to the store that failed while machines ran (see the module docstring).
         self.store_errors: list[StoreError] = []
         self.store_failures = 0
+        #: Releases (machine id: time, note, session id) and released sessions not yet written.
+        self._unwritten_releases: dict[str, tuple[float, str, str | None]] = {}
+        self._unwritten_sessions: list[Session] = []
 
     # Lifecycle
 
@@ -494,6 +499,7 @@ class SessionManager:
         for record in list(self._abandoned.values()):
             with suppress(Exception):
                 await self._reclaim_abandoned(record)
+        self._write_unwritten()
         self._close_store()
 
     def _close_store(self) -> None:
@@ -664,6 +670,21 @@ class SessionManager:
         session._transitions.append(Transition(state, now, note))
         self._notify(session, session._transitions[-1])
 
+    def _write_unwritten(self) -> None:
+        """Write the releases and final session states a full disk refused, while it lets us."""
+        try:
+            for machine_id, (at, note, session_id) in list(self._unwritten_releases.items()):
+                self.store.mark_machine_released(machine_id, at, note=note, session_id=session_id)
+                del self._unwritten_releases[machine_id]
+            for session in list(self._unwritten_sessions):
+                with self.store.transaction():
+                    for state, at, note, activity in session._unsaved:
+                        self.store.set_session_state(session.id, state.value, at, note=note, last_activity=activity)
+                session._unsaved.clear()
+                self._unwritten_sessions.remove(session)
+        except StoreError as exc:
+            self._store_failed(exc, "writing what a full disk refused")
+
     def _store_failed(self, exc: StoreError, doing: str) -> None:
         """A bookkeeping write failed while machines run: kept for the caller, logged once."""
         self.store_failures += 1
@@ -792,6 +813,8 @@ class SessionManager:
         final = note if error is None else f"{note}; {RELEASE_FAILED}: {error}"
         with suppress(Exception):
             self._record(session, S.RELEASED, final)
+        if session._unsaved:  # the disk was full: written later (reaper, stop)
+            self._unwritten_sessions.append(session)
         self._sessions.pop(session.id, None)
         self._counts["released"] += 1
         self._free_slot()
@@ -819,8 +842,9 @@ class SessionManager:
                 self.store.mark_machine_released(
                     machine.id, time.time(), note="released", session_id=session_id
                 )
-            except StoreError as exc:  # it is gone; the next manager's reclaim finds nothing to do
+            except StoreError as exc:  # it is gone: written later (reaper, stop, next manager)
                 self._store_failed(exc, f"recording the release of machine {machine.id}")
+                self._unwritten_releases[machine.id] = (time.time(), "released", session_id)
             return None
         record = machine.record
         try:
@@ -841,6 +865,7 @@ class SessionManager:
             self.store.mark_machine_released(record.machine_id, time.time(), note=note)
         except StoreError as exc:
             self._store_failed(exc, f"recording the release of machine {record.machine_id}")
+            self._unwritten_releases[record.machine_id] = (time.time(), note, None)
 
     # The reaper
 
@@ -880,6 +905,8 @@ class SessionManager:
         for session, result in zip(stale, results, strict=True):
             if isinstance(result, BaseException):
                 log.warning("reaping session %s: %s", session.id, result)
+        if self._unwritten_releases or self._unwritten_sessions:
+            self._write_unwritten()
         wall = time.time()
         for session in self._sessions.values():
             if session.last_activity != session._persisted_activity and session._release is None:
