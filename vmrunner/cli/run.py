@@ -216,9 +216,9 @@ async def _run_all(
         low: list[StoreError] = []
         try:
             store.keep_reserve()  # room for the runs' final records, should the disk fill up
+            RunHistory(store).mark_interrupted()  # runs whose runner was killed: recorded for good
         except StoreDiskError as exc:  # nearly full already: the run goes on, and is told
             low.append(exc)
-        RunHistory(store).mark_interrupted()  # runs whose runner was killed: recorded for good
         learning = stack.enter_context(Learning.open(config=learning_config))
         repository = options.repository or (await repository_info(options.repo_root)).repository or os.path.basename(options.repo_root)
         groups = ConcurrencyGroups()  # the workflows run here share their concurrency groups, as on GitHub
