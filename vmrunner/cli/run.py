@@ -3,7 +3,8 @@
 Like ``act``: ``-W`` picks the workflows, ``-j`` the jobs, ``-e`` the event payload, ``-s``/
 ``--secret-file`` the secrets, ``--var``/``--var-file`` the variables, ``--input`` the
 ``workflow_dispatch`` inputs. Every run is kept in the store (``vmrunner runs``); ``--json``
-prints the results for machines. The exit code is 1 when any job failed.
+prints the results for machines. The exit code is 1 when any job failed, or when the disk
+holding the store was full or failing during the run (the last line says what was kept).
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import click
 from vmrunner.cli.agent import ENV_STORE
 from vmrunner.cli.options import DEFAULT_WORKFLOWS, WORKFLOWS_ENV
 from vmrunner.config import DEFAULT_PROVIDER, ENV_PROVIDER
-from vmrunner.errors import ConfigError
+from vmrunner.errors import ConfigError, StoreDiskError, StoreError
 
 if TYPE_CHECKING:
     from vmrunner.runner.learning import LearningConfig
     from vmrunner.runner.options import RunOptions
+    from vmrunner.runner.storage import StoreSink
     from vmrunner.workflow.models import Workflow
 
 
@@ -138,6 +140,25 @@ def command(
         sys.exit(1)
 
 
+def disk_report(path: str, sinks: Sequence[StoreSink], other_errors: Sequence[StoreError]) -> str:
+    """One line for a run met by a full or failing disk under the store (at ``path``): what
+    was kept. Empty when the disk never failed."""
+    first = next((e for e in other_errors if isinstance(e, StoreDiskError)), None)
+    first = first or next((sink.disk_error for sink in sinks if sink.disk_error), None)
+    if first is None:
+        return ""
+    kept = [sink for sink in sinks if sink.recorded]
+    lost = sum(sink.lost for sink in sinks)
+    if len(kept) == len(sinks):
+        what = "the run was recorded" if len(sinks) == 1 else "the runs were recorded"
+        what += f" without {lost} log lines" if lost else " whole"
+    elif kept:
+        what = f"{len(sinks) - len(kept)} of {len(sinks)} runs could not be recorded"
+    else:
+        what = "the run could not be recorded" if len(sinks) == 1 else "the runs could not be recorded"
+    return f"the disk holding {os.path.dirname(path)} was full or failing during the run: {what}; {first}"
+
+
 def _dry_run(chosen: list[tuple[Workflow, list[str] | None]], as_json: bool) -> None:
     from vmrunner.cli import terminal
     from vmrunner.workflow.planner import plan
@@ -192,24 +213,36 @@ async def _run_all(
             stack.push_async_callback(provider.aclose)
         sessions = await stack.enter_async_context(SessionManager(provider, limit=options.concurrent_jobs, wait_timeout=None))
         store = stack.enter_context(Store.open())
-        RunHistory(store).mark_interrupted()  # runs whose runner was killed: recorded for good
+        low: list[StoreError] = []
+        try:
+            store.keep_reserve()  # room for the runs' final records, should the disk fill up
+            RunHistory(store).mark_interrupted()  # runs whose runner was killed: recorded for good
+        except StoreDiskError as exc:  # nearly full already: the run goes on, and is told
+            low.append(exc)
         learning = stack.enter_context(Learning.open(config=learning_config))
         repository = options.repository or (await repository_info(options.repo_root)).repository or os.path.basename(options.repo_root)
         groups = ConcurrencyGroups()  # the workflows run here share their concurrency groups, as on GitHub
+        sinks: list[StoreSink] = []
 
         async def one(workflow: Workflow, jobs: list[str] | None) -> bool:
             learn = LearningSink(learning, repository=repository, workflow=workflow)
             with StoreSink(store) as keep:
+                sinks.append(keep)
                 selected = dataclasses.replace(options, jobs=tuple(jobs) if jobs is not None else None)
                 outcome = await run_workflow(workflow, selected, sessions, learn.chain(FanOut(view, keep)), groups)
             for error in keep.errors[:1]:
-                terminal.warn(f"the run could not be fully recorded: {error}")
+                if not isinstance(error, StoreDiskError):  # a full disk gets the last line
+                    terminal.warn(f"the run could not be fully recorded: {error}")
             for error in learn.errors[:1]:
-                terminal.warn(f"could not learn from the run: {error}")
+                if not isinstance(error, StoreDiskError):
+                    terminal.warn(f"could not learn from the run: {error}")
             return outcome.failed
 
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(one(workflow, jobs)) for workflow, jobs in chosen]
     if summary_file:
         write_summary(summary_file, view.results())
+    report = disk_report(str(store.path), sinks, [*low, *sessions.store_errors])
+    if report:
+        raise StoreDiskError(report)
     return any(task.result() for task in tasks)

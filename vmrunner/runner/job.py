@@ -24,7 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from vmrunner.errors import ConfigError, ExpressionError, MachineError, SessionError, VmrunnerError
+from vmrunner.errors import (
+    ConfigError,
+    ExpressionError,
+    MachineError,
+    SessionError,
+    StoreError,
+    VmrunnerError,
+)
 from vmrunner.machines._local import shielded
 from vmrunner.machines.base import MachineSpec
 from vmrunner.runner import checkpoints
@@ -336,7 +343,7 @@ class JobExecution:
                     runtime.end_groups(-1)
                     await shielded(self.finish(session, scope, outcome, timed_out))
                 return outcome, "\n".join(runtime.summary)
-        except (SessionError, MachineError) as exc:
+        except (SessionError, MachineError, StoreError) as exc:  # StoreError: the machine could not be recorded
             outcome.result = "failure"
             what = "releasing the machine of" if self.started else "cannot get a machine for"
             outcome.reason = outcome.reason or f"{what} job '{self.job.id}': {exc}"
