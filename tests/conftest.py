@@ -17,13 +17,34 @@ def shared_dir() -> Path:
     return Path(explicit) if explicit else SHARED
 
 
+_OWN_BASETEMP: list[str] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Temporary directories of this run's own, below /tmp: sandboxes run as an unprivileged
+    host id that must pass through them to its machine (see ``_isolated_home``), and pytest's
+    shared per-user directory is closed again by every pytest that starts meanwhile."""
+    import tempfile
+
+    if config.option.basetemp is None:
+        config.option.basetemp = tempfile.mkdtemp(prefix="vmrunner-tests-")
+        _OWN_BASETEMP.append(config.option.basetemp)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    import shutil
+
+    for folder in _OWN_BASETEMP:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path_factory.mktemp("vmrunner-home")
     # Sandboxes run as an unprivileged host id that must walk to its machine's directories:
     # let others pass through the temporary directories above the home (nothing is listed).
-    for folder in (home.parent, home.parent.parent):
-        if folder.stat().st_uid == os.getuid() and not folder.stat().st_mode & 0o001:
-            folder.chmod(0o711)
+    folder = home.parent
+    if folder.stat().st_uid == os.getuid() and not folder.stat().st_mode & 0o001:
+        folder.chmod(0o711)
     monkeypatch.setenv("VMRUNNER_HOME", str(home))
     return home

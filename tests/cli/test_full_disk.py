@@ -55,6 +55,9 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
+    # The sandbox's unprivileged bubblewrap passes through here to its machines.
+    tmp_path.chmod(0o711)
+    mount.chmod(0o711)
     try:
         yield mount
     finally:
