@@ -330,8 +330,12 @@ async def start_agent(
     piped_args: Sequence[str] = (),
     new_session: bool = False,
     grace: float = DEFAULT_GRACE,
+    prefix: Sequence[str] = (),
 ) -> tuple[asyncio.subprocess.Process, AgentClient]:
     """Start the agent's process, connect a client, and wait for its first pong.
+
+    ``prefix``: a command that execs ``argv`` once it has prepared the process (the sandbox
+    joins the machine's cgroup so), in the same process.
 
     On any failure the process is killed and ``AllocationError`` says why (with the tail of
     the process's stderr, where bwrap and python explain themselves).
@@ -343,6 +347,7 @@ async def start_agent(
             pipe.write(b"".join(os.fsencode(arg) + b"\0" for arg in piped_args))
         pass_fds = (reader,)
         argv = [argv[0], "--args", str(reader), *argv[1:]]
+    argv = [*prefix, *argv]
     try:
         with open(log_path, "wb") as log:  # noqa: ASYNC230 - a local file, created empty
             # Python 3.11 hangs forever when the creation of a subprocess is cancelled at the
@@ -532,6 +537,8 @@ class Launch:
     piped_args: Sequence[str] = ()
     #: The machine's writable state: a name -> host directory (what snapshots capture).
     writable: Mapping[str, Path] = field(default_factory=dict)
+    #: Run before ``argv`` in the same process, which it then execs (see ``start_agent``).
+    prefix: Sequence[str] = ()
 
 
 class LocalProvider(Provider):
@@ -568,6 +575,16 @@ class LocalProvider(Provider):
     def _launch(self, state_dir: Path, record: MachineRecord, spec: MachineSpec) -> Launch:
         raise NotImplementedError
 
+    def _plan(self, spec: MachineSpec, record: MachineRecord) -> MachineRecord:
+        """The record of a new machine with what it will hold besides processes and its
+        directory (cgroups, mounts), known before anything is made: a crash leaves nothing
+        its record does not name. Raises ``AllocationError`` for what cannot be given."""
+        return record
+
+    def _free(self, record: MachineRecord) -> None:
+        """Free what ``_plan`` named, once the machine's processes are gone; idempotent (runs
+        in a thread: it may wait for the kernel)."""
+
     def _check(self, spec: MachineSpec) -> None:
         if spec.network not in self.capabilities.network_modes:
             modes = ", ".join(sorted(self.capabilities.network_modes))
@@ -578,7 +595,7 @@ class LocalProvider(Provider):
 
     async def allocate(self, spec: MachineSpec) -> Machine:
         self._check(spec)
-        record = base_record(self.name, spec, self.machines_dir)
+        record = self._plan(spec, base_record(self.name, spec, self.machines_dir))
         state_dir = create_machine_dir(self.machines_dir, record)
         try:
             # Shielded: a cancelled wait would leave the thread creating directories in the
@@ -593,9 +610,10 @@ class LocalProvider(Provider):
                 piped_args=launch.piped_args,
                 new_session=launch.new_session,
                 grace=self.grace,
+                prefix=launch.prefix,
             )
         except BaseException:
-            await shielded(asyncio.to_thread(self._forget, state_dir))
+            await shielded(asyncio.to_thread(self._forget, record))
             raise
         record = replace(
             record,
@@ -620,9 +638,10 @@ class LocalProvider(Provider):
             raise
         return machine
 
-    def _forget(self, state_dir: Path) -> None:
+    def _forget(self, record: MachineRecord) -> None:
         with contextlib.suppress(ReleaseError):
-            remove_machine_dir(self.machines_dir, str(state_dir))
+            self._free(record)
+            remove_machine_dir(self.machines_dir, record.state_dir)
 
     async def release(self, machine: Machine) -> None:
         if not isinstance(machine, AgentMachine) or machine.provider_name != self.name:
@@ -644,7 +663,8 @@ class LocalProvider(Provider):
             ) from exc
         finally:
             await machine._closed()
-        if survivors:
+        await asyncio.to_thread(self._free, machine.record)
+        if survivors := [pid for pid, start in family if pid in survivors and is_same_process(pid, start)]:
             raise ReleaseError(f"machine {machine.id}: processes {survivors} survived SIGKILL")
         await asyncio.to_thread(remove_machine_dir, self.machines_dir, machine.record.state_dir)
 
@@ -666,6 +686,8 @@ class LocalProvider(Provider):
             raise ReleaseError(
                 f"machine {record.machine_id}: process {record.pid} survived SIGKILL"
             )
-        if survivors := await kill_all(family):
+        survivors = await kill_all(family)
+        await asyncio.to_thread(self._free, record)
+        if survivors := [pid for pid, start in family if pid in survivors and is_same_process(pid, start)]:
             raise ReleaseError(f"machine {record.machine_id}: processes {survivors} survived SIGKILL")
         await asyncio.to_thread(remove_machine_dir, self.machines_dir, record.state_dir)

@@ -168,7 +168,8 @@ def reserve(machines_dir: Path, size_mib: int) -> Iterator[None]:
 
 def _room_mib(machines_dir: Path) -> int:
     """Free space on the host's file system beyond the reserve and what live images may still take."""
-    stat = os.statvfs(machines_dir if machines_dir.exists() else machines_dir.parent)
+    existing = next(p for p in (machines_dir, *machines_dir.parents) if p.exists())
+    stat = os.statvfs(existing)
     free = stat.f_bavail * stat.f_frsize
     reserve = max(DISK_RESERVE_MIB << 20, stat.f_blocks * stat.f_frsize // 50)
     promised = 0

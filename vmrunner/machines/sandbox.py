@@ -11,6 +11,12 @@ system ``python3``. Its file system is built from nothing:
   ``/var/tmp``) and ``/opt/hostedtoolcache``; everything else, the root included, is read-only;
 - ``/proc`` of its own pid namespace and a minimal ``/dev``.
 
+Limits (``machines/limits.py``): the machine's processes are all in one cgroup
+(``machines/cgroups.py``) with its memory, process and CPU limits; the three writable
+directories live on a file system of their own of the machine's disk budget
+(``machines/disk.py``), mounted at ``<id>/disk``. Both are named in the machine's record
+before they exist, and freed after its processes are gone (or by reclaim, after a crash).
+
 So the host's ``/root``, ``/home``, ``/run``, ``/var``, ``/opt``, ``/work`` and the runner's
 state directory are simply not there. Every process of the machine lives in its pid namespace,
 whose init is bwrap: when bwrap goes, the kernel kills them all; and bwrap dies with the
@@ -28,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -42,6 +49,9 @@ from vmrunner.machines.base import (
     MachineSpec,
     SnapshotId,
 )
+from vmrunner.machines.cgroups import Cgroups, MachineCgroup
+from vmrunner.machines.disk import MachineDisk, reserve, resolve_disk
+from vmrunner.machines.limits import Limits, resolve_limits
 from vmrunner.machines.snapshots import DirectorySnapshots, import_trees
 
 HOME = "/home/runner"
@@ -60,6 +70,9 @@ SECRET_FILES = ("/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", 
 SECRET_DIRS = ("/etc/ssh", "/etc/ssl/private", "/etc/sudoers.d", "/etc/vmrunner")
 
 BWRAP_MISSING = "bubblewrap (bwrap) is not installed: apt-get install bubblewrap"
+#: Joins the cgroups named before ``--`` (``cgroup.procs`` files), then execs what follows: so
+#: bwrap and every process it makes start inside the machine's cgroup (shell builtins only).
+JOIN_CGROUP = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
 
 
 class SandboxMachine(AgentMachine):
@@ -67,6 +80,29 @@ class SandboxMachine(AgentMachine):
 
     _snapshots: DirectorySnapshots | None = None
     _snapshot_lock: asyncio.Lock | None = None
+    _cgroup: MachineCgroup | None = None
+    _disk_full = False
+
+    async def limits_hit(self) -> list[str]:
+        """From the cgroup's counters and the disk's free space (full now, or seen full)."""
+        reasons: list[str] = []
+        data = self.record.data
+        if self._cgroup is None and data.get("cgroup"):
+            self._cgroup = MachineCgroup.from_data(data["cgroup"])
+        if self._cgroup is not None:
+            reasons += self._cgroup.limits_hit()
+        if data.get("disk"):
+            disk = MachineDisk.from_data(data["disk"])
+            self._disk_full = self._disk_full or disk.full()
+            if self._disk_full:
+                reasons.append(disk.reason())
+        return reasons
+
+    def _forget_limits_hit(self) -> None:
+        """A restored machine starts counting afresh (a pool hands it to another job)."""
+        if self.record.data.get("cgroup"):
+            self._cgroup = MachineCgroup.from_data(self.record.data["cgroup"]).rebased()
+        self._disk_full = False
 
     async def snapshot(self, name: str = "") -> SnapshotId:
         engine = await self._engine()
@@ -80,6 +116,7 @@ class SandboxMachine(AgentMachine):
         if engine is None:
             raise SnapshotError(f"machine {self.id} has no snapshot {snapshot_id!r}")
         await engine.restore(snapshot_id)
+        self._forget_limits_hit()
 
     async def fingerprint(self) -> bytes:
         """The writable directories listed from the host: no process in the machine."""
@@ -176,6 +213,7 @@ class SandboxProvider(LocalProvider):
         super().__init__(home, grace=grace)
         self._bwrap = bwrap
         self._python = python
+        self._cgroups: Cgroups | None = None
 
     def _tools(self) -> tuple[str, str]:
         bwrap = self._bwrap or shutil.which("bwrap")
@@ -189,13 +227,48 @@ class SandboxProvider(LocalProvider):
             )
         return bwrap, python
 
+    def _plan(self, spec: MachineSpec, record: MachineRecord) -> MachineRecord:
+        limits = resolve_limits(spec.cpus, spec.memory_mib, spec.pids)
+        limits = Limits(limits.cpus, limits.memory_mib, limits.pids, resolve_disk(spec.disk_mib, self.machines_dir))
+        data = dict(record.data)
+        data["limits"] = {"cpus": limits.cpus, "memory_mib": limits.memory_mib, "pids": limits.pids, "disk_mib": limits.disk_mib}
+        if limits.cpus or limits.memory_mib or limits.pids:
+            if self._cgroups is None:
+                self._cgroups = Cgroups.detect()
+            data["cgroup"] = self._cgroups.plan(f"vmrunner-{record.machine_id}", limits).to_data()
+        if limits.disk_mib:
+            data["disk"] = MachineDisk.plan(Path(record.state_dir), limits.disk_mib).to_data()
+        return replace(record, data=data)
+
+    def _free(self, record: MachineRecord) -> None:
+        if record.data.get("cgroup"):
+            MachineCgroup.from_data(record.data["cgroup"]).remove()
+        if record.data.get("disk"):
+            MachineDisk.from_data(record.data["disk"]).release()
+
+    def _limits(self, record: MachineRecord) -> tuple[list[str], Path]:
+        """Make the machine's cgroup and disk: the command that joins the cgroup, and where
+        the writable directories go."""
+        prefix: list[str] = []
+        if record.data.get("cgroup"):
+            cgroup = MachineCgroup.from_data(record.data["cgroup"])
+            cgroup.create()
+            prefix = ["/bin/sh", "-c", JOIN_CGROUP, "vmrunner-join", *cgroup.procs_files, "--"]
+        if record.data.get("disk"):
+            disk = MachineDisk.from_data(record.data["disk"])
+            with reserve(self.machines_dir, disk.size_mib):
+                disk.create(self.cache_dir)
+            return prefix, Path(disk.mount)
+        return prefix, Path(record.state_dir)
+
     def _launch(self, state_dir: Path, record: MachineRecord, spec: MachineSpec) -> Launch:
         bwrap, python = self._tools()
         agent = self.agent_argv(python, AGENT_IN_MACHINE)
+        prefix, space = self._limits(record)
         writable = {
-            "home": state_dir / "home",
-            "tmp": state_dir / "tmp",
-            "toolcache": state_dir / "toolcache",
+            "home": space / "home",
+            "tmp": space / "tmp",
+            "toolcache": space / "toolcache",
         }
         for path in writable.values():
             path.mkdir(mode=0o755)
@@ -229,6 +302,7 @@ class SandboxProvider(LocalProvider):
             paths=MachinePaths(workspace=WORKSPACE, temp=TEMP, home=HOME, tool_cache=TOOL_CACHE),
             env={"PATH": os.environ.get("PATH", os.defpath)},
             writable=writable,
+            prefix=prefix,
         )
 
 
