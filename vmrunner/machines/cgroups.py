@@ -98,6 +98,9 @@ class Cgroups:
                 f"cannot limit a machine's {', '.join(missing)}: this host's cgroup {version}"
                 f" hierarchy has no {'/'.join(missing)} controller ({DELEGATE_HINT})"
             )
+        unwritable = [str(self.parents[c]) for c in wanted if not os.access(self.parents[c], os.W_OK)]
+        if unwritable:
+            raise AllocationError(f"cannot make a machine's cgroup in {unwritable[0]}: not writable by this user ({DELEGATE_HINT})")
         directories = {c: str(self.parents[c] / name) for c in wanted}
         return MachineCgroup(self.version, directories, limits.memory_mib, limits.pids, limits.cpus)
 

@@ -50,7 +50,7 @@ from vmrunner.machines.base import (
     SnapshotId,
 )
 from vmrunner.machines.cgroups import Cgroups, MachineCgroup
-from vmrunner.machines.disk import MachineDisk, reserve, resolve_disk
+from vmrunner.machines.disk import NO_ROOT, MachineDisk, reserve, resolve_disk
 from vmrunner.machines.limits import Limits, resolve_limits
 from vmrunner.machines.snapshots import DirectorySnapshots, import_trees
 
@@ -237,6 +237,8 @@ class SandboxProvider(LocalProvider):
                 self._cgroups = Cgroups.detect()
             data["cgroup"] = self._cgroups.plan(f"vmrunner-{record.machine_id}", limits).to_data()
         if limits.disk_mib:
+            if os.geteuid() != 0:
+                raise AllocationError(NO_ROOT)
             data["disk"] = MachineDisk.plan(Path(record.state_dir), limits.disk_mib).to_data()
         return replace(record, data=data)
 
