@@ -154,16 +154,19 @@ def resolve_disk(size_mib: int | None, machines_dir: Path) -> int:
 def reserve(machines_dir: Path, size_mib: int) -> Iterator[None]:
     """Admit a new disk of ``size_mib`` if the host has room for it; held while it is made.
 
-    Machines of this ``VMRUNNER_HOME`` are admitted one at a time (a lock file), so two cannot
-    both take the last room.
+    Machines of this ``VMRUNNER_HOME`` are admitted one at a time (a lock on the machines
+    directory itself: no file to leave behind), so two cannot both take the last room.
     """
     machines_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with open(machines_dir / ".disk.lock", "w") as lock:
+    lock = os.open(machines_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         room = _room_mib(machines_dir)
         if size_mib > room:
             raise AllocationError(_no_room(machines_dir, size_mib, room))
         yield
+    finally:
+        os.close(lock)
 
 
 def _room_mib(machines_dir: Path) -> int:
