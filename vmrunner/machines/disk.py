@@ -138,15 +138,22 @@ class MachineDisk:
             raise ReleaseError(f"cannot release the machine's disk {self.mount}: {exc.strerror}") from exc
 
 
+#: A machine's default budget is at most this fraction of the room left, so that several
+#: machines (a warm pool, concurrent jobs) still fit when the host is small: their budgets
+#: shrink as the room does, instead of the last ones being refused.
+DEFAULT_DISK_SHARE = 4
+
+
 def resolve_disk(size_mib: int | None, machines_dir: Path) -> int:
     """The disk budget (MiB) of a new machine: ``size_mib``, or the default scaled to the host."""
     if size_mib == 0:
         return 0
     room = _room_mib(machines_dir)
     if size_mib is None:
-        if room < MIN_DEFAULT_DISK_MIB:
-            raise AllocationError(_no_room(machines_dir, MIN_DEFAULT_DISK_MIB, room))
-        return min(DEFAULT_DISK_MIB, room)
+        share = room // DEFAULT_DISK_SHARE
+        if share < MIN_DEFAULT_DISK_MIB:
+            raise AllocationError(_no_room(machines_dir, MIN_DEFAULT_DISK_MIB, share))
+        return min(DEFAULT_DISK_MIB, share)
     return size_mib
 
 
