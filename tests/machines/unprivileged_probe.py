@@ -47,7 +47,10 @@ def host_uids(root: int) -> list[int]:
 async def main() -> dict[str, object]:
     provider = SandboxProvider(grace=0.5)
     results: dict[str, object] = {}
-    machine = await provider.allocate(MachineSpec(network="none"))
+    # An unprivileged runner has no disk budget and, here, no delegated cgroup: no limits.
+    machine = await provider.allocate(
+        MachineSpec(network="none", cpus=0, memory_mib=0, pids=0, disk_mib=0)
+    )
     try:
         for name, script in ATTACKS.items():
             result = await machine.exec(["bash", "-c", script])

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from vmrunner.cli.agent import ENV_STORE
-from vmrunner.cli.options import DEFAULT_WORKFLOWS, WORKFLOWS_ENV
+from vmrunner.cli.options import DEFAULT_WORKFLOWS, WORKFLOWS_ENV, limit_options
 from vmrunner.config import DEFAULT_PROVIDER, ENV_PROVIDER
 from vmrunner.errors import ConfigError, StoreDiskError, StoreError
 
@@ -60,6 +60,7 @@ def _pairs(values: Sequence[str], what: str, *, from_environment: bool = False, 
 @click.option("-n", "--dry-run", is_flag=True, help="Show what would run; start nothing.")
 @click.option("--provider", default=None, envvar=ENV_PROVIDER, help=f"The machine provider (default: {DEFAULT_PROVIDER}) [env: {ENV_PROVIDER}].")
 @click.option("--machine-type", "machine_types", multiple=True, help="Run jobs with this runs-on LABEL on machine TYPE: LABEL=TYPE (repeatable).")
+@limit_options
 @click.option("--pool", type=click.IntRange(min=0), default=0, show_default=True, help="Machines kept started ahead (warm pool).")
 @click.option("--concurrent-jobs", type=click.IntRange(min=1), default=4, show_default=True, help="Jobs running at once, at most.")
 @click.option("--setup-command", "setup_commands", multiple=True, help="A command run in each job's machine before its steps (repeatable).")
@@ -82,6 +83,7 @@ def command(
     snapshot: bool, rollback_on_failure: bool, repo_root: str | None, actor: str | None, quiet: bool,
     summary_file: str | None,
     as_json: bool, store: str | None = None, lesson_threshold: int | None = None,
+    cpus: int | None = None, memory_mib: int | None = None, pids: int | None = None, disk_mib: int | None = None,
 ) -> None:
     """Run the workflows EVENT (default: push) triggers, each job in its own machine."""
     import asyncio
@@ -118,6 +120,7 @@ def command(
         setup_commands=setup_commands, cleanup_commands=cleanup_commands, snapshot=snapshot,
         rollback_on_failure=rollback_on_failure, repo_root=os.path.abspath(root),
         actor=actor or os.environ.get("USER") or "vmrunner",
+        cpus=cpus, memory_mib=memory_mib, pids=pids, disk_mib=disk_mib,
     )
     chosen = [(w, selected_jobs(w, jobs)) for w in selection.workflows]
     if dry_run:
@@ -193,6 +196,7 @@ async def _run_all(
     from vmrunner.runner.concurrency import ConcurrencyGroups
     from vmrunner.runner.events import FanOut
     from vmrunner.runner.learning import Learning, LearningSink
+    from vmrunner.runner.options import machine_spec
     from vmrunner.runner.repository import repository_info
     from vmrunner.runner.run import run_workflow
     from vmrunner.runner.storage import RunHistory, StoreSink
@@ -208,7 +212,9 @@ async def _run_all(
             # A used machine is restored to its verified pristine state and reused: cheaper than a
             # cold start (bench runner --reuse), where the provider can snapshot.
             reuse: Reuse = "restore" if provider.capabilities.snapshots else "destroy"
-            provider = await stack.enter_async_context(WarmPool(provider, {options.default_vm_type: pool_size}, reuse=reuse))
+            provider = await stack.enter_async_context(WarmPool(
+                provider, {options.default_vm_type: pool_size}, specs={options.default_vm_type: machine_spec(options, options.default_vm_type)}, reuse=reuse,
+            ))
         else:
             stack.push_async_callback(provider.aclose)
         sessions = await stack.enter_async_context(SessionManager(provider, limit=options.concurrent_jobs, wait_timeout=None))

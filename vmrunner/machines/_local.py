@@ -332,13 +332,17 @@ async def start_agent(
     grace: float = DEFAULT_GRACE,
     extra_fds: Sequence[int] = (),
     run_as: tuple[int, int] | None = None,
+    prefix: Sequence[str] = (),
 ) -> tuple[asyncio.subprocess.Process, AgentClient]:
     """Start the agent's process, connect a client, and wait for its first pong.
 
-    ``extra_fds`` are inherited by the process (the caller closes them); ``run_as`` starts it
-    as that host uid and gid, without supplementary groups. On any failure the process is
-    killed and ``AllocationError`` says why (with the tail of the process's stderr, where bwrap
-    and python explain themselves).
+    ``extra_fds`` are inherited by the process (the caller closes them); ``run_as`` runs
+    ``argv`` as that host uid and gid, without supplementary groups; ``prefix``: a command that
+    execs the rest once it has prepared the process (the sandbox joins the machine's cgroup so,
+    as the runner's user, before the process becomes ``run_as``), in the same process.
+
+    On any failure the process is killed and ``AllocationError`` says why (with the tail of
+    the process's stderr, where bwrap and python explain themselves).
     """
     pass_fds: tuple[int, ...] = ()
     if piped_args:
@@ -350,9 +354,11 @@ async def start_agent(
             pipe.write(payload)
         pass_fds = (reader,)
         argv = [argv[0], "--args", str(reader), *argv[1:]]
-    identity: dict[str, Any] = {}
     if run_as is not None:
-        identity = {"user": run_as[0], "group": run_as[1], "extra_groups": []}
+        setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
+        uid, gid = run_as
+        argv = [setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *argv]
+    argv = [*prefix, *argv]
     try:
         with open(log_path, "wb") as log:  # noqa: ASYNC230 - a local file, created empty
             # Python 3.11 hangs forever when the creation of a subprocess is cancelled at the
@@ -368,7 +374,6 @@ async def start_agent(
                     pass_fds=(*pass_fds, *extra_fds),
                     start_new_session=new_session,
                     limit=1 << 20,
-                    **identity,
                 )
             )
             cancelled = await _complete(creation)
@@ -548,6 +553,8 @@ class Launch:
     pass_fds: Sequence[int] = ()
     #: The host uid and gid to start ``argv`` as (never root for a sandbox).
     run_as: tuple[int, int] | None = None
+    #: Run before ``argv`` in the same process, which it then execs (see ``start_agent``).
+    prefix: Sequence[str] = ()
 
 
 class LocalProvider(Provider):
@@ -584,6 +591,16 @@ class LocalProvider(Provider):
     def _launch(self, state_dir: Path, record: MachineRecord, spec: MachineSpec) -> Launch:
         raise NotImplementedError
 
+    def _plan(self, spec: MachineSpec, record: MachineRecord) -> MachineRecord:
+        """The record of a new machine with what it will hold besides processes and its
+        directory (cgroups, mounts), known before anything is made: a crash leaves nothing
+        its record does not name. Raises ``AllocationError`` for what cannot be given."""
+        return record
+
+    def _free(self, record: MachineRecord) -> None:
+        """Free what ``_plan`` named, once the machine's processes are gone; idempotent (runs
+        in a thread: it may wait for the kernel)."""
+
     def _check(self, spec: MachineSpec) -> None:
         if spec.network not in self.capabilities.network_modes:
             modes = ", ".join(sorted(self.capabilities.network_modes))
@@ -594,7 +611,7 @@ class LocalProvider(Provider):
 
     async def allocate(self, spec: MachineSpec) -> Machine:
         self._check(spec)
-        record = base_record(self.name, spec, self.machines_dir)
+        record = self._plan(spec, base_record(self.name, spec, self.machines_dir))
         state_dir = create_machine_dir(self.machines_dir, record)
         try:
             # Shielded: a cancelled wait would leave the thread creating directories in the
@@ -612,12 +629,13 @@ class LocalProvider(Provider):
                     grace=self.grace,
                     extra_fds=launch.pass_fds,
                     run_as=launch.run_as,
+                    prefix=launch.prefix,
                 )
             finally:
                 for fd in launch.pass_fds:
                     os.close(fd)
         except BaseException:
-            await shielded(asyncio.to_thread(self._forget, state_dir))
+            await shielded(asyncio.to_thread(self._forget, record))
             raise
         record = replace(
             record,
@@ -647,9 +665,10 @@ class LocalProvider(Provider):
         not remove itself removes them its own way)."""
         remove_machine_dir(self.machines_dir, state_dir)
 
-    def _forget(self, state_dir: Path) -> None:
+    def _forget(self, record: MachineRecord) -> None:
         with contextlib.suppress(ReleaseError):
-            self._remove_dir(str(state_dir))
+            self._free(record)
+            self._remove_dir(record.state_dir)
 
     async def release(self, machine: Machine) -> None:
         if not isinstance(machine, AgentMachine) or machine.provider_name != self.name:
@@ -671,7 +690,8 @@ class LocalProvider(Provider):
             ) from exc
         finally:
             await machine._closed()
-        if survivors:
+        await asyncio.to_thread(self._free, machine.record)
+        if survivors := [pid for pid, start in family if pid in survivors and is_same_process(pid, start)]:
             raise ReleaseError(f"machine {machine.id}: processes {survivors} survived SIGKILL")
         await asyncio.to_thread(self._remove_dir, machine.record.state_dir)
 
@@ -693,6 +713,8 @@ class LocalProvider(Provider):
             raise ReleaseError(
                 f"machine {record.machine_id}: process {record.pid} survived SIGKILL"
             )
-        if survivors := await kill_all(family):
+        survivors = await kill_all(family)
+        await asyncio.to_thread(self._free, record)
+        if survivors := [pid for pid, start in family if pid in survivors and is_same_process(pid, start)]:
             raise ReleaseError(f"machine {record.machine_id}: processes {survivors} survived SIGKILL")
         await asyncio.to_thread(self._remove_dir, record.state_dir)

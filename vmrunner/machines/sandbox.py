@@ -11,6 +11,12 @@ system ``python3``. Its file system is built from nothing:
   ``/var/tmp``) and ``/opt/hostedtoolcache``; everything else, the root included, is read-only;
 - ``/proc`` of its own pid namespace and a minimal ``/dev``.
 
+Limits (``machines/limits.py``): the machine's processes are all in one cgroup
+(``machines/cgroups.py``) with its memory, process and CPU limits; the three writable
+directories live on a file system of their own of the machine's disk budget
+(``machines/disk.py``), mounted at ``<id>/disk``. Both are named in the machine's record
+before they exist, and freed after its processes are gone (or by reclaim, after a crash).
+
 So the host's ``/root``, ``/home``, ``/run``, ``/var``, ``/opt``, ``/work`` and the runner's
 state directory are simply not there. Every process of the machine lives in its pid namespace,
 whose init is bwrap: when bwrap goes, the kernel kills them all; and bwrap dies with the
@@ -32,6 +38,7 @@ import shutil
 import subprocess
 import threading
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -47,6 +54,8 @@ from vmrunner.machines.base import (
     MachineSpec,
     SnapshotId,
 )
+from vmrunner.machines.cgroups import Cgroups, MachineCgroup
+from vmrunner.machines.disk import NO_ROOT, MachineDisk, reserve, resolve_disk
 from vmrunner.machines.identity import (
     AGENT_GID,
     AGENT_UID,
@@ -60,6 +69,7 @@ from vmrunner.machines.identity import (
     passwd_lines,
     user_namespace,
 )
+from vmrunner.machines.limits import Limits, resolve_limits
 from vmrunner.machines.snapshots import DirectorySnapshots, import_trees
 
 HOME = "/home/runner"
@@ -104,6 +114,9 @@ CAPABILITIES = (
 )  # fmt: skip
 
 BWRAP_MISSING = "bubblewrap (bwrap) is not installed: apt-get install bubblewrap"
+#: Joins the cgroups named before ``--`` (``cgroup.procs`` files), then execs what follows: so
+#: bwrap and every process it makes start inside the machine's cgroup (shell builtins only).
+JOIN_CGROUP = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
 
 
 class SandboxMachine(AgentMachine):
@@ -111,6 +124,29 @@ class SandboxMachine(AgentMachine):
 
     _snapshots: DirectorySnapshots | None = None
     _snapshot_lock: asyncio.Lock | None = None
+    _cgroup: MachineCgroup | None = None
+    _disk_full = False
+
+    async def limits_hit(self) -> list[str]:
+        """From the cgroup's counters and the disk's free space (full now, or seen full)."""
+        reasons: list[str] = []
+        data = self.record.data
+        if self._cgroup is None and data.get("cgroup"):
+            self._cgroup = MachineCgroup.from_data(data["cgroup"])
+        if self._cgroup is not None:
+            reasons += self._cgroup.limits_hit()
+        if data.get("disk"):
+            disk = MachineDisk.from_data(data["disk"])
+            self._disk_full = self._disk_full or disk.full()
+            if self._disk_full:
+                reasons.append(disk.reason())
+        return reasons
+
+    def _forget_limits_hit(self) -> None:
+        """A restored machine starts counting afresh (a pool hands it to another job)."""
+        if self.record.data.get("cgroup"):
+            self._cgroup = MachineCgroup.from_data(self.record.data["cgroup"]).rebased()
+        self._disk_full = False
 
     async def snapshot(self, name: str = "") -> SnapshotId:
         engine = await self._engine()
@@ -124,6 +160,7 @@ class SandboxMachine(AgentMachine):
         if engine is None:
             raise SnapshotError(f"machine {self.id} has no snapshot {snapshot_id!r}")
         await engine.restore(snapshot_id)
+        self._forget_limits_hit()
 
     async def fingerprint(self) -> bytes:
         """The writable directories listed from the host: no process in the machine."""
@@ -223,6 +260,7 @@ class SandboxProvider(LocalProvider):
         self._id_map: IdMap | None = None
         self._userns_fd: int | None = None
         self._userns_lock = threading.Lock()
+        self._cgroups: Cgroups | None = None
 
     async def aclose(self) -> None:
         with self._userns_lock:
@@ -293,16 +331,52 @@ class SandboxProvider(LocalProvider):
                     f" closed to other users (mode {parent.stat().st_mode & 0o777:o}); choose a"
                     " VMRUNNER_HOME whose parents others may enter, e.g. /var/lib/vmrunner"
                 )
+    def _plan(self, spec: MachineSpec, record: MachineRecord) -> MachineRecord:
+        limits = resolve_limits(spec.cpus, spec.memory_mib, spec.pids)
+        limits = Limits(limits.cpus, limits.memory_mib, limits.pids, resolve_disk(spec.disk_mib, self.machines_dir))
+        data = dict(record.data)
+        data["limits"] = {"cpus": limits.cpus, "memory_mib": limits.memory_mib, "pids": limits.pids, "disk_mib": limits.disk_mib}
+        if limits.cpus or limits.memory_mib or limits.pids:
+            if self._cgroups is None:
+                self._cgroups = Cgroups.detect()
+            data["cgroup"] = self._cgroups.plan(f"vmrunner-{record.machine_id}", limits).to_data()
+        if limits.disk_mib:
+            if os.geteuid() != 0:
+                raise AllocationError(NO_ROOT)
+            data["disk"] = MachineDisk.plan(Path(record.state_dir), limits.disk_mib).to_data()
+        return replace(record, data=data)
+
+    def _free(self, record: MachineRecord) -> None:
+        if record.data.get("cgroup"):
+            MachineCgroup.from_data(record.data["cgroup"]).remove()
+        if record.data.get("disk"):
+            MachineDisk.from_data(record.data["disk"]).release()
+
+    def _limits(self, record: MachineRecord) -> tuple[list[str], Path]:
+        """Make the machine's cgroup and disk: the command that joins the cgroup, and where
+        the writable directories go."""
+        prefix: list[str] = []
+        if record.data.get("cgroup"):
+            cgroup = MachineCgroup.from_data(record.data["cgroup"])
+            cgroup.create()
+            prefix = ["/bin/sh", "-c", JOIN_CGROUP, "vmrunner-join", *cgroup.procs_files, "--"]
+        if record.data.get("disk"):
+            disk = MachineDisk.from_data(record.data["disk"])
+            with reserve(self.machines_dir, disk.size_mib):
+                disk.create(self.cache_dir)
+            return prefix, Path(disk.mount)
+        return prefix, Path(record.state_dir)
 
     def _launch(self, state_dir: Path, record: MachineRecord, spec: MachineSpec) -> Launch:
         bwrap, python = self._tools()
         ids = self._ids()
         self._reachable(ids, state_dir)
         agent = self.agent_argv(python, AGENT_IN_MACHINE)
+        prefix, space = self._limits(record)
         writable = {
-            "home": state_dir / "home",
-            "tmp": state_dir / "tmp",
-            "toolcache": state_dir / "toolcache",
+            "home": space / "home",
+            "tmp": space / "tmp",
+            "toolcache": space / "toolcache",
         }
         for path in writable.values():
             path.mkdir(mode=0o755)
@@ -361,6 +435,7 @@ class SandboxProvider(LocalProvider):
             writable=writable,
             pass_fds=fds.fds,
             run_as=(ids.agent_host, ids.agent_host) if ids.privileged else None,
+            prefix=prefix,
         )
 
 

@@ -59,7 +59,7 @@ from vmrunner.runner.events import (
     StepKind,
     StepStarted,
 )
-from vmrunner.runner.options import options_data
+from vmrunner.runner.options import machine_spec, options_data
 from vmrunner.runner.shells import resolve_shell
 from vmrunner.runner.steps import JobRuntime, Scope, ScriptResult, StepResult
 from vmrunner.runner.uses import ActionSteps
@@ -260,10 +260,7 @@ class JobExecution:
                 return outcome
             if notice:
                 run.annotate(self.job_key, "notice", notice)
-            spec = MachineSpec(
-                vm_type=vm_type, network=run.options.network,
-                labels={"run": run.run_id, "job": self.job_key},
-            )
+            spec = machine_spec(run.options, vm_type, {"run": run.run_id, "job": self.job_key})
             timeout = (minutes if minutes is not None else run.options.job_timeout_minutes) * 60
             outcome, summary = await self.in_session(spec, timeout, outcome)
         except asyncio.CancelledError:
@@ -375,6 +372,10 @@ class JobExecution:
             outcome.reason = outcome.reason or str(exc)
         if scope.failed:
             outcome.result = "failure"
+        if outcome.result == "failure" and self.runtime is not None and self.runtime.limits_hit:
+            # The plainest reason first: the limit the job ran into, then what else went wrong.
+            hit = "; ".join(self.runtime.limits_hit)
+            outcome.reason = f"{hit} ({outcome.reason})" if outcome.reason else hit
         if outcome.result == "failure" and session.state is SessionState.ACTIVE:
             with contextlib.suppress(VmrunnerError):  # its final state: failed, not completed
                 run.sessions.update_state(session.id, SessionState.FAILED, note="the job failed")

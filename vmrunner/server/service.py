@@ -44,7 +44,7 @@ from vmrunner.errors import ConfigError, RunNotFound, VmrunnerError
 from vmrunner.machines.base import DEFAULT_VM_TYPE, Provider
 from vmrunner.machines.pool import WarmPool
 from vmrunner.machines.providers import get_provider
-from vmrunner.runner.options import RunOptions
+from vmrunner.runner.options import RunOptions, machine_spec
 from vmrunner.runner.storage import RunHistory
 from vmrunner.server.config import RepositoryConfig, ServerConfig
 from vmrunner.server.executors import REPORT_GRACE, Executor, LocalRuns
@@ -147,7 +147,10 @@ class Service:
             stack.callback(self.state.close)
             provider = self._provider or get_provider(self.config.provider)
             if self.config.pool_size and not self.config.store:
-                self.pool = await stack.enter_async_context(WarmPool(provider, {DEFAULT_VM_TYPE: self.config.pool_size}))
+                self.pool = await stack.enter_async_context(WarmPool(
+                    provider, {DEFAULT_VM_TYPE: self.config.pool_size},
+                    specs={DEFAULT_VM_TYPE: machine_spec(RunOptions(machine_limits=self.config.machine_limits), DEFAULT_VM_TYPE)},
+                ))
                 provider = self.pool
             elif self._provider is None:
                 stack.push_async_callback(provider.aclose)
@@ -405,6 +408,7 @@ class Service:
             event_name=run.event_name, payload=payload, secrets=dict(repo.secrets), repo_root=str(mirror),
             commit=run.sha, repository=repo.name, sha=run.sha, ref=run.ref, run_id=run.run_id,
             concurrent_jobs=self.config.concurrent_jobs, actor=actor if isinstance(actor, str) else "vmrunner",
+            machine_limits=self.config.machine_limits,
         )
 
     def _target(self, run_id: str) -> str:
