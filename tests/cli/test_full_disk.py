@@ -71,7 +71,12 @@ def project(root: Path, workflow: str) -> Path:
 
 
 def run_in(home: Path, root: Path) -> subprocess.CompletedProcess[str]:
-    return vmrunner("run", "--repo-root", str(root), cwd=root, env={**os.environ, "VMRUNNER_HOME": str(home)}, timeout=180)
+    # No disk budget (--disk 0): the machine writes where the state database lives, the case a
+    # budget exists to prevent, and the one the runner must still survive whole.
+    return vmrunner(
+        "run", "--repo-root", str(root), "--disk", "0", cwd=root,
+        env={**os.environ, "VMRUNNER_HOME": str(home)}, timeout=180,
+    )
 
 
 def fill(disk: Path) -> None:
