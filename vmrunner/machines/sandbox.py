@@ -1,8 +1,16 @@
 """The ``sandbox`` provider (the default): each machine is a bubblewrap sandbox.
 
-A machine is one ``bwrap`` process with its own mount, pid, ipc and uts namespaces (and network
-namespace for network ``none``), no capabilities, running the guest agent with the host's
-system ``python3``. Its file system is built from nothing:
+A machine is one ``bwrap`` process with its own mount, pid, ipc and uts namespaces, no
+capabilities, running the guest agent with the host's system ``python3``. Its network:
+
+- ``private`` (the default): its own network namespace, given a way out by ``network`` (a
+  slirp4netns helper attached once the agent answered, before the machine is handed out) and
+  an ``/etc/resolv.conf`` naming the helper's DNS; the host's loopback, gateway and own
+  addresses are unreachable;
+- ``none``: its own network namespace with loopback only;
+- ``host``: the host's network as it is, its loopback services included (a warning says so).
+
+Its file system is built from nothing:
 
 - read-only: ``/usr`` (and the ``/bin``, ``/sbin``, ``/lib*`` links or directories beside it)
   and ``/etc`` with its secret files (shadow passwords, ssh host keys) masked;
@@ -26,13 +34,14 @@ copies such a folder into a fresh machine's writable directories.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 from pathlib import Path
 from typing import ClassVar
 
-from vmrunner.errors import AllocationError, SnapshotError
-from vmrunner.machines._local import AgentMachine, Launch, LocalProvider
+from vmrunner.errors import AllocationError, ReleaseError, SnapshotError
+from vmrunner.machines._local import AgentMachine, Launch, LocalProvider, descendants
 from vmrunner.machines.agent import DEFAULT_GRACE
 from vmrunner.machines.base import (
     Capabilities,
@@ -41,6 +50,12 @@ from vmrunner.machines.base import (
     MachineRecord,
     MachineSpec,
     SnapshotId,
+)
+from vmrunner.machines.network import (
+    RESOLV_CONF,
+    PrivateNetwork,
+    attach_private_network,
+    reclaim_helper,
 )
 from vmrunner.machines.snapshots import DirectorySnapshots, import_trees
 
@@ -60,6 +75,13 @@ SECRET_FILES = ("/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", 
 SECRET_DIRS = ("/etc/ssh", "/etc/ssl/private", "/etc/sudoers.d", "/etc/vmrunner")
 
 BWRAP_MISSING = "bubblewrap (bwrap) is not installed: apt-get install bubblewrap"
+HOST_NETWORK_WARNING = (
+    "sandbox machines on network 'host' share the host's network: jobs can reach services"
+    " listening on the host's loopback and addresses (use network 'private')"
+)
+
+log = logging.getLogger(__name__)
+_warned_host_network = False
 
 
 class SandboxMachine(AgentMachine):
@@ -67,6 +89,8 @@ class SandboxMachine(AgentMachine):
 
     _snapshots: DirectorySnapshots | None = None
     _snapshot_lock: asyncio.Lock | None = None
+    #: The helper of a ``private`` network, once attached.
+    network: PrivateNetwork | None = None
 
     async def snapshot(self, name: str = "") -> SnapshotId:
         engine = await self._engine()
@@ -117,6 +141,8 @@ class SandboxMachine(AgentMachine):
             return self._snapshots
 
     async def _closed(self) -> None:
+        if self.network is not None:
+            await self.network.aclose()
         if self._snapshots is not None:
             await self._snapshots.aclose()
 
@@ -161,7 +187,9 @@ class SandboxProvider(LocalProvider):
 
     name: ClassVar[str] = "sandbox"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        isolation=Isolation.NAMESPACES, snapshots=True
+        isolation=Isolation.NAMESPACES,
+        snapshots=True,
+        network_modes=frozenset({"private", "host", "none"}),
     )
     machine_class: ClassVar[type[AgentMachine]] = SandboxMachine
 
@@ -171,11 +199,13 @@ class SandboxProvider(LocalProvider):
         *,
         bwrap: str | None = None,
         python: str | None = None,
+        slirp4netns: str | None = None,
         grace: float = DEFAULT_GRACE,
     ) -> None:
         super().__init__(home, grace=grace)
         self._bwrap = bwrap
         self._python = python
+        self._slirp4netns = slirp4netns
 
     def _tools(self) -> tuple[str, str]:
         bwrap = self._bwrap or shutil.which("bwrap")
@@ -204,6 +234,7 @@ class SandboxProvider(LocalProvider):
         options = [
             *namespace_args(spec, hostname=record.machine_id),
             *system_args(),
+            *resolv_args(spec, state_dir),
             "--bind", str(writable["home"]), HOME,
             "--bind", str(writable["tmp"]), "/tmp",
             "--bind", str(writable["toolcache"]), TOOL_CACHE,
@@ -231,6 +262,41 @@ class SandboxProvider(LocalProvider):
             writable=writable,
         )
 
+    async def _started(self, machine: AgentMachine) -> None:
+        if machine.spec.network == "host":
+            _warn_host_network()
+        if machine.spec.network != "private" or not isinstance(machine, SandboxMachine):
+            return
+        netns_pid = await asyncio.to_thread(_namespace_pid, machine.process.pid)
+        machine.network = await attach_private_network(
+            netns_pid, log_path=machine.state_dir / "network.log", slirp4netns=self._slirp4netns
+        )
+        machine.add_record_data(machine.network.record)
+
+    async def _reclaim(self, record: MachineRecord) -> None:
+        await super()._reclaim(record)
+        if not await reclaim_helper(record.data, self.grace):
+            raise ReleaseError(f"machine {record.machine_id}: its network helper survived SIGKILL")
+
+
+def _warn_host_network() -> None:
+    global _warned_host_network
+    if not _warned_host_network:
+        _warned_host_network = True
+        log.warning(HOST_NETWORK_WARNING)
+
+
+def _namespace_pid(bwrap_pid: int) -> int:
+    """A process of the sandbox (bwrap's child) in its own network namespace."""
+    own = os.stat("/proc/self/ns/net").st_ino
+    for pid, _ in descendants(bwrap_pid):
+        try:
+            if os.stat(f"/proc/{pid}/ns/net").st_ino != own:
+                return pid
+        except OSError:
+            continue
+    raise AllocationError(f"sandbox process {bwrap_pid} has no network namespace of its own")
+
 
 def namespace_args(spec: MachineSpec, *, hostname: str) -> list[str]:
     args = [
@@ -244,9 +310,24 @@ def namespace_args(spec: MachineSpec, *, hostname: str) -> list[str]:
     ]  # fmt: skip
     if os.geteuid() != 0:
         args.append("--unshare-user")  # without privileges, namespaces need a user namespace
-    if spec.network == "none":
+    if spec.network in ("none", "private"):
         args.append("--unshare-net")
     return args
+
+
+def resolv_args(spec: MachineSpec, state_dir: Path) -> list[str]:
+    """On a private network, an ``/etc/resolv.conf`` naming the helper's DNS (the host's own
+    may name its loopback, unreachable from there). Bound where the host's file (or the target
+    of its link) is."""
+    if spec.network != "private":
+        return []
+    target = os.path.realpath("/etc/resolv.conf")
+    if target.startswith(("/etc/", "/usr/")) and not os.path.exists(target):
+        return []  # nothing to mount over in the read-only system directories
+    resolv = state_dir / "resolv.conf"
+    resolv.write_text(RESOLV_CONF, encoding="ascii")
+    resolv.chmod(0o644)
+    return ["--ro-bind", str(resolv), target]
 
 
 def system_args() -> list[str]:
