@@ -1,7 +1,8 @@
 """A machine's private network: its own network namespace, outbound NAT through slirp4netns.
 
-``attach_private_network(pid)`` gives the network namespace of process ``pid`` (created by the
-provider: bwrap's ``--unshare-net``, ``unshare --net`` for QEMU) a way out:
+``attach_private_network(pid)`` gives the network namespace of process ``pid`` (bwrap's
+``--unshare-net``) a way out; ``new_namespace()`` makes an empty one for a process still to be
+started (QEMU, run in it with ``nsenter``) and ``attach_private_network_fd`` equips that:
 
 - A ``slirp4netns`` process, run as vmrunner's own user (it must open ``/dev/net/tun``, which
   only root may open on some hosts; the job stays unprivileged), creates ``tap0`` in the
@@ -43,10 +44,10 @@ import shutil
 import socket
 import struct
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from vmrunner.errors import AllocationError
 from vmrunner.machines._local import kill_process, process_start, shielded, stop_process
@@ -72,6 +73,7 @@ EXIT_GRACE = 1.0
 #: The record key (in ``MachineRecord.data``) of the helper's pid and start time.
 RECORD_KEY = "network_helper"
 
+T = TypeVar("T")
 _CLONE_NEWNET = 0x40000000
 _LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
 
@@ -136,30 +138,59 @@ _RT_TABLE_MAIN, _RTPROT_STATIC, _RT_SCOPE_UNIVERSE, _RTN_UNREACHABLE = 254, 4, 0
 _RTA_DST = 1
 
 
-def _netlink_in(netns_fd: int) -> socket.socket:
-    """A route netlink socket of the namespace ``netns_fd``.
+def _in_own_thread(work: Callable[[], T]) -> T:
+    """``work()`` in a thread of its own that ends with it: namespaces are per thread, and a
+    thread that entered another network namespace must never serve anything else."""
+    result: list[T] = []
+    error: list[BaseException] = []
 
-    A socket belongs to the namespace its creator was in: a thread of our own enters the
-    namespace, creates it and ends, so no thread of vmrunner is left in a foreign namespace.
-    """
-    result: list[socket.socket | BaseException] = []
-
-    def enter() -> None:
+    def run() -> None:
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            if libc.setns(netns_fd, _CLONE_NEWNET) != 0:
-                errno = ctypes.get_errno()
-                raise OSError(errno, os.strerror(errno))
-            result.append(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE))
+            result.append(work())
         except BaseException as exc:  # handed to the caller
-            result.append(exc)
+            error.append(exc)
 
-    thread = threading.Thread(target=enter, name="vmrunner-netns")
+    thread = threading.Thread(target=run, name="vmrunner-netns")
     thread.start()
     thread.join()
-    if isinstance(result[0], BaseException):
-        raise result[0]
+    if error:
+        raise error[0]
     return result[0]
+
+
+def _libc_call(name: str, *args: int) -> None:
+    function = getattr(ctypes.CDLL(None, use_errno=True), name)
+    if function(*args) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{name}: {os.strerror(errno)}")
+
+
+def _netlink_in(netns_fd: int) -> socket.socket:
+    """A route netlink socket of the namespace ``netns_fd`` (a socket belongs to the namespace
+    its creator was in)."""
+
+    def enter() -> socket.socket:
+        _libc_call("setns", netns_fd, _CLONE_NEWNET)
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+
+    return _in_own_thread(enter)
+
+
+def new_namespace() -> int:
+    """A new, empty network namespace (its loopback down), as a file descriptor that keeps it.
+
+    For a process that is to start in it (``nsenter --net=/proc/self/fd/FD``) after the
+    namespace was equipped, so that it never runs a moment without its rules.
+    """
+
+    def make() -> int:
+        _libc_call("unshare", _CLONE_NEWNET)
+        return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+
+    try:
+        return _in_own_thread(make)
+    except OSError as exc:
+        raise AllocationError(f"cannot make a network namespace: {exc.strerror or exc}") from exc
 
 
 def add_unreachable_routes(netns_fd: int, networks: Iterable[ipaddress.IPv4Network]) -> None:
@@ -243,25 +274,32 @@ async def attach_private_network(
     Returns once the helper configured ``tap0``; raises ``AllocationError`` (having stopped
     whatever it started) if slirp4netns is missing or fails, quoting its stderr (``log_path``).
     """
-    program = slirp4netns or shutil.which("slirp4netns")
-    if program is None or not os.access(program, os.X_OK):
-        raise AllocationError(SLIRP4NETNS_MISSING)
     try:
         netns_fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise AllocationError(f"cannot open the network namespace of process {pid}: {exc.strerror}") from exc
     try:
-        if os.fstat(netns_fd).st_ino == os.stat("/proc/self/ns/net").st_ino:
-            # The routes would cut vmrunner's own host off: never configure our own namespace.
-            raise AllocationError(f"process {pid} shares vmrunner's network namespace: it has no private network")
-        blocked = host_blocklist()
-        try:
-            await asyncio.to_thread(add_unreachable_routes, netns_fd, blocked)
-        except OSError as exc:
-            raise AllocationError(f"cannot block the host's addresses in the machine's network: {exc}") from exc
-        return await _start_helper(program, netns_fd, log_path, blocked)
+        return await attach_private_network_fd(netns_fd, log_path=log_path, slirp4netns=slirp4netns)
     finally:
         os.close(netns_fd)
+
+
+async def attach_private_network_fd(
+    netns_fd: int, *, log_path: Path, slirp4netns: str | None = None
+) -> PrivateNetwork:
+    """``attach_private_network`` for the namespace open as ``netns_fd`` (left open)."""
+    program = slirp4netns or shutil.which("slirp4netns")
+    if program is None or not os.access(program, os.X_OK):
+        raise AllocationError(SLIRP4NETNS_MISSING)
+    if os.fstat(netns_fd).st_ino == os.stat("/proc/self/ns/net").st_ino:
+        # The routes would cut vmrunner's own host off: never configure our own namespace.
+        raise AllocationError("that process shares vmrunner's network namespace: it has no private network")
+    blocked = host_blocklist()
+    try:
+        await asyncio.to_thread(add_unreachable_routes, netns_fd, blocked)
+    except OSError as exc:
+        raise AllocationError(f"cannot block the host's addresses in the machine's network: {exc}") from exc
+    return await _start_helper(program, netns_fd, log_path, blocked)
 
 
 async def _start_helper(program: str, netns_fd: int, log_path: Path, blocked: list[ipaddress.IPv4Network]) -> PrivateNetwork:
