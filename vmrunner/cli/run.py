@@ -11,16 +11,23 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
 from vmrunner.cli.agent import ENV_STORE
 from vmrunner.cli.options import DEFAULT_WORKFLOWS, WORKFLOWS_ENV
-from vmrunner.config import DEFAULT_PROVIDER, ENV_PROVIDER
+from vmrunner.config import (
+    DEFAULT_PROVIDER,
+    ENV_PROVIDER,
+    HOST_NETWORK_WARNING,
+    NETWORKS,
+    default_network,
+)
 from vmrunner.errors import ConfigError
 
 if TYPE_CHECKING:
+    from vmrunner.machines.base import NetworkMode
     from vmrunner.runner.learning import LearningConfig
     from vmrunner.runner.options import RunOptions
     from vmrunner.workflow.models import Workflow
@@ -57,6 +64,7 @@ def _pairs(values: Sequence[str], what: str, *, from_environment: bool = False, 
 @click.option("--matrix", "matrix", multiple=True, help="Only matrix combinations with key:value (repeatable).")
 @click.option("-n", "--dry-run", is_flag=True, help="Show what would run; start nothing.")
 @click.option("--provider", default=None, envvar=ENV_PROVIDER, help=f"The machine provider (default: {DEFAULT_PROVIDER}) [env: {ENV_PROVIDER}].")
+@click.option("--network", type=click.Choice(NETWORKS), default=None, help="The jobs' machines' network: private (their own, outbound NAT, the host unreachable; the default), host (the host's network, its loopback services included; the host provider's default), none (loopback only).")
 @click.option("--machine-type", "machine_types", multiple=True, help="Run jobs with this runs-on LABEL on machine TYPE: LABEL=TYPE (repeatable).")
 @click.option("--pool", type=click.IntRange(min=0), default=0, show_default=True, help="Machines kept started ahead (warm pool).")
 @click.option("--concurrent-jobs", type=click.IntRange(min=1), default=4, show_default=True, help="Jobs running at once, at most.")
@@ -75,7 +83,7 @@ def command(
     event: str, workflows: str, jobs: tuple[str, ...], event_path: str | None, secrets: tuple[str, ...],
     secret_file: str | None, variables: tuple[str, ...], var_file: str | None, env_file: str | None,
     inputs: tuple[str, ...], matrix: tuple[str, ...], dry_run: bool, provider: str | None,
-    machine_types: tuple[str, ...], pool: int,
+    network: str | None, machine_types: tuple[str, ...], pool: int,
     concurrent_jobs: int, setup_commands: tuple[str, ...], cleanup_commands: tuple[str, ...],
     snapshot: bool, rollback_on_failure: bool, repo_root: str | None, actor: str | None, quiet: bool,
     summary_file: str | None,
@@ -116,7 +124,10 @@ def command(
         setup_commands=setup_commands, cleanup_commands=cleanup_commands, snapshot=snapshot,
         rollback_on_failure=rollback_on_failure, repo_root=os.path.abspath(root),
         actor=actor or os.environ.get("USER") or "vmrunner",
+        network=cast("NetworkMode", network or default_network(provider or DEFAULT_PROVIDER)),
     )
+    if options.network == "host":
+        terminal.warn(HOST_NETWORK_WARNING)
     chosen = [(w, selected_jobs(w, jobs)) for w in selection.workflows]
     if dry_run:
         _dry_run(chosen, as_json)
@@ -167,6 +178,7 @@ async def _run_all(
 
     from vmrunner.cli import terminal
     from vmrunner.cli.progress import JsonView, ProgressView
+    from vmrunner.machines.base import MachineSpec
     from vmrunner.machines.pool import Reuse, WarmPool
     from vmrunner.machines.providers import get_provider
     from vmrunner.runner.concurrency import ConcurrencyGroups
@@ -187,7 +199,8 @@ async def _run_all(
             # A used machine is restored to its verified pristine state and reused: cheaper than a
             # cold start (bench runner --reuse), where the provider can snapshot.
             reuse: Reuse = "restore" if provider.capabilities.snapshots else "destroy"
-            provider = await stack.enter_async_context(WarmPool(provider, {options.default_vm_type: pool_size}, reuse=reuse))
+            spec = MachineSpec(vm_type=options.default_vm_type, network=options.network)
+            provider = await stack.enter_async_context(WarmPool(provider, {spec.vm_type: pool_size}, reuse=reuse, specs={spec.vm_type: spec}))
         else:
             stack.push_async_callback(provider.aclose)
         sessions = await stack.enter_async_context(SessionManager(provider, limit=options.concurrent_jobs, wait_timeout=None))
