@@ -344,11 +344,12 @@ async def test_a_namespace_owned_by_an_unprivileged_user_namespace(servers: Serv
 
 STAND_IN = textwrap.dedent("""
     # Runs in a fresh network namespace standing in for the host; makes another one standing in
-    # for the internet (198.18.0.10 behind the gateway 198.51.100.1), then a private sandbox.
+    # for the internet (198.18.0.10 behind the gateway 198.51.100.1), then a private machine
+    # (argv: home, provider, its options as JSON, the probe, its targets).
     import asyncio, json, subprocess, sys
     from pathlib import Path
     from vmrunner.machines.base import MachineSpec
-    from vmrunner.machines.sandbox import SandboxProvider
+    from vmrunner.machines.providers import get_provider
 
     def sh(*argv): subprocess.run(argv, check=True)
     internet = subprocess.Popen(["unshare", "--net", "sleep", "100"])
@@ -371,10 +372,10 @@ STAND_IN = textwrap.dedent("""
         remote.stdout.readline(); local.stdout.readline()
 
         async def main():
-            provider = SandboxProvider(Path(sys.argv[1]))
+            provider = get_provider(sys.argv[2], home=Path(sys.argv[1]), **json.loads(sys.argv[3]))
             machine = await provider.allocate(MachineSpec(network="private"))
             try:
-                result = await machine.exec(["python3", "-c", sys.argv[2], *sys.argv[3:]])
+                result = await machine.exec(["python3", "-c", sys.argv[4], *sys.argv[5:]])
                 print(result.stdout.decode(), result.stderr.decode(), flush=True)
             finally:
                 await provider.release(machine)
@@ -388,15 +389,25 @@ STAND_IN = textwrap.dedent("""
 """)
 
 
-async def test_outbound_nat_reaches_the_internet(tmp_path: Path) -> None:
-    targets = ["tcp 198.18.0.10 8080", "tcp 198.51.100.2 8080", "tcp 198.51.100.1 8080", "tcp 10.0.2.2 8080"]
+async def behind_a_stand_in_host(home: Path, provider: str, options: dict[str, str], *targets: str) -> dict[str, str]:
+    """The probe's outcome in a private machine of ``provider`` made in the stand-in host."""
     run = await asyncio.create_subprocess_exec(
-        "unshare", "--net", sys.executable, "-c", STAND_IN, str(tmp_path / "home"), PROBE, *targets,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=CHECKOUT,
+        "unshare", "--net", sys.executable, "-c", STAND_IN, str(home), provider, json.dumps(options),
+        PROBE, *targets, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=CHECKOUT,
     )  # fmt: skip
-    output, errors = await asyncio.wait_for(run.communicate(), 60)
+    output, errors = await asyncio.wait_for(run.communicate(), 240)
     assert run.returncode == 0, errors.decode()
-    outcome = json.loads(output.decode().split("\n", 1)[0])
+    outcome: dict[str, str] = json.loads(output.decode().split("\n", 1)[0])
+    return outcome
+
+
+#: What the stand-in internet and host answer: the internet, seen from there as the host's
+#: address (NAT); the host's own address, its gateway, and its loopback through the gateway.
+STAND_IN_TARGETS = ["tcp 198.18.0.10 8080", "tcp 198.51.100.2 8080", "tcp 198.51.100.1 8080", "tcp 10.0.2.2 8080"]
+
+
+async def test_outbound_nat_reaches_the_internet(tmp_path: Path) -> None:
+    outcome = await behind_a_stand_in_host(tmp_path / "home", "sandbox", {}, *STAND_IN_TARGETS)
     assert outcome == {
         # The internet, seen from there as the host's address (NAT).
         "tcp 198.18.0.10 8080": "ok:hello 198.51.100.2\n",

@@ -23,7 +23,7 @@ from tests.machines.provider_suite import (
     process_alive,
 )
 from tests.machines.qemu_fixtures import qemu_image, test_images_dir
-from tests.machines.test_network import host_addresses
+from tests.machines.test_network import STAND_IN_TARGETS, behind_a_stand_in_host, host_addresses
 from vmrunner.errors import AllocationError, SnapshotError
 from vmrunner.machines.base import MachineSpec
 from vmrunner.machines.images import Image
@@ -200,6 +200,14 @@ async def test_private_reaches_neither_the_hosts_loopback_nor_its_addresses(
         loopback.close()
         everywhere.close()
     assert not process_alive(helper.pid, helper.start)
+
+
+async def test_private_reaches_the_internet_behind_a_stand_in_host(image: Image, tmp_path: Path) -> None:
+    options = {"images": str(test_images_dir())}
+    outcome = await behind_a_stand_in_host(tmp_path / "home", "qemu", options, *STAND_IN_TARGETS)
+    internet = STAND_IN_TARGETS[0]
+    assert outcome[internet] == "ok:hello 198.51.100.2\n"  # through QEMU's NAT, then the helper's
+    assert not any(o.startswith("ok") for target, o in outcome.items() if target != internet), outcome
 
 
 async def test_warm_pool_hands_out_booted_vms_and_restores_them_for_reuse(
