@@ -23,14 +23,20 @@ started (QEMU, run in it with ``nsenter``) and ``attach_private_network_fd`` equ
   capabilities the job never gets).
 
 What stays reachable: the internet and the rest of the host's networks (other machines of its
-LAN), and DNS through 10.0.2.3, which slirp forwards to the host's resolver (the first
-``nameserver`` of the host's ``/etc/resolv.conf``, even on the host's loopback). The set of
+LAN), and DNS on port 53 of 10.0.2.3, which slirp forwards to the host's resolver (the first
+``nameserver`` of the host's ``/etc/resolv.conf``); its other ports answer nothing. The set of
 blocked addresses is taken at allocation: an address the host gains later (an interface that
 comes up while the job runs) is not blocked for that job. IPv6 is not offered at all.
 
 The helper ends with ``PrivateNetwork.aclose()`` (exactly once), with vmrunner (its exit pipe
 closes when vmrunner dies, however it dies), or by ``reclaim_helper`` given the pid and start
-time kept in the machine's record.
+time kept in the machine's record (``PrivateNetwork.record``, under ``RECORD_KEY``).
+
+A provider's part: make the namespace (or have bwrap make it), attach before the job can run,
+keep ``network.record`` in the machine's record, ``aclose()`` on release, ``reclaim_helper``
+on reclaim, and (for a sandbox) an ``/etc/resolv.conf`` saying ``RESOLV_CONF``. vmrunner runs
+as root here; run unprivileged, slirp4netns would also need ``--userns-path`` of the user
+namespace owning the machine's (not done: this host lets only root open ``/dev/net/tun``).
 """
 
 from __future__ import annotations
