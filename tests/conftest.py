@@ -38,6 +38,14 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.fixture
+def tmp_path(tmp_path: Path) -> Path:
+    """pytest's, passable (0711: nothing listed) like every folder above a VMRUNNER_HOME must be
+    for the sandbox's unprivileged bubblewrap: tests make homes and repositories in it."""
+    tmp_path.chmod(0o711)
+    return tmp_path
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path_factory.mktemp("vmrunner-home")

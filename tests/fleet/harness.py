@@ -73,7 +73,7 @@ async def agents(url: str, *specs: tuple[str, str], extra: tuple[str, ...] = (),
     until each is registered. Homes live outside pytest's tmp_path, which concurrent pytest
     sessions may rotate away; a failing test shows the agents' logs."""
     with tempfile.TemporaryDirectory(prefix="vmrunner-fleet-") as folder:
-        Path(folder).chmod(0o711)  # the sandboxes' unprivileged bwrap passes through it
+        os.chmod(folder, 0o711)  # the sandboxes' unprivileged bwrap passes through it
         started = {name: AgentProcess(url, name, labels, Path(folder) / name, extra=extra, **intervals) for name, labels in specs}
         try:
             for agent in started.values():

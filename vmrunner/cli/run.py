@@ -12,16 +12,23 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
 from vmrunner.cli.agent import ENV_STORE
 from vmrunner.cli.options import DEFAULT_WORKFLOWS, WORKFLOWS_ENV, limit_options
-from vmrunner.config import DEFAULT_PROVIDER, ENV_PROVIDER
+from vmrunner.config import (
+    DEFAULT_PROVIDER,
+    ENV_PROVIDER,
+    HOST_NETWORK_WARNING,
+    NETWORKS,
+    default_network,
+)
 from vmrunner.errors import ConfigError, StoreDiskError, StoreError
 
 if TYPE_CHECKING:
+    from vmrunner.machines.base import NetworkMode
     from vmrunner.runner.learning import LearningConfig
     from vmrunner.runner.options import RunOptions
     from vmrunner.runner.storage import StoreSink
@@ -59,6 +66,7 @@ def _pairs(values: Sequence[str], what: str, *, from_environment: bool = False, 
 @click.option("--matrix", "matrix", multiple=True, help="Only matrix combinations with key:value (repeatable).")
 @click.option("-n", "--dry-run", is_flag=True, help="Show what would run; start nothing.")
 @click.option("--provider", default=None, envvar=ENV_PROVIDER, help=f"The machine provider (default: {DEFAULT_PROVIDER}) [env: {ENV_PROVIDER}].")
+@click.option("--network", type=click.Choice(NETWORKS), default=None, help="The jobs' machines' network: private (their own, outbound NAT, the host unreachable; the default), host (the host's network, its loopback services included; the host provider's default), none (loopback only).")
 @click.option("--machine-type", "machine_types", multiple=True, help="Run jobs with this runs-on LABEL on machine TYPE: LABEL=TYPE (repeatable).")
 @limit_options
 @click.option("--pool", type=click.IntRange(min=0), default=0, show_default=True, help="Machines kept started ahead (warm pool).")
@@ -78,7 +86,7 @@ def command(
     event: str, workflows: str, jobs: tuple[str, ...], event_path: str | None, secrets: tuple[str, ...],
     secret_file: str | None, variables: tuple[str, ...], var_file: str | None, env_file: str | None,
     inputs: tuple[str, ...], matrix: tuple[str, ...], dry_run: bool, provider: str | None,
-    machine_types: tuple[str, ...], pool: int,
+    network: str | None, machine_types: tuple[str, ...], pool: int,
     concurrent_jobs: int, setup_commands: tuple[str, ...], cleanup_commands: tuple[str, ...],
     snapshot: bool, rollback_on_failure: bool, repo_root: str | None, actor: str | None, quiet: bool,
     summary_file: str | None,
@@ -121,7 +129,10 @@ def command(
         rollback_on_failure=rollback_on_failure, repo_root=os.path.abspath(root),
         actor=actor or os.environ.get("USER") or "vmrunner",
         cpus=cpus, memory_mib=memory_mib, pids=pids, disk_mib=disk_mib,
+        network=cast("NetworkMode", network or default_network(provider or DEFAULT_PROVIDER)),
     )
+    if options.network == "host":
+        terminal.warn(HOST_NETWORK_WARNING)
     chosen = [(w, selected_jobs(w, jobs)) for w in selection.workflows]
     if dry_run:
         _dry_run(chosen, as_json)

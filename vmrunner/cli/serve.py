@@ -11,7 +11,7 @@ import os
 import click
 
 from vmrunner.cli.agent import ENV_STORE
-from vmrunner.config import ENV_PROVIDER
+from vmrunner.config import ENV_PROVIDER, NETWORKS
 
 _EPILOG = """\b
 Config file (TOML; YAML with the same keys for .yml/.yaml):
@@ -22,6 +22,7 @@ Config file (TOML; YAML with the same keys for .yml/.yaml):
   concurrent_runs = 2
   concurrent_jobs = 4
   provider = "sandbox"
+  network = "private"
   pool_size = 0
   max_body_bytes = 26214400
   drain_seconds = 30
@@ -52,6 +53,7 @@ POST /api/runs/{id}/cancel.
 @click.option("--github-installation-id", default=None, help="The GitHub App's installation id.")
 @click.option("--public-url", default=None, help="URL GitHub users reach this server at (links in statuses).")
 @click.option("--provider", default=None, help=f"Machine provider (default: ${ENV_PROVIDER} or sandbox).")
+@click.option("--network", type=click.Choice(NETWORKS), default=None, help="The jobs' machines' network: private (their own, outbound NAT, the host unreachable; the default), host (the host's, its loopback services included), none (loopback only).")
 @click.option("--pool-size", default=None, type=click.IntRange(min=0), help="Warm machines kept ready.")
 @click.option("--concurrent-runs", default=None, type=click.IntRange(min=1), help="Workflow runs at once; more wait in the queue.")
 @click.option("--concurrent-jobs", default=None, type=click.IntRange(min=1), help="Machines at once (the session limit).")
@@ -62,7 +64,7 @@ POST /api/runs/{id}/cancel.
 def command(
     host: str | None, port: int | None, config_file: str | None, repos: tuple[str, ...], webhook_secret_file: str | None,
     github_api_url: str | None, github_token_file: str | None, github_app_id: str | None, github_app_key_file: str | None,
-    github_installation_id: str | None, public_url: str | None, provider: str | None, pool_size: int | None,
+    github_installation_id: str | None, public_url: str | None, provider: str | None, network: str | None, pool_size: int | None,
     concurrent_runs: int | None, concurrent_jobs: int | None, max_body_bytes: int | None, store: str | None,
     drain_seconds: float | None, log_level: str,
 ) -> None:
@@ -104,7 +106,7 @@ def command(
         ServerConfig(webhook_secret=secret.encode(), repositories=repositories, github_token=token, github_app=app, **settings),
         host=host, port=port, github_api_url=github_api_url, public_url=public_url,
         provider=provider or (None if "provider" in settings else os.environ.get(ENV_PROVIDER)),
-        pool_size=pool_size, concurrent_runs=concurrent_runs, concurrent_jobs=concurrent_jobs,
+        network=network, pool_size=pool_size, concurrent_runs=concurrent_runs, concurrent_jobs=concurrent_jobs,
         max_body_bytes=max_body_bytes, drain_seconds=drain_seconds, store=store or None,
     )
     if config.store:

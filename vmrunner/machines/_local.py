@@ -488,6 +488,10 @@ class AgentMachine(Machine):
             self.teardown = asyncio.ensure_future(teardown())
         await shielded(self.teardown)
 
+    def add_record_data(self, data: Mapping[str, Any]) -> None:
+        """Keep more in the machine's record (what a reclaim after a crash must know)."""
+        self._record = replace(self._record, data={**self._record.data, **data})
+
     @property
     def state_dir(self) -> Path:
         return Path(self._record.state_dir)
@@ -654,11 +658,16 @@ class LocalProvider(Provider):
             writable=launch.writable,
         )
         try:
-            write_record(record)
+            await self._started(machine)
+            write_record(machine.record)
         except BaseException:
             await self.release(machine)
             raise
         return machine
+
+    async def _started(self, machine: AgentMachine) -> None:
+        """Finish a machine whose agent answered, before it is recorded and handed out (the
+        sandbox attaches its private network here); may add to ``machine.record``."""
 
     def _remove_dir(self, state_dir: str) -> None:
         """Remove a machine directory (a provider whose machines write files the runner may

@@ -1,8 +1,16 @@
 """The ``sandbox`` provider (the default): each machine is a bubblewrap sandbox.
 
-A machine is one ``bwrap`` process with its own mount, pid, ipc and uts namespaces (and network
-namespace for network ``none``), no capabilities, running the guest agent with the host's
-system ``python3``. Its file system is built from nothing:
+A machine is one ``bwrap`` process with its own mount, pid, ipc and uts namespaces, no
+capabilities, running the guest agent with the host's system ``python3``. Its network:
+
+- ``private`` (the default): its own network namespace, given a way out by ``network`` (a
+  slirp4netns helper attached once the agent answered, before the machine is handed out) and
+  an ``/etc/resolv.conf`` naming the helper's DNS; the host's loopback, gateway and own
+  addresses are unreachable;
+- ``none``: its own network namespace with loopback only;
+- ``host``: the host's network as it is, its loopback services included (a warning says so).
+
+Its file system is built from nothing:
 
 - read-only: ``/usr`` (and the ``/bin``, ``/sbin``, ``/lib*`` links or directories beside it)
   and ``/etc`` with its secret files (shadow passwords, ssh host keys) masked;
@@ -33,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import logging
 import os
 import shutil
 import subprocess
@@ -44,7 +53,13 @@ from typing import ClassVar
 
 from vmrunner.errors import AllocationError, ReleaseError, SnapshotError
 from vmrunner.machines import seccomp, sudo
-from vmrunner.machines._local import RELEASE_TIMEOUT, AgentMachine, Launch, LocalProvider
+from vmrunner.machines._local import (
+    RELEASE_TIMEOUT,
+    AgentMachine,
+    Launch,
+    LocalProvider,
+    descendants,
+)
 from vmrunner.machines.agent import DEFAULT_GRACE
 from vmrunner.machines.base import (
     Capabilities,
@@ -70,6 +85,12 @@ from vmrunner.machines.identity import (
     user_namespace,
 )
 from vmrunner.machines.limits import Limits, resolve_limits
+from vmrunner.machines.network import (
+    RESOLV_CONF,
+    PrivateNetwork,
+    attach_private_network,
+    reclaim_helper,
+)
 from vmrunner.machines.snapshots import DirectorySnapshots, import_trees
 
 HOME = "/home/runner"
@@ -109,7 +130,7 @@ PROC_READ_ONLY = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus")
 #: and ports (see ``Agent._as``), the runner none.
 CAPABILITIES = (
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
-    "CAP_SETUID", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW", "CAP_SYS_CHROOT",
+    "CAP_SETUID", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT",
     "CAP_AUDIT_WRITE",
 )  # fmt: skip
 
@@ -117,6 +138,13 @@ BWRAP_MISSING = "bubblewrap (bwrap) is not installed: apt-get install bubblewrap
 #: Joins the cgroups named before ``--`` (``cgroup.procs`` files), then execs what follows: so
 #: bwrap and every process it makes start inside the machine's cgroup (shell builtins only).
 JOIN_CGROUP = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
+HOST_NETWORK_WARNING = (
+    "sandbox machines on network 'host' share the host's network: jobs can reach services"
+    " listening on the host's loopback and addresses (use network 'private')"
+)
+
+log = logging.getLogger(__name__)
+_warned_host_network = False
 
 
 class SandboxMachine(AgentMachine):
@@ -147,6 +175,8 @@ class SandboxMachine(AgentMachine):
         if self.record.data.get("cgroup"):
             self._cgroup = MachineCgroup.from_data(self.record.data["cgroup"]).rebased()
         self._disk_full = False
+    #: The helper of a ``private`` network, once attached.
+    network: PrivateNetwork | None = None
 
     async def snapshot(self, name: str = "") -> SnapshotId:
         engine = await self._engine()
@@ -198,6 +228,8 @@ class SandboxMachine(AgentMachine):
             return self._snapshots
 
     async def _closed(self) -> None:
+        if self.network is not None:
+            await self.network.aclose()
         if self._snapshots is not None:
             await self._snapshots.aclose()
 
@@ -242,7 +274,9 @@ class SandboxProvider(LocalProvider):
 
     name: ClassVar[str] = "sandbox"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        isolation=Isolation.NAMESPACES, snapshots=True
+        isolation=Isolation.NAMESPACES,
+        snapshots=True,
+        network_modes=frozenset({"private", "host", "none"}),
     )
     machine_class: ClassVar[type[AgentMachine]] = SandboxMachine
 
@@ -252,6 +286,7 @@ class SandboxProvider(LocalProvider):
         *,
         bwrap: str | None = None,
         python: str | None = None,
+        slirp4netns: str | None = None,
         grace: float = DEFAULT_GRACE,
     ) -> None:
         super().__init__(home, grace=grace)
@@ -261,6 +296,7 @@ class SandboxProvider(LocalProvider):
         self._userns_fd: int | None = None
         self._userns_lock = threading.Lock()
         self._cgroups: Cgroups | None = None
+        self._slirp4netns = slirp4netns
 
     async def aclose(self) -> None:
         with self._userns_lock:
@@ -397,7 +433,7 @@ class SandboxProvider(LocalProvider):
                 *[arg for cap in CAPABILITIES for arg in ("--cap-add", cap)],
                 "--seccomp", fds.data(seccomp.baseline()),
                 *system_args(etc=False),
-                *etc_args(fds, hostname=record.machine_id),
+                *etc_args(fds, hostname=record.machine_id, private=spec.network == "private"),
                 *sudo_args(fds, python),
                 "--perms", "0755", "--dir", "/home",
                 "--perms", "0755", "--dir", "/opt",
@@ -438,6 +474,46 @@ class SandboxProvider(LocalProvider):
             prefix=prefix,
         )
 
+    async def _started(self, machine: AgentMachine) -> None:
+        if machine.spec.network == "host":
+            _warn_host_network()
+        if machine.spec.network != "private" or not isinstance(machine, SandboxMachine):
+            return
+        netns_pid = await asyncio.to_thread(_namespace_pid, machine.process.pid)
+        machine.network = await attach_private_network(
+            netns_pid, log_path=machine.state_dir / "network.log", slirp4netns=self._slirp4netns
+        )
+        machine.add_record_data(machine.network.record)
+
+    async def _reclaim(self, record: MachineRecord) -> None:
+        await super()._reclaim(record)
+        if not await reclaim_helper(record.data, self.grace):
+            raise ReleaseError(f"machine {record.machine_id}: its network helper survived SIGKILL")
+
+
+def _warn_host_network() -> None:
+    global _warned_host_network
+    if not _warned_host_network:
+        _warned_host_network = True
+        log.warning(HOST_NETWORK_WARNING)
+
+
+def _namespace_pid(bwrap_pid: int) -> int:
+    """A process of the sandbox (bwrap's child) in its own network namespace."""
+    own = os.stat("/proc/self/ns/net").st_ino
+    try:  # its direct children, where the kernel lists them (cheaper than a walk of /proc)
+        with open(f"/proc/{bwrap_pid}/task/{bwrap_pid}/children", encoding="ascii") as file:
+            children = [int(pid) for pid in file.read().split()]
+    except OSError:
+        children = []
+    for pid in children or [pid for pid, _ in descendants(bwrap_pid)]:
+        try:
+            if os.stat(f"/proc/{pid}/ns/net").st_ino != own:
+                return pid
+        except OSError:
+            continue
+    raise AllocationError(f"sandbox process {bwrap_pid} has no network namespace of its own")
+
 
 class _Fds:
     """Descriptors opened for one launch, passed to bwrap and closed after it started."""
@@ -476,7 +552,7 @@ def namespace_args(spec: MachineSpec, *, hostname: str, unshare_user: bool = Tru
     ]  # fmt: skip
     if unshare_user and os.geteuid() != 0:
         args.append("--unshare-user")  # without privileges, namespaces need a user namespace
-    if spec.network == "none":
+    if spec.network in ("none", "private"):
         args.append("--unshare-net")
     return args
 
@@ -510,7 +586,7 @@ def system_args(*, etc: bool = True) -> list[str]:
     return args
 
 
-def etc_args(fds: _Fds, *, hostname: str) -> list[str]:
+def etc_args(fds: _Fds, *, hostname: str, private: bool = False) -> list[str]:
     """A machine's own ``/etc``: what programs read (certificates, the loader's cache,
     alternatives, time zone, shells' profiles...) from the host, read-only; who the users are,
     the host name and the resolver written for the machine; nothing else of the host's."""
@@ -536,7 +612,9 @@ def etc_args(fds: _Fds, *, hostname: str) -> list[str]:
         "hostname": f"{hostname}\n",
         "hosts": f"127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n127.0.1.1 {hostname}\n",
         "machine-id": uuid.uuid4().hex + "\n",
-        "resolv.conf": _host_resolver(),
+        # On a private network the host's resolver (often its loopback) is out of reach: the
+        # network helper's DNS instead.
+        "resolv.conf": RESOLV_CONF if private else _host_resolver(),
     }
     for name, text in files.items():
         args += ["--perms", "0644", "--ro-bind-data", fds.data(text.encode()), f"/etc/{name}"]

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import Any
 
-from vmrunner.machines.base import DEFAULT_VM_TYPE, MachineSpec
+from vmrunner.machines.base import DEFAULT_VM_TYPE, MachineSpec, NetworkMode
 
 DEFAULT_EVENT = "push"
 DEFAULT_CONCURRENT_JOBS = 4
@@ -68,7 +68,8 @@ class RunOptions:
     #: ``runs-on`` label -> machine type; unmapped labels run on ``default_vm_type``.
     machine_types: Mapping[str, str] = field(default_factory=_empty)
     default_vm_type: str = DEFAULT_VM_TYPE
-    network: Literal["host", "none"] = "host"
+    #: The network of every job's machine (see ``machines/network.py``).
+    network: NetworkMode = "private"
     server_url: str = DEFAULT_SERVER_URL
     actions_url: str = DEFAULT_ACTIONS_URL
     #: Limits of every job's machine (``--cpus``, ``--memory``...); None: the machine type's

@@ -10,6 +10,7 @@ flags win. Example::
     concurrent_runs = 2                      # workflow runs at once (more wait in the queue)
     concurrent_jobs = 4                      # machines at once (the session limit)
     provider = "sandbox"
+    network = "private"                      # the jobs' network: private, host or none
     pool_size = 0
     max_body_bytes = 26214400                # GitHub's maximum payload (25 MB)
     drain_seconds = 30                       # grace for running jobs on SIGTERM
@@ -44,7 +45,7 @@ from typing import Any
 
 import yaml
 
-from vmrunner.config import DEFAULT_PROVIDER
+from vmrunner.config import DEFAULT_PROVIDER, NETWORKS
 from vmrunner.errors import ConfigError
 
 ENV_WEBHOOK_SECRET = "VMRUNNER_WEBHOOK_SECRET"
@@ -89,6 +90,8 @@ class ServerConfig:
     concurrent_runs: int = DEFAULT_CONCURRENT_RUNS
     concurrent_jobs: int = DEFAULT_CONCURRENT_JOBS
     provider: str = DEFAULT_PROVIDER
+    #: The network of the jobs' machines; empty: the provider's default (``default_network``).
+    network: str = ""
     pool_size: int = 0
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     drain_seconds: float = DEFAULT_DRAIN_SECONDS
@@ -122,7 +125,7 @@ class ServerConfig:
 
 _SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
     "host": str, "port": int, "public_url": str, "concurrent_runs": int, "concurrent_jobs": int,
-    "provider": str, "pool_size": int, "max_body_bytes": int, "drain_seconds": (int, float),
+    "provider": str, "network": str, "pool_size": int, "max_body_bytes": int, "drain_seconds": (int, float),
     "github_api_url": str, "wait_timeout": (int, float), "store": str,
 }
 
@@ -158,6 +161,8 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             raise ConfigError(f"{name}: server.{key} is not a setting (known: {', '.join(sorted(_SERVER_KEYS))})")
         if not isinstance(value, kind) or isinstance(value, bool):
             raise ConfigError(f"{name}: server.{key} must be a {_kind_name(kind)}, got {value!r}")
+        if key == "network" and value not in NETWORKS:
+            raise ConfigError(f"{name}: server.network must be one of {', '.join(NETWORKS)}, got {value!r}")
         settings[key] = value
     settings["repositories"] = parse_repositories(raw.get("repositories") or {}, name)
     if "machine-types" in raw:
