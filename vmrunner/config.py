@@ -9,8 +9,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-#: Overrides the state directory (default: ``$XDG_DATA_HOME/vmrunner``).
+#: Overrides the state directory (default: ``$XDG_DATA_HOME/vmrunner``; for root
+#: ``/var/lib/vmrunner``, as for a system service).
 ENV_HOME = "VMRUNNER_HOME"
+#: Root's state directory: a sandbox's unprivileged bubblewrap must pass through its parents to
+#: reach the machines, and root's own home is closed to others.
+ROOT_HOME = Path("/var/lib/vmrunner")
 #: The default provider for ``vmrunner run`` (default: ``sandbox``).
 ENV_PROVIDER = "VMRUNNER_PROVIDER"
 
@@ -34,10 +38,13 @@ def default_network(provider: str) -> str:
 
 
 def vmrunner_home() -> Path:
-    """The state directory: ``$VMRUNNER_HOME``, else the XDG data directory."""
+    """The state directory: ``$VMRUNNER_HOME``, else ``/var/lib/vmrunner`` for root and the
+    XDG data directory for anyone else."""
     explicit = os.environ.get(ENV_HOME)
     if explicit:
         return Path(explicit).expanduser().absolute()
+    if os.geteuid() == 0 and not os.environ.get("XDG_DATA_HOME"):
+        return ROOT_HOME
     xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(xdg).expanduser().absolute() / "vmrunner"
 
