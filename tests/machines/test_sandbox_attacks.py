@@ -226,3 +226,11 @@ def test_the_same_attacks_fail_under_an_unprivileged_runner() -> None:
     for uid in results["host_uids"]:
         assert uid == user[0] or uid in subordinate, results["host_uids"]
     assert results["left"] == []
+
+
+async def test_no_host_paths_inside(machine: Machine, provider: SandboxProvider) -> None:
+    """Neither the mount table, the cgroups nor the environment name a host path."""
+    code, output = await sh(machine, "cat /proc/self/mountinfo /proc/self/cgroup; env")
+    assert code == 0, output
+    for host_detail in (str(provider.home), str(provider.home.parent), "process_api", "vmrunner-sandbox"):
+        assert host_detail not in output, host_detail

@@ -550,6 +550,8 @@ def namespace_args(spec: MachineSpec, *, hostname: str, unshare_user: bool = Tru
         "--hostname", hostname,
         "--cap-drop", "ALL",
     ]  # fmt: skip
+    if not unshare_user:  # the sandbox proper: its cgroup (joined before bwrap) is its root
+        args.append("--unshare-cgroup-try")
     if unshare_user and os.geteuid() != 0:
         args.append("--unshare-user")  # without privileges, namespaces need a user namespace
     if spec.network in ("none", "private"):
