@@ -59,6 +59,15 @@ left who asked for them; buffering would grow without bound), and they end as th
 ``shutdown``, SIGTERM or the machine's end, which kill every process group the agent started.
 ``shutdown`` and SIGTERM end the agent for good.
 
+Identity (a sandbox's agent): with ``--user UID:GID`` every command runs as that user (fork,
+switch ids, exec; nothing inheritable or ambient, ``no_new_privs``) while the agent keeps its
+own real and saved ids, so the user's processes can neither signal nor trace it; the files it
+writes belong to the user. ``--sudo PATH`` listens there for the machine's ``sudo`` (see
+``sudo.py``): one message with argv, env, cwd and the caller's three descriptors; the command
+runs as root inside without the capabilities that reach the agent (``ROOT_DROPS``), its exit
+status is the answer, and a caller that goes away takes its command with it. ``--own PATHS``
+gives the user the directories a host that is not root could not chown to it.
+
 Every command runs in its own session and process group (``setsid``), so a timeout or a kill
 reaches its children: SIGTERM to the group, a short grace period, then SIGKILL. When the main
 process exits, its remaining output is drained and ``exit`` is sent; background processes it
