@@ -253,7 +253,7 @@ def test_a_runner_without_subordinate_ids_is_told_what_to_set_up() -> None:
         work.chmod(0o755)
         shutil.copytree(repository / "vmrunner", work / "vmrunner")
         done = subprocess.run(
-            ["runuser", "-u", "nobody", "--", "/usr/bin/python3", "-c", program],
+            [shutil.which("runuser") or "/usr/sbin/runuser", "-u", "nobody", "--", "/usr/bin/python3", "-c", program],
             capture_output=True, text=True, timeout=60, check=False, cwd=work,
             env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(work)},
         )  # fmt: skip
