@@ -44,7 +44,6 @@ from vmrunner.errors import (
     SessionNotFound,
     SnapshotError,
 )
-from vmrunner.machines._local import process_start, shielded
 from vmrunner.machines.base import (
     ExecResult,
     Machine,
@@ -54,6 +53,7 @@ from vmrunner.machines.base import (
     Provider,
     SnapshotId,
 )
+from vmrunner.machines.local import process_start, shielded
 from vmrunner.machines.pool import WarmPool, allocate_whole
 from vmrunner.store import MachineRow, SessionRow, SnapshotRow, Store
 

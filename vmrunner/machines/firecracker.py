@@ -57,19 +57,6 @@ from vmrunner.errors import (
     ReleaseError,
     SnapshotError,
 )
-from vmrunner.machines._local import (
-    AgentMachine,
-    _complete,
-    base_record,
-    check_owner,
-    create_machine_dir,
-    kill_process,
-    process_start,
-    read_records,
-    remove_machine_dir,
-    shielded,
-    write_record,
-)
 from vmrunner.machines.agent import DEFAULT_GRACE
 from vmrunner.machines.base import (
     Capabilities,
@@ -83,6 +70,19 @@ from vmrunner.machines.base import (
 )
 from vmrunner.machines.client import AgentClient
 from vmrunner.machines.images import DEFAULT_NAME, ImageStore
+from vmrunner.machines.local import (
+    AgentMachine,
+    base_record,
+    check_owner,
+    create_machine_dir,
+    kill_process,
+    process_start,
+    read_records,
+    remove_machine_dir,
+    shielded,
+    wait_through_cancellation,
+    write_record,
+)
 from vmrunner.machines.sandbox import HOME, TEMP, TOOL_CACHE, WORKSPACE
 
 #: The guest's vsock context id (3 is the first one free for guests).
@@ -588,7 +588,7 @@ class FirecrackerProvider(Provider):
                         cwd=layout.vm_dir,
                     )
                 )
-                cancelled = await _complete(creation)
+                cancelled = await wait_through_cancellation(creation)
                 process = creation.result()
         except OSError as exc:
             raise AllocationError(f"cannot start {argv[0]}: {exc.strerror or exc}") from exc

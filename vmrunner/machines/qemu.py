@@ -66,20 +66,6 @@ from vmrunner.errors import (
     ReleaseError,
     SnapshotError,
 )
-from vmrunner.machines._local import (
-    AgentMachine,
-    _complete,
-    base_record,
-    check_owner,
-    create_machine_dir,
-    kill_process,
-    process_start,
-    read_records,
-    remove_machine_dir,
-    shielded,
-    stop_process,
-    write_record,
-)
 from vmrunner.machines._qmp import Monitor
 from vmrunner.machines.agent import DEFAULT_GRACE
 from vmrunner.machines.base import (
@@ -104,6 +90,20 @@ from vmrunner.machines.images import (
     WORKSPACE,
     Image,
     ImageStore,
+)
+from vmrunner.machines.local import (
+    AgentMachine,
+    base_record,
+    check_owner,
+    create_machine_dir,
+    kill_process,
+    process_start,
+    read_records,
+    remove_machine_dir,
+    shielded,
+    stop_process,
+    wait_through_cancellation,
+    write_record,
 )
 
 QEMU = "qemu-system-x86_64"
@@ -599,7 +599,7 @@ async def _spawn(
                 env={**os.environ, "VMRUNNER_MACHINE_ID": machine_id},
             )
         )
-        cancelled = await _complete(creation)
+        cancelled = await wait_through_cancellation(creation)
     try:
         process = creation.result()
     except OSError as exc:

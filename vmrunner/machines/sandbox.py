@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import ClassVar
 
 from vmrunner.errors import AllocationError, SnapshotError
-from vmrunner.machines._local import AgentMachine, Launch, LocalProvider
 from vmrunner.machines.agent import DEFAULT_GRACE
 from vmrunner.machines.base import (
     Capabilities,
@@ -42,6 +41,7 @@ from vmrunner.machines.base import (
     MachineSpec,
     SnapshotId,
 )
+from vmrunner.machines.local import AgentMachine, Launch, LocalProvider
 from vmrunner.machines.snapshots import DirectorySnapshots, import_trees
 
 HOME = "/home/runner"

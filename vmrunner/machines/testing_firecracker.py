@@ -64,8 +64,8 @@ from typing import Any
 import jsonschema
 import yaml
 
-from vmrunner.machines._local import AGENT_PATH
 from vmrunner.machines.base import MachineSpec
+from vmrunner.machines.local import AGENT_PATH
 from vmrunner.machines.sandbox import (
     HOME,
     PATH,

@@ -25,8 +25,8 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from vmrunner.errors import ConfigError, ExpressionError, MachineError, SessionError, VmrunnerError
-from vmrunner.machines._local import shielded
 from vmrunner.machines.base import MachineSpec
+from vmrunner.machines.local import shielded
 from vmrunner.runner import checkpoints
 from vmrunner.runner.actions import (
     host_local_action_using,

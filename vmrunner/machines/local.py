@@ -360,7 +360,7 @@ async def start_agent(
                     limit=1 << 20,
                 )
             )
-            cancelled = await _complete(creation)
+            cancelled = await wait_through_cancellation(creation)
             process = creation.result()
     except OSError as exc:
         raise AllocationError(f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
@@ -385,7 +385,7 @@ async def start_agent(
     return process, client
 
 
-async def _complete(task: asyncio.Future[Any]) -> bool:
+async def wait_through_cancellation(task: asyncio.Future[Any]) -> bool:
     """Wait for ``task`` whatever happens; whether the caller was cancelled meanwhile."""
     cancelled = False
     while not task.done():
