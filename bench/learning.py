@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from bench.sandbox import percentiles
-from vmrunner.runner import events as ev
-from vmrunner.runner.learning import Learning, LearningSink
+from vmrunner.learning.history import Learning, LearningSink
+from vmrunner.reports import events as ev
 
 
 def main(argv: list[str]) -> int:

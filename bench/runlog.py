@@ -25,9 +25,9 @@ from rich.console import Console
 
 from bench.sandbox import percentiles
 from vmrunner.cli.progress import ProgressView
-from vmrunner.runner import events as ev
-from vmrunner.runner.results import ResultCollector
-from vmrunner.runner.storage import RunHistory, StoreSink
+from vmrunner.reports import events as ev
+from vmrunner.reports.results import ResultCollector
+from vmrunner.reports.storage import RunHistory, StoreSink
 from vmrunner.store import Store
 
 

@@ -32,7 +32,7 @@ from typing import Any
 from vmrunner.machines.base import MachineSpec
 from vmrunner.machines.pool import Reuse, WarmPool
 from vmrunner.machines.providers import get_provider
-from vmrunner.runner.events import Event, JobStarted, Recorder, StepFinished, StepStarted
+from vmrunner.reports.events import Event, JobStarted, Recorder, StepFinished, StepStarted
 from vmrunner.runner.options import RunOptions
 from vmrunner.runner.run import run_workflow
 from vmrunner.sessions import SessionManager

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.runner.events_builder import RunBuilder, collect, failing_matrix_run, simple_run
+from tests.reports.events_builder import RunBuilder, collect, failing_matrix_run, simple_run
 from vmrunner.errors import RunNotFound
-from vmrunner.runner.events import LogLine, StepFinished, StepStarted
-from vmrunner.runner.storage import INTERRUPTED_NOTE, RunHistory, StoreSink
+from vmrunner.reports.events import LogLine, StepFinished, StepStarted
+from vmrunner.reports.storage import INTERRUPTED_NOTE, RunHistory, StoreSink
 from vmrunner.sessions import Owner
 from vmrunner.store import MIGRATIONS, Store
 

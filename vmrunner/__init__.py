@@ -38,6 +38,7 @@ from vmrunner.errors import (
 )
 
 if TYPE_CHECKING:
+    from vmrunner.learning.history import Learning, LearningSink
     from vmrunner.machines.base import ExecResult, Machine, MachineSpec, Provider
     from vmrunner.machines.firecracker import FirecrackerProvider
     from vmrunner.machines.host import HostProvider
@@ -45,13 +46,12 @@ if TYPE_CHECKING:
     from vmrunner.machines.providers import get_provider
     from vmrunner.machines.sandbox import SandboxProvider
     from vmrunner.machines.testing import CountingProvider
-    from vmrunner.runner.insights import Insights, Lesson, Suggestion
-    from vmrunner.runner.learning import Learning, LearningSink
+    from vmrunner.reports.insights import Insights, Lesson, Suggestion
+    from vmrunner.reports.results import JobResult, ResultCollector, RunResult, StepResult
+    from vmrunner.reports.storage import RunHistory, StoreSink
+    from vmrunner.reports.summary import render_summary
     from vmrunner.runner.options import RunOptions
-    from vmrunner.runner.results import JobResult, ResultCollector, RunResult, StepResult
     from vmrunner.runner.run import JobReport, RunOutcome, run_workflow
-    from vmrunner.runner.storage import RunHistory, StoreSink
-    from vmrunner.runner.summary import render_summary
     from vmrunner.server.app import create_app
     from vmrunner.server.config import RepositoryConfig, ServerConfig
     from vmrunner.server.github import GitHubClient
@@ -82,22 +82,22 @@ _LAZY: dict[str, str] = {
     "SessionState": "vmrunner.sessions",
     "SessionStats": "vmrunner.sessions",
     "Store": "vmrunner.store",
-    "JobResult": "vmrunner.runner.results",
-    "ResultCollector": "vmrunner.runner.results",
-    "RunResult": "vmrunner.runner.results",
-    "StepResult": "vmrunner.runner.results",
-    "RunHistory": "vmrunner.runner.storage",
+    "JobResult": "vmrunner.reports.results",
+    "ResultCollector": "vmrunner.reports.results",
+    "RunResult": "vmrunner.reports.results",
+    "StepResult": "vmrunner.reports.results",
+    "RunHistory": "vmrunner.reports.storage",
     "RunOptions": "vmrunner.runner.options",
     "RunOutcome": "vmrunner.runner.run",
     "JobReport": "vmrunner.runner.run",
     "run_workflow": "vmrunner.runner.run",
-    "StoreSink": "vmrunner.runner.storage",
-    "render_summary": "vmrunner.runner.summary",
-    "Insights": "vmrunner.runner.insights",
-    "Lesson": "vmrunner.runner.insights",
-    "Suggestion": "vmrunner.runner.insights",
-    "Learning": "vmrunner.runner.learning",
-    "LearningSink": "vmrunner.runner.learning",
+    "StoreSink": "vmrunner.reports.storage",
+    "render_summary": "vmrunner.reports.summary",
+    "Insights": "vmrunner.reports.insights",
+    "Lesson": "vmrunner.reports.insights",
+    "Suggestion": "vmrunner.reports.insights",
+    "Learning": "vmrunner.learning.history",
+    "LearningSink": "vmrunner.learning.history",
     "get_provider": "vmrunner.machines.providers",
     "Job": "vmrunner.workflow.models",
     "Plan": "vmrunner.workflow.planner",

@@ -226,7 +226,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE runs ADD COLUMN rerun_of TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE runs ADD COLUMN from_step INTEGER",
     ),
-    (  # the machine lifecycle timeline of each job of a run (runner/timeline.py)
+    (  # the machine lifecycle timeline of each job of a run (reports/timeline.py)
         """CREATE TABLE IF NOT EXISTS run_timeline (
             seq         INTEGER PRIMARY KEY,
             run_id      TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
@@ -246,7 +246,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX IF NOT EXISTS run_timeline_run ON run_timeline (run_id, seq)",
     ),
-    (  # learning from runs (runner/learning.py): commands, their averages, sequences, lessons
+    (  # learning from runs (learning/history.py): commands, their averages, sequences, lessons
         """CREATE TABLE learning_commands (
             seq         INTEGER PRIMARY KEY,
             repository  TEXT NOT NULL,
@@ -362,7 +362,7 @@ class SnapshotRow:
 
 @dataclass(frozen=True, slots=True)
 class RunRow:
-    """A workflow run; ``status`` and ``conclusion`` use GitHub's words (see ``runner.results``).
+    """A workflow run; ``status`` and ``conclusion`` use GitHub's words (see ``reports.results``).
 
     ``owner_pid``/``owner_start`` name the runner process writing it, so that a run whose runner
     died can be told from one still going.
@@ -475,7 +475,7 @@ class AnnotationRow:
 
 @dataclass(frozen=True, slots=True)
 class TimelineRow:
-    """One moment of a job's machine lifecycle (``runner.timeline.TimelineEntry`` plus its run)."""
+    """One moment of a job's machine lifecycle (``reports.timeline.TimelineEntry`` plus its run)."""
 
     run_id: str
     job_key: str
@@ -801,7 +801,7 @@ class Store:
         )
         return [SnapshotRow(*row) for row in rows.fetchall()]
 
-    # Runs (written by ``runner.storage.StoreSink`` as a run's events arrive)
+    # Runs (written by ``reports.storage.StoreSink`` as a run's events arrive)
 
     def put_run(self, row: RunRow) -> None:
         """Insert or update a run (its jobs, steps and logs stay)."""

@@ -9,10 +9,10 @@ import jsonschema
 import pytest
 from rich.console import Console
 
-from tests.runner.events_builder import RunBuilder, failing_matrix_run, simple_run
+from tests.reports.events_builder import RunBuilder, failing_matrix_run, simple_run
 from vmrunner.cli.progress import QUIET_TAIL, JsonView, ProgressView
-from vmrunner.runner.events import StepStarted
-from vmrunner.runner.results import RUN_RESULT_SCHEMA
+from vmrunner.reports.events import StepStarted
+from vmrunner.reports.results import RUN_RESULT_SCHEMA
 
 
 def plain_console() -> tuple[Console, io.StringIO]:
@@ -287,7 +287,7 @@ def test_on_a_terminal_output_lines_carry_their_prefix_indent_and_stderr_colour(
 
 
 def test_nested_groups_indent_their_titles_and_lines() -> None:
-    from vmrunner.runner.events import GroupEnded, GroupStarted, LogLine, StepFinished
+    from vmrunner.reports.events import GroupEnded, GroupStarted, LogLine, StepFinished
 
     console, out = plain_console()
     run = RunBuilder(sink=ProgressView(console)).start()

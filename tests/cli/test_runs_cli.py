@@ -13,9 +13,9 @@ from pathlib import Path
 import jsonschema
 
 from tests.cli.helpers import ROOT, vmrunner
-from tests.runner.events_builder import RunBuilder, failing_matrix_run, simple_run
-from vmrunner.runner.results import RUN_RESULT_SCHEMA
-from vmrunner.runner.storage import RunHistory, StoreSink
+from tests.reports.events_builder import RunBuilder, failing_matrix_run, simple_run
+from vmrunner.reports.results import RUN_RESULT_SCHEMA
+from vmrunner.reports.storage import RunHistory, StoreSink
 from vmrunner.store import Store
 
 
@@ -104,8 +104,8 @@ def test_a_killed_runner_leaves_an_interrupted_run() -> None:
     script = textwrap.dedent(
         """
         import sys, time
-        from tests.runner.events_builder import RunBuilder
-        from vmrunner.runner.storage import StoreSink
+        from tests.reports.events_builder import RunBuilder
+        from vmrunner.reports.storage import StoreSink
         from vmrunner.store import Store
 
         store = Store.open()

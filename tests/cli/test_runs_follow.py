@@ -14,8 +14,8 @@ from tests.cli.helpers import ROOT, vmrunner
 WRITER = textwrap.dedent(
     """
     import sys
-    from tests.runner.events_builder import RunBuilder
-    from vmrunner.runner.storage import StoreSink
+    from tests.reports.events_builder import RunBuilder
+    from vmrunner.reports.storage import StoreSink
     from vmrunner.store import Store
 
     with Store.open() as store, StoreSink(store) as sink:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli.helpers import vmrunner
-from vmrunner.runner import svg
+from vmrunner.reports import svg
 
 CHROMIUM = "/usr/bin/chromium"
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from tests.conftest import shared_dir
 from tests.runner.engine import Ran
-from vmrunner.runner.dotenv import read_dotenv
-from vmrunner.runner.events import JobFinished, JobStarted
+from vmrunner.cli.dotenv import read_dotenv
+from vmrunner.reports.events import JobFinished, JobStarted
 from vmrunner.workflow.loader import load_workflows
 from vmrunner.workflow.models import Workflow
 from vmrunner.workflow.triggers import match_event

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from vmrunner.machines.base import Provider
 from vmrunner.machines.providers import get_provider
 from vmrunner.machines.testing import CountingProvider
-from vmrunner.runner.events import Event, JobFinished, LogLine, Recorder, StepFinished
+from vmrunner.reports.events import Event, JobFinished, LogLine, Recorder, StepFinished
 from vmrunner.runner.options import RunOptions
 from vmrunner.runner.run import RunOutcome, run_workflow
 from vmrunner.sessions import SessionManager
@@ -78,8 +78,8 @@ def job_results(events: Sequence[Event]) -> dict[str, str]:
 
 
 def check_contract(events: Sequence[Event]) -> None:
-    """The rules of ``runner/events.py``: one finish per start, RunFinished last."""
-    from vmrunner.runner.events import JobStarted, RunFinished, StepStarted
+    """The rules of ``reports/events.py``: one finish per start, RunFinished last."""
+    from vmrunner.reports.events import JobStarted, RunFinished, StepStarted
 
     assert isinstance(events[-1], RunFinished)
     assert sum(isinstance(e, RunFinished) for e in events) == 1

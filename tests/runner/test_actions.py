@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 from tests.runner.engine import run
-from vmrunner.runner.events import Annotation, StepStarted
+from vmrunner.reports.events import Annotation, StepStarted
 
 
 def write(root: Path, files: dict[str, str]) -> Path:

@@ -16,8 +16,7 @@ from tests.runner.engine import check_contract, run
 from vmrunner.errors import ConcurrencyCancelled, ConfigError
 from vmrunner.machines.providers import get_provider
 from vmrunner.machines.testing import CountingProvider
-from vmrunner.runner.concurrency import JOB_CONTEXTS, Claim, ConcurrencyGroups, evaluate_claim
-from vmrunner.runner.events import (
+from vmrunner.reports.events import (
     AllocationRequested,
     Annotation,
     Event,
@@ -26,8 +25,9 @@ from vmrunner.runner.events import (
     MachineReleased,
     Recorder,
 )
+from vmrunner.reports.results import RUN_RESULT_SCHEMA, ResultCollector
+from vmrunner.runner.concurrency import JOB_CONTEXTS, Claim, ConcurrencyGroups, evaluate_claim
 from vmrunner.runner.options import RunOptions
-from vmrunner.runner.results import RUN_RESULT_SCHEMA, ResultCollector
 from vmrunner.runner.run import RunOutcome, run_workflow
 from vmrunner.sessions import SessionManager
 from vmrunner.workflow.loader import load_workflow_text

@@ -8,7 +8,7 @@ from pathlib import Path
 from tests.runner.engine import check_contract, run
 from vmrunner.machines.providers import get_provider
 from vmrunner.machines.testing import CountingProvider
-from vmrunner.runner.events import (
+from vmrunner.reports.events import (
     Annotation,
     Event,
     JobFinished,

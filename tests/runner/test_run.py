@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tests.runner.engine import run
-from vmrunner.runner.events import Event, JobFinished, JobQueued, JobStarted
+from vmrunner.reports.events import Event, JobFinished, JobQueued, JobStarted
 
 
 def most_at_once(events: Sequence[Event], prefix: str = "") -> int:
@@ -256,7 +256,7 @@ async def test_a_matrix_filter_that_keeps_nothing_skips_the_job() -> None:
 async def test_jobs_take_machines_from_a_warm_pool() -> None:
     from vmrunner.machines.pool import WarmPool
     from vmrunner.machines.providers import get_provider
-    from vmrunner.runner.events import Recorder, RunStarted
+    from vmrunner.reports.events import Recorder, RunStarted
     from vmrunner.runner.options import RunOptions
     from vmrunner.runner.run import run_workflow
     from vmrunner.sessions import SessionManager

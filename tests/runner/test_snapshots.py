@@ -7,7 +7,7 @@ import pytest
 from tests.runner.engine import run
 from vmrunner.errors import ConfigError
 from vmrunner.machines.providers import get_provider
-from vmrunner.runner.events import SnapshotRestored, SnapshotTaken
+from vmrunner.reports.events import SnapshotRestored, SnapshotTaken
 from vmrunner.runner.options import RunOptions
 from vmrunner.runner.run import run_workflow
 from vmrunner.sessions import SessionManager

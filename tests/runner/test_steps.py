@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.runner.engine import run
-from vmrunner.runner.events import Annotation, GroupEnded, GroupStarted, LogLine, StepFinished
+from vmrunner.reports.events import Annotation, GroupEnded, GroupStarted, LogLine, StepFinished
 
 
 async def test_env_precedence_defaults_and_working_directory() -> None:

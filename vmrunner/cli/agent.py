@@ -39,9 +39,9 @@ def command(
     import logging
     import signal
 
+    from vmrunner.cli.dotenv import read_dotenv
     from vmrunner.fleet.agent import Agent, AgentConfig
     from vmrunner.fleet.labels import parse_labels
-    from vmrunner.runner.dotenv import read_dotenv
 
     config = AgentConfig(
         url=store, name=name, labels=parse_labels(labels), capacity=capacity,

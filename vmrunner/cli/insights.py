@@ -1,4 +1,4 @@
-"""``vmrunner insights``: what vmrunner learned from the runs it kept (``runner/learning.py``).
+"""``vmrunner insights``: what vmrunner learned from the runs it kept (``learning/history.py``).
 
 ``vmrunner insights [--repo R] [--json]`` shows the active lessons and the suggestions (cache a
 slow dependency step, avoid a known failure, a flaky step, jobs that could run in parallel);
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
-    from vmrunner.runner.insights import Insights, Lesson
+    from vmrunner.reports.insights import Insights, Lesson
 
 _REPO_HELP = "Only this repository (owner/name, as `vmrunner run` recorded it)."
 
@@ -27,7 +27,7 @@ def command(ctx: click.Context, repo: str | None, as_json: bool) -> None:
     """Lessons and suggestions learned from earlier runs."""
     if ctx.invoked_subcommand is not None:
         return
-    from vmrunner.runner.learning import Learning
+    from vmrunner.learning.history import Learning
 
     with Learning.open() as learning:
         insights = learning.insights(repo)
@@ -46,7 +46,7 @@ def command(ctx: click.Context, repo: str | None, as_json: bool) -> None:
 def lessons(repo: str | None, include_dismissed: bool, as_json: bool) -> None:
     """List lessons: failures seen the same way the threshold number of times."""
     from vmrunner.cli import terminal
-    from vmrunner.runner.learning import Learning
+    from vmrunner.learning.history import Learning
 
     with Learning.open() as learning:
         found = learning.lessons(repo, include_dismissed=include_dismissed)
@@ -66,7 +66,7 @@ def dismiss(lesson_id: int) -> None:
     """Dismiss lesson LESSON_ID: it is kept, and no longer shown."""
     from vmrunner.cli import terminal
     from vmrunner.errors import ConfigError
-    from vmrunner.runner.learning import Learning
+    from vmrunner.learning.history import Learning
 
     with Learning.open() as learning:
         if not learning.dismiss(lesson_id):
@@ -82,7 +82,7 @@ def dismiss(lesson_id: int) -> None:
 def predict(cmd: str, repo: str, after: str | None, as_json: bool) -> None:
     """The odds that COMMAND succeeds: (successes + 1) / (runs + 2)."""
     from vmrunner.cli import terminal
-    from vmrunner.runner.learning import Learning
+    from vmrunner.learning.history import Learning
 
     with Learning.open() as learning:
         odds = learning.predict(repo, cmd, after=after)

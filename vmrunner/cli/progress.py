@@ -47,7 +47,7 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-from vmrunner.runner.events import (
+from vmrunner.reports.events import (
     Annotation,
     Event,
     GroupEnded,
@@ -63,7 +63,7 @@ from vmrunner.runner.events import (
     StepFinished,
     StepStarted,
 )
-from vmrunner.runner.results import (
+from vmrunner.reports.results import (
     AnnotationResult,
     JobResult,
     ResultCollector,

@@ -52,13 +52,13 @@ def command(
     """
     import asyncio
 
+    from vmrunner.cli.dotenv import read_dotenv
     from vmrunner.cli.run import _pairs
     from vmrunner.errors import ConfigError
+    from vmrunner.reports.storage import RunHistory
     from vmrunner.runner import checkpoints
     from vmrunner.runner.contexts import new_run_id
-    from vmrunner.runner.dotenv import read_dotenv
     from vmrunner.runner.rerun import plan_rerun
-    from vmrunner.runner.storage import RunHistory
     from vmrunner.store import Store
     from vmrunner.workflow.loader import load_workflow
 
@@ -105,9 +105,9 @@ async def _rerun(workflow: Workflow, plan: RerunPlan, options: RunOptions, provi
     from vmrunner.cli import terminal
     from vmrunner.cli.progress import ProgressView
     from vmrunner.machines.providers import get_provider
-    from vmrunner.runner.events import EventSink, FanOut, Recorder
+    from vmrunner.reports.events import EventSink, FanOut, Recorder
+    from vmrunner.reports.storage import RunHistory, StoreSink
     from vmrunner.runner.rerun import rerun_job
-    from vmrunner.runner.storage import RunHistory, StoreSink
     from vmrunner.sessions import SessionManager
     from vmrunner.store import Store
 

@@ -21,7 +21,7 @@ from vmrunner.config import DEFAULT_PROVIDER, ENV_PROVIDER
 from vmrunner.errors import ConfigError
 
 if TYPE_CHECKING:
-    from vmrunner.runner.learning import LearningConfig
+    from vmrunner.learning.history import LearningConfig
     from vmrunner.runner.options import RunOptions
     from vmrunner.workflow.models import Workflow
 
@@ -85,9 +85,9 @@ def command(
     import asyncio
 
     from vmrunner.cli import terminal
+    from vmrunner.cli.dotenv import read_dotenv
     from vmrunner.cli.options import read_payload, select, selected_jobs
-    from vmrunner.runner.dotenv import read_dotenv
-    from vmrunner.runner.learning import load_config
+    from vmrunner.learning.history import load_config
     from vmrunner.runner.options import RunOptions
     from vmrunner.runner.repository import git_toplevel, repository_info
 
@@ -167,15 +167,15 @@ async def _run_all(
 
     from vmrunner.cli import terminal
     from vmrunner.cli.progress import JsonView, ProgressView
+    from vmrunner.learning.history import Learning, LearningSink
     from vmrunner.machines.pool import Reuse, WarmPool
     from vmrunner.machines.providers import get_provider
+    from vmrunner.reports.events import FanOut
+    from vmrunner.reports.storage import RunHistory, StoreSink
+    from vmrunner.reports.summary import write_summary
     from vmrunner.runner.concurrency import ConcurrencyGroups
-    from vmrunner.runner.events import FanOut
-    from vmrunner.runner.learning import Learning, LearningSink
     from vmrunner.runner.repository import repository_info
     from vmrunner.runner.run import run_workflow
-    from vmrunner.runner.storage import RunHistory, StoreSink
-    from vmrunner.runner.summary import write_summary
     from vmrunner.sessions import SessionManager
     from vmrunner.store import Store
 

@@ -13,8 +13,8 @@ import click
 if TYPE_CHECKING:
     from rich.text import Text
 
-    from vmrunner.runner.results import RunResult
-    from vmrunner.runner.timeline import TimelineEntry
+    from vmrunner.reports.results import RunResult
+    from vmrunner.reports.timeline import TimelineEntry
     from vmrunner.store import LogRow
 
 
@@ -34,7 +34,7 @@ def command() -> None:
 def list_runs(limit: int, workflow: str | None, as_json: bool) -> None:
     """List runs: id, workflow, event, conclusion, start time and duration."""
     from vmrunner.cli import terminal
-    from vmrunner.runner.storage import RunHistory
+    from vmrunner.reports.storage import RunHistory
     from vmrunner.store import Store
 
     with Store.open() as store:
@@ -48,7 +48,7 @@ def list_runs(limit: int, workflow: str | None, as_json: bool) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from vmrunner.runner.results import human_duration
+    from vmrunner.reports.results import human_duration
 
     table = Table(box=None, header_style="bold", pad_edge=False)
     for title in ("Run", "Workflow", "Event", "Conclusion", "Started", "Duration"):
@@ -68,8 +68,8 @@ def list_runs(limit: int, workflow: str | None, as_json: bool) -> None:
 def remove(run_ids: tuple[str, ...], snapshots_only: bool) -> None:
     """Forget runs (RUN_ID or a unique prefix): their records, logs and kept snapshots."""
     from vmrunner.cli import terminal
+    from vmrunner.reports.storage import RunHistory
     from vmrunner.runner.checkpoints import remove_checkpoints
-    from vmrunner.runner.storage import RunHistory
     from vmrunner.store import Store
 
     with Store.open() as store:
@@ -113,7 +113,7 @@ def show(
 
     from vmrunner.cli import terminal
     from vmrunner.errors import ConfigError
-    from vmrunner.runner.storage import RunHistory
+    from vmrunner.reports.storage import RunHistory
     from vmrunner.store import Store
 
     if store:
@@ -143,7 +143,7 @@ def show(
     if timeline and not (markdown or as_json):
         _print_timeline(result)
     elif markdown:
-        from vmrunner.runner.summary import render_summary
+        from vmrunner.reports.summary import render_summary
 
         terminal.console().out(render_summary(result), end="", highlight=False)
     elif as_json:
@@ -163,7 +163,7 @@ def _follow(run_id: str, job_key: str | None) -> str:
     from rich.text import Text
 
     from vmrunner.cli import terminal
-    from vmrunner.runner.storage import RunHistory
+    from vmrunner.reports.storage import RunHistory
     from vmrunner.store import Store
 
     console = terminal.console()
@@ -189,7 +189,7 @@ def _print_run(result: RunResult, logs: list[LogRow] | None) -> None:
 
     from vmrunner.cli import terminal
     from vmrunner.cli.progress import SYMBOLS, annotation_line, job_line, step_line
-    from vmrunner.runner.results import human_duration
+    from vmrunner.reports.results import human_duration
 
     console = terminal.console()
 
@@ -231,7 +231,7 @@ def _print_timeline(result: RunResult) -> None:
     from rich.text import Text
 
     from vmrunner.cli import terminal
-    from vmrunner.runner.timeline import relative_ms, state_during, visible
+    from vmrunner.reports.timeline import relative_ms, state_during, visible
 
     console = terminal.console()
     entries = result.timeline
@@ -311,7 +311,7 @@ def _yes(flag: bool) -> str:
 def _write_svg(result: RunResult, path: str) -> None:
     from vmrunner.cli import terminal
     from vmrunner.errors import ConfigError
-    from vmrunner.runner.svg import render_svg
+    from vmrunner.reports.svg import render_svg
 
     svg = render_svg(result.timeline, result.started_at, title=f"{result.workflow_name or result.workflow_file} — run {result.run_id}")
     try:

@@ -88,7 +88,7 @@ def reclaim(providers: tuple[str, ...], as_json: bool) -> None:
     from vmrunner.cli import terminal
     from vmrunner.machines.base import Provider
     from vmrunner.machines.providers import get_provider
-    from vmrunner.runner.storage import RunHistory
+    from vmrunner.reports.storage import RunHistory
     from vmrunner.sessions import named_provider, reclaim_orphans
     from vmrunner.store import Store
 

@@ -34,7 +34,7 @@ from vmrunner.errors import ConfigError, StoreError, VmrunnerError
 from vmrunner.fleet.labels import agent_queues, canonical
 from vmrunner.fleet.matrix import OneCombination
 from vmrunner.fleet.store import Assignment, EventRecord, FleetStore
-from vmrunner.runner.events import Event, LogLine, RunFinished, RunInsights, RunStarted
+from vmrunner.reports.events import Event, LogLine, RunFinished, RunInsights, RunStarted
 from vmrunner.runner.repository import repository_info
 from vmrunner.runner.run import Run, RunContext
 from vmrunner.sessions import SessionManager

@@ -16,11 +16,11 @@ from typing import Any
 
 from vmrunner.errors import RunNotFound
 from vmrunner.fleet.queue import JobRow, RunRow
+from vmrunner.reports.events import Event, FanOut, JobFinished, JobQueued, JobStarted, LogLine
+from vmrunner.reports.storage import StoreSink
 from vmrunner.runner.contexts import new_run_id
-from vmrunner.runner.events import Event, FanOut, JobFinished, JobQueued, JobStarted, LogLine
 from vmrunner.runner.options import RunOptions
 from vmrunner.runner.run import run_workflow
-from vmrunner.runner.storage import StoreSink
 from vmrunner.sessions import SessionManager
 from vmrunner.store import Store
 from vmrunner.workflow.loader import load_workflow_text

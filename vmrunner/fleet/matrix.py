@@ -18,8 +18,8 @@ from typing import Any, cast
 
 from vmrunner.errors import ConfigError, VmrunnerError
 from vmrunner.fleet.labels import canonical
+from vmrunner.reports.events import Recorder
 from vmrunner.runner.evaluation import as_text, render, render_text
-from vmrunner.runner.events import Recorder
 from vmrunner.runner.job import JobInstance
 from vmrunner.runner.options import RunOptions
 from vmrunner.runner.repository import repository_info

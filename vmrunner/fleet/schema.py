@@ -80,7 +80,7 @@ ALTER TABLE vmrunner_jobs ADD COLUMN IF NOT EXISTS matrix jsonb NOT NULL DEFAULT
 ALTER TABLE vmrunner_jobs ADD COLUMN IF NOT EXISTS strategy jsonb NOT NULL DEFAULT '{}';
 ALTER TABLE vmrunner_jobs ADD COLUMN IF NOT EXISTS continue_on_error boolean NOT NULL DEFAULT false;
 -- What the runner reports besides log lines (steps, annotations, the job's lifecycle), as
--- ``runner/events.py`` defines them: ``kind`` is the event's class, ``data`` its fields (masked).
+-- ``reports/events.py`` defines them: ``kind`` is the event's class, ``data`` its fields (masked).
 CREATE TABLE IF NOT EXISTS vmrunner_events (
     id bigserial PRIMARY KEY,
     run_id text NOT NULL,

@@ -27,6 +27,17 @@ from typing import TYPE_CHECKING, Any
 from vmrunner.errors import ConfigError, ExpressionError, MachineError, SessionError, VmrunnerError
 from vmrunner.machines.base import MachineSpec
 from vmrunner.machines.local import shielded
+from vmrunner.reports.events import (
+    AllocationRequested,
+    JobFinished,
+    JobStarted,
+    Result,
+    SnapshotRestored,
+    SnapshotTaken,
+    StepFinished,
+    StepKind,
+    StepStarted,
+)
 from vmrunner.runner import checkpoints
 from vmrunner.runner.actions import (
     host_local_action_using,
@@ -40,17 +51,6 @@ from vmrunner.runner.evaluation import (
     render_flag,
     render_minutes,
     render_text,
-)
-from vmrunner.runner.events import (
-    AllocationRequested,
-    JobFinished,
-    JobStarted,
-    Result,
-    SnapshotRestored,
-    SnapshotTaken,
-    StepFinished,
-    StepKind,
-    StepStarted,
 )
 from vmrunner.runner.options import options_data
 from vmrunner.runner.shells import resolve_shell

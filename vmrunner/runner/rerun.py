@@ -13,10 +13,10 @@ import time
 from dataclasses import dataclass
 
 from vmrunner.errors import ConfigError
+from vmrunner.reports.events import EventSink, JobQueued, Recorder, Result, RunFinished, RunStarted
 from vmrunner.runner import checkpoints
 from vmrunner.runner.contexts import event_refs
 from vmrunner.runner.evaluation import as_text, render, render_env
-from vmrunner.runner.events import EventSink, JobQueued, Recorder, Result, RunFinished, RunStarted
 from vmrunner.runner.job import JobExecution, JobInstance, Resume
 from vmrunner.runner.options import RunOptions
 from vmrunner.runner.repository import repository_info

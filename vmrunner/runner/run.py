@@ -31,16 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmrunner.errors import ConcurrencyCancelled, ConfigError, VmrunnerError
-from vmrunner.runner.concurrency import (
-    JOB_CONTEXTS,
-    WORKFLOW_CONTEXTS,
-    Claim,
-    ConcurrencyGroups,
-    evaluate_claim,
-)
-from vmrunner.runner.contexts import event_refs, github_context, new_run_id
-from vmrunner.runner.evaluation import as_text, render, render_env, render_flag
-from vmrunner.runner.events import (
+from vmrunner.reports.events import (
     Annotation,
     AnnotationLevel,
     Event,
@@ -55,6 +46,15 @@ from vmrunner.runner.events import (
     RunStarted,
     SessionStateChanged,
 )
+from vmrunner.runner.concurrency import (
+    JOB_CONTEXTS,
+    WORKFLOW_CONTEXTS,
+    Claim,
+    ConcurrencyGroups,
+    evaluate_claim,
+)
+from vmrunner.runner.contexts import event_refs, github_context, new_run_id
+from vmrunner.runner.evaluation import as_text, render, render_env, render_flag
 from vmrunner.runner.job import JobExecution, JobInstance, JobOutcome
 from vmrunner.runner.masking import Masker
 from vmrunner.runner.options import RunOptions

@@ -19,14 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmrunner.errors import ExecError, MachineError
-from vmrunner.runner.actions import Action
-from vmrunner.runner.commands import (
-    CommandReader,
-    FileCommandError,
-    WorkflowCommand,
-    parse_file_commands,
-)
-from vmrunner.runner.events import (
+from vmrunner.reports.events import (
     Annotation,
     AnnotationLevel,
     EventSink,
@@ -35,6 +28,13 @@ from vmrunner.runner.events import (
     LogLine,
     Result,
     Stream,
+)
+from vmrunner.runner.actions import Action
+from vmrunner.runner.commands import (
+    CommandReader,
+    FileCommandError,
+    WorkflowCommand,
+    parse_file_commands,
 )
 from vmrunner.runner.masking import Masker
 from vmrunner.sessions import Session

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from vmrunner.errors import ExpressionError, MachineError, VmrunnerError
+from vmrunner.reports.events import Result, StepFinished, StepStarted
 from vmrunner.runner.actions import (
     Action,
     ActionError,
@@ -27,7 +28,6 @@ from vmrunner.runner.actions import (
     load_remote_action,
 )
 from vmrunner.runner.evaluation import as_text, render, render_env, render_text
-from vmrunner.runner.events import Result, StepFinished, StepStarted
 from vmrunner.runner.repository import commit_tar, working_tree_tar
 from vmrunner.runner.steps import Scope, StepResult
 from vmrunner.workflow.expressions import EvaluationHooks, evaluate_if

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from vmrunner.errors import RunNotFound
+from vmrunner.learning.history import Learning, LearningSink, add_insights
+from vmrunner.reports.events import FanOut
+from vmrunner.reports.results import ResultCollector, RunResult
+from vmrunner.reports.storage import RunHistory, StoreSink
 from vmrunner.runner.concurrency import ConcurrencyGroups
-from vmrunner.runner.events import FanOut
-from vmrunner.runner.learning import Learning, LearningSink, add_insights
 from vmrunner.runner.options import RunOptions
-from vmrunner.runner.results import ResultCollector, RunResult
 from vmrunner.runner.run import run_workflow
-from vmrunner.runner.storage import RunHistory, StoreSink
 from vmrunner.server.github import GitHubClient
 from vmrunner.server.metrics import Metrics, MetricsSink
 from vmrunner.server.reporting import StatusSink, comment_body

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from vmrunner.runner.events import (
+from vmrunner.reports.events import (
     Event,
     JobQueued,
     JobStarted,

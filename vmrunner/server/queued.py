@@ -21,8 +21,8 @@ from typing import Any
 
 from vmrunner.errors import RunNotFound
 from vmrunner.fleet.queue import JobQueue, JobRow, RunRow, run_json, workflow_text
+from vmrunner.reports.summary import inline
 from vmrunner.runner.options import RunOptions
-from vmrunner.runner.summary import inline
 from vmrunner.server.github import GitHubClient, Status, StatusState
 from vmrunner.server.metrics import Metrics
 from vmrunner.server.reporting import final_state, status_context

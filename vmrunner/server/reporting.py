@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from vmrunner.runner.events import Event, JobFinished, JobQueued, JobStarted
-from vmrunner.runner.results import ResultCollector, RunResult
-from vmrunner.runner.summary import render_summary
+from vmrunner.reports.events import Event, JobFinished, JobQueued, JobStarted
+from vmrunner.reports.results import ResultCollector, RunResult
+from vmrunner.reports.summary import render_summary
 from vmrunner.server.github import GitHubClient, Status, StatusState
 
 

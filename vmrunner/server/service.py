@@ -44,8 +44,8 @@ from vmrunner.errors import ConfigError, RunNotFound, VmrunnerError
 from vmrunner.machines.base import DEFAULT_VM_TYPE, Provider
 from vmrunner.machines.pool import WarmPool
 from vmrunner.machines.providers import get_provider
+from vmrunner.reports.storage import RunHistory
 from vmrunner.runner.options import RunOptions
-from vmrunner.runner.storage import RunHistory
 from vmrunner.server.config import RepositoryConfig, ServerConfig
 from vmrunner.server.executors import REPORT_GRACE, Executor, LocalRuns
 from vmrunner.server.github import GitHubClient, Status

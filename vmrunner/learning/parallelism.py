@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import fields, is_dataclass
 from typing import Any
 
-from vmrunner.runner.insights import Suggestion
+from vmrunner.reports.insights import Suggestion
 from vmrunner.workflow.models import Job, Workflow
 
 #: Confidence of "drop a needs": low, since a needs that only orders jobs is often a gate.

@@ -3,7 +3,7 @@
 The engine (``runner/engine.py`` and friends) emits events; everything that shows or keeps a run
 consumes them through ``EventSink``: the live terminal view, the JSON result, the Markdown
 summary, the store (runs, jobs, steps, logs), the server and the lifecycle timeline (allocation,
-session states, commands with the machine they ran in, snapshots, release: ``runner/timeline.py``).
+session states, commands with the machine they ran in, snapshots, release: ``reports/timeline.py``).
 The engine knows nothing of its consumers, and the consumers never reach into the engine.
 
 Rules every emitter keeps:
@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from vmrunner.runner.insights import Insights
+from vmrunner.reports.insights import Insights
 
 #: GitHub's results: a step's outcome/conclusion and a job's result use these words.
 Result = Literal["success", "failure", "cancelled", "skipped"]
@@ -250,7 +250,7 @@ class RunFinished:
 
 @dataclass(frozen=True, slots=True)
 class RunInsights:
-    """What past runs teach about this run's commands (``runner/learning.py``); before ``RunFinished``."""
+    """What past runs teach about this run's commands (``learning/history.py``); before ``RunFinished``."""
 
     run_id: str
     time: float

@@ -10,18 +10,18 @@ from tests.runner.engine import Ran, run
 from vmrunner.machines.base import MachineSpec
 from vmrunner.machines.providers import get_provider
 from vmrunner.machines.testing import CountingProvider
-from vmrunner.runner.events import (
+from vmrunner.reports.events import (
     Event,
     MachineReleased,
     Recorder,
     SessionStateChanged,
     SnapshotRestored,
 )
+from vmrunner.reports.results import RUN_RESULT_SCHEMA, ResultCollector, RunResult
+from vmrunner.reports.storage import RunHistory, StoreSink
+from vmrunner.reports.timeline import TimelineEntry, prove, state_during, visible
 from vmrunner.runner.options import RunOptions
-from vmrunner.runner.results import RUN_RESULT_SCHEMA, ResultCollector, RunResult
 from vmrunner.runner.run import run_workflow
-from vmrunner.runner.storage import RunHistory, StoreSink
-from vmrunner.runner.timeline import TimelineEntry, prove, state_during, visible
 from vmrunner.sessions import SessionManager, Transition
 from vmrunner.store import Store
 from vmrunner.workflow.loader import load_workflow_text

@@ -9,7 +9,15 @@ import jsonschema
 import pytest
 
 from vmrunner.errors import ConfigError
-from vmrunner.runner.events import (
+from vmrunner.learning.history import (
+    ENV_LESSON_THRESHOLD,
+    CommandRecord,
+    Learning,
+    LearningConfig,
+    LearningSink,
+    load_config,
+)
+from vmrunner.reports.events import (
     JobQueued,
     LogLine,
     Recorder,
@@ -19,17 +27,9 @@ from vmrunner.runner.events import (
     StepFinished,
     StepStarted,
 )
-from vmrunner.runner.insights import INSIGHTS_SCHEMA
-from vmrunner.runner.learning import (
-    ENV_LESSON_THRESHOLD,
-    CommandRecord,
-    Learning,
-    LearningConfig,
-    LearningSink,
-    load_config,
-)
-from vmrunner.runner.results import RUN_RESULT_SCHEMA, ResultCollector
-from vmrunner.runner.summary import render_summary
+from vmrunner.reports.insights import INSIGHTS_SCHEMA
+from vmrunner.reports.results import RUN_RESULT_SCHEMA, ResultCollector
+from vmrunner.reports.summary import render_summary
 
 REPO = "octo/app"
 

@@ -1,6 +1,6 @@
 """Valid event sequences for tests of what shows or keeps a run (results, summary, store, view).
 
-The builder keeps the rules of ``vmrunner.runner.events``: one ``JobFinished`` per ``JobStarted``,
+The builder keeps the rules of ``vmrunner.reports.events``: one ``JobFinished`` per ``JobStarted``,
 one ``StepFinished`` per ``StepStarted``, ``RunFinished`` last, times that only go forward. Calls
 on different jobs interleave their events, as parallel jobs do. Every event goes to ``sink`` as
 it is made (and is kept in ``events``).
@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmrunner.runner.events import (
+from vmrunner.reports.events import (
     Annotation,
     AnnotationLevel,
     Event,
@@ -32,7 +32,7 @@ from vmrunner.runner.events import (
     StepKind,
     StepStarted,
 )
-from vmrunner.runner.results import ResultCollector, RunResult
+from vmrunner.reports.results import ResultCollector, RunResult
 
 
 class RunBuilder:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vmrunner.runner.parallelism import parallel_suggestions
+from vmrunner.learning.parallelism import parallel_suggestions
 from vmrunner.workflow.loader import load_workflow_text
 
 WORKFLOW = """

@@ -8,7 +8,7 @@ from pathlib import Path
 import jsonschema
 
 from tests.server.helpers import config, deliver, finished, fixture, live_server, make_repo, settled
-from vmrunner.runner.results import RUN_RESULT_SCHEMA
+from vmrunner.reports.results import RUN_RESULT_SCHEMA
 
 WORKFLOW = """
 on: push

@@ -44,7 +44,9 @@ from typing import TYPE_CHECKING, Any
 
 from vmrunner.config import vmrunner_home
 from vmrunner.errors import ConfigError, StoreError
-from vmrunner.runner.events import (
+from vmrunner.learning.normalise import clean, command_key, noise_free
+from vmrunner.learning.parallelism import parallel_suggestions
+from vmrunner.reports.events import (
     Event,
     EventSink,
     JobQueued,
@@ -55,13 +57,11 @@ from vmrunner.runner.events import (
     StepFinished,
     StepStarted,
 )
-from vmrunner.runner.insights import Insights, Lesson, Suggestion
-from vmrunner.runner.normalise import clean, command_key, noise_free
-from vmrunner.runner.parallelism import parallel_suggestions
+from vmrunner.reports.insights import Insights, Lesson, Suggestion
 from vmrunner.store import connect, fetch_all, immediate_transaction
 
 if TYPE_CHECKING:
-    from vmrunner.runner.results import RunResult
+    from vmrunner.reports.results import RunResult
     from vmrunner.workflow.models import Workflow
 
 logger = logging.getLogger(__name__)

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.runner.events_builder import RunBuilder, collect, failing_matrix_run, simple_run
+from tests.reports.events_builder import RunBuilder, collect, failing_matrix_run, simple_run
 from vmrunner.errors import ConfigError
-from vmrunner.runner.summary import inline, render_summary, write_summary
+from vmrunner.reports.summary import inline, render_summary, write_summary
 
 
 def table_rows(markdown: str) -> list[str]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vmrunner.runner.learning import signature
-from vmrunner.runner.normalise import clean, command_key, noise_free, truncate
+from vmrunner.learning.history import signature
+from vmrunner.learning.normalise import clean, command_key, noise_free, truncate
 
 ANY_TEXT = st.text(alphabet=st.characters(codec=None), max_size=300)
 LIMITS = st.integers(min_value=1, max_value=600)

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.runner.events_builder import RunBuilder, collect, failing_matrix_run, simple_run
-from vmrunner.runner.events import FanOut, JobFinished, Recorder, StepFinished, StepStarted
-from vmrunner.runner.results import (
+from tests.reports.events_builder import RunBuilder, collect, failing_matrix_run, simple_run
+from vmrunner.reports.events import FanOut, JobFinished, Recorder, StepFinished, StepStarted
+from vmrunner.reports.results import (
     RUN_RESULT_SCHEMA,
     ResultCollector,
     human_duration,

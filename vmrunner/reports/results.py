@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from vmrunner.runner.events import (
+from vmrunner.reports.events import (
     Annotation,
     AnnotationLevel,
     Event,
@@ -41,8 +41,8 @@ from vmrunner.runner.events import (
     StepKind,
     StepStarted,
 )
-from vmrunner.runner.insights import INSIGHTS_SCHEMA, Insights
-from vmrunner.runner.timeline import (
+from vmrunner.reports.insights import INSIGHTS_SCHEMA, Insights
+from vmrunner.reports.timeline import (
     KINDS,
     TimelineBuilder,
     TimelineEntry,
@@ -138,7 +138,7 @@ class JobResult:
     reason: str = ""
     #: The job's Markdown summary (``GITHUB_STEP_SUMMARY``), masked.
     summary: str = ""
-    #: The job's machine lifecycle, in order (``runner/timeline.py``).
+    #: The job's machine lifecycle, in order (``reports/timeline.py``).
     timeline: tuple[TimelineEntry, ...] = ()
 
     def step(self, index: int) -> StepResult | None:
@@ -161,7 +161,7 @@ class RunResult:
     finished_at: float | None = None
     duration: float | None = None
     jobs: tuple[JobResult, ...] = ()
-    #: What past runs teach about this run's commands (``runner/learning.py``); None without learning.
+    #: What past runs teach about this run's commands (``learning/history.py``); None without learning.
     insights: Insights | None = None
     #: Set when this run re-ran a job of run ``rerun_of`` from step ``from_step`` (``vmrunner rerun``).
     rerun_of: str = ""

@@ -14,8 +14,8 @@ import re
 from collections.abc import Sequence
 
 from vmrunner.errors import ConfigError
-from vmrunner.runner.insights import Insights
-from vmrunner.runner.results import (
+from vmrunner.reports.insights import Insights
+from vmrunner.reports.results import (
     AnnotationResult,
     JobResult,
     RunResult,

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
-from vmrunner.runner.timeline import TimelineEntry, prove, relative_ms
+from vmrunner.reports.timeline import TimelineEntry, prove, relative_ms
 
 WIDTH = 1100
 LABEL_WIDTH = 280

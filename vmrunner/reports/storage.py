@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import Any, TypeVar, get_args
 
 from vmrunner.errors import RunNotFound, StoreError
-from vmrunner.runner.events import (
+from vmrunner.reports.events import (
     Annotation,
     AnnotationLevel,
     Event,
@@ -47,7 +47,7 @@ from vmrunner.runner.events import (
     StepKind,
     StepStarted,
 )
-from vmrunner.runner.results import (
+from vmrunner.reports.results import (
     AnnotationResult,
     Conclusion,
     JobResult,
@@ -57,7 +57,7 @@ from vmrunner.runner.results import (
     Status,
     StepResult,
 )
-from vmrunner.runner.timeline import TimelineEntry, TimelineKind
+from vmrunner.reports.timeline import TimelineEntry, TimelineKind
 from vmrunner.sessions import Owner
 from vmrunner.store import AnnotationRow, LogRow, RunJobRow, RunRow, RunStepRow, Store, TimelineRow
 

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from vmrunner.runner.events import (
+from vmrunner.reports.events import (
     AllocationRequested,
     Event,
     JobStarted,

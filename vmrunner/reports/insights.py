@@ -1,6 +1,6 @@
 """What vmrunner learned from past runs, as plain data: lessons and suggestions.
 
-``runner/learning.py`` computes them from the commands it recorded; this module only holds
+``learning/history.py`` computes them from the commands it recorded; this module only holds
 their shape, their JSON form (``INSIGHTS_SCHEMA``, the ``insights`` section of a run result)
 and nothing else, so that events, results and the summary can carry them without importing
 the learning machinery.

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from vmrunner.cli.dotenv import parse_dotenv
 from vmrunner.errors import ConfigError
-from vmrunner.runner.dotenv import parse_dotenv
 
 
 def test_forms() -> None:
