@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from vmrunner.errors import ConfigError, ExpressionError, MachineError, SessionError, VmrunnerError
 from vmrunner.machines.base import MachineSpec
@@ -43,6 +43,7 @@ from vmrunner.runner.actions import (
     host_local_action_using,
     is_docker_reference,
 )
+from vmrunner.runner.context import RunContext
 from vmrunner.runner.contexts import default_env, runner_context
 from vmrunner.runner.evaluation import (
     as_text,
@@ -56,13 +57,9 @@ from vmrunner.runner.options import options_data
 from vmrunner.runner.shells import resolve_shell
 from vmrunner.runner.steps import JobRuntime, Scope, ScriptResult, StepResult
 from vmrunner.runner.uses import ActionSteps
-from vmrunner.sessions import SessionState
+from vmrunner.sessions import Session, SessionState
 from vmrunner.workflow.expressions import EvaluationHooks, evaluate_if, hash_files
 from vmrunner.workflow.models import Job, Step
-
-if TYPE_CHECKING:  # run.py imports this module
-    from vmrunner.runner.run import RunContext
-    from vmrunner.sessions import Session
 
 #: The fields of the ``github`` context that differ between the steps of a job.
 _ACTION_FIELDS = ("action_path", "action_repository", "action_ref", "workspace", "event_path")

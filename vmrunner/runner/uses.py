@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from vmrunner.errors import ExpressionError, MachineError, VmrunnerError
 from vmrunner.reports.events import Result, StepFinished, StepStarted
@@ -27,14 +27,12 @@ from vmrunner.runner.actions import (
     load_local_action,
     load_remote_action,
 )
+from vmrunner.runner.context import JobHandle
 from vmrunner.runner.evaluation import as_text, render, render_env, render_text
 from vmrunner.runner.repository import commit_tar, working_tree_tar
 from vmrunner.runner.steps import Scope, StepResult
 from vmrunner.workflow.expressions import EvaluationHooks, evaluate_if
 from vmrunner.workflow.models import Step
-
-if TYPE_CHECKING:  # job.py imports this module
-    from vmrunner.runner.job import JobExecution
 
 
 @dataclass(slots=True)
@@ -50,7 +48,7 @@ class _Post:
 class ActionSteps:
     """Runs the ``uses`` steps of one job; keeps its post steps and the actions copied in."""
 
-    def __init__(self, job: JobExecution) -> None:
+    def __init__(self, job: JobHandle) -> None:
         self.job = job
         self.posts: list[_Post] = []
         #: Action folders already copied into the job's machine.
