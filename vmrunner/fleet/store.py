@@ -32,6 +32,7 @@ from vmrunner.fleet.labels import queue_name
 from vmrunner.fleet.matrix import expand, has_matrix, static_labels
 from vmrunner.fleet.queue import JobRow, RunRow
 from vmrunner.fleet.schema import ensure_schema
+from vmrunner.reports.events import run_conclusion
 from vmrunner.runner.options import RunOptions, options_data, options_from_data, plain
 from vmrunner.runner.run import FAIL_FAST_REASON, aggregate
 from vmrunner.workflow.loader import load_workflow_text
@@ -394,8 +395,7 @@ class FleetStore:
                 break
         statuses = [str(r["status"]) for r in rows if r["parent"] is None]
         if all(state in FINAL for state in statuses):
-            results = set(statuses)
-            conclusion = "failure" if "failure" in results else "cancelled" if "cancelled" in results else "success"
+            conclusion = run_conclusion(statuses)
             await connection.execute(
                 "UPDATE vmrunner_runs SET status = 'completed', conclusion = %s, finished_at = now() WHERE id = %s AND status = 'running'",
                 (conclusion, run_id),

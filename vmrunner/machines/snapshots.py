@@ -55,7 +55,7 @@ _OWNER_RWX = 0o700
 
 
 @dataclass(frozen=True, slots=True)
-class SnapshotInfo:
+class DirectorySnapshot:
     """One snapshot, and what taking it cost (bytes and files copied, paths recorded)."""
 
     id: SnapshotId
@@ -162,8 +162,8 @@ class _Layer:
     files_copied: int = 0
     rescanned: bool = False
 
-    def info(self) -> SnapshotInfo:
-        return SnapshotInfo(
+    def info(self) -> DirectorySnapshot:
+        return DirectorySnapshot(
             self.id,
             self.name,
             self.created,
@@ -299,7 +299,7 @@ class DirectorySnapshots:
 
     # These two never wait for a snapshot or restore in progress (no lock: copies are atomic).
 
-    def list(self) -> list[SnapshotInfo]:
+    def list(self) -> list[DirectorySnapshot]:
         """Every snapshot of the current history, oldest (the base) first."""
         return [layer.info() for layer in self._layers.copy()]
 
@@ -343,7 +343,7 @@ class DirectorySnapshots:
                 raise SnapshotError(f"cannot start snapshots: {exc}") from exc
             return base.id
 
-    def snapshot_sync(self, name: str = "") -> SnapshotInfo:
+    def snapshot_sync(self, name: str = "") -> DirectorySnapshot:
         with self._lock:
             self._check_open()
             tree = self._tree()

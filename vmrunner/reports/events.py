@@ -18,7 +18,7 @@ Rules every emitter keeps:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -30,6 +30,18 @@ Result = Literal["success", "failure", "cancelled", "skipped"]
 StepKind = Literal["setup", "step", "post", "cleanup"]
 Stream = Literal["stdout", "stderr"]
 AnnotationLevel = Literal["debug", "notice", "warning", "error"]
+
+
+def run_conclusion(results: Iterable[str | None], otherwise: Result = "success") -> Result:
+    """GitHub's rule for a run's conclusion, from its jobs' results: ``failure`` if one failed,
+    else ``cancelled`` if one was cancelled, else ``otherwise``. The engine (``RunFinished``),
+    the results (``ResultCollector``) and the fleet's store all conclude with it."""
+    seen = set(results)
+    if "failure" in seen:
+        return "failure"
+    if "cancelled" in seen:
+        return "cancelled"
+    return otherwise
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,7 @@ from vmrunner.reports.events import (
     StepFinished,
     StepKind,
     StepStarted,
+    run_conclusion,
 )
 from vmrunner.reports.insights import INSIGHTS_SCHEMA, Insights
 from vmrunner.reports.timeline import (
@@ -463,16 +464,6 @@ def job_conclusion(result: Result, steps: tuple[StepResult, ...]) -> Result:
     return result
 
 
-def run_conclusion(reported: Result, jobs: tuple[JobResult, ...]) -> Result:
-    """The run's conclusion: ``failure`` if any job failed, ``cancelled`` if any was cancelled."""
-    conclusions = {job.conclusion for job in jobs}
-    if reported == "failure" or "failure" in conclusions:
-        return "failure"
-    if reported == "cancelled" or "cancelled" in conclusions:
-        return "cancelled"
-    return reported
-
-
 class ResultCollector:
     """An ``EventSink`` that builds the ``RunResult`` of the run whose events it receives.
 
@@ -606,7 +597,7 @@ class ResultCollector:
         jobs = tuple(self._built(key) for key in self._jobs if key)
         conclusion = run.conclusion
         if conclusion is not None and conclusion != "interrupted":
-            conclusion = run_conclusion(conclusion, jobs)
+            conclusion = run_conclusion([conclusion, *(job.conclusion for job in jobs)], conclusion)
         return replace(run, jobs=jobs, conclusion=conclusion, run_annotations=tuple(self._annotations.get("", ())))
 
     def job_result(self, job_key: str) -> JobResult | None:

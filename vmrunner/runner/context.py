@@ -30,7 +30,7 @@ from vmrunner.runner.contexts import github_context, new_run_id
 from vmrunner.runner.masking import Masker
 from vmrunner.runner.options import RunOptions
 from vmrunner.runner.repository import RepositoryInfo
-from vmrunner.runner.steps import JobRuntime, Scope, ScriptResult, StepResult
+from vmrunner.runner.steps import JobRuntime, Scope, ScriptOutcome, StepOutcome
 from vmrunner.sessions import RELEASE_FAILED, Session, SessionManager, SessionState, Transition
 from vmrunner.workflow.expressions import EvaluationHooks
 from vmrunner.workflow.models import Step, Workflow
@@ -147,6 +147,6 @@ class JobHandle(Protocol):
 
     def default_env(self, github: Mapping[str, Any] | None = None) -> dict[str, str]: ...
 
-    def script_outcome(self, index: int, result: ScriptResult) -> StepResult: ...
+    def script_outcome(self, index: int, result: ScriptOutcome) -> StepOutcome: ...
 
     async def run_steps(self, steps: tuple[Step, ...], scope: Scope, parent_index: int | None) -> None: ...

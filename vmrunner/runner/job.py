@@ -55,7 +55,7 @@ from vmrunner.runner.evaluation import (
 )
 from vmrunner.runner.options import options_data
 from vmrunner.runner.shells import resolve_shell
-from vmrunner.runner.steps import JobRuntime, Scope, ScriptResult, StepResult
+from vmrunner.runner.steps import JobRuntime, Scope, ScriptOutcome, StepOutcome
 from vmrunner.runner.uses import ActionSteps
 from vmrunner.sessions import Session, SessionState
 from vmrunner.workflow.expressions import EvaluationHooks, evaluate_if, hash_files
@@ -503,7 +503,7 @@ class JobExecution:
                 result = await self.run_step(step, scope, parent_index)
                 self.record(step, scope, result)
 
-    def record(self, step: Step, scope: Scope, result: StepResult) -> None:
+    def record(self, step: Step, scope: Scope, result: StepOutcome) -> None:
         key = step.id or f"__{step.index}"
         scope.steps[key] = {"outputs": dict(result.outputs), "outcome": result.outcome, "conclusion": result.conclusion}
         if result.conclusion == "failure":
@@ -522,14 +522,14 @@ class JobExecution:
         run.emit(StepStarted(run.run_id, self.job_key, index, "step", run.masker.mask(name), time.time(), step_id=step.id or "", machine_id=machine_id, command=run.masker.mask(command)))
         began = time.monotonic()
         self.step_number += 1
-        result = StepResult("failure", "failure")
+        result = StepOutcome("failure", "failure")
         snapshot_id = ""
         try:
             result = await self.run_step(step, scope, index)
             if result.outcome == "success" and run.options.snapshot:
                 snapshot_id = await self.take_snapshot(index)
         except asyncio.CancelledError:
-            result = StepResult("cancelled", "cancelled")
+            result = StepOutcome("cancelled", "cancelled")
             raise
         finally:
             assert self.runtime is not None
@@ -546,12 +546,12 @@ class JobExecution:
                 )
             )
 
-    async def run_step(self, step: Step, scope: Scope, index: int) -> StepResult:
+    async def run_step(self, step: Step, scope: Scope, index: int) -> StepOutcome:
         """Evaluate ``if``, env and options, run the step; outcome and conclusion as GitHub's."""
         async with self.workspace_for_hash_files(step):
             return await self._run_step(step, scope, index)
 
-    async def _run_step(self, step: Step, scope: Scope, index: int) -> StepResult:
+    async def _run_step(self, step: Step, scope: Scope, index: int) -> StepOutcome:
         runtime = self.runtime
         assert runtime is not None
         hooks = self.hooks(scope)
@@ -559,10 +559,10 @@ class JobExecution:
         contexts = self.contexts(scope, env, github=self.step_github(step, scope))
         try:
             if not evaluate_if(step.if_ or "", contexts, hooks):
-                return StepResult("skipped", "skipped")
+                return StepOutcome("skipped", "skipped")
         except ExpressionError as exc:
             runtime.annotate(index, "error", f"step if: {exc}")
-            return StepResult("failure", "failure")
+            return StepOutcome("failure", "failure")
         continue_on_error = False
         try:
             continue_on_error = render_flag(step.continue_on_error, contexts, hooks)
@@ -576,7 +576,7 @@ class JobExecution:
                 result = await self.actions.run_uses(step, scope, index, contexts, hooks, step_env, minutes)
         except (ConfigError, ExpressionError) as exc:
             runtime.annotate(index, "error", str(exc))
-            result = StepResult("failure", "failure")
+            result = StepOutcome("failure", "failure")
         if result.outcome == "failure" and continue_on_error:
             result.conclusion = "success"
         return result
@@ -603,7 +603,7 @@ class JobExecution:
     async def run_run(
         self, step: Step, scope: Scope, index: int, contexts: dict[str, Any], hooks: EvaluationHooks,
         env: dict[str, str], minutes: float | None,
-    ) -> StepResult:
+    ) -> StepOutcome:
         runtime = self.runtime
         assert runtime is not None
         assert step.run is not None
@@ -626,7 +626,7 @@ class JobExecution:
         )
         return self.script_outcome(index, result)
 
-    def script_outcome(self, index: int, result: ScriptResult) -> StepResult:
+    def script_outcome(self, index: int, result: ScriptOutcome) -> StepOutcome:
         runtime = self.runtime
         assert runtime is not None
         if result.error:
@@ -637,4 +637,4 @@ class JobExecution:
             code = "a signal" if result.exit_code is None else f"exit code {result.exit_code}"
             runtime.annotate(index, "error", f"process completed with {code}")
         outcome: Result = "success" if result.ok else "failure"
-        return StepResult(outcome, outcome, result.exit_code, result.timed_out, dict(result.outputs))
+        return StepOutcome(outcome, outcome, result.exit_code, result.timed_out, dict(result.outputs))

@@ -39,6 +39,7 @@ from vmrunner.reports.events import (
     Result,
     RunFinished,
     RunStarted,
+    run_conclusion,
 )
 from vmrunner.runner.concurrency import (
     JOB_CONTEXTS,
@@ -198,10 +199,9 @@ class Run:
 
     def conclusion(self) -> Result:
         """failure if a job failed (not continue-on-error), else cancelled if one was, else success."""
-        results = {r.result for r in self.reports if not (r.result == "failure" and r.continue_on_error)}
-        if "failure" in results:
-            return "failure"
-        return "cancelled" if "cancelled" in results else "success"
+        return run_conclusion(
+            r.result for r in self.reports if not (r.result == "failure" and r.continue_on_error)
+        )
 
     async def job_group(self, job_id: str) -> None:
         try:

@@ -8,7 +8,7 @@ a fresh set of file-command files (``GITHUB_ENV``, ``GITHUB_OUTPUT``, ``GITHUB_P
 through the workflow-command reader and the masker, and the files come back after it.
 
 ``Scope`` is the state of a list of steps (a job's, or a composite action's): their ``steps``
-context and whether one failed; ``StepResult`` is a step's outcome and conclusion.
+context and whether one failed; ``StepOutcome`` is a step's outcome and conclusion.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ _LEVELS: dict[str, AnnotationLevel] = {"error": "error", "warning": "warning", "
 
 
 @dataclass(slots=True)
-class ScriptResult:
+class ScriptOutcome:
     """How a script ended and what it asked for through workflow and file commands."""
 
     exit_code: int | None
@@ -88,7 +88,7 @@ class Scope:
 
 
 @dataclass(slots=True)
-class StepResult:
+class StepOutcome:
     outcome: Result
     conclusion: Result
     exit_code: int | None = None
@@ -199,7 +199,7 @@ class JobRuntime:
         env: Mapping[str, str],
         cwd: str,
         timeout: float | None,  # noqa: ASYNC109 - enforced inside the machine
-    ) -> ScriptResult:
+    ) -> ScriptOutcome:
         """Write ``script``, run ``argv_for(path)`` in the machine, apply the file commands.
 
         One request does it all: the agent writes the script and empties the file-command
@@ -212,7 +212,7 @@ class JobRuntime:
         script_path = f"{self.paths.temp}/{STEP_SCRIPT}{extension}"
         files = {variable: f"{prefix}{file}" for variable, file in FILE_COMMANDS.items()}
         write = dict.fromkeys(files.values(), "")
-        result = ScriptResult(exit_code=None)
+        result = ScriptOutcome(exit_code=None)
         reader = CommandReader()
         splitter = _LineSplitter()
         allow_unsecure = env.get("ACTIONS_ALLOW_UNSECURE_COMMANDS", "").lower() == "true"
@@ -262,7 +262,7 @@ class JobRuntime:
                 inline[path] = data if isinstance(data, str) else data.decode("utf-8", "surrogateescape")
         return inline
 
-    def _file_commands(self, step_index: int, contents: Mapping[str, bytes], result: ScriptResult) -> None:
+    def _file_commands(self, step_index: int, contents: Mapping[str, bytes], result: ScriptOutcome) -> None:
         text = {file: contents.get(file, b"").decode(errors="replace") for file in FILE_COMMANDS.values()}
         for key, value in parse_file_commands(text["env"], "GITHUB_ENV").items():
             self.env[key] = value
@@ -274,7 +274,7 @@ class JobRuntime:
         if text["summary"].strip():
             self.summary.append(self.masker.mask(text["summary"]))
 
-    def _command(self, step_index: int, command: WorkflowCommand, result: ScriptResult, allow_unsecure: bool) -> bool:
+    def _command(self, step_index: int, command: WorkflowCommand, result: ScriptOutcome, allow_unsecure: bool) -> bool:
         """Apply one workflow command; False when the line is not a command we know (it is shown)."""
         name, props, message = command.name, command.properties, command.message
         if name == "add-mask":
@@ -306,7 +306,7 @@ class JobRuntime:
             return False
         return True
 
-    async def run_command(self, step_index: int, command: str, *, env: Mapping[str, str], cwd: str) -> ScriptResult:
+    async def run_command(self, step_index: int, command: str, *, env: Mapping[str, str], cwd: str) -> ScriptOutcome:
         """A setup or cleanup command: ``bash -e`` (or ``sh -e``) on a script holding it."""
         shell = "bash" if self.has_bash else "sh"
         return await self.run_script(

@@ -30,7 +30,7 @@ from vmrunner.runner.actions import (
 from vmrunner.runner.context import JobHandle
 from vmrunner.runner.evaluation import as_text, render, render_env, render_text
 from vmrunner.runner.repository import commit_tar, working_tree_tar
-from vmrunner.runner.steps import Scope, StepResult
+from vmrunner.runner.steps import Scope, StepOutcome
 from vmrunner.workflow.expressions import EvaluationHooks, evaluate_if
 from vmrunner.workflow.models import Step
 
@@ -114,7 +114,7 @@ class ActionSteps:
     async def run_uses(
         self, step: Step, scope: Scope, index: int, contexts: dict[str, Any], hooks: EvaluationHooks,
         step_env: dict[str, str], minutes: float | None,
-    ) -> StepResult:
+    ) -> StepOutcome:
         runtime = self.job.runtime
         assert runtime is not None
         assert step.uses is not None
@@ -125,7 +125,7 @@ class ActionSteps:
             raise ActionError(f"step uses {uses}: Docker images are not supported by the {self.job.run.provider_name} provider")
         if is_checkout(uses):
             await self.checkout(inputs, index)
-            return StepResult("success", "success")
+            return StepOutcome("success", "success")
         if uses.startswith("./") or uses == ".":
             action = await load_local_action(runtime.machine, self.job.run.options.repo_root, uses, self.uploaded)
         else:
@@ -157,7 +157,7 @@ class ActionSteps:
 
     async def run_composite(
         self, action: Action, step: Step, scope: Scope, index: int, inputs: dict[str, str], step_env: dict[str, str]
-    ) -> StepResult:
+    ) -> StepOutcome:
         inner = Scope(inputs=inputs, env=step_env, action=action, parent=scope)
         await self.job.run_steps(action.steps, inner, index)
         inner_contexts = self.job.contexts(inner, self.job.env_context(inner))
@@ -172,7 +172,7 @@ class ActionSteps:
                 assert self.job.runtime is not None
                 self.job.runtime.annotate(index, "warning", f"output '{name}' of {action.reference}: {exc}")
         outcome: Result = "failure" if inner.failed else "success"
-        return StepResult(outcome, outcome, None, False, outputs)
+        return StepOutcome(outcome, outcome, None, False, outputs)
 
     def node_env(self, action: Action, step: Step, scope: Scope, inputs: Mapping[str, str], step_env: Mapping[str, str], state: Mapping[str, str]) -> dict[str, str]:
         runtime = self.job.runtime
@@ -190,7 +190,7 @@ class ActionSteps:
     async def run_node(
         self, action: Action, step: Step, scope: Scope, index: int, inputs: dict[str, str],
         step_env: dict[str, str], minutes: float | None,
-    ) -> StepResult:
+    ) -> StepOutcome:
         runtime = self.job.runtime
         assert runtime is not None
         if not runtime.has_node:
