@@ -42,9 +42,10 @@ from vmrunner.reports.events import (
     StepStarted,
     run_conclusion,
 )
-from vmrunner.reports.insights import INSIGHTS_SCHEMA, Insights
+from vmrunner.reports.insights import Insights
+from vmrunner.reports.schemas import JSON_OMIT, dataclass_schema
 from vmrunner.reports.timeline import (
-    KINDS,
+    LIFECYCLE_SCHEMA,
     TimelineBuilder,
     TimelineEntry,
     TimelineProof,
@@ -65,7 +66,8 @@ JSON_VERSION = 1
 class AnnotationResult:
     """An error/warning/notice/debug message attached to a job (and step; -1: the job)."""
 
-    job_key: str
+    #: Not in the JSON: an annotation is listed under its job (or the run).
+    job_key: str = field(metadata=JSON_OMIT)
     step_index: int
     level: AnnotationLevel
     message: str
@@ -168,7 +170,7 @@ class RunResult:
     rerun_of: str = ""
     from_step: int | None = None
     #: The run's own annotations, of no job (warnings about inputs, concurrency groups).
-    run_annotations: tuple[AnnotationResult, ...] = ()
+    run_annotations: tuple[AnnotationResult, ...] = field(default=(), metadata={"json": "annotations"})
 
     def job(self, job_key: str) -> JobResult | None:
         return next((j for j in self.jobs if j.job_key == job_key), None)
@@ -285,174 +287,13 @@ def _annotation_json(annotation: AnnotationResult) -> dict[str, Any]:
     }
 
 
-def _nullable(kind: str) -> dict[str, Any]:
-    return {"type": [kind, "null"]}
-
-
-_RESULTS = ["success", "failure", "cancelled", "skipped"]
-_STATUS = {"enum": ["queued", "in_progress", "completed"]}
-_STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
-_COUNT = {"type": "integer", "minimum": 0}
-
-
-def _object(properties: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "properties": properties,
-        "required": sorted(properties),
-        "additionalProperties": False,
-    }
-
-
-_ANNOTATIONS = {
-    "type": "array",
-    "items": _object(
-        {
-            "step_index": {"type": "integer"},
-            "level": {"enum": ["debug", "notice", "warning", "error"]},
-            "message": {"type": "string"},
-            "time": {"type": "number"},
-            "file": {"type": "string"},
-            "line": {"type": "integer"},
-            "column": {"type": "integer"},
-            "title": {"type": "string"},
-        }
-    ),
-}
-
-#: JSON Schema (draft 2020-12) of ``RunResult.to_json()``: every key is always present.
+#: JSON Schema (draft 2020-12) of ``RunResult.to_json()``, generated from the dataclasses
+#: (``reports/schemas.py``): every key is always present.
 RUN_RESULT_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "vmrunner run result",
-    **_object(
-        {
-            "version": {"const": JSON_VERSION},
-            "run_id": {"type": "string"},
-            "workflow_name": {"type": "string"},
-            "workflow_file": {"type": "string"},
-            "event_name": {"type": "string"},
-            "sha": {"type": "string"},
-            "ref": {"type": "string"},
-            "status": _STATUS,
-            "conclusion": {"enum": [*_RESULTS, "interrupted", None]},
-            "started_at": {"type": "number"},
-            "finished_at": _nullable("number"),
-            "duration": _nullable("number"),
-            "rerun_of": {"type": "string"},
-            "from_step": _nullable("integer"),
-            "annotations": _ANNOTATIONS,
-            "jobs": {
-                "type": "array",
-                "items": _object(
-                    {
-                        "job_key": {"type": "string"},
-                        "job_id": {"type": "string"},
-                        "name": {"type": "string"},
-                        "matrix": {"type": "object"},
-                        "needs": {"type": "array", "items": {"type": "string"}},
-                        "status": _STATUS,
-                        "conclusion": {"enum": [*_RESULTS, None]},
-                        "queued_at": _nullable("number"),
-                        "started_at": _nullable("number"),
-                        "finished_at": _nullable("number"),
-                        "duration": _nullable("number"),
-                        "allocation_seconds": {"type": "number"},
-                        "session_id": {"type": "string"},
-                        "machine_id": {"type": "string"},
-                        "provider": {"type": "string"},
-                        "vm_type": {"type": "string"},
-                        "from_pool": {"type": "boolean"},
-                        "rolled_back": {"type": "boolean"},
-                        "reason": {"type": "string"},
-                        "outputs": _STRING_MAP,
-                        "summary": {"type": "string"},
-                        "steps": {
-                            "type": "array",
-                            "items": _object(
-                                {
-                                    "index": {"type": "integer"},
-                                    "kind": {"enum": ["setup", "step", "post", "cleanup"]},
-                                    "name": {"type": "string"},
-                                    "step_id": {"type": "string"},
-                                    "status": _STATUS,
-                                    "outcome": {"enum": [*_RESULTS, None]},
-                                    "conclusion": {"enum": [*_RESULTS, None]},
-                                    "started_at": {"type": "number"},
-                                    "finished_at": _nullable("number"),
-                                    "duration": _nullable("number"),
-                                    "exit_code": _nullable("integer"),
-                                    "timed_out": {"type": "boolean"},
-                                    "snapshot_id": {"type": "string"},
-                                    "outputs": _STRING_MAP,
-                                }
-                            ),
-                        },
-                        "annotations": _ANNOTATIONS,
-                        "snapshots": {
-                            "type": "array",
-                            "items": _object(
-                                {
-                                    "step_index": {"type": "integer"},
-                                    "snapshot_id": {"type": "string"},
-                                    "time": {"type": "number"},
-                                    "duration": {"type": "number"},
-                                    "restored": {"type": "boolean"},
-                                }
-                            ),
-                        },
-                        "timeline": {
-                            "type": "array",
-                            "items": _object(
-                                {
-                                    "time": {"type": "number"},
-                                    "job_key": {"type": "string"},
-                                    "kind": {"enum": list(KINDS)},
-                                    "session_id": {"type": "string"},
-                                    "machine_id": {"type": "string"},
-                                    "state": {"type": "string"},
-                                    "step_index": _nullable("integer"),
-                                    "step_kind": {"type": "string"},
-                                    "name": {"type": "string"},
-                                    "exit_code": _nullable("integer"),
-                                    "outcome": {"type": "string"},
-                                    "seconds": _nullable("number"),
-                                    "detail": {"type": "string"},
-                                }
-                            ),
-                        },
-                    }
-                ),
-            },
-            "insights": {"anyOf": [INSIGHTS_SCHEMA, {"type": "null"}]},
-            "lifecycle": _object(
-                {
-                    "jobs": _COUNT,
-                    "machines_allocated": _COUNT,
-                    "machines_released": _COUNT,
-                    "total_machines": _COUNT,
-                    "peak_machines": _COUNT,
-                    "commands": _COUNT,
-                    "stray_commands": _COUNT,
-                    "commands_in_own_machine": {"type": "boolean"},
-                    "released_once": {"type": "boolean"},
-                    "kept": {"type": "boolean"},
-                    "machines": {
-                        "type": "array",
-                        "items": _object(
-                            {
-                                "machine_id": {"type": "string"},
-                                "job_key": {"type": "string"},
-                                "session_id": {"type": "string"},
-                                "allocated_at": {"type": "number"},
-                                "released_at": _nullable("number"),
-                                "releases": _COUNT,
-                                "commands": _COUNT,
-                            }
-                        ),
-                    },
-                }
-            ),
-        }
+    **dataclass_schema(
+        RunResult, extra={"version": {"const": JSON_VERSION}, "lifecycle": LIFECYCLE_SCHEMA}
     ),
 }
 

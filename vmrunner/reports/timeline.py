@@ -33,6 +33,7 @@ from vmrunner.reports.events import (
     StepFinished,
     StepStarted,
 )
+from vmrunner.reports.schemas import COUNT, JSON_OMIT, dataclass_schema
 
 #: What happened, in the order a job's life goes.
 TimelineKind = Literal[
@@ -221,9 +222,9 @@ class MachineUse:
     allocated_at: float
     released_at: float | None
     #: Successful releases recorded (exactly one when the promise is kept).
-    releases: int
+    releases: int = field(metadata=COUNT)
     #: Commands started in this machine.
-    commands: int
+    commands: int = field(metadata=COUNT)
 
     def overlaps(self, other: MachineUse) -> bool:
         """Both machines were alive at the same moment (from their recorded times)."""
@@ -236,17 +237,17 @@ class TimelineProof:
     """Counts computed from a run's timeline entries: the invariants, checked."""
 
     #: Jobs that were given a machine.
-    jobs: int
-    machines_allocated: int
-    machines_released: int
+    jobs: int = field(metadata=COUNT)
+    machines_allocated: int = field(metadata=COUNT)
+    machines_released: int = field(metadata=COUNT)
     machines: tuple[MachineUse, ...]
-    commands: int
+    commands: int = field(metadata=COUNT)
     #: Commands that ran in a machine other than their job's (or in none): 0 when kept.
-    stray_commands: int
-    #: Jobs that received more than one machine: none when kept.
-    jobs_with_several_machines: tuple[str, ...]
+    stray_commands: int = field(metadata=COUNT)
+    #: Jobs that received more than one machine: none when kept (not in the JSON).
+    jobs_with_several_machines: tuple[str, ...] = field(metadata=JSON_OMIT)
     #: The most machines alive at one moment.
-    peak_machines: int
+    peak_machines: int = field(metadata=COUNT)
 
     @property
     def total_machines(self) -> int:
@@ -290,6 +291,18 @@ class TimelineProof:
                 for m in self.machines
             ],
         }
+
+
+#: JSON Schema of ``TimelineProof.to_json()`` (the ``lifecycle`` key of a run result).
+LIFECYCLE_SCHEMA: dict[str, Any] = dataclass_schema(
+    TimelineProof,
+    extra={
+        "total_machines": {"type": "integer", **COUNT},
+        "commands_in_own_machine": {"type": "boolean"},
+        "released_once": {"type": "boolean"},
+        "kept": {"type": "boolean"},
+    },
+)
 
 
 def prove(entries: Iterable[TimelineEntry]) -> TimelineProof:
