@@ -28,7 +28,7 @@ disk copy, so an orderly guest shutdown through ``SendCtrlAltDel`` would buy not
 Everything a machine holds lives in ``VMRUNNER_HOME/machines/<id>/`` (and, with the jailer,
 in its chroot under ``chroot_base_dir``, by default ``VMRUNNER_HOME/jailer``), recorded in
 ``machine.json`` before the process starts, so a runner that dies leaves nothing unknown.
-``vmrunner.machines.testing_firecracker`` is a stand-in for the binary that checks every request
+``tests/machines/fake_firecracker.py`` is a stand-in for the binary that checks every request
 against Firecracker's OpenAPI document, for hosts where Firecracker cannot run.
 """
 

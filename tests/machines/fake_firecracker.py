@@ -3,7 +3,7 @@
 For hosts where Firecracker cannot run (no binary, or a KVM that cannot boot a guest), tests
 point the ``firecracker`` provider at this program instead::
 
-    python -m vmrunner.machines.testing_firecracker --document firecracker.yaml \\
+    python tests/machines/fake_firecracker.py --document firecracker.yaml \\
         [--record FILE] [--emulate-guest] --api-sock PATH [--id ID]
 
 It serves HTTP on a real unix socket, like Firecracker, and for every request:
@@ -721,7 +721,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="testing_firecracker", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="fake_firecracker", description=__doc__.split("\n")[0])
     parser.add_argument("--document", required=True, help="Firecracker's firecracker.yaml")
     parser.add_argument("--record", help="append every request and answer to this file")
     parser.add_argument("--emulate-guest", action="store_true", help="run our agent as the guest")
