@@ -44,7 +44,9 @@ async def cold_allocations(provider: Provider, count: int, spec: MachineSpec) ->
     return samples
 
 
-async def exec_round_trips(machine: Machine, count: int, command: Sequence[str] = ("true",)) -> list[float]:
+async def exec_round_trips(
+    machine: Machine, count: int, command: Sequence[str] = ("true",)
+) -> list[float]:
     """Seconds for ``exec(command)`` from the host, one after the other."""
     samples = []
     for _ in range(count):
@@ -131,7 +133,11 @@ async def run(provider: Provider, *, allocations: int, execs: int, machines: int
 
 
 def report(results: dict[str, Any]) -> str:
-    allocation, exec_true, memory = results["allocation"], results["exec_true"], results["idle_memory"]
+    allocation, exec_true, memory = (
+        results["allocation"],
+        results["exec_true"],
+        results["idle_memory"],
+    )
     rows = [
         ("cold allocation", f"p50 {allocation['p50_ms']:.1f} ms", f"p99 {allocation['p99_ms']:.1f} ms",
          f"goal p50 <= {GOALS['allocation_p50_ms']:.0f} ms"),
@@ -148,10 +154,14 @@ def report(results: dict[str, Any]) -> str:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench sandbox", description=__doc__)
-    parser.add_argument("--provider", default="sandbox", help="provider to measure (default: sandbox)")
+    parser.add_argument(
+        "--provider", default="sandbox", help="provider to measure (default: sandbox)"
+    )
     parser.add_argument("--allocations", type=int, default=50, help="cold allocations to time")
     parser.add_argument("--execs", type=int, default=500, help="`true` round trips to time")
-    parser.add_argument("--machines", type=int, default=5, help="idle machines for the memory figure")
+    parser.add_argument(
+        "--machines", type=int, default=5, help="idle machines for the memory figure"
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
 

@@ -45,7 +45,9 @@ def test_a_plain_install_imports_every_module_but_the_fleets(tmp_path: Path) -> 
     source.mkdir()
     shutil.copy(ROOT / "pyproject.toml", source)
     shutil.copy(ROOT / "README.md", source)
-    shutil.copytree(ROOT / "vmrunner", source / "vmrunner", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "vmrunner", source / "vmrunner", ignore=shutil.ignore_patterns("__pycache__")
+    )
     environment = tmp_path / "venv"
     venv.create(environment, with_pip=True)
     python = environment / "bin" / "python"

@@ -28,8 +28,20 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         "vmrunner.cli",
         "vmrunner.store",
     ),
-    "vmrunner.store": ("vmrunner.workflow", "vmrunner.machines", "vmrunner.sessions", "vmrunner.runner", "vmrunner.server", "vmrunner.cli"),
-    "vmrunner.sessions": ("vmrunner.workflow", "vmrunner.runner", "vmrunner.server", "vmrunner.cli"),
+    "vmrunner.store": (
+        "vmrunner.workflow",
+        "vmrunner.machines",
+        "vmrunner.sessions",
+        "vmrunner.runner",
+        "vmrunner.server",
+        "vmrunner.cli",
+    ),
+    "vmrunner.sessions": (
+        "vmrunner.workflow",
+        "vmrunner.runner",
+        "vmrunner.server",
+        "vmrunner.cli",
+    ),
     "vmrunner.runner": ("vmrunner.server", "vmrunner.cli", "vmrunner.learning"),
     # Reports and learning are built from the events the engine emits; they never import it.
     "vmrunner.reports": ("vmrunner.runner", "vmrunner.learning", "vmrunner.server", "vmrunner.cli"),
@@ -118,4 +130,6 @@ def test_agent_is_stdlib_only() -> None:
     if not agent.exists():
         pytest.skip("agent not written yet")
     top_level = {name.split(".")[0] for name in _imports(agent)}
-    assert top_level <= set(sys.stdlib_module_names) | {"__future__"}, top_level - set(sys.stdlib_module_names)
+    assert top_level <= set(sys.stdlib_module_names) | {"__future__"}, top_level - set(
+        sys.stdlib_module_names
+    )

@@ -18,7 +18,11 @@ def _type_checking_imports() -> dict[str, str]:
     """Name -> module of the imports under ``if TYPE_CHECKING:`` in ``vmrunner/__init__.py``."""
     found: dict[str, str] = {}
     for node in ast.parse(INIT.read_text(encoding="utf-8")).body:
-        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+        if (
+            isinstance(node, ast.If)
+            and isinstance(node.test, ast.Name)
+            and node.test.id == "TYPE_CHECKING"
+        ):
             for statement in node.body:
                 assert isinstance(statement, ast.ImportFrom)
                 assert statement.module
@@ -46,8 +50,11 @@ def test_star_import_gives_every_exported_name() -> None:
 
 def test_every_exception_is_exported() -> None:
     exceptions = {
-        name for name, value in vars(errors).items()
-        if inspect.isclass(value) and issubclass(value, Exception) and value.__module__ == errors.__name__
+        name
+        for name, value in vars(errors).items()
+        if inspect.isclass(value)
+        and issubclass(value, Exception)
+        and value.__module__ == errors.__name__
     }
     assert exceptions
     assert exceptions <= set(vmrunner.__all__), sorted(exceptions - set(vmrunner.__all__))

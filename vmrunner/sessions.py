@@ -634,19 +634,28 @@ class SessionManager:
         wall_activity = now - (self.clock() - session.last_activity)
         entry = (state, now, note, wall_activity)
         unsaved = session._unsaved
-        if session._state in _TRANSIENT and state in _TRANSIENT and not note and len(unsaved) < MAX_UNSAVED_TRANSITIONS:
+        if (
+            session._state in _TRANSIENT
+            and state in _TRANSIENT
+            and not note
+            and len(unsaved) < MAX_UNSAVED_TRANSITIONS
+        ):
             unsaved.append(entry)
         else:
             with self.store.transaction():  # all or nothing: a failed write leaves them unsaved
                 for state_, at, note_, activity in (*unsaved, entry):
-                    self.store.set_session_state(session.id, state_.value, at, note=note_, last_activity=activity)
+                    self.store.set_session_state(
+                        session.id, state_.value, at, note=note_, last_activity=activity
+                    )
             unsaved.clear()
             session._persisted_activity = session.last_activity
         session._state = state
         session._transitions.append(Transition(state, now, note))
         self._notify(session, session._transitions[-1])
 
-    def observe(self, observer: TransitionObserver, *, label: tuple[str, str] | None = None) -> Callable[[], None]:
+    def observe(
+        self, observer: TransitionObserver, *, label: tuple[str, str] | None = None
+    ) -> Callable[[], None]:
         """Call ``observer(session, transition)`` after every state change of every session,
         or only of the sessions carrying ``label`` (key, value), such as one run's: a server
         with many runs does not call every run's observer for every session. It must be

@@ -523,7 +523,9 @@ def connect(path: str | Path | None = None, *pragmas: str) -> tuple[sqlite3.Conn
 
 
 @contextmanager
-def immediate_transaction(db: sqlite3.Connection, path: object, doing: str) -> Iterator[sqlite3.Connection]:
+def immediate_transaction(
+    db: sqlite3.Connection, path: object, doing: str
+) -> Iterator[sqlite3.Connection]:
     """``BEGIN IMMEDIATE`` ... ``COMMIT`` on an autocommit connection, rolled back on any error;
     sqlite errors become ``StoreError`` naming the database and what was being done."""
     try:
@@ -538,7 +540,9 @@ def immediate_transaction(db: sqlite3.Connection, path: object, doing: str) -> I
         raise StoreError(f"{path}: cannot {doing}: {exc}") from exc
 
 
-def fetch_all(db: sqlite3.Connection, path: object, sql: str, params: Sequence[Any], doing: str) -> list[Any]:
+def fetch_all(
+    db: sqlite3.Connection, path: object, sql: str, params: Sequence[Any], doing: str
+) -> list[Any]:
     """Every row of one query; sqlite errors become ``StoreError``."""
     try:
         return db.execute(sql, params).fetchall()
@@ -560,7 +564,9 @@ class Store:
         target = Path(path) if path is not None else default_path()
         try:
             target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            connection = sqlite3.connect(target, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+            connection = sqlite3.connect(
+                target, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
+            )
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the state database {target}: {exc}") from exc
         store = cls(connection, target)
@@ -710,7 +716,9 @@ class Store:
             self._update_session(session_id, "machine_id = ?", (machine.machine_id,))
 
     def _update_session(self, session_id: str, assignments: str, params: Sequence[Any]) -> None:
-        cursor = self._execute(f"UPDATE sessions SET {assignments} WHERE id = ?", (*params, session_id))
+        cursor = self._execute(
+            f"UPDATE sessions SET {assignments} WHERE id = ?", (*params, session_id)
+        )
         if cursor.rowcount != 1:
             raise StoreError(f"{self.path}: no session {session_id}")
 
@@ -721,13 +729,17 @@ class Store:
         )
 
     def session(self, session_id: str) -> SessionRow | None:
-        row = self._execute(f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        row = self._execute(
+            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)
+        ).fetchone()
         return _session_row(row) if row else None
 
     def sessions(self, *, include_released: bool = False) -> list[SessionRow]:
         """Sessions in creation order; without released ones unless asked."""
         where = "" if include_released else "WHERE state != 'released'"
-        rows = self._execute(f"SELECT {_SESSION_COLUMNS} FROM sessions {where} ORDER BY created_at, id")
+        rows = self._execute(
+            f"SELECT {_SESSION_COLUMNS} FROM sessions {where} ORDER BY created_at, id"
+        )
         return [_session_row(row) for row in rows.fetchall()]
 
     def transitions(self, session_id: str) -> list[TransitionRow]:
@@ -745,10 +757,20 @@ class Store:
             self._execute(
                 f"INSERT OR REPLACE INTO machines ({_MACHINE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
-                    row.machine_id, row.provider, row.vm_type, row.pid, row.pid_start,
-                    row.state_dir, row.owner_pid, row.owner_start, row.created_at,
-                    json.dumps(dict(row.data)), row.session_id, row.allocated_at,
-                    row.released_at, row.note,
+                    row.machine_id,
+                    row.provider,
+                    row.vm_type,
+                    row.pid,
+                    row.pid_start,
+                    row.state_dir,
+                    row.owner_pid,
+                    row.owner_start,
+                    row.created_at,
+                    json.dumps(dict(row.data)),
+                    row.session_id,
+                    row.allocated_at,
+                    row.released_at,
+                    row.note,
                 ),
             )
 
@@ -761,7 +783,9 @@ class Store:
     def machines(self, *, include_released: bool = False) -> list[MachineRow]:
         """Machines in allocation order; only those not released unless asked."""
         where = "" if include_released else "WHERE released_at IS NULL"
-        rows = self._execute(f"SELECT {_MACHINE_COLUMNS} FROM machines {where} ORDER BY allocated_at")
+        rows = self._execute(
+            f"SELECT {_MACHINE_COLUMNS} FROM machines {where} ORDER BY allocated_at"
+        )
         return [_machine_row(row) for row in rows.fetchall()]
 
     def mark_machine_released(
@@ -830,7 +854,8 @@ class Store:
     def run_timeline(self, run_id: str) -> list[TimelineRow]:
         """A run's machine lifecycle entries in the order they were written."""
         rows = self._execute(
-            f"SELECT {_columns(TimelineRow)} FROM run_timeline WHERE run_id = ? ORDER BY seq", (run_id,)
+            f"SELECT {_columns(TimelineRow)} FROM run_timeline WHERE run_id = ? ORDER BY seq",
+            (run_id,),
         )
         return [_from_row(TimelineRow, row) for row in rows.fetchall()]
 
@@ -849,7 +874,9 @@ class Store:
         with self.transaction():
             return self._execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount == 1
 
-    def runs(self, *, limit: int | None = 20, workflow: str | None = None, unfinished: bool = False) -> list[RunRow]:
+    def runs(
+        self, *, limit: int | None = 20, workflow: str | None = None, unfinished: bool = False
+    ) -> list[RunRow]:
         """Runs, newest first; only those of ``workflow`` (name or file) or not completed if asked."""
         where: list[str] = ["1 = 1"]
         params: list[Any] = []
@@ -864,27 +891,35 @@ class Store:
         return [_from_row(RunRow, row) for row in self._execute(sql, params).fetchall()]
 
     def run(self, run_id: str) -> RunRow | None:
-        row = self._execute(f"SELECT {_columns(RunRow)} FROM runs WHERE id = ?", (run_id,)).fetchone()
+        row = self._execute(
+            f"SELECT {_columns(RunRow)} FROM runs WHERE id = ?", (run_id,)
+        ).fetchone()
         return _from_row(RunRow, row) if row else None
 
     def run_ids(self, prefix: str, *, limit: int = 10) -> list[str]:
         """Ids of runs starting with ``prefix`` (like git's abbreviated commit ids)."""
         rows = self._execute(
-            "SELECT id FROM runs WHERE substr(id, 1, ?) = ? ORDER BY id LIMIT ?", (len(prefix), prefix, limit)
+            "SELECT id FROM runs WHERE substr(id, 1, ?) = ? ORDER BY id LIMIT ?",
+            (len(prefix), prefix, limit),
         )
         return [row[0] for row in rows.fetchall()]
 
     def run_jobs(self, run_id: str) -> list[RunJobRow]:
-        rows = self._execute(f"SELECT {_columns(RunJobRow)} FROM run_jobs WHERE run_id = ? ORDER BY seq", (run_id,))
+        rows = self._execute(
+            f"SELECT {_columns(RunJobRow)} FROM run_jobs WHERE run_id = ? ORDER BY seq", (run_id,)
+        )
         return [_from_row(RunJobRow, row) for row in rows.fetchall()]
 
     def run_steps(self, run_id: str) -> list[RunStepRow]:
         rows = self._execute(
-            f"SELECT {_columns(RunStepRow)} FROM run_steps WHERE run_id = ? ORDER BY job_key, step_index", (run_id,)
+            f"SELECT {_columns(RunStepRow)} FROM run_steps WHERE run_id = ? ORDER BY job_key, step_index",
+            (run_id,),
         )
         return [_from_row(RunStepRow, row) for row in rows.fetchall()]
 
-    def run_logs(self, run_id: str, job_key: str | None = None, step_index: int | None = None) -> list[LogRow]:
+    def run_logs(
+        self, run_id: str, job_key: str | None = None, step_index: int | None = None
+    ) -> list[LogRow]:
         """A run's output in the order it was written; only one job's, or one step's, if asked."""
         sql = f"SELECT {_columns(LogRow)} FROM run_logs WHERE run_id = ?"
         params: list[Any] = [run_id]
@@ -899,7 +934,8 @@ class Store:
 
     def run_annotations(self, run_id: str) -> list[AnnotationRow]:
         rows = self._execute(
-            f"SELECT {_columns(AnnotationRow)} FROM run_annotations WHERE run_id = ? ORDER BY seq", (run_id,)
+            f"SELECT {_columns(AnnotationRow)} FROM run_annotations WHERE run_id = ? ORDER BY seq",
+            (run_id,),
         )
         return [_from_row(AnnotationRow, row) for row in rows.fetchall()]
 
@@ -915,7 +951,9 @@ class Store:
     def _insert_many(self, table: str, kind: type[Any], rows: Sequence[Any]) -> None:
         if not rows:
             return
-        sql = f"INSERT INTO {table} ({_columns(kind)}) VALUES ({', '.join('?' * len(fields(kind)))})"
+        sql = (
+            f"INSERT INTO {table} ({_columns(kind)}) VALUES ({', '.join('?' * len(fields(kind)))})"
+        )
         with self.transaction(), self._errors(f"write {table}"):
             self._db.executemany(sql, [_to_values(row) for row in rows])
 
@@ -967,7 +1005,12 @@ def _layout(kind: type[Any]) -> _Layout:
     layout = _LAYOUTS.get(kind)
     if layout is None:
         names = tuple(f.name for f in fields(kind))
-        layout = attrgetter(*names), names, frozenset(names) & _JSON_COLUMNS, frozenset(names) & _BOOL_COLUMNS
+        layout = (
+            attrgetter(*names),
+            names,
+            frozenset(names) & _JSON_COLUMNS,
+            frozenset(names) & _BOOL_COLUMNS,
+        )
         _LAYOUTS[kind] = layout
     return layout
 

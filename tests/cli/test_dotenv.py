@@ -14,7 +14,14 @@ from vmrunner.errors import ConfigError
 
 def test_forms() -> None:
     text = '# comment\n\nA=1\nexport B = two words\nC="foo\\nbar"\nD=\'lit\\n\'\nJ={"foo": "bar"}\nM="x\ny"\n'
-    assert parse_dotenv(text) == {"A": "1", "B": "two words", "C": "foo\nbar", "D": "lit\\n", "J": '{"foo": "bar"}', "M": "x\ny"}
+    assert parse_dotenv(text) == {
+        "A": "1",
+        "B": "two words",
+        "C": "foo\nbar",
+        "D": "lit\\n",
+        "J": '{"foo": "bar"}',
+        "M": "x\ny",
+    }
 
 
 @pytest.mark.parametrize("text", ["no equals", 'A="open'])

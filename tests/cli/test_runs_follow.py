@@ -44,7 +44,9 @@ def test_follow_prints_a_running_run_s_output_until_it_ends() -> None:
         assert writer.stdout.readline() == "ready\n"
         follower = _popen([sys.executable, "-m", "vmrunner", "runs", "show", "live", "--follow"])
         assert follower.stdout is not None
-        assert follower.stdout.readline() == "[build] compiling\n"  # printed while the run still runs
+        assert (
+            follower.stdout.readline() == "[build] compiling\n"
+        )  # printed while the run still runs
         writer.stdin.write("go\n")
         writer.stdin.flush()
         out, _ = follower.communicate(timeout=60)

@@ -53,7 +53,9 @@ async def queue(request: pytest.FixtureRequest) -> AsyncIterator[tuple[JobQueue,
             if request.param == "embedded":
                 provider = get_provider("sandbox")
                 stack.push_async_callback(provider.aclose)
-                sessions = await stack.enter_async_context(SessionManager(provider, limit=2, wait_timeout=None))
+                sessions = await stack.enter_async_context(
+                    SessionManager(provider, limit=2, wait_timeout=None)
+                )
                 store = stack.enter_context(Store.open())
                 yield await stack.enter_async_context(EmbeddedQueue(sessions, store)), options
             else:
@@ -79,8 +81,13 @@ async def test_needs_outputs_and_logs(queue: tuple[JobQueue, RunOptions]) -> Non
     assert run.conclusion == "success"
     assert run.job("second").outputs == {"heard": "hello"}
     assert ("first", "first says hi") in lines
-    assert ("first", "first says hi") in [(job, line) for _, job, _, line in await jobs.logs(run_id)]
-    assert all(job != "first" for _, job, _, _ in await jobs.logs(run_id, after=(await jobs.logs(run_id))[-1][0]))
+    assert ("first", "first says hi") in [
+        (job, line) for _, job, _, line in await jobs.logs(run_id)
+    ]
+    assert all(
+        job != "first"
+        for _, job, _, _ in await jobs.logs(run_id, after=(await jobs.logs(run_id))[-1][0])
+    )
 
 
 async def test_cancel_ends_running_and_waiting_jobs(queue: tuple[JobQueue, RunOptions]) -> None:
@@ -88,7 +95,10 @@ async def test_cancel_ends_running_and_waiting_jobs(queue: tuple[JobQueue, RunOp
     run_id = await jobs.submit(HANGS, "hang.yml", options)
 
     async def running() -> bool:
-        return any(job.job_id == "hang" and job.status == "running" for job in (await jobs.run(run_id)).jobs)
+        return any(
+            job.job_id == "hang" and job.status == "running"
+            for job in (await jobs.run(run_id)).jobs
+        )
 
     await until(running, within=60, what="the job running")
     assert await jobs.cancel(run_id)

@@ -42,7 +42,9 @@ jobs:
 
 
 def test_needs_without_outputs_artifacts_or_conditions_and_serial_matrices_are_reported() -> None:
-    found = {(s.job, s.message.split(":")[0]) for s in parallel_suggestions(load_workflow_text(WORKFLOW))}
+    found = {
+        (s.job, s.message.split(":")[0]) for s in parallel_suggestions(load_workflow_text(WORKFLOW))
+    }
     assert found == {
         ("docs", "job `docs` needs `lint` but uses none of its outputs"),
         ("package", "job `package` needs `lint` but uses none of its outputs"),

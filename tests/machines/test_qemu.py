@@ -167,7 +167,9 @@ async def test_warm_pool_hands_out_booted_vms_and_restores_them_for_reuse(
         again = await pool.allocate(MachineSpec())
         try:
             assert again.id == machine.id
-            assert (await again.exec(["test", "-e", f"{again.paths.workspace}/job.txt"])).exit_code == 1
+            assert (
+                await again.exec(["test", "-e", f"{again.paths.workspace}/job.txt"])
+            ).exit_code == 1
         finally:
             await pool.release(again)
     assert provider.leftovers() == []
@@ -193,7 +195,9 @@ async def test_accelerator_is_probed_once_and_cached(image: Image, tmp_path: Pat
     assert accelerator(provider.qemu(), image, cache) == forced
 
 
-def test_command_line_has_fixed_device_ids_and_the_network_mode(image: Image, tmp_path: Path) -> None:
+def test_command_line_has_fixed_device_ids_and_the_network_mode(
+    image: Image, tmp_path: Path
+) -> None:
     none = qemu_argv("qemu", image, Shape("tcg", 256, 1, "none"), tmp_path)
     host = qemu_argv("qemu", image, Shape("tcg", 256, 1, "host"), tmp_path, incoming=tmp_path / "s")
     assert none[none.index("-nic") + 1] == "none"

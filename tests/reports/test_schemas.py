@@ -73,4 +73,6 @@ def test_the_generated_schemas_accept_real_results_and_insights() -> None:
     suggestion = Suggestion("cache", "cache it", 0.5, "3 runs", paths=("~/.npm",))
     jsonschema.validate(Insights((lesson,), (suggestion,)).to_json(), INSIGHTS_SCHEMA)
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(Insights((), (Suggestion("cache", "x", 1.5, "y"),)).to_json(), INSIGHTS_SCHEMA)
+        jsonschema.validate(
+            Insights((), (Suggestion("cache", "x", 1.5, "y"),)).to_json(), INSIGHTS_SCHEMA
+        )

@@ -62,7 +62,9 @@ async def run(
         model = workflow
     counting = CountingProvider(provider or get_provider("sandbox"))
     recorder = Recorder()
-    run_options = dataclasses.replace(RunOptions(repo_root=str(repo_root), concurrent_jobs=limit), **options)
+    run_options = dataclasses.replace(
+        RunOptions(repo_root=str(repo_root), concurrent_jobs=limit), **options
+    )
     try:
         async with SessionManager(counting, limit=sessions_limit or limit) as sessions:
             outcome = await run_workflow(model, run_options, sessions, recorder)

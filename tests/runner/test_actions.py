@@ -77,7 +77,10 @@ POST_JS = "console.log('post state ' + process.env.STATE_started);\n"
 
 
 async def test_checkout_composite_nested_and_env_scoping(tmp_path: Path) -> None:
-    repo = write(tmp_path, {"actions/outer/action.yml": COMPOSITE, "actions/inner/action.yml": INNER, "README": "hi"})
+    repo = write(
+        tmp_path,
+        {"actions/outer/action.yml": COMPOSITE, "actions/inner/action.yml": INNER, "README": "hi"},
+    )
     ran = await run(
         """
 on: push
@@ -143,11 +146,22 @@ jobs:
         repo_root=repo,
     )
     assert "should-not-run" not in ran.logs("a")
-    assert [(s.outcome, s.conclusion) for s in ran.steps("a")] == [("failure", "success"), ("success", "success")]
+    assert [(s.outcome, s.conclusion) for s in ran.steps("a")] == [
+        ("failure", "success"),
+        ("success", "success"),
+    ]
 
 
 async def test_node_action_inputs_outputs_pre_and_post(tmp_path: Path) -> None:
-    repo = write(tmp_path, {"node-act/action.yml": NODE, "node-act/pre.js": PRE_JS, "node-act/main.js": MAIN_JS, "node-act/post.js": POST_JS})
+    repo = write(
+        tmp_path,
+        {
+            "node-act/action.yml": NODE,
+            "node-act/pre.js": PRE_JS,
+            "node-act/main.js": MAIN_JS,
+            "node-act/post.js": POST_JS,
+        },
+    )
     ran = await run(
         """
 on: push
@@ -186,8 +200,12 @@ def bare_repo(root: Path, owner: str, name: str, files: dict[str, str], tag: str
 
 async def test_remote_action_from_a_git_server(tmp_path: Path) -> None:
     bare_repo(
-        tmp_path, "octo", "greet",
-        {"action.yml": "inputs:\n  who: {default: you}\nruns:\n  using: composite\n  steps:\n    - run: echo \"remote says hi ${{ inputs.who }}\"\n      shell: bash\n"},
+        tmp_path,
+        "octo",
+        "greet",
+        {
+            "action.yml": 'inputs:\n  who: {default: you}\nruns:\n  using: composite\n  steps:\n    - run: echo "remote says hi ${{ inputs.who }}"\n      shell: bash\n'
+        },
         "v1",
     )
     ran = await run(
@@ -251,9 +269,15 @@ jobs:
 
 def committed_repo(repo: Path) -> str:
     write(repo, {"file.txt": "committed\n"})
-    for args in (["init", "-q"], ["add", "."], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "c"]):
+    for args in (
+        ["init", "-q"],
+        ["add", "."],
+        ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "c"],
+    ):
         subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 async def test_checkout_of_a_commit_uses_git_archive(tmp_path: Path) -> None:
@@ -281,7 +305,15 @@ jobs:
 async def test_checkout_of_a_git_working_tree_honours_gitignore(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     committed_repo(repo)
-    write(repo, {".gitignore": "ignored.txt\nbuild/\n", "ignored.txt": "no", "build/out.bin": "no", "new.txt": "yes"})
+    write(
+        repo,
+        {
+            ".gitignore": "ignored.txt\nbuild/\n",
+            "ignored.txt": "no",
+            "build/out.bin": "no",
+            "new.txt": "yes",
+        },
+    )
     (repo / "file.txt").unlink()
     ran = await run(
         """
@@ -303,8 +335,15 @@ jobs:
 
 async def test_remote_node_action_pre_runs_at_the_start_of_the_job(tmp_path: Path) -> None:
     bare_repo(
-        tmp_path, "octo", "setup-thing",
-        {"action.yml": NODE, "pre.js": "console.log('pre ran for ' + process.env.INPUT_WHO);\nrequire('fs').appendFileSync(process.env.GITHUB_STATE, 'from_pre=1\\n');\n", "main.js": MAIN_JS, "post.js": "console.log('post sees ' + process.env.STATE_from_pre + ' ' + process.env.STATE_started);\n"},
+        tmp_path,
+        "octo",
+        "setup-thing",
+        {
+            "action.yml": NODE,
+            "pre.js": "console.log('pre ran for ' + process.env.INPUT_WHO);\nrequire('fs').appendFileSync(process.env.GITHUB_STATE, 'from_pre=1\\n');\n",
+            "main.js": MAIN_JS,
+            "post.js": "console.log('post sees ' + process.env.STATE_from_pre + ' ' + process.env.STATE_started);\n",
+        },
         "v2",
     )
     ran = await run(
@@ -322,7 +361,12 @@ jobs:
         actions_url=f"file://{tmp_path / 'server'}",
     )
     logs = ran.logs("a")
-    assert logs.index("pre ran for early") < logs.index("first step") < logs.index("hello early") < logs.index("post sees 1 yes")
+    assert (
+        logs.index("pre ran for early")
+        < logs.index("first step")
+        < logs.index("hello early")
+        < logs.index("post sees 1 yes")
+    )
     assert "pre ran" not in " ".join(logs[logs.index("first step"):])
     assert next(e.name for e in ran.of(StepStarted)) == "Pre Run octo/setup-thing@v2"
     assert ran.result("a") == "success"

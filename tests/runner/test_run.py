@@ -16,7 +16,11 @@ def most_at_once(events: Sequence[Event], prefix: str = "") -> int:
             running += 1
             peak = max(peak, running)
         elif isinstance(event, JobFinished) and event.job_key.startswith(prefix):
-            running -= 1 if any(isinstance(e, JobStarted) and e.job_key == event.job_key for e in events) else 0
+            running -= (
+                1
+                if any(isinstance(e, JobStarted) and e.job_key == event.job_key for e in events)
+                else 0
+            )
     return peak
 
 
@@ -93,7 +97,9 @@ jobs:
       - run: true
 """
     )
-    order = [(type(e).__name__, e.job_key) for e in ran.events if isinstance(e, JobStarted | JobFinished)]
+    order = [
+        (type(e).__name__, e.job_key) for e in ran.events if isinstance(e, JobStarted | JobFinished)
+    ]
     assert order.index(("JobStarted", "after-fast")) < order.index(("JobFinished", "slow"))
 
 
@@ -161,7 +167,9 @@ jobs:
     assert results["m (1)"] == "failure"
     assert {results["m (2)"], results["m (3)"], results["m (4)"]} == {"cancelled"}
     reasons = {e.job_key: e.reason for e in ran.of(JobFinished)}
-    assert {reasons["m (2)"], reasons["m (3)"], reasons["m (4)"]} == {"cancelled by fail-fast: a matrix sibling failed"}
+    assert {reasons["m (2)"], reasons["m (3)"], reasons["m (4)"]} == {
+        "cancelled by fail-fast: a matrix sibling failed"
+    }
     assert ran.outcome.conclusion == "failure"
     started = {e.job_key for e in ran.of(JobStarted)}
     assert "m (3)" not in started or "m (4)" not in started
@@ -266,9 +274,17 @@ async def test_jobs_take_machines_from_a_warm_pool() -> None:
         "on: push\njobs:\n  a:\n    runs-on: x\n    steps:\n      - run: echo pooled\n", "pool.yml"
     )
     recorder = Recorder()
-    async with WarmPool(get_provider("sandbox"), {"default": 1}) as pool, SessionManager(pool, limit=1) as sessions:
+    async with (
+        WarmPool(get_provider("sandbox"), {"default": 1}) as pool,
+        SessionManager(pool, limit=1) as sessions,
+    ):
         await pool.wait_filled()
-        outcome = await run_workflow(workflow, RunOptions(payload={"ref": "refs/tags/v1", "after": "f00"}), sessions, recorder)
+        outcome = await run_workflow(
+            workflow,
+            RunOptions(payload={"ref": "refs/tags/v1", "after": "f00"}),
+            sessions,
+            recorder,
+        )
     assert outcome.conclusion == "success"
     started = [e for e in recorder.events if isinstance(e, JobStarted)]
     assert [e.from_pool for e in started] == [True]

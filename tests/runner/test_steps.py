@@ -109,7 +109,9 @@ jobs:
       - run: test -z "$X"
 """
     )
-    annotations = [(a.level, a.message) for a in ran.of(Annotation) if a.job_key == "a" and a.level != "debug"]
+    annotations = [
+        (a.level, a.message) for a in ran.of(Annotation) if a.job_key == "a" and a.level != "debug"
+    ]
     assert ("warning", "careful\nnow") in annotations
     assert ("error", "bad") in annotations
     assert ("notice", "fyi") in annotations
@@ -154,7 +156,11 @@ jobs:
 """,
         secrets={"TOKEN": secret, "MULTI": "first-line\nsecond-line"},
     )
-    texts = [str(getattr(e, field, "")) for e in ran.events for field in ("text", "message", "name", "reason")]
+    texts = [
+        str(getattr(e, field, ""))
+        for e in ran.events
+        for field in ("text", "message", "name", "reason")
+    ]
     texts += [v for e in ran.of(StepFinished) for v in e.outputs.values()]
     texts += list(ran.finished("a").outputs.values())
     assert not [t for t in texts if secret in t or "first-line" in t or "second-line" in t]
@@ -250,7 +256,10 @@ async def test_large_scripts_and_events_are_uploaded_and_file_commands_survive_a
     from vmrunner.runner.steps import INLINE_LIMIT
 
     padding = "# " + "x" * 78 + "\n"
-    big_script = padding * (INLINE_LIMIT // len(padding) + 10) + 'echo "big=$(wc -c < "$0")" >> "$GITHUB_OUTPUT"'
+    big_script = (
+        padding * (INLINE_LIMIT // len(padding) + 10)
+        + 'echo "big=$(wc -c < "$0")" >> "$GITHUB_OUTPUT"'
+    )
     payload = {"padding": "é" * INLINE_LIMIT, "marker": "event-ok"}
     ran = await run(
         f"""

@@ -20,7 +20,11 @@ def row(status: str, *, host: str | None = None, attempt: int = 1, reason: str =
         (row("queued", attempt=2), "pending", "queued (attempt 2)"),
         (row("running", host="h2"), "pending", "running on h2"),
         (row("success", host="h1"), "success", "success on h1"),
-        (row("failure", host="h1", reason="step 2 failed"), "failure", "failure on h1: step 2 failed"),
+        (
+            row("failure", host="h1", reason="step 2 failed"),
+            "failure",
+            "failure on h1: step 2 failed",
+        ),
     ],
 )
 def test_each_fleet_job_state_becomes_a_commit_status(job: JobRow, state: str, words: str) -> None:

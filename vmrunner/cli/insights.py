@@ -70,14 +70,18 @@ def dismiss(lesson_id: int) -> None:
 
     with Learning.open() as learning:
         if not learning.dismiss(lesson_id):
-            raise ConfigError(f"no active lesson {lesson_id} (`vmrunner insights lessons --all` lists them)")
+            raise ConfigError(
+                f"no active lesson {lesson_id} (`vmrunner insights lessons --all` lists them)"
+            )
     terminal.info(f"lesson {lesson_id} dismissed")
 
 
 @command.command("predict")
 @click.argument("cmd", metavar="COMMAND")
 @click.option("--repo", required=True, help=_REPO_HELP)
-@click.option("--after", default=None, help="The command that runs just before (the command graph).")
+@click.option(
+    "--after", default=None, help="The command that runs just before (the command graph)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def predict(cmd: str, repo: str, after: str | None, as_json: bool) -> None:
     """The odds that COMMAND succeeds: (successes + 1) / (runs + 2)."""
@@ -87,7 +91,13 @@ def predict(cmd: str, repo: str, after: str | None, as_json: bool) -> None:
     with Learning.open() as learning:
         odds = learning.predict(repo, cmd, after=after)
     if as_json:
-        terminal.print_json({"probability": odds.probability, "successes": odds.successes, "failures": odds.failures})
+        terminal.print_json(
+            {
+                "probability": odds.probability,
+                "successes": odds.successes,
+                "failures": odds.failures,
+            }
+        )
         return
     terminal.info(f"{odds.probability:.0%} ({odds.successes} successes, {odds.failures} failures)")
 
@@ -103,7 +113,9 @@ def _show(insights: Insights) -> None:
     for suggestion in insights.suggestions:
         paths = f" (paths: {', '.join(suggestion.paths)})" if suggestion.paths else ""
         job = f" [job {suggestion.job}]" if suggestion.job else ""
-        terminal.info(f"{suggestion.kind} {suggestion.confidence:.0%}{job}: {suggestion.message}{paths}")
+        terminal.info(
+            f"{suggestion.kind} {suggestion.confidence:.0%}{job}: {suggestion.message}{paths}"
+        )
         terminal.info(f"    evidence: {suggestion.evidence}")
 
 
@@ -112,6 +124,8 @@ def _lesson(lesson: Lesson) -> None:
 
     state = " (dismissed)" if lesson.dismissed else ""
     first = lesson.command.strip().splitlines()[0] if lesson.command.strip() else ""
-    terminal.info(f"lesson {lesson.id}{state} [{lesson.repository}]: {first!s} failed {lesson.occurrences} times the same way")
+    terminal.info(
+        f"lesson {lesson.id}{state} [{lesson.repository}]: {first!s} failed {lesson.occurrences} times the same way"
+    )
     if lesson.excerpt:
         terminal.info(f"    {lesson.excerpt}")

@@ -106,14 +106,18 @@ def reclaim(providers: tuple[str, ...], as_json: bool) -> None:
             names.update(row.provider for row in store.machines())
             scan = [p for p in (resolve(n) for n in sorted(names)) if p is not None]
             try:
-                return await reclaim_orphans(store, resolve, scan), RunHistory(store).mark_interrupted()
+                return await reclaim_orphans(store, resolve, scan), RunHistory(
+                    store
+                ).mark_interrupted()
             finally:
                 for provider in scan:
                     await provider.aclose()
 
     actions, interrupted = asyncio.run(run())
     if as_json:
-        terminal.print_json({"actions": [_action(a) for a in actions], "interrupted_runs": interrupted})
+        terminal.print_json(
+            {"actions": [_action(a) for a in actions], "interrupted_runs": interrupted}
+        )
     elif not actions and not interrupted:
         terminal.info("nothing to reclaim: no machine or session of a dead runner")
     if not as_json:

@@ -43,7 +43,11 @@ class _Tracked:
         elif isinstance(event, JobStarted):
             self.jobs.setdefault(event.job_key, {"outputs": {}, "reason": ""})["status"] = "running"
         elif isinstance(event, JobFinished):
-            self.jobs[event.job_key] = {"status": event.result, "outputs": dict(event.outputs), "reason": event.reason}
+            self.jobs[event.job_key] = {
+                "status": event.result,
+                "outputs": dict(event.outputs),
+                "reason": event.reason,
+            }
         elif isinstance(event, LogLine):
             self.logs.append((event.job_key, 1, event.text))
         else:
@@ -76,7 +80,13 @@ class EmbeddedQueue:
             await group.__aexit__(None, None, None)
 
     async def submit(
-        self, workflow_text: str, workflow_path: str, options: RunOptions, *, delivery_id: str | None = None, priority: int = 0,
+        self,
+        workflow_text: str,
+        workflow_path: str,
+        options: RunOptions,
+        *,
+        delivery_id: str | None = None,
+        priority: int = 0,
     ) -> str:
         """Start the run now (one host has no queue to order by ``priority``)."""
         if delivery_id is not None and delivery_id in self._deliveries:
@@ -94,7 +104,12 @@ class EmbeddedQueue:
         async def execute() -> None:
             with StoreSink(self.store) as keep:
                 try:
-                    outcome = await run_workflow(workflow, _with_run_id(options, run_id), self.sessions, FanOut(tracked, keep))
+                    outcome = await run_workflow(
+                        workflow,
+                        _with_run_id(options, run_id),
+                        self.sessions,
+                        FanOut(tracked, keep),
+                    )
                     tracked.conclusion = outcome.conclusion
                 except asyncio.CancelledError:
                     tracked.conclusion = "cancelled"
@@ -109,7 +124,16 @@ class EmbeddedQueue:
         if tracked is None:
             raise RunNotFound(f"no run {run_id} in this process")
         jobs = tuple(
-            JobRow(run_id, key, str(job["status"]), 1, self.host if job["status"] != "queued" else None, job["outputs"], job["reason"], ())
+            JobRow(
+                run_id,
+                key,
+                str(job["status"]),
+                1,
+                self.host if job["status"] != "queued" else None,
+                job["outputs"],
+                job["reason"],
+                (),
+            )
             for key, job in sorted(tracked.jobs.items())
         )
         status = "completed" if tracked.conclusion is not None else "running"
@@ -129,7 +153,10 @@ class EmbeddedQueue:
         tracked = self._runs.get(run_id)
         if tracked is None:
             raise RunNotFound(f"no run {run_id} in this process")
-        return [(index, job, attempt, line) for index, (job, attempt, line) in enumerate(tracked.logs[after:], start=after + 1)]
+        return [
+            (index, job, attempt, line)
+            for index, (job, attempt, line) in enumerate(tracked.logs[after:], start=after + 1)
+        ]
 
     async def follow(self, run_id: str) -> AsyncIterator[tuple[str, int, str]]:
         tracked = self._runs.get(run_id)

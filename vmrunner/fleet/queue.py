@@ -50,7 +50,13 @@ class RunRow:
 
 class JobQueue(Protocol):
     async def submit(
-        self, workflow_text: str, workflow_path: str, options: RunOptions, *, delivery_id: str | None = None, priority: int = 0,
+        self,
+        workflow_text: str,
+        workflow_path: str,
+        options: RunOptions,
+        *,
+        delivery_id: str | None = None,
+        priority: int = 0,
     ) -> str:
         """Queue a run of the workflow; its id. A ``delivery_id`` seen before returns that run."""
         ...
@@ -79,16 +85,27 @@ def workflow_text(workflow: Workflow) -> str:
     try:
         return Path(workflow.path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"{workflow.path}: cannot read the workflow: {exc.strerror or exc}") from exc
+        raise ConfigError(
+            f"{workflow.path}: cannot read the workflow: {exc.strerror or exc}"
+        ) from exc
 
 
 def run_json(run: RunRow) -> dict[str, Any]:
     """A queued run for machines (``vmrunner run --store --json``, ``GET /api/runs/{id}``)."""
     return {
-        "run_id": run.id, "status": run.status, "conclusion": run.conclusion,
+        "run_id": run.id,
+        "status": run.status,
+        "conclusion": run.conclusion,
         "jobs": [
-            {"job_id": j.job_id, "status": j.status, "attempt": j.attempt, "host": j.host, "labels": list(j.labels),
-             "outputs": dict(j.outputs), "reason": j.reason}
+            {
+                "job_id": j.job_id,
+                "status": j.status,
+                "attempt": j.attempt,
+                "host": j.host,
+                "labels": list(j.labels),
+                "outputs": dict(j.outputs),
+                "reason": j.reason,
+            }
             for j in run.jobs
         ],
     }

@@ -106,7 +106,9 @@ async def ensure_schema(connection: psycopg.AsyncConnection[Any]) -> None:
     """Create procrastinate's schema and ours when missing; safe to call from many hosts."""
     async with connection.transaction():
         await connection.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-        row = await (await connection.execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL")).fetchone()
+        row = await (
+            await connection.execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL")
+        ).fetchone()
         if not (row and row[0]):
             await connection.execute(SchemaManager.get_schema())
         await connection.execute(TABLES)

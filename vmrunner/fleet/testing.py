@@ -24,7 +24,9 @@ def _bin_dir() -> str:
         return os.path.dirname(os.path.realpath(found))
     candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not candidates:
-        raise ConfigError("PostgreSQL is not installed (initdb not found): run scripts/bootstrap --dev")
+        raise ConfigError(
+            "PostgreSQL is not installed (initdb not found): run scripts/bootstrap --dev"
+        )
     return os.path.dirname(candidates[-1])
 
 
@@ -56,7 +58,19 @@ class TemporaryCluster:
         if os.geteuid() == 0:
             shutil.chown(self.folder, "postgres", "postgres")
         try:
-            _as_postgres([f"{self.bin}/initdb", "-D", f"{self.folder}/data", "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
+            _as_postgres(
+                [
+                    f"{self.bin}/initdb",
+                    "-D",
+                    f"{self.folder}/data",
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                ]
+            )
             with open(f"{self.folder}/data/postgresql.conf", "a") as conf:  # kept across restarts
                 conf.write(
                     f"listen_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = '{self.folder}'\n"

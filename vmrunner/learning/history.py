@@ -79,10 +79,22 @@ EXCERPT_LIMIT = 400
 
 #: Dependency tools recognised in a command, and the paths ``actions/cache`` should keep.
 CACHE_PATHS: tuple[tuple[str, re.Pattern[str], tuple[str, ...]], ...] = (
-    ("pip", re.compile(r"\b(?:pip3?|uv pip|python3? -m pip) install\b|\bpoetry install\b"), ("~/.cache/pip",)),
+    (
+        "pip",
+        re.compile(r"\b(?:pip3?|uv pip|python3? -m pip) install\b|\bpoetry install\b"),
+        ("~/.cache/pip",),
+    ),
     ("npm", re.compile(r"\bnpm (?:ci|install|i)\b"), ("~/.npm",)),
-    ("cargo", re.compile(r"\bcargo (?:build|test|fetch|check|clippy|install)\b"), ("~/.cargo/registry", "target")),
-    ("go", re.compile(r"\bgo (?:mod download|build|test|install|get)\b"), ("~/go/pkg/mod", "~/.cache/go-build")),
+    (
+        "cargo",
+        re.compile(r"\bcargo (?:build|test|fetch|check|clippy|install)\b"),
+        ("~/.cargo/registry", "target"),
+    ),
+    (
+        "go",
+        re.compile(r"\bgo (?:mod download|build|test|install|get)\b"),
+        ("~/go/pkg/mod", "~/.cache/go-build"),
+    ),
     ("maven", re.compile(r"\bmvnw? |\./mvnw\b"), ("~/.m2/repository",)),
     ("gradle", re.compile(r"\bgradlew?\b"), ("~/.gradle/caches",)),
 )
@@ -95,7 +107,9 @@ class LearningConfig:
     tail_lines: int = DEFAULT_TAIL_LINES
 
 
-def load_config(lesson_threshold: int | None = None, *, path: str | Path | None = None) -> LearningConfig:
+def load_config(
+    lesson_threshold: int | None = None, *, path: str | Path | None = None
+) -> LearningConfig:
     """The learning settings: ``lesson_threshold`` if given, else the environment, else the file.
 
     The file is ``VMRUNNER_HOME/vmrunner.toml`` (or ``path``); its ``[learning]`` table may hold
@@ -122,15 +136,26 @@ def _from_file(path: Path, config: LearningConfig) -> LearningConfig:
         raise ConfigError(f"{path}: [learning] must be a table")
     unknown = sorted(set(table) - {"lesson_threshold", "slow_seconds", "tail_lines"})
     if unknown:
-        raise ConfigError(f"{path}: learning.{unknown[0]}: unknown setting (expected lesson_threshold, slow_seconds, tail_lines)")
+        raise ConfigError(
+            f"{path}: learning.{unknown[0]}: unknown setting (expected lesson_threshold, slow_seconds, tail_lines)"
+        )
     if "lesson_threshold" in table:
-        config = replace(config, lesson_threshold=_positive(table["lesson_threshold"], f"{path}: learning.lesson_threshold"))
+        config = replace(
+            config,
+            lesson_threshold=_positive(
+                table["lesson_threshold"], f"{path}: learning.lesson_threshold"
+            ),
+        )
     if "tail_lines" in table:
-        config = replace(config, tail_lines=_positive(table["tail_lines"], f"{path}: learning.tail_lines"))
+        config = replace(
+            config, tail_lines=_positive(table["tail_lines"], f"{path}: learning.tail_lines")
+        )
     if "slow_seconds" in table:
         value = table["slow_seconds"]
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise ConfigError(f"{path}: learning.slow_seconds must be a number of seconds >= 0, got {value!r}")
+            raise ConfigError(
+                f"{path}: learning.slow_seconds must be a number of seconds >= 0, got {value!r}"
+            )
         config = replace(config, slow_seconds=float(value))
     return config
 
@@ -198,7 +223,11 @@ class Edge:
 
 def signature(command: str, tail: Sequence[str]) -> tuple[str, str]:
     """A failure's identity (a hash) and its noise-free text: the command and its last lines."""
-    text = noise_free(command, COMMAND_LIMIT) + "\n" + "\n".join(noise_free(line, 512) for line in tail)
+    text = (
+        noise_free(command, COMMAND_LIMIT)
+        + "\n"
+        + "\n".join(noise_free(line, 512) for line in tail)
+    )
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24], text
 
 
@@ -221,7 +250,12 @@ class Learning:
     def __enter__(self) -> Learning:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     def _write(self, doing: str) -> AbstractContextManager[sqlite3.Connection]:
@@ -244,8 +278,20 @@ class Learning:
             db.execute(
                 "INSERT INTO learning_commands (repository, workflow, job_id, run_id, sha, command_key, command,"
                 " outcome, exit_code, duration, time, signature) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (record.repository, record.workflow, record.job_id, record.run_id, record.sha, key, shown,
-                 record.outcome, record.exit_code, record.duration, at, sig),
+                (
+                    record.repository,
+                    record.workflow,
+                    record.job_id,
+                    record.run_id,
+                    record.sha,
+                    key,
+                    shown,
+                    record.outcome,
+                    record.exit_code,
+                    record.duration,
+                    at,
+                    sig,
+                ),
             )
             self._update_pattern(db, record.repository, key, failed, record.duration, at)
             db.execute(
@@ -259,9 +305,12 @@ class Learning:
         return None
 
     @staticmethod
-    def _update_pattern(db: sqlite3.Connection, repository: str, key: str, failed: bool, duration: float, at: float) -> None:
+    def _update_pattern(
+        db: sqlite3.Connection, repository: str, key: str, failed: bool, duration: float, at: float
+    ) -> None:
         row = db.execute(
-            "SELECT successes, mean, m2 FROM learning_patterns WHERE repository = ? AND command_key = ?", (repository, key)
+            "SELECT successes, mean, m2 FROM learning_patterns WHERE repository = ? AND command_key = ?",
+            (repository, key),
         ).fetchone()
         count, mean, m2 = row if row else (0, 0.0, 0.0)
         if not failed:  # Welford's update of the successful durations' mean and squared deviations
@@ -277,16 +326,27 @@ class Learning:
             (repository, key, count, int(failed), mean, m2, at),
         )
 
-    def _learn_failure(self, db: sqlite3.Connection, record: CommandRecord, key: str, shown: str, sig: str, at: float) -> Lesson | None:
+    def _learn_failure(
+        self,
+        db: sqlite3.Connection,
+        record: CommandRecord,
+        key: str,
+        shown: str,
+        sig: str,
+        at: float,
+    ) -> Lesson | None:
         (count, first) = db.execute(
             "SELECT COUNT(*), MIN(time) FROM learning_commands WHERE repository = ? AND signature = ?",
             (record.repository, sig),
         ).fetchone()
         if count < self.config.lesson_threshold:
             return None
-        excerpt = clean(" / ".join(line.strip() for line in record.tail if line.strip()), EXCERPT_LIMIT)
+        excerpt = clean(
+            " / ".join(line.strip() for line in record.tail if line.strip()), EXCERPT_LIMIT
+        )
         existed = db.execute(
-            "SELECT 1 FROM learning_lessons WHERE repository = ? AND signature = ?", (record.repository, sig)
+            "SELECT 1 FROM learning_lessons WHERE repository = ? AND signature = ?",
+            (record.repository, sig),
         ).fetchone()
         db.execute(
             "INSERT INTO learning_lessons (repository, signature, command, command_key, excerpt, occurrences,"
@@ -296,22 +356,31 @@ class Learning:
         )
         if existed:
             return None
-        row = db.execute(f"SELECT {_LESSON_COLUMNS} FROM learning_lessons WHERE repository = ? AND signature = ?", (record.repository, sig)).fetchone()
+        row = db.execute(
+            f"SELECT {_LESSON_COLUMNS} FROM learning_lessons WHERE repository = ? AND signature = ?",
+            (record.repository, sig),
+        ).fetchone()
         return _lesson(row)
 
     # Reading
 
-    def lessons(self, repository: str | None = None, *, include_dismissed: bool = False) -> list[Lesson]:
+    def lessons(
+        self, repository: str | None = None, *, include_dismissed: bool = False
+    ) -> list[Lesson]:
         """Lessons, newest first; only ``repository``'s if given; dismissed ones only if asked."""
         where, params = _where(repository, include_dismissed)
-        rows = self._read(f"SELECT {_LESSON_COLUMNS} FROM learning_lessons{where} ORDER BY last_seen DESC, id DESC", params)
+        rows = self._read(
+            f"SELECT {_LESSON_COLUMNS} FROM learning_lessons{where} ORDER BY last_seen DESC, id DESC",
+            params,
+        )
         return [_lesson(row) for row in rows]
 
     def dismiss(self, lesson_id: int) -> bool:
         """Dismiss a lesson (it stays known, and is no longer shown); False when there is none."""
         with self._write("dismiss a lesson") as db:
             cursor = db.execute(
-                "UPDATE learning_lessons SET dismissed_at = ? WHERE id = ? AND dismissed_at IS NULL", (time.time(), lesson_id)
+                "UPDATE learning_lessons SET dismissed_at = ? WHERE id = ? AND dismissed_at IS NULL",
+                (time.time(), lesson_id),
             )
             return cursor.rowcount > 0
 
@@ -328,7 +397,8 @@ class Learning:
         key = command_key(command, COMMAND_LIMIT)
         if after is None:
             rows = self._read(
-                "SELECT successes, failures FROM learning_patterns WHERE repository = ? AND command_key = ?", (repository, key)
+                "SELECT successes, failures FROM learning_patterns WHERE repository = ? AND command_key = ?",
+                (repository, key),
             )
         else:
             rows = self._read(
@@ -347,19 +417,37 @@ class Learning:
         return [Edge(*row) for row in rows]
 
     def repositories(self) -> list[str]:
-        return [row[0] for row in self._read("SELECT DISTINCT repository FROM learning_patterns ORDER BY repository")]
+        return [
+            row[0]
+            for row in self._read(
+                "SELECT DISTINCT repository FROM learning_patterns ORDER BY repository"
+            )
+        ]
 
-    def insights(self, repository: str | None = None, commands: Iterable[str] | None = None) -> Insights:
+    def insights(
+        self, repository: str | None = None, commands: Iterable[str] | None = None
+    ) -> Insights:
         """Active lessons and suggestions for ``repository`` (all if None), about ``commands`` if given."""
         keys = None if commands is None else {command_key(c, COMMAND_LIMIT) for c in commands}
-        lessons = [lesson for lesson in self.lessons(repository) if keys is None or command_key(lesson.command, COMMAND_LIMIT) in keys]
-        suggestions = [*self._flaky(repository, keys), *self._avoid(lessons), *self._cache(repository, keys)]
+        lessons = [
+            lesson
+            for lesson in self.lessons(repository)
+            if keys is None or command_key(lesson.command, COMMAND_LIMIT) in keys
+        ]
+        suggestions = [
+            *self._flaky(repository, keys),
+            *self._avoid(lessons),
+            *self._cache(repository, keys),
+        ]
         suggestions.sort(key=lambda s: -s.confidence)
         return Insights(tuple(lessons), tuple(suggestions))
 
     def run_insights(self, repository: str, run_id: str) -> Insights:
         """The insights about the commands run ``run_id`` ran (e.g. for a pull request comment)."""
-        rows = self._read("SELECT DISTINCT command FROM learning_commands WHERE repository = ? AND run_id = ?", (repository, run_id))
+        rows = self._read(
+            "SELECT DISTINCT command FROM learning_commands WHERE repository = ? AND run_id = ?",
+            (repository, run_id),
+        )
         return self.insights(repository, [row[0] for row in rows])
 
     def with_insights(self, result: RunResult, repository: str) -> RunResult:
@@ -391,7 +479,8 @@ class Learning:
         for lesson in lessons:
             odds = self.predict(lesson.repository, lesson.command)
             yield Suggestion(
-                "avoid", f"`{_first_line(lesson.command)}` keeps failing the same way: fix it before the next run",
+                "avoid",
+                f"`{_first_line(lesson.command)}` keeps failing the same way: fix it before the next run",
                 1 - odds.probability,
                 f"{lesson.occurrences} identical failures (lesson {lesson.id})"
                 + (f": {lesson.excerpt}" if lesson.excerpt else "")
@@ -410,20 +499,26 @@ class Learning:
         for key, successes, _failures, mean, m2, command in rows:
             if keys is not None and key not in keys:
                 continue
-            tool = next(((name, paths) for name, pattern, paths in CACHE_PATHS if pattern.search(key)), None)
+            tool = next(
+                ((name, paths) for name, pattern, paths in CACHE_PATHS if pattern.search(key)), None
+            )
             if tool is None:
                 continue
             stdev = math.sqrt(m2 / (successes - 1))
             name, paths = tool
             yield Suggestion(
-                "cache", f"cache the {name} downloads of `{_first_line(command or key)}` with actions/cache",
+                "cache",
+                f"cache the {name} downloads of `{_first_line(command or key)}` with actions/cache",
                 successes / (successes + 1) * (1 / (1 + stdev / mean) if mean else 0.0),
                 f"{successes} successful runs took {mean:.1f} s on average (± {stdev:.1f} s)",
-                command=command or key, paths=paths,
+                command=command or key,
+                paths=paths,
             )
 
 
-def add_insights(results: Sequence[RunResult], repository: str, path: str | Path | None = None) -> list[RunResult]:
+def add_insights(
+    results: Sequence[RunResult], repository: str, path: str | Path | None = None
+) -> list[RunResult]:
     """``results`` with their insights; unchanged if the learning tables cannot be read (never raises)."""
     try:
         with Learning.open(path) as learning:
@@ -433,21 +528,38 @@ def add_insights(results: Sequence[RunResult], repository: str, path: str | Path
         return list(results)
 
 
-_LESSON_COLUMNS = "id, repository, command, excerpt, occurrences, first_seen, last_seen, signature, dismissed_at"
+_LESSON_COLUMNS = (
+    "id, repository, command, excerpt, occurrences, first_seen, last_seen, signature, dismissed_at"
+)
 
 
 def _lesson(row: Sequence[Any]) -> Lesson:
     id_, repository, command, excerpt, occurrences, first_seen, last_seen, sig, dismissed_at = row
-    return Lesson(id_, repository, command, excerpt, occurrences, first_seen, last_seen, sig, dismissed_at is not None)
+    return Lesson(
+        id_,
+        repository,
+        command,
+        excerpt,
+        occurrences,
+        first_seen,
+        last_seen,
+        sig,
+        dismissed_at is not None,
+    )
 
 
 def _pattern(row: Sequence[Any]) -> Pattern:
     key, successes, failures, mean, m2 = row
-    return Pattern(key, successes, failures, mean, math.sqrt(m2 / (successes - 1)) if successes > 1 else 0.0)
+    return Pattern(
+        key, successes, failures, mean, math.sqrt(m2 / (successes - 1)) if successes > 1 else 0.0
+    )
 
 
 def _where(
-    repository: str | None, include_dismissed: bool, column: str = "repository", keys: set[str] | None = None
+    repository: str | None,
+    include_dismissed: bool,
+    column: str = "repository",
+    keys: set[str] | None = None,
 ) -> tuple[str, tuple[Any, ...]]:
     """A WHERE clause for one repository (``column``), active lessons, and only ``keys`` (commands)."""
     clauses: list[str] = []
@@ -457,7 +569,9 @@ def _where(
         params.append(repository)
     if keys is not None:
         prefix = column.rpartition(".")[0]
-        clauses.append(f"{prefix + '.' if prefix else ''}command_key IN ({', '.join('?' * len(keys))})")
+        clauses.append(
+            f"{prefix + '.' if prefix else ''}command_key IN ({', '.join('?' * len(keys))})"
+        )
         params.extend(sorted(keys))
     if not include_dismissed:
         clauses.append("dismissed_at IS NULL")
@@ -485,7 +599,14 @@ class LearningSink:
     ``StoreError``s met (``emit`` never raises); ``insights`` is the last run's, once it finished.
     """
 
-    def __init__(self, learning: Learning, *, repository: str, then: EventSink | None = None, workflow: Workflow | None = None) -> None:
+    def __init__(
+        self,
+        learning: Learning,
+        *,
+        repository: str,
+        then: EventSink | None = None,
+        workflow: Workflow | None = None,
+    ) -> None:
         self.learning = learning
         self.repository = repository
         self.then = then
@@ -528,7 +649,9 @@ class LearningSink:
                 self._jobs[event.job_key] = event.job_id
             case StepStarted() if event.command:
                 job_id = self._jobs.get(event.job_key, event.job_key)
-                self._running[(event.job_key, event.index)] = _Running(event.command, job_id, deque(maxlen=self.learning.config.tail_lines))
+                self._running[(event.job_key, event.index)] = _Running(
+                    event.command, job_id, deque(maxlen=self.learning.config.tail_lines)
+                )
             case LogLine():
                 running = self._running.get((event.job_key, event.step_index))
                 if running is not None and event.text.strip():
@@ -537,12 +660,22 @@ class LearningSink:
                 running = self._running.pop((event.job_key, event.index), None)
                 if running is None or event.outcome not in ("success", "failure"):
                     return
-                lesson = self.learning.record(CommandRecord(
-                    repository=self.repository, workflow=self._workflow, job_id=running.job_id,
-                    run_id=event.run_id, command=running.command, outcome=event.outcome,
-                    duration=event.duration, sha=self._sha, exit_code=event.exit_code,
-                    tail=tuple(running.tail), previous=self._previous.get(event.job_key, ""), time=event.time,
-                ))
+                lesson = self.learning.record(
+                    CommandRecord(
+                        repository=self.repository,
+                        workflow=self._workflow,
+                        job_id=running.job_id,
+                        run_id=event.run_id,
+                        command=running.command,
+                        outcome=event.outcome,
+                        duration=event.duration,
+                        sha=self._sha,
+                        exit_code=event.exit_code,
+                        tail=tuple(running.tail),
+                        previous=self._previous.get(event.job_key, ""),
+                        time=event.time,
+                    )
+                )
                 self._previous[event.job_key] = running.command
                 self._commands.append(running.command)
                 if lesson is not None:
@@ -550,7 +683,10 @@ class LearningSink:
             case RunFinished():
                 insights = self.learning.insights(self.repository, self._commands)
                 if self.workflow is not None:
-                    insights = replace(insights, suggestions=(*insights.suggestions, *parallel_suggestions(self.workflow)))
+                    insights = replace(
+                        insights,
+                        suggestions=(*insights.suggestions, *parallel_suggestions(self.workflow)),
+                    )
                 self.insights = insights
                 if self.insights and self.then is not None:
                     self.then.emit(RunInsights(event.run_id, event.time, self.insights))

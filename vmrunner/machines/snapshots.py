@@ -426,7 +426,11 @@ class DirectorySnapshots:
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 os.mkdir(target, _OWNER_RWX)
                 moved: dict[bytes, _Entry] = {}
-                known = set(itertools.chain.from_iterable(layer.entries for layer in self._layers[: index + 1]))
+                known = set(
+                    itertools.chain.from_iterable(
+                        layer.entries for layer in self._layers[: index + 1]
+                    )
+                )
                 for name, root in self._roots.items():
                     into = os.path.join(target, os.fsencode(name))
                     os.mkdir(into, _OWNER_RWX)
@@ -649,7 +653,9 @@ def _failing_as(message: str) -> Iterator[None]:
         raise SnapshotError(f"{message}: {exc}") from exc
 
 
-def import_trees(source: str | os.PathLike[str], roots: Mapping[str, str | os.PathLike[str]]) -> None:
+def import_trees(
+    source: str | os.PathLike[str], roots: Mapping[str, str | os.PathLike[str]]
+) -> None:
     """Replace the content of each root with ``source/<name>/`` (an ``export_sync``), copying."""
     with _failing_as(f"cannot import the snapshot in {os.fspath(source)}"):
         for name, root in roots.items():
@@ -659,7 +665,9 @@ def import_trees(source: str | os.PathLike[str], roots: Mapping[str, str | os.Pa
             with os.scandir(root) as entries:
                 for entry in entries:
                     _remove(os.fsencode(entry.path))
-            shutil.copytree(origin, root, symlinks=True, dirs_exist_ok=True, copy_function=_copy_preserving)
+            shutil.copytree(
+                origin, root, symlinks=True, dirs_exist_ok=True, copy_function=_copy_preserving
+            )
             shutil.copystat(origin, root)
 
 

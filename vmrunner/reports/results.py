@@ -170,7 +170,9 @@ class RunResult:
     rerun_of: str = ""
     from_step: int | None = None
     #: The run's own annotations, of no job (warnings about inputs, concurrency groups).
-    run_annotations: tuple[AnnotationResult, ...] = field(default=(), metadata={"json": "annotations"})
+    run_annotations: tuple[AnnotationResult, ...] = field(
+        default=(), metadata={"json": "annotations"}
+    )
 
     def job(self, job_key: str) -> JobResult | None:
         return next((j for j in self.jobs if j.job_key == job_key), None)
@@ -400,7 +402,9 @@ class ResultCollector:
                     (s.step_index for s in taken if s.snapshot_id == event.snapshot_id), -1
                 )
                 taken.append(
-                    SnapshotResult(index, event.snapshot_id, event.time, event.duration, restored=True)
+                    SnapshotResult(
+                        index, event.snapshot_id, event.time, event.duration, restored=True
+                    )
                 )
             case JobFinished():
                 job = self._job(event.job_key, event.time)
@@ -424,7 +428,9 @@ class ResultCollector:
     def _job(self, job_key: str, time: float) -> JobResult:
         job = self._jobs.get(job_key)
         if job is None:
-            job = JobResult(job_key=job_key, job_id=job_key, name=job_key, status="queued", queued_at=time)
+            job = JobResult(
+                job_key=job_key, job_id=job_key, name=job_key, status="queued", queued_at=time
+            )
             self._jobs[job_key] = job
             self._steps[job_key] = {}
             self._annotations[job_key] = []
@@ -439,7 +445,12 @@ class ResultCollector:
         conclusion = run.conclusion
         if conclusion is not None and conclusion != "interrupted":
             conclusion = run_conclusion([conclusion, *(job.conclusion for job in jobs)], conclusion)
-        return replace(run, jobs=jobs, conclusion=conclusion, run_annotations=tuple(self._annotations.get("", ())))
+        return replace(
+            run,
+            jobs=jobs,
+            conclusion=conclusion,
+            run_annotations=tuple(self._annotations.get("", ())),
+        )
 
     def job_result(self, job_key: str) -> JobResult | None:
         """One job as known so far (cheaper than ``result()`` while a run is going)."""

@@ -112,7 +112,10 @@ class StoreSink:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()
 
@@ -138,7 +141,9 @@ class StoreSink:
         if self._run is not None and not self._finished:
             self._finished = True
             try:
-                self.store.finish_unfinished_run(self._run.id, "interrupted", time.time(), INTERRUPTED_NOTE)
+                self.store.finish_unfinished_run(
+                    self._run.id, "interrupted", time.time(), INTERRUPTED_NOTE
+                )
             except StoreError as exc:
                 self.errors.append(exc)
 
@@ -294,7 +299,9 @@ class RunHistory:
             raise RunNotFound(f"no run {run_id!r}")
         return self._result(row)
 
-    def logs(self, run_id: str, job_key: str | None = None, step: int | None = None) -> list[LogRow]:
+    def logs(
+        self, run_id: str, job_key: str | None = None, step: int | None = None
+    ) -> list[LogRow]:
         """A run's output in order (lines and group markers); one job's or one step's if asked."""
         return self.store.run_logs(self.resolve(run_id), job_key, step)
 
@@ -302,7 +309,9 @@ class RunHistory:
         """Record as interrupted every unfinished run whose runner process is gone; their ids."""
         marked = []
         for row in self.store.runs(limit=None, unfinished=True):
-            if not Owner(row.owner_pid, row.owner_start).alive() and self.store.finish_unfinished_run(
+            if not Owner(
+                row.owner_pid, row.owner_start
+            ).alive() and self.store.finish_unfinished_run(
                 row.id, "interrupted", time.time() if now is None else now, _gone(row)
             ):
                 marked.append(row.id)
@@ -319,7 +328,12 @@ class RunHistory:
         for moment in self.store.run_timeline(row.id):
             timelines.setdefault(moment.job_key, []).append(timeline_entry(moment))
         jobs = tuple(
-            job_result(job, steps.get(job.job_key, []), annotations.get(job.job_key, []), timelines.get(job.job_key, []))
+            job_result(
+                job,
+                steps.get(job.job_key, []),
+                annotations.get(job.job_key, []),
+                timelines.get(job.job_key, []),
+            )
             for job in self.store.run_jobs(row.id)
         )
         status: Status = _choice(row.status, Status, "in_progress")
@@ -364,7 +378,10 @@ def step_row(run_id: str, job_key: str, step: StepResult) -> RunStepRow:
 
 
 def job_result(
-    row: RunJobRow, steps: list[StepResult], annotations: list[AnnotationResult], timeline: list[TimelineEntry] | None = None
+    row: RunJobRow,
+    steps: list[StepResult],
+    annotations: list[AnnotationResult],
+    timeline: list[TimelineEntry] | None = None,
 ) -> JobResult:
     return JobResult(
         job_key=row.job_key, job_id=row.job_id, name=row.name,
@@ -384,10 +401,20 @@ def job_result(
 
 def timeline_row(run_id: str, entry: TimelineEntry) -> TimelineRow:
     return TimelineRow(
-        run_id=run_id, job_key=entry.job_key, time=entry.time, kind=entry.kind,
-        session_id=entry.session_id, machine_id=entry.machine_id, state=entry.state,
-        step_index=entry.step_index, step_kind=entry.step_kind, name=entry.name,
-        exit_code=entry.exit_code, outcome=entry.outcome, seconds=entry.seconds, detail=entry.detail,
+        run_id=run_id,
+        job_key=entry.job_key,
+        time=entry.time,
+        kind=entry.kind,
+        session_id=entry.session_id,
+        machine_id=entry.machine_id,
+        state=entry.state,
+        step_index=entry.step_index,
+        step_kind=entry.step_kind,
+        name=entry.name,
+        exit_code=entry.exit_code,
+        outcome=entry.outcome,
+        seconds=entry.seconds,
+        detail=entry.detail,
     )
 
 

@@ -92,7 +92,9 @@ def write_summary(path: str | os.PathLike[str], results: Sequence[RunResult]) ->
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(text)
     except OSError as exc:
-        raise ConfigError(f"cannot write the summary to {os.fspath(path)}: {exc.strerror or exc}") from exc
+        raise ConfigError(
+            f"cannot write the summary to {os.fspath(path)}: {exc.strerror or exc}"
+        ) from exc
 
 
 def _run_line(result: RunResult) -> str:
@@ -144,7 +146,8 @@ def _insights(insights: Insights) -> list[str]:
     """Lessons and suggestions, one bullet each, with the confidence and the evidence."""
     lines = [
         f"- 📚 lesson {lesson.id}: `{_code(lesson.command.splitlines()[0] if lesson.command.strip() else '')}`"
-        f" failed {lesson.occurrences} times the same way" + (f": {inline(lesson.excerpt)}" if lesson.excerpt else "")
+        f" failed {lesson.occurrences} times the same way"
+        + (f": {inline(lesson.excerpt)}" if lesson.excerpt else "")
         for lesson in insights.lessons
     ]
     lines += [

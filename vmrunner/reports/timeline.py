@@ -106,20 +106,34 @@ class TimelineBuilder:
     def entry(self, event: Event) -> TimelineEntry | None:
         match event:
             case AllocationRequested():
-                return self._new(event.job_key, event.time, "allocation_requested", detail=f"{event.provider} {event.vm_type}")
+                return self._new(
+                    event.job_key,
+                    event.time,
+                    "allocation_requested",
+                    detail=f"{event.provider} {event.vm_type}",
+                )
             case JobStarted():
                 track = self._track(event.job_key)
                 track.session_id, track.machine_id = event.session_id, event.machine_id
                 pool = " from the warm pool" if event.from_pool else ""
                 return self._new(
-                    event.job_key, event.time, "machine_allocated", seconds=event.allocation_seconds,
+                    event.job_key,
+                    event.time,
+                    "machine_allocated",
+                    seconds=event.allocation_seconds,
                     detail=f"{event.provider} {event.vm_type}{pool}",
                 )
             case SessionStateChanged():
                 track = self._track(event.job_key)
                 track.session_id, track.state = event.session_id, event.state
                 track.machine_id = event.machine_id or track.machine_id
-                return self._new(event.job_key, event.time, "session_state", machine_id=event.machine_id, detail=event.note)
+                return self._new(
+                    event.job_key,
+                    event.time,
+                    "session_state",
+                    machine_id=event.machine_id,
+                    detail=event.note,
+                )
             case StepStarted():
                 self._track(event.job_key).names[event.index] = (event.kind, event.name)
                 return self._new(
@@ -127,7 +141,9 @@ class TimelineBuilder:
                     step_index=event.index, step_kind=event.kind, name=event.name,
                 )
             case StepFinished():
-                kind, name = self._track(event.job_key).names.get(event.index, ("step", f"step {event.index}"))
+                kind, name = self._track(event.job_key).names.get(
+                    event.index, ("step", f"step {event.index}")
+                )
                 return self._new(
                     event.job_key, event.time, "command_finished", machine_id=event.machine_id,
                     step_index=event.index, step_kind=kind, name=name, exit_code=event.exit_code,
@@ -139,9 +155,17 @@ class TimelineBuilder:
                     seconds=event.duration, detail=event.snapshot_id,
                 )
             case SnapshotRestored():
-                return self._new(event.job_key, event.time, "snapshot_restored", seconds=event.duration, detail=event.snapshot_id)
+                return self._new(
+                    event.job_key,
+                    event.time,
+                    "snapshot_restored",
+                    seconds=event.duration,
+                    detail=event.snapshot_id,
+                )
             case ReleaseRequested():
-                return self._new(event.job_key, event.time, "release_requested", machine_id=event.machine_id)
+                return self._new(
+                    event.job_key, event.time, "release_requested", machine_id=event.machine_id
+                )
             case MachineReleased():
                 return self._new(
                     event.job_key, event.time, "machine_released", machine_id=event.machine_id,
@@ -152,11 +176,18 @@ class TimelineBuilder:
     def _track(self, job_key: str) -> _JobTrack:
         return self._jobs.setdefault(job_key, _JobTrack())
 
-    def _new(self, job_key: str, time: float, kind: TimelineKind, *, machine_id: str = "", **values: Any) -> TimelineEntry:
+    def _new(
+        self, job_key: str, time: float, kind: TimelineKind, *, machine_id: str = "", **values: Any
+    ) -> TimelineEntry:
         track = self._track(job_key)
         return TimelineEntry(
-            time, job_key, kind, session_id=track.session_id, machine_id=machine_id or track.machine_id,
-            state=track.state, **values,
+            time,
+            job_key,
+            kind,
+            session_id=track.session_id,
+            machine_id=machine_id or track.machine_id,
+            state=track.state,
+            **values,
         )
 
 
@@ -267,7 +298,9 @@ class TimelineProof:
         """One machine per job, every command in it, each released once."""
         return (
             self.machines_allocated == self.jobs == self.machines_released
-            and self.commands_in_own_machine and self.released_once and not self.jobs_with_several_machines
+            and self.commands_in_own_machine
+            and self.released_once
+            and not self.jobs_with_several_machines
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -333,9 +366,13 @@ def prove(entries: Iterable[TimelineEntry]) -> TimelineProof:
         for machine_id, entry in allocated.items()
     )
     return TimelineProof(
-        jobs=len(own), machines_allocated=len(allocated),
-        machines_released=sum(1 for m in machines if m.releases), machines=machines, commands=total,
-        stray_commands=stray, jobs_with_several_machines=tuple(k for k, ids in own.items() if len(ids) > 1),
+        jobs=len(own),
+        machines_allocated=len(allocated),
+        machines_released=sum(1 for m in machines if m.releases),
+        machines=machines,
+        commands=total,
+        stray_commands=stray,
+        jobs_with_several_machines=tuple(k for k, ids in own.items() if len(ids) > 1),
         peak_machines=_peak(machines),
     )
 

@@ -82,7 +82,9 @@ def is_docker_reference(uses: str) -> bool:
     return uses.startswith("docker://")
 
 
-def parse_action(text: str, filename: str, reference: str, path: str, repository: str = "", ref: str = "") -> Action:
+def parse_action(
+    text: str, filename: str, reference: str, path: str, repository: str = "", ref: str = ""
+) -> Action:
     try:
         raw = load_document(text, filename).value
     except WorkflowError as exc:
@@ -95,7 +97,13 @@ def parse_action(text: str, filename: str, reference: str, path: str, repository
     for name, spec in (raw.get("inputs") or {}).items():
         spec = spec if isinstance(spec, Mapping) else {}
         default = spec.get("default")
-        inputs.append(ActionInput(str(name), None if default is None else _scalar(default), bool(spec.get("required", False))))
+        inputs.append(
+            ActionInput(
+                str(name),
+                None if default is None else _scalar(default),
+                bool(spec.get("required", False)),
+            )
+        )
     outputs: Mapping[str, Any] = raw["outputs"] if isinstance(raw.get("outputs"), Mapping) else {}
     steps: list[Step] = []
     if using == "composite":
@@ -104,7 +112,9 @@ def parse_action(text: str, filename: str, reference: str, path: str, repository
                 raise ActionError(f"action {reference}: step {index} is not a mapping")
             steps.append(step_from_mapping(index, item))
     elif using not in NODE_RUNTIMES and using != "docker":
-        raise ActionError(f"action {reference}: runs.using '{using}' is not supported (expected composite, node16, node20 or docker)")
+        raise ActionError(
+            f"action {reference}: runs.using '{using}' is not supported (expected composite, node16, node20 or docker)"
+        )
     return Action(
         reference=reference, path=path, using=using, inputs=tuple(inputs), outputs=dict(outputs),
         steps=tuple(steps), main=str(runs.get("main", "")), pre=str(runs.get("pre", "")),
@@ -130,16 +140,29 @@ def step_from_mapping(index: int, raw: Mapping[str, Any]) -> Step:
 
     def mapping(key: str) -> Mapping[str, Any] | str:
         value = raw.get(key)
-        return value if isinstance(value, str) else frozen_map(value if isinstance(value, Mapping) else None)
+        return (
+            value
+            if isinstance(value, str)
+            else frozen_map(value if isinstance(value, Mapping) else None)
+        )
 
     flag = raw.get("continue-on-error", False)
     minutes = raw.get("timeout-minutes")
     return Step(
-        index=index, id=text("id"), name=text("name"), if_=text("if"), run=text("run"),
-        shell=text("shell"), working_directory=text("working-directory"), uses=text("uses"),
-        with_=mapping("with"), env=mapping("env"),
+        index=index,
+        id=text("id"),
+        name=text("name"),
+        if_=text("if"),
+        run=text("run"),
+        shell=text("shell"),
+        working_directory=text("working-directory"),
+        uses=text("uses"),
+        with_=mapping("with"),
+        env=mapping("env"),
         continue_on_error=flag if isinstance(flag, bool | str) else False,
-        timeout_minutes=minutes if isinstance(minutes, int | float | str) and not isinstance(minutes, bool) else None,
+        timeout_minutes=minutes
+        if isinstance(minutes, int | float | str) and not isinstance(minutes, bool)
+        else None,
     )
 
 
@@ -186,7 +209,9 @@ def host_local_action_using(repo_root: str, uses: str) -> str | None:
         return None
 
 
-async def load_local_action(machine: Machine, repo_root: str, uses: str, uploaded: set[str]) -> Action:
+async def load_local_action(
+    machine: Machine, repo_root: str, uses: str, uploaded: set[str]
+) -> Action:
     """A ``./path`` action: from the workspace in the machine, else from the repository on the host.
 
     ``uploaded`` holds the folders already copied into this machine (copied once per job).
@@ -210,7 +235,9 @@ async def load_local_action(machine: Machine, repo_root: str, uses: str, uploade
     return parse_action(found[0], found[1], uses, folder)
 
 
-async def load_remote_action(machine: Machine, uses: str, base_url: str, uploaded: set[str]) -> Action:
+async def load_remote_action(
+    machine: Machine, uses: str, base_url: str, uploaded: set[str]
+) -> Action:
     """An ``owner/repo[/path]@ref`` action, fetched into the cache and copied into the machine.
 
     ``uploaded`` holds the folders already copied into this machine (copied once per job).
@@ -222,7 +249,9 @@ async def load_remote_action(machine: Machine, uses: str, base_url: str, uploade
     try:
         clone = await fetch_action(base_url, owner, repo, ref)
     except ConfigError as exc:
-        raise ActionError(f"{exc} (is the network reachable? remote actions need {base_url})") from exc
+        raise ActionError(
+            f"{exc} (is the network reachable? remote actions need {base_url})"
+        ) from exc
     parent = f"{machine.paths.temp}/{ACTIONS_DIR}/{owner}/{repo}"
     root = f"{parent}/{clone.name}"
     if root not in uploaded:

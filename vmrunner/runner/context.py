@@ -41,7 +41,12 @@ class RunContext:
     """What every job of one run shares: options, sessions, sink, masker, identity."""
 
     def __init__(
-        self, workflow: Workflow, options: RunOptions, sessions: SessionManager, sink: EventSink, info: RepositoryInfo,
+        self,
+        workflow: Workflow,
+        options: RunOptions,
+        sessions: SessionManager,
+        sink: EventSink,
+        info: RepositoryInfo,
         groups: ConcurrencyGroups | None = None,
     ) -> None:
         self.workflow = workflow
@@ -66,7 +71,9 @@ class RunContext:
             self.sink.emit(event)
 
     def annotate(self, job_key: str, level: AnnotationLevel, message: str) -> None:
-        self.emit(Annotation(self.run_id, job_key, -1, level, self.masker.mask(message), time.time()))
+        self.emit(
+            Annotation(self.run_id, job_key, -1, level, self.masker.mask(message), time.time())
+        )
 
     def session_changed(self, session: Session, transition: Transition) -> None:
         """The session manager's observer: this run's session transitions become events
@@ -79,7 +86,11 @@ class RunContext:
             machine_id = session.machine.id
         except VmrunnerError:
             machine_id = ""
-        self.emit(SessionStateChanged(self.run_id, job_key, session.id, machine_id, transition.state.value, at, note))
+        self.emit(
+            SessionStateChanged(
+                self.run_id, job_key, session.id, machine_id, transition.state.value, at, note
+            )
+        )
         if not machine_id:
             return
         if transition.state is SessionState.TERMINATING:
@@ -101,7 +112,11 @@ class RunContext:
             return resolve_dispatch_inputs(trigger, given)
         except ConfigError as exc:
             self.warnings.append(f"inputs: {exc}; using the inputs as given")
-            defaults = {spec.name: spec.default for spec in trigger.inputs.values() if spec.default is not None}
+            defaults = {
+                spec.name: spec.default
+                for spec in trigger.inputs.values()
+                if spec.default is not None
+            }
             return {**defaults, **given}
 
     def base_contexts(self, job_id: str) -> dict[str, Any]:
@@ -149,4 +164,6 @@ class JobHandle(Protocol):
 
     def script_outcome(self, index: int, result: ScriptOutcome) -> StepOutcome: ...
 
-    async def run_steps(self, steps: tuple[Step, ...], scope: Scope, parent_index: int | None) -> None: ...
+    async def run_steps(
+        self, steps: tuple[Step, ...], scope: Scope, parent_index: int | None
+    ) -> None: ...

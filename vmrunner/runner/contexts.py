@@ -14,7 +14,14 @@ from typing import Any
 from vmrunner.runner.options import RunOptions
 from vmrunner.runner.repository import RepositoryInfo
 
-_ARCH = {"x86_64": "X64", "amd64": "X64", "aarch64": "ARM64", "arm64": "ARM64", "armv7l": "ARM", "i686": "X86"}
+_ARCH = {
+    "x86_64": "X64",
+    "amd64": "X64",
+    "aarch64": "ARM64",
+    "arm64": "ARM64",
+    "armv7l": "ARM",
+    "i686": "X86",
+}
 
 
 def _section(payload: Mapping[str, Any], key: str) -> Mapping[str, Any]:
@@ -87,7 +94,9 @@ def github_context(
         "event": dict(options.payload),
         "event_name": options.event_name,
         "event_path": "",
-        "graphql_url": f"{api}/graphql" if server != "https://github.com" else "https://api.github.com/graphql",
+        "graphql_url": f"{api}/graphql"
+        if server != "https://github.com"
+        else "https://api.github.com/graphql",
         "head_ref": head_ref,
         "job": job_id,
         "output": "",
@@ -100,7 +109,9 @@ def github_context(
         "repository_id": "",
         "repository_owner": owner,
         "repository_owner_id": "",
-        "repositoryUrl": f"{server.replace('https://', 'git://')}/{repository}.git" if repository else "",
+        "repositoryUrl": f"{server.replace('https://', 'git://')}/{repository}.git"
+        if repository
+        else "",
         "retention_days": "90",
         "run_attempt": "1",
         "run_id": run_id,

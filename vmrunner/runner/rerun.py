@@ -53,7 +53,11 @@ def plan_rerun(kept: checkpoints.KeptJob, workflow: Workflow, from_step: int) ->
 
 
 async def rerun_job(
-    workflow: Workflow, rerun: RerunPlan, options: RunOptions, sessions: SessionManager, sink: EventSink | None = None
+    workflow: Workflow,
+    rerun: RerunPlan,
+    options: RunOptions,
+    sessions: SessionManager,
+    sink: EventSink | None = None,
 ) -> RunOutcome:
     """Run the job of ``rerun`` from its step as a new run; job failures are results."""
     kept = rerun.kept
@@ -62,7 +66,17 @@ async def rerun_job(
     context = RunContext(workflow, options, sessions, sink or Recorder(), info)
     started = time.time()
     ref, sha, _, _ = event_refs(options, info)
-    context.emit(RunStarted(context.run_id, workflow.display_name, workflow.path, options.event_name, started, sha=sha, ref=ref))
+    context.emit(
+        RunStarted(
+            context.run_id,
+            workflow.display_name,
+            workflow.path,
+            options.event_name,
+            started,
+            sha=sha,
+            ref=ref,
+        )
+    )
     conclusion: Result = "failure"
     reports: list[JobReport] = []
     try:
@@ -72,15 +86,38 @@ async def rerun_job(
         workflow_env.update(render_env(workflow.env, {**contexts, "env": workflow_env}))
         contexts.update(env=workflow_env, matrix=dict(kept.matrix), strategy=dict(kept.strategy))
         name = as_text(render(job.name, contexts)) if job.name else kept.job_key
-        instance = JobInstance(job, kept.job_key, name, dict(kept.matrix), dict(kept.strategy), dict(kept.needs))
+        instance = JobInstance(
+            job, kept.job_key, name, dict(kept.matrix), dict(kept.strategy), dict(kept.needs)
+        )
         context.emit(
-            JobQueued(context.run_id, kept.job_key, job.id, context.masker.mask(name), time.time(), matrix=dict(kept.matrix), needs=tuple(kept.needs))
+            JobQueued(
+                context.run_id,
+                kept.job_key,
+                job.id,
+                context.masker.mask(name),
+                time.time(),
+                matrix=dict(kept.matrix),
+                needs=tuple(kept.needs),
+            )
         )
         execution = JobExecution(context, instance, contexts, workflow_env)
         execution.resume = rerun.resume
         outcome = await execution.execute()
-        reports.append(JobReport(job.id, kept.job_key, outcome.result, dict(outcome.outputs), outcome.reason, dict(kept.matrix)))
-        conclusion = "success" if outcome.result == "success" or outcome.continue_on_error else outcome.result
+        reports.append(
+            JobReport(
+                job.id,
+                kept.job_key,
+                outcome.result,
+                dict(outcome.outputs),
+                outcome.reason,
+                dict(kept.matrix),
+            )
+        )
+        conclusion = (
+            "success"
+            if outcome.result == "success" or outcome.continue_on_error
+            else outcome.result
+        )
     finally:
         context.emit(RunFinished(context.run_id, conclusion, time.time(), time.time() - started))
     return RunOutcome(context.run_id, conclusion, tuple(reports))

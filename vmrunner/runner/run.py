@@ -149,14 +149,21 @@ class Run:
         ref, sha, _, _ = event_refs(context.options, context.info)
         context.emit(
             RunStarted(
-                context.run_id, context.workflow.display_name, context.workflow.path, context.options.event_name,
-                started, sha=sha, ref=ref,
+                context.run_id,
+                context.workflow.display_name,
+                context.workflow.path,
+                context.options.event_name,
+                started,
+                sha=sha,
+                ref=ref,
             )
         )
         for warning in context.warnings:
             context.annotate("", "warning", warning)
         conclusion: Result = "cancelled"
-        stop_observing = context.sessions.observe(context.session_changed, label=("run", context.run_id))
+        stop_observing = context.sessions.observe(
+            context.session_changed, label=("run", context.run_id)
+        )
         task = asyncio.current_task()
         assert task is not None
         stopped = ""
@@ -169,7 +176,9 @@ class Run:
             task.cancel()
 
         try:
-            claim = evaluate_claim(context.workflow.concurrency, context.base_contexts(""), WORKFLOW_CONTEXTS)
+            claim = evaluate_claim(
+                context.workflow.concurrency, context.base_contexts(""), WORKFLOW_CONTEXTS
+            )
             async with self.workflow_group(claim, stop):
                 async with asyncio.TaskGroup() as group:
                     for job_id in self.plan.order:
@@ -185,16 +194,23 @@ class Run:
                 raise
         finally:
             stop_observing()
-            context.emit(RunFinished(context.run_id, conclusion, time.time(), time.time() - started))
+            context.emit(
+                RunFinished(context.run_id, conclusion, time.time(), time.time() - started)
+            )
         return RunOutcome(context.run_id, conclusion, tuple(self.reports))
 
-    def workflow_group(self, claim: Claim | None, stop: Callable[[str], None]) -> contextlib.AbstractAsyncContextManager[None]:
+    def workflow_group(
+        self, claim: Claim | None, stop: Callable[[str], None]
+    ) -> contextlib.AbstractAsyncContextManager[None]:
         """The run's workflow-level concurrency group, held while its jobs run."""
         context = self.context
         if claim is None:
             return contextlib.nullcontext()
         return context.groups.hold(
-            claim, f"run {context.run_id}", stop, lambda message: context.annotate("", "notice", message)
+            claim,
+            f"run {context.run_id}",
+            stop,
+            lambda message: context.annotate("", "notice", message),
         )
 
     def conclusion(self) -> Result:
@@ -211,11 +227,24 @@ class Run:
         finally:
             self.done[job_id].set()
 
-    def finish_without_running(self, job: Job, job_key: str, result: Result, reason: str = "", matrix: Mapping[str, Any] | None = None) -> None:
+    def finish_without_running(
+        self,
+        job: Job,
+        job_key: str,
+        result: Result,
+        reason: str = "",
+        matrix: Mapping[str, Any] | None = None,
+    ) -> None:
         context = self.context
         now = time.time()
-        context.emit(JobFinished(context.run_id, job_key, result, now, 0.0, reason=context.masker.mask(reason)))
-        self.reports.append(JobReport(job.id, job_key, result, reason=reason, matrix=dict(matrix or {})))
+        context.emit(
+            JobFinished(
+                context.run_id, job_key, result, now, 0.0, reason=context.masker.mask(reason)
+            )
+        )
+        self.reports.append(
+            JobReport(job.id, job_key, result, reason=reason, matrix=dict(matrix or {}))
+        )
 
     async def run_job(self, job_id: str) -> None:
         context = self.context
@@ -234,37 +263,82 @@ class Run:
             workflow_env.update(render_env(context.workflow.env, {**contexts, "env": workflow_env}))
             contexts["env"] = workflow_env
             if not evaluate_if(job.if_ or "", contexts, hooks):
-                context.emit(JobQueued(context.run_id, job_id, job_id, job.display_name, time.time(), needs=tuple(needs)))
+                context.emit(
+                    JobQueued(
+                        context.run_id,
+                        job_id,
+                        job_id,
+                        job.display_name,
+                        time.time(),
+                        needs=tuple(needs),
+                    )
+                )
                 self.finish_without_running(job, job_id, "skipped")
                 self.needs_results[job_id] = {"result": "skipped", "outputs": {}}
                 return
             instances, group = self.instances(job, contexts)
         except VmrunnerError as exc:
             reason = f"job '{job_id}': {exc}"
-            context.emit(JobQueued(context.run_id, job_id, job_id, job.display_name, time.time(), needs=tuple(needs)))
+            context.emit(
+                JobQueued(
+                    context.run_id,
+                    job_id,
+                    job_id,
+                    job.display_name,
+                    time.time(),
+                    needs=tuple(needs),
+                )
+            )
             context.annotate(job_id, "error", reason)
             self.finish_without_running(job, job_id, "failure", reason)
             self.needs_results[job_id] = {"result": "failure", "outputs": {}}
             return
         if not instances:  # --matrix kept no combination
-            context.emit(JobQueued(context.run_id, job_id, job_id, job.display_name, time.time(), needs=tuple(needs)))
-            self.finish_without_running(job, job_id, "skipped", "no matrix combination matches the --matrix filter")
+            context.emit(
+                JobQueued(
+                    context.run_id,
+                    job_id,
+                    job_id,
+                    job.display_name,
+                    time.time(),
+                    needs=tuple(needs),
+                )
+            )
+            self.finish_without_running(
+                job, job_id, "skipped", "no matrix combination matches the --matrix filter"
+            )
             self.needs_results[job_id] = {"result": "skipped", "outputs": {}}
             return
         for instance in instances:
             context.emit(
-                JobQueued(context.run_id, instance.job_key, job_id, context.masker.mask(instance.name), time.time(), matrix=dict(instance.matrix), needs=tuple(needs))
+                JobQueued(
+                    context.run_id,
+                    instance.job_key,
+                    job_id,
+                    context.masker.mask(instance.name),
+                    time.time(),
+                    matrix=dict(instance.matrix),
+                    needs=tuple(needs),
+                )
             )
         async with asyncio.TaskGroup() as tasks:
-            running = [tasks.create_task(self.run_instance(instance, group, contexts, workflow_env)) for instance in instances]
+            running = [
+                tasks.create_task(self.run_instance(instance, group, contexts, workflow_env))
+                for instance in instances
+            ]
         outcomes = [task.result() for task in running]
         outputs: dict[str, str] = {}
         for outcome in outcomes:
             outputs.update({k: v for k, v in outcome.outputs.items() if v or k not in outputs})
-        results: list[Result] = [("success" if o.continue_on_error and o.result == "failure" else o.result) for o in outcomes]
+        results: list[Result] = [
+            ("success" if o.continue_on_error and o.result == "failure" else o.result)
+            for o in outcomes
+        ]
         self.needs_results[job_id] = {"result": aggregate(results), "outputs": outputs}
 
-    def instances(self, job: Job, contexts: dict[str, Any]) -> tuple[list[JobInstance], _MatrixGroup]:
+    def instances(
+        self, job: Job, contexts: dict[str, Any]
+    ) -> tuple[list[JobInstance], _MatrixGroup]:
         strategy = job.strategy
         combinations: list[dict[str, Any]] = [{}]
         fail_fast = True
@@ -272,7 +346,9 @@ class Run:
         if strategy is not None and strategy.matrix is not None:
             matrix = render(strategy.matrix, contexts)
             if not isinstance(matrix, Mapping):
-                raise ConfigError(f"strategy.matrix must be a mapping, the expression gave {as_text(matrix)!r}")
+                raise ConfigError(
+                    f"strategy.matrix must be a mapping, the expression gave {as_text(matrix)!r}"
+                )
             combinations = self.filter(expand_matrix(matrix))
         if strategy is not None:
             fail_fast = render_flag(strategy.fail_fast, contexts)
@@ -281,7 +357,9 @@ class Run:
                 try:
                     max_parallel = max(1, int(float(value)))
                 except (TypeError, ValueError) as exc:
-                    raise ConfigError(f"strategy.max-parallel must be a number, got {as_text(value)!r}") from exc
+                    raise ConfigError(
+                        f"strategy.max-parallel must be a number, got {as_text(value)!r}"
+                    ) from exc
         total = len(combinations)
         group = _MatrixGroup(fail_fast, asyncio.Semaphore(max_parallel) if max_parallel else None)
         instances: list[JobInstance] = []
@@ -300,7 +378,9 @@ class Run:
             }
             scoped = {**contexts, "matrix": combination, "strategy": strategy_context}
             name = as_text(render(job.name, scoped)) if job.name else key
-            instances.append(JobInstance(job, key, name, combination, strategy_context, contexts["needs"]))
+            instances.append(
+                JobInstance(job, key, name, combination, strategy_context, contexts["needs"])
+            )
         return instances, group
 
     def filter(self, combinations: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -312,7 +392,13 @@ class Run:
             if all(key in c and as_text(c[key]) in values for key, values in wanted.items())
         ]
 
-    async def run_instance(self, instance: JobInstance, group: _MatrixGroup, contexts: dict[str, Any], workflow_env: dict[str, str]) -> JobOutcome:
+    async def run_instance(
+        self,
+        instance: JobInstance,
+        group: _MatrixGroup,
+        contexts: dict[str, Any],
+        workflow_env: dict[str, str],
+    ) -> JobOutcome:
         context = self.context
         key = instance.job_key
         scoped = {**contexts, "matrix": dict(instance.matrix), "strategy": dict(instance.strategy)}
@@ -330,26 +416,64 @@ class Run:
             context.annotate(key, "error", outcome.reason)
         except asyncio.CancelledError:
             if not (stopper.reason and task.uncancel() == 0):
-                if stopper.execution is None and context.cancel_reason:  # queued when its run was stopped
-                    context.emit(JobFinished(context.run_id, key, "cancelled", time.time(), 0.0, reason=context.cancel_reason))
+                if (
+                    stopper.execution is None and context.cancel_reason
+                ):  # queued when its run was stopped
+                    context.emit(
+                        JobFinished(
+                            context.run_id,
+                            key,
+                            "cancelled",
+                            time.time(),
+                            0.0,
+                            reason=context.cancel_reason,
+                        )
+                    )
                 raise
             outcome = JobOutcome("cancelled", reason=stopper.reason)
         finally:
             group.running.pop(key, None)
         if stopper.execution is None:  # it never started: no JobExecution reported it
-            context.emit(JobFinished(context.run_id, key, outcome.result, time.time(), 0.0, reason=context.masker.mask(outcome.reason)))
+            context.emit(
+                JobFinished(
+                    context.run_id,
+                    key,
+                    outcome.result,
+                    time.time(),
+                    0.0,
+                    reason=context.masker.mask(outcome.reason),
+                )
+            )
         self.reports.append(
-            JobReport(instance.job.id, key, outcome.result, dict(outcome.outputs), outcome.reason, dict(instance.matrix), outcome.continue_on_error)
+            JobReport(
+                instance.job.id,
+                key,
+                outcome.result,
+                dict(outcome.outputs),
+                outcome.reason,
+                dict(instance.matrix),
+                outcome.continue_on_error,
+            )
         )
-        if outcome.result == "failure" and not outcome.continue_on_error and group.fail_fast and not group.cancelled:
+        if (
+            outcome.result == "failure"
+            and not outcome.continue_on_error
+            and group.fail_fast
+            and not group.cancelled
+        ):
             group.cancelled = True
             for sibling in list(group.running.values()):
                 sibling.stop(FAIL_FAST_REASON)
         return outcome
 
     async def in_job_group(
-        self, claim: Claim | None, instance: JobInstance, group: _MatrixGroup, scoped: dict[str, Any],
-        workflow_env: dict[str, str], stopper: _Stopper,
+        self,
+        claim: Claim | None,
+        instance: JobInstance,
+        group: _MatrixGroup,
+        scoped: dict[str, Any],
+        workflow_env: dict[str, str],
+        stopper: _Stopper,
     ) -> JobOutcome:
         """The job inside its concurrency group (if it has one); it waits there holding no slot."""
         if claim is None:
@@ -363,16 +487,25 @@ class Run:
         def waiting(message: str) -> None:
             context.annotate(key, "notice", message)
 
-        async with context.groups.hold(claim, f"job '{key}' of run {context.run_id}", stop, waiting):
+        async with context.groups.hold(
+            claim, f"job '{key}' of run {context.run_id}", stop, waiting
+        ):
             return await self.execute_instance(instance, group, scoped, workflow_env, stopper)
 
     async def execute_instance(
-        self, instance: JobInstance, group: _MatrixGroup, scoped: dict[str, Any], workflow_env: dict[str, str], stopper: _Stopper,
+        self,
+        instance: JobInstance,
+        group: _MatrixGroup,
+        scoped: dict[str, Any],
+        workflow_env: dict[str, str],
+        stopper: _Stopper,
     ) -> JobOutcome:
         async with _maybe(group.limit), self.context.limit:
             if group.cancelled:
                 return JobOutcome("cancelled", reason=FAIL_FAST_REASON)
-            execution = stopper.execution = JobExecution(self.context, instance, scoped, workflow_env)
+            execution = stopper.execution = JobExecution(
+                self.context, instance, scoped, workflow_env
+            )
             return await execution.execute()
 
 
@@ -398,15 +531,22 @@ async def run_workflow(
     what the provider cannot do (snapshots); job failures are results, not exceptions.
     Runs that share ``groups`` share their concurrency groups (default: a registry of their own).
     """
-    if (options.snapshot or options.rollback_on_failure) and not sessions.provider.capabilities.snapshots:
-        raise ConfigError(f"snapshots (--snapshot, --rollback-on-failure) need a provider that can take them; {sessions.provider.name} cannot")
+    if (
+        options.snapshot or options.rollback_on_failure
+    ) and not sessions.provider.capabilities.snapshots:
+        raise ConfigError(
+            f"snapshots (--snapshot, --rollback-on-failure) need a provider that can take them; {sessions.provider.name} cannot"
+        )
     if options.rollback_on_failure and not options.snapshot:
         options = dataclasses.replace(options, snapshot=True)
     job_plan = plan(workflow, jobs=options.jobs)
     info = await repository_info(options.repo_root)
     if options.event_name == "workflow_dispatch" and options.inputs:
         payload = dict(options.payload)
-        payload["inputs"] = {**dict(payload.get("inputs") or {}), **{k: as_text(v) for k, v in options.inputs.items()}}
+        payload["inputs"] = {
+            **dict(payload.get("inputs") or {}),
+            **{k: as_text(v) for k, v in options.inputs.items()},
+        }
         options = dataclasses.replace(options, payload=payload)
     context = RunContext(workflow, options, sessions, sink or Recorder(), info, groups)
     return await Run(context, job_plan).execute()

@@ -53,7 +53,12 @@ FILE_COMMANDS = {
 #: Files (scripts, the event) up to this size travel in the exec request itself; larger ones
 #: are uploaded first (the request's header is limited to MAX_HEADER).
 INLINE_LIMIT = 128 * 1024  # at most 6 escaped bytes each: well below MAX_HEADER
-_LEVELS: dict[str, AnnotationLevel] = {"error": "error", "warning": "warning", "notice": "notice", "debug": "debug"}
+_LEVELS: dict[str, AnnotationLevel] = {
+    "error": "error",
+    "warning": "warning",
+    "notice": "notice",
+    "debug": "debug",
+}
 
 
 @dataclass(slots=True)
@@ -116,7 +121,9 @@ class _LineSplitter:
 class JobRuntime:
     """One job's state in its machine; every event of the job goes out through ``emit_*``."""
 
-    def __init__(self, *, run_id: str, job_key: str, session: Session, sink: EventSink, masker: Masker) -> None:
+    def __init__(
+        self, *, run_id: str, job_key: str, session: Session, sink: EventSink, masker: Masker
+    ) -> None:
         self.run_id = run_id
         self.job_key = job_key
         self.session = session
@@ -140,16 +147,37 @@ class JobRuntime:
 
     def log(self, step_index: int, text: str, stream: Stream = "stdout") -> None:
         self.sink.emit(
-            LogLine(self.run_id, self.job_key, step_index, stream, self.masker.mask(text), time.time(), self.group_depth)
+            LogLine(
+                self.run_id,
+                self.job_key,
+                step_index,
+                stream,
+                self.masker.mask(text),
+                time.time(),
+                self.group_depth,
+            )
         )
 
-    def annotate(self, step_index: int, level: AnnotationLevel, message: str, properties: Mapping[str, str] | None = None) -> None:
+    def annotate(
+        self,
+        step_index: int,
+        level: AnnotationLevel,
+        message: str,
+        properties: Mapping[str, str] | None = None,
+    ) -> None:
         props = properties or {}
         self.sink.emit(
             Annotation(
-                self.run_id, self.job_key, step_index, level, self.masker.mask(message), time.time(),
-                file=self.masker.mask(props.get("file", "")), line=_int(props.get("line")),
-                column=_int(props.get("col") or props.get("column")), title=self.masker.mask(props.get("title", "")),
+                self.run_id,
+                self.job_key,
+                step_index,
+                level,
+                self.masker.mask(message),
+                time.time(),
+                file=self.masker.mask(props.get("file", "")),
+                line=_int(props.get("line")),
+                column=_int(props.get("col") or props.get("column")),
+                title=self.masker.mask(props.get("title", "")),
             )
         )
 
@@ -171,12 +199,18 @@ class JobRuntime:
             raise ExecError(f"cannot set up the job's files in {self.paths.temp}: {exc}") from exc
         if not result.ok:
             error = result.stderr.decode(errors="replace").strip()
-            raise ExecError(f"cannot set up the job's files in {self.paths.temp}: {error or result.exit_code}")
+            raise ExecError(
+                f"cannot set up the job's files in {self.paths.temp}: {error or result.exit_code}"
+            )
         lines = result.stdout.decode(errors="replace").splitlines()
         if lines:
             self.base_path = lines[0] or self.base_path
             found = set(lines[1:])
-            self.has_bash, self.has_python, self.has_node = "bash" in found, "python" in found, "node" in found
+            self.has_bash, self.has_python, self.has_node = (
+                "bash" in found,
+                "python" in found,
+                "node" in found,
+            )
 
     def process_env(self, base: Mapping[str, str], env: Mapping[str, str]) -> dict[str, str]:
         """The environment of a process: defaults, then ``env``, with ``GITHUB_PATH`` prepended."""
@@ -230,8 +264,13 @@ class JobRuntime:
         try:
             write.update(await self._inline({script_path: script}))
             outcome = await self.session.exec(
-                argv_for(script_path), env={**env, **files}, cwd=cwd, timeout=timeout, on_output=on_output,
-                write=write, collect=list(files.values()),
+                argv_for(script_path),
+                env={**env, **files},
+                cwd=cwd,
+                timeout=timeout,
+                on_output=on_output,
+                write=write,
+                collect=list(files.values()),
             )
         except MachineError as exc:
             result.error = f"cannot start the step in {cwd}: {exc}"
@@ -245,8 +284,17 @@ class JobRuntime:
         result.exit_code, result.timed_out = outcome.exit_code, outcome.timed_out
         try:
             if outcome.truncated:
-                raise FileCommandError(f"{', '.join(sorted(outcome.truncated))}: larger than vmrunner reads of a file command")
-            self._file_commands(step_index, {file: outcome.files.get(f"{prefix}{file}", b"") for file in FILE_COMMANDS.values()}, result)
+                raise FileCommandError(
+                    f"{', '.join(sorted(outcome.truncated))}: larger than vmrunner reads of a file command"
+                )
+            self._file_commands(
+                step_index,
+                {
+                    file: outcome.files.get(f"{prefix}{file}", b"")
+                    for file in FILE_COMMANDS.values()
+                },
+                result,
+            )
         except FileCommandError as exc:
             result.error = str(exc)
         return result
@@ -257,13 +305,22 @@ class JobRuntime:
         inline: dict[str, str] = {}
         for path, data in files.items():
             if len(data) > INLINE_LIMIT:
-                await self.machine.write_file(path, data.encode() if isinstance(data, str) else data)
+                await self.machine.write_file(
+                    path, data.encode() if isinstance(data, str) else data
+                )
             else:
-                inline[path] = data if isinstance(data, str) else data.decode("utf-8", "surrogateescape")
+                inline[path] = (
+                    data if isinstance(data, str) else data.decode("utf-8", "surrogateescape")
+                )
         return inline
 
-    def _file_commands(self, step_index: int, contents: Mapping[str, bytes], result: ScriptOutcome) -> None:
-        text = {file: contents.get(file, b"").decode(errors="replace") for file in FILE_COMMANDS.values()}
+    def _file_commands(
+        self, step_index: int, contents: Mapping[str, bytes], result: ScriptOutcome
+    ) -> None:
+        text = {
+            file: contents.get(file, b"").decode(errors="replace")
+            for file in FILE_COMMANDS.values()
+        }
         for key, value in parse_file_commands(text["env"], "GITHUB_ENV").items():
             self.env[key] = value
         result.outputs.update(parse_file_commands(text["output"], "GITHUB_OUTPUT"))
@@ -274,7 +331,9 @@ class JobRuntime:
         if text["summary"].strip():
             self.summary.append(self.masker.mask(text["summary"]))
 
-    def _command(self, step_index: int, command: WorkflowCommand, result: ScriptOutcome, allow_unsecure: bool) -> bool:
+    def _command(
+        self, step_index: int, command: WorkflowCommand, result: ScriptOutcome, allow_unsecure: bool
+    ) -> bool:
         """Apply one workflow command; False when the line is not a command we know (it is shown)."""
         name, props, message = command.name, command.properties, command.message
         if name == "add-mask":
@@ -282,7 +341,11 @@ class JobRuntime:
         elif name in _LEVELS:
             self.annotate(step_index, _LEVELS[name], message, props)
         elif name == "group":
-            self.sink.emit(GroupStarted(self.run_id, self.job_key, step_index, self.masker.mask(message), time.time()))
+            self.sink.emit(
+                GroupStarted(
+                    self.run_id, self.job_key, step_index, self.masker.mask(message), time.time()
+                )
+            )
             self.group_depth += 1
         elif name == "endgroup":
             if self.group_depth:
@@ -290,12 +353,18 @@ class JobRuntime:
                 self.sink.emit(GroupEnded(self.run_id, self.job_key, step_index, time.time()))
         elif name == "set-output" and props.get("name"):
             result.outputs[props["name"]] = message
-            self.annotate(step_index, "debug", "the set-output command is deprecated: write to GITHUB_OUTPUT")
+            self.annotate(
+                step_index, "debug", "the set-output command is deprecated: write to GITHUB_OUTPUT"
+            )
         elif name == "save-state" and props.get("name"):
             result.state[props["name"]] = message
         elif name in ("set-env", "add-path"):
             if not allow_unsecure:
-                self.annotate(step_index, "error", f"the '{name}' command is disabled: use GITHUB_ENV/GITHUB_PATH, or set ACTIONS_ALLOW_UNSECURE_COMMANDS=true")
+                self.annotate(
+                    step_index,
+                    "error",
+                    f"the '{name}' command is disabled: use GITHUB_ENV/GITHUB_PATH, or set ACTIONS_ALLOW_UNSECURE_COMMANDS=true",
+                )
             elif name == "set-env" and props.get("name"):
                 self.env[props["name"]] = message
             elif name == "add-path" and message:
@@ -306,11 +375,19 @@ class JobRuntime:
             return False
         return True
 
-    async def run_command(self, step_index: int, command: str, *, env: Mapping[str, str], cwd: str) -> ScriptOutcome:
+    async def run_command(
+        self, step_index: int, command: str, *, env: Mapping[str, str], cwd: str
+    ) -> ScriptOutcome:
         """A setup or cleanup command: ``bash -e`` (or ``sh -e``) on a script holding it."""
         shell = "bash" if self.has_bash else "sh"
         return await self.run_script(
-            step_index, lambda path: [shell, "-e", path], command, ".sh", env=env, cwd=cwd, timeout=None
+            step_index,
+            lambda path: [shell, "-e", path],
+            command,
+            ".sh",
+            env=env,
+            cwd=cwd,
+            timeout=None,
         )
 
 

@@ -101,7 +101,9 @@ class ServerConfig:
     def repository(self, name: str) -> RepositoryConfig | None:
         """The configured repository ``owner/name`` (GitHub names are case-insensitive)."""
         wanted = name.lower()
-        return next((repo for key, repo in self.repositories.items() if key.lower() == wanted), None)
+        return next(
+            (repo for key, repo in self.repositories.items() if key.lower() == wanted), None
+        )
 
     def secret_values(self) -> list[str]:
         """Everything that must never appear in what the server sends or serves."""
@@ -139,7 +141,9 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"{name}: expected a table of settings at the top level")
     unknown = set(raw) - {"server", "repositories"}
     if unknown:
-        raise ConfigError(f"{name}: unknown section {sorted(unknown)[0]!r} (expected server, repositories)")
+        raise ConfigError(
+            f"{name}: unknown section {sorted(unknown)[0]!r} (expected server, repositories)"
+        )
     settings: dict[str, Any] = {}
     server = raw.get("server") or {}
     if not isinstance(server, Mapping):
@@ -147,7 +151,9 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     for key, value in server.items():
         kind = _SERVER_KEYS.get(key)
         if kind is None:
-            raise ConfigError(f"{name}: server.{key} is not a setting (known: {', '.join(sorted(_SERVER_KEYS))})")
+            raise ConfigError(
+                f"{name}: server.{key} is not a setting (known: {', '.join(sorted(_SERVER_KEYS))})"
+            )
         if not isinstance(value, kind) or isinstance(value, bool):
             raise ConfigError(f"{name}: server.{key} must be a {_kind_name(kind)}, got {value!r}")
         settings[key] = value
@@ -169,13 +175,19 @@ def parse_repositories(raw: Any, where: str) -> dict[str, RepositoryConfig]:
             repos[name] = RepositoryConfig(name, entry)
             continue
         if not isinstance(entry, Mapping) or not isinstance(entry.get("url"), str):
-            raise ConfigError(f"{where}: repositories.{name!r} must be a URL or path, or a table with url")
+            raise ConfigError(
+                f"{where}: repositories.{name!r} must be a URL or path, or a table with url"
+            )
         secrets = entry.get("secrets") or {}
-        if not isinstance(secrets, Mapping) or not all(isinstance(v, str) for v in secrets.values()):
+        if not isinstance(secrets, Mapping) or not all(
+            isinstance(v, str) for v in secrets.values()
+        ):
             raise ConfigError(f"{where}: repositories.{name!r}.secrets must map names to strings")
         extra = set(entry) - {"url", "secrets"}
         if extra:
-            raise ConfigError(f"{where}: repositories.{name!r}.{sorted(extra)[0]} is not a setting (url, secrets)")
+            raise ConfigError(
+                f"{where}: repositories.{name!r}.{sorted(extra)[0]} is not a setting (url, secrets)"
+            )
         repos[name] = RepositoryConfig(name, entry["url"], {str(k): v for k, v in secrets.items()})
     return repos
 

@@ -42,7 +42,9 @@ class Executor(Protocol):
     #: wait for them when it drains, and it watches them again after a restart.
     detached: bool
 
-    async def execute(self, run: ServerRun, workflow: Workflow, options: RunOptions, target_url: str) -> str:
+    async def execute(
+        self, run: ServerRun, workflow: Workflow, options: RunOptions, target_url: str
+    ) -> str:
         """Run it to its end, posting job statuses; its conclusion."""
         ...
 
@@ -64,7 +66,9 @@ class LocalRuns:
 
     detached = False
 
-    def __init__(self, store: Store, sessions: SessionManager, github: GitHubClient, metrics: Metrics) -> None:
+    def __init__(
+        self, store: Store, sessions: SessionManager, github: GitHubClient, metrics: Metrics
+    ) -> None:
         self.store = store
         self.sessions = sessions
         self.github = github
@@ -73,7 +77,9 @@ class LocalRuns:
         #: One registry for every run here, so that a push can stop or queue behind an earlier run.
         self.groups = ConcurrencyGroups()
 
-    async def execute(self, run: ServerRun, workflow: Workflow, options: RunOptions, target_url: str) -> str:
+    async def execute(
+        self, run: ServerRun, workflow: Workflow, options: RunOptions, target_url: str
+    ) -> str:
         task = asyncio.current_task()
         assert task is not None
         self._tasks[run.run_id] = task
@@ -87,7 +93,15 @@ class LocalRuns:
                 statuses.start()
                 try:
                     sinks = FanOut(keep, collector, MetricsSink(self.metrics), statuses)
-                    outcome = await run_workflow(workflow, options, self.sessions, LearningSink(learning, repository=run.repository, workflow=workflow, then=sinks), self.groups)
+                    outcome = await run_workflow(
+                        workflow,
+                        options,
+                        self.sessions,
+                        LearningSink(
+                            learning, repository=run.repository, workflow=workflow, then=sinks
+                        ),
+                        self.groups,
+                    )
                 finally:
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(asyncio.shield(statuses.drain()), REPORT_GRACE)

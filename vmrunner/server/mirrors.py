@@ -67,7 +67,9 @@ class Mirrors:
                 await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
                 partial = path.with_suffix(".partial")
                 await asyncio.to_thread(shutil.rmtree, partial, True)
-                await git("clone", "--quiet", "--mirror", _source(repo.url), str(partial), cwd=self.root)
+                await git(
+                    "clone", "--quiet", "--mirror", _source(repo.url), str(partial), cwd=self.root
+                )
                 await asyncio.to_thread(os.replace, partial, path)
             sha = await _resolve(path, want)
             if sha is None:
@@ -86,7 +88,9 @@ def _source(url: str) -> str:
 
 
 async def _resolve(path: Path, want: str) -> str | None:
-    code, out, _ = await git("rev-parse", "--verify", "--quiet", f"{want}^{{commit}}", cwd=path, check=False)
+    code, out, _ = await git(
+        "rev-parse", "--verify", "--quiet", f"{want}^{{commit}}", cwd=path, check=False
+    )
     return out.decode().strip() if code == 0 else None
 
 
@@ -100,7 +104,9 @@ class CommitWorkflows:
 
 async def read_workflows(mirror: Path, sha: str) -> CommitWorkflows:
     """The workflow files directly in ``.github/workflows`` of ``sha`` (``git archive``), loaded."""
-    code, out, _ = await git("archive", "--format=tar", sha, str(DEFAULT_WORKFLOWS_DIR), cwd=mirror, check=False)
+    code, out, _ = await git(
+        "archive", "--format=tar", sha, str(DEFAULT_WORKFLOWS_DIR), cwd=mirror, check=False
+    )
     if code != 0:
         return CommitWorkflows({}, ())  # the commit has no workflows
     return await asyncio.to_thread(_load_tar, out)
@@ -113,7 +119,11 @@ def _load_tar(data: bytes) -> CommitWorkflows:
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             for member in sorted(tar.getmembers(), key=lambda m: m.name):
                 path = PurePosixPath(member.name)
-                if not member.isfile() or path.parent != PurePosixPath(DEFAULT_WORKFLOWS_DIR) or not path.name.endswith(WORKFLOW_SUFFIXES):
+                if (
+                    not member.isfile()
+                    or path.parent != PurePosixPath(DEFAULT_WORKFLOWS_DIR)
+                    or not path.name.endswith(WORKFLOW_SUFFIXES)
+                ):
                     continue
                 handle = tar.extractfile(member)
                 text = handle.read().decode("utf-8", errors="replace") if handle else ""
