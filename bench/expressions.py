@@ -17,7 +17,8 @@ SAMPLES = [
     "secrets.GITHUB_TOKEN",
     "needs.build.outputs.version",
     "format('{0}-{1}', runner.os, hashFiles('**/package-lock.json'))",
-    "contains(github.event.pull_request.labels.*.name, 'ci') || startsWith(github.ref, 'refs/tags/')",
+    "contains(github.event.pull_request.labels.*.name, 'ci') || startsWith(github.ref, "
+    "'refs/tags/')",
     "fromJSON(needs.setup.outputs.matrix)",
     "steps.cache.outputs.cache-hit != 'true'",
     "!cancelled() && (success() || failure())",

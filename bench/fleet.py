@@ -105,7 +105,8 @@ async def _measure(url: str, samples: int, backlog: int, cancel_samples: int, fo
         async with store.pool.connection() as connection:
             rows = await (
                 await connection.execute(
-                    "SELECT extract(epoch FROM a.started_at - r.created_at)::float FROM vmrunner_attempts a"
+                    "SELECT extract(epoch FROM a.started_at - r.created_at)::float FROM "
+                    "vmrunner_attempts a"
                     " JOIN vmrunner_runs r ON r.id = a.run_id WHERE a.run_id = ANY(%s)",
                     (idle,),
                 )
@@ -119,15 +120,19 @@ async def _measure(url: str, samples: int, backlog: int, cancel_samples: int, fo
     quantiles = statistics.quantiles(sorted(float(r[0]) * 1000 for r in rows), n=100)
     print(f"2 agents; not successful: {failed[0] if failed else '?'}")
     print(
-        f"enqueue-to-start latency, idle fleet ({samples} runs)   p50 {quantiles[49]:7.1f} ms   p99 {quantiles[98]:7.1f} ms"
+        f"enqueue-to-start latency, idle fleet ({samples} runs)   p50 {quantiles[49]:7.1f} ms   "
+        f"p99 {quantiles[98]:7.1f} ms"
     )
     print(f"submit (one transaction per run)                 {backlog / submitted:7.1f} runs/s")
     print(
-        f"throughput, backlog of {backlog} trivial jobs          {backlog / elapsed:7.2f} jobs/s ({elapsed:.1f} s)"
+        f"throughput, backlog of {backlog} trivial jobs          {backlog / elapsed:7.2f} jobs/s "
+        f"({elapsed:.1f} s)"
     )
     if cancels:
         print(
-            f"cancel to machine gone ({len(cancels)} runs)            p50 {statistics.median(cancels) * 1000:7.1f} ms   max {max(cancels) * 1000:7.1f} ms (goal 2000)"
+            f"cancel to machine gone ({len(cancels)} runs)            p50 "
+            f"{statistics.median(cancels) * 1000:7.1f} ms   "
+            f"max {max(cancels) * 1000:7.1f} ms (goal 2000)"
         )
 
 

@@ -115,7 +115,8 @@ def main(argv: list[str]) -> int:
         f"run of {args.jobs} jobs x {args.steps} steps x {args.lines} lines: {len(events)} events"
     )
     print(
-        f"StoreSink emit      p50 {emit['p50_ms'] * 1000:.1f} us, p99 {emit['p99_ms'] * 1000:.1f} us;"
+        f"StoreSink emit      p50 {emit['p50_ms'] * 1000:.1f} us, p99 {emit['p99_ms'] * 1000:.1f} "
+        f"us;"
         f" {figures['store_sink_lines_per_s']:,} log lines/s"
     )
     print(f"read back           run + {log_lines:,} log rows in {figures['read_back_ms']:.1f} ms")

@@ -40,7 +40,10 @@ from vmrunner.workflow.loader import load_workflow_text
 from vmrunner.workflow.models import Workflow
 
 GOALS = {"step_overhead_p50_ms": 5.0, "workflows_per_s": 30.0}
-FLOOR_SCRIPT = 'for i in $(seq {n}); do printf "true\\n" > "$RUNNER_TEMP/s.sh"; bash -e "$RUNNER_TEMP/s.sh"; done'
+FLOOR_SCRIPT = (
+    'for i in $(seq {n}); do printf "true\\n" > "$RUNNER_TEMP/s.sh"; bash -e '
+    '"$RUNNER_TEMP/s.sh"; done'
+)
 
 
 def steps_workflow(steps: int) -> Workflow:
@@ -229,6 +232,9 @@ def main(argv: list[str]) -> int:
             note = ""
             if goal is not None:
                 ok = value <= goal if name.endswith("_ms") else value >= goal
-                note = f"  (goal {'<=' if name.endswith('_ms') else '>='} {goal:g}: {'met' if ok else 'NOT met'})"
+                note = (
+                    f"  (goal {'<=' if name.endswith('_ms') else '>='} {goal:g}: "
+                    f"{'met' if ok else 'NOT met'})"
+                )
             print(f"{name:28} {shown}{note}")
     return 0

@@ -139,11 +139,14 @@ def report(results: dict[str, Any]) -> str:
         results["idle_memory"],
     )
     rows = [
-        ("cold allocation", f"p50 {allocation['p50_ms']:.1f} ms", f"p99 {allocation['p99_ms']:.1f} ms",
+        ("cold allocation",
+         f"p50 {allocation['p50_ms']:.1f} ms", f"p99 {allocation['p99_ms']:.1f} ms",
          f"goal p50 <= {GOALS['allocation_p50_ms']:.0f} ms"),
-        ("exec `true` round trip", f"p50 {exec_true['p50_ms']:.2f} ms", f"p99 {exec_true['p99_ms']:.2f} ms",
+        ("exec `true` round trip",
+         f"p50 {exec_true['p50_ms']:.2f} ms", f"p99 {exec_true['p99_ms']:.2f} ms",
          f"goal p50 <= {GOALS['exec_true_p50_ms']:.0f} ms"),
-        ("idle machine memory", f"RSS {memory['rss_mib']:.1f} MiB", f"PSS {memory['pss_mib']:.1f} MiB",
+        ("idle machine memory",
+         f"RSS {memory['rss_mib']:.1f} MiB", f"PSS {memory['pss_mib']:.1f} MiB",
          f"goal <= {GOALS['idle_rss_mib']:.0f} MiB ({memory['processes']:.0f} processes)"),
     ]  # fmt: skip
     width = max(len(r[0]) for r in rows)

@@ -1,4 +1,5 @@
-"""``python -m bench server [--rate R] [--seconds S] [--queue-seconds Q] [--json]``: webhook accept latency and memory.
+"""``python -m bench server [--rate R] [--seconds S] [--queue-seconds Q] [--json]``: webhook accept
+latency and memory.
 
 Starts a real ``vmrunner serve`` process on 127.0.0.1 (own VMRUNNER_HOME, one local repository)
 and sends signed webhooks open-loop at ``rate`` requests per second (each sent on schedule,
@@ -37,7 +38,10 @@ from bench.qemu import cpu_seconds
 from vmrunner.server.signatures import sign
 
 SECRET = b"bench-secret"
-WORKFLOW = "on: push\njobs:\n  skipped:\n    if: false\n    runs-on: ubuntu-latest\n    steps:\n      - run: 'true'\n"
+WORKFLOW = (
+    "on: push\njobs:\n  skipped:\n    if: false\n    runs-on: ubuntu-latest\n    steps:\n  "
+    "    - run: 'true'\n"
+)
 
 
 def _git(root: Path, *args: str) -> str:
@@ -103,7 +107,8 @@ def _bodies(kind: str, count: int, sha: str) -> list[tuple[str, bytes]]:
 
 
 class _Connections:
-    """Keep-alive HTTP/1.1 connections with hand-built requests: a load generator far cheaper than the server it measures."""
+    """Keep-alive HTTP/1.1 connections with hand-built requests: a load generator far cheaper than
+    the server it measures."""
 
     def __init__(self, port: int, size: int) -> None:
         self.port = port
@@ -284,11 +289,13 @@ def main(argv: list[str]) -> int:
         return 0
     print(f"webhook accept latency at {args.rate:g} req/s (goal: p99 <= 10 ms)")
     print(
-        f"{'scenario':<14}{'requests':>9}{'rate':>8}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'errors':>8}{'CPU ms/req':>11}{'peak RSS MiB':>14}"
+        f"{'scenario':<14}{'requests':>9}{'rate':>8}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+        f"{'errors':>8}{'CPU ms/req':>11}{'peak RSS MiB':>14}"
     )
     for row in report["scenarios"]:
         print(f"{row['scenario']:<14}{row['requests']:>9}{row['achieved_rate']:>8}{row['p50_ms']:>9}{row['p99_ms']:>9}{row['max_ms']:>9}{row['errors']:>8}{row['server_cpu_ms_per_request']:>11}{row['peak_rss_mib']:>14}")
     print(
-        f"server RSS: idle {report['idle_rss_mib']} MiB, after load {report['after_load_rss_mib']} MiB, high water {report['high_water_rss_mib']} MiB"
+        f"server RSS: idle {report['idle_rss_mib']} MiB, after load "
+        f"{report['after_load_rss_mib']} MiB, high water {report['high_water_rss_mib']} MiB"
     )
     return 0

@@ -75,12 +75,14 @@ def main(argv: list[str]) -> int:
     size = sum(len(text) for _, text in files) / len(files)
     cache = "expression cache emptied every round" if options.cold else "expression cache warm"
     print(
-        f"{len(files)} workflow files (mean {size:.0f} bytes), {options.rounds} rounds, one core, {cache}"
+        f"{len(files)} workflow files (mean {size:.0f} bytes), {options.rounds} rounds, one core, "
+        f"{cache}"
     )
     print(
         f"load+validate+plan: {rate:.0f} files/s (goal {GOAL}); median {median_ms:.3f} ms per file"
     )
     print(
-        f"p90 {statistics.quantiles(timings, n=10)[-1] * 1000:.3f} ms, max {max(timings) * 1000:.3f} ms"
+        f"p90 {statistics.quantiles(timings, n=10)[-1] * 1000:.3f} ms, max "
+        f"{max(timings) * 1000:.3f} ms"
     )
     return 0 if rate >= GOAL else 1

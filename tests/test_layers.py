@@ -1,4 +1,5 @@
-"""The layering rules of DESIGN.md, checked on the source: each layer imports only those below it."""
+"""The layering rules of DESIGN.md, checked on the source: each layer imports only those below
+it."""
 
 from __future__ import annotations
 

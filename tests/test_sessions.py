@@ -474,7 +474,9 @@ async def main():
         if pool is not None:
             await pool.wait_filled()
         async with manager.open() as session:
-            await session.exec(["sh", "-c", "echo running > marker"], cwd=session.machine.paths.workspace)
+            await session.exec(
+                ["sh", "-c", "echo running > marker"], cwd=session.machine.paths.workspace
+            )
             print("ready", session.machine.id, flush=True)
             await asyncio.sleep(3600)
 

@@ -66,7 +66,8 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
-#: Public names imported on first use, so that ``import vmrunner`` (and ``vmrunner --help``) stays fast.
+#: Public names imported on first use, so that ``import vmrunner`` (and ``vmrunner --help``)
+#: stays fast.
 _LAZY: dict[str, str] = {
     "ExecResult": "vmrunner.machines.base",
     "FirecrackerProvider": "vmrunner.machines.firecracker",

@@ -621,7 +621,8 @@ class SessionManager:
         return session
 
     def update_state(self, session_id: str, state: SessionState, *, note: str = "") -> None:
-        """Move a session to ``state`` (recorded with its time); ``InvalidTransition`` if not allowed."""
+        """Move a session to ``state`` (recorded with its time); ``InvalidTransition`` if not
+        allowed."""
         session = self.get_session(session_id)
         if state not in TRANSITIONS[session._state]:
             raise InvalidTransition(

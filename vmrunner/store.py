@@ -744,7 +744,8 @@ class Store:
 
     def transitions(self, session_id: str) -> list[TransitionRow]:
         rows = self._execute(
-            "SELECT session_id, state, at, note FROM session_transitions WHERE session_id = ? ORDER BY seq",
+            "SELECT session_id, state, at, note FROM session_transitions WHERE session_id = ? "
+            "ORDER BY seq",
             (session_id,),
         )
         return [TransitionRow(*row) for row in rows.fetchall()]
@@ -755,7 +756,8 @@ class Store:
         """Insert or replace a machine's row (a pool machine handed to a session is re-put)."""
         with self.transaction():
             self._execute(
-                f"INSERT OR REPLACE INTO machines ({_MACHINE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT OR REPLACE INTO machines ({_MACHINE_COLUMNS}) VALUES "
+                f"(?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     row.machine_id,
                     row.provider,
@@ -795,7 +797,10 @@ class Store:
 
         Returns whether a row changed (False: already released, or handed on since).
         """
-        sql = "UPDATE machines SET released_at = ?, note = ? WHERE machine_id = ? AND released_at IS NULL"
+        sql = (
+            "UPDATE machines SET released_at = ?, note = ? WHERE machine_id = ? AND released_at "
+            "IS NULL"
+        )
         params: tuple[Any, ...] = (at, note, machine_id)
         if session_id is not None:
             sql += " AND session_id = ?"
@@ -813,7 +818,8 @@ class Store:
     def add_snapshot(self, row: SnapshotRow) -> None:
         with self.transaction():
             self._execute(
-                "INSERT INTO snapshots (session_id, snapshot_id, name, created_at) VALUES (?,?,?,?)",
+                "INSERT INTO snapshots (session_id, snapshot_id, name, created_at)"
+                " VALUES (?,?,?,?)",
                 (row.session_id, row.snapshot_id, row.name, row.created_at),
             )
 
@@ -864,7 +870,8 @@ class Store:
         with self.transaction():
             cursor = self._execute(
                 "UPDATE runs SET status = 'completed', conclusion = ?, finished_at = ?,"
-                " duration = MAX(0, ? - started_at), note = ? WHERE id = ? AND status != 'completed'",
+                " duration = MAX(0, ? - started_at), note = ? WHERE id = ? AND status != "
+                "'completed'",
                 (conclusion, at, at, note, run_id),
             )
             return cursor.rowcount == 1
@@ -877,7 +884,8 @@ class Store:
     def runs(
         self, *, limit: int | None = 20, workflow: str | None = None, unfinished: bool = False
     ) -> list[RunRow]:
-        """Runs, newest first; only those of ``workflow`` (name or file) or not completed if asked."""
+        """Runs, newest first; only those of ``workflow`` (name or file) or not completed if
+        asked."""
         where: list[str] = ["1 = 1"]
         params: list[Any] = []
         if workflow is not None:
@@ -885,7 +893,10 @@ class Store:
             params += [workflow, workflow]
         if unfinished:
             where.append("status != 'completed'")
-        sql = f"SELECT {_columns(RunRow)} FROM runs WHERE {' AND '.join(where)} ORDER BY started_at DESC, id DESC"
+        sql = (
+            f"SELECT {_columns(RunRow)} FROM runs WHERE {' AND '.join(where)} ORDER BY "
+            f"started_at DESC, id DESC"
+        )
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         return [_from_row(RunRow, row) for row in self._execute(sql, params).fetchall()]
@@ -912,7 +923,8 @@ class Store:
 
     def run_steps(self, run_id: str) -> list[RunStepRow]:
         rows = self._execute(
-            f"SELECT {_columns(RunStepRow)} FROM run_steps WHERE run_id = ? ORDER BY job_key, step_index",
+            f"SELECT {_columns(RunStepRow)} FROM run_steps WHERE run_id = ? ORDER BY job_key, "
+            f"step_index",
             (run_id,),
         )
         return [_from_row(RunStepRow, row) for row in rows.fetchall()]

@@ -13,7 +13,10 @@ from vmrunner.errors import ConfigError
 
 
 def test_forms() -> None:
-    text = '# comment\n\nA=1\nexport B = two words\nC="foo\\nbar"\nD=\'lit\\n\'\nJ={"foo": "bar"}\nM="x\ny"\n'
+    text = (
+        '# comment\n\nA=1\nexport B = two words\nC="foo\\nbar"\nD=\'lit\\n\'\nJ={"foo": '
+        '"bar"}\nM="x\ny"\n'
+    )
     assert parse_dotenv(text) == {
         "A": "1",
         "B": "two words",

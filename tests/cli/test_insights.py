@@ -1,4 +1,5 @@
-"""The README demo through the real CLI: a flaky step run several times, then ``vmrunner insights``."""
+"""The README demo through the real CLI: a flaky step run several times, then ``vmrunner
+insights``."""
 
 from __future__ import annotations
 

@@ -205,7 +205,8 @@ jobs:
 
 
 def test_a_real_run_is_kept_and_shown_with_its_secret_masked(tmp_path: Path) -> None:
-    """`vmrunner run` on the sandbox, then `vmrunner runs`: the engine's real events, kept and read back."""
+    """`vmrunner run` on the sandbox, then `vmrunner runs`: the engine's real events, kept and read
+    back."""
     workflows = tmp_path / ".github" / "workflows"
     workflows.mkdir(parents=True)
     (workflows / "demo.yml").write_text(WORKFLOW, encoding="utf-8")

@@ -45,7 +45,7 @@ jobs:
     runs-on: linux
     steps:
       - run: echo "test ${{ needs.test.result }} plain=${{ needs.test.outputs.plain }} virt=${{ needs.test.outputs.virt }}"
-"""
+"""  # noqa: E501
 
 #: With max-parallel 1 the first combination fails while the others still wait: fail-fast
 #: cancels them before they start; the dependent is skipped.
@@ -164,11 +164,15 @@ async def test_runs_on_may_use_only_the_matrix(
     database: str, runs_on: str, matrix: str | None
 ) -> None:
     strategy = f"\n    strategy:\n      matrix: {matrix}" if matrix else ""
-    workflow = f"on: push\njobs:\n  j:\n    runs-on: {runs_on}{strategy}\n    steps:\n      - run: 'true'\n"
+    workflow = (
+        f"on: push\njobs:\n  j:\n    runs-on: {runs_on}{strategy}\n    steps:\n      - "
+        f"run: 'true'\n"
+    )
     async with FleetStore(database) as store:
         with pytest.raises(
             ConfigError,
-            match=r"job 'j': a fleet routes jobs by their runs-on labels, which must be plain labels or expressions of the job's matrix only",
+            match=r"job 'j': a fleet routes jobs by their runs-on labels, which must be plain "
+            r"labels or expressions of the job's matrix only",
         ):
             await store.submit(workflow, "bad.yml", RunOptions(repository="octo/fleet"))
 

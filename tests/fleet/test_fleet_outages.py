@@ -20,7 +20,10 @@ from vmrunner.fleet.store import FleetStore
 DEFAULTS = {"heartbeat": 1.0, "fence": 20.0, "stall": 30.0, "sweep_interval": 5.0}
 SLOW = "on: push\njobs:\n  slow:\n    runs-on: linux\n    steps:\n      - run: sleep {seconds}\n"
 #: Prints a line a second, before, during and after the outage.
-TICKS = "on: push\njobs:\n  slow:\n    runs-on: linux\n    steps:\n      - run: for i in 1 2 3 4 5 6 7 8; do echo tick $i; sleep 1; done\n"
+TICKS = (
+    "on: push\njobs:\n  slow:\n    runs-on: linux\n    steps:\n      - run: for i in 1 2 3 4 "
+    "5 6 7 8; do echo tick $i; sleep 1; done\n"
+)
 
 
 async def _running(store: FleetStore, run_id: str) -> bool:

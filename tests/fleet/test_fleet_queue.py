@@ -17,7 +17,8 @@ async def _intervals(store: FleetStore, run_ids: list[str]) -> list[tuple[str, s
     async with store.pool.connection() as connection:
         rows = await (
             await connection.execute(
-                "SELECT run_id, host, extract(epoch FROM started_at)::float, extract(epoch FROM finished_at)::float"
+                "SELECT run_id, host, extract(epoch FROM started_at)::float, extract(epoch FROM "
+                "finished_at)::float"
                 " FROM vmrunner_attempts WHERE run_id = ANY(%s) ORDER BY started_at",
                 (run_ids,),
             )

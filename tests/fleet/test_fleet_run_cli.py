@@ -1,4 +1,5 @@
-"""``vmrunner run --store`` and ``vmrunner runs show --store [--follow]`` as real processes, with a real agent."""
+"""``vmrunner run --store`` and ``vmrunner runs show --store [--follow]`` as real processes, with a
+real agent."""
 
 from __future__ import annotations
 

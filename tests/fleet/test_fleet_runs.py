@@ -54,7 +54,8 @@ async def test_a_job_no_agent_serves_is_rejected_at_enqueue(database: str) -> No
     async with agents(database, ("h1", "linux")) as started, FleetStore(database) as store:
         with pytest.raises(
             ConfigError,
-            match=r"job 'b' runs-on kvm,linux: no live agent serves these labels \(agents: h1 \[linux\]\)",
+            match=r"job 'b' runs-on kvm,linux: no live agent serves these labels \(agents: h1 "
+            r"\[linux\]\)",
         ):
             await store.submit(CHAIN, "chain.yml", options(started))
         async with store.pool.connection() as connection:

@@ -1,4 +1,5 @@
-"""``vmrunner serve --store``: webhooks become fleet runs, run by real agents, reported to a fake GitHub.
+"""``vmrunner serve --store``: webhooks become fleet runs, run by real agents, reported to a fake
+GitHub.
 
 Real parts: the PostgreSQL cluster, ``vmrunner agent`` processes, the server under uvicorn on
 127.0.0.1, a git repository the server mirrors (the agents check the commit out of that mirror);

@@ -8,14 +8,18 @@ import tempfile
 from vmrunner.fleet.store import FleetStore
 from vmrunner.runner.options import RunOptions
 
-TWO = "on: push\njobs:\n  work:\n    runs-on: linux\n    steps:\n      - run: 'true'\n  after:\n    runs-on: linux\n    needs: work\n    steps:\n      - run: 'true'\n"
+TWO = (
+    "on: push\njobs:\n  work:\n    runs-on: linux\n    steps:\n      - run: 'true'\n  after:\n  "
+    "  runs-on: linux\n    needs: work\n    steps:\n      - run: 'true'\n"
+)
 
 
 async def _age(store: FleetStore, run_id: str, seconds: float) -> None:
     """Make the running attempt's last heartbeat ``seconds`` old, as a silent host would."""
     async with store.pool.connection() as connection:
         await connection.execute(
-            "UPDATE vmrunner_jobs SET heartbeat_at = now() - make_interval(secs => %s) WHERE run_id = %s AND status = 'running'",
+            "UPDATE vmrunner_jobs SET heartbeat_at = now() - make_interval(secs => %s) WHERE "
+            "run_id = %s AND status = 'running'",
             (seconds, run_id),
         )
 

@@ -40,7 +40,10 @@ jobs:
       - id: s
         run: echo "heard=${{ needs.first.outputs.word }}" >> "$GITHUB_OUTPUT"
 """
-HANGS = "on: push\njobs:\n  hang:\n    runs-on: linux\n    steps:\n      - run: sleep 120\n  later:\n    runs-on: linux\n    needs: hang\n    steps:\n      - run: 'true'\n"
+HANGS = (
+    "on: push\njobs:\n  hang:\n    runs-on: linux\n    steps:\n      - run: sleep 120\n  "
+    "later:\n    runs-on: linux\n    needs: hang\n    steps:\n      - run: 'true'\n"
+)
 
 
 @pytest.fixture(params=["embedded", "fleet"])

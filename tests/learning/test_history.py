@@ -1,4 +1,5 @@
-"""Learning from runs on a real SQLite store: lessons, averages, predictions, suggestions, the sink."""
+"""Learning from runs on a real SQLite store: lessons, averages, predictions, suggestions, the
+sink."""
 
 from __future__ import annotations
 
@@ -291,7 +292,8 @@ def test_a_run_read_back_gets_its_insights_and_the_workflow_adds_parallel_advice
     from vmrunner.workflow.loader import load_workflow_text
 
     workflow = load_workflow_text(
-        "on: push\njobs:\n  a: {runs-on: x, steps: [{run: a}]}\n  b: {runs-on: x, needs: a, steps: [{run: b}]}\n"
+        "on: push\njobs:\n  a: {runs-on: x, steps: [{run: a}]}\n  b: {runs-on: x, needs: a, "
+        "steps: [{run: b}]}\n"
     )
     with Learning.open(db, LearningConfig(lesson_threshold=1)) as learning:
         recorder = Recorder()

@@ -1,4 +1,5 @@
-"""Normalisation and truncation for learning: the same command matches across runs, any text is safe."""
+"""Normalisation and truncation for learning: the same command matches across runs, any text is
+safe."""
 
 from __future__ import annotations
 

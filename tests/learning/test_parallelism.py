@@ -53,5 +53,8 @@ def test_needs_without_outputs_artifacts_or_conditions_and_serial_matrices_are_r
 
 
 def test_a_workflow_without_needs_or_limits_gets_no_advice() -> None:
-    text = "on: push\njobs:\n  a: {runs-on: x, steps: [{run: a}]}\n  b: {runs-on: x, steps: [{run: b}]}\n"
+    text = (
+        "on: push\njobs:\n  a: {runs-on: x, steps: [{run: a}]}\n  b: {runs-on: x, steps: "
+        "[{run: b}]}\n"
+    )
     assert parallel_suggestions(load_workflow_text(text)) == []

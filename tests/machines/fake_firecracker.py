@@ -26,7 +26,8 @@ It serves HTTP on a real unix socket, like Firecracker, and for every request:
 It does not boot a VM. With ``--emulate-guest`` it emulates one, for tests only: InstanceStart
 (or a snapshot load) starts our real guest agent in a bubblewrap sandbox with the guest's paths
 (``/home/runner``, ``/tmp``, ``/opt/hostedtoolcache``), listening on the vsock port named by
-``vmrunner.agent=vsock:PORT`` in the boot arguments (as the images' ``/init`` reads it); the vsock device is emulated on
+``vmrunner.agent=vsock:PORT`` in the boot arguments (as the images' ``/init`` reads it); the vsock
+device is emulated on
 ``uds_path`` with Firecracker's host-initiated handshake (``CONNECT PORT\\n`` answered by
 ``OK HOSTPORT\\n``, or the connection closed when nothing listens). The emulated disk is the
 drive's backing file holding a tar of the guest's writable directories: it is unpacked at boot
@@ -496,7 +497,8 @@ class MicroVm:
     def _op_putMachineConfiguration(self, body: dict[str, Any]) -> None:
         if body.get("smt") and body["vcpu_count"] > 1 and body["vcpu_count"] % 2:
             raise Fault(
-                "The vCPU number is invalid! The vCPU number can only be 1 or an even number when SMT is enabled."
+                "The vCPU number is invalid! The vCPU number can only be 1 or an even number when "
+                "SMT is enabled."
             )
         self.configured["putMachineConfiguration"] = body
 
@@ -504,7 +506,8 @@ class MicroVm:
         for key in ("kernel_image_path", "initrd_path"):
             if key in body and not os.path.isfile(self._path(body[key])):
                 raise Fault(
-                    f"The {key.split('_')[0]} file cannot be opened: No such file or directory (os error 2)"
+                    f"The {key.split('_')[0]} file cannot be opened: No such file or directory "
+                    f"(os error 2)"
                 )
         self.configured["putGuestBootSource"] = body
 

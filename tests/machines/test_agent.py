@@ -249,7 +249,8 @@ async def test_commands_run_concurrently(agent: Agent, tmp_path: Path) -> None:
     # Each command waits for the file the next one creates: only concurrency completes this.
     count = 6
     scripts = [
-        f"touch {tmp_path}/go{i}; while [ ! -e {tmp_path}/go{(i + 1) % count} ]; do sleep 0.01; done"
+        f"touch {tmp_path}/go{i}; while [ ! -e {tmp_path}/go{(i + 1) % count} ]; do sleep 0.01; "
+        f"done"
         for i in range(count)
     ]
     results = await asyncio.wait_for(
@@ -307,7 +308,8 @@ async def test_an_agent_that_returns_no_files_is_reported_as_too_old(tmp_path: P
     older = (
         "import sys; sys.path.insert(0, sys.argv[1]); import agent; "
         "send = agent.Agent.send; "
-        "agent.Agent.send = lambda self, h, p=b'': send(self, {k: v for k, v in h.items() if k != 'files'}, b'' if 'files' in h else p); "
+        "agent.Agent.send = lambda self, h, p=b'': send(self, {k: v for k, v in h.items() if k != "
+        "'files'}, b'' if 'files' in h else p); "
         "sys.exit(agent.main([]))"
     )
     process = await asyncio.create_subprocess_exec(

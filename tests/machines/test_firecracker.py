@@ -375,7 +375,8 @@ async def test_api_faults_become_our_errors(tmp_path: Path, image: tuple[Path, P
         assert info["id"] == "client-test"
         with pytest.raises(
             AllocationError,
-            match=r"PUT /machine-config: .*vcpu_count: 64 is greater than the maximum of 32.* \(HTTP 400\)",
+            match=r"PUT /machine-config: .*vcpu_count: 64 is greater than the maximum of 32.* "
+            r"\(HTTP 400\)",
         ):
             await api.put("/machine-config", {"vcpu_count": 64, "mem_size_mib": 128})
         with pytest.raises(SnapshotError, match=rf"PATCH /vm: {PRE_BOOT} \(HTTP 400\)"):
@@ -439,7 +440,8 @@ async def test_full_request_sequence(tmp_path: Path, image: tuple[Path, Path]) -
         "boot_args": "console=ttyS0 reboot=k pci=off vmrunner.agent=vsock:1024",
     }
     assert bodies["PUT", "/drives/rootfs"] == {
-        "drive_id": "rootfs", "path_on_host": str(layout.disk), "is_root_device": True, "is_read_only": False,
+        "drive_id": "rootfs", "path_on_host": str(layout.disk),
+        "is_root_device": True, "is_read_only": False,
     }  # fmt: skip
     assert bodies["PUT", "/network-interfaces/eth0"] == {
         "iface_id": "eth0",
@@ -453,7 +455,8 @@ async def test_full_request_sequence(tmp_path: Path, image: tuple[Path, Path]) -
     ]
     directory = layout.snapshots / snapshot
     assert bodies["PUT", "/snapshot/create"] == {
-        "snapshot_type": "Full", "snapshot_path": str(directory / "vmstate"), "mem_file_path": str(directory / "memory"),
+        "snapshot_type": "Full", "snapshot_path": str(directory / "vmstate"),
+        "mem_file_path": str(directory / "memory"),
     }  # fmt: skip
     assert bodies["PUT", "/snapshot/load"] == {
         "snapshot_path": str(directory / "vmstate"),

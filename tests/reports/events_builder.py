@@ -301,7 +301,8 @@ def simple_run(sink: EventSink | None = None, run_id: str = "run-0001") -> RunBu
 
 
 def failing_matrix_run(sink: EventSink | None = None, run_id: str = "run-0002") -> RunBuilder:
-    """A matrix of two jobs running in parallel (one fails), a job that needs them and is skipped."""
+    """A matrix of two jobs running in parallel (one fails), a job that needs them and is
+    skipped."""
     run = RunBuilder(run_id, workflow="Matrix", sink=sink).start()
     small = run.job("test (small)", job_id="test", matrix={"size": "small"})
     large = run.job("test (large)", job_id="test", matrix={"size": "large"})

@@ -1,4 +1,5 @@
-"""The machine lifecycle timeline, from real sandbox runs: one machine per job, shown and counted."""
+"""The machine lifecycle timeline, from real sandbox runs: one machine per job, shown and
+counted."""
 
 from __future__ import annotations
 
@@ -344,7 +345,8 @@ async def test_an_observer_of_a_label_hears_only_the_sessions_carrying_it() -> N
 async def test_the_runs_own_annotations_belong_to_no_job_live_and_kept() -> None:
     """A warning about the run itself (an undeclared dispatch input) makes no pseudo-job."""
     ran = await run(
-        "on:\n  workflow_dispatch:\n    inputs:\n      known: {type: string}\njobs:\n  a:\n    runs-on: ubuntu-latest\n    steps:\n      - run: 'true'\n",
+        "on:\n  workflow_dispatch:\n    inputs:\n      known: {type: string}\njobs:\n  a:\n    "
+        "runs-on: ubuntu-latest\n    steps:\n      - run: 'true'\n",
         event_name="workflow_dispatch",
         inputs={"unknown": "1"},
     )

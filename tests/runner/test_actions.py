@@ -40,7 +40,7 @@ runs:
         text: ${{ inputs.greeting }} ${{ inputs.who }}
     - run: echo "FROM_COMPOSITE=1" >> "$GITHUB_ENV"
       shell: bash
-"""
+"""  # noqa: E501
 INNER = """
 inputs:
   text: {}
@@ -204,7 +204,8 @@ async def test_remote_action_from_a_git_server(tmp_path: Path) -> None:
         "octo",
         "greet",
         {
-            "action.yml": 'inputs:\n  who: {default: you}\nruns:\n  using: composite\n  steps:\n    - run: echo "remote says hi ${{ inputs.who }}"\n      shell: bash\n'
+            "action.yml": "inputs:\n  who: {default: you}\nruns:\n  using: composite\n  steps:\n  "
+            '  - run: echo "remote says hi ${{ inputs.who }}"\n      shell: bash\n'
         },
         "v1",
     )
@@ -340,9 +341,12 @@ async def test_remote_node_action_pre_runs_at_the_start_of_the_job(tmp_path: Pat
         "setup-thing",
         {
             "action.yml": NODE,
-            "pre.js": "console.log('pre ran for ' + process.env.INPUT_WHO);\nrequire('fs').appendFileSync(process.env.GITHUB_STATE, 'from_pre=1\\n');\n",
+            "pre.js": "console.log('pre ran for ' + "
+            "process.env.INPUT_WHO);\n"
+            "require('fs').appendFileSync(process.env.GITHUB_STATE, 'from_pre=1\\n');\n",
             "main.js": MAIN_JS,
-            "post.js": "console.log('post sees ' + process.env.STATE_from_pre + ' ' + process.env.STATE_started);\n",
+            "post.js": "console.log('post sees ' + process.env.STATE_from_pre + ' ' + "
+            "process.env.STATE_started);\n",
         },
         "v2",
     )

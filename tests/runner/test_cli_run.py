@@ -90,7 +90,8 @@ def test_workflows_run_together_share_their_concurrency_groups(tmp_path: Path) -
     workflows.mkdir(parents=True)
     for name in ("one", "two"):
         (workflows / f"{name}.yml").write_text(
-            f"on: push\nconcurrency: deploy\njobs:\n  {name}:\n    runs-on: ubuntu-latest\n    steps:\n      - run: echo {name}\n"
+            f"on: push\nconcurrency: deploy\njobs:\n  {name}:\n    runs-on: ubuntu-latest\n    "
+            f"steps:\n      - run: echo {name}\n"
         )
     result = vmrunner("run", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr

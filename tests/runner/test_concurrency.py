@@ -561,7 +561,8 @@ async def test_a_full_queue_refuses_the_newcomer() -> None:
 def test_the_registry_never_lets_two_hold_one_group(
     script: list[tuple[str, str, bool, bool, int]],
 ) -> None:
-    """Any interleaving of arrivals, finishes and cancellations (some not yet delivered when the next comes)."""
+    """Any interleaving of arrivals, finishes and cancellations (some not yet delivered when the
+    next comes)."""
     asyncio.run(_play(script))
 
 

@@ -133,7 +133,7 @@ jobs:
         run: |
           for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < "$f" 2>/dev/null; echo; done | grep -c '^sleep 300' || true
           test ! -e "$RUNNER_TEMP/leak"
-"""
+"""  # noqa: E501
     )
     first, second = ran.steps("a")
     assert first.outcome == "failure"

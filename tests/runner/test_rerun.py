@@ -41,7 +41,7 @@ jobs:
           echo "step4 ${{ steps.one.outputs.greeting }} $FROM_ENV $(mytool) ${{ matrix.flavour }}" >> trail.txt
           echo "trail: $(tr '\\n' , < trail.txt)"
           test "$(tr '\\n' , < trail.txt)" = "step1,step2,step3,step4 hi e1 tool-ok plain,"
-"""
+"""  # noqa: E501
 JOB = "build (plain)"
 
 

@@ -136,7 +136,7 @@ jobs:
     runs-on: ubuntu-latest
     steps:
       - run: test "${{ needs.test.result }}" = failure
-"""
+"""  # noqa: E501
     )
     keys = [e.job_key for e in ran.of(JobQueued) if e.job_id == "test"]
     assert keys == ["test (small, 1)", "test (small, 2)", "test (large, 1)"]
@@ -253,7 +253,8 @@ jobs:
 
 async def test_a_matrix_filter_that_keeps_nothing_skips_the_job() -> None:
     ran = await run(
-        "on: push\njobs:\n  m:\n    runs-on: x\n    strategy:\n      matrix:\n        os: [linux]\n    steps:\n      - run: exit 1\n",
+        "on: push\njobs:\n  m:\n    runs-on: x\n    strategy:\n      matrix:\n        os: "
+        "[linux]\n    steps:\n      - run: exit 1\n",
         matrix_filter={"os": ("plan9",)},
     )
     assert ran.result("m") == "skipped"

@@ -1,4 +1,5 @@
-"""Steps: env, defaults, working directories, file commands, workflow commands, masking, contexts."""
+"""Steps: env, defaults, working directories, file commands, workflow commands, masking,
+contexts."""
 
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ jobs:
           test -z "$(cat "$GITHUB_STEP_SUMMARY")"
           test -z "$(cat "$GITHUB_ENV")"
       - run: echo "BROKEN<<EOF" >> "$GITHUB_ENV"
-"""
+"""  # noqa: E501
     )
     steps = ran.steps("a")
     assert [s.outcome for s in steps] == ["success", "success", "failure"]
@@ -198,7 +199,7 @@ jobs:
         run: exit 1
       - if: success() && steps.check.outcome == 'success'
         run: echo fine
-""",
+""",  # noqa: E501
         payload={"ref": "refs/heads/main", "after": "abc123", "head_commit": {"message": "hello"}},
         repository="octo/hello",
         actor="mona",
@@ -278,7 +279,7 @@ jobs:
           echo "before=kept" >> "$GITHUB_OUTPUT"
           echo "### written before the timeout" >> "$GITHUB_STEP_SUMMARY"
           sleep 30
-""",
+""",  # noqa: E501
         payload=payload,
     )
     steps = ran.steps("a")

@@ -1,4 +1,5 @@
-"""Cancelling a run the server runs itself (no fleet): the API and GitHub's cancelled ``workflow_run``."""
+"""Cancelling a run the server runs itself (no fleet): the API and GitHub's cancelled
+``workflow_run``."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ import httpx
 from tests.server.helpers import config, deliver, finished, fixture, live_server, make_repo, settled
 from vmrunner.store import Store
 
-WORKFLOW = "name: CI\non: push\njobs:\n  hang:\n    runs-on: ubuntu-latest\n    steps:\n      - run: sleep 120\n"
+WORKFLOW = (
+    "name: CI\non: push\njobs:\n  hang:\n    runs-on: ubuntu-latest\n    steps:\n      - "
+    "run: sleep 120\n"
+)
 
 
 def _push(sha: str) -> dict[str, Any]:

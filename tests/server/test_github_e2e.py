@@ -1,4 +1,5 @@
-"""End to end against a fake GitHub API on 127.0.0.1: statuses for a push, one comment per pull request."""
+"""End to end against a fake GitHub API on 127.0.0.1: statuses for a push, one comment per pull
+request."""
 
 from __future__ import annotations
 

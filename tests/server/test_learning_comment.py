@@ -1,4 +1,5 @@
-"""The pull request comment carries what vmrunner learned: a lesson after repeated identical failures."""
+"""The pull request comment carries what vmrunner learned: a lesson after repeated identical
+failures."""
 
 from __future__ import annotations
 

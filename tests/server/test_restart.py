@@ -118,7 +118,7 @@ def push(sha: str) -> dict:
 
 
 @pytest.mark.slow
-async def test_sigkill_during_a_run_then_restart_interrupts_it_reclaims_its_machine_and_resumes_the_queue(
+async def test_sigkill_during_a_run_then_restart_interrupts_it_reclaims_its_machine_and_resumes_the_queue(  # noqa: E501
     tmp_path,
 ):
     repo = tmp_path / "widgets"
@@ -146,7 +146,8 @@ async def test_sigkill_during_a_run_then_restart_interrupts_it_reclaims_its_mach
 
             first.send_signal(signal.SIGKILL)
             first.wait()
-            # the sandbox dies with its parent (bubblewrap --die-with-parent); its files and record stay
+            # the sandbox dies with its parent (bubblewrap --die-with-parent); its files and
+            # record stay
             assert exists(state_dir)
             assert machine_id in [m[0] for m in live_machines()]
 

@@ -38,21 +38,21 @@ ZERO = "0" * 40
 STEP = "    runs-on: ubuntu-latest\n    steps:\n      - run: 'true'\n"
 WORKFLOWS = {
     # push to master touching README.md or src/
-    "push-master.yml": "on:\n  push:\n    branches: [master]\n    paths: ['README.md', 'src/**']\njobs:\n  j:\n"
-    + STEP,
+    "push-master.yml": "on:\n  push:\n    branches: [master]\n    paths: ['README.md', "
+    "'src/**']\njobs:\n  j:\n" + STEP,
     # pushes of tags simple-*
     "tags.yml": "on:\n  push:\n    tags: ['simple-*']\njobs:\n  j:\n" + STEP,
     # pushes touching docs/ (no fixture's commits do; tag pushes ignore path filters)
     "docs.yml": "on:\n  push:\n    paths: ['docs/**']\njobs:\n  j:\n" + STEP,
     # pull requests opened or synchronized against master
-    "pr.yml": "on:\n  pull_request:\n    types: [opened, synchronize]\n    branches: [master]\njobs:\n  j:\n"
-    + STEP,
+    "pr.yml": "on:\n  pull_request:\n    types: [opened, synchronize]\n    branches: "
+    "[master]\njobs:\n  j:\n" + STEP,
     # the workflow the dispatch fixtures name
     "hello-world-workflow.yml": "on: workflow_dispatch\njobs:\n  j:\n" + STEP,
     # another dispatchable workflow: a dispatch names one workflow, so it must not run
     "other-dispatch.yml": "on: [workflow_dispatch, issues]\njobs:\n  j:\n" + STEP,
-    "repository-dispatch.yml": "on:\n  repository_dispatch:\n    types: [on-demand-test]\njobs:\n  j:\n"
-    + STEP,
+    "repository-dispatch.yml": "on:\n  repository_dispatch:\n    types: [on-demand-test]\njobs:\n "
+    " j:\n" + STEP,
 }
 
 

@@ -229,23 +229,28 @@ def test_unreadable_and_binary_files(tmp_path: Path) -> None:
         ("on: push\njobs:\n  a:\n    runs-on: x\n    steps: [{uses: ''}]\n", "must not be empty"),
         ("on: push\njobs:\n  a:\n    uses: x\n    secrets: all\n", "must be one of: inherit"),
         (
-            "on: push\njobs:\n  a:\n    runs-on: x\n    steps: [{run: x, shell: '${{ matrix.s }}x', id: 'a b'}]\n",
+            "on: push\njobs:\n  a:\n    runs-on: x\n    steps: [{run: x, shell: '${{ matrix.s "
+            "}}x', id: 'a b'}]\n",
             "invalid step id 'a b'",
         ),
         (
-            "on: push\njobs:\n  a:\n    runs-on: x\n    steps: [{run: '${{ secrets.X }}', if: 'secrets.X'}]\n",
+            "on: push\njobs:\n  a:\n    runs-on: x\n    steps: [{run: '${{ secrets.X }}', if: "
+            "'secrets.X'}]\n",
             "Unrecognized named-value: 'secrets'",
         ),
         (
-            "on: push\njobs:\n  a:\n    runs-on: x\n    steps: [{run: x, timeout-minutes: '1${{ 2 }}'}]\n",
+            "on: push\njobs:\n  a:\n    runs-on: x\n    steps: [{run: x, timeout-minutes: '1${{ 2 "
+            "}}'}]\n",
             "must be a number or an expression",
         ),
         (
-            "on: push\nenv:\n  A: ${{ env.B }}\njobs:\n  a:\n    runs-on: x\n    steps: [{run: x}]\n",
+            "on: push\nenv:\n  A: ${{ env.B }}\njobs:\n  a:\n    runs-on: x\n    steps: [{run: "
+            "x}]\n",
             "Unrecognized named-value: 'env'",
         ),
         (
-            "on: push\njobs:\n  a:\n    runs-on: x\n    env:\n      ${{ github.sha }}: 1\n    steps: [{run: x}]\n",
+            "on: push\njobs:\n  a:\n    runs-on: x\n    env:\n      ${{ github.sha }}: 1\n    "
+            "steps: [{run: x}]\n",
             "keys cannot be expressions",
         ),
     ],
@@ -276,7 +281,8 @@ def test_job_conditions_that_are_valid(condition: str) -> None:
 def test_matrix_insert_directive_is_accepted() -> None:
     text = (
         "on: push\njobs:\n  a:\n    runs-on: x\n    strategy:\n      matrix:\n        a:\n"
-        "          - env:\n              ${{ insert }}: ${{ fromJSON('{}') }}\n    steps: [{run: x}]\n"
+        "          - env:\n              ${{ insert }}: ${{ fromJSON('{}') }}\n    steps: [{run: "
+        "x}]\n"
     )
     load_workflow_text(text, "w.yml")
 
@@ -451,10 +457,13 @@ def test_expression_errors_point_at_the_expression(value: str, line: int, column
 
 
 def test_nested_keys_add_contexts_to_their_parents() -> None:
-    # container.credentials may use secrets (its own) and matrix (from container); image may not use secrets.
+    # container.credentials may use secrets (its own) and matrix (from container); image may not
+    # use secrets.
     ok = (
-        "on: push\njobs:\n  a:\n    runs-on: x\n    strategy: {matrix: {u: [me]}}\n    container:\n      image: x\n"
-        "      credentials: {username: '${{ matrix.u }}', password: '${{ secrets.P }}'}\n    steps: [{run: x}]\n"
+        "on: push\njobs:\n  a:\n    runs-on: x\n    strategy: {matrix: {u: [me]}}\n    "
+        "container:\n      image: x\n"
+        "      credentials: {username: '${{ matrix.u }}', password: '${{ secrets.P }}'}\n    "
+        "steps: [{run: x}]\n"
     )
     assert load_workflow_text(ok, "w.yml").jobs["a"].container is not None
     with pytest.raises(

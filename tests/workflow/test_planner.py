@@ -84,7 +84,10 @@ def test_cycles_and_unknown_needs_name_the_jobs_and_lines() -> None:
 
 
 def test_plan_error_positions_point_at_needs() -> None:
-    text = "on: push\njobs:\n  a:\n    runs-on: x\n    needs: [b]\n    steps: [{run: x}]\n  b:\n    runs-on: x\n    needs: a\n    steps: [{run: x}]\n"
+    text = (
+        "on: push\njobs:\n  a:\n    runs-on: x\n    needs: [b]\n    steps: [{run: x}]\n  b:\n  "
+        "  runs-on: x\n    needs: a\n    steps: [{run: x}]\n"
+    )
     with pytest.raises(PlanError) as info:
         load_workflow_text(text, "c.yml")
     (diagnostic,) = info.value.diagnostics
@@ -94,8 +97,10 @@ def test_plan_error_positions_point_at_needs() -> None:
 
 def test_static_matrix_for_display() -> None:
     text = (
-        "on: push\njobs:\n  m:\n    runs-on: x\n    strategy:\n      matrix:\n        os: [l, w]\n        v: [1, 2]\n"
-        "    steps: [{run: x}]\n  dyn:\n    runs-on: x\n    strategy:\n      matrix: ${{ fromJSON(needs.m.outputs.m) }}\n"
+        "on: push\njobs:\n  m:\n    runs-on: x\n    strategy:\n      matrix:\n        os: [l, "
+        "w]\n        v: [1, 2]\n"
+        "    steps: [{run: x}]\n  dyn:\n    runs-on: x\n    strategy:\n      matrix: ${{ "
+        "fromJSON(needs.m.outputs.m) }}\n"
         "    needs: m\n    steps: [{run: x}]\n  plain:\n    runs-on: x\n    steps: [{run: x}]\n"
     )
     graph = plan(load_workflow_text(text, "m.yml"))

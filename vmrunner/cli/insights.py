@@ -125,7 +125,8 @@ def _lesson(lesson: Lesson) -> None:
     state = " (dismissed)" if lesson.dismissed else ""
     first = lesson.command.strip().splitlines()[0] if lesson.command.strip() else ""
     terminal.info(
-        f"lesson {lesson.id}{state} [{lesson.repository}]: {first!s} failed {lesson.occurrences} times the same way"
+        f"lesson {lesson.id}{state} [{lesson.repository}]: {first!s} failed {lesson.occurrences} "
+        f"times the same way"
     )
     if lesson.excerpt:
         terminal.info(f"    {lesson.excerpt}")

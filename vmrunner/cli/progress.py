@@ -1,4 +1,5 @@
-"""What ``vmrunner run`` shows while a run goes on: ``ProgressView`` (people) and ``JsonView`` (machines).
+"""What ``vmrunner run`` shows while a run goes on: ``ProgressView`` (people) and ``JsonView``
+(machines).
 
 Both are ``EventSink``s. Wiring, in ``vmrunner/cli/run.py``::
 
@@ -293,7 +294,8 @@ class ProgressView:
                         state.prefixed(
                             event.job_key,
                             Text(
-                                f"    snapshot {event.snapshot_id} ({human_duration(event.duration)})",
+                                f"    snapshot {event.snapshot_id} "
+                                f"({human_duration(event.duration)})",
                                 style="dim",
                             ),
                         )

@@ -47,7 +47,8 @@ if TYPE_CHECKING:
     "--secret",
     "secrets",
     multiple=True,
-    help="A secret K=V, or K to take it from the environment (repeatable); runs never store secrets: give them again.",
+    help="A secret K=V, or K to take it from the environment (repeatable); runs never store "
+    "secrets: give them again.",
 )
 @click.option("--secret-file", default=None, help="Secrets from a dotenv file.")
 @click.option(
@@ -113,11 +114,13 @@ def command(
     if job_key is None:
         if not kept_keys:
             raise ConfigError(
-                f"run {original.run_id} kept no snapshots: only failed jobs of a run made with --snapshot keep them"
+                f"run {original.run_id} kept no snapshots: only failed jobs of a run made with "
+                f"--snapshot keep them"
             )
         if len(kept_keys) > 1:
             raise ConfigError(
-                f"run {original.run_id} has several failed jobs: choose one with --job ({', '.join(map(repr, kept_keys))})"
+                f"run {original.run_id} has several failed jobs: choose one with --job "
+                f"({', '.join(map(repr, kept_keys))})"
             )
         job_key = kept_keys[0]
     if job_key not in kept_keys:

@@ -145,7 +145,8 @@ def cancel(run_id: str, store: str) -> None:
 @click.option(
     "--timeline",
     is_flag=True,
-    help="Print the machine lifecycle timeline (T+ms from the run's start) and the counts that prove one machine per job.",
+    help="Print the machine lifecycle timeline (T+ms from the run's start) and the counts that "
+    "prove one machine per job.",
 )
 @click.option(
     "--svg",
@@ -164,7 +165,8 @@ def cancel(run_id: str, store: str) -> None:
     "--store",
     default=None,
     envvar="VMRUNNER_STORE",
-    help="Show a fleet run from its PostgreSQL store (any host) [env: VMRUNNER_STORE]; see docs/fleet.md.",
+    help="Show a fleet run from its PostgreSQL store (any host) [env: VMRUNNER_STORE]; see "
+    "docs/fleet.md.",
 )
 def show(
     run_id: str,
@@ -294,7 +296,8 @@ def _print_run(result: RunResult, logs: list[LogRow] | None) -> None:
     say(
         Text.assemble(
             (f"{symbol} {conclusion}", style),
-            f"  {where}  started {_when(result.started_at)}, took {human_duration(result.duration)}",
+            f"  {where}  started {_when(result.started_at)}, "
+            f"took {human_duration(result.duration)}",
         )
     )
     for annotation in result.run_annotations:
@@ -346,7 +349,8 @@ def _print_timeline(result: RunResult) -> None:
     )
     if not entries:
         terminal.info(
-            "no lifecycle events recorded for this run (no job got a machine, or it ran before vmrunner kept them)"
+            "no lifecycle events recorded for this run (no job got a machine, or it ran before "
+            "vmrunner kept them)"
         )
         return
     shown = {id(entry) for entry in visible(entries)}

@@ -1,4 +1,5 @@
-"""``vmrunner sessions``: see the sessions in the state database, reclaim leftovers of dead runners."""
+"""``vmrunner sessions``: see the sessions in the state database, reclaim leftovers of dead
+runners."""
 
 from __future__ import annotations
 
@@ -74,7 +75,8 @@ def list_sessions(show_all: bool, as_json: bool) -> None:
     "providers",
     multiple=True,
     envvar=ENV_PROVIDER,
-    help=f"Also scan this provider's machines on disk (repeatable) [env: {ENV_PROVIDER}; default: {DEFAULT_PROVIDER}].",
+    help=f"Also scan this provider's machines on disk (repeatable) [env: {ENV_PROVIDER}; default: "
+    f"{DEFAULT_PROVIDER}].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 def reclaim(providers: tuple[str, ...], as_json: bool) -> None:
@@ -127,7 +129,8 @@ def reclaim(providers: tuple[str, ...], as_json: bool) -> None:
         if not as_json:
             verb = "reclaimed" if action.ok else "FAILED to reclaim"
             terminal.info(
-                f"{verb} {action.kind} {action.id} ({action.provider}, runner pid {action.owner_pid}): {action.note}"
+                f"{verb} {action.kind} {action.id} ({action.provider}, runner pid "
+                f"{action.owner_pid}): {action.note}"
             )
     if any(not a.ok for a in actions):
         raise SystemExit(1)

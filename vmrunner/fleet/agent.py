@@ -82,7 +82,8 @@ class AgentConfig:
     def __post_init__(self) -> None:
         if self.fence >= self.stall:
             raise ConfigError(
-                f"the fence interval ({self.fence}s) must be shorter than the stall interval ({self.stall}s)"
+                f"the fence interval ({self.fence}s) must be shorter than the stall interval "
+                f"({self.stall}s)"
             )
 
 
@@ -235,7 +236,8 @@ class Agent:
             fenced = await self._keep_alive(store, assignment, logs, execution)
             if fenced:
                 log.warning(
-                    "job %s of run %s: attempt %d fenced off; its machine is released, nothing reported",
+                    "job %s of run %s: attempt %d fenced off; its machine is released, nothing "
+                    "reported",
                     job_id,
                     run_id,
                     attempt,
@@ -376,7 +378,8 @@ class Agent:
             return (
                 "failure",
                 {},
-                f"combination {a.matrix_index} of job '{job_id}' is now '{run.reports[0].job_key}', not '{a.job_id}'",
+                f"combination {a.matrix_index} of job '{job_id}' is now "
+                f"'{run.reports[0].job_key}', not '{a.job_id}'",
                 False,
             )
         return report.result, dict(report.outputs), report.reason, report.continue_on_error

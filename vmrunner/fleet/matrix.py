@@ -67,7 +67,8 @@ def static_labels(job_id: str, job: Job, workflow_path: str) -> tuple[str, ...] 
     runs_on = job.runs_on
     if runs_on is None:
         raise ConfigError(
-            f"{workflow_path}: job '{job_id}': a fleet routes jobs by their runs-on labels; this job has none"
+            f"{workflow_path}: job '{job_id}': a fleet routes jobs by their runs-on labels; this "
+            f"job has none"
         )
     texts = (
         [runs_on.expression]
@@ -80,7 +81,8 @@ def static_labels(job_id: str, job: Job, workflow_path: str) -> tuple[str, ...] 
         check_expression_text(text, _MATRIX_ONLY, condition=False) for text in texts
     ):
         raise ConfigError(
-            f"{workflow_path}: job '{job_id}': a fleet routes jobs by their runs-on labels, which must be plain labels"
+            f"{workflow_path}: job '{job_id}': a fleet routes jobs by their runs-on labels, which "
+            f"must be plain labels"
             " or expressions of the job's matrix only (${{ matrix.os }}), not of other contexts"
         )
     return None

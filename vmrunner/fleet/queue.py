@@ -1,4 +1,5 @@
-"""The one queue interface a trigger (the server, the CLI) uses to run workflows, whatever runs them.
+"""The one queue interface a trigger (the server, the CLI) uses to run workflows, whatever runs
+them.
 
 Two implementations: ``EmbeddedQueue`` (``vmrunner.fleet.embedded``: one host, in this
 process, runs kept in SQLite) and ``FleetStore`` (``vmrunner.fleet.store``: PostgreSQL with

@@ -99,7 +99,7 @@ CREATE TABLE IF NOT EXISTS vmrunner_agents (
     started_at timestamptz NOT NULL DEFAULT now(),
     heartbeat_at timestamptz NOT NULL DEFAULT now()
 );
-"""
+"""  # noqa: E501
 
 
 async def ensure_schema(connection: psycopg.AsyncConnection[Any]) -> None:

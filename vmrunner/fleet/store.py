@@ -95,7 +95,8 @@ class EventRow:
 
 @dataclass(frozen=True, slots=True)
 class StepRow:
-    """One step of a job's latest attempt; ``status`` is running until it ends, then its conclusion."""
+    """One step of a job's latest attempt; ``status`` is running until it ends, then its
+    conclusion."""
 
     index: int
     kind: str
@@ -203,8 +204,10 @@ class FleetStore:
                 run_id = options.run_id or str(row[0])
                 inserted = await (
                     await connection.execute(
-                        "INSERT INTO vmrunner_runs (id, delivery_id, workflow_path, workflow_text, options, priority)"
-                        " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (delivery_id) DO NOTHING RETURNING id",
+                        "INSERT INTO vmrunner_runs (id, delivery_id, workflow_path, "
+                        "workflow_text, options, priority)"
+                        " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (delivery_id) DO NOTHING "
+                        "RETURNING id",
                         (
                             run_id,
                             delivery_id,
@@ -221,7 +224,8 @@ class FleetStore:
                     own = labels[job_id] or ()
                     strategy = {"matrix": True} if has_matrix(workflow.jobs[job_id]) else {}
                     await connection.execute(
-                        "INSERT INTO vmrunner_jobs (run_id, job_id, needs, labels, queue, status, strategy) VALUES (%s, %s, %s, %s, %s, 'pending', %s)",
+                        "INSERT INTO vmrunner_jobs (run_id, job_id, needs, labels, queue, status, "
+                        "strategy) VALUES (%s, %s, %s, %s, %s, 'pending', %s)",
                         (
                             run_id,
                             job_id,
@@ -258,7 +262,8 @@ class FleetStore:
     ) -> list[tuple[str, set[str]]]:
         rows = await (
             await connection.execute(
-                "SELECT name, labels FROM vmrunner_agents WHERE heartbeat_at > now() - make_interval(secs => %s)",
+                "SELECT name, labels FROM vmrunner_agents WHERE heartbeat_at > now() - "
+                "make_interval(secs => %s)",
                 (self.agent_stale,),
             )
         ).fetchall()
@@ -267,12 +272,15 @@ class FleetStore:
     async def _defer(
         self, connection: psycopg.AsyncConnection[Any], run_id: str, job_id: str, attempt: int
     ) -> bool:
-        """Move a job to ``queued`` for ``attempt`` and defer it, on ``connection``'s transaction."""
+        """Move a job to ``queued`` for ``attempt`` and defer it, on ``connection``'s
+        transaction."""
         row = await (
             await connection.execute(
-                "UPDATE vmrunner_jobs j SET status = 'queued', attempt = %s, host = NULL, heartbeat_at = NULL"
+                "UPDATE vmrunner_jobs j SET status = 'queued', attempt = %s, host = NULL, "
+                "heartbeat_at = NULL"
                 " FROM vmrunner_runs r WHERE r.id = j.run_id AND j.run_id = %s AND j.job_id = %s"
-                " AND j.attempt = %s AND j.status IN ('pending', 'running') AND r.status = 'running'"
+                " AND j.attempt = %s AND j.status IN ('pending', 'running') AND r.status = "
+                "'running'"
                 " RETURNING j.queue, r.priority",
                 (attempt, run_id, job_id, attempt - 1),
             )
@@ -323,13 +331,15 @@ class FleetStore:
         return RunRow(run["id"], run["status"], run["conclusion"], jobs)
 
     async def combinations(self, run_id: str) -> dict[str, tuple[str, Mapping[str, Any]]]:
-        """The run's matrix combinations: job key -> (the matrix job's id, the combination's values).
+        """The run's matrix combinations: job key -> (the matrix job's id, the combination's
+        values).
         In ``run()`` a matrix job is one row (``matrix`` status while its combinations run, then
         their aggregate result) and each combination a row of its own, keyed ``test (linux, 1)``."""
         async with self.pool.connection() as connection:
             rows = await (
                 await connection.execute(
-                    "SELECT job_id, parent, matrix FROM vmrunner_jobs WHERE run_id = %s AND parent IS NOT NULL ORDER BY parent, matrix_index",
+                    "SELECT job_id, parent, matrix FROM vmrunner_jobs WHERE run_id = %s AND "
+                    "parent IS NOT NULL ORDER BY parent, matrix_index",
                     (run_id,),
                 )
             ).fetchall()
@@ -340,7 +350,8 @@ class FleetStore:
         async with self.pool.connection() as connection:
             rows = await (
                 await connection.execute(
-                    "SELECT job_id, attempt, host, result FROM vmrunner_attempts WHERE run_id = %s ORDER BY job_id, attempt",
+                    "SELECT job_id, attempt, host, result FROM vmrunner_attempts WHERE run_id = "
+                    "%s ORDER BY job_id, attempt",
                     (run_id,),
                 )
             ).fetchall()
@@ -353,15 +364,18 @@ class FleetStore:
         async with self.pool.connection() as connection, connection.transaction():
             row = await (
                 await connection.execute(
-                    "UPDATE vmrunner_jobs SET status = 'running', host = %s, heartbeat_at = now(), started_at = now()"
-                    " WHERE run_id = %s AND job_id = %s AND attempt = %s AND status = 'queued' RETURNING needs, parent, matrix_index",
+                    "UPDATE vmrunner_jobs SET status = 'running', host = %s, heartbeat_at = "
+                    "now(), started_at = now()"
+                    " WHERE run_id = %s AND job_id = %s AND attempt = %s AND status = 'queued' "
+                    "RETURNING needs, parent, matrix_index",
                     (host, run_id, job_id, attempt),
                 )
             ).fetchone()
             if row is None:
                 return None
             await connection.execute(
-                "INSERT INTO vmrunner_attempts (run_id, job_id, attempt, host) VALUES (%s, %s, %s, %s)",
+                "INSERT INTO vmrunner_attempts (run_id, job_id, attempt, host) VALUES (%s, %s, "
+                "%s, %s)",
                 (run_id, job_id, attempt, host),
             )
             run = await (
@@ -373,7 +387,8 @@ class FleetStore:
             assert run is not None
             needs_rows = await (
                 await connection.execute(
-                    "SELECT job_id, status, outputs FROM vmrunner_jobs WHERE run_id = %s AND job_id = ANY(%s)",
+                    "SELECT job_id, status, outputs FROM vmrunner_jobs WHERE run_id = %s AND "
+                    "job_id = ANY(%s)",
                     (run_id, list(row[0])),
                 )
             ).fetchall()
@@ -395,7 +410,8 @@ class FleetStore:
         """Keep the attempt alive; False when it was given up on (the agent must stop it)."""
         async with self.pool.connection() as connection:
             cursor = await connection.execute(
-                "UPDATE vmrunner_jobs SET heartbeat_at = now() WHERE run_id = %s AND job_id = %s AND attempt = %s AND status = 'running'",
+                "UPDATE vmrunner_jobs SET heartbeat_at = now() WHERE run_id = %s AND job_id = %s "
+                "AND attempt = %s AND status = 'running'",
                 (run_id, job_id, attempt),
             )
             return cursor.rowcount == 1
@@ -403,7 +419,8 @@ class FleetStore:
     async def append_logs(
         self, run_id: str, job_id: str, attempt: int, lines: Sequence[str]
     ) -> bool:
-        """Append log lines of an attempt and wake live tails; rejected (False) for a stale attempt."""
+        """Append log lines of an attempt and wake live tails; rejected (False) for a stale
+        attempt."""
         return await self.append(run_id, job_id, attempt, lines, ())
 
     async def append_events(
@@ -427,7 +444,8 @@ class FleetStore:
         async with self.pool.connection() as connection, connection.transaction():
             current = await (
                 await connection.execute(
-                    "SELECT 1 FROM vmrunner_jobs WHERE run_id = %s AND job_id = %s AND attempt = %s AND status = 'running' FOR SHARE",
+                    "SELECT 1 FROM vmrunner_jobs WHERE run_id = %s AND job_id = %s AND attempt = "
+                    "%s AND status = 'running' FOR SHARE",
                     (run_id, job_id, attempt),
                 )
             ).fetchone()
@@ -436,12 +454,14 @@ class FleetStore:
             async with connection.cursor() as cursor:
                 if lines:
                     await cursor.executemany(
-                        "INSERT INTO vmrunner_logs (run_id, job_id, attempt, line) VALUES (%s, %s, %s, %s)",
+                        "INSERT INTO vmrunner_logs (run_id, job_id, attempt, line) VALUES (%s, "
+                        "%s, %s, %s)",
                         [(run_id, job_id, attempt, line) for line in lines],
                     )
                 if events:
                     await cursor.executemany(
-                        "INSERT INTO vmrunner_events (run_id, job_id, attempt, seq, kind, data, at) VALUES (%s, %s, %s, %s, %s, %s, to_timestamp(%s))",
+                        "INSERT INTO vmrunner_events (run_id, job_id, attempt, seq, kind, data, "
+                        "at) VALUES (%s, %s, %s, %s, %s, %s, to_timestamp(%s))",
                         [
                             (
                                 run_id,
@@ -479,8 +499,10 @@ class FleetStore:
         async with self.pool.connection() as connection, connection.transaction():
             row = await (
                 await connection.execute(
-                    "UPDATE vmrunner_jobs SET status = %s, outputs = %s, reason = %s, continue_on_error = %s, finished_at = clock_timestamp()"
-                    " WHERE run_id = %s AND job_id = %s AND attempt = %s AND status = 'running' RETURNING job_id",
+                    "UPDATE vmrunner_jobs SET status = %s, outputs = %s, reason = %s, "
+                    "continue_on_error = %s, finished_at = clock_timestamp()"
+                    " WHERE run_id = %s AND job_id = %s AND attempt = %s AND status = 'running' "
+                    "RETURNING job_id",
                     (
                         result,
                         json.dumps(dict(outputs)),
@@ -495,7 +517,8 @@ class FleetStore:
             if row is None:
                 return False
             await connection.execute(
-                "UPDATE vmrunner_attempts SET finished_at = now(), result = %s WHERE run_id = %s AND job_id = %s AND attempt = %s",
+                "UPDATE vmrunner_attempts SET finished_at = now(), result = %s WHERE run_id = %s "
+                "AND job_id = %s AND attempt = %s",
                 (result, run_id, job_id, attempt),
             )
             await self._advance(connection, run_id)
@@ -512,7 +535,8 @@ class FleetStore:
         """
         run = await (
             await connection.execute(
-                "SELECT status, workflow_path, workflow_text, options FROM vmrunner_runs WHERE id = %s FOR UPDATE",
+                "SELECT status, workflow_path, workflow_text, options FROM vmrunner_runs WHERE id "
+                "= %s FOR UPDATE",
                 (run_id,),
             )
         ).fetchone()
@@ -521,7 +545,8 @@ class FleetStore:
             cursor = connection.cursor(row_factory=dict_row)
             rows = await (
                 await cursor.execute(
-                    "SELECT job_id, status, needs, parent, matrix_index, strategy, continue_on_error, procrastinate_id, outputs, finished_at"
+                    "SELECT job_id, status, needs, parent, matrix_index, strategy, "
+                    "continue_on_error, procrastinate_id, outputs, finished_at"
                     " FROM vmrunner_jobs WHERE run_id = %s ORDER BY finished_at NULLS LAST, job_id",
                     (run_id,),
                 )
@@ -554,7 +579,8 @@ class FleetStore:
         if all(state in FINAL for state in statuses):
             conclusion = run_conclusion(statuses)
             await connection.execute(
-                "UPDATE vmrunner_runs SET status = 'completed', conclusion = %s, finished_at = now() WHERE id = %s AND status = 'running'",
+                "UPDATE vmrunner_runs SET status = 'completed', conclusion = %s, finished_at = "
+                "now() WHERE id = %s AND status = 'running'",
                 (conclusion, run_id),
             )
 
@@ -576,7 +602,8 @@ class FleetStore:
         expansion = await expand(workflow, job_id, options_from_json(run[3], run_id), needs)
         if expansion.result is not None:
             await connection.execute(
-                "UPDATE vmrunner_jobs SET status = %s, reason = %s, finished_at = clock_timestamp() WHERE run_id = %s AND job_id = %s",
+                "UPDATE vmrunner_jobs SET status = %s, reason = %s, finished_at = "
+                "clock_timestamp() WHERE run_id = %s AND job_id = %s",
                 (expansion.result, expansion.reason, run_id, job_id),
             )
             return
@@ -584,8 +611,10 @@ class FleetStore:
         for combination in expansion.combinations:
             problem = _unserved(combination.key, combination.labels, agents)
             await connection.execute(
-                "INSERT INTO vmrunner_jobs (run_id, job_id, needs, labels, queue, status, reason, parent, matrix_index, matrix, finished_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, CASE WHEN %s THEN clock_timestamp() END)",
+                "INSERT INTO vmrunner_jobs (run_id, job_id, needs, labels, queue, status, reason, "
+                "parent, matrix_index, matrix, finished_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, CASE WHEN %s THEN "
+                "clock_timestamp() END)",
                 (
                     run_id,
                     combination.key,
@@ -606,7 +635,8 @@ class FleetStore:
             "max_parallel": expansion.max_parallel,
         }
         await connection.execute(
-            "UPDATE vmrunner_jobs SET status = 'matrix', strategy = %s, started_at = now() WHERE run_id = %s AND job_id = %s",
+            "UPDATE vmrunner_jobs SET status = 'matrix', strategy = %s, started_at = now() WHERE "
+            "run_id = %s AND job_id = %s",
             (json.dumps(strategy), run_id, job_id),
         )
 
@@ -659,7 +689,8 @@ class FleetStore:
             if statuses[str(c["job_id"])] in ("failure", "cancelled")
         )
         await connection.execute(
-            "UPDATE vmrunner_jobs SET status = %s, outputs = %s, reason = %s, finished_at = clock_timestamp() WHERE run_id = %s AND job_id = %s",
+            "UPDATE vmrunner_jobs SET status = %s, outputs = %s, reason = %s, finished_at = "
+            "clock_timestamp() WHERE run_id = %s AND job_id = %s",
             (result, json.dumps(outputs), "; ".join(reasons), run_id, job["job_id"]),
         )
         return True
@@ -683,12 +714,14 @@ class FleetStore:
         if state == "running":
             await connection.execute(
                 "UPDATE vmrunner_attempts SET finished_at = now(), result = %s"
-                " WHERE run_id = %s AND job_id = %s AND attempt = (SELECT attempt FROM vmrunner_jobs WHERE run_id = %s AND job_id = %s)",
+                " WHERE run_id = %s AND job_id = %s AND attempt = (SELECT attempt FROM "
+                "vmrunner_jobs WHERE run_id = %s AND job_id = %s)",
                 (status, run_id, job["job_id"], run_id, job["job_id"]),
             )
         await connection.execute(
             "UPDATE vmrunner_jobs SET status = %s, reason = %s, finished_at = clock_timestamp(),"
-            " attempt = attempt + (CASE WHEN status = 'running' THEN 1 ELSE 0 END) WHERE run_id = %s AND job_id = %s",
+            " attempt = attempt + (CASE WHEN status = 'running' THEN 1 ELSE 0 END) WHERE run_id = "
+            "%s AND job_id = %s",
             (status, reason, run_id, job["job_id"]),
         )
 
@@ -701,15 +734,18 @@ class FleetStore:
         async with self.pool.connection() as connection, connection.transaction():
             rows = await (
                 await connection.execute(
-                    "SELECT j.run_id, j.job_id, j.attempt, j.procrastinate_id FROM vmrunner_jobs j JOIN vmrunner_runs r ON r.id = j.run_id"
-                    " WHERE j.status = 'running' AND r.status = 'running' AND j.heartbeat_at < now() - make_interval(secs => %s)"
+                    "SELECT j.run_id, j.job_id, j.attempt, j.procrastinate_id FROM vmrunner_jobs "
+                    "j JOIN vmrunner_runs r ON r.id = j.run_id"
+                    " WHERE j.status = 'running' AND r.status = 'running' AND j.heartbeat_at < "
+                    "now() - make_interval(secs => %s)"
                     " FOR UPDATE OF j SKIP LOCKED",
                     (stall,),
                 )
             ).fetchall()
             for run_id, job_id, attempt, procrastinate_id in rows:
                 await connection.execute(
-                    "UPDATE vmrunner_attempts SET finished_at = now(), result = 'lost' WHERE run_id = %s AND job_id = %s AND attempt = %s",
+                    "UPDATE vmrunner_attempts SET finished_at = now(), result = 'lost' WHERE "
+                    "run_id = %s AND job_id = %s AND attempt = %s",
                     (run_id, job_id, attempt),
                 )
                 if (
@@ -724,7 +760,8 @@ class FleetStore:
                     retried.append((str(run_id), str(job_id), attempt + 1))
                 else:
                     await connection.execute(
-                        "UPDATE vmrunner_jobs SET status = 'failure', reason = %s, finished_at = now() WHERE run_id = %s AND job_id = %s AND attempt = %s",
+                        "UPDATE vmrunner_jobs SET status = 'failure', reason = %s, finished_at = "
+                        "now() WHERE run_id = %s AND job_id = %s AND attempt = %s",
                         (
                             f"its host stopped answering ({attempt} attempts)",
                             run_id,
@@ -741,7 +778,8 @@ class FleetStore:
         async with self.pool.connection() as connection, connection.transaction():
             row = await (
                 await connection.execute(
-                    "UPDATE vmrunner_runs SET status = 'cancelling' WHERE id = %s AND status = 'running' RETURNING id",
+                    "UPDATE vmrunner_runs SET status = 'cancelling' WHERE id = %s AND status = "
+                    "'running' RETURNING id",
                     (run_id,),
                 )
             ).fetchone()
@@ -755,14 +793,16 @@ class FleetStore:
             cursor = connection.cursor(row_factory=dict_row)
             jobs = await (
                 await cursor.execute(
-                    "SELECT job_id, status, procrastinate_id FROM vmrunner_jobs WHERE run_id = %s AND status = ANY(%s)",
+                    "SELECT job_id, status, procrastinate_id FROM vmrunner_jobs WHERE run_id = %s "
+                    "AND status = ANY(%s)",
                     (run_id, list(ACTIVE)),
                 )
             ).fetchall()
             for job in jobs:
                 await self._end(connection, run_id, job, "cancelled", "the run was cancelled")
             await connection.execute(
-                "UPDATE vmrunner_runs SET status = 'completed', conclusion = 'cancelled', finished_at = now() WHERE id = %s",
+                "UPDATE vmrunner_runs SET status = 'completed', conclusion = 'cancelled', "
+                "finished_at = now() WHERE id = %s",
                 (run_id,),
             )
         return True
@@ -772,7 +812,8 @@ class FleetStore:
         async with self.pool.connection() as connection:
             rows = await (
                 await connection.execute(
-                    "SELECT id, job_id, attempt, line FROM vmrunner_logs WHERE run_id = %s AND id > %s ORDER BY id",
+                    "SELECT id, job_id, attempt, line FROM vmrunner_logs WHERE run_id = %s AND id "
+                    "> %s ORDER BY id",
                     (run_id, after),
                 )
             ).fetchall()
@@ -806,8 +847,10 @@ class FleetStore:
         async with self.pool.connection() as connection:
             rows = await (
                 await connection.execute(
-                    "SELECT job_id, attempt, seq, kind, data, extract(epoch FROM at)::float FROM vmrunner_events"
-                    " WHERE run_id = %s AND (%s::text IS NULL OR job_id = %s) AND (cardinality(%s::text[]) = 0 OR kind = ANY(%s))"
+                    "SELECT job_id, attempt, seq, kind, data, extract(epoch FROM at)::float FROM "
+                    "vmrunner_events"
+                    " WHERE run_id = %s AND (%s::text IS NULL OR job_id = %s) AND "
+                    "(cardinality(%s::text[]) = 0 OR kind = ANY(%s))"
                     " ORDER BY job_id, attempt, seq",
                     (run_id, job_id, job_id, list(kinds), list(kinds)),
                 )
@@ -817,7 +860,8 @@ class FleetStore:
         ]
 
     async def steps(self, run_id: str) -> dict[str, list[StepRow]]:
-        """Each job's steps (setup, steps, post, cleanup) in its latest attempt that reported any."""
+        """Each job's steps (setup, steps, post, cleanup) in its latest attempt that reported
+        any."""
         latest = _latest_attempts(await self.events(run_id, kinds=_STEP_KINDS))
         steps: dict[str, dict[int, StepRow]] = {}
         for event in latest:
@@ -848,7 +892,8 @@ class FleetStore:
         async with self.pool.connection() as connection:
             rows = await (
                 await connection.execute(
-                    "SELECT name, labels, capacity, extract(epoch FROM now() - heartbeat_at)::float FROM vmrunner_agents ORDER BY name"
+                    "SELECT name, labels, capacity, extract(epoch FROM now() - "
+                    "heartbeat_at)::float FROM vmrunner_agents ORDER BY name"
                 )
             ).fetchall()
         return [(str(n), tuple(labels), int(c), float(age)) for n, labels, c, age in rows]
@@ -858,8 +903,10 @@ class FleetStore:
     async def register_agent(self, name: str, labels: Sequence[str], capacity: int) -> None:
         async with self.pool.connection() as connection:
             await connection.execute(
-                "INSERT INTO vmrunner_agents (name, labels, capacity) VALUES (%s, %s, %s) ON CONFLICT (name) DO UPDATE"
-                " SET labels = excluded.labels, capacity = excluded.capacity, started_at = now(), heartbeat_at = now()",
+                "INSERT INTO vmrunner_agents (name, labels, capacity) VALUES (%s, %s, %s) ON "
+                "CONFLICT (name) DO UPDATE"
+                " SET labels = excluded.labels, capacity = excluded.capacity, started_at = now(), "
+                "heartbeat_at = now()",
                 (name, list(labels), capacity),
             )
 
@@ -883,7 +930,10 @@ def _unserved(job_id: str, wanted: Sequence[str], agents: Sequence[tuple[str, se
     if any(set(wanted) <= own for _, own in agents):
         return ""
     shown = "; ".join(f"{name} [{','.join(sorted(own))}]" for name, own in agents) or "none"
-    return f"job '{job_id}' runs-on {','.join(wanted) or '(no labels)'}: no live agent serves these labels (agents: {shown})"
+    return (
+        f"job '{job_id}' runs-on {','.join(wanted) or '(no labels)'}: no live agent serves "
+        f"these labels (agents: {shown})"
+    )
 
 
 class _Duplicate(Exception):

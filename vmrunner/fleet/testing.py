@@ -43,7 +43,8 @@ def _free_port() -> int:
 
 
 class TemporaryCluster:
-    """``with TemporaryCluster() as cluster:``; ``cluster.url()``; ``stop()``/``start()`` for outages."""
+    """``with TemporaryCluster() as cluster:``; ``cluster.url()``; ``stop()``/``start()`` for
+    outages."""
 
     def __init__(self) -> None:
         self.bin = _bin_dir()
@@ -73,8 +74,10 @@ class TemporaryCluster:
             )
             with open(f"{self.folder}/data/postgresql.conf", "a") as conf:  # kept across restarts
                 conf.write(
-                    f"listen_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = '{self.folder}'\n"
-                    "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 200\n"
+                    f"listen_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories "
+                    f"= '{self.folder}'\n"
+                    "fsync = off\nsynchronous_commit = off\nfull_page_writes = "
+                    "off\nmax_connections = 200\n"
                     # Not /dev/shm: other processes may clean it up under our feet.
                     "dynamic_shared_memory_type = mmap\n"
                 )

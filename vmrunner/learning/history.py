@@ -137,7 +137,8 @@ def _from_file(path: Path, config: LearningConfig) -> LearningConfig:
     unknown = sorted(set(table) - {"lesson_threshold", "slow_seconds", "tail_lines"})
     if unknown:
         raise ConfigError(
-            f"{path}: learning.{unknown[0]}: unknown setting (expected lesson_threshold, slow_seconds, tail_lines)"
+            f"{path}: learning.{unknown[0]}: unknown setting (expected lesson_threshold, "
+            f"slow_seconds, tail_lines)"
         )
     if "lesson_threshold" in table:
         config = replace(
@@ -267,7 +268,8 @@ class Learning:
     # Recording
 
     def record(self, record: CommandRecord) -> Lesson | None:
-        """Keep one command's run; the lesson it completed, if it was the threshold-th identical failure."""
+        """Keep one command's run; the lesson it completed, if it was the threshold-th identical
+        failure."""
         key = command_key(record.command, COMMAND_LIMIT)
         shown = clean(record.command, COMMAND_LIMIT)
         previous = command_key(record.previous, COMMAND_LIMIT) if record.previous else ""
@@ -276,7 +278,8 @@ class Learning:
         sig, _ = signature(record.command, record.tail) if failed else ("", "")
         with self._write("record a command") as db:
             db.execute(
-                "INSERT INTO learning_commands (repository, workflow, job_id, run_id, sha, command_key, command,"
+                "INSERT INTO learning_commands (repository, workflow, job_id, run_id, sha, "
+                "command_key, command,"
                 " outcome, exit_code, duration, time, signature) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     record.repository,
@@ -295,9 +298,11 @@ class Learning:
             )
             self._update_pattern(db, record.repository, key, failed, record.duration, at)
             db.execute(
-                "INSERT INTO learning_edges (repository, before_key, after_key, successes, failures) VALUES (?,?,?,?,?)"
+                "INSERT INTO learning_edges (repository, before_key, after_key, successes, "
+                "failures) VALUES (?,?,?,?,?)"
                 " ON CONFLICT (repository, before_key, after_key) DO UPDATE SET"
-                " successes = successes + excluded.successes, failures = failures + excluded.failures",
+                " successes = successes + excluded.successes, failures = failures + "
+                "excluded.failures",
                 (record.repository, previous, key, int(not failed), int(failed)),
             )
             if failed:
@@ -309,7 +314,8 @@ class Learning:
         db: sqlite3.Connection, repository: str, key: str, failed: bool, duration: float, at: float
     ) -> None:
         row = db.execute(
-            "SELECT successes, mean, m2 FROM learning_patterns WHERE repository = ? AND command_key = ?",
+            "SELECT successes, mean, m2 FROM learning_patterns WHERE repository = ? AND "
+            "command_key = ?",
             (repository, key),
         ).fetchone()
         count, mean, m2 = row if row else (0, 0.0, 0.0)
@@ -319,7 +325,8 @@ class Learning:
             mean += delta / count
             m2 += delta * (duration - mean)
         db.execute(
-            "INSERT INTO learning_patterns (repository, command_key, successes, failures, mean, m2, last_seen)"
+            "INSERT INTO learning_patterns (repository, command_key, successes, failures, mean, "
+            "m2, last_seen)"
             " VALUES (?,?,?,?,?,?,?) ON CONFLICT (repository, command_key) DO UPDATE SET"
             " successes = excluded.successes, failures = failures + excluded.failures,"
             " mean = excluded.mean, m2 = excluded.m2, last_seen = excluded.last_seen",
@@ -336,7 +343,8 @@ class Learning:
         at: float,
     ) -> Lesson | None:
         (count, first) = db.execute(
-            "SELECT COUNT(*), MIN(time) FROM learning_commands WHERE repository = ? AND signature = ?",
+            "SELECT COUNT(*), MIN(time) FROM learning_commands WHERE repository = ? AND signature "
+            "= ?",
             (record.repository, sig),
         ).fetchone()
         if count < self.config.lesson_threshold:
@@ -349,15 +357,19 @@ class Learning:
             (record.repository, sig),
         ).fetchone()
         db.execute(
-            "INSERT INTO learning_lessons (repository, signature, command, command_key, excerpt, occurrences,"
-            " first_seen, last_seen) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (repository, signature) DO UPDATE SET"
-            " occurrences = excluded.occurrences, last_seen = excluded.last_seen, excerpt = excluded.excerpt",
+            "INSERT INTO learning_lessons (repository, signature, command, command_key, excerpt, "
+            "occurrences,"
+            " first_seen, last_seen) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (repository, signature) "
+            "DO UPDATE SET"
+            " occurrences = excluded.occurrences, last_seen = excluded.last_seen, excerpt = "
+            "excluded.excerpt",
             (record.repository, sig, shown, key, excerpt, count, first, at),
         )
         if existed:
             return None
         row = db.execute(
-            f"SELECT {_LESSON_COLUMNS} FROM learning_lessons WHERE repository = ? AND signature = ?",
+            f"SELECT {_LESSON_COLUMNS} FROM learning_lessons"
+            " WHERE repository = ? AND signature = ?",
             (record.repository, sig),
         ).fetchone()
         return _lesson(row)
@@ -370,7 +382,8 @@ class Learning:
         """Lessons, newest first; only ``repository``'s if given; dismissed ones only if asked."""
         where, params = _where(repository, include_dismissed)
         rows = self._read(
-            f"SELECT {_LESSON_COLUMNS} FROM learning_lessons{where} ORDER BY last_seen DESC, id DESC",
+            f"SELECT {_LESSON_COLUMNS} FROM learning_lessons{where} ORDER BY last_seen DESC, id "
+            f"DESC",
             params,
         )
         return [_lesson(row) for row in rows]
@@ -379,7 +392,8 @@ class Learning:
         """Dismiss a lesson (it stays known, and is no longer shown); False when there is none."""
         with self._write("dismiss a lesson") as db:
             cursor = db.execute(
-                "UPDATE learning_lessons SET dismissed_at = ? WHERE id = ? AND dismissed_at IS NULL",
+                "UPDATE learning_lessons SET dismissed_at = ?"
+                " WHERE id = ? AND dismissed_at IS NULL",
                 (time.time(), lesson_id),
             )
             return cursor.rowcount > 0
@@ -387,22 +401,26 @@ class Learning:
     def pattern(self, repository: str, command: str) -> Pattern | None:
         key = command_key(command, COMMAND_LIMIT)
         rows = self._read(
-            "SELECT command_key, successes, failures, mean, m2 FROM learning_patterns WHERE repository = ? AND command_key = ?",
+            "SELECT command_key, successes, failures, mean, m2 FROM learning_patterns WHERE "
+            "repository = ? AND command_key = ?",
             (repository, key),
         )
         return _pattern(rows[0]) if rows else None
 
     def predict(self, repository: str, command: str, *, after: str | None = None) -> Prediction:
-        """The odds that ``command`` succeeds; right ``after`` another command if given (the graph)."""
+        """The odds that ``command`` succeeds; right ``after`` another command if given (the
+        graph)."""
         key = command_key(command, COMMAND_LIMIT)
         if after is None:
             rows = self._read(
-                "SELECT successes, failures FROM learning_patterns WHERE repository = ? AND command_key = ?",
+                "SELECT successes, failures FROM learning_patterns WHERE repository = ? AND "
+                "command_key = ?",
                 (repository, key),
             )
         else:
             rows = self._read(
-                "SELECT successes, failures FROM learning_edges WHERE repository = ? AND before_key = ? AND after_key = ?",
+                "SELECT successes, failures FROM learning_edges WHERE repository = ? AND "
+                "before_key = ? AND after_key = ?",
                 (repository, command_key(after, COMMAND_LIMIT) if after else "", key),
             )
         return Prediction(*rows[0]) if rows else Prediction(0, 0)
@@ -410,7 +428,8 @@ class Learning:
     def graph(self, repository: str) -> list[Edge]:
         """The command graph of ``repository``: which command followed which, and how it went."""
         rows = self._read(
-            "SELECT before_key, after_key, successes, failures FROM learning_edges WHERE repository = ?"
+            "SELECT before_key, after_key, successes, failures FROM learning_edges WHERE "
+            "repository = ?"
             " ORDER BY successes + failures DESC, before_key, after_key",
             (repository,),
         )
@@ -427,7 +446,8 @@ class Learning:
     def insights(
         self, repository: str | None = None, commands: Iterable[str] | None = None
     ) -> Insights:
-        """Active lessons and suggestions for ``repository`` (all if None), about ``commands`` if given."""
+        """Active lessons and suggestions for ``repository`` (all if None), about ``commands`` if
+        given."""
         keys = None if commands is None else {command_key(c, COMMAND_LIMIT) for c in commands}
         lessons = [
             lesson
@@ -451,15 +471,18 @@ class Learning:
         return self.insights(repository, [row[0] for row in rows])
 
     def with_insights(self, result: RunResult, repository: str) -> RunResult:
-        """``result`` with the insights about its commands (a run read back from the store has none)."""
+        """``result`` with the insights about its commands (a run read back from the store has
+        none)."""
         return replace(result, insights=self.run_insights(repository, result.run_id))
 
     def _flaky(self, repository: str | None, keys: set[str] | None) -> Iterator[Suggestion]:
         where, params = _where(repository, True, column="repository", keys=keys)
         rows = self._read(
-            "SELECT command_key, MIN(command), job_id, sha, SUM(outcome = 'success'), SUM(outcome = 'failure')"
+            "SELECT command_key, MIN(command), job_id, sha, SUM(outcome = 'success'), SUM(outcome "
+            "= 'failure')"
             f" FROM learning_commands{where}{' AND' if where else ' WHERE'} sha != ''"
-            " GROUP BY repository, command_key, job_id, sha HAVING SUM(outcome = 'success') > 0 AND SUM(outcome = 'failure') > 0",
+            " GROUP BY repository, command_key, job_id, sha HAVING SUM(outcome = 'success') > 0 "
+            "AND SUM(outcome = 'failure') > 0",
             params,
         )
         seen: set[str] = set()
@@ -480,7 +503,8 @@ class Learning:
             odds = self.predict(lesson.repository, lesson.command)
             yield Suggestion(
                 "avoid",
-                f"`{_first_line(lesson.command)}` keeps failing the same way: fix it before the next run",
+                f"`{_first_line(lesson.command)}` keeps failing the same way: fix it before the "
+                f"next run",
                 1 - odds.probability,
                 f"{lesson.occurrences} identical failures (lesson {lesson.id})"
                 + (f": {lesson.excerpt}" if lesson.excerpt else "")
@@ -492,8 +516,10 @@ class Learning:
         where, params = _where(repository, True, column="p.repository", keys=keys)
         rows = self._read(
             "SELECT p.command_key, p.successes, p.failures, p.mean, p.m2,"
-            " (SELECT command FROM learning_commands c WHERE c.repository = p.repository AND c.command_key = p.command_key ORDER BY seq DESC LIMIT 1)"
-            f" FROM learning_patterns p{where}{' AND' if where else ' WHERE'} p.successes >= 2 AND p.mean >= ?",
+            " (SELECT command FROM learning_commands c WHERE c.repository = p.repository AND "
+            "c.command_key = p.command_key ORDER BY seq DESC LIMIT 1)"
+            f" FROM learning_patterns p{where}{' AND' if where else ' WHERE'} p.successes >= 2 "
+            f"AND p.mean >= ?",
             (*params, self.config.slow_seconds),
         )
         for key, successes, _failures, mean, m2, command in rows:
@@ -519,7 +545,8 @@ class Learning:
 def add_insights(
     results: Sequence[RunResult], repository: str, path: str | Path | None = None
 ) -> list[RunResult]:
-    """``results`` with their insights; unchanged if the learning tables cannot be read (never raises)."""
+    """``results`` with their insights; unchanged if the learning tables cannot be read (never
+    raises)."""
     try:
         with Learning.open(path) as learning:
             return [learning.with_insights(result, repository) for result in results]
@@ -561,7 +588,8 @@ def _where(
     column: str = "repository",
     keys: set[str] | None = None,
 ) -> tuple[str, tuple[Any, ...]]:
-    """A WHERE clause for one repository (``column``), active lessons, and only ``keys`` (commands)."""
+    """A WHERE clause for one repository (``column``), active lessons, and only ``keys``
+    (commands)."""
     clauses: list[str] = []
     params: list[Any] = []
     if repository is not None:

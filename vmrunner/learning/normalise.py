@@ -87,5 +87,6 @@ def _noise_free(text: str, limit: int) -> str:
 
 
 def _squeeze(text: str, limit: int) -> str:
-    """Whitespace collapsed, cut to ``limit`` bytes, then stripped (so a second pass changes nothing)."""
+    """Whitespace collapsed, cut to ``limit`` bytes, then stripped (so a second pass changes
+    nothing)."""
     return truncate(" ".join(text.split()), limit).strip()

@@ -39,7 +39,8 @@ def parallel_suggestions(workflow: Workflow) -> list[Suggestion]:
             suggestions.append(
                 Suggestion(
                     "parallel",
-                    f"job `{job.id}` runs its matrix one combination at a time: raise max-parallel if they share nothing",
+                    f"job `{job.id}` runs its matrix one combination at a time: raise "
+                    f"max-parallel if they share nothing",
                     SERIAL_MATRIX_CONFIDENCE,
                     "strategy.max-parallel is 1",
                     job=job.id,
@@ -60,7 +61,8 @@ def _habits(workflow: Workflow, job: Job) -> Iterator[Suggestion]:
             continue
         yield Suggestion(
             "parallel",
-            f"job `{job.id}` needs `{need}` but uses none of its outputs: if it waits only out of habit,"
+            f"job `{job.id}` needs `{need}` but uses none of its outputs: if it waits only out of "
+            f"habit,"
             " drop it from needs and both start at once",
             HABIT_CONFIDENCE,
             f"no needs.{need} in job {job.id}, no artifacts passed, no if: condition",

@@ -357,7 +357,8 @@ def _collected(
     listing = header.get("files")
     if not isinstance(listing, list):
         raise AgentError(
-            f"{name}: its agent did not return the files asked for; it predates this vmrunner (rebuild the machine's image)"
+            f"{name}: its agent did not return the files asked for; it predates this vmrunner "
+            f"(rebuild the machine's image)"
         )
     files: dict[str, bytes] = {}
     truncated: set[str] = set()

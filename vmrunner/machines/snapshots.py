@@ -636,7 +636,8 @@ class DirectorySnapshots:
         for a, b in itertools.permutations(paths, 2):
             if a == b or b.startswith(a + b"/"):
                 raise SnapshotError(
-                    f"snapshot directories must not overlap: {os.fsdecode(a)} contains {os.fsdecode(b)}"
+                    f"snapshot directories must not overlap: {os.fsdecode(a)} contains "
+                    f"{os.fsdecode(b)}"
                 )
 
     @staticmethod

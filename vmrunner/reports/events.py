@@ -134,7 +134,8 @@ class GroupEnded:
 
 @dataclass(frozen=True, slots=True)
 class Annotation:
-    """An ``::error``/``::warning``/``::notice``/``::debug`` workflow command, or a runner notice."""
+    """An ``::error``/``::warning``/``::notice``/``::debug`` workflow command, or a runner
+    notice."""
 
     run_id: str
     job_key: str
@@ -262,7 +263,8 @@ class RunFinished:
 
 @dataclass(frozen=True, slots=True)
 class RunInsights:
-    """What past runs teach about this run's commands (``learning/history.py``); before ``RunFinished``."""
+    """What past runs teach about this run's commands (``learning/history.py``); before
+    ``RunFinished``."""
 
     run_id: str
     time: float

@@ -1,4 +1,5 @@
-"""The result of a workflow run, built from its events: ``RunResult`` → ``JobResult`` → ``StepResult``.
+"""The result of a workflow run, built from its events: ``RunResult`` → ``JobResult`` →
+``StepResult``.
 
 ``ResultCollector`` is an ``EventSink``; the engine (or ``vmrunner run``) adds it beside the
 other sinks and asks it for the result at the end (or at any moment, for a live view)::
@@ -164,9 +165,11 @@ class RunResult:
     finished_at: float | None = None
     duration: float | None = None
     jobs: tuple[JobResult, ...] = ()
-    #: What past runs teach about this run's commands (``learning/history.py``); None without learning.
+    #: What past runs teach about this run's commands (``learning/history.py``); None without
+    #: learning.
     insights: Insights | None = None
-    #: Set when this run re-ran a job of run ``rerun_of`` from step ``from_step`` (``vmrunner rerun``).
+    #: Set when this run re-ran a job of run ``rerun_of`` from step ``from_step``
+    #: (``vmrunner rerun``).
     rerun_of: str = ""
     from_step: int | None = None
     #: The run's own annotations, of no job (warnings about inputs, concurrency groups).
@@ -192,7 +195,8 @@ class RunResult:
         return prove(self.timeline)
 
     def to_json(self) -> dict[str, Any]:
-        """Plain JSON data in the shape of ``RUN_RESULT_SCHEMA`` (stable for ``--json`` and the API).
+        """Plain JSON data in the shape of ``RUN_RESULT_SCHEMA`` (stable for ``--json`` and the
+        API).
 
         Times are Unix seconds (floats), durations seconds; absent values are ``null``.
         """
@@ -301,7 +305,8 @@ RUN_RESULT_SCHEMA: dict[str, Any] = {
 
 
 def job_conclusion(result: Result, steps: tuple[StepResult, ...]) -> Result:
-    """The job's result as GitHub reports it: never ``success`` after a step concluded ``failure``."""
+    """The job's result as GitHub reports it: never ``success`` after a step concluded
+    ``failure``."""
     if result == "success" and any(s.conclusion == "failure" for s in steps):
         return "failure"
     return result

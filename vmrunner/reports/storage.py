@@ -1,4 +1,5 @@
-"""Keeping runs: ``StoreSink`` writes a run's events to the store as they arrive, ``RunHistory`` reads them back.
+"""Keeping runs: ``StoreSink`` writes a run's events to the store as they arrive, ``RunHistory``
+reads them back.
 
 Wiring (``vmrunner run``)::
 
@@ -452,5 +453,6 @@ _T = TypeVar("_T")
 
 
 def _choice(value: str | None, literal: Any, default: _T) -> _T:
-    """``value`` if it is one of the ``Literal`` type's words, else ``default`` (a newer writer's word)."""
+    """``value`` if it is one of the ``Literal`` type's words, else ``default`` (a newer writer's
+    word)."""
     return value if value in get_args(literal) else default  # type: ignore[return-value]

@@ -1,4 +1,5 @@
-"""A run's Markdown summary, in the spirit of GitHub's run summary page (``vmrunner run --summary FILE``).
+"""A run's Markdown summary, in the spirit of GitHub's run summary page (``vmrunner run --summary
+FILE``).
 
 ``render_summary(result)`` is a pure function of a ``RunResult``: a header with the workflow
 and its conclusion, one table of jobs and their steps with status icons and durations, the
@@ -83,7 +84,8 @@ def render_summary(result: RunResult) -> str:
 
 
 def write_summary(path: str | os.PathLike[str], results: Sequence[RunResult]) -> None:
-    """Write the summary of each run to ``path`` (``vmrunner run --summary FILE``), runs apart by a rule.
+    """Write the summary of each run to ``path`` (``vmrunner run --summary FILE``), runs apart by a
+    rule.
 
     ``ConfigError`` when the file cannot be written.
     """
@@ -145,7 +147,8 @@ def _table(result: RunResult) -> list[str]:
 def _insights(insights: Insights) -> list[str]:
     """Lessons and suggestions, one bullet each, with the confidence and the evidence."""
     lines = [
-        f"- 📚 lesson {lesson.id}: `{_code(lesson.command.splitlines()[0] if lesson.command.strip() else '')}`"
+        f"- 📚 lesson {lesson.id}: "
+        f"`{_code(lesson.command.splitlines()[0] if lesson.command.strip() else '')}`"
         f" failed {lesson.occurrences} times the same way"
         + (f": {inline(lesson.excerpt)}" if lesson.excerpt else "")
         for lesson in insights.lessons
@@ -168,7 +171,10 @@ def _annotation(annotation: AnnotationResult) -> str:
     title = f"**{inline(annotation.title)}** " if annotation.title else ""
     location = f" ({inline(where)})" if where else ""
     icon = ANNOTATION_ICONS[annotation.level]
-    return f"- {icon} {annotation.level} in {inline(annotation.job_key)}{location}: {title}{inline(annotation.message)}"
+    return (
+        f"- {icon} {annotation.level} in {inline(annotation.job_key)}{location}: "
+        f"{title}{inline(annotation.message)}"
+    )
 
 
 def _code(text: str) -> str:

@@ -78,7 +78,8 @@ def render_svg(entries: Sequence[TimelineEntry], started_at: float, *, title: st
         f'<svg xmlns="http://www.w3.org/2000/svg" version="1.1" width="{WIDTH}" height="{height}" '
         f'viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">',
         f'<rect x="0" y="0" width="{WIDTH}" height="{height}" fill="#ffffff"/>',
-        f'<text x="12" y="24" font-size="16" font-weight="bold">{escape(title or "Machine lifecycle timeline")}</text>',
+        f'<text x="12" y="24" font-size="16" '
+        f'font-weight="bold">{escape(title or "Machine lifecycle timeline")}</text>',
     ]
     out += _axis(x, started_at, span, height)
     for index, lane in enumerate(rows):
@@ -86,8 +87,10 @@ def render_svg(entries: Sequence[TimelineEntry], started_at: float, *, title: st
     proof = prove(entries)
     out.append(
         f'<text x="12" y="{height - 14}">Total machines used: {proof.total_machines}; allocated '
-        f"{proof.machines_allocated}, released {proof.machines_released}, at most {proof.peak_machines} at once; "
-        f"{proof.commands - proof.stray_commands} of {proof.commands} commands in their job's machine</text>"
+        f"{proof.machines_allocated}, released {proof.machines_released}, at most "
+        f"{proof.peak_machines} at once; "
+        f"{proof.commands - proof.stray_commands} of {proof.commands} commands in their job's "
+        f"machine</text>"
     )
     out += _legend(height)
     out.append("</svg>")
@@ -101,10 +104,12 @@ def _axis(x: _Scale, started_at: float, span: float, height: int) -> list[str]:
     while tick <= span + 1e-9:
         left = x(started_at + tick)
         marks.append(
-            f'<line x1="{left:.1f}" y1="{TOP - 8}" x2="{left:.1f}" y2="{height - BOTTOM + 4}" stroke="#e6e6e6"/>'
+            f'<line x1="{left:.1f}" y1="{TOP - 8}" x2="{left:.1f}" y2="{height - BOTTOM + 4}" '
+            f'stroke="#e6e6e6"/>'
         )
         marks.append(
-            f'<text x="{left:.1f}" y="{TOP - 14}" text-anchor="middle" fill="#555">T+{round(tick * 1000)}ms</text>'
+            f'<text x="{left:.1f}" y="{TOP - 14}" text-anchor="middle" '
+            f'fill="#555">T+{round(tick * 1000)}ms</text>'
         )
         tick += step
     return marks
@@ -144,7 +149,10 @@ def _lane(index: int, lane: Lane, x: _Scale, started_at: float) -> list[str]:
                 f"waiting for a machine: {_ms(allocated - asked.time)}",
             )
         )
-    life = f"{lane.job_key} in {lane.machine_id}: {relative_ms(allocated, started_at)} to {relative_ms(released, started_at)}"
+    life = (
+        f"{lane.job_key} in {lane.machine_id}: {relative_ms(allocated, started_at)} to "
+        f"{relative_ms(released, started_at)}"
+    )
     marks.append(
         _rect(
             x(allocated),
@@ -167,7 +175,10 @@ def _lane(index: int, lane: Lane, x: _Scale, started_at: float) -> list[str]:
                 if entry.outcome == "failure"
                 else KIND_COLOURS.get(entry.step_kind, KIND_COLOURS["step"])
             )
-            label = f"{entry.name} ({entry.step_kind}, exit {entry.exit_code}, {_ms(entry.time - began.time)})"
+            label = (
+                f"{entry.name} ({entry.step_kind}, exit {entry.exit_code}, "
+                f"{_ms(entry.time - began.time)})"
+            )
             marks.append(
                 _rect(
                     x(began.time),
@@ -222,7 +233,8 @@ def _legend(height: int) -> list[str]:
     left = 12.0
     for name, colour in items:
         marks.append(
-            f'<rect x="{left:.1f}" y="{height - 40}" width="12" height="12" fill="{colour}" stroke="#888"/>'
+            f'<rect x="{left:.1f}" y="{height - 40}" width="12" height="12" fill="{colour}" '
+            f'stroke="#888"/>'
         )
         marks.append(f'<text x="{left + 16:.1f}" y="{height - 30}">{escape(name)}</text>')
         left += 28 + 7 * len(name)
@@ -241,7 +253,8 @@ def _rect(
 ) -> str:
     edge = f' stroke="{stroke}"' if stroke else ""
     return (
-        f'<rect x="{left:.1f}" y="{top:.1f}" width="{width:.1f}" height="{height:.1f}" fill="{fill}"{edge}>'
+        f'<rect x="{left:.1f}" y="{top:.1f}" width="{width:.1f}" height="{height:.1f}" '
+        f'fill="{fill}"{edge}>'
         f"<title>{escape(tooltip)}</title></rect>"
     )
 

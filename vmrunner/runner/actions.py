@@ -113,7 +113,8 @@ def parse_action(
             steps.append(step_from_mapping(index, item))
     elif using not in NODE_RUNTIMES and using != "docker":
         raise ActionError(
-            f"action {reference}: runs.using '{using}' is not supported (expected composite, node16, node20 or docker)"
+            f"action {reference}: runs.using '{using}' is not supported (expected composite, "
+            f"node16, node20 or docker)"
         )
     return Action(
         reference=reference, path=path, using=using, inputs=tuple(inputs), outputs=dict(outputs),
@@ -226,7 +227,8 @@ async def load_local_action(
         found = _read_on_host(host)
         if found is None:
             raise ActionError(
-                f"cannot find action {uses}: no action.yml or action.yaml in the workspace or in {host}"
+                f"cannot find action {uses}: no action.yml or action.yaml in the workspace or in "
+                f"{host}"
             )
         folder = f"{machine.paths.temp}/{ACTIONS_DIR}/local/{relative or '_root'}"
         if folder not in uploaded:

@@ -51,7 +51,8 @@ class Claim:
 def evaluate_claim(
     concurrency: Concurrency | None, contexts: Mapping[str, Any], allowed: Collection[str]
 ) -> Claim | None:
-    """The claim of a ``concurrency:`` with only the ``allowed`` contexts; ``ConfigError`` if it is broken."""
+    """The claim of a ``concurrency:`` with only the ``allowed`` contexts; ``ConfigError`` if it is
+    broken."""
     if concurrency is None:
         return None
     scoped = {name: contexts.get(name, {}) for name in allowed}
@@ -140,7 +141,8 @@ class ConcurrencyGroups:
         if claim.cancel_in_progress and running is not None and not running.stopped:
             running.stopped = True
             running.stop(
-                f"cancelled: {holder.who} entered concurrency group '{group.name}' with cancel-in-progress"
+                f"cancelled: {holder.who} entered concurrency group '{group.name}' with "
+                f"cancel-in-progress"
             )
         if running is None and not group.pending:
             group.running = holder
@@ -157,7 +159,8 @@ class ConcurrencyGroups:
             if not replaced.granted.done():  # done: its task was cancelled and is leaving anyway
                 replaced.granted.set_exception(
                     ConcurrencyCancelled(
-                        f"replaced by {holder.who}, which now waits for concurrency group '{group.name}'"
+                        f"replaced by {holder.who}, which now waits for concurrency group "
+                        f"'{group.name}'"
                     )
                 )
         held_by = (
@@ -175,7 +178,8 @@ class ConcurrencyGroups:
         """A cancelled waiter gives up its place (or the group, if it had just been granted it)."""
         future = holder.granted
         if future is not None and future.done() and not future.cancelled():
-            future.exception()  # retrieved: a replacement that raced the cancellation is not an error
+            # retrieved: a replacement that raced the cancellation is not an error
+            future.exception()
         if holder in group.pending:
             group.pending.remove(holder)
             self._drop_if_idle(key, group)

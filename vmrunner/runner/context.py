@@ -100,7 +100,8 @@ class RunContext:
             self.emit(MachineReleased(self.run_id, job_key, session.id, machine_id, at, ok, note))
 
     def _inputs(self) -> dict[str, Any]:
-        """The ``inputs`` context: typed by the workflow's definitions when they fit, else as given."""
+        """The ``inputs`` context: typed by the workflow's definitions when they fit, else as
+        given."""
         trigger = self.workflow.triggers.get(self.options.event_name)
         given = dict(self.options.inputs)
         payload_inputs = self.options.payload.get("inputs")

@@ -157,7 +157,8 @@ def default_env(github: Mapping[str, Any], runner: Mapping[str, Any]) -> dict[st
     }
     names = (
         "action", "action_path", "action_repository", "actor", "actor_id", "api_url", "base_ref",
-        "env", "event_name", "event_path", "graphql_url", "head_ref", "job", "output", "path", "ref",
+        "env", "event_name", "event_path", "graphql_url", "head_ref", "job", "output", "path",
+        "ref",
         "ref_name", "ref_type", "repository", "repository_id", "repository_owner",
         "repository_owner_id", "retention_days", "run_attempt", "run_id", "run_number",
         "server_url", "sha", "state", "step_summary", "triggering_actor", "workflow",

@@ -113,7 +113,10 @@ def _extract(data: bytes, folder: str) -> None:
 def unsupported_reason(job: Job, repo_root: str, provider: str) -> str:
     """Why the job cannot run on this provider ('' when it can)."""
     if job.calls_workflow:
-        return f"job '{job.id}' calls a reusable workflow ({job.uses}): not supported by vmrunner run yet"
+        return (
+            f"job '{job.id}' calls a reusable workflow ({job.uses}): not supported by vmrunner "
+            f"run yet"
+        )
     what = ""
     if job.container is not None:
         what = f"a container ({job.container.image})"
@@ -321,7 +324,8 @@ class JobExecution:
                 return options.machine_types[label], ""
         shown = ", ".join(labels) or "(none)"
         return options.default_vm_type, (
-            f"runs-on labels {shown} are not mapped to a machine type: running on '{options.default_vm_type}'"
+            f"runs-on labels {shown} are not mapped to a machine type: running on "
+            f"'{options.default_vm_type}'"
         )
 
     async def in_session(

@@ -46,7 +46,8 @@ def plan_rerun(kept: checkpoints.KeptJob, workflow: Workflow, from_step: int) ->
         numbers = sorted(c.step_number + 1 for c in kept.checkpoints if c.step_number < count)
         shown = ", ".join(str(n) for n in numbers) or "none"
         raise ConfigError(
-            f"--from-step {from_step}: no snapshot was taken after step {from_step - 1} of job '{kept.job_key}'"
+            f"--from-step {from_step}: no snapshot was taken after step {from_step - 1} of job "
+            f"'{kept.job_key}'"
             f" (it did not succeed, or did not run); it can re-run from step {shown}"
         )
     return RerunPlan(kept, from_step, Resume(checkpoint, kept.snapshot_folder(checkpoint)))

@@ -214,7 +214,8 @@ class Run:
         )
 
     def conclusion(self) -> Result:
-        """failure if a job failed (not continue-on-error), else cancelled if one was, else success."""
+        """failure if a job failed (not continue-on-error), else cancelled if one was, else
+        success."""
         return run_conclusion(
             r.result for r in self.reports if not (r.result == "failure" and r.continue_on_error)
         )
@@ -535,7 +536,8 @@ async def run_workflow(
         options.snapshot or options.rollback_on_failure
     ) and not sessions.provider.capabilities.snapshots:
         raise ConfigError(
-            f"snapshots (--snapshot, --rollback-on-failure) need a provider that can take them; {sessions.provider.name} cannot"
+            f"snapshots (--snapshot, --rollback-on-failure) need a provider that can take them; "
+            f"{sessions.provider.name} cannot"
         )
     if options.rollback_on_failure and not options.snapshot:
         options = dataclasses.replace(options, snapshot=True)

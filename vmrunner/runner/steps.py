@@ -191,7 +191,10 @@ class JobRuntime:
     async def probe(self, event_path: str, event: bytes) -> None:
         """In one command: write the event file, learn the machine's PATH and which
         interpreters it has (shell builtins only: one process)."""
-        script = 'printf "%s\\n" "$PATH"; for t in bash python node; do command -v $t >/dev/null && echo $t; done; true'
+        script = (
+            'printf "%s\\n" "$PATH"; for t in bash python node; do command -v $t >/dev/null '
+            "&& echo $t; done; true"
+        )
         try:
             write = await self._inline({event_path: event})
             result = await self.session.exec(["sh", "-c", script], write=write)
@@ -285,7 +288,8 @@ class JobRuntime:
         try:
             if outcome.truncated:
                 raise FileCommandError(
-                    f"{', '.join(sorted(outcome.truncated))}: larger than vmrunner reads of a file command"
+                    f"{', '.join(sorted(outcome.truncated))}: larger than vmrunner reads of a "
+                    f"file command"
                 )
             self._file_commands(
                 step_index,
@@ -334,7 +338,8 @@ class JobRuntime:
     def _command(
         self, step_index: int, command: WorkflowCommand, result: ScriptOutcome, allow_unsecure: bool
     ) -> bool:
-        """Apply one workflow command; False when the line is not a command we know (it is shown)."""
+        """Apply one workflow command; False when the line is not a command we know (it is
+        shown)."""
         name, props, message = command.name, command.properties, command.message
         if name == "add-mask":
             self.masker.add(message)
@@ -363,7 +368,8 @@ class JobRuntime:
                 self.annotate(
                     step_index,
                     "error",
-                    f"the '{name}' command is disabled: use GITHUB_ENV/GITHUB_PATH, or set ACTIONS_ALLOW_UNSECURE_COMMANDS=true",
+                    f"the '{name}' command is disabled: use GITHUB_ENV/GITHUB_PATH, or set "
+                    f"ACTIONS_ALLOW_UNSECURE_COMMANDS=true",
                 )
             elif name == "set-env" and props.get("name"):
                 self.env[props["name"]] = message

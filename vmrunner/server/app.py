@@ -50,7 +50,8 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 def _masked(value: Any, masker: Masker) -> Any:
-    """``value`` with every string masked (the runner masked already; this also hides the server's own secrets)."""
+    """``value`` with every string masked (the runner masked already; this also hides the server's
+    own secrets)."""
     if isinstance(value, str):
         return masker.mask(value)
     if isinstance(value, dict):
@@ -163,7 +164,8 @@ def create_app(
 
     @app.post("/api/runs/{run_id}/cancel")
     async def cancel_run(run_id: str, request: Request) -> Response:
-        """Cancel a queued or running run: its jobs' machines are released (on a fleet, on their hosts)."""
+        """Cancel a queued or running run: its jobs' machines are released (on a fleet, on their
+        hosts)."""
         try:
             cancelled = await service_of(request).cancel(run_id)
         except RunNotFound:

@@ -122,7 +122,8 @@ _SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
 
 
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The settings of a config file as ``ServerConfig`` keyword arguments (``repositories`` parsed)."""
+    """The settings of a config file as ``ServerConfig`` keyword arguments (``repositories``
+    parsed)."""
     name = os.fspath(path)
     try:
         text = Path(name).read_text(encoding="utf-8")

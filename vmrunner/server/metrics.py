@@ -1,4 +1,5 @@
-"""Prometheus metrics of one server, in a registry of its own (two servers in one process never mix).
+"""Prometheus metrics of one server, in a registry of its own (two servers in one process never
+mix).
 
 Counters and histograms are fed by the run events (``MetricsSink``); gauges of machines and
 sessions are read from ``statistics()`` at scrape time, so they are never stale.

@@ -36,7 +36,8 @@ def mirrors_root() -> Path:
 
 
 class Mirrors:
-    """``owner/name`` -> a bare mirror, cloned or fetched on demand (one git process per repository at a time)."""
+    """``owner/name`` -> a bare mirror, cloned or fetched on demand (one git process per repository
+    at a time)."""
 
     def __init__(self, root: Path | None = None) -> None:
         self.root = root or mirrors_root()
@@ -58,7 +59,8 @@ class Mirrors:
         return self.root / (repo.name.replace("/", "__").lower() + ".git")
 
     async def commit(self, repo: RepositoryConfig, want: str) -> tuple[Path, str]:
-        """The mirror holding ``want`` (a sha or a ref) and the sha it names; fetches when needed."""
+        """The mirror holding ``want`` (a sha or a ref) and the sha it names; fetches when
+        needed."""
         path = self.path(repo)
         if (repo.name, want) in self._known:
             return path, want  # a full sha seen before: commits never change
@@ -96,7 +98,8 @@ async def _resolve(path: Path, want: str) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class CommitWorkflows:
-    """The workflows of one commit, by path (``.github/workflows/ci.yml``), and the invalid ones' problems."""
+    """The workflows of one commit, by path (``.github/workflows/ci.yml``), and the invalid ones'
+    problems."""
 
     workflows: Mapping[str, Workflow]
     problems: tuple[str, ...]

@@ -111,7 +111,8 @@ class QueuedRuns:
         text = workflow_text(workflow)
         if options.secrets:
             log.warning(
-                "run %s: the secrets of %s are not sent to the fleet (never written into its database); agents use their own --secret-file",
+                "run %s: the secrets of %s are not sent to the fleet (never written into its "
+                "database); agents use their own --secret-file",
                 run.run_id,
                 run.repository,
             )

@@ -93,7 +93,8 @@ class StatusSink:
             self.sent.append(status)
 
     async def drain(self) -> None:
-        """Post what is queued, then stop; a job still pending (the run was cancelled) becomes an error."""
+        """Post what is queued, then stop; a job still pending (the run was cancelled) becomes an
+        error."""
         if self._task is None:
             return
         for context, state in self._last.items():

@@ -60,7 +60,8 @@ from vmrunner.workflow.triggers import match_event, payload_changed_files
 
 log = logging.getLogger(__name__)
 
-#: Events that can start runs; every other event but a cancelled ``workflow_run`` is acknowledged and ignored.
+#: Events that can start runs; every other event but a cancelled ``workflow_run`` is acknowledged
+#: and ignored.
 RUN_EVENTS = frozenset({"push", "pull_request", "workflow_dispatch", "repository_dispatch"})
 #: Seconds between WAL checkpoints of the server's own connection (done in a thread).
 CHECKPOINT_INTERVAL = 1.0
@@ -114,7 +115,8 @@ def event_target(event: str, payload: Mapping[str, Any]) -> tuple[str, str, int 
 
 
 class Service:
-    """See the module docstring. ``Service(config, provider=None)``; ``provider`` overrides ``config.provider``."""
+    """See the module docstring. ``Service(config, provider=None)``; ``provider`` overrides
+    ``config.provider``."""
 
     def __init__(
         self,
@@ -223,7 +225,8 @@ class Service:
         return QueuedRuns(fleet, self.github, self.metrics)
 
     def begin_drain(self) -> None:
-        """Refuse new webhooks from now on; running runs have ``drain_seconds`` from now to finish."""
+        """Refuse new webhooks from now on; running runs have ``drain_seconds`` from now to
+        finish."""
         if not self.draining:
             self.draining = True
             self._drain_deadline = asyncio.get_running_loop().time() + self.config.drain_seconds
@@ -362,7 +365,8 @@ class Service:
     async def _cancel_matching(
         self, delivery_id: str, repository: str, payload: Mapping[str, Any]
     ) -> None:
-        """GitHub cancelled a run of a workflow at a commit: cancel ours of that workflow and commit."""
+        """GitHub cancelled a run of a workflow at a commit: cancel ours of that workflow and
+        commit."""
         wanted = cancelled_workflow(payload)
         matching = [
             run
@@ -424,7 +428,9 @@ class Service:
                             "the server shut down during the run",
                         )
                     raise
-                except Exception as exc:  # VmrunnerError: a bad workflow, a failed fetch; else a bug: one run lost, not the server
+                except Exception as exc:
+                    # VmrunnerError: a bad workflow, a failed fetch; else a bug: one run lost, not
+                    # the server
                     if isinstance(exc, VmrunnerError):
                         log.warning("run %s: %s", run.run_id, exc)
                     else:
@@ -464,7 +470,8 @@ class Service:
             self._cancelling.discard(run.run_id)
 
     def _cancel_requested(self, run_id: str) -> bool:
-        """True (and the cancellation absorbed) when ``cancel`` stopped this run's task, not a shutdown."""
+        """True (and the cancellation absorbed) when ``cancel`` stopped this run's task, not a
+        shutdown."""
         task = asyncio.current_task()
         return run_id in self._cancelling and task is not None and task.uncancel() == 0
 
@@ -483,7 +490,8 @@ class Service:
         workflow = loaded.workflows.get(relative)
         if workflow is None:
             raise ConfigError(
-                f"{relative} is not a valid workflow at {sha[:12]}: {'; '.join(loaded.problems) or 'missing'}"
+                f"{relative} is not a valid workflow at {sha[:12]}: "
+                f"{'; '.join(loaded.problems) or 'missing'}"
             )
         return workflow
 

@@ -72,7 +72,8 @@ _DELIVERY_COLUMNS = ", ".join(f.name for f in fields(Delivery))
 
 
 class ServerState:
-    """Deliveries, queued runs and owned comments; ``ServerState.open(path)``, used from one thread."""
+    """Deliveries, queued runs and owned comments; ``ServerState.open(path)``, used from one
+    thread."""
 
     def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
         self._db = connection
@@ -145,12 +146,14 @@ class ServerState:
     def finish_delivery(
         self, delivery_id: str, status: DeliveryStatus, note: str, runs: Sequence[ServerRun] = ()
     ) -> None:
-        """Mark a delivery handled and queue its runs, in one transaction (payload dropped if no run needs it)."""
+        """Mark a delivery handled and queue its runs, in one transaction (payload dropped if no run
+        needs it)."""
         with self._write("queue runs") as db:
             for run in runs:
                 values = [getattr(run, f.name) for f in fields(ServerRun)][1:]
                 db.execute(
-                    f"INSERT INTO server_runs ({_RUN_COLUMNS.split(', ', 1)[1]}) VALUES ({', '.join('?' * len(values))})",
+                    f"INSERT INTO server_runs ({_RUN_COLUMNS.split(', ', 1)[1]}) VALUES "
+                    f"({', '.join('?' * len(values))})",
                     values,
                 )
             keep = "payload" if runs else "'{}'"
@@ -167,7 +170,8 @@ class ServerState:
 
     def pending_deliveries(self) -> list[Delivery]:
         rows = self._read(
-            f"SELECT {_DELIVERY_COLUMNS} FROM server_deliveries WHERE status = 'received' ORDER BY received_at"
+            f"SELECT {_DELIVERY_COLUMNS} FROM server_deliveries WHERE status = 'received' ORDER "
+            f"BY received_at"
         )
         return [Delivery(*row) for row in rows]
 
@@ -207,7 +211,8 @@ class ServerState:
 
     def pull_request_runs(self, repository: str, number: int) -> list[ServerRun]:
         rows = self._read(
-            f"SELECT {_RUN_COLUMNS} FROM server_runs WHERE repository = ? AND pull_request = ? ORDER BY seq",
+            f"SELECT {_RUN_COLUMNS} FROM server_runs WHERE repository = ? AND pull_request = ? "
+            f"ORDER BY seq",
             (repository, number),
         )
         return [ServerRun(*row) for row in rows]
@@ -215,7 +220,8 @@ class ServerState:
     def start_run(self, run_id: str, owner: Owner) -> None:
         with self._write("start a run") as db:
             db.execute(
-                "UPDATE server_runs SET state = 'running', started_at = ?, owner_pid = ?, owner_start = ? WHERE run_id = ?",
+                "UPDATE server_runs SET state = 'running', started_at = ?, owner_pid = ?, "
+                "owner_start = ? WHERE run_id = ?",
                 (time.time(), owner.pid, owner.start, run_id),
             )
 
@@ -224,7 +230,8 @@ class ServerState:
     ) -> None:
         with self._write("finish a run") as db:
             db.execute(
-                "UPDATE server_runs SET state = ?, conclusion = ?, finished_at = ?, note = ? WHERE run_id = ?",
+                "UPDATE server_runs SET state = ?, conclusion = ?, finished_at = ?, note = ? "
+                "WHERE run_id = ?",
                 (state, conclusion, time.time(), note, run_id),
             )
 
@@ -256,6 +263,7 @@ class ServerState:
     def set_comment_id(self, repository: str, number: int, comment_id: int) -> None:
         with self._write("remember a comment") as db:
             db.execute(
-                "INSERT INTO server_comments VALUES (?,?,?) ON CONFLICT (repository, pull_request) DO UPDATE SET comment_id = excluded.comment_id",
+                "INSERT INTO server_comments VALUES (?,?,?) ON CONFLICT (repository, "
+                "pull_request) DO UPDATE SET comment_id = excluded.comment_id",
                 (repository, number, comment_id),
             )

@@ -72,7 +72,8 @@ async def serve_app(app: Any) -> AsyncIterator[str]:
 
 @dataclass
 class FakeGitHub:
-    """A fake api.github.com; ``token`` is the one token it accepts, ``app_public_key`` (PEM) enables App auth."""
+    """A fake api.github.com; ``token`` is the one token it accepts, ``app_public_key`` (PEM)
+    enables App auth."""
 
     token: str = "ghs_test_token"
     app_id: str = ""

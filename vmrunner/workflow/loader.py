@@ -262,7 +262,8 @@ def _text(value: Any) -> str | None:
 
 
 def _condition(value: Any) -> str | None:
-    """``if:`` as expression text; ``None`` when absent (literal booleans become ``true``/``false``)."""
+    """``if:`` as expression text; ``None`` when absent (literal booleans become
+    ``true``/``false``)."""
     return _text(value)
 
 

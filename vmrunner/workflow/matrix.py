@@ -58,7 +58,8 @@ def parse_strategy(raw: Any, path: Path) -> tuple[Strategy, list[Problem]]:
         problems.append(
             Problem(
                 path,
-                f"strategy must be a map (matrix, fail-fast, max-parallel), got {kind_of_value(raw)}{hint}",
+                f"strategy must be a map (matrix, fail-fast, max-parallel), got "
+                f"{kind_of_value(raw)}{hint}",
             )
         )
         return Strategy(), problems
@@ -67,7 +68,8 @@ def parse_strategy(raw: Any, path: Path) -> tuple[Strategy, list[Problem]]:
             problems.append(
                 Problem(
                     (*path, str(key)),
-                    f"unknown key {key!r} in strategy; expected one of: {', '.join(_STRATEGY_KEYS)}",
+                    f"unknown key {key!r} in strategy; "
+                    f"expected one of: {', '.join(_STRATEGY_KEYS)}",
                 )
             )
     fail_fast = raw.get("fail-fast", True)
@@ -86,7 +88,8 @@ def parse_strategy(raw: Any, path: Path) -> tuple[Strategy, list[Problem]]:
             problems.append(
                 Problem(
                     (*path, "max-parallel"),
-                    f"max-parallel must be a whole number of at least 1, got {raw['max-parallel']!r}",
+                    f"max-parallel must be a whole number of at least 1, got "
+                    f"{raw['max-parallel']!r}",
                 )
             )
             max_parallel = None
@@ -103,7 +106,8 @@ def parse_strategy(raw: Any, path: Path) -> tuple[Strategy, list[Problem]]:
             problems.append(
                 Problem(
                     (*path, "matrix"),
-                    f"matrix must be a map of variables to lists of values, or an expression, got {kind_of_value(matrix)}",
+                    f"matrix must be a map of variables to lists of values, or an expression, got "
+                    f"{kind_of_value(matrix)}",
                 )
             )
             matrix = None
@@ -163,7 +167,8 @@ def _matrix_problems(matrix: Mapping[Any, Any], *, concrete: bool) -> list[tuple
                     problems.append(
                         (
                             (key, index),
-                            f"{key} entries must be maps of variable to value, got {kind_of_value(entry)}",
+                            f"{key} entries must be maps of variable to value, got "
+                            f"{kind_of_value(entry)}",
                         )
                     )
             continue
@@ -172,7 +177,8 @@ def _matrix_problems(matrix: Mapping[Any, Any], *, concrete: bool) -> list[tuple
             problems.append(
                 (
                     (key,),
-                    f"matrix variable {key!r} repeats {seen[folded]!r} (names are case-insensitive)",
+                    f"matrix variable {key!r} repeats {seen[folded]!r} "
+                    "(names are case-insensitive)",
                 )
             )
             continue
@@ -243,7 +249,8 @@ def expand_matrix(matrix: Mapping[str, Any]) -> list[dict[str, Any]]:
         _fail("matrix expands to no combination: every combination is excluded")
     if len(combinations) > MAX_COMBINATIONS:
         _fail(
-            f"matrix expands to {len(combinations)} combinations; GitHub allows at most {MAX_COMBINATIONS}"
+            f"matrix expands to {len(combinations)} combinations; GitHub allows at most "
+            f"{MAX_COMBINATIONS}"
         )
     return combinations
 
@@ -260,7 +267,8 @@ def _product_without_excludes(
     size = math.prod(len(values) for values in vectors.values())
     if size > _MAX_PRODUCT:
         _fail(
-            f"matrix has {size} combinations before exclude; GitHub allows at most {MAX_COMBINATIONS}"
+            f"matrix has {size} combinations before exclude; GitHub allows at most "
+            f"{MAX_COMBINATIONS}"
         )
     keys = list(vectors)
     kept: list[dict[str, Any]] = []

@@ -37,7 +37,8 @@ def graph_problems(workflow: Workflow) -> list[Problem]:
                 problems.append(
                     Problem(
                         needs_path(workflow, job_id, index),
-                        f"job '{job_id}' needs unknown job '{needed}' (jobs in this workflow: {known})",
+                        f"job '{job_id}' needs unknown job '{needed}' (jobs in this workflow: "
+                        f"{known})",
                     )
                 )
     for cycle in _cycles({job_id: job.needs for job_id, job in jobs.items()}):

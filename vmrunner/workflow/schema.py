@@ -366,25 +366,29 @@ class Checker:
         if not IDENTIFIER.fullmatch(job_id):
             self.report(
                 path,
-                f"invalid job id '{job_id}': a job id must start with a letter or '_' and contain only letters, digits, '-' and '_'",
+                f"invalid job id '{job_id}': a job id must start with a letter or '_' and contain "
+                f"only letters, digits, '-' and '_'",
                 at_key=True,
             )
         if not isinstance(job, dict):
             self.report(
                 path,
-                f"job '{job_id}' must be a mapping with 'runs-on' and 'steps', or 'uses' to call a reusable workflow",
+                f"job '{job_id}' must be a mapping with 'runs-on' and 'steps', or 'uses' to call "
+                f"a reusable workflow",
             )
             return
         calls = "uses" in job
         if calls and "steps" in job:
             self.report(
                 path,
-                f"job '{job_id}' has both 'steps' and 'uses'; a job either runs steps or calls a reusable workflow",
+                f"job '{job_id}' has both 'steps' and 'uses'; a job either runs steps or calls a "
+                f"reusable workflow",
             )
         elif not calls and "steps" not in job:
             self.report(
                 path,
-                f"job '{job_id}' has neither 'steps' nor 'uses'; a job either runs steps or calls a reusable workflow",
+                f"job '{job_id}' has neither 'steps' nor 'uses'; a job either runs steps or calls "
+                f"a reusable workflow",
             )
         self.check(
             job,
@@ -401,7 +405,8 @@ class Checker:
         ):
             self.report(
                 (*path, "uses"),
-                f"jobs.{job_id}.uses must name a reusable workflow as './.github/workflows/FILE.yml' or "
+                f"jobs.{job_id}.uses must name a reusable workflow as "
+                f"'./.github/workflows/FILE.yml' or "
                 f"'OWNER/REPO/.github/workflows/FILE.yml@REF', not '{job['uses']}'",
             )
         steps = job.get("steps")
@@ -432,19 +437,22 @@ class Checker:
         if isinstance(action, str) and action and not _ACTION.fullmatch(action.strip()):
             self.report(
                 (*path, "uses"),
-                f"{dotted((*path, 'uses'))} must be './PATH', 'docker://IMAGE' or 'OWNER/REPO[/PATH]@REF', not '{action}'",
+                f"{dotted((*path, 'uses'))} must be './PATH', 'docker://IMAGE' or "
+                f"'OWNER/REPO[/PATH]@REF', not '{action}'",
             )
         step_id = step.get("id")
         if isinstance(step_id, str) and step_id:
             if not IDENTIFIER.fullmatch(step_id):
                 self.report(
                     (*path, "id"),
-                    f"invalid step id '{step_id}': a step id must start with a letter or '_' and contain only letters, digits, '-' and '_'",
+                    f"invalid step id '{step_id}': a step id must start with a letter or '_' and "
+                    f"contain only letters, digits, '-' and '_'",
                 )
             elif step_id in ids:
                 self.report(
                     (*path, "id"),
-                    f"duplicate step id '{step_id}' in job '{job_id}' (also step {ids[step_id] + 1})",
+                    f"duplicate step id '{step_id}' in job '{job_id}' (also step "
+                    f"{ids[step_id] + 1})",
                 )
             else:
                 ids[step_id] = index
@@ -604,7 +612,10 @@ def _unknown_key(key: str, path: Path, properties: Mapping[str, Rule], other: Ru
     hint = (
         _variant_hint(key, other) if other is not None and key in (other.properties or {}) else ""
     )
-    message = f"unknown key '{key}' in {_describe(path)}{hint}; expected one of: {', '.join(sorted(properties))}"
+    message = (
+        f"unknown key '{key}' in {_describe(path)}{hint}; expected one of: "
+        f"{', '.join(sorted(properties))}"
+    )
     close = difflib.get_close_matches(key, list(properties), n=1)
     return message + (f" (did you mean '{close[0]}'?)" if close else "")
 

@@ -225,7 +225,8 @@ def parse_on(raw: Any) -> tuple[Triggers, list[Problem]]:
     else:
         checker.report(
             root,
-            f"on must be an event name, a list of event names or a map of events, got {kind_of_value(raw)}",
+            f"on must be an event name, a list of event names or a map of events, got "
+            f"{kind_of_value(raw)}",
         )
     if not configs and not checker.problems:
         checker.report(root, "on lists no events; the workflow would never run")
@@ -396,7 +397,8 @@ def _parse_input(
     if not isinstance(definition, dict):
         checker.report(
             path,
-            f"input {name!r} must be a map (description, type, ...), got {kind_of_value(definition)}",
+            f"input {name!r} must be a map (description, type, ...), got "
+            f"{kind_of_value(definition)}",
         )
         return None
     allowed = _DISPATCH_INPUT_KEYS if event == "workflow_dispatch" else _CALL_INPUT_KEYS

@@ -222,7 +222,8 @@ class _Builder:
             if name == "<<" and key_node.tag == _PLAIN:
                 self.error(
                     key_node,
-                    "merge keys ('<<') are not supported by GitHub Actions; repeat the keys, or use an alias for the whole value",
+                    "merge keys ('<<') are not supported by GitHub Actions; repeat the keys, or "
+                    "use an alias for the whole value",
                 )
                 continue
             if name in result:
@@ -340,7 +341,8 @@ def load_document(text: str, filename: str) -> Document:
                 filename,
                 line,
                 column,
-                f"the top level of a workflow must be a mapping (keys such as 'on' and 'jobs'), not {kind}",
+                f"the top level of a workflow must be a mapping (keys such as 'on' and 'jobs'), "
+                f"not {kind}",
             )
         )
     return Document(

@@ -93,7 +93,11 @@ def test_pathological_input_is_a_clean_error_or_value(text: str, error: str | No
 
 
 def test_huge_results_hit_the_memory_limit() -> None:
-    text = "format('{0}{0}{0}{0}{0}{0}{0}{0}', format('{0}{0}{0}{0}{0}{0}{0}{0}', format('{0}{0}{0}{0}{0}{0}{0}{0}', format('{0}{0}{0}{0}{0}{0}{0}{0}', join(a, 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxx')))))"
+    text = (
+        "format('{0}{0}{0}{0}{0}{0}{0}{0}', format('{0}{0}{0}{0}{0}{0}{0}{0}', "
+        "format('{0}{0}{0}{0}{0}{0}{0}{0}', format('{0}{0}{0}{0}{0}{0}{0}{0}', "
+        "join(a, 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxx')))))"
+    )
     with pytest.raises(ExpressionError, match="maximum allowed memory size"):
         evaluate(text, {"a": list(range(100))})
     # Each toJSON doubles the backslashes: stopped long before the string gets huge.
