@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from vmrunner.fleet.queue import RunRow
+from vmrunner.fleet.queue import QueuedRun
 from vmrunner.fleet.store import FleetStore
 from vmrunner.runner.options import RunOptions
 
@@ -149,12 +149,12 @@ async def until(
         await asyncio.sleep(every)
 
 
-async def finished(store: FleetStore, run_id: str, within: float = 60) -> RunRow:
-    async def done() -> RunRow | None:
+async def finished(store: FleetStore, run_id: str, within: float = 60) -> QueuedRun:
+    async def done() -> QueuedRun | None:
         run = await store.run(run_id)
         return run if run.status == "completed" else None
 
-    result: RunRow = await until(done, within=within, what=f"run {run_id} to finish")
+    result: QueuedRun = await until(done, within=within, what=f"run {run_id} to finish")
     return result
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from tests.fleet.harness import agents, until
 from vmrunner.fleet.embedded import EmbeddedQueue
-from vmrunner.fleet.queue import JobQueue, RunRow
+from vmrunner.fleet.queue import JobQueue, QueuedRun
 from vmrunner.fleet.store import FleetStore
 from vmrunner.machines.providers import get_provider
 from vmrunner.runner.options import RunOptions
@@ -67,12 +67,12 @@ async def queue(request: pytest.FixtureRequest) -> AsyncIterator[tuple[JobQueue,
                 yield await stack.enter_async_context(FleetStore(database)), options
 
 
-async def _finished(queue: JobQueue, run_id: str) -> RunRow:
-    async def done() -> RunRow | None:
+async def _finished(queue: JobQueue, run_id: str) -> QueuedRun:
+    async def done() -> QueuedRun | None:
         run = await queue.run(run_id)
         return run if run.status == "completed" else None
 
-    result: RunRow = await until(done, within=60, what="the run to finish")
+    result: QueuedRun = await until(done, within=60, what="the run to finish")
     return result
 
 

@@ -102,10 +102,10 @@ def show_run(run_id: str, store: str, *, follow: bool = False, as_json: bool = F
     from rich.table import Table
 
     from vmrunner.cli import terminal
-    from vmrunner.fleet.queue import RunRow
-    from vmrunner.fleet.store import FleetStore, StepRow
+    from vmrunner.fleet.queue import QueuedRun
+    from vmrunner.fleet.store import Attempt, Combination, FleetStore, StepRow
 
-    Shown = tuple[RunRow, dict[str, list[StepRow]], dict[str, list[dict[str, Any]]], dict[str, tuple[str, Any]], list[tuple[str, int, str, str | None]]]
+    Shown = tuple[QueuedRun, dict[str, list[StepRow]], dict[str, list[dict[str, Any]]], dict[str, Combination], list[Attempt]]
 
     logs: list[tuple[int, str, int, str]] = []
 
@@ -180,10 +180,10 @@ def run_on_fleet(chosen: Sequence[tuple[Workflow, list[str] | None]], options: R
     from rich.table import Table
 
     from vmrunner.cli import terminal
-    from vmrunner.fleet.queue import RunRow, run_json, workflow_text
+    from vmrunner.fleet.queue import QueuedRun, run_json, workflow_text
     from vmrunner.fleet.store import FleetStore
 
-    async def body(fleet: FleetStore) -> list[RunRow]:
+    async def body(fleet: FleetStore) -> list[QueuedRun]:
         submitted: list[tuple[str, str]] = []
 
         async def tail(name: str, run_id: str) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmrunner.errors import RunNotFound
-from vmrunner.fleet.queue import JobRow, RunRow
+from vmrunner.fleet.queue import FollowedLine, LogEntry, QueuedJob, QueuedRun
 from vmrunner.reports.events import Event, FanOut, JobFinished, JobQueued, JobStarted, LogLine
 from vmrunner.reports.storage import StoreSink
 from vmrunner.runner.contexts import new_run_id
@@ -32,7 +32,7 @@ class _Tracked:
 
     id: str
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    logs: list[tuple[str, int, str]] = field(default_factory=list)
+    logs: list[FollowedLine] = field(default_factory=list)
     conclusion: str | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -49,7 +49,7 @@ class _Tracked:
                 "reason": event.reason,
             }
         elif isinstance(event, LogLine):
-            self.logs.append((event.job_key, 1, event.text))
+            self.logs.append(FollowedLine(event.job_key, 1, event.text))
         else:
             return
         self.changed.set()
@@ -119,12 +119,12 @@ class EmbeddedQueue:
         tracked.task = self._group.create_task(execute(), name=f"run {run_id}")
         return run_id
 
-    async def run(self, run_id: str) -> RunRow:
+    async def run(self, run_id: str) -> QueuedRun:
         tracked = self._runs.get(run_id)
         if tracked is None:
             raise RunNotFound(f"no run {run_id} in this process")
         jobs = tuple(
-            JobRow(
+            QueuedJob(
                 run_id,
                 key,
                 str(job["status"]),
@@ -137,7 +137,7 @@ class EmbeddedQueue:
             for key, job in sorted(tracked.jobs.items())
         )
         status = "completed" if tracked.conclusion is not None else "running"
-        return RunRow(run_id, status, tracked.conclusion, jobs)
+        return QueuedRun(run_id, status, tracked.conclusion, jobs)
 
     async def cancel(self, run_id: str) -> bool:
         tracked = self._runs.get(run_id)
@@ -149,16 +149,16 @@ class EmbeddedQueue:
         await asyncio.wait([tracked.task])
         return True
 
-    async def logs(self, run_id: str, after: int = 0) -> list[tuple[int, str, int, str]]:
+    async def logs(self, run_id: str, after: int = 0) -> list[LogEntry]:
         tracked = self._runs.get(run_id)
         if tracked is None:
             raise RunNotFound(f"no run {run_id} in this process")
         return [
-            (index, job, attempt, line)
+            LogEntry(index, job, attempt, line)
             for index, (job, attempt, line) in enumerate(tracked.logs[after:], start=after + 1)
         ]
 
-    async def follow(self, run_id: str) -> AsyncIterator[tuple[str, int, str]]:
+    async def follow(self, run_id: str) -> AsyncIterator[FollowedLine]:
         tracked = self._runs.get(run_id)
         if tracked is None:
             raise RunNotFound(f"no run {run_id} in this process")

@@ -20,7 +20,7 @@ import dataclasses
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import procrastinate
 import psycopg
@@ -30,7 +30,7 @@ from psycopg.rows import dict_row
 from vmrunner.errors import ConfigError, RunNotFound, StoreError
 from vmrunner.fleet.labels import queue_name
 from vmrunner.fleet.matrix import expand, has_matrix, static_labels
-from vmrunner.fleet.queue import JobRow, RunRow
+from vmrunner.fleet.queue import FollowedLine, LogEntry, QueuedJob, QueuedRun
 from vmrunner.fleet.schema import ensure_schema
 from vmrunner.reports.events import run_conclusion
 from vmrunner.runner.options import RunOptions, options_data, options_from_data, plain
@@ -124,6 +124,58 @@ def job_labels(workflow_text: str, workflow_path: str) -> dict[str, tuple[str, .
     }
 
 
+class Attempt(NamedTuple):
+    """One attempt of a job on a host; ``result`` is None while it runs."""
+
+    job_id: str
+    attempt: int
+    host: str
+    result: str | None
+
+
+class Combination(NamedTuple):
+    """One combination of a matrix job: the matrix job's id and the combination's values."""
+
+    job_id: str
+    matrix: Mapping[str, Any]
+
+
+class AgentInfo(NamedTuple):
+    """A registered agent and the seconds since its last heartbeat."""
+
+    name: str
+    labels: tuple[str, ...]
+    capacity: int
+    age: float
+
+
+async def _fetch_one(
+    connection: psycopg.AsyncConnection[Any], sql: str, params: Sequence[Any] = ()
+) -> dict[str, Any] | None:
+    """The first row of a query, by column name (None when there is none)."""
+    cursor = connection.cursor(row_factory=dict_row)
+    return await (await cursor.execute(sql, params)).fetchone()
+
+
+async def _fetch_all(
+    connection: psycopg.AsyncConnection[Any], sql: str, params: Sequence[Any] = ()
+) -> list[dict[str, Any]]:
+    """Every row of a query, by column name."""
+    cursor = connection.cursor(row_factory=dict_row)
+    return await (await cursor.execute(sql, params)).fetchall()
+
+
+async def _fetch_existing(
+    connection: psycopg.AsyncConnection[Any], sql: str, params: Sequence[Any], what: str
+) -> dict[str, Any]:
+    """The row a query must find (written earlier in the same transaction, or locked);
+    ``StoreError`` when it is missing all the same."""
+    row = await _fetch_one(connection, sql, params)
+    if row is None:
+        raise StoreError(f"the fleet store lost {what}")
+    return row
+
+
 class FleetStore:
     """Runs, jobs, attempts, logs and agents in PostgreSQL, with procrastinate as the queue.
 
@@ -182,13 +234,13 @@ class FleetStore:
         try:
             async with self.pool.connection() as connection, connection.transaction():
                 if delivery_id is not None:
-                    found = await (
-                        await connection.execute(
-                            "SELECT id FROM vmrunner_runs WHERE delivery_id = %s", (delivery_id,)
-                        )
-                    ).fetchone()
-                    if found:
-                        return str(found[0])
+                    existing = await _fetch_one(
+                        connection,
+                        "SELECT id FROM vmrunner_runs WHERE delivery_id = %s",
+                        (delivery_id,),
+                    )
+                    if existing:
+                        return str(existing["id"])
                 await self._check_served(
                     connection,
                     {
@@ -197,11 +249,10 @@ class FleetStore:
                         if (found := labels[job_id]) is not None
                     },
                 )
-                row = await (
-                    await connection.execute("SELECT nextval('vmrunner_run_ids')")
-                ).fetchone()
-                assert row is not None
-                run_id = options.run_id or str(row[0])
+                row = await _fetch_existing(
+                    connection, "SELECT nextval('vmrunner_run_ids') AS id", (), "its run ids"
+                )
+                run_id = options.run_id or str(row["id"])
                 inserted = await (
                     await connection.execute(
                         "INSERT INTO vmrunner_runs (id, delivery_id, workflow_path, "
@@ -239,13 +290,13 @@ class FleetStore:
                 return run_id
         except _Duplicate:
             async with self.pool.connection() as connection:
-                found = await (
-                    await connection.execute(
-                        "SELECT id FROM vmrunner_runs WHERE delivery_id = %s", (delivery_id,)
-                    )
-                ).fetchone()
-                assert found is not None
-                return str(found[0])
+                winner = await _fetch_existing(
+                    connection,
+                    "SELECT id FROM vmrunner_runs WHERE delivery_id = %s",
+                    (delivery_id,),
+                    f"the run of delivery {delivery_id}",
+                )
+                return str(winner["id"])
         except psycopg.Error as exc:
             raise StoreError(f"cannot submit the run: {exc}") from exc
 
@@ -260,37 +311,34 @@ class FleetStore:
     async def _live_agents(
         self, connection: psycopg.AsyncConnection[Any]
     ) -> list[tuple[str, set[str]]]:
-        rows = await (
-            await connection.execute(
-                "SELECT name, labels FROM vmrunner_agents WHERE heartbeat_at > now() - "
-                "make_interval(secs => %s)",
-                (self.agent_stale,),
-            )
-        ).fetchall()
-        return [(str(name), set(own)) for name, own in rows]
+        rows = await _fetch_all(
+            connection,
+            "SELECT name, labels FROM vmrunner_agents"
+            " WHERE heartbeat_at > now() - make_interval(secs => %s)",
+            (self.agent_stale,),
+        )
+        return [(str(row["name"]), set(row["labels"])) for row in rows]
 
     async def _defer(
         self, connection: psycopg.AsyncConnection[Any], run_id: str, job_id: str, attempt: int
     ) -> bool:
         """Move a job to ``queued`` for ``attempt`` and defer it, on ``connection``'s
         transaction."""
-        row = await (
-            await connection.execute(
-                "UPDATE vmrunner_jobs j SET status = 'queued', attempt = %s, host = NULL, "
-                "heartbeat_at = NULL"
-                " FROM vmrunner_runs r WHERE r.id = j.run_id AND j.run_id = %s AND j.job_id = %s"
-                " AND j.attempt = %s AND j.status IN ('pending', 'running') AND r.status = "
-                "'running'"
-                " RETURNING j.queue, r.priority",
-                (attempt, run_id, job_id, attempt - 1),
-            )
-        ).fetchone()
+        row = await _fetch_one(
+            connection,
+            "UPDATE vmrunner_jobs j SET status = 'queued', attempt = %s, host = NULL,"
+            " heartbeat_at = NULL"
+            " FROM vmrunner_runs r WHERE r.id = j.run_id AND j.run_id = %s AND j.job_id = %s"
+            " AND j.attempt = %s AND j.status IN ('pending', 'running')"
+            " AND r.status = 'running'"
+            " RETURNING j.queue, r.priority",
+            (attempt, run_id, job_id, attempt - 1),
+        )
         if row is None:
             return False
-        queue, priority = row
         procrastinate_id = await self._task.configure(
-            queue=str(queue),
-            priority=int(priority),
+            queue=str(row["queue"]),
+            priority=int(row["priority"]),
             queueing_lock=f"{run_id}/{job_id}/{attempt}",
             connection=connection,
         ).defer_async(run_id=run_id, job_id=job_id, attempt=attempt)
@@ -300,7 +348,7 @@ class FleetStore:
         )
         return True
 
-    async def run(self, run_id: str) -> RunRow:
+    async def run(self, run_id: str) -> QueuedRun:
         async with self.pool.connection() as connection:
             cursor = connection.cursor(row_factory=dict_row)
             run = await (
@@ -316,7 +364,7 @@ class FleetStore:
                 )
             ).fetchall()
         jobs = tuple(
-            JobRow(
+            QueuedJob(
                 r["run_id"],
                 r["job_id"],
                 r["status"],
@@ -328,49 +376,51 @@ class FleetStore:
             )
             for r in rows
         )
-        return RunRow(run["id"], run["status"], run["conclusion"], jobs)
+        return QueuedRun(run["id"], run["status"], run["conclusion"], jobs)
 
-    async def combinations(self, run_id: str) -> dict[str, tuple[str, Mapping[str, Any]]]:
+    async def combinations(self, run_id: str) -> dict[str, Combination]:
         """The run's matrix combinations: job key -> (the matrix job's id, the combination's
         values).
         In ``run()`` a matrix job is one row (``matrix`` status while its combinations run, then
         their aggregate result) and each combination a row of its own, keyed ``test (linux, 1)``."""
         async with self.pool.connection() as connection:
-            rows = await (
-                await connection.execute(
-                    "SELECT job_id, parent, matrix FROM vmrunner_jobs WHERE run_id = %s AND "
-                    "parent IS NOT NULL ORDER BY parent, matrix_index",
-                    (run_id,),
-                )
-            ).fetchall()
-        return {str(key): (str(parent), dict(matrix)) for key, parent, matrix in rows}
+            rows = await _fetch_all(
+                connection,
+                "SELECT job_id, parent, matrix FROM vmrunner_jobs"
+                " WHERE run_id = %s AND parent IS NOT NULL ORDER BY parent, matrix_index",
+                (run_id,),
+            )
+        return {
+            str(row["job_id"]): Combination(str(row["parent"]), dict(row["matrix"])) for row in rows
+        }
 
-    async def attempts(self, run_id: str) -> list[tuple[str, int, str, str | None]]:
-        """Every attempt of the run's jobs: (job id, attempt, host, result)."""
+    async def attempts(self, run_id: str) -> list[Attempt]:
+        """Every attempt of the run's jobs, by job and attempt."""
         async with self.pool.connection() as connection:
-            rows = await (
-                await connection.execute(
-                    "SELECT job_id, attempt, host, result FROM vmrunner_attempts WHERE run_id = "
-                    "%s ORDER BY job_id, attempt",
-                    (run_id,),
-                )
-            ).fetchall()
-        return [(str(j), int(a), str(h), r) for j, a, h, r in rows]
+            rows = await _fetch_all(
+                connection,
+                "SELECT job_id, attempt, host, result FROM vmrunner_attempts"
+                " WHERE run_id = %s ORDER BY job_id, attempt",
+                (run_id,),
+            )
+        return [
+            Attempt(str(row["job_id"]), int(row["attempt"]), str(row["host"]), row["result"])
+            for row in rows
+        ]
 
     # One attempt, as an agent sees it (every write fenced by the attempt number)
 
     async def start(self, run_id: str, job_id: str, attempt: int, host: str) -> Assignment | None:
         """Claim ``attempt`` for ``host``; None when it is no longer the current one."""
         async with self.pool.connection() as connection, connection.transaction():
-            row = await (
-                await connection.execute(
-                    "UPDATE vmrunner_jobs SET status = 'running', host = %s, heartbeat_at = "
-                    "now(), started_at = now()"
-                    " WHERE run_id = %s AND job_id = %s AND attempt = %s AND status = 'queued' "
-                    "RETURNING needs, parent, matrix_index",
-                    (host, run_id, job_id, attempt),
-                )
-            ).fetchone()
+            row = await _fetch_one(
+                connection,
+                "UPDATE vmrunner_jobs SET status = 'running', host = %s, heartbeat_at = now(),"
+                " started_at = now()"
+                " WHERE run_id = %s AND job_id = %s AND attempt = %s AND status = 'queued'"
+                " RETURNING needs, parent, matrix_index",
+                (host, run_id, job_id, attempt),
+            )
             if row is None:
                 return None
             await connection.execute(
@@ -378,32 +428,32 @@ class FleetStore:
                 "%s, %s)",
                 (run_id, job_id, attempt, host),
             )
-            run = await (
-                await connection.execute(
-                    "SELECT workflow_path, workflow_text, options FROM vmrunner_runs WHERE id = %s",
-                    (run_id,),
-                )
-            ).fetchone()
-            assert run is not None
-            needs_rows = await (
-                await connection.execute(
-                    "SELECT job_id, status, outputs FROM vmrunner_jobs WHERE run_id = %s AND "
-                    "job_id = ANY(%s)",
-                    (run_id, list(row[0])),
-                )
-            ).fetchall()
-        needs = {str(j): {"result": str(s), "outputs": dict(o)} for j, s, o in needs_rows}
-        parent, index = row[1] or job_id, row[2]
+            run = await _fetch_existing(
+                connection,
+                "SELECT workflow_path, workflow_text, options FROM vmrunner_runs WHERE id = %s",
+                (run_id,),
+                f"run {run_id} of a job it started",
+            )
+            needs_rows = await _fetch_all(
+                connection,
+                "SELECT job_id, status, outputs FROM vmrunner_jobs"
+                " WHERE run_id = %s AND job_id = ANY(%s)",
+                (run_id, list(row["needs"])),
+            )
+        needs = {
+            str(need["job_id"]): {"result": str(need["status"]), "outputs": dict(need["outputs"])}
+            for need in needs_rows
+        }
         return Assignment(
             run_id,
             job_id,
             attempt,
-            str(run[0]),
-            str(run[1]),
-            options_from_json(run[2], run_id),
+            str(run["workflow_path"]),
+            str(run["workflow_text"]),
+            options_from_json(run["options"], run_id),
             needs,
-            str(parent),
-            index,
+            str(row["parent"] or job_id),
+            row["matrix_index"],
         )
 
     async def heartbeat(self, run_id: str, job_id: str, attempt: int) -> bool:
@@ -533,14 +583,13 @@ class FleetStore:
         ``if:`` (``always()``, ``failure()``) as one host would, and reports it skipped. A
         matrix job's ``if:`` is evaluated here, before it is expanded.
         """
-        run = await (
-            await connection.execute(
-                "SELECT status, workflow_path, workflow_text, options FROM vmrunner_runs WHERE id "
-                "= %s FOR UPDATE",
-                (run_id,),
-            )
-        ).fetchone()
-        assert run is not None
+        run = await _fetch_existing(
+            connection,
+            "SELECT status, workflow_path, workflow_text, options FROM vmrunner_runs"
+            " WHERE id = %s FOR UPDATE",
+            (run_id,),
+            f"run {run_id} while advancing it",
+        )
         while True:
             cursor = connection.cursor(row_factory=dict_row)
             rows = await (
@@ -566,7 +615,7 @@ class FleetStore:
                     and job["status"] == "pending"
                     and all(jobs[n]["status"] in FINAL for n in job["needs"])
                 )
-                if not ready or run[0] != "running":
+                if not ready or run["status"] != "running":
                     continue
                 if job["strategy"].get("matrix"):
                     await self._expand(connection, run_id, job, jobs, run)
@@ -590,16 +639,18 @@ class FleetStore:
         run_id: str,
         job: Mapping[str, Any],
         jobs: Mapping[str, Mapping[str, Any]],
-        run: Sequence[Any],
+        run: Mapping[str, Any],
     ) -> None:
         """A ready matrix job becomes one pending row per combination (or ends without any)."""
         job_id = str(job["job_id"])
-        workflow = load_workflow_text(str(run[2]), str(run[1]))
+        workflow = load_workflow_text(str(run["workflow_text"]), str(run["workflow_path"]))
         needs = {
             n: {"result": str(jobs[n]["status"]), "outputs": dict(jobs[n]["outputs"])}
             for n in job["needs"]
         }
-        expansion = await expand(workflow, job_id, options_from_json(run[3], run_id), needs)
+        expansion = await expand(
+            workflow, job_id, options_from_json(run["options"], run_id), needs
+        )
         if expansion.result is not None:
             await connection.execute(
                 "UPDATE vmrunner_jobs SET status = %s, reason = %s, finished_at = "
@@ -732,25 +783,25 @@ class FleetStore:
         ``stall`` seconds; the (run, job, new attempt) retried. Aborted runs are never retried."""
         retried: list[tuple[str, str, int]] = []
         async with self.pool.connection() as connection, connection.transaction():
-            rows = await (
-                await connection.execute(
-                    "SELECT j.run_id, j.job_id, j.attempt, j.procrastinate_id FROM vmrunner_jobs "
-                    "j JOIN vmrunner_runs r ON r.id = j.run_id"
-                    " WHERE j.status = 'running' AND r.status = 'running' AND j.heartbeat_at < "
-                    "now() - make_interval(secs => %s)"
-                    " FOR UPDATE OF j SKIP LOCKED",
-                    (stall,),
-                )
-            ).fetchall()
-            for run_id, job_id, attempt, procrastinate_id in rows:
+            rows = await _fetch_all(
+                connection,
+                "SELECT j.run_id, j.job_id, j.attempt, j.procrastinate_id"
+                " FROM vmrunner_jobs j JOIN vmrunner_runs r ON r.id = j.run_id"
+                " WHERE j.status = 'running' AND r.status = 'running'"
+                " AND j.heartbeat_at < now() - make_interval(secs => %s)"
+                " FOR UPDATE OF j SKIP LOCKED",
+                (stall,),
+            )
+            for stalled in rows:
+                run_id, job_id = stalled["run_id"], stalled["job_id"]
+                attempt, procrastinate_id = stalled["attempt"], stalled["procrastinate_id"]
                 await connection.execute(
                     "UPDATE vmrunner_attempts SET finished_at = now(), result = 'lost' WHERE "
                     "run_id = %s AND job_id = %s AND attempt = %s",
                     (run_id, job_id, attempt),
                 )
-                if (
-                    procrastinate_id is not None
-                ):  # the lost worker's job must not be retried by procrastinate
+                # the lost worker's job must not be retried by procrastinate
+                if procrastinate_id is not None:
                     await self.app.job_manager.cancel_job_by_id_async(
                         int(procrastinate_id), abort=True, connection=connection
                     )
@@ -807,22 +858,24 @@ class FleetStore:
             )
         return True
 
-    async def logs(self, run_id: str, after: int = 0) -> list[tuple[int, str, int, str]]:
-        """Log lines of a run after id ``after``: (id, job id, attempt, line)."""
+    async def logs(self, run_id: str, after: int = 0) -> list[LogEntry]:
+        """Log lines of a run after id ``after``."""
         async with self.pool.connection() as connection:
-            rows = await (
-                await connection.execute(
-                    "SELECT id, job_id, attempt, line FROM vmrunner_logs WHERE run_id = %s AND id "
-                    "> %s ORDER BY id",
-                    (run_id, after),
-                )
-            ).fetchall()
-        return [(int(i), str(j), int(a), str(line)) for i, j, a, line in rows]
+            rows = await _fetch_all(
+                connection,
+                "SELECT id, job_id, attempt, line FROM vmrunner_logs"
+                " WHERE run_id = %s AND id > %s ORDER BY id",
+                (run_id, after),
+            )
+        return [
+            LogEntry(int(row["id"]), str(row["job_id"]), int(row["attempt"]), str(row["line"]))
+            for row in rows
+        ]
 
     async def follow(
         self, run_id: str, *, poll: float = 1.0
-    ) -> AsyncIterator[tuple[str, int, str]]:
-        """The run's log lines (job id, attempt, line) as they arrive, until the run ends.
+    ) -> AsyncIterator[FollowedLine]:
+        """The run's log lines as they arrive, until the run ends.
 
         Woken by ``NOTIFY vmrunner_logs`` (any host's agent), with a poll as the fallback.
         """
@@ -831,9 +884,9 @@ class FleetStore:
             await listener.execute("LISTEN vmrunner_logs")
             while True:
                 finished = (await self.run(run_id)).status == "completed"
-                for row_id, job_id, attempt, line in await self.logs(run_id, after):
-                    after = row_id
-                    yield job_id, attempt, line
+                for entry in await self.logs(run_id, after):
+                    after = entry.id
+                    yield FollowedLine(entry.job_id, entry.attempt, entry.text)
                 if finished:
                     return
                 async for _ in listener.notifies(timeout=poll, stop_after=1):
@@ -845,18 +898,21 @@ class FleetStore:
         """The runner events the run's agents wrote (all attempts, in order), optionally of one
         job and of some kinds (``StepFinished``, ``Annotation``, ``SessionStateChanged`` ...)."""
         async with self.pool.connection() as connection:
-            rows = await (
-                await connection.execute(
-                    "SELECT job_id, attempt, seq, kind, data, extract(epoch FROM at)::float FROM "
-                    "vmrunner_events"
-                    " WHERE run_id = %s AND (%s::text IS NULL OR job_id = %s) AND "
-                    "(cardinality(%s::text[]) = 0 OR kind = ANY(%s))"
-                    " ORDER BY job_id, attempt, seq",
-                    (run_id, job_id, job_id, list(kinds), list(kinds)),
-                )
-            ).fetchall()
+            rows = await _fetch_all(
+                connection,
+                "SELECT job_id, attempt, seq, kind, data, extract(epoch FROM at)::float AS at"
+                " FROM vmrunner_events"
+                " WHERE run_id = %s AND (%s::text IS NULL OR job_id = %s)"
+                " AND (cardinality(%s::text[]) = 0 OR kind = ANY(%s))"
+                " ORDER BY job_id, attempt, seq",
+                (run_id, job_id, job_id, list(kinds), list(kinds)),
+            )
         return [
-            EventRow(str(j), int(a), int(q), str(k), d, float(at)) for j, a, q, k, d, at in rows
+            EventRow(
+                str(row["job_id"]), int(row["attempt"]), int(row["seq"]), str(row["kind"]),
+                row["data"], float(row["at"]),
+            )
+            for row in rows
         ]
 
     async def steps(self, run_id: str) -> dict[str, list[StepRow]]:
@@ -887,16 +943,20 @@ class FleetStore:
             found.setdefault(event.job_id, []).append(data)
         return found
 
-    async def agents(self) -> list[tuple[str, tuple[str, ...], int, float]]:
-        """Registered agents: (name, labels, capacity, seconds since their last heartbeat)."""
+    async def agents(self) -> list[AgentInfo]:
+        """Registered agents, by name."""
         async with self.pool.connection() as connection:
-            rows = await (
-                await connection.execute(
-                    "SELECT name, labels, capacity, extract(epoch FROM now() - "
-                    "heartbeat_at)::float FROM vmrunner_agents ORDER BY name"
-                )
-            ).fetchall()
-        return [(str(n), tuple(labels), int(c), float(age)) for n, labels, c, age in rows]
+            rows = await _fetch_all(
+                connection,
+                "SELECT name, labels, capacity, extract(epoch FROM now() - heartbeat_at)::float"
+                " AS age FROM vmrunner_agents ORDER BY name",
+            )
+        return [
+            AgentInfo(
+                str(row["name"]), tuple(row["labels"]), int(row["capacity"]), float(row["age"])
+            )
+            for row in rows
+        ]
 
     # Agents
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from vmrunner.errors import RunNotFound
-from vmrunner.fleet.queue import JobQueue, JobRow, RunRow, run_json, workflow_text
+from vmrunner.fleet.queue import JobQueue, QueuedJob, QueuedRun, run_json, workflow_text
 from vmrunner.reports.summary import inline
 from vmrunner.runner.options import RunOptions
 from vmrunner.server.github import GitHubClient, Status, StatusState
@@ -39,7 +39,7 @@ def delivery_key(delivery_id: str, workflow_file: str) -> str:
     return f"{delivery_id}/{workflow_file}"
 
 
-def job_status(job: JobRow) -> tuple[StatusState, str]:
+def job_status(job: QueuedJob) -> tuple[StatusState, str]:
     """A fleet job as a commit status: its state and description."""
     if job.status == "pending":
         return "pending", "waiting for the jobs it needs"
@@ -59,7 +59,7 @@ def job_status(job: JobRow) -> tuple[StatusState, str]:
     return final_state(job.status), words[:140]
 
 
-def run_summary(run: RunRow, workflow: str) -> str:
+def run_summary(run: QueuedRun, workflow: str) -> str:
     """A queued run in Markdown, for the pull request comment."""
     conclusion = run.conclusion or run.status
     lines = [
