@@ -303,13 +303,18 @@ class Session:
             self.touch()
             self._leave(S.EXECUTING)
 
+    def set_state(self, state: SessionState, *, note: str = "") -> None:
+        """Move the session to ``state``, recorded with its time (and ``note``);
+        ``InvalidTransition`` when the lifecycle (``TRANSITIONS``) does not allow it."""
+        self._manager._update_state(self.id, state, note=note)
+
     async def snapshot(self, name: str = "") -> SnapshotInfo:
         """Take a snapshot (the session is ``paused`` meanwhile) and append it to ``snapshots``."""
         machine = self.machine
         self._enter(S.PAUSED)
         try:
             snapshot_id = await machine.snapshot(name)
-            info = self._manager.add_snapshot(self.id, snapshot_id, name)
+            info = self._manager._add_snapshot(self.id, snapshot_id, name)
         finally:
             self.touch()
             self._leave(S.PAUSED)
@@ -336,7 +341,7 @@ class Session:
             self._running += 1
             return
         before = self._state
-        self._manager.update_state(self.id, transient)
+        self._manager._update_state(self.id, transient)
         self._return_to.append(before)
         self._running = 1
 
@@ -349,7 +354,7 @@ class Session:
         if self._running:
             return
         back = self._return_to.pop()
-        self._manager.update_state(self.id, to or back)
+        self._manager._update_state(self.id, to or back)
 
 
 class SessionManager:
@@ -575,13 +580,13 @@ class SessionManager:
         except BaseException as exc:
             self._counts["failed_allocations"] += 1
             with suppress(Exception):
-                self.update_state(session.id, S.FAILED, note=f"allocation failed: {exc!r}")
+                self._update_state(session.id, S.FAILED, note=f"allocation failed: {exc!r}")
             await self._release(session, "allocation failed")
             raise
         session._machine = machine
         try:
             store.attach_machine(session.id, machine_row(machine.record, session.id))
-            self.update_state(session.id, S.ACTIVE)
+            self._update_state(session.id, S.ACTIVE)
         except BaseException:
             await self._release(session, "recording the machine failed")
             raise
@@ -620,7 +625,7 @@ class SessionManager:
             raise SessionNotFound(f"no session {session_id} (it may have been released)")
         return session
 
-    def update_state(self, session_id: str, state: SessionState, *, note: str = "") -> None:
+    def _update_state(self, session_id: str, state: SessionState, *, note: str = "") -> None:
         """Move a session to ``state`` (recorded with its time); ``InvalidTransition`` if not
         allowed."""
         session = self.get_session(session_id)
@@ -680,7 +685,7 @@ class SessionManager:
                 with suppress(Exception):
                     observer(session, transition)
 
-    def add_snapshot(
+    def _add_snapshot(
         self, session_id: str, snapshot_id: SnapshotId, name: str = ""
     ) -> SnapshotInfo:
         """Register a snapshot taken in the session's machine."""
@@ -689,10 +694,6 @@ class SessionManager:
         self.store.add_snapshot(SnapshotRow(session_id, snapshot_id, name, info.created_at))
         session._snapshots.append(info)
         return info
-
-    def last_snapshot(self, session_id: str) -> SnapshotInfo | None:
-        snapshots = self.get_session(session_id)._snapshots
-        return snapshots[-1] if snapshots else None
 
     async def release_session(self, session_id: str, *, note: str = "") -> None:
         """Release the session's machine, then forget the session.
@@ -751,12 +752,12 @@ class SessionManager:
         except BaseException as exc:
             if S.FAILED in TRANSITIONS[session.state] and session._release is None:
                 with suppress(Exception):
-                    self.update_state(session.id, S.FAILED, note=f"{type(exc).__name__}: {exc}")
+                    self._update_state(session.id, S.FAILED, note=f"{type(exc).__name__}: {exc}")
             with suppress(ReleaseError):  # recorded as abandoned; the job's error matters more
                 await self._release(session, "session ended with an error")
             raise
         if session.state is S.ACTIVE and session._release is None:
-            self.update_state(session.id, S.COMPLETED)  # failed and rolled_back stay as they are
+            self._update_state(session.id, S.COMPLETED)  # failed and rolled_back stay as they are
         await self._release(session, "session ended")
 
     # Release

@@ -426,7 +426,7 @@ class JobExecution:
             outcome.result = "failure"
         if outcome.result == "failure" and session.state is SessionState.ACTIVE:
             with contextlib.suppress(VmrunnerError):  # its final state: failed, not completed
-                run.sessions.update_state(session.id, SessionState.FAILED, note="the job failed")
+                session.set_state(SessionState.FAILED, note="the job failed")
 
     def job_outputs(self, scope: Scope, *, quiet: bool = False) -> dict[str, str]:
         contexts = self.contexts(scope, self.env_context(scope))
