@@ -41,8 +41,20 @@ def workflow_options(function: F) -> F:
             envvar=WORKFLOWS_ENV,
             help=f"A workflow file, or a folder of them [env: {WORKFLOWS_ENV}].",
         ),
-        click.option("-e", "--event-path", "event_path", default=None, help="The event payload (JSON file), to apply the event's filters."),
-        click.option("-j", "--job", "jobs", multiple=True, help="Only this job and the jobs it needs (repeatable)."),
+        click.option(
+            "-e",
+            "--event-path",
+            "event_path",
+            default=None,
+            help="The event payload (JSON file), to apply the event's filters.",
+        ),
+        click.option(
+            "-j",
+            "--job",
+            "jobs",
+            multiple=True,
+            help="Only this job and the jobs it needs (repeatable).",
+        ),
         click.option("--json", "as_json", is_flag=True, help="Print JSON for machines."),
     ]
     for decorator in reversed(decorators):
@@ -61,14 +73,17 @@ class Selection:
 
 
 def read_payload(event_path: str | None) -> dict[str, Any] | None:
-    """The JSON event payload at ``event_path``; ``ConfigError`` when unreadable or not an object."""
+    """The JSON event payload at ``event_path``; ``ConfigError`` when unreadable or not an
+    object."""
     if event_path is None:
         return None
     try:
         with open(event_path, encoding="utf-8") as handle:
             payload = json.load(handle)
     except OSError as exc:
-        raise ConfigError(f"cannot read the event payload {event_path}: {exc.strerror or exc}") from exc
+        raise ConfigError(
+            f"cannot read the event payload {event_path}: {exc.strerror or exc}"
+        ) from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"the event payload {event_path} is not valid JSON: {exc}") from exc
     if not isinstance(payload, dict):
@@ -110,7 +125,9 @@ def select(
             if payload is None:
                 if event not in workflow.triggers.events:
                     continue
-            elif not match_event(workflow.triggers, event, payload, changed_files=payload_changed_files(payload)):
+            elif not match_event(
+                workflow.triggers, event, payload, changed_files=payload_changed_files(payload)
+            ):
                 continue
         if jobs and not any(job in workflow.jobs for job in jobs):
             continue

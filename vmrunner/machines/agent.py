@@ -42,8 +42,10 @@ A relative ``cwd`` is taken from the directory the agent started in (the workspa
 and ``path`` must be absolute. ``write`` files are written (UTF-8, parents created) before the
 command starts; ``collect`` files are read when it has exited, however it ended, and come back
 in the exit's payload, listed in its header as ``files: [[path, size, truncated], ..]`` (a
-missing file is empty; each is cut at MAX_COLLECT bytes, all together below MAX_PAYLOAD). A step of a job needs both (its
-script, and the file commands it wrote), so one request does without a shell wrapper. Errors are replies ``error {kind, message}``; kind is one of
+missing file is empty; each is cut at MAX_COLLECT bytes, all together below MAX_PAYLOAD). A step of
+a job needs both (its
+script, and the file commands it wrote), so one request does without a shell wrapper. Errors are
+replies ``error {kind, message}``; kind is one of
 protocol, exec, transfer, internal. A frame that cannot be decoded gets an error with
 ``id: null`` (or the id when it could be read) and the agent carries on with the next frame.
 
@@ -605,7 +607,9 @@ class Agent:
         self._reap()
 
     def _write_files(self, files: object) -> None:
-        if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        if not isinstance(files, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in files.items()
+        ):
             raise Refusal("protocol", "write must map paths to strings")
         for name, text in files.items():
             path = os.path.join(self._cwd, name)

@@ -667,5 +667,7 @@ class LocalProvider(Provider):
                 f"machine {record.machine_id}: process {record.pid} survived SIGKILL"
             )
         if survivors := await kill_all(family):
-            raise ReleaseError(f"machine {record.machine_id}: processes {survivors} survived SIGKILL")
+            raise ReleaseError(
+                f"machine {record.machine_id}: processes {survivors} survived SIGKILL"
+            )
         await asyncio.to_thread(remove_machine_dir, self.machines_dir, record.state_dir)

@@ -85,7 +85,9 @@ class SandboxMachine(AgentMachine):
         """The writable directories listed from the host: no process in the machine."""
         if self.released:
             raise SnapshotError(f"machine {self.id} was released")
-        return await asyncio.to_thread(_listing, [self.writable[name] for name in sorted(self.writable)])
+        return await asyncio.to_thread(
+            _listing, [self.writable[name] for name in sorted(self.writable)]
+        )
 
     async def export_snapshot(self, snapshot_id: SnapshotId, dest_dir: str) -> None:
         engine = await self._engine()
@@ -95,8 +97,12 @@ class SandboxMachine(AgentMachine):
 
     async def import_snapshot(self, source_dir: str) -> None:
         if await self._engine() is not None:
-            raise SnapshotError(f"machine {self.id} has snapshots: import only into a fresh machine")
-        await asyncio.to_thread(import_trees, source_dir, {name: str(path) for name, path in self.writable.items()})
+            raise SnapshotError(
+                f"machine {self.id} has snapshots: import only into a fresh machine"
+            )
+        await asyncio.to_thread(
+            import_trees, source_dir, {name: str(path) for name, path in self.writable.items()}
+        )
 
     async def _engine(self) -> DirectorySnapshots | None:
         if self.released:
@@ -150,7 +156,13 @@ def _listing(roots: list[Path]) -> bytes:
                     if info.st_dev == device:
                         stack.append(entry.path)
                 else:
-                    kind = "l" if entry.is_symlink() else "f" if entry.is_file(follow_symlinks=False) else "o"
+                    kind = (
+                        "l"
+                        if entry.is_symlink()
+                        else "f"
+                        if entry.is_file(follow_symlinks=False)
+                        else "o"
+                    )
                     lines.append(f"{kind} {entry.path} {info.st_size}")
     lines.sort()
     return "\n".join(lines).encode(errors="surrogateescape")
@@ -208,7 +220,8 @@ class SandboxProvider(LocalProvider):
             "--bind", str(writable["tmp"]), "/tmp",
             "--bind", str(writable["toolcache"]), TOOL_CACHE,
             "--dir", "/var",
-            "--dir", "/root",  # empty and read-only, as a path jobs may name (GitHub's runners have it)
+            # empty and read-only, as a path jobs may name (GitHub's runners have it)
+            "--dir", "/root",
             "--symlink", "../tmp", "/var/tmp",
             "--ro-bind", str(self.bundle_dir(python)), AGENT_IN_MACHINE,
             "--remount-ro", "/",
