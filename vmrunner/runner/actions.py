@@ -99,8 +99,7 @@ def parse_action(
         default = spec.get("default")
         inputs.append(
             ActionInput(
-                str(name),
-                None if default is None else _scalar(default),
+                str(name), None if default is None else _scalar(default),
                 bool(spec.get("required", False)),
             )
         )

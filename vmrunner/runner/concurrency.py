@@ -105,10 +105,7 @@ class ConcurrencyGroups:
 
     @contextlib.asynccontextmanager
     async def hold(
-        self,
-        claim: Claim,
-        who: str,
-        stop: Callable[[str], None],
+        self, claim: Claim, who: str, stop: Callable[[str], None],
         waiting: Callable[[str], None] = _ignore,
     ) -> AsyncIterator[None]:
         """Hold ``claim``'s group for the body; waits while another holds it.
@@ -126,8 +123,7 @@ class ConcurrencyGroups:
     def statistics(self) -> tuple[GroupStatistics, ...]:
         return tuple(
             GroupStatistics(
-                group.name,
-                group.running.who if group.running else "",
+                group.name, group.running.who if group.running else "",
                 tuple(h.who for h in group.pending),
             )
             for group in self._groups.values()

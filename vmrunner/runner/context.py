@@ -41,13 +41,8 @@ class RunContext:
     """What every job of one run shares: options, sessions, sink, masker, identity."""
 
     def __init__(
-        self,
-        workflow: Workflow,
-        options: RunOptions,
-        sessions: SessionManager,
-        sink: EventSink,
-        info: RepositoryInfo,
-        groups: ConcurrencyGroups | None = None,
+        self, workflow: Workflow, options: RunOptions, sessions: SessionManager, sink: EventSink,
+        info: RepositoryInfo, groups: ConcurrencyGroups | None = None,
     ) -> None:
         self.workflow = workflow
         self.options = options
@@ -126,16 +121,9 @@ class RunContext:
             workflow_file=self.workflow.path, run_id=self.run_id, job_id=job_id,
         )
         return {
-            "github": github,
-            "vars": dict(self.options.vars),
-            "secrets": {"GITHUB_TOKEN": "", **self.options.secrets},
-            "inputs": self.inputs,
-            "matrix": {},
-            "strategy": {},
-            "needs": {},
-            "steps": {},
-            "job": {},
-            "runner": {},
+            "github": github, "vars": dict(self.options.vars),
+            "secrets": {"GITHUB_TOKEN": "", **self.options.secrets}, "inputs": self.inputs,
+            "matrix": {}, "strategy": {}, "needs": {}, "steps": {}, "job": {}, "runner": {},
             "env": {},
         }
 

@@ -140,10 +140,7 @@ class JobExecution:
     """Runs one ``JobInstance`` from allocation to release and reports it."""
 
     def __init__(
-        self,
-        run: RunContext,
-        instance: JobInstance,
-        contexts: Mapping[str, Any],
+        self, run: RunContext, instance: JobInstance, contexts: Mapping[str, Any],
         env: Mapping[str, str],
     ) -> None:
         self.run = run
@@ -187,8 +184,7 @@ class JobExecution:
         )
         root = self.hash_root
         return EvaluationHooks(
-            success=lambda: not failed() and not self.cancelled,
-            failure=failed,
+            success=lambda: not failed() and not self.cancelled, failure=failed,
             cancelled=lambda: self.cancelled,
             hash_files=None if root is None else functools.partial(hash_files, root),
         )
@@ -218,8 +214,7 @@ class JobExecution:
         contexts["steps"] = scope.steps
         contexts["runner"] = self.runner
         contexts["job"] = {
-            "status": "failure" if scope.any_failed() else "success",
-            "container": {},
+            "status": "failure" if scope.any_failed() else "success", "container": {},
             "services": {},
         }
         contexts["inputs"] = (
@@ -294,14 +289,9 @@ class JobExecution:
                 outcome.result = "cancelled"
             run.emit(
                 JobFinished(
-                    run.run_id,
-                    self.job_key,
-                    outcome.result,
-                    time.time(),
-                    time.time() - started,
+                    run.run_id, self.job_key, outcome.result, time.time(), time.time() - started,
                     outputs={k: run.masker.mask(v) for k, v in outcome.outputs.items()},
-                    rolled_back=outcome.rolled_back,
-                    reason=run.masker.mask(outcome.reason),
+                    rolled_back=outcome.rolled_back, reason=run.masker.mask(outcome.reason),
                     summary=summary,
                 )
             )
@@ -344,23 +334,14 @@ class JobExecution:
                 machine = session.machine
                 run.emit(
                     JobStarted(
-                        run.run_id,
-                        self.job_key,
-                        time.time(),
-                        session.id,
-                        machine.id,
-                        machine.provider_name,
-                        spec.vm_type,
-                        machine.from_pool,
+                        run.run_id, self.job_key, time.time(), session.id, machine.id,
+                        machine.provider_name, spec.vm_type, machine.from_pool,
                         time.monotonic() - asked,
                     )
                 )
                 self.started = True
                 runtime = self.runtime = JobRuntime(
-                    run_id=run.run_id,
-                    job_key=self.job_key,
-                    session=session,
-                    sink=run,
+                    run_id=run.run_id, job_key=self.job_key, session=session, sink=run,
                     masker=run.masker,
                 )
                 scope = Scope()
@@ -452,8 +433,7 @@ class JobExecution:
             await runtime.machine.import_snapshot(str(self.resume.folder))
         await runtime.probe(self.event_path, json.dumps(run.options.payload, indent=2).encode())
         self.github = {
-            **self.base_contexts["github"],
-            "workspace": paths.workspace,
+            **self.base_contexts["github"], "workspace": paths.workspace,
             "event_path": self.event_path,
         }
         self.runner = runner_context(
@@ -488,12 +468,8 @@ class JobExecution:
         assert runtime is not None
         self.checkpoints.append(
             checkpoints.Checkpoint(
-                snapshot_id,
-                self.step_number,
-                self.index,
-                dict(runtime.env),
-                tuple(runtime.path_entries),
-                json.loads(json.dumps(scope.steps)),
+                snapshot_id, self.step_number, self.index, dict(runtime.env),
+                tuple(runtime.path_entries), json.loads(json.dumps(scope.steps)),
             )
         )
 
@@ -517,20 +493,15 @@ class JobExecution:
                     checkpoint.snapshot_id, str(folder / str(checkpoint.step_number))
                 )
             kept = {
-                "run_id": run.run_id,
-                "workflow_file": run.workflow.path,
-                "job_id": self.job.id,
-                "job_key": self.job_key,
-                "matrix": dict(self.instance.matrix),
-                "strategy": dict(self.instance.strategy),
-                "needs": dict(self.instance.needs),
+                "run_id": run.run_id, "workflow_file": run.workflow.path, "job_id": self.job.id,
+                "job_key": self.job_key, "matrix": dict(self.instance.matrix),
+                "strategy": dict(self.instance.strategy), "needs": dict(self.instance.needs),
                 "options": options_data(run.options),
             }
             await asyncio.to_thread(checkpoints.write_state, folder, kept, self.checkpoints)
         except VmrunnerError as exc:
             run.annotate(
-                self.job_key,
-                "warning",
+                self.job_key, "warning",
                 f"cannot keep the job's snapshots for vmrunner rerun: {exc}",
             )
 
@@ -542,14 +513,8 @@ class JobExecution:
         machine_id = runtime.machine.id
         self.run.emit(
             StepStarted(
-                self.run.run_id,
-                self.job_key,
-                index,
-                kind,
-                self.run.masker.mask(name),
-                time.time(),
-                machine_id=machine_id,
-                command=self.run.masker.mask(command),
+                self.run.run_id, self.job_key, index, kind, self.run.masker.mask(name), time.time(),
+                machine_id=machine_id, command=self.run.masker.mask(command),
             )
         )
         began = time.monotonic()
@@ -561,15 +526,8 @@ class JobExecution:
         runtime.end_groups(index)
         self.run.emit(
             StepFinished(
-                self.run.run_id,
-                self.job_key,
-                index,
-                outcome,
-                outcome,
-                time.time(),
-                time.monotonic() - began,
-                exit_code=result.exit_code,
-                machine_id=machine_id,
+                self.run.run_id, self.job_key, index, outcome, outcome, time.time(),
+                time.monotonic() - began, exit_code=result.exit_code, machine_id=machine_id,
             )
         )
         return result.ok
@@ -592,11 +550,7 @@ class JobExecution:
         info = await runtime.session.snapshot(f"{self.job_key} step {step_index}")
         self.run.emit(
             SnapshotTaken(
-                self.run.run_id,
-                self.job_key,
-                step_index,
-                info.id,
-                time.time(),
+                self.run.run_id, self.job_key, step_index, info.id, time.time(),
                 time.monotonic() - began,
             )
         )
@@ -618,8 +572,7 @@ class JobExecution:
     def record(self, step: Step, scope: Scope, result: StepOutcome) -> None:
         key = step.id or f"__{step.index}"
         scope.steps[key] = {
-            "outputs": dict(result.outputs),
-            "outcome": result.outcome,
+            "outputs": dict(result.outputs), "outcome": result.outcome,
             "conclusion": result.conclusion,
         }
         if result.conclusion == "failure":
@@ -637,15 +590,8 @@ class JobExecution:
         command = step.run if step.run is not None else f"uses: {step.uses}"
         run.emit(
             StepStarted(
-                run.run_id,
-                self.job_key,
-                index,
-                "step",
-                run.masker.mask(name),
-                time.time(),
-                step_id=step.id or "",
-                machine_id=machine_id,
-                command=run.masker.mask(command),
+                run.run_id, self.job_key, index, "step", run.masker.mask(name), time.time(),
+                step_id=step.id or "", machine_id=machine_id, command=run.masker.mask(command),
             )
         )
         began = time.monotonic()
@@ -667,16 +613,9 @@ class JobExecution:
                 self.keep_state(snapshot_id, scope)
             run.emit(
                 StepFinished(
-                    run.run_id,
-                    self.job_key,
-                    index,
-                    result.outcome,
-                    result.conclusion,
-                    time.time(),
-                    time.monotonic() - began,
-                    exit_code=result.exit_code,
-                    timed_out=result.timed_out,
-                    snapshot_id=snapshot_id,
+                    run.run_id, self.job_key, index, result.outcome, result.conclusion, time.time(),
+                    time.monotonic() - began, exit_code=result.exit_code,
+                    timed_out=result.timed_out, snapshot_id=snapshot_id,
                     outputs={k: run.masker.mask(v) for k, v in result.outputs.items()},
                     machine_id=machine_id,
                 )
@@ -741,14 +680,8 @@ class JobExecution:
         return directory if directory.startswith("/") else f"{workspace}/{directory}"
 
     async def run_run(
-        self,
-        step: Step,
-        scope: Scope,
-        index: int,
-        contexts: dict[str, Any],
-        hooks: EvaluationHooks,
-        env: dict[str, str],
-        minutes: float | None,
+        self, step: Step, scope: Scope, index: int, contexts: dict[str, Any],
+        hooks: EvaluationHooks, env: dict[str, str], minutes: float | None,
     ) -> StepOutcome:
         runtime = self.runtime
         assert runtime is not None

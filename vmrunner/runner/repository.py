@@ -139,15 +139,7 @@ async def fetch_action(base_url: str, owner: str, repo: str, ref: str) -> Path:
     if partial.exists():
         shutil.rmtree(partial, ignore_errors=True)
     code, _, error = await git(
-        "clone",
-        "--quiet",
-        "--depth",
-        "1",
-        "--branch",
-        ref,
-        url,
-        str(partial),
-        cwd=partial.parent,
+        "clone", "--quiet", "--depth", "1", "--branch", ref, url, str(partial), cwd=partial.parent,
         check=False,
     )
     if code != 0:  # maybe a commit sha: full clone, then check it out

@@ -54,10 +54,7 @@ def plan_rerun(kept: checkpoints.KeptJob, workflow: Workflow, from_step: int) ->
 
 
 async def rerun_job(
-    workflow: Workflow,
-    rerun: RerunPlan,
-    options: RunOptions,
-    sessions: SessionManager,
+    workflow: Workflow, rerun: RerunPlan, options: RunOptions, sessions: SessionManager,
     sink: EventSink | None = None,
 ) -> RunOutcome:
     """Run the job of ``rerun`` from its step as a new run; job failures are results."""
@@ -69,13 +66,8 @@ async def rerun_job(
     ref, sha, _, _ = event_refs(options, info)
     context.emit(
         RunStarted(
-            context.run_id,
-            workflow.display_name,
-            workflow.path,
-            options.event_name,
-            started,
-            sha=sha,
-            ref=ref,
+            context.run_id, workflow.display_name, workflow.path, options.event_name, started,
+            sha=sha, ref=ref,
         )
     )
     conclusion: Result = "failure"
@@ -92,13 +84,8 @@ async def rerun_job(
         )
         context.emit(
             JobQueued(
-                context.run_id,
-                kept.job_key,
-                job.id,
-                context.masker.mask(name),
-                time.time(),
-                matrix=dict(kept.matrix),
-                needs=tuple(kept.needs),
+                context.run_id, kept.job_key, job.id, context.masker.mask(name), time.time(),
+                matrix=dict(kept.matrix), needs=tuple(kept.needs),
             )
         )
         execution = JobExecution(context, instance, contexts, workflow_env)
@@ -106,11 +93,7 @@ async def rerun_job(
         outcome = await execution.execute()
         reports.append(
             JobReport(
-                job.id,
-                kept.job_key,
-                outcome.result,
-                dict(outcome.outputs),
-                outcome.reason,
+                job.id, kept.job_key, outcome.result, dict(outcome.outputs), outcome.reason,
                 dict(kept.matrix),
             )
         )

@@ -149,13 +149,8 @@ class Run:
         ref, sha, _, _ = event_refs(context.options, context.info)
         context.emit(
             RunStarted(
-                context.run_id,
-                context.workflow.display_name,
-                context.workflow.path,
-                context.options.event_name,
-                started,
-                sha=sha,
-                ref=ref,
+                context.run_id, context.workflow.display_name, context.workflow.path,
+                context.options.event_name, started, sha=sha, ref=ref,
             )
         )
         for warning in context.warnings:
@@ -207,9 +202,7 @@ class Run:
         if claim is None:
             return contextlib.nullcontext()
         return context.groups.hold(
-            claim,
-            f"run {context.run_id}",
-            stop,
+            claim, f"run {context.run_id}", stop,
             lambda message: context.annotate("", "notice", message),
         )
 
@@ -229,11 +222,7 @@ class Run:
             self.done[job_id].set()
 
     def finish_without_running(
-        self,
-        job: Job,
-        job_key: str,
-        result: Result,
-        reason: str = "",
+        self, job: Job, job_key: str, result: Result, reason: str = "",
         matrix: Mapping[str, Any] | None = None,
     ) -> None:
         context = self.context
@@ -266,11 +255,7 @@ class Run:
             if not evaluate_if(job.if_ or "", contexts, hooks):
                 context.emit(
                     JobQueued(
-                        context.run_id,
-                        job_id,
-                        job_id,
-                        job.display_name,
-                        time.time(),
+                        context.run_id, job_id, job_id, job.display_name, time.time(),
                         needs=tuple(needs),
                     )
                 )
@@ -282,11 +267,7 @@ class Run:
             reason = f"job '{job_id}': {exc}"
             context.emit(
                 JobQueued(
-                    context.run_id,
-                    job_id,
-                    job_id,
-                    job.display_name,
-                    time.time(),
+                    context.run_id, job_id, job_id, job.display_name, time.time(),
                     needs=tuple(needs),
                 )
             )
@@ -297,11 +278,7 @@ class Run:
         if not instances:  # --matrix kept no combination
             context.emit(
                 JobQueued(
-                    context.run_id,
-                    job_id,
-                    job_id,
-                    job.display_name,
-                    time.time(),
+                    context.run_id, job_id, job_id, job.display_name, time.time(),
                     needs=tuple(needs),
                 )
             )
@@ -313,13 +290,8 @@ class Run:
         for instance in instances:
             context.emit(
                 JobQueued(
-                    context.run_id,
-                    instance.job_key,
-                    job_id,
-                    context.masker.mask(instance.name),
-                    time.time(),
-                    matrix=dict(instance.matrix),
-                    needs=tuple(needs),
+                    context.run_id, instance.job_key, job_id, context.masker.mask(instance.name),
+                    time.time(), matrix=dict(instance.matrix), needs=tuple(needs),
                 )
             )
         async with asyncio.TaskGroup() as tasks:
@@ -394,10 +366,7 @@ class Run:
         ]
 
     async def run_instance(
-        self,
-        instance: JobInstance,
-        group: _MatrixGroup,
-        contexts: dict[str, Any],
+        self, instance: JobInstance, group: _MatrixGroup, contexts: dict[str, Any],
         workflow_env: dict[str, str],
     ) -> JobOutcome:
         context = self.context
@@ -422,11 +391,7 @@ class Run:
                 ):  # queued when its run was stopped
                     context.emit(
                         JobFinished(
-                            context.run_id,
-                            key,
-                            "cancelled",
-                            time.time(),
-                            0.0,
+                            context.run_id, key, "cancelled", time.time(), 0.0,
                             reason=context.cancel_reason,
                         )
                     )
@@ -437,23 +402,14 @@ class Run:
         if stopper.execution is None:  # it never started: no JobExecution reported it
             context.emit(
                 JobFinished(
-                    context.run_id,
-                    key,
-                    outcome.result,
-                    time.time(),
-                    0.0,
+                    context.run_id, key, outcome.result, time.time(), 0.0,
                     reason=context.masker.mask(outcome.reason),
                 )
             )
         self.reports.append(
             JobReport(
-                instance.job.id,
-                key,
-                outcome.result,
-                dict(outcome.outputs),
-                outcome.reason,
-                dict(instance.matrix),
-                outcome.continue_on_error,
+                instance.job.id, key, outcome.result, dict(outcome.outputs), outcome.reason,
+                dict(instance.matrix), outcome.continue_on_error,
             )
         )
         if (
@@ -468,13 +424,8 @@ class Run:
         return outcome
 
     async def in_job_group(
-        self,
-        claim: Claim | None,
-        instance: JobInstance,
-        group: _MatrixGroup,
-        scoped: dict[str, Any],
-        workflow_env: dict[str, str],
-        stopper: _Stopper,
+        self, claim: Claim | None, instance: JobInstance, group: _MatrixGroup,
+        scoped: dict[str, Any], workflow_env: dict[str, str], stopper: _Stopper,
     ) -> JobOutcome:
         """The job inside its concurrency group (if it has one); it waits there holding no slot."""
         if claim is None:
@@ -494,12 +445,8 @@ class Run:
             return await self.execute_instance(instance, group, scoped, workflow_env, stopper)
 
     async def execute_instance(
-        self,
-        instance: JobInstance,
-        group: _MatrixGroup,
-        scoped: dict[str, Any],
-        workflow_env: dict[str, str],
-        stopper: _Stopper,
+        self, instance: JobInstance, group: _MatrixGroup, scoped: dict[str, Any],
+        workflow_env: dict[str, str], stopper: _Stopper,
     ) -> JobOutcome:
         async with _maybe(group.limit), self.context.limit:
             if group.cancelled:
@@ -520,11 +467,8 @@ async def _maybe(semaphore: asyncio.Semaphore | None) -> AsyncIterator[None]:
 
 
 async def run_workflow(
-    workflow: Workflow,
-    options: RunOptions,
-    sessions: SessionManager,
-    sink: EventSink | None = None,
-    groups: ConcurrencyGroups | None = None,
+    workflow: Workflow, options: RunOptions, sessions: SessionManager,
+    sink: EventSink | None = None, groups: ConcurrencyGroups | None = None,
 ) -> RunOutcome:
     """Run ``workflow`` for ``options.event_name`` with machines from ``sessions``.
 

@@ -14,8 +14,7 @@ from vmrunner.errors import ConfigError
 
 #: GitHub's shells on Linux: the command template and the script file's extension.
 SHELLS: dict[str, tuple[str, str]] = {
-    "bash": ("bash --noprofile --norc -eo pipefail {0}", ".sh"),
-    "sh": ("sh -e {0}", ".sh"),
+    "bash": ("bash --noprofile --norc -eo pipefail {0}", ".sh"), "sh": ("sh -e {0}", ".sh"),
     "python": ("python {0}", ".py"),
 }
 #: Used when a step names no shell: bash when the machine has it, else sh.

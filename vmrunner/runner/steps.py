@@ -44,20 +44,14 @@ FILE_COMMANDS_DIR = "_runner_file_commands"
 STEP_SCRIPT = "_step"
 #: The file-command files of a step: env var name -> file name in the step's folder.
 FILE_COMMANDS = {
-    "GITHUB_ENV": "env",
-    "GITHUB_OUTPUT": "output",
-    "GITHUB_PATH": "path",
-    "GITHUB_STATE": "state",
+    "GITHUB_ENV": "env", "GITHUB_OUTPUT": "output", "GITHUB_PATH": "path", "GITHUB_STATE": "state",
     "GITHUB_STEP_SUMMARY": "summary",
 }
 #: Files (scripts, the event) up to this size travel in the exec request itself; larger ones
 #: are uploaded first (the request's header is limited to MAX_HEADER).
 INLINE_LIMIT = 128 * 1024  # at most 6 escaped bytes each: well below MAX_HEADER
 _LEVELS: dict[str, AnnotationLevel] = {
-    "error": "error",
-    "warning": "warning",
-    "notice": "notice",
-    "debug": "debug",
+    "error": "error", "warning": "warning", "notice": "notice", "debug": "debug",
 }
 
 
@@ -148,35 +142,21 @@ class JobRuntime:
     def log(self, step_index: int, text: str, stream: Stream = "stdout") -> None:
         self.sink.emit(
             LogLine(
-                self.run_id,
-                self.job_key,
-                step_index,
-                stream,
-                self.masker.mask(text),
-                time.time(),
+                self.run_id, self.job_key, step_index, stream, self.masker.mask(text), time.time(),
                 self.group_depth,
             )
         )
 
     def annotate(
-        self,
-        step_index: int,
-        level: AnnotationLevel,
-        message: str,
+        self, step_index: int, level: AnnotationLevel, message: str,
         properties: Mapping[str, str] | None = None,
     ) -> None:
         props = properties or {}
         self.sink.emit(
             Annotation(
-                self.run_id,
-                self.job_key,
-                step_index,
-                level,
-                self.masker.mask(message),
-                time.time(),
-                file=self.masker.mask(props.get("file", "")),
-                line=_int(props.get("line")),
-                column=_int(props.get("col") or props.get("column")),
+                self.run_id, self.job_key, step_index, level, self.masker.mask(message),
+                time.time(), file=self.masker.mask(props.get("file", "")),
+                line=_int(props.get("line")), column=_int(props.get("col") or props.get("column")),
                 title=self.masker.mask(props.get("title", "")),
             )
         )
@@ -210,9 +190,7 @@ class JobRuntime:
             self.base_path = lines[0] or self.base_path
             found = set(lines[1:])
             self.has_bash, self.has_python, self.has_node = (
-                "bash" in found,
-                "python" in found,
-                "node" in found,
+                "bash" in found, "python" in found, "node" in found,
             )
 
     def process_env(self, base: Mapping[str, str], env: Mapping[str, str]) -> dict[str, str]:
@@ -267,13 +245,8 @@ class JobRuntime:
         try:
             write.update(await self._inline({script_path: script}))
             outcome = await self.session.exec(
-                argv_for(script_path),
-                env={**env, **files},
-                cwd=cwd,
-                timeout=timeout,
-                on_output=on_output,
-                write=write,
-                collect=list(files.values()),
+                argv_for(script_path), env={**env, **files}, cwd=cwd, timeout=timeout,
+                on_output=on_output, write=write, collect=list(files.values()),
             )
         except MachineError as exc:
             result.error = f"cannot start the step in {cwd}: {exc}"
@@ -387,12 +360,7 @@ class JobRuntime:
         """A setup or cleanup command: ``bash -e`` (or ``sh -e``) on a script holding it."""
         shell = "bash" if self.has_bash else "sh"
         return await self.run_script(
-            step_index,
-            lambda path: [shell, "-e", path],
-            command,
-            ".sh",
-            env=env,
-            cwd=cwd,
+            step_index, lambda path: [shell, "-e", path], command, ".sh", env=env, cwd=cwd,
             timeout=None,
         )
 

@@ -99,14 +99,8 @@ class ActionSteps:
         index = job.next_index()
         run.emit(
             StepStarted(
-                run.run_id,
-                job.job_key,
-                index,
-                "step",
-                run.masker.mask(f"Pre {step.display_name}"),
-                time.time(),
-                step_id=step.id or "",
-                machine_id=runtime.machine.id,
+                run.run_id, job.job_key, index, "step", run.masker.mask(f"Pre {step.display_name}"),
+                time.time(), step_id=step.id or "", machine_id=runtime.machine.id,
             )
         )
         began = time.monotonic()
@@ -122,15 +116,8 @@ class ActionSteps:
         runtime.end_groups(index)
         run.emit(
             StepFinished(
-                run.run_id,
-                job.job_key,
-                index,
-                outcome.outcome,
-                outcome.conclusion,
-                time.time(),
-                time.monotonic() - began,
-                exit_code=result.exit_code,
-                machine_id=runtime.machine.id,
+                run.run_id, job.job_key, index, outcome.outcome, outcome.conclusion, time.time(),
+                time.monotonic() - began, exit_code=result.exit_code, machine_id=runtime.machine.id,
             )
         )
 
@@ -139,14 +126,8 @@ class ActionSteps:
             await self.run_post(post, scope)
 
     async def run_uses(
-        self,
-        step: Step,
-        scope: Scope,
-        index: int,
-        contexts: dict[str, Any],
-        hooks: EvaluationHooks,
-        step_env: dict[str, str],
-        minutes: float | None,
+        self, step: Step, scope: Scope, index: int, contexts: dict[str, Any],
+        hooks: EvaluationHooks, step_env: dict[str, str], minutes: float | None,
     ) -> StepOutcome:
         runtime = self.job.runtime
         assert runtime is not None
@@ -185,10 +166,7 @@ class ActionSteps:
         return await self.run_node(action, step, scope, index, resolved, step_env, minutes)
 
     def action_inputs(
-        self,
-        action: Action,
-        given: Mapping[str, str],
-        contexts: Mapping[str, Any],
+        self, action: Action, given: Mapping[str, str], contexts: Mapping[str, Any],
         hooks: EvaluationHooks,
     ) -> dict[str, str]:
         resolved: dict[str, str] = {}
@@ -207,12 +185,7 @@ class ActionSteps:
         return resolved
 
     async def run_composite(
-        self,
-        action: Action,
-        step: Step,
-        scope: Scope,
-        index: int,
-        inputs: dict[str, str],
+        self, action: Action, step: Step, scope: Scope, index: int, inputs: dict[str, str],
         step_env: dict[str, str],
     ) -> StepOutcome:
         inner = Scope(inputs=inputs, env=step_env, action=action, parent=scope)
@@ -234,13 +207,8 @@ class ActionSteps:
         return StepOutcome(outcome, outcome, None, False, outputs)
 
     def node_env(
-        self,
-        action: Action,
-        step: Step,
-        scope: Scope,
-        inputs: Mapping[str, str],
-        step_env: Mapping[str, str],
-        state: Mapping[str, str],
+        self, action: Action, step: Step, scope: Scope, inputs: Mapping[str, str],
+        step_env: Mapping[str, str], state: Mapping[str, str],
     ) -> dict[str, str]:
         runtime = self.job.runtime
         assert runtime is not None
@@ -273,12 +241,7 @@ class ActionSteps:
             if evaluate_if(action.pre_if or "always()", contexts, self.job.hooks(scope)):
                 env = self.node_env(action, step, scope, inputs, step_env, state)
                 pre = await runtime.run_script(
-                    index,
-                    self.node_argv(action, action.pre),
-                    "",
-                    "",
-                    env=env,
-                    cwd=cwd,
+                    index, self.node_argv(action, action.pre), "", "", env=env, cwd=cwd,
                     timeout=timeout,
                 )
                 state.update(pre.state)
@@ -313,26 +276,16 @@ class ActionSteps:
         index = self.job.next_index()
         run.emit(
             StepStarted(
-                run.run_id,
-                self.job.job_key,
-                index,
-                "post",
-                run.masker.mask(f"Post {post.step.display_name}"),
-                time.time(),
-                step_id=post.step.id or "",
-                machine_id=runtime.machine.id,
+                run.run_id, self.job.job_key, index, "post",
+                run.masker.mask(f"Post {post.step.display_name}"), time.time(),
+                step_id=post.step.id or "", machine_id=runtime.machine.id,
             )
         )
         began = time.monotonic()
         env = self.node_env(post.action, post.step, scope, post.inputs, post.step_env, post.state)
         result = await runtime.run_script(
-            index,
-            self.node_argv(post.action, post.action.post),
-            "",
-            "",
-            env=env,
-            cwd=str(self.job.github.get("workspace") or "/"),
-            timeout=None,
+            index, self.node_argv(post.action, post.action.post), "", "", env=env,
+            cwd=str(self.job.github.get("workspace") or "/"), timeout=None,
         )
         step = self.job.script_outcome(index, result)
         if step.outcome == "failure":
@@ -340,15 +293,8 @@ class ActionSteps:
         runtime.end_groups(index)
         run.emit(
             StepFinished(
-                run.run_id,
-                self.job.job_key,
-                index,
-                step.outcome,
-                step.conclusion,
-                time.time(),
-                time.monotonic() - began,
-                exit_code=result.exit_code,
-                machine_id=runtime.machine.id,
+                run.run_id, self.job.job_key, index, step.outcome, step.conclusion, time.time(),
+                time.monotonic() - began, exit_code=result.exit_code, machine_id=runtime.machine.id,
             )
         )
 
