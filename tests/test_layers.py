@@ -48,6 +48,12 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "vmrunner.reports": ("vmrunner.runner", "vmrunner.learning", "vmrunner.server", "vmrunner.cli"),
     "vmrunner.learning": ("vmrunner.runner", "vmrunner.server", "vmrunner.cli"),
     "vmrunner.errors": ("vmrunner.",),
+    # git on the host, for the engine, the server's mirrors and the CLI alike.
+    "vmrunner.repository": (
+        "vmrunner.workflow", "vmrunner.machines", "vmrunner.sessions", "vmrunner.runner",
+        "vmrunner.reports", "vmrunner.learning", "vmrunner.server", "vmrunner.cli",
+        "vmrunner.fleet", "vmrunner.store",
+    ),
 }
 
 

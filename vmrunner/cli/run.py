@@ -191,8 +191,8 @@ def command(
     from vmrunner.cli.dotenv import read_dotenv
     from vmrunner.cli.options import read_payload, select, selected_jobs
     from vmrunner.learning.history import load_config
+    from vmrunner.repository import git_toplevel, repository_info
     from vmrunner.runner.options import RunOptions
-    from vmrunner.runner.repository import git_toplevel, repository_info
 
     payload = read_payload(event_path) or {}
     root = repo_root or asyncio.run(git_toplevel(workflows)) or os.getcwd()
@@ -306,8 +306,8 @@ async def _run_all(
     from vmrunner.reports.events import FanOut
     from vmrunner.reports.storage import RunHistory, StoreSink
     from vmrunner.reports.summary import write_summary
+    from vmrunner.repository import repository_info
     from vmrunner.runner.concurrency import ConcurrencyGroups
-    from vmrunner.runner.repository import repository_info
     from vmrunner.runner.run import run_workflow
     from vmrunner.sessions import SessionManager
     from vmrunner.store import Store

@@ -35,8 +35,8 @@ from vmrunner.fleet.labels import agent_queues, canonical
 from vmrunner.fleet.matrix import OneCombination
 from vmrunner.fleet.store import Assignment, EventRecord, FleetStore
 from vmrunner.reports.events import Event, LogLine, RunFinished, RunInsights, RunStarted
+from vmrunner.repository import repository_info
 from vmrunner.runner.context import RunContext
-from vmrunner.runner.repository import repository_info
 from vmrunner.runner.run import Run
 from vmrunner.sessions import SessionManager
 from vmrunner.workflow.loader import load_workflow_text

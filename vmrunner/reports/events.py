@@ -1,6 +1,6 @@
 """What a run reports while it happens: a stream of small, immutable events.
 
-The engine (``runner/engine.py`` and friends) emits events; everything that shows or keeps a run
+The engine (``vmrunner/runner/``) emits events; everything that shows or keeps a run
 consumes them through ``EventSink``: the live terminal view, the JSON result, the Markdown
 summary, the store (runs, jobs, steps, logs), the server and the lifecycle timeline (allocation,
 session states, commands with the machine they ran in, snapshots, release: ``reports/timeline.py``).

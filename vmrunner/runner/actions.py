@@ -22,7 +22,7 @@ from typing import Any
 
 from vmrunner.errors import ConfigError, MachineError, WorkflowError
 from vmrunner.machines.base import Machine
-from vmrunner.runner.repository import fetch_action
+from vmrunner.repository import fetch_action
 from vmrunner.workflow.models import Step, frozen_map
 from vmrunner.workflow.yaml import load_document
 

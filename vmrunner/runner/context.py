@@ -25,11 +25,11 @@ from vmrunner.reports.events import (
     ReleaseRequested,
     SessionStateChanged,
 )
+from vmrunner.repository import RepositoryInfo
 from vmrunner.runner.concurrency import ConcurrencyGroups
 from vmrunner.runner.contexts import github_context, new_run_id
 from vmrunner.runner.masking import Masker
 from vmrunner.runner.options import RunOptions
-from vmrunner.runner.repository import RepositoryInfo
 from vmrunner.runner.steps import JobRuntime, Scope, ScriptOutcome, StepOutcome
 from vmrunner.sessions import RELEASE_FAILED, Session, SessionManager, SessionState, Transition
 from vmrunner.workflow.expressions import EvaluationHooks

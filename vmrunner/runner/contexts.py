@@ -11,8 +11,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from vmrunner.repository import RepositoryInfo
 from vmrunner.runner.options import RunOptions
-from vmrunner.runner.repository import RepositoryInfo
 
 _ARCH = {
     "x86_64": "X64", "amd64": "X64", "aarch64": "ARM64", "arm64": "ARM64", "armv7l": "ARM",

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 
 from vmrunner.errors import ConfigError
 from vmrunner.reports.events import EventSink, JobQueued, Recorder, Result, RunFinished, RunStarted
+from vmrunner.repository import repository_info
 from vmrunner.runner import checkpoints
 from vmrunner.runner.context import RunContext
 from vmrunner.runner.contexts import event_refs
 from vmrunner.runner.evaluation import as_text, render, render_env
 from vmrunner.runner.job import JobExecution, JobInstance, Resume
 from vmrunner.runner.options import RunOptions
-from vmrunner.runner.repository import repository_info
 from vmrunner.runner.run import LOCAL_RUN_ENV, JobReport, RunOutcome
 from vmrunner.sessions import SessionManager
 from vmrunner.workflow.models import Workflow

@@ -41,6 +41,7 @@ from vmrunner.reports.events import (
     RunStarted,
     run_conclusion,
 )
+from vmrunner.repository import repository_info
 from vmrunner.runner.concurrency import (
     JOB_CONTEXTS,
     WORKFLOW_CONTEXTS,
@@ -53,7 +54,6 @@ from vmrunner.runner.contexts import event_refs
 from vmrunner.runner.evaluation import as_text, render, render_env, render_flag
 from vmrunner.runner.job import JobExecution, JobInstance, JobOutcome
 from vmrunner.runner.options import RunOptions
-from vmrunner.runner.repository import repository_info
 from vmrunner.sessions import SessionManager
 from vmrunner.workflow.expressions import EvaluationHooks, evaluate_if
 from vmrunner.workflow.matrix import expand_matrix

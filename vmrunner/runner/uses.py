@@ -19,6 +19,7 @@ from typing import Any
 
 from vmrunner.errors import ExpressionError, MachineError, VmrunnerError
 from vmrunner.reports.events import Result, StepFinished, StepStarted
+from vmrunner.repository import commit_tar, working_tree_tar
 from vmrunner.runner.actions import (
     Action,
     ActionError,
@@ -29,7 +30,6 @@ from vmrunner.runner.actions import (
 )
 from vmrunner.runner.context import JobHandle
 from vmrunner.runner.evaluation import as_text, render, render_env, render_text
-from vmrunner.runner.repository import commit_tar, working_tree_tar
 from vmrunner.runner.steps import Scope, StepOutcome
 from vmrunner.workflow.expressions import EvaluationHooks, evaluate_if
 from vmrunner.workflow.models import Step

@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 
 from vmrunner.config import DEFAULT_WORKFLOWS_DIR, vmrunner_home
 from vmrunner.errors import ConfigError, WorkflowError
-from vmrunner.runner.repository import git
+from vmrunner.repository import git
 from vmrunner.server.config import RepositoryConfig
 from vmrunner.workflow.loader import WORKFLOW_SUFFIXES, load_workflow_text
 from vmrunner.workflow.models import Workflow
