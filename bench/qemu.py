@@ -76,9 +76,9 @@ async def snapshots(machine: QemuMachine, count: int) -> dict[str, Any]:
 
 
 async def run(provider: QemuProvider, args: argparse.Namespace) -> dict[str, Any]:
-    spec = MachineSpec(memory_mib=args.memory)
+    spec = MachineSpec(memory_mib=args.memory, network=args.network)
     cold = QemuProvider(provider.home, images=provider.store.root, ready_state=False)
-    results: dict[str, Any] = {"provider": "qemu"}
+    results: dict[str, Any] = {"provider": "qemu", "network": args.network}
     results["cold_boot"] = percentiles(await cold_allocations(cold, args.boots, spec))
     results["accelerator"] = await cold.accelerator(cold.image_for(spec.vm_type))
     await provider.release(await provider.allocate(spec))  # makes the ready state once
@@ -124,13 +124,18 @@ def report(results: dict[str, Any]) -> str:
     ]  # fmt: skip
     width = max(len(r[0]) for r in rows)
     load = ", ".join(f"{figure:.2f}" for figure in results["load_average"])
-    lines = [f"provider: qemu (accelerator: {results['accelerator']}; host load average {load})"]
+    lines = [
+        f"provider: qemu, network: {results['network']} (accelerator: {results['accelerator']};"
+        f" host load average {load})"
+    ]
     lines += [f"  {name:<{width}}  {figure:<34} {goal}" for name, figure, goal in rows]
     return "\n".join(lines)
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench qemu", description=__doc__)
+    parser.add_argument("--network", default="private", choices=("private", "host", "none"),
+                        help="the machines' network (default: private)")
     parser.add_argument("--images", type=Path, default=None, help="image directory")
     parser.add_argument("--memory", type=int, default=256, help="guest memory in MiB")
     parser.add_argument("--boots", type=int, default=2, help="cold boots to time")

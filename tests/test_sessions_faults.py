@@ -7,7 +7,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from vmrunner.errors import AllocationError, ExecError, ReleaseError, SessionError, SnapshotError
+from vmrunner.errors import (
+    AllocationError,
+    ExecError,
+    ReleaseError,
+    SessionError,
+    SnapshotError,
+    StoreDiskError,
+)
 from vmrunner.machines.testing import CountingProvider
 from vmrunner.sessions import ABANDONED, SessionManager, SessionState
 from vmrunner.store import Store
@@ -258,3 +265,35 @@ async def test_a_session_being_allocated_cannot_be_released_yet(
     assert session is pending
     await manager.release_session(session.id)
     assert counting.releases == {session.machine.id: 1}
+
+
+async def test_a_full_disk_under_the_store_never_keeps_a_machine_or_fails_the_session(
+    counting: CountingProvider,
+) -> None:
+    """Bookkeeping that cannot be written once the machine runs is kept, retried, and reported."""
+
+    FAILING = ("set_session_state", "mark_machine_released", "touch_session")
+
+    def full(*_args: object, **_kwargs: object) -> None:
+        raise StoreDiskError("state.db: cannot commit: database or disk is full")
+
+    async with SessionManager(counting, limit=1) as manager:
+        async with manager.open() as session:
+            machine_id = session.machine.id
+            for name in FAILING:
+                setattr(manager.store, name, full)
+            await session.exec(["true"])
+            session.touch()
+            await manager.reap()
+        assert counting.releases == {machine_id: 1}
+        assert left_on_system([machine_id]) == []
+        assert manager.active_count == 0
+        assert manager.store_failures >= 3
+        assert all(isinstance(e, StoreDiskError) for e in manager.store_errors)
+        for name in FAILING:
+            delattr(manager.store, name)  # the disk has room again
+    with Store.open() as store:  # written once the disk had room again, when the manager stopped
+        assert store.machines() == []
+        [row] = store.sessions(include_released=True)
+        assert row.state == "released"
+        assert [t.state for t in store.transitions(row.id)][-2:] == ["terminating", "released"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.reports.events_builder import RunBuilder, collect, failing_matrix_run, simple_run
-from vmrunner.errors import RunNotFound
+from vmrunner.errors import RunNotFound, StoreDiskError
 from vmrunner.reports.events import LogLine, StepFinished, StepStarted
 from vmrunner.reports.storage import INTERRUPTED_NOTE, RunHistory, StoreSink
 from vmrunner.sessions import Owner
@@ -278,3 +279,64 @@ def test_any_text_round_trips_through_the_store(
     assert sink.errors == []
     assert RunHistory(store).get_run(run.run_id) == collect(run)
     assert [row.text for row in RunHistory(store).logs(run.run_id)] == lines
+
+
+class FullDisk(Store):
+    """A store whose disk is full while ``full`` is set; giving up the reserve makes room."""
+
+    full = False
+    reserve = True
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        if self.full:
+            raise StoreDiskError(f"{self.path}: cannot commit: database or disk is full")
+        with super().transaction():
+            yield
+
+    def release_reserve(self) -> bool:
+        if not self.reserve:
+            return False
+        self.reserve, self.full = False, False
+        return True
+
+
+def test_a_full_disk_costs_no_row_and_the_final_write_uses_the_reserve(tmp_path: Path) -> None:
+    with FullDisk.open(tmp_path / "state.db") as store:
+        assert isinstance(store, FullDisk)
+        sink = StoreSink(store, batch_size=2)
+        run = RunBuilder(sink=sink).start()
+        job = run.job("build").begin()
+        job.step("before", lines=["one", "two", "three"])
+        store.full = True  # steps, job and logs from here on cannot be written ...
+        job.step("during", lines=[f"line {n}" for n in range(10)], exit_code=1)
+        job.finish()
+        assert store.run_steps(run.run_id)[-1].name != "during"
+        run.finish()  # ... until the final write gives up the reserve
+        assert not store.reserve
+        assert sink.recorded
+        assert sink.lost == 0
+        assert sink.disk_error is not None
+        assert RunHistory(store).get_run(run.run_id) == collect(run)
+        assert [r.text for r in store.run_logs(run.run_id)][-1] == "line 9"
+
+
+def test_a_disk_that_stays_full_leaves_whole_rows_and_close_tries_again(tmp_path: Path) -> None:
+    with FullDisk.open(tmp_path / "state.db") as store:
+        assert isinstance(store, FullDisk)
+        store.reserve = False
+        sink = StoreSink(store)
+        run = RunBuilder(sink=sink).start()
+        job = run.job("build").begin()
+        store.full = True
+        job.step("during", lines=["kept in memory"])
+        job.finish()
+        run.finish()
+        assert not sink.recorded
+        [row] = store.runs()
+        assert row.status == "in_progress"  # as last written, whole: the job row says queued or in progress
+        assert all(j.status != "completed" for j in store.run_jobs(run.run_id))
+        store.full = False  # room again: what waited is written when the sink closes
+        sink.close()
+        assert sink.recorded
+        assert RunHistory(store).get_run(run.run_id) == collect(run)

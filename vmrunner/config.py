@@ -15,7 +15,22 @@ ENV_HOME = "VMRUNNER_HOME"
 ENV_PROVIDER = "VMRUNNER_PROVIDER"
 
 DEFAULT_PROVIDER = "sandbox"
+#: The networks a job's machine may get (``machines.base.NetworkMode``).
+NETWORKS = ("private", "host", "none")
+#: Unless told otherwise a job's machine gets a network of its own: outbound NAT, the host's
+#: loopback, gateway and own addresses unreachable (``machines/network.py``).
+DEFAULT_NETWORK = "private"
+HOST_NETWORK_WARNING = (
+    "network 'host': jobs share this host's network and can reach the services listening on"
+    " its loopback and its addresses"
+)
 DEFAULT_WORKFLOWS_DIR = Path(".github") / "workflows"
+
+
+def default_network(provider: str) -> str:
+    """The network of a job's machine when none is asked for: ``private``, except on the
+    ``host`` provider, whose machines are the host (choosing it is choosing its network)."""
+    return "host" if provider == "host" else DEFAULT_NETWORK
 
 
 def vmrunner_home() -> Path:

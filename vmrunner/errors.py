@@ -27,6 +27,7 @@ below and raised ``from`` the original.
     │   ├── SessionNotFound        no such session (also: released already)
     │   └── InvalidTransition      a session state change that the lifecycle does not allow
     ├── StoreError                 the state database could not be read or written
+    │   ├── StoreDiskError         ... because its disk is full or failing (ENOSPC, EIO)
     │   └── RunNotFound            no kept run has this id (or the id prefix is ambiguous)
     ├── ConcurrencyCancelled       a pending job or run was pushed out of its concurrency group
     └── ConfigError                runner configuration or command-line input is invalid
@@ -176,6 +177,14 @@ class InvalidTransition(SessionError):
 
 class StoreError(VmrunnerError):
     """The state database could not be read or written."""
+
+
+class StoreDiskError(StoreError):
+    """The state database's disk is full or failing (ENOSPC, EDQUOT, EIO).
+
+    Told apart because it is not a bug and passes: callers keep what they could not write and
+    try again later, and the command line names the full disk instead of the statement.
+    """
 
 
 class RunNotFound(StoreError):

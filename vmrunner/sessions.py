@@ -17,6 +17,15 @@ fails, the machine stays recorded as live with an ``abandoned`` note, which make
 for reclaim (by this manager on exit, by the next one on start, or by ``vmrunner sessions
 reclaim``) even though its owner is alive.
 
+Why bookkeeping never stands in the way: once a machine runs, a write to the store that fails
+(a full disk, ``StoreDiskError``) does not stop its job or its release. Unsaved transitions are
+kept and written with the next one that succeeds; the errors are kept in ``store_errors``. The
+release of a machine and the last states of a released session that could not be written are
+tried again by the reaper and on stop; if the disk is still full then, the machine stays live
+in the store and the next manager reclaims it (a no-op: it is gone). Only before a machine
+starts is a failed write fatal: a machine that could not be recorded could not be found after
+a crash.
+
 The manager is not thread-safe: use it from the event loop that entered it.
 """
 
@@ -43,6 +52,7 @@ from vmrunner.errors import (
     SessionError,
     SessionNotFound,
     SnapshotError,
+    StoreError,
 )
 from vmrunner.machines.base import (
     ExecResult,
@@ -71,6 +81,8 @@ RELEASE_ATTEMPTS = 3
 RELEASE_RETRY_DELAY = 0.05
 #: Prefix of the note on a machine whose release failed definitively: reclaimable by anyone.
 ABANDONED = "abandoned: "
+#: Store errors kept in ``SessionManager.store_errors`` (the first ones; the rest are counted).
+MAX_STORE_ERRORS = 20
 #: In the note of the ``released`` transition when the machine could not be released.
 RELEASE_FAILED = "machine release failed"
 
@@ -420,6 +432,12 @@ class SessionManager:
         self._settled.set()
         #: Observers by the label they watch (None: every session).
         self._observers: dict[tuple[str, str] | None, list[TransitionObserver]] = {}
+        #: Writes to the store that failed while machines ran (see the module docstring).
+        self.store_errors: list[StoreError] = []
+        self.store_failures = 0
+        #: Releases (machine id: time, note, session id) and released sessions not yet written.
+        self._unwritten_releases: dict[str, tuple[float, str, str | None]] = {}
+        self._unwritten_sessions: list[Session] = []
 
     # Lifecycle
 
@@ -486,6 +504,7 @@ class SessionManager:
         for record in list(self._abandoned.values()):
             with suppress(Exception):
                 await self._reclaim_abandoned(record)
+        self._write_unwritten()
         self._close_store()
 
     def _close_store(self) -> None:
@@ -648,16 +667,46 @@ class SessionManager:
         ):
             unsaved.append(entry)
         else:
-            with self.store.transaction():  # all or nothing: a failed write leaves them unsaved
-                for state_, at, note_, activity in (*unsaved, entry):
-                    self.store.set_session_state(
-                        session.id, state_.value, at, note=note_, last_activity=activity
-                    )
-            unsaved.clear()
-            session._persisted_activity = session.last_activity
+            try:
+                with self.store.transaction():  # all or nothing: a failed write leaves them unsaved
+                    for state_, at, note_, activity in (*unsaved, entry):
+                        self.store.set_session_state(
+                            session.id, state_.value, at, note=note_, last_activity=activity
+                        )
+            except StoreError as exc:  # kept, to be written with the next transition
+                unsaved.append(entry)
+                self._store_failed(exc, f"recording session {session.id} {state.value}")
+            else:
+                unsaved.clear()
+                session._persisted_activity = session.last_activity
         session._state = state
         session._transitions.append(Transition(state, now, note))
         self._notify(session, session._transitions[-1])
+
+    def _write_unwritten(self) -> None:
+        """Write the releases and final session states a full disk refused, while it lets us."""
+        try:
+            for machine_id, (at, note, session_id) in list(self._unwritten_releases.items()):
+                self.store.mark_machine_released(machine_id, at, note=note, session_id=session_id)
+                del self._unwritten_releases[machine_id]
+            for session in list(self._unwritten_sessions):
+                with self.store.transaction():
+                    for state, at, note, activity in session._unsaved:
+                        self.store.set_session_state(
+                            session.id, state.value, at, note=note, last_activity=activity
+                        )
+                session._unsaved.clear()
+                self._unwritten_sessions.remove(session)
+        except StoreError as exc:
+            self._store_failed(exc, "writing what a full disk refused")
+
+    def _store_failed(self, exc: StoreError, doing: str) -> None:
+        """A bookkeeping write failed while machines run: kept for the caller, logged once."""
+        self.store_failures += 1
+        if len(self.store_errors) < MAX_STORE_ERRORS:
+            self.store_errors.append(exc)
+        if self.store_failures == 1:
+            log.warning("%s: %s (the session goes on; later writes retry)", doing, exc)
 
     def observe(
         self, observer: TransitionObserver, *, label: tuple[str, str] | None = None
@@ -777,6 +826,8 @@ class SessionManager:
         final = note if error is None else f"{note}; {RELEASE_FAILED}: {error}"
         with suppress(Exception):
             self._record(session, S.RELEASED, final)
+        if session._unsaved:  # the disk was full: written later (reaper, stop)
+            self._unwritten_sessions.append(session)
         self._sessions.pop(session.id, None)
         self._counts["released"] += 1
         self._free_slot()
@@ -800,9 +851,13 @@ class SessionManager:
                     "releasing machine %s (attempt %d) failed: %s", machine.id, attempt + 1, exc
                 )
                 continue
-            self.store.mark_machine_released(
-                machine.id, time.time(), note="released", session_id=session_id
-            )
+            try:
+                self.store.mark_machine_released(
+                    machine.id, time.time(), note="released", session_id=session_id
+                )
+            except StoreError as exc:  # it is gone: written later (reaper, stop, next manager)
+                self._store_failed(exc, f"recording the release of machine {machine.id}")
+                self._unwritten_releases[machine.id] = (time.time(), "released", session_id)
             return None
         record = machine.record
         try:
@@ -818,8 +873,12 @@ class SessionManager:
     async def _reclaim_abandoned(self, record: MachineRecord, *, note: str = "reclaimed") -> None:
         async with asyncio.timeout(self.release_timeout):
             await self.provider.reclaim(record)
-        self.store.mark_machine_released(record.machine_id, time.time(), note=note)
         self._abandoned.pop(record.machine_id, None)
+        try:
+            self.store.mark_machine_released(record.machine_id, time.time(), note=note)
+        except StoreError as exc:
+            self._store_failed(exc, f"recording the release of machine {record.machine_id}")
+            self._unwritten_releases[record.machine_id] = (time.time(), note, None)
 
     # The reaper
 
@@ -859,10 +918,16 @@ class SessionManager:
         for session, result in zip(stale, results, strict=True):
             if isinstance(result, BaseException):
                 log.warning("reaping session %s: %s", session.id, result)
+        if self._unwritten_releases or self._unwritten_sessions:
+            self._write_unwritten()
         wall = time.time()
         for session in self._sessions.values():
             if session.last_activity != session._persisted_activity and session._release is None:
-                self.store.touch_session(session.id, wall - (now - session.last_activity))
+                try:
+                    self.store.touch_session(session.id, wall - (now - session.last_activity))
+                except StoreError as exc:
+                    self._store_failed(exc, f"recording the activity of session {session.id}")
+                    continue
                 session._persisted_activity = session.last_activity
         return [s.id for s in stale]
 

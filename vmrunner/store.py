@@ -16,14 +16,20 @@ Choices, and why:
   ``transaction()`` lets a caller group several writes; nested calls join the outer one.
 - The store knows nothing of machines or sessions as objects: it reads and writes plain rows,
   so it sits below every other layer.
+- A full or failing disk raises ``StoreDiskError`` (a ``StoreError``): callers keep what they
+  could not write and try again. A small reserve file beside the database
+  (``keep_reserve``/``release_reserve``) is given up when the disk is full, so that a run's
+  final record still fits.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, fields
 from operator import attrgetter
 from pathlib import Path
@@ -31,9 +37,15 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from vmrunner.config import ensure_home
-from vmrunner.errors import StoreError
+from vmrunner.errors import StoreDiskError, StoreError
 
 DATABASE_NAME = "state.db"
+#: Bytes kept free beside the database (``keep_reserve``), enough for a run's final record.
+RESERVE_BYTES = 1 << 20
+RESERVE_SUFFIX = ".reserve"
+#: sqlite's primary result codes meaning the disk is full or failing (SQLITE_IOERR, SQLITE_FULL).
+_DISK_CODES = frozenset({10, 13})
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
 #: How long a writer waits for another process's write lock before giving up (ms).
 BUSY_TIMEOUT_MS = 5000
 _Row = TypeVar("_Row")
@@ -508,6 +520,30 @@ def default_path() -> Path:
     return ensure_home() / DATABASE_NAME
 
 
+def is_disk_error(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk is full or failing rather than the statement is wrong."""
+    if isinstance(exc, sqlite3.Error):
+        return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _DISK_CODES
+    return isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS
+
+
+def store_error(path: object, doing: str, exc: BaseException) -> StoreError:
+    """The ``StoreError`` for ``exc`` met while ``doing``: a ``StoreDiskError`` for a full or
+    failing disk, so that callers can keep the write for later."""
+    if not is_disk_error(exc):
+        return StoreError(f"{path}: cannot {doing}: {exc}")
+    return StoreDiskError(f"{path}: cannot {doing}: {exc} ({free_space(os.path.dirname(str(path)))})")
+
+
+def free_space(folder: str) -> str:
+    """How much room the disk holding ``folder`` has left, said for people."""
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return "free space unknown"
+    return f"{stats.f_bavail * stats.f_frsize // 1024} KiB free on the disk holding {folder}"
+
+
 def connect(path: str | Path | None = None, *pragmas: str) -> tuple[sqlite3.Connection, Path]:
     """A connection of its own to the state database (created and migrated first), for a part
     that keeps its tables there (learning, the server's state), with ``pragmas`` beside ours."""
@@ -518,7 +554,7 @@ def connect(path: str | Path | None = None, *pragmas: str) -> tuple[sqlite3.Conn
         for pragma in (f"busy_timeout = {BUSY_TIMEOUT_MS}", "synchronous = NORMAL", *pragmas):
             connection.execute(f"PRAGMA {pragma}")
     except sqlite3.Error as exc:
-        raise StoreError(f"cannot open the state database {target}: {exc}") from exc
+        raise store_error(target, "open the state database", exc) from exc
     return connection, target
 
 
@@ -532,12 +568,20 @@ def immediate_transaction(
         db.execute("BEGIN IMMEDIATE")
         try:
             yield db
+            db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _roll_back(db)
             raise
-        db.execute("COMMIT")
     except sqlite3.Error as exc:
-        raise StoreError(f"{path}: cannot {doing}: {exc}") from exc
+        raise store_error(path, doing, exc) from exc
+
+
+def _roll_back(db: sqlite3.Connection) -> None:
+    """Roll back what is left of a failed transaction; sqlite may have done it already (a full
+    disk does), and the error that made it fail is the one worth raising."""
+    if db.in_transaction:
+        with suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
 
 
 def fetch_all(
@@ -547,7 +591,7 @@ def fetch_all(
     try:
         return db.execute(sql, params).fetchall()
     except sqlite3.Error as exc:
-        raise StoreError(f"{path}: cannot {doing}: {exc}") from exc
+        raise store_error(path, doing, exc) from exc
 
 
 class Store:
@@ -560,15 +604,36 @@ class Store:
 
     @classmethod
     def open(cls, path: str | Path | None = None) -> Store:
-        """Open (creating and migrating if needed) the database at ``path``."""
+        """Open (creating and migrating if needed) the database at ``path``.
+
+        On a disk too full to open it (sqlite needs room for its shared-memory file), the
+        reserve is given up and the open tried once more: a run then still gets recorded.
+        """
         target = Path(path) if path is not None else default_path()
         try:
+            return cls._open(target)
+        except StoreDiskError:
+            try:
+                target.with_name(target.name + RESERVE_SUFFIX).unlink()
+            except OSError:
+                gave_up = False  # no reserve left
+            else:
+                gave_up = True
+            if not gave_up:
+                raise
+        return cls._open(target)
+
+    @classmethod
+    def _open(cls, target: Path) -> Store:
+        try:
             target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not target.exists():  # private, even in a state directory others may enter
+                os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
             connection = sqlite3.connect(
                 target, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
             )
         except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"cannot open the state database {target}: {exc}") from exc
+            raise store_error(target, "open the state database", exc) from exc
         store = cls(connection, target)
         try:
             with store._errors("configure"):
@@ -602,7 +667,7 @@ class Store:
         try:
             yield
         except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: cannot {doing}: {exc}") from exc
+            raise store_error(self.path, doing, exc) from exc
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -624,17 +689,53 @@ class Store:
             yield
         except BaseException:
             self._depth = 0
-            with self._errors("roll back"):
-                self._db.execute("ROLLBACK")
+            _roll_back(self._db)
             raise
         self._depth = 0
         try:
             with self._errors("commit"):
                 self._db.execute("COMMIT")
         except StoreError:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
+            _roll_back(self._db)
             raise
+
+    # The reserve
+
+    @property
+    def reserve_path(self) -> Path:
+        return self.path.with_name(self.path.name + RESERVE_SUFFIX)
+
+    def keep_reserve(self, size: int = RESERVE_BYTES) -> bool:
+        """Set ``size`` bytes of the database's disk aside (a file beside it) unless already
+        done. ``StoreDiskError`` when the disk has not that much room (it is nearly full);
+        False when the reserve cannot be made for another reason (never needed to run)."""
+        target = self.reserve_path
+        try:
+            if target.stat().st_size >= size:
+                return True
+        except OSError:
+            pass
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, size)  # blocks really taken, not a sparse file
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            with suppress(OSError):
+                target.unlink()
+            if is_disk_error(exc):
+                raise store_error(target, f"set {size // 1024} KiB aside", exc) from exc
+            return False
+        return True
+
+    def release_reserve(self) -> bool:
+        """Give the reserved bytes back to the disk (when it is full); False if none were kept."""
+        try:
+            self.reserve_path.unlink()
+        except OSError:
+            return False
+        return True
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         with self._errors(sql.split(None, 1)[0].lower()):

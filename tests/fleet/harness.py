@@ -105,6 +105,7 @@ async def agents(
     until each is registered. Homes live outside pytest's tmp_path, which concurrent pytest
     sessions may rotate away; a failing test shows the agents' logs."""
     with tempfile.TemporaryDirectory(prefix="vmrunner-fleet-") as folder:
+        os.chmod(folder, 0o711)  # the sandboxes' unprivileged bwrap passes through it
         started = {
             name: AgentProcess(url, name, labels, Path(folder) / name, extra=extra, **intervals)
             for name, labels in specs

@@ -34,8 +34,9 @@ jobs:
     steps:
       - run: exit 3
 """
-#: Waits until the test listens on a port (the machine shares the host's network, not its
-#: files), so the follower is seen following a run that is still going.
+#: Waits until the test listens on a port (on an agent started with ``--network host`` the
+#: machine shares the host's network, not its files), so the follower is seen following a run
+#: that is still going.
 WAITS = """
 on: push
 jobs:
@@ -115,7 +116,7 @@ async def test_interrupting_run_cancels_its_fleet_runs(database: str) -> None:
 
 
 async def test_runs_show_follows_a_fleet_run_from_any_host(database: str) -> None:
-    async with agents(database, ("h1", "linux")) as started, FleetStore(database) as store:
+    async with agents(database, ("h1", "linux"), extra=("--network", "host")) as started, FleetStore(database) as store:
         repo = next(iter(started.values())).home.parent / "repo"
         repo.mkdir()
         go = socket.socket()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from tests.machines.provider_suite import (
     process_alive,
 )
 from tests.machines.qemu_fixtures import qemu_image, test_images_dir
+from tests.machines.test_network import STAND_IN_TARGETS, behind_a_stand_in_host, host_addresses
 from vmrunner.errors import AllocationError, SnapshotError
 from vmrunner.machines.base import MachineSpec
 from vmrunner.machines.images import Image
@@ -154,6 +156,60 @@ async def test_network_none_has_no_interface_and_host_has_user_mode_nat(
         await asyncio.gather(provider.release(isolated), provider.release(connected))
 
 
+GUEST_PROBE = """
+import errno, json, socket, sys
+out = {}
+for target in sys.argv[1:]:
+    host, port = target.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=2) as s:
+            out[target] = "ok:" + s.recv(100).decode()
+    except TimeoutError:
+        out[target] = "timeout"
+    except OSError as exc:
+        out[target] = errno.errorcode.get(exc.errno, str(exc))
+print(json.dumps(out))
+"""
+
+
+async def test_private_reaches_neither_the_hosts_loopback_nor_its_addresses(
+    provider: QemuProvider,
+) -> None:
+    async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"hello\n")
+        writer.close()
+
+    addresses = host_addresses()
+    loopback = await asyncio.start_server(greet, "127.0.0.1", 0)
+    everywhere = await asyncio.start_server(greet, "0.0.0.0", 0)
+    port, any_port = loopback.sockets[0].getsockname()[1], everywhere.sockets[0].getsockname()[1]
+    machine = await provider.allocate(MachineSpec(network="private"))
+    try:
+        assert isinstance(machine, QemuMachine)
+        assert machine.network is not None
+        # QEMU itself runs in a namespace of its own; the guest still has its user-mode network.
+        assert os.readlink(f"/proc/{machine.record.pid}/ns/net") != os.readlink("/proc/self/ns/net")
+        assert b"eth0" in (await machine.exec(["cat", "/proc/net/route"])).stdout
+        targets = [f"10.0.2.2:{port}", f"10.0.2.2:{any_port}", *(f"{a}:{any_port}" for a in addresses)]
+        result = await machine.exec(["python3", "-c", GUEST_PROBE, *targets])
+        outcome = json.loads(result.stdout)
+        assert not any(o.startswith("ok") for o in outcome.values()), outcome
+        helper = machine.network.helper
+    finally:
+        await provider.release(machine)
+        loopback.close()
+        everywhere.close()
+    assert not process_alive(helper.pid, helper.start)
+
+
+async def test_private_reaches_the_internet_behind_a_stand_in_host(image: Image, tmp_path: Path) -> None:
+    options = {"images": str(test_images_dir())}
+    outcome = await behind_a_stand_in_host(tmp_path / "home", "qemu", options, *STAND_IN_TARGETS)
+    internet = STAND_IN_TARGETS[0]
+    assert outcome[internet] == "ok:hello 198.51.100.2\n"  # through QEMU's NAT, then the helper's
+    assert not any(o.startswith("ok") for target, o in outcome.items() if target != internet), outcome
+
+
 async def test_warm_pool_hands_out_booted_vms_and_restores_them_for_reuse(
     provider: QemuProvider,
 ) -> None:
@@ -202,6 +258,8 @@ def test_command_line_has_fixed_device_ids_and_the_network_mode(
     host = qemu_argv("qemu", image, Shape("tcg", 256, 1, "host"), tmp_path, incoming=tmp_path / "s")
     assert none[none.index("-nic") + 1] == "none"
     assert "user,id=net0" in host
+    # The guest sees the same network under private (QEMU runs in its own namespace instead).
+    assert Shape("tcg", 256, 1, "private").key(image) == Shape("tcg", 256, 1, "host").key(image)
     assert host[-2:] == ["-incoming", f"exec:cat {tmp_path / 's'}"]
     assert "vmrunner.agent=port:vmrunner" in none[none.index("-append") + 1]
     assert Shape("tcg", 256, 1, "none").key(image) != Shape("tcg", 512, 1, "none").key(image)

@@ -63,7 +63,9 @@ async def test_machines_of_a_killed_runner_are_found_and_reclaimed(name: str) ->
 
 async def test_reclaim_spares_a_process_that_reused_the_pid() -> None:
     provider = get_provider("sandbox", grace=0.5)
-    machine = await provider.allocate(MachineSpec())
+    # Without limits: a machine's cgroup names its processes whatever their pids, and reclaim
+    # kills what is in it (tests/machines/test_limits.py); here only the pid guard is at work.
+    machine = await provider.allocate(MachineSpec(cpus=0, memory_mib=0, pids=0, disk_mib=0))
     try:
         (record,) = provider.leftovers()
         stranger = replace(record, pid_start=(record.pid_start or 0) + 1)

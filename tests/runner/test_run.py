@@ -263,6 +263,7 @@ async def test_a_matrix_filter_that_keeps_nothing_skips_the_job() -> None:
 
 
 async def test_jobs_take_machines_from_a_warm_pool() -> None:
+    from vmrunner.machines.base import MachineSpec
     from vmrunner.machines.pool import WarmPool
     from vmrunner.machines.providers import get_provider
     from vmrunner.reports.events import Recorder, RunStarted
@@ -275,8 +276,10 @@ async def test_jobs_take_machines_from_a_warm_pool() -> None:
         "on: push\njobs:\n  a:\n    runs-on: x\n    steps:\n      - run: echo pooled\n", "pool.yml"
     )
     recorder = Recorder()
+    # The pool's machines must fit the run's (private) network to be handed out.
+    specs = {"default": MachineSpec(network="private")}
     async with (
-        WarmPool(get_provider("sandbox"), {"default": 1}) as pool,
+        WarmPool(get_provider("sandbox"), {"default": 1}, specs=specs) as pool,
         SessionManager(pool, limit=1) as sessions,
     ):
         await pool.wait_filled()

@@ -86,6 +86,31 @@ def main(argv: list[str] | None = None) -> Any:
     except VmrunnerError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+    except OSError as exc:  # the host's doing (a full disk, a file that cannot be written): no bug of ours
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"error: {where}{exc.strerror or exc}", err=True)
+        sys.exit(1)
+    except BaseExceptionGroup as group:  # from a task group: our errors are still messages
+        first = _first_expected(group)
+        if first is None:
+            raise
+        click.echo(f"error: {first}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
+
+
+def _first_expected(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The first leaf of ``group`` when every leaf is an error we print (ours, or the host's)."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            pending[:0] = exc.exceptions
+        else:
+            leaves.append(exc)
+    if leaves and all(isinstance(leaf, VmrunnerError | OSError) for leaf in leaves):
+        return leaves[0]
+    return None

@@ -10,7 +10,7 @@ import os
 
 import click
 
-from vmrunner.config import ENV_PROVIDER
+from vmrunner.config import ENV_PROVIDER, NETWORKS
 
 ENV_STORE = "VMRUNNER_STORE"
 
@@ -37,6 +37,12 @@ ENV_STORE = "VMRUNNER_STORE"
 )
 @click.option(
     "--provider", default=None, help=f"Machine provider (default: ${ENV_PROVIDER} or sandbox)."
+)
+@click.option(
+    "--network",
+    type=click.Choice(NETWORKS),
+    default=None,
+    help="The network of every job's machine on this host, whatever the run asked for: private (their own, outbound NAT, the host unreachable; the default), host (this host's, its loopback services included), none (loopback only).",
 )
 @click.option(
     "--pool-size",
@@ -98,6 +104,7 @@ def command(
     capacity: int,
     store: str,
     provider: str | None,
+    network: str | None,
     pool_size: int,
     heartbeat: float,
     stall: float,
@@ -123,6 +130,7 @@ def command(
         labels=parse_labels(labels),
         capacity=capacity,
         provider=provider or os.environ.get(ENV_PROVIDER) or "sandbox",
+        network=network or "",
         pool_size=pool_size,
         heartbeat=heartbeat,
         stall=stall,

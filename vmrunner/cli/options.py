@@ -140,3 +140,45 @@ def select(
 def selected_jobs(workflow: Workflow, jobs: Sequence[str]) -> list[str] | None:
     """The requested jobs that exist in ``workflow`` (``None``: no selection, all jobs)."""
     return [job for job in jobs if job in workflow.jobs] if jobs else None
+
+
+class Size(click.ParamType[int]):
+    """A size option (``--memory 256M``) as whole MiB; a clear usage error for bad input."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        from vmrunner.machines.limits import MIN_DISK_MIB, MIN_MEMORY_MIB, parse_size
+
+        if isinstance(value, int):
+            return value
+        disk = param is not None and param.name == "disk_mib"
+        what = "disk" if disk else "memory"
+        try:
+            return parse_size(value, what, minimum=MIN_DISK_MIB if disk else MIN_MEMORY_MIB)
+        except ConfigError as exc:
+            self.fail(str(exc).removeprefix(f"{what}: "), param, ctx)
+
+
+def _count(minimum: int) -> Callable[[click.Context, click.Parameter, int | None], int | None]:
+    def check(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+        if value is not None and 0 < value < minimum:
+            raise click.BadParameter(f"at least {minimum} (or 0 for no limit), got {value}", ctx, param)
+        return value
+
+    return check
+
+
+def limit_options(function: F) -> F:
+    """Add ``--cpus``, ``--memory``, ``--pids`` and ``--disk``: every machine's limits."""
+    from vmrunner.machines.limits import MIN_PIDS
+
+    decorators = [
+        click.option("--cpus", type=click.IntRange(min=0), default=None, help="CPUs of each machine (default: 2, at most the host's; 0: no limit)."),
+        click.option("--memory", "memory_mib", type=Size(), default=None, help="Memory of each machine, e.g. 512M, 7G (default: 7G, at most half the host's; 0: no limit)."),
+        click.option("--pids", type=click.IntRange(min=0), default=None, callback=_count(MIN_PIDS), help="Processes and threads of each machine, at most (default: 4096; 0: no limit)."),
+        click.option("--disk", "disk_mib", type=Size(), default=None, help="Disk budget of each machine's writable space, e.g. 20G (default: 14G, less if the host has less free; 0: none)."),
+    ]
+    for decorator in reversed(decorators):
+        function = decorator(function)
+    return function

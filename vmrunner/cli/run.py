@@ -3,7 +3,8 @@
 Like ``act``: ``-W`` picks the workflows, ``-j`` the jobs, ``-e`` the event payload, ``-s``/
 ``--secret-file`` the secrets, ``--var``/``--var-file`` the variables, ``--input`` the
 ``workflow_dispatch`` inputs. Every run is kept in the store (``vmrunner runs``); ``--json``
-prints the results for machines. The exit code is 1 when any job failed.
+prints the results for machines. The exit code is 1 when any job failed, or when the disk
+holding the store was full or failing during the run (the last line says what was kept).
 """
 
 from __future__ import annotations
@@ -11,17 +12,25 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
 from vmrunner.cli.agent import ENV_STORE
-from vmrunner.cli.options import DEFAULT_WORKFLOWS, WORKFLOWS_ENV
-from vmrunner.config import DEFAULT_PROVIDER, ENV_PROVIDER
-from vmrunner.errors import ConfigError
+from vmrunner.cli.options import DEFAULT_WORKFLOWS, WORKFLOWS_ENV, limit_options
+from vmrunner.config import (
+    DEFAULT_PROVIDER,
+    ENV_PROVIDER,
+    HOST_NETWORK_WARNING,
+    NETWORKS,
+    default_network,
+)
+from vmrunner.errors import ConfigError, StoreDiskError, StoreError
 
 if TYPE_CHECKING:
     from vmrunner.learning.history import LearningConfig
+    from vmrunner.machines.base import NetworkMode
+    from vmrunner.reports.storage import StoreSink
     from vmrunner.runner.options import RunOptions
     from vmrunner.workflow.models import Workflow
 
@@ -89,11 +98,18 @@ def _pairs(
     help=f"The machine provider (default: {DEFAULT_PROVIDER}) [env: {ENV_PROVIDER}].",
 )
 @click.option(
+    "--network",
+    type=click.Choice(NETWORKS),
+    default=None,
+    help="The jobs' machines' network: private (their own, outbound NAT, the host unreachable; the default), host (the host's network, its loopback services included; the host provider's default), none (loopback only).",
+)
+@click.option(
     "--machine-type",
     "machine_types",
     multiple=True,
     help="Run jobs with this runs-on LABEL on machine TYPE: LABEL=TYPE (repeatable).",
 )
+@limit_options
 @click.option(
     "--pool",
     type=click.IntRange(min=0),
@@ -169,6 +185,7 @@ def command(
     matrix: tuple[str, ...],
     dry_run: bool,
     provider: str | None,
+    network: str | None,
     machine_types: tuple[str, ...],
     pool: int,
     concurrent_jobs: int,
@@ -183,6 +200,10 @@ def command(
     as_json: bool,
     store: str | None = None,
     lesson_threshold: int | None = None,
+    cpus: int | None = None,
+    memory_mib: int | None = None,
+    pids: int | None = None,
+    disk_mib: int | None = None,
 ) -> None:
     """Run the workflows EVENT (default: push) triggers, each job in its own machine."""
     import asyncio
@@ -223,7 +244,11 @@ def command(
         setup_commands=setup_commands, cleanup_commands=cleanup_commands, snapshot=snapshot,
         rollback_on_failure=rollback_on_failure, repo_root=os.path.abspath(root),
         actor=actor or os.environ.get("USER") or "vmrunner",
+        cpus=cpus, memory_mib=memory_mib, pids=pids, disk_mib=disk_mib,
+        network=cast("NetworkMode", network or default_network(provider or DEFAULT_PROVIDER)),
     )
+    if options.network == "host":
+        terminal.warn(HOST_NETWORK_WARNING)
     chosen = [(w, selected_jobs(w, jobs)) for w in selection.workflows]
     if dry_run:
         _dry_run(chosen, as_json)
@@ -256,6 +281,25 @@ def command(
     )
     if failed or selection.errors:
         sys.exit(1)
+
+
+def disk_report(path: str, sinks: Sequence[StoreSink], other_errors: Sequence[StoreError]) -> str:
+    """One line for a run met by a full or failing disk under the store (at ``path``): what
+    was kept. Empty when the disk never failed."""
+    first = next((e for e in other_errors if isinstance(e, StoreDiskError)), None)
+    first = first or next((sink.disk_error for sink in sinks if sink.disk_error), None)
+    if first is None:
+        return ""
+    kept = [sink for sink in sinks if sink.recorded]
+    lost = sum(sink.lost for sink in sinks)
+    if len(kept) == len(sinks):
+        what = "the run was recorded" if len(sinks) == 1 else "the runs were recorded"
+        what += f" without {lost} log lines" if lost else " whole"
+    elif kept:
+        what = f"{len(sinks) - len(kept)} of {len(sinks)} runs could not be recorded"
+    else:
+        what = "the run could not be recorded" if len(sinks) == 1 else "the runs could not be recorded"
+    return f"the disk holding {os.path.dirname(path)} was full or failing during the run: {what}; {first}"
 
 
 def _dry_run(chosen: list[tuple[Workflow, list[str] | None]], as_json: bool) -> None:
@@ -308,6 +352,7 @@ async def _run_all(
     from vmrunner.reports.summary import write_summary
     from vmrunner.repository import repository_info
     from vmrunner.runner.concurrency import ConcurrencyGroups
+    from vmrunner.runner.options import machine_spec
     from vmrunner.runner.run import run_workflow
     from vmrunner.sessions import SessionManager
     from vmrunner.store import Store
@@ -323,7 +368,12 @@ async def _run_all(
             # cold start (bench runner --reuse), where the provider can snapshot.
             reuse: Reuse = "restore" if provider.capabilities.snapshots else "destroy"
             provider = await stack.enter_async_context(
-                WarmPool(provider, {options.default_vm_type: pool_size}, reuse=reuse)
+                WarmPool(
+                    provider,
+                    {options.default_vm_type: pool_size},
+                    specs={options.default_vm_type: machine_spec(options, options.default_vm_type)},
+                    reuse=reuse,
+                )
             )
         else:
             stack.push_async_callback(provider.aclose)
@@ -331,20 +381,26 @@ async def _run_all(
             SessionManager(provider, limit=options.concurrent_jobs, wait_timeout=None)
         )
         store = stack.enter_context(Store.open())
-        RunHistory(store).mark_interrupted()  # runs whose runner was killed: recorded for good
+        low: list[StoreError] = []
+        try:
+            store.keep_reserve()  # room for the runs' final records, should the disk fill up
+            RunHistory(store).mark_interrupted()  # runs whose runner was killed: recorded for good
+        except StoreDiskError as exc:  # nearly full already: the run goes on, and is told
+            low.append(exc)
         learning = stack.enter_context(Learning.open(config=learning_config))
         repository = (
             options.repository
             or (await repository_info(options.repo_root)).repository
             or os.path.basename(options.repo_root)
         )
-        groups = (
-            ConcurrencyGroups()
-        )  # the workflows run here share their concurrency groups, as on GitHub
+        # the workflows run here share their concurrency groups, as on GitHub
+        groups = ConcurrencyGroups()
+        sinks: list[StoreSink] = []
 
         async def one(workflow: Workflow, jobs: list[str] | None) -> bool:
             learn = LearningSink(learning, repository=repository, workflow=workflow)
             with StoreSink(store) as keep:
+                sinks.append(keep)
                 selected = dataclasses.replace(
                     options, jobs=tuple(jobs) if jobs is not None else None
                 )
@@ -352,13 +408,18 @@ async def _run_all(
                     workflow, selected, sessions, learn.chain(FanOut(view, keep)), groups
                 )
             for error in keep.errors[:1]:
-                terminal.warn(f"the run could not be fully recorded: {error}")
+                if not isinstance(error, StoreDiskError):  # a full disk gets the last line
+                    terminal.warn(f"the run could not be fully recorded: {error}")
             for error in learn.errors[:1]:
-                terminal.warn(f"could not learn from the run: {error}")
+                if not isinstance(error, StoreDiskError):
+                    terminal.warn(f"could not learn from the run: {error}")
             return outcome.failed
 
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(one(workflow, jobs)) for workflow, jobs in chosen]
     if summary_file:
         write_summary(summary_file, view.results())
+    report = disk_report(str(store.path), sinks, [*low, *sessions.store_errors])
+    if report:
+        raise StoreDiskError(report)
     return any(task.result() for task in tasks)

@@ -11,7 +11,7 @@ import os
 import click
 
 from vmrunner.cli.agent import ENV_STORE
-from vmrunner.config import ENV_PROVIDER
+from vmrunner.config import ENV_PROVIDER, NETWORKS
 
 _EPILOG = """\b
 Config file (TOML; YAML with the same keys for .yml/.yaml):
@@ -22,6 +22,7 @@ Config file (TOML; YAML with the same keys for .yml/.yaml):
   concurrent_runs = 2
   concurrent_jobs = 4
   provider = "sandbox"
+  network = "private"
   pool_size = 0
   max_body_bytes = 26214400
   drain_seconds = 30
@@ -94,6 +95,12 @@ POST /api/runs/{id}/cancel.
     "--provider", default=None, help=f"Machine provider (default: ${ENV_PROVIDER} or sandbox)."
 )
 @click.option(
+    "--network",
+    type=click.Choice(NETWORKS),
+    default=None,
+    help="The jobs' machines' network: private (their own, outbound NAT, the host unreachable; the default), host (the host's, its loopback services included), none (loopback only).",
+)
+@click.option(
     "--pool-size", default=None, type=click.IntRange(min=0), help="Warm machines kept ready."
 )
 @click.option(
@@ -118,8 +125,7 @@ POST /api/runs/{id}/cancel.
     "--store",
     default=None,
     envvar=ENV_STORE,
-    help=f"A fleet's PostgreSQL URL: runs go to its agents instead of running here [env: "
-    f"{ENV_STORE}]; see docs/fleet.md.",
+    help=f"A fleet's PostgreSQL URL: runs go to its agents instead of running here [env: {ENV_STORE}]; see docs/fleet.md.",
 )
 @click.option(
     "--drain-seconds",
@@ -146,6 +152,7 @@ def command(
     github_installation_id: str | None,
     public_url: str | None,
     provider: str | None,
+    network: str | None,
     pool_size: int | None,
     concurrent_runs: int | None,
     concurrent_jobs: int | None,
@@ -216,6 +223,7 @@ def command(
         github_api_url=github_api_url,
         public_url=public_url,
         provider=provider or (None if "provider" in settings else os.environ.get(ENV_PROVIDER)),
+        network=network,
         pool_size=pool_size,
         concurrent_runs=concurrent_runs,
         concurrent_jobs=concurrent_jobs,

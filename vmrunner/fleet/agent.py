@@ -24,16 +24,18 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import procrastinate
 import psycopg
 import psycopg_pool
 
+from vmrunner.config import HOST_NETWORK_WARNING, NETWORKS, default_network
 from vmrunner.errors import ConfigError, StoreError, VmrunnerError
 from vmrunner.fleet.labels import agent_queues, canonical
 from vmrunner.fleet.matrix import OneCombination
 from vmrunner.fleet.store import Assignment, EventRecord, FleetStore
+from vmrunner.machines.base import DEFAULT_VM_TYPE, MachineSpec, NetworkMode
 from vmrunner.reports.events import Event, LogLine, RunFinished, RunInsights, RunStarted
 from vmrunner.repository import repository_info
 from vmrunner.runner.context import RunContext
@@ -62,6 +64,9 @@ class AgentConfig:
     labels: tuple[str, ...]
     capacity: int = 1
     provider: str = "sandbox"
+    #: The network of every job's machine on this host, whatever the run asked for (the host's
+    #: owner decides what its jobs reach); empty: the provider's default (``default_network``).
+    network: str = ""
     #: Machines kept warm per machine type (0: cold start every job).
     pool_size: int = 0
     #: Seconds between heartbeats of each running attempt (and log flushes).
@@ -80,6 +85,8 @@ class AgentConfig:
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        if self.network not in ("", *NETWORKS):
+            raise ConfigError(f"network must be one of {', '.join(NETWORKS)}, got {self.network!r}")
         if self.fence >= self.stall:
             raise ConfigError(
                 f"the fence interval ({self.fence}s) must be shorter than the stall interval "
@@ -125,6 +132,7 @@ class _Reports:
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
+        self.network = cast(NetworkMode, config.network or default_network(config.provider))
         self.labels = canonical(config.labels)
         self.queues = agent_queues(self.labels)
         self.sessions: SessionManager | None = None
@@ -173,10 +181,17 @@ class Agent:
         from vmrunner.machines.providers import get_provider
 
         provider = get_provider(self.config.provider)
+        if self.network == "host":
+            log.warning(HOST_NETWORK_WARNING)
         async with contextlib.AsyncExitStack() as stack:
             if self.config.pool_size:
+                spec = MachineSpec(vm_type=DEFAULT_VM_TYPE, network=self.network)
                 provider = await stack.enter_async_context(
-                    WarmPool(provider, {"default": self.config.pool_size})
+                    WarmPool(
+                        provider,
+                        {DEFAULT_VM_TYPE: self.config.pool_size},
+                        specs={DEFAULT_VM_TYPE: spec},
+                    )
                 )
             else:
                 stack.push_async_callback(provider.aclose)
@@ -349,6 +364,7 @@ class Agent:
                 a.options,
                 env={**a.options.env, ATTEMPT_ENV: str(a.attempt)},
                 secrets=dict(self.config.secrets),
+                network=self.network,
             )
             context = RunContext(workflow, options, self.sessions, logs, info)
             job_plan = plan(workflow, jobs=a.options.jobs)

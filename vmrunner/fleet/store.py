@@ -52,6 +52,7 @@ _SHARED_OPTIONS = (
     "event_name", "payload", "vars", "env", "inputs", "job_timeout_minutes", "setup_commands",
     "cleanup_commands", "repo_root", "commit", "actor", "repository", "sha", "ref", "run_number",
     "machine_types", "default_vm_type", "network", "server_url", "actions_url",
+    "cpus", "memory_mib", "pids", "disk_mib", "machine_limits",
 )
 
 

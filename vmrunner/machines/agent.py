@@ -99,6 +99,9 @@ MAX_PAYLOAD = 16 << 20
 CHUNK = 1 << 20
 #: What ``collect`` returns of one file at most.
 MAX_COLLECT = 4 << 20
+#: Capabilities a command run as root inside a machine loses for good (CAP_KILL, CAP_SETGID,
+#: CAP_SETUID, CAP_SETPCAP): with them it could reach the agent, which runs as a user of its own.
+ROOT_DROPS = (5, 6, 7, 8)
 #: Default time between SIGTERM and SIGKILL when killing a process group.
 DEFAULT_GRACE = 1.0
 
@@ -368,8 +371,20 @@ class Refusal(Exception):
 class Agent:
     """Serves one connection at a time over a pair of descriptors."""
 
-    def __init__(self, grace: float = DEFAULT_GRACE) -> None:
+    def __init__(
+        self,
+        grace: float = DEFAULT_GRACE,
+        *,
+        user: tuple[int, int] | None = None,
+    ) -> None:
         self.grace = grace
+        #: The unprivileged user commands run as (a sandbox's ``runner``); None: commands run
+        #: as the agent does.
+        self._user = user
+        #: sudo requests: the root command's pid -> the connection that asked for it.
+        self._sudo: dict[int, int] = {}
+        self._sudo_conns: dict[int, int] = {}
+        self._libc: Any = None
         #: Set by ``shutdown`` or SIGTERM: a listening agent then stops accepting clients.
         self.stopped = False
         self._cwd = os.getcwd()
@@ -671,11 +686,19 @@ class Agent:
         ]
         # posix_spawn has no chdir action before Python 3.13: the child inherits our cwd, and
         # only this thread spawns, so switching around the call is safe.
+        return self._spawn_as(program, argv, env, cwd, actions, self._user)
+
+    def _spawn_as(
+        self, program: str, argv: list[str], env: dict[str, str], cwd: object,
+        actions: list[tuple[int, int, int]], user: tuple[int, int] | None = None,
+    ) -> int:
         try:
             if cwd is not None:
                 if not isinstance(cwd, str):
                     raise Refusal("protocol", "cwd must be a string")
                 os.chdir(os.path.join(self._cwd, cwd))
+            if user is not None:
+                return self._fork_exec(program, argv, env, actions, user)
             return os.posix_spawn(
                 program,
                 argv,
@@ -691,6 +714,70 @@ class Agent:
         finally:
             if cwd is not None:
                 os.chdir(self._cwd)
+
+    def _fork_exec(
+        self, program: str, argv: list[str], env: dict[str, str],
+        actions: list[tuple[int, int, int]], user: tuple[int, int],
+    ) -> int:
+        """posix_spawn cannot change users: fork, become ``user`` (all its ids, no groups),
+        exec. Without ambient capabilities (dropped once, below) the program starts with none:
+        the agent's stay with the agent."""
+        if self._libc is None:
+            import ctypes  # only in machines whose agent switches users
+
+            self._libc = ctypes.CDLL(None, use_errno=True)
+            self._libc.prctl(47, 4, 0, 0, 0)  # PR_CAP_AMBIENT_CLEAR_ALL
+        libc = self._libc
+        uid, gid = user
+        report_r, report_w = os.pipe()  # close-on-exec: silent when the exec succeeded
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child, until exec
+            try:
+                os.setsid()
+                for _, fd, target in actions:
+                    os.dup2(fd, target)
+                for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD, signal.SIGTERM):
+                    signal.signal(sig, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, ())
+                # Nothing inheritable (root would inherit it all through exec); root keeps
+                # what acts on files, nothing that reaches the agent.
+                header, sets = self._capability_sets()
+                libc.capget(header, sets)
+                sets[2] = sets[5] = 0
+                if libc.capset(header, sets) != 0:
+                    raise OSError(1, "capset")
+                if uid == 0:
+                    for cap in ROOT_DROPS:
+                        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+                            raise OSError(1, "PR_CAPBSET_DROP")
+                elif libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS: none to gain
+                    raise OSError(1, "PR_SET_NO_NEW_PRIVS")
+                os.setgroups([])
+                os.setresgid(gid, gid, gid)
+                os.setresuid(uid, uid, uid)
+                os.execve(program, argv, env)
+            except OSError as exc:
+                os.write(report_w, str(exc.errno or 0).encode())
+            finally:
+                os._exit(127)
+        os.close(report_w)
+        try:
+            failed = os.read(report_r, 32)
+        finally:
+            os.close(report_r)
+        if failed:
+            os.waitpid(pid, 0)
+            code = int(failed)
+            raise OSError(code, os.strerror(code))
+        return pid
+
+    @staticmethod
+    def _capability_sets() -> tuple[Any, Any]:
+        """capget/capset's header (version 3, this process) and its two 32-bit halves of the
+        effective, permitted and inheritable sets."""
+        import ctypes
+
+        return (ctypes.c_uint32 * 2)(0x20080522, 0), (ctypes.c_uint32 * 6)()
 
     def _op_stdin(self, frame: Frame) -> None:
         ex = self._execs.get(frame.id)  # type: ignore[arg-type]
@@ -765,6 +852,9 @@ class Agent:
             self._exited(pid, status)
 
     def _exited(self, pid: int, status: int) -> None:
+        if pid in self._sudo:
+            self._sudo_exited(pid, status)
+            return
         ex = self._by_pid.pop(pid, None)
         if ex is None:
             return
@@ -838,6 +928,98 @@ class Agent:
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
         self.stopped = self._closing = True
+
+    # sudo: root inside the machine, asked for over a socket by the machine's sudo command.
+
+    def listen_sudo(self, path: str) -> None:
+        """Take sudo requests on a unix socket at ``path``: one message (JSON with argv, env,
+        cwd and user, plus the caller's stdin, stdout and stderr), answered with the exit."""
+        import _socket
+
+        server = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+        server.bind(path)
+        os.chmod(path, 0o666)
+        server.listen(16)
+        server.setblocking(False)
+        self._sudo_server = server
+        self._register(server.fileno(), self._on_sudo_connect)
+
+    def _on_sudo_connect(self, fd: int) -> None:
+        try:
+            conn, _ = self._sudo_server._accept()  # type: ignore[attr-defined]
+        except (BlockingIOError, InterruptedError):
+            return
+        os.set_blocking(conn, False)
+        self._sudo_conns[conn] = 0
+        self._register(conn, self._on_sudo_message)
+
+    def _on_sudo_message(self, conn: int) -> None:
+        import _socket
+
+        pid = self._sudo_conns.get(conn, 0)
+        if pid:  # the caller went away (or spoke again) while its command runs: end it
+            _killpg(pid, signal.SIGKILL)
+            self._sudo_close(conn)
+            return
+        sock = _socket.socket(fileno=os.dup(conn))
+        fds: list[int] = []
+        try:
+            data, ancillary, _, _ = sock.recvmsg(1 << 20, _socket.CMSG_SPACE(3 * 4))
+            for level, kind, raw in ancillary:
+                if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+                    fds += [int.from_bytes(raw[i:i + 4], sys.byteorder) for i in range(0, len(raw) - len(raw) % 4, 4)]
+            if not data or len(fds) != 3:
+                raise Refusal("protocol", "sudo: a request is JSON and three descriptors")
+            request = _loads(data)
+            pid = self._sudo_spawn(request, fds)
+        except Exception as exc:
+            message = str(exc) if isinstance(exc, Refusal) else f"sudo: {exc}"
+            try:  # noqa: SIM105
+                os.write(conn, _dumps({"error": message}))
+            except OSError:
+                pass
+            self._sudo_close(conn)
+            return
+        finally:
+            sock.close()
+            for fd in fds:
+                os.close(fd)
+        self._sudo[pid] = conn
+        self._sudo_conns[conn] = pid
+        self._groups.add(pid)
+
+    def _sudo_spawn(self, request: object, fds: list[int]) -> int:
+        if not isinstance(request, dict):
+            raise Refusal("protocol", "sudo: the request must be an object")
+        argv = _argv_of(request)
+        env = request.get("env")
+        if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+            raise Refusal("protocol", "sudo: env must map strings to strings")
+        program = _which(argv[0], env.get("PATH", os.defpath))
+        if program is None:
+            raise Refusal("exec", f"sudo: {argv[0]}: command not found")
+        user = (0, 0) if request.get("user", "root") == "root" else self._user
+        if user is None:
+            raise Refusal("exec", f"sudo: unknown user {request.get('user')!r}")
+        actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(fds)]
+        cwd = request.get("cwd")
+        cwd = cwd if isinstance(cwd, str) and os.path.isdir(cwd) else None
+        return self._spawn_as(program, argv, env, cwd, actions, user)
+
+    def _sudo_exited(self, pid: int, status: int) -> None:
+        conn = self._sudo.pop(pid)
+        code, sig = _status_of(status)
+        try:  # noqa: SIM105
+            os.write(conn, _dumps({"code": code, "signal": sig}))
+        except OSError:
+            pass
+        self._sudo_close(conn)
+
+    def _sudo_close(self, conn: int) -> None:
+        pid = self._sudo_conns.pop(conn, 0)
+        self._sudo.pop(pid, None)
+        self._unregister(conn)
+        os.close(conn)
 
     # Files.
 
@@ -986,14 +1168,34 @@ def _accept(server: int) -> int:
 def main(argv: list[str]) -> int:
     """Parse the transport options and serve until the stream says goodbye."""
     options = dict(zip(argv[::2], argv[1::2], strict=False))
-    unknown = set(options) - {"--fd", "--device", "--unix", "--vsock", "--grace"}
+    unknown = set(options) - {"--fd", "--device", "--unix", "--vsock", "--grace", "--user", "--sudo", "--own"}
     if unknown or len(argv) % 2:
         sys.stderr.write(
             "usage: agent.py [--fd N | --device PATH | --unix PATH | --vsock PORT]"
-            " [--grace SECONDS]\n"
+            " [--grace SECONDS] [--user UID:GID [--sudo SOCKET] [--own PATH:PATH...]]\n"
         )
         return 2
-    agent = Agent(grace=float(options.get("--grace", DEFAULT_GRACE)))
+    user = None
+    if "--user" in options:
+        uid, _, gid = options["--user"].partition(":")
+        user = (int(uid), int(gid or uid))
+    agent = Agent(grace=float(options.get("--grace", DEFAULT_GRACE)), user=user)
+    if "--sudo" in options:
+        agent.listen_sudo(options["--sudo"])
+    if user is not None and "--own" in options:
+        # Directories the host made for the user but could not give it (an unprivileged host
+        # cannot chown to the machine's ids): the agent can.
+        for root in options["--own"].split(":"):
+            for folder, _, files in os.walk(root):
+                os.lchown(folder, *user)
+                for name in files:
+                    os.lchown(os.path.join(folder, name), *user)
+    if user is not None:
+        # Files the agent writes (checkouts, scripts, uploads) belong to the user; the agent
+        # keeps its own real and saved ids, so the user's processes cannot signal or trace it.
+        os.setgroups([])
+        os.setresgid(os.getgid(), user[1], os.getgid())
+        os.setresuid(os.getuid(), user[0], os.getuid())
     # Commands get /dev/null, never our stream, as inherited stdin/stdout.
     if "--fd" in options:
         fd = int(options["--fd"])

@@ -36,9 +36,15 @@ Stream = Literal["stdout", "stderr"]
 #: Called with each chunk of output as the command produces it.
 OutputCallback = Callable[[Stream, bytes], None]
 SnapshotId = str
-NetworkMode = Literal["host", "none"]
+#: ``private``: the machine's own network namespace with outbound NAT through a user-mode
+#: network stack (the host's loopback, gateway and own addresses unreachable); ``host``: the
+#: host's network as it is; ``none``: loopback only.
+NetworkMode = Literal["private", "host", "none"]
 
 DEFAULT_VM_TYPE = "default"
+#: A VM's size when its spec names none.
+DEFAULT_VM_CPUS = 1
+DEFAULT_VM_MEMORY_MIB = 512
 
 
 class Isolation(StrEnum):
@@ -51,12 +57,20 @@ class Isolation(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class MachineSpec:
-    """What to allocate: a machine type (image plus size) and its network mode."""
+    """What to allocate: a machine type (image plus size), its network mode and its limits.
+
+    A limit left ``None`` takes the provider's default for the machine type (see
+    ``machines/limits.py``); every provider enforces the limits it is given or refuses them.
+    """
 
     vm_type: str = DEFAULT_VM_TYPE
     network: NetworkMode = "host"
-    cpus: int = 1
-    memory_mib: int = 512
+    cpus: int | None = None
+    memory_mib: int | None = None
+    #: The most processes (and threads) the machine may hold at once.
+    pids: int | None = None
+    #: The budget of the machine's writable space (workspace, home, temp, tool cache).
+    disk_mib: int | None = None
     #: Free-form labels for bookkeeping (job, run); never interpreted by providers.
     labels: Mapping[str, str] = field(default_factory=dict)
 
@@ -197,6 +211,11 @@ class Machine(ABC):
                 f"{result.stderr.decode(errors='replace')}"
             )
         return result.stdout
+
+    async def limits_hit(self) -> list[str]:
+        """Plain reasons for the limits the machine ran into so far, each once, e.g. ``out of
+        memory: the machine's limit is 256 MiB``; a failed step is explained with them."""
+        return []
 
     async def snapshot(self, name: str = "") -> SnapshotId:
         """Capture the machine's state; cost grows with what changed since the last one."""

@@ -59,6 +59,8 @@ from vmrunner.errors import (
 )
 from vmrunner.machines.agent import DEFAULT_GRACE
 from vmrunner.machines.base import (
+    DEFAULT_VM_CPUS,
+    DEFAULT_VM_MEMORY_MIB,
     Capabilities,
     Isolation,
     Machine,
@@ -629,7 +631,10 @@ class FirecrackerProvider(Provider):
         files: BootFiles,
         tap: str | None,
     ) -> None:
-        await api.put("/machine-config", {"vcpu_count": spec.cpus, "mem_size_mib": spec.memory_mib})
+        await api.put("/machine-config", {
+            "vcpu_count": spec.cpus or DEFAULT_VM_CPUS,
+            "mem_size_mib": spec.memory_mib or DEFAULT_VM_MEMORY_MIB,
+        })
         boot_args = [self.boot_args, *files.cmdline, f"vmrunner.agent=vsock:{self.agent_port}"]
         boot: dict[str, Any] = {
             "kernel_image_path": self._kernel_api(layout, files.kernel),

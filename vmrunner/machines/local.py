@@ -330,8 +330,16 @@ async def start_agent(
     piped_args: Sequence[str] = (),
     new_session: bool = False,
     grace: float = DEFAULT_GRACE,
+    extra_fds: Sequence[int] = (),
+    run_as: tuple[int, int] | None = None,
+    prefix: Sequence[str] = (),
 ) -> tuple[asyncio.subprocess.Process, AgentClient]:
     """Start the agent's process, connect a client, and wait for its first pong.
+
+    ``extra_fds`` are inherited by the process (the caller closes them); ``run_as`` runs
+    ``argv`` as that host uid and gid, without supplementary groups; ``prefix``: a command that
+    execs the rest once it has prepared the process (the sandbox joins the machine's cgroup so,
+    as the runner's user, before the process becomes ``run_as``), in the same process.
 
     On any failure the process is killed and ``AllocationError`` says why (with the tail of
     the process's stderr, where bwrap and python explain themselves).
@@ -339,10 +347,18 @@ async def start_agent(
     pass_fds: tuple[int, ...] = ()
     if piped_args:
         reader, writer = os.pipe()
-        with os.fdopen(writer, "wb") as pipe:  # a few KiB: fits the pipe's buffer
-            pipe.write(b"".join(os.fsencode(arg) + b"\0" for arg in piped_args))
+        payload = b"".join(os.fsencode(arg) + b"\0" for arg in piped_args)
+        if len(payload) > 60_000:  # pragma: no cover - a pipe holds 64 KiB unread
+            raise AllocationError("the sandbox's options do not fit a pipe")
+        with os.fdopen(writer, "wb") as pipe:
+            pipe.write(payload)
         pass_fds = (reader,)
         argv = [argv[0], "--args", str(reader), *argv[1:]]
+    if run_as is not None:
+        setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
+        uid, gid = run_as
+        argv = [setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *argv]
+    argv = [*prefix, *argv]
     try:
         with open(log_path, "wb") as log:  # noqa: ASYNC230 - a local file, created empty
             # Python 3.11 hangs forever when the creation of a subprocess is cancelled at the
@@ -355,7 +371,7 @@ async def start_agent(
                     stderr=log,
                     env=dict(env) if env is not None else None,
                     cwd=cwd,
-                    pass_fds=pass_fds,
+                    pass_fds=(*pass_fds, *extra_fds),
                     start_new_session=new_session,
                     limit=1 << 20,
                 )
@@ -472,6 +488,10 @@ class AgentMachine(Machine):
             self.teardown = asyncio.ensure_future(teardown())
         await shielded(self.teardown)
 
+    def add_record_data(self, data: Mapping[str, Any]) -> None:
+        """Keep more in the machine's record (what a reclaim after a crash must know)."""
+        self._record = replace(self._record, data={**self._record.data, **data})
+
     @property
     def state_dir(self) -> Path:
         return Path(self._record.state_dir)
@@ -532,6 +552,13 @@ class Launch:
     piped_args: Sequence[str] = ()
     #: The machine's writable state: a name -> host directory (what snapshots capture).
     writable: Mapping[str, Path] = field(default_factory=dict)
+    #: Descriptors ``argv`` inherits (namespaces, filters, directories, data); the provider
+    #: closes them once the agent started or failed to.
+    pass_fds: Sequence[int] = ()
+    #: The host uid and gid to start ``argv`` as (never root for a sandbox).
+    run_as: tuple[int, int] | None = None
+    #: Run before ``argv`` in the same process, which it then execs (see ``start_agent``).
+    prefix: Sequence[str] = ()
 
 
 class LocalProvider(Provider):
@@ -568,6 +595,16 @@ class LocalProvider(Provider):
     def _launch(self, state_dir: Path, record: MachineRecord, spec: MachineSpec) -> Launch:
         raise NotImplementedError
 
+    def _plan(self, spec: MachineSpec, record: MachineRecord) -> MachineRecord:
+        """The record of a new machine with what it will hold besides processes and its
+        directory (cgroups, mounts), known before anything is made: a crash leaves nothing
+        its record does not name. Raises ``AllocationError`` for what cannot be given."""
+        return record
+
+    def _free(self, record: MachineRecord) -> None:
+        """Free what ``_plan`` named, once the machine's processes are gone; idempotent (runs
+        in a thread: it may wait for the kernel)."""
+
     def _check(self, spec: MachineSpec) -> None:
         if spec.network not in self.capabilities.network_modes:
             modes = ", ".join(sorted(self.capabilities.network_modes))
@@ -578,24 +615,31 @@ class LocalProvider(Provider):
 
     async def allocate(self, spec: MachineSpec) -> Machine:
         self._check(spec)
-        record = base_record(self.name, spec, self.machines_dir)
+        record = self._plan(spec, base_record(self.name, spec, self.machines_dir))
         state_dir = create_machine_dir(self.machines_dir, record)
         try:
             # Shielded: a cancelled wait would leave the thread creating directories in the
             # machine directory that the cleanup below removes.
             launch = await shielded(asyncio.to_thread(self._launch, state_dir, record, spec))
-            process, client = await start_agent(
-                launch.argv,
-                name=f"the agent of machine {record.machine_id}",
-                log_path=state_dir / "agent.log",
-                env=launch.env,
-                cwd=launch.cwd,
-                piped_args=launch.piped_args,
-                new_session=launch.new_session,
-                grace=self.grace,
-            )
+            try:
+                process, client = await start_agent(
+                    launch.argv,
+                    name=f"the agent of machine {record.machine_id}",
+                    log_path=state_dir / "agent.log",
+                    env=launch.env,
+                    cwd=launch.cwd,
+                    piped_args=launch.piped_args,
+                    new_session=launch.new_session,
+                    grace=self.grace,
+                    extra_fds=launch.pass_fds,
+                    run_as=launch.run_as,
+                    prefix=launch.prefix,
+                )
+            finally:
+                for fd in launch.pass_fds:
+                    os.close(fd)
         except BaseException:
-            await shielded(asyncio.to_thread(self._forget, state_dir))
+            await shielded(asyncio.to_thread(self._forget, record))
             raise
         record = replace(
             record,
@@ -614,15 +658,26 @@ class LocalProvider(Provider):
             writable=launch.writable,
         )
         try:
-            write_record(record)
+            await self._started(machine)
+            write_record(machine.record)
         except BaseException:
             await self.release(machine)
             raise
         return machine
 
-    def _forget(self, state_dir: Path) -> None:
+    async def _started(self, machine: AgentMachine) -> None:
+        """Finish a machine whose agent answered, before it is recorded and handed out (the
+        sandbox attaches its private network here); may add to ``machine.record``."""
+
+    def _remove_dir(self, state_dir: str) -> None:
+        """Remove a machine directory (a provider whose machines write files the runner may
+        not remove itself removes them its own way)."""
+        remove_machine_dir(self.machines_dir, state_dir)
+
+    def _forget(self, record: MachineRecord) -> None:
         with contextlib.suppress(ReleaseError):
-            remove_machine_dir(self.machines_dir, str(state_dir))
+            self._free(record)
+            self._remove_dir(record.state_dir)
 
     async def release(self, machine: Machine) -> None:
         if not isinstance(machine, AgentMachine) or machine.provider_name != self.name:
@@ -644,9 +699,10 @@ class LocalProvider(Provider):
             ) from exc
         finally:
             await machine._closed()
-        if survivors:
+        await asyncio.to_thread(self._free, machine.record)
+        if survivors := [pid for pid, start in family if pid in survivors and is_same_process(pid, start)]:
             raise ReleaseError(f"machine {machine.id}: processes {survivors} survived SIGKILL")
-        await asyncio.to_thread(remove_machine_dir, self.machines_dir, machine.record.state_dir)
+        await asyncio.to_thread(self._remove_dir, machine.record.state_dir)
 
     def leftovers(self) -> list[MachineRecord]:
         return read_records(self.machines_dir, self.name)
@@ -666,8 +722,12 @@ class LocalProvider(Provider):
             raise ReleaseError(
                 f"machine {record.machine_id}: process {record.pid} survived SIGKILL"
             )
-        if survivors := await kill_all(family):
+        survivors = await kill_all(family)
+        await asyncio.to_thread(self._free, record)
+        if survivors := [
+            pid for pid, start in family if pid in survivors and is_same_process(pid, start)
+        ]:
             raise ReleaseError(
                 f"machine {record.machine_id}: processes {survivors} survived SIGKILL"
             )
-        await asyncio.to_thread(remove_machine_dir, self.machines_dir, record.state_dir)
+        await asyncio.to_thread(self._remove_dir, record.state_dir)

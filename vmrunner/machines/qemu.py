@@ -28,8 +28,14 @@ Choices (measured on Debian 12's QEMU 7.2 with Debian's 6.1 cloud kernel):
   ``/dev/kvm`` that exists may still not boot a guest), else TCG. The answer is cached in the
   images directory per QEMU binary and host kernel (``accelerator()``).
 - Network ``none``: no network device at all. Network ``host``: QEMU's user-mode NAT (the
-  guest reaches what the host reaches, as 10.0.2.15 behind 10.0.2.2; nothing reaches the
-  guest), the closest a VM gets to the sandbox's shared host network.
+  guest reaches what the host reaches, as 10.0.2.15 behind 10.0.2.2, the host's loopback
+  included: QEMU forwards 10.0.2.2 to the host's 127.0.0.1; nothing reaches the guest).
+  Network ``private`` (the default): the same device, but QEMU runs in a network namespace of
+  its own, made and equipped before QEMU starts (``network``: routes making the host's own
+  addresses unreachable, and slirp4netns with ``--disable-host-loopback`` as its way out), then
+  entered with ``nsenter``: QEMU's 10.0.2.2 leads to that namespace's loopback, which is down,
+  and the guest reaches the internet but not the host. The guest sees the same network in both
+  modes, so they share one ready state.
 - The ready state: the first allocation of an image and shape (memory, cpus, network) boots a
   machine cold, stops it once its agent answered, and saves its whole state (QMP ``migrate`` to
   a file) beside its disk, which becomes read-only. Every later machine gets an overlay on that
@@ -69,6 +75,8 @@ from vmrunner.errors import (
 from vmrunner.machines._qmp import Monitor
 from vmrunner.machines.agent import DEFAULT_GRACE
 from vmrunner.machines.base import (
+    DEFAULT_VM_CPUS,
+    DEFAULT_VM_MEMORY_MIB,
     DEFAULT_VM_TYPE,
     Capabilities,
     Isolation,
@@ -104,6 +112,12 @@ from vmrunner.machines.local import (
     stop_process,
     wait_through_cancellation,
     write_record,
+)
+from vmrunner.machines.network import (
+    PrivateNetwork,
+    attach_private_network_fd,
+    new_namespace,
+    reclaim_helper,
 )
 
 QEMU = "qemu-system-x86_64"
@@ -232,7 +246,7 @@ def qemu_argv(
         "-qmp", f"unix:{state_dir / 'qmp.sock'},server=on,wait=off",
         "-device", "virtio-rng-pci,id=rng0",
     ]  # fmt: skip
-    if shape.network == "host":
+    if shape.network in ("host", "private"):
         argv += ["-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0,id=nic0"]
     else:
         argv += ["-nic", "none"]
@@ -273,6 +287,8 @@ class QemuMachine(AgentMachine):
             group=True,
         )
         self.monitor = monitor
+        #: The helper of a ``private`` network.
+        self.network: PrivateNetwork | None = None
         self._snapshots: list[str] = []
         self._lock = asyncio.Lock()
 
@@ -313,7 +329,9 @@ class QemuProvider(Provider):
     """Machines that are QEMU VMs on this host, booted from images of ``ImageStore``."""
 
     name: ClassVar[str] = "qemu"
-    capabilities: ClassVar[Capabilities] = Capabilities(isolation=Isolation.VM, snapshots=True)
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        isolation=Isolation.VM, snapshots=True, network_modes=frozenset({"private", "host", "none"})
+    )
 
     def __init__(
         self,
@@ -371,7 +389,12 @@ class QemuProvider(Provider):
             )
         qemu = self.qemu()
         image = self.image_for(spec.vm_type)
-        shape = Shape(await self.accelerator(image), spec.memory_mib, spec.cpus, spec.network)
+        shape = Shape(
+            await self.accelerator(image),
+            spec.memory_mib or DEFAULT_VM_MEMORY_MIB,
+            spec.cpus or DEFAULT_VM_CPUS,
+            spec.network,
+        )
         ready = await self._ready(qemu, image, shape) if self.ready_state else None
         try:
             return await self._start(qemu, image, shape, spec, ready)
@@ -396,6 +419,8 @@ class QemuProvider(Provider):
         process: asyncio.subprocess.Process | None = None
         monitor = Monitor(f"qemu {record.machine_id}")
         client: AgentClient | None = None
+        network: PrivateNetwork | None = None
+        netns: int | None = None
         try:
             if len(str(state_dir / "agent.sock")) > MAX_SOCKET_PATH:
                 raise AllocationError(f"the machine directory {state_dir} is too long a path")
@@ -407,12 +432,21 @@ class QemuProvider(Provider):
             argv = qemu_argv(
                 qemu, image, shape, state_dir, incoming=ready / "state" if ready else None
             )
-            process = await _spawn(argv, state_dir, record.machine_id)
+            if spec.network == "private":
+                # Equipped before QEMU starts in it, so the guest never runs without the rules.
+                netns = new_namespace()
+                network = await attach_private_network_fd(netns, log_path=state_dir / "network.log")
+                record = replace(record, data={**record.data, **network.record})
+                write_record(record)
+                argv = ["nsenter", f"--net=/proc/self/fd/{netns}", "--", *argv]
+            process = await _spawn(
+                argv, state_dir, record.machine_id, pass_fds=() if netns is None else (netns,)
+            )
             record = replace(record, pid=process.pid, pid_start=process_start(process.pid))
             write_record(record)
             client = await self._connect(state_dir, monitor, process, record, ready is not None)
         except BaseException as exc:
-            await shielded(self._abandon(state_dir, process, monitor, client))
+            await shielded(self._abandon(state_dir, process, monitor, client, network))
             if isinstance(exc, MachineError | TimeoutError | OSError) and not isinstance(
                 exc, AllocationError
             ):
@@ -421,9 +455,14 @@ class QemuProvider(Provider):
                     f"machine {record.machine_id} did not start: {exc}; {why}"
                 ) from exc
             raise
-        return QemuMachine(
+        finally:
+            if netns is not None:  # QEMU and the helper's tap device keep the namespace
+                os.close(netns)
+        machine = QemuMachine(
             spec=spec, record=record, process=process, monitor=monitor, client=client
         )
+        machine.network = network
+        return machine
 
     async def _connect(
         self,
@@ -462,6 +501,7 @@ class QemuProvider(Provider):
         process: asyncio.subprocess.Process | None,
         monitor: Monitor,
         client: AgentClient | None,
+        network: PrivateNetwork | None,
     ) -> None:
         if client is not None:
             await client.close()
@@ -471,6 +511,9 @@ class QemuProvider(Provider):
                 os.killpg(process.pid, 9)
             with contextlib.suppress(TimeoutError):
                 await stop_process(process, 0, group=True)
+        if network is not None:
+            with contextlib.suppress(TimeoutError):
+                await network.aclose()
         with contextlib.suppress(ReleaseError):
             await asyncio.to_thread(remove_machine_dir, self.machines_dir, str(state_dir))
 
@@ -547,7 +590,11 @@ class QemuProvider(Provider):
             ) from exc
 
     async def _teardown(self, machine: QemuMachine) -> None:
-        await self._quit(machine)
+        try:
+            await self._quit(machine)
+        finally:
+            if machine.network is not None:
+                await machine.network.aclose()
         await asyncio.to_thread(remove_machine_dir, self.machines_dir, machine.record.state_dir)
 
     def leftovers(self) -> list[MachineRecord]:
@@ -561,6 +608,8 @@ class QemuProvider(Provider):
             raise ReleaseError(
                 f"machine {record.machine_id}: QEMU process {record.pid} survived SIGKILL"
             )
+        if not await reclaim_helper(record.data, self.grace):
+            raise ReleaseError(f"machine {record.machine_id}: its network helper survived SIGKILL")
         await asyncio.to_thread(remove_machine_dir, self.machines_dir, record.state_dir)
 
 
@@ -586,7 +635,7 @@ async def _run_to_end(*argv: str) -> None:
 
 
 async def _spawn(
-    argv: Sequence[str], state_dir: Path, machine_id: str
+    argv: Sequence[str], state_dir: Path, machine_id: str, pass_fds: Sequence[int] = ()
 ) -> asyncio.subprocess.Process:
     """Start QEMU in its own session; the machine id in its environment marks it as ours."""
     with open(state_dir / "qemu.log", "wb") as log:  # noqa: ASYNC230 - a local file, created empty
@@ -598,6 +647,7 @@ async def _spawn(
                 stderr=log,
                 start_new_session=True,
                 env={**os.environ, "VMRUNNER_MACHINE_ID": machine_id},
+                pass_fds=pass_fds,
             )
         )
         cancelled = await wait_through_cancellation(creation)

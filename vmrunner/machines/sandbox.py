@@ -1,8 +1,16 @@
 """The ``sandbox`` provider (the default): each machine is a bubblewrap sandbox.
 
-A machine is one ``bwrap`` process with its own mount, pid, ipc and uts namespaces (and network
-namespace for network ``none``), no capabilities, running the guest agent with the host's
-system ``python3``. Its file system is built from nothing:
+A machine is one ``bwrap`` process with its own mount, pid, ipc and uts namespaces, no
+capabilities, running the guest agent with the host's system ``python3``. Its network:
+
+- ``private`` (the default): its own network namespace, given a way out by ``network`` (a
+  slirp4netns helper attached once the agent answered, before the machine is handed out) and
+  an ``/etc/resolv.conf`` naming the helper's DNS; the host's loopback, gateway and own
+  addresses are unreachable;
+- ``none``: its own network namespace with loopback only;
+- ``host``: the host's network as it is, its loopback services included (a warning says so).
+
+Its file system is built from nothing:
 
 - read-only: ``/usr`` (and the ``/bin``, ``/sbin``, ``/lib*`` links or directories beside it)
   and ``/etc`` with its secret files (shadow passwords, ssh host keys) masked;
@@ -10,6 +18,12 @@ system ``python3``. Its file system is built from nothing:
   ``/home/runner`` (HOME, holding ``work/workspace`` and ``work/_temp``), ``/tmp`` (also
   ``/var/tmp``) and ``/opt/hostedtoolcache``; everything else, the root included, is read-only;
 - ``/proc`` of its own pid namespace and a minimal ``/dev``.
+
+Limits (``machines/limits.py``): the machine's processes are all in one cgroup
+(``machines/cgroups.py``) with its memory, process and CPU limits; the three writable
+directories live on a file system of their own of the machine's disk budget
+(``machines/disk.py``), mounted at ``<id>/disk``. Both are named in the machine's record
+before they exist, and freed after its processes are gone (or by reclaim, after a crash).
 
 So the host's ``/root``, ``/home``, ``/run``, ``/var``, ``/opt``, ``/work`` and the runner's
 state directory are simply not there. Every process of the machine lives in its pid namespace,
@@ -26,12 +40,19 @@ copies such a folder into a fresh machine's writable directories.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
+import logging
 import os
 import shutil
+import subprocess
+import threading
+import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
-from vmrunner.errors import AllocationError, SnapshotError
+from vmrunner.errors import AllocationError, ReleaseError, SnapshotError
+from vmrunner.machines import seccomp, sudo
 from vmrunner.machines.agent import DEFAULT_GRACE
 from vmrunner.machines.base import (
     Capabilities,
@@ -41,7 +62,35 @@ from vmrunner.machines.base import (
     MachineSpec,
     SnapshotId,
 )
-from vmrunner.machines.local import AgentMachine, Launch, LocalProvider
+from vmrunner.machines.cgroups import Cgroups, MachineCgroup
+from vmrunner.machines.disk import NO_ROOT, MachineDisk, reserve, resolve_disk
+from vmrunner.machines.identity import (
+    AGENT_GID,
+    AGENT_UID,
+    ROOT_UID,
+    RUNNER_GID,
+    RUNNER_UID,
+    IdMap,
+    chown_tree,
+    group_lines,
+    id_map,
+    passwd_lines,
+    user_namespace,
+)
+from vmrunner.machines.limits import Limits, resolve_limits
+from vmrunner.machines.local import (
+    RELEASE_TIMEOUT,
+    AgentMachine,
+    Launch,
+    LocalProvider,
+    descendants,
+)
+from vmrunner.machines.network import (
+    RESOLV_CONF,
+    PrivateNetwork,
+    attach_private_network,
+    reclaim_helper,
+)
 from vmrunner.machines.snapshots import DirectorySnapshots, import_trees
 
 HOME = "/home/runner"
@@ -59,7 +108,43 @@ SECRET_FILES = ("/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", 
 #: Directories of /etc hidden behind an empty tmpfs.
 SECRET_DIRS = ("/etc/ssh", "/etc/ssl/private", "/etc/sudoers.d", "/etc/vmrunner")
 
+#: The parts of the host's /etc a machine sees (globs of names directly in /etc).
+ETC_KEPT = (
+    "alternatives", "bash.bashrc", "bash_completion*", "bindresvport.blacklist", "ca-certificates*",
+    "debian_version", "dpkg", "emacs", "environment", "ethertypes", "fonts", "gai.conf",
+    "gitconfig", "gnutls", "host.conf", "ImageMagick*", "inputrc", "issue", "issue.net", "java*",
+    "ld.so.*", "locale.*", "localtime", "login.defs", "lsb-release", "magic", "magic.mime",
+    "mailcap", "mime.types", "mke2fs.conf", "networks", "nsswitch.conf", "os-release", "perl",
+    "pki", "profile", "profile.d", "protocols", "python3*", "rpc", "services", "shells", "skel",
+    "ssl", "subversion", "terminfo", "timezone", "vim", "wgetrc", "X11", "xattr.conf", "xdg",
+    "zsh*",
+)  # fmt: skip
+#: Files of the machine's /etc written for it, never the host's.
+ETC_WRITTEN = frozenset(
+    {"passwd", "group", "hostname", "hosts", "machine-id", "resolv.conf", "shadow", "gshadow"}
+)
+#: What /proc must keep read-only (bubblewrap does it only when its probe succeeds).
+PROC_READ_ONLY = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus")
+#: The capabilities the machine's processes may hold inside its user namespace: the agent
+#: needs them to start commands as ``runner`` or ``root``; root keeps those that act on files
+#: and ports (see ``Agent._as``), the runner none.
+CAPABILITIES = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
+    "CAP_SETUID", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT",
+    "CAP_AUDIT_WRITE",
+)  # fmt: skip
+
 BWRAP_MISSING = "bubblewrap (bwrap) is not installed: apt-get install bubblewrap"
+#: Joins the cgroups named before ``--`` (``cgroup.procs`` files), then execs what follows: so
+#: bwrap and every process it makes start inside the machine's cgroup (shell builtins only).
+JOIN_CGROUP = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
+HOST_NETWORK_WARNING = (
+    "sandbox machines on network 'host' share the host's network: jobs can reach services"
+    " listening on the host's loopback and addresses (use network 'private')"
+)
+
+log = logging.getLogger(__name__)
+_warned_host_network = False
 
 
 class SandboxMachine(AgentMachine):
@@ -67,6 +152,31 @@ class SandboxMachine(AgentMachine):
 
     _snapshots: DirectorySnapshots | None = None
     _snapshot_lock: asyncio.Lock | None = None
+    _cgroup: MachineCgroup | None = None
+    _disk_full = False
+
+    async def limits_hit(self) -> list[str]:
+        """From the cgroup's counters and the disk's free space (full now, or seen full)."""
+        reasons: list[str] = []
+        data = self.record.data
+        if self._cgroup is None and data.get("cgroup"):
+            self._cgroup = MachineCgroup.from_data(data["cgroup"])
+        if self._cgroup is not None:
+            reasons += self._cgroup.limits_hit()
+        if data.get("disk"):
+            disk = MachineDisk.from_data(data["disk"])
+            self._disk_full = self._disk_full or disk.full()
+            if self._disk_full:
+                reasons.append(disk.reason())
+        return reasons
+
+    def _forget_limits_hit(self) -> None:
+        """A restored machine starts counting afresh (a pool hands it to another job)."""
+        if self.record.data.get("cgroup"):
+            self._cgroup = MachineCgroup.from_data(self.record.data["cgroup"]).rebased()
+        self._disk_full = False
+    #: The helper of a ``private`` network, once attached.
+    network: PrivateNetwork | None = None
 
     async def snapshot(self, name: str = "") -> SnapshotId:
         engine = await self._engine()
@@ -80,6 +190,7 @@ class SandboxMachine(AgentMachine):
         if engine is None:
             raise SnapshotError(f"machine {self.id} has no snapshot {snapshot_id!r}")
         await engine.restore(snapshot_id)
+        self._forget_limits_hit()
 
     async def fingerprint(self) -> bytes:
         """The writable directories listed from the host: no process in the machine."""
@@ -123,6 +234,8 @@ class SandboxMachine(AgentMachine):
             return self._snapshots
 
     async def _closed(self) -> None:
+        if self.network is not None:
+            await self.network.aclose()
         if self._snapshots is not None:
             await self._snapshots.aclose()
 
@@ -173,7 +286,9 @@ class SandboxProvider(LocalProvider):
 
     name: ClassVar[str] = "sandbox"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        isolation=Isolation.NAMESPACES, snapshots=True
+        isolation=Isolation.NAMESPACES,
+        snapshots=True,
+        network_modes=frozenset({"private", "host", "none"}),
     )
     machine_class: ClassVar[type[AgentMachine]] = SandboxMachine
 
@@ -183,11 +298,24 @@ class SandboxProvider(LocalProvider):
         *,
         bwrap: str | None = None,
         python: str | None = None,
+        slirp4netns: str | None = None,
         grace: float = DEFAULT_GRACE,
     ) -> None:
         super().__init__(home, grace=grace)
         self._bwrap = bwrap
         self._python = python
+        self._id_map: IdMap | None = None
+        self._userns_fd: int | None = None
+        self._userns_lock = threading.Lock()
+        self._cgroups: Cgroups | None = None
+        self._slirp4netns = slirp4netns
+
+    async def aclose(self) -> None:
+        with self._userns_lock:
+            if self._userns_fd is not None:
+                os.close(self._userns_fd)
+                self._userns_fd = None
+        await super().aclose()
 
     def _tools(self) -> tuple[str, str]:
         bwrap = self._bwrap or shutil.which("bwrap")
@@ -201,51 +329,231 @@ class SandboxProvider(LocalProvider):
             )
         return bwrap, python
 
+    def _ids(self) -> IdMap:
+        if self._id_map is None:
+            self._id_map = id_map()
+        return self._id_map
+
+    def _userns(self, ids: IdMap) -> int:
+        """The user namespace every machine of this provider runs in (made once, kept open).
+
+        One namespace serves every machine: each still has its own mount, pid, ipc, uts and
+        network namespaces, so nothing of one machine can be named from another.
+        """
+        with self._userns_lock:
+            if self._userns_fd is None:
+                self._userns_fd = user_namespace(ids)
+            return self._userns_fd
+
+    def _remove_dir(self, state_dir: str) -> None:
+        try:
+            super()._remove_dir(state_dir)
+        except ReleaseError:
+            ids = self._ids()
+            if ids.privileged or not Path(state_dir).is_dir():
+                raise
+            # Files of the machine's ids: a runner that is not root removes them as the root
+            # of the machines' user namespace, which it owns.
+            if Path(state_dir).resolve().parent != self.machines_dir.resolve():
+                raise
+            userns = self._userns(ids)
+            subprocess.run(
+                ["nsenter", f"--user=/proc/self/fd/{userns}", "--", "rm", "-rf", "--", state_dir],
+                pass_fds=(userns,), capture_output=True, timeout=RELEASE_TIMEOUT, check=False,
+            )
+            super()._remove_dir(state_dir)
+
+    def _reachable(self, ids: IdMap, state_dir: Path) -> None:
+        """bubblewrap runs as the agent's unprivileged host id and finds the machine's
+        directories by path: open the runner's own directories to passers-by (0711: nothing
+        listed, every file inside private), and say plainly when a parent is closed to them."""
+        if not ids.privileged:
+            return
+        for folder in (self.home, self.machines_dir, self.cache_dir, state_dir):
+            folder.mkdir(parents=True, exist_ok=True, mode=0o711)
+            folder.chmod(0o711)
+        for parent in self.home.parents:
+            if not parent.stat().st_mode & 0o001:
+                raise AllocationError(
+                    f"the sandbox cannot reach its machines in {self.machines_dir}: {parent} is"
+                    f" closed to other users (mode {parent.stat().st_mode & 0o777:o}); choose a"
+                    " VMRUNNER_HOME whose parents others may enter, e.g. /var/lib/vmrunner"
+                )
+    def _plan(self, spec: MachineSpec, record: MachineRecord) -> MachineRecord:
+        limits = resolve_limits(spec.cpus, spec.memory_mib, spec.pids)
+        limits = Limits(limits.cpus, limits.memory_mib, limits.pids, resolve_disk(spec.disk_mib, self.machines_dir))
+        data = dict(record.data)
+        data["limits"] = {"cpus": limits.cpus, "memory_mib": limits.memory_mib, "pids": limits.pids, "disk_mib": limits.disk_mib}
+        if limits.cpus or limits.memory_mib or limits.pids:
+            if self._cgroups is None:
+                self._cgroups = Cgroups.detect()
+            data["cgroup"] = self._cgroups.plan(f"vmrunner-{record.machine_id}", limits).to_data()
+        if limits.disk_mib:
+            if os.geteuid() != 0:
+                raise AllocationError(NO_ROOT)
+            data["disk"] = MachineDisk.plan(Path(record.state_dir), limits.disk_mib).to_data()
+        return replace(record, data=data)
+
+    def _free(self, record: MachineRecord) -> None:
+        if record.data.get("cgroup"):
+            MachineCgroup.from_data(record.data["cgroup"]).remove()
+        if record.data.get("disk"):
+            MachineDisk.from_data(record.data["disk"]).release()
+
+    def _limits(self, record: MachineRecord) -> tuple[list[str], Path]:
+        """Make the machine's cgroup and disk: the command that joins the cgroup, and where
+        the writable directories go."""
+        prefix: list[str] = []
+        if record.data.get("cgroup"):
+            cgroup = MachineCgroup.from_data(record.data["cgroup"])
+            cgroup.create()
+            prefix = ["/bin/sh", "-c", JOIN_CGROUP, "vmrunner-join", *cgroup.procs_files, "--"]
+        if record.data.get("disk"):
+            disk = MachineDisk.from_data(record.data["disk"])
+            with reserve(self.machines_dir, disk.size_mib):
+                disk.create(self.cache_dir)
+            return prefix, Path(disk.mount)
+        return prefix, Path(record.state_dir)
+
     def _launch(self, state_dir: Path, record: MachineRecord, spec: MachineSpec) -> Launch:
         bwrap, python = self._tools()
+        ids = self._ids()
+        self._reachable(ids, state_dir)
         agent = self.agent_argv(python, AGENT_IN_MACHINE)
+        prefix, space = self._limits(record)
         writable = {
-            "home": state_dir / "home",
-            "tmp": state_dir / "tmp",
-            "toolcache": state_dir / "toolcache",
+            "home": space / "home",
+            "tmp": space / "tmp",
+            "toolcache": space / "toolcache",
         }
         for path in writable.values():
             path.mkdir(mode=0o755)
         for inner in ("work", "work/workspace", "work/_temp"):
             (writable["home"] / inner).mkdir(mode=0o755)
-        options = [
-            *namespace_args(spec, hostname=record.machine_id),
-            *system_args(),
-            "--bind", str(writable["home"]), HOME,
-            "--bind", str(writable["tmp"]), "/tmp",
-            "--bind", str(writable["toolcache"]), TOOL_CACHE,
-            "--dir", "/var",
-            # empty and read-only, as a path jobs may name (GitHub's runners have it)
-            "--dir", "/root",
-            "--symlink", "../tmp", "/var/tmp",
-            "--ro-bind", str(self.bundle_dir(python)), AGENT_IN_MACHINE,
-            "--remount-ro", "/",
-            "--chdir", WORKSPACE,
-            "--clearenv",
-            *env_args(
-                HOME=HOME,
-                PATH=PATH,
-                LANG="C.UTF-8",
-                RUNNER_TEMP=TEMP,
-                RUNNER_TOOL_CACHE=TOOL_CACHE,
-                VMRUNNER_MACHINE_ID=record.machine_id,
-            ),
-        ]  # fmt: skip
+        fds = _Fds()
+        try:
+            if ids.privileged:  # otherwise the agent's user owns them already
+                runner = ids.host_id(RUNNER_UID), ids.host_id(RUNNER_GID)
+                for name in ("home", "toolcache"):
+                    chown_tree(str(writable[name]), *runner)
+                os.chown(writable["tmp"], ids.host_id(ROOT_UID), ids.host_id(ROOT_UID))
+            writable["tmp"].chmod(0o1777)
+            options = [
+                "--userns", fds.keep(os.dup(self._userns(ids))),
+                "--uid", str(AGENT_UID), "--gid", str(AGENT_GID),
+                *namespace_args(spec, hostname=record.machine_id, unshare_user=False),
+                *[arg for cap in CAPABILITIES for arg in ("--cap-add", cap)],
+                "--seccomp", fds.data(seccomp.baseline()),
+                *system_args(etc=False),
+                *etc_args(fds, hostname=record.machine_id, private=spec.network == "private"),
+                *sudo_args(fds, python),
+                "--perms", "0755", "--dir", "/home",
+                "--perms", "0755", "--dir", "/opt",
+                "--bind", str(writable["home"]), HOME,
+                "--bind", str(writable["tmp"]), "/tmp",
+                "--bind", str(writable["toolcache"]), TOOL_CACHE,
+                "--dir", "/var",
+                # empty and read-only, as a path jobs may name (GitHub's runners have it)
+                "--dir", "/root",
+                "--symlink", "../tmp", "/var/tmp",
+                *bundle_args(fds, self.bundle_dir(python)),
+                "--remount-ro", "/",
+                "--chdir", WORKSPACE,
+                "--clearenv",
+                *env_args(
+                    HOME=HOME,
+                    PATH=PATH,
+                    LANG="C.UTF-8",
+                    USER="runner",
+                    RUNNER_TEMP=TEMP,
+                    RUNNER_TOOL_CACHE=TOOL_CACHE,
+                    VMRUNNER_MACHINE_ID=record.machine_id,
+                ),
+            ]  # fmt: skip
+        except BaseException:
+            fds.close()
+            raise
+        agent += ["--user", f"{RUNNER_UID}:{RUNNER_GID}", "--sudo", sudo.SOCKET]
+        if not ids.privileged:
+            agent += ["--own", f"{HOME}:{TOOL_CACHE}"]
         return Launch(
             argv=[bwrap, "--", *agent],
             piped_args=options,
             paths=MachinePaths(workspace=WORKSPACE, temp=TEMP, home=HOME, tool_cache=TOOL_CACHE),
             env={"PATH": os.environ.get("PATH", os.defpath)},
             writable=writable,
+            pass_fds=fds.fds,
+            run_as=(ids.agent_host, ids.agent_host) if ids.privileged else None,
+            prefix=prefix,
         )
 
+    async def _started(self, machine: AgentMachine) -> None:
+        if machine.spec.network == "host":
+            _warn_host_network()
+        if machine.spec.network != "private" or not isinstance(machine, SandboxMachine):
+            return
+        netns_pid = await asyncio.to_thread(_namespace_pid, machine.process.pid)
+        machine.network = await attach_private_network(
+            netns_pid, log_path=machine.state_dir / "network.log", slirp4netns=self._slirp4netns
+        )
+        machine.add_record_data(machine.network.record)
 
-def namespace_args(spec: MachineSpec, *, hostname: str) -> list[str]:
+    async def _reclaim(self, record: MachineRecord) -> None:
+        await super()._reclaim(record)
+        if not await reclaim_helper(record.data, self.grace):
+            raise ReleaseError(f"machine {record.machine_id}: its network helper survived SIGKILL")
+
+
+def _warn_host_network() -> None:
+    global _warned_host_network
+    if not _warned_host_network:
+        _warned_host_network = True
+        log.warning(HOST_NETWORK_WARNING)
+
+
+def _namespace_pid(bwrap_pid: int) -> int:
+    """A process of the sandbox (bwrap's child) in its own network namespace."""
+    own = os.stat("/proc/self/ns/net").st_ino
+    try:  # its direct children, where the kernel lists them (cheaper than a walk of /proc)
+        with open(f"/proc/{bwrap_pid}/task/{bwrap_pid}/children", encoding="ascii") as file:
+            children = [int(pid) for pid in file.read().split()]
+    except OSError:
+        children = []
+    for pid in children or [pid for pid, _ in descendants(bwrap_pid)]:
+        try:
+            if os.stat(f"/proc/{pid}/ns/net").st_ino != own:
+                return pid
+        except OSError:
+            continue
+    raise AllocationError(f"sandbox process {bwrap_pid} has no network namespace of its own")
+
+
+class _Fds:
+    """Descriptors opened for one launch, passed to bwrap and closed after it started."""
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+
+    def keep(self, fd: int) -> str:
+        self.fds.append(fd)
+        return str(fd)
+
+    def data(self, content: bytes) -> str:
+        """A memory file holding ``content``, which bwrap copies into the machine: no host
+        path behind it shows in the machine's mount table."""
+        fd = os.memfd_create("vmrunner", os.MFD_CLOEXEC)
+        self.fds.append(fd)
+        os.write(fd, content)  # a memory file takes it whole
+        os.lseek(fd, 0, os.SEEK_SET)
+        return str(fd)
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
+
+
+def namespace_args(spec: MachineSpec, *, hostname: str, unshare_user: bool = True) -> list[str]:
     args = [
         "--die-with-parent",
         "--new-session",
@@ -255,21 +563,28 @@ def namespace_args(spec: MachineSpec, *, hostname: str) -> list[str]:
         "--hostname", hostname,
         "--cap-drop", "ALL",
     ]  # fmt: skip
-    if os.geteuid() != 0:
+    if unshare_user and os.geteuid() != 0:
         args.append("--unshare-user")  # without privileges, namespaces need a user namespace
-    if spec.network == "none":
+    if spec.network in ("none", "private"):
         args.append("--unshare-net")
     return args
 
 
-def system_args() -> list[str]:
-    """Read-only system directories, mirroring the host's layout (links stay links)."""
+def system_args(*, etc: bool = True) -> list[str]:
+    """Read-only system directories, mirroring the host's layout (links stay links); with
+    ``etc``, the host's whole ``/etc`` less its secrets (the sandbox builds its own instead)."""
     args = ["--ro-bind", "/usr", "/usr"]
     for path in SYSTEM_DIRS:
         if os.path.islink(path):
             args += ["--symlink", os.readlink(path), path]
         elif os.path.isdir(path):
             args += ["--ro-bind", path, path]
+    args += ["--proc", "/proc", "--dev", "/dev"]
+    # The kernel's knobs and triggers stay read-only, whatever bubblewrap's own probe found.
+    for path in PROC_READ_ONLY:
+        args += ["--ro-bind-try", path, path]
+    if not etc:
+        return args
     args += ["--ro-bind", "/etc", "/etc"]
     for path in SECRET_FILES:
         if os.path.isfile(path):
@@ -281,8 +596,76 @@ def system_args() -> list[str]:
     resolv = os.path.realpath("/etc/resolv.conf")
     if resolv != "/etc/resolv.conf" and not resolv.startswith(("/etc/", "/usr/")):
         args += ["--ro-bind-try", resolv, resolv]
-    args += ["--proc", "/proc", "--dev", "/dev"]
     return args
+
+
+def etc_args(fds: _Fds, *, hostname: str, private: bool = False) -> list[str]:
+    """A machine's own ``/etc``: what programs read (certificates, the loader's cache,
+    alternatives, time zone, shells' profiles...) from the host, read-only; who the users are,
+    the host name and the resolver written for the machine; nothing else of the host's."""
+    args = ["--tmpfs", "/etc"]
+    try:
+        names = sorted(os.listdir("/etc"))
+    except OSError:
+        names = []
+    for name in names:
+        if name in ETC_WRITTEN or not any(fnmatch.fnmatchcase(name, glob) for glob in ETC_KEPT):
+            continue
+        path = f"/etc/{name}"
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.exists(path):
+            args += ["--ro-bind", path, path]
+    for path in SECRET_DIRS:
+        if os.path.isdir(path) and not os.path.islink(path) and path.count("/") > 2:
+            args += ["--tmpfs", path, "--remount-ro", path]
+    files = {
+        "passwd": "\n".join(passwd_lines()) + "\n",
+        "group": "\n".join(group_lines()) + "\n",
+        "hostname": f"{hostname}\n",
+        "hosts": f"127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n127.0.1.1 {hostname}\n",
+        "machine-id": uuid.uuid4().hex + "\n",
+        # On a private network the host's resolver (often its loopback) is out of reach: the
+        # network helper's DNS instead.
+        "resolv.conf": RESOLV_CONF if private else _host_resolver(),
+    }
+    for name, text in files.items():
+        args += ["--perms", "0644", "--ro-bind-data", fds.data(text.encode()), f"/etc/{name}"]
+    return [*args, "--remount-ro", "/etc"]
+
+
+def _host_resolver() -> str:
+    try:
+        with open("/etc/resolv.conf", encoding="utf-8") as file:
+            return file.read()
+    except OSError:
+        return ""
+
+
+def bundle_args(fds: _Fds, bundle: Path) -> list[str]:
+    """The agent's files, copied in (a bind would show the runner's cache path inside)."""
+    args: list[str] = []
+    for folder, _, files in os.walk(bundle):
+        inside = os.path.join(AGENT_IN_MACHINE, os.path.relpath(folder, bundle)).rstrip("/.")
+        args += ["--perms", "0755", "--dir", inside or AGENT_IN_MACHINE]
+        for name in sorted(files):
+            content = Path(folder, name).read_bytes()
+            args += ["--perms", "0644", "--ro-bind-data", fds.data(content), f"{inside}/{name}"]
+    return args
+
+
+def sudo_args(fds: _Fds, python: str) -> list[str]:
+    """``/usr/local/sbin/sudo`` (see ``sudo.py``) and ``/run``, where its socket lives."""
+    folder = os.path.dirname(sudo.PROGRAM)
+    args = ["--tmpfs", "/run"]
+    if not os.path.isdir(folder):
+        return args  # no place for it on this host's /usr: jobs have no sudo
+    args += ["--tmpfs", folder]
+    for name in sorted(os.listdir(folder)):
+        if name != "sudo":
+            args += ["--ro-bind", f"{folder}/{name}", f"{folder}/{name}"]
+    args += ["--perms", "0755", "--ro-bind-data", fds.data(sudo.shim(python)), sudo.PROGRAM]
+    return [*args, "--remount-ro", folder]
 
 
 def env_args(**env: str) -> list[str]:

@@ -101,6 +101,9 @@ class _Entry:
     mode: int = 0
     mtime_ns: int = 0
     data: bytes = b""
+    #: The owner (a machine's files belong to ids of its user namespace); -1: leave as made.
+    uid: int = -1
+    gid: int = -1
 
 
 _GONE = _Entry(_ABSENT)
@@ -572,13 +575,13 @@ class DirectorySnapshots:
                 copied = _copy_file(path, data)
                 layer.bytes_stored += copied
                 layer.files_copied += 1
-            entry = _Entry(_FILE, mode, st.st_mtime_ns, data)
+            entry = _Entry(_FILE, mode, st.st_mtime_ns, data, st.st_uid, st.st_gid)
         elif stat.S_ISDIR(st.st_mode):
-            entry = _Entry(_DIR, mode, st.st_mtime_ns)
+            entry = _Entry(_DIR, mode, st.st_mtime_ns, b"", st.st_uid, st.st_gid)
         elif stat.S_ISLNK(st.st_mode):
-            entry = _Entry(_LINK, mode, st.st_mtime_ns, os.readlink(path))
+            entry = _Entry(_LINK, mode, st.st_mtime_ns, os.readlink(path), st.st_uid, st.st_gid)
         elif stat.S_ISFIFO(st.st_mode):
-            entry = _Entry(_FIFO, mode, st.st_mtime_ns)
+            entry = _Entry(_FIFO, mode, st.st_mtime_ns, b"", st.st_uid, st.st_gid)
         else:
             return _GONE if previous is not None else None
         return entry
@@ -654,6 +657,13 @@ def _failing_as(message: str) -> Iterator[None]:
         raise SnapshotError(f"{message}: {exc}") from exc
 
 
+def _own(path: bytes, entry: _Entry) -> None:
+    """Give ``path`` back its recorded owner (a runner that is not root keeps its own)."""
+    if entry.uid >= 0:
+        with contextlib.suppress(PermissionError):
+            os.lchown(path, entry.uid, entry.gid)
+
+
 def import_trees(
     source: str | os.PathLike[str], roots: Mapping[str, str | os.PathLike[str]]
 ) -> None:
@@ -666,10 +676,16 @@ def import_trees(
             with os.scandir(root) as entries:
                 for entry in entries:
                     _remove(os.fsencode(entry.path))
+            owner = os.lstat(root)
             shutil.copytree(
                 origin, root, symlinks=True, dirs_exist_ok=True, copy_function=_copy_preserving
             )
             shutil.copystat(origin, root)
+            # What the machine wrote belongs to the machine's own user again.
+            for folder, dirs, files in os.walk(root):
+                for name in (*dirs, *files):
+                    with contextlib.suppress(PermissionError):
+                        os.lchown(os.path.join(folder, name), owner.st_uid, owner.st_gid)
 
 
 def _copy_preserving(source: str, dest: str) -> None:
@@ -803,6 +819,10 @@ class _Applier:
         self._writable(_parent(path), lambda: self._create(path, target))
 
     def _create(self, path: bytes, target: _Entry) -> None:
+        self._make(path, target)
+        _own(path, target)
+
+    def _make(self, path: bytes, target: _Entry) -> None:
         if target.kind == _DIR:
             os.mkdir(path, _OWNER_RWX)
             self._dirs[path] = target
@@ -851,5 +871,6 @@ class _Applier:
         for path in sorted(self._dirs, key=_depth_key, reverse=True):
             entry = self._dirs[path]
             with contextlib.suppress(FileNotFoundError):
+                _own(path, entry)
                 os.chmod(path, entry.mode)
                 os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)

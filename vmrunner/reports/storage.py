@@ -1,5 +1,4 @@
-"""Keeping runs: ``StoreSink`` writes a run's events to the store as they arrive, ``RunHistory``
-reads them back.
+"""Keeping runs: ``StoreSink`` writes a run's events to the store as they arrive, ``RunHistory`` reads them back.
 
 Wiring (``vmrunner run``)::
 
@@ -21,6 +20,7 @@ The store only knows rows (``vmrunner.store``); turning events into rows and row
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -28,7 +28,7 @@ from dataclasses import asdict, replace
 from types import TracebackType
 from typing import Any, TypeVar, get_args
 
-from vmrunner.errors import RunNotFound, StoreError
+from vmrunner.errors import RunNotFound, StoreDiskError, StoreError
 from vmrunner.reports.events import (
     Annotation,
     AnnotationLevel,
@@ -69,6 +69,12 @@ DEFAULT_BATCH_SIZE = 500
 #: Seconds after which waiting log lines are written with the next line that arrives.
 DEFAULT_FLUSH_INTERVAL = 0.5
 INTERRUPTED_NOTE = "the runner stopped before the run finished"
+#: Log lines and annotations kept in memory while the store refuses them (a full disk).
+MAX_PENDING = 50_000
+#: Seconds before log lines are tried again after a full disk (rows are tried at every change).
+DISK_RETRY_INTERVAL = 2.0
+#: Errors kept in ``StoreSink.errors``.
+MAX_ERRORS = 20
 
 
 class StoreSink:
@@ -77,6 +83,13 @@ class StoreSink:
     ``StoreSink(store, *, batch_size=500, flush_interval=0.5, clock=time.monotonic, owner=None)``;
     ``owner`` is the runner process recorded with the run (default: this process);
     ``rerun_of``/``from_step`` link a run made by ``vmrunner rerun`` to the run it continues.
+
+    A write that fails leaves what it carried waiting: rows are marked and written again with
+    the next write, log lines stay buffered (up to ``MAX_PENDING``; later ones are counted in
+    ``lost``). After a full disk (``StoreDiskError``) log lines wait ``DISK_RETRY_INTERVAL``
+    before the next try. The final write puts the run's rows and annotations first, giving
+    up the store's reserve if the disk is full, then the log lines: a full disk costs log
+    lines, never the record of how the run ended.
     """
 
     def __init__(
@@ -92,8 +105,12 @@ class StoreSink:
     ) -> None:
         self.store = store
         self._rerun_of, self._from_step = rerun_of, from_step
-        #: Errors met while writing; ``emit`` must not raise, so they are kept (and logged).
+        #: Errors met while writing (the first ``MAX_ERRORS``); ``emit`` must not raise.
         self.errors: list[StoreError] = []
+        #: The first full or failing disk met, if any.
+        self.disk_error: StoreDiskError | None = None
+        #: Log lines and annotations that could not be kept.
+        self.lost = 0
         self._batch_size = batch_size
         self._flush_interval = flush_interval
         self._clock = clock
@@ -102,21 +119,25 @@ class StoreSink:
         self._run: RunRow | None = None
         self._finished = False
         self._jobs: dict[str, int] = {}
+        #: Rows changed since they were last written (dicts: ordered sets).
+        self._dirty_run = False
+        self._dirty_jobs: dict[str, None] = {}
+        self._dirty_steps: dict[tuple[str, int], None] = {}
         self._logs: list[LogRow] = []
         self._annotations: list[AnnotationRow] = []
         #: How many of the collector's timeline entries are written (they go with the logs).
         self._timeline_written = 0
         self._depth: dict[tuple[str, int], int] = {}
         self._last_flush = clock()
+        self._retry_at = 0.0
+        self._lost_noted = 0
+        self._note_base: str | None = None
 
     def __enter__(self) -> StoreSink:
         return self
 
     def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
 
@@ -125,28 +146,40 @@ class StoreSink:
         try:
             self._write(event)
         except StoreError as exc:
-            if not self.errors:
-                logger.warning("cannot keep run %s in the store: %s", event.run_id, exc)
-            self.errors.append(exc)
+            self._failed(exc)
 
     def flush(self) -> None:
-        """Write the waiting log lines and annotations now."""
+        """Write the waiting rows, log lines and annotations now."""
         try:
-            self._flush()
+            self._sync(logs=True)
         except StoreError as exc:
-            self.errors.append(exc)
+            self._failed(exc)
 
     def close(self) -> None:
         """Write what is left; a run that did not finish is recorded as interrupted."""
-        self.flush()
         if self._run is not None and not self._finished:
             self._finished = True
-            try:
-                self.store.finish_unfinished_run(
-                    self._run.id, "interrupted", time.time(), INTERRUPTED_NOTE
-                )
-            except StoreError as exc:
-                self.errors.append(exc)
+            now = time.time()
+            self._run = replace(
+                self._run, status="completed", conclusion="interrupted", finished_at=now,
+                duration=max(0.0, now - self._run.started_at), note=INTERRUPTED_NOTE,
+            )
+            self._dirty_run = True
+        self._final_write()
+
+    @property
+    def recorded(self) -> bool:
+        """Whether the run's record is in the store as it ended (log lines aside)."""
+        return self._finished and not (self._dirty_run or self._dirty_jobs or self._dirty_steps)
+
+    def _failed(self, exc: StoreError) -> None:
+        if not self.errors:
+            logger.warning("cannot keep run %s in the store: %s", self._collector.run_id or "?", exc)
+        if len(self.errors) < MAX_ERRORS:
+            self.errors.append(exc)
+        if isinstance(exc, StoreDiskError):
+            self.disk_error = self.disk_error or exc
+            self._retry_at = self._clock() + DISK_RETRY_INTERVAL
 
     def _write(self, event: Event) -> None:
         match event:
@@ -155,6 +188,10 @@ class StoreSink:
                     self.close()
                     self._jobs, self._depth, self._finished = {}, {}, False
                     self._timeline_written = 0
+                    # What the previous run could not write is its loss, not this run's.
+                    self._rows_written()
+                    self._logs, self._annotations = [], []
+                    self.lost, self._lost_noted, self._note_base = 0, 0, None
                 self._run = RunRow(
                     id=event.run_id, workflow_name=event.workflow_name,
                     workflow_file=event.workflow_file, event_name=event.event_name,
@@ -162,7 +199,8 @@ class StoreSink:
                     owner_start=self._owner.start, sha=event.sha, ref=event.ref,
                     rerun_of=self._rerun_of, from_step=self._from_step,
                 )
-                self.store.put_run(self._run)
+                self._dirty_run = True
+                self._sync()
             case LogLine():
                 self._log(event.run_id, event.time, LogRow(
                     event.run_id, event.job_key, event.step_index, "line", event.stream,
@@ -183,37 +221,34 @@ class StoreSink:
                     event.time, depth,
                 ))
             case Annotation():
-                self._annotations.append(AnnotationRow(
-                    event.run_id, event.job_key, event.step_index, event.level, event.message,
-                    event.time, event.file, event.line, event.column, event.title,
-                ))
+                if self._keep():
+                    self._annotations.append(AnnotationRow(
+                        event.run_id, event.job_key, event.step_index, event.level, event.message,
+                        event.time, event.file, event.line, event.column, event.title,
+                    ))
                 self._maybe_flush(event.run_id, event.time)
             case JobQueued() | JobStarted() | SnapshotRestored():
-                with self.store.transaction():
-                    self._put_job(event.run_id, event.job_key, event.time)
+                self._mark_job(event.run_id, event.job_key, event.time)
+                self._sync()
             case StepStarted() | StepFinished():
-                with self.store.transaction():
-                    if isinstance(event, StepFinished):
-                        self._flush()
-                    self._put_step(event.run_id, event.job_key, event.index, event.time)
+                self._mark_step(event.run_id, event.job_key, event.index, event.time)
+                self._sync(logs=isinstance(event, StepFinished))
             case SnapshotTaken():
-                with self.store.transaction():
-                    self._put_step(event.run_id, event.job_key, event.step_index, event.time)
+                self._mark_step(event.run_id, event.job_key, event.step_index, event.time)
+                self._sync()
             case JobFinished():
-                with self.store.transaction():
-                    self._flush()
-                    self._put_job(event.run_id, event.job_key, event.time)
+                self._mark_job(event.run_id, event.job_key, event.time)
+                self._sync(logs=True)
             case RunFinished():
                 result = self._collector.result()
-                with self.store.transaction():
-                    self._flush()
-                    run = self._ensure_run(event.run_id, event.time - event.duration)
-                    self._run = replace(
-                        run, status="completed", conclusion=result.conclusion,
-                        finished_at=event.time, duration=event.duration,
-                    )
-                    self.store.put_run(self._run)
+                run = self._ensure_run(event.run_id, event.time - event.duration)
+                self._run = replace(
+                    run, status="completed", conclusion=result.conclusion,
+                    finished_at=event.time, duration=event.duration,
+                )
+                self._dirty_run = True
                 self._finished = True
+                self._final_write()
 
     def _ensure_run(self, run_id: str, time_: float) -> RunRow:
         """The run's row; one is made up if the run's first event was not ``RunStarted``."""
@@ -222,53 +257,141 @@ class StoreSink:
                 id=run_id, workflow_name="", workflow_file="", event_name="", status="in_progress",
                 started_at=time_, owner_pid=self._owner.pid, owner_start=self._owner.start,
             )
-            self.store.put_run(self._run)
+            self._dirty_run = True
         return self._run
 
-    def _put_job(self, run_id: str, job_key: str, time_: float) -> None:
+    def _mark_job(self, run_id: str, job_key: str, time_: float) -> None:
         self._ensure_run(run_id, time_)
-        job = self._collector.job_result(job_key)
-        assert job is not None  # the collector saw the event first
-        seq = self._jobs.setdefault(job_key, len(self._jobs))
-        self.store.put_run_job(job_row(run_id, seq, job))
+        self._jobs.setdefault(job_key, len(self._jobs))
+        self._dirty_jobs[job_key] = None
 
-    def _put_step(self, run_id: str, job_key: str, index: int, time_: float) -> None:
+    def _mark_step(self, run_id: str, job_key: str, index: int, time_: float) -> None:
         if job_key not in self._jobs:
-            self._put_job(run_id, job_key, time_)
-        job = self._collector.job_result(job_key)
-        step = job.step(index) if job else None
-        if step is not None:
-            self.store.put_run_step(step_row(run_id, job_key, step))
+            self._mark_job(run_id, job_key, time_)
+        self._dirty_steps[(job_key, index)] = None
+
+    def _keep(self) -> bool:
+        """Whether one more log line or annotation fits in memory while the store refuses them."""
+        if len(self._logs) + len(self._annotations) < MAX_PENDING:
+            return True
+        self.lost += 1
+        return False
 
     def _log(self, run_id: str, time_: float, row: LogRow) -> None:
-        self._logs.append(row)
+        if self._keep():
+            self._logs.append(row)
         self._maybe_flush(run_id, time_)
 
     def _maybe_flush(self, run_id: str, time_: float) -> None:
-        waiting = len(self._logs) + len(self._annotations)
-        if waiting >= self._batch_size or self._clock() - self._last_flush >= self._flush_interval:
-            with self.store.transaction():
-                self._ensure_run(run_id, time_)
-                self._flush()
-
-    def _flush(self) -> None:
-        self._last_flush = self._clock()
-        timeline = self._collector.timeline_entries[self._timeline_written:]
-        if not (self._logs or self._annotations or timeline):
+        now = self._clock()
+        if now < self._retry_at:
             return
+        waiting = len(self._logs) + len(self._annotations)
+        if waiting >= self._batch_size or now - self._last_flush >= self._flush_interval:
+            self._ensure_run(run_id, time_)
+            self._sync(logs=True)
+
+    def _sync(self, *, logs: bool = False) -> None:
+        """Write the changed rows, and the waiting log lines if ``logs``, in one transaction."""
+        if logs:
+            self._last_flush = self._clock()
+        timeline = self._collector.timeline_entries[self._timeline_written:] if logs else []
+        written = len(self._logs), len(self._annotations)
         with self.store.transaction():
-            if self._logs:
-                self._ensure_run(self._logs[0].run_id, self._logs[0].time)
-            elif self._annotations:
-                self._ensure_run(self._annotations[0].run_id, self._annotations[0].time)
-            elif timeline:
-                self._ensure_run(self._collector.run_id, timeline[0].time)
-            self.store.add_run_logs(self._logs)
+            self._write_rows()
+            if logs:
+                self.store.add_run_logs(self._logs)
+                self.store.add_run_annotations(self._annotations)
+                self.store.add_run_timeline([timeline_row(self._run_id(), entry) for entry in timeline])
+        self._rows_written()
+        if logs:
+            del self._logs[: written[0]]
+            del self._annotations[: written[1]]
+            self._timeline_written += len(timeline)
+
+    def _run_id(self) -> str:
+        return self._run.id if self._run else self._collector.run_id
+
+    def _write_rows(self) -> None:
+        """Upsert the changed rows, parents first (the run, then jobs, then steps)."""
+        if self._run is None and not (self._dirty_jobs or self._dirty_steps or self._logs or self._annotations):
+            return
+        run = self._ensure_run(self._collector.run_id, time.time())
+        if self._dirty_run:
+            self.store.put_run(run)
+        for job_key in self._dirty_jobs:
+            job = self._collector.job_result(job_key)
+            if job is not None:
+                self.store.put_run_job(job_row(run.id, self._jobs[job_key], job))
+        for job_key, index in self._dirty_steps:
+            job = self._collector.job_result(job_key)
+            step = job.step(index) if job else None
+            if step is not None:
+                self.store.put_run_step(step_row(run.id, job_key, step))
+
+    def _rows_written(self) -> None:
+        self._dirty_run = False
+        self._dirty_jobs.clear()
+        self._dirty_steps.clear()
+
+    def _final_write(self) -> None:
+        """Everything left, the record of how the run ended first (see the class docstring)."""
+        try:
+            self._with_reserve(self._write_record)
+        except StoreError as exc:
+            self._failed(exc)
+            return  # the rows could not be written: log lines after them would be orphans
+        while self._logs or self._collector.timeline_entries[self._timeline_written:]:
+            chunk = self._logs[: self._batch_size]
+            timeline = self._collector.timeline_entries[self._timeline_written:]
+            try:
+                self._with_reserve(functools.partial(self._write_logs, chunk, timeline))
+            except StoreError as exc:
+                self._failed(exc)
+                break
+            del self._logs[: len(chunk)]
+            self._timeline_written += len(timeline)
+        if self._logs or self.lost:
+            self.lost += len(self._logs)
+            self._logs.clear()
+            self._note_lost()
+
+    def _write_record(self) -> None:
+        with self.store.transaction():
+            self._write_rows()
             self.store.add_run_annotations(self._annotations)
-            run_id = self._run.id if self._run else self._collector.run_id
-            self.store.add_run_timeline([timeline_row(run_id, entry) for entry in timeline])
-        self._logs, self._annotations = [], []
-        self._timeline_written += len(timeline)
+        self._rows_written()
+        self._annotations.clear()
+
+    def _write_logs(self, chunk: list[LogRow], timeline: list[TimelineEntry]) -> None:
+        with self.store.transaction():
+            self.store.add_run_logs(chunk)
+            self.store.add_run_timeline([timeline_row(self._run_id(), entry) for entry in timeline])
+
+    def _with_reserve(self, write: Callable[[], None]) -> None:
+        """``write()``; once more after giving up the store's reserve if the disk was full."""
+        try:
+            write()
+        except StoreDiskError as exc:
+            if not self.store.release_reserve():
+                raise
+            self._failed(exc)
+            write()
+
+    def _note_lost(self) -> None:
+        """Say on the run's row that log lines are missing, and why (best effort)."""
+        if self._run is None or self.lost == self._lost_noted:
+            return
+        if self._note_base is None:
+            self._note_base = self._run.note
+        why = f": {self.disk_error}" if self.disk_error else ""
+        note = f"{self.lost} log lines and annotations could not be kept{why}"
+        self._run = replace(self._run, note=f"{self._note_base}; {note}" if self._note_base else note)
+        self._lost_noted = self.lost
+        try:
+            self.store.put_run(self._run)
+        except StoreError as exc:
+            self._failed(exc)
 
 
 class RunHistory:
@@ -300,9 +423,7 @@ class RunHistory:
             raise RunNotFound(f"no run {run_id!r}")
         return self._result(row)
 
-    def logs(
-        self, run_id: str, job_key: str | None = None, step: int | None = None
-    ) -> list[LogRow]:
+    def logs(self, run_id: str, job_key: str | None = None, step: int | None = None) -> list[LogRow]:
         """A run's output in order (lines and group markers); one job's or one step's if asked."""
         return self.store.run_logs(self.resolve(run_id), job_key, step)
 
@@ -310,9 +431,7 @@ class RunHistory:
         """Record as interrupted every unfinished run whose runner process is gone; their ids."""
         marked = []
         for row in self.store.runs(limit=None, unfinished=True):
-            if not Owner(
-                row.owner_pid, row.owner_start
-            ).alive() and self.store.finish_unfinished_run(
+            if not Owner(row.owner_pid, row.owner_start).alive() and self.store.finish_unfinished_run(
                 row.id, "interrupted", time.time() if now is None else now, _gone(row)
             ):
                 marked.append(row.id)
@@ -329,12 +448,7 @@ class RunHistory:
         for moment in self.store.run_timeline(row.id):
             timelines.setdefault(moment.job_key, []).append(timeline_entry(moment))
         jobs = tuple(
-            job_result(
-                job,
-                steps.get(job.job_key, []),
-                annotations.get(job.job_key, []),
-                timelines.get(job.job_key, []),
-            )
+            job_result(job, steps.get(job.job_key, []), annotations.get(job.job_key, []), timelines.get(job.job_key, []))
             for job in self.store.run_jobs(row.id)
         )
         status: Status = _choice(row.status, Status, "in_progress")
@@ -379,10 +493,7 @@ def step_row(run_id: str, job_key: str, step: StepResult) -> RunStepRow:
 
 
 def job_result(
-    row: RunJobRow,
-    steps: list[StepResult],
-    annotations: list[AnnotationResult],
-    timeline: list[TimelineEntry] | None = None,
+    row: RunJobRow, steps: list[StepResult], annotations: list[AnnotationResult], timeline: list[TimelineEntry] | None = None
 ) -> JobResult:
     return JobResult(
         job_key=row.job_key, job_id=row.job_id, name=row.name,
@@ -402,20 +513,10 @@ def job_result(
 
 def timeline_row(run_id: str, entry: TimelineEntry) -> TimelineRow:
     return TimelineRow(
-        run_id=run_id,
-        job_key=entry.job_key,
-        time=entry.time,
-        kind=entry.kind,
-        session_id=entry.session_id,
-        machine_id=entry.machine_id,
-        state=entry.state,
-        step_index=entry.step_index,
-        step_kind=entry.step_kind,
-        name=entry.name,
-        exit_code=entry.exit_code,
-        outcome=entry.outcome,
-        seconds=entry.seconds,
-        detail=entry.detail,
+        run_id=run_id, job_key=entry.job_key, time=entry.time, kind=entry.kind,
+        session_id=entry.session_id, machine_id=entry.machine_id, state=entry.state,
+        step_index=entry.step_index, step_kind=entry.step_kind, name=entry.name,
+        exit_code=entry.exit_code, outcome=entry.outcome, seconds=entry.seconds, detail=entry.detail,
     )
 
 
@@ -453,6 +554,5 @@ _T = TypeVar("_T")
 
 
 def _choice(value: str | None, literal: Any, default: _T) -> _T:
-    """``value`` if it is one of the ``Literal`` type's words, else ``default`` (a newer writer's
-    word)."""
+    """``value`` if it is one of the ``Literal`` type's words, else ``default`` (a newer writer's word)."""
     return value if value in get_args(literal) else default  # type: ignore[return-value]

@@ -1,8 +1,10 @@
 """Actions a step ``uses``: where they come from and what their ``action.yml`` says.
 
 - ``actions/checkout`` is done natively (the repository's files are copied into the machine).
-- ``./path``: a local action, read from the job's workspace in the machine (as GitHub does),
-  else from the repository on the host (then copied into the machine).
+- ``./path``: a local action, read from the job's workspace inside the machine only (as
+  GitHub's runner does): a step must have put it there (``actions/checkout``). Nothing is read
+  or copied from the host, so a committed symlink cannot bring a host folder into the job, and
+  a path that resolves (inside the machine) outside the workspace is refused.
 - ``owner/repo[/path]@ref``: cloned into the actions cache under ``VMRUNNER_HOME``, then copied
   into the machine.
 - ``docker://image`` and actions with ``runs.using: docker`` cannot run in a sandbox.
@@ -166,15 +168,6 @@ def step_from_mapping(index: int, raw: Mapping[str, Any]) -> Step:
     )
 
 
-async def _read_in_machine(machine: Machine, folder: str) -> tuple[str, str] | None:
-    for name in ACTION_FILES:
-        try:
-            return (await machine.read_file(f"{folder}/{name}")).decode(errors="replace"), name
-        except MachineError:
-            continue
-    return None
-
-
 def _tree_tar(folder: Path) -> bytes:
     """The files under ``folder`` without ``.git``, as a tar stream."""
     buffer = io.BytesIO()
@@ -198,9 +191,25 @@ def _read_on_host(folder: str) -> tuple[str, str] | None:
     return None
 
 
+def _inside(root: str, path: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
 def host_local_action_using(repo_root: str, uses: str) -> str | None:
-    """``runs.using`` of a local action found in the repository on the host (None if absent)."""
-    found = _read_on_host(os.path.join(repo_root, uses))
+    """``runs.using`` of a local action in the repository on the host (None if absent).
+
+    Only a hint, to refuse a Docker action before a machine is allocated; the action itself is
+    read from the machine. Nothing outside the repository is read: a symlink leading out of it
+    counts as absent.
+    """
+    root = os.path.realpath(repo_root)
+    folder = os.path.realpath(os.path.join(root, uses))
+    if not _inside(root, folder):
+        return None
+    for name in ACTION_FILES:
+        if not _inside(root, os.path.realpath(os.path.join(folder, name))):
+            return None
+    found = _read_on_host(folder)
     if found is None:
         return None
     try:
@@ -209,31 +218,81 @@ def host_local_action_using(repo_root: str, uses: str) -> str | None:
         return None
 
 
-async def load_local_action(
-    machine: Machine, repo_root: str, uses: str, uploaded: set[str]
-) -> Action:
-    """A ``./path`` action: from the workspace in the machine, else from the repository on the host.
+#: Finds a local action inside the machine: $1 the workspace, $2 the action's folder relative
+#: to it. Resolves symlinks there (``readlink -m``; ``-f`` where only that exists) and stops
+#: at the first path that leads outside the workspace. Exit 0: the file's name, a newline, its
+#: text; 3: no action file; 4: the path and where it leads, printed; 5: no workspace; 6: a
+#: Dockerfile only.
+_FIND_LOCAL = r"""
+ws=$(cd -P -- "$1" 2>/dev/null && pwd -P) || exit 5
+real() { readlink -m -- "$1" 2>/dev/null || readlink -f -- "$1" 2>/dev/null; }
+inside() { case $2 in "$ws"|"$ws"/*) return 0;; esac; printf '%s\n%s' "$1" "$2"; exit 4; }
+dir=$(real "$ws${2:+/$2}") || exit 3
+[ -n "$dir" ] || exit 3
+inside "$1${2:+/$2}" "$dir"
+[ -d "$dir" ] || exit 3
+for name in action.yml action.yaml; do
+  [ -e "$dir/$name" ] || [ -L "$dir/$name" ] || continue
+  file=$(real "$dir/$name") || continue
+  inside "$1${2:+/$2}/$name" "$file"
+  [ -f "$file" ] || continue
+  printf '%s\n' "$name"
+  exec cat -- "$file"
+done
+[ -e "$dir/Dockerfile" ] && exit 6
+exit 3
+"""
+#: Bound on the look-up: it is one small shell in the machine.
+FIND_TIMEOUT = 60.0
 
-    ``uploaded`` holds the folders already copied into this machine (copied once per job).
+
+def local_action_folder(workspace: str, uses: str) -> tuple[str, str]:
+    """``./path`` as (path relative to the workspace, its folder in the machine).
+
+    Refuses what leaves the workspace on its face (``..`` above it); symlinks are judged in the
+    machine by ``load_local_action``.
     """
-    relative = PurePosixPath(uses).as_posix().removeprefix("./").strip("/")
-    if ".." in PurePosixPath(relative).parts:
-        raise ActionError(f"local action {uses} points outside the repository")
-    folder = f"{machine.paths.workspace}/{relative}" if relative else machine.paths.workspace
-    found = await _read_in_machine(machine, folder)
-    if found is None:
-        host = os.path.join(repo_root, relative)
-        found = _read_on_host(host)
-        if found is None:
-            raise ActionError(
-                f"cannot find action {uses}: no action.yml or action.yaml in the workspace or in "
-                f"{host}"
-            )
-        folder = f"{machine.paths.temp}/{ACTIONS_DIR}/local/{relative or '_root'}"
-        if folder not in uploaded:
-            await machine.put(folder, await asyncio.to_thread(_tree_tar, Path(host)))
-            uploaded.add(folder)
-    return parse_action(found[0], found[1], uses, folder)
+    posix = PurePosixPath(uses)
+    if posix.is_absolute():
+        raise ActionError(f"step uses {uses}: a local action must be a path inside the workspace")
+    relative = os.path.normpath(posix.as_posix()).strip("/")
+    relative = "" if relative == "." else relative
+    if relative == ".." or relative.startswith("../"):
+        raise ActionError(f"step uses {uses}: the path leaves the workspace {workspace}; refused")
+    return relative, f"{workspace}/{relative}" if relative else workspace
+
+
+async def load_local_action(machine: Machine, uses: str) -> Action:
+    """A ``./path`` action, read from the job's workspace in the machine (never from the host).
+
+    As GitHub's runner: the workspace must hold it (normally through ``actions/checkout``).
+    A path that resolves outside the workspace, through ``..`` or a symlink (resolved inside
+    the machine), is refused: the action would not be the repository's.
+    """
+    workspace = machine.paths.workspace
+    relative, folder = local_action_folder(workspace, uses)
+    try:
+        result = await machine.exec(["sh", "-c", _FIND_LOCAL, "sh", workspace, relative], timeout=FIND_TIMEOUT)
+    except MachineError as exc:
+        raise ActionError(f"step uses {uses}: cannot read the action in the machine: {exc}") from exc
+    if result.exit_code == 4:
+        path, _, target = result.stdout.decode(errors="replace").partition("\n")
+        raise ActionError(
+            f"step uses {uses}: {path} leads to {target}, outside the workspace {workspace}; refused "
+            "(a local action must be a folder of the repository checked out into the workspace)"
+        )
+    if result.exit_code == 6:
+        raise ActionError(f"step uses {uses}: a Docker action (Dockerfile under '{folder}'): not supported by the {machine.provider_name} provider")
+    if result.exit_code in (3, 5):
+        raise ActionError(
+            f"Can't find 'action.yml', 'action.yaml' or 'Dockerfile' under '{folder}'. "
+            "Did you forget to run actions/checkout before running your local action?"
+        )
+    if result.exit_code != 0 or b"\n" not in result.stdout:
+        detail = result.stderr.decode(errors="replace").strip() or f"exit code {result.exit_code}"
+        raise ActionError(f"step uses {uses}: cannot read the action in the machine: {detail}")
+    name, _, text = result.stdout.partition(b"\n")
+    return parse_action(text.decode(errors="replace"), name.decode(errors="replace"), uses, folder)
 
 
 async def load_remote_action(

@@ -24,7 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from vmrunner.errors import ConfigError, ExpressionError, MachineError, SessionError, VmrunnerError
+from vmrunner.errors import (
+    ConfigError,
+    ExpressionError,
+    MachineError,
+    SessionError,
+    StoreError,
+    VmrunnerError,
+)
 from vmrunner.machines.base import MachineSpec
 from vmrunner.machines.local import shielded
 from vmrunner.reports.events import (
@@ -53,7 +60,7 @@ from vmrunner.runner.evaluation import (
     render_minutes,
     render_text,
 )
-from vmrunner.runner.options import options_data
+from vmrunner.runner.options import machine_spec, options_data
 from vmrunner.runner.shells import resolve_shell
 from vmrunner.runner.steps import JobRuntime, Scope, ScriptOutcome, StepOutcome
 from vmrunner.runner.uses import ActionSteps
@@ -266,10 +273,7 @@ class JobExecution:
                 return outcome
             if notice:
                 run.annotate(self.job_key, "notice", notice)
-            spec = MachineSpec(
-                vm_type=vm_type, network=run.options.network,
-                labels={"run": run.run_id, "job": self.job_key},
-            )
+            spec = machine_spec(run.options, vm_type, {"run": run.run_id, "job": self.job_key})
             timeout = (minutes if minutes is not None else run.options.job_timeout_minutes) * 60
             outcome, summary = await self.in_session(spec, timeout, outcome)
         except asyncio.CancelledError:
@@ -367,7 +371,7 @@ class JobExecution:
                     runtime.end_groups(-1)
                     await shielded(self.finish(session, scope, outcome, timed_out))
                 return outcome, "\n".join(runtime.summary)
-        except (SessionError, MachineError) as exc:
+        except (SessionError, MachineError, StoreError) as exc:  # StoreError: the machine could not be recorded
             outcome.result = "failure"
             what = "releasing the machine of" if self.started else "cannot get a machine for"
             outcome.reason = outcome.reason or f"{what} job '{self.job.id}': {exc}"
@@ -405,6 +409,10 @@ class JobExecution:
             outcome.reason = outcome.reason or str(exc)
         if scope.failed:
             outcome.result = "failure"
+        if outcome.result == "failure" and self.runtime is not None and self.runtime.limits_hit:
+            # The plainest reason first: the limit the job ran into, then what else went wrong.
+            hit = "; ".join(self.runtime.limits_hit)
+            outcome.reason = f"{hit} ({outcome.reason})" if outcome.reason else hit
         if outcome.result == "failure" and session.state is SessionState.ACTIVE:
             with contextlib.suppress(VmrunnerError):  # its final state: failed, not completed
                 session.set_state(SessionState.FAILED, note="the job failed")

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import Any
 
-from vmrunner.machines.base import DEFAULT_VM_TYPE
+from vmrunner.machines.base import DEFAULT_VM_TYPE, MachineSpec, NetworkMode
 
 DEFAULT_EVENT = "push"
 DEFAULT_CONCURRENT_JOBS = 4
@@ -20,6 +20,8 @@ DEFAULT_SERVER_URL = "https://github.com"
 #: Where ``owner/repo@ref`` actions are cloned from (``{base}/{owner}/{repo}``).
 DEFAULT_ACTIONS_URL = "https://github.com"
 DEFAULT_ACTOR = "vmrunner"
+#: The limits a machine can be given, as ``MachineSpec`` (and ``RunOptions``) name them.
+LIMIT_NAMES = ("cpus", "memory_mib", "pids", "disk_mib")
 
 
 def _empty() -> Mapping[str, Any]:
@@ -66,9 +68,30 @@ class RunOptions:
     #: ``runs-on`` label -> machine type; unmapped labels run on ``default_vm_type``.
     machine_types: Mapping[str, str] = field(default_factory=_empty)
     default_vm_type: str = DEFAULT_VM_TYPE
-    network: Literal["host", "none"] = "host"
+    #: The network of every job's machine (see ``machines/network.py``).
+    network: NetworkMode = "private"
     server_url: str = DEFAULT_SERVER_URL
     actions_url: str = DEFAULT_ACTIONS_URL
+    #: Limits of every job's machine (``--cpus``, ``--memory``...); None: the machine type's
+    #: setting, else the provider's default; 0: no limit.
+    cpus: int | None = None
+    memory_mib: int | None = None
+    pids: int | None = None
+    disk_mib: int | None = None
+    #: Limits per machine type (the server's ``[machine-types.NAME]``), below the ones above:
+    #: type -> {"cpus": 2, "memory_mib": 4096, "pids": 4096, "disk_mib": 16384}.
+    machine_limits: Mapping[str, Mapping[str, int]] = field(default_factory=_empty)
+
+
+def machine_spec(options: RunOptions, vm_type: str, labels: Mapping[str, str] | None = None) -> MachineSpec:
+    """What to allocate for a job on ``vm_type``: its network and limits (the warm pool's
+    machines are made from the same, so that they fit)."""
+    per_type = options.machine_limits.get(vm_type, {})
+    limits = {}
+    for name in LIMIT_NAMES:
+        value = getattr(options, name)
+        limits[name] = value if value is not None else per_type.get(name)
+    return MachineSpec(vm_type=vm_type, network=options.network, labels=dict(labels or {}), **limits)
 
 
 def plain(value: Any) -> Any:

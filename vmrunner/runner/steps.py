@@ -136,6 +136,8 @@ class JobRuntime:
         self.has_node = True
         self.summary: list[str] = []
         self.group_depth = 0
+        #: The machine's limits this job ran into (``out of memory: ...``), each once.
+        self.limits_hit: list[str] = []
 
     # Events
 
@@ -250,6 +252,7 @@ class JobRuntime:
             )
         except MachineError as exc:
             result.error = f"cannot start the step in {cwd}: {exc}"
+            await self.explain_failure(step_index)
             return result
         finally:
             streams: tuple[Stream, ...] = ("stdout", "stderr")
@@ -258,6 +261,8 @@ class JobRuntime:
                     line(stream, text)
             result.duration = time.monotonic() - started
         result.exit_code, result.timed_out = outcome.exit_code, outcome.timed_out
+        if not outcome.ok:
+            await self.explain_failure(step_index)
         try:
             if outcome.truncated:
                 raise FileCommandError(
@@ -275,6 +280,19 @@ class JobRuntime:
         except FileCommandError as exc:
             result.error = str(exc)
         return result
+
+    async def explain_failure(self, step_index: int) -> None:
+        """Say which of the machine's limits (memory, processes, disk) a failed step ran into:
+        an error annotation and a log line, once per limit in the job."""
+        try:
+            reasons = await self.machine.limits_hit()
+        except MachineError:
+            return
+        for reason in reasons:
+            if reason not in self.limits_hit:
+                self.limits_hit.append(reason)
+                self.log(step_index, f"Error: {reason}", "stderr")
+                self.annotate(step_index, "error", reason)
 
     async def _inline(self, files: Mapping[str, str | bytes]) -> dict[str, str]:
         """The files small enough to travel in an exec request (its ``write``); larger ones

@@ -148,9 +148,7 @@ class ActionSteps:
             await self.checkout(inputs, index)
             return StepOutcome("success", "success")
         if uses.startswith("./") or uses == ".":
-            action = await load_local_action(
-                runtime.machine, self.job.run.options.repo_root, uses, self.uploaded
-            )
+            action = await load_local_action(runtime.machine, uses)
         else:
             action = self.fetched.get(id(step)) or await load_remote_action(
                 runtime.machine, uses, self.job.run.options.actions_url, self.uploaded

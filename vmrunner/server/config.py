@@ -10,6 +10,7 @@ flags win. Example::
     concurrent_runs = 2                      # workflow runs at once (more wait in the queue)
     concurrent_jobs = 4                      # machines at once (the session limit)
     provider = "sandbox"
+    network = "private"                      # the jobs' network: private, host or none
     pool_size = 0
     max_body_bytes = 26214400                # GitHub's maximum payload (25 MB)
     drain_seconds = 30                       # grace for running jobs on SIGTERM
@@ -19,6 +20,12 @@ flags win. Example::
     [repositories]
     "octo/app" = "https://github.com/octo/app.git"   # or a local path
     "octo/lib" = { url = "/srv/git/lib", secrets = { NPM_TOKEN = "..." } }
+
+    [machine-types.default]                  # limits of each machine of a type (0: none);
+    cpus = 2                                 # unset ones take the provider's defaults
+    memory = "7G"
+    pids = 4096
+    disk = "14G"
 
 Secrets never come from the file's ``[server]`` table: the webhook secret is read from
 ``VMRUNNER_WEBHOOK_SECRET`` or ``--webhook-secret-file``; the GitHub token from
@@ -38,7 +45,7 @@ from typing import Any
 
 import yaml
 
-from vmrunner.config import DEFAULT_PROVIDER
+from vmrunner.config import DEFAULT_PROVIDER, NETWORKS
 from vmrunner.errors import ConfigError
 
 ENV_WEBHOOK_SECRET = "VMRUNNER_WEBHOOK_SECRET"
@@ -83,6 +90,8 @@ class ServerConfig:
     concurrent_runs: int = DEFAULT_CONCURRENT_RUNS
     concurrent_jobs: int = DEFAULT_CONCURRENT_JOBS
     provider: str = DEFAULT_PROVIDER
+    #: The network of the jobs' machines; empty: the provider's default (``default_network``).
+    network: str = ""
     pool_size: int = 0
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     drain_seconds: float = DEFAULT_DRAIN_SECONDS
@@ -93,6 +102,8 @@ class ServerConfig:
     wait_timeout: float | None = None
     #: A fleet's PostgreSQL URL: runs go to its ``vmrunner agent`` hosts instead of running here.
     store: str = ""
+    #: Limits per machine type: type -> ``RunOptions.machine_limits`` entry (``memory_mib``...).
+    machine_limits: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
@@ -116,7 +127,7 @@ class ServerConfig:
 
 _SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
     "host": str, "port": int, "public_url": str, "concurrent_runs": int, "concurrent_jobs": int,
-    "provider": str, "pool_size": int, "max_body_bytes": int, "drain_seconds": (int, float),
+    "provider": str, "network": str, "pool_size": int, "max_body_bytes": int, "drain_seconds": (int, float),
     "github_api_url": str, "wait_timeout": (int, float), "store": str,
 }
 
@@ -140,10 +151,10 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"{name}: invalid YAML: {exc}") from exc
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{name}: expected a table of settings at the top level")
-    unknown = set(raw) - {"server", "repositories"}
+    unknown = set(raw) - {"server", "repositories", "machine-types"}
     if unknown:
         raise ConfigError(
-            f"{name}: unknown section {sorted(unknown)[0]!r} (expected server, repositories)"
+            f"{name}: unknown section {sorted(unknown)[0]!r} (expected server, repositories, machine-types)"
         )
     settings: dict[str, Any] = {}
     server = raw.get("server") or {}
@@ -157,9 +168,49 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             )
         if not isinstance(value, kind) or isinstance(value, bool):
             raise ConfigError(f"{name}: server.{key} must be a {_kind_name(kind)}, got {value!r}")
+        if key == "network" and value not in NETWORKS:
+            raise ConfigError(f"{name}: server.network must be one of {', '.join(NETWORKS)}, got {value!r}")
         settings[key] = value
     settings["repositories"] = parse_repositories(raw.get("repositories") or {}, name)
+    if "machine-types" in raw:
+        settings["machine_limits"] = parse_machine_types(raw["machine-types"], name)
     return settings
+
+
+def parse_machine_types(raw: Any, where: str) -> dict[str, dict[str, int]]:
+    """``[machine-types.NAME]`` tables of ``cpus``, ``memory``, ``pids``, ``disk`` as limits in MiB."""
+    from vmrunner.machines.limits import (
+        MIN_DISK_MIB,
+        MIN_MEMORY_MIB,
+        MIN_PIDS,
+        check_count,
+        parse_size,
+    )
+
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: machine-types must be a table of machine types")
+    types: dict[str, dict[str, int]] = {}
+    for vm_type, entry in raw.items():
+        path = f"{where}: machine-types.{vm_type}"
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{path} must be a table (cpus, memory, pids, disk)")
+        limits: dict[str, int] = {}
+        for key, value in entry.items():
+            try:
+                if key == "cpus":
+                    limits["cpus"] = check_count(value, "cpus", minimum=1)
+                elif key == "pids":
+                    limits["pids"] = check_count(value, "pids", minimum=MIN_PIDS)
+                elif key == "memory":
+                    limits["memory_mib"] = parse_size(value, "memory", minimum=MIN_MEMORY_MIB)
+                elif key == "disk":
+                    limits["disk_mib"] = parse_size(value, "disk", minimum=MIN_DISK_MIB)
+                else:
+                    raise ConfigError(f"{key} is not a setting (cpus, memory, pids, disk)")
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: {exc}") from exc
+        types[str(vm_type)] = limits
+    return types
 
 
 def _kind_name(kind: Any) -> str:

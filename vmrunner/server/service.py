@@ -38,14 +38,15 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
+from vmrunner.config import HOST_NETWORK_WARNING, default_network
 from vmrunner.errors import ConfigError, RunNotFound, VmrunnerError
-from vmrunner.machines.base import DEFAULT_VM_TYPE, Provider
+from vmrunner.machines.base import DEFAULT_VM_TYPE, NetworkMode, Provider
 from vmrunner.machines.pool import WarmPool
 from vmrunner.machines.providers import get_provider
 from vmrunner.reports.storage import RunHistory
-from vmrunner.runner.options import RunOptions
+from vmrunner.runner.options import RunOptions, machine_spec
 from vmrunner.server.config import RepositoryConfig, ServerConfig
 from vmrunner.server.executors import REPORT_GRACE, Executor, LocalRuns
 from vmrunner.server.github import GitHubClient, Status
@@ -133,6 +134,10 @@ class Service:
         self._drain_deadline = 0.0
         self.pool: WarmPool | None = None
         self._provider = provider
+        #: The network of every job's machine.
+        self.network = cast(
+            NetworkMode, config.network or default_network(provider.name if provider else config.provider)
+        )
         self._github_transport = github_transport
         self._stack = AsyncExitStack()
         self._wake = asyncio.Event()
@@ -155,10 +160,20 @@ class Service:
             self.store = stack.enter_context(Store.open())
             self.state = ServerState.open(self.store.path)
             stack.callback(self.state.close)
+            if self.network == "host":
+                log.warning(HOST_NETWORK_WARNING)
             provider = self._provider or get_provider(self.config.provider)
             if self.config.pool_size and not self.config.store:
+                spec = machine_spec(
+                    RunOptions(machine_limits=self.config.machine_limits, network=self.network),
+                    DEFAULT_VM_TYPE,
+                )
                 self.pool = await stack.enter_async_context(
-                    WarmPool(provider, {DEFAULT_VM_TYPE: self.config.pool_size})
+                    WarmPool(
+                        provider,
+                        {DEFAULT_VM_TYPE: self.config.pool_size},
+                        specs={DEFAULT_VM_TYPE: spec},
+                    )
                 )
                 provider = self.pool
             elif self._provider is None:
@@ -512,6 +527,8 @@ class Service:
             run_id=run.run_id,
             concurrent_jobs=self.config.concurrent_jobs,
             actor=actor if isinstance(actor, str) else "vmrunner",
+            machine_limits=self.config.machine_limits,
+            network=self.network,
         )
 
     def _target(self, run_id: str) -> str:
