@@ -151,7 +151,9 @@ async def run(
     if provider.name == "sandbox" and os.geteuid() == 0:
         results["allocation_by_limits"] = {
             name: percentiles(
-                await cold_allocations(provider, allocations, replace(limited, network=spec.network))
+                await cold_allocations(
+                    provider, allocations, replace(limited, network=spec.network)
+                )
             )
             for name, limited in CONFIGURATIONS.items()
         }
@@ -183,11 +185,24 @@ def report(results: dict[str, Any]) -> str:
          f"goal <= {GOALS['idle_rss_mib']:.0f} MiB ({memory['processes']:.0f} processes)"),
     ]  # fmt: skip
     for name, figures in results.get("allocation_by_limits", {}).items():
-        rows.append((f"  cold allocation, {name}", f"p50 {figures['p50_ms']:.1f} ms", f"p99 {figures['p99_ms']:.1f} ms", ""))
+        rows.append(
+            (
+                f"  cold allocation, {name}",
+                f"p50 {figures['p50_ms']:.1f} ms",
+                f"p99 {figures['p99_ms']:.1f} ms",
+                "",
+            )
+        )
     width = max(len(r[0]) for r in rows)
     if memory.get("helper_rss_mib"):
-        rows.append(("network helper memory", f"RSS {memory['helper_rss_mib']:.1f} MiB",
-                     f"PSS {memory['helper_pss_mib']:.1f} MiB", "(slirp4netns, beside the machine)"))
+        rows.append(
+            (
+                "network helper memory",
+                f"RSS {memory['helper_rss_mib']:.1f} MiB",
+                f"PSS {memory['helper_pss_mib']:.1f} MiB",
+                "(slirp4netns, beside the machine)",
+            )
+        )
     lines = [f"provider: {results['provider']}, network: {results.get('network', 'private')}"]
     lines += [f"  {name:<{width}}  {a:<16} {b:<16} {goal}" for name, a, b, goal in rows]
     return "\n".join(lines)

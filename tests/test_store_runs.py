@@ -334,7 +334,8 @@ def test_a_disk_that_stays_full_leaves_whole_rows_and_close_tries_again(tmp_path
         run.finish()
         assert not sink.recorded
         [row] = store.runs()
-        assert row.status == "in_progress"  # as last written, whole: the job row says queued or in progress
+        # as last written, whole: the job row says queued or in progress
+        assert row.status == "in_progress"
         assert all(j.status != "completed" for j in store.run_jobs(run.run_id))
         store.full = False  # room again: what waited is written when the sink closes
         sink.close()

@@ -532,7 +532,9 @@ def store_error(path: object, doing: str, exc: BaseException) -> StoreError:
     failing disk, so that callers can keep the write for later."""
     if not is_disk_error(exc):
         return StoreError(f"{path}: cannot {doing}: {exc}")
-    return StoreDiskError(f"{path}: cannot {doing}: {exc} ({free_space(os.path.dirname(str(path)))})")
+    return StoreDiskError(
+        f"{path}: cannot {doing}: {exc} ({free_space(os.path.dirname(str(path)))})"
+    )
 
 
 def free_space(folder: str) -> str:

@@ -116,7 +116,10 @@ async def test_interrupting_run_cancels_its_fleet_runs(database: str) -> None:
 
 
 async def test_runs_show_follows_a_fleet_run_from_any_host(database: str) -> None:
-    async with agents(database, ("h1", "linux"), extra=("--network", "host")) as started, FleetStore(database) as store:
+    async with (
+        agents(database, ("h1", "linux"), extra=("--network", "host")) as started,
+        FleetStore(database) as store,
+    ):
         repo = next(iter(started.values())).home.parent / "repo"
         repo.mkdir()
         go = socket.socket()

@@ -268,10 +268,14 @@ jobs:
     )
     assert "Docker action (./dock)" in ran.finished("dockerish").reason
     assert ran.result("missing") == "failure"
-    errors = [a.message for a in ran.of(Annotation) if a.level == "error" and a.job_key == "missing"]
-    # GitHub's words: a local action comes from the workspace, so without a checkout it is not there.
+    errors = [
+        a.message for a in ran.of(Annotation) if a.level == "error" and a.job_key == "missing"
+    ]
+    # GitHub's words: a local action comes from the workspace, so without a checkout it is not
+    # there.
     assert errors == [
-        "Can't find 'action.yml', 'action.yaml' or 'Dockerfile' under '/home/runner/work/workspace/nope'. "
+        "Can't find 'action.yml', 'action.yaml' or 'Dockerfile' under "
+        "'/home/runner/work/workspace/nope'. "
         "Did you forget to run actions/checkout before running your local action?"
     ]
 
@@ -279,21 +283,41 @@ jobs:
 def repo_with_links(tmp_path: Path, secret: str) -> Path:
     """A git repository committing links: to a host folder holding an action and a secret, to
     /etc, to an action file in that host folder, and to an action of its own."""
-    write(tmp_path / "host", {"action.yml": f"runs:\n  using: composite\n  steps:\n    - run: echo {secret}; cat {tmp_path}/host/secret.txt\n      shell: bash\n", "secret.txt": secret})
+    write(
+        tmp_path / "host",
+        {
+            "action.yml": "runs:\n  using: composite\n  steps:\n"
+            f"    - run: echo {secret}; cat {tmp_path}/host/secret.txt\n      shell: bash\n",
+            "secret.txt": secret,
+        },
+    )
     repo = tmp_path / "repo"
     committed_repo(repo)
-    write(repo, {"actions/real/action.yml": "runs:\n  using: composite\n  steps:\n    - run: echo real-action-ran\n      shell: bash\n"})
+    write(
+        repo,
+        {
+            "actions/real/action.yml": "runs:\n  using: composite\n  steps:\n"
+            "    - run: echo real-action-ran\n      shell: bash\n"
+        },
+    )
     (repo / "evil").symlink_to(tmp_path / "host")
     (repo / "etc").symlink_to("/etc")
     (repo / "alias").symlink_to("actions/real")
     (repo / "leak").mkdir()
     (repo / "leak" / "action.yml").symlink_to(tmp_path / "host" / "action.yml")
     subprocess.run(["git", "add", "."], cwd=repo, check=True, capture_output=True)
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "links"], cwd=repo, check=True, capture_output=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "links"],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+    )
     return repo
 
 
-async def test_local_actions_come_from_the_machine_and_stay_in_the_workspace(tmp_path: Path) -> None:
+async def test_local_actions_come_from_the_machine_and_stay_in_the_workspace(
+    tmp_path: Path,
+) -> None:
     """A committed symlink to a host folder, to /etc, an action file linked out, or ``..``: each
     step is refused, nothing of the host reaches the job; an in-workspace link still works."""
     secret = "TOPSECRET-4f1c9a"
@@ -318,14 +342,27 @@ jobs:
         repo_root=repo,
     )
     assert ran.result("a") == "failure"
-    assert [s.outcome for s in ran.steps("a")] == ["success", "success", "failure", "failure", "failure", "failure"]
+    assert [s.outcome for s in ran.steps("a")] == [
+        "success",
+        "success",
+        "failure",
+        "failure",
+        "failure",
+        "failure",
+    ]
     assert ran.logs("a")[-1] == "real-action-ran"
     errors = {a.step_index: a.message for a in ran.of(Annotation) if a.level == "error"}
     workspace = "/home/runner/work/workspace"
     indexes = [s.index for s in ran.steps("a")]
-    assert errors[indexes[2]].startswith(f"step uses ./evil: {workspace}/evil leads to {tmp_path}/host, outside the workspace")
-    assert errors[indexes[3]].startswith(f"step uses ./etc: {workspace}/etc leads to /etc, outside the workspace")
-    assert errors[indexes[4]].startswith(f"step uses ./leak: {workspace}/leak/action.yml leads to {tmp_path}/host/action.yml")
+    assert errors[indexes[2]].startswith(
+        f"step uses ./evil: {workspace}/evil leads to {tmp_path}/host, outside the workspace"
+    )
+    assert errors[indexes[3]].startswith(
+        f"step uses ./etc: {workspace}/etc leads to /etc, outside the workspace"
+    )
+    assert errors[indexes[4]].startswith(
+        f"step uses ./leak: {workspace}/leak/action.yml leads to {tmp_path}/host/action.yml"
+    )
     assert "leaves the workspace" in errors[indexes[5]]
     assert secret not in repr(ran.events)
 
@@ -439,9 +476,12 @@ jobs:
 
 
 def test_the_docker_hint_reads_nothing_outside_the_repository(tmp_path: Path) -> None:
-    """Before allocation a Docker local action is spotted on the host, but never through a link out."""
+    """Before allocation a Docker local action is spotted on the host, but never through a link
+    out."""
     write(tmp_path / "host", {"action.yml": "runs:\n  using: docker\n  image: Dockerfile\n"})
-    repo = write(tmp_path / "repo", {"dock/action.yml": "runs:\n  using: docker\n  image: Dockerfile\n"})
+    repo = write(
+        tmp_path / "repo", {"dock/action.yml": "runs:\n  using: docker\n  image: Dockerfile\n"}
+    )
     (repo / "out").symlink_to(tmp_path / "host")
     (repo / "file").mkdir()
     (repo / "file" / "action.yml").symlink_to(tmp_path / "host" / "action.yml")

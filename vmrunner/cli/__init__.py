@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> Any:
     except VmrunnerError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
-    except OSError as exc:  # the host's doing (a full disk, a file that cannot be written): no bug of ours
+    except OSError as exc:
+        # the host's doing (a full disk, a file that cannot be written): no bug of ours
         where = f"{exc.filename}: " if exc.filename else ""
         click.echo(f"error: {where}{exc.strerror or exc}", err=True)
         sys.exit(1)

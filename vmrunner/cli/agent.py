@@ -42,7 +42,9 @@ ENV_STORE = "VMRUNNER_STORE"
     "--network",
     type=click.Choice(NETWORKS),
     default=None,
-    help="The network of every job's machine on this host, whatever the run asked for: private (their own, outbound NAT, the host unreachable; the default), host (this host's, its loopback services included), none (loopback only).",
+    help="The network of every job's machine on this host, whatever the run asked for: private "
+    "(their own, outbound NAT, the host unreachable; the default), host (this host's, its loopback "
+    "services included), none (loopback only).",
 )
 @click.option(
     "--pool-size",

@@ -163,7 +163,9 @@ class Size(click.ParamType[int]):
 def _count(minimum: int) -> Callable[[click.Context, click.Parameter, int | None], int | None]:
     def check(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
         if value is not None and 0 < value < minimum:
-            raise click.BadParameter(f"at least {minimum} (or 0 for no limit), got {value}", ctx, param)
+            raise click.BadParameter(
+                f"at least {minimum} (or 0 for no limit), got {value}", ctx, param
+            )
         return value
 
     return check
@@ -174,10 +176,35 @@ def limit_options(function: F) -> F:
     from vmrunner.machines.limits import MIN_PIDS
 
     decorators = [
-        click.option("--cpus", type=click.IntRange(min=0), default=None, help="CPUs of each machine (default: 2, at most the host's; 0: no limit)."),
-        click.option("--memory", "memory_mib", type=Size(), default=None, help="Memory of each machine, e.g. 512M, 7G (default: 7G, at most half the host's; 0: no limit)."),
-        click.option("--pids", type=click.IntRange(min=0), default=None, callback=_count(MIN_PIDS), help="Processes and threads of each machine, at most (default: 4096; 0: no limit)."),
-        click.option("--disk", "disk_mib", type=Size(), default=None, help="Disk budget of each machine's writable space, e.g. 20G (default: 14G, less if the host has less free; 0: none)."),
+        click.option(
+            "--cpus",
+            type=click.IntRange(min=0),
+            default=None,
+            help="CPUs of each machine (default: 2, at most the host's; 0: no limit).",
+        ),
+        click.option(
+            "--memory",
+            "memory_mib",
+            type=Size(),
+            default=None,
+            help="Memory of each machine, e.g. 512M, 7G (default: 7G, at most half the host's; "
+            "0: no limit).",
+        ),
+        click.option(
+            "--pids",
+            type=click.IntRange(min=0),
+            default=None,
+            callback=_count(MIN_PIDS),
+            help="Processes and threads of each machine, at most (default: 4096; 0: no limit).",
+        ),
+        click.option(
+            "--disk",
+            "disk_mib",
+            type=Size(),
+            default=None,
+            help="Disk budget of each machine's writable space, e.g. 20G (default: 14G, less if "
+            "the host has less free; 0: none).",
+        ),
     ]
     for decorator in reversed(decorators):
         function = decorator(function)

@@ -101,7 +101,9 @@ def _pairs(
     "--network",
     type=click.Choice(NETWORKS),
     default=None,
-    help="The jobs' machines' network: private (their own, outbound NAT, the host unreachable; the default), host (the host's network, its loopback services included; the host provider's default), none (loopback only).",
+    help="The jobs' machines' network: private (their own, outbound NAT, the host unreachable; "
+    "the default), host (the host's network, its loopback services included; the host "
+    "provider's default), none (loopback only).",
 )
 @click.option(
     "--machine-type",
@@ -298,8 +300,13 @@ def disk_report(path: str, sinks: Sequence[StoreSink], other_errors: Sequence[St
     elif kept:
         what = f"{len(sinks) - len(kept)} of {len(sinks)} runs could not be recorded"
     else:
-        what = "the run could not be recorded" if len(sinks) == 1 else "the runs could not be recorded"
-    return f"the disk holding {os.path.dirname(path)} was full or failing during the run: {what}; {first}"
+        what = (
+            "the run could not be recorded" if len(sinks) == 1 else "the runs could not be recorded"
+        )
+    return (
+        f"the disk holding {os.path.dirname(path)} was full or failing during the run: "
+        f"{what}; {first}"
+    )
 
 
 def _dry_run(chosen: list[tuple[Workflow, list[str] | None]], as_json: bool) -> None:

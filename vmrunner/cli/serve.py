@@ -98,7 +98,8 @@ POST /api/runs/{id}/cancel.
     "--network",
     type=click.Choice(NETWORKS),
     default=None,
-    help="The jobs' machines' network: private (their own, outbound NAT, the host unreachable; the default), host (the host's, its loopback services included), none (loopback only).",
+    help="The jobs' machines' network: private (their own, outbound NAT, the host unreachable; "
+    "the default), host (the host's, its loopback services included), none (loopback only).",
 )
 @click.option(
     "--pool-size", default=None, type=click.IntRange(min=0), help="Warm machines kept ready."
@@ -125,7 +126,8 @@ POST /api/runs/{id}/cancel.
     "--store",
     default=None,
     envvar=ENV_STORE,
-    help=f"A fleet's PostgreSQL URL: runs go to its agents instead of running here [env: {ENV_STORE}]; see docs/fleet.md.",
+    help=f"A fleet's PostgreSQL URL: runs go to its agents instead of running here [env: "
+    f"{ENV_STORE}]; see docs/fleet.md.",
 )
 @click.option(
     "--drain-seconds",

@@ -967,7 +967,10 @@ class Agent:
             data, ancillary, _, _ = sock.recvmsg(1 << 20, _socket.CMSG_SPACE(3 * 4))
             for level, kind, raw in ancillary:
                 if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
-                    fds += [int.from_bytes(raw[i:i + 4], sys.byteorder) for i in range(0, len(raw) - len(raw) % 4, 4)]
+                    fds += [
+                        int.from_bytes(raw[i : i + 4], sys.byteorder)
+                        for i in range(0, len(raw) - len(raw) % 4, 4)
+                    ]
             if not data or len(fds) != 3:
                 raise Refusal("protocol", "sudo: a request is JSON and three descriptors")
             request = _loads(data)
@@ -993,7 +996,9 @@ class Agent:
             raise Refusal("protocol", "sudo: the request must be an object")
         argv = _argv_of(request)
         env = request.get("env")
-        if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        if not isinstance(env, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+        ):
             raise Refusal("protocol", "sudo: env must map strings to strings")
         program = _which(argv[0], env.get("PATH", os.defpath))
         if program is None:
@@ -1168,7 +1173,16 @@ def _accept(server: int) -> int:
 def main(argv: list[str]) -> int:
     """Parse the transport options and serve until the stream says goodbye."""
     options = dict(zip(argv[::2], argv[1::2], strict=False))
-    unknown = set(options) - {"--fd", "--device", "--unix", "--vsock", "--grace", "--user", "--sudo", "--own"}
+    unknown = set(options) - {
+        "--fd",
+        "--device",
+        "--unix",
+        "--vsock",
+        "--grace",
+        "--user",
+        "--sudo",
+        "--own",
+    }
     if unknown or len(argv) % 2:
         sys.stderr.write(
             "usage: agent.py [--fd N | --device PATH | --unix PATH | --vsock PORT]"

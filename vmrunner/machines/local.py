@@ -700,7 +700,9 @@ class LocalProvider(Provider):
         finally:
             await machine._closed()
         await asyncio.to_thread(self._free, machine.record)
-        if survivors := [pid for pid, start in family if pid in survivors and is_same_process(pid, start)]:
+        if survivors := [
+            pid for pid, start in family if pid in survivors and is_same_process(pid, start)
+        ]:
             raise ReleaseError(f"machine {machine.id}: processes {survivors} survived SIGKILL")
         await asyncio.to_thread(self._remove_dir, machine.record.state_dir)
 

@@ -381,9 +381,19 @@ class SandboxProvider(LocalProvider):
                 )
     def _plan(self, spec: MachineSpec, record: MachineRecord) -> MachineRecord:
         limits = resolve_limits(spec.cpus, spec.memory_mib, spec.pids)
-        limits = Limits(limits.cpus, limits.memory_mib, limits.pids, resolve_disk(spec.disk_mib, self.machines_dir))
+        limits = Limits(
+            limits.cpus,
+            limits.memory_mib,
+            limits.pids,
+            resolve_disk(spec.disk_mib, self.machines_dir),
+        )
         data = dict(record.data)
-        data["limits"] = {"cpus": limits.cpus, "memory_mib": limits.memory_mib, "pids": limits.pids, "disk_mib": limits.disk_mib}
+        data["limits"] = {
+            "cpus": limits.cpus,
+            "memory_mib": limits.memory_mib,
+            "pids": limits.pids,
+            "disk_mib": limits.disk_mib,
+        }
         if limits.cpus or limits.memory_mib or limits.pids:
             if self._cgroups is None:
                 self._cgroups = Cgroups.detect()
@@ -623,7 +633,8 @@ def etc_args(fds: _Fds, *, hostname: str, private: bool = False) -> list[str]:
         "passwd": "\n".join(passwd_lines()) + "\n",
         "group": "\n".join(group_lines()) + "\n",
         "hostname": f"{hostname}\n",
-        "hosts": f"127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n127.0.1.1 {hostname}\n",
+        "hosts": "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n"
+        f"127.0.1.1 {hostname}\n",
         "machine-id": uuid.uuid4().hex + "\n",
         # On a private network the host's resolver (often its loopback) is out of reach: the
         # network helper's DNS instead.

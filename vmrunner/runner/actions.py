@@ -272,17 +272,25 @@ async def load_local_action(machine: Machine, uses: str) -> Action:
     workspace = machine.paths.workspace
     relative, folder = local_action_folder(workspace, uses)
     try:
-        result = await machine.exec(["sh", "-c", _FIND_LOCAL, "sh", workspace, relative], timeout=FIND_TIMEOUT)
+        result = await machine.exec(
+            ["sh", "-c", _FIND_LOCAL, "sh", workspace, relative], timeout=FIND_TIMEOUT
+        )
     except MachineError as exc:
-        raise ActionError(f"step uses {uses}: cannot read the action in the machine: {exc}") from exc
+        raise ActionError(
+            f"step uses {uses}: cannot read the action in the machine: {exc}"
+        ) from exc
     if result.exit_code == 4:
         path, _, target = result.stdout.decode(errors="replace").partition("\n")
         raise ActionError(
-            f"step uses {uses}: {path} leads to {target}, outside the workspace {workspace}; refused "
-            "(a local action must be a folder of the repository checked out into the workspace)"
+            f"step uses {uses}: {path} leads to {target}, outside the workspace {workspace}; "
+            "refused (a local action must be a folder of the repository checked out into the "
+            "workspace)"
         )
     if result.exit_code == 6:
-        raise ActionError(f"step uses {uses}: a Docker action (Dockerfile under '{folder}'): not supported by the {machine.provider_name} provider")
+        raise ActionError(
+            f"step uses {uses}: a Docker action (Dockerfile under '{folder}'): not supported by "
+            f"the {machine.provider_name} provider"
+        )
     if result.exit_code in (3, 5):
         raise ActionError(
             f"Can't find 'action.yml', 'action.yaml' or 'Dockerfile' under '{folder}'. "

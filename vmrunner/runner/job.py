@@ -371,7 +371,8 @@ class JobExecution:
                     runtime.end_groups(-1)
                     await shielded(self.finish(session, scope, outcome, timed_out))
                 return outcome, "\n".join(runtime.summary)
-        except (SessionError, MachineError, StoreError) as exc:  # StoreError: the machine could not be recorded
+        # StoreError: the machine could not be recorded
+        except (SessionError, MachineError, StoreError) as exc:
             outcome.result = "failure"
             what = "releasing the machine of" if self.started else "cannot get a machine for"
             outcome.reason = outcome.reason or f"{what} job '{self.job.id}': {exc}"

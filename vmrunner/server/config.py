@@ -126,9 +126,19 @@ class ServerConfig:
 
 
 _SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
-    "host": str, "port": int, "public_url": str, "concurrent_runs": int, "concurrent_jobs": int,
-    "provider": str, "network": str, "pool_size": int, "max_body_bytes": int, "drain_seconds": (int, float),
-    "github_api_url": str, "wait_timeout": (int, float), "store": str,
+    "host": str,
+    "port": int,
+    "public_url": str,
+    "concurrent_runs": int,
+    "concurrent_jobs": int,
+    "provider": str,
+    "network": str,
+    "pool_size": int,
+    "max_body_bytes": int,
+    "drain_seconds": (int, float),
+    "github_api_url": str,
+    "wait_timeout": (int, float),
+    "store": str,
 }
 
 
@@ -154,7 +164,8 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     unknown = set(raw) - {"server", "repositories", "machine-types"}
     if unknown:
         raise ConfigError(
-            f"{name}: unknown section {sorted(unknown)[0]!r} (expected server, repositories, machine-types)"
+            f"{name}: unknown section {sorted(unknown)[0]!r} (expected server, repositories, "
+            "machine-types)"
         )
     settings: dict[str, Any] = {}
     server = raw.get("server") or {}
@@ -169,7 +180,9 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         if not isinstance(value, kind) or isinstance(value, bool):
             raise ConfigError(f"{name}: server.{key} must be a {_kind_name(kind)}, got {value!r}")
         if key == "network" and value not in NETWORKS:
-            raise ConfigError(f"{name}: server.network must be one of {', '.join(NETWORKS)}, got {value!r}")
+            raise ConfigError(
+                f"{name}: server.network must be one of {', '.join(NETWORKS)}, got {value!r}"
+            )
         settings[key] = value
     settings["repositories"] = parse_repositories(raw.get("repositories") or {}, name)
     if "machine-types" in raw:
@@ -178,7 +191,8 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def parse_machine_types(raw: Any, where: str) -> dict[str, dict[str, int]]:
-    """``[machine-types.NAME]`` tables of ``cpus``, ``memory``, ``pids``, ``disk`` as limits in MiB."""
+    """``[machine-types.NAME]`` tables of ``cpus``, ``memory``, ``pids``, ``disk`` as limits in
+    MiB."""
     from vmrunner.machines.limits import (
         MIN_DISK_MIB,
         MIN_MEMORY_MIB,

@@ -136,7 +136,8 @@ class Service:
         self._provider = provider
         #: The network of every job's machine.
         self.network = cast(
-            NetworkMode, config.network or default_network(provider.name if provider else config.provider)
+            NetworkMode,
+            config.network or default_network(provider.name if provider else config.provider),
         )
         self._github_transport = github_transport
         self._stack = AsyncExitStack()
