@@ -1,4 +1,5 @@
-"""``python -m bench NAME [options]``: run one benchmark module of this folder and print its figures."""
+"""``python -m bench NAME [options]``: run one benchmark module of this folder and print its
+figures."""
 
 from __future__ import annotations
 

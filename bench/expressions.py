@@ -17,18 +17,26 @@ SAMPLES = [
     "secrets.GITHUB_TOKEN",
     "needs.build.outputs.version",
     "format('{0}-{1}', runner.os, hashFiles('**/package-lock.json'))",
-    "contains(github.event.pull_request.labels.*.name, 'ci') || startsWith(github.ref, 'refs/tags/')",
+    "contains(github.event.pull_request.labels.*.name, 'ci') || startsWith(github.ref, "
+    "'refs/tags/')",
     "fromJSON(needs.setup.outputs.matrix)",
     "steps.cache.outputs.cache-hit != 'true'",
     "!cancelled() && (success() || failure())",
     "toJSON(github.event)",
 ]
 CONTEXTS = {
-    "github": {"event_name": "push", "ref": "refs/heads/main", "event": {"pull_request": {"labels": [{"name": "ci"}]}}},
+    "github": {
+        "event_name": "push",
+        "ref": "refs/heads/main",
+        "event": {"pull_request": {"labels": [{"name": "ci"}]}},
+    },
     "matrix": {"os": "ubuntu-latest"},
     "runner": {"os": "Linux"},
     "secrets": {"GITHUB_TOKEN": "x"},
-    "needs": {"build": {"outputs": {"version": "1.2.3"}}, "setup": {"outputs": {"matrix": '{"a": [1, 2]}'}}},
+    "needs": {
+        "build": {"outputs": {"version": "1.2.3"}},
+        "setup": {"outputs": {"matrix": '{"a": [1, 2]}'}},
+    },
     "steps": {"cache": {"outputs": {"cache-hit": "false"}}},
 }
 
@@ -50,11 +58,23 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seconds", type=float, default=1.0, help="time per measurement")
     args = parser.parse_args(argv)
     samples = iter(SAMPLES * 1_000_000)
-    _rate("parse (uncached)", 100, lambda: parse_tokens(next(samples), None, FUNCTIONS), args.seconds)
+    _rate(
+        "parse (uncached)", 100, lambda: parse_tokens(next(samples), None, FUNCTIONS), args.seconds
+    )
     _rate("parse (cached)", 1000, lambda: parse(next(samples)), args.seconds)
-    _rate("parse_template (cached)", 1000, lambda: parse_template("v-${{ " + SAMPLES[1] + " }}"), args.seconds)
+    _rate(
+        "parse_template (cached)",
+        1000,
+        lambda: parse_template("v-${{ " + SAMPLES[1] + " }}"),
+        args.seconds,
+    )
     trees = [parse(text) for text in SAMPLES]
     parsed = iter(trees * 1_000_000)
     hooks = EvaluationHooks(hash_files=lambda patterns: "0" * 64)
-    _rate("evaluate (parsed)", 100, lambda: evaluate(next(parsed), CONTEXTS, hooks=hooks), args.seconds)
+    _rate(
+        "evaluate (parsed)",
+        100,
+        lambda: evaluate(next(parsed), CONTEXTS, hooks=hooks),
+        args.seconds,
+    )
     return 0

@@ -32,16 +32,45 @@ def _start_agents(url: str, capacity: int, folder: str) -> list[subprocess.Popen
     for name in AGENTS:
         home = os.path.join(folder, name)
         os.makedirs(home)
-        argv = [sys.executable, "-m", "vmrunner", "agent", "--name", name, "--labels", "linux", "--capacity", str(capacity),
-                "--store", url, "--provider", "sandbox", "--log-level", "warning", "--heartbeat", "0.5"]
-        agents.append(subprocess.Popen(argv, env={**os.environ, "VMRUNNER_HOME": home}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        argv = [
+            sys.executable,
+            "-m",
+            "vmrunner",
+            "agent",
+            "--name",
+            name,
+            "--labels",
+            "linux",
+            "--capacity",
+            str(capacity),
+            "--store",
+            url,
+            "--provider",
+            "sandbox",
+            "--log-level",
+            "warning",
+            "--heartbeat",
+            "0.5",
+        ]
+        agents.append(
+            subprocess.Popen(
+                argv,
+                env={**os.environ, "VMRUNNER_HOME": home},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
     return agents
 
 
 async def _completed(store: Any, run_ids: list[str]) -> int:
     async with store.pool.connection() as connection:
-        row = await (await connection.execute(
-            "SELECT count(*) FROM vmrunner_runs WHERE status = 'completed' AND id = ANY(%s)", (run_ids,))).fetchone()
+        row = await (
+            await connection.execute(
+                "SELECT count(*) FROM vmrunner_runs WHERE status = 'completed' AND id = ANY(%s)",
+                (run_ids,),
+            )
+        ).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -74,18 +103,37 @@ async def _measure(url: str, samples: int, backlog: int, cancel_samples: int, fo
         await _wait_all(store, queued)
         elapsed = time.perf_counter() - started
         async with store.pool.connection() as connection:
-            rows = await (await connection.execute(
-                "SELECT extract(epoch FROM a.started_at - r.created_at)::float FROM vmrunner_attempts a"
-                " JOIN vmrunner_runs r ON r.id = a.run_id WHERE a.run_id = ANY(%s)", (idle,))).fetchall()
-            failed = await (await connection.execute("SELECT count(*) FROM vmrunner_runs WHERE conclusion <> 'success'")).fetchone()
+            rows = await (
+                await connection.execute(
+                    "SELECT extract(epoch FROM a.started_at - r.created_at)::float FROM "
+                    "vmrunner_attempts a"
+                    " JOIN vmrunner_runs r ON r.id = a.run_id WHERE a.run_id = ANY(%s)",
+                    (idle,),
+                )
+            ).fetchall()
+            failed = await (
+                await connection.execute(
+                    "SELECT count(*) FROM vmrunner_runs WHERE conclusion <> 'success'"
+                )
+            ).fetchone()
         cancels = [await _cancel_latency(store, options, folder) for _ in range(cancel_samples)]
     quantiles = statistics.quantiles(sorted(float(r[0]) * 1000 for r in rows), n=100)
     print(f"2 agents; not successful: {failed[0] if failed else '?'}")
-    print(f"enqueue-to-start latency, idle fleet ({samples} runs)   p50 {quantiles[49]:7.1f} ms   p99 {quantiles[98]:7.1f} ms")
+    print(
+        f"enqueue-to-start latency, idle fleet ({samples} runs)   p50 {quantiles[49]:7.1f} ms   "
+        f"p99 {quantiles[98]:7.1f} ms"
+    )
     print(f"submit (one transaction per run)                 {backlog / submitted:7.1f} runs/s")
-    print(f"throughput, backlog of {backlog} trivial jobs          {backlog / elapsed:7.2f} jobs/s ({elapsed:.1f} s)")
+    print(
+        f"throughput, backlog of {backlog} trivial jobs          {backlog / elapsed:7.2f} jobs/s "
+        f"({elapsed:.1f} s)"
+    )
     if cancels:
-        print(f"cancel to machine gone ({len(cancels)} runs)            p50 {statistics.median(cancels) * 1000:7.1f} ms   max {max(cancels) * 1000:7.1f} ms (goal 2000)")
+        print(
+            f"cancel to machine gone ({len(cancels)} runs)            p50 "
+            f"{statistics.median(cancels) * 1000:7.1f} ms   "
+            f"max {max(cancels) * 1000:7.1f} ms (goal 2000)"
+        )
 
 
 def _live_machine_pids(folder: str) -> set[int]:
@@ -121,11 +169,19 @@ def _alive(pids: set[int]) -> bool:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench fleet")
-    parser.add_argument("--store", default=None, help="a PostgreSQL URL (default: a throwaway cluster)")
-    parser.add_argument("--samples", type=int, default=30, help="runs submitted one at a time for the latency")
-    parser.add_argument("--backlog", type=int, default=60, help="runs submitted at once for the throughput")
+    parser.add_argument(
+        "--store", default=None, help="a PostgreSQL URL (default: a throwaway cluster)"
+    )
+    parser.add_argument(
+        "--samples", type=int, default=30, help="runs submitted one at a time for the latency"
+    )
+    parser.add_argument(
+        "--backlog", type=int, default=60, help="runs submitted at once for the throughput"
+    )
     parser.add_argument("--capacity", type=int, default=2, help="jobs at once per agent")
-    parser.add_argument("--cancels", type=int, default=5, help="runs cancelled while their job runs")
+    parser.add_argument(
+        "--cancels", type=int, default=5, help="runs cancelled while their job runs"
+    )
     args = parser.parse_args(argv)
     with ExitStack() as stack:
         folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="vmrunner-bench-fleet-"))

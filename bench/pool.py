@@ -141,7 +141,8 @@ def report(results: dict[str, Any]) -> str:
         row(
             "warm allocation",
             warm,
-            f"goal p50 <= {GOALS['warm_allocation_p50_ms']:.0f} ms ({warm['hits']} hits, {warm['misses']} misses)",
+            f"goal p50 <= {GOALS['warm_allocation_p50_ms']:.0f} ms ({warm['hits']} hits, "
+            f"{warm['misses']} misses)",
         )
     ]
     if "recycle" in results:

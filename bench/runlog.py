@@ -25,9 +25,9 @@ from rich.console import Console
 
 from bench.sandbox import percentiles
 from vmrunner.cli.progress import ProgressView
-from vmrunner.runner import events as ev
-from vmrunner.runner.results import ResultCollector
-from vmrunner.runner.storage import RunHistory, StoreSink
+from vmrunner.reports import events as ev
+from vmrunner.reports.results import ResultCollector
+from vmrunner.reports.storage import RunHistory, StoreSink
 from vmrunner.store import Store
 
 
@@ -43,7 +43,9 @@ def synthetic_run(run_id: str, jobs: int, steps: int, lines: int) -> Iterator[ev
         for key in keys:
             yield ev.StepStarted(run_id, key, index, "step", f"Step {index}", now)
             for n in range(lines):
-                yield ev.LogLine(run_id, key, index, "stdout", f"output line {n} of step {index}: some text", now)
+                yield ev.LogLine(
+                    run_id, key, index, "stdout", f"output line {n} of step {index}: some text", now
+                )
             yield ev.StepFinished(run_id, key, index, "success", "success", now, 0.01, 0)
     for key in keys:
         yield ev.JobFinished(run_id, key, "success", now, 0.1)
@@ -51,7 +53,9 @@ def synthetic_run(run_id: str, jobs: int, steps: int, lines: int) -> Iterator[ev
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench runlog", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench runlog", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--jobs", type=int, default=4)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--lines", type=int, default=500)
@@ -61,7 +65,10 @@ def main(argv: list[str]) -> int:
     log_lines = args.jobs * args.steps * args.lines
     figures: dict[str, Any] = {"events": len(events), "log_lines": log_lines}
 
-    with tempfile.TemporaryDirectory(prefix="vmrunner-bench-") as home, Store.open(Path(home) / "state.db") as store:
+    with (
+        tempfile.TemporaryDirectory(prefix="vmrunner-bench-") as home,
+        Store.open(Path(home) / "state.db") as store,
+    ):
         sink = StoreSink(store)
         latencies = []
         started = time.perf_counter()
@@ -104,9 +111,14 @@ def main(argv: list[str]) -> int:
         print(json.dumps(figures, indent=2))
         return 0
     emit = figures["store_sink_emit"]
-    print(f"run of {args.jobs} jobs x {args.steps} steps x {args.lines} lines: {len(events)} events")
-    print(f"StoreSink emit      p50 {emit['p50_ms'] * 1000:.1f} us, p99 {emit['p99_ms'] * 1000:.1f} us;"
-          f" {figures['store_sink_lines_per_s']:,} log lines/s")
+    print(
+        f"run of {args.jobs} jobs x {args.steps} steps x {args.lines} lines: {len(events)} events"
+    )
+    print(
+        f"StoreSink emit      p50 {emit['p50_ms'] * 1000:.1f} us, p99 {emit['p99_ms'] * 1000:.1f} "
+        f"us;"
+        f" {figures['store_sink_lines_per_s']:,} log lines/s"
+    )
     print(f"read back           run + {log_lines:,} log rows in {figures['read_back_ms']:.1f} ms")
     print(f"ProgressView plain  {figures['plain_view_lines_per_s']:,} lines/s;"
           f" on a terminal (colours) {figures['terminal_view_lines_per_s']:,} lines/s")

@@ -32,7 +32,7 @@ from typing import Any
 from vmrunner.machines.base import MachineSpec
 from vmrunner.machines.pool import Reuse, WarmPool
 from vmrunner.machines.providers import get_provider
-from vmrunner.runner.events import Event, JobStarted, Recorder, StepFinished, StepStarted
+from vmrunner.reports.events import Event, JobStarted, Recorder, StepFinished, StepStarted
 from vmrunner.runner.options import RunOptions
 from vmrunner.runner.run import run_workflow
 from vmrunner.sessions import SessionManager
@@ -40,7 +40,10 @@ from vmrunner.workflow.loader import load_workflow_text
 from vmrunner.workflow.models import Workflow
 
 GOALS = {"step_overhead_p50_ms": 5.0, "workflows_per_s": 30.0}
-FLOOR_SCRIPT = 'for i in $(seq {n}); do printf "true\\n" > "$RUNNER_TEMP/s.sh"; bash -e "$RUNNER_TEMP/s.sh"; done'
+FLOOR_SCRIPT = (
+    'for i in $(seq {n}); do printf "true\\n" > "$RUNNER_TEMP/s.sh"; bash -e '
+    '"$RUNNER_TEMP/s.sh"; done'
+)
 
 
 def steps_workflow(steps: int) -> Workflow:
@@ -123,7 +126,9 @@ async def step_overhead(runs: int, steps: int) -> dict[str, Any]:
         for _ in range(runs):
             recorder = MachineCpu(sessions, steps)
             cpu_before = time.process_time()
-            outcome = await run_workflow(workflow, RunOptions(repo_root=tempfile.gettempdir()), sessions, recorder)
+            outcome = await run_workflow(
+                workflow, RunOptions(repo_root=tempfile.gettempdir()), sessions, recorder
+            )
             cpu.append((time.process_time() - cpu_before) / steps)
             if outcome.failed:
                 raise RuntimeError("the benchmark workflow failed")
@@ -143,7 +148,9 @@ async def step_overhead(runs: int, steps: int) -> dict[str, Any]:
     }
 
 
-async def throughput(count: int, pool_size: int, steps: int, reuse: Reuse = "restore") -> dict[str, Any]:
+async def throughput(
+    count: int, pool_size: int, steps: int, reuse: Reuse = "restore"
+) -> dict[str, Any]:
     workflow = steps_workflow(steps)
     options = RunOptions(concurrent_jobs=pool_size, repo_root=tempfile.gettempdir())
     async with (
@@ -155,7 +162,9 @@ async def throughput(count: int, pool_size: int, steps: int, reuse: Reuse = "res
         machine_cpu = sum(tree_cpu(pid) for pid in machines)
         started = time.perf_counter()
         cpu_before = time.process_time()
-        outcomes = await asyncio.gather(*(run_workflow(workflow, options, sessions) for _ in range(count)))
+        outcomes = await asyncio.gather(
+            *(run_workflow(workflow, options, sessions) for _ in range(count))
+        )
         elapsed = time.perf_counter() - started
         await pool.wait_filled()  # the last machines are back (their restore counts too)
         cpu = time.process_time() - cpu_before
@@ -194,12 +203,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench runner", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench runner", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--runs", type=int, default=5, help="runs of the 50-step job")
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--workflows", type=int, default=60, help="workflows for the throughput figure")
+    parser.add_argument(
+        "--workflows", type=int, default=60, help="workflows for the throughput figure"
+    )
     parser.add_argument("--pool", type=int, default=4, help="warm pool size (and concurrent jobs)")
-    parser.add_argument("--reuse", choices=["destroy", "restore"], default="restore", help="what the warm pool does with a used machine (vmrunner run restores)")
+    parser.add_argument(
+        "--reuse",
+        choices=["destroy", "restore"],
+        default="restore",
+        help="what the warm pool does with a used machine (vmrunner run restores)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if "VMRUNNER_HOME" not in os.environ:
@@ -214,6 +232,9 @@ def main(argv: list[str]) -> int:
             note = ""
             if goal is not None:
                 ok = value <= goal if name.endswith("_ms") else value >= goal
-                note = f"  (goal {'<=' if name.endswith('_ms') else '>='} {goal:g}: {'met' if ok else 'NOT met'})"
+                note = (
+                    f"  (goal {'<=' if name.endswith('_ms') else '>='} {goal:g}: "
+                    f"{'met' if ok else 'NOT met'})"
+                )
             print(f"{name:28} {shown}{note}")
     return 0

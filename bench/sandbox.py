@@ -56,7 +56,9 @@ async def cold_allocations(provider: Provider, count: int, spec: MachineSpec) ->
     return samples
 
 
-async def exec_round_trips(machine: Machine, count: int, command: Sequence[str] = ("true",)) -> list[float]:
+async def exec_round_trips(
+    machine: Machine, count: int, command: Sequence[str] = ("true",)
+) -> list[float]:
     """Seconds for ``exec(command)`` from the host, one after the other."""
     samples = []
     for _ in range(count):
@@ -149,7 +151,9 @@ async def run(
     if provider.name == "sandbox" and os.geteuid() == 0:
         results["allocation_by_limits"] = {
             name: percentiles(
-                await cold_allocations(provider, allocations, replace(limited, network=spec.network))
+                await cold_allocations(
+                    provider, allocations, replace(limited, network=spec.network)
+                )
             )
             for name, limited in CONFIGURATIONS.items()
         }
@@ -164,21 +168,41 @@ async def run(
 
 
 def report(results: dict[str, Any]) -> str:
-    allocation, exec_true, memory = results["allocation"], results["exec_true"], results["idle_memory"]
+    allocation, exec_true, memory = (
+        results["allocation"],
+        results["exec_true"],
+        results["idle_memory"],
+    )
     rows = [
-        ("cold allocation", f"p50 {allocation['p50_ms']:.1f} ms", f"p99 {allocation['p99_ms']:.1f} ms",
+        ("cold allocation",
+         f"p50 {allocation['p50_ms']:.1f} ms", f"p99 {allocation['p99_ms']:.1f} ms",
          f"goal p50 <= {GOALS['allocation_p50_ms']:.0f} ms"),
-        ("exec `true` round trip", f"p50 {exec_true['p50_ms']:.2f} ms", f"p99 {exec_true['p99_ms']:.2f} ms",
+        ("exec `true` round trip",
+         f"p50 {exec_true['p50_ms']:.2f} ms", f"p99 {exec_true['p99_ms']:.2f} ms",
          f"goal p50 <= {GOALS['exec_true_p50_ms']:.0f} ms"),
-        ("idle machine memory", f"RSS {memory['rss_mib']:.1f} MiB", f"PSS {memory['pss_mib']:.1f} MiB",
+        ("idle machine memory",
+         f"RSS {memory['rss_mib']:.1f} MiB", f"PSS {memory['pss_mib']:.1f} MiB",
          f"goal <= {GOALS['idle_rss_mib']:.0f} MiB ({memory['processes']:.0f} processes)"),
     ]  # fmt: skip
     for name, figures in results.get("allocation_by_limits", {}).items():
-        rows.append((f"  cold allocation, {name}", f"p50 {figures['p50_ms']:.1f} ms", f"p99 {figures['p99_ms']:.1f} ms", ""))
+        rows.append(
+            (
+                f"  cold allocation, {name}",
+                f"p50 {figures['p50_ms']:.1f} ms",
+                f"p99 {figures['p99_ms']:.1f} ms",
+                "",
+            )
+        )
     width = max(len(r[0]) for r in rows)
     if memory.get("helper_rss_mib"):
-        rows.append(("network helper memory", f"RSS {memory['helper_rss_mib']:.1f} MiB",
-                     f"PSS {memory['helper_pss_mib']:.1f} MiB", "(slirp4netns, beside the machine)"))
+        rows.append(
+            (
+                "network helper memory",
+                f"RSS {memory['helper_rss_mib']:.1f} MiB",
+                f"PSS {memory['helper_pss_mib']:.1f} MiB",
+                "(slirp4netns, beside the machine)",
+            )
+        )
     lines = [f"provider: {results['provider']}, network: {results.get('network', 'private')}"]
     lines += [f"  {name:<{width}}  {a:<16} {b:<16} {goal}" for name, a, b, goal in rows]
     return "\n".join(lines)
@@ -186,12 +210,20 @@ def report(results: dict[str, Any]) -> str:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench sandbox", description=__doc__)
-    parser.add_argument("--provider", default="sandbox", help="provider to measure (default: sandbox)")
+    parser.add_argument(
+        "--provider", default="sandbox", help="provider to measure (default: sandbox)"
+    )
     parser.add_argument("--allocations", type=int, default=50, help="cold allocations to time")
     parser.add_argument("--execs", type=int, default=500, help="`true` round trips to time")
-    parser.add_argument("--machines", type=int, default=5, help="idle machines for the memory figure")
-    parser.add_argument("--network", default="private", choices=("private", "host", "none"),
-                        help="the machines' network (default: private)")
+    parser.add_argument(
+        "--machines", type=int, default=5, help="idle machines for the memory figure"
+    )
+    parser.add_argument(
+        "--network",
+        default="private",
+        choices=("private", "host", "none"),
+        help="the machines' network (default: private)",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
 

@@ -33,7 +33,14 @@ workflow_run: {workflows: [test], types: [completed]}
 check_suite:
 merge_group: {branches: [main]}
 """
-_PATTERNS = ["main", "releases/**", "feature/*", "v[12].[0-9]+.[0-9]+", "!releases/**-alpha", "hotfix/**"]
+_PATTERNS = [
+    "main",
+    "releases/**",
+    "feature/*",
+    "v[12].[0-9]+.[0-9]+",
+    "!releases/**-alpha",
+    "hotfix/**",
+]
 _MATRIX: dict[str, Any] = {
     "os": [f"os{i}" for i in range(8)],
     "node": list(range(8)),
@@ -46,7 +53,9 @@ _MATRIX: dict[str, Any] = {
 def _fixtures() -> list[tuple[str, dict[str, Any]]]:
     shared = os.environ.get("VMRUNNER_SHARED") or Path(__file__).resolve().parents[2] / "shared"
     root = Path(shared) / "fixtures" / "github-webhooks"
-    return [(path.parent.name, json.loads(path.read_text())) for path in sorted(root.glob("*/*.json"))]
+    return [
+        (path.parent.name, json.loads(path.read_text())) for path in sorted(root.glob("*/*.json"))
+    ]
 
 
 def _median_seconds(action: Callable[[], object], budget: float) -> float:
@@ -75,10 +84,26 @@ def main(argv: list[str]) -> int:
             match_event(triggers, event, payload, changed_files=diff)
 
     figures = [
-        ("branch vs 6 ordered patterns", _median_seconds(lambda: matches_any(_PATTERNS, "releases/10-alpha"), args.seconds), 1),
-        (f"match_event, {len(payloads)} real payloads", _median_seconds(match_all, args.seconds), len(payloads)),
-        ("expand 8x8x4 matrix (+exclude, include)", _median_seconds(lambda: expand_matrix(_MATRIX), args.seconds), 1),
-        ("cron next_after, weekly schedule", _median_seconds(lambda: schedule.next_after(start), args.seconds), 1),
+        (
+            "branch vs 6 ordered patterns",
+            _median_seconds(lambda: matches_any(_PATTERNS, "releases/10-alpha"), args.seconds),
+            1,
+        ),
+        (
+            f"match_event, {len(payloads)} real payloads",
+            _median_seconds(match_all, args.seconds),
+            len(payloads),
+        ),
+        (
+            "expand 8x8x4 matrix (+exclude, include)",
+            _median_seconds(lambda: expand_matrix(_MATRIX), args.seconds),
+            1,
+        ),
+        (
+            "cron next_after, weekly schedule",
+            _median_seconds(lambda: schedule.next_after(start), args.seconds),
+            1,
+        ),
     ]
     for label, seconds, count in figures:
         per = seconds / count * 1e6

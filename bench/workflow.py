@@ -28,7 +28,9 @@ def shared_dir() -> Path:
 def corpus() -> list[tuple[str, str]]:
     """(file name, text) of every workflow file in the act corpus (actions excluded)."""
     root = shared_dir() / "conformance" / "act" / "testdata"
-    files = sorted(p for p in root.rglob("*") if p.suffix in {".yml", ".yaml"} and p.stem != "action")
+    files = sorted(
+        p for p in root.rglob("*") if p.suffix in {".yml", ".yaml"} and p.stem != "action"
+    )
     return [(str(p), p.read_text(encoding="utf-8")) for p in files]
 
 
@@ -72,7 +74,15 @@ def main(argv: list[str]) -> int:
     median_ms = statistics.median(timings) * 1000
     size = sum(len(text) for _, text in files) / len(files)
     cache = "expression cache emptied every round" if options.cold else "expression cache warm"
-    print(f"{len(files)} workflow files (mean {size:.0f} bytes), {options.rounds} rounds, one core, {cache}")
-    print(f"load+validate+plan: {rate:.0f} files/s (goal {GOAL}); median {median_ms:.3f} ms per file")
-    print(f"p90 {statistics.quantiles(timings, n=10)[-1] * 1000:.3f} ms, max {max(timings) * 1000:.3f} ms")
+    print(
+        f"{len(files)} workflow files (mean {size:.0f} bytes), {options.rounds} rounds, one core, "
+        f"{cache}"
+    )
+    print(
+        f"load+validate+plan: {rate:.0f} files/s (goal {GOAL}); median {median_ms:.3f} ms per file"
+    )
+    print(
+        f"p90 {statistics.quantiles(timings, n=10)[-1] * 1000:.3f} ms, max "
+        f"{max(timings) * 1000:.3f} ms"
+    )
     return 0 if rate >= GOAL else 1

@@ -47,7 +47,9 @@ def tmp_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+def _isolated_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
     home = tmp_path_factory.mktemp("vmrunner-home")
     # Sandboxes run as an unprivileged host id that must walk to its machine's directories:
     # let others pass through the temporary directories above the home (nothing is listed).

@@ -323,8 +323,8 @@ async def test_states_and_transitions_are_recorded_in_memory_and_in_the_store(
 async def test_invalid_transitions_raise(manager: SessionManager) -> None:
     session = await manager.create_session()
     with pytest.raises(InvalidTransition, match="from active to released"):
-        manager.update_state(session.id, SessionState.RELEASED)
-    manager.update_state(session.id, SessionState.COMPLETED)
+        session.set_state(SessionState.RELEASED)
+    session.set_state(SessionState.COMPLETED)
     with pytest.raises(InvalidTransition, match="from completed to executing"):
         await session.exec(["true"])
     assert session.state is SessionState.COMPLETED
@@ -366,7 +366,7 @@ async def test_snapshots_pause_the_session_and_are_listed(
         await session.exec(["sh", "-c", "echo one > file"], cwd=workspace)
         first = await session.snapshot("after step 1")
         await session.exec(["sh", "-c", "echo two > file"], cwd=workspace)
-        assert manager.last_snapshot(session.id) == first
+        assert session.snapshots[-1] == first
         await session.restore(first.id)
         assert session.state is SessionState.ROLLED_BACK
         assert (await session.machine.read_file(f"{workspace}/file")) == b"one\n"
@@ -474,7 +474,9 @@ async def main():
         if pool is not None:
             await pool.wait_filled()
         async with manager.open() as session:
-            await session.exec(["sh", "-c", "echo running > marker"], cwd=session.machine.paths.workspace)
+            await session.exec(
+                ["sh", "-c", "echo running > marker"], cwd=session.machine.paths.workspace
+            )
             print("ready", session.machine.id, flush=True)
             await asyncio.sleep(3600)
 

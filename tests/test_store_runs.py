@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.runner.events_builder import RunBuilder, collect, failing_matrix_run, simple_run
+from tests.reports.events_builder import RunBuilder, collect, failing_matrix_run, simple_run
 from vmrunner.errors import RunNotFound, StoreDiskError
-from vmrunner.runner.events import LogLine, StepFinished, StepStarted
-from vmrunner.runner.storage import INTERRUPTED_NOTE, RunHistory, StoreSink
+from vmrunner.reports.events import LogLine, StepFinished, StepStarted
+from vmrunner.reports.storage import INTERRUPTED_NOTE, RunHistory, StoreSink
 from vmrunner.sessions import Owner
 from vmrunner.store import MIGRATIONS, Store
 
@@ -60,8 +60,15 @@ def test_logs_keep_their_order_groups_and_filters(store: Store) -> None:
         ("line", "stderr", "oops", 0),
         ("line", "stdout", "job-level line after the steps", 0),
     ]
-    assert [r.text for r in history.logs(run.run_id, "build", 0) if r.kind == "line"] == ["one", "two", "inside", "oops"]
-    assert [r.text for r in history.logs(run.run_id, "build", -1)] == ["job-level line after the steps"]
+    assert [r.text for r in history.logs(run.run_id, "build", 0) if r.kind == "line"] == [
+        "one",
+        "two",
+        "inside",
+        "oops",
+    ]
+    assert [r.text for r in history.logs(run.run_id, "build", -1)] == [
+        "job-level line after the steps"
+    ]
     assert history.logs(run.run_id, "nope") == []
 
 
@@ -206,14 +213,20 @@ def test_prefixes_resolve_like_git_and_unknown_ids_fail_clearly(store: Store) ->
 def test_runs_are_listed_newest_first_with_limit_and_workflow_filter(store: Store) -> None:
     for n, workflow in enumerate(("CI", "Release", "CI")):
         sink = StoreSink(store)
-        run = RunBuilder(f"run-{n}", workflow=workflow, start=1_700_000_000.0 + n * 100, sink=sink).start()
+        run = RunBuilder(
+            f"run-{n}", workflow=workflow, start=1_700_000_000.0 + n * 100, sink=sink
+        ).start()
         run.job("build").begin().step("One").finish()
         run.finish()
     history = RunHistory(store)
     assert [r.run_id for r in history.list_runs()] == ["run-2", "run-1", "run-0"]
     assert [r.run_id for r in history.list_runs(limit=1)] == ["run-2"]
     assert [r.run_id for r in history.list_runs(workflow="CI")] == ["run-2", "run-0"]
-    assert [r.run_id for r in history.list_runs(workflow=".github/workflows/ci.yml")] == ["run-2", "run-1", "run-0"]
+    assert [r.run_id for r in history.list_runs(workflow=".github/workflows/ci.yml")] == [
+        "run-2",
+        "run-1",
+        "run-0",
+    ]
 
 
 def test_runs_survive_reopening_and_deleting_a_run_removes_everything(tmp_path: Path) -> None:
@@ -233,7 +246,9 @@ def test_runs_survive_reopening_and_deleting_a_run_removes_everything(tmp_path: 
 def test_masked_text_stays_masked_in_the_store(store: Store) -> None:
     sink = StoreSink(store)
     run = RunBuilder(sink=sink).start()
-    run.job("deploy").begin().step("Deploy", lines=["token=***"], annotations=[("warning", "used ***")]).finish()
+    run.job("deploy").begin().step(
+        "Deploy", lines=["token=***"], annotations=[("warning", "used ***")]
+    ).finish()
     run.finish()
     result = RunHistory(store).get_run(run.run_id)
     assert [r.text for r in RunHistory(store).logs(run.run_id)] == ["token=***"]
@@ -243,9 +258,17 @@ def test_masked_text_stays_masked_in_the_store(store: Store) -> None:
 any_text = st.text(st.characters(codec="utf-8"), max_size=30)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(name=any_text, lines=st.lists(any_text, max_size=4), outputs=st.dictionaries(any_text, any_text, max_size=3))
-def test_any_text_round_trips_through_the_store(store: Store, name: str, lines: list[str], outputs: dict[str, str]) -> None:
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    name=any_text,
+    lines=st.lists(any_text, max_size=4),
+    outputs=st.dictionaries(any_text, any_text, max_size=3),
+)
+def test_any_text_round_trips_through_the_store(
+    store: Store, name: str, lines: list[str], outputs: dict[str, str]
+) -> None:
     sink = StoreSink(store)
     run = RunBuilder(f"run-{len(store.runs(limit=None))}", workflow=name, sink=sink).start()
     job = run.job(f"{name} (x)", name=name, matrix={name: [1, None]}).begin()
@@ -311,7 +334,8 @@ def test_a_disk_that_stays_full_leaves_whole_rows_and_close_tries_again(tmp_path
         run.finish()
         assert not sink.recorded
         [row] = store.runs()
-        assert row.status == "in_progress"  # as last written, whole: the job row says queued or in progress
+        # as last written, whole: the job row says queued or in progress
+        assert row.status == "in_progress"
         assert all(j.status != "completed" for j in store.run_jobs(run.run_id))
         store.full = False  # room again: what waited is written when the sink closes
         sink.close()

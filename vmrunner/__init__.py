@@ -12,6 +12,7 @@ from vmrunner.errors import (
     AgentError,
     AllocationError,
     CapacityError,
+    ConcurrencyCancelled,
     ConfigError,
     Diagnostic,
     ExecError,
@@ -31,6 +32,7 @@ from vmrunner.errors import (
     SessionNotFound,
     SnapshotError,
     SnapshotUnsupported,
+    StoreDiskError,
     StoreError,
     TransferError,
     VmrunnerError,
@@ -38,6 +40,7 @@ from vmrunner.errors import (
 )
 
 if TYPE_CHECKING:
+    from vmrunner.learning.history import Learning, LearningSink
     from vmrunner.machines.base import ExecResult, Machine, MachineSpec, Provider
     from vmrunner.machines.firecracker import FirecrackerProvider
     from vmrunner.machines.host import HostProvider
@@ -45,13 +48,12 @@ if TYPE_CHECKING:
     from vmrunner.machines.providers import get_provider
     from vmrunner.machines.sandbox import SandboxProvider
     from vmrunner.machines.testing import CountingProvider
-    from vmrunner.runner.insights import Insights, Lesson, Suggestion
-    from vmrunner.runner.learning import Learning, LearningSink
+    from vmrunner.reports.insights import Insights, Lesson, Suggestion
+    from vmrunner.reports.results import JobResult, ResultCollector, RunResult, StepResult
+    from vmrunner.reports.storage import RunHistory, StoreSink
+    from vmrunner.reports.summary import render_summary
     from vmrunner.runner.options import RunOptions
-    from vmrunner.runner.results import JobResult, ResultCollector, RunResult, StepResult
     from vmrunner.runner.run import JobReport, RunOutcome, run_workflow
-    from vmrunner.runner.storage import RunHistory, StoreSink
-    from vmrunner.runner.summary import render_summary
     from vmrunner.server.app import create_app
     from vmrunner.server.config import RepositoryConfig, ServerConfig
     from vmrunner.server.github import GitHubClient
@@ -65,7 +67,8 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
-#: Public names imported on first use, so that ``import vmrunner`` (and ``vmrunner --help``) stays fast.
+#: Public names imported on first use, so that ``import vmrunner`` (and ``vmrunner --help``)
+#: stays fast.
 _LAZY: dict[str, str] = {
     "ExecResult": "vmrunner.machines.base",
     "FirecrackerProvider": "vmrunner.machines.firecracker",
@@ -82,22 +85,22 @@ _LAZY: dict[str, str] = {
     "SessionState": "vmrunner.sessions",
     "SessionStats": "vmrunner.sessions",
     "Store": "vmrunner.store",
-    "JobResult": "vmrunner.runner.results",
-    "ResultCollector": "vmrunner.runner.results",
-    "RunResult": "vmrunner.runner.results",
-    "StepResult": "vmrunner.runner.results",
-    "RunHistory": "vmrunner.runner.storage",
+    "JobResult": "vmrunner.reports.results",
+    "ResultCollector": "vmrunner.reports.results",
+    "RunResult": "vmrunner.reports.results",
+    "StepResult": "vmrunner.reports.results",
+    "RunHistory": "vmrunner.reports.storage",
     "RunOptions": "vmrunner.runner.options",
     "RunOutcome": "vmrunner.runner.run",
     "JobReport": "vmrunner.runner.run",
     "run_workflow": "vmrunner.runner.run",
-    "StoreSink": "vmrunner.runner.storage",
-    "render_summary": "vmrunner.runner.summary",
-    "Insights": "vmrunner.runner.insights",
-    "Lesson": "vmrunner.runner.insights",
-    "Suggestion": "vmrunner.runner.insights",
-    "Learning": "vmrunner.runner.learning",
-    "LearningSink": "vmrunner.runner.learning",
+    "StoreSink": "vmrunner.reports.storage",
+    "render_summary": "vmrunner.reports.summary",
+    "Insights": "vmrunner.reports.insights",
+    "Lesson": "vmrunner.reports.insights",
+    "Suggestion": "vmrunner.reports.insights",
+    "Learning": "vmrunner.learning.history",
+    "LearningSink": "vmrunner.learning.history",
     "get_provider": "vmrunner.machines.providers",
     "Job": "vmrunner.workflow.models",
     "Plan": "vmrunner.workflow.planner",
@@ -130,6 +133,7 @@ __all__ = [
     "AgentError",
     "AllocationError",
     "CapacityError",
+    "ConcurrencyCancelled",
     "ConfigError",
     "CountingProvider",
     "Diagnostic",
@@ -183,6 +187,7 @@ __all__ = [
     "Step",
     "StepResult",
     "Store",
+    "StoreDiskError",
     "StoreError",
     "StoreSink",
     "Suggestion",

@@ -23,7 +23,7 @@ below and raised ``from`` the original.
     │   ├── ReleaseError           a machine could not be fully released
     │   └── ImageError             a guest image could not be built, found or booted
     ├── SessionError               the session manager refused an operation
-    │   ├── CapacityError          the concurrency limit is reached (fail-fast) or the wait timed out
+    │   ├── CapacityError          no free slot (fail-fast), or the wait for one timed out
     │   ├── SessionNotFound        no such session (also: released already)
     │   └── InvalidTransition      a session state change that the lifecycle does not allow
     ├── StoreError                 the state database could not be read or written
@@ -192,7 +192,8 @@ class RunNotFound(StoreError):
 
 
 class ConcurrencyCancelled(VmrunnerError):
-    """A job or run waiting for its concurrency group was replaced by a newer one, or the group's queue is full."""
+    """A job or run waiting for its concurrency group was replaced by a newer one, or the group's
+    queue is full."""
 
 
 class ConfigError(VmrunnerError):

@@ -54,7 +54,6 @@ from vmrunner.errors import (
     SnapshotError,
     StoreError,
 )
-from vmrunner.machines._local import process_start, shielded
 from vmrunner.machines.base import (
     ExecResult,
     Machine,
@@ -64,6 +63,7 @@ from vmrunner.machines.base import (
     Provider,
     SnapshotId,
 )
+from vmrunner.machines.local import process_start, shielded
 from vmrunner.machines.pool import WarmPool, allocate_whole
 from vmrunner.store import MachineRow, SessionRow, SnapshotRow, Store
 
@@ -315,13 +315,18 @@ class Session:
             self.touch()
             self._leave(S.EXECUTING)
 
+    def set_state(self, state: SessionState, *, note: str = "") -> None:
+        """Move the session to ``state``, recorded with its time (and ``note``);
+        ``InvalidTransition`` when the lifecycle (``TRANSITIONS``) does not allow it."""
+        self._manager._update_state(self.id, state, note=note)
+
     async def snapshot(self, name: str = "") -> SnapshotInfo:
         """Take a snapshot (the session is ``paused`` meanwhile) and append it to ``snapshots``."""
         machine = self.machine
         self._enter(S.PAUSED)
         try:
             snapshot_id = await machine.snapshot(name)
-            info = self._manager.add_snapshot(self.id, snapshot_id, name)
+            info = self._manager._add_snapshot(self.id, snapshot_id, name)
         finally:
             self.touch()
             self._leave(S.PAUSED)
@@ -348,7 +353,7 @@ class Session:
             self._running += 1
             return
         before = self._state
-        self._manager.update_state(self.id, transient)
+        self._manager._update_state(self.id, transient)
         self._return_to.append(before)
         self._running = 1
 
@@ -361,7 +366,7 @@ class Session:
         if self._running:
             return
         back = self._return_to.pop()
-        self._manager.update_state(self.id, to or back)
+        self._manager._update_state(self.id, to or back)
 
 
 class SessionManager:
@@ -594,13 +599,13 @@ class SessionManager:
         except BaseException as exc:
             self._counts["failed_allocations"] += 1
             with suppress(Exception):
-                self.update_state(session.id, S.FAILED, note=f"allocation failed: {exc!r}")
+                self._update_state(session.id, S.FAILED, note=f"allocation failed: {exc!r}")
             await self._release(session, "allocation failed")
             raise
         session._machine = machine
         try:
             store.attach_machine(session.id, machine_row(machine.record, session.id))
-            self.update_state(session.id, S.ACTIVE)
+            self._update_state(session.id, S.ACTIVE)
         except BaseException:
             await self._release(session, "recording the machine failed")
             raise
@@ -639,8 +644,9 @@ class SessionManager:
             raise SessionNotFound(f"no session {session_id} (it may have been released)")
         return session
 
-    def update_state(self, session_id: str, state: SessionState, *, note: str = "") -> None:
-        """Move a session to ``state`` (recorded with its time); ``InvalidTransition`` if not allowed."""
+    def _update_state(self, session_id: str, state: SessionState, *, note: str = "") -> None:
+        """Move a session to ``state`` (recorded with its time); ``InvalidTransition`` if not
+        allowed."""
         session = self.get_session(session_id)
         if state not in TRANSITIONS[session._state]:
             raise InvalidTransition(
@@ -653,13 +659,20 @@ class SessionManager:
         wall_activity = now - (self.clock() - session.last_activity)
         entry = (state, now, note, wall_activity)
         unsaved = session._unsaved
-        if session._state in _TRANSIENT and state in _TRANSIENT and not note and len(unsaved) < MAX_UNSAVED_TRANSITIONS:
+        if (
+            session._state in _TRANSIENT
+            and state in _TRANSIENT
+            and not note
+            and len(unsaved) < MAX_UNSAVED_TRANSITIONS
+        ):
             unsaved.append(entry)
         else:
             try:
                 with self.store.transaction():  # all or nothing: a failed write leaves them unsaved
                     for state_, at, note_, activity in (*unsaved, entry):
-                        self.store.set_session_state(session.id, state_.value, at, note=note_, last_activity=activity)
+                        self.store.set_session_state(
+                            session.id, state_.value, at, note=note_, last_activity=activity
+                        )
             except StoreError as exc:  # kept, to be written with the next transition
                 unsaved.append(entry)
                 self._store_failed(exc, f"recording session {session.id} {state.value}")
@@ -679,7 +692,9 @@ class SessionManager:
             for session in list(self._unwritten_sessions):
                 with self.store.transaction():
                     for state, at, note, activity in session._unsaved:
-                        self.store.set_session_state(session.id, state.value, at, note=note, last_activity=activity)
+                        self.store.set_session_state(
+                            session.id, state.value, at, note=note, last_activity=activity
+                        )
                 session._unsaved.clear()
                 self._unwritten_sessions.remove(session)
         except StoreError as exc:
@@ -693,7 +708,9 @@ class SessionManager:
         if self.store_failures == 1:
             log.warning("%s: %s (the session goes on; later writes retry)", doing, exc)
 
-    def observe(self, observer: TransitionObserver, *, label: tuple[str, str] | None = None) -> Callable[[], None]:
+    def observe(
+        self, observer: TransitionObserver, *, label: tuple[str, str] | None = None
+    ) -> Callable[[], None]:
         """Call ``observer(session, transition)`` after every state change of every session,
         or only of the sessions carrying ``label`` (key, value), such as one run's: a server
         with many runs does not call every run's observer for every session. It must be
@@ -717,7 +734,7 @@ class SessionManager:
                 with suppress(Exception):
                     observer(session, transition)
 
-    def add_snapshot(
+    def _add_snapshot(
         self, session_id: str, snapshot_id: SnapshotId, name: str = ""
     ) -> SnapshotInfo:
         """Register a snapshot taken in the session's machine."""
@@ -726,10 +743,6 @@ class SessionManager:
         self.store.add_snapshot(SnapshotRow(session_id, snapshot_id, name, info.created_at))
         session._snapshots.append(info)
         return info
-
-    def last_snapshot(self, session_id: str) -> SnapshotInfo | None:
-        snapshots = self.get_session(session_id)._snapshots
-        return snapshots[-1] if snapshots else None
 
     async def release_session(self, session_id: str, *, note: str = "") -> None:
         """Release the session's machine, then forget the session.
@@ -788,12 +801,12 @@ class SessionManager:
         except BaseException as exc:
             if S.FAILED in TRANSITIONS[session.state] and session._release is None:
                 with suppress(Exception):
-                    self.update_state(session.id, S.FAILED, note=f"{type(exc).__name__}: {exc}")
+                    self._update_state(session.id, S.FAILED, note=f"{type(exc).__name__}: {exc}")
             with suppress(ReleaseError):  # recorded as abandoned; the job's error matters more
                 await self._release(session, "session ended with an error")
             raise
         if session.state is S.ACTIVE and session._release is None:
-            self.update_state(session.id, S.COMPLETED)  # failed and rolled_back stay as they are
+            self._update_state(session.id, S.COMPLETED)  # failed and rolled_back stay as they are
         await self._release(session, "session ended")
 
     # Release

@@ -238,7 +238,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE runs ADD COLUMN rerun_of TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE runs ADD COLUMN from_step INTEGER",
     ),
-    (  # the machine lifecycle timeline of each job of a run (runner/timeline.py)
+    (  # the machine lifecycle timeline of each job of a run (reports/timeline.py)
         """CREATE TABLE IF NOT EXISTS run_timeline (
             seq         INTEGER PRIMARY KEY,
             run_id      TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
@@ -258,7 +258,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX IF NOT EXISTS run_timeline_run ON run_timeline (run_id, seq)",
     ),
-    (  # learning from runs (runner/learning.py): commands, their averages, sequences, lessons
+    (  # learning from runs (learning/history.py): commands, their averages, sequences, lessons
         """CREATE TABLE learning_commands (
             seq         INTEGER PRIMARY KEY,
             repository  TEXT NOT NULL,
@@ -374,7 +374,7 @@ class SnapshotRow:
 
 @dataclass(frozen=True, slots=True)
 class RunRow:
-    """A workflow run; ``status`` and ``conclusion`` use GitHub's words (see ``runner.results``).
+    """A workflow run; ``status`` and ``conclusion`` use GitHub's words (see ``reports.results``).
 
     ``owner_pid``/``owner_start`` name the runner process writing it, so that a run whose runner
     died can be told from one still going.
@@ -487,7 +487,7 @@ class AnnotationRow:
 
 @dataclass(frozen=True, slots=True)
 class TimelineRow:
-    """One moment of a job's machine lifecycle (``runner.timeline.TimelineEntry`` plus its run)."""
+    """One moment of a job's machine lifecycle (``reports.timeline.TimelineEntry`` plus its run)."""
 
     run_id: str
     job_key: str
@@ -532,7 +532,9 @@ def store_error(path: object, doing: str, exc: BaseException) -> StoreError:
     failing disk, so that callers can keep the write for later."""
     if not is_disk_error(exc):
         return StoreError(f"{path}: cannot {doing}: {exc}")
-    return StoreDiskError(f"{path}: cannot {doing}: {exc} ({free_space(os.path.dirname(str(path)))})")
+    return StoreDiskError(
+        f"{path}: cannot {doing}: {exc} ({free_space(os.path.dirname(str(path)))})"
+    )
 
 
 def free_space(folder: str) -> str:
@@ -559,7 +561,9 @@ def connect(path: str | Path | None = None, *pragmas: str) -> tuple[sqlite3.Conn
 
 
 @contextmanager
-def immediate_transaction(db: sqlite3.Connection, path: object, doing: str) -> Iterator[sqlite3.Connection]:
+def immediate_transaction(
+    db: sqlite3.Connection, path: object, doing: str
+) -> Iterator[sqlite3.Connection]:
     """``BEGIN IMMEDIATE`` ... ``COMMIT`` on an autocommit connection, rolled back on any error;
     sqlite errors become ``StoreError`` naming the database and what was being done."""
     try:
@@ -582,7 +586,9 @@ def _roll_back(db: sqlite3.Connection) -> None:
             db.execute("ROLLBACK")
 
 
-def fetch_all(db: sqlite3.Connection, path: object, sql: str, params: Sequence[Any], doing: str) -> list[Any]:
+def fetch_all(
+    db: sqlite3.Connection, path: object, sql: str, params: Sequence[Any], doing: str
+) -> list[Any]:
     """Every row of one query; sqlite errors become ``StoreError``."""
     try:
         return db.execute(sql, params).fetchall()
@@ -625,7 +631,9 @@ class Store:
             target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             if not target.exists():  # private, even in a state directory others may enter
                 os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
-            connection = sqlite3.connect(target, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+            connection = sqlite3.connect(
+                target, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
+            )
         except (OSError, sqlite3.Error) as exc:
             raise store_error(target, "open the state database", exc) from exc
         store = cls(connection, target)
@@ -811,7 +819,9 @@ class Store:
             self._update_session(session_id, "machine_id = ?", (machine.machine_id,))
 
     def _update_session(self, session_id: str, assignments: str, params: Sequence[Any]) -> None:
-        cursor = self._execute(f"UPDATE sessions SET {assignments} WHERE id = ?", (*params, session_id))
+        cursor = self._execute(
+            f"UPDATE sessions SET {assignments} WHERE id = ?", (*params, session_id)
+        )
         if cursor.rowcount != 1:
             raise StoreError(f"{self.path}: no session {session_id}")
 
@@ -822,18 +832,23 @@ class Store:
         )
 
     def session(self, session_id: str) -> SessionRow | None:
-        row = self._execute(f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        row = self._execute(
+            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)
+        ).fetchone()
         return _session_row(row) if row else None
 
     def sessions(self, *, include_released: bool = False) -> list[SessionRow]:
         """Sessions in creation order; without released ones unless asked."""
         where = "" if include_released else "WHERE state != 'released'"
-        rows = self._execute(f"SELECT {_SESSION_COLUMNS} FROM sessions {where} ORDER BY created_at, id")
+        rows = self._execute(
+            f"SELECT {_SESSION_COLUMNS} FROM sessions {where} ORDER BY created_at, id"
+        )
         return [_session_row(row) for row in rows.fetchall()]
 
     def transitions(self, session_id: str) -> list[TransitionRow]:
         rows = self._execute(
-            "SELECT session_id, state, at, note FROM session_transitions WHERE session_id = ? ORDER BY seq",
+            "SELECT session_id, state, at, note FROM session_transitions WHERE session_id = ? "
+            "ORDER BY seq",
             (session_id,),
         )
         return [TransitionRow(*row) for row in rows.fetchall()]
@@ -844,12 +859,23 @@ class Store:
         """Insert or replace a machine's row (a pool machine handed to a session is re-put)."""
         with self.transaction():
             self._execute(
-                f"INSERT OR REPLACE INTO machines ({_MACHINE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT OR REPLACE INTO machines ({_MACHINE_COLUMNS}) VALUES "
+                f"(?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
-                    row.machine_id, row.provider, row.vm_type, row.pid, row.pid_start,
-                    row.state_dir, row.owner_pid, row.owner_start, row.created_at,
-                    json.dumps(dict(row.data)), row.session_id, row.allocated_at,
-                    row.released_at, row.note,
+                    row.machine_id,
+                    row.provider,
+                    row.vm_type,
+                    row.pid,
+                    row.pid_start,
+                    row.state_dir,
+                    row.owner_pid,
+                    row.owner_start,
+                    row.created_at,
+                    json.dumps(dict(row.data)),
+                    row.session_id,
+                    row.allocated_at,
+                    row.released_at,
+                    row.note,
                 ),
             )
 
@@ -862,7 +888,9 @@ class Store:
     def machines(self, *, include_released: bool = False) -> list[MachineRow]:
         """Machines in allocation order; only those not released unless asked."""
         where = "" if include_released else "WHERE released_at IS NULL"
-        rows = self._execute(f"SELECT {_MACHINE_COLUMNS} FROM machines {where} ORDER BY allocated_at")
+        rows = self._execute(
+            f"SELECT {_MACHINE_COLUMNS} FROM machines {where} ORDER BY allocated_at"
+        )
         return [_machine_row(row) for row in rows.fetchall()]
 
     def mark_machine_released(
@@ -872,7 +900,10 @@ class Store:
 
         Returns whether a row changed (False: already released, or handed on since).
         """
-        sql = "UPDATE machines SET released_at = ?, note = ? WHERE machine_id = ? AND released_at IS NULL"
+        sql = (
+            "UPDATE machines SET released_at = ?, note = ? WHERE machine_id = ? AND released_at "
+            "IS NULL"
+        )
         params: tuple[Any, ...] = (at, note, machine_id)
         if session_id is not None:
             sql += " AND session_id = ?"
@@ -890,7 +921,8 @@ class Store:
     def add_snapshot(self, row: SnapshotRow) -> None:
         with self.transaction():
             self._execute(
-                "INSERT INTO snapshots (session_id, snapshot_id, name, created_at) VALUES (?,?,?,?)",
+                "INSERT INTO snapshots (session_id, snapshot_id, name, created_at)"
+                " VALUES (?,?,?,?)",
                 (row.session_id, row.snapshot_id, row.name, row.created_at),
             )
 
@@ -902,7 +934,7 @@ class Store:
         )
         return [SnapshotRow(*row) for row in rows.fetchall()]
 
-    # Runs (written by ``runner.storage.StoreSink`` as a run's events arrive)
+    # Runs (written by ``reports.storage.StoreSink`` as a run's events arrive)
 
     def put_run(self, row: RunRow) -> None:
         """Insert or update a run (its jobs, steps and logs stay)."""
@@ -931,7 +963,8 @@ class Store:
     def run_timeline(self, run_id: str) -> list[TimelineRow]:
         """A run's machine lifecycle entries in the order they were written."""
         rows = self._execute(
-            f"SELECT {_columns(TimelineRow)} FROM run_timeline WHERE run_id = ? ORDER BY seq", (run_id,)
+            f"SELECT {_columns(TimelineRow)} FROM run_timeline WHERE run_id = ? ORDER BY seq",
+            (run_id,),
         )
         return [_from_row(TimelineRow, row) for row in rows.fetchall()]
 
@@ -940,7 +973,8 @@ class Store:
         with self.transaction():
             cursor = self._execute(
                 "UPDATE runs SET status = 'completed', conclusion = ?, finished_at = ?,"
-                " duration = MAX(0, ? - started_at), note = ? WHERE id = ? AND status != 'completed'",
+                " duration = MAX(0, ? - started_at), note = ? WHERE id = ? AND status != "
+                "'completed'",
                 (conclusion, at, at, note, run_id),
             )
             return cursor.rowcount == 1
@@ -950,8 +984,11 @@ class Store:
         with self.transaction():
             return self._execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount == 1
 
-    def runs(self, *, limit: int | None = 20, workflow: str | None = None, unfinished: bool = False) -> list[RunRow]:
-        """Runs, newest first; only those of ``workflow`` (name or file) or not completed if asked."""
+    def runs(
+        self, *, limit: int | None = 20, workflow: str | None = None, unfinished: bool = False
+    ) -> list[RunRow]:
+        """Runs, newest first; only those of ``workflow`` (name or file) or not completed if
+        asked."""
         where: list[str] = ["1 = 1"]
         params: list[Any] = []
         if workflow is not None:
@@ -959,33 +996,45 @@ class Store:
             params += [workflow, workflow]
         if unfinished:
             where.append("status != 'completed'")
-        sql = f"SELECT {_columns(RunRow)} FROM runs WHERE {' AND '.join(where)} ORDER BY started_at DESC, id DESC"
+        sql = (
+            f"SELECT {_columns(RunRow)} FROM runs WHERE {' AND '.join(where)} ORDER BY "
+            f"started_at DESC, id DESC"
+        )
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         return [_from_row(RunRow, row) for row in self._execute(sql, params).fetchall()]
 
     def run(self, run_id: str) -> RunRow | None:
-        row = self._execute(f"SELECT {_columns(RunRow)} FROM runs WHERE id = ?", (run_id,)).fetchone()
+        row = self._execute(
+            f"SELECT {_columns(RunRow)} FROM runs WHERE id = ?", (run_id,)
+        ).fetchone()
         return _from_row(RunRow, row) if row else None
 
     def run_ids(self, prefix: str, *, limit: int = 10) -> list[str]:
         """Ids of runs starting with ``prefix`` (like git's abbreviated commit ids)."""
         rows = self._execute(
-            "SELECT id FROM runs WHERE substr(id, 1, ?) = ? ORDER BY id LIMIT ?", (len(prefix), prefix, limit)
+            "SELECT id FROM runs WHERE substr(id, 1, ?) = ? ORDER BY id LIMIT ?",
+            (len(prefix), prefix, limit),
         )
         return [row[0] for row in rows.fetchall()]
 
     def run_jobs(self, run_id: str) -> list[RunJobRow]:
-        rows = self._execute(f"SELECT {_columns(RunJobRow)} FROM run_jobs WHERE run_id = ? ORDER BY seq", (run_id,))
+        rows = self._execute(
+            f"SELECT {_columns(RunJobRow)} FROM run_jobs WHERE run_id = ? ORDER BY seq", (run_id,)
+        )
         return [_from_row(RunJobRow, row) for row in rows.fetchall()]
 
     def run_steps(self, run_id: str) -> list[RunStepRow]:
         rows = self._execute(
-            f"SELECT {_columns(RunStepRow)} FROM run_steps WHERE run_id = ? ORDER BY job_key, step_index", (run_id,)
+            f"SELECT {_columns(RunStepRow)} FROM run_steps WHERE run_id = ? ORDER BY job_key, "
+            f"step_index",
+            (run_id,),
         )
         return [_from_row(RunStepRow, row) for row in rows.fetchall()]
 
-    def run_logs(self, run_id: str, job_key: str | None = None, step_index: int | None = None) -> list[LogRow]:
+    def run_logs(
+        self, run_id: str, job_key: str | None = None, step_index: int | None = None
+    ) -> list[LogRow]:
         """A run's output in the order it was written; only one job's, or one step's, if asked."""
         sql = f"SELECT {_columns(LogRow)} FROM run_logs WHERE run_id = ?"
         params: list[Any] = [run_id]
@@ -1000,7 +1049,8 @@ class Store:
 
     def run_annotations(self, run_id: str) -> list[AnnotationRow]:
         rows = self._execute(
-            f"SELECT {_columns(AnnotationRow)} FROM run_annotations WHERE run_id = ? ORDER BY seq", (run_id,)
+            f"SELECT {_columns(AnnotationRow)} FROM run_annotations WHERE run_id = ? ORDER BY seq",
+            (run_id,),
         )
         return [_from_row(AnnotationRow, row) for row in rows.fetchall()]
 
@@ -1016,7 +1066,9 @@ class Store:
     def _insert_many(self, table: str, kind: type[Any], rows: Sequence[Any]) -> None:
         if not rows:
             return
-        sql = f"INSERT INTO {table} ({_columns(kind)}) VALUES ({', '.join('?' * len(fields(kind)))})"
+        sql = (
+            f"INSERT INTO {table} ({_columns(kind)}) VALUES ({', '.join('?' * len(fields(kind)))})"
+        )
         with self.transaction(), self._errors(f"write {table}"):
             self._db.executemany(sql, [_to_values(row) for row in rows])
 
@@ -1068,7 +1120,12 @@ def _layout(kind: type[Any]) -> _Layout:
     layout = _LAYOUTS.get(kind)
     if layout is None:
         names = tuple(f.name for f in fields(kind))
-        layout = attrgetter(*names), names, frozenset(names) & _JSON_COLUMNS, frozenset(names) & _BOOL_COLUMNS
+        layout = (
+            attrgetter(*names),
+            names,
+            frozenset(names) & _JSON_COLUMNS,
+            frozenset(names) & _BOOL_COLUMNS,
+        )
         _LAYOUTS[kind] = layout
     return layout
 

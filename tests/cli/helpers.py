@@ -19,5 +19,10 @@ def vmrunner(
     env = {**(os.environ if env is None else env), "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
     env.pop("COLUMNS", None)
     return subprocess.run(
-        [sys.executable, "-m", "vmrunner", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "vmrunner", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )

@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 
 
-def run(*args: str, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, stdin: str | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "vmrunner", "expr", *args],
         input=stdin,
@@ -39,7 +41,12 @@ def test_reads_contexts_from_a_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("expr", "kind"),
-    [("1 <", "parsing"), ("1 @ 2", "lexing"), ("fromJSON('{')", "evaluation"), ("github", "parsing")],
+    [
+        ("1 <", "parsing"),
+        ("1 @ 2", "lexing"),
+        ("fromJSON('{')", "evaluation"),
+        ("github", "parsing"),
+    ],
 )
 def test_errors_exit_1_with_an_error_object(expr: str, kind: str) -> None:
     done = run(expr)

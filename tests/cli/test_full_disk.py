@@ -52,7 +52,11 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     mount.mkdir()
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
     # The sandbox's unprivileged bubblewrap passes through here to its machines.
@@ -113,14 +117,18 @@ def database(home: Path) -> sqlite3.Connection:
     return db
 
 
-def test_a_job_filling_the_disk_fails_keeps_its_logs_and_the_run_says_so(small_disk: Path, tmp_path: Path) -> None:
+def test_a_job_filling_the_disk_fails_keeps_its_logs_and_the_run_says_so(
+    small_disk: Path, tmp_path: Path
+) -> None:
     home = small_disk / "home"
     result = run_in(home, project(tmp_path / "repo", FILL))
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
     assert "Traceback" not in output
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"error: the disk holding {home} was full or failing during the run: the run was recorded")
+    assert last.startswith(
+        f"error: the disk holding {home} was full or failing during the run: the run was recorded"
+    )
     assert "disk is full" in last or "disk I/O error" in last
     assert "No space left on device" in result.stdout  # the job's own write failed in its machine
     assert "✗  fill  failure" in result.stdout
@@ -129,9 +137,15 @@ def test_a_job_filling_the_disk_fails_keeps_its_logs_and_the_run_says_so(small_d
     assert machines_left(home) == []
     assert processes_of(machine_ids) == []
     db = database(home)
-    assert db.execute("SELECT status, conclusion FROM runs").fetchall() == [("completed", "failure")]
+    assert db.execute("SELECT status, conclusion FROM runs").fetchall() == [
+        ("completed", "failure")
+    ]
     assert db.execute("SELECT conclusion FROM run_jobs").fetchall() == [("failure",)]
-    assert db.execute("SELECT conclusion FROM run_steps ORDER BY step_index").fetchall() == [("success",), ("failure",), ("success",)]
+    assert db.execute("SELECT conclusion FROM run_steps ORDER BY step_index").fetchall() == [
+        ("success",),
+        ("failure",),
+        ("success",),
+    ]
     logs = [text for (text,) in db.execute("SELECT text FROM run_logs ORDER BY seq")]
     assert "line 200" in logs
     assert "after" in logs
@@ -140,7 +154,9 @@ def test_a_job_filling_the_disk_fails_keeps_its_logs_and_the_run_says_so(small_d
     assert db.execute("SELECT released_at IS NOT NULL FROM machines").fetchall() == [(1,)]
 
 
-def test_a_successful_job_leaving_the_disk_full_stays_a_success(small_disk: Path, tmp_path: Path) -> None:
+def test_a_successful_job_leaving_the_disk_full_stays_a_success(
+    small_disk: Path, tmp_path: Path
+) -> None:
     """Its session's last states cannot be written until its machine is gone: no matter."""
     home = small_disk / "home"
     result = run_in(home, project(tmp_path / "repo", FILLED_AND_FINE))
@@ -152,12 +168,16 @@ def test_a_successful_job_leaving_the_disk_full_stays_a_success(small_disk: Path
     assert "the run was recorded whole" in result.stderr.strip().splitlines()[-1]
     assert machines_left(home) == []
     db = database(home)
-    assert db.execute("SELECT status, conclusion FROM runs").fetchall() == [("completed", "success")]
+    assert db.execute("SELECT status, conclusion FROM runs").fetchall() == [
+        ("completed", "success")
+    ]
     assert db.execute("SELECT state FROM sessions").fetchall() == [("released",)]
     assert "disk full, and fine" in [text for (text,) in db.execute("SELECT text FROM run_logs")]
 
 
-def test_a_disk_full_before_the_run_gives_up_its_reserve_to_record_it(small_disk: Path, tmp_path: Path) -> None:
+def test_a_disk_full_before_the_run_gives_up_its_reserve_to_record_it(
+    small_disk: Path, tmp_path: Path
+) -> None:
     home = small_disk / "home"
     root = project(tmp_path / "repo", OK)
     assert run_in(home, root).returncode == 0  # keeps a reserve beside the database
@@ -168,14 +188,23 @@ def test_a_disk_full_before_the_run_gives_up_its_reserve_to_record_it(small_disk
     assert result.returncode == 1, output
     assert "Traceback" not in output
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"error: the disk holding {home} was full or failing during the run: the run was recorded whole;"), last
+    assert last.startswith(
+        f"error: the disk holding {home} was full or failing during the run: "
+        "the run was recorded whole;"
+    ), last
     assert machines_left(home) == []
     db = database(home)
-    assert db.execute("SELECT status, conclusion FROM runs").fetchall() == [("completed", "success")] * 2
-    assert db.execute("SELECT count(*) FROM run_logs WHERE text LIKE 'ok line %'").fetchone() == (100,)
+    assert (
+        db.execute("SELECT status, conclusion FROM runs").fetchall()
+        == [("completed", "success")] * 2
+    )
+    count = db.execute("SELECT count(*) FROM run_logs WHERE text LIKE 'ok line %'").fetchone()
+    assert count == (100,)
 
 
-def test_a_full_disk_without_reserve_fails_cleanly_and_records_whole_or_nothing(small_disk: Path, tmp_path: Path) -> None:
+def test_a_full_disk_without_reserve_fails_cleanly_and_records_whole_or_nothing(
+    small_disk: Path, tmp_path: Path
+) -> None:
     home = small_disk / "home"
     root = project(tmp_path / "repo", OK)
     assert run_in(home, root).returncode == 0
@@ -193,4 +222,5 @@ def test_a_full_disk_without_reserve_fails_cleanly_and_records_whole_or_nothing(
     db = database(home)
     rows = db.execute("SELECT status, conclusion FROM runs ORDER BY started_at").fetchall()
     assert rows[0] == ("completed", "success")
-    assert rows[1:] in ([], [("completed", "failure")], [("in_progress", None)])  # never half a transaction
+    # never half a transaction
+    assert rows[1:] in ([], [("completed", "failure")], [("in_progress", None)])

@@ -1,4 +1,5 @@
-"""The README demo through the real CLI: a flaky step run several times, then ``vmrunner insights``."""
+"""The README demo through the real CLI: a flaky step run several times, then ``vmrunner
+insights``."""
 
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ def test_the_flaky_demo_teaches_a_lesson_and_finds_the_flaky_step(tmp_path: Path
         assert vmrunner("run", "--var", "FLAKY=1", "-q", cwd=root).returncode == 1
     lessons = json.loads(vmrunner("insights", "lessons", "--json", cwd=root).stdout)["lessons"]
     assert [(lesson["occurrences"], lesson["repository"]) for lesson in lessons] == [(3, "demo")]
-    assert "connection reset by peer after <n> ms" not in lessons[0]["excerpt"], "the excerpt is the real output"
+    assert "connection reset by peer after <n> ms" not in lessons[0]["excerpt"], (
+        "the excerpt is the real output"
+    )
     assert "connection reset by peer" in lessons[0]["excerpt"]
 
     passed = vmrunner("run", "--var", "FLAKY=0", "--json", cwd=root)
@@ -43,7 +46,11 @@ def test_the_flaky_demo_teaches_a_lesson_and_finds_the_flaky_step(tmp_path: Path
     assert "succeeded 1 and failed 3 times" in shown.stdout
     assert vmrunner("insights", "--repo", "other", cwd=root).stdout.strip() == "nothing learned yet"
 
-    odds = json.loads(vmrunner("insights", "predict", "--repo", "demo", "--json", lessons[0]["command"], cwd=root).stdout)
+    odds = json.loads(
+        vmrunner(
+            "insights", "predict", "--repo", "demo", "--json", lessons[0]["command"], cwd=root
+        ).stdout
+    )
     assert (odds["successes"], odds["failures"]) == (1, 3)
     assert odds["probability"] < 0.5
 
@@ -52,15 +59,26 @@ def test_the_flaky_demo_teaches_a_lesson_and_finds_the_flaky_step(tmp_path: Path
     assert again.returncode == 1
     assert "no active lesson" in again.stderr
     assert json.loads(vmrunner("insights", "lessons", "--json", cwd=root).stdout)["lessons"] == []
-    assert len(json.loads(vmrunner("insights", "lessons", "--all", "--json", cwd=root).stdout)["lessons"]) == 1
+    assert (
+        len(
+            json.loads(vmrunner("insights", "lessons", "--all", "--json", cwd=root).stdout)[
+                "lessons"
+            ]
+        )
+        == 1
+    )
 
 
-def test_the_lesson_threshold_comes_from_the_environment_or_the_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_lesson_threshold_comes_from_the_environment_or_the_option(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = demo(tmp_path)
     monkeypatch.setenv("VMRUNNER_LESSON_THRESHOLD", "2")
     for _ in range(2):
         vmrunner("run", "--var", "FLAKY=1", "-q", cwd=root)
-    assert len(json.loads(vmrunner("insights", "lessons", "--json", cwd=root).stdout)["lessons"]) == 1
+    assert (
+        len(json.loads(vmrunner("insights", "lessons", "--json", cwd=root).stdout)["lessons"]) == 1
+    )
     bad = vmrunner("run", "--lesson-threshold", "0", cwd=root)
     assert bad.returncode == 2
     assert "--lesson-threshold" in bad.stderr

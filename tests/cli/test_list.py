@@ -14,9 +14,27 @@ def test_lists_every_job_of_the_examples() -> None:
     done = vmrunner("list")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0].split() == ["Stage", "Job", "ID", "Job", "name", "Workflow", "name", "Workflow", "file", "Events"]
+    assert lines[0].split() == [
+        "Stage",
+        "Job",
+        "ID",
+        "Job",
+        "name",
+        "Workflow",
+        "name",
+        "Workflow",
+        "file",
+        "Events",
+    ]
     rows = [line.split() for line in lines[1:]]
-    assert [(r[0], r[1]) for r in rows] == [("0", "build"), ("1", "test"), ("2", "report"), ("0", "prepare"), ("1", "cleanup"), ("0", "package")]
+    assert [(r[0], r[1]) for r in rows] == [
+        ("0", "build"),
+        ("1", "test"),
+        ("2", "report"),
+        ("0", "prepare"),
+        ("1", "cleanup"),
+        ("0", "package"),
+    ]
     assert rows[0][3:] == ["CI", ".github/workflows/ci.yml", "push,pull_request,workflow_dispatch"]
 
 
@@ -24,7 +42,10 @@ def test_event_filters_workflows() -> None:
     done = vmrunner("list", "schedule", "--json")
     assert done.returncode == 0, done.stderr
     jobs = json.loads(done.stdout)["jobs"]
-    assert [(j["workflow_name"], j["job_id"], j["needs"]) for j in jobs] == [("Nightly", "prepare", []), ("Nightly", "cleanup", ["prepare"])]
+    assert [(j["workflow_name"], j["job_id"], j["needs"]) for j in jobs] == [
+        ("Nightly", "prepare", []),
+        ("Nightly", "cleanup", ["prepare"]),
+    ]
 
 
 def test_event_payload_applies_filters(tmp_path: Path) -> None:
@@ -47,7 +68,9 @@ def test_job_selection_brings_needs_and_static_matrix() -> None:
 
 def test_broken_files_are_reported_and_valid_ones_listed(tmp_path: Path) -> None:
     (tmp_path / "bad.yml").write_text(BROKEN)
-    (tmp_path / "good.yml").write_text("name: Good\non: push\njobs:\n  g:\n    runs-on: x\n    steps: [{run: x}]\n")
+    (tmp_path / "good.yml").write_text(
+        "name: Good\non: push\njobs:\n  g:\n    runs-on: x\n    steps: [{run: x}]\n"
+    )
     done = vmrunner("list", "-W", str(tmp_path))
     assert done.returncode == 1
     assert "Good" in done.stdout

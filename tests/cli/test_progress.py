@@ -9,10 +9,10 @@ import jsonschema
 import pytest
 from rich.console import Console
 
-from tests.runner.events_builder import RunBuilder, failing_matrix_run, simple_run
+from tests.reports.events_builder import RunBuilder, failing_matrix_run, simple_run
 from vmrunner.cli.progress import QUIET_TAIL, JsonView, ProgressView
-from vmrunner.runner.events import StepStarted
-from vmrunner.runner.results import RUN_RESULT_SCHEMA
+from vmrunner.reports.events import StepStarted
+from vmrunner.reports.results import RUN_RESULT_SCHEMA
 
 
 def plain_console() -> tuple[Console, io.StringIO]:
@@ -61,7 +61,10 @@ def test_parallel_jobs_are_prefixed_and_failures_rollbacks_and_annotations_show(
     failing_matrix_run(ProgressView(console))
     lines = out.getvalue().splitlines()
     body = lines[1 : lines.index("")]
-    assert all(line.startswith(("[Matrix/test (small)] ", "[Matrix/test (large)] ", "[Matrix/deploy] ")) for line in body)
+    assert all(
+        line.startswith(("[Matrix/test (small)] ", "[Matrix/test (large)] ", "[Matrix/deploy] "))
+        for line in body
+    )
     assert "[Matrix/test (large)]     AssertionError: 1 != 2" in body
     assert "[Matrix/test (large)]     Error: src/app.py:3: test_size failed" in body
     assert "[Matrix/test (large)]   ✗ Test 1.5s (failure, exit code 1)" in body
@@ -117,7 +120,10 @@ def test_text_is_never_markup_and_ansi_codes_are_dropped_off_a_terminal() -> Non
     console, out = plain_console()
     run = RunBuilder(workflow="[bold]W[/bold]", sink=ProgressView(console)).start()
     job = run.job("build").begin()
-    job.step("[red]step[/red]", lines=["\x1b[31mred text\x1b[0m", "[link=x]not a link[/link]", "token=***"])
+    job.step(
+        "[red]step[/red]",
+        lines=["\x1b[31mred text\x1b[0m", "[link=x]not a link[/link]", "token=***"],
+    )
     job.finish()
     run.finish()
     text = out.getvalue()
@@ -242,7 +248,12 @@ def test_the_live_region_lasts_until_every_run_finished() -> None:
 def test_plain_output_drops_every_control_sequence_of_program_output() -> None:
     console, out = plain_console()
     run = RunBuilder(sink=ProgressView(console)).start()
-    noisy = ["\x1b[1;32mgreen\x1b[0m done", "\x1b]8;;http://x\x07link\x1b]8;;\x07", "50%\r100%\x07", "tab\tkept"]
+    noisy = [
+        "\x1b[1;32mgreen\x1b[0m done",
+        "\x1b]8;;http://x\x07link\x1b]8;;\x07",
+        "50%\r100%\x07",
+        "tab\tkept",
+    ]
     run.job("build").begin().step("Build", lines=noisy).finish()
     run.finish()
     text = out.getvalue()
@@ -267,7 +278,9 @@ def test_quiet_shows_a_failed_jobs_own_output() -> None:
     console, out = plain_console()
     run = RunBuilder(sink=ProgressView(console, quiet=True)).start()
     run.job("ok").begin().log("fine job line").finish()
-    run.job("bad").begin().log("could not allocate: no space").finish("failure", reason="allocation failed")
+    run.job("bad").begin().log("could not allocate: no space").finish(
+        "failure", reason="allocation failed"
+    )
     run.finish()
     text = out.getvalue()
     assert "fine job line" not in text
@@ -283,11 +296,13 @@ def test_on_a_terminal_output_lines_carry_their_prefix_indent_and_stderr_colour(
     text = out.getvalue()
     assert "\x1b[34m[CI/build] \x1b[0m    plain line\n" in text
     assert "\x1b[34m[CI/build] \x1b[0m    \x1b[31mbad line\x1b[0m\n" in text
-    assert "\x1b[34m[CI/build] \x1b[0m  \x1b[32m✓ \x1b[0mBuild\x1b[2m 1.5s\x1b[0m\n" in text  # only the prefix is blue
+    assert (
+        "\x1b[34m[CI/build] \x1b[0m  \x1b[32m✓ \x1b[0mBuild\x1b[2m 1.5s\x1b[0m\n" in text
+    )  # only the prefix is blue
 
 
 def test_nested_groups_indent_their_titles_and_lines() -> None:
-    from vmrunner.runner.events import GroupEnded, GroupStarted, LogLine, StepFinished
+    from vmrunner.reports.events import GroupEnded, GroupStarted, LogLine, StepFinished
 
     console, out = plain_console()
     run = RunBuilder(sink=ProgressView(console)).start()
@@ -303,4 +318,10 @@ def test_nested_groups_indent_their_titles_and_lines() -> None:
     run.add(GroupStarted(rid, "build", 0, "again", run.tick()))
     run.add(StepFinished(rid, "build", 0, "success", "success", run.tick(), 1.0, 0))
     body = [line.removeprefix("[CI/build] ") for line in out.getvalue().splitlines()[3:8]]
-    assert body == ["    ▾ outer", "      in outer", "      ▾ inner", "        in inner", "    ▾ again"]
+    assert body == [
+        "    ▾ outer",
+        "      in outer",
+        "      ▾ inner",
+        "        in inner",
+        "    ▾ again",
+    ]

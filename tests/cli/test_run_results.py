@@ -62,7 +62,9 @@ def test_runs_of_dead_runners_are_marked_interrupted(tmp_path: Path) -> None:
     owner = dead_owner()
     with Store.open() as store:
         for run_id in ("111", "222"):
-            store.put_run(RunRow(run_id, "ci", "ci.yml", "push", "in_progress", 1.0, owner.pid, owner.start))
+            store.put_run(
+                RunRow(run_id, "ci", "ci.yml", "push", "in_progress", 1.0, owner.pid, owner.start)
+            )
     reclaim = vmrunner("sessions", "reclaim", "--json", cwd=root)
     assert reclaim.returncode == 0, reclaim.stderr
     assert sorted(json.loads(reclaim.stdout)["interrupted_runs"]) == ["111", "222"]
@@ -70,7 +72,9 @@ def test_runs_of_dead_runners_are_marked_interrupted(tmp_path: Path) -> None:
         row = store.run("111")
         assert row is not None
         assert (row.status, row.conclusion) == ("completed", "interrupted")
-        store.put_run(RunRow("333", "ci", "ci.yml", "push", "in_progress", 1.0, owner.pid, owner.start))
+        store.put_run(
+            RunRow("333", "ci", "ci.yml", "push", "in_progress", 1.0, owner.pid, owner.start)
+        )
     vmrunner("run", cwd=root)
     with Store.open() as store:
         row = store.run("333")

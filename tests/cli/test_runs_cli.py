@@ -13,9 +13,9 @@ from pathlib import Path
 import jsonschema
 
 from tests.cli.helpers import ROOT, vmrunner
-from tests.runner.events_builder import RunBuilder, failing_matrix_run, simple_run
-from vmrunner.runner.results import RUN_RESULT_SCHEMA
-from vmrunner.runner.storage import RunHistory, StoreSink
+from tests.reports.events_builder import RunBuilder, failing_matrix_run, simple_run
+from vmrunner.reports.results import RUN_RESULT_SCHEMA
+from vmrunner.reports.storage import RunHistory, StoreSink
 from vmrunner.store import Store
 
 
@@ -30,7 +30,11 @@ def keep(*builders: object) -> None:
 def test_list_shows_runs_newest_first() -> None:
     keep(
         lambda sink: simple_run(sink, run_id="4f1c0a"),
-        lambda sink: RunBuilder("9b2e77", workflow="Matrix", start=1_700_000_500.0, sink=sink).start().finish("failure"),
+        lambda sink: (
+            RunBuilder("9b2e77", workflow="Matrix", start=1_700_000_500.0, sink=sink)
+            .start()
+            .finish("failure")
+        ),
     )
     done = vmrunner("runs", "list")
     assert done.returncode == 0, done.stderr
@@ -59,9 +63,13 @@ def test_show_by_prefix_lists_jobs_steps_and_logs() -> None:
     done = vmrunner("runs", "show", "c0f")
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    assert out.startswith("Run c0ffee12  Matrix (.github/workflows/ci.yml)\n✗ failure  push refs/heads/main 0123abcd")
+    assert out.startswith(
+        "Run c0ffee12  Matrix (.github/workflows/ci.yml)\n✗ failure  push refs/heads/main 0123abcd"
+    )
     assert "[test (large)] ↩ job failure, rolled back 8.3s  sandbox m-test_(large) (pool)" in out
-    assert "  ✗ Test 1.5s (failure, exit code 1)\n    Error: src/app.py:3: test_size failed\n" in out
+    assert (
+        "  ✗ Test 1.5s (failure, exit code 1)\n    Error: src/app.py:3: test_size failed\n" in out
+    )
     assert "[deploy] ↷ job skipped 0.0s (a job it needs failed)" in out
     assert "  ✓ Build 1.5s\n    snapshot snap-test_(large)-0\n" in out
     assert "AssertionError" not in out  # logs only with --logs
@@ -104,8 +112,8 @@ def test_a_killed_runner_leaves_an_interrupted_run() -> None:
     script = textwrap.dedent(
         """
         import sys, time
-        from tests.runner.events_builder import RunBuilder
-        from vmrunner.runner.storage import StoreSink
+        from tests.reports.events_builder import RunBuilder
+        from vmrunner.reports.storage import StoreSink
         from vmrunner.store import Store
 
         store = Store.open()
@@ -118,7 +126,9 @@ def test_a_killed_runner_leaves_an_interrupted_run() -> None:
         """
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    child = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert child.stdout is not None
         assert child.stdout.readline() == "ready\n"
@@ -140,7 +150,9 @@ def test_masked_values_stay_masked_through_store_cli_and_summary() -> None:
     def masked_run(sink: StoreSink) -> None:
         run = RunBuilder("sec001", sink=sink).start()
         job = run.job("deploy").begin()
-        job.step("Deploy with ***", lines=["token=***", "done"], annotations=[("warning", "rotated ***")])
+        job.step(
+            "Deploy with ***", lines=["token=***", "done"], annotations=[("warning", "rotated ***")]
+        )
         job.finish(summary="Deployed with `***`")
         run.finish()
 
@@ -193,7 +205,8 @@ jobs:
 
 
 def test_a_real_run_is_kept_and_shown_with_its_secret_masked(tmp_path: Path) -> None:
-    """`vmrunner run` on the sandbox, then `vmrunner runs`: the engine's real events, kept and read back."""
+    """`vmrunner run` on the sandbox, then `vmrunner runs`: the engine's real events, kept and read
+    back."""
     workflows = tmp_path / ".github" / "workflows"
     workflows.mkdir(parents=True)
     (workflows / "demo.yml").write_text(WORKFLOW, encoding="utf-8")
@@ -205,7 +218,11 @@ def test_a_real_run_is_kept_and_shown_with_its_secret_masked(tmp_path: Path) -> 
     assert len(listed) == 1
     run = listed[0]
     jsonschema.validate(run, RUN_RESULT_SCHEMA)
-    assert (run["workflow_name"], run["status"], run["conclusion"]) == ("Demo", "completed", "failure")
+    assert (run["workflow_name"], run["status"], run["conclusion"]) == (
+        "Demo",
+        "completed",
+        "failure",
+    )
     assert {job["job_key"]: job["conclusion"] for job in run["jobs"]} == {
         "build": "success", "test (1)": "success", "test (2)": "failure",
     }

@@ -14,8 +14,8 @@ from tests.cli.helpers import ROOT, vmrunner
 WRITER = textwrap.dedent(
     """
     import sys
-    from tests.runner.events_builder import RunBuilder
-    from vmrunner.runner.storage import StoreSink
+    from tests.reports.events_builder import RunBuilder
+    from vmrunner.reports.storage import StoreSink
     from vmrunner.store import Store
 
     with Store.open() as store, StoreSink(store) as sink:
@@ -44,7 +44,9 @@ def test_follow_prints_a_running_run_s_output_until_it_ends() -> None:
         assert writer.stdout.readline() == "ready\n"
         follower = _popen([sys.executable, "-m", "vmrunner", "runs", "show", "live", "--follow"])
         assert follower.stdout is not None
-        assert follower.stdout.readline() == "[build] compiling\n"  # printed while the run still runs
+        assert (
+            follower.stdout.readline() == "[build] compiling\n"
+        )  # printed while the run still runs
         writer.stdin.write("go\n")
         writer.stdin.flush()
         out, _ = follower.communicate(timeout=60)

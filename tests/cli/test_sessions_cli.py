@@ -133,8 +133,8 @@ async def test_reclaim_fails_loudly_for_a_machine_no_provider_here_can_reclaim()
     done = await cli("reclaim")
     assert done.returncode == 1
     assert (
-        f"FAILED to reclaim machine imaginary-1234 (imaginary, runner pid {gone.pid}): no imaginary provider available"
-        in done.stdout
+        f"FAILED to reclaim machine imaginary-1234 (imaginary, runner pid {gone.pid}): no "
+        f"imaginary provider available" in done.stdout
     )
     with Store.open() as store:
         assert [m.machine_id for m in store.machines()] == [

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli.helpers import vmrunner
-from vmrunner.runner import svg
+from vmrunner.reports import svg
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -72,7 +72,9 @@ def rows(output: str) -> list[str]:
 
 
 def test_single_job_timeline_one_allocation_every_command_then_one_release(tmp_path: Path) -> None:
-    run_id, data = run_in(tmp_path, SINGLE, "--setup-command", "echo setup", "--cleanup-command", "echo cleanup")
+    run_id, data = run_in(
+        tmp_path, SINGLE, "--setup-command", "echo setup", "--cleanup-command", "echo cleanup"
+    )
     shown = vmrunner("runs", "show", run_id, "--timeline", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     lines = rows(shown.stdout)
@@ -112,7 +114,11 @@ def test_parallel_jobs_are_interleaved_with_their_names(tmp_path: Path) -> None:
     assert set(jobs) == {"one", "two", "three"}
     # interleaved: some job's rows come between another job's allocation and release
     first_release = next(i for i, line in enumerate(lines) if "machine released" in line)
-    assert {job for job, line in zip(jobs[:first_release], lines, strict=False) if "machine allocated" in line} == {"one", "two", "three"}
+    assert {
+        job
+        for job, line in zip(jobs[:first_release], lines, strict=False)
+        if "machine allocated" in line
+    } == {"one", "two", "three"}
     assert "Most machines alive at once:" in shown.stdout
     assert re.search(r"Overlapping machines \(in parallel\):\s+\S", shown.stdout)
     assert shown.stdout.rstrip().endswith("Total machines used: 3")
@@ -122,7 +128,9 @@ def test_rollback_restore_sits_between_the_failure_and_the_release(tmp_path: Pat
     run_id, data = run_in(tmp_path, FAILING, "--rollback-on-failure", "--cleanup-command", "ls")
     assert data["conclusion"] == "failure"
     lines = rows(vmrunner("runs", "show", run_id, "--timeline", cwd=tmp_path).stdout)
-    failed = next(i for i, line in enumerate(lines) if "finished: Run exit 5 (exit 5, failure)" in line)
+    failed = next(
+        i for i, line in enumerate(lines) if "finished: Run exit 5 (exit 5, failure)" in line
+    )
     restored = next(i for i, line in enumerate(lines) if "snapshot restored" in line)
     released = next(i for i, line in enumerate(lines) if "machine released" in line)
     assert failed < restored < released
@@ -135,13 +143,24 @@ def test_svg_needs_timeline_and_a_writable_file(tmp_path: Path) -> None:
     assert alone.returncode != 0
     assert "--svg" in alone.stderr
     assert "Traceback" not in alone.stderr
-    blocked = vmrunner("runs", "show", run_id, "--timeline", "--svg", str(tmp_path / "missing" / "t.svg"), cwd=tmp_path)
+    blocked = vmrunner(
+        "runs",
+        "show",
+        run_id,
+        "--timeline",
+        "--svg",
+        str(tmp_path / "missing" / "t.svg"),
+        cwd=tmp_path,
+    )
     assert blocked.returncode != 0
     assert "cannot write" in blocked.stderr
     assert "Traceback" not in blocked.stderr
 
 
-@pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason="chromium is not installed (scripts/bootstrap --dev installs it)")
+@pytest.mark.skipif(
+    not os.access(CHROMIUM, os.X_OK),
+    reason="chromium is not installed (scripts/bootstrap --dev installs it)",
+)
 def test_svg_draws_one_lane_per_machine_in_a_browser(tmp_path: Path) -> None:
     run_id, data = run_in(tmp_path, PARALLEL, "--setup-command", "true")
     picture = tmp_path / "timeline.svg"
@@ -155,14 +174,31 @@ def test_svg_draws_one_lane_per_machine_in_a_browser(tmp_path: Path) -> None:
     png = tmp_path / "timeline.png"
     profile = tmp_path / "profile"
     subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={profile}", f"--screenshot={png}", "--window-size=1200,800", picture.as_uri()],
-        capture_output=True, timeout=120, check=False, cwd=tmp_path,
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            f"--screenshot={png}",
+            "--window-size=1200,800",
+            picture.as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
     )
     shutil.rmtree(profile, ignore_errors=True)
     width, pixels = decode_png(png.read_bytes())
-    life, step, setup = (_rgb(c) for c in (svg.LIFE_COLOUR, svg.KIND_COLOURS["step"], svg.KIND_COLOURS["setup"]))
+    life, step, setup = (
+        _rgb(c) for c in (svg.LIFE_COLOUR, svg.KIND_COLOURS["step"], svg.KIND_COLOURS["setup"])
+    )
     for lane in range(3):
         y = round(svg.lane_middle(lane))
         row = [tuple(pixels[y][x * 4: x * 4 + 3]) for x in range(width)]
@@ -170,7 +206,9 @@ def test_svg_draws_one_lane_per_machine_in_a_browser(tmp_path: Path) -> None:
         assert any(_near(p, step) for p in row), f"lane {lane}: no step"
         assert any(_near(p, setup) for p in row), f"lane {lane}: no setup command"
     below = round(svg.lane_middle(3))  # no fourth lane in the plot (the legend is on the left)
-    assert not any(_near(tuple(pixels[below][x * 4: x * 4 + 3]), life) for x in range(svg.LABEL_WIDTH, width))
+    assert not any(
+        _near(tuple(pixels[below][x * 4 : x * 4 + 3]), life) for x in range(svg.LABEL_WIDTH, width)
+    )
 
 
 def _rgb(colour: str) -> tuple[int, int, int]:
@@ -186,7 +224,10 @@ def decode_png(data: bytes) -> tuple[int, list[bytes]]:
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     position, chunks, header = 8, [], b""
     while position < len(data):
-        (length,), kind = struct.unpack(">I", data[position: position + 4]), data[position + 4: position + 8]
+        (length,), kind = (
+            struct.unpack(">I", data[position : position + 4]),
+            data[position + 4 : position + 8],
+        )
         body = data[position + 8: position + 8 + length]
         position += 12 + length
         if kind == b"IHDR":
@@ -202,7 +243,10 @@ def decode_png(data: bytes) -> tuple[int, list[bytes]]:
     rows: list[bytes] = []
     previous = bytearray(stride)
     for y in range(height):
-        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1: (y + 1) * (stride + 1)])
+        kind, line = (
+            raw[y * (stride + 1)],
+            bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)]),
+        )
         for x in range(stride):
             left = line[x - channels] if x >= channels else 0
             up = previous[x]
@@ -216,8 +260,14 @@ def decode_png(data: bytes) -> tuple[int, list[bytes]]:
             elif kind == 4:
                 guess = left + up - corner
                 pa, pb, pc = abs(guess - left), abs(guess - up), abs(guess - corner)
-                line[x] = (line[x] + (left if pa <= pb and pa <= pc else up if pb <= pc else corner)) & 0xFF
+                line[x] = (
+                    line[x] + (left if pa <= pb and pa <= pc else up if pb <= pc else corner)
+                ) & 0xFF
         previous = line
-        rgba = bytes(line) if channels == 4 else b"".join(bytes(line[i: i + 3]) + b"\xff" for i in range(0, stride, 3))
+        rgba = (
+            bytes(line)
+            if channels == 4
+            else b"".join(bytes(line[i : i + 3]) + b"\xff" for i in range(0, stride, 3))
+        )
         rows.append(rgba)
     return width, rows

@@ -25,9 +25,17 @@ def test_every_error_of_every_file(tmp_path: Path) -> None:
     assert done.returncode == 1
     lines = done.stdout.splitlines()
     assert len(lines) == 6 + 1 + 1
-    assert f"{tmp_path / 'several-errors.yml'}:10:5: unknown key 'runs_on' in job 'build'" in done.stdout
-    assert f"{tmp_path / 'needs-cycle.yml'}:6:13: jobs depend on each other in a cycle: a -> c -> b -> a" in lines
-    assert any(line.startswith(f"{tmp_path / 'malformed-yaml.yml'}:7:7: invalid YAML") for line in lines)
+    assert (
+        f"{tmp_path / 'several-errors.yml'}:10:5: unknown key 'runs_on' in job 'build'"
+        in done.stdout
+    )
+    assert (
+        f"{tmp_path / 'needs-cycle.yml'}:6:13: jobs depend on each other in a cycle: a -> c -> b "
+        f"-> a" in lines
+    )
+    assert any(
+        line.startswith(f"{tmp_path / 'malformed-yaml.yml'}:7:7: invalid YAML") for line in lines
+    )
     assert "8 errors in 3 of 4 workflow files" in done.stderr
 
 
@@ -43,6 +51,12 @@ def test_json_output(tmp_path: Path) -> None:
     assert diagnostic["message"].startswith("invalid job id '1build'")
     done = vmrunner("validate", "--json")
     assert json.loads(done.stdout) == {
-        "ok": True, "files": [".github/workflows/ci.yml", ".github/workflows/nightly.yml", ".github/workflows/release.yml"],
-        "checked": 3, "diagnostics": [],
+        "ok": True,
+        "files": [
+            ".github/workflows/ci.yml",
+            ".github/workflows/nightly.yml",
+            ".github/workflows/release.yml",
+        ],
+        "checked": 3,
+        "diagnostics": [],
     }

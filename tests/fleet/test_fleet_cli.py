@@ -27,7 +27,9 @@ jobs:
 
 
 def _vmrunner(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vmrunner", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "vmrunner", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 async def test_submit_follow_and_cancel_from_the_command_line(database: str) -> None:
@@ -36,7 +38,16 @@ async def test_submit_follow_and_cancel_from_the_command_line(database: str) -> 
         (folder / "repo").mkdir()
         workflow = folder / "ci.yml"
         workflow.write_text(WORKFLOW)
-        submitted = _vmrunner("fleet", "submit", str(workflow), "--store", database, "-C", str(folder / "repo"), "--json")
+        submitted = _vmrunner(
+            "fleet",
+            "submit",
+            str(workflow),
+            "--store",
+            database,
+            "-C",
+            str(folder / "repo"),
+            "--json",
+        )
         assert submitted.returncode == 0, submitted.stderr
         run_id = json.loads(submitted.stdout)["run_id"]
 
@@ -53,12 +64,21 @@ async def test_submit_follow_and_cancel_from_the_command_line(database: str) -> 
         lines = shown.stdout.splitlines()
         assert lines[:2] == ["hello#1 | hello from 1", "hello#1 | second line"]
         hello = json.loads("\n".join(lines[2:]))["jobs"][0]
-        assert [(step["name"], step["status"]) for step in hello.pop("steps") if step["kind"] == "step"] == [
-            ("Run echo \"hello from $VMRUNNER_ATTEMPT\"", "success"), ("Run echo \"second line\"", "success"),
+        assert [
+            (step["name"], step["status"]) for step in hello.pop("steps") if step["kind"] == "step"
+        ] == [
+            ('Run echo "hello from $VMRUNNER_ATTEMPT"', "success"),
+            ('Run echo "second line"', "success"),
         ]
         assert isinstance(hello.pop("annotations"), list)
         assert hello | {"outputs": {}} == {
-            "job_id": "hello", "status": "success", "attempt": 1, "host": "h1", "labels": ["linux"], "outputs": {}, "reason": "",
+            "job_id": "hello",
+            "status": "success",
+            "attempt": 1,
+            "host": "h1",
+            "labels": ["linux"],
+            "outputs": {},
+            "reason": "",
         }
         listed = _vmrunner("fleet", "agents", "--store", database, "--json")
         assert [agent["name"] for agent in json.loads(listed.stdout)] == ["h1"]

@@ -20,7 +20,10 @@ from vmrunner.fleet.store import FleetStore
 DEFAULTS = {"heartbeat": 1.0, "fence": 20.0, "stall": 30.0, "sweep_interval": 5.0}
 SLOW = "on: push\njobs:\n  slow:\n    runs-on: linux\n    steps:\n      - run: sleep {seconds}\n"
 #: Prints a line a second, before, during and after the outage.
-TICKS = "on: push\njobs:\n  slow:\n    runs-on: linux\n    steps:\n      - run: for i in 1 2 3 4 5 6 7 8; do echo tick $i; sleep 1; done\n"
+TICKS = (
+    "on: push\njobs:\n  slow:\n    runs-on: linux\n    steps:\n      - run: for i in 1 2 3 4 "
+    "5 6 7 8; do echo tick $i; sleep 1; done\n"
+)
 
 
 async def _running(store: FleetStore, run_id: str) -> bool:
@@ -35,22 +38,34 @@ async def _outage(cluster: Cluster, seconds: float) -> None:
         await asyncio.to_thread(cluster.start)
 
 
-async def test_a_five_second_outage_retries_nothing(database: str, postgres_cluster: Cluster) -> None:
+async def test_a_five_second_outage_retries_nothing(
+    database: str, postgres_cluster: Cluster
+) -> None:
     async with agents(database, ("h1", "linux"), ("h2", "linux"), fence=8.0, stall=10.0) as started:
         async with FleetStore(database) as store:
             run_id = await store.submit(TICKS, "ticks.yml", options(started))
             await until(lambda: _running(store, run_id), within=60, what="the job running")
-        await _outage(postgres_cluster, 5)  # issue 9's outage; shorter than the fence (8 s) and the stall (10 s)
+        await _outage(
+            postgres_cluster, 5
+        )  # issue 9's outage; shorter than the fence (8 s) and the stall (10 s)
         async with FleetStore(database) as store:
             run = await finished(store, run_id)
             assert run.conclusion == "success"
-            assert [(attempt, result) for _, attempt, _, result in await store.attempts(run_id)] == [(1, "success")]
+            assert [
+                (attempt, result) for _, attempt, _, result in await store.attempts(run_id)
+            ] == [(1, "success")]
             # What the job printed and reported while the database was away was written after.
-            assert [line for _, _, _, line in await store.logs(run_id)] == [f"tick {i}" for i in range(1, 9)]
-            assert [(step.name, step.status) for step in (await store.steps(run_id))["slow"]] == [("Run for i in 1 2 3 4 5 6 7 8; do echo tick $i; sleep 1; done", "success")]
+            assert [line for _, _, _, line in await store.logs(run_id)] == [
+                f"tick {i}" for i in range(1, 9)
+            ]
+            assert [(step.name, step.status) for step in (await store.steps(run_id))["slow"]] == [
+                ("Run for i in 1 2 3 4 5 6 7 8; do echo tick $i; sleep 1; done", "success")
+            ]
 
 
-async def test_a_45_second_outage_reruns_the_job_once_and_never_twice(database: str, postgres_cluster: Cluster) -> None:
+async def test_a_45_second_outage_reruns_the_job_once_and_never_twice(
+    database: str, postgres_cluster: Cluster
+) -> None:
     """Issue 9's long outage with the agents' default intervals: the agent running the job
     fences itself off after 20 s, both agents start again once the database is back, and the
     sweep retries the job whose heartbeat is older than 30 s at once: it succeeds once."""
@@ -61,7 +76,11 @@ async def test_a_45_second_outage_reruns_the_job_once_and_never_twice(database: 
         await _outage(postgres_cluster, 45)
         async with FleetStore(database) as store:
             # Not left running past the stall interval (long over) plus one sweep (and a restart).
-            await until(lambda: _retried_or_over(store, run_id), within=DEFAULTS["sweep_interval"] + 15, what="the stalled job retried")
+            await until(
+                lambda: _retried_or_over(store, run_id),
+                within=DEFAULTS["sweep_interval"] + 15,
+                what="the stalled job retried",
+            )
             run = await finished(store, run_id)
             assert run.conclusion == "success"
             results = [(attempt, result) for _, attempt, _, result in await store.attempts(run_id)]

@@ -15,15 +15,22 @@ ONE = "on: push\njobs:\n  only:\n    runs-on: linux\n    steps:\n      - run: sl
 
 async def _intervals(store: FleetStore, run_ids: list[str]) -> list[tuple[str, str, float, float]]:
     async with store.pool.connection() as connection:
-        rows = await (await connection.execute(
-            "SELECT run_id, host, extract(epoch FROM started_at)::float, extract(epoch FROM finished_at)::float"
-            " FROM vmrunner_attempts WHERE run_id = ANY(%s) ORDER BY started_at", (run_ids,)
-        )).fetchall()
+        rows = await (
+            await connection.execute(
+                "SELECT run_id, host, extract(epoch FROM started_at)::float, extract(epoch FROM "
+                "finished_at)::float"
+                " FROM vmrunner_attempts WHERE run_id = ANY(%s) ORDER BY started_at",
+                (run_ids,),
+            )
+        ).fetchall()
     return [(str(r), str(h), float(s), float(f)) for r, h, s, f in rows]
 
 
 async def test_capacity_one_runs_one_job_at_a_time_per_host(database: str) -> None:
-    async with agents(database, ("h1", "linux"), ("h2", "linux")) as started, FleetStore(database) as store:
+    async with (
+        agents(database, ("h1", "linux"), ("h2", "linux")) as started,
+        FleetStore(database) as store,
+    ):
         run_id = await store.submit(SIX, "six.yml", options(started))
         run = await finished(store, run_id)
         assert run.conclusion == "success"
@@ -31,7 +38,9 @@ async def test_capacity_one_runs_one_job_at_a_time_per_host(database: str) -> No
         assert len(spans) == 6
         for host in {"h1", "h2"}:
             mine = [(start, end) for _, h, start, end in spans if h == host]
-            assert all(end <= following for (_, end), (following, _) in itertools.pairwise(mine)), mine
+            assert all(end <= following for (_, end), (following, _) in itertools.pairwise(mine)), (
+                mine
+            )
 
 
 async def test_a_higher_priority_job_is_taken_first(database: str) -> None:

@@ -1,4 +1,5 @@
-"""``vmrunner run --store`` and ``vmrunner runs show --store [--follow]`` as real processes, with a real agent."""
+"""``vmrunner run --store`` and ``vmrunner runs show --store [--follow]`` as real processes, with a
+real agent."""
 
 from __future__ import annotations
 
@@ -50,7 +51,14 @@ UNREACHABLE = "postgresql://vmrunner@127.0.0.1:1/nothing"
 
 def _vmrunner(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "NO_COLOR": "1", "VMRUNNER_WEBHOOK_SECRET": "s3cret"}
-    return subprocess.run([sys.executable, "-m", "vmrunner", *args], capture_output=True, text=True, timeout=120, cwd=cwd, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "vmrunner", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env=env,
+    )
 
 
 async def test_run_submits_the_triggered_workflows_and_follows_them(database: str) -> None:
@@ -64,11 +72,19 @@ async def test_run_submits_the_triggered_workflows_and_follows_them(database: st
 
         env_run = subprocess.run(  # noqa: ASYNC221 - the agent is another process
             [sys.executable, "-m", "vmrunner", "run", "-W", ".github/workflows/ok.yml", "--json"],
-            capture_output=True, text=True, timeout=120, cwd=repo, env={**os.environ, "VMRUNNER_STORE": database},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=repo,
+            env={**os.environ, "VMRUNNER_STORE": database},
         )
         assert env_run.returncode == 0, env_run.stderr
         (run,) = json.loads(env_run.stdout)["runs"]
-        assert (run["conclusion"], run["jobs"][0]["host"], run["jobs"][0]["status"]) == ("success", "h1", "success")
+        assert (run["conclusion"], run["jobs"][0]["host"], run["jobs"][0]["status"]) == (
+            "success",
+            "h1",
+            "success",
+        )
         assert (await store.run(run["run_id"])).conclusion == "success"
 
 
@@ -100,12 +116,19 @@ async def test_interrupting_run_cancels_its_fleet_runs(database: str) -> None:
 
 
 async def test_runs_show_follows_a_fleet_run_from_any_host(database: str) -> None:
-    async with agents(database, ("h1", "linux"), extra=("--network", "host")) as started, FleetStore(database) as store:
+    async with (
+        agents(database, ("h1", "linux"), extra=("--network", "host")) as started,
+        FleetStore(database) as store,
+    ):
         repo = next(iter(started.values())).home.parent / "repo"
         repo.mkdir()
         go = socket.socket()
         go.bind(("127.0.0.1", 0))
-        run_id = await store.submit(WAITS.replace("{port}", str(go.getsockname()[1])), "waits.yml", RunOptions(repo_root=str(repo)))
+        run_id = await store.submit(
+            WAITS.replace("{port}", str(go.getsockname()[1])),
+            "waits.yml",
+            RunOptions(repo_root=str(repo)),
+        )
         follower = subprocess.Popen(  # noqa: ASYNC220 - it runs beside the test, which reads its output
             [sys.executable, "-m", "vmrunner", "runs", "show", run_id, "--follow", "--json"],
             stdout=subprocess.PIPE, text=True, env={**os.environ, "VMRUNNER_STORE": database},
@@ -126,19 +149,34 @@ async def test_runs_show_follows_a_fleet_run_from_any_host(database: str) -> Non
         assert lines[0] == "slow#1 | after"
         shown = json.loads("\n".join(lines[1:]))
         assert (shown["conclusion"], shown["jobs"][0]["host"]) == ("success", "h1")
-        assert shown["attempts"] == [{"job_id": "slow", "attempt": 1, "host": "h1", "result": "success"}]
+        assert shown["attempts"] == [
+            {"job_id": "slow", "attempt": 1, "host": "h1", "result": "success"}
+        ]
         await finished(store, run_id)
         logs = _vmrunner("runs", "show", run_id, "--store", database, "--logs")
         assert logs.returncode == 0, logs.stderr
         assert logs.stdout.splitlines()[:2] == ["slow#1 | before", "slow#1 | after"]
-        assert "fleet runs" in _vmrunner("runs", "show", run_id, "--store", database, "--timeline").stderr
+        assert (
+            "fleet runs"
+            in _vmrunner("runs", "show", run_id, "--store", database, "--timeline").stderr
+        )
 
 
 def test_an_unreachable_store_is_a_clear_error(tmp_path: Path) -> None:
     make_repo(tmp_path / "repo", {".github/workflows/ok.yml": OK})
     commands = (
-        ("run", "--store", UNREACHABLE), ("runs", "show", "1", "--store", UNREACHABLE), ("fleet", "show", "1", "--store", UNREACHABLE),
-        ("serve", "--store", UNREACHABLE, "--repo", f"acme/widgets={tmp_path / 'repo'}", "--port", "0"),
+        ("run", "--store", UNREACHABLE),
+        ("runs", "show", "1", "--store", UNREACHABLE),
+        ("fleet", "show", "1", "--store", UNREACHABLE),
+        (
+            "serve",
+            "--store",
+            UNREACHABLE,
+            "--repo",
+            f"acme/widgets={tmp_path / 'repo'}",
+            "--port",
+            "0",
+        ),
     )
     for args in commands:
         result = _vmrunner(*args, cwd=tmp_path / "repo")

@@ -1,4 +1,5 @@
-"""``vmrunner serve --store``: webhooks become fleet runs, run by real agents, reported to a fake GitHub.
+"""``vmrunner serve --store``: webhooks become fleet runs, run by real agents, reported to a fake
+GitHub.
 
 Real parts: the PostgreSQL cluster, ``vmrunner agent`` processes, the server under uvicorn on
 127.0.0.1, a git repository the server mirrors (the agents check the commit out of that mirror);
@@ -67,11 +68,16 @@ def _push(sha: str, message: str = "a change") -> dict[str, Any]:
 
 
 def _server_config(root: Path, github: FakeGitHub, database: str) -> ServerConfig:
-    return dataclasses.replace(config({"acme/widgets": root}, github_api_url=github.url, github_token=github.token), store=database)
+    return dataclasses.replace(
+        config({"acme/widgets": root}, github_api_url=github.url, github_token=github.token),
+        store=database,
+    )
 
 
 @contextlib.asynccontextmanager
-async def _server_at(home: Path, server_config: ServerConfig, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[httpx.AsyncClient]:
+async def _server_at(
+    home: Path, server_config: ServerConfig, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[httpx.AsyncClient]:
     """A server whose state and mirrors live in ``home`` (a host of its own)."""
     monkeypatch.setenv("VMRUNNER_HOME", str(home))
     async with live_server(server_config) as client:
@@ -83,13 +89,19 @@ def _machines(home: Path) -> int:
         return len(store.machines())
 
 
-async def test_a_redelivered_push_makes_one_fleet_run_across_two_servers(database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_redelivered_push_makes_one_fleet_run_across_two_servers(
+    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root, sha = _repo(tmp_path)
     async with (
         agents(database, ("h1", "linux"), ("h2", "linux")),
         FakeGitHub().running() as github,
-        _server_at(tmp_path / "server-a", _server_config(root, github, database), monkeypatch) as first,
-        _server_at(tmp_path / "server-b", _server_config(root, github, database), monkeypatch) as second,
+        _server_at(
+            tmp_path / "server-a", _server_config(root, github, database), monkeypatch
+        ) as first,
+        _server_at(
+            tmp_path / "server-b", _server_config(root, github, database), monkeypatch
+        ) as second,
         FleetStore(database) as fleet,
     ):
         delivery = str(uuid.uuid4())
@@ -98,12 +110,20 @@ async def test_a_redelivered_push_makes_one_fleet_run_across_two_servers(databas
         assert (await deliver(second, "push", _push(sha), delivery)).status_code == 202
         runs = [(await settled(client, delivery))["runs"] for client in (first, second)]
         assert [len(found) for found in runs] == [1, 1]
-        done = [await server_finished(client, found[0]["run_id"]) for client, found in zip((first, second), runs, strict=True)]
+        done = [
+            await server_finished(client, found[0]["run_id"])
+            for client, found in zip((first, second), runs, strict=True)
+        ]
         assert [run["server"]["conclusion"] for run in done] == ["success", "success"]
         async with fleet.pool.connection() as connection:
-            assert await (await connection.execute("SELECT count(*) FROM vmrunner_runs")).fetchone() == (1,)
+            assert await (
+                await connection.execute("SELECT count(*) FROM vmrunner_runs")
+            ).fetchone() == (1,)
         run = done[0]["result"]
-        assert {job["job_id"]: job["status"] for job in run["jobs"]} == {"build": "success", "hang": "skipped"}
+        assert {job["job_id"]: job["status"] for job in run["jobs"]} == {
+            "build": "success",
+            "hang": "skipped",
+        }
         assert run["run_id"] == done[1]["result"]["run_id"]
         assert f"built 1.2.3 at {sha}" in [row["text"] for row in done[0]["logs"]]
 
@@ -122,12 +142,16 @@ async def _running(fleet: FleetStore, run_id: str, job_id: str) -> str | None:
     return job.host if job.status == "running" else None
 
 
-async def _started_hang(client: httpx.AsyncClient, fleet: FleetStore, sha: str, agent_homes: dict[str, Path]) -> tuple[str, Path]:
+async def _started_hang(
+    client: httpx.AsyncClient, fleet: FleetStore, sha: str, agent_homes: dict[str, Path]
+) -> tuple[str, Path]:
     """Deliver a push whose second job hangs; its run id and the home of the agent running it."""
     delivery = str(uuid.uuid4())
     await deliver(client, "push", _push(sha, "[hang] please"), delivery)
     run_id = str((await settled(client, delivery))["runs"][0]["run_id"])
-    host = await until(lambda: _running(fleet, run_id, "hang"), within=60, what="the hanging job running")
+    host = await until(
+        lambda: _running(fleet, run_id, "hang"), within=60, what="the hanging job running"
+    )
     home = agent_homes[host]
     await until(lambda: _async(_machines(home) > 0), within=30, what="the agent's machine recorded")
     return run_id, home
@@ -137,35 +161,54 @@ async def _async(value: bool) -> bool:
     return value
 
 
-async def test_cancel_through_the_api_or_a_cancelled_workflow_run_reaches_the_agent(database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_cancel_through_the_api_or_a_cancelled_workflow_run_reaches_the_agent(
+    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root, sha = _repo(tmp_path)
     async with (
         agents(database, ("h1", "linux")) as started,
         FakeGitHub().running() as github,
-        _server_at(tmp_path / "server", _server_config(root, github, database), monkeypatch) as client,
+        _server_at(
+            tmp_path / "server", _server_config(root, github, database), monkeypatch
+        ) as client,
         FleetStore(database) as fleet,
     ):
         homes = {name: agent.home for name, agent in started.items()}
         run_id, home = await _started_hang(client, fleet, sha, homes)
         answer = await client.post(f"/api/runs/{run_id}/cancel")
         assert answer.status_code == 202, answer.text
-        await until(lambda: _async(_machines(home) == 0), within=10, what="the machine released after cancel")
+        await until(
+            lambda: _async(_machines(home) == 0),
+            within=10,
+            what="the machine released after cancel",
+        )
         run = await server_finished(client, run_id)
         assert (run["server"]["state"], run["server"]["conclusion"]) == ("completed", "cancelled")
-        assert {job["job_id"]: job["status"] for job in run["result"]["jobs"]} == {"build": "success", "hang": "cancelled"}
+        assert {job["job_id"]: job["status"] for job in run["result"]["jobs"]} == {
+            "build": "success",
+            "hang": "cancelled",
+        }
         assert (await client.post(f"/api/runs/{run_id}/cancel")).status_code == 409
         assert (await client.post("/api/runs/404/cancel")).status_code == 404
 
         again, home = await _started_hang(client, fleet, sha, homes)
         cancelled = copy.deepcopy(fixture("workflow_run", "01-completed.json"))
         cancelled["repository"]["full_name"] = "acme/widgets"
-        cancelled["workflow_run"].update(head_sha=sha, conclusion="cancelled", path=".github/workflows/ci.yml")
+        cancelled["workflow_run"].update(
+            head_sha=sha, conclusion="cancelled", path=".github/workflows/ci.yml"
+        )
         delivery = str(uuid.uuid4())
         assert (await deliver(client, "workflow_run", cancelled, delivery)).status_code == 202
         assert (await settled(client, delivery))["note"] == f"cancelled run(s) {again}"
-        await until(lambda: _async(_machines(home) == 0), within=10, what="the machine released after the cancelled workflow_run")
+        await until(
+            lambda: _async(_machines(home) == 0),
+            within=10,
+            what="the machine released after the cancelled workflow_run",
+        )
         assert (await server_finished(client, again))["server"]["conclusion"] == "cancelled"
-        assert [attempt for job, attempt, _, _ in await fleet.attempts(again) if job == "hang"] == [1]
+        assert [attempt for job, attempt, _, _ in await fleet.attempts(again) if job == "hang"] == [
+            1
+        ]
 
     hang = [status for status in github.statuses() if status["context"] == "vmrunner/CI/hang"]
     assert hang[-1]["state"] == "error"
@@ -175,7 +218,11 @@ async def test_a_restarted_server_watches_its_fleet_runs_again_and_comments_on_p
     database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     root, sha = _repo(tmp_path)
-    async with agents(database, ("h1", "linux")) as started, FakeGitHub().running() as github, FleetStore(database) as fleet:
+    async with (
+        agents(database, ("h1", "linux")) as started,
+        FakeGitHub().running() as github,
+        FleetStore(database) as fleet,
+    ):
         homes = {name: agent.home for name, agent in started.items()}
         settings = _server_config(root, github, database)
         async with _server_at(tmp_path / "server", settings, monkeypatch) as client:
@@ -192,7 +239,9 @@ async def test_a_restarted_server_watches_its_fleet_runs_again_and_comments_on_p
             delivery = str(uuid.uuid4())
             await deliver(client, "pull_request", opened, delivery)
             pull = (await settled(client, delivery))["runs"][0]
-            assert (await server_finished(client, pull["run_id"]))["server"]["conclusion"] == "success"
+            assert (await server_finished(client, pull["run_id"]))["server"][
+                "conclusion"
+            ] == "success"
 
     assert github.rejected == []
     (comment,) = github.comments.values()
@@ -201,7 +250,9 @@ async def test_a_restarted_server_watches_its_fleet_runs_again_and_comments_on_p
     assert "| build | success | h1 | 1 |" in comment["body"]
 
 
-async def test_one_server_and_two_agents_run_a_chain_with_outputs_across_hosts(database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_one_server_and_two_agents_run_a_chain_with_outputs_across_hosts(
+    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Issue 9's first scenario end to end: a push to the server; A on either host, B (kvm,
     needs A) on h2 with A's outputs, then C; one success each."""
     root = tmp_path / "widgets"
@@ -209,7 +260,9 @@ async def test_one_server_and_two_agents_run_a_chain_with_outputs_across_hosts(d
     async with (
         agents(database, ("h1", "linux"), ("h2", "linux,kvm")),
         FakeGitHub().running() as github,
-        _server_at(tmp_path / "server", _server_config(root, github, database), monkeypatch) as client,
+        _server_at(
+            tmp_path / "server", _server_config(root, github, database), monkeypatch
+        ) as client,
         FleetStore(database) as fleet,
     ):
         delivery = str(uuid.uuid4())
@@ -220,7 +273,15 @@ async def test_one_server_and_two_agents_run_a_chain_with_outputs_across_hosts(d
         run = await fleet.run(run_id)
         assert run.job("b").host == "h2"
         assert run.job("b").outputs == {"got": "from-a"}
-        assert [line for _, job, _, line in await fleet.logs(run_id) if job == "c"] == ["c saw from-a"]
-        assert sorted((job, result) for job, _, _, result in await fleet.attempts(run_id)) == [("a", "success"), ("b", "success"), ("c", "success")]
-    last = {status["context"].rsplit("/", 1)[-1]: status["state"] for status in github.statuses()}  # the latest per job
+        assert [line for _, job, _, line in await fleet.logs(run_id) if job == "c"] == [
+            "c saw from-a"
+        ]
+        assert sorted((job, result) for job, _, _, result in await fleet.attempts(run_id)) == [
+            ("a", "success"),
+            ("b", "success"),
+            ("c", "success"),
+        ]
+    last = {
+        status["context"].rsplit("/", 1)[-1]: status["state"] for status in github.statuses()
+    }  # the latest per job
     assert last == {"a": "success", "b": "success", "c": "success"}

@@ -21,8 +21,12 @@ LABEL = st.sampled_from(["linux", "kvm", "gpu", "arm64", "Linux", " x64 "])
 
 
 @given(st.lists(LABEL, min_size=1, max_size=6), st.lists(LABEL, min_size=1, max_size=6))
-def test_an_agent_serves_a_job_queue_iff_its_labels_cover_the_job(agent: list[str], job: list[str]) -> None:
-    assert (queue_name(job) in agent_queues(agent)) == set(canonical(job)).issubset(canonical(agent))
+def test_an_agent_serves_a_job_queue_iff_its_labels_cover_the_job(
+    agent: list[str], job: list[str]
+) -> None:
+    assert (queue_name(job) in agent_queues(agent)) == set(canonical(job)).issubset(
+        canonical(agent)
+    )
 
 
 @given(st.permutations(["linux", "kvm", "gpu"]))
@@ -42,5 +46,8 @@ def test_agents_need_one_to_ten_labels() -> None:
 
 
 def test_the_fence_must_be_shorter_than_the_stall() -> None:
-    with pytest.raises(ConfigError, match=r"fence interval \(30.0s\) must be shorter than the stall interval \(30.0s\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"fence interval \(30.0s\) must be shorter than the stall interval \(30.0s\)",
+    ):
         AgentConfig(url="postgresql://x", name="h", labels=("linux",), stall=30.0, fence=30.0)

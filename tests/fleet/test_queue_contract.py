@@ -12,7 +12,7 @@ import pytest
 
 from tests.fleet.harness import agents, until
 from vmrunner.fleet.embedded import EmbeddedQueue
-from vmrunner.fleet.queue import JobQueue, RunRow
+from vmrunner.fleet.queue import JobQueue, QueuedRun
 from vmrunner.fleet.store import FleetStore
 from vmrunner.machines.providers import get_provider
 from vmrunner.runner.options import RunOptions
@@ -40,7 +40,10 @@ jobs:
       - id: s
         run: echo "heard=${{ needs.first.outputs.word }}" >> "$GITHUB_OUTPUT"
 """
-HANGS = "on: push\njobs:\n  hang:\n    runs-on: linux\n    steps:\n      - run: sleep 120\n  later:\n    runs-on: linux\n    needs: hang\n    steps:\n      - run: 'true'\n"
+HANGS = (
+    "on: push\njobs:\n  hang:\n    runs-on: linux\n    steps:\n      - run: sleep 120\n  "
+    "later:\n    runs-on: linux\n    needs: hang\n    steps:\n      - run: 'true'\n"
+)
 
 
 @pytest.fixture(params=["embedded", "fleet"])
@@ -53,7 +56,9 @@ async def queue(request: pytest.FixtureRequest) -> AsyncIterator[tuple[JobQueue,
             if request.param == "embedded":
                 provider = get_provider("sandbox")
                 stack.push_async_callback(provider.aclose)
-                sessions = await stack.enter_async_context(SessionManager(provider, limit=2, wait_timeout=None))
+                sessions = await stack.enter_async_context(
+                    SessionManager(provider, limit=2, wait_timeout=None)
+                )
                 store = stack.enter_context(Store.open())
                 yield await stack.enter_async_context(EmbeddedQueue(sessions, store)), options
             else:
@@ -62,12 +67,12 @@ async def queue(request: pytest.FixtureRequest) -> AsyncIterator[tuple[JobQueue,
                 yield await stack.enter_async_context(FleetStore(database)), options
 
 
-async def _finished(queue: JobQueue, run_id: str) -> RunRow:
-    async def done() -> RunRow | None:
+async def _finished(queue: JobQueue, run_id: str) -> QueuedRun:
+    async def done() -> QueuedRun | None:
         run = await queue.run(run_id)
         return run if run.status == "completed" else None
 
-    result: RunRow = await until(done, within=60, what="the run to finish")
+    result: QueuedRun = await until(done, within=60, what="the run to finish")
     return result
 
 
@@ -79,8 +84,13 @@ async def test_needs_outputs_and_logs(queue: tuple[JobQueue, RunOptions]) -> Non
     assert run.conclusion == "success"
     assert run.job("second").outputs == {"heard": "hello"}
     assert ("first", "first says hi") in lines
-    assert ("first", "first says hi") in [(job, line) for _, job, _, line in await jobs.logs(run_id)]
-    assert all(job != "first" for _, job, _, _ in await jobs.logs(run_id, after=(await jobs.logs(run_id))[-1][0]))
+    assert ("first", "first says hi") in [
+        (job, line) for _, job, _, line in await jobs.logs(run_id)
+    ]
+    assert all(
+        job != "first"
+        for _, job, _, _ in await jobs.logs(run_id, after=(await jobs.logs(run_id))[-1][0])
+    )
 
 
 async def test_cancel_ends_running_and_waiting_jobs(queue: tuple[JobQueue, RunOptions]) -> None:
@@ -88,7 +98,10 @@ async def test_cancel_ends_running_and_waiting_jobs(queue: tuple[JobQueue, RunOp
     run_id = await jobs.submit(HANGS, "hang.yml", options)
 
     async def running() -> bool:
-        return any(job.job_id == "hang" and job.status == "running" for job in (await jobs.run(run_id)).jobs)
+        return any(
+            job.job_id == "hang" and job.status == "running"
+            for job in (await jobs.run(run_id)).jobs
+        )
 
     await until(running, within=60, what="the job running")
     assert await jobs.cancel(run_id)

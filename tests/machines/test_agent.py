@@ -249,7 +249,8 @@ async def test_commands_run_concurrently(agent: Agent, tmp_path: Path) -> None:
     # Each command waits for the file the next one creates: only concurrency completes this.
     count = 6
     scripts = [
-        f"touch {tmp_path}/go{i}; while [ ! -e {tmp_path}/go{(i + 1) % count} ]; do sleep 0.01; done"
+        f"touch {tmp_path}/go{i}; while [ ! -e {tmp_path}/go{(i + 1) % count} ]; do sleep 0.01; "
+        f"done"
         for i in range(count)
     ]
     results = await asyncio.wait_for(
@@ -258,23 +259,36 @@ async def test_commands_run_concurrently(agent: Agent, tmp_path: Path) -> None:
     assert all(r.ok for r in results)
 
 
-async def test_exec_writes_files_before_and_collects_them_after(agent: Agent, tmp_path: Path) -> None:
+async def test_exec_writes_files_before_and_collects_them_after(
+    agent: Agent, tmp_path: Path
+) -> None:
     script = tmp_path / "deep" / "er" / "step.sh"
     out = tmp_path / "out"
     out.write_text("left by an earlier command\n")
     result = await agent.client.exec(
         ["sh", str(script)],
-        write={str(script): f"printf '%s\\n' caf\u00e9 >> {out}\nprintf x > {tmp_path}/new\n", str(out): ""},
+        write={
+            str(script): f"printf '%s\\n' caf\u00e9 >> {out}\nprintf x > {tmp_path}/new\n",
+            str(out): "",
+        },
         collect=[str(out), f"{tmp_path}/new", f"{tmp_path}/never-written"],
     )
     assert result.ok
-    assert result.files == {str(out): "café\n".encode(), f"{tmp_path}/new": b"x", f"{tmp_path}/never-written": b""}
+    assert result.files == {
+        str(out): "café\n".encode(),
+        f"{tmp_path}/new": b"x",
+        f"{tmp_path}/never-written": b"",
+    }
     assert result.truncated == frozenset()
 
 
-async def test_collected_files_come_back_when_the_command_is_killed(agent: Agent, tmp_path: Path) -> None:
+async def test_collected_files_come_back_when_the_command_is_killed(
+    agent: Agent, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
-    result = await agent.client.exec(f"echo before > {out}; sleep 100", timeout=0.2, collect=[str(out)])
+    result = await agent.client.exec(
+        f"echo before > {out}; sleep 100", timeout=0.2, collect=[str(out)]
+    )
     assert result.timed_out
     assert result.files == {str(out): b"before\n"}
 
@@ -294,7 +308,8 @@ async def test_an_agent_that_returns_no_files_is_reported_as_too_old(tmp_path: P
     older = (
         "import sys; sys.path.insert(0, sys.argv[1]); import agent; "
         "send = agent.Agent.send; "
-        "agent.Agent.send = lambda self, h, p=b'': send(self, {k: v for k, v in h.items() if k != 'files'}, b'' if 'files' in h else p); "
+        "agent.Agent.send = lambda self, h, p=b'': send(self, {k: v for k, v in h.items() if k != "
+        "'files'}, b'' if 'files' in h else p); "
         "sys.exit(agent.main([]))"
     )
     process = await asyncio.create_subprocess_exec(
@@ -314,10 +329,14 @@ async def test_an_agent_that_returns_no_files_is_reported_as_too_old(tmp_path: P
         await process.wait()
 
 
-async def test_a_file_that_cannot_be_written_is_an_exec_error_and_nothing_runs(agent: Agent, tmp_path: Path) -> None:
+async def test_a_file_that_cannot_be_written_is_an_exec_error_and_nothing_runs(
+    agent: Agent, tmp_path: Path
+) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(ExecError, match=r"cannot write .*file/x"):
-        await agent.client.exec(["touch", str(tmp_path / "ran")], write={str(tmp_path / "file" / "x"): ""})
+        await agent.client.exec(
+            ["touch", str(tmp_path / "ran")], write={str(tmp_path / "file" / "x"): ""}
+        )
     assert not (tmp_path / "ran").exists()
 
 
@@ -679,9 +698,14 @@ def test_bad_options_print_usage() -> None:
 # The frame decoder, fuzzed.
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=12,
 )
 headers = st.fixed_dictionaries(
@@ -764,7 +788,9 @@ def test_device_transport_over_a_terminal(tmp_path: Path) -> None:
     try:
         decoder = FrameDecoder()
         payload = bytes(range(256))  # every byte value, through a terminal in raw mode
-        os.write(master, encode_frame({"op": "exec", "id": 1, "argv": ["cat"], "stdin": True}, payload))
+        os.write(
+            master, encode_frame({"op": "exec", "id": 1, "argv": ["cat"], "stdin": True}, payload)
+        )
         output, events = b"", []
         while not any(isinstance(e, Frame) and e.op == "exit" for e in events):
             events += decoder.feed(os.read(master, 65536))

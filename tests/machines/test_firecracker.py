@@ -1,6 +1,6 @@
 """The ``firecracker`` provider against a stand-in that holds it to Firecracker's API document.
 
-Firecracker cannot run here, so ``vmrunner.machines.testing_firecracker`` takes its place: a
+Firecracker cannot run here, so ``tests/machines/fake_firecracker.py`` takes its place: a
 real process serving Firecracker's API on a unix socket that validates every request against
 the OpenAPI document and Firecracker's ordering rules, records them, and emulates the guest
 (our real agent in a bubblewrap sandbox behind an emulated vsock device). The stand-in itself
@@ -26,6 +26,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import shared_dir
+from tests.machines.fake_firecracker import (
+    LOAD_AFTER_CONFIG,
+    POST_BOOT,
+    PRE_BOOT,
+    ApiDocument,
+    MicroVm,
+)
 from tests.machines.provider_suite import (
     ProviderSuite,
     assert_nothing_left,
@@ -48,13 +55,6 @@ from vmrunner.machines.firecracker import (
     unsupported_reason,
 )
 from vmrunner.machines.providers import get_provider
-from vmrunner.machines.testing_firecracker import (
-    LOAD_AFTER_CONFIG,
-    POST_BOOT,
-    PRE_BOOT,
-    ApiDocument,
-    MicroVm,
-)
 
 DOCUMENT = shared_dir() / "specs/firecracker/firecracker.yaml"
 TAPS = ("fctap0", "fctap1", "fctap2")
@@ -75,7 +75,7 @@ def image(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def stub_argv(record: Path, *, guest: bool = True) -> list[str]:
-    argv = [sys.executable, "-m", "vmrunner.machines.testing_firecracker"]
+    argv = [sys.executable, str(Path(__file__).with_name("fake_firecracker.py"))]
     argv += ["--document", str(DOCUMENT), "--record", str(record)]
     return [*argv, "--emulate-guest"] if guest else argv
 
@@ -375,7 +375,8 @@ async def test_api_faults_become_our_errors(tmp_path: Path, image: tuple[Path, P
         assert info["id"] == "client-test"
         with pytest.raises(
             AllocationError,
-            match=r"PUT /machine-config: .*vcpu_count: 64 is greater than the maximum of 32.* \(HTTP 400\)",
+            match=r"PUT /machine-config: .*vcpu_count: 64 is greater than the maximum of 32.* "
+            r"\(HTTP 400\)",
         ):
             await api.put("/machine-config", {"vcpu_count": 64, "mem_size_mib": 128})
         with pytest.raises(SnapshotError, match=rf"PATCH /vm: {PRE_BOOT} \(HTTP 400\)"):
@@ -439,7 +440,8 @@ async def test_full_request_sequence(tmp_path: Path, image: tuple[Path, Path]) -
         "boot_args": "console=ttyS0 reboot=k pci=off vmrunner.agent=vsock:1024",
     }
     assert bodies["PUT", "/drives/rootfs"] == {
-        "drive_id": "rootfs", "path_on_host": str(layout.disk), "is_root_device": True, "is_read_only": False,
+        "drive_id": "rootfs", "path_on_host": str(layout.disk),
+        "is_root_device": True, "is_read_only": False,
     }  # fmt: skip
     assert bodies["PUT", "/network-interfaces/eth0"] == {
         "iface_id": "eth0",
@@ -453,7 +455,8 @@ async def test_full_request_sequence(tmp_path: Path, image: tuple[Path, Path]) -
     ]
     directory = layout.snapshots / snapshot
     assert bodies["PUT", "/snapshot/create"] == {
-        "snapshot_type": "Full", "snapshot_path": str(directory / "vmstate"), "mem_file_path": str(directory / "memory"),
+        "snapshot_type": "Full", "snapshot_path": str(directory / "vmstate"),
+        "mem_file_path": str(directory / "memory"),
     }  # fmt: skip
     assert bodies["PUT", "/snapshot/load"] == {
         "snapshot_path": str(directory / "vmstate"),

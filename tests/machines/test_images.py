@@ -97,10 +97,22 @@ def test_building_the_same_inputs_again_reuses_the_image(image: Image) -> None:
 
 def test_the_digest_covers_packages_kernel_and_agent() -> None:
     base = ImageInputs(check_packages([]), "linux-image-x", "1", agent=b"agent")
-    assert base.digest() == ImageInputs(check_packages([]), "linux-image-x", "1", agent=b"agent").digest()
-    assert base.digest() != ImageInputs(check_packages(["jq"]), "linux-image-x", "1", agent=b"agent").digest()
-    assert base.digest() != ImageInputs(check_packages([]), "linux-image-x", "2", agent=b"agent").digest()
-    assert base.digest() != ImageInputs(check_packages([]), "linux-image-x", "1", agent=b"other").digest()
+    assert (
+        base.digest()
+        == ImageInputs(check_packages([]), "linux-image-x", "1", agent=b"agent").digest()
+    )
+    assert (
+        base.digest()
+        != ImageInputs(check_packages(["jq"]), "linux-image-x", "1", agent=b"agent").digest()
+    )
+    assert (
+        base.digest()
+        != ImageInputs(check_packages([]), "linux-image-x", "2", agent=b"agent").digest()
+    )
+    assert (
+        base.digest()
+        != ImageInputs(check_packages([]), "linux-image-x", "1", agent=b"other").digest()
+    )
     # A new agent keeps the root file system (the slow part); new packages do not.
     assert base.rootfs_key() == ImageInputs(check_packages([]), "k", "9", agent=b"x").rootfs_key()
     assert base.rootfs_key() != ImageInputs(check_packages(["jq"]), "k", "9").rootfs_key()
@@ -127,10 +139,14 @@ def test_bad_package_names_are_config_errors() -> None:
     assert check_packages(["jq", "jq"]) == tuple(sorted({*BASE_PACKAGES, "jq"}))
 
 
-def fake_image(store: ImageStore, digest: str, *names: str, created_at: float | None = None) -> Image:
+def fake_image(
+    store: ImageStore, digest: str, *names: str, created_at: float | None = None
+) -> Image:
     directory = store.root / digest
     directory.mkdir(parents=True)
-    image = Image(name=names[0], digest=digest, directory=directory, kernel_version="1", packages=())
+    image = Image(
+        name=names[0], digest=digest, directory=directory, kernel_version="1", packages=()
+    )
     if created_at is not None:
         image = dataclasses.replace(image, created_at=created_at)
     (directory / "image.json").write_text(json.dumps(image.to_json()))

@@ -68,7 +68,16 @@ def text_of(*parts: str) -> str:
 
 @pytest.mark.parametrize(
     ("text", "mib"),
-    [("256M", 256), ("7G", 7168), ("512MiB", 512), ("1.5GiB", 1536), ("268435456", 256), ("64m", 64), ("0", 0), ("1T", 1 << 20)],
+    [
+        ("256M", 256),
+        ("7G", 7168),
+        ("512MiB", 512),
+        ("1.5GiB", 1536),
+        ("268435456", 256),
+        ("64m", 64),
+        ("0", 0),
+        ("1T", 1 << 20),
+    ],
 )
 def test_sizes_parse(text: str, mib: int) -> None:
     assert parse_size(text, "memory") == mib
@@ -76,7 +85,13 @@ def test_sizes_parse(text: str, mib: int) -> None:
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("12x", "is not a size"), ("", "is not a size"), ("-5M", "is not a size"), ("1.5", "whole number"), ("1M", "at least 32 MiB")],
+    [
+        ("12x", "is not a size"),
+        ("", "is not a size"),
+        ("-5M", "is not a size"),
+        ("1.5", "whole number"),
+        ("1M", "at least 32 MiB"),
+    ],
 )
 def test_bad_sizes_say_what_is_expected(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -84,12 +99,22 @@ def test_bad_sizes_say_what_is_expected(text: str, message: str) -> None:
 
 
 def test_sizes_are_shown_plainly() -> None:
-    assert [format_mib(m) for m in (64, 256, 1024, 1536, 7168)] == ["64 MiB", "256 MiB", "1 GiB", "1.5 GiB", "7 GiB"]
+    assert [format_mib(m) for m in (64, 256, 1024, 1536, 7168)] == [
+        "64 MiB",
+        "256 MiB",
+        "1 GiB",
+        "1.5 GiB",
+        "7 GiB",
+    ]
 
 
 def test_defaults_are_githubs_scaled_down_to_a_small_host() -> None:
-    assert resolve_limits(None, None, None, host=Host(cpus=16, memory_mib=65536)) == Limits(2, 7168, 4096)
-    assert resolve_limits(None, None, None, host=Host(cpus=1, memory_mib=4096)) == Limits(1, 2048, 4096)
+    assert resolve_limits(None, None, None, host=Host(cpus=16, memory_mib=65536)) == Limits(
+        2, 7168, 4096
+    )
+    assert resolve_limits(None, None, None, host=Host(cpus=1, memory_mib=4096)) == Limits(
+        1, 2048, 4096
+    )
     assert resolve_limits(8, 0, 100, host=Host(cpus=1, memory_mib=4096)) == Limits(8, 0, 100)
     with pytest.raises(ConfigError, match="pids must be at least 16"):
         resolve_limits(None, None, 3)
@@ -99,7 +124,9 @@ def test_a_limit_the_host_cannot_give_is_refused_with_how_to_fix_it() -> None:
     without_memory = Cgroups(1, {"pids": Path("/sys/fs/cgroup/pids")})
     with pytest.raises(AllocationError, match=r"cannot limit a machine's memory.*Delegate=yes"):
         without_memory.plan("vmrunner-test", Limits(memory_mib=64, pids=64))
-    assert without_memory.plan("vmrunner-test", Limits(pids=64)).directories == {"pids": "/sys/fs/cgroup/pids/vmrunner-test"}
+    assert without_memory.plan("vmrunner-test", Limits(pids=64)).directories == {
+        "pids": "/sys/fs/cgroup/pids/vmrunner-test"
+    }
 
 
 # Limits in real sandboxes.
@@ -124,7 +151,9 @@ async def test_limits_are_written_to_the_machines_cgroup(machine: SandboxMachine
 
 
 @needs_root
-async def test_a_command_beyond_the_memory_limit_is_killed_and_the_machine_lives_on(machine: SandboxMachine) -> None:
+async def test_a_command_beyond_the_memory_limit_is_killed_and_the_machine_lives_on(
+    machine: SandboxMachine,
+) -> None:
     result = await machine.exec(["python3", "-c", "x = bytearray(200 << 20)"])
     assert not result.ok
     assert await machine.limits_hit() == ["out of memory: the machine's limit is 64 MiB"]
@@ -158,7 +187,14 @@ async def test_writing_beyond_the_disk_budget_fails_with_disk_full(machine: Sand
 async def test_snapshots_work_on_the_machines_disk(machine: SandboxMachine) -> None:
     await machine.write_file(f"{machine.paths.workspace}/a.txt", b"one")
     first = await machine.snapshot("first")
-    await machine.exec(["sh", "-c", f"echo two > {machine.paths.workspace}/a.txt; dd if=/dev/zero of=/tmp/big bs=1M count=100"])
+    await machine.exec(
+        [
+            "sh",
+            "-c",
+            f"echo two > {machine.paths.workspace}/a.txt; "
+            "dd if=/dev/zero of=/tmp/big bs=1M count=100",
+        ]
+    )
     assert "disk full: the machine's limit is 64 MiB" in await machine.limits_hit()
     await machine.restore(first)
     assert await machine.read_file(f"{machine.paths.workspace}/a.txt") == b"one"
@@ -192,7 +228,9 @@ asyncio.run(main())
 
 @needs_root
 async def test_cgroup_and_disk_of_a_killed_runner_are_reclaimed(provider: SandboxProvider) -> None:
-    owner = await asyncio.create_subprocess_exec(sys.executable, "-c", OWNER, stdout=asyncio.subprocess.PIPE, cwd=CHECKOUT)
+    owner = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", OWNER, stdout=asyncio.subprocess.PIPE, cwd=CHECKOUT
+    )
     assert owner.stdout is not None
     started = json.loads(await asyncio.wait_for(owner.stdout.readline(), 60))
     owner.send_signal(signal.SIGKILL)
@@ -247,10 +285,23 @@ jobs:
 
 
 @needs_root
-def test_a_job_that_hits_a_limit_fails_with_the_reason_and_its_record_is_kept(tmp_path: Path) -> None:
+def test_a_job_that_hits_a_limit_fails_with_the_reason_and_its_record_is_kept(
+    tmp_path: Path,
+) -> None:
     (tmp_path / ".github" / "workflows").mkdir(parents=True)
     (tmp_path / ".github" / "workflows" / "ci.yml").write_text(HUNGRY)
-    result = vmrunner("run", "--json", "--memory", "64M", "--disk", "64M", "--pids", "256", cwd=tmp_path, timeout=120)
+    result = vmrunner(
+        "run",
+        "--json",
+        "--memory",
+        "64M",
+        "--disk",
+        "64M",
+        "--pids",
+        "256",
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     run = json.loads(result.stdout)["runs"][0]
@@ -280,7 +331,10 @@ def test_bad_limits_on_the_command_line_are_usage_errors(tmp_path: Path) -> None
 
 def test_machine_types_in_the_server_config(tmp_path: Path) -> None:
     config = tmp_path / "server.toml"
-    config.write_text('[machine-types.default]\ncpus = 4\nmemory = "8G"\npids = 1000\ndisk = "20G"\n[machine-types.small]\nmemory = "512M"\n')
+    config.write_text(
+        '[machine-types.default]\ncpus = 4\nmemory = "8G"\npids = 1000\ndisk = "20G"\n'
+        '[machine-types.small]\nmemory = "512M"\n'
+    )
     assert read_config_file(config)["machine_limits"] == {
         "default": {"cpus": 4, "memory_mib": 8192, "pids": 1000, "disk_mib": 20480},
         "small": {"memory_mib": 512},

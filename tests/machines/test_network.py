@@ -93,7 +93,10 @@ class Servers:
             server = await asyncio.start_server(greet, host, 0)
             self._servers.append(server)
             self.ports[f"tcp-{name}"] = server.sockets[0].getsockname()[1]
-            transport, _ = await loop.create_datagram_endpoint(lambda n=name: Datagrams(n), local_addr=(host, 0))  # type: ignore[misc]
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda n=name: Datagrams(n),  # type: ignore[misc]
+                local_addr=(host, 0),
+            )
             self._transports.append(transport)
             self.ports[f"udp-{name}"] = transport.get_extra_info("sockname")[1]
 
@@ -115,12 +118,21 @@ async def servers() -> AsyncIterator[Servers]:
 
 def host_addresses() -> list[str]:
     """The host's own IPv4 addresses beyond loopback, as ``ip`` lists them."""
-    listing = json.loads(subprocess.run(["ip", "-j", "-4", "addr"], capture_output=True, check=True).stdout)
-    return [a["local"] for link in listing for a in link.get("addr_info", []) if not a["local"].startswith("127.")]
+    listing = json.loads(
+        subprocess.run(["ip", "-j", "-4", "addr"], capture_output=True, check=True).stdout
+    )
+    return [
+        a["local"]
+        for link in listing
+        for a in link.get("addr_info", [])
+        if not a["local"].startswith("127.")
+    ]
 
 
 def host_gateways() -> list[str]:
-    routes = json.loads(subprocess.run(["ip", "-j", "-4", "route"], capture_output=True, check=True).stdout)
+    routes = json.loads(
+        subprocess.run(["ip", "-j", "-4", "route"], capture_output=True, check=True).stdout
+    )
     return [route["gateway"] for route in routes if "gateway" in route]
 
 
@@ -145,14 +157,18 @@ def refused(outcome: str) -> bool:
 
 async def test_host_loopback_is_unreachable(private: Machine, servers: Servers) -> None:
     port = servers.ports["tcp-loopback"]
-    outcome = await probe(private, f"tcp 10.0.2.2 {port}", f"tcp 127.0.0.1 {port}", f"tcp 10.0.2.3 {port}")
+    outcome = await probe(
+        private, f"tcp 10.0.2.2 {port}", f"tcp 127.0.0.1 {port}", f"tcp 10.0.2.3 {port}"
+    )
     assert all(refused(o) for o in outcome.values()), outcome
     await probe(private, f"udp 10.0.2.2 {servers.ports['udp-loopback']}")
     await asyncio.sleep(0.3)
     assert servers.received == []
 
 
-async def test_host_addresses_and_gateways_are_unreachable(private: Machine, servers: Servers) -> None:
+async def test_host_addresses_and_gateways_are_unreachable(
+    private: Machine, servers: Servers
+) -> None:
     tcp, udp = servers.ports["tcp-any"], servers.ports["udp-any"]
     addresses = host_addresses()
     assert addresses, "this host has no address beyond loopback to attack"
@@ -168,7 +184,9 @@ async def test_host_addresses_and_gateways_are_unreachable(private: Machine, ser
 
 
 async def test_the_machine_sees_its_private_network(private: Machine) -> None:
-    result = await private.exec(["sh", "-c", "cat /etc/resolv.conf; cat /proc/net/dev; ip -4 route"])
+    result = await private.exec(
+        ["sh", "-c", "cat /etc/resolv.conf; cat /proc/net/dev; ip -4 route"]
+    )
     output = result.stdout.decode()
     # No IPv6 way out at all (slirp4netns runs without --enable-ipv6).
     assert "default" not in (await private.exec(["ip", "-6", "route"])).stdout.decode()
@@ -186,7 +204,8 @@ async def test_a_job_cannot_undo_the_blocks(private: Machine, servers: Servers) 
         f"ip route add {address}/32 via 10.0.2.2",
         "ip link set tap0 down",
         "python3 -c 'import socket; socket.socket(socket.AF_PACKET, socket.SOCK_RAW)'",
-        "python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)'",
+        "python3 -c 'import socket; "
+        "socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)'",
     ]
     for attack in attacks:
         result = await private.exec(["sh", "-c", attack])
@@ -195,7 +214,9 @@ async def test_a_job_cannot_undo_the_blocks(private: Machine, servers: Servers) 
     assert outcome == {f"tcp {address} {servers.ports['tcp-any']}": "EHOSTUNREACH"}
     # A namespace of its own (if the job may make one) has no way out at all.
     port = servers.ports["tcp-loopback"]
-    escaped = await private.exec(["unshare", "-rn", "python3", "-c", PROBE, f"tcp 10.0.2.2 {port}", f"tcp {address} {port}"])
+    escaped = await private.exec(
+        ["unshare", "-rn", "python3", "-c", PROBE, f"tcp 10.0.2.2 {port}", f"tcp {address} {port}"]
+    )
     assert not escaped.ok or all(refused(o) for o in json.loads(escaped.stdout).values())
 
 
@@ -203,22 +224,32 @@ async def test_none_has_loopback_only(provider: SandboxProvider, servers: Server
     machine = await provider.allocate(MachineSpec(network="none"))
     try:
         result = await machine.exec(["cat", "/proc/net/dev"])
-        interfaces = {line.split(":")[0].strip() for line in result.stdout.decode().splitlines()[2:]}
+        interfaces = {
+            line.split(":")[0].strip() for line in result.stdout.decode().splitlines()[2:]
+        }
         assert interfaces == {"lo"}
-        outcome = await probe(machine, f"tcp 10.0.2.2 {servers.ports['tcp-loopback']}", f"tcp 127.0.0.1 {servers.ports['tcp-loopback']}")
+        outcome = await probe(
+            machine,
+            f"tcp 10.0.2.2 {servers.ports['tcp-loopback']}",
+            f"tcp 127.0.0.1 {servers.ports['tcp-loopback']}",
+        )
         assert all(refused(o) for o in outcome.values()), outcome
     finally:
         await provider.release(machine)
 
 
-async def test_host_reaches_the_hosts_loopback(provider: SandboxProvider, servers: Servers, caplog: pytest.LogCaptureFixture) -> None:
+async def test_host_reaches_the_hosts_loopback(
+    provider: SandboxProvider, servers: Servers, caplog: pytest.LogCaptureFixture
+) -> None:
     import vmrunner.machines.sandbox as sandbox
 
     sandbox._warned_host_network = False
     machines = [await provider.allocate(MachineSpec(network="host")) for _ in range(2)]
     try:
         port = servers.ports["tcp-loopback"]
-        assert await probe(machines[0], f"tcp 127.0.0.1 {port}") == {f"tcp 127.0.0.1 {port}": "ok:hello 127.0.0.1\n"}
+        assert await probe(machines[0], f"tcp 127.0.0.1 {port}") == {
+            f"tcp 127.0.0.1 {port}": "ok:hello 127.0.0.1\n"
+        }
     finally:
         for machine in machines:
             await provider.release(machine)
@@ -271,14 +302,18 @@ asyncio.run(main())
 
 
 async def test_the_helper_of_a_killed_runner_goes_and_is_reclaimed() -> None:
-    owner = await asyncio.create_subprocess_exec(sys.executable, "-c", OWNER, stdout=asyncio.subprocess.PIPE, cwd=CHECKOUT)
+    owner = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", OWNER, stdout=asyncio.subprocess.PIPE, cwd=CHECKOUT
+    )
     assert owner.stdout is not None
     helper = json.loads(await asyncio.wait_for(owner.stdout.readline(), 60))
     assert process_alive(helper["pid"], helper["start"])
     owner.send_signal(signal.SIGKILL)
     await owner.wait()
     # Its exit pipe closed with the runner: the helper leaves by itself.
-    await eventually(lambda: not process_alive(helper["pid"], helper["start"]), "the network helper")
+    await eventually(
+        lambda: not process_alive(helper["pid"], helper["start"]), "the network helper"
+    )
     provider = SandboxProvider(grace=0.5)
     (record,) = provider.leftovers()
     assert record.data[network.RECORD_KEY] == helper
@@ -294,8 +329,15 @@ def namespace_holder() -> Iterator[subprocess.Popen[bytes]]:
     holder.wait()
 
 
-async def test_reclaim_kills_a_helper_still_running(namespace_holder: subprocess.Popen[bytes], tmp_path: Path) -> None:
-    await eventually(lambda: os.readlink(f"/proc/{namespace_holder.pid}/ns/net") != os.readlink("/proc/self/ns/net"), "the namespace")
+async def test_reclaim_kills_a_helper_still_running(
+    namespace_holder: subprocess.Popen[bytes], tmp_path: Path
+) -> None:
+    await eventually(
+        lambda: (
+            os.readlink(f"/proc/{namespace_holder.pid}/ns/net") != os.readlink("/proc/self/ns/net")
+        ),
+        "the namespace",
+    )
     net = await network.attach_private_network(namespace_holder.pid, log_path=tmp_path / "net.log")
     assert await network.reclaim_helper(net.record, grace=0.5)
     assert not process_alive(net.helper.pid, net.helper.start)
@@ -315,11 +357,16 @@ USERNS_JOB = textwrap.dedent("""
 """)
 
 
-async def test_a_namespace_owned_by_an_unprivileged_user_namespace(servers: Servers, tmp_path: Path) -> None:
+async def test_a_namespace_owned_by_an_unprivileged_user_namespace(
+    servers: Servers, tmp_path: Path
+) -> None:
     """What bwrap makes with ``--unshare-user --unshare-net`` (or on ``--userns``): the helper
     attaches all the same, and a host-unprivileged process there reaches none of the host."""
     address = host_addresses()[0]
-    targets = [f"tcp 10.0.2.2 {servers.ports['tcp-loopback']}", f"tcp {address} {servers.ports['tcp-any']}"]
+    targets = [
+        f"tcp 10.0.2.2 {servers.ports['tcp-loopback']}",
+        f"tcp {address} {servers.ports['tcp-any']}",
+    ]
     job = await asyncio.create_subprocess_exec(
         "setpriv", "--reuid", "100000", "--regid", "100000", "--clear-groups",
         "unshare", "--user", "--net", "python3", "-c", USERNS_JOB, PROBE, *targets,
@@ -327,7 +374,10 @@ async def test_a_namespace_owned_by_an_unprivileged_user_namespace(servers: Serv
     )  # fmt: skip
     assert job.stdin is not None
     try:
-        await eventually(lambda: os.readlink(f"/proc/{job.pid}/ns/net") != os.readlink("/proc/self/ns/net"), "the namespace")
+        await eventually(
+            lambda: os.readlink(f"/proc/{job.pid}/ns/net") != os.readlink("/proc/self/ns/net"),
+            "the namespace",
+        )
         assert os.readlink(f"/proc/{job.pid}/ns/user") != os.readlink("/proc/self/ns/user")
         net = await network.attach_private_network(job.pid, log_path=tmp_path / "net.log")
         try:
@@ -354,11 +404,15 @@ STAND_IN = textwrap.dedent("""
     def sh(*argv): subprocess.run(argv, check=True)
     internet = subprocess.Popen(["unshare", "--net", "sleep", "100"])
     try:
-        while Path(f"/proc/{internet.pid}/ns/net").readlink() == Path("/proc/self/ns/net").readlink():
+        own = Path("/proc/self/ns/net").readlink()
+        while Path(f"/proc/{internet.pid}/ns/net").readlink() == own:
             pass
         inside = ["nsenter", "-t", str(internet.pid), "-n"]
         sh("ip", "link", "set", "lo", "up")
-        sh("ip", "link", "add", "veth-host", "type", "veth", "peer", "name", "veth-net", "netns", str(internet.pid))
+        sh(
+            "ip", "link", "add", "veth-host", "type", "veth",
+            "peer", "name", "veth-net", "netns", str(internet.pid),
+        )  # fmt: skip
         sh("ip", "addr", "add", "198.51.100.2/24", "dev", "veth-host")
         sh("ip", "link", "set", "veth-host", "up")
         sh("ip", "route", "add", "default", "via", "198.51.100.1")
@@ -366,7 +420,10 @@ STAND_IN = textwrap.dedent("""
         sh(*inside, "ip", "addr", "add", "198.51.100.1/24", "dev", "veth-net")
         sh(*inside, "ip", "addr", "add", "198.18.0.10/32", "dev", "lo")
         sh(*inside, "ip", "link", "set", "veth-net", "up")
-        server = "import socket\\ns=socket.create_server(('0.0.0.0',8080))\\nprint(flush=True)\\nwhile 1:\\n c,a=s.accept(); c.sendall(f'hello {a[0]}\\\\n'.encode()); c.close()"
+        server = (
+            "import socket\\ns=socket.create_server(('0.0.0.0',8080))\\nprint(flush=True)\\n"
+            "while 1:\\n c,a=s.accept(); c.sendall(f'hello {a[0]}\\\\n'.encode()); c.close()"
+        )
         remote = subprocess.Popen([*inside, sys.executable, "-c", server], stdout=subprocess.PIPE)
         local = subprocess.Popen([sys.executable, "-c", server], stdout=subprocess.PIPE)
         remote.stdout.readline(); local.stdout.readline()
@@ -389,11 +446,14 @@ STAND_IN = textwrap.dedent("""
 """)
 
 
-async def behind_a_stand_in_host(home: Path, provider: str, options: dict[str, str], *targets: str) -> dict[str, str]:
+async def behind_a_stand_in_host(
+    home: Path, provider: str, options: dict[str, str], *targets: str
+) -> dict[str, str]:
     """The probe's outcome in a private machine of ``provider`` made in the stand-in host."""
     run = await asyncio.create_subprocess_exec(
-        "unshare", "--net", sys.executable, "-c", STAND_IN, str(home), provider, json.dumps(options),
-        PROBE, *targets, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=CHECKOUT,
+        "unshare", "--net", sys.executable, "-c", STAND_IN, str(home), provider,
+        json.dumps(options), PROBE, *targets,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=CHECKOUT,
     )  # fmt: skip
     output, errors = await asyncio.wait_for(run.communicate(), 240)
     assert run.returncode == 0, errors.decode()
@@ -403,7 +463,12 @@ async def behind_a_stand_in_host(home: Path, provider: str, options: dict[str, s
 
 #: What the stand-in internet and host answer: the internet, seen from there as the host's
 #: address (NAT); the host's own address, its gateway, and its loopback through the gateway.
-STAND_IN_TARGETS = ["tcp 198.18.0.10 8080", "tcp 198.51.100.2 8080", "tcp 198.51.100.1 8080", "tcp 10.0.2.2 8080"]
+STAND_IN_TARGETS = [
+    "tcp 198.18.0.10 8080",
+    "tcp 198.51.100.2 8080",
+    "tcp 198.51.100.1 8080",
+    "tcp 10.0.2.2 8080",
+]
 
 
 async def test_outbound_nat_reaches_the_internet(tmp_path: Path) -> None:

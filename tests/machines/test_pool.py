@@ -200,7 +200,9 @@ async def test_restore_mode_discards_a_machine_that_fails_verification(
     ("mkdir -p /tmp/a/b", False, True),  # find covers home, workspace and temp; the host all
     ("rm -rf $RUNNER_TEMP && mkdir $RUNNER_TEMP", False, False),  # a new directory, same names
 ])
-async def test_the_sandbox_lists_from_the_host_what_find_sees_inside(change: str, inside: bool, host: bool) -> None:
+async def test_the_sandbox_lists_from_the_host_what_find_sees_inside(
+    change: str, inside: bool, host: bool
+) -> None:
     """The sandbox's fingerprint (a host-side walk of all its writable directories) changes
     whenever the generic one (``find`` inside the machine) does, and both come back after a
     restore."""
@@ -211,7 +213,9 @@ async def test_the_sandbox_lists_from_the_host_what_find_sees_inside(change: str
         before = (await machine.fingerprint(), await Machine.fingerprint(machine))
         pristine = await machine.snapshot("pristine")
         paths = machine.paths
-        result = await machine.exec(["sh", "-c", f"GITHUB_WORKSPACE={paths.workspace} RUNNER_TEMP={paths.temp}; {change}"])
+        result = await machine.exec(
+            ["sh", "-c", f"GITHUB_WORKSPACE={paths.workspace} RUNNER_TEMP={paths.temp}; {change}"]
+        )
         assert result.ok, result.stderr
         after = (await machine.fingerprint(), await Machine.fingerprint(machine))
         assert (after[0] != before[0], after[1] != before[1]) == (host, inside)

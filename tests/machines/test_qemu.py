@@ -190,7 +190,11 @@ async def test_private_reaches_neither_the_hosts_loopback_nor_its_addresses(
         # QEMU itself runs in a namespace of its own; the guest still has its user-mode network.
         assert os.readlink(f"/proc/{machine.record.pid}/ns/net") != os.readlink("/proc/self/ns/net")
         assert b"eth0" in (await machine.exec(["cat", "/proc/net/route"])).stdout
-        targets = [f"10.0.2.2:{port}", f"10.0.2.2:{any_port}", *(f"{a}:{any_port}" for a in addresses)]
+        targets = [
+            f"10.0.2.2:{port}",
+            f"10.0.2.2:{any_port}",
+            *(f"{a}:{any_port}" for a in addresses),
+        ]
         result = await machine.exec(["python3", "-c", GUEST_PROBE, *targets])
         outcome = json.loads(result.stdout)
         assert not any(o.startswith("ok") for o in outcome.values()), outcome
@@ -202,12 +206,16 @@ async def test_private_reaches_neither_the_hosts_loopback_nor_its_addresses(
     assert not process_alive(helper.pid, helper.start)
 
 
-async def test_private_reaches_the_internet_behind_a_stand_in_host(image: Image, tmp_path: Path) -> None:
+async def test_private_reaches_the_internet_behind_a_stand_in_host(
+    image: Image, tmp_path: Path
+) -> None:
     options = {"images": str(test_images_dir())}
     outcome = await behind_a_stand_in_host(tmp_path / "home", "qemu", options, *STAND_IN_TARGETS)
     internet = STAND_IN_TARGETS[0]
     assert outcome[internet] == "ok:hello 198.51.100.2\n"  # through QEMU's NAT, then the helper's
-    assert not any(o.startswith("ok") for target, o in outcome.items() if target != internet), outcome
+    assert not any(o.startswith("ok") for target, o in outcome.items() if target != internet), (
+        outcome
+    )
 
 
 async def test_warm_pool_hands_out_booted_vms_and_restores_them_for_reuse(
@@ -223,7 +231,9 @@ async def test_warm_pool_hands_out_booted_vms_and_restores_them_for_reuse(
         again = await pool.allocate(MachineSpec())
         try:
             assert again.id == machine.id
-            assert (await again.exec(["test", "-e", f"{again.paths.workspace}/job.txt"])).exit_code == 1
+            assert (
+                await again.exec(["test", "-e", f"{again.paths.workspace}/job.txt"])
+            ).exit_code == 1
         finally:
             await pool.release(again)
     assert provider.leftovers() == []
@@ -249,7 +259,9 @@ async def test_accelerator_is_probed_once_and_cached(image: Image, tmp_path: Pat
     assert accelerator(provider.qemu(), image, cache) == forced
 
 
-def test_command_line_has_fixed_device_ids_and_the_network_mode(image: Image, tmp_path: Path) -> None:
+def test_command_line_has_fixed_device_ids_and_the_network_mode(
+    image: Image, tmp_path: Path
+) -> None:
     none = qemu_argv("qemu", image, Shape("tcg", 256, 1, "none"), tmp_path)
     host = qemu_argv("qemu", image, Shape("tcg", 256, 1, "host"), tmp_path, incoming=tmp_path / "s")
     assert none[none.index("-nic") + 1] == "none"

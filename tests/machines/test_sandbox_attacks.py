@@ -79,7 +79,9 @@ async def test_jobs_run_as_runner_and_sudo_gives_root_inside_only(machine: Machi
     code, output = await sh(machine, "id -u; id -un; echo $HOME; sudo id -u; sudo -u runner id -u")
     assert code == 0, output
     assert output.split() == [str(RUNNER_UID), "runner", "/home/runner", "0", str(RUNNER_UID)]
-    code, output = await sh(machine, "sudo touch /home/runner/made-by-root && stat -c %u /home/runner/made-by-root")
+    code, output = await sh(
+        machine, "sudo touch /home/runner/made-by-root && stat -c %u /home/runner/made-by-root"
+    )
     assert (code, output.strip()) == (0, "0")
 
 
@@ -120,9 +122,14 @@ def _machine_pids(machine: Machine) -> list[int]:
 
 @pytest.mark.parametrize("who", AS)
 async def test_the_agent_cannot_be_traced_or_signalled(machine: Machine, who: str) -> None:
-    code, output = await sh(machine, f"ps -o pid= -o ruid= -C python3 | awk '$2 == {AGENT_UID} {{print $1}}'")
+    code, output = await sh(
+        machine, f"ps -o pid= -o ruid= -C python3 | awk '$2 == {AGENT_UID} {{print $1}}'"
+    )
     agent = output.split()[0]
-    trace = f"import ctypes; print(ctypes.CDLL(None, use_errno=True).ptrace(16, {agent}, 0, 0), ctypes.get_errno())"
+    trace = (
+        "import ctypes; "
+        f"print(ctypes.CDLL(None, use_errno=True).ptrace(16, {agent}, 0, 0), ctypes.get_errno())"
+    )
     code, output = await sh(machine, f"{who}python3 -c '{trace}'")
     assert output.split() == ["-1", "1"], output  # EPERM
     for signal in ("STOP", "KILL", "TERM"):
@@ -184,7 +191,8 @@ def _unprivileged_user() -> tuple[int, int] | None:
 
 
 @pytest.mark.skipif(
-    _unprivileged_user() is None, reason=f"no user {UNPRIVILEGED} (scripts/bootstrap --dev makes it)"
+    _unprivileged_user() is None,
+    reason=f"no user {UNPRIVILEGED} (scripts/bootstrap --dev makes it)",
 )
 def test_the_same_attacks_fail_under_an_unprivileged_runner() -> None:
     """vmrunner started by a user with subordinate ids (as rootless podman): its machines'

@@ -16,8 +16,8 @@ from tests.machines.provider_suite import (
     eventually,
     machine_processes,
 )
-from vmrunner.machines._local import process_start
 from vmrunner.machines.base import Machine, MachineSpec
+from vmrunner.machines.local import process_start
 from vmrunner.machines.sandbox import SandboxProvider
 
 

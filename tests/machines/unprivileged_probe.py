@@ -19,7 +19,8 @@ ATTACKS = {
     "signal": f"agent=$(ps -o pid= -o ruid= -C python3 | awk '$2 == {AGENT_UID} {{print $1}}');"
     " kill -STOP $agent; echo $?; sudo kill -STOP $agent; echo $?",
     "ptrace": f"agent=$(ps -o pid= -o ruid= -C python3 | awk '$2 == {AGENT_UID} {{print $1}}');"
-    " python3 -c \"import ctypes,sys; print(ctypes.CDLL(None).ptrace(16, int(sys.argv[1]), 0, 0))\" $agent",
+    ' python3 -c "import ctypes,sys;'
+    ' print(ctypes.CDLL(None).ptrace(16, int(sys.argv[1]), 0, 0))" $agent',
     "seccomp": "python3 -c 'import ctypes; print(ctypes.CDLL(None).syscall(321, 0, 0, 0))'",
     "uids": "sleep 5 & sudo sleep 5 & sleep 0.3; echo started",
 }
@@ -32,7 +33,9 @@ def host_uids(root: int) -> list[int]:
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/stat", "rb") as stat:
-                    parents.setdefault(int(stat.read().rsplit(b")", 1)[1].split()[1]), []).append(int(entry))
+                    parents.setdefault(int(stat.read().rsplit(b")", 1)[1].split()[1]), []).append(
+                        int(entry)
+                    )
             except OSError:
                 continue
     uids, stack = [], [root]

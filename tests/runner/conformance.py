@@ -13,8 +13,8 @@ from typing import Any
 
 from tests.conftest import shared_dir
 from tests.runner.engine import Ran
-from vmrunner.runner.dotenv import read_dotenv
-from vmrunner.runner.events import JobFinished, JobStarted
+from vmrunner.cli.dotenv import read_dotenv
+from vmrunner.reports.events import JobFinished, JobStarted
 from vmrunner.workflow.loader import load_workflows
 from vmrunner.workflow.models import Workflow
 from vmrunner.workflow.triggers import match_event
@@ -51,7 +51,9 @@ def case_options(case: dict[str, Any]) -> dict[str, Any]:
 
 
 def case_payload(case: dict[str, Any]) -> dict[str, Any]:
-    payload: dict[str, Any] = json.loads((ACT / case["event_path"]).read_text()) if "event_path" in case else {}
+    payload: dict[str, Any] = (
+        json.loads((ACT / case["event_path"]).read_text()) if "event_path" in case else {}
+    )
     return payload
 
 
@@ -59,7 +61,9 @@ def case_workflows(case: dict[str, Any]) -> list[Workflow]:
     """The case's workflows that its event triggers (at least one)."""
     loaded = load_workflows(ACT / case["workflows"])
     assert not loaded.errors
-    workflows = [w for w in loaded.workflows if match_event(w.triggers, case["event"], case_payload(case))]
+    workflows = [
+        w for w in loaded.workflows if match_event(w.triggers, case["event"], case_payload(case))
+    ]
     assert workflows, "the event triggers no workflow of the case"
     return workflows
 
@@ -74,7 +78,9 @@ def check_case(case: dict[str, Any], runs: list[Ran], provider: str) -> None:
         for report in ran.outcome.jobs:
             results.setdefault(report.job_id, []).append((report.result, report.reason))
             if case.get("jobs", {}).get(report.job_id) == "unsupported":
-                assert report.job_key not in started, "an unsupported job must fail before allocating"
+                assert report.job_key not in started, (
+                    "an unsupported job must fail before allocating"
+                )
         assert len(ran.of(JobFinished)) == len(ran.outcome.jobs)
         assert ran.provider.allocations == ran.provider.releases
         assert not ran.provider.alive

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from vmrunner.machines.base import Provider
 from vmrunner.machines.providers import get_provider
 from vmrunner.machines.testing import CountingProvider
-from vmrunner.runner.events import Event, JobFinished, LogLine, Recorder, StepFinished
+from vmrunner.reports.events import Event, JobFinished, LogLine, Recorder, StepFinished
 from vmrunner.runner.options import RunOptions
 from vmrunner.runner.run import RunOutcome, run_workflow
 from vmrunner.sessions import SessionManager
@@ -62,7 +62,9 @@ async def run(
         model = workflow
     counting = CountingProvider(provider or get_provider("sandbox"))
     recorder = Recorder()
-    run_options = dataclasses.replace(RunOptions(repo_root=str(repo_root), concurrent_jobs=limit), **options)
+    run_options = dataclasses.replace(
+        RunOptions(repo_root=str(repo_root), concurrent_jobs=limit), **options
+    )
     try:
         async with SessionManager(counting, limit=sessions_limit or limit) as sessions:
             outcome = await run_workflow(model, run_options, sessions, recorder)
@@ -78,8 +80,8 @@ def job_results(events: Sequence[Event]) -> dict[str, str]:
 
 
 def check_contract(events: Sequence[Event]) -> None:
-    """The rules of ``runner/events.py``: one finish per start, RunFinished last."""
-    from vmrunner.runner.events import JobStarted, RunFinished, StepStarted
+    """The rules of ``reports/events.py``: one finish per start, RunFinished last."""
+    from vmrunner.reports.events import JobStarted, RunFinished, StepStarted
 
     assert isinstance(events[-1], RunFinished)
     assert sum(isinstance(e, RunFinished) for e in events) == 1

@@ -25,7 +25,10 @@ from tests.runner.engine import run
 @pytest.mark.skipif(not CASES, reason="no act conformance manifest in the shared folder")
 @pytest.mark.parametrize("case", CASES, ids=[case_name(c) for c in CASES])
 async def test_act_case(case: dict[str, Any]) -> None:
-    runs = [await run(workflow, repo_root=REPO_ROOT, **case_options(case)) for workflow in case_workflows(case)]
+    runs = [
+        await run(workflow, repo_root=REPO_ROOT, **case_options(case))
+        for workflow in case_workflows(case)
+    ]
     check_case(case, runs, "sandbox")
 
 

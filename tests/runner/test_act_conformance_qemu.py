@@ -65,7 +65,9 @@ def test_vmrunner_run_with_the_qemu_provider(name: str) -> None:
         "--repo-root", str(REPO_ROOT), "--actor", "nektos/act", "--json",
         env={**os.environ, ENV_IMAGES: str(test_images_dir())}, timeout=300,
     )  # fmt: skip
-    assert result.returncode == (1 if case["expect"] == "failure" else 0), result.stdout + result.stderr
+    assert result.returncode == (1 if case["expect"] == "failure" else 0), (
+        result.stdout + result.stderr
+    )
     runs = json.loads(result.stdout)["runs"]
     jobs = [job for ran in runs for job in ran["jobs"]]
     assert jobs

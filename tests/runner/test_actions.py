@@ -6,8 +6,8 @@ import subprocess
 from pathlib import Path
 
 from tests.runner.engine import run
+from vmrunner.reports.events import Annotation, StepStarted
 from vmrunner.runner.actions import host_local_action_using
-from vmrunner.runner.events import Annotation, StepStarted
 
 
 def write(root: Path, files: dict[str, str]) -> Path:
@@ -41,7 +41,7 @@ runs:
         text: ${{ inputs.greeting }} ${{ inputs.who }}
     - run: echo "FROM_COMPOSITE=1" >> "$GITHUB_ENV"
       shell: bash
-"""
+"""  # noqa: E501
 INNER = """
 inputs:
   text: {}
@@ -78,7 +78,10 @@ POST_JS = "console.log('post state ' + process.env.STATE_started);\n"
 
 
 async def test_checkout_composite_nested_and_env_scoping(tmp_path: Path) -> None:
-    repo = write(tmp_path, {"actions/outer/action.yml": COMPOSITE, "actions/inner/action.yml": INNER, "README": "hi"})
+    repo = write(
+        tmp_path,
+        {"actions/outer/action.yml": COMPOSITE, "actions/inner/action.yml": INNER, "README": "hi"},
+    )
     ran = await run(
         """
 on: push
@@ -145,11 +148,22 @@ jobs:
         repo_root=repo,
     )
     assert "should-not-run" not in ran.logs("a")
-    assert [(s.outcome, s.conclusion) for s in ran.steps("a")][1:] == [("failure", "success"), ("success", "success")]
+    assert [(s.outcome, s.conclusion) for s in ran.steps("a")][1:] == [
+        ("failure", "success"),
+        ("success", "success"),
+    ]
 
 
 async def test_node_action_inputs_outputs_pre_and_post(tmp_path: Path) -> None:
-    repo = write(tmp_path, {"node-act/action.yml": NODE, "node-act/pre.js": PRE_JS, "node-act/main.js": MAIN_JS, "node-act/post.js": POST_JS})
+    repo = write(
+        tmp_path,
+        {
+            "node-act/action.yml": NODE,
+            "node-act/pre.js": PRE_JS,
+            "node-act/main.js": MAIN_JS,
+            "node-act/post.js": POST_JS,
+        },
+    )
     ran = await run(
         """
 on: push
@@ -189,8 +203,13 @@ def bare_repo(root: Path, owner: str, name: str, files: dict[str, str], tag: str
 
 async def test_remote_action_from_a_git_server(tmp_path: Path) -> None:
     bare_repo(
-        tmp_path, "octo", "greet",
-        {"action.yml": "inputs:\n  who: {default: you}\nruns:\n  using: composite\n  steps:\n    - run: echo \"remote says hi ${{ inputs.who }}\"\n      shell: bash\n"},
+        tmp_path,
+        "octo",
+        "greet",
+        {
+            "action.yml": "inputs:\n  who: {default: you}\nruns:\n  using: composite\n  steps:\n  "
+            '  - run: echo "remote says hi ${{ inputs.who }}"\n      shell: bash\n'
+        },
         "v1",
     )
     ran = await run(
@@ -249,10 +268,14 @@ jobs:
     )
     assert "Docker action (./dock)" in ran.finished("dockerish").reason
     assert ran.result("missing") == "failure"
-    errors = [a.message for a in ran.of(Annotation) if a.level == "error" and a.job_key == "missing"]
-    # GitHub's words: a local action comes from the workspace, so without a checkout it is not there.
+    errors = [
+        a.message for a in ran.of(Annotation) if a.level == "error" and a.job_key == "missing"
+    ]
+    # GitHub's words: a local action comes from the workspace, so without a checkout it is not
+    # there.
     assert errors == [
-        "Can't find 'action.yml', 'action.yaml' or 'Dockerfile' under '/home/runner/work/workspace/nope'. "
+        "Can't find 'action.yml', 'action.yaml' or 'Dockerfile' under "
+        "'/home/runner/work/workspace/nope'. "
         "Did you forget to run actions/checkout before running your local action?"
     ]
 
@@ -260,21 +283,41 @@ jobs:
 def repo_with_links(tmp_path: Path, secret: str) -> Path:
     """A git repository committing links: to a host folder holding an action and a secret, to
     /etc, to an action file in that host folder, and to an action of its own."""
-    write(tmp_path / "host", {"action.yml": f"runs:\n  using: composite\n  steps:\n    - run: echo {secret}; cat {tmp_path}/host/secret.txt\n      shell: bash\n", "secret.txt": secret})
+    write(
+        tmp_path / "host",
+        {
+            "action.yml": "runs:\n  using: composite\n  steps:\n"
+            f"    - run: echo {secret}; cat {tmp_path}/host/secret.txt\n      shell: bash\n",
+            "secret.txt": secret,
+        },
+    )
     repo = tmp_path / "repo"
     committed_repo(repo)
-    write(repo, {"actions/real/action.yml": "runs:\n  using: composite\n  steps:\n    - run: echo real-action-ran\n      shell: bash\n"})
+    write(
+        repo,
+        {
+            "actions/real/action.yml": "runs:\n  using: composite\n  steps:\n"
+            "    - run: echo real-action-ran\n      shell: bash\n"
+        },
+    )
     (repo / "evil").symlink_to(tmp_path / "host")
     (repo / "etc").symlink_to("/etc")
     (repo / "alias").symlink_to("actions/real")
     (repo / "leak").mkdir()
     (repo / "leak" / "action.yml").symlink_to(tmp_path / "host" / "action.yml")
     subprocess.run(["git", "add", "."], cwd=repo, check=True, capture_output=True)
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "links"], cwd=repo, check=True, capture_output=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "links"],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+    )
     return repo
 
 
-async def test_local_actions_come_from_the_machine_and_stay_in_the_workspace(tmp_path: Path) -> None:
+async def test_local_actions_come_from_the_machine_and_stay_in_the_workspace(
+    tmp_path: Path,
+) -> None:
     """A committed symlink to a host folder, to /etc, an action file linked out, or ``..``: each
     step is refused, nothing of the host reaches the job; an in-workspace link still works."""
     secret = "TOPSECRET-4f1c9a"
@@ -299,23 +342,42 @@ jobs:
         repo_root=repo,
     )
     assert ran.result("a") == "failure"
-    assert [s.outcome for s in ran.steps("a")] == ["success", "success", "failure", "failure", "failure", "failure"]
+    assert [s.outcome for s in ran.steps("a")] == [
+        "success",
+        "success",
+        "failure",
+        "failure",
+        "failure",
+        "failure",
+    ]
     assert ran.logs("a")[-1] == "real-action-ran"
     errors = {a.step_index: a.message for a in ran.of(Annotation) if a.level == "error"}
     workspace = "/home/runner/work/workspace"
     indexes = [s.index for s in ran.steps("a")]
-    assert errors[indexes[2]].startswith(f"step uses ./evil: {workspace}/evil leads to {tmp_path}/host, outside the workspace")
-    assert errors[indexes[3]].startswith(f"step uses ./etc: {workspace}/etc leads to /etc, outside the workspace")
-    assert errors[indexes[4]].startswith(f"step uses ./leak: {workspace}/leak/action.yml leads to {tmp_path}/host/action.yml")
+    assert errors[indexes[2]].startswith(
+        f"step uses ./evil: {workspace}/evil leads to {tmp_path}/host, outside the workspace"
+    )
+    assert errors[indexes[3]].startswith(
+        f"step uses ./etc: {workspace}/etc leads to /etc, outside the workspace"
+    )
+    assert errors[indexes[4]].startswith(
+        f"step uses ./leak: {workspace}/leak/action.yml leads to {tmp_path}/host/action.yml"
+    )
     assert "leaves the workspace" in errors[indexes[5]]
     assert secret not in repr(ran.events)
 
 
 def committed_repo(repo: Path) -> str:
     write(repo, {"file.txt": "committed\n"})
-    for args in (["init", "-q"], ["add", "."], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "c"]):
+    for args in (
+        ["init", "-q"],
+        ["add", "."],
+        ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "c"],
+    ):
         subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 async def test_checkout_of_a_commit_uses_git_archive(tmp_path: Path) -> None:
@@ -343,7 +405,15 @@ jobs:
 async def test_checkout_of_a_git_working_tree_honours_gitignore(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     committed_repo(repo)
-    write(repo, {".gitignore": "ignored.txt\nbuild/\n", "ignored.txt": "no", "build/out.bin": "no", "new.txt": "yes"})
+    write(
+        repo,
+        {
+            ".gitignore": "ignored.txt\nbuild/\n",
+            "ignored.txt": "no",
+            "build/out.bin": "no",
+            "new.txt": "yes",
+        },
+    )
     (repo / "file.txt").unlink()
     ran = await run(
         """
@@ -365,8 +435,18 @@ jobs:
 
 async def test_remote_node_action_pre_runs_at_the_start_of_the_job(tmp_path: Path) -> None:
     bare_repo(
-        tmp_path, "octo", "setup-thing",
-        {"action.yml": NODE, "pre.js": "console.log('pre ran for ' + process.env.INPUT_WHO);\nrequire('fs').appendFileSync(process.env.GITHUB_STATE, 'from_pre=1\\n');\n", "main.js": MAIN_JS, "post.js": "console.log('post sees ' + process.env.STATE_from_pre + ' ' + process.env.STATE_started);\n"},
+        tmp_path,
+        "octo",
+        "setup-thing",
+        {
+            "action.yml": NODE,
+            "pre.js": "console.log('pre ran for ' + "
+            "process.env.INPUT_WHO);\n"
+            "require('fs').appendFileSync(process.env.GITHUB_STATE, 'from_pre=1\\n');\n",
+            "main.js": MAIN_JS,
+            "post.js": "console.log('post sees ' + process.env.STATE_from_pre + ' ' + "
+            "process.env.STATE_started);\n",
+        },
         "v2",
     )
     ran = await run(
@@ -384,16 +464,24 @@ jobs:
         actions_url=f"file://{tmp_path / 'server'}",
     )
     logs = ran.logs("a")
-    assert logs.index("pre ran for early") < logs.index("first step") < logs.index("hello early") < logs.index("post sees 1 yes")
+    assert (
+        logs.index("pre ran for early")
+        < logs.index("first step")
+        < logs.index("hello early")
+        < logs.index("post sees 1 yes")
+    )
     assert "pre ran" not in " ".join(logs[logs.index("first step"):])
     assert next(e.name for e in ran.of(StepStarted)) == "Pre Run octo/setup-thing@v2"
     assert ran.result("a") == "success"
 
 
 def test_the_docker_hint_reads_nothing_outside_the_repository(tmp_path: Path) -> None:
-    """Before allocation a Docker local action is spotted on the host, but never through a link out."""
+    """Before allocation a Docker local action is spotted on the host, but never through a link
+    out."""
     write(tmp_path / "host", {"action.yml": "runs:\n  using: docker\n  image: Dockerfile\n"})
-    repo = write(tmp_path / "repo", {"dock/action.yml": "runs:\n  using: docker\n  image: Dockerfile\n"})
+    repo = write(
+        tmp_path / "repo", {"dock/action.yml": "runs:\n  using: docker\n  image: Dockerfile\n"}
+    )
     (repo / "out").symlink_to(tmp_path / "host")
     (repo / "file").mkdir()
     (repo / "file" / "action.yml").symlink_to(tmp_path / "host" / "action.yml")

@@ -36,7 +36,18 @@ def project(tmp_path: Path) -> Path:
 
 def test_run_prints_masked_output_and_fails_when_a_job_fails(tmp_path: Path) -> None:
     root = project(tmp_path)
-    result = vmrunner("run", "-s", "TOKEN=abc123", "--var", "COLOR=red", "--env-file", "env", "--matrix", "n:1", cwd=root)
+    result = vmrunner(
+        "run",
+        "-s",
+        "TOKEN=abc123",
+        "--var",
+        "COLOR=red",
+        "--env-file",
+        "env",
+        "--matrix",
+        "n:1",
+        cwd=root,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "hello *** red  from-file" in result.stdout
     assert "abc123" not in result.stdout
@@ -79,11 +90,17 @@ def test_workflows_run_together_share_their_concurrency_groups(tmp_path: Path) -
     workflows.mkdir(parents=True)
     for name in ("one", "two"):
         (workflows / f"{name}.yml").write_text(
-            f"on: push\nconcurrency: deploy\njobs:\n  {name}:\n    runs-on: ubuntu-latest\n    steps:\n      - run: echo {name}\n"
+            f"on: push\nconcurrency: deploy\njobs:\n  {name}:\n    runs-on: ubuntu-latest\n    "
+            f"steps:\n      - run: echo {name}\n"
         )
     result = vmrunner("run", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    jobs = sorted((job for run in json.loads(result.stdout)["runs"] for job in run["jobs"] if job["job_key"]), key=lambda job: job["started_at"])
+    jobs = sorted(
+        (job for run in json.loads(result.stdout)["runs"] for job in run["jobs"] if job["job_key"]),
+        key=lambda job: job["started_at"],
+    )
     assert [job["conclusion"] for job in jobs] == ["success", "success"]
-    assert jobs[0]["finished_at"] <= jobs[1]["started_at"]  # one after the other, never both at once
+    assert (
+        jobs[0]["finished_at"] <= jobs[1]["started_at"]
+    )  # one after the other, never both at once
     assert "waiting for concurrency group 'deploy'" in result.stdout

@@ -18,8 +18,12 @@ from vmrunner.runner.commands import (
 
 
 def test_command_with_properties_and_escapes() -> None:
-    command = parse_command("::error file=app.js,line=100,col=30,title=a%2Cb%3Ac::Hello%0Aworld %25")
-    assert command == WorkflowCommand("error", {"file": "app.js", "line": "100", "col": "30", "title": "a,b:c"}, "Hello\nworld %")
+    command = parse_command(
+        "::error file=app.js,line=100,col=30,title=a%2Cb%3Ac::Hello%0Aworld %25"
+    )
+    assert command == WorkflowCommand(
+        "error", {"file": "app.js", "line": "100", "col": "30", "title": "a,b:c"}, "Hello\nworld %"
+    )
 
 
 @pytest.mark.parametrize("line", ["plain text", ":: no name", "::", "echo ::set-output name=x::y"])
@@ -52,7 +56,13 @@ def test_malformed_file_commands(text: str) -> None:
 
 
 names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True)
-values = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"), max_size=20)
+values = st.text(
+    st.characters(
+        blacklist_categories=("Cs",),
+        blacklist_characters="\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029",
+    ),
+    max_size=20,
+)
 
 
 @given(st.dictionaries(names, values, max_size=5), st.booleans())

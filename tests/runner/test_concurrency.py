@@ -16,8 +16,7 @@ from tests.runner.engine import check_contract, run
 from vmrunner.errors import ConcurrencyCancelled, ConfigError
 from vmrunner.machines.providers import get_provider
 from vmrunner.machines.testing import CountingProvider
-from vmrunner.runner.concurrency import JOB_CONTEXTS, Claim, ConcurrencyGroups, evaluate_claim
-from vmrunner.runner.events import (
+from vmrunner.reports.events import (
     AllocationRequested,
     Annotation,
     Event,
@@ -26,8 +25,9 @@ from vmrunner.runner.events import (
     MachineReleased,
     Recorder,
 )
+from vmrunner.reports.results import RUN_RESULT_SCHEMA, ResultCollector
+from vmrunner.runner.concurrency import JOB_CONTEXTS, Claim, ConcurrencyGroups, evaluate_claim
 from vmrunner.runner.options import RunOptions
-from vmrunner.runner.results import RUN_RESULT_SCHEMA, ResultCollector
 from vmrunner.runner.run import RunOutcome, run_workflow
 from vmrunner.sessions import SessionManager
 from vmrunner.workflow.loader import load_workflow_text
@@ -36,13 +36,20 @@ from vmrunner.workflow.models import Concurrency
 
 def index_of(events: list[Event], kind: type, job_key: str, run_id: str | None = None) -> int:
     return next(
-        i for i, e in enumerate(events)
-        if isinstance(e, kind) and getattr(e, "job_key", None) == job_key and (run_id is None or getattr(e, "run_id", None) == run_id)
+        i
+        for i, e in enumerate(events)
+        if isinstance(e, kind)
+        and getattr(e, "job_key", None) == job_key
+        and (run_id is None or getattr(e, "run_id", None) == run_id)
     )
 
 
 def annotations(events: list[Event], job_key: str, level: str) -> list[str]:
-    return [e.message for e in events if isinstance(e, Annotation) and e.job_key == job_key and e.level == level]
+    return [
+        e.message
+        for e in events
+        if isinstance(e, Annotation) and e.job_key == job_key and e.level == level
+    ]
 
 
 # In one run
@@ -74,16 +81,25 @@ async def test_two_jobs_of_one_group_run_one_after_the_other() -> None:
     events = ran.events
     # b asks for a machine only after a's machine was released: never both at once
     assert index_of(events, MachineReleased, "a") < index_of(events, AllocationRequested, "b")
-    assert any("waiting for concurrency group 'deploy'" in m and "job 'a'" in m for m in annotations(events, "b", "notice"))
+    assert any(
+        "waiting for concurrency group 'deploy'" in m and "job 'a'" in m
+        for m in annotations(events, "b", "notice")
+    )
     assert ran.provider.allocation_count == ran.provider.release_count == 2
 
 
 async def test_a_newer_job_replaces_the_pending_one_in_a_case_insensitive_group() -> None:
     ran = await run(THREE_JOBS, cleanup_commands=("echo cleaned",))
-    assert (ran.result("a"), ran.result("b"), ran.result("c")) == ("success", "cancelled", "success")
+    assert (ran.result("a"), ran.result("b"), ran.result("c")) == (
+        "success",
+        "cancelled",
+        "success",
+    )
     assert "replaced by job 'c'" in ran.finished("b").reason
     assert any("replaced by job 'c'" in m for m in annotations(ran.events, "b", "error"))
-    assert index_of(ran.events, MachineReleased, "a") < index_of(ran.events, AllocationRequested, "c")
+    assert index_of(ran.events, MachineReleased, "a") < index_of(
+        ran.events, AllocationRequested, "c"
+    )
     assert ran.provider.allocation_count == 2  # b never had a machine
     assert ran.outcome.conclusion == "cancelled"
 
@@ -123,7 +139,11 @@ jobs:
       - run: echo ${{ strategy.job-index }}
 """
     )
-    assert (ran.result("m (1)"), ran.result("m (2)"), ran.result("m (3)")) == ("success", "cancelled", "success")
+    assert (ran.result("m (1)"), ran.result("m (2)"), ran.result("m (3)")) == (
+        "success",
+        "cancelled",
+        "success",
+    )
     assert ran.outcome.conclusion == "cancelled"
 
 
@@ -149,7 +169,9 @@ jobs:
     )
     assert (ran.result("m (1)"), ran.result("m (2)")) == ("cancelled", "success")
     assert "with cancel-in-progress" in ran.finished("m (1)").reason
-    assert index_of(ran.events, JobFinished, "m (1)") < index_of(ran.events, AllocationRequested, "m (2)")
+    assert index_of(ran.events, JobFinished, "m (1)") < index_of(
+        ran.events, AllocationRequested, "m (2)"
+    )
 
 
 async def test_a_broken_group_expression_fails_that_job_clearly() -> None:
@@ -173,7 +195,11 @@ jobs:
       - run: echo fine
 """
     )
-    assert (ran.result("bad"), ran.result("empty"), ran.result("good")) == ("failure", "failure", "success")
+    assert (ran.result("bad"), ran.result("empty"), ran.result("good")) == (
+        "failure",
+        "failure",
+        "success",
+    )
     assert "concurrency" in ran.finished("bad").reason
     assert "fromJSON" in ran.finished("bad").reason
     assert "Traceback" not in ran.finished("bad").reason
@@ -214,11 +240,15 @@ class Watch:
 
     def emit(self, event: Event) -> None:
         self.recorder.emit(event)
-        if (isinstance(event, LogLine) and event.text == self.text) or (isinstance(event, Annotation) and self.text in event.message):
+        if (isinstance(event, LogLine) and event.text == self.text) or (
+            isinstance(event, Annotation) and self.text in event.message
+        ):
             self.seen.set()
 
 
-async def two_runs(first: str, second: str, *, started: str, **options: object) -> tuple[RunOutcome, RunOutcome, list[Event], list[Event], CountingProvider]:
+async def two_runs(
+    first: str, second: str, *, started: str, **options: object
+) -> tuple[RunOutcome, RunOutcome, list[Event], list[Event], CountingProvider]:
     """Run ``first``; once it logged ``started``, run ``second`` with the same registry."""
     provider = CountingProvider(get_provider("sandbox"))
     groups = ConcurrencyGroups()
@@ -227,10 +257,14 @@ async def two_runs(first: str, second: str, *, started: str, **options: object) 
         async with SessionManager(provider, limit=4) as sessions:
             run_options = RunOptions(repository="octo/repo", **options)  # type: ignore[arg-type]
             task = asyncio.create_task(
-                run_workflow(load_workflow_text(first, "first.yml"), run_options, sessions, watch, groups)
+                run_workflow(
+                    load_workflow_text(first, "first.yml"), run_options, sessions, watch, groups
+                )
             )
             await watch.seen.wait()
-            second_outcome = await run_workflow(load_workflow_text(second, "second.yml"), run_options, sessions, later, groups)
+            second_outcome = await run_workflow(
+                load_workflow_text(second, "second.yml"), run_options, sessions, later, groups
+            )
             first_outcome = await task
     finally:
         await provider.aclose()
@@ -263,7 +297,9 @@ async def test_cancel_in_progress_cancels_a_running_job_of_another_run() -> None
     assert f"job 'deploy' of run {second.run_id}" in stopped.reason
     assert "cleaned" in [e.text for e in events if isinstance(e, LogLine)]  # its cleanup ran
     assert any("cancel-in-progress" in m for m in annotations(events, "deploy", "error"))
-    assert any("waiting for concurrency group 'prod'" in m for m in annotations(later, "deploy", "notice"))
+    assert any(
+        "waiting for concurrency group 'prod'" in m for m in annotations(later, "deploy", "notice")
+    )
     # the second job asked for a machine only after the first one's was released
     released = next(e.time for e in events if isinstance(e, MachineReleased))
     asked = next(e.time for e in later if isinstance(e, AllocationRequested))
@@ -295,15 +331,23 @@ jobs:
 
 async def test_a_workflow_group_with_cancel_in_progress_cancels_the_earlier_run() -> None:
     first, second, events, later, provider = await two_runs(
-        WORKFLOW_GROUP, WORKFLOW_GROUP.replace("echo started; sleep 300", "echo quick"), started="started",
+        WORKFLOW_GROUP,
+        WORKFLOW_GROUP.replace("echo started; sleep 300", "echo quick"),
+        started="started",
         ref="refs/heads/main",
     )
     assert first.conclusion == "cancelled"
     assert second.conclusion == "success"
     # build (2) was queued behind max-parallel, build (1) running; after never started
-    assert sorted((e.job_key, e.result) for e in events if isinstance(e, JobFinished)) == [("build (1)", "cancelled"), ("build (2)", "cancelled")]
+    assert sorted((e.job_key, e.result) for e in events if isinstance(e, JobFinished)) == [
+        ("build (1)", "cancelled"),
+        ("build (2)", "cancelled"),
+    ]
     assert all("with cancel-in-progress" in e.reason for e in events if isinstance(e, JobFinished))
-    assert any(f"run {second.run_id} entered concurrency group 'ci-refs/heads/main'" in m for m in annotations(events, "", "error"))
+    assert any(
+        f"run {second.run_id} entered concurrency group 'ci-refs/heads/main'" in m
+        for m in annotations(events, "", "error")
+    )
     assert any("waiting for concurrency group" in m for m in annotations(later, "", "notice"))
     assert "never" not in [e.text for e in events if isinstance(e, LogLine)]
     released = max(e.time for e in events if isinstance(e, MachineReleased))
@@ -325,18 +369,35 @@ async def test_a_newer_run_replaces_the_pending_run_of_a_workflow_group() -> Non
     try:
         async with SessionManager(provider, limit=4) as sessions:
             options = RunOptions(repository="octo/repo", ref="refs/heads/main")
-            running = asyncio.create_task(run_workflow(load_workflow_text(WORKFLOW_GROUP, "w.yml"), options, sessions, first, groups))
+            running = asyncio.create_task(
+                run_workflow(
+                    load_workflow_text(WORKFLOW_GROUP, "w.yml"), options, sessions, first, groups
+                )
+            )
             await first.seen.wait()
-            pending = asyncio.create_task(run_workflow(load_workflow_text(waiting, "w.yml"), options, sessions, second, groups))
+            pending = asyncio.create_task(
+                run_workflow(
+                    load_workflow_text(waiting, "w.yml"), options, sessions, second, groups
+                )
+            )
             await second.seen.wait()
-            newest = await run_workflow(load_workflow_text(quick, "w.yml"), options, sessions, third, groups)
+            newest = await run_workflow(
+                load_workflow_text(quick, "w.yml"), options, sessions, third, groups
+            )
             stopped, replaced = await running, await pending
     finally:
         await provider.aclose()
-    assert (stopped.conclusion, replaced.conclusion, newest.conclusion) == ("cancelled", "cancelled", "success")
+    assert (stopped.conclusion, replaced.conclusion, newest.conclusion) == (
+        "cancelled",
+        "cancelled",
+        "success",
+    )
     assert not replaced.jobs
     assert not [e for e in second.recorder.events if isinstance(e, AllocationRequested)]
-    assert any(f"replaced by run {newest.run_id}" in m for m in annotations(second.recorder.events, "", "error"))
+    assert any(
+        f"replaced by run {newest.run_id}" in m
+        for m in annotations(second.recorder.events, "", "error")
+    )
     check_contract(second.recorder.events)
     collector = ResultCollector()
     for event in second.recorder.events:
@@ -375,7 +436,9 @@ class Holders:
             task.cancel()
 
         try:
-            async with self.groups.hold(c, name, stop, lambda message: self.log.append(f"{name} waits")):
+            async with self.groups.hold(
+                c, name, stop, lambda message: self.log.append(f"{name} waits")
+            ):
                 self.log.append(f"{name} runs")
                 await self.release[name].wait()
             self.log.append(f"{name} done")
@@ -396,7 +459,12 @@ async def test_the_registry_replaces_pending_and_hands_on_in_order() -> None:
     holders.enter("b", claim("prod"))
     holders.enter("c", claim("PROD"))
     await holders.settle()
-    assert holders.log == ["a runs", "b waits", "b replaced", "c waits"] or holders.log == ["a runs", "b waits", "c waits", "b replaced"]
+    assert holders.log == ["a runs", "b waits", "b replaced", "c waits"] or holders.log == [
+        "a runs",
+        "b waits",
+        "c waits",
+        "b replaced",
+    ]
     holders.release["a"].set()
     await holders.settle()
     assert holders.log[-2:] == ["a done", "c runs"]
@@ -417,7 +485,9 @@ async def test_a_cancelled_waiter_frees_its_place_and_a_granted_one_hands_on() -
     holders.release["a"].set()
     await asyncio.sleep(0)  # a leaves and grants c; c has not resumed yet
     assert holders.log[-1] == "a done"
-    holders.tasks["c"].cancel()  # granted, then cancelled before it could run: it hands the group on
+    holders.tasks[
+        "c"
+    ].cancel()  # granted, then cancelled before it could run: it hands the group on
     await asyncio.gather(*holders.tasks.values(), return_exceptions=True)
     assert "c runs" not in holders.log
     assert not holders.groups.statistics()
@@ -431,7 +501,10 @@ async def test_a_newcomer_may_replace_a_waiter_whose_cancellation_is_still_on_it
     holders.enter("c", claim())
     holders.tasks["b"].cancel()  # c's first step runs before this cancellation reaches b
     await holders.settle()
-    assert holders.log[-2:] == ["b cancelled", "c waits"] or holders.log[-2:] == ["c waits", "b cancelled"]
+    assert holders.log[-2:] == ["b cancelled", "c waits"] or holders.log[-2:] == [
+        "c waits",
+        "b cancelled",
+    ]
     assert holders.groups.statistics()[0].pending == ("c",)
     holders.release["a"].set()
     holders.release["c"].set()
@@ -445,7 +518,9 @@ async def test_cancel_in_progress_stops_the_holder_once_and_the_newcomer_waits_f
     holders.enter("a", claim())
     await holders.settle()
     holders.enter("b", claim(cancel=True))
-    holders.enter("c", claim(cancel=True))  # a is already stopping: not stopped twice; b is replaced
+    holders.enter(
+        "c", claim(cancel=True)
+    )  # a is already stopping: not stopped twice; b is replaced
     await asyncio.gather(holders.tasks["a"], holders.tasks["b"], return_exceptions=True)
     await holders.settle()
     assert holders.log.count("a stopped") == 1
@@ -471,9 +546,23 @@ async def test_a_full_queue_refuses_the_newcomer() -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["enter", "enter", "finish", "cancel"]), st.sampled_from(["x", "X", "y"]), st.booleans(), st.booleans(), st.integers(0, 4)), max_size=25))
-def test_the_registry_never_lets_two_hold_one_group(script: list[tuple[str, str, bool, bool, int]]) -> None:
-    """Any interleaving of arrivals, finishes and cancellations (some not yet delivered when the next comes)."""
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["enter", "enter", "finish", "cancel"]),
+            st.sampled_from(["x", "X", "y"]),
+            st.booleans(),
+            st.booleans(),
+            st.integers(0, 4),
+        ),
+        max_size=25,
+    )
+)
+def test_the_registry_never_lets_two_hold_one_group(
+    script: list[tuple[str, str, bool, bool, int]],
+) -> None:
+    """Any interleaving of arrivals, finishes and cancellations (some not yet delivered when the
+    next comes)."""
     asyncio.run(_play(script))
 
 
@@ -523,8 +612,16 @@ async def _play(script: list[tuple[str, str, bool, bool, int]]) -> None:
 
 
 def test_claims_use_only_the_allowed_contexts() -> None:
-    contexts = {"github": {"repository": "octo/repo", "ref": "refs/heads/x"}, "matrix": {"n": 1}, "env": {"E": "1"}}
-    made = evaluate_claim(Concurrency("ci-${{ github.ref }}-${{ matrix.n }}", "${{ matrix.n == 1 }}"), contexts, JOB_CONTEXTS)
+    contexts = {
+        "github": {"repository": "octo/repo", "ref": "refs/heads/x"},
+        "matrix": {"n": 1},
+        "env": {"E": "1"},
+    }
+    made = evaluate_claim(
+        Concurrency("ci-${{ github.ref }}-${{ matrix.n }}", "${{ matrix.n == 1 }}"),
+        contexts,
+        JOB_CONTEXTS,
+    )
     assert made == Claim("ci-refs/heads/x-1", True, 1, "octo/repo")
     assert made.key == Claim("CI-REFS/HEADS/X-1", scope="octo/repo").key
     with pytest.raises(ConfigError, match="concurrency"):

@@ -8,7 +8,7 @@ from pathlib import Path
 from tests.runner.engine import check_contract, run
 from vmrunner.machines.providers import get_provider
 from vmrunner.machines.testing import CountingProvider
-from vmrunner.runner.events import (
+from vmrunner.reports.events import (
     Annotation,
     Event,
     JobFinished,
@@ -133,7 +133,7 @@ jobs:
         run: |
           for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < "$f" 2>/dev/null; echo; done | grep -c '^sleep 300' || true
           test ! -e "$RUNNER_TEMP/leak"
-"""
+"""  # noqa: E501
     )
     first, second = ran.steps("a")
     assert first.outcome == "failure"
@@ -218,7 +218,10 @@ jobs:
     class Watch:
         def emit(self, event: Event) -> None:
             recorder.emit(event)
-            if sum(1 for e in recorder.events if isinstance(e, LogLine) and e.text == "started") == 2:
+            if (
+                sum(1 for e in recorder.events if isinstance(e, LogLine) and e.text == "started")
+                == 2
+            ):
                 both_started.set()
 
     async with SessionManager(provider, limit=4) as sessions:
@@ -236,7 +239,9 @@ jobs:
     assert provider.allocation_count == provider.release_count == 2
     assert not provider.alive
     assert {e.result for e in recorder.events if isinstance(e, JobFinished)} == {"cancelled"}
-    assert {e.reason for e in recorder.events if isinstance(e, JobFinished)} == {"the run was cancelled"}
+    assert {e.reason for e in recorder.events if isinstance(e, JobFinished)} == {
+        "the run was cancelled"
+    }
     final = recorder.events[-1]
     assert isinstance(final, RunFinished)
     assert final.conclusion == "cancelled"

@@ -21,7 +21,13 @@ def test_longest_first_and_blank_ignored() -> None:
     assert masker.mask("  x  ") == "  x  "
 
 
-@given(st.text(min_size=1, max_size=10).filter(lambda s: s.strip() == s and s.strip() and "\n" not in s and "\r" not in s), st.text(max_size=20), st.text(max_size=20))
+@given(
+    st.text(min_size=1, max_size=10).filter(
+        lambda s: s.strip() == s and s.strip() and "\n" not in s and "\r" not in s
+    ),
+    st.text(max_size=20),
+    st.text(max_size=20),
+)
 def test_a_secret_never_survives(secret: str, before: str, after: str) -> None:
     masker = Masker([secret])
     assert secret not in masker.mask(before + secret + after).replace(MASK, "\x00")

@@ -41,7 +41,7 @@ jobs:
           echo "step4 ${{ steps.one.outputs.greeting }} $FROM_ENV $(mytool) ${{ matrix.flavour }}" >> trail.txt
           echo "trail: $(tr '\\n' , < trail.txt)"
           test "$(tr '\\n' , < trail.txt)" = "step1,step2,step3,step4 hi e1 tool-ok plain,"
-"""
+"""  # noqa: E501
 JOB = "build (plain)"
 
 
@@ -65,7 +65,9 @@ def test_rerun_continues_from_the_snapshot_before_the_step(tmp_path: Path) -> No
     original = failed_run(root, "--snapshot")
     assert checkpoints.kept_jobs(original) == [JOB]  # the job that succeeded kept nothing
 
-    result = vmrunner("rerun", original, "--from-step", "3", "--var", "READY=yes", "--json", cwd=root)
+    result = vmrunner(
+        "rerun", original, "--from-step", "3", "--var", "READY=yes", "--json", cwd=root
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     run = json.loads(result.stdout)["runs"][0]
     assert run["run_id"] != original

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tests.runner.engine import run
-from vmrunner.runner.events import Event, JobFinished, JobQueued, JobStarted
+from vmrunner.reports.events import Event, JobFinished, JobQueued, JobStarted
 
 
 def most_at_once(events: Sequence[Event], prefix: str = "") -> int:
@@ -16,7 +16,11 @@ def most_at_once(events: Sequence[Event], prefix: str = "") -> int:
             running += 1
             peak = max(peak, running)
         elif isinstance(event, JobFinished) and event.job_key.startswith(prefix):
-            running -= 1 if any(isinstance(e, JobStarted) and e.job_key == event.job_key for e in events) else 0
+            running -= (
+                1
+                if any(isinstance(e, JobStarted) and e.job_key == event.job_key for e in events)
+                else 0
+            )
     return peak
 
 
@@ -93,7 +97,9 @@ jobs:
       - run: true
 """
     )
-    order = [(type(e).__name__, e.job_key) for e in ran.events if isinstance(e, JobStarted | JobFinished)]
+    order = [
+        (type(e).__name__, e.job_key) for e in ran.events if isinstance(e, JobStarted | JobFinished)
+    ]
     assert order.index(("JobStarted", "after-fast")) < order.index(("JobFinished", "slow"))
 
 
@@ -130,7 +136,7 @@ jobs:
     runs-on: ubuntu-latest
     steps:
       - run: test "${{ needs.test.result }}" = failure
-"""
+"""  # noqa: E501
     )
     keys = [e.job_key for e in ran.of(JobQueued) if e.job_id == "test"]
     assert keys == ["test (small, 1)", "test (small, 2)", "test (large, 1)"]
@@ -161,7 +167,9 @@ jobs:
     assert results["m (1)"] == "failure"
     assert {results["m (2)"], results["m (3)"], results["m (4)"]} == {"cancelled"}
     reasons = {e.job_key: e.reason for e in ran.of(JobFinished)}
-    assert {reasons["m (2)"], reasons["m (3)"], reasons["m (4)"]} == {"cancelled by fail-fast: a matrix sibling failed"}
+    assert {reasons["m (2)"], reasons["m (3)"], reasons["m (4)"]} == {
+        "cancelled by fail-fast: a matrix sibling failed"
+    }
     assert ran.outcome.conclusion == "failure"
     started = {e.job_key for e in ran.of(JobStarted)}
     assert "m (3)" not in started or "m (4)" not in started
@@ -245,7 +253,8 @@ jobs:
 
 async def test_a_matrix_filter_that_keeps_nothing_skips_the_job() -> None:
     ran = await run(
-        "on: push\njobs:\n  m:\n    runs-on: x\n    strategy:\n      matrix:\n        os: [linux]\n    steps:\n      - run: exit 1\n",
+        "on: push\njobs:\n  m:\n    runs-on: x\n    strategy:\n      matrix:\n        os: "
+        "[linux]\n    steps:\n      - run: exit 1\n",
         matrix_filter={"os": ("plan9",)},
     )
     assert ran.result("m") == "skipped"
@@ -257,7 +266,7 @@ async def test_jobs_take_machines_from_a_warm_pool() -> None:
     from vmrunner.machines.base import MachineSpec
     from vmrunner.machines.pool import WarmPool
     from vmrunner.machines.providers import get_provider
-    from vmrunner.runner.events import Recorder, RunStarted
+    from vmrunner.reports.events import Recorder, RunStarted
     from vmrunner.runner.options import RunOptions
     from vmrunner.runner.run import run_workflow
     from vmrunner.sessions import SessionManager
@@ -269,9 +278,17 @@ async def test_jobs_take_machines_from_a_warm_pool() -> None:
     recorder = Recorder()
     # The pool's machines must fit the run's (private) network to be handed out.
     specs = {"default": MachineSpec(network="private")}
-    async with WarmPool(get_provider("sandbox"), {"default": 1}, specs=specs) as pool, SessionManager(pool, limit=1) as sessions:
+    async with (
+        WarmPool(get_provider("sandbox"), {"default": 1}, specs=specs) as pool,
+        SessionManager(pool, limit=1) as sessions,
+    ):
         await pool.wait_filled()
-        outcome = await run_workflow(workflow, RunOptions(payload={"ref": "refs/tags/v1", "after": "f00"}), sessions, recorder)
+        outcome = await run_workflow(
+            workflow,
+            RunOptions(payload={"ref": "refs/tags/v1", "after": "f00"}),
+            sessions,
+            recorder,
+        )
     assert outcome.conclusion == "success"
     started = [e for e in recorder.events if isinstance(e, JobStarted)]
     assert [e.from_pool for e in started] == [True]

@@ -7,7 +7,7 @@ import pytest
 from tests.runner.engine import run
 from vmrunner.errors import ConfigError
 from vmrunner.machines.providers import get_provider
-from vmrunner.runner.events import SnapshotRestored, SnapshotTaken
+from vmrunner.reports.events import SnapshotRestored, SnapshotTaken
 from vmrunner.runner.options import RunOptions
 from vmrunner.runner.run import run_workflow
 from vmrunner.sessions import SessionManager
@@ -25,7 +25,9 @@ jobs:
 
 
 async def test_rollback_restores_the_workspace_to_the_last_good_snapshot() -> None:
-    ran = await run(WORKFLOW, snapshot=True, rollback_on_failure=True, cleanup_commands=("ls; cat good.txt",))
+    ran = await run(
+        WORKFLOW, snapshot=True, rollback_on_failure=True, cleanup_commands=("ls; cat good.txt",)
+    )
     taken = ran.of(SnapshotTaken)
     assert [t.step_index for t in taken] == [-1, 0]
     first, second, _cleanup = ran.steps("a")

@@ -1,9 +1,10 @@
-"""Steps: env, defaults, working directories, file commands, workflow commands, masking, contexts."""
+"""Steps: env, defaults, working directories, file commands, workflow commands, masking,
+contexts."""
 
 from __future__ import annotations
 
 from tests.runner.engine import run
-from vmrunner.runner.events import Annotation, GroupEnded, GroupStarted, LogLine, StepFinished
+from vmrunner.reports.events import Annotation, GroupEnded, GroupStarted, LogLine, StepFinished
 
 
 async def test_env_precedence_defaults_and_working_directory() -> None:
@@ -72,7 +73,7 @@ jobs:
           test -z "$(cat "$GITHUB_STEP_SUMMARY")"
           test -z "$(cat "$GITHUB_ENV")"
       - run: echo "BROKEN<<EOF" >> "$GITHUB_ENV"
-"""
+"""  # noqa: E501
     )
     steps = ran.steps("a")
     assert [s.outcome for s in steps] == ["success", "success", "failure"]
@@ -109,7 +110,9 @@ jobs:
       - run: test -z "$X"
 """
     )
-    annotations = [(a.level, a.message) for a in ran.of(Annotation) if a.job_key == "a" and a.level != "debug"]
+    annotations = [
+        (a.level, a.message) for a in ran.of(Annotation) if a.job_key == "a" and a.level != "debug"
+    ]
     assert ("warning", "careful\nnow") in annotations
     assert ("error", "bad") in annotations
     assert ("notice", "fyi") in annotations
@@ -154,7 +157,11 @@ jobs:
 """,
         secrets={"TOKEN": secret, "MULTI": "first-line\nsecond-line"},
     )
-    texts = [str(getattr(e, field, "")) for e in ran.events for field in ("text", "message", "name", "reason")]
+    texts = [
+        str(getattr(e, field, ""))
+        for e in ran.events
+        for field in ("text", "message", "name", "reason")
+    ]
     texts += [v for e in ran.of(StepFinished) for v in e.outputs.values()]
     texts += list(ran.finished("a").outputs.values())
     assert not [t for t in texts if secret in t or "first-line" in t or "second-line" in t]
@@ -192,7 +199,7 @@ jobs:
         run: exit 1
       - if: success() && steps.check.outcome == 'success'
         run: echo fine
-""",
+""",  # noqa: E501
         payload={"ref": "refs/heads/main", "after": "abc123", "head_commit": {"message": "hello"}},
         repository="octo/hello",
         actor="mona",
@@ -250,7 +257,10 @@ async def test_large_scripts_and_events_are_uploaded_and_file_commands_survive_a
     from vmrunner.runner.steps import INLINE_LIMIT
 
     padding = "# " + "x" * 78 + "\n"
-    big_script = padding * (INLINE_LIMIT // len(padding) + 10) + 'echo "big=$(wc -c < "$0")" >> "$GITHUB_OUTPUT"'
+    big_script = (
+        padding * (INLINE_LIMIT // len(padding) + 10)
+        + 'echo "big=$(wc -c < "$0")" >> "$GITHUB_OUTPUT"'
+    )
     payload = {"padding": "é" * INLINE_LIMIT, "marker": "event-ok"}
     ran = await run(
         f"""
@@ -269,7 +279,7 @@ jobs:
           echo "before=kept" >> "$GITHUB_OUTPUT"
           echo "### written before the timeout" >> "$GITHUB_STEP_SUMMARY"
           sleep 30
-""",
+""",  # noqa: E501
         payload=payload,
     )
     steps = ran.steps("a")

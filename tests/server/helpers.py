@@ -26,7 +26,9 @@ FIXTURES = shared_dir() / "fixtures" / "github-webhooks"
 def git(root: Path, *args: str) -> str:
     env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@example.com", "HOME": str(root), "PATH": "/usr/bin:/bin"}
-    done = subprocess.run(["git", *args], cwd=root, env=env, check=True, capture_output=True, text=True)
+    done = subprocess.run(
+        ["git", *args], cwd=root, env=env, check=True, capture_output=True, text=True
+    )
     return done.stdout.strip()
 
 
@@ -51,7 +53,9 @@ def fixture(event: str, name: str) -> dict[str, Any]:
     return json.loads((FIXTURES / event / name).read_text())
 
 
-def headers(event: str, body: bytes, delivery: str | None = None, secret: bytes = SECRET) -> dict[str, str]:
+def headers(
+    event: str, body: bytes, delivery: str | None = None, secret: bytes = SECRET
+) -> dict[str, str]:
     return {
         "X-GitHub-Event": event, "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
         "X-Hub-Signature-256": sign(secret, body), "Content-Type": "application/json",
@@ -67,13 +71,23 @@ def config(repos: Mapping[str, Path | str], **settings: Any) -> ServerConfig:
 
 
 @contextlib.asynccontextmanager
-async def live_server(server_config: ServerConfig, **options: Any) -> AsyncIterator[httpx.AsyncClient]:
+async def live_server(
+    server_config: ServerConfig, **options: Any
+) -> AsyncIterator[httpx.AsyncClient]:
     """The app under uvicorn on a free loopback port; an httpx client for it."""
-    async with serve_app(create_app(server_config, **options)) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+    async with (
+        serve_app(create_app(server_config, **options)) as url,
+        httpx.AsyncClient(base_url=url, timeout=30) as client,
+    ):
         yield client
 
 
-async def deliver(client: httpx.AsyncClient, event: str, payload: Mapping[str, Any] | bytes, delivery: str | None = None) -> httpx.Response:
+async def deliver(
+    client: httpx.AsyncClient,
+    event: str,
+    payload: Mapping[str, Any] | bytes,
+    delivery: str | None = None,
+) -> httpx.Response:
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     return await client.post("/webhook", content=body, headers=headers(event, body, delivery))
 
@@ -94,6 +108,9 @@ async def finished(client: httpx.AsyncClient, run_id: str, patience: float = 120
         while True:
             response = await client.get(f"/api/runs/{run_id}")
             data = response.json()
-            if response.status_code == 200 and data["server"]["state"] in ("completed", "interrupted"):
+            if response.status_code == 200 and data["server"]["state"] in (
+                "completed",
+                "interrupted",
+            ):
                 return data
             await asyncio.sleep(0.05)

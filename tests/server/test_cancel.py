@@ -1,4 +1,5 @@
-"""Cancelling a run the server runs itself (no fleet): the API and GitHub's cancelled ``workflow_run``."""
+"""Cancelling a run the server runs itself (no fleet): the API and GitHub's cancelled
+``workflow_run``."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ import httpx
 from tests.server.helpers import config, deliver, finished, fixture, live_server, make_repo, settled
 from vmrunner.store import Store
 
-WORKFLOW = "name: CI\non: push\njobs:\n  hang:\n    runs-on: ubuntu-latest\n    steps:\n      - run: sleep 120\n"
+WORKFLOW = (
+    "name: CI\non: push\njobs:\n  hang:\n    runs-on: ubuntu-latest\n    steps:\n      - "
+    "run: sleep 120\n"
+)
 
 
 def _push(sha: str) -> dict[str, Any]:
@@ -38,7 +42,9 @@ def _machines() -> int:
         return len(store.machines())
 
 
-async def test_a_local_run_is_cancelled_by_the_api_and_by_a_cancelled_workflow_run(tmp_path: Path) -> None:
+async def test_a_local_run_is_cancelled_by_the_api_and_by_a_cancelled_workflow_run(
+    tmp_path: Path,
+) -> None:
     root = tmp_path / "widgets"
     sha = make_repo(root, {".github/workflows/ci.yml": WORKFLOW})
     async with live_server(config({"acme/widgets": root})) as client:
@@ -52,7 +58,9 @@ async def test_a_local_run_is_cancelled_by_the_api_and_by_a_cancelled_workflow_r
         again = await _hanging(client, sha)
         cancelled = copy.deepcopy(fixture("workflow_run", "01-completed.json"))
         cancelled["repository"]["full_name"] = "acme/widgets"
-        cancelled["workflow_run"].update(head_sha=sha, conclusion="cancelled", path=".github/workflows/ci.yml")
+        cancelled["workflow_run"].update(
+            head_sha=sha, conclusion="cancelled", path=".github/workflows/ci.yml"
+        )
         delivery = str(uuid.uuid4())
         await deliver(client, "workflow_run", cancelled, delivery)
         assert (await settled(client, delivery))["note"] == f"cancelled run(s) {again}"

@@ -66,6 +66,8 @@ async def test_a_second_push_cancels_the_first_run_of_the_group(tmp_path: Path) 
         assert stopped["result"]["jobs"][0]["conclusion"] == "cancelled"
         assert done["server"]["conclusion"] == "success"
         notes = [a["message"] for job in stopped["result"]["jobs"] for a in job["annotations"]]
-        assert any(f"run {second} entered concurrency group 'ci-refs/heads/" in note for note in notes)
+        assert any(
+            f"run {second} entered concurrency group 'ci-refs/heads/" in note for note in notes
+        )
         assert "cancel-in-progress" in stopped["result"]["jobs"][0]["reason"]
         assert _machines() == 0

@@ -77,12 +77,18 @@ def test_repo_flags():
 
 def test_serve_without_a_secret_or_repositories_explains_and_fails(tmp_path, monkeypatch):
     monkeypatch.delenv("VMRUNNER_WEBHOOK_SECRET", raising=False)
-    done = subprocess.run([sys.executable, "-m", "vmrunner", "serve", "--repo", "a/b=/x"], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "vmrunner", "serve", "--repo", "a/b=/x"],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 1
     assert "VMRUNNER_WEBHOOK_SECRET" in done.stderr
     assert "Traceback" not in done.stderr
     monkeypatch.setenv("VMRUNNER_WEBHOOK_SECRET", "s")
-    done = subprocess.run([sys.executable, "-m", "vmrunner", "serve"], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "vmrunner", "serve"], capture_output=True, text=True
+    )
     assert done.returncode == 1
     assert "--repo" in done.stderr
 

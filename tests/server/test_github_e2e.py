@@ -1,4 +1,5 @@
-"""End to end against a fake GitHub API on 127.0.0.1: statuses for a push, one comment per pull request."""
+"""End to end against a fake GitHub API on 127.0.0.1: statuses for a push, one comment per pull
+request."""
 
 from __future__ import annotations
 
@@ -54,7 +55,9 @@ def repo(tmp_path: Path) -> tuple[Path, str]:
 def server_config(root: Path, github: FakeGitHub):
     base = config({}, github_api_url=github.url, github_token=github.token)
     repos = {"acme/widgets": RepositoryConfig("acme/widgets", str(root), {"API_KEY": SECRET_VALUE})}
-    return type(base)(**{**{f: getattr(base, f) for f in base.__dataclass_fields__}, "repositories": repos})
+    return type(base)(
+        **{**{f: getattr(base, f) for f in base.__dataclass_fields__}, "repositories": repos}
+    )
 
 
 def push_payload(sha: str) -> dict:
@@ -71,7 +74,9 @@ def pull_payload(name: str, sha: str) -> dict:
     return payload
 
 
-async def test_push_reports_pending_then_final_statuses_and_never_success_for_a_failed_job(tmp_path):
+async def test_push_reports_pending_then_final_statuses_and_never_success_for_a_failed_job(
+    tmp_path,
+):
     root, sha = repo(tmp_path)
     # a later commit fixes the workflow: the push of the first commit must still run the first one
     commit(root, {".github/workflows/ci.yml": WORKFLOW.replace("exit 3", "exit 0")})
@@ -85,8 +90,11 @@ async def test_push_reports_pending_then_final_statuses_and_never_success_for_a_
         assert any("the key is ***" in row["text"] for row in run["logs"])
         assert run["result"]["workflow_file"] == ".github/workflows/ci.yml"
         assert SECRET_VALUE not in json.dumps(run)
-        metrics = {(s.name, tuple(sorted(s.labels.items()))): s.value
-                   for family in text_string_to_metric_families((await client.get("/metrics")).text) for s in family.samples}
+        metrics = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families((await client.get("/metrics")).text)
+            for s in family.samples
+        }
         assert metrics[("vmrunner_runs_total", (("conclusion", "failure"),))] == 1
         assert metrics[("vmrunner_job_start_latency_seconds_count", ())] == 2
         assert metrics[("vmrunner_allocation_seconds_count", ())] == 2
@@ -115,11 +123,17 @@ async def test_a_pull_request_gets_one_comment_updated_in_place_for_a_new_commit
         await finished(client, run["run_id"])
         second = commit(root, {"README.md": "hello again\n"})
         synchronized = str(uuid.uuid4())
-        await deliver(client, "pull_request", pull_payload("22-synchronize.json", second), synchronized)
+        await deliver(
+            client, "pull_request", pull_payload("22-synchronize.json", second), synchronized
+        )
         again = (await settled(client, synchronized))["runs"][0]
         await finished(client, again["run_id"])
         # the same delivery again does nothing
-        assert (await deliver(client, "pull_request", pull_payload("22-synchronize.json", second), synchronized)).json()["status"] == "duplicate"
+        assert (
+            await deliver(
+                client, "pull_request", pull_payload("22-synchronize.json", second), synchronized
+            )
+        ).json()["status"] == "duplicate"
 
     assert github.rejected == []
     comments = [call for call in github.calls if "/comments" in call.path and call.method != "GET"]
@@ -127,7 +141,9 @@ async def test_a_pull_request_gets_one_comment_updated_in_place_for_a_new_commit
     assert len(created) == 1
     assert created[0].path == "/repos/acme/widgets/issues/2/comments"
     (comment,) = github.comments.values()
-    assert [call.path for call in comments if call.method == "PATCH"] == [f"/repos/acme/widgets/issues/comments/{comment['id']}"]
+    assert [call.path for call in comments if call.method == "PATCH"] == [
+        f"/repos/acme/widgets/issues/comments/{comment['id']}"
+    ]
     assert comment["body"].startswith(COMMENT_MARKER)
     assert second[:12] in comment["body"]
     assert first[:12] not in comment["body"]

@@ -36,15 +36,36 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(repo: Path, port: int, log: Path, drain: float = 1, *extra: str) -> subprocess.Popen[bytes]:
+def start_server(
+    repo: Path, port: int, log: Path, drain: float = 1, *extra: str
+) -> subprocess.Popen[bytes]:
     env = {**os.environ, "VMRUNNER_WEBHOOK_SECRET": SECRET.decode()}
-    command = [sys.executable, "-m", "vmrunner", "serve", "--port", str(port), "--repo", f"acme/widgets={repo}",
-               "--concurrent-runs", "1", "--drain-seconds", str(drain), "--log-level", "warning", *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "vmrunner",
+        "serve",
+        "--port",
+        str(port),
+        "--repo",
+        f"acme/widgets={repo}",
+        "--concurrent-runs",
+        "1",
+        "--drain-seconds",
+        str(drain),
+        "--log-level",
+        "warning",
+        *extra,
+    ]
     with log.open("ab") as out:
-        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
-async def wait_healthy(client: httpx.AsyncClient, process: subprocess.Popen[bytes], log: Path) -> None:
+async def wait_healthy(
+    client: httpx.AsyncClient, process: subprocess.Popen[bytes], log: Path
+) -> None:
     async with asyncio.timeout(60):
         while True:
             assert process.poll() is None, log_text(log)
@@ -76,7 +97,9 @@ def log_text(log: Path) -> str:
 
 def live_machines() -> list[tuple[str, int, str]]:
     with contextlib.closing(sqlite3.connect(Path(os.environ["VMRUNNER_HOME"]) / "state.db")) as db:
-        return db.execute("SELECT machine_id, pid, state_dir FROM machines WHERE released_at IS NULL").fetchall()
+        return db.execute(
+            "SELECT machine_id, pid, state_dir FROM machines WHERE released_at IS NULL"
+        ).fetchall()
 
 
 def running(pid: int) -> bool:
@@ -95,7 +118,9 @@ def push(sha: str) -> dict:
 
 
 @pytest.mark.slow
-async def test_sigkill_during_a_run_then_restart_interrupts_it_reclaims_its_machine_and_resumes_the_queue(tmp_path):
+async def test_sigkill_during_a_run_then_restart_interrupts_it_reclaims_its_machine_and_resumes_the_queue(  # noqa: E501
+    tmp_path,
+):
     repo = tmp_path / "widgets"
     slow = make_repo(repo, {".github/workflows/ci.yml": WORKFLOW, "slow": "1\n"})
     git(repo, "rm", "-q", "slow")
@@ -113,13 +138,16 @@ async def test_sigkill_during_a_run_then_restart_interrupts_it_reclaims_its_mach
             await deliver(client, "push", push(quick), b)
             run_b = (await settled(client, b))["runs"][0]["run_id"]
             # the slow run holds its machine; the other waits for a slot
-            machines = await until(lambda: (found := live_machines()) and running(found[0][1] or 0) and found)
+            machines = await until(
+                lambda: (found := live_machines()) and running(found[0][1] or 0) and found
+            )
             ((machine_id, pid, state_dir),) = machines
             assert (await client.get(f"/api/runs/{run_b}")).json()["server"]["state"] == "queued"
 
             first.send_signal(signal.SIGKILL)
             first.wait()
-            # the sandbox dies with its parent (bubblewrap --die-with-parent); its files and record stay
+            # the sandbox dies with its parent (bubblewrap --die-with-parent); its files and
+            # record stay
             assert exists(state_dir)
             assert machine_id in [m[0] for m in live_machines()]
 
@@ -145,7 +173,9 @@ async def test_sigkill_during_a_run_then_restart_interrupts_it_reclaims_its_mach
 
 
 @pytest.mark.slow
-async def test_sigterm_refuses_new_webhooks_gives_a_grace_period_then_cancels_and_releases(tmp_path):
+async def test_sigterm_refuses_new_webhooks_gives_a_grace_period_then_cancels_and_releases(
+    tmp_path,
+):
     async with contextlib.AsyncExitStack() as stack:
         await _sigterm_scenario(tmp_path, stack)
 
@@ -157,7 +187,16 @@ async def _sigterm_scenario(tmp_path, stack):
     github = FakeGitHub()
     await stack.enter_async_context(github.running())
     (tmp_path / "token").write_text(github.token)
-    server = start_server(repo, port, log, 3, "--github-api-url", github.url, "--github-token-file", str(tmp_path / "token"))
+    server = start_server(
+        repo,
+        port,
+        log,
+        3,
+        "--github-api-url",
+        github.url,
+        "--github-token-file",
+        str(tmp_path / "token"),
+    )
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             await wait_healthy(client, server, log)
@@ -176,7 +215,9 @@ async def _sigterm_scenario(tmp_path, stack):
         if server.poll() is None:
             server.kill()
             server.wait()
-    states = [status["state"] for status in github.statuses() if status["context"] == "vmrunner/ci/build"]
+    states = [
+        status["state"] for status in github.statuses() if status["context"] == "vmrunner/ci/build"
+    ]
     assert states[0] == "pending"
     assert states[-1] == "error"
     assert "success" not in states
@@ -184,7 +225,9 @@ async def _sigterm_scenario(tmp_path, stack):
     assert not exists(state_dir)
     assert machine_id not in [m[0] for m in live_machines()]
     with contextlib.closing(sqlite3.connect(Path(os.environ["VMRUNNER_HOME"]) / "state.db")) as db:
-        ((state, conclusion),) = db.execute("SELECT state, conclusion FROM server_runs WHERE run_id = ?", (run_a,)).fetchall()
+        ((state, conclusion),) = db.execute(
+            "SELECT state, conclusion FROM server_runs WHERE run_id = ?", (run_a,)
+        ).fetchall()
     assert (state, conclusion) == ("interrupted", "cancelled")
 
 

@@ -38,18 +38,21 @@ ZERO = "0" * 40
 STEP = "    runs-on: ubuntu-latest\n    steps:\n      - run: 'true'\n"
 WORKFLOWS = {
     # push to master touching README.md or src/
-    "push-master.yml": "on:\n  push:\n    branches: [master]\n    paths: ['README.md', 'src/**']\njobs:\n  j:\n" + STEP,
+    "push-master.yml": "on:\n  push:\n    branches: [master]\n    paths: ['README.md', "
+    "'src/**']\njobs:\n  j:\n" + STEP,
     # pushes of tags simple-*
     "tags.yml": "on:\n  push:\n    tags: ['simple-*']\njobs:\n  j:\n" + STEP,
     # pushes touching docs/ (no fixture's commits do; tag pushes ignore path filters)
     "docs.yml": "on:\n  push:\n    paths: ['docs/**']\njobs:\n  j:\n" + STEP,
     # pull requests opened or synchronized against master
-    "pr.yml": "on:\n  pull_request:\n    types: [opened, synchronize]\n    branches: [master]\njobs:\n  j:\n" + STEP,
+    "pr.yml": "on:\n  pull_request:\n    types: [opened, synchronize]\n    branches: "
+    "[master]\njobs:\n  j:\n" + STEP,
     # the workflow the dispatch fixtures name
     "hello-world-workflow.yml": "on: workflow_dispatch\njobs:\n  j:\n" + STEP,
     # another dispatchable workflow: a dispatch names one workflow, so it must not run
     "other-dispatch.yml": "on: [workflow_dispatch, issues]\njobs:\n  j:\n" + STEP,
-    "repository-dispatch.yml": "on:\n  repository_dispatch:\n    types: [on-demand-test]\njobs:\n  j:\n" + STEP,
+    "repository-dispatch.yml": "on:\n  repository_dispatch:\n    types: [on-demand-test]\njobs:\n "
+    " j:\n" + STEP,
 }
 
 
@@ -69,7 +72,10 @@ def expected_workflows(event: str, payload: dict) -> set[str]:
             runs.add("docs.yml")  # GitHub does not evaluate path filters for tag pushes
         return runs
     if event == "pull_request":
-        ok = payload["action"] in ("opened", "synchronize") and payload["pull_request"]["base"]["ref"] == "master"
+        ok = (
+            payload["action"] in ("opened", "synchronize")
+            and payload["pull_request"]["base"]["ref"] == "master"
+        )
         return {"pr.yml"} if ok else set()
     if event == "workflow_dispatch":
         return {Path(payload["workflow"]).name}
@@ -81,7 +87,11 @@ def expected_workflows(event: str, payload: dict) -> set[str]:
 @pytest.fixture
 def repo(tmp_path):
     root = tmp_path / "repo"
-    make_repo(root, {f".github/workflows/{name}": text for name, text in WORKFLOWS.items()} | {"README.md": "hi\n"})
+    make_repo(
+        root,
+        {f".github/workflows/{name}": text for name, text in WORKFLOWS.items()}
+        | {"README.md": "hi\n"},
+    )
     git(root, "branch", "main")
     git(root, "tag", "simple-tag")
     return root
@@ -97,7 +107,12 @@ def localized(event: str, payload: dict, head: str) -> dict:
 
 
 def server(repo: Path, **settings):
-    return config({"Codertocat/Hello-World": repo, "octo-org/octo-repo": repo}, concurrent_runs=4, concurrent_jobs=4, **settings)
+    return config(
+        {"Codertocat/Hello-World": repo, "octo-org/octo-repo": repo},
+        concurrent_runs=4,
+        concurrent_jobs=4,
+        **settings,
+    )
 
 
 async def test_every_fixture_starts_runs_exactly_when_the_workflows_match(repo):
@@ -150,7 +165,9 @@ async def test_a_redelivery_does_nothing_twice(repo):
         assert again.status_code == 200
         assert again.json()["status"] == "duplicate"
         # The same run, and no other: it may have moved on from running to completed meanwhile.
-        assert [r["run_id"] for r in (await settled(client, delivery))["runs"]] == [r["run_id"] for r in runs]
+        assert [r["run_id"] for r in (await settled(client, delivery))["runs"]] == [
+            r["run_id"] for r in runs
+        ]
         assert len((await client.get("/api/runs")).json()["runs"]) == len(runs) == 1
 
 
@@ -161,7 +178,9 @@ async def test_signatures_are_checked_on_the_raw_body(repo):
             tampered = bytearray(body)
             tampered[index] ^= 0x01
             delivery = str(uuid.uuid4())
-            response = await client.post("/webhook", content=bytes(tampered), headers=headers("push", body, delivery))
+            response = await client.post(
+                "/webhook", content=bytes(tampered), headers=headers("push", body, delivery)
+            )
             assert response.status_code == 401
             assert (await client.get(f"/api/deliveries/{delivery}")).status_code == 404
         unsigned = headers("push", body)
@@ -175,7 +194,9 @@ async def test_signatures_are_checked_on_the_raw_body(repo):
 async def test_oversized_bodies_are_refused_with_413(repo):
     async with live_server(server(repo, max_body_bytes=1000)) as client:
         big = b"{" + b" " * 2000 + b"}"
-        assert (await client.post("/webhook", content=big, headers=headers("push", big))).status_code == 413
+        assert (
+            await client.post("/webhook", content=big, headers=headers("push", big))
+        ).status_code == 413
 
         async def chunks():  # no Content-Length: the limit holds while streaming
             for _ in range(10):
@@ -184,7 +205,9 @@ async def test_oversized_bodies_are_refused_with_413(repo):
         streamed = await client.post("/webhook", content=chunks(), headers=headers("push", b""))
         assert streamed.status_code == 413
         small = json.dumps({"zen": "Keep it logically awesome."}).encode()
-        assert (await client.post("/webhook", content=small, headers=headers("ping", small))).status_code == 200
+        assert (
+            await client.post("/webhook", content=small, headers=headers("ping", small))
+        ).status_code == 200
 
 
 async def test_other_events_are_acknowledged_and_start_nothing(repo):
@@ -200,13 +223,32 @@ async def test_other_events_are_acknowledged_and_start_nothing(repo):
 async def test_openapi_metrics_health_sessions_and_pool_are_served(repo):
     async with live_server(server(repo)) as client:
         openapi = (await client.get("/openapi.json")).json()
-        assert {"/webhook", "/api/runs", "/api/runs/{run_id}", "/api/sessions", "/api/pool", "/healthz", "/metrics"} <= set(openapi["paths"])
+        assert {
+            "/webhook",
+            "/api/runs",
+            "/api/runs/{run_id}",
+            "/api/sessions",
+            "/api/pool",
+            "/healthz",
+            "/metrics",
+        } <= set(openapi["paths"])
         await deliver(client, "issues", (FIXTURES / "issues" / "15-opened.json").read_bytes())
         metrics = await client.get("/metrics")
         families = {family.name: family for family in text_string_to_metric_families(metrics.text)}
-        assert {"vmrunner_webhooks", "vmrunner_runs", "vmrunner_job_start_latency_seconds", "vmrunner_allocation_seconds",
-                "vmrunner_machines_idle", "vmrunner_machines_busy", "vmrunner_snapshot_seconds"} <= set(families)
-        webhooks = {(s.labels["event"], s.labels["outcome"]): s.value for s in families["vmrunner_webhooks"].samples if s.name.endswith("_total")}
+        assert {
+            "vmrunner_webhooks",
+            "vmrunner_runs",
+            "vmrunner_job_start_latency_seconds",
+            "vmrunner_allocation_seconds",
+            "vmrunner_machines_idle",
+            "vmrunner_machines_busy",
+            "vmrunner_snapshot_seconds",
+        } <= set(families)
+        webhooks = {
+            (s.labels["event"], s.labels["outcome"]): s.value
+            for s in families["vmrunner_webhooks"].samples
+            if s.name.endswith("_total")
+        }
         assert webhooks[("issues", "ignored")] == 1
         assert (await client.get("/healthz")).json() == {"status": "ok"}
         sessions = (await client.get("/api/sessions")).json()
@@ -251,7 +293,9 @@ async def test_a_failed_delivery_is_taken_again_when_redelivered(tmp_path):
         failed = await settled(client, delivery)
         assert failed["status"] == "failed"
         assert failed["runs"] == []
-        head = make_repo(missing, {".github/workflows/push-master.yml": WORKFLOWS["push-master.yml"]})
+        head = make_repo(
+            missing, {".github/workflows/push-master.yml": WORKFLOWS["push-master.yml"]}
+        )
         again = await deliver(client, "push", localized("push", payload, head), delivery)
         assert again.json()["status"] == "queued"
         assert [run["sha"] for run in (await settled(client, delivery))["runs"]] == [head]
@@ -265,7 +309,9 @@ async def test_a_warm_pool_is_owned_by_the_server_and_shown_in_the_api_and_metri
                 if sum((await client.get("/api/pool")).json()["statistics"]["idle"].values()):
                     break
                 await asyncio.sleep(0.05)
-        families = {f.name: f for f in text_string_to_metric_families((await client.get("/metrics")).text)}
+        families = {
+            f.name: f for f in text_string_to_metric_families((await client.get("/metrics")).text)
+        }
         assert families["vmrunner_machines_idle"].samples[0].value == 1
     machines = list((Path(os.environ["VMRUNNER_HOME"]) / "machines").glob("*"))
     assert [m for m in machines if not m.name.startswith(".")] == []  # released with the server

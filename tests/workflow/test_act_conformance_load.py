@@ -1,4 +1,5 @@
-"""Every workflow of act's conformance corpus loads, validates and plans, and its event triggers it."""
+"""Every workflow of act's conformance corpus loads, validates and plans, and its event triggers
+it."""
 
 from __future__ import annotations
 

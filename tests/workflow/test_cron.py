@@ -45,7 +45,12 @@ def test_github_docs_monday_and_wednesday() -> None:
 def test_either_day_field_matches_when_both_are_restricted() -> None:
     # POSIX: "0 12 13 * 5" runs on every 13th AND on every Friday
     found = runs("0 12 13 * 5", at("2026-01-01 00:00"), 4)
-    assert found == [at("2026-01-02 12:00"), at("2026-01-09 12:00"), at("2026-01-13 12:00"), at("2026-01-16 12:00")]
+    assert found == [
+        at("2026-01-02 12:00"),
+        at("2026-01-09 12:00"),
+        at("2026-01-13 12:00"),
+        at("2026-01-16 12:00"),
+    ]
 
 
 def test_a_star_day_field_leaves_the_other_in_charge() -> None:
@@ -109,7 +114,9 @@ def test_naive_times_are_utc_and_aware_ones_are_converted() -> None:
         ("0 0 30 2 MON", None),  # OR rule: still runs on Mondays in February
     ],
 )
-def test_validation_says_which_field_and_what_was_expected(expr: str, fragments: list[str] | None) -> None:
+def test_validation_says_which_field_and_what_was_expected(
+    expr: str, fragments: list[str] | None
+) -> None:
     message = validate_cron(expr)
     if fragments is None:
         assert message is None
@@ -155,7 +162,9 @@ def _field(low: int, high: int) -> st.SearchStrategy[str]:
 
 # Day fields stay within "every day" or "some weekdays", so the next run is at most a week away
 # and can be checked minute by minute.
-_FREQUENT = st.tuples(_field(0, 59), _field(0, 23), _field(0, 6)).map(lambda f: f"{f[0]} {f[1]} * * {f[2]}")
+_FREQUENT = st.tuples(_field(0, 59), _field(0, 23), _field(0, 6)).map(
+    lambda f: f"{f[0]} {f[1]} * * {f[2]}"
+)
 _WHEN = st.datetimes(min_value=dt.datetime(2000, 1, 1), max_value=dt.datetime(2090, 1, 1))
 
 
@@ -174,7 +183,9 @@ def test_next_after_is_the_first_matching_minute(expr: str, when: dt.datetime) -
 
 @settings(max_examples=60, deadline=None)
 @given(st.tuples(_field(0, 59), _field(0, 23), _field(1, 31), _field(1, 12), _field(0, 6)), _WHEN)
-def test_next_run_of_any_generated_schedule_matches(fields: tuple[str, ...], when: dt.datetime) -> None:
+def test_next_run_of_any_generated_schedule_matches(
+    fields: tuple[str, ...], when: dt.datetime
+) -> None:
     expr = " ".join(fields)
     if validate_cron(expr) is not None:
         assert "never fires" in (validate_cron(expr) or "")

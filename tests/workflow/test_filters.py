@@ -181,7 +181,9 @@ def test_any_text_yields_a_message_or_a_pattern(text: str) -> None:
     matches_any([text, "!" + text], text)
 
 
-_PLAIN = st.text(st.characters(blacklist_characters="*?+[]\\!", blacklist_categories=("Cs",)), min_size=1)
+_PLAIN = st.text(
+    st.characters(blacklist_characters="*?+[]\\!", blacklist_categories=("Cs",)), min_size=1
+)
 
 
 @given(_PLAIN, st.text())

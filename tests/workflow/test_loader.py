@@ -149,7 +149,12 @@ def test_full_workflow_models() -> None:
     assert checkout.uses == "actions/checkout@v4"
     assert dict(checkout.with_) == {"fetch-depth": 0}
     assert checkout.display_name == "Run actions/checkout@v4"
-    assert (hashing.index, hashing.id, hashing.shell, hashing.timeout_minutes) == (1, "hash", "python", 5)
+    assert (hashing.index, hashing.id, hashing.shell, hashing.timeout_minutes) == (
+        1,
+        "hash",
+        "python",
+        5,
+    )
     assert hashing.continue_on_error is True
     assert hashing.if_ == "${{ hashFiles('**/*.lock') != '' }}"
     assert numbered.run == "123"
@@ -213,15 +218,41 @@ def test_unreadable_and_binary_files(tmp_path: Path) -> None:
         ("on: push\njobs: {}\n", "at least one job"),
         ("on: push\njobs: [a]\n", "jobs must be a mapping"),
         ("on: push\njobs:\n  a: 1\n", "job 'a' must be a mapping"),
-        ("on: push\njobs:\n  a:\n    runs-on: x\n    steps: [1]\n", "step 1 of job 'a' must be a mapping"),
-        ("on: push\njobs:\n  a:\n    runs-on: []\n    steps: [{run: x}]\n", "must not be an empty list"),
+        (
+            "on: push\njobs:\n  a:\n    runs-on: x\n    steps: [1]\n",
+            "step 1 of job 'a' must be a mapping",
+        ),
+        (
+            "on: push\njobs:\n  a:\n    runs-on: []\n    steps: [{run: x}]\n",
+            "must not be an empty list",
+        ),
         ("on: push\njobs:\n  a:\n    runs-on: x\n    steps: [{uses: ''}]\n", "must not be empty"),
         ("on: push\njobs:\n  a:\n    uses: x\n    secrets: all\n", "must be one of: inherit"),
-        ("on: push\njobs:\n  a:\n    runs-on: x\n    steps: [{run: x, shell: '${{ matrix.s }}x', id: 'a b'}]\n", "invalid step id 'a b'"),
-        ("on: push\njobs:\n  a:\n    runs-on: x\n    steps: [{run: '${{ secrets.X }}', if: 'secrets.X'}]\n", "Unrecognized named-value: 'secrets'"),
-        ("on: push\njobs:\n  a:\n    runs-on: x\n    steps: [{run: x, timeout-minutes: '1${{ 2 }}'}]\n", "must be a number or an expression"),
-        ("on: push\nenv:\n  A: ${{ env.B }}\njobs:\n  a:\n    runs-on: x\n    steps: [{run: x}]\n", "Unrecognized named-value: 'env'"),
-        ("on: push\njobs:\n  a:\n    runs-on: x\n    env:\n      ${{ github.sha }}: 1\n    steps: [{run: x}]\n", "keys cannot be expressions"),
+        (
+            "on: push\njobs:\n  a:\n    runs-on: x\n    steps: [{run: x, shell: '${{ matrix.s "
+            "}}x', id: 'a b'}]\n",
+            "invalid step id 'a b'",
+        ),
+        (
+            "on: push\njobs:\n  a:\n    runs-on: x\n    steps: [{run: '${{ secrets.X }}', if: "
+            "'secrets.X'}]\n",
+            "Unrecognized named-value: 'secrets'",
+        ),
+        (
+            "on: push\njobs:\n  a:\n    runs-on: x\n    steps: [{run: x, timeout-minutes: '1${{ 2 "
+            "}}'}]\n",
+            "must be a number or an expression",
+        ),
+        (
+            "on: push\nenv:\n  A: ${{ env.B }}\njobs:\n  a:\n    runs-on: x\n    steps: [{run: "
+            "x}]\n",
+            "Unrecognized named-value: 'env'",
+        ),
+        (
+            "on: push\njobs:\n  a:\n    runs-on: x\n    env:\n      ${{ github.sha }}: 1\n    "
+            "steps: [{run: x}]\n",
+            "keys cannot be expressions",
+        ),
     ],
 )
 def test_specific_problems(text: str, words: str) -> None:
@@ -232,17 +263,26 @@ def test_specific_problems(text: str, words: str) -> None:
 
 @pytest.mark.parametrize(
     "condition",
-    ["success()", "${{ always() }}", "github.event_name == 'push'", "true", "needs.a.result == 'failure' || cancelled()"],
+    [
+        "success()",
+        "${{ always() }}",
+        "github.event_name == 'push'",
+        "true",
+        "needs.a.result == 'failure' || cancelled()",
+    ],
 )
 def test_job_conditions_that_are_valid(condition: str) -> None:
-    text = f"on: push\njobs:\n  a:\n    if: \"{condition}\"\n    runs-on: x\n    steps: [{{run: x}}]\n"
+    text = (
+        f'on: push\njobs:\n  a:\n    if: "{condition}"\n    runs-on: x\n    steps: [{{run: x}}]\n'
+    )
     assert load_workflow_text(text, "w.yml").jobs["a"].if_ == condition
 
 
 def test_matrix_insert_directive_is_accepted() -> None:
     text = (
         "on: push\njobs:\n  a:\n    runs-on: x\n    strategy:\n      matrix:\n        a:\n"
-        "          - env:\n              ${{ insert }}: ${{ fromJSON('{}') }}\n    steps: [{run: x}]\n"
+        "          - env:\n              ${{ insert }}: ${{ fromJSON('{}') }}\n    steps: [{run: "
+        "x}]\n"
     )
     load_workflow_text(text, "w.yml")
 
@@ -270,16 +310,73 @@ def test_arbitrary_text_raises_only_workflow_error(text: str) -> None:
 
 
 _KEYS = st.sampled_from(
-    ["on", "jobs", "name", "env", "steps", "runs-on", "run", "uses", "with", "needs", "if", "strategy",
-     "matrix", "include", "exclude", "push", "branches", "paths", "schedule", "cron", "id",
-     "timeout-minutes", "continue-on-error", "outputs", "services", "container", "image", "permissions",
-     "concurrency", "group", "defaults", "shell", "workflow_dispatch", "inputs", "type", "default",
-     "secrets", "environment", "build", "test", "a", "types", "${{ insert }}"]
+    [
+        "on",
+        "jobs",
+        "name",
+        "env",
+        "steps",
+        "runs-on",
+        "run",
+        "uses",
+        "with",
+        "needs",
+        "if",
+        "strategy",
+        "matrix",
+        "include",
+        "exclude",
+        "push",
+        "branches",
+        "paths",
+        "schedule",
+        "cron",
+        "id",
+        "timeout-minutes",
+        "continue-on-error",
+        "outputs",
+        "services",
+        "container",
+        "image",
+        "permissions",
+        "concurrency",
+        "group",
+        "defaults",
+        "shell",
+        "workflow_dispatch",
+        "inputs",
+        "type",
+        "default",
+        "secrets",
+        "environment",
+        "build",
+        "test",
+        "a",
+        "types",
+        "${{ insert }}",
+    ]
 )
 _SCALARS = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=12),
-    st.sampled_from(["${{ github.sha }}", "${{ matrix.os", "${{ x == }}", "always()", "ubuntu-latest",
-                     "*/5 * * * *", "main", "[z-a]", "inherit", "read", "${{ fromJSON('[1]') }}"]),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.text(max_size=12),
+    st.sampled_from(
+        [
+            "${{ github.sha }}",
+            "${{ matrix.os",
+            "${{ x == }}",
+            "always()",
+            "ubuntu-latest",
+            "*/5 * * * *",
+            "main",
+            "[z-a]",
+            "inherit",
+            "read",
+            "${{ fromJSON('[1]') }}",
+        ]
+    ),
 )
 _VALUES = st.recursive(
     _SCALARS,
@@ -302,13 +399,30 @@ def test_arbitrary_structures_raise_only_workflow_error(document: object, form: 
 
 _STEP = st.fixed_dictionaries(
     {"run": st.sampled_from(["echo", "${{ github.sha }}", "${{ steps.x.outputs.y }}"])},
-    optional={"if": _SCALARS, "id": st.sampled_from(["a", "b", "1x"]), "env": _VALUES, "with": _VALUES,
-              "timeout-minutes": _SCALARS, "uses": st.just("actions/checkout@v4")},
+    optional={
+        "if": _SCALARS,
+        "id": st.sampled_from(["a", "b", "1x"]),
+        "env": _VALUES,
+        "with": _VALUES,
+        "timeout-minutes": _SCALARS,
+        "uses": st.just("actions/checkout@v4"),
+    },
 )
 _JOB = st.fixed_dictionaries(
-    {"runs-on": st.one_of(_SCALARS, st.lists(_SCALARS, max_size=3)), "steps": st.lists(_STEP, max_size=3)},
-    optional={"needs": st.one_of(st.sampled_from(["a", "b", "c"]), st.lists(st.sampled_from(["a", "b", "c", "d"]), max_size=3)),
-              "strategy": _VALUES, "if": _SCALARS, "env": _VALUES, "outputs": _VALUES},
+    {
+        "runs-on": st.one_of(_SCALARS, st.lists(_SCALARS, max_size=3)),
+        "steps": st.lists(_STEP, max_size=3),
+    },
+    optional={
+        "needs": st.one_of(
+            st.sampled_from(["a", "b", "c"]),
+            st.lists(st.sampled_from(["a", "b", "c", "d"]), max_size=3),
+        ),
+        "strategy": _VALUES,
+        "if": _SCALARS,
+        "env": _VALUES,
+        "outputs": _VALUES,
+    },
 )
 
 
@@ -343,13 +457,18 @@ def test_expression_errors_point_at_the_expression(value: str, line: int, column
 
 
 def test_nested_keys_add_contexts_to_their_parents() -> None:
-    # container.credentials may use secrets (its own) and matrix (from container); image may not use secrets.
+    # container.credentials may use secrets (its own) and matrix (from container); image may not
+    # use secrets.
     ok = (
-        "on: push\njobs:\n  a:\n    runs-on: x\n    strategy: {matrix: {u: [me]}}\n    container:\n      image: x\n"
-        "      credentials: {username: '${{ matrix.u }}', password: '${{ secrets.P }}'}\n    steps: [{run: x}]\n"
+        "on: push\njobs:\n  a:\n    runs-on: x\n    strategy: {matrix: {u: [me]}}\n    "
+        "container:\n      image: x\n"
+        "      credentials: {username: '${{ matrix.u }}', password: '${{ secrets.P }}'}\n    "
+        "steps: [{run: x}]\n"
     )
     assert load_workflow_text(ok, "w.yml").jobs["a"].container is not None
-    with pytest.raises(WorkflowError, match=r"container\.image: Unrecognized named-value: 'secrets'"):
+    with pytest.raises(
+        WorkflowError, match=r"container\.image: Unrecognized named-value: 'secrets'"
+    ):
         load_workflow_text(ok.replace("image: x", "image: '${{ secrets.P }}'"), "w.yml")
 
 
@@ -358,7 +477,29 @@ _EDITS = st.lists(
     st.tuples(
         st.integers(0, 5000),
         st.integers(0, 5),
-        st.sampled_from(["", " ", "\n", ":", "-", "${{", "}}", "'", '"', "[", "{", "&a", "*a", "<<", "#", "\t", "!", "|", "?"]),
+        st.sampled_from(
+            [
+                "",
+                " ",
+                "\n",
+                ":",
+                "-",
+                "${{",
+                "}}",
+                "'",
+                '"',
+                "[",
+                "{",
+                "&a",
+                "*a",
+                "<<",
+                "#",
+                "\t",
+                "!",
+                "|",
+                "?",
+            ]
+        ),
     ),
     max_size=6,
 )
@@ -366,7 +507,9 @@ _EDITS = st.lists(
 
 @_ANY
 @given(st.sampled_from(_BASES), _EDITS)
-def test_damaged_workflows_raise_only_workflow_error(text: str, edits: list[tuple[int, int, str]]) -> None:
+def test_damaged_workflows_raise_only_workflow_error(
+    text: str, edits: list[tuple[int, int, str]]
+) -> None:
     for position, cut, insert in edits:
         position %= len(text) + 1
         text = text[:position] + insert + text[position + cut:]

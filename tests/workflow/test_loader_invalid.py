@@ -20,7 +20,10 @@ EXPECT = re.compile(r"^# expect: (\d+): (.*)$", re.M)
 
 
 def expectations(path: Path) -> list[tuple[int, str]]:
-    return [(int(line), text.rstrip()) for line, text in EXPECT.findall(path.read_text(encoding="utf-8"))]
+    return [
+        (int(line), text.rstrip())
+        for line, text in EXPECT.findall(path.read_text(encoding="utf-8"))
+    ]
 
 
 def test_the_corpus_is_large_enough() -> None:
@@ -39,7 +42,9 @@ def test_invalid_workflow_reports_what_it_expects(path: Path) -> None:
     for line, text in expected:
         assert any(d.line == line and text in d.message for d in diagnostics), (line, text, found)
     assert all(d.file == str(path) for d in diagnostics)
-    assert [(d.line, d.column) for d in diagnostics] == sorted((d.line, d.column) for d in diagnostics)
+    assert [(d.line, d.column) for d in diagnostics] == sorted(
+        (d.line, d.column) for d in diagnostics
+    )
     for diagnostic in diagnostics:
         assert str(diagnostic).startswith(f"{path}:")
 

@@ -50,9 +50,15 @@ def test_docs_array_of_objects() -> None:
         """
     ) == [
         {"os": "ubuntu-latest", "node": {"version": 14}},
-        {"os": "ubuntu-latest", "node": {"version": 20, "env": "NODE_OPTIONS=--openssl-legacy-provider"}},
+        {
+            "os": "ubuntu-latest",
+            "node": {"version": 20, "env": "NODE_OPTIONS=--openssl-legacy-provider"},
+        },
         {"os": "macos-latest", "node": {"version": 14}},
-        {"os": "macos-latest", "node": {"version": 20, "env": "NODE_OPTIONS=--openssl-legacy-provider"}},
+        {
+            "os": "macos-latest",
+            "node": {"version": 20, "env": "NODE_OPTIONS=--openssl-legacy-provider"},
+        },
     ]
 
 
@@ -93,7 +99,10 @@ def test_docs_perl_example_has_seven_jobs() -> None:
         """
     )
     assert combinations == [
-        *({"os": "ubuntu-latest", "perl": perl} for perl in ("5.16", "5.20", "5.26", "5.30", "latest")),
+        *(
+            {"os": "ubuntu-latest", "perl": perl}
+            for perl in ("5.16", "5.20", "5.26", "5.30", "latest")
+        ),
         {"os": "macos-latest", "perl": "5.26"},
         {"os": "macos-latest", "perl": "latest"},
     ]
@@ -109,7 +118,9 @@ def test_docs_include_adds_a_variable_to_one_combination() -> None:
         """
     )
     assert len(combinations) == 6
-    assert [c for c in combinations if "npm" in c] == [{"os": "windows-latest", "node": 16, "npm": 6}]
+    assert [c for c in combinations if "npm" in c] == [
+        {"os": "windows-latest", "node": 16, "npm": 6}
+    ]
 
 
 def test_docs_include_adds_a_combination() -> None:
@@ -132,7 +143,10 @@ def test_docs_include_only() -> None:
           - {site: production, datacenter: site-a}
           - {site: staging, datacenter: site-b}
         """
-    ) == [{"site": "production", "datacenter": "site-a"}, {"site": "staging", "datacenter": "site-b"}]
+    ) == [
+        {"site": "production", "datacenter": "site-a"},
+        {"site": "staging", "datacenter": "site-b"},
+    ]
 
 
 def test_docs_exclude_partial_match() -> None:
@@ -160,7 +174,9 @@ def test_docs_exclude_partial_match() -> None:
 
 
 def test_docs_fail_fast_example() -> None:
-    assert expand("{version: [6, 7, 8], experimental: [false], include: [{version: 9, experimental: true}]}") == [
+    assert expand(
+        "{version: [6, 7, 8], experimental: [false], include: [{version: 9, experimental: true}]}"
+    ) == [
         {"version": 6, "experimental": False},
         {"version": 7, "experimental": False},
         {"version": 8, "experimental": False},
@@ -169,7 +185,10 @@ def test_docs_fail_fast_example() -> None:
 
 
 def test_include_puts_back_an_excluded_combination() -> None:
-    assert expand("{os: [a, b], exclude: [{os: b}], include: [{os: b}]}") == [{"os": "a"}, {"os": "b"}]
+    assert expand("{os: [a, b], exclude: [{os: b}], include: [{os: b}]}") == [
+        {"os": "a"},
+        {"os": "b"},
+    ]
 
 
 # --- semantics the docs imply ---------------------------------------------------------------
@@ -181,7 +200,9 @@ def test_variable_names_are_case_insensitive() -> None:
         {"os": "mac", "arch": "arm"},
     ]
     assert expand("{os: [linux, mac], exclude: [{OS: mac}]}") == [{"os": "linux"}]
-    assert expand("{os: [linux], include: [{flag: a}, {FLAG: b}]}") == [{"os": "linux", "flag": "b"}]
+    assert expand("{os: [linux], include: [{flag: a}, {FLAG: b}]}") == [
+        {"os": "linux", "flag": "b"}
+    ]
 
 
 def test_values_compare_as_json() -> None:
@@ -192,8 +213,13 @@ def test_values_compare_as_json() -> None:
     assert not json_equal({"a": 1}, {"a": 1, "b": 2})
     assert not json_equal([1, 2], [2, 1])
     # true is not 1: the include cannot merge, so it becomes its own combination
-    assert expand("{flag: [1], include: [{flag: true, x: y}]}") == [{"flag": 1}, {"flag": True, "x": "y"}]
-    assert expand("{node: [{v: 14}], exclude: [{node: {v: 14.0}}], include: [{node: {v: 20}}]}") == [{"node": {"v": 20}}]
+    assert expand("{flag: [1], include: [{flag: true, x: y}]}") == [
+        {"flag": 1},
+        {"flag": True, "x": "y"},
+    ]
+    assert expand(
+        "{node: [{v: 14}], exclude: [{node: {v: 14.0}}], include: [{node: {v: 20}}]}"
+    ) == [{"node": {"v": 20}}]
 
 
 # --- properties ------------------------------------------------------------------------------
@@ -208,20 +234,26 @@ def matrices(draw: st.DrawFn) -> dict[str, Any]:
     vectors = {key: draw(st.lists(_VALUE, min_size=1, max_size=3)) for key in keys}
     entry = st.dictionaries(st.sampled_from([*keys, "extra", "more"]), _VALUE, max_size=3)
     matrix: dict[str, Any] = dict(vectors)
-    matrix["exclude"] = draw(st.lists(st.dictionaries(st.sampled_from(keys), _VALUE, min_size=1, max_size=2), max_size=3))
+    matrix["exclude"] = draw(
+        st.lists(st.dictionaries(st.sampled_from(keys), _VALUE, min_size=1, max_size=2), max_size=3)
+    )
     matrix["include"] = draw(st.lists(entry, max_size=3))
     return matrix
 
 
 def _holds(combination: dict[str, Any], entry: dict[str, Any]) -> bool:
-    return all(key in combination and json_equal(combination[key], value) for key, value in entry.items())
+    return all(
+        key in combination and json_equal(combination[key], value) for key, value in entry.items()
+    )
 
 
 @settings(max_examples=200)
 @given(matrices())
 def test_expansion_properties(matrix: dict[str, Any]) -> None:
     vectors = {key: value for key, value in matrix.items() if key not in ("include", "exclude")}
-    product = [dict(zip(vectors, values, strict=True)) for values in itertools.product(*vectors.values())]
+    product = [
+        dict(zip(vectors, values, strict=True)) for values in itertools.product(*vectors.values())
+    ]
     kept = [c for c in product if not any(_holds(c, entry) for entry in matrix["exclude"])]
     if not kept and not matrix["include"]:
         with pytest.raises(MatrixError, match="no combination"):
@@ -242,7 +274,9 @@ def test_expansion_properties(matrix: dict[str, Any]) -> None:
 
 
 def _fits(entry: dict[str, Any], combination: dict[str, Any], vectors: dict[str, Any]) -> bool:
-    return all(json_equal(combination[key], value) for key, value in entry.items() if key in vectors)
+    return all(
+        json_equal(combination[key], value) for key, value in entry.items() if key in vectors
+    )
 
 
 @given(matrices())
@@ -272,8 +306,14 @@ def test_expansion_is_deterministic_and_leaves_input_untouched(matrix: dict[str,
         ({"os": ["a"], "include": [1]}, "matrix.include[0]: include entries must be maps"),
         ({"os": ["a"], "exclude": {"os": "a"}}, "exclude must be a list of maps"),
         ({"os": ["a"], "exclude": [{"arch": "x"}]}, "exclude key 'arch' is not a matrix variable"),
-        ({"os": ["a", "b"], "exclude": [{"os": "a"}, {"os": "b"}]}, "every combination is excluded"),
-        ({"a": list(range(20)), "b": list(range(13))}, "more than 256 combinations (260 before exclude)"),
+        (
+            {"os": ["a", "b"], "exclude": [{"os": "a"}, {"os": "b"}]},
+            "every combination is excluded",
+        ),
+        (
+            {"a": list(range(20)), "b": list(range(13))},
+            "more than 256 combinations (260 before exclude)",
+        ),
         ({"a": list(range(1000)), "b": list(range(1001))}, "1001000 combinations before exclude"),
         ({"a": ["x"], "include": [{"a": f"y{i}"} for i in range(256)]}, "257 combinations"),
     ],
@@ -287,7 +327,14 @@ def test_errors(matrix: dict[str, Any], fragment: str) -> None:
 
 def test_exactly_the_limit_is_allowed() -> None:
     assert len(expand_matrix({"a": list(range(16)), "b": list(range(16))})) == MAX_COMBINATIONS
-    assert len(expand_matrix({"a": list(range(20)), "b": list(range(13)), "exclude": [{"b": 0}, {"b": 1}]})) == 220
+    assert (
+        len(
+            expand_matrix(
+                {"a": list(range(20)), "b": list(range(13)), "exclude": [{"b": 0}, {"b": 1}]}
+            )
+        )
+        == 220
+    )
 
 
 # --- strategy --------------------------------------------------------------------------------
@@ -297,7 +344,9 @@ PATH = ("jobs", "test", "strategy")
 
 def test_strategy_defaults_and_values() -> None:
     assert parse_strategy({}, PATH) == (Strategy(), [])
-    strategy, problems = parse_strategy({"matrix": {"os": ["a"]}, "fail-fast": False, "max-parallel": 2}, PATH)
+    strategy, problems = parse_strategy(
+        {"matrix": {"os": ["a"]}, "fail-fast": False, "max-parallel": 2}, PATH
+    )
     assert problems == []
     assert strategy == Strategy({"os": ["a"]}, False, 2)
 
@@ -311,7 +360,9 @@ def test_strategy_keeps_expressions_for_the_runner() -> None:
     strategy, problems = parse_strategy(raw, PATH)
     assert problems == []
     assert strategy == Strategy(raw["matrix"], raw["fail-fast"], raw["max-parallel"])
-    _, problems = parse_strategy({"matrix": {"color": "${{ fromJSON(needs.define-matrix.outputs.colors) }}"}}, PATH)
+    _, problems = parse_strategy(
+        {"matrix": {"color": "${{ fromJSON(needs.define-matrix.outputs.colors) }}"}}, PATH
+    )
     assert problems == []
 
 
@@ -328,14 +379,28 @@ def test_strategy_keeps_expressions_for_the_runner() -> None:
         ({"matrix": [1, 2]}, (*PATH, "matrix"), "map of variables to lists"),
         ({"matrix": {}}, (*PATH, "matrix"), "at least one variable"),
         ({"matrix": {"os": "linux"}}, (*PATH, "matrix", "os"), "must be a list"),
-        ({"matrix": {"os": ["a"], "include": {"os": "b"}}}, (*PATH, "matrix", "include"), "list of maps"),
-        ({"matrix": {"os": ["a"], "exclude": ["x"]}}, (*PATH, "matrix", "exclude", 0), "must be maps"),
-        ({"matrix": {"os": ["a"], "exclude": [{"arch": "x"}]}}, (*PATH, "matrix", "exclude", 0, "arch"), "not a matrix variable"),
+        (
+            {"matrix": {"os": ["a"], "include": {"os": "b"}}},
+            (*PATH, "matrix", "include"),
+            "list of maps",
+        ),
+        (
+            {"matrix": {"os": ["a"], "exclude": ["x"]}},
+            (*PATH, "matrix", "exclude", 0),
+            "must be maps",
+        ),
+        (
+            {"matrix": {"os": ["a"], "exclude": [{"arch": "x"}]}},
+            (*PATH, "matrix", "exclude", 0, "arch"),
+            "not a matrix variable",
+        ),
     ],
 )
 def test_strategy_problems(raw: Any, path: tuple[Any, ...], fragment: str) -> None:
     _, problems = parse_strategy(raw, PATH)
-    assert any(problem.path == path and fragment in problem.message for problem in problems), problems
+    assert any(problem.path == path and fragment in problem.message for problem in problems), (
+        problems
+    )
 
 
 def test_whole_number_floats_are_accepted_for_max_parallel() -> None:
@@ -344,8 +409,17 @@ def test_whole_number_floats_are_accepted_for_max_parallel() -> None:
 
 _PLAIN = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=8) | st.sampled_from(["${{ x }}"]),
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.sampled_from(["os", "OS", "include", "exclude", "matrix", "fail-fast", "max-parallel", ""]) | st.integers(), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                ["os", "OS", "include", "exclude", "matrix", "fail-fast", "max-parallel", ""]
+            )
+            | st.integers(),
+            inner,
+            max_size=4,
+        )
+    ),
     max_leaves=16,
 )
 

@@ -15,7 +15,12 @@ from vmrunner.workflow.planner import graph_problems, plan
 def workflow(needs: dict[str, list[str]]) -> Workflow:
     lines = ["on: push", "jobs:"]
     for job_id, needed in needs.items():
-        lines += [f"  {job_id}:", "    runs-on: x", f"    needs: {needed}", "    steps: [{run: echo}]"]
+        lines += [
+            f"  {job_id}:",
+            "    runs-on: x",
+            f"    needs: {needed}",
+            "    steps: [{run: echo}]",
+        ]
     return load_workflow_text("\n".join(lines) + "\n", "graph.yml")
 
 
@@ -47,7 +52,12 @@ def test_stages_are_longest_paths() -> None:
 def test_selecting_a_job_brings_what_it_needs() -> None:
     graph = plan(workflow(DIAMOND), jobs=["d"])
     assert graph.order == ("a", "b", "c", "d")
-    assert plan(workflow(DIAMOND), jobs=["after_slow", "b"]).order == ("a", "slow", "b", "after_slow")
+    assert plan(workflow(DIAMOND), jobs=["after_slow", "b"]).order == (
+        "a",
+        "slow",
+        "b",
+        "after_slow",
+    )
 
 
 def test_selecting_an_unknown_job() -> None:
@@ -74,7 +84,10 @@ def test_cycles_and_unknown_needs_name_the_jobs_and_lines() -> None:
 
 
 def test_plan_error_positions_point_at_needs() -> None:
-    text = "on: push\njobs:\n  a:\n    runs-on: x\n    needs: [b]\n    steps: [{run: x}]\n  b:\n    runs-on: x\n    needs: a\n    steps: [{run: x}]\n"
+    text = (
+        "on: push\njobs:\n  a:\n    runs-on: x\n    needs: [b]\n    steps: [{run: x}]\n  b:\n  "
+        "  runs-on: x\n    needs: a\n    steps: [{run: x}]\n"
+    )
     with pytest.raises(PlanError) as info:
         load_workflow_text(text, "c.yml")
     (diagnostic,) = info.value.diagnostics
@@ -84,23 +97,36 @@ def test_plan_error_positions_point_at_needs() -> None:
 
 def test_static_matrix_for_display() -> None:
     text = (
-        "on: push\njobs:\n  m:\n    runs-on: x\n    strategy:\n      matrix:\n        os: [l, w]\n        v: [1, 2]\n"
-        "    steps: [{run: x}]\n  dyn:\n    runs-on: x\n    strategy:\n      matrix: ${{ fromJSON(needs.m.outputs.m) }}\n"
+        "on: push\njobs:\n  m:\n    runs-on: x\n    strategy:\n      matrix:\n        os: [l, "
+        "w]\n        v: [1, 2]\n"
+        "    steps: [{run: x}]\n  dyn:\n    runs-on: x\n    strategy:\n      matrix: ${{ "
+        "fromJSON(needs.m.outputs.m) }}\n"
         "    needs: m\n    steps: [{run: x}]\n  plain:\n    runs-on: x\n    steps: [{run: x}]\n"
     )
     graph = plan(load_workflow_text(text, "m.yml"))
-    assert graph.static_matrix("m") == [{"os": "l", "v": 1}, {"os": "l", "v": 2}, {"os": "w", "v": 1}, {"os": "w", "v": 2}]
+    assert graph.static_matrix("m") == [
+        {"os": "l", "v": 1},
+        {"os": "l", "v": 2},
+        {"os": "w", "v": 1},
+        {"os": "w", "v": 2},
+    ]
     assert graph.static_matrix("dyn") is None
     assert graph.static_matrix("plain") is None
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.integers(min_value=1, max_value=12).flatmap(
-    lambda n: st.lists(st.lists(st.integers(min_value=0, max_value=n - 1), max_size=3), min_size=n, max_size=n)
-))
+@given(
+    st.integers(min_value=1, max_value=12).flatmap(
+        lambda n: st.lists(
+            st.lists(st.integers(min_value=0, max_value=n - 1), max_size=3), min_size=n, max_size=n
+        )
+    )
+)
 def test_random_dags_run_every_job_after_its_needs(edges: list[list[int]]) -> None:
     # Only edges to earlier jobs: always acyclic.
-    needs = {f"j{i}": sorted({f"j{k}" for k in targets if k < i}) for i, targets in enumerate(edges)}
+    needs = {
+        f"j{i}": sorted({f"j{k}" for k in targets if k < i}) for i, targets in enumerate(edges)
+    }
     graph = plan(workflow(needs))
     position = {job: index for index, job in enumerate(graph.order)}
     assert set(graph.order) == set(needs)

@@ -31,7 +31,10 @@ WEBHOOKS = shared_dir() / "fixtures" / "github-webhooks"
 
 
 def payloads(event: str) -> list[tuple[str, dict[str, Any]]]:
-    return [(path.name, json.loads(path.read_text())) for path in sorted((WEBHOOKS / event).glob("*.json"))]
+    return [
+        (path.name, json.loads(path.read_text()))
+        for path in sorted((WEBHOOKS / event).glob("*.json"))
+    ]
 
 
 def on(text: str) -> Triggers:
@@ -62,7 +65,9 @@ def test_every_form_of_on() -> None:
 
 
 def test_filters_accept_a_string_or_a_list() -> None:
-    push = on("push: {branches: main, tags: ['v*', '!v0*'], paths-ignore: ['docs/**']}").events["push"]
+    push = on("push: {branches: main, tags: ['v*', '!v0*'], paths-ignore: ['docs/**']}").events[
+        "push"
+    ]
     assert push.branches == ("main",)
     assert push.tags == ("v*", "!v0*")
     assert push.paths_ignore == ("docs/**",)
@@ -84,7 +89,11 @@ def test_schedule_and_workflow_run() -> None:
     )
     assert triggers.events["schedule"].cron == ("30 5 * * 1,3", "30 5 * * 2,4")
     run = triggers.events["workflow_run"]
-    assert (run.workflows, run.types, run.branches) == (("Build",), ("completed",), ("releases/**",))
+    assert (run.workflows, run.types, run.branches) == (
+        ("Build",),
+        ("completed",),
+        ("releases/**",),
+    )
 
 
 def test_workflow_dispatch_inputs_from_the_docs() -> None:
@@ -147,38 +156,116 @@ def test_workflow_call_keeps_secrets_and_outputs_raw() -> None:
         ("{bogus_event: null}", ("on", "bogus_event"), "unknown event 'bogus_event'"),
         ("{push: [main]}", ("on", "push"), "must be empty (null) or a map"),
         ("{push: {types: [opened]}}", ("on", "push", "types"), "unknown key 'types' for push"),
-        ("{create: {branches: [main]}}", ("on", "create", "branches"), "unknown key 'branches' for create"),
+        (
+            "{create: {branches: [main]}}",
+            ("on", "create", "branches"),
+            "unknown key 'branches' for create",
+        ),
         ("{pull_request: {tags: [v1]}}", ("on", "pull_request", "tags"), "unknown key 'tags'"),
         ("{push: {branches: 3}}", ("on", "push", "branches"), "string or a list of strings"),
         ("{push: {branches: [main, '']}}", ("on", "push", "branches", 1), "non-empty strings"),
-        ("{push: {branches: [a], branches-ignore: [b]}}", ("on", "push", "branches-ignore"), "both branches and branches-ignore"),
-        ("{push: {tags: [a], tags-ignore: [b]}}", ("on", "push", "tags-ignore"), "both tags and tags-ignore"),
-        ("{pull_request: {paths: [a], paths-ignore: [b]}}", ("on", "pull_request", "paths-ignore"), "both paths and paths-ignore"),
+        (
+            "{push: {branches: [a], branches-ignore: [b]}}",
+            ("on", "push", "branches-ignore"),
+            "both branches and branches-ignore",
+        ),
+        (
+            "{push: {tags: [a], tags-ignore: [b]}}",
+            ("on", "push", "tags-ignore"),
+            "both tags and tags-ignore",
+        ),
+        (
+            "{pull_request: {paths: [a], paths-ignore: [b]}}",
+            ("on", "pull_request", "paths-ignore"),
+            "both paths and paths-ignore",
+        ),
         ("{push: {branches: ['release/[0-9']}}", ("on", "push", "branches", 0), "unclosed ["),
         ("{push: {paths: '?x'}}", ("on", "push", "paths"), "no character before it"),
-        ("{pull_request: {types: [opened, merged]}}", ("on", "pull_request", "types", 1), "unknown activity type 'merged' for pull_request"),
-        ("{issues: {types: pinned_x}}", ("on", "issues", "types"), "unknown activity type 'pinned_x'"),
+        (
+            "{pull_request: {types: [opened, merged]}}",
+            ("on", "pull_request", "types", 1),
+            "unknown activity type 'merged' for pull_request",
+        ),
+        (
+            "{issues: {types: pinned_x}}",
+            ("on", "issues", "types"),
+            "unknown activity type 'pinned_x'",
+        ),
         ("{release: {types: [published, shipped]}}", ("on", "release", "types", 1), "'shipped'"),
         ("{schedule: {cron: '* * * * *'}}", ("on", "schedule"), "must be a list"),
         ("{schedule: [{cron: '* * *'}]}", ("on", "schedule", 0, "cron"), "3 fields"),
         ("{schedule: [{cron: '0 0 * * 7'}]}", ("on", "schedule", 0, "cron"), "day-of-week"),
         ("{schedule: [{crontab: '* * * * *'}]}", ("on", "schedule", 0), "cron key"),
-        ("{schedule: [{cron: '* * * * *', tz: UTC}]}", ("on", "schedule", 0, "tz"), "unknown key 'tz'"),
-        ("{workflow_dispatch: {inputs: {x: {type: list}}}}", ("on", "workflow_dispatch", "inputs", "x", "type"), "unknown input type 'list'"),
-        ("{workflow_dispatch: {inputs: {x: {type: choice}}}}", ("on", "workflow_dispatch", "inputs", "x"), "needs a non-empty options list"),
-        ("{workflow_dispatch: {inputs: {x: {type: choice, options: [a, b], default: c}}}}", ("on", "workflow_dispatch", "inputs", "x", "default"), "not among the options: a, b"),
-        ("{workflow_dispatch: {inputs: {x: {type: boolean, default: 'yes'}}}}", ("on", "workflow_dispatch", "inputs", "x", "default"), "must be true or false"),
-        ("{workflow_dispatch: {inputs: {x: {type: number, default: ten}}}}", ("on", "workflow_dispatch", "inputs", "x", "default"), "must be a number"),
-        ("{workflow_dispatch: {inputs: {x: {required: 'yes'}}}}", ("on", "workflow_dispatch", "inputs", "x", "required"), "true or false"),
-        ("{workflow_dispatch: {inputs: {x: {kind: string}}}}", ("on", "workflow_dispatch", "inputs", "x", "kind"), "unknown key 'kind'"),
-        ("{workflow_dispatch: {inputs: {1x: {}}}}", ("on", "workflow_dispatch", "inputs", "1x"), "must start with a letter"),
-        ("{workflow_call: {inputs: {x: {description: d}}}}", ("on", "workflow_call", "inputs", "x"), "needs a type"),
-        ("{workflow_call: {inputs: {x: {type: choice, options: [a]}}}}", ("on", "workflow_call", "inputs", "x", "options"), "unknown key 'options'"),
-        ("{workflow_call: {outputs: {o: {description: d}}}}", ("on", "workflow_call", "outputs", "o"), "needs a value"),
-        ("{workflow_call: {secrets: {s: {needed: true}}}}", ("on", "workflow_call", "secrets", "s", "needed"), "unknown key 'needed'"),
+        (
+            "{schedule: [{cron: '* * * * *', tz: UTC}]}",
+            ("on", "schedule", 0, "tz"),
+            "unknown key 'tz'",
+        ),
+        (
+            "{workflow_dispatch: {inputs: {x: {type: list}}}}",
+            ("on", "workflow_dispatch", "inputs", "x", "type"),
+            "unknown input type 'list'",
+        ),
+        (
+            "{workflow_dispatch: {inputs: {x: {type: choice}}}}",
+            ("on", "workflow_dispatch", "inputs", "x"),
+            "needs a non-empty options list",
+        ),
+        (
+            "{workflow_dispatch: {inputs: {x: {type: choice, options: [a, b], default: c}}}}",
+            ("on", "workflow_dispatch", "inputs", "x", "default"),
+            "not among the options: a, b",
+        ),
+        (
+            "{workflow_dispatch: {inputs: {x: {type: boolean, default: 'yes'}}}}",
+            ("on", "workflow_dispatch", "inputs", "x", "default"),
+            "must be true or false",
+        ),
+        (
+            "{workflow_dispatch: {inputs: {x: {type: number, default: ten}}}}",
+            ("on", "workflow_dispatch", "inputs", "x", "default"),
+            "must be a number",
+        ),
+        (
+            "{workflow_dispatch: {inputs: {x: {required: 'yes'}}}}",
+            ("on", "workflow_dispatch", "inputs", "x", "required"),
+            "true or false",
+        ),
+        (
+            "{workflow_dispatch: {inputs: {x: {kind: string}}}}",
+            ("on", "workflow_dispatch", "inputs", "x", "kind"),
+            "unknown key 'kind'",
+        ),
+        (
+            "{workflow_dispatch: {inputs: {1x: {}}}}",
+            ("on", "workflow_dispatch", "inputs", "1x"),
+            "must start with a letter",
+        ),
+        (
+            "{workflow_call: {inputs: {x: {description: d}}}}",
+            ("on", "workflow_call", "inputs", "x"),
+            "needs a type",
+        ),
+        (
+            "{workflow_call: {inputs: {x: {type: choice, options: [a]}}}}",
+            ("on", "workflow_call", "inputs", "x", "options"),
+            "unknown key 'options'",
+        ),
+        (
+            "{workflow_call: {outputs: {o: {description: d}}}}",
+            ("on", "workflow_call", "outputs", "o"),
+            "needs a value",
+        ),
+        (
+            "{workflow_call: {secrets: {s: {needed: true}}}}",
+            ("on", "workflow_call", "secrets", "s", "needed"),
+            "unknown key 'needed'",
+        ),
     ],
 )
-def test_problems_name_the_path_and_what_was_expected(text: str, path: tuple[Any, ...], fragment: str) -> None:
+def test_problems_name_the_path_and_what_was_expected(
+    text: str, path: tuple[Any, ...], fragment: str
+) -> None:
     found = problems_of(text)
     assert any(where == path and fragment in message for where, message in found), found
 
@@ -207,7 +294,10 @@ def test_default_types() -> None:
 
 _PLAIN = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12) | st.sampled_from(EVENTS), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(max_size=12) | st.sampled_from(EVENTS), inner, max_size=4)
+    ),
     max_leaves=20,
 )
 
@@ -233,14 +323,21 @@ def test_pull_request_default_types(name: str, payload: dict[str, Any]) -> None:
 @pytest.mark.parametrize(("name", "payload"), payloads("pull_request"))
 def test_pull_request_listed_types_and_base_branch(name: str, payload: dict[str, Any]) -> None:
     labels = on("pull_request: {types: [labeled, unlabeled]}")
-    assert match_event(labels, "pull_request", payload) is (payload["action"] in ("labeled", "unlabeled"))
+    assert match_event(labels, "pull_request", payload) is (
+        payload["action"] in ("labeled", "unlabeled")
+    )
     opened = payload["action"] in DEFAULT_TYPES["pull_request"]
     assert payload["pull_request"]["base"]["ref"] == "master"
     assert match_event(on("pull_request: {branches: [master]}"), "pull_request", payload) is opened
-    assert match_event(on("pull_request: {branches: ['refs/heads/master']}"), "pull_request", payload) is opened
+    assert (
+        match_event(on("pull_request: {branches: ['refs/heads/master']}"), "pull_request", payload)
+        is opened
+    )
     assert not match_event(on("pull_request: {branches: ['releases/**']}"), "pull_request", payload)
     assert not match_event(on("pull_request: {branches-ignore: [master]}"), "pull_request", payload)
-    assert not match_event(on("pull_request: {branches: ['**', '!master']}"), "pull_request", payload)
+    assert not match_event(
+        on("pull_request: {branches: ['**', '!master']}"), "pull_request", payload
+    )
 
 
 def test_pull_request_paths_use_the_given_diff() -> None:
@@ -268,7 +365,12 @@ def test_push_branch_and_tag_filters(name: str, payload: dict[str, Any]) -> None
     assert match_event(on("push: {branches-ignore: [dev]}"), "push", payload) is is_master
     assert match_event(on("push: {tags-ignore: [nothing]}"), "push", payload) is is_tag
     assert match_event(on("push: {branches: [master], tags: ['**']}"), "push", payload)
-    assert match_event(on("push: {branches-ignore: [master], tags-ignore: ['simple-*']}"), "push", payload) is False
+    assert (
+        match_event(
+            on("push: {branches-ignore: [master], tags-ignore: ['simple-*']}"), "push", payload
+        )
+        is False
+    )
 
 
 def test_push_paths_from_the_payload() -> None:
@@ -279,11 +381,21 @@ def test_push_paths_from_the_payload() -> None:
         assert changed == ["README.md"]
         assert match_event(on("push: {paths: ['**.md']}"), "push", payload, changed_files=changed)
         assert match_event(on("push: {paths: ['*']}"), "push", payload, changed_files=changed)
-        assert not match_event(on("push: {paths: ['src/**']}"), "push", payload, changed_files=changed)
-        assert not match_event(on("push: {paths: ['**', '!README.md']}"), "push", payload, changed_files=changed)
-        assert not match_event(on("push: {paths-ignore: ['*.md']}"), "push", payload, changed_files=changed)
-        assert match_event(on("push: {paths-ignore: ['docs/**']}"), "push", payload, changed_files=changed)
-        assert not match_event(on("push: {branches: [dev], paths: ['**']}"), "push", payload, changed_files=changed)
+        assert not match_event(
+            on("push: {paths: ['src/**']}"), "push", payload, changed_files=changed
+        )
+        assert not match_event(
+            on("push: {paths: ['**', '!README.md']}"), "push", payload, changed_files=changed
+        )
+        assert not match_event(
+            on("push: {paths-ignore: ['*.md']}"), "push", payload, changed_files=changed
+        )
+        assert match_event(
+            on("push: {paths-ignore: ['docs/**']}"), "push", payload, changed_files=changed
+        )
+        assert not match_event(
+            on("push: {branches: [dev], paths: ['**']}"), "push", payload, changed_files=changed
+        )
 
 
 def test_path_filters_are_not_evaluated_for_tag_pushes() -> None:
@@ -296,7 +408,9 @@ def test_path_filters_without_a_diff_and_with_an_empty_one() -> None:
     triggers = on("push: {paths: ['src/**']}")
     assert match_event(triggers, "push", payload, changed_files=None)
     assert not match_event(triggers, "push", payload, changed_files=[])
-    assert not match_event(on("push: {paths-ignore: ['docs/**']}"), "push", payload, changed_files=[])
+    assert not match_event(
+        on("push: {paths-ignore: ['docs/**']}"), "push", payload, changed_files=[]
+    )
 
 
 def test_only_the_first_300_changed_files_count() -> None:
@@ -323,15 +437,17 @@ def test_workflow_run(name: str, payload: dict[str, Any]) -> None:
     run = payload["workflow_run"]
     is_test = payload["workflow"]["name"] == "test"
     completed = payload["action"] == "completed"
-    assert match_event(on("workflow_run: {workflows: [test], types: [completed]}"), "workflow_run", payload) is (
-        is_test and completed
-    )
+    assert match_event(
+        on("workflow_run: {workflows: [test], types: [completed]}"), "workflow_run", payload
+    ) is (is_test and completed)
     assert match_event(on("workflow_run: {workflows: [test]}"), "workflow_run", payload) is is_test
     manual = on("workflow_run: {workflows: ['Manually triggered workflow'], branches: [main]}")
-    assert match_event(manual, "workflow_run", payload) is (run["name"] == "Manually triggered workflow")
-    assert match_event(on("workflow_run: {workflows: [test], branches-ignore: [master]}"), "workflow_run", payload) is (
-        is_test and run["head_branch"] != "master"
+    assert match_event(manual, "workflow_run", payload) is (
+        run["name"] == "Manually triggered workflow"
     )
+    assert match_event(
+        on("workflow_run: {workflows: [test], branches-ignore: [master]}"), "workflow_run", payload
+    ) is (is_test and run["head_branch"] != "master")
     assert not match_event(on("workflow_run"), "workflow_run", payload)
 
 
@@ -345,20 +461,28 @@ def test_issues_types(name: str, payload: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize(("name", "payload"), payloads("check_suite"))
 def test_check_suite_runs_only_for_documented_types(name: str, payload: dict[str, Any]) -> None:
-    assert match_event(on("check_suite"), "check_suite", payload) is (payload["action"] == "completed")
+    assert match_event(on("check_suite"), "check_suite", payload) is (
+        payload["action"] == "completed"
+    )
 
 
 @pytest.mark.parametrize(("name", "payload"), payloads("release"))
 def test_release_types(name: str, payload: dict[str, Any]) -> None:
     assert match_event(on("release"), "release", payload)
-    assert match_event(on("release: {types: [published]}"), "release", payload) is (payload["action"] == "published")
+    assert match_event(on("release: {types: [published]}"), "release", payload) is (
+        payload["action"] == "published"
+    )
 
 
 @pytest.mark.parametrize(("name", "payload"), payloads("repository_dispatch"))
 def test_repository_dispatch_types_are_event_types(name: str, payload: dict[str, Any]) -> None:
     assert match_event(on("repository_dispatch"), "repository_dispatch", payload)
-    assert match_event(on("repository_dispatch: {types: [on-demand-test]}"), "repository_dispatch", payload)
-    assert not match_event(on("repository_dispatch: {types: [deploy]}"), "repository_dispatch", payload)
+    assert match_event(
+        on("repository_dispatch: {types: [on-demand-test]}"), "repository_dispatch", payload
+    )
+    assert not match_event(
+        on("repository_dispatch: {types: [deploy]}"), "repository_dispatch", payload
+    )
 
 
 @pytest.mark.parametrize(("name", "payload"), payloads("merge_group"))
@@ -367,7 +491,9 @@ def test_merge_group_base_branch(name: str, payload: dict[str, Any]) -> None:
     assert not match_event(on("merge_group: {branches: [develop]}"), "merge_group", payload)
 
 
-@pytest.mark.parametrize(("name", "payload"), payloads("workflow_dispatch") + payloads("create") + payloads("status"))
+@pytest.mark.parametrize(
+    ("name", "payload"), payloads("workflow_dispatch") + payloads("create") + payloads("status")
+)
 def test_events_without_filters(name: str, payload: dict[str, Any]) -> None:
     triggers = on("[workflow_dispatch, create, status]")
     for event in ("workflow_dispatch", "create", "status"):
@@ -390,7 +516,9 @@ def test_explain_match_gives_reasons() -> None:
     assert "'closed'" in result.reason
     assert "default types" in result.reason
     assert "does not listen to push" in explain_match(on("pull_request"), "push", payload).reason
-    ignored = explain_match(on("push: {branches-ignore: ['release/*']}"), "push", {"ref": "refs/heads/release/1"})
+    ignored = explain_match(
+        on("push: {branches-ignore: ['release/*']}"), "push", {"ref": "refs/heads/release/1"}
+    )
     assert not ignored.matched
     assert "branches-ignore" in ignored.reason
 
@@ -412,11 +540,24 @@ DISPATCH = on(
 
 def test_dispatch_inputs_defaults_and_types() -> None:
     resolved = resolve_dispatch_inputs(DISPATCH, {"environment": "staging", "tags": "TRUE"})
-    assert resolved == {"logLevel": "warning", "tags": True, "environment": "staging", "count": 2.0, "note": ""}
+    assert resolved == {
+        "logLevel": "warning",
+        "tags": True,
+        "environment": "staging",
+        "count": 2.0,
+        "note": "",
+    }
     resolved = resolve_dispatch_inputs(
-        DISPATCH, {"environment": "prod", "logLevel": "debug", "tags": "false", "count": "3.5", "note": "hi"}
+        DISPATCH,
+        {"environment": "prod", "logLevel": "debug", "tags": "false", "count": "3.5", "note": "hi"},
     )
-    assert resolved == {"logLevel": "debug", "tags": False, "environment": "prod", "count": 3.5, "note": "hi"}
+    assert resolved == {
+        "logLevel": "debug",
+        "tags": False,
+        "environment": "prod",
+        "count": 3.5,
+        "note": "hi",
+    }
     assert resolve_dispatch_inputs(DISPATCH, {"environment": "x", "tags": True})["tags"] is True
 
 
@@ -448,7 +589,9 @@ def test_call_inputs_keep_expression_defaults_and_type_values() -> None:
     ).events["workflow_call"]
     resolved = resolve_dispatch_inputs(call, {"name": "x"})
     assert resolved == {"debug": "${{ github.event_name == 'push' }}", "retries": 0.0, "name": "x"}
-    assert resolve_dispatch_inputs(call, {"name": 7, "debug": False, "retries": 2})["retries"] == 2.0
+    assert (
+        resolve_dispatch_inputs(call, {"name": 7, "debug": False, "retries": 2})["retries"] == 2.0
+    )
     with pytest.raises(ConfigError, match="is a number"):
         resolve_dispatch_inputs(call, {"name": "x", "retries": True})
 

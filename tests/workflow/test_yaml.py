@@ -26,11 +26,31 @@ def test_on_key_is_the_string_on() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("true", True), ("True", True), ("TRUE", True), ("false", False), ("FALSE", False),
-        ("null", None), ("~", None), ("", None), ("Null", None),
-        ("12", 12), ("-3", -3), ("+4", 4), ("017", 17), ("0o17", 15), ("0x1F", 31),
-        ("1.5", 1.5), ("1e3", 1000.0), (".5", 0.5), (".inf", math.inf), ("-.Inf", -math.inf),
-        ("1_000", "1_000"), ("0b101", "0b101"), ("08.1.2", "08.1.2"), ("0o8", "0o8"), ("TrUe", "TrUe"),
+        ("true", True),
+        ("True", True),
+        ("TRUE", True),
+        ("false", False),
+        ("FALSE", False),
+        ("null", None),
+        ("~", None),
+        ("", None),
+        ("Null", None),
+        ("12", 12),
+        ("-3", -3),
+        ("+4", 4),
+        ("017", 17),
+        ("0o17", 15),
+        ("0x1F", 31),
+        ("1.5", 1.5),
+        ("1e3", 1000.0),
+        (".5", 0.5),
+        (".inf", math.inf),
+        ("-.Inf", -math.inf),
+        ("1_000", "1_000"),
+        ("0b101", "0b101"),
+        ("08.1.2", "08.1.2"),
+        ("0o8", "0o8"),
+        ("TrUe", "TrUe"),
     ],
 )
 def test_core_schema_scalars(text: str, expected: object) -> None:
@@ -78,11 +98,16 @@ def test_duplicate_keys_are_all_reported() -> None:
     with pytest.raises(WorkflowError) as info:
         load_document("a: 1\nb: 2\na: 3\nc:\n  d: 1\n  d: 2\n", "w.yml")
     found = [(d.line, d.column, d.message) for d in info.value.diagnostics]
-    assert found == [(3, 1, "duplicate key 'a' (first at line 1)"), (6, 3, "duplicate key 'd' (first at line 5)")]
+    assert found == [
+        (3, 1, "duplicate key 'a' (first at line 1)"),
+        (6, 3, "duplicate key 'd' (first at line 5)"),
+    ]
 
 
 def test_positions_of_keys_and_values() -> None:
-    doc = load_document("jobs:\n  build:\n    runs-on: [a, b]\n    steps:\n      - run: x\n", "w.yml")
+    doc = load_document(
+        "jobs:\n  build:\n    runs-on: [a, b]\n    steps:\n      - run: x\n", "w.yml"
+    )
     assert doc.locate(("jobs", "build", "runs-on")) == (3, 14)
     assert doc.locate(("jobs", "build", "runs-on", 1)) == (3, 18)
     assert doc.locate_key(("jobs", "build", "runs-on")) == (3, 5)

@@ -22,13 +22,25 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("vmrunner.cli.validate", "Check workflows and report every error."),
     "expr": ("vmrunner.cli.expr", "Evaluate a ${{ }} expression, for debugging."),
     "sessions": ("vmrunner.cli.sessions", "List sessions; reclaim machines of dead runners."),
-    "runs": ("vmrunner.cli.runs", "List kept workflow runs; show one with its jobs, steps and logs."),
+    "runs": (
+        "vmrunner.cli.runs",
+        "List kept workflow runs; show one with its jobs, steps and logs.",
+    ),
     "image": ("vmrunner.cli.image", "Build, list and remove guest images for VM providers."),
     "run": ("vmrunner.cli.run", "Run the workflows an event triggers, one machine per job."),
-    "rerun": ("vmrunner.cli.rerun", "Re-run a failed job from step N in a new machine, from its snapshot."),
+    "rerun": (
+        "vmrunner.cli.rerun",
+        "Re-run a failed job from step N in a new machine, from its snapshot.",
+    ),
     "insights": ("vmrunner.cli.insights", "Lessons and suggestions learned from earlier runs."),
-    "serve": ("vmrunner.cli.serve", "Serve GitHub webhooks: run workflows, report results to GitHub."),
-    "agent": ("vmrunner.cli.agent", "Serve a fleet's jobs on this host (PostgreSQL with procrastinate)."),
+    "serve": (
+        "vmrunner.cli.serve",
+        "Serve GitHub webhooks: run workflows, report results to GitHub.",
+    ),
+    "agent": (
+        "vmrunner.cli.agent",
+        "Serve a fleet's jobs on this host (PostgreSQL with procrastinate).",
+    ),
     "fleet": ("vmrunner.cli.fleet", "Submit, follow and cancel runs on a fleet of agent hosts."),
 }
 
@@ -74,7 +86,8 @@ def main(argv: list[str] | None = None) -> Any:
     except VmrunnerError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
-    except OSError as exc:  # the host's doing (a full disk, a file that cannot be written): no bug of ours
+    except OSError as exc:
+        # the host's doing (a full disk, a file that cannot be written): no bug of ours
         where = f"{exc.filename}: " if exc.filename else ""
         click.echo(f"error: {where}{exc.strerror or exc}", err=True)
         sys.exit(1)

@@ -72,9 +72,13 @@ def _load_contexts(path: Path | None) -> dict[str, Any]:
     try:
         contexts = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise click.BadParameter(f"cannot read {path}: {exc.strerror}", param_hint="--contexts") from exc
+        raise click.BadParameter(
+            f"cannot read {path}: {exc.strerror}", param_hint="--contexts"
+        ) from exc
     except ValueError as exc:
-        raise click.BadParameter(f"{path} is not valid JSON: {exc}", param_hint="--contexts") from exc
+        raise click.BadParameter(
+            f"{path} is not valid JSON: {exc}", param_hint="--contexts"
+        ) from exc
     if not isinstance(contexts, dict):
         raise click.BadParameter(
             f"{path} must hold a JSON object mapping context names to values",

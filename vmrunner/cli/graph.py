@@ -17,7 +17,12 @@ if TYPE_CHECKING:
 @workflow_options
 @click.option("--dot", is_flag=True, help="Print the graph in Graphviz dot format.")
 def command(
-    event: str | None, workflows: str, event_path: str | None, jobs: tuple[str, ...], as_json: bool, dot: bool
+    event: str | None,
+    workflows: str,
+    event_path: str | None,
+    jobs: tuple[str, ...],
+    as_json: bool,
+    dot: bool,
 ) -> None:
     """Show the job graph of the workflows: stages, and which job needs which."""
     from vmrunner.cli import terminal
@@ -27,7 +32,12 @@ def command(
     selection = select(workflows, event, event_path, jobs)
     plans = [plan(w, jobs=selected_jobs(w, jobs)) for w in selection.workflows]
     if as_json:
-        terminal.print_json({"workflows": [_as_dict(p) for p in plans], "errors": [str(d) for e in selection.errors for d in e.diagnostics]})
+        terminal.print_json(
+            {
+                "workflows": [_as_dict(p) for p in plans],
+                "errors": [str(d) for e in selection.errors for d in e.diagnostics],
+            }
+        )
     elif dot:
         terminal.info("\n".join(_dot(p) for p in plans))
     else:
@@ -49,8 +59,16 @@ def _as_dict(graph: Plan) -> dict[str, Any]:
         "name": workflow.display_name,
         "order": list(graph.order),
         "stages": graph.stages(),
-        "jobs": {job_id: {"name": workflow.jobs[job_id].display_name, "needs": list(graph.dependencies(job_id))} for job_id in graph.order},
-        "edges": [[needed, job_id] for job_id in graph.order for needed in graph.dependencies(job_id)],
+        "jobs": {
+            job_id: {
+                "name": workflow.jobs[job_id].display_name,
+                "needs": list(graph.dependencies(job_id)),
+            }
+            for job_id in graph.order
+        },
+        "edges": [
+            [needed, job_id] for job_id in graph.order for needed in graph.dependencies(job_id)
+        ],
     }
 
 

@@ -12,7 +12,9 @@ from vmrunner.cli.options import workflow_options
 
 @click.command("list")
 @workflow_options
-def command(event: str | None, workflows: str, event_path: str | None, jobs: tuple[str, ...], as_json: bool) -> None:
+def command(
+    event: str | None, workflows: str, event_path: str | None, jobs: tuple[str, ...], as_json: bool
+) -> None:
     """List the jobs of the workflows: stage, job, workflow and events."""
     from rich.table import Table
 
@@ -40,14 +42,21 @@ def command(event: str | None, workflows: str, event_path: str | None, jobs: tup
                     }
                 )
     if as_json:
-        terminal.print_json({"jobs": rows, "errors": [str(d) for e in selection.errors for d in e.diagnostics]})
+        terminal.print_json(
+            {"jobs": rows, "errors": [str(d) for e in selection.errors for d in e.diagnostics]}
+        )
     else:
         table = Table(box=None, header_style="bold", pad_edge=False)
         for title in ("Stage", "Job ID", "Job name", "Workflow name", "Workflow file", "Events"):
             table.add_column(title, overflow="fold")
         for row in rows:
             table.add_row(
-                str(row["stage"]), row["job_id"], row["job_name"], row["workflow_name"], row["workflow_file"], ",".join(row["events"])
+                str(row["stage"]),
+                row["job_id"],
+                row["job_name"],
+                row["workflow_name"],
+                row["workflow_file"],
+                ",".join(row["events"]),
             )
         if rows:
             terminal.console().print(table)

@@ -41,8 +41,20 @@ def workflow_options(function: F) -> F:
             envvar=WORKFLOWS_ENV,
             help=f"A workflow file, or a folder of them [env: {WORKFLOWS_ENV}].",
         ),
-        click.option("-e", "--event-path", "event_path", default=None, help="The event payload (JSON file), to apply the event's filters."),
-        click.option("-j", "--job", "jobs", multiple=True, help="Only this job and the jobs it needs (repeatable)."),
+        click.option(
+            "-e",
+            "--event-path",
+            "event_path",
+            default=None,
+            help="The event payload (JSON file), to apply the event's filters.",
+        ),
+        click.option(
+            "-j",
+            "--job",
+            "jobs",
+            multiple=True,
+            help="Only this job and the jobs it needs (repeatable).",
+        ),
         click.option("--json", "as_json", is_flag=True, help="Print JSON for machines."),
     ]
     for decorator in reversed(decorators):
@@ -61,14 +73,17 @@ class Selection:
 
 
 def read_payload(event_path: str | None) -> dict[str, Any] | None:
-    """The JSON event payload at ``event_path``; ``ConfigError`` when unreadable or not an object."""
+    """The JSON event payload at ``event_path``; ``ConfigError`` when unreadable or not an
+    object."""
     if event_path is None:
         return None
     try:
         with open(event_path, encoding="utf-8") as handle:
             payload = json.load(handle)
     except OSError as exc:
-        raise ConfigError(f"cannot read the event payload {event_path}: {exc.strerror or exc}") from exc
+        raise ConfigError(
+            f"cannot read the event payload {event_path}: {exc.strerror or exc}"
+        ) from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"the event payload {event_path} is not valid JSON: {exc}") from exc
     if not isinstance(payload, dict):
@@ -110,7 +125,9 @@ def select(
             if payload is None:
                 if event not in workflow.triggers.events:
                     continue
-            elif not match_event(workflow.triggers, event, payload, changed_files=payload_changed_files(payload)):
+            elif not match_event(
+                workflow.triggers, event, payload, changed_files=payload_changed_files(payload)
+            ):
                 continue
         if jobs and not any(job in workflow.jobs for job in jobs):
             continue
@@ -146,7 +163,9 @@ class Size(click.ParamType[int]):
 def _count(minimum: int) -> Callable[[click.Context, click.Parameter, int | None], int | None]:
     def check(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
         if value is not None and 0 < value < minimum:
-            raise click.BadParameter(f"at least {minimum} (or 0 for no limit), got {value}", ctx, param)
+            raise click.BadParameter(
+                f"at least {minimum} (or 0 for no limit), got {value}", ctx, param
+            )
         return value
 
     return check
@@ -157,10 +176,35 @@ def limit_options(function: F) -> F:
     from vmrunner.machines.limits import MIN_PIDS
 
     decorators = [
-        click.option("--cpus", type=click.IntRange(min=0), default=None, help="CPUs of each machine (default: 2, at most the host's; 0: no limit)."),
-        click.option("--memory", "memory_mib", type=Size(), default=None, help="Memory of each machine, e.g. 512M, 7G (default: 7G, at most half the host's; 0: no limit)."),
-        click.option("--pids", type=click.IntRange(min=0), default=None, callback=_count(MIN_PIDS), help="Processes and threads of each machine, at most (default: 4096; 0: no limit)."),
-        click.option("--disk", "disk_mib", type=Size(), default=None, help="Disk budget of each machine's writable space, e.g. 20G (default: 14G, less if the host has less free; 0: none)."),
+        click.option(
+            "--cpus",
+            type=click.IntRange(min=0),
+            default=None,
+            help="CPUs of each machine (default: 2, at most the host's; 0: no limit).",
+        ),
+        click.option(
+            "--memory",
+            "memory_mib",
+            type=Size(),
+            default=None,
+            help="Memory of each machine, e.g. 512M, 7G (default: 7G, at most half the host's; "
+            "0: no limit).",
+        ),
+        click.option(
+            "--pids",
+            type=click.IntRange(min=0),
+            default=None,
+            callback=_count(MIN_PIDS),
+            help="Processes and threads of each machine, at most (default: 4096; 0: no limit).",
+        ),
+        click.option(
+            "--disk",
+            "disk_mib",
+            type=Size(),
+            default=None,
+            help="Disk budget of each machine's writable space, e.g. 20G (default: 14G, less if "
+            "the host has less free; 0: none).",
+        ),
     ]
     for decorator in reversed(decorators):
         function = decorator(function)

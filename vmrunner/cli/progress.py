@@ -1,4 +1,5 @@
-"""What ``vmrunner run`` shows while a run goes on: ``ProgressView`` (people) and ``JsonView`` (machines).
+"""What ``vmrunner run`` shows while a run goes on: ``ProgressView`` (people) and ``JsonView``
+(machines).
 
 Both are ``EventSink``s. Wiring, in ``vmrunner/cli/run.py``::
 
@@ -47,7 +48,7 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-from vmrunner.runner.events import (
+from vmrunner.reports.events import (
     Annotation,
     Event,
     GroupEnded,
@@ -63,7 +64,7 @@ from vmrunner.runner.events import (
     StepFinished,
     StepStarted,
 )
-from vmrunner.runner.results import (
+from vmrunner.reports.results import (
     AnnotationResult,
     JobResult,
     ResultCollector,
@@ -121,7 +122,9 @@ class _RunState:
 
     def prefixed(self, job_key: str, text: Text) -> Text:
         line = Text()
-        line.append(f"[{self.workflow}/{job_key}] " if job_key else f"[{self.workflow}] ", "blue")  # no job: the run's own
+        line.append(
+            f"[{self.workflow}/{job_key}] " if job_key else f"[{self.workflow}] ", "blue"
+        )  # no job: the run's own
         return line.append_text(text)
 
 
@@ -153,7 +156,10 @@ class ProgressView:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()
 
@@ -189,7 +195,9 @@ class ProgressView:
     def _state(self, run_id: str, event: Event | None = None) -> _RunState:
         state = self._runs.get(run_id)
         if state is None or isinstance(event, RunStarted):
-            name = event.workflow_name or event.workflow_file if isinstance(event, RunStarted) else ""
+            name = (
+                event.workflow_name or event.workflow_file if isinstance(event, RunStarted) else ""
+            )
             state = self._runs[run_id] = _RunState(workflow=name or run_id)
         return state
 
@@ -198,7 +206,9 @@ class ProgressView:
     def _show(self, state: _RunState, event: Event) -> None:
         match event:
             case RunStarted():
-                line = Text.assemble(("▶ ", "bold"), (state.workflow, "bold"), f" on {event.event_name}")
+                line = Text.assemble(
+                    ("▶ ", "bold"), (state.workflow, "bold"), f" on {event.event_name}"
+                )
                 if event.ref:
                     line.append(f" {event.ref}", "dim")
                 line.append(f"  run {event.run_id}", "dim")
@@ -213,7 +223,9 @@ class ProgressView:
             case JobStarted():
                 state.running[event.job_key] = _Running(started=event.time)
                 if not self.quiet:
-                    where = f"{event.provider} {event.machine_id}" + (" from the warm pool" if event.from_pool else "")
+                    where = f"{event.provider} {event.machine_id}" + (
+                        " from the warm pool" if event.from_pool else ""
+                    )
                     self._print(state.prefixed(event.job_key, Text.assemble(
                         ("● ", "cyan"), "started on ", (where, "cyan"),
                         (f" ({human_duration(event.allocation_seconds)} to allocate)", "dim"),
@@ -222,23 +234,41 @@ class ProgressView:
                 running = state.running.setdefault(event.job_key, _Running(started=event.time))
                 running.step, running.step_started = event.name, event.time
                 if not self.quiet:
-                    self._print(state.prefixed(event.job_key, Text.assemble("  ", ("▸ ", "cyan"), event.name, _kind(event.kind))))
+                    self._print(
+                        state.prefixed(
+                            event.job_key,
+                            Text.assemble("  ", ("▸ ", "cyan"), event.name, _kind(event.kind)),
+                        )
+                    )
             case LogLine():
                 if self.logs and not (self._plain or self.quiet or "\x1b" in event.text):
                     # The common case on a terminal, as ready-made segments: several times
                     # cheaper than rendering a Text, which matters for chatty builds.
-                    self.console.print(Segments([
-                        Segment(f"[{state.workflow}/{event.job_key}] ", _PREFIX_STYLE),
-                        Segment("    " + "  " * event.group_depth),
-                        Segment(_CONTROL.sub("", event.text), _STDERR_STYLE if event.stream == "stderr" else None),
-                        Segment.line(),
-                    ]), soft_wrap=True, highlight=False)
+                    self.console.print(
+                        Segments(
+                            [
+                                Segment(f"[{state.workflow}/{event.job_key}] ", _PREFIX_STYLE),
+                                Segment("    " + "  " * event.group_depth),
+                                Segment(
+                                    _CONTROL.sub("", event.text),
+                                    _STDERR_STYLE if event.stream == "stderr" else None,
+                                ),
+                                Segment.line(),
+                            ]
+                        ),
+                        soft_wrap=True,
+                        highlight=False,
+                    )
                 elif self.logs:
                     line = Text("    " + "  " * event.group_depth)
                     if self._plain:
                         line.append(_CONTROL.sub("", _ANSI.sub("", event.text)))
                     elif "\x1b" in event.text:
-                        line.append_text(Text.from_ansi(event.text, style="red" if event.stream == "stderr" else ""))
+                        line.append_text(
+                            Text.from_ansi(
+                                event.text, style="red" if event.stream == "stderr" else ""
+                            )
+                        )
                     else:
                         line.append(event.text, "red" if event.stream == "stderr" else "")
                     self._output(state, event.job_key, event.step_index, line)
@@ -247,7 +277,9 @@ class ProgressView:
                 depth = state.groups.get(key, 0)
                 state.groups[key] = depth + 1
                 if self.logs:
-                    title = Text.assemble("    " + "  " * depth, ("▾ ", "bold"), (event.title, "bold"))
+                    title = Text.assemble(
+                        "    " + "  " * depth, ("▾ ", "bold"), (event.title, "bold")
+                    )
                     self._output(state, event.job_key, event.step_index, title)
             case GroupEnded():
                 key = (event.job_key, event.step_index)
@@ -258,9 +290,16 @@ class ProgressView:
                 self._step_finished(state, event)
             case SnapshotTaken():
                 if not self.quiet:
-                    self._print(state.prefixed(event.job_key, Text(
-                        f"    snapshot {event.snapshot_id} ({human_duration(event.duration)})", style="dim"
-                    )))
+                    self._print(
+                        state.prefixed(
+                            event.job_key,
+                            Text(
+                                f"    snapshot {event.snapshot_id} "
+                                f"({human_duration(event.duration)})",
+                                style="dim",
+                            ),
+                        )
+                    )
             case SnapshotRestored():
                 self._print(state.prefixed(event.job_key, Text.assemble(
                     ("  ↩ ", "magenta"), f"rolled back to snapshot {event.snapshot_id}",
@@ -271,7 +310,9 @@ class ProgressView:
                 job = state.collector.job_result(event.job_key)
                 tail = state.tails.pop((event.job_key, -1), None)  # quiet: the job's own output
                 state.dropped.pop((event.job_key, -1), None)
-                if job is not None and not (self.quiet and job.conclusion in ("success", "skipped")):
+                if job is not None and not (
+                    self.quiet and job.conclusion in ("success", "skipped")
+                ):
                     for line in tail or ():
                         self._print(line)
                     self._print(state.prefixed(event.job_key, job_line(job)))
@@ -298,7 +339,11 @@ class ProgressView:
         self._print(state.prefixed(event.job_key, Text("  ") + step_line(step)))
         if self.quiet and tail is not None:
             if dropped:
-                self._print(state.prefixed(event.job_key, Text(f"    ... {dropped} earlier lines", style="dim")))
+                self._print(
+                    state.prefixed(
+                        event.job_key, Text(f"    ... {dropped} earlier lines", style="dim")
+                    )
+                )
             for line in tail:
                 self._print(line)
 
@@ -307,7 +352,9 @@ class ProgressView:
             return
         text = Text("    ").append_text(annotation_line(event))
         if self.quiet and event.step_index >= 0:
-            state.flagged.add((event.job_key, event.step_index))  # show this step even if it ends well
+            state.flagged.add(
+                (event.job_key, event.step_index)
+            )  # show this step even if it ends well
         self._output(state, event.job_key, event.step_index, text)
 
     def _output(self, state: _RunState, job_key: str, step_index: int, text: Text) -> None:
@@ -324,7 +371,9 @@ class ProgressView:
 
     def _final(self, state: _RunState, result: RunResult) -> None:
         self.console.print()
-        jobs = [j for j in result.jobs if not self.quiet or j.conclusion not in ("success", "skipped")]
+        jobs = [
+            j for j in result.jobs if not self.quiet or j.conclusion not in ("success", "skipped")
+        ]
         if jobs:
             self.console.print(jobs_table(jobs))
         conclusion = result.conclusion or result.status
@@ -392,8 +441,12 @@ def jobs_table(jobs: list[JobResult]) -> Table:
             word += f": {job.reason}"
         machine = f"{job.provider} {job.machine_id}".strip() + (" (pool)" if job.from_pool else "")
         table.add_row(
-            Text(symbol, style=style), Text(job.job_key), Text(word, style=style),
-            f"{passed}/{len(counted)}", human_duration(job.duration), Text(machine or "-", style="dim"),
+            Text(symbol, style=style),
+            Text(job.job_key),
+            Text(word, style=style),
+            f"{passed}/{len(counted)}",
+            human_duration(job.duration),
+            Text(machine or "-", style="dim"),
         )
     return table
 
@@ -407,7 +460,12 @@ def _job_symbol(job: JobResult) -> tuple[str, str]:
 def job_line(job: JobResult) -> Text:
     symbol, style = _job_symbol(job)
     word = (job.conclusion or job.status) + (", rolled back" if job.rolled_back else "")
-    text = Text.assemble((f"{symbol} ", style), ("job ", style), (word, style), (f" {human_duration(job.duration)}", "dim"))
+    text = Text.assemble(
+        (f"{symbol} ", style),
+        ("job ", style),
+        (word, style),
+        (f" {human_duration(job.duration)}", "dim"),
+    )
     if job.reason:
         text.append(f" ({job.reason})", style)
     return text
@@ -416,7 +474,12 @@ def job_line(job: JobResult) -> Text:
 def step_line(step: StepResult) -> Text:
     continued = step.outcome == "failure" and step.conclusion == "success"
     symbol, style = SYMBOLS["continued" if continued else step.conclusion or step.status]
-    text = Text.assemble((f"{symbol} ", style), step.name, _kind(step.kind), (f" {human_duration(step.duration)}", "dim"))
+    text = Text.assemble(
+        (f"{symbol} ", style),
+        step.name,
+        _kind(step.kind),
+        (f" {human_duration(step.duration)}", "dim"),
+    )
     notes = []
     if step.exit_code not in (None, 0):
         notes.append(f"exit code {step.exit_code}")
@@ -451,7 +514,10 @@ class JsonView:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         if exc_type is None:
             self.close()

@@ -28,21 +28,67 @@ if TYPE_CHECKING:
 
 @click.command("rerun")
 @click.argument("run_id")
-@click.option("--from-step", "from_step", type=int, required=True, help="Continue from this step (the job's own steps, from 1).")
-@click.option("-j", "--job", "job_key", default=None, help="The failed job (its key, e.g. 'test (small)'); needed when several failed.")
-@click.option("-s", "--secret", "secrets", multiple=True, help="A secret K=V, or K to take it from the environment (repeatable); runs never store secrets: give them again.")
+@click.option(
+    "--from-step",
+    "from_step",
+    type=int,
+    required=True,
+    help="Continue from this step (the job's own steps, from 1).",
+)
+@click.option(
+    "-j",
+    "--job",
+    "job_key",
+    default=None,
+    help="The failed job (its key, e.g. 'test (small)'); needed when several failed.",
+)
+@click.option(
+    "-s",
+    "--secret",
+    "secrets",
+    multiple=True,
+    help="A secret K=V, or K to take it from the environment (repeatable); runs never store "
+    "secrets: give them again.",
+)
 @click.option("--secret-file", default=None, help="Secrets from a dotenv file.")
-@click.option("--var", "variables", multiple=True, help="Override a configuration variable K=V (repeatable).")
+@click.option(
+    "--var", "variables", multiple=True, help="Override a configuration variable K=V (repeatable)."
+)
 @click.option("--var-file", default=None, help="Override variables from a dotenv file.")
-@click.option("-W", "--workflow", "workflow_file", default=None, help="The workflow file (default: the original run's).")
-@click.option("--provider", default=None, envvar=ENV_PROVIDER, help=f"The machine provider (default: {DEFAULT_PROVIDER}) [env: {ENV_PROVIDER}].")
-@click.option("--snapshot/--no-snapshot", default=True, show_default=True, help="Keep snapshots again, so the re-run can be re-run if it fails.")
+@click.option(
+    "-W",
+    "--workflow",
+    "workflow_file",
+    default=None,
+    help="The workflow file (default: the original run's).",
+)
+@click.option(
+    "--provider",
+    default=None,
+    envvar=ENV_PROVIDER,
+    help=f"The machine provider (default: {DEFAULT_PROVIDER}) [env: {ENV_PROVIDER}].",
+)
+@click.option(
+    "--snapshot/--no-snapshot",
+    default=True,
+    show_default=True,
+    help="Keep snapshots again, so the re-run can be re-run if it fails.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Show only what failed, and the final table.")
 @click.option("--json", "as_json", is_flag=True, help="Print the new run's result as JSON.")
 def command(
-    run_id: str, from_step: int, job_key: str | None, secrets: tuple[str, ...], secret_file: str | None,
-    variables: tuple[str, ...], var_file: str | None, workflow_file: str | None, provider: str | None,
-    snapshot: bool, quiet: bool, as_json: bool,
+    run_id: str,
+    from_step: int,
+    job_key: str | None,
+    secrets: tuple[str, ...],
+    secret_file: str | None,
+    variables: tuple[str, ...],
+    var_file: str | None,
+    workflow_file: str | None,
+    provider: str | None,
+    snapshot: bool,
+    quiet: bool,
+    as_json: bool,
 ) -> None:
     """Re-run the failed job of run RUN_ID (or a unique prefix) from step N, in a new machine.
 
@@ -52,13 +98,13 @@ def command(
     """
     import asyncio
 
+    from vmrunner.cli.dotenv import read_dotenv
     from vmrunner.cli.run import _pairs
     from vmrunner.errors import ConfigError
+    from vmrunner.reports.storage import RunHistory
     from vmrunner.runner import checkpoints
     from vmrunner.runner.contexts import new_run_id
-    from vmrunner.runner.dotenv import read_dotenv
     from vmrunner.runner.rerun import plan_rerun
-    from vmrunner.runner.storage import RunHistory
     from vmrunner.store import Store
     from vmrunner.workflow.loader import load_workflow
 
@@ -68,17 +114,25 @@ def command(
     if job_key is None:
         if not kept_keys:
             raise ConfigError(
-                f"run {original.run_id} kept no snapshots: only failed jobs of a run made with --snapshot keep them"
+                f"run {original.run_id} kept no snapshots: only failed jobs of a run made with "
+                f"--snapshot keep them"
             )
         if len(kept_keys) > 1:
-            raise ConfigError(f"run {original.run_id} has several failed jobs: choose one with --job ({', '.join(map(repr, kept_keys))})")
+            raise ConfigError(
+                f"run {original.run_id} has several failed jobs: choose one with --job "
+                f"({', '.join(map(repr, kept_keys))})"
+            )
         job_key = kept_keys[0]
     if job_key not in kept_keys:
         job = original.job(job_key)
         if job is None:
             known = ", ".join(repr(j.job_key) for j in original.jobs) or "none"
             raise ConfigError(f"run {original.run_id} has no job {job_key!r} (its jobs: {known})")
-        why = "it did not fail" if job.conclusion != "failure" else "the run was not made with --snapshot"
+        why = (
+            "it did not fail"
+            if job.conclusion != "failure"
+            else "the run was not made with --snapshot"
+        )
         raise ConfigError(f"job {job_key!r} of run {original.run_id} kept no snapshots: {why}")
     kept = checkpoints.load(original.run_id, job_key)
     if kept is None:
@@ -90,24 +144,43 @@ def command(
     plan = plan_rerun(kept, workflow, from_step)
     base = kept.run_options()
     options = kept.run_options(
-        secrets={**(read_dotenv(secret_file) if secret_file else {}), **_pairs(secrets, "-s/--secret", from_environment=True)},
-        vars={**base.vars, **(read_dotenv(var_file) if var_file else {}), **_pairs(variables, "--var")},
-        run_id=new_run_id(), snapshot=snapshot, rollback_on_failure=False, jobs=None,
+        secrets={
+            **(read_dotenv(secret_file) if secret_file else {}),
+            **_pairs(secrets, "-s/--secret", from_environment=True),
+        },
+        vars={
+            **base.vars,
+            **(read_dotenv(var_file) if var_file else {}),
+            **_pairs(variables, "--var"),
+        },
+        run_id=new_run_id(),
+        snapshot=snapshot,
+        rollback_on_failure=False,
+        jobs=None,
     )
-    failed = asyncio.run(_rerun(workflow, plan, options, provider or DEFAULT_PROVIDER, as_json, quiet))
+    failed = asyncio.run(
+        _rerun(workflow, plan, options, provider or DEFAULT_PROVIDER, as_json, quiet)
+    )
     if failed:
         sys.exit(1)
 
 
-async def _rerun(workflow: Workflow, plan: RerunPlan, options: RunOptions, provider_name: str, as_json: bool, quiet: bool) -> bool:
+async def _rerun(
+    workflow: Workflow,
+    plan: RerunPlan,
+    options: RunOptions,
+    provider_name: str,
+    as_json: bool,
+    quiet: bool,
+) -> bool:
     from contextlib import AsyncExitStack
 
     from vmrunner.cli import terminal
     from vmrunner.cli.progress import ProgressView
     from vmrunner.machines.providers import get_provider
-    from vmrunner.runner.events import EventSink, FanOut, Recorder
+    from vmrunner.reports.events import EventSink, FanOut, Recorder
+    from vmrunner.reports.storage import RunHistory, StoreSink
     from vmrunner.runner.rerun import rerun_job
-    from vmrunner.runner.storage import RunHistory, StoreSink
     from vmrunner.sessions import SessionManager
     from vmrunner.store import Store
 
@@ -117,7 +190,9 @@ async def _rerun(workflow: Workflow, plan: RerunPlan, options: RunOptions, provi
         if isinstance(view, ProgressView):
             stack.enter_context(view)
         stack.push_async_callback(provider.aclose)
-        sessions = await stack.enter_async_context(SessionManager(provider, limit=1, wait_timeout=None))
+        sessions = await stack.enter_async_context(
+            SessionManager(provider, limit=1, wait_timeout=None)
+        )
         store = stack.enter_context(Store.open())
         with StoreSink(store, rerun_of=plan.kept.run_id, from_step=plan.from_step) as keep:
             outcome = await rerun_job(workflow, plan, options, sessions, FanOut(view, keep))

@@ -28,14 +28,16 @@ from vmrunner.config import (
 from vmrunner.errors import ConfigError, StoreDiskError, StoreError
 
 if TYPE_CHECKING:
+    from vmrunner.learning.history import LearningConfig
     from vmrunner.machines.base import NetworkMode
-    from vmrunner.runner.learning import LearningConfig
+    from vmrunner.reports.storage import StoreSink
     from vmrunner.runner.options import RunOptions
-    from vmrunner.runner.storage import StoreSink
     from vmrunner.workflow.models import Workflow
 
 
-def _pairs(values: Sequence[str], what: str, *, from_environment: bool = False, separator: str = "=") -> dict[str, str]:
+def _pairs(
+    values: Sequence[str], what: str, *, from_environment: bool = False, separator: str = "="
+) -> dict[str, str]:
     """``K=V`` options as a mapping; ``K`` alone takes the value from the environment."""
     result: dict[str, str] = {}
     for value in values:
@@ -54,67 +56,183 @@ def _pairs(values: Sequence[str], what: str, *, from_environment: bool = False, 
 
 @click.command("run")
 @click.argument("event", required=False, default="push")
-@click.option("-W", "--workflows", default=DEFAULT_WORKFLOWS, show_default=True, envvar=WORKFLOWS_ENV, help=f"A workflow file, or a folder of them [env: {WORKFLOWS_ENV}].")
-@click.option("-j", "--job", "jobs", multiple=True, help="Only this job and the jobs it needs (repeatable).")
+@click.option(
+    "-W",
+    "--workflows",
+    default=DEFAULT_WORKFLOWS,
+    show_default=True,
+    envvar=WORKFLOWS_ENV,
+    help=f"A workflow file, or a folder of them [env: {WORKFLOWS_ENV}].",
+)
+@click.option(
+    "-j", "--job", "jobs", multiple=True, help="Only this job and the jobs it needs (repeatable)."
+)
 @click.option("-e", "--event-path", default=None, help="The event payload (JSON file).")
-@click.option("-s", "--secret", "secrets", multiple=True, help="A secret K=V, or K to take it from the environment (repeatable).")
+@click.option(
+    "-s",
+    "--secret",
+    "secrets",
+    multiple=True,
+    help="A secret K=V, or K to take it from the environment (repeatable).",
+)
 @click.option("--secret-file", default=None, help="Secrets from a dotenv file.")
-@click.option("--var", "variables", multiple=True, help="A configuration variable K=V (repeatable).")
+@click.option(
+    "--var", "variables", multiple=True, help="A configuration variable K=V (repeatable)."
+)
 @click.option("--var-file", default=None, help="Variables from a dotenv file.")
 @click.option("--env-file", default=None, help="Environment for every job, from a dotenv file.")
-@click.option("--input", "inputs", multiple=True, help="A workflow_dispatch input K=V (repeatable).")
-@click.option("--matrix", "matrix", multiple=True, help="Only matrix combinations with key:value (repeatable).")
+@click.option(
+    "--input", "inputs", multiple=True, help="A workflow_dispatch input K=V (repeatable)."
+)
+@click.option(
+    "--matrix",
+    "matrix",
+    multiple=True,
+    help="Only matrix combinations with key:value (repeatable).",
+)
 @click.option("-n", "--dry-run", is_flag=True, help="Show what would run; start nothing.")
-@click.option("--provider", default=None, envvar=ENV_PROVIDER, help=f"The machine provider (default: {DEFAULT_PROVIDER}) [env: {ENV_PROVIDER}].")
-@click.option("--network", type=click.Choice(NETWORKS), default=None, help="The jobs' machines' network: private (their own, outbound NAT, the host unreachable; the default), host (the host's network, its loopback services included; the host provider's default), none (loopback only).")
-@click.option("--machine-type", "machine_types", multiple=True, help="Run jobs with this runs-on LABEL on machine TYPE: LABEL=TYPE (repeatable).")
+@click.option(
+    "--provider",
+    default=None,
+    envvar=ENV_PROVIDER,
+    help=f"The machine provider (default: {DEFAULT_PROVIDER}) [env: {ENV_PROVIDER}].",
+)
+@click.option(
+    "--network",
+    type=click.Choice(NETWORKS),
+    default=None,
+    help="The jobs' machines' network: private (their own, outbound NAT, the host unreachable; "
+    "the default), host (the host's network, its loopback services included; the host "
+    "provider's default), none (loopback only).",
+)
+@click.option(
+    "--machine-type",
+    "machine_types",
+    multiple=True,
+    help="Run jobs with this runs-on LABEL on machine TYPE: LABEL=TYPE (repeatable).",
+)
 @limit_options
-@click.option("--pool", type=click.IntRange(min=0), default=0, show_default=True, help="Machines kept started ahead (warm pool).")
-@click.option("--concurrent-jobs", type=click.IntRange(min=1), default=4, show_default=True, help="Jobs running at once, at most.")
-@click.option("--setup-command", "setup_commands", multiple=True, help="A command run in each job's machine before its steps (repeatable).")
-@click.option("--cleanup-command", "cleanup_commands", multiple=True, help="A command run in each job's machine after its steps, also on failure (repeatable).")
-@click.option("--snapshot", is_flag=True, help="Snapshot each job's machine after every successful step.")
-@click.option("--rollback-on-failure", is_flag=True, help="Restore a failed job's machine to its last good snapshot.")
-@click.option("--lesson-threshold", type=click.IntRange(min=1), default=None, help="Identical failures that make a lesson (default: 3) [env: VMRUNNER_LESSON_THRESHOLD].")
-@click.option("--repo-root", default=None, help="The repository (default: git top-level of the workflows, else the current folder).")
+@click.option(
+    "--pool",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Machines kept started ahead (warm pool).",
+)
+@click.option(
+    "--concurrent-jobs",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Jobs running at once, at most.",
+)
+@click.option(
+    "--setup-command",
+    "setup_commands",
+    multiple=True,
+    help="A command run in each job's machine before its steps (repeatable).",
+)
+@click.option(
+    "--cleanup-command",
+    "cleanup_commands",
+    multiple=True,
+    help="A command run in each job's machine after its steps, also on failure (repeatable).",
+)
+@click.option(
+    "--snapshot", is_flag=True, help="Snapshot each job's machine after every successful step."
+)
+@click.option(
+    "--rollback-on-failure",
+    is_flag=True,
+    help="Restore a failed job's machine to its last good snapshot.",
+)
+@click.option(
+    "--lesson-threshold",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Identical failures that make a lesson (default: 3) [env: VMRUNNER_LESSON_THRESHOLD].",
+)
+@click.option(
+    "--repo-root",
+    default=None,
+    help="The repository (default: git top-level of the workflows, else the current folder).",
+)
 @click.option("--actor", default=None, help="github.actor (default: $USER).")
 @click.option("-q", "--quiet", is_flag=True, help="Show only what failed, and the final table.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-@click.option("--store", default=None, envvar=ENV_STORE, help=f"Run on a fleet: submit to its PostgreSQL store (postgresql://...) and follow the logs [env: {ENV_STORE}]; see docs/fleet.md.")
-@click.option("--summary", "summary_file", default=None, help="Write the runs' Markdown summary (GitHub's job summary page) to this file.")
+@click.option(
+    "--store",
+    default=None,
+    envvar=ENV_STORE,
+    help=f"Run on a fleet: submit to its PostgreSQL store (postgresql://...) and follow the logs "
+    f"[env: {ENV_STORE}]; see docs/fleet.md.",
+)
+@click.option(
+    "--summary",
+    "summary_file",
+    default=None,
+    help="Write the runs' Markdown summary (GitHub's job summary page) to this file.",
+)
 def command(
-    event: str, workflows: str, jobs: tuple[str, ...], event_path: str | None, secrets: tuple[str, ...],
-    secret_file: str | None, variables: tuple[str, ...], var_file: str | None, env_file: str | None,
-    inputs: tuple[str, ...], matrix: tuple[str, ...], dry_run: bool, provider: str | None,
-    network: str | None, machine_types: tuple[str, ...], pool: int,
-    concurrent_jobs: int, setup_commands: tuple[str, ...], cleanup_commands: tuple[str, ...],
-    snapshot: bool, rollback_on_failure: bool, repo_root: str | None, actor: str | None, quiet: bool,
+    event: str,
+    workflows: str,
+    jobs: tuple[str, ...],
+    event_path: str | None,
+    secrets: tuple[str, ...],
+    secret_file: str | None,
+    variables: tuple[str, ...],
+    var_file: str | None,
+    env_file: str | None,
+    inputs: tuple[str, ...],
+    matrix: tuple[str, ...],
+    dry_run: bool,
+    provider: str | None,
+    network: str | None,
+    machine_types: tuple[str, ...],
+    pool: int,
+    concurrent_jobs: int,
+    setup_commands: tuple[str, ...],
+    cleanup_commands: tuple[str, ...],
+    snapshot: bool,
+    rollback_on_failure: bool,
+    repo_root: str | None,
+    actor: str | None,
+    quiet: bool,
     summary_file: str | None,
-    as_json: bool, store: str | None = None, lesson_threshold: int | None = None,
-    cpus: int | None = None, memory_mib: int | None = None, pids: int | None = None, disk_mib: int | None = None,
+    as_json: bool,
+    store: str | None = None,
+    lesson_threshold: int | None = None,
+    cpus: int | None = None,
+    memory_mib: int | None = None,
+    pids: int | None = None,
+    disk_mib: int | None = None,
 ) -> None:
     """Run the workflows EVENT (default: push) triggers, each job in its own machine."""
     import asyncio
 
     from vmrunner.cli import terminal
+    from vmrunner.cli.dotenv import read_dotenv
     from vmrunner.cli.options import read_payload, select, selected_jobs
-    from vmrunner.runner.dotenv import read_dotenv
-    from vmrunner.runner.learning import load_config
+    from vmrunner.learning.history import load_config
+    from vmrunner.repository import git_toplevel, repository_info
     from vmrunner.runner.options import RunOptions
-    from vmrunner.runner.repository import git_toplevel, repository_info
 
     payload = read_payload(event_path) or {}
     root = repo_root or asyncio.run(git_toplevel(workflows)) or os.getcwd()
     assumed: dict[str, str] | None = None
     if event == "push" and event_path is None:
-        # Filter as GitHub would for a push of the checked-out ref (a tags-only workflow does not run).
+        # Filter as GitHub would for a push of the checked-out ref (a tags-only workflow does not
+        # run).
         ref = asyncio.run(repository_info(os.path.abspath(root))).ref
         assumed = {"ref": ref} if ref else None
     selection = select(workflows, event, event_path, jobs, assumed_payload=assumed)
     for error in selection.errors:
         for diagnostic in error.diagnostics:
             terminal.error(str(diagnostic))
-    secret_values = {**(read_dotenv(secret_file) if secret_file else {}), **_pairs(secrets, "-s/--secret", from_environment=True)}
+    secret_values = {
+        **(read_dotenv(secret_file) if secret_file else {}),
+        **_pairs(secrets, "-s/--secret", from_environment=True),
+    }
     matrix_filter: dict[str, tuple[str, ...]] = {}
     for entry in matrix:
         key, value = next(iter(_pairs([entry], "--matrix", separator=":").items()))
@@ -144,12 +262,25 @@ def command(
         from vmrunner.cli.fleet import run_on_fleet
 
         if summary_file:
-            raise ConfigError("--summary is not available with --store (see `vmrunner runs show ID --store`)")
+            raise ConfigError(
+                "--summary is not available with --store (see `vmrunner runs show ID --store`)"
+            )
 
         if run_on_fleet(chosen, options, store, as_json=as_json, quiet=quiet) or selection.errors:
             sys.exit(1)
         return
-    failed = asyncio.run(_run_all(chosen, options, provider or DEFAULT_PROVIDER, pool, as_json, quiet, summary_file, load_config(lesson_threshold)))
+    failed = asyncio.run(
+        _run_all(
+            chosen,
+            options,
+            provider or DEFAULT_PROVIDER,
+            pool,
+            as_json,
+            quiet,
+            summary_file,
+            load_config(lesson_threshold),
+        )
+    )
     if failed or selection.errors:
         sys.exit(1)
 
@@ -169,8 +300,13 @@ def disk_report(path: str, sinks: Sequence[StoreSink], other_errors: Sequence[St
     elif kept:
         what = f"{len(sinks) - len(kept)} of {len(sinks)} runs could not be recorded"
     else:
-        what = "the run could not be recorded" if len(sinks) == 1 else "the runs could not be recorded"
-    return f"the disk holding {os.path.dirname(path)} was full or failing during the run: {what}; {first}"
+        what = (
+            "the run could not be recorded" if len(sinks) == 1 else "the runs could not be recorded"
+        )
+    return (
+        f"the disk holding {os.path.dirname(path)} was full or failing during the run: "
+        f"{what}; {first}"
+    )
 
 
 def _dry_run(chosen: list[tuple[Workflow, list[str] | None]], as_json: bool) -> None:
@@ -181,7 +317,14 @@ def _dry_run(chosen: list[tuple[Workflow, list[str] | None]], as_json: bool) -> 
     for workflow, jobs in chosen:
         graph = plan(workflow, jobs=jobs)
         for job_id in graph.order:
-            rows.append({"workflow": workflow.path, "job": job_id, "needs": list(graph.dependencies(job_id)), "matrix": graph.static_matrix(job_id)})
+            rows.append(
+                {
+                    "workflow": workflow.path,
+                    "job": job_id,
+                    "needs": list(graph.dependencies(job_id)),
+                    "matrix": graph.static_matrix(job_id),
+                }
+            )
     if as_json:
         terminal.print_json({"dry_run": True, "jobs": rows})
         return
@@ -192,8 +335,14 @@ def _dry_run(chosen: list[tuple[Workflow, list[str] | None]], as_json: bool) -> 
 
 
 async def _run_all(
-    chosen: list[tuple[Workflow, list[str] | None]], options: RunOptions, provider_name: str, pool_size: int,
-    as_json: bool, quiet: bool, summary_file: str | None, learning_config: LearningConfig | None = None,
+    chosen: list[tuple[Workflow, list[str] | None]],
+    options: RunOptions,
+    provider_name: str,
+    pool_size: int,
+    as_json: bool,
+    quiet: bool,
+    summary_file: str | None,
+    learning_config: LearningConfig | None = None,
 ) -> bool:
     """Run every chosen workflow at once on one session manager; True when any failed."""
     import asyncio
@@ -202,33 +351,42 @@ async def _run_all(
 
     from vmrunner.cli import terminal
     from vmrunner.cli.progress import JsonView, ProgressView
+    from vmrunner.learning.history import Learning, LearningSink
     from vmrunner.machines.pool import Reuse, WarmPool
     from vmrunner.machines.providers import get_provider
+    from vmrunner.reports.events import FanOut
+    from vmrunner.reports.storage import RunHistory, StoreSink
+    from vmrunner.reports.summary import write_summary
+    from vmrunner.repository import repository_info
     from vmrunner.runner.concurrency import ConcurrencyGroups
-    from vmrunner.runner.events import FanOut
-    from vmrunner.runner.learning import Learning, LearningSink
     from vmrunner.runner.options import machine_spec
-    from vmrunner.runner.repository import repository_info
     from vmrunner.runner.run import run_workflow
-    from vmrunner.runner.storage import RunHistory, StoreSink
-    from vmrunner.runner.summary import write_summary
     from vmrunner.sessions import SessionManager
     from vmrunner.store import Store
 
     provider = get_provider(provider_name)
-    view: JsonView | ProgressView = JsonView() if as_json else ProgressView(terminal.console(), quiet=quiet)
+    view: JsonView | ProgressView = (
+        JsonView() if as_json else ProgressView(terminal.console(), quiet=quiet)
+    )
     async with AsyncExitStack() as stack:
         stack.enter_context(view)
         if pool_size:
             # A used machine is restored to its verified pristine state and reused: cheaper than a
             # cold start (bench runner --reuse), where the provider can snapshot.
             reuse: Reuse = "restore" if provider.capabilities.snapshots else "destroy"
-            provider = await stack.enter_async_context(WarmPool(
-                provider, {options.default_vm_type: pool_size}, specs={options.default_vm_type: machine_spec(options, options.default_vm_type)}, reuse=reuse,
-            ))
+            provider = await stack.enter_async_context(
+                WarmPool(
+                    provider,
+                    {options.default_vm_type: pool_size},
+                    specs={options.default_vm_type: machine_spec(options, options.default_vm_type)},
+                    reuse=reuse,
+                )
+            )
         else:
             stack.push_async_callback(provider.aclose)
-        sessions = await stack.enter_async_context(SessionManager(provider, limit=options.concurrent_jobs, wait_timeout=None))
+        sessions = await stack.enter_async_context(
+            SessionManager(provider, limit=options.concurrent_jobs, wait_timeout=None)
+        )
         store = stack.enter_context(Store.open())
         low: list[StoreError] = []
         try:
@@ -237,16 +395,25 @@ async def _run_all(
         except StoreDiskError as exc:  # nearly full already: the run goes on, and is told
             low.append(exc)
         learning = stack.enter_context(Learning.open(config=learning_config))
-        repository = options.repository or (await repository_info(options.repo_root)).repository or os.path.basename(options.repo_root)
-        groups = ConcurrencyGroups()  # the workflows run here share their concurrency groups, as on GitHub
+        repository = (
+            options.repository
+            or (await repository_info(options.repo_root)).repository
+            or os.path.basename(options.repo_root)
+        )
+        # the workflows run here share their concurrency groups, as on GitHub
+        groups = ConcurrencyGroups()
         sinks: list[StoreSink] = []
 
         async def one(workflow: Workflow, jobs: list[str] | None) -> bool:
             learn = LearningSink(learning, repository=repository, workflow=workflow)
             with StoreSink(store) as keep:
                 sinks.append(keep)
-                selected = dataclasses.replace(options, jobs=tuple(jobs) if jobs is not None else None)
-                outcome = await run_workflow(workflow, selected, sessions, learn.chain(FanOut(view, keep)), groups)
+                selected = dataclasses.replace(
+                    options, jobs=tuple(jobs) if jobs is not None else None
+                )
+                outcome = await run_workflow(
+                    workflow, selected, sessions, learn.chain(FanOut(view, keep)), groups
+                )
             for error in keep.errors[:1]:
                 if not isinstance(error, StoreDiskError):  # a full disk gets the last line
                     terminal.warn(f"the run could not be fully recorded: {error}")

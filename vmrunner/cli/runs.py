@@ -13,8 +13,8 @@ import click
 if TYPE_CHECKING:
     from rich.text import Text
 
-    from vmrunner.runner.results import RunResult
-    from vmrunner.runner.timeline import TimelineEntry
+    from vmrunner.reports.results import RunResult
+    from vmrunner.reports.timeline import TimelineEntry
     from vmrunner.store import LogRow
 
 
@@ -28,13 +28,27 @@ def command() -> None:
 
 
 @command.command("list")
-@click.option("-n", "--limit", default=20, show_default=True, type=click.IntRange(min=1), help="Show at most this many runs, newest first.")
-@click.option("-w", "--workflow", default=None, help="Only runs of this workflow (its name or file).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines (each run in the shape of `runs show --json`).")
+@click.option(
+    "-n",
+    "--limit",
+    default=20,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Show at most this many runs, newest first.",
+)
+@click.option(
+    "-w", "--workflow", default=None, help="Only runs of this workflow (its name or file)."
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print JSON for machines (each run in the shape of `runs show --json`).",
+)
 def list_runs(limit: int, workflow: str | None, as_json: bool) -> None:
     """List runs: id, workflow, event, conclusion, start time and duration."""
     from vmrunner.cli import terminal
-    from vmrunner.runner.storage import RunHistory
+    from vmrunner.reports.storage import RunHistory
     from vmrunner.store import Store
 
     with Store.open() as store:
@@ -48,7 +62,7 @@ def list_runs(limit: int, workflow: str | None, as_json: bool) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from vmrunner.runner.results import human_duration
+    from vmrunner.reports.results import human_duration
 
     table = Table(box=None, header_style="bold", pad_edge=False)
     for title in ("Run", "Workflow", "Event", "Conclusion", "Started", "Duration"):
@@ -56,20 +70,28 @@ def list_runs(limit: int, workflow: str | None, as_json: bool) -> None:
     for run in runs:
         conclusion = run.conclusion or run.status.replace("_", " ")
         table.add_row(
-            run.run_id, Text(run.workflow_name or run.workflow_file), Text(run.event_name),
-            Text(conclusion, style=_style(conclusion)), _when(run.started_at), human_duration(run.duration),
+            run.run_id,
+            Text(run.workflow_name or run.workflow_file),
+            Text(run.event_name),
+            Text(conclusion, style=_style(conclusion)),
+            _when(run.started_at),
+            human_duration(run.duration),
         )
     terminal.console().print(table)
 
 
 @command.command("rm")
 @click.argument("run_ids", nargs=-1, required=True)
-@click.option("--snapshots-only", is_flag=True, help="Keep the runs; free only the snapshots they kept for `vmrunner rerun`.")
+@click.option(
+    "--snapshots-only",
+    is_flag=True,
+    help="Keep the runs; free only the snapshots they kept for `vmrunner rerun`.",
+)
 def remove(run_ids: tuple[str, ...], snapshots_only: bool) -> None:
     """Forget runs (RUN_ID or a unique prefix): their records, logs and kept snapshots."""
     from vmrunner.cli import terminal
+    from vmrunner.reports.storage import RunHistory
     from vmrunner.runner.checkpoints import remove_checkpoints
-    from vmrunner.runner.storage import RunHistory
     from vmrunner.store import Store
 
     with Store.open() as store:
@@ -81,12 +103,21 @@ def remove(run_ids: tuple[str, ...], snapshots_only: bool) -> None:
             if not snapshots_only:
                 terminal.info(f"removed run {run_id}")
             else:
-                terminal.info(f"removed the snapshots of run {run_id}" if freed else f"run {run_id} kept no snapshots")
+                terminal.info(
+                    f"removed the snapshots of run {run_id}"
+                    if freed
+                    else f"run {run_id} kept no snapshots"
+                )
 
 
 @command.command("cancel")
 @click.argument("run_id")
-@click.option("--store", required=True, envvar="VMRUNNER_STORE", help="The fleet's PostgreSQL URL [env: VMRUNNER_STORE]; see docs/fleet.md.")
+@click.option(
+    "--store",
+    required=True,
+    envvar="VMRUNNER_STORE",
+    help="The fleet's PostgreSQL URL [env: VMRUNNER_STORE]; see docs/fleet.md.",
+)
 def cancel(run_id: str, store: str) -> None:
     """Cancel a fleet run: running jobs lose their machines on their hosts, nothing is retried."""
     from vmrunner.cli.fleet import cancel_run
@@ -97,29 +128,78 @@ def cancel(run_id: str, store: str) -> None:
 @command.command("show")
 @click.argument("run_id")
 @click.option("--logs", "with_logs", is_flag=True, help="Include every step's output.")
-@click.option("-j", "--job", "job_key", default=None, help="Only this job (its job key, e.g. 'test (small)').")
-@click.option("--markdown", is_flag=True, help="Print the run's Markdown summary instead (as `vmrunner run --summary` writes it).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines: the run result, plus `logs` with --logs.")
-@click.option("--timeline", is_flag=True, help="Print the machine lifecycle timeline (T+ms from the run's start) and the counts that prove one machine per job.")
-@click.option("--svg", "svg_file", default=None, type=click.Path(dir_okay=False, writable=True), help="With --timeline: also draw it as an SVG picture in this file (one lane per machine).")
-@click.option("-f", "--follow", is_flag=True, help="Print the run's output as it is written, until the run ends; then show the run.")
-@click.option("--store", default=None, envvar="VMRUNNER_STORE", help="Show a fleet run from its PostgreSQL store (any host) [env: VMRUNNER_STORE]; see docs/fleet.md.")
+@click.option(
+    "-j", "--job", "job_key", default=None, help="Only this job (its job key, e.g. 'test (small)')."
+)
+@click.option(
+    "--markdown",
+    is_flag=True,
+    help="Print the run's Markdown summary instead (as `vmrunner run --summary` writes it).",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print JSON for machines: the run result, plus `logs` with --logs.",
+)
+@click.option(
+    "--timeline",
+    is_flag=True,
+    help="Print the machine lifecycle timeline (T+ms from the run's start) and the counts that "
+    "prove one machine per job.",
+)
+@click.option(
+    "--svg",
+    "svg_file",
+    default=None,
+    type=click.Path(dir_okay=False, writable=True),
+    help="With --timeline: also draw it as an SVG picture in this file (one lane per machine).",
+)
+@click.option(
+    "-f",
+    "--follow",
+    is_flag=True,
+    help="Print the run's output as it is written, until the run ends; then show the run.",
+)
+@click.option(
+    "--store",
+    default=None,
+    envvar="VMRUNNER_STORE",
+    help="Show a fleet run from its PostgreSQL store (any host) [env: VMRUNNER_STORE]; see "
+    "docs/fleet.md.",
+)
 def show(
-    run_id: str, with_logs: bool, job_key: str | None, markdown: bool, as_json: bool, timeline: bool, svg_file: str | None,
-    follow: bool, store: str | None,
+    run_id: str,
+    with_logs: bool,
+    job_key: str | None,
+    markdown: bool,
+    as_json: bool,
+    timeline: bool,
+    svg_file: str | None,
+    follow: bool,
+    store: str | None,
 ) -> None:
     """Show one run (RUN_ID or a unique prefix of it): its jobs, steps and results."""
     from dataclasses import asdict, replace
 
     from vmrunner.cli import terminal
     from vmrunner.errors import ConfigError
-    from vmrunner.runner.storage import RunHistory
+    from vmrunner.reports.storage import RunHistory
     from vmrunner.store import Store
 
     if store:
         from vmrunner.cli.fleet import show_run
 
-        given = [flag for flag, value in (("-j", job_key), ("--markdown", markdown), ("--timeline", timeline), ("--svg", svg_file)) if value]
+        given = [
+            flag
+            for flag, value in (
+                ("-j", job_key),
+                ("--markdown", markdown),
+                ("--timeline", timeline),
+                ("--svg", svg_file),
+            )
+            if value
+        ]
         if given:
             raise ConfigError(f"{given[0]} is not available for fleet runs (--store)")
         show_run(run_id, store, follow=follow, as_json=as_json, with_logs=with_logs)
@@ -143,7 +223,7 @@ def show(
     if timeline and not (markdown or as_json):
         _print_timeline(result)
     elif markdown:
-        from vmrunner.runner.summary import render_summary
+        from vmrunner.reports.summary import render_summary
 
         terminal.console().out(render_summary(result), end="", highlight=False)
     elif as_json:
@@ -163,7 +243,7 @@ def _follow(run_id: str, job_key: str | None) -> str:
     from rich.text import Text
 
     from vmrunner.cli import terminal
-    from vmrunner.runner.storage import RunHistory
+    from vmrunner.reports.storage import RunHistory
     from vmrunner.store import Store
 
     console = terminal.console()
@@ -177,7 +257,11 @@ def _follow(run_id: str, job_key: str | None) -> str:
             for row in rows[shown:]:
                 text = _log_text(row, indent="")
                 if text is not None:
-                    console.print(Text(f"[{row.job_key}] ", style="blue") + text, soft_wrap=True, highlight=False)
+                    console.print(
+                        Text(f"[{row.job_key}] ", style="blue") + text,
+                        soft_wrap=True,
+                        highlight=False,
+                    )
             shown = len(rows)
             if ended:
                 return run_id
@@ -189,7 +273,7 @@ def _print_run(result: RunResult, logs: list[LogRow] | None) -> None:
 
     from vmrunner.cli import terminal
     from vmrunner.cli.progress import SYMBOLS, annotation_line, job_line, step_line
-    from vmrunner.runner.results import human_duration
+    from vmrunner.reports.results import human_duration
 
     console = terminal.console()
 
@@ -199,9 +283,23 @@ def _print_run(result: RunResult, logs: list[LogRow] | None) -> None:
 
     conclusion = result.conclusion or result.status.replace("_", " ")
     symbol, style = SYMBOLS.get(result.conclusion or result.status, ("?", ""))
-    say(Text.assemble(("Run ", "bold"), (result.run_id, "bold"), "  ", (result.workflow_name, "bold"), (f" ({result.workflow_file})", "dim")))
+    say(
+        Text.assemble(
+            ("Run ", "bold"),
+            (result.run_id, "bold"),
+            "  ",
+            (result.workflow_name, "bold"),
+            (f" ({result.workflow_file})", "dim"),
+        )
+    )
     where = " ".join(part for part in (result.event_name, result.ref, result.sha[:12]) if part)
-    say(Text.assemble((f"{symbol} {conclusion}", style), f"  {where}  started {_when(result.started_at)}, took {human_duration(result.duration)}"))
+    say(
+        Text.assemble(
+            (f"{symbol} {conclusion}", style),
+            f"  {where}  started {_when(result.started_at)}, "
+            f"took {human_duration(result.duration)}",
+        )
+    )
     for annotation in result.run_annotations:
         say(annotation_line(annotation))
     by_step: dict[tuple[str, int], list[LogRow]] = {}
@@ -210,7 +308,13 @@ def _print_run(result: RunResult, logs: list[LogRow] | None) -> None:
     for job in result.jobs:
         say(Text())
         machine = f"{job.provider} {job.machine_id}".strip() + (" (pool)" if job.from_pool else "")
-        say(Text.assemble((f"[{job.job_key}] ", "blue"), job_line(job), (f"  {machine}" if machine else "", "dim")))
+        say(
+            Text.assemble(
+                (f"[{job.job_key}] ", "blue"),
+                job_line(job),
+                (f"  {machine}" if machine else "", "dim"),
+            )
+        )
         for step in job.steps:
             say(Text("  ") + step_line(step))
             if step.snapshot_id:
@@ -231,13 +335,23 @@ def _print_timeline(result: RunResult) -> None:
     from rich.text import Text
 
     from vmrunner.cli import terminal
-    from vmrunner.runner.timeline import relative_ms, state_during, visible
+    from vmrunner.reports.timeline import relative_ms, state_during, visible
 
     console = terminal.console()
     entries = result.timeline
-    console.print(Text.assemble(("Machine lifecycle timeline ", "bold"), (f"run {result.run_id}", "bold"), f"  {result.workflow_name}"), highlight=False)
+    console.print(
+        Text.assemble(
+            ("Machine lifecycle timeline ", "bold"),
+            (f"run {result.run_id}", "bold"),
+            f"  {result.workflow_name}",
+        ),
+        highlight=False,
+    )
     if not entries:
-        terminal.info("no lifecycle events recorded for this run (no job got a machine, or it ran before vmrunner kept them)")
+        terminal.info(
+            "no lifecycle events recorded for this run (no job got a machine, or it ran before "
+            "vmrunner kept them)"
+        )
         return
     shown = {id(entry) for entry in visible(entries)}
     table = Table(box=None, header_style="bold", pad_edge=False)
@@ -246,7 +360,13 @@ def _print_timeline(result: RunResult) -> None:
     for position, entry in enumerate(entries):
         if id(entry) in shown:
             event, style = _timeline_event(entry)
-            table.add_row(relative_ms(entry.time, result.started_at), Text(entry.job_key, "blue"), Text(event, style), entry.machine_id or "-", state_during(entries, position) or "-")
+            table.add_row(
+                relative_ms(entry.time, result.started_at),
+                Text(entry.job_key, "blue"),
+                Text(event, style),
+                entry.machine_id or "-",
+                state_during(entries, position) or "-",
+            )
     console.print(table)
     _print_proof(result)
 
@@ -257,14 +377,24 @@ def _timeline_event(entry: TimelineEntry) -> tuple[str, str]:
     if kind == "allocation_requested":
         return f"allocation requested ({entry.detail})", ""
     if kind == "machine_allocated":
-        return f"machine allocated in {round((entry.seconds or 0) * 1000)}ms ({entry.detail})", "bold"
+        return (
+            f"machine allocated in {round((entry.seconds or 0) * 1000)}ms ({entry.detail})",
+            "bold",
+        )
     if kind == "session_state":
-        return f"session {entry.state}" + (f": {entry.detail}" if entry.detail and entry.state not in ("terminating", "released") else ""), "dim"
+        return f"session {entry.state}" + (
+            f": {entry.detail}"
+            if entry.detail and entry.state not in ("terminating", "released")
+            else ""
+        ), "dim"
     if kind == "command_started":
         return f"{entry.step_kind} started: {entry.name}", ""
     if kind == "command_finished":
         code = "no exit code" if entry.exit_code is None else f"exit {entry.exit_code}"
-        return f"{entry.step_kind} finished: {entry.name} ({code}, {entry.outcome})", "red" if entry.outcome == "failure" else "green"
+        return (
+            f"{entry.step_kind} finished: {entry.name} ({code}, {entry.outcome})",
+            "red" if entry.outcome == "failure" else "green",
+        )
     if kind == "snapshot_taken":
         return f"snapshot taken {entry.detail}", "cyan"
     if kind == "snapshot_restored":
@@ -291,17 +421,34 @@ def _print_proof(result: RunResult) -> None:
     console.print()
     console.print(Text("Counts from the recorded events", style="bold"), highlight=False)
     line("Jobs given a machine:", str(proof.jobs))
-    line("Machines allocated:", str(proof.machines_allocated), proof.machines_allocated == proof.jobs)
-    line("Machines released:", f"{proof.machines_released} (each exactly once: {_yes(proof.released_once)})", proof.released_once and proof.machines_released == proof.machines_allocated)
+    line(
+        "Machines allocated:", str(proof.machines_allocated), proof.machines_allocated == proof.jobs
+    )
+    line(
+        "Machines released:",
+        f"{proof.machines_released} (each exactly once: {_yes(proof.released_once)})",
+        proof.released_once and proof.machines_released == proof.machines_allocated,
+    )
     for use in proof.machines:
         line(f"Commands in {use.machine_id}:", f"{use.commands} ({use.job_key})")
     own = proof.commands - proof.stray_commands
-    line("Every command in its job's machine:", f"{_yes(proof.commands_in_own_machine)} ({own} of {proof.commands})", proof.commands_in_own_machine)
-    overlapping = [f"{a.job_key} / {b.job_key}" for i, a in enumerate(proof.machines) for b in proof.machines[i + 1:] if a.overlaps(b)]
+    line(
+        "Every command in its job's machine:",
+        f"{_yes(proof.commands_in_own_machine)} ({own} of {proof.commands})",
+        proof.commands_in_own_machine,
+    )
+    overlapping = [
+        f"{a.job_key} / {b.job_key}"
+        for i, a in enumerate(proof.machines)
+        for b in proof.machines[i + 1 :]
+        if a.overlaps(b)
+    ]
     line("Most machines alive at once:", str(proof.peak_machines))
     if overlapping:
         line("Overlapping machines (in parallel):", ", ".join(overlapping))
-    console.print(Text(f"Total machines used: {proof.total_machines}", style="bold"), highlight=False)
+    console.print(
+        Text(f"Total machines used: {proof.total_machines}", style="bold"), highlight=False
+    )
 
 
 def _yes(flag: bool) -> str:
@@ -311,15 +458,21 @@ def _yes(flag: bool) -> str:
 def _write_svg(result: RunResult, path: str) -> None:
     from vmrunner.cli import terminal
     from vmrunner.errors import ConfigError
-    from vmrunner.runner.svg import render_svg
+    from vmrunner.reports.svg import render_svg
 
-    svg = render_svg(result.timeline, result.started_at, title=f"{result.workflow_name or result.workflow_file} — run {result.run_id}")
+    svg = render_svg(
+        result.timeline,
+        result.started_at,
+        title=f"{result.workflow_name or result.workflow_file} — run {result.run_id}",
+    )
     try:
         with open(path, "w", encoding="utf-8") as file:
             file.write(svg)
     except OSError as exc:
         raise ConfigError(f"--svg: cannot write {path}: {exc.strerror or exc}") from exc
-    terminal.console(stderr=True).print(f"timeline drawn in {path}", markup=False, highlight=False, soft_wrap=True)
+    terminal.console(stderr=True).print(
+        f"timeline drawn in {path}", markup=False, highlight=False, soft_wrap=True
+    )
 
 
 def _log_text(row: LogRow, indent: str = "    ") -> Text | None:

@@ -1,4 +1,5 @@
-"""``vmrunner sessions``: see the sessions in the state database, reclaim leftovers of dead runners."""
+"""``vmrunner sessions``: see the sessions in the state database, reclaim leftovers of dead
+runners."""
 
 from __future__ import annotations
 
@@ -74,7 +75,8 @@ def list_sessions(show_all: bool, as_json: bool) -> None:
     "providers",
     multiple=True,
     envvar=ENV_PROVIDER,
-    help=f"Also scan this provider's machines on disk (repeatable) [env: {ENV_PROVIDER}; default: {DEFAULT_PROVIDER}].",
+    help=f"Also scan this provider's machines on disk (repeatable) [env: {ENV_PROVIDER}; default: "
+    f"{DEFAULT_PROVIDER}].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 def reclaim(providers: tuple[str, ...], as_json: bool) -> None:
@@ -88,7 +90,7 @@ def reclaim(providers: tuple[str, ...], as_json: bool) -> None:
     from vmrunner.cli import terminal
     from vmrunner.machines.base import Provider
     from vmrunner.machines.providers import get_provider
-    from vmrunner.runner.storage import RunHistory
+    from vmrunner.reports.storage import RunHistory
     from vmrunner.sessions import named_provider, reclaim_orphans
     from vmrunner.store import Store
 
@@ -106,14 +108,18 @@ def reclaim(providers: tuple[str, ...], as_json: bool) -> None:
             names.update(row.provider for row in store.machines())
             scan = [p for p in (resolve(n) for n in sorted(names)) if p is not None]
             try:
-                return await reclaim_orphans(store, resolve, scan), RunHistory(store).mark_interrupted()
+                return await reclaim_orphans(store, resolve, scan), RunHistory(
+                    store
+                ).mark_interrupted()
             finally:
                 for provider in scan:
                     await provider.aclose()
 
     actions, interrupted = asyncio.run(run())
     if as_json:
-        terminal.print_json({"actions": [_action(a) for a in actions], "interrupted_runs": interrupted})
+        terminal.print_json(
+            {"actions": [_action(a) for a in actions], "interrupted_runs": interrupted}
+        )
     elif not actions and not interrupted:
         terminal.info("nothing to reclaim: no machine or session of a dead runner")
     if not as_json:
@@ -123,7 +129,8 @@ def reclaim(providers: tuple[str, ...], as_json: bool) -> None:
         if not as_json:
             verb = "reclaimed" if action.ok else "FAILED to reclaim"
             terminal.info(
-                f"{verb} {action.kind} {action.id} ({action.provider}, runner pid {action.owner_pid}): {action.note}"
+                f"{verb} {action.kind} {action.id} ({action.provider}, runner pid "
+                f"{action.owner_pid}): {action.note}"
             )
     if any(not a.ok for a in actions):
         raise SystemExit(1)

@@ -11,7 +11,9 @@ from vmrunner.cli.options import workflow_options
 
 @click.command("validate")
 @workflow_options
-def command(event: str | None, workflows: str, event_path: str | None, jobs: tuple[str, ...], as_json: bool) -> None:
+def command(
+    event: str | None, workflows: str, event_path: str | None, jobs: tuple[str, ...], as_json: bool
+) -> None:
     """Check the workflows and report every error; exit status 1 when there is any."""
     from vmrunner.cli import terminal
     from vmrunner.cli.options import select, selected_jobs
@@ -34,7 +36,8 @@ def command(event: str | None, workflows: str, event_path: str | None, jobs: tup
                 "files": list(selection.files),
                 "checked": checked,
                 "diagnostics": [
-                    {"file": d.file, "line": d.line, "column": d.column, "message": d.message} for d in diagnostics
+                    {"file": d.file, "line": d.line, "column": d.column, "message": d.message}
+                    for d in diagnostics
                 ],
             }
         )
@@ -43,7 +46,10 @@ def command(event: str | None, workflows: str, event_path: str | None, jobs: tup
             terminal.info(str(diagnostic))
         if diagnostics:
             noun = "error" if len(diagnostics) == 1 else "errors"
-            terminal.console(stderr=True).print(f"{len(diagnostics)} {noun} in {len(failed)} of {checked} workflow files", markup=False)
+            terminal.console(stderr=True).print(
+                f"{len(diagnostics)} {noun} in {len(failed)} of {checked} workflow files",
+                markup=False,
+            )
         else:
             terminal.info(f"{checked} workflow{'s' if checked != 1 else ''} OK")
     if diagnostics:

@@ -36,9 +36,10 @@ from vmrunner.fleet.labels import agent_queues, canonical
 from vmrunner.fleet.matrix import OneCombination
 from vmrunner.fleet.store import Assignment, EventRecord, FleetStore
 from vmrunner.machines.base import DEFAULT_VM_TYPE, MachineSpec, NetworkMode
-from vmrunner.runner.events import Event, LogLine, RunFinished, RunInsights, RunStarted
-from vmrunner.runner.repository import repository_info
-from vmrunner.runner.run import Run, RunContext
+from vmrunner.reports.events import Event, LogLine, RunFinished, RunInsights, RunStarted
+from vmrunner.repository import repository_info
+from vmrunner.runner.context import RunContext
+from vmrunner.runner.run import Run
 from vmrunner.sessions import SessionManager
 from vmrunner.workflow.loader import load_workflow_text
 from vmrunner.workflow.planner import plan
@@ -47,7 +48,13 @@ log = logging.getLogger("vmrunner.agent")
 #: Every job sees which attempt it is (1 first, then 2, ... after its host was lost).
 ATTEMPT_ENV = "VMRUNNER_ATTEMPT"
 #: Errors that mean the database (or the connection to it) is gone.
-DATABASE_ERRORS = (psycopg.Error, psycopg_pool.PoolTimeout, procrastinate.exceptions.ConnectorException, StoreError, OSError)
+DATABASE_ERRORS = (
+    psycopg.Error,
+    psycopg_pool.PoolTimeout,
+    procrastinate.exceptions.ConnectorException,
+    StoreError,
+    OSError,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +88,10 @@ class AgentConfig:
         if self.network not in ("", *NETWORKS):
             raise ConfigError(f"network must be one of {', '.join(NETWORKS)}, got {self.network!r}")
         if self.fence >= self.stall:
-            raise ConfigError(f"the fence interval ({self.fence}s) must be shorter than the stall interval ({self.stall}s)")
+            raise ConfigError(
+                f"the fence interval ({self.fence}s) must be shorter than the stall interval "
+                f"({self.stall}s)"
+            )
 
 
 #: Events of the agent's one-job run that say nothing about the job (the fleet run has its own).
@@ -102,7 +112,11 @@ class _Reports:
             self.lines.append(event.text)
         elif not isinstance(event, _RUN_EVENTS):
             self.seq += 1
-            data = {f.name: getattr(event, f.name) for f in dataclasses.fields(event) if f.name != "run_id"}
+            data = {
+                f.name: getattr(event, f.name)
+                for f in dataclasses.fields(event)
+                if f.name != "run_id"
+            }
             self.events.append(EventRecord(self.seq, type(event).__name__, event.time, data))
 
     def take(self) -> tuple[list[str], list[EventRecord]]:
@@ -130,22 +144,36 @@ class Agent:
             try:
                 await self.serve()
             except* DATABASE_ERRORS as group:
-                log.warning("agent %s lost the database (%s); starting again", self.config.name, group.exceptions[0])
+                log.warning(
+                    "agent %s lost the database (%s); starting again",
+                    self.config.name,
+                    group.exceptions[0],
+                )
             await asyncio.sleep(self.config.restart_delay)
 
     async def serve(self) -> None:
         config = self.config
-        async with self._sessions() as sessions, FleetStore(config.url, runner=self.run_job) as store:
+        async with (
+            self._sessions() as sessions,
+            FleetStore(config.url, runner=self.run_job) as store,
+        ):
             self.sessions, self.store = sessions, store
             await store.register_agent(config.name, self.labels, config.capacity)
             log.info("agent %s serving %s", config.name, ", ".join(self.queues))
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._keep_registered(store))
-                group.create_task(store.app.run_worker_async(
-                    queues=self.queues, name=config.name, concurrency=config.capacity,
-                    install_signal_handlers=False, abort_job_polling_interval=0.2, fetch_job_polling_interval=0.5,
-                    shutdown_graceful_timeout=0.1, delete_jobs="always",
-                ))
+                group.create_task(
+                    store.app.run_worker_async(
+                        queues=self.queues,
+                        name=config.name,
+                        concurrency=config.capacity,
+                        install_signal_handlers=False,
+                        abort_job_polling_interval=0.2,
+                        fetch_job_polling_interval=0.5,
+                        shutdown_graceful_timeout=0.1,
+                        delete_jobs="always",
+                    )
+                )
 
     @contextlib.asynccontextmanager
     async def _sessions(self) -> AsyncIterator[SessionManager]:
@@ -159,13 +187,25 @@ class Agent:
             if self.config.pool_size:
                 spec = MachineSpec(vm_type=DEFAULT_VM_TYPE, network=self.network)
                 provider = await stack.enter_async_context(
-                    WarmPool(provider, {DEFAULT_VM_TYPE: self.config.pool_size}, specs={DEFAULT_VM_TYPE: spec})
+                    WarmPool(
+                        provider,
+                        {DEFAULT_VM_TYPE: self.config.pool_size},
+                        specs={DEFAULT_VM_TYPE: spec},
+                    )
                 )
             else:
                 stack.push_async_callback(provider.aclose)
-            sessions = await stack.enter_async_context(SessionManager(provider, limit=self.config.capacity, wait_timeout=None))
+            sessions = await stack.enter_async_context(
+                SessionManager(provider, limit=self.config.capacity, wait_timeout=None)
+            )
             for action in sessions.reclaimed:
-                log.info("reclaimed %s %s left by agent process %d (%s)", action.kind, action.id, action.owner_pid, action.note or "ok")
+                log.info(
+                    "reclaimed %s %s left by agent process %d (%s)",
+                    action.kind,
+                    action.id,
+                    action.owner_pid,
+                    action.note or "ok",
+                )
             yield sessions
 
     async def _keep_registered(self, store: FleetStore) -> None:
@@ -177,8 +217,12 @@ class Agent:
                 await store.agent_heartbeat(self.config.name)
                 if time.monotonic() - last_sweep >= self.config.sweep_interval:
                     last_sweep = time.monotonic()
-                    for run_id, job_id, attempt in await store.sweep(self.config.stall, self.config.max_attempts):
-                        log.warning("job %s of run %s stalled: attempt %d queued", job_id, run_id, attempt)
+                    for run_id, job_id, attempt in await store.sweep(
+                        self.config.stall, self.config.max_attempts
+                    ):
+                        log.warning(
+                            "job %s of run %s stalled: attempt %d queued", job_id, run_id, attempt
+                        )
                 last_ok = time.monotonic()
             except DATABASE_ERRORS:
                 if time.monotonic() - last_ok > self.config.fence:
@@ -187,22 +231,41 @@ class Agent:
 
     # One attempt
 
-    async def run_job(self, context: procrastinate.JobContext, run_id: str, job_id: str, attempt: int) -> None:
+    async def run_job(
+        self, context: procrastinate.JobContext, run_id: str, job_id: str, attempt: int
+    ) -> None:
         """The procrastinate task: run one attempt, unless it is no longer the current one."""
         store = self.store
         assert store is not None
         assignment = await store.start(run_id, job_id, attempt, self.config.name)
         if assignment is None:
-            log.info("job %s of run %s: attempt %d is not current; dropped", job_id, run_id, attempt)
+            log.info(
+                "job %s of run %s: attempt %d is not current; dropped", job_id, run_id, attempt
+            )
             return
         logs = _Reports()
-        execution = asyncio.create_task(self._execute(assignment, logs), name=f"{run_id}/{job_id}#{attempt}")
+        execution = asyncio.create_task(
+            self._execute(assignment, logs), name=f"{run_id}/{job_id}#{attempt}"
+        )
         try:
             fenced = await self._keep_alive(store, assignment, logs, execution)
             if fenced:
-                log.warning("job %s of run %s: attempt %d fenced off; its machine is released, nothing reported", job_id, run_id, attempt)
-        except asyncio.CancelledError:  # aborted (cancelled run, or retried elsewhere) or shutting down
-            log.warning("job %s of run %s: attempt %d aborted; its machine is released", job_id, run_id, attempt)
+                log.warning(
+                    "job %s of run %s: attempt %d fenced off; its machine is released, nothing "
+                    "reported",
+                    job_id,
+                    run_id,
+                    attempt,
+                )
+        except (
+            asyncio.CancelledError
+        ):  # aborted (cancelled run, or retried elsewhere) or shutting down
+            log.warning(
+                "job %s of run %s: attempt %d aborted; its machine is released",
+                job_id,
+                run_id,
+                attempt,
+            )
             raise
         finally:
             if not execution.done():
@@ -213,7 +276,13 @@ class Agent:
             return
         await self._report(store, assignment, logs, *execution.result())
 
-    async def _keep_alive(self, store: FleetStore, assignment: Assignment, logs: _Reports, execution: asyncio.Task[Any]) -> bool:
+    async def _keep_alive(
+        self,
+        store: FleetStore,
+        assignment: Assignment,
+        logs: _Reports,
+        execution: asyncio.Task[Any],
+    ) -> bool:
         """Heartbeat (with the logs so far) until the attempt ends; True when it must be
         abandoned: refused (retried elsewhere) or unable to heartbeat for ``fence`` seconds."""
         last_ok = time.monotonic()
@@ -237,7 +306,14 @@ class Agent:
                     return True
 
     async def _report(
-        self, store: FleetStore, a: Assignment, logs: _Reports, result: str, outputs: dict[str, str], reason: str, continue_on_error: bool,
+        self,
+        store: FleetStore,
+        a: Assignment,
+        logs: _Reports,
+        result: str,
+        outputs: dict[str, str],
+        reason: str,
+        continue_on_error: bool,
     ) -> None:
         """Write the end of the attempt, retrying through short outages up to the fence."""
         deadline = time.monotonic() + self.config.fence
@@ -246,16 +322,37 @@ class Agent:
             try:
                 await store.append(a.run_id, a.job_id, a.attempt, lines, events)
                 lines, events = [], []
-                if not await store.finish(a.run_id, a.job_id, a.attempt, result, outputs, reason, continue_on_error=continue_on_error):
-                    log.warning("job %s of run %s: attempt %d ended %s but was no longer current; rejected", a.job_id, a.run_id, a.attempt, result)
+                if not await store.finish(
+                    a.run_id,
+                    a.job_id,
+                    a.attempt,
+                    result,
+                    outputs,
+                    reason,
+                    continue_on_error=continue_on_error,
+                ):
+                    log.warning(
+                        "job %s of run %s: attempt %d ended %s but was no longer current; rejected",
+                        a.job_id,
+                        a.run_id,
+                        a.attempt,
+                        result,
+                    )
                 return
             except DATABASE_ERRORS:
                 if time.monotonic() > deadline:
-                    log.warning("job %s of run %s: could not report attempt %d", a.job_id, a.run_id, a.attempt)
+                    log.warning(
+                        "job %s of run %s: could not report attempt %d",
+                        a.job_id,
+                        a.run_id,
+                        a.attempt,
+                    )
                     return
                 await asyncio.sleep(self.config.heartbeat)
 
-    async def _execute(self, a: Assignment, logs: _Reports) -> tuple[str, dict[str, str], str, bool]:
+    async def _execute(
+        self, a: Assignment, logs: _Reports
+    ) -> tuple[str, dict[str, str], str, bool]:
         """The job (or one matrix combination) in this host's session manager, as
         ``run_workflow`` runs one job of a run: (result, outputs, reason, continue-on-error)."""
         assert self.sessions is not None
@@ -264,14 +361,22 @@ class Agent:
             workflow = load_workflow_text(a.workflow_text, a.workflow_path)
             info = await repository_info(a.options.repo_root)
             options = dataclasses.replace(
-                a.options, env={**a.options.env, ATTEMPT_ENV: str(a.attempt)}, secrets=dict(self.config.secrets),
+                a.options,
+                env={**a.options.env, ATTEMPT_ENV: str(a.attempt)},
+                secrets=dict(self.config.secrets),
                 network=self.network,
             )
             context = RunContext(workflow, options, self.sessions, logs, info)
             job_plan = plan(workflow, jobs=a.options.jobs)
-            run = Run(context, job_plan) if a.matrix_index is None else OneCombination(context, job_plan, a.matrix_index)
+            run = (
+                Run(context, job_plan)
+                if a.matrix_index is None
+                else OneCombination(context, job_plan, a.matrix_index)
+            )
             run.needs_results.update({need: dict(value) for need, value in a.needs.items()})
-            stop_observing = self.sessions.observe(context.session_changed)  # the lifecycle timeline, as Run.execute does
+            stop_observing = self.sessions.observe(
+                context.session_changed
+            )  # the lifecycle timeline, as Run.execute does
             try:
                 await run.run_job(job_id)
             finally:
@@ -286,5 +391,11 @@ class Agent:
         if report is None:  # skipped by its if:, or the matrix no longer gives this combination
             if not run.reports or run.reports[0].job_key == job_id:
                 return str(run.needs_results[job_id]["result"]), {}, reasons, False
-            return "failure", {}, f"combination {a.matrix_index} of job '{job_id}' is now '{run.reports[0].job_key}', not '{a.job_id}'", False
+            return (
+                "failure",
+                {},
+                f"combination {a.matrix_index} of job '{job_id}' is now "
+                f"'{run.reports[0].job_key}', not '{a.job_id}'",
+                False,
+            )
         return report.result, dict(report.outputs), report.reason, report.continue_on_error

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmrunner.errors import RunNotFound
-from vmrunner.fleet.queue import JobRow, RunRow
+from vmrunner.fleet.queue import FollowedLine, LogEntry, QueuedJob, QueuedRun
+from vmrunner.reports.events import Event, FanOut, JobFinished, JobQueued, JobStarted, LogLine
+from vmrunner.reports.storage import StoreSink
 from vmrunner.runner.contexts import new_run_id
-from vmrunner.runner.events import Event, FanOut, JobFinished, JobQueued, JobStarted, LogLine
 from vmrunner.runner.options import RunOptions
 from vmrunner.runner.run import run_workflow
-from vmrunner.runner.storage import StoreSink
 from vmrunner.sessions import SessionManager
 from vmrunner.store import Store
 from vmrunner.workflow.loader import load_workflow_text
@@ -32,7 +32,7 @@ class _Tracked:
 
     id: str
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    logs: list[tuple[str, int, str]] = field(default_factory=list)
+    logs: list[FollowedLine] = field(default_factory=list)
     conclusion: str | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -43,9 +43,13 @@ class _Tracked:
         elif isinstance(event, JobStarted):
             self.jobs.setdefault(event.job_key, {"outputs": {}, "reason": ""})["status"] = "running"
         elif isinstance(event, JobFinished):
-            self.jobs[event.job_key] = {"status": event.result, "outputs": dict(event.outputs), "reason": event.reason}
+            self.jobs[event.job_key] = {
+                "status": event.result,
+                "outputs": dict(event.outputs),
+                "reason": event.reason,
+            }
         elif isinstance(event, LogLine):
-            self.logs.append((event.job_key, 1, event.text))
+            self.logs.append(FollowedLine(event.job_key, 1, event.text))
         else:
             return
         self.changed.set()
@@ -76,7 +80,13 @@ class EmbeddedQueue:
             await group.__aexit__(None, None, None)
 
     async def submit(
-        self, workflow_text: str, workflow_path: str, options: RunOptions, *, delivery_id: str | None = None, priority: int = 0,
+        self,
+        workflow_text: str,
+        workflow_path: str,
+        options: RunOptions,
+        *,
+        delivery_id: str | None = None,
+        priority: int = 0,
     ) -> str:
         """Start the run now (one host has no queue to order by ``priority``)."""
         if delivery_id is not None and delivery_id in self._deliveries:
@@ -94,7 +104,12 @@ class EmbeddedQueue:
         async def execute() -> None:
             with StoreSink(self.store) as keep:
                 try:
-                    outcome = await run_workflow(workflow, _with_run_id(options, run_id), self.sessions, FanOut(tracked, keep))
+                    outcome = await run_workflow(
+                        workflow,
+                        _with_run_id(options, run_id),
+                        self.sessions,
+                        FanOut(tracked, keep),
+                    )
                     tracked.conclusion = outcome.conclusion
                 except asyncio.CancelledError:
                     tracked.conclusion = "cancelled"
@@ -104,16 +119,25 @@ class EmbeddedQueue:
         tracked.task = self._group.create_task(execute(), name=f"run {run_id}")
         return run_id
 
-    async def run(self, run_id: str) -> RunRow:
+    async def run(self, run_id: str) -> QueuedRun:
         tracked = self._runs.get(run_id)
         if tracked is None:
             raise RunNotFound(f"no run {run_id} in this process")
         jobs = tuple(
-            JobRow(run_id, key, str(job["status"]), 1, self.host if job["status"] != "queued" else None, job["outputs"], job["reason"], ())
+            QueuedJob(
+                run_id,
+                key,
+                str(job["status"]),
+                1,
+                self.host if job["status"] != "queued" else None,
+                job["outputs"],
+                job["reason"],
+                (),
+            )
             for key, job in sorted(tracked.jobs.items())
         )
         status = "completed" if tracked.conclusion is not None else "running"
-        return RunRow(run_id, status, tracked.conclusion, jobs)
+        return QueuedRun(run_id, status, tracked.conclusion, jobs)
 
     async def cancel(self, run_id: str) -> bool:
         tracked = self._runs.get(run_id)
@@ -125,13 +149,16 @@ class EmbeddedQueue:
         await asyncio.wait([tracked.task])
         return True
 
-    async def logs(self, run_id: str, after: int = 0) -> list[tuple[int, str, int, str]]:
+    async def logs(self, run_id: str, after: int = 0) -> list[LogEntry]:
         tracked = self._runs.get(run_id)
         if tracked is None:
             raise RunNotFound(f"no run {run_id} in this process")
-        return [(index, job, attempt, line) for index, (job, attempt, line) in enumerate(tracked.logs[after:], start=after + 1)]
+        return [
+            LogEntry(index, job, attempt, line)
+            for index, (job, attempt, line) in enumerate(tracked.logs[after:], start=after + 1)
+        ]
 
-    async def follow(self, run_id: str) -> AsyncIterator[tuple[str, int, str]]:
+    async def follow(self, run_id: str) -> AsyncIterator[FollowedLine]:
         tracked = self._runs.get(run_id)
         if tracked is None:
             raise RunNotFound(f"no run {run_id} in this process")

@@ -18,12 +18,13 @@ from typing import Any, cast
 
 from vmrunner.errors import ConfigError, VmrunnerError
 from vmrunner.fleet.labels import canonical
+from vmrunner.reports.events import Recorder
+from vmrunner.repository import repository_info
+from vmrunner.runner.context import RunContext
 from vmrunner.runner.evaluation import as_text, render, render_text
-from vmrunner.runner.events import Recorder
 from vmrunner.runner.job import JobInstance
 from vmrunner.runner.options import RunOptions
-from vmrunner.runner.repository import repository_info
-from vmrunner.runner.run import Run, RunContext, _MatrixGroup
+from vmrunner.runner.run import Run, _MatrixGroup
 from vmrunner.sessions import SessionManager
 from vmrunner.workflow.models import Job, Workflow
 from vmrunner.workflow.planner import Plan, plan
@@ -65,13 +66,23 @@ def static_labels(job_id: str, job: Job, workflow_path: str) -> tuple[str, ...] 
     """
     runs_on = job.runs_on
     if runs_on is None:
-        raise ConfigError(f"{workflow_path}: job '{job_id}': a fleet routes jobs by their runs-on labels; this job has none")
-    texts = [runs_on.expression] if runs_on.expression else [label for label in runs_on.labels if "${{" in label]
+        raise ConfigError(
+            f"{workflow_path}: job '{job_id}': a fleet routes jobs by their runs-on labels; this "
+            f"job has none"
+        )
+    texts = (
+        [runs_on.expression]
+        if runs_on.expression
+        else [label for label in runs_on.labels if "${{" in label]
+    )
     if not texts:
         return canonical(runs_on.labels)
-    if not has_matrix(job) or any(check_expression_text(text, _MATRIX_ONLY, condition=False) for text in texts):
+    if not has_matrix(job) or any(
+        check_expression_text(text, _MATRIX_ONLY, condition=False) for text in texts
+    ):
         raise ConfigError(
-            f"{workflow_path}: job '{job_id}': a fleet routes jobs by their runs-on labels, which must be plain labels"
+            f"{workflow_path}: job '{job_id}': a fleet routes jobs by their runs-on labels, which "
+            f"must be plain labels"
             " or expressions of the job's matrix only (${{ matrix.os }}), not of other contexts"
         )
     return None
@@ -105,12 +116,16 @@ class _Evaluation(Run):
         self.expanded: list[JobInstance] | None = None
         self.group: _MatrixGroup | None = None
 
-    def instances(self, job: Job, contexts: dict[str, Any]) -> tuple[list[JobInstance], _MatrixGroup]:
+    def instances(
+        self, job: Job, contexts: dict[str, Any]
+    ) -> tuple[list[JobInstance], _MatrixGroup]:
         self.expanded, self.group = super().instances(job, contexts)
         return [], self.group
 
 
-async def expand(workflow: Workflow, job_id: str, options: RunOptions, needs: Mapping[str, Mapping[str, Any]]) -> Expansion:
+async def expand(
+    workflow: Workflow, job_id: str, options: RunOptions, needs: Mapping[str, Mapping[str, Any]]
+) -> Expansion:
     """Evaluate a ready matrix job's ``if:``, matrix and strategy; each combination's labels."""
     info = await repository_info(options.repo_root)
     context = RunContext(workflow, options, cast(SessionManager, _NoMachines()), Recorder(), info)
@@ -119,7 +134,10 @@ async def expand(workflow: Workflow, job_id: str, options: RunOptions, needs: Ma
     await evaluation.run_job(job_id)
     if evaluation.expanded is None or evaluation.group is None:
         ended = evaluation.needs_results[job_id]
-        return Expansion(result=str(ended["result"]), reason="; ".join(r.reason for r in evaluation.reports if r.reason))
+        return Expansion(
+            result=str(ended["result"]),
+            reason="; ".join(r.reason for r in evaluation.reports if r.reason),
+        )
     if not evaluation.expanded:
         return Expansion(result="skipped", reason="the matrix has no combination")
     job = workflow.jobs[job_id]
@@ -129,7 +147,11 @@ async def expand(workflow: Workflow, job_id: str, options: RunOptions, needs: Ma
             labels = combination_labels(job, instance.matrix)
         except VmrunnerError as exc:
             return Expansion(result="failure", reason=f"job '{instance.job_key}': runs-on: {exc}")
-        combinations.append(Combination(instance.job_key, int(instance.strategy["job-index"]), dict(instance.matrix), labels))
+        combinations.append(
+            Combination(
+                instance.job_key, int(instance.strategy["job-index"]), dict(instance.matrix), labels
+            )
+        )
     first = evaluation.expanded[0].strategy
     return Expansion(tuple(combinations), bool(first["fail-fast"]), int(first["max-parallel"]))
 
@@ -141,6 +163,8 @@ class OneCombination(Run):
         super().__init__(context, job_plan)
         self.index = index
 
-    def instances(self, job: Job, contexts: dict[str, Any]) -> tuple[list[JobInstance], _MatrixGroup]:
+    def instances(
+        self, job: Job, contexts: dict[str, Any]
+    ) -> tuple[list[JobInstance], _MatrixGroup]:
         instances, group = super().instances(job, contexts)
         return [i for i in instances if i.strategy["job-index"] == self.index], group

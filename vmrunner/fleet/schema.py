@@ -80,7 +80,7 @@ ALTER TABLE vmrunner_jobs ADD COLUMN IF NOT EXISTS matrix jsonb NOT NULL DEFAULT
 ALTER TABLE vmrunner_jobs ADD COLUMN IF NOT EXISTS strategy jsonb NOT NULL DEFAULT '{}';
 ALTER TABLE vmrunner_jobs ADD COLUMN IF NOT EXISTS continue_on_error boolean NOT NULL DEFAULT false;
 -- What the runner reports besides log lines (steps, annotations, the job's lifecycle), as
--- ``runner/events.py`` defines them: ``kind`` is the event's class, ``data`` its fields (masked).
+-- ``reports/events.py`` defines them: ``kind`` is the event's class, ``data`` its fields (masked).
 CREATE TABLE IF NOT EXISTS vmrunner_events (
     id bigserial PRIMARY KEY,
     run_id text NOT NULL,
@@ -99,14 +99,16 @@ CREATE TABLE IF NOT EXISTS vmrunner_agents (
     started_at timestamptz NOT NULL DEFAULT now(),
     heartbeat_at timestamptz NOT NULL DEFAULT now()
 );
-"""
+"""  # noqa: E501
 
 
 async def ensure_schema(connection: psycopg.AsyncConnection[Any]) -> None:
     """Create procrastinate's schema and ours when missing; safe to call from many hosts."""
     async with connection.transaction():
         await connection.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-        row = await (await connection.execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL")).fetchone()
+        row = await (
+            await connection.execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL")
+        ).fetchone()
         if not (row and row[0]):
             await connection.execute(SchemaManager.get_schema())
         await connection.execute(TABLES)

@@ -24,7 +24,9 @@ def _bin_dir() -> str:
         return os.path.dirname(os.path.realpath(found))
     candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not candidates:
-        raise ConfigError("PostgreSQL is not installed (initdb not found): run scripts/bootstrap --dev")
+        raise ConfigError(
+            "PostgreSQL is not installed (initdb not found): run scripts/bootstrap --dev"
+        )
     return os.path.dirname(candidates[-1])
 
 
@@ -41,7 +43,8 @@ def _free_port() -> int:
 
 
 class TemporaryCluster:
-    """``with TemporaryCluster() as cluster:``; ``cluster.url()``; ``stop()``/``start()`` for outages."""
+    """``with TemporaryCluster() as cluster:``; ``cluster.url()``; ``stop()``/``start()`` for
+    outages."""
 
     def __init__(self) -> None:
         self.bin = _bin_dir()
@@ -56,11 +59,25 @@ class TemporaryCluster:
         if os.geteuid() == 0:
             shutil.chown(self.folder, "postgres", "postgres")
         try:
-            _as_postgres([f"{self.bin}/initdb", "-D", f"{self.folder}/data", "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
+            _as_postgres(
+                [
+                    f"{self.bin}/initdb",
+                    "-D",
+                    f"{self.folder}/data",
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                ]
+            )
             with open(f"{self.folder}/data/postgresql.conf", "a") as conf:  # kept across restarts
                 conf.write(
-                    f"listen_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = '{self.folder}'\n"
-                    "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 200\n"
+                    f"listen_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories "
+                    f"= '{self.folder}'\n"
+                    "fsync = off\nsynchronous_commit = off\nfull_page_writes = "
+                    "off\nmax_connections = 200\n"
                     # Not /dev/shm: other processes may clean it up under our feet.
                     "dynamic_shared_memory_type = mmap\n"
                 )

@@ -42,8 +42,10 @@ A relative ``cwd`` is taken from the directory the agent started in (the workspa
 and ``path`` must be absolute. ``write`` files are written (UTF-8, parents created) before the
 command starts; ``collect`` files are read when it has exited, however it ended, and come back
 in the exit's payload, listed in its header as ``files: [[path, size, truncated], ..]`` (a
-missing file is empty; each is cut at MAX_COLLECT bytes, all together below MAX_PAYLOAD). A step of a job needs both (its
-script, and the file commands it wrote), so one request does without a shell wrapper. Errors are replies ``error {kind, message}``; kind is one of
+missing file is empty; each is cut at MAX_COLLECT bytes, all together below MAX_PAYLOAD). A step of
+a job needs both (its
+script, and the file commands it wrote), so one request does without a shell wrapper. Errors are
+replies ``error {kind, message}``; kind is one of
 protocol, exec, transfer, internal. A frame that cannot be decoded gets an error with
 ``id: null`` (or the id when it could be read) and the agent carries on with the next frame.
 
@@ -629,7 +631,9 @@ class Agent:
         self._reap()
 
     def _write_files(self, files: object) -> None:
-        if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        if not isinstance(files, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in files.items()
+        ):
             raise Refusal("protocol", "write must map paths to strings")
         for name, text in files.items():
             path = os.path.join(self._cwd, name)
@@ -972,7 +976,10 @@ class Agent:
             data, ancillary, _, _ = sock.recvmsg(1 << 20, _socket.CMSG_SPACE(3 * 4))
             for level, kind, raw in ancillary:
                 if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
-                    fds += [int.from_bytes(raw[i:i + 4], sys.byteorder) for i in range(0, len(raw) - len(raw) % 4, 4)]
+                    fds += [
+                        int.from_bytes(raw[i : i + 4], sys.byteorder)
+                        for i in range(0, len(raw) - len(raw) % 4, 4)
+                    ]
             if not data or len(fds) != 3:
                 raise Refusal("protocol", "sudo: a request is JSON and three descriptors")
             request = _loads(data)
@@ -998,7 +1005,9 @@ class Agent:
             raise Refusal("protocol", "sudo: the request must be an object")
         argv = _argv_of(request)
         env = request.get("env")
-        if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        if not isinstance(env, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+        ):
             raise Refusal("protocol", "sudo: env must map strings to strings")
         program = _which(argv[0], env.get("PATH", os.defpath))
         if program is None:
@@ -1173,7 +1182,16 @@ def _accept(server: int) -> int:
 def main(argv: list[str]) -> int:
     """Parse the transport options and serve until the stream says goodbye."""
     options = dict(zip(argv[::2], argv[1::2], strict=False))
-    unknown = set(options) - {"--fd", "--device", "--unix", "--vsock", "--grace", "--user", "--sudo", "--own"}
+    unknown = set(options) - {
+        "--fd",
+        "--device",
+        "--unix",
+        "--vsock",
+        "--grace",
+        "--user",
+        "--sudo",
+        "--own",
+    }
     if unknown or len(argv) % 2:
         sys.stderr.write(
             "usage: agent.py [--fd N | --device PATH | --unix PATH | --vsock PORT]"

@@ -206,7 +206,10 @@ class Machine(ABC):
         dirs = [d for d in (paths.workspace, paths.temp, paths.home) if d]
         result = await self.exec(["sh", "-c", _FINGERPRINT, "sh", *dirs])
         if not result.ok:
-            raise TransferError(f"cannot list the writable directories of {self.id}: {result.stderr.decode(errors='replace')}")
+            raise TransferError(
+                f"cannot list the writable directories of {self.id}: "
+                f"{result.stderr.decode(errors='replace')}"
+            )
         return result.stdout
 
     async def limits_hit(self) -> list[str]:
@@ -223,7 +226,8 @@ class Machine(ABC):
         raise SnapshotUnsupported(f"the {self.provider_name} provider cannot restore snapshots")
 
     async def export_snapshot(self, snapshot_id: SnapshotId, dest_dir: str) -> None:
-        """Copy a snapshot out to the host folder ``dest_dir`` (created), so it outlives the machine.
+        """Copy a snapshot out to the host folder ``dest_dir`` (created), so it outlives the
+        machine.
 
         Only ``import_snapshot`` of a machine of the same provider reads the folder.
         """

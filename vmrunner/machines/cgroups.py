@@ -71,7 +71,9 @@ class Cgroups:
                 if directory is not None and directory.name == V2_RUNNER_LEAF:
                     directory = directory.parent  # moved there by an earlier machine's set-up
                 if directory is not None and {"memory", "pids"} <= _controllers(directory):
-                    return cls(2, {c: directory for c in _controllers(directory) & {*V1_CONTROLLERS}})
+                    return cls(
+                        2, {c: directory for c in _controllers(directory) & {*V1_CONTROLLERS}}
+                    )
         parents: dict[str, Path] = {}
         for root, point, fstype, options in mounts:
             if fstype != "cgroup":
@@ -82,7 +84,9 @@ class Cgroups:
                     if directory is not None:
                         parents[controller] = directory
         if not parents:
-            raise AllocationError(f"this host has no usable memory, pids or cpu cgroup controller: {DELEGATE_HINT}")
+            raise AllocationError(
+                f"this host has no usable memory, pids or cpu cgroup controller: {DELEGATE_HINT}"
+            )
         return cls(1, parents)
 
     def plan(self, name: str, limits: Limits) -> MachineCgroup:
@@ -90,7 +94,15 @@ class Cgroups:
 
         ``AllocationError`` when a limit is asked whose controller the host does not have.
         """
-        wanted = [c for c, value in (("memory", limits.memory_mib), ("pids", limits.pids), ("cpu", limits.cpus)) if value]
+        wanted = [
+            c
+            for c, value in (
+                ("memory", limits.memory_mib),
+                ("pids", limits.pids),
+                ("cpu", limits.cpus),
+            )
+            if value
+        ]
         missing = [c for c in wanted if c not in self.parents]
         if missing:
             version = "v2 (unified)" if self.version == 2 else "v1"
@@ -98,9 +110,14 @@ class Cgroups:
                 f"cannot limit a machine's {', '.join(missing)}: this host's cgroup {version}"
                 f" hierarchy has no {'/'.join(missing)} controller ({DELEGATE_HINT})"
             )
-        unwritable = [str(self.parents[c]) for c in wanted if not os.access(self.parents[c], os.W_OK)]
+        unwritable = [
+            str(self.parents[c]) for c in wanted if not os.access(self.parents[c], os.W_OK)
+        ]
         if unwritable:
-            raise AllocationError(f"cannot make a machine's cgroup in {unwritable[0]}: not writable by this user ({DELEGATE_HINT})")
+            raise AllocationError(
+                f"cannot make a machine's cgroup in {unwritable[0]}: not writable by this user "
+                f"({DELEGATE_HINT})"
+            )
         directories = {c: str(self.parents[c] / name) for c in wanted}
         return MachineCgroup(self.version, directories, limits.memory_mib, limits.pids, limits.cpus)
 
@@ -121,8 +138,8 @@ class MachineCgroup:
 
     def to_data(self) -> dict[str, Any]:
         return {
-            "version": self.version, "directories": dict(self.directories), "memory_mib": self.memory_mib,
-            "pids": self.pids, "cpus": self.cpus,
+            "version": self.version, "directories": dict(self.directories),
+            "memory_mib": self.memory_mib, "pids": self.pids, "cpus": self.cpus,
         }  # fmt: skip
 
     @classmethod
@@ -159,7 +176,9 @@ class MachineCgroup:
             with contextlib.suppress(ReleaseError):
                 self.remove()
             where = exc.filename or self.paths[0]
-            raise AllocationError(f"cannot make the machine's cgroup ({where}: {exc.strerror}): {DELEGATE_HINT}") from exc
+            raise AllocationError(
+                f"cannot make the machine's cgroup ({where}: {exc.strerror}): {DELEGATE_HINT}"
+            ) from exc
 
     def _write_v1_limits(self) -> None:
         if self.memory_mib:
@@ -200,11 +219,13 @@ class MachineCgroup:
         except OSError as exc:
             if exc.errno != errno.EBUSY:
                 raise
-        others = [int(p) for p in (parent / "cgroup.procs").read_text().split() if int(p) != os.getpid()]
+        others = [
+            int(p) for p in (parent / "cgroup.procs").read_text().split() if int(p) != os.getpid()
+        ]
         if others:
             raise AllocationError(
-                f"cannot hand cgroup controllers down from {parent}: processes {others[:5]} other than"
-                f" vmrunner are in it ({DELEGATE_HINT})"
+                f"cannot hand cgroup controllers down from {parent}: processes {others[:5]} other"
+                f" than vmrunner are in it ({DELEGATE_HINT})"
             )
         leaf = parent / V2_RUNNER_LEAF
         leaf.mkdir(exist_ok=True)
@@ -217,7 +238,9 @@ class MachineCgroup:
             for procs in self.procs_files:
                 _write(Path(procs), pid)
         except OSError as exc:
-            raise AllocationError(f"cannot put process {pid} in the machine's cgroup ({exc.filename}: {exc.strerror})") from exc
+            raise AllocationError(
+                f"cannot put process {pid} in the machine's cgroup ({exc.filename}: {exc.strerror})"
+            ) from exc
 
     # What happened.
 
@@ -233,7 +256,9 @@ class MachineCgroup:
 
     def rebased(self) -> MachineCgroup:
         """This cgroup, counting limits hit from now on (a machine restored for a new job)."""
-        return MachineCgroup(self.version, self.directories, self.memory_mib, self.pids, self.cpus, self.counters())
+        return MachineCgroup(
+            self.version, self.directories, self.memory_mib, self.pids, self.cpus, self.counters()
+        )
 
     def limits_hit(self) -> list[str]:
         """Plain reasons for the limits hit since creation (or ``rebased``)."""
@@ -272,9 +297,14 @@ class MachineCgroup:
                         break
                     except OSError as exc:
                         if exc.errno != errno.EBUSY:
-                            raise ReleaseError(f"cannot remove the machine's cgroup {path}: {exc.strerror}") from exc
+                            raise ReleaseError(
+                                f"cannot remove the machine's cgroup {path}: {exc.strerror}"
+                            ) from exc
                 if time.monotonic() > deadline:
-                    raise ReleaseError(f"the machine's cgroup {path} still holds processes {left[:5]} after SIGKILL")
+                    raise ReleaseError(
+                        f"the machine's cgroup {path} still holds processes {left[:5]} after "
+                        "SIGKILL"
+                    )
                 time.sleep(delay)
                 delay = min(delay * 2, 0.05)
 
@@ -375,4 +405,6 @@ def _unescape(text: str) -> str:
     """A path from ``/proc/self/mountinfo`` (spaces and such are octal escapes there)."""
     if "\\" not in text:
         return text
-    return text.encode().decode("unicode_escape").encode("latin-1").decode("utf-8", "surrogateescape")
+    return (
+        text.encode().decode("unicode_escape").encode("latin-1").decode("utf-8", "surrogateescape")
+    )

@@ -202,7 +202,9 @@ class AgentClient:
         if request.callback_error is not None:
             raise request.callback_error
         header = frame.header
-        files, truncated = _collected(self.name, header, frame.payload) if collect else ({}, frozenset[str]())
+        files, truncated = (
+            _collected(self.name, header, frame.payload) if collect else ({}, frozenset[str]())
+        )
         return ExecResult(
             exit_code=header.get("code"),
             duration=float(header.get("duration") or 0.0),
@@ -348,16 +350,26 @@ class AgentClient:
             request.fail(exc)
 
 
-def _collected(name: str, header: Mapping[str, Any], payload: bytes) -> tuple[dict[str, bytes], frozenset[str]]:
+def _collected(
+    name: str, header: Mapping[str, Any], payload: bytes
+) -> tuple[dict[str, bytes], frozenset[str]]:
     """The ``collect`` files of an exit frame: ``files`` lists path, size, truncated."""
     listing = header.get("files")
     if not isinstance(listing, list):
-        raise AgentError(f"{name}: its agent did not return the files asked for; it predates this vmrunner (rebuild the machine's image)")
+        raise AgentError(
+            f"{name}: its agent did not return the files asked for; it predates this vmrunner "
+            f"(rebuild the machine's image)"
+        )
     files: dict[str, bytes] = {}
     truncated: set[str] = set()
     offset = 0
     for entry in listing:
-        if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str) and isinstance(entry[1], int)):
+        if not (
+            isinstance(entry, list)
+            and len(entry) == 3
+            and isinstance(entry[0], str)
+            and isinstance(entry[1], int)
+        ):
             raise AgentError(f"{name}: malformed file listing in an exit: {entry!r}")
         path, size, cut = entry
         files[path] = payload[offset : offset + size]

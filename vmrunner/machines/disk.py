@@ -46,7 +46,17 @@ IMAGE_NAME = "disk.img"
 MOUNT_NAME = "disk"
 #: Changing how templates are made changes their names: old ones are never reused.
 TEMPLATE_VERSION = 1
-MKFS = ("mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-E", "lazy_itable_init=1,nodiscard", "-m", "0")
+MKFS = (
+    "mkfs.ext4",
+    "-q",
+    "-F",
+    "-O",
+    "^has_journal",
+    "-E",
+    "lazy_itable_init=1,nodiscard",
+    "-m",
+    "0",
+)
 #: nosuid, nodev, noatime: a machine's files never grant privileges on the host.
 MOUNT_FLAGS = 0x2 | 0x4 | 0x400
 MOUNT_OPTIONS = b"noinit_itable"
@@ -104,7 +114,9 @@ class MachineDisk:
         except OSError as exc:
             with contextlib.suppress(ReleaseError):
                 self.release()
-            raise AllocationError(f"cannot set up the machine's disk ({exc.filename or self.image}: {exc.strerror})") from exc
+            raise AllocationError(
+                f"cannot set up the machine's disk ({exc.filename or self.image}: {exc.strerror})"
+            ) from exc
 
     def full(self) -> bool:
         """Whether the machine's file system is (nearly) out of space or inodes."""
@@ -114,7 +126,9 @@ class MachineDisk:
             return False
         if stat.f_blocks == 0:
             return False
-        return stat.f_bavail * stat.f_frsize < FULL_SLACK_MIB << 20 or (stat.f_files > 0 and stat.f_favail == 0)
+        return stat.f_bavail * stat.f_frsize < FULL_SLACK_MIB << 20 or (
+            stat.f_files > 0 and stat.f_favail == 0
+        )
 
     def reason(self) -> str:
         return f"disk full: the machine's limit is {format_mib(self.size_mib)}"
@@ -135,7 +149,9 @@ class MachineDisk:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.image)
         except OSError as exc:
-            raise ReleaseError(f"cannot release the machine's disk {self.mount}: {exc.strerror}") from exc
+            raise ReleaseError(
+                f"cannot release the machine's disk {self.mount}: {exc.strerror}"
+            ) from exc
 
 
 #: A machine's default budget is at most this fraction of the room left, so that several
@@ -177,7 +193,8 @@ def reserve(machines_dir: Path, size_mib: int) -> Iterator[None]:
 
 
 def _room_mib(machines_dir: Path) -> int:
-    """Free space on the host's file system beyond the reserve and what live images may still take."""
+    """Free space on the host's file system beyond the reserve and what live images may still
+    take."""
     existing = next(p for p in (machines_dir, *machines_dir.parents) if p.exists())
     stat = os.statvfs(existing)
     free = stat.f_bavail * stat.f_frsize
@@ -192,8 +209,9 @@ def _room_mib(machines_dir: Path) -> int:
 
 def _no_room(machines_dir: Path, wanted: int, room: int) -> str:
     return (
-        f"not enough disk for a machine's {format_mib(wanted)} budget: the file system of {machines_dir}"
-        f" has room for {format_mib(room)} (after a reserve for the host and the other machines' budgets);"
+        f"not enough disk for a machine's {format_mib(wanted)} budget: the file system of "
+        f"{machines_dir} has room for {format_mib(room)} (after a reserve for the host and the "
+        "other machines' budgets);"
         " free some space or ask less with --disk SIZE"
     )
 
@@ -216,7 +234,9 @@ def ensure_template(cache_dir: Path, size_mib: int) -> Path:
         os.close(fd)
         made = subprocess.run([mkfs, *MKFS[1:], staging], capture_output=True, check=False)
         if made.returncode != 0:
-            raise AllocationError(f"mkfs.ext4 failed: {made.stderr.decode(errors='replace').strip()[-300:]}")
+            raise AllocationError(
+                f"mkfs.ext4 failed: {made.stderr.decode(errors='replace').strip()[-300:]}"
+            )
         os.rename(staging, template)
     except OSError as exc:
         raise AllocationError(f"cannot make the disk template {template}: {exc.strerror}") from exc
@@ -242,7 +262,9 @@ def _copy_sparse(source: Path, dest: str) -> None:
             end = os.lseek(src.fileno(), start, os.SEEK_HOLE)
             position = start
             while position < end:
-                copied = os.copy_file_range(src.fileno(), dst.fileno(), end - position, position, position)
+                copied = os.copy_file_range(
+                    src.fileno(), dst.fileno(), end - position, position, position
+                )
                 if copied == 0:
                     break
                 position += copied
@@ -313,4 +335,9 @@ def _mount_points() -> list[str]:
 def _unescape(text: str) -> str:
     if "\\" not in text:
         return text
-    return text.encode("utf-8", "surrogateescape").decode("unicode_escape").encode("latin-1").decode("utf-8", "surrogateescape")
+    return (
+        text.encode("utf-8", "surrogateescape")
+        .decode("unicode_escape")
+        .encode("latin-1")
+        .decode("utf-8", "surrogateescape")
+    )

@@ -28,7 +28,7 @@ disk copy, so an orderly guest shutdown through ``SendCtrlAltDel`` would buy not
 Everything a machine holds lives in ``VMRUNNER_HOME/machines/<id>/`` (and, with the jailer,
 in its chroot under ``chroot_base_dir``, by default ``VMRUNNER_HOME/jailer``), recorded in
 ``machine.json`` before the process starts, so a runner that dies leaves nothing unknown.
-``vmrunner.machines.testing_firecracker`` is a stand-in for the binary that checks every request
+``tests/machines/fake_firecracker.py`` is a stand-in for the binary that checks every request
 against Firecracker's OpenAPI document, for hosts where Firecracker cannot run.
 """
 
@@ -57,19 +57,6 @@ from vmrunner.errors import (
     ReleaseError,
     SnapshotError,
 )
-from vmrunner.machines._local import (
-    AgentMachine,
-    _complete,
-    base_record,
-    check_owner,
-    create_machine_dir,
-    kill_process,
-    process_start,
-    read_records,
-    remove_machine_dir,
-    shielded,
-    write_record,
-)
 from vmrunner.machines.agent import DEFAULT_GRACE
 from vmrunner.machines.base import (
     DEFAULT_VM_CPUS,
@@ -85,6 +72,19 @@ from vmrunner.machines.base import (
 )
 from vmrunner.machines.client import AgentClient
 from vmrunner.machines.images import DEFAULT_NAME, ImageStore
+from vmrunner.machines.local import (
+    AgentMachine,
+    base_record,
+    check_owner,
+    create_machine_dir,
+    kill_process,
+    process_start,
+    read_records,
+    remove_machine_dir,
+    shielded,
+    wait_through_cancellation,
+    write_record,
+)
 from vmrunner.machines.sandbox import HOME, TEMP, TOOL_CACHE, WORKSPACE
 
 #: The guest's vsock context id (3 is the first one free for guests).
@@ -590,7 +590,7 @@ class FirecrackerProvider(Provider):
                         cwd=layout.vm_dir,
                     )
                 )
-                cancelled = await _complete(creation)
+                cancelled = await wait_through_cancellation(creation)
                 process = creation.result()
         except OSError as exc:
             raise AllocationError(f"cannot start {argv[0]}: {exc.strerror or exc}") from exc

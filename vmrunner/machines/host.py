@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import ClassVar
 
-from vmrunner.machines._local import AgentMachine, Launch, LocalProvider
 from vmrunner.machines.base import Capabilities, Isolation, MachinePaths, MachineRecord, MachineSpec
+from vmrunner.machines.local import AgentMachine, Launch, LocalProvider
 
 log = logging.getLogger(__name__)
 

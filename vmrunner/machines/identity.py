@@ -70,7 +70,8 @@ class IdMap:
 
 
 def id_map() -> IdMap:
-    """The map for machines started by this process, or ``AllocationError`` saying what to set up."""
+    """The map for machines started by this process, or ``AllocationError`` saying what to set
+    up."""
     if os.geteuid() == 0:
         start, count = _configured_range()
         return IdMap(start, count, start + AGENT_UID, privileged=True)
@@ -180,7 +181,9 @@ def _write_maps(pid: int, ids: IdMap) -> None:
                 with open(f"/proc/{pid}/{name}", "w", encoding="ascii") as file:
                     file.write(text)
         except OSError as exc:
-            raise AllocationError(f"cannot map the sandbox's user namespace: {exc.strerror}") from exc
+            raise AllocationError(
+                f"cannot map the sandbox's user namespace: {exc.strerror}"
+            ) from exc
         return
     for tool, groups in (("newuidmap", False), ("newgidmap", True)):
         args = [str(part) for run in ids.lines(groups) for part in run]

@@ -154,7 +154,7 @@ mount -t tmpfs -o mode=1777 tmpfs /newroot/dev/shm
 mount --move /proc /newroot/proc
 mount --move /sys /newroot/sys
 exec switch_root /newroot /bin/sh /run/vmrunner/start.sh $transport
-""".replace("PROBE_OK", PROBE_OK)
+""".replace("PROBE_OK", PROBE_OK)  # noqa: E501
 
 START = f"""# vmrunner guest init, stage 2 (root file system): the agent as PID 1.
 hostname vmrunner

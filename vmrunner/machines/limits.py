@@ -102,7 +102,10 @@ def check_mib(value: int, what: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(f"{what} must be a size in MiB (0 for no limit), got {value!r}")
     if 0 < value < minimum:
-        raise ConfigError(f"{what} must be at least {format_mib(minimum)} (or 0 for no limit), got {format_mib(value)}")
+        raise ConfigError(
+            f"{what} must be at least {format_mib(minimum)} (or 0 for no limit), "
+            f"got {format_mib(value)}"
+        )
     return value
 
 
@@ -117,7 +120,9 @@ def parse_size(text: str | int, what: str, *, minimum: int = MIN_MEMORY_MIB) -> 
         raise ConfigError(f"{what}: {text!r} is not a size ({EXAMPLES})")
     number, unit = match["number"], match["unit"].lower()
     if not unit and "." in number:
-        raise ConfigError(f"{what}: {text!r} is not a size: plain bytes are a whole number ({EXAMPLES})")
+        raise ConfigError(
+            f"{what}: {text!r} is not a size: plain bytes are a whole number ({EXAMPLES})"
+        )
     size = float(number) * _UNITS[unit]
     mib = int(-(-size // (1 << 20)))
     return check_mib(mib, what, minimum)

@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from vmrunner.errors import AllocationError
-from vmrunner.machines._local import kill_process, process_start, shielded, stop_process
+from vmrunner.machines.local import kill_process, process_start, shielded, stop_process
 
 SLIRP4NETNS_MISSING = "slirp4netns is not installed: apt-get install slirp4netns"
 #: The machine's side of the network, as slirp4netns configures it.
@@ -101,7 +101,9 @@ def _read(path: str) -> str:
     try:
         return Path(path).read_text(encoding="ascii", errors="replace")
     except OSError as exc:
-        raise AllocationError(f"cannot read the host's addresses from {path}: {exc.strerror}") from exc
+        raise AllocationError(
+            f"cannot read the host's addresses from {path}: {exc.strerror}"
+        ) from exc
 
 
 def _local_routes(fib_trie: str) -> set[ipaddress.IPv4Network]:
@@ -247,7 +249,12 @@ class PrivateNetwork:
     """One machine's running network helper. ``aclose()`` ends it; it runs once, however
     many times (and from however many tasks) it is called."""
 
-    def __init__(self, process: asyncio.subprocess.Process, exit_fd: int, blocked: list[ipaddress.IPv4Network]) -> None:
+    def __init__(
+        self,
+        process: asyncio.subprocess.Process,
+        exit_fd: int,
+        blocked: list[ipaddress.IPv4Network],
+    ) -> None:
         self.process = process
         self._exit_fd: int | None = exit_fd
         #: The destinations given an unreachable route in the machine's namespace.
@@ -283,7 +290,9 @@ async def attach_private_network(
     try:
         netns_fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
-        raise AllocationError(f"cannot open the network namespace of process {pid}: {exc.strerror}") from exc
+        raise AllocationError(
+            f"cannot open the network namespace of process {pid}: {exc.strerror}"
+        ) from exc
     try:
         return await attach_private_network_fd(netns_fd, log_path=log_path, slirp4netns=slirp4netns)
     finally:
@@ -299,16 +308,22 @@ async def attach_private_network_fd(
         raise AllocationError(SLIRP4NETNS_MISSING)
     if os.fstat(netns_fd).st_ino == os.stat("/proc/self/ns/net").st_ino:
         # The routes would cut vmrunner's own host off: never configure our own namespace.
-        raise AllocationError("that process shares vmrunner's network namespace: it has no private network")
+        raise AllocationError(
+            "that process shares vmrunner's network namespace: it has no private network"
+        )
     blocked = host_blocklist()
     try:
         await asyncio.to_thread(add_unreachable_routes, netns_fd, blocked)
     except OSError as exc:
-        raise AllocationError(f"cannot block the host's addresses in the machine's network: {exc}") from exc
+        raise AllocationError(
+            f"cannot block the host's addresses in the machine's network: {exc}"
+        ) from exc
     return await _start_helper(program, netns_fd, log_path, blocked)
 
 
-async def _start_helper(program: str, netns_fd: int, log_path: Path, blocked: list[ipaddress.IPv4Network]) -> PrivateNetwork:
+async def _start_helper(
+    program: str, netns_fd: int, log_path: Path, blocked: list[ipaddress.IPv4Network]
+) -> PrivateNetwork:
     ready_read, ready_write = os.pipe()
     exit_read, exit_write = os.pipe()
     os.set_inheritable(exit_write, False)
@@ -348,7 +363,10 @@ async def _start_helper(program: str, netns_fd: int, log_path: Path, blocked: li
         await network.aclose()
         if isinstance(exc, TimeoutError):
             why = _tail(log_path) or "no answer"
-            raise AllocationError(f"slirp4netns did not set up the machine's network within {READY_TIMEOUT:g} s: {why}") from exc
+            raise AllocationError(
+                "slirp4netns did not set up the machine's network within "
+                f"{READY_TIMEOUT:g} s: {why}"
+            ) from exc
         raise
     finally:
         os.close(ready_read)

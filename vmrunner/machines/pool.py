@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal, Protocol
 
-from vmrunner.machines._local import is_same_process, shielded
 from vmrunner.machines.base import (
     Machine,
     MachineRecord,
@@ -36,6 +35,7 @@ from vmrunner.machines.base import (
     Provider,
     SnapshotId,
 )
+from vmrunner.machines.local import is_same_process, shielded
 
 log = logging.getLogger(__name__)
 

@@ -72,20 +72,6 @@ from vmrunner.errors import (
     ReleaseError,
     SnapshotError,
 )
-from vmrunner.machines._local import (
-    AgentMachine,
-    _complete,
-    base_record,
-    check_owner,
-    create_machine_dir,
-    kill_process,
-    process_start,
-    read_records,
-    remove_machine_dir,
-    shielded,
-    stop_process,
-    write_record,
-)
 from vmrunner.machines._qmp import Monitor
 from vmrunner.machines.agent import DEFAULT_GRACE
 from vmrunner.machines.base import (
@@ -112,6 +98,20 @@ from vmrunner.machines.images import (
     WORKSPACE,
     Image,
     ImageStore,
+)
+from vmrunner.machines.local import (
+    AgentMachine,
+    base_record,
+    check_owner,
+    create_machine_dir,
+    kill_process,
+    process_start,
+    read_records,
+    remove_machine_dir,
+    shielded,
+    stop_process,
+    wait_through_cancellation,
+    write_record,
 )
 from vmrunner.machines.network import (
     PrivateNetwork,
@@ -237,7 +237,8 @@ def qemu_argv(
         "-kernel", str(image.kernel),
         "-initrd", str(image.initrd),
         "-append", " ".join(cmdline),
-        "-drive", f"file={state_dir / 'disk.qcow2'},if=none,id=root,format=qcow2,cache=unsafe,discard=unmap",
+        "-drive",
+        f"file={state_dir / 'disk.qcow2'},if=none,id=root,format=qcow2,cache=unsafe,discard=unmap",
         "-device", "virtio-blk-pci,drive=root,id=rootdisk",
         "-device", "virtio-serial-pci,id=serial0",
         "-chardev", f"socket,id=agent,path={state_dir / 'agent.sock'},server=on,wait=off",
@@ -649,7 +650,7 @@ async def _spawn(
                 pass_fds=pass_fds,
             )
         )
-        cancelled = await _complete(creation)
+        cancelled = await wait_through_cancellation(creation)
     try:
         process = creation.result()
     except OSError as exc:

@@ -56,13 +56,6 @@ from typing import ClassVar
 
 from vmrunner.errors import AllocationError, ReleaseError, SnapshotError
 from vmrunner.machines import seccomp, sudo
-from vmrunner.machines._local import (
-    RELEASE_TIMEOUT,
-    AgentMachine,
-    Launch,
-    LocalProvider,
-    descendants,
-)
 from vmrunner.machines.agent import DEFAULT_GRACE
 from vmrunner.machines.base import (
     Capabilities,
@@ -88,6 +81,13 @@ from vmrunner.machines.identity import (
     user_namespace,
 )
 from vmrunner.machines.limits import Limits, resolve_limits
+from vmrunner.machines.local import (
+    RELEASE_TIMEOUT,
+    AgentMachine,
+    Launch,
+    LocalProvider,
+    descendants,
+)
 from vmrunner.machines.network import (
     RESOLV_CONF,
     PrivateNetwork,
@@ -199,7 +199,9 @@ class SandboxMachine(AgentMachine):
         """The writable directories listed from the host: no process in the machine."""
         if self.released:
             raise SnapshotError(f"machine {self.id} was released")
-        return await asyncio.to_thread(_listing, [self.writable[name] for name in sorted(self.writable)])
+        return await asyncio.to_thread(
+            _listing, [self.writable[name] for name in sorted(self.writable)]
+        )
 
     async def export_snapshot(self, snapshot_id: SnapshotId, dest_dir: str) -> None:
         engine = await self._engine()
@@ -209,8 +211,12 @@ class SandboxMachine(AgentMachine):
 
     async def import_snapshot(self, source_dir: str) -> None:
         if await self._engine() is not None:
-            raise SnapshotError(f"machine {self.id} has snapshots: import only into a fresh machine")
-        await asyncio.to_thread(import_trees, source_dir, {name: str(path) for name, path in self.writable.items()})
+            raise SnapshotError(
+                f"machine {self.id} has snapshots: import only into a fresh machine"
+            )
+        await asyncio.to_thread(
+            import_trees, source_dir, {name: str(path) for name, path in self.writable.items()}
+        )
 
     async def _engine(self) -> DirectorySnapshots | None:
         if self.released:
@@ -266,7 +272,13 @@ def _listing(roots: list[Path]) -> bytes:
                     if info.st_dev == device:
                         stack.append(entry.path)
                 else:
-                    kind = "l" if entry.is_symlink() else "f" if entry.is_file(follow_symlinks=False) else "o"
+                    kind = (
+                        "l"
+                        if entry.is_symlink()
+                        else "f"
+                        if entry.is_file(follow_symlinks=False)
+                        else "o"
+                    )
                     lines.append(f"{kind} {entry.path} {info.st_size}")
     lines.sort()
     return "\n".join(lines).encode(errors="surrogateescape")
@@ -372,9 +384,19 @@ class SandboxProvider(LocalProvider):
                 )
     def _plan(self, spec: MachineSpec, record: MachineRecord) -> MachineRecord:
         limits = resolve_limits(spec.cpus, spec.memory_mib, spec.pids)
-        limits = Limits(limits.cpus, limits.memory_mib, limits.pids, resolve_disk(spec.disk_mib, self.machines_dir))
+        limits = Limits(
+            limits.cpus,
+            limits.memory_mib,
+            limits.pids,
+            resolve_disk(spec.disk_mib, self.machines_dir),
+        )
         data = dict(record.data)
-        data["limits"] = {"cpus": limits.cpus, "memory_mib": limits.memory_mib, "pids": limits.pids, "disk_mib": limits.disk_mib}
+        data["limits"] = {
+            "cpus": limits.cpus,
+            "memory_mib": limits.memory_mib,
+            "pids": limits.pids,
+            "disk_mib": limits.disk_mib,
+        }
         if limits.cpus or limits.memory_mib or limits.pids:
             if self._cgroups is None:
                 self._cgroups = Cgroups.detect()
@@ -447,7 +469,8 @@ class SandboxProvider(LocalProvider):
                 "--bind", str(writable["tmp"]), "/tmp",
                 "--bind", str(writable["toolcache"]), TOOL_CACHE,
                 "--dir", "/var",
-                "--dir", "/root",  # empty and read-only, as a path jobs may name (GitHub's runners have it)
+                # empty and read-only, as a path jobs may name (GitHub's runners have it)
+                "--dir", "/root",
                 "--symlink", "../tmp", "/var/tmp",
                 *bundle_args(fds, self.bundle_dir(python)),
                 "--remount-ro", "/",
@@ -600,7 +623,8 @@ def etc_args(fds: _Fds, view: Path, *, hostname: str, private: bool = False) -> 
     args = ["--ro-bind", str(view), "/etc"]
     files = {
         "hostname": f"{hostname}\n",
-        "hosts": f"127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n127.0.1.1 {hostname}\n",
+        "hosts": "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n"
+        f"127.0.1.1 {hostname}\n",
         "machine-id": uuid.uuid4().hex + "\n",
         # On a private network the host's resolver (often its loopback) is out of reach: the
         # network helper's DNS instead.

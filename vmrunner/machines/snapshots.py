@@ -55,7 +55,7 @@ _OWNER_RWX = 0o700
 
 
 @dataclass(frozen=True, slots=True)
-class SnapshotInfo:
+class DirectorySnapshot:
     """One snapshot, and what taking it cost (bytes and files copied, paths recorded)."""
 
     id: SnapshotId
@@ -165,8 +165,8 @@ class _Layer:
     files_copied: int = 0
     rescanned: bool = False
 
-    def info(self) -> SnapshotInfo:
-        return SnapshotInfo(
+    def info(self) -> DirectorySnapshot:
+        return DirectorySnapshot(
             self.id,
             self.name,
             self.created,
@@ -302,7 +302,7 @@ class DirectorySnapshots:
 
     # These two never wait for a snapshot or restore in progress (no lock: copies are atomic).
 
-    def list(self) -> list[SnapshotInfo]:
+    def list(self) -> list[DirectorySnapshot]:
         """Every snapshot of the current history, oldest (the base) first."""
         return [layer.info() for layer in self._layers.copy()]
 
@@ -346,7 +346,7 @@ class DirectorySnapshots:
                 raise SnapshotError(f"cannot start snapshots: {exc}") from exc
             return base.id
 
-    def snapshot_sync(self, name: str = "") -> SnapshotInfo:
+    def snapshot_sync(self, name: str = "") -> DirectorySnapshot:
         with self._lock:
             self._check_open()
             tree = self._tree()
@@ -429,7 +429,11 @@ class DirectorySnapshots:
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 os.mkdir(target, _OWNER_RWX)
                 moved: dict[bytes, _Entry] = {}
-                known = set(itertools.chain.from_iterable(layer.entries for layer in self._layers[: index + 1]))
+                known = set(
+                    itertools.chain.from_iterable(
+                        layer.entries for layer in self._layers[: index + 1]
+                    )
+                )
                 for name, root in self._roots.items():
                     into = os.path.join(target, os.fsencode(name))
                     os.mkdir(into, _OWNER_RWX)
@@ -635,7 +639,8 @@ class DirectorySnapshots:
         for a, b in itertools.permutations(paths, 2):
             if a == b or b.startswith(a + b"/"):
                 raise SnapshotError(
-                    f"snapshot directories must not overlap: {os.fsdecode(a)} contains {os.fsdecode(b)}"
+                    f"snapshot directories must not overlap: {os.fsdecode(a)} contains "
+                    f"{os.fsdecode(b)}"
                 )
 
     @staticmethod
@@ -659,7 +664,9 @@ def _own(path: bytes, entry: _Entry) -> None:
             os.lchown(path, entry.uid, entry.gid)
 
 
-def import_trees(source: str | os.PathLike[str], roots: Mapping[str, str | os.PathLike[str]]) -> None:
+def import_trees(
+    source: str | os.PathLike[str], roots: Mapping[str, str | os.PathLike[str]]
+) -> None:
     """Replace the content of each root with ``source/<name>/`` (an ``export_sync``), copying."""
     with _failing_as(f"cannot import the snapshot in {os.fspath(source)}"):
         for name, root in roots.items():
@@ -670,7 +677,9 @@ def import_trees(source: str | os.PathLike[str], roots: Mapping[str, str | os.Pa
                 for entry in entries:
                     _remove(os.fsencode(entry.path))
             owner = os.lstat(root)
-            shutil.copytree(origin, root, symlinks=True, dirs_exist_ok=True, copy_function=_copy_preserving)
+            shutil.copytree(
+                origin, root, symlinks=True, dirs_exist_ok=True, copy_function=_copy_preserving
+            )
             shutil.copystat(origin, root)
             # What the machine wrote belongs to the machine's own user again.
             for folder, dirs, files in os.walk(root):

@@ -18,7 +18,7 @@ from __future__ import annotations
 SOCKET = "/run/vmrunner-sudo.sock"
 PROGRAM = "/usr/local/sbin/sudo"
 
-SHIM = '''#!{python} -IS
+SHIM = """#!{python} -IS
 import _socket, json, os, sys
 
 def fail(message, code=1):
@@ -44,11 +44,13 @@ while args and args[0].startswith("-") and args[0] != "-":
     elif arg in ("-v", "--validate", "-k", "-K", "--reset-timestamp", "--remove-timestamp"):
         sys.exit(0) if not args else None
     elif arg in ("-l", "--list"):
-        print("User may run the following commands on this machine:\\n    (ALL : ALL) NOPASSWD: ALL")
+        print("User may run the following commands on this machine:\\n"
+              "    (ALL : ALL) NOPASSWD: ALL")
         sys.exit(0)
     elif arg in ("-s", "--shell", "-i", "--login"):
         shell = True
-    elif arg in ("-g", "--group", "-p", "--prompt", "-C", "--close-from", "-h", "--host", "-D", "--chdir"):
+    elif arg in ("-g", "--group", "-p", "--prompt", "-C", "--close-from", "-h", "--host", "-D",
+                 "--chdir"):
         args.pop(0) if args else None
     elif arg.startswith(("--preserve-env", "--group=", "--prompt=", "--chdir=")):
         pass
@@ -75,8 +77,10 @@ env["SUDO_GID"] = str(os.getgid())
 env["SUDO_COMMAND"] = " ".join(args)
 if user == "root":
     env["USER"] = env["LOGNAME"] = "root"
-request = json.dumps(
-    {{"argv": args, "env": env, "cwd": os.getcwd(), "user": "root" if user == "root" else "runner"}})
+request = json.dumps({{
+    "argv": args, "env": env, "cwd": os.getcwd(),
+    "user": "root" if user == "root" else "runner",
+}})
 conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
 try:
     conn.connect("{socket}")
@@ -92,7 +96,7 @@ reply = json.loads(answer)
 if "error" in reply:
     fail(reply["error"].removeprefix("sudo: "))
 sys.exit(128 + reply["signal"] if reply.get("signal") else reply.get("code") or 0)
-'''
+"""
 
 
 def shim(python: str) -> bytes:

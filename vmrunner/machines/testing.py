@@ -114,7 +114,8 @@ class CountingProvider(Provider):
         times: int = 1,
         machine_id: str | None = None,
     ) -> None:
-        """Make the next ``times`` calls of ``operation`` raise ``error`` before reaching the machine.
+        """Make the next ``times`` calls of ``operation`` raise ``error`` before reaching the
+        machine.
 
         Without ``error`` the operation's usual error class is raised (``AllocationError`` for
         allocate, ``ReleaseError`` for release, ...). With ``machine_id`` only calls on that

@@ -24,7 +24,7 @@ from typing import Any
 
 from vmrunner.errors import ConfigError, MachineError, WorkflowError
 from vmrunner.machines.base import Machine
-from vmrunner.runner.repository import fetch_action
+from vmrunner.repository import fetch_action
 from vmrunner.workflow.models import Step, frozen_map
 from vmrunner.workflow.yaml import load_document
 
@@ -84,7 +84,9 @@ def is_docker_reference(uses: str) -> bool:
     return uses.startswith("docker://")
 
 
-def parse_action(text: str, filename: str, reference: str, path: str, repository: str = "", ref: str = "") -> Action:
+def parse_action(
+    text: str, filename: str, reference: str, path: str, repository: str = "", ref: str = ""
+) -> Action:
     try:
         raw = load_document(text, filename).value
     except WorkflowError as exc:
@@ -97,7 +99,12 @@ def parse_action(text: str, filename: str, reference: str, path: str, repository
     for name, spec in (raw.get("inputs") or {}).items():
         spec = spec if isinstance(spec, Mapping) else {}
         default = spec.get("default")
-        inputs.append(ActionInput(str(name), None if default is None else _scalar(default), bool(spec.get("required", False))))
+        inputs.append(
+            ActionInput(
+                str(name), None if default is None else _scalar(default),
+                bool(spec.get("required", False)),
+            )
+        )
     outputs: Mapping[str, Any] = raw["outputs"] if isinstance(raw.get("outputs"), Mapping) else {}
     steps: list[Step] = []
     if using == "composite":
@@ -106,7 +113,10 @@ def parse_action(text: str, filename: str, reference: str, path: str, repository
                 raise ActionError(f"action {reference}: step {index} is not a mapping")
             steps.append(step_from_mapping(index, item))
     elif using not in NODE_RUNTIMES and using != "docker":
-        raise ActionError(f"action {reference}: runs.using '{using}' is not supported (expected composite, node16, node20 or docker)")
+        raise ActionError(
+            f"action {reference}: runs.using '{using}' is not supported (expected composite, "
+            f"node16, node20 or docker)"
+        )
     return Action(
         reference=reference, path=path, using=using, inputs=tuple(inputs), outputs=dict(outputs),
         steps=tuple(steps), main=str(runs.get("main", "")), pre=str(runs.get("pre", "")),
@@ -132,16 +142,29 @@ def step_from_mapping(index: int, raw: Mapping[str, Any]) -> Step:
 
     def mapping(key: str) -> Mapping[str, Any] | str:
         value = raw.get(key)
-        return value if isinstance(value, str) else frozen_map(value if isinstance(value, Mapping) else None)
+        return (
+            value
+            if isinstance(value, str)
+            else frozen_map(value if isinstance(value, Mapping) else None)
+        )
 
     flag = raw.get("continue-on-error", False)
     minutes = raw.get("timeout-minutes")
     return Step(
-        index=index, id=text("id"), name=text("name"), if_=text("if"), run=text("run"),
-        shell=text("shell"), working_directory=text("working-directory"), uses=text("uses"),
-        with_=mapping("with"), env=mapping("env"),
+        index=index,
+        id=text("id"),
+        name=text("name"),
+        if_=text("if"),
+        run=text("run"),
+        shell=text("shell"),
+        working_directory=text("working-directory"),
+        uses=text("uses"),
+        with_=mapping("with"),
+        env=mapping("env"),
         continue_on_error=flag if isinstance(flag, bool | str) else False,
-        timeout_minutes=minutes if isinstance(minutes, int | float | str) and not isinstance(minutes, bool) else None,
+        timeout_minutes=minutes
+        if isinstance(minutes, int | float | str) and not isinstance(minutes, bool)
+        else None,
     )
 
 
@@ -249,17 +272,25 @@ async def load_local_action(machine: Machine, uses: str) -> Action:
     workspace = machine.paths.workspace
     relative, folder = local_action_folder(workspace, uses)
     try:
-        result = await machine.exec(["sh", "-c", _FIND_LOCAL, "sh", workspace, relative], timeout=FIND_TIMEOUT)
+        result = await machine.exec(
+            ["sh", "-c", _FIND_LOCAL, "sh", workspace, relative], timeout=FIND_TIMEOUT
+        )
     except MachineError as exc:
-        raise ActionError(f"step uses {uses}: cannot read the action in the machine: {exc}") from exc
+        raise ActionError(
+            f"step uses {uses}: cannot read the action in the machine: {exc}"
+        ) from exc
     if result.exit_code == 4:
         path, _, target = result.stdout.decode(errors="replace").partition("\n")
         raise ActionError(
-            f"step uses {uses}: {path} leads to {target}, outside the workspace {workspace}; refused "
-            "(a local action must be a folder of the repository checked out into the workspace)"
+            f"step uses {uses}: {path} leads to {target}, outside the workspace {workspace}; "
+            "refused (a local action must be a folder of the repository checked out into the "
+            "workspace)"
         )
     if result.exit_code == 6:
-        raise ActionError(f"step uses {uses}: a Docker action (Dockerfile under '{folder}'): not supported by the {machine.provider_name} provider")
+        raise ActionError(
+            f"step uses {uses}: a Docker action (Dockerfile under '{folder}'): not supported by "
+            f"the {machine.provider_name} provider"
+        )
     if result.exit_code in (3, 5):
         raise ActionError(
             f"Can't find 'action.yml', 'action.yaml' or 'Dockerfile' under '{folder}'. "
@@ -272,7 +303,9 @@ async def load_local_action(machine: Machine, uses: str) -> Action:
     return parse_action(text.decode(errors="replace"), name.decode(errors="replace"), uses, folder)
 
 
-async def load_remote_action(machine: Machine, uses: str, base_url: str, uploaded: set[str]) -> Action:
+async def load_remote_action(
+    machine: Machine, uses: str, base_url: str, uploaded: set[str]
+) -> Action:
     """An ``owner/repo[/path]@ref`` action, fetched into the cache and copied into the machine.
 
     ``uploaded`` holds the folders already copied into this machine (copied once per job).
@@ -284,7 +317,9 @@ async def load_remote_action(machine: Machine, uses: str, base_url: str, uploade
     try:
         clone = await fetch_action(base_url, owner, repo, ref)
     except ConfigError as exc:
-        raise ActionError(f"{exc} (is the network reachable? remote actions need {base_url})") from exc
+        raise ActionError(
+            f"{exc} (is the network reachable? remote actions need {base_url})"
+        ) from exc
     parent = f"{machine.paths.temp}/{ACTIONS_DIR}/{owner}/{repo}"
     root = f"{parent}/{clone.name}"
     if root not in uploaded:

@@ -84,7 +84,10 @@ def job_folder(run_id: str, job_key: str, home: Path | None = None) -> Path:
 
 def write_state(folder: Path, kept: Mapping[str, Any], checkpoints: Sequence[Checkpoint]) -> None:
     """Write ``state.json`` last: a folder without it holds no usable checkpoint."""
-    data = {**kept, "format": FORMAT, "checkpoints": [plain(dataclasses.asdict(c)) for c in checkpoints]}
+    data = {
+        **kept, "format": FORMAT,
+        "checkpoints": [plain(dataclasses.asdict(c)) for c in checkpoints],
+    }
     data["workflow_file"] = os.path.abspath(str(kept["workflow_file"]))
     try:
         temporary = folder / f".{STATE_FILE}.tmp"
@@ -109,15 +112,17 @@ def load(run_id: str, job_key: str, home: Path | None = None) -> KeptJob | None:
         raise ConfigError(f"{folder / STATE_FILE}: not a checkpoint file this vmrunner knows")
     checkpoints = tuple(
         Checkpoint(
-            snapshot_id=str(c["snapshot_id"]), step_number=int(c["step_number"]), index=int(c["index"]),
-            env=dict(c["env"]), path_entries=tuple(c["path_entries"]), steps=dict(c["steps"]),
+            snapshot_id=str(c["snapshot_id"]), step_number=int(c["step_number"]),
+            index=int(c["index"]), env=dict(c["env"]), path_entries=tuple(c["path_entries"]),
+            steps=dict(c["steps"]),
         )
         for c in data["checkpoints"]
     )
     return KeptJob(
-        run_id=str(data["run_id"]), workflow_file=str(data["workflow_file"]), job_id=str(data["job_id"]),
-        job_key=str(data["job_key"]), matrix=dict(data["matrix"]), strategy=dict(data["strategy"]),
-        needs=dict(data["needs"]), options=dict(data["options"]), checkpoints=checkpoints, folder=folder,
+        run_id=str(data["run_id"]), workflow_file=str(data["workflow_file"]),
+        job_id=str(data["job_id"]), job_key=str(data["job_key"]), matrix=dict(data["matrix"]),
+        strategy=dict(data["strategy"]), needs=dict(data["needs"]), options=dict(data["options"]),
+        checkpoints=checkpoints, folder=folder,
     )
 
 
@@ -126,7 +131,9 @@ def kept_jobs(run_id: str, home: Path | None = None) -> list[str]:
     root = checkpoints_root(home) / run_id
     if not root.is_dir():
         return []
-    return sorted(urllib.parse.unquote(p.name) for p in root.iterdir() if (p / STATE_FILE).is_file())
+    return sorted(
+        urllib.parse.unquote(p.name) for p in root.iterdir() if (p / STATE_FILE).is_file()
+    )
 
 
 def remove_checkpoints(run_id: str, home: Path | None = None) -> bool:

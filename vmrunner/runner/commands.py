@@ -89,11 +89,15 @@ def parse_file_commands(text: str, what: str = "file command") -> dict[str, str]
                 block.append(lines[index])
                 index += 1
             if index >= len(lines):
-                raise FileCommandError(f"{what}: matching delimiter {delimiter!r} not found for {name!r}")
+                raise FileCommandError(
+                    f"{what}: matching delimiter {delimiter!r} not found for {name!r}"
+                )
             index += 1
             values[name] = "\n".join(block)
         elif equals > 0:
             values[line[:equals]] = line[equals + 1 :]
         else:
-            raise FileCommandError(f"{what}: invalid line {line!r}: expected NAME=value or NAME<<DELIMITER")
+            raise FileCommandError(
+                f"{what}: invalid line {line!r}: expected NAME=value or NAME<<DELIMITER"
+            )
     return values

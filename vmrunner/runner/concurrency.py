@@ -48,8 +48,11 @@ class Claim:
         return self.scope, self.group.casefold()
 
 
-def evaluate_claim(concurrency: Concurrency | None, contexts: Mapping[str, Any], allowed: Collection[str]) -> Claim | None:
-    """The claim of a ``concurrency:`` with only the ``allowed`` contexts; ``ConfigError`` if it is broken."""
+def evaluate_claim(
+    concurrency: Concurrency | None, contexts: Mapping[str, Any], allowed: Collection[str]
+) -> Claim | None:
+    """The claim of a ``concurrency:`` with only the ``allowed`` contexts; ``ConfigError`` if it is
+    broken."""
     if concurrency is None:
         return None
     scoped = {name: contexts.get(name, {}) for name in allowed}
@@ -102,7 +105,8 @@ class ConcurrencyGroups:
 
     @contextlib.asynccontextmanager
     async def hold(
-        self, claim: Claim, who: str, stop: Callable[[str], None], waiting: Callable[[str], None] = _ignore,
+        self, claim: Claim, who: str, stop: Callable[[str], None],
+        waiting: Callable[[str], None] = _ignore,
     ) -> AsyncIterator[None]:
         """Hold ``claim``'s group for the body; waits while another holds it.
 
@@ -118,21 +122,31 @@ class ConcurrencyGroups:
 
     def statistics(self) -> tuple[GroupStatistics, ...]:
         return tuple(
-            GroupStatistics(group.name, group.running.who if group.running else "", tuple(h.who for h in group.pending))
+            GroupStatistics(
+                group.name, group.running.who if group.running else "",
+                tuple(h.who for h in group.pending),
+            )
             for group in self._groups.values()
         )
 
-    async def _acquire(self, claim: Claim, holder: _Holder, waiting: Callable[[str], None]) -> _Holder:
+    async def _acquire(
+        self, claim: Claim, holder: _Holder, waiting: Callable[[str], None]
+    ) -> _Holder:
         group = self._groups.setdefault(claim.key, _Group(claim.group))
         running = group.running
         if claim.cancel_in_progress and running is not None and not running.stopped:
             running.stopped = True
-            running.stop(f"cancelled: {holder.who} entered concurrency group '{group.name}' with cancel-in-progress")
+            running.stop(
+                f"cancelled: {holder.who} entered concurrency group '{group.name}' with "
+                f"cancel-in-progress"
+            )
         if running is None and not group.pending:
             group.running = holder
             return holder
         if len(group.pending) >= claim.queue > 1:
-            raise ConcurrencyCancelled(f"the queue of concurrency group '{group.name}' is full ({claim.queue} waiting)")
+            raise ConcurrencyCancelled(
+                f"the queue of concurrency group '{group.name}' is full ({claim.queue} waiting)"
+            )
         holder.granted = asyncio.get_running_loop().create_future()
         group.pending.append(holder)
         while len(group.pending) > claim.queue:
@@ -140,9 +154,14 @@ class ConcurrencyGroups:
             assert replaced.granted is not None
             if not replaced.granted.done():  # done: its task was cancelled and is leaving anyway
                 replaced.granted.set_exception(
-                    ConcurrencyCancelled(f"replaced by {holder.who}, which now waits for concurrency group '{group.name}'")
+                    ConcurrencyCancelled(
+                        f"replaced by {holder.who}, which now waits for concurrency group "
+                        f"'{group.name}'"
+                    )
                 )
-        held_by = f"held by {running.who}" if running is not None else "its queue is being handed on"
+        held_by = (
+            f"held by {running.who}" if running is not None else "its queue is being handed on"
+        )
         waiting(f"waiting for concurrency group '{group.name}' ({held_by})")
         try:
             await holder.granted
@@ -155,7 +174,8 @@ class ConcurrencyGroups:
         """A cancelled waiter gives up its place (or the group, if it had just been granted it)."""
         future = holder.granted
         if future is not None and future.done() and not future.cancelled():
-            future.exception()  # retrieved: a replacement that raced the cancellation is not an error
+            # retrieved: a replacement that raced the cancellation is not an error
+            future.exception()
         if holder in group.pending:
             group.pending.remove(holder)
             self._drop_if_idle(key, group)

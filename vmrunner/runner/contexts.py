@@ -11,10 +11,13 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from vmrunner.repository import RepositoryInfo
 from vmrunner.runner.options import RunOptions
-from vmrunner.runner.repository import RepositoryInfo
 
-_ARCH = {"x86_64": "X64", "amd64": "X64", "aarch64": "ARM64", "arm64": "ARM64", "armv7l": "ARM", "i686": "X86"}
+_ARCH = {
+    "x86_64": "X64", "amd64": "X64", "aarch64": "ARM64", "arm64": "ARM64", "armv7l": "ARM",
+    "i686": "X86",
+}
 
 
 def _section(payload: Mapping[str, Any], key: str) -> Mapping[str, Any]:
@@ -57,14 +60,8 @@ def ref_name_and_type(ref: str) -> tuple[str, str]:
 
 
 def github_context(
-    options: RunOptions,
-    info: RepositoryInfo,
-    *,
-    workflow_name: str,
-    workflow_file: str,
-    run_id: str,
-    job_id: str = "",
-    workspace: str = "",
+    options: RunOptions, info: RepositoryInfo, *, workflow_name: str, workflow_file: str,
+    run_id: str, job_id: str = "", workspace: str = "",
 ) -> dict[str, Any]:
     """The ``github`` context of one job (without the per-step ``action*`` fields)."""
     ref, sha, head_ref, base_ref = event_refs(options, info)
@@ -87,7 +84,9 @@ def github_context(
         "event": dict(options.payload),
         "event_name": options.event_name,
         "event_path": "",
-        "graphql_url": f"{api}/graphql" if server != "https://github.com" else "https://api.github.com/graphql",
+        "graphql_url": f"{api}/graphql"
+        if server != "https://github.com"
+        else "https://api.github.com/graphql",
         "head_ref": head_ref,
         "job": job_id,
         "output": "",
@@ -100,7 +99,9 @@ def github_context(
         "repository_id": "",
         "repository_owner": owner,
         "repository_owner_id": "",
-        "repositoryUrl": f"{server.replace('https://', 'git://')}/{repository}.git" if repository else "",
+        "repositoryUrl": f"{server.replace('https://', 'git://')}/{repository}.git"
+        if repository
+        else "",
         "retention_days": "90",
         "run_attempt": "1",
         "run_id": run_id,
@@ -122,32 +123,23 @@ def github_context(
 def runner_context(*, name: str, temp: str, tool_cache: str) -> dict[str, Any]:
     machine = platform.machine().lower()
     return {
-        "name": name,
-        "os": "Linux",
-        "arch": _ARCH.get(machine, machine.upper()),
-        "temp": temp,
-        "tool_cache": tool_cache,
-        "debug": "",
-        "environment": "self-hosted",
+        "name": name, "os": "Linux", "arch": _ARCH.get(machine, machine.upper()), "temp": temp,
+        "tool_cache": tool_cache, "debug": "", "environment": "self-hosted",
     }
 
 
 def default_env(github: Mapping[str, Any], runner: Mapping[str, Any]) -> dict[str, str]:
     """GitHub's default environment variables (``CI``, ``GITHUB_*``, ``RUNNER_*``)."""
     env = {
-        "CI": "true",
-        "GITHUB_ACTIONS": "true",
-        "RUNNER_OS": str(runner["os"]),
-        "RUNNER_ARCH": str(runner["arch"]),
-        "RUNNER_NAME": str(runner["name"]),
-        "RUNNER_TEMP": str(runner["temp"]),
-        "RUNNER_TOOL_CACHE": str(runner["tool_cache"]),
+        "CI": "true", "GITHUB_ACTIONS": "true", "RUNNER_OS": str(runner["os"]),
+        "RUNNER_ARCH": str(runner["arch"]), "RUNNER_NAME": str(runner["name"]),
+        "RUNNER_TEMP": str(runner["temp"]), "RUNNER_TOOL_CACHE": str(runner["tool_cache"]),
         "RUNNER_ENVIRONMENT": str(runner["environment"]),
     }
     names = (
         "action", "action_path", "action_repository", "actor", "actor_id", "api_url", "base_ref",
-        "env", "event_name", "event_path", "graphql_url", "head_ref", "job", "output", "path", "ref",
-        "ref_name", "ref_type", "repository", "repository_id", "repository_owner",
+        "env", "event_name", "event_path", "graphql_url", "head_ref", "job", "output", "path",
+        "ref", "ref_name", "ref_type", "repository", "repository_id", "repository_owner",
         "repository_owner_id", "retention_days", "run_attempt", "run_id", "run_number",
         "server_url", "sha", "state", "step_summary", "triggering_actor", "workflow",
         "workflow_ref", "workflow_sha", "workspace",

@@ -29,7 +29,9 @@ def render(value: Any, contexts: Mapping[str, Any], hooks: EvaluationHooks | Non
             if isinstance(key, str) and _is_insert(key):
                 inserted = render(item, contexts, hooks)
                 if not isinstance(inserted, Mapping):
-                    raise ConfigError(f"'${{{{ insert }}}}' needs a mapping, got {to_string(inserted)!r}")
+                    raise ConfigError(
+                        f"'${{{{ insert }}}}' needs a mapping, got {to_string(inserted)!r}"
+                    )
                 result.update(inserted)
             else:
                 result[to_string(render(key, contexts, hooks))] = render(item, contexts, hooks)
@@ -44,7 +46,9 @@ def _is_insert(key: str) -> bool:
     return text.startswith("${{") and text.endswith("}}") and text[3:-2].strip() == _INSERT
 
 
-def render_text(value: Any, contexts: Mapping[str, Any], hooks: EvaluationHooks | None = None) -> str:
+def render_text(
+    value: Any, contexts: Mapping[str, Any], hooks: EvaluationHooks | None = None
+) -> str:
     """The value as a string, the way GitHub turns it into an environment variable or input."""
     return as_text(render(value, contexts, hooks))
 
@@ -55,7 +59,9 @@ def as_text(value: Any) -> str:
     return to_string(value)
 
 
-def render_env(env: Mapping[str, Any] | str, contexts: Mapping[str, Any], hooks: EvaluationHooks | None = None) -> dict[str, str]:
+def render_env(
+    env: Mapping[str, Any] | str, contexts: Mapping[str, Any], hooks: EvaluationHooks | None = None
+) -> dict[str, str]:
     """An ``env:`` (a mapping, or one expression producing one) as strings."""
     value = render(env, contexts, hooks)
     if not isinstance(value, Mapping):
@@ -63,13 +69,17 @@ def render_env(env: Mapping[str, Any] | str, contexts: Mapping[str, Any], hooks:
     return {str(key): as_text(item) for key, item in value.items()}
 
 
-def render_flag(value: bool | str | None, contexts: Mapping[str, Any], hooks: EvaluationHooks | None = None) -> bool:
+def render_flag(
+    value: bool | str | None, contexts: Mapping[str, Any], hooks: EvaluationHooks | None = None
+) -> bool:
     if value is None or isinstance(value, bool):
         return bool(value)
     return truthy(render(value, contexts, hooks))
 
 
-def render_minutes(value: float | int | str | None, contexts: Mapping[str, Any], what: str) -> float | None:
+def render_minutes(
+    value: float | int | str | None, contexts: Mapping[str, Any], what: str
+) -> float | None:
     if value is None:
         return None
     rendered = render(value, contexts) if isinstance(value, str) else value

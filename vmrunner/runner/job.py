@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from vmrunner.errors import (
     ConfigError,
@@ -32,23 +32,9 @@ from vmrunner.errors import (
     StoreError,
     VmrunnerError,
 )
-from vmrunner.machines._local import shielded
 from vmrunner.machines.base import MachineSpec
-from vmrunner.runner import checkpoints
-from vmrunner.runner.actions import (
-    host_local_action_using,
-    is_docker_reference,
-)
-from vmrunner.runner.contexts import default_env, runner_context
-from vmrunner.runner.evaluation import (
-    as_text,
-    render,
-    render_env,
-    render_flag,
-    render_minutes,
-    render_text,
-)
-from vmrunner.runner.events import (
+from vmrunner.machines.local import shielded
+from vmrunner.reports.events import (
     AllocationRequested,
     JobFinished,
     JobStarted,
@@ -59,17 +45,28 @@ from vmrunner.runner.events import (
     StepKind,
     StepStarted,
 )
+from vmrunner.runner import checkpoints
+from vmrunner.runner.actions import (
+    host_local_action_using,
+    is_docker_reference,
+)
+from vmrunner.runner.context import RunContext
+from vmrunner.runner.contexts import default_env, runner_context
+from vmrunner.runner.evaluation import (
+    as_text,
+    render,
+    render_env,
+    render_flag,
+    render_minutes,
+    render_text,
+)
 from vmrunner.runner.options import machine_spec, options_data
 from vmrunner.runner.shells import resolve_shell
-from vmrunner.runner.steps import JobRuntime, Scope, ScriptResult, StepResult
+from vmrunner.runner.steps import JobRuntime, Scope, ScriptOutcome, StepOutcome
 from vmrunner.runner.uses import ActionSteps
-from vmrunner.sessions import SessionState
+from vmrunner.sessions import Session, SessionState
 from vmrunner.workflow.expressions import EvaluationHooks, evaluate_if, hash_files
 from vmrunner.workflow.models import Job, Step
-
-if TYPE_CHECKING:  # run.py imports this module
-    from vmrunner.runner.run import RunContext
-    from vmrunner.sessions import Session
 
 #: The fields of the ``github`` context that differ between the steps of a job.
 _ACTION_FIELDS = ("action_path", "action_repository", "action_ref", "workspace", "event_path")
@@ -123,7 +120,10 @@ def _extract(data: bytes, folder: str) -> None:
 def unsupported_reason(job: Job, repo_root: str, provider: str) -> str:
     """Why the job cannot run on this provider ('' when it can)."""
     if job.calls_workflow:
-        return f"job '{job.id}' calls a reusable workflow ({job.uses}): not supported by vmrunner run yet"
+        return (
+            f"job '{job.id}' calls a reusable workflow ({job.uses}): not supported by vmrunner "
+            f"run yet"
+        )
     what = ""
     if job.container is not None:
         what = f"a container ({job.container.image})"
@@ -146,7 +146,10 @@ def unsupported_reason(job: Job, repo_root: str, provider: str) -> str:
 class JobExecution:
     """Runs one ``JobInstance`` from allocation to release and reports it."""
 
-    def __init__(self, run: RunContext, instance: JobInstance, contexts: Mapping[str, Any], env: Mapping[str, str]) -> None:
+    def __init__(
+        self, run: RunContext, instance: JobInstance, contexts: Mapping[str, Any],
+        env: Mapping[str, str],
+    ) -> None:
         self.run = run
         self.instance = instance
         self.job = instance.job
@@ -183,11 +186,12 @@ class JobExecution:
         return self.index
 
     def hooks(self, scope: Scope | None) -> EvaluationHooks:
-        failed: Callable[[], bool] = (lambda: scope.any_failed()) if scope is not None else (lambda: False)
+        failed: Callable[[], bool] = (
+            (lambda: scope.any_failed()) if scope is not None else (lambda: False)
+        )
         root = self.hash_root
         return EvaluationHooks(
-            success=lambda: not failed() and not self.cancelled,
-            failure=failed,
+            success=lambda: not failed() and not self.cancelled, failure=failed,
             cancelled=lambda: self.cancelled,
             hash_files=None if root is None else functools.partial(hash_files, root),
         )
@@ -208,14 +212,21 @@ class JobExecution:
             finally:
                 self.hash_root = None
 
-    def contexts(self, scope: Scope, env: Mapping[str, str], *, github: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def contexts(
+        self, scope: Scope, env: Mapping[str, str], *, github: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
         contexts = dict(self.base_contexts)
         contexts["github"] = dict(github or self.github or contexts["github"])
         contexts["env"] = dict(env)
         contexts["steps"] = scope.steps
         contexts["runner"] = self.runner
-        contexts["job"] = {"status": "failure" if scope.any_failed() else "success", "container": {}, "services": {}}
-        contexts["inputs"] = scope.inputs if scope.action is not None else self.base_contexts.get("inputs", {})
+        contexts["job"] = {
+            "status": "failure" if scope.any_failed() else "success", "container": {},
+            "services": {},
+        }
+        contexts["inputs"] = (
+            scope.inputs if scope.action is not None else self.base_contexts.get("inputs", {})
+        )
         return contexts
 
     def env_context(self, scope: Scope) -> dict[str, str]:
@@ -244,7 +255,9 @@ class JobExecution:
             hooks = self.hooks(None)
             try:
                 outcome.continue_on_error = render_flag(self.job.continue_on_error, contexts, hooks)
-                minutes = render_minutes(self.job.timeout_minutes, contexts, f"jobs.{self.job.id}.timeout-minutes")
+                minutes = render_minutes(
+                    self.job.timeout_minutes, contexts, f"jobs.{self.job.id}.timeout-minutes"
+                )
             except VmrunnerError as exc:
                 outcome.reason = f"job '{self.job.id}': {exc}"
                 return outcome
@@ -264,10 +277,16 @@ class JobExecution:
             timeout = (minutes if minutes is not None else run.options.job_timeout_minutes) * 60
             outcome, summary = await self.in_session(spec, timeout, outcome)
         except asyncio.CancelledError:
-            if not (outcome.reason or self.cancel_reason) and run.cancel_reason:  # e.g. the run's concurrency group
+            if (
+                not (outcome.reason or self.cancel_reason) and run.cancel_reason
+            ):  # e.g. the run's concurrency group
                 run.annotate(self.job_key, "error", run.cancel_reason)
-            reason = outcome.reason or self.cancel_reason or run.cancel_reason or "the run was cancelled"
-            outcome = JobOutcome("cancelled", reason=reason, continue_on_error=outcome.continue_on_error)
+            reason = (
+                outcome.reason or self.cancel_reason or run.cancel_reason or "the run was cancelled"
+            )
+            outcome = JobOutcome(
+                "cancelled", reason=reason, continue_on_error=outcome.continue_on_error
+            )
             raise
         finally:
             if self.cancelled and outcome.result != "success":
@@ -276,7 +295,8 @@ class JobExecution:
                 JobFinished(
                     run.run_id, self.job_key, outcome.result, time.time(), time.time() - started,
                     outputs={k: run.masker.mask(v) for k, v in outcome.outputs.items()},
-                    rolled_back=outcome.rolled_back, reason=run.masker.mask(outcome.reason), summary=summary,
+                    rolled_back=outcome.rolled_back, reason=run.masker.mask(outcome.reason),
+                    summary=summary,
                 )
             )
         return outcome
@@ -288,7 +308,9 @@ class JobExecution:
         if runs_on is not None:
             if runs_on.expression:
                 value = render(runs_on.expression, contexts)
-                labels = [as_text(v) for v in value] if isinstance(value, list) else [as_text(value)]
+                labels = (
+                    [as_text(v) for v in value] if isinstance(value, list) else [as_text(value)]
+                )
             else:
                 labels = [render_text(label, contexts) for label in runs_on.labels]
         for label in labels:
@@ -296,26 +318,35 @@ class JobExecution:
                 return options.machine_types[label], ""
         shown = ", ".join(labels) or "(none)"
         return options.default_vm_type, (
-            f"runs-on labels {shown} are not mapped to a machine type: running on '{options.default_vm_type}'"
+            f"runs-on labels {shown} are not mapped to a machine type: running on "
+            f"'{options.default_vm_type}'"
         )
 
-    async def in_session(self, spec: MachineSpec, limit: float, outcome: JobOutcome) -> tuple[JobOutcome, str]:
+    async def in_session(
+        self, spec: MachineSpec, limit: float, outcome: JobOutcome
+    ) -> tuple[JobOutcome, str]:
         """The job in its session; the outcome and the job's summary Markdown."""
         run = self.run
         asked = time.monotonic()
-        run.emit(AllocationRequested(run.run_id, self.job_key, time.time(), run.provider_name, spec.vm_type))
+        run.emit(
+            AllocationRequested(
+                run.run_id, self.job_key, time.time(), run.provider_name, spec.vm_type
+            )
+        )
         try:
             async with run.sessions.open(spec) as session:
                 machine = session.machine
                 run.emit(
                     JobStarted(
-                        run.run_id, self.job_key, time.time(), session.id, machine.id, machine.provider_name,
-                        spec.vm_type, machine.from_pool, time.monotonic() - asked,
+                        run.run_id, self.job_key, time.time(), session.id, machine.id,
+                        machine.provider_name, spec.vm_type, machine.from_pool,
+                        time.monotonic() - asked,
                     )
                 )
                 self.started = True
                 runtime = self.runtime = JobRuntime(
-                    run_id=run.run_id, job_key=self.job_key, session=session, sink=run, masker=run.masker
+                    run_id=run.run_id, job_key=self.job_key, session=session, sink=run,
+                    masker=run.masker,
                 )
                 scope = Scope()
                 timed_out = False
@@ -340,13 +371,16 @@ class JobExecution:
                     runtime.end_groups(-1)
                     await shielded(self.finish(session, scope, outcome, timed_out))
                 return outcome, "\n".join(runtime.summary)
-        except (SessionError, MachineError, StoreError) as exc:  # StoreError: the machine could not be recorded
+        # StoreError: the machine could not be recorded
+        except (SessionError, MachineError, StoreError) as exc:
             outcome.result = "failure"
             what = "releasing the machine of" if self.started else "cannot get a machine for"
             outcome.reason = outcome.reason or f"{what} job '{self.job.id}': {exc}"
             return outcome, ""
 
-    async def finish(self, session: Session, scope: Scope, outcome: JobOutcome, timed_out: bool) -> None:
+    async def finish(
+        self, session: Session, scope: Scope, outcome: JobOutcome, timed_out: bool
+    ) -> None:
         """Outputs, post steps, rollback, cleanup: bounded, and run even after a timeout."""
         run = self.run
         try:
@@ -360,7 +394,11 @@ class JobExecution:
                     last = session.snapshots[-1]
                     began = time.monotonic()
                     await session.restore(last.id)
-                    run.emit(SnapshotRestored(run.run_id, self.job_key, last.id, time.time(), time.monotonic() - began))
+                    run.emit(
+                        SnapshotRestored(
+                            run.run_id, self.job_key, last.id, time.time(), time.monotonic() - began
+                        )
+                    )
                     outcome.rolled_back = True
                 for command in run.options.cleanup_commands:
                     await self.run_hook("cleanup", command, scope)
@@ -378,7 +416,7 @@ class JobExecution:
             outcome.reason = f"{hit} ({outcome.reason})" if outcome.reason else hit
         if outcome.result == "failure" and session.state is SessionState.ACTIVE:
             with contextlib.suppress(VmrunnerError):  # its final state: failed, not completed
-                run.sessions.update_state(session.id, SessionState.FAILED, note="the job failed")
+                session.set_state(SessionState.FAILED, note="the job failed")
 
     def job_outputs(self, scope: Scope, *, quiet: bool = False) -> dict[str, str]:
         contexts = self.contexts(scope, self.env_context(scope))
@@ -403,8 +441,13 @@ class JobExecution:
         if self.resume is not None:
             await runtime.machine.import_snapshot(str(self.resume.folder))
         await runtime.probe(self.event_path, json.dumps(run.options.payload, indent=2).encode())
-        self.github = {**self.base_contexts["github"], "workspace": paths.workspace, "event_path": self.event_path}
-        self.runner = runner_context(name=runtime.machine.id, temp=paths.temp, tool_cache=paths.tool_cache)
+        self.github = {
+            **self.base_contexts["github"], "workspace": paths.workspace,
+            "event_path": self.event_path,
+        }
+        self.runner = runner_context(
+            name=runtime.machine.id, temp=paths.temp, tool_cache=paths.tool_cache
+        )
         contexts = self.contexts(scope, self.workflow_env)
         try:
             self.job_env = render_env(self.job.env, contexts, self.hooks(scope))
@@ -434,8 +477,8 @@ class JobExecution:
         assert runtime is not None
         self.checkpoints.append(
             checkpoints.Checkpoint(
-                snapshot_id, self.step_number, self.index, dict(runtime.env), tuple(runtime.path_entries),
-                json.loads(json.dumps(scope.steps)),
+                snapshot_id, self.step_number, self.index, dict(runtime.env),
+                tuple(runtime.path_entries), json.loads(json.dumps(scope.steps)),
             )
         )
 
@@ -455,15 +498,21 @@ class JobExecution:
         try:
             await asyncio.to_thread(checkpoints.remove_tree, folder)
             for checkpoint in self.checkpoints:
-                await runtime.machine.export_snapshot(checkpoint.snapshot_id, str(folder / str(checkpoint.step_number)))
+                await runtime.machine.export_snapshot(
+                    checkpoint.snapshot_id, str(folder / str(checkpoint.step_number))
+                )
             kept = {
                 "run_id": run.run_id, "workflow_file": run.workflow.path, "job_id": self.job.id,
-                "job_key": self.job_key, "matrix": dict(self.instance.matrix), "strategy": dict(self.instance.strategy),
-                "needs": dict(self.instance.needs), "options": options_data(run.options),
+                "job_key": self.job_key, "matrix": dict(self.instance.matrix),
+                "strategy": dict(self.instance.strategy), "needs": dict(self.instance.needs),
+                "options": options_data(run.options),
             }
             await asyncio.to_thread(checkpoints.write_state, folder, kept, self.checkpoints)
         except VmrunnerError as exc:
-            run.annotate(self.job_key, "warning", f"cannot keep the job's snapshots for vmrunner rerun: {exc}")
+            run.annotate(
+                self.job_key, "warning",
+                f"cannot keep the job's snapshots for vmrunner rerun: {exc}",
+            )
 
     async def run_hook(self, kind: StepKind, command: str, scope: Scope) -> bool:
         runtime = self.runtime
@@ -471,7 +520,12 @@ class JobExecution:
         index = self.next_index()
         name = f"{kind} command: {command.splitlines()[0] if command.strip() else ''}"
         machine_id = runtime.machine.id
-        self.run.emit(StepStarted(self.run.run_id, self.job_key, index, kind, self.run.masker.mask(name), time.time(), machine_id=machine_id, command=self.run.masker.mask(command)))
+        self.run.emit(
+            StepStarted(
+                self.run.run_id, self.job_key, index, kind, self.run.masker.mask(name), time.time(),
+                machine_id=machine_id, command=self.run.masker.mask(command),
+            )
+        )
         began = time.monotonic()
         env = runtime.process_env(self.default_env(), self.env_context(scope))
         result = await runtime.run_command(index, command, env=env, cwd=runtime.paths.workspace)
@@ -480,7 +534,10 @@ class JobExecution:
         outcome: Result = "success" if result.ok else "failure"
         runtime.end_groups(index)
         self.run.emit(
-            StepFinished(self.run.run_id, self.job_key, index, outcome, outcome, time.time(), time.monotonic() - began, exit_code=result.exit_code, machine_id=machine_id)
+            StepFinished(
+                self.run.run_id, self.job_key, index, outcome, outcome, time.time(),
+                time.monotonic() - began, exit_code=result.exit_code, machine_id=machine_id,
+            )
         )
         return result.ok
 
@@ -500,12 +557,19 @@ class JobExecution:
         assert runtime is not None
         began = time.monotonic()
         info = await runtime.session.snapshot(f"{self.job_key} step {step_index}")
-        self.run.emit(SnapshotTaken(self.run.run_id, self.job_key, step_index, info.id, time.time(), time.monotonic() - began))
+        self.run.emit(
+            SnapshotTaken(
+                self.run.run_id, self.job_key, step_index, info.id, time.time(),
+                time.monotonic() - began,
+            )
+        )
         return info.id
 
     # Steps
 
-    async def run_steps(self, steps: tuple[Step, ...], scope: Scope, parent_index: int | None) -> None:
+    async def run_steps(
+        self, steps: tuple[Step, ...], scope: Scope, parent_index: int | None
+    ) -> None:
         """Job steps (each reported as a step) or a composite's steps (logged under its step)."""
         for step in steps:
             if parent_index is None:
@@ -514,9 +578,12 @@ class JobExecution:
                 result = await self.run_step(step, scope, parent_index)
                 self.record(step, scope, result)
 
-    def record(self, step: Step, scope: Scope, result: StepResult) -> None:
+    def record(self, step: Step, scope: Scope, result: StepOutcome) -> None:
         key = step.id or f"__{step.index}"
-        scope.steps[key] = {"outputs": dict(result.outputs), "outcome": result.outcome, "conclusion": result.conclusion}
+        scope.steps[key] = {
+            "outputs": dict(result.outputs), "outcome": result.outcome,
+            "conclusion": result.conclusion,
+        }
         if result.conclusion == "failure":
             scope.failed = True
 
@@ -530,17 +597,22 @@ class JobExecution:
             name = step.display_name
         machine_id = self.runtime.machine.id if self.runtime else ""
         command = step.run if step.run is not None else f"uses: {step.uses}"
-        run.emit(StepStarted(run.run_id, self.job_key, index, "step", run.masker.mask(name), time.time(), step_id=step.id or "", machine_id=machine_id, command=run.masker.mask(command)))
+        run.emit(
+            StepStarted(
+                run.run_id, self.job_key, index, "step", run.masker.mask(name), time.time(),
+                step_id=step.id or "", machine_id=machine_id, command=run.masker.mask(command),
+            )
+        )
         began = time.monotonic()
         self.step_number += 1
-        result = StepResult("failure", "failure")
+        result = StepOutcome("failure", "failure")
         snapshot_id = ""
         try:
             result = await self.run_step(step, scope, index)
             if result.outcome == "success" and run.options.snapshot:
                 snapshot_id = await self.take_snapshot(index)
         except asyncio.CancelledError:
-            result = StepResult("cancelled", "cancelled")
+            result = StepOutcome("cancelled", "cancelled")
             raise
         finally:
             assert self.runtime is not None
@@ -551,18 +623,19 @@ class JobExecution:
             run.emit(
                 StepFinished(
                     run.run_id, self.job_key, index, result.outcome, result.conclusion, time.time(),
-                    time.monotonic() - began, exit_code=result.exit_code, timed_out=result.timed_out,
-                    snapshot_id=snapshot_id, outputs={k: run.masker.mask(v) for k, v in result.outputs.items()},
+                    time.monotonic() - began, exit_code=result.exit_code,
+                    timed_out=result.timed_out, snapshot_id=snapshot_id,
+                    outputs={k: run.masker.mask(v) for k, v in result.outputs.items()},
                     machine_id=machine_id,
                 )
             )
 
-    async def run_step(self, step: Step, scope: Scope, index: int) -> StepResult:
+    async def run_step(self, step: Step, scope: Scope, index: int) -> StepOutcome:
         """Evaluate ``if``, env and options, run the step; outcome and conclusion as GitHub's."""
         async with self.workspace_for_hash_files(step):
             return await self._run_step(step, scope, index)
 
-    async def _run_step(self, step: Step, scope: Scope, index: int) -> StepResult:
+    async def _run_step(self, step: Step, scope: Scope, index: int) -> StepOutcome:
         runtime = self.runtime
         assert runtime is not None
         hooks = self.hooks(scope)
@@ -570,10 +643,10 @@ class JobExecution:
         contexts = self.contexts(scope, env, github=self.step_github(step, scope))
         try:
             if not evaluate_if(step.if_ or "", contexts, hooks):
-                return StepResult("skipped", "skipped")
+                return StepOutcome("skipped", "skipped")
         except ExpressionError as exc:
             runtime.annotate(index, "error", f"step if: {exc}")
-            return StepResult("failure", "failure")
+            return StepOutcome("failure", "failure")
         continue_on_error = False
         try:
             continue_on_error = render_flag(step.continue_on_error, contexts, hooks)
@@ -584,10 +657,12 @@ class JobExecution:
             if step.run is not None:
                 result = await self.run_run(step, scope, index, contexts, hooks, env, minutes)
             else:
-                result = await self.actions.run_uses(step, scope, index, contexts, hooks, step_env, minutes)
+                result = await self.actions.run_uses(
+                    step, scope, index, contexts, hooks, step_env, minutes
+                )
         except (ConfigError, ExpressionError) as exc:
             runtime.annotate(index, "error", str(exc))
-            result = StepResult("failure", "failure")
+            result = StepOutcome("failure", "failure")
         if result.outcome == "failure" and continue_on_error:
             result.conclusion = "success"
         return result
@@ -605,16 +680,18 @@ class JobExecution:
         workspace = self.github.get("workspace") or "/"
         chosen = step.working_directory
         if chosen is None and scope.action is None:
-            chosen = self.job.defaults.working_directory or self.run.workflow.defaults.working_directory
+            chosen = (
+                self.job.defaults.working_directory or self.run.workflow.defaults.working_directory
+            )
         if not chosen:
             return str(workspace)
         directory = render_text(chosen, contexts)
         return directory if directory.startswith("/") else f"{workspace}/{directory}"
 
     async def run_run(
-        self, step: Step, scope: Scope, index: int, contexts: dict[str, Any], hooks: EvaluationHooks,
-        env: dict[str, str], minutes: float | None,
-    ) -> StepResult:
+        self, step: Step, scope: Scope, index: int, contexts: dict[str, Any],
+        hooks: EvaluationHooks, env: dict[str, str], minutes: float | None,
+    ) -> StepOutcome:
         runtime = self.runtime
         assert runtime is not None
         assert step.run is not None
@@ -637,15 +714,19 @@ class JobExecution:
         )
         return self.script_outcome(index, result)
 
-    def script_outcome(self, index: int, result: ScriptResult) -> StepResult:
+    def script_outcome(self, index: int, result: ScriptOutcome) -> StepOutcome:
         runtime = self.runtime
         assert runtime is not None
         if result.error:
             runtime.annotate(index, "error", result.error)
         elif result.timed_out:
-            runtime.annotate(index, "error", "the step exceeded its timeout-minutes and was stopped")
+            runtime.annotate(
+                index, "error", "the step exceeded its timeout-minutes and was stopped"
+            )
         elif result.exit_code != 0:
             code = "a signal" if result.exit_code is None else f"exit code {result.exit_code}"
             runtime.annotate(index, "error", f"process completed with {code}")
         outcome: Result = "success" if result.ok else "failure"
-        return StepResult(outcome, outcome, result.exit_code, result.timed_out, dict(result.outputs))
+        return StepOutcome(
+            outcome, outcome, result.exit_code, result.timed_out, dict(result.outputs)
+        )

@@ -83,7 +83,9 @@ class RunOptions:
     machine_limits: Mapping[str, Mapping[str, int]] = field(default_factory=_empty)
 
 
-def machine_spec(options: RunOptions, vm_type: str, labels: Mapping[str, str] | None = None) -> MachineSpec:
+def machine_spec(
+    options: RunOptions, vm_type: str, labels: Mapping[str, str] | None = None
+) -> MachineSpec:
     """What to allocate for a job on ``vm_type``: its network and limits (the warm pool's
     machines are made from the same, so that they fit)."""
     per_type = options.machine_limits.get(vm_type, {})
@@ -91,7 +93,9 @@ def machine_spec(options: RunOptions, vm_type: str, labels: Mapping[str, str] | 
     for name in LIMIT_NAMES:
         value = getattr(options, name)
         limits[name] = value if value is not None else per_type.get(name)
-    return MachineSpec(vm_type=vm_type, network=options.network, labels=dict(labels or {}), **limits)
+    return MachineSpec(
+        vm_type=vm_type, network=options.network, labels=dict(labels or {}), **limits
+    )
 
 
 def plain(value: Any) -> Any:

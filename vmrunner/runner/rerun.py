@@ -13,14 +13,15 @@ import time
 from dataclasses import dataclass
 
 from vmrunner.errors import ConfigError
+from vmrunner.reports.events import EventSink, JobQueued, Recorder, Result, RunFinished, RunStarted
+from vmrunner.repository import repository_info
 from vmrunner.runner import checkpoints
+from vmrunner.runner.context import RunContext
 from vmrunner.runner.contexts import event_refs
 from vmrunner.runner.evaluation import as_text, render, render_env
-from vmrunner.runner.events import EventSink, JobQueued, Recorder, Result, RunFinished, RunStarted
 from vmrunner.runner.job import JobExecution, JobInstance, Resume
 from vmrunner.runner.options import RunOptions
-from vmrunner.runner.repository import repository_info
-from vmrunner.runner.run import LOCAL_RUN_ENV, JobReport, RunContext, RunOutcome
+from vmrunner.runner.run import LOCAL_RUN_ENV, JobReport, RunOutcome
 from vmrunner.sessions import SessionManager
 from vmrunner.workflow.models import Workflow
 
@@ -45,14 +46,16 @@ def plan_rerun(kept: checkpoints.KeptJob, workflow: Workflow, from_step: int) ->
         numbers = sorted(c.step_number + 1 for c in kept.checkpoints if c.step_number < count)
         shown = ", ".join(str(n) for n in numbers) or "none"
         raise ConfigError(
-            f"--from-step {from_step}: no snapshot was taken after step {from_step - 1} of job '{kept.job_key}'"
+            f"--from-step {from_step}: no snapshot was taken after step {from_step - 1} of job "
+            f"'{kept.job_key}'"
             f" (it did not succeed, or did not run); it can re-run from step {shown}"
         )
     return RerunPlan(kept, from_step, Resume(checkpoint, kept.snapshot_folder(checkpoint)))
 
 
 async def rerun_job(
-    workflow: Workflow, rerun: RerunPlan, options: RunOptions, sessions: SessionManager, sink: EventSink | None = None
+    workflow: Workflow, rerun: RerunPlan, options: RunOptions, sessions: SessionManager,
+    sink: EventSink | None = None,
 ) -> RunOutcome:
     """Run the job of ``rerun`` from its step as a new run; job failures are results."""
     kept = rerun.kept
@@ -61,7 +64,12 @@ async def rerun_job(
     context = RunContext(workflow, options, sessions, sink or Recorder(), info)
     started = time.time()
     ref, sha, _, _ = event_refs(options, info)
-    context.emit(RunStarted(context.run_id, workflow.display_name, workflow.path, options.event_name, started, sha=sha, ref=ref))
+    context.emit(
+        RunStarted(
+            context.run_id, workflow.display_name, workflow.path, options.event_name, started,
+            sha=sha, ref=ref,
+        )
+    )
     conclusion: Result = "failure"
     reports: list[JobReport] = []
     try:
@@ -71,15 +79,29 @@ async def rerun_job(
         workflow_env.update(render_env(workflow.env, {**contexts, "env": workflow_env}))
         contexts.update(env=workflow_env, matrix=dict(kept.matrix), strategy=dict(kept.strategy))
         name = as_text(render(job.name, contexts)) if job.name else kept.job_key
-        instance = JobInstance(job, kept.job_key, name, dict(kept.matrix), dict(kept.strategy), dict(kept.needs))
+        instance = JobInstance(
+            job, kept.job_key, name, dict(kept.matrix), dict(kept.strategy), dict(kept.needs)
+        )
         context.emit(
-            JobQueued(context.run_id, kept.job_key, job.id, context.masker.mask(name), time.time(), matrix=dict(kept.matrix), needs=tuple(kept.needs))
+            JobQueued(
+                context.run_id, kept.job_key, job.id, context.masker.mask(name), time.time(),
+                matrix=dict(kept.matrix), needs=tuple(kept.needs),
+            )
         )
         execution = JobExecution(context, instance, contexts, workflow_env)
         execution.resume = rerun.resume
         outcome = await execution.execute()
-        reports.append(JobReport(job.id, kept.job_key, outcome.result, dict(outcome.outputs), outcome.reason, dict(kept.matrix)))
-        conclusion = "success" if outcome.result == "success" or outcome.continue_on_error else outcome.result
+        reports.append(
+            JobReport(
+                job.id, kept.job_key, outcome.result, dict(outcome.outputs), outcome.reason,
+                dict(kept.matrix),
+            )
+        )
+        conclusion = (
+            "success"
+            if outcome.result == "success" or outcome.continue_on_error
+            else outcome.result
+        )
     finally:
         context.emit(RunFinished(context.run_id, conclusion, time.time(), time.time() - started))
     return RunOutcome(context.run_id, conclusion, tuple(reports))

@@ -31,6 +31,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmrunner.errors import ConcurrencyCancelled, ConfigError, VmrunnerError
+from vmrunner.reports.events import (
+    EventSink,
+    JobFinished,
+    JobQueued,
+    Recorder,
+    Result,
+    RunFinished,
+    RunStarted,
+    run_conclusion,
+)
+from vmrunner.repository import repository_info
 from vmrunner.runner.concurrency import (
     JOB_CONTEXTS,
     WORKFLOW_CONTEXTS,
@@ -38,33 +49,16 @@ from vmrunner.runner.concurrency import (
     ConcurrencyGroups,
     evaluate_claim,
 )
-from vmrunner.runner.contexts import event_refs, github_context, new_run_id
+from vmrunner.runner.context import RunContext
+from vmrunner.runner.contexts import event_refs
 from vmrunner.runner.evaluation import as_text, render, render_env, render_flag
-from vmrunner.runner.events import (
-    Annotation,
-    AnnotationLevel,
-    Event,
-    EventSink,
-    JobFinished,
-    JobQueued,
-    MachineReleased,
-    Recorder,
-    ReleaseRequested,
-    Result,
-    RunFinished,
-    RunStarted,
-    SessionStateChanged,
-)
 from vmrunner.runner.job import JobExecution, JobInstance, JobOutcome
-from vmrunner.runner.masking import Masker
 from vmrunner.runner.options import RunOptions
-from vmrunner.runner.repository import RepositoryInfo, repository_info
-from vmrunner.sessions import RELEASE_FAILED, Session, SessionManager, SessionState, Transition
+from vmrunner.sessions import SessionManager
 from vmrunner.workflow.expressions import EvaluationHooks, evaluate_if
 from vmrunner.workflow.matrix import expand_matrix
 from vmrunner.workflow.models import Job, Workflow
 from vmrunner.workflow.planner import Plan, plan
-from vmrunner.workflow.triggers import resolve_dispatch_inputs
 
 FAIL_FAST_REASON = "cancelled by fail-fast: a matrix sibling failed"
 #: Set in every job's ``env`` context so tools can tell a local run (act and Gitea do the same).
@@ -139,93 +133,6 @@ class _MatrixGroup:
     running: dict[str, _Stopper] = field(default_factory=dict)
 
 
-class RunContext:
-    """What every job of one run shares: options, sessions, sink, masker, identity."""
-
-    def __init__(
-        self, workflow: Workflow, options: RunOptions, sessions: SessionManager, sink: EventSink, info: RepositoryInfo,
-        groups: ConcurrencyGroups | None = None,
-    ) -> None:
-        self.workflow = workflow
-        self.options = options
-        self.sessions = sessions
-        self.sink = sink
-        self.info = info
-        self.run_id = options.run_id or new_run_id()
-        self.provider_name = sessions.provider.name
-        self.masker = Masker(options.secrets.values())
-        self.limit = asyncio.Semaphore(max(1, options.concurrent_jobs))
-        self.cancelled = False
-        #: Why the whole run was stopped on purpose (its concurrency group), for its jobs' results.
-        self.cancel_reason = ""
-        self.warnings: list[str] = []
-        self.inputs = self._inputs()
-        #: Concurrency groups, shared with the other runs of the same registry.
-        self.groups = groups if groups is not None else ConcurrencyGroups()
-
-    def emit(self, event: Event) -> None:
-        with contextlib.suppress(Exception):
-            self.sink.emit(event)
-
-    def annotate(self, job_key: str, level: AnnotationLevel, message: str) -> None:
-        self.emit(Annotation(self.run_id, job_key, -1, level, self.masker.mask(message), time.time()))
-
-    def session_changed(self, session: Session, transition: Transition) -> None:
-        """The session manager's observer: this run's session transitions become events
-        (the lifecycle timeline); terminating and released also as release events."""
-        labels = session.spec.labels
-        if labels.get("run") != self.run_id or "job" not in labels:
-            return
-        job_key, at, note = labels["job"], transition.at, self.masker.mask(transition.note)
-        try:
-            machine_id = session.machine.id
-        except VmrunnerError:
-            machine_id = ""
-        self.emit(SessionStateChanged(self.run_id, job_key, session.id, machine_id, transition.state.value, at, note))
-        if not machine_id:
-            return
-        if transition.state is SessionState.TERMINATING:
-            self.emit(ReleaseRequested(self.run_id, job_key, session.id, machine_id, at))
-        elif transition.state is SessionState.RELEASED:
-            ok = RELEASE_FAILED not in transition.note
-            self.emit(MachineReleased(self.run_id, job_key, session.id, machine_id, at, ok, note))
-
-    def _inputs(self) -> dict[str, Any]:
-        """The ``inputs`` context: typed by the workflow's definitions when they fit, else as given."""
-        trigger = self.workflow.triggers.get(self.options.event_name)
-        given = dict(self.options.inputs)
-        payload_inputs = self.options.payload.get("inputs")
-        if isinstance(payload_inputs, Mapping):
-            given = {**payload_inputs, **given}
-        if trigger is None or not trigger.inputs:
-            return given
-        try:
-            return resolve_dispatch_inputs(trigger, given)
-        except ConfigError as exc:
-            self.warnings.append(f"inputs: {exc}; using the inputs as given")
-            defaults = {spec.name: spec.default for spec in trigger.inputs.values() if spec.default is not None}
-            return {**defaults, **given}
-
-    def base_contexts(self, job_id: str) -> dict[str, Any]:
-        github = github_context(
-            self.options, self.info, workflow_name=self.workflow.display_name,
-            workflow_file=self.workflow.path, run_id=self.run_id, job_id=job_id,
-        )
-        return {
-            "github": github,
-            "vars": dict(self.options.vars),
-            "secrets": {"GITHUB_TOKEN": "", **self.options.secrets},
-            "inputs": self.inputs,
-            "matrix": {},
-            "strategy": {},
-            "needs": {},
-            "steps": {},
-            "job": {},
-            "runner": {},
-            "env": {},
-        }
-
-
 class Run:
     """One run of one workflow; ``await Run(...).execute()`` returns its ``RunOutcome``."""
 
@@ -242,14 +149,16 @@ class Run:
         ref, sha, _, _ = event_refs(context.options, context.info)
         context.emit(
             RunStarted(
-                context.run_id, context.workflow.display_name, context.workflow.path, context.options.event_name,
-                started, sha=sha, ref=ref,
+                context.run_id, context.workflow.display_name, context.workflow.path,
+                context.options.event_name, started, sha=sha, ref=ref,
             )
         )
         for warning in context.warnings:
             context.annotate("", "warning", warning)
         conclusion: Result = "cancelled"
-        stop_observing = context.sessions.observe(context.session_changed, label=("run", context.run_id))
+        stop_observing = context.sessions.observe(
+            context.session_changed, label=("run", context.run_id)
+        )
         task = asyncio.current_task()
         assert task is not None
         stopped = ""
@@ -262,7 +171,9 @@ class Run:
             task.cancel()
 
         try:
-            claim = evaluate_claim(context.workflow.concurrency, context.base_contexts(""), WORKFLOW_CONTEXTS)
+            claim = evaluate_claim(
+                context.workflow.concurrency, context.base_contexts(""), WORKFLOW_CONTEXTS
+            )
             async with self.workflow_group(claim, stop):
                 async with asyncio.TaskGroup() as group:
                     for job_id in self.plan.order:
@@ -278,24 +189,29 @@ class Run:
                 raise
         finally:
             stop_observing()
-            context.emit(RunFinished(context.run_id, conclusion, time.time(), time.time() - started))
+            context.emit(
+                RunFinished(context.run_id, conclusion, time.time(), time.time() - started)
+            )
         return RunOutcome(context.run_id, conclusion, tuple(self.reports))
 
-    def workflow_group(self, claim: Claim | None, stop: Callable[[str], None]) -> contextlib.AbstractAsyncContextManager[None]:
+    def workflow_group(
+        self, claim: Claim | None, stop: Callable[[str], None]
+    ) -> contextlib.AbstractAsyncContextManager[None]:
         """The run's workflow-level concurrency group, held while its jobs run."""
         context = self.context
         if claim is None:
             return contextlib.nullcontext()
         return context.groups.hold(
-            claim, f"run {context.run_id}", stop, lambda message: context.annotate("", "notice", message)
+            claim, f"run {context.run_id}", stop,
+            lambda message: context.annotate("", "notice", message),
         )
 
     def conclusion(self) -> Result:
-        """failure if a job failed (not continue-on-error), else cancelled if one was, else success."""
-        results = {r.result for r in self.reports if not (r.result == "failure" and r.continue_on_error)}
-        if "failure" in results:
-            return "failure"
-        return "cancelled" if "cancelled" in results else "success"
+        """failure if a job failed (not continue-on-error), else cancelled if one was, else
+        success."""
+        return run_conclusion(
+            r.result for r in self.reports if not (r.result == "failure" and r.continue_on_error)
+        )
 
     async def job_group(self, job_id: str) -> None:
         try:
@@ -305,11 +221,20 @@ class Run:
         finally:
             self.done[job_id].set()
 
-    def finish_without_running(self, job: Job, job_key: str, result: Result, reason: str = "", matrix: Mapping[str, Any] | None = None) -> None:
+    def finish_without_running(
+        self, job: Job, job_key: str, result: Result, reason: str = "",
+        matrix: Mapping[str, Any] | None = None,
+    ) -> None:
         context = self.context
         now = time.time()
-        context.emit(JobFinished(context.run_id, job_key, result, now, 0.0, reason=context.masker.mask(reason)))
-        self.reports.append(JobReport(job.id, job_key, result, reason=reason, matrix=dict(matrix or {})))
+        context.emit(
+            JobFinished(
+                context.run_id, job_key, result, now, 0.0, reason=context.masker.mask(reason)
+            )
+        )
+        self.reports.append(
+            JobReport(job.id, job_key, result, reason=reason, matrix=dict(matrix or {}))
+        )
 
     async def run_job(self, job_id: str) -> None:
         context = self.context
@@ -328,37 +253,65 @@ class Run:
             workflow_env.update(render_env(context.workflow.env, {**contexts, "env": workflow_env}))
             contexts["env"] = workflow_env
             if not evaluate_if(job.if_ or "", contexts, hooks):
-                context.emit(JobQueued(context.run_id, job_id, job_id, job.display_name, time.time(), needs=tuple(needs)))
+                context.emit(
+                    JobQueued(
+                        context.run_id, job_id, job_id, job.display_name, time.time(),
+                        needs=tuple(needs),
+                    )
+                )
                 self.finish_without_running(job, job_id, "skipped")
                 self.needs_results[job_id] = {"result": "skipped", "outputs": {}}
                 return
             instances, group = self.instances(job, contexts)
         except VmrunnerError as exc:
             reason = f"job '{job_id}': {exc}"
-            context.emit(JobQueued(context.run_id, job_id, job_id, job.display_name, time.time(), needs=tuple(needs)))
+            context.emit(
+                JobQueued(
+                    context.run_id, job_id, job_id, job.display_name, time.time(),
+                    needs=tuple(needs),
+                )
+            )
             context.annotate(job_id, "error", reason)
             self.finish_without_running(job, job_id, "failure", reason)
             self.needs_results[job_id] = {"result": "failure", "outputs": {}}
             return
         if not instances:  # --matrix kept no combination
-            context.emit(JobQueued(context.run_id, job_id, job_id, job.display_name, time.time(), needs=tuple(needs)))
-            self.finish_without_running(job, job_id, "skipped", "no matrix combination matches the --matrix filter")
+            context.emit(
+                JobQueued(
+                    context.run_id, job_id, job_id, job.display_name, time.time(),
+                    needs=tuple(needs),
+                )
+            )
+            self.finish_without_running(
+                job, job_id, "skipped", "no matrix combination matches the --matrix filter"
+            )
             self.needs_results[job_id] = {"result": "skipped", "outputs": {}}
             return
         for instance in instances:
             context.emit(
-                JobQueued(context.run_id, instance.job_key, job_id, context.masker.mask(instance.name), time.time(), matrix=dict(instance.matrix), needs=tuple(needs))
+                JobQueued(
+                    context.run_id, instance.job_key, job_id, context.masker.mask(instance.name),
+                    time.time(), matrix=dict(instance.matrix), needs=tuple(needs),
+                )
             )
         async with asyncio.TaskGroup() as tasks:
-            running = [tasks.create_task(self.run_instance(instance, group, contexts, workflow_env)) for instance in instances]
+            running = [
+                tasks.create_task(self.run_instance(instance, group, contexts, workflow_env))
+                for instance in instances
+            ]
         outcomes = [task.result() for task in running]
         outputs: dict[str, str] = {}
         for outcome in outcomes:
             outputs.update({k: v for k, v in outcome.outputs.items() if v or k not in outputs})
-        results: list[Result] = [("success" if o.continue_on_error and o.result == "failure" else o.result) for o in outcomes]
+        results: list[Result] = [
+            ("success" if o.continue_on_error and o.result == "failure" else o.result)
+            for o in outcomes
+        ]
         self.needs_results[job_id] = {"result": aggregate(results), "outputs": outputs}
 
-    def instances(self, job: Job, contexts: dict[str, Any]) -> tuple[list[JobInstance], _MatrixGroup]:
+    def instances(
+        self, job: Job, contexts: dict[str, Any]
+    ) -> tuple[list[JobInstance], _MatrixGroup]:
         strategy = job.strategy
         combinations: list[dict[str, Any]] = [{}]
         fail_fast = True
@@ -366,7 +319,9 @@ class Run:
         if strategy is not None and strategy.matrix is not None:
             matrix = render(strategy.matrix, contexts)
             if not isinstance(matrix, Mapping):
-                raise ConfigError(f"strategy.matrix must be a mapping, the expression gave {as_text(matrix)!r}")
+                raise ConfigError(
+                    f"strategy.matrix must be a mapping, the expression gave {as_text(matrix)!r}"
+                )
             combinations = self.filter(expand_matrix(matrix))
         if strategy is not None:
             fail_fast = render_flag(strategy.fail_fast, contexts)
@@ -375,7 +330,9 @@ class Run:
                 try:
                     max_parallel = max(1, int(float(value)))
                 except (TypeError, ValueError) as exc:
-                    raise ConfigError(f"strategy.max-parallel must be a number, got {as_text(value)!r}") from exc
+                    raise ConfigError(
+                        f"strategy.max-parallel must be a number, got {as_text(value)!r}"
+                    ) from exc
         total = len(combinations)
         group = _MatrixGroup(fail_fast, asyncio.Semaphore(max_parallel) if max_parallel else None)
         instances: list[JobInstance] = []
@@ -394,7 +351,9 @@ class Run:
             }
             scoped = {**contexts, "matrix": combination, "strategy": strategy_context}
             name = as_text(render(job.name, scoped)) if job.name else key
-            instances.append(JobInstance(job, key, name, combination, strategy_context, contexts["needs"]))
+            instances.append(
+                JobInstance(job, key, name, combination, strategy_context, contexts["needs"])
+            )
         return instances, group
 
     def filter(self, combinations: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -406,7 +365,10 @@ class Run:
             if all(key in c and as_text(c[key]) in values for key, values in wanted.items())
         ]
 
-    async def run_instance(self, instance: JobInstance, group: _MatrixGroup, contexts: dict[str, Any], workflow_env: dict[str, str]) -> JobOutcome:
+    async def run_instance(
+        self, instance: JobInstance, group: _MatrixGroup, contexts: dict[str, Any],
+        workflow_env: dict[str, str],
+    ) -> JobOutcome:
         context = self.context
         key = instance.job_key
         scoped = {**contexts, "matrix": dict(instance.matrix), "strategy": dict(instance.strategy)}
@@ -424,26 +386,46 @@ class Run:
             context.annotate(key, "error", outcome.reason)
         except asyncio.CancelledError:
             if not (stopper.reason and task.uncancel() == 0):
-                if stopper.execution is None and context.cancel_reason:  # queued when its run was stopped
-                    context.emit(JobFinished(context.run_id, key, "cancelled", time.time(), 0.0, reason=context.cancel_reason))
+                if (
+                    stopper.execution is None and context.cancel_reason
+                ):  # queued when its run was stopped
+                    context.emit(
+                        JobFinished(
+                            context.run_id, key, "cancelled", time.time(), 0.0,
+                            reason=context.cancel_reason,
+                        )
+                    )
                 raise
             outcome = JobOutcome("cancelled", reason=stopper.reason)
         finally:
             group.running.pop(key, None)
         if stopper.execution is None:  # it never started: no JobExecution reported it
-            context.emit(JobFinished(context.run_id, key, outcome.result, time.time(), 0.0, reason=context.masker.mask(outcome.reason)))
+            context.emit(
+                JobFinished(
+                    context.run_id, key, outcome.result, time.time(), 0.0,
+                    reason=context.masker.mask(outcome.reason),
+                )
+            )
         self.reports.append(
-            JobReport(instance.job.id, key, outcome.result, dict(outcome.outputs), outcome.reason, dict(instance.matrix), outcome.continue_on_error)
+            JobReport(
+                instance.job.id, key, outcome.result, dict(outcome.outputs), outcome.reason,
+                dict(instance.matrix), outcome.continue_on_error,
+            )
         )
-        if outcome.result == "failure" and not outcome.continue_on_error and group.fail_fast and not group.cancelled:
+        if (
+            outcome.result == "failure"
+            and not outcome.continue_on_error
+            and group.fail_fast
+            and not group.cancelled
+        ):
             group.cancelled = True
             for sibling in list(group.running.values()):
                 sibling.stop(FAIL_FAST_REASON)
         return outcome
 
     async def in_job_group(
-        self, claim: Claim | None, instance: JobInstance, group: _MatrixGroup, scoped: dict[str, Any],
-        workflow_env: dict[str, str], stopper: _Stopper,
+        self, claim: Claim | None, instance: JobInstance, group: _MatrixGroup,
+        scoped: dict[str, Any], workflow_env: dict[str, str], stopper: _Stopper,
     ) -> JobOutcome:
         """The job inside its concurrency group (if it has one); it waits there holding no slot."""
         if claim is None:
@@ -457,16 +439,21 @@ class Run:
         def waiting(message: str) -> None:
             context.annotate(key, "notice", message)
 
-        async with context.groups.hold(claim, f"job '{key}' of run {context.run_id}", stop, waiting):
+        async with context.groups.hold(
+            claim, f"job '{key}' of run {context.run_id}", stop, waiting
+        ):
             return await self.execute_instance(instance, group, scoped, workflow_env, stopper)
 
     async def execute_instance(
-        self, instance: JobInstance, group: _MatrixGroup, scoped: dict[str, Any], workflow_env: dict[str, str], stopper: _Stopper,
+        self, instance: JobInstance, group: _MatrixGroup, scoped: dict[str, Any],
+        workflow_env: dict[str, str], stopper: _Stopper,
     ) -> JobOutcome:
         async with _maybe(group.limit), self.context.limit:
             if group.cancelled:
                 return JobOutcome("cancelled", reason=FAIL_FAST_REASON)
-            execution = stopper.execution = JobExecution(self.context, instance, scoped, workflow_env)
+            execution = stopper.execution = JobExecution(
+                self.context, instance, scoped, workflow_env
+            )
             return await execution.execute()
 
 
@@ -480,11 +467,8 @@ async def _maybe(semaphore: asyncio.Semaphore | None) -> AsyncIterator[None]:
 
 
 async def run_workflow(
-    workflow: Workflow,
-    options: RunOptions,
-    sessions: SessionManager,
-    sink: EventSink | None = None,
-    groups: ConcurrencyGroups | None = None,
+    workflow: Workflow, options: RunOptions, sessions: SessionManager,
+    sink: EventSink | None = None, groups: ConcurrencyGroups | None = None,
 ) -> RunOutcome:
     """Run ``workflow`` for ``options.event_name`` with machines from ``sessions``.
 
@@ -492,15 +476,23 @@ async def run_workflow(
     what the provider cannot do (snapshots); job failures are results, not exceptions.
     Runs that share ``groups`` share their concurrency groups (default: a registry of their own).
     """
-    if (options.snapshot or options.rollback_on_failure) and not sessions.provider.capabilities.snapshots:
-        raise ConfigError(f"snapshots (--snapshot, --rollback-on-failure) need a provider that can take them; {sessions.provider.name} cannot")
+    if (
+        options.snapshot or options.rollback_on_failure
+    ) and not sessions.provider.capabilities.snapshots:
+        raise ConfigError(
+            f"snapshots (--snapshot, --rollback-on-failure) need a provider that can take them; "
+            f"{sessions.provider.name} cannot"
+        )
     if options.rollback_on_failure and not options.snapshot:
         options = dataclasses.replace(options, snapshot=True)
     job_plan = plan(workflow, jobs=options.jobs)
     info = await repository_info(options.repo_root)
     if options.event_name == "workflow_dispatch" and options.inputs:
         payload = dict(options.payload)
-        payload["inputs"] = {**dict(payload.get("inputs") or {}), **{k: as_text(v) for k, v in options.inputs.items()}}
+        payload["inputs"] = {
+            **dict(payload.get("inputs") or {}),
+            **{k: as_text(v) for k, v in options.inputs.items()},
+        }
         options = dataclasses.replace(options, payload=payload)
     context = RunContext(workflow, options, sessions, sink or Recorder(), info, groups)
     return await Run(context, job_plan).execute()

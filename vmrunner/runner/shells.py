@@ -14,8 +14,7 @@ from vmrunner.errors import ConfigError
 
 #: GitHub's shells on Linux: the command template and the script file's extension.
 SHELLS: dict[str, tuple[str, str]] = {
-    "bash": ("bash --noprofile --norc -eo pipefail {0}", ".sh"),
-    "sh": ("sh -e {0}", ".sh"),
+    "bash": ("bash --noprofile --norc -eo pipefail {0}", ".sh"), "sh": ("sh -e {0}", ".sh"),
     "python": ("python {0}", ".py"),
 }
 #: Used when a step names no shell: bash when the machine has it, else sh.
@@ -33,7 +32,10 @@ class Shell:
     extension: str
 
     def argv(self, script: str) -> list[str]:
-        return [script if word == "{0}" else word.replace("{0}", script) for word in _words(self.template)]
+        return [
+            script if word == "{0}" else word.replace("{0}", script)
+            for word in _words(self.template)
+        ]
 
 
 @functools.lru_cache(maxsize=256)
@@ -51,7 +53,9 @@ def resolve_shell(shell: str | None, *, has_bash: bool = True, has_python: bool 
     if not name:
         return Shell(DEFAULT_BASH if has_bash else DEFAULT_SH, ".sh")
     if name in UNSUPPORTED:
-        raise ConfigError(f"shell '{name}' ({UNSUPPORTED[name]}) is not supported on Linux machines")
+        raise ConfigError(
+            f"shell '{name}' ({UNSUPPORTED[name]}) is not supported on Linux machines"
+        )
     if name in SHELLS:
         template, extension = SHELLS[name]
         if name == "python" and not has_python:
@@ -66,5 +70,7 @@ def resolve_shell(shell: str | None, *, has_bash: bool = True, has_python: bool 
     except (ValueError, IndexError) as exc:
         raise ConfigError(f"shell '{name}' cannot be parsed: {exc}") from exc
     if program in UNSUPPORTED:
-        raise ConfigError(f"shell '{program}' ({UNSUPPORTED[program]}) is not supported on Linux machines")
+        raise ConfigError(
+            f"shell '{program}' ({UNSUPPORTED[program]}) is not supported on Linux machines"
+        )
     return Shell(name, _EXTENSIONS.get(program.rsplit("/", 1)[-1], ""))

@@ -8,7 +8,7 @@ a fresh set of file-command files (``GITHUB_ENV``, ``GITHUB_OUTPUT``, ``GITHUB_P
 through the workflow-command reader and the masker, and the files come back after it.
 
 ``Scope`` is the state of a list of steps (a job's, or a composite action's): their ``steps``
-context and whether one failed; ``StepResult`` is a step's outcome and conclusion.
+context and whether one failed; ``StepOutcome`` is a step's outcome and conclusion.
 """
 
 from __future__ import annotations
@@ -19,14 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmrunner.errors import ExecError, MachineError
-from vmrunner.runner.actions import Action
-from vmrunner.runner.commands import (
-    CommandReader,
-    FileCommandError,
-    WorkflowCommand,
-    parse_file_commands,
-)
-from vmrunner.runner.events import (
+from vmrunner.reports.events import (
     Annotation,
     AnnotationLevel,
     EventSink,
@@ -36,6 +29,13 @@ from vmrunner.runner.events import (
     Result,
     Stream,
 )
+from vmrunner.runner.actions import Action
+from vmrunner.runner.commands import (
+    CommandReader,
+    FileCommandError,
+    WorkflowCommand,
+    parse_file_commands,
+)
 from vmrunner.runner.masking import Masker
 from vmrunner.sessions import Session
 
@@ -44,20 +44,19 @@ FILE_COMMANDS_DIR = "_runner_file_commands"
 STEP_SCRIPT = "_step"
 #: The file-command files of a step: env var name -> file name in the step's folder.
 FILE_COMMANDS = {
-    "GITHUB_ENV": "env",
-    "GITHUB_OUTPUT": "output",
-    "GITHUB_PATH": "path",
-    "GITHUB_STATE": "state",
+    "GITHUB_ENV": "env", "GITHUB_OUTPUT": "output", "GITHUB_PATH": "path", "GITHUB_STATE": "state",
     "GITHUB_STEP_SUMMARY": "summary",
 }
 #: Files (scripts, the event) up to this size travel in the exec request itself; larger ones
 #: are uploaded first (the request's header is limited to MAX_HEADER).
 INLINE_LIMIT = 128 * 1024  # at most 6 escaped bytes each: well below MAX_HEADER
-_LEVELS: dict[str, AnnotationLevel] = {"error": "error", "warning": "warning", "notice": "notice", "debug": "debug"}
+_LEVELS: dict[str, AnnotationLevel] = {
+    "error": "error", "warning": "warning", "notice": "notice", "debug": "debug",
+}
 
 
 @dataclass(slots=True)
-class ScriptResult:
+class ScriptOutcome:
     """How a script ended and what it asked for through workflow and file commands."""
 
     exit_code: int | None
@@ -88,7 +87,7 @@ class Scope:
 
 
 @dataclass(slots=True)
-class StepResult:
+class StepOutcome:
     outcome: Result
     conclusion: Result
     exit_code: int | None = None
@@ -116,7 +115,9 @@ class _LineSplitter:
 class JobRuntime:
     """One job's state in its machine; every event of the job goes out through ``emit_*``."""
 
-    def __init__(self, *, run_id: str, job_key: str, session: Session, sink: EventSink, masker: Masker) -> None:
+    def __init__(
+        self, *, run_id: str, job_key: str, session: Session, sink: EventSink, masker: Masker
+    ) -> None:
         self.run_id = run_id
         self.job_key = job_key
         self.session = session
@@ -142,16 +143,23 @@ class JobRuntime:
 
     def log(self, step_index: int, text: str, stream: Stream = "stdout") -> None:
         self.sink.emit(
-            LogLine(self.run_id, self.job_key, step_index, stream, self.masker.mask(text), time.time(), self.group_depth)
+            LogLine(
+                self.run_id, self.job_key, step_index, stream, self.masker.mask(text), time.time(),
+                self.group_depth,
+            )
         )
 
-    def annotate(self, step_index: int, level: AnnotationLevel, message: str, properties: Mapping[str, str] | None = None) -> None:
+    def annotate(
+        self, step_index: int, level: AnnotationLevel, message: str,
+        properties: Mapping[str, str] | None = None,
+    ) -> None:
         props = properties or {}
         self.sink.emit(
             Annotation(
-                self.run_id, self.job_key, step_index, level, self.masker.mask(message), time.time(),
-                file=self.masker.mask(props.get("file", "")), line=_int(props.get("line")),
-                column=_int(props.get("col") or props.get("column")), title=self.masker.mask(props.get("title", "")),
+                self.run_id, self.job_key, step_index, level, self.masker.mask(message),
+                time.time(), file=self.masker.mask(props.get("file", "")),
+                line=_int(props.get("line")), column=_int(props.get("col") or props.get("column")),
+                title=self.masker.mask(props.get("title", "")),
             )
         )
 
@@ -165,7 +173,10 @@ class JobRuntime:
     async def probe(self, event_path: str, event: bytes) -> None:
         """In one command: write the event file, learn the machine's PATH and which
         interpreters it has (shell builtins only: one process)."""
-        script = 'printf "%s\\n" "$PATH"; for t in bash python node; do command -v $t >/dev/null && echo $t; done; true'
+        script = (
+            'printf "%s\\n" "$PATH"; for t in bash python node; do command -v $t >/dev/null '
+            "&& echo $t; done; true"
+        )
         try:
             write = await self._inline({event_path: event})
             result = await self.session.exec(["sh", "-c", script], write=write)
@@ -173,12 +184,16 @@ class JobRuntime:
             raise ExecError(f"cannot set up the job's files in {self.paths.temp}: {exc}") from exc
         if not result.ok:
             error = result.stderr.decode(errors="replace").strip()
-            raise ExecError(f"cannot set up the job's files in {self.paths.temp}: {error or result.exit_code}")
+            raise ExecError(
+                f"cannot set up the job's files in {self.paths.temp}: {error or result.exit_code}"
+            )
         lines = result.stdout.decode(errors="replace").splitlines()
         if lines:
             self.base_path = lines[0] or self.base_path
             found = set(lines[1:])
-            self.has_bash, self.has_python, self.has_node = "bash" in found, "python" in found, "node" in found
+            self.has_bash, self.has_python, self.has_node = (
+                "bash" in found, "python" in found, "node" in found,
+            )
 
     def process_env(self, base: Mapping[str, str], env: Mapping[str, str]) -> dict[str, str]:
         """The environment of a process: defaults, then ``env``, with ``GITHUB_PATH`` prepended."""
@@ -201,7 +216,7 @@ class JobRuntime:
         env: Mapping[str, str],
         cwd: str,
         timeout: float | None,  # noqa: ASYNC109 - enforced inside the machine
-    ) -> ScriptResult:
+    ) -> ScriptOutcome:
         """Write ``script``, run ``argv_for(path)`` in the machine, apply the file commands.
 
         One request does it all: the agent writes the script and empties the file-command
@@ -214,7 +229,7 @@ class JobRuntime:
         script_path = f"{self.paths.temp}/{STEP_SCRIPT}{extension}"
         files = {variable: f"{prefix}{file}" for variable, file in FILE_COMMANDS.items()}
         write = dict.fromkeys(files.values(), "")
-        result = ScriptResult(exit_code=None)
+        result = ScriptOutcome(exit_code=None)
         reader = CommandReader()
         splitter = _LineSplitter()
         allow_unsecure = env.get("ACTIONS_ALLOW_UNSECURE_COMMANDS", "").lower() == "true"
@@ -232,8 +247,8 @@ class JobRuntime:
         try:
             write.update(await self._inline({script_path: script}))
             outcome = await self.session.exec(
-                argv_for(script_path), env={**env, **files}, cwd=cwd, timeout=timeout, on_output=on_output,
-                write=write, collect=list(files.values()),
+                argv_for(script_path), env={**env, **files}, cwd=cwd, timeout=timeout,
+                on_output=on_output, write=write, collect=list(files.values()),
             )
         except MachineError as exc:
             result.error = f"cannot start the step in {cwd}: {exc}"
@@ -250,8 +265,18 @@ class JobRuntime:
             await self.explain_failure(step_index)
         try:
             if outcome.truncated:
-                raise FileCommandError(f"{', '.join(sorted(outcome.truncated))}: larger than vmrunner reads of a file command")
-            self._file_commands(step_index, {file: outcome.files.get(f"{prefix}{file}", b"") for file in FILE_COMMANDS.values()}, result)
+                raise FileCommandError(
+                    f"{', '.join(sorted(outcome.truncated))}: larger than vmrunner reads of a "
+                    f"file command"
+                )
+            self._file_commands(
+                step_index,
+                {
+                    file: outcome.files.get(f"{prefix}{file}", b"")
+                    for file in FILE_COMMANDS.values()
+                },
+                result,
+            )
         except FileCommandError as exc:
             result.error = str(exc)
         return result
@@ -275,13 +300,22 @@ class JobRuntime:
         inline: dict[str, str] = {}
         for path, data in files.items():
             if len(data) > INLINE_LIMIT:
-                await self.machine.write_file(path, data.encode() if isinstance(data, str) else data)
+                await self.machine.write_file(
+                    path, data.encode() if isinstance(data, str) else data
+                )
             else:
-                inline[path] = data if isinstance(data, str) else data.decode("utf-8", "surrogateescape")
+                inline[path] = (
+                    data if isinstance(data, str) else data.decode("utf-8", "surrogateescape")
+                )
         return inline
 
-    def _file_commands(self, step_index: int, contents: Mapping[str, bytes], result: ScriptResult) -> None:
-        text = {file: contents.get(file, b"").decode(errors="replace") for file in FILE_COMMANDS.values()}
+    def _file_commands(
+        self, step_index: int, contents: Mapping[str, bytes], result: ScriptOutcome
+    ) -> None:
+        text = {
+            file: contents.get(file, b"").decode(errors="replace")
+            for file in FILE_COMMANDS.values()
+        }
         for key, value in parse_file_commands(text["env"], "GITHUB_ENV").items():
             self.env[key] = value
         result.outputs.update(parse_file_commands(text["output"], "GITHUB_OUTPUT"))
@@ -292,15 +326,22 @@ class JobRuntime:
         if text["summary"].strip():
             self.summary.append(self.masker.mask(text["summary"]))
 
-    def _command(self, step_index: int, command: WorkflowCommand, result: ScriptResult, allow_unsecure: bool) -> bool:
-        """Apply one workflow command; False when the line is not a command we know (it is shown)."""
+    def _command(
+        self, step_index: int, command: WorkflowCommand, result: ScriptOutcome, allow_unsecure: bool
+    ) -> bool:
+        """Apply one workflow command; False when the line is not a command we know (it is
+        shown)."""
         name, props, message = command.name, command.properties, command.message
         if name == "add-mask":
             self.masker.add(message)
         elif name in _LEVELS:
             self.annotate(step_index, _LEVELS[name], message, props)
         elif name == "group":
-            self.sink.emit(GroupStarted(self.run_id, self.job_key, step_index, self.masker.mask(message), time.time()))
+            self.sink.emit(
+                GroupStarted(
+                    self.run_id, self.job_key, step_index, self.masker.mask(message), time.time()
+                )
+            )
             self.group_depth += 1
         elif name == "endgroup":
             if self.group_depth:
@@ -308,12 +349,19 @@ class JobRuntime:
                 self.sink.emit(GroupEnded(self.run_id, self.job_key, step_index, time.time()))
         elif name == "set-output" and props.get("name"):
             result.outputs[props["name"]] = message
-            self.annotate(step_index, "debug", "the set-output command is deprecated: write to GITHUB_OUTPUT")
+            self.annotate(
+                step_index, "debug", "the set-output command is deprecated: write to GITHUB_OUTPUT"
+            )
         elif name == "save-state" and props.get("name"):
             result.state[props["name"]] = message
         elif name in ("set-env", "add-path"):
             if not allow_unsecure:
-                self.annotate(step_index, "error", f"the '{name}' command is disabled: use GITHUB_ENV/GITHUB_PATH, or set ACTIONS_ALLOW_UNSECURE_COMMANDS=true")
+                self.annotate(
+                    step_index,
+                    "error",
+                    f"the '{name}' command is disabled: use GITHUB_ENV/GITHUB_PATH, or set "
+                    f"ACTIONS_ALLOW_UNSECURE_COMMANDS=true",
+                )
             elif name == "set-env" and props.get("name"):
                 self.env[props["name"]] = message
             elif name == "add-path" and message:
@@ -324,11 +372,14 @@ class JobRuntime:
             return False
         return True
 
-    async def run_command(self, step_index: int, command: str, *, env: Mapping[str, str], cwd: str) -> ScriptResult:
+    async def run_command(
+        self, step_index: int, command: str, *, env: Mapping[str, str], cwd: str
+    ) -> ScriptOutcome:
         """A setup or cleanup command: ``bash -e`` (or ``sh -e``) on a script holding it."""
         shell = "bash" if self.has_bash else "sh"
         return await self.run_script(
-            step_index, lambda path: [shell, "-e", path], command, ".sh", env=env, cwd=cwd, timeout=None
+            step_index, lambda path: [shell, "-e", path], command, ".sh", env=env, cwd=cwd,
+            timeout=None,
         )
 
 

@@ -15,9 +15,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from vmrunner.errors import ExpressionError, MachineError, VmrunnerError
+from vmrunner.reports.events import Result, StepFinished, StepStarted
+from vmrunner.repository import commit_tar, working_tree_tar
 from vmrunner.runner.actions import (
     Action,
     ActionError,
@@ -26,15 +28,11 @@ from vmrunner.runner.actions import (
     load_local_action,
     load_remote_action,
 )
+from vmrunner.runner.context import JobHandle
 from vmrunner.runner.evaluation import as_text, render, render_env, render_text
-from vmrunner.runner.events import Result, StepFinished, StepStarted
-from vmrunner.runner.repository import commit_tar, working_tree_tar
-from vmrunner.runner.steps import Scope, StepResult
+from vmrunner.runner.steps import Scope, StepOutcome
 from vmrunner.workflow.expressions import EvaluationHooks, evaluate_if
 from vmrunner.workflow.models import Step
-
-if TYPE_CHECKING:  # job.py imports this module
-    from vmrunner.runner.job import JobExecution
 
 
 @dataclass(slots=True)
@@ -50,7 +48,7 @@ class _Post:
 class ActionSteps:
     """Runs the ``uses`` steps of one job; keeps its post steps and the actions copied in."""
 
-    def __init__(self, job: JobExecution) -> None:
+    def __init__(self, job: JobHandle) -> None:
         self.job = job
         self.posts: list[_Post] = []
         #: Action folders already copied into the job's machine.
@@ -72,7 +70,9 @@ class ActionSteps:
             if not uses or uses.startswith(".") or is_checkout(uses) or is_docker_reference(uses):
                 continue
             try:
-                action = await load_remote_action(runtime.machine, uses, options.actions_url, self.uploaded)
+                action = await load_remote_action(
+                    runtime.machine, uses, options.actions_url, self.uploaded
+                )
             except ActionError:
                 continue
             self.fetched[id(step)] = action
@@ -97,37 +97,56 @@ class ActionSteps:
         given = {str(k): as_text(v) for k, v in with_.items()} if isinstance(with_, Mapping) else {}
         inputs = self.action_inputs(action, given, contexts, hooks)
         index = job.next_index()
-        run.emit(StepStarted(run.run_id, job.job_key, index, "step", run.masker.mask(f"Pre {step.display_name}"), time.time(), step_id=step.id or "", machine_id=runtime.machine.id))
+        run.emit(
+            StepStarted(
+                run.run_id, job.job_key, index, "step", run.masker.mask(f"Pre {step.display_name}"),
+                time.time(), step_id=step.id or "", machine_id=runtime.machine.id,
+            )
+        )
         began = time.monotonic()
         env = self.node_env(action, step, scope, inputs, step_env, {})
         cwd = str(job.github.get("workspace") or "/")
-        result = await runtime.run_script(index, self.node_argv(action, action.pre), "", "", env=env, cwd=cwd, timeout=None)
+        result = await runtime.run_script(
+            index, self.node_argv(action, action.pre), "", "", env=env, cwd=cwd, timeout=None
+        )
         self.pre_state[id(step)] = dict(result.state)
         outcome = job.script_outcome(index, result)
         if outcome.outcome == "failure":
             scope.failed = True
         runtime.end_groups(index)
-        run.emit(StepFinished(run.run_id, job.job_key, index, outcome.outcome, outcome.conclusion, time.time(), time.monotonic() - began, exit_code=result.exit_code, machine_id=runtime.machine.id))
+        run.emit(
+            StepFinished(
+                run.run_id, job.job_key, index, outcome.outcome, outcome.conclusion, time.time(),
+                time.monotonic() - began, exit_code=result.exit_code, machine_id=runtime.machine.id,
+            )
+        )
 
     async def run_posts(self, scope: Scope) -> None:
         for post in reversed(self.posts):
             await self.run_post(post, scope)
 
     async def run_uses(
-        self, step: Step, scope: Scope, index: int, contexts: dict[str, Any], hooks: EvaluationHooks,
-        step_env: dict[str, str], minutes: float | None,
-    ) -> StepResult:
+        self, step: Step, scope: Scope, index: int, contexts: dict[str, Any],
+        hooks: EvaluationHooks, step_env: dict[str, str], minutes: float | None,
+    ) -> StepOutcome:
         runtime = self.job.runtime
         assert runtime is not None
         assert step.uses is not None
         uses = step.uses.strip()
         with_ = render(step.with_, contexts, hooks)
-        inputs = {str(k): as_text(v) for k, v in (with_ or {}).items()} if isinstance(with_, Mapping) else {}
+        inputs = (
+            {str(k): as_text(v) for k, v in (with_ or {}).items()}
+            if isinstance(with_, Mapping)
+            else {}
+        )
         if is_docker_reference(uses):
-            raise ActionError(f"step uses {uses}: Docker images are not supported by the {self.job.run.provider_name} provider")
+            raise ActionError(
+                f"step uses {uses}: Docker images are not supported by the "
+                f"{self.job.run.provider_name} provider"
+            )
         if is_checkout(uses):
             await self.checkout(inputs, index)
-            return StepResult("success", "success")
+            return StepOutcome("success", "success")
         if uses.startswith("./") or uses == ".":
             action = await load_local_action(runtime.machine, uses)
         else:
@@ -135,13 +154,19 @@ class ActionSteps:
                 runtime.machine, uses, self.job.run.options.actions_url, self.uploaded
             )
         if action.is_docker:
-            raise ActionError(f"action {uses} is a Docker action: not supported by the {self.job.run.provider_name} provider")
+            raise ActionError(
+                f"action {uses} is a Docker action: not supported by the "
+                f"{self.job.run.provider_name} provider"
+            )
         resolved = self.action_inputs(action, inputs, contexts, hooks)
         if action.is_composite:
             return await self.run_composite(action, step, scope, index, resolved, step_env)
         return await self.run_node(action, step, scope, index, resolved, step_env, minutes)
 
-    def action_inputs(self, action: Action, given: Mapping[str, str], contexts: Mapping[str, Any], hooks: EvaluationHooks) -> dict[str, str]:
+    def action_inputs(
+        self, action: Action, given: Mapping[str, str], contexts: Mapping[str, Any],
+        hooks: EvaluationHooks,
+    ) -> dict[str, str]:
         resolved: dict[str, str] = {}
         known = {spec.name.lower() for spec in action.inputs}
         for spec in action.inputs:
@@ -158,8 +183,9 @@ class ActionSteps:
         return resolved
 
     async def run_composite(
-        self, action: Action, step: Step, scope: Scope, index: int, inputs: dict[str, str], step_env: dict[str, str]
-    ) -> StepResult:
+        self, action: Action, step: Step, scope: Scope, index: int, inputs: dict[str, str],
+        step_env: dict[str, str],
+    ) -> StepOutcome:
         inner = Scope(inputs=inputs, env=step_env, action=action, parent=scope)
         await self.job.run_steps(action.steps, inner, index)
         inner_contexts = self.job.contexts(inner, self.job.env_context(inner))
@@ -172,11 +198,16 @@ class ActionSteps:
                 outputs[str(name)] = render_text(value, inner_contexts, self.job.hooks(inner))
             except VmrunnerError as exc:
                 assert self.job.runtime is not None
-                self.job.runtime.annotate(index, "warning", f"output '{name}' of {action.reference}: {exc}")
+                self.job.runtime.annotate(
+                    index, "warning", f"output '{name}' of {action.reference}: {exc}"
+                )
         outcome: Result = "failure" if inner.failed else "success"
-        return StepResult(outcome, outcome, None, False, outputs)
+        return StepOutcome(outcome, outcome, None, False, outputs)
 
-    def node_env(self, action: Action, step: Step, scope: Scope, inputs: Mapping[str, str], step_env: Mapping[str, str], state: Mapping[str, str]) -> dict[str, str]:
+    def node_env(
+        self, action: Action, step: Step, scope: Scope, inputs: Mapping[str, str],
+        step_env: Mapping[str, str], state: Mapping[str, str],
+    ) -> dict[str, str]:
         runtime = self.job.runtime
         assert runtime is not None
         env = {**self.job.env_context(scope), **step_env}
@@ -192,11 +223,14 @@ class ActionSteps:
     async def run_node(
         self, action: Action, step: Step, scope: Scope, index: int, inputs: dict[str, str],
         step_env: dict[str, str], minutes: float | None,
-    ) -> StepResult:
+    ) -> StepOutcome:
         runtime = self.job.runtime
         assert runtime is not None
         if not runtime.has_node:
-            raise ActionError(f"action {action.reference} needs node ({action.using}), which the machine does not have")
+            raise ActionError(
+                f"action {action.reference} needs node ({action.using}), which the machine does "
+                f"not have"
+            )
         timeout = minutes * 60 if minutes else None
         state: dict[str, str] = dict(self.pre_state.get(id(step), {}))
         cwd = str(self.job.github.get("workspace") or "/")
@@ -204,12 +238,17 @@ class ActionSteps:
             contexts = self.job.contexts(scope, self.job.env_context(scope))
             if evaluate_if(action.pre_if or "always()", contexts, self.job.hooks(scope)):
                 env = self.node_env(action, step, scope, inputs, step_env, state)
-                pre = await runtime.run_script(index, self.node_argv(action, action.pre), "", "", env=env, cwd=cwd, timeout=timeout)
+                pre = await runtime.run_script(
+                    index, self.node_argv(action, action.pre), "", "", env=env, cwd=cwd,
+                    timeout=timeout,
+                )
                 state.update(pre.state)
                 if not pre.ok:
                     return self.job.script_outcome(index, pre)
         env = self.node_env(action, step, scope, inputs, step_env, state)
-        result = await runtime.run_script(index, self.node_argv(action, action.main), "", "", env=env, cwd=cwd, timeout=timeout)
+        result = await runtime.run_script(
+            index, self.node_argv(action, action.main), "", "", env=env, cwd=cwd, timeout=timeout
+        )
         state.update(result.state)
         if action.post:
             self.posts.append(_Post(action, scope, step, dict(step_env), dict(inputs), state))
@@ -233,18 +272,33 @@ class ActionSteps:
         if not wanted:
             return
         index = self.job.next_index()
-        run.emit(StepStarted(run.run_id, self.job.job_key, index, "post", run.masker.mask(f"Post {post.step.display_name}"), time.time(), step_id=post.step.id or "", machine_id=runtime.machine.id))
+        run.emit(
+            StepStarted(
+                run.run_id, self.job.job_key, index, "post",
+                run.masker.mask(f"Post {post.step.display_name}"), time.time(),
+                step_id=post.step.id or "", machine_id=runtime.machine.id,
+            )
+        )
         began = time.monotonic()
         env = self.node_env(post.action, post.step, scope, post.inputs, post.step_env, post.state)
-        result = await runtime.run_script(index, self.node_argv(post.action, post.action.post), "", "", env=env, cwd=str(self.job.github.get("workspace") or "/"), timeout=None)
+        result = await runtime.run_script(
+            index, self.node_argv(post.action, post.action.post), "", "", env=env,
+            cwd=str(self.job.github.get("workspace") or "/"), timeout=None,
+        )
         step = self.job.script_outcome(index, result)
         if step.outcome == "failure":
             scope.failed = True
         runtime.end_groups(index)
-        run.emit(StepFinished(run.run_id, self.job.job_key, index, step.outcome, step.conclusion, time.time(), time.monotonic() - began, exit_code=result.exit_code, machine_id=runtime.machine.id))
+        run.emit(
+            StepFinished(
+                run.run_id, self.job.job_key, index, step.outcome, step.conclusion, time.time(),
+                time.monotonic() - began, exit_code=result.exit_code, machine_id=runtime.machine.id,
+            )
+        )
 
     async def checkout(self, inputs: Mapping[str, str], index: int) -> None:
-        """``actions/checkout``: the repository's files (working tree, or a commit) into the workspace."""
+        """``actions/checkout``: the repository's files (working tree, or a commit) into the
+        workspace."""
         runtime = self.job.runtime
         assert runtime is not None
         options = self.job.run.options
@@ -255,7 +309,12 @@ class ActionSteps:
         target = f"{workspace}/{path}" if path else workspace
         other = inputs.get("repository", "").strip()
         if other and other != self.job.github.get("repository"):
-            runtime.annotate(index, "warning", f"actions/checkout: repository '{other}' is not fetched; the local repository is copied instead")
+            runtime.annotate(
+                index,
+                "warning",
+                f"actions/checkout: repository '{other}' is not fetched; the local repository is "
+                f"copied instead",
+            )
         if options.commit:
             data = await commit_tar(options.repo_root, options.commit)
             what = f"commit {options.commit}"
@@ -265,5 +324,7 @@ class ActionSteps:
         try:
             await runtime.machine.put(target, data)
         except MachineError as exc:
-            raise ActionError(f"actions/checkout: cannot copy the repository into the machine: {exc}") from exc
+            raise ActionError(
+                f"actions/checkout: cannot copy the repository into the machine: {exc}"
+            ) from exc
         runtime.log(index, f"Checked out {what} of {options.repo_root} into {target}")

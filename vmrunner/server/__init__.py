@@ -6,6 +6,7 @@
 - ``mirrors``: ``git clone --mirror`` caches; the workflows of one commit.
 - ``service``: the engine (dispatcher, queue, runs, drain, restart recovery).
 - ``github`` and ``reporting``: commit statuses and the pull request comment.
-- ``metrics``: Prometheus; ``app``: the FastAPI routes and lifespan; ``serving``: uvicorn with a drain.
+- ``metrics``: Prometheus; ``app``: the FastAPI routes and lifespan; ``serving``: uvicorn with a
+drain.
 - ``testing``: a fake GitHub API and a helper serving any app on a loopback port.
 """

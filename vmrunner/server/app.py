@@ -50,7 +50,8 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 def _masked(value: Any, masker: Masker) -> Any:
-    """``value`` with every string masked (the runner masked already; this also hides the server's own secrets)."""
+    """``value`` with every string masked (the runner masked already; this also hides the server's
+    own secrets)."""
     if isinstance(value, str):
         return masker.mask(value)
     if isinstance(value, dict):
@@ -65,10 +66,18 @@ def _session_json(session: Session) -> dict[str, Any]:
         machine_id = session.machine.id
     except SessionError:
         machine_id = ""
-    return {"id": session.id, "state": session.state.value, "vm_type": session.spec.vm_type, "machine_id": machine_id, "idle_for": session.idle_for}
+    return {
+        "id": session.id,
+        "state": session.state.value,
+        "vm_type": session.spec.vm_type,
+        "machine_id": machine_id,
+        "idle_for": session.idle_for,
+    }
 
 
-def create_app(config: ServerConfig, *, provider: Provider | None = None, github_transport: Any = None) -> FastAPI:
+def create_app(
+    config: ServerConfig, *, provider: Provider | None = None, github_transport: Any = None
+) -> FastAPI:
     """The app for ``config``; ``provider`` and ``github_transport`` are for tests and benches."""
 
     @asynccontextmanager
@@ -77,7 +86,11 @@ def create_app(config: ServerConfig, *, provider: Provider | None = None, github
             app.state.service = service
             yield
 
-    app = FastAPI(title="vmrunner", summary="Runs GitHub Actions workflows from webhooks, one machine per job.", lifespan=lifespan)
+    app = FastAPI(
+        title="vmrunner",
+        summary="Runs GitHub Actions workflows from webhooks, one machine per job.",
+        lifespan=lifespan,
+    )
 
     def service_of(request: Request) -> Service:
         service: Service = request.app.state.service
@@ -113,20 +126,29 @@ def create_app(config: ServerConfig, *, provider: Provider | None = None, github
             return _error(400, "the body is not a JSON object")
         accepted = service.accept(delivery, event, body, payload)
         service.metrics.webhooks.labels(event, accepted.verdict).inc()
-        status = {"queued": 202, "ignored": 202, "duplicate": 200, "draining": 503}[accepted.verdict]
-        return JSONResponse({"delivery": delivery, "status": accepted.verdict, "note": accepted.note}, status_code=status)
+        status = {"queued": 202, "ignored": 202, "duplicate": 200, "draining": 503}[
+            accepted.verdict
+        ]
+        return JSONResponse(
+            {"delivery": delivery, "status": accepted.verdict, "note": accepted.note},
+            status_code=status,
+        )
 
     @app.get("/api/deliveries/{delivery_id}")
     async def get_delivery(delivery_id: str, request: Request) -> Response:
         """What became of one delivery: its status and the runs it queued."""
         found = service_of(request).delivery_json(delivery_id)
-        return JSONResponse(found) if found is not None else _error(404, f"no delivery {delivery_id}")
+        return (
+            JSONResponse(found) if found is not None else _error(404, f"no delivery {delivery_id}")
+        )
 
     @app.get("/api/runs")
     async def list_runs(request: Request, limit: int = 50) -> Response:
         """The newest runs the server queued, with their state and conclusion."""
         service = service_of(request)
-        return JSONResponse({"runs": [run.to_json() for run in service.state.runs(limit=max(1, min(limit, 1000)))]})
+        return JSONResponse(
+            {"runs": [run.to_json() for run in service.state.runs(limit=max(1, min(limit, 1000)))]}
+        )
 
     @app.get("/api/runs/{run_id}")
     async def get_run(run_id: str, request: Request) -> Response:
@@ -142,12 +164,15 @@ def create_app(config: ServerConfig, *, provider: Provider | None = None, github
 
     @app.post("/api/runs/{run_id}/cancel")
     async def cancel_run(run_id: str, request: Request) -> Response:
-        """Cancel a queued or running run: its jobs' machines are released (on a fleet, on their hosts)."""
+        """Cancel a queued or running run: its jobs' machines are released (on a fleet, on their
+        hosts)."""
         try:
             cancelled = await service_of(request).cancel(run_id)
         except RunNotFound:
             return _error(404, f"no run {run_id}")
-        return JSONResponse({"run_id": run_id, "cancelled": cancelled}, status_code=202 if cancelled else 409)
+        return JSONResponse(
+            {"run_id": run_id, "cancelled": cancelled}, status_code=202 if cancelled else 409
+        )
 
     @app.get("/api/sessions")
     async def sessions(request: Request) -> Response:
@@ -165,7 +190,10 @@ def create_app(config: ServerConfig, *, provider: Provider | None = None, github
     @app.get("/healthz")
     async def healthz(request: Request) -> Response:
         service = service_of(request)
-        return JSONResponse({"status": "draining" if service.draining else "ok"}, status_code=503 if service.draining else 200)
+        return JSONResponse(
+            {"status": "draining" if service.draining else "ok"},
+            status_code=503 if service.draining else 200,
+        )
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:

@@ -112,7 +112,9 @@ class ServerConfig:
     def repository(self, name: str) -> RepositoryConfig | None:
         """The configured repository ``owner/name`` (GitHub names are case-insensitive)."""
         wanted = name.lower()
-        return next((repo for key, repo in self.repositories.items() if key.lower() == wanted), None)
+        return next(
+            (repo for key, repo in self.repositories.items() if key.lower() == wanted), None
+        )
 
     def secret_values(self) -> list[str]:
         """Everything that must never appear in what the server sends or serves."""
@@ -124,14 +126,25 @@ class ServerConfig:
 
 
 _SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
-    "host": str, "port": int, "public_url": str, "concurrent_runs": int, "concurrent_jobs": int,
-    "provider": str, "network": str, "pool_size": int, "max_body_bytes": int, "drain_seconds": (int, float),
-    "github_api_url": str, "wait_timeout": (int, float), "store": str,
+    "host": str,
+    "port": int,
+    "public_url": str,
+    "concurrent_runs": int,
+    "concurrent_jobs": int,
+    "provider": str,
+    "network": str,
+    "pool_size": int,
+    "max_body_bytes": int,
+    "drain_seconds": (int, float),
+    "github_api_url": str,
+    "wait_timeout": (int, float),
+    "store": str,
 }
 
 
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The settings of a config file as ``ServerConfig`` keyword arguments (``repositories`` parsed)."""
+    """The settings of a config file as ``ServerConfig`` keyword arguments (``repositories``
+    parsed)."""
     name = os.fspath(path)
     try:
         text = Path(name).read_text(encoding="utf-8")
@@ -150,7 +163,10 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"{name}: expected a table of settings at the top level")
     unknown = set(raw) - {"server", "repositories", "machine-types"}
     if unknown:
-        raise ConfigError(f"{name}: unknown section {sorted(unknown)[0]!r} (expected server, repositories, machine-types)")
+        raise ConfigError(
+            f"{name}: unknown section {sorted(unknown)[0]!r} (expected server, repositories, "
+            "machine-types)"
+        )
     settings: dict[str, Any] = {}
     server = raw.get("server") or {}
     if not isinstance(server, Mapping):
@@ -158,11 +174,15 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     for key, value in server.items():
         kind = _SERVER_KEYS.get(key)
         if kind is None:
-            raise ConfigError(f"{name}: server.{key} is not a setting (known: {', '.join(sorted(_SERVER_KEYS))})")
+            raise ConfigError(
+                f"{name}: server.{key} is not a setting (known: {', '.join(sorted(_SERVER_KEYS))})"
+            )
         if not isinstance(value, kind) or isinstance(value, bool):
             raise ConfigError(f"{name}: server.{key} must be a {_kind_name(kind)}, got {value!r}")
         if key == "network" and value not in NETWORKS:
-            raise ConfigError(f"{name}: server.network must be one of {', '.join(NETWORKS)}, got {value!r}")
+            raise ConfigError(
+                f"{name}: server.network must be one of {', '.join(NETWORKS)}, got {value!r}"
+            )
         settings[key] = value
     settings["repositories"] = parse_repositories(raw.get("repositories") or {}, name)
     if "machine-types" in raw:
@@ -171,7 +191,8 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def parse_machine_types(raw: Any, where: str) -> dict[str, dict[str, int]]:
-    """``[machine-types.NAME]`` tables of ``cpus``, ``memory``, ``pids``, ``disk`` as limits in MiB."""
+    """``[machine-types.NAME]`` tables of ``cpus``, ``memory``, ``pids``, ``disk`` as limits in
+    MiB."""
     from vmrunner.machines.limits import (
         MIN_DISK_MIB,
         MIN_MEMORY_MIB,
@@ -220,13 +241,19 @@ def parse_repositories(raw: Any, where: str) -> dict[str, RepositoryConfig]:
             repos[name] = RepositoryConfig(name, entry)
             continue
         if not isinstance(entry, Mapping) or not isinstance(entry.get("url"), str):
-            raise ConfigError(f"{where}: repositories.{name!r} must be a URL or path, or a table with url")
+            raise ConfigError(
+                f"{where}: repositories.{name!r} must be a URL or path, or a table with url"
+            )
         secrets = entry.get("secrets") or {}
-        if not isinstance(secrets, Mapping) or not all(isinstance(v, str) for v in secrets.values()):
+        if not isinstance(secrets, Mapping) or not all(
+            isinstance(v, str) for v in secrets.values()
+        ):
             raise ConfigError(f"{where}: repositories.{name!r}.secrets must map names to strings")
         extra = set(entry) - {"url", "secrets"}
         if extra:
-            raise ConfigError(f"{where}: repositories.{name!r}.{sorted(extra)[0]} is not a setting (url, secrets)")
+            raise ConfigError(
+                f"{where}: repositories.{name!r}.{sorted(extra)[0]} is not a setting (url, secrets)"
+            )
         repos[name] = RepositoryConfig(name, entry["url"], {str(k): v for k, v in secrets.items()})
     return repos
 

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from vmrunner.errors import RunNotFound
+from vmrunner.learning.history import Learning, LearningSink, add_insights
+from vmrunner.reports.events import FanOut
+from vmrunner.reports.results import ResultCollector, RunResult
+from vmrunner.reports.storage import RunHistory, StoreSink
 from vmrunner.runner.concurrency import ConcurrencyGroups
-from vmrunner.runner.events import FanOut
-from vmrunner.runner.learning import Learning, LearningSink, add_insights
 from vmrunner.runner.options import RunOptions
-from vmrunner.runner.results import ResultCollector, RunResult
 from vmrunner.runner.run import run_workflow
-from vmrunner.runner.storage import RunHistory, StoreSink
 from vmrunner.server.github import GitHubClient
 from vmrunner.server.metrics import Metrics, MetricsSink
 from vmrunner.server.reporting import StatusSink, comment_body
@@ -42,7 +42,9 @@ class Executor(Protocol):
     #: wait for them when it drains, and it watches them again after a restart.
     detached: bool
 
-    async def execute(self, run: ServerRun, workflow: Workflow, options: RunOptions, target_url: str) -> str:
+    async def execute(
+        self, run: ServerRun, workflow: Workflow, options: RunOptions, target_url: str
+    ) -> str:
         """Run it to its end, posting job statuses; its conclusion."""
         ...
 
@@ -64,7 +66,9 @@ class LocalRuns:
 
     detached = False
 
-    def __init__(self, store: Store, sessions: SessionManager, github: GitHubClient, metrics: Metrics) -> None:
+    def __init__(
+        self, store: Store, sessions: SessionManager, github: GitHubClient, metrics: Metrics
+    ) -> None:
         self.store = store
         self.sessions = sessions
         self.github = github
@@ -73,7 +77,9 @@ class LocalRuns:
         #: One registry for every run here, so that a push can stop or queue behind an earlier run.
         self.groups = ConcurrencyGroups()
 
-    async def execute(self, run: ServerRun, workflow: Workflow, options: RunOptions, target_url: str) -> str:
+    async def execute(
+        self, run: ServerRun, workflow: Workflow, options: RunOptions, target_url: str
+    ) -> str:
         task = asyncio.current_task()
         assert task is not None
         self._tasks[run.run_id] = task
@@ -87,7 +93,15 @@ class LocalRuns:
                 statuses.start()
                 try:
                     sinks = FanOut(keep, collector, MetricsSink(self.metrics), statuses)
-                    outcome = await run_workflow(workflow, options, self.sessions, LearningSink(learning, repository=run.repository, workflow=workflow, then=sinks), self.groups)
+                    outcome = await run_workflow(
+                        workflow,
+                        options,
+                        self.sessions,
+                        LearningSink(
+                            learning, repository=run.repository, workflow=workflow, then=sinks
+                        ),
+                        self.groups,
+                    )
                 finally:
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(asyncio.shield(statuses.drain()), REPORT_GRACE)

@@ -98,8 +98,14 @@ class GitHubClient:
         self.masker = masker or Masker()
         self.masker.add(token)
         self._client = httpx.AsyncClient(
-            base_url=self.base_url, timeout=REQUEST_TIMEOUT, transport=transport,
-            headers={"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": API_VERSION, "User-Agent": "vmrunner"},
+            base_url=self.base_url,
+            timeout=REQUEST_TIMEOUT,
+            transport=transport,
+            headers={
+                "Accept": "application/vnd.github+json",
+                "X-GitHub-Api-Version": API_VERSION,
+                "User-Agent": "vmrunner",
+            },
         )
         self.failures = 0
         self.requests = 0
@@ -114,7 +120,9 @@ class GitHubClient:
     async def __aexit__(self, *exc: object) -> None:
         await self._client.aclose()
 
-    async def _request(self, method: str, path: str, json: Mapping[str, Any] | None = None) -> httpx.Response | None:
+    async def _request(
+        self, method: str, path: str, json: Mapping[str, Any] | None = None
+    ) -> httpx.Response | None:
         """One call; None (logged, counted) when it failed."""
         if not self.enabled:
             return None
@@ -122,14 +130,22 @@ class GitHubClient:
         try:
             token = await self._app.token(self._client) if self._app else self._token
             self.masker.add(token)
-            response = await self._client.request(method, path, json=json, headers={"Authorization": f"Bearer {token}"})
+            response = await self._client.request(
+                method, path, json=json, headers={"Authorization": f"Bearer {token}"}
+            )
         except (httpx.HTTPError, KeyError, ValueError) as exc:
             self.failures += 1
             log.warning("GitHub %s %s failed: %s", method, path, self.masker.mask(str(exc)))
             return None
         if response.is_error:
             self.failures += 1
-            log.warning("GitHub %s %s: %s %s", method, path, response.status_code, self.masker.mask(response.text[:500]))
+            log.warning(
+                "GitHub %s %s: %s %s",
+                method,
+                path,
+                response.status_code,
+                self.masker.mask(response.text[:500]),
+            )
             return None
         return response
 
@@ -143,7 +159,9 @@ class GitHubClient:
         return await self._request("POST", f"/repos/{repository}/statuses/{sha}", body) is not None
 
     async def create_comment(self, repository: str, number: int, body: str) -> int | None:
-        response = await self._request("POST", f"/repos/{repository}/issues/{number}/comments", {"body": self._comment(body)})
+        response = await self._request(
+            "POST", f"/repos/{repository}/issues/{number}/comments", {"body": self._comment(body)}
+        )
         return int(response.json()["id"]) if response is not None else None
 
     async def update_comment(self, repository: str, comment_id: int, body: str) -> bool:
@@ -153,7 +171,9 @@ class GitHubClient:
     async def find_comment(self, repository: str, number: int) -> int | None:
         """Our comment on the pull request (the one carrying ``COMMENT_MARKER``), if any."""
         for page in range(1, 11):
-            response = await self._request("GET", f"/repos/{repository}/issues/{number}/comments?per_page=100&page={page}")
+            response = await self._request(
+                "GET", f"/repos/{repository}/issues/{number}/comments?per_page=100&page={page}"
+            )
             if response is None:
                 return None
             comments = response.json()

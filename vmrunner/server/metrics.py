@@ -1,4 +1,5 @@
-"""Prometheus metrics of one server, in a registry of its own (two servers in one process never mix).
+"""Prometheus metrics of one server, in a registry of its own (two servers in one process never
+mix).
 
 Counters and histograms are fed by the run events (``MetricsSink``); gauges of machines and
 sessions are read from ``statistics()`` at scrape time, so they are never stale.
@@ -10,7 +11,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from vmrunner.runner.events import (
+from vmrunner.reports.events import (
     Event,
     JobQueued,
     JobStarted,
@@ -26,24 +27,51 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.webhooks = Counter("vmrunner_webhooks", "Webhook deliveries by event and outcome.", ["event", "outcome"], registry=r)
-        self.runs = Counter("vmrunner_runs", "Finished workflow runs by conclusion.", ["conclusion"], registry=r)
+        self.webhooks = Counter(
+            "vmrunner_webhooks",
+            "Webhook deliveries by event and outcome.",
+            ["event", "outcome"],
+            registry=r,
+        )
+        self.runs = Counter(
+            "vmrunner_runs", "Finished workflow runs by conclusion.", ["conclusion"], registry=r
+        )
         self.job_start_latency = Histogram(
-            "vmrunner_job_start_latency_seconds", "From a job being queued to its machine being ready.",
-            buckets=LATENCY_BUCKETS, registry=r,
+            "vmrunner_job_start_latency_seconds",
+            "From a job being queued to its machine being ready.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.allocation = Histogram(
-            "vmrunner_allocation_seconds", "Waiting for a slot plus allocating the machine, per job.",
-            buckets=LATENCY_BUCKETS, registry=r,
+            "vmrunner_allocation_seconds",
+            "Waiting for a slot plus allocating the machine, per job.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
-        self.snapshots = Histogram("vmrunner_snapshot_seconds", "Snapshot durations.", ["kind"], buckets=LATENCY_BUCKETS, registry=r)
+        self.snapshots = Histogram(
+            "vmrunner_snapshot_seconds",
+            "Snapshot durations.",
+            ["kind"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.queued = Gauge("vmrunner_runs_queued", "Runs waiting for a slot.", registry=r)
         self.running = Gauge("vmrunner_runs_running", "Runs in progress.", registry=r)
-        self.machines_idle = Gauge("vmrunner_machines_idle", "Warm machines waiting in the pool.", registry=r)
-        self.machines_busy = Gauge("vmrunner_machines_busy", "Machines held by sessions.", registry=r)
-        self.sessions_waiting = Gauge("vmrunner_sessions_waiting", "Jobs waiting for a session slot.", registry=r)
-        self.github_requests = Gauge("vmrunner_github_requests", "Requests made to the GitHub API.", registry=r)
-        self.github_failures = Gauge("vmrunner_github_failures", "GitHub API requests that failed.", registry=r)
+        self.machines_idle = Gauge(
+            "vmrunner_machines_idle", "Warm machines waiting in the pool.", registry=r
+        )
+        self.machines_busy = Gauge(
+            "vmrunner_machines_busy", "Machines held by sessions.", registry=r
+        )
+        self.sessions_waiting = Gauge(
+            "vmrunner_sessions_waiting", "Jobs waiting for a session slot.", registry=r
+        )
+        self.github_requests = Gauge(
+            "vmrunner_github_requests", "Requests made to the GitHub API.", registry=r
+        )
+        self.github_failures = Gauge(
+            "vmrunner_github_failures", "GitHub API requests that failed.", registry=r
+        )
         self._refresh: list[Callable[[], None]] = []
 
     def on_scrape(self, refresh: Callable[[], None]) -> None:

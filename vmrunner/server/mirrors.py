@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 
 from vmrunner.config import DEFAULT_WORKFLOWS_DIR, vmrunner_home
 from vmrunner.errors import ConfigError, WorkflowError
-from vmrunner.runner.repository import git
+from vmrunner.repository import git
 from vmrunner.server.config import RepositoryConfig
 from vmrunner.workflow.loader import WORKFLOW_SUFFIXES, load_workflow_text
 from vmrunner.workflow.models import Workflow
@@ -36,7 +36,8 @@ def mirrors_root() -> Path:
 
 
 class Mirrors:
-    """``owner/name`` -> a bare mirror, cloned or fetched on demand (one git process per repository at a time)."""
+    """``owner/name`` -> a bare mirror, cloned or fetched on demand (one git process per repository
+    at a time)."""
 
     def __init__(self, root: Path | None = None) -> None:
         self.root = root or mirrors_root()
@@ -58,7 +59,8 @@ class Mirrors:
         return self.root / (repo.name.replace("/", "__").lower() + ".git")
 
     async def commit(self, repo: RepositoryConfig, want: str) -> tuple[Path, str]:
-        """The mirror holding ``want`` (a sha or a ref) and the sha it names; fetches when needed."""
+        """The mirror holding ``want`` (a sha or a ref) and the sha it names; fetches when
+        needed."""
         path = self.path(repo)
         if (repo.name, want) in self._known:
             return path, want  # a full sha seen before: commits never change
@@ -67,7 +69,9 @@ class Mirrors:
                 await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
                 partial = path.with_suffix(".partial")
                 await asyncio.to_thread(shutil.rmtree, partial, True)
-                await git("clone", "--quiet", "--mirror", _source(repo.url), str(partial), cwd=self.root)
+                await git(
+                    "clone", "--quiet", "--mirror", _source(repo.url), str(partial), cwd=self.root
+                )
                 await asyncio.to_thread(os.replace, partial, path)
             sha = await _resolve(path, want)
             if sha is None:
@@ -86,13 +90,16 @@ def _source(url: str) -> str:
 
 
 async def _resolve(path: Path, want: str) -> str | None:
-    code, out, _ = await git("rev-parse", "--verify", "--quiet", f"{want}^{{commit}}", cwd=path, check=False)
+    code, out, _ = await git(
+        "rev-parse", "--verify", "--quiet", f"{want}^{{commit}}", cwd=path, check=False
+    )
     return out.decode().strip() if code == 0 else None
 
 
 @dataclass(frozen=True, slots=True)
 class CommitWorkflows:
-    """The workflows of one commit, by path (``.github/workflows/ci.yml``), and the invalid ones' problems."""
+    """The workflows of one commit, by path (``.github/workflows/ci.yml``), and the invalid ones'
+    problems."""
 
     workflows: Mapping[str, Workflow]
     problems: tuple[str, ...]
@@ -100,7 +107,9 @@ class CommitWorkflows:
 
 async def read_workflows(mirror: Path, sha: str) -> CommitWorkflows:
     """The workflow files directly in ``.github/workflows`` of ``sha`` (``git archive``), loaded."""
-    code, out, _ = await git("archive", "--format=tar", sha, str(DEFAULT_WORKFLOWS_DIR), cwd=mirror, check=False)
+    code, out, _ = await git(
+        "archive", "--format=tar", sha, str(DEFAULT_WORKFLOWS_DIR), cwd=mirror, check=False
+    )
     if code != 0:
         return CommitWorkflows({}, ())  # the commit has no workflows
     return await asyncio.to_thread(_load_tar, out)
@@ -113,7 +122,11 @@ def _load_tar(data: bytes) -> CommitWorkflows:
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             for member in sorted(tar.getmembers(), key=lambda m: m.name):
                 path = PurePosixPath(member.name)
-                if not member.isfile() or path.parent != PurePosixPath(DEFAULT_WORKFLOWS_DIR) or not path.name.endswith(WORKFLOW_SUFFIXES):
+                if (
+                    not member.isfile()
+                    or path.parent != PurePosixPath(DEFAULT_WORKFLOWS_DIR)
+                    or not path.name.endswith(WORKFLOW_SUFFIXES)
+                ):
                     continue
                 handle = tar.extractfile(member)
                 text = handle.read().decode("utf-8", errors="replace") if handle else ""

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from vmrunner.errors import RunNotFound
-from vmrunner.fleet.queue import JobQueue, JobRow, RunRow, run_json, workflow_text
+from vmrunner.fleet.queue import JobQueue, QueuedJob, QueuedRun, run_json, workflow_text
+from vmrunner.reports.summary import inline
 from vmrunner.runner.options import RunOptions
-from vmrunner.runner.summary import inline
 from vmrunner.server.github import GitHubClient, Status, StatusState
 from vmrunner.server.metrics import Metrics
 from vmrunner.server.reporting import final_state, status_context
@@ -39,7 +39,7 @@ def delivery_key(delivery_id: str, workflow_file: str) -> str:
     return f"{delivery_id}/{workflow_file}"
 
 
-def job_status(job: JobRow) -> tuple[StatusState, str]:
+def job_status(job: QueuedJob) -> tuple[StatusState, str]:
     """A fleet job as a commit status: its state and description."""
     if job.status == "pending":
         return "pending", "waiting for the jobs it needs"
@@ -48,16 +48,32 @@ def job_status(job: JobRow) -> tuple[StatusState, str]:
     if job.status == "queued":
         return "pending", "queued" + (f" (attempt {job.attempt})" if job.attempt > 1 else "")
     if job.status == "running":
-        return "pending", f"running on {job.host}" + (f" (attempt {job.attempt})" if job.attempt > 1 else "")
-    words = job.status + (f" on {job.host}" if job.host else "") + (f": {job.reason}" if job.reason else "")
+        return "pending", f"running on {job.host}" + (
+            f" (attempt {job.attempt})" if job.attempt > 1 else ""
+        )
+    words = (
+        job.status
+        + (f" on {job.host}" if job.host else "")
+        + (f": {job.reason}" if job.reason else "")
+    )
     return final_state(job.status), words[:140]
 
 
-def run_summary(run: RunRow, workflow: str) -> str:
+def run_summary(run: QueuedRun, workflow: str) -> str:
     """A queued run in Markdown, for the pull request comment."""
     conclusion = run.conclusion or run.status
-    lines = [f"# {inline(workflow)}: {inline(conclusion)}", "", f"Run {run.id} on the fleet.", "", "| Job | Result | Host | Attempt |", "|---|---|---|---|"]
-    lines += [f"| {inline(j.job_id)} | {inline(j.status)} | {inline(j.host or '')} | {j.attempt} |" for j in run.jobs]
+    lines = [
+        f"# {inline(workflow)}: {inline(conclusion)}",
+        "",
+        f"Run {run.id} on the fleet.",
+        "",
+        "| Job | Result | Host | Attempt |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {inline(j.job_id)} | {inline(j.status)} | {inline(j.host or '')} | {j.attempt} |"
+        for j in run.jobs
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -79,7 +95,9 @@ class QueuedRuns:
     def queued_id(self, run_id: str) -> str:
         return self._ids.get(run_id, run_id)
 
-    async def execute(self, run: ServerRun, workflow: Workflow, options: RunOptions, target_url: str) -> str:
+    async def execute(
+        self, run: ServerRun, workflow: Workflow, options: RunOptions, target_url: str
+    ) -> str:
         self._executing.add(run.run_id)
         try:
             return await self._execute(run, workflow, options, target_url)
@@ -87,14 +105,31 @@ class QueuedRuns:
             self._executing.discard(run.run_id)
             self._cancel_asked.discard(run.run_id)
 
-    async def _execute(self, run: ServerRun, workflow: Workflow, options: RunOptions, target_url: str) -> str:
+    async def _execute(
+        self, run: ServerRun, workflow: Workflow, options: RunOptions, target_url: str
+    ) -> str:
         text = workflow_text(workflow)
         if options.secrets:
-            log.warning("run %s: the secrets of %s are not sent to the fleet (never written into its database); agents use their own --secret-file", run.run_id, run.repository)
-        queued = await self.queue.submit(text, run.workflow_file, options, delivery_id=delivery_key(run.delivery_id, run.workflow_file))
+            log.warning(
+                "run %s: the secrets of %s are not sent to the fleet (never written into its "
+                "database); agents use their own --secret-file",
+                run.run_id,
+                run.repository,
+            )
+        queued = await self.queue.submit(
+            text,
+            run.workflow_file,
+            options,
+            delivery_id=delivery_key(run.delivery_id, run.workflow_file),
+        )
         if queued != run.run_id:
             self._ids[run.run_id] = queued
-            log.info("run %s: delivery %s was queued as run %s already", run.run_id, run.delivery_id, queued)
+            log.info(
+                "run %s: delivery %s was queued as run %s already",
+                run.run_id,
+                run.delivery_id,
+                queued,
+            )
         if run.run_id in self._cancel_asked:  # cancelled while it was being submitted
             await self.queue.cancel(queued)
         name = workflow.name or Path(run.workflow_file).stem
@@ -105,7 +140,11 @@ class QueuedRuns:
                 state = job_status(job)
                 if posted.get(job.job_id) != state:
                     posted[job.job_id] = state
-                    await self.github.create_status(run.repository, run.sha, Status(state[0], status_context(name, job.job_id), state[1], target_url))
+                    await self.github.create_status(
+                        run.repository,
+                        run.sha,
+                        Status(state[0], status_context(name, job.job_id), state[1], target_url),
+                    )
             if row.status == "completed":
                 conclusion = row.conclusion or "failure"
                 self.metrics.runs.labels(conclusion).inc()
@@ -126,14 +165,22 @@ class QueuedRuns:
             row = await self.queue.run(queued)
         except RunNotFound:
             return None, []
-        logs = [{"job_key": job, "attempt": attempt, "text": line} for _, job, attempt, line in await self.queue.logs(queued)]
+        logs = [
+            {"job_key": job, "attempt": attempt, "text": line}
+            for _, job, attempt, line in await self.queue.logs(queued)
+        ]
         return run_json(row), logs
 
     async def comment(self, runs: Sequence[ServerRun], repository: str) -> str:
         parts = ["## vmrunner", ""]
         for run in runs:
             try:
-                parts.append(run_summary(await self.queue.run(self.queued_id(run.run_id)), Path(run.workflow_file).stem))
+                parts.append(
+                    run_summary(
+                        await self.queue.run(self.queued_id(run.run_id)),
+                        Path(run.workflow_file).stem,
+                    )
+                )
             except RunNotFound:
                 continue
         return "\n".join(parts)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from vmrunner.runner.events import Event, JobFinished, JobQueued, JobStarted
-from vmrunner.runner.results import ResultCollector, RunResult
-from vmrunner.runner.summary import render_summary
+from vmrunner.reports.events import Event, JobFinished, JobQueued, JobStarted
+from vmrunner.reports.results import ResultCollector, RunResult
+from vmrunner.reports.summary import render_summary
 from vmrunner.server.github import GitHubClient, Status, StatusState
 
 
@@ -34,7 +34,14 @@ class StatusSink:
     """An ``EventSink`` posting a run's job statuses; ``await sink.drain()`` once the run ended."""
 
     def __init__(
-        self, github: GitHubClient, collector: ResultCollector, *, repository: str, sha: str, workflow: str, target_url: str
+        self,
+        github: GitHubClient,
+        collector: ResultCollector,
+        *,
+        repository: str,
+        sha: str,
+        workflow: str,
+        target_url: str,
     ) -> None:
         self.github = github
         self.collector = collector
@@ -49,7 +56,9 @@ class StatusSink:
 
     def start(self) -> None:
         if self.github.enabled and self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._post_all(), name=f"statuses-{self.sha[:8]}")
+            self._task = asyncio.get_running_loop().create_task(
+                self._post_all(), name=f"statuses-{self.sha[:8]}"
+            )
 
     def emit(self, event: Event) -> None:
         status = self._status(event)
@@ -84,12 +93,15 @@ class StatusSink:
             self.sent.append(status)
 
     async def drain(self) -> None:
-        """Post what is queued, then stop; a job still pending (the run was cancelled) becomes an error."""
+        """Post what is queued, then stop; a job still pending (the run was cancelled) becomes an
+        error."""
         if self._task is None:
             return
         for context, state in self._last.items():
             if state == "pending":
-                self._queue.put_nowait(Status("error", context, "cancelled before it finished", self.target_url))
+                self._queue.put_nowait(
+                    Status("error", context, "cancelled before it finished", self.target_url)
+                )
         self._last.clear()
         self._queue.put_nowait(None)
         await self._task

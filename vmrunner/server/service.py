@@ -45,8 +45,8 @@ from vmrunner.errors import ConfigError, RunNotFound, VmrunnerError
 from vmrunner.machines.base import DEFAULT_VM_TYPE, NetworkMode, Provider
 from vmrunner.machines.pool import WarmPool
 from vmrunner.machines.providers import get_provider
+from vmrunner.reports.storage import RunHistory
 from vmrunner.runner.options import RunOptions, machine_spec
-from vmrunner.runner.storage import RunHistory
 from vmrunner.server.config import RepositoryConfig, ServerConfig
 from vmrunner.server.executors import REPORT_GRACE, Executor, LocalRuns
 from vmrunner.server.github import GitHubClient, Status
@@ -61,7 +61,8 @@ from vmrunner.workflow.triggers import match_event, payload_changed_files
 
 log = logging.getLogger(__name__)
 
-#: Events that can start runs; every other event but a cancelled ``workflow_run`` is acknowledged and ignored.
+#: Events that can start runs; every other event but a cancelled ``workflow_run`` is acknowledged
+#: and ignored.
 RUN_EVENTS = frozenset({"push", "pull_request", "workflow_dispatch", "repository_dispatch"})
 #: Seconds between WAL checkpoints of the server's own connection (done in a thread).
 CHECKPOINT_INTERVAL = 1.0
@@ -98,7 +99,9 @@ def event_target(event: str, payload: Mapping[str, Any]) -> tuple[str, str, int 
         pull = payload.get("pull_request")
         head = pull.get("head") if isinstance(pull, Mapping) else None
         sha = head.get("sha") if isinstance(head, Mapping) else None
-        number = payload.get("number") or (pull.get("number") if isinstance(pull, Mapping) else None)
+        number = payload.get("number") or (
+            pull.get("number") if isinstance(pull, Mapping) else None
+        )
         if not isinstance(sha, str) or not isinstance(number, int):
             return "the pull request payload has no head sha or number"
         return sha, f"refs/pull/{number}/head", number
@@ -113,10 +116,15 @@ def event_target(event: str, payload: Mapping[str, Any]) -> tuple[str, str, int 
 
 
 class Service:
-    """See the module docstring. ``Service(config, provider=None)``; ``provider`` overrides ``config.provider``."""
+    """See the module docstring. ``Service(config, provider=None)``; ``provider`` overrides
+    ``config.provider``."""
 
     def __init__(
-        self, config: ServerConfig, *, provider: Provider | None = None, github_transport: Any = None,
+        self,
+        config: ServerConfig,
+        *,
+        provider: Provider | None = None,
+        github_transport: Any = None,
     ) -> None:
         self.config = config
         self.metrics = Metrics()
@@ -128,12 +136,15 @@ class Service:
         self._provider = provider
         #: The network of every job's machine.
         self.network = cast(
-            NetworkMode, config.network or default_network(provider.name if provider else config.provider)
+            NetworkMode,
+            config.network or default_network(provider.name if provider else config.provider),
         )
         self._github_transport = github_transport
         self._stack = AsyncExitStack()
         self._wake = asyncio.Event()
-        self._slots: contextlib.AbstractAsyncContextManager[Any] = asyncio.Semaphore(max(1, config.concurrent_runs))
+        self._slots: contextlib.AbstractAsyncContextManager[Any] = asyncio.Semaphore(
+            max(1, config.concurrent_runs)
+        )
         self._cancelling: set[str] = set()
         self._runs: dict[str, asyncio.Task[None]] = {}
         self._running: set[str] = set()
@@ -159,18 +170,31 @@ class Service:
                     DEFAULT_VM_TYPE,
                 )
                 self.pool = await stack.enter_async_context(
-                    WarmPool(provider, {DEFAULT_VM_TYPE: self.config.pool_size}, specs={DEFAULT_VM_TYPE: spec})
+                    WarmPool(
+                        provider,
+                        {DEFAULT_VM_TYPE: self.config.pool_size},
+                        specs={DEFAULT_VM_TYPE: spec},
+                    )
                 )
                 provider = self.pool
             elif self._provider is None:
                 stack.push_async_callback(provider.aclose)
             self.sessions = await stack.enter_async_context(
-                SessionManager(provider, limit=self.config.concurrent_jobs, store=self.store, wait_timeout=self.config.wait_timeout)
+                SessionManager(
+                    provider,
+                    limit=self.config.concurrent_jobs,
+                    store=self.store,
+                    wait_timeout=self.config.wait_timeout,
+                )
             )
-            self.github = await stack.enter_async_context(GitHubClient(
-                self.config.github_api_url, token=self.config.github_token, app=self.config.github_app,
-                transport=self._github_transport,
-            ))
+            self.github = await stack.enter_async_context(
+                GitHubClient(
+                    self.config.github_api_url,
+                    token=self.config.github_token,
+                    app=self.config.github_app,
+                    transport=self._github_transport,
+                )
+            )
             for value in self.config.secret_values():
                 self.github.masker.add(value)
             self.executor = await self._executor(stack)
@@ -181,7 +205,9 @@ class Service:
             raise
         self.metrics.on_scrape(self._refresh_gauges)
         if self.executor.detached:
-            for run in self.state.runs(state="running"):  # they went on without us: watch them again
+            for run in self.state.runs(
+                state="running"
+            ):  # they went on without us: watch them again
                 self._launch(run)
         else:
             interrupted = self.state.interrupt_orphans()
@@ -196,7 +222,10 @@ class Service:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self._stack.aclose()
 
@@ -212,7 +241,8 @@ class Service:
         return QueuedRuns(fleet, self.github, self.metrics)
 
     def begin_drain(self) -> None:
-        """Refuse new webhooks from now on; running runs have ``drain_seconds`` from now to finish."""
+        """Refuse new webhooks from now on; running runs have ``drain_seconds`` from now to
+        finish."""
         if not self.draining:
             self.draining = True
             self._drain_deadline = asyncio.get_running_loop().time() + self.config.drain_seconds
@@ -220,7 +250,9 @@ class Service:
     async def wait_idle(self) -> None:
         """Return once no run is running (callers bound the wait with ``asyncio.timeout``);
         fleet runs go on without this server: nothing to wait for."""
-        while not self.executor.detached and (running := [task for run_id, task in self._runs.items() if run_id in self._running]):
+        while not self.executor.detached and (
+            running := [task for run_id, task in self._runs.items() if run_id in self._running]
+        ):
             await asyncio.wait(running)
 
     async def _stop(self) -> None:
@@ -237,12 +269,18 @@ class Service:
 
     # Webhooks
 
-    def accept(self, delivery_id: str, event: str, body: bytes, payload: Mapping[str, Any]) -> Accepted:
+    def accept(
+        self, delivery_id: str, event: str, body: bytes, payload: Mapping[str, Any]
+    ) -> Accepted:
         """Record one delivery (quickly: this runs while answering the webhook)."""
         if self.draining:
             return Accepted("draining", "the server is shutting down")
         repository = repository_of(payload)
-        if event == "workflow_run" and cancelled_workflow(payload) is not None and self.config.repository(repository) is not None:
+        if (
+            event == "workflow_run"
+            and cancelled_workflow(payload) is not None
+            and self.config.repository(repository) is not None
+        ):
             fresh = self.state.add_delivery(delivery_id, event, repository, body, "received")
             if fresh:
                 self._wake.set()
@@ -293,38 +331,72 @@ class Service:
             return
         target = event_target(event, payload)
         if repo is None or isinstance(target, str):
-            self.state.finish_delivery(delivery_id, "ignored", target if isinstance(target, str) else "not configured")
+            self.state.finish_delivery(
+                delivery_id, "ignored", target if isinstance(target, str) else "not configured"
+            )
             return
         want, ref, number = target
         mirror, sha = await self.mirrors.commit(repo, want)
         changed = payload_changed_files(payload) if event == "push" else None
         loaded = await self.mirrors.workflows(mirror, sha)
         chosen = [
-            relative for relative, workflow in loaded.workflows.items()
-            if _wanted(event, payload, relative) and match_event(workflow.triggers, event, payload, changed_files=changed)
+            relative
+            for relative, workflow in loaded.workflows.items()
+            if _wanted(event, payload, relative)
+            and match_event(workflow.triggers, event, payload, changed_files=changed)
         ]
         now = time.time()
         runs = [
-            ServerRun(0, new_run_id(), delivery_id, repo.name, relative, event, sha, ref, number, "queued", None, now, None, None, None, None, "")
+            ServerRun(
+                0,
+                new_run_id(),
+                delivery_id,
+                repo.name,
+                relative,
+                event,
+                sha,
+                ref,
+                number,
+                "queued",
+                None,
+                now,
+                None,
+                None,
+                None,
+                None,
+                "",
+            )
             for relative in chosen
         ]
         problems = "; ".join(loaded.problems)[:500]
-        note = f"{len(runs)} run(s) for {sha[:12]}" + (f"; invalid workflows: {problems}" if problems else "")
+        note = f"{len(runs)} run(s) for {sha[:12]}" + (
+            f"; invalid workflows: {problems}" if problems else ""
+        )
         self.state.finish_delivery(delivery_id, "dispatched" if runs else "ignored", note, runs)
         for run in runs:
             stored = self.state.run(run.run_id)
             if stored is not None:
                 self._launch(stored)
 
-    async def _cancel_matching(self, delivery_id: str, repository: str, payload: Mapping[str, Any]) -> None:
-        """GitHub cancelled a run of a workflow at a commit: cancel ours of that workflow and commit."""
+    async def _cancel_matching(
+        self, delivery_id: str, repository: str, payload: Mapping[str, Any]
+    ) -> None:
+        """GitHub cancelled a run of a workflow at a commit: cancel ours of that workflow and
+        commit."""
         wanted = cancelled_workflow(payload)
         matching = [
-            run for run in self.state.runs(state="running") + self.state.runs(state="queued")
-            if wanted is not None and run.repository.lower() == repository.lower() and (run.sha, run.workflow_file) == wanted
+            run
+            for run in self.state.runs(state="running") + self.state.runs(state="queued")
+            if wanted is not None
+            and run.repository.lower() == repository.lower()
+            and (run.sha, run.workflow_file) == wanted
         ]
         cancelled = [run.run_id for run in matching if await self.cancel(run.run_id)]
-        note = f"cancelled run(s) {', '.join(cancelled)}" if cancelled else "no run of this workflow and commit was running"
+        note = (
+            f"cancelled run(s) {', '.join(cancelled)}"
+            if cancelled
+            else "no run of this workflow and commit was running"
+        )
         self.state.finish_delivery(delivery_id, "dispatched" if cancelled else "ignored", note)
 
     async def cancel(self, run_id: str) -> bool:
@@ -347,7 +419,9 @@ class Service:
 
     def _launch(self, run: ServerRun) -> None:
         assert self._group is not None
-        self._runs[run.run_id] = self._group.create_task(self._execute(run), name=f"run-{run.run_id}")
+        self._runs[run.run_id] = self._group.create_task(
+            self._execute(run), name=f"run-{run.run_id}"
+        )
 
     async def _execute(self, run: ServerRun) -> None:
         try:
@@ -363,34 +437,57 @@ class Service:
                         self.state.finish_run(run.run_id, "completed", "cancelled", "cancelled")
                         return
                     if not self.executor.detached:
-                        self.state.finish_run(run.run_id, "interrupted", "cancelled", "the server shut down during the run")
+                        self.state.finish_run(
+                            run.run_id,
+                            "interrupted",
+                            "cancelled",
+                            "the server shut down during the run",
+                        )
                     raise
-                except Exception as exc:  # VmrunnerError: a bad workflow, a failed fetch; else a bug: one run lost, not the server
+                except Exception as exc:
+                    # VmrunnerError: a bad workflow, a failed fetch; else a bug: one run lost, not
+                    # the server
                     if isinstance(exc, VmrunnerError):
                         log.warning("run %s: %s", run.run_id, exc)
                     else:
                         log.exception("run %s", run.run_id)
                     self.state.finish_run(run.run_id, "completed", "failure", str(exc))
                     self.metrics.runs.labels("failure").inc()
-                    await self.github.create_status(run.repository, run.sha, Status(
-                        "error", status_context(Path(run.workflow_file).stem, "run"), str(exc), self._target(run.run_id)))
+                    await self.github.create_status(
+                        run.repository,
+                        run.sha,
+                        Status(
+                            "error",
+                            status_context(Path(run.workflow_file).stem, "run"),
+                            str(exc),
+                            self._target(run.run_id),
+                        ),
+                    )
                 else:
                     self.state.finish_run(run.run_id, "completed", conclusion)
                 finally:
                     self._running.discard(run.run_id)
                     if run.pull_request is not None:
                         with contextlib.suppress(Exception):
-                            await asyncio.wait_for(asyncio.shield(self._update_comment(run.repository, run.pull_request)), REPORT_GRACE)
+                            await asyncio.wait_for(
+                                asyncio.shield(
+                                    self._update_comment(run.repository, run.pull_request)
+                                ),
+                                REPORT_GRACE,
+                            )
         except asyncio.CancelledError:
             if not self._cancel_requested(run.run_id):
                 raise
-            self.state.finish_run(run.run_id, "completed", "cancelled", "cancelled before it started")
+            self.state.finish_run(
+                run.run_id, "completed", "cancelled", "cancelled before it started"
+            )
         finally:
             self._runs.pop(run.run_id, None)
             self._cancelling.discard(run.run_id)
 
     def _cancel_requested(self, run_id: str) -> bool:
-        """True (and the cancellation absorbed) when ``cancel`` stopped this run's task, not a shutdown."""
+        """True (and the cancellation absorbed) when ``cancel`` stopped this run's task, not a
+        shutdown."""
         task = asyncio.current_task()
         return run_id in self._cancelling and task is not None and task.uncancel() == 0
 
@@ -408,16 +505,29 @@ class Service:
         loaded = await self.mirrors.workflows(mirror, sha)
         workflow = loaded.workflows.get(relative)
         if workflow is None:
-            raise ConfigError(f"{relative} is not a valid workflow at {sha[:12]}: {'; '.join(loaded.problems) or 'missing'}")
+            raise ConfigError(
+                f"{relative} is not a valid workflow at {sha[:12]}: "
+                f"{'; '.join(loaded.problems) or 'missing'}"
+            )
         return workflow
 
-    def _options(self, run: ServerRun, repo: RepositoryConfig, mirror: Path, payload: Mapping[str, Any]) -> RunOptions:
+    def _options(
+        self, run: ServerRun, repo: RepositoryConfig, mirror: Path, payload: Mapping[str, Any]
+    ) -> RunOptions:
         sender = payload.get("sender")
         actor = sender.get("login") if isinstance(sender, Mapping) else None
         return RunOptions(
-            event_name=run.event_name, payload=payload, secrets=dict(repo.secrets), repo_root=str(mirror),
-            commit=run.sha, repository=repo.name, sha=run.sha, ref=run.ref, run_id=run.run_id,
-            concurrent_jobs=self.config.concurrent_jobs, actor=actor if isinstance(actor, str) else "vmrunner",
+            event_name=run.event_name,
+            payload=payload,
+            secrets=dict(repo.secrets),
+            repo_root=str(mirror),
+            commit=run.sha,
+            repository=repo.name,
+            sha=run.sha,
+            ref=run.ref,
+            run_id=run.run_id,
+            concurrent_jobs=self.config.concurrent_jobs,
+            actor=actor if isinstance(actor, str) else "vmrunner",
             machine_limits=self.config.machine_limits,
             network=self.network,
         )
@@ -433,8 +543,16 @@ class Service:
         workflow = result.workflow_name or Path(run.workflow_file).stem
         for job in result.jobs:
             if job.conclusion is None:
-                await self.github.create_status(run.repository, run.sha, Status(
-                    "error", status_context(workflow, job.job_key), "interrupted: the server stopped", self._target(run.run_id)))
+                await self.github.create_status(
+                    run.repository,
+                    run.sha,
+                    Status(
+                        "error",
+                        status_context(workflow, job.job_key),
+                        "interrupted: the server stopped",
+                        self._target(run.run_id),
+                    ),
+                )
         if run.pull_request is not None:
             await self._update_comment(run.repository, run.pull_request)
 
@@ -444,8 +562,12 @@ class Service:
             return
         async with self._comment_locks.setdefault((repository, number), asyncio.Lock()):
             body = await self.executor.comment(self._latest_runs(repository, number), repository)
-            comment_id = self.state.comment_id(repository, number) or await self.github.find_comment(repository, number)
-            if comment_id is not None and await self.github.update_comment(repository, comment_id, body):
+            comment_id = self.state.comment_id(
+                repository, number
+            ) or await self.github.find_comment(repository, number)
+            if comment_id is not None and await self.github.update_comment(
+                repository, comment_id, body
+            ):
                 self.state.set_comment_id(repository, number, comment_id)
                 return
             created = await self.github.create_comment(repository, number, body)
@@ -465,7 +587,9 @@ class Service:
         stats = self.sessions.stats()
         self.metrics.machines_busy.set(stats.active)
         self.metrics.sessions_waiting.set(stats.waiting)
-        self.metrics.machines_idle.set(sum(self.pool.statistics().idle.values()) if self.pool else 0)
+        self.metrics.machines_idle.set(
+            sum(self.pool.statistics().idle.values()) if self.pool else 0
+        )
         self.metrics.github_requests.set(self.github.requests)
         self.metrics.github_failures.set(self.github.failures)
 
@@ -490,7 +614,9 @@ def cancelled_workflow(payload: Mapping[str, Any]) -> tuple[str, str] | None:
     if not isinstance(run, Mapping):
         return None
     action = payload.get("action")
-    if not (action == "cancelled" or (action == "completed" and run.get("conclusion") == "cancelled")):
+    if not (
+        action == "cancelled" or (action == "completed" and run.get("conclusion") == "cancelled")
+    ):
         return None
     workflow = payload.get("workflow")
     path = run.get("path") or (workflow.get("path") if isinstance(workflow, Mapping) else None)

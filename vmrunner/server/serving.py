@@ -65,7 +65,9 @@ class DrainingServer(uvicorn.Server):
         return service if isinstance(service, Service) else None
 
 
-def make_server(config: ServerConfig, *, log_level: str = "warning", **app_options: Any) -> DrainingServer:
+def make_server(
+    config: ServerConfig, *, log_level: str = "warning", **app_options: Any
+) -> DrainingServer:
     app = create_app(config, **app_options)
     uv_config = uvicorn.Config(
         app, host=config.host, port=config.port, log_level=log_level, lifespan="on",

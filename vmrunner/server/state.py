@@ -60,7 +60,11 @@ class ServerRun:
     note: str
 
     def to_json(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("owner_pid", "owner_start")}
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in ("owner_pid", "owner_start")
+        }
 
 
 _RUN_COLUMNS = ", ".join(f.name for f in fields(ServerRun))
@@ -68,7 +72,8 @@ _DELIVERY_COLUMNS = ", ".join(f.name for f in fields(Delivery))
 
 
 class ServerState:
-    """Deliveries, queued runs and owned comments; ``ServerState.open(path)``, used from one thread."""
+    """Deliveries, queued runs and owned comments; ``ServerState.open(path)``, used from one
+    thread."""
 
     def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
         self._db = connection
@@ -77,7 +82,9 @@ class ServerState:
 
     @classmethod
     def open(cls, path: str | Path | None = None) -> ServerState:
-        connection, target = connect(path, "wal_autocheckpoint = 0")  # ``checkpoint()`` does it, off the event loop
+        connection, target = connect(
+            path, "wal_autocheckpoint = 0"
+        )  # ``checkpoint()`` does it, off the event loop
         return cls(connection, target)
 
     def close(self) -> None:
@@ -93,7 +100,12 @@ class ServerState:
         """
         try:
             if self._checkpointer is None:
-                self._checkpointer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
+                self._checkpointer = sqlite3.connect(
+                    self.path,
+                    isolation_level=None,
+                    check_same_thread=False,
+                    timeout=BUSY_TIMEOUT_MS / 1000,
+                )
             self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot checkpoint: {exc}") from exc
@@ -106,7 +118,15 @@ class ServerState:
 
     # Deliveries
 
-    def add_delivery(self, delivery_id: str, event: str, repository: str, payload: bytes | str, status: DeliveryStatus, note: str = "") -> bool:
+    def add_delivery(
+        self,
+        delivery_id: str,
+        event: str,
+        repository: str,
+        payload: bytes | str,
+        status: DeliveryStatus,
+        note: str = "",
+    ) -> bool:
         """Record a delivery; False when this id was seen before (a redelivery).
 
         A redelivery of one that ``failed`` (say the clone failed) is taken afresh: redelivering
@@ -123,21 +143,36 @@ class ServerState:
             )
             return cursor.rowcount == 1
 
-    def finish_delivery(self, delivery_id: str, status: DeliveryStatus, note: str, runs: Sequence[ServerRun] = ()) -> None:
-        """Mark a delivery handled and queue its runs, in one transaction (payload dropped if no run needs it)."""
+    def finish_delivery(
+        self, delivery_id: str, status: DeliveryStatus, note: str, runs: Sequence[ServerRun] = ()
+    ) -> None:
+        """Mark a delivery handled and queue its runs, in one transaction (payload dropped if no run
+        needs it)."""
         with self._write("queue runs") as db:
             for run in runs:
                 values = [getattr(run, f.name) for f in fields(ServerRun)][1:]
-                db.execute(f"INSERT INTO server_runs ({_RUN_COLUMNS.split(', ', 1)[1]}) VALUES ({', '.join('?' * len(values))})", values)
+                db.execute(
+                    f"INSERT INTO server_runs ({_RUN_COLUMNS.split(', ', 1)[1]}) VALUES "
+                    f"({', '.join('?' * len(values))})",
+                    values,
+                )
             keep = "payload" if runs else "'{}'"
-            db.execute(f"UPDATE server_deliveries SET status = ?, note = ?, payload = {keep} WHERE id = ?", (status, note, delivery_id))
+            db.execute(
+                f"UPDATE server_deliveries SET status = ?, note = ?, payload = {keep} WHERE id = ?",
+                (status, note, delivery_id),
+            )
 
     def delivery(self, delivery_id: str) -> Delivery | None:
-        rows = self._read(f"SELECT {_DELIVERY_COLUMNS} FROM server_deliveries WHERE id = ?", (delivery_id,))
+        rows = self._read(
+            f"SELECT {_DELIVERY_COLUMNS} FROM server_deliveries WHERE id = ?", (delivery_id,)
+        )
         return Delivery(*rows[0]) if rows else None
 
     def pending_deliveries(self) -> list[Delivery]:
-        rows = self._read(f"SELECT {_DELIVERY_COLUMNS} FROM server_deliveries WHERE status = 'received' ORDER BY received_at")
+        rows = self._read(
+            f"SELECT {_DELIVERY_COLUMNS} FROM server_deliveries WHERE status = 'received' ORDER "
+            f"BY received_at"
+        )
         return [Delivery(*row) for row in rows]
 
     def payload(self, delivery_id: str) -> Mapping[str, Any]:
@@ -147,7 +182,13 @@ class ServerState:
 
     # Runs
 
-    def runs(self, *, state: RunState | None = None, delivery_id: str | None = None, limit: int | None = None) -> list[ServerRun]:
+    def runs(
+        self,
+        *,
+        state: RunState | None = None,
+        delivery_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[ServerRun]:
         where: list[str] = []
         params: list[Any] = []
         if state is not None:
@@ -170,7 +211,8 @@ class ServerState:
 
     def pull_request_runs(self, repository: str, number: int) -> list[ServerRun]:
         rows = self._read(
-            f"SELECT {_RUN_COLUMNS} FROM server_runs WHERE repository = ? AND pull_request = ? ORDER BY seq",
+            f"SELECT {_RUN_COLUMNS} FROM server_runs WHERE repository = ? AND pull_request = ? "
+            f"ORDER BY seq",
             (repository, number),
         )
         return [ServerRun(*row) for row in rows]
@@ -178,33 +220,50 @@ class ServerState:
     def start_run(self, run_id: str, owner: Owner) -> None:
         with self._write("start a run") as db:
             db.execute(
-                "UPDATE server_runs SET state = 'running', started_at = ?, owner_pid = ?, owner_start = ? WHERE run_id = ?",
+                "UPDATE server_runs SET state = 'running', started_at = ?, owner_pid = ?, "
+                "owner_start = ? WHERE run_id = ?",
                 (time.time(), owner.pid, owner.start, run_id),
             )
 
-    def finish_run(self, run_id: str, state: RunState, conclusion: str | None, note: str = "") -> None:
+    def finish_run(
+        self, run_id: str, state: RunState, conclusion: str | None, note: str = ""
+    ) -> None:
         with self._write("finish a run") as db:
             db.execute(
-                "UPDATE server_runs SET state = ?, conclusion = ?, finished_at = ?, note = ? WHERE run_id = ?",
+                "UPDATE server_runs SET state = ?, conclusion = ?, finished_at = ?, note = ? "
+                "WHERE run_id = ?",
                 (state, conclusion, time.time(), note, run_id),
             )
 
     def interrupt_orphans(self) -> list[ServerRun]:
         """Mark ``interrupted`` every running run whose server process is gone; those runs."""
-        orphans = [run for run in self.runs(state="running") if not Owner(run.owner_pid or 0, run.owner_start).alive()]
+        orphans = [
+            run
+            for run in self.runs(state="running")
+            if not Owner(run.owner_pid or 0, run.owner_start).alive()
+        ]
         for run in orphans:
-            self.finish_run(run.run_id, "interrupted", "interrupted", f"the server (pid {run.owner_pid}) stopped during the run")
+            self.finish_run(
+                run.run_id,
+                "interrupted",
+                "interrupted",
+                f"the server (pid {run.owner_pid}) stopped during the run",
+            )
         return orphans
 
     # Comments
 
     def comment_id(self, repository: str, number: int) -> int | None:
-        rows = self._read("SELECT comment_id FROM server_comments WHERE repository = ? AND pull_request = ?", (repository, number))
+        rows = self._read(
+            "SELECT comment_id FROM server_comments WHERE repository = ? AND pull_request = ?",
+            (repository, number),
+        )
         return int(rows[0][0]) if rows else None
 
     def set_comment_id(self, repository: str, number: int, comment_id: int) -> None:
         with self._write("remember a comment") as db:
             db.execute(
-                "INSERT INTO server_comments VALUES (?,?,?) ON CONFLICT (repository, pull_request) DO UPDATE SET comment_id = excluded.comment_id",
+                "INSERT INTO server_comments VALUES (?,?,?) ON CONFLICT (repository, "
+                "pull_request) DO UPDATE SET comment_id = excluded.comment_id",
                 (repository, number, comment_id),
             )

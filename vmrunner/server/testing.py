@@ -52,7 +52,9 @@ async def serve_app(app: Any) -> AsyncIterator[str]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = _QuietServer(uvicorn.Config(app, log_level="warning", lifespan="auto", access_log=False))
+    server = _QuietServer(
+        uvicorn.Config(app, log_level="warning", lifespan="auto", access_log=False)
+    )
     task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
     try:
         while not server.started:
@@ -70,7 +72,8 @@ async def serve_app(app: Any) -> AsyncIterator[str]:
 
 @dataclass
 class FakeGitHub:
-    """A fake api.github.com; ``token`` is the one token it accepts, ``app_public_key`` (PEM) enables App auth."""
+    """A fake api.github.com; ``token`` is the one token it accepts, ``app_public_key`` (PEM)
+    enables App auth."""
 
     token: str = "ghs_test_token"
     app_id: str = ""
@@ -86,9 +89,21 @@ class FakeGitHub:
         self._ids = itertools.count(1001)
         routes = [
             Route("/repos/{owner}/{repo}/statuses/{sha}", self._status, methods=["POST"]),
-            Route("/repos/{owner}/{repo}/issues/{number:int}/comments", self._comments, methods=["GET", "POST"]),
-            Route("/repos/{owner}/{repo}/issues/comments/{comment_id:int}", self._update, methods=["PATCH"]),
-            Route("/app/installations/{installation}/access_tokens", self._installation_token, methods=["POST"]),
+            Route(
+                "/repos/{owner}/{repo}/issues/{number:int}/comments",
+                self._comments,
+                methods=["GET", "POST"],
+            ),
+            Route(
+                "/repos/{owner}/{repo}/issues/comments/{comment_id:int}",
+                self._update,
+                methods=["PATCH"],
+            ),
+            Route(
+                "/app/installations/{installation}/access_tokens",
+                self._installation_token,
+                methods=["POST"],
+            ),
         ]
         self.app = Starlette(routes=[Mount(self.prefix, routes=routes)] if self.prefix else routes)
 
@@ -103,7 +118,10 @@ class FakeGitHub:
 
     def _reject(self, status: int, message: str) -> JSONResponse:
         self.rejected.append((status, message))
-        return JSONResponse({"message": message, "documentation_url": "https://docs.github.com/rest"}, status_code=status)
+        return JSONResponse(
+            {"message": message, "documentation_url": "https://docs.github.com/rest"},
+            status_code=status,
+        )
 
     def _authorized(self, request: Request) -> bool:
         header = request.headers.get("authorization", "")
@@ -135,7 +153,14 @@ class FakeGitHub:
         if len(data.get("description") or "") > 140:
             return self._reject(422, "description is too long (maximum is 140 characters)")
         self.calls.append(Call("POST", request.url.path, data))
-        return JSONResponse({"id": next(self._ids), "state": data["state"], "context": data.get("context", "default")}, status_code=201)
+        return JSONResponse(
+            {
+                "id": next(self._ids),
+                "state": data["state"],
+                "context": data.get("context", "default"),
+            },
+            status_code=201,
+        )
 
     async def _comments(self, request: Request) -> JSONResponse:
         if not self._authorized(request):
@@ -173,7 +198,10 @@ class FakeGitHub:
             claims = jwt.decode(value, self.app_public_key, algorithms=["RS256"])
         except jwt.PyJWTError as exc:
             return self._reject(401, f"A JSON web token could not be decoded: {exc}")
-        if str(claims.get("iss")) != self.app_id or claims.get("exp", 0) - claims.get("iat", 0) > 600:
+        if (
+            str(claims.get("iss")) != self.app_id
+            or claims.get("exp", 0) - claims.get("iat", 0) > 600
+        ):
             return self._reject(401, "'Issuer' claim ('iss') or expiry is invalid")
         self.calls.append(Call("POST", request.url.path, None))
         expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))

@@ -185,7 +185,9 @@ def _parse_item(item: str, field: _Field) -> range:
     step = 1
     if slash:
         if not step_text.isdecimal() or int(step_text) < 1:
-            raise _CronInvalid(f"the step after / must be a whole number of at least 1, got {step_text!r}")
+            raise _CronInvalid(
+                f"the step after / must be a whole number of at least 1, got {step_text!r}"
+            )
         step = int(step_text)
     if base == "*":
         return range(field.low, field.high + 1, step)

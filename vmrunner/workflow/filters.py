@@ -65,7 +65,8 @@ def _translate_set(body: str, start: int) -> str:
             high = body[i + 2]
             if not (_is_set_member(high) and _same_class(char, high) and char <= high):
                 raise _Invalid(
-                    f"invalid range {char}-{high} in [...]: ranges go upwards within a-z, A-Z or 0-9"
+                    f"invalid range {char}-{high} in [...]: ranges go upwards within a-z, A-Z or "
+                    f"0-9"
                 )
             out.append(f"{char}-{high}")
             i += 3
@@ -76,7 +77,8 @@ def _translate_set(body: str, start: int) -> str:
 
 
 def _translate(pattern: str, offset: int = 0) -> str:
-    """The regex for ``pattern`` (its ``!`` removed, ``offset`` characters in), or raise ``_Invalid``."""
+    """The regex for ``pattern`` (its ``!`` removed, ``offset`` characters in), or raise
+    ``_Invalid``."""
     if not pattern:
         raise _Invalid("empty pattern")
     out: list[str] = []

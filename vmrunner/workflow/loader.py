@@ -41,9 +41,15 @@ def load_workflow(path: str | os.PathLike[str]) -> Workflow:
     try:
         text = FilePath(name).read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise WorkflowError(Diagnostic(name, 0, 0, f"the file is not valid UTF-8 text ({exc.reason} at byte {exc.start})")) from exc
+        raise WorkflowError(
+            Diagnostic(
+                name, 0, 0, f"the file is not valid UTF-8 text ({exc.reason} at byte {exc.start})"
+            )
+        ) from exc
     except OSError as exc:
-        raise WorkflowError(Diagnostic(name, 0, 0, f"cannot read the file: {exc.strerror or exc}")) from exc
+        raise WorkflowError(
+            Diagnostic(name, 0, 0, f"cannot read the file: {exc.strerror or exc}")
+        ) from exc
     return load_workflow_text(text, name)
 
 
@@ -130,7 +136,9 @@ class _ModelBuilder:
         self.problems: list[Finding] = list(findings)
 
     def add(self, problems: list[Problem]) -> None:
-        self.problems.extend(Finding(p.path, p.message, at_key=p.message.startswith("unknown key")) for p in problems)
+        self.problems.extend(
+            Finding(p.path, p.message, at_key=p.message.startswith("unknown key")) for p in problems
+        )
 
     def workflow(self) -> Workflow:
         from vmrunner.workflow.triggers import parse_on
@@ -161,8 +169,17 @@ class _ModelBuilder:
 
     def concurrency(self, value: Any, path: tuple[str, ...]) -> Concurrency | None:
         concurrency = _concurrency(value)
-        if concurrency is not None and concurrency.queue == "max" and concurrency.cancel_in_progress is True:
-            self.problems.append(Finding((*path, "queue"), "queue: max waits its turn, so it cannot go with cancel-in-progress: true"))
+        if (
+            concurrency is not None
+            and concurrency.queue == "max"
+            and concurrency.cancel_in_progress is True
+        ):
+            self.problems.append(
+                Finding(
+                    (*path, "queue"),
+                    "queue: max waits its turn, so it cannot go with cancel-in-progress: true",
+                )
+            )
         return concurrency
 
     def job(self, job_id: str, raw: dict[str, Any]) -> Job:
@@ -187,9 +204,13 @@ class _ModelBuilder:
             defaults=_defaults(raw.get("defaults")),
             timeout_minutes=_minutes(raw.get("timeout-minutes")),
             continue_on_error=_flag(raw.get("continue-on-error")),
-            outputs=frozen_map({k: _text(v) or "" for k, v in _mapping(raw.get("outputs")).items()}),
+            outputs=frozen_map(
+                {k: _text(v) or "" for k, v in _mapping(raw.get("outputs")).items()}
+            ),
             steps=tuple(
-                _step(index, step) for index, step in enumerate(_list(steps)) if isinstance(step, dict)
+                _step(index, step)
+                for index, step in enumerate(_list(steps))
+                if isinstance(step, dict)
             ),
             services=frozen_map({k: _container(v) for k, v in _mapping(services).items()}),
             container=_container(raw["container"]) if raw.get("container") is not None else None,
@@ -198,7 +219,9 @@ class _ModelBuilder:
             permissions=_permissions(raw.get("permissions")),
             uses=_text(raw.get("uses")),
             with_=_env(raw.get("with")),
-            secrets="inherit" if secrets == "inherit" else (frozen_map(secrets) if isinstance(secrets, dict) else None),
+            secrets="inherit"
+            if secrets == "inherit"
+            else (frozen_map(secrets) if isinstance(secrets, dict) else None),
         )
 
 
@@ -239,7 +262,8 @@ def _text(value: Any) -> str | None:
 
 
 def _condition(value: Any) -> str | None:
-    """``if:`` as expression text; ``None`` when absent (literal booleans become ``true``/``false``)."""
+    """``if:`` as expression text; ``None`` when absent (literal booleans become
+    ``true``/``false``)."""
     return _text(value)
 
 
@@ -261,7 +285,9 @@ def _defaults(value: Any) -> Defaults:
     run = value.get("run") if isinstance(value, dict) else None
     if not isinstance(run, dict):
         return Defaults()
-    return Defaults(shell=_text(run.get("shell")), working_directory=_text(run.get("working-directory")))
+    return Defaults(
+        shell=_text(run.get("shell")), working_directory=_text(run.get("working-directory"))
+    )
 
 
 def _permissions(value: Any) -> Mapping[str, str] | str | None:
@@ -276,7 +302,11 @@ def _concurrency(value: Any) -> Concurrency | None:
     if isinstance(value, dict) and value.get("group") is not None:
         cancel = value.get("cancel-in-progress", False)
         queue = "max" if value.get("queue") == "max" else "single"
-        return Concurrency(group=str(value["group"]), cancel_in_progress=cancel if isinstance(cancel, bool | str) else False, queue=queue)
+        return Concurrency(
+            group=str(value["group"]),
+            cancel_in_progress=cancel if isinstance(cancel, bool | str) else False,
+            queue=queue,
+        )
     return None
 
 
@@ -298,7 +328,9 @@ def _container(value: Any) -> Container:
         ports=tuple(str(p) for p in _list(value.get("ports"))),
         volumes=tuple(str(v) for v in _list(value.get("volumes"))),
         options=_text(value.get("options")),
-        credentials=frozen_map({k: str(v) for k, v in credentials.items()}) if isinstance(credentials, dict) else None,
+        credentials=frozen_map({k: str(v) for k, v in credentials.items()})
+        if isinstance(credentials, dict)
+        else None,
         entrypoint=_text(value.get("entrypoint")),
         command=_text(value.get("command")),
     )

@@ -55,29 +55,61 @@ def parse_strategy(raw: Any, path: Path) -> tuple[Strategy, list[Problem]]:
     problems: list[Problem] = []
     if not isinstance(raw, dict):
         hint = "; use expressions inside it instead" if _is_expression(raw) else ""
-        problems.append(Problem(path, f"strategy must be a map (matrix, fail-fast, max-parallel), got {kind_of_value(raw)}{hint}"))
+        problems.append(
+            Problem(
+                path,
+                f"strategy must be a map (matrix, fail-fast, max-parallel), got "
+                f"{kind_of_value(raw)}{hint}",
+            )
+        )
         return Strategy(), problems
     for key in raw:
         if key not in _STRATEGY_KEYS:
-            problems.append(Problem((*path, str(key)), f"unknown key {key!r} in strategy; expected one of: {', '.join(_STRATEGY_KEYS)}"))
+            problems.append(
+                Problem(
+                    (*path, str(key)),
+                    f"unknown key {key!r} in strategy; "
+                    f"expected one of: {', '.join(_STRATEGY_KEYS)}",
+                )
+            )
     fail_fast = raw.get("fail-fast", True)
     if not isinstance(fail_fast, bool) and not _is_expression(fail_fast):
-        problems.append(Problem((*path, "fail-fast"), f"fail-fast must be true, false or an expression, got {kind_of_value(fail_fast)}"))
+        problems.append(
+            Problem(
+                (*path, "fail-fast"),
+                f"fail-fast must be true, false or an expression, got {kind_of_value(fail_fast)}",
+            )
+        )
         fail_fast = True
     max_parallel = raw.get("max-parallel")
     if max_parallel is not None and not _is_expression(max_parallel):
         max_parallel = _whole_number(max_parallel)
         if max_parallel is None or max_parallel < 1:
-            problems.append(Problem((*path, "max-parallel"), f"max-parallel must be a whole number of at least 1, got {raw['max-parallel']!r}"))
+            problems.append(
+                Problem(
+                    (*path, "max-parallel"),
+                    f"max-parallel must be a whole number of at least 1, got "
+                    f"{raw['max-parallel']!r}",
+                )
+            )
             max_parallel = None
     matrix = raw.get("matrix")
     if "matrix" in raw:
         if _is_expression(matrix):
             pass
         elif isinstance(matrix, dict):
-            problems += [Problem((*path, "matrix", *where), message) for where, message in _matrix_problems(matrix, concrete=False)]
+            problems += [
+                Problem((*path, "matrix", *where), message)
+                for where, message in _matrix_problems(matrix, concrete=False)
+            ]
         else:
-            problems.append(Problem((*path, "matrix"), f"matrix must be a map of variables to lists of values, or an expression, got {kind_of_value(matrix)}"))
+            problems.append(
+                Problem(
+                    (*path, "matrix"),
+                    f"matrix must be a map of variables to lists of values, or an expression, got "
+                    f"{kind_of_value(matrix)}",
+                )
+            )
             matrix = None
     return Strategy(matrix, fail_fast, max_parallel), problems
 
@@ -109,30 +141,58 @@ def _matrix_problems(matrix: Mapping[Any, Any], *, concrete: bool) -> list[tuple
     vectors = 0
     for key, value in matrix.items():
         if not isinstance(key, str) or not key:
-            problems.append(((str(key),), f"matrix variable names must be non-empty strings, got {key!r}"))
+            problems.append(
+                ((str(key),), f"matrix variable names must be non-empty strings, got {key!r}")
+            )
             continue
         if key in _FILTERS:
             if allowed_expression(value, (key,)):
                 continue
             if not isinstance(value, list):
-                problems.append(((key,), f"{key} must be a list of maps, got {kind_of_value(value)}"))
+                problems.append(
+                    ((key,), f"{key} must be a list of maps, got {kind_of_value(value)}")
+                )
                 continue
             for index, entry in enumerate(value):
                 if isinstance(entry, dict):
-                    problems += [((key, index, str(name)), f"{key} keys must be non-empty strings, got {name!r}") for name in entry if not isinstance(name, str) or not name]
+                    problems += [
+                        (
+                            (key, index, str(name)),
+                            f"{key} keys must be non-empty strings, got {name!r}",
+                        )
+                        for name in entry
+                        if not isinstance(name, str) or not name
+                    ]
                 elif not allowed_expression(entry, (key, index)):
-                    problems.append(((key, index), f"{key} entries must be maps of variable to value, got {kind_of_value(entry)}"))
+                    problems.append(
+                        (
+                            (key, index),
+                            f"{key} entries must be maps of variable to value, got "
+                            f"{kind_of_value(entry)}",
+                        )
+                    )
             continue
         folded = key.lower()
         if folded in seen:
-            problems.append(((key,), f"matrix variable {key!r} repeats {seen[folded]!r} (names are case-insensitive)"))
+            problems.append(
+                (
+                    (key,),
+                    f"matrix variable {key!r} repeats {seen[folded]!r} "
+                    "(names are case-insensitive)",
+                )
+            )
             continue
         seen[folded] = key
         vectors += 1
         if allowed_expression(value, (key,)):
             continue
         if not isinstance(value, list):
-            problems.append(((key,), f"matrix variable {key!r} must be a list of values, got {kind_of_value(value)}"))
+            problems.append(
+                (
+                    (key,),
+                    f"matrix variable {key!r} must be a list of values, got {kind_of_value(value)}",
+                )
+            )
         elif not value:
             problems.append(((key,), f"matrix variable {key!r} has no values"))
     if not vectors and not matrix.get("include"):
@@ -142,8 +202,17 @@ def _matrix_problems(matrix: Mapping[Any, Any], *, concrete: bool) -> list[tuple
         for index, entry in enumerate(exclude):
             if isinstance(entry, dict):
                 for key in entry:
-                    if isinstance(key, str) and key.lower() not in seen and key.lower() not in _FILTERS:
-                        problems.append((("exclude", index, key), f"exclude key {key!r} is not a matrix variable"))
+                    if (
+                        isinstance(key, str)
+                        and key.lower() not in seen
+                        and key.lower() not in _FILTERS
+                    ):
+                        problems.append(
+                            (
+                                ("exclude", index, key),
+                                f"exclude key {key!r} is not a matrix variable",
+                            )
+                        )
     return problems
 
 
@@ -157,7 +226,12 @@ def expand_matrix(matrix: Mapping[str, Any]) -> list[dict[str, Any]]:
         _fail(f"matrix must be a map, got {kind_of_value(matrix)}")
     problems = _matrix_problems(matrix, concrete=True)
     if problems:
-        raise MatrixError([Diagnostic("", 0, 0, f"{dotted(('matrix', *where))}: {message}") for where, message in problems])
+        raise MatrixError(
+            [
+                Diagnostic("", 0, 0, f"{dotted(('matrix', *where))}: {message}")
+                for where, message in problems
+            ]
+        )
     vectors = {key: value for key, value in matrix.items() if key not in _FILTERS}
     originals = _product_without_excludes(vectors, matrix.get("exclude") or [])
     original_keys = {key.lower() for key in vectors}
@@ -174,7 +248,10 @@ def expand_matrix(matrix: Mapping[str, Any]) -> list[dict[str, Any]]:
     if not combinations:
         _fail("matrix expands to no combination: every combination is excluded")
     if len(combinations) > MAX_COMBINATIONS:
-        _fail(f"matrix expands to {len(combinations)} combinations; GitHub allows at most {MAX_COMBINATIONS}")
+        _fail(
+            f"matrix expands to {len(combinations)} combinations; GitHub allows at most "
+            f"{MAX_COMBINATIONS}"
+        )
     return combinations
 
 
@@ -182,12 +259,17 @@ def _fail(message: str) -> NoReturn:
     raise MatrixError(Diagnostic("", 0, 0, message))
 
 
-def _product_without_excludes(vectors: Mapping[str, list[Any]], exclude: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def _product_without_excludes(
+    vectors: Mapping[str, list[Any]], exclude: list[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
     if not vectors:
         return []
     size = math.prod(len(values) for values in vectors.values())
     if size > _MAX_PRODUCT:
-        _fail(f"matrix has {size} combinations before exclude; GitHub allows at most {MAX_COMBINATIONS}")
+        _fail(
+            f"matrix has {size} combinations before exclude; GitHub allows at most "
+            f"{MAX_COMBINATIONS}"
+        )
     keys = list(vectors)
     kept: list[dict[str, Any]] = []
     for values in itertools.product(*vectors.values()):
@@ -223,7 +305,9 @@ def _contains(combination: Mapping[str, Any], entry: Mapping[str, Any]) -> bool:
     return True
 
 
-def _fits(entry: Mapping[str, Any], combination: Mapping[str, Any], original_keys: set[str]) -> bool:
+def _fits(
+    entry: Mapping[str, Any], combination: Mapping[str, Any], original_keys: set[str]
+) -> bool:
     """Whether ``entry`` can merge into ``combination`` without changing an original value."""
     for key, value in entry.items():
         if key.lower() in original_keys:
@@ -248,9 +332,15 @@ def json_equal(left: Any, right: Any) -> bool:
     if isinstance(left, int | float) and isinstance(right, int | float):
         return left == right
     if isinstance(left, list) and isinstance(right, list):
-        return len(left) == len(right) and all(json_equal(a, b) for a, b in zip(left, right, strict=True))
+        return len(left) == len(right) and all(
+            json_equal(a, b) for a, b in zip(left, right, strict=True)
+        )
     if isinstance(left, Mapping) and isinstance(right, Mapping):
-        return left.keys() == right.keys() and all(json_equal(left[key], right[key]) for key in left)
-    if isinstance(left, list | Mapping | int | float) or isinstance(right, list | Mapping | int | float):
+        return left.keys() == right.keys() and all(
+            json_equal(left[key], right[key]) for key in left
+        )
+    if isinstance(left, list | Mapping | int | float) or isinstance(
+        right, list | Mapping | int | float
+    ):
         return False
     return bool(left == right)

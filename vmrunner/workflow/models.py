@@ -71,7 +71,10 @@ class RunsOn:
             labels = value.get("labels")
             group = value.get("group")
             found = (labels,) if isinstance(labels, str) else tuple(labels or ())
-            return cls(labels=tuple(str(label) for label in found), group=None if group is None else str(group))
+            return cls(
+                labels=tuple(str(label) for label in found),
+                group=None if group is None else str(group),
+            )
         return cls()
 
     def __str__(self) -> str:

@@ -21,7 +21,9 @@ def needs_path(workflow: Workflow, job_id: str, index: int) -> Path:
     """The path of one entry of a job's ``needs`` (a list entry, or the single string)."""
     raw = workflow.source.value.get("jobs", {}).get(job_id) if workflow.source else None
     written = raw.get("needs") if isinstance(raw, dict) else None
-    return ("jobs", job_id, "needs", index) if isinstance(written, list) else ("jobs", job_id, "needs")
+    return (
+        ("jobs", job_id, "needs", index) if isinstance(written, list) else ("jobs", job_id, "needs")
+    )
 
 
 def graph_problems(workflow: Workflow) -> list[Problem]:
@@ -33,13 +35,22 @@ def graph_problems(workflow: Workflow) -> list[Problem]:
             if needed not in jobs:
                 known = ", ".join(jobs)
                 problems.append(
-                    Problem(needs_path(workflow, job_id, index), f"job '{job_id}' needs unknown job '{needed}' (jobs in this workflow: {known})")
+                    Problem(
+                        needs_path(workflow, job_id, index),
+                        f"job '{job_id}' needs unknown job '{needed}' (jobs in this workflow: "
+                        f"{known})",
+                    )
                 )
     for cycle in _cycles({job_id: job.needs for job_id, job in jobs.items()}):
         first, second = cycle[0], cycle[1]
         index = jobs[first].needs.index(second)
         arrows = " -> ".join(cycle)
-        problems.append(Problem(needs_path(workflow, first, index), f"jobs depend on each other in a cycle: {arrows}"))
+        problems.append(
+            Problem(
+                needs_path(workflow, first, index),
+                f"jobs depend on each other in a cycle: {arrows}",
+            )
+        )
     return problems
 
 
@@ -154,7 +165,12 @@ def plan(workflow: Workflow, *, jobs: Collection[str] | None = None) -> Plan:
         if unknown:
             names = ", ".join(f"'{j}'" for j in unknown)
             raise PlanError(
-                Diagnostic(workflow.path, 0, 0, f"no job {names} in this workflow (jobs: {', '.join(needs)})")
+                Diagnostic(
+                    workflow.path,
+                    0,
+                    0,
+                    f"no job {names} in this workflow (jobs: {', '.join(needs)})",
+                )
             )
         selected = set()
         pending = list(jobs)

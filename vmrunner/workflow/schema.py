@@ -83,7 +83,11 @@ class Rule:
         if self.allowed:
             words = ["one of: " + ", ".join(self.allowed)]
         else:
-            words = [_KIND_WORDS[k] for k in ("string", "number", "boolean", "mapping", "sequence") if k in self.kinds]
+            words = [
+                _KIND_WORDS[k]
+                for k in ("string", "number", "boolean", "mapping", "sequence")
+                if k in self.kinds
+            ]
             words = words or [_KIND_WORDS["null"]]
         if expression:
             words.append("an expression")
@@ -94,7 +98,9 @@ def rule(*kinds: str, **options: Any) -> Rule:
     return Rule(frozenset(kinds), **options)
 
 
-def mapping(properties: Mapping[str, Rule], *, required: tuple[str, ...] = (), **options: Any) -> Rule:
+def mapping(
+    properties: Mapping[str, Rule], *, required: tuple[str, ...] = (), **options: Any
+) -> Rule:
     return rule("mapping", properties=properties, required=required, **options)
 
 
@@ -118,9 +124,23 @@ PERMISSIONS = rule(
     properties={
         scope: rule("string", allowed=_LEVEL)
         for scope in (
-            "actions", "artifact-metadata", "attestations", "checks", "contents", "copilot-requests",
-            "deployments", "discussions", "id-token", "issues", "models", "packages", "pages",
-            "pull-requests", "repository-projects", "security-events", "statuses",
+            "actions",
+            "artifact-metadata",
+            "attestations",
+            "checks",
+            "contents",
+            "copilot-requests",
+            "deployments",
+            "discussions",
+            "id-token",
+            "issues",
+            "models",
+            "packages",
+            "pages",
+            "pull-requests",
+            "repository-projects",
+            "security-events",
+            "statuses",
             "vulnerability-alerts",
         )
     },
@@ -140,7 +160,12 @@ _CONTAINER = {
     "volumes": STRING_LIST,
     "credentials": CREDENTIALS_RULE,
 }
-SERVICE = rule("string", "mapping", non_empty=True, properties={**_CONTAINER, "entrypoint": STRING, "command": STRING})
+SERVICE = rule(
+    "string",
+    "mapping",
+    non_empty=True,
+    properties={**_CONTAINER, "entrypoint": STRING, "command": STRING},
+)
 
 WORKFLOW_RULE = mapping(
     {
@@ -151,7 +176,9 @@ WORKFLOW_RULE = mapping(
         "defaults": mapping({"run": DEFAULTS_RUN}),
         "env": strings(context=WORKFLOW_ENV),
         "permissions": PERMISSIONS,
-        "concurrency": rule("string", "mapping", properties=CONCURRENCY_MAP, required=("group",), context=WORKFLOW),
+        "concurrency": rule(
+            "string", "mapping", properties=CONCURRENCY_MAP, required=("group",), context=WORKFLOW
+        ),
         "jobs": rule("mapping", values=ANY),
     },
     required=("on", "jobs"),
@@ -163,13 +190,27 @@ _JOB_COMMON = {
     "if": rule("string", "boolean", "number", "null", context=JOB_IF, condition=True),
     "strategy": rule("any", context=NEEDS),
     "permissions": PERMISSIONS,
-    "concurrency": rule("string", "mapping", properties=CONCURRENCY_MAP, required=("group",), non_empty=True, context=STRATEGY),
+    "concurrency": rule(
+        "string",
+        "mapping",
+        properties=CONCURRENCY_MAP,
+        required=("group",),
+        non_empty=True,
+        context=STRATEGY,
+    ),
 }
 STEPS_JOB = mapping(
     {
         **_JOB_COMMON,
-        "runs-on": rule("string", "sequence", "mapping", items=TEXT, non_empty=True, context=STRATEGY,
-                        properties={"group": TEXT, "labels": ONE_OR_MORE}),
+        "runs-on": rule(
+            "string",
+            "sequence",
+            "mapping",
+            items=TEXT,
+            non_empty=True,
+            context=STRATEGY,
+            properties={"group": TEXT, "labels": ONE_OR_MORE},
+        ),
         "timeout-minutes": rule("number", context=STRATEGY),
         "cancel-timeout-minutes": rule("number", context=STRATEGY),
         "continue-on-error": rule("boolean", context=STRATEGY),
@@ -179,15 +220,27 @@ STEPS_JOB = mapping(
         "environment": rule(
             "string",
             "mapping",
-            properties={"name": STRING, "url": rule("string", context=RUNNER_NO_SECRETS), "deployment": BOOLEAN},
+            properties={
+                "name": STRING,
+                "url": rule("string", context=RUNNER_NO_SECRETS),
+                "deployment": BOOLEAN,
+            },
             required=("name",),
             context=STRATEGY,
         ),
         "outputs": rule("mapping", values=rule("string", "number", "boolean"), context=RUNNER),
         "defaults": mapping({"run": mapping(DEFAULTS_RUN.properties or {}, context=JOB_DEFAULTS)}),
         "steps": rule("sequence"),
-        "snapshot": rule("string", "mapping", non_empty=True,
-                         properties={"image-name": TEXT, "if": rule("string", context=STRATEGY, condition=True), "version": TEXT}),
+        "snapshot": rule(
+            "string",
+            "mapping",
+            non_empty=True,
+            properties={
+                "image-name": TEXT,
+                "if": rule("string", context=STRATEGY, condition=True),
+                "version": TEXT,
+            },
+        ),
     },
     required=("runs-on",),
 )
@@ -195,9 +248,16 @@ CALL_JOB = mapping(
     {
         **_JOB_COMMON,
         "uses": TEXT,
-        "with": rule("mapping", values=rule("string", "number", "boolean", "null"), context=STRATEGY),
-        "secrets": rule("string", "mapping", allowed=("inherit",), values=rule("string", "number", "boolean"),
-                        context=CALL_SECRETS),
+        "with": rule(
+            "mapping", values=rule("string", "number", "boolean", "null"), context=STRATEGY
+        ),
+        "secrets": rule(
+            "string",
+            "mapping",
+            allowed=("inherit",),
+            values=rule("string", "number", "boolean"),
+            context=CALL_SECRETS,
+        ),
     }
 )
 _STEP_COMMON = {
@@ -219,7 +279,9 @@ IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 #: ``uses:`` of a step: a local action, a Docker image, or OWNER/REPO[/PATH]@REF.
 _ACTION = re.compile(r"\./\S*|docker://\S+|[^/@\s]+/[^@\s]+@[^@\s]+")
 #: ``uses:`` of a job: a reusable workflow in this repository or in another one at a ref.
-_REUSABLE = re.compile(r"\./\.github/workflows/[^@\s]+\.ya?ml|[^/@\s]+/[^/@\s]+/\.github/workflows/[^@\s]+\.ya?ml@[^@\s]+")
+_REUSABLE = re.compile(
+    r"\./\.github/workflows/[^@\s]+\.ya?ml|[^/@\s]+/[^/@\s]+/\.github/workflows/[^@\s]+\.ya?ml@[^@\s]+"
+)
 _INSERT = re.compile(r"\$\{\{\s*insert\s*\}\}")
 
 
@@ -238,7 +300,9 @@ def has_expression(text: str) -> bool:
     return "${{" in text
 
 
-def check_expression_text(text: str, context: Context, *, condition: bool) -> list[ExpressionProblem]:
+def check_expression_text(
+    text: str, context: Context, *, condition: bool
+) -> list[ExpressionProblem]:
     """Parse every expression in ``text`` and check what it names against ``context``.
 
     A condition (``if:``) is an expression even without ``${{ }}``.
@@ -282,7 +346,9 @@ class Checker:
 
     findings: list[Finding] = field(default_factory=list)
 
-    def report(self, path: Path, message: str, *, at_key: bool = False, offset: int | None = None) -> None:
+    def report(
+        self, path: Path, message: str, *, at_key: bool = False, offset: int | None = None
+    ) -> None:
         self.findings.append(Finding(path, message, at_key, offset))
 
     def workflow(self, value: dict[str, Any]) -> None:
@@ -298,20 +364,49 @@ class Checker:
     def job(self, job_id: str, job: Any) -> None:
         path: Path = ("jobs", job_id)
         if not IDENTIFIER.fullmatch(job_id):
-            self.report(path, f"invalid job id '{job_id}': a job id must start with a letter or '_' and contain only letters, digits, '-' and '_'", at_key=True)
+            self.report(
+                path,
+                f"invalid job id '{job_id}': a job id must start with a letter or '_' and contain "
+                f"only letters, digits, '-' and '_'",
+                at_key=True,
+            )
         if not isinstance(job, dict):
-            self.report(path, f"job '{job_id}' must be a mapping with 'runs-on' and 'steps', or 'uses' to call a reusable workflow")
+            self.report(
+                path,
+                f"job '{job_id}' must be a mapping with 'runs-on' and 'steps', or 'uses' to call "
+                f"a reusable workflow",
+            )
             return
         calls = "uses" in job
         if calls and "steps" in job:
-            self.report(path, f"job '{job_id}' has both 'steps' and 'uses'; a job either runs steps or calls a reusable workflow")
+            self.report(
+                path,
+                f"job '{job_id}' has both 'steps' and 'uses'; a job either runs steps or calls a "
+                f"reusable workflow",
+            )
         elif not calls and "steps" not in job:
-            self.report(path, f"job '{job_id}' has neither 'steps' nor 'uses'; a job either runs steps or calls a reusable workflow")
-        self.check(job, CALL_JOB if calls else STEPS_JOB, path, None, other=STEPS_JOB if calls else CALL_JOB)
-        if calls and isinstance(job["uses"], str) and job["uses"] and not _REUSABLE.fullmatch(job["uses"].strip()):
+            self.report(
+                path,
+                f"job '{job_id}' has neither 'steps' nor 'uses'; a job either runs steps or calls "
+                f"a reusable workflow",
+            )
+        self.check(
+            job,
+            CALL_JOB if calls else STEPS_JOB,
+            path,
+            None,
+            other=STEPS_JOB if calls else CALL_JOB,
+        )
+        if (
+            calls
+            and isinstance(job["uses"], str)
+            and job["uses"]
+            and not _REUSABLE.fullmatch(job["uses"].strip())
+        ):
             self.report(
                 (*path, "uses"),
-                f"jobs.{job_id}.uses must name a reusable workflow as './.github/workflows/FILE.yml' or "
+                f"jobs.{job_id}.uses must name a reusable workflow as "
+                f"'./.github/workflows/FILE.yml' or "
                 f"'OWNER/REPO/.github/workflows/FILE.yml@REF', not '{job['uses']}'",
             )
         steps = job.get("steps")
@@ -328,7 +423,10 @@ class Checker:
             return
         runs, uses = "run" in step, "uses" in step
         if runs and uses:
-            self.report(path, f"{label} has both 'run' and 'uses'; a step runs a command or an action, not both")
+            self.report(
+                path,
+                f"{label} has both 'run' and 'uses'; a step runs a command or an action, not both",
+            )
         elif not runs and not uses:
             self.report(path, f"{label} has neither 'run' nor 'uses'")
         chosen = USES_STEP if uses and not runs else RUN_STEP
@@ -339,14 +437,23 @@ class Checker:
         if isinstance(action, str) and action and not _ACTION.fullmatch(action.strip()):
             self.report(
                 (*path, "uses"),
-                f"{dotted((*path, 'uses'))} must be './PATH', 'docker://IMAGE' or 'OWNER/REPO[/PATH]@REF', not '{action}'",
+                f"{dotted((*path, 'uses'))} must be './PATH', 'docker://IMAGE' or "
+                f"'OWNER/REPO[/PATH]@REF', not '{action}'",
             )
         step_id = step.get("id")
         if isinstance(step_id, str) and step_id:
             if not IDENTIFIER.fullmatch(step_id):
-                self.report((*path, "id"), f"invalid step id '{step_id}': a step id must start with a letter or '_' and contain only letters, digits, '-' and '_'")
+                self.report(
+                    (*path, "id"),
+                    f"invalid step id '{step_id}': a step id must start with a letter or '_' and "
+                    f"contain only letters, digits, '-' and '_'",
+                )
             elif step_id in ids:
-                self.report((*path, "id"), f"duplicate step id '{step_id}' in job '{job_id}' (also step {ids[step_id] + 1})")
+                self.report(
+                    (*path, "id"),
+                    f"duplicate step id '{step_id}' in job '{job_id}' (also step "
+                    f"{ids[step_id] + 1})",
+                )
             else:
                 ids[step_id] = index
 
@@ -357,22 +464,46 @@ class Checker:
         call = on.get("workflow_call")
         if not isinstance(call, dict):
             return
-        for section, key, context in (("inputs", "default", CALL_INPUT_DEFAULT), ("outputs", "value", CALL_OUTPUT_VALUE)):
+        for section, key, context in (
+            ("inputs", "default", CALL_INPUT_DEFAULT),
+            ("outputs", "value", CALL_OUTPUT_VALUE),
+        ):
             entries = call.get(section)
             if not isinstance(entries, dict):
                 continue
             for name, entry in entries.items():
                 if isinstance(entry, dict) and isinstance(entry.get(key), str):
-                    self.expressions(entry[key], context, ("on", "workflow_call", section, name, key), condition=False)
+                    self.expressions(
+                        entry[key],
+                        context,
+                        ("on", "workflow_call", section, name, key),
+                        condition=False,
+                    )
 
     def expressions(self, text: str, context: Context, path: Path, *, condition: bool) -> None:
         for problem in check_expression_text(text, context, condition=condition):
-            self.report(path, f"invalid expression in {dotted(path)}: {problem.message}", offset=problem.offset)
+            self.report(
+                path,
+                f"invalid expression in {dotted(path)}: {problem.message}",
+                offset=problem.offset,
+            )
 
-    def check(self, value: Any, rule: Rule, path: Path, context: Context | None, *, other: Rule | None = None) -> None:
+    def check(
+        self,
+        value: Any,
+        rule: Rule,
+        path: Path,
+        context: Context | None,
+        *,
+        other: Rule | None = None,
+    ) -> None:
         if rule.context is not None:
             context = rule.context if context is None else _union(context, rule.context)
-        if isinstance(value, str) and (has_expression(value) or rule.condition) and context is not None:
+        if (
+            isinstance(value, str)
+            and (has_expression(value) or rule.condition)
+            and context is not None
+        ):
             self.expressions(value, context, path, condition=rule.condition)
             whole = value.strip().startswith("${{") and value.strip().endswith("}}")
             if whole or rule.condition or "any" in rule.kinds or "string" in rule.kinds:
@@ -384,7 +515,9 @@ class Checker:
                 self.scan(value, path, context)
             return
         kind = _kind(value)
-        if kind not in rule.kinds and not (kind in {"number", "boolean"} and "string" in rule.kinds):
+        if kind not in rule.kinds and not (
+            kind in {"number", "boolean"} and "string" in rule.kinds
+        ):
             self.report(path, f"{dotted(path)} must be {rule.expected(context is not None)}")
             return
         if kind == "string":
@@ -401,7 +534,14 @@ class Checker:
                 for index, item in enumerate(value):
                     self.check(item, rule.items, (*path, index), context)
 
-    def mapping(self, value: dict[str, Any], rule: Rule, path: Path, context: Context | None, other: Rule | None) -> None:
+    def mapping(
+        self,
+        value: dict[str, Any],
+        rule: Rule,
+        path: Path,
+        context: Context | None,
+        other: Rule | None,
+    ) -> None:
         properties = rule.properties or {}
         for key, item in value.items():
             if key in properties:
@@ -410,7 +550,11 @@ class Checker:
                 if not key:
                     self.report((*path, key), f"{dotted(path)} has an empty key", at_key=True)
                 elif has_expression(key) and not _INSERT.fullmatch(key):
-                    self.report((*path, key), f"{dotted(path)} keys cannot be expressions ('{key}')", at_key=True)
+                    self.report(
+                        (*path, key),
+                        f"{dotted(path)} keys cannot be expressions ('{key}')",
+                        at_key=True,
+                    )
                 self.check(item, rule.values, (*path, key), context)
             else:
                 self.report((*path, key), _unknown_key(key, path, properties, other), at_key=True)
@@ -465,8 +609,13 @@ def _describe(path: Path) -> str:
 
 
 def _unknown_key(key: str, path: Path, properties: Mapping[str, Rule], other: Rule | None) -> str:
-    hint = _variant_hint(key, other) if other is not None and key in (other.properties or {}) else ""
-    message = f"unknown key '{key}' in {_describe(path)}{hint}; expected one of: {', '.join(sorted(properties))}"
+    hint = (
+        _variant_hint(key, other) if other is not None and key in (other.properties or {}) else ""
+    )
+    message = (
+        f"unknown key '{key}' in {_describe(path)}{hint}; expected one of: "
+        f"{', '.join(sorted(properties))}"
+    )
     close = difflib.get_close_matches(key, list(properties), n=1)
     return message + (f" (did you mean '{close[0]}'?)" if close else "")
 

@@ -183,7 +183,9 @@ class _Checker:
                 return None
             return (value,)
         if not isinstance(value, list):
-            self.report(path, f"{what} must be a string or a list of strings, got {kind_of_value(value)}")
+            self.report(
+                path, f"{what} must be a string or a list of strings, got {kind_of_value(value)}"
+            )
             return None
         items = []
         for index, item in enumerate(value):
@@ -207,7 +209,9 @@ def parse_on(raw: Any) -> tuple[Triggers, list[Problem]]:
     elif isinstance(raw, list):
         for index, name in enumerate(raw):
             if not isinstance(name, str):
-                checker.report((*root, index), f"event names must be strings, got {kind_of_value(name)}")
+                checker.report(
+                    (*root, index), f"event names must be strings, got {kind_of_value(name)}"
+                )
             elif name in configs:
                 checker.report((*root, index), f"event {name!r} is listed twice")
             else:
@@ -221,7 +225,8 @@ def parse_on(raw: Any) -> tuple[Triggers, list[Problem]]:
     else:
         checker.report(
             root,
-            f"on must be an event name, a list of event names or a map of events, got {kind_of_value(raw)}",
+            f"on must be an event name, a list of event names or a map of events, got "
+            f"{kind_of_value(raw)}",
         )
     if not configs and not checker.problems:
         checker.report(root, "on lists no events; the workflow would never run")
@@ -229,7 +234,11 @@ def parse_on(raw: Any) -> tuple[Triggers, list[Problem]]:
     for name, (config, path) in configs.items():
         if name not in EVENT_KEYS:
             close = difflib.get_close_matches(name, EVENTS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; expected one of: {', '.join(EVENTS)}"
+            hint = (
+                f"; did you mean {close[0]!r}?"
+                if close
+                else f"; expected one of: {', '.join(EVENTS)}"
+            )
             checker.report(path, f"unknown event {name!r}{hint}")
             continue
         events[name] = _parse_event(name, config, path, checker)
@@ -255,7 +264,15 @@ def _parse_event(name: str, config: Any, path: Path, checker: _Checker) -> Event
         if key not in allowed:
             checker.report((*path, key), _unknown(f"key {key!r} for {name}", allowed))
     values: dict[str, tuple[str, ...] | None] = {}
-    for key in ("types", "workflows", "names", "versions", *_BRANCH_FILTERS, *_TAG_FILTERS, *_PATH_FILTERS):
+    for key in (
+        "types",
+        "workflows",
+        "names",
+        "versions",
+        *_BRANCH_FILTERS,
+        *_TAG_FILTERS,
+        *_PATH_FILTERS,
+    ):
         if key in config and key in allowed:
             values[key] = checker.strings(config[key], (*path, key), key)
     if values.get("types") is not None and name in ACTIVITY_TYPES:
@@ -289,7 +306,9 @@ def _parse_event(name: str, config: Any, path: Path, checker: _Checker) -> Event
     )
 
 
-def _check_types(name: str, raw: Any, types: tuple[str, ...], path: Path, checker: _Checker) -> None:
+def _check_types(
+    name: str, raw: Any, types: tuple[str, ...], path: Path, checker: _Checker
+) -> None:
     known = ACTIVITY_TYPES[name]
     for index, activity in enumerate(types):
         if activity not in known:
@@ -298,7 +317,11 @@ def _check_types(name: str, raw: Any, types: tuple[str, ...], path: Path, checke
 
 
 def _check_patterns(
-    config: Mapping[str, Any], key: str, patterns: tuple[str, ...] | None, path: Path, checker: _Checker
+    config: Mapping[str, Any],
+    key: str,
+    patterns: tuple[str, ...] | None,
+    path: Path,
+    checker: _Checker,
 ) -> None:
     if not patterns:
         return
@@ -313,17 +336,23 @@ def _parse_schedule(config: Any, path: Path, checker: _Checker) -> tuple[str, ..
     if config is None:
         return ()
     if not isinstance(config, list):
-        checker.report(path, f"schedule must be a list of {{cron: ...}} entries, got {kind_of_value(config)}")
+        checker.report(
+            path, f"schedule must be a list of {{cron: ...}} entries, got {kind_of_value(config)}"
+        )
         return ()
     crons = []
     for index, entry in enumerate(config):
         where = (*path, index)
         if not isinstance(entry, dict) or "cron" not in entry:
-            checker.report(where, "schedule entries must be maps with a cron key, e.g. cron: '30 5 * * 1'")
+            checker.report(
+                where, "schedule entries must be maps with a cron key, e.g. cron: '30 5 * * 1'"
+            )
             continue
         for key in entry:
             if key != "cron":
-                checker.report((*where, key), _unknown(f"key {key!r} in a schedule entry", ("cron",)))
+                checker.report(
+                    (*where, key), _unknown(f"key {key!r} in a schedule entry", ("cron",))
+                )
         expr = entry["cron"]
         if not isinstance(expr, str):
             checker.report((*where, "cron"), f"cron must be a string, got {kind_of_value(expr)}")
@@ -340,7 +369,9 @@ def _parse_inputs(event: str, raw: Any, path: Path, checker: _Checker) -> dict[s
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        checker.report(path, f"inputs must be a map of input names to definitions, got {kind_of_value(raw)}")
+        checker.report(
+            path, f"inputs must be a map of input names to definitions, got {kind_of_value(raw)}"
+        )
         return {}
     inputs: dict[str, DispatchInput] = {}
     for name, definition in raw.items():
@@ -364,7 +395,11 @@ def _parse_input(
     if definition is None and event == "workflow_dispatch":
         return DispatchInput(name)
     if not isinstance(definition, dict):
-        checker.report(path, f"input {name!r} must be a map (description, type, ...), got {kind_of_value(definition)}")
+        checker.report(
+            path,
+            f"input {name!r} must be a map (description, type, ...), got "
+            f"{kind_of_value(definition)}",
+        )
         return None
     allowed = _DISPATCH_INPUT_KEYS if event == "workflow_dispatch" else _CALL_INPUT_KEYS
     for key in definition:
@@ -372,11 +407,16 @@ def _parse_input(
             checker.report((*path, key), _unknown(f"key {key!r} for input {name!r}", allowed))
     description = definition.get("description", "")
     if not isinstance(description, str):
-        checker.report((*path, "description"), f"description must be a string, got {kind_of_value(description)}")
+        checker.report(
+            (*path, "description"),
+            f"description must be a string, got {kind_of_value(description)}",
+        )
         description = ""
     required = definition.get("required", False)
     if not isinstance(required, bool):
-        checker.report((*path, "required"), f"required must be true or false, got {kind_of_value(required)}")
+        checker.report(
+            (*path, "required"), f"required must be true or false, got {kind_of_value(required)}"
+        )
         required = False
     types = INPUT_TYPES if event == "workflow_dispatch" else CALL_INPUT_TYPES
     kind = definition.get("type")
@@ -393,7 +433,9 @@ def _parse_input(
         checker.report(path, f"input {name!r} of type choice needs a non-empty options list")
     default = None
     if "default" in definition:
-        default = _typed_default(cast(InputType, kind), definition["default"], options, path, checker)
+        default = _typed_default(
+            cast(InputType, kind), definition["default"], options, path, checker
+        )
     return DispatchInput(name, description, required, cast(InputType, kind), default, options)
 
 
@@ -402,12 +444,16 @@ def _parse_options(definition: Mapping[str, Any], path: Path, checker: _Checker)
     if raw is None:
         return ()
     if not isinstance(raw, list):
-        checker.report((*path, "options"), f"options must be a list of strings, got {kind_of_value(raw)}")
+        checker.report(
+            (*path, "options"), f"options must be a list of strings, got {kind_of_value(raw)}"
+        )
         return ()
     options = []
     for index, option in enumerate(raw):
         if isinstance(option, dict | list) or option is None:
-            checker.report((*path, "options", index), f"options must be strings, got {kind_of_value(option)}")
+            checker.report(
+                (*path, "options", index), f"options must be strings, got {kind_of_value(option)}"
+            )
         else:
             options.append(_scalar_text(option))
     return tuple(options)
@@ -428,7 +474,9 @@ def _typed_default(
         return value  # workflow_call defaults may be expressions, evaluated by the caller
     if kind == "boolean":
         if not isinstance(value, bool):
-            checker.report(where, f"the default of a boolean input must be true or false, got {value!r}")
+            checker.report(
+                where, f"the default of a boolean input must be true or false, got {value!r}"
+            )
             return None
         return value
     if kind == "number":
@@ -437,7 +485,9 @@ def _typed_default(
             return None
         return value
     if isinstance(value, dict | list) or value is None:
-        checker.report(where, f"the default of a {kind} input must be a string, got {kind_of_value(value)}")
+        checker.report(
+            where, f"the default of a {kind} input must be a string, got {kind_of_value(value)}"
+        )
         return None
     text = _scalar_text(value)
     if kind == "choice" and options and text not in options:
@@ -447,7 +497,10 @@ def _typed_default(
 
 def _check_call_definitions(config: Mapping[str, Any], path: Path, checker: _Checker) -> None:
     """Shape checks for ``workflow_call`` secrets and outputs (kept raw in the trigger)."""
-    for section, keys, required in (("secrets", ("description", "required"), None), ("outputs", ("description", "value"), "value")):
+    for section, keys, required in (
+        ("secrets", ("description", "required"), None),
+        ("outputs", ("description", "value"), "value"),
+    ):
         raw = config.get(section)
         if raw is None:
             continue
@@ -460,11 +513,16 @@ def _check_call_definitions(config: Mapping[str, Any], path: Path, checker: _Che
             if definition is None and section == "secrets":
                 continue
             if not isinstance(definition, dict):
-                checker.report(entry, f"{section} entry {name!r} must be a map, got {kind_of_value(definition)}")
+                checker.report(
+                    entry,
+                    f"{section} entry {name!r} must be a map, got {kind_of_value(definition)}",
+                )
                 continue
             for key in definition:
                 if key not in keys:
-                    checker.report((*entry, key), _unknown(f"key {key!r} in {section} entry {name!r}", keys))
+                    checker.report(
+                        (*entry, key), _unknown(f"key {key!r} in {section} entry {name!r}", keys)
+                    )
             if required and required not in definition:
                 checker.report(entry, f"{section} entry {name!r} needs a {required}")
 
@@ -533,7 +591,9 @@ def _match_types(trigger: EventTrigger, payload: Mapping[str, Any]) -> MatchResu
     if action in wanted:
         return MatchResult(True, f"activity type {action!r} is selected")
     origin = "listed types" if trigger.types else "default types"
-    return MatchResult(False, f"activity type {action!r} is not among the {origin}: {', '.join(wanted)}")
+    return MatchResult(
+        False, f"activity type {action!r} is not among the {origin}: {', '.join(wanted)}"
+    )
 
 
 def _short_ref(ref: str, prefix: str) -> str:
@@ -550,7 +610,11 @@ def _strip_pattern_prefix(patterns: tuple[str, ...], prefix: str) -> tuple[str, 
 
 
 def _filter_ref(
-    include: tuple[str, ...] | None, exclude: tuple[str, ...] | None, name: str, prefix: str, what: str
+    include: tuple[str, ...] | None,
+    exclude: tuple[str, ...] | None,
+    name: str,
+    prefix: str,
+    what: str,
 ) -> MatchResult:
     if include is not None:
         if matches_any(_strip_pattern_prefix(include, prefix), name):
@@ -598,7 +662,9 @@ def _match_push_ref(trigger: EventTrigger, ref: Any) -> MatchResult | None:
             return MatchResult(False, "only branch filters are set, so tag pushes do not run")
         name = _short_ref(ref, "refs/tags/")
         return _filter_ref(trigger.tags, trigger.tags_ignore, name, "refs/tags/", "tag")
-    return MatchResult(False, f"ref {ref!r} is neither a branch nor a tag, so ref filters reject it")
+    return MatchResult(
+        False, f"ref {ref!r} is neither a branch nor a tag, so ref filters reject it"
+    )
 
 
 def _match_workflows(trigger: EventTrigger, payload: Mapping[str, Any]) -> MatchResult | None:
@@ -620,7 +686,9 @@ def _match_workflows(trigger: EventTrigger, payload: Mapping[str, Any]) -> Match
     if listed:
         return MatchResult(True, f"workflow {listed[0]!r} is listed")
     shown = ", ".join(sorted(names)) or "unknown"
-    return MatchResult(False, f"the triggering workflow ({shown}) is not among: {', '.join(trigger.workflows)}")
+    return MatchResult(
+        False, f"the triggering workflow ({shown}) is not among: {', '.join(trigger.workflows)}"
+    )
 
 
 def _match_schedule(trigger: EventTrigger, payload: Mapping[str, Any]) -> MatchResult | None:
@@ -643,7 +711,10 @@ def _match_paths(
     if trigger.event == "push" and isinstance(ref, str) and ref.startswith("refs/tags/"):
         return MatchResult(True, "path filters are not evaluated for tag pushes")
     if changed_files is None:
-        return MatchResult(True, "the changed files are unknown, so path filters pass (as GitHub does without a diff)")
+        return MatchResult(
+            True,
+            "the changed files are unknown, so path filters pass (as GitHub does without a diff)",
+        )
     if not changed_files:
         return MatchResult(False, "no files changed, so path filters reject the event")
     files = changed_files[:DIFF_FILE_LIMIT]
@@ -705,7 +776,9 @@ def resolve_dispatch_inputs(trigger: EventTrigger, provided: Mapping[str, Any]) 
     unknown = [name for name in provided if name not in trigger.inputs]
     if unknown:
         known = ", ".join(trigger.inputs) or "none"
-        raise ConfigError(f"unknown input {unknown[0]!r} for {trigger.event}; known inputs: {known}")
+        raise ConfigError(
+            f"unknown input {unknown[0]!r} for {trigger.event}; known inputs: {known}"
+        )
     resolved: dict[str, Any] = {}
     for name, spec in trigger.inputs.items():
         if name in provided:
@@ -726,7 +799,9 @@ def _convert_input(spec: DispatchInput, value: Any) -> Any:
             return value
         text = str(value).strip().lower()
         if text not in ("true", "false"):
-            raise ConfigError(f"input {spec.name!r} is a boolean: give true or false, not {value!r}")
+            raise ConfigError(
+                f"input {spec.name!r} is a boolean: give true or false, not {value!r}"
+            )
         return text == "true"
     if spec.type == "number":
         try:

@@ -109,7 +109,9 @@ class Document:
         return self._nearest(path, self.keys, self.values)
 
     @staticmethod
-    def _nearest(path: Path, first: Mapping[Path, Position], then: Mapping[Path, Position]) -> Position:
+    def _nearest(
+        path: Path, first: Mapping[Path, Position], then: Mapping[Path, Position]
+    ) -> Position:
         while True:
             found = first.get(path) or then.get(path)
             if found is not None:
@@ -170,7 +172,12 @@ class _Builder:
         self.count += 1
         if self.count > MAX_NODES:
             raise WorkflowError(
-                Diagnostic(self.filename, 0, 0, f"the document expands to more than {MAX_NODES} values through aliases")
+                Diagnostic(
+                    self.filename,
+                    0,
+                    0,
+                    f"the document expands to more than {MAX_NODES} values through aliases",
+                )
             )
         key = id(node)
         if key in self.active:
@@ -213,7 +220,11 @@ class _Builder:
                 continue
             name = str(key_node.value)
             if name == "<<" and key_node.tag == _PLAIN:
-                self.error(key_node, "merge keys ('<<') are not supported by GitHub Actions; repeat the keys, or use an alias for the whole value")
+                self.error(
+                    key_node,
+                    "merge keys ('<<') are not supported by GitHub Actions; repeat the keys, or "
+                    "use an alias for the whole value",
+                )
                 continue
             if name in result:
                 first = self.keys.get((*path, name))
@@ -234,7 +245,9 @@ class _Builder:
             return text
         if tag in {_TAG + "int", _TAG + "float", _TAG + "bool", _TAG + "null"}:
             value = plain_scalar(text)
-            expected = {"int": int, "float": float, "bool": bool, "null": type(None)}[tag[len(_TAG):]]
+            expected = {"int": int, "float": float, "bool": bool, "null": type(None)}[
+                tag[len(_TAG) :]
+            ]
             if tag.endswith("float") and type(value) is int:
                 return float(value)
             if type(value) is expected:
@@ -284,7 +297,9 @@ def load_document(text: str, filename: str) -> Document:
     except yaml.reader.ReaderError as exc:
         line, column = _position_of_offset(text, exc.position)
         raise WorkflowError(
-            Diagnostic(filename, line, column, f"invalid YAML: {exc.reason} (character {exc.character!r})")
+            Diagnostic(
+                filename, line, column, f"invalid YAML: {exc.reason} (character {exc.character!r})"
+            )
         ) from exc
     except yaml.YAMLError as exc:
         raise WorkflowError(_yaml_error(filename, exc)) from exc
@@ -292,25 +307,50 @@ def load_document(text: str, filename: str) -> Document:
         offset = getattr(exc, "start", 0)
         line, column = _position_of_offset(text, offset)
         raise WorkflowError(
-            Diagnostic(filename, line, column, f"invalid text: character {text[offset]!r} cannot be encoded as UTF-8")
+            Diagnostic(
+                filename,
+                line,
+                column,
+                f"invalid text: character {text[offset]!r} cannot be encoded as UTF-8",
+            )
         ) from exc
     except RecursionError as exc:
-        raise WorkflowError(Diagnostic(filename, 0, 0, "the document is nested too deeply")) from exc
+        raise WorkflowError(
+            Diagnostic(filename, 0, 0, "the document is nested too deeply")
+        ) from exc
     if node is None:
-        raise WorkflowError(Diagnostic(filename, 0, 0, "the file is empty; a workflow needs at least 'on' and 'jobs'"))
+        raise WorkflowError(
+            Diagnostic(
+                filename, 0, 0, "the file is empty; a workflow needs at least 'on' and 'jobs'"
+            )
+        )
     builder = _Builder(filename)
     try:
         value = builder.build(node, ())
     except RecursionError as exc:
-        raise WorkflowError(Diagnostic(filename, 0, 0, "the document is nested too deeply")) from exc
+        raise WorkflowError(
+            Diagnostic(filename, 0, 0, "the document is nested too deeply")
+        ) from exc
     if builder.errors:
         raise WorkflowError(sorted(builder.errors, key=lambda d: (d.line, d.column)))
     if not isinstance(value, dict):
         kind = "a list" if isinstance(value, list) else "a single value"
         line, column = builder.values.get((), (1, 1))
         raise WorkflowError(
-            Diagnostic(filename, line, column, f"the top level of a workflow must be a mapping (keys such as 'on' and 'jobs'), not {kind}")
+            Diagnostic(
+                filename,
+                line,
+                column,
+                f"the top level of a workflow must be a mapping (keys such as 'on' and 'jobs'), "
+                f"not {kind}",
+            )
         )
     return Document(
-        filename, value, builder.values, builder.keys, frozenset(builder.blocks), builder.styles, text
+        filename,
+        value,
+        builder.values,
+        builder.keys,
+        frozenset(builder.blocks),
+        builder.styles,
+        text,
     )

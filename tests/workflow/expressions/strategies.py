@@ -15,11 +15,43 @@ ACCESS_KEYS = (*KEYS, "0", "1", "missing")
 
 _string_chars = st.sampled_from(list("abAB xyz019.-_'\"{}\\/ıİßé\u00a0\t\n😊"))
 short_strings = st.text(_string_chars, max_size=8) | st.sampled_from(
-    ["", " ", "0", "1", "-1", "1.5", "0x1F", " 2 ", "true", "null", "NaN", "Infinity", "1e3", "abc", "ABC", "{}", "[1]"]
+    [
+        "",
+        " ",
+        "0",
+        "1",
+        "-1",
+        "1.5",
+        "0x1F",
+        " 2 ",
+        "true",
+        "null",
+        "NaN",
+        "Infinity",
+        "1e3",
+        "abc",
+        "ABC",
+        "{}",
+        "[1]",
+    ]
 )
 numbers = st.one_of(
     st.integers(-1000, 1000).map(float),
-    st.sampled_from([0.5, -0.5, 0.1, 1.25, 1e21, 1.5e-7, 123456789.123, 2**53 + 2.0, 1e-20, -0.0, 0.30000000000000004]),
+    st.sampled_from(
+        [
+            0.5,
+            -0.5,
+            0.1,
+            1.25,
+            1e21,
+            1.5e-7,
+            123456789.123,
+            2**53 + 2.0,
+            1e-20,
+            -0.0,
+            0.30000000000000004,
+        ]
+    ),
     st.floats(allow_nan=False, allow_infinity=False, width=64),
 )
 
@@ -49,7 +81,25 @@ number_literals = st.one_of(
     st.integers(0, 10**6).map(str),
     st.integers(-1000, -1).map(str),
     st.sampled_from(
-        ["0", "-0", "1.5", ".5", "-.5", "+1", "1e3", "1E-2", "0x1f", "0xFF", "0o17", "0b101", "NaN", "Infinity", "-Infinity", "1.", "007"]
+        [
+            "0",
+            "-0",
+            "1.5",
+            ".5",
+            "-.5",
+            "+1",
+            "1e3",
+            "1E-2",
+            "0x1f",
+            "0xFF",
+            "0o17",
+            "0b101",
+            "NaN",
+            "Infinity",
+            "-Infinity",
+            "1.",
+            "007",
+        ]
     ),
     st.floats(allow_nan=False, allow_infinity=False).map(repr),
 )
@@ -58,7 +108,12 @@ literals = st.one_of(
     st.sampled_from(["null", "true", "false"]),
     number_literals,
     string_literals,
-    st.sampled_from(['fromJSON(\'[1, "a", [true], {"b": null}]\')', 'fromJSON(\'{"a": {"b": [1, 2]}, "A": 3}\')']),
+    st.sampled_from(
+        [
+            'fromJSON(\'[1, "a", [true], {"b": null}]\')',
+            'fromJSON(\'{"a": {"b": [1, 2]}, "A": 3}\')',
+        ]
+    ),
 )
 
 
@@ -79,7 +134,9 @@ def accessors(draw: st.DrawFn) -> str:
     return "".join(parts)
 
 
-named_values = st.builds(lambda name, access: name + access, st.sampled_from(CONTEXT_NAMES), accessors())
+named_values = st.builds(
+    lambda name, access: name + access, st.sampled_from(CONTEXT_NAMES), accessors()
+)
 
 _OPERATORS = ["==", "!=", "<", "<=", ">", ">=", "&&", "||"]
 
@@ -103,7 +160,19 @@ def _compound(children: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
         children,
     )
     format_strings = st.sampled_from(
-        ["'{0}'", "'{0}-{1}'", "'{{0}}'", "'}}{0}{{'", "'{1}'", "'{'", "'}'", "'{x}'", "'{0:x}'", "'a{0}b{0}'", "''"]
+        [
+            "'{0}'",
+            "'{0}-{1}'",
+            "'{{0}}'",
+            "'}}{0}{{'",
+            "'{1}'",
+            "'{'",
+            "'}'",
+            "'{x}'",
+            "'{0:x}'",
+            "'a{0}b{0}'",
+            "''",
+        ]
     )
     return st.one_of(
         children.map(lambda inner: f"({inner})"),

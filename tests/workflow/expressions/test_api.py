@@ -31,8 +31,35 @@ from vmrunner.workflow.expressions import (
 
 
 def test_names_cover_githubs_contexts_and_functions() -> None:
-    assert {"github", "env", "vars", "job", "jobs", "steps", "runner", "secrets", "strategy", "matrix", "needs", "inputs"} <= CONTEXT_NAMES
-    assert {"contains", "startsWith", "endsWith", "format", "join", "toJSON", "fromJSON", "hashFiles", "case", "success", "failure", "always", "cancelled"} == FUNCTION_NAMES
+    assert {
+        "github",
+        "env",
+        "vars",
+        "job",
+        "jobs",
+        "steps",
+        "runner",
+        "secrets",
+        "strategy",
+        "matrix",
+        "needs",
+        "inputs",
+    } <= CONTEXT_NAMES
+    assert {
+        "contains",
+        "startsWith",
+        "endsWith",
+        "format",
+        "join",
+        "toJSON",
+        "fromJSON",
+        "hashFiles",
+        "case",
+        "success",
+        "failure",
+        "always",
+        "cancelled",
+    } == FUNCTION_NAMES
 
 
 def test_parse_checks_named_values_only_when_asked() -> None:
@@ -63,7 +90,10 @@ def test_error_kinds_and_positions() -> None:
     with pytest.raises(ExpressionLexingError) as lexing:
         parse("a == 'open")
     assert (lexing.value.kind, lexing.value.position) == ("lexing", 5)
-    assert str(lexing.value) == "Unexpected symbol: ''open'. Located at position 6 within expression: a == 'open"
+    assert (
+        str(lexing.value)
+        == "Unexpected symbol: ''open'. Located at position 6 within expression: a == 'open"
+    )
     with pytest.raises(ExpressionEvaluationError) as evaluation:
         evaluate("1 && fromJSON('')", {})
     assert (evaluation.value.kind, evaluation.value.position) == ("evaluation", 5)
@@ -71,7 +101,17 @@ def test_error_kinds_and_positions() -> None:
 
 @pytest.mark.parametrize(
     ("value", "kind"),
-    [(None, "Null"), (True, "Boolean"), (0, "Number"), (1.5, "Number"), ("", "String"), ([], "Array"), ((1,), "Array"), ({}, "Object"), (FilteredArray(), "Array")],
+    [
+        (None, "Null"),
+        (True, "Boolean"),
+        (0, "Number"),
+        (1.5, "Number"),
+        ("", "String"),
+        ([], "Array"),
+        ((1,), "Array"),
+        ({}, "Object"),
+        (FilteredArray(), "Array"),
+    ],
 )
 def test_kind_of(value: Any, kind: str) -> None:
     assert kind_of(value) == kind
@@ -135,15 +175,21 @@ def test_filters_project_objects_and_arrays() -> None:
 def test_case_evaluates_only_the_chosen_branch() -> None:
     assert evaluate("case(true, 'picked', fromJSON(''))", {}) == "picked"
     assert evaluate("case(1 == 2, fromJSON(''), 'default')", {}) == "default"
-    with pytest.raises(ExpressionEvaluationError, match="case predicate must evaluate to a boolean"):
+    with pytest.raises(
+        ExpressionEvaluationError, match="case predicate must evaluate to a boolean"
+    ):
         evaluate("case('yes', 1, 2)", {})
 
 
 def test_format_errors() -> None:
     assert evaluate("format('{{{0}}} {1}', 'a', 2)", {}) == "{a} 2"
-    with pytest.raises(ExpressionEvaluationError, match=re.escape("The following format string is invalid: {")):
+    with pytest.raises(
+        ExpressionEvaluationError, match=re.escape("The following format string is invalid: {")
+    ):
         evaluate("format('{', 1)", {})
-    with pytest.raises(ExpressionEvaluationError, match="references more arguments than were supplied"):
+    with pytest.raises(
+        ExpressionEvaluationError, match="references more arguments than were supplied"
+    ):
         evaluate("format('{1}', 1)", {})
 
 
@@ -154,7 +200,10 @@ def test_status_functions_use_the_hooks() -> None:
     assert evaluate("always()", {}, hooks=failed) is True
     with pytest.raises(ExpressionEvaluationError, match="hashFiles"):
         evaluate("hashFiles('*')", {})
-    assert evaluate("hashFiles('a', 'b')", {}, hooks=EvaluationHooks(hash_files=lambda p: "|".join(p))) == "a|b"
+    assert (
+        evaluate("hashFiles('a', 'b')", {}, hooks=EvaluationHooks(hash_files=lambda p: "|".join(p)))
+        == "a|b"
+    )
 
 
 def test_template_parts_and_offsets() -> None:
@@ -179,7 +228,10 @@ def test_single_expression_templates_keep_the_kind() -> None:
     contexts: dict[str, Any] = {"inputs": {"n": 2, "obj": {"a": [1]}}}
     assert parse_template("${{ inputs.n }}").render(contexts) == 2.0
     assert parse_template("${{inputs.obj}}").render(contexts) == {"a": [1]}
-    assert parse_template("n=${{ inputs.n }} ${{ inputs.obj }} ${{ inputs.none }}.").render(contexts) == "n=2 Object ."
+    assert (
+        parse_template("n=${{ inputs.n }} ${{ inputs.obj }} ${{ inputs.none }}.").render(contexts)
+        == "n=2 Object ."
+    )
 
 
 def test_template_errors_carry_the_offset() -> None:
@@ -219,7 +271,11 @@ def test_template_named_values_can_be_restricted() -> None:
         ("failure()", True, False),
         ("${{ failure() || github.ref == 'x' }}", True, False),
         ("!cancelled()", False, True),
-        ("${{ github.ref }} == 'refs/heads/dev'", True, True),  # a non-empty string: GitHub's famous trap
+        (
+            "${{ github.ref }} == 'refs/heads/dev'",
+            True,
+            True,
+        ),  # a non-empty string: GitHub's famous trap
         ("${{ github.ref }} == 'x'", False, False),
     ],
 )

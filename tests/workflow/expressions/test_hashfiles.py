@@ -38,7 +38,9 @@ def workspace(tmp_path: Path) -> Path:
 
 
 def test_one_file(workspace: Path) -> None:
-    assert hash_files(workspace, ["package-lock.json"]) == _digest_of(workspace / "package-lock.json")
+    assert hash_files(workspace, ["package-lock.json"]) == _digest_of(
+        workspace / "package-lock.json"
+    )
 
 
 def test_globstar_walks_depth_first_in_sorted_order(workspace: Path) -> None:
@@ -59,7 +61,9 @@ def test_directory_pattern_takes_everything_below(workspace: Path) -> None:
 
 
 def test_character_classes_and_wildcards(workspace: Path) -> None:
-    assert hash_files(workspace, ["src/[ab].py"]) == _digest_of(workspace / "src/a.py", workspace / "src/b.py")
+    assert hash_files(workspace, ["src/[ab].py"]) == _digest_of(
+        workspace / "src/a.py", workspace / "src/b.py"
+    )
     assert hash_files(workspace, ["src/[!a].p?"]) == _digest_of(workspace / "src/b.py")
 
 
@@ -84,5 +88,9 @@ def test_symlinked_directories_are_not_followed(workspace: Path) -> None:
 
 def test_as_an_expression_function(workspace: Path) -> None:
     hooks = EvaluationHooks(hash_files=partial(hash_files, workspace))
-    value = evaluate("format('deps-{0}', hashFiles('**/package-lock.json', 'docs/*'))", {}, hooks=hooks)
-    assert value == "deps-" + _digest_of(workspace / "docs/readme.md", workspace / "package-lock.json")
+    value = evaluate(
+        "format('deps-{0}', hashFiles('**/package-lock.json', 'docs/*'))", {}, hooks=hooks
+    )
+    assert value == "deps-" + _digest_of(
+        workspace / "docs/readme.md", workspace / "package-lock.json"
+    )

@@ -33,7 +33,9 @@ def _survives(call: Any) -> Any:
 
 @settings(max_examples=200, deadline=None)
 @given(text=_soup | _any_text | s.expressions, contexts=s.contexts)
-def test_parse_and_evaluate_raise_only_expression_errors(text: str, contexts: dict[str, Any]) -> None:
+def test_parse_and_evaluate_raise_only_expression_errors(
+    text: str, contexts: dict[str, Any]
+) -> None:
     _survives(lambda: parse(text))
     value = _survives(lambda: evaluate(text, contexts))
     kind_of(value)  # every result is a value of the language
@@ -69,7 +71,18 @@ LENGTH = f"Exceeded max expression length {MAX_EXPRESSION_LENGTH}"
         ("'" + "x" * MAX_EXPRESSION_LENGTH + "'", LENGTH),
         ("'" + "😊" * (MAX_EXPRESSION_LENGTH // 2) + "'", LENGTH),  # counted in UTF-16 units
     ],
-    ids=["eq-chain", "lt-chain", "and-chain", "parens", "nots", "dots", "indexes", "calls", "long", "long-utf16"],
+    ids=[
+        "eq-chain",
+        "lt-chain",
+        "and-chain",
+        "parens",
+        "nots",
+        "dots",
+        "indexes",
+        "calls",
+        "long",
+        "long-utf16",
+    ],
 )
 def test_pathological_input_is_a_clean_error_or_value(text: str, error: str | None) -> None:
     if error is None:
@@ -80,7 +93,11 @@ def test_pathological_input_is_a_clean_error_or_value(text: str, error: str | No
 
 
 def test_huge_results_hit_the_memory_limit() -> None:
-    text = "format('{0}{0}{0}{0}{0}{0}{0}{0}', format('{0}{0}{0}{0}{0}{0}{0}{0}', format('{0}{0}{0}{0}{0}{0}{0}{0}', format('{0}{0}{0}{0}{0}{0}{0}{0}', join(a, 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxx')))))"
+    text = (
+        "format('{0}{0}{0}{0}{0}{0}{0}{0}', format('{0}{0}{0}{0}{0}{0}{0}{0}', "
+        "format('{0}{0}{0}{0}{0}{0}{0}{0}', format('{0}{0}{0}{0}{0}{0}{0}{0}', "
+        "join(a, 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxx')))))"
+    )
     with pytest.raises(ExpressionError, match="maximum allowed memory size"):
         evaluate(text, {"a": list(range(100))})
     # Each toJSON doubles the backslashes: stopped long before the string gets huge.

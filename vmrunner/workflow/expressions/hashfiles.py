@@ -47,7 +47,12 @@ def _segment_regex(segment: str) -> str:
             negate = body[:1] in ("!", "^")
             if negate:
                 body = body[1:]
-            body = body.replace("\\", "\\\\").replace("^", "\\^").replace("[", "\\[").replace("]", "\\]")
+            body = (
+                body.replace("\\", "\\\\")
+                .replace("^", "\\^")
+                .replace("[", "\\[")
+                .replace("]", "\\]")
+            )
             out.append(f"[^/{body}]" if negate else f"[{body}]")
         elif char == "\\" and index < length:
             out.append(re.escape(segment[index]))
@@ -100,7 +105,9 @@ def _files(root: str) -> Iterator[str]:
                 children = sorted(entries, key=lambda entry: entry.name)
         except OSError:
             continue
-        stack.extend((entry.path, entry.is_dir(follow_symlinks=False)) for entry in reversed(children))
+        stack.extend(
+            (entry.path, entry.is_dir(follow_symlinks=False)) for entry in reversed(children)
+        )
 
 
 def hash_files(root: Path, patterns: Sequence[str]) -> str:

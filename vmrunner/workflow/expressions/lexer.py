@@ -69,7 +69,14 @@ _IDENTIFIER_RUN = re.compile(rf"[^()\[\],.!><=&|{_WS}]*")
 _NUMBER_RUN = re.compile(rf"[^()\[\],!><=&|{_WS}]*")
 _LEGAL_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
-_SINGLE: Final = {"(": LEFT_PAREN, ")": RIGHT_PAREN, "[": LEFT_BRACKET, "]": RIGHT_BRACKET, ",": COMMA, "*": STAR}
+_SINGLE: Final = {
+    "(": LEFT_PAREN,
+    ")": RIGHT_PAREN,
+    "[": LEFT_BRACKET,
+    "]": RIGHT_BRACKET,
+    ",": COMMA,
+    "*": STAR,
+}
 _KEYWORDS: Final[dict[str, tuple[int, Any]]] = {
     "true": (TRUE, True),
     "false": (FALSE, False),
@@ -128,7 +135,9 @@ def tokenize(text: str) -> list[Token]:
         if char in "!<>=":
             if index < length and text[index] == "=":
                 index += 1
-                kind = {"!": BANG_EQUAL, "<": LESS_EQUAL, ">": GREATER_EQUAL, "=": EQUAL_EQUAL}[char]
+                kind = {"!": BANG_EQUAL, "<": LESS_EQUAL, ">": GREATER_EQUAL, "=": EQUAL_EQUAL}[
+                    char
+                ]
             elif char == "=":
                 _illegal(text, start)
             else:

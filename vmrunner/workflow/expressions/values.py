@@ -190,7 +190,8 @@ def truthy(value: Any) -> bool:
 
 
 def upper_special(text: str) -> str:
-    """Upper-case for comparisons, leaving the dotless ``ı`` alone (GitHub's ordinal-ignore-case)."""
+    """Upper-case for comparisons, leaving the dotless ``ı`` alone (GitHub's
+    ordinal-ignore-case)."""
     if "ı" not in text:
         return text.upper()
     return "ı".join(part.upper() for part in text.split("ı"))

@@ -1,9 +1,9 @@
 """What a run reports while it happens: a stream of small, immutable events.
 
-The engine (``runner/engine.py`` and friends) emits events; everything that shows or keeps a run
+The engine (``vmrunner/runner/``) emits events; everything that shows or keeps a run
 consumes them through ``EventSink``: the live terminal view, the JSON result, the Markdown
 summary, the store (runs, jobs, steps, logs), the server and the lifecycle timeline (allocation,
-session states, commands with the machine they ran in, snapshots, release: ``runner/timeline.py``).
+session states, commands with the machine they ran in, snapshots, release: ``reports/timeline.py``).
 The engine knows nothing of its consumers, and the consumers never reach into the engine.
 
 Rules every emitter keeps:
@@ -18,11 +18,11 @@ Rules every emitter keeps:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from vmrunner.runner.insights import Insights
+from vmrunner.reports.insights import Insights
 
 #: GitHub's results: a step's outcome/conclusion and a job's result use these words.
 Result = Literal["success", "failure", "cancelled", "skipped"]
@@ -30,6 +30,18 @@ Result = Literal["success", "failure", "cancelled", "skipped"]
 StepKind = Literal["setup", "step", "post", "cleanup"]
 Stream = Literal["stdout", "stderr"]
 AnnotationLevel = Literal["debug", "notice", "warning", "error"]
+
+
+def run_conclusion(results: Iterable[str | None], otherwise: Result = "success") -> Result:
+    """GitHub's rule for a run's conclusion, from its jobs' results: ``failure`` if one failed,
+    else ``cancelled`` if one was cancelled, else ``otherwise``. The engine (``RunFinished``),
+    the results (``ResultCollector``) and the fleet's store all conclude with it."""
+    seen = set(results)
+    if "failure" in seen:
+        return "failure"
+    if "cancelled" in seen:
+        return "cancelled"
+    return otherwise
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +134,8 @@ class GroupEnded:
 
 @dataclass(frozen=True, slots=True)
 class Annotation:
-    """An ``::error``/``::warning``/``::notice``/``::debug`` workflow command, or a runner notice."""
+    """An ``::error``/``::warning``/``::notice``/``::debug`` workflow command, or a runner
+    notice."""
 
     run_id: str
     job_key: str
@@ -250,7 +263,8 @@ class RunFinished:
 
 @dataclass(frozen=True, slots=True)
 class RunInsights:
-    """What past runs teach about this run's commands (``runner/learning.py``); before ``RunFinished``."""
+    """What past runs teach about this run's commands (``learning/history.py``); before
+    ``RunFinished``."""
 
     run_id: str
     time: float

@@ -29,7 +29,9 @@ class RepositoryInfo:
     repository: str
 
 
-async def git(*args: str, cwd: str | os.PathLike[str], check: bool = True) -> tuple[int, bytes, str]:
+async def git(
+    *args: str, cwd: str | os.PathLike[str], check: bool = True
+) -> tuple[int, bytes, str]:
     """Run git on the host; returns (exit code, stdout, stderr)."""
     try:
         process = await asyncio.create_subprocess_exec(
@@ -71,7 +73,8 @@ async def repository_info(root: str) -> RepositoryInfo:
 
 async def git_toplevel(path: str) -> str | None:
     """The top-level folder of the git repository holding ``path``, if any."""
-    folder = path if await asyncio.to_thread(os.path.isdir, path) else os.path.dirname(os.path.abspath(path))  # noqa: ASYNC240
+    is_folder = await asyncio.to_thread(os.path.isdir, path)
+    folder = path if is_folder else os.path.dirname(os.path.abspath(path))  # noqa: ASYNC240
     code, out, _ = await git("rev-parse", "--show-toplevel", cwd=folder or ".", check=False)
     return out.decode().strip() or None if code == 0 else None
 
@@ -84,8 +87,13 @@ async def working_tree_tar(root: str) -> bytes:
     """
     entries: list[str] | None = None
     if await asyncio.to_thread(os.path.exists, os.path.join(root, ".git")):
-        _, out, _ = await git("ls-files", "-z", "--cached", "--others", "--exclude-standard", cwd=root)
-        entries = [".git", *sorted({name for name in out.decode(errors="surrogateescape").split("\0") if name})]
+        _, out, _ = await git(
+            "ls-files", "-z", "--cached", "--others", "--exclude-standard", cwd=root
+        )
+        entries = [
+            ".git",
+            *sorted({name for name in out.decode(errors="surrogateescape").split("\0") if name}),
+        ]
     return await asyncio.to_thread(_tar_entries, root, entries)
 
 
@@ -115,7 +123,12 @@ def actions_cache() -> Path:
 async def fetch_action(base_url: str, owner: str, repo: str, ref: str) -> Path:
     """A clone of ``owner/repo`` at ``ref`` in the actions cache (cloned once per ref)."""
     safe = re.compile(r"^[\w.-]+$")
-    if not all(safe.match(part) for part in (owner, repo)) or not ref or ref.startswith("-") or ".." in ref:
+    if (
+        not all(safe.match(part) for part in (owner, repo))
+        or not ref
+        or ref.startswith("-")
+        or ".." in ref
+    ):
         raise ConfigError(f"invalid action reference {owner}/{repo}@{ref}")
     target = actions_cache() / owner / repo / ref.replace("/", "%2F")
     if (target / ".vmrunner-complete").exists():
@@ -125,13 +138,22 @@ async def fetch_action(base_url: str, owner: str, repo: str, ref: str) -> Path:
     partial.parent.mkdir(parents=True, exist_ok=True)
     if partial.exists():
         shutil.rmtree(partial, ignore_errors=True)
-    code, _, error = await git("clone", "--quiet", "--depth", "1", "--branch", ref, url, str(partial), cwd=partial.parent, check=False)
+    code, _, error = await git(
+        "clone", "--quiet", "--depth", "1", "--branch", ref, url, str(partial), cwd=partial.parent,
+        check=False,
+    )
     if code != 0:  # maybe a commit sha: full clone, then check it out
-        code, _, error = await git("clone", "--quiet", url, str(partial), cwd=partial.parent, check=False)
+        code, _, error = await git(
+            "clone", "--quiet", url, str(partial), cwd=partial.parent, check=False
+        )
         if code == 0:
-            code, _, error = await git("checkout", "--quiet", "--detach", ref, cwd=partial, check=False)
+            code, _, error = await git(
+                "checkout", "--quiet", "--detach", ref, cwd=partial, check=False
+            )
     if code != 0:
-        raise ConfigError(f"cannot fetch action {owner}/{repo}@{ref} from {url}: {error or 'git failed'}")
+        raise ConfigError(
+            f"cannot fetch action {owner}/{repo}@{ref} from {url}: {error or 'git failed'}"
+        )
     (partial / ".vmrunner-complete").write_text(ref)
     try:
         partial.rename(target)

@@ -1,4 +1,5 @@
-"""The machine lifecycle timeline, from real sandbox runs: one machine per job, shown and counted."""
+"""The machine lifecycle timeline, from real sandbox runs: one machine per job, shown and
+counted."""
 
 from __future__ import annotations
 
@@ -10,18 +11,18 @@ from tests.runner.engine import Ran, run
 from vmrunner.machines.base import MachineSpec
 from vmrunner.machines.providers import get_provider
 from vmrunner.machines.testing import CountingProvider
-from vmrunner.runner.events import (
+from vmrunner.reports.events import (
     Event,
     MachineReleased,
     Recorder,
     SessionStateChanged,
     SnapshotRestored,
 )
+from vmrunner.reports.results import RUN_RESULT_SCHEMA, ResultCollector, RunResult
+from vmrunner.reports.storage import RunHistory, StoreSink
+from vmrunner.reports.timeline import TimelineEntry, prove, state_during, visible
 from vmrunner.runner.options import RunOptions
-from vmrunner.runner.results import RUN_RESULT_SCHEMA, ResultCollector, RunResult
 from vmrunner.runner.run import run_workflow
-from vmrunner.runner.storage import RunHistory, StoreSink
-from vmrunner.runner.timeline import TimelineEntry, prove, state_during, visible
 from vmrunner.sessions import SessionManager, Transition
 from vmrunner.store import Store
 from vmrunner.workflow.loader import load_workflow_text
@@ -89,7 +90,10 @@ async def test_one_job_one_machine_every_command_in_it_then_one_release() -> Non
     assert {c.machine_id for c in commands} == {machine}
     # allocation requested < allocated < every command < release requested < released
     order = kinds(timeline)
-    first, last = order.index("command_started"), len(order) - 1 - order[::-1].index("command_finished")
+    first, last = (
+        order.index("command_started"),
+        len(order) - 1 - order[::-1].index("command_finished"),
+    )
     assert order.index("allocation_requested") < order.index("machine_allocated") < first
     assert last < order.index("release_requested") < order.index("machine_released")
     times = [e.time for e in timeline]
@@ -101,7 +105,12 @@ async def test_one_job_one_machine_every_command_in_it_then_one_release() -> Non
     assert states[-3:] == ["completed", "terminating", "released"]
     assert "executing" in states
     proof = prove(timeline)
-    assert (proof.machines_allocated, proof.machines_released, proof.jobs, proof.total_machines) == (1, 1, 1, 1)
+    assert (
+        proof.machines_allocated,
+        proof.machines_released,
+        proof.jobs,
+        proof.total_machines,
+    ) == (1, 1, 1, 1)
     assert proof.commands == 4
     assert proof.commands_in_own_machine
     assert proof.released_once
@@ -156,7 +165,9 @@ async def test_a_rollback_shows_the_restore_between_the_failure_and_the_release(
     assert ran.of(SnapshotRestored)
     timeline = collected(ran).timeline
     order = kinds(timeline)
-    failed = next(i for i, e in enumerate(timeline) if e.kind == "command_finished" and e.outcome == "failure")
+    failed = next(
+        i for i, e in enumerate(timeline) if e.kind == "command_finished" and e.outcome == "failure"
+    )
     assert timeline[failed].exit_code == 7
     restored = order.index("snapshot_restored")
     assert failed < restored < order.index("release_requested") < order.index("machine_released")
@@ -192,7 +203,9 @@ async def test_the_timeline_is_kept_in_the_store_and_read_back_as_recorded() -> 
 
 
 async def test_a_job_that_gets_no_machine_has_no_allocation_in_its_timeline() -> None:
-    workflow = ONE_JOB.replace("runs-on: ubuntu-latest", "runs-on: ubuntu-latest\n    container: node:20")
+    workflow = ONE_JOB.replace(
+        "runs-on: ubuntu-latest", "runs-on: ubuntu-latest\n    container: node:20"
+    )
     result = collected(await run(workflow))
     assert result.timeline == ()
     proof = result.lifecycle()
@@ -201,23 +214,36 @@ async def test_a_job_that_gets_no_machine_has_no_allocation_in_its_timeline() ->
 
 def test_visible_rows_drop_round_trips_but_keep_a_rollback() -> None:
     def state(time: float, value: str) -> TimelineEntry:
-        return TimelineEntry(time, "a", "session_state", session_id="s", machine_id="m", state=value)
+        return TimelineEntry(
+            time, "a", "session_state", session_id="s", machine_id="m", state=value
+        )
 
     entries = [
         state(0, "initializing"),
         state(1, "active"),
-        TimelineEntry(1.1, "a", "machine_allocated", session_id="s", machine_id="m", state="active"),
-        TimelineEntry(2, "a", "command_started", session_id="s", machine_id="m", state="active", step_index=0),
+        TimelineEntry(
+            1.1, "a", "machine_allocated", session_id="s", machine_id="m", state="active"
+        ),
+        TimelineEntry(
+            2, "a", "command_started", session_id="s", machine_id="m", state="active", step_index=0
+        ),
         state(2.1, "executing"),
         state(2.9, "active"),
-        TimelineEntry(3, "a", "command_finished", session_id="s", machine_id="m", state="active", step_index=0),
+        TimelineEntry(
+            3, "a", "command_finished", session_id="s", machine_id="m", state="active", step_index=0
+        ),
         state(4, "paused"),
         state(5, "rolled_back"),
         state(6, "terminating"),
     ]
     shown = visible(entries)
     assert [e.state if e.kind == "session_state" else e.kind for e in shown] == [
-        "initializing", "machine_allocated", "command_started", "command_finished", "rolled_back", "terminating",
+        "initializing",
+        "machine_allocated",
+        "command_started",
+        "command_finished",
+        "rolled_back",
+        "terminating",
     ]
     assert state_during(entries, 3) == "executing"
     assert state_during(entries, 6) == "active"
@@ -246,7 +272,12 @@ def test_the_counts_catch_a_command_in_another_machine_and_a_double_release() ->
     assert not proof.kept
     assert proof.peak_machines == 2
     assert not proof.machines[0].overlaps(
-        prove([entry(10, "c", "machine_allocated", "m3"), entry(11, "c", "machine_released", "m3", "success")]).machines[0]
+        prove(
+            [
+                entry(10, "c", "machine_allocated", "m3"),
+                entry(11, "c", "machine_released", "m3", "success"),
+            ]
+        ).machines[0]
     )
 
 
@@ -273,7 +304,16 @@ async def test_the_session_manager_tells_observers_every_transition_until_stoppe
     finally:
         await provider.aclose()
     assert seen == [
-        (first, state) for state in ("initializing", "active", "executing", "active", "completed", "terminating", "released")
+        (first, state)
+        for state in (
+            "initializing",
+            "active",
+            "executing",
+            "active",
+            "completed",
+            "terminating",
+            "released",
+        )
     ]
 
 
@@ -282,22 +322,33 @@ async def test_an_observer_of_a_label_hears_only_the_sessions_carrying_it() -> N
     provider = get_provider("sandbox")
     try:
         async with SessionManager(provider, limit=2) as sessions:
-            stop = sessions.observe(lambda session, t: seen.append((session.spec.labels["run"], t.state.value)), label=("run", "r1"))
-            async with sessions.open(MachineSpec(labels={"run": "r1", "job": "a"})), sessions.open(MachineSpec(labels={"run": "r2"})):
+            stop = sessions.observe(
+                lambda session, t: seen.append((session.spec.labels["run"], t.state.value)),
+                label=("run", "r1"),
+            )
+            async with (
+                sessions.open(MachineSpec(labels={"run": "r1", "job": "a"})),
+                sessions.open(MachineSpec(labels={"run": "r2"})),
+            ):
                 pass
             stop()
             async with sessions.open(MachineSpec(labels={"run": "r1"})):
                 pass
     finally:
         await provider.aclose()
-    assert seen == [("r1", state) for state in ("initializing", "active", "completed", "terminating", "released")]
+    assert seen == [
+        ("r1", state)
+        for state in ("initializing", "active", "completed", "terminating", "released")
+    ]
 
 
 async def test_the_runs_own_annotations_belong_to_no_job_live_and_kept() -> None:
     """A warning about the run itself (an undeclared dispatch input) makes no pseudo-job."""
     ran = await run(
-        "on:\n  workflow_dispatch:\n    inputs:\n      known: {type: string}\njobs:\n  a:\n    runs-on: ubuntu-latest\n    steps:\n      - run: 'true'\n",
-        event_name="workflow_dispatch", inputs={"unknown": "1"},
+        "on:\n  workflow_dispatch:\n    inputs:\n      known: {type: string}\njobs:\n  a:\n    "
+        "runs-on: ubuntu-latest\n    steps:\n      - run: 'true'\n",
+        event_name="workflow_dispatch",
+        inputs={"unknown": "1"},
     )
     live = collected(ran)
     with Store.open() as store:
@@ -307,7 +358,9 @@ async def test_the_runs_own_annotations_belong_to_no_job_live_and_kept() -> None
         kept = RunHistory(store).get_run(live.run_id)
     for result in (live, kept):
         assert [job.job_key for job in result.jobs] == ["a"]
-        assert [(a.level, "unknown" in a.message) for a in result.run_annotations] == [("warning", True)]
+        assert [(a.level, "unknown" in a.message) for a in result.run_annotations] == [
+            ("warning", True)
+        ]
         data = result.to_json()
         jsonschema.validate(data, RUN_RESULT_SCHEMA)
         assert [a["level"] for a in data["annotations"]] == ["warning"]

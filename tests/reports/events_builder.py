@@ -1,6 +1,6 @@
 """Valid event sequences for tests of what shows or keeps a run (results, summary, store, view).
 
-The builder keeps the rules of ``vmrunner.runner.events``: one ``JobFinished`` per ``JobStarted``,
+The builder keeps the rules of ``vmrunner.reports.events``: one ``JobFinished`` per ``JobStarted``,
 one ``StepFinished`` per ``StepStarted``, ``RunFinished`` last, times that only go forward. Calls
 on different jobs interleave their events, as parallel jobs do. Every event goes to ``sink`` as
 it is made (and is kept in ``events``).
@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmrunner.runner.events import (
+from vmrunner.reports.events import (
     Annotation,
     AnnotationLevel,
     Event,
@@ -32,7 +32,7 @@ from vmrunner.runner.events import (
     StepKind,
     StepStarted,
 )
-from vmrunner.runner.results import ResultCollector, RunResult
+from vmrunner.reports.results import ResultCollector, RunResult
 
 
 class RunBuilder:
@@ -66,7 +66,11 @@ class RunBuilder:
             self.sink.emit(event)
 
     def start(self, *, sha: str = "0123abcd", ref: str = "refs/heads/main") -> RunBuilder:
-        self.add(RunStarted(self.run_id, self.workflow, self.workflow_file, self.event_name, self.now, sha, ref))
+        self.add(
+            RunStarted(
+                self.run_id, self.workflow, self.workflow_file, self.event_name, self.now, sha, ref
+            )
+        )
         return self
 
     def job(
@@ -81,7 +85,15 @@ class RunBuilder:
         job = JobBuilder(self, key)
         self.jobs[key] = job
         self.add(
-            JobQueued(self.run_id, key, job_id or key.split(" ")[0], name or key, self.tick(0.01), dict(matrix or {}), tuple(needs))
+            JobQueued(
+                self.run_id,
+                key,
+                job_id or key.split(" ")[0],
+                name or key,
+                self.tick(0.01),
+                dict(matrix or {}),
+                tuple(needs),
+            )
         )
         return job
 
@@ -89,7 +101,13 @@ class RunBuilder:
         """End the run; the conclusion defaults to what the jobs' results say."""
         if conclusion is None:
             results = {job.result for job in self.jobs.values()}
-            conclusion = "failure" if "failure" in results else "cancelled" if "cancelled" in results else "success"
+            conclusion = (
+                "failure"
+                if "failure" in results
+                else "cancelled"
+                if "cancelled" in results
+                else "success"
+            )
         now = self.tick()
         self.add(RunFinished(self.run_id, conclusion, now, now - self.started_at))
         return self
@@ -105,13 +123,22 @@ class JobBuilder:
     failed: bool = False
     snapshots: list[str] = field(default_factory=list)
 
-    def begin(self, *, provider: str = "sandbox", from_pool: bool = False, vm_type: str = "default") -> JobBuilder:
+    def begin(
+        self, *, provider: str = "sandbox", from_pool: bool = False, vm_type: str = "default"
+    ) -> JobBuilder:
         self.started_at = self.run.tick()
         slug = self.key.replace(" ", "_")
         self.run.add(
             JobStarted(
-                self.run.run_id, self.key, self.started_at, f"sess-{slug}", f"m-{slug}", provider, vm_type,
-                from_pool, allocation_seconds=0.05,
+                self.run.run_id,
+                self.key,
+                self.started_at,
+                f"sess-{slug}",
+                f"m-{slug}",
+                provider,
+                vm_type,
+                from_pool,
+                allocation_seconds=0.05,
             )
         )
         return self
@@ -145,12 +172,27 @@ class JobBuilder:
             title, grouped = group
             run.add(GroupStarted(run.run_id, self.key, index, title, run.tick(0.001)))
             for text in grouped:
-                run.add(LogLine(run.run_id, self.key, index, "stdout", text, run.tick(0.001), group_depth=1))
+                run.add(
+                    LogLine(
+                        run.run_id, self.key, index, "stdout", text, run.tick(0.001), group_depth=1
+                    )
+                )
             run.add(GroupEnded(run.run_id, self.key, index, run.tick(0.001)))
         for text in stderr:
             run.add(LogLine(run.run_id, self.key, index, "stderr", text, run.tick(0.001)))
         for level, message in annotations:
-            run.add(Annotation(run.run_id, self.key, index, level, message, run.tick(0.001), file="src/app.py", line=3))
+            run.add(
+                Annotation(
+                    run.run_id,
+                    self.key,
+                    index,
+                    level,
+                    message,
+                    run.tick(0.001),
+                    file="src/app.py",
+                    line=3,
+                )
+            )
         if outcome is None:
             outcome = "success" if exit_code == 0 and not timed_out else "failure"
         conclusion = conclusion or outcome
@@ -162,8 +204,17 @@ class JobBuilder:
             snapshot_id = f"snap-{self.key}-{index}".replace(" ", "_")
         run.add(
             StepFinished(
-                run.run_id, self.key, index, outcome, conclusion, run.now, seconds, exit_code, timed_out,
-                snapshot_id, dict(outputs or {}),
+                run.run_id,
+                self.key,
+                index,
+                outcome,
+                conclusion,
+                run.now,
+                seconds,
+                exit_code,
+                timed_out,
+                snapshot_id,
+                dict(outputs or {}),
             )
         )
         if snapshot_id:
@@ -181,7 +232,9 @@ class JobBuilder:
         return self
 
     def log(self, text: str, *, step_index: int = -1) -> JobBuilder:
-        self.run.add(LogLine(self.run.run_id, self.key, step_index, "stdout", text, self.run.tick(0.001)))
+        self.run.add(
+            LogLine(self.run.run_id, self.key, step_index, "stdout", text, self.run.tick(0.001))
+        )
         return self
 
     def finish(
@@ -194,13 +247,24 @@ class JobBuilder:
         outputs: Mapping[str, str] | None = None,
     ) -> JobBuilder:
         if rollback and self.snapshots:
-            self.run.add(SnapshotRestored(self.run.run_id, self.key, self.snapshots[-1], self.run.tick(0.1), 0.1))
+            self.run.add(
+                SnapshotRestored(
+                    self.run.run_id, self.key, self.snapshots[-1], self.run.tick(0.1), 0.1
+                )
+            )
         self.result = result or ("failure" if self.failed else "success")
         now = self.run.tick()
         self.run.add(
             JobFinished(
-                self.run.run_id, self.key, self.result, now, now - self.started_at if self.started_at else 0.0,
-                dict(outputs or {}), rolled_back=rollback and bool(self.snapshots), reason=reason, summary=summary,
+                self.run.run_id,
+                self.key,
+                self.result,
+                now,
+                now - self.started_at if self.started_at else 0.0,
+                dict(outputs or {}),
+                rolled_back=rollback and bool(self.snapshots),
+                reason=reason,
+                summary=summary,
             )
         )
         return self
@@ -224,14 +288,21 @@ def simple_run(sink: EventSink | None = None, run_id: str = "run-0001") -> RunBu
     job = run.job("build").begin()
     job.step("Set up job", kind="setup", lines=["machine ready"], seconds=0.2)
     job.step("Checkout", lines=["Fetched 12 files"], seconds=0.8, snapshot=True)
-    job.step("Test", step_id="test", lines=["collected 3 items", "3 passed"], group=("pytest", ["a ok", "b ok"]),
-             seconds=75.0, outputs={"count": "3"})
+    job.step(
+        "Test",
+        step_id="test",
+        lines=["collected 3 items", "3 passed"],
+        group=("pytest", ["a ok", "b ok"]),
+        seconds=75.0,
+        outputs={"count": "3"},
+    )
     job.finish(outputs={"count": "3"}, summary="### Tests\n3 passed")
     return run.finish()
 
 
 def failing_matrix_run(sink: EventSink | None = None, run_id: str = "run-0002") -> RunBuilder:
-    """A matrix of two jobs running in parallel (one fails), a job that needs them and is skipped."""
+    """A matrix of two jobs running in parallel (one fails), a job that needs them and is
+    skipped."""
     run = RunBuilder(run_id, workflow="Matrix", sink=sink).start()
     small = run.job("test (small)", job_id="test", matrix={"size": "small"})
     large = run.job("test (large)", job_id="test", matrix={"size": "large"})
@@ -241,7 +312,12 @@ def failing_matrix_run(sink: EventSink | None = None, run_id: str = "run-0002") 
     small.step("Build", lines=["building small"])
     large.step("Build", lines=["building large"], snapshot=True)
     small.step("Test", lines=["ok"], snapshot=True)
-    large.step("Test", stderr=["AssertionError: 1 != 2"], exit_code=1, annotations=[("error", "test_size failed")])
+    large.step(
+        "Test",
+        stderr=["AssertionError: 1 != 2"],
+        exit_code=1,
+        annotations=[("error", "test_size failed")],
+    )
     large.skipped_step("Upload")
     large.step("Post Build", kind="post")
     small.finish()

@@ -36,7 +36,9 @@ def parse_dotenv(text: str, filename: str = "<dotenv>") -> dict[str, str]:
                 body += "\n" + lines[index]
                 index += 1
             if not _closed(body, quote):
-                raise ConfigError(f"{filename}:{number}: unterminated {quote} quote in the value of {key}")
+                raise ConfigError(
+                    f"{filename}:{number}: unterminated {quote} quote in the value of {key}"
+                )
             body = body[: _closing(body, quote)]
             values[key] = _unescape(body) if quote == '"' else body
         else:

@@ -1,4 +1,5 @@
-"""The result of a workflow run, built from its events: ``RunResult`` → ``JobResult`` → ``StepResult``.
+"""The result of a workflow run, built from its events: ``RunResult`` → ``JobResult`` →
+``StepResult``.
 
 ``ResultCollector`` is an ``EventSink``; the engine (or ``vmrunner run``) adds it beside the
 other sinks and asks it for the result at the end (or at any moment, for a live view)::
@@ -21,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from vmrunner.runner.events import (
+from vmrunner.reports.events import (
     Annotation,
     AnnotationLevel,
     Event,
@@ -40,10 +41,12 @@ from vmrunner.runner.events import (
     StepFinished,
     StepKind,
     StepStarted,
+    run_conclusion,
 )
-from vmrunner.runner.insights import INSIGHTS_SCHEMA, Insights
-from vmrunner.runner.timeline import (
-    KINDS,
+from vmrunner.reports.insights import Insights
+from vmrunner.reports.schemas import JSON_OMIT, dataclass_schema
+from vmrunner.reports.timeline import (
+    LIFECYCLE_SCHEMA,
     TimelineBuilder,
     TimelineEntry,
     TimelineProof,
@@ -64,7 +67,8 @@ JSON_VERSION = 1
 class AnnotationResult:
     """An error/warning/notice/debug message attached to a job (and step; -1: the job)."""
 
-    job_key: str
+    #: Not in the JSON: an annotation is listed under its job (or the run).
+    job_key: str = field(metadata=JSON_OMIT)
     step_index: int
     level: AnnotationLevel
     message: str
@@ -138,7 +142,7 @@ class JobResult:
     reason: str = ""
     #: The job's Markdown summary (``GITHUB_STEP_SUMMARY``), masked.
     summary: str = ""
-    #: The job's machine lifecycle, in order (``runner/timeline.py``).
+    #: The job's machine lifecycle, in order (``reports/timeline.py``).
     timeline: tuple[TimelineEntry, ...] = ()
 
     def step(self, index: int) -> StepResult | None:
@@ -161,13 +165,17 @@ class RunResult:
     finished_at: float | None = None
     duration: float | None = None
     jobs: tuple[JobResult, ...] = ()
-    #: What past runs teach about this run's commands (``runner/learning.py``); None without learning.
+    #: What past runs teach about this run's commands (``learning/history.py``); None without
+    #: learning.
     insights: Insights | None = None
-    #: Set when this run re-ran a job of run ``rerun_of`` from step ``from_step`` (``vmrunner rerun``).
+    #: Set when this run re-ran a job of run ``rerun_of`` from step ``from_step``
+    #: (``vmrunner rerun``).
     rerun_of: str = ""
     from_step: int | None = None
     #: The run's own annotations, of no job (warnings about inputs, concurrency groups).
-    run_annotations: tuple[AnnotationResult, ...] = ()
+    run_annotations: tuple[AnnotationResult, ...] = field(
+        default=(), metadata={"json": "annotations"}
+    )
 
     def job(self, job_key: str) -> JobResult | None:
         return next((j for j in self.jobs if j.job_key == job_key), None)
@@ -187,7 +195,8 @@ class RunResult:
         return prove(self.timeline)
 
     def to_json(self) -> dict[str, Any]:
-        """Plain JSON data in the shape of ``RUN_RESULT_SCHEMA`` (stable for ``--json`` and the API).
+        """Plain JSON data in the shape of ``RUN_RESULT_SCHEMA`` (stable for ``--json`` and the
+        API).
 
         Times are Unix seconds (floats), durations seconds; absent values are ``null``.
         """
@@ -284,193 +293,23 @@ def _annotation_json(annotation: AnnotationResult) -> dict[str, Any]:
     }
 
 
-def _nullable(kind: str) -> dict[str, Any]:
-    return {"type": [kind, "null"]}
-
-
-_RESULTS = ["success", "failure", "cancelled", "skipped"]
-_STATUS = {"enum": ["queued", "in_progress", "completed"]}
-_STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
-_COUNT = {"type": "integer", "minimum": 0}
-
-
-def _object(properties: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "properties": properties,
-        "required": sorted(properties),
-        "additionalProperties": False,
-    }
-
-
-_ANNOTATIONS = {
-    "type": "array",
-    "items": _object(
-        {
-            "step_index": {"type": "integer"},
-            "level": {"enum": ["debug", "notice", "warning", "error"]},
-            "message": {"type": "string"},
-            "time": {"type": "number"},
-            "file": {"type": "string"},
-            "line": {"type": "integer"},
-            "column": {"type": "integer"},
-            "title": {"type": "string"},
-        }
-    ),
-}
-
-#: JSON Schema (draft 2020-12) of ``RunResult.to_json()``: every key is always present.
+#: JSON Schema (draft 2020-12) of ``RunResult.to_json()``, generated from the dataclasses
+#: (``reports/schemas.py``): every key is always present.
 RUN_RESULT_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "vmrunner run result",
-    **_object(
-        {
-            "version": {"const": JSON_VERSION},
-            "run_id": {"type": "string"},
-            "workflow_name": {"type": "string"},
-            "workflow_file": {"type": "string"},
-            "event_name": {"type": "string"},
-            "sha": {"type": "string"},
-            "ref": {"type": "string"},
-            "status": _STATUS,
-            "conclusion": {"enum": [*_RESULTS, "interrupted", None]},
-            "started_at": {"type": "number"},
-            "finished_at": _nullable("number"),
-            "duration": _nullable("number"),
-            "rerun_of": {"type": "string"},
-            "from_step": _nullable("integer"),
-            "annotations": _ANNOTATIONS,
-            "jobs": {
-                "type": "array",
-                "items": _object(
-                    {
-                        "job_key": {"type": "string"},
-                        "job_id": {"type": "string"},
-                        "name": {"type": "string"},
-                        "matrix": {"type": "object"},
-                        "needs": {"type": "array", "items": {"type": "string"}},
-                        "status": _STATUS,
-                        "conclusion": {"enum": [*_RESULTS, None]},
-                        "queued_at": _nullable("number"),
-                        "started_at": _nullable("number"),
-                        "finished_at": _nullable("number"),
-                        "duration": _nullable("number"),
-                        "allocation_seconds": {"type": "number"},
-                        "session_id": {"type": "string"},
-                        "machine_id": {"type": "string"},
-                        "provider": {"type": "string"},
-                        "vm_type": {"type": "string"},
-                        "from_pool": {"type": "boolean"},
-                        "rolled_back": {"type": "boolean"},
-                        "reason": {"type": "string"},
-                        "outputs": _STRING_MAP,
-                        "summary": {"type": "string"},
-                        "steps": {
-                            "type": "array",
-                            "items": _object(
-                                {
-                                    "index": {"type": "integer"},
-                                    "kind": {"enum": ["setup", "step", "post", "cleanup"]},
-                                    "name": {"type": "string"},
-                                    "step_id": {"type": "string"},
-                                    "status": _STATUS,
-                                    "outcome": {"enum": [*_RESULTS, None]},
-                                    "conclusion": {"enum": [*_RESULTS, None]},
-                                    "started_at": {"type": "number"},
-                                    "finished_at": _nullable("number"),
-                                    "duration": _nullable("number"),
-                                    "exit_code": _nullable("integer"),
-                                    "timed_out": {"type": "boolean"},
-                                    "snapshot_id": {"type": "string"},
-                                    "outputs": _STRING_MAP,
-                                }
-                            ),
-                        },
-                        "annotations": _ANNOTATIONS,
-                        "snapshots": {
-                            "type": "array",
-                            "items": _object(
-                                {
-                                    "step_index": {"type": "integer"},
-                                    "snapshot_id": {"type": "string"},
-                                    "time": {"type": "number"},
-                                    "duration": {"type": "number"},
-                                    "restored": {"type": "boolean"},
-                                }
-                            ),
-                        },
-                        "timeline": {
-                            "type": "array",
-                            "items": _object(
-                                {
-                                    "time": {"type": "number"},
-                                    "job_key": {"type": "string"},
-                                    "kind": {"enum": list(KINDS)},
-                                    "session_id": {"type": "string"},
-                                    "machine_id": {"type": "string"},
-                                    "state": {"type": "string"},
-                                    "step_index": _nullable("integer"),
-                                    "step_kind": {"type": "string"},
-                                    "name": {"type": "string"},
-                                    "exit_code": _nullable("integer"),
-                                    "outcome": {"type": "string"},
-                                    "seconds": _nullable("number"),
-                                    "detail": {"type": "string"},
-                                }
-                            ),
-                        },
-                    }
-                ),
-            },
-            "insights": {"anyOf": [INSIGHTS_SCHEMA, {"type": "null"}]},
-            "lifecycle": _object(
-                {
-                    "jobs": _COUNT,
-                    "machines_allocated": _COUNT,
-                    "machines_released": _COUNT,
-                    "total_machines": _COUNT,
-                    "peak_machines": _COUNT,
-                    "commands": _COUNT,
-                    "stray_commands": _COUNT,
-                    "commands_in_own_machine": {"type": "boolean"},
-                    "released_once": {"type": "boolean"},
-                    "kept": {"type": "boolean"},
-                    "machines": {
-                        "type": "array",
-                        "items": _object(
-                            {
-                                "machine_id": {"type": "string"},
-                                "job_key": {"type": "string"},
-                                "session_id": {"type": "string"},
-                                "allocated_at": {"type": "number"},
-                                "released_at": _nullable("number"),
-                                "releases": _COUNT,
-                                "commands": _COUNT,
-                            }
-                        ),
-                    },
-                }
-            ),
-        }
+    **dataclass_schema(
+        RunResult, extra={"version": {"const": JSON_VERSION}, "lifecycle": LIFECYCLE_SCHEMA}
     ),
 }
 
 
 def job_conclusion(result: Result, steps: tuple[StepResult, ...]) -> Result:
-    """The job's result as GitHub reports it: never ``success`` after a step concluded ``failure``."""
+    """The job's result as GitHub reports it: never ``success`` after a step concluded
+    ``failure``."""
     if result == "success" and any(s.conclusion == "failure" for s in steps):
         return "failure"
     return result
-
-
-def run_conclusion(reported: Result, jobs: tuple[JobResult, ...]) -> Result:
-    """The run's conclusion: ``failure`` if any job failed, ``cancelled`` if any was cancelled."""
-    conclusions = {job.conclusion for job in jobs}
-    if reported == "failure" or "failure" in conclusions:
-        return "failure"
-    if reported == "cancelled" or "cancelled" in conclusions:
-        return "cancelled"
-    return reported
 
 
 class ResultCollector:
@@ -568,7 +407,9 @@ class ResultCollector:
                     (s.step_index for s in taken if s.snapshot_id == event.snapshot_id), -1
                 )
                 taken.append(
-                    SnapshotResult(index, event.snapshot_id, event.time, event.duration, restored=True)
+                    SnapshotResult(
+                        index, event.snapshot_id, event.time, event.duration, restored=True
+                    )
                 )
             case JobFinished():
                 job = self._job(event.job_key, event.time)
@@ -592,7 +433,9 @@ class ResultCollector:
     def _job(self, job_key: str, time: float) -> JobResult:
         job = self._jobs.get(job_key)
         if job is None:
-            job = JobResult(job_key=job_key, job_id=job_key, name=job_key, status="queued", queued_at=time)
+            job = JobResult(
+                job_key=job_key, job_id=job_key, name=job_key, status="queued", queued_at=time
+            )
             self._jobs[job_key] = job
             self._steps[job_key] = {}
             self._annotations[job_key] = []
@@ -606,8 +449,13 @@ class ResultCollector:
         jobs = tuple(self._built(key) for key in self._jobs if key)
         conclusion = run.conclusion
         if conclusion is not None and conclusion != "interrupted":
-            conclusion = run_conclusion(conclusion, jobs)
-        return replace(run, jobs=jobs, conclusion=conclusion, run_annotations=tuple(self._annotations.get("", ())))
+            conclusion = run_conclusion([conclusion, *(job.conclusion for job in jobs)], conclusion)
+        return replace(
+            run,
+            jobs=jobs,
+            conclusion=conclusion,
+            run_annotations=tuple(self._annotations.get("", ())),
+        )
 
     def job_result(self, job_key: str) -> JobResult | None:
         """One job as known so far (cheaper than ``result()`` while a run is going)."""

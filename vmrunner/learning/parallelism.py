@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import fields, is_dataclass
 from typing import Any
 
-from vmrunner.runner.insights import Suggestion
+from vmrunner.reports.insights import Suggestion
 from vmrunner.workflow.models import Job, Workflow
 
 #: Confidence of "drop a needs": low, since a needs that only orders jobs is often a gate.
@@ -30,11 +30,22 @@ def parallel_suggestions(workflow: Workflow) -> list[Suggestion]:
     for job in workflow.jobs.values():
         suggestions += _habits(workflow, job)
         strategy = job.strategy
-        if strategy is not None and strategy.max_parallel == 1 and isinstance(strategy.matrix, Mapping) and strategy.matrix:
-            suggestions.append(Suggestion(
-                "parallel", f"job `{job.id}` runs its matrix one combination at a time: raise max-parallel if they share nothing",
-                SERIAL_MATRIX_CONFIDENCE, "strategy.max-parallel is 1", job=job.id,
-            ))
+        if (
+            strategy is not None
+            and strategy.max_parallel == 1
+            and isinstance(strategy.matrix, Mapping)
+            and strategy.matrix
+        ):
+            suggestions.append(
+                Suggestion(
+                    "parallel",
+                    f"job `{job.id}` runs its matrix one combination at a time: raise "
+                    f"max-parallel if they share nothing",
+                    SERIAL_MATRIX_CONFIDENCE,
+                    "strategy.max-parallel is 1",
+                    job=job.id,
+                )
+            )
     return suggestions
 
 
@@ -49,15 +60,22 @@ def _habits(workflow: Workflow, job: Job) -> Iterator[Suggestion]:
         if _ARTIFACTS.search(text) or _ARTIFACTS.search("\n".join(_strings(needed))):
             continue
         yield Suggestion(
-            "parallel", f"job `{job.id}` needs `{need}` but uses none of its outputs: if it waits only out of habit,"
-            " drop it from needs and both start at once", HABIT_CONFIDENCE,
-            f"no needs.{need} in job {job.id}, no artifacts passed, no if: condition", job=job.id,
+            "parallel",
+            f"job `{job.id}` needs `{need}` but uses none of its outputs: if it waits only out of "
+            f"habit,"
+            " drop it from needs and both start at once",
+            HABIT_CONFIDENCE,
+            f"no needs.{need} in job {job.id}, no artifacts passed, no if: condition",
+            job=job.id,
         )
 
 
 def _uses_needs(text: str, need: str) -> bool:
     quoted = re.escape(need)
-    return re.search(rf"needs\s*(?:\.\s*{quoted}\b|\[\s*['\"]{quoted}['\"]\s*\])", text) is not None or "toJSON(needs)" in text
+    return (
+        re.search(rf"needs\s*(?:\.\s*{quoted}\b|\[\s*['\"]{quoted}['\"]\s*\])", text) is not None
+        or "toJSON(needs)" in text
+    )
 
 
 def _strings(value: Any) -> Iterator[str]:

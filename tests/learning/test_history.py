@@ -1,4 +1,5 @@
-"""Learning from runs on a real SQLite store: lessons, averages, predictions, suggestions, the sink."""
+"""Learning from runs on a real SQLite store: lessons, averages, predictions, suggestions, the
+sink."""
 
 from __future__ import annotations
 
@@ -9,7 +10,15 @@ import jsonschema
 import pytest
 
 from vmrunner.errors import ConfigError
-from vmrunner.runner.events import (
+from vmrunner.learning.history import (
+    ENV_LESSON_THRESHOLD,
+    CommandRecord,
+    Learning,
+    LearningConfig,
+    LearningSink,
+    load_config,
+)
+from vmrunner.reports.events import (
     JobQueued,
     LogLine,
     Recorder,
@@ -19,25 +28,29 @@ from vmrunner.runner.events import (
     StepFinished,
     StepStarted,
 )
-from vmrunner.runner.insights import INSIGHTS_SCHEMA
-from vmrunner.runner.learning import (
-    ENV_LESSON_THRESHOLD,
-    CommandRecord,
-    Learning,
-    LearningConfig,
-    LearningSink,
-    load_config,
-)
-from vmrunner.runner.results import RUN_RESULT_SCHEMA, ResultCollector
-from vmrunner.runner.summary import render_summary
+from vmrunner.reports.insights import INSIGHTS_SCHEMA
+from vmrunner.reports.results import RUN_RESULT_SCHEMA, ResultCollector
+from vmrunner.reports.summary import render_summary
 
 REPO = "octo/app"
 
 
-def failure(command: str = "pytest -q", tail: tuple[str, ...] = ("E assert 1 == 2", "1 failed in 0.12s"), **fields: object) -> CommandRecord:
+def failure(
+    command: str = "pytest -q",
+    tail: tuple[str, ...] = ("E assert 1 == 2", "1 failed in 0.12s"),
+    **fields: object,
+) -> CommandRecord:
     values: dict[str, object] = {
-        "repository": REPO, "workflow": "ci.yml", "job_id": "test", "run_id": "r", "command": command,
-        "outcome": "failure", "duration": 1.0, "sha": "abc", "exit_code": 1, "tail": tail,
+        "repository": REPO,
+        "workflow": "ci.yml",
+        "job_id": "test",
+        "run_id": "r",
+        "command": command,
+        "outcome": "failure",
+        "duration": 1.0,
+        "sha": "abc",
+        "exit_code": 1,
+        "tail": tail,
     }
     values.update(fields)
     return CommandRecord(**values)  # type: ignore[arg-type]
@@ -67,12 +80,16 @@ def test_three_identical_failures_make_one_lesson_that_survives_a_restart(db: Pa
     assert made[2].occurrences == 3
     with Learning.open(db) as reopened:
         lessons = reopened.lessons(REPO)
-        assert [(lesson.id, lesson.occurrences, lesson.command) for lesson in lessons] == [(made[2].id, 4, "pytest -q")]
+        assert [(lesson.id, lesson.occurrences, lesson.command) for lesson in lessons] == [
+            (made[2].id, 4, "pytest -q")
+        ]
         assert "1 failed" in lessons[0].excerpt
         assert reopened.dismiss(lessons[0].id)
         assert not reopened.dismiss(lessons[0].id), "dismissing twice is refused"
         assert reopened.lessons(REPO) == []
-        assert [lesson.dismissed for lesson in reopened.lessons(REPO, include_dismissed=True)] == [True]
+        assert [lesson.dismissed for lesson in reopened.lessons(REPO, include_dismissed=True)] == [
+            True
+        ]
         assert reopened.lessons("someone/else", include_dismissed=True) == []
 
 
@@ -85,7 +102,9 @@ def test_different_failures_make_no_lesson(db: Path) -> None:
         assert learning.record(failure("make test", tail=("error: disk full",))) is not None
 
 
-def test_the_threshold_comes_from_configuration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_threshold_comes_from_configuration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     file = tmp_path / "vmrunner.toml"
     assert load_config(path=file).lesson_threshold == 3
     file.write_text("[learning]\nlesson_threshold = 5\nslow_seconds = 2.5\n")
@@ -151,10 +170,14 @@ def test_running_averages_follow_welford(db: Path) -> None:
         ("./gradlew build", "gradle", ["~/.gradle/caches"]),
     ],
 )
-def test_slow_repeated_dependency_steps_get_a_cache_suggestion(db: Path, command: str, tool: str, paths: list[str]) -> None:
+def test_slow_repeated_dependency_steps_get_a_cache_suggestion(
+    db: Path, command: str, tool: str, paths: list[str]
+) -> None:
     with Learning.open(db, LearningConfig(slow_seconds=10)) as learning:
         learning.record(success(command, 40.0))
-        assert [s for s in learning.insights(REPO).suggestions if s.kind == "cache"] == [], "seen once: not repeated"
+        assert [s for s in learning.insights(REPO).suggestions if s.kind == "cache"] == [], (
+            "seen once: not repeated"
+        )
         learning.record(success(command, 44.0))
         learning.record(success("echo slow but not a dependency step", 50.0))
         learning.record(success("echo slow but not a dependency step", 50.0))
@@ -200,11 +223,15 @@ def _run_events(outcome: str, run_id: str) -> list[object]:
     return [
         RunStarted(run_id, "ci", "ci.yml", "push", 1.0, sha="c0ffee"),
         JobQueued(run_id, "test (1)", "test", "test", 1.0),
-        StepStarted(run_id, "test (1)", 0, "setup", "setup command: make deps", 1.0, command="make deps"),
+        StepStarted(
+            run_id, "test (1)", 0, "setup", "setup command: make deps", 1.0, command="make deps"
+        ),
         StepFinished(run_id, "test (1)", 0, "success", "success", 2.0, 1.0, exit_code=0),
         StepStarted(run_id, "test (1)", 1, "step", "Run ./check", 2.0, command="./check"),
         LogLine(run_id, "test (1)", 1, "stderr", f"check failed at {run_id}", 2.5),
-        StepFinished(run_id, "test (1)", 1, outcome, outcome, 3.0, 1.0, exit_code=1 if failed else 0),  # type: ignore[arg-type]
+        StepFinished(
+            run_id, "test (1)", 1, outcome, outcome, 3.0, 1.0, exit_code=1 if failed else 0
+        ),  # type: ignore[arg-type]
         StepStarted(run_id, "test (1)", 2, "step", "Untitled", 3.0),
         StepFinished(run_id, "test (1)", 2, "skipped", "skipped", 3.0, 0.0),
         RunFinished(run_id, "failure" if failed else "success", 4.0, 3.0),
@@ -265,7 +292,8 @@ def test_a_run_read_back_gets_its_insights_and_the_workflow_adds_parallel_advice
     from vmrunner.workflow.loader import load_workflow_text
 
     workflow = load_workflow_text(
-        "on: push\njobs:\n  a: {runs-on: x, steps: [{run: a}]}\n  b: {runs-on: x, needs: a, steps: [{run: b}]}\n"
+        "on: push\njobs:\n  a: {runs-on: x, steps: [{run: a}]}\n  b: {runs-on: x, needs: a, "
+        "steps: [{run: b}]}\n"
     )
     with Learning.open(db, LearningConfig(lesson_threshold=1)) as learning:
         recorder = Recorder()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vmrunner.runner.parallelism import parallel_suggestions
+from vmrunner.learning.parallelism import parallel_suggestions
 from vmrunner.workflow.loader import load_workflow_text
 
 WORKFLOW = """
@@ -42,7 +42,9 @@ jobs:
 
 
 def test_needs_without_outputs_artifacts_or_conditions_and_serial_matrices_are_reported() -> None:
-    found = {(s.job, s.message.split(":")[0]) for s in parallel_suggestions(load_workflow_text(WORKFLOW))}
+    found = {
+        (s.job, s.message.split(":")[0]) for s in parallel_suggestions(load_workflow_text(WORKFLOW))
+    }
     assert found == {
         ("docs", "job `docs` needs `lint` but uses none of its outputs"),
         ("package", "job `package` needs `lint` but uses none of its outputs"),
@@ -51,5 +53,8 @@ def test_needs_without_outputs_artifacts_or_conditions_and_serial_matrices_are_r
 
 
 def test_a_workflow_without_needs_or_limits_gets_no_advice() -> None:
-    text = "on: push\njobs:\n  a: {runs-on: x, steps: [{run: a}]}\n  b: {runs-on: x, steps: [{run: b}]}\n"
+    text = (
+        "on: push\njobs:\n  a: {runs-on: x, steps: [{run: a}]}\n  b: {runs-on: x, steps: "
+        "[{run: b}]}\n"
+    )
     assert parallel_suggestions(load_workflow_text(text)) == []

@@ -1,19 +1,22 @@
-"""Normalisation and truncation for learning: the same command matches across runs, any text is safe."""
+"""Normalisation and truncation for learning: the same command matches across runs, any text is
+safe."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vmrunner.runner.learning import signature
-from vmrunner.runner.normalise import clean, command_key, noise_free, truncate
+from vmrunner.learning.history import signature
+from vmrunner.learning.normalise import clean, command_key, noise_free, truncate
 
 ANY_TEXT = st.text(alphabet=st.characters(codec=None), max_size=300)
 LIMITS = st.integers(min_value=1, max_value=600)
 
 
 @given(ANY_TEXT, LIMITS)
-def test_normalisation_never_raises_and_is_bounded_valid_utf8_and_idempotent(text: str, limit: int) -> None:
+def test_normalisation_never_raises_and_is_bounded_valid_utf8_and_idempotent(
+    text: str, limit: int
+) -> None:
     for normalise in (command_key, noise_free, clean):
         once = normalise(text, limit)
         assert len(once.encode("utf-8")) <= limit
@@ -29,7 +32,9 @@ def test_truncate_cuts_on_character_boundaries(text: str, limit: int) -> None:
     assert len(data) <= limit
     replaced = "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
     assert replaced.startswith(cut)
-    assert len(replaced.encode("utf-8")) <= limit or len(data) > limit - 4, "the cut keeps as much as fits"
+    assert len(replaced.encode("utf-8")) <= limit or len(data) > limit - 4, (
+        "the cut keeps as much as fits"
+    )
 
 
 def test_truncation_of_multibyte_text_keeps_whole_characters() -> None:
@@ -52,8 +57,14 @@ def test_the_same_command_matches_across_runs() -> None:
 
 
 def test_failure_signatures_survive_noise_and_tell_failures_apart() -> None:
-    first = signature("./run-tests.sh", ["2024-05-01T10:11:12Z test 17 failed at 0x7f3a9b1c", "exit 1 after 1234 ms"])
-    again = signature("./run-tests.sh", ["2025-01-09T00:00:59Z test 21 failed at 0x9b01ffee", "exit 1 after 99 ms"])
+    first = signature(
+        "./run-tests.sh",
+        ["2024-05-01T10:11:12Z test 17 failed at 0x7f3a9b1c", "exit 1 after 1234 ms"],
+    )
+    again = signature(
+        "./run-tests.sh",
+        ["2025-01-09T00:00:59Z test 21 failed at 0x9b01ffee", "exit 1 after 99 ms"],
+    )
     other = signature("./run-tests.sh", ["error: disk full"])
     assert first[0] == again[0]
     assert first[0] != other[0]

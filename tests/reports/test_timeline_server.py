@@ -8,7 +8,7 @@ from pathlib import Path
 import jsonschema
 
 from tests.server.helpers import config, deliver, finished, fixture, live_server, make_repo, settled
-from vmrunner.runner.results import RUN_RESULT_SCHEMA
+from vmrunner.reports.results import RUN_RESULT_SCHEMA
 
 WORKFLOW = """
 on: push
@@ -47,5 +47,11 @@ async def test_the_run_api_serves_each_jobs_timeline_and_the_counts(tmp_path: Pa
         kinds = [e["kind"] for e in job["timeline"]]
         assert kinds.count("machine_allocated") == 1
         assert kinds.count("machine_released") == 1
-        assert kinds.index("machine_allocated") < kinds.index("command_started") < kinds.index("machine_released")
-        assert {e["machine_id"] for e in job["timeline"] if e["kind"] == "command_started"} == {job["machine_id"]}
+        assert (
+            kinds.index("machine_allocated")
+            < kinds.index("command_started")
+            < kinds.index("machine_released")
+        )
+        assert {e["machine_id"] for e in job["timeline"] if e["kind"] == "command_started"} == {
+            job["machine_id"]
+        }

@@ -1,6 +1,6 @@
 """What vmrunner learned from past runs, as plain data: lessons and suggestions.
 
-``runner/learning.py`` computes them from the commands it recorded; this module only holds
+``learning/history.py`` computes them from the commands it recorded; this module only holds
 their shape, their JSON form (``INSIGHTS_SCHEMA``, the ``insights`` section of a run result)
 and nothing else, so that events, results and the summary can carry them without importing
 the learning machinery.
@@ -15,8 +15,10 @@ the learning machinery.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from vmrunner.reports.schemas import dataclass_schema
 
 SuggestionKind = Literal["cache", "avoid", "flaky", "parallel"]
 SUGGESTION_KINDS: tuple[SuggestionKind, ...] = ("cache", "avoid", "flaky", "parallel")
@@ -30,7 +32,7 @@ class Lesson:
     command: str
     excerpt: str
     #: Identical failures seen so far (the lesson was made when this reached the threshold).
-    occurrences: int
+    occurrences: int = field(metadata={"minimum": 1})
     first_seen: float
     last_seen: float
     signature: str
@@ -50,7 +52,7 @@ class Suggestion:
     kind: SuggestionKind
     #: What to do, in one sentence.
     message: str
-    confidence: float
+    confidence: float = field(metadata={"minimum": 0, "maximum": 1})
     #: Why: the counts and durations the advice rests on.
     evidence: str
     command: str = ""
@@ -81,42 +83,5 @@ class Insights:
         }
 
 
-def _object(properties: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "object", "properties": properties, "required": sorted(properties), "additionalProperties": False}
-
-
 #: JSON Schema of ``Insights.to_json()`` (the optional ``insights`` key of a run result).
-INSIGHTS_SCHEMA: dict[str, Any] = _object(
-    {
-        "lessons": {
-            "type": "array",
-            "items": _object(
-                {
-                    "id": {"type": "integer"},
-                    "repository": {"type": "string"},
-                    "command": {"type": "string"},
-                    "excerpt": {"type": "string"},
-                    "occurrences": {"type": "integer", "minimum": 1},
-                    "first_seen": {"type": "number"},
-                    "last_seen": {"type": "number"},
-                    "signature": {"type": "string"},
-                    "dismissed": {"type": "boolean"},
-                }
-            ),
-        },
-        "suggestions": {
-            "type": "array",
-            "items": _object(
-                {
-                    "kind": {"enum": list(SUGGESTION_KINDS)},
-                    "message": {"type": "string"},
-                    "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-                    "evidence": {"type": "string"},
-                    "command": {"type": "string"},
-                    "job": {"type": "string"},
-                    "paths": {"type": "array", "items": {"type": "string"}},
-                }
-            ),
-        },
-    }
-)
+INSIGHTS_SCHEMA: dict[str, Any] = dataclass_schema(Insights)

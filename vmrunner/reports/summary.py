@@ -1,4 +1,5 @@
-"""A run's Markdown summary, in the spirit of GitHub's run summary page (``vmrunner run --summary FILE``).
+"""A run's Markdown summary, in the spirit of GitHub's run summary page (``vmrunner run --summary
+FILE``).
 
 ``render_summary(result)`` is a pure function of a ``RunResult``: a header with the workflow
 and its conclusion, one table of jobs and their steps with status icons and durations, the
@@ -14,8 +15,8 @@ import re
 from collections.abc import Sequence
 
 from vmrunner.errors import ConfigError
-from vmrunner.runner.insights import Insights
-from vmrunner.runner.results import (
+from vmrunner.reports.insights import Insights
+from vmrunner.reports.results import (
     AnnotationResult,
     JobResult,
     RunResult,
@@ -83,7 +84,8 @@ def render_summary(result: RunResult) -> str:
 
 
 def write_summary(path: str | os.PathLike[str], results: Sequence[RunResult]) -> None:
-    """Write the summary of each run to ``path`` (``vmrunner run --summary FILE``), runs apart by a rule.
+    """Write the summary of each run to ``path`` (``vmrunner run --summary FILE``), runs apart by a
+    rule.
 
     ``ConfigError`` when the file cannot be written.
     """
@@ -92,7 +94,9 @@ def write_summary(path: str | os.PathLike[str], results: Sequence[RunResult]) ->
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(text)
     except OSError as exc:
-        raise ConfigError(f"cannot write the summary to {os.fspath(path)}: {exc.strerror or exc}") from exc
+        raise ConfigError(
+            f"cannot write the summary to {os.fspath(path)}: {exc.strerror or exc}"
+        ) from exc
 
 
 def _run_line(result: RunResult) -> str:
@@ -143,8 +147,10 @@ def _table(result: RunResult) -> list[str]:
 def _insights(insights: Insights) -> list[str]:
     """Lessons and suggestions, one bullet each, with the confidence and the evidence."""
     lines = [
-        f"- 📚 lesson {lesson.id}: `{_code(lesson.command.splitlines()[0] if lesson.command.strip() else '')}`"
-        f" failed {lesson.occurrences} times the same way" + (f": {inline(lesson.excerpt)}" if lesson.excerpt else "")
+        f"- 📚 lesson {lesson.id}: "
+        f"`{_code(lesson.command.splitlines()[0] if lesson.command.strip() else '')}`"
+        f" failed {lesson.occurrences} times the same way"
+        + (f": {inline(lesson.excerpt)}" if lesson.excerpt else "")
         for lesson in insights.lessons
     ]
     lines += [
@@ -165,7 +171,10 @@ def _annotation(annotation: AnnotationResult) -> str:
     title = f"**{inline(annotation.title)}** " if annotation.title else ""
     location = f" ({inline(where)})" if where else ""
     icon = ANNOTATION_ICONS[annotation.level]
-    return f"- {icon} {annotation.level} in {inline(annotation.job_key)}{location}: {title}{inline(annotation.message)}"
+    return (
+        f"- {icon} {annotation.level} in {inline(annotation.job_key)}{location}: "
+        f"{title}{inline(annotation.message)}"
+    )
 
 
 def _code(text: str) -> str:

@@ -44,7 +44,9 @@ from typing import TYPE_CHECKING, Any
 
 from vmrunner.config import vmrunner_home
 from vmrunner.errors import ConfigError, StoreError
-from vmrunner.runner.events import (
+from vmrunner.learning.normalise import clean, command_key, noise_free
+from vmrunner.learning.parallelism import parallel_suggestions
+from vmrunner.reports.events import (
     Event,
     EventSink,
     JobQueued,
@@ -55,13 +57,11 @@ from vmrunner.runner.events import (
     StepFinished,
     StepStarted,
 )
-from vmrunner.runner.insights import Insights, Lesson, Suggestion
-from vmrunner.runner.normalise import clean, command_key, noise_free
-from vmrunner.runner.parallelism import parallel_suggestions
+from vmrunner.reports.insights import Insights, Lesson, Suggestion
 from vmrunner.store import connect, fetch_all, immediate_transaction
 
 if TYPE_CHECKING:
-    from vmrunner.runner.results import RunResult
+    from vmrunner.reports.results import RunResult
     from vmrunner.workflow.models import Workflow
 
 logger = logging.getLogger(__name__)
@@ -79,10 +79,22 @@ EXCERPT_LIMIT = 400
 
 #: Dependency tools recognised in a command, and the paths ``actions/cache`` should keep.
 CACHE_PATHS: tuple[tuple[str, re.Pattern[str], tuple[str, ...]], ...] = (
-    ("pip", re.compile(r"\b(?:pip3?|uv pip|python3? -m pip) install\b|\bpoetry install\b"), ("~/.cache/pip",)),
+    (
+        "pip",
+        re.compile(r"\b(?:pip3?|uv pip|python3? -m pip) install\b|\bpoetry install\b"),
+        ("~/.cache/pip",),
+    ),
     ("npm", re.compile(r"\bnpm (?:ci|install|i)\b"), ("~/.npm",)),
-    ("cargo", re.compile(r"\bcargo (?:build|test|fetch|check|clippy|install)\b"), ("~/.cargo/registry", "target")),
-    ("go", re.compile(r"\bgo (?:mod download|build|test|install|get)\b"), ("~/go/pkg/mod", "~/.cache/go-build")),
+    (
+        "cargo",
+        re.compile(r"\bcargo (?:build|test|fetch|check|clippy|install)\b"),
+        ("~/.cargo/registry", "target"),
+    ),
+    (
+        "go",
+        re.compile(r"\bgo (?:mod download|build|test|install|get)\b"),
+        ("~/go/pkg/mod", "~/.cache/go-build"),
+    ),
     ("maven", re.compile(r"\bmvnw? |\./mvnw\b"), ("~/.m2/repository",)),
     ("gradle", re.compile(r"\bgradlew?\b"), ("~/.gradle/caches",)),
 )
@@ -95,7 +107,9 @@ class LearningConfig:
     tail_lines: int = DEFAULT_TAIL_LINES
 
 
-def load_config(lesson_threshold: int | None = None, *, path: str | Path | None = None) -> LearningConfig:
+def load_config(
+    lesson_threshold: int | None = None, *, path: str | Path | None = None
+) -> LearningConfig:
     """The learning settings: ``lesson_threshold`` if given, else the environment, else the file.
 
     The file is ``VMRUNNER_HOME/vmrunner.toml`` (or ``path``); its ``[learning]`` table may hold
@@ -122,15 +136,27 @@ def _from_file(path: Path, config: LearningConfig) -> LearningConfig:
         raise ConfigError(f"{path}: [learning] must be a table")
     unknown = sorted(set(table) - {"lesson_threshold", "slow_seconds", "tail_lines"})
     if unknown:
-        raise ConfigError(f"{path}: learning.{unknown[0]}: unknown setting (expected lesson_threshold, slow_seconds, tail_lines)")
+        raise ConfigError(
+            f"{path}: learning.{unknown[0]}: unknown setting (expected lesson_threshold, "
+            f"slow_seconds, tail_lines)"
+        )
     if "lesson_threshold" in table:
-        config = replace(config, lesson_threshold=_positive(table["lesson_threshold"], f"{path}: learning.lesson_threshold"))
+        config = replace(
+            config,
+            lesson_threshold=_positive(
+                table["lesson_threshold"], f"{path}: learning.lesson_threshold"
+            ),
+        )
     if "tail_lines" in table:
-        config = replace(config, tail_lines=_positive(table["tail_lines"], f"{path}: learning.tail_lines"))
+        config = replace(
+            config, tail_lines=_positive(table["tail_lines"], f"{path}: learning.tail_lines")
+        )
     if "slow_seconds" in table:
         value = table["slow_seconds"]
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise ConfigError(f"{path}: learning.slow_seconds must be a number of seconds >= 0, got {value!r}")
+            raise ConfigError(
+                f"{path}: learning.slow_seconds must be a number of seconds >= 0, got {value!r}"
+            )
         config = replace(config, slow_seconds=float(value))
     return config
 
@@ -198,7 +224,11 @@ class Edge:
 
 def signature(command: str, tail: Sequence[str]) -> tuple[str, str]:
     """A failure's identity (a hash) and its noise-free text: the command and its last lines."""
-    text = noise_free(command, COMMAND_LIMIT) + "\n" + "\n".join(noise_free(line, 512) for line in tail)
+    text = (
+        noise_free(command, COMMAND_LIMIT)
+        + "\n"
+        + "\n".join(noise_free(line, 512) for line in tail)
+    )
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24], text
 
 
@@ -221,7 +251,12 @@ class Learning:
     def __enter__(self) -> Learning:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     def _write(self, doing: str) -> AbstractContextManager[sqlite3.Connection]:
@@ -233,7 +268,8 @@ class Learning:
     # Recording
 
     def record(self, record: CommandRecord) -> Lesson | None:
-        """Keep one command's run; the lesson it completed, if it was the threshold-th identical failure."""
+        """Keep one command's run; the lesson it completed, if it was the threshold-th identical
+        failure."""
         key = command_key(record.command, COMMAND_LIMIT)
         shown = clean(record.command, COMMAND_LIMIT)
         previous = command_key(record.previous, COMMAND_LIMIT) if record.previous else ""
@@ -242,16 +278,31 @@ class Learning:
         sig, _ = signature(record.command, record.tail) if failed else ("", "")
         with self._write("record a command") as db:
             db.execute(
-                "INSERT INTO learning_commands (repository, workflow, job_id, run_id, sha, command_key, command,"
+                "INSERT INTO learning_commands (repository, workflow, job_id, run_id, sha, "
+                "command_key, command,"
                 " outcome, exit_code, duration, time, signature) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (record.repository, record.workflow, record.job_id, record.run_id, record.sha, key, shown,
-                 record.outcome, record.exit_code, record.duration, at, sig),
+                (
+                    record.repository,
+                    record.workflow,
+                    record.job_id,
+                    record.run_id,
+                    record.sha,
+                    key,
+                    shown,
+                    record.outcome,
+                    record.exit_code,
+                    record.duration,
+                    at,
+                    sig,
+                ),
             )
             self._update_pattern(db, record.repository, key, failed, record.duration, at)
             db.execute(
-                "INSERT INTO learning_edges (repository, before_key, after_key, successes, failures) VALUES (?,?,?,?,?)"
+                "INSERT INTO learning_edges (repository, before_key, after_key, successes, "
+                "failures) VALUES (?,?,?,?,?)"
                 " ON CONFLICT (repository, before_key, after_key) DO UPDATE SET"
-                " successes = successes + excluded.successes, failures = failures + excluded.failures",
+                " successes = successes + excluded.successes, failures = failures + "
+                "excluded.failures",
                 (record.repository, previous, key, int(not failed), int(failed)),
             )
             if failed:
@@ -259,9 +310,13 @@ class Learning:
         return None
 
     @staticmethod
-    def _update_pattern(db: sqlite3.Connection, repository: str, key: str, failed: bool, duration: float, at: float) -> None:
+    def _update_pattern(
+        db: sqlite3.Connection, repository: str, key: str, failed: bool, duration: float, at: float
+    ) -> None:
         row = db.execute(
-            "SELECT successes, mean, m2 FROM learning_patterns WHERE repository = ? AND command_key = ?", (repository, key)
+            "SELECT successes, mean, m2 FROM learning_patterns WHERE repository = ? AND "
+            "command_key = ?",
+            (repository, key),
         ).fetchone()
         count, mean, m2 = row if row else (0, 0.0, 0.0)
         if not failed:  # Welford's update of the successful durations' mean and squared deviations
@@ -270,69 +325,102 @@ class Learning:
             mean += delta / count
             m2 += delta * (duration - mean)
         db.execute(
-            "INSERT INTO learning_patterns (repository, command_key, successes, failures, mean, m2, last_seen)"
+            "INSERT INTO learning_patterns (repository, command_key, successes, failures, mean, "
+            "m2, last_seen)"
             " VALUES (?,?,?,?,?,?,?) ON CONFLICT (repository, command_key) DO UPDATE SET"
             " successes = excluded.successes, failures = failures + excluded.failures,"
             " mean = excluded.mean, m2 = excluded.m2, last_seen = excluded.last_seen",
             (repository, key, count, int(failed), mean, m2, at),
         )
 
-    def _learn_failure(self, db: sqlite3.Connection, record: CommandRecord, key: str, shown: str, sig: str, at: float) -> Lesson | None:
+    def _learn_failure(
+        self,
+        db: sqlite3.Connection,
+        record: CommandRecord,
+        key: str,
+        shown: str,
+        sig: str,
+        at: float,
+    ) -> Lesson | None:
         (count, first) = db.execute(
-            "SELECT COUNT(*), MIN(time) FROM learning_commands WHERE repository = ? AND signature = ?",
+            "SELECT COUNT(*), MIN(time) FROM learning_commands WHERE repository = ? AND signature "
+            "= ?",
             (record.repository, sig),
         ).fetchone()
         if count < self.config.lesson_threshold:
             return None
-        excerpt = clean(" / ".join(line.strip() for line in record.tail if line.strip()), EXCERPT_LIMIT)
+        excerpt = clean(
+            " / ".join(line.strip() for line in record.tail if line.strip()), EXCERPT_LIMIT
+        )
         existed = db.execute(
-            "SELECT 1 FROM learning_lessons WHERE repository = ? AND signature = ?", (record.repository, sig)
+            "SELECT 1 FROM learning_lessons WHERE repository = ? AND signature = ?",
+            (record.repository, sig),
         ).fetchone()
         db.execute(
-            "INSERT INTO learning_lessons (repository, signature, command, command_key, excerpt, occurrences,"
-            " first_seen, last_seen) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (repository, signature) DO UPDATE SET"
-            " occurrences = excluded.occurrences, last_seen = excluded.last_seen, excerpt = excluded.excerpt",
+            "INSERT INTO learning_lessons (repository, signature, command, command_key, excerpt, "
+            "occurrences,"
+            " first_seen, last_seen) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (repository, signature) "
+            "DO UPDATE SET"
+            " occurrences = excluded.occurrences, last_seen = excluded.last_seen, excerpt = "
+            "excluded.excerpt",
             (record.repository, sig, shown, key, excerpt, count, first, at),
         )
         if existed:
             return None
-        row = db.execute(f"SELECT {_LESSON_COLUMNS} FROM learning_lessons WHERE repository = ? AND signature = ?", (record.repository, sig)).fetchone()
+        row = db.execute(
+            f"SELECT {_LESSON_COLUMNS} FROM learning_lessons"
+            " WHERE repository = ? AND signature = ?",
+            (record.repository, sig),
+        ).fetchone()
         return _lesson(row)
 
     # Reading
 
-    def lessons(self, repository: str | None = None, *, include_dismissed: bool = False) -> list[Lesson]:
+    def lessons(
+        self, repository: str | None = None, *, include_dismissed: bool = False
+    ) -> list[Lesson]:
         """Lessons, newest first; only ``repository``'s if given; dismissed ones only if asked."""
         where, params = _where(repository, include_dismissed)
-        rows = self._read(f"SELECT {_LESSON_COLUMNS} FROM learning_lessons{where} ORDER BY last_seen DESC, id DESC", params)
+        rows = self._read(
+            f"SELECT {_LESSON_COLUMNS} FROM learning_lessons{where} ORDER BY last_seen DESC, id "
+            f"DESC",
+            params,
+        )
         return [_lesson(row) for row in rows]
 
     def dismiss(self, lesson_id: int) -> bool:
         """Dismiss a lesson (it stays known, and is no longer shown); False when there is none."""
         with self._write("dismiss a lesson") as db:
             cursor = db.execute(
-                "UPDATE learning_lessons SET dismissed_at = ? WHERE id = ? AND dismissed_at IS NULL", (time.time(), lesson_id)
+                "UPDATE learning_lessons SET dismissed_at = ?"
+                " WHERE id = ? AND dismissed_at IS NULL",
+                (time.time(), lesson_id),
             )
             return cursor.rowcount > 0
 
     def pattern(self, repository: str, command: str) -> Pattern | None:
         key = command_key(command, COMMAND_LIMIT)
         rows = self._read(
-            "SELECT command_key, successes, failures, mean, m2 FROM learning_patterns WHERE repository = ? AND command_key = ?",
+            "SELECT command_key, successes, failures, mean, m2 FROM learning_patterns WHERE "
+            "repository = ? AND command_key = ?",
             (repository, key),
         )
         return _pattern(rows[0]) if rows else None
 
     def predict(self, repository: str, command: str, *, after: str | None = None) -> Prediction:
-        """The odds that ``command`` succeeds; right ``after`` another command if given (the graph)."""
+        """The odds that ``command`` succeeds; right ``after`` another command if given (the
+        graph)."""
         key = command_key(command, COMMAND_LIMIT)
         if after is None:
             rows = self._read(
-                "SELECT successes, failures FROM learning_patterns WHERE repository = ? AND command_key = ?", (repository, key)
+                "SELECT successes, failures FROM learning_patterns WHERE repository = ? AND "
+                "command_key = ?",
+                (repository, key),
             )
         else:
             rows = self._read(
-                "SELECT successes, failures FROM learning_edges WHERE repository = ? AND before_key = ? AND after_key = ?",
+                "SELECT successes, failures FROM learning_edges WHERE repository = ? AND "
+                "before_key = ? AND after_key = ?",
                 (repository, command_key(after, COMMAND_LIMIT) if after else "", key),
             )
         return Prediction(*rows[0]) if rows else Prediction(0, 0)
@@ -340,38 +428,61 @@ class Learning:
     def graph(self, repository: str) -> list[Edge]:
         """The command graph of ``repository``: which command followed which, and how it went."""
         rows = self._read(
-            "SELECT before_key, after_key, successes, failures FROM learning_edges WHERE repository = ?"
+            "SELECT before_key, after_key, successes, failures FROM learning_edges WHERE "
+            "repository = ?"
             " ORDER BY successes + failures DESC, before_key, after_key",
             (repository,),
         )
         return [Edge(*row) for row in rows]
 
     def repositories(self) -> list[str]:
-        return [row[0] for row in self._read("SELECT DISTINCT repository FROM learning_patterns ORDER BY repository")]
+        return [
+            row[0]
+            for row in self._read(
+                "SELECT DISTINCT repository FROM learning_patterns ORDER BY repository"
+            )
+        ]
 
-    def insights(self, repository: str | None = None, commands: Iterable[str] | None = None) -> Insights:
-        """Active lessons and suggestions for ``repository`` (all if None), about ``commands`` if given."""
+    def insights(
+        self, repository: str | None = None, commands: Iterable[str] | None = None
+    ) -> Insights:
+        """Active lessons and suggestions for ``repository`` (all if None), about ``commands`` if
+        given."""
         keys = None if commands is None else {command_key(c, COMMAND_LIMIT) for c in commands}
-        lessons = [lesson for lesson in self.lessons(repository) if keys is None or command_key(lesson.command, COMMAND_LIMIT) in keys]
-        suggestions = [*self._flaky(repository, keys), *self._avoid(lessons), *self._cache(repository, keys)]
+        lessons = [
+            lesson
+            for lesson in self.lessons(repository)
+            if keys is None or command_key(lesson.command, COMMAND_LIMIT) in keys
+        ]
+        suggestions = [
+            *self._flaky(repository, keys),
+            *self._avoid(lessons),
+            *self._cache(repository, keys),
+        ]
         suggestions.sort(key=lambda s: -s.confidence)
         return Insights(tuple(lessons), tuple(suggestions))
 
     def run_insights(self, repository: str, run_id: str) -> Insights:
         """The insights about the commands run ``run_id`` ran (e.g. for a pull request comment)."""
-        rows = self._read("SELECT DISTINCT command FROM learning_commands WHERE repository = ? AND run_id = ?", (repository, run_id))
+        rows = self._read(
+            "SELECT DISTINCT command FROM learning_commands WHERE repository = ? AND run_id = ?",
+            (repository, run_id),
+        )
         return self.insights(repository, [row[0] for row in rows])
 
     def with_insights(self, result: RunResult, repository: str) -> RunResult:
-        """``result`` with the insights about its commands (a run read back from the store has none)."""
+        """``result`` with the insights about its commands (a run read back from the store has
+        none)."""
         return replace(result, insights=self.run_insights(repository, result.run_id))
 
     def _flaky(self, repository: str | None, keys: set[str] | None) -> Iterator[Suggestion]:
         where, params = _where(repository, True, column="repository", keys=keys)
         rows = self._read(
-            "SELECT command_key, MIN(command), job_id, sha, SUM(outcome = 'success'), SUM(outcome = 'failure')"
+            "SELECT command_key, MIN(command), job_id, sha, SUM(outcome = 'success'), SUM(outcome "
+            "= 'failure')"
             f" FROM learning_commands{where}{' AND' if where else ' WHERE'} sha != ''"
-            " GROUP BY repository, command_key, job_id, sha HAVING SUM(outcome = 'success') > 0 AND SUM(outcome = 'failure') > 0",
+            " GROUP BY repository, command_key, job_id, sha HAVING SUM(outcome = 'success') > 0 "
+            "AND SUM(outcome = 'failure') > 0",
             params,
         )
         seen: set[str] = set()
@@ -391,7 +502,9 @@ class Learning:
         for lesson in lessons:
             odds = self.predict(lesson.repository, lesson.command)
             yield Suggestion(
-                "avoid", f"`{_first_line(lesson.command)}` keeps failing the same way: fix it before the next run",
+                "avoid",
+                f"`{_first_line(lesson.command)}` keeps failing the same way: fix it before the "
+                f"next run",
                 1 - odds.probability,
                 f"{lesson.occurrences} identical failures (lesson {lesson.id})"
                 + (f": {lesson.excerpt}" if lesson.excerpt else "")
@@ -403,28 +516,37 @@ class Learning:
         where, params = _where(repository, True, column="p.repository", keys=keys)
         rows = self._read(
             "SELECT p.command_key, p.successes, p.failures, p.mean, p.m2,"
-            " (SELECT command FROM learning_commands c WHERE c.repository = p.repository AND c.command_key = p.command_key ORDER BY seq DESC LIMIT 1)"
-            f" FROM learning_patterns p{where}{' AND' if where else ' WHERE'} p.successes >= 2 AND p.mean >= ?",
+            " (SELECT command FROM learning_commands c WHERE c.repository = p.repository AND "
+            "c.command_key = p.command_key ORDER BY seq DESC LIMIT 1)"
+            f" FROM learning_patterns p{where}{' AND' if where else ' WHERE'} p.successes >= 2 "
+            f"AND p.mean >= ?",
             (*params, self.config.slow_seconds),
         )
         for key, successes, _failures, mean, m2, command in rows:
             if keys is not None and key not in keys:
                 continue
-            tool = next(((name, paths) for name, pattern, paths in CACHE_PATHS if pattern.search(key)), None)
+            tool = next(
+                ((name, paths) for name, pattern, paths in CACHE_PATHS if pattern.search(key)), None
+            )
             if tool is None:
                 continue
             stdev = math.sqrt(m2 / (successes - 1))
             name, paths = tool
             yield Suggestion(
-                "cache", f"cache the {name} downloads of `{_first_line(command or key)}` with actions/cache",
+                "cache",
+                f"cache the {name} downloads of `{_first_line(command or key)}` with actions/cache",
                 successes / (successes + 1) * (1 / (1 + stdev / mean) if mean else 0.0),
                 f"{successes} successful runs took {mean:.1f} s on average (± {stdev:.1f} s)",
-                command=command or key, paths=paths,
+                command=command or key,
+                paths=paths,
             )
 
 
-def add_insights(results: Sequence[RunResult], repository: str, path: str | Path | None = None) -> list[RunResult]:
-    """``results`` with their insights; unchanged if the learning tables cannot be read (never raises)."""
+def add_insights(
+    results: Sequence[RunResult], repository: str, path: str | Path | None = None
+) -> list[RunResult]:
+    """``results`` with their insights; unchanged if the learning tables cannot be read (never
+    raises)."""
     try:
         with Learning.open(path) as learning:
             return [learning.with_insights(result, repository) for result in results]
@@ -433,23 +555,41 @@ def add_insights(results: Sequence[RunResult], repository: str, path: str | Path
         return list(results)
 
 
-_LESSON_COLUMNS = "id, repository, command, excerpt, occurrences, first_seen, last_seen, signature, dismissed_at"
+_LESSON_COLUMNS = (
+    "id, repository, command, excerpt, occurrences, first_seen, last_seen, signature, dismissed_at"
+)
 
 
 def _lesson(row: Sequence[Any]) -> Lesson:
     id_, repository, command, excerpt, occurrences, first_seen, last_seen, sig, dismissed_at = row
-    return Lesson(id_, repository, command, excerpt, occurrences, first_seen, last_seen, sig, dismissed_at is not None)
+    return Lesson(
+        id_,
+        repository,
+        command,
+        excerpt,
+        occurrences,
+        first_seen,
+        last_seen,
+        sig,
+        dismissed_at is not None,
+    )
 
 
 def _pattern(row: Sequence[Any]) -> Pattern:
     key, successes, failures, mean, m2 = row
-    return Pattern(key, successes, failures, mean, math.sqrt(m2 / (successes - 1)) if successes > 1 else 0.0)
+    return Pattern(
+        key, successes, failures, mean, math.sqrt(m2 / (successes - 1)) if successes > 1 else 0.0
+    )
 
 
 def _where(
-    repository: str | None, include_dismissed: bool, column: str = "repository", keys: set[str] | None = None
+    repository: str | None,
+    include_dismissed: bool,
+    column: str = "repository",
+    keys: set[str] | None = None,
 ) -> tuple[str, tuple[Any, ...]]:
-    """A WHERE clause for one repository (``column``), active lessons, and only ``keys`` (commands)."""
+    """A WHERE clause for one repository (``column``), active lessons, and only ``keys``
+    (commands)."""
     clauses: list[str] = []
     params: list[Any] = []
     if repository is not None:
@@ -457,7 +597,9 @@ def _where(
         params.append(repository)
     if keys is not None:
         prefix = column.rpartition(".")[0]
-        clauses.append(f"{prefix + '.' if prefix else ''}command_key IN ({', '.join('?' * len(keys))})")
+        clauses.append(
+            f"{prefix + '.' if prefix else ''}command_key IN ({', '.join('?' * len(keys))})"
+        )
         params.extend(sorted(keys))
     if not include_dismissed:
         clauses.append("dismissed_at IS NULL")
@@ -485,7 +627,14 @@ class LearningSink:
     ``StoreError``s met (``emit`` never raises); ``insights`` is the last run's, once it finished.
     """
 
-    def __init__(self, learning: Learning, *, repository: str, then: EventSink | None = None, workflow: Workflow | None = None) -> None:
+    def __init__(
+        self,
+        learning: Learning,
+        *,
+        repository: str,
+        then: EventSink | None = None,
+        workflow: Workflow | None = None,
+    ) -> None:
         self.learning = learning
         self.repository = repository
         self.then = then
@@ -528,7 +677,9 @@ class LearningSink:
                 self._jobs[event.job_key] = event.job_id
             case StepStarted() if event.command:
                 job_id = self._jobs.get(event.job_key, event.job_key)
-                self._running[(event.job_key, event.index)] = _Running(event.command, job_id, deque(maxlen=self.learning.config.tail_lines))
+                self._running[(event.job_key, event.index)] = _Running(
+                    event.command, job_id, deque(maxlen=self.learning.config.tail_lines)
+                )
             case LogLine():
                 running = self._running.get((event.job_key, event.step_index))
                 if running is not None and event.text.strip():
@@ -537,12 +688,22 @@ class LearningSink:
                 running = self._running.pop((event.job_key, event.index), None)
                 if running is None or event.outcome not in ("success", "failure"):
                     return
-                lesson = self.learning.record(CommandRecord(
-                    repository=self.repository, workflow=self._workflow, job_id=running.job_id,
-                    run_id=event.run_id, command=running.command, outcome=event.outcome,
-                    duration=event.duration, sha=self._sha, exit_code=event.exit_code,
-                    tail=tuple(running.tail), previous=self._previous.get(event.job_key, ""), time=event.time,
-                ))
+                lesson = self.learning.record(
+                    CommandRecord(
+                        repository=self.repository,
+                        workflow=self._workflow,
+                        job_id=running.job_id,
+                        run_id=event.run_id,
+                        command=running.command,
+                        outcome=event.outcome,
+                        duration=event.duration,
+                        sha=self._sha,
+                        exit_code=event.exit_code,
+                        tail=tuple(running.tail),
+                        previous=self._previous.get(event.job_key, ""),
+                        time=event.time,
+                    )
+                )
                 self._previous[event.job_key] = running.command
                 self._commands.append(running.command)
                 if lesson is not None:
@@ -550,7 +711,10 @@ class LearningSink:
             case RunFinished():
                 insights = self.learning.insights(self.repository, self._commands)
                 if self.workflow is not None:
-                    insights = replace(insights, suggestions=(*insights.suggestions, *parallel_suggestions(self.workflow)))
+                    insights = replace(
+                        insights,
+                        suggestions=(*insights.suggestions, *parallel_suggestions(self.workflow)),
+                    )
                 self.insights = insights
                 if self.insights and self.then is not None:
                     self.then.emit(RunInsights(event.run_id, event.time, self.insights))

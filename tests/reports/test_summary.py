@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.runner.events_builder import RunBuilder, collect, failing_matrix_run, simple_run
+from tests.reports.events_builder import RunBuilder, collect, failing_matrix_run, simple_run
 from vmrunner.errors import ConfigError
-from vmrunner.runner.summary import inline, render_summary, write_summary
+from vmrunner.reports.summary import inline, render_summary, write_summary
 
 
 def table_rows(markdown: str) -> list[str]:
@@ -49,7 +49,11 @@ def test_a_green_run_has_a_header_a_table_with_durations_and_the_job_summary() -
 def test_failures_rollbacks_skips_and_annotations() -> None:
     markdown = render_summary(collect(failing_matrix_run()))
     assert markdown.startswith("# ❌ Matrix: failure\n")
-    rows = {cells(row)[1]: cells(row) for row in table_rows(markdown)[2:] if cells(row)[1].startswith("**")}
+    rows = {
+        cells(row)[1]: cells(row)
+        for row in table_rows(markdown)[2:]
+        if cells(row)[1].startswith("**")
+    }
     assert rows["**test (small)**"][0] == "✅"
     assert rows["**test (large)**"][0] == "↩️"
     assert rows["**test (large)**"][2] == "failure, rolled back"
@@ -59,13 +63,20 @@ def test_failures_rollbacks_skips_and_annotations() -> None:
     assert ["❌", "↳ Test", "failure (exit 1)", "1.5s", ""] in steps
     assert ["⏭️", "↳ Upload", "skipped", "0.0s", ""] in steps
     assert ["✅", "↳ Post Build (post)", "success", "1.5s", ""] in steps
-    assert "## Annotations\n\n- ❌ error in test (large) (src/app.py:3): test\\_size failed\n" in markdown
+    assert (
+        "## Annotations\n\n- ❌ error in test (large) (src/app.py:3): test\\_size failed\n"
+        in markdown
+    )
 
 
 def test_continue_on_error_cancelled_and_interrupted_icons() -> None:
     run = RunBuilder().start()
-    run.job("lint").begin().step("Lint", exit_code=1, outcome="failure", conclusion="success").finish()
-    run.job("slow").begin().step("Sleep", exit_code=None, outcome="cancelled", timed_out=True).finish("cancelled")
+    run.job("lint").begin().step(
+        "Lint", exit_code=1, outcome="failure", conclusion="success"
+    ).finish()
+    run.job("slow").begin().step(
+        "Sleep", exit_code=None, outcome="cancelled", timed_out=True
+    ).finish("cancelled")
     result = collect(run.finish())
     markdown = render_summary(result)
     assert markdown.startswith("# 🚫 CI: cancelled")
@@ -86,7 +97,9 @@ def test_a_run_in_progress_and_a_run_without_jobs() -> None:
 
 def test_masked_secrets_stay_masked() -> None:
     run = RunBuilder().start()
-    run.job("deploy").begin().step("Use token ***", lines=["token=***"]).finish(summary="deployed with ***")
+    run.job("deploy").begin().step("Use token ***", lines=["token=***"]).finish(
+        summary="deployed with ***"
+    )
     markdown = render_summary(collect(run.finish()))
     assert "Use token \\*\\*\\*" in markdown
     assert "deployed with ***" in markdown
@@ -96,7 +109,9 @@ def test_summaries_of_several_runs_go_to_one_file(tmp_path: Path) -> None:
     target = tmp_path / "summary.md"
     first, second = collect(simple_run()), collect(failing_matrix_run())
     write_summary(target, [first, second])
-    assert target.read_text(encoding="utf-8") == render_summary(first) + "\n---\n\n" + render_summary(second)
+    assert target.read_text(encoding="utf-8") == render_summary(
+        first
+    ) + "\n---\n\n" + render_summary(second)
     with pytest.raises(ConfigError, match=r"cannot write the summary to .*missing"):
         write_summary(tmp_path / "missing" / "summary.md", [first])
 
@@ -105,7 +120,10 @@ def test_inline_escapes_markup_pipes_html_and_newlines() -> None:
     assert inline("a|b") == "a\\|b"
     assert inline("x\ny\r\nz") == "x<br>y<br>z"
     assert inline("<script>&") == "&lt;script>&amp;"
-    assert inline("**bold** [link](u) `code` $x$") == "\\*\\*bold\\*\\* \\[link\\](u) \\`code\\` \\$x\\$"
+    assert (
+        inline("**bold** [link](u) `code` $x$")
+        == "\\*\\*bold\\*\\* \\[link\\](u) \\`code\\` \\$x\\$"
+    )
 
 
 text = st.text(st.characters(codec="utf-8"), max_size=30)
@@ -117,7 +135,9 @@ text = st.text(st.characters(codec="utf-8"), max_size=30)
     jobs=st.lists(st.tuples(text, text, text, text), min_size=1, max_size=4),
     summary=text,
 )
-def test_any_text_keeps_the_table_whole(workflow: str, jobs: list[tuple[str, str, str, str]], summary: str) -> None:
+def test_any_text_keeps_the_table_whole(
+    workflow: str, jobs: list[tuple[str, str, str, str]], summary: str
+) -> None:
     run = RunBuilder(workflow=workflow).start()
     for n, (name, step, message, reason) in enumerate(jobs):
         job = run.job(f"job{n}", name=name).begin()

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from vmrunner.runner.events import (
+from vmrunner.reports.events import (
     AllocationRequested,
     Event,
     JobStarted,
@@ -33,6 +33,7 @@ from vmrunner.runner.events import (
     StepFinished,
     StepStarted,
 )
+from vmrunner.reports.schemas import COUNT, JSON_OMIT, dataclass_schema
 
 #: What happened, in the order a job's life goes.
 TimelineKind = Literal[
@@ -105,20 +106,34 @@ class TimelineBuilder:
     def entry(self, event: Event) -> TimelineEntry | None:
         match event:
             case AllocationRequested():
-                return self._new(event.job_key, event.time, "allocation_requested", detail=f"{event.provider} {event.vm_type}")
+                return self._new(
+                    event.job_key,
+                    event.time,
+                    "allocation_requested",
+                    detail=f"{event.provider} {event.vm_type}",
+                )
             case JobStarted():
                 track = self._track(event.job_key)
                 track.session_id, track.machine_id = event.session_id, event.machine_id
                 pool = " from the warm pool" if event.from_pool else ""
                 return self._new(
-                    event.job_key, event.time, "machine_allocated", seconds=event.allocation_seconds,
+                    event.job_key,
+                    event.time,
+                    "machine_allocated",
+                    seconds=event.allocation_seconds,
                     detail=f"{event.provider} {event.vm_type}{pool}",
                 )
             case SessionStateChanged():
                 track = self._track(event.job_key)
                 track.session_id, track.state = event.session_id, event.state
                 track.machine_id = event.machine_id or track.machine_id
-                return self._new(event.job_key, event.time, "session_state", machine_id=event.machine_id, detail=event.note)
+                return self._new(
+                    event.job_key,
+                    event.time,
+                    "session_state",
+                    machine_id=event.machine_id,
+                    detail=event.note,
+                )
             case StepStarted():
                 self._track(event.job_key).names[event.index] = (event.kind, event.name)
                 return self._new(
@@ -126,7 +141,9 @@ class TimelineBuilder:
                     step_index=event.index, step_kind=event.kind, name=event.name,
                 )
             case StepFinished():
-                kind, name = self._track(event.job_key).names.get(event.index, ("step", f"step {event.index}"))
+                kind, name = self._track(event.job_key).names.get(
+                    event.index, ("step", f"step {event.index}")
+                )
                 return self._new(
                     event.job_key, event.time, "command_finished", machine_id=event.machine_id,
                     step_index=event.index, step_kind=kind, name=name, exit_code=event.exit_code,
@@ -138,9 +155,17 @@ class TimelineBuilder:
                     seconds=event.duration, detail=event.snapshot_id,
                 )
             case SnapshotRestored():
-                return self._new(event.job_key, event.time, "snapshot_restored", seconds=event.duration, detail=event.snapshot_id)
+                return self._new(
+                    event.job_key,
+                    event.time,
+                    "snapshot_restored",
+                    seconds=event.duration,
+                    detail=event.snapshot_id,
+                )
             case ReleaseRequested():
-                return self._new(event.job_key, event.time, "release_requested", machine_id=event.machine_id)
+                return self._new(
+                    event.job_key, event.time, "release_requested", machine_id=event.machine_id
+                )
             case MachineReleased():
                 return self._new(
                     event.job_key, event.time, "machine_released", machine_id=event.machine_id,
@@ -151,11 +176,18 @@ class TimelineBuilder:
     def _track(self, job_key: str) -> _JobTrack:
         return self._jobs.setdefault(job_key, _JobTrack())
 
-    def _new(self, job_key: str, time: float, kind: TimelineKind, *, machine_id: str = "", **values: Any) -> TimelineEntry:
+    def _new(
+        self, job_key: str, time: float, kind: TimelineKind, *, machine_id: str = "", **values: Any
+    ) -> TimelineEntry:
         track = self._track(job_key)
         return TimelineEntry(
-            time, job_key, kind, session_id=track.session_id, machine_id=machine_id or track.machine_id,
-            state=track.state, **values,
+            time,
+            job_key,
+            kind,
+            session_id=track.session_id,
+            machine_id=machine_id or track.machine_id,
+            state=track.state,
+            **values,
         )
 
 
@@ -221,9 +253,9 @@ class MachineUse:
     allocated_at: float
     released_at: float | None
     #: Successful releases recorded (exactly one when the promise is kept).
-    releases: int
+    releases: int = field(metadata=COUNT)
     #: Commands started in this machine.
-    commands: int
+    commands: int = field(metadata=COUNT)
 
     def overlaps(self, other: MachineUse) -> bool:
         """Both machines were alive at the same moment (from their recorded times)."""
@@ -236,17 +268,17 @@ class TimelineProof:
     """Counts computed from a run's timeline entries: the invariants, checked."""
 
     #: Jobs that were given a machine.
-    jobs: int
-    machines_allocated: int
-    machines_released: int
+    jobs: int = field(metadata=COUNT)
+    machines_allocated: int = field(metadata=COUNT)
+    machines_released: int = field(metadata=COUNT)
     machines: tuple[MachineUse, ...]
-    commands: int
+    commands: int = field(metadata=COUNT)
     #: Commands that ran in a machine other than their job's (or in none): 0 when kept.
-    stray_commands: int
-    #: Jobs that received more than one machine: none when kept.
-    jobs_with_several_machines: tuple[str, ...]
+    stray_commands: int = field(metadata=COUNT)
+    #: Jobs that received more than one machine: none when kept (not in the JSON).
+    jobs_with_several_machines: tuple[str, ...] = field(metadata=JSON_OMIT)
     #: The most machines alive at one moment.
-    peak_machines: int
+    peak_machines: int = field(metadata=COUNT)
 
     @property
     def total_machines(self) -> int:
@@ -266,7 +298,9 @@ class TimelineProof:
         """One machine per job, every command in it, each released once."""
         return (
             self.machines_allocated == self.jobs == self.machines_released
-            and self.commands_in_own_machine and self.released_once and not self.jobs_with_several_machines
+            and self.commands_in_own_machine
+            and self.released_once
+            and not self.jobs_with_several_machines
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -290,6 +324,18 @@ class TimelineProof:
                 for m in self.machines
             ],
         }
+
+
+#: JSON Schema of ``TimelineProof.to_json()`` (the ``lifecycle`` key of a run result).
+LIFECYCLE_SCHEMA: dict[str, Any] = dataclass_schema(
+    TimelineProof,
+    extra={
+        "total_machines": {"type": "integer", **COUNT},
+        "commands_in_own_machine": {"type": "boolean"},
+        "released_once": {"type": "boolean"},
+        "kept": {"type": "boolean"},
+    },
+)
 
 
 def prove(entries: Iterable[TimelineEntry]) -> TimelineProof:
@@ -320,9 +366,13 @@ def prove(entries: Iterable[TimelineEntry]) -> TimelineProof:
         for machine_id, entry in allocated.items()
     )
     return TimelineProof(
-        jobs=len(own), machines_allocated=len(allocated),
-        machines_released=sum(1 for m in machines if m.releases), machines=machines, commands=total,
-        stray_commands=stray, jobs_with_several_machines=tuple(k for k, ids in own.items() if len(ids) > 1),
+        jobs=len(own),
+        machines_allocated=len(allocated),
+        machines_released=sum(1 for m in machines if m.releases),
+        machines=machines,
+        commands=total,
+        stray_commands=stray,
+        jobs_with_several_machines=tuple(k for k, ids in own.items() if len(ids) > 1),
         peak_machines=_peak(machines),
     )
 

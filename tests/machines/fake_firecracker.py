@@ -3,7 +3,7 @@
 For hosts where Firecracker cannot run (no binary, or a KVM that cannot boot a guest), tests
 point the ``firecracker`` provider at this program instead::
 
-    python -m vmrunner.machines.testing_firecracker --document firecracker.yaml \\
+    python tests/machines/fake_firecracker.py --document firecracker.yaml \\
         [--record FILE] [--emulate-guest] --api-sock PATH [--id ID]
 
 It serves HTTP on a real unix socket, like Firecracker, and for every request:
@@ -26,7 +26,8 @@ It serves HTTP on a real unix socket, like Firecracker, and for every request:
 It does not boot a VM. With ``--emulate-guest`` it emulates one, for tests only: InstanceStart
 (or a snapshot load) starts our real guest agent in a bubblewrap sandbox with the guest's paths
 (``/home/runner``, ``/tmp``, ``/opt/hostedtoolcache``), listening on the vsock port named by
-``vmrunner.agent=vsock:PORT`` in the boot arguments (as the images' ``/init`` reads it); the vsock device is emulated on
+``vmrunner.agent=vsock:PORT`` in the boot arguments (as the images' ``/init`` reads it); the vsock
+device is emulated on
 ``uds_path`` with Firecracker's host-initiated handshake (``CONNECT PORT\\n`` answered by
 ``OK HOSTPORT\\n``, or the connection closed when nothing listens). The emulated disk is the
 drive's backing file holding a tar of the guest's writable directories: it is unpacked at boot
@@ -64,8 +65,8 @@ from typing import Any
 import jsonschema
 import yaml
 
-from vmrunner.machines._local import AGENT_PATH
 from vmrunner.machines.base import MachineSpec
+from vmrunner.machines.local import AGENT_PATH
 from vmrunner.machines.sandbox import (
     HOME,
     PATH,
@@ -496,7 +497,8 @@ class MicroVm:
     def _op_putMachineConfiguration(self, body: dict[str, Any]) -> None:
         if body.get("smt") and body["vcpu_count"] > 1 and body["vcpu_count"] % 2:
             raise Fault(
-                "The vCPU number is invalid! The vCPU number can only be 1 or an even number when SMT is enabled."
+                "The vCPU number is invalid! The vCPU number can only be 1 or an even number when "
+                "SMT is enabled."
             )
         self.configured["putMachineConfiguration"] = body
 
@@ -504,7 +506,8 @@ class MicroVm:
         for key in ("kernel_image_path", "initrd_path"):
             if key in body and not os.path.isfile(self._path(body[key])):
                 raise Fault(
-                    f"The {key.split('_')[0]} file cannot be opened: No such file or directory (os error 2)"
+                    f"The {key.split('_')[0]} file cannot be opened: No such file or directory "
+                    f"(os error 2)"
                 )
         self.configured["putGuestBootSource"] = body
 
@@ -721,7 +724,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="testing_firecracker", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="fake_firecracker", description=__doc__.split("\n")[0])
     parser.add_argument("--document", required=True, help="Firecracker's firecracker.yaml")
     parser.add_argument("--record", help="append every request and answer to this file")
     parser.add_argument("--emulate-guest", action="store_true", help="run our agent as the guest")

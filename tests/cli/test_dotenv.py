@@ -8,13 +8,23 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from vmrunner.cli.dotenv import parse_dotenv
 from vmrunner.errors import ConfigError
-from vmrunner.runner.dotenv import parse_dotenv
 
 
 def test_forms() -> None:
-    text = '# comment\n\nA=1\nexport B = two words\nC="foo\\nbar"\nD=\'lit\\n\'\nJ={"foo": "bar"}\nM="x\ny"\n'
-    assert parse_dotenv(text) == {"A": "1", "B": "two words", "C": "foo\nbar", "D": "lit\\n", "J": '{"foo": "bar"}', "M": "x\ny"}
+    text = (
+        '# comment\n\nA=1\nexport B = two words\nC="foo\\nbar"\nD=\'lit\\n\'\nJ={"foo": '
+        '"bar"}\nM="x\ny"\n'
+    )
+    assert parse_dotenv(text) == {
+        "A": "1",
+        "B": "two words",
+        "C": "foo\nbar",
+        "D": "lit\\n",
+        "J": '{"foo": "bar"}',
+        "M": "x\ny",
+    }
 
 
 @pytest.mark.parametrize("text", ["no equals", 'A="open'])

@@ -376,7 +376,7 @@ async def start_agent(
                     limit=1 << 20,
                 )
             )
-            cancelled = await _complete(creation)
+            cancelled = await wait_through_cancellation(creation)
             process = creation.result()
     except OSError as exc:
         raise AllocationError(f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
@@ -401,7 +401,7 @@ async def start_agent(
     return process, client
 
 
-async def _complete(task: asyncio.Future[Any]) -> bool:
+async def wait_through_cancellation(task: asyncio.Future[Any]) -> bool:
     """Wait for ``task`` whatever happens; whether the caller was cancelled meanwhile."""
     cancelled = False
     while not task.done():
@@ -700,7 +700,9 @@ class LocalProvider(Provider):
         finally:
             await machine._closed()
         await asyncio.to_thread(self._free, machine.record)
-        if survivors := [pid for pid, start in family if pid in survivors and is_same_process(pid, start)]:
+        if survivors := [
+            pid for pid, start in family if pid in survivors and is_same_process(pid, start)
+        ]:
             raise ReleaseError(f"machine {machine.id}: processes {survivors} survived SIGKILL")
         await asyncio.to_thread(self._remove_dir, machine.record.state_dir)
 
@@ -724,6 +726,10 @@ class LocalProvider(Provider):
             )
         survivors = await kill_all(family)
         await asyncio.to_thread(self._free, record)
-        if survivors := [pid for pid, start in family if pid in survivors and is_same_process(pid, start)]:
-            raise ReleaseError(f"machine {record.machine_id}: processes {survivors} survived SIGKILL")
+        if survivors := [
+            pid for pid, start in family if pid in survivors and is_same_process(pid, start)
+        ]:
+            raise ReleaseError(
+                f"machine {record.machine_id}: processes {survivors} survived SIGKILL"
+            )
         await asyncio.to_thread(self._remove_dir, record.state_dir)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
-from vmrunner.runner.timeline import TimelineEntry, prove, relative_ms
+from vmrunner.reports.timeline import TimelineEntry, prove, relative_ms
 
 WIDTH = 1100
 LABEL_WIDTH = 280
@@ -48,7 +48,11 @@ def lanes(entries: Sequence[TimelineEntry]) -> list[Lane]:
     found: list[Lane] = []
     for entry in entries:
         if entry.kind == "machine_allocated" and entry.machine_id:
-            mine = tuple(e for e in entries if e.job_key == entry.job_key and e.machine_id in ("", entry.machine_id))
+            mine = tuple(
+                e
+                for e in entries
+                if e.job_key == entry.job_key and e.machine_id in ("", entry.machine_id)
+            )
             found.append(Lane(entry.machine_id, entry.job_key, mine))
     return found
 
@@ -74,7 +78,8 @@ def render_svg(entries: Sequence[TimelineEntry], started_at: float, *, title: st
         f'<svg xmlns="http://www.w3.org/2000/svg" version="1.1" width="{WIDTH}" height="{height}" '
         f'viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">',
         f'<rect x="0" y="0" width="{WIDTH}" height="{height}" fill="#ffffff"/>',
-        f'<text x="12" y="24" font-size="16" font-weight="bold">{escape(title or "Machine lifecycle timeline")}</text>',
+        f'<text x="12" y="24" font-size="16" '
+        f'font-weight="bold">{escape(title or "Machine lifecycle timeline")}</text>',
     ]
     out += _axis(x, started_at, span, height)
     for index, lane in enumerate(rows):
@@ -82,8 +87,10 @@ def render_svg(entries: Sequence[TimelineEntry], started_at: float, *, title: st
     proof = prove(entries)
     out.append(
         f'<text x="12" y="{height - 14}">Total machines used: {proof.total_machines}; allocated '
-        f'{proof.machines_allocated}, released {proof.machines_released}, at most {proof.peak_machines} at once; '
-        f'{proof.commands - proof.stray_commands} of {proof.commands} commands in their job\'s machine</text>'
+        f"{proof.machines_allocated}, released {proof.machines_released}, at most "
+        f"{proof.peak_machines} at once; "
+        f"{proof.commands - proof.stray_commands} of {proof.commands} commands in their job's "
+        f"machine</text>"
     )
     out += _legend(height)
     out.append("</svg>")
@@ -96,8 +103,14 @@ def _axis(x: _Scale, started_at: float, span: float, height: int) -> list[str]:
     tick = 0.0
     while tick <= span + 1e-9:
         left = x(started_at + tick)
-        marks.append(f'<line x1="{left:.1f}" y1="{TOP - 8}" x2="{left:.1f}" y2="{height - BOTTOM + 4}" stroke="#e6e6e6"/>')
-        marks.append(f'<text x="{left:.1f}" y="{TOP - 14}" text-anchor="middle" fill="#555">T+{round(tick * 1000)}ms</text>')
+        marks.append(
+            f'<line x1="{left:.1f}" y1="{TOP - 8}" x2="{left:.1f}" y2="{height - BOTTOM + 4}" '
+            f'stroke="#e6e6e6"/>'
+        )
+        marks.append(
+            f'<text x="{left:.1f}" y="{TOP - 14}" text-anchor="middle" '
+            f'fill="#555">T+{round(tick * 1000)}ms</text>'
+        )
         tick += step
     return marks
 
@@ -126,25 +139,90 @@ def _lane(index: int, lane: Lane, x: _Scale, started_at: float) -> list[str]:
     released = released_entry.time if released_entry else max(e.time for e in lane.entries)
     asked = by_kind.get("allocation_requested")
     if asked is not None and allocated > asked.time:
-        marks.append(_rect(x(asked.time), middle - 2, x(allocated) - x(asked.time), 4, WAIT_COLOUR, f"waiting for a machine: {_ms(allocated - asked.time)}"))
-    life = f"{lane.job_key} in {lane.machine_id}: {relative_ms(allocated, started_at)} to {relative_ms(released, started_at)}"
-    marks.append(_rect(x(allocated), top, max(1.0, x(released) - x(allocated)), BAR_HEIGHT, LIFE_COLOUR, life, stroke=EDGE_COLOUR))
+        marks.append(
+            _rect(
+                x(asked.time),
+                middle - 2,
+                x(allocated) - x(asked.time),
+                4,
+                WAIT_COLOUR,
+                f"waiting for a machine: {_ms(allocated - asked.time)}",
+            )
+        )
+    life = (
+        f"{lane.job_key} in {lane.machine_id}: {relative_ms(allocated, started_at)} to "
+        f"{relative_ms(released, started_at)}"
+    )
+    marks.append(
+        _rect(
+            x(allocated),
+            top,
+            max(1.0, x(released) - x(allocated)),
+            BAR_HEIGHT,
+            LIFE_COLOUR,
+            life,
+            stroke=EDGE_COLOUR,
+        )
+    )
     starts: dict[int | None, TimelineEntry] = {}
     for entry in lane.entries:
         if entry.kind == "command_started":
             starts[entry.step_index] = entry
         elif entry.kind == "command_finished" and entry.step_index in starts:
             began = starts.pop(entry.step_index)
-            colour = FAILED_COLOUR if entry.outcome == "failure" else KIND_COLOURS.get(entry.step_kind, KIND_COLOURS["step"])
-            label = f"{entry.name} ({entry.step_kind}, exit {entry.exit_code}, {_ms(entry.time - began.time)})"
-            marks.append(_rect(x(began.time), top + 4, max(2.0, x(entry.time) - x(began.time)), BAR_HEIGHT - 8, colour, label))
+            colour = (
+                FAILED_COLOUR
+                if entry.outcome == "failure"
+                else KIND_COLOURS.get(entry.step_kind, KIND_COLOURS["step"])
+            )
+            label = (
+                f"{entry.name} ({entry.step_kind}, exit {entry.exit_code}, "
+                f"{_ms(entry.time - began.time)})"
+            )
+            marks.append(
+                _rect(
+                    x(began.time),
+                    top + 4,
+                    max(2.0, x(entry.time) - x(began.time)),
+                    BAR_HEIGHT - 8,
+                    colour,
+                    label,
+                )
+            )
         elif entry.kind in ("snapshot_taken", "snapshot_restored"):
             colour = SNAPSHOT_COLOUR if entry.kind == "snapshot_taken" else RESTORE_COLOUR
             what = "snapshot" if entry.kind == "snapshot_taken" else "restored"
-            marks.append(_rect(x(entry.time) - 1.5, top - 6, 3, BAR_HEIGHT + 12, colour, f"{what} {entry.detail}"))
-    marks.append(_rect(x(allocated) - 1.5, top - 4, 3, BAR_HEIGHT + 8, EDGE_COLOUR, f"allocated {relative_ms(allocated, started_at)}"))
+            marks.append(
+                _rect(
+                    x(entry.time) - 1.5,
+                    top - 6,
+                    3,
+                    BAR_HEIGHT + 12,
+                    colour,
+                    f"{what} {entry.detail}",
+                )
+            )
+    marks.append(
+        _rect(
+            x(allocated) - 1.5,
+            top - 4,
+            3,
+            BAR_HEIGHT + 8,
+            EDGE_COLOUR,
+            f"allocated {relative_ms(allocated, started_at)}",
+        )
+    )
     if released_entry is not None:
-        marks.append(_rect(x(released) - 1.5, top - 4, 3, BAR_HEIGHT + 8, EDGE_COLOUR, f"released {relative_ms(released, started_at)}"))
+        marks.append(
+            _rect(
+                x(released) - 1.5,
+                top - 4,
+                3,
+                BAR_HEIGHT + 8,
+                EDGE_COLOUR,
+                f"released {relative_ms(released, started_at)}",
+            )
+        )
     return marks
 
 
@@ -154,16 +232,29 @@ def _legend(height: int) -> list[str]:
     marks: list[str] = []
     left = 12.0
     for name, colour in items:
-        marks.append(f'<rect x="{left:.1f}" y="{height - 40}" width="12" height="12" fill="{colour}" stroke="#888"/>')
+        marks.append(
+            f'<rect x="{left:.1f}" y="{height - 40}" width="12" height="12" fill="{colour}" '
+            f'stroke="#888"/>'
+        )
         marks.append(f'<text x="{left + 16:.1f}" y="{height - 30}">{escape(name)}</text>')
         left += 28 + 7 * len(name)
     return marks
 
 
-def _rect(left: float, top: float, width: float, height: float, fill: str, tooltip: str, *, stroke: str = "") -> str:
+def _rect(
+    left: float,
+    top: float,
+    width: float,
+    height: float,
+    fill: str,
+    tooltip: str,
+    *,
+    stroke: str = "",
+) -> str:
     edge = f' stroke="{stroke}"' if stroke else ""
     return (
-        f'<rect x="{left:.1f}" y="{top:.1f}" width="{width:.1f}" height="{height:.1f}" fill="{fill}"{edge}>'
+        f'<rect x="{left:.1f}" y="{top:.1f}" width="{width:.1f}" height="{height:.1f}" '
+        f'fill="{fill}"{edge}>'
         f"<title>{escape(tooltip)}</title></rect>"
     )
 

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.runner.events_builder import RunBuilder, collect, failing_matrix_run, simple_run
-from vmrunner.runner.events import FanOut, JobFinished, Recorder, StepFinished, StepStarted
-from vmrunner.runner.results import (
+from tests.reports.events_builder import RunBuilder, collect, failing_matrix_run, simple_run
+from vmrunner.reports.events import FanOut, JobFinished, Recorder, StepFinished, StepStarted
+from vmrunner.reports.results import (
     RUN_RESULT_SCHEMA,
     ResultCollector,
     human_duration,
@@ -29,11 +29,21 @@ def test_a_green_run_has_every_job_and_step_with_times_and_machine() -> None:
     [job] = result.jobs
     assert job.conclusion == "success"
     assert job.status == "completed"
-    assert (job.session_id, job.machine_id, job.provider, job.from_pool) == ("sess-build", "m-build", "sandbox", False)
+    assert (job.session_id, job.machine_id, job.provider, job.from_pool) == (
+        "sess-build",
+        "m-build",
+        "sandbox",
+        False,
+    )
     assert [s.name for s in job.steps] == ["Set up job", "Checkout", "Test"]
     assert [s.kind for s in job.steps] == ["setup", "step", "step"]
     test = job.steps[2]
-    assert (test.step_id, test.outcome, test.conclusion, test.exit_code) == ("test", "success", "success", 0)
+    assert (test.step_id, test.outcome, test.conclusion, test.exit_code) == (
+        "test",
+        "success",
+        "success",
+        0,
+    )
     assert test.duration == 75.0
     assert test.finished_at == test.started_at + 75.0
     assert dict(test.outputs) == {"count": "3"}
@@ -47,7 +57,11 @@ def test_a_failed_matrix_job_fails_the_run_and_its_rollback_is_reported() -> Non
     result = collect(failing_matrix_run())
     assert result.conclusion == "failure"
     small, large, deploy = result.jobs
-    assert (small.job_key, small.job_id, dict(small.matrix)) == ("test (small)", "test", {"size": "small"})
+    assert (small.job_key, small.job_id, dict(small.matrix)) == (
+        "test (small)",
+        "test",
+        {"size": "small"},
+    )
     assert small.conclusion == "success"
     assert large.conclusion == "failure"
     assert large.rolled_back
@@ -60,7 +74,11 @@ def test_a_failed_matrix_job_fails_the_run_and_its_rollback_is_reported() -> Non
     ]
     assert large.snapshots[1].step_index == 0
     [annotation] = result.annotations
-    assert (annotation.job_key, annotation.level, annotation.message) == ("test (large)", "error", "test_size failed")
+    assert (annotation.job_key, annotation.level, annotation.message) == (
+        "test (large)",
+        "error",
+        "test_size failed",
+    )
     assert deploy.conclusion == "skipped"
     assert deploy.started_at is None
     assert deploy.steps == ()
@@ -79,7 +97,9 @@ def test_a_failed_step_makes_the_job_a_failure_even_if_the_engine_says_success()
 
 def test_continue_on_error_keeps_the_job_green() -> None:
     run = RunBuilder().start()
-    run.job("build").begin().step("Lint", exit_code=1, outcome="failure", conclusion="success").finish()
+    run.job("build").begin().step(
+        "Lint", exit_code=1, outcome="failure", conclusion="success"
+    ).finish()
     result = collect(run.finish())
     step = result.jobs[0].steps[0]
     assert (step.outcome, step.conclusion) == ("failure", "success")
@@ -90,7 +110,9 @@ def test_continue_on_error_keeps_the_job_green() -> None:
 def test_a_cancelled_job_makes_a_cancelled_run_and_a_timeout_is_kept() -> None:
     run = RunBuilder().start()
     job = run.job("slow").begin()
-    job.step("Sleep", exit_code=None, outcome="cancelled", timed_out=True).finish("cancelled", reason="timeout-minutes (1) reached")
+    job.step("Sleep", exit_code=None, outcome="cancelled", timed_out=True).finish(
+        "cancelled", reason="timeout-minutes (1) reached"
+    )
     result = collect(run.finish("success"))
     assert result.conclusion == "cancelled"
     step = result.jobs[0].steps[0]
@@ -161,16 +183,27 @@ def test_human_durations() -> None:
     assert human_duration(-3) == "0.0s"
 
 
-masked_text = st.text(st.characters(codec="utf-8"), max_size=40).map(lambda s: s.replace("hunter2", "***"))
+masked_text = st.text(st.characters(codec="utf-8"), max_size=40).map(
+    lambda s: s.replace("hunter2", "***")
+)
 
 
 @settings(max_examples=60, deadline=None)
-@given(names=st.lists(masked_text, min_size=1, max_size=4), lines=st.lists(masked_text, max_size=5), summary=masked_text)
+@given(
+    names=st.lists(masked_text, min_size=1, max_size=4),
+    lines=st.lists(masked_text, max_size=5),
+    summary=masked_text,
+)
 def test_any_text_gives_valid_json(names: list[str], lines: list[str], summary: str) -> None:
     run = RunBuilder(workflow=names[0]).start()
     for n, name in enumerate(names):
         job = run.job(f"{name} {n}", name=name).begin()
-        job.step(name, lines=lines, annotations=[("warning", line) for line in lines], outputs={name: summary})
+        job.step(
+            name,
+            lines=lines,
+            annotations=[("warning", line) for line in lines],
+            outputs={name: summary},
+        )
         job.finish(summary=summary)
     data = collect(run.finish()).to_json()
     jsonschema.validate(data, RUN_RESULT_SCHEMA)

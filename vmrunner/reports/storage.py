@@ -1,4 +1,5 @@
-"""Keeping runs: ``StoreSink`` writes a run's events to the store as they arrive, ``RunHistory`` reads them back.
+"""Keeping runs: ``StoreSink`` writes a run's events to the store as they arrive, ``RunHistory``
+reads them back.
 
 Wiring (``vmrunner run``)::
 
@@ -29,7 +30,7 @@ from types import TracebackType
 from typing import Any, TypeVar, get_args
 
 from vmrunner.errors import RunNotFound, StoreDiskError, StoreError
-from vmrunner.runner.events import (
+from vmrunner.reports.events import (
     Annotation,
     AnnotationLevel,
     Event,
@@ -48,7 +49,7 @@ from vmrunner.runner.events import (
     StepKind,
     StepStarted,
 )
-from vmrunner.runner.results import (
+from vmrunner.reports.results import (
     AnnotationResult,
     Conclusion,
     JobResult,
@@ -58,7 +59,7 @@ from vmrunner.runner.results import (
     Status,
     StepResult,
 )
-from vmrunner.runner.timeline import TimelineEntry, TimelineKind
+from vmrunner.reports.timeline import TimelineEntry, TimelineKind
 from vmrunner.sessions import Owner
 from vmrunner.store import AnnotationRow, LogRow, RunJobRow, RunRow, RunStepRow, Store, TimelineRow
 
@@ -137,7 +138,10 @@ class StoreSink:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()
 
@@ -174,7 +178,9 @@ class StoreSink:
 
     def _failed(self, exc: StoreError) -> None:
         if not self.errors:
-            logger.warning("cannot keep run %s in the store: %s", self._collector.run_id or "?", exc)
+            logger.warning(
+                "cannot keep run %s in the store: %s", self._collector.run_id or "?", exc
+            )
         if len(self.errors) < MAX_ERRORS:
             self.errors.append(exc)
         if isinstance(exc, StoreDiskError):
@@ -302,7 +308,9 @@ class StoreSink:
             if logs:
                 self.store.add_run_logs(self._logs)
                 self.store.add_run_annotations(self._annotations)
-                self.store.add_run_timeline([timeline_row(self._run_id(), entry) for entry in timeline])
+                self.store.add_run_timeline(
+                    [timeline_row(self._run_id(), entry) for entry in timeline]
+                )
         self._rows_written()
         if logs:
             del self._logs[: written[0]]
@@ -314,7 +322,9 @@ class StoreSink:
 
     def _write_rows(self) -> None:
         """Upsert the changed rows, parents first (the run, then jobs, then steps)."""
-        if self._run is None and not (self._dirty_jobs or self._dirty_steps or self._logs or self._annotations):
+        if self._run is None and not (
+            self._dirty_jobs or self._dirty_steps or self._logs or self._annotations
+        ):
             return
         run = self._ensure_run(self._collector.run_id, time.time())
         if self._dirty_run:
@@ -386,7 +396,9 @@ class StoreSink:
             self._note_base = self._run.note
         why = f": {self.disk_error}" if self.disk_error else ""
         note = f"{self.lost} log lines and annotations could not be kept{why}"
-        self._run = replace(self._run, note=f"{self._note_base}; {note}" if self._note_base else note)
+        self._run = replace(
+            self._run, note=f"{self._note_base}; {note}" if self._note_base else note
+        )
         self._lost_noted = self.lost
         try:
             self.store.put_run(self._run)
@@ -423,7 +435,9 @@ class RunHistory:
             raise RunNotFound(f"no run {run_id!r}")
         return self._result(row)
 
-    def logs(self, run_id: str, job_key: str | None = None, step: int | None = None) -> list[LogRow]:
+    def logs(
+        self, run_id: str, job_key: str | None = None, step: int | None = None
+    ) -> list[LogRow]:
         """A run's output in order (lines and group markers); one job's or one step's if asked."""
         return self.store.run_logs(self.resolve(run_id), job_key, step)
 
@@ -431,7 +445,9 @@ class RunHistory:
         """Record as interrupted every unfinished run whose runner process is gone; their ids."""
         marked = []
         for row in self.store.runs(limit=None, unfinished=True):
-            if not Owner(row.owner_pid, row.owner_start).alive() and self.store.finish_unfinished_run(
+            if not Owner(
+                row.owner_pid, row.owner_start
+            ).alive() and self.store.finish_unfinished_run(
                 row.id, "interrupted", time.time() if now is None else now, _gone(row)
             ):
                 marked.append(row.id)
@@ -448,7 +464,12 @@ class RunHistory:
         for moment in self.store.run_timeline(row.id):
             timelines.setdefault(moment.job_key, []).append(timeline_entry(moment))
         jobs = tuple(
-            job_result(job, steps.get(job.job_key, []), annotations.get(job.job_key, []), timelines.get(job.job_key, []))
+            job_result(
+                job,
+                steps.get(job.job_key, []),
+                annotations.get(job.job_key, []),
+                timelines.get(job.job_key, []),
+            )
             for job in self.store.run_jobs(row.id)
         )
         status: Status = _choice(row.status, Status, "in_progress")
@@ -493,7 +514,10 @@ def step_row(run_id: str, job_key: str, step: StepResult) -> RunStepRow:
 
 
 def job_result(
-    row: RunJobRow, steps: list[StepResult], annotations: list[AnnotationResult], timeline: list[TimelineEntry] | None = None
+    row: RunJobRow,
+    steps: list[StepResult],
+    annotations: list[AnnotationResult],
+    timeline: list[TimelineEntry] | None = None,
 ) -> JobResult:
     return JobResult(
         job_key=row.job_key, job_id=row.job_id, name=row.name,
@@ -513,10 +537,20 @@ def job_result(
 
 def timeline_row(run_id: str, entry: TimelineEntry) -> TimelineRow:
     return TimelineRow(
-        run_id=run_id, job_key=entry.job_key, time=entry.time, kind=entry.kind,
-        session_id=entry.session_id, machine_id=entry.machine_id, state=entry.state,
-        step_index=entry.step_index, step_kind=entry.step_kind, name=entry.name,
-        exit_code=entry.exit_code, outcome=entry.outcome, seconds=entry.seconds, detail=entry.detail,
+        run_id=run_id,
+        job_key=entry.job_key,
+        time=entry.time,
+        kind=entry.kind,
+        session_id=entry.session_id,
+        machine_id=entry.machine_id,
+        state=entry.state,
+        step_index=entry.step_index,
+        step_kind=entry.step_kind,
+        name=entry.name,
+        exit_code=entry.exit_code,
+        outcome=entry.outcome,
+        seconds=entry.seconds,
+        detail=entry.detail,
     )
 
 
@@ -554,5 +588,6 @@ _T = TypeVar("_T")
 
 
 def _choice(value: str | None, literal: Any, default: _T) -> _T:
-    """``value`` if it is one of the ``Literal`` type's words, else ``default`` (a newer writer's word)."""
+    """``value`` if it is one of the ``Literal`` type's words, else ``default`` (a newer writer's
+    word)."""
     return value if value in get_args(literal) else default  # type: ignore[return-value]

@@ -21,10 +21,16 @@ DEFAULT_LIMIT = 4096
 _SURROGATES = re.compile(r"[\ud800-\udfff]")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _QUOTES = re.compile(r"[\"'`]")
-_UUID = re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b")
-_TIMESTAMP = re.compile(r"\b\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?")
+_UUID = re.compile(
+    r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b"
+)
+_TIMESTAMP = re.compile(
+    r"\b\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?"
+)
 _TIME = re.compile(r"\b\d{1,2}:\d{2}:\d{2}(?:[.,]\d+)?\b")
-_HEX = re.compile(r"\b(?:0x[0-9a-fA-F]+|(?=[0-9a-fA-F]*\d)(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{7,})\b")
+_HEX = re.compile(
+    r"\b(?:0x[0-9a-fA-F]+|(?=[0-9a-fA-F]*\d)(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{7,})\b"
+)
 _TEMP = re.compile(r"(/(?:tmp|var/tmp|dev/shm)|\$?RUNNER_TEMP|\$\{?RUNNER_TEMP\}?)/[^\s:;,)\]}<>]+")
 _LONG_NUMBER = re.compile(r"\d{6,}")
 _NUMBER = re.compile(r"\d+")
@@ -81,5 +87,6 @@ def _noise_free(text: str, limit: int) -> str:
 
 
 def _squeeze(text: str, limit: int) -> str:
-    """Whitespace collapsed, cut to ``limit`` bytes, then stripped (so a second pass changes nothing)."""
+    """Whitespace collapsed, cut to ``limit`` bytes, then stripped (so a second pass changes
+    nothing)."""
     return truncate(" ".join(text.split()), limit).strip()
