@@ -240,7 +240,8 @@ async def test_no_host_paths_inside(machine: Machine, provider: SandboxProvider)
     """Neither the mount table, the cgroups nor the environment name a host path."""
     code, output = await sh(machine, "cat /proc/self/mountinfo /proc/self/cgroup; env")
     assert code == 0, output
-    for host_detail in (str(provider.home), str(provider.home.parent), "process_api", "vmrunner-sandbox"):
+    details = (str(provider.home), str(provider.home.parent), "process_api", "vmrunner-sandbox")
+    for host_detail in details:
         assert host_detail not in output, host_detail
 
 
@@ -261,7 +262,8 @@ def test_a_runner_without_subordinate_ids_is_told_what_to_set_up() -> None:
         work.chmod(0o755)
         shutil.copytree(repository / "vmrunner", work / "vmrunner")
         done = subprocess.run(
-            [shutil.which("runuser") or "/usr/sbin/runuser", "-u", "nobody", "--", "/usr/bin/python3", "-c", program],
+            [shutil.which("runuser") or "/usr/sbin/runuser", "-u", "nobody", "--",
+             "/usr/bin/python3", "-c", program],
             capture_output=True, text=True, timeout=60, check=False, cwd=work,
             env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(work)},
         )  # fmt: skip

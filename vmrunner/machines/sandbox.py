@@ -702,7 +702,9 @@ def _build_view(base: Path, view: Path, entries: list[str]) -> None:
                 if os.path.islink(path):
                     os.symlink(os.readlink(path), target)
                 elif os.path.isdir(path):
-                    shutil.copytree(path, target, symlinks=True, ignore=_secrets, copy_function=_copy_readable)
+                    shutil.copytree(
+                        path, target, symlinks=True, ignore=_secrets, copy_function=_copy_readable
+                    )
                 else:
                     _copy_readable(path, str(target))
         (staging / "passwd").write_text("\n".join(passwd_lines()) + "\n", encoding="utf-8")
