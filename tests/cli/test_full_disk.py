@@ -84,13 +84,20 @@ def run_in(home: Path, root: Path) -> subprocess.CompletedProcess[str]:
 
 
 def fill(disk: Path) -> None:
-    """Take every free byte of ``disk``."""
-    with open(disk / "filler", "wb") as handle:
-        try:
-            while True:
-                handle.write(b"\0" * 65536)
-        except OSError:
-            pass
+    """Take every free byte of ``disk`` (unbuffered: a buffered file would fail again on close)."""
+    fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        chunk = b"\0" * 65536
+        while True:
+            try:
+                if os.write(fd, chunk) == 0:
+                    break
+            except OSError:
+                chunk = chunk[: len(chunk) // 2]
+                if not chunk:
+                    break
+    finally:
+        os.close(fd)
 
 
 def machines_left(home: Path) -> list[str]:

@@ -23,6 +23,7 @@ from vmrunner.machines.base import MachineRecord, MachineSpec
 from vmrunner.machines.cgroups import Cgroups, MachineCgroup
 from vmrunner.machines.disk import MachineDisk
 from vmrunner.machines.limits import Host, Limits, format_mib, parse_size, resolve_limits
+from vmrunner.machines.local import descendants
 from vmrunner.machines.sandbox import SandboxMachine, SandboxProvider
 from vmrunner.server.config import read_config_file
 
@@ -145,8 +146,15 @@ async def test_limits_are_written_to_the_machines_cgroup(machine: SandboxMachine
     assert cgroup.read("pids", "pids.max") == "64"
     members = {int(p) for p in cgroup.read("pids", "cgroup.procs").split()}
     assert machine.record.pid in members  # bwrap itself, so every process of the machine
-    result = await machine.exec(["sh", "-c", "cat /proc/self/cgroup"])
-    assert f"vmrunner-{machine.id}" in result.stdout.decode()
+    # A command's processes are in it too (seen from the host: inside, the machine's own cgroup
+    # namespace shows it as its root, naming no host path).
+    result = await machine.exec(["sh", "-c", "sleep 3 & cat /proc/self/cgroup"])
+    assert f"vmrunner-{machine.id}" not in result.stdout.decode()
+    assert machine.record.pid is not None
+    family = [pid for pid, _ in descendants(machine.record.pid)]
+    members = {int(p) for p in cgroup.read("pids", "cgroup.procs").split()}
+    assert len(family) >= 2
+    assert set(family) <= members
     assert await machine.limits_hit() == []
 
 

@@ -631,7 +631,7 @@ def etc_args(fds: _Fds, view: Path, *, hostname: str, private: bool = False) -> 
         "resolv.conf": RESOLV_CONF if private else _host_resolver(),
     }
     for name, text in files.items():
-        args += ["--ro-bind-data", fds.data(text.encode()), f"/etc/{name}"]
+        args += ["--perms", "0644", "--ro-bind-data", fds.data(text.encode()), f"/etc/{name}"]
     return args
 
 
