@@ -33,7 +33,7 @@ from vmrunner.machines.base import MachineSpec
 from vmrunner.machines.pool import Reuse, WarmPool
 from vmrunner.machines.providers import get_provider
 from vmrunner.reports.events import Event, JobStarted, Recorder, StepFinished, StepStarted
-from vmrunner.runner.options import RunOptions
+from vmrunner.runner.options import RunOptions, machine_spec
 from vmrunner.runner.run import run_workflow
 from vmrunner.sessions import SessionManager
 from vmrunner.workflow.loader import load_workflow_text
@@ -153,8 +153,13 @@ async def throughput(
 ) -> dict[str, Any]:
     workflow = steps_workflow(steps)
     options = RunOptions(concurrent_jobs=pool_size, repo_root=tempfile.gettempdir())
+    # The pool's machines are made as the jobs ask for them (network, limits), or none would fit.
+    spec = machine_spec(options, options.default_vm_type)
     async with (
-        WarmPool(get_provider("sandbox"), {"default": pool_size}, reuse=reuse) as pool,
+        WarmPool(
+            get_provider("sandbox"), {spec.vm_type: pool_size}, reuse=reuse,
+            specs={spec.vm_type: spec},
+        ) as pool,
         SessionManager(pool, limit=pool_size) as sessions,
     ):
         await pool.wait_filled()
@@ -171,6 +176,7 @@ async def throughput(
         same = reuse == "restore" and pool_machine_pids(pool) == machines
         machine_cpu = sum(tree_cpu(pid) for pid in machines) - machine_cpu
         floor = await floor_seconds(sessions, steps)
+        stats = pool.statistics()
     failed = sum(1 for o in outcomes if o.failed)
     if failed:
         raise RuntimeError(f"{failed} benchmark workflows failed")
@@ -181,6 +187,9 @@ async def throughput(
         # the rate one free core could sustain for the runner's own part.
         "runner_cpu_per_workflow_ms": cpu / count * 1000,
         "pool_reuse": reuse,
+        # Every workflow should take a machine from the pool (a miss is a cold allocation).
+        "pool_hits": stats.hits,
+        "pool_misses": stats.misses,
         # Only measurable when the same machines served every workflow (restore mode).
         **({
             "machine_cpu_per_workflow_ms": machine_cpu / count * 1000,
