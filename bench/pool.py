@@ -74,9 +74,8 @@ async def sessions(provider: Provider, count: int) -> dict[str, Any]:
                 await pool.wait_filled()
                 mark = len(counting.events)
                 started = time.perf_counter()
-                session = await manager.create_session()
-                opened = time.perf_counter()
-                await manager.release_session(session.id)
+                async with manager.open():
+                    opened = time.perf_counter()
                 closed = time.perf_counter()
                 opens.append(opened - started)
                 closes.append(closed - opened)

@@ -209,8 +209,9 @@ async def test_a_waiting_request_proceeds_as_soon_as_a_session_is_released(
     counting: CountingProvider,
 ) -> None:
     async with SessionManager(counting, limit=2) as manager:
-        first = await manager.create_session()
-        second = await manager.create_session()
+        first_block, second_block = contextlib.AsyncExitStack(), contextlib.AsyncExitStack()
+        first = await first_block.enter_async_context(manager.open())
+        await second_block.enter_async_context(manager.open())
 
         async def third() -> str:
             async with manager.open() as session:
@@ -219,9 +220,9 @@ async def test_a_waiting_request_proceeds_as_soon_as_a_session_is_released(
         waiting = asyncio.create_task(third())
         await eventually(lambda: manager.stats().waiting == 1)
         assert counting.allocation_count == 2
-        await manager.release_session(first.id)
+        await first_block.aclose()  # the first session's block ends: its machine is released
         third_id = await waiting
-        await manager.release_session(second.id)
+        await second_block.aclose()
     assert counting.allocation_count == 3
     assert counting.time_of("released", first.machine.id) < counting.time_of("allocated", third_id)
     assert counting.max_alive == 2
@@ -230,7 +231,8 @@ async def test_a_waiting_request_proceeds_as_soon_as_a_session_is_released(
 
 async def test_waiters_are_served_in_arrival_order(counting: CountingProvider) -> None:
     async with SessionManager(counting, limit=1) as manager:
-        holder = await manager.create_session()
+        holder = contextlib.AsyncExitStack()
+        await holder.enter_async_context(manager.open())
         served: list[int] = []
 
         async def waiter(index: int) -> None:
@@ -241,7 +243,7 @@ async def test_waiters_are_served_in_arrival_order(counting: CountingProvider) -
             for index in range(5):
                 group.create_task(waiter(index))
                 await eventually(lambda n=index + 1: manager.stats().waiting == n)
-            await manager.release_session(holder.id)
+            await holder.aclose()
     assert served == [0, 1, 2, 3, 4]
     assert counting.max_alive == 1
 
@@ -251,7 +253,8 @@ async def test_waiting_past_the_timeout_is_a_capacity_error_without_allocating(
 ) -> None:
     async with SessionManager(counting, limit=1) as manager, manager.open():
         with pytest.raises(CapacityError, match=r"within 0\.05s"):
-            await manager.create_session(timeout=0.05)
+            async with manager.open(timeout=0.05):
+                pytest.fail("a second session was opened")
         assert counting.allocation_count == 1
         stats = manager.stats()
         assert (stats.waiting, stats.timed_out, stats.active) == (0, 1, 1)
@@ -321,14 +324,13 @@ async def test_states_and_transitions_are_recorded_in_memory_and_in_the_store(
 
 
 async def test_invalid_transitions_raise(manager: SessionManager) -> None:
-    session = await manager.create_session()
-    with pytest.raises(InvalidTransition, match="from active to released"):
-        session.set_state(SessionState.RELEASED)
-    session.set_state(SessionState.COMPLETED)
-    with pytest.raises(InvalidTransition, match="from completed to executing"):
-        await session.exec(["true"])
-    assert session.state is SessionState.COMPLETED
-    await manager.release_session(session.id)
+    async with manager.open() as session:
+        with pytest.raises(InvalidTransition, match="from active to released"):
+            session.set_state(SessionState.RELEASED)
+        session.set_state(SessionState.COMPLETED)
+        with pytest.raises(InvalidTransition, match="from completed to executing"):
+            await session.exec(["true"])
+        assert session.state is SessionState.COMPLETED
 
 
 def test_the_lifecycle_table_is_consistent() -> None:
@@ -338,18 +340,27 @@ def test_the_lifecycle_table_is_consistent() -> None:
         assert SessionState.TERMINATING in TRANSITIONS[state], state
 
 
-async def test_release_session_twice_raises_session_not_found(
-    manager: SessionManager, counting: CountingProvider
+async def test_a_block_ending_after_its_session_was_released_does_not_release_it_again(
+    counting: CountingProvider,
 ) -> None:
-    session = await manager.create_session()
-    assert manager.active_count == 1
-    await manager.release_session(session.id)
-    with pytest.raises(SessionNotFound):
-        await manager.release_session(session.id)
-    assert counting.releases == {session.machine.id: 1}
-    assert manager.active_count == 0
-    stats = manager.stats()
-    assert (stats.created, stats.released) == (1, 1)
+    """Release twice (the reaper, then the end of the block) releases the machine once."""
+    clock = FakeClock()
+    async with SessionManager(
+        counting, limit=1, idle_timeout=10, reap_interval=3600, clock=clock
+    ) as manager:
+        async with manager.open() as session:
+            assert manager.active_count == 1
+            clock.now += 11
+            assert await manager.reap() == [session.id]
+            with pytest.raises(SessionNotFound):
+                manager.get_session(session.id)
+        assert counting.releases == {session.machine.id: 1}
+        assert manager.active_count == 0
+        stats = manager.stats()
+        assert (stats.created, stats.released) == (1, 1)
+        states = [t.state for t in session.transitions]
+        assert states.count(SessionState.RELEASED) == 1
+        assert states[-2:] == [SessionState.TERMINATING, SessionState.RELEASED]
 
 
 async def test_snapshots_pause_the_session_and_are_listed(
@@ -393,22 +404,21 @@ async def test_the_reaper_releases_idle_sessions_and_keeps_active_ones(
     async with SessionManager(
         counting, limit=4, idle_timeout=10, reap_interval=0.001, clock=clock
     ) as manager:
-        idle = await manager.create_session()
-        busy = await manager.create_session()
-        clock.now += 6
-        await busy.exec(["true"])  # activity at t+6
-        clock.now += 6  # idle for 12s, busy for 6s
-        await eventually(lambda: idle.state is SessionState.RELEASED)
-        assert busy.state is SessionState.ACTIVE
-        assert counting.releases == {idle.machine.id: 1}
-        assert manager.stats().reaped == 1
-        row = manager.store.session(idle.id)
-        assert row is not None
-        assert row.state == "released"
-        assert "idle for 12.0s" in row.note
-        with pytest.raises(SessionNotFound):
-            await manager.release_session(idle.id)
-        await manager.release_session(busy.id)
+        async with manager.open() as idle, manager.open() as busy:
+            clock.now += 6
+            await busy.exec(["true"])  # activity at t+6
+            clock.now += 6  # idle for 12s, busy for 6s
+            await eventually(lambda: idle.state is SessionState.RELEASED)
+            assert busy.state is SessionState.ACTIVE
+            assert counting.releases == {idle.machine.id: 1}
+            assert manager.stats().reaped == 1
+            row = manager.store.session(idle.id)
+            assert row is not None
+            assert row.state == "released"
+            assert "idle for 12.0s" in row.note
+            with pytest.raises(SessionNotFound):
+                manager.get_session(idle.id)
+        assert counting.releases == {idle.machine.id: 1, busy.machine.id: 1}
     assert left_on_system() == []
 
 
@@ -418,8 +428,7 @@ async def test_output_is_activity_and_a_running_command_is_never_reaped(
     clock = FakeClock()
     async with SessionManager(
         counting, limit=1, idle_timeout=10, reap_interval=3600, clock=clock
-    ) as manager:
-        session = await manager.create_session()
+    ) as manager, manager.open() as session:
         seen: list[float] = []
 
         def on_output(stream: str, chunk: bytes) -> None:
@@ -443,13 +452,15 @@ async def test_output_is_activity_and_a_running_command_is_never_reaped(
 async def test_the_manager_releases_sessions_left_open_when_it_stops(
     counting: CountingProvider,
 ) -> None:
-    async with SessionManager(counting, limit=2) as manager:
-        session = await manager.create_session()
+    async with contextlib.AsyncExitStack() as left_open:  # its block ends after the manager
+        async with SessionManager(counting, limit=2) as manager:
+            session = await left_open.enter_async_context(manager.open())
+        assert counting.releases == {session.machine.id: 1}
+        with Store.open() as store:
+            row = store.session(session.id)
+            assert row is not None
+            assert (row.state, row.note) == ("released", "session manager stopped")
     assert counting.releases == {session.machine.id: 1}
-    with Store.open() as store:
-        row = store.session(session.id)
-        assert row is not None
-        assert (row.state, row.note) == ("released", "session manager stopped")
     assert left_on_system() == []
 
 
@@ -615,7 +626,8 @@ async def test_the_limit_holds_through_timeouts_cancellations_and_failures() -> 
             # Every slot is free again: three fail-fast sessions fit, a fourth does not.
             async with manager.open(wait=False), manager.open(wait=False), manager.open(wait=False):
                 with pytest.raises(CapacityError):
-                    await manager.create_session(wait=False)
+                    async with manager.open(wait=False):
+                        pytest.fail("a fourth session was opened")
     assert handed.max_alive <= 3
     assert handed.allocation_count == handed.release_count
     assert handed.releases == handed.allocations  # every hand-out released exactly once

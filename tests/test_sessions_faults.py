@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -16,10 +17,16 @@ from vmrunner.errors import (
     StoreDiskError,
 )
 from vmrunner.machines.testing import CountingProvider
-from vmrunner.sessions import ABANDONED, SessionManager, SessionState
+from vmrunner.sessions import ABANDONED, Session, SessionManager, SessionState
 from vmrunner.store import Store
 
 from .test_sessions import eventually, left_on_system, processes_with, real_provider
+
+
+async def hold(manager: SessionManager) -> None:
+    """Open a session and keep it until cancelled."""
+    async with manager.open():
+        await asyncio.Event().wait()
 
 
 @pytest.fixture
@@ -142,12 +149,13 @@ async def test_a_release_that_cannot_succeed_is_recorded_and_retried_on_exit(
     counting: CountingProvider,
 ) -> None:
     async with SessionManager(counting, limit=1) as manager:
-        session = await manager.create_session()
+        block = contextlib.AsyncExitStack()
+        session = await block.enter_async_context(manager.open())
         machine_id = session.machine.id
         counting.fail_next("release", times=manager.release_attempts)
         counting.fail_next("reclaim")
         with pytest.raises(ReleaseError, match="injected reclaim fault"):
-            await manager.release_session(session.id)
+            await block.aclose()  # the block ends: its release fails
         # Recorded honestly: the session is over, its machine is alive and marked abandoned.
         assert manager.active_count == 0
         row = manager.store.machine(machine_id)
@@ -207,7 +215,7 @@ async def test_cancellation_while_waiting_for_a_slot_takes_no_slot(
     manager: SessionManager, counting: CountingProvider
 ) -> None:
     async with manager.open(), manager.open():
-        waiter = asyncio.create_task(manager.create_session())
+        waiter = asyncio.create_task(hold(manager))
         await eventually(lambda: manager.stats().waiting == 1)
         waiter.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -224,7 +232,7 @@ async def test_cancellation_during_allocation_frees_the_slot(
     # that a cancelled allocation would leave finishing on its own); this test is about ours.
     async with manager.open():
         pass
-    task = asyncio.create_task(manager.create_session())
+    task = asyncio.create_task(hold(manager))
     await eventually(lambda: counting.allocating == 1)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -241,29 +249,33 @@ async def test_cancellation_during_allocation_frees_the_slot(
 async def test_stopping_the_manager_turns_waiters_away_and_finishes_allocations(
     counting: CountingProvider,
 ) -> None:
-    async with SessionManager(counting, limit=1) as manager:
-        holder = await manager.create_session()
-        waiter = asyncio.create_task(manager.create_session())
-        await eventually(lambda: manager.stats().waiting == 1)
-    with pytest.raises(SessionError, match="stopping"):
-        await waiter
+    async with contextlib.AsyncExitStack() as left_open:  # its block ends after the manager
+        async with SessionManager(counting, limit=1) as manager:
+            holder = await left_open.enter_async_context(manager.open())
+            waiter = asyncio.create_task(hold(manager))
+            await eventually(lambda: manager.stats().waiting == 1)
+        with pytest.raises(SessionError, match="stopping"):
+            await waiter
+        assert counting.releases == {holder.machine.id: 1}
     assert counting.releases == {holder.machine.id: 1}
     assert counting.allocation_count == 1
     assert left_on_system() == []
 
 
-async def test_a_session_being_allocated_cannot_be_released_yet(
+async def test_a_session_being_allocated_is_listed_and_handed_out_once_ready(
     manager: SessionManager, counting: CountingProvider
 ) -> None:
-    creating = asyncio.create_task(manager.create_session())
+    async def use() -> Session:
+        async with manager.open() as session:
+            assert session.state is SessionState.ACTIVE
+            return session
+
+    creating = asyncio.create_task(use())
     await eventually(lambda: counting.allocating == 1)
     [pending] = manager.sessions()
     assert pending.state is SessionState.INITIALIZING
-    with pytest.raises(SessionError, match="still being allocated"):
-        await manager.release_session(pending.id)
     session = await creating
     assert session is pending
-    await manager.release_session(session.id)
     assert counting.releases == {session.machine.id: 1}
 
 

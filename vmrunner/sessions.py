@@ -70,7 +70,7 @@ from vmrunner.store import MachineRow, SessionRow, SnapshotRow, Store
 log = logging.getLogger(__name__)
 
 DEFAULT_LIMIT = 4
-#: How long ``open``/``create_session`` wait for a free slot by default (seconds).
+#: How long ``open`` waits for a free slot by default (seconds).
 DEFAULT_WAIT_TIMEOUT = 600.0
 #: A session with no activity for this long is released by the reaper (seconds).
 DEFAULT_IDLE_TIMEOUT = 3600.0
@@ -557,25 +557,21 @@ class SessionManager:
                 return
         self._used -= 1
 
-    # The prototype's vocabulary
+    # Allocation
 
-    async def create_session(
+    async def _acquire(
         self,
-        spec: MachineSpec | None = None,
-        *,
-        wait: bool = True,
-        timeout: float | _Default | None = DEFAULT,  # noqa: ASYNC109 - the wait for a slot
-        idle_timeout: float | _Default | None = DEFAULT,
+        spec: MachineSpec | None,
+        wait: bool,
+        patience: float | _Default | None,
+        idle_timeout: float | _Default | None,
     ) -> Session:
-        """Reserve a slot, then allocate a machine; the caller must ``release_session`` it.
-
-        ``wait=False`` raises ``CapacityError`` at once when all slots are taken; otherwise the
-        caller queues (first come, first served) up to ``timeout`` seconds.
-        """
+        """Reserve a slot (waiting up to ``patience``), then allocate a machine: what ``open``
+        does before its block runs."""
         store = self.store
         spec = spec or MachineSpec()
         self._check_open()
-        await self._reserve(wait, self.wait_timeout if timeout is DEFAULT else timeout)
+        await self._reserve(wait, self.wait_timeout if patience is DEFAULT else patience)
         try:
             self._check_open()
             session = self._new_session(
@@ -744,22 +740,6 @@ class SessionManager:
         session._snapshots.append(info)
         return info
 
-    async def release_session(self, session_id: str, *, note: str = "") -> None:
-        """Release the session's machine, then forget the session.
-
-        A second call (or a call while another release is in progress) raises
-        ``SessionNotFound``. Raises ``ReleaseError`` if the machine could not be released; it is
-        then recorded as abandoned, to be reclaimed later.
-        """
-        session = self._sessions.get(session_id)
-        if session is None or session._release is not None:
-            raise SessionNotFound(f"no session {session_id} (released already?)")
-        if session.state is S.INITIALIZING:
-            raise SessionError(
-                f"session {session_id} is still being allocated; release it once it is active"
-            )
-        await self._release(session, note)
-
     @property
     def active_count(self) -> int:
         """Slots in use: sessions allocating, live, or being released."""
@@ -791,11 +771,14 @@ class SessionManager:
         """A session whose machine is released exactly once when the block ends, however it ends.
 
         On an exception (including cancellation and timeouts) the session is marked failed,
-        the machine released under a shield, and the exception propagates.
+        the machine released under a shield, and the exception propagates. A session already
+        released (by the reaper, or because the manager stopped) is not released again.
+
+        ``wait=False`` raises ``CapacityError`` at once when all slots are taken; otherwise the
+        caller queues (first come, first served) up to ``timeout`` seconds, then gets
+        ``CapacityError``.
         """
-        session = await self.create_session(
-            spec, wait=wait, timeout=timeout, idle_timeout=idle_timeout
-        )
+        session = await self._acquire(spec, wait, timeout, idle_timeout)
         try:
             yield session
         except BaseException as exc:

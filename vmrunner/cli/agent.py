@@ -123,6 +123,7 @@ def command(
     import signal
 
     from vmrunner.cli.dotenv import read_dotenv
+    from vmrunner.errors import VmrunnerError
     from vmrunner.fleet.agent import Agent, AgentConfig
     from vmrunner.fleet.labels import parse_labels
 
@@ -151,7 +152,8 @@ def command(
     async def main() -> None:
         # SIGTERM (systemd stop) cancels like Ctrl-C: every machine is released on the way out.
         task = asyncio.current_task()
-        assert task is not None
+        if task is None:
+            raise VmrunnerError("the agent must be awaited in an asyncio task")
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
         with contextlib.suppress(asyncio.CancelledError):
             await Agent(config).run_forever()

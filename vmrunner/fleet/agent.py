@@ -31,7 +31,7 @@ import psycopg
 import psycopg_pool
 
 from vmrunner.config import HOST_NETWORK_WARNING, NETWORKS, default_network
-from vmrunner.errors import ConfigError, StoreError, VmrunnerError
+from vmrunner.errors import ConfigError, SessionError, StoreError, VmrunnerError
 from vmrunner.fleet.labels import agent_queues, canonical
 from vmrunner.fleet.matrix import OneCombination
 from vmrunner.fleet.store import Assignment, EventRecord, FleetStore
@@ -236,7 +236,8 @@ class Agent:
     ) -> None:
         """The procrastinate task: run one attempt, unless it is no longer the current one."""
         store = self.store
-        assert store is not None
+        if store is None:
+            raise StoreError(f"agent {self.config.name} is not serving: it has no fleet store")
         assignment = await store.start(run_id, job_id, attempt, self.config.name)
         if assignment is None:
             log.info(
@@ -355,7 +356,9 @@ class Agent:
     ) -> tuple[str, dict[str, str], str, bool]:
         """The job (or one matrix combination) in this host's session manager, as
         ``run_workflow`` runs one job of a run: (result, outputs, reason, continue-on-error)."""
-        assert self.sessions is not None
+        sessions = self.sessions
+        if sessions is None:
+            raise SessionError(f"agent {self.config.name} is not serving: it has no sessions")
         job_id = a.parent or a.job_id
         try:
             workflow = load_workflow_text(a.workflow_text, a.workflow_path)
@@ -366,7 +369,7 @@ class Agent:
                 secrets=dict(self.config.secrets),
                 network=self.network,
             )
-            context = RunContext(workflow, options, self.sessions, logs, info)
+            context = RunContext(workflow, options, sessions, logs, info)
             job_plan = plan(workflow, jobs=a.options.jobs)
             run = (
                 Run(context, job_plan)
@@ -374,7 +377,7 @@ class Agent:
                 else OneCombination(context, job_plan, a.matrix_index)
             )
             run.needs_results.update({need: dict(value) for need, value in a.needs.items()})
-            stop_observing = self.sessions.observe(
+            stop_observing = sessions.observe(
                 context.session_changed
             )  # the lifecycle timeline, as Run.execute does
             try:

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmrunner.errors import RunNotFound
+from vmrunner.errors import RunNotFound, VmrunnerError
 from vmrunner.fleet.queue import FollowedLine, LogEntry, QueuedJob, QueuedRun
 from vmrunner.reports.events import Event, FanOut, JobFinished, JobQueued, JobStarted, LogLine
 from vmrunner.reports.storage import StoreSink
@@ -91,7 +91,8 @@ class EmbeddedQueue:
         """Start the run now (one host has no queue to order by ``priority``)."""
         if delivery_id is not None and delivery_id in self._deliveries:
             return self._deliveries[delivery_id]
-        assert self._group is not None, "use EmbeddedQueue in 'async with'"
+        if self._group is None:
+            raise VmrunnerError("the embedded queue is not running: use `async with EmbeddedQueue`")
         workflow = load_workflow_text(workflow_text, workflow_path)
         run_id = options.run_id or new_run_id()
         while run_id in self._runs:

@@ -91,7 +91,8 @@ def static_labels(job_id: str, job: Job, workflow_path: str) -> tuple[str, ...] 
 def combination_labels(job: Job, matrix: Mapping[str, Any]) -> tuple[str, ...]:
     """runs-on of one combination (as ``JobExecution.machine_type`` reads it)."""
     runs_on = job.runs_on
-    assert runs_on is not None
+    if runs_on is None:
+        raise ConfigError("a fleet routes jobs by their runs-on labels; this job has none")
     contexts = {"matrix": dict(matrix)}
     if runs_on.expression:
         value = render(runs_on.expression, contexts)

@@ -443,21 +443,20 @@ class FirecrackerProvider(Provider):
             "--exec-file", firecracker[0],
             "--uid", str(jail.uid),
             "--gid", str(jail.gid),
-            "--chroot-base-dir", self._chroot_base(),
+            "--chroot-base-dir", self._chroot_base(jail),
             *jail.extra_args,
             "--",
             "--api-sock", layout.socket_arg(layout.api_socket),
         ]  # fmt: skip
 
-    def _chroot_base(self) -> str:
-        assert self.jailer is not None
-        return self.jailer.chroot_base_dir or str(self.home / "jailer")
+    def _chroot_base(self, jail: Jailer) -> str:
+        return jail.chroot_base_dir or str(self.home / "jailer")
 
     def _layout(self, machine_id: str, state_dir: Path) -> _Layout:
         if self.jailer is None:
             return _Layout(vm_dir=state_dir / "vm", chroot=None)
         exec_name = os.path.basename(self._firecracker_argv()[0])
-        root = Path(self._chroot_base()) / exec_name / machine_id / "root"
+        root = Path(self._chroot_base(self.jailer)) / exec_name / machine_id / "root"
         return _Layout(vm_dir=root, chroot=root)
 
     def _boot_files(self) -> BootFiles:
@@ -557,7 +556,9 @@ class FirecrackerProvider(Provider):
         layout.snapshots.mkdir(mode=0o700)
         clone_file(files.rootfs, layout.disk)
         if layout.chroot is not None:
-            assert self.jailer is not None
+            jail = self.jailer
+            if jail is None:
+                raise AllocationError(f"{layout.vm_dir}: a jailed layout, but no jailer is set")
             for source in (files.kernel, files.initrd):
                 if source is not None:
                     target = layout.chroot / source.name
@@ -566,7 +567,7 @@ class FirecrackerProvider(Provider):
                     except OSError:
                         shutil.copyfile(source, target)
             for path in (layout.vm_dir, layout.snapshots, *layout.vm_dir.iterdir()):
-                os.chown(path, self.jailer.uid, self.jailer.gid)
+                os.chown(path, jail.uid, jail.gid)
 
     def _kernel_api(self, layout: _Layout, path: Path) -> str:
         return layout.api(layout.chroot / path.name) if layout.chroot is not None else str(path)

@@ -155,9 +155,9 @@ def user_namespace(ids: IdMap) -> int:
         )
     except OSError as exc:
         raise AllocationError(f"cannot start {unshare}: {exc.strerror}") from exc
-    assert child.stdin is not None
-    assert child.stdout is not None
     try:
+        if child.stdin is None or child.stdout is None:
+            raise AllocationError(f"cannot talk to {unshare}: its pipes are missing")
         child.stdin.write(b"u")
         child.stdin.flush()
         if child.stdout.read(1) != b"u":

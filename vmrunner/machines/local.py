@@ -383,8 +383,9 @@ async def start_agent(
     finally:
         for fd in pass_fds:
             os.close(fd)
-    assert process.stdout is not None
-    assert process.stdin is not None
+    if process.stdout is None or process.stdin is None:  # never: both were asked for as pipes
+        await shielded(stop_process(process, 0, group=new_session))
+        raise AllocationError(f"cannot talk to the agent of {name}: its pipes are missing")
     client = AgentClient(process.stdout, process.stdin, name=name, grace=grace)
     client.start()
     try:
@@ -715,8 +716,7 @@ class LocalProvider(Provider):
 
     async def _reclaim(self, record: MachineRecord) -> None:
         family: list[tuple[int, int | None]] = []
-        if is_same_process(record.pid, record.pid_start):
-            assert record.pid is not None
+        if record.pid is not None and is_same_process(record.pid, record.pid_start):
             family = await asyncio.to_thread(descendants, record.pid)
         if record.pid is not None and not await kill_process(
             record.pid, record.pid_start, self.grace, group=bool(record.data.get("group"))

@@ -75,7 +75,10 @@ def evaluate_claim(
 class _Holder:
     who: str
     stop: Callable[[str], None]
-    granted: asyncio.Future[None] | None = None
+    #: Resolved when a waiting holder is given the group (made in the holder's event loop).
+    granted: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
     stopped: bool = False
 
 
@@ -147,11 +150,9 @@ class ConcurrencyGroups:
             raise ConcurrencyCancelled(
                 f"the queue of concurrency group '{group.name}' is full ({claim.queue} waiting)"
             )
-        holder.granted = asyncio.get_running_loop().create_future()
         group.pending.append(holder)
         while len(group.pending) > claim.queue:
             replaced = group.pending.popleft()
-            assert replaced.granted is not None
             if not replaced.granted.done():  # done: its task was cancelled and is leaving anyway
                 replaced.granted.set_exception(
                     ConcurrencyCancelled(
@@ -173,7 +174,7 @@ class ConcurrencyGroups:
     def _leave(self, key: tuple[str, str], group: _Group, holder: _Holder) -> None:
         """A cancelled waiter gives up its place (or the group, if it had just been granted it)."""
         future = holder.granted
-        if future is not None and future.done() and not future.cancelled():
+        if future.done() and not future.cancelled():
             # retrieved: a replacement that raced the cancellation is not an error
             future.exception()
         if holder in group.pending:
@@ -189,7 +190,6 @@ class ConcurrencyGroups:
         group.running = None
         while group.pending:
             nxt = group.pending.popleft()
-            assert nxt.granted is not None
             if not nxt.granted.done():  # a cancelled waiter's future is done (cancelled)
                 group.running = nxt
                 nxt.granted.set_result(None)

@@ -137,6 +137,11 @@ class JobHandle(Protocol):
     runtime: JobRuntime | None
     github: dict[str, Any]
 
+    @property
+    def live_runtime(self) -> JobRuntime:
+        """``runtime`` once the job is set up; ``MachineError`` before."""
+        ...
+
     def next_index(self) -> int: ...
 
     def hooks(self, scope: Scope | None) -> EvaluationHooks: ...

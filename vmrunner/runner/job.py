@@ -162,6 +162,7 @@ class JobExecution:
         self.cancelled = False
         #: Set (with ``cancelled``) when the run cancels this job on purpose, e.g. fail-fast.
         self.cancel_reason = ""
+        #: Set once the job's machine is set up (see ``live_runtime``).
         self.runtime: JobRuntime | None = None
         self.index = -1
         self.github: dict[str, Any] = {}
@@ -180,6 +181,13 @@ class JobExecution:
         self.resume: Resume | None = None
 
     # Contexts
+
+    @property
+    def live_runtime(self) -> JobRuntime:
+        """The job's runtime (its machine, paths and what its steps set), once it is set up."""
+        if self.runtime is None:
+            raise MachineError(f"job {self.job_key}: its machine is not set up")
+        return self.runtime
 
     def next_index(self) -> int:
         self.index += 1
@@ -434,8 +442,7 @@ class JobExecution:
     async def set_up(self, scope: Scope) -> bool:
         """Prepare the machine; False when the steps cannot run (a setup command failed)."""
         run = self.run
-        runtime = self.runtime
-        assert runtime is not None
+        runtime = self.live_runtime
         paths = runtime.paths
         self.event_path = f"{paths.temp}/_github_workflow/event.json"
         if self.resume is not None:
@@ -473,8 +480,7 @@ class JobExecution:
 
     def keep_state(self, snapshot_id: str, scope: Scope) -> None:
         """Remember what the job knows at a snapshot, to continue from it later."""
-        runtime = self.runtime
-        assert runtime is not None
+        runtime = self.live_runtime
         self.checkpoints.append(
             checkpoints.Checkpoint(
                 snapshot_id, self.step_number, self.index, dict(runtime.env),
@@ -483,8 +489,7 @@ class JobExecution:
         )
 
     def restore_state(self, checkpoint: checkpoints.Checkpoint, scope: Scope) -> None:
-        runtime = self.runtime
-        assert runtime is not None
+        runtime = self.live_runtime
         runtime.env.update(checkpoint.env)
         runtime.path_entries[:0] = checkpoint.path_entries
         scope.steps.update(json.loads(json.dumps(checkpoint.steps)))
@@ -492,8 +497,7 @@ class JobExecution:
 
     async def keep_checkpoints(self) -> None:
         """Export the job's snapshots so that ``vmrunner rerun`` can continue from one."""
-        run, runtime = self.run, self.runtime
-        assert runtime is not None
+        run, runtime = self.run, self.live_runtime
         folder = checkpoints.job_folder(run.run_id, self.job_key)
         try:
             await asyncio.to_thread(checkpoints.remove_tree, folder)
@@ -515,8 +519,7 @@ class JobExecution:
             )
 
     async def run_hook(self, kind: StepKind, command: str, scope: Scope) -> bool:
-        runtime = self.runtime
-        assert runtime is not None
+        runtime = self.live_runtime
         index = self.next_index()
         name = f"{kind} command: {command.splitlines()[0] if command.strip() else ''}"
         machine_id = runtime.machine.id
@@ -553,8 +556,7 @@ class JobExecution:
         return {**env, "GITHUB_ACTION": str(github.get("action", ""))}
 
     async def take_snapshot(self, step_index: int) -> str:
-        runtime = self.runtime
-        assert runtime is not None
+        runtime = self.live_runtime
         began = time.monotonic()
         info = await runtime.session.snapshot(f"{self.job_key} step {step_index}")
         self.run.emit(
@@ -615,8 +617,7 @@ class JobExecution:
             result = StepOutcome("cancelled", "cancelled")
             raise
         finally:
-            assert self.runtime is not None
-            self.runtime.end_groups(index)
+            self.live_runtime.end_groups(index)
             self.record(step, scope, result)
             if snapshot_id:
                 self.keep_state(snapshot_id, scope)
@@ -636,8 +637,7 @@ class JobExecution:
             return await self._run_step(step, scope, index)
 
     async def _run_step(self, step: Step, scope: Scope, index: int) -> StepOutcome:
-        runtime = self.runtime
-        assert runtime is not None
+        runtime = self.live_runtime
         hooks = self.hooks(scope)
         env = self.env_context(scope)
         contexts = self.contexts(scope, env, github=self.step_github(step, scope))
@@ -655,7 +655,9 @@ class JobExecution:
             env = {**env, **step_env}
             contexts["env"] = env
             if step.run is not None:
-                result = await self.run_run(step, scope, index, contexts, hooks, env, minutes)
+                result = await self.run_run(
+                    step, step.run, scope, index, contexts, hooks, env, minutes
+                )
             else:
                 result = await self.actions.run_uses(
                     step, scope, index, contexts, hooks, step_env, minutes
@@ -689,13 +691,12 @@ class JobExecution:
         return directory if directory.startswith("/") else f"{workspace}/{directory}"
 
     async def run_run(
-        self, step: Step, scope: Scope, index: int, contexts: dict[str, Any],
+        self, step: Step, text: str, scope: Scope, index: int, contexts: dict[str, Any],
         hooks: EvaluationHooks, env: dict[str, str], minutes: float | None,
     ) -> StepOutcome:
-        runtime = self.runtime
-        assert runtime is not None
-        assert step.run is not None
-        script = render_text(step.run, contexts, hooks)
+        """Run ``step``, whose ``run:`` is ``text``."""
+        runtime = self.live_runtime
+        script = render_text(text, contexts, hooks)
         shell_text = step.shell
         if shell_text is None and scope.action is None:
             shell_text = self.job.defaults.shell or self.run.workflow.defaults.shell
@@ -715,8 +716,7 @@ class JobExecution:
         return self.script_outcome(index, result)
 
     def script_outcome(self, index: int, result: ScriptOutcome) -> StepOutcome:
-        runtime = self.runtime
-        assert runtime is not None
+        runtime = self.live_runtime
         if result.error:
             runtime.annotate(index, "error", result.error)
         elif result.timed_out:

@@ -160,7 +160,8 @@ class Run:
             context.session_changed, label=("run", context.run_id)
         )
         task = asyncio.current_task()
-        assert task is not None
+        if task is None:
+            raise VmrunnerError("a run must be awaited in an asyncio task")
         stopped = ""
 
         def stop(reason: str) -> None:
@@ -373,7 +374,8 @@ class Run:
         key = instance.job_key
         scoped = {**contexts, "matrix": dict(instance.matrix), "strategy": dict(instance.strategy)}
         task = asyncio.current_task()
-        assert task is not None
+        if task is None:
+            raise VmrunnerError(f"job {key} must be awaited in an asyncio task")
         stopper = group.running[key] = _Stopper(task)
         try:
             claim = evaluate_claim(instance.job.concurrency, scoped, JOB_CONTEXTS)

@@ -62,8 +62,7 @@ class ActionSteps:
 
         An action that cannot be fetched is left for its step to report.
         """
-        runtime = self.job.runtime
-        assert runtime is not None
+        runtime = self.job.live_runtime
         options = self.job.run.options
         for step in steps:
             uses = (step.uses or "").strip()
@@ -81,8 +80,7 @@ class ActionSteps:
 
     async def run_pre(self, action: Action, step: Step, scope: Scope) -> None:
         job, run = self.job, self.job.run
-        runtime = job.runtime
-        assert runtime is not None
+        runtime = job.live_runtime
         contexts = job.contexts(scope, job.env_context(scope), github=job.step_github(step, scope))
         hooks = job.hooks(scope)
         try:
@@ -129,9 +127,9 @@ class ActionSteps:
         self, step: Step, scope: Scope, index: int, contexts: dict[str, Any],
         hooks: EvaluationHooks, step_env: dict[str, str], minutes: float | None,
     ) -> StepOutcome:
-        runtime = self.job.runtime
-        assert runtime is not None
-        assert step.uses is not None
+        runtime = self.job.live_runtime
+        if step.uses is None:
+            raise ActionError("the step has neither run nor uses")
         uses = step.uses.strip()
         with_ = render(step.with_, contexts, hooks)
         inputs = (
@@ -197,8 +195,7 @@ class ActionSteps:
             try:
                 outputs[str(name)] = render_text(value, inner_contexts, self.job.hooks(inner))
             except VmrunnerError as exc:
-                assert self.job.runtime is not None
-                self.job.runtime.annotate(
+                self.job.live_runtime.annotate(
                     index, "warning", f"output '{name}' of {action.reference}: {exc}"
                 )
         outcome: Result = "failure" if inner.failed else "success"
@@ -208,8 +205,7 @@ class ActionSteps:
         self, action: Action, step: Step, scope: Scope, inputs: Mapping[str, str],
         step_env: Mapping[str, str], state: Mapping[str, str],
     ) -> dict[str, str]:
-        runtime = self.job.runtime
-        assert runtime is not None
+        runtime = self.job.live_runtime
         env = {**self.job.env_context(scope), **step_env}
         for name, value in inputs.items():
             env[f"INPUT_{name.replace(' ', '_').upper()}"] = value
@@ -224,8 +220,7 @@ class ActionSteps:
         self, action: Action, step: Step, scope: Scope, index: int, inputs: dict[str, str],
         step_env: dict[str, str], minutes: float | None,
     ) -> StepOutcome:
-        runtime = self.job.runtime
-        assert runtime is not None
+        runtime = self.job.live_runtime
         if not runtime.has_node:
             raise ActionError(
                 f"action {action.reference} needs node ({action.using}), which the machine does "
@@ -260,8 +255,7 @@ class ActionSteps:
         return lambda _script: ["node", target]
 
     async def run_post(self, post: _Post, scope: Scope) -> None:
-        runtime = self.job.runtime
-        assert runtime is not None
+        runtime = self.job.live_runtime
         run = self.job.run
         contexts = self.job.contexts(scope, self.job.env_context(scope))
         try:
@@ -299,8 +293,7 @@ class ActionSteps:
     async def checkout(self, inputs: Mapping[str, str], index: int) -> None:
         """``actions/checkout``: the repository's files (working tree, or a commit) into the
         workspace."""
-        runtime = self.job.runtime
-        assert runtime is not None
+        runtime = self.job.live_runtime
         options = self.job.run.options
         workspace = runtime.paths.workspace
         path = inputs.get("path", "").strip().strip("/")

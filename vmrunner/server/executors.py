@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
-from vmrunner.errors import RunNotFound
+from vmrunner.errors import RunNotFound, VmrunnerError
 from vmrunner.learning.history import Learning, LearningSink, add_insights
 from vmrunner.reports.events import FanOut
 from vmrunner.reports.results import ResultCollector, RunResult
@@ -81,7 +81,8 @@ class LocalRuns:
         self, run: ServerRun, workflow: Workflow, options: RunOptions, target_url: str
     ) -> str:
         task = asyncio.current_task()
-        assert task is not None
+        if task is None:
+            raise VmrunnerError("a run must be awaited in an asyncio task")
         self._tasks[run.run_id] = task
         collector = ResultCollector()
         statuses = StatusSink(

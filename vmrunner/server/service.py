@@ -418,7 +418,8 @@ class Service:
     # Runs
 
     def _launch(self, run: ServerRun) -> None:
-        assert self._group is not None
+        if self._group is None:
+            raise VmrunnerError("the service is not running: use `async with` to start it")
         self._runs[run.run_id] = self._group.create_task(
             self._execute(run), name=f"run-{run.run_id}"
         )

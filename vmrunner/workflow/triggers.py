@@ -723,7 +723,8 @@ def _match_paths(
         if hit is None:
             return MatchResult(False, "no changed file matches the paths filter")
         return MatchResult(True, f"changed file {hit!r} matches the paths filter")
-    assert trigger.paths_ignore is not None
+    if trigger.paths_ignore is None:  # not reached: no filter at all returned None above
+        return None
     kept = next((path for path in files if not matches_any(trigger.paths_ignore, path)), None)
     if kept is None:
         return MatchResult(False, "every changed file is ignored by paths-ignore")

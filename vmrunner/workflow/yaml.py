@@ -203,7 +203,9 @@ class _Builder:
                 self.check_tag(node, "seq")
                 return [self.build(item, (*path, index)) for index, item in enumerate(node.value)]
             self.check_tag(node, "map")
-            assert isinstance(node, MappingNode)
+            if not isinstance(node, MappingNode):
+                self.error(node, f"unsupported YAML node {type(node).__name__}")
+                return None
             return self.mapping(node, path)
         finally:
             self.active.discard(key)

@@ -154,9 +154,8 @@ def tokenize(text: str) -> list[Token]:
                 continue
             _illegal(text, start)
         # What is left of the special characters starts a number: a digit, '-', '+' or '.'.
-        match = _NUMBER_RUN.match(text, index)
-        assert match is not None  # the pattern matches the empty string
-        index = match.end()
+        match = _NUMBER_RUN.match(text, index)  # never None: the pattern matches ""
+        index = match.end() if match is not None else index
         lexeme = text[start:index]
         value = float(lexeme) if lexeme.isdigit() and lexeme.isascii() else string_to_number(lexeme)
         if value != value:
@@ -169,9 +168,8 @@ def tokenize(text: str) -> list[Token]:
 
 def _identifier(text: str, start: int, previous: int, append: Any) -> int:
     """Read a name (or keyword) starting at ``start``; return the offset after it."""
-    match = _IDENTIFIER_RUN.match(text, start + 1)
-    assert match is not None  # the pattern matches the empty string
-    end = match.end()
+    match = _IDENTIFIER_RUN.match(text, start + 1)  # never None: the pattern matches ""
+    end = match.end() if match is not None else start + 1
     lexeme = text[start:end]
     if previous != DOT and lexeme in _KEYWORDS:
         kind, literal = _KEYWORDS[lexeme]
@@ -200,6 +198,6 @@ def _string(text: str, start: int, append: Any) -> int:
 
 def _illegal(text: str, start: int) -> NoReturn:
     """A lone ``=``, ``&`` or ``|``: report it with the rest of its run, as GitHub does."""
-    match = _IDENTIFIER_RUN.match(text, start + 1)
-    assert match is not None
-    raise ExpressionLexingError(f"Unexpected symbol: '{text[start : match.end()]}'", text, start)
+    match = _IDENTIFIER_RUN.match(text, start + 1)  # never None: the pattern matches ""
+    end = match.end() if match is not None else start + 1
+    raise ExpressionLexingError(f"Unexpected symbol: '{text[start:end]}'", text, start)

@@ -58,9 +58,8 @@ class Template:
 
     def render(self, contexts: Mapping[str, Any], hooks: EvaluationHooks | None = None) -> Any:
         """The value of a single-expression template, else the interpolated string."""
-        if self.is_single_expression:
-            single = self.parts[0]
-            assert isinstance(single, TemplateExpression)
+        if len(self.parts) == 1 and isinstance(single := self.parts[0], TemplateExpression):
+            # is_single_expression, spelled out so that the type checker knows the part's type
             return _located(single.offset, evaluate_tree, single.expression, contexts, hooks)
         pieces: list[str] = []
         for part in self.parts:
