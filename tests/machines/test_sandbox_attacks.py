@@ -167,7 +167,8 @@ async def test_kernel_wide_calls_are_refused(machine: Machine, who: str) -> None
 
 
 async def test_no_host_secrets_in_etc(machine: Machine) -> None:
-    code, output = await sh(machine, "cat /etc/hostname /etc/hosts /etc/resolv.conf /etc/machine-id")
+    own = "/etc/hostname /etc/hosts /etc/resolv.conf /etc/machine-id"
+    code, output = await sh(machine, f"cat {own}")
     assert code == 0, output  # the machine's own files, readable by the job
     assert machine.id in output
     code, output = await sh(machine, "ls /etc; cat /etc/passwd")
