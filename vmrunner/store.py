@@ -364,7 +364,7 @@ class MachineRow:
 
 @dataclass(frozen=True, slots=True)
 class SnapshotRow:
-    """A snapshot taken in a session."""
+    """A snapshot taken in a session: what ``Session.snapshot`` returns and the store keeps."""
 
     session_id: str
     snapshot_id: str
