@@ -44,7 +44,7 @@ from vmrunner.reports.events import (
     run_conclusion,
 )
 from vmrunner.reports.insights import Insights
-from vmrunner.reports.schemas import JSON_OMIT, dataclass_schema
+from vmrunner.reports.schemas import JSON_OMIT, dataclass_schema, record_json
 from vmrunner.reports.timeline import (
     LIFECYCLE_SCHEMA,
     TimelineBuilder,
@@ -202,95 +202,8 @@ class RunResult:
         """
         return {
             "version": JSON_VERSION,
-            "run_id": self.run_id,
-            "workflow_name": self.workflow_name,
-            "workflow_file": self.workflow_file,
-            "event_name": self.event_name,
-            "sha": self.sha,
-            "ref": self.ref,
-            "status": self.status,
-            "conclusion": self.conclusion,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "duration": self.duration,
-            "rerun_of": self.rerun_of,
-            "from_step": self.from_step,
-            "annotations": [_annotation_json(a) for a in self.run_annotations],
-            "jobs": [_job_json(job) for job in self.jobs],
-            "insights": self.insights.to_json() if self.insights is not None else None,
-            "lifecycle": self.lifecycle().to_json(),
+            **record_json(self, extra={"lifecycle": self.lifecycle().to_json()}),
         }
-
-
-def _job_json(job: JobResult) -> dict[str, Any]:
-    return {
-        "job_key": job.job_key,
-        "job_id": job.job_id,
-        "name": job.name,
-        "matrix": dict(job.matrix),
-        "needs": list(job.needs),
-        "status": job.status,
-        "conclusion": job.conclusion,
-        "queued_at": job.queued_at,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
-        "duration": job.duration,
-        "allocation_seconds": job.allocation_seconds,
-        "session_id": job.session_id,
-        "machine_id": job.machine_id,
-        "provider": job.provider,
-        "vm_type": job.vm_type,
-        "from_pool": job.from_pool,
-        "rolled_back": job.rolled_back,
-        "reason": job.reason,
-        "outputs": dict(job.outputs),
-        "summary": job.summary,
-        "steps": [_step_json(step) for step in job.steps],
-        "annotations": [_annotation_json(a) for a in job.annotations],
-        "snapshots": [
-            {
-                "step_index": s.step_index,
-                "snapshot_id": s.snapshot_id,
-                "time": s.time,
-                "duration": s.duration,
-                "restored": s.restored,
-            }
-            for s in job.snapshots
-        ],
-        "timeline": [entry.to_json() for entry in job.timeline],
-    }
-
-
-def _step_json(step: StepResult) -> dict[str, Any]:
-    return {
-        "index": step.index,
-        "kind": step.kind,
-        "name": step.name,
-        "step_id": step.step_id,
-        "status": step.status,
-        "outcome": step.outcome,
-        "conclusion": step.conclusion,
-        "started_at": step.started_at,
-        "finished_at": step.finished_at,
-        "duration": step.duration,
-        "exit_code": step.exit_code,
-        "timed_out": step.timed_out,
-        "snapshot_id": step.snapshot_id,
-        "outputs": dict(step.outputs),
-    }
-
-
-def _annotation_json(annotation: AnnotationResult) -> dict[str, Any]:
-    return {
-        "step_index": annotation.step_index,
-        "level": annotation.level,
-        "message": annotation.message,
-        "time": annotation.time,
-        "file": annotation.file,
-        "line": annotation.line,
-        "column": annotation.column,
-        "title": annotation.title,
-    }
 
 
 #: JSON Schema (draft 2020-12) of ``RunResult.to_json()``, generated from the dataclasses
