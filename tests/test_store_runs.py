@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from tests.reports.events_builder import RunBuilder, collect, failing_matrix_run, simple_run
 from vmrunner.errors import RunNotFound, StoreDiskError
 from vmrunner.reports.events import LogLine, StepFinished, StepStarted
+from vmrunner.reports.results import JobResult, StepResult
 from vmrunner.reports.storage import INTERRUPTED_NOTE, RunHistory, StoreSink
 from vmrunner.sessions import Owner
 from vmrunner.store import MIGRATIONS, Store
@@ -311,7 +312,7 @@ def test_a_full_disk_costs_no_row_and_the_final_write_uses_the_reserve(tmp_path:
         store.full = True  # steps, job and logs from here on cannot be written ...
         job.step("during", lines=[f"line {n}" for n in range(10)], exit_code=1)
         job.finish()
-        assert store.run_steps(run.run_id)[-1].name != "during"
+        assert store.run_steps(run.run_id, StepResult)[-1][1].name != "during"
         run.finish()  # ... until the final write gives up the reserve
         assert not store.reserve
         assert sink.recorded
@@ -336,7 +337,7 @@ def test_a_disk_that_stays_full_leaves_whole_rows_and_close_tries_again(tmp_path
         [row] = store.runs()
         # as last written, whole: the job row says queued or in progress
         assert row.status == "in_progress"
-        assert all(j.status != "completed" for j in store.run_jobs(run.run_id))
+        assert all(j.status != "completed" for j in store.run_jobs(run.run_id, JobResult))
         store.full = False  # room again: what waited is written when the sink closes
         sink.close()
         assert sink.recorded

@@ -53,6 +53,7 @@ from vmrunner.reports.timeline import (
     merged,
     prove,
 )
+from vmrunner.store import NOT_A_COLUMN, column
 
 #: Where a run, job or step is in its life.
 Status = Literal["queued", "in_progress", "completed"]
@@ -70,7 +71,7 @@ class AnnotationResult:
     #: Not in the JSON: an annotation is listed under its job (or the run).
     job_key: str = field(metadata=JSON_OMIT)
     step_index: int
-    level: AnnotationLevel
+    level: AnnotationLevel = field(metadata={"unknown": "notice"})
     message: str
     time: float
     file: str = ""
@@ -94,10 +95,10 @@ class SnapshotResult:
 class StepResult:
     """One command of a job: a setup command, a step, a post step or a cleanup command."""
 
-    index: int
-    kind: StepKind
+    index: int = field(metadata=column("step_index"))
+    kind: StepKind = field(metadata={"unknown": "step"})
     name: str
-    status: Status
+    status: Status = field(metadata={"unknown": "in_progress"})
     started_at: float
     step_id: str = ""
     #: Before and after ``continue-on-error`` (None until the step finished).
@@ -118,7 +119,7 @@ class JobResult:
     job_key: str
     job_id: str
     name: str
-    status: Status
+    status: Status = field(metadata={"unknown": "queued"})
     queued_at: float | None = None
     matrix: Mapping[str, Any] = field(default_factory=dict)
     needs: tuple[str, ...] = ()
@@ -133,9 +134,10 @@ class JobResult:
     provider: str = ""
     vm_type: str = ""
     from_pool: bool = False
-    steps: tuple[StepResult, ...] = ()
+    #: Kept in tables of their own in the store (as are ``annotations`` and ``timeline``).
+    steps: tuple[StepResult, ...] = field(default=(), metadata=NOT_A_COLUMN)
     outputs: Mapping[str, str] = field(default_factory=dict)
-    annotations: tuple[AnnotationResult, ...] = ()
+    annotations: tuple[AnnotationResult, ...] = field(default=(), metadata=NOT_A_COLUMN)
     snapshots: tuple[SnapshotResult, ...] = ()
     rolled_back: bool = False
     #: Why the job failed or was skipped without running its steps.
@@ -143,7 +145,7 @@ class JobResult:
     #: The job's Markdown summary (``GITHUB_STEP_SUMMARY``), masked.
     summary: str = ""
     #: The job's machine lifecycle, in order (``reports/timeline.py``).
-    timeline: tuple[TimelineEntry, ...] = ()
+    timeline: tuple[TimelineEntry, ...] = field(default=(), metadata=NOT_A_COLUMN)
 
     def step(self, index: int) -> StepResult | None:
         return next((s for s in self.steps if s.index == index), None)

@@ -62,7 +62,7 @@ class TimelineEntry:
 
     time: float
     job_key: str
-    kind: TimelineKind
+    kind: TimelineKind = field(metadata={"unknown": "session_state"})
     session_id: str = ""
     machine_id: str = ""
     state: str = ""
