@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -15,8 +17,9 @@ from hypothesis import strategies as st
 from tests.reports.events_builder import RunBuilder, collect, failing_matrix_run, simple_run
 from vmrunner.errors import RunNotFound, StoreDiskError
 from vmrunner.reports.events import LogLine, StepFinished, StepStarted
-from vmrunner.reports.results import JobResult, StepResult
+from vmrunner.reports.results import AnnotationResult, JobResult, StepResult
 from vmrunner.reports.storage import INTERRUPTED_NOTE, RunHistory, StoreSink
+from vmrunner.reports.timeline import TimelineEntry
 from vmrunner.sessions import Owner
 from vmrunner.store import MIGRATIONS, Store
 
@@ -342,3 +345,27 @@ def test_a_disk_that_stays_full_leaves_whole_rows_and_close_tries_again(tmp_path
         sink.close()
         assert sink.recorded
         assert RunHistory(store).get_run(run.run_id) == collect(run)
+
+
+@pytest.mark.parametrize(
+    ("table", "kind", "keys"),
+    [
+        ("run_jobs", JobResult, {"run_id", "seq"}),
+        ("run_steps", StepResult, {"run_id", "job_key"}),
+        ("run_annotations", AnnotationResult, {"run_id", "seq"}),
+        ("run_timeline", TimelineEntry, {"run_id", "seq"}),
+    ],
+)
+def test_a_runs_tables_are_the_fields_of_the_reports_records(
+    tmp_path: Path, table: str, kind: type[Any], keys: set[str]
+) -> None:
+    """The store keeps the reports' records themselves: a table's columns are its keys plus the
+    record's fields (renamed or left out only as the field's metadata says), no restated row."""
+    with Store.open(tmp_path / "state.db"):
+        pass
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+    fields_ = {
+        f.metadata.get("column", f.name) for f in dataclasses.fields(kind)
+    } - {None}
+    assert columns == keys | fields_

@@ -1031,7 +1031,7 @@ def column(name: str) -> Mapping[str, Any]:
 
 
 @dataclass(frozen=True, slots=True)
-class _Layout:
+class _Columns:
     """How a dataclass is kept in a table: one column per field (as its metadata says), named
     after it; mappings and tuples as JSON (tuples of dataclasses as their fields), booleans as
     0/1, ``Literal`` words checked on the way back (a word of a newer writer becomes the field's
@@ -1048,12 +1048,12 @@ class _Layout:
     items: Mapping[str, type[Any]]
 
 
-_LAYOUTS: dict[type[Any], _Layout] = {}
+_COLUMN_LAYOUTS: dict[type[Any], _Columns] = {}
 
 
-def _layout(kind: type[Any]) -> _Layout:
+def _layout(kind: type[Any]) -> _Columns:
     """``kind``'s layout (computed once per class)."""
-    layout = _LAYOUTS.get(kind)
+    layout = _COLUMN_LAYOUTS.get(kind)
     if layout is None:
         hints = get_type_hints(kind)
         kept = [f for f in fields(kind) if f.metadata.get("column", f.name) is not None]
@@ -1078,7 +1078,7 @@ def _layout(kind: type[Any]) -> _Layout:
                 default = None if item.default is MISSING else item.default
                 words[item.name] = (args, item.metadata.get("unknown", default))
         names = tuple(f.name for f in kept)
-        layout = _Layout(
+        layout = _Columns(
             fields=names,
             names=tuple(f.metadata.get("column", f.name) for f in kept),
             get=attrgetter(*names) if len(names) > 1 else lambda row: (getattr(row, names[0]),),
@@ -1087,7 +1087,7 @@ def _layout(kind: type[Any]) -> _Layout:
             words=words,
             items=items,
         )
-        _LAYOUTS[kind] = layout
+        _COLUMN_LAYOUTS[kind] = layout
     return layout
 
 
@@ -1096,7 +1096,7 @@ def _quoted(names: Sequence[str]) -> str:
 
 
 def _columns(kind: type[Any]) -> str:
-    """The quoted column list of a dataclass kept in a table (see ``_Layout``)."""
+    """The quoted column list of a dataclass kept in a table (see ``_Columns``)."""
     return _quoted(_layout(kind).names)
 
 
@@ -1122,7 +1122,7 @@ def _plain(value: Any) -> Any:
 
 
 def _from_row(kind: type[_Row], row: Sequence[Any]) -> _Row:
-    """The dataclass ``kind`` from a row read with ``_columns(kind)`` (see ``_Layout``)."""
+    """The dataclass ``kind`` from a row read with ``_columns(kind)`` (see ``_Columns``)."""
     layout = _layout(kind)
     if not (layout.json or layout.booleans or layout.words):
         return kind(**dict(zip(layout.fields, row, strict=True)))
