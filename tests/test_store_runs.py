@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from tests.reports.events_builder import RunBuilder, collect, failing_matrix_run, simple_run
 from vmrunner.errors import RunNotFound, StoreDiskError
 from vmrunner.reports.events import LogLine, StepFinished, StepStarted
-from vmrunner.reports.results import AnnotationResult, JobResult, StepResult
+from vmrunner.reports.results import AnnotationResult, JobResult, RunResult, StepResult
 from vmrunner.reports.storage import INTERRUPTED_NOTE, RunHistory, StoreSink
 from vmrunner.reports.timeline import TimelineEntry
 from vmrunner.sessions import Owner
@@ -153,11 +153,13 @@ def test_a_run_without_run_finished_whose_runner_died_is_interrupted(store: Stor
     [listed] = history.list_runs()
     assert (listed.status, listed.conclusion) == ("completed", "interrupted")
     assert listed.jobs[0].status == "in_progress"
-    assert store.run(run.run_id).status == "in_progress"  # type: ignore[union-attr]
+    assert store.run(run.run_id, RunResult).run.status == "in_progress"  # type: ignore[union-attr]
     assert history.mark_interrupted(now=run.tick()) == [run.run_id]
-    row = store.run(run.run_id)
+    row = store.run(run.run_id, RunResult)
     assert row is not None
-    assert (row.status, row.conclusion, row.finished_at) == ("completed", "interrupted", run.now)
+    assert (row.run.status, row.run.conclusion, row.run.finished_at) == (
+        "completed", "interrupted", run.now
+    )
     assert "is gone" in row.note
     assert history.mark_interrupted() == []
 
@@ -172,7 +174,7 @@ def test_a_run_whose_runner_lives_is_in_progress_until_closed(store: Store) -> N
     sink.close()
     result = history.get_run(run.run_id)
     assert (result.status, result.conclusion) == ("completed", "interrupted")
-    assert store.run(run.run_id).note == INTERRUPTED_NOTE  # type: ignore[union-attr]
+    assert store.run(run.run_id, RunResult).note == INTERRUPTED_NOTE  # type: ignore[union-attr]
     sink.close()  # a second close changes nothing
     assert sink.errors == []
 
@@ -274,7 +276,8 @@ def test_any_text_round_trips_through_the_store(
     store: Store, name: str, lines: list[str], outputs: dict[str, str]
 ) -> None:
     sink = StoreSink(store)
-    run = RunBuilder(f"run-{len(store.runs(limit=None))}", workflow=name, sink=sink).start()
+    run_id = f"run-{len(store.runs(RunResult, limit=None))}"
+    run = RunBuilder(run_id, workflow=name, sink=sink).start()
     job = run.job(f"{name} (x)", name=name, matrix={name: [1, None]}).begin()
     job.step(name, lines=lines, annotations=[("notice", line) for line in lines], outputs=outputs)
     job.finish(summary=name, outputs=outputs)
@@ -337,9 +340,9 @@ def test_a_disk_that_stays_full_leaves_whole_rows_and_close_tries_again(tmp_path
         job.finish()
         run.finish()
         assert not sink.recorded
-        [row] = store.runs()
+        [row] = store.runs(RunResult)
         # as last written, whole: the job row says queued or in progress
-        assert row.status == "in_progress"
+        assert row.run.status == "in_progress"
         assert all(j.status != "completed" for j in store.run_jobs(run.run_id, JobResult))
         store.full = False  # room again: what waited is written when the sink closes
         sink.close()
@@ -350,6 +353,7 @@ def test_a_disk_that_stays_full_leaves_whole_rows_and_close_tries_again(tmp_path
 @pytest.mark.parametrize(
     ("table", "kind", "keys"),
     [
+        ("runs", RunResult, {"owner_pid", "owner_start", "note"}),
         ("run_jobs", JobResult, {"run_id", "seq"}),
         ("run_steps", StepResult, {"run_id", "job_key"}),
         ("run_annotations", AnnotationResult, {"run_id", "seq"}),

@@ -35,7 +35,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from operator import attrgetter
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, Generic, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from vmrunner.config import ensure_home
 from vmrunner.errors import StoreDiskError, StoreError
@@ -374,30 +374,19 @@ class SnapshotRow:
 
 
 @dataclass(frozen=True, slots=True)
-class RunRow:
-    """A workflow run; ``status`` and ``conclusion`` use GitHub's words (see ``reports.results``).
+class RunRow(Generic[_Row]):
+    """A workflow run as kept: the reports' record of it (``reports.results.RunResult``, whose
+    fields are the columns; its jobs, steps and annotations have tables of their own) and what
+    only the store keeps.
 
     ``owner_pid``/``owner_start`` name the runner process writing it, so that a run whose runner
-    died can be told from one still going.
+    died can be told from one still going; ``note`` says why it ended so, or what it lost.
     """
 
-    id: str
-    workflow_name: str
-    workflow_file: str
-    event_name: str
-    status: str
-    started_at: float
+    run: _Row
     owner_pid: int
     owner_start: int | None
-    sha: str = ""
-    ref: str = ""
-    conclusion: str | None = None
-    finished_at: float | None = None
-    duration: float | None = None
     note: str = ""
-    #: The run this one re-ran a job of (``vmrunner rerun``), from which step.
-    rerun_of: str = ""
-    from_step: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -846,10 +835,10 @@ class Store:
 
     # Runs (written by ``reports.storage.StoreSink`` as a run's events arrive)
 
-    def put_run(self, row: RunRow) -> None:
+    def put_run(self, row: RunRow[Any]) -> None:
         """Insert or update a run (its jobs, steps and logs stay)."""
         with self.transaction():
-            self._upsert("runs", row, {}, ("id",))
+            self._upsert("runs", row.run, _run_columns(row), ("id",))
 
     def put_run_job(self, run_id: str, seq: int, job: Any) -> None:
         """Insert or update a job (a ``reports.results.JobResult``; ``seq``: its place in the
@@ -899,10 +888,15 @@ class Store:
             return self._execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount == 1
 
     def runs(
-        self, *, limit: int | None = 20, workflow: str | None = None, unfinished: bool = False
-    ) -> list[RunRow]:
-        """Runs, newest first; only those of ``workflow`` (name or file) or not completed if
-        asked."""
+        self,
+        kind: type[_Row],
+        *,
+        limit: int | None = 20,
+        workflow: str | None = None,
+        unfinished: bool = False,
+    ) -> list[RunRow[_Row]]:
+        """Runs (their record as ``kind``), newest first; only those of ``workflow`` (name or
+        file) or not completed if asked."""
         where: list[str] = ["1 = 1"]
         params: list[Any] = []
         if workflow is not None:
@@ -911,18 +905,20 @@ class Store:
         if unfinished:
             where.append("status != 'completed'")
         sql = (
-            f"SELECT {_columns(RunRow)} FROM runs WHERE {' AND '.join(where)} ORDER BY "
-            f"started_at DESC, id DESC"
+            f"SELECT owner_pid, owner_start, note, {_columns(kind)} FROM runs WHERE "
+            f"{' AND '.join(where)} ORDER BY started_at DESC, id DESC"
         )
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        return [_from_row(RunRow, row) for row in self._execute(sql, params).fetchall()]
+        return [_run_row(kind, row) for row in self._execute(sql, params).fetchall()]
 
-    def run(self, run_id: str) -> RunRow | None:
+    def run(self, run_id: str, kind: type[_Row]) -> RunRow[_Row] | None:
+        """The run ``run_id`` (its record as ``kind``), or None."""
         row = self._execute(
-            f"SELECT {_columns(RunRow)} FROM runs WHERE id = ?", (run_id,)
+            f"SELECT owner_pid, owner_start, note, {_columns(kind)} FROM runs WHERE id = ?",
+            (run_id,),
         ).fetchone()
-        return _from_row(RunRow, row) if row else None
+        return _run_row(kind, row) if row else None
 
     def run_ids(self, prefix: str, *, limit: int = 10) -> list[str]:
         """Ids of runs starting with ``prefix`` (like git's abbreviated commit ids)."""
@@ -1019,6 +1015,15 @@ def _machine_row(row: Sequence[Any]) -> MachineRow:
         data=json.loads(data), session_id=session_id, allocated_at=allocated_at,
         released_at=released_at, note=note,
     )
+
+
+def _run_columns(row: RunRow[Any]) -> dict[str, Any]:
+    return {"owner_pid": row.owner_pid, "owner_start": row.owner_start, "note": row.note}
+
+
+def _run_row(kind: type[_Row], row: Sequence[Any]) -> RunRow[_Row]:
+    owner_pid, owner_start, note, *columns = row
+    return RunRow(_from_row(kind, columns), owner_pid, owner_start, note)
 
 
 #: Field metadata of a record kept in the store: the field has no column (it is kept elsewhere).

@@ -155,28 +155,29 @@ class JobResult:
 class RunResult:
     """A workflow run and its jobs, in the order the jobs were first seen."""
 
-    run_id: str
+    run_id: str = field(metadata=column("id"))
     workflow_name: str
     workflow_file: str
     event_name: str
-    status: Status
+    status: Status = field(metadata={"unknown": "in_progress"})
     started_at: float
     sha: str = ""
     ref: str = ""
     conclusion: Conclusion | None = None
     finished_at: float | None = None
     duration: float | None = None
-    jobs: tuple[JobResult, ...] = ()
+    #: Kept in tables of their own in the store; ``insights`` is not kept.
+    jobs: tuple[JobResult, ...] = field(default=(), metadata=NOT_A_COLUMN)
     #: What past runs teach about this run's commands (``learning/history.py``); None without
     #: learning.
-    insights: Insights | None = None
+    insights: Insights | None = field(default=None, metadata=NOT_A_COLUMN)
     #: Set when this run re-ran a job of run ``rerun_of`` from step ``from_step``
     #: (``vmrunner rerun``).
     rerun_of: str = ""
     from_step: int | None = None
     #: The run's own annotations, of no job (warnings about inputs, concurrency groups).
     run_annotations: tuple[AnnotationResult, ...] = field(
-        default=(), metadata={"json": "annotations"}
+        default=(), metadata={"json": "annotations", **NOT_A_COLUMN}
     )
 
     def job(self, job_key: str) -> JobResult | None:

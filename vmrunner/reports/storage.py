@@ -15,8 +15,10 @@ the last write; ``close()`` (or leaving the ``with``) writes what is left. A run
 early, and ``RunHistory`` reports it so when the runner process that wrote it is gone (killed),
 ``RunHistory.mark_interrupted()`` writing that down for good.
 
-The store only knows rows (``vmrunner.store``); turning events into rows and rows back into a
-``RunResult`` happens here.
+The store keeps the results themselves (``RunResult`` in a ``RunRow`` naming its runner,
+``JobResult``, ``StepResult``, ``AnnotationResult``, ``TimelineEntry``): its columns are their
+fields, and it is given their types here since it imports nothing above it. Log lines are
+``LogRow``s.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from types import TracebackType
-from typing import Any, TypeVar, get_args
+from typing import Any
 
 from vmrunner.errors import RunNotFound, StoreDiskError, StoreError
 from vmrunner.reports.events import (
@@ -48,11 +50,9 @@ from vmrunner.reports.events import (
 )
 from vmrunner.reports.results import (
     AnnotationResult,
-    Conclusion,
     JobResult,
     ResultCollector,
     RunResult,
-    Status,
     StepResult,
 )
 from vmrunner.reports.timeline import TimelineEntry
@@ -113,7 +113,7 @@ class StoreSink:
         self._clock = clock
         self._owner = owner or Owner.current()
         self._collector = ResultCollector()
-        self._run: RunRow | None = None
+        self._run: RunRow[RunResult] | None = None
         self._finished = False
         self._jobs: dict[str, int] = {}
         #: Rows changed since they were last written (dicts: ordered sets).
@@ -160,9 +160,14 @@ class StoreSink:
         if self._run is not None and not self._finished:
             self._finished = True
             now = time.time()
+            run = self._run.run
             self._run = replace(
-                self._run, status="completed", conclusion="interrupted", finished_at=now,
-                duration=max(0.0, now - self._run.started_at), note=INTERRUPTED_NOTE,
+                self._run,
+                run=replace(
+                    run, status="completed", conclusion="interrupted", finished_at=now,
+                    duration=max(0.0, now - run.started_at),
+                ),
+                note=INTERRUPTED_NOTE,
             )
             self._dirty_run = True
         self._final_write()
@@ -195,11 +200,13 @@ class StoreSink:
                     self._logs, self._annotations = [], []
                     self.lost, self._lost_noted, self._note_base = 0, 0, None
                 self._run = RunRow(
-                    id=event.run_id, workflow_name=event.workflow_name,
-                    workflow_file=event.workflow_file, event_name=event.event_name,
-                    status="in_progress", started_at=event.time, owner_pid=self._owner.pid,
-                    owner_start=self._owner.start, sha=event.sha, ref=event.ref,
-                    rerun_of=self._rerun_of, from_step=self._from_step,
+                    RunResult(
+                        run_id=event.run_id, workflow_name=event.workflow_name,
+                        workflow_file=event.workflow_file, event_name=event.event_name,
+                        status="in_progress", started_at=event.time, sha=event.sha,
+                        ref=event.ref, rerun_of=self._rerun_of, from_step=self._from_step,
+                    ),
+                    self._owner.pid, self._owner.start,
                 )
                 self._dirty_run = True
                 self._sync()
@@ -244,20 +251,23 @@ class StoreSink:
             case RunFinished():
                 result = self._collector.result()
                 run = self._ensure_run(event.run_id, event.time - event.duration)
-                self._run = replace(
-                    run, status="completed", conclusion=result.conclusion,
+                self._run = replace(run, run=replace(
+                    run.run, status="completed", conclusion=result.conclusion,
                     finished_at=event.time, duration=event.duration,
-                )
+                ))
                 self._dirty_run = True
                 self._finished = True
                 self._final_write()
 
-    def _ensure_run(self, run_id: str, time_: float) -> RunRow:
+    def _ensure_run(self, run_id: str, time_: float) -> RunRow[RunResult]:
         """The run's row; one is made up if the run's first event was not ``RunStarted``."""
         if self._run is None:
             self._run = RunRow(
-                id=run_id, workflow_name="", workflow_file="", event_name="", status="in_progress",
-                started_at=time_, owner_pid=self._owner.pid, owner_start=self._owner.start,
+                RunResult(
+                    run_id=run_id, workflow_name="", workflow_file="", event_name="",
+                    status="in_progress", started_at=time_,
+                ),
+                self._owner.pid, self._owner.start,
             )
             self._dirty_run = True
         return self._run
@@ -312,7 +322,7 @@ class StoreSink:
             self._timeline_written += len(timeline)
 
     def _run_id(self) -> str:
-        return self._run.id if self._run else self._collector.run_id
+        return self._run.run.run_id if self._run else self._collector.run_id
 
     def _write_rows(self) -> None:
         """Upsert the changed rows, parents first (the run, then jobs, then steps)."""
@@ -326,12 +336,12 @@ class StoreSink:
         for job_key in self._dirty_jobs:
             job = self._collector.job_result(job_key)
             if job is not None:
-                self.store.put_run_job(run.id, self._jobs[job_key], job)
+                self.store.put_run_job(run.run.run_id, self._jobs[job_key], job)
         for job_key, index in self._dirty_steps:
             job = self._collector.job_result(job_key)
             step = job.step(index) if job else None
             if step is not None:
-                self.store.put_run_step(run.id, job_key, step)
+                self.store.put_run_step(run.run.run_id, job_key, step)
 
     def _rows_written(self) -> None:
         self._dirty_run = False
@@ -408,11 +418,12 @@ class RunHistory:
 
     def list_runs(self, limit: int | None = 20, workflow: str | None = None) -> list[RunResult]:
         """The newest runs first; only those of ``workflow`` (its name or file) if given."""
-        return [self._result(row) for row in self.store.runs(limit=limit, workflow=workflow)]
+        rows = self.store.runs(RunResult, limit=limit, workflow=workflow)
+        return [self._result(row) for row in rows]
 
     def resolve(self, run_id: str) -> str:
         """The full id of the run ``run_id`` names, exactly or by a unique prefix (as git does)."""
-        if run_id and self.store.run(run_id) is not None:
+        if run_id and self.store.run(run_id, RunResult) is not None:
             return run_id
         matches = self.store.run_ids(run_id, limit=5) if run_id else []
         if not matches:
@@ -424,7 +435,7 @@ class RunHistory:
 
     def get_run(self, run_id: str) -> RunResult:
         """The run ``run_id`` (or a unique prefix of it) names; ``RunNotFound`` otherwise."""
-        row = self.store.run(self.resolve(run_id))
+        row = self.store.run(self.resolve(run_id), RunResult)
         if row is None:
             raise RunNotFound(f"no run {run_id!r}")
         return self._result(row)
@@ -438,24 +449,25 @@ class RunHistory:
     def mark_interrupted(self, now: float | None = None) -> list[str]:
         """Record as interrupted every unfinished run whose runner process is gone; their ids."""
         marked = []
-        for row in self.store.runs(limit=None, unfinished=True):
+        for row in self.store.runs(RunResult, limit=None, unfinished=True):
             if not Owner(
                 row.owner_pid, row.owner_start
             ).alive() and self.store.finish_unfinished_run(
-                row.id, "interrupted", time.time() if now is None else now, _gone(row)
+                row.run.run_id, "interrupted", time.time() if now is None else now, _gone(row)
             ):
-                marked.append(row.id)
+                marked.append(row.run.run_id)
         return marked
 
-    def _result(self, row: RunRow) -> RunResult:
+    def _result(self, row: RunRow[RunResult]) -> RunResult:
+        run_id = row.run.run_id
         steps: dict[str, list[StepResult]] = {}
-        for job_key, step in self.store.run_steps(row.id, StepResult):
+        for job_key, step in self.store.run_steps(run_id, StepResult):
             steps.setdefault(job_key, []).append(step)
         annotations: dict[str, list[AnnotationResult]] = {}
-        for annotation in self.store.run_annotations(row.id, AnnotationResult):
+        for annotation in self.store.run_annotations(run_id, AnnotationResult):
             annotations.setdefault(annotation.job_key, []).append(annotation)
         timelines: dict[str, list[TimelineEntry]] = {}
-        for moment in self.store.run_timeline(row.id, TimelineEntry):
+        for moment in self.store.run_timeline(run_id, TimelineEntry):
             timelines.setdefault(moment.job_key, []).append(moment)
         jobs = tuple(
             replace(
@@ -464,29 +476,13 @@ class RunHistory:
                 annotations=tuple(annotations.get(job.job_key, ())),
                 timeline=tuple(timelines.get(job.job_key, ())),
             )
-            for job in self.store.run_jobs(row.id, JobResult)
+            for job in self.store.run_jobs(run_id, JobResult)
         )
-        status: Status = _choice(row.status, Status, "in_progress")
-        conclusion: Conclusion | None = _choice(row.conclusion, Conclusion, None)
-        if status != "completed" and not Owner(row.owner_pid, row.owner_start).alive():
-            status, conclusion = "completed", "interrupted"
-        return RunResult(
-            run_id=row.id, workflow_name=row.workflow_name, workflow_file=row.workflow_file,
-            event_name=row.event_name, status=status, started_at=row.started_at, sha=row.sha,
-            ref=row.ref, conclusion=conclusion, finished_at=row.finished_at,
-            duration=row.duration, jobs=jobs, rerun_of=row.rerun_of, from_step=row.from_step,
-            run_annotations=tuple(annotations.get("", [])),
-        )
+        run = replace(row.run, jobs=jobs, run_annotations=tuple(annotations.get("", [])))
+        if run.status != "completed" and not Owner(row.owner_pid, row.owner_start).alive():
+            run = replace(run, status="completed", conclusion="interrupted")
+        return run
 
 
-def _gone(row: RunRow) -> str:
+def _gone(row: RunRow[Any]) -> str:
     return f"its runner (pid {row.owner_pid}) is gone"
-
-
-_T = TypeVar("_T")
-
-
-def _choice(value: str | None, literal: Any, default: _T) -> _T:
-    """``value`` if it is one of the ``Literal`` type's words, else ``default`` (a newer writer's
-    word)."""
-    return value if value in get_args(literal) else default  # type: ignore[return-value]
