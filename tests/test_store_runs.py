@@ -21,7 +21,7 @@ from vmrunner.reports.results import AnnotationResult, JobResult, RunResult, Ste
 from vmrunner.reports.storage import INTERRUPTED_NOTE, RunHistory, StoreSink
 from vmrunner.reports.timeline import TimelineEntry
 from vmrunner.sessions import Owner
-from vmrunner.store import MIGRATIONS, Store
+from vmrunner.store import MIGRATIONS, RunRow, Store
 
 
 @pytest.fixture
@@ -373,3 +373,31 @@ def test_a_runs_tables_are_the_fields_of_the_reports_records(
         f.metadata.get("column", f.name) for f in dataclasses.fields(kind)
     } - {None}
     assert columns == keys | fields_
+
+
+def test_words_of_a_newer_writer_read_back_as_the_fields_say(tmp_path: Path) -> None:
+    """A Literal field holding a word this code does not know reads back as its ``unknown``
+    metadata (or its default): the fallbacks are part of the record's definition."""
+    path = tmp_path / "state.db"
+    with Store.open(path) as store:
+        store.put_run(RunRow(RunResult("r", "w", "f", "push", "in_progress", 1.0), 1, None))
+        store.put_run_job("r", 0, JobResult("j", "j", "J", "completed", conclusion="success"))
+        store.put_run_step("r", "j", StepResult(0, "post", "s", "completed", 1.0))
+        store.add_run_annotations("r", [AnnotationResult("j", 0, "error", "m", 1.0)])
+        store.add_run_timeline("r", [TimelineEntry(1.0, "j", "machine_allocated")])
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE runs SET status = 'new', conclusion = 'new'")
+        db.execute("UPDATE run_jobs SET status = 'new', conclusion = 'new'")
+        db.execute("UPDATE run_steps SET kind = 'new', status = 'new', outcome = 'new'")
+        db.execute("UPDATE run_annotations SET level = 'new'")
+        db.execute("UPDATE run_timeline SET kind = 'new'")
+    with Store.open(path) as store:
+        row = store.run("r", RunResult)
+        assert row is not None
+        assert (row.run.status, row.run.conclusion) == ("in_progress", None)
+        [job] = store.run_jobs("r", JobResult)
+        assert (job.status, job.conclusion) == ("queued", None)
+        [(_, step)] = store.run_steps("r", StepResult)
+        assert (step.kind, step.status, step.outcome) == ("step", "in_progress", None)
+        assert [a.level for a in store.run_annotations("r", AnnotationResult)] == ["notice"]
+        assert [e.kind for e in store.run_timeline("r", TimelineEntry)] == ["session_state"]
