@@ -140,3 +140,53 @@ def test_agent_is_stdlib_only() -> None:
     assert top_level <= set(sys.stdlib_module_names) | {"__future__"}, top_level - set(
         sys.stdlib_module_names
     )
+
+
+def _records(path: Path) -> list[str]:
+    """The public record classes (dataclasses and NamedTuples) defined in a module."""
+
+    def is_record(node: ast.ClassDef) -> bool:
+        for decorator in node.decorator_list:
+            target = decorator.func if isinstance(decorator, ast.Call) else decorator
+            name = target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", "")
+            if name == "dataclass":
+                return True
+        return any(getattr(base, "id", "") == "NamedTuple" for base in node.bases)
+
+    tree = ast.parse(path.read_text())
+    return [
+        node.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ClassDef) and is_record(node) and not node.name.startswith("_")
+    ]
+
+
+#: The suffix of each layer's records (issue 14): the engine returns outcomes, reports hold
+#: results, the stores hold rows.
+RECORD_SUFFIXES = {
+    "vmrunner.runner": "Outcome",
+    "vmrunner.reports": "Result",
+    "vmrunner.store": "Row",
+    "vmrunner.fleet.store": "Row",
+}
+
+
+def test_each_record_is_defined_once_under_its_layers_name() -> None:
+    """No two public record classes of the package share a name (one record, one definition:
+    two ``StepResult``s, ``RunRow``s or ``SnapshotInfo``s once existed), and the engine, the
+    reports and the stores use no other layer's word (Outcome, Result, Row) for their records."""
+    defined: dict[str, list[str]] = {}
+    for path in MODULES:
+        if path.name.startswith("_") and path.name != "__init__.py":
+            continue  # a private module's classes are its own
+        for name in _records(path):
+            defined.setdefault(name, []).append(_module_name(path))
+    twice = {name: modules for name, modules in defined.items() if len(modules) > 1}
+    assert not twice, f"records defined more than once: {twice}"
+    words = set(RECORD_SUFFIXES.values())
+    for name, [module] in defined.items():
+        for layer, own in RECORD_SUFFIXES.items():
+            if module == layer or module.startswith(layer + "."):
+                wrong = [word for word in words - {own} if name.endswith(word)]
+                assert not wrong, f"{module}.{name}: the records of {layer} are *{own}"
+    assert {"StepOutcome", "StepResult", "SnapshotRow", "RunRow"} <= set(defined)

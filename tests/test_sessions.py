@@ -378,7 +378,7 @@ async def test_snapshots_pause_the_session_and_are_listed(
         first = await session.snapshot("after step 1")
         await session.exec(["sh", "-c", "echo two > file"], cwd=workspace)
         assert session.snapshots[-1] == first
-        await session.restore(first.id)
+        await session.restore(first.snapshot_id)
         assert session.state is SessionState.ROLLED_BACK
         assert (await session.machine.read_file(f"{workspace}/file")) == b"one\n"
         states = [t.state.value for t in session.transitions]
@@ -394,7 +394,8 @@ async def test_snapshots_pause_the_session_and_are_listed(
             "paused",
             "rolled_back",
         ]
-        assert [s.snapshot_id for s in manager.store.snapshots(session.id)] == [first.id]
+        assert [s.snapshot_id for s in manager.store.snapshots(session.id)] == [first.snapshot_id]
+        assert manager.store.snapshots(session.id) == [first]  # one record, kept as it was made
 
 
 async def test_the_reaper_releases_idle_sessions_and_keeps_active_ones(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -15,9 +17,11 @@ from hypothesis import strategies as st
 from tests.reports.events_builder import RunBuilder, collect, failing_matrix_run, simple_run
 from vmrunner.errors import RunNotFound, StoreDiskError
 from vmrunner.reports.events import LogLine, StepFinished, StepStarted
+from vmrunner.reports.results import AnnotationResult, JobResult, RunResult, StepResult
 from vmrunner.reports.storage import INTERRUPTED_NOTE, RunHistory, StoreSink
+from vmrunner.reports.timeline import TimelineEntry
 from vmrunner.sessions import Owner
-from vmrunner.store import MIGRATIONS, Store
+from vmrunner.store import MIGRATIONS, RunRow, Store
 
 
 @pytest.fixture
@@ -149,11 +153,13 @@ def test_a_run_without_run_finished_whose_runner_died_is_interrupted(store: Stor
     [listed] = history.list_runs()
     assert (listed.status, listed.conclusion) == ("completed", "interrupted")
     assert listed.jobs[0].status == "in_progress"
-    assert store.run(run.run_id).status == "in_progress"  # type: ignore[union-attr]
+    assert store.run(run.run_id, RunResult).run.status == "in_progress"  # type: ignore[union-attr]
     assert history.mark_interrupted(now=run.tick()) == [run.run_id]
-    row = store.run(run.run_id)
+    row = store.run(run.run_id, RunResult)
     assert row is not None
-    assert (row.status, row.conclusion, row.finished_at) == ("completed", "interrupted", run.now)
+    assert (row.run.status, row.run.conclusion, row.run.finished_at) == (
+        "completed", "interrupted", run.now
+    )
     assert "is gone" in row.note
     assert history.mark_interrupted() == []
 
@@ -168,7 +174,7 @@ def test_a_run_whose_runner_lives_is_in_progress_until_closed(store: Store) -> N
     sink.close()
     result = history.get_run(run.run_id)
     assert (result.status, result.conclusion) == ("completed", "interrupted")
-    assert store.run(run.run_id).note == INTERRUPTED_NOTE  # type: ignore[union-attr]
+    assert store.run(run.run_id, RunResult).note == INTERRUPTED_NOTE  # type: ignore[union-attr]
     sink.close()  # a second close changes nothing
     assert sink.errors == []
 
@@ -270,7 +276,8 @@ def test_any_text_round_trips_through_the_store(
     store: Store, name: str, lines: list[str], outputs: dict[str, str]
 ) -> None:
     sink = StoreSink(store)
-    run = RunBuilder(f"run-{len(store.runs(limit=None))}", workflow=name, sink=sink).start()
+    run_id = f"run-{len(store.runs(RunResult, limit=None))}"
+    run = RunBuilder(run_id, workflow=name, sink=sink).start()
     job = run.job(f"{name} (x)", name=name, matrix={name: [1, None]}).begin()
     job.step(name, lines=lines, annotations=[("notice", line) for line in lines], outputs=outputs)
     job.finish(summary=name, outputs=outputs)
@@ -311,7 +318,7 @@ def test_a_full_disk_costs_no_row_and_the_final_write_uses_the_reserve(tmp_path:
         store.full = True  # steps, job and logs from here on cannot be written ...
         job.step("during", lines=[f"line {n}" for n in range(10)], exit_code=1)
         job.finish()
-        assert store.run_steps(run.run_id)[-1].name != "during"
+        assert store.run_steps(run.run_id, StepResult)[-1][1].name != "during"
         run.finish()  # ... until the final write gives up the reserve
         assert not store.reserve
         assert sink.recorded
@@ -333,11 +340,64 @@ def test_a_disk_that_stays_full_leaves_whole_rows_and_close_tries_again(tmp_path
         job.finish()
         run.finish()
         assert not sink.recorded
-        [row] = store.runs()
+        [row] = store.runs(RunResult)
         # as last written, whole: the job row says queued or in progress
-        assert row.status == "in_progress"
-        assert all(j.status != "completed" for j in store.run_jobs(run.run_id))
+        assert row.run.status == "in_progress"
+        assert all(j.status != "completed" for j in store.run_jobs(run.run_id, JobResult))
         store.full = False  # room again: what waited is written when the sink closes
         sink.close()
         assert sink.recorded
         assert RunHistory(store).get_run(run.run_id) == collect(run)
+
+
+@pytest.mark.parametrize(
+    ("table", "kind", "keys"),
+    [
+        ("runs", RunResult, {"owner_pid", "owner_start", "note"}),
+        ("run_jobs", JobResult, {"run_id", "seq"}),
+        ("run_steps", StepResult, {"run_id", "job_key"}),
+        ("run_annotations", AnnotationResult, {"run_id", "seq"}),
+        ("run_timeline", TimelineEntry, {"run_id", "seq"}),
+    ],
+)
+def test_a_runs_tables_are_the_fields_of_the_reports_records(
+    tmp_path: Path, table: str, kind: type[Any], keys: set[str]
+) -> None:
+    """The store keeps the reports' records themselves: a table's columns are its keys plus the
+    record's fields (renamed or left out only as the field's metadata says), no restated row."""
+    with Store.open(tmp_path / "state.db"):
+        pass
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+    fields_ = {
+        f.metadata.get("column", f.name) for f in dataclasses.fields(kind)
+    } - {None}
+    assert columns == keys | fields_
+
+
+def test_words_of_a_newer_writer_read_back_as_the_fields_say(tmp_path: Path) -> None:
+    """A Literal field holding a word this code does not know reads back as its ``unknown``
+    metadata (or its default): the fallbacks are part of the record's definition."""
+    path = tmp_path / "state.db"
+    with Store.open(path) as store:
+        store.put_run(RunRow(RunResult("r", "w", "f", "push", "in_progress", 1.0), 1, None))
+        store.put_run_job("r", 0, JobResult("j", "j", "J", "completed", conclusion="success"))
+        store.put_run_step("r", "j", StepResult(0, "post", "s", "completed", 1.0))
+        store.add_run_annotations("r", [AnnotationResult("j", 0, "error", "m", 1.0)])
+        store.add_run_timeline("r", [TimelineEntry(1.0, "j", "machine_allocated")])
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE runs SET status = 'new', conclusion = 'new'")
+        db.execute("UPDATE run_jobs SET status = 'new', conclusion = 'new'")
+        db.execute("UPDATE run_steps SET kind = 'new', status = 'new', outcome = 'new'")
+        db.execute("UPDATE run_annotations SET level = 'new'")
+        db.execute("UPDATE run_timeline SET kind = 'new'")
+    with Store.open(path) as store:
+        row = store.run("r", RunResult)
+        assert row is not None
+        assert (row.run.status, row.run.conclusion) == ("in_progress", None)
+        [job] = store.run_jobs("r", JobResult)
+        assert (job.status, job.conclusion) == ("queued", None)
+        [(_, step)] = store.run_steps("r", StepResult)
+        assert (step.kind, step.status, step.outcome) == ("step", "in_progress", None)
+        assert [a.level for a in store.run_annotations("r", AnnotationResult)] == ["notice"]
+        assert [e.kind for e in store.run_timeline("r", TimelineEntry)] == ["session_state"]

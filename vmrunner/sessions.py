@@ -165,15 +165,6 @@ TransitionObserver = Callable[["Session", Transition], None]
 
 
 @dataclass(frozen=True, slots=True)
-class SnapshotInfo:
-    """A snapshot taken in a session."""
-
-    id: SnapshotId
-    name: str
-    created_at: float
-
-
-@dataclass(frozen=True, slots=True)
 class SessionStats:
     """A snapshot of the manager's capacity and counters since it started."""
 
@@ -242,7 +233,7 @@ class Session:
         self._machine: Machine | None = None
         self._state = S.INITIALIZING
         self._transitions: list[Transition] = []
-        self._snapshots: list[SnapshotInfo] = []
+        self._snapshots: list[SnapshotRow] = []
         self._running = 0
         self._return_to: list[SessionState] = []
         self._release: asyncio.Task[None] | None = None
@@ -270,7 +261,7 @@ class Session:
         return tuple(self._transitions)
 
     @property
-    def snapshots(self) -> tuple[SnapshotInfo, ...]:
+    def snapshots(self) -> tuple[SnapshotRow, ...]:
         return tuple(self._snapshots)
 
     def touch(self) -> None:
@@ -320,7 +311,7 @@ class Session:
         ``InvalidTransition`` when the lifecycle (``TRANSITIONS``) does not allow it."""
         self._manager._update_state(self.id, state, note=note)
 
-    async def snapshot(self, name: str = "") -> SnapshotInfo:
+    async def snapshot(self, name: str = "") -> SnapshotRow:
         """Take a snapshot (the session is ``paused`` meanwhile) and append it to ``snapshots``."""
         machine = self.machine
         self._enter(S.PAUSED)
@@ -334,7 +325,7 @@ class Session:
 
     async def restore(self, snapshot_id: SnapshotId) -> None:
         """Bring the machine back to one of this session's snapshots; ends ``rolled_back``."""
-        if all(s.id != snapshot_id for s in self._snapshots):
+        if all(s.snapshot_id != snapshot_id for s in self._snapshots):
             raise SnapshotError(f"session {self.id} has no snapshot {snapshot_id}")
         machine = self.machine
         self._enter(S.PAUSED)
@@ -732,11 +723,11 @@ class SessionManager:
 
     def _add_snapshot(
         self, session_id: str, snapshot_id: SnapshotId, name: str = ""
-    ) -> SnapshotInfo:
+    ) -> SnapshotRow:
         """Register a snapshot taken in the session's machine."""
         session = self.get_session(session_id)
-        info = SnapshotInfo(snapshot_id, name, time.time())
-        self.store.add_snapshot(SnapshotRow(session_id, snapshot_id, name, info.created_at))
+        info = SnapshotRow(session_id, snapshot_id, name, time.time())
+        self.store.add_snapshot(info)
         session._snapshots.append(info)
         return info
 

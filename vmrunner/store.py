@@ -28,13 +28,14 @@ import errno
 import json
 import os
 import sqlite3
+import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from operator import attrgetter
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Generic, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from vmrunner.config import ensure_home
 from vmrunner.errors import StoreDiskError, StoreError
@@ -364,7 +365,7 @@ class MachineRow:
 
 @dataclass(frozen=True, slots=True)
 class SnapshotRow:
-    """A snapshot taken in a session."""
+    """A snapshot taken in a session: what ``Session.snapshot`` returns and the store keeps."""
 
     session_id: str
     snapshot_id: str
@@ -373,85 +374,19 @@ class SnapshotRow:
 
 
 @dataclass(frozen=True, slots=True)
-class RunRow:
-    """A workflow run; ``status`` and ``conclusion`` use GitHub's words (see ``reports.results``).
+class RunRow(Generic[_Row]):
+    """A workflow run as kept: the reports' record of it (``reports.results.RunResult``, whose
+    fields are the columns; its jobs, steps and annotations have tables of their own) and what
+    only the store keeps.
 
     ``owner_pid``/``owner_start`` name the runner process writing it, so that a run whose runner
-    died can be told from one still going.
+    died can be told from one still going; ``note`` says why it ended so, or what it lost.
     """
 
-    id: str
-    workflow_name: str
-    workflow_file: str
-    event_name: str
-    status: str
-    started_at: float
+    run: _Row
     owner_pid: int
     owner_start: int | None
-    sha: str = ""
-    ref: str = ""
-    conclusion: str | None = None
-    finished_at: float | None = None
-    duration: float | None = None
     note: str = ""
-    #: The run this one re-ran a job of (``vmrunner rerun``), from which step.
-    rerun_of: str = ""
-    from_step: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RunJobRow:
-    """One job of a run; ``seq`` keeps the order in which the run first saw its jobs.
-
-    ``snapshots`` holds plain records (step_index, snapshot_id, time, duration, restored).
-    """
-
-    run_id: str
-    job_key: str
-    seq: int
-    job_id: str
-    name: str
-    status: str
-    conclusion: str | None = None
-    matrix: Mapping[str, Any] = field(default_factory=dict)
-    needs: tuple[str, ...] = ()
-    queued_at: float | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
-    duration: float | None = None
-    allocation_seconds: float = 0.0
-    session_id: str = ""
-    machine_id: str = ""
-    provider: str = ""
-    vm_type: str = ""
-    from_pool: bool = False
-    outputs: Mapping[str, str] = field(default_factory=dict)
-    snapshots: tuple[Mapping[str, Any], ...] = ()
-    rolled_back: bool = False
-    reason: str = ""
-    summary: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class RunStepRow:
-    """One command of a job (setup, step, post or cleanup), by its position in the job."""
-
-    run_id: str
-    job_key: str
-    step_index: int
-    kind: str
-    name: str
-    status: str
-    started_at: float
-    step_id: str = ""
-    outcome: str | None = None
-    conclusion: str | None = None
-    finished_at: float | None = None
-    duration: float | None = None
-    exit_code: int | None = None
-    timed_out: bool = False
-    snapshot_id: str = ""
-    outputs: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -467,42 +402,6 @@ class LogRow:
     text: str
     time: float
     group_depth: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class AnnotationRow:
-    """An error, warning, notice or debug message of a run's job."""
-
-    run_id: str
-    job_key: str
-    step_index: int
-    level: str
-    message: str
-    time: float
-    file: str = ""
-    line: int = 0
-    column: int = 0
-    title: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class TimelineRow:
-    """One moment of a job's machine lifecycle (``reports.timeline.TimelineEntry`` plus its run)."""
-
-    run_id: str
-    job_key: str
-    time: float
-    kind: str
-    session_id: str = ""
-    machine_id: str = ""
-    state: str = ""
-    step_index: int | None = None
-    step_kind: str = ""
-    name: str = ""
-    exit_code: int | None = None
-    outcome: str = ""
-    seconds: float | None = None
-    detail: str = ""
 
 
 _MACHINE_COLUMNS = (
@@ -936,37 +835,41 @@ class Store:
 
     # Runs (written by ``reports.storage.StoreSink`` as a run's events arrive)
 
-    def put_run(self, row: RunRow) -> None:
+    def put_run(self, row: RunRow[Any]) -> None:
         """Insert or update a run (its jobs, steps and logs stay)."""
         with self.transaction():
-            self._upsert("runs", row, ("id",))
+            self._upsert("runs", row.run, _run_columns(row), ("id",))
 
-    def put_run_job(self, row: RunJobRow) -> None:
+    def put_run_job(self, run_id: str, seq: int, job: Any) -> None:
+        """Insert or update a job (a ``reports.results.JobResult``; ``seq``: its place in the
+        run). Its steps, annotations and timeline have their own tables."""
         with self.transaction():
-            self._upsert("run_jobs", row, ("run_id", "job_key"))
+            self._upsert("run_jobs", job, {"run_id": run_id, "seq": seq}, ("run_id", "job_key"))
 
-    def put_run_step(self, row: RunStepRow) -> None:
+    def put_run_step(self, run_id: str, job_key: str, step: Any) -> None:
+        """Insert or update a step (a ``reports.results.StepResult``) of a run's job."""
         with self.transaction():
-            self._upsert("run_steps", row, ("run_id", "job_key", "step_index"))
+            self._upsert(
+                "run_steps", step, {"run_id": run_id, "job_key": job_key},
+                ("run_id", "job_key", "step_index"),
+            )
 
     def add_run_logs(self, rows: Sequence[LogRow]) -> None:
         """Append log lines, in order, with one statement."""
         self._insert_many("run_logs", LogRow, rows)
 
-    def add_run_annotations(self, rows: Sequence[AnnotationRow]) -> None:
-        self._insert_many("run_annotations", AnnotationRow, rows)
+    def add_run_annotations(self, run_id: str, annotations: Sequence[Any]) -> None:
+        """Append annotations (``reports.results.AnnotationResult``) of a run."""
+        self._insert_many("run_annotations", None, annotations, {"run_id": run_id})
 
-    def add_run_timeline(self, rows: Sequence[TimelineRow]) -> None:
-        """Append machine lifecycle entries, in order, with one statement."""
-        self._insert_many("run_timeline", TimelineRow, rows)
+    def add_run_timeline(self, run_id: str, entries: Sequence[Any]) -> None:
+        """Append machine lifecycle entries (``reports.timeline.TimelineEntry``), in order, with
+        one statement."""
+        self._insert_many("run_timeline", None, entries, {"run_id": run_id})
 
-    def run_timeline(self, run_id: str) -> list[TimelineRow]:
-        """A run's machine lifecycle entries in the order they were written."""
-        rows = self._execute(
-            f"SELECT {_columns(TimelineRow)} FROM run_timeline WHERE run_id = ? ORDER BY seq",
-            (run_id,),
-        )
-        return [_from_row(TimelineRow, row) for row in rows.fetchall()]
+    def run_timeline(self, run_id: str, kind: type[_Row]) -> list[_Row]:
+        """A run's machine lifecycle entries (as ``kind``) in the order they were written."""
+        return self._records(kind, "run_timeline", run_id, "seq")
 
     def finish_unfinished_run(self, run_id: str, conclusion: str, at: float, note: str) -> bool:
         """Close a run that never finished (its runner died); False if it had finished."""
@@ -985,10 +888,15 @@ class Store:
             return self._execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount == 1
 
     def runs(
-        self, *, limit: int | None = 20, workflow: str | None = None, unfinished: bool = False
-    ) -> list[RunRow]:
-        """Runs, newest first; only those of ``workflow`` (name or file) or not completed if
-        asked."""
+        self,
+        kind: type[_Row],
+        *,
+        limit: int | None = 20,
+        workflow: str | None = None,
+        unfinished: bool = False,
+    ) -> list[RunRow[_Row]]:
+        """Runs (their record as ``kind``), newest first; only those of ``workflow`` (name or
+        file) or not completed if asked."""
         where: list[str] = ["1 = 1"]
         params: list[Any] = []
         if workflow is not None:
@@ -997,18 +905,20 @@ class Store:
         if unfinished:
             where.append("status != 'completed'")
         sql = (
-            f"SELECT {_columns(RunRow)} FROM runs WHERE {' AND '.join(where)} ORDER BY "
-            f"started_at DESC, id DESC"
+            f"SELECT owner_pid, owner_start, note, {_columns(kind)} FROM runs WHERE "
+            f"{' AND '.join(where)} ORDER BY started_at DESC, id DESC"
         )
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        return [_from_row(RunRow, row) for row in self._execute(sql, params).fetchall()]
+        return [_run_row(kind, row) for row in self._execute(sql, params).fetchall()]
 
-    def run(self, run_id: str) -> RunRow | None:
+    def run(self, run_id: str, kind: type[_Row]) -> RunRow[_Row] | None:
+        """The run ``run_id`` (its record as ``kind``), or None."""
         row = self._execute(
-            f"SELECT {_columns(RunRow)} FROM runs WHERE id = ?", (run_id,)
+            f"SELECT owner_pid, owner_start, note, {_columns(kind)} FROM runs WHERE id = ?",
+            (run_id,),
         ).fetchone()
-        return _from_row(RunRow, row) if row else None
+        return _run_row(kind, row) if row else None
 
     def run_ids(self, prefix: str, *, limit: int = 10) -> list[str]:
         """Ids of runs starting with ``prefix`` (like git's abbreviated commit ids)."""
@@ -1018,19 +928,18 @@ class Store:
         )
         return [row[0] for row in rows.fetchall()]
 
-    def run_jobs(self, run_id: str) -> list[RunJobRow]:
-        rows = self._execute(
-            f"SELECT {_columns(RunJobRow)} FROM run_jobs WHERE run_id = ? ORDER BY seq", (run_id,)
-        )
-        return [_from_row(RunJobRow, row) for row in rows.fetchall()]
+    def run_jobs(self, run_id: str, kind: type[_Row]) -> list[_Row]:
+        """A run's jobs (as ``kind``, without their steps), in the order the run saw them."""
+        return self._records(kind, "run_jobs", run_id, "seq")
 
-    def run_steps(self, run_id: str) -> list[RunStepRow]:
+    def run_steps(self, run_id: str, kind: type[_Row]) -> list[tuple[str, _Row]]:
+        """A run's steps (as ``kind``) with their job's key, job by job, in order."""
         rows = self._execute(
-            f"SELECT {_columns(RunStepRow)} FROM run_steps WHERE run_id = ? ORDER BY job_key, "
-            f"step_index",
+            f"SELECT job_key, {_columns(kind)} FROM run_steps WHERE run_id = ?"
+            " ORDER BY job_key, step_index",
             (run_id,),
         )
-        return [_from_row(RunStepRow, row) for row in rows.fetchall()]
+        return [(row[0], _from_row(kind, row[1:])) for row in rows.fetchall()]
 
     def run_logs(
         self, run_id: str, job_key: str | None = None, step_index: int | None = None
@@ -1047,30 +956,44 @@ class Store:
         rows = self._execute(sql + " ORDER BY seq", params)
         return [_from_row(LogRow, row) for row in rows.fetchall()]
 
-    def run_annotations(self, run_id: str) -> list[AnnotationRow]:
+    def run_annotations(self, run_id: str, kind: type[_Row]) -> list[_Row]:
+        """A run's annotations (as ``kind``) in the order they were written."""
+        return self._records(kind, "run_annotations", run_id, "seq")
+
+    def _records(self, kind: type[_Row], table: str, run_id: str, order: str) -> list[_Row]:
         rows = self._execute(
-            f"SELECT {_columns(AnnotationRow)} FROM run_annotations WHERE run_id = ? ORDER BY seq",
-            (run_id,),
+            f"SELECT {_columns(kind)} FROM {table} WHERE run_id = ? ORDER BY {order}", (run_id,)
         )
-        return [_from_row(AnnotationRow, row) for row in rows.fetchall()]
+        return [_from_row(kind, row) for row in rows.fetchall()]
 
-    def _upsert(self, table: str, row: Any, keys: tuple[str, ...]) -> None:
-        names = [f.name for f in fields(row)]
-        updates = ", ".join(f'"{name}" = excluded."{name}"' for name in names if name not in keys)
+    def _upsert(
+        self, table: str, row: Any, keys: Mapping[str, Any], conflict: tuple[str, ...]
+    ) -> None:
+        """Insert ``row``'s columns and ``keys`` (more columns), or update them on ``conflict``."""
+        names = [*keys, *_layout(type(row)).names]
+        updates = ", ".join(
+            f'"{name}" = excluded."{name}"' for name in names if name not in conflict
+        )
         self._execute(
-            f"INSERT INTO {table} ({_columns(type(row))}) VALUES ({', '.join('?' * len(names))})"
-            f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}",
-            _to_values(row),
+            f"INSERT INTO {table} ({_quoted(names)}) VALUES ({', '.join('?' * len(names))})"
+            f" ON CONFLICT ({', '.join(conflict)}) DO UPDATE SET {updates}",
+            (*keys.values(), *_to_values(row)),
         )
 
-    def _insert_many(self, table: str, kind: type[Any], rows: Sequence[Any]) -> None:
+    def _insert_many(
+        self,
+        table: str,
+        kind: type[Any] | None,
+        rows: Sequence[Any],
+        keys: Mapping[str, Any] | None = None,
+    ) -> None:
         if not rows:
             return
-        sql = (
-            f"INSERT INTO {table} ({_columns(kind)}) VALUES ({', '.join('?' * len(fields(kind)))})"
-        )
+        keys = keys or {}
+        names = [*keys, *_layout(kind or type(rows[0])).names]
+        sql = f"INSERT INTO {table} ({_quoted(names)}) VALUES ({', '.join('?' * len(names))})"
         with self.transaction(), self._errors(f"write {table}"):
-            self._db.executemany(sql, [_to_values(row) for row in rows])
+            self._db.executemany(sql, [(*keys.values(), *_to_values(row)) for row in rows])
 
 
 def _session_row(row: Sequence[Any]) -> SessionRow:
@@ -1094,62 +1017,132 @@ def _machine_row(row: Sequence[Any]) -> MachineRow:
     )
 
 
+def _run_columns(row: RunRow[Any]) -> dict[str, Any]:
+    return {"owner_pid": row.owner_pid, "owner_start": row.owner_start, "note": row.note}
+
+
+def _run_row(kind: type[_Row], row: Sequence[Any]) -> RunRow[_Row]:
+    owner_pid, owner_start, note, *columns = row
+    return RunRow(_from_row(kind, columns), owner_pid, owner_start, note)
+
+
+#: Field metadata of a record kept in the store: the field has no column (it is kept elsewhere).
+NOT_A_COLUMN: Mapping[str, Any] = {"column": None}
+
+
+def column(name: str) -> Mapping[str, Any]:
+    """Field metadata of a record kept in the store: the field's column is called ``name``."""
+    return {"column": name}
+
+
+@dataclass(frozen=True, slots=True)
+class _Columns:
+    """How a dataclass is kept in a table: one column per field (as its metadata says), named
+    after it; mappings and tuples as JSON (tuples of dataclasses as their fields), booleans as
+    0/1, ``Literal`` words checked on the way back (a word of a newer writer becomes the field's
+    ``unknown`` metadata, else its default, else None)."""
+
+    fields: tuple[str, ...]
+    names: tuple[str, ...]
+    get: Callable[[Any], Any]
+    json: frozenset[str]
+    booleans: frozenset[str]
+    #: Field → (its Literal words, the value for any other word).
+    words: Mapping[str, tuple[tuple[Any, ...], Any]]
+    #: Field → the dataclass of its tuple's items.
+    items: Mapping[str, type[Any]]
+
+
+_COLUMN_LAYOUTS: dict[type[Any], _Columns] = {}
+
+
+def _layout(kind: type[Any]) -> _Columns:
+    """``kind``'s layout (computed once per class)."""
+    layout = _COLUMN_LAYOUTS.get(kind)
+    if layout is None:
+        hints = get_type_hints(kind)
+        kept = [f for f in fields(kind) if f.metadata.get("column", f.name) is not None]
+        json_fields: set[str] = set()
+        booleans: set[str] = set()
+        items: dict[str, type[Any]] = {}
+        words: dict[str, tuple[tuple[Any, ...], Any]] = {}
+        for item in kept:
+            hint = hints[item.name]
+            args = get_args(hint)
+            if get_origin(hint) in (Union, types.UnionType):
+                hint = next(arg for arg in args if arg is not type(None))
+                args = get_args(hint)
+            origin = get_origin(hint)
+            if hint is bool:
+                booleans.add(item.name)
+            elif origin in (tuple, Mapping, dict):
+                json_fields.add(item.name)
+                if origin is tuple and args and isinstance(args[0], type) and is_dataclass(args[0]):
+                    items[item.name] = args[0]
+            elif origin is Literal:
+                default = None if item.default is MISSING else item.default
+                words[item.name] = (args, item.metadata.get("unknown", default))
+        names = tuple(f.name for f in kept)
+        layout = _Columns(
+            fields=names,
+            names=tuple(f.metadata.get("column", f.name) for f in kept),
+            get=attrgetter(*names) if len(names) > 1 else lambda row: (getattr(row, names[0]),),
+            json=frozenset(json_fields),
+            booleans=frozenset(booleans),
+            words=words,
+            items=items,
+        )
+        _COLUMN_LAYOUTS[kind] = layout
+    return layout
+
+
+def _quoted(names: Sequence[str]) -> str:
+    return ", ".join(f'"{name}"' for name in names)
+
+
 def _columns(kind: type[Any]) -> str:
-    """The quoted column list of a row dataclass (its field names are the column names)."""
-    return ", ".join(f'"{f.name}"' for f in fields(kind))
+    """The quoted column list of a dataclass kept in a table (see ``_Columns``)."""
+    return _quoted(_layout(kind).names)
 
 
 def _to_values(row: Any) -> tuple[Any, ...]:
     """A row's values for SQLite, in column order: mappings and sequences as JSON."""
-    get, names, json_names, _ = _layout(type(row))
-    values: tuple[Any, ...] = get(row)
-    if not json_names:
+    layout = _layout(type(row))
+    values: tuple[Any, ...] = layout.get(row)
+    if not layout.json:
         return values
     return tuple(
-        json.dumps(_plain(value), default=str) if name in json_names else value
-        for name, value in zip(names, values, strict=True)
+        json.dumps(_plain(value), default=str) if name in layout.json else value
+        for name, value in zip(layout.fields, values, strict=True)
     )
 
 
-_Layout = tuple[Callable[[Any], Any], tuple[str, ...], frozenset[str], frozenset[str]]
-_LAYOUTS: dict[type[Any], _Layout] = {}
-
-
-def _layout(kind: type[Any]) -> _Layout:
-    """A row dataclass's value getter, column names, JSON and boolean columns (once per class)."""
-    layout = _LAYOUTS.get(kind)
-    if layout is None:
-        names = tuple(f.name for f in fields(kind))
-        layout = (
-            attrgetter(*names),
-            names,
-            frozenset(names) & _JSON_COLUMNS,
-            frozenset(names) & _BOOL_COLUMNS,
-        )
-        _LAYOUTS[kind] = layout
-    return layout
-
-
 def _plain(value: Any) -> Any:
-    return dict(value) if isinstance(value, Mapping) else list(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    return [
+        asdict(item) if is_dataclass(item) and not isinstance(item, type) else item
+        for item in value
+    ]
 
 
 def _from_row(kind: type[_Row], row: Sequence[Any]) -> _Row:
-    """The dataclass ``kind`` from a row read with ``_columns(kind)``; JSON columns decoded."""
-    _, names, json_names, bool_names = _layout(kind)
-    if not (json_names or bool_names):
-        return kind(*row)
+    """The dataclass ``kind`` from a row read with ``_columns(kind)`` (see ``_Columns``)."""
+    layout = _layout(kind)
+    if not (layout.json or layout.booleans or layout.words):
+        return kind(**dict(zip(layout.fields, row, strict=True)))
     values: dict[str, Any] = {}
-    for name, value in zip(names, row, strict=True):
-        if name in json_names:
+    for name, value in zip(layout.fields, row, strict=True):
+        if name in layout.json:
             value = json.loads(value)
             if isinstance(value, list):
-                value = tuple(value)
-        elif name in bool_names:
+                item = layout.items.get(name)
+                value = tuple(item(**v) for v in value) if item else tuple(value)
+        elif name in layout.booleans:
             value = bool(value)
+        elif name in layout.words:
+            choices, unknown = layout.words[name]
+            if value not in choices:
+                value = unknown
         values[name] = value
     return kind(**values)
-
-
-_JSON_COLUMNS = frozenset({"matrix", "needs", "outputs", "snapshots"})
-_BOOL_COLUMNS = frozenset({"from_pool", "rolled_back", "timed_out"})

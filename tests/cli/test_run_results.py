@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 from tests.cli.helpers import vmrunner
+from vmrunner.reports.results import RunResult
 from vmrunner.sessions import Owner
 from vmrunner.store import RunRow, Store
 
@@ -57,26 +58,26 @@ def test_json_has_every_job_and_step_field_and_summary_is_written(tmp_path: Path
     assert "fail" in summary.lower()
 
 
+def unfinished(run_id: str) -> RunResult:
+    return RunResult(run_id, "ci", "ci.yml", "push", "in_progress", 1.0)
+
+
 def test_runs_of_dead_runners_are_marked_interrupted(tmp_path: Path) -> None:
     root = project(tmp_path)
     owner = dead_owner()
     with Store.open() as store:
         for run_id in ("111", "222"):
-            store.put_run(
-                RunRow(run_id, "ci", "ci.yml", "push", "in_progress", 1.0, owner.pid, owner.start)
-            )
+            store.put_run(RunRow(unfinished(run_id), owner.pid, owner.start))
     reclaim = vmrunner("sessions", "reclaim", "--json", cwd=root)
     assert reclaim.returncode == 0, reclaim.stderr
     assert sorted(json.loads(reclaim.stdout)["interrupted_runs"]) == ["111", "222"]
     with Store.open() as store:
-        row = store.run("111")
+        row = store.run("111", RunResult)
         assert row is not None
-        assert (row.status, row.conclusion) == ("completed", "interrupted")
-        store.put_run(
-            RunRow("333", "ci", "ci.yml", "push", "in_progress", 1.0, owner.pid, owner.start)
-        )
+        assert (row.run.status, row.run.conclusion) == ("completed", "interrupted")
+        store.put_run(RunRow(unfinished("333"), owner.pid, owner.start))
     vmrunner("run", cwd=root)
     with Store.open() as store:
-        row = store.run("333")
+        row = store.run("333", RunResult)
         assert row is not None
-        assert (row.status, row.conclusion) == ("completed", "interrupted")
+        assert (row.run.status, row.run.conclusion) == ("completed", "interrupted")

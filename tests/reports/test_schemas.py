@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -12,7 +13,14 @@ import pytest
 from tests.reports.events_builder import collect, failing_matrix_run
 from vmrunner.reports.insights import INSIGHTS_SCHEMA, Insights, Lesson, Suggestion
 from vmrunner.reports.results import RUN_RESULT_SCHEMA, JobResult, StepResult
-from vmrunner.reports.schemas import COUNT, JSON_OMIT, dataclass_schema, type_schema
+from vmrunner.reports.schemas import (
+    COUNT,
+    JSON_OMIT,
+    dataclass_schema,
+    json_value,
+    record_json,
+    type_schema,
+)
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,23 @@ def test_a_dataclass_becomes_a_closed_object_of_its_fields() -> None:
     }
 
 
+def test_the_json_form_is_made_from_the_same_fields_as_the_schema() -> None:
+    record = _Record(
+        "x", "b", None, _Inner(2), (_Inner(0), _Inner(1)), {"k": "v"}, {"deep": [1, {"a": None}]},
+        hidden="not in the JSON", renamed=True,
+    )
+    data = record_json(record, extra={"name": "computed"})
+    assert data == {
+        "name": "computed", "kind": "b", "ratio": None, "inner": {"size": 2},
+        "items": [{"size": 0}, {"size": 1}], "labels": {"k": "v"},
+        "anything": {"deep": [1, {"a": None}]}, "flag": True,
+    }
+    jsonschema.validate(data, dataclass_schema(_Record))
+    assert json.loads(json.dumps(data)) == data  # plain data only
+    with pytest.raises(TypeError):
+        json_value({1, 2})
+
+
 def test_types_without_a_schema_are_refused() -> None:
     with pytest.raises(TypeError):
         type_schema(int | str)
@@ -68,7 +93,9 @@ def test_every_field_of_a_result_is_in_the_run_result_schema(kind: type[Any]) ->
 
 
 def test_the_generated_schemas_accept_real_results_and_insights() -> None:
-    jsonschema.validate(collect(failing_matrix_run()).to_json(), RUN_RESULT_SCHEMA)
+    data = collect(failing_matrix_run()).to_json()
+    jsonschema.validate(data, RUN_RESULT_SCHEMA)  # every key of the schema, and no other
+    assert json.loads(json.dumps(data)) == data
     lesson = Lesson(1, "octo/app", "make", "boom", 3, 1.0, 2.0, "sig")
     suggestion = Suggestion("cache", "cache it", 0.5, "3 runs", paths=("~/.npm",))
     jsonschema.validate(Insights((lesson,), (suggestion,)).to_json(), INSIGHTS_SCHEMA)

@@ -140,13 +140,13 @@ def show_run(
 
     from vmrunner.cli import terminal
     from vmrunner.fleet.queue import QueuedRun
-    from vmrunner.fleet.store import Attempt, Combination, FleetStore, StepRow
+    from vmrunner.fleet.store import Attempt, CombinationRow, FleetStore, StepRow
 
     Shown = tuple[
         QueuedRun,
         dict[str, list[StepRow]],
         dict[str, list[dict[str, Any]]],
-        dict[str, Combination],
+        dict[str, CombinationRow],
         list[Attempt],
     ]
 

@@ -134,7 +134,7 @@ class Attempt(NamedTuple):
     result: str | None
 
 
-class Combination(NamedTuple):
+class CombinationRow(NamedTuple):
     """One combination of a matrix job: the matrix job's id and the combination's values."""
 
     job_id: str
@@ -379,7 +379,7 @@ class FleetStore:
         )
         return QueuedRun(run["id"], run["status"], run["conclusion"], jobs)
 
-    async def combinations(self, run_id: str) -> dict[str, Combination]:
+    async def combinations(self, run_id: str) -> dict[str, CombinationRow]:
         """The run's matrix combinations: job key -> (the matrix job's id, the combination's
         values).
         In ``run()`` a matrix job is one row (``matrix`` status while its combinations run, then
@@ -392,7 +392,8 @@ class FleetStore:
                 (run_id,),
             )
         return {
-            str(row["job_id"]): Combination(str(row["parent"]), dict(row["matrix"])) for row in rows
+            str(row["job_id"]): CombinationRow(str(row["parent"]), dict(row["matrix"]))
+            for row in rows
         }
 
     async def attempts(self, run_id: str) -> list[Attempt]:

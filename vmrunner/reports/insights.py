@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from vmrunner.reports.schemas import dataclass_schema
+from vmrunner.reports.schemas import dataclass_schema, record_json
 
 SuggestionKind = Literal["cache", "avoid", "flaky", "parallel"]
 SUGGESTION_KINDS: tuple[SuggestionKind, ...] = ("cache", "avoid", "flaky", "parallel")
@@ -39,12 +39,7 @@ class Lesson:
     dismissed: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id, "repository": self.repository, "command": self.command,
-            "excerpt": self.excerpt, "occurrences": self.occurrences,
-            "first_seen": self.first_seen, "last_seen": self.last_seen,
-            "signature": self.signature, "dismissed": self.dismissed,
-        }
+        return record_json(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,11 +56,7 @@ class Suggestion:
     paths: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind, "message": self.message, "confidence": round(self.confidence, 3),
-            "evidence": self.evidence, "command": self.command, "job": self.job,
-            "paths": list(self.paths),
-        }
+        return record_json(self, extra={"confidence": round(self.confidence, 3)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,10 +68,7 @@ class Insights:
         return bool(self.lessons or self.suggestions)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "lessons": [lesson.to_json() for lesson in self.lessons],
-            "suggestions": [suggestion.to_json() for suggestion in self.suggestions],
-        }
+        return record_json(self)
 
 
 #: JSON Schema of ``Insights.to_json()`` (the optional ``insights`` key of a run result).

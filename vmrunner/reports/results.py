@@ -44,7 +44,7 @@ from vmrunner.reports.events import (
     run_conclusion,
 )
 from vmrunner.reports.insights import Insights
-from vmrunner.reports.schemas import JSON_OMIT, dataclass_schema
+from vmrunner.reports.schemas import JSON_OMIT, dataclass_schema, record_json
 from vmrunner.reports.timeline import (
     LIFECYCLE_SCHEMA,
     TimelineBuilder,
@@ -53,6 +53,7 @@ from vmrunner.reports.timeline import (
     merged,
     prove,
 )
+from vmrunner.store import NOT_A_COLUMN, column
 
 #: Where a run, job or step is in its life.
 Status = Literal["queued", "in_progress", "completed"]
@@ -70,7 +71,7 @@ class AnnotationResult:
     #: Not in the JSON: an annotation is listed under its job (or the run).
     job_key: str = field(metadata=JSON_OMIT)
     step_index: int
-    level: AnnotationLevel
+    level: AnnotationLevel = field(metadata={"unknown": "notice"})
     message: str
     time: float
     file: str = ""
@@ -94,10 +95,10 @@ class SnapshotResult:
 class StepResult:
     """One command of a job: a setup command, a step, a post step or a cleanup command."""
 
-    index: int
-    kind: StepKind
+    index: int = field(metadata=column("step_index"))
+    kind: StepKind = field(metadata={"unknown": "step"})
     name: str
-    status: Status
+    status: Status = field(metadata={"unknown": "in_progress"})
     started_at: float
     step_id: str = ""
     #: Before and after ``continue-on-error`` (None until the step finished).
@@ -118,7 +119,7 @@ class JobResult:
     job_key: str
     job_id: str
     name: str
-    status: Status
+    status: Status = field(metadata={"unknown": "queued"})
     queued_at: float | None = None
     matrix: Mapping[str, Any] = field(default_factory=dict)
     needs: tuple[str, ...] = ()
@@ -133,9 +134,10 @@ class JobResult:
     provider: str = ""
     vm_type: str = ""
     from_pool: bool = False
-    steps: tuple[StepResult, ...] = ()
+    #: Kept in tables of their own in the store (as are ``annotations`` and ``timeline``).
+    steps: tuple[StepResult, ...] = field(default=(), metadata=NOT_A_COLUMN)
     outputs: Mapping[str, str] = field(default_factory=dict)
-    annotations: tuple[AnnotationResult, ...] = ()
+    annotations: tuple[AnnotationResult, ...] = field(default=(), metadata=NOT_A_COLUMN)
     snapshots: tuple[SnapshotResult, ...] = ()
     rolled_back: bool = False
     #: Why the job failed or was skipped without running its steps.
@@ -143,7 +145,7 @@ class JobResult:
     #: The job's Markdown summary (``GITHUB_STEP_SUMMARY``), masked.
     summary: str = ""
     #: The job's machine lifecycle, in order (``reports/timeline.py``).
-    timeline: tuple[TimelineEntry, ...] = ()
+    timeline: tuple[TimelineEntry, ...] = field(default=(), metadata=NOT_A_COLUMN)
 
     def step(self, index: int) -> StepResult | None:
         return next((s for s in self.steps if s.index == index), None)
@@ -153,28 +155,29 @@ class JobResult:
 class RunResult:
     """A workflow run and its jobs, in the order the jobs were first seen."""
 
-    run_id: str
+    run_id: str = field(metadata=column("id"))
     workflow_name: str
     workflow_file: str
     event_name: str
-    status: Status
+    status: Status = field(metadata={"unknown": "in_progress"})
     started_at: float
     sha: str = ""
     ref: str = ""
     conclusion: Conclusion | None = None
     finished_at: float | None = None
     duration: float | None = None
-    jobs: tuple[JobResult, ...] = ()
+    #: Kept in tables of their own in the store; ``insights`` is not kept.
+    jobs: tuple[JobResult, ...] = field(default=(), metadata=NOT_A_COLUMN)
     #: What past runs teach about this run's commands (``learning/history.py``); None without
     #: learning.
-    insights: Insights | None = None
+    insights: Insights | None = field(default=None, metadata=NOT_A_COLUMN)
     #: Set when this run re-ran a job of run ``rerun_of`` from step ``from_step``
     #: (``vmrunner rerun``).
     rerun_of: str = ""
     from_step: int | None = None
     #: The run's own annotations, of no job (warnings about inputs, concurrency groups).
     run_annotations: tuple[AnnotationResult, ...] = field(
-        default=(), metadata={"json": "annotations"}
+        default=(), metadata={"json": "annotations", **NOT_A_COLUMN}
     )
 
     def job(self, job_key: str) -> JobResult | None:
@@ -202,95 +205,8 @@ class RunResult:
         """
         return {
             "version": JSON_VERSION,
-            "run_id": self.run_id,
-            "workflow_name": self.workflow_name,
-            "workflow_file": self.workflow_file,
-            "event_name": self.event_name,
-            "sha": self.sha,
-            "ref": self.ref,
-            "status": self.status,
-            "conclusion": self.conclusion,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "duration": self.duration,
-            "rerun_of": self.rerun_of,
-            "from_step": self.from_step,
-            "annotations": [_annotation_json(a) for a in self.run_annotations],
-            "jobs": [_job_json(job) for job in self.jobs],
-            "insights": self.insights.to_json() if self.insights is not None else None,
-            "lifecycle": self.lifecycle().to_json(),
+            **record_json(self, extra={"lifecycle": self.lifecycle().to_json()}),
         }
-
-
-def _job_json(job: JobResult) -> dict[str, Any]:
-    return {
-        "job_key": job.job_key,
-        "job_id": job.job_id,
-        "name": job.name,
-        "matrix": dict(job.matrix),
-        "needs": list(job.needs),
-        "status": job.status,
-        "conclusion": job.conclusion,
-        "queued_at": job.queued_at,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
-        "duration": job.duration,
-        "allocation_seconds": job.allocation_seconds,
-        "session_id": job.session_id,
-        "machine_id": job.machine_id,
-        "provider": job.provider,
-        "vm_type": job.vm_type,
-        "from_pool": job.from_pool,
-        "rolled_back": job.rolled_back,
-        "reason": job.reason,
-        "outputs": dict(job.outputs),
-        "summary": job.summary,
-        "steps": [_step_json(step) for step in job.steps],
-        "annotations": [_annotation_json(a) for a in job.annotations],
-        "snapshots": [
-            {
-                "step_index": s.step_index,
-                "snapshot_id": s.snapshot_id,
-                "time": s.time,
-                "duration": s.duration,
-                "restored": s.restored,
-            }
-            for s in job.snapshots
-        ],
-        "timeline": [entry.to_json() for entry in job.timeline],
-    }
-
-
-def _step_json(step: StepResult) -> dict[str, Any]:
-    return {
-        "index": step.index,
-        "kind": step.kind,
-        "name": step.name,
-        "step_id": step.step_id,
-        "status": step.status,
-        "outcome": step.outcome,
-        "conclusion": step.conclusion,
-        "started_at": step.started_at,
-        "finished_at": step.finished_at,
-        "duration": step.duration,
-        "exit_code": step.exit_code,
-        "timed_out": step.timed_out,
-        "snapshot_id": step.snapshot_id,
-        "outputs": dict(step.outputs),
-    }
-
-
-def _annotation_json(annotation: AnnotationResult) -> dict[str, Any]:
-    return {
-        "step_index": annotation.step_index,
-        "level": annotation.level,
-        "message": annotation.message,
-        "time": annotation.time,
-        "file": annotation.file,
-        "line": annotation.line,
-        "column": annotation.column,
-        "title": annotation.title,
-    }
 
 
 #: JSON Schema (draft 2020-12) of ``RunResult.to_json()``, generated from the dataclasses

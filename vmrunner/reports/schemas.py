@@ -1,6 +1,8 @@
-"""JSON Schemas generated from the dataclasses whose ``to_json`` they describe.
+"""A record's JSON form and its JSON Schema, both derived from its dataclass.
 
-A record is defined once, as a dataclass; its schema follows from its fields' types:
+A record is defined once, as a dataclass. ``record_json`` makes its JSON form from its fields
+(in field order; nested dataclasses by their own ``to_json`` if they have one, else the same
+way; mappings become objects, tuples arrays). Its schema follows from its fields' types:
 
 - ``str``, ``int``, ``float``, ``bool`` → ``string``, ``integer``, ``number``, ``boolean``;
   ``Literal[...]`` → ``enum``; ``X | None`` → ``X`` or ``null``;
@@ -10,7 +12,7 @@ A record is defined once, as a dataclass; its schema follows from its fields' ty
 
 A field's ``metadata`` refines it: ``JSON_OMIT`` leaves it out of the JSON, ``{"json": "name"}``
 gives it another key, and JSON Schema keywords (``minimum``, ``maximum``) are copied into its
-schema. Values that are computed (properties, constants) are passed as ``extra``.
+schema. Values that are computed (properties, constants) are passed as ``extra`` to both.
 """
 
 from __future__ import annotations
@@ -39,16 +41,42 @@ def obj(properties: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def json_keys(kind: type[Any]) -> list[tuple[str, str]]:
+    """``(field name, JSON key)`` of each of ``kind``'s fields that is part of its JSON."""
+    keys = ((item.name, item.metadata.get("json", item.name)) for item in dataclasses.fields(kind))
+    return [(name, key) for name, key in keys if key is not None]
+
+
+def record_json(record: Any, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON form of the dataclass instance ``record``: its fields (as their metadata says),
+    then ``extra``; what ``dataclass_schema(type(record), ...)`` describes."""
+    data = {key: json_value(getattr(record, name)) for name, key in json_keys(type(record))}
+    data.update(extra or {})
+    return data
+
+
+def json_value(value: Any) -> Any:
+    """Plain JSON data of a field's value (see ``record_json``)."""
+    if value is None or isinstance(value, str | int | float):
+        return value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        to_json = getattr(value, "to_json", None)
+        return to_json() if to_json is not None else record_json(value)
+    if isinstance(value, Mapping):
+        return {key: json_value(item) for key, item in value.items()}
+    if isinstance(value, tuple | list):
+        return [json_value(item) for item in value]
+    raise TypeError(f"no JSON form for {value!r}")
+
+
 def dataclass_schema(kind: type[Any], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The schema of ``kind``'s JSON form: its fields (as their metadata says) plus ``extra``."""
     hints = get_type_hints(kind)
+    metadata = {item.name: item.metadata for item in dataclasses.fields(kind)}
     properties: dict[str, Any] = {}
-    for item in dataclasses.fields(kind):
-        key = item.metadata.get("json", item.name)
-        if key is None:
-            continue
-        schema = type_schema(hints[item.name])
-        schema.update({word: item.metadata[word] for word in _KEYWORDS if word in item.metadata})
+    for name, key in json_keys(kind):
+        schema = type_schema(hints[name])
+        schema.update({word: metadata[name][word] for word in _KEYWORDS if word in metadata[name]})
         properties[key] = schema
     properties.update(extra or {})
     return obj(properties)

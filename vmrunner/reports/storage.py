@@ -15,8 +15,10 @@ the last write; ``close()`` (or leaving the ``with``) writes what is left. A run
 early, and ``RunHistory`` reports it so when the runner process that wrote it is gone (killed),
 ``RunHistory.mark_interrupted()`` writing that down for good.
 
-The store only knows rows (``vmrunner.store``); turning events into rows and rows back into a
-``RunResult`` happens here.
+The store keeps the results themselves (``RunResult`` in a ``RunRow`` naming its runner,
+``JobResult``, ``StepResult``, ``AnnotationResult``, ``TimelineEntry``): its columns are their
+fields, and it is given their types here since it imports nothing above it. Log lines are
+``LogRow``s.
 """
 
 from __future__ import annotations
@@ -25,14 +27,13 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import replace
 from types import TracebackType
-from typing import Any, TypeVar, get_args
+from typing import Any
 
 from vmrunner.errors import RunNotFound, StoreDiskError, StoreError
 from vmrunner.reports.events import (
     Annotation,
-    AnnotationLevel,
     Event,
     GroupEnded,
     GroupStarted,
@@ -40,28 +41,23 @@ from vmrunner.reports.events import (
     JobQueued,
     JobStarted,
     LogLine,
-    Result,
     RunFinished,
     RunStarted,
     SnapshotRestored,
     SnapshotTaken,
     StepFinished,
-    StepKind,
     StepStarted,
 )
 from vmrunner.reports.results import (
     AnnotationResult,
-    Conclusion,
     JobResult,
     ResultCollector,
     RunResult,
-    SnapshotResult,
-    Status,
     StepResult,
 )
-from vmrunner.reports.timeline import TimelineEntry, TimelineKind
+from vmrunner.reports.timeline import TimelineEntry
 from vmrunner.sessions import Owner
-from vmrunner.store import AnnotationRow, LogRow, RunJobRow, RunRow, RunStepRow, Store, TimelineRow
+from vmrunner.store import LogRow, RunRow, Store
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +113,7 @@ class StoreSink:
         self._clock = clock
         self._owner = owner or Owner.current()
         self._collector = ResultCollector()
-        self._run: RunRow | None = None
+        self._run: RunRow[RunResult] | None = None
         self._finished = False
         self._jobs: dict[str, int] = {}
         #: Rows changed since they were last written (dicts: ordered sets).
@@ -125,7 +121,7 @@ class StoreSink:
         self._dirty_jobs: dict[str, None] = {}
         self._dirty_steps: dict[tuple[str, int], None] = {}
         self._logs: list[LogRow] = []
-        self._annotations: list[AnnotationRow] = []
+        self._annotations: list[AnnotationResult] = []
         #: How many of the collector's timeline entries are written (they go with the logs).
         self._timeline_written = 0
         self._depth: dict[tuple[str, int], int] = {}
@@ -164,9 +160,14 @@ class StoreSink:
         if self._run is not None and not self._finished:
             self._finished = True
             now = time.time()
+            run = self._run.run
             self._run = replace(
-                self._run, status="completed", conclusion="interrupted", finished_at=now,
-                duration=max(0.0, now - self._run.started_at), note=INTERRUPTED_NOTE,
+                self._run,
+                run=replace(
+                    run, status="completed", conclusion="interrupted", finished_at=now,
+                    duration=max(0.0, now - run.started_at),
+                ),
+                note=INTERRUPTED_NOTE,
             )
             self._dirty_run = True
         self._final_write()
@@ -199,11 +200,13 @@ class StoreSink:
                     self._logs, self._annotations = [], []
                     self.lost, self._lost_noted, self._note_base = 0, 0, None
                 self._run = RunRow(
-                    id=event.run_id, workflow_name=event.workflow_name,
-                    workflow_file=event.workflow_file, event_name=event.event_name,
-                    status="in_progress", started_at=event.time, owner_pid=self._owner.pid,
-                    owner_start=self._owner.start, sha=event.sha, ref=event.ref,
-                    rerun_of=self._rerun_of, from_step=self._from_step,
+                    RunResult(
+                        run_id=event.run_id, workflow_name=event.workflow_name,
+                        workflow_file=event.workflow_file, event_name=event.event_name,
+                        status="in_progress", started_at=event.time, sha=event.sha,
+                        ref=event.ref, rerun_of=self._rerun_of, from_step=self._from_step,
+                    ),
+                    self._owner.pid, self._owner.start,
                 )
                 self._dirty_run = True
                 self._sync()
@@ -228,9 +231,9 @@ class StoreSink:
                 ))
             case Annotation():
                 if self._keep():
-                    self._annotations.append(AnnotationRow(
-                        event.run_id, event.job_key, event.step_index, event.level, event.message,
-                        event.time, event.file, event.line, event.column, event.title,
+                    self._annotations.append(AnnotationResult(
+                        event.job_key, event.step_index, event.level, event.message, event.time,
+                        event.file, event.line, event.column, event.title,
                     ))
                 self._maybe_flush(event.run_id, event.time)
             case JobQueued() | JobStarted() | SnapshotRestored():
@@ -248,20 +251,23 @@ class StoreSink:
             case RunFinished():
                 result = self._collector.result()
                 run = self._ensure_run(event.run_id, event.time - event.duration)
-                self._run = replace(
-                    run, status="completed", conclusion=result.conclusion,
+                self._run = replace(run, run=replace(
+                    run.run, status="completed", conclusion=result.conclusion,
                     finished_at=event.time, duration=event.duration,
-                )
+                ))
                 self._dirty_run = True
                 self._finished = True
                 self._final_write()
 
-    def _ensure_run(self, run_id: str, time_: float) -> RunRow:
+    def _ensure_run(self, run_id: str, time_: float) -> RunRow[RunResult]:
         """The run's row; one is made up if the run's first event was not ``RunStarted``."""
         if self._run is None:
             self._run = RunRow(
-                id=run_id, workflow_name="", workflow_file="", event_name="", status="in_progress",
-                started_at=time_, owner_pid=self._owner.pid, owner_start=self._owner.start,
+                RunResult(
+                    run_id=run_id, workflow_name="", workflow_file="", event_name="",
+                    status="in_progress", started_at=time_,
+                ),
+                self._owner.pid, self._owner.start,
             )
             self._dirty_run = True
         return self._run
@@ -307,10 +313,8 @@ class StoreSink:
             self._write_rows()
             if logs:
                 self.store.add_run_logs(self._logs)
-                self.store.add_run_annotations(self._annotations)
-                self.store.add_run_timeline(
-                    [timeline_row(self._run_id(), entry) for entry in timeline]
-                )
+                self.store.add_run_annotations(self._run_id(), self._annotations)
+                self.store.add_run_timeline(self._run_id(), timeline)
         self._rows_written()
         if logs:
             del self._logs[: written[0]]
@@ -318,7 +322,7 @@ class StoreSink:
             self._timeline_written += len(timeline)
 
     def _run_id(self) -> str:
-        return self._run.id if self._run else self._collector.run_id
+        return self._run.run.run_id if self._run else self._collector.run_id
 
     def _write_rows(self) -> None:
         """Upsert the changed rows, parents first (the run, then jobs, then steps)."""
@@ -332,12 +336,12 @@ class StoreSink:
         for job_key in self._dirty_jobs:
             job = self._collector.job_result(job_key)
             if job is not None:
-                self.store.put_run_job(job_row(run.id, self._jobs[job_key], job))
+                self.store.put_run_job(run.run.run_id, self._jobs[job_key], job)
         for job_key, index in self._dirty_steps:
             job = self._collector.job_result(job_key)
             step = job.step(index) if job else None
             if step is not None:
-                self.store.put_run_step(step_row(run.id, job_key, step))
+                self.store.put_run_step(run.run.run_id, job_key, step)
 
     def _rows_written(self) -> None:
         self._dirty_run = False
@@ -369,14 +373,14 @@ class StoreSink:
     def _write_record(self) -> None:
         with self.store.transaction():
             self._write_rows()
-            self.store.add_run_annotations(self._annotations)
+            self.store.add_run_annotations(self._run_id(), self._annotations)
         self._rows_written()
         self._annotations.clear()
 
     def _write_logs(self, chunk: list[LogRow], timeline: list[TimelineEntry]) -> None:
         with self.store.transaction():
             self.store.add_run_logs(chunk)
-            self.store.add_run_timeline([timeline_row(self._run_id(), entry) for entry in timeline])
+            self.store.add_run_timeline(self._run_id(), timeline)
 
     def _with_reserve(self, write: Callable[[], None]) -> None:
         """``write()``; once more after giving up the store's reserve if the disk was full."""
@@ -414,11 +418,12 @@ class RunHistory:
 
     def list_runs(self, limit: int | None = 20, workflow: str | None = None) -> list[RunResult]:
         """The newest runs first; only those of ``workflow`` (its name or file) if given."""
-        return [self._result(row) for row in self.store.runs(limit=limit, workflow=workflow)]
+        rows = self.store.runs(RunResult, limit=limit, workflow=workflow)
+        return [self._result(row) for row in rows]
 
     def resolve(self, run_id: str) -> str:
         """The full id of the run ``run_id`` names, exactly or by a unique prefix (as git does)."""
-        if run_id and self.store.run(run_id) is not None:
+        if run_id and self.store.run(run_id, RunResult) is not None:
             return run_id
         matches = self.store.run_ids(run_id, limit=5) if run_id else []
         if not matches:
@@ -430,7 +435,7 @@ class RunHistory:
 
     def get_run(self, run_id: str) -> RunResult:
         """The run ``run_id`` (or a unique prefix of it) names; ``RunNotFound`` otherwise."""
-        row = self.store.run(self.resolve(run_id))
+        row = self.store.run(self.resolve(run_id), RunResult)
         if row is None:
             raise RunNotFound(f"no run {run_id!r}")
         return self._result(row)
@@ -444,150 +449,40 @@ class RunHistory:
     def mark_interrupted(self, now: float | None = None) -> list[str]:
         """Record as interrupted every unfinished run whose runner process is gone; their ids."""
         marked = []
-        for row in self.store.runs(limit=None, unfinished=True):
+        for row in self.store.runs(RunResult, limit=None, unfinished=True):
             if not Owner(
                 row.owner_pid, row.owner_start
             ).alive() and self.store.finish_unfinished_run(
-                row.id, "interrupted", time.time() if now is None else now, _gone(row)
+                row.run.run_id, "interrupted", time.time() if now is None else now, _gone(row)
             ):
-                marked.append(row.id)
+                marked.append(row.run.run_id)
         return marked
 
-    def _result(self, row: RunRow) -> RunResult:
+    def _result(self, row: RunRow[RunResult]) -> RunResult:
+        run_id = row.run.run_id
         steps: dict[str, list[StepResult]] = {}
-        for step in self.store.run_steps(row.id):
-            steps.setdefault(step.job_key, []).append(step_result(step))
+        for job_key, step in self.store.run_steps(run_id, StepResult):
+            steps.setdefault(job_key, []).append(step)
         annotations: dict[str, list[AnnotationResult]] = {}
-        for annotation in self.store.run_annotations(row.id):
-            annotations.setdefault(annotation.job_key, []).append(annotation_result(annotation))
+        for annotation in self.store.run_annotations(run_id, AnnotationResult):
+            annotations.setdefault(annotation.job_key, []).append(annotation)
         timelines: dict[str, list[TimelineEntry]] = {}
-        for moment in self.store.run_timeline(row.id):
-            timelines.setdefault(moment.job_key, []).append(timeline_entry(moment))
+        for moment in self.store.run_timeline(run_id, TimelineEntry):
+            timelines.setdefault(moment.job_key, []).append(moment)
         jobs = tuple(
-            job_result(
+            replace(
                 job,
-                steps.get(job.job_key, []),
-                annotations.get(job.job_key, []),
-                timelines.get(job.job_key, []),
+                steps=tuple(steps.get(job.job_key, ())),
+                annotations=tuple(annotations.get(job.job_key, ())),
+                timeline=tuple(timelines.get(job.job_key, ())),
             )
-            for job in self.store.run_jobs(row.id)
+            for job in self.store.run_jobs(run_id, JobResult)
         )
-        status: Status = _choice(row.status, Status, "in_progress")
-        conclusion: Conclusion | None = _choice(row.conclusion, Conclusion, None)
-        if status != "completed" and not Owner(row.owner_pid, row.owner_start).alive():
-            status, conclusion = "completed", "interrupted"
-        return RunResult(
-            run_id=row.id, workflow_name=row.workflow_name, workflow_file=row.workflow_file,
-            event_name=row.event_name, status=status, started_at=row.started_at, sha=row.sha,
-            ref=row.ref, conclusion=conclusion, finished_at=row.finished_at,
-            duration=row.duration, jobs=jobs, rerun_of=row.rerun_of, from_step=row.from_step,
-            run_annotations=tuple(annotations.get("", [])),
-        )
+        run = replace(row.run, jobs=jobs, run_annotations=tuple(annotations.get("", [])))
+        if run.status != "completed" and not Owner(row.owner_pid, row.owner_start).alive():
+            run = replace(run, status="completed", conclusion="interrupted")
+        return run
 
 
-def _gone(row: RunRow) -> str:
+def _gone(row: RunRow[Any]) -> str:
     return f"its runner (pid {row.owner_pid}) is gone"
-
-
-def job_row(run_id: str, seq: int, job: JobResult) -> RunJobRow:
-    """A job's row (its steps and annotations have their own)."""
-    return RunJobRow(
-        run_id=run_id, job_key=job.job_key, seq=seq, job_id=job.job_id, name=job.name,
-        status=job.status, conclusion=job.conclusion, matrix=dict(job.matrix), needs=job.needs,
-        queued_at=job.queued_at, started_at=job.started_at, finished_at=job.finished_at,
-        duration=job.duration, allocation_seconds=job.allocation_seconds,
-        session_id=job.session_id, machine_id=job.machine_id, provider=job.provider,
-        vm_type=job.vm_type, from_pool=job.from_pool, outputs=dict(job.outputs),
-        snapshots=tuple(asdict(s) for s in job.snapshots), rolled_back=job.rolled_back,
-        reason=job.reason, summary=job.summary,
-    )
-
-
-def step_row(run_id: str, job_key: str, step: StepResult) -> RunStepRow:
-    return RunStepRow(
-        run_id=run_id, job_key=job_key, step_index=step.index, kind=step.kind, name=step.name,
-        status=step.status, started_at=step.started_at, step_id=step.step_id,
-        outcome=step.outcome, conclusion=step.conclusion, finished_at=step.finished_at,
-        duration=step.duration, exit_code=step.exit_code, timed_out=step.timed_out,
-        snapshot_id=step.snapshot_id, outputs=dict(step.outputs),
-    )
-
-
-def job_result(
-    row: RunJobRow,
-    steps: list[StepResult],
-    annotations: list[AnnotationResult],
-    timeline: list[TimelineEntry] | None = None,
-) -> JobResult:
-    return JobResult(
-        job_key=row.job_key, job_id=row.job_id, name=row.name,
-        status=_choice(row.status, Status, "queued"), queued_at=row.queued_at,
-        matrix=dict(row.matrix), needs=tuple(row.needs),
-        conclusion=_choice(row.conclusion, Result, None), started_at=row.started_at,
-        finished_at=row.finished_at, duration=row.duration,
-        allocation_seconds=row.allocation_seconds, session_id=row.session_id,
-        machine_id=row.machine_id, provider=row.provider, vm_type=row.vm_type,
-        from_pool=row.from_pool, steps=tuple(steps), outputs=dict(row.outputs),
-        annotations=tuple(annotations),
-        snapshots=tuple(SnapshotResult(**dict(s)) for s in row.snapshots),
-        rolled_back=row.rolled_back, reason=row.reason, summary=row.summary,
-        timeline=tuple(timeline or ()),
-    )
-
-
-def timeline_row(run_id: str, entry: TimelineEntry) -> TimelineRow:
-    return TimelineRow(
-        run_id=run_id,
-        job_key=entry.job_key,
-        time=entry.time,
-        kind=entry.kind,
-        session_id=entry.session_id,
-        machine_id=entry.machine_id,
-        state=entry.state,
-        step_index=entry.step_index,
-        step_kind=entry.step_kind,
-        name=entry.name,
-        exit_code=entry.exit_code,
-        outcome=entry.outcome,
-        seconds=entry.seconds,
-        detail=entry.detail,
-    )
-
-
-def timeline_entry(row: TimelineRow) -> TimelineEntry:
-    kind: TimelineKind = _choice(row.kind, TimelineKind, "session_state")
-    return TimelineEntry(
-        time=row.time, job_key=row.job_key, kind=kind, session_id=row.session_id,
-        machine_id=row.machine_id, state=row.state, step_index=row.step_index,
-        step_kind=row.step_kind, name=row.name, exit_code=row.exit_code, outcome=row.outcome,
-        seconds=row.seconds, detail=row.detail,
-    )
-
-
-def step_result(row: RunStepRow) -> StepResult:
-    kind: StepKind = _choice(row.kind, StepKind, "step")
-    return StepResult(
-        index=row.step_index, kind=kind, name=row.name,
-        status=_choice(row.status, Status, "in_progress"), started_at=row.started_at,
-        step_id=row.step_id, outcome=_choice(row.outcome, Result, None),
-        conclusion=_choice(row.conclusion, Result, None), finished_at=row.finished_at,
-        duration=row.duration, exit_code=row.exit_code, timed_out=row.timed_out,
-        snapshot_id=row.snapshot_id, outputs=dict(row.outputs),
-    )
-
-
-def annotation_result(row: AnnotationRow) -> AnnotationResult:
-    level: AnnotationLevel = _choice(row.level, AnnotationLevel, "notice")
-    return AnnotationResult(
-        job_key=row.job_key, step_index=row.step_index, level=level, message=row.message,
-        time=row.time, file=row.file, line=row.line, column=row.column, title=row.title,
-    )
-
-
-_T = TypeVar("_T")
-
-
-def _choice(value: str | None, literal: Any, default: _T) -> _T:
-    """``value`` if it is one of the ``Literal`` type's words, else ``default`` (a newer writer's
-    word)."""
-    return value if value in get_args(literal) else default  # type: ignore[return-value]

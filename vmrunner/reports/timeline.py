@@ -33,7 +33,7 @@ from vmrunner.reports.events import (
     StepFinished,
     StepStarted,
 )
-from vmrunner.reports.schemas import COUNT, JSON_OMIT, dataclass_schema
+from vmrunner.reports.schemas import COUNT, JSON_OMIT, dataclass_schema, record_json
 
 #: What happened, in the order a job's life goes.
 TimelineKind = Literal[
@@ -62,7 +62,7 @@ class TimelineEntry:
 
     time: float
     job_key: str
-    kind: TimelineKind
+    kind: TimelineKind = field(metadata={"unknown": "session_state"})
     session_id: str = ""
     machine_id: str = ""
     state: str = ""
@@ -78,16 +78,6 @@ class TimelineEntry:
     seconds: float | None = None
     #: Provider and machine type, snapshot id, or the session manager's note.
     detail: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "time": self.time, "job_key": self.job_key, "kind": self.kind,
-            "session_id": self.session_id, "machine_id": self.machine_id, "state": self.state,
-            "step_index": self.step_index, "step_kind": self.step_kind, "name": self.name,
-            "exit_code": self.exit_code, "outcome": self.outcome, "seconds": self.seconds,
-            "detail": self.detail,
-        }
-
 
 @dataclass(slots=True)
 class _JobTrack:
@@ -304,26 +294,15 @@ class TimelineProof:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "jobs": self.jobs,
-            "machines_allocated": self.machines_allocated,
-            "machines_released": self.machines_released,
-            "total_machines": self.total_machines,
-            "peak_machines": self.peak_machines,
-            "commands": self.commands,
-            "stray_commands": self.stray_commands,
-            "commands_in_own_machine": self.commands_in_own_machine,
-            "released_once": self.released_once,
-            "kept": self.kept,
-            "machines": [
-                {
-                    "machine_id": m.machine_id, "job_key": m.job_key, "session_id": m.session_id,
-                    "allocated_at": m.allocated_at, "released_at": m.released_at,
-                    "releases": m.releases, "commands": m.commands,
-                }
-                for m in self.machines
-            ],
-        }
+        return record_json(
+            self,
+            extra={
+                "total_machines": self.total_machines,
+                "commands_in_own_machine": self.commands_in_own_machine,
+                "released_once": self.released_once,
+                "kept": self.kept,
+            },
+        )
 
 
 #: JSON Schema of ``TimelineProof.to_json()`` (the ``lifecycle`` key of a run result).

@@ -401,10 +401,11 @@ class JobExecution:
                 if scope.failed and run.options.rollback_on_failure and session.snapshots:
                     last = session.snapshots[-1]
                     began = time.monotonic()
-                    await session.restore(last.id)
+                    await session.restore(last.snapshot_id)
                     run.emit(
                         SnapshotRestored(
-                            run.run_id, self.job_key, last.id, time.time(), time.monotonic() - began
+                            run.run_id, self.job_key, last.snapshot_id, time.time(),
+                            time.monotonic() - began,
                         )
                     )
                     outcome.rolled_back = True
@@ -561,11 +562,11 @@ class JobExecution:
         info = await runtime.session.snapshot(f"{self.job_key} step {step_index}")
         self.run.emit(
             SnapshotTaken(
-                self.run.run_id, self.job_key, step_index, info.id, time.time(),
+                self.run.run_id, self.job_key, step_index, info.snapshot_id, time.time(),
                 time.monotonic() - began,
             )
         )
-        return info.id
+        return info.snapshot_id
 
     # Steps
 
