@@ -190,3 +190,11 @@ def test_each_record_is_defined_once_under_its_layers_name() -> None:
                 wrong = [word for word in words - {own} if name.endswith(word)]
                 assert not wrong, f"{module}.{name}: the records of {layer} are *{own}"
     assert {"StepOutcome", "StepResult", "SnapshotRow", "RunRow"} <= set(defined)
+
+
+def test_the_engine_stays_small() -> None:
+    """``runner/`` is the engine only (issue 14: at most 3,500 lines); what grows beside it
+    belongs in ``reports/``, ``learning/``, ``machines/`` or ``workflow/``."""
+    engine = Path(__file__).resolve().parents[1] / "vmrunner" / "runner"
+    lines = sum(len(path.read_text(encoding="utf-8").splitlines()) for path in engine.glob("*.py"))
+    assert lines <= 3500, f"vmrunner/runner/ has {lines} lines"

@@ -104,11 +104,6 @@ class JobOutcome:
     rolled_back: bool = False
 
 
-def _calls_hash_files(step: Step) -> bool:
-    fields = (step.if_, step.run, step.name, step.working_directory, step.env, step.with_)
-    return any("hashfiles(" in str(field).lower() for field in fields if field)
-
-
 def _extract(data: bytes, folder: str) -> None:
     try:
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
@@ -207,7 +202,7 @@ class JobExecution:
     @contextlib.asynccontextmanager
     async def workspace_for_hash_files(self, step: Step) -> AsyncIterator[None]:
         """While a step that calls ``hashFiles`` is evaluated, a host copy of the workspace."""
-        if self.hash_root is not None or not _calls_hash_files(step) or self.runtime is None:
+        if self.hash_root is not None or not step.calls_hash_files or self.runtime is None:
             yield
             return
         workspace = self.runtime.paths.workspace

@@ -151,6 +151,12 @@ class Step:
             return f"Run {first[0] if first else ''}".rstrip()
         return f"Run {self.uses}"
 
+    @property
+    def calls_hash_files(self) -> bool:
+        """Whether any of its expressions may call ``hashFiles`` (which reads the workspace)."""
+        fields = (self.if_, self.run, self.name, self.working_directory, self.env, self.with_)
+        return any("hashfiles(" in str(value).lower() for value in fields if value)
+
 
 @dataclass(frozen=True, slots=True)
 class Job:
