@@ -320,6 +320,39 @@ async def test_moving_a_tree_away_and_back(
         assert listing(roots) == expected
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving files to other owners needs root")
+@pytest.mark.parametrize("tracking", ["inotify", "rescan"])
+async def test_owners_and_set_id_bits_come_back(
+    roots: dict[str, Path], tmp_path: Path, tracking
+) -> None:
+    """A machine's files belong to its ids; a restore gives them back, set-id bits included
+    (changing a file's owner clears them)."""
+    workspace = roots["workspace"]
+    async with DirectorySnapshots(roots, tmp_path / "store", tracking=tracking) as engine:
+        program = workspace / "program"
+        program.write_bytes(b"#!/bin/sh\n")
+        os.chown(program, 101001, 101001)
+        program.chmod(0o6755)
+        (workspace / "folder").mkdir()
+        os.chown(workspace / "folder", 101001, 101001)
+        before = await engine.snapshot("before")
+        expected = {
+            name: (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
+            for name in ("program", "folder")
+            for st in [os.lstat(workspace / name)]
+        }
+        program.unlink()
+        (workspace / "folder").rmdir()
+        await engine.snapshot("after")
+        await engine.restore(before)
+        restored = {
+            name: (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
+            for name in ("program", "folder")
+            for st in [os.lstat(workspace / name)]
+        }
+        assert restored == expected
+
+
 def build_workspace(workspace: Path, files: int, size: int) -> None:
     for index in range(files):
         directory = workspace / f"dir{index % 10}"

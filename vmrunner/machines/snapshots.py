@@ -658,10 +658,19 @@ def _failing_as(message: str) -> Iterator[None]:
 
 
 def _own(path: bytes, entry: _Entry) -> None:
-    """Give ``path`` back its recorded owner (a runner that is not root keeps its own)."""
-    if entry.uid >= 0:
-        with contextlib.suppress(PermissionError):
-            os.lchown(path, entry.uid, entry.gid)
+    """Give ``path`` back its recorded owner (a runner that is not root keeps its own).
+
+    A change of owner clears the set-user-id and set-group-id bits: the mode goes back on after.
+    """
+    if entry.uid < 0:
+        return
+    st = os.lstat(path)
+    if (st.st_uid, st.st_gid) == (entry.uid, entry.gid):
+        return
+    with contextlib.suppress(PermissionError):
+        os.lchown(path, entry.uid, entry.gid)
+        if not stat.S_ISLNK(st.st_mode):
+            os.chmod(path, entry.mode)
 
 
 def import_trees(
