@@ -7,6 +7,7 @@ All state (database, machines, snapshots, caches, images) lives under one direct
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 #: Overrides the state directory (default: ``$XDG_DATA_HOME/vmrunner``; for root
@@ -29,6 +30,16 @@ HOST_NETWORK_WARNING = (
     " its loopback and its addresses"
 )
 DEFAULT_WORKFLOWS_DIR = Path(".github") / "workflows"
+_host_network_warned = False
+
+
+def warn_host_network(emit: Callable[[str], object]) -> None:
+    """Say ``HOST_NETWORK_WARNING`` through ``emit``, once per process: the command that chose
+    the network and the sandbox that gives it would otherwise both say it."""
+    global _host_network_warned
+    if not _host_network_warned:
+        _host_network_warned = True
+        emit(HOST_NETWORK_WARNING)
 
 
 def default_network(provider: str) -> str:

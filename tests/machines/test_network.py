@@ -241,9 +241,9 @@ async def test_none_has_loopback_only(provider: SandboxProvider, servers: Server
 async def test_host_reaches_the_hosts_loopback(
     provider: SandboxProvider, servers: Servers, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import vmrunner.machines.sandbox as sandbox
+    import vmrunner.config as config
 
-    sandbox._warned_host_network = False
+    config._host_network_warned = False
     machines = [await provider.allocate(MachineSpec(network="host")) for _ in range(2)]
     try:
         port = servers.ports["tcp-loopback"]

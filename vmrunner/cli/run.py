@@ -21,9 +21,9 @@ from vmrunner.cli.options import DEFAULT_WORKFLOWS, WORKFLOWS_ENV, limit_options
 from vmrunner.config import (
     DEFAULT_PROVIDER,
     ENV_PROVIDER,
-    HOST_NETWORK_WARNING,
     NETWORKS,
     default_network,
+    warn_host_network,
 )
 from vmrunner.errors import ConfigError, StoreDiskError, StoreError
 
@@ -250,7 +250,7 @@ def command(
         network=cast("NetworkMode", network or default_network(provider or DEFAULT_PROVIDER)),
     )
     if options.network == "host":
-        terminal.warn(HOST_NETWORK_WARNING)
+        warn_host_network(terminal.warn)
     chosen = [(w, selected_jobs(w, jobs)) for w in selection.workflows]
     if dry_run:
         _dry_run(chosen, as_json)

@@ -30,7 +30,7 @@ import procrastinate
 import psycopg
 import psycopg_pool
 
-from vmrunner.config import HOST_NETWORK_WARNING, NETWORKS, default_network
+from vmrunner.config import NETWORKS, default_network, warn_host_network
 from vmrunner.errors import ConfigError, SessionError, StoreError, VmrunnerError
 from vmrunner.fleet.labels import agent_queues, canonical
 from vmrunner.fleet.matrix import OneCombination
@@ -182,7 +182,7 @@ class Agent:
 
         provider = get_provider(self.config.provider)
         if self.network == "host":
-            log.warning(HOST_NETWORK_WARNING)
+            warn_host_network(log.warning)
         async with contextlib.AsyncExitStack() as stack:
             if self.config.pool_size:
                 spec = MachineSpec(vm_type=DEFAULT_VM_TYPE, network=self.network)

@@ -54,6 +54,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
+from vmrunner.config import warn_host_network
 from vmrunner.errors import AllocationError, ReleaseError, SnapshotError
 from vmrunner.machines import seccomp, sudo
 from vmrunner.machines.agent import DEFAULT_GRACE
@@ -141,13 +142,8 @@ BWRAP_MISSING = "bubblewrap (bwrap) is not installed: apt-get install bubblewrap
 #: Joins the cgroups named before ``--`` (``cgroup.procs`` files), then execs what follows: so
 #: bwrap and every process it makes start inside the machine's cgroup (shell builtins only).
 JOIN_CGROUP = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
-HOST_NETWORK_WARNING = (
-    "sandbox machines on network 'host' share the host's network: jobs can reach services"
-    " listening on the host's loopback and addresses (use network 'private')"
-)
 
 log = logging.getLogger(__name__)
-_warned_host_network = False
 
 
 class SandboxMachine(AgentMachine):
@@ -505,7 +501,7 @@ class SandboxProvider(LocalProvider):
 
     async def _started(self, machine: AgentMachine) -> None:
         if machine.spec.network == "host":
-            _warn_host_network()
+            warn_host_network(log.warning)
         if machine.spec.network != "private" or not isinstance(machine, SandboxMachine):
             return
         netns_pid = await asyncio.to_thread(_namespace_pid, machine.process.pid)
@@ -518,13 +514,6 @@ class SandboxProvider(LocalProvider):
         await super()._reclaim(record)
         if not await reclaim_helper(record.data, self.grace):
             raise ReleaseError(f"machine {record.machine_id}: its network helper survived SIGKILL")
-
-
-def _warn_host_network() -> None:
-    global _warned_host_network
-    if not _warned_host_network:
-        _warned_host_network = True
-        log.warning(HOST_NETWORK_WARNING)
 
 
 def _namespace_pid(bwrap_pid: int) -> int:

@@ -40,7 +40,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, cast
 
-from vmrunner.config import HOST_NETWORK_WARNING, default_network
+from vmrunner.config import default_network, warn_host_network
 from vmrunner.errors import ConfigError, RunNotFound, VmrunnerError
 from vmrunner.machines.base import DEFAULT_VM_TYPE, NetworkMode, Provider
 from vmrunner.machines.pool import WarmPool
@@ -162,7 +162,7 @@ class Service:
             self.state = ServerState.open(self.store.path)
             stack.callback(self.state.close)
             if self.network == "host":
-                log.warning(HOST_NETWORK_WARNING)
+                warn_host_network(log.warning)
             provider = self._provider or get_provider(self.config.provider)
             if self.config.pool_size and not self.config.store:
                 spec = machine_spec(
