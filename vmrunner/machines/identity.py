@@ -25,6 +25,7 @@ import contextlib
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -195,13 +196,17 @@ def _write_maps(pid: int, ids: IdMap) -> None:
 
 
 def chown_tree(root: str, uid: int, gid: int) -> None:
-    """Give ``root`` and everything below it to ``uid``:``gid`` (links themselves, not targets)."""
+    """Give ``root`` and everything below it to ``uid``:``gid`` (links themselves, not targets),
+    keeping the set-id bits a change of owner clears."""
     for folder, dirs, files in os.walk(root):
         os.lchown(folder, uid, gid)
-        for name in (*dirs, *files):
-            if name in dirs and not os.path.islink(os.path.join(folder, name)):
-                continue  # walked next
-            os.lchown(os.path.join(folder, name), uid, gid)
+        links = [name for name in dirs if os.path.islink(os.path.join(folder, name))]
+        for name in (*files, *links):  # the other directories are walked next
+            path = os.path.join(folder, name)
+            mode = os.lstat(path).st_mode
+            os.lchown(path, uid, gid)
+            if mode & (stat.S_ISUID | stat.S_ISGID) and not stat.S_ISLNK(mode):
+                os.chmod(path, stat.S_IMODE(mode))
 
 
 def passwd_lines() -> Iterator[str]:

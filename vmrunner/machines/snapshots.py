@@ -41,6 +41,7 @@ from typing import Literal
 from vmrunner.errors import SnapshotError
 from vmrunner.machines._inotify import Tracker, WatchLimit, walk
 from vmrunner.machines.base import SnapshotId
+from vmrunner.machines.identity import chown_tree
 
 Tracking = Literal["inotify", "rescan"]
 
@@ -690,11 +691,10 @@ def import_trees(
                 origin, root, symlinks=True, dirs_exist_ok=True, copy_function=_copy_preserving
             )
             shutil.copystat(origin, root)
-            # What the machine wrote belongs to the machine's own user again.
-            for folder, dirs, files in os.walk(root):
-                for name in (*dirs, *files):
-                    with contextlib.suppress(PermissionError):
-                        os.lchown(os.path.join(folder, name), owner.st_uid, owner.st_gid)
+            # What the machine wrote belongs to the machine's own user again (a runner that is
+            # not root cannot give it, and keeps its own).
+            with contextlib.suppress(PermissionError):
+                chown_tree(os.fspath(root), owner.st_uid, owner.st_gid)
 
 
 def _copy_preserving(source: str, dest: str) -> None:
