@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import functools
 import hashlib
 import logging
 import os
@@ -307,6 +308,7 @@ class SandboxProvider(LocalProvider):
         self._userns_fd: int | None = None
         self._userns_lock = threading.Lock()
         self._cgroups: Cgroups | None = None
+        self._passable = False
         self._slirp4netns = slirp4netns
 
     async def aclose(self) -> None:
@@ -368,7 +370,10 @@ class SandboxProvider(LocalProvider):
         listed, every file inside private), and say plainly when a parent is closed to them."""
         if not ids.privileged:
             return
-        for folder in (self.home, self.machines_dir, self.cache_dir, state_dir):
+        state_dir.chmod(0o711)
+        if self._passable:
+            return
+        for folder in (self.home, self.machines_dir, self.cache_dir):
             folder.mkdir(parents=True, exist_ok=True, mode=0o711)
             folder.chmod(0o711)
         for parent in self.home.parents:
@@ -378,6 +383,7 @@ class SandboxProvider(LocalProvider):
                     f" closed to other users (mode {parent.stat().st_mode & 0o777:o}); choose a"
                     " VMRUNNER_HOME whose parents others may enter, e.g. /var/lib/vmrunner"
                 )
+        self._passable = True  # checked once: only the machine's own directory is new
     def _plan(self, spec: MachineSpec, record: MachineRecord) -> MachineRecord:
         limits = resolve_limits(spec.cpus, spec.memory_mib, spec.pids)
         limits = Limits(
@@ -740,13 +746,23 @@ def _host_resolver() -> str:
 def bundle_args(fds: _Fds, bundle: Path) -> list[str]:
     """The agent's files, copied in (a bind would show the runner's cache path inside)."""
     args: list[str] = []
-    for folder, _, files in os.walk(bundle):
-        inside = os.path.join(AGENT_IN_MACHINE, os.path.relpath(folder, bundle)).rstrip("/.")
-        args += ["--perms", "0755", "--dir", inside or AGENT_IN_MACHINE]
-        for name in sorted(files):
-            content = Path(folder, name).read_bytes()
+    for inside, files in _bundle_files(bundle):
+        args += ["--perms", "0755", "--dir", inside]
+        for name, content in files:
             args += ["--perms", "0644", "--ro-bind-data", fds.data(content), f"{inside}/{name}"]
     return args
+
+
+@functools.cache
+def _bundle_files(bundle: Path) -> tuple[tuple[str, tuple[tuple[str, bytes], ...]], ...]:
+    """Each folder of the bundle as the machine sees it, with its files' contents: read once
+    (a bundle's name holds the digest of what it contains, so it never changes)."""
+    folders = []
+    for folder, _, files in sorted(os.walk(bundle)):
+        inside = os.path.normpath(os.path.join(AGENT_IN_MACHINE, os.path.relpath(folder, bundle)))
+        contents = tuple((name, Path(folder, name).read_bytes()) for name in sorted(files))
+        folders.append((inside, contents))
+    return tuple(folders)
 
 
 def sudo_args(fds: _Fds, python: str) -> list[str]:
