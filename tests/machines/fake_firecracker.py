@@ -71,6 +71,7 @@ from vmrunner.machines.sandbox import (
     HOME,
     PATH,
     PYTHONS,
+    SECRET_DIRS,
     TEMP,
     TOOL_CACHE,
     WORKSPACE,
@@ -78,6 +79,26 @@ from vmrunner.machines.sandbox import (
     namespace_args,
     system_args,
 )
+
+#: Files of the host's /etc the fake's guest must not see (masked with an empty file).
+SECRET_FILES = ("/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", "/etc/sudoers")
+
+
+def host_etc_args() -> list[str]:
+    """The fake guest's /etc: the host's, less its secrets (a stand-in for a guest image's)."""
+    args = ["--ro-bind", "/etc", "/etc"]
+    for path in SECRET_FILES:
+        if os.path.isfile(path):
+            args += ["--ro-bind", "/dev/null", path]
+    for path in SECRET_DIRS:
+        if os.path.isdir(path) and not os.path.islink(path):
+            args += ["--tmpfs", path, "--remount-ro", path]
+    # /etc/resolv.conf often links into /run, which the guest does not see: bring the target.
+    resolv = os.path.realpath("/etc/resolv.conf")
+    if resolv != "/etc/resolv.conf" and not resolv.startswith(("/etc/", "/usr/")):
+        args += ["--ro-bind-try", resolv, resolv]
+    return args
+
 
 NOT_STARTED, RUNNING, PAUSED = "Not started", "Running", "Paused"
 POST_BOOT = "The requested operation is not supported after starting the microVM."
@@ -260,7 +281,9 @@ class EmulatedGuest:
         argv = [
             bwrap,
             *namespace_args(spec, hostname=self.machine_id),
+            *(["--unshare-user"] if os.geteuid() != 0 else []),
             *system_args(),
+            *host_etc_args(),
             *(
                 arg
                 for name, inside in GUEST_WRITABLE.items()

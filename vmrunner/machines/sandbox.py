@@ -108,9 +108,7 @@ PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PYTHONS = ("/usr/bin/python3", "/bin/python3", "/usr/local/bin/python3")
 #: Host directories beside /usr that merged-/usr systems turn into links.
 SYSTEM_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-#: Files of /etc that no job needs and that must not leak (masked with an empty file).
-SECRET_FILES = ("/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", "/etc/sudoers")
-#: Directories of /etc hidden behind an empty tmpfs.
+#: Directories of /etc that hold secrets: never in a machine's /etc (nor the fake guest's).
 SECRET_DIRS = ("/etc/ssh", "/etc/ssl/private", "/etc/sudoers.d", "/etc/vmrunner")
 
 #: The parts of the host's /etc a machine sees (globs of names directly in /etc).
@@ -456,10 +454,10 @@ class SandboxProvider(LocalProvider):
             options = [
                 "--userns", fds.keep(os.dup(self._userns(ids))),
                 "--uid", str(AGENT_UID), "--gid", str(AGENT_GID),
-                *namespace_args(spec, hostname=record.machine_id, unshare_user=False),
+                *namespace_args(spec, hostname=record.machine_id),
                 *[arg for cap in CAPABILITIES for arg in ("--cap-add", cap)],
                 "--seccomp", fds.data(seccomp.baseline()),
-                *system_args(etc=False),
+                *system_args(),
                 *etc_args(
                     fds, etc_view(self.cache_dir), hostname=record.machine_id,
                     private=spec.network == "private",
@@ -564,28 +562,27 @@ class _Fds:
         self.fds.clear()
 
 
-def namespace_args(spec: MachineSpec, *, hostname: str, unshare_user: bool = True) -> list[str]:
+def namespace_args(spec: MachineSpec, *, hostname: str) -> list[str]:
+    """Every namespace but the user's (made beforehand, see ``identity.py``); the cgroup
+    namespace's root is the machine's cgroup, joined before bubblewrap starts."""
     args = [
         "--die-with-parent",
         "--new-session",
         "--unshare-pid",
         "--unshare-ipc",
         "--unshare-uts",
+        "--unshare-cgroup-try",
         "--hostname", hostname,
         "--cap-drop", "ALL",
     ]  # fmt: skip
-    if not unshare_user:  # the sandbox proper: its cgroup (joined before bwrap) is its root
-        args.append("--unshare-cgroup-try")
-    if unshare_user and os.geteuid() != 0:
-        args.append("--unshare-user")  # without privileges, namespaces need a user namespace
     if spec.network in ("none", "private"):
         args.append("--unshare-net")
     return args
 
 
-def system_args(*, etc: bool = True) -> list[str]:
-    """Read-only system directories, mirroring the host's layout (links stay links); with
-    ``etc``, the host's whole ``/etc`` less its secrets (the sandbox builds its own instead)."""
+def system_args() -> list[str]:
+    """Read-only system directories, mirroring the host's layout (links stay links), and the
+    machine's own ``/proc`` and ``/dev``."""
     args = ["--ro-bind", "/usr", "/usr"]
     for path in SYSTEM_DIRS:
         if os.path.islink(path):
@@ -596,19 +593,6 @@ def system_args(*, etc: bool = True) -> list[str]:
     # The kernel's knobs and triggers stay read-only, whatever bubblewrap's own probe found.
     for path in PROC_READ_ONLY:
         args += ["--ro-bind-try", path, path]
-    if not etc:
-        return args
-    args += ["--ro-bind", "/etc", "/etc"]
-    for path in SECRET_FILES:
-        if os.path.isfile(path):
-            args += ["--ro-bind", "/dev/null", path]
-    for path in SECRET_DIRS:
-        if os.path.isdir(path) and not os.path.islink(path):
-            args += ["--tmpfs", path, "--remount-ro", path]
-    # /etc/resolv.conf often links into /run, which the sandbox does not see: bring the target.
-    resolv = os.path.realpath("/etc/resolv.conf")
-    if resolv != "/etc/resolv.conf" and not resolv.startswith(("/etc/", "/usr/")):
-        args += ["--ro-bind-try", resolv, resolv]
     return args
 
 
