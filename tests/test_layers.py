@@ -47,6 +47,11 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     # Reports and learning are built from the events the engine emits; they never import it.
     "vmrunner.reports": ("vmrunner.runner", "vmrunner.learning", "vmrunner.server", "vmrunner.cli"),
     "vmrunner.learning": ("vmrunner.runner", "vmrunner.server", "vmrunner.cli"),
+    # Where actions come from and what they declare: below the engine, above machines and git.
+    "vmrunner.actions": (
+        "vmrunner.sessions", "vmrunner.runner", "vmrunner.reports", "vmrunner.learning",
+        "vmrunner.server", "vmrunner.cli", "vmrunner.fleet", "vmrunner.store",
+    ),
     "vmrunner.errors": ("vmrunner.",),
     # git on the host, for the engine, the server's mirrors and the CLI alike.
     "vmrunner.repository": (

@@ -24,6 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from vmrunner.actions.sources import (
+    host_local_action_using,
+    is_docker_reference,
+)
 from vmrunner.errors import (
     ConfigError,
     ExpressionError,
@@ -46,10 +50,6 @@ from vmrunner.reports.events import (
     StepStarted,
 )
 from vmrunner.runner import checkpoints
-from vmrunner.runner.actions import (
-    host_local_action_using,
-    is_docker_reference,
-)
 from vmrunner.runner.context import RunContext
 from vmrunner.runner.contexts import default_env, runner_context
 from vmrunner.runner.evaluation import (

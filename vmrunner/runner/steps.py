@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmrunner.actions.sources import Action
 from vmrunner.errors import ExecError, MachineError
 from vmrunner.reports.events import (
     Annotation,
@@ -29,7 +30,6 @@ from vmrunner.reports.events import (
     Result,
     Stream,
 )
-from vmrunner.runner.actions import Action
 from vmrunner.runner.commands import (
     CommandReader,
     FileCommandError,

@@ -17,10 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from vmrunner.errors import ExpressionError, MachineError, VmrunnerError
-from vmrunner.reports.events import Result, StepFinished, StepStarted
-from vmrunner.repository import commit_tar, working_tree_tar
-from vmrunner.runner.actions import (
+from vmrunner.actions.sources import (
     Action,
     ActionError,
     is_checkout,
@@ -28,6 +25,9 @@ from vmrunner.runner.actions import (
     load_local_action,
     load_remote_action,
 )
+from vmrunner.errors import ExpressionError, MachineError, VmrunnerError
+from vmrunner.reports.events import Result, StepFinished, StepStarted
+from vmrunner.repository import commit_tar, working_tree_tar
 from vmrunner.runner.context import JobHandle
 from vmrunner.runner.evaluation import as_text, render, render_env, render_text
 from vmrunner.runner.steps import Scope, StepOutcome

@@ -6,8 +6,8 @@ import subprocess
 from pathlib import Path
 
 from tests.runner.engine import run
+from vmrunner.actions.sources import host_local_action_using
 from vmrunner.reports.events import Annotation, StepStarted
-from vmrunner.runner.actions import host_local_action_using
 
 
 def write(root: Path, files: dict[str, str]) -> Path:
