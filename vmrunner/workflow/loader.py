@@ -35,8 +35,26 @@ from vmrunner.workflow.yaml import Document, load_document
 WORKFLOW_SUFFIXES = (".yml", ".yaml")
 
 
-def load_workflow(path: str | os.PathLike[str]) -> Workflow:
-    """Load and check one workflow file. Raises ``WorkflowError`` with every problem found."""
+def load_workflow(path: str | os.PathLike[str], repo_root: str | None = None) -> Workflow:
+    """Load and check one workflow file, and the local reusable workflows it calls (read from
+    ``repo_root``, by default the folder holding ``.github/workflows``). Raises
+    ``WorkflowError`` with every problem found."""
+    workflow = _read_workflow(path)
+    if any(job.uses is not None or _self_steps(job) for job in workflow.jobs.values()):
+        from vmrunner.workflow.calls import check_calls, repository_root
+
+        root = repo_root or repository_root(workflow.path)
+        problems = check_calls(workflow, root, lambda file: (file, _read_workflow(file)))
+        if problems:
+            raise WorkflowError(problems)
+    return workflow
+
+
+def _self_steps(job: Job) -> bool:
+    return any((step.uses or "").startswith("$/") for step in job.steps)
+
+
+def _read_workflow(path: str | os.PathLike[str]) -> Workflow:
     name = os.fspath(path)
     try:
         text = FilePath(name).read_text(encoding="utf-8")

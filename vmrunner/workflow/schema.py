@@ -277,10 +277,11 @@ USES_STEP = mapping({**_STEP_COMMON, "uses": TEXT, "with": strings(context=STEP)
 #: GitHub's rule for job and step ids.
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 #: ``uses:`` of a step: a local action, a Docker image, or OWNER/REPO[/PATH]@REF.
-_ACTION = re.compile(r"\./\S*|docker://\S+|[^/@\s]+/[^@\s]+@[^@\s]+")
+_ACTION = re.compile(r"\./\S*|\$/\S+|docker://\S+|[^/@\s]+/[^@\s]+@[^@\s]+")
 #: ``uses:`` of a job: a reusable workflow in this repository or in another one at a ref.
 _REUSABLE = re.compile(
-    r"\./\.github/workflows/[^@\s]+\.ya?ml|[^/@\s]+/[^/@\s]+/\.github/workflows/[^@\s]+\.ya?ml@[^@\s]+"
+    r"(?:\./|\$/)\.github/workflows/[^@\s]+\.ya?ml"
+    r"|[^/@\s]+/[^/@\s]+/\.github/workflows/[^@\s]+\.ya?ml@[^@\s]+"
 )
 _INSERT = re.compile(r"\$\{\{\s*insert\s*\}\}")
 
@@ -406,7 +407,7 @@ class Checker:
             self.report(
                 (*path, "uses"),
                 f"jobs.{job_id}.uses must name a reusable workflow as "
-                f"'./.github/workflows/FILE.yml' or "
+                f"'./.github/workflows/FILE.yml', '$/.github/workflows/FILE.yml' or "
                 f"'OWNER/REPO/.github/workflows/FILE.yml@REF', not '{job['uses']}'",
             )
         steps = job.get("steps")
@@ -437,7 +438,7 @@ class Checker:
         if isinstance(action, str) and action and not _ACTION.fullmatch(action.strip()):
             self.report(
                 (*path, "uses"),
-                f"{dotted((*path, 'uses'))} must be './PATH', 'docker://IMAGE' or "
+                f"{dotted((*path, 'uses'))} must be './PATH', '$/PATH', 'docker://IMAGE' or "
                 f"'OWNER/REPO[/PATH]@REF', not '{action}'",
             )
         step_id = step.get("id")
