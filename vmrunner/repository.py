@@ -120,8 +120,13 @@ def actions_cache() -> Path:
     return vmrunner_home() / "actions"
 
 
+#: One fetch at a time per clone in the cache (per event loop): parallel jobs share it.
+_FETCHING: dict[tuple[int, Path], asyncio.Lock] = {}
+
+
 async def fetch_action(base_url: str, owner: str, repo: str, ref: str) -> Path:
-    """A clone of ``owner/repo`` at ``ref`` in the actions cache (cloned once per ref)."""
+    """A clone of ``owner/repo`` at ``ref`` in the actions cache (cloned once per ref, also
+    when several jobs ask for it at once)."""
     safe = re.compile(r"^[\w.-]+$")
     if (
         not all(safe.match(part) for part in (owner, repo))
@@ -131,6 +136,12 @@ async def fetch_action(base_url: str, owner: str, repo: str, ref: str) -> Path:
     ):
         raise ConfigError(f"invalid action reference {owner}/{repo}@{ref}")
     target = actions_cache() / owner / repo / ref.replace("/", "%2F")
+    key = (id(asyncio.get_running_loop()), target)
+    async with _FETCHING.setdefault(key, asyncio.Lock()):
+        return await _clone(base_url, owner, repo, ref, target)
+
+
+async def _clone(base_url: str, owner: str, repo: str, ref: str, target: Path) -> Path:
     if (target / ".vmrunner-complete").exists():
         return target
     url = f"{base_url.rstrip('/')}/{owner}/{repo}"

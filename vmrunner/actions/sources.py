@@ -7,12 +7,15 @@
   a path that resolves (inside the machine) outside the workspace is refused.
 - ``owner/repo[/path]@ref``: cloned into the actions cache under ``VMRUNNER_HOME``, then copied
   into the machine.
+- ``$/path``: the action in the repository of the file naming it, at the same commit
+  (``load_self_action``): copied from the host, or fetched like a remote action.
 - ``docker://image`` and actions with ``runs.using: docker`` cannot run in a sandbox.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import re
@@ -22,9 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from vmrunner.actions.workflows import Origin, read_file
 from vmrunner.errors import ConfigError, MachineError, WorkflowError
 from vmrunner.machines.base import Machine
-from vmrunner.repository import fetch_action
+from vmrunner.repository import fetch_action, git
+from vmrunner.workflow.calls import SELF
 from vmrunner.workflow.models import Step, frozen_map
 from vmrunner.workflow.yaml import load_document
 
@@ -331,3 +336,48 @@ async def load_remote_action(
     if found is None:
         raise ActionError(f"action {uses} has no action.yml or action.yaml")
     return parse_action(found[0], found[1], uses, folder, repository=f"{owner}/{repo}", ref=ref)
+
+
+#: Where ``$/`` actions of the repository being run are copied, under ``RUNNER_TEMP``.
+SELF_DIR = "_self"
+
+
+async def load_self_action(
+    machine: Machine, uses: str, origin: Origin, base_url: str, uploaded: set[str]
+) -> Action:
+    """A ``$/path`` action: ``path`` in the repository of the file that names it, at the same
+    commit, no checkout needed (GitHub's self-repository reference).
+
+    In a fetched repository (a remote reusable workflow or action) it is that repository's
+    action at its ref; in the repository being run it is copied from the host: the commit
+    being run, or the working tree (nothing outside the repository is read).
+    """
+    relative = uses.strip()[len(SELF) :].strip("/")
+    if ".." in relative.split("/"):
+        raise ActionError(f"step uses {uses}: the path leaves the repository; refused")
+    if origin.remote:
+        path = f"/{relative}" if relative else ""
+        return await load_remote_action(
+            machine, f"{origin.repository}{path}@{origin.ref}", base_url, uploaded
+        )
+    parent = f"{machine.paths.temp}/{ACTIONS_DIR}/{SELF_DIR}"
+    folder = f"{parent}/{relative}" if relative else parent
+    found: tuple[str, str] | None = None
+    for name in ACTION_FILES:
+        with contextlib.suppress(ConfigError):
+            found = await read_file(origin, f"{relative}/{name}".lstrip("/"), uses), name
+            break
+    if found is None:
+        raise ActionError(f"step uses {uses}: no action.yml or action.yaml under '{relative}'")
+    if folder not in uploaded:
+        if origin.commit:
+            _, data, _ = await git(
+                "archive", "--format=tar", origin.commit, *([relative] if relative else []),
+                cwd=origin.root,
+            )
+            await machine.put(parent, data)
+        else:
+            host = Path(origin.root, relative)  # its action file was found inside the repository
+            await machine.put(folder, await asyncio.to_thread(_tree_tar, host))
+        uploaded.add(folder)
+    return parse_action(found[0], found[1], uses, folder)

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
+import os
 import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from vmrunner.actions.workflows import Origin
 from vmrunner.errors import ConfigError, VmrunnerError
 from vmrunner.reports.events import (
     Annotation,
@@ -53,13 +56,51 @@ class RunContext:
         self.provider_name = sessions.provider.name
         self.masker = Masker(options.secrets.values())
         self.limit = asyncio.Semaphore(max(1, options.concurrent_jobs))
-        self.cancelled = False
-        #: Why the whole run was stopped on purpose (its concurrency group), for its jobs' results.
-        self.cancel_reason = ""
+        #: Whether, and why, the whole run was stopped on purpose (shared with called workflows).
+        self.stopped = {"cancelled": False, "reason": ""}
         self.warnings: list[str] = []
         self.inputs = self._inputs()
         #: Concurrency groups, shared with the other runs of the same registry.
         self.groups = groups if groups is not None else ConcurrencyGroups()
+        #: The ``secrets`` context of this workflow's jobs.
+        self.secrets = {"GITHUB_TOKEN": "", **options.secrets}
+        #: The repository this workflow file is from (where its ``./`` and ``$/`` calls resolve).
+        self.origin = Origin(options.repo_root, options.commit)
+        #: The top-level workflow (the ``github`` context is its, in called workflows too), the
+        #: workflow files from it down to this one, and the reusable workflows of the run.
+        self.top = workflow
+        self.chain: tuple[str, ...] = (os.path.realpath(workflow.path),)
+        self.called: dict[str, Any] = {}
+
+    @property
+    def cancelled(self) -> bool:
+        return bool(self.stopped["cancelled"])
+
+    @cancelled.setter
+    def cancelled(self, value: bool) -> None:
+        self.stopped["cancelled"] = value
+
+    @property
+    def cancel_reason(self) -> str:
+        """Why the whole run was stopped on purpose (its concurrency group)."""
+        return str(self.stopped["reason"])
+
+    @cancel_reason.setter
+    def cancel_reason(self, value: str) -> None:
+        self.stopped["reason"] = value
+
+    def calling(
+        self, workflow: Workflow, origin: Origin, identity: str, inputs: dict[str, Any],
+        secrets: dict[str, str],
+    ) -> RunContext:
+        """What the jobs of a workflow this one calls share: the same run (sessions, sink,
+        masker, limits, cancellation), with the called file, its origin, inputs and secrets."""
+        called = copy.copy(self)
+        called.workflow, called.origin, called.inputs, called.secrets = (
+            workflow, origin, inputs, secrets,
+        )
+        called.chain = (*self.chain, identity)
+        return called
 
     def emit(self, event: Event) -> None:
         with contextlib.suppress(Exception):
@@ -117,12 +158,12 @@ class RunContext:
 
     def base_contexts(self, job_id: str) -> dict[str, Any]:
         github = github_context(
-            self.options, self.info, workflow_name=self.workflow.display_name,
-            workflow_file=self.workflow.path, run_id=self.run_id, job_id=job_id,
+            self.options, self.info, workflow_name=self.top.display_name,
+            workflow_file=self.top.path, run_id=self.run_id, job_id=job_id,
         )
         return {
             "github": github, "vars": dict(self.options.vars),
-            "secrets": {"GITHUB_TOKEN": "", **self.options.secrets}, "inputs": self.inputs,
+            "secrets": dict(self.secrets), "inputs": self.inputs,
             "matrix": {}, "strategy": {}, "needs": {}, "steps": {}, "job": {}, "runner": {},
             "env": {},
         }

@@ -114,11 +114,6 @@ def _extract(data: bytes, folder: str) -> None:
 
 def unsupported_reason(job: Job, repo_root: str, provider: str) -> str:
     """Why the job cannot run on this provider ('' when it can)."""
-    if job.calls_workflow:
-        return (
-            f"job '{job.id}' calls a reusable workflow ({job.uses}): not supported by vmrunner "
-            f"run yet"
-        )
     what = ""
     if job.container is not None:
         what = f"a container ({job.container.image})"

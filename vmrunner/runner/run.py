@@ -25,11 +25,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmrunner.actions.workflows import CalledWorkflow, load_called_workflow
 from vmrunner.errors import ConcurrencyCancelled, ConfigError, VmrunnerError
 from vmrunner.reports.events import (
     EventSink,
@@ -51,10 +53,11 @@ from vmrunner.runner.concurrency import (
 )
 from vmrunner.runner.context import RunContext
 from vmrunner.runner.contexts import event_refs
-from vmrunner.runner.evaluation import as_text, render, render_env, render_flag
+from vmrunner.runner.evaluation import as_text, render, render_env, render_flag, render_text
 from vmrunner.runner.job import JobExecution, JobInstance, JobOutcome
 from vmrunner.runner.options import RunOptions
 from vmrunner.sessions import SessionManager
+from vmrunner.workflow.calls import MAX_LEVELS, MAX_WORKFLOWS, call_inputs, call_secrets
 from vmrunner.workflow.expressions import EvaluationHooks, evaluate_if
 from vmrunner.workflow.matrix import expand_matrix
 from vmrunner.workflow.models import Job, Workflow
@@ -134,14 +137,22 @@ class _MatrixGroup:
 
 
 class Run:
-    """One run of one workflow; ``await Run(...).execute()`` returns its ``RunOutcome``."""
+    """One run of one workflow; ``await Run(...).execute()`` returns its ``RunOutcome``.
 
-    def __init__(self, context: RunContext, job_plan: Plan) -> None:
+    A called workflow's jobs are a ``Run`` of their own inside the calling job (``call``),
+    sharing its reports; their keys and names start with the caller's (``prefix``).
+    """
+
+    def __init__(
+        self, context: RunContext, job_plan: Plan, prefix: tuple[str, str] = ("", ""),
+        reports: list[JobReport] | None = None,
+    ) -> None:
         self.context = context
         self.plan = job_plan
         self.done = {job_id: asyncio.Event() for job_id in job_plan.order}
         self.needs_results: dict[str, dict[str, Any]] = {}
-        self.reports: list[JobReport] = []
+        self.reports: list[JobReport] = [] if reports is None else reports
+        self.prefix, self.name_prefix = prefix
 
     async def execute(self) -> RunOutcome:
         context = self.context
@@ -176,9 +187,7 @@ class Run:
                 context.workflow.concurrency, context.base_contexts(""), WORKFLOW_CONTEXTS
             )
             async with self.workflow_group(claim, stop):
-                async with asyncio.TaskGroup() as group:
-                    for job_id in self.plan.order:
-                        group.create_task(self.job_group(job_id), name=f"job {job_id}")
+                await self.run_jobs()
                 conclusion = self.conclusion()
         except ConfigError as exc:
             conclusion = "failure"
@@ -194,6 +203,11 @@ class Run:
                 RunFinished(context.run_id, conclusion, time.time(), time.time() - started)
             )
         return RunOutcome(context.run_id, conclusion, tuple(self.reports))
+
+    async def run_jobs(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            for job_id in self.plan.order:
+                group.create_task(self.job_group(job_id), name=f"job {self.prefix}{job_id}")
 
     def workflow_group(
         self, claim: Claim | None, stop: Callable[[str], None]
@@ -223,19 +237,25 @@ class Run:
             self.done[job_id].set()
 
     def finish_without_running(
-        self, job: Job, job_key: str, result: Result, reason: str = "",
-        matrix: Mapping[str, Any] | None = None,
+        self, job: Job, needs: Mapping[str, Any], result: Result, reason: str = ""
     ) -> None:
-        context = self.context
-        now = time.time()
+        """A job that ends before any combination is queued: skipped, or failed at its ``if``."""
+        context, key = self.context, self.prefix + job.id
         context.emit(
-            JobFinished(
-                context.run_id, job_key, result, now, 0.0, reason=context.masker.mask(reason)
+            JobQueued(
+                context.run_id, key, key, self.name_prefix + job.display_name, time.time(),
+                needs=tuple(self.prefix + need for need in needs),
             )
         )
-        self.reports.append(
-            JobReport(job.id, job_key, result, reason=reason, matrix=dict(matrix or {}))
+        if result == "failure":
+            context.annotate(key, "error", reason)
+        context.emit(
+            JobFinished(
+                context.run_id, key, result, time.time(), 0.0, reason=context.masker.mask(reason)
+            )
         )
+        self.reports.append(JobReport(key, key, result, reason=reason))
+        self.needs_results[job.id] = {"result": result, "outputs": {}}
 
     async def run_job(self, job_id: str) -> None:
         context = self.context
@@ -254,45 +274,23 @@ class Run:
             workflow_env.update(render_env(context.workflow.env, {**contexts, "env": workflow_env}))
             contexts["env"] = workflow_env
             if not evaluate_if(job.if_ or "", contexts, hooks):
-                context.emit(
-                    JobQueued(
-                        context.run_id, job_id, job_id, job.display_name, time.time(),
-                        needs=tuple(needs),
-                    )
-                )
-                self.finish_without_running(job, job_id, "skipped")
-                self.needs_results[job_id] = {"result": "skipped", "outputs": {}}
+                self.finish_without_running(job, needs, "skipped")
                 return
             instances, group = self.instances(job, contexts)
         except VmrunnerError as exc:
-            reason = f"job '{job_id}': {exc}"
-            context.emit(
-                JobQueued(
-                    context.run_id, job_id, job_id, job.display_name, time.time(),
-                    needs=tuple(needs),
-                )
-            )
-            context.annotate(job_id, "error", reason)
-            self.finish_without_running(job, job_id, "failure", reason)
-            self.needs_results[job_id] = {"result": "failure", "outputs": {}}
+            self.finish_without_running(job, needs, "failure", f"job '{job_id}': {exc}")
             return
         if not instances:  # --matrix kept no combination
-            context.emit(
-                JobQueued(
-                    context.run_id, job_id, job_id, job.display_name, time.time(),
-                    needs=tuple(needs),
-                )
-            )
             self.finish_without_running(
-                job, job_id, "skipped", "no matrix combination matches the --matrix filter"
+                job, needs, "skipped", "no matrix combination matches the --matrix filter"
             )
-            self.needs_results[job_id] = {"result": "skipped", "outputs": {}}
             return
         for instance in instances:
             context.emit(
                 JobQueued(
-                    context.run_id, instance.job_key, job_id, context.masker.mask(instance.name),
-                    time.time(), matrix=dict(instance.matrix), needs=tuple(needs),
+                    context.run_id, instance.job_key, self.prefix + job_id,
+                    context.masker.mask(instance.name), time.time(), matrix=dict(instance.matrix),
+                    needs=tuple(self.prefix + need for need in needs),
                 )
             )
         async with asyncio.TaskGroup() as tasks:
@@ -340,20 +338,23 @@ class Run:
         seen: set[str] = set()
         has_matrix = strategy is not None and strategy.matrix is not None
         for index, combination in enumerate(combinations):
-            key = job.id
+            local = job.id
             if has_matrix and combination:
-                key = f"{job.id} ({', '.join(as_text(v) for v in combination.values())})"
-            while key in seen:
-                key = f"{key}#{index}"
-            seen.add(key)
+                local = f"{job.id} ({', '.join(as_text(v) for v in combination.values())})"
+            while local in seen:
+                local = f"{local}#{index}"
+            seen.add(local)
             strategy_context = {
                 "fail-fast": fail_fast, "job-index": index, "job-total": total,
                 "max-parallel": max_parallel or total,
             }
             scoped = {**contexts, "matrix": combination, "strategy": strategy_context}
-            name = as_text(render(job.name, scoped)) if job.name else key
+            name = as_text(render(job.name, scoped)) if job.name else local
             instances.append(
-                JobInstance(job, key, name, combination, strategy_context, contexts["needs"])
+                JobInstance(
+                    job, self.prefix + local, self.name_prefix + name, combination,
+                    strategy_context, contexts["needs"],
+                )
             )
         return instances, group
 
@@ -370,8 +371,7 @@ class Run:
         self, instance: JobInstance, group: _MatrixGroup, contexts: dict[str, Any],
         workflow_env: dict[str, str],
     ) -> JobOutcome:
-        context = self.context
-        key = instance.job_key
+        context, key, began = self.context, instance.job_key, time.time()
         scoped = {**contexts, "matrix": dict(instance.matrix), "strategy": dict(instance.strategy)}
         task = asyncio.current_task()
         if task is None:
@@ -402,16 +402,18 @@ class Run:
         finally:
             group.running.pop(key, None)
         if stopper.execution is None:  # it never started: no JobExecution reported it
+            spent = time.time() - began if instance.job.calls_workflow else 0.0
             context.emit(
                 JobFinished(
-                    context.run_id, key, outcome.result, time.time(), 0.0,
+                    context.run_id, key, outcome.result, time.time(), spent,
+                    outputs={k: context.masker.mask(v) for k, v in outcome.outputs.items()},
                     reason=context.masker.mask(outcome.reason),
                 )
             )
         self.reports.append(
             JobReport(
-                instance.job.id, key, outcome.result, dict(outcome.outputs), outcome.reason,
-                dict(instance.matrix), outcome.continue_on_error,
+                self.prefix + instance.job.id, key, outcome.result, dict(outcome.outputs),
+                outcome.reason, dict(instance.matrix), outcome.continue_on_error,
             )
         )
         if (
@@ -450,13 +452,70 @@ class Run:
         self, instance: JobInstance, group: _MatrixGroup, scoped: dict[str, Any],
         workflow_env: dict[str, str], stopper: _Stopper,
     ) -> JobOutcome:
-        async with _maybe(group.limit), self.context.limit:
+        calls = instance.job.calls_workflow  # its jobs take the run's slots, not the call
+        async with _maybe(group.limit), _maybe(None if calls else self.context.limit):
             if group.cancelled:
                 return JobOutcome("cancelled", reason=FAIL_FAST_REASON)
+            if calls:
+                return await self.call(instance, scoped)
             execution = stopper.execution = JobExecution(
                 self.context, instance, scoped, workflow_env
             )
             return await execution.execute()
+
+    async def call(self, instance: JobInstance, scoped: dict[str, Any]) -> JobOutcome:
+        """A job that calls a reusable workflow: the called jobs run as jobs of this run, each
+        in its own machine (``caller / callee``); the called ``outputs`` become the job's."""
+        context, job = self.context, instance.job
+        called = await self.load_called(job.uses or "")
+        target = str(called.target)
+        given = render(job.with_, scoped)
+        if not isinstance(given, Mapping):
+            raise ConfigError(f"with must be a mapping, the expression gave {as_text(given)!r}")
+        inputs = call_inputs(
+            called.interface, given, target, lambda text: render(text, {**scoped, "inputs": {}})
+        )
+        passed = job.secrets
+        if isinstance(passed, Mapping):
+            passed = {str(k): render_text(v, scoped) for k, v in passed.items()}
+        secrets = call_secrets(called.interface, passed, context.secrets, target)
+        for value in secrets.values():
+            context.masker.add(value)
+        inner = context.calling(called.workflow, called.origin, called.identity, inputs, secrets)
+        run = Run(inner, plan(called.workflow), (f"{instance.job_key} / ", f"{instance.name} / "),
+                  self.reports)
+        await run.run_jobs()
+        contexts = {**inner.base_contexts(""), "jobs": run.needs_results}
+        outputs: dict[str, str] = {}
+        for name, value in called.interface.outputs.items():
+            try:
+                outputs[name] = render_text(value, contexts)
+            except VmrunnerError as exc:
+                context.annotate(instance.job_key, "warning", f"output '{name}': {exc}")
+        result = aggregate([r["result"] for r in run.needs_results.values()])
+        failed = [run.prefix + k for k, r in run.needs_results.items() if r["result"] == "failure"]
+        reason = f"{target}: {', '.join(failed)} failed" if result == "failure" else ""
+        return JobOutcome(result, outputs, reason)
+
+    async def load_called(self, uses: str) -> CalledWorkflow:
+        """The called workflow, within GitHub's limits: no cycle, ten levels, 50 workflows."""
+        context = self.context
+        called = await load_called_workflow(uses, context.origin, context.options.actions_url)
+        if called.identity in context.chain:
+            cycle = [*context.chain[context.chain.index(called.identity):], called.identity]
+            names = " → ".join(os.path.basename(step) for step in cycle)
+            raise ConfigError(f"a cycle of reusable workflow calls: {names}")
+        if len(context.chain) >= MAX_LEVELS:
+            raise ConfigError(
+                f"{uses}: more than {MAX_LEVELS} levels of workflows (GitHub connects the caller "
+                f"and up to {MAX_LEVELS - 1} levels of reusable workflows)"
+            )
+        context.called[called.identity] = called
+        if len(context.called) > MAX_WORKFLOWS:
+            raise ConfigError(
+                f"{uses}: more than {MAX_WORKFLOWS} unique reusable workflows in one run"
+            )
+        return called
 
 
 @contextlib.asynccontextmanager

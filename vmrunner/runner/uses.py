@@ -24,13 +24,16 @@ from vmrunner.actions.sources import (
     is_docker_reference,
     load_local_action,
     load_remote_action,
+    load_self_action,
 )
+from vmrunner.actions.workflows import Origin
 from vmrunner.errors import ExpressionError, MachineError, VmrunnerError
 from vmrunner.reports.events import Result, StepFinished, StepStarted
 from vmrunner.repository import commit_tar, working_tree_tar
 from vmrunner.runner.context import JobHandle
 from vmrunner.runner.evaluation import as_text, render, render_env, render_text
 from vmrunner.runner.steps import Scope, StepOutcome
+from vmrunner.workflow.calls import SELF
 from vmrunner.workflow.expressions import EvaluationHooks, evaluate_if
 from vmrunner.workflow.models import Step
 
@@ -66,7 +69,10 @@ class ActionSteps:
         options = self.job.run.options
         for step in steps:
             uses = (step.uses or "").strip()
-            if not uses or uses.startswith(".") or is_checkout(uses) or is_docker_reference(uses):
+            if (
+                not uses or uses.startswith((".", SELF)) or is_checkout(uses)
+                or is_docker_reference(uses)
+            ):
                 continue
             try:
                 action = await load_remote_action(
@@ -147,6 +153,14 @@ class ActionSteps:
             return StepOutcome("success", "success")
         if uses.startswith("./") or uses == ".":
             action = await load_local_action(runtime.machine, uses)
+        elif uses.startswith(SELF):  # the repository of the file naming it: a composite's own
+            inner = scope.action
+            origin = self.job.run.origin
+            if inner is not None and inner.repository:
+                origin = Origin("", repository=inner.repository, ref=inner.ref)
+            action = await load_self_action(
+                runtime.machine, uses, origin, self.job.run.options.actions_url, self.uploaded
+            )
         else:
             action = self.fetched.get(id(step)) or await load_remote_action(
                 runtime.machine, uses, self.job.run.options.actions_url, self.uploaded
