@@ -579,3 +579,44 @@ async def test_self_reference_reads_the_commit_being_run(tmp_path: Path) -> None
     assert ran.logs("a") == ["committed"]
     ran = await run(load_workflow_text(text, "ci.yml"), repo_root=repo)
     assert ran.logs("a") == ["edited"]
+
+
+async def test_fail_fast_stops_the_jobs_of_sibling_calls_with_its_reason(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        {
+            ".github/workflows/w.yml": """
+on:
+  workflow_call:
+    inputs:
+      n: {type: number, required: true}
+jobs:
+  first:
+    runs-on: x
+    steps:
+      - run: if [ "${{ inputs.n }}" = 1 ]; then sleep 1; exit 1; fi; sleep 60
+  second:
+    needs: first
+    runs-on: x
+    steps:
+      - run: echo never
+""",
+            ".github/workflows/ci.yml": """
+on: push
+jobs:
+  call:
+    strategy:
+      matrix: {n: [1, 2]}
+    uses: ./.github/workflows/w.yml
+    with: {n: "${{ matrix.n }}"}
+""",
+        },
+    )
+    ran = await run(tmp_path / ".github/workflows/ci.yml", repo_root=tmp_path)
+    assert ran.result("call (1) / first") == "failure"
+    assert ran.result("call (1)") == "failure"
+    reason = "cancelled by fail-fast: a matrix sibling failed"
+    assert (ran.result("call (2)"), ran.finished("call (2)").reason) == ("cancelled", reason)
+    assert ran.result("call (2) / first") == "cancelled"
+    assert ran.finished("call (2) / first").reason == reason
+    assert not ran.provider.alive

@@ -14,7 +14,8 @@ import contextlib
 import copy
 import os
 import time
-from collections.abc import Mapping
+from collections import ChainMap
+from collections.abc import Mapping, MutableMapping
 from typing import Any, Protocol
 
 from vmrunner.actions.workflows import Origin
@@ -56,8 +57,9 @@ class RunContext:
         self.provider_name = sessions.provider.name
         self.masker = Masker(options.secrets.values())
         self.limit = asyncio.Semaphore(max(1, options.concurrent_jobs))
-        #: Whether, and why, the whole run was stopped on purpose (shared with called workflows).
-        self.stopped = {"cancelled": False, "reason": ""}
+        #: Whether, and why, the run was stopped on purpose (a called workflow's jobs see it, and
+        #: their own caller's stop: ``calling``).
+        self.stopped: MutableMapping[str, object] = {"cancelled": False, "reason": ""}
         self.warnings: list[str] = []
         self.inputs = self._inputs()
         #: Concurrency groups, shared with the other runs of the same registry.
@@ -100,6 +102,7 @@ class RunContext:
             workflow, origin, inputs, secrets,
         )
         called.chain = (*self.chain, identity)
+        called.stopped = ChainMap({}, self.stopped)
         return called
 
     def emit(self, event: Event) -> None:

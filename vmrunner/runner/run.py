@@ -27,7 +27,7 @@ import contextlib
 import dataclasses
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,6 +117,8 @@ class _Stopper:
     task: asyncio.Task[Any]
     execution: JobExecution | None = None
     reason: str = ""
+    #: A call's stop state, seen by the called jobs (``RunContext.calling``).
+    called: MutableMapping[str, object] | None = None
 
     def stop(self, reason: str) -> None:
         if self.reason:
@@ -125,6 +127,8 @@ class _Stopper:
         if self.execution is not None:
             self.execution.cancelled = True
             self.execution.cancel_reason = reason
+        if self.called is not None:
+            self.called.update(cancelled=True, reason=reason)
         self.task.cancel()
 
 
@@ -457,13 +461,15 @@ class Run:
             if group.cancelled:
                 return JobOutcome("cancelled", reason=FAIL_FAST_REASON)
             if calls:
-                return await self.call(instance, scoped)
+                return await self.call(instance, scoped, stopper)
             execution = stopper.execution = JobExecution(
                 self.context, instance, scoped, workflow_env
             )
             return await execution.execute()
 
-    async def call(self, instance: JobInstance, scoped: dict[str, Any]) -> JobOutcome:
+    async def call(
+        self, instance: JobInstance, scoped: dict[str, Any], stopper: _Stopper
+    ) -> JobOutcome:
         """A job that calls a reusable workflow: the called jobs run as jobs of this run, each
         in its own machine (``caller / callee``); the called ``outputs`` become the job's."""
         context, job = self.context, instance.job
@@ -482,6 +488,7 @@ class Run:
         for value in secrets.values():
             context.masker.add(value)
         inner = context.calling(called.workflow, called.origin, called.identity, inputs, secrets)
+        stopper.called = inner.stopped
         run = Run(inner, plan(called.workflow), (f"{instance.job_key} / ", f"{instance.name} / "),
                   self.reports)
         await run.run_jobs()
