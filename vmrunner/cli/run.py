@@ -109,7 +109,9 @@ def _pairs(
     "--machine-type",
     "machine_types",
     multiple=True,
-    help="Run jobs with this runs-on LABEL on machine TYPE: LABEL=TYPE (repeatable).",
+    help="Run jobs with this runs-on LABEL on machine TYPE: LABEL=TYPE (repeatable). A job "
+    "asking for Windows or macOS (windows-latest, macos-14, [self-hosted, macOS]) fails unless "
+    "one of its labels is mapped.",
 )
 @limit_options
 @click.option(

@@ -6,7 +6,8 @@ final state → release (the session manager releases exactly once, whatever hap
 ``timeout-minutes`` bounds set-up and steps; post steps and cleanup still run after it expired.
 
 A job whose steps cannot run in a sandbox (``container:``, ``services:``, ``docker://`` steps,
-Docker actions) fails at once with the reason, without allocating a machine.
+Docker actions), or that asks for Windows or macOS without a machine type mapped to one of its
+labels, fails at once with the reason, without allocating a machine.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ from vmrunner.runner.steps import JobRuntime, Scope, ScriptOutcome, StepOutcome
 from vmrunner.runner.uses import ActionSteps
 from vmrunner.sessions import Session, SessionState
 from vmrunner.workflow.expressions import EvaluationHooks, evaluate_if, hash_files
-from vmrunner.workflow.models import Job, Step
+from vmrunner.workflow.models import Job, Step, operating_system
 
 #: The fields of the ``github`` context that differ between the steps of a job.
 _ACTION_FIELDS = ("action_path", "action_repository", "action_ref", "workspace", "event_path")
@@ -136,6 +137,19 @@ def unsupported_reason(job: Job, repo_root: str, provider: str) -> str:
     if not what:
         return ""
     return f"job '{job.id}' uses {what}: not supported by the {provider} provider"
+
+
+def other_system_reason(job_id: str, labels: list[str], machine_types: Mapping[str, str]) -> str:
+    """Why a job asking for Windows or macOS cannot run here ('' when it can: it does not, or
+    one of its labels is mapped to a machine type)."""
+    system = operating_system(labels)
+    if not system or any(label in machine_types for label in labels):
+        return ""
+    asked = next(label for label in labels if operating_system([label]))
+    return (
+        f"job '{job_id}' needs {system} (runs-on: {', '.join(labels)}); this runner runs Linux "
+        f"machines: map the label with --machine-type {asked}=TYPE to run it anyway"
+    )
 
 
 class JobExecution:
@@ -264,16 +278,19 @@ class JobExecution:
             except VmrunnerError as exc:
                 outcome.reason = f"job '{self.job.id}': {exc}"
                 return outcome
-            reason = unsupported_reason(self.job, run.options.repo_root, run.provider_name)
+            try:
+                labels = self.labels(contexts)
+            except VmrunnerError as exc:
+                outcome.reason = f"job '{self.job.id}': runs-on: {exc}"
+                return outcome
+            reason = unsupported_reason(
+                self.job, run.options.repo_root, run.provider_name
+            ) or other_system_reason(self.job.id, labels, run.options.machine_types)
             if reason:
                 outcome.reason = reason
                 run.annotate(self.job_key, "error", reason)
                 return outcome
-            try:
-                vm_type, notice = self.machine_type(contexts)
-            except VmrunnerError as exc:
-                outcome.reason = f"job '{self.job.id}': runs-on: {exc}"
-                return outcome
+            vm_type, notice = self.machine_type(labels)
             if notice:
                 run.annotate(self.job_key, "notice", notice)
             spec = machine_spec(run.options, vm_type, {"run": run.run_id, "job": self.job_key})
@@ -304,18 +321,17 @@ class JobExecution:
             )
         return outcome
 
-    def machine_type(self, contexts: Mapping[str, Any]) -> tuple[str, str]:
-        options = self.run.options
+    def labels(self, contexts: Mapping[str, Any]) -> list[str]:
         runs_on = self.job.runs_on
-        labels: list[str] = []
-        if runs_on is not None:
-            if runs_on.expression:
-                value = render(runs_on.expression, contexts)
-                labels = (
-                    [as_text(v) for v in value] if isinstance(value, list) else [as_text(value)]
-                )
-            else:
-                labels = [render_text(label, contexts) for label in runs_on.labels]
+        if runs_on is None:
+            return []
+        if runs_on.expression:
+            value = render(runs_on.expression, contexts)
+            return [as_text(v) for v in value] if isinstance(value, list) else [as_text(value)]
+        return [render_text(label, contexts) for label in runs_on.labels]
+
+    def machine_type(self, labels: list[str]) -> tuple[str, str]:
+        options = self.run.options
         for label in labels:
             if label in options.machine_types:
                 return options.machine_types[label], ""

@@ -7,7 +7,7 @@ read-only views that keep the file's order.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
@@ -83,6 +83,17 @@ class RunsOn:
             return self.expression
         text = ", ".join(self.labels)
         return f"group {self.group}: {text}" if self.group else text
+
+
+def operating_system(labels: Iterable[str]) -> str:
+    """``Windows`` or ``macOS`` when runner labels ask for that system (GitHub-hosted
+    ``windows-latest``, ``macos-14``; self-hosted ``[self-hosted, macOS, ARM64]``), else ''."""
+    for label in labels:
+        name = label.strip().lower()
+        for prefix, system in (("windows", "Windows"), ("macos", "macOS")):
+            if name == prefix or name.startswith(f"{prefix}-"):
+                return system
+    return ""
 
 
 @dataclass(frozen=True, slots=True)
