@@ -180,7 +180,7 @@ def test_a_matrix_key_warns_exactly_when_the_matrix_cannot_define_it(
     if included:
         matrix += ", include: [{" + ", ".join(f"{k}: 2" for k in included) + "}]"
     matrix += "}"
-    used = sorted(defined) + [other]
+    used = [*sorted(defined), other]
     refs = " ".join("${{ matrix.%s }}" % (k.upper() if upper else k) for k in used)
     found = warnings_of(
         f"on: push\njobs:\n  a:\n    strategy: {{matrix: {matrix}}}\n    runs-on: x\n"

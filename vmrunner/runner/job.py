@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import io
 import json
@@ -71,8 +72,13 @@ from vmrunner.workflow.models import Job, Step, operating_system
 
 #: The fields of the ``github`` context that differ between the steps of a job.
 _ACTION_FIELDS = ("action_path", "action_repository", "action_ref", "workspace", "event_path")
+#: GitHub's limit of background steps running at once in a job (the others wait their turn).
+MAX_BACKGROUND = 10
 #: Bound on post steps and cleanup after a job was cancelled or timed out (seconds).
 CLEANUP_GRACE = 60.0
+#: A host copy of the workspace while a step calling ``hashFiles`` is evaluated (per task: the
+#: steps of a ``parallel`` group are evaluated at the same time).
+_HASH_ROOT: contextvars.ContextVar[Path | None] = contextvars.ContextVar("hash_root", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,12 +127,18 @@ def unsupported_reason(job: Job, repo_root: str, provider: str) -> str:
             f"run yet"
         )
     what = ""
+    background = [s for s in job.steps if s.background or s.wait or s.wait_all or s.cancel]
+    if background:
+        return (
+            f"job '{job.id}' uses background steps (background, wait, wait-all, cancel; step "
+            f"{background[0].index + 1}): not supported by vmrunner yet (parallel: is)"
+        )
     if job.container is not None:
         what = f"a container ({job.container.image})"
     elif job.services:
         what = f"service containers ({', '.join(job.services)})"
     else:
-        for step in job.steps:
+        for step in job.every_step:
             uses = step.uses or ""
             if is_docker_reference(uses):
                 what = f"a Docker image step ({uses})"
@@ -178,8 +190,6 @@ class JobExecution:
         self.runner: dict[str, Any] = {}
         self.event_path = ""
         self.started = False
-        #: A host copy of the workspace while a step calling ``hashFiles`` is evaluated.
-        self.hash_root: Path | None = None
         self.actions = ActionSteps(self)
         self._default_env: dict[tuple[str, ...], dict[str, str]] = {}
         #: Job steps started so far (1-based numbers, as ``vmrunner rerun --from-step`` counts).
@@ -206,7 +216,7 @@ class JobExecution:
         failed: Callable[[], bool] = (
             (lambda: scope.any_failed()) if scope is not None else (lambda: False)
         )
-        root = self.hash_root
+        root = _HASH_ROOT.get()
         return EvaluationHooks(
             success=lambda: not failed() and not self.cancelled, failure=failed,
             cancelled=lambda: self.cancelled,
@@ -216,18 +226,18 @@ class JobExecution:
     @contextlib.asynccontextmanager
     async def workspace_for_hash_files(self, step: Step) -> AsyncIterator[None]:
         """While a step that calls ``hashFiles`` is evaluated, a host copy of the workspace."""
-        if self.hash_root is not None or not step.calls_hash_files or self.runtime is None:
+        if _HASH_ROOT.get() is not None or not step.calls_hash_files or self.runtime is None:
             yield
             return
         workspace = self.runtime.paths.workspace
         with tempfile.TemporaryDirectory(prefix="vmrunner-hashfiles-") as folder:
             data = await self.runtime.machine.get(workspace)
             await asyncio.to_thread(_extract, data, folder)
-            self.hash_root = Path(folder) / PurePosixPath(workspace).name
+            token = _HASH_ROOT.set(Path(folder) / PurePosixPath(workspace).name)
             try:
                 yield
             finally:
-                self.hash_root = None
+                _HASH_ROOT.reset(token)
 
     def contexts(
         self, scope: Scope, env: Mapping[str, str], *, github: Mapping[str, Any] | None = None
@@ -483,7 +493,7 @@ class JobExecution:
             if not await self.run_hook("setup", command, scope):
                 scope.failed = True
                 return False
-        await self.actions.run_pres(self.job.steps, scope)
+        await self.actions.run_pres(self.job.every_step, scope)
         if run.options.snapshot and not scope.failed:
             self.keep_state(await self.take_snapshot(-1), scope)
         return True
@@ -593,7 +603,7 @@ class JobExecution:
                 self.record(step, scope, result)
 
     def record(self, step: Step, scope: Scope, result: StepOutcome) -> None:
-        key = step.id or f"__{step.index}"
+        key = step.id or f"__{step.position}"
         scope.steps[key] = {
             "outputs": dict(result.outputs), "outcome": result.outcome,
             "conclusion": result.conclusion,
@@ -601,7 +611,13 @@ class JobExecution:
         if result.conclusion == "failure":
             scope.failed = True
 
-    async def run_job_step(self, step: Step, scope: Scope) -> None:
+    async def run_job_step(
+        self, step: Step, scope: Scope, *, background: bool = False
+    ) -> StepOutcome:
+        """One job step, reported as a step; ``background``: one of a ``parallel`` group, whose
+        result the group records (no snapshot after it alone)."""
+        if step.parallel:
+            return await self.run_parallel(step, scope)
         run = self.run
         index = self.next_index()
         contexts = self.contexts(scope, self.env_context(scope))
@@ -618,19 +634,23 @@ class JobExecution:
             )
         )
         began = time.monotonic()
-        self.step_number += 1
+        self.step_number += 0 if background else 1
         result = StepOutcome("failure", "failure")
         snapshot_id = ""
         try:
+            if background:
+                self.live_runtime.held[index] = ({}, [])
             result = await self.run_step(step, scope, index)
-            if result.outcome == "success" and run.options.snapshot:
+            if result.outcome == "success" and run.options.snapshot and not background:
                 snapshot_id = await self.take_snapshot(index)
         except asyncio.CancelledError:
             result = StepOutcome("cancelled", "cancelled")
             raise
         finally:
             self.live_runtime.end_groups(index)
-            self.record(step, scope, result)
+            result.index = index
+            if not background:
+                self.record(step, scope, result)
             if snapshot_id:
                 self.keep_state(snapshot_id, scope)
             run.emit(
@@ -642,6 +662,37 @@ class JobExecution:
                     machine_id=machine_id,
                 )
             )
+        return result
+
+    async def run_parallel(self, group: Step, scope: Scope) -> StepOutcome:
+        """``parallel:`` as GitHub documents it: each step a background step (at most
+        ``MAX_BACKGROUND`` at once, the others queued), then an implicit wait for them all.
+
+        The steps start from the same state and cannot see each other: their outputs,
+        outcomes and environment changes count from the wait on, in the group's order, and a
+        failed one fails the job there. The group is one step for snapshots and reruns.
+        """
+        self.step_number += 1
+        slots = asyncio.Semaphore(MAX_BACKGROUND)
+        results: dict[int, StepOutcome] = {}
+
+        async def one(step: Step) -> None:
+            async with slots:
+                results[step.index] = await self.run_job_step(step, scope, background=True)
+
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                for step in group.parallel:
+                    tasks.create_task(one(step))
+        finally:
+            for step in group.parallel:
+                result = results.get(step.index, StepOutcome("cancelled", "cancelled"))
+                self.live_runtime.release(result.index)
+                self.record(step, scope, result)
+        ok = not any(r.conclusion == "failure" for r in results.values())
+        if ok and results and self.run.options.snapshot:
+            self.keep_state(await self.take_snapshot(max(r.index for r in results.values())), scope)
+        return StepOutcome("success" if ok else "failure", "success" if ok else "failure")
 
     async def run_step(self, step: Step, scope: Scope, index: int) -> StepOutcome:
         """Evaluate ``if``, env and options, run the step; outcome and conclusion as GitHub's."""
@@ -683,7 +734,7 @@ class JobExecution:
 
     def step_github(self, step: Step, scope: Scope) -> dict[str, Any]:
         github = dict(self.github)
-        github["action"] = step.id or f"__run_{step.index}"
+        github["action"] = step.id or f"__run_{step.position}"
         if scope.action is not None:
             github["action_path"] = scope.action.path
             github["action_repository"] = scope.action.repository

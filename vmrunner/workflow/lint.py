@@ -59,7 +59,7 @@ def lint(document: dict[str, Any], workflow: Workflow) -> list[Finding]:
     jobs = document.get("jobs")
     for job_id, job in (jobs if isinstance(jobs, dict) else {}).items():
         if isinstance(job, dict):
-            linter.job(str(job_id), job, top, set(jobs))
+            linter.job(str(job_id), job, top)
     return linter.findings
 
 
@@ -68,10 +68,13 @@ class _Linter:
         self.findings: list[Finding] = []
         self.seen: set[tuple[Path, str]] = set()
 
-    def job(self, job_id: str, job: dict[str, Any], top: _Known, jobs: set[str]) -> None:
+    def job(self, job_id: str, job: dict[str, Any], top: _Known) -> None:
         needs = job.get("needs")
-        listed = [needs] if isinstance(needs, str) else needs if isinstance(needs, list) else []
-        steps = job.get("steps") if isinstance(job.get("steps"), list) else []
+        listed: list[Any] = (
+            [needs] if isinstance(needs, str) else needs if isinstance(needs, list) else []
+        )
+        raw_steps = job.get("steps")
+        steps: list[Any] = raw_steps if isinstance(raw_steps, list) else []
         every = [_step_ids(step) for step in steps]
         known = _Known(
             job_id, frozenset(str(n).lower() for n in listed), None, frozenset(),
@@ -175,10 +178,10 @@ def _matrix_keys(job: dict[str, Any]) -> frozenset[str] | None:
         if not isinstance(key, str) or "${{" in key:
             return None
         if key == "include":
-            entries = value if isinstance(value, list) else [None]
+            entries: list[Any] = value if isinstance(value, list) else [None]
             if not all(isinstance(e, dict) and all(isinstance(k, str) for k in e) for e in entries):
                 return None
-            keys.update(k.lower() for entry in entries for k in entry)
+            keys.update(str(k).lower() for entry in entries for k in entry)
         elif key != "exclude":
             keys.add(key.lower())
     return frozenset(keys)

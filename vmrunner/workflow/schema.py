@@ -278,10 +278,14 @@ USES_STEP = mapping(
 # Background steps and their control steps (GitHub's "jobs.<job_id>.steps[*].background",
 # "wait", "wait-all", "cancel" and "parallel"): a control step has no `if` and does no work.
 _CONTROL_COMMON = {
-    "id": TEXT, "name": rule("string", context=STEP), "continue-on-error": rule("boolean", context=STEP)
+    "id": TEXT,
+    "name": rule("string", context=STEP),
+    "continue-on-error": rule("boolean", context=STEP),
 }
 CONTROL_STEPS = {
-    "wait": mapping({**_CONTROL_COMMON, "wait": rule("string", "sequence", items=TEXT, non_empty=True)}),
+    "wait": mapping(
+        {**_CONTROL_COMMON, "wait": rule("string", "sequence", items=TEXT, non_empty=True)}
+    ),
     "wait-all": mapping({**_CONTROL_COMMON, "wait-all": rule("null", "boolean")}),
     "cancel": mapping({**_CONTROL_COMMON, "cancel": TEXT}),
     "parallel": mapping({"parallel": rule("sequence")}),
