@@ -90,7 +90,10 @@ jobs:
       - id: after
         run: echo never
       - if: failure()
-        run: echo "${{ steps.bad.outcome }} ${{ steps.slow.outputs.v }} ${{ steps.tolerated.outcome }}/${{ steps.tolerated.conclusion }} ${{ steps.after.conclusion }}"
+        run: >-
+          echo "${{ steps.bad.outcome }} ${{ steps.slow.outputs.v }}
+          ${{ steps.tolerated.outcome }}/${{ steps.tolerated.conclusion }}
+          ${{ steps.after.conclusion }}"
 """
 
 

@@ -35,15 +35,19 @@ jobs:
 def test_a_parallel_group_loads_with_its_steps() -> None:
     workflow = load_workflow_text(VUE)
     assert not workflow.warnings
-    group, after, server, wait, wait_all, cancel = workflow.jobs["report"].steps
-    assert group.display_name == "Parallel group" and group.is_control
+    group, _, server, wait, wait_all, cancel = workflow.jobs["report"].steps
+    assert group.display_name == "Parallel group"
+    assert group.is_control
     assert [(s.id, s.index, s.group, s.position) for s in group.parallel] == [
         ("pr-number", 0, 0, "0_0"), ("pr-base", 1, 0, "0_1"),
     ]
-    assert group.parallel[0].uses and group.parallel[0].with_["path"] == "temp/size/number.txt"
-    assert server.background and wait.wait == ("server",) and wait_all.wait_all
-    assert cancel.cancel == "server" and cancel.display_name == "Stop"
-    assert wait.display_name == "Wait" and wait_all.display_name == "Wait for all"
+    assert group.parallel[0].with_["path"] == "temp/size/number.txt"
+    assert server.background
+    assert wait.wait == ("server",)
+    assert wait_all.wait_all
+    assert cancel.cancel == "server"
+    assert cancel.display_name == "Stop"
+    assert (wait.display_name, wait_all.display_name) == ("Wait", "Wait for all")
     assert len(workflow.jobs["report"].every_step) == 8
 
 
