@@ -20,7 +20,8 @@ apart: the first one started streams, the others' lines are held and shown as on
 under their step's name, when it finishes or becomes the first. On a terminal a live region
 below the lines shows a spinner per running job and its current step; elsewhere (pipes, CI,
 tests) the output is plain lines without control codes. ``quiet`` prints only what failed:
-the failing steps with their output, errors, and the final table. The run ends with a table of the jobs and the total time.
+the failing steps with their output, errors, and the final table. The run ends with a table
+of the jobs and the total time.
 
 ``JsonView(out=None)`` prints nothing while the runs go on, and when it is closed one JSON
 document, ``{"runs": [RunResult.to_json(), ...]}`` (on stdout by default).
