@@ -684,6 +684,8 @@ class JobExecution:
             async with asyncio.TaskGroup() as tasks:
                 for step in group.parallel:
                     tasks.create_task(one(step))
+        except ExceptionGroup as errors:  # a step's machine failed: the job fails as it would
+            raise errors.exceptions[0] from None
         finally:
             for step in group.parallel:
                 result = results.get(step.index, StepOutcome("cancelled", "cancelled"))
