@@ -41,12 +41,14 @@ from typing import Literal
 
 @dataclass(frozen=True, slots=True)
 class Diagnostic:
-    """One problem found in one file, at a 1-based line and column (0 when unknown)."""
+    """One problem found in one file, at a 1-based line and column (0 when unknown);
+    ``severity`` ``warning`` for what GitHub accepts but is most likely a mistake."""
 
     file: str
     line: int
     column: int
     message: str
+    severity: Literal["error", "warning"] = "error"
 
     def __str__(self) -> str:
         where = self.file
@@ -54,7 +56,8 @@ class Diagnostic:
             where += f":{self.line}"
             if self.column:
                 where += f":{self.column}"
-        return f"{where}: {self.message}"
+        warning = "warning: " if self.severity == "warning" else ""
+        return f"{where}: {warning}{self.message}"
 
 
 class VmrunnerError(Exception):

@@ -325,3 +325,58 @@ def test_nested_groups_indent_their_titles_and_lines() -> None:
         "        in inner",
         "    ▾ again",
     ]
+
+
+def test_steps_running_at_once_keep_their_output_apart() -> None:
+    from vmrunner.reports.events import LogLine, StepFinished
+
+    console, out = plain_console()
+    view = ProgressView(console)
+    run = RunBuilder("run-par", sink=view).start()
+    job = run.job("build").begin()
+
+    def started(index: int, name: str) -> None:
+        run.add(StepStarted(run.run_id, "build", index, "step", name, run.tick()))
+
+    def line(index: int, text: str) -> None:
+        run.add(LogLine(run.run_id, "build", index, "stdout", text, run.tick()))
+
+    def finished(index: int) -> None:
+        now = run.tick()
+        run.add(StepFinished(run.run_id, "build", index, "success", "success", now, 1.0))
+
+    started(0, "front")
+    started(1, "back")
+    started(2, "docs")
+    line(1, "back 1")
+    line(0, "front 1")
+    line(2, "docs 1")
+    line(1, "back 2")
+    finished(1)  # not the first: its held lines come out as one block
+    line(0, "front 2")
+    finished(0)  # the first: the next one (docs) shows what it held, then streams
+    line(2, "docs 2")
+    finished(2)
+    job.finish()
+    run.finish()
+    body = [
+        line.removeprefix("[CI/build] ")
+        for line in out.getvalue().splitlines()
+        if line.startswith("[CI/build] ")
+    ]
+    assert body[1:-1] == [
+        "  ▸ front",
+        "  ▸ back",
+        "  ▸ docs",
+        "    front 1",
+        "  ▸ back",
+        "    back 1",
+        "    back 2",
+        "  ✓ back 1.0s",
+        "    front 2",
+        "  ✓ front 1.0s",
+        "  ▸ docs",
+        "    docs 1",
+        "    docs 2",
+        "  ✓ docs 1.0s",
+    ]

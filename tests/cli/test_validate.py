@@ -59,4 +59,24 @@ def test_json_output(tmp_path: Path) -> None:
         ],
         "checked": 3,
         "diagnostics": [],
+        "warnings": [],
     }
+
+
+def test_warnings_are_shown_and_do_not_fail(tmp_path: Path) -> None:
+    (tmp_path / "tags.yml").write_text(
+        "on:\n  create:\n    tags: ['v*']\njobs:\n  a:\n    runs-on: ubuntu-latest\n"
+        "    steps:\n      - run: echo ${{ needs.b.outputs.x }}\n"
+    )
+    done = vmrunner("validate", "-W", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith(f"{tmp_path / 'tags.yml'}:3:5: warning: unknown key 'tags'")
+    assert lines[1] == (
+        f"{tmp_path / 'tags.yml'}:8:29: warning: needs.b is always empty here: job 'a' does not "
+        f"list 'b' in needs"
+    )
+    assert lines[2] == "1 workflow OK (2 warnings)"
+    report = json.loads(vmrunner("validate", "-W", str(tmp_path), "--json").stdout)
+    assert report["ok"] is True
+    assert [(w["line"], w["column"]) for w in report["warnings"]] == [(3, 5), (8, 29)]

@@ -104,3 +104,48 @@ def test_workflows_run_together_share_their_concurrency_groups(tmp_path: Path) -
         jobs[0]["finished_at"] <= jobs[1]["started_at"]
     )  # one after the other, never both at once
     assert "waiting for concurrency group 'deploy'" in result.stdout
+
+
+def test_dry_run_marks_jobs_that_cannot_run_and_fails_on_invalid_workflows(
+    tmp_path: Path,
+) -> None:
+    workflows = tmp_path / ".github" / "workflows"
+    workflows.mkdir(parents=True)
+    (workflows / "ci.yml").write_text(
+        "on:\n  push:\n  create:\n    tags: [v1]\njobs:\n"
+        "  linux: {runs-on: ubuntu-latest, steps: [{run: echo}]}\n"
+        "  boxed: {runs-on: ubuntu-latest, container: alpine, steps: [{run: echo}]}\n"
+        "  os:\n    strategy: {matrix: {os: [ubuntu-latest, macos-latest]}}\n"
+        "    runs-on: ${{ matrix.os }}\n    steps: [{run: echo}]\n"
+    )
+    result = vmrunner("run", "-n", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == ".github/workflows/ci.yml: linux"
+    assert lines[1] == (
+        ".github/workflows/ci.yml: boxed  [cannot run: job 'boxed' uses a container (alpine): "
+        "not supported by the sandbox provider]"
+    )
+    assert lines[2].startswith(
+        ".github/workflows/ci.yml: os × 2 combinations  [cannot run: job 'os' needs macOS "
+        "(runs-on: macos-latest); this runner runs Linux machines"
+    )
+    assert "warning: .github/workflows/ci.yml:4:5: unknown key 'tags' for create" in " ".join(
+        result.stderr.split()
+    )
+    data = json.loads(vmrunner("run", "-n", "--json", cwd=tmp_path).stdout)
+    assert [bool(j["cannot_run"]) for j in data["jobs"]] == [False, True, True]
+    mapped = vmrunner("run", "-n", "--machine-type", "macos-latest=default", cwd=tmp_path)
+    assert "needs macOS" not in mapped.stdout
+
+    nothing = vmrunner("run", "-n", "pull_request", cwd=tmp_path)
+    assert nothing.returncode == 0, nothing.stderr
+    assert nothing.stdout.strip() == (
+        "nothing to run: event pull_request triggers none of the 1 workflow found"
+    )
+
+    (workflows / "broken.yml").write_text("on: push\njobs:\n  a: {runs-on: x, steps: [{rn: x}]}\n")
+    broken = vmrunner("run", "-n", cwd=tmp_path)
+    assert broken.returncode == 1
+    assert "broken.yml:3:" in broken.stderr
+    assert "Traceback" not in broken.stderr

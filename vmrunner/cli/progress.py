@@ -15,10 +15,13 @@ Both are ``EventSink``s. Wiring, in ``vmrunner/cli/run.py``::
 line per job and per step as they start and finish, with a status symbol and the duration;
 output lines are indented under their step (and ``::group::``), annotations are coloured, and
 every line starts with ``[workflow/job_key]`` so that parallel jobs stay readable (as act
-does). On a terminal a live region below the lines shows a spinner per running job and its
-current step; elsewhere (pipes, CI, tests) the output is plain lines without control codes.
-``quiet`` prints only what failed: the failing steps with their output, errors, and the
-final table. The run ends with a table of the jobs and the total time.
+does). Steps of one job running at the same time (a ``parallel`` group) keep their output
+apart: the first one started streams, the others' lines are held and shown as one block,
+under their step's name, when it finishes or becomes the first. On a terminal a live region
+below the lines shows a spinner per running job and its current step; elsewhere (pipes, CI,
+tests) the output is plain lines without control codes. ``quiet`` prints only what failed:
+the failing steps with their output, errors, and the final table. The run ends with a table
+of the jobs and the total time.
 
 ``JsonView(out=None)`` prints nothing while the runs go on, and when it is closed one JSON
 document, ``{"runs": [RunResult.to_json(), ...]}`` (on stdout by default).
@@ -118,6 +121,10 @@ class _RunState:
     flagged: set[tuple[str, int]] = field(default_factory=set)
     #: Open ``::group::``s per step, to indent a nested group's title.
     groups: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: Running steps per job, first started first; lines of all but the first are held.
+    open_steps: dict[str, list[int]] = field(default_factory=dict)
+    held: dict[tuple[str, int], list[Text]] = field(default_factory=dict)
+    names: dict[tuple[str, int], str] = field(default_factory=dict)
     finished: bool = False
 
     def prefixed(self, job_key: str, text: Text) -> Text:
@@ -233,6 +240,8 @@ class ProgressView:
             case StepStarted():
                 running = state.running.setdefault(event.job_key, _Running(started=event.time))
                 running.step, running.step_started = event.name, event.time
+                state.open_steps.setdefault(event.job_key, []).append(event.index)
+                state.names[(event.job_key, event.index)] = event.name
                 if not self.quiet:
                     self._print(
                         state.prefixed(
@@ -241,7 +250,10 @@ class ProgressView:
                         )
                     )
             case LogLine():
-                if self.logs and not (self._plain or self.quiet or "\x1b" in event.text):
+                concurrent = self._held(state, event.job_key, event.step_index) is not None
+                if self.logs and not (
+                    self._plain or self.quiet or concurrent or "\x1b" in event.text
+                ):
                     # The common case on a terminal, as ready-made segments: several times
                     # cheaper than rendering a Text, which matters for chatty builds.
                     self.console.print(
@@ -323,7 +335,34 @@ class ProgressView:
                     self.close()
                 self._final(state, state.collector.result())
 
+    def _held(self, state: _RunState, job_key: str, step_index: int) -> list[Text] | None:
+        """Where a line of a step that runs beside an earlier one waits (None: print it)."""
+        running = state.open_steps.get(job_key) or []
+        if self.quiet or step_index not in running[1:]:
+            return None
+        return state.held.setdefault((job_key, step_index), [])
+
+    def _release(self, state: _RunState, job_key: str, step_index: int) -> None:
+        """Print a held step's lines as one block under its name."""
+        lines = state.held.pop((job_key, step_index), None)
+        if lines:
+            name = state.names.get((job_key, step_index), "")
+            self._print(state.prefixed(job_key, Text.assemble("  ", ("▸ ", "cyan"), name)))
+            for line in lines:
+                self._print(line)
+
     def _step_finished(self, state: _RunState, event: StepFinished) -> None:
+        running = state.open_steps.get(event.job_key) or []
+        first = bool(running) and running[0] == event.index
+        self._release(state, event.job_key, event.index)
+        if event.index in running:
+            running.remove(event.index)
+        self._step_line(state, event)
+        if first and running:  # the next step streams from now on
+            self._release(state, event.job_key, running[0])
+        state.names.pop((event.job_key, event.index), None)
+
+    def _step_line(self, state: _RunState, event: StepFinished) -> None:
         job = state.collector.job_result(event.job_key)
         step = job.step(event.index) if job else None
         key = (event.job_key, event.index)
@@ -360,6 +399,10 @@ class ProgressView:
     def _output(self, state: _RunState, job_key: str, step_index: int, text: Text) -> None:
         """An output line: printed now, or in quiet mode kept until its step's result is known."""
         line = state.prefixed(job_key, text)
+        held = self._held(state, job_key, step_index)
+        if held is not None:
+            held.append(line)
+            return
         if not self.quiet:
             self._print(line)
             return

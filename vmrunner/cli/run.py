@@ -9,10 +9,11 @@ holding the store was full or failing during the run (the last line says what wa
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import click
 
@@ -109,7 +110,9 @@ def _pairs(
     "--machine-type",
     "machine_types",
     multiple=True,
-    help="Run jobs with this runs-on LABEL on machine TYPE: LABEL=TYPE (repeatable).",
+    help="Run jobs with this runs-on LABEL on machine TYPE: LABEL=TYPE (repeatable). A job "
+    "asking for Windows or macOS (windows-latest, macos-14, [self-hosted, macOS]) fails unless "
+    "one of its labels is mapped.",
 )
 @limit_options
 @click.option(
@@ -229,6 +232,9 @@ def command(
     for error in selection.errors:
         for diagnostic in error.diagnostics:
             terminal.error(str(diagnostic))
+    for workflow in selection.workflows:
+        for warning in workflow.warnings:
+            terminal.warn(str(dataclasses.replace(warning, severity="error")))  # one "warning:"
     secret_values = {
         **(read_dotenv(secret_file) if secret_file else {}),
         **_pairs(secrets, "-s/--secret", from_environment=True),
@@ -253,8 +259,14 @@ def command(
         warn_host_network(terminal.warn)
     chosen = [(w, selected_jobs(w, jobs)) for w in selection.workflows]
     if dry_run:
-        _dry_run(chosen, as_json)
-        return
+        from vmrunner.cli.dry_run import dry_run as show_plan
+
+        considered = len(selection.files)
+        ok = show_plan(
+            chosen, options, provider or DEFAULT_PROVIDER, event=event, considered=considered,
+            as_json=as_json,
+        )
+        sys.exit(0 if ok and not selection.errors else 1)
     if not chosen:
         terminal.info(f"no workflow runs for event {event}")
         sys.exit(1 if selection.errors else 0)
@@ -307,31 +319,6 @@ def disk_report(path: str, sinks: Sequence[StoreSink], other_errors: Sequence[St
         f"the disk holding {os.path.dirname(path)} was full or failing during the run: "
         f"{what}; {first}"
     )
-
-
-def _dry_run(chosen: list[tuple[Workflow, list[str] | None]], as_json: bool) -> None:
-    from vmrunner.cli import terminal
-    from vmrunner.workflow.planner import plan
-
-    rows: list[dict[str, Any]] = []
-    for workflow, jobs in chosen:
-        graph = plan(workflow, jobs=jobs)
-        for job_id in graph.order:
-            rows.append(
-                {
-                    "workflow": workflow.path,
-                    "job": job_id,
-                    "needs": list(graph.dependencies(job_id)),
-                    "matrix": graph.static_matrix(job_id),
-                }
-            )
-    if as_json:
-        terminal.print_json({"dry_run": True, "jobs": rows})
-        return
-    for row in rows:
-        needs = f" (needs {', '.join(row['needs'])})" if row["needs"] else ""
-        combos = f" × {len(row['matrix'])} combinations" if row["matrix"] else ""
-        terminal.info(f"{row['workflow']}: {row['job']}{needs}{combos}")
 
 
 async def _run_all(

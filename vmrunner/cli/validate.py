@@ -1,4 +1,8 @@
-"""``vmrunner validate``: every problem of every workflow file, as ``file:line:column: message``."""
+"""``vmrunner validate``: every problem of every workflow file, as ``file:line:column: message``.
+
+Warnings (what GitHub accepts but is most likely a mistake) are shown the same way, marked
+``warning:``; only errors make the exit status 1.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ def command(
             plan(workflow, jobs=selected_jobs(workflow, jobs))
         except PlanError as exc:
             diagnostics.extend(exc.diagnostics)
+    warnings = [d for workflow in selection.workflows for d in workflow.warnings]
     failed = sorted({d.file for d in diagnostics})
     checked = len(selection.workflows) + len(selection.errors)
     if as_json:
@@ -39,18 +44,25 @@ def command(
                     {"file": d.file, "line": d.line, "column": d.column, "message": d.message}
                     for d in diagnostics
                 ],
+                "warnings": [
+                    {"file": d.file, "line": d.line, "column": d.column, "message": d.message}
+                    for d in warnings
+                ],
             }
         )
     else:
-        for diagnostic in diagnostics:
+        for diagnostic in sorted(
+            [*diagnostics, *warnings], key=lambda d: (d.file, d.line, d.column)
+        ):
             terminal.info(str(diagnostic))
+        also = f" ({len(warnings)} warning{'s' if len(warnings) != 1 else ''})" if warnings else ""
         if diagnostics:
             noun = "error" if len(diagnostics) == 1 else "errors"
             terminal.console(stderr=True).print(
-                f"{len(diagnostics)} {noun} in {len(failed)} of {checked} workflow files",
+                f"{len(diagnostics)} {noun} in {len(failed)} of {checked} workflow files{also}",
                 markup=False,
             )
         else:
-            terminal.info(f"{checked} workflow{'s' if checked != 1 else ''} OK")
+            terminal.info(f"{checked} workflow{'s' if checked != 1 else ''} OK{also}")
     if diagnostics:
         sys.exit(1)

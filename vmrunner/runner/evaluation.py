@@ -17,8 +17,12 @@ from vmrunner.workflow.expressions import EvaluationHooks, parse_template, to_st
 _INSERT = "insert"
 
 
-def render(value: Any, contexts: Mapping[str, Any], hooks: EvaluationHooks | None = None) -> Any:
-    """``value`` with every expression in it evaluated."""
+def render(
+    value: Any, contexts: Mapping[str, Any], hooks: EvaluationHooks | None = None,
+    *, splice: bool = False,
+) -> Any:
+    """``value`` with every expression in it evaluated; with ``splice`` (a matrix, as GitHub
+    reads one), a list item that is an expression giving a list is replaced by its items."""
     if isinstance(value, str):
         if "${{" not in value:
             return value
@@ -27,17 +31,26 @@ def render(value: Any, contexts: Mapping[str, Any], hooks: EvaluationHooks | Non
         result: dict[str, Any] = {}
         for key, item in value.items():
             if isinstance(key, str) and _is_insert(key):
-                inserted = render(item, contexts, hooks)
+                inserted = render(item, contexts, hooks, splice=splice)
                 if not isinstance(inserted, Mapping):
                     raise ConfigError(
                         f"'${{{{ insert }}}}' needs a mapping, got {to_string(inserted)!r}"
                     )
                 result.update(inserted)
             else:
-                result[to_string(render(key, contexts, hooks))] = render(item, contexts, hooks)
+                result[to_string(render(key, contexts, hooks))] = render(
+                    item, contexts, hooks, splice=splice
+                )
         return result
     if isinstance(value, list | tuple):
-        return [render(item, contexts, hooks) for item in value]
+        items: list[Any] = []
+        for item in value:
+            done = render(item, contexts, hooks, splice=splice)
+            if splice and isinstance(item, str) and isinstance(done, list):
+                items.extend(done)
+            else:
+                items.append(done)
+        return items
     return value
 
 

@@ -6,13 +6,15 @@ final state → release (the session manager releases exactly once, whatever hap
 ``timeout-minutes`` bounds set-up and steps; post steps and cleanup still run after it expired.
 
 A job whose steps cannot run in a sandbox (``container:``, ``services:``, ``docker://`` steps,
-Docker actions) fails at once with the reason, without allocating a machine.
+Docker actions), or that asks for Windows or macOS without a machine type mapped to one of its
+labels, fails at once with the reason, without allocating a machine.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import io
 import json
@@ -66,12 +68,17 @@ from vmrunner.runner.steps import JobRuntime, Scope, ScriptOutcome, StepOutcome
 from vmrunner.runner.uses import ActionSteps
 from vmrunner.sessions import Session, SessionState
 from vmrunner.workflow.expressions import EvaluationHooks, evaluate_if, hash_files
-from vmrunner.workflow.models import Job, Step
+from vmrunner.workflow.models import Job, Step, operating_system
 
 #: The fields of the ``github`` context that differ between the steps of a job.
 _ACTION_FIELDS = ("action_path", "action_repository", "action_ref", "workspace", "event_path")
+#: GitHub's limit of background steps running at once in a job (the others wait their turn).
+MAX_BACKGROUND = 10
 #: Bound on post steps and cleanup after a job was cancelled or timed out (seconds).
 CLEANUP_GRACE = 60.0
+#: A host copy of the workspace while a step calling ``hashFiles`` is evaluated (per task: the
+#: steps of a ``parallel`` group are evaluated at the same time).
+_HASH_ROOT: contextvars.ContextVar[Path | None] = contextvars.ContextVar("hash_root", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,12 +122,18 @@ def _extract(data: bytes, folder: str) -> None:
 def unsupported_reason(job: Job, repo_root: str, provider: str) -> str:
     """Why the job cannot run on this provider ('' when it can)."""
     what = ""
+    background = [s for s in job.steps if s.background or s.wait or s.wait_all or s.cancel]
+    if background:
+        return (
+            f"job '{job.id}' uses background steps (background, wait, wait-all, cancel; step "
+            f"{background[0].index + 1}): not supported by vmrunner yet (parallel: is)"
+        )
     if job.container is not None:
         what = f"a container ({job.container.image})"
     elif job.services:
         what = f"service containers ({', '.join(job.services)})"
     else:
-        for step in job.steps:
+        for step in job.every_step:
             uses = step.uses or ""
             if is_docker_reference(uses):
                 what = f"a Docker image step ({uses})"
@@ -131,6 +144,19 @@ def unsupported_reason(job: Job, repo_root: str, provider: str) -> str:
     if not what:
         return ""
     return f"job '{job.id}' uses {what}: not supported by the {provider} provider"
+
+
+def other_system_reason(job_id: str, labels: list[str], machine_types: Mapping[str, str]) -> str:
+    """Why a job asking for Windows or macOS cannot run here ('' when it can: it does not, or
+    one of its labels is mapped to a machine type)."""
+    system = operating_system(labels)
+    if not system or any(label in machine_types for label in labels):
+        return ""
+    asked = next(label for label in labels if operating_system([label]))
+    return (
+        f"job '{job_id}' needs {system} (runs-on: {', '.join(labels)}); this runner runs Linux "
+        f"machines: map the label with --machine-type {asked}=TYPE to run it anyway"
+    )
 
 
 class JobExecution:
@@ -159,8 +185,6 @@ class JobExecution:
         self.runner: dict[str, Any] = {}
         self.event_path = ""
         self.started = False
-        #: A host copy of the workspace while a step calling ``hashFiles`` is evaluated.
-        self.hash_root: Path | None = None
         self.actions = ActionSteps(self)
         self._default_env: dict[tuple[str, ...], dict[str, str]] = {}
         #: Job steps started so far (1-based numbers, as ``vmrunner rerun --from-step`` counts).
@@ -187,7 +211,7 @@ class JobExecution:
         failed: Callable[[], bool] = (
             (lambda: scope.any_failed()) if scope is not None else (lambda: False)
         )
-        root = self.hash_root
+        root = _HASH_ROOT.get()
         return EvaluationHooks(
             success=lambda: not failed() and not self.cancelled, failure=failed,
             cancelled=lambda: self.cancelled,
@@ -197,18 +221,18 @@ class JobExecution:
     @contextlib.asynccontextmanager
     async def workspace_for_hash_files(self, step: Step) -> AsyncIterator[None]:
         """While a step that calls ``hashFiles`` is evaluated, a host copy of the workspace."""
-        if self.hash_root is not None or not step.calls_hash_files or self.runtime is None:
+        if _HASH_ROOT.get() is not None or not step.calls_hash_files or self.runtime is None:
             yield
             return
         workspace = self.runtime.paths.workspace
         with tempfile.TemporaryDirectory(prefix="vmrunner-hashfiles-") as folder:
             data = await self.runtime.machine.get(workspace)
             await asyncio.to_thread(_extract, data, folder)
-            self.hash_root = Path(folder) / PurePosixPath(workspace).name
+            token = _HASH_ROOT.set(Path(folder) / PurePosixPath(workspace).name)
             try:
                 yield
             finally:
-                self.hash_root = None
+                _HASH_ROOT.reset(token)
 
     def contexts(
         self, scope: Scope, env: Mapping[str, str], *, github: Mapping[str, Any] | None = None
@@ -259,16 +283,19 @@ class JobExecution:
             except VmrunnerError as exc:
                 outcome.reason = f"job '{self.job.id}': {exc}"
                 return outcome
-            reason = unsupported_reason(self.job, run.options.repo_root, run.provider_name)
+            try:
+                labels = self.labels(contexts)
+            except VmrunnerError as exc:
+                outcome.reason = f"job '{self.job.id}': runs-on: {exc}"
+                return outcome
+            reason = unsupported_reason(
+                self.job, run.options.repo_root, run.provider_name
+            ) or other_system_reason(self.job.id, labels, run.options.machine_types)
             if reason:
                 outcome.reason = reason
                 run.annotate(self.job_key, "error", reason)
                 return outcome
-            try:
-                vm_type, notice = self.machine_type(contexts)
-            except VmrunnerError as exc:
-                outcome.reason = f"job '{self.job.id}': runs-on: {exc}"
-                return outcome
+            vm_type, notice = self.machine_type(labels)
             if notice:
                 run.annotate(self.job_key, "notice", notice)
             spec = machine_spec(run.options, vm_type, {"run": run.run_id, "job": self.job_key})
@@ -299,18 +326,17 @@ class JobExecution:
             )
         return outcome
 
-    def machine_type(self, contexts: Mapping[str, Any]) -> tuple[str, str]:
-        options = self.run.options
+    def labels(self, contexts: Mapping[str, Any]) -> list[str]:
         runs_on = self.job.runs_on
-        labels: list[str] = []
-        if runs_on is not None:
-            if runs_on.expression:
-                value = render(runs_on.expression, contexts)
-                labels = (
-                    [as_text(v) for v in value] if isinstance(value, list) else [as_text(value)]
-                )
-            else:
-                labels = [render_text(label, contexts) for label in runs_on.labels]
+        if runs_on is None:
+            return []
+        if runs_on.expression:
+            value = render(runs_on.expression, contexts)
+            return [as_text(v) for v in value] if isinstance(value, list) else [as_text(value)]
+        return [render_text(label, contexts) for label in runs_on.labels]
+
+    def machine_type(self, labels: list[str]) -> tuple[str, str]:
+        options = self.run.options
         for label in labels:
             if label in options.machine_types:
                 return options.machine_types[label], ""
@@ -462,7 +488,7 @@ class JobExecution:
             if not await self.run_hook("setup", command, scope):
                 scope.failed = True
                 return False
-        await self.actions.run_pres(self.job.steps, scope)
+        await self.actions.run_pres(self.job.every_step, scope)
         if run.options.snapshot and not scope.failed:
             self.keep_state(await self.take_snapshot(-1), scope)
         return True
@@ -572,7 +598,7 @@ class JobExecution:
                 self.record(step, scope, result)
 
     def record(self, step: Step, scope: Scope, result: StepOutcome) -> None:
-        key = step.id or f"__{step.index}"
+        key = step.id or f"__{step.position}"
         scope.steps[key] = {
             "outputs": dict(result.outputs), "outcome": result.outcome,
             "conclusion": result.conclusion,
@@ -580,7 +606,13 @@ class JobExecution:
         if result.conclusion == "failure":
             scope.failed = True
 
-    async def run_job_step(self, step: Step, scope: Scope) -> None:
+    async def run_job_step(
+        self, step: Step, scope: Scope, *, background: bool = False
+    ) -> StepOutcome:
+        """One job step, reported as a step; ``background``: one of a ``parallel`` group, whose
+        result the group records (no snapshot after it alone)."""
+        if step.parallel:
+            return await self.run_parallel(step, scope)
         run = self.run
         index = self.next_index()
         contexts = self.contexts(scope, self.env_context(scope))
@@ -597,19 +629,23 @@ class JobExecution:
             )
         )
         began = time.monotonic()
-        self.step_number += 1
+        self.step_number += 0 if background else 1
         result = StepOutcome("failure", "failure")
         snapshot_id = ""
         try:
+            if background:
+                self.live_runtime.held[index] = ({}, [])
             result = await self.run_step(step, scope, index)
-            if result.outcome == "success" and run.options.snapshot:
+            if result.outcome == "success" and run.options.snapshot and not background:
                 snapshot_id = await self.take_snapshot(index)
         except asyncio.CancelledError:
             result = StepOutcome("cancelled", "cancelled")
             raise
         finally:
             self.live_runtime.end_groups(index)
-            self.record(step, scope, result)
+            result.index = index
+            if not background:
+                self.record(step, scope, result)
             if snapshot_id:
                 self.keep_state(snapshot_id, scope)
             run.emit(
@@ -621,6 +657,39 @@ class JobExecution:
                     machine_id=machine_id,
                 )
             )
+        return result
+
+    async def run_parallel(self, group: Step, scope: Scope) -> StepOutcome:
+        """``parallel:`` as GitHub documents it: each step a background step (at most
+        ``MAX_BACKGROUND`` at once, the others queued), then an implicit wait for them all.
+
+        The steps start from the same state and cannot see each other: their outputs,
+        outcomes and environment changes count from the wait on, in the group's order, and a
+        failed one fails the job there. The group is one step for snapshots and reruns.
+        """
+        self.step_number += 1
+        slots = asyncio.Semaphore(MAX_BACKGROUND)
+        results: dict[int, StepOutcome] = {}
+
+        async def one(step: Step) -> None:
+            async with slots:
+                results[step.index] = await self.run_job_step(step, scope, background=True)
+
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                for step in group.parallel:
+                    tasks.create_task(one(step))
+        except ExceptionGroup as errors:  # a step's machine failed: the job fails as it would
+            raise errors.exceptions[0] from None
+        finally:
+            for step in group.parallel:
+                result = results.get(step.index, StepOutcome("cancelled", "cancelled"))
+                self.live_runtime.release(result.index)
+                self.record(step, scope, result)
+        ok = not any(r.conclusion == "failure" for r in results.values())
+        if ok and results and self.run.options.snapshot:
+            self.keep_state(await self.take_snapshot(max(r.index for r in results.values())), scope)
+        return StepOutcome("success" if ok else "failure", "success" if ok else "failure")
 
     async def run_step(self, step: Step, scope: Scope, index: int) -> StepOutcome:
         """Evaluate ``if``, env and options, run the step; outcome and conclusion as GitHub's."""
@@ -662,7 +731,7 @@ class JobExecution:
 
     def step_github(self, step: Step, scope: Scope) -> dict[str, Any]:
         github = dict(self.github)
-        github["action"] = step.id or f"__run_{step.index}"
+        github["action"] = step.id or f"__run_{step.position}"
         if scope.action is not None:
             github["action_path"] = scope.action.path
             github["action_repository"] = scope.action.repository

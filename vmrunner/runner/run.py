@@ -320,7 +320,7 @@ class Run:
         fail_fast = True
         max_parallel: int | None = None
         if strategy is not None and strategy.matrix is not None:
-            matrix = render(strategy.matrix, contexts)
+            matrix = render(strategy.matrix, contexts, splice=True)
             if not isinstance(matrix, Mapping):
                 raise ConfigError(
                     f"strategy.matrix must be a mapping, the expression gave {as_text(matrix)!r}"

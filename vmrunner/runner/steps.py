@@ -93,6 +93,8 @@ class StepOutcome:
     exit_code: int | None = None
     timed_out: bool = False
     outputs: dict[str, str] = field(default_factory=dict)
+    #: The step's place in the job's execution order (its events' index).
+    index: int = -1
 
 
 class _LineSplitter:
@@ -135,7 +137,11 @@ class JobRuntime:
         self.has_python = True
         self.has_node = True
         self.summary: list[str] = []
-        self.group_depth = 0
+        #: Open ``::group::``s per step (steps of a ``parallel`` group run at the same time).
+        self.groups: dict[int, int] = {}
+        #: Steps running in the background, with the ``GITHUB_ENV`` and ``GITHUB_PATH`` changes
+        #: they made, held until they are waited for (GitHub's rule for background steps).
+        self.held: dict[int, tuple[dict[str, str], list[str]]] = {}
         #: The machine's limits this job ran into (``out of memory: ...``), each once.
         self.limits_hit: list[str] = []
 
@@ -145,7 +151,7 @@ class JobRuntime:
         self.sink.emit(
             LogLine(
                 self.run_id, self.job_key, step_index, stream, self.masker.mask(text), time.time(),
-                self.group_depth,
+                self.groups.get(step_index, 0),
             )
         )
 
@@ -164,9 +170,16 @@ class JobRuntime:
         )
 
     def end_groups(self, step_index: int) -> None:
-        while self.group_depth:
-            self.group_depth -= 1
-            self.sink.emit(GroupEnded(self.run_id, self.job_key, step_index, time.time()))
+        """Close the step's open groups (every step's, for -1)."""
+        for index in [step_index] if step_index >= 0 else list(self.groups):
+            for _ in range(self.groups.pop(index, 0)):
+                self.sink.emit(GroupEnded(self.run_id, self.job_key, index, time.time()))
+
+    def release(self, step_index: int) -> None:
+        """A background step was waited for: its environment changes now apply."""
+        env, path = self.held.pop(step_index, ({}, []))
+        self.env.update(env)
+        self.path_entries[:0] = path
 
     # Probing the machine
 
@@ -224,9 +237,11 @@ class JobRuntime:
         (killed by its timeout too).
         """
         # The same paths for every step of the job, emptied before each: steps run one at a
-        # time, and a new file costs an inode allocation (and its removal at restore).
-        prefix = f"{self.paths.temp}/{FILE_COMMANDS_DIR}/"
-        script_path = f"{self.paths.temp}/{STEP_SCRIPT}{extension}"
+        # time, and a new file costs an inode allocation (and its removal at restore). Steps
+        # running in the background have paths of their own.
+        lane = f"_{step_index}" if step_index in self.held else ""
+        prefix = f"{self.paths.temp}/{FILE_COMMANDS_DIR}{lane}/"
+        script_path = f"{self.paths.temp}/{STEP_SCRIPT}{lane}{extension}"
         files = {variable: f"{prefix}{file}" for variable, file in FILE_COMMANDS.items()}
         write = dict.fromkeys(files.values(), "")
         result = ScriptOutcome(exit_code=None)
@@ -316,13 +331,13 @@ class JobRuntime:
             file: contents.get(file, b"").decode(errors="replace")
             for file in FILE_COMMANDS.values()
         }
-        for key, value in parse_file_commands(text["env"], "GITHUB_ENV").items():
-            self.env[key] = value
+        env, path = self.held.get(step_index, (self.env, self.path_entries))
+        env.update(parse_file_commands(text["env"], "GITHUB_ENV"))
         result.outputs.update(parse_file_commands(text["output"], "GITHUB_OUTPUT"))
         result.state.update(parse_file_commands(text["state"], "GITHUB_STATE"))
         for entry in text["path"].splitlines():
             if entry.strip():
-                self.path_entries.insert(0, entry.strip())
+                path.insert(0, entry.strip())
         if text["summary"].strip():
             self.summary.append(self.masker.mask(text["summary"]))
 
@@ -342,10 +357,10 @@ class JobRuntime:
                     self.run_id, self.job_key, step_index, self.masker.mask(message), time.time()
                 )
             )
-            self.group_depth += 1
+            self.groups[step_index] = self.groups.get(step_index, 0) + 1
         elif name == "endgroup":
-            if self.group_depth:
-                self.group_depth -= 1
+            if self.groups.get(step_index):
+                self.groups[step_index] -= 1
                 self.sink.emit(GroupEnded(self.run_id, self.job_key, step_index, time.time()))
         elif name == "set-output" and props.get("name"):
             result.outputs[props["name"]] = message
@@ -363,9 +378,9 @@ class JobRuntime:
                     f"ACTIONS_ALLOW_UNSECURE_COMMANDS=true",
                 )
             elif name == "set-env" and props.get("name"):
-                self.env[props["name"]] = message
+                self.held.get(step_index, (self.env, []))[0][props["name"]] = message
             elif name == "add-path" and message:
-                self.path_entries.insert(0, message)
+                self.held.get(step_index, ({}, self.path_entries))[1].insert(0, message)
         elif name in ("echo", "debug", "add-matcher", "remove-matcher", "save-state", "set-output"):
             pass
         else:

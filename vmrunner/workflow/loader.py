@@ -7,11 +7,12 @@ every file together (``LoadResult``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path as FilePath
-from typing import Any
+from typing import Any, Literal
 
 from vmrunner.errors import Diagnostic, PlanError, WorkflowError
 from vmrunner.workflow.matrix import Strategy
@@ -78,14 +79,17 @@ def load_workflow_text(text: str, filename: str = "<workflow>") -> Workflow:
     checker.workflow(document.value)
     builder = _ModelBuilder(document, checker.findings)
     workflow = builder.workflow()
-    problems = list(builder.problems)
+    problems = [f for f in builder.problems if not f.warning]
     from vmrunner.workflow.planner import graph_problems
 
     graph = [Finding(p.path, p.message) for p in graph_problems(workflow)]
     if problems or graph:
         diagnostics = _diagnostics(document, problems + graph)
         raise (WorkflowError if problems else PlanError)(diagnostics)
-    return workflow
+    from vmrunner.workflow.lint import lint
+
+    warnings = [f for f in builder.problems if f.warning] + lint(document.value, workflow)
+    return dataclasses.replace(workflow, warnings=tuple(_diagnostics(document, warnings)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +103,11 @@ class LoadResult:
     @property
     def diagnostics(self) -> tuple[Diagnostic, ...]:
         return tuple(d for error in self.errors for d in error.diagnostics)
+
+    @property
+    def warnings(self) -> tuple[Diagnostic, ...]:
+        """The warnings of the valid workflows (a broken file shows only its errors)."""
+        return tuple(d for workflow in self.workflows for d in workflow.warnings)
 
     def raise_errors(self) -> None:
         """Raise one ``WorkflowError`` holding every diagnostic, when there is any."""
@@ -142,7 +151,8 @@ def _diagnostics(document: Document, findings: list[Finding]) -> list[Diagnostic
             line, column = document.locate_in_string(finding.path, finding.offset)
         else:
             line, column = document.locate(finding.path)
-        out.add(Diagnostic(document.filename, line, column, finding.message))
+        severity: Literal["error", "warning"] = "warning" if finding.warning else "error"
+        out.add(Diagnostic(document.filename, line, column, finding.message, severity))
     return sorted(out, key=lambda d: (d.line, d.column, d.message))
 
 
@@ -155,7 +165,10 @@ class _ModelBuilder:
 
     def add(self, problems: list[Problem]) -> None:
         self.problems.extend(
-            Finding(p.path, p.message, at_key=p.message.startswith("unknown key")) for p in problems
+            Finding(
+                p.path, p.message, at_key=p.message.startswith("unknown key"), warning=p.warning
+            )
+            for p in problems
         )
 
     def workflow(self) -> Workflow:
@@ -243,9 +256,20 @@ class _ModelBuilder:
         )
 
 
-def _step(index: int, raw: dict[str, Any]) -> Step:
+def _step(index: int, raw: dict[str, Any], group: int | None = None) -> Step:
+    wait = raw.get("wait")
     return Step(
         index=index,
+        group=group,
+        parallel=tuple(
+            _step(at, inner, index)
+            for at, inner in enumerate(_list(raw.get("parallel")))
+            if isinstance(inner, dict)
+        ),
+        background=raw.get("background") is True,
+        wait=(wait,) if isinstance(wait, str) else tuple(str(w) for w in _list(wait)),
+        wait_all="wait-all" in raw,
+        cancel=_text(raw.get("cancel")),
         id=_text(raw.get("id")),
         name=_text(raw.get("name")),
         if_=_condition(raw.get("if")),

@@ -7,7 +7,7 @@ read-only views that keep the file's order.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
@@ -16,6 +16,7 @@ from vmrunner.workflow.matrix import Strategy
 from vmrunner.workflow.triggers import Triggers
 
 if TYPE_CHECKING:
+    from vmrunner.errors import Diagnostic
     from vmrunner.workflow.yaml import Document
 
 #: A literal number of minutes, or the expression that computes it.
@@ -84,6 +85,17 @@ class RunsOn:
         return f"group {self.group}: {text}" if self.group else text
 
 
+def operating_system(labels: Iterable[str]) -> str:
+    """``Windows`` or ``macOS`` when runner labels ask for that system (GitHub-hosted
+    ``windows-latest``, ``macos-14``; self-hosted ``[self-hosted, macOS, ARM64]``), else ''."""
+    for label in labels:
+        name = label.strip().lower()
+        for prefix, system in (("windows", "Windows"), ("macos", "macOS")):
+            if name == prefix or name.startswith(f"{prefix}-"):
+                return system
+    return ""
+
+
 @dataclass(frozen=True, slots=True)
 class Defaults:
     """``defaults.run``: the shell and working directory for ``run`` steps."""
@@ -126,7 +138,9 @@ class Container:
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """One step: exactly one of ``run`` and ``uses`` is set. ``index`` counts from 0."""
+    """One step: ``run``, ``uses``, a ``parallel`` group of steps, or a control step of
+    background steps (``wait``, ``wait_all``, ``cancel``). ``index`` counts from 0, within the
+    job's steps or, for a step of a group, within the group (whose index is ``group``)."""
 
     index: int
     id: str | None = None
@@ -140,12 +154,35 @@ class Step:
     env: Env = field(default_factory=_empty)
     continue_on_error: bool | str = False
     timeout_minutes: Minutes | None = None
+    parallel: tuple[Step, ...] = ()
+    group: int | None = None
+    background: bool = False
+    wait: tuple[str, ...] = ()
+    wait_all: bool = False
+    cancel: str | None = None
+
+    @property
+    def position(self) -> str:
+        """Where the step is in its job: ``3``, or ``3_1`` for the second step of group 3."""
+        return f"{self.group}_{self.index}" if self.group is not None else str(self.index)
+
+    @property
+    def is_control(self) -> bool:
+        """A ``parallel`` group or a ``wait``/``wait-all``/``cancel``: it runs nothing itself."""
+        return bool(self.parallel or self.wait or self.wait_all or self.cancel)
 
     @property
     def display_name(self) -> str:
-        """The name GitHub shows: ``name``, else ``Run <first line>``, else ``Run <action>``."""
+        """The name GitHub shows: ``name``, else ``Run <first line>``, else ``Run <action>``
+        (``Parallel group``, ``Wait``, ``Wait for all``, ``Cancel`` for control steps)."""
         if self.name:
             return self.name
+        for made_up, given in (
+            ("Parallel group", self.parallel), ("Wait", self.wait),
+            ("Wait for all", self.wait_all), ("Cancel", self.cancel),
+        ):
+            if given:
+                return made_up
         if self.run is not None:
             first = self.run.strip().splitlines()
             return f"Run {first[0] if first else ''}".rstrip()
@@ -191,6 +228,11 @@ class Job:
     def calls_workflow(self) -> bool:
         return self.uses is not None
 
+    @property
+    def every_step(self) -> tuple[Step, ...]:
+        """The job's steps with the steps of its ``parallel`` groups, in file order."""
+        return tuple(s for step in self.steps for s in (step, *step.parallel))
+
 
 @dataclass(frozen=True, slots=True)
 class Workflow:
@@ -206,6 +248,8 @@ class Workflow:
     concurrency: Concurrency | None = None
     jobs: Mapping[str, Job] = field(default_factory=_empty)
     source: Document | None = field(default=None, compare=False, repr=False)
+    #: What GitHub accepts but is most likely a mistake, with file, line and column.
+    warnings: tuple[Diagnostic, ...] = field(default=(), compare=False)
 
     @property
     def display_name(self) -> str:

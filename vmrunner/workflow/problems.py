@@ -3,6 +3,8 @@
 Validators work on plain values (dicts, lists, scalars) and report ``Problem``s with the path of
 the offending value, e.g. ``("jobs", "build", "steps", 2, "timeout-minutes")``. The loader turns
 paths into file, line and column using the YAML positions, so validators never see YAML nodes.
+A ``warning`` is something GitHub accepts but that is most likely a mistake (a filter GitHub
+ignores, a reference to a step or job that cannot hold a value): it is shown, never fatal.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ class Problem:
 
     path: Path
     message: str
+    warning: bool = False
 
 
 def dotted(path: Path) -> str:

@@ -270,9 +270,26 @@ _STEP_COMMON = {
 }
 RUN_STEP = mapping(
     {**_STEP_COMMON, "run": rule("string", "number", "boolean", context=STEP), "shell": TEXT,
-     "working-directory": rule("string", non_empty=True, context=STEP)}
+     "working-directory": rule("string", non_empty=True, context=STEP), "background": BOOLEAN}
 )
-USES_STEP = mapping({**_STEP_COMMON, "uses": TEXT, "with": strings(context=STEP)})
+USES_STEP = mapping(
+    {**_STEP_COMMON, "uses": TEXT, "with": strings(context=STEP), "background": BOOLEAN}
+)
+# Background steps and their control steps (GitHub's "jobs.<job_id>.steps[*].background",
+# "wait", "wait-all", "cancel" and "parallel"): a control step has no `if` and does no work.
+_CONTROL_COMMON = {
+    "id": TEXT,
+    "name": rule("string", context=STEP),
+    "continue-on-error": rule("boolean", context=STEP),
+}
+CONTROL_STEPS = {
+    "wait": mapping(
+        {**_CONTROL_COMMON, "wait": rule("string", "sequence", items=TEXT, non_empty=True)}
+    ),
+    "wait-all": mapping({**_CONTROL_COMMON, "wait-all": rule("null", "boolean")}),
+    "cancel": mapping({**_CONTROL_COMMON, "cancel": TEXT}),
+    "parallel": mapping({"parallel": rule("sequence")}),
+}
 
 #: GitHub's rule for job and step ids.
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
@@ -339,6 +356,7 @@ class Finding:
     message: str
     at_key: bool = False
     offset: int | None = None
+    warning: bool = False
 
 
 @dataclass(slots=True)
@@ -412,24 +430,50 @@ class Checker:
             )
         steps = job.get("steps")
         if isinstance(steps, list):
-            ids: dict[str, int] = {}
+            ids: dict[str, str] = {}
             for index, step in enumerate(steps):
-                self.step(job_id, index, step, ids)
+                self.step(job_id, ("jobs", job_id, "steps", index), step, ids)
 
-    def step(self, job_id: str, index: int, step: Any, ids: dict[str, int]) -> None:
-        path: Path = ("jobs", job_id, "steps", index)
-        label = f"step {index + 1} of job '{job_id}'"
+    def step(
+        self, job_id: str, path: Path, step: Any, ids: dict[str, str], *, grouped: bool = False
+    ) -> None:
+        """One step; ``ids`` maps the ids of the job's earlier steps to how messages name them;
+        ``grouped``: inside a ``parallel`` block, where only ``run`` and ``uses`` steps go."""
+        label = _describe(path)
         if not isinstance(step, dict):
             self.report(path, f"{label} must be a mapping with 'run' or 'uses'")
             return
         runs, uses = "run" in step, "uses" in step
+        controls = [key for key in CONTROL_STEPS if key in step]
+        kinds = (["run"] if runs else []) + (["uses"] if uses else []) + controls
+        if grouped and (controls or "background" in step):
+            for key in controls or ["background"]:
+                self.report(
+                    (*path, key),
+                    f"'{key}' is not allowed inside a parallel block"
+                    + ("; its steps already run in the background" if key == "background" else ""),
+                    at_key=True,
+                )
+            return
         if runs and uses:
             self.report(
                 path,
                 f"{label} has both 'run' and 'uses'; a step runs a command or an action, not both",
             )
-        elif not runs and not uses:
-            self.report(path, f"{label} has neither 'run' nor 'uses'")
+        elif len(kinds) > 1:
+            self.report(
+                path, f"{label} has both '{kinds[0]}' and '{kinds[1]}'; a step does one of them"
+            )
+            return
+        elif not kinds:
+            self.report(
+                path,
+                f"{label} has neither 'run' nor 'uses' (nor 'parallel', 'wait', 'wait-all' or "
+                f"'cancel')",
+            )
+        if controls:
+            self.control(job_id, path, step, controls[0], ids)
+            return
         chosen = USES_STEP if uses and not runs else RUN_STEP
         if runs and uses:
             chosen = mapping({**(RUN_STEP.properties or {}), **(USES_STEP.properties or {})})
@@ -441,22 +485,53 @@ class Checker:
                 f"{dotted((*path, 'uses'))} must be './PATH', '$/PATH', 'docker://IMAGE' or "
                 f"'OWNER/REPO[/PATH]@REF', not '{action}'",
             )
+        self.step_id(job_id, path, step, ids)
+
+    def step_id(self, job_id: str, path: Path, step: dict[str, Any], ids: dict[str, str]) -> None:
         step_id = step.get("id")
         if isinstance(step_id, str) and step_id:
-            if not IDENTIFIER.fullmatch(step_id):
+            if not IDENTIFIER.fullmatch(step_id) or step_id.startswith("__"):
                 self.report(
                     (*path, "id"),
                     f"invalid step id '{step_id}': a step id must start with a letter or '_' and "
-                    f"contain only letters, digits, '-' and '_'",
+                    f"contain only letters, digits, '-' and '_' ('__' starts the ids GitHub "
+                    f"makes up)",
                 )
             elif step_id in ids:
                 self.report(
                     (*path, "id"),
-                    f"duplicate step id '{step_id}' in job '{job_id}' (also step "
-                    f"{ids[step_id] + 1})",
+                    f"duplicate step id '{step_id}' in job '{job_id}' (also {ids[step_id]})",
                 )
             else:
-                ids[step_id] = index
+                ids[step_id] = _describe(path).removesuffix(f" of job '{job_id}'")
+
+    def control(
+        self, job_id: str, path: Path, step: dict[str, Any], kind: str, ids: dict[str, str]
+    ) -> None:
+        """A ``parallel`` group, or a ``wait``/``wait-all``/``cancel`` of background steps."""
+        self.check(step, CONTROL_STEPS[kind], path, None)
+        value = step.get(kind)
+        if kind == "parallel":
+            for index, inner in enumerate(value if isinstance(value, list) else []):
+                self.step(job_id, (*path, "parallel", index), inner, ids, grouped=True)
+            return
+        if kind == "wait-all" and value is False:
+            self.report((*path, kind), "wait-all must be true or empty")
+        targets = [value] if isinstance(value, str) else value if kind == "wait" else []
+        for index, target in enumerate(targets if isinstance(targets, list) else []):
+            where = (*path, kind) if isinstance(value, str) else (*path, kind, index)
+            if not isinstance(target, str) or not target:
+                continue
+            if target == step.get("id"):
+                self.report(where, f"{_describe(path)} cannot {kind} for itself")
+            elif target not in ids:
+                known = ", ".join(ids) or "none"
+                self.report(
+                    where,
+                    f"{kind}: '{target}' is not the id of an earlier step of job '{job_id}' "
+                    f"(earlier ids: {known})",
+                )
+        self.step_id(job_id, path, step, ids)
 
     def on_expressions(self, on: Any) -> None:
         """The few places under ``on:`` that take expressions (reusable workflow inputs/outputs)."""
@@ -606,6 +681,8 @@ def _describe(path: Path) -> str:
         return f"job '{path[1]}'"
     if len(path) == 4 and path[0] == "jobs" and path[2] == "steps" and isinstance(path[3], int):
         return f"step {path[3] + 1} of job '{path[1]}'"
+    if len(path) == 6 and path[4] == "parallel" and isinstance(path[3], int):
+        return f"step {path[3] + 1}.{int(path[5]) + 1} of job '{path[1]}'"
     return f"'{dotted(path)}'"
 
 

@@ -172,8 +172,8 @@ class _Checker:
     def __init__(self) -> None:
         self.problems: list[Problem] = []
 
-    def report(self, path: Path, message: str) -> None:
-        self.problems.append(Problem(path, message))
+    def report(self, path: Path, message: str, *, warning: bool = False) -> None:
+        self.problems.append(Problem(path, message, warning))
 
     def strings(self, value: Any, path: Path, what: str) -> tuple[str, ...] | None:
         """A non-empty string or a list of them, as a tuple; ``None`` (reported) otherwise."""
@@ -262,7 +262,14 @@ def _parse_event(name: str, config: Any, path: Path, checker: _Checker) -> Event
     allowed = EVENT_KEYS[name]
     for key in config:
         if key not in allowed:
-            checker.report((*path, key), _unknown(f"key {key!r} for {name}", allowed))
+            # GitHub reads an event's configuration loosely: a key the event does not take
+            # (`create: tags:`) is ignored, and the workflow still runs; so this only warns.
+            ignored = f"{name} takes no filters" if not allowed else "it filters nothing"
+            checker.report(
+                (*path, key),
+                f"{_unknown(f'key {key!r} for {name}', allowed)}; GitHub ignores it ({ignored})",
+                warning=True,
+            )
     values: dict[str, tuple[str, ...] | None] = {}
     for key in (
         "types",

@@ -1,0 +1,95 @@
+"""``vmrunner run -n``: what a run would do, without starting anything.
+
+One line per job of each triggered workflow (with what it needs and its matrix size), marking
+the jobs that could not run on the chosen provider and why (``container:``, Docker actions,
+Windows or macOS runners), exactly as the run would refuse them. It says plainly when the event
+triggers nothing, and it fails (exit status 1) when a workflow is invalid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from vmrunner.errors import PlanError, VmrunnerError
+from vmrunner.runner.evaluation import render
+from vmrunner.runner.job import other_system_reason, unsupported_reason
+from vmrunner.runner.options import RunOptions
+from vmrunner.workflow.models import Job, Workflow
+
+
+def dry_run(
+    chosen: Sequence[tuple[Workflow, list[str] | None]],
+    options: RunOptions,
+    provider: str,
+    *,
+    event: str,
+    considered: int,
+    as_json: bool,
+) -> bool:
+    """Show the plan; False when a workflow could not be planned (the errors are printed)."""
+    from vmrunner.cli import terminal
+    from vmrunner.workflow.planner import plan
+
+    rows: list[dict[str, Any]] = []
+    ok = True
+    for workflow, jobs in chosen:
+        try:
+            graph = plan(workflow, jobs=jobs)
+        except PlanError as exc:
+            ok = False
+            for diagnostic in exc.diagnostics:
+                terminal.error(str(diagnostic))
+            continue
+        for job_id in graph.order:
+            combinations = graph.static_matrix(job_id)
+            rows.append(
+                {
+                    "workflow": workflow.path,
+                    "job": job_id,
+                    "needs": list(graph.dependencies(job_id)),
+                    "matrix": combinations,
+                    "cannot_run": cannot_run(
+                        workflow.jobs[job_id], combinations, options, provider
+                    ),
+                }
+            )
+    if as_json:
+        terminal.print_json({"dry_run": True, "jobs": rows})
+    elif not chosen:
+        terminal.info(
+            f"nothing to run: event {event} triggers none of the {considered} workflow"
+            f"{'s' if considered != 1 else ''} found"
+        )
+    for row in [] if as_json else rows:
+        needs = f" (needs {', '.join(row['needs'])})" if row["needs"] else ""
+        combos = f" × {len(row['matrix'])} combinations" if row["matrix"] else ""
+        refused = f"  [cannot run: {row['cannot_run']}]" if row["cannot_run"] else ""
+        terminal.info(f"{row['workflow']}: {row['job']}{needs}{combos}{refused}")
+    return ok
+
+
+def cannot_run(
+    job: Job, combinations: list[dict[str, Any]] | None, options: RunOptions, provider: str
+) -> str:
+    """Why the job (or one of its matrix combinations) would be refused; '' when it would run.
+
+    ``runs-on`` made by an expression is evaluated for each known matrix combination; one that
+    needs more than the matrix (``needs``, ``inputs``) is left for the run to judge.
+    """
+    reason = unsupported_reason(job, options.repo_root, provider)
+    if reason or job.runs_on is None:
+        return reason
+    for matrix in combinations or [{}]:
+        try:
+            if job.runs_on.expression:
+                value = render(job.runs_on.expression, {"matrix": matrix})
+                labels = [str(v) for v in value] if isinstance(value, list) else [str(value)]
+            else:
+                labels = [str(render(label, {"matrix": matrix})) for label in job.runs_on.labels]
+        except VmrunnerError:
+            continue
+        reason = other_system_reason(job.id, labels, options.machine_types)
+        if reason:
+            return reason
+    return ""
