@@ -72,6 +72,13 @@ class RunOptions:
     network: NetworkMode = "private"
     server_url: str = DEFAULT_SERVER_URL
     actions_url: str = DEFAULT_ACTIONS_URL
+    #: Use only the actions cache: nothing is fetched (``--offline``).
+    offline: bool = False
+    #: ``owner/repo@ref`` (or ``URL@ref``) -> a local folder used instead (``--local-repository``).
+    local_repositories: Mapping[str, str] = field(default_factory=_empty)
+    #: ``owner/repo`` -> a local git repository ``actions/checkout`` fetches it from
+    #: (``--repository-mirror``).
+    repository_mirrors: Mapping[str, str] = field(default_factory=_empty)
     #: Limits of every job's machine (``--cpus``, ``--memory``...); None: the machine type's
     #: setting, else the provider's default; 0: no limit.
     cpus: int | None = None
