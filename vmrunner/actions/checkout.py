@@ -33,7 +33,7 @@ import re
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from urllib.parse import urljoin, urlparse
@@ -93,6 +93,20 @@ class CheckoutSettings:
     offline: bool = False
     #: ``github.token`` (the ``GITHUB_TOKEN`` secret), the ``token`` input's default.
     token: str = ""
+
+
+def parse_mirrors(values: Sequence[str]) -> dict[str, str]:
+    """``--repository-mirror OWNER/REPO=PATH`` values as owner/repo -> absolute path of a git
+    repository (bare or not); ``ConfigError`` saying what is wrong."""
+    mirrors: dict[str, str] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not _REPOSITORY.match(name) or not path:
+            raise ConfigError(f"--repository-mirror: expected OWNER/REPO=PATH, got {value!r}")
+        if not is_repository(path):
+            raise ConfigError(f"--repository-mirror {name}: {path} is not a git repository")
+        mirrors[name] = os.path.abspath(path)
+    return mirrors
 
 
 @dataclass(slots=True)
@@ -284,8 +298,9 @@ class _Builder:
         else:
             wanted = [sha]
         refspecs = list(wanted)
-        if request.depth == 0:
-            refspecs = ["+refs/heads/*:refs/remotes/origin/*", _TAGS, *wanted]
+        if request.depth == 0:  # every branch and tag; the commit itself if none names it
+            refspecs = ["+refs/heads/*:refs/remotes/origin/*", _TAGS]
+            refspecs += [] if full_ref.startswith("refs/tags/") else [sha]
         elif request.fetch_tags:
             refspecs.append(_TAGS)
         depth = ("--depth", str(request.depth)) if request.depth else ()
@@ -297,6 +312,8 @@ class _Builder:
             raise CheckoutError(
                 f"actions/checkout: cannot fetch {sha[:12]} of {display}: {error or code}"
             )
+        if branch and request.depth == 0:  # the branch at the commit asked for
+            await git("update-ref", f"refs/remotes/origin/{branch}", sha, cwd=self.repo)
         start: tuple[str, ...]
         if branch:
             start = ("-B", branch, f"refs/remotes/origin/{branch}")

@@ -21,7 +21,7 @@ import io
 import os
 import re
 import tarfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -62,6 +62,27 @@ class Sources:
             if key_ref == ref and f"{name.removesuffix('.git')}@{ref}".lower() in wanted:
                 return folder
         return None
+
+
+def parse_local_repositories(values: Sequence[str]) -> dict[str, str]:
+    """``--local-repository`` values (act's syntax: ``OWNER/REPO@REF=PATH``, or ``URL@REF=PATH``
+    for one server only) as key -> absolute folder; ``ConfigError`` saying what is wrong."""
+    mapped: dict[str, str] = {}
+    for value in values:
+        key, sep, folder = value.partition("=")
+        name, at, ref = key.rpartition("@")
+        if not sep or not at or not name or not ref or not folder:
+            raise ConfigError(
+                f"--local-repository: expected OWNER/REPO@REF=PATH, got {value!r}"
+            )
+        if "://" not in name and not re.match(r"^[\w.-]+/[\w.-]+$", name):
+            raise ConfigError(
+                f"--local-repository: {name!r} is not OWNER/REPO (nor a repository URL)"
+            )
+        if not os.path.isdir(folder):
+            raise ConfigError(f"--local-repository {key}: {folder} is not a folder")
+        mapped[key] = os.path.abspath(folder)
+    return mapped
 
 
 @dataclass(frozen=True, slots=True)
