@@ -137,7 +137,8 @@ async def ls_remote(url: str, *patterns: str, extra: tuple[str, ...] = ()) -> di
     """``git ls-remote``: ref name -> sha (annotated tags peeled: ``refs/tags/x`` names the
     commit). One round trip to the server, whatever the size of the repository."""
     code, out, error = await git(
-        *extra, "ls-remote", "--", url, *patterns, cwd=vmrunner_home_dir(), check=False
+        *extra, "ls-remote", "--", url, *patterns, *[f"{p}^{{}}" for p in patterns],
+        cwd=vmrunner_home_dir(), check=False,
     )
     if code != 0:
         raise ConfigError(f"cannot reach {url}: {error or f'git ls-remote exit code {code}'}")
