@@ -10,6 +10,7 @@ import asyncio
 import io
 import os
 import re
+import secrets
 import shutil
 import tarfile
 from dataclasses import dataclass
@@ -251,18 +252,16 @@ def _read_text(path: Path) -> str:
 
 def _write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
+    partial = path.with_name(f"{path.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
     partial.write_text(text)
     partial.replace(path)
 
 
 async def _fetch_commit(url: str, sha: str, target: Path, what: str) -> None:
     """One commit of ``url`` (its files and a one-commit history) into ``target``, atomically."""
-    partial = target.with_name(target.name + f".partial-{os.getpid()}")
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    if partial.exists():
-        shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
+    # unique per call: jobs of one process may fetch the same commit at once
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
+    partial.mkdir(parents=True)
     try:
         await git("init", "--quiet", cwd=partial)
         code, _, error = await git(

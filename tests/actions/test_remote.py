@@ -3,6 +3,7 @@ and ``--local-repository`` (act's flags), with real git repositories served from
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 from pathlib import Path
@@ -163,3 +164,14 @@ def test_local_repository_values_are_checked(tmp_path: Path) -> None:
     ):
         with pytest.raises(ConfigError, match=message):
             parse_local_repositories([bad])
+
+
+async def test_jobs_fetching_the_same_action_at_once_share_one_copy(tmp_path: Path) -> None:
+    server = Server(tmp_path)
+    sha = server.release("x")
+    found = await asyncio.gather(
+        *[repository_folder("octo", "greet", ref, Sources(server.url)) for ref in ("v1",) * 4]
+    )
+    assert {f.path for f in found} == {found[0].path}
+    assert {f.sha for f in found} == {sha}
+    assert sorted(p.name for p in found[0].path.parent.iterdir()) == [sha, "refs"]
