@@ -284,8 +284,11 @@ class _Builder:
             )
         return found
 
-    async def fetch(self, source: str, full_ref: str, sha: str, display: str) -> None:
-        """Init the repository, fetch as ``fetch-depth`` says, check the ref out."""
+    async def fetch(
+        self, source: str, full_ref: str, sha: str, display: str, *, files: bool = True
+    ) -> None:
+        """Init the repository, fetch as ``fetch-depth`` says, check the ref out (without
+        writing its files when ``files`` is false: they will come from the working tree)."""
         request = self.request
         self.repo.mkdir()
         await git("init", "--quiet", cwd=self.repo)
@@ -314,6 +317,15 @@ class _Builder:
             )
         if branch and request.depth == 0:  # the branch at the commit asked for
             await git("update-ref", f"refs/remotes/origin/{branch}", sha, cwd=self.repo)
+        if not files:  # HEAD, the branch and the index only, as checkout would leave them
+            if branch:
+                await git("update-ref", f"refs/heads/{branch}", sha, cwd=self.repo)
+                await git("symbolic-ref", "HEAD", f"refs/heads/{branch}", cwd=self.repo)
+                await git("branch", "--quiet", f"--set-upstream-to=origin/{branch}", cwd=self.repo)
+            else:
+                await git("update-ref", "--no-deref", "HEAD", sha, cwd=self.repo)
+            await git("read-tree", "HEAD", cwd=self.repo)
+            return
         start: tuple[str, ...]
         if branch:
             start = ("-B", branch, f"refs/remotes/origin/{branch}")
@@ -420,9 +432,15 @@ async def _changes(root: str) -> set[str]:
     return {name for name in text.split("\0") if name}
 
 
-def _tar(repo: Path, overlay_root: str | None, overlay: set[str]) -> bytes:
-    """``repo`` as a tar stream, with the paths ``overlay`` taken from ``overlay_root`` instead
-    (left out where they are gone there)."""
+async def _files(root: str) -> set[str]:
+    """Every file of ``root``'s working tree git knows or would add (``.gitignore`` honoured)."""
+    _, out, _ = await git("ls-files", "-z", "--cached", "--others", "--exclude-standard", cwd=root)
+    return {name for name in out.decode(errors="surrogateescape").split("\0") if name}
+
+
+def _tar(repo: Path, overlay_root: str | None, overlay: set[str], *, git_only: bool) -> bytes:
+    """``repo`` (only its ``.git`` if ``git_only``) as a tar stream, with the paths ``overlay``
+    taken from ``overlay_root`` instead (left out where they are gone there)."""
     buffer = io.BytesIO()
 
     def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
@@ -430,12 +448,12 @@ def _tar(repo: Path, overlay_root: str | None, overlay: set[str]) -> bytes:
 
     try:
         with tarfile.open(fileobj=buffer, mode="w") as tar:
-            for entry in sorted(os.listdir(repo)):
+            for entry in [".git"] if git_only else sorted(os.listdir(repo)):
                 tar.add(repo / entry, arcname=entry, filter=keep)
             if overlay_root is not None:
                 for name in sorted(overlay):
                     path = os.path.join(overlay_root, name)
-                    if os.path.lexists(path) and not os.path.isdir(path):
+                    if os.path.islink(path) or os.path.isfile(path):
                         tar.add(path, arcname=name, recursive=False)
     except OSError as exc:
         raise CheckoutError(f"actions/checkout: cannot read the checkout: {exc}") from exc
@@ -463,6 +481,7 @@ async def _prepare(
     display = f"{request.server}/{repository}" if repository else ""
     overlay_root: str | None = None
     overlay: set[str] = set()
+    light = False  # only the repository's .git, the files all from the working tree
     if request.own:
         root = os.path.abspath(settings.repo_root)  # noqa: ASYNC240 - no file system access
         sha, head_ref = await _head(root)
@@ -498,8 +517,10 @@ async def _prepare(
                     "actions/checkout: with sparse-checkout the committed HEAD is checked out; "
                     "uncommitted changes are left out"
                 )
-            else:
+            elif request.submodules:
                 overlay_root, overlay = root, await _changes(root)
+            else:
+                overlay_root, overlay, light = root, await _files(root), True
         own_root: str | None = root
     else:
         owner, name = repository.split("/", 1)
@@ -507,7 +528,7 @@ async def _prepare(
         full_ref, sha = await builder.resolve(source, request.ref, repository)
         own_root = None
         described = f"{full_ref.rpartition('/')[2] if full_ref else sha[:12]} ({sha[:12]})"
-    await builder.fetch(source, full_ref, sha, display or source)
+    await builder.fetch(source, full_ref, sha, display or source, files=not light)
     if request.submodules:
         await builder.submodules(builder.repo, display or source, own_root)
     if request.token and request.persist:
@@ -515,7 +536,7 @@ async def _prepare(
             "config", "--local", f"http.{request.server}/.extraheader",
             f"AUTHORIZATION: basic {_basic(request.token)}", cwd=builder.repo,
         )
-    data = await asyncio.to_thread(_tar, builder.repo, overlay_root, overlay)
+    data = await asyncio.to_thread(_tar, builder.repo, overlay_root, overlay, git_only=light)
     depth = "all history" if request.depth == 0 else f"depth {request.depth}"
     return data, f"{described} of {repository or settings.repo_root} ({depth})", builder.notes
 
