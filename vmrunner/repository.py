@@ -10,6 +10,7 @@ import asyncio
 import io
 import os
 import re
+import secrets
 import shutil
 import tarfile
 from dataclasses import dataclass
@@ -80,21 +81,26 @@ async def git_toplevel(path: str) -> str | None:
 
 
 async def working_tree_tar(root: str) -> bytes:
-    """The working tree of ``root`` as a tar stream.
+    """The working tree of ``root`` as a tar stream, without ``.git``.
 
     In a git repository: the files git knows or would add (``.gitignore`` is honoured, as act
-    does) and ``.git``; elsewhere every file under ``root``.
+    does); elsewhere every file under ``root``.
     """
     entries: list[str] | None = None
     if await asyncio.to_thread(os.path.exists, os.path.join(root, ".git")):
         _, out, _ = await git(
             "ls-files", "-z", "--cached", "--others", "--exclude-standard", cwd=root
         )
-        entries = [
-            ".git",
-            *sorted({name for name in out.decode(errors="surrogateescape").split("\0") if name}),
-        ]
+        names = out.decode(errors="surrogateescape").split("\0")
+        entries = sorted({name for name in names if name})
     return await asyncio.to_thread(_tar_entries, root, entries)
+
+
+def is_repository(root: str) -> bool:
+    """Whether ``root`` is the top of a git repository (a working tree, or a bare one)."""
+    return os.path.exists(os.path.join(root, ".git")) or all(
+        os.path.exists(os.path.join(root, name)) for name in ("HEAD", "objects", "refs")
+    )
 
 
 def _tar_entries(root: str, entries: list[str] | None) -> bytes:
@@ -110,65 +116,170 @@ def _tar_entries(root: str, entries: list[str] | None) -> bytes:
     return buffer.getvalue()
 
 
-async def commit_tar(root: str, commit: str) -> bytes:
-    """The files of ``commit`` as a tar stream (``git archive``)."""
-    _, out, _ = await git("archive", "--format=tar", commit, cwd=root)
-    return out
-
-
 def actions_cache() -> Path:
     return vmrunner_home() / "actions"
 
 
-#: One fetch at a time per clone in the cache (per event loop): parallel jobs share it.
-_FETCHING: dict[tuple[int, Path], asyncio.Lock] = {}
+_SHA = re.compile(r"^[0-9a-f]{40}$")
+_SAFE_NAME = re.compile(r"^[\w.-]+$")
 
 
-async def fetch_action(base_url: str, owner: str, repo: str, ref: str) -> Path:
-    """A clone of ``owner/repo`` at ``ref`` in the actions cache (cloned once per ref, also
-    when several jobs ask for it at once)."""
-    safe = re.compile(r"^[\w.-]+$")
-    if (
-        not all(safe.match(part) for part in (owner, repo))
-        or not ref
-        or ref.startswith("-")
-        or ".." in ref
-    ):
-        raise ConfigError(f"invalid action reference {owner}/{repo}@{ref}")
-    target = actions_cache() / owner / repo / ref.replace("/", "%2F")
-    key = (id(asyncio.get_running_loop()), target)
-    async with _FETCHING.setdefault(key, asyncio.Lock()):
-        return await _clone(base_url, owner, repo, ref, target)
+def is_full_sha(ref: str) -> bool:
+    """A full commit sha: immutable, so what is cached for it is good forever."""
+    return bool(_SHA.match(ref))
 
 
-async def _clone(base_url: str, owner: str, repo: str, ref: str, target: Path) -> Path:
-    if (target / ".vmrunner-complete").exists():
-        return target
-    url = f"{base_url.rstrip('/')}/{owner}/{repo}"
-    partial = target.with_name(target.name + f".partial-{os.getpid()}")
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    if partial.exists():
-        shutil.rmtree(partial, ignore_errors=True)
-    code, _, error = await git(
-        "clone", "--quiet", "--depth", "1", "--branch", ref, url, str(partial), cwd=partial.parent,
-        check=False,
+def _check_ref(ref: str, what: str) -> None:
+    if not ref or ref.startswith("-") or ".." in ref or any(c.isspace() for c in ref):
+        raise ConfigError(f"invalid ref {ref!r} for {what}")
+
+
+async def ls_remote(url: str, *patterns: str, extra: tuple[str, ...] = ()) -> dict[str, str]:
+    """``git ls-remote``: ref name -> sha (annotated tags peeled: ``refs/tags/x`` names the
+    commit). One round trip to the server, whatever the size of the repository."""
+    code, out, error = await git(
+        *extra, "ls-remote", "--", url, *patterns, *[f"{p}^{{}}" for p in patterns],
+        cwd=vmrunner_home_dir(), check=False,
     )
-    if code != 0:  # maybe a commit sha: full clone, then check it out
+    if code != 0:
+        raise ConfigError(f"cannot reach {url}: {error or f'git ls-remote exit code {code}'}")
+    refs: dict[str, str] = {}
+    peeled: dict[str, str] = {}
+    for line in out.decode(errors="replace").splitlines():
+        sha, _, name = line.partition("\t")
+        if name.endswith("^{}"):
+            peeled[name[:-3]] = sha
+        elif name:
+            refs[name] = sha
+    return {**refs, **peeled}
+
+
+def pick_ref(refs: dict[str, str], ref: str, *, branches_first: bool) -> tuple[str, str] | None:
+    """(full ref name, sha) that ``ref`` names among ``refs``; None when it names none.
+
+    ``refs/...`` is taken as is; a short name is a tag or a branch: git's own order (tags
+    first) for actions, branches first for ``actions/checkout``, as it does.
+    """
+    if ref.startswith("refs/"):
+        return (ref, refs[ref]) if ref in refs else None
+    kinds = ("heads", "tags") if branches_first else ("tags", "heads")
+    for kind in kinds:
+        name = f"refs/{kind}/{ref}"
+        if name in refs:
+            return name, refs[name]
+    return None
+
+
+def vmrunner_home_dir() -> Path:
+    """Where host-side git runs when no repository is involved (made if missing)."""
+    home = vmrunner_home()
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedAction:
+    """A repository's files at one commit in the actions cache (``path``), and what it took."""
+
+    path: Path
+    sha: str
+    #: Something the user should hear (e.g. the server was unreachable, the cached commit was
+    #: used); empty when all went as asked.
+    note: str = ""
+
+
+def _resolved_file(owner: str, repo: str, ref: str) -> Path:
+    return actions_cache() / owner / repo / "refs" / ref.replace("/", "%2F")
+
+
+async def fetch_action(
+    base_url: str, owner: str, repo: str, ref: str, *, offline: bool = False
+) -> FetchedAction:
+    """``owner/repo`` at ``ref`` in the actions cache, keyed by the commit ``ref`` names.
+
+    A full sha is immutable: cached once, never asked again. Any other ref (``v4``, a branch)
+    moves: it is resolved on every call with one ``git ls-remote`` and fetched only when it
+    names a commit not cached yet. ``offline``: nothing touches the network; the commit the ref
+    named last time is used, and a ref never fetched is an error naming it.
+    """
+    if not all(_SAFE_NAME.match(part) for part in (owner, repo)):
+        raise ConfigError(f"invalid action reference {owner}/{repo}@{ref}")
+    _check_ref(ref, f"action {owner}/{repo}")
+    what = f"{owner}/{repo}@{ref}"
+    url = f"{base_url.rstrip('/')}/{owner}/{repo}"
+    remembered = _resolved_file(owner, repo, ref)
+    note = ""
+    if is_full_sha(ref):
+        sha = ref
+    elif offline:
+        sha = await asyncio.to_thread(_read_text, remembered)
+        if not sha:
+            raise ConfigError(
+                f"action {what} is not in the cache and --offline forbids fetching it "
+                f"(run once without --offline, or map it with --local-repository)"
+            )
+    else:
+        try:
+            found = pick_ref(await ls_remote(url, ref), ref, branches_first=False)
+        except ConfigError as exc:
+            sha = await asyncio.to_thread(_read_text, remembered)
+            if not sha:
+                raise ConfigError(f"cannot fetch action {what} from {url}: {exc}") from exc
+            found = None
+            note = f"{exc}; using the cached commit {sha[:12]} of action {what}"
+        else:
+            if found is None:
+                raise ConfigError(f"cannot fetch action {what} from {url}: no such tag or branch")
+            sha = found[1]
+    target = actions_cache() / owner / repo / sha
+    if not (target / ".vmrunner-complete").exists():
+        if offline:
+            raise ConfigError(
+                f"action {what} is not in the cache and --offline forbids fetching it"
+            )
+        await _fetch_commit(url, sha, target, what)
+    if not is_full_sha(ref):
+        await asyncio.to_thread(_write_text, remembered, sha)
+    return FetchedAction(target, sha, note)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
+    partial.write_text(text)
+    partial.replace(path)
+
+
+async def _fetch_commit(url: str, sha: str, target: Path, what: str) -> None:
+    """One commit of ``url`` (its files and a one-commit history) into ``target``, atomically."""
+    # unique per call: jobs of one process may fetch the same commit at once
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
+    partial.mkdir(parents=True)
+    try:
+        await git("init", "--quiet", cwd=partial)
         code, _, error = await git(
-            "clone", "--quiet", url, str(partial), cwd=partial.parent, check=False
+            "fetch", "--quiet", "--no-tags", "--depth", "1", "--", url, sha, cwd=partial,
+            check=False,
         )
         if code == 0:
             code, _, error = await git(
-                "checkout", "--quiet", "--detach", ref, cwd=partial, check=False
+                "checkout", "--quiet", "--detach", "FETCH_HEAD", cwd=partial, check=False
             )
-    if code != 0:
-        raise ConfigError(
-            f"cannot fetch action {owner}/{repo}@{ref} from {url}: {error or 'git failed'}"
-        )
-    (partial / ".vmrunner-complete").write_text(ref)
-    try:
-        partial.rename(target)
-    except OSError:
-        if not (target / ".vmrunner-complete").exists():
-            raise
-    return target
+        if code != 0:
+            raise ConfigError(f"cannot fetch action {what} from {url}: {error or 'git failed'}")
+        (partial / ".vmrunner-complete").write_text(sha)
+        try:
+            partial.rename(target)
+        except OSError:
+            if not (target / ".vmrunner-complete").exists():
+                raise
+    finally:
+        if partial.exists():
+            shutil.rmtree(partial, ignore_errors=True)

@@ -265,6 +265,7 @@ jobs:
       - uses: ./nope
 """,
         repo_root=repo,
+        repository="octo/app",
     )
     assert "Docker action (./dock)" in ran.finished("dockerish").reason
     assert ran.result("missing") == "failure"
@@ -275,7 +276,7 @@ jobs:
     # there.
     assert errors == [
         "Can't find 'action.yml', 'action.yaml' or 'Dockerfile' under "
-        "'/home/runner/work/workspace/nope'. "
+        "'/home/runner/work/app/app/nope'. "
         "Did you forget to run actions/checkout before running your local action?"
     ]
 
@@ -352,7 +353,7 @@ jobs:
     ]
     assert ran.logs("a")[-1] == "real-action-ran"
     errors = {a.step_index: a.message for a in ran.of(Annotation) if a.level == "error"}
-    workspace = "/home/runner/work/workspace"
+    workspace = "/home/runner/work/repo/repo"
     indexes = [s.index for s in ran.steps("a")]
     assert errors[indexes[2]].startswith(
         f"step uses ./evil: {workspace}/evil leads to {tmp_path}/host, outside the workspace"

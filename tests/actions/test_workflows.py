@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from vmrunner.actions.workflows import Origin, load_called_workflow
+from vmrunner.actions.origin import Origin
+from vmrunner.actions.sources import Sources
+from vmrunner.actions.workflows import load_called_workflow
 from vmrunner.errors import ConfigError
 
 CALLED = "on:\n  workflow_call:\n    inputs:\n      x: {type: string}\njobs:\n  a:\n" \
@@ -33,8 +35,9 @@ async def test_local_calls_read_the_working_tree_or_the_commit(tmp_path: Path) -
     sha = repository(tmp_path, CALLED % "committed")
     (tmp_path / ".github/workflows/lib.yml").write_text(CALLED % "edited")
     uses = "./.github/workflows/lib.yml"
-    tree = await load_called_workflow(uses, Origin(str(tmp_path)), "file:///nowhere")
-    at_commit = await load_called_workflow(uses, Origin(str(tmp_path), sha), "file:///nowhere")
+    nowhere = Sources("file:///nowhere")
+    tree = await load_called_workflow(uses, Origin(str(tmp_path)), nowhere)
+    at_commit = await load_called_workflow(uses, Origin(str(tmp_path), sha), nowhere)
     assert tree.workflow.jobs["a"].steps[0].run == "echo edited"
     assert at_commit.workflow.jobs["a"].steps[0].run == "echo committed"
     assert list(tree.interface.inputs) == ["x"]
@@ -42,7 +45,7 @@ async def test_local_calls_read_the_working_tree_or_the_commit(tmp_path: Path) -
     assert tree.identity.endswith(f"{tmp_path.name}/.github/workflows/lib.yml")
     with pytest.raises(ConfigError, match=r"no file \.github/workflows/new\.yml at commit"):
         await load_called_workflow(
-            "./.github/workflows/new.yml", Origin(str(tmp_path), sha), "file:///nowhere"
+            "./.github/workflows/new.yml", Origin(str(tmp_path), sha), Sources("file:///nowhere")
         )
 
 
@@ -54,7 +57,7 @@ async def test_a_symlink_out_of_the_repository_is_refused(tmp_path: Path) -> Non
     (repo / ".github/workflows/lib.yml").symlink_to(outside)
     with pytest.raises(ConfigError, match="leads out of the repository"):
         await load_called_workflow(
-            "./.github/workflows/lib.yml", Origin(str(repo)), "file:///nowhere"
+            "./.github/workflows/lib.yml", Origin(str(repo)), Sources("file:///nowhere")
         )
 
 
@@ -68,14 +71,16 @@ async def test_remote_calls_are_fetched_and_resolve_their_own_calls_there(
         cwd=tmp_path)
     called = await load_called_workflow(
         "octo/lib/.github/workflows/lib.yml@v1", Origin(str(tmp_path)),
-        f"file://{tmp_path / 'server'}",
+        Sources(f"file://{tmp_path / 'server'}"),
     )
     assert called.workflow.jobs["a"].steps[0].run == "echo remote"
     assert called.workflow.path == "octo/lib/.github/workflows/lib.yml@v1"
     assert (called.origin.repository, called.origin.ref) == ("octo/lib", "v1")
     assert called.identity == "octo/lib/.github/workflows/lib.yml@v1"
     # a local call made by that workflow reads that repository's file at that ref
-    again = await load_called_workflow("./.github/workflows/lib.yml", called.origin, "unused")
+    again = await load_called_workflow(
+        "./.github/workflows/lib.yml", called.origin, Sources("unused")
+    )
     assert again.workflow.path == "octo/lib/.github/workflows/lib.yml@v1"
 
 
@@ -84,5 +89,5 @@ async def test_an_invalid_called_workflow_says_where(tmp_path: Path) -> None:
     (tmp_path / ".github/workflows/bad.yml").write_text("on: workflow_call\njobs:\n  a: 3\n")
     with pytest.raises(ConfigError, match=r"is invalid: \.github/workflows/bad\.yml:3"):
         await load_called_workflow(
-            "./.github/workflows/bad.yml", Origin(str(tmp_path)), "file:///nowhere"
+            "./.github/workflows/bad.yml", Origin(str(tmp_path)), Sources("file:///nowhere")
         )

@@ -5,8 +5,11 @@
   GitHub's runner does): a step must have put it there (``actions/checkout``). Nothing is read
   or copied from the host, so a committed symlink cannot bring a host folder into the job, and
   a path that resolves (inside the machine) outside the workspace is refused.
-- ``owner/repo[/path]@ref``: cloned into the actions cache under ``VMRUNNER_HOME``, then copied
-  into the machine.
+- ``owner/repo[/path]@ref``: its commit fetched into the actions cache under ``VMRUNNER_HOME``
+  (keyed by the commit: a moving ref is resolved again on every run, a full sha is fetched
+  once), then copied into the machine; or, when the user maps ``owner/repo@ref`` to a folder
+  (``--local-repository``, act's flag), that folder as it is. ``repository_folder`` is the one
+  place that decides, for actions and reusable workflows alike.
 - ``$/path``: the action in the repository of the file naming it, at the same commit
   (``load_self_action``): copied from the host, or fetched like a remote action.
 - ``docker://image`` and actions with ``runs.using: docker`` cannot run in a sandbox.
@@ -16,16 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import io
 import os
 import re
 import tarfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from vmrunner.actions.workflows import Origin, read_file
+from vmrunner.actions.origin import Origin, read_file
 from vmrunner.errors import ConfigError, MachineError, WorkflowError
 from vmrunner.machines.base import Machine
 from vmrunner.repository import fetch_action, git
@@ -41,6 +45,89 @@ ACTIONS_DIR = "_actions"
 
 class ActionError(ConfigError):
     """An action could not be found, fetched or understood (the step fails with this reason)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sources:
+    """Where ``owner/repo@ref`` comes from: a git server (``base_url``/owner/repo), the actions
+    cache only (``offline``), or a local folder the user maps (``local``: act's
+    ``--local-repository`` keys, ``owner/repo@ref`` or ``URL@ref``, to folders)."""
+
+    base_url: str
+    offline: bool = False
+    local: Mapping[str, str] = field(default_factory=dict)
+
+    def local_folder(self, owner: str, repo: str, ref: str) -> str | None:
+        """The folder mapped to ``owner/repo@ref`` (owner and name compared as GitHub does,
+        without case; the ref exactly), or None."""
+        url = f"{self.base_url.rstrip('/')}/{owner}/{repo}"
+        wanted = {f"{owner}/{repo}@{ref}".lower(), f"{url}@{ref}".lower()}
+        for key, folder in self.local.items():
+            name, _, key_ref = key.rpartition("@")
+            if key_ref == ref and f"{name.removesuffix('.git')}@{ref}".lower() in wanted:
+                return folder
+        return None
+
+
+def parse_local_repositories(values: Sequence[str]) -> dict[str, str]:
+    """``--local-repository`` values (act's syntax: ``OWNER/REPO@REF=PATH``, or ``URL@REF=PATH``
+    for one server only) as key -> absolute folder; ``ConfigError`` saying what is wrong."""
+    mapped: dict[str, str] = {}
+    for value in values:
+        key, sep, folder = value.partition("=")
+        name, at, ref = key.rpartition("@")
+        if not sep or not at or not name or not ref or not folder:
+            raise ConfigError(
+                f"--local-repository: expected OWNER/REPO@REF=PATH, got {value!r}"
+            )
+        if "://" not in name and not re.match(r"^[\w.-]+/[\w.-]+$", name):
+            raise ConfigError(
+                f"--local-repository: {name!r} is not OWNER/REPO (nor a repository URL)"
+            )
+        if not os.path.isdir(folder):
+            raise ConfigError(f"--local-repository {key}: {folder} is not a folder")
+        mapped[key] = os.path.abspath(folder)
+    return mapped
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryFolder:
+    """A repository's files on the host for ``owner/repo@ref``."""
+
+    path: Path
+    #: The commit (empty for a local folder: it is used as it is).
+    sha: str
+    #: Mapped by the user to a local folder (``--local-repository``), not fetched.
+    local: bool = False
+    #: Something to tell the user (e.g. the server was unreachable and the cache was used).
+    note: str = ""
+
+
+async def repository_folder(
+    owner: str, repo: str, ref: str, sources: Sources
+) -> RepositoryFolder:
+    """``owner/repo`` at ``ref`` on the host: the user's local folder for it, else a clone in
+    the actions cache (a moving ref re-resolved, a full sha cached for good; nothing fetched
+    ``offline``). For actions and reusable workflows (``owner/repo/path@ref``: add the path).
+    Raises ``ActionError`` naming the reference."""
+    folder = sources.local_folder(owner, repo, ref)
+    if folder is not None:
+        path = Path(folder)
+        if not await asyncio.to_thread(path.is_dir):
+            raise ActionError(
+                f"--local-repository {owner}/{repo}@{ref}: {folder} is not a folder"
+            )
+        return RepositoryFolder(path, "", local=True)
+    try:
+        fetched = await fetch_action(sources.base_url, owner, repo, ref, offline=sources.offline)
+    except ConfigError as exc:
+        hint = (
+            ""
+            if sources.offline
+            else f" (is the network reachable? remote actions need {sources.base_url})"
+        )
+        raise ActionError(f"{exc}{hint}") from exc
+    return RepositoryFolder(fetched.path, fetched.sha, note=fetched.note)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +266,7 @@ def _tree_tar(folder: Path) -> bytes:
     try:
         with tarfile.open(fileobj=buffer, mode="w") as tar:
             for entry in sorted(os.listdir(folder)):
-                if entry != ".git":
+                if entry not in (".git", ".vmrunner-complete"):
                     tar.add(os.path.join(folder, entry), arcname=entry)
     except OSError as exc:
         raise ActionError(f"cannot read the action at {folder}: {exc}") from exc
@@ -267,14 +354,13 @@ def local_action_folder(workspace: str, uses: str) -> tuple[str, str]:
     return relative, f"{workspace}/{relative}" if relative else workspace
 
 
-async def load_local_action(machine: Machine, uses: str) -> Action:
+async def load_local_action(machine: Machine, uses: str, workspace: str) -> Action:
     """A ``./path`` action, read from the job's workspace in the machine (never from the host).
 
     As GitHub's runner: the workspace must hold it (normally through ``actions/checkout``).
     A path that resolves outside the workspace, through ``..`` or a symlink (resolved inside
     the machine), is refused: the action would not be the repository's.
     """
-    workspace = machine.paths.workspace
     relative, folder = local_action_folder(workspace, uses)
     try:
         result = await machine.exec(
@@ -309,33 +395,36 @@ async def load_local_action(machine: Machine, uses: str) -> Action:
 
 
 async def load_remote_action(
-    machine: Machine, uses: str, base_url: str, uploaded: set[str]
+    machine: Machine, uses: str, sources: Sources, uploaded: set[str],
+    notes: list[str] | None = None,
 ) -> Action:
-    """An ``owner/repo[/path]@ref`` action, fetched into the cache and copied into the machine.
+    """An ``owner/repo[/path]@ref`` action, from ``repository_folder``, copied into the machine.
 
-    ``uploaded`` holds the folders already copied into this machine (copied once per job).
+    ``uploaded`` holds the folders already copied into this machine (copied once per job);
+    ``notes`` receives what the user should hear about the fetch.
     """
     match = _REMOTE.match(uses)
     if match is None:
         raise ActionError(f"invalid action reference {uses!r}: expected owner/repo[/path]@ref")
     owner, repo, subpath, ref = match.groups()
-    try:
-        clone = await fetch_action(base_url, owner, repo, ref)
-    except ConfigError as exc:
-        raise ActionError(
-            f"{exc} (is the network reachable? remote actions need {base_url})"
-        ) from exc
-    parent = f"{machine.paths.temp}/{ACTIONS_DIR}/{owner}/{repo}"
-    root = f"{parent}/{clone.name}"
+    found = await repository_folder(owner, repo, ref, sources)
+    if found.note and notes is not None:
+        notes.append(found.note)
+    clone = found.path
+    name = found.sha or "local-" + hashlib.sha256(f"{ref}\0{clone}".encode()).hexdigest()[:16]
+    root = f"{machine.paths.temp}/{ACTIONS_DIR}/{owner}/{repo}/{name}"
     if root not in uploaded:
         await machine.put(root, await asyncio.to_thread(_tree_tar, clone))
         uploaded.add(root)
     folder = f"{root}{subpath}" if subpath else root
     host_folder = os.path.join(clone, subpath.strip("/")) if subpath else str(clone)
-    found = _read_on_host(host_folder)
-    if found is None:
+    found_file = _read_on_host(host_folder)
+    if found_file is None:
         raise ActionError(f"action {uses} has no action.yml or action.yaml")
-    return parse_action(found[0], found[1], uses, folder, repository=f"{owner}/{repo}", ref=ref)
+    return parse_action(
+        found_file[0], found_file[1], uses, folder, repository=f"{owner}/{repo}",
+        ref=ref,
+    )
 
 
 #: Where ``$/`` actions of the repository being run are copied, under ``RUNNER_TEMP``.
@@ -343,7 +432,8 @@ SELF_DIR = "_self"
 
 
 async def load_self_action(
-    machine: Machine, uses: str, origin: Origin, base_url: str, uploaded: set[str]
+    machine: Machine, uses: str, origin: Origin, sources: Sources, uploaded: set[str],
+    notes: list[str] | None = None,
 ) -> Action:
     """A ``$/path`` action: ``path`` in the repository of the file that names it, at the same
     commit, no checkout needed (GitHub's self-repository reference).
@@ -358,7 +448,7 @@ async def load_self_action(
     if origin.remote:
         path = f"/{relative}" if relative else ""
         return await load_remote_action(
-            machine, f"{origin.repository}{path}@{origin.ref}", base_url, uploaded
+            machine, f"{origin.repository}{path}@{origin.ref}", sources, uploaded, notes
         )
     parent = f"{machine.paths.temp}/{ACTIONS_DIR}/{SELF_DIR}"
     folder = f"{parent}/{relative}" if relative else parent

@@ -2,7 +2,8 @@
 
 Like ``act``: ``-W`` picks the workflows, ``-j`` the jobs, ``-e`` the event payload, ``-s``/
 ``--secret-file`` the secrets, ``--var``/``--var-file`` the variables, ``--input`` the
-``workflow_dispatch`` inputs. Every run is kept in the store (``vmrunner runs``); ``--json``
+``workflow_dispatch`` inputs, ``--offline`` and ``--local-repository`` where actions come from.
+Every run is kept in the store (``vmrunner runs``); ``--json``
 prints the results for machines. The exit code is 1 when any job failed, or when the disk
 holding the store was full or failing during the run (the last line says what was kept).
 """
@@ -161,6 +162,25 @@ def _pairs(
     help="The repository (default: git top-level of the workflows, else the current folder).",
 )
 @click.option("--actor", default=None, help="github.actor (default: $USER).")
+@click.option(
+    "--offline",
+    is_flag=True,
+    help="Use only actions already cached; fetch nothing (a missing one fails its step).",
+)
+@click.option(
+    "--local-repository",
+    "local_repositories",
+    multiple=True,
+    help="Use a local folder, as it is, for an action or reusable workflow: "
+    "OWNER/REPO@REF=PATH (act's flag; repeatable).",
+)
+@click.option(
+    "--repository-mirror",
+    "repository_mirrors",
+    multiple=True,
+    help="actions/checkout fetches repository OWNER/REPO from this local git repository: "
+    "OWNER/REPO=PATH (repeatable).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Show only what failed, and the final table.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option(
@@ -209,10 +229,15 @@ def command(
     memory_mib: int | None = None,
     pids: int | None = None,
     disk_mib: int | None = None,
+    offline: bool = False,
+    local_repositories: tuple[str, ...] = (),
+    repository_mirrors: tuple[str, ...] = (),
 ) -> None:
     """Run the workflows EVENT (default: push) triggers, each job in its own machine."""
     import asyncio
 
+    from vmrunner.actions.checkout import parse_mirrors
+    from vmrunner.actions.sources import parse_local_repositories
     from vmrunner.cli import terminal
     from vmrunner.cli.dotenv import read_dotenv
     from vmrunner.cli.options import read_payload, select, selected_jobs
@@ -254,6 +279,8 @@ def command(
         actor=actor or os.environ.get("USER") or "vmrunner",
         cpus=cpus, memory_mib=memory_mib, pids=pids, disk_mib=disk_mib,
         network=cast("NetworkMode", network or default_network(provider or DEFAULT_PROVIDER)),
+        offline=offline, local_repositories=parse_local_repositories(local_repositories),
+        repository_mirrors=parse_mirrors(repository_mirrors),
     )
     if options.network == "host":
         warn_host_network(terminal.warn)

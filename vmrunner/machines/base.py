@@ -93,6 +93,12 @@ class MachinePaths:
     home: str
     tool_cache: str = ""
 
+    @property
+    def work(self) -> str:
+        """The runner's work folder (``/home/runner/work``, as on GitHub's runners): it holds
+        ``_temp`` and each repository's workspace, ``work/<repo>/<repo>``."""
+        return str(PurePosixPath(self.temp).parent)
+
 
 #: Lists every entry of some directories with type and size (directory sizes vary by
 #: filesystem, so only their names count). Equal listings mean nothing was added or resized.

@@ -4,8 +4,8 @@ One machine is one ``qemu-system-x86_64`` process (its own session, so the whole
 killed) with, in ``VMRUNNER_HOME/machines/<id>/``:
 
 - ``disk.qcow2``: a copy-on-write overlay on the image's read-only root file system, so the
-  workspace (``/home/runner/work/workspace``, as on GitHub's runners) lives on the guest's
-  own disk and dies with the overlay;
+  work folder (``/home/runner/work``, where a job's workspace ``<repo>/<repo>`` is made, as on
+  GitHub's runners) lives on the guest's own disk and dies with the overlay;
 - ``agent.sock``: the host end of a virtio-serial port named ``vmrunner``, where the guest
   agent (PID 1 in the guest, see ``images``) serves one ``AgentClient``;
 - ``qmp.sock``: the QMP monitor, spoken through the ``qemu.qmp`` library (``_qmp``);

@@ -15,7 +15,8 @@ Its file system is built from nothing:
 - read-only: ``/usr`` (and the ``/bin``, ``/sbin``, ``/lib*`` links or directories beside it)
   and ``/etc`` with its secret files (shadow passwords, ssh host keys) masked;
 - writable, each a fresh host directory under ``VMRUNNER_HOME/machines/<id>/``:
-  ``/home/runner`` (HOME, holding ``work/workspace`` and ``work/_temp``), ``/tmp`` (also
+  ``/home/runner`` (HOME, holding the work folder: ``work/_temp``, the machine's default
+  folder ``work/workspace`` and a job's workspace ``work/<repo>/<repo>``), ``/tmp`` (also
   ``/var/tmp``) and ``/opt/hostedtoolcache``; everything else, the root included, is read-only;
 - ``/proc`` of its own pid namespace and a minimal ``/dev``.
 

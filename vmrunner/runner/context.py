@@ -18,7 +18,7 @@ from collections import ChainMap
 from collections.abc import Mapping, MutableMapping
 from typing import Any, Protocol
 
-from vmrunner.actions.workflows import Origin
+from vmrunner.actions.origin import Origin
 from vmrunner.errors import ConfigError, VmrunnerError
 from vmrunner.reports.events import (
     Annotation,

@@ -1,11 +1,13 @@
 """The ``github`` and ``runner`` contexts and GitHub's default environment variables.
 
 Values follow GitHub's documentation for the contexts; fields GitHub fills from its own
-services (tokens, ids of repositories and actors) are empty strings here.
+services (ids of repositories and actors) are empty strings here; ``github.token`` is the
+``GITHUB_TOKEN`` secret when one is given (masked like every secret).
 """
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from collections.abc import Mapping
@@ -111,7 +113,7 @@ def github_context(
         "sha": sha,
         "state": "",
         "step_summary": "",
-        "token": "",
+        "token": options.secrets.get("GITHUB_TOKEN", ""),
         "triggering_actor": options.actor,
         "workflow": workflow_name,
         "workflow_ref": f"{repository}/{workflow_file}@{ref}" if repository else "",
@@ -120,11 +122,20 @@ def github_context(
     }
 
 
-def runner_context(*, name: str, temp: str, tool_cache: str) -> dict[str, Any]:
+def workspaces(work: str, repository: str, repo_root: str) -> tuple[str, str]:
+    """(``runner.workspace``, ``github.workspace``): ``work/<repo>`` and ``work/<repo>/<repo>``,
+    GitHub-hosted runners' layout (``<repo>``: the name in ``owner/name``, else the folder's)."""
+    name = repository.rpartition("/")[2] or os.path.basename(os.path.abspath(repo_root))
+    name = name if name not in ("", ".", "..") and "/" not in name else "repository"
+    return f"{work}/{name}", f"{work}/{name}/{name}"
+
+
+def runner_context(*, name: str, temp: str, tool_cache: str, workspace: str = "") -> dict[str, Any]:
     machine = platform.machine().lower()
     return {
         "name": name, "os": "Linux", "arch": _ARCH.get(machine, machine.upper()), "temp": temp,
         "tool_cache": tool_cache, "debug": "", "environment": "self-hosted",
+        "workspace": workspace,
     }
 
 
@@ -135,6 +146,7 @@ def default_env(github: Mapping[str, Any], runner: Mapping[str, Any]) -> dict[st
         "RUNNER_ARCH": str(runner["arch"]), "RUNNER_NAME": str(runner["name"]),
         "RUNNER_TEMP": str(runner["temp"]), "RUNNER_TOOL_CACHE": str(runner["tool_cache"]),
         "RUNNER_ENVIRONMENT": str(runner["environment"]),
+        "RUNNER_WORKSPACE": str(runner.get("workspace", "")),
     }
     names = (
         "action", "action_path", "action_repository", "actor", "actor_id", "api_url", "base_ref",

@@ -53,7 +53,7 @@ from vmrunner.reports.events import (
 )
 from vmrunner.runner import checkpoints
 from vmrunner.runner.context import RunContext
-from vmrunner.runner.contexts import default_env, runner_context
+from vmrunner.runner.contexts import default_env, runner_context, workspaces
 from vmrunner.runner.evaluation import (
     as_text,
     render,
@@ -224,7 +224,7 @@ class JobExecution:
         if _HASH_ROOT.get() is not None or not step.calls_hash_files or self.runtime is None:
             yield
             return
-        workspace = self.runtime.paths.workspace
+        workspace = str(self.github.get("workspace") or self.runtime.paths.workspace)
         with tempfile.TemporaryDirectory(prefix="vmrunner-hashfiles-") as folder:
             data = await self.runtime.machine.get(workspace)
             await asyncio.to_thread(_extract, data, folder)
@@ -464,13 +464,15 @@ class JobExecution:
         self.event_path = f"{paths.temp}/_github_workflow/event.json"
         if self.resume is not None:
             await runtime.machine.import_snapshot(str(self.resume.folder))
-        await runtime.probe(self.event_path, json.dumps(run.options.payload, indent=2).encode())
-        self.github = {
-            **self.base_contexts["github"], "workspace": paths.workspace,
-            "event_path": self.event_path,
-        }
+        github = self.base_contexts["github"]
+        parent, workspace = workspaces(paths.work, github["repository"], run.options.repo_root)
+        await runtime.probe(
+            self.event_path, json.dumps(run.options.payload, indent=2).encode(), workspace
+        )
+        self.github = {**github, "workspace": workspace, "event_path": self.event_path}
         self.runner = runner_context(
-            name=runtime.machine.id, temp=paths.temp, tool_cache=paths.tool_cache
+            name=runtime.machine.id, temp=paths.temp, tool_cache=paths.tool_cache,
+            workspace=parent,
         )
         contexts = self.contexts(scope, self.workflow_env)
         try:
@@ -548,7 +550,8 @@ class JobExecution:
         )
         began = time.monotonic()
         env = runtime.process_env(self.default_env(), self.env_context(scope))
-        result = await runtime.run_command(index, command, env=env, cwd=runtime.paths.workspace)
+        cwd = str(self.github.get("workspace") or runtime.paths.workspace)
+        result = await runtime.run_command(index, command, env=env, cwd=cwd)
         if result.error:
             runtime.annotate(index, "error", result.error)
         outcome: Result = "success" if result.ok else "failure"

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from vmrunner.actions.sources import Sources
 from vmrunner.machines.base import DEFAULT_VM_TYPE, MachineSpec, NetworkMode
 
 DEFAULT_EVENT = "push"
@@ -72,6 +73,13 @@ class RunOptions:
     network: NetworkMode = "private"
     server_url: str = DEFAULT_SERVER_URL
     actions_url: str = DEFAULT_ACTIONS_URL
+    #: Use only the actions cache: nothing is fetched (``--offline``).
+    offline: bool = False
+    #: ``owner/repo@ref`` (or ``URL@ref``) -> a local folder used instead (``--local-repository``).
+    local_repositories: Mapping[str, str] = field(default_factory=_empty)
+    #: ``owner/repo`` -> a local git repository ``actions/checkout`` fetches it from
+    #: (``--repository-mirror``).
+    repository_mirrors: Mapping[str, str] = field(default_factory=_empty)
     #: Limits of every job's machine (``--cpus``, ``--memory``...); None: the machine type's
     #: setting, else the provider's default; 0: no limit.
     cpus: int | None = None
@@ -81,6 +89,12 @@ class RunOptions:
     #: Limits per machine type (the server's ``[machine-types.NAME]``), below the ones above:
     #: type -> {"cpus": 2, "memory_mib": 4096, "pids": 4096, "disk_mib": 16384}.
     machine_limits: Mapping[str, Mapping[str, int]] = field(default_factory=_empty)
+
+
+def action_sources(options: RunOptions) -> Sources:
+    """Where the run's actions and called workflows come from (``--offline``,
+    ``--local-repository``, the actions server)."""
+    return Sources(options.actions_url, options.offline, options.local_repositories)
 
 
 def machine_spec(

@@ -55,7 +55,7 @@ from vmrunner.runner.context import RunContext
 from vmrunner.runner.contexts import event_refs
 from vmrunner.runner.evaluation import as_text, render, render_env, render_flag, render_text
 from vmrunner.runner.job import JobExecution, JobInstance, JobOutcome
-from vmrunner.runner.options import RunOptions
+from vmrunner.runner.options import RunOptions, action_sources
 from vmrunner.sessions import SessionManager
 from vmrunner.workflow.calls import MAX_LEVELS, MAX_WORKFLOWS, call_inputs, call_secrets
 from vmrunner.workflow.expressions import EvaluationHooks, evaluate_if
@@ -507,7 +507,7 @@ class Run:
     async def load_called(self, uses: str) -> CalledWorkflow:
         """The called workflow, within GitHub's limits: no cycle, ten levels, 50 workflows."""
         context = self.context
-        called = await load_called_workflow(uses, context.origin, context.options.actions_url)
+        called = await load_called_workflow(uses, context.origin, action_sources(context.options))
         if called.identity in context.chain:
             cycle = [*context.chain[context.chain.index(called.identity):], called.identity]
             names = " → ".join(os.path.basename(step) for step in cycle)

@@ -183,16 +183,16 @@ class JobRuntime:
 
     # Probing the machine
 
-    async def probe(self, event_path: str, event: bytes) -> None:
-        """In one command: write the event file, learn the machine's PATH and which
-        interpreters it has (shell builtins only: one process)."""
+    async def probe(self, event_path: str, event: bytes, workspace: str) -> None:
+        """In one command: write the event file, make the workspace, learn the machine's PATH
+        and which interpreters it has."""
         script = (
-            'printf "%s\\n" "$PATH"; for t in bash python node; do command -v $t >/dev/null '
-            "&& echo $t; done; true"
+            'mkdir -p -- "$1" || exit 1; printf "%s\\n" "$PATH"; for t in bash python node; do '
+            "command -v $t >/dev/null && echo $t; done; true"
         )
         try:
             write = await self._inline({event_path: event})
-            result = await self.session.exec(["sh", "-c", script], write=write)
+            result = await self.session.exec(["sh", "-c", script, "sh", workspace], write=write)
         except MachineError as exc:
             raise ExecError(f"cannot set up the job's files in {self.paths.temp}: {exc}") from exc
         if not result.ok:

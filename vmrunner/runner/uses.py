@@ -1,5 +1,6 @@
 """Steps that ``uses`` an action: native checkout, composite actions, node actions and their
-post steps. Where actions come from and what their metadata says is ``actions.py``.
+post steps. Where actions come from and what their metadata says is
+``vmrunner/actions/``; ``actions/checkout`` is ``vmrunner/actions/checkout.py``.
 
 Composite actions run their steps in a scope of their own (``steps`` and ``inputs`` contexts,
 the ``uses`` step's env, which does not leak back); what they write to ``GITHUB_ENV`` and
@@ -17,21 +18,23 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from vmrunner.actions.checkout import CheckoutSettings, checkout
+from vmrunner.actions.origin import Origin
 from vmrunner.actions.sources import (
     Action,
     ActionError,
+    Sources,
     is_checkout,
     is_docker_reference,
     load_local_action,
     load_remote_action,
     load_self_action,
 )
-from vmrunner.actions.workflows import Origin
-from vmrunner.errors import ExpressionError, MachineError, VmrunnerError
+from vmrunner.errors import ExpressionError, VmrunnerError
 from vmrunner.reports.events import Result, StepFinished, StepStarted
-from vmrunner.repository import commit_tar, working_tree_tar
 from vmrunner.runner.context import JobHandle
 from vmrunner.runner.evaluation import as_text, render, render_env, render_text
+from vmrunner.runner.options import action_sources
 from vmrunner.runner.steps import Scope, StepOutcome
 from vmrunner.workflow.calls import SELF
 from vmrunner.workflow.expressions import EvaluationHooks, evaluate_if
@@ -66,7 +69,6 @@ class ActionSteps:
         An action that cannot be fetched is left for its step to report.
         """
         runtime = self.job.live_runtime
-        options = self.job.run.options
         for step in steps:
             uses = (step.uses or "").strip()
             if (
@@ -75,9 +77,7 @@ class ActionSteps:
             ):
                 continue
             try:
-                action = await load_remote_action(
-                    runtime.machine, uses, options.actions_url, self.uploaded
-                )
+                action = await self.remote_action(uses, -1)
             except ActionError:
                 continue
             self.fetched[id(step)] = action
@@ -152,19 +152,22 @@ class ActionSteps:
             await self.checkout(inputs, index)
             return StepOutcome("success", "success")
         if uses.startswith("./") or uses == ".":
-            action = await load_local_action(runtime.machine, uses)
+            action = await load_local_action(
+                runtime.machine, uses, str(self.job.github["workspace"])
+            )
         elif uses.startswith(SELF):  # the repository of the file naming it: a composite's own
             inner = scope.action
             origin = self.job.run.origin
             if inner is not None and inner.repository:
                 origin = Origin("", repository=inner.repository, ref=inner.ref)
+            notes: list[str] = []
             action = await load_self_action(
-                runtime.machine, uses, origin, self.job.run.options.actions_url, self.uploaded
+                runtime.machine, uses, origin, self.sources(), self.uploaded, notes
             )
+            for note in notes:
+                runtime.annotate(index, "warning", note)
         else:
-            action = self.fetched.get(id(step)) or await load_remote_action(
-                runtime.machine, uses, self.job.run.options.actions_url, self.uploaded
-            )
+            action = self.fetched.get(id(step)) or await self.remote_action(uses, index)
         if action.is_docker:
             raise ActionError(
                 f"action {uses} is a Docker action: not supported by the "
@@ -305,33 +308,31 @@ class ActionSteps:
         )
 
     async def checkout(self, inputs: Mapping[str, str], index: int) -> None:
-        """``actions/checkout``: the repository's files (working tree, or a commit) into the
-        workspace."""
-        runtime = self.job.live_runtime
-        options = self.job.run.options
-        workspace = runtime.paths.workspace
-        path = inputs.get("path", "").strip().strip("/")
-        if ".." in path.split("/"):
-            raise ActionError(f"actions/checkout: path '{path}' leaves the workspace")
-        target = f"{workspace}/{path}" if path else workspace
-        other = inputs.get("repository", "").strip()
-        if other and other != self.job.github.get("repository"):
-            runtime.annotate(
-                index,
-                "warning",
-                f"actions/checkout: repository '{other}' is not fetched; the local repository is "
-                f"copied instead",
-            )
-        if options.commit:
-            data = await commit_tar(options.repo_root, options.commit)
-            what = f"commit {options.commit}"
-        else:
-            data = await working_tree_tar(options.repo_root)
-            what = "the working tree"
-        try:
-            await runtime.machine.put(target, data)
-        except MachineError as exc:
-            raise ActionError(
-                f"actions/checkout: cannot copy the repository into the machine: {exc}"
-            ) from exc
-        runtime.log(index, f"Checked out {what} of {options.repo_root} into {target}")
+        """``actions/checkout``, natively (``vmrunner/actions/checkout.py``)."""
+        runtime, run = self.job.live_runtime, self.job.run
+        options, github = run.options, self.job.github
+        settings = CheckoutSettings(
+            repo_root=options.repo_root, repository=str(github.get("repository") or ""),
+            server_url=options.server_url, event_ref=str(github.get("ref") or ""),
+            commit=options.commit, mirrors=options.repository_mirrors, offline=options.offline,
+            token=str(github.get("token") or ""),
+        )
+        done = await checkout(runtime.machine, inputs, settings, str(github["workspace"]))
+        for secret in done.secrets:
+            run.masker.add(secret)
+        for warning in done.warnings:
+            runtime.annotate(index, "warning", warning)
+        for line in done.description.splitlines():
+            runtime.log(index, line)
+
+    def sources(self) -> Sources:
+        return action_sources(self.job.run.options)
+
+    async def remote_action(self, uses: str, index: int) -> Action:
+        notes: list[str] = []
+        action = await load_remote_action(
+            self.job.live_runtime.machine, uses, self.sources(), self.uploaded, notes
+        )
+        for note in notes:
+            self.job.live_runtime.annotate(index, "warning", note)
+        return action
