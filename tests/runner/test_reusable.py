@@ -507,6 +507,37 @@ jobs:
     )
 
 
+async def test_local_repository_and_offline_cover_called_workflows(tmp_path: Path) -> None:
+    """act's ``--local-repository`` maps a called workflow's repository to a folder, used as it
+    is (no git server needed); ``--offline`` calls only what the actions cache holds."""
+    remote_repository(tmp_path)
+    folder = tmp_path / "work" / "pipelines"
+    (folder / "actions/stamp/mark.txt").write_text("the local stamp\n")  # not committed
+    caller = """
+on: push
+jobs:
+  release:
+    uses: octo/pipelines/.github/workflows/release.yml@v2
+    with: {version: "3"}
+"""
+    repo = write(tmp_path / "repo", {".github/workflows/ci.yml": caller})
+    workflow = repo / ".github/workflows/ci.yml"
+    mapped = await run(
+        workflow, repo_root=repo, actions_url="file:///nowhere",
+        local_repositories={"octo/pipelines@v2": str(folder)},
+    )
+    assert mapped.logs("release / build") == ["stamped 3 by the local stamp"]
+    assert mapped.result("release / inner / tag") == "success"
+    offline = await run(
+        workflow, repo_root=repo, actions_url=f"file://{tmp_path / 'server'}", offline=True
+    )
+    assert "--offline" in offline.finished("release").reason
+    fetched = await run(workflow, repo_root=repo, actions_url=f"file://{tmp_path / 'server'}")
+    assert fetched.logs("release / build") == ["stamped 3 by the remote stamp"]
+    cached = await run(workflow, repo_root=repo, actions_url="file:///nowhere", offline=True)
+    assert cached.logs("release / build") == ["stamped 3 by the remote stamp"]
+
+
 async def test_self_repository_references_need_no_checkout(tmp_path: Path) -> None:
     repo = write(
         tmp_path,
