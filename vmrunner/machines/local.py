@@ -21,6 +21,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -527,6 +528,9 @@ class AgentMachine(Machine):
 
     async def ping(self) -> float:
         return await self._usable().ping()
+
+    def forward(self, target: Path, port: int = 0) -> AbstractAsyncContextManager[int]:
+        return self._usable().forward(target, port)
 
     async def _closed(self) -> None:
         """Free what the machine holds besides its process, before its directory goes."""
