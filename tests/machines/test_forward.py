@@ -10,6 +10,7 @@ rules.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import inspect
 import json
@@ -19,6 +20,7 @@ import textwrap
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,6 +36,7 @@ from vmrunner.machines.agent import (
 )
 from vmrunner.machines.base import ExecResult, Machine, MachineSpec
 from vmrunner.machines.client import AgentClient
+from vmrunner.machines.local import PIPE_SIZE, AgentMachine
 from vmrunner.machines.providers import get_provider
 
 MiB = 1 << 20
@@ -438,6 +441,24 @@ async def test_a_socket_path_longer_than_an_address_holds_is_refused(
         await provider.aclose()
 
 
+async def test_the_agents_pipes_hold_whole_frames() -> None:
+    """A forward's throughput rests on it: 64 KiB pipes halve it (``python -m bench forward``)."""
+    provider = get_provider("host", grace=0.5)
+    machine = await provider.allocate(MachineSpec())
+    try:
+        assert isinstance(machine, AgentMachine)
+        process: Any = machine.process
+        pipes = [
+            process.stdin.transport.get_extra_info("pipe"),
+            process.stdout._transport.get_extra_info("pipe"),
+        ]
+        sizes = [fcntl.fcntl(pipe.fileno(), fcntl.F_GETPIPE_SZ) for pipe in pipes]
+        assert sizes == [PIPE_SIZE, PIPE_SIZE]
+    finally:
+        await provider.release(machine)
+        await provider.aclose()
+
+
 # The frames, against a real agent spoken to in raw bytes.
 
 
@@ -630,7 +651,8 @@ async def test_the_client_resets_a_stream_sent_past_its_window(
     assert "past its window" in reset.header["message"]
     service.reading.set()
     await no_connection_left(service)  # and the host program's connection was cut
-    assert service.broken == 1 and service.received < 2 * MiB
+    assert service.broken == 1
+    assert service.received < 2 * MiB
     await close_forwards(agent, stack)
 
 
