@@ -38,6 +38,7 @@ from vmrunner.machines.base import ExecResult, Machine, MachineSpec
 from vmrunner.machines.client import AgentClient
 from vmrunner.machines.local import PIPE_SIZE, AgentMachine
 from vmrunner.machines.providers import get_provider
+from vmrunner.machines.testing import CountingProvider
 
 MiB = 1 << 20
 PRIVATE_NETWORK = os.geteuid() == 0 and os.path.exists("/usr/bin/slirp4netns")
@@ -428,7 +429,7 @@ async def test_a_machine_without_the_capability_says_so(tmp_path: Path) -> None:
 async def test_a_socket_path_longer_than_an_address_holds_is_refused(
     tmp_path: Path, service: HostService
 ) -> None:
-    provider = get_provider("host", grace=0.5)
+    provider = CountingProvider(get_provider("host", grace=0.5))  # the double passes it on
     machine = await provider.allocate(MachineSpec())
     try:
         with pytest.raises(ForwardError, match="at most 107 bytes"):

@@ -251,7 +251,9 @@ class Machine(ABC):
         ``async with machine.forward(target) as port:`` gives the port inside the machine; on
         exit the listener and every connection of the forward are closed. Only where the
         provider declares ``Capabilities.forward``; elsewhere ``ForwardUnsupported``. A port
-        that is taken is a ``ForwardError``.
+        that is taken is a ``ForwardError``. A forward lives as long as the agent's connection:
+        a Firecracker snapshot resets that connection, so a forward is opened after snapshots
+        (or again), and a QEMU restore brings back the agent's forwards as they were then.
         """
         return _unsupported_forward(self.provider_name)
 

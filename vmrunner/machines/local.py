@@ -414,10 +414,12 @@ def _widen_pipes(process: asyncio.subprocess.Process) -> None:
     with its default 64 KiB a large transfer (files, port forwards) costs the two processes a
     switch every 64 KiB, and halves what a forward carries."""
     for stream in (process.stdin, process.stdout):
+        # A reader keeps its transport private; a writer shows it.
         transport = getattr(stream, "transport", None) or getattr(stream, "_transport", None)
         pipe = transport.get_extra_info("pipe") if transport is not None else None
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        if pipe is not None:
+            with contextlib.suppress(OSError):  # over the user's quota: the default stays
+                fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
 
 
 async def wait_through_cancellation(task: asyncio.Future[Any]) -> bool:
