@@ -20,6 +20,8 @@ below and raised ``from`` the original.
     │   ├── TransferError          put/get of files failed
     │   ├── SnapshotError          a snapshot or restore failed
     │   │   └── SnapshotUnsupported   the provider has no snapshot capability
+    │   ├── ForwardError           a port forward into a machine could not be opened
+    │   │   └── ForwardUnsupported    the provider has no port-forward capability
     │   ├── ReleaseError           a machine could not be fully released
     │   └── ImageError             a guest image could not be built, found or booted
     ├── SessionError               the session manager refused an operation
@@ -152,6 +154,14 @@ class SnapshotError(MachineError):
 
 class SnapshotUnsupported(SnapshotError):
     """The machine's provider does not declare the snapshot capability."""
+
+
+class ForwardError(MachineError):
+    """A port forward could not be opened: the port is taken, or the agent refused it."""
+
+
+class ForwardUnsupported(ForwardError):
+    """The machine's provider does not declare the port-forward capability."""
 
 
 class ImageError(MachineError):

@@ -36,7 +36,34 @@ Requests (client -> agent); each gets exactly one terminal reply with the same i
     kill      {target: exec id, grace (s)}         -> ok {found}; the target's exit follows
     put       {dest, more: bool}, payload = tar    -> ok once the last chunk is unpacked
     get       {path}                               -> data chunks (payload), then done
+    forward   {port, window}                       -> listening {port, window}, then the
+                                                      streams below, then done once closed;
+                                                      error {kind: "forward"} if it cannot
+                                                      listen
+    unforward {target: forward id}                 -> ok {found}; the target's done comes first
     shutdown  {}                                   -> ok, after every command was killed
+
+Port forwards. ``forward`` listens on TCP ``127.0.0.1:port`` inside the machine (0: a free
+port, reported in ``listening``); every connection accepted there is a *stream* of that
+forward, numbered by the agent from 1, and its frames carry the forward's id and ``stream``.
+The host side connects each stream to a host socket of its own choosing; the agent never
+learns where. Stream frames, both ways, never answered:
+
+    accept  {stream}            agent -> client: a new connection
+    chunk   {stream}, payload   bytes of the connection, at most ``window`` unacknowledged
+    credit  {stream, bytes}     that many bytes of the other side's were delivered: it may
+                                send that many more
+    eof     {stream}            the sender's side of the connection ended (a half-close)
+    reset   {stream, message}   the connection is gone, both ways, at once
+
+Each side may send at most the other's ``window`` (per stream, given in ``forward`` and
+``listening``) beyond what was credited back, so neither buffers more than its own window per
+stream, whatever the speed of the programs at either end, and a slow connection never holds up
+other frames on the stream; a side that sends more is reset. A stream ends when both sides
+sent ``eof`` (and the data before it was delivered), or at a ``reset``; frames for a stream that
+ended are dropped. At most ``FORWARD_STREAMS`` connections of a forward are open at once, the
+next ones wait in the listener's backlog. ``unforward``, ``shutdown`` and the end of the
+client's connection close the listener and reset every stream of the forward.
 
 A relative ``cwd`` is taken from the directory the agent started in (the workspace); ``dest``
 and ``path`` must be absolute. ``write`` files are written (UTF-8, parents created) before the
@@ -46,7 +73,7 @@ missing file is empty; each is cut at MAX_COLLECT bytes, all together below MAX_
 a job needs both (its
 script, and the file commands it wrote), so one request does without a shell wrapper. Errors are
 replies ``error {kind, message}``; kind is one of
-protocol, exec, transfer, internal. A frame that cannot be decoded gets an error with
+protocol, exec, transfer, forward, internal. A frame that cannot be decoded gets an error with
 ``id: null`` (or the id when it could be read) and the agent carries on with the next frame.
 
 When the stream ends on pipes, ``--fd`` or ``--device``, the agent kills everything it
@@ -113,6 +140,12 @@ MAX_COLLECT = 4 << 20
 ROOT_DROPS = (5, 6, 7, 8)
 #: Default time between SIGTERM and SIGKILL when killing a process group.
 DEFAULT_GRACE = 1.0
+#: What one side of a forwarded connection may send beyond what the other acknowledged.
+FORWARD_WINDOW = 1 << 20
+#: The largest chunk of a forwarded connection in one frame.
+FORWARD_CHUNK = 256 << 10
+#: Connections of one forward open at once; more wait in the listener's backlog.
+FORWARD_STREAMS = 64
 
 _FIRST = struct.Struct(">4sBBHII")
 _CRC = struct.Struct(">I")
@@ -369,6 +402,43 @@ class _Exec:
         self.collect: list[str] = []
 
 
+class _Forward:
+    """A listener inside the machine and the connections it accepted (its streams)."""
+
+    __slots__ = ("id", "next", "paused", "server", "streams", "window")
+
+    def __init__(self, ident: int, server: Any, window: int) -> None:
+        self.id = ident
+        self.server = server
+        #: What the client accepts per stream beyond what it credited back.
+        self.window = window
+        self.streams: dict[int, _Stream] = {}
+        self.next = 1
+        #: Not accepting: FORWARD_STREAMS are open (or the agent is out of descriptors).
+        self.paused = False
+
+
+class _Stream:
+    """One accepted connection of a forward."""
+
+    __slots__ = ("acked", "credit", "eof_in", "handler", "id", "out", "read_done", "sock",
+                 "write_done")
+
+    def __init__(self, ident: int, sock: Any, credit: int) -> None:
+        self.id = ident
+        self.sock = sock
+        #: Bytes we may still send to the client.
+        self.credit = credit
+        #: From the client, not yet written to the connection (at most FORWARD_WINDOW).
+        self.out = bytearray()
+        #: Written to the connection, not yet credited back to the client.
+        self.acked = 0
+        self.eof_in = False
+        self.read_done = False
+        self.write_done = False
+        self.handler: Callable[[int], None] | None = None
+
+
 class Refusal(Exception):
     """A request the agent refuses; becomes an error reply of that ``kind``."""
 
@@ -407,6 +477,7 @@ class Agent:
         self._pipes: dict[int, tuple[_Exec, str]] = {}
         self._groups: set[int] = set()
         self._puts: dict[int, list[bytes]] = {}
+        self._forwards: dict[int, _Forward] = {}
         self._write_lock = _thread.allocate_lock()
         self._out = -1
         self._in = -1
@@ -435,6 +506,8 @@ class Agent:
         while not self._closing:
             self._step()
         self._unregister(in_fd)
+        for forward in list(self._forwards.values()):  # nobody is left to serve them
+            self._close_forward(forward, notify=False)
         if keep and not self.stopped:
             self._out = -1
             self._orphan_all()
@@ -484,6 +557,17 @@ class Agent:
     def _register(self, fd: int, handler: Callable[[int], None], write: bool = False) -> None:
         self._handlers[fd] = handler
         self._poll.register(fd, select.POLLOUT if write else select.POLLIN)
+
+    def _watch(self, fd: int, handler: Callable[[int], None], events: int) -> None:
+        """Poll ``fd`` for ``events`` (both ways at once, unlike ``_register``); 0: not at all."""
+        if not events:
+            self._unregister(fd)
+        elif fd in self._handlers:
+            self._handlers[fd] = handler
+            self._poll.modify(fd, events)
+        else:
+            self._handlers[fd] = handler
+            self._poll.register(fd, events)
 
     def _unregister(self, fd: int) -> None:
         if self._handlers.pop(fd, None) is not None:
@@ -1074,6 +1158,197 @@ class Agent:
             self.send({"op": "data", "id": ident}, data[offset : offset + CHUNK])
         self.send({"op": "done", "id": ident, "size": len(data)})
 
+    # Port forwards: a listener inside the machine whose connections become streams.
+
+    def _op_forward(self, frame: Frame) -> None:
+        import _socket
+
+        ident = frame.id
+        if ident is None or ident in self._forwards or ident in self._execs:
+            raise Refusal("protocol", "forward needs an id that is not in use")
+        port = frame.header.get("port", 0)
+        window = frame.header.get("window", FORWARD_WINDOW)
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+            raise Refusal("protocol", "forward needs a port from 0 to 65535")
+        if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+            raise Refusal("protocol", "window must be a positive integer")
+        server = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+        try:
+            server.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+            server.bind(("127.0.0.1", port))
+            server.listen(FORWARD_STREAMS)
+        except OSError as exc:
+            server.close()
+            raise Refusal("forward", f"cannot listen on 127.0.0.1:{port}: {exc.strerror}") from None
+        server.setblocking(False)
+        forward = _Forward(ident, server, window)
+        self._forwards[ident] = forward
+        self._register(server.fileno(), lambda fd: self._accept_streams(forward))
+        port = server.getsockname()[1]
+        self.send({"op": "listening", "id": ident, "port": port, "window": FORWARD_WINDOW})
+
+    def _op_unforward(self, frame: Frame) -> None:
+        target = frame.header.get("target")
+        forward = self._forwards.get(target) if isinstance(target, int) else None
+        if forward is not None:
+            self._close_forward(forward, notify=True)
+        self.send({"op": "ok", "id": frame.id, "found": forward is not None})
+
+    def _close_forward(self, forward: _Forward, *, notify: bool) -> None:
+        del self._forwards[forward.id]
+        self._unregister(forward.server.fileno())
+        forward.server.close()
+        for stream in list(forward.streams.values()):
+            self._end_stream(forward, stream, abort=True)
+        if notify:
+            self.send({"op": "done", "id": forward.id})
+
+    def _accept_streams(self, forward: _Forward) -> None:
+        import _socket
+
+        while len(forward.streams) < FORWARD_STREAMS:
+            try:
+                fd, _ = forward.server._accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of descriptors: take the rest once a stream ended
+                if exc.errno == errno.ECONNABORTED:
+                    continue
+                break
+            sock = _socket.socket(fileno=fd)
+            sock.setblocking(False)
+            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+            stream = _Stream(forward.next, sock, forward.window)
+            forward.next += 1
+            forward.streams[stream.id] = stream
+            stream.handler = lambda fd, s=stream: self._on_stream(forward, s)
+            self.send({"op": "accept", "id": forward.id, "stream": stream.id})
+            self._watch_stream(stream)
+        self._unregister(forward.server.fileno())
+        forward.paused = True
+
+    def _watch_stream(self, stream: _Stream) -> None:
+        events = 0
+        if not stream.read_done and stream.credit > 0:
+            events |= select.POLLIN
+        if stream.out:
+            events |= select.POLLOUT
+        assert stream.handler is not None
+        self._watch(stream.sock.fileno(), stream.handler, events)
+
+    def _on_stream(self, forward: _Forward, stream: _Stream) -> None:
+        if stream.out or (stream.eof_in and not stream.write_done):
+            self._flush_stream(forward, stream)
+        if stream.id in forward.streams and not stream.read_done and stream.credit > 0:
+            self._read_stream(forward, stream)
+        if stream.id in forward.streams:
+            self._watch_stream(stream)
+
+    def _read_stream(self, forward: _Forward, stream: _Stream) -> None:
+        try:
+            data = stream.sock.recv(min(stream.credit, FORWARD_CHUNK))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._reset_stream(forward, stream, exc.strerror or str(exc))
+            return
+        header = {"op": "chunk" if data else "eof", "id": forward.id, "stream": stream.id}
+        self.send(header, data)
+        stream.credit -= len(data)
+        if not data:
+            stream.read_done = True
+            self._stream_ended(forward, stream)
+
+    def _flush_stream(self, forward: _Forward, stream: _Stream) -> None:
+        try:
+            while stream.out:
+                written = stream.sock.send(stream.out)
+                del stream.out[:written]
+                stream.acked += written
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as exc:
+            self._reset_stream(forward, stream, exc.strerror or str(exc))
+            return
+        if stream.acked and (not stream.out or stream.acked >= FORWARD_WINDOW // 4):
+            self.send({"op": "credit", "id": forward.id, "stream": stream.id,
+                       "bytes": stream.acked})
+            stream.acked = 0
+        if stream.eof_in and not stream.out and not stream.write_done:
+            stream.write_done = True
+            try:  # noqa: SIM105
+                stream.sock.shutdown(1)  # SHUT_WR: the client's side ended
+            except OSError:
+                pass
+            self._stream_ended(forward, stream)
+
+    def _stream_ended(self, forward: _Forward, stream: _Stream) -> None:
+        if stream.read_done and stream.write_done:
+            self._end_stream(forward, stream, abort=False)
+
+    def _reset_stream(self, forward: _Forward, stream: _Stream, message: str) -> None:
+        self.send({"op": "reset", "id": forward.id, "stream": stream.id, "message": message})
+        self._end_stream(forward, stream, abort=True)
+
+    def _end_stream(self, forward: _Forward, stream: _Stream, *, abort: bool) -> None:
+        """Forget a stream and close its connection (``abort``: with a reset, as a program
+        whose peer vanished would see)."""
+        import _socket
+
+        del forward.streams[stream.id]
+        self._unregister(stream.sock.fileno())
+        if abort:
+            try:  # noqa: SIM105
+                stream.sock.setsockopt(
+                    _socket.SOL_SOCKET, _socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+            except OSError:
+                pass
+        stream.sock.close()
+        if forward.paused and forward.id in self._forwards:
+            forward.paused = False
+            self._register(forward.server.fileno(), lambda fd: self._accept_streams(forward))
+
+    def _stream_of(self, frame: Frame) -> tuple[_Forward, _Stream] | None:
+        """The live stream a frame is about; frames for ended streams are dropped."""
+        forward = self._forwards.get(frame.id) if frame.id is not None else None
+        ident = frame.header.get("stream")
+        if forward is None or not isinstance(ident, int):
+            return None
+        stream = forward.streams.get(ident)
+        return None if stream is None else (forward, stream)
+
+    def _op_chunk(self, frame: Frame) -> None:
+        found = self._stream_of(frame)
+        if found is None:
+            return
+        forward, stream = found
+        if stream.eof_in or len(stream.out) + len(frame.payload) > FORWARD_WINDOW:
+            self._reset_stream(forward, stream, "the host sent past its window or its end")
+            return
+        stream.out += frame.payload
+        self._on_stream(forward, stream)
+
+    def _op_credit(self, frame: Frame) -> None:
+        found = self._stream_of(frame)
+        amount = frame.header.get("bytes")
+        if found is not None and isinstance(amount, int) and amount > 0:
+            forward, stream = found
+            stream.credit = min(stream.credit + amount, forward.window)
+            self._watch_stream(stream)
+
+    def _op_eof(self, frame: Frame) -> None:
+        found = self._stream_of(frame)
+        if found is not None:
+            forward, stream = found
+            stream.eof_in = True
+            self._on_stream(forward, stream)
+
+    def _op_reset(self, frame: Frame) -> None:
+        found = self._stream_of(frame)
+        if found is not None:
+            self._end_stream(*found, abort=True)
+
     _ops: ClassVar[dict[str, Callable[[Agent, Frame], None]]] = {
         "ping": _op_ping,
         "exec": _op_exec,
@@ -1081,6 +1356,12 @@ class Agent:
         "kill": _op_kill,
         "put": _op_put,
         "get": _op_get,
+        "forward": _op_forward,
+        "unforward": _op_unforward,
+        "chunk": _op_chunk,
+        "credit": _op_credit,
+        "eof": _op_eof,
+        "reset": _op_reset,
         "shutdown": _op_shutdown,
     }
 

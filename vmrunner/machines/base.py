@@ -13,6 +13,10 @@ Resource contract (the rule the session manager builds on):
 - ``Provider.reclaim`` does the same for a machine left behind by a runner process that died,
   knowing only its ``MachineRecord``.
 
+A port forward (``Machine.forward``, where the provider declares it) lets programs in the machine
+reach one host unix socket through ``127.0.0.1:PORT`` inside, over the agent's own stream: the
+machine gets no route to the host.
+
 Snapshots live as long as their machine; ``export_snapshot`` copies one out to a host folder and
 ``import_snapshot`` seeds a fresh machine of the same provider with it (``vmrunner rerun``).
 """
@@ -24,13 +28,14 @@ import os
 import tarfile
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar, Literal
 
-from vmrunner.errors import SnapshotUnsupported, TransferError
+from vmrunner.errors import ForwardUnsupported, SnapshotUnsupported, TransferError
 
 Stream = Literal["stdout", "stderr"]
 #: Called with each chunk of output as the command produces it.
@@ -82,6 +87,8 @@ class Capabilities:
     isolation: Isolation
     snapshots: bool
     network_modes: frozenset[str] = frozenset({"host", "none"})
+    #: ``Machine.forward``: a port inside the machine that leads to a host unix socket.
+    forward: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +250,19 @@ class Machine(ABC):
         """Replace this (fresh, idle) machine's state with a snapshot ``export_snapshot`` wrote."""
         raise SnapshotUnsupported(f"the {self.provider_name} provider cannot import snapshots")
 
+    def forward(self, target: Path, port: int = 0) -> AbstractAsyncContextManager[int]:
+        """Listen on ``127.0.0.1:port`` inside the machine (0: any free port) and carry every
+        connection made there to a new connection to the host unix socket ``target``.
+
+        ``async with machine.forward(target) as port:`` gives the port inside the machine; on
+        exit the listener and every connection of the forward are closed. Only where the
+        provider declares ``Capabilities.forward``; elsewhere ``ForwardUnsupported``. A port
+        that is taken is a ``ForwardError``. A forward lives as long as the agent's connection:
+        a Firecracker snapshot resets that connection, so a forward is opened after snapshots
+        (or again), and a QEMU restore brings back the agent's forwards as they were then.
+        """
+        return _unsupported_forward(self.provider_name)
+
     # Conveniences built on put/get, shared by every provider.
 
     async def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
@@ -281,6 +301,12 @@ class Machine(ABC):
         except OSError as exc:
             raise TransferError(f"cannot read {source}: {exc}") from exc
         await self.put(dest_dir, buffer.getvalue())
+
+
+@asynccontextmanager
+async def _unsupported_forward(provider: str) -> AsyncIterator[int]:
+    raise ForwardUnsupported(f"the {provider} provider cannot forward ports into its machines")
+    yield 0  # pragma: no cover - a generator, so that the error comes with ``async with``
 
 
 class Provider(ABC):

@@ -3,7 +3,8 @@
 One ``AgentClient`` owns one byte stream to one agent. A reader task routes every incoming
 frame to the request with its id, so any number of commands and transfers run at once. When the
 stream breaks or the agent says something that is not the protocol, every pending request fails
-with ``AgentError`` and the client is dead: the machine is to be released.
+with ``AgentError`` and the client is dead: the machine is to be released. Port forwards keep
+their request id open while they last; ``forward.py`` carries their connections.
 """
 
 from __future__ import annotations
@@ -11,15 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from vmrunner.errors import AgentError, ExecError, TransferError
+from vmrunner.errors import AgentError, ExecError, ForwardError, TransferError
 from vmrunner.machines.agent import (
     CHUNK,
     DEFAULT_GRACE,
+    FORWARD_WINDOW,
     Frame,
     FrameDecoder,
     FrameError,
@@ -27,15 +31,19 @@ from vmrunner.machines.agent import (
     encode_frame,
 )
 from vmrunner.machines.base import ExecResult, OutputCallback
+from vmrunner.machines.forward import Forward
 
 #: How long a cancelled command may take to report its exit after the kill's grace period.
 KILL_SLACK = 5.0
 #: How long past its own timeout the agent may take to report a command's end.
 TIMEOUT_SLACK = 10.0
+#: The longest path a unix socket address holds (``sun_path`` less its final NUL).
+MAX_SOCKET_PATH = 107
 
-_ERRORS: dict[str, type[AgentError] | type[ExecError] | type[TransferError]] = {
+_ERRORS: dict[str, type[AgentError | ExecError | TransferError | ForwardError]] = {
     "exec": ExecError,
     "transfer": TransferError,
+    "forward": ForwardError,
 }
 
 
@@ -92,6 +100,27 @@ class _GetRequest(_Request):
             self.data.extend(frame.payload)
         else:
             super().handle(frame)
+
+
+class _ForwardRequest(_Request):
+    """A forward: open until the agent says ``done`` (after ``unforward``) or fails."""
+
+    def __init__(self, forward: Forward) -> None:
+        super().__init__()
+        self.forward = forward
+
+    def handle(self, frame: Frame) -> None:
+        if frame.op == "error":
+            super().handle(frame)
+        elif frame.op == "done":
+            super().handle(frame)
+            self.forward.fail(ForwardError(f"{self.forward.name}: the forward was closed"))
+        else:
+            self.forward.handle(frame)
+
+    def fail(self, exc: BaseException) -> None:
+        super().fail(exc)
+        self.forward.fail(exc)
 
 
 class AgentClient:
@@ -235,6 +264,37 @@ class AgentClient:
         await self._wait(ident, request)
         return bytes(request.data)
 
+    @contextlib.asynccontextmanager
+    async def forward(self, target: Path, port: int = 0) -> AsyncIterator[int]:
+        """Listen on ``127.0.0.1:port`` in the machine (0: any free port) and carry each
+        connection made there to a new connection to the host unix socket ``target``; yields
+        the port. On exit the listener and every connection are closed (shielded, bounded).
+
+        ``ForwardError`` when the agent cannot listen there (the port is taken).
+        """
+        if len(os.fsencode(target)) > MAX_SOCKET_PATH:
+            raise ForwardError(
+                f"cannot forward to {target}: a unix socket's path is at most "
+                f"{MAX_SOCKET_PATH} bytes"
+            )
+        ident = next(self._ids)
+        forward = Forward(target, ident, self._send, name=self.name)
+        request = _ForwardRequest(forward)
+        try:
+            self._start(ident, request, {"op": "forward", "port": port, "window": FORWARD_WINDOW})
+            yield await forward.port
+        finally:
+            await _through_cancellation(self._unforward(ident, request, forward))
+
+    async def _unforward(self, ident: int, request: _ForwardRequest, forward: Forward) -> None:
+        if self._failure is None and not request.done.done():
+            with contextlib.suppress(AgentError, ForwardError, TimeoutError):
+                self._send({"op": "unforward", "id": next(self._ids), "target": ident})
+                async with asyncio.timeout(self.grace + KILL_SLACK):
+                    await asyncio.shield(request.done)  # the agent's done, sent before its ok
+        self._pending.pop(ident, None)
+        await forward.aclose()
+
     async def shutdown(self) -> None:
         """Ask the agent to kill every command and exit; returns once it confirmed."""
         await self._call({"op": "shutdown"})
@@ -348,6 +408,21 @@ class AgentClient:
         pending, self._pending = self._pending, {}
         for request in pending.values():
             request.fail(exc)
+
+
+async def _through_cancellation(cleanup: Coroutine[Any, Any, None]) -> None:
+    """Run ``cleanup`` to its end even when the caller is cancelled meanwhile; the
+    cancellation is raised once it is done."""
+    task = asyncio.ensure_future(cleanup)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+    task.result()
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 def _collected(

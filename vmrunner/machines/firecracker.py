@@ -383,7 +383,9 @@ class FirecrackerProvider(Provider):
     """
 
     name: ClassVar[str] = "firecracker"
-    capabilities: ClassVar[Capabilities] = Capabilities(isolation=Isolation.VM, snapshots=True)
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        isolation=Isolation.VM, snapshots=True, forward=True
+    )
 
     def __init__(
         self,

@@ -31,7 +31,7 @@ class HostProvider(LocalProvider):
 
     name: ClassVar[str] = "host"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        isolation=Isolation.NONE, snapshots=False, network_modes=frozenset({"host"})
+        isolation=Isolation.NONE, snapshots=False, network_modes=frozenset({"host"}), forward=True
     )
     machine_class: ClassVar[type[AgentMachine]] = AgentMachine
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -21,6 +22,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -47,6 +49,10 @@ AGENT_BOOT = (
     "import sys;sys.path.insert(0,sys.argv[1]);import agent;sys.exit(agent.main(sys.argv[2:]))"
 )
 RECORD_NAME = "machine.json"
+#: What each of the agent's two pipes holds (the kernel's default is 64 KiB): the runner's
+#: user pays for it from a quota of 64 MiB (``fs.pipe-user-pages-soft``) unless it is root, and
+#: pipes made past that quota shrink to 8 KiB, so a runner that is not root takes less.
+PIPE_SIZE = 1 << 20 if os.geteuid() == 0 else 256 << 10
 #: How long a new agent may take to answer its first ping.
 START_TIMEOUT = 10.0
 #: How long release may take before it gives up and says what is left.
@@ -386,6 +392,7 @@ async def start_agent(
     if process.stdout is None or process.stdin is None:  # never: both were asked for as pipes
         await shielded(stop_process(process, 0, group=new_session))
         raise AllocationError(f"cannot talk to the agent of {name}: its pipes are missing")
+    _widen_pipes(process)
     client = AgentClient(process.stdout, process.stdin, name=name, grace=grace)
     client.start()
     try:
@@ -400,6 +407,19 @@ async def start_agent(
         why = _tail(log_path) or ("no answer" if isinstance(exc, TimeoutError) else str(exc))
         raise AllocationError(f"the agent of {name} did not answer: {why}") from exc
     return process, client
+
+
+def _widen_pipes(process: asyncio.subprocess.Process) -> None:
+    """Give the agent's pipes room for whole frames (``PIPE_SIZE``) where the kernel allows:
+    with its default 64 KiB a large transfer (files, port forwards) costs the two processes a
+    switch every 64 KiB, and halves what a forward carries."""
+    for stream in (process.stdin, process.stdout):
+        # A reader keeps its transport private; a writer shows it.
+        transport = getattr(stream, "transport", None) or getattr(stream, "_transport", None)
+        pipe = transport.get_extra_info("pipe") if transport is not None else None
+        if pipe is not None:
+            with contextlib.suppress(OSError):  # over the user's quota: the default stays
+                fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
 
 
 async def wait_through_cancellation(task: asyncio.Future[Any]) -> bool:
@@ -527,6 +547,9 @@ class AgentMachine(Machine):
 
     async def ping(self) -> float:
         return await self._usable().ping()
+
+    def forward(self, target: Path, port: int = 0) -> AbstractAsyncContextManager[int]:
+        return self._usable().forward(target, port)
 
     async def _closed(self) -> None:
         """Free what the machine holds besides its process, before its directory goes."""

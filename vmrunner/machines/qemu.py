@@ -330,7 +330,10 @@ class QemuProvider(Provider):
 
     name: ClassVar[str] = "qemu"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        isolation=Isolation.VM, snapshots=True, network_modes=frozenset({"private", "host", "none"})
+        isolation=Isolation.VM,
+        snapshots=True,
+        network_modes=frozenset({"private", "host", "none"}),
+        forward=True,
     )
 
     def __init__(

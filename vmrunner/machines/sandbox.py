@@ -288,6 +288,7 @@ class SandboxProvider(LocalProvider):
         isolation=Isolation.NAMESPACES,
         snapshots=True,
         network_modes=frozenset({"private", "host", "none"}),
+        forward=True,
     )
     machine_class: ClassVar[type[AgentMachine]] = SandboxMachine
 

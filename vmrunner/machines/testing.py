@@ -14,7 +14,9 @@ from __future__ import annotations
 import time
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from vmrunner.errors import (
@@ -285,6 +287,9 @@ class CountingMachine(Machine):
         if self._provider._fault("get", self.id):
             return b""
         return await self.inner.get(path)
+
+    def forward(self, target: Path, port: int = 0) -> AbstractAsyncContextManager[int]:
+        return self.inner.forward(target, port)
 
     async def fingerprint(self) -> bytes:
         # Not recorded either: the pool's verification, not a command of the job.
