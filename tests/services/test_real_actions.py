@@ -57,12 +57,13 @@ async def test_cache_saved_by_one_run_is_restored_by_the_next(
     served: Served, build: Path, tmp_path: Path
 ) -> None:
     cache = build / "cache" / "dist"
+    restore_js = cache / "restore" / "index.js"
     inputs = {"path": "deps", "key": "deps-v1-abc", "restore-keys": "deps-v1-\ndeps-",
               "enableCrossOsArchive": "false", "fail-on-cache-miss": "false",
               "lookup-only": "false", "save-always": "false"}
     first = tmp_path / "run1"
     first.mkdir()
-    restore = await run_action(cache / "restore" / "index.js", first, served.env(grant("a")), inputs)
+    restore = await run_action(restore_js, first, served.env(grant("a")), inputs)
     assert restore.exit_code == 0, restore.output
     assert restore.outputs.get("cache-hit") != "true", restore.output
     assert "Cache not found for input keys" in restore.output
@@ -75,7 +76,7 @@ async def test_cache_saved_by_one_run_is_restored_by_the_next(
     assert "Cache saved with key: deps-v1-abc" in save.output, save.output
     second = tmp_path / "run2"
     second.mkdir()
-    again = await run_action(cache / "restore" / "index.js", second, served.env(grant("a2")), inputs)
+    again = await run_action(restore_js, second, served.env(grant("a2")), inputs)
     assert again.exit_code == 0, again.output
     assert again.outputs["cache-hit"] == "true", again.output
     assert (second / "deps" / "lib.txt").read_text() == "built once\n"
