@@ -31,7 +31,7 @@ below and raised ``from`` the original.
     │   └── RunNotFound            no kept run has this id (or the id prefix is ambiguous)
     ├── ConcurrencyCancelled       a pending job or run was pushed out of its concurrency group
     ├── ServiceError               the artifact or cache service refused a request (an HTTP status)
-    │   ├── TokenError             a missing, forged, expired or out-of-scope runtime token (401/403)
+    │   ├── TokenError             a missing, forged, expired or foreign runtime token (401/403)
     │   └── ArtifactNotFound       no such run or artifact (404)
     └── ConfigError                runner configuration or command-line input is invalid
 """

@@ -76,5 +76,8 @@ def settings_in(folder: Path, **changes: int) -> ServiceSettings:
 
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[Served]:
-    async with serve_services(settings_in(tmp_path)) as host, tcp_to_unix(host.socket) as port:
-        yield Served(host, port)
+    async with serve_services(settings_in(tmp_path)) as host:
+        assert host is not None
+        async with tcp_to_unix(host.socket) as port:
+            yield Served(host, port)
+

@@ -54,6 +54,7 @@ from vmrunner.runner.contexts import event_refs
 from vmrunner.runner.evaluation import as_text, render, render_env, render_flag
 from vmrunner.runner.job import JobExecution, JobInstance, JobOutcome
 from vmrunner.runner.options import RunOptions
+from vmrunner.services.host import needs_services, serve_services
 from vmrunner.sessions import SessionManager
 from vmrunner.workflow.expressions import EvaluationHooks, evaluate_if
 from vmrunner.workflow.matrix import expand_matrix
@@ -496,5 +497,7 @@ async def run_workflow(
             **{k: as_text(v) for k, v in options.inputs.items()},
         }
         options = dataclasses.replace(options, payload=payload)
-    context = RunContext(workflow, options, sessions, sink or Recorder(), info, groups)
-    return await Run(context, job_plan).execute()
+    async with serve_services(enabled=needs_services(workflow)) as services:
+        sink = sink or Recorder()
+        context = RunContext(workflow, options, sessions, sink, info, groups, services)
+        return await Run(context, job_plan).execute()

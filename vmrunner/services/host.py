@@ -20,13 +20,12 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
 from vmrunner.errors import ConfigError, VmrunnerError
 from vmrunner.services.app import create_services_app
 from vmrunner.services.artifacts import ArtifactStore
 from vmrunner.services.settings import ServiceSettings
 from vmrunner.services.tokens import JobGrant, Signer, load_secret
+from vmrunner.workflow.models import Workflow
 
 log = logging.getLogger(__name__)
 SOCKET_NAME = "services.sock"
@@ -34,12 +33,19 @@ SOCKET_NAME = "services.sock"
 FALLBACK_DEFAULT_BRANCH = "main"
 
 
-class _QuietServer(uvicorn.Server):
-    """uvicorn without its signal handlers: Ctrl-C belongs to the command that runs us."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
+def needs_services(workflow: Workflow) -> bool:
+    """Whether a run of ``workflow`` may call an action (or a workflow) that wants them: any
+    ``uses:`` but checkout and Docker images."""
+    for job in workflow.jobs.values():
+        if job.calls_workflow:
+            return True
+        for step in job.steps:
+            uses = (step.uses or "").strip()
+            if uses and not uses.startswith("docker://") and not uses.startswith(
+                "actions/checkout@"
+            ):
+                return True
+    return False
 
 
 def job_grant(run_id: str, job_key: str, github: Mapping[str, Any]) -> JobGrant:
@@ -87,8 +93,8 @@ class ServiceHost:
         """The actions' environment while the machine's forward to the services is open; empty
         (after a warning) when the machine cannot forward."""
         forward = getattr(machine, "forward", None)
-        if forward is None:
-            warn("the artifact and cache services are not reachable from this machine")
+        if forward is None:  # this provider's machines cannot reach a host socket
+            log.debug("services: machine %s has no forward", getattr(machine, "id", "?"))
             yield {}
             return
         stack = contextlib.AsyncExitStack()
@@ -103,8 +109,23 @@ class ServiceHost:
 
 
 @contextlib.asynccontextmanager
-async def serve_services(settings: ServiceSettings | None = None) -> AsyncIterator[ServiceHost]:
-    """The services on a fresh unix socket until the block ends; expired artifacts pruned."""
+async def serve_services(
+    settings: ServiceSettings | None = None, *, enabled: bool = True
+) -> AsyncIterator[ServiceHost | None]:
+    """The services on a fresh unix socket until the block ends (None when not ``enabled``);
+    expired artifacts are pruned first."""
+    if not enabled:
+        yield None
+        return
+    import uvicorn  # here: ``vmrunner --help`` and runs without actions never load it
+
+    class QuietServer(uvicorn.Server):
+        """uvicorn without its signal handlers: Ctrl-C belongs to the command that runs us."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
     settings = settings or ServiceSettings.from_env()
     signer = Signer(load_secret())
     store = ArtifactStore(settings.artifacts_dir, settings.retention_days)
@@ -118,7 +139,7 @@ async def serve_services(settings: ServiceSettings | None = None) -> AsyncIterat
         create_services_app(settings, signer), uds=str(socket), lifespan="off",
         access_log=False, log_level="warning", http="httptools", timeout_keep_alive=30,
     )
-    server = _QuietServer(config)
+    server = QuietServer(config)
     task = asyncio.create_task(server.serve(), name="vmrunner services")
     try:
         while not server.started:
