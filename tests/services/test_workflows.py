@@ -5,7 +5,6 @@ their forward."""
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -81,7 +80,8 @@ async def test_an_artifact_passes_from_one_job_to_the_next(actions_url: str) -> 
     assert ran.result("b") == "success", ran.logs("b")
     assert "uploaded as 1" in ran.logs("a")
     logs = ran.logs("b")
-    assert "made in job a" in logs and "same bytes" in logs
+    assert "made in job a" in logs
+    assert "same bytes" in logs
     # GitHub gives the runtime token to actions only, not to run: steps.
     assert "token seen by run steps []" in logs
     [artifact] = ArtifactStore(ServiceSettings.from_env().artifacts_dir, 90).list("4242")
