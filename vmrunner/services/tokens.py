@@ -91,7 +91,8 @@ class Signer:
     def __init__(self, secret: bytes) -> None:
         self._secret = secret
 
-    def token(self, grant: JobGrant, now: float | None = None) -> str:
+    def token(self, grant: JobGrant, *, now: float | None = None) -> str:
+        """A token for ``grant`` (issued ``now``, by default the present)."""
         issued = int(now if now is not None else time.time())
         if ":" in grant.run_id or " " in grant.run_id:
             raise ConfigError(f"run id {grant.run_id!r}: a runtime token's scope cannot hold it")
