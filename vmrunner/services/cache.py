@@ -83,6 +83,7 @@ class CacheStore:
     def __init__(self, root: Path, size_limit: int) -> None:
         self.root = root
         self.size_limit = size_limit
+        self._schema_made = False
 
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -93,7 +94,12 @@ class CacheStore:
         except (OSError, sqlite3.Error) as exc:
             raise ServiceError(f"cannot open the cache index: {exc}", 507) from exc
         try:
-            connection.executescript(_SCHEMA)
+            # A cache may lose its last entry to a power cut (it is made again), never its
+            # consistency: the journal still guards every transaction.
+            connection.execute("PRAGMA synchronous = NORMAL")
+            if not self._schema_made:
+                connection.executescript(_SCHEMA)
+                self._schema_made = True
             connection.execute("BEGIN IMMEDIATE")
             try:
                 yield connection
