@@ -326,3 +326,35 @@ class ArtifactStore:
             if not any(self._entries(folder)):
                 shutil.rmtree(folder, ignore_errors=True)
         return removed
+
+
+def extract(artifact: Artifact, folder: Path) -> list[Path]:
+    """Unzip ``artifact`` into ``folder`` (made if missing); the files written. An entry that
+    would land outside ``folder`` (``..``, an absolute path, a link) is refused, not written."""
+    import zipfile
+
+    root = folder.resolve()
+    written: list[Path] = []
+    try:
+        with zipfile.ZipFile(artifact.path) as archive:
+            members = archive.infolist()
+            for member in members:
+                target = (root / member.filename).resolve()
+                if not target.is_relative_to(root) or member.filename.startswith("/"):
+                    raise ServiceError(
+                        f"artifact {artifact.name!r}: entry {member.filename!r} leaves the folder"
+                    )
+                if (member.external_attr >> 16) & 0o170000 == 0o120000:
+                    raise ServiceError(
+                        f"artifact {artifact.name!r}: entry {member.filename!r} is a link"
+                    )
+            root.mkdir(parents=True, exist_ok=True)
+            for member in members:
+                archive.extract(member, root)
+                if not member.is_dir():
+                    written.append(root / member.filename)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ServiceError(
+            f"artifact {artifact.name!r}: cannot unzip {artifact.path}: {exc}"
+        ) from exc
+    return written
