@@ -229,7 +229,6 @@ def show(
         terminal.console().out(render_summary(result), end="", highlight=False)
     elif as_json:
         data = result.to_json()
-        data["artifacts"] = [artifact.to_json() for artifact in _artifacts(result.run_id)]
         if with_logs:
             data["logs"] = [{k: v for k, v in asdict(row).items() if k != "run_id"} for row in logs]
         terminal.print_json(data)
