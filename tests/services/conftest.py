@@ -3,8 +3,6 @@ that pipes each connection to it (what a machine's forward does), for node on th
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.services.node import tcp_to_unix
 from vmrunner.services.host import ServiceHost, serve_services
 from vmrunner.services.settings import ServiceSettings
 from vmrunner.services.tokens import JobGrant
@@ -32,42 +31,6 @@ class Served:
 
     def env(self, grant: JobGrant) -> dict[str, str]:
         return self.host.action_env(grant, self.port)
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(1 << 16):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, asyncio.CancelledError):
-        pass
-    finally:
-        with contextlib.suppress(Exception):
-            writer.close()
-
-
-@contextlib.asynccontextmanager
-async def tcp_to_unix(socket: Path) -> AsyncIterator[int]:
-    """A 127.0.0.1 listener whose connections are piped to ``socket``; its port."""
-    tasks: set[asyncio.Task[None]] = set()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        upstream_reader, upstream_writer = await asyncio.open_unix_connection(str(socket))
-        both = [
-            asyncio.create_task(_pipe(reader, upstream_writer)),
-            asyncio.create_task(_pipe(upstream_reader, writer)),
-        ]
-        tasks.update(both)
-        await asyncio.gather(*both)
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def settings_in(folder: Path, **changes: int) -> ServiceSettings:

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,3 +65,39 @@ async def run_action(
         process.returncode or 0, output.decode(errors="replace"),
         _read_commands(files["GITHUB_OUTPUT"]), _read_commands(files["GITHUB_STATE"]),
     )
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(1 << 16):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, asyncio.CancelledError):
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            writer.close()
+
+
+@contextlib.asynccontextmanager
+async def tcp_to_unix(socket: Path) -> AsyncIterator[int]:
+    """A 127.0.0.1 listener whose connections are piped to ``socket``; its port."""
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_unix_connection(str(socket))
+        both = [
+            asyncio.create_task(_pipe(reader, upstream_writer)),
+            asyncio.create_task(_pipe(upstream_reader, writer)),
+        ]
+        tasks.update(both)
+        await asyncio.gather(*both)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
