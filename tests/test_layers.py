@@ -52,6 +52,11 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         "vmrunner.sessions", "vmrunner.runner", "vmrunner.reports", "vmrunner.learning",
         "vmrunner.server", "vmrunner.cli", "vmrunner.fleet", "vmrunner.store",
     ),
+    # The artifact and cache services: below the engine, above the store and config.
+    "vmrunner.services": (
+        "vmrunner.runner", "vmrunner.server", "vmrunner.cli", "vmrunner.fleet",
+        "vmrunner.sessions", "vmrunner.learning", "vmrunner.reports",
+    ),
     "vmrunner.errors": ("vmrunner.",),
     # git on the host, for the engine, the server's mirrors and the CLI alike.
     "vmrunner.repository": (

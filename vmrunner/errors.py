@@ -32,6 +32,9 @@ below and raised ``from`` the original.
     │   ├── StoreDiskError         ... because its disk is full or failing (ENOSPC, EIO)
     │   └── RunNotFound            no kept run has this id (or the id prefix is ambiguous)
     ├── ConcurrencyCancelled       a pending job or run was pushed out of its concurrency group
+    ├── ServiceError               the artifact or cache service refused a request (an HTTP status)
+    │   ├── TokenError             a missing, forged, expired or foreign runtime token (401/403)
+    │   └── ArtifactNotFound       no such run or artifact (404)
     └── ConfigError                runner configuration or command-line input is invalid
 """
 
@@ -211,3 +214,26 @@ class ConcurrencyCancelled(VmrunnerError):
 
 class ConfigError(VmrunnerError):
     """Runner configuration or command-line input is invalid."""
+
+
+class ServiceError(VmrunnerError):
+    """The artifact or cache service refused a request; ``status`` is the HTTP status it answers
+    with (4xx: the caller's fault, said in the message)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class TokenError(ServiceError):
+    """The runtime token is missing, forged, expired, or does not grant what is asked."""
+
+    def __init__(self, message: str, status: int = 401) -> None:
+        super().__init__(message, status)
+
+
+class ArtifactNotFound(ServiceError):
+    """No kept run, or no artifact of that name in the run."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 404)

@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "vmrunner.cli.runs",
         "List kept workflow runs; show one with its jobs, steps and logs.",
     ),
+    "artifacts": ("vmrunner.cli.artifacts", "List and download the artifacts of kept runs."),
+    "cache": ("vmrunner.cli.cache", "List and clear the caches that actions/cache saved."),
     "image": ("vmrunner.cli.image", "Build, list and remove guest images for VM providers."),
     "run": ("vmrunner.cli.run", "Run the workflows an event triggers, one machine per job."),
     "rerun": (

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
     from vmrunner.reports.results import RunResult
     from vmrunner.reports.timeline import TimelineEntry
+    from vmrunner.services.artifacts import Artifact
     from vmrunner.store import LogRow
 
 
@@ -327,6 +328,20 @@ def _print_run(result: RunResult, logs: list[LogRow] | None) -> None:
             say(_log_text(row, indent="  "))
         for annotation in (a for a in job.annotations if a.step_index < 0):
             say(Text("  ").append_text(annotation_line(annotation)))
+    artifacts = _artifacts(result.run_id)
+    if artifacts:
+        say(Text())
+        say(Text("Artifacts", style="bold"))
+    for artifact in artifacts:
+        say(Text(f"  {artifact.name}  {artifact.size} bytes  from job {artifact.job_key}"))
+
+
+def _artifacts(run_id: str) -> list[Artifact]:
+    from vmrunner.services.artifacts import ArtifactStore
+    from vmrunner.services.settings import ServiceSettings
+
+    settings = ServiceSettings.from_env()
+    return ArtifactStore(settings.artifacts_dir, settings.retention_days).list(run_id)
 
 
 def _print_timeline(result: RunResult) -> None:

@@ -40,6 +40,7 @@ from vmrunner.reports.events import Event, LogLine, RunFinished, RunInsights, Ru
 from vmrunner.repository import repository_info
 from vmrunner.runner.context import RunContext
 from vmrunner.runner.run import Run
+from vmrunner.services.host import needs_services, serve_services
 from vmrunner.sessions import SessionManager
 from vmrunner.workflow.loader import load_workflow_text
 from vmrunner.workflow.planner import plan
@@ -369,21 +370,24 @@ class Agent:
                 secrets=dict(self.config.secrets),
                 network=self.network,
             )
-            context = RunContext(workflow, options, sessions, logs, info)
-            job_plan = plan(workflow, jobs=a.options.jobs)
-            run = (
-                Run(context, job_plan)
-                if a.matrix_index is None
-                else OneCombination(context, job_plan, a.matrix_index)
-            )
-            run.needs_results.update({need: dict(value) for need, value in a.needs.items()})
-            stop_observing = sessions.observe(
-                context.session_changed
-            )  # the lifecycle timeline, as Run.execute does
-            try:
-                await run.run_job(job_id)
-            finally:
-                stop_observing()
+            # The run's artifacts are found by its id in VMRUNNER_ARTIFACTS_DIR, which every
+            # agent of the fleet shares (docs/fleet.md).
+            async with serve_services(enabled=needs_services(workflow)) as services:
+                context = RunContext(workflow, options, sessions, logs, info, services=services)
+                job_plan = plan(workflow, jobs=a.options.jobs)
+                run = (
+                    Run(context, job_plan)
+                    if a.matrix_index is None
+                    else OneCombination(context, job_plan, a.matrix_index)
+                )
+                run.needs_results.update({need: dict(value) for need, value in a.needs.items()})
+                stop_observing = sessions.observe(
+                    context.session_changed
+                )  # the lifecycle timeline, as Run.execute does
+                try:
+                    await run.run_job(job_id)
+                finally:
+                    stop_observing()
         except VmrunnerError as exc:
             return "failure", {}, str(exc), False
         reasons = "; ".join(report.reason for report in run.reports if report.reason)

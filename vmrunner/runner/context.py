@@ -35,6 +35,7 @@ from vmrunner.runner.contexts import github_context, new_run_id
 from vmrunner.runner.masking import Masker
 from vmrunner.runner.options import RunOptions
 from vmrunner.runner.steps import JobRuntime, Scope, ScriptOutcome, StepOutcome
+from vmrunner.services.host import ServiceHost
 from vmrunner.sessions import RELEASE_FAILED, Session, SessionManager, SessionState, Transition
 from vmrunner.workflow.expressions import EvaluationHooks
 from vmrunner.workflow.models import Step, Workflow
@@ -47,6 +48,7 @@ class RunContext:
     def __init__(
         self, workflow: Workflow, options: RunOptions, sessions: SessionManager, sink: EventSink,
         info: RepositoryInfo, groups: ConcurrencyGroups | None = None,
+        services: ServiceHost | None = None,
     ) -> None:
         self.workflow = workflow
         self.options = options
@@ -64,6 +66,8 @@ class RunContext:
         self.inputs = self._inputs()
         #: Concurrency groups, shared with the other runs of the same registry.
         self.groups = groups if groups is not None else ConcurrencyGroups()
+        #: The artifact and cache services the jobs' actions reach (``vmrunner/services/``).
+        self.services = services
         #: The ``secrets`` context of this workflow's jobs.
         self.secrets = {"GITHUB_TOKEN": "", **options.secrets}
         #: The repository this workflow file is from (where its ``./`` and ``$/`` calls resolve).
@@ -180,6 +184,8 @@ class JobHandle(Protocol):
     job_key: str
     runtime: JobRuntime | None
     github: dict[str, Any]
+    #: What GitHub gives actions only: the services' URLs and the job's runtime token.
+    action_env: dict[str, str]
 
     @property
     def live_runtime(self) -> JobRuntime:

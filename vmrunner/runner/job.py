@@ -66,6 +66,7 @@ from vmrunner.runner.options import machine_spec, options_data
 from vmrunner.runner.shells import resolve_shell
 from vmrunner.runner.steps import JobRuntime, Scope, ScriptOutcome, StepOutcome
 from vmrunner.runner.uses import ActionSteps
+from vmrunner.services.host import job_grant
 from vmrunner.sessions import Session, SessionState
 from vmrunner.workflow.expressions import EvaluationHooks, evaluate_if, hash_files
 from vmrunner.workflow.models import Job, Step, operating_system
@@ -186,6 +187,7 @@ class JobExecution:
         self.event_path = ""
         self.started = False
         self.actions = ActionSteps(self)
+        self.action_env: dict[str, str] = {}
         self._default_env: dict[tuple[str, ...], dict[str, str]] = {}
         #: Job steps started so far (1-based numbers, as ``vmrunner rerun --from-step`` counts).
         self.step_number = 0
@@ -358,7 +360,7 @@ class JobExecution:
             )
         )
         try:
-            async with run.sessions.open(spec) as session:
+            async with run.sessions.open(spec) as session, self.services(session):
                 machine = session.machine
                 run.emit(
                     JobStarted(
@@ -453,6 +455,20 @@ class JobExecution:
                 if not quiet:
                     self.run.annotate(self.job_key, "warning", f"output '{name}': {exc}")
         return outputs
+
+    @contextlib.asynccontextmanager
+    async def services(self, session: Session) -> AsyncIterator[None]:
+        """The artifact and cache services reachable from the job's machine while it runs."""
+        run, host = self.run, self.run.services
+        if host is None:
+            yield
+            return
+        grant = job_grant(run.run_id, self.job_key, self.base_contexts["github"])
+        warn = functools.partial(run.annotate, self.job_key, "warning")
+        async with host.for_job(session.machine, grant, warn) as env:
+            run.masker.add(env.get("ACTIONS_RUNTIME_TOKEN", ""))
+            self.action_env = env
+            yield
 
     # Set up and hooks
 

@@ -56,6 +56,7 @@ from vmrunner.runner.contexts import event_refs
 from vmrunner.runner.evaluation import as_text, render, render_env, render_flag, render_text
 from vmrunner.runner.job import JobExecution, JobInstance, JobOutcome
 from vmrunner.runner.options import RunOptions, action_sources
+from vmrunner.services.host import needs_services, serve_services
 from vmrunner.sessions import SessionManager
 from vmrunner.workflow.calls import MAX_LEVELS, MAX_WORKFLOWS, call_inputs, call_secrets
 from vmrunner.workflow.expressions import EvaluationHooks, evaluate_if
@@ -562,5 +563,7 @@ async def run_workflow(
             **{k: as_text(v) for k, v in options.inputs.items()},
         }
         options = dataclasses.replace(options, payload=payload)
-    context = RunContext(workflow, options, sessions, sink or Recorder(), info, groups)
-    return await Run(context, job_plan).execute()
+    async with serve_services(enabled=needs_services(workflow)) as services:
+        sink = sink or Recorder()
+        context = RunContext(workflow, options, sessions, sink, info, groups, services)
+        return await Run(context, job_plan).execute()

@@ -231,6 +231,7 @@ class ActionSteps:
         github = self.job.step_github(step, Scope(action=action))
         process_env = runtime.process_env(self.job.default_env(github), env)
         process_env["GITHUB_ACTION_PATH"] = action.path
+        process_env.update(self.job.action_env)
         return process_env
 
     async def run_node(

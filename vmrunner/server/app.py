@@ -12,21 +12,24 @@ event is recorded and acknowledged (202) while the dispatcher decides, later, wh
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from vmrunner.errors import RunNotFound, SessionError
+from vmrunner.errors import ArtifactNotFound, RunNotFound, SessionError
 from vmrunner.machines.base import Provider
 from vmrunner.runner.masking import Masker
 from vmrunner.server.config import ServerConfig
 from vmrunner.server.service import Service, parse_json
 from vmrunner.server.signatures import verify
+from vmrunner.services.artifacts import Artifact, ArtifactStore
+from vmrunner.services.settings import ServiceSettings
 from vmrunner.sessions import Session
 
 
@@ -73,6 +76,15 @@ def _session_json(session: Session) -> dict[str, Any]:
         "machine_id": machine_id,
         "idle_for": session.idle_for,
     }
+
+
+def _artifact_store() -> ArtifactStore:
+    settings = ServiceSettings.from_env()
+    return ArtifactStore(settings.artifacts_dir, settings.retention_days)
+
+
+def _artifact_json(artifact: Artifact) -> dict[str, Any]:
+    return {k: v for k, v in artifact.to_json().items() if k != "path"}
 
 
 def create_app(
@@ -161,6 +173,23 @@ def create_app(
             return _error(404, f"no run {run_id}")
         body = {"server": queued.to_json() if queued else None, "result": result, "logs": logs}
         return JSONResponse(_masked(body, service.github.masker))
+
+    @app.get("/api/runs/{run_id}/artifacts")
+    async def run_artifacts(run_id: str, request: Request) -> Response:
+        """The artifacts the run's jobs uploaded (finalized and unexpired), without their paths."""
+        found = await asyncio.to_thread(_artifact_store().list, run_id)
+        return JSONResponse({"artifacts": [_artifact_json(a) for a in found]})
+
+    @app.get("/api/runs/{run_id}/artifacts/{name}")
+    async def download_artifact(run_id: str, name: str, request: Request) -> Response:
+        """One artifact's zip, as uploaded."""
+        try:
+            artifact = await asyncio.to_thread(_artifact_store().get, run_id, name)
+        except ArtifactNotFound as exc:
+            return _error(404, str(exc))
+        return FileResponse(
+            artifact.path, media_type="application/zip", filename=f"{artifact.name}.zip"
+        )
 
     @app.post("/api/runs/{run_id}/cancel")
     async def cancel_run(run_id: str, request: Request) -> Response:

@@ -1,0 +1,100 @@
+"""Acceptance: workflows that say exactly ``uses: actions/upload-artifact@v4`` (and download,
+and cache) run GitHub's own built actions in sandbox machines, which reach the services through
+their forward."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tests.runner.engine import run
+from tests.services.actions import built_actions
+from vmrunner.services.artifacts import ArtifactStore
+from vmrunner.services.settings import ServiceSettings
+
+pytestmark = [
+    pytest.mark.skipif(shutil.which("node") is None, reason="needs node"),
+]
+
+ARTIFACTS = """
+on: push
+jobs:
+  a:
+    runs-on: ubuntu-latest
+    steps:
+      - run: |
+          mkdir -p out/sub
+          echo "made in job a" > out/hello.txt
+          head -c 200000 /dev/urandom > out/sub/blob
+          sha256sum out/sub/blob | cut -d' ' -f1 > out/sum
+      - uses: actions/upload-artifact@v4
+        id: up
+        with:
+          name: things
+          path: out/
+          retention-days: 2
+      - run: echo "uploaded as ${{ steps.up.outputs.artifact-id }}"
+  b:
+    needs: a
+    runs-on: ubuntu-latest
+    steps:
+      - uses: actions/download-artifact@v4
+        with:
+          name: things
+          path: got
+      - run: |
+          cat got/hello.txt
+          test "$(sha256sum got/sub/blob | cut -d' ' -f1)" = "$(cat got/sum)" && echo same bytes
+      - run: echo "token seen by run steps [$ACTIONS_RUNTIME_TOKEN]"
+"""
+
+CACHE = """
+on: push
+jobs:
+  c:
+    runs-on: ubuntu-latest
+    steps:
+      - uses: actions/cache@v4
+        id: cache
+        with:
+          path: deps
+          key: deps-linux-v1
+          restore-keys: deps-
+      - if: steps.cache.outputs.cache-hit != 'true'
+        run: mkdir -p deps && echo "built in run $GITHUB_RUN_ID" > deps/lib.txt
+      - run: echo "hit=${{ steps.cache.outputs.cache-hit }} $(cat deps/lib.txt)"
+"""
+
+
+@pytest.fixture(scope="module")
+def actions_url() -> str:
+    return f"file://{built_actions() / 'server'}"
+
+
+async def test_an_artifact_passes_from_one_job_to_the_next(actions_url: str) -> None:
+    ran = await run(ARTIFACTS, actions_url=actions_url, run_id="4242", repository="octo/demo")
+    assert ran.result("a") == "success", ran.logs("a")
+    assert ran.result("b") == "success", ran.logs("b")
+    assert "uploaded as 1" in ran.logs("a")
+    logs = ran.logs("b")
+    assert "made in job a" in logs
+    assert "same bytes" in logs
+    # GitHub gives the runtime token to actions only, not to run: steps.
+    assert "token seen by run steps []" in logs
+    [artifact] = ArtifactStore(ServiceSettings.from_env().artifacts_dir, 90).list("4242")
+    assert (artifact.name, artifact.job_key) == ("things", "a")
+    assert 1.9 * 86400 < artifact.expires_at - artifact.created_at < 2.1 * 86400
+
+
+async def test_the_second_run_hits_the_cache(actions_url: str) -> None:
+    options = {"actions_url": actions_url, "repository": "octo/demo"}
+    first = await run(CACHE, run_id="100", ref="refs/heads/main", **options)
+    assert first.result("c") == "success", first.logs("c")
+    assert "hit= built in run 100" in first.logs("c")
+    second = await run(CACHE, run_id="101", ref="refs/heads/main", **options)
+    assert second.result("c") == "success", second.logs("c")
+    assert "hit=true built in run 100" in second.logs("c")
+    # Another branch restores what the default branch (main) saved.
+    feature = await run(CACHE, run_id="102", ref="refs/heads/feature", **options)
+    assert "hit=true built in run 100" in feature.logs("c")
