@@ -410,16 +410,24 @@ class AgentClient:
             request.fail(exc)
 
 
-async def _through_cancellation(cleanup: Coroutine[Any, Any, None]) -> None:
-    """Run ``cleanup`` to its end even when the caller is cancelled meanwhile; the
-    cancellation is raised once it is done."""
-    task = asyncio.ensure_future(cleanup)
+async def wait_through_cancellation(task: asyncio.Future[Any]) -> bool:
+    """Wait for ``task`` whatever happens; whether the caller was cancelled meanwhile."""
     cancelled = False
     while not task.done():
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:
             cancelled = True
+        except Exception:  # the caller looks at the task's result
+            break
+    return cancelled
+
+
+async def _through_cancellation(cleanup: Coroutine[Any, Any, None]) -> None:
+    """Run ``cleanup`` to its end even when the caller is cancelled meanwhile; the
+    cancellation is raised once it is done."""
+    task = asyncio.ensure_future(cleanup)
+    cancelled = await wait_through_cancellation(task)
     task.result()
     if cancelled:
         raise asyncio.CancelledError

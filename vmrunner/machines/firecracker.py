@@ -70,7 +70,7 @@ from vmrunner.machines.base import (
     Provider,
     SnapshotId,
 )
-from vmrunner.machines.client import AgentClient
+from vmrunner.machines.client import AgentClient, wait_through_cancellation
 from vmrunner.machines.images import DEFAULT_NAME, ImageStore
 from vmrunner.machines.local import (
     AgentMachine,
@@ -82,7 +82,6 @@ from vmrunner.machines.local import (
     read_records,
     remove_machine_dir,
     shielded,
-    wait_through_cancellation,
     write_record,
 )
 from vmrunner.machines.sandbox import HOME, TEMP, TOOL_CACHE, WORKSPACE

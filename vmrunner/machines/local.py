@@ -39,7 +39,7 @@ from vmrunner.machines.base import (
     OutputCallback,
     Provider,
 )
-from vmrunner.machines.client import AgentClient
+from vmrunner.machines.client import AgentClient, wait_through_cancellation
 
 #: The agent program: one stdlib-only file, run by whatever python3 the machine has.
 AGENT_PATH = Path(__file__).with_name("agent.py")
@@ -420,19 +420,6 @@ def _widen_pipes(process: asyncio.subprocess.Process) -> None:
         if pipe is not None:
             with contextlib.suppress(OSError):  # over the user's quota: the default stays
                 fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-
-
-async def wait_through_cancellation(task: asyncio.Future[Any]) -> bool:
-    """Wait for ``task`` whatever happens; whether the caller was cancelled meanwhile."""
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            cancelled = True
-        except Exception:  # the caller looks at the task's result
-            break
-    return cancelled
 
 
 async def _abandon(process: asyncio.subprocess.Process, client: AgentClient, group: bool) -> None:

@@ -87,7 +87,7 @@ from vmrunner.machines.base import (
     Provider,
     SnapshotId,
 )
-from vmrunner.machines.client import AgentClient
+from vmrunner.machines.client import AgentClient, wait_through_cancellation
 from vmrunner.machines.images import (
     AGENT_PORT,
     DEFAULT_NAME,
@@ -110,7 +110,6 @@ from vmrunner.machines.local import (
     remove_machine_dir,
     shielded,
     stop_process,
-    wait_through_cancellation,
     write_record,
 )
 from vmrunner.machines.network import (
