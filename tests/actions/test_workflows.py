@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vmrunner.actions.origin import Origin
+from vmrunner.actions.origin import Origin, workflow_origin
 from vmrunner.actions.sources import Sources
 from vmrunner.actions.workflows import load_called_workflow
 from vmrunner.errors import ConfigError
@@ -91,3 +91,19 @@ async def test_an_invalid_called_workflow_says_where(tmp_path: Path) -> None:
         await load_called_workflow(
             "./.github/workflows/bad.yml", Origin(str(tmp_path)), Sources("file:///nowhere")
         )
+
+
+def test_a_workflow_belongs_to_the_folder_holding_its_github_workflows(tmp_path: Path) -> None:
+    nested = tmp_path / "examples/.github/workflows"
+    nested.mkdir(parents=True)
+    (tmp_path / "loose").mkdir()
+    assert workflow_origin(str(nested / "ci.yml"), str(tmp_path), None) == Origin(
+        str(tmp_path / "examples")
+    )
+    assert workflow_origin(str(tmp_path / "loose/ci.yml"), str(tmp_path), None) == Origin(
+        str(tmp_path)
+    )
+    # at a commit, paths are the repository's: its root, whatever folder the file is in
+    assert workflow_origin(str(nested / "ci.yml"), str(tmp_path), "abc") == Origin(
+        str(tmp_path), "abc"
+    )

@@ -28,14 +28,17 @@ def test_lists_every_job_of_the_examples() -> None:
     ]
     rows = [line.split() for line in lines[1:]]
     assert [(r[0], r[1]) for r in rows] == [
+        ("0", "lint"),
         ("0", "build"),
+        ("0", "checks"),
         ("1", "test"),
         ("2", "report"),
         ("0", "prepare"),
         ("1", "cleanup"),
         ("0", "package"),
     ]
-    assert rows[0][3:] == ["CI", ".github/workflows/ci.yml", "push,pull_request,workflow_dispatch"]
+    assert rows[0][3:] == ["Checks", ".github/workflows/checks.yml", "workflow_call"]
+    assert rows[1][3:] == ["CI", ".github/workflows/ci.yml", "push,pull_request,workflow_dispatch"]
 
 
 def test_event_filters_workflows() -> None:

@@ -14,7 +14,7 @@ INVALID = ROOT / "tests" / "workflow" / "invalid"
 def test_examples_are_valid() -> None:
     done = vmrunner("validate")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.strip() == "3 workflows OK"
+    assert done.stdout.strip() == "4 workflows OK"
 
 
 def test_every_error_of_every_file(tmp_path: Path) -> None:
@@ -53,11 +53,12 @@ def test_json_output(tmp_path: Path) -> None:
     assert json.loads(done.stdout) == {
         "ok": True,
         "files": [
+            ".github/workflows/checks.yml",
             ".github/workflows/ci.yml",
             ".github/workflows/nightly.yml",
             ".github/workflows/release.yml",
         ],
-        "checked": 3,
+        "checked": 4,
         "diagnostics": [],
         "warnings": [],
     }

@@ -48,3 +48,18 @@ def _read_inside(root: str, path: str, what: str) -> str:
         raise ConfigError(
             f"{what}: no file {path} in the repository ({exc.strerror or exc})"
         ) from exc
+
+
+def workflow_origin(path: str, repo_root: str, commit: str | None) -> Origin:
+    """The repository a workflow file being run belongs to: at ``commit``, the repository at
+    ``repo_root``; from the working tree, the folder that holds the file's ``.github/workflows``
+    (``vmrunner run -W examples/.github/workflows`` calls ``./.github/workflows/x.yml`` of
+    ``examples/``, as it would if that folder were the repository), else ``repo_root``."""
+    if commit:
+        return Origin(repo_root, commit)
+    folder = os.path.dirname(os.path.realpath(path))
+    if os.path.basename(folder) == "workflows" and os.path.basename(
+        os.path.dirname(folder)
+    ) == ".github":
+        return Origin(os.path.dirname(os.path.dirname(folder)))
+    return Origin(repo_root)

@@ -18,7 +18,7 @@ from collections import ChainMap
 from collections.abc import Mapping, MutableMapping
 from typing import Any, Protocol
 
-from vmrunner.actions.origin import Origin
+from vmrunner.actions.origin import Origin, workflow_origin
 from vmrunner.errors import ConfigError, VmrunnerError
 from vmrunner.reports.events import (
     Annotation,
@@ -71,7 +71,7 @@ class RunContext:
         #: The ``secrets`` context of this workflow's jobs.
         self.secrets = {"GITHUB_TOKEN": "", **options.secrets}
         #: The repository this workflow file is from (where its ``./`` and ``$/`` calls resolve).
-        self.origin = Origin(options.repo_root, options.commit)
+        self.origin = workflow_origin(workflow.path, options.repo_root, options.commit)
         #: The top-level workflow (the ``github`` context is its, in called workflows too), the
         #: workflow files from it down to this one, and the reusable workflows of the run.
         self.top = workflow
