@@ -63,13 +63,13 @@ from vmrunner.runner.evaluation import (
     render_text,
 )
 from vmrunner.runner.options import machine_spec, options_data
-from vmrunner.runner.shells import resolve_shell
 from vmrunner.runner.steps import JobRuntime, Scope, ScriptOutcome, StepOutcome
 from vmrunner.runner.uses import ActionSteps
 from vmrunner.services.host import job_grant
 from vmrunner.sessions import Session, SessionState
 from vmrunner.workflow.expressions import EvaluationHooks, evaluate_if, hash_files
 from vmrunner.workflow.models import Job, Step, operating_system
+from vmrunner.workflow.shells import resolve_shell
 
 #: The fields of the ``github`` context that differ between the steps of a job.
 _ACTION_FIELDS = ("action_path", "action_repository", "action_ref", "workspace", "event_path")

@@ -30,14 +30,14 @@ from vmrunner.reports.events import (
     Result,
     Stream,
 )
-from vmrunner.runner.commands import (
+from vmrunner.runner.masking import Masker
+from vmrunner.sessions import Session
+from vmrunner.workflow.commands import (
     CommandReader,
     FileCommandError,
     WorkflowCommand,
     parse_file_commands,
 )
-from vmrunner.runner.masking import Masker
-from vmrunner.sessions import Session
 
 FILE_COMMANDS_DIR = "_runner_file_commands"
 #: The script of the running step, in ``RUNNER_TEMP`` (with the shell's extension).

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vmrunner.runner.commands import (
+from vmrunner.workflow.commands import (
     CommandReader,
     FileCommandError,
     WorkflowCommand,

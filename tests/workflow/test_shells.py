@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vmrunner.errors import ConfigError
-from vmrunner.runner.shells import resolve_shell
+from vmrunner.workflow.shells import resolve_shell
 
 
 @pytest.mark.parametrize(
