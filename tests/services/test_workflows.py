@@ -8,8 +8,11 @@ import shutil
 
 import pytest
 
+from tests.machines.qemu_fixtures import qemu_image, test_images_dir
 from tests.runner.engine import run
+from vmrunner.machines.qemu import QemuProvider
 from tests.services.actions import built_actions
+from vmrunner.reports.events import JobStarted
 from vmrunner.services.artifacts import ArtifactStore
 from vmrunner.services.settings import ServiceSettings
 
@@ -35,6 +38,7 @@ jobs:
           path: out/
           retention-days: 2
       - run: echo "uploaded as ${{ steps.up.outputs.artifact-id }}"
+      - run: echo "node $(node --version) in $GITHUB_WORKSPACE for $HOME"
   b:
     needs: a
     runs-on: ubuntu-latest
@@ -85,6 +89,32 @@ async def test_an_artifact_passes_from_one_job_to_the_next(actions_url: str) -> 
     [artifact] = ArtifactStore(ServiceSettings.from_env().artifacts_dir, 90).list("4242")
     assert (artifact.name, artifact.job_key) == ("things", "a")
     assert 1.9 * 86400 < artifact.expires_at - artifact.created_at < 2.1 * 86400
+
+
+async def test_an_artifact_passes_between_jobs_in_qemu_machines(actions_url: str) -> None:
+    """The same workflow in QEMU guests (TCG here): node is Debian's (18.x, the test image's
+    ``nodejs``), the services are reached through each VM's agent forward."""
+    qemu_image()
+    provider = QemuProvider(images=test_images_dir(), grace=0.5)
+    try:
+        ran = await run(
+            ARTIFACTS, provider=provider, actions_url=actions_url, run_id="4343",
+            repository="octo/demo",
+        )
+    finally:
+        await provider.aclose()
+    assert provider.leftovers() == [], "the run left a machine behind"
+    assert {e.provider for e in ran.of(JobStarted)} == {"qemu"}
+    assert ran.result("a") == "success", ran.logs("a")
+    assert "node v18." in "\n".join(ran.logs("a"))
+    assert "in /home/runner/work/demo/demo for /home/runner" in "\n".join(ran.logs("a"))
+    assert ran.result("b") == "success", ran.logs("b")
+    logs = ran.logs("b")
+    assert "made in job a" in logs
+    assert "same bytes" in logs
+    assert "token seen by run steps []" in logs
+    [artifact] = ArtifactStore(ServiceSettings.from_env().artifacts_dir, 90).list("4343")
+    assert (artifact.name, artifact.job_key) == ("things", "a")
 
 
 async def test_the_second_run_hits_the_cache(actions_url: str) -> None:
