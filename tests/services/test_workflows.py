@@ -5,6 +5,7 @@ their forward."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,7 @@ from tests.services.actions import built_actions
 from vmrunner.reports.events import JobStarted
 from vmrunner.services.artifacts import ArtifactStore
 from vmrunner.services.settings import ServiceSettings
+from vmrunner.workflow.loader import load_workflow
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("node") is None, reason="needs node"),
@@ -115,6 +117,82 @@ async def test_an_artifact_passes_between_jobs_in_qemu_machines(actions_url: str
     assert "token seen by run steps []" in logs
     [artifact] = ArtifactStore(ServiceSettings.from_env().artifacts_dir, 90).list("4343")
     assert (artifact.name, artifact.job_key) == ("things", "a")
+
+
+#: Called: its one job uploads what it built.
+CALLED_BUILD = """
+on:
+  workflow_call:
+    inputs:
+      flavour: {type: string, required: true}
+jobs:
+  make:
+    runs-on: ubuntu-latest
+    steps:
+      - run: mkdir dist && echo "built ${{ inputs.flavour }}" > dist/app.txt
+      - uses: actions/upload-artifact@v4
+        with:
+          name: app-${{ inputs.flavour }}
+          path: dist/app.txt
+"""
+
+CALLER = """
+on: push
+jobs:
+  build:
+    uses: ./.github/workflows/build.yml
+    with: {flavour: small}
+  ship:
+    needs: build
+    runs-on: ubuntu-latest
+    steps:
+      - uses: actions/download-artifact@v4
+        with: {name: app-small}
+      - run: echo "shipping $(cat app.txt)"
+"""
+
+#: Nothing but a call: no step of this file says ``uses:``.
+ONLY_A_CALL = """
+on: push
+jobs:
+  build:
+    uses: ./.github/workflows/build.yml
+    with: {flavour: large}
+"""
+
+
+def project(root: Path, caller: str) -> Path:
+    workflows = root / ".github" / "workflows"
+    workflows.mkdir(parents=True)
+    (workflows / "build.yml").write_text(CALLED_BUILD)
+    (workflows / "caller.yml").write_text(caller)
+    return workflows / "caller.yml"
+
+
+async def test_an_artifact_from_a_called_workflow_reaches_the_caller(
+    actions_url: str, tmp_path: Path
+) -> None:
+    ran = await run(
+        project(tmp_path, CALLER), repo_root=tmp_path, actions_url=actions_url, run_id="4444",
+        repository="octo/demo",
+    )
+    assert ran.result("build / make") == "success", ran.logs("build / make")
+    assert ran.result("ship") == "success", ran.logs("ship")
+    assert "shipping built small" in ran.logs("ship")
+    [artifact] = ArtifactStore(ServiceSettings.from_env().artifacts_dir, 90).list("4444")
+    assert (artifact.name, artifact.job_key) == ("app-small", "build / make")
+
+
+async def test_a_call_alone_starts_the_services(actions_url: str, tmp_path: Path) -> None:
+    caller = load_workflow(project(tmp_path, ONLY_A_CALL))
+    assert not any(step.uses for job in caller.jobs.values() for step in job.steps)
+    ran = await run(
+        caller, repo_root=tmp_path, actions_url=actions_url, run_id="4445",
+        repository="octo/demo",
+    )
+    assert ran.result("build / make") == "success", ran.logs("build / make")
+    [artifact] = ArtifactStore(ServiceSettings.from_env().artifacts_dir, 90).list("4445")
+    assert (artifact.name, artifact.job_key) == ("app-large", "build / make")
 
 
 async def test_the_second_run_hits_the_cache(actions_url: str) -> None:
