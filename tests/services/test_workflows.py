@@ -11,12 +11,16 @@ import pytest
 
 from tests.machines.qemu_fixtures import qemu_image, test_images_dir
 from tests.runner.engine import run
-from vmrunner.machines.qemu import QemuProvider
 from tests.services.actions import built_actions
-from vmrunner.reports.events import JobStarted
-from vmrunner.services.artifacts import ArtifactStore
+from vmrunner.machines.providers import get_provider
+from vmrunner.machines.qemu import QemuProvider
+from vmrunner.reports.events import Annotation, JobStarted, LogLine, Recorder
+from vmrunner.runner import checkpoints
+from vmrunner.runner.rerun import plan_rerun, rerun_job
+from vmrunner.services.artifacts import ArtifactStore, extract
 from vmrunner.services.settings import ServiceSettings
-from vmrunner.workflow.loader import load_workflow
+from vmrunner.sessions import SessionManager
+from vmrunner.workflow.loader import load_workflow, load_workflow_text
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("node") is None, reason="needs node"),
@@ -193,6 +197,60 @@ async def test_a_call_alone_starts_the_services(actions_url: str, tmp_path: Path
     assert ran.result("build / make") == "success", ran.logs("build / make")
     [artifact] = ArtifactStore(ServiceSettings.from_env().artifacts_dir, 90).list("4445")
     assert (artifact.name, artifact.job_key) == ("app-large", "build / make")
+
+
+#: Uploads after the snapshots (set-up, step 1), fails at step 3 unless vars.READY is yes.
+SNAPSHOTTED = """
+on: push
+jobs:
+  a:
+    runs-on: ubuntu-latest
+    steps:
+      - run: mkdir out && echo "made before the snapshot" > out/a.txt
+      - uses: actions/upload-artifact@v4
+        with: {name: first, path: out/a.txt}
+      - run: test "${{ vars.READY }}" = yes
+      - uses: actions/upload-artifact@v4
+        with: {name: second, path: out/a.txt}
+"""
+
+
+async def test_the_services_are_reached_after_snapshots_and_in_a_rerun(
+    actions_url: str, tmp_path: Path
+) -> None:
+    """The forward lives in the agent; a sandbox snapshot or restore is a file system copy, so
+    it holds. ``vmrunner rerun`` seeds a fresh machine from the snapshot and serves the
+    services to it as a run does."""
+    workflow = load_workflow_text(SNAPSHOTTED, "snap.yml")
+    ran = await run(
+        workflow, actions_url=actions_url, run_id="4446", repository="octo/demo", snapshot=True,
+    )
+    assert ran.result("a") == "failure"
+    artifacts = ArtifactStore(ServiceSettings.from_env().artifacts_dir, 90)
+    assert [a.name for a in artifacts.list("4446")] == ["first"]
+
+    kept = checkpoints.load("4446", "a")
+    assert kept is not None, [a.message for a in ran.of(Annotation)]
+    options = kept.run_options(
+        vars={"READY": "yes"}, run_id="4447", snapshot=False, rollback_on_failure=False,
+        jobs=None,
+    )
+    recorder = Recorder()
+    provider = get_provider("sandbox")
+    try:
+        async with SessionManager(provider, limit=1) as sessions:
+            outcome = await rerun_job(
+                workflow, plan_rerun(kept, workflow, 3), options, sessions, recorder
+            )
+    finally:
+        await provider.aclose()
+    assert outcome.conclusion == "success", [
+        e.text for e in recorder.events if isinstance(e, LogLine)
+    ]
+    [second] = artifacts.list("4447")
+    assert second.name == "second"
+    extract(second, tmp_path / "got")
+    assert (tmp_path / "got" / "a.txt").read_text() == "made before the snapshot\n"
 
 
 async def test_the_second_run_hits_the_cache(actions_url: str) -> None:
