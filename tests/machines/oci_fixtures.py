@@ -12,9 +12,11 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import tarfile
 import time
 import urllib.request
@@ -84,7 +86,10 @@ class Layout:
 
 
 def write_layout(
-    path: Path, layers: list[Mapping[str, Entry]], *, config: Mapping[str, Any] | None = None,
+    path: Path,
+    layers: list[Mapping[str, Entry]],
+    *,
+    config: Mapping[str, Any] | None = None,
     tag: str = "latest",
 ) -> Layout:
     """An OCI image layout at ``path`` holding one image of ``layers`` (first is lowest)."""
@@ -106,9 +111,10 @@ def write_layout(
         "config": {"Env": ["PATH=/usr/bin:/bin"], "Cmd": ["sh"], **(config or {})},
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
     }  # fmt: skip
+    config_type = "application/vnd.oci.image.config.v1+json"
     manifest = {
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": blob(json.dumps(image_config).encode(), "application/vnd.oci.image.config.v1+json"),
+        "config": blob(json.dumps(image_config).encode(), config_type),
         "layers": layer_blobs,
     }  # fmt: skip
     descriptor = blob(json.dumps(manifest).encode(), "application/vnd.oci.image.manifest.v1+json")
@@ -134,13 +140,16 @@ class Registry:
         )
         self.process = subprocess.Popen(
             ["docker-registry", "serve", str(config)],
-            stdout=subprocess.DEVNULL, stderr=open(root / "registry.log", "wb"),  # noqa: SIM115
+            stdout=subprocess.DEVNULL,
+            stderr=open(root / "registry.log", "wb"),  # noqa: SIM115
         )
         deadline = time.monotonic() + 20
         while True:
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"http://{self.host}/v2/", timeout=1):
-                    return
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(f"http://{self.host}/v2/", timeout=1),
+            ):
+                return
             if time.monotonic() > deadline or self.process.poll() is not None:
                 self.close()
                 raise RuntimeError(f"docker-registry did not start: {root / 'registry.log'}")
@@ -180,7 +189,68 @@ _PUSHED: dict[str, str] = {}
 def busybox_image(registry: Registry, tmp: Path, name: str = "busybox:1", **config: Any) -> str:
     """The busybox image pushed as ``name`` (once per session and name)."""
     if name not in _PUSHED:
-        layout = write_layout(tmp / f"layout-{name.replace(':', '-').replace('/', '-')}",
-                              [busybox_layer()], config=config)
+        layout = write_layout(
+            tmp / f"layout-{name.replace(':', '-').replace('/', '-')}",
+            [busybox_layer()],
+            config=config,
+        )
         _PUSHED[name] = registry.push(layout, name)
     return _PUSHED[name]
+
+
+def host_programs_layer(programs: list[str], folders: tuple[str, ...] = ()) -> dict[str, Entry]:
+    """A layer holding host ``programs`` (with every shared library they and the ELF files of
+    ``folders`` load) and ``folders`` whole: real programs for test images (bash, python)."""
+    files: dict[str, Entry] = {"lib64": None}
+    elves = [os.path.realpath(p) for p in programs]
+    for folder in folders:
+        for where, _, names in os.walk(folder):
+            files[where.lstrip("/")] = None
+            for name in names:
+                path = os.path.join(where, name)
+                if not os.path.islink(path) and "__pycache__" not in path:
+                    files[path.lstrip("/")] = Path(path).read_bytes()
+                    if name.endswith(".so"):
+                        elves.append(path)
+    libraries: set[str] = set()
+    for elf in elves:
+        done = subprocess.run(["ldd", elf], capture_output=True, text=True, check=False)
+        for line in done.stdout.splitlines():
+            parts = line.split()
+            path = parts[2] if "=>" in parts and len(parts) > 2 else parts[0] if parts else ""
+            if path.startswith("/"):
+                libraries.add(path)
+    for path in sorted(libraries | set(elves)):
+        real = os.path.realpath(path)
+        parent = os.path.dirname(real).lstrip("/")
+        for index in range(1, parent.count("/") + 2):
+            files.setdefault("/".join(parent.split("/")[:index]), None)
+        files[real.lstrip("/")] = Path(real).read_bytes()
+        named = os.path.join(os.path.dirname(real), os.path.basename(path))  # the soname
+        if named != real:
+            files[named.lstrip("/")] = ("link", os.path.basename(real))
+    files["lib64/ld-linux-x86-64.so.2"] = ("link", os.path.realpath("/lib64/ld-linux-x86-64.so.2"))
+    return files
+
+
+def docker_hub_images(registry: Registry, tmp: Path) -> None:
+    """The Docker Hub images act's test cases name, built here and served by ``registry`` as
+    their mirror: ``alpine`` (busybox's sh), ``node:16-buster-slim`` (with bash) and
+    ``node:16-buster`` (with bash and python)."""
+    if "library/node:16-buster" in _PUSHED:
+        return
+    python = os.path.realpath(sys.executable if sys.executable.startswith("/usr/") else
+                              "/usr/bin/python3")  # fmt: skip
+    bash = host_programs_layer(["/usr/bin/bash"])
+    links: dict[str, Entry] = {"usr/bin/python": ("link", python), "usr/bin/python3":
+                               ("link", python), "bin/bash": ("link", "/usr/bin/bash")}  # fmt: skip
+    with_python = host_programs_layer([python], (f"/usr/lib/{os.path.basename(python)}",))
+    images = {
+        "library/alpine:latest": [busybox_layer()],
+        "library/node:16-buster-slim": [busybox_layer(), bash, links],
+        "library/node:16-buster": [busybox_layer(), bash, with_python, links],
+    }
+    for name, layers in images.items():
+        layout = write_layout(tmp / name.replace("/", "-").replace(":", "-"), layers,
+                              config={"Env": ["PATH=/usr/local/bin:/usr/bin:/bin"]})  # fmt: skip
+        _PUSHED[name] = registry.push(layout, name)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
@@ -33,7 +32,8 @@ async def test_the_machine_runs_the_image_as_its_root(
         machine = await provider.allocate(MachineSpec(image=image, network="private"))
         try:
             assert machine.paths.workspace == "/__w/workspace"
-            assert machine.paths.work == "/__w" and machine.paths.home == "/github/home"
+            assert machine.paths.work == "/__w"
+            assert machine.paths.home == "/github/home"
             code, out = await sh(
                 machine,
                 "id -u; echo $FROM_IMAGE $HOME; pwd; ls /usr; test -e /usr/bin/python3 || echo "
@@ -43,15 +43,18 @@ async def test_the_machine_runs_the_image_as_its_root(
             lines = out.split()
             # root of the image (the machine's root, no host root), the image's environment
             assert lines[:4] == ["0", "yes", "/github/home", "/__w/workspace"]
-            assert "no-python" in out and "x" in lines
+            assert "no-python" in out
+            assert "x" in lines
             # the job's root is its own: the cache never sees what it writes
             rootfs = provider.images._cached(
                 (await provider.images.pull(image, ids=_root(provider))).digest, _root(provider)
             )
-            assert rootfs is not None and not (rootfs.rootfs / "bin/new").exists()
+            assert rootfs is not None
+            assert not (rootfs.rootfs / "bin/new").exists()
             # the host's system is not on the image's paths; the host's loopback is unreachable
             code, out = await sh(machine, "ls /home /root 2>&1; cat /etc/passwd")
-            assert "runner" not in out and "root:x:0:0" in out
+            assert "runner" not in out
+            assert "root:x:0:0" in out
             code, _ = await sh(machine, "echo hi > /proc/sys/kernel/hostname")
             assert code != 0
         finally:

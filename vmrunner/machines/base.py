@@ -86,6 +86,8 @@ class MachineSpec:
     #: Who the machine's commands run as in ``image`` (``uid[:gid]`` or a name of its
     #: ``/etc/passwd``); '' for the image's own user (root when it names none).
     image_user: str = ""
+    #: Variables added to the image's own environment (``container.env``).
+    image_env: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

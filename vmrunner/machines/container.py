@@ -97,7 +97,9 @@ def interpreter(python: str) -> list[str]:
     else:
         raise AllocationError("container machines need the host's dynamic loader under /usr")
     if not real.startswith("/usr/"):
-        raise AllocationError(f"container machines run the agent on a python under /usr, not {real}")
+        raise AllocationError(
+            f"container machines run the agent on a python under /usr, not {real}"
+        )
     inside = HOST_USR + loader.removeprefix("/usr")
     library = os.path.dirname(inside)
     return [inside, "--library-path", library, HOST_USR + real.removeprefix("/usr")]
@@ -139,9 +141,12 @@ def _entries(table: Path) -> list[list[str]]:
     return [line.split(":") for line in text.splitlines() if line and not line.startswith("#")]
 
 
-def environment(image: Image, machine_id: str) -> dict[str, str]:
-    """The machine's base environment: the image's, with GitHub's container-job locations."""
-    env = dict(image.env)
+def environment(
+    image: Image, machine_id: str, extra: tuple[tuple[str, str], ...] = ()
+) -> dict[str, str]:
+    """The machine's base environment: the image's and ``extra`` (``container.env``), with
+    GitHub's container-job locations."""
+    env = {**dict(image.env), **dict(extra)}
     env.setdefault("PATH", DEFAULT_PATH)
     env.update(
         HOME=HOME, RUNNER_TEMP=TEMP, RUNNER_TOOL_CACHE=TOOL_CACHE, VMRUNNER_MACHINE_ID=machine_id

@@ -578,7 +578,7 @@ class SandboxProvider(LocalProvider):
                 *bundle_args(fds, self.bundle_dir(python)),
                 "--chdir", container.WORKSPACE,
                 "--clearenv",
-                *env_args(**container.environment(image, record.machine_id)),
+                *env_args(**container.environment(image, record.machine_id, spec.image_env)),
             ]  # fmt: skip
         except BaseException:
             fds.close()
