@@ -32,7 +32,7 @@ from typing import Any
 
 from vmrunner.errors import AllocationError
 from vmrunner.machines.disk import unmount_below
-from vmrunner.machines.oci import Image
+from vmrunner.machines.oci import ContainerImage
 
 HOST_USR = "/run/vmrunner/host/usr"
 WORK = "/__w"
@@ -58,7 +58,9 @@ def plan(state_dir: Path) -> dict[str, Any]:
     return {"mount": str(state_dir / "root")}
 
 
-def mount_root(image: Image, space: Path, overlay: Mapping[str, Any], root_id: int) -> Path:
+def mount_root(
+    image: ContainerImage, space: Path, overlay: Mapping[str, Any], root_id: int
+) -> Path:
     """Mount the machine's root: ``image`` under an upper layer in ``space`` (the machine's
     disk), with the mount points bubblewrap needs; owned by the machine's root."""
     upper, work, merged = space / "root-upper", space / "root-work", Path(overlay["mount"])
@@ -142,7 +144,7 @@ def _entries(table: Path) -> list[list[str]]:
 
 
 def environment(
-    image: Image, machine_id: str, extra: tuple[tuple[str, str], ...] = ()
+    image: ContainerImage, machine_id: str, extra: tuple[tuple[str, str], ...] = ()
 ) -> dict[str, str]:
     """The machine's base environment: the image's and ``extra`` (``container.env``), with
     GitHub's container-job locations."""

@@ -111,7 +111,7 @@ def parse_reference(text: str) -> ImageReference:
 
 
 @dataclass(frozen=True, slots=True)
-class Image:
+class ContainerImage:
     """One unpacked image in the cache."""
 
     reference: str
@@ -131,7 +131,7 @@ class Image:
         }  # fmt: skip
 
     @classmethod
-    def from_data(cls, data: Mapping[str, Any], rootfs: Path) -> Image:
+    def from_data(cls, data: Mapping[str, Any], rootfs: Path) -> ContainerImage:
         return cls(
             reference=str(data["reference"]), digest=str(data["digest"]), rootfs=rootfs,
             env=tuple((str(k), str(v)) for k, v in data.get("env", [])),
@@ -158,7 +158,7 @@ class ImageStore:
 
     async def pull(
         self, reference: str, *, ids: int, credentials: Credentials | None = None
-    ) -> Image:
+    ) -> ContainerImage:
         """The image ``reference`` unpacked for machines whose root is host id ``ids`` (and the
         65,536 after it): from the cache when a fresh resolution of it is there, else pulled.
         Raises ``ImageError`` with the reason."""
@@ -171,13 +171,13 @@ class ImageStore:
     def folder(self, digest: str, ids: int) -> Path:
         return self.images / f"{digest.removeprefix('sha256:')}-{ids}"
 
-    def _cached(self, digest: str, ids: int) -> Image | None:
+    def _cached(self, digest: str, ids: int) -> ContainerImage | None:
         folder = self.folder(digest, ids)
         try:
             data = json.loads((folder / "image.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        return Image.from_data(data, folder / "rootfs")
+        return ContainerImage.from_data(data, folder / "rootfs")
 
     def _ref_file(self, ref: ImageReference) -> Path:
         return self.refs / (hashlib.sha256(str(ref).encode()).hexdigest()[:32] + ".json")
@@ -191,7 +191,9 @@ class ImageStore:
             return None
         return str(data["digest"])
 
-    def _pull(self, ref: ImageReference, ids: int, credentials: Credentials | None) -> Image:
+    def _pull(
+        self, ref: ImageReference, ids: int, credentials: Credentials | None
+    ) -> ContainerImage:
         for folder in (self.root, self.images, self.refs):
             folder.mkdir(parents=True, exist_ok=True, mode=0o711)
             folder.chmod(0o711)  # the sandbox's unprivileged bubblewrap passes through
@@ -210,7 +212,7 @@ class ImageStore:
 
     def _fetch(
         self, ref: ImageReference, ids: int, credentials: Credentials | None, staging: Path
-    ) -> Image:
+    ) -> ContainerImage:
         skopeo, umoci = _tool("skopeo", SKOPEO_MISSING), _tool("umoci", UMOCI_MISSING)
         layout = staging / "layout"
         digest_file = staging / "digest"
@@ -308,13 +310,13 @@ def _blob(layout: Path, descriptor: Mapping[str, Any], *, keep: bool = True) -> 
 
 def image_from_config(
     reference: str, digest: str, config: Mapping[str, Any], rootfs: Path
-) -> Image:
+) -> ContainerImage:
     inner = config.get("config") or {}
     env = []
     for item in inner.get("Env") or []:
         name, _, value = str(item).partition("=")
         env.append((name, value))
-    return Image(
+    return ContainerImage(
         reference=reference, digest=digest, rootfs=rootfs, env=tuple(env),
         entrypoint=tuple(inner.get("Entrypoint") or ()), cmd=tuple(inner.get("Cmd") or ()),
         workdir=str(inner.get("WorkingDir") or ""), user=str(inner.get("User") or ""),

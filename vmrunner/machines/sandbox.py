@@ -99,7 +99,7 @@ from vmrunner.machines.network import (
     attach_private_network,
     reclaim_helper,
 )
-from vmrunner.machines.oci import Credentials, Image, ImageStore
+from vmrunner.machines.oci import ContainerImage, Credentials, ImageStore
 from vmrunner.machines.snapshots import DirectorySnapshots, import_trees
 
 HOME = "/home/runner"
@@ -148,7 +148,9 @@ JOIN_CGROUP = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done;
 
 log = logging.getLogger(__name__)
 #: The image of the container machine being allocated (pulled before ``_launch``'s thread).
-_IMAGE: contextvars.ContextVar[Image | None] = contextvars.ContextVar("image", default=None)
+_IMAGE: contextvars.ContextVar[ContainerImage | None] = contextvars.ContextVar(
+    "image", default=None
+)
 
 
 class SandboxMachine(AgentMachine):
@@ -536,7 +538,7 @@ class SandboxProvider(LocalProvider):
         )
 
     def _launch_container(
-        self, state_dir: Path, record: MachineRecord, spec: MachineSpec, image: Image
+        self, state_dir: Path, record: MachineRecord, spec: MachineSpec, image: ContainerImage
     ) -> Launch:
         """A sandbox whose root is ``image`` (see ``container.py``)."""
         bwrap, python = self._tools()
