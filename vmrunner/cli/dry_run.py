@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from vmrunner.errors import PlanError, VmrunnerError
+from vmrunner.machines.providers import provider_containers
 from vmrunner.runner.evaluation import render
 from vmrunner.runner.job import other_system_reason, unsupported_reason
 from vmrunner.runner.options import RunOptions
@@ -77,7 +78,7 @@ def cannot_run(
     ``runs-on`` made by an expression is evaluated for each known matrix combination; one that
     needs more than the matrix (``needs``, ``inputs``) is left for the run to judge.
     """
-    reason = unsupported_reason(job, options.repo_root, provider)
+    reason = unsupported_reason(job, options.repo_root, provider, provider_containers(provider))
     if reason or job.runs_on is None:
         return reason
     for matrix in combinations or [{}]:

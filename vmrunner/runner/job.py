@@ -52,6 +52,7 @@ from vmrunner.reports.events import (
     StepStarted,
 )
 from vmrunner.runner import checkpoints
+from vmrunner.runner.containers import container_spec
 from vmrunner.runner.context import RunContext
 from vmrunner.runner.contexts import default_env, runner_context, workspaces
 from vmrunner.runner.evaluation import (
@@ -120,8 +121,9 @@ def _extract(data: bytes, folder: str) -> None:
         raise ConfigError(f"hashFiles: cannot copy the workspace: {exc}") from exc
 
 
-def unsupported_reason(job: Job, repo_root: str, provider: str) -> str:
-    """Why the job cannot run on this provider ('' when it can)."""
+def unsupported_reason(job: Job, repo_root: str, provider: str, containers: bool = False) -> str:
+    """Why the job cannot run on this provider ('' when it can); ``containers``: whether the
+    provider's machines can be container images."""
     what = ""
     background = [s for s in job.steps if s.background or s.wait or s.wait_all or s.cancel]
     if background:
@@ -129,7 +131,7 @@ def unsupported_reason(job: Job, repo_root: str, provider: str) -> str:
             f"job '{job.id}' uses background steps (background, wait, wait-all, cancel; step "
             f"{background[0].index + 1}): not supported by vmrunner yet (parallel: is)"
         )
-    if job.container is not None:
+    if job.container is not None and not containers:
         what = f"a container ({job.container.image})"
     elif job.services:
         what = f"service containers ({', '.join(job.services)})"
@@ -291,7 +293,8 @@ class JobExecution:
                 outcome.reason = f"job '{self.job.id}': runs-on: {exc}"
                 return outcome
             reason = unsupported_reason(
-                self.job, run.options.repo_root, run.provider_name
+                self.job, run.options.repo_root, run.provider_name,
+                run.sessions.provider.capabilities.containers,
             ) or other_system_reason(self.job.id, labels, run.options.machine_types)
             if reason:
                 outcome.reason = reason
@@ -301,6 +304,13 @@ class JobExecution:
             if notice:
                 run.annotate(self.job_key, "notice", notice)
             spec = machine_spec(run.options, vm_type, {"run": run.run_id, "job": self.job_key})
+            if self.job.container is not None:
+                try:
+                    spec = container_spec(spec, self.job.id, self.job.container, contexts)
+                except VmrunnerError as exc:
+                    outcome.reason = str(exc)
+                    run.annotate(self.job_key, "error", outcome.reason)
+                    return outcome
             timeout = (minutes if minutes is not None else run.options.job_timeout_minutes) * 60
             outcome, summary = await self.in_session(spec, timeout, outcome)
         except asyncio.CancelledError:
