@@ -288,7 +288,13 @@ def _inside(root: str, path: str) -> bool:
 
 
 def host_local_action_using(repo_root: str, uses: str) -> str | None:
-    """``runs.using`` of a local action in the repository on the host (None if absent).
+    """``runs.using`` of a local action in the repository on the host (None if absent)."""
+    action = host_local_action(repo_root, uses)
+    return action.using if action is not None else None
+
+
+def host_local_action(repo_root: str, uses: str) -> Action | None:
+    """A local action in the repository on the host (None if absent or invalid).
 
     Only a hint, to refuse a Docker action before a machine is allocated; the action itself is
     read from the machine. Nothing outside the repository is read: a symlink leading out of it
@@ -305,7 +311,7 @@ def host_local_action_using(repo_root: str, uses: str) -> str | None:
     if found is None:
         return None
     try:
-        return parse_action(found[0], found[1], uses, "").using
+        return parse_action(found[0], found[1], uses, "")
     except ActionError:
         return None
 
