@@ -172,6 +172,15 @@ def is_checkout(uses: str) -> bool:
     return uses.lower().split("@", 1)[0].rstrip("/") == "actions/checkout"
 
 
+def split_remote(uses: str) -> tuple[str, str, str, str] | None:
+    """``owner/repo[/path]@ref`` as (owner, repo, ``/path`` or '', ref); None for another form."""
+    match = _REMOTE.match(uses)
+    if match is None:
+        return None
+    owner, repo, subpath, ref = match.groups()
+    return owner, repo, subpath, ref
+
+
 def is_docker_reference(uses: str) -> bool:
     return uses.startswith("docker://")
 
@@ -409,10 +418,10 @@ async def load_remote_action(
     ``uploaded`` holds the folders already copied into this machine (copied once per job);
     ``notes`` receives what the user should hear about the fetch.
     """
-    match = _REMOTE.match(uses)
-    if match is None:
+    parts = split_remote(uses)
+    if parts is None:
         raise ActionError(f"invalid action reference {uses!r}: expected owner/repo[/path]@ref")
-    owner, repo, subpath, ref = match.groups()
+    owner, repo, subpath, ref = parts
     found = await repository_folder(owner, repo, ref, sources)
     if found.note and notes is not None:
         notes.append(found.note)
