@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
@@ -52,8 +52,12 @@ class Executor(Protocol):
         """Cancel a run this server started; False when it is not running."""
         ...
 
-    async def describe(self, run_id: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-        """The run's result and log lines, for ``GET /api/runs/{id}`` (None, [] if unknown)."""
+    async def describe(self, run_id: str) -> dict[str, Any] | None:
+        """The run's result, for ``GET /api/runs/{id}`` (None if unknown)."""
+        ...
+
+    def logs(self, run_id: str) -> AsyncIterator[list[dict[str, Any]]]:
+        """The run's log lines, a page at a time (never all of them in memory)."""
         ...
 
     async def comment(self, runs: Sequence[ServerRun], repository: str) -> str:
@@ -117,12 +121,17 @@ class LocalRuns:
         task.cancel()
         return True
 
-    async def describe(self, run_id: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-        history = RunHistory(self.store)
+    async def describe(self, run_id: str) -> dict[str, Any] | None:
         try:
-            return history.get_run(run_id).to_json(), [asdict(row) for row in history.logs(run_id)]
+            return RunHistory(self.store).get_run(run_id).to_json()
         except RunNotFound:
-            return None, []
+            return None
+
+    async def logs(self, run_id: str) -> AsyncIterator[list[dict[str, Any]]]:
+        after = 0
+        while page := self.store.run_log_page(run_id, after=after):
+            after = page[-1][0]
+            yield [asdict(row) for _, row in page]
 
     async def comment(self, runs: Sequence[ServerRun], repository: str) -> str:
         history = RunHistory(self.store)
