@@ -71,9 +71,12 @@ class LocalRuns:
     detached = False
 
     def __init__(
-        self, store: Store, sessions: SessionManager, github: GitHubClient, metrics: Metrics
+        self, store: Store, sessions: SessionManager, github: GitHubClient, metrics: Metrics,
+        *, max_step_log: int = 0,
     ) -> None:
         self.store = store
+        #: Bytes of output kept per step (0: the default, ``max_step_log_default()``).
+        self.max_step_log = max_step_log
         self.sessions = sessions
         self.github = github
         self.metrics = metrics
@@ -94,7 +97,10 @@ class LocalRuns:
             workflow=workflow.name or Path(run.workflow_file).stem, target_url=target_url,
         )
         try:
-            with StoreSink(self.store) as keep, Learning.open(self.store.path) as learning:
+            with (
+                StoreSink(self.store, max_step_log=self.max_step_log or None) as keep,
+                Learning.open(self.store.path) as learning,
+            ):
                 statuses.start()
                 try:
                     sinks = FanOut(keep, collector, MetricsSink(self.metrics), statuses)

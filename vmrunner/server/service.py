@@ -237,7 +237,10 @@ class Service:
     async def _executor(self, stack: AsyncExitStack) -> Executor:
         """Runs here, or (with ``store``) on the fleet: the one place the two paths part."""
         if not self.config.store:
-            return LocalRuns(self.store, self.sessions, self.github, self.metrics)
+            return LocalRuns(
+                self.store, self.sessions, self.github, self.metrics,
+                max_step_log=self.config.max_step_log_bytes,
+            )
         from vmrunner.fleet.store import FleetStore  # the fleet extra
         from vmrunner.server.queued import QueuedRuns
 
