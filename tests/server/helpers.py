@@ -84,12 +84,11 @@ async def live_server(
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The app under uvicorn on a free loopback port; an httpx client for it, sending a token of
     ``scope`` (None: no token)."""
-    auth = {"Authorization": f"Bearer {api_token(f'tests-{uuid.uuid4().hex[:8]}', scope)}"}
+    name = f"tests-{uuid.uuid4().hex[:8]}"
+    auth = {"Authorization": f"Bearer {api_token(name, scope)}"} if scope is not None else None
     async with (
         serve_app(create_app(server_config, **options)) as url,
-        httpx.AsyncClient(
-            base_url=url, timeout=30, headers=auth if scope is not None else None
-        ) as client,
+        httpx.AsyncClient(base_url=url, timeout=30, headers=auth) as client,
     ):
         yield client
 
