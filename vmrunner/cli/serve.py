@@ -16,7 +16,7 @@ from vmrunner.config import ENV_PROVIDER, NETWORKS
 _EPILOG = """\b
 Config file (TOML; YAML with the same keys for .yml/.yaml):
   [server]
-  host = "0.0.0.0"
+  host = "0.0.0.0"   # beyond loopback: create an API token first
   port = 8080
   public_url = "https://ci.example.com"
   concurrent_runs = 2

@@ -4,7 +4,7 @@ A config file (TOML, or YAML for ``.yml``/``.yaml``) holds the same settings as 
 flags win. Example::
 
     [server]
-    host = "0.0.0.0"
+    host = "0.0.0.0"                         # beyond loopback: needs an API token first
     port = 8080
     public_url = "https://ci.example.com"    # target_url of commit statuses
     concurrent_runs = 2                      # workflow runs at once (more wait in the queue)
