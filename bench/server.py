@@ -9,7 +9,9 @@ rate). Latency is from sending a request to its complete response, on the client
 Scenarios: ``ping`` (answered, nothing stored); ``acknowledged`` (an ``issues`` event: the
 delivery is recorded in SQLite and ignored); ``queue-run`` (a ``push`` that the repository's
 workflow matches: recorded, dispatched in the background, one run each; its job is skipped by
-``if: false`` so no machine is started and the backlog stays small). The goal is p99 <= 10 ms.
+``if: false`` so no machine is started and the backlog stays small); ``api-read`` (``GET
+/api/runs?limit=20`` with a ``read`` bearer token: the token check is one indexed read). The
+goal is p99 <= 10 ms.
 The server's own CPU time per request (from /proc, over the scenario, background work
 included) is reported too: unlike latency it does not depend on what else the host runs.
 Memory: the server's resident set (VmRSS) at idle after start, its peak while under load, and
@@ -118,13 +120,15 @@ class _Connections:
         )
         self.opened: list[asyncio.StreamWriter] = []
 
-    async def post(self, path: str, headers: dict[str, str], body: bytes) -> int:
+    async def post(
+        self, path: str, headers: dict[str, str], body: bytes, method: str = "POST"
+    ) -> int:
         if self.idle.empty() and len(self.opened) < self.size:
             reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
             self.opened.append(writer)
         else:
             reader, writer = await self.idle.get()
-        lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}"]
+        lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}"]
         lines += [f"{name}: {value}" for name, value in headers.items()]
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
         head = await reader.readuntil(b"\r\n\r\n")
@@ -147,10 +151,10 @@ class _Connections:
 
 
 async def _load(
-    port: int, kind: str, rate: float, seconds: float, sha: str, pid: int
+    port: int, kind: str, rate: float, seconds: float, sha: str, pid: int, token: str = ""
 ) -> dict[str, Any]:
     count = max(1, int(rate * seconds))
-    bodies = _bodies(kind, count, sha)
+    bodies = _bodies(kind, count, sha) if kind != "api-read" else [("", b"")] * count
     signed = [(event, body, sign(SECRET, body), str(uuid.uuid4())) for event, body in bodies]
     connections = _Connections(port, 64)
     latencies: list[float] = []
@@ -166,7 +170,12 @@ async def _load(
             "Content-Type": "application/json",
         }
         start = time.perf_counter()
-        status = await connections.post("/webhook", headers, body)
+        if kind == "api-read":
+            status = await connections.post(
+                "/api/runs?limit=20", {"Authorization": f"Bearer {token}"}, b"", "GET"
+            )
+        else:
+            status = await connections.post("/webhook", headers, body)
         latencies.append(time.perf_counter() - start)
         if status not in (200, 202):
             errors += 1
@@ -224,11 +233,15 @@ def _bench(args: argparse.Namespace) -> dict[str, Any]:
             "--drain-seconds",
             "5",
         ]
+        token = subprocess.run(
+            [sys.executable, "-m", "vmrunner", "tokens", "create", "bench", "--scope", "read"],
+            env=env, check=True, capture_output=True, text=True,
+        ).stdout.strip()
         server = subprocess.Popen(
             command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         try:
-            return asyncio.run(_measure(args, port, sha, server.pid))
+            return asyncio.run(_measure(args, port, sha, server.pid, token))
         finally:
             server.terminate()
             try:
@@ -238,7 +251,9 @@ def _bench(args: argparse.Namespace) -> dict[str, Any]:
                 server.wait()
 
 
-async def _measure(args: argparse.Namespace, port: int, sha: str, pid: int) -> dict[str, Any]:
+async def _measure(
+    args: argparse.Namespace, port: int, sha: str, pid: int, token: str
+) -> dict[str, Any]:
     async with (
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
         asyncio.timeout(60),
@@ -256,6 +271,7 @@ async def _measure(args: argparse.Namespace, port: int, sha: str, pid: int) -> d
     results.append(await _load(port, "acknowledged", args.rate, args.seconds, sha, pid))
     if args.queue_seconds > 0:
         results.append(await _load(port, "queue-run", args.rate, args.queue_seconds, sha, pid))
+    results.append(await _load(port, "api-read", args.rate, args.seconds, sha, pid, token))
     return {
         "rate": args.rate,
         "scenarios": results,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from vmrunner.config import vmrunner_home
 from vmrunner.errors import (
+    AccessDenied,
     AgentError,
     AllocationError,
     ArtifactNotFound,
@@ -30,6 +31,7 @@ from vmrunner.errors import (
     MatrixError,
     PlanError,
     ReleaseError,
+    RequestRejected,
     RunNotFound,
     ServiceError,
     SessionError,
@@ -64,6 +66,7 @@ if TYPE_CHECKING:
     from vmrunner.server.github import GitHubClient
     from vmrunner.server.service import Service
     from vmrunner.server.testing import FakeGitHub
+    from vmrunner.server.tokens import TokenStore
     from vmrunner.sessions import Session, SessionManager, SessionState, SessionStats
     from vmrunner.store import Store
     from vmrunner.workflow.loader import load_workflow, load_workflow_text, load_workflows
@@ -121,6 +124,7 @@ _LAZY: dict[str, str] = {
     "GitHubClient": "vmrunner.server.github",
     "Service": "vmrunner.server.service",
     "FakeGitHub": "vmrunner.server.testing",
+    "TokenStore": "vmrunner.server.tokens",
 }
 
 
@@ -135,6 +139,7 @@ def __getattr__(name: str) -> Any:
     return value
 
 __all__ = [
+    "AccessDenied",
     "AgentError",
     "AllocationError",
     "ArtifactNotFound",
@@ -175,6 +180,7 @@ __all__ = [
     "Provider",
     "ReleaseError",
     "RepositoryConfig",
+    "RequestRejected",
     "ResultCollector",
     "RunHistory",
     "RunNotFound",
@@ -201,6 +207,7 @@ __all__ = [
     "StoreSink",
     "Suggestion",
     "TokenError",
+    "TokenStore",
     "TransferError",
     "VmrunnerError",
     "WarmPool",

@@ -32,6 +32,8 @@ below and raised ``from`` the original.
     │   ├── StoreDiskError         ... because its disk is full or failing (ENOSPC, EIO)
     │   └── RunNotFound            no kept run has this id (or the id prefix is ambiguous)
     ├── ConcurrencyCancelled       a pending job or run was pushed out of its concurrency group
+    ├── AccessDenied               a REST API call without a valid token (401) or scope (403)
+    ├── RequestRejected            a webhook refused: unsigned, too large or slow, bad JSON
     ├── ServiceError               the artifact or cache service refused a request (an HTTP status)
     │   ├── TokenError             a missing, forged, expired or foreign runtime token (401/403)
     │   └── ArtifactNotFound       no such run or artifact (404)
@@ -211,6 +213,24 @@ class RunNotFound(StoreError):
 class ConcurrencyCancelled(VmrunnerError):
     """A job or run waiting for its concurrency group was replaced by a newer one, or the group's
     queue is full."""
+
+
+class AccessDenied(VmrunnerError):
+    """A REST API request has no valid bearer token (``status`` 401), or its token's scope does
+    not cover the route (403)."""
+
+    def __init__(self, message: str, status: int = 401) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RequestRejected(VmrunnerError):
+    """A webhook delivery is refused before anything is recorded; ``status`` is the answer (400
+    malformed, 401 unsigned or forged, 408 too slow, 413 too large)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class ConfigError(VmrunnerError):

@@ -309,6 +309,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             UNIQUE (repository, signature)
         )""",
     ),
+    (  # REST API tokens (server/tokens.py): a token's SHA-256, never the token itself
+        """CREATE TABLE api_tokens (
+            name         TEXT PRIMARY KEY,
+            hash         TEXT NOT NULL UNIQUE,
+            scope        TEXT NOT NULL,
+            created_at   REAL NOT NULL,
+            last_used_at REAL
+        )""",
+        # a run's output read a page at a time, in order (Store.iter_run_logs)
+        "CREATE INDEX run_logs_run ON run_logs (run_id, seq)",
+    ),
 )
 
 
@@ -403,6 +414,20 @@ class LogRow:
     time: float
     group_depth: int = 0
 
+
+@dataclass(frozen=True, slots=True)
+class TokenRow:
+    """A REST API token as kept: its name, the SHA-256 (hex) of its value, its scope."""
+
+    name: str
+    hash: str
+    scope: str
+    created_at: float
+    last_used_at: float | None = None
+
+
+#: Log lines read per query when a run's output is read as a stream (bounded memory).
+LOG_PAGE = 200
 
 _MACHINE_COLUMNS = (
     "machine_id, provider, vm_type, pid, pid_start, state_dir, owner_pid, owner_start,"
@@ -945,20 +970,79 @@ class Store:
         self, run_id: str, job_key: str | None = None, step_index: int | None = None
     ) -> list[LogRow]:
         """A run's output in the order it was written; only one job's, or one step's, if asked."""
-        sql = f"SELECT {_columns(LogRow)} FROM run_logs WHERE run_id = ?"
-        params: list[Any] = [run_id]
+        return [row for _, row in self.iter_run_logs(run_id, job_key, step_index)]
+
+    def iter_run_logs(
+        self,
+        run_id: str,
+        job_key: str | None = None,
+        step_index: int | None = None,
+        *,
+        after: int = 0,
+    ) -> Iterator[tuple[int, LogRow]]:
+        """``run_logs`` as (sequence number, row) pairs read ``LOG_PAGE`` at a time, from the
+        line after ``after``: a run with hundreds of MiB of output is never held whole."""
+        while page := self.run_log_page(run_id, job_key, step_index, after=after):
+            yield from page
+            after = page[-1][0]
+
+    def run_log_page(
+        self,
+        run_id: str,
+        job_key: str | None = None,
+        step_index: int | None = None,
+        *,
+        after: int = 0,
+        limit: int = LOG_PAGE,
+    ) -> list[tuple[int, LogRow]]:
+        """Up to ``limit`` lines after sequence number ``after``, with their numbers."""
+        sql = f"SELECT seq, {_columns(LogRow)} FROM run_logs WHERE run_id = ? AND seq > ?"
+        params: list[Any] = [run_id, after]
         if job_key is not None:
             sql += " AND job_key = ?"
             params.append(job_key)
         if step_index is not None:
             sql += " AND step_index = ?"
             params.append(step_index)
-        rows = self._execute(sql + " ORDER BY seq", params)
-        return [_from_row(LogRow, row) for row in rows.fetchall()]
+        rows = self._execute(sql + " ORDER BY seq LIMIT ?", [*params, limit]).fetchall()
+        return [(int(row[0]), _from_row(LogRow, row[1:])) for row in rows]
 
     def run_annotations(self, run_id: str, kind: type[_Row]) -> list[_Row]:
         """A run's annotations (as ``kind``) in the order they were written."""
         return self._records(kind, "run_annotations", run_id, "seq")
+
+    # REST API tokens
+
+    def add_token(self, row: TokenRow) -> bool:
+        """Keep a new token; False when a token of that name exists already."""
+        with self.transaction():
+            cursor = self._execute(
+                "INSERT INTO api_tokens (name, hash, scope, created_at, last_used_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+                (row.name, row.hash, row.scope, row.created_at, row.last_used_at),
+            )
+            return cursor.rowcount == 1
+
+    def tokens(self) -> list[TokenRow]:
+        rows = self._execute(
+            "SELECT name, hash, scope, created_at, last_used_at FROM api_tokens ORDER BY name"
+        )
+        return [TokenRow(*row) for row in rows.fetchall()]
+
+    def token_by_hash(self, digest: str) -> TokenRow | None:
+        row = self._execute(
+            "SELECT name, hash, scope, created_at, last_used_at FROM api_tokens WHERE hash = ?",
+            (digest,),
+        ).fetchone()
+        return TokenRow(*row) if row else None
+
+    def delete_token(self, name: str) -> bool:
+        with self.transaction():
+            return self._execute("DELETE FROM api_tokens WHERE name = ?", (name,)).rowcount == 1
+
+    def touch_token(self, name: str, at: float) -> None:
+        with self.transaction():
+            self._execute("UPDATE api_tokens SET last_used_at = ? WHERE name = ?", (at, name))
 
     def _records(self, kind: type[_Row], table: str, run_id: str, order: str) -> list[_Row]:
         rows = self._execute(

@@ -18,6 +18,8 @@ from vmrunner.server.app import create_app
 from vmrunner.server.config import RepositoryConfig, ServerConfig
 from vmrunner.server.signatures import sign
 from vmrunner.server.testing import serve_app
+from vmrunner.server.tokens import TokenStore
+from vmrunner.store import Store
 
 SECRET = b"it's a secret to everybody"
 FIXTURES = shared_dir() / "fixtures" / "github-webhooks"
@@ -70,16 +72,33 @@ def config(repos: Mapping[str, Path | str], **settings: Any) -> ServerConfig:
     return ServerConfig(webhook_secret=SECRET, repositories=repositories, **settings)
 
 
+def api_token(name: str = "tests", scope: str = "admin") -> str:
+    """A new API token in this test's store (VMRUNNER_HOME)."""
+    with Store.open() as store:
+        return TokenStore(store).create(name, scope)
+
+
 @contextlib.asynccontextmanager
 async def live_server(
-    server_config: ServerConfig, **options: Any
+    server_config: ServerConfig, *, scope: str | None = "admin", **options: Any
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """The app under uvicorn on a free loopback port; an httpx client for it."""
+    """The app under uvicorn on a free loopback port; an httpx client for it, sending a token of
+    ``scope`` (None: no token)."""
+    name = f"tests-{uuid.uuid4().hex[:8]}"
+    auth = {"Authorization": f"Bearer {api_token(name, scope)}"} if scope is not None else None
     async with (
         serve_app(create_app(server_config, **options)) as url,
-        httpx.AsyncClient(base_url=url, timeout=30) as client,
+        httpx.AsyncClient(base_url=url, timeout=30, headers=auth) as client,
     ):
         yield client
+
+
+async def run_logs(client: httpx.AsyncClient, run_id: str) -> list[dict[str, Any]]:
+    """The run's log lines, from the streamed NDJSON of ``GET /api/runs/{id}/logs``."""
+    response = await client.get(f"/api/runs/{run_id}/logs")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/x-ndjson"
+    return [json.loads(line) for line in response.text.splitlines()]
 
 
 async def deliver(
@@ -112,5 +131,5 @@ async def finished(client: httpx.AsyncClient, run_id: str, patience: float = 120
                 "completed",
                 "interrupted",
             ):
-                return data
+                return {**data, "logs": await run_logs(client, run_id)}
             await asyncio.sleep(0.05)

@@ -16,7 +16,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.server.helpers import SECRET, deliver, finished, fixture, git, make_repo, settled
+from tests.server.helpers import (
+    SECRET,
+    api_token,
+    deliver,
+    finished,
+    fixture,
+    git,
+    make_repo,
+    settled,
+)
 from vmrunner.server.testing import FakeGitHub
 
 WORKFLOW = """
@@ -34,6 +43,10 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_token(f'restart-{os.urandom(4).hex()}', 'read')}"}
 
 
 def start_server(
@@ -130,7 +143,9 @@ async def test_sigkill_during_a_run_then_restart_interrupts_it_reclaims_its_mach
     first = start_server(repo, port, log)
     second = None
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", timeout=30, headers=_auth()
+        ) as client:
             await wait_healthy(client, first, log)
             a, b = str(uuid.uuid4()), str(uuid.uuid4())
             await deliver(client, "push", push(slow), a)
@@ -198,7 +213,9 @@ async def _sigterm_scenario(tmp_path, stack):
         str(tmp_path / "token"),
     )
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", timeout=30, headers=_auth()
+        ) as client:
             await wait_healthy(client, server, log)
             a = str(uuid.uuid4())
             await deliver(client, "push", push(slow), a)

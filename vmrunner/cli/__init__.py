@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "vmrunner.cli.serve",
         "Serve GitHub webhooks: run workflows, report results to GitHub.",
     ),
+    "tokens": ("vmrunner.cli.tokens", "Create, list and revoke tokens of the server's REST API."),
     "agent": (
         "vmrunner.cli.agent",
         "Serve a fleet's jobs on this host (PostgreSQL with procrastinate).",

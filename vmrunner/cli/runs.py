@@ -6,11 +6,13 @@ was killed before it finished is shown as ``interrupted``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
+
     from rich.text import Text
 
     from vmrunner.reports.results import RunResult
@@ -188,7 +190,7 @@ def show(
     store: str | None,
 ) -> None:
     """Show one run (RUN_ID or a unique prefix of it): its jobs, steps and results."""
-    from dataclasses import asdict, replace
+    from dataclasses import replace
 
     from vmrunner.cli import terminal
     from vmrunner.errors import ConfigError
@@ -215,32 +217,51 @@ def show(
     if follow:
         run_id = _follow(run_id, job_key)
         with_logs = False  # printed already
-    with Store.open() as kept:
+    with Store.open() as kept:  # open while printing: logs are read a page at a time
         history = RunHistory(kept)
         result = history.get_run(run_id)
         if job_key is not None and result.job(job_key) is None:
             known = ", ".join(repr(j.job_key) for j in result.jobs) or "none"
             raise ConfigError(f"run {result.run_id} has no job {job_key!r} (its jobs: {known})")
-        logs = history.logs(result.run_id, job_key) if with_logs else []
-    if job_key is not None:
-        result = replace(result, jobs=tuple(j for j in result.jobs if j.job_key == job_key))
-    if svg_file is not None:
-        if not timeline:
-            raise ConfigError("--svg draws the timeline: use it with --timeline")
-        _write_svg(result, svg_file)
-    if timeline and not (markdown or as_json):
-        _print_timeline(result)
-    elif markdown:
-        from vmrunner.reports.summary import render_summary
+        if job_key is not None:
+            result = replace(result, jobs=tuple(j for j in result.jobs if j.job_key == job_key))
+        if svg_file is not None:
+            if not timeline:
+                raise ConfigError("--svg draws the timeline: use it with --timeline")
+            _write_svg(result, svg_file)
+        if timeline and not (markdown or as_json):
+            _print_timeline(result)
+        elif markdown:
+            from vmrunner.reports.summary import render_summary
 
-        terminal.console().out(render_summary(result), end="", highlight=False)
-    elif as_json:
-        data = result.to_json()
-        if with_logs:
-            data["logs"] = [{k: v for k, v in asdict(row).items() if k != "run_id"} for row in logs]
-        terminal.print_json(data)
-    else:
-        _print_run(result, logs if with_logs else None)
+            terminal.console().out(render_summary(result), end="", highlight=False)
+        elif as_json and with_logs:
+            _print_json_with_logs(
+                result.to_json(), (row for _, row in history.iter_logs(result.run_id, job_key))
+            )
+        elif as_json:
+            terminal.print_json(result.to_json())
+        else:
+
+            def step_logs(job: str, step: int) -> Iterator[LogRow]:
+                return (row for _, row in history.iter_logs(result.run_id, job, step))
+
+            _print_run(result, step_logs if with_logs else None)
+
+
+def _print_json_with_logs(data: dict[str, Any], rows: Iterator[LogRow]) -> None:
+    """The run as JSON with its ``logs`` written row by row as they are read (bounded memory)."""
+    import json
+    import sys
+    from dataclasses import asdict
+
+    head = json.dumps(data, indent=2, ensure_ascii=False, default=str)
+    sys.stdout.write(head[:-2] + ',\n  "logs": [')
+    for index, row in enumerate(rows):
+        line = {k: v for k, v in asdict(row).items() if k != "run_id"}
+        sys.stdout.write(("," if index else "") + "\n    " + json.dumps(line, ensure_ascii=False))
+    sys.stdout.write("\n  ]\n}\n")
+    sys.stdout.flush()
 
 
 def _follow(run_id: str, job_key: str | None) -> str:
@@ -255,14 +276,14 @@ def _follow(run_id: str, job_key: str | None) -> str:
     from vmrunner.store import Store
 
     console = terminal.console()
-    shown = 0
+    shown = 0  # the sequence number of the last line printed
     with Store.open() as store:
         history = RunHistory(store)
         run_id = history.resolve(run_id)
         while True:
             ended = history.get_run(run_id).status == "completed"
-            rows = history.logs(run_id, job_key)
-            for row in rows[shown:]:
+            for seq, row in history.iter_logs(run_id, job_key, after=shown):
+                shown = seq
                 text = _log_text(row, indent="")
                 if text is not None:
                     console.print(
@@ -270,13 +291,14 @@ def _follow(run_id: str, job_key: str | None) -> str:
                         soft_wrap=True,
                         highlight=False,
                     )
-            shown = len(rows)
             if ended:
                 return run_id
             time.sleep(FOLLOW_INTERVAL)
 
 
-def _print_run(result: RunResult, logs: list[LogRow] | None) -> None:
+def _print_run(
+    result: RunResult, step_logs: Callable[[str, int], Iterable[LogRow]] | None
+) -> None:
     from rich.text import Text
 
     from vmrunner.cli import terminal
@@ -310,9 +332,9 @@ def _print_run(result: RunResult, logs: list[LogRow] | None) -> None:
     )
     for annotation in result.run_annotations:
         say(annotation_line(annotation))
-    by_step: dict[tuple[str, int], list[LogRow]] = {}
-    for row in logs or []:
-        by_step.setdefault((row.job_key, row.step_index), []).append(row)
+
+    def logs_of(job_key: str, step: int) -> Iterable[LogRow]:
+        return step_logs(job_key, step) if step_logs is not None else ()
     for job in result.jobs:
         say(Text())
         machine = f"{job.provider} {job.machine_id}".strip() + (" (pool)" if job.from_pool else "")
@@ -327,11 +349,11 @@ def _print_run(result: RunResult, logs: list[LogRow] | None) -> None:
             say(Text("  ") + step_line(step))
             if step.snapshot_id:
                 say(Text(f"    snapshot {step.snapshot_id}", style="dim"))
-            for row in by_step.get((job.job_key, step.index), []):
+            for row in logs_of(job.job_key, step.index):
                 say(_log_text(row))
             for annotation in (a for a in job.annotations if a.step_index == step.index):
                 say(Text("    ").append_text(annotation_line(annotation)))
-        for row in by_step.get((job.job_key, -1), []):
+        for row in logs_of(job.job_key, -1):
             say(_log_text(row, indent="  "))
         for annotation in (a for a in job.annotations if a.step_index < 0):
             say(Text("  ").append_text(annotation_line(annotation)))

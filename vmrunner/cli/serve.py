@@ -16,7 +16,7 @@ from vmrunner.config import ENV_PROVIDER, NETWORKS
 _EPILOG = """\b
 Config file (TOML; YAML with the same keys for .yml/.yaml):
   [server]
-  host = "0.0.0.0"
+  host = "0.0.0.0"   # beyond loopback: create an API token first
   port = 8080
   public_url = "https://ci.example.com"
   concurrent_runs = 2
@@ -26,6 +26,9 @@ Config file (TOML; YAML with the same keys for .yml/.yaml):
   pool_size = 0
   max_body_bytes = 26214400
   drain_seconds = 30
+  read_timeout = 10
+  metrics_auth = false
+  max_step_log_bytes = 67108864
   github_api_url = "https://api.github.com"
   store = "postgresql://vmrunner@db/vmrunner"   # optional: a fleet
   [repositories]
@@ -35,8 +38,9 @@ Config file (TOML; YAML with the same keys for .yml/.yaml):
 \b
 Endpoints: POST /webhook (point the repository's webhook here, content type
 application/json, with the secret), GET /api/runs, /api/runs/{id},
-/api/deliveries/{id}, /api/sessions, /api/pool, /healthz, /metrics, /docs;
-POST /api/runs/{id}/cancel.
+/api/runs/{id}/logs, /api/deliveries/{id}, /api/sessions, /api/pool,
+/healthz, /metrics, /docs; POST /api/runs/{id}/cancel, /api/runs/{id}/rerun.
+Every /api/ route needs a token: `vmrunner tokens create NAME --scope read`.
 """
 
 
@@ -136,6 +140,11 @@ POST /api/runs/{id}/cancel.
     help="Grace for running jobs on SIGTERM.",
 )
 @click.option(
+    "--allow-no-tokens",
+    is_flag=True,
+    help="Serve on a non-loopback --host although no API token exists (the API stays closed).",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -161,6 +170,7 @@ def command(
     max_body_bytes: int | None,
     store: str | None,
     drain_seconds: float | None,
+    allow_no_tokens: bool,
     log_level: str,
 ) -> None:
     """Serve GitHub webhooks: run matching workflows, report statuses and a PR comment."""
@@ -233,6 +243,7 @@ def command(
         drain_seconds=drain_seconds,
         store=store or None,
     )
+    _check_exposure(config.host, allow_no_tokens)
     if config.store:
         from vmrunner.cli.fleet import reach_store
 
@@ -243,3 +254,16 @@ def command(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     make_server(config, log_level=log_level).run()  # uvloop and httptools when installed
+
+
+def _check_exposure(host: str, allow: bool) -> None:
+    """Refuse a non-loopback address while no API token exists (unless ``allow``)."""
+    from vmrunner.server.config import check_exposure, is_loopback
+
+    if allow or is_loopback(host):
+        return
+    from vmrunner.server.tokens import TokenStore
+    from vmrunner.store import Store
+
+    with Store.open() as store:
+        check_exposure(host, TokenStore(store).any())

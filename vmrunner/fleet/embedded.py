@@ -150,13 +150,16 @@ class EmbeddedQueue:
         await asyncio.wait([tracked.task])
         return True
 
-    async def logs(self, run_id: str, after: int = 0) -> list[LogEntry]:
+    async def logs(
+        self, run_id: str, after: int = 0, limit: int | None = None
+    ) -> list[LogEntry]:
         tracked = self._runs.get(run_id)
         if tracked is None:
             raise RunNotFound(f"no run {run_id} in this process")
+        end = None if limit is None else after + limit
         return [
             LogEntry(index, job, attempt, line)
-            for index, (job, attempt, line) in enumerate(tracked.logs[after:], start=after + 1)
+            for index, (job, attempt, line) in enumerate(tracked.logs[after:end], start=after + 1)
         ]
 
     async def follow(self, run_id: str) -> AsyncIterator[FollowedLine]:

@@ -87,8 +87,11 @@ class JobQueue(Protocol):
         """Cancel the run's jobs (running ones lose their machine); False if it had ended."""
         ...
 
-    async def logs(self, run_id: str, after: int = 0) -> list[LogEntry]:
-        """The run's log lines so far after line id ``after``: (id, job id, attempt, line)."""
+    async def logs(
+        self, run_id: str, after: int = 0, limit: int | None = None
+    ) -> list[LogEntry]:
+        """The run's log lines so far after line id ``after``: (id, job id, attempt, line); at
+        most ``limit`` of them if given."""
         ...
 
     def follow(self, run_id: str) -> AsyncIterator[FollowedLine]:

@@ -860,14 +860,17 @@ class FleetStore:
             )
         return True
 
-    async def logs(self, run_id: str, after: int = 0) -> list[LogEntry]:
-        """Log lines of a run after id ``after``."""
+    async def logs(
+        self, run_id: str, after: int = 0, limit: int | None = None
+    ) -> list[LogEntry]:
+        """Log lines of a run after id ``after`` (at most ``limit``)."""
         async with self.pool.connection() as connection:
             rows = await _fetch_all(
                 connection,
                 "SELECT id, job_id, attempt, line FROM vmrunner_logs"
-                " WHERE run_id = %s AND id > %s ORDER BY id",
-                (run_id, after),
+                " WHERE run_id = %s AND id > %s ORDER BY id"
+                + (" LIMIT %s" if limit is not None else ""),
+                (run_id, after) if limit is None else (run_id, after, limit),
             )
         return [
             LogEntry(int(row["id"]), str(row["job_id"]), int(row["attempt"]), str(row["line"]))

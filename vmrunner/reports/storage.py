@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from types import TracebackType
 from typing import Any
@@ -72,6 +73,23 @@ MAX_PENDING = 50_000
 DISK_RETRY_INTERVAL = 2.0
 #: Errors kept in ``StoreSink.errors``.
 MAX_ERRORS = 20
+#: Bytes of output kept per step (its lines' UTF-8 text); the rest is dropped after a mark.
+DEFAULT_MAX_STEP_LOG = 64 << 20
+ENV_MAX_STEP_LOG = "VMRUNNER_MAX_STEP_LOG_BYTES"
+
+
+def max_step_log_default() -> int:
+    """``$VMRUNNER_MAX_STEP_LOG_BYTES`` if it is a positive number of bytes, else 64 MiB."""
+    value = os.environ.get(ENV_MAX_STEP_LOG, "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else DEFAULT_MAX_STEP_LOG
+
+
+def truncation_mark(limit: int) -> str:
+    """The line that ends a step's kept output once it reached ``limit`` bytes."""
+    return (
+        f"[log truncated: this step's output reached {limit / (1 << 20):g} MiB, the most kept "
+        f"per step; the rest was not kept]"
+    )
 
 
 class StoreSink:
@@ -79,6 +97,8 @@ class StoreSink:
 
     ``StoreSink(store, *, batch_size=500, flush_interval=0.5, clock=time.monotonic, owner=None)``;
     ``owner`` is the runner process recorded with the run (default: this process);
+    ``max_step_log`` caps the bytes of output kept per step (default ``max_step_log_default()``):
+    past it one ``[log truncated: ...]`` line is kept and the step's further output dropped;
     ``rerun_of``/``from_step`` link a run made by ``vmrunner rerun`` to the run it continues.
 
     A write that fails leaves what it carried waiting: rows are marked and written again with
@@ -99,8 +119,14 @@ class StoreSink:
         owner: Owner | None = None,
         rerun_of: str = "",
         from_step: int | None = None,
+        max_step_log: int | None = None,
     ) -> None:
         self.store = store
+        self.max_step_log = max_step_log or max_step_log_default()
+        #: Bytes of output kept per (job, step) so far; a step past the cap is dropped.
+        self._log_bytes: dict[tuple[str, int], int] = {}
+        #: Lines dropped because their step's output passed ``max_step_log``.
+        self.truncated_lines = 0
         self._rerun_of, self._from_step = rerun_of, from_step
         #: Errors met while writing (the first ``MAX_ERRORS``); ``emit`` must not raise.
         self.errors: list[StoreError] = []
@@ -194,6 +220,7 @@ class StoreSink:
                 if self._run is not None:  # the sink is reused: the previous run is over
                     self.close()
                     self._jobs, self._depth, self._finished = {}, {}, False
+                    self._log_bytes = {}
                     self._timeline_written = 0
                     # What the previous run could not write is its loss, not this run's.
                     self._rows_written()
@@ -290,9 +317,25 @@ class StoreSink:
         return False
 
     def _log(self, run_id: str, time_: float, row: LogRow) -> None:
-        if self._keep():
-            self._logs.append(row)
+        kept = self._capped(row)
+        if kept is not None and self._keep():
+            self._logs.append(kept)
         self._maybe_flush(run_id, time_)
+
+    def _capped(self, row: LogRow) -> LogRow | None:
+        """``row``; the truncation mark for the first row past the step's cap; None after it."""
+        key = (row.job_key, row.step_index)
+        kept = self._log_bytes.get(key, 0)
+        if kept > self.max_step_log:
+            self.truncated_lines += 1
+            return None
+        kept += len(row.text) if row.text.isascii() else len(row.text.encode())
+        if kept <= self.max_step_log:
+            self._log_bytes[key] = kept
+            return row
+        self._log_bytes[key] = self.max_step_log + 1
+        self.truncated_lines += 1
+        return replace(row, kind="line", stream="stdout", text=truncation_mark(self.max_step_log))
 
     def _maybe_flush(self, run_id: str, time_: float) -> None:
         now = self._clock()
@@ -445,6 +488,13 @@ class RunHistory:
     ) -> list[LogRow]:
         """A run's output in order (lines and group markers); one job's or one step's if asked."""
         return self.store.run_logs(self.resolve(run_id), job_key, step)
+
+    def iter_logs(
+        self, run_id: str, job_key: str | None = None, step: int | None = None, *, after: int = 0
+    ) -> Iterator[tuple[int, LogRow]]:
+        """``logs`` as (sequence number, row), read a page at a time (bounded memory), from the
+        line after number ``after`` (to follow a run as it is written)."""
+        return self.store.iter_run_logs(self.resolve(run_id), job_key, step, after=after)
 
     def mark_interrupted(self, now: float | None = None) -> list[str]:
         """Record as interrupted every unfinished run whose runner process is gone; their ids."""

@@ -33,10 +33,24 @@ class Masker:
     def mask(self, text: str) -> str:
         if not self._values or not text:
             return text
+        return self._compiled().sub(MASK, text)
+
+    def cut(self, text: str, at: int) -> int:
+        """Where to end a piece of an overlong line at or before ``at`` so that no value to hide
+        is split across two pieces (each piece is masked alone)."""
+        if not self._values:
+            return at
+        longest = max(map(len, self._values))
+        for match in self._compiled().finditer(text, max(0, at - longest), at + longest):
+            if match.start() < at < match.end():
+                return match.start()
+        return at
+
+    def _compiled(self) -> re.Pattern[str]:
         if self._pattern is None:
             ordered = sorted(self._values, key=len, reverse=True)
             self._pattern = re.compile("|".join(re.escape(value) for value in ordered))
-        return self._pattern.sub(MASK, text)
+        return self._pattern
 
     def __contains__(self, value: object) -> bool:
         return value in self._values

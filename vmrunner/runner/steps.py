@@ -38,6 +38,7 @@ from vmrunner.workflow.commands import (
     WorkflowCommand,
     parse_file_commands,
 )
+from vmrunner.workflow.lines import LineSplitter
 
 FILE_COMMANDS_DIR = "_runner_file_commands"
 #: The script of the running step, in ``RUNNER_TEMP`` (with the shell's extension).
@@ -95,23 +96,6 @@ class StepOutcome:
     outputs: dict[str, str] = field(default_factory=dict)
     #: The step's place in the job's execution order (its events' index).
     index: int = -1
-
-
-class _LineSplitter:
-    """Turns output chunks into lines per stream (decoded as UTF-8, invalid bytes replaced)."""
-
-    def __init__(self) -> None:
-        self._pending: dict[str, bytes] = {"stdout": b"", "stderr": b""}
-
-    def feed(self, stream: str, chunk: bytes) -> list[str]:
-        data = self._pending[stream] + chunk
-        *lines, rest = data.split(b"\n")
-        self._pending[stream] = rest
-        return [line.rstrip(b"\r").decode(errors="replace") for line in lines]
-
-    def flush(self, stream: str) -> list[str]:
-        rest, self._pending[stream] = self._pending[stream], b""
-        return [rest.rstrip(b"\r").decode(errors="replace")] if rest else []
 
 
 class JobRuntime:
@@ -246,7 +230,7 @@ class JobRuntime:
         write = dict.fromkeys(files.values(), "")
         result = ScriptOutcome(exit_code=None)
         reader = CommandReader()
-        splitter = _LineSplitter()
+        splitter = LineSplitter(cut=self.masker.cut)
         allow_unsecure = env.get("ACTIONS_ALLOW_UNSECURE_COMMANDS", "").lower() == "true"
 
         def line(stream: Stream, text: str) -> None:

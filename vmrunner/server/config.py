@@ -4,7 +4,7 @@ A config file (TOML, or YAML for ``.yml``/``.yaml``) holds the same settings as 
 flags win. Example::
 
     [server]
-    host = "0.0.0.0"
+    host = "0.0.0.0"                         # beyond loopback: needs an API token first
     port = 8080
     public_url = "https://ci.example.com"    # target_url of commit statuses
     concurrent_runs = 2                      # workflow runs at once (more wait in the queue)
@@ -14,6 +14,9 @@ flags win. Example::
     pool_size = 0
     max_body_bytes = 26214400                # GitHub's maximum payload (25 MB)
     drain_seconds = 30                       # grace for running jobs on SIGTERM
+    read_timeout = 10                        # seconds a webhook's body may take to arrive
+    metrics_auth = false                     # true: /metrics needs a read token too
+    max_step_log_bytes = 67108864            # output kept per step (64 MiB), then a mark
     github_api_url = "https://api.github.com"
     store = "postgresql://vmrunner@db/vmrunner"  # optional: run jobs on a fleet (docs/fleet.md)
 
@@ -36,6 +39,7 @@ Secrets never come from the file's ``[server]`` table: the webhook secret is rea
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -60,6 +64,8 @@ DEFAULT_CONCURRENT_RUNS = 2
 DEFAULT_CONCURRENT_JOBS = 4
 DEFAULT_DRAIN_SECONDS = 30.0
 DEFAULT_GITHUB_API_URL = "https://api.github.com"
+#: Seconds a webhook's whole body may take to arrive (GitHub sends it at once).
+DEFAULT_READ_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +110,11 @@ class ServerConfig:
     store: str = ""
     #: Limits per machine type: type -> ``RunOptions.machine_limits`` entry (``memory_mib``...).
     machine_limits: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+    #: Whether ``/metrics`` needs a ``read`` token (else it is open, as ``/healthz`` is).
+    metrics_auth: bool = False
+    #: Bytes of output kept per step (0: ``$VMRUNNER_MAX_STEP_LOG_BYTES`` or 64 MiB).
+    max_step_log_bytes: int = 0
 
     @property
     def base_url(self) -> str:
@@ -115,6 +126,20 @@ class ServerConfig:
         return next(
             (repo for key, repo in self.repositories.items() if key.lower() == wanted), None
         )
+
+    def public_json(self) -> dict[str, Any]:
+        """The settings without secrets (the webhook secret, tokens, keys, repository secrets)."""
+        hidden = {"webhook_secret", "github_token", "github_app", "repositories"}
+        settings = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in hidden
+        }
+        settings["machine_limits"] = {k: dict(v) for k, v in self.machine_limits.items()}
+        settings["repositories"] = {
+            name: {"url": repo.url, "secrets": sorted(repo.secrets)}
+            for name, repo in self.repositories.items()
+        }
+        settings["github_app"] = self.github_app.app_id if self.github_app else None
+        return settings
 
     def secret_values(self) -> list[str]:
         """Everything that must never appear in what the server sends or serves."""
@@ -139,6 +164,9 @@ _SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
     "github_api_url": str,
     "wait_timeout": (int, float),
     "store": str,
+    "read_timeout": (int, float),
+    "metrics_auth": bool,
+    "max_step_log_bytes": int,
 }
 
 
@@ -177,7 +205,7 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             raise ConfigError(
                 f"{name}: server.{key} is not a setting (known: {', '.join(sorted(_SERVER_KEYS))})"
             )
-        if not isinstance(value, kind) or isinstance(value, bool):
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             raise ConfigError(f"{name}: server.{key} must be a {_kind_name(kind)}, got {value!r}")
         if key == "network" and value not in NETWORKS:
             raise ConfigError(
@@ -228,7 +256,29 @@ def parse_machine_types(raw: Any, where: str) -> dict[str, dict[str, int]]:
 
 
 def _kind_name(kind: Any) -> str:
-    return "number" if isinstance(kind, tuple) else {str: "string", int: "integer"}[kind]
+    if isinstance(kind, tuple):
+        return "number"
+    return {str: "string", int: "integer", bool: "boolean"}[kind]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+def check_exposure(host: str, has_tokens: bool, *, allow: bool = False) -> None:
+    """Refuse to serve beyond loopback while no API token exists (``allow``: do it anyway)."""
+    if not (allow or has_tokens or is_loopback(host)):
+        raise ConfigError(
+            f"--host {host} serves beyond this machine but no API token exists: create one "
+            "with `vmrunner tokens create NAME --scope read` (or pass --allow-no-tokens to "
+            "serve webhooks with the API closed)"
+        )
 
 
 def parse_repositories(raw: Any, where: str) -> dict[str, RepositoryConfig]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
@@ -52,8 +52,12 @@ class Executor(Protocol):
         """Cancel a run this server started; False when it is not running."""
         ...
 
-    async def describe(self, run_id: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-        """The run's result and log lines, for ``GET /api/runs/{id}`` (None, [] if unknown)."""
+    async def describe(self, run_id: str) -> dict[str, Any] | None:
+        """The run's result, for ``GET /api/runs/{id}`` (None if unknown)."""
+        ...
+
+    def logs(self, run_id: str) -> AsyncIterator[list[dict[str, Any]]]:
+        """The run's log lines, a page at a time (never all of them in memory)."""
         ...
 
     async def comment(self, runs: Sequence[ServerRun], repository: str) -> str:
@@ -67,9 +71,12 @@ class LocalRuns:
     detached = False
 
     def __init__(
-        self, store: Store, sessions: SessionManager, github: GitHubClient, metrics: Metrics
+        self, store: Store, sessions: SessionManager, github: GitHubClient, metrics: Metrics,
+        *, max_step_log: int = 0,
     ) -> None:
         self.store = store
+        #: Bytes of output kept per step (0: the default, ``max_step_log_default()``).
+        self.max_step_log = max_step_log
         self.sessions = sessions
         self.github = github
         self.metrics = metrics
@@ -90,7 +97,10 @@ class LocalRuns:
             workflow=workflow.name or Path(run.workflow_file).stem, target_url=target_url,
         )
         try:
-            with StoreSink(self.store) as keep, Learning.open(self.store.path) as learning:
+            with (
+                StoreSink(self.store, max_step_log=self.max_step_log or None) as keep,
+                Learning.open(self.store.path) as learning,
+            ):
                 statuses.start()
                 try:
                     sinks = FanOut(keep, collector, MetricsSink(self.metrics), statuses)
@@ -117,12 +127,17 @@ class LocalRuns:
         task.cancel()
         return True
 
-    async def describe(self, run_id: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-        history = RunHistory(self.store)
+    async def describe(self, run_id: str) -> dict[str, Any] | None:
         try:
-            return history.get_run(run_id).to_json(), [asdict(row) for row in history.logs(run_id)]
+            return RunHistory(self.store).get_run(run_id).to_json()
         except RunNotFound:
-            return None, []
+            return None
+
+    async def logs(self, run_id: str) -> AsyncIterator[list[dict[str, Any]]]:
+        after = 0
+        while page := self.store.run_log_page(run_id, after=after):
+            after = page[-1][0]
+            yield [asdict(row) for _, row in page]
 
     async def comment(self, runs: Sequence[ServerRun], repository: str) -> str:
         history = RunHistory(self.store)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from vmrunner.server.github import GitHubClient, Status, StatusState
 from vmrunner.server.metrics import Metrics
 from vmrunner.server.reporting import final_state, status_context
 from vmrunner.server.state import ServerRun
+from vmrunner.store import LOG_PAGE
 from vmrunner.workflow.models import Workflow
 
 log = logging.getLogger(__name__)
@@ -159,17 +160,20 @@ class QueuedRuns:
         except RunNotFound:  # not submitted yet: it is cancelled as soon as it is
             return run_id in self._executing
 
-    async def describe(self, run_id: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-        queued = self.queued_id(run_id)
+    async def describe(self, run_id: str) -> dict[str, Any] | None:
         try:
-            row = await self.queue.run(queued)
+            return run_json(await self.queue.run(self.queued_id(run_id)))
         except RunNotFound:
-            return None, []
-        logs = [
-            {"job_key": job, "attempt": attempt, "text": line}
-            for _, job, attempt, line in await self.queue.logs(queued)
-        ]
-        return run_json(row), logs
+            return None
+
+    async def logs(self, run_id: str) -> AsyncIterator[list[dict[str, Any]]]:
+        queued, after = self.queued_id(run_id), 0
+        while page := await self.queue.logs(queued, after, limit=LOG_PAGE):
+            after = page[-1][0]
+            yield [
+                {"job_key": job, "attempt": attempt, "text": line}
+                for _, job, attempt, line in page
+            ]
 
     async def comment(self, runs: Sequence[ServerRun], repository: str) -> str:
         parts = ["## vmrunner", ""]

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -41,7 +42,7 @@ from types import TracebackType
 from typing import Any, Literal, cast
 
 from vmrunner.config import default_network, warn_host_network
-from vmrunner.errors import ConfigError, RunNotFound, VmrunnerError
+from vmrunner.errors import ConfigError, RunNotFound, StoreError, VmrunnerError
 from vmrunner.machines.base import DEFAULT_VM_TYPE, NetworkMode, Provider
 from vmrunner.machines.pool import WarmPool
 from vmrunner.machines.providers import get_provider
@@ -60,12 +61,16 @@ from vmrunner.workflow.models import Workflow
 from vmrunner.workflow.triggers import match_event, payload_changed_files
 
 log = logging.getLogger(__name__)
+#: One line per webhook delivery: what became of it (JSON after ``delivery``).
+delivery_log = logging.getLogger("vmrunner.server.deliveries")
 
 #: Events that can start runs; every other event but a cancelled ``workflow_run`` is acknowledged
 #: and ignored.
 RUN_EVENTS = frozenset({"push", "pull_request", "workflow_dispatch", "repository_dispatch"})
 #: Seconds between WAL checkpoints of the server's own connection (done in a thread).
 CHECKPOINT_INTERVAL = 1.0
+#: Seconds before deliveries are dispatched again after the store failed (a full disk).
+STORE_RETRY_INTERVAL = 5.0
 
 Verdict = Literal["queued", "duplicate", "ignored", "draining"]
 _ids = itertools.count()
@@ -232,7 +237,10 @@ class Service:
     async def _executor(self, stack: AsyncExitStack) -> Executor:
         """Runs here, or (with ``store``) on the fleet: the one place the two paths part."""
         if not self.config.store:
-            return LocalRuns(self.store, self.sessions, self.github, self.metrics)
+            return LocalRuns(
+                self.store, self.sessions, self.github, self.metrics,
+                max_step_log=self.config.max_step_log_bytes,
+            )
         from vmrunner.fleet.store import FleetStore  # the fleet extra
         from vmrunner.server.queued import QueuedRuns
 
@@ -315,13 +323,36 @@ class Service:
             self._wake.clear()
             for delivery in self.state.pending_deliveries():
                 try:
-                    await self._dispatch(delivery.id, delivery.event, delivery.repository)
-                except VmrunnerError as exc:
-                    log.warning("delivery %s: %s", delivery.id, exc)
-                    self.state.finish_delivery(delivery.id, "failed", str(exc))
-                except Exception as exc:  # a bug must cost one delivery, not the server
-                    log.exception("delivery %s", delivery.id)
-                    self.state.finish_delivery(delivery.id, "failed", f"internal error: {exc!r}")
+                    try:
+                        await self._dispatch(delivery.id, delivery.event, delivery.repository)
+                    except StoreError:
+                        raise
+                    except VmrunnerError as exc:
+                        log.warning("delivery %s: %s", delivery.id, exc)
+                        self.state.finish_delivery(delivery.id, "failed", str(exc))
+                    except Exception as exc:  # a bug must cost one delivery, not the server
+                        log.exception("delivery %s", delivery.id)
+                        self.state.finish_delivery(
+                            delivery.id, "failed", f"internal error: {exc!r}"
+                        )
+                    self._log_dispatched(delivery.id)
+                except StoreError as exc:  # nothing was recorded: the delivery waits, not lost
+                    log.warning(
+                        "delivery %s: the store failed, trying again in %g s: %s",
+                        delivery.id, STORE_RETRY_INTERVAL, exc,
+                    )
+                    await asyncio.sleep(STORE_RETRY_INTERVAL)
+                    self._wake.set()
+                    break
+
+    def _log_dispatched(self, delivery_id: str) -> None:
+        found = self.state.delivery(delivery_id)
+        if found is not None:
+            runs = [run.run_id for run in self.state.runs(delivery_id=delivery_id)]
+            log_delivery(
+                delivery_id, found.event, found.repository, found.status, runs,
+                self.github.masker.mask(found.note),
+            )
 
     async def _dispatch(self, delivery_id: str, event: str, repository: str) -> None:
         payload = self.state.payload(delivery_id)
@@ -414,6 +445,26 @@ class Service:
                 task.cancel()
             return task is not None
         return await self.executor.cancel(run_id)
+
+    def rerun(self, run_id: str) -> ServerRun:
+        """Queue ``run_id``'s workflow again (same delivery, commit and event) as a new run.
+        ``RunNotFound`` for an unknown run, ``ConfigError`` for one still queued or running."""
+        run = self.state.run(run_id)
+        if run is None:
+            raise RunNotFound(f"no run {run_id}")
+        if run.state in ("queued", "running"):
+            raise ConfigError(f"run {run_id} is {run.state}: cancel it or wait for its end")
+        again = dataclasses.replace(
+            run, seq=0, run_id=new_run_id(), state="queued", conclusion=None,
+            queued_at=time.time(), started_at=None, finished_at=None, owner_pid=None,
+            owner_start=None, note=f"re-run of {run_id}",
+        )
+        self.state.queue_run(again)
+        stored = self.state.run(again.run_id)
+        if stored is None:
+            raise RunNotFound(f"the re-run of {run_id} was not kept")
+        self._launch(stored)
+        return stored
 
     # Runs
 
@@ -606,6 +657,20 @@ class Service:
         }
 
 
+def log_delivery(
+    delivery: str, event: str, repository: str, outcome: str, runs: list[str] | None = None,
+    note: str = "",
+) -> None:
+    """The one log line of a delivery: event, repository, delivery id, outcome, run ids."""
+    delivery_log.info(
+        "delivery %s",
+        json.dumps({
+            "delivery": delivery, "event": event, "repository": repository, "outcome": outcome,
+            "runs": runs or [], "note": note[:300],
+        }),
+    )
+
+
 def cancelled_workflow(payload: Mapping[str, Any]) -> tuple[str, str] | None:
     """(commit, workflow file) of a ``workflow_run`` saying GitHub cancelled a run, else None.
 
@@ -631,11 +696,3 @@ def _wanted(event: str, payload: Mapping[str, Any], relative: str) -> bool:
         return True
     named = str(payload.get("workflow") or "")
     return not named or named == relative or Path(named).name == Path(relative).name
-
-
-def parse_json(body: bytes) -> Mapping[str, Any] | None:
-    try:
-        value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return value if isinstance(value, Mapping) else None

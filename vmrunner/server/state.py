@@ -162,6 +162,16 @@ class ServerState:
                 (status, note, delivery_id),
             )
 
+    def queue_run(self, run: ServerRun) -> None:
+        """Queue one more run (a re-run) of a delivery already handled."""
+        values = [getattr(run, f.name) for f in fields(ServerRun)][1:]
+        with self._write("queue a run") as db:
+            db.execute(
+                f"INSERT INTO server_runs ({_RUN_COLUMNS.split(', ', 1)[1]}) VALUES "
+                f"({', '.join('?' * len(values))})",
+                values,
+            )
+
     def delivery(self, delivery_id: str) -> Delivery | None:
         rows = self._read(
             f"SELECT {_DELIVERY_COLUMNS} FROM server_deliveries WHERE id = ?", (delivery_id,)
