@@ -117,6 +117,8 @@ class ServiceSpec:
     user: str = ""
     #: Replaces the image's entrypoint and command (``--entrypoint``); '' keeps them.
     entrypoint: str = ""
+    #: Replaces the image's command (``command:``); empty keeps it.
+    command: tuple[str, ...] = ()
     workdir: str = ""
     health: HealthCheck | None = None
 

@@ -58,7 +58,9 @@ class Services:
             )  # fmt: skip
             user = container.user_ids(spec.user or image.user, image.rootfs)
             env = environment(image, spec.env, user[0])
-            argv = [spec.entrypoint] if spec.entrypoint else [*image.entrypoint, *image.cmd]
+            entrypoint = [spec.entrypoint] if spec.entrypoint else list(image.entrypoint)
+            command = spec.command or (() if spec.entrypoint else image.cmd)
+            argv = [*entrypoint, *command]
             if not argv:
                 raise AllocationError(
                     f"service {spec.label}: its image {spec.image} names no command to run"

@@ -52,7 +52,7 @@ from vmrunner.reports.events import (
     StepStarted,
 )
 from vmrunner.runner import checkpoints
-from vmrunner.runner.containers import container_spec
+from vmrunner.runner.containers import container_spec, services_spec
 from vmrunner.runner.context import RunContext
 from vmrunner.runner.contexts import default_env, runner_context, workspaces
 from vmrunner.runner.evaluation import (
@@ -133,7 +133,7 @@ def unsupported_reason(job: Job, repo_root: str, provider: str, containers: bool
         )
     if job.container is not None and not containers:
         what = f"a container ({job.container.image})"
-    elif job.services:
+    elif job.services and not containers:
         what = f"service containers ({', '.join(job.services)})"
     else:
         for step in job.every_step:
@@ -190,6 +190,8 @@ class JobExecution:
         self.started = False
         self.actions = ActionSteps(self)
         self.action_env: dict[str, str] = {}
+        #: ``job.services``: each service container's id, network and ports.
+        self.services_context: dict[str, Any] = {}
         self._default_env: dict[tuple[str, ...], dict[str, str]] = {}
         #: Job steps started so far (1-based numbers, as ``vmrunner rerun --from-step`` counts).
         self.step_number = 0
@@ -248,7 +250,7 @@ class JobExecution:
         contexts["runner"] = self.runner
         contexts["job"] = {
             "status": "failure" if scope.any_failed() else "success", "container": {},
-            "services": {},
+            "services": self.services_context,
         }
         contexts["inputs"] = (
             scope.inputs if scope.action is not None else self.base_contexts.get("inputs", {})
@@ -304,9 +306,13 @@ class JobExecution:
             if notice:
                 run.annotate(self.job_key, "notice", notice)
             spec = machine_spec(run.options, vm_type, {"run": run.run_id, "job": self.job_key})
-            if self.job.container is not None:
+            if self.job.container is not None or self.job.services:
                 try:
-                    spec = container_spec(spec, self.job.id, self.job.container, contexts)
+                    if self.job.container is not None:
+                        spec = container_spec(spec, self.job.id, self.job.container, contexts)
+                    spec, self.services_context = services_spec(
+                        spec, self.job.id, self.job.services, contexts
+                    )
                 except VmrunnerError as exc:
                     outcome.reason = str(exc)
                     run.annotate(self.job_key, "error", outcome.reason)
