@@ -18,7 +18,10 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="container machines ne
 #: Stand-ins for act's ``services`` case (``postgres:12`` and ``mongo:5``): not the databases,
 #: a busybox httpd on their ports (after a pause, so only an awaited health check sees it)
 #: showing the env the job gave, and a ``pg_isready`` that probes it.
-SERVE = 'sleep {pause}; mkdir -p /www; echo "{page}" > /www/index.html; exec httpd -f -p {port} -h /www'
+SERVE = (
+    'sleep {pause}; mkdir -p /www; echo "{page}" > /www/index.html; '
+    "exec httpd -f -p {port} -h /www"
+)
 
 
 def stand_in(registry: Registry, tmp: Path, name: str, port: int, page: str) -> None:
@@ -78,7 +81,8 @@ jobs:
     assert ran.result("mongodb") == "success", ran.logs()
     logs = ran.logs()
     assert "id: postgres" in logs
-    assert "postgres runner@mydb" in logs and "localhost runner@mydb" in logs
+    assert "postgres runner@mydb" in logs
+    assert "localhost runner@mydb" in logs
     assert "ports 27017" in logs
 
 
