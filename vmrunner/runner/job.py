@@ -135,7 +135,7 @@ def unsupported_reason(job: Job, repo_root: str, provider: str, containers: bool
         what = f"a container ({job.container.image})"
     elif job.services and not containers:
         what = f"service containers ({', '.join(job.services)})"
-    else:
+    elif not containers:
         for step in job.every_step:
             uses = step.uses or ""
             if is_docker_reference(uses):
