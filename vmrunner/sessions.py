@@ -56,6 +56,7 @@ from vmrunner.errors import (
 )
 from vmrunner.machines.base import (
     ExecResult,
+    ImageRun,
     Machine,
     MachineRecord,
     MachineSpec,
@@ -282,8 +283,10 @@ class Session:
         stdin: bytes | None = None,
         write: Mapping[str, str] | None = None,
         collect: Sequence[str] = (),
+        image: ImageRun | None = None,
     ) -> ExecResult:
-        """Run a command in the session's machine; the session is ``executing`` meanwhile.
+        """Run a command in the session's machine (in a one-shot container of ``image`` there:
+        ``Machine.exec_image``, the command its args); the session is ``executing`` meanwhile.
 
         Output counts as activity. See ``Machine.exec`` for the arguments.
         """
@@ -298,6 +301,11 @@ class Session:
 
         self._enter(S.EXECUTING)
         try:
+            if image is not None:
+                return await machine.exec_image(
+                    image, list(command), env=env, timeout=timeout, on_output=relay, write=write,
+                    collect=collect,
+                )  # fmt: skip
             return await machine.exec(
                 command, env=env, cwd=cwd, timeout=timeout, on_output=relay, stdin=stdin,
                 write=write, collect=collect,

@@ -11,9 +11,7 @@ import pytest
 from bench import coverage
 from vmrunner.actions.blockers import (
     DOCKER_ACTION,
-    DOCKER_IMAGE,
     OTHER_SYSTEM,
-    SERVICES,
 )
 
 CI = """\
@@ -133,11 +131,11 @@ def test_every_job_gets_each_of_its_reasons(corpus: Path) -> None:
         "plain": [],
         "windows": [OTHER_SYSTEM],
         "matrix": [OTHER_SYSTEM],
-        "containers": [SERVICES],  # container: jobs run on the sandbox; services do not yet
+        "containers": [],  # container: jobs and services run on the sandbox
         "local-docker": [DOCKER_ACTION],
         "remote-docker": [DOCKER_ACTION],
         "known-docker": [DOCKER_ACTION],
-        "composite": [DOCKER_IMAGE],
+        "composite": [],  # a docker:// step runs in the sandbox
         "pwsh": [coverage.SHELL],
         "unknown": [],
         "call": [],
@@ -155,15 +153,14 @@ def test_the_figures(corpus: Path) -> None:
     assert rejected["error"].startswith("octo+app/.github/workflows/broken.yaml:3:")
     assert "unknown key 'frobnicate'" in rejected["error"]
     # ci 12, called 1, broken 2 (counted from its YAML), shared 2
-    assert (figures["jobs"], figures["runnable"]) == (17, 5)  # plain, unknown, fine, call, called
-    assert figures["runnable_percent"] == 29.4
+    # runnable: plain, unknown, fine, call, called, containers, composite
+    assert (figures["jobs"], figures["runnable"]) == (17, 7)
+    assert figures["runnable_percent"] == 41.2
     by_kind = {b["kind"]: (b["jobs"], b["alone"]) for b in figures["blockers"]}
     assert by_kind == {
         OTHER_SYSTEM: (4, 4),
         DOCKER_ACTION: (3, 3),
         coverage.REJECTED: (2, 2),
-        SERVICES: (1, 1),
-        DOCKER_IMAGE: (1, 1),
         coverage.SHELL: (1, 1),
     }
     assert [b["jobs"] for b in figures["blockers"]] == sorted(
@@ -177,7 +174,7 @@ def test_unknown_actions_can_count_as_a_blocker(corpus: Path) -> None:
     figures = coverage.summary(coverage.measure(corpus), unknown_blocks=True)
     by_kind = {b["kind"]: (b["jobs"], b["alone"]) for b in figures["blockers"]}
     assert by_kind[coverage.UNKNOWN] == (1, 1)
-    assert figures["runnable"] == 4
+    assert figures["runnable"] == 6
 
 
 def test_a_remote_call_out_of_the_corpus_is_taken_to_run(corpus: Path) -> None:
@@ -192,7 +189,7 @@ def test_the_command(corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert coverage.main([str(corpus)]) == 0
     text = capsys.readouterr().out
     assert "files rejected: 1" in text
-    assert "runnable: 5 (29.4 %)" in text
+    assert "runnable: 7 (41.2 %)" in text
     assert "Windows or macOS runner" in text
     assert coverage.main([str(corpus), "--json"]) == 0
     data: dict[str, Any] = json.loads(capsys.readouterr().out)

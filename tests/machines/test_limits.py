@@ -19,6 +19,7 @@ import pytest
 from tests.cli.helpers import vmrunner
 from tests.machines.provider_suite import eventually, machine_processes
 from vmrunner.errors import AllocationError, ConfigError
+from vmrunner.machines import disk
 from vmrunner.machines.base import MachineRecord, MachineSpec
 from vmrunner.machines.cgroups import Cgroups, MachineCgroup
 from vmrunner.machines.disk import MachineDisk
@@ -365,3 +366,20 @@ def test_cgroups_are_found_below_this_process_cgroup() -> None:
     for controller, parent in cgroups.parents.items():
         mine = own[controller if cgroups.version == 1 else ""]
         assert str(parent).rstrip("/").endswith(mine.rstrip("/")), (controller, parent, mine)
+
+
+def test_a_default_disk_planned_with_more_room_shrinks_to_its_share_at_admission(
+    tmp_path: Path,
+) -> None:
+    """Concurrent jobs plan their default disks at once and are admitted one by one: a default
+    budget that no longer fits shrinks (in whole GiB) instead of failing the job; a budget the
+    user asked for is all or nothing."""
+    machines = tmp_path / "machines"
+    room = disk._room_mib(machines)
+    too_big = room + 4096
+    with disk.reserve(machines, too_big, default=True) as size:
+        assert size == min(disk.DEFAULT_DISK_MIB, room // disk.DEFAULT_DISK_SHARE // 1024 * 1024)
+        assert size % 1024 == 0
+    with pytest.raises(AllocationError, match="not enough disk"), disk.reserve(machines, too_big):
+        pass
+    assert disk.resolve_disk(None, machines) % 1024 == 0

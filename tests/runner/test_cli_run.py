@@ -114,17 +114,20 @@ def test_dry_run_marks_jobs_that_cannot_run_and_fails_on_invalid_workflows(
     (workflows / "ci.yml").write_text(
         "on:\n  push:\n  create:\n    tags: [v1]\njobs:\n"
         "  linux: {runs-on: ubuntu-latest, steps: [{run: echo}]}\n"
-        "  boxed: {runs-on: ubuntu-latest, services: {db: {image: alpine}}, steps: [{run: echo}]}\n"
+        "  boxed: {runs-on: ubuntu-latest, steps: [{uses: ./.github/actions/dock}]}\n"
         "  os:\n    strategy: {matrix: {os: [ubuntu-latest, macos-latest]}}\n"
         "    runs-on: ${{ matrix.os }}\n    steps: [{run: echo}]\n"
     )
+    dock = tmp_path / ".github" / "actions" / "dock"
+    dock.mkdir(parents=True)
+    (dock / "action.yml").write_text("runs: {using: docker, image: Dockerfile}\n")
     result = vmrunner("run", "-n", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == ".github/workflows/ci.yml: linux"
     assert lines[1] == (
-        ".github/workflows/ci.yml: boxed  [cannot run: job 'boxed' uses service containers (db): "
-        "not supported by the sandbox provider]"
+        ".github/workflows/ci.yml: boxed  [cannot run: job 'boxed' uses a Docker action built "
+        "from a Dockerfile (./.github/actions/dock): not supported by the sandbox provider]"
     )
     assert lines[2].startswith(
         ".github/workflows/ci.yml: os × 2 combinations  [cannot run: job 'os' needs macOS "

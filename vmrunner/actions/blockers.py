@@ -78,7 +78,8 @@ def job_blockers(
     whose ``runs.using`` is ``docker``), in step order. ``deep`` also looks inside composite
     actions (the engine only finds those when the step runs). Windows and macOS runners are
     judged apart (``other_system_reason``): their labels may need the matrix. ``containers``:
-    the provider's machines can be container images (``container:`` is no blocker then)."""
+    the provider's machines can run images (``container:``, ``services:`` and Docker steps
+    with a prebuilt image are no blockers then; a Dockerfile to build still is)."""
     found: list[Blocker] = []
     background = [s for s in job.every_step if s.background or s.wait or s.wait_all or s.cancel]
     if background:
@@ -93,15 +94,18 @@ def job_blockers(
 
     if job.container is not None and not containers:
         refuse(CONTAINER, f"a container ({job.container.image})")
-    if job.services:
+    if job.services and not containers:
         refuse(SERVICES, f"service containers ({', '.join(job.services)})")
     for step, via in walk_steps(job.steps, resolve, deep=deep):
         uses = (step.uses or "").strip()
         inside = f", inside {via}" if via else ""
-        if is_docker_reference(uses):
+        if is_docker_reference(uses) and not containers:
             refuse(DOCKER_IMAGE, f"a Docker image step ({uses}{inside})")
         elif uses and (action := resolve(uses)) is not None and action.is_docker:
-            refuse(DOCKER_ACTION, f"a Docker action ({uses}{inside})")
+            if not containers:
+                refuse(DOCKER_ACTION, f"a Docker action ({uses}{inside})")
+            elif not action.image.startswith("docker://"):
+                refuse(DOCKER_ACTION, f"a Docker action built from a Dockerfile ({uses}{inside})")
     return found
 
 

@@ -12,7 +12,8 @@
   place that decides, for actions and reusable workflows alike.
 - ``$/path``: the action in the repository of the file naming it, at the same commit
   (``load_self_action``): copied from the host, or fetched like a remote action.
-- ``docker://image`` and actions with ``runs.using: docker`` cannot run in a sandbox.
+- ``docker://image`` and actions with ``runs.using: docker`` run from their image on providers
+  whose machines can run images (``actions/blockers.py`` says which cannot).
 """
 
 from __future__ import annotations
@@ -154,6 +155,12 @@ class Action:
     post_if: str = ""
     repository: str = ""
     ref: str = ""
+    #: A Docker action's ``runs``: its image (``docker://...`` or a Dockerfile), entrypoint,
+    #: args (expressions, rendered at the step) and env.
+    image: str = ""
+    entrypoint: str = ""
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def is_composite(self) -> bool:
@@ -222,6 +229,9 @@ def parse_action(
         reference=reference, path=path, using=using, inputs=tuple(inputs), outputs=dict(outputs),
         steps=tuple(steps), main=str(runs.get("main", "")), pre=str(runs.get("pre", "")),
         post=str(runs.get("post", "")), pre_if=str(runs.get("pre-if", "")),
+        image=str(runs.get("image") or ""), entrypoint=str(runs.get("entrypoint") or ""),
+        args=tuple(_scalar(a) for a in runs.get("args") or ()),
+        env={str(k): _scalar(v) for k, v in (runs.get("env") or {}).items()},
         post_if=str(runs.get("post-if", "")), repository=repository, ref=ref,
     )
 

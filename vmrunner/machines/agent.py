@@ -31,7 +31,9 @@ Requests (client -> agent); each gets exactly one terminal reply with the same i
               env {..} (merged over the agent's       exit {code, signal, duration, timed_out,
               environment), cwd, timeout (s),         files} or error {kind: "exec"} if it
               stdin: bool, more: bool,                could not start; payload = first stdin
-              write {path: text}, collect [path]      bytes
+              write {path: text}, collect [path],     bytes
+              root (a folder to chroot to: a
+              container's), user [uid, gid]
     stdin     {more: bool}, payload = stdin bytes  -> (no reply; feeds a running exec)
     kill      {target: exec id, grace (s)}         -> ok {found}; the target's exit follows
     put       {dest, more: bool}, payload = tar    -> ok once the last chunk is unpacked
@@ -138,6 +140,8 @@ MAX_COLLECT = 4 << 20
 #: Capabilities a command run as root inside a machine loses for good (CAP_KILL, CAP_SETGID,
 #: CAP_SETUID, CAP_SETPCAP): with them it could reach the agent, which runs as a user of its own.
 ROOT_DROPS = (5, 6, 7, 8)
+#: Where a program is looked for in a container's root when its environment names no PATH.
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: Default time between SIGTERM and SIGKILL when killing a process group.
 DEFAULT_GRACE = 1.0
 #: What one side of a forwarded connection may send beyond what the other acknowledged.
@@ -355,6 +359,21 @@ def _status_of(status: int) -> tuple[int | None, int | None]:
     if os.WIFSIGNALED(status):
         return None, os.WTERMSIG(status)
     return os.WEXITSTATUS(status), None
+
+
+def _root_of(header: Mapping[str, Any]) -> tuple[str, tuple[int, int] | None]:
+    """An exec's ``root`` ('' for the machine's own) and ``user`` (None for the agent's)."""
+    root, user = header.get("root") or "", header.get("user")
+    if not isinstance(root, str) or (root and not root.startswith("/")):
+        raise Refusal("protocol", "root must be an absolute path")
+    if user is None:
+        return root, None
+    if (
+        not isinstance(user, list) or len(user) != 2
+        or not all(isinstance(n, int) and 0 <= n < 65536 for n in user)
+    ):
+        raise Refusal("protocol", "user must be [uid, gid]")
+    return root, (user[0], user[1])
 
 
 def _which(name: str, path: str) -> str | None:
@@ -673,7 +692,9 @@ class Agent:
         ):
             raise Refusal("protocol", "env must map strings to strings")
         env.update(extra)
-        program = _which(argv[0], env.get("PATH", os.defpath))
+        root, user = _root_of(header)
+        # In a container's root the program is looked up there, by the child (see _fork_exec).
+        program = argv[0] if root else _which(argv[0], env.get("PATH", os.defpath))
         if program is None:
             raise Refusal("exec", f"{argv[0]}: command not found")
         cwd = header.get("cwd")
@@ -685,7 +706,7 @@ class Agent:
         err_r, err_w = os.pipe()
         in_r, in_w = os.pipe() if wants_stdin else (self._devnull, -1)
         try:
-            pid = self._spawn(program, argv, env, cwd, in_r, out_w, err_w)
+            pid = self._spawn(program, argv, env, cwd, in_r, out_w, err_w, root, user)
         except BaseException:
             for fd in (out_r, err_r, in_w):
                 if fd >= 0:
@@ -771,6 +792,8 @@ class Agent:
         stdin: int,
         stdout: int,
         stderr: int,
+        root: str = "",
+        user: tuple[int, int] | None = None,
     ) -> int:
         actions = [
             (os.POSIX_SPAWN_DUP2, stdin, 0),
@@ -779,7 +802,16 @@ class Agent:
         ]
         # posix_spawn has no chdir action before Python 3.13: the child inherits our cwd, and
         # only this thread spawns, so switching around the call is safe.
-        return self._spawn_as(program, argv, env, cwd, actions, self._user)
+        if root:
+            if cwd is not None and not isinstance(cwd, str):
+                raise Refusal("protocol", "cwd must be a string")
+            try:
+                return self._fork_exec(
+                    program, argv, env, actions, user or (0, 0), root=root, cwd=cwd or "/"
+                )
+            except OSError as exc:
+                raise Refusal("exec", f"cannot run {argv[0]} in {root}: {exc.strerror}") from exc
+        return self._spawn_as(program, argv, env, cwd, actions, user or self._user)
 
     def _spawn_as(
         self, program: str, argv: list[str], env: dict[str, str], cwd: object,
@@ -810,11 +842,13 @@ class Agent:
 
     def _fork_exec(
         self, program: str, argv: list[str], env: dict[str, str],
-        actions: list[tuple[int, int, int]], user: tuple[int, int],
+        actions: list[tuple[int, int, int]], user: tuple[int, int], *, root: str = "",
+        cwd: str = "/",
     ) -> int:
         """posix_spawn cannot change users: fork, become ``user`` (all its ids, no groups),
         exec. Without ambient capabilities (dropped once, below) the program starts with none:
-        the agent's stay with the agent."""
+        the agent's stay with the agent. With ``root`` the child first chroots there (a
+        container's file system in the machine), and finds ``program`` and ``cwd`` inside."""
         if self._libc is None:
             import ctypes  # only in machines whose agent switches users
 
@@ -827,6 +861,9 @@ class Agent:
         if pid == 0:  # pragma: no cover - the child, until exec
             try:
                 os.setsid()
+                if root:
+                    os.chroot(root)
+                    os.chdir(cwd)
                 for _, fd, target in actions:
                     os.dup2(fd, target)
                 for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD, signal.SIGTERM):
@@ -848,6 +885,8 @@ class Agent:
                 os.setgroups([])
                 os.setresgid(gid, gid, gid)
                 os.setresuid(uid, uid, uid)
+                if root:
+                    program = _which(program, env.get("PATH", DEFAULT_PATH)) or program
                 os.execve(program, argv, env)
             except OSError as exc:
                 os.write(report_w, str(exc.errno or 0).encode())

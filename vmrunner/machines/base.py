@@ -35,7 +35,7 @@ from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar, Literal
 
-from vmrunner.errors import ForwardUnsupported, SnapshotUnsupported, TransferError
+from vmrunner.errors import ExecError, ForwardUnsupported, SnapshotUnsupported, TransferError
 
 Stream = Literal["stdout", "stderr"]
 #: Called with each chunk of output as the command produces it.
@@ -88,6 +88,54 @@ class MachineSpec:
     image_user: str = ""
     #: Variables added to the image's own environment (``container.env``).
     image_env: tuple[tuple[str, str], ...] = ()
+    #: Service containers (``services:``) that run in the machine, on its network, from their
+    #: images; started, and healthy where they have a health check, before it is handed out.
+    services: tuple[ServiceSpec, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """``--health-cmd`` and its timing (Docker's meaning): the service is healthy once the
+    command succeeds, unhealthy after ``retries`` failures past ``start_period``."""
+
+    command: str
+    interval: float = 10.0
+    timeout: float = 30.0
+    retries: int = 3
+    start_period: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSpec:
+    """One service container: reachable from the machine by ``label`` as a host name."""
+
+    label: str
+    image: str
+    credentials: tuple[str, str] | None = field(default=None, repr=False)
+    env: tuple[tuple[str, str], ...] = ()
+    #: ``uid[:gid]`` or a name of the image's; '' for the image's own user.
+    user: str = ""
+    #: Replaces the image's entrypoint and command (``--entrypoint``); '' keeps them.
+    entrypoint: str = ""
+    #: Replaces the image's command (``command:``); empty keeps it.
+    command: tuple[str, ...] = ()
+    workdir: str = ""
+    health: HealthCheck | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRun:
+    """One command run in a container of ``image`` inside a machine (a Docker action's step):
+    its own root file system, the machine's network, processes and limits."""
+
+    image: str
+    credentials: tuple[str, str] | None = field(default=None, repr=False)
+    #: Replaces the image's entrypoint (and drops its command); '' keeps them.
+    entrypoint: str = ""
+    user: str = ""
+    workdir: str = ""
+    #: Machine folders shown in the container: (machine path, container path).
+    binds: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +309,24 @@ class Machine(ABC):
     async def import_snapshot(self, source_dir: str) -> None:
         """Replace this (fresh, idle) machine's state with a snapshot ``export_snapshot`` wrote."""
         raise SnapshotUnsupported(f"the {self.provider_name} provider cannot import snapshots")
+
+    async def exec_image(
+        self,
+        run: ImageRun,
+        args: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - enforced inside the machine
+        on_output: OutputCallback | None = None,
+        write: Mapping[str, str] | None = None,
+        collect: Sequence[str] = (),
+    ) -> ExecResult:
+        """``exec`` in a one-shot container of ``run.image`` inside this machine (its own
+        root, ``run.binds`` from the machine; ``env`` over the image's): the image's entrypoint
+        (or ``run.entrypoint``) with ``args`` (or the image's command when none are given), as
+        ``docker run`` would. ``write`` and ``collect`` are machine paths. Only where
+        ``Capabilities.containers``."""
+        raise ExecError(f"the {self.provider_name} provider cannot run container images")
 
     def forward(self, target: Path, port: int = 0) -> AbstractAsyncContextManager[int]:
         """Listen on ``127.0.0.1:port`` inside the machine (0: any free port) and carry every

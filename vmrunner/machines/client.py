@@ -185,8 +185,11 @@ class AgentClient:
         stdin: bytes | None = None,
         write: Mapping[str, str] | None = None,
         collect: Sequence[str] = (),
+        root: str = "",
+        user: tuple[int, int] | None = None,
     ) -> ExecResult:
-        """Run a command (argv, or a string for ``sh -c``) and wait for its exit.
+        """Run a command (argv, or a string for ``sh -c``) and wait for its exit; ``root`` and
+        ``user``: in a container's root inside the machine, as that user.
 
         If the calling task is cancelled, or ``on_output`` raises, the command's process group
         is killed and its exit awaited (shielded, bounded) before the exception propagates.
@@ -206,6 +209,10 @@ class AgentClient:
             header["write"] = dict(write)
         if collect:
             header["collect"] = list(collect)
+        if root:
+            header["root"] = root
+        if user is not None:
+            header["user"] = list(user)
         data = b""
         if stdin is not None:
             header["stdin"] = True

@@ -24,14 +24,18 @@ and private network namespaces, cgroup and disk. What differs:
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
+import json
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from vmrunner.errors import AllocationError
 from vmrunner.machines.disk import unmount_below
+from vmrunner.machines.local import descendants
 from vmrunner.machines.oci import ContainerImage
 
 HOST_USR = "/run/vmrunner/host/usr"
@@ -154,3 +158,49 @@ def environment(
         HOME=HOME, RUNNER_TEMP=TEMP, RUNNER_TOOL_CACHE=TOOL_CACHE, VMRUNNER_MACHINE_ID=machine_id
     )
     return env
+
+
+#: Where the roots of a machine's service containers and one-shot containers are attached.
+ATTACHED = "/run/containers"
+_ATTACH = Path(__file__).with_name("_attach.py")
+
+
+async def attach(
+    image: ContainerImage, *, pid: int, space: Path, name: str, owner: int,
+    binds: Sequence[tuple[str, str, str]] = (),
+) -> str:
+    """Show an overlay of ``image`` (upper layer in ``space``, the machine's disk) at
+    ``ATTACHED/name`` in the running machine whose process is ``pid``, with the machine's
+    ``/dev``, ``/proc`` and ``binds`` (machine path, container path, file or dir) in it; the
+    path inside the machine. Nothing of it is mounted on the host (see ``_attach.py``)."""
+    folder = space / "containers" / name
+    upper, work = folder / "upper", folder / "work"
+    for path in (upper, work):
+        path.mkdir(parents=True, mode=0o755)
+    os.chown(upper, owner, owner)
+    target = f"{ATTACHED}/{name}"
+    request = {
+        "pid": pid, "owner": owner, "lower": str(image.rootfs), "upper": str(upper),
+        "work": str(work), "target": target, "binds": [list(b) for b in binds],
+    }  # fmt: skip
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-I", "-S", str(_ATTACH), json.dumps(request),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, stderr = await process.communicate()
+    if process.returncode != 0:
+        why = stderr.decode(errors="replace").strip() or f"exit status {process.returncode}"
+        raise AllocationError(f"{image.reference}: {why}")
+    return target
+
+
+def mount_pid(bwrap_pid: int) -> int:
+    """A process of the machine started by ``bwrap_pid`` in the machine's mount namespace."""
+    own = os.stat("/proc/self/ns/mnt").st_ino
+    for pid, _ in descendants(bwrap_pid):
+        try:
+            if os.stat(f"/proc/{pid}/ns/mnt").st_ino != own:
+                return pid
+        except OSError:
+            continue
+    raise AllocationError(f"sandbox process {bwrap_pid} has no mount namespace of its own")

@@ -164,18 +164,26 @@ def resolve_disk(size_mib: int | None, machines_dir: Path) -> int:
     """The disk budget (MiB) of a new machine: ``size_mib``, or the default scaled to the host."""
     if size_mib == 0:
         return 0
-    room = _room_mib(machines_dir)
     if size_mib is None:
-        share = room // DEFAULT_DISK_SHARE
-        if share < MIN_DEFAULT_DISK_MIB:
-            raise AllocationError(_no_room(machines_dir, MIN_DEFAULT_DISK_MIB, share))
-        return min(DEFAULT_DISK_MIB, share)
+        return default_share(_room_mib(machines_dir), machines_dir)
     return size_mib
 
 
+def default_share(room_mib: int, machines_dir: Path) -> int:
+    """A default budget out of ``room_mib``: its share, in whole GiB (each size has an empty
+    file system of its own to copy: a size per GiB, not per free MiB), at most the default."""
+    share = room_mib // DEFAULT_DISK_SHARE // 1024 * 1024
+    if share < MIN_DEFAULT_DISK_MIB:
+        raise AllocationError(_no_room(machines_dir, MIN_DEFAULT_DISK_MIB, share))
+    return min(DEFAULT_DISK_MIB, share)
+
+
 @contextlib.contextmanager
-def reserve(machines_dir: Path, size_mib: int) -> Iterator[None]:
+def reserve(machines_dir: Path, size_mib: int, *, default: bool = False) -> Iterator[int]:
     """Admit a new disk of ``size_mib`` if the host has room for it; held while it is made.
+    Yields the size admitted: a ``default`` budget planned when there was more room (machines
+    planned at once, admitted one by one) shrinks to its share of the room left instead of
+    failing; a budget the user asked for is admitted whole or not at all.
 
     Machines of this ``VMRUNNER_HOME`` are admitted one at a time (a lock on the machines
     directory itself: no file to leave behind), so two cannot both take the last room.
@@ -186,8 +194,10 @@ def reserve(machines_dir: Path, size_mib: int) -> Iterator[None]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         room = _room_mib(machines_dir)
         if size_mib > room:
-            raise AllocationError(_no_room(machines_dir, size_mib, room))
-        yield
+            if not default:
+                raise AllocationError(_no_room(machines_dir, size_mib, room))
+            size_mib = default_share(room, machines_dir)
+        yield size_mib
     finally:
         os.close(lock)
 

@@ -53,21 +53,25 @@ import subprocess
 import tempfile
 import threading
 import uuid
-from dataclasses import replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
 from vmrunner.config import warn_host_network
-from vmrunner.errors import AllocationError, ReleaseError, SnapshotError
-from vmrunner.machines import container, seccomp, sudo
+from vmrunner.errors import AllocationError, ExecError, MachineError, ReleaseError, SnapshotError
+from vmrunner.machines import container, seccomp, services, sudo
 from vmrunner.machines.agent import DEFAULT_GRACE
 from vmrunner.machines.base import (
     Capabilities,
+    ExecResult,
+    ImageRun,
     Isolation,
     Machine,
     MachinePaths,
     MachineRecord,
     MachineSpec,
+    OutputCallback,
     SnapshotId,
 )
 from vmrunner.machines.cgroups import Cgroups, MachineCgroup
@@ -151,6 +155,20 @@ log = logging.getLogger(__name__)
 _IMAGE: contextvars.ContextVar[ContainerImage | None] = contextvars.ContextVar(
     "image", default=None
 )
+#: The images of its services, by label.
+_SERVICES: contextvars.ContextVar[Mapping[str, ContainerImage] | None] = contextvars.ContextVar(
+    "services", default=None
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Containers:
+    """What a running machine needs to attach container roots (``container.attach``)."""
+
+    images: ImageStore
+    pid: int
+    space: Path
+    owner: int
 
 
 class SandboxMachine(AgentMachine):
@@ -183,6 +201,49 @@ class SandboxMachine(AgentMachine):
         self._disk_full = False
     #: The helper of a ``private`` network, once attached.
     network: PrivateNetwork | None = None
+    #: Its service containers, once started.
+    services: services.Services | None = None
+    #: Set once running, where the runner may attach container roots (as root).
+    containers: _Containers | None = None
+    _one_shot = 0
+
+    async def exec_image(
+        self,
+        run: ImageRun,
+        args: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - enforced inside the machine
+        on_output: OutputCallback | None = None,
+        write: Mapping[str, str] | None = None,
+        collect: Sequence[str] = (),
+    ) -> ExecResult:
+        """A one-shot container: its root stays attached (on the machine's disk) until the
+        machine goes, which frees it with the rest."""
+        client, where = self._usable(), self.containers
+        if where is None:
+            raise ExecError(container.ROOT_NEEDED)
+        credentials = Credentials(*run.credentials) if run.credentials else None
+        try:
+            image = await where.images.pull(run.image, ids=where.owner, credentials=credentials)
+            self._one_shot += 1
+            root = await container.attach(
+                image, pid=where.pid, space=where.space, name=f"step-{self._one_shot}",
+                owner=where.owner,
+                binds=(*services.ETC_BINDS, *[(inside, at, "dir") for inside, at in run.binds]),
+            )  # fmt: skip
+            user = container.user_ids(run.user or image.user, image.rootfs)
+        except MachineError as exc:
+            raise ExecError(f"cannot run {run.image}: {exc}") from exc
+        entrypoint = [run.entrypoint] if run.entrypoint else list(image.entrypoint)
+        argv = [*entrypoint, *(args or ([] if run.entrypoint else image.cmd))]
+        if not argv:
+            raise ExecError(f"{run.image}: the image names no command, and the step gives none")
+        return await client.exec(
+            argv, env=services.environment(image, tuple((env or {}).items()), user[0]),
+            cwd=run.workdir or image.workdir or "/", timeout=timeout, on_output=on_output,
+            write=write, collect=collect, root=root, user=user,
+        )  # fmt: skip
 
     async def snapshot(self, name: str = "") -> SnapshotId:
         engine = await self._engine()
@@ -240,6 +301,8 @@ class SandboxMachine(AgentMachine):
             return self._snapshots
 
     async def _closed(self) -> None:
+        if self.services is not None:
+            await self.services.aclose()
         if self.network is not None:
             await self.network.aclose()
         if self._snapshots is not None:
@@ -321,20 +384,31 @@ class SandboxProvider(LocalProvider):
         self.images = ImageStore(self.cache_dir)
 
     async def allocate(self, spec: MachineSpec) -> Machine:
-        if not spec.image:
+        if not spec.image and not spec.services:
             return await super().allocate(spec)
         if os.geteuid() != 0:
             raise AllocationError(container.ROOT_NEEDED)
-        credentials = Credentials(*spec.image_credentials) if spec.image_credentials else None
-        ids = self._ids()
-        image = await self.images.pull(
-            spec.image, ids=ids.host_id(ROOT_UID), credentials=credentials
+        owner = self._ids().host_id(ROOT_UID)
+
+        async def pull(reference: str, login: tuple[str, str] | None) -> ContainerImage:
+            return await self.images.pull(
+                reference, ids=owner, credentials=Credentials(*login) if login else None
+            )
+
+        # The job's image and its services' images, pulled at once.
+        wanted = [(spec.image, spec.image_credentials)] if spec.image else []
+        wanted += [(service.image, service.credentials) for service in spec.services]
+        pulled = await asyncio.gather(*(pull(ref, login) for ref, login in wanted))
+        image = pulled.pop(0) if spec.image else None
+        tokens = (
+            _IMAGE.set(image),
+            _SERVICES.set({s.label: i for s, i in zip(spec.services, pulled, strict=True)}),
         )
-        token = _IMAGE.set(image)
         try:
             return await super().allocate(spec)
         finally:
-            _IMAGE.reset(token)
+            _IMAGE.reset(tokens[0])
+            _SERVICES.reset(tokens[1])
 
     async def aclose(self) -> None:
         with self._userns_lock:
@@ -432,6 +506,7 @@ class SandboxProvider(LocalProvider):
             if os.geteuid() != 0:
                 raise AllocationError(NO_ROOT)
             data["disk"] = MachineDisk.plan(Path(record.state_dir), limits.disk_mib).to_data()
+            data["disk"]["default"] = spec.disk_mib is None
         if spec.image:
             data["overlay"] = container.plan(Path(record.state_dir))
         return replace(record, data=data)
@@ -454,7 +529,9 @@ class SandboxProvider(LocalProvider):
             prefix = ["/bin/sh", "-c", JOIN_CGROUP, "vmrunner-join", *cgroup.procs_files, "--"]
         if record.data.get("disk"):
             disk = MachineDisk.from_data(record.data["disk"])
-            with reserve(self.machines_dir, disk.size_mib):
+            default = bool(record.data["disk"].get("default"))
+            with reserve(self.machines_dir, disk.size_mib, default=default) as size:
+                disk = replace(disk, size_mib=size)
                 disk.create(self.cache_dir)
             return prefix, Path(disk.mount)
         return prefix, Path(record.state_dir)
@@ -495,6 +572,7 @@ class SandboxProvider(LocalProvider):
                 *etc_args(
                     fds, etc_view(self.cache_dir), hostname=record.machine_id,
                     private=spec.network == "private",
+                    aliases=[service.label for service in spec.services],
                 ),
                 *sudo_args(fds, python),
                 "--perms", "0755", "--dir", "/home",
@@ -572,7 +650,10 @@ class SandboxProvider(LocalProvider):
                 *[arg for path in PROC_READ_ONLY for arg in ("--ro-bind-try", path, path)],
                 "--tmpfs", "/run",
                 "--ro-bind", "/usr", container.HOST_USR,
-                *etc_files(fds, hostname=record.machine_id, private=private),
+                *etc_files(
+                    fds, hostname=record.machine_id, private=private,
+                    aliases=[service.label for service in spec.services],
+                ),
                 "--bind", str(writable["home"]), container.HOME,
                 "--bind", str(writable["work"]), container.WORK,
                 "--bind", str(writable["toolcache"]), container.TOOL_CACHE,
@@ -603,13 +684,30 @@ class SandboxProvider(LocalProvider):
     async def _started(self, machine: AgentMachine) -> None:
         if machine.spec.network == "host":
             warn_host_network(log.warning)
-        if machine.spec.network != "private" or not isinstance(machine, SandboxMachine):
+        if not isinstance(machine, SandboxMachine):
             return
-        netns_pid = await asyncio.to_thread(_namespace_pid, machine.process.pid)
-        machine.network = await attach_private_network(
-            netns_pid, log_path=machine.state_dir / "network.log", slirp4netns=self._slirp4netns
+        if machine.spec.network == "private":
+            netns_pid = await asyncio.to_thread(_namespace_pid, machine.process.pid)
+            machine.network = await attach_private_network(
+                netns_pid, log_path=machine.state_dir / "network.log",
+                slirp4netns=self._slirp4netns,
+            )  # fmt: skip
+            machine.add_record_data(machine.network.record)
+        if os.geteuid() != 0:
+            return  # no container roots attached later (as the host's root only)
+        disk = machine.record.data.get("disk")
+        machine.containers = _Containers(
+            self.images, await asyncio.to_thread(container.mount_pid, machine.process.pid),
+            Path(MachineDisk.from_data(disk).mount) if disk else machine.state_dir,
+            self._ids().host_id(ROOT_UID),
         )
-        machine.add_record_data(machine.network.record)
+        if machine.spec.services:
+            where = machine.containers
+            machine.services = services.Services(machine.client, machine.state_dir / "services")
+            await machine.services.start(
+                machine.spec.services, _SERVICES.get() or {}, pid=where.pid, space=where.space,
+                owner=where.owner,
+            )  # fmt: skip
 
     async def _reclaim(self, record: MachineRecord) -> None:
         await super()._reclaim(record)
@@ -693,19 +791,27 @@ def system_args() -> list[str]:
     return args
 
 
-def etc_args(fds: _Fds, view: Path, *, hostname: str, private: bool = False) -> list[str]:
+def etc_args(
+    fds: _Fds, view: Path, *, hostname: str, private: bool = False, aliases: Sequence[str] = ()
+) -> list[str]:
     """A machine's own ``/etc``: the shared ``view`` (see ``etc_view``) read-only, with the
     host name and the resolver written for this machine over its placeholders."""
-    return ["--ro-bind", str(view), "/etc", *etc_files(fds, hostname=hostname, private=private)]
+    return [
+        "--ro-bind", str(view), "/etc",
+        *etc_files(fds, hostname=hostname, private=private, aliases=aliases),
+    ]  # fmt: skip
 
 
-def etc_files(fds: _Fds, *, hostname: str, private: bool = False) -> list[str]:
-    """The files of ``/etc`` written for one machine: its name, hosts and resolver."""
+def etc_files(
+    fds: _Fds, *, hostname: str, private: bool = False, aliases: Sequence[str] = ()
+) -> list[str]:
+    """The files of ``/etc`` written for one machine: its name, hosts (``aliases`` are names
+    of its loopback: its services' labels) and resolver."""
     args: list[str] = []
     files = {
         "hostname": f"{hostname}\n",
-        "hosts": "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n"
-        f"127.0.1.1 {hostname}\n",
+        "hosts": f"127.0.0.1 {' '.join(['localhost', *aliases])}\n"
+        f"::1 localhost ip6-localhost ip6-loopback\n127.0.1.1 {hostname}\n",
         "machine-id": uuid.uuid4().hex + "\n",
         # On a private network the host's resolver (often its loopback) is out of reach: the
         # network helper's DNS instead.

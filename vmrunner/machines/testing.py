@@ -29,6 +29,7 @@ from vmrunner.errors import (
 )
 from vmrunner.machines.base import (
     ExecResult,
+    ImageRun,
     Machine,
     MachineRecord,
     MachineSpec,
@@ -272,6 +273,23 @@ class CountingMachine(Machine):
             command, env=env, cwd=cwd, timeout=timeout, on_output=on_output, stdin=stdin,
             write=write, collect=collect,
         )
+
+    async def exec_image(
+        self,
+        run: ImageRun,
+        args: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - Machine.exec's contract
+        on_output: OutputCallback | None = None,
+        write: Mapping[str, str] | None = None,
+        collect: Sequence[str] = (),
+    ) -> ExecResult:
+        self._provider.execs.append(ExecRecord(self.id, tuple(args), time.monotonic()))
+        return await self.inner.exec_image(
+            run, args, env=env, timeout=timeout, on_output=on_output, write=write,
+            collect=collect,
+        )  # fmt: skip
 
     async def ping(self) -> float:
         # Not recorded: a readiness check is not a command of the job.

@@ -5,9 +5,9 @@ commands) → steps → post steps (reverse order) → rollback when asked → c
 final state → release (the session manager releases exactly once, whatever happens). The job's
 ``timeout-minutes`` bounds set-up and steps; post steps and cleanup still run after it expired.
 
-A job whose steps cannot run in a sandbox (``container:``, ``services:``, ``docker://`` steps,
-Docker actions), or that asks for Windows or macOS without a machine type mapped to one of its
-labels, fails at once with the reason, without allocating a machine (the checks are
+A job that uses images its provider cannot run (``container:``, ``services:``, Docker steps and
+actions), background steps, or that asks for Windows or macOS without a machine type mapped to
+one of its labels, fails at once with the reason, without allocating a machine (the checks are
 ``actions/blockers.py``'s, shared with ``run -n`` and ``python -m bench coverage``).
 """
 
@@ -50,7 +50,7 @@ from vmrunner.reports.events import (
     StepStarted,
 )
 from vmrunner.runner import checkpoints
-from vmrunner.runner.containers import container_spec
+from vmrunner.runner.containers import container_spec, services_spec
 from vmrunner.runner.context import RunContext
 from vmrunner.runner.contexts import default_env, runner_context, workspaces
 from vmrunner.runner.evaluation import (
@@ -147,6 +147,8 @@ class JobExecution:
         self.started = False
         self.actions = ActionSteps(self)
         self.action_env: dict[str, str] = {}
+        #: ``job.services``: each service container's id, network and ports.
+        self.services_context: dict[str, Any] = {}
         self._default_env: dict[tuple[str, ...], dict[str, str]] = {}
         #: Job steps started so far (1-based numbers, as ``vmrunner rerun --from-step`` counts).
         self.step_number = 0
@@ -205,7 +207,7 @@ class JobExecution:
         contexts["runner"] = self.runner
         contexts["job"] = {
             "status": "failure" if scope.any_failed() else "success", "container": {},
-            "services": {},
+            "services": self.services_context,
         }
         contexts["inputs"] = (
             scope.inputs if scope.action is not None else self.base_contexts.get("inputs", {})
@@ -261,9 +263,13 @@ class JobExecution:
             if notice:
                 run.annotate(self.job_key, "notice", notice)
             spec = machine_spec(run.options, vm_type, {"run": run.run_id, "job": self.job_key})
-            if self.job.container is not None:
+            if self.job.container is not None or self.job.services:
                 try:
-                    spec = container_spec(spec, self.job.id, self.job.container, contexts)
+                    if self.job.container is not None:
+                        spec = container_spec(spec, self.job.id, self.job.container, contexts)
+                    spec, self.services_context = services_spec(
+                        spec, self.job.id, self.job.services, contexts
+                    )
                 except VmrunnerError as exc:
                     outcome.reason = str(exc)
                     run.annotate(self.job_key, "error", outcome.reason)

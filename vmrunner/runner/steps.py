@@ -20,6 +20,7 @@ from typing import Any
 
 from vmrunner.actions.sources import Action
 from vmrunner.errors import ExecError, MachineError
+from vmrunner.machines.base import ImageRun
 from vmrunner.reports.events import (
     Annotation,
     AnnotationLevel,
@@ -41,6 +42,8 @@ from vmrunner.workflow.commands import (
 from vmrunner.workflow.lines import LineSplitter
 
 FILE_COMMANDS_DIR = "_runner_file_commands"
+#: Where a Docker action's container sees that folder (as GitHub mounts it).
+IMAGE_FILE_COMMANDS = "/github/file_commands"
 #: The script of the running step, in ``RUNNER_TEMP`` (with the shell's extension).
 STEP_SCRIPT = "_step"
 #: The file-command files of a step: env var name -> file name in the step's folder.
@@ -213,8 +216,11 @@ class JobRuntime:
         env: Mapping[str, str],
         cwd: str,
         timeout: float | None,  # noqa: ASYNC109 - enforced inside the machine
+        image: ImageRun | None = None,
     ) -> ScriptOutcome:
-        """Write ``script``, run ``argv_for(path)`` in the machine, apply the file commands.
+        """Write ``script``, run ``argv_for(path)`` in the machine (or in a container of
+        ``image`` there, which sees the file commands at ``IMAGE_FILE_COMMANDS``), apply the
+        file commands.
 
         One request does it all: the agent writes the script and empties the file-command
         files, runs the step, and sends the files back with its exit, however the step ended
@@ -245,9 +251,12 @@ class JobRuntime:
         started = time.monotonic()
         try:
             write.update(await self._inline({script_path: script}))
+            seen = files if image is None else {
+                name: f"{IMAGE_FILE_COMMANDS}/{file}" for name, file in FILE_COMMANDS.items()
+            }  # fmt: skip
             outcome = await self.session.exec(
-                argv_for(script_path), env={**env, **files}, cwd=cwd, timeout=timeout,
-                on_output=on_output, write=write, collect=list(files.values()),
+                argv_for(script_path), env={**env, **seen}, cwd=cwd, timeout=timeout,
+                on_output=on_output, write=write, collect=list(files.values()), image=image,
             )
         except MachineError as exc:
             result.error = f"cannot start the step in {cwd}: {exc}"

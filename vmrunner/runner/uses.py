@@ -13,6 +13,9 @@ of the job, in reverse order.
 
 from __future__ import annotations
 
+import io
+import shlex
+import tarfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -31,14 +34,27 @@ from vmrunner.actions.sources import (
     load_self_action,
 )
 from vmrunner.errors import ExpressionError, VmrunnerError
+from vmrunner.machines.base import ImageRun
 from vmrunner.reports.events import Result, StepFinished, StepStarted
 from vmrunner.runner.context import JobHandle
 from vmrunner.runner.evaluation import as_text, render, render_env, render_text
 from vmrunner.runner.options import action_sources
-from vmrunner.runner.steps import Scope, StepOutcome
+from vmrunner.runner.steps import FILE_COMMANDS_DIR, IMAGE_FILE_COMMANDS, Scope, StepOutcome
 from vmrunner.workflow.calls import SELF
 from vmrunner.workflow.expressions import EvaluationHooks, evaluate_if
 from vmrunner.workflow.models import Step
+
+#: Where a Docker action's container sees the workspace (as on GitHub).
+DOCKER_WORKSPACE = "/github/workspace"
+
+
+def _empty_tar() -> bytes:
+    buffer = io.BytesIO()
+    tarfile.open(fileobj=buffer, mode="w").close()
+    return buffer.getvalue()
+
+
+EMPTY_TAR = _empty_tar()
 
 
 @dataclass(slots=True)
@@ -144,10 +160,8 @@ class ActionSteps:
             else {}
         )
         if is_docker_reference(uses):
-            raise ActionError(
-                f"step uses {uses}: Docker images are not supported by the "
-                f"{self.job.run.provider_name} provider"
-            )
+            action = Action(uses, "", "docker", image=uses)
+            return await self.run_docker(action, step, scope, index, inputs, step_env, minutes)
         if is_checkout(uses):
             await self.checkout(inputs, index)
             return StepOutcome("success", "success")
@@ -168,12 +182,9 @@ class ActionSteps:
                 runtime.annotate(index, "warning", note)
         else:
             action = self.fetched.get(id(step)) or await self.remote_action(uses, index)
-        if action.is_docker:
-            raise ActionError(
-                f"action {uses} is a Docker action: not supported by the "
-                f"{self.job.run.provider_name} provider"
-            )
         resolved = self.action_inputs(action, inputs, contexts, hooks)
+        if action.is_docker:
+            return await self.run_docker(action, step, scope, index, resolved, step_env, minutes)
         if action.is_composite:
             return await self.run_composite(action, step, scope, index, resolved, step_env)
         return await self.run_node(action, step, scope, index, resolved, step_env, minutes)
@@ -266,6 +277,44 @@ class ActionSteps:
         if action.post:
             self.posts.append(_Post(action, scope, step, dict(step_env), dict(inputs), state))
         return self.job.script_outcome(index, result)
+
+    async def run_docker(
+        self, action: Action, step: Step, scope: Scope, index: int, inputs: dict[str, str],
+        step_env: dict[str, str], minutes: float | None,
+    ) -> StepOutcome:
+        """A Docker action (or a ``docker://`` step): a one-shot container of its image in the
+        job's machine, with the workspace and file commands where GitHub mounts them."""
+        job, runtime = self.job, self.job.live_runtime
+        if not action.image.startswith("docker://"):
+            raise ActionError(
+                f"action {action.reference} builds its image from {action.image or 'Dockerfile'}:"
+                " vmrunner builds no images (there is no buildah here); give the action a"
+                " prebuilt image (runs.image: docker://...)"
+            )
+        contexts = {**job.contexts(scope, job.env_context(scope)), "inputs": inputs}
+        hooks = job.hooks(scope)
+        if "args" in inputs:
+            args = shlex.split(inputs["args"])
+        else:
+            args = [render_text(arg, contexts, hooks) for arg in action.args]
+        env = self.node_env(action, step, scope, inputs, step_env, {})
+        env.update({k: render_text(v, contexts, hooks) for k, v in action.env.items()})
+        env.update(GITHUB_WORKSPACE=DOCKER_WORKSPACE, HOME="/github/home")
+        workspace, temp = str(job.github.get("workspace")), runtime.paths.temp
+        binds = ((workspace, DOCKER_WORKSPACE), (f"{temp}/_github_home", "/github/home"),
+                 (f"{temp}/{FILE_COMMANDS_DIR}", IMAGE_FILE_COMMANDS))  # fmt: skip
+        for folder, _ in binds:  # made before they are shown in the container
+            await runtime.machine.put(folder, EMPTY_TAR)
+        image = ImageRun(
+            action.image.removeprefix("docker://"),
+            entrypoint=inputs.get("entrypoint") or action.entrypoint, workdir=DOCKER_WORKSPACE,
+            binds=binds,
+        )  # fmt: skip
+        result = await runtime.run_script(
+            index, lambda _script: args, "", "", env=env, cwd=DOCKER_WORKSPACE,
+            timeout=minutes * 60 if minutes else None, image=image,
+        )  # fmt: skip
+        return job.script_outcome(index, result)
 
     @staticmethod
     def node_argv(action: Action, entry: str) -> Callable[[str], list[str]]:
