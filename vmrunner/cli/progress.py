@@ -18,10 +18,11 @@ every line starts with ``[workflow/job_key]`` so that parallel jobs stay readabl
 does). Steps of one job running at the same time (a ``parallel`` group) keep their output
 apart: the first one started streams, the others' lines are held and shown as one block,
 under their step's name, when it finishes or becomes the first. On a terminal a live region
-below the lines shows a spinner per running job and its current step; elsewhere (pipes, CI,
+below the lines shows a spinner per running job and its current step, then the queued jobs,
+one line each, cut to the terminal's width; elsewhere (pipes, CI,
 tests) the output is plain lines without control codes. ``quiet`` prints only what failed:
-the failing steps with their output, errors, and the final table. The run ends with a table
-of the jobs and the total time.
+the failing steps with their output, errors, and then the final table of every job. The run
+ends with a table of the jobs and the total time.
 
 ``JsonView(out=None)`` prints nothing while the runs go on, and when it is closed one JSON
 document, ``{"runs": [RunResult.to_json(), ...]}`` (on stdout by default).
@@ -96,6 +97,8 @@ _STDERR_STYLE = Style(color="red")
 ANNOTATION_STYLES = {"error": "bold red", "warning": "yellow", "notice": "blue", "debug": "dim"}
 #: Output lines kept per step in quiet mode, to show when the step fails (the tail).
 QUIET_TAIL = 200
+#: Queued jobs the live region lists by name; beyond, it says how many more.
+LIVE_QUEUED = 5
 
 
 @dataclass
@@ -115,6 +118,8 @@ class _RunState:
     workflow: str
     collector: ResultCollector = field(default_factory=ResultCollector)
     running: dict[str, _Running] = field(default_factory=dict)
+    #: Jobs known and waiting (for their needs or a slot): job key -> since when.
+    queued: dict[str, float] = field(default_factory=dict)
     #: Quiet mode: each open step's output tail, lines dropped off it, steps with an error.
     tails: dict[tuple[str, int], deque[Text]] = field(default_factory=dict)
     dropped: dict[tuple[str, int], int] = field(default_factory=dict)
@@ -226,8 +231,9 @@ class ProgressView:
                     )
                     self._live.start()
             case JobQueued():
-                pass
+                state.queued[event.job_key] = event.time
             case JobStarted():
+                state.queued.pop(event.job_key, None)
                 state.running[event.job_key] = _Running(started=event.time)
                 if not self.quiet:
                     where = f"{event.provider} {event.machine_id}" + (
@@ -319,6 +325,7 @@ class ProgressView:
                 )))
             case JobFinished():
                 state.running.pop(event.job_key, None)
+                state.queued.pop(event.job_key, None)
                 job = state.collector.job_result(event.job_key)
                 tail = state.tails.pop((event.job_key, -1), None)  # quiet: the job's own output
                 state.dropped.pop((event.job_key, -1), None)
@@ -331,6 +338,7 @@ class ProgressView:
             case RunFinished():
                 state.finished = True
                 state.running.clear()
+                state.queued.clear()
                 if all(s.finished for s in self._runs.values()):
                     self.close()
                 self._final(state, state.collector.result())
@@ -414,11 +422,8 @@ class ProgressView:
 
     def _final(self, state: _RunState, result: RunResult) -> None:
         self.console.print()
-        jobs = [
-            j for j in result.jobs if not self.quiet or j.conclusion not in ("success", "skipped")
-        ]
-        if jobs:
-            self.console.print(jobs_table(jobs))
+        if result.jobs:
+            self.console.print(jobs_table(list(result.jobs)))
         conclusion = result.conclusion or result.status
         symbol, style = SYMBOLS.get(conclusion, ("?", ""))
         self._print(Text.assemble(
@@ -435,8 +440,16 @@ class ProgressView:
     # The live region.
 
     def _live_rows(self) -> RenderableType:
+        """One line per running job, then the queued ones (a few, and how many more): each
+        cut to the terminal's width, never wrapped."""
         now = self._clock()
         grid = Table.grid(padding=(0, 1))
+        grid.add_column(no_wrap=True, width=1)
+        half = max(12, self.console.width // 2)
+        grid.add_column(no_wrap=True, overflow="ellipsis", max_width=half)
+        grid.add_column(no_wrap=True, overflow="ellipsis", ratio=1)
+        grid.add_column(no_wrap=True, justify="right")
+        waiting: list[tuple[str, str, float]] = []
         for state in list(self._runs.values()):
             for job_key, running in list(state.running.items()):
                 elapsed = human_duration(now - (running.step_started or running.started))
@@ -444,6 +457,15 @@ class ProgressView:
                     running.spinner, Text(f"[{state.workflow}/{job_key}]", style="blue"),
                     Text(running.step or "starting", style="cyan"), Text(elapsed, style="dim"),
                 )
+            waiting.extend((state.workflow, key, since) for key, since in state.queued.items())
+        for workflow, job_key, since in waiting[:LIVE_QUEUED]:
+            grid.add_row(
+                Text("·", style="dim"), Text(f"[{workflow}/{job_key}]", style="dim blue"),
+                Text("queued", style="dim"), Text(human_duration(now - since), style="dim"),
+            )
+        if len(waiting) > LIVE_QUEUED:
+            more = Text(f"+{len(waiting) - LIVE_QUEUED} more queued", style="dim")
+            grid.add_row("", more, "", "")
         return grid
 
 
