@@ -1,4 +1,4 @@
-"""Defaults for any flag, from config files and act's dotfiles, with where each came from.
+"""FlagDefaults for any flag, from config files and act's dotfiles, with where each came from.
 
 Read in this order, a later source overriding an earlier one, and every flag or environment
 variable given overriding them all:
@@ -66,7 +66,7 @@ class Setting:
 
 
 @dataclass(slots=True)
-class Defaults:
+class FlagDefaults:
     """Every command's defaults (command -> key as written -> ``Setting``), and the files."""
 
     root: str | None
@@ -109,10 +109,10 @@ class Defaults:
         return result
 
 
-def load_defaults(cwd: str | None = None) -> Defaults:
+def load_defaults(cwd: str | None = None) -> FlagDefaults:
     """The defaults for commands run in ``cwd`` (default: the current folder)."""
     root = find_root(cwd or os.getcwd())
-    defaults = Defaults(root)
+    defaults = FlagDefaults(root)
     _read_file(defaults, user_config_path(), project=False)
     if root is not None:
         for name in PROJECT_FILES:
@@ -131,7 +131,7 @@ def load_defaults(cwd: str | None = None) -> Defaults:
     return defaults
 
 
-def _read_file(defaults: Defaults, path: str, *, project: bool) -> None:
+def _read_file(defaults: FlagDefaults, path: str, *, project: bool) -> None:
     import tomllib
 
     try:
