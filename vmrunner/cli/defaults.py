@@ -1,4 +1,4 @@
-"""FlagDefaults for any flag, from config files and act's dotfiles, with where each came from.
+"""Defaults for any flag, from config files and act's dotfiles, with where each came from.
 
 Read in this order, a later source overriding an earlier one, and every flag or environment
 variable given overriding them all:

@@ -30,6 +30,8 @@ DEFAULT_WORKFLOWS = os.path.join(".github", "workflows")
 
 def workflow_options(function: F) -> F:
     """Add ``-W``, ``-e``, ``-j``, ``--json`` and the optional EVENT argument to a command."""
+    from vmrunner.cli.completion import complete_jobs
+
     decorators = [
         click.argument("event", required=False),
         click.option(
@@ -53,6 +55,7 @@ def workflow_options(function: F) -> F:
             "--job",
             "jobs",
             multiple=True,
+            shell_complete=complete_jobs,
             help="Only this job and the jobs it needs (repeatable).",
         ),
         click.option("--json", "as_json", is_flag=True, help="Print JSON for machines."),

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, cast
 import click
 
 from vmrunner.cli.agent import ENV_STORE
+from vmrunner.cli.completion import complete_jobs
 from vmrunner.cli.options import DEFAULT_WORKFLOWS, WORKFLOWS_ENV, limit_options
 from vmrunner.config import (
     DEFAULT_PROVIDER,
@@ -66,7 +67,12 @@ def _pairs(
     help=f"A workflow file, or a folder of them [env: {WORKFLOWS_ENV}].",
 )
 @click.option(
-    "-j", "--job", "jobs", multiple=True, help="Only this job and the jobs it needs (repeatable)."
+    "-j",
+    "--job",
+    "jobs",
+    multiple=True,
+    shell_complete=complete_jobs,
+    help="Only this job and the jobs it needs (repeatable).",
 )
 @click.option("-e", "--event-path", default=None, help="The event payload (JSON file).")
 @click.option(
