@@ -441,32 +441,33 @@ class ProgressView:
 
     def _live_rows(self) -> RenderableType:
         """One line per running job, then the queued ones (a few, and how many more): each
-        cut to the terminal's width, never wrapped."""
-        now = self._clock()
-        grid = Table.grid(padding=(0, 1))
-        grid.add_column(no_wrap=True, width=1)
-        half = max(12, self.console.width // 2)
-        grid.add_column(no_wrap=True, overflow="ellipsis", max_width=half)
-        grid.add_column(no_wrap=True, overflow="ellipsis", ratio=1)
-        grid.add_column(no_wrap=True, justify="right")
+        cut to the terminal's width (the step's name gives way first), never wrapped."""
+        now, width = self._clock(), self.console.width
+        lines: list[Text] = []
+
+        def row(mark: Text, label: str, what: Text, elapsed: str, dim: str = "") -> None:
+            tail = Text(f" {elapsed}", style="dim")
+            line = Text.assemble(mark, " ", (label, f"{dim} blue".strip()), " ", what)
+            line.truncate(max(1, width - tail.cell_len), overflow="ellipsis")
+            line.append_text(tail)
+            line.no_wrap = True
+            lines.append(line)
+
         waiting: list[tuple[str, str, float]] = []
         for state in list(self._runs.values()):
             for job_key, running in list(state.running.items()):
+                spinner = running.spinner.render(self.console.get_time())
+                mark = spinner if isinstance(spinner, Text) else Text("*")
                 elapsed = human_duration(now - (running.step_started or running.started))
-                grid.add_row(
-                    running.spinner, Text(f"[{state.workflow}/{job_key}]", style="blue"),
-                    Text(running.step or "starting", style="cyan"), Text(elapsed, style="dim"),
-                )
+                what = Text(running.step or "starting", style="cyan")
+                row(mark, f"[{state.workflow}/{job_key}]", what, elapsed)
             waiting.extend((state.workflow, key, since) for key, since in state.queued.items())
         for workflow, job_key, since in waiting[:LIVE_QUEUED]:
-            grid.add_row(
-                Text("·", style="dim"), Text(f"[{workflow}/{job_key}]", style="dim blue"),
-                Text("queued", style="dim"), Text(human_duration(now - since), style="dim"),
-            )
+            label, queued = f"[{workflow}/{job_key}]", Text("queued", style="dim")
+            row(Text("·", style="dim"), label, queued, human_duration(now - since), "dim")
         if len(waiting) > LIVE_QUEUED:
-            more = Text(f"+{len(waiting) - LIVE_QUEUED} more queued", style="dim")
-            grid.add_row("", more, "", "")
-        return grid
+            lines.append(Text(f"  +{len(waiting) - LIVE_QUEUED} more queued", style="dim"))
+        return Group(*lines)
 
 
 class _LiveJobs:
@@ -476,7 +477,7 @@ class _LiveJobs:
         self.view = view
 
     def __rich__(self) -> RenderableType:
-        return Group(self.view._live_rows())
+        return self.view._live_rows()
 
 
 def annotation_line(annotation: Annotation | AnnotationResult) -> Text:
