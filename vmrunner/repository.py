@@ -72,22 +72,6 @@ async def repository_info(root: str) -> RepositoryInfo:
     return RepositoryInfo(sha, ref, repository)
 
 
-def find_root(start: str) -> str | None:
-    """The top of the repository holding ``start`` (a folder or a file), found as git finds
-    it: the nearest folder upwards with a ``.git`` (a folder, or a worktree's file). No process
-    is started: the CLI asks this before anything else."""
-    folder = os.path.abspath(start)
-    if not os.path.isdir(folder):
-        folder = os.path.dirname(folder)
-    while True:
-        if os.path.exists(os.path.join(folder, ".git")):
-            return folder
-        parent = os.path.dirname(folder)
-        if parent == folder:
-            return None
-        folder = parent
-
-
 async def git_toplevel(path: str) -> str | None:
     """The top-level folder of the git repository holding ``path``, if any."""
     is_folder = await asyncio.to_thread(os.path.isdir, path)

@@ -182,3 +182,16 @@ def test_completion_scripts_and_job_names(tmp_path: Path, shell: str) -> None:
     assert "show" not in completed.stdout
     env["COMP_WORDS"], env["COMP_CWORD"] = "vmrunner ru", "ru" if shell == "fish" else "1"
     assert "run" in vmrunner(cwd=root, env=env).stdout
+
+
+def test_an_image_builds_stages_are_shown(capsys: pytest.CaptureFixture[str]) -> None:
+    from vmrunner.cli.image import build_progress
+
+    with build_progress(quiet=False) as stage:
+        stage("download the kernel package")
+        stage("make the ext4 file system")
+    err = capsys.readouterr().err
+    assert "  download the kernel package ...\n  make the ext4 file system ..." in err
+    with build_progress(quiet=True) as stage:
+        stage("convert it to qcow2")
+    assert capsys.readouterr().err == ""

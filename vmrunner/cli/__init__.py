@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from vmrunner import __version__
 from vmrunner.errors import VmrunnerError
 
 #: name -> (module, one-line help). Modules are imported lazily.
@@ -95,7 +96,7 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="vmrunner")
+@click.version_option(version=__version__, prog_name="vmrunner")  # no package metadata to read
 def cli() -> None:
     """Run GitHub Actions workflows with one isolated machine per job."""
 

@@ -28,8 +28,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from vmrunner.config import find_root
 from vmrunner.errors import ConfigError
-from vmrunner.repository import find_root
 
 if TYPE_CHECKING:
     import click
@@ -132,15 +132,19 @@ def load_defaults(cwd: str | None = None) -> FlagDefaults:
 
 
 def _read_file(defaults: FlagDefaults, path: str, *, project: bool) -> None:
-    import tomllib
-
     try:
         with open(path, "rb") as handle:
-            data = tomllib.load(handle)
+            text = handle.read()
     except FileNotFoundError:
         return
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    import tomllib  # only once there is a file to read
+
+    try:
+        data = tomllib.loads(text.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     defaults.files.append(path)

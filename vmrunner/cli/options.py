@@ -100,7 +100,7 @@ def resolve_workflows(workflows: str) -> str:
     its folders, as git does)."""
     if os.path.isabs(workflows) or os.path.exists(workflows):
         return workflows
-    from vmrunner.repository import find_root
+    from vmrunner.config import find_root
 
     root = find_root(os.getcwd())
     if root is not None and os.path.exists(os.path.join(root, workflows)):

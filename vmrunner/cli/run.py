@@ -33,6 +33,7 @@ from vmrunner.errors import AllocationError, ConfigError, StoreDiskError, StoreE
 if TYPE_CHECKING:
     from vmrunner.machines.base import NetworkMode
     from vmrunner.reports.storage import StoreSink
+    from vmrunner.repository import RepositoryInfo
     from vmrunner.runner.options import RunOptions
     from vmrunner.workflow.models import Workflow
 
@@ -260,18 +261,18 @@ def command(
     from vmrunner.cli import terminal
     from vmrunner.cli.dotenv import read_dotenv
     from vmrunner.cli.options import read_payload, resolve_workflows, select, selected_jobs
-    from vmrunner.repository import RepositoryInfo, find_root, repository_info
+    from vmrunner.config import find_root
+    from vmrunner.repository import repository_info
     from vmrunner.runner.options import RunOptions
 
     payload = read_payload(event_path) or {}
     workflows = resolve_workflows(workflows)
     root = repo_root or find_root(workflows) or os.getcwd()
-    info: RepositoryInfo | None = None
+    info = asyncio.run(repository_info(os.path.abspath(root)))  # once: the run reuses it
     assumed: dict[str, str] | None = None
     if event == "push" and event_path is None:
         # Filter as GitHub would for a push of the checked-out ref (a tags-only workflow does not
         # run).
-        info = asyncio.run(repository_info(os.path.abspath(root)))
         assumed = {"ref": info.ref} if info.ref else None
     selection = select(workflows, event, event_path, jobs, assumed_payload=assumed)
     for error in selection.errors:
@@ -302,7 +303,6 @@ def command(
         network=cast("NetworkMode", network or default_network(provider or DEFAULT_PROVIDER)),
         offline=offline, local_repositories=_local_repositories(local_repositories),
         repository_mirrors=_mirrors(repository_mirrors),
-        repository=info.repository if info else "",
     )
     if options.network == "host":
         warn_host_network(terminal.warn)
@@ -340,6 +340,7 @@ def command(
             quiet,
             summary_file,
             lesson_threshold,
+            info,
         )
     )
     if failed or selection.errors:
@@ -395,6 +396,7 @@ async def _run_all(
     quiet: bool,
     summary_file: str | None,
     lesson_threshold: int | None = None,
+    info: RepositoryInfo | None = None,
 ) -> bool:
     """Run every chosen workflow at once on one session manager; True when any failed."""
     import asyncio
@@ -408,7 +410,6 @@ async def _run_all(
     from vmrunner.machines.providers import get_provider
     from vmrunner.reports.events import FanOut
     from vmrunner.reports.storage import RunHistory, StoreSink
-    from vmrunner.reports.summary import write_summary
     from vmrunner.repository import repository_info
     from vmrunner.runner.concurrency import ConcurrencyGroups
     from vmrunner.runner.options import machine_spec
@@ -452,11 +453,8 @@ async def _run_all(
         except StoreDiskError as exc:  # nearly full already: the run goes on, and is told
             low.append(exc)
         learning = stack.enter_context(Learning.open(config=load_config(lesson_threshold)))
-        repository = (
-            options.repository
-            or (await repository_info(options.repo_root)).repository
-            or os.path.basename(options.repo_root)
-        )
+        info = info or await repository_info(options.repo_root)  # asked once per command
+        repository = options.repository or info.repository or os.path.basename(options.repo_root)
         # the workflows run here share their concurrency groups, as on GitHub
         groups = ConcurrencyGroups()
         sinks: list[StoreSink] = []
@@ -469,7 +467,7 @@ async def _run_all(
                     options, jobs=tuple(jobs) if jobs is not None else None
                 )
                 outcome = await run_workflow(
-                    workflow, selected, sessions, learn.chain(FanOut(view, keep)), groups
+                    workflow, selected, sessions, learn.chain(FanOut(view, keep)), groups, info
                 )
             for error in keep.errors[:1]:
                 if not isinstance(error, StoreDiskError):  # a full disk gets the last line
@@ -482,6 +480,8 @@ async def _run_all(
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(one(workflow, jobs)) for workflow, jobs in chosen]
     if summary_file:
+        from vmrunner.reports.summary import write_summary
+
         write_summary(summary_file, view.results())
     report = disk_report(str(store.path), sinks, [*low, *sessions.store_errors])
     if report:
