@@ -1,5 +1,6 @@
 """``vmrunner completion bash|zsh|fish``: the shell completion script, completing commands,
-flags and, for ``-j``, the job names of the workflows (read when the shell asks).
+flags and, for ``-j``, the job names of the workflows (read when the shell asks:
+``cli.options.complete_jobs``).
 
 Install it with, e.g., ``vmrunner completion bash > ~/.local/share/bash-completion/completions/
 vmrunner`` (zsh: a file ``_vmrunner`` on ``$fpath``; fish: ``~/.config/fish/completions/
@@ -26,23 +27,3 @@ def command(shell: str) -> None:
     completion = get_completion_class(shell)
     assert completion is not None  # one of click's own shells
     click.echo(completion(cli, {}, "vmrunner", COMPLETE_VAR).source())
-
-
-def complete_jobs(
-    ctx: click.Context, param: click.Parameter, incomplete: str
-) -> list[click.shell_completion.CompletionItem]:
-    """The job ids of the workflows ``-W`` names (default: the repository's) that start with
-    what was typed; nothing when they cannot be read (completion never fails)."""
-    from click.shell_completion import CompletionItem
-
-    from vmrunner.cli.options import DEFAULT_WORKFLOWS, resolve_workflows
-    from vmrunner.errors import VmrunnerError
-    from vmrunner.workflow.loader import load_workflows
-
-    workflows = ctx.params.get("workflows") or DEFAULT_WORKFLOWS
-    try:
-        loaded = load_workflows(resolve_workflows(str(workflows)))
-    except (VmrunnerError, OSError):
-        return []
-    names = sorted({job for workflow in loaded.workflows for job in workflow.jobs})
-    return [CompletionItem(name) for name in names if name.startswith(incomplete)]

@@ -30,8 +30,6 @@ DEFAULT_WORKFLOWS = os.path.join(".github", "workflows")
 
 def workflow_options(function: F) -> F:
     """Add ``-W``, ``-e``, ``-j``, ``--json`` and the optional EVENT argument to a command."""
-    from vmrunner.cli.completion import complete_jobs
-
     decorators = [
         click.argument("event", required=False),
         click.option(
@@ -63,6 +61,25 @@ def workflow_options(function: F) -> F:
     for decorator in reversed(decorators):
         function = decorator(function)
     return function
+
+
+def complete_jobs(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[click.shell_completion.CompletionItem]:
+    """The job ids of the workflows ``-W`` names (default: the repository's) that start with
+    what was typed; nothing when they cannot be read (completion never fails)."""
+    from click.shell_completion import CompletionItem
+
+    from vmrunner.errors import VmrunnerError
+    from vmrunner.workflow.loader import load_workflows
+
+    workflows = ctx.params.get("workflows") or DEFAULT_WORKFLOWS
+    try:
+        loaded = load_workflows(resolve_workflows(str(workflows)))
+    except (VmrunnerError, OSError):
+        return []
+    names = sorted({job for workflow in loaded.workflows for job in workflow.jobs})
+    return [CompletionItem(name) for name in names if name.startswith(incomplete)]
 
 
 @dataclass(frozen=True, slots=True)

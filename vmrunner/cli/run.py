@@ -19,8 +19,7 @@ from typing import TYPE_CHECKING, cast
 import click
 
 from vmrunner.cli.agent import ENV_STORE
-from vmrunner.cli.completion import complete_jobs
-from vmrunner.cli.options import DEFAULT_WORKFLOWS, WORKFLOWS_ENV, limit_options
+from vmrunner.cli.options import DEFAULT_WORKFLOWS, WORKFLOWS_ENV, complete_jobs, limit_options
 from vmrunner.config import (
     DEFAULT_PROVIDER,
     ENV_PROVIDER,
