@@ -23,7 +23,7 @@ below and raised ``from`` the original.
     │   ├── ForwardError           a port forward into a machine could not be opened
     │   │   └── ForwardUnsupported    the provider has no port-forward capability
     │   ├── ReleaseError           a machine could not be fully released
-    │   └── ImageError             a guest image could not be built, found or booted
+    │   └── ImageError             a guest or container image could not be built, pulled or booted
     ├── SessionError               the session manager refused an operation
     │   ├── CapacityError          no free slot (fail-fast), or the wait for one timed out
     │   ├── SessionNotFound        no such session (also: released already)
@@ -168,7 +168,8 @@ class ForwardUnsupported(ForwardError):
 
 
 class ImageError(MachineError):
-    """A guest image could not be built (a tool or the package mirror failed), found or booted."""
+    """A guest image could not be built (a tool or the package mirror failed), found or booted;
+    or a container image could not be pulled, verified or unpacked."""
 
 
 class ReleaseError(MachineError):

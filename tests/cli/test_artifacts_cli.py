@@ -3,12 +3,31 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.cli.helpers import vmrunner
+from tests.services.actions import built_actions
 from tests.services.kept import keep_artifact
+from vmrunner.services.artifacts import ArtifactStore
 from vmrunner.services.cache import CacheStore
 from vmrunner.services.settings import ServiceSettings
+
+UPLOADS = """
+on: push
+jobs:
+  build:
+    runs-on: ubuntu-latest
+    steps:
+      - run: mkdir out && echo "report of the build" > out/report.txt && seq 1000 > out/n.txt
+      - uses: actions/upload-artifact@v4
+        with: {name: report, path: out/report.txt}
+      - uses: actions/upload-artifact@v4
+        with: {name: numbers, path: out/n.txt}
+"""
 
 
 def test_list_and_download_an_artifact(tmp_path: Path) -> None:
@@ -23,6 +42,44 @@ def test_list_and_download_an_artifact(tmp_path: Path) -> None:
     assert got.returncode == 0, got.stderr
     assert (tmp_path / "site" / "index.html").read_bytes() == b"<h1>hi</h1>"
     assert (tmp_path / "site" / "css" / "a.css").read_bytes() == b"a{}"
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node")
+def test_runs_show_lists_a_real_runs_artifacts_and_runs_rm_removes_them(tmp_path: Path) -> None:
+    action = tmp_path / "upload-artifact"  # the built action, as --local-repository takes it
+    bare = built_actions() / "server" / "actions" / "upload-artifact"
+    subprocess.run(["git", "clone", "-q", str(bare), str(action)], check=True)
+    project = tmp_path / "project"
+    (project / ".github" / "workflows").mkdir(parents=True)
+    (project / ".github" / "workflows" / "ci.yml").write_text(UPLOADS)
+    # upload-artifact needs GITHUB_REPOSITORY (from origin), as on GitHub where it is always set.
+    for args in (["init", "-q"], ["remote", "add", "origin", "https://github.com/octo/project"]):
+        subprocess.run(["git", *args], cwd=project, check=True)
+    ran = vmrunner(
+        "run", "--json", "--local-repository", f"actions/upload-artifact@v4={action}",
+        cwd=project,
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    run_id = json.loads(ran.stdout)["runs"][0]["run_id"]
+    settings = ServiceSettings.from_env()
+    kept = {a.name: a for a in ArtifactStore(settings.artifacts_dir, 90).list(run_id)}
+    assert set(kept) == {"report", "numbers"}
+
+    shown = vmrunner("runs", "show", run_id[:8])
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.endswith(
+        f"Artifacts\n  report  {kept['report'].size} bytes  from job build\n"
+        f"  numbers  {kept['numbers'].size} bytes  from job build\n"
+    ), shown.stdout
+
+    removed = vmrunner("runs", "rm", run_id)
+    assert removed.returncode == 0, removed.stderr
+    assert f"removed run {run_id} and its 2 artifact(s)" in removed.stdout
+    assert not kept["report"].path.exists()
+    assert not ArtifactStore(settings.artifacts_dir, 90).run_folder(run_id).exists()
+    gone = vmrunner("artifacts", "list", run_id)
+    assert gone.returncode == 1
+    assert "Traceback" not in gone.stderr
 
 
 def test_unknown_runs_names_and_escaping_zips_are_clear_errors(tmp_path: Path) -> None:

@@ -14,15 +14,18 @@ def test_text_graph_shows_stages_and_needs() -> None:
     assert "CI" in text
     assert ".github/workflows/ci.yml" in text
     assert text.index("[ build ]") < text.index("[ test ]") < text.index("[ report ]")
-    assert "build, test ──▶ report" in text
+    assert "build, test, checks ──▶ report" in text
 
 
 def test_json_graph() -> None:
     done = vmrunner("graph", "--json")
     assert done.returncode == 0, done.stderr
-    (ci, nightly, release) = json.loads(done.stdout)["workflows"]
-    assert ci["stages"] == [["build"], ["test"], ["report"]]
-    assert ci["edges"] == [["build", "test"], ["build", "report"], ["test", "report"]]
+    (checks, ci, nightly, release) = json.loads(done.stdout)["workflows"]
+    assert checks["order"] == ["lint"]
+    assert ci["stages"] == [["build", "checks"], ["test"], ["report"]]
+    assert ci["edges"] == [
+        ["build", "test"], ["build", "report"], ["test", "report"], ["checks", "report"]
+    ]
     assert nightly["order"] == ["prepare", "cleanup"]
     assert release["edges"] == []
 

@@ -279,6 +279,28 @@ async def test_a_command_in_the_machine_reaches_the_host_socket(
         assert await guest_ok(machine, port, "get", "/slow?n=7&delay=0") == "answer 7"
 
 
+async def test_the_forward_holds_across_snapshots_and_restores(service: HostService) -> None:
+    """The listener lives in the agent, which a sandbox restore (a file system restore) leaves
+    running: a job rolled back, or seeded from a snapshot, still reaches its services."""
+    provider = get_provider("sandbox", grace=0.5)
+    machine = await provider.allocate(MachineSpec(network="private" if PRIVATE_NETWORK else "host"))
+    try:
+        async with machine.forward(service.path) as port:
+            first = await machine.snapshot("before")
+            await machine.exec(["sh", "-c", "echo later > later.txt"])
+            assert (await machine.exec(["test", "-e", "later.txt"])).ok
+            assert await guest_ok(machine, port, "get", "/hello") == "hello from the host\n"
+            await machine.snapshot("after")
+            await machine.restore(first)
+            assert (await machine.exec(["test", "-e", "later.txt"])).exit_code == 1
+            assert await guest_ok(machine, port, "get", "/slow?n=3&delay=0") == "answer 3"
+            answers = json.loads(await guest_ok(machine, port, "many", "8", "0.1"))
+            assert answers == [f"answer {n}" for n in range(8)]
+    finally:
+        await provider.release(machine)
+        await provider.aclose()
+
+
 async def test_many_connections_at_once(machine: Machine, service: HostService) -> None:
     count = FORWARD_STREAMS + 32
     async with machine.forward(service.path) as port:

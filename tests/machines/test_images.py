@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli.helpers import vmrunner
-from tests.machines.qemu_fixtures import qemu_image, test_images_dir
+from tests.machines.qemu_fixtures import TEST_PACKAGES, qemu_image, test_images_dir
 from tests.machines.test_vmlinux import bzimage
 from vmrunner.errors import ConfigError, ImageError
 from vmrunner.machines.images import (
@@ -90,7 +90,7 @@ def test_building_the_same_inputs_again_reuses_the_image(image: Image) -> None:
     store = ImageStore(test_images_dir())
     before = image.kernel.stat().st_mtime_ns
     stages: list[str] = []
-    again = store.build(progress=stages.append)
+    again = store.build(packages=TEST_PACKAGES, progress=stages.append)
     assert (again.digest, again.directory) == (image.digest, image.directory)
     assert "resolve the kernel package" in stages  # what the progress bar shows, stage by stage
     assert "make the ext4 file system" not in stages  # nothing rebuilt
@@ -210,7 +210,7 @@ def test_cli_build_reuses_the_image_and_refuses_bad_packages(
     image: Image, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("VMRUNNER_IMAGES", str(test_images_dir()))
-    built = vmrunner("image", "build", "--json")
+    built = vmrunner("image", "build", "--packages", ",".join(TEST_PACKAGES), "--json")
     assert built.returncode == 0, built.stderr
     assert json.loads(built.stdout)["digest"] == image.digest
     refused = vmrunner("image", "build", "--name", "odd", "--packages", "jq,rm -rf")

@@ -114,7 +114,7 @@ def test_dry_run_marks_jobs_that_cannot_run_and_fails_on_invalid_workflows(
     (workflows / "ci.yml").write_text(
         "on:\n  push:\n  create:\n    tags: [v1]\njobs:\n"
         "  linux: {runs-on: ubuntu-latest, steps: [{run: echo}]}\n"
-        "  boxed: {runs-on: ubuntu-latest, container: alpine, steps: [{run: echo}]}\n"
+        "  boxed: {runs-on: ubuntu-latest, services: {db: {image: alpine}}, steps: [{run: echo}]}\n"
         "  os:\n    strategy: {matrix: {os: [ubuntu-latest, macos-latest]}}\n"
         "    runs-on: ${{ matrix.os }}\n    steps: [{run: echo}]\n"
     )
@@ -123,7 +123,7 @@ def test_dry_run_marks_jobs_that_cannot_run_and_fails_on_invalid_workflows(
     lines = result.stdout.splitlines()
     assert lines[0] == ".github/workflows/ci.yml: linux"
     assert lines[1] == (
-        ".github/workflows/ci.yml: boxed  [cannot run: job 'boxed' uses a container (alpine): "
+        ".github/workflows/ci.yml: boxed  [cannot run: job 'boxed' uses service containers (db): "
         "not supported by the sandbox provider]"
     )
     assert lines[2].startswith(

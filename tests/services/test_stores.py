@@ -140,6 +140,25 @@ def test_artifacts_expire_with_their_retention_and_are_pruned(tmp_path: Path) ->
     assert not (tmp_path / "9").exists()
 
 
+def test_removing_a_run_removes_its_artifacts_and_unfinished_uploads_only(
+    tmp_path: Path,
+) -> None:
+    store = ArtifactStore(tmp_path, retention_days=5)
+    for run in ("9", "10"):
+        grant = JobGrant(run, "a", REPO, MAIN, (MAIN,))
+        for name in ("done", "unfinished"):
+            store.upload_blob(run, store.create(grant, name, None)).write_bytes(b"zip")
+        store.finalize(grant, "done", 3, "")
+    assert store.remove_run("9") == 1
+    assert not store.run_folder("9").exists()
+    assert [a.name for a in store.list("10")] == ["done"]
+    assert store.remove_run("9") == 0
+    assert store.remove_run("never-ran") == 0
+    # Nothing of it is left: ids start again from 1.
+    again = store.create(JobGrant("9", "a", REPO, MAIN, (MAIN,)), "done", None)
+    assert again == 1
+
+
 def test_the_signing_secret_is_private_and_made_once(tmp_path: Path) -> None:
     first = load_secret(tmp_path)
     assert load_secret(tmp_path) == first

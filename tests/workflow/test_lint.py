@@ -41,6 +41,28 @@ def test_a_filter_an_event_does_not_take_is_a_warning_not_an_error() -> None:
     assert str(found[0]).startswith("w.yml:3:5: warning: ")
 
 
+def test_an_unknown_dispatch_input_type_is_a_warning_and_the_input_a_string() -> None:
+    """GitHub's parser reads ``on.workflow_dispatch`` loosely (etcd runs a nightly workflow
+    with ``type: int``); a reusable workflow's input types stay strict."""
+    text = """\
+        on:
+          workflow_dispatch:
+            inputs:
+              hours: {type: int, required: true, default: 3}
+        jobs:
+          a: {runs-on: ubuntu-latest, steps: [{run: echo}]}
+        """
+    found = warnings_of(text)
+    assert [(d.line, d.column) for d in found] == [(4, 21)]
+    assert "unknown input type 'int'" in found[0].message
+    assert "taken as a string" in found[0].message
+    workflow = load_workflow_text(textwrap.dedent(text), "w.yml")
+    dispatch = workflow.triggers.get("workflow_dispatch")
+    assert dispatch is not None
+    hours = dispatch.inputs["hours"]
+    assert (hours.type, hours.default) == ("string", "3")
+
+
 def test_needs_of_a_job_not_listed_in_needs() -> None:
     found = warnings_of(
         """\

@@ -191,7 +191,7 @@ def test_workflow_locates_values() -> None:
 def test_examples_load() -> None:
     result = load_workflows(EXAMPLES)
     assert result.errors == ()
-    assert [w.display_name for w in result.workflows] == ["CI", "Nightly", "Release"]
+    assert [w.display_name for w in result.workflows] == ["Checks", "CI", "Nightly", "Release"]
 
 
 def test_workflow_files_of_a_folder(tmp_path: Path) -> None:

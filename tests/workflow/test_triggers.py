@@ -202,8 +202,8 @@ def test_workflow_call_keeps_secrets_and_outputs_raw() -> None:
             "unknown key 'tz'",
         ),
         (
-            "{workflow_dispatch: {inputs: {x: {type: list}}}}",
-            ("on", "workflow_dispatch", "inputs", "x", "type"),
+            "{workflow_call: {inputs: {x: {type: list}}}}",
+            ("on", "workflow_call", "inputs", "x", "type"),
             "unknown input type 'list'",
         ),
         (

@@ -172,6 +172,15 @@ def is_checkout(uses: str) -> bool:
     return uses.lower().split("@", 1)[0].rstrip("/") == "actions/checkout"
 
 
+def split_remote(uses: str) -> tuple[str, str, str, str] | None:
+    """``owner/repo[/path]@ref`` as (owner, repo, ``/path`` or '', ref); None for another form."""
+    match = _REMOTE.match(uses)
+    if match is None:
+        return None
+    owner, repo, subpath, ref = match.groups()
+    return owner, repo, subpath, ref
+
+
 def is_docker_reference(uses: str) -> bool:
     return uses.startswith("docker://")
 
@@ -288,7 +297,13 @@ def _inside(root: str, path: str) -> bool:
 
 
 def host_local_action_using(repo_root: str, uses: str) -> str | None:
-    """``runs.using`` of a local action in the repository on the host (None if absent).
+    """``runs.using`` of a local action in the repository on the host (None if absent)."""
+    action = host_local_action(repo_root, uses)
+    return action.using if action is not None else None
+
+
+def host_local_action(repo_root: str, uses: str) -> Action | None:
+    """A local action in the repository on the host (None if absent or invalid).
 
     Only a hint, to refuse a Docker action before a machine is allocated; the action itself is
     read from the machine. Nothing outside the repository is read: a symlink leading out of it
@@ -305,7 +320,7 @@ def host_local_action_using(repo_root: str, uses: str) -> str | None:
     if found is None:
         return None
     try:
-        return parse_action(found[0], found[1], uses, "").using
+        return parse_action(found[0], found[1], uses, "")
     except ActionError:
         return None
 
@@ -403,10 +418,10 @@ async def load_remote_action(
     ``uploaded`` holds the folders already copied into this machine (copied once per job);
     ``notes`` receives what the user should hear about the fetch.
     """
-    match = _REMOTE.match(uses)
-    if match is None:
+    parts = split_remote(uses)
+    if parts is None:
         raise ActionError(f"invalid action reference {uses!r}: expected owner/repo[/path]@ref")
-    owner, repo, subpath, ref = match.groups()
+    owner, repo, subpath, ref = parts
     found = await repository_folder(owner, repo, ref, sources)
     if found.note and notes is not None:
         notes.append(found.note)

@@ -8,12 +8,19 @@ triggers nothing, and it fails (exit status 1) when a workflow is invalid.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from vmrunner.actions.blockers import (
+    OTHER_SYSTEM,
+    Blocker,
+    job_blockers,
+    local_actions,
+    other_system_reason,
+)
 from vmrunner.errors import PlanError, VmrunnerError
+from vmrunner.machines.providers import provider_containers
 from vmrunner.runner.evaluation import render
-from vmrunner.runner.job import other_system_reason, unsupported_reason
 from vmrunner.runner.options import RunOptions
 from vmrunner.workflow.models import Job, Workflow
 
@@ -72,14 +79,25 @@ def dry_run(
 def cannot_run(
     job: Job, combinations: list[dict[str, Any]] | None, options: RunOptions, provider: str
 ) -> str:
-    """Why the job (or one of its matrix combinations) would be refused; '' when it would run.
+    """Why the job (or one of its matrix combinations) would be refused; '' when it would run."""
+    found = job_blockers(
+        job, provider, local_actions(options.repo_root), containers=provider_containers(provider)
+    )
+    found += other_system(job, combinations, options.machine_types)
+    return found[0].reason if found else ""
+
+
+def other_system(
+    job: Job, combinations: list[dict[str, Any]] | None, machine_types: Mapping[str, str]
+) -> list[Blocker]:
+    """The job as a Windows or macOS job, when one of its known combinations asks for such a
+    runner that no machine type is mapped to.
 
     ``runs-on`` made by an expression is evaluated for each known matrix combination; one that
     needs more than the matrix (``needs``, ``inputs``) is left for the run to judge.
     """
-    reason = unsupported_reason(job, options.repo_root, provider)
-    if reason or job.runs_on is None:
-        return reason
+    if job.runs_on is None:
+        return []
     for matrix in combinations or [{}]:
         try:
             if job.runs_on.expression:
@@ -89,7 +107,7 @@ def cannot_run(
                 labels = [str(render(label, {"matrix": matrix})) for label in job.runs_on.labels]
         except VmrunnerError:
             continue
-        reason = other_system_reason(job.id, labels, options.machine_types)
+        reason = other_system_reason(job.id, labels, machine_types)
         if reason:
-            return reason
-    return ""
+            return [Blocker(OTHER_SYSTEM, reason)]
+    return []

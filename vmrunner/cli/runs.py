@@ -89,20 +89,27 @@ def list_runs(limit: int, workflow: str | None, as_json: bool) -> None:
     help="Keep the runs; free only the snapshots they kept for `vmrunner rerun`.",
 )
 def remove(run_ids: tuple[str, ...], snapshots_only: bool) -> None:
-    """Forget runs (RUN_ID or a unique prefix): their records, logs and kept snapshots."""
+    """Forget runs (RUN_ID or a unique prefix): their records, logs, artifacts and kept
+    snapshots."""
     from vmrunner.cli import terminal
     from vmrunner.reports.storage import RunHistory
     from vmrunner.runner.checkpoints import remove_checkpoints
+    from vmrunner.services.artifacts import ArtifactStore
+    from vmrunner.services.settings import ServiceSettings
     from vmrunner.store import Store
 
+    settings = ServiceSettings.from_env()
+    artifacts = ArtifactStore(settings.artifacts_dir, settings.retention_days)
     with Store.open() as store:
         history = RunHistory(store)
         for run_id in [history.resolve(run_id) for run_id in run_ids]:
             freed = remove_checkpoints(run_id)
             if not snapshots_only:
+                # The artifacts first: a failure leaves the record, so `runs rm` can be retried.
+                removed = artifacts.remove_run(run_id)
                 store.delete_run(run_id)
-            if not snapshots_only:
-                terminal.info(f"removed run {run_id}")
+                with_artifacts = f" and its {removed} artifact(s)" if removed else ""
+                terminal.info(f"removed run {run_id}{with_artifacts}")
             else:
                 terminal.info(
                     f"removed the snapshots of run {run_id}"

@@ -78,6 +78,16 @@ class MachineSpec:
     disk_mib: int | None = None
     #: Free-form labels for bookkeeping (job, run); never interpreted by providers.
     labels: Mapping[str, str] = field(default_factory=dict)
+    #: An OCI image (``node:20``, ``ghcr.io/o/i@sha256:...``) whose root file system becomes the
+    #: machine's (a ``container:`` job), where ``Capabilities.containers`` says so; '' for none.
+    image: str = ""
+    #: The registry's user name and password for ``image`` (``container.credentials``).
+    image_credentials: tuple[str, str] | None = field(default=None, repr=False)
+    #: Who the machine's commands run as in ``image`` (``uid[:gid]`` or a name of its
+    #: ``/etc/passwd``); '' for the image's own user (root when it names none).
+    image_user: str = ""
+    #: Variables added to the image's own environment (``container.env``).
+    image_env: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +99,8 @@ class Capabilities:
     network_modes: frozenset[str] = frozenset({"host", "none"})
     #: ``Machine.forward``: a port inside the machine that leads to a host unix socket.
     forward: bool = False
+    #: ``MachineSpec.image``: machines whose root file system is an OCI image.
+    containers: bool = False
 
 
 @dataclass(frozen=True, slots=True)

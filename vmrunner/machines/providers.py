@@ -35,3 +35,13 @@ def get_provider(name: str, **options: Any) -> Provider:
     except TypeError as exc:
         raise ConfigError(f"invalid options for the {name} provider: {exc}") from exc
     return provider
+
+
+def provider_containers(name: str) -> bool:
+    """Whether the named provider's machines can be container images (False if unknown)."""
+    target = PROVIDERS.get(name)
+    if target is None:
+        return False
+    module_name, _, class_name = target.partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return bool(cls.capabilities.containers)

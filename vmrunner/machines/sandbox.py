@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import fnmatch
 import functools
 import hashlib
@@ -58,11 +59,12 @@ from typing import ClassVar
 
 from vmrunner.config import warn_host_network
 from vmrunner.errors import AllocationError, ReleaseError, SnapshotError
-from vmrunner.machines import seccomp, sudo
+from vmrunner.machines import container, seccomp, sudo
 from vmrunner.machines.agent import DEFAULT_GRACE
 from vmrunner.machines.base import (
     Capabilities,
     Isolation,
+    Machine,
     MachinePaths,
     MachineRecord,
     MachineSpec,
@@ -97,6 +99,7 @@ from vmrunner.machines.network import (
     attach_private_network,
     reclaim_helper,
 )
+from vmrunner.machines.oci import ContainerImage, Credentials, ImageStore
 from vmrunner.machines.snapshots import DirectorySnapshots, import_trees
 
 HOME = "/home/runner"
@@ -144,6 +147,10 @@ BWRAP_MISSING = "bubblewrap (bwrap) is not installed: apt-get install bubblewrap
 JOIN_CGROUP = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
 
 log = logging.getLogger(__name__)
+#: The image of the container machine being allocated (pulled before ``_launch``'s thread).
+_IMAGE: contextvars.ContextVar[ContainerImage | None] = contextvars.ContextVar(
+    "image", default=None
+)
 
 
 class SandboxMachine(AgentMachine):
@@ -289,6 +296,7 @@ class SandboxProvider(LocalProvider):
         snapshots=True,
         network_modes=frozenset({"private", "host", "none"}),
         forward=True,
+        containers=True,
     )
     machine_class: ClassVar[type[AgentMachine]] = SandboxMachine
 
@@ -310,6 +318,23 @@ class SandboxProvider(LocalProvider):
         self._cgroups: Cgroups | None = None
         self._passable = False
         self._slirp4netns = slirp4netns
+        self.images = ImageStore(self.cache_dir)
+
+    async def allocate(self, spec: MachineSpec) -> Machine:
+        if not spec.image:
+            return await super().allocate(spec)
+        if os.geteuid() != 0:
+            raise AllocationError(container.ROOT_NEEDED)
+        credentials = Credentials(*spec.image_credentials) if spec.image_credentials else None
+        ids = self._ids()
+        image = await self.images.pull(
+            spec.image, ids=ids.host_id(ROOT_UID), credentials=credentials
+        )
+        token = _IMAGE.set(image)
+        try:
+            return await super().allocate(spec)
+        finally:
+            _IMAGE.reset(token)
 
     async def aclose(self) -> None:
         with self._userns_lock:
@@ -422,9 +447,13 @@ class SandboxProvider(LocalProvider):
             if os.geteuid() != 0:
                 raise AllocationError(NO_ROOT)
             data["disk"] = MachineDisk.plan(Path(record.state_dir), limits.disk_mib).to_data()
+        if spec.image:
+            data["overlay"] = container.plan(Path(record.state_dir))
         return replace(record, data=data)
 
     def _free(self, record: MachineRecord) -> None:
+        if record.data.get("overlay"):  # before the disk holding its upper layer
+            container.unmount_root(record.data["overlay"])
         if record.data.get("cgroup"):
             MachineCgroup.from_data(record.data["cgroup"]).remove()
         if record.data.get("disk"):
@@ -446,6 +475,9 @@ class SandboxProvider(LocalProvider):
         return prefix, Path(record.state_dir)
 
     def _launch(self, state_dir: Path, record: MachineRecord, spec: MachineSpec) -> Launch:
+        image = _IMAGE.get()
+        if spec.image and image is not None:
+            return self._launch_container(state_dir, record, spec, image)
         bwrap, python = self._tools()
         ids = self._ids()
         self._reachable(ids, state_dir)
@@ -517,6 +549,69 @@ class SandboxProvider(LocalProvider):
             writable=writable,
             pass_fds=fds.fds,
             run_as=(ids.agent_host, ids.agent_host) if ids.privileged else None,
+            prefix=prefix,
+        )
+
+    def _launch_container(
+        self, state_dir: Path, record: MachineRecord, spec: MachineSpec, image: ContainerImage
+    ) -> Launch:
+        """A sandbox whose root is ``image`` (see ``container.py``)."""
+        bwrap, python = self._tools()
+        ids = self._ids()
+        self._reachable(ids, state_dir)
+        agent = self.agent_argv(python, AGENT_IN_MACHINE)
+        agent[:1] = container.interpreter(python)
+        uid, gid = container.user_ids(spec.image_user or image.user, image.rootfs)
+        prefix, space = self._limits(record)
+        writable = {name: space / name for name in ("home", "tmp", "toolcache", "work")}
+        for path in writable.values():
+            path.mkdir(mode=0o755)
+        for inner in ("workspace", "_temp"):
+            (writable["work"] / inner).mkdir(mode=0o755)
+        for name in ("home", "toolcache", "work"):
+            chown_tree(str(writable[name]), ids.host_id(uid), ids.host_id(gid))
+        os.chown(writable["tmp"], ids.host_id(ROOT_UID), ids.host_id(ROOT_UID))
+        writable["tmp"].chmod(0o1777)
+        root = container.mount_root(image, space, record.data["overlay"], ids.host_id(ROOT_UID))
+        private = spec.network == "private"
+        fds = _Fds()
+        try:
+            options = [
+                "--userns", fds.keep(os.dup(self._userns(ids))),
+                "--uid", str(AGENT_UID), "--gid", str(AGENT_GID),
+                *namespace_args(spec, hostname=record.machine_id),
+                *[arg for cap in CAPABILITIES for arg in ("--cap-add", cap)],
+                "--seccomp", fds.data(seccomp.baseline()),
+                "--bind", str(root), "/",
+                "--proc", "/proc", "--dev", "/dev",
+                *[arg for path in PROC_READ_ONLY for arg in ("--ro-bind-try", path, path)],
+                "--tmpfs", "/run",
+                "--ro-bind", "/usr", container.HOST_USR,
+                *etc_files(fds, hostname=record.machine_id, private=private),
+                "--bind", str(writable["home"]), container.HOME,
+                "--bind", str(writable["work"]), container.WORK,
+                "--bind", str(writable["toolcache"]), container.TOOL_CACHE,
+                "--bind", str(writable["tmp"]), "/tmp",
+                *bundle_args(fds, self.bundle_dir(python)),
+                "--chdir", container.WORKSPACE,
+                "--clearenv",
+                *env_args(**container.environment(image, record.machine_id, spec.image_env)),
+            ]  # fmt: skip
+        except BaseException:
+            fds.close()
+            raise
+        agent += ["--user", f"{uid}:{gid}"]
+        return Launch(
+            argv=[bwrap, "--", *agent],
+            piped_args=options,
+            paths=MachinePaths(
+                workspace=container.WORKSPACE, temp=container.TEMP, home=container.HOME,
+                tool_cache=container.TOOL_CACHE,
+            ),
+            env={"PATH": os.environ.get("PATH", os.defpath)},
+            writable=writable,
+            pass_fds=fds.fds,
+            run_as=(ids.agent_host, ids.agent_host),
             prefix=prefix,
         )
 
@@ -616,7 +711,12 @@ def system_args() -> list[str]:
 def etc_args(fds: _Fds, view: Path, *, hostname: str, private: bool = False) -> list[str]:
     """A machine's own ``/etc``: the shared ``view`` (see ``etc_view``) read-only, with the
     host name and the resolver written for this machine over its placeholders."""
-    args = ["--ro-bind", str(view), "/etc"]
+    return ["--ro-bind", str(view), "/etc", *etc_files(fds, hostname=hostname, private=private)]
+
+
+def etc_files(fds: _Fds, *, hostname: str, private: bool = False) -> list[str]:
+    """The files of ``/etc`` written for one machine: its name, hosts and resolver."""
+    args: list[str] = []
     files = {
         "hostname": f"{hostname}\n",
         "hosts": "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n"

@@ -303,3 +303,9 @@ class CountingMachine(Machine):
     async def restore(self, snapshot_id: SnapshotId) -> None:
         if not self._provider._fault("restore", self.id):
             await self.inner.restore(snapshot_id)
+
+    async def export_snapshot(self, snapshot_id: SnapshotId, dest_dir: str) -> None:
+        await self.inner.export_snapshot(snapshot_id, dest_dir)
+
+    async def import_snapshot(self, source_dir: str) -> None:
+        await self.inner.import_snapshot(source_dir)

@@ -7,7 +7,8 @@ final state → release (the session manager releases exactly once, whatever hap
 
 A job whose steps cannot run in a sandbox (``container:``, ``services:``, ``docker://`` steps,
 Docker actions), or that asks for Windows or macOS without a machine type mapped to one of its
-labels, fails at once with the reason, without allocating a machine.
+labels, fails at once with the reason, without allocating a machine (the checks are
+``actions/blockers.py``'s, shared with ``run -n`` and ``python -m bench coverage``).
 """
 
 from __future__ import annotations
@@ -26,10 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from vmrunner.actions.sources import (
-    host_local_action_using,
-    is_docker_reference,
-)
+from vmrunner.actions.blockers import other_system_reason, unsupported_reason
 from vmrunner.errors import (
     ConfigError,
     ExpressionError,
@@ -52,6 +50,7 @@ from vmrunner.reports.events import (
     StepStarted,
 )
 from vmrunner.runner import checkpoints
+from vmrunner.runner.containers import container_spec
 from vmrunner.runner.context import RunContext
 from vmrunner.runner.contexts import default_env, runner_context, workspaces
 from vmrunner.runner.evaluation import (
@@ -68,7 +67,7 @@ from vmrunner.runner.uses import ActionSteps
 from vmrunner.services.host import job_grant
 from vmrunner.sessions import Session, SessionState
 from vmrunner.workflow.expressions import EvaluationHooks, evaluate_if, hash_files
-from vmrunner.workflow.models import Job, Step, operating_system, unmapped_labels
+from vmrunner.workflow.models import Job, Step, unmapped_labels
 from vmrunner.workflow.shells import resolve_shell
 
 #: The fields of the ``github`` context that differ between the steps of a job.
@@ -118,46 +117,6 @@ def _extract(data: bytes, folder: str) -> None:
             tar.extractall(folder, filter="data")
     except (tarfile.TarError, OSError) as exc:
         raise ConfigError(f"hashFiles: cannot copy the workspace: {exc}") from exc
-
-
-def unsupported_reason(job: Job, repo_root: str, provider: str) -> str:
-    """Why the job cannot run on this provider ('' when it can)."""
-    what = ""
-    background = [s for s in job.steps if s.background or s.wait or s.wait_all or s.cancel]
-    if background:
-        return (
-            f"job '{job.id}' uses background steps (background, wait, wait-all, cancel; step "
-            f"{background[0].index + 1}): not supported by vmrunner yet (parallel: is)"
-        )
-    if job.container is not None:
-        what = f"a container ({job.container.image})"
-    elif job.services:
-        what = f"service containers ({', '.join(job.services)})"
-    else:
-        for step in job.every_step:
-            uses = step.uses or ""
-            if is_docker_reference(uses):
-                what = f"a Docker image step ({uses})"
-            elif uses.startswith("./") and host_local_action_using(repo_root, uses) == "docker":
-                what = f"a Docker action ({uses})"
-            if what:
-                break
-    if not what:
-        return ""
-    return f"job '{job.id}' uses {what}: not supported by the {provider} provider"
-
-
-def other_system_reason(job_id: str, labels: list[str], machine_types: Mapping[str, str]) -> str:
-    """Why a job asking for Windows or macOS cannot run here ('' when it can: it does not, or
-    one of its labels is mapped to a machine type)."""
-    system = operating_system(labels)
-    if not system or any(label in machine_types for label in labels):
-        return ""
-    asked = next(label for label in labels if operating_system([label]))
-    return (
-        f"job '{job_id}' needs {system} (runs-on: {', '.join(labels)}); this runner runs Linux "
-        f"machines: map the label with --machine-type {asked}=TYPE to run it anyway"
-    )
 
 
 class JobExecution:
@@ -291,7 +250,8 @@ class JobExecution:
                 outcome.reason = f"job '{self.job.id}': runs-on: {exc}"
                 return outcome
             reason = unsupported_reason(
-                self.job, run.options.repo_root, run.provider_name
+                self.job, run.options.repo_root, run.provider_name,
+                run.sessions.provider.capabilities.containers,
             ) or other_system_reason(self.job.id, labels, run.options.machine_types)
             if reason:
                 outcome.reason = reason
@@ -301,6 +261,13 @@ class JobExecution:
             if notice:
                 run.annotate(self.job_key, "notice", notice)
             spec = machine_spec(run.options, vm_type, {"run": run.run_id, "job": self.job_key})
+            if self.job.container is not None:
+                try:
+                    spec = container_spec(spec, self.job.id, self.job.container, contexts)
+                except VmrunnerError as exc:
+                    outcome.reason = str(exc)
+                    run.annotate(self.job_key, "error", outcome.reason)
+                    return outcome
             timeout = (minutes if minutes is not None else run.options.job_timeout_minutes) * 60
             outcome, summary = await self.in_session(spec, timeout, outcome)
         except asyncio.CancelledError:

@@ -103,12 +103,14 @@ def machine_spec(
     """What to allocate for a job on ``vm_type``: its network and limits (the warm pool's
     machines are made from the same, so that they fit)."""
     per_type = options.machine_limits.get(vm_type, {})
-    limits = {}
+    limits: dict[str, int | None] = {}
     for name in LIMIT_NAMES:
         value = getattr(options, name)
         limits[name] = value if value is not None else per_type.get(name)
     return MachineSpec(
-        vm_type=vm_type, network=options.network, labels=dict(labels or {}), **limits
+        vm_type=vm_type, network=options.network, labels=dict(labels or {}),
+        cpus=limits["cpus"], memory_mib=limits["memory_mib"], pids=limits["pids"],
+        disk_mib=limits["disk_mib"],
     )
 
 

@@ -22,6 +22,7 @@ from vmrunner.runner.evaluation import as_text, render, render_env
 from vmrunner.runner.job import JobExecution, JobInstance, Resume
 from vmrunner.runner.options import RunOptions
 from vmrunner.runner.run import LOCAL_RUN_ENV, JobReport, RunOutcome
+from vmrunner.services.host import ServiceHost, needs_services, serve_services
 from vmrunner.sessions import SessionManager
 from vmrunner.workflow.models import Workflow
 
@@ -58,10 +59,18 @@ async def rerun_job(
     sink: EventSink | None = None,
 ) -> RunOutcome:
     """Run the job of ``rerun`` from its step as a new run; job failures are results."""
+    async with serve_services(enabled=needs_services(workflow)) as services:
+        return await _rerun(workflow, rerun, options, sessions, sink, services)
+
+
+async def _rerun(
+    workflow: Workflow, rerun: RerunPlan, options: RunOptions, sessions: SessionManager,
+    sink: EventSink | None, services: ServiceHost | None,
+) -> RunOutcome:
     kept = rerun.kept
     job = workflow.jobs[kept.job_id]
     info = await repository_info(options.repo_root)
-    context = RunContext(workflow, options, sessions, sink or Recorder(), info)
+    context = RunContext(workflow, options, sessions, sink or Recorder(), info, services=services)
     started = time.time()
     ref, sha, _, _ = event_refs(options, info)
     context.emit(

@@ -300,6 +300,24 @@ class ArtifactStore:
             shutil.rmtree(artifact.path.parent, ignore_errors=True)
         return artifact.artifact_id
 
+    def remove_run(self, run_id: str) -> int:
+        """Remove every artifact of a run that is forgotten (``vmrunner runs rm``), unfinished
+        uploads too; how many finalized ones there were."""
+        folder = self.run_folder(run_id)
+        if not (folder / ".lock").exists():
+            return 0
+        try:
+            with _lock_folder(folder, create=False):
+                count = len(self._finalized(run_id, folder, float("-inf")))
+                shutil.rmtree(folder)
+        except ServiceError:
+            if folder.exists():
+                raise
+            return 0  # removed meanwhile (by ``prune``, another ``runs rm``)
+        except OSError as exc:
+            raise ServiceError(f"cannot remove the artifacts of run {run_id}: {exc}", 507) from exc
+        return count
+
     def prune(self, now: float | None = None) -> int:
         """Remove expired artifacts and abandoned uploads (and emptied runs); how many."""
         now = time.time() if now is None else now

@@ -432,7 +432,17 @@ def _parse_input(
     if kind is None:
         checker.report(path, f"input {name!r} needs a type: one of {', '.join(types)}")
         return None
-    if kind not in types:
+    if kind not in types and event == "workflow_dispatch":
+        # GitHub's parser reads ``on.workflow_dispatch`` loosely: a type it does not know
+        # (``type: int``) does not stop the workflow; the input is then plain text.
+        checker.report(
+            (*path, "type"),
+            f"{_unknown(f'input type {kind!r}', types)}; GitHub still runs the workflow, and "
+            "the input is taken as a string",
+            warning=True,
+        )
+        kind = "string"
+    elif kind not in types:
         checker.report((*path, "type"), _unknown(f"input type {kind!r}", types))
         return None
     options = _parse_options(definition, path, checker) if event == "workflow_dispatch" else ()
