@@ -88,6 +88,14 @@ def test_config_files_give_defaults_and_vmrunner_config_says_where_from(tmp_path
     assert "from-config" in ran.stdout
     ran = vmrunner("run", "-j", "show", "--actor", "me", "-n", "--json", cwd=root)
     assert ran.returncode == 0, ran.stderr
+    for args, expected in (
+        (("config", "list"), "--workflows"),
+        (("config", "runs"), "no flags of its own"),
+        (("config", "nope"), "no command 'nope'"),
+    ):
+        shown = vmrunner(*args, cwd=root)
+        assert expected in shown.stdout + shown.stderr
+        assert "Traceback" not in shown.stderr
 
 
 @pytest.mark.parametrize(

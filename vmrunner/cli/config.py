@@ -68,6 +68,9 @@ def command(ctx: click.Context, command_name: str, as_json: bool) -> None:
     files = defaults.files or ["(none)"]
     click.echo(f"config files: {', '.join(files)}")
     click.echo(f"  (user: {user_config_path()}; project: .vmrunner.toml or vmrunner.toml)")
+    if not rows:
+        click.echo(f"`vmrunner {command_name}` has no flags of its own (its subcommands do)")
+        return
     width = max(len(row["flag"]) for row in rows)
     for row in rows:
         shown = _shown(row["value"])
