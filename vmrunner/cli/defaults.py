@@ -6,7 +6,8 @@ variable given overriding them all:
 1. the user's ``~/.config/vmrunner/config.toml`` (``$XDG_CONFIG_HOME``);
 2. the repository's ``.vmrunner.toml`` (or ``vmrunner.toml``) at its root;
 3. act's dotfiles at the repository's root, when present: ``.secrets`` (``--secret-file``),
-   ``.vars`` (``--var-file``), ``.env`` (``--env-file``), ``.input`` (``--input-file``).
+   ``.vars`` (``--var-file``), ``.env`` (``--env-file``), ``.input`` (``--input-file``), for
+   ``run`` (and the first two for ``rerun``).
 
 A config file has one table per command, keyed by the command's long flag names::
 
@@ -36,13 +37,15 @@ if TYPE_CHECKING:
 
 PROJECT_FILES = (".vmrunner.toml", "vmrunner.toml")
 USER_FILE = os.path.join("vmrunner", "config.toml")
-#: act's dotfiles read from the repository's root: file -> the ``run`` parameter it defaults.
+#: act's dotfiles read from the repository's root: file -> the parameter it defaults.
 DOTFILES = {
     ".secrets": "secret_file",
     ".vars": "var_file",
     ".env": "env_file",
     ".input": "input_file",
 }
+#: The commands that read them (``rerun`` needs the secrets again: runs keep them masked).
+DOTFILE_COMMANDS = {"run": tuple(DOTFILES), "rerun": (".secrets", ".vars")}
 #: Parameters naming a path: relative ones in a project file are taken from its folder.
 PATH_PARAMETERS = frozenset(
     {"workflows", "event_path", "secret_file", "var_file", "env_file", "input_file",
@@ -120,14 +123,13 @@ def load_defaults(cwd: str | None = None) -> FlagDefaults:
             if os.path.isfile(path):
                 _read_file(defaults, path, project=True)
                 break
-        run = defaults.tables.setdefault("run", {})
-        for dotfile, parameter in DOTFILES.items():
-            path = os.path.join(root, dotfile)
-            flag = parameter.replace("_", "-")
-            if os.path.isfile(path) and not any(
-                key.replace("_", "-") == flag for key in run
-            ):
-                run[flag] = Setting(path, dotfile, flag)
+        for name, dotfiles in DOTFILE_COMMANDS.items():
+            for dotfile in dotfiles:
+                path = os.path.join(root, dotfile)
+                flag = DOTFILES[dotfile].replace("_", "-")
+                table = defaults.tables.get(name, {})
+                if os.path.isfile(path) and not any(k.replace("_", "-") == flag for k in table):
+                    defaults.tables.setdefault(name, {})[flag] = Setting(path, dotfile, flag)
     return defaults
 
 
