@@ -42,12 +42,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from rich.console import Console, Group, RenderableType
-from rich.live import Live
 from rich.segment import Segment, Segments
-from rich.spinner import Spinner
 from rich.style import Style
 from rich.table import Table
 from rich.text import Text
@@ -76,6 +74,10 @@ from vmrunner.reports.results import (
     StepResult,
     human_duration,
 )
+
+if TYPE_CHECKING:  # only a live region on a terminal needs them
+    from rich.live import Live
+    from rich.spinner import Spinner
 
 #: Symbol and style for each result (``continued``: failed, but ``continue-on-error``).
 SYMBOLS: dict[str, tuple[str, str]] = {
@@ -108,7 +110,8 @@ class _Running:
     started: float
     step: str = ""
     step_started: float = 0.0
-    spinner: Spinner = field(default_factory=lambda: Spinner("dots", style="cyan"))
+    #: Made by the live region when it first shows the job (plain output needs none).
+    spinner: Spinner | None = None
 
 
 @dataclass
@@ -226,6 +229,8 @@ class ProgressView:
                 line.append(f"  run {event.run_id}", "dim")
                 self._print(line)
                 if self._use_live and self._live is None:
+                    from rich.live import Live
+
                     self._live = Live(
                         _LiveJobs(self), console=self.console, transient=True, refresh_per_second=8
                     )
@@ -456,6 +461,10 @@ class ProgressView:
         waiting: list[tuple[str, str, float]] = []
         for state in list(self._runs.values()):
             for job_key, running in list(state.running.items()):
+                if running.spinner is None:
+                    from rich.spinner import Spinner
+
+                    running.spinner = Spinner("dots", style="cyan")
                 spinner = running.spinner.render(self.console.get_time())
                 mark = spinner if isinstance(spinner, Text) else Text("*")
                 elapsed = human_duration(now - (running.step_started or running.started))

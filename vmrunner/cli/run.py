@@ -405,7 +405,6 @@ async def _run_all(
     from vmrunner.cli import terminal
     from vmrunner.cli.progress import JsonView, ProgressView
     from vmrunner.learning.history import Learning, LearningSink, load_config
-    from vmrunner.machines.pool import Reuse, WarmPool
     from vmrunner.machines.providers import get_provider
     from vmrunner.reports.events import FanOut
     from vmrunner.reports.storage import RunHistory, StoreSink
@@ -428,6 +427,8 @@ async def _run_all(
     async with AsyncExitStack() as stack:
         stack.enter_context(view)
         if pool_size:
+            from vmrunner.machines.pool import Reuse, WarmPool
+
             # A used machine is restored to its verified pristine state and reused: cheaper than a
             # cold start (bench runner --reuse), where the provider can snapshot.
             reuse: Reuse = "restore" if provider.capabilities.snapshots else "destroy"
