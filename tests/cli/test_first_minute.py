@@ -203,3 +203,14 @@ def test_an_image_builds_stages_are_shown(capsys: pytest.CaptureFixture[str]) ->
     with build_progress(quiet=True) as stage:
         stage("convert it to qcow2")
     assert capsys.readouterr().err == ""
+
+
+def test_standard_labels_are_quiet_and_an_unmapped_one_is_told_once(tmp_path: Path) -> None:
+    root = repository(tmp_path, ECHO.replace("ubuntu-latest", "[self-hosted, gpu-box]"))
+    ran = vmrunner("run", cwd=root)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.count("runs-on labels gpu-box are not mapped to a machine type") == 1
+    assert "self-hosted" not in ran.stdout.split("not mapped")[0].rsplit("\n", 1)[-1]
+    quiet = vmrunner("run", cwd=repository(tmp_path / "std"))
+    assert quiet.returncode == 0, quiet.stderr
+    assert "not mapped" not in quiet.stdout
