@@ -57,4 +57,6 @@ def _isolated_home(
     if folder.stat().st_uid == os.getuid() and not folder.stat().st_mode & 0o001:
         folder.chmod(0o711)
     monkeypatch.setenv("VMRUNNER_HOME", str(home))
+    # nor the user's config file (~/.config/vmrunner/config.toml): none, unless a test writes one
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "xdg-config"))
     return home

@@ -65,3 +65,19 @@ def ensure_home() -> Path:
     home = vmrunner_home()
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     return home
+
+
+def find_root(start: str) -> str | None:
+    """The top of the repository holding ``start`` (a folder or a file), found as git finds
+    it: the nearest folder upwards with a ``.git`` (a folder, or a worktree's file). No process
+    is started: the CLI asks this before anything else."""
+    folder = os.path.abspath(start)
+    if not os.path.isdir(folder):
+        folder = os.path.dirname(folder)
+    while True:
+        if os.path.exists(os.path.join(folder, ".git")):
+            return folder
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder = parent

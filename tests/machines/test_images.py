@@ -89,8 +89,11 @@ def test_the_kernel_is_kept_unpacked_for_firecracker(image: Image, tmp_path: Pat
 def test_building_the_same_inputs_again_reuses_the_image(image: Image) -> None:
     store = ImageStore(test_images_dir())
     before = image.kernel.stat().st_mtime_ns
-    again = store.build(packages=TEST_PACKAGES)
+    stages: list[str] = []
+    again = store.build(packages=TEST_PACKAGES, progress=stages.append)
     assert (again.digest, again.directory) == (image.digest, image.directory)
+    assert "resolve the kernel package" in stages  # what the progress bar shows, stage by stage
+    assert "make the ext4 file system" not in stages  # nothing rebuilt
     assert again.kernel.stat().st_mtime_ns == before
     assert store.names()["default"] == image.digest
 

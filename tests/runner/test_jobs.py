@@ -194,8 +194,33 @@ jobs:
 """,
     )
     notices = [a.message for a in ran.of(Annotation) if a.level == "notice"]
-    assert any("self-hosted, gpu-box" in n and "default" in n for n in notices)
+    assert any("labels gpu-box are not mapped" in n and "default" in n for n in notices)
     assert ran.of(JobStarted)[0].vm_type == "default"
+
+
+async def test_standard_labels_are_silent_and_unmapped_ones_told_once_per_run() -> None:
+    ran = await run(
+        """
+on: push
+jobs:
+  a:
+    runs-on: ubuntu-latest
+    steps: [{run: echo a}]
+  b:
+    runs-on: [self-hosted, Linux, X64]
+    steps: [{run: echo b}]
+  c:
+    runs-on: ubuntu-24.04-arm
+    steps: [{run: echo c}]
+  d:
+    runs-on: ubuntu-24.04-arm
+    steps: [{run: echo d}]
+""",
+    )
+    notices = [a.message for a in ran.of(Annotation) if a.level == "notice"]
+    assert len(notices) == 1, notices
+    assert notices[0].startswith("runs-on labels ubuntu-24.04-arm are not mapped")
+    assert {e.vm_type for e in ran.of(JobStarted)} == {"default"}
 
 
 async def test_cancelling_the_run_releases_every_machine() -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from vmrunner import __version__
 from vmrunner.errors import VmrunnerError
 
 #: name -> (module, one-line help). Modules are imported lazily.
@@ -45,6 +46,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Serve a fleet's jobs on this host (PostgreSQL with procrastinate).",
     ),
     "fleet": ("vmrunner.cli.fleet", "Submit, follow and cancel runs on a fleet of agent hosts."),
+    "config": (
+        "vmrunner.cli.config",
+        "Show the effective settings of a command and where each came from.",
+    ),
+    "completion": (
+        "vmrunner.cli.completion",
+        "Print the shell completion script: vmrunner completion bash|zsh|fish.",
+    ),
 }
 
 
@@ -60,7 +69,26 @@ class LazyGroup(click.Group):
             return None
         module = importlib.import_module(entry[0])
         command: click.Command = module.command
+        try:
+            self.apply_defaults(ctx, cmd_name, command)
+        except VmrunnerError:
+            if not ctx.resilient_parsing:  # shell completion goes on past a broken config file
+                raise
         return command
+
+    @staticmethod
+    def apply_defaults(ctx: click.Context, cmd_name: str, command: click.Command) -> None:
+        """Give ``command`` the defaults of the config files and dotfiles (``cli/defaults.py``)
+        as click's ``default_map``: flags and environment variables still win."""
+        from vmrunner.cli.defaults import load_defaults
+
+        defaults = ctx.meta.get("vmrunner.defaults")
+        if defaults is None:
+            defaults = ctx.meta["vmrunner.defaults"] = load_defaults()
+        settings = defaults.for_command(cmd_name, command, ctx)
+        if settings:
+            values = {name: setting.value for name, setting in settings.items()}
+            ctx.default_map = {**(ctx.default_map or {}), cmd_name: values}
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
@@ -69,7 +97,7 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="vmrunner")
+@click.version_option(version=__version__, prog_name="vmrunner")  # no package metadata to read
 def cli() -> None:
     """Run GitHub Actions workflows with one isolated machine per job."""
 

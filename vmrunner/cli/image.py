@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -56,7 +58,8 @@ def build(name: str, packages: tuple[str, ...], disk_gib: int, as_json: bool) ->
     started = time.monotonic()
     if not as_json:
         terminal.info(f"building image {name} in {store.root} (the first build takes minutes)")
-    image = store.build(name, wanted, disk_gib=disk_gib)
+    with build_progress(quiet=as_json) as stage:
+        image = store.build(name, wanted, disk_gib=disk_gib, progress=stage)
     if as_json:
         terminal.print_json(_row(image, [name]))
         return
@@ -64,6 +67,35 @@ def build(name: str, packages: tuple[str, ...], disk_gib: int, as_json: bool) ->
         f"image {name}: {image.digest} (kernel {image.kernel_version}, "
         f"{image.size() / 2**20:.0f} MiB) in {time.monotonic() - started:.1f}s"
     )
+
+
+@contextlib.contextmanager
+def build_progress(*, quiet: bool) -> Iterator[Callable[[str], None]]:
+    """A progress bar (stage, count, elapsed time) on a terminal, one line per stage
+    elsewhere; nothing with ``quiet``. Yields what the build tells each stage to."""
+    from vmrunner.cli import terminal
+
+    console = terminal.console(stderr=True)
+    if quiet:
+        yield lambda stage: None
+        return
+    if not console.is_terminal:
+        yield lambda stage: console.print(f"  {stage} ...", markup=False, highlight=False)
+        return
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    columns = (
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+        TextColumn("stage {task.completed:.0f}"), TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("starting", total=None)
+
+        def stage(what: str) -> None:
+            bar.update(task, description=what, advance=1)
+            console.print(f"  {what}", markup=False, highlight=False)
+
+        yield stage
 
 
 @command.command("list")

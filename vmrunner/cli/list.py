@@ -16,8 +16,6 @@ def command(
     event: str | None, workflows: str, event_path: str | None, jobs: tuple[str, ...], as_json: bool
 ) -> None:
     """List the jobs of the workflows: stage, job, workflow and events."""
-    from rich.table import Table
-
     from vmrunner.cli import terminal
     from vmrunner.cli.options import select, selected_jobs
     from vmrunner.workflow.planner import plan
@@ -46,20 +44,16 @@ def command(
             {"jobs": rows, "errors": [str(d) for e in selection.errors for d in e.diagnostics]}
         )
     else:
-        table = Table(box=None, header_style="bold", pad_edge=False)
-        for title in ("Stage", "Job ID", "Job name", "Workflow name", "Workflow file", "Events"):
-            table.add_column(title, overflow="fold")
-        for row in rows:
-            table.add_row(
-                str(row["stage"]),
-                row["job_id"],
-                row["job_name"],
-                row["workflow_name"],
-                row["workflow_file"],
-                ",".join(row["events"]),
+        titles = ("Stage", "Job ID", "Job name", "Workflow name", "Workflow file", "Events")
+        cells = [
+            (
+                str(row["stage"]), row["job_id"], row["job_name"], row["workflow_name"],
+                row["workflow_file"], ",".join(row["events"]),
             )
-        if rows:
-            terminal.console().print(table)
+            for row in rows
+        ]
+        if rows:  # plain columns, as act -l prints them: no Rich to load for a list
+            terminal.columns(titles, cells)
         else:
             terminal.info("no jobs" + (f" for event {event}" if event else ""))
     for error in selection.errors:

@@ -53,6 +53,7 @@ def workflow_options(function: F) -> F:
             "--job",
             "jobs",
             multiple=True,
+            shell_complete=complete_jobs,
             help="Only this job and the jobs it needs (repeatable).",
         ),
         click.option("--json", "as_json", is_flag=True, help="Print JSON for machines."),
@@ -60,6 +61,25 @@ def workflow_options(function: F) -> F:
     for decorator in reversed(decorators):
         function = decorator(function)
     return function
+
+
+def complete_jobs(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[click.shell_completion.CompletionItem]:
+    """The job ids of the workflows ``-W`` names (default: the repository's) that start with
+    what was typed; nothing when they cannot be read (completion never fails)."""
+    from click.shell_completion import CompletionItem
+
+    from vmrunner.errors import VmrunnerError
+    from vmrunner.workflow.loader import load_workflows
+
+    workflows = ctx.params.get("workflows") or DEFAULT_WORKFLOWS
+    try:
+        loaded = load_workflows(resolve_workflows(str(workflows)))
+    except (VmrunnerError, OSError):
+        return []
+    names = sorted({job for workflow in loaded.workflows for job in workflow.jobs})
+    return [CompletionItem(name) for name in names if name.startswith(incomplete)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +111,38 @@ def read_payload(event_path: str | None) -> dict[str, Any] | None:
     return payload
 
 
+def resolve_workflows(workflows: str) -> str:
+    """``workflows`` as given when it exists; a relative path that does not is taken from the
+    top of the repository holding the current folder (so ``vmrunner run`` works from any of
+    its folders, as git does)."""
+    if os.path.isabs(workflows) or os.path.exists(workflows):
+        return workflows
+    from vmrunner.config import find_root
+
+    root = find_root(os.getcwd())
+    if root is not None and os.path.exists(os.path.join(root, workflows)):
+        return os.path.join(root, workflows)
+    return workflows
+
+
+def unknown_jobs_message(jobs: Sequence[str], workflows: Sequence[Workflow]) -> str:
+    """What to say for ``-j`` names no workflow has: the closest job names, and where to see
+    them all."""
+    import difflib
+
+    names = sorted({job for workflow in workflows for job in workflow.jobs})
+    parts = []
+    for job in jobs:
+        close = difflib.get_close_matches(job, names, n=3, cutoff=0.6)
+        hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+        parts.append(f"{job!r}{hint}")
+    known = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+    return (
+        f"no workflow has a job named {', '.join(parts)}; jobs: {known or '(none)'} "
+        f"(`vmrunner list` shows them all)"
+    )
+
+
 def select(
     workflows: str,
     event: str | None,
@@ -113,6 +165,7 @@ def select(
     payload = read_payload(event_path)
     if payload is not None and event is None:
         raise ConfigError("-e/--event-path needs the EVENT argument (e.g. push)")
+    workflows = resolve_workflows(workflows)
     try:
         result = load_workflows(workflows)
     except WorkflowError as exc:
@@ -132,8 +185,9 @@ def select(
         if jobs and not any(job in workflow.jobs for job in jobs):
             continue
         chosen.append(workflow)
-    if jobs and not chosen and not result.errors:
-        raise ConfigError(f"no workflow has a job named {', '.join(repr(j) for j in jobs)}")
+    missing = [job for job in jobs if not any(job in w.jobs for w in result.workflows)]
+    if missing and not result.errors:
+        raise ConfigError(unknown_jobs_message(missing, result.workflows))
     return Selection(tuple(chosen), result.errors, result.files, tuple(jobs))
 
 

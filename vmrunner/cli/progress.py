@@ -18,10 +18,11 @@ every line starts with ``[workflow/job_key]`` so that parallel jobs stay readabl
 does). Steps of one job running at the same time (a ``parallel`` group) keep their output
 apart: the first one started streams, the others' lines are held and shown as one block,
 under their step's name, when it finishes or becomes the first. On a terminal a live region
-below the lines shows a spinner per running job and its current step; elsewhere (pipes, CI,
+below the lines shows a spinner per running job and its current step, then the queued jobs,
+one line each, cut to the terminal's width; elsewhere (pipes, CI,
 tests) the output is plain lines without control codes. ``quiet`` prints only what failed:
-the failing steps with their output, errors, and the final table. The run ends with a table
-of the jobs and the total time.
+the failing steps with their output, errors, and then the final table of every job. The run
+ends with a table of the jobs and the total time.
 
 ``JsonView(out=None)`` prints nothing while the runs go on, and when it is closed one JSON
 document, ``{"runs": [RunResult.to_json(), ...]}`` (on stdout by default).
@@ -41,12 +42,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from rich.console import Console, Group, RenderableType
-from rich.live import Live
 from rich.segment import Segment, Segments
-from rich.spinner import Spinner
 from rich.style import Style
 from rich.table import Table
 from rich.text import Text
@@ -76,6 +75,10 @@ from vmrunner.reports.results import (
     human_duration,
 )
 
+if TYPE_CHECKING:  # only a live region on a terminal needs them
+    from rich.live import Live
+    from rich.spinner import Spinner
+
 #: Symbol and style for each result (``continued``: failed, but ``continue-on-error``).
 SYMBOLS: dict[str, tuple[str, str]] = {
     "success": ("✓", "green"),
@@ -96,6 +99,8 @@ _STDERR_STYLE = Style(color="red")
 ANNOTATION_STYLES = {"error": "bold red", "warning": "yellow", "notice": "blue", "debug": "dim"}
 #: Output lines kept per step in quiet mode, to show when the step fails (the tail).
 QUIET_TAIL = 200
+#: Queued jobs the live region lists by name; beyond, it says how many more.
+LIVE_QUEUED = 5
 
 
 @dataclass
@@ -105,7 +110,8 @@ class _Running:
     started: float
     step: str = ""
     step_started: float = 0.0
-    spinner: Spinner = field(default_factory=lambda: Spinner("dots", style="cyan"))
+    #: Made by the live region when it first shows the job (plain output needs none).
+    spinner: Spinner | None = None
 
 
 @dataclass
@@ -115,6 +121,8 @@ class _RunState:
     workflow: str
     collector: ResultCollector = field(default_factory=ResultCollector)
     running: dict[str, _Running] = field(default_factory=dict)
+    #: Jobs known and waiting (for their needs or a slot): job key -> since when.
+    queued: dict[str, float] = field(default_factory=dict)
     #: Quiet mode: each open step's output tail, lines dropped off it, steps with an error.
     tails: dict[tuple[str, int], deque[Text]] = field(default_factory=dict)
     dropped: dict[tuple[str, int], int] = field(default_factory=dict)
@@ -221,13 +229,16 @@ class ProgressView:
                 line.append(f"  run {event.run_id}", "dim")
                 self._print(line)
                 if self._use_live and self._live is None:
+                    from rich.live import Live
+
                     self._live = Live(
                         _LiveJobs(self), console=self.console, transient=True, refresh_per_second=8
                     )
                     self._live.start()
             case JobQueued():
-                pass
+                state.queued[event.job_key] = event.time
             case JobStarted():
+                state.queued.pop(event.job_key, None)
                 state.running[event.job_key] = _Running(started=event.time)
                 if not self.quiet:
                     where = f"{event.provider} {event.machine_id}" + (
@@ -319,6 +330,7 @@ class ProgressView:
                 )))
             case JobFinished():
                 state.running.pop(event.job_key, None)
+                state.queued.pop(event.job_key, None)
                 job = state.collector.job_result(event.job_key)
                 tail = state.tails.pop((event.job_key, -1), None)  # quiet: the job's own output
                 state.dropped.pop((event.job_key, -1), None)
@@ -331,6 +343,7 @@ class ProgressView:
             case RunFinished():
                 state.finished = True
                 state.running.clear()
+                state.queued.clear()
                 if all(s.finished for s in self._runs.values()):
                     self.close()
                 self._final(state, state.collector.result())
@@ -414,11 +427,8 @@ class ProgressView:
 
     def _final(self, state: _RunState, result: RunResult) -> None:
         self.console.print()
-        jobs = [
-            j for j in result.jobs if not self.quiet or j.conclusion not in ("success", "skipped")
-        ]
-        if jobs:
-            self.console.print(jobs_table(jobs))
+        if result.jobs:
+            self.console.print(jobs_table(list(result.jobs)))
         conclusion = result.conclusion or result.status
         symbol, style = SYMBOLS.get(conclusion, ("?", ""))
         self._print(Text.assemble(
@@ -435,16 +445,38 @@ class ProgressView:
     # The live region.
 
     def _live_rows(self) -> RenderableType:
-        now = self._clock()
-        grid = Table.grid(padding=(0, 1))
+        """One line per running job, then the queued ones (a few, and how many more): each
+        cut to the terminal's width (the step's name gives way first), never wrapped."""
+        now, width = self._clock(), self.console.width
+        lines: list[Text] = []
+
+        def row(mark: Text, label: str, what: Text, elapsed: str, dim: str = "") -> None:
+            tail = Text(f" {elapsed}", style="dim")
+            line = Text.assemble(mark, " ", (label, f"{dim} blue".strip()), " ", what)
+            line.truncate(max(1, width - tail.cell_len), overflow="ellipsis")
+            line.append_text(tail)
+            line.no_wrap = True
+            lines.append(line)
+
+        waiting: list[tuple[str, str, float]] = []
         for state in list(self._runs.values()):
             for job_key, running in list(state.running.items()):
+                if running.spinner is None:
+                    from rich.spinner import Spinner
+
+                    running.spinner = Spinner("dots", style="cyan")
+                spinner = running.spinner.render(self.console.get_time())
+                mark = spinner if isinstance(spinner, Text) else Text("*")
                 elapsed = human_duration(now - (running.step_started or running.started))
-                grid.add_row(
-                    running.spinner, Text(f"[{state.workflow}/{job_key}]", style="blue"),
-                    Text(running.step or "starting", style="cyan"), Text(elapsed, style="dim"),
-                )
-        return grid
+                what = Text(running.step or "starting", style="cyan")
+                row(mark, f"[{state.workflow}/{job_key}]", what, elapsed)
+            waiting.extend((state.workflow, key, since) for key, since in state.queued.items())
+        for workflow, job_key, since in waiting[:LIVE_QUEUED]:
+            label, queued = f"[{workflow}/{job_key}]", Text("queued", style="dim")
+            row(Text("·", style="dim"), label, queued, human_duration(now - since), "dim")
+        if len(waiting) > LIVE_QUEUED:
+            lines.append(Text(f"  +{len(waiting) - LIVE_QUEUED} more queued", style="dim"))
+        return Group(*lines)
 
 
 class _LiveJobs:
@@ -454,7 +486,7 @@ class _LiveJobs:
         self.view = view
 
     def __rich__(self) -> RenderableType:
-        return Group(self.view._live_rows())
+        return self.view._live_rows()
 
 
 def annotation_line(annotation: Annotation | AnnotationResult) -> Text:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, cast
 import click
 
 from vmrunner.cli.agent import ENV_STORE
-from vmrunner.cli.options import DEFAULT_WORKFLOWS, WORKFLOWS_ENV, limit_options
+from vmrunner.cli.options import DEFAULT_WORKFLOWS, WORKFLOWS_ENV, complete_jobs, limit_options
 from vmrunner.config import (
     DEFAULT_PROVIDER,
     ENV_PROVIDER,
@@ -27,12 +27,12 @@ from vmrunner.config import (
     default_network,
     warn_host_network,
 )
-from vmrunner.errors import ConfigError, StoreDiskError, StoreError
+from vmrunner.errors import AllocationError, ConfigError, StoreDiskError, StoreError
 
 if TYPE_CHECKING:
-    from vmrunner.learning.history import LearningConfig
     from vmrunner.machines.base import NetworkMode
     from vmrunner.reports.storage import StoreSink
+    from vmrunner.repository import RepositoryInfo
     from vmrunner.runner.options import RunOptions
     from vmrunner.workflow.models import Workflow
 
@@ -67,7 +67,12 @@ def _pairs(
     help=f"A workflow file, or a folder of them [env: {WORKFLOWS_ENV}].",
 )
 @click.option(
-    "-j", "--job", "jobs", multiple=True, help="Only this job and the jobs it needs (repeatable)."
+    "-j",
+    "--job",
+    "jobs",
+    multiple=True,
+    shell_complete=complete_jobs,
+    help="Only this job and the jobs it needs (repeatable).",
 )
 @click.option("-e", "--event-path", default=None, help="The event payload (JSON file).")
 @click.option(
@@ -77,14 +82,29 @@ def _pairs(
     multiple=True,
     help="A secret K=V, or K to take it from the environment (repeatable).",
 )
-@click.option("--secret-file", default=None, help="Secrets from a dotenv file.")
 @click.option(
     "--var", "variables", multiple=True, help="A configuration variable K=V (repeatable)."
 )
-@click.option("--var-file", default=None, help="Variables from a dotenv file.")
-@click.option("--env-file", default=None, help="Environment for every job, from a dotenv file.")
+@click.option(
+    "--secret-file",
+    default=None,
+    help="Secrets from a dotenv file (default: .secrets, if present).",
+)
+@click.option(
+    "--var-file", default=None, help="Variables from a dotenv file (default: .vars, if present)."
+)
+@click.option(
+    "--env-file",
+    default=None,
+    help="Environment for every job, from a dotenv file (default: .env, if present).",
+)
 @click.option(
     "--input", "inputs", multiple=True, help="A workflow_dispatch input K=V (repeatable)."
+)
+@click.option(
+    "--input-file",
+    default=None,
+    help="workflow_dispatch inputs from a dotenv file (default: .input, if present).",
 )
 @click.option(
     "--matrix",
@@ -232,27 +252,27 @@ def command(
     offline: bool = False,
     local_repositories: tuple[str, ...] = (),
     repository_mirrors: tuple[str, ...] = (),
+    input_file: str | None = None,
 ) -> None:
     """Run the workflows EVENT (default: push) triggers, each job in its own machine."""
     import asyncio
 
-    from vmrunner.actions.checkout import parse_mirrors
-    from vmrunner.actions.sources import parse_local_repositories
     from vmrunner.cli import terminal
     from vmrunner.cli.dotenv import read_dotenv
-    from vmrunner.cli.options import read_payload, select, selected_jobs
-    from vmrunner.learning.history import load_config
-    from vmrunner.repository import git_toplevel, repository_info
+    from vmrunner.cli.options import read_payload, resolve_workflows, select, selected_jobs
+    from vmrunner.config import find_root
+    from vmrunner.repository import repository_info
     from vmrunner.runner.options import RunOptions
 
     payload = read_payload(event_path) or {}
-    root = repo_root or asyncio.run(git_toplevel(workflows)) or os.getcwd()
+    workflows = resolve_workflows(workflows)
+    root = repo_root or find_root(workflows) or os.getcwd()
+    info = asyncio.run(repository_info(os.path.abspath(root)))  # once: the run reuses it
     assumed: dict[str, str] | None = None
     if event == "push" and event_path is None:
         # Filter as GitHub would for a push of the checked-out ref (a tags-only workflow does not
         # run).
-        ref = asyncio.run(repository_info(os.path.abspath(root))).ref
-        assumed = {"ref": ref} if ref else None
+        assumed = {"ref": info.ref} if info.ref else None
     selection = select(workflows, event, event_path, jobs, assumed_payload=assumed)
     for error in selection.errors:
         for diagnostic in error.diagnostics:
@@ -271,7 +291,8 @@ def command(
     options = RunOptions(
         event_name=event, payload=payload, secrets=secret_values,
         vars={**(read_dotenv(var_file) if var_file else {}), **_pairs(variables, "--var")},
-        env=read_dotenv(env_file) if env_file else {}, inputs=_pairs(inputs, "--input"),
+        env=read_dotenv(env_file) if env_file else {},
+        inputs={**(read_dotenv(input_file) if input_file else {}), **_pairs(inputs, "--input")},
         matrix_filter=matrix_filter, concurrent_jobs=concurrent_jobs,
         machine_types=_pairs(machine_types, "--machine-type"),
         setup_commands=setup_commands, cleanup_commands=cleanup_commands, snapshot=snapshot,
@@ -279,8 +300,8 @@ def command(
         actor=actor or os.environ.get("USER") or "vmrunner",
         cpus=cpus, memory_mib=memory_mib, pids=pids, disk_mib=disk_mib,
         network=cast("NetworkMode", network or default_network(provider or DEFAULT_PROVIDER)),
-        offline=offline, local_repositories=parse_local_repositories(local_repositories),
-        repository_mirrors=parse_mirrors(repository_mirrors),
+        offline=offline, local_repositories=_local_repositories(local_repositories),
+        repository_mirrors=_mirrors(repository_mirrors),
     )
     if options.network == "host":
         warn_host_network(terminal.warn)
@@ -317,11 +338,28 @@ def command(
             as_json,
             quiet,
             summary_file,
-            load_config(lesson_threshold),
+            lesson_threshold,
+            info,
         )
     )
     if failed or selection.errors:
         sys.exit(1)
+
+
+def _local_repositories(values: Sequence[str]) -> dict[str, str]:
+    if not values:  # the actions' modules load only when asked for
+        return {}
+    from vmrunner.actions.sources import parse_local_repositories
+
+    return dict(parse_local_repositories(values))
+
+
+def _mirrors(values: Sequence[str]) -> dict[str, str]:
+    if not values:
+        return {}
+    from vmrunner.actions.checkout import parse_mirrors
+
+    return dict(parse_mirrors(values))
 
 
 def disk_report(path: str, sinks: Sequence[StoreSink], other_errors: Sequence[StoreError]) -> str:
@@ -356,7 +394,8 @@ async def _run_all(
     as_json: bool,
     quiet: bool,
     summary_file: str | None,
-    learning_config: LearningConfig | None = None,
+    lesson_threshold: int | None = None,
+    info: RepositoryInfo | None = None,
 ) -> bool:
     """Run every chosen workflow at once on one session manager; True when any failed."""
     import asyncio
@@ -365,12 +404,10 @@ async def _run_all(
 
     from vmrunner.cli import terminal
     from vmrunner.cli.progress import JsonView, ProgressView
-    from vmrunner.learning.history import Learning, LearningSink
-    from vmrunner.machines.pool import Reuse, WarmPool
+    from vmrunner.learning.history import Learning, LearningSink, load_config
     from vmrunner.machines.providers import get_provider
     from vmrunner.reports.events import FanOut
     from vmrunner.reports.storage import RunHistory, StoreSink
-    from vmrunner.reports.summary import write_summary
     from vmrunner.repository import repository_info
     from vmrunner.runner.concurrency import ConcurrencyGroups
     from vmrunner.runner.options import machine_spec
@@ -379,12 +416,19 @@ async def _run_all(
     from vmrunner.store import Store
 
     provider = get_provider(provider_name)
+    try:  # a host that cannot give machines is told once, before any job, with the fix
+        await provider.preflight()
+    except AllocationError as exc:
+        await provider.aclose()
+        raise AllocationError(f"the {provider_name} provider cannot start machines: {exc}") from exc
     view: JsonView | ProgressView = (
         JsonView() if as_json else ProgressView(terminal.console(), quiet=quiet)
     )
     async with AsyncExitStack() as stack:
         stack.enter_context(view)
         if pool_size:
+            from vmrunner.machines.pool import Reuse, WarmPool
+
             # A used machine is restored to its verified pristine state and reused: cheaper than a
             # cold start (bench runner --reuse), where the provider can snapshot.
             reuse: Reuse = "restore" if provider.capabilities.snapshots else "destroy"
@@ -408,12 +452,9 @@ async def _run_all(
             RunHistory(store).mark_interrupted()  # runs whose runner was killed: recorded for good
         except StoreDiskError as exc:  # nearly full already: the run goes on, and is told
             low.append(exc)
-        learning = stack.enter_context(Learning.open(config=learning_config))
-        repository = (
-            options.repository
-            or (await repository_info(options.repo_root)).repository
-            or os.path.basename(options.repo_root)
-        )
+        learning = stack.enter_context(Learning.open(config=load_config(lesson_threshold)))
+        info = info or await repository_info(options.repo_root)  # asked once per command
+        repository = options.repository or info.repository or os.path.basename(options.repo_root)
         # the workflows run here share their concurrency groups, as on GitHub
         groups = ConcurrencyGroups()
         sinks: list[StoreSink] = []
@@ -426,7 +467,7 @@ async def _run_all(
                     options, jobs=tuple(jobs) if jobs is not None else None
                 )
                 outcome = await run_workflow(
-                    workflow, selected, sessions, learn.chain(FanOut(view, keep)), groups
+                    workflow, selected, sessions, learn.chain(FanOut(view, keep)), groups, info
                 )
             for error in keep.errors[:1]:
                 if not isinstance(error, StoreDiskError):  # a full disk gets the last line
@@ -439,6 +480,8 @@ async def _run_all(
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(one(workflow, jobs)) for workflow, jobs in chosen]
     if summary_file:
+        from vmrunner.reports.summary import write_summary
+
         write_summary(summary_file, view.results())
     report = disk_report(str(store.path), sinks, [*low, *sessions.store_errors])
     if report:

@@ -135,7 +135,7 @@ def cancel(run_id: str, store: str) -> None:
     cancel_run(run_id, store)
 
 
-@command.command("show")
+@command.command("show", context_settings={"ignore_unknown_options": True})  # -1: a run
 @click.argument("run_id")
 @click.option("--logs", "with_logs", is_flag=True, help="Include every step's output.")
 @click.option(
@@ -189,7 +189,8 @@ def show(
     follow: bool,
     store: str | None,
 ) -> None:
-    """Show one run (RUN_ID or a unique prefix of it): its jobs, steps and results."""
+    """Show one run (RUN_ID, a unique prefix of it, `latest`, or -N: the N-th newest): its
+    jobs, steps and results."""
     from dataclasses import replace
 
     from vmrunner.cli import terminal

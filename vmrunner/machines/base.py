@@ -409,6 +409,11 @@ class Provider(ABC):
         """Records of every machine this provider has on disk, alive or left behind."""
         return []
 
+    async def preflight(self) -> None:
+        """Raise ``AllocationError`` saying what to fix when this host cannot give machines at
+        all (a missing tool, no user namespaces): asked once, before a run's first job."""
+        return None
+
     async def aclose(self) -> None:
         """Free provider-wide resources (pools, caches); machines are released separately."""
         return None

@@ -62,7 +62,8 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -70,6 +71,10 @@ from vmrunner.config import vmrunner_home
 from vmrunner.errors import ConfigError, ImageError
 from vmrunner.machines.agent import __file__ as _agent_file
 from vmrunner.machines.vmlinux import vmlinux
+
+#: Told the name of each stage of a build as it starts ("make the ext4 file system"): set by
+#: ``ImageStore.build``'s ``progress`` for the length of the build.
+_STAGE: ContextVar[Callable[[str], None] | None] = ContextVar("image_build_stage", default=None)
 
 #: Overrides where images live (default: ``VMRUNNER_HOME/images``); lets test runs share them.
 ENV_IMAGES = "VMRUNNER_IMAGES"
@@ -370,12 +375,22 @@ class ImageStore:
         *,
         disk_gib: int = DISK_GIB,
         log: io.TextIOBase | None = None,
+        progress: Callable[[str], None] | None = None,
     ) -> Image:
         """The image of these inputs, built unless an identical one exists; named ``name``.
 
         Blocking (minutes on a first build); raises ``ImageError`` with the failing tool's
-        message.
+        message. ``progress`` is told each stage as it starts (for a progress display).
         """
+        token = _STAGE.set(progress)
+        try:
+            return self._build(name, packages, disk_gib, log)
+        finally:
+            _STAGE.reset(token)
+
+    def _build(
+        self, name: str, packages: Sequence[str], disk_gib: int, log: io.TextIOBase | None
+    ) -> Image:
         check_name(name)
         wanted = check_packages(packages)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -529,6 +544,9 @@ def _run(
     cwd: Path | None = None,
     log: io.TextIOBase | None = None,
 ) -> str:
+    stage = _STAGE.get()
+    if stage is not None:
+        stage(what)
     try:
         done = subprocess.run(
             list(argv),

@@ -417,6 +417,21 @@ class SandboxProvider(LocalProvider):
                 self._userns_fd = None
         await super().aclose()
 
+    async def preflight(self) -> None:
+        """The tools, the id range and the user namespace every machine needs (the namespace
+        is made here, once, as the first machine would make it)."""
+        self._tools()
+        try:
+            await asyncio.to_thread(self._userns, self._ids())
+        except AllocationError as exc:
+            if "user namespace" not in str(exc):
+                raise
+            raise AllocationError(
+                f"{exc}; allow user namespaces (sysctl -w user.max_user_namespaces=15000; on "
+                "Ubuntu 24.04 also sysctl -w kernel.apparmor_restrict_unprivileged_userns=0), or "
+                "choose --provider qemu or --provider host"
+            ) from exc
+
     def _tools(self) -> tuple[str, str]:
         bwrap = self._bwrap or shutil.which("bwrap")
         if bwrap is None or not os.access(bwrap, os.X_OK):

@@ -465,7 +465,16 @@ class RunHistory:
         return [self._result(row) for row in rows]
 
     def resolve(self, run_id: str) -> str:
-        """The full id of the run ``run_id`` names, exactly or by a unique prefix (as git does)."""
+        """The full id of the run ``run_id`` names, exactly or by a unique prefix (as git does);
+        ``latest`` is the newest run, ``-N`` the N-th newest (``-1``: the newest)."""
+        if run_id == "latest" or (run_id[:1] == "-" and run_id[1:].isdigit()):
+            back = 1 if run_id == "latest" else int(run_id[1:])
+            rows = self.store.runs(RunResult, limit=back) if back > 0 else []
+            if len(rows) < back or not rows:
+                raise RunNotFound(
+                    f"no run {run_id!r}: {len(rows)} runs are kept (`vmrunner runs list`)"
+                )
+            return rows[back - 1].run.run_id
         if run_id and self.store.run(run_id, RunResult) is not None:
             return run_id
         matches = self.store.run_ids(run_id, limit=5) if run_id else []

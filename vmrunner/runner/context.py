@@ -16,7 +16,7 @@ import os
 import time
 from collections import ChainMap
 from collections.abc import Mapping, MutableMapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from vmrunner.actions.origin import Origin, workflow_origin
 from vmrunner.errors import ConfigError, VmrunnerError
@@ -35,11 +35,13 @@ from vmrunner.runner.contexts import github_context, new_run_id
 from vmrunner.runner.masking import Masker
 from vmrunner.runner.options import RunOptions
 from vmrunner.runner.steps import JobRuntime, Scope, ScriptOutcome, StepOutcome
-from vmrunner.services.host import ServiceHost
 from vmrunner.sessions import RELEASE_FAILED, Session, SessionManager, SessionState, Transition
 from vmrunner.workflow.expressions import EvaluationHooks
 from vmrunner.workflow.models import Step, Workflow
 from vmrunner.workflow.triggers import resolve_dispatch_inputs
+
+if TYPE_CHECKING:
+    from vmrunner.services.host import ServiceHost
 
 
 class RunContext:
@@ -68,6 +70,8 @@ class RunContext:
         self.groups = groups if groups is not None else ConcurrencyGroups()
         #: The artifact and cache services the jobs' actions reach (``vmrunner/services/``).
         self.services = services
+        #: ``runs-on`` labels a notice already named: one notice per label and run.
+        self.unmapped_told: set[str] = set()
         #: The ``secrets`` context of this workflow's jobs.
         self.secrets = {"GITHUB_TOKEN": "", **options.secrets}
         #: The repository this workflow file is from (where its ``./`` and ``$/`` calls resolve).

@@ -67,7 +67,7 @@ from vmrunner.runner.uses import ActionSteps
 from vmrunner.services.host import job_grant
 from vmrunner.sessions import Session, SessionState
 from vmrunner.workflow.expressions import EvaluationHooks, evaluate_if, hash_files
-from vmrunner.workflow.models import Job, Step
+from vmrunner.workflow.models import Job, Step, unmapped_labels
 from vmrunner.workflow.shells import resolve_shell
 
 #: The fields of the ``github`` context that differ between the steps of a job.
@@ -311,15 +311,20 @@ class JobExecution:
         return [render_text(label, contexts) for label in runs_on.labels]
 
     def machine_type(self, labels: list[str]) -> tuple[str, str]:
+        """The machine type for ``labels``, and a notice naming the labels that have no mapping
+        and were not named yet in this run (GitHub's standard Linux labels need none)."""
         options = self.run.options
         for label in labels:
             if label in options.machine_types:
                 return options.machine_types[label], ""
-        shown = ", ".join(labels) or "(none)"
-        return options.default_vm_type, (
-            f"runs-on labels {shown} are not mapped to a machine type: running on "
-            f"'{options.default_vm_type}'"
+        told = self.run.unmapped_told
+        fresh = [label for label in unmapped_labels(labels) if label not in told]
+        told.update(fresh)
+        notice = (
+            f"runs-on labels {', '.join(fresh)} are not mapped to a machine type (--machine-type "
+            f"LABEL=TYPE): running on '{options.default_vm_type}'"
         )
+        return options.default_vm_type, notice if fresh else ""
 
     async def in_session(
         self, spec: MachineSpec, limit: float, outcome: JobOutcome

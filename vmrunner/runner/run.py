@@ -43,7 +43,7 @@ from vmrunner.reports.events import (
     RunStarted,
     run_conclusion,
 )
-from vmrunner.repository import repository_info
+from vmrunner.repository import RepositoryInfo, repository_info
 from vmrunner.runner.concurrency import (
     JOB_CONTEXTS,
     WORKFLOW_CONTEXTS,
@@ -538,12 +538,14 @@ async def _maybe(semaphore: asyncio.Semaphore | None) -> AsyncIterator[None]:
 async def run_workflow(
     workflow: Workflow, options: RunOptions, sessions: SessionManager,
     sink: EventSink | None = None, groups: ConcurrencyGroups | None = None,
+    info: RepositoryInfo | None = None,
 ) -> RunOutcome:
     """Run ``workflow`` for ``options.event_name`` with machines from ``sessions``.
 
     Raises ``PlanError`` for a broken job graph and ``ConfigError`` when the options ask for
     what the provider cannot do (snapshots); job failures are results, not exceptions.
     Runs that share ``groups`` share their concurrency groups (default: a registry of their own).
+    ``info`` is the repository's, when the caller asked git already.
     """
     if (
         options.snapshot or options.rollback_on_failure
@@ -555,7 +557,7 @@ async def run_workflow(
     if options.rollback_on_failure and not options.snapshot:
         options = dataclasses.replace(options, snapshot=True)
     job_plan = plan(workflow, jobs=options.jobs)
-    info = await repository_info(options.repo_root)
+    info = info or await repository_info(options.repo_root)
     if options.event_name == "workflow_dispatch" and options.inputs:
         payload = dict(options.payload)
         payload["inputs"] = {

@@ -18,15 +18,15 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vmrunner.errors import ConfigError, ForwardUnsupported, VmrunnerError
-from vmrunner.machines.base import Machine
-from vmrunner.services.app import create_services_app
-from vmrunner.services.artifacts import ArtifactStore
-from vmrunner.services.settings import ServiceSettings
-from vmrunner.services.tokens import JobGrant, Signer, load_secret
-from vmrunner.workflow.models import Workflow
+
+if TYPE_CHECKING:  # the app, its tokens and artifacts load only when a run serves them
+    from vmrunner.machines.base import Machine
+    from vmrunner.services.settings import ServiceSettings
+    from vmrunner.services.tokens import JobGrant, Signer
+    from vmrunner.workflow.models import Workflow
 
 log = logging.getLogger(__name__)
 SOCKET_NAME = "services.sock"
@@ -52,6 +52,8 @@ def needs_services(workflow: Workflow) -> bool:
 def job_grant(run_id: str, job_key: str, github: Mapping[str, Any]) -> JobGrant:
     """What a job may reach, from its ``github`` context: its run's artifacts; the caches of
     its ref, then of its pull request's base branch and of the default branch."""
+    from vmrunner.services.tokens import JobGrant
+
     ref = str(github.get("ref") or "")
     event = github.get("event")
     repository_data = event.get("repository") if isinstance(event, Mapping) else None
@@ -126,6 +128,11 @@ async def serve_services(
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
             yield
+
+    from vmrunner.services.app import create_services_app
+    from vmrunner.services.artifacts import ArtifactStore
+    from vmrunner.services.settings import ServiceSettings
+    from vmrunner.services.tokens import Signer, load_secret
 
     settings = settings or ServiceSettings.from_env()
     signer = Signer(load_secret())

@@ -85,6 +85,19 @@ class RunsOn:
         return f"group {self.group}: {text}" if self.group else text
 
 
+#: GitHub's standard Linux runner labels: they run on the default machine type without a word.
+STANDARD_LINUX_LABELS = frozenset(
+    {"ubuntu-latest", "ubuntu-24.04", "ubuntu-22.04", "ubuntu-slim", "self-hosted", "linux", "x64"}
+)
+
+
+def unmapped_labels(labels: Iterable[str], mapped: Iterable[str] = ()) -> list[str]:
+    """The labels neither mapped to a machine type nor one of GitHub's standard Linux labels
+    (compared as GitHub does, ignoring case)."""
+    known = STANDARD_LINUX_LABELS | {label.lower() for label in mapped}
+    return [label for label in labels if label.strip().lower() not in known]
+
+
 def operating_system(labels: Iterable[str]) -> str:
     """``Windows`` or ``macOS`` when runner labels ask for that system (GitHub-hosted
     ``windows-latest``, ``macos-14``; self-hosted ``[self-hosted, macOS, ARM64]``), else ''."""
