@@ -6,7 +6,6 @@ import textwrap
 from pathlib import Path
 
 from vmrunner.actions.blockers import (
-    BACKGROUND,
     CONTAINER,
     DOCKER_ACTION,
     DOCKER_IMAGE,
@@ -60,13 +59,12 @@ def test_every_reason_is_found_and_the_engine_gives_the_first(tmp_path: Path) ->
     assert unsupported_reason(job("steps: [{run: echo}]"), str(repo), "sandbox") == ""
 
 
-def test_background_steps_come_first() -> None:
+def test_background_steps_are_no_blocker() -> None:
     found = job_blockers(
-        job("container: node:20\nsteps: [{run: sleep 1, background: true}]"),
+        job("container: node:20\nsteps: [{id: s, run: sleep 1, background: true}, {wait: s}]"),
         "sandbox", lambda uses: None,
     )
-    assert [b.kind for b in found] == [BACKGROUND, CONTAINER]
-    assert "not supported by vmrunner yet (parallel: is)" in found[0].reason
+    assert [b.kind for b in found] == [CONTAINER]
 
 
 def test_composite_actions_are_looked_into_only_when_deep(tmp_path: Path) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.runner.engine import run
-from vmrunner.actions.sources import host_local_action_using
+from vmrunner.actions.sources import ActionError, host_local_action_using, parse_action
 from vmrunner.reports.events import Annotation, StepStarted
 
 
@@ -490,3 +492,11 @@ def test_the_docker_hint_reads_nothing_outside_the_repository(tmp_path: Path) ->
     assert host_local_action_using(str(repo), "./out") is None
     assert host_local_action_using(str(repo), "./file") is None
     assert host_local_action_using(str(repo), "./../host") is None
+
+
+def test_a_composite_action_cannot_declare_background_steps() -> None:
+    """GitHub: a composite action may run as a background step, not declare its own."""
+    for step in ("{run: a, background: true}", "{wait-all: }", "{cancel: x}", "{parallel: []}"):
+        text = f"runs:\n  using: composite\n  steps:\n    - {{run: first}}\n    - {step}\n"
+        with pytest.raises(ActionError, match=r"step 1 uses '.*': a composite action cannot"):
+            parse_action(text, "action.yml", "./mine", "/w/mine")

@@ -379,6 +379,22 @@ async def test_cancellation_kills_the_process_group(agent: Agent) -> None:
     assert (await agent.client.exec(["true"])).ok
 
 
+async def test_a_cancelled_exec_returns_once_its_group_is_gone(agent: Agent) -> None:
+    """SIGTERM ignored: the cancellation waits out the grace and the SIGKILL, not a moment less."""
+    pid: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(
+        agent.client.exec(
+            "trap '' TERM; echo $$; sleep 100 & while :; do sleep 0.05; done",
+            on_output=lambda stream, data: pid.done() or pid.set_result(int(data.split()[0])),
+        )
+    )
+    pgid = await asyncio.wait_for(pid, 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not group_members(pgid)
+
+
 async def test_failing_output_callback_stops_the_command(agent: Agent) -> None:
     pids: list[int] = []
 

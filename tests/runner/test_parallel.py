@@ -119,12 +119,3 @@ async def test_a_parallel_group_with_a_snapshot_after_it() -> None:
     assert ran.logs("a") == ["one", "two"]
     assert len(ran.of(SnapshotTaken)) == 3  # after set-up, after the group, after the last step
 
-
-async def test_background_steps_are_reported_as_not_supported_yet() -> None:
-    ran = await run(
-        "on: push\njobs:\n  a:\n    runs-on: x\n    steps:\n"
-        "      - {id: s, run: sleep 1, background: true}\n      - wait: s\n"
-    )
-    assert ran.result("a") == "failure"
-    assert "uses background steps" in ran.finished("a").reason
-    assert not ran.of(JobStarted)

@@ -17,7 +17,6 @@ from vmrunner.actions.sources import Action, host_local_action, is_docker_refere
 from vmrunner.workflow.models import Job, Step, operating_system
 
 #: The kinds of blockers, the names they are counted by.
-BACKGROUND = "background steps"
 CONTAINER = "container"
 SERVICES = "services"
 DOCKER_IMAGE = "docker:// step"
@@ -73,21 +72,14 @@ def _walk(
 def job_blockers(
     job: Job, provider: str, resolve: Resolve, *, deep: bool = False, containers: bool = False
 ) -> list[Blocker]:
-    """Every reason the job cannot run on ``provider``, the engine's first: background steps,
-    ``container:``, ``services:``, then each Docker step (a ``docker://`` image, or an action
+    """Every reason the job cannot run on ``provider``, the engine's first: ``container:``,
+    ``services:``, then each Docker step (a ``docker://`` image, or an action
     whose ``runs.using`` is ``docker``), in step order. ``deep`` also looks inside composite
     actions (the engine only finds those when the step runs). Windows and macOS runners are
     judged apart (``other_system_reason``): their labels may need the matrix. ``containers``:
     the provider's machines can run images (``container:``, ``services:`` and Docker steps
     with a prebuilt image are no blockers then; a Dockerfile to build still is)."""
     found: list[Blocker] = []
-    background = [s for s in job.every_step if s.background or s.wait or s.wait_all or s.cancel]
-    if background:
-        found.append(Blocker(BACKGROUND, (
-            f"job '{job.id}' uses background steps (background, wait, wait-all, cancel; step "
-            f"{background[0].index + 1}): not supported by vmrunner yet (parallel: is)"
-        )))
-
     def refuse(kind: str, what: str) -> None:
         found.append(Blocker(kind, f"job '{job.id}' uses {what}: not supported by the "
                                    f"{provider} provider"))

@@ -219,6 +219,12 @@ def parse_action(
         for index, item in enumerate(runs.get("steps") or []):
             if not isinstance(item, Mapping):
                 raise ActionError(f"action {reference}: step {index} is not a mapping")
+            if keys := [k for k in ("background", "wait", "wait-all", "cancel", "parallel")
+                        if k in item]:
+                raise ActionError(
+                    f"action {reference}: step {index} uses '{keys[0]}': a composite action "
+                    f"cannot declare background or parallel steps (it can run as one itself)"
+                )
             steps.append(step_from_mapping(index, item))
     elif using not in NODE_RUNTIMES and using != "docker":
         raise ActionError(

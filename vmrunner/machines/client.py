@@ -223,12 +223,12 @@ class AgentClient:
         for offset in range(CHUNK, len(data), CHUNK):
             more = offset + CHUNK < len(data)
             self._send({"op": "stdin", "id": ident, "more": more}, data[offset : offset + CHUNK])
-        try:
+        try:  # shielded: a cancellation must leave ``done`` to await the command's exit
             if timeout is None:
-                frame = await request.done
+                frame = await asyncio.shield(request.done)
             else:
                 async with asyncio.timeout(timeout + self.grace + TIMEOUT_SLACK):
-                    frame = await request.done
+                    frame = await asyncio.shield(request.done)
         except TimeoutError:
             await self._stop(ident, request)
             raise AgentError(f"{self.name} did not end a command after its timeout") from None

@@ -66,6 +66,7 @@ from vmrunner.runner.steps import JobRuntime, Scope, ScriptOutcome, StepOutcome
 from vmrunner.runner.uses import ActionSteps
 from vmrunner.services.host import job_grant
 from vmrunner.sessions import Session, SessionState
+from vmrunner.workflow import background as bg
 from vmrunner.workflow.expressions import EvaluationHooks, evaluate_if, hash_files
 from vmrunner.workflow.models import Job, Step, unmapped_labels
 from vmrunner.workflow.shells import resolve_shell
@@ -156,6 +157,11 @@ class JobExecution:
         self.checkpoints: list[checkpoints.Checkpoint] = []
         #: Set to continue a failed job from a kept checkpoint (``vmrunner rerun``).
         self.resume: Resume | None = None
+        #: Background steps started and not yet waited for or cancelled, in start order, the
+        #: task group they run in, and the slots they share with ``parallel`` groups.
+        self.in_flight: dict[str, tuple[Step, asyncio.Task[StepOutcome]]] = {}
+        self.background_tasks: asyncio.TaskGroup | None = None
+        self.slots = asyncio.Semaphore(MAX_BACKGROUND)
 
     # Contexts
 
@@ -358,7 +364,7 @@ class JobExecution:
                     async with asyncio.timeout(limit):
                         if await self.set_up(scope):
                             skipped = self.resume.checkpoint.step_number if self.resume else 0
-                            await self.run_steps(self.job.steps[skipped:], scope, None)
+                            await self.run_main_steps(self.job.steps[skipped:], scope)
                 except TimeoutError:
                     timed_out = True
                     scope.failed = True
@@ -583,6 +589,17 @@ class JobExecution:
 
     # Steps
 
+    async def run_main_steps(self, steps: tuple[Step, ...], scope: Scope) -> None:
+        """The job's steps, then a wait for the background steps still running (GitHub's
+        implicit ``wait-all``); a timeout, a cancellation or a machine error stops them."""
+        try:
+            async with asyncio.TaskGroup() as self.background_tasks:
+                await self.run_steps(steps, scope, None)
+                if self.in_flight:
+                    await self.run_job_step(bg.IMPLICIT_WAIT, scope)
+        except ExceptionGroup as errors:  # a background step's machine failed
+            raise errors.exceptions[0] from None
+
     async def run_steps(
         self, steps: tuple[Step, ...], scope: Scope, parent_index: int | None
     ) -> None:
@@ -595,8 +612,7 @@ class JobExecution:
                 self.record(step, scope, result)
 
     def record(self, step: Step, scope: Scope, result: StepOutcome) -> None:
-        key = step.id or f"__{step.position}"
-        scope.steps[key] = {
+        scope.steps[bg.step_key(step)] = {
             "outputs": dict(result.outputs), "outcome": result.outcome,
             "conclusion": result.conclusion,
         }
@@ -606,10 +622,13 @@ class JobExecution:
     async def run_job_step(
         self, step: Step, scope: Scope, *, background: bool = False
     ) -> StepOutcome:
-        """One job step, reported as a step; ``background``: one of a ``parallel`` group, whose
-        result the group records (no snapshot after it alone)."""
+        """One job step, reported as a step; ``background``: running in the background (alone
+        or in a ``parallel`` group): its result is recorded when it is waited for, no snapshot
+        follows it, and a cancellation ends it as cancelled."""
         if step.parallel:
             return await self.run_parallel(step, scope)
+        if step.background and not background:
+            return await self.start_background(step, scope)
         run = self.run
         index = self.next_index()
         contexts = self.contexts(scope, self.env_context(scope))
@@ -619,6 +638,7 @@ class JobExecution:
             name = step.display_name
         machine_id = self.runtime.machine.id if self.runtime else ""
         command = step.run if step.run is not None else f"uses: {step.uses}"
+        command = bg.command(step) if step.is_control else command
         run.emit(
             StepStarted(
                 run.run_id, self.job_key, index, "step", run.masker.mask(name), time.time(),
@@ -632,12 +652,18 @@ class JobExecution:
         try:
             if background:
                 self.live_runtime.held[index] = ({}, [])
-            result = await self.run_step(step, scope, index)
-            if result.outcome == "success" and run.options.snapshot and not background:
+            if step.is_control:
+                result = await self.run_control(step, scope, index)
+            else:
+                result = await self.run_step(step, scope, index)
+            if result.outcome == "success" and run.options.snapshot and not (
+                background or self.in_flight
+            ):  # a snapshot never catches a background step half done
                 snapshot_id = await self.take_snapshot(index)
         except asyncio.CancelledError:
             result = StepOutcome("cancelled", "cancelled")
-            raise
+            if not background:
+                raise
         finally:
             self.live_runtime.end_groups(index)
             result.index = index
@@ -656,6 +682,53 @@ class JobExecution:
             )
         return result
 
+    async def start_background(self, step: Step, scope: Scope) -> StepOutcome:
+        """Start a ``background: true`` step (once one of ``MAX_BACKGROUND`` slots is free)
+        and go on with the next step."""
+        self.step_number += 1
+
+        async def one() -> StepOutcome:
+            async with self.slots:
+                return await self.run_job_step(step, scope, background=True)
+
+        if self.background_tasks is None:
+            raise MachineError(f"job {self.job_key}: background step outside the job's steps")
+        self.in_flight[bg.step_key(step)] = (step, self.background_tasks.create_task(one()))
+        await asyncio.sleep(0)  # it takes its index (and a free slot) now, in the steps' order
+        return StepOutcome("success", "success")
+
+    async def run_control(self, step: Step, scope: Scope, index: int) -> StepOutcome:
+        """``wait``, ``wait-all``, ``cancel`` (SIGTERM, the machine's grace, SIGKILL): what the
+        steps it ends left counts from now on, and a failed one fails it (``continue-on-error``
+        on the control step tolerates that)."""
+        runtime = self.live_runtime
+        keys, missing = bg.targets(step, self.in_flight)
+        names = {key: self.in_flight[key][0].display_name for key in keys}
+        for line in bg.announce(step, list(names.values()), missing):
+            runtime.log(index, line)
+        tasks = [self.in_flight[key][1] for key in keys]
+        for task in tasks if step.cancel else []:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        ended: list[tuple[str, str]] = []
+        scope_failed = scope.failed
+        for key, task in zip(keys, tasks, strict=True):
+            target, _ = self.in_flight.pop(key)
+            result = StepOutcome("cancelled", "cancelled") if task.cancelled() else task.result()
+            runtime.release(result.index)
+            self.record(target, scope, result)
+            ended.append((names[key], result.conclusion))
+        scope.failed = scope_failed  # a failed step fails the control step, which fails the job
+        failed = any(conclusion == "failure" for _, conclusion in ended)
+        for line in bg.report(ended):
+            runtime.log(index, line)
+        contexts = self.contexts(scope, self.env_context(scope))
+        tolerated = failed and render_flag(step.continue_on_error, contexts, self.hooks(scope))
+        return StepOutcome(
+            "failure" if failed else "success", "success" if tolerated or not failed else "failure"
+        )
+
     async def run_parallel(self, group: Step, scope: Scope) -> StepOutcome:
         """``parallel:`` as GitHub documents it: each step a background step (at most
         ``MAX_BACKGROUND`` at once, the others queued), then an implicit wait for them all.
@@ -665,11 +738,10 @@ class JobExecution:
         failed one fails the job there. The group is one step for snapshots and reruns.
         """
         self.step_number += 1
-        slots = asyncio.Semaphore(MAX_BACKGROUND)
         results: dict[int, StepOutcome] = {}
 
         async def one(step: Step) -> None:
-            async with slots:
+            async with self.slots:
                 results[step.index] = await self.run_job_step(step, scope, background=True)
 
         try:
@@ -684,7 +756,7 @@ class JobExecution:
                 self.live_runtime.release(result.index)
                 self.record(step, scope, result)
         ok = not any(r.conclusion == "failure" for r in results.values())
-        if ok and results and self.run.options.snapshot:
+        if ok and results and self.run.options.snapshot and not self.in_flight:
             self.keep_state(await self.take_snapshot(max(r.index for r in results.values())), scope)
         return StepOutcome("success" if ok else "failure", "success" if ok else "failure")
 
