@@ -9,8 +9,8 @@ For every workflow file: does the loader accept it (``load_workflow``, and the j
 ``plan``); the first diagnostic of each rejected file is listed. For every job (a job
 definition: a matrix job counts once): can vmrunner run it, else every reason, counted by kind:
 
-- the engine's own refusals (``vmrunner.actions.blockers.job_blockers``): background steps,
-  ``container:``, ``services:``, ``docker://`` steps and Docker actions, also inside the
+- the engine's own refusals (``vmrunner.actions.blockers.job_blockers``): ``container:``,
+  ``services:``, ``docker://`` steps and Docker actions, also inside the
   composite actions found in ``DIR`` (the engine meets those only when the step runs);
 - a Windows or macOS runner for one of the job's known matrix combinations (``run -n``'s check,
   ``vmrunner.cli.dry_run.other_system``, with no ``--machine-type`` mapping);

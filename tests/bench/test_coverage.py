@@ -59,6 +59,12 @@ jobs:
   unknown:
     runs-on: ubuntu-latest
     steps: [{uses: someone/thing@v1}, {uses: someone/thing@v2}]
+  background:
+    runs-on: ubuntu-latest
+    steps:
+      - {id: server, run: npm start, background: true}
+      - run: npm test
+      - cancel: server
   call:
     uses: ./.github/workflows/called.yml
   remote-call:
@@ -138,6 +144,7 @@ def test_every_job_gets_each_of_its_reasons(corpus: Path) -> None:
         "composite": [],  # a docker:// step runs in the sandbox
         "pwsh": [coverage.SHELL],
         "unknown": [],
+        "background": [],  # background steps run
         "call": [],
         "remote-call": [OTHER_SYSTEM],
     }
@@ -152,10 +159,10 @@ def test_the_figures(corpus: Path) -> None:
     assert rejected["file"] == "octo+app/.github/workflows/broken.yaml"
     assert rejected["error"].startswith("octo+app/.github/workflows/broken.yaml:3:")
     assert "unknown key 'frobnicate'" in rejected["error"]
-    # ci 12, called 1, broken 2 (counted from its YAML), shared 2
-    # runnable: plain, unknown, fine, call, called, containers, composite
-    assert (figures["jobs"], figures["runnable"]) == (17, 7)
-    assert figures["runnable_percent"] == 41.2
+    # ci 13, called 1, broken 2 (counted from its YAML), shared 2
+    # runnable: plain, unknown, fine, call, called, containers, composite, background
+    assert (figures["jobs"], figures["runnable"]) == (18, 8)
+    assert figures["runnable_percent"] == 44.4
     by_kind = {b["kind"]: (b["jobs"], b["alone"]) for b in figures["blockers"]}
     assert by_kind == {
         OTHER_SYSTEM: (4, 4),
@@ -174,7 +181,7 @@ def test_unknown_actions_can_count_as_a_blocker(corpus: Path) -> None:
     figures = coverage.summary(coverage.measure(corpus), unknown_blocks=True)
     by_kind = {b["kind"]: (b["jobs"], b["alone"]) for b in figures["blockers"]}
     assert by_kind[coverage.UNKNOWN] == (1, 1)
-    assert figures["runnable"] == 6
+    assert figures["runnable"] == 7
 
 
 def test_a_remote_call_out_of_the_corpus_is_taken_to_run(corpus: Path) -> None:
@@ -189,10 +196,10 @@ def test_the_command(corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert coverage.main([str(corpus)]) == 0
     text = capsys.readouterr().out
     assert "files rejected: 1" in text
-    assert "runnable: 7 (41.2 %)" in text
+    assert "runnable: 8 (44.4 %)" in text
     assert "Windows or macOS runner" in text
     assert coverage.main([str(corpus), "--json"]) == 0
     data: dict[str, Any] = json.loads(capsys.readouterr().out)
-    assert data["jobs"] == len(data["jobs_judged"]) == 17
+    assert data["jobs"] == len(data["jobs_judged"]) == 18
     assert coverage.main([str(corpus / "nowhere")]) == 2
     assert "no such folder" in capsys.readouterr().err
