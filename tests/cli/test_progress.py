@@ -368,11 +368,13 @@ def test_steps_running_at_once_keep_their_output_apart() -> None:
         "  ▸ front",
         "  ▸ back",
         "  ▸ docs",
+        "  ▸ front",  # its name again: another step's came last
         "    front 1",
         "  ▸ back",
         "    back 1",
         "    back 2",
         "  ✓ back 1.0s",
+        "  ▸ front",
         "    front 2",
         "  ✓ front 1.0s",
         "  ▸ docs",

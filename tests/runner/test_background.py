@@ -5,11 +5,15 @@ rest (GitHub's implicit ``wait-all``); ``cancel`` kills the step's processes."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
+from rich.console import Console
+
 from tests.cli.helpers import vmrunner
 from tests.runner.engine import Ran, run
+from vmrunner.cli.progress import ProgressView
 from vmrunner.reports.events import JobStarted, LogLine, SnapshotTaken, StepFinished, StepStarted
 from vmrunner.runner import checkpoints
 
@@ -69,6 +73,15 @@ async def test_a_background_server_is_reached_by_a_later_step_and_cancelled() ->
     assert lines(ran, "client") == ["hello"]
     assert lines(ran, "after") == ["stopped cancelled"]
     assert lines(ran, "stop") == ["Cancelling background steps: server", "  server: cancelled"]
+    # The live view: each line under its own step's name, the server's between the client's.
+    out = io.StringIO()
+    with ProgressView(Console(file=out, width=200, force_terminal=False)) as view:
+        for event in ran.events:
+            view.emit(event)
+    shown = [line.removeprefix("[test.yml/a] ") for line in out.getvalue().splitlines()]
+    served = next(i for i, line in enumerate(shown) if "GET /index.txt" in line)
+    assert shown[served - 1] == "  ▸ server"
+    assert shown[shown.index("    hello") - 1] == "  ▸ client"
 
 
 OUTPUTS = job("""\

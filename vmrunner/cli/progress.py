@@ -15,11 +15,12 @@ Both are ``EventSink``s. Wiring, in ``vmrunner/cli/run.py``::
 line per job and per step as they start and finish, with a status symbol and the duration;
 output lines are indented under their step (and ``::group::``), annotations are coloured, and
 every line starts with ``[workflow/job_key]`` so that parallel jobs stay readable (as act
-does). Steps of one job running at the same time (a ``parallel`` group) keep their output
-apart: the first one started streams, the others' lines are held and shown as one block,
-under their step's name, when it finishes or becomes the first. On a terminal a live region
-below the lines shows a spinner per running job and its current step, then the queued jobs,
-one line each, cut to the terminal's width; elsewhere (pipes, CI,
+does). Steps of one job running at the same time (a ``parallel`` group, background steps)
+keep their output apart: the first one started streams (its name shown again when another
+step's came last), the others' lines are held and shown as one block, under their step's
+name, when it finishes or becomes the first. On a terminal a live region below the lines
+shows a spinner per running job and its current step, then the queued jobs, one line each,
+cut to the terminal's width; elsewhere (pipes, CI,
 tests) the output is plain lines without control codes. ``quiet`` prints only what failed:
 the failing steps with their output, errors, and then the final table of every job. The run
 ends with a table of the jobs and the total time.
@@ -133,6 +134,8 @@ class _RunState:
     open_steps: dict[str, list[int]] = field(default_factory=dict)
     held: dict[tuple[str, int], list[Text]] = field(default_factory=dict)
     names: dict[tuple[str, int], str] = field(default_factory=dict)
+    #: The step whose name or output came last, per job.
+    shown: dict[str, int] = field(default_factory=dict)
     finished: bool = False
 
     def prefixed(self, job_key: str, text: Text) -> Text:
@@ -253,6 +256,7 @@ class ProgressView:
                 running.step, running.step_started = event.name, event.time
                 state.open_steps.setdefault(event.job_key, []).append(event.index)
                 state.names[(event.job_key, event.index)] = event.name
+                state.shown[event.job_key] = event.index
                 if not self.quiet:
                     self._print(
                         state.prefixed(
@@ -262,6 +266,8 @@ class ProgressView:
                     )
             case LogLine():
                 concurrent = self._held(state, event.job_key, event.step_index) is not None
+                if self.logs and not (self.quiet or concurrent):
+                    self._named(state, event.job_key, event.step_index)
                 if self.logs and not (
                     self._plain or self.quiet or concurrent or "\x1b" in event.text
                 ):
@@ -355,10 +361,20 @@ class ProgressView:
             return None
         return state.held.setdefault((job_key, step_index), [])
 
+    def _named(self, state: _RunState, job_key: str, step_index: int) -> None:
+        """Before a line of a step running beside others, its name again when another step's
+        came last: no line seems to be another step's."""
+        running = state.open_steps.get(job_key) or []
+        if len(running) > 1 and state.shown.get(job_key, step_index) != step_index:
+            name = state.names.get((job_key, step_index), "")
+            self._print(state.prefixed(job_key, Text.assemble("  ", ("▸ ", "cyan"), name)))
+        state.shown[job_key] = step_index
+
     def _release(self, state: _RunState, job_key: str, step_index: int) -> None:
         """Print a held step's lines as one block under its name."""
         lines = state.held.pop((job_key, step_index), None)
         if lines:
+            state.shown[job_key] = step_index
             name = state.names.get((job_key, step_index), "")
             self._print(state.prefixed(job_key, Text.assemble("  ", ("▸ ", "cyan"), name)))
             for line in lines:
