@@ -317,3 +317,19 @@ def test_a_job_with_background_steps_reruns_from_a_step_after_its_wait(tmp_path:
     logs = vmrunner("runs", "show", json.loads(again.stdout)["runs"][0]["run_id"], "--logs",
                     cwd=tmp_path)
     assert "trail: bg,two, from-bg" in logs.stdout, logs.stdout
+
+
+async def test_at_most_ten_background_steps_run_at_once_the_others_queue() -> None:
+    steps = "".join(
+        f"      - {{name: s{i}, background: true, run: 'sleep 0.3'}}\n" for i in range(11)
+    )
+    ran = await run(job(steps + "      - {name: all, wait-all: }\n"))
+    assert ran.result("a") == "success", ran.finished("a").reason
+    order = [
+        (type(e).__name__, e.name if isinstance(e, StepStarted) else "")
+        for e in ran.events
+        if isinstance(e, StepStarted | StepFinished)
+    ]
+    eleventh = order.index(("StepStarted", "s10"))
+    assert ("StepFinished", "") in order[:eleventh]  # it waited for a slot
+    assert order.index(("StepStarted", "all")) < eleventh  # and the job went on meanwhile
