@@ -160,7 +160,7 @@ class JobExecution:
         #: Background steps started and not yet waited for or cancelled, in start order, the
         #: task group they run in, and the slots they share with ``parallel`` groups.
         self.in_flight: dict[str, tuple[Step, asyncio.Task[StepOutcome]]] = {}
-        self.background_tasks: asyncio.TaskGroup | None = None
+        self.background_tasks = asyncio.TaskGroup()
         self.slots = asyncio.Semaphore(MAX_BACKGROUND)
 
     # Contexts
@@ -691,8 +691,6 @@ class JobExecution:
             async with self.slots:
                 return await self.run_job_step(step, scope, background=True)
 
-        if self.background_tasks is None:
-            raise MachineError(f"job {self.job_key}: background step outside the job's steps")
         self.in_flight[bg.step_key(step)] = (step, self.background_tasks.create_task(one()))
         await asyncio.sleep(0)  # it takes its index (and a free slot) now, in the steps' order
         return StepOutcome("success", "success")
@@ -703,30 +701,25 @@ class JobExecution:
         on the control step tolerates that)."""
         runtime = self.live_runtime
         keys, missing = bg.targets(step, self.in_flight)
-        names = {key: self.in_flight[key][0].display_name for key in keys}
-        for line in bg.announce(step, list(names.values()), missing):
+        ended = [self.in_flight.pop(key) for key in keys]
+        for line in bg.announce(step, [target.display_name for target, _ in ended], missing):
             runtime.log(index, line)
-        tasks = [self.in_flight[key][1] for key in keys]
-        for task in tasks if step.cancel else []:
+        for _, task in ended if step.cancel else []:
             task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
-        ended: list[tuple[str, str]] = []
-        scope_failed = scope.failed
-        for key, task in zip(keys, tasks, strict=True):
-            target, _ = self.in_flight.pop(key)
+        if ended:
+            await asyncio.wait([task for _, task in ended])
+        failed, scope_failed = False, scope.failed
+        for target, task in ended:
             result = StepOutcome("cancelled", "cancelled") if task.cancelled() else task.result()
             runtime.release(result.index)
             self.record(target, scope, result)
-            ended.append((names[key], result.conclusion))
+            runtime.log(index, f"  {target.display_name}: {result.conclusion}")
+            failed = failed or result.conclusion == "failure"
         scope.failed = scope_failed  # a failed step fails the control step, which fails the job
-        failed = any(conclusion == "failure" for _, conclusion in ended)
-        for line in bg.report(ended):
-            runtime.log(index, line)
         contexts = self.contexts(scope, self.env_context(scope))
         tolerated = failed and render_flag(step.continue_on_error, contexts, self.hooks(scope))
         return StepOutcome(
-            "failure" if failed else "success", "success" if tolerated or not failed else "failure"
+            "failure" if failed else "success", "failure" if failed and not tolerated else "success"
         )
 
     async def run_parallel(self, group: Step, scope: Scope) -> StepOutcome:

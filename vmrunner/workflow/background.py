@@ -48,7 +48,3 @@ def announce(step: Step, names: list[str], missing: list[str]) -> list[str]:
              f"No background step to {'cancel' if step.cancel else 'wait for'}"]
     return lines + [f"'{key}' is not a running background step" for key in missing]
 
-
-def report(ended: list[tuple[str, str]]) -> list[str]:
-    """The log lines a control step ends with: each step it ended and its conclusion."""
-    return [f"  {name}: {conclusion}" for name, conclusion in ended]
