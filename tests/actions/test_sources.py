@@ -269,7 +269,7 @@ jobs:
         repo_root=repo,
         repository="octo/app",
     )
-    assert "Docker action (./dock)" in ran.finished("dockerish").reason
+    assert "Docker action built from a Dockerfile (./dock)" in ran.finished("dockerish").reason
     assert ran.result("missing") == "failure"
     errors = [
         a.message for a in ran.of(Annotation) if a.level == "error" and a.job_key == "missing"

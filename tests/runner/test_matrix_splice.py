@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.runner.engine import run
-from vmrunner.runner.evaluation import render
+from vmrunner.workflow.evaluation import render
 
 FIXTURE = Path(__file__).parent / "fixtures" / "act" / "evalmatrix-merge-array" / "push.yml"
 

@@ -20,8 +20,8 @@ from vmrunner.actions.blockers import (
 )
 from vmrunner.errors import PlanError, VmrunnerError
 from vmrunner.machines.providers import provider_containers
-from vmrunner.runner.evaluation import render
 from vmrunner.runner.options import RunOptions
+from vmrunner.workflow.evaluation import render
 from vmrunner.workflow.models import Job, Workflow
 
 

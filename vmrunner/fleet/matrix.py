@@ -21,11 +21,11 @@ from vmrunner.fleet.labels import canonical
 from vmrunner.reports.events import Recorder
 from vmrunner.repository import repository_info
 from vmrunner.runner.context import RunContext
-from vmrunner.runner.evaluation import as_text, render, render_text
 from vmrunner.runner.job import JobInstance
 from vmrunner.runner.options import RunOptions
 from vmrunner.runner.run import Run, _MatrixGroup
 from vmrunner.sessions import SessionManager
+from vmrunner.workflow.evaluation import as_text, render, render_text
 from vmrunner.workflow.models import Job, Workflow
 from vmrunner.workflow.planner import Plan, plan
 from vmrunner.workflow.schema import Context, check_expression_text

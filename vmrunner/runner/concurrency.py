@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmrunner.errors import ConcurrencyCancelled, ConfigError, VmrunnerError
-from vmrunner.runner.evaluation import render_flag, render_text
+from vmrunner.workflow.evaluation import render_flag, render_text
 from vmrunner.workflow.models import Concurrency
 
 #: How many may wait in a group with ``queue: max`` (GitHub's limit).

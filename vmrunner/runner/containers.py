@@ -10,8 +10,8 @@ from typing import Any
 
 from vmrunner.errors import ConfigError
 from vmrunner.machines.base import HealthCheck, MachineSpec, ServiceSpec
-from vmrunner.runner.evaluation import render_env, render_text
 from vmrunner.workflow.containers import parse_options
+from vmrunner.workflow.evaluation import render_env, render_text
 from vmrunner.workflow.models import Container
 
 

@@ -53,7 +53,13 @@ from vmrunner.runner import checkpoints
 from vmrunner.runner.containers import container_spec, services_spec
 from vmrunner.runner.context import RunContext
 from vmrunner.runner.contexts import default_env, runner_context, workspaces
-from vmrunner.runner.evaluation import (
+from vmrunner.runner.options import machine_spec, options_data
+from vmrunner.runner.steps import JobRuntime, Scope, ScriptOutcome, StepOutcome
+from vmrunner.runner.uses import ActionSteps
+from vmrunner.services.host import job_grant
+from vmrunner.sessions import Session, SessionState
+from vmrunner.workflow import background as bg
+from vmrunner.workflow.evaluation import (
     as_text,
     render,
     render_env,
@@ -61,12 +67,6 @@ from vmrunner.runner.evaluation import (
     render_minutes,
     render_text,
 )
-from vmrunner.runner.options import machine_spec, options_data
-from vmrunner.runner.steps import JobRuntime, Scope, ScriptOutcome, StepOutcome
-from vmrunner.runner.uses import ActionSteps
-from vmrunner.services.host import job_grant
-from vmrunner.sessions import Session, SessionState
-from vmrunner.workflow import background as bg
 from vmrunner.workflow.expressions import EvaluationHooks, evaluate_if, hash_files
 from vmrunner.workflow.models import Job, Step, unmapped_labels
 from vmrunner.workflow.shells import resolve_shell

@@ -18,12 +18,12 @@ from vmrunner.repository import repository_info
 from vmrunner.runner import checkpoints
 from vmrunner.runner.context import RunContext
 from vmrunner.runner.contexts import event_refs
-from vmrunner.runner.evaluation import as_text, render, render_env
 from vmrunner.runner.job import JobExecution, JobInstance, Resume
 from vmrunner.runner.options import RunOptions
 from vmrunner.runner.run import LOCAL_RUN_ENV, JobReport, RunOutcome
 from vmrunner.services.host import ServiceHost, needs_services, serve_services
 from vmrunner.sessions import SessionManager
+from vmrunner.workflow.evaluation import as_text, render, render_env
 from vmrunner.workflow.models import Workflow
 
 

@@ -53,12 +53,12 @@ from vmrunner.runner.concurrency import (
 )
 from vmrunner.runner.context import RunContext
 from vmrunner.runner.contexts import event_refs
-from vmrunner.runner.evaluation import as_text, render, render_env, render_flag, render_text
 from vmrunner.runner.job import JobExecution, JobInstance, JobOutcome
 from vmrunner.runner.options import RunOptions, action_sources
 from vmrunner.services.host import needs_services, serve_services
 from vmrunner.sessions import SessionManager
 from vmrunner.workflow.calls import MAX_LEVELS, MAX_WORKFLOWS, call_inputs, call_secrets
+from vmrunner.workflow.evaluation import as_text, render, render_env, render_flag, render_text
 from vmrunner.workflow.expressions import EvaluationHooks, evaluate_if
 from vmrunner.workflow.matrix import expand_matrix
 from vmrunner.workflow.models import Job, Workflow

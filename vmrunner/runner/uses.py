@@ -37,10 +37,10 @@ from vmrunner.errors import ExpressionError, VmrunnerError
 from vmrunner.machines.base import ImageRun
 from vmrunner.reports.events import Result, StepFinished, StepStarted
 from vmrunner.runner.context import JobHandle
-from vmrunner.runner.evaluation import as_text, render, render_env, render_text
 from vmrunner.runner.options import action_sources
 from vmrunner.runner.steps import FILE_COMMANDS_DIR, IMAGE_FILE_COMMANDS, Scope, StepOutcome
 from vmrunner.workflow.calls import SELF
+from vmrunner.workflow.evaluation import as_text, render, render_env, render_text
 from vmrunner.workflow.expressions import EvaluationHooks, evaluate_if
 from vmrunner.workflow.models import Step
 
