@@ -8,6 +8,7 @@ tests run them in a thread (``asyncio.to_thread``) so the server under test keep
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import itertools
 import json
@@ -18,6 +19,11 @@ from pathlib import Path
 from typing import Any
 
 CHROMIUM = "/usr/bin/chromium"
+
+
+def _onto_3_and_4(read: int, write: int) -> None:
+    os.dup2(read, 3)
+    os.dup2(write, 4)
 
 
 class Browser:
@@ -37,7 +43,7 @@ class Browser:
              f"--window-size={width},{height}", "about:blank"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             pass_fds=(3, 4),
-            preexec_fn=lambda: (os.dup2(to_chrome_r, 3), os.dup2(from_chrome_w, 4)) and None,
+            preexec_fn=lambda: _onto_3_and_4(to_chrome_r, from_chrome_w),
         )
         os.close(to_chrome_r)
         os.close(from_chrome_w)
@@ -111,10 +117,8 @@ class Browser:
         path.write_bytes(base64.b64decode(data))
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(RuntimeError, OSError):
             self.call("Browser.close")
-        except (RuntimeError, OSError):
-            pass
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:

@@ -54,7 +54,8 @@ async def _logged_in(url: str, path: str, token: str) -> AsyncIterator[httpx.Asy
         assert answer.status_code == 303, answer.text
         assert answer.headers["location"] == path
         cookie = answer.headers["set-cookie"]
-        assert "httponly" in cookie.lower() and "samesite=strict" in cookie.lower()
+        assert "httponly" in cookie.lower()
+        assert "samesite=strict" in cookie.lower()
         yield client
 
 
@@ -70,10 +71,12 @@ async def test_login_pages_live_stream_and_actions(tmp_path: Path) -> None:
             for path in ("/", f"/runs/{run_id}", "/sessions", "/pool"):
                 answer = await client.get(path, follow_redirects=True)
                 assert answer.url.path == "/login"
-                assert "acme/widgets" not in answer.text and "tick" not in answer.text
+                assert "acme/widgets" not in answer.text
+                assert "tick" not in answer.text
         assert (await stranger.get(f"/runs/{run_id}/live")).status_code == 401
         bad = await stranger.get("/login", params={"token": "vmr_nope", "next": "/"})
-        assert bad.status_code == 401 and COOKIE not in bad.headers.get("set-cookie", "")
+        assert bad.status_code == 401
+        assert COOKIE not in bad.headers.get("set-cookie", "")
 
         async with _logged_in(url, f"/runs/{run_id}", api_token("reader", "read")) as reader:
             live: list[str] = []
@@ -89,9 +92,12 @@ async def test_login_pages_live_stream_and_actions(tmp_path: Path) -> None:
                         break
             assert [t for t in live if t.startswith("tick")] == [f"tick {i}" for i in range(1, 31)]
             page = (await reader.get(f"/runs/{run_id}")).text
-            assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>alert" not in page
-            assert "src/app.py:3" in page and "mind the gap" in page  # the annotation
-            assert "<svg" in page and "Machine lifecycle" in page
+            assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+            assert "<script>alert" not in page
+            assert "src/app.py:3" in page
+            assert "mind the gap" in page
+            assert "<svg" in page
+            assert "Machine lifecycle" in page
             assert 'action="/runs/' not in page  # read scope: no cancel or re-run
             forbidden = await reader.post(f"/runs/{run_id}/rerun", data={"csrf": "x"})
             assert forbidden.status_code == 403
@@ -130,7 +136,9 @@ async def test_a_browser_sees_the_log_grow_without_a_reload(tmp_path: Path) -> N
         try:
             await asyncio.to_thread(browser.navigate, f"{url}/runs/{run_id}")
             shown = await asyncio.to_thread(browser.evaluate, "document.body.innerText")
-            assert "Log in" in shown and "tick" not in shown and "build" not in shown
+            assert "Log in" in shown
+            assert "tick" not in shown
+            assert "build" not in shown
 
             await asyncio.to_thread(
                 browser.navigate, f"{url}/login?token={token}&next=/runs/{run_id}"
@@ -140,7 +148,7 @@ async def test_a_browser_sees_the_log_grow_without_a_reload(tmp_path: Path) -> N
             )
             ticks = "document.querySelectorAll('pre.log div').length"
             first = await asyncio.to_thread(
-                browser.wait_for, f"[...document.querySelectorAll('pre.log div')]"
+                browser.wait_for, "[...document.querySelectorAll('pre.log div')]"
                 ".filter(d => d.textContent.startsWith('tick')).length", 60,
             )
             await asyncio.to_thread(browser.evaluate, "window.stillHere = 1")
@@ -150,7 +158,9 @@ async def test_a_browser_sees_the_log_grow_without_a_reload(tmp_path: Path) -> N
             assert grown > first
             assert await asyncio.to_thread(browser.evaluate, "window.stillHere") == 1
             text = await asyncio.to_thread(browser.evaluate, "document.body.innerText")
-            assert "build" in text and "tick" in text and "Machine" in text
+            assert "build" in text
+            assert "tick" in text
+            assert "Machine" in text
             await asyncio.to_thread(
                 browser.wait_for, "document.getElementById('run').dataset.status=='completed'", 60
             )
