@@ -250,8 +250,12 @@ def add_dashboard(app: FastAPI) -> None:
         result = board.source.result(run_id)
         line = board.source.line(run_id)
         if result is None:
-            text = f"No record of run {run_id} here" + (f" ({line.state})." if line else ".")
-            return _html(pages.page("Not found", f"<h1>{escape(text)}</h1>"), board, 404)
+            if line is None:
+                text = f"No run {run_id} here."
+                return _html(pages.page("Not found", f"<h1>{escape(text)}</h1>"), board, 404)
+            return _html(pages.page(f"Run {run_id}", f"<h1>Run {escape(run_id)} "
+                                    f"{pages.badge(line.state)}</h1><p>No job has started yet "
+                                    "(or it ran on a fleet host): reload later.</p>"), board)
         if line is not None and line.repository:
             result = board.source.with_insights(result, line.repository)
         return _html(pages.run_page(result, line, viewer), board)
