@@ -62,7 +62,9 @@ if TYPE_CHECKING:
     from vmrunner.runner.options import RunOptions
     from vmrunner.runner.run import JobReport, RunOutcome, run_workflow
     from vmrunner.server.app import create_app
+    from vmrunner.server.checks import CheckSink
     from vmrunner.server.config import RepositoryConfig, ServerConfig
+    from vmrunner.server.dashboard import local_dashboard
     from vmrunner.server.github import GitHubClient
     from vmrunner.server.service import Service
     from vmrunner.server.testing import FakeGitHub
@@ -119,6 +121,8 @@ _LAZY: dict[str, str] = {
     "load_workflows": "vmrunner.workflow.loader",
     "plan": "vmrunner.workflow.planner",
     "create_app": "vmrunner.server.app",
+    "CheckSink": "vmrunner.server.checks",
+    "local_dashboard": "vmrunner.server.dashboard",
     "RepositoryConfig": "vmrunner.server.config",
     "ServerConfig": "vmrunner.server.config",
     "GitHubClient": "vmrunner.server.github",
@@ -144,6 +148,7 @@ __all__ = [
     "AllocationError",
     "ArtifactNotFound",
     "CapacityError",
+    "CheckSink",
     "ConcurrencyCancelled",
     "ConfigError",
     "CountingProvider",
@@ -219,6 +224,7 @@ __all__ = [
     "load_workflow",
     "load_workflow_text",
     "load_workflows",
+    "local_dashboard",
     "plan",
     "render_summary",
     "run_workflow",

@@ -40,6 +40,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "vmrunner.cli.serve",
         "Serve GitHub webhooks: run workflows, report results to GitHub.",
     ),
+    "dashboard": (
+        "vmrunner.cli.dashboard",
+        "Show the kept runs as web pages on 127.0.0.1 (live logs, timeline).",
+    ),
     "tokens": ("vmrunner.cli.tokens", "Create, list and revoke tokens of the server's REST API."),
     "agent": (
         "vmrunner.cli.agent",

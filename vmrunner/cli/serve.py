@@ -30,14 +30,16 @@ Config file (TOML; YAML with the same keys for .yml/.yaml):
   metrics_auth = false
   max_step_log_bytes = 67108864
   github_api_url = "https://api.github.com"
+  reports = ["checks", "comment"]   # or statuses (default without an App)
   store = "postgresql://vmrunner@db/vmrunner"   # optional: a fleet
   [repositories]
   "octo/app" = "https://github.com/octo/app.git"
   "octo/lib" = { url = "/srv/git/lib", secrets = { NPM_TOKEN = "..." } }
 
 \b
-Endpoints: POST /webhook (point the repository's webhook here, content type
-application/json, with the secret), GET /api/runs, /api/runs/{id},
+Dashboard: / (log in at /login?token=TOKEN). Endpoints: POST /webhook
+(point the repository's webhook here, content type application/json, with
+the secret), GET /api/runs, /api/runs/{id},
 /api/runs/{id}/logs, /api/deliveries/{id}, /api/sessions, /api/pool,
 /healthz, /metrics, /docs; POST /api/runs/{id}/cancel, /api/runs/{id}/rerun.
 Every /api/ route needs a token: `vmrunner tokens create NAME --scope read`.

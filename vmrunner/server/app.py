@@ -47,6 +47,7 @@ from vmrunner.runner.masking import Masker
 from vmrunner.server.auth import access_denied, require
 from vmrunner.server.bodies import parse_payload, read_signed
 from vmrunner.server.config import ServerConfig
+from vmrunner.server.dashboard import Dashboard, ServiceSource, add_dashboard
 from vmrunner.server.docs import docs_page
 from vmrunner.server.service import Service, log_delivery, repository_of
 from vmrunner.server.tokens import TokenStore
@@ -108,6 +109,11 @@ def create_app(
         async with Service(config, provider=provider, github_transport=github_transport) as service:
             app.state.service = service
             app.state.tokens = TokenStore(service.store)
+            app.state.dashboard = Dashboard(
+                ServiceSource(service),
+                lambda token, scope: app.state.tokens.check(token, scope).scope,
+                secure=config.base_url.startswith("https://"),
+            )
             yield
 
     app = FastAPI(
@@ -118,6 +124,7 @@ def create_app(
         redoc_url=None,
     )
     app.add_exception_handler(AccessDenied, access_denied)
+    add_dashboard(app)  # the pages at /, /runs/..., /sessions, /pool (server/dashboard.py)
 
     @app.exception_handler(StoreError)
     async def store_failed(request: Request, exc: StoreError) -> Response:

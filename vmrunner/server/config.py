@@ -18,6 +18,7 @@ flags win. Example::
     metrics_auth = false                     # true: /metrics needs a read token too
     max_step_log_bytes = 67108864            # output kept per step (64 MiB), then a mark
     github_api_url = "https://api.github.com"
+    reports = ["checks", "comment"]          # default: checks with a GitHub App, else statuses
     store = "postgresql://vmrunner@db/vmrunner"  # optional: run jobs on a fleet (docs/fleet.md)
 
     [repositories]
@@ -45,7 +46,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -66,6 +67,8 @@ DEFAULT_DRAIN_SECONDS = 30.0
 DEFAULT_GITHUB_API_URL = "https://api.github.com"
 #: Seconds a webhook's whole body may take to arrive (GitHub sends it at once).
 DEFAULT_READ_TIMEOUT = 10.0
+#: What the server can report to GitHub.
+REPORTS = ("checks", "statuses", "comment")
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +118,16 @@ class ServerConfig:
     metrics_auth: bool = False
     #: Bytes of output kept per step (0: ``$VMRUNNER_MAX_STEP_LOG_BYTES`` or 64 MiB).
     max_step_log_bytes: int = 0
+    #: What goes to GitHub (``REPORTS``); empty: check runs and the comment with a GitHub App,
+    #: commit statuses and the comment with a token (only an App may write check runs).
+    reports: tuple[str, ...] = ()
+
+    def reporting(self, kind: str) -> bool:
+        """Whether ``kind`` (checks, statuses, comment) is sent to GitHub."""
+        chosen = self.reports or (
+            ("checks", "comment") if self.github_app is not None else ("statuses", "comment")
+        )
+        return kind in chosen
 
     @property
     def base_url(self) -> str:
@@ -167,6 +180,7 @@ _SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
     "read_timeout": (int, float),
     "metrics_auth": bool,
     "max_step_log_bytes": int,
+    "reports": list,
 }
 
 
@@ -207,6 +221,14 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             )
         if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             raise ConfigError(f"{name}: server.{key} must be a {_kind_name(kind)}, got {value!r}")
+        if key == "reports":
+            unknown_kind = [v for v in cast(list[Any], value) if v not in REPORTS]
+            if unknown_kind:
+                raise ConfigError(
+                    f"{name}: server.reports: {unknown_kind[0]!r} is not one of "
+                    f"{', '.join(REPORTS)}"
+                )
+            value = tuple(cast(list[Any], value))
         if key == "network" and value not in NETWORKS:
             raise ConfigError(
                 f"{name}: server.network must be one of {', '.join(NETWORKS)}, got {value!r}"
@@ -258,7 +280,7 @@ def parse_machine_types(raw: Any, where: str) -> dict[str, dict[str, int]]:
 def _kind_name(kind: Any) -> str:
     if isinstance(kind, tuple):
         return "number"
-    return {str: "string", int: "integer", bool: "boolean"}[kind]
+    return {str: "string", int: "integer", bool: "boolean", list: "list"}[kind]
 
 
 def is_loopback(host: str) -> bool:

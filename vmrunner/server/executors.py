@@ -25,6 +25,7 @@ from vmrunner.reports.storage import RunHistory, StoreSink
 from vmrunner.runner.concurrency import ConcurrencyGroups
 from vmrunner.runner.options import RunOptions
 from vmrunner.runner.run import run_workflow
+from vmrunner.server.checks import CheckSink
 from vmrunner.server.github import GitHubClient
 from vmrunner.server.metrics import Metrics, MetricsSink
 from vmrunner.server.reporting import StatusSink, comment_body
@@ -72,9 +73,11 @@ class LocalRuns:
 
     def __init__(
         self, store: Store, sessions: SessionManager, github: GitHubClient, metrics: Metrics,
-        *, max_step_log: int = 0,
+        *, max_step_log: int = 0, checks: bool = False, statuses: bool = True,
     ) -> None:
         self.store = store
+        #: What each run reports to GitHub: a check run and/or a commit status per job.
+        self.checks, self.statuses = checks, statuses
         #: Bytes of output kept per step (0: the default, ``max_step_log_default()``).
         self.max_step_log = max_step_log
         self.sessions = sessions
@@ -96,14 +99,23 @@ class LocalRuns:
             self.github, collector, repository=run.repository, sha=run.sha,
             workflow=workflow.name or Path(run.workflow_file).stem, target_url=target_url,
         )
+        checks = CheckSink(
+            self.github, collector, repository=run.repository, sha=run.sha,
+            workflow=workflow.name or Path(run.workflow_file).stem,
+            workflow_file=run.workflow_file, run_id=run.run_id,
+            details_url=target_url.replace("/api/runs/", "/runs/", 1),  # the dashboard's page
+        )
         try:
             with (
                 StoreSink(self.store, max_step_log=self.max_step_log or None) as keep,
                 Learning.open(self.store.path) as learning,
             ):
-                statuses.start()
+                if self.statuses:
+                    statuses.start()
+                if self.checks:
+                    checks.start()
                 try:
-                    sinks = FanOut(keep, collector, MetricsSink(self.metrics), statuses)
+                    sinks = FanOut(keep, collector, MetricsSink(self.metrics), statuses, checks)
                     outcome = await run_workflow(
                         workflow,
                         options,
@@ -115,7 +127,10 @@ class LocalRuns:
                     )
                 finally:
                     with contextlib.suppress(Exception):
-                        await asyncio.wait_for(asyncio.shield(statuses.drain()), REPORT_GRACE)
+                        await asyncio.wait_for(
+                            asyncio.shield(asyncio.gather(statuses.drain(), checks.drain())),
+                            REPORT_GRACE,
+                        )
         finally:
             self._tasks.pop(run.run_id, None)
         return outcome.conclusion

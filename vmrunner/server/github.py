@@ -1,4 +1,4 @@
-"""Reporting to GitHub over its REST API: commit statuses and one pull request comment.
+"""Reporting to GitHub over its REST API: check runs, commit statuses, one pull request comment.
 
 Authentication is a token (``Authorization: Bearer``) or a GitHub App installation: a JWT
 (RS256, signed with the app's private key, valid ten minutes) exchanged at
@@ -183,6 +183,28 @@ class GitHubClient:
             if len(comments) < 100:
                 return None
         return None
+
+    async def create_check_run(self, repository: str, body: Mapping[str, Any]) -> int | None:
+        """``POST /repos/{repository}/check-runs`` (a GitHub App's token): the new id."""
+        response = await self._request(
+            "POST", f"/repos/{repository}/check-runs", self._masked(body)
+        )
+        return int(response.json()["id"]) if response is not None else None
+
+    async def update_check_run(
+        self, repository: str, check_run_id: int, body: Mapping[str, Any]
+    ) -> bool:
+        path = f"/repos/{repository}/check-runs/{check_run_id}"
+        return await self._request("PATCH", path, self._masked(body)) is not None
+
+    def _masked(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.masker.mask(value)
+        if isinstance(value, Mapping):
+            return {key: self._masked(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._masked(item) for item in value]
+        return value
 
     def _comment(self, body: str) -> str:
         text = COMMENT_MARKER + "\n" + self.masker.mask(body)

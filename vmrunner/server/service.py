@@ -48,12 +48,14 @@ from vmrunner.machines.pool import WarmPool
 from vmrunner.machines.providers import get_provider
 from vmrunner.reports.storage import RunHistory
 from vmrunner.runner.options import RunOptions, machine_spec
+from vmrunner.server.checks import iso
 from vmrunner.server.config import RepositoryConfig, ServerConfig
 from vmrunner.server.executors import REPORT_GRACE, Executor, LocalRuns
 from vmrunner.server.github import GitHubClient, Status
 from vmrunner.server.metrics import Metrics
 from vmrunner.server.mirrors import ZERO_SHA, Mirrors
 from vmrunner.server.reporting import status_context
+from vmrunner.server.rerequests import is_rerequest, runs_to_rerun
 from vmrunner.server.state import ServerRun, ServerState
 from vmrunner.sessions import Owner, SessionManager
 from vmrunner.store import Store
@@ -240,6 +242,8 @@ class Service:
             return LocalRuns(
                 self.store, self.sessions, self.github, self.metrics,
                 max_step_log=self.config.max_step_log_bytes,
+                checks=self.config.reporting("checks"),
+                statuses=self.config.reporting("statuses"),
             )
         from vmrunner.fleet.store import FleetStore  # the fleet extra
         from vmrunner.server.queued import QueuedRuns
@@ -289,6 +293,11 @@ class Service:
             and cancelled_workflow(payload) is not None
             and self.config.repository(repository) is not None
         ):
+            fresh = self.state.add_delivery(delivery_id, event, repository, body, "received")
+            if fresh:
+                self._wake.set()
+            return Accepted("queued" if fresh else "duplicate")
+        if is_rerequest(event, payload) and self.config.repository(repository) is not None:
             fresh = self.state.add_delivery(delivery_id, event, repository, body, "received")
             if fresh:
                 self._wake.set()
@@ -360,6 +369,9 @@ class Service:
         if event == "workflow_run":
             await self._cancel_matching(delivery_id, repository, payload)
             return
+        if is_rerequest(event, payload):
+            await self._rerequested(delivery_id, event, repository, payload)
+            return
         target = event_target(event, payload)
         if repo is None or isinstance(target, str):
             self.state.finish_delivery(
@@ -429,6 +441,23 @@ class Service:
             else "no run of this workflow and commit was running"
         )
         self.state.finish_delivery(delivery_id, "dispatched" if cancelled else "ignored", note)
+
+    async def _rerequested(
+        self, delivery_id: str, event: str, repository: str, payload: Mapping[str, Any]
+    ) -> None:
+        """Someone pressed "Re-run" on our check run or check suite: run those runs again."""
+        found = runs_to_rerun(event, payload, repository, self.state.runs())
+        if isinstance(found, str):
+            self.state.finish_delivery(delivery_id, "ignored", found)
+            return
+        again, refused = [], []
+        for run in found:
+            try:
+                again.append(self.rerun(run.run_id).run_id)
+            except ConfigError as exc:
+                refused.append(str(exc))
+        note = "; ".join([f"re-ran as {', '.join(again)}" if again else "", *refused]).strip("; ")
+        self.state.finish_delivery(delivery_id, "dispatched" if again else "ignored", note)
 
     async def cancel(self, run_id: str) -> bool:
         """Cancel a queued or running run (a fleet run loses its machines on its hosts); False
@@ -505,16 +534,7 @@ class Service:
                         log.exception("run %s", run.run_id)
                     self.state.finish_run(run.run_id, "completed", "failure", str(exc))
                     self.metrics.runs.labels("failure").inc()
-                    await self.github.create_status(
-                        run.repository,
-                        run.sha,
-                        Status(
-                            "error",
-                            status_context(Path(run.workflow_file).stem, "run"),
-                            str(exc),
-                            self._target(run.run_id),
-                        ),
-                    )
+                    await self._report_error(run, str(exc))
                 else:
                     self.state.finish_run(run.run_id, "completed", conclusion)
                 finally:
@@ -584,6 +604,22 @@ class Service:
             network=self.network,
         )
 
+    async def _report_error(self, run: ServerRun, message: str) -> None:
+        """A run that could not start (a bad workflow, a failed fetch): one failed status or
+        check run named after its workflow file."""
+        name = status_context(Path(run.workflow_file).stem, "run")
+        if self.config.reporting("statuses"):
+            await self.github.create_status(
+                run.repository, run.sha, Status("error", name, message, self._target(run.run_id))
+            )
+        if self.config.reporting("checks"):
+            await self.github.create_check_run(run.repository, {
+                "name": name, "head_sha": run.sha, "external_id": run.run_id,
+                "status": "completed", "conclusion": "failure",
+                "completed_at": iso(time.time()),
+                "output": {"title": "the run could not start", "summary": message[:65535]},
+            })
+
     def _target(self, run_id: str) -> str:
         return f"{self.config.base_url}/api/runs/{run_id}"
 
@@ -610,7 +646,7 @@ class Service:
 
     async def _update_comment(self, repository: str, number: int) -> None:
         """Create or update (in place) our one comment on the pull request."""
-        if not self.github.enabled:
+        if not self.github.enabled or not self.config.reporting("comment"):
             return
         async with self._comment_locks.setdefault((repository, number), asyncio.Lock()):
             body = await self.executor.comment(self._latest_runs(repository, number), repository)
