@@ -129,7 +129,7 @@ class MachineService:
     def _on_transition(self, session: Session, transition: Transition) -> None:
         """A VM's session released by someone else (the reaper, a stop) ends the VM."""
         vm = self._vms.get(session.spec.labels.get(LABEL, ""))
-        if vm is not None and transition.state is SessionState.RELEASED:
+        if vm is not None and transition.state is SessionState.TERMINATING:
             vm.done.set()
 
     # Reading
@@ -139,11 +139,11 @@ class MachineService:
 
     def owned(self, owner: str) -> list[Vm]:
         self._expire()
-        return [vm for vm in self._vms.values() if vm.owner == owner]
+        return [vm for vm in self._vms.values() if vm.owner == owner and not vm.done.is_set()]
 
     def get(self, owner: str, vm_id: str) -> Vm:
         vm = self._vms.get(vm_id)
-        if vm is None or vm.owner != owner:
+        if vm is None or vm.owner != owner or vm.done.is_set():
             raise SessionNotFound(f"no VM {vm_id}")
         if vm.session is not None:
             vm.session.touch()
