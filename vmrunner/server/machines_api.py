@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Request
@@ -59,6 +60,8 @@ from vmrunner.sessions import SessionManager
 from vmrunner.store import Store
 
 SERVICE_NAME = "vmrunner-machines"
+#: A command that ends this soon, silent, is answered in one plain response (no stream).
+QUICK = 0.05
 ANONYMOUS = "anonymous"
 #: HTTP status of our errors, most specific class first.
 STATUS: tuple[tuple[type[VmrunnerError], int], ...] = (
@@ -292,8 +295,8 @@ def create_machines_app(
             )
         started = time.time()
         async with service_of(request).command(owner, body.vm_id) as session:
-            result = await session.exec(
-                argv(body.code), cwd=body.working_dir or None,
+            result = await service_of(request).exec(
+                session, argv(body.code), cwd=body.working_dir or None,
                 timeout=body.timeout_seconds or None,
             )
         completed = time.time()
@@ -318,9 +321,11 @@ def create_machines_app(
         ``{"result": ...}`` or ``{"error", "kind"}``. Closing the connection kills it."""
         service = service_of(request)
         session, done = service.start_command(owner, vm_id)
+        command = CommandStream(request, partial(service.exec, session), body, done)
+        if await command.finished_quickly():  # one plain response: less to send than a stream
+            return Response(command.whole(), media_type="application/x-ndjson")
         return StreamingResponse(
-            _exec_lines(request, session.exec, body, done), media_type="application/x-ndjson",
-            background=BackgroundTask(done),
+            command.lines(), media_type="application/x-ndjson", background=BackgroundTask(done)
         )
 
     @app.put("/api/vms/{vm_id}/files", status_code=204)
@@ -379,35 +384,69 @@ def _failure_kind(error: str) -> str:
     return "CapacityError" if error.startswith("limit reached") else "AllocationError"
 
 
-async def _exec_lines(
-    request: Request, run: Callable[..., Awaitable[ExecResult]], body: ExecBody,
-    done: Callable[[], None],
-) -> AsyncIterator[bytes]:
-    """The lines of one streamed command; the command dies with the connection."""
-    queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-    task = asyncio.ensure_future(run(
-        body.command,
-        env=body.env, cwd=body.cwd, timeout=body.timeout,
-        stdin=None if body.stdin is None else base64.b64decode(body.stdin),
-        write=body.write, collect=body.collect,
-        on_output=lambda s, d: queue.put_nowait(_line({"o": s, "d": base64.b64encode(d).decode()})),
-    ))
-    task.add_done_callback(lambda _: queue.put_nowait(None))
-    watcher = asyncio.ensure_future(_cancel_on_disconnect(request, task))
-    try:
-        while (item := await queue.get()) is not None:
-            yield item
+class CommandStream:
+    """One streamed command: its output lines as they come, then its result; the command dies
+    with the connection (or when the stream is closed early)."""
+
+    def __init__(
+        self, request: Request, run: Callable[..., Awaitable[ExecResult]], body: ExecBody,
+        done: Callable[[], None],
+    ) -> None:
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._done = done
+        self._output = asyncio.Event()
+        extra: dict[str, Any] = {  # only what was asked: empty ones still cost the agent
+            k: v for k, v in (("env", body.env), ("write", body.write), ("collect", body.collect))
+            if v
+        }
+        self._task = asyncio.ensure_future(run(
+            body.command, cwd=body.cwd, timeout=body.timeout, on_output=self._relay,
+            stdin=None if body.stdin is None else base64.b64decode(body.stdin), **extra,
+        ))
+        self._task.add_done_callback(lambda _: self._queue.put_nowait(None))
+        self._watcher = asyncio.ensure_future(_cancel_on_disconnect(request, self._task))
+
+    def _relay(self, stream: str, data: bytes) -> None:
+        self._queue.put_nowait(_line({"o": stream, "d": base64.b64encode(data).decode()}))
+        self._output.set()
+
+    async def finished_quickly(self) -> bool:
+        """Whether the command ended within ``QUICK`` seconds, before any output came."""
+        output = asyncio.ensure_future(self._output.wait())
         try:
-            yield _line({"result": result_json(task.result())})
+            await asyncio.wait({self._task, output}, timeout=QUICK,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            output.cancel()
+        return self._task.done()
+
+    def _final(self) -> bytes:
+        try:
+            return _line({"result": result_json(self._task.result())})
         except VmrunnerError as exc:
-            yield _line(error_body(exc))
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
-        with suppress(BaseException):
-            await asyncio.shield(task)
-        done()
+            return _line(error_body(exc))
+
+    def whole(self) -> bytes:
+        """Everything, once the command has ended."""
+        self._watcher.cancel()
+        self._done()
+        parts = []
+        while (item := self._queue.get_nowait()) is not None:
+            parts.append(item)
+        return b"".join([*parts, self._final()])
+
+    async def lines(self) -> AsyncIterator[bytes]:
+        try:
+            while (item := await self._queue.get()) is not None:
+                yield item
+            yield self._final()
+        finally:
+            self._watcher.cancel()
+            if not self._task.done():
+                self._task.cancel()
+            with suppress(BaseException):
+                await asyncio.shield(self._task)
+            self._done()
 
 
 async def _cancel_on_disconnect(request: Request, task: asyncio.Future[Any]) -> None:

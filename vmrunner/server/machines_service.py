@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import Any
 
 from vmrunner.errors import AllocationError, CapacityError, SessionNotFound
-from vmrunner.machines.base import MachineSpec, NetworkMode
+from vmrunner.machines.base import ExecResult, MachineSpec, NetworkMode
 from vmrunner.sessions import Session, SessionManager, SessionState, Transition
 
 #: Seconds a failed VM stays listed (so that a poller sees ``failed``), and a cancelled name
@@ -243,6 +243,25 @@ class MachineService:
                 vm.running -= 1
 
         return session, done
+
+    async def exec(self, session: Session, *args: Any, **kwargs: Any) -> ExecResult:
+        """``Machine.exec`` in the session's machine, touching the session while it runs (so
+        the reaper leaves a long silent command alone) without writing a state per command:
+        the client's own session records its steps."""
+        period = max(0.05, (self.idle_timeout or 60.0) / 4)
+
+        async def heartbeat() -> None:
+            while True:
+                await asyncio.sleep(period)
+                session.touch()
+
+        session.touch()
+        beating = asyncio.ensure_future(heartbeat())
+        try:
+            return await session.machine.exec(*args, **kwargs)
+        finally:
+            beating.cancel()
+            session.touch()
 
     @asynccontextmanager
     async def command(self, owner: str, vm_id: str) -> AsyncIterator[Session]:
