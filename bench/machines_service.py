@@ -41,8 +41,12 @@ def _free_port() -> int:
 
 
 async def _wait_pool(http: httpx.AsyncClient) -> None:
-    while not (await http.get("/api/vm-types")).json()["pool"]["idle"].get("default"):
+    """Until the service's pool has a machine ready (it lives in another process: polled)."""
+    for _ in range(3000):
+        if (await http.get("/api/vm-types")).json()["pool"]["idle"].get("default"):
+            return
         await asyncio.sleep(0.02)
+    raise RuntimeError("the service's warm pool never filled")
 
 
 async def _commands(machine: Machine, count: int) -> list[float]:
@@ -96,7 +100,8 @@ async def measure(url: str, token: str, allocations: int, commands: int) -> dict
 
 def report(results: dict[str, Any]) -> str:
     def row(name: str, figures: dict[str, float], goal: str = "") -> str:
-        return f"  {name:<28} p50 {figures['p50_ms']:7.2f} ms  p99 {figures['p99_ms']:7.2f} ms  {goal}"
+        p50, p99 = figures["p50_ms"], figures["p99_ms"]
+        return f"  {name:<28} p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  {goal}"
 
     warm = results["warm_allocation"]
     return "\n".join([

@@ -78,7 +78,8 @@ async def test_allocate_poll_execute_snapshot_rollback_delete(service: LiveServi
 
         ran = await execute(http, vm_id, "echo out; echo err >&2; pwd; exit 3")
         assert (ran["exit_code"], ran["stdout"], ran["stderr"]) == (3, "out\n/tmp\n", "err\n")
-        assert ran["vm_id"] == vm_id and ran["error"] is None
+        assert ran["vm_id"] == vm_id
+        assert ran["error"] is None
         assert {"execution_id", "duration_ms", "started_at", "completed_at"} <= set(ran)
 
         workspace = vm["paths"]["workspace"]
@@ -98,8 +99,10 @@ async def test_allocate_poll_execute_snapshot_rollback_delete(service: LiveServi
         assert unknown.status_code == 404
 
         listed = (await http.get("/api/vms")).json()
-        assert listed["total"] == 1 and listed["vms"][0]["id"] == vm_id
-        assert listed["usage"]["max_vms"] == 2 and listed["usage"]["current_vms"] == 1
+        assert listed["total"] == 1
+        assert listed["vms"][0]["id"] == vm_id
+        assert listed["usage"]["max_vms"] == 2
+        assert listed["usage"]["current_vms"] == 1
 
         first = await http.delete(f"/api/vms/{vm_id}")
         assert first.status_code == 200
@@ -111,7 +114,8 @@ async def test_allocate_poll_execute_snapshot_rollback_delete(service: LiveServi
             "agent_id": "a", "language": "bash", "code": "true", "vm_id": vm_id,
             "timeout_seconds": 5, "working_dir": "/",
         })
-        assert gone.status_code == 404 and "error" in gone.json()
+        assert gone.status_code == 404
+        assert "error" in gone.json()
 
 
 async def test_limit_reached_is_an_error_and_makes_no_machine(
@@ -126,7 +130,8 @@ async def test_limit_reached_is_an_error_and_makes_no_machine(
         assert refused.status_code == 429
         assert "limit reached" in refused.json()["error"]
         listed = (await http.get("/api/vms")).json()
-        assert listed["total"] == 2 and listed["usage"]["at_capacity"] is True
+        assert listed["total"] == 2
+        assert listed["usage"]["at_capacity"] is True
         if before is not None:
             assert sorted(p.name for p in (tmp_path / "home" / "machines").iterdir()) == before
         # Another caller has a quota of its own.
@@ -172,7 +177,8 @@ async def test_bad_requests_are_clear_4xx(service: LiveService) -> None:
         wrong = await http.post("/api/llm/execute", json={
             "agent_id": "a", "language": "cobol", "code": "x", "vm_id": vm["id"],
         })
-        assert wrong.status_code == 422 and "language" in wrong.json()["error"]
+        assert wrong.status_code == 422
+        assert "language" in wrong.json()["error"]
         missing_dir = await http.post("/api/llm/execute", json={
             "agent_id": "a", "language": "bash", "code": "true", "vm_id": vm["id"],
             "working_dir": "/no/such/dir",

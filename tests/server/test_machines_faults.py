@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 
 from tests.cli.helpers import ROOT, vmrunner
-from tests.machines.provider_suite import eventually, machine_processes
+from tests.machines.provider_suite import eventually, is_dir, machine_processes
 from tests.server.machines_helpers import LiveService, machine_service
 
 WORKFLOW = """\
@@ -88,7 +88,8 @@ async def test_a_killed_runner_s_machine_is_released_by_its_sessions_reclaim(
         pid = killed_runner(live, token, project(tmp_path / "repo"), home)
         (vm,) = await remote_vms(live, token)
         machine = vm["machine"]
-        assert isinstance(machine, dict) and machine_processes(machine["id"])
+        assert isinstance(machine, dict)
+        assert machine_processes(machine["id"])
         env = {**os.environ, "VMRUNNER_HOME": str(home), "VMRUNNER_REMOTE_TOKEN": token}
         reclaim = await asyncio.to_thread(vmrunner, "sessions", "reclaim", env=env)
         assert reclaim.returncode == 0, reclaim.stderr
@@ -113,7 +114,7 @@ async def test_a_killed_service_s_machines_are_released_by_sessions_reclaim(
     assert created.returncode == 0, created.stderr
     token = created.stdout.strip()
     port = free_port()
-    server = subprocess.Popen(
+    server = subprocess.Popen(  # noqa: ASYNC220 - killed, not awaited
         [sys.executable, "-m", "vmrunner", "machines", "serve", "--port", str(port),
          "--network", "host"],
         env={**env, "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE,
@@ -139,14 +140,14 @@ async def test_a_killed_service_s_machines_are_released_by_sessions_reclaim(
         server.wait()
     machine_id = vm["machine"]["id"]
     # A sandbox's processes die with their parent; its folder and records stay behind.
-    assert Path(vm["machine"]["state_dir"]).exists()
+    assert is_dir(vm["machine"]["state_dir"])
     reclaim = await asyncio.to_thread(
         vmrunner, "sessions", "reclaim", "--provider", "sandbox", env=env
     )
     assert reclaim.returncode == 0, reclaim.stderr
     assert machine_id in reclaim.stdout + reclaim.stderr
     await eventually(lambda: not machine_processes(machine_id), "the reclaim")
-    assert not Path(vm["machine"]["state_dir"]).exists()
+    assert not is_dir(vm["machine"]["state_dir"])
     again = await asyncio.to_thread(vmrunner, "sessions", "reclaim", "--json", env=env)
     assert machine_id not in again.stdout
 
@@ -156,4 +157,5 @@ def test_machines_serve_refuses_open_access_beyond_loopback() -> None:
     assert result.returncode == 1
     assert "--allow-no-tokens serves only loopback" in result.stderr
     bad = vmrunner("machines", "serve", "--quota", "ci=two")
-    assert bad.returncode == 1 and "expected NAME=VMS,SESSIONS" in bad.stderr
+    assert bad.returncode == 1
+    assert "expected NAME=VMS,SESSIONS" in bad.stderr
