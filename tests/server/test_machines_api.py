@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.machines.provider_suite import eventually, machine_processes
+from tests.machines.provider_suite import eventually, is_dir, machine_processes
 from tests.server.machines_helpers import LiveService, machine_service
 from vmrunner.server import jwt
 
@@ -219,4 +219,26 @@ async def test_a_vm_whose_client_vanished_is_reaped(tmp_path: Path) -> None:
             # no more calls: the reaper releases it after the idle timeout
             await eventually(lambda: not machine_processes(machine_id), "the reaper", 30)
             assert (await http.get(f"/api/vms/{vm['id']}")).status_code == 404
+            assert (await http.get("/api/vms")).json()["total"] == 0
+
+
+async def test_stopping_the_service_releases_its_vms(tmp_path: Path) -> None:
+    with machine_service(tmp_path / "service.db") as live:
+        async with client(live, live.token("left")) as http:
+            vm = await allocate_like_the_prototype(http, "default")
+            await execute(http, vm["id"], "sleep 1000 >/dev/null 2>&1 &")
+    assert machine_processes(vm["machine"]["id"]) == []
+    assert not is_dir(vm["machine"]["state_dir"])
+
+
+async def test_vm_types_are_those_the_host_offers(tmp_path: Path) -> None:
+    with machine_service(tmp_path / "service.db", vm_types=("default",)) as live:
+        async with client(live, live.token("typed")) as http:
+            offered = (await http.get("/api/vm-types")).json()
+            assert offered["vm_types"] == ["default"]
+            assert offered["provider"] == "sandbox"
+            assert offered["capabilities"]["snapshots"] is True
+            refused = await http.post("/api/vms", json={"vm_type": "focal-ci"})
+            assert refused.status_code == 409
+            assert "this host serves default" in refused.json()["error"]
             assert (await http.get("/api/vms")).json()["total"] == 0
