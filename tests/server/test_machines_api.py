@@ -17,6 +17,8 @@ import pytest
 
 from tests.machines.provider_suite import eventually, is_dir, machine_processes
 from tests.server.machines_helpers import LiveService, machine_service
+from vmrunner.machines.base import MachineSpec
+from vmrunner.machines.remote import RemoteProvider
 from vmrunner.server import jwt
 
 SECRET = b"jwt-secret-of-the-tests"
@@ -242,3 +244,16 @@ async def test_vm_types_are_those_the_host_offers(tmp_path: Path) -> None:
             assert refused.status_code == 409
             assert "this host serves default" in refused.json()["error"]
             assert (await http.get("/api/vms")).json()["total"] == 0
+
+
+async def test_many_quick_commands_in_a_row(service: LiveService) -> None:
+    """Quick commands are answered in one response: each with all its output and its result."""
+    provider = RemoteProvider(service.url, service.token("quick"))
+    machine = await provider.allocate(MachineSpec())
+    try:
+        for index in range(100):
+            result = await machine.exec(f"echo {index}; exit {index % 3}")
+            assert (result.stdout, result.exit_code) == (f"{index}\n".encode(), index % 3)
+    finally:
+        await provider.release(machine)
+        await provider.aclose()

@@ -431,8 +431,10 @@ class CommandStream:
         self._watcher.cancel()
         self._done()
         parts = []
-        while (item := self._queue.get_nowait()) is not None:
-            parts.append(item)
+        while not self._queue.empty():  # the end marker may not be queued yet: not awaited
+            item = self._queue.get_nowait()
+            if item is not None:
+                parts.append(item)
         return b"".join([*parts, self._final()])
 
     async def lines(self) -> AsyncIterator[bytes]:
