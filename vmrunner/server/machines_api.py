@@ -34,6 +34,7 @@ from starlette.background import BackgroundTask
 
 from vmrunner.errors import (
     AccessDenied,
+    AgentError,
     AllocationError,
     CapacityError,
     ExecError,
@@ -421,6 +422,8 @@ class CommandStream:
         return self._task.done()
 
     def _final(self) -> bytes:
+        if self._task.cancelled():  # its client went away
+            return _line(error_body(AgentError("the command was cancelled")))
         try:
             return _line({"result": result_json(self._task.result())})
         except VmrunnerError as exc:
