@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from vmrunner.machines.host import HostProvider
     from vmrunner.machines.pool import PoolStatistics, WarmPool
     from vmrunner.machines.providers import get_provider
+    from vmrunner.machines.remote import RemoteProvider
     from vmrunner.machines.sandbox import SandboxProvider
     from vmrunner.machines.testing import CountingProvider
     from vmrunner.reports.insights import Insights, Lesson, Suggestion
@@ -66,6 +67,7 @@ if TYPE_CHECKING:
     from vmrunner.server.config import RepositoryConfig, ServerConfig
     from vmrunner.server.dashboard import local_dashboard
     from vmrunner.server.github import GitHubClient
+    from vmrunner.server.machines_api import MachineServiceConfig, create_machines_app
     from vmrunner.server.service import Service
     from vmrunner.server.testing import FakeGitHub
     from vmrunner.server.tokens import TokenStore
@@ -87,6 +89,7 @@ _LAZY: dict[str, str] = {
     "MachineSpec": "vmrunner.machines.base",
     "Provider": "vmrunner.machines.base",
     "SandboxProvider": "vmrunner.machines.sandbox",
+    "RemoteProvider": "vmrunner.machines.remote",
     "CountingProvider": "vmrunner.machines.testing",
     "PoolStatistics": "vmrunner.machines.pool",
     "WarmPool": "vmrunner.machines.pool",
@@ -126,6 +129,8 @@ _LAZY: dict[str, str] = {
     "RepositoryConfig": "vmrunner.server.config",
     "ServerConfig": "vmrunner.server.config",
     "GitHubClient": "vmrunner.server.github",
+    "MachineServiceConfig": "vmrunner.server.machines_api",
+    "create_machines_app": "vmrunner.server.machines_api",
     "Service": "vmrunner.server.service",
     "FakeGitHub": "vmrunner.server.testing",
     "TokenStore": "vmrunner.server.tokens",
@@ -177,6 +182,7 @@ __all__ = [
     "Lesson",
     "Machine",
     "MachineError",
+    "MachineServiceConfig",
     "MachineSpec",
     "MatrixError",
     "Plan",
@@ -184,6 +190,7 @@ __all__ = [
     "PoolStatistics",
     "Provider",
     "ReleaseError",
+    "RemoteProvider",
     "RepositoryConfig",
     "RequestRejected",
     "ResultCollector",
@@ -220,6 +227,7 @@ __all__ = [
     "WorkflowError",
     "__version__",
     "create_app",
+    "create_machines_app",
     "get_provider",
     "load_workflow",
     "load_workflow_text",

@@ -49,6 +49,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "vmrunner.cli.agent",
         "Serve a fleet's jobs on this host (PostgreSQL with procrastinate).",
     ),
+    "machines": (
+        "vmrunner.cli.machines",
+        "Serve this host's machines over HTTP to runners elsewhere (the machine service).",
+    ),
     "fleet": ("vmrunner.cli.fleet", "Submit, follow and cancel runs on a fleet of agent hosts."),
     "config": (
         "vmrunner.cli.config",

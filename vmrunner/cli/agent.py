@@ -39,6 +39,10 @@ ENV_STORE = "VMRUNNER_STORE"
     "--provider", default=None, help=f"Machine provider (default: ${ENV_PROVIDER} or sandbox)."
 )
 @click.option(
+    "--remote-url", default=None, envvar="VMRUNNER_REMOTE_URL",
+    help="With --provider remote: the machine service's URL [env: VMRUNNER_REMOTE_URL].",
+)
+@click.option(
     "--network",
     type=click.Choice(NETWORKS),
     default=None,
@@ -106,6 +110,7 @@ def command(
     capacity: int,
     store: str,
     provider: str | None,
+    remote_url: str | None,
     network: str | None,
     pool_size: int,
     heartbeat: float,
@@ -127,6 +132,8 @@ def command(
     from vmrunner.fleet.agent import Agent, AgentConfig
     from vmrunner.fleet.labels import parse_labels
 
+    if remote_url:  # where the remote provider looks
+        os.environ["VMRUNNER_REMOTE_URL"] = remote_url
     config = AgentConfig(
         url=store,
         name=name,

@@ -120,6 +120,13 @@ def _pairs(
     help=f"The machine provider (default: {DEFAULT_PROVIDER}) [env: {ENV_PROVIDER}].",
 )
 @click.option(
+    "--remote-url",
+    default=None,
+    envvar="VMRUNNER_REMOTE_URL",
+    help="With --provider remote: the machine service (`vmrunner machines serve`), its token in "
+    "$VMRUNNER_REMOTE_TOKEN [env: VMRUNNER_REMOTE_URL].",
+)
+@click.option(
     "--network",
     type=click.Choice(NETWORKS),
     default=None,
@@ -230,6 +237,7 @@ def command(
     matrix: tuple[str, ...],
     dry_run: bool,
     provider: str | None,
+    remote_url: str | None,
     network: str | None,
     machine_types: tuple[str, ...],
     pool: int,
@@ -256,6 +264,10 @@ def command(
 ) -> None:
     """Run the workflows EVENT (default: push) triggers, each job in its own machine."""
     import asyncio
+    import os
+
+    if remote_url:  # where the remote provider (and a later `sessions reclaim`) looks
+        os.environ["VMRUNNER_REMOTE_URL"] = remote_url
 
     from vmrunner.cli import terminal
     from vmrunner.cli.dotenv import read_dotenv

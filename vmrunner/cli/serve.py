@@ -21,7 +21,8 @@ Config file (TOML; YAML with the same keys for .yml/.yaml):
   public_url = "https://ci.example.com"
   concurrent_runs = 2
   concurrent_jobs = 4
-  provider = "sandbox"
+  provider = "sandbox"   # "remote": machines of a `vmrunner machines serve`
+  remote_url = ""        # its URL; its token in $VMRUNNER_REMOTE_TOKEN
   network = "private"
   pool_size = 0
   max_body_bytes = 26214400
@@ -101,6 +102,10 @@ Every /api/ route needs a token: `vmrunner tokens create NAME --scope read`.
     "--provider", default=None, help=f"Machine provider (default: ${ENV_PROVIDER} or sandbox)."
 )
 @click.option(
+    "--remote-url", default=None, envvar="VMRUNNER_REMOTE_URL",
+    help="With --provider remote: the machine service's URL [env: VMRUNNER_REMOTE_URL].",
+)
+@click.option(
     "--network",
     type=click.Choice(NETWORKS),
     default=None,
@@ -165,6 +170,7 @@ def command(
     github_installation_id: str | None,
     public_url: str | None,
     provider: str | None,
+    remote_url: str | None,
     network: str | None,
     pool_size: int | None,
     concurrent_runs: int | None,
@@ -237,6 +243,7 @@ def command(
         github_api_url=github_api_url,
         public_url=public_url,
         provider=provider or (None if "provider" in settings else os.environ.get(ENV_PROVIDER)),
+        remote_url=remote_url,
         network=network,
         pool_size=pool_size,
         concurrent_runs=concurrent_runs,
@@ -245,6 +252,8 @@ def command(
         drain_seconds=drain_seconds,
         store=store or None,
     )
+    if config.remote_url:  # where the remote provider looks
+        os.environ["VMRUNNER_REMOTE_URL"] = config.remote_url
     _check_exposure(config.host, allow_no_tokens)
     if config.store:
         from vmrunner.cli.fleet import reach_store

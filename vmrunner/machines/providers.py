@@ -14,6 +14,7 @@ PROVIDERS: dict[str, str] = {
     "host": "vmrunner.machines.host:HostProvider",
     "qemu": "vmrunner.machines.qemu:QemuProvider",
     "firecracker": "vmrunner.machines.firecracker:FirecrackerProvider",
+    "remote": "vmrunner.machines.remote:RemoteProvider",
 }
 
 

@@ -99,6 +99,8 @@ class ServerConfig:
     concurrent_runs: int = DEFAULT_CONCURRENT_RUNS
     concurrent_jobs: int = DEFAULT_CONCURRENT_JOBS
     provider: str = DEFAULT_PROVIDER
+    #: With ``provider = "remote"``: the machine service (``vmrunner machines serve``).
+    remote_url: str = ""
     #: The network of the jobs' machines; empty: the provider's default (``default_network``).
     network: str = ""
     pool_size: int = 0
@@ -170,6 +172,7 @@ _SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
     "concurrent_runs": int,
     "concurrent_jobs": int,
     "provider": str,
+    "remote_url": str,
     "network": str,
     "pool_size": int,
     "max_body_bytes": int,

@@ -1,0 +1,375 @@
+"""The ``remote`` provider: machines of a ``vmrunner machines serve`` on another host, over HTTP.
+
+The runner keeps its engine and store; the service keeps the providers, the warm pool and the
+machines. One machine here is one VM of the service (``/api/vms/{vm_id}``): allocation is a
+``POST /api/vms`` that waits until the machine runs, a command is a streamed exec (NDJSON over
+chunked HTTP: output lines while it runs, then the result), files move as tar bodies.
+
+Errors are mapped once, here: the service answers ``{"error", "kind"}`` with the name of one of
+our own ``MachineError`` classes, and the client raises that class; an unknown VM (released,
+reaped) is an ``AgentError``, as a local machine whose agent is gone. A cancelled allocation
+tells the service to forget its name, so a machine finishing its start after the client gave
+up is released there at once.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import socket
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
+from typing import Any, ClassVar, NoReturn
+
+import httpx
+
+from vmrunner.errors import (
+    AgentError,
+    AllocationError,
+    ExecError,
+    ForwardError,
+    ForwardUnsupported,
+    MachineError,
+    ReleaseError,
+    SnapshotError,
+    SnapshotUnsupported,
+    TransferError,
+)
+from vmrunner.machines.base import (
+    Capabilities,
+    ExecResult,
+    Isolation,
+    Machine,
+    MachinePaths,
+    MachineRecord,
+    MachineSpec,
+    OutputCallback,
+    Provider,
+    SnapshotId,
+)
+from vmrunner.machines.local import owner_identity, shielded
+
+ENV_REMOTE_URL = "VMRUNNER_REMOTE_URL"
+ENV_REMOTE_TOKEN = "VMRUNNER_REMOTE_TOKEN"
+#: Labels the client gives its machines, so a leftover can be matched with its runner process.
+OWNER_LABELS = ("vmrunner.owner_host", "vmrunner.owner_pid", "vmrunner.owner_start")
+#: Errors the service may name in ``kind``; anything else becomes the caller's default class.
+ERRORS: dict[str, type[MachineError]] = {
+    cls.__name__: cls
+    for cls in (
+        AllocationError, AgentError, ExecError, TransferError, SnapshotError,
+        SnapshotUnsupported, ForwardError, ForwardUnsupported, ReleaseError,
+    )
+}
+#: Connecting is quick or broken; a command or a VM's boot takes as long as it takes (the
+#: caller bounds it: a job's timeout, a step's).
+TIMEOUT = httpx.Timeout(None, connect=10.0)
+DEFAULT_CAPABILITIES = Capabilities(
+    isolation=Isolation.NAMESPACES, snapshots=True,
+    network_modes=frozenset({"private", "host", "none"}),
+)
+
+
+def error_body(exc: BaseException) -> dict[str, str]:
+    """How the service reports one of our errors (the client raises the same class)."""
+    return {"error": str(exc), "kind": type(exc).__name__}
+
+
+def _raise(response: httpx.Response, default: type[MachineError], doing: str) -> NoReturn:
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    message = body.get("error") or body.get("detail") or response.text or response.reason_phrase
+    cls = ERRORS.get(str(body.get("kind")), default)
+    if response.status_code == 404 and cls is default:
+        cls = AgentError
+    raise cls(f"{doing}: {message} (HTTP {response.status_code})")
+
+
+def _check(response: httpx.Response, default: type[MachineError], doing: str) -> Any:
+    if not response.is_success:
+        _raise(response, default, doing)
+    return response.json() if response.content else None
+
+
+def capabilities_from(body: Mapping[str, Any]) -> Capabilities:
+    return Capabilities(
+        isolation=Isolation(body.get("isolation", "namespaces")),
+        snapshots=bool(body.get("snapshots")),
+        network_modes=frozenset(body.get("network_modes") or ("host",)),
+        forward=False,  # a forward would need a tunnel through the service: not offered
+        containers=False,
+    )
+
+
+class RemoteProvider(Provider):
+    """Machines allocated on a machine service at ``url`` (``$VMRUNNER_REMOTE_URL``), with
+    the bearer ``token`` (``$VMRUNNER_REMOTE_TOKEN``)."""
+
+    name: ClassVar[str] = "remote"
+    capabilities: ClassVar[Capabilities] = DEFAULT_CAPABILITIES
+
+    def __init__(self, url: str | None = None, token: str | None = None, **_: Any) -> None:
+        self.url = (url or os.environ.get(ENV_REMOTE_URL, "")).rstrip("/")
+        self.token = token if token is not None else os.environ.get(ENV_REMOTE_TOKEN) or None
+        self._client: httpx.AsyncClient | None = None
+        self._held: dict[str, RemoteMachine] = {}
+        if self.url:
+            body = self._sync_get("/api/vm-types", AllocationError, "describing the service")
+            caps = capabilities_from(body.get("capabilities", {}))
+            setattr(self, "capabilities", caps)  # noqa: B010 - the service's, per instance
+            self.vm_types: list[str] = list(body.get("vm_types", []))
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def client(self) -> httpx.AsyncClient:
+        if not self.url:
+            raise AllocationError(
+                f"the remote provider needs the service's URL: --remote-url or ${ENV_REMOTE_URL}"
+            )
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                base_url=self.url, headers=self.headers, timeout=TIMEOUT
+            )
+        return self._client
+
+    def _sync_get(self, path: str, default: type[MachineError], doing: str) -> Any:
+        try:
+            response = httpx.get(self.url + path, headers=self.headers, timeout=10.0)
+        except httpx.HTTPError as exc:
+            raise default(f"{doing}: cannot reach {self.url}: {exc}") from exc
+        return _check(response, default, doing)
+
+    async def request(
+        self, method: str, path: str, default: type[MachineError], doing: str, **kwargs: Any
+    ) -> httpx.Response:
+        try:
+            return await self.client().request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise default(f"{doing}: cannot reach the machine service {self.url}: {exc}") from exc
+
+    async def allocate(self, spec: MachineSpec) -> Machine:
+        if spec.image:
+            raise AllocationError("the remote provider cannot run container images")
+        name = f"vmr-{secrets.token_hex(8)}"
+        pid, start = owner_identity()
+        owner = dict(zip(OWNER_LABELS, (socket.gethostname(), str(pid), str(start)), strict=True))
+        body = {
+            "vm_type": spec.vm_type, "name": name, "network": spec.network, "cpus": spec.cpus,
+            "memory_mib": spec.memory_mib, "pids": spec.pids, "disk_mib": spec.disk_mib,
+            "labels": {**spec.labels, **owner}, "wait": True,
+        }
+        try:
+            response = await self.request(
+                "POST", "/api/vms", AllocationError, "allocating", json=body
+            )
+            vm = _check(response, AllocationError, f"allocating a {spec.vm_type} machine")
+            if vm.get("status") != "running":
+                raise AllocationError(
+                    f"machine {vm.get('id')} is {vm.get('status')}: {vm.get('error') or '?'}"
+                )
+        except BaseException:
+            await shielded(self._forget(name))
+            raise
+        machine = RemoteMachine(self, spec, vm)
+        self._held[machine.vm_id] = machine
+        return machine
+
+    async def _forget(self, name: str) -> None:
+        """Ask the service to drop the allocation ``name``, made or not (yet)."""
+        with suppress(httpx.HTTPError):  # else the service's idle timeout releases it
+            await self.client().delete(f"/api/vms/by-name/{name}")
+
+    async def release(self, machine: Machine) -> None:
+        if not isinstance(machine, RemoteMachine):
+            raise ReleaseError(f"machine {machine.id} is not a remote machine")
+        await shielded(self._delete(self.client(), machine.vm_id))
+        self._held.pop(machine.vm_id, None)
+        machine.released = True
+
+    @staticmethod
+    async def _delete(client: httpx.AsyncClient, vm_id: str) -> None:
+        try:
+            response = await client.delete(f"/api/vms/{vm_id}")
+        except httpx.HTTPError as exc:
+            raise ReleaseError(f"releasing {vm_id}: cannot reach the service: {exc}") from exc
+        if response.status_code != 404 and not response.is_success:
+            _raise(response, ReleaseError, f"releasing {vm_id}")
+
+    async def reclaim(self, record: MachineRecord) -> None:
+        url = str(record.data.get("url") or self.url)
+        vm_id = str(record.data.get("vm_id") or record.machine_id)
+        async with httpx.AsyncClient(base_url=url, headers=self.headers, timeout=TIMEOUT) as c:
+            await shielded(self._delete(c, vm_id))
+
+    def leftovers(self) -> list[MachineRecord]:
+        """The service's machines of this token that a runner process on this host made."""
+        if not self.url:
+            return []
+        body = self._sync_get("/api/vms", AgentError, "listing machines")
+        here = socket.gethostname()
+        found = []
+        for vm in body.get("vms", []):
+            labels = vm.get("labels") or {}
+            host, pid, start = (labels.get(k) for k in OWNER_LABELS)
+            if host != here or not pid or vm.get("status") not in ("creating", "running"):
+                continue
+            found.append(record_of(self.url, vm, int(pid), None if start in (None, "None")
+                                   else int(start)))
+        return found
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+def record_of(url: str, vm: Mapping[str, Any], owner_pid: int, owner_start: int | None
+              ) -> MachineRecord:
+    """A remote machine's record: the machine's pid and folder are the service host's."""
+    inner = vm.get("machine") or {}
+    return MachineRecord(
+        machine_id=str(inner.get("id") or vm["id"]),
+        provider=RemoteProvider.name,
+        vm_type=str(vm.get("vm_type", "")),
+        pid=inner.get("pid"),
+        pid_start=inner.get("pid_start"),
+        state_dir=str(inner.get("state_dir", "")),
+        owner_pid=owner_pid,
+        owner_start=owner_start,
+        data={"url": url, "vm_id": vm["id"], "name": vm.get("name", "")},
+    )
+
+
+class RemoteMachine(Machine):
+    """One VM of the machine service."""
+
+    def __init__(self, provider: RemoteProvider, spec: MachineSpec, vm: Mapping[str, Any]) -> None:
+        self._provider = provider
+        self.vm_id = str(vm["id"])
+        self.spec = spec
+        paths = vm.get("paths") or {}
+        self.paths = MachinePaths(
+            workspace=paths.get("workspace", ""), temp=paths.get("temp", ""),
+            home=paths.get("home", ""), tool_cache=paths.get("tool_cache", ""),
+        )
+        self.from_pool = bool((vm.get("machine") or {}).get("from_pool"))
+        pid, start = owner_identity()
+        self._record = record_of(provider.url, vm, pid, start)
+        self.id = self._record.machine_id
+        self.released = False
+
+    @property
+    def provider_name(self) -> str:
+        return RemoteProvider.name
+
+    @property
+    def record(self) -> MachineRecord:
+        return self._record
+
+    def _path(self, tail: str = "") -> str:
+        return f"/api/vms/{self.vm_id}{tail}"
+
+    async def exec(
+        self,
+        command: Sequence[str] | str,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - enforced inside the machine
+        on_output: OutputCallback | None = None,
+        stdin: bytes | None = None,
+        write: Mapping[str, str] | None = None,
+        collect: Sequence[str] = (),
+    ) -> ExecResult:
+        body = {
+            "command": command if isinstance(command, str) else list(command),
+            "env": dict(env or {}), "cwd": cwd, "timeout": timeout,
+            "stdin": None if stdin is None else base64.b64encode(stdin).decode(),
+            "write": dict(write or {}), "collect": list(collect),
+        }
+        kept: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
+        doing = f"running a command in {self.id}"
+        try:
+            async with self._provider.client().stream(
+                "POST", self._path("/exec"), json=body
+            ) as response:
+                if not response.is_success:
+                    await response.aread()
+                    _raise(response, AgentError, doing)
+                async for line in response.aiter_lines():
+                    if not line:
+                        continue
+                    message = json.loads(line)
+                    if "o" in message:
+                        chunk = base64.b64decode(message["d"])
+                        if on_output is not None:
+                            on_output(message["o"], chunk)
+                        else:
+                            kept[message["o"]].append(chunk)
+                    elif "result" in message:
+                        return _result(message["result"], kept)
+                    elif "error" in message:
+                        cls = ERRORS.get(message.get("kind", ""), AgentError)
+                        raise cls(message["error"])
+        except httpx.HTTPError as exc:
+            raise AgentError(f"{doing}: lost the machine service: {exc}") from exc
+        raise AgentError(f"{doing}: the service ended the command's stream without a result")
+
+    async def put(self, dest_dir: str, tar_data: bytes) -> None:
+        doing = f"copying into {dest_dir} of {self.id}"
+        response = await self._provider.request(
+            "PUT", self._path("/files"), AgentError, doing, params={"path": dest_dir},
+            content=tar_data, headers={"Content-Type": "application/x-tar"},
+        )
+        _check(response, TransferError, doing)
+
+    async def get(self, path: str) -> bytes:
+        doing = f"copying {path} out of {self.id}"
+        response = await self._provider.request(
+            "GET", self._path("/files"), AgentError, doing, params={"path": path}
+        )
+        if not response.is_success:
+            _raise(response, TransferError, doing)
+        return response.content
+
+    async def snapshot(self, name: str = "") -> SnapshotId:
+        doing = f"taking a snapshot of {self.id}"
+        response = await self._provider.request(
+            "POST", self._path("/snapshots"), AgentError, doing,
+            json={"name": name, "description": name},
+        )
+        return str(_check(response, SnapshotError, doing)["snapshot_id"])
+
+    async def restore(self, snapshot_id: SnapshotId) -> None:
+        doing = f"restoring {self.id} to {snapshot_id}"
+        response = await self._provider.request(
+            "POST", self._path(f"/rollback/{snapshot_id}"), AgentError, doing
+        )
+        _check(response, SnapshotError, doing)
+
+    async def limits_hit(self) -> list[str]:
+        response = await self._provider.request(
+            "GET", self._path("/limits"), AgentError, "reading limits"
+        )
+        return list(_check(response, AgentError, "reading limits").get("limits_hit", []))
+
+
+def _result(body: Mapping[str, Any], kept: Mapping[str, list[bytes]]) -> ExecResult:
+    return ExecResult(
+        exit_code=body.get("exit_code"),
+        duration=float(body.get("duration", 0.0)),
+        signal=body.get("signal"),
+        timed_out=bool(body.get("timed_out")),
+        stdout=b"".join(kept["stdout"]),
+        stderr=b"".join(kept["stderr"]),
+        files={k: base64.b64decode(v) for k, v in (body.get("files") or {}).items()},
+        truncated=frozenset(body.get("truncated") or ()),
+    )
