@@ -99,7 +99,7 @@ def test_build_errors_are_clear(
     assert not list(store.root.glob(".build-*"))
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(ImageError, match="needs buildah: apt-get install buildah"):
-        build.build_image(store, context_tar({"Dockerfile": "FROM scratch\n"}), "Dockerfile", ids=ids)
+        build.build_image(store, context_tar({"Dockerfile": "FROM x\n"}), "Dockerfile", ids=ids)
 
 
 def test_base_images_skip_scratch_and_stages() -> None:
@@ -126,3 +126,11 @@ def test_the_context_digest_depends_on_contents_only(files: dict[str, str]) -> N
         assert key != build.context_digest(first, "other/Dockerfile")
         (second / next(iter(files))).write_text("something else entirely")
         assert key != build.context_digest(second, "Dockerfile")
+
+
+def test_bases_are_named_in_full_for_buildah() -> None:
+    dockerfile = "FROM ubuntu AS one\nRUN echo FROM ubuntu\nFROM one\nfrom  ghcr.io/o/i:1\n"
+    assert build.qualified(dockerfile, build.base_images(dockerfile)) == (
+        "FROM docker.io/library/ubuntu:latest AS one\nRUN echo FROM ubuntu\nFROM one\n"
+        "from  ghcr.io/o/i:1\n"
+    )

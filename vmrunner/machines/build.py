@@ -82,6 +82,23 @@ def base_images(dockerfile: str) -> list[str]:
     return bases
 
 
+def qualified(dockerfile: str, bases: list[str]) -> str:
+    """``dockerfile`` with its bases named in full (``ubuntu`` is
+    ``docker.io/library/ubuntu:latest``, as Docker reads it): buildah finds them so in its
+    storage, whatever its short-name settings."""
+
+    def full(match: re.Match[str]) -> str:
+        base = match.group(1)
+        if base not in bases:
+            return match.group(0)
+        start, end = match.span(1)
+        line = match.group(0)
+        offset = match.start(0)
+        return line[: start - offset] + str(parse_reference(base)) + line[end - offset :]
+
+    return _FROM.sub(full, dockerfile)
+
+
 def unpack_context(tar_data: bytes, into: Path) -> Path:
     """The context folder from ``Machine.get``'s tar (one top folder), unpacked with the
     ``data`` filter: no absolute paths, ``..``, links out of it, devices or set-id bits."""
@@ -119,7 +136,9 @@ def build_image(store: ImageStore, tar_data: bytes, dockerfile: str, *, ids: int
             path = context / dockerfile
             if not path.is_file() or path.is_symlink():
                 raise ImageError(f"the action's folder has no file {dockerfile}")
-            bases = base_images(path.read_text(encoding="utf-8", errors="replace"))
+            text = path.read_text(encoding="utf-8", errors="replace")
+            bases = base_images(text)
+            path.write_text(qualified(text, bases), encoding="utf-8")
             layouts = [staging / f"base-{index}" for index in range(len(bases))]
             for base, layout in zip(bases, layouts, strict=True):
                 copy_to_layout(parse_reference(base), layout, None, staging)
@@ -164,8 +183,6 @@ def _run_buildah(
              f"{store}{full}"],
             f"FROM {name}",
         )  # fmt: skip
-        if full != name:  # a short name: buildah may look it up as localhost/NAME
-            _inside(staging, [*buildah, "tag", full, name], f"FROM {name}")
     _inside(
         staging,
         [*buildah, "build", "--pull=never", "--isolation", "chroot", "--quiet", "--layers=false",

@@ -295,6 +295,8 @@ class ActionSteps:
         env = self.node_env(action, step, scope, inputs, step_env, {})
         env.update({k: render_text(v, contexts, hooks) for k, v in action.env.items()})
         env.update(GITHUB_WORKSPACE=DOCKER_WORKSPACE, HOME="/github/home")
+        if "PATH" not in {**job.env_context(scope), **step_env, **action.env}:
+            del env["PATH"]  # the image's own (its ENV PATH), as GitHub passes no PATH
         workspace, temp = str(job.github.get("workspace")), runtime.paths.temp
         binds = ((workspace, DOCKER_WORKSPACE), (f"{temp}/_github_home", "/github/home"),
                  (f"{temp}/{FILE_COMMANDS_DIR}", IMAGE_FILE_COMMANDS))  # fmt: skip
