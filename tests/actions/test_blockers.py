@@ -5,6 +5,8 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from vmrunner.actions.blockers import (
     CONTAINER,
     DOCKER_ACTION,
@@ -92,3 +94,21 @@ def test_steps_of_parallel_groups_count(tmp_path: Path) -> None:
         "sandbox", lambda uses: None,
     )
     assert [b.kind for b in found] == [DOCKER_IMAGE]
+
+
+def test_a_dockerfile_action_needs_buildah_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = write(tmp_path, {"dock/action.yml": "runs: {using: docker, image: Dockerfile}\n"})
+    steps = job("steps: [{uses: ./dock}]")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", str(bin_dir))
+    found = job_blockers(steps, "sandbox", local_actions(str(repo)), containers=True)
+    assert [b.reason for b in found] == [
+        "job 'j' uses a Docker action built from a Dockerfile (./dock): building its image"
+        " needs buildah on the host (apt-get install buildah)"
+    ]
+    (bin_dir / "buildah").write_text("#!/bin/sh\n")
+    (bin_dir / "buildah").chmod(0o755)
+    assert job_blockers(steps, "sandbox", local_actions(str(repo)), containers=True) == []

@@ -106,6 +106,14 @@ def write(root: Path, files: dict[str, str]) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def without_buildah(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Dockerfile action is a blocker only where the host has no buildah: these figures are
+    those of such a host, whatever this one has."""
+    (tmp_path / "no-tools").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "no-tools"))
+
+
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
     return write(

@@ -235,9 +235,10 @@ def host_programs_layer(programs: list[str], folders: tuple[str, ...] = ()) -> d
 
 def docker_hub_images(registry: Registry, tmp: Path) -> None:
     """The Docker Hub images act's test cases name, built here and served by ``registry`` as
-    their mirror: ``alpine`` (busybox's sh), ``node:16-buster-slim`` (with bash) and
-    ``node:16-buster`` (with bash and python)."""
-    if "library/node:16-buster" in _PUSHED:
+    their mirror: ``alpine`` (busybox's sh), ``node:16-buster-slim`` (with bash),
+    ``node:16-buster`` (with bash and python), and ``ubuntu:latest`` and ``ubuntu:18.04`` (with
+    bash: the bases of act's Dockerfile actions)."""
+    if "library/ubuntu:18.04" in _PUSHED:
         return
     python = os.path.realpath(sys.executable if sys.executable.startswith("/usr/") else
                               "/usr/bin/python3")  # fmt: skip
@@ -245,12 +246,26 @@ def docker_hub_images(registry: Registry, tmp: Path) -> None:
     links: dict[str, Entry] = {"usr/bin/python": ("link", python), "usr/bin/python3":
                                ("link", python), "bin/bash": ("link", "/usr/bin/bash")}  # fmt: skip
     with_python = host_programs_layer([python], (f"/usr/lib/{os.path.basename(python)}",))
+    # node's entrypoint, as the real image has it: arguments that start with '-' go to node
+    # (act's uses-docker-url runs `args: -v`); the stand-in node only answers -v.
+    node: dict[str, Entry] = {
+        "usr/local": None, "usr/local/bin": None,
+        "usr/local/bin/docker-entrypoint.sh":
+            b'#!/bin/sh\nif [ "${1#-}" != "$1" ]; then set -- node "$@"; fi\nexec "$@"\n',
+        "usr/local/bin/node": b'#!/bin/sh\n[ "$1" = -v ] && exec echo v16.20.2-stand-in\n'
+                              b'echo "a stand-in for node: it only answers -v" >&2; exit 1\n',
+    }  # fmt: skip
     images = {
         "library/alpine:latest": [busybox_layer()],
-        "library/node:16-buster-slim": [busybox_layer(), bash, links],
-        "library/node:16-buster": [busybox_layer(), bash, with_python, links],
+        "library/node:16-buster-slim": [busybox_layer(), bash, links, node],
+        "library/node:16-buster": [busybox_layer(), bash, with_python, links, node],
+        "library/ubuntu:latest": [busybox_layer(), bash, links],
+        "library/ubuntu:18.04": [busybox_layer(), bash, links],
     }
     for name, layers in images.items():
+        config: dict[str, Any] = {"Env": ["PATH=/usr/local/bin:/usr/bin:/bin"]}
+        if "/node:" in name:
+            config.update(Entrypoint=["docker-entrypoint.sh"], Cmd=["node"])
         layout = write_layout(tmp / name.replace("/", "-").replace(":", "-"), layers,
-                              config={"Env": ["PATH=/usr/local/bin:/usr/bin:/bin"]})  # fmt: skip
+                              config=config)  # fmt: skip
         _PUSHED[name] = registry.push(layout, name)

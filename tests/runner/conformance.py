@@ -41,8 +41,9 @@ CONTAINERS: dict[str, dict[str, Any]] = {
     "testdata/shells/python": {"expect": "success", "jobs": {"check-container": "success"}},
     "testdata/fail": {"expect": "failure", "jobs": {"build": "failure"}},
     # Its docker:// step runs now; check still fails at its last step, which greps for
-    # GITHUB_SHA, empty here (the harness runs no commit; act's sets one), so build (whose
-    # action is built from a Dockerfile, which vmrunner cannot) and test are skipped.
+    # GITHUB_SHA, empty here (the harness runs no commit; act's sets one), so build and test
+    # are skipped. Given a commit, all three run, build's Dockerfile action built with buildah
+    # (tests/runner/test_act_container_cases.py).
     "testdata/basic": {
         "expect": "failure", "jobs": {"check": "failure", "build": "skipped", "test": "skipped"}
     },

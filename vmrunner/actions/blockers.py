@@ -10,6 +10,7 @@ one that runs (JavaScript or composite).
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -78,7 +79,8 @@ def job_blockers(
     actions (the engine only finds those when the step runs). Windows and macOS runners are
     judged apart (``other_system_reason``): their labels may need the matrix. ``containers``:
     the provider's machines can run images (``container:``, ``services:`` and Docker steps
-    with a prebuilt image are no blockers then; a Dockerfile to build still is)."""
+    with a prebuilt image are no blockers then, nor a Dockerfile to build where the host has
+    buildah)."""
     found: list[Blocker] = []
     def refuse(kind: str, what: str) -> None:
         found.append(Blocker(kind, f"job '{job.id}' uses {what}: not supported by the "
@@ -96,8 +98,12 @@ def job_blockers(
         elif uses and (action := resolve(uses)) is not None and action.is_docker:
             if not containers:
                 refuse(DOCKER_ACTION, f"a Docker action ({uses}{inside})")
-            elif not action.image.startswith("docker://"):
-                refuse(DOCKER_ACTION, f"a Docker action built from a Dockerfile ({uses}{inside})")
+            elif not action.image.startswith("docker://") and shutil.which("buildah") is None:
+                found.append(Blocker(DOCKER_ACTION, (
+                    f"job '{job.id}' uses a Docker action built from a Dockerfile ({uses}"
+                    f"{inside}): building its image needs buildah on the host (apt-get install"
+                    " buildah)"
+                )))  # fmt: skip
     return found
 
 

@@ -408,11 +408,8 @@ async def load_local_action(machine: Machine, uses: str, workspace: str) -> Acti
             "refused (a local action must be a folder of the repository checked out into the "
             "workspace)"
         )
-    if result.exit_code == 6:
-        raise ActionError(
-            f"step uses {uses}: a Docker action (Dockerfile under '{folder}'): not supported by "
-            f"the {machine.provider_name} provider"
-        )
+    if result.exit_code == 6:  # a folder with a Dockerfile only: a Docker action, as on GitHub
+        return Action(uses, folder, "docker", image="Dockerfile")
     if result.exit_code in (3, 5):
         raise ActionError(
             f"Can't find 'action.yml', 'action.yaml' or 'Dockerfile' under '{folder}'. "

@@ -136,6 +136,9 @@ class ImageRun:
     workdir: str = ""
     #: Machine folders shown in the container: (machine path, container path).
     binds: tuple[tuple[str, str], ...] = ()
+    #: A folder of the machine to build the image from, ``image`` being its Dockerfile
+    #: (relative to it); '' when ``image`` is pulled.
+    context: str = ""
 
 
 @dataclass(frozen=True, slots=True)

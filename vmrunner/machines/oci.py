@@ -191,13 +191,33 @@ class ImageStore:
             return None
         return str(data["digest"])
 
+    def prepare(self) -> None:
+        """Make the cache's folders (passable: the sandbox's unprivileged bubblewrap goes
+        through them to the images)."""
+        for folder in (self.root, self.images, self.refs):
+            folder.mkdir(parents=True, exist_ok=True, mode=0o711)
+            folder.chmod(0o711)
+
+    def locked(self, name: str) -> contextlib.AbstractContextManager[None]:
+        """One holder of ``name`` at a time on this host (other runners' included)."""
+        return _locked(self.root / f".lock-{name}")
+
+    def built(self, key: str, ids: int) -> ContainerImage | None:
+        """The image built before from a context of digest ``key`` (``build.py``), if kept."""
+        try:
+            data = json.loads((self.refs / f"build-{key}.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return self._cached(str(data["digest"]), ids)
+
+    def remember_build(self, key: str, digest: str) -> None:
+        _write_json(self.refs / f"build-{key}.json", {"digest": digest, "time": time.time()})
+
     def _pull(
         self, ref: ImageReference, ids: int, credentials: Credentials | None
     ) -> ContainerImage:
-        for folder in (self.root, self.images, self.refs):
-            folder.mkdir(parents=True, exist_ok=True, mode=0o711)
-            folder.chmod(0o711)  # the sandbox's unprivileged bubblewrap passes through
-        with _locked(self.root / f".lock-{self._ref_file(ref).stem}"):
+        self.prepare()
+        with self.locked(self._ref_file(ref).stem):
             digest = ref.digest or self._resolved(ref)
             if digest is not None and (image := self._cached(digest, ids)) is not None:
                 return image
@@ -213,28 +233,15 @@ class ImageStore:
     def _fetch(
         self, ref: ImageReference, ids: int, credentials: Credentials | None, staging: Path
     ) -> ContainerImage:
-        skopeo, umoci = _tool("skopeo", SKOPEO_MISSING), _tool("umoci", UMOCI_MISSING)
-        layout = staging / "layout"
-        digest_file = staging / "digest"
-        # Signature policies are not ours to judge: the image is named by the workflow, and its
-        # blobs are still checked against their digests (here and by skopeo).
-        argv = [skopeo, "--insecure-policy", "copy", "--quiet", "--digestfile", str(digest_file)]
-        if ref.loopback:
-            argv.append("--src-tls-verify=false")
-        if credentials is not None:
-            auth = staging / "auth.json"
-            token = base64.b64encode(f"{credentials.username}:{credentials.password}".encode())
-            _write_json(auth, {"auths": {ref.registry: {"auth": token.decode()}}})
-            argv += ["--src-authfile", str(auth)]
-        else:
-            argv.append("--src-no-creds")
-        source = mirrored(ref)
-        if source.loopback and not ref.loopback:
-            argv.append("--src-tls-verify=false")
-        _run([*argv, f"docker://{source}", f"oci:{layout}:image"], f"pulling {ref}", credentials)
-        digest = digest_file.read_text(encoding="ascii").strip()
-        if ref.digest and digest != ref.digest:
-            raise ImageError(f"pulling {ref}: the registry sent {digest}, not {ref.digest}")
+        digest = copy_to_layout(ref, staging / "layout", credentials, staging)
+        return self.unpack(str(ref), staging / "layout", digest, ids, staging)
+
+    def unpack(
+        self, reference: str, layout: Path, digest: str, ids: int, staging: Path
+    ) -> ContainerImage:
+        """The one image of the OCI ``layout`` (tag ``image``), checked and unpacked into the
+        cache as ``digest`` (its manifest's) for machines whose root is host id ``ids``."""
+        umoci = _tool("umoci", UMOCI_MISSING)
         config = verify_layout(layout)
         folder = self.folder(digest, ids)
         if (image := self._cached(digest, ids)) is not None:
@@ -244,22 +251,51 @@ class ImageStore:
         _run(
             [umoci, "unpack", "--image", f"{layout}:image", "--uid-map", mapping,
              "--gid-map", mapping, str(bundle)],
-            f"unpacking {ref}", None,
+            f"unpacking {reference}", None,
         )  # fmt: skip
         for leftover in bundle.glob("*.mtree"):
             leftover.unlink()
         os.chmod(bundle, 0o711)
-        image = image_from_config(str(ref), digest, config, folder / "rootfs")
+        image = image_from_config(reference, digest, config, folder / "rootfs")
         _write_json(bundle / "image.json", image.to_data())
         with contextlib.suppress(FileExistsError, OSError):
             bundle.rename(folder)
         if (cached := self._cached(digest, ids)) is None:
-            raise ImageError(f"unpacking {ref}: cannot keep it in {self.images}")
+            raise ImageError(f"unpacking {reference}: cannot keep it in {self.images}")
         return cached
 
     def remove_all(self) -> None:
         """Empty the cache (unpacked files belong to the machines' ids: root removes them)."""
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def copy_to_layout(
+    ref: ImageReference, layout: Path, credentials: Credentials | None, staging: Path
+) -> str:
+    """Copy ``ref`` from its registry (or Docker Hub's mirror) into the OCI ``layout`` as tag
+    ``image`` with ``skopeo``; its manifest's digest."""
+    skopeo = _tool("skopeo", SKOPEO_MISSING)
+    digest_file = staging / f"digest-{layout.name}"
+    # Signature policies are not ours to judge: the image is named by the workflow, and its
+    # blobs are still checked against their digests (here and by skopeo).
+    argv = [skopeo, "--insecure-policy", "copy", "--quiet", "--digestfile", str(digest_file)]
+    if ref.loopback:
+        argv.append("--src-tls-verify=false")
+    if credentials is not None:
+        auth = staging / "auth.json"
+        token = base64.b64encode(f"{credentials.username}:{credentials.password}".encode())
+        _write_json(auth, {"auths": {ref.registry: {"auth": token.decode()}}})
+        argv += ["--src-authfile", str(auth)]
+    else:
+        argv.append("--src-no-creds")
+    source = mirrored(ref)
+    if source.loopback and not ref.loopback:
+        argv.append("--src-tls-verify=false")
+    _run([*argv, f"docker://{source}", f"oci:{layout}:image"], f"pulling {ref}", credentials)
+    digest = digest_file.read_text(encoding="ascii").strip()
+    if ref.digest and digest != ref.digest:
+        raise ImageError(f"pulling {ref}: the registry sent {digest}, not {ref.digest}")
+    return digest
 
 
 def mirrored(ref: ImageReference) -> ImageReference:

@@ -60,7 +60,7 @@ from typing import ClassVar
 
 from vmrunner.config import warn_host_network
 from vmrunner.errors import AllocationError, ExecError, MachineError, ReleaseError, SnapshotError
-from vmrunner.machines import container, seccomp, services, sudo
+from vmrunner.machines import build, container, seccomp, services, sudo
 from vmrunner.machines.agent import DEFAULT_GRACE
 from vmrunner.machines.base import (
     Capabilities,
@@ -225,7 +225,15 @@ class SandboxMachine(AgentMachine):
             raise ExecError(container.ROOT_NEEDED)
         credentials = Credentials(*run.credentials) if run.credentials else None
         try:
-            image = await where.images.pull(run.image, ids=where.owner, credentials=credentials)
+            if run.context:
+                context = await self.get(run.context)
+                image = await asyncio.to_thread(
+                    build.build_image, where.images, context, run.image, ids=where.owner
+                )
+            else:
+                image = await where.images.pull(
+                    run.image, ids=where.owner, credentials=credentials
+                )
             self._one_shot += 1
             root = await container.attach(
                 image, pid=where.pid, space=where.space, name=f"step-{self._one_shot}",
@@ -234,7 +242,8 @@ class SandboxMachine(AgentMachine):
             )  # fmt: skip
             user = container.user_ids(run.user or image.user, image.rootfs)
         except MachineError as exc:
-            raise ExecError(f"cannot run {run.image}: {exc}") from exc
+            what = f"the image of {run.context}/{run.image}" if run.context else run.image
+            raise ExecError(f"cannot run {what}: {exc}") from exc
         entrypoint = [run.entrypoint] if run.entrypoint else list(image.entrypoint)
         argv = [*entrypoint, *(args or ([] if run.entrypoint else image.cmd))]
         if not argv:

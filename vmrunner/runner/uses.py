@@ -285,12 +285,7 @@ class ActionSteps:
         """A Docker action (or a ``docker://`` step): a one-shot container of its image in the
         job's machine, with the workspace and file commands where GitHub mounts them."""
         job, runtime = self.job, self.job.live_runtime
-        if not action.image.startswith("docker://"):
-            raise ActionError(
-                f"action {action.reference} builds its image from {action.image or 'Dockerfile'}:"
-                " vmrunner builds no images (there is no buildah here); give the action a"
-                " prebuilt image (runs.image: docker://...)"
-            )
+        dockerfile = "" if action.image.startswith("docker://") else action.image or "Dockerfile"
         contexts = {**job.contexts(scope, job.env_context(scope)), "inputs": inputs}
         hooks = job.hooks(scope)
         if "args" in inputs:
@@ -300,15 +295,17 @@ class ActionSteps:
         env = self.node_env(action, step, scope, inputs, step_env, {})
         env.update({k: render_text(v, contexts, hooks) for k, v in action.env.items()})
         env.update(GITHUB_WORKSPACE=DOCKER_WORKSPACE, HOME="/github/home")
+        if "PATH" not in {**job.env_context(scope), **step_env, **action.env}:
+            del env["PATH"]  # the image's own (its ENV PATH), as GitHub passes no PATH
         workspace, temp = str(job.github.get("workspace")), runtime.paths.temp
         binds = ((workspace, DOCKER_WORKSPACE), (f"{temp}/_github_home", "/github/home"),
                  (f"{temp}/{FILE_COMMANDS_DIR}", IMAGE_FILE_COMMANDS))  # fmt: skip
         for folder, _ in binds:  # made before they are shown in the container
             await runtime.machine.put(folder, EMPTY_TAR)
         image = ImageRun(
-            action.image.removeprefix("docker://"),
+            dockerfile or action.image.removeprefix("docker://"),
             entrypoint=inputs.get("entrypoint") or action.entrypoint, workdir=DOCKER_WORKSPACE,
-            binds=binds,
+            binds=binds, context=action.path if dockerfile else "",
         )  # fmt: skip
         result = await runtime.run_script(
             index, lambda _script: args, "", "", env=env, cwd=DOCKER_WORKSPACE,
