@@ -59,7 +59,7 @@ import os
 import platform
 import shutil
 import subprocess
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any, ClassVar, TypeVar
@@ -72,6 +72,7 @@ from vmrunner.errors import (
     ReleaseError,
     SnapshotError,
 )
+from vmrunner.machines import container, guest_containers, oci, services
 from vmrunner.machines._qmp import Monitor
 from vmrunner.machines.agent import DEFAULT_GRACE
 from vmrunner.machines.base import (
@@ -79,11 +80,14 @@ from vmrunner.machines.base import (
     DEFAULT_VM_MEMORY_MIB,
     DEFAULT_VM_TYPE,
     Capabilities,
+    ExecResult,
+    ImageRun,
     Isolation,
     Machine,
     MachinePaths,
     MachineRecord,
     MachineSpec,
+    OutputCallback,
     Provider,
     SnapshotId,
 )
@@ -137,6 +141,11 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 PATHS = MachinePaths(workspace=WORKSPACE, temp=TEMP, home=HOME, tool_cache=TOOL_CACHE)
+#: A container job's places (``container.py``), the same in the guest and in the job's root.
+CONTAINER_PATHS = MachinePaths(
+    workspace=container.WORKSPACE, temp=container.TEMP, home=container.HOME,
+    tool_cache=container.TOOL_CACHE,
+)  # fmt: skip
 
 
 # The accelerator.
@@ -267,6 +276,60 @@ def _quoted(path: Path) -> str:
 class QemuMachine(AgentMachine):
     """A QEMU virtual machine; commands go through its agent, snapshots through QMP."""
 
+    #: A container job's root in the guest, where every command runs (``guest_containers``).
+    job: guest_containers.JobRoot | None = None
+    #: Its service containers, once started.
+    services: services.Services | None = None
+    #: The host's image cache, for Docker steps.
+    images: oci.ImageStore | None = None
+    _one_shot = 0
+
+    async def exec(
+        self,
+        command: Sequence[str] | str,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - enforced inside the machine
+        on_output: OutputCallback | None = None,
+        stdin: bytes | None = None,
+        write: Mapping[str, str] | None = None,
+        collect: Sequence[str] = (),
+    ) -> ExecResult:
+        """In a container job, in the job's root, as its user, over the image's environment."""
+        job = self.job
+        if job is None:
+            return await super().exec(
+                command, env=env, cwd=cwd, timeout=timeout, on_output=on_output, stdin=stdin,
+                write=write, collect=collect,
+            )  # fmt: skip
+        return await self._usable().exec(
+            command, env={**job.env, **(env or {})}, cwd=cwd or container.WORKSPACE,
+            timeout=timeout, on_output=on_output, stdin=stdin, write=write, collect=collect,
+            root=job.root, user=job.user,
+        )  # fmt: skip
+
+    async def exec_image(
+        self,
+        run: ImageRun,
+        args: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - enforced inside the machine
+        on_output: OutputCallback | None = None,
+        write: Mapping[str, str] | None = None,
+        collect: Sequence[str] = (),
+    ) -> ExecResult:
+        """A one-shot container in the guest (its root stays there until the VM goes)."""
+        client = self._usable()
+        assert self.images is not None
+        context = await self.get(run.context) if run.context else None
+        self._one_shot += 1
+        return await guest_containers.exec_image(
+            client, self.images, run, args, f"step-{self._one_shot}", context=context, env=env,
+            timeout=timeout, on_output=on_output, write=write, collect=collect,
+        )  # fmt: skip
+
     def __init__(
         self,
         *,
@@ -275,11 +338,12 @@ class QemuMachine(AgentMachine):
         process: asyncio.subprocess.Process,
         monitor: Monitor,
         client: AgentClient,
+        paths: MachinePaths = PATHS,
     ) -> None:
         super().__init__(
             provider_name="qemu",
             spec=spec,
-            paths=PATHS,
+            paths=paths,
             record=record,
             process=process,
             client=client,
@@ -333,6 +397,7 @@ class QemuProvider(Provider):
         snapshots=True,
         network_modes=frozenset({"private", "host", "none"}),
         forward=True,
+        containers=True,
     )
 
     def __init__(
@@ -358,6 +423,8 @@ class QemuProvider(Provider):
         self._accel = accel
         self._qemu = qemu
         self._ready_locks: dict[str, asyncio.Lock] = {}
+        #: The host's cache of unpacked OCI images (pulled here, copied into guests).
+        self.oci = oci.ImageStore(self.home / "cache")
 
     # Resolution.
 
@@ -397,9 +464,11 @@ class QemuProvider(Provider):
             spec.cpus or DEFAULT_VM_CPUS,
             spec.network,
         )
+        # Images are pulled before the machine starts: a bad reference costs no boot.
+        job_image, service_images = await guest_containers.pull(self.oci, spec)
         ready = await self._ready(qemu, image, shape) if self.ready_state else None
         try:
-            return await self._start(qemu, image, shape, spec, ready)
+            machine = await self._start(qemu, image, shape, spec, ready)
         except AllocationError as exc:
             if ready is None:
                 raise
@@ -407,7 +476,21 @@ class QemuProvider(Provider):
             log.warning("the ready state %s failed (%s): booting afresh", ready, exc)
             await asyncio.to_thread(shutil.rmtree, ready, True)
             ready = await self._ready(qemu, image, shape)
-            return await self._start(qemu, image, shape, spec, ready)
+            machine = await self._start(qemu, image, shape, spec, ready)
+        machine.images = self.oci
+        try:
+            if job_image is not None:
+                machine.job = await guest_containers.job_root(
+                    machine.client, job_image, spec, machine.id
+                )
+            if spec.services:
+                machine.services = await guest_containers.start_services(
+                    machine.client, service_images, spec, machine.state_dir / "services"
+                )
+        except BaseException:
+            await self.release(machine)
+            raise
+        return machine
 
     async def _start(
         self, qemu: str, image: Image, shape: Shape, spec: MachineSpec, ready: Path | None
@@ -461,7 +544,8 @@ class QemuProvider(Provider):
             if netns is not None:  # QEMU and the helper's tap device keep the namespace
                 os.close(netns)
         machine = QemuMachine(
-            spec=spec, record=record, process=process, monitor=monitor, client=client
+            spec=spec, record=record, process=process, monitor=monitor, client=client,
+            paths=CONTAINER_PATHS if spec.image else PATHS,
         )
         machine.network = network
         return machine
@@ -594,6 +678,8 @@ class QemuProvider(Provider):
     async def _teardown(self, machine: QemuMachine) -> None:
         try:
             await self._quit(machine)
+            if machine.services is not None:  # they ended with the connection
+                await machine.services.aclose()
         finally:
             if machine.network is not None:
                 await machine.network.aclose()

@@ -728,10 +728,14 @@ class SandboxProvider(LocalProvider):
         if machine.spec.services:
             where = machine.containers
             machine.services = services.Services(machine.client, machine.state_dir / "services")
-            await machine.services.start(
-                machine.spec.services, _SERVICES.get() or {}, pid=where.pid, space=where.space,
-                owner=where.owner,
-            )  # fmt: skip
+
+            async def attach(image: ContainerImage, name: str) -> str:
+                return await container.attach(
+                    image, pid=where.pid, space=where.space, name=name, owner=where.owner,
+                    binds=services.ETC_BINDS,
+                )  # fmt: skip
+
+            await machine.services.start(machine.spec.services, _SERVICES.get() or {}, attach)
 
     async def _reclaim(self, record: MachineRecord) -> None:
         await super()._reclaim(record)

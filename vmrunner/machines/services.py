@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import shlex
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 from vmrunner.errors import AllocationError, MachineError
@@ -33,6 +33,8 @@ from vmrunner.machines.oci import ContainerImage
 #: The files of the machine's ``/etc`` a container sees as its own (names, resolver).
 ETC_BINDS = (("/etc/hosts", "/etc/hosts", "copy"), ("/etc/resolv.conf", "/etc/resolv.conf", "copy"))
 LOG_TAIL = 2000
+#: Shows an image's root in the machine under a name; its path there (the agent's ``root``).
+Attach = Callable[[ContainerImage, str], Awaitable[str]]
 
 
 class Services:
@@ -44,18 +46,15 @@ class Services:
         self._tasks: dict[str, asyncio.Task[ExecResult | None]] = {}
 
     async def start(
-        self, specs: Sequence[ServiceSpec], images: Mapping[str, ContainerImage], *, pid: int,
-        space: Path, owner: int,
+        self, specs: Sequence[ServiceSpec], images: Mapping[str, ContainerImage], attach: Attach
     ) -> None:
-        """Start every service, then wait until each is healthy (``AllocationError`` if not)."""
+        """Start every service, each in the root ``attach`` gives its image (with ``ETC_BINDS``
+        in it), then wait until each is healthy (``AllocationError`` if not)."""
         self._log_dir.mkdir(parents=True, exist_ok=True)
         checks = []
         for spec in specs:
             image = images[spec.label]
-            root = await container.attach(
-                image, pid=pid, space=space, name=f"service-{spec.label}", owner=owner,
-                binds=ETC_BINDS,
-            )  # fmt: skip
+            root = await attach(image, f"service-{spec.label}")
             user = container.user_ids(spec.user or image.user, image.rootfs)
             env = environment(image, spec.env, user[0])
             entrypoint = [spec.entrypoint] if spec.entrypoint else list(image.entrypoint)
