@@ -12,8 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.machines.oci_fixtures import Registry, busybox_image, busybox_layer, registry
-from tests.machines.oci_fixtures import write_layout
+from tests.machines.oci_fixtures import (
+    Registry,
+    busybox_image,
+    busybox_layer,
+    registry,
+    write_layout,
+)
 from tests.machines.provider_suite import assert_nothing_left, tar_with
 from tests.machines.qemu_fixtures import qemu_image, test_images_dir
 from tests.machines.test_services import web, web_image
@@ -114,4 +119,5 @@ def test_the_root_is_copied_with_the_images_own_ids(tmp_path: Path) -> None:
         members = {m.name: m for m in tar.getmembers()}
     assert (members["home/app/file"].uid, members["home/app/file"].gid) == (1000, 1001)
     assert members["home/app/file"].uname == ""
-    assert members["link"].issym() and members["link"].linkname == "home/app/file"
+    assert members["link"].issym()
+    assert members["link"].linkname == "home/app/file"

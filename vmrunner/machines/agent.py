@@ -701,7 +701,8 @@ class Agent:
         timeout = header.get("timeout")
         wants_stdin = bool(header.get("stdin"))
         collect = _paths_of(header.get("collect") or [], "collect")
-        self._write_files(header.get("write") or {})
+        # In a container's root, as its user: the files are that user's (a step appends to them).
+        self._write_files(header.get("write") or {}, user if root else None)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         in_r, in_w = os.pipe() if wants_stdin else (self._devnull, -1)
@@ -735,7 +736,7 @@ class Agent:
             self._feed_stdin(ex, frame.payload)
         self._reap()
 
-    def _write_files(self, files: object) -> None:
+    def _write_files(self, files: object, owner: tuple[int, int] | None = None) -> None:
         if not isinstance(files, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in files.items()
         ):
@@ -743,8 +744,16 @@ class Agent:
         for name, text in files.items():
             path = os.path.join(self._cwd, name)
             try:
+                folder, made = os.path.dirname(path), []
+                while folder and not os.path.lexists(folder):
+                    made.append(folder)
+                    folder = os.path.dirname(folder)
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+                if owner is not None:
+                    for item in made:
+                        os.lchown(item, *owner)
+                    os.fchown(fd, *owner)
                 try:
                     data = memoryview(text.encode("utf-8", "surrogateescape"))
                     while data:

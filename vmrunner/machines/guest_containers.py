@@ -224,3 +224,14 @@ async def exec_image(
         cwd=run.workdir or image.workdir or "/", timeout=timeout, on_output=on_output,
         write=write, collect=collect, root=root, user=user,
     )  # fmt: skip
+
+
+async def give(client: AgentClient, dest_dir: str, tar_data: bytes, owner: tuple[int, int]) -> None:
+    """Make what ``tar_data`` put into ``dest_dir`` belong to ``owner`` (the job's user)."""
+    with tarfile.open(fileobj=io.BytesIO(tar_data)) as tar:
+        tops = sorted({m.name.lstrip("./").split("/")[0] for m in tar.getmembers()} - {""})
+    paths = [dest_dir, *(f"{dest_dir.rstrip('/')}/{top}" for top in tops)]
+    result = await client.exec(["chown", "-R", "-h", f"{owner[0]}:{owner[1]}", "--", *paths])
+    if not result.ok:
+        why = result.stderr.decode(errors="replace").strip()
+        raise ExecError(f"cannot give {dest_dir} to the job's user: {why}")

@@ -309,6 +309,12 @@ class QemuMachine(AgentMachine):
             root=job.root, user=job.user,
         )  # fmt: skip
 
+    async def put(self, dest_dir: str, tar_data: bytes) -> None:
+        """In a container job whose user is not root, what is put becomes that user's."""
+        await super().put(dest_dir, tar_data)
+        if self.job is not None and self.job.user != (0, 0):
+            await guest_containers.give(self._usable(), dest_dir, tar_data, self.job.user)
+
     async def exec_image(
         self,
         run: ImageRun,
