@@ -49,7 +49,7 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MOUNT_POINTS = ("proc", "dev", "tmp", "run", "etc", "__w", "__t", "github/home")
 ROOT_NEEDED = (
     "container machines need root (their root file system is an overlay the runner mounts):"
-    " run vmrunner as root, or use the qemu provider"
+    " run vmrunner as root"
 )
 _MS_NOSUID, _MS_NODEV = 2, 4
 _libc = ctypes.CDLL(None, use_errno=True)

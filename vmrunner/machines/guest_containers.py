@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import tarfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,10 @@ from vmrunner.machines.oci import ContainerImage, Credentials, ImageStore
 
 #: Where container roots are unpacked on the guest's disk.
 GUEST_ROOTS = "/var/lib/vmrunner/containers"
+HOST_ROOT_NEEDED = (
+    "container images are unpacked on the host with their own owners before they are copied"
+    " into the guest: run vmrunner as root"
+)
 
 #: Runs in the guest (``python3 -I -c``) as root; argv[1] is the JSON request.
 _SETUP = r"""
@@ -147,6 +152,8 @@ async def pull(
 ) -> tuple[ContainerImage | None, dict[str, ContainerImage]]:
     """The job's image (or None) and its services' images by label, pulled at once on the host
     (unpacked with the images' own ids: the guest is where they are mapped, not the host)."""
+    if (spec.image or spec.services) and os.geteuid() != 0:
+        raise AllocationError(HOST_ROOT_NEEDED)
 
     async def one(reference: str, login: tuple[str, str] | None) -> ContainerImage:
         login_ = Credentials(*login) if login else None
@@ -199,6 +206,8 @@ async def exec_image(
     """A one-shot container of ``run`` in the guest (``Machine.exec_image``); ``context``: the
     action's folder when the image is built from its Dockerfile."""
     credentials = Credentials(*run.credentials) if run.credentials else None
+    if os.geteuid() != 0:
+        raise ExecError(HOST_ROOT_NEEDED)
     try:
         if context is not None:
             # buildah builds as the machines' unprivileged root: moved back to 0 in the tar.
