@@ -41,6 +41,9 @@ Choices (measured on Debian 12's QEMU 7.2 with Debian's 6.1 cloud kernel):
   a file) beside its disk, which becomes read-only. Every later machine gets an overlay on that
   disk and starts with ``-incoming`` from that file: no boot, no kernel, the agent already
   waiting on its port (the host connects to the new QEMU's socket before the guest resumes).
+- Containers (``container:``, ``services:``, Docker steps): images pulled on the host, copied
+  into the guest and run there through the agent's chroot exec (``guest_containers``), after
+  the ready state is restored: they change nothing of the saved state.
 - Snapshots: HMP ``savevm``/``loadvm`` (through QMP's ``human-monitor-command``), kept inside
   the machine's own overlay: memory, devices and disk together, so a restored machine goes on
   exactly where it was, its processes included. The agent's connection stays open across a
