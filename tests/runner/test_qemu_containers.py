@@ -4,16 +4,24 @@ provider: the same workflows and semantics as on the sandbox, inside QEMU guests
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from tests.machines.oci_fixtures import Registry, busybox_image, registry
+from tests.machines.oci_fixtures import Registry, busybox_image, docker_hub_images, registry
 from tests.machines.qemu_fixtures import qemu_image, test_images_dir
 from tests.machines.test_services import web_image
 from tests.runner.engine import run
+from tests.runner.test_act_container_cases import (
+    DOCKER_ACTION_CUSTOM_PATH,
+    JOB_CONTAINER,
+    USES_DOCKER_URL,
+)
+from vmrunner.machines.oci import REGISTRY_MIRROR
 from vmrunner.machines.qemu import QemuProvider
+from vmrunner.reports.events import Annotation
 
 __all__ = ["registry"]
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="pulling images needs root")
@@ -88,3 +96,22 @@ jobs:
     assert ran.result("docker") == "success", logs
     assert ran.finished("docker").outputs["seen"] == "a value /github/workspace"
     assert "from-the-job" in logs
+
+
+async def test_acts_container_cases_in_qemu(
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, provider: QemuProvider
+) -> None:
+    """act's ``job-container`` and ``uses-docker-url`` (and ``docker-action-custom-path``, a
+    Dockerfile action, where buildah is installed), as on the sandbox."""
+    docker_hub_images(registry, tmp_path)
+    monkeypatch.setenv(REGISTRY_MIRROR, registry.host)
+    ran = await run(JOB_CONTAINER, provider=provider)
+    assert ran.result("test") == "success", (ran.finished("test").reason, ran.logs())
+    assert ran.result("test2") == "success", ran.logs()
+    ran = await run(USES_DOCKER_URL, provider=provider)
+    assert ran.result("test") == "success", ran.logs()
+    assert "v16.20.2-stand-in" in "\n".join(ran.logs())
+    if shutil.which("buildah") is not None:
+        ran = await run(DOCKER_ACTION_CUSTOM_PATH, provider=provider)
+        assert ran.result("_") == "success", ([a.message for a in ran.of(Annotation)], ran.logs())
+        assert "ORG_PATH=/opt/texlive/texdir/bin/x86_64-linuxmusl:" in "\n".join(ran.logs())

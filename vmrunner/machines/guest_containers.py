@@ -212,6 +212,11 @@ async def exec_image(
         if context is not None:
             # buildah builds as the machines' unprivileged root: moved back to 0 in the tar.
             shift = id_map().host_id(ROOT_UID)
+            # It goes through the runner's home and cache to its staging folder, by path (as
+            # the sandbox's machines do): open them to passers-by (0711, nothing listed).
+            for folder in (store.root.parent.parent, store.root.parent):
+                folder.mkdir(parents=True, exist_ok=True, mode=0o711)
+                folder.chmod(0o711)
             image = await asyncio.to_thread(
                 build.build_image, store, context, run.image, ids=shift
             )
