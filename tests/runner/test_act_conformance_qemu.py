@@ -16,9 +16,11 @@ from typing import Any
 import pytest
 
 from tests.cli.helpers import vmrunner
+from tests.machines.oci_fixtures import docker_hub_images, registry
 from tests.machines.qemu_fixtures import qemu_image, test_images_dir
 from tests.runner.conformance import (
     ACT,
+    CONTAINERS,
     REPO_ROOT,
     case_name,
     case_options,
@@ -26,11 +28,14 @@ from tests.runner.conformance import (
     cases,
     check_case,
     check_results,
+    with_containers,
 )
 from tests.runner.engine import run
 from vmrunner.machines.images import ENV_IMAGES
+from vmrunner.machines.oci import REGISTRY_MIRROR
 from vmrunner.machines.qemu import QemuProvider
 
+__all__ = ["registry"]
 QEMU_CASES = cases("basic", "commands", "outputs", "matrix", "fail", "environment-files")
 
 
@@ -47,7 +52,15 @@ async def provider() -> AsyncIterator[QemuProvider]:
 
 @pytest.mark.skipif(not QEMU_CASES, reason="no act conformance manifest in the shared folder")
 @pytest.mark.parametrize("case", QEMU_CASES, ids=[case_name(c) for c in QEMU_CASES])
-async def test_act_case_in_qemu(case: dict[str, Any], provider: QemuProvider) -> None:
+async def test_act_case_in_qemu(
+    case: dict[str, Any], provider: QemuProvider, request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if case["workflows"] in CONTAINERS:  # qemu runs container images too (in the guest)
+        registry = request.getfixturevalue("registry")
+        docker_hub_images(registry, request.getfixturevalue("tmp_path_factory").mktemp("hub"))
+        monkeypatch.setenv(REGISTRY_MIRROR, registry.host)
+        case = with_containers(case)
     runs = [
         await run(workflow, repo_root=REPO_ROOT, provider=provider, **case_options(case))
         for workflow in case_workflows(case)
