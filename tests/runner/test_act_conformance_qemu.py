@@ -36,7 +36,9 @@ from vmrunner.machines.oci import REGISTRY_MIRROR
 from vmrunner.machines.qemu import QemuProvider
 
 __all__ = ["registry"]
-QEMU_CASES = cases("basic", "commands", "outputs", "matrix", "fail", "environment-files")
+QEMU_CASES = cases(
+    "basic", "commands", "outputs", "matrix", "fail", "environment-files", "shells/sh"
+)
 
 
 @pytest.fixture
