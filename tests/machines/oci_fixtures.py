@@ -183,19 +183,27 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     server.close()
 
 
-_PUSHED: dict[str, str] = {}
+#: What was pushed, by registry (each test module that imports the session fixture ``registry``
+#: gets a registry of its own), name and config.
+_PUSHED: dict[tuple[str, str, str], str] = {}
 
 
 def busybox_image(registry: Registry, tmp: Path, name: str = "busybox:1", **config: Any) -> str:
-    """The busybox image pushed as ``name`` (once per session and name)."""
-    if name not in _PUSHED:
+    """The busybox image with ``config`` pushed as ``name`` (once per session, name and
+    config); another config under the same name gets a tag of its own (``busybox:1-<digest>``),
+    so that tests asking for different images never overwrite each other's tag."""
+    settings = json.dumps(config, sort_keys=True)
+    key = (registry.host, name, settings)
+    if key not in _PUSHED:
+        if config:
+            name = f"{name}-{hashlib.sha256(settings.encode()).hexdigest()[:12]}"
         layout = write_layout(
             tmp / f"layout-{name.replace(':', '-').replace('/', '-')}",
             [busybox_layer()],
             config=config,
         )
-        _PUSHED[name] = registry.push(layout, name)
-    return _PUSHED[name]
+        _PUSHED[key] = registry.push(layout, name)
+    return _PUSHED[key]
 
 
 def host_programs_layer(programs: list[str], folders: tuple[str, ...] = ()) -> dict[str, Entry]:
@@ -238,7 +246,7 @@ def docker_hub_images(registry: Registry, tmp: Path) -> None:
     their mirror: ``alpine`` (busybox's sh), ``node:16-buster-slim`` (with bash),
     ``node:16-buster`` (with bash and python), and ``ubuntu:latest`` and ``ubuntu:18.04`` (with
     bash: the bases of act's Dockerfile actions)."""
-    if "library/ubuntu:18.04" in _PUSHED:
+    if (registry.host, "library/ubuntu:18.04", "docker-hub") in _PUSHED:
         return
     python = os.path.realpath(sys.executable if sys.executable.startswith("/usr/") else
                               "/usr/bin/python3")  # fmt: skip
@@ -268,4 +276,4 @@ def docker_hub_images(registry: Registry, tmp: Path) -> None:
             config.update(Entrypoint=["docker-entrypoint.sh"], Cmd=["node"])
         layout = write_layout(tmp / name.replace("/", "-").replace(":", "-"), layers,
                               config=config)  # fmt: skip
-        _PUSHED[name] = registry.push(layout, name)
+        _PUSHED[registry.host, name, "docker-hub"] = registry.push(layout, name)
