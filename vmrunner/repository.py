@@ -13,6 +13,8 @@ import re
 import secrets
 import shutil
 import tarfile
+from asyncio.subprocess import Process
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,11 @@ from vmrunner.errors import ConfigError
 
 GIT_TIMEOUT = 300.0
 _REMOTE = re.compile(r"(?:[:/])([^/:]+)/([^/]+?)(?:\.git)?/?$")
+#: A line of git's ``--progress``: ``Receiving objects:  45% (9/20)``.
+_PROGRESS = re.compile(rb"^(?:remote: )?([A-Z][a-z]+(?: [a-z]+)*):\s+\d+% \((\d+)/(\d+)\)")
+
+#: Told how a fetch goes: (phase, done, total), e.g. ("receiving objects", 9, 20).
+FetchProgress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,17 +37,21 @@ class RepositoryInfo:
     repository: str
 
 
-async def git(
-    *args: str, cwd: str | os.PathLike[str], check: bool = True
-) -> tuple[int, bytes, str]:
-    """Run git on the host; returns (exit code, stdout, stderr)."""
+async def _start_git(args: tuple[str, ...], cwd: str | os.PathLike[str], stdout: int) -> Process:
     try:
-        process = await asyncio.create_subprocess_exec(
-            "git", *args, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        return await asyncio.create_subprocess_exec(
+            "git", *args, cwd=cwd, stdout=stdout, stderr=asyncio.subprocess.PIPE,
             stdin=asyncio.subprocess.DEVNULL,
         )
     except OSError as exc:
         raise ConfigError(f"cannot run git {' '.join(args)}: {exc}") from exc
+
+
+async def git(
+    *args: str, cwd: str | os.PathLike[str], check: bool = True
+) -> tuple[int, bytes, str]:
+    """Run git on the host; returns (exit code, stdout, stderr)."""
+    process = await _start_git(args, cwd, asyncio.subprocess.PIPE)
     try:
         async with asyncio.timeout(GIT_TIMEOUT):
             out, err = await process.communicate()
@@ -54,6 +65,40 @@ async def git(
     if check and code != 0:
         raise ConfigError(f"git {' '.join(args)} failed in {cwd}: {error or f'exit code {code}'}")
     return code, out, error
+
+
+async def git_progress(
+    *args: str, cwd: str | os.PathLike[str], progress: FetchProgress
+) -> tuple[int, str]:
+    """Run a git command that takes ``--progress`` (given here), telling ``progress`` each
+    progress line as it comes; returns the exit code and stderr's other lines."""
+    process = await _start_git(
+        (*args[:1], "--progress", *args[1:]), cwd, asyncio.subprocess.DEVNULL
+    )
+    assert process.stderr is not None
+    kept: list[bytes] = []
+
+    def take(line: bytes) -> None:
+        if found := _PROGRESS.match(line.strip()):
+            progress(found[1].decode().lower(), int(found[2]), int(found[3]))
+        elif line.strip():
+            kept.append(line.strip())
+
+    try:
+        async with asyncio.timeout(GIT_TIMEOUT):
+            pending = b""
+            while chunk := await process.stderr.read(4096):
+                *lines, pending = re.split(rb"[\r\n]", pending + chunk)
+                for line in lines:
+                    take(line)
+            take(pending)
+            await process.wait()
+    except BaseException:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        raise
+    return process.returncode or 0, b"\n".join(kept).decode(errors="replace")
 
 
 async def repository_info(root: str) -> RepositoryInfo:
@@ -193,14 +238,16 @@ def _resolved_file(owner: str, repo: str, ref: str) -> Path:
 
 
 async def fetch_action(
-    base_url: str, owner: str, repo: str, ref: str, *, offline: bool = False
+    base_url: str, owner: str, repo: str, ref: str, *, offline: bool = False,
+    progress: FetchProgress | None = None,
 ) -> FetchedAction:
     """``owner/repo`` at ``ref`` in the actions cache, keyed by the commit ``ref`` names.
 
     A full sha is immutable: cached once, never asked again. Any other ref (``v4``, a branch)
     moves: it is resolved on every call with one ``git ls-remote`` and fetched only when it
     names a commit not cached yet. ``offline``: nothing touches the network; the commit the ref
-    named last time is used, and a ref never fetched is an error naming it.
+    named last time is used, and a ref never fetched is an error naming it. ``progress``
+    hears how a fetch goes.
     """
     if not all(_SAFE_NAME.match(part) for part in (owner, repo)):
         raise ConfigError(f"invalid action reference {owner}/{repo}@{ref}")
@@ -237,7 +284,7 @@ async def fetch_action(
             raise ConfigError(
                 f"action {what} is not in the cache and --offline forbids fetching it"
             )
-        await _fetch_commit(url, sha, target, what)
+        await _fetch_commit(url, sha, target, what, progress)
     if not is_full_sha(ref):
         await asyncio.to_thread(_write_text, remembered, sha)
     return FetchedAction(target, sha, note)
@@ -257,16 +304,18 @@ def _write_text(path: Path, text: str) -> None:
     partial.replace(path)
 
 
-async def _fetch_commit(url: str, sha: str, target: Path, what: str) -> None:
+async def _fetch_commit(
+    url: str, sha: str, target: Path, what: str, progress: FetchProgress | None
+) -> None:
     """One commit of ``url`` (its files and a one-commit history) into ``target``, atomically."""
     # unique per call: jobs of one process may fetch the same commit at once
     partial = target.with_name(f"{target.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
     partial.mkdir(parents=True)
     try:
         await git("init", "--quiet", cwd=partial)
-        code, _, error = await git(
-            "fetch", "--quiet", "--no-tags", "--depth", "1", "--", url, sha, cwd=partial,
-            check=False,
+        code, error = await git_progress(
+            "fetch", "--no-tags", "--depth", "1", "--", url, sha, cwd=partial,
+            progress=progress or (lambda phase, done, total: None),
         )
         if code == 0:
             code, _, error = await git(

@@ -18,7 +18,7 @@ from vmrunner.actions.sources import (
     repository_folder,
 )
 from vmrunner.errors import ConfigError
-from vmrunner.reports.events import Annotation
+from vmrunner.reports.events import Annotation, Progress
 
 WORKFLOW = """
 on: push
@@ -175,3 +175,22 @@ async def test_jobs_fetching_the_same_action_at_once_share_one_copy(tmp_path: Pa
     assert {f.path for f in found} == {found[0].path}
     assert {f.sha for f in found} == {sha}
     assert sorted(p.name for p in found[0].path.parent.iterdir()) == [sha, "refs"]
+
+
+async def test_fetching_an_action_reports_its_progress_for_a_bar(tmp_path: Path) -> None:
+    server = Server(tmp_path)
+    server.release("first")
+    ran = await run(WORKFLOW.format(uses="octo/greet@v1"), actions_url=server.url)
+    assert ran.logs("a") == ["first"]
+    reports = ran.of(Progress)
+    assert reports, "no progress was reported"
+    moving, last = reports[:-1], reports[-1]
+    assert {p.job_key for p in reports} == {"a"}
+    assert all(p.task.startswith("fetching octo/greet@v1: ") and not p.finished for p in moving)
+    # git's phases depend on the pack's size (unpacking a small one, indexing a big one)
+    assert any(p.task.endswith(" objects") and p.done == p.total for p in moving)
+    assert last.finished and last.task == "fetching octo/greet@v1"
+    # cached now: nothing fetched, so nothing to report
+    again = await run(WORKFLOW.format(uses="octo/greet@v1"), actions_url=server.url)
+    assert again.logs("a") == ["first"]
+    assert again.of(Progress) == []

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from tests.reports.events_builder import RunBuilder, failing_matrix_run, simple_run
 from vmrunner.cli.progress import QUIET_TAIL, JsonView, ProgressView
-from vmrunner.reports.events import StepStarted
+from vmrunner.reports.events import Progress, StepStarted
 from vmrunner.reports.results import RUN_RESULT_SCHEMA
 
 
@@ -166,6 +166,31 @@ def test_on_a_terminal_there_are_colours_and_a_live_region_with_spinners_and_ela
     assert "\x1b[" in text
     assert "success" in text
     assert "CI" in text
+
+
+def test_a_long_operation_shows_as_a_bar_that_fits_80_columns_until_it_finishes() -> None:
+    console = Console(file=io.StringIO(), width=80, force_terminal=True)
+    view = ProgressView(console, clock=lambda: 0.0)
+    run = RunBuilder(sink=view).start()
+    run.job("build").begin()
+    run.add(StepStarted(run.run_id, "build", 0, "step", "Run actions/setup-node@v4", run.tick()))
+
+    def live() -> list[str]:
+        recording = Console(width=80, record=True, force_terminal=False)
+        recording.print(view._live_rows())
+        return recording.export_text().splitlines()
+
+    task = "fetching actions/setup-node@v4 from a rather slow mirror: receiving objects"
+    run.add(Progress(run.run_id, "build", task, 9, 20, run.tick()))
+    [row] = live()
+    assert len(row) <= 80
+    assert "━" * 5 in row and " 45% fetching actions/setup-node@v4" in row  # the figure stays
+    run.add(Progress(run.run_id, "build", "exporting", 3, None, run.tick()))
+    assert "exporting (3)" in live()[0]  # no total yet: a count, no bar
+    run.add(Progress(run.run_id, "build", "exporting", 0, None, run.tick(), finished=True))
+    [row] = live()
+    assert "Run actions/setup-node@v4" in row and "━" not in row
+    run.finish()
 
 
 def test_leaving_the_view_stops_the_live_region_even_on_errors() -> None:

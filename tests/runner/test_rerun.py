@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 
 from tests.cli.helpers import vmrunner
+from tests.runner.engine import run
+from vmrunner.reports.events import Progress
 from vmrunner.runner import checkpoints
 
 # Steps 1 and 2 append to trail.txt; step 3 fails unless vars.READY is yes; step 4 checks that
@@ -147,3 +149,28 @@ def test_checkpoints_are_private_and_keep_no_secret(tmp_path: Path) -> None:
     assert "s3cr3t-value" not in state
     assert os.stat(folder / checkpoints.STATE_FILE).st_mode & 0o077 == 0
     assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["0", "1", "2"]
+
+
+async def test_exporting_the_snapshots_of_a_failed_job_reports_progress(tmp_path: Path) -> None:
+    failing = """
+on: push
+jobs:
+  build:
+    runs-on: ubuntu-latest
+    steps:
+      - run: echo one > one.txt
+      - run: echo two > two.txt
+      - run: exit 3
+"""
+    ran = await run(failing, repo_root=tmp_path, snapshot=True)
+    assert ran.outcome.job("build").result == "failure"
+    *moving, last = ran.of(Progress)
+    job = checkpoints.load(ran.outcome.run_id, "build")
+    assert job is not None
+    kept = len(job.checkpoints)
+    assert kept >= 2  # one before each step that succeeded, at least
+    assert [(p.task, p.done, p.total) for p in moving] == [
+        ("exporting snapshots", done, kept) for done in range(kept + 1)
+    ]
+    assert not any(p.finished for p in moving)
+    assert (last.task, last.finished, last.job_key) == ("exporting snapshots", True, "build")

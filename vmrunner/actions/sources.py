@@ -33,7 +33,7 @@ from typing import Any
 from vmrunner.actions.origin import Origin, read_file
 from vmrunner.errors import ConfigError, MachineError, WorkflowError
 from vmrunner.machines.base import Machine
-from vmrunner.repository import fetch_action, git
+from vmrunner.repository import FetchProgress, fetch_action, git
 from vmrunner.workflow.calls import SELF
 from vmrunner.workflow.models import Step, frozen_map
 from vmrunner.workflow.yaml import load_document
@@ -105,7 +105,7 @@ class RepositoryFolder:
 
 
 async def repository_folder(
-    owner: str, repo: str, ref: str, sources: Sources
+    owner: str, repo: str, ref: str, sources: Sources, progress: FetchProgress | None = None
 ) -> RepositoryFolder:
     """``owner/repo`` at ``ref`` on the host: the user's local folder for it, else a clone in
     the actions cache (a moving ref re-resolved, a full sha cached for good; nothing fetched
@@ -120,7 +120,9 @@ async def repository_folder(
             )
         return RepositoryFolder(path, "", local=True)
     try:
-        fetched = await fetch_action(sources.base_url, owner, repo, ref, offline=sources.offline)
+        fetched = await fetch_action(
+            sources.base_url, owner, repo, ref, offline=sources.offline, progress=progress
+        )
     except ConfigError as exc:
         hint = (
             ""
@@ -424,18 +426,18 @@ async def load_local_action(machine: Machine, uses: str, workspace: str) -> Acti
 
 async def load_remote_action(
     machine: Machine, uses: str, sources: Sources, uploaded: set[str],
-    notes: list[str] | None = None,
+    notes: list[str] | None = None, progress: FetchProgress | None = None,
 ) -> Action:
     """An ``owner/repo[/path]@ref`` action, from ``repository_folder``, copied into the machine.
 
     ``uploaded`` holds the folders already copied into this machine (copied once per job);
-    ``notes`` receives what the user should hear about the fetch.
+    ``notes`` receives what the user should hear about the fetch, ``progress`` how it goes.
     """
     parts = split_remote(uses)
     if parts is None:
         raise ActionError(f"invalid action reference {uses!r}: expected owner/repo[/path]@ref")
     owner, repo, subpath, ref = parts
-    found = await repository_folder(owner, repo, ref, sources)
+    found = await repository_folder(owner, repo, ref, sources, progress)
     if found.note and notes is not None:
         notes.append(found.note)
     clone = found.path

@@ -60,6 +60,7 @@ from vmrunner.reports.events import (
     JobQueued,
     JobStarted,
     LogLine,
+    Progress,
     RunFinished,
     RunStarted,
     SnapshotRestored,
@@ -113,6 +114,8 @@ class _Running:
     step_started: float = 0.0
     #: Made by the live region when it first shows the job (plain output needs none).
     spinner: Spinner | None = None
+    #: A long operation under way (an action fetched, snapshots exported), shown as a bar.
+    progress: Progress | None = None
 
 
 @dataclass
@@ -315,6 +318,9 @@ class ProgressView:
                 state.groups[key] = max(0, state.groups.get(key, 0) - 1)
             case Annotation():
                 self._annotation(state, event)
+            case Progress():
+                if event.job_key in state.running:
+                    state.running[event.job_key].progress = None if event.finished else event
             case StepFinished():
                 self._step_finished(state, event)
             case SnapshotTaken():
@@ -484,7 +490,11 @@ class ProgressView:
                 spinner = running.spinner.render(self.console.get_time())
                 mark = spinner if isinstance(spinner, Text) else Text("*")
                 elapsed = human_duration(now - (running.step_started or running.started))
-                what = Text(running.step or "starting", style="cyan")
+                what = (
+                    progress_bar(running.progress)
+                    if running.progress
+                    else Text(running.step or "starting", style="cyan")
+                )
                 row(mark, f"[{state.workflow}/{job_key}]", what, elapsed)
             waiting.extend((state.workflow, key, since) for key, since in state.queued.items())
         for workflow, job_key, since in waiting[:LIVE_QUEUED]:
@@ -493,6 +503,23 @@ class ProgressView:
         if len(waiting) > LIVE_QUEUED:
             lines.append(Text(f"  +{len(waiting) - LIVE_QUEUED} more queued", style="dim"))
         return Group(*lines)
+
+
+#: Cells of a progress bar in the live region (it leaves room for the task at 80 columns).
+BAR_CELLS = 12
+
+
+def progress_bar(progress: Progress) -> Text:
+    """``━━━━━━╺━━━━━ 45% fetching owner/action@v4: receiving objects``: the bar first, so
+    that a narrow terminal cuts the task's words, not the figures."""
+    if not progress.total:
+        return Text.assemble((progress.task, "cyan"), f" ({progress.done})")
+    share = min(1.0, max(0.0, progress.done / progress.total))
+    full = round(share * BAR_CELLS)
+    return Text.assemble(
+        ("━" * full, "cyan"), ("━" * (BAR_CELLS - full), "grey37"),
+        f" {share:4.0%} ", (progress.task, "cyan"),
+    )  # fmt: skip
 
 
 class _LiveJobs:

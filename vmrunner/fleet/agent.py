@@ -36,7 +36,14 @@ from vmrunner.fleet.labels import agent_queues, canonical
 from vmrunner.fleet.matrix import OneCombination
 from vmrunner.fleet.store import Assignment, EventRecord, FleetStore
 from vmrunner.machines.base import DEFAULT_VM_TYPE, MachineSpec, NetworkMode
-from vmrunner.reports.events import Event, LogLine, RunFinished, RunInsights, RunStarted
+from vmrunner.reports.events import (
+    Event,
+    LogLine,
+    Progress,
+    RunFinished,
+    RunInsights,
+    RunStarted,
+)
 from vmrunner.repository import repository_info
 from vmrunner.runner.context import RunContext
 from vmrunner.runner.run import Run
@@ -95,8 +102,9 @@ class AgentConfig:
             )
 
 
-#: Events of the agent's one-job run that say nothing about the job (the fleet run has its own).
-_RUN_EVENTS = (RunStarted, RunFinished, RunInsights)
+#: Events of the agent's one-job run not kept: about the run (the fleet run has its own), or
+#: of the moment (progress bars).
+_NOT_KEPT = (RunStarted, RunFinished, RunInsights, Progress)
 
 
 class _Reports:
@@ -111,7 +119,7 @@ class _Reports:
     def emit(self, event: Event) -> None:
         if isinstance(event, LogLine):
             self.lines.append(event.text)
-        elif not isinstance(event, _RUN_EVENTS):
+        elif not isinstance(event, _NOT_KEPT):
             self.seq += 1
             data = {
                 f.name: getattr(event, f.name)

@@ -253,6 +253,22 @@ class MachineReleased:
 
 
 @dataclass(frozen=True, slots=True)
+class Progress:
+    """A long operation of a job under way (an action fetched, snapshots exported), for a
+    progress bar: shown while it lasts, never stored. ``total`` is None while unknown; the
+    operation's last event has ``finished`` set. Emitters send a few per second at most."""
+
+    run_id: str
+    job_key: str
+    #: What is going on, for people: ``fetching actions/setup-node@v4: receiving objects``.
+    task: str
+    done: int
+    total: int | None
+    time: float
+    finished: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class RunFinished:
     run_id: str
     #: success when every job succeeded or was skipped by its condition; failure otherwise.
@@ -290,6 +306,7 @@ Event = (
     | SessionStateChanged
     | ReleaseRequested
     | MachineReleased
+    | Progress
 )
 
 

@@ -15,7 +15,7 @@ import copy
 import os
 import time
 from collections import ChainMap
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from vmrunner.actions.origin import Origin, workflow_origin
@@ -26,9 +26,11 @@ from vmrunner.reports.events import (
     Event,
     EventSink,
     MachineReleased,
+    Progress,
     ReleaseRequested,
     SessionStateChanged,
 )
+from vmrunner.repository import FetchProgress as ProgressReport
 from vmrunner.repository import RepositoryInfo
 from vmrunner.runner.concurrency import ConcurrencyGroups
 from vmrunner.runner.contexts import github_context, new_run_id
@@ -116,6 +118,25 @@ class RunContext:
     def emit(self, event: Event) -> None:
         with contextlib.suppress(Exception):
             self.sink.emit(event)
+
+    @contextlib.contextmanager
+    def progress(self, job_key: str, task: str) -> Iterator[ProgressReport]:
+        """Report a long operation of a job as ``Progress`` events: one per phase or percent
+        changed (a bar needs no more), and a last one, ``finished``, if any was sent."""
+        seen: list[tuple[str, int]] = []
+
+        def report(phase: str, done: int, total: int) -> None:
+            step = (phase, done * 100 // total if total > 0 else done)
+            if not seen or seen[-1] != step:
+                seen[:] = [step]
+                what = f"{task}: {phase}" if phase else task
+                self.emit(Progress(self.run_id, job_key, what, done, total or None, time.time()))
+
+        try:
+            yield report
+        finally:
+            if seen:
+                self.emit(Progress(self.run_id, job_key, task, 0, None, time.time(), True))
 
     def annotate(self, job_key: str, level: AnnotationLevel, message: str) -> None:
         self.emit(

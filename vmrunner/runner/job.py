@@ -520,10 +520,13 @@ class JobExecution:
         folder = checkpoints.job_folder(run.run_id, self.job_key)
         try:
             await asyncio.to_thread(checkpoints.remove_tree, folder)
-            for checkpoint in self.checkpoints:
-                await runtime.machine.export_snapshot(
-                    checkpoint.snapshot_id, str(folder / str(checkpoint.step_number))
-                )
+            with run.progress(self.job_key, "exporting snapshots") as progress:
+                for number, checkpoint in enumerate(self.checkpoints):
+                    progress("", number, len(self.checkpoints))
+                    await runtime.machine.export_snapshot(
+                        checkpoint.snapshot_id, str(folder / str(checkpoint.step_number))
+                    )
+                progress("", len(self.checkpoints), len(self.checkpoints))
             kept = {
                 "run_id": run.run_id, "workflow_file": run.workflow.path, "job_id": self.job.id,
                 "job_key": self.job_key, "matrix": dict(self.instance.matrix),

@@ -377,9 +377,11 @@ class ActionSteps:
 
     async def remote_action(self, uses: str, index: int) -> Action:
         notes: list[str] = []
-        action = await load_remote_action(
-            self.job.live_runtime.machine, uses, self.sources(), self.uploaded, notes
-        )
+        with self.job.run.progress(self.job.job_key, f"fetching {uses}") as progress:
+            action = await load_remote_action(
+                self.job.live_runtime.machine, uses, self.sources(), self.uploaded, notes,
+                progress,
+            )
         for note in notes:
             self.job.live_runtime.annotate(index, "warning", note)
         return action
