@@ -21,6 +21,8 @@ from vmrunner.errors import ConfigError
 
 GIT_TIMEOUT = 300.0
 _REMOTE = re.compile(r"(?:[:/])([^/:]+)/([^/]+?)(?:\.git)?/?$")
+#: A repository's ``owner/name`` as GitHub allows it.
+OWNER_NAME = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,10 +58,18 @@ async def git(
     return code, out, error
 
 
+def local_name(root: str) -> str:
+    """``owner/name`` of a repository with no ``origin``: actions (upload-artifact) need both
+    parts, so the owner is ``local`` and the name the folder's."""
+    return f"local/{os.path.basename(os.path.abspath(root)) or 'repository'}"
+
+
 async def repository_info(root: str) -> RepositoryInfo:
-    """HEAD's sha and ref and ``owner/name`` from ``origin``; blanks where git knows nothing."""
+    """HEAD's sha and ref (blanks where git knows nothing), and ``owner/name`` from ``origin``,
+    as act takes it; ``local_name`` without one."""
     if not await asyncio.to_thread(os.path.exists, os.path.join(root, ".git")):
-        return RepositoryInfo("", "", "")  # not a repository's top level: nothing to ask git
+        # not a repository's top level: nothing to ask git
+        return RepositoryInfo("", "", local_name(root))
     head, symbolic, remote = await asyncio.gather(
         git("rev-parse", "HEAD", cwd=root, check=False),
         git("symbolic-ref", "-q", "HEAD", cwd=root, check=False),
@@ -68,7 +78,7 @@ async def repository_info(root: str) -> RepositoryInfo:
     sha = head[1].decode().strip() if head[0] == 0 else ""
     ref = symbolic[1].decode().strip() if symbolic[0] == 0 else ""
     match = _REMOTE.search(remote[1].decode().strip()) if remote[0] == 0 else None
-    repository = f"{match.group(1)}/{match.group(2)}" if match else ""
+    repository = f"{match.group(1)}/{match.group(2)}" if match else local_name(root)
     return RepositoryInfo(sha, ref, repository)
 
 
