@@ -28,6 +28,8 @@ _PROGRESS = re.compile(rb"^(?:remote: )?([A-Z][a-z]+(?: [a-z]+)*):\s+\d+% \((\d+
 
 #: Told how a fetch goes: (phase, done, total), e.g. ("receiving objects", 9, 20).
 FetchProgress = Callable[[str, int, int], None]
+#: A repository's ``owner/name`` as GitHub allows it.
+OWNER_NAME = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,10 +103,18 @@ async def git_progress(
     return process.returncode or 0, b"\n".join(kept).decode(errors="replace")
 
 
+def local_name(root: str) -> str:
+    """``owner/name`` of a repository with no ``origin``: actions (upload-artifact) need both
+    parts, so the owner is ``local`` and the name the folder's."""
+    return f"local/{os.path.basename(os.path.abspath(root)) or 'repository'}"
+
+
 async def repository_info(root: str) -> RepositoryInfo:
-    """HEAD's sha and ref and ``owner/name`` from ``origin``; blanks where git knows nothing."""
+    """HEAD's sha and ref (blanks where git knows nothing), and ``owner/name`` from ``origin``,
+    as act takes it; ``local_name`` without one."""
     if not await asyncio.to_thread(os.path.exists, os.path.join(root, ".git")):
-        return RepositoryInfo("", "", "")  # not a repository's top level: nothing to ask git
+        # not a repository's top level: nothing to ask git
+        return RepositoryInfo("", "", local_name(root))
     head, symbolic, remote = await asyncio.gather(
         git("rev-parse", "HEAD", cwd=root, check=False),
         git("symbolic-ref", "-q", "HEAD", cwd=root, check=False),
@@ -113,7 +123,7 @@ async def repository_info(root: str) -> RepositoryInfo:
     sha = head[1].decode().strip() if head[0] == 0 else ""
     ref = symbolic[1].decode().strip() if symbolic[0] == 0 else ""
     match = _REMOTE.search(remote[1].decode().strip()) if remote[0] == 0 else None
-    repository = f"{match.group(1)}/{match.group(2)}" if match else ""
+    repository = f"{match.group(1)}/{match.group(2)}" if match else local_name(root)
     return RepositoryInfo(sha, ref, repository)
 
 

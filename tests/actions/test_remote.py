@@ -189,7 +189,8 @@ async def test_fetching_an_action_reports_its_progress_for_a_bar(tmp_path: Path)
     assert all(p.task.startswith("fetching octo/greet@v1: ") and not p.finished for p in moving)
     # git's phases depend on the pack's size (unpacking a small one, indexing a big one)
     assert any(p.task.endswith(" objects") and p.done == p.total for p in moving)
-    assert last.finished and last.task == "fetching octo/greet@v1"
+    assert last.finished
+    assert last.task == "fetching octo/greet@v1"
     # cached now: nothing fetched, so nothing to report
     again = await run(WORKFLOW.format(uses="octo/greet@v1"), actions_url=server.url)
     assert again.logs("a") == ["first"]

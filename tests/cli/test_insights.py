@@ -28,7 +28,10 @@ def test_the_flaky_demo_teaches_a_lesson_and_finds_the_flaky_step(tmp_path: Path
     for _ in range(3):
         assert vmrunner("run", "--var", "FLAKY=1", "-q", cwd=root).returncode == 1
     lessons = json.loads(vmrunner("insights", "lessons", "--json", cwd=root).stdout)["lessons"]
-    assert [(lesson["occurrences"], lesson["repository"]) for lesson in lessons] == [(3, "demo")]
+    # no origin remote: the repository is named local/<folder>
+    assert [(lesson["occurrences"], lesson["repository"]) for lesson in lessons] == [
+        (3, "local/demo")
+    ]
     assert "connection reset by peer after <n> ms" not in lessons[0]["excerpt"], (
         "the excerpt is the real output"
     )
@@ -39,16 +42,16 @@ def test_the_flaky_demo_teaches_a_lesson_and_finds_the_flaky_step(tmp_path: Path
     insights = json.loads(passed.stdout)["runs"][0]["insights"]
     assert {s["kind"] for s in insights["suggestions"]} == {"avoid", "flaky"}
 
-    shown = vmrunner("insights", "--repo", "demo", cwd=root)
+    shown = vmrunner("insights", "--repo", "local/demo", cwd=root)
     assert shown.returncode == 0, shown.stderr
-    assert "lesson 1 [demo]" in shown.stdout
+    assert "lesson 1 [local/demo]" in shown.stdout
     assert "flaky 50% [job test]" in shown.stdout
     assert "succeeded 1 and failed 3 times" in shown.stdout
     assert vmrunner("insights", "--repo", "other", cwd=root).stdout.strip() == "nothing learned yet"
 
     odds = json.loads(
         vmrunner(
-            "insights", "predict", "--repo", "demo", "--json", lessons[0]["command"], cwd=root
+            "insights", "predict", "--repo", "local/demo", "--json", lessons[0]["command"], cwd=root
         ).stdout
     )
     assert (odds["successes"], odds["failures"]) == (1, 3)

@@ -9,7 +9,6 @@ mirrors), as on two hosts, and share the fleet.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import copy
 import dataclasses
@@ -27,10 +26,15 @@ from tests.server.helpers import config, deliver, fixture, live_server, make_rep
 from tests.server.helpers import finished as server_finished
 from vmrunner.errors import RunNotFound
 from vmrunner.fleet.store import FleetStore
+from vmrunner.runner.options import RunOptions
 from vmrunner.server.config import ServerConfig
-from vmrunner.server.github import COMMENT_MARKER
+from vmrunner.server.github import COMMENT_MARKER, GitHubClient
+from vmrunner.server.metrics import Metrics
+from vmrunner.server.queued import QueuedRuns
+from vmrunner.server.state import ServerRun
 from vmrunner.server.testing import FakeGitHub
 from vmrunner.store import DATABASE_NAME, Store
+from vmrunner.workflow.loader import load_workflow_text
 
 WORKFLOW = """
 name: CI
@@ -231,11 +235,8 @@ async def test_a_restarted_server_watches_its_fleet_runs_again_and_comments_on_p
         assert (await fleet.run(run_id)).status == "running"  # the server stopped, the run did not
         assert _machines(home) == 1
         async with _server_at(tmp_path / "server", settings, monkeypatch) as client:
-            # Known race: right after a restart, before the server has submitted the run to the
-            # fleet queue again, a cancel answers 409; it is asked again until it is taken.
-            async with asyncio.timeout(10):
-                while (await client.post(f"/api/runs/{run_id}/cancel")).status_code != 202:  # noqa: ASYNC110
-                    await asyncio.sleep(0.1)
+            answer = await client.post(f"/api/runs/{run_id}/cancel")
+            assert answer.status_code == 202, answer.text
             assert (await server_finished(client, run_id))["server"]["conclusion"] == "cancelled"
 
             opened = copy.deepcopy(fixture("pull_request", "00-opened.json"))
@@ -253,6 +254,32 @@ async def test_a_restarted_server_watches_its_fleet_runs_again_and_comments_on_p
     assert comment["body"].startswith(COMMENT_MARKER)
     assert f"Run {pull['run_id']} on the fleet." in comment["body"]
     assert "| build | success | h1 | 1 |" in comment["body"]
+
+
+async def test_a_cancel_before_the_run_is_submitted_again_is_taken_and_applied_after_it(
+    database: str, tmp_path: Path
+) -> None:
+    """The window after a restart: the server knows the run is running but has not submitted it
+    to the queue again (here the queue never had it), so the queue cannot cancel it yet."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    run = ServerRun(
+        0, "r-restarted", str(uuid.uuid4()), "acme/widgets", ".github/workflows/ci.yml", "push",
+        "0" * 40, "refs/heads/master", None, "running", None, 0.0, 0.0, None, None, None, "",
+    )  # fmt: skip
+    async with (
+        FakeGitHub().running() as github,
+        GitHubClient(github.url, token=github.token) as client,
+        FleetStore(database) as fleet,
+    ):
+        await fleet.register_agent("h1", ["linux"], 1)  # it serves the labels; no job is taken
+        runs = QueuedRuns(fleet, client, Metrics())
+        assert await runs.cancel(run.run_id)
+        workflow = load_workflow_text(WORKFLOW, run.workflow_file)
+        options = RunOptions(repo_root=str(repo), repository=run.repository, run_id=run.run_id)
+        assert await runs.execute(run, workflow, options, "http://server/runs") == "cancelled"
+        queued = await fleet.run(run.run_id)
+        assert (queued.conclusion, queued.job("build").status) == ("cancelled", "cancelled")
 
 
 async def test_one_server_and_two_agents_run_a_chain_with_outputs_across_hosts(

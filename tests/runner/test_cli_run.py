@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 from tests.cli.helpers import vmrunner
@@ -158,3 +159,30 @@ def test_dry_run_marks_jobs_that_cannot_run_and_fails_on_invalid_workflows(
     assert broken.returncode == 1
     assert "broken.yml:3:" in broken.stderr
     assert "Traceback" not in broken.stderr
+
+
+def test_without_origin_the_repository_is_local_and_the_folder_unless_chosen(
+    tmp_path: Path,
+) -> None:
+    """act takes ``github.repository`` from ``origin``; actions such as upload-artifact need an
+    owner and a name, so a repository without one is ``local/<folder name>``."""
+    root = tmp_path / "widgets"
+    (root / ".github" / "workflows").mkdir(parents=True)
+    (root / ".github" / "workflows" / "ci.yml").write_text(
+        "on: push\njobs:\n  show:\n    runs-on: ubuntu-latest\n    steps:\n"
+        '      - run: echo "is $GITHUB_REPOSITORY of ${{ github.repository_owner }}"\n'
+    )
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)  # no remote at all
+    result = vmrunner("run", cwd=root)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "is local/widgets of local" in result.stdout
+    result = vmrunner("run", "--repository", "acme/gadgets", cwd=root)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "is acme/gadgets of acme" in result.stdout
+    (root / ".vmrunner.toml").write_text('[run]\nrepository = "acme/tools"\n')
+    result = vmrunner("run", cwd=root)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "is acme/tools of acme" in result.stdout
+    result = vmrunner("run", "--repository", "gadgets", cwd=root)
+    assert result.returncode == 2
+    assert "--repository': expected OWNER/NAME, got 'gadgets'" in result.stderr

@@ -43,6 +43,7 @@ from vmrunner.config import vmrunner_home
 from vmrunner.errors import ConfigError, MachineError
 from vmrunner.machines.base import Machine
 from vmrunner.repository import (
+    OWNER_NAME,
     git,
     is_full_sha,
     is_repository,
@@ -66,7 +67,6 @@ _NOT_HONOURED = {
     "ssh-known-hosts": "SSH known hosts are not used",
     "ssh-user": "SSH is not used",
 }
-_REPOSITORY = re.compile(r"^[\w.-]+/[\w.-]+$")
 _GITHUB = re.compile(r"^(?:https?://github\.com/|git@github\.com:|ssh://git@github\.com/)"
                      r"([\w.-]+)/([\w.-]+?)(?:\.git)?/?$")
 _TAGS = "+refs/tags/*:refs/tags/*"
@@ -101,7 +101,7 @@ def parse_mirrors(values: Sequence[str]) -> dict[str, str]:
     mirrors: dict[str, str] = {}
     for value in values:
         name, sep, path = value.partition("=")
-        if not sep or not _REPOSITORY.match(name) or not path:
+        if not sep or not OWNER_NAME.match(name) or not path:
             raise ConfigError(f"--repository-mirror: expected OWNER/REPO=PATH, got {value!r}")
         if not is_repository(path):
             raise ConfigError(f"--repository-mirror {name}: {path} is not a git repository")
@@ -164,7 +164,7 @@ def read_inputs(
         )
     repository = inputs.get("repository", "").strip() or settings.repository
     own = repository.lower() == settings.repository.lower() or not repository
-    if not own and not _REPOSITORY.match(repository):
+    if not own and not OWNER_NAME.match(repository):
         raise CheckoutError(
             f"actions/checkout: repository '{repository}' is not of the form owner/name"
         )

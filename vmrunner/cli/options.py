@@ -214,6 +214,19 @@ class Size(click.ParamType[int]):
             self.fail(str(exc).removeprefix(f"{what}: "), param, ctx)
 
 
+class RepositoryName(click.ParamType[str]):
+    """An ``owner/name`` option (``--repository``), checked as GitHub names repositories."""
+
+    name = "owner/name"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from vmrunner.repository import OWNER_NAME
+
+        if not OWNER_NAME.match(str(value)):
+            self.fail(f"expected OWNER/NAME, got {value!r}", param, ctx)
+        return str(value)
+
+
 def _count(minimum: int) -> Callable[[click.Context, click.Parameter, int | None], int | None]:
     def check(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
         if value is not None and 0 < value < minimum:

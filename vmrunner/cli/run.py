@@ -3,6 +3,9 @@
 Like ``act``: ``-W`` picks the workflows, ``-j`` the jobs, ``-e`` the event payload, ``-s``/
 ``--secret-file`` the secrets, ``--var``/``--var-file`` the variables, ``--input`` the
 ``workflow_dispatch`` inputs, ``--offline`` and ``--local-repository`` where actions come from.
+``github.repository`` (``GITHUB_REPOSITORY``) is the ``origin`` remote's ``owner/name``, as act
+takes it; without one, ``local/<folder name>`` (actions such as upload-artifact need an owner and
+a name); ``--repository OWNER/NAME`` chooses it.
 Every run is kept in the store (``vmrunner runs``); ``--json``
 prints the results for machines. The exit code is 1 when any job failed, or when the disk
 holding the store was full or failing during the run (the last line says what was kept).
@@ -19,7 +22,13 @@ from typing import TYPE_CHECKING, cast
 import click
 
 from vmrunner.cli.agent import ENV_STORE
-from vmrunner.cli.options import DEFAULT_WORKFLOWS, WORKFLOWS_ENV, complete_jobs, limit_options
+from vmrunner.cli.options import (
+    DEFAULT_WORKFLOWS,
+    WORKFLOWS_ENV,
+    RepositoryName,
+    complete_jobs,
+    limit_options,
+)
 from vmrunner.config import (
     DEFAULT_PROVIDER,
     ENV_PROVIDER,
@@ -188,6 +197,13 @@ def _pairs(
     default=None,
     help="The repository (default: git top-level of the workflows, else the current folder).",
 )
+@click.option(
+    "--repository",
+    type=RepositoryName(),
+    default=None,
+    help="github.repository and GITHUB_REPOSITORY (default: the origin remote's owner/name, "
+    "as act takes it; local/FOLDER without one).",
+)
 @click.option("--actor", default=None, help="github.actor (default: $USER).")
 @click.option(
     "--offline",
@@ -261,6 +277,7 @@ def command(
     local_repositories: tuple[str, ...] = (),
     repository_mirrors: tuple[str, ...] = (),
     input_file: str | None = None,
+    repository: str | None = None,
 ) -> None:
     """Run the workflows EVENT (default: push) triggers, each job in its own machine."""
     import asyncio
@@ -313,7 +330,7 @@ def command(
         cpus=cpus, memory_mib=memory_mib, pids=pids, disk_mib=disk_mib,
         network=cast("NetworkMode", network or default_network(provider or DEFAULT_PROVIDER)),
         offline=offline, local_repositories=_local_repositories(local_repositories),
-        repository_mirrors=_mirrors(repository_mirrors),
+        repository_mirrors=_mirrors(repository_mirrors), repository=repository or "",
     )
     if options.network == "host":
         warn_host_network(terminal.warn)
@@ -466,7 +483,7 @@ async def _run_all(
             low.append(exc)
         learning = stack.enter_context(Learning.open(config=load_config(lesson_threshold)))
         info = info or await repository_info(options.repo_root)  # asked once per command
-        repository = options.repository or info.repository or os.path.basename(options.repo_root)
+        repository = options.repository or info.repository
         # the workflows run here share their concurrency groups, as on GitHub
         groups = ConcurrencyGroups()
         sinks: list[StoreSink] = []

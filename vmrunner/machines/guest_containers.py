@@ -208,7 +208,8 @@ async def exec_image(
     credentials = Credentials(*run.credentials) if run.credentials else None
     if os.geteuid() != 0:
         raise ExecError(HOST_ROOT_NEEDED)
-    try:
+
+    async def prepare(binds: tuple[services.Bind, ...]) -> tuple[ContainerImage, str]:
         if context is not None:
             # buildah builds as the machines' unprivileged root: moved back to 0 in the tar.
             shift = id_map().host_id(ROOT_UID)
@@ -217,26 +218,15 @@ async def exec_image(
             for folder in (store.root.parent.parent, store.root.parent):
                 folder.mkdir(parents=True, exist_ok=True, mode=0o711)
                 folder.chmod(0o711)
-            image = await asyncio.to_thread(
-                build.build_image, store, context, run.image, ids=shift
-            )
+            image = await asyncio.to_thread(build.build_image, store, context, run.image, ids=shift)
         else:
             shift = 0
             image = await store.pull(run.image, ids=0, credentials=credentials)
-        binds = (*services.ETC_BINDS, *[(inside, at, "dir") for inside, at in run.binds])
-        root = await install(client, image, name, shift=shift, binds=binds)
-        user = container.user_ids(run.user or image.user, image.rootfs)
-    except MachineError as exc:
-        what = f"the image of {run.context}/{run.image}" if run.context else run.image
-        raise ExecError(f"cannot run {what}: {exc}") from exc
-    entrypoint = [run.entrypoint] if run.entrypoint else list(image.entrypoint)
-    argv = [*entrypoint, *(args or ([] if run.entrypoint else image.cmd))]
-    if not argv:
-        raise ExecError(f"{run.image}: the image names no command, and the step gives none")
-    return await client.exec(
-        argv, env=services.environment(image, tuple((env or {}).items()), user[0]),
-        cwd=run.workdir or image.workdir or "/", timeout=timeout, on_output=on_output,
-        write=write, collect=collect, root=root, user=user,
+        return image, await install(client, image, name, shift=shift, binds=binds)
+
+    return await services.run_once(
+        client, run, args, prepare, env=env, timeout=timeout, on_output=on_output, write=write,
+        collect=collect,
     )  # fmt: skip
 
 

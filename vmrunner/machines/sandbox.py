@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from vmrunner.config import warn_host_network
-from vmrunner.errors import AllocationError, ExecError, MachineError, ReleaseError, SnapshotError
+from vmrunner.errors import AllocationError, ExecError, ReleaseError, SnapshotError
 from vmrunner.machines import build, container, seccomp, services, sudo
 from vmrunner.machines.agent import DEFAULT_GRACE
 from vmrunner.machines.base import (
@@ -224,7 +224,8 @@ class SandboxMachine(AgentMachine):
         if where is None:
             raise ExecError(container.ROOT_NEEDED)
         credentials = Credentials(*run.credentials) if run.credentials else None
-        try:
+
+        async def prepare(binds: tuple[services.Bind, ...]) -> tuple[ContainerImage, str]:
             if run.context:
                 context = await self.get(run.context)
                 image = await asyncio.to_thread(
@@ -237,21 +238,13 @@ class SandboxMachine(AgentMachine):
             self._one_shot += 1
             root = await container.attach(
                 image, pid=where.pid, space=where.space, name=f"step-{self._one_shot}",
-                owner=where.owner,
-                binds=(*services.ETC_BINDS, *[(inside, at, "dir") for inside, at in run.binds]),
+                owner=where.owner, binds=binds,
             )  # fmt: skip
-            user = container.user_ids(run.user or image.user, image.rootfs)
-        except MachineError as exc:
-            what = f"the image of {run.context}/{run.image}" if run.context else run.image
-            raise ExecError(f"cannot run {what}: {exc}") from exc
-        entrypoint = [run.entrypoint] if run.entrypoint else list(image.entrypoint)
-        argv = [*entrypoint, *(args or ([] if run.entrypoint else image.cmd))]
-        if not argv:
-            raise ExecError(f"{run.image}: the image names no command, and the step gives none")
-        return await client.exec(
-            argv, env=services.environment(image, tuple((env or {}).items()), user[0]),
-            cwd=run.workdir or image.workdir or "/", timeout=timeout, on_output=on_output,
-            write=write, collect=collect, root=root, user=user,
+            return image, root
+
+        return await services.run_once(
+            client, run, args, prepare, env=env, timeout=timeout, on_output=on_output,
+            write=write, collect=collect,
         )  # fmt: skip
 
     async def snapshot(self, name: str = "") -> SnapshotId:

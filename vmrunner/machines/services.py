@@ -24,17 +24,22 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
-from vmrunner.errors import AllocationError, MachineError
+from vmrunner.errors import AllocationError, ExecError, MachineError
 from vmrunner.machines import container
-from vmrunner.machines.base import ExecResult, ServiceSpec
+from vmrunner.machines.base import ExecResult, ImageRun, OutputCallback, ServiceSpec
 from vmrunner.machines.client import AgentClient
 from vmrunner.machines.oci import ContainerImage
 
 #: The files of the machine's ``/etc`` a container sees as its own (names, resolver).
 ETC_BINDS = (("/etc/hosts", "/etc/hosts", "copy"), ("/etc/resolv.conf", "/etc/resolv.conf", "copy"))
 LOG_TAIL = 2000
+#: A folder or file of the machine shown in a container: (machine path, container path, kind).
+Bind = tuple[str, str, str]
 #: Shows an image's root in the machine under a name; its path there (the agent's ``root``).
 Attach = Callable[[ContainerImage, str], Awaitable[str]]
+#: Gets a one-shot run's image and shows its root in the machine with these binds: the image
+#: and the root's path there.
+Prepare = Callable[[tuple[Bind, ...]], Awaitable[tuple[ContainerImage, str]]]
 
 
 class Services:
@@ -57,9 +62,7 @@ class Services:
             root = await attach(image, f"service-{spec.label}")
             user = container.user_ids(spec.user or image.user, image.rootfs)
             env = environment(image, spec.env, user[0])
-            entrypoint = [spec.entrypoint] if spec.entrypoint else list(image.entrypoint)
-            command = spec.command or (() if spec.entrypoint else image.cmd)
-            argv = [*entrypoint, *command]
+            argv = command(image, spec.entrypoint, spec.command)
             if not argv:
                 raise AllocationError(
                     f"service {spec.label}: its image {spec.image} names no command to run"
@@ -162,3 +165,36 @@ def environment(
     env.update(dict(image.env))
     env.update(dict(extra))
     return env
+
+
+def command(image: ContainerImage, entrypoint: str, args: Sequence[str]) -> list[str]:
+    """What a container of ``image`` runs, as Docker decides: ``entrypoint`` replaces the
+    image's and drops its command; ``args`` replace the command."""
+    head = [entrypoint] if entrypoint else list(image.entrypoint)
+    return [*head, *(args or ([] if entrypoint else image.cmd))]
+
+
+async def run_once(
+    client: AgentClient, run: ImageRun, args: Sequence[str], prepare: Prepare, *,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,  # noqa: ASYNC109 - enforced inside the machine
+    on_output: OutputCallback | None = None, write: Mapping[str, str] | None = None,
+    collect: Sequence[str] = (),
+) -> ExecResult:
+    """``Machine.exec_image`` for every provider: the image ``prepare`` shows in the machine
+    (with the machine's names and ``run.binds``), run there once as ``run`` says."""
+    binds = (*ETC_BINDS, *[(inside, at, "dir") for inside, at in run.binds])
+    try:
+        image, root = await prepare(binds)
+        user = container.user_ids(run.user or image.user, image.rootfs)
+    except MachineError as exc:
+        what = f"the image of {run.context}/{run.image}" if run.context else run.image
+        raise ExecError(f"cannot run {what}: {exc}") from exc
+    argv = command(image, run.entrypoint, args)
+    if not argv:
+        raise ExecError(f"{run.image}: the image names no command, and the step gives none")
+    return await client.exec(
+        argv, env=environment(image, tuple((env or {}).items()), user[0]),
+        cwd=run.workdir or image.workdir or "/", timeout=timeout, on_output=on_output,
+        write=write, collect=collect, root=root, user=user,
+    )  # fmt: skip

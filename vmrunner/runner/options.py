@@ -60,7 +60,8 @@ class RunOptions:
     #: Check out this commit (``git archive``) instead of the working tree.
     commit: str | None = None
     actor: str = DEFAULT_ACTOR
-    #: ``owner/name``; empty: taken from the repository's ``origin`` remote, else its folder.
+    #: ``owner/name``; empty: taken from the repository's ``origin`` remote, else
+    #: ``local/<folder name>``.
     repository: str = ""
     sha: str = ""
     ref: str = ""

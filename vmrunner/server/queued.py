@@ -89,8 +89,9 @@ class QueuedRuns:
         self.metrics = metrics
         #: Server run id -> queued run id, where another server instance submitted it first.
         self._ids: dict[str, str] = {}
-        #: Runs being executed, and those asked to cancel (maybe before they were submitted).
-        self._executing: set[str] = set()
+        #: Runs this server submitted (again, after a restart) and watches; runs asked to cancel
+        #: before that, cancelled right after their submit.
+        self._submitted: set[str] = set()
         self._cancel_asked: set[str] = set()
 
     def queued_id(self, run_id: str) -> str:
@@ -99,11 +100,10 @@ class QueuedRuns:
     async def execute(
         self, run: ServerRun, workflow: Workflow, options: RunOptions, target_url: str
     ) -> str:
-        self._executing.add(run.run_id)
         try:
             return await self._execute(run, workflow, options, target_url)
         finally:
-            self._executing.discard(run.run_id)
+            self._submitted.discard(run.run_id)
             self._cancel_asked.discard(run.run_id)
 
     async def _execute(
@@ -131,7 +131,8 @@ class QueuedRuns:
                 run.delivery_id,
                 queued,
             )
-        if run.run_id in self._cancel_asked:  # cancelled while it was being submitted
+        self._submitted.add(run.run_id)
+        if run.run_id in self._cancel_asked:  # asked before it was (re)submitted
             await self.queue.cancel(queued)
         name = workflow.name or Path(run.workflow_file).stem
         posted: dict[str, tuple[StatusState, str]] = {}
@@ -153,12 +154,16 @@ class QueuedRuns:
             await asyncio.sleep(WATCH_INTERVAL)
 
     async def cancel(self, run_id: str) -> bool:
-        if run_id in self._executing:
+        """The server asks only for runs it knows are running; one it has not submitted yet
+        (it is being fetched, or the server just restarted and watches its runs again: its
+        queued id may not be known) is cancelled right after its submit."""
+        if run_id not in self._submitted:
             self._cancel_asked.add(run_id)
+            return True
         try:
             return await self.queue.cancel(self.queued_id(run_id))
-        except RunNotFound:  # not submitted yet: it is cancelled as soon as it is
-            return run_id in self._executing
+        except RunNotFound:
+            return False
 
     async def describe(self, run_id: str) -> dict[str, Any] | None:
         try:
