@@ -43,6 +43,9 @@ Reuse = Literal["destroy", "restore"]
 
 RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 30.0
+#: Seconds a woken refill waits before starting a machine: a start holds the event loop for a
+#: while (spawning its processes), and the allocation that woke the refill is answered first.
+REFILL_DELAY = 0.01
 
 
 def _still_running(machine: Machine) -> bool:
@@ -327,6 +330,7 @@ class WarmPool(Provider):
                 await self._notify()
             self._need[vm_type].clear()
             await self._need[vm_type].wait()
+            await asyncio.sleep(REFILL_DELAY)
 
     def _deficit(self, vm_type: str) -> int:
         """Machines to start: in restore mode, machines on loan count (they come back)."""

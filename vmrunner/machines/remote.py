@@ -2,8 +2,12 @@
 
 The runner keeps its engine and store; the service keeps the providers, the warm pool and the
 machines. One machine here is one VM of the service (``/api/vms/{vm_id}``): allocation is a
-``POST /api/vms`` that waits until the machine runs, a command is a streamed exec (NDJSON over
-chunked HTTP: output lines while it runs, then the result), files move as tar bodies.
+``POST /api/vms`` that waits until the machine runs, files move as tar bodies, and commands go
+over a WebSocket the machine keeps open (``/api/vms/{vm_id}/exec``: the command's body out, its
+output messages in while it runs, then its result), one command at a time per socket: a command
+then costs no HTTP request. A body too big for one message (a large stdin) is posted instead
+(the same exec as NDJSON over chunked HTTP). Either way, ending the connection kills the
+command: that is how a cancelled or failed ``exec`` stops it.
 
 Errors are mapped once, here: the service answers ``{"error", "kind"}`` with the name of one of
 our own ``MachineError`` classes, and the client raises that class; an unknown VM (released,
@@ -24,6 +28,9 @@ from contextlib import suppress
 from typing import Any, ClassVar, NoReturn
 
 import httpx
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus, WebSocketException
+from websockets.protocol import State
 
 from vmrunner.errors import (
     AgentError,
@@ -66,6 +73,12 @@ ERRORS: dict[str, type[MachineError]] = {
 #: Connecting is quick or broken; a command or a VM's boot takes as long as it takes (the
 #: caller bounds it: a job's timeout, a step's).
 TIMEOUT = httpx.Timeout(None, connect=10.0)
+#: An exec body bigger than this is posted: the service takes WebSocket messages of 16 MiB at
+#: most (uvicorn's default), and such a body is no quick command anyway.
+CHANNEL_BODY = 1 << 20
+#: Open WebSockets a machine keeps for its next commands (more are opened while commands run
+#: side by side, and closed after).
+IDLE_CHANNELS = 2
 DEFAULT_CAPABILITIES = Capabilities(
     isolation=Isolation.NAMESPACES, snapshots=True,
     network_modes=frozenset({"private", "host", "none"}),
@@ -78,17 +91,24 @@ def error_body(exc: BaseException) -> dict[str, str]:
 
 
 def _raise(response: httpx.Response, default: type[MachineError], doing: str) -> NoReturn:
+    _refused(response.status_code, response.content, response.reason_phrase, default, doing)
+
+
+def _refused(
+    status: int, content: bytes, reason: str, default: type[MachineError], doing: str
+) -> NoReturn:
+    """Raise the error a refusal of the service names (``{"error", "kind"}``), else ``default``."""
     try:
-        body = response.json()
+        body = json.loads(content)
     except ValueError:
         body = {}
     if not isinstance(body, dict):
         body = {}
-    message = body.get("error") or body.get("detail") or response.text or response.reason_phrase
+    message = body.get("error") or body.get("detail") or content.decode(errors="replace") or reason
     cls = ERRORS.get(str(body.get("kind")), default)
-    if response.status_code == 404 and cls is default:
+    if status == 404 and cls is default:
         cls = AgentError
-    raise cls(f"{doing}: {message} (HTTP {response.status_code})")
+    raise cls(f"{doing}: {message} (HTTP {status})")
 
 
 def _check(response: httpx.Response, default: type[MachineError], doing: str) -> Any:
@@ -155,6 +175,21 @@ class RemoteProvider(Provider):
         except httpx.HTTPError as exc:
             raise default(f"{doing}: cannot reach the machine service {self.url}: {exc}") from exc
 
+    async def connect(self, path: str, doing: str) -> ClientConnection:
+        """A WebSocket to ``path`` of the service, with the token; refusals raised as ours."""
+        url = "ws" + self.url.removeprefix("http") + path  # http -> ws, https -> wss
+        try:
+            return await connect(
+                url, additional_headers=self.headers, compression=None, max_size=None,
+                open_timeout=TIMEOUT.connect,
+            )
+        except InvalidStatus as exc:
+            answer = exc.response
+            body = bytes(answer.body or b"")
+            _refused(answer.status_code, body, answer.reason_phrase, AgentError, doing)
+        except (OSError, TimeoutError, WebSocketException) as exc:
+            raise AgentError(f"{doing}: cannot reach the service {self.url}: {exc}") from exc
+
     async def allocate(self, spec: MachineSpec) -> Machine:
         if spec.image:
             raise AllocationError("the remote provider cannot run container images")
@@ -190,9 +225,13 @@ class RemoteProvider(Provider):
     async def release(self, machine: Machine) -> None:
         if not isinstance(machine, RemoteMachine):
             raise ReleaseError(f"machine {machine.id} is not a remote machine")
-        await shielded(self._delete(self.client(), machine.vm_id))
+        await shielded(self._hang_up_and_delete(machine))
         self._held.pop(machine.vm_id, None)
         machine.released = True
+
+    async def _hang_up_and_delete(self, machine: RemoteMachine) -> None:
+        await machine.hang_up()
+        await self._delete(self.client(), machine.vm_id)
 
     @staticmethod
     async def _delete(client: httpx.AsyncClient, vm_id: str) -> None:
@@ -226,6 +265,8 @@ class RemoteProvider(Provider):
         return found
 
     async def aclose(self) -> None:
+        for machine in self._held.values():
+            await shielded(machine.hang_up())
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -265,6 +306,8 @@ class RemoteMachine(Machine):
         self._record = record_of(provider.url, vm, pid, start)
         self.id = self._record.machine_id
         self.released = False
+        self._idle: list[ClientConnection] = []
+        self._hung_up = False
 
     @property
     def provider_name(self) -> str:
@@ -295,33 +338,59 @@ class RemoteMachine(Machine):
             "stdin": None if stdin is None else base64.b64encode(stdin).decode(),
             "write": dict(write or {}), "collect": list(collect),
         }
-        kept: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
+        payload = json.dumps(body, separators=(",", ":"))
         doing = f"running a command in {self.id}"
+        if len(payload) > CHANNEL_BODY:
+            return await self._posted(payload, _Reply(on_output), doing)
+        channel = await self._channel(doing)
+        reply = _Reply(on_output)
+        try:
+            await channel.send(payload)
+            while True:
+                result = reply.take(json.loads(await channel.recv(decode=False)))
+                if result is not None:
+                    return result
+        except WebSocketException as exc:
+            raise AgentError(f"{doing}: lost the machine service: {exc}") from exc
+        finally:  # a command cut short (cancelled, a failing callback) dies with its socket
+            if reply.ended and not self._hung_up and len(self._idle) < IDLE_CHANNELS:
+                self._idle.append(channel)
+            else:
+                await shielded(channel.close())
+
+    async def _channel(self, doing: str) -> ClientConnection:
+        while self._idle:
+            channel = self._idle.pop()
+            if channel.state is State.OPEN:
+                return channel
+            await shielded(channel.close())  # the service closed it meanwhile
+        return await self._provider.connect(self._path("/exec"), doing)
+
+    async def hang_up(self) -> None:
+        """Close the machine's WebSockets, and those of commands still running once they end
+        (the provider does this on release)."""
+        self._hung_up = True
+        while self._idle:
+            await self._idle.pop().close()
+
+    async def _posted(self, payload: str, reply: _Reply, doing: str) -> ExecResult:
+        """The exec as one HTTP request, its messages as NDJSON lines."""
         try:
             async with self._provider.client().stream(
-                "POST", self._path("/exec"), json=body
+                "POST", self._path("/exec"), content=payload,
+                headers={"Content-Type": "application/json"},
             ) as response:
                 if not response.is_success:
                     await response.aread()
                     _raise(response, AgentError, doing)
-                async for line in response.aiter_lines():
-                    if not line:
-                        continue
-                    message = json.loads(line)
-                    if "o" in message:
-                        chunk = base64.b64decode(message["d"])
-                        if on_output is not None:
-                            on_output(message["o"], chunk)
-                        else:
-                            kept[message["o"]].append(chunk)
-                    elif "result" in message:
-                        return _result(message["result"], kept)
-                    elif "error" in message:
-                        cls = ERRORS.get(message.get("kind", ""), AgentError)
-                        raise cls(message["error"])
+                result = None
+                async for line in response.aiter_lines():  # to its end: the connection is kept
+                    result = reply.take(json.loads(line)) if line else result
         except httpx.HTTPError as exc:
             raise AgentError(f"{doing}: lost the machine service: {exc}") from exc
-        raise AgentError(f"{doing}: the service ended the command's stream without a result")
+        if result is None:
+            raise AgentError(f"{doing}: the service ended the command's stream without a result")
+        return result
 
     async def put(self, dest_dir: str, tar_data: bytes) -> None:
         doing = f"copying into {dest_dir} of {self.id}"
@@ -360,6 +429,32 @@ class RemoteMachine(Machine):
             "GET", self._path("/limits"), AgentError, "reading limits"
         )
         return list(_check(response, AgentError, "reading limits").get("limits_hit", []))
+
+
+class _Reply:
+    """The messages of one command, in order: its output (to ``on_output``, else kept), then its
+    result or its error."""
+
+    def __init__(self, on_output: OutputCallback | None) -> None:
+        self.on_output = on_output
+        self.kept: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
+        self.ended = False
+
+    def take(self, message: Mapping[str, Any]) -> ExecResult | None:
+        """The result once it came; raises the command's error."""
+        if "o" in message:
+            chunk = base64.b64decode(message["d"])
+            if self.on_output is not None:
+                self.on_output(message["o"], chunk)
+            else:
+                self.kept[message["o"]].append(chunk)
+        elif "result" in message:
+            self.ended = True
+            return _result(message["result"], self.kept)
+        elif "error" in message:
+            self.ended = True
+            raise ERRORS.get(message.get("kind", ""), AgentError)(message["error"])
+        return None
 
 
 def _result(body: Mapping[str, Any], kept: Mapping[str, list[bytes]]) -> ExecResult:

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
+from starlette.requests import HTTPConnection
 
 from vmrunner.errors import AccessDenied
 from vmrunner.server.tokens import Scope, TokenStore, bearer
@@ -28,7 +29,7 @@ def require(scope: Scope) -> Callable[[Request], Awaitable[TokenRow]]:
     return check
 
 
-async def access_denied(request: Request, exc: Exception) -> JSONResponse:
+async def access_denied(request: HTTPConnection, exc: Exception) -> JSONResponse:
     status = exc.status if isinstance(exc, AccessDenied) else 401
     headers = {"WWW-Authenticate": 'Bearer realm="vmrunner"'} if status == 401 else None
     return JSONResponse({"error": str(exc)}, status_code=status, headers=headers)

@@ -5,7 +5,8 @@ speak to fcctl-web): ``GET /health``; ``POST /api/vms`` then ``GET /api/vms/{id}
 ``running``; ``GET /api/vms``; ``DELETE /api/vms/{id}`` (404 when unknown);
 ``POST /api/llm/execute``; ``POST /api/vms/{id}/snapshots``; ``POST
 /api/vms/{id}/rollback/{snapshot_id}``. Ours besides (what ``--provider remote`` uses): a
-streamed exec (``POST /api/vms/{id}/exec``, NDJSON lines of output, then the result), files in
+streamed exec (``POST /api/vms/{id}/exec``, NDJSON lines of output, then the result; or the
+same path as a WebSocket, command after command: ``machines_exec.py``), files in
 and out as tar (``PUT``/``GET /api/vms/{id}/files?path=``), ``DELETE /api/vms/by-name/{name}``
 (a cancelled allocation), ``GET /api/vm-types`` (this host's machine types and capabilities).
 
@@ -15,26 +16,23 @@ HS256 JWT when a secret is configured; each caller sees only its own VMs.
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Literal
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.background import BackgroundTask
+from starlette.requests import HTTPConnection
 
 from vmrunner.errors import (
     AccessDenied,
-    AgentError,
     AllocationError,
     CapacityError,
     ExecError,
@@ -44,11 +42,12 @@ from vmrunner.errors import (
     SnapshotUnsupported,
     VmrunnerError,
 )
-from vmrunner.machines.base import ExecResult, NetworkMode, Provider
+from vmrunner.machines.base import NetworkMode, Provider
 from vmrunner.machines.pool import WarmPool
 from vmrunner.machines.remote import error_body
 from vmrunner.server import jwt
 from vmrunner.server.auth import access_denied
+from vmrunner.server.machines_exec import CommandStream, ExecBody, serve_channel
 from vmrunner.server.machines_service import (
     FAILED,
     MachineService,
@@ -61,8 +60,6 @@ from vmrunner.sessions import SessionManager
 from vmrunner.store import Store
 
 SERVICE_NAME = "vmrunner-machines"
-#: A command that ends this soon, silent, is answered in one plain response (no stream).
-QUICK = 0.05
 ANONYMOUS = "anonymous"
 #: HTTP status of our errors, most specific class first.
 STATUS: tuple[tuple[type[VmrunnerError], int], ...] = (
@@ -129,16 +126,6 @@ class LlmExecuteBody(BaseModel):
     working_dir: str | None = None
 
 
-class ExecBody(BaseModel):
-    command: str | list[str]
-    env: dict[str, str] = Field(default_factory=dict)
-    cwd: str | None = None
-    timeout: float | None = Field(default=None, gt=0)
-    stdin: str | None = None
-    write: dict[str, str] = Field(default_factory=dict)
-    collect: list[str] = Field(default_factory=list)
-
-
 #: ``language`` of ``/api/llm/execute`` -> how its code is run.
 LANGUAGES: dict[str, Callable[[str], list[str]]] = {
     "bash": lambda code: ["bash", "-c", code],
@@ -150,19 +137,6 @@ LANGUAGES: dict[str, Callable[[str], list[str]]] = {
 
 def _status(exc: VmrunnerError) -> int:
     return next(status for cls, status in STATUS if isinstance(exc, cls))
-
-
-def _line(message: dict[str, Any]) -> bytes:
-    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
-
-
-def result_json(result: ExecResult) -> dict[str, Any]:
-    return {
-        "exit_code": result.exit_code, "signal": result.signal, "timed_out": result.timed_out,
-        "duration": result.duration,
-        "files": {k: base64.b64encode(v).decode() for k, v in result.files.items()},
-        "truncated": sorted(result.truncated),
-    }
 
 
 def create_machines_app(
@@ -207,12 +181,12 @@ def create_machines_app(
     app.add_exception_handler(AccessDenied, access_denied)
 
     @app.exception_handler(VmrunnerError)
-    async def failed(request: Request, exc: Exception) -> Response:
+    async def failed(request: HTTPConnection, exc: Exception) -> Response:
         assert isinstance(exc, VmrunnerError)
         return JSONResponse(error_body(exc), status_code=_status(exc))
 
-    def caller(scope: Scope) -> Callable[[Request], Awaitable[str]]:
-        async def check(request: Request) -> str:
+    def caller(scope: Scope) -> Callable[[HTTPConnection], Awaitable[str]]:
+        async def check(request: HTTPConnection) -> str:
             token = bearer(request.headers.get("authorization"))
             if token and config.jwt_secret and jwt.looks_like_jwt(token):
                 return "jwt:" + jwt.verify(token, config.jwt_secret)
@@ -225,7 +199,7 @@ def create_machines_app(
 
     reader, operator = Depends(caller("read")), Depends(caller("operate"))
 
-    def service_of(request: Request) -> MachineService:
+    def service_of(request: HTTPConnection) -> MachineService:
         service: MachineService = request.app.state.service
         return service
 
@@ -322,12 +296,33 @@ def create_machines_app(
         ``{"result": ...}`` or ``{"error", "kind"}``. Closing the connection kills it."""
         service = service_of(request)
         session, done = service.start_command(owner, vm_id)
-        command = CommandStream(request, partial(service.exec, session), body, done)
+        command = CommandStream(request.receive, partial(service.exec, session), body, done)
         if await command.finished_quickly():  # one plain response: less to send than a stream
             return Response(command.whole(), media_type="application/x-ndjson")
         return StreamingResponse(
             command.lines(), media_type="application/x-ndjson", background=BackgroundTask(done)
         )
+
+    @app.websocket("/api/vms/{vm_id}/exec")
+    async def exec_channel(websocket: WebSocket, vm_id: str) -> None:
+        """The same exec, command after command over one WebSocket (``serve_channel``); the
+        token is checked at the upgrade, refused with the HTTP error, and for every command."""
+        service, check = service_of(websocket), caller("operate")
+        try:
+            service.running(await check(websocket), vm_id)
+        except AccessDenied as exc:
+            await websocket.send_denial_response(await access_denied(websocket, exc))
+            return
+        except VmrunnerError as exc:
+            await websocket.send_denial_response(await failed(websocket, exc))
+            return
+
+        async def start(body: ExecBody) -> CommandStream:
+            session, done = service.start_command(await check(websocket), vm_id)
+            return CommandStream(websocket.receive, partial(service.exec, session), body, done)
+
+        await websocket.accept()
+        await serve_channel(websocket, start)
 
     @app.put("/api/vms/{vm_id}/files", status_code=204)
     async def put_files(vm_id: str, path: str, request: Request, owner: str = operator) -> None:
@@ -383,80 +378,3 @@ def create_machines_app(
 
 def _failure_kind(error: str) -> str:
     return "CapacityError" if error.startswith("limit reached") else "AllocationError"
-
-
-class CommandStream:
-    """One streamed command: its output lines as they come, then its result; the command dies
-    with the connection (or when the stream is closed early)."""
-
-    def __init__(
-        self, request: Request, run: Callable[..., Awaitable[ExecResult]], body: ExecBody,
-        done: Callable[[], None],
-    ) -> None:
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self._done = done
-        self._output = asyncio.Event()
-        extra: dict[str, Any] = {  # only what was asked: empty ones still cost the agent
-            k: v for k, v in (("env", body.env), ("write", body.write), ("collect", body.collect))
-            if v
-        }
-        self._task = asyncio.ensure_future(run(
-            body.command, cwd=body.cwd, timeout=body.timeout, on_output=self._relay,
-            stdin=None if body.stdin is None else base64.b64decode(body.stdin), **extra,
-        ))
-        self._task.add_done_callback(lambda _: self._queue.put_nowait(None))
-        self._watcher = asyncio.ensure_future(_cancel_on_disconnect(request, self._task))
-
-    def _relay(self, stream: str, data: bytes) -> None:
-        self._queue.put_nowait(_line({"o": stream, "d": base64.b64encode(data).decode()}))
-        self._output.set()
-
-    async def finished_quickly(self) -> bool:
-        """Whether the command ended within ``QUICK`` seconds, before any output came."""
-        output = asyncio.ensure_future(self._output.wait())
-        try:
-            await asyncio.wait({self._task, output}, timeout=QUICK,
-                               return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            output.cancel()
-        return self._task.done()
-
-    def _final(self) -> bytes:
-        if self._task.cancelled():  # its client went away
-            return _line(error_body(AgentError("the command was cancelled")))
-        try:
-            return _line({"result": result_json(self._task.result())})
-        except VmrunnerError as exc:
-            return _line(error_body(exc))
-
-    def whole(self) -> bytes:
-        """Everything, once the command has ended."""
-        self._watcher.cancel()
-        self._done()
-        parts = []
-        while not self._queue.empty():  # the end marker may not be queued yet: not awaited
-            item = self._queue.get_nowait()
-            if item is not None:
-                parts.append(item)
-        return b"".join([*parts, self._final()])
-
-    async def lines(self) -> AsyncIterator[bytes]:
-        try:
-            while (item := await self._queue.get()) is not None:
-                yield item
-            yield self._final()
-        finally:
-            self._watcher.cancel()
-            if not self._task.done():
-                self._task.cancel()
-            with suppress(BaseException):
-                await asyncio.shield(self._task)
-            self._done()
-
-
-async def _cancel_on_disconnect(request: Request, task: asyncio.Future[Any]) -> None:
-    while not task.done():
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            task.cancel()
-            return
