@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.cli.helpers import vmrunner
 from tests.server.machines_helpers import machine_service
+from tests.services.actions import built_actions
 
 WORKFLOW = """\
 on: push
@@ -27,9 +30,35 @@ jobs:
 """
 
 
-def project(root: Path) -> Path:
+#: The real artifact actions, whose jobs reach the runner's services through the forward.
+ARTIFACTS = """\
+on: push
+jobs:
+  make:
+    runs-on: ubuntu-latest
+    steps:
+      - run: mkdir out && echo "made remotely" > out/a.txt
+      - run: head -c 3000000 /dev/urandom > out/b.bin
+      - run: sha256sum out/b.bin > sum.txt
+      - uses: actions/upload-artifact@v4
+        with: {name: things, path: out}
+      - uses: actions/upload-artifact@v4
+        with: {name: sum, path: sum.txt}
+  use:
+    needs: make
+    runs-on: ubuntu-latest
+    steps:
+      - uses: actions/download-artifact@v4
+        with: {name: things, path: got}
+      - uses: actions/download-artifact@v4
+        with: {name: sum}
+      - run: grep -q "made remotely" got/a.txt && sed 's| out/| got/|' sum.txt | sha256sum -c
+"""
+
+
+def project(root: Path, workflow: str = WORKFLOW) -> Path:
     (root / ".github" / "workflows").mkdir(parents=True)
-    (root / ".github" / "workflows" / "ci.yml").write_text(WORKFLOW)
+    (root / ".github" / "workflows" / "ci.yml").write_text(workflow)
     subprocess.run(["git", "init", "-q", str(root)], check=True)
     return root
 
@@ -58,6 +87,30 @@ async def test_run_on_remote_machines(tmp_path: Path) -> None:
     assert unreachable.returncode == 1
     assert "cannot reach http://127.0.0.1:9" in unreachable.stderr
     assert "Traceback" not in unreachable.stderr
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node")
+async def test_artifacts_pass_between_remote_jobs(tmp_path: Path) -> None:
+    built = await asyncio.to_thread(built_actions)
+    flags = []
+    for name in ("upload-artifact", "download-artifact"):
+        clone = tmp_path / name  # the built action, as --local-repository takes it
+        bare = built / "server" / "actions" / name
+        await asyncio.to_thread(subprocess.run, ["git", "clone", "-q", str(bare), str(clone)],
+                                check=True)
+        flags += ["--local-repository", f"actions/{name}@v4={clone}"]
+    root = await asyncio.to_thread(project, tmp_path / "repo", ARTIFACTS)
+    with machine_service(tmp_path / "service.db") as service:
+        env = {"VMRUNNER_REMOTE_TOKEN": service.token("cli"),
+               "VMRUNNER_HOME": str(tmp_path / "home")}
+        result = await asyncio.to_thread(
+            vmrunner, "run", "--provider", "remote", "--remote-url", service.url,
+            "--network", "host", *flags, cwd=root, env={**_environ(), **env}, timeout=300,
+        )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "got/b.bin: OK" in output
+    assert "not reachable" not in output
 
 
 def _environ() -> dict[str, str]:

@@ -10,6 +10,7 @@ rules.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import hashlib
 import inspect
@@ -26,6 +27,7 @@ import pytest
 
 from tests.machines.test_agent import RawAgent
 from tests.machines.test_network import probe
+from tests.server.machines_helpers import machine_service
 from vmrunner.errors import ForwardError, ForwardUnsupported
 from vmrunner.machines.agent import (
     FORWARD_STREAMS,
@@ -131,6 +133,8 @@ class HostService:
         self.active = 0
         self.most_active = 0
         self.broken = 0
+        #: Connections it was given, in all.
+        self.connections = 0
         self.digests: list[str] = []
         self.reading = asyncio.Event()
         self.reading.set()
@@ -149,6 +153,7 @@ class HostService:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.active += 1
+        self.connections += 1
         self.most_active = max(self.most_active, self.active)
         self.quiet.clear()
         try:
@@ -252,19 +257,24 @@ async def service(tmp_path: Path) -> AsyncIterator[HostService]:
         yield service
 
 
-@pytest.fixture(params=["sandbox-private", "sandbox-host", "host"])
-async def machine(request: pytest.FixtureRequest) -> AsyncIterator[Machine]:
+@pytest.fixture(params=["sandbox-private", "sandbox-host", "host", "remote"])
+async def machine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Machine]:
     name, _, network = str(request.param).partition("-")
     if network == "private" and not PRIVATE_NETWORK:
         pytest.skip("a private network needs root and slirp4netns")
-    provider = get_provider(name, grace=0.5)
-    assert provider.capabilities.forward
-    machine = await provider.allocate(MachineSpec(network=network or "host"))  # type: ignore[arg-type]
-    try:
-        yield machine
-    finally:
-        await provider.release(machine)
-        await provider.aclose()
+    with contextlib.ExitStack() as stack:
+        options: dict[str, Any] = {"grace": 0.5}
+        if name == "remote":  # a real machine service (sandboxes) on 127.0.0.1
+            live = stack.enter_context(machine_service(tmp_path / "service.db"))
+            options = {"url": live.url, "token": live.token("forward")}
+        provider = get_provider(name, **options)
+        assert provider.capabilities.forward
+        machine = await provider.allocate(MachineSpec(network=network or "host"))  # type: ignore[arg-type]
+        try:
+            yield machine
+        finally:
+            await provider.release(machine)
+            await provider.aclose()
 
 
 # Real machines.

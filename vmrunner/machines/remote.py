@@ -7,7 +7,9 @@ over a WebSocket the machine keeps open (``/api/vms/{vm_id}/exec``: the command'
 output messages in while it runs, then its result), one command at a time per socket: a command
 then costs no HTTP request. A body too big for one message (a large stdin) is posted instead
 (the same exec as NDJSON over chunked HTTP). Either way, ending the connection kills the
-command: that is how a cancelled or failed ``exec`` stops it.
+command: that is how a cancelled or failed ``exec`` stops it. A port forward is a WebSocket
+held open for as long as it lasts, and its connections come back over WebSockets the runner
+opens ahead of time (``remote_forward.py``): the service never connects to the runner.
 
 Errors are mapped once, here: the service answers ``{"error", "kind"}`` with the name of one of
 our own ``MachineError`` classes, and the client raises that class; an unknown VM (released,
@@ -23,8 +25,9 @@ import json
 import os
 import secrets
 import socket
-from collections.abc import Mapping, Sequence
-from contextlib import suppress
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
 from typing import Any, ClassVar, NoReturn
 
 import httpx
@@ -56,7 +59,9 @@ from vmrunner.machines.base import (
     Provider,
     SnapshotId,
 )
+from vmrunner.machines.client import MAX_SOCKET_PATH
 from vmrunner.machines.local import owner_identity, shielded
+from vmrunner.machines.remote_forward import Tunnel
 
 ENV_REMOTE_URL = "VMRUNNER_REMOTE_URL"
 ENV_REMOTE_TOKEN = "VMRUNNER_REMOTE_TOKEN"
@@ -122,7 +127,7 @@ def capabilities_from(body: Mapping[str, Any]) -> Capabilities:
         isolation=Isolation(body.get("isolation", "namespaces")),
         snapshots=bool(body.get("snapshots")),
         network_modes=frozenset(body.get("network_modes") or ("host",)),
-        forward=False,  # a forward would need a tunnel through the service: not offered
+        forward=bool(body.get("forward")),  # through the service: ``remote_forward.py``
         containers=False,
     )
 
@@ -307,6 +312,7 @@ class RemoteMachine(Machine):
         self.id = self._record.machine_id
         self.released = False
         self._idle: list[ClientConnection] = []
+        self._tunnels: set[Tunnel] = set()
         self._hung_up = False
 
     @property
@@ -372,6 +378,39 @@ class RemoteMachine(Machine):
         self._hung_up = True
         while self._idle:
             await self._idle.pop().close()
+        for tunnel in list(self._tunnels):
+            await tunnel.aclose()
+
+    @asynccontextmanager
+    async def forward(self, target: Path, port: int = 0) -> AsyncIterator[int]:
+        """The machine's forward, held open by a WebSocket to the service; its connections
+        come back over accept sockets (``remote_forward.py``)."""
+        if not self._provider.capabilities.forward:
+            raise ForwardUnsupported(f"the machine service of {self.id} cannot forward ports")
+        if len(os.fsencode(target)) > MAX_SOCKET_PATH:
+            raise ForwardError(f"cannot forward to {target}: its path is too long for a socket")
+        doing = f"forwarding port {port} of {self.id}"
+        control = await self._provider.connect(self._path(f"/forward?port={port}"), doing)
+        try:
+            try:
+                answer = json.loads(await control.recv())
+            except WebSocketException as exc:
+                raise ForwardError(f"{doing}: the service closed the forward: {exc}") from exc
+            if "error" in answer:
+                raise ERRORS.get(answer.get("kind", ""), ForwardError)(
+                    f"{doing}: {answer['error']}"
+                )
+            path = self._path(f"/forward/{answer['forward']}")
+            tunnel = Tunnel(self._provider.connect, path, target, name=self.id)
+            self._tunnels.add(tunnel)
+            try:
+                tunnel.start()
+                yield int(answer["port"])
+            finally:
+                self._tunnels.discard(tunnel)
+                await shielded(tunnel.aclose())
+        finally:
+            await shielded(control.close())
 
     async def _posted(self, payload: str, reply: _Reply, doing: str) -> ExecResult:
         """The exec as one HTTP request, its messages as NDJSON lines."""

@@ -8,7 +8,8 @@ speak to fcctl-web): ``GET /health``; ``POST /api/vms`` then ``GET /api/vms/{id}
 streamed exec (``POST /api/vms/{id}/exec``, NDJSON lines of output, then the result; or the
 same path as a WebSocket, command after command: ``machines_exec.py``), files in
 and out as tar (``PUT``/``GET /api/vms/{id}/files?path=``), ``DELETE /api/vms/by-name/{name}``
-(a cancelled allocation), ``GET /api/vm-types`` (this host's machine types and capabilities).
+(a cancelled allocation), ``GET /api/vm-types`` (this host's machine types and capabilities),
+port forwards as WebSockets the runner opens (``/api/vms/{id}/forward``, ``machines_forward.py``).
 
 Callers authenticate with an API token (``operate`` to change, ``read`` to look), or with an
 HS256 JWT when a secret is configured; each caller sees only its own VMs.
@@ -36,6 +37,7 @@ from vmrunner.errors import (
     AllocationError,
     CapacityError,
     ExecError,
+    ForwardError,
     MachineError,
     SessionNotFound,
     SnapshotError,
@@ -48,6 +50,7 @@ from vmrunner.machines.remote import error_body
 from vmrunner.server import jwt
 from vmrunner.server.auth import access_denied
 from vmrunner.server.machines_exec import CommandStream, ExecBody, serve_channel
+from vmrunner.server.machines_forward import serve_accept, serve_forward
 from vmrunner.server.machines_service import (
     FAILED,
     MachineService,
@@ -218,7 +221,7 @@ def create_machines_app(
             "vm_types": list(config.vm_types) or ["default"], "provider": base.name,
             "capabilities": {
                 "isolation": caps.isolation.value, "snapshots": caps.snapshots,
-                "network_modes": sorted(caps.network_modes),
+                "network_modes": sorted(caps.network_modes), "forward": caps.forward,
             },
             "pool": None if stats is None else {"idle": dict(stats.idle), "hits": stats.hits},
         }
@@ -303,18 +306,26 @@ def create_machines_app(
             command.lines(), media_type="application/x-ndjson", background=BackgroundTask(done)
         )
 
+    async def admitted(websocket: WebSocket, vm_id: str) -> str | None:
+        """The caller of a WebSocket to a running VM of theirs; else None, once the upgrade
+        was refused with the HTTP error a request would get."""
+        try:
+            owner = await caller("operate")(websocket)
+            service_of(websocket).running(owner, vm_id)
+        except AccessDenied as exc:
+            await websocket.send_denial_response(await access_denied(websocket, exc))
+            return None
+        except VmrunnerError as exc:
+            await websocket.send_denial_response(await failed(websocket, exc))
+            return None
+        return owner
+
     @app.websocket("/api/vms/{vm_id}/exec")
     async def exec_channel(websocket: WebSocket, vm_id: str) -> None:
         """The same exec, command after command over one WebSocket (``serve_channel``); the
         token is checked at the upgrade, refused with the HTTP error, and for every command."""
         service, check = service_of(websocket), caller("operate")
-        try:
-            service.running(await check(websocket), vm_id)
-        except AccessDenied as exc:
-            await websocket.send_denial_response(await access_denied(websocket, exc))
-            return
-        except VmrunnerError as exc:
-            await websocket.send_denial_response(await failed(websocket, exc))
+        if await admitted(websocket, vm_id) is None:
             return
 
         async def start(body: ExecBody) -> CommandStream:
@@ -323,6 +334,31 @@ def create_machines_app(
 
         await websocket.accept()
         await serve_channel(websocket, start)
+
+    @app.websocket("/api/vms/{vm_id}/forward")
+    async def forward(websocket: WebSocket, vm_id: str, port: int = 0) -> None:
+        """A port forward out of the VM while this socket is open (``machines_forward.py``)."""
+        owner = await admitted(websocket, vm_id)
+        if owner is None:
+            return
+        vm = service_of(websocket).get(owner, vm_id)
+        assert vm.session is not None  # running: ``admitted`` checked it
+        await websocket.accept()
+        await serve_forward(websocket, vm.session, vm.forwards, vm.done, port)
+
+    @app.websocket("/api/vms/{vm_id}/forward/{forward_id}")
+    async def forward_accept(websocket: WebSocket, vm_id: str, forward_id: str) -> None:
+        """Carries the forward's next guest connection; the token is checked again then."""
+        owner = await admitted(websocket, vm_id)
+        if owner is None:
+            return
+        relay = service_of(websocket).get(owner, vm_id).forwards.get(forward_id)
+        if relay is None:
+            exc = ForwardError(f"no forward {forward_id} in VM {vm_id}")
+            await websocket.send_denial_response(JSONResponse(error_body(exc), status_code=404))
+            return
+        await websocket.accept()
+        await serve_accept(websocket, relay, partial(caller("operate"), websocket))
 
     @app.put("/api/vms/{vm_id}/files", status_code=204)
     async def put_files(vm_id: str, path: str, request: Request, owner: str = operator) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 
 from vmrunner.errors import AllocationError, CapacityError, SessionNotFound
 from vmrunner.machines.base import ExecResult, MachineSpec, NetworkMode
+from vmrunner.server.machines_forward import Relay
 from vmrunner.sessions import Session, SessionManager, SessionState, Transition
 
 #: Seconds a failed VM stays listed (so that a poller sees ``failed``), and a cancelled name
@@ -60,6 +61,8 @@ class Vm:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Its open port forwards, by id (``machines_forward.py``).
+    forwards: dict[str, Relay] = field(default_factory=dict)
 
     def set_status(self, status: str, error: str = "") -> None:
         self.status, self.error, self.updated_at = status, error, time.time()
