@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from websockets.asyncio.client import ClientConnection
 
 from tests.machines.provider_suite import eventually
 from tests.machines.test_forward import GUEST, HostService, guest, guest_ok
@@ -22,6 +23,7 @@ from tests.server.machines_helpers import LiveService, machine_service
 from vmrunner.errors import AgentError
 from vmrunner.machines.base import MachineSpec
 from vmrunner.machines.remote import RemoteMachine, RemoteProvider
+from vmrunner.machines.remote_forward import IDLE_ACCEPTS
 from vmrunner.server.machines_service import MachineService
 from vmrunner.server.tokens import TokenStore
 from vmrunner.store import Store
@@ -160,6 +162,30 @@ async def test_a_killed_runner_leaves_no_forward_on_the_service(
             await runner.wait()
         await eventually(lambda: forwards_held(live) == 0, "the service closing the forward")
         assert await guest_ok(machine, port, "refused") == "ConnectionRefusedError\n"
+    finally:
+        await provider.release(machine)
+        await provider.aclose()
+
+
+async def test_a_forward_whose_accept_sockets_failed_for_a_moment_still_takes_connections(
+    live: LiveService, host: HostService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provider = RemoteProvider(live.url, live.token("runner"))
+    machine = await provider.allocate(MachineSpec())
+    real, failed = provider.connect, []
+
+    async def blip(path: str, doing: str) -> ClientConnection:
+        """The service out of reach for every first accept socket of the forward."""
+        if "/forward/" in path and len(failed) < IDLE_ACCEPTS:
+            failed.append(path)
+            raise AgentError(f"{doing}: cannot reach the service (a blip)")
+        return await real(path, doing)
+
+    monkeypatch.setattr(provider, "connect", blip)
+    try:
+        async with machine.forward(host.path) as port:
+            assert await guest_ok(machine, port, "get", "/hello") == "hello from the host\n"
+        assert len(failed) == IDLE_ACCEPTS
     finally:
         await provider.release(machine)
         await provider.aclose()

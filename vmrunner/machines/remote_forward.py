@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 #: for the sockets opened as each one is taken.
 IDLE_ACCEPTS = 4
 CHUNK = 256 << 10
+#: Seconds before an accept socket that could not be opened is asked again (doubling).
+RETRY_DELAY = 0.2
+MAX_RETRY_DELAY = 5.0
 EOF = "eof"
 Connect = Callable[[str, str], Awaitable[ClientConnection]]
 
@@ -65,12 +68,18 @@ class Tunnel:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _serve_one(self) -> None:
-        try:
-            socket = await self._connect(self.path, f"{self.name}: accepting a connection")
-        except MachineError as exc:  # the forward or the machine is gone, the token revoked
-            if not self._closed:
-                log.debug("%s: no more forwarded connections: %s", self.name, exc)
-            return
+        delay = RETRY_DELAY
+        while True:
+            try:
+                socket = await self._connect(self.path, f"{self.name}: accepting a connection")
+                break
+            except MachineError as exc:
+                # The service out of reach for a moment, or for good (the forward or the machine
+                # gone, the token revoked): asked again, less and less often, until the forward
+                # is closed, so that a blip does not leave it without accept sockets.
+                log.debug("%s: no accept socket (%s), again in %.1fs", self.name, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_DELAY)
         clean = False
         try:
             if await socket.recv() != "open":
