@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, cast, get_args
 
 from vmrunner.errors import ConfigError
-from vmrunner.workflow.cron import validate_cron
 from vmrunner.workflow.filters import matches_any, validate_pattern
 from vmrunner.workflow.problems import Path, Problem, kind_of_value
 
@@ -364,6 +363,8 @@ def _parse_schedule(config: Any, path: Path, checker: _Checker) -> tuple[str, ..
         if not isinstance(expr, str):
             checker.report((*where, "cron"), f"cron must be a string, got {kind_of_value(expr)}")
             continue
+        from vmrunner.workflow.cron import validate_cron  # schedules are few: not at import
+
         message = validate_cron(expr)
         if message:
             checker.report((*where, "cron"), message)

@@ -11,7 +11,6 @@ and nothing outside the workspace is hashed.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import posixpath
 import re
@@ -112,6 +111,8 @@ def _files(root: str) -> Iterator[str]:
 
 def hash_files(root: Path, patterns: Sequence[str]) -> str:
     """The ``hashFiles`` digest of the files under ``root`` matching ``patterns`` ('' if none)."""
+    import hashlib  # here: the expression language loads with every command, hashing is rare
+
     base = os.path.abspath(root)
     compiled = _patterns(patterns, base)
     result = hashlib.sha256()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from decimal import ROUND_HALF_UP, Context, Decimal
 from typing import Any, Final, Literal
 
 Kind = Literal["Null", "Boolean", "Number", "String", "Array", "Object"]
@@ -35,8 +34,6 @@ JS_WHITESPACE: Final = (
 _DECIMAL = re.compile(r"[+-]?(?:Infinity|(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)")
 _NON_DECIMAL = re.compile(r"0(?:[xX][0-9a-fA-F]+|[oO][0-7]+|[bB][01]+)")
 _BASES: Final = {"x": 16, "o": 8, "b": 2}
-_FIXED_CONTEXT: Final = Context(prec=400)
-_FIFTEEN_PLACES: Final = Decimal("1e-15")
 
 
 class UnsupportedValue(TypeError):
@@ -155,9 +152,12 @@ def number_to_string(number: float) -> str:
     shortest = repr(number)
     if "e" not in shortest and len(shortest) - shortest.index(".") - 1 <= 15:
         return js_number_to_string(number)
-    # Round the exact binary value half away from zero at 15 decimals (``toFixed(15)``).
+    # Round the exact binary value half away from zero at 15 decimals (``toFixed(15)``); decimal
+    # is imported here, for the rare number that needs it (every command line loads this module).
+    from decimal import ROUND_HALF_UP, Context, Decimal
+
     exact = abs(Decimal(number))
-    fixed = exact.quantize(_FIFTEEN_PLACES, rounding=ROUND_HALF_UP, context=_FIXED_CONTEXT)
+    fixed = exact.quantize(Decimal("1e-15"), rounding=ROUND_HALF_UP, context=Context(prec=400))
     rounded = float(fixed)
     return js_number_to_string(-rounded if number < 0 else rounded)
 
