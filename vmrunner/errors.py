@@ -18,6 +18,7 @@ below and raised ``from`` the original.
     │   ├── AgentError             the guest agent broke the protocol or went away
     │   ├── ExecError              a command could not be started in the machine
     │   ├── TransferError          put/get of files failed
+    │   │   └── ArchiveRejected    a snapshot's tar refused: unsafe, broken or too large
     │   ├── SnapshotError          a snapshot or restore failed
     │   │   └── SnapshotUnsupported   the provider has no snapshot capability
     │   ├── ForwardError           a port forward into a machine could not be opened
@@ -151,6 +152,15 @@ class ExecError(MachineError):
 
 class TransferError(MachineError):
     """Copying files into or out of a machine failed."""
+
+
+class ArchiveRejected(TransferError):
+    """A snapshot's tar was refused before it was used: an entry leaving its folder, a link
+    out, a device, a broken tar (``status`` 422), or more bytes than allowed (413)."""
+
+    def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class SnapshotError(MachineError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,8 +12,11 @@ import httpx
 import pytest
 
 from tests.cli.helpers import vmrunner
+from tests.runner.test_rerun import JOB
+from tests.runner.test_rerun import WORKFLOW as RERUN
 from tests.server.machines_helpers import machine_service
 from tests.services.actions import built_actions
+from vmrunner.runner import checkpoints
 
 WORKFLOW = """\
 on: push
@@ -111,6 +115,48 @@ async def test_artifacts_pass_between_remote_jobs(tmp_path: Path) -> None:
     assert result.returncode == 0, output
     assert "got/b.bin: OK" in output
     assert "not reachable" not in output
+
+
+async def test_a_failed_remote_job_is_rerun_from_its_snapshot(tmp_path: Path) -> None:
+    """``run --snapshot`` keeps a remote job's snapshots on the runner's host; ``rerun`` seeds a
+    fresh remote machine with one and continues from the step after it."""
+    root = await asyncio.to_thread(project, tmp_path / "repo", RERUN)
+    transfer = tmp_path / "transfer"
+    transfer.mkdir()
+    with machine_service(tmp_path / "service.db", transfer_dir=str(transfer)) as service:
+        token = service.token("cli")
+        env = {**_environ(), "VMRUNNER_REMOTE_TOKEN": token}
+        remote = ("--provider", "remote", "--remote-url", service.url)
+        failed = await asyncio.to_thread(
+            vmrunner, "run", "--json", "--snapshot", *remote, "--network", "host", cwd=root,
+            env=env, timeout=300,
+        )  # fmt: skip
+        assert failed.returncode == 1, failed.stdout + failed.stderr
+        assert "cannot keep" not in failed.stdout + failed.stderr
+        original = str(json.loads(failed.stdout)["runs"][0]["run_id"])
+        assert checkpoints.kept_jobs(original) == [JOB]
+        kept = checkpoints.load(original, JOB)
+        assert kept is not None
+        assert [c.step_number for c in kept.checkpoints] == [0, 1, 2]
+
+        again = await asyncio.to_thread(
+            vmrunner, "rerun", original, "--from-step", "3", "--var", "READY=yes", "--json",
+            *remote, cwd=root, env=env, timeout=300,
+        )  # fmt: skip
+        assert again.returncode == 0, again.stdout + again.stderr
+        run = json.loads(again.stdout)["runs"][0]
+        assert (run["rerun_of"], run["from_step"], run["conclusion"]) == (original, 3, "success")
+        steps = [s for s in run["jobs"][0]["steps"] if s["kind"] == "step"]
+        assert [s["conclusion"] for s in steps] == ["success", "success"]  # steps 3 and 4 only
+        logs = await asyncio.to_thread(
+            vmrunner, "runs", "show", run["run_id"], "--logs", cwd=root, env=env
+        )
+        assert "trail: step1,step2,step3,step4 hi e1 tool-ok plain," in logs.stdout, logs.stdout
+        async with httpx.AsyncClient(
+            base_url=service.url, headers={"Authorization": f"Bearer {token}"}
+        ) as http:
+            assert (await http.get("/api/vms")).json()["total"] == 0
+    assert await asyncio.to_thread(lambda: list(transfer.iterdir())) == []
 
 
 def _environ() -> dict[str, str]:

@@ -56,6 +56,10 @@ def command() -> None:
     "--jwt-secret-file", default=None, type=click.Path(dir_okay=False),
     help=f"Also accept HS256 JWTs signed with this secret (else ${ENV_JWT_SECRET}, if set).",
 )
+@click.option("--max-import-mib", default=16384, show_default=True, type=click.IntRange(1),
+              help="Largest snapshot a runner may import (vmrunner rerun), in MiB.")
+@click.option("--transfer-dir", default=None, type=click.Path(file_okay=False),
+              help="Where snapshots are exported and imported for a moment (default: $TMPDIR).")
 @click.option("--allow-no-tokens", is_flag=True,
               help="Let requests without a token in (loopback only; for development).")
 @click.option("--log-level", default="warning", show_default=True,
@@ -63,8 +67,8 @@ def command() -> None:
 def serve(
     host: str, port: int, provider: str | None, network: str, pools: tuple[str, ...], limit: int,
     max_vms: int, max_sessions: int, quotas: tuple[str, ...], idle_timeout: float,
-    vm_types: tuple[str, ...], jwt_secret_file: str | None, allow_no_tokens: bool,
-    log_level: str,
+    vm_types: tuple[str, ...], jwt_secret_file: str | None, max_import_mib: int,
+    transfer_dir: str | None, allow_no_tokens: bool, log_level: str,
 ) -> None:
     """Serve this host's machines: the fcctl-web API plus streamed exec and files."""
     import logging
@@ -88,6 +92,7 @@ def serve(
         max_vms=max_vms, max_sessions=max_sessions, quotas=dict(_quota(q) for q in quotas),
         idle_timeout=idle_timeout, reap_interval=min(15.0, max(0.05, idle_timeout / 4)),
         vm_types=vm_types, jwt_secret=secret.encode(), open_access=allow_no_tokens,
+        max_import_bytes=max_import_mib << 20, transfer_dir=transfer_dir or "",
     )
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -69,6 +69,13 @@ if TYPE_CHECKING:
     help=f"The machine provider (default: {DEFAULT_PROVIDER}) [env: {ENV_PROVIDER}].",
 )
 @click.option(
+    "--remote-url",
+    default=None,
+    envvar="VMRUNNER_REMOTE_URL",
+    help="With --provider remote: the machine service, its token in $VMRUNNER_REMOTE_TOKEN "
+    "[env: VMRUNNER_REMOTE_URL].",
+)
+@click.option(
     "--snapshot/--no-snapshot",
     default=True,
     show_default=True,
@@ -86,6 +93,7 @@ def command(
     var_file: str | None,
     workflow_file: str | None,
     provider: str | None,
+    remote_url: str | None,
     snapshot: bool,
     quiet: bool,
     as_json: bool,
@@ -108,6 +116,8 @@ def command(
     from vmrunner.store import Store
     from vmrunner.workflow.loader import load_workflow
 
+    if remote_url:  # where the remote provider looks
+        os.environ["VMRUNNER_REMOTE_URL"] = remote_url
     with Store.open() as store:
         original = RunHistory(store).get_run(run_id)
     kept_keys = checkpoints.kept_jobs(original.run_id)

@@ -152,6 +152,8 @@ class Capabilities:
     forward: bool = False
     #: ``MachineSpec.image``: machines whose root file system is an OCI image.
     containers: bool = False
+    #: ``Machine.export_snapshot`` and ``import_snapshot`` (``vmrunner rerun``).
+    snapshot_export: bool = False
 
 
 @dataclass(frozen=True, slots=True)

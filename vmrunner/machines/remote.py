@@ -11,6 +11,10 @@ command: that is how a cancelled or failed ``exec`` stops it. A port forward is 
 held open for as long as it lasts, and its connections come back over WebSockets the runner
 opens ahead of time (``remote_forward.py``): the service never connects to the runner.
 
+Snapshots leave and enter a machine as tar streams (``snapshot_tar.py``): an export is
+unpacked on this host as it arrives, so a failed job's checkpoints stay with its runner
+(``vmrunner rerun``), and an import sends such a folder back.
+
 Errors are mapped once, here: the service answers ``{"error", "kind"}`` with the name of one of
 our own ``MachineError`` classes, and the client raises that class; an unknown VM (released,
 reaped) is an ``AgentError``, as a local machine whose agent is gone. A cancelled allocation
@@ -20,13 +24,15 @@ up is released there at once.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
 import secrets
 import socket
+import urllib.parse
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager, suppress
+from contextlib import aclosing, asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn
 
@@ -38,6 +44,7 @@ from websockets.protocol import State
 from vmrunner.errors import (
     AgentError,
     AllocationError,
+    ArchiveRejected,
     ExecError,
     ForwardError,
     ForwardUnsupported,
@@ -62,6 +69,7 @@ from vmrunner.machines.base import (
 from vmrunner.machines.client import MAX_SOCKET_PATH
 from vmrunner.machines.local import owner_identity, shielded
 from vmrunner.machines.remote_forward import Tunnel
+from vmrunner.machines.snapshot_tar import remove_tree, tar_chunks, untar_chunks
 
 ENV_REMOTE_URL = "VMRUNNER_REMOTE_URL"
 ENV_REMOTE_TOKEN = "VMRUNNER_REMOTE_TOKEN"
@@ -71,7 +79,7 @@ OWNER_LABELS = ("vmrunner.owner_host", "vmrunner.owner_pid", "vmrunner.owner_sta
 ERRORS: dict[str, type[MachineError]] = {
     cls.__name__: cls
     for cls in (
-        AllocationError, AgentError, ExecError, TransferError, SnapshotError,
+        AllocationError, AgentError, ExecError, TransferError, ArchiveRejected, SnapshotError,
         SnapshotUnsupported, ForwardError, ForwardUnsupported, ReleaseError,
     )
 }
@@ -129,6 +137,7 @@ def capabilities_from(body: Mapping[str, Any]) -> Capabilities:
         network_modes=frozenset(body.get("network_modes") or ("host",)),
         forward=bool(body.get("forward")),  # through the service: ``remote_forward.py``
         containers=False,
+        snapshot_export=bool(body.get("snapshot_export")),  # as tar streams
     )
 
 
@@ -462,6 +471,44 @@ class RemoteMachine(Machine):
             "POST", self._path(f"/rollback/{snapshot_id}"), AgentError, doing
         )
         _check(response, SnapshotError, doing)
+
+    async def export_snapshot(self, snapshot_id: SnapshotId, dest_dir: str) -> None:
+        """The snapshot's tar, streamed from the service into ``dest_dir`` on this host:
+        unpacked into a folder beside it, renamed at the end (a cut export leaves nothing)."""
+        doing = f"exporting snapshot {snapshot_id} of {self.id}"
+        self._can_export(doing)
+        dest = dest_dir.rstrip("/")
+        partial = f"{dest}.partial-{secrets.token_hex(4)}"
+        path = self._path(f"/snapshots/{urllib.parse.quote(snapshot_id, safe='')}/export")
+        try:
+            await asyncio.to_thread(os.makedirs, Path(dest).parent, exist_ok=True)
+            async with self._provider.client().stream("GET", path) as response:
+                if not response.is_success:
+                    await response.aread()
+                    _raise(response, TransferError, doing)
+                await untar_chunks(response.aiter_raw(), partial)
+            await asyncio.to_thread(os.rename, partial, dest)
+        except httpx.HTTPError as exc:
+            raise AgentError(f"{doing}: lost the machine service: {exc}") from exc
+        except OSError as exc:
+            raise TransferError(f"{doing}: {exc}") from exc
+        finally:
+            await shielded(asyncio.to_thread(remove_tree, partial))
+
+    async def import_snapshot(self, source_dir: str) -> None:
+        """``source_dir`` (an export) as a tar stream to the service, which imports it."""
+        doing = f"importing the snapshot in {source_dir} into {self.id}"
+        self._can_export(doing)
+        async with aclosing(tar_chunks(source_dir)) as chunks:
+            response = await self._provider.request(
+                "POST", self._path("/import"), AgentError, doing, content=chunks,
+                headers={"Content-Type": "application/x-tar"},
+            )
+        _check(response, TransferError, doing)
+
+    def _can_export(self, doing: str) -> None:
+        if not self._provider.capabilities.snapshot_export:
+            raise SnapshotUnsupported(f"{doing}: the machine service cannot export snapshots")
 
     async def limits_hit(self) -> list[str]:
         response = await self._provider.request(

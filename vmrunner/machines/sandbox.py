@@ -362,6 +362,7 @@ class SandboxProvider(LocalProvider):
         network_modes=frozenset({"private", "host", "none"}),
         forward=True,
         containers=True,
+        snapshot_export=True,
     )
     machine_class: ClassVar[type[AgentMachine]] = SandboxMachine
 

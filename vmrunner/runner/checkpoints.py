@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from typing import Any
 
 from vmrunner.config import vmrunner_home
 from vmrunner.errors import ConfigError, StoreError
+from vmrunner.machines.snapshot_tar import remove_tree
 from vmrunner.runner.options import RunOptions, options_from_data, plain
 
 FOLDER = "snapshots"
@@ -146,16 +146,3 @@ def remove_checkpoints(run_id: str, home: Path | None = None) -> bool:
     except OSError as exc:
         raise StoreError(f"cannot remove {root}: {exc}") from exc
     return True
-
-
-def remove_tree(path: Path) -> None:
-    """``rm -rf``, also through directories a job made read-only (snapshots keep modes)."""
-
-    def lend_write(function: Any, failed: str, _exc: Any) -> None:
-        os.chmod(os.path.dirname(failed), 0o700)
-        if os.path.isdir(failed) and not os.path.islink(failed):
-            os.chmod(failed, 0o700)
-        function(failed)
-
-    if path.exists() or path.is_symlink():
-        shutil.rmtree(path, onerror=lend_write)

@@ -38,6 +38,7 @@ from vmrunner.errors import (
 )
 from vmrunner.machines.base import MachineSpec
 from vmrunner.machines.local import shielded
+from vmrunner.machines.snapshot_tar import remove_tree
 from vmrunner.reports.events import (
     AllocationRequested,
     JobFinished,
@@ -519,7 +520,7 @@ class JobExecution:
         run, runtime = self.run, self.live_runtime
         folder = checkpoints.job_folder(run.run_id, self.job_key)
         try:
-            await asyncio.to_thread(checkpoints.remove_tree, folder)
+            await asyncio.to_thread(remove_tree, folder)
             with run.progress(self.job_key, "exporting snapshots") as progress:
                 for number, checkpoint in enumerate(self.checkpoints):
                     progress("", number, len(self.checkpoints))

@@ -9,7 +9,10 @@ streamed exec (``POST /api/vms/{id}/exec``, NDJSON lines of output, then the res
 same path as a WebSocket, command after command: ``machines_exec.py``), files in
 and out as tar (``PUT``/``GET /api/vms/{id}/files?path=``), ``DELETE /api/vms/by-name/{name}``
 (a cancelled allocation), ``GET /api/vm-types`` (this host's machine types and capabilities),
-port forwards as WebSockets the runner opens (``/api/vms/{id}/forward``, ``machines_forward.py``).
+port forwards as WebSockets the runner opens (``/api/vms/{id}/forward``, ``machines_forward.py``),
+a snapshot out as a tar (``GET /api/vms/{id}/snapshots/{snapshot_id}/export``, with ``read``: it
+shows the VM's files, as ``GET .../files`` does) and one into a fresh VM (``POST
+/api/vms/{id}/import``, with ``operate``: ``machines_snapshots.py``).
 
 Callers authenticate with an API token (``operate`` to change, ``read`` to look), or with an
 HS256 JWT when a secret is configured; each caller sees only its own VMs.
@@ -35,6 +38,7 @@ from starlette.requests import HTTPConnection
 from vmrunner.errors import (
     AccessDenied,
     AllocationError,
+    ArchiveRejected,
     CapacityError,
     ExecError,
     ForwardError,
@@ -58,11 +62,13 @@ from vmrunner.server.machines_service import (
     iso,
     spec_of,
 )
+from vmrunner.server.machines_snapshots import exported, imported
 from vmrunner.server.tokens import Scope, TokenStore, bearer
 from vmrunner.sessions import SessionManager
 from vmrunner.store import Store
 
 SERVICE_NAME = "vmrunner-machines"
+DEFAULT_MAX_IMPORT = 16 << 30
 ANONYMOUS = "anonymous"
 #: HTTP status of our errors, most specific class first.
 STATUS: tuple[tuple[type[VmrunnerError], int], ...] = (
@@ -100,6 +106,10 @@ class MachineServiceConfig:
     open_access: bool = False
     #: The state database (sessions, machines, tokens); '' for VMRUNNER_HOME's.
     store: str = ""
+    #: Where snapshots are exported and imported for a moment; '' for the system's temp folder.
+    transfer_dir: str = ""
+    #: A snapshot's tar bigger than this is refused (413).
+    max_import_bytes: int = DEFAULT_MAX_IMPORT
 
 
 class VmBody(BaseModel):
@@ -139,6 +149,8 @@ LANGUAGES: dict[str, Callable[[str], list[str]]] = {
 
 
 def _status(exc: VmrunnerError) -> int:
+    if isinstance(exc, ArchiveRejected):
+        return exc.status
     return next(status for cls, status in STATUS if isinstance(exc, cls))
 
 
@@ -222,6 +234,7 @@ def create_machines_app(
             "capabilities": {
                 "isolation": caps.isolation.value, "snapshots": caps.snapshots,
                 "network_modes": sorted(caps.network_modes), "forward": caps.forward,
+                "snapshot_export": caps.snapshot_export,
             },
             "pool": None if stats is None else {"idle": dict(stats.idle), "hits": stats.hits},
         }
@@ -408,6 +421,28 @@ def create_machines_app(
         await session.restore(snapshot_id)
         return {"vm_id": vm_id, "snapshot_id": snapshot_id, "status": "rolled_back",
                 "timestamp": datetime.now(UTC).isoformat()}
+
+    @app.get("/api/vms/{vm_id}/snapshots/{snapshot_id}/export")
+    async def export_snapshot(
+        vm_id: str, snapshot_id: str, request: Request, owner: str = reader
+    ) -> Response:
+        """The snapshot as a tar stream, to keep beyond the VM (``vmrunner rerun``)."""
+        service = service_of(request)
+        async with service.command(owner, vm_id) as session, service.busy(session):
+            return await exported(session.machine, snapshot_id, config.transfer_dir or None)
+
+    @app.post("/api/vms/{vm_id}/import")
+    async def import_snapshot(
+        vm_id: str, request: Request, owner: str = operator
+    ) -> dict[str, Any]:
+        """Seed the (fresh) VM with an exported snapshot's tar, the request's body."""
+        service = service_of(request)
+        async with service.command(owner, vm_id) as session, service.busy(session):
+            await imported(
+                session.machine, request.stream(), request.headers.get("content-length"),
+                config.max_import_bytes, config.transfer_dir or None,
+            )
+        return {"vm_id": vm_id, "status": "imported"}
 
     return app
 

@@ -248,8 +248,14 @@ class MachineService:
         return session, done
 
     async def exec(self, session: Session, *args: Any, **kwargs: Any) -> ExecResult:
-        """``Machine.exec`` in the session's machine, touching the session while it runs (so
-        the reaper leaves a long silent command alone) without writing a state per command:
+        """``Machine.exec`` in the session's machine, ``busy`` while it runs."""
+        async with self.busy(session):
+            return await session.machine.exec(*args, **kwargs)
+
+    @asynccontextmanager
+    async def busy(self, session: Session) -> AsyncIterator[None]:
+        """Touch the session while the caller works in its machine (so the reaper leaves a
+        long silent command or a large snapshot alone) without writing a state each time:
         the client's own session records its steps."""
         period = max(0.05, (self.idle_timeout or 60.0) / 4)
 
@@ -261,7 +267,7 @@ class MachineService:
         session.touch()
         beating = asyncio.ensure_future(heartbeat())
         try:
-            return await session.machine.exec(*args, **kwargs)
+            yield
         finally:
             beating.cancel()
             session.touch()
