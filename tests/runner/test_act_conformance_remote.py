@@ -1,6 +1,7 @@
 """The act conformance cases with ``--provider remote``: every job's machine is a sandbox of a
-real machine service on 127.0.0.1, reached over HTTP. Container jobs are the sandbox's own
-capability (not offered through the service): those cases are left to the local suite."""
+real machine service on 127.0.0.1, reached over HTTP. The cases that need images are left to
+the local suite (their Docker Hub stand-ins); container jobs, services and Docker steps through
+the service are ``tests/server/test_machines_containers.py``'s."""
 
 from __future__ import annotations
 

@@ -13,7 +13,9 @@ opens ahead of time (``remote_forward.py``): the service never connects to the r
 
 Snapshots leave and enter a machine as tar streams (``snapshot_tar.py``): an export is
 unpacked on this host as it arrives, so a failed job's checkpoints stay with its runner
-(``vmrunner rerun``), and an import sends such a folder back.
+(``vmrunner rerun``), and an import sends such a folder back. Container images are the
+service's to pull (``remote_images.py``): a machine's image and services go with its allocation,
+a Docker step is posted (``exec-image``) and streamed back as a posted exec.
 
 Errors are mapped once, here: the service answers ``{"error", "kind"}`` with the name of one of
 our own ``MachineError`` classes, and the client raises that class; an unknown VM (released,
@@ -48,6 +50,7 @@ from vmrunner.errors import (
     ExecError,
     ForwardError,
     ForwardUnsupported,
+    ImageError,
     MachineError,
     ReleaseError,
     SnapshotError,
@@ -57,6 +60,7 @@ from vmrunner.errors import (
 from vmrunner.machines.base import (
     Capabilities,
     ExecResult,
+    ImageRun,
     Isolation,
     Machine,
     MachinePaths,
@@ -69,6 +73,7 @@ from vmrunner.machines.base import (
 from vmrunner.machines.client import MAX_SOCKET_PATH
 from vmrunner.machines.local import owner_identity, shielded
 from vmrunner.machines.remote_forward import Tunnel
+from vmrunner.machines.remote_images import image_exec, spec_images
 from vmrunner.machines.snapshot_tar import remove_tree, tar_chunks, untar_chunks
 
 ENV_REMOTE_URL = "VMRUNNER_REMOTE_URL"
@@ -80,7 +85,7 @@ ERRORS: dict[str, type[MachineError]] = {
     cls.__name__: cls
     for cls in (
         AllocationError, AgentError, ExecError, TransferError, ArchiveRejected, SnapshotError,
-        SnapshotUnsupported, ForwardError, ForwardUnsupported, ReleaseError,
+        SnapshotUnsupported, ForwardError, ForwardUnsupported, ReleaseError, ImageError,
     )
 }
 #: Connecting is quick or broken; a command or a VM's boot takes as long as it takes (the
@@ -136,7 +141,7 @@ def capabilities_from(body: Mapping[str, Any]) -> Capabilities:
         snapshots=bool(body.get("snapshots")),
         network_modes=frozenset(body.get("network_modes") or ("host",)),
         forward=bool(body.get("forward")),  # through the service: ``remote_forward.py``
-        containers=False,
+        containers=bool(body.get("containers")),  # images pulled and run by the service
         snapshot_export=bool(body.get("snapshot_export")),  # as tar streams
     )
 
@@ -205,15 +210,13 @@ class RemoteProvider(Provider):
             raise AgentError(f"{doing}: cannot reach the service {self.url}: {exc}") from exc
 
     async def allocate(self, spec: MachineSpec) -> Machine:
-        if spec.image:
-            raise AllocationError("the remote provider cannot run container images")
         name = f"vmr-{secrets.token_hex(8)}"
         pid, start = owner_identity()
         owner = dict(zip(OWNER_LABELS, (socket.gethostname(), str(pid), str(start)), strict=True))
         body = {
             "vm_type": spec.vm_type, "name": name, "network": spec.network, "cpus": spec.cpus,
             "memory_mib": spec.memory_mib, "pids": spec.pids, "disk_mib": spec.disk_mib,
-            "labels": {**spec.labels, **owner}, "wait": True,
+            "labels": {**spec.labels, **owner}, "wait": True, **spec_images(spec),
         }
         try:
             response = await self.request(
@@ -421,11 +424,33 @@ class RemoteMachine(Machine):
         finally:
             await shielded(control.close())
 
-    async def _posted(self, payload: str, reply: _Reply, doing: str) -> ExecResult:
+    async def exec_image(
+        self,
+        run: ImageRun,
+        args: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - enforced inside the machine
+        on_output: OutputCallback | None = None,
+        write: Mapping[str, str] | None = None,
+        collect: Sequence[str] = (),
+    ) -> ExecResult:
+        """The one-shot container run by the service (``exec-image``: rare enough for a
+        request each), streamed as a posted exec."""
+        if not self._provider.capabilities.containers:
+            raise ExecError(f"the machine service of {self.id} cannot run container images")
+        body = image_exec(run, args, env, timeout, write, collect)
+        payload = json.dumps(body, separators=(",", ":"))
+        doing = f"running {run.image} in {self.id}"
+        return await self._posted(payload, _Reply(on_output), doing, "/exec-image")
+
+    async def _posted(
+        self, payload: str, reply: _Reply, doing: str, tail: str = "/exec"
+    ) -> ExecResult:
         """The exec as one HTTP request, its messages as NDJSON lines."""
         try:
             async with self._provider.client().stream(
-                "POST", self._path("/exec"), content=payload,
+                "POST", self._path(tail), content=payload,
                 headers={"Content-Type": "application/json"},
             ) as response:
                 if not response.is_success:

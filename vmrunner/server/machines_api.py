@@ -12,7 +12,10 @@ and out as tar (``PUT``/``GET /api/vms/{id}/files?path=``), ``DELETE /api/vms/by
 port forwards as WebSockets the runner opens (``/api/vms/{id}/forward``, ``machines_forward.py``),
 a snapshot out as a tar (``GET /api/vms/{id}/snapshots/{snapshot_id}/export``, with ``read``: it
 shows the VM's files, as ``GET .../files`` does) and one into a fresh VM (``POST
-/api/vms/{id}/import``, with ``operate``: ``machines_snapshots.py``).
+/api/vms/{id}/import``, with ``operate``: ``machines_snapshots.py``), machines of a container
+image with service containers (``image``, ``services`` of ``POST /api/vms``) and one-shot
+containers in them (``POST /api/vms/{id}/exec-image``, streamed as the exec:
+``machines_images.py``).
 
 Callers authenticate with an API token (``operate`` to change, ``read`` to look), or with an
 HS256 JWT when a secret is configured; each caller sees only its own VMs.
@@ -20,6 +23,7 @@ HS256 JWT when a secret is configured; each caller sees only its own VMs.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,8 +34,9 @@ from functools import partial
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Request, WebSocket
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from starlette.background import BackgroundTask
 from starlette.requests import HTTPConnection
 
@@ -55,6 +60,14 @@ from vmrunner.server import jwt
 from vmrunner.server.auth import access_denied
 from vmrunner.server.machines_exec import CommandStream, ExecBody, serve_channel
 from vmrunner.server.machines_forward import serve_accept, serve_forward
+from vmrunner.server.machines_images import (
+    ImageBody,
+    ImageExecBody,
+    ServiceBody,
+    image_fields,
+    unique_labels,
+    validation_error,
+)
 from vmrunner.server.machines_service import (
     FAILED,
     MachineService,
@@ -121,8 +134,13 @@ class VmBody(BaseModel):
     pids: int | None = Field(default=None, ge=8)
     disk_mib: int | None = Field(default=None, ge=1)
     labels: dict[str, str] = Field(default_factory=dict)
+    #: The machine's root file system (a ``container:`` job), and its service containers.
+    image: ImageBody | None = None
+    services: list[ServiceBody] = Field(default_factory=list)
     #: Answer once the VM runs (or failed), not at once with ``creating``.
     wait: bool = False
+
+    _labels = field_validator("services")(unique_labels)
 
 
 class SnapshotBody(BaseModel):
@@ -200,6 +218,11 @@ def create_machines_app(
         assert isinstance(exc, VmrunnerError)
         return JSONResponse(error_body(exc), status_code=_status(exc))
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: HTTPConnection, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return JSONResponse(validation_error(exc.errors()), status_code=422)
+
     def caller(scope: Scope) -> Callable[[HTTPConnection], Awaitable[str]]:
         async def check(request: HTTPConnection) -> str:
             token = bearer(request.headers.get("authorization"))
@@ -234,7 +257,7 @@ def create_machines_app(
             "capabilities": {
                 "isolation": caps.isolation.value, "snapshots": caps.snapshots,
                 "network_modes": sorted(caps.network_modes), "forward": caps.forward,
-                "snapshot_export": caps.snapshot_export,
+                "snapshot_export": caps.snapshot_export, "containers": caps.containers,
             },
             "pool": None if stats is None else {"idle": dict(stats.idle), "hits": stats.hits},
         }
@@ -243,7 +266,10 @@ def create_machines_app(
     async def create_vm(body: VmBody, request: Request, owner: str = operator) -> Response:
         """Allocate a VM: ``creating`` at once, or (``wait``) once it runs or failed."""
         service = service_of(request)
-        vm = service.create(owner, spec_of(body.model_dump(), config.network), body.name)
+        spec = dataclasses.replace(
+            spec_of(body.model_dump(), config.network), **image_fields(body.image, body.services)
+        )
+        vm = service.create(owner, spec, body.name)
         if body.wait:
             await vm.ready.wait()
             if vm.status == FAILED:
@@ -312,9 +338,23 @@ def create_machines_app(
         ``{"result": ...}`` or ``{"error", "kind"}``. Closing the connection kills it."""
         service = service_of(request)
         session, done = service.start_command(owner, vm_id)
-        command = CommandStream(request.receive, partial(service.exec, session), body, done)
+        run = partial(service.exec, session, **body.call())
+        command = CommandStream(request.receive, run, done)
         if await command.finished_quickly():  # one plain response: less to send than a stream
             return Response(command.whole(), media_type="application/x-ndjson")
+        return StreamingResponse(
+            command.lines(), media_type="application/x-ndjson", background=BackgroundTask(done)
+        )
+
+    @app.post("/api/vms/{vm_id}/exec-image")
+    async def exec_image(
+        vm_id: str, body: ImageExecBody, request: Request, owner: str = operator
+    ) -> Response:
+        """``Machine.exec_image``: a one-shot container (a Docker step), streamed as the exec."""
+        service = service_of(request)
+        session, done = service.start_command(owner, vm_id)
+        run = partial(service.exec_image, session, body.run(), body.args, **body.options())
+        command = CommandStream(request.receive, run, done)
         return StreamingResponse(
             command.lines(), media_type="application/x-ndjson", background=BackgroundTask(done)
         )
@@ -343,7 +383,8 @@ def create_machines_app(
 
         async def start(body: ExecBody) -> CommandStream:
             session, done = service.start_command(await check(websocket), vm_id)
-            return CommandStream(websocket.receive, partial(service.exec, session), body, done)
+            run = partial(service.exec, session, **body.call())
+            return CommandStream(websocket.receive, run, done)
 
         await websocket.accept()
         await serve_channel(websocket, start)

@@ -29,14 +29,30 @@ QUICK = 0.05
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
 
-class ExecBody(BaseModel):
-    command: str | list[str]
+class ExecOptions(BaseModel):
+    """What every exec takes (a command's, a container's)."""
+
     env: dict[str, str] = Field(default_factory=dict)
-    cwd: str | None = None
     timeout: float | None = Field(default=None, gt=0)
-    stdin: str | None = None
     write: dict[str, str] = Field(default_factory=dict)
     collect: list[str] = Field(default_factory=list)
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments of the exec: only what was asked (empty ones still cost the
+        agent)."""
+        asked = {"env": self.env, "write": self.write, "collect": self.collect}
+        return {"timeout": self.timeout, **{k: v for k, v in asked.items() if v}}
+
+
+class ExecBody(ExecOptions):
+    command: str | list[str]
+    cwd: str | None = None
+    stdin: str | None = None
+
+    def call(self) -> dict[str, Any]:
+        """``Machine.exec``'s arguments but ``on_output``."""
+        stdin = None if self.stdin is None else base64.b64decode(self.stdin)
+        return {"command": self.command, "cwd": self.cwd, "stdin": stdin, **self.options()}
 
 
 def line(message: dict[str, Any]) -> bytes:
@@ -62,27 +78,13 @@ class CommandStream:
         self,
         receive: Receive,
         run: Callable[..., Awaitable[ExecResult]],
-        body: ExecBody,
         done: Callable[[], None],
     ) -> None:
+        """``run(on_output=...)`` runs the command (its other arguments bound)."""
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._done = done
         self._output = asyncio.Event()
-        extra: dict[str, Any] = {  # only what was asked: empty ones still cost the agent
-            k: v
-            for k, v in (("env", body.env), ("write", body.write), ("collect", body.collect))
-            if v
-        }
-        self._task = asyncio.ensure_future(
-            run(
-                body.command,
-                cwd=body.cwd,
-                timeout=body.timeout,
-                on_output=self._relay,
-                stdin=None if body.stdin is None else base64.b64decode(body.stdin),
-                **extra,
-            )
-        )
+        self._task = asyncio.ensure_future(run(on_output=self._relay))
         self._task.add_done_callback(lambda _: self._queue.put_nowait(None))
         self._watcher = asyncio.ensure_future(_cancel_on_message(receive, self._task))
 

@@ -13,6 +13,7 @@ is started. The host's own limit is the session manager's.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -179,6 +180,11 @@ class MachineService:
             raise AllocationError(
                 f"unknown vm_type {spec.vm_type!r}: this host serves {', '.join(self.vm_types)}"
             )
+        if (spec.image or spec.services) and not self.sessions.provider.capabilities.containers:
+            raise AllocationError(
+                f"the {self.sessions.provider.name} provider of this host cannot run container "
+                "images"
+            )
         if name and (owner, name) in self._forgotten:
             raise AllocationError(f"allocation {name!r} was cancelled by its client")
         usage = self.usage(owner)
@@ -192,7 +198,7 @@ class MachineService:
             raise CapacityError(f"limit reached: this host runs {self.sessions.limit} VMs")
         vm_id = f"vm-{secrets.token_hex(4)}"
         labels = {**spec.labels, LABEL: vm_id, "vmrunner.vm_owner": owner}
-        vm = Vm(vm_id, name or vm_id, owner, _with_labels(spec, labels))
+        vm = Vm(vm_id, name or vm_id, owner, dataclasses.replace(spec, labels=labels))
         self._vms[vm_id] = vm
         assert self._group is not None, "the machine service is not running"
         self._group.create_task(self._hold(vm), name=f"vm-{vm_id}")
@@ -252,6 +258,11 @@ class MachineService:
         async with self.busy(session):
             return await session.machine.exec(*args, **kwargs)
 
+    async def exec_image(self, session: Session, *args: Any, **kwargs: Any) -> ExecResult:
+        """``Machine.exec_image`` in the session's machine, ``busy`` while it runs."""
+        async with self.busy(session):
+            return await session.machine.exec_image(*args, **kwargs)
+
     @asynccontextmanager
     async def busy(self, session: Session) -> AsyncIterator[None]:
         """Touch the session while the caller works in its machine (so the reaper leaves a
@@ -292,13 +303,6 @@ class MachineService:
 
 def _nothing() -> None:
     return None
-
-
-def _with_labels(spec: MachineSpec, labels: dict[str, str]) -> MachineSpec:
-    return MachineSpec(
-        vm_type=spec.vm_type, network=spec.network, cpus=spec.cpus, memory_mib=spec.memory_mib,
-        pids=spec.pids, disk_mib=spec.disk_mib, labels=labels,
-    )
 
 
 def spec_of(body: Mapping[str, Any], default_network: NetworkMode) -> MachineSpec:
