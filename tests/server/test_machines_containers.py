@@ -103,6 +103,13 @@ async def test_container_and_service_jobs_run_through_the_service(
             offered = (await http.get("/api/vm-types")).json()
             assert offered["capabilities"]["containers"] is True
         env = {**_environ(), "VMRUNNER_REMOTE_TOKEN": token, "VMRUNNER_HOME": str(tmp_path / "h")}
+        planned = await asyncio.to_thread(
+            vmrunner, "run", "--dry-run", "--json", "--provider", "remote",
+            "--remote-url", service.url, cwd=root, env=env,
+        )  # fmt: skip
+        assert planned.returncode == 0, planned.stdout + planned.stderr
+        jobs = {row["job"]: row["cannot_run"] for row in json.loads(planned.stdout)["jobs"]}
+        assert jobs == {"boxed": "", "served": ""}  # the service says it runs images
         result = await asyncio.to_thread(
             vmrunner, "run", "--provider", "remote", "--remote-url", service.url,
             "--network", "private", cwd=root, env=env, timeout=600,

@@ -40,6 +40,7 @@ def dry_run(
 
     rows: list[dict[str, Any]] = []
     ok = True
+    containers = provider_containers(provider)  # the remote provider asks its service
     for workflow, jobs in chosen:
         try:
             graph = plan(workflow, jobs=jobs)
@@ -57,7 +58,7 @@ def dry_run(
                     "needs": list(graph.dependencies(job_id)),
                     "matrix": combinations,
                     "cannot_run": cannot_run(
-                        workflow.jobs[job_id], combinations, options, provider
+                        workflow.jobs[job_id], combinations, options, provider, containers
                     ),
                 }
             )
@@ -77,12 +78,11 @@ def dry_run(
 
 
 def cannot_run(
-    job: Job, combinations: list[dict[str, Any]] | None, options: RunOptions, provider: str
+    job: Job, combinations: list[dict[str, Any]] | None, options: RunOptions, provider: str,
+    containers: bool,
 ) -> str:
     """Why the job (or one of its matrix combinations) would be refused; '' when it would run."""
-    found = job_blockers(
-        job, provider, local_actions(options.repo_root), containers=provider_containers(provider)
-    )
+    found = job_blockers(job, provider, local_actions(options.repo_root), containers=containers)
     found += other_system(job, combinations, options.machine_types)
     return found[0].reason if found else ""
 

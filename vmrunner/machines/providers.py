@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
-from vmrunner.errors import ConfigError
+from vmrunner.errors import ConfigError, MachineError
 from vmrunner.machines.base import Provider
 
 #: Provider name -> "module:class"; imported only when asked for.
@@ -39,10 +40,17 @@ def get_provider(name: str, **options: Any) -> Provider:
 
 
 def provider_containers(name: str) -> bool:
-    """Whether the named provider's machines can be container images (False if unknown)."""
+    """Whether the named provider's machines can be container images (False if unknown). The
+    remote provider's machines can what its service's can: the service (``$VMRUNNER_REMOTE_URL``)
+    is asked, and one out of reach counts as no."""
     target = PROVIDERS.get(name)
     if target is None:
         return False
     module_name, _, class_name = target.partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
+    if name == "remote" and os.environ.get("VMRUNNER_REMOTE_URL"):
+        try:
+            return bool(cls().capabilities.containers)
+        except MachineError:
+            return False
     return bool(cls.capabilities.containers)
