@@ -35,7 +35,6 @@ from typing import Any
 
 from vmrunner.errors import AllocationError
 from vmrunner.machines.disk import unmount_below
-from vmrunner.machines.local import descendants
 from vmrunner.machines.oci import ContainerImage
 
 HOST_USR = "/run/vmrunner/host/usr"
@@ -192,15 +191,3 @@ async def attach(
         why = stderr.decode(errors="replace").strip() or f"exit status {process.returncode}"
         raise AllocationError(f"{image.reference}: {why}")
     return target
-
-
-def mount_pid(bwrap_pid: int) -> int:
-    """A process of the machine started by ``bwrap_pid`` in the machine's mount namespace."""
-    own = os.stat("/proc/self/ns/mnt").st_ino
-    for pid, _ in descendants(bwrap_pid):
-        try:
-            if os.stat(f"/proc/{pid}/ns/mnt").st_ino != own:
-                return pid
-        except OSError:
-            continue
-    raise AllocationError(f"sandbox process {bwrap_pid} has no mount namespace of its own")

@@ -21,7 +21,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -143,6 +143,35 @@ async def kill_process(pid: int, start: int | None, grace: float, *, group: bool
             return True
     return False
 
+
+
+#: Namespace kinds of ``/proc/PID/ns/`` and the words an error uses for each.
+_NAMESPACE_WORDS = {"net": "network", "mnt": "mount"}
+
+
+def namespace_pid(bwrap_pid: int, kind: str) -> int:
+    """A process below ``bwrap_pid`` in a ``kind`` namespace (``/proc/PID/ns/KIND``) other than
+    ours: where the sandbox's own network (``net``) or file system (``mnt``) is entered."""
+    own = os.stat(f"/proc/self/ns/{kind}").st_ino
+
+    def candidates() -> Iterator[int]:
+        try:  # its direct children first, where the kernel lists them (cheaper than a walk)
+            with open(f"/proc/{bwrap_pid}/task/{bwrap_pid}/children", encoding="ascii") as file:
+                yield from (int(pid) for pid in file.read().split())
+        except OSError:
+            pass
+        yield from (pid for pid, _ in descendants(bwrap_pid))
+
+    for pid in candidates():
+        try:
+            if os.stat(f"/proc/{pid}/ns/{kind}").st_ino != own:
+                return pid
+        except OSError:
+            continue
+    raise AllocationError(
+        f"sandbox process {bwrap_pid} has no {_NAMESPACE_WORDS.get(kind, kind)} namespace of "
+        "its own"
+    )
 
 def check_owner(record: MachineRecord, provider: str) -> None:
     """``ReleaseError`` unless ``record`` is a machine of ``provider`` (reclaiming it is ours)."""

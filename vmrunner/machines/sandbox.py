@@ -95,7 +95,7 @@ from vmrunner.machines.local import (
     AgentMachine,
     Launch,
     LocalProvider,
-    descendants,
+    namespace_pid,
 )
 from vmrunner.machines.network import (
     RESOLV_CONF,
@@ -705,7 +705,7 @@ class SandboxProvider(LocalProvider):
         if not isinstance(machine, SandboxMachine):
             return
         if machine.spec.network == "private":
-            netns_pid = await asyncio.to_thread(_namespace_pid, machine.process.pid)
+            netns_pid = await asyncio.to_thread(namespace_pid, machine.process.pid, "net")
             machine.network = await attach_private_network(
                 netns_pid, log_path=machine.state_dir / "network.log",
                 slirp4netns=self._slirp4netns,
@@ -715,7 +715,7 @@ class SandboxProvider(LocalProvider):
             return  # no container roots attached later (as the host's root only)
         disk = machine.record.data.get("disk")
         machine.containers = _Containers(
-            self.images, await asyncio.to_thread(container.mount_pid, machine.process.pid),
+            self.images, await asyncio.to_thread(namespace_pid, machine.process.pid, "mnt"),
             Path(MachineDisk.from_data(disk).mount) if disk else machine.state_dir,
             self._ids().host_id(ROOT_UID),
         )
@@ -735,23 +735,6 @@ class SandboxProvider(LocalProvider):
         await super()._reclaim(record)
         if not await reclaim_helper(record.data, self.grace):
             raise ReleaseError(f"machine {record.machine_id}: its network helper survived SIGKILL")
-
-
-def _namespace_pid(bwrap_pid: int) -> int:
-    """A process of the sandbox (bwrap's child) in its own network namespace."""
-    own = os.stat("/proc/self/ns/net").st_ino
-    try:  # its direct children, where the kernel lists them (cheaper than a walk of /proc)
-        with open(f"/proc/{bwrap_pid}/task/{bwrap_pid}/children", encoding="ascii") as file:
-            children = [int(pid) for pid in file.read().split()]
-    except OSError:
-        children = []
-    for pid in children or [pid for pid, _ in descendants(bwrap_pid)]:
-        try:
-            if os.stat(f"/proc/{pid}/ns/net").st_ino != own:
-                return pid
-        except OSError:
-            continue
-    raise AllocationError(f"sandbox process {bwrap_pid} has no network namespace of its own")
 
 
 class _Fds:
