@@ -28,19 +28,36 @@ WORKFLOWS_ENV = "VMRUNNER_WORKFLOWS"
 DEFAULT_WORKFLOWS = os.path.join(".github", "workflows")
 
 
+def workflows_option(function: F) -> F:
+    """``-W``: the workflows, a file or a folder (``run``, ``list``, ``graph``, ``validate``)."""
+    return click.option(
+        "-W",
+        "--workflows",
+        "workflows",
+        default=DEFAULT_WORKFLOWS,
+        show_default=True,
+        envvar=WORKFLOWS_ENV,
+        help=f"A workflow file, or a folder of them [env: {WORKFLOWS_ENV}].",
+    )(function)
+
+
+def jobs_option(function: F) -> F:
+    """``-j``: only these jobs and what they need, job ids completed from the workflows."""
+    return click.option(
+        "-j",
+        "--job",
+        "jobs",
+        multiple=True,
+        shell_complete=complete_jobs,
+        help="Only this job and the jobs it needs (repeatable).",
+    )(function)
+
+
 def workflow_options(function: F) -> F:
     """Add ``-W``, ``-e``, ``-j``, ``--json`` and the optional EVENT argument to a command."""
     decorators = [
         click.argument("event", required=False),
-        click.option(
-            "-W",
-            "--workflows",
-            "workflows",
-            default=DEFAULT_WORKFLOWS,
-            show_default=True,
-            envvar=WORKFLOWS_ENV,
-            help=f"A workflow file, or a folder of them [env: {WORKFLOWS_ENV}].",
-        ),
+        workflows_option,
         click.option(
             "-e",
             "--event-path",
@@ -48,14 +65,7 @@ def workflow_options(function: F) -> F:
             default=None,
             help="The event payload (JSON file), to apply the event's filters.",
         ),
-        click.option(
-            "-j",
-            "--job",
-            "jobs",
-            multiple=True,
-            shell_complete=complete_jobs,
-            help="Only this job and the jobs it needs (repeatable).",
-        ),
+        jobs_option,
         click.option("--json", "as_json", is_flag=True, help="Print JSON for machines."),
     ]
     for decorator in reversed(decorators):

@@ -22,13 +22,7 @@ from typing import TYPE_CHECKING, cast
 import click
 
 from vmrunner.cli.agent import ENV_STORE
-from vmrunner.cli.options import (
-    DEFAULT_WORKFLOWS,
-    WORKFLOWS_ENV,
-    RepositoryName,
-    complete_jobs,
-    limit_options,
-)
+from vmrunner.cli.options import RepositoryName, jobs_option, limit_options, workflows_option
 from vmrunner.config import (
     DEFAULT_PROVIDER,
     ENV_PROVIDER,
@@ -67,22 +61,8 @@ def _pairs(
 
 @click.command("run")
 @click.argument("event", required=False, default="push")
-@click.option(
-    "-W",
-    "--workflows",
-    default=DEFAULT_WORKFLOWS,
-    show_default=True,
-    envvar=WORKFLOWS_ENV,
-    help=f"A workflow file, or a folder of them [env: {WORKFLOWS_ENV}].",
-)
-@click.option(
-    "-j",
-    "--job",
-    "jobs",
-    multiple=True,
-    shell_complete=complete_jobs,
-    help="Only this job and the jobs it needs (repeatable).",
-)
+@workflows_option
+@jobs_option
 @click.option("-e", "--event-path", default=None, help="The event payload (JSON file).")
 @click.option(
     "-s",
