@@ -7,14 +7,16 @@ These are the few host-side processes the runner starts (``git``); every failure
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import re
 import secrets
 import shutil
+import signal
 import tarfile
 from asyncio.subprocess import Process
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,29 +41,37 @@ class RepositoryInfo:
     repository: str
 
 
-async def _start_git(args: tuple[str, ...], cwd: str | os.PathLike[str], stdout: int) -> Process:
+@contextlib.asynccontextmanager
+async def _running_git(
+    args: tuple[str, ...], cwd: str | os.PathLike[str], stdout: int
+) -> AsyncIterator[Process]:
+    """git started with ``args``, given ``GIT_TIMEOUT`` to end; killed and reaped when the
+    block is cut short (the timeout, a cancel, an error). git runs in a process group of its
+    own, killed whole: a helper it started (``git-remote-https``, ``ssh``) would otherwise keep
+    its pipes open, and asyncio waits for those before it reports git's exit."""
     try:
-        return await asyncio.create_subprocess_exec(
+        process = await asyncio.create_subprocess_exec(
             "git", *args, cwd=cwd, stdout=stdout, stderr=asyncio.subprocess.PIPE,
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.DEVNULL, start_new_session=True,
         )
     except OSError as exc:
         raise ConfigError(f"cannot run git {' '.join(args)}: {exc}") from exc
+    try:
+        async with asyncio.timeout(GIT_TIMEOUT):
+            yield process
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # helpers too, even once git has exited
+        await process.wait()
+        raise
 
 
 async def git(
     *args: str, cwd: str | os.PathLike[str], check: bool = True
 ) -> tuple[int, bytes, str]:
     """Run git on the host; returns (exit code, stdout, stderr)."""
-    process = await _start_git(args, cwd, asyncio.subprocess.PIPE)
-    try:
-        async with asyncio.timeout(GIT_TIMEOUT):
-            out, err = await process.communicate()
-    except BaseException:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        raise
+    async with _running_git(args, cwd, asyncio.subprocess.PIPE) as process:
+        out, err = await process.communicate()
     code = process.returncode or 0
     error = err.decode(errors="replace").strip()
     if check and code != 0:
@@ -74,10 +84,6 @@ async def git_progress(
 ) -> tuple[int, str]:
     """Run a git command that takes ``--progress`` (given here), telling ``progress`` each
     progress line as it comes; returns the exit code and stderr's other lines."""
-    process = await _start_git(
-        (*args[:1], "--progress", *args[1:]), cwd, asyncio.subprocess.DEVNULL
-    )
-    assert process.stderr is not None
     kept: list[bytes] = []
 
     def take(line: bytes) -> None:
@@ -86,20 +92,16 @@ async def git_progress(
         elif line.strip():
             kept.append(line.strip())
 
-    try:
-        async with asyncio.timeout(GIT_TIMEOUT):
-            pending = b""
-            while chunk := await process.stderr.read(4096):
-                *lines, pending = re.split(rb"[\r\n]", pending + chunk)
-                for line in lines:
-                    take(line)
-            take(pending)
-            await process.wait()
-    except BaseException:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        raise
+    started = (*args[:1], "--progress", *args[1:])
+    async with _running_git(started, cwd, asyncio.subprocess.DEVNULL) as process:
+        assert process.stderr is not None
+        pending = b""
+        while chunk := await process.stderr.read(4096):
+            *lines, pending = re.split(rb"[\r\n]", pending + chunk)
+            for line in lines:
+                take(line)
+        take(pending)
+        await process.wait()
     return process.returncode or 0, b"\n".join(kept).decode(errors="replace")
 
 
